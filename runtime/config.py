@@ -1,0 +1,193 @@
+"""Detector configuration: everything besides the network that turns score maps into boxes.
+
+One :class:`DetectorConfig` describes the templates, input normalisation, receptive-field
+constants, template-selection and pyramid rules, and thresholds. Two variants exist:
+
+``"pytorch"`` (the default)
+    The public PyTorch port (github varunagrawal/tiny-faces-pytorch, commit a07e5da):
+    RGB/255 normalised with ImageNet mean/std, ConvTranspose x2 upsampling of the res4 score
+    (cropped at the end to the res3 size), template policy of ``tinyfaces/models/utils.py``
+    (Type A templates 4..11 at every scale; Type B 18..24 only where their scale column is
+    1.0, i.e. never with the shipped templates).
+
+``"matconvnet"``
+    The authors' release (github peiyunh/tiny, ``tiny_face_detector.m``):
+    raw 0..255 RGB minus ``net.meta.normalization.averageImage`` (no std), ConvTranspose
+    with crop [1,2,1,2] and a centre crop of the res3 score, Type B templates used at s > 1.
+
+Both use stride 8 and offset -1 in 0-based pixel coordinates (the MATLAB code's ``(fy-1)*8-1``
+on 1-based indices is the same pixel). The pyramid rule is the authors' adaptive demo rule
+by default (see :mod:`.pyramid`), or the port's fixed exponents with ``pyramid="fixed"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from .errors import ManifestError
+
+NUM_TEMPLATES = 25
+NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th blocks)
+VARIANTS = ("pytorch", "matconvnet")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_default_templates() -> np.ndarray:
+    """The 25 shipped templates as a (25, 5) float64 array of [x1, y1, x2, y2, scale].
+
+    Rounded to 8 decimals as the PyTorch port does after reading its JSON.
+    """
+    text = resources.files("tinyfaces_trt.runtime").joinpath("data/templates.json").read_text()
+    return np.round(np.asarray(json.loads(text)["templates"], dtype=np.float64), 8)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``x = (pixel * input_scale - mean) / std`` per RGB channel, pixel in 0..255."""
+
+    input_scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def imagenet(cls) -> "Normalization":
+        return cls(1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+    @classmethod
+    def average_image(cls, average_rgb: tuple[float, float, float]) -> "Normalization":
+        return cls(1.0, tuple(float(v) for v in average_rgb), (1.0, 1.0, 1.0))
+
+    def scale_and_bias(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (a, b) with ``x = pixel * a + b``; what the GPU resize kernel takes."""
+        mean = np.asarray(self.mean, np.float64)
+        std = np.asarray(self.std, np.float64)
+        return (self.input_scale / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything the runtime needs besides the network itself.
+
+    Attributes:
+        variant: ``"pytorch"`` or ``"matconvnet"`` (see module docstring).
+        templates: (25, 5) float64 [x1, y1, x2, y2, scale] per template.
+        normalization: input normalisation.
+        stride, offset: receptive-field stride and offset of the score map, pixels.
+        template_policy: ``"pytorch"`` or ``"matconvnet"``, which templates run at which scale.
+        prob_thresh: keep a cell when sigmoid(score_cls) > prob_thresh.
+        nms_thresh: suppress a box whose IoU with a kept box is > nms_thresh.
+        box_pixel_offset: 1.0 for the reference's inclusive "+1" widths in NMS IoU, 0.0 for none.
+        clip_boxes: clip final boxes to [0, W-1] x [0, H-1] (the authors clip to [1, W] 1-based).
+        pyramid: ``"adaptive"`` (authors' demo rule) or ``"fixed"`` (port: fixed exponents,
+            short side resized to ``int(min_side * 2**k)``).
+        fixed_scales: exponents k for ``pyramid="fixed"``.
+        max_input_dim: no pyramid level's longer side exceeds this (the authors' MAX_INPUT_DIM).
+    """
+
+    variant: str = "pytorch"
+    templates: np.ndarray = field(default_factory=load_default_templates, compare=False)
+    normalization: Normalization = field(default_factory=Normalization.imagenet)
+    stride: int = 8
+    offset: float = -1.0
+    template_policy: str = "pytorch"
+    prob_thresh: float = 0.5
+    nms_thresh: float = 0.3
+    box_pixel_offset: float = 1.0
+    clip_boxes: bool = True
+    pyramid: str = "adaptive"
+    fixed_scales: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0)
+    max_input_dim: int = 5000
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.templates, dtype=np.float64)
+        if t.shape != (NUM_TEMPLATES, 5):
+            raise ManifestError(f"templates must have shape (25, 5), got {t.shape}")
+        object.__setattr__(self, "templates", t)
+        if self.variant not in VARIANTS:
+            raise ManifestError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
+        if self.template_policy not in VARIANTS:
+            raise ManifestError(f"unknown template_policy {self.template_policy!r}")
+        if self.pyramid not in ("adaptive", "fixed"):
+            raise ManifestError(f"unknown pyramid rule {self.pyramid!r}")
+        if not 0.0 < self.prob_thresh < 1.0:
+            raise ManifestError(f"prob_thresh must be in (0, 1), got {self.prob_thresh}")
+        if not 0.0 <= self.nms_thresh <= 1.0:
+            raise ManifestError(f"nms_thresh must be in [0, 1], got {self.nms_thresh}")
+
+    @classmethod
+    def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":
+        """Defaults of one variant; ``overrides`` replace single fields."""
+        if variant == "matconvnet":
+            base = dict(variant="matconvnet", template_policy="matconvnet",
+                        normalization=Normalization.average_image((123.68, 116.779, 103.939)))
+        elif variant == "pytorch":
+            base = dict(variant="pytorch", template_policy="pytorch")
+        else:
+            raise ManifestError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        base.update(overrides)
+        return cls(**base)
+
+    def with_(self, **overrides: Any) -> "DetectorConfig":
+        """A copy with some fields replaced."""
+        return replace(self, **overrides)
+
+    @property
+    def logit_thresh(self) -> np.float32:
+        """``prob_thresh`` in logit space: cells with ``score_cls > logit_thresh`` are kept.
+
+        Every decoder (numpy and CUDA) compares float32 logits against this one float32 value,
+        so they agree bit for bit on which cells pass.
+        """
+        p = self.prob_thresh
+        return np.float32(math.log(p / (1.0 - p)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored in an export manifest."""
+        n = self.normalization
+        return {
+            "variant": self.variant,
+            "templates": self.templates.tolist(),
+            "normalization": {"input_scale": n.input_scale, "mean": list(n.mean), "std": list(n.std)},
+            "stride": self.stride,
+            "offset": self.offset,
+            "template_policy": self.template_policy,
+            "prob_thresh": self.prob_thresh,
+            "nms_thresh": self.nms_thresh,
+            "box_pixel_offset": self.box_pixel_offset,
+            "clip_boxes": self.clip_boxes,
+            "pyramid": self.pyramid,
+            "fixed_scales": list(self.fixed_scales),
+            "max_input_dim": self.max_input_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
+        """Inverse of :meth:`to_dict`; a missing or malformed field is a :class:`ManifestError`."""
+        try:
+            n = d["normalization"]
+            return cls(
+                variant=d["variant"],
+                templates=np.asarray(d["templates"], dtype=np.float64),
+                normalization=Normalization(float(n["input_scale"]), tuple(map(float, n["mean"])),
+                                            tuple(map(float, n["std"]))),
+                stride=int(d["stride"]),
+                offset=float(d["offset"]),
+                template_policy=d["template_policy"],
+                prob_thresh=float(d["prob_thresh"]),
+                nms_thresh=float(d["nms_thresh"]),
+                box_pixel_offset=float(d["box_pixel_offset"]),
+                clip_boxes=bool(d["clip_boxes"]),
+                pyramid=d["pyramid"],
+                fixed_scales=tuple(map(float, d["fixed_scales"])),
+                max_input_dim=int(d["max_input_dim"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"detector config is incomplete or malformed: {exc!r}") from exc

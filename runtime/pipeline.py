@@ -1,0 +1,143 @@
+"""The detector pipeline: image -> pyramid -> network -> decode -> NMS -> boxes.
+
+This is the only place that loops over pyramid levels. A backend swaps the
+:class:`NetworkRunner`; the GPU fast path additionally swaps the pre- and post-processing
+stages for their CUDA versions (device-resident buffers). Everything else is shared.
+
+    detector = Detector(runner, config)
+    boxes = detector.detect(rgb_uint8_image)      # (N, 5) float32: x1, y1, x2, y2, prob
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import DetectorConfig
+from .errors import ImageError
+from .pyramid import PyramidLevel, plan_pyramid
+
+
+@runtime_checkable
+class Preprocessor(Protocol):
+    """Resizes + normalises the image for one pyramid level into the network's input."""
+
+    def prepare(self, image: np.ndarray, level: PyramidLevel) -> Any:
+        """``image`` is (H, W, 3) uint8 RGB; returns the (1, 3, h, w) float32 input
+        (a numpy array, or a device buffer for device stages)."""
+
+
+@runtime_checkable
+class NetworkRunner(Protocol):
+    """Runs the fully-convolutional network on one level's input."""
+
+    def run(self, net_input: Any) -> Any:
+        """Returns the (1, 125, ceil(h/8), ceil(w/8)) float32 score map for that input."""
+
+
+@runtime_checkable
+class Postprocessor(Protocol):
+    """Collects candidates level by level, then runs one NMS over all levels."""
+
+    def reset(self, image_height: int, image_width: int) -> None:
+        """Starts a new image of the given original size."""
+
+    def add_level(self, score_map: Any, level: PyramidLevel) -> None:
+        """Decodes one level's score map into candidates in original-image pixels."""
+
+    def finish(self) -> np.ndarray:
+        """NMS over all candidates; (N, 5) float32 [x1, y1, x2, y2, prob], best first."""
+
+
+def _sync(stage: object) -> None:
+    sync = getattr(stage, "synchronize", None)
+    if sync is not None:
+        sync()
+
+
+class Detector:
+    """The Tiny Faces detector over a pluggable network runner.
+
+    Args:
+        runner: the network (ONNX Runtime, TensorRT, torch reference, ...).
+        config: templates, normalisation, thresholds, pyramid rule.
+        preprocessor: defaults to the numpy resize + normalise.
+        postprocessor: defaults to the numpy decode + NMS.
+    """
+
+    def __init__(self, runner: NetworkRunner, config: DetectorConfig | None = None,
+                 preprocessor: Preprocessor | None = None,
+                 postprocessor: Postprocessor | None = None) -> None:
+        from .postprocess import HostPostprocessor
+        from .preprocess import HostPreprocessor
+
+        self.config = config or DetectorConfig()
+        self.runner = runner
+        self.preprocessor = preprocessor or HostPreprocessor(self.config)
+        self.postprocessor = postprocessor or HostPostprocessor(self.config)
+
+    def plan(self, height: int, width: int) -> list[PyramidLevel]:
+        """The pyramid levels this detector runs for an image of that size."""
+        return plan_pyramid(height, width, self.config)
+
+    def detect(self, image: np.ndarray,
+               timings: MutableMapping[str, float] | None = None) -> np.ndarray:
+        """Detects faces in one (H, W, 3) uint8 RGB image.
+
+        Args:
+            image: the image, uint8 RGB, height x width x 3.
+            timings: if given, seconds spent per stage are added under ``"preprocess"``,
+                ``"network"``, ``"decode"`` and ``"nms"`` (stages are synchronised first).
+
+        Returns:
+            (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
+            sorted by descending score.
+        """
+        image = validate_image(image)
+        height, width = image.shape[:2]
+        clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
+        self.postprocessor.reset(height, width)
+        for level in self.plan(height, width):
+            net_input = self.preprocessor.prepare(image, level)
+            clock.lap("preprocess")
+            score_map = self.runner.run(net_input)
+            clock.lap("network")
+            self.postprocessor.add_level(score_map, level)
+            clock.lap("decode")
+        boxes = self.postprocessor.finish()
+        clock.lap("nms")
+        return boxes
+
+
+class _StageClock:
+    """Adds wall time per stage into ``timings`` (no-op when it is None)."""
+
+    def __init__(self, timings: MutableMapping[str, float] | None, stages: tuple[object, ...]):
+        self.timings = timings
+        self.stages = stages
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is None:
+            return
+        for stage in self.stages:
+            _sync(stage)
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + (now - self.last)
+        self.last = now
+
+
+def validate_image(image: np.ndarray) -> np.ndarray:
+    """Checks that ``image`` is (H, W, 3) uint8 and returns it C-contiguous."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"image is empty: shape {image.shape}")
+    return np.ascontiguousarray(image)
