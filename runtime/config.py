@@ -15,9 +15,12 @@ constants, template-selection and pyramid rules, and thresholds. Two variants ex
     raw 0..255 RGB minus ``net.meta.normalization.averageImage`` (no std), ConvTranspose
     with crop [1,2,1,2] and a centre crop of the res3 score, Type B templates used at s > 1.
 
-Both use stride 8 and offset -1 in 0-based pixel coordinates (the MATLAB code's ``(fy-1)*8-1``
-on 1-based indices is the same pixel). The pyramid rule is the authors' adaptive demo rule
-by default (see :mod:`.pyramid`), or the port's fixed exponents with ``pyramid="fixed"``.
+Both use stride 8 and offset -1: ``cy = fy*8 - 1`` with 0-based cell indices. The MATLAB code's
+``(fy-1)*8 - 1`` on 1-based indices gives the same number, but MATLAB reads it as a 1-based pixel
+coordinate, so the release's boxes sit 1 px right/down of the port's in 0-based pixels. We keep the
+numbers as both codes compute them (boxes of the matconvnet variant are in the release's 1-based
+convention). The pyramid rule is the authors' adaptive demo rule by default (see :mod:`.pyramid`),
+or the port's fixed exponents with ``pyramid="fixed"``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""Reading and writing images as (H, W, 3) uint8 RGB arrays (Pillow), with clear errors."""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+#: Largest image (pixels) :func:`load_image` decodes by default: Pillow's own
+#: decompression-bomb error limit (twice ``Image.MAX_IMAGE_PIXELS``).
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageError(f"{path}: image file not found")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: image file is empty (0 bytes)")
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB (alpha is dropped, 16-bit scaled to 8-bit)."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        gray = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0)
+    elif im.mode == "F":
+        gray = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 255))
+    else:
+        if im.mode == "P":
+            im = im.convert("RGBA")  # palette transparency is only kept through RGBA
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+    return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Loads an image file as (H, W, 3) uint8 RGB.
+
+    EXIF orientation is applied; grayscale, palette, CMYK and alpha images are converted to
+    RGB (alpha dropped); 16-bit grayscale is scaled to 8 bits. Multi-frame files give their
+    first frame.
+
+    Raises:
+        ImageError: naming the path and the reason: missing file, directory, empty file,
+            not an image, truncated or corrupt data, or more than ``max_pixels`` pixels.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ImageError(f"{path}: image is too large ({width}x{height} = "
+                                     f"{width * height} pixels, limit {max_pixels}); "
+                                     "refusing to decode a possible decompression bomb")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb_array(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: image is too large, refusing to decode a possible "
+                         f"decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path}: not a recognised image file") from exc
+    except PermissionError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError) as exc:
+        raise ImageError(f"{path}: image data is truncated or corrupt ({exc})") from exc
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an (H, W, 3) or (H, W) uint8 array; the format follows the file extension.
+
+    Raises:
+        ImageError: bad array, missing folder, unknown extension or a write failure.
+    """
+    path = Path(path)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ImageError(f"{path}: can only save (H, W, 3) or (H, W) uint8 images, "
+                         f"got shape {arr.shape} dtype {arr.dtype}")
+    if not path.parent.is_dir():
+        raise ImageError(f"{path}: folder {path.parent} does not exist")
+    try:
+        Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    except ValueError as exc:  # Pillow: unknown file extension
+        raise ImageError(f"{path}: cannot save ({exc}); use an extension such as .png or .jpg") from exc
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot save ({exc})") from exc

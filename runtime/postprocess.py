@@ -1,0 +1,79 @@
+"""Host (numpy) postprocessing: decode every level, one NMS over all levels, clip, score."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .config import NUM_TEMPLATES, DetectorConfig
+from .decode import Candidates, decode_level
+from .nms import nms
+from .pyramid import PyramidLevel
+
+
+def select_detections(candidates: Candidates, image_hw: tuple[int, int],
+                      config: DetectorConfig) -> np.ndarray:
+    """NMS over ``candidates``, then clipping; (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
+    keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
+               config.box_pixel_offset)
+    boxes = candidates.boxes[keep]
+    if config.clip_boxes:
+        height, width = image_hw
+        boxes = boxes.copy()
+        np.clip(boxes[:, 0::2], 0, width - 1, out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, height - 1, out=boxes[:, 1::2])
+    with np.errstate(over="ignore"):
+        prob = 1.0 / (1.0 + np.exp(-candidates.logits[keep].astype(np.float64)))
+    return np.concatenate([boxes, prob[:, None]], axis=1).astype(np.float32)
+
+
+def _score_map_cells(score_map: np.ndarray) -> int:
+    """``25*h*w`` of a (1, 125, h, w) or (125, h, w) score map: its share of the key space."""
+    h, w = np.shape(score_map)[-2:]
+    return NUM_TEMPLATES * int(h) * int(w)
+
+
+def postprocess_levels(score_maps: Sequence[np.ndarray], levels: Sequence[PyramidLevel],
+                       image_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
+    """Decode + NMS + clip of one image's score maps (one per level, in plan order).
+
+    Returns:
+        (N, 5) float32 [x1, y1, x2, y2, prob], best first.
+    """
+    if len(score_maps) != len(levels):
+        raise ValueError(f"{len(score_maps)} score maps for {len(levels)} levels")
+    post = HostPostprocessor(config)
+    post.reset(*image_hw)
+    for score_map, level in zip(score_maps, levels):
+        post.add_level(score_map, level)
+    return post.finish()
+
+
+class HostPostprocessor:
+    """:class:`~.pipeline.Postprocessor` on the CPU: numpy decode and NMS."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self._image_hw: tuple[int, int] | None = None
+        self._parts: list[Candidates] = []
+        self._level_base = 0
+
+    def reset(self, image_height: int, image_width: int) -> None:
+        """Starts a new image of the given original size."""
+        self._image_hw = (int(image_height), int(image_width))
+        self._parts = []
+        self._level_base = 0
+
+    def add_level(self, score_map: np.ndarray, level: PyramidLevel) -> None:
+        """Decodes one level's (1, 125, h, w) score map into candidates."""
+        if self._image_hw is None:
+            raise RuntimeError("HostPostprocessor.reset() must be called before add_level()")
+        self._parts.append(decode_level(score_map, level, self.config, self._level_base))
+        self._level_base += _score_map_cells(score_map)
+
+    def finish(self) -> np.ndarray:
+        """NMS over all levels' candidates; (N, 5) float32 [x1, y1, x2, y2, prob], best first."""
+        if self._image_hw is None:
+            raise RuntimeError("HostPostprocessor.reset() must be called before finish()")
+        return select_detections(Candidates.concatenate(self._parts), self._image_hw, self.config)

@@ -1,0 +1,327 @@
+"""Decode + NMS + clipping vs direct transcriptions of the references, and hand-made cases."""
+
+import math
+
+import numpy as np
+import pytest
+import reference_transcription as ref
+
+from tinyfaces_trt.runtime.config import NUM_CHANNELS, DetectorConfig
+from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
+from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.runtime.postprocess import (HostPostprocessor, postprocess_levels,
+                                                select_detections)
+from tinyfaces_trt.runtime.pyramid import PyramidLevel
+
+IMAGE_HW = (70, 90)
+EXPONENTS = (-2.0, -1.0, 0.0, 0.5, 1.0)  # s < 1, s == 1, s > 1 (incl. a non-power-of-two)
+
+
+def _levels(image_hw, exponents):
+    out = []
+    for i, e in enumerate(exponents):
+        s = 2.0 ** e
+        out.append(PyramidLevel(i, e, s, math.ceil(s * image_hw[0]), math.ceil(s * image_hw[1])))
+    return out
+
+
+def _random_case(seed, config, image_hw=IMAGE_HW, exponents=EXPONENTS):
+    """Levels and (1, 125, h, w) float32 maps. Passing logits are distinct across all levels
+    (so the references' unspecified tie order cannot matter) and none lies within 1e-5 of the
+    threshold (the references threshold sigmoid(logit) in float64, the runtime the float32
+    logit; the two agree away from the threshold, which has its own hand-made test)."""
+    rng = np.random.default_rng(seed)
+    levels = _levels(image_hw, exponents)
+    sizes = [(math.ceil(lv.height / 8), math.ceil(lv.width / 8)) for lv in levels]
+    total = sum(25 * h * w for h, w in sizes)
+    cls = ((rng.permutation(total) + 0.5) / total * 8.0 - 4.0).astype(np.float32)
+    t = float(config.logit_thresh)
+    cls[np.abs(cls - t) < 1e-5] = t - 1.0
+    maps, start = [], 0
+    for h, w in sizes:
+        reg = np.concatenate([rng.normal(0, 0.25, 50 * h * w), rng.normal(0, 0.4, 50 * h * w)])
+        part = cls[start:start + 25 * h * w]
+        start += 25 * h * w
+        maps.append(np.concatenate([part, reg.astype(np.float32)]).reshape(1, NUM_CHANNELS, h, w))
+    return levels, maps
+
+
+def _reference(maps, levels, config, image_hw, use_nms_mex=False):
+    return ref.reference_detections(maps, [lv.scale for lv in levels], config.templates,
+                                    config.prob_thresh, config.nms_thresh, config.template_policy,
+                                    image_hw, use_nms_mex=use_nms_mex)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+@pytest.mark.parametrize("prob_thresh,nms_thresh", [(0.5, 0.3), (0.85, 0.1)])
+def test_postprocess_equals_transcription(seed, variant, prob_thresh, nms_thresh):
+    config = DetectorConfig.for_variant(variant, prob_thresh=prob_thresh, nms_thresh=nms_thresh)
+    levels, maps = _random_case(seed, config)
+    ours = postprocess_levels(maps, levels, IMAGE_HW, config)
+    expected, stacked = _reference(maps, levels, config, IMAGE_HW)
+    assert 0 < len(expected) < len(stacked)  # NMS did suppress something
+    assert ours.shape == (len(expected), 5) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours[:, :4], expected[:, :4], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ours[:, 4], 1 / (1 + np.exp(-expected[:, 4])), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+def test_postprocess_equals_transcription_with_nms_mex(variant):
+    config = DetectorConfig.for_variant(variant, prob_thresh=0.8, nms_thresh=0.3)
+    levels, maps = _random_case(11, config, image_hw=(33, 47), exponents=(-1.0, 0.0, 1.0))
+    expected, _ = _reference(maps, levels, config, (33, 47), use_nms_mex=True)
+    ours = postprocess_levels(maps, levels, (33, 47), config)
+    assert len(expected) > 0
+    np.testing.assert_allclose(ours[:, :4], expected[:, :4], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+@pytest.mark.parametrize("exponent", [-2.0, 0.0, 0.5, 1.0])
+def test_decode_candidates_equal_get_bboxes(variant, exponent):
+    config = DetectorConfig.for_variant(variant)
+    (level,), (sm,) = _random_case(int(exponent * 10) + 50, config, exponents=(exponent,))
+    cand = decode_level(sm, level, config, level_base=1000)
+    s64 = sm.astype(np.float64)
+    invalid = (ref.port_invalid_templates if variant == "pytorch" else ref.authors_invalid_templates)(
+        level.scale, config.templates)
+    boxes, scores, (fy, fx, fc) = ref.get_bboxes(
+        s64[:, :25].transpose(0, 2, 3, 1), s64[:, 25:].transpose(0, 2, 3, 1),
+        1 / (1 + np.exp(-s64[:, :25].transpose(0, 2, 3, 1))), config.templates,
+        config.prob_thresh, {"stride": [8, 8], "offset": [-1, -1]}, level.scale, invalid)
+    h, w = sm.shape[2:]
+    ref_keys = 1000 + (fc * h + fy) * w + fx
+    order = np.argsort(ref_keys)
+    # Same set; ours is in canonical (c, y, x) order, i.e. sorted by key.
+    np.testing.assert_array_equal(cand.keys, ref_keys[order])
+    np.testing.assert_allclose(cand.boxes, boxes[order], rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(cand.logits.astype(np.float64), scores[order, 0])
+    assert cand.boxes.dtype == np.float64 and cand.logits.dtype == np.float32
+    assert cand.keys.dtype == np.int64
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.5, 1.0, 2.0 ** 0.5, 2.0])
+def test_active_templates_match_reference_policies(scale):
+    t = DetectorConfig().templates
+    for variant, invalid in (("pytorch", ref.port_invalid_templates(scale, t)),
+                             ("matconvnet", ref.authors_invalid_templates(scale, t))):
+        expected = np.ones(25, bool)
+        expected[invalid] = False
+        np.testing.assert_array_equal(active_templates(scale, DetectorConfig.for_variant(variant)),
+                                      expected)
+    # Shipped templates: Type A (4..11) always; Type B (18..24, scale 2) only for the
+    # authors' policy at s > 1.
+    b_used = active_templates(scale, DetectorConfig.for_variant("matconvnet"))[18:25]
+    assert b_used.all() == (scale > 1) and b_used.any() == (scale > 1)
+    assert not active_templates(scale, DetectorConfig())[18:25].any()
+
+
+# ------------------------------------------------------------------ NMS
+@pytest.mark.parametrize("seed,n", [(0, 1), (1, 300), (2, 1000)])
+def test_nms_equals_py_cpu_nms_on_random_boxes(seed, n):
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(0, 300, (n, 2))
+    size = rng.uniform(5, 60, (n, 2))
+    boxes = np.hstack([centre - size / 2, centre + size / 2])
+    logits = rng.permutation(n).astype(np.float32) / n  # distinct
+    keep = nms(boxes, logits, np.arange(n), 0.3)
+    expected = ref.py_cpu_nms(np.hstack([boxes, logits[:, None]]), 0.3)
+    np.testing.assert_array_equal(keep, expected)
+    assert keep.dtype == np.int64
+
+
+def test_nms_tie_rule_mirrors_nms_mex():
+    """nms_mex picks the last-inserted of tied scores; ours the lowest key. Feeding nms_mex
+    the boxes in descending key order must therefore give exactly our picks, in our order."""
+    rng = np.random.default_rng(4)
+    n = 400
+    centre = rng.uniform(0, 150, (n, 2))
+    size = rng.uniform(10, 40, (n, 2))
+    boxes = np.hstack([centre - size / 2, centre + size / 2])
+    logits = rng.choice(np.array([0.5, 1.0, 1.5], np.float32), n)  # many ties
+    keys = rng.permutation(10 * n)[:n]
+    keep = nms(boxes, logits, keys, 0.3)
+    by_key_desc = np.argsort(-keys)
+    picks = ref.nms_mex(np.hstack([boxes[by_key_desc], logits[by_key_desc, None]]), 0.3)
+    np.testing.assert_array_equal(keep, by_key_desc[picks])
+
+
+def test_nms_ties_lower_key_first():
+    box = [10.0, 10.0, 30.0, 30.0]
+    two, equal2 = np.array([box, box]), np.array([1.0, 1.0], np.float32)
+    assert nms(two, equal2, np.array([7, 3]), 0.3).tolist() == [1]
+    assert nms(two, equal2, np.array([3, 7]), 0.3).tolist() == [0]
+    # Chain A-B-C with equal logits: B overlaps A and C, A and C are disjoint.
+    chain = np.array([[0, 0, 20, 20], [8, 0, 28, 20], [16, 0, 36, 20]], np.float64)
+    equal = np.zeros(3, np.float32)
+    assert nms(chain, equal, np.array([0, 1, 2]), 0.3).tolist() == [0, 2]
+    assert nms(chain, equal, np.array([5, 1, 9]), 0.3).tolist() == [1]
+    # A higher logit always wins regardless of key.
+    assert nms(chain, np.array([0, 1, 0], np.float32), np.array([0, 9, 2]), 0.3).tolist() == [1]
+
+
+def test_ties_between_disjoint_boxes_compare_as_sets_with_py_cpu_nms():
+    # py_cpu_nms's order among equal scores is numpy's argsort (unspecified): compare sets.
+    boxes = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [2, 1, 12, 11], [101, 99, 111, 109]], float)
+    logits = np.array([2.0, 2.0, 1.0, 1.0], np.float32)
+    keep = nms(boxes, logits, np.arange(4), 0.3)
+    expected = ref.py_cpu_nms(np.hstack([boxes, logits[:, None]]), 0.3)
+    assert keep.tolist() == [0, 1]
+    assert set(keep.tolist()) == set(expected.tolist())
+
+
+def test_plus_one_convention_decides_suppression():
+    # o=1: inter 5*10=50, areas 100 -> IoU 1/3 > 0.3; o=0: 36 / (81+81-36) = 0.2857 <= 0.3.
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float64)
+    logits = np.array([2.0, 1.0], np.float32)
+    keys = np.array([0, 1])
+    assert nms(boxes, logits, keys, 0.3, pixel_offset=1.0).tolist() == [0]
+    assert nms(boxes, logits, keys, 0.3, pixel_offset=0.0).tolist() == [0, 1]
+    assert ref.py_cpu_nms(np.hstack([boxes, logits[:, None]]), 0.3).tolist() == [0]
+    # Through the config: box_pixel_offset selects the convention.
+    cand = Candidates(boxes, logits, keys)
+    assert len(select_detections(cand, (50, 50), DetectorConfig())) == 1
+    assert len(select_detections(cand, (50, 50), DetectorConfig(box_pixel_offset=0.0))) == 2
+
+
+def test_nms_iou_equal_to_threshold_is_kept():
+    # o=1: inter 10*5=50, union 150 -> IoU exactly 1/3 in both; strict > keeps both at 1/3.
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float64)
+    iou = 50 / (100 + 100 - 50)
+    assert nms(boxes, np.array([2.0, 1.0], np.float32), np.array([0, 1]), iou).tolist() == [0, 1]
+
+
+def test_nms_empty_single_and_nan_logits():
+    empty = nms(np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.3)
+    assert empty.shape == (0,) and empty.dtype == np.int64
+    one = nms(np.array([[1.0, 2, 3, 4]]), np.array([0.1], np.float32), np.array([0]), 0.3)
+    assert one.tolist() == [0]
+    far = np.array([[0, 0, 5, 5], [50, 50, 55, 55], [100, 100, 105, 105]], float)
+    logits = np.array([np.nan, 1.0, 3.0], np.float32)
+    assert nms(far, logits, np.arange(3), 0.3).tolist() == [2, 1, 0]
+    with pytest.raises(TinyFacesError, match="nms expects"):
+        nms(np.zeros((3, 5)), np.zeros(3), np.zeros(3), 0.3)
+
+
+# ------------------------------------------------------------------ decode hand-made cases
+def _blank_map(h, w, fill=-10.0):
+    sm = np.zeros((1, NUM_CHANNELS, h, w), np.float32)
+    sm[0, :25] = fill
+    return sm
+
+
+def test_border_box_is_clipped():
+    sm = _blank_map(4, 5)
+    sm[0, 4, 0, 0] = 3.0  # template 4 (81 x 109 + 1), cell (0, 0): centre (-1, -1)
+    level = PyramidLevel(0, 0.0, 1.0, 30, 40)
+    raw = decode_level(sm, level, DetectorConfig())
+    np.testing.assert_array_equal(raw.boxes, [[-1 - 41, -1 - 55, -1 + 41, -1 + 55]])
+    out = postprocess_levels([sm], [level], (30, 40), DetectorConfig())
+    np.testing.assert_array_equal(out, np.array([[0, 0, 39, 29, 1 / (1 + math.exp(-3.0))]], np.float32))
+    unclipped = postprocess_levels([sm], [level], (30, 40), DetectorConfig(clip_boxes=False))
+    np.testing.assert_array_equal(unclipped[:, :4], [[-42, -56, 40, 54]])
+
+
+def test_scale_divides_boxes_and_offset_stride():
+    sm = _blank_map(3, 3)
+    sm[0, 9, 2, 1] = 1.0               # template 9: 41 x 46 (20, 22.5 half sizes)
+    sm[0, 25 + 9, 2, 1] = 0.5          # tx
+    sm[0, 100 + 9, 2, 1] = math.log(2)  # th -> height doubled
+    level = PyramidLevel(0, -1.0, 0.5, 20, 20)
+    cand = decode_level(sm, level, DetectorConfig())
+    cx, cy = 1 * 8 - 1 + 41 * 0.5, 2 * 8 - 1
+    expected = np.array([[cx - 20.5, cy - 46, cx + 20.5, cy + 46]]) / 0.5
+    np.testing.assert_allclose(cand.boxes, expected, rtol=0, atol=1e-5)  # float32 log(2)
+    assert cand.keys.tolist() == [(9 * 3 + 2) * 3 + 1]
+
+
+def test_empty_when_all_below_threshold():
+    sm = _blank_map(6, 7)
+    level = PyramidLevel(0, 0.0, 1.0, 48, 56)
+    cand = decode_level(sm, level, DetectorConfig())
+    assert len(cand) == 0 and cand.boxes.shape == (0, 4)
+    out = postprocess_levels([sm, sm], [level, level], (48, 56), DetectorConfig())
+    assert out.shape == (0, 5) and out.dtype == np.float32
+    assert postprocess_levels([], [], (48, 56), DetectorConfig()).shape == (0, 5)
+
+
+@pytest.mark.parametrize("prob", [0.5, 0.9, 0.03])
+def test_exactly_at_threshold_is_not_a_candidate(prob):
+    config = DetectorConfig(prob_thresh=prob)
+    t = config.logit_thresh
+    sm = _blank_map(3, 4)
+    sm[0, 4, 1, 1] = t
+    sm[0, 5, 1, 2] = np.nextafter(t, np.float32(np.inf))
+    sm[0, 6, 2, 3] = np.nextafter(t, np.float32(-np.inf))
+    cand = decode_level(sm, PyramidLevel(0, 0.0, 1.0, 24, 32), config)
+    assert cand.keys.tolist() == [(5 * 3 + 1) * 4 + 2]
+
+
+def test_nan_and_overflow_never_become_boxes():
+    sm = _blank_map(3, 3)
+    sm[0, 4, 0, 0] = np.nan               # NaN logit: never passes
+    sm[0, 5, 0, 1] = 2.0
+    sm[0, 25 + 5, 0, 1] = np.nan          # NaN tx: non-finite box, dropped
+    sm[0, 6, 1, 1] = 2.0
+    sm[0, 75 + 6, 1, 1] = 1000.0          # exp overflow: dropped
+    sm[0, 7, 2, 2] = 2.0
+    sm[0, 75 + 7, 2, 2] = 50.0            # huge but finite: kept
+    sm[0, 8, 2, 0] = 2.0                  # a normal one
+    cand = decode_level(sm, PyramidLevel(0, 0.0, 1.0, 24, 24), DetectorConfig())
+    assert cand.keys.tolist() == [(7 * 3 + 2) * 3 + 2, (8 * 3 + 2) * 3 + 0]
+    assert np.isfinite(cand.boxes).all()
+
+
+def test_inactive_templates_are_ignored():
+    sm = _blank_map(2, 2)
+    sm[0, [0, 3, 12, 17, 20], 0, 0] = 5.0  # never active (0..3, 12..17) or Type B (20)
+    sm[0, 11, 1, 1] = 5.0
+    level = PyramidLevel(0, 1.0, 2.0, 16, 16)
+    assert decode_level(sm, level, DetectorConfig()).keys.tolist() == [(11 * 2 + 1) * 2 + 1]
+    keys = decode_level(sm, level, DetectorConfig.for_variant("matconvnet")).keys.tolist()
+    assert keys == [(11 * 2 + 1) * 2 + 1, (20 * 2 + 0) * 2 + 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 124, 4, 4), (2, 125, 4, 4), (125, 4), (1, 1, 125, 4, 4)])
+def test_score_map_shape_is_validated(shape):
+    with pytest.raises(TinyFacesError, match="score map must have shape"):
+        decode_level(np.zeros(shape, np.float32), PyramidLevel(0, 0.0, 1.0, 32, 32), DetectorConfig())
+
+
+def test_integer_score_map_rejected_and_3d_accepted():
+    level = PyramidLevel(0, 0.0, 1.0, 16, 16)
+    with pytest.raises(TinyFacesError, match="floating point"):
+        decode_level(np.zeros((1, 125, 2, 2), np.int32), level, DetectorConfig())
+    sm = _blank_map(2, 2)
+    sm[0, 4, 1, 0] = 1.0
+    a = decode_level(sm, level, DetectorConfig())
+    b = decode_level(sm[0].astype(np.float16), level, DetectorConfig())
+    assert a.keys.tolist() == b.keys.tolist() == [(4 * 2 + 1) * 2 + 0]
+
+
+# ------------------------------------------------------------------ HostPostprocessor
+def test_host_postprocessor_keys_and_reuse():
+    config = DetectorConfig()
+    levels, maps = _random_case(21, config, exponents=(-1.0, 0.0))
+    post = HostPostprocessor(config)
+    post.reset(*IMAGE_HW)
+    post.add_level(maps[0], levels[0])
+    post.add_level(maps[1], levels[1])
+    first = post.finish()
+    # Keys of level 1 start after 25*h*w of level 0.
+    h0, w0 = maps[0].shape[2:]
+    assert post._parts[1].keys.min() >= 25 * h0 * w0
+    np.testing.assert_array_equal(first, postprocess_levels(maps, levels, IMAGE_HW, config))
+    post.reset(*IMAGE_HW)  # a new image starts empty
+    assert post.finish().shape == (0, 5)
+    post.reset(*IMAGE_HW)
+    post.add_level(maps[0], levels[0])
+    post.add_level(maps[1], levels[1])
+    np.testing.assert_array_equal(post.finish(), first)
+
+
+def test_host_postprocessor_requires_reset():
+    post = HostPostprocessor(DetectorConfig())
+    with pytest.raises(RuntimeError, match="reset"):
+        post.finish()

@@ -1,0 +1,176 @@
+"""Image loading/saving (conversions, error messages) and drawing / anonymisation."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyfaces_trt.runtime.draw import blur_boxes, box_regions, draw_boxes, pixelate_boxes
+from tinyfaces_trt.runtime.errors import ImageError, TinyFacesError
+from tinyfaces_trt.runtime.imageio import load_image, save_image
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ loading
+def test_png_roundtrip_is_exact(tmp_path, rgb):
+    save_image(tmp_path / "a.png", rgb)
+    out = load_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (24, 32, 3)
+    np.testing.assert_array_equal(out, rgb)
+    save_image(str(tmp_path / "g.png"), rgb[:, :, 0])  # grayscale array, str path
+    np.testing.assert_array_equal(load_image(str(tmp_path / "g.png")), np.repeat(rgb[:, :, :1], 3, 2))
+
+
+def test_exif_orientation_is_applied(tmp_path, rgb):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(rgb).save(tmp_path / "o.png", exif=exif)
+    out = load_image(tmp_path / "o.png")
+    np.testing.assert_array_equal(out, np.rot90(rgb, k=-1))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "1"])
+def test_modes_convert_to_rgb(tmp_path, rgb, mode):
+    im = Image.fromarray(rgb).convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    out = load_image(path)
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
+
+
+def test_sixteen_bit_grayscale_is_scaled(tmp_path):
+    values = np.array([[0, 128, 129, 257 * 100], [65535, 257, 65280, 32896]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "d.png")
+    out = load_image(tmp_path / "d.png")
+    expected = np.array([[0, 0, 1, 100], [255, 1, 254, 128]], np.uint8)
+    np.testing.assert_array_equal(out, np.repeat(expected[:, :, None], 3, axis=2))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match=r"nope\.jpg: image file not found"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ImageError, match="is a directory"):
+        load_image(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"e\.jpg: image file is empty"):
+        load_image(tmp_path / "e.jpg")
+
+
+def test_non_image_file(tmp_path):
+    (tmp_path / "notes.jpg").write_text("these are not pixels\n" * 20)
+    with pytest.raises(ImageError, match=r"notes\.jpg: not a recognised image file"):
+        load_image(tmp_path / "notes.jpg")
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_truncated_image(tmp_path, ext):
+    big = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    path = tmp_path / f"t.{ext}"
+    Image.fromarray(big).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=rf"t\.{ext}: image data is truncated or corrupt"):
+        load_image(path)
+
+
+def test_corrupt_image_body(tmp_path, rgb):
+    path = tmp_path / "c.png"
+    save_image(path, rgb)
+    data = bytearray(path.read_bytes())
+    data[60:120] = bytes(60)  # zero the compressed data after the header
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"c\.png: image data is truncated or corrupt"):
+        load_image(path)
+
+
+def test_too_large_image(tmp_path, rgb):
+    save_image(tmp_path / "big.png", rgb)
+    with pytest.raises(ImageError, match=r"big\.png: image is too large \(32x24 = 768 pixels"):
+        load_image(tmp_path / "big.png", max_pixels=700)
+    assert load_image(tmp_path / "big.png", max_pixels=768).shape == (24, 32, 3)
+
+
+def test_save_errors(tmp_path, rgb):
+    with pytest.raises(ImageError, match="does not exist"):
+        save_image(tmp_path / "missing" / "a.png", rgb)
+    with pytest.raises(ImageError, match="cannot save"):
+        save_image(tmp_path / "a.unknownext", rgb)
+    with pytest.raises(ImageError, match="uint8"):
+        save_image(tmp_path / "a.png", rgb.astype(np.float32))
+
+
+# ------------------------------------------------------------------ drawing / anonymisation
+def test_box_regions_cover_and_clip():
+    regions = list(box_regions(np.array([[2.4, 3.6, 5.2, 7.0],      # generous cover
+                                         [10.1, 10.1, 10.2, 10.2],  # sub-pixel box
+                                         [-5, -5, 3, 2],            # clipped
+                                         [50, 50, 60, 60],          # outside
+                                         [np.nan, 1, 2, 3],         # skipped
+                                         [8, 9, 6, 4]]), 20, 30))   # swapped corners
+    assert regions == [(3, 8, 2, 7), (10, 12, 10, 12), (0, 3, 0, 4), (4, 10, 6, 9)]
+
+
+@pytest.mark.parametrize("anonymise", [lambda im, b: blur_boxes(im, b, 0.5),
+                                       lambda im, b: pixelate_boxes(im, b, 4),
+                                       lambda im, b: pixelate_boxes(im, b)])
+def test_anonymisation_changes_only_the_boxes(rgb, anonymise):
+    boxes = np.array([[3.5, 2.5, 14.2, 12.8, 0.9], [25.0, 18.0, 40.0, 30.0, 0.8]])
+    before = rgb.copy()
+    out = anonymise(rgb, boxes)
+    np.testing.assert_array_equal(rgb, before)  # input untouched
+    inside = np.zeros(rgb.shape[:2], bool)
+    for r0, r1, c0, c1 in box_regions(boxes, 24, 32):
+        inside[r0:r1, c0:c1] = True
+        region = out[r0:r1, c0:c1].astype(float)
+        # detail is destroyed: much less variation than the random source pixels
+        assert region.std() < 0.6 * rgb[r0:r1, c0:c1].astype(float).std()
+    np.testing.assert_array_equal(out[~inside], rgb[~inside])
+    assert (out[inside] != rgb[inside]).mean() > 0.9
+
+
+def test_pixelate_cells_are_block_means():
+    image = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(6, 6, 3)
+    out = pixelate_boxes(image, np.array([[0, 0, 3, 3]]), block=2)  # pixels 0..3 x 0..3
+    np.testing.assert_array_equal(out[0:2, 0:2], np.broadcast_to(
+        np.rint(image[0:2, 0:2].reshape(-1, 3).mean(0)).astype(np.uint8), (2, 2, 3)))
+    np.testing.assert_array_equal(out[4:, :], image[4:, :])
+
+
+def test_tiny_box_is_covered():
+    image = np.zeros((10, 10, 3), np.uint8)
+    image[4, 4] = 255
+    out = pixelate_boxes(image, np.array([[4.3, 4.3, 4.6, 4.6]]), block=8)
+    # the 2x2 region 4..5 x 4..5 is averaged, so the bright pixel is no longer intact
+    assert out[4, 4, 0] == 64 and out[5, 5, 0] == 64
+
+
+def test_draw_boxes_draws_outline_and_label(rgb):
+    blank = np.zeros((60, 80, 3), np.uint8)
+    out = draw_boxes(blank, np.array([[10, 20, 50, 40, 0.93], [np.nan, 0, 1, 1, 0.5]]), width=1)
+    assert blank.max() == 0  # copy
+    assert (out[20, 10:51] == (0, 255, 0)).all() and (out[40, 10:51] == (0, 255, 0)).all()
+    assert (out[20:41, 10] == (0, 255, 0)).all()
+    assert out[25:38, 12:48].max() == 0       # inside untouched
+    assert out[5:19, 10:40].max() > 0         # the score label above the box
+    no_label = draw_boxes(blank, np.array([[10, 20, 50, 40, 0.93]]), width=1, show_scores=False)
+    assert no_label[5:19, 10:40].max() == 0
+    huge = draw_boxes(blank, np.array([[-1e30, -1e30, 1e30, 1e30]]))  # no overflow
+    assert huge.shape == blank.shape
+
+
+def test_draw_rejects_bad_inputs(rgb):
+    with pytest.raises(ImageError):
+        draw_boxes(rgb.astype(np.float32), np.zeros((0, 4)))
+    with pytest.raises(TinyFacesError, match="boxes must be"):
+        blur_boxes(rgb, np.zeros((2, 3)))
+    assert np.array_equal(pixelate_boxes(rgb, np.zeros((0, 5))), rgb)
