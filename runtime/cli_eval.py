@@ -1,0 +1,119 @@
+"""``tf-eval``: official WIDER FACE AP (easy / medium / hard) of a detections folder.
+
+    tf-eval --gt eval_tools/ground_truth --pred results/ [--json ap.json] [--plot pr.png]
+
+``--gt`` holds the official ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``;
+``--pred`` holds ``<event>/<image>.txt`` files in the official format (``tf-detect`` writes
+them). A missing prediction file counts as an image without detections, as the official
+``read_pred.m`` does, with a warning on stderr; ``--strict`` makes it an error.
+
+Exit codes: 0 success, 1 a problem with the inputs (message on stderr, no traceback),
+2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import TinyFacesError
+from .wider_eval import SETTINGS, WiderEvalResult, evaluate_folder
+
+
+class PlotUnavailableError(TinyFacesError):
+    """``--plot`` needs matplotlib, which is not installed."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tf-eval",
+        description="WIDER FACE val AP with the official protocol (eval_tools/evaluation.m: "
+                    "IoU 0.5, ignored faces, 1000 score thresholds, VOC AP).")
+    p.add_argument("--gt", required=True, type=Path,
+                   help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="detections folder: <event>/<image>.txt in the official format")
+    p.add_argument("--json", type=Path, help="write AP and PR curves to this JSON file")
+    p.add_argument("--plot", type=Path, help="save the PR curves to this PNG (needs matplotlib)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a ground-truth image has no prediction file")
+    return p
+
+
+def format_table(result: WiderEvalResult) -> str:
+    """The AP table printed by ``tf-eval``."""
+    lines = [f"{'setting':<8} {'AP':>7} {'faces':>7}"]
+    for name, r in result.settings.items():
+        ap = "n/a" if math.isnan(r.ap) else f"{r.ap:.4f}"
+        lines.append(f"{name:<8} {ap:>7} {r.num_faces:>7}")
+    return "\n".join(lines)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotUnavailableError(
+            "--plot needs matplotlib: pip install 'tinyfaces-trt[plot]'") from None
+
+
+def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
+    """One precision/recall panel per setting, AP in the legend (like ``wider_plot.m``)."""
+    _require_matplotlib()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(result.settings), figsize=(5 * len(result.settings), 5),
+                             squeeze=False)
+    for ax, (name, r) in zip(axes[0], result.settings.items()):
+        ax.plot(r.recall, r.precision, linewidth=2, label=f"AP {r.ap:.4f}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Recall", ylabel="Precision", title=name)
+        ax.grid(True)
+        ax.legend(loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.plot is not None:
+            _require_matplotlib()  # fail before the evaluation, not after
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate_folder(args.gt, args.pred, SETTINGS,
+                                     on_missing="error" if args.strict else "ignore")
+        for w in caught:
+            print(f"tf-eval: warning: {w.message}", file=sys.stderr)
+        if result.missing:
+            print(f"tf-eval: warning: {len(result.missing)} of {result.num_images} images have "
+                  f"no prediction file and count as images without detections "
+                  f"(first: {result.missing[0]})", file=sys.stderr)
+        print(format_table(result))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            payload = result.to_dict()
+            payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred))
+            args.json.write_text(json.dumps(payload, indent=1) + "\n")
+        if args.plot is not None:
+            save_pr_plot(result, args.plot)
+    except TinyFacesError as exc:
+        print(f"tf-eval: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # writing --json / --plot
+        print(f"tf-eval: error: cannot write output: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

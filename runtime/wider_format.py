@@ -1,0 +1,165 @@
+"""The official WIDER FACE detection text format: one ``<event>/<image>.txt`` file per image.
+
+A file holds::
+
+    <image name>            line 1, free text (the official reader ignores it)
+    <N>                     line 2, number of boxes
+    x y w h score           N lines, one box each
+
+Writing follows the authors' ``cnn_widerface_test_AB.m``: the corners ``x1 y1 x2 y2`` are
+rounded first (MATLAB ``round``, half away from zero), then written as
+``x1 y1 (x2-x1+1) (y2-y1+1)`` with the score as ``%f``. The PyTorch port's
+``write_results`` instead rounds ``x2-x1+1`` itself with numpy's half-to-even rule, which
+can differ by one pixel; we follow the authors. Coordinates are written as given (no
+0-/1-based shift). Line 1 is the image's path relative to the images folder
+(``event/name.jpg``), as the authors write it.
+
+Reading follows the official ``read_pred.m``: each box line yields its first four numbers
+and its *last* number as the score (so the older 6-column files read too). Unlike the
+official reader, which prints "Invalid format" and silently drops the whole image, a
+malformed file raises :class:`PredictionFormatError` naming the file and line; blank lines
+after the count line are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyFacesError
+
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+class PredictionFormatError(TinyFacesError):
+    """A detection text file does not follow the official WIDER FACE format."""
+
+
+@dataclass(frozen=True)
+class DetectionFile:
+    """One parsed detection file.
+
+    Attributes:
+        image_name: line 1, stripped.
+        boxes: (N, 5) float64 ``[x, y, w, h, score]`` in file order.
+    """
+
+    image_name: str
+    boxes: np.ndarray
+
+
+def matlab_round(values: np.ndarray) -> np.ndarray:
+    """MATLAB ``round``: to nearest, halves away from zero (numpy rounds halves to even)."""
+    v = np.asarray(values, dtype=np.float64)
+    mag = np.abs(v)
+    floor = np.floor(mag)
+    # mag - floor is exact in float64, so the half test has no rounding error.
+    return np.copysign(floor + (mag - floor >= 0.5), v)
+
+
+def to_official_boxes(boxes: np.ndarray) -> np.ndarray:
+    """(N, 5) ``[x1, y1, x2, y2, score]`` -> (N, 5) float64 ``[x, y, w, h, score]``, the
+    authors' rounding (corners rounded, then ``w = x2 - x1 + 1``)."""
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 5:
+        raise PredictionFormatError(f"boxes must have shape (N, 5), got {b.shape}")
+    if not np.all(np.isfinite(b)):
+        raise PredictionFormatError("boxes contain a non-finite value (NaN or inf)")
+    corners = matlab_round(b[:, :4])
+    out = np.empty_like(b)
+    out[:, 0:2] = corners[:, 0:2]
+    out[:, 2:4] = corners[:, 2:4] - corners[:, 0:2] + 1.0
+    out[:, 4] = b[:, 4]
+    return out
+
+
+def format_detections(image_name: str, boxes: np.ndarray) -> str:
+    """The file text for one image; ``boxes`` is (N, 5) ``[x1, y1, x2, y2, score]``."""
+    if "\n" in image_name or "\r" in image_name:
+        raise PredictionFormatError(f"image name must be one line, got {image_name!r}")
+    official = to_official_boxes(boxes)
+    lines = [image_name, str(len(official))]
+    lines += ["%d %d %d %d %f" % (x, y, w, h, s) for x, y, w, h, s in official]
+    return "\n".join(lines) + "\n"
+
+
+def detection_path(root: str | Path, event: str, image_stem: str) -> Path:
+    """``<root>/<event>/<image_stem>.txt``, where the official reader looks."""
+    return Path(root) / event / f"{image_stem}.txt"
+
+
+def write_detection_file(path: str | Path, image_name: str, boxes: np.ndarray) -> Path:
+    """Writes one detection file (creating parent folders); returns its path."""
+    path = Path(path)
+    text = format_detections(image_name, boxes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_image_detections(root: str | Path, image_relpath: str, boxes: np.ndarray) -> Path:
+    """Writes the detections of the image at ``<images>/<event>/<name>.<ext>``.
+
+    ``image_relpath`` is ``"<event>/<name>.<ext>"`` (the WIDER images layout); the file goes
+    to ``<root>/<event>/<name>.txt`` with line 1 = ``image_relpath``.
+    """
+    rel = Path(image_relpath)
+    if len(rel.parts) != 2:
+        raise PredictionFormatError(
+            f"image path must be '<event>/<image file>', got {image_relpath!r}")
+    return write_detection_file(detection_path(root, rel.parts[0], rel.stem),
+                                rel.as_posix(), boxes)
+
+
+def _numbers(text: str, where: str) -> list[float]:
+    try:
+        values = [float(tok) for tok in _SEPARATORS.split(text.strip()) if tok]
+    except ValueError:
+        raise PredictionFormatError(f"{where}: expected numbers, got {text.strip()!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise PredictionFormatError(f"{where}: non-finite value in {text.strip()!r}")
+    return values
+
+
+def parse_detections(text: str, source: str = "<text>") -> DetectionFile:
+    """Parses the text of one detection file; errors name ``source`` and the 1-based line."""
+    lines = text.splitlines()
+    if len(lines) < 2:
+        raise PredictionFormatError(
+            f"{source}: expected the image name on line 1 and the box count on line 2, "
+            f"got {len(lines)} line(s)")
+    count_text = lines[1].strip()
+    try:
+        count = int(count_text)
+    except ValueError:
+        raise PredictionFormatError(
+            f"{source}:2: expected the number of boxes, got {count_text!r}") from None
+    if count < 0:
+        raise PredictionFormatError(f"{source}:2: negative box count {count}")
+    rows = [(no, line) for no, line in enumerate(lines[2:], start=3) if line.strip()]
+    if len(rows) != count:
+        raise PredictionFormatError(
+            f"{source}: line 2 declares {count} box(es) but {len(rows)} box line(s) follow")
+    boxes = np.zeros((count, 5), dtype=np.float64)
+    for k, (no, line) in enumerate(rows):
+        values = _numbers(line, f"{source}:{no}")
+        if len(values) < 5:
+            raise PredictionFormatError(
+                f"{source}:{no}: expected 'x y w h score', got {line.strip()!r}")
+        boxes[k, :4] = values[:4]
+        boxes[k, 4] = values[-1]
+    return DetectionFile(lines[0].strip(), boxes)
+
+
+def read_detection_file(path: str | Path) -> DetectionFile:
+    """Reads and parses one detection file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictionFormatError(f"{path}: cannot read detection file ({exc})") from None
+    return parse_detections(text, str(path))

@@ -1,0 +1,396 @@
+"""WIDER FACE evaluation (runtime/wider_eval.py, wider_format.py, cli_eval.py).
+
+Expected APs are computed by hand from the official algorithm (eval_tools/evaluation.m):
+scores are min-max normalised over all predictions, a threshold ``1 - t/1000`` admits the
+predictions with normalised score >= it, and AP is VOCap over the 1000 (recall, precision)
+points. With raw scores 3, 2, 1 the normalised scores are 1, 0.5, 0: the first prediction
+is alone for t = 1..499, the second joins at t = 500, the third at t = 1000. The end-to-end
+cases here were also run through the official .m files under GNU Octave 7.3: same APs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.runtime import cli_eval
+from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.runtime.wider_eval import (
+    WiderEvalError, box_overlaps, evaluate_folder, image_evaluation, image_pr_info,
+    load_ground_truth, normalize_scores, voc_ap)
+from tinyfaces_trt.runtime.wider_format import (
+    PredictionFormatError, format_detections, matlab_round, parse_detections,
+    read_detection_file, to_official_boxes, write_image_detections)
+
+from wider_synthetic import SynthImage, write_ground_truth
+
+# Faces [x, y, w, h]. easy: 5 faces, medium: 6 (+A2), hard: 8 (+B1, D0).
+A0, A1, A2 = [10, 10, 20, 20], [100, 10, 20, 20], [200, 10, 8, 8]
+B0, B1 = [50, 50, 30, 30], [150, 50, 6, 6]
+C0, C1 = [30, 30, 40, 40], [120, 30, 40, 40]
+D0 = [10, 10, 5, 5]
+FAR = [400, 400, 20, 20]  # overlaps no face
+EVENTS = {
+    "0--Parade": [
+        SynthImage("0_Parade_a", [A0, A1, A2], {"easy": [0, 1]}),
+        SynthImage("0_Parade_b", [B0, B1], {"easy": [0], "medium": [0]}),
+    ],
+    "1--Handshaking": [
+        SynthImage("1_Handshaking_c", [C0, C1]),
+        SynthImage("1_Handshaking_d", [D0], {"easy": [], "medium": []}),
+    ],
+}
+IMAGES = [(e, im.name) for e, ims in EVENTS.items() for im in ims]
+FACES = {"easy": 5, "medium": 6, "hard": 8}
+
+
+@pytest.fixture(scope="module")
+def gt_dir(tmp_path_factory) -> Path:
+    return write_ground_truth(tmp_path_factory.mktemp("gt"), EVENTS)
+
+
+def write_preds(root: Path, preds: dict, skip: tuple = ()) -> Path:
+    """Writes raw ``x y w h score`` files for every ground-truth image (empty if none)."""
+    for event, image in IMAGES:
+        if (event, image) in skip:
+            continue
+        rows = preds.get((event, image), [])
+        path = root / event / f"{image}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{image}.jpg", str(len(rows))]
+        lines += [" ".join(repr(float(v)) for v in r) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def at(box, score):
+    return [*box, score]
+
+
+def ap_of(gt_dir, pred_dir, **kw):
+    return evaluate_folder(gt_dir, pred_dir, **kw).ap
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+def test_synthetic_ground_truth_loads_with_official_structure(gt_dir):
+    gt = load_ground_truth(gt_dir)
+    assert gt.index.events == ("0--Parade", "1--Handshaking")
+    assert gt.index.images == (("0_Parade_a", "0_Parade_b"), ("1_Handshaking_c", "1_Handshaking_d"))
+    assert gt.index.keep is None
+    boxes = gt.settings["easy"].boxes[0][0]
+    assert boxes.dtype == np.int32 and boxes.tolist() == [A0, A1, A2]
+    assert [k.tolist() for k in gt.settings["easy"].keep[0]] == [[0, 1], [0]]
+    assert [k.tolist() for k in gt.settings["hard"].keep[1]] == [[0, 1], [0]]
+    assert sum(len(k) for ev in gt.settings["medium"].keep for k in ev) == FACES["medium"]
+
+
+def test_missing_ground_truth_file_is_named(gt_dir, tmp_path):
+    for name in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat"):
+        (tmp_path / name).write_bytes((gt_dir / name).read_bytes())
+    with pytest.raises(WiderEvalError, match="missing ground-truth file.*wider_hard_val.mat"):
+        load_ground_truth(tmp_path)
+    with pytest.raises(WiderEvalError, match="ground-truth folder not found"):
+        load_ground_truth(tmp_path / "nope")
+
+
+def test_setting_file_without_gt_list_is_rejected(gt_dir, tmp_path):
+    for name in ("wider_face_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        (tmp_path / name).write_bytes((gt_dir / name).read_bytes())
+    (tmp_path / "wider_easy_val.mat").write_bytes((gt_dir / "wider_face_val.mat").read_bytes())
+    with pytest.raises(WiderEvalError, match=r"wider_easy_val.mat: not a WIDER FACE .*gt_list"):
+        load_ground_truth(tmp_path)
+
+
+def test_keep_index_out_of_range_is_rejected(tmp_path):
+    write_ground_truth(tmp_path, {"0--E": [SynthImage("x", [A0], {"easy": [1]})]})
+    with pytest.raises(WiderEvalError, match=r"gt_list of 0--E/x must hold 1-based face indices"
+                                              r" in 1..1"):
+        load_ground_truth(tmp_path)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def test_boxoverlap_uses_official_plus_one_areas_and_int32_rounding():
+    gt = np.array([[0, 0, 10, 10]], np.int32)  # -> [0, 0, 10, 10]: 11 x 11 pixels
+    pred = np.array([[5.0, 0, 10, 10, 1]])      # -> [5, 0, 15, 10]: overlap 6 x 11
+    assert box_overlaps(gt.astype(np.float64), pred)[0, 0] == 66 / 176
+    assert box_overlaps(gt, pred)[0, 0] == 0    # int32 class: round(0.375)
+    # IoU exactly 0.5 (6 / 12) passes ">= 0.5" with both classes.
+    half_gt, half_pred = np.array([[0, 0, 2, 2]], np.int32), np.array([[1.0, 0, 2, 2, 1]])
+    assert box_overlaps(half_gt.astype(float), half_pred)[0, 0] == 0.5
+    assert box_overlaps(half_gt, half_pred)[0, 0] == 1
+
+
+def test_image_evaluation_greedy_matching_and_ignores():
+    gt = np.array([A0, A1, A2], np.int32)
+    keep = np.array([True, True, False])
+    pred = np.array([at(A0, 5), at(A0, 4), at(FAR, 3), at(A2, 2), at(A1, 1)], float)
+    pred_recall, proposal = image_evaluation(pred, gt, keep)
+    assert pred_recall.tolist() == [1, 1, 1, 1, 2]       # the duplicate does not recall again
+    assert proposal.tolist() == [1, 1, 1, -1, 1]         # only the ignored match is dropped
+    info = image_pr_info(np.array([1.0, 0.75, 0.5, 0.25, 0.0]), proposal, pred_recall)
+    assert info[248].tolist() == [1, 1]    # t=249, thresh 0.751: only the first passes
+    assert info[249].tolist() == [2, 1]    # t=250, thresh 0.75: the duplicate joins (>=)
+    assert info[999].tolist() == [4, 2]    # t=1000, thresh 0: all five, four proposals
+
+
+def test_voc_ap_interpolates_and_skips_nan_precision():
+    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5])) == 0.75
+    assert voc_ap(np.array([0.5, 1.0]), np.array([np.nan, 0.5])) == 0.5  # MATLAB max(NaN, x) = x
+    ap = voc_ap(np.array([0.2, 0.2, 0.4]), np.array([0.0, 0.5, 2 / 3]))
+    assert ap == pytest.approx(0.4 * 2 / 3, abs=1e-15)
+
+
+def test_score_normalisation_is_single_precision_like_norm_score():
+    out = normalize_scores({("e", "a"): np.array([[0, 0, 1, 1, 1.0], [0, 0, 1, 1, 0.7]]),
+                            ("e", "b"): np.array([[0, 0, 1, 1, 0.0]])})
+    assert out[("e", "a")][:, 4].tolist() == [1.0, float(np.float32(0.7))]
+    assert out[("e", "a")][1, 4] != 0.7
+    # All-negative scores: the official max starts at realmin('single'), not at the max score.
+    neg = normalize_scores({("e", "a"): np.array([[0, 0, 1, 1, -1.0], [0, 0, 1, 1, -3.0]])})
+    assert neg[("e", "a")][:, 4].tolist() == [float(np.float32(2) / np.float32(3)), 0.0]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def perfect_preds():
+    scores = iter(range(100, 0, -1))
+    return {key: [at(box, next(scores)) for box in im.boxes]
+            for key, im in zip(IMAGES, [im for ims in EVENTS.values() for im in ims])}
+
+
+def test_perfect_detections_written_by_our_writer_give_ap_1(gt_dir, tmp_path):
+    for (event, image), rows in perfect_preds().items():
+        xyxy = np.array([[x, y, x + w - 1, y + h - 1, s] for x, y, w, h, s in rows], float)
+        write_image_detections(tmp_path, f"{event}/{image}.jpg", xyxy)
+    assert ap_of(gt_dir, tmp_path) == pytest.approx({"easy": 1, "medium": 1, "hard": 1}, abs=1e-15)
+
+
+def test_half_of_the_faces_found(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 2.0)],
+                           ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})
+    # No false positive: AP = recall = 2 / number of kept faces.
+    assert ap_of(gt_dir, tmp_path) == pytest.approx({"easy": 0.4, "medium": 2 / 6, "hard": 0.25},
+                                                    abs=1e-15)
+
+
+def test_false_positive_above_true_positives(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(FAR, 3.0), at(A0, 2.0)],
+                           ("1--Handshaking", "1_Handshaking_c"): [at(C0, 1.0)]})
+    # t<500: P=0 R=0; t=500..999: P=1/2 R=1/N; t=1000: P=2/3 R=2/N -> AP = (2/N)(2/3).
+    ap = ap_of(gt_dir, tmp_path)
+    assert ap["easy"] == pytest.approx(4 / 15, abs=1e-15)
+    assert ap["medium"] == pytest.approx(2 / 9, abs=1e-15)
+    assert ap["hard"] == pytest.approx(1 / 6, abs=1e-15)
+
+
+def test_false_positive_between_true_positives(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 3.0), at(FAR, 2.0)],
+                           ("1--Handshaking", "1_Handshaking_c"): [at(C0, 1.0)]})
+    # t<500: P=1 R=1/N; t=500..999: P=1/2 R=1/N; t=1000: P=2/3 R=2/N -> AP = 1/N + (1/N)(2/3).
+    ap = ap_of(gt_dir, tmp_path)
+    assert ap["easy"] == pytest.approx(1 / 5 + 2 / 15, abs=1e-15)
+    assert ap["hard"] == pytest.approx(1 / 8 + 1 / 12, abs=1e-15)
+
+
+def test_duplicate_detection_is_a_false_positive(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 3.0), at([11, 10, 20, 20], 2.0)],
+                           ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})
+    assert ap_of(gt_dir, tmp_path)["easy"] == pytest.approx(1 / 5 + 2 / 15, abs=1e-15)
+
+
+def test_matching_an_ignored_face_is_not_a_false_positive(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A2, 3.0), at(A0, 2.0), at(A1, 1.0)]})
+    # easy ignores A2: its prediction leaves the proposals; medium/hard count it as a hit.
+    assert ap_of(gt_dir, tmp_path) == pytest.approx({"easy": 0.4, "medium": 0.5, "hard": 0.375},
+                                                    abs=1e-15)
+
+
+def test_int32_ground_truth_matches_the_first_face_over_threshold(tmp_path):
+    g0, g1, g2 = [0, 0, 10, 10], [2, 0, 10, 10], [100, 100, 20, 20]  # IoU(g0, g1) = 0.69
+    events = {"0--E": [SynthImage("x", [g0, g1, g2], {"easy": [1, 2]})]}
+    preds = {"0--E/x": [at(g1, 2.0), at(g2, 1.0)]}
+    results = {}
+    for dtype in (np.int32, np.float64):
+        gt = write_ground_truth(tmp_path / f"gt_{np.dtype(dtype).name}", events, box_dtype=dtype)
+        pred = tmp_path / f"pred_{np.dtype(dtype).name}"
+        (pred / "0--E").mkdir(parents=True)
+        (pred / "0--E" / "x.txt").write_text(format_detections("x", np.array(
+            [[x, y, x + w - 1, y + h - 1, s] for x, y, w, h, s in preds["0--E/x"]], float)))
+        results[dtype] = ap_of(gt, pred)["easy"]
+    # MATLAB int32 IoU is 0 or 1, and max() takes the first: the prediction on g1 goes to the
+    # ignored g0. With double boxes it goes to g1 (IoU 1).
+    assert results == {np.int32: 0.5, np.float64: 1.0}
+
+
+def test_all_equal_scores_give_zero_ap_like_the_official_code(gt_dir, tmp_path):
+    write_preds(tmp_path, {k: [r[:4] + [0.9] for r in rows] for k, rows in perfect_preds().items()})
+    with pytest.warns(UserWarning, match="all prediction scores are equal"):
+        assert ap_of(gt_dir, tmp_path) == {"easy": 0.0, "medium": 0.0, "hard": 0.0}
+
+
+def test_missing_prediction_file_counts_as_no_detections(gt_dir, tmp_path):
+    write_preds(tmp_path, perfect_preds(), skip=(("1--Handshaking", "1_Handshaking_c"),))
+    with pytest.warns(UserWarning, match=r"1 of 4 prediction files are missing.*_c.txt"):
+        result = evaluate_folder(gt_dir, tmp_path)
+    assert result.ap == pytest.approx({"easy": 0.6, "medium": 4 / 6, "hard": 0.75}, abs=1e-15)
+    assert [p.name for p in result.missing] == ["1_Handshaking_c.txt"]
+    with pytest.raises(WiderEvalError, match="1 of 4 prediction files are missing"):
+        evaluate_folder(gt_dir, tmp_path, on_missing="error")
+
+
+def test_prediction_folder_errors(gt_dir, tmp_path):
+    with pytest.raises(WiderEvalError, match="prediction folder not found"):
+        evaluate_folder(gt_dir, tmp_path / "nope")
+    (tmp_path / "0_Parade_a.txt").write_text("x\n0\n")  # flat layout: no <event>/ folders
+    with pytest.raises(WiderEvalError, match=r"no prediction file for any of the 4 .*"
+                                              r"<event>/<image>.txt"):
+        evaluate_folder(gt_dir, tmp_path)
+
+
+def test_malformed_prediction_line_names_file_and_line(gt_dir, tmp_path):
+    write_preds(tmp_path, perfect_preds())
+    bad = tmp_path / "0--Parade" / "0_Parade_b.txt"
+    bad.write_text("0_Parade_b.jpg\n2\n50 50 30 30 0.9\n150 50 6 0.5\n")
+    with pytest.raises(PredictionFormatError, match=r"0_Parade_b.txt:4: expected 'x y w h score'"):
+        evaluate_folder(gt_dir, tmp_path)
+
+
+# ----------------------------------------------------------------------------- text format
+
+
+def test_matlab_round_halves_away_from_zero():
+    got = matlab_round(np.array([-2.5, -0.5, 0.5, 1.5, 2.5, 0.49999999999999994, -1.2]))
+    assert got.tolist() == [-3, -1, 1, 2, 3, 0, -1]
+
+
+def test_writer_uses_the_authors_rounding():
+    boxes = np.array([[10.5, 20.5, 30.4, 40.6, 0.9], [-0.5, 0.0, 9.0, 9.0, 0.25]])
+    # Corners rounded first: w = 30 - 11 + 1 = 20 (the port's round(30.4 - 10.5 + 1) gives 21).
+    assert to_official_boxes(boxes).tolist() == [[11, 21, 20, 21, 0.9], [-1, 0, 11, 10, 0.25]]
+    assert format_detections("0--Parade/a.jpg", boxes) == (
+        "0--Parade/a.jpg\n2\n11 21 20 21 0.900000\n-1 0 11 10 0.250000\n")
+    assert format_detections("a", np.zeros((0, 5))) == "a\n0\n"
+    with pytest.raises(PredictionFormatError, match="non-finite"):
+        format_detections("a", np.array([[0, 0, np.nan, 1, 1]]))
+
+
+def test_detection_file_round_trip(tmp_path):
+    boxes = np.array([[12.2, 7.6, 40.0, 30.5, 0.875], [0, 0, 3, 3, 0.123456789]], np.float32)
+    path = write_image_detections(tmp_path, "3--Riot/3_Riot_x_1.jpg", boxes)
+    assert path == tmp_path / "3--Riot" / "3_Riot_x_1.txt"
+    parsed = read_detection_file(path)
+    assert parsed.image_name == "3--Riot/3_Riot_x_1.jpg"
+    np.testing.assert_allclose(parsed.boxes, to_official_boxes(boxes), atol=5e-7, rtol=0)
+    assert parsed.boxes[:, :4].tolist() == [[12, 8, 29, 24], [0, 0, 4, 4]]
+
+
+def test_reader_accepts_official_variants():
+    parsed = parse_detections("img\n3\n1 2 3 4 5 0.7\n5,6,7,8,0.5\n  9 10 11 12 -1.5e-1  \n\n\n")
+    # Six columns: the last one is the score (read_pred.m's raw_info(end)).
+    assert parsed.boxes.tolist() == [[1, 2, 3, 4, 0.7], [5, 6, 7, 8, 0.5], [9, 10, 11, 12, -0.15]]
+    assert parse_detections("\n0\n").boxes.shape == (0, 5)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("img\n", r"f.txt: expected the image name on line 1 and the box count on line 2"),
+    ("img\nthree\n", r"f.txt:2: expected the number of boxes, got 'three'"),
+    ("img\n-1\n", r"f.txt:2: negative box count"),
+    ("img\n2\n1 2 3 4 0.5\n", r"f.txt: line 2 declares 2 box\(es\) but 1 box line\(s\) follow"),
+    ("img\n1\n1 2 3 4 0.5\n1 2 3 4 0.5\n", r"declares 1 box\(es\) but 2"),
+    ("img\n1\n1 2 3 nan 0.5\n", r"f.txt:3: non-finite value"),
+    ("img\n1\n1 2 x 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 x 4 0.5'"),
+])
+def test_reader_errors_name_file_and_line(text, message):
+    with pytest.raises(PredictionFormatError, match=message):
+        parse_detections(text, "f.txt")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_the_table_and_writes_json(gt_dir, tmp_path, capsys):
+    pred = write_preds(tmp_path / "pred", {("0--Parade", "0_Parade_a"): [at(FAR, 3.0), at(A0, 2.0)],
+                                           ("1--Handshaking", "1_Handshaking_c"): [at(C0, 1.0)]})
+    out_json = tmp_path / "out" / "ap.json"
+    code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.splitlines() == [
+        "setting       AP   faces",
+        "easy      0.2667       5",
+        "medium    0.2222       6",
+        "hard      0.1667       8",
+    ]
+    data = json.loads(out_json.read_text())
+    assert data["ap"]["easy"] == pytest.approx(4 / 15, abs=1e-15)
+    assert data["settings"]["hard"]["num_faces"] == 8
+    curve = data["settings"]["easy"]
+    assert len(curve["precision"]) == len(curve["recall"]) == len(curve["thresholds"]) == 1000
+    assert curve["thresholds"][499] == 0.5
+    assert (curve["precision"][499], curve["recall"][499]) == (0.5, 0.2)
+    assert (curve["precision"][998], curve["precision"][999]) == (0.5, pytest.approx(2 / 3))
+
+
+def test_cli_missing_file_warns_or_fails_with_strict(gt_dir, tmp_path, capsys):
+    pred = write_preds(tmp_path, perfect_preds(), skip=(("0--Parade", "0_Parade_b"),))
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 of 4 images have no prediction file" in captured.err
+    assert "easy      0.8000" in captured.out
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--strict"]) == 1
+    assert "tf-eval: error: 1 of 4 prediction files are missing" in capsys.readouterr().err
+
+
+def test_cli_errors_are_messages_with_exit_code_1(gt_dir, tmp_path, capsys):
+    assert cli_eval.main(["--gt", str(tmp_path / "nogt"), "--pred", str(tmp_path)]) == 1
+    assert "tf-eval: error: ground-truth folder not found" in capsys.readouterr().err
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    (pred / "0--Parade" / "0_Parade_a.txt").write_text("a\n1\n1 2 3\n")
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred)]) == 1
+    err = capsys.readouterr().err
+    assert "0_Parade_a.txt:3: expected 'x y w h score', got '1 2 3'" in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        cli_eval.main(["--pred", str(pred)])
+    assert exc.value.code == 2
+
+
+def test_cli_plot(gt_dir, tmp_path, capsys):
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    png = tmp_path / "pr.png"
+    code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--plot", str(png)])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert code == 1
+        assert "--plot needs matplotlib" in capsys.readouterr().err
+        assert not png.exists()
+    else:
+        assert code == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_module_runs_end_to_end(gt_dir, tmp_path):
+    pred = write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 2.0)],
+                                  ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})
+    proc = subprocess.run([sys.executable, "-m", "tinyfaces_trt.runtime.cli_eval",
+                           "--gt", str(gt_dir), "--pred", str(pred)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "easy      0.4000       5" in proc.stdout
+    assert "hard      0.2500       8" in proc.stdout
+
+
+def test_errors_are_tinyfaces_errors():
+    assert issubclass(WiderEvalError, TinyFacesError)
+    assert issubclass(PredictionFormatError, TinyFacesError)
