@@ -13,7 +13,7 @@ constants, template-selection and pyramid rules, and thresholds. Two variants ex
 ``"matconvnet"``
     The authors' release (github peiyunh/tiny, ``tiny_face_detector.m``):
     raw 0..255 RGB minus ``net.meta.normalization.averageImage`` (no std), ConvTranspose
-    with crop [1,2,1,2] and a centre crop of the res3 score, Type B templates used at s > 1.
+    with crop [1,2,1,2] and the res3 score cropped at its bottom/right to that size (dagnn.Crop), Type B templates used at s > 1.
 
 Both use stride 8 and offset -1: ``cy = fy*8 - 1`` with 0-based cell indices. The MATLAB code's
 ``(fy-1)*8 - 1`` on 1-based indices gives the same number, but MATLAB reads it as a 1-based pixel
