@@ -15,6 +15,9 @@ Two rules (``DetectorConfig.pyramid``):
     longer side exceeds ``max_input_dim`` are skipped, and so are levels that would have a
     zero-sized side (the reference would fail on them).
 
+Levels with a side shorter than :data:`MIN_INPUT_SIDE` of the network variant are skipped
+(the MatConvNet trunk leaves nothing of a 1-2 px side; ONNX Runtime even dies with SIGFPE).
+
 Detections of a level are divided by its nominal ``scale`` (``2**exponent``), as both
 references do, not by the exact ratio of resized to original size.
 """
@@ -27,6 +30,11 @@ from dataclasses import dataclass
 
 from .config import DetectorConfig
 from .errors import ImageError
+
+
+#: Smallest input height/width each network variant runs at. The MatConvNet trunk's unpadded
+#: ceil-mode ``pool1`` leaves nothing of a 1-2 px side; the port's padded trunk runs down to 1 px.
+MIN_INPUT_SIDE: dict[str, int] = {"pytorch": 1, "matconvnet": 3}
 
 
 @dataclass(frozen=True)
@@ -100,15 +108,19 @@ def plan_pyramid(height: int, width: int, config: DetectorConfig) -> list[Pyrami
 
     Raises:
         ImageError: the size is not a positive integer, or no level fits the rule
-            (e.g. an image so large that even the smallest level exceeds ``max_input_dim``).
+            (e.g. an image so large that even the smallest level exceeds ``max_input_dim``,
+            or so thin that every level is below :data:`MIN_INPUT_SIDE`).
     """
     height, width = _check_size(height, width)
     if config.pyramid == "adaptive":
         raw = _adaptive_levels(height, width, config)
     else:
         raw = _fixed_levels(height, width, config)
+    floor = MIN_INPUT_SIDE[config.variant]
+    raw = [(e, h, w) for e, h, w in raw if min(h, w) >= floor]
     if not raw:
         raise ImageError(
             f"no pyramid level fits a {height}x{width} image with the {config.pyramid!r} rule "
-            f"(max_input_dim={config.max_input_dim}, fixed_scales={config.fixed_scales})")
+            f"(max_input_dim={config.max_input_dim}, fixed_scales={config.fixed_scales}, "
+            f"smallest side the {config.variant} network runs at: {floor} px)")
     return [PyramidLevel(i, e, 2.0 ** e, h, w) for i, (e, h, w) in enumerate(raw)]

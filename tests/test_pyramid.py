@@ -99,3 +99,15 @@ def test_level_is_frozen():
     assert isinstance(lv, PyramidLevel)
     with pytest.raises(AttributeError):
         lv.scale = 3.0
+
+
+def test_levels_below_the_variants_smallest_side_are_skipped():
+    # A 6x1920 strip: the 2^-5 .. 2^-2 levels are 1 px high, which the port's padded trunk
+    # runs but the MatConvNet trunk (unpadded ceil-mode pool1) cannot.
+    port = plan_pyramid(6, 1920, DetectorConfig())
+    mcn = plan_pyramid(6, 1920, DetectorConfig.for_variant("matconvnet"))
+    assert min(lv.height for lv in port) == 1
+    assert [(lv.exponent, lv.height) for lv in mcn] == [(-1.0, 3), (0.0, 6), (0.5, 9), (1.0, 12)]
+    assert [lv.index for lv in mcn] == [0, 1, 2, 3]
+    with pytest.raises(ImageError, match="smallest side the matconvnet network runs at: 3 px"):
+        plan_pyramid(1, 1920, DetectorConfig.for_variant("matconvnet"))

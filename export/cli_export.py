@@ -1,0 +1,178 @@
+"""``tf-export``: checkpoint -> export folder (ONNX fp32/fp16, manifest.json, TensorRT engine)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.runtime.profiles import Profile
+
+from .onnx_export import DEFAULT_OPSET
+from .trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_TENSORRT = 3
+EXIT_ENGINE_FAILED = 4
+
+EPILOG = f"""\
+The profile (the input shapes a TensorRT engine accepts) covers every pyramid level of the
+--image-size images (the first one is the typical size: the builder tunes for its largest
+level), or is given as --min-shape/--opt-shape/--max-shape. Default: every image up to
+1920x1920 pixels (min 1x3x1x1 -- 1x3x3x3 for the matconvnet variant --, opt 1x3x2160x3840,
+max 1x3x3840x3840).
+
+--fp16 implies an fp16 engine when TensorRT is installed; without TensorRT it writes the
+ONNX files and prints the trtexec command instead. --engine requires an engine.
+
+Exit codes:
+  {EXIT_OK}  success (also: --fp16 without TensorRT, ONNX written)
+  {EXIT_ERROR}  error: bad or missing weights, invalid shapes, export or check failure
+  {EXIT_USAGE}  invalid command line
+  {EXIT_NO_TENSORRT}  --engine given but TensorRT is not installed (ONNX files and manifest written)
+  {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (ONNX files and manifest written)
+
+Examples:
+  tf-export --weights checkpoint_50.pth --out out/ --fp16
+  tf-export --weights hr_res101.mat --out out/ --engine --image-size 1920x1080
+  tf-export --untrained --depth 50 --out /tmp/untrained
+"""
+
+_SHAPE_RE = re.compile(r"^(?:[A-Za-z_][\w.]*:)?(\d+)x(\d+)x(\d+)x(\d+)$")
+_SIZE_RE = re.compile(r"^(\d+)[xX](\d+)$")
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> ``(height, width)``."""
+    m = _SIZE_RE.match(text.strip())
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be WIDTHxHEIGHT with positive integers, e.g. 1920x1080; "
+                                         f"got {text!r}")
+    return int(m[2]), int(m[1])
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``"1x3xHxW"`` (optionally ``"image:1x3xHxW"``, trtexec style) -> a 4-tuple."""
+    m = _SHAPE_RE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"shape must be 1x3xHEIGHTxWIDTH (NCHW), e.g. 1x3x720x1280; got {text!r}")
+    return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tf-export",
+        description="Export a Tiny Faces checkpoint to an export folder: model.onnx (fp32, dynamic HxW), "
+                    "optionally model_fp16.onnx and a TensorRT engine, and manifest.json with everything "
+                    "the runtime needs (templates, normalisation, constants, profile).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("source")
+    src.add_argument("--weights", metavar="W", help="checkpoint: tiny-faces-pytorch .pth or the authors' "
+                                                    "hr_res101.mat (kind detected from the content)")
+    src.add_argument("--untrained", action="store_true",
+                     help="no checkpoint: export a network with seeded RANDOM weights (for testing only)")
+    src.add_argument("--depth", type=int, choices=(50, 101), help="ResNet depth (default: from the "
+                                                                 "checkpoint; 101 with --untrained)")
+    src.add_argument("--variant", choices=("pytorch", "matconvnet"),
+                     help="network variant (default: from the checkpoint; pytorch with --untrained)")
+    src.add_argument("--seed", type=int, default=0, help="seed of --untrained weights (default 0)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", default="tinyfaces_export", help="export folder (default: %(default)s)")
+    out.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (float32 I/O); "
+                                                         "builds an fp16 engine when TensorRT is installed")
+    out.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    out.add_argument("--simplify", action="store_true", help="run onnxslim (or onnxsim) on the graph; measured "
+                                                             "to change nothing on this network")
+    out.add_argument("--no-verify", action="store_true",
+                     help="skip the ONNX Runtime vs torch check on two small inputs")
+    prof = p.add_argument_group("profile (input shapes of the engine)")
+    prof.add_argument("--image-size", metavar="WxH", action="append", type=parse_image_size, default=[],
+                      help="cover every pyramid level of this image size; repeatable, the first is the typical size")
+    for which in ("min", "opt", "max"):
+        prof.add_argument(f"--{which}-shape", metavar="1x3xHxW", type=parse_shape,
+                          help=f"explicit profile {which} shape, NCHW (all three together; "
+                               f"trtexec's 'image:' prefix is accepted)")
+    trt = p.add_argument_group("TensorRT")
+    eng = trt.add_mutually_exclusive_group()
+    eng.add_argument("--engine", dest="engine", action="store_const", const=True, default=None,
+                     help="build a TensorRT engine (exit code 3 when TensorRT is not installed)")
+    eng.add_argument("--no-engine", dest="engine", action="store_const", const=False,
+                     help="never build an engine, even with --fp16")
+    trt.add_argument("--workspace", metavar="GB", type=_positive_float, default=DEFAULT_WORKSPACE_GB,
+                     help="builder workspace memory-pool limit in GiB (default %(default)s)")
+    trt.add_argument("--timing-cache", metavar="F", help="timing-cache file: loaded if present, saved after the build")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | None:
+    if a.weights is None and not a.untrained:
+        p.error("--weights is required (or --untrained to export random weights for testing)")
+    if a.weights is not None and a.untrained:
+        p.error("--weights and --untrained exclude each other")
+    shapes = (a.min_shape, a.opt_shape, a.max_shape)
+    if any(shapes) and not all(shapes):
+        p.error("--min-shape, --opt-shape and --max-shape go together: give all three")
+    if all(shapes) and a.image_size:
+        p.error("give either --image-size or --min/--opt/--max-shape, not both")
+    return Profile(*shapes) if all(shapes) else None
+
+
+def _load(a: argparse.Namespace):
+    """(model, config) from the checkpoint, or a seeded random network with --untrained."""
+    if a.untrained:
+        from .model import build_model
+
+        model = build_model(depth=a.depth or 101, variant=a.variant or "pytorch", seed=a.seed)
+        return model, model.detector_config()
+    from .weights import load_weights
+
+    return load_weights(a.weights, depth=a.depth, variant=a.variant)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        profile = _check_args(p, a)
+        from .export_pipeline import export_model, log_stderr, step
+
+        with step(log_stderr, f"loading {'an untrained network' if a.untrained else a.weights}"):
+            model, config = _load(a)
+        export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
+                     image_sizes=a.image_size or None, profile=profile, workspace_gb=a.workspace,
+                     timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
+                     untrained=a.untrained, verify=not a.no_verify, log=log_stderr)
+    except TensorRTUnavailableError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    except EngineBuildError as exc:
+        print(f"tf-export: error: {exc}", file=sys.stderr)
+        return EXIT_ENGINE_FAILED
+    except TinyFacesError as exc:
+        print(f"tf-export: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tf-export: interrupted", file=sys.stderr)
+        return 130
+    print(Path(a.out) / "manifest.json")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The export folder written by ``tf-export`` and read by every runtime backend (torch-free).
+
+Layout (all names are relative to the folder, as listed in ``manifest.json``)::
+
+    model.onnx          fp32 network, input "image" (1,3,H,W) float32, output "scores" (1,125,h,w)
+    model_fp16.onnx     optional: fp16 weights and compute, float32 input/output
+    model.engine        optional: TensorRT engine built from model.onnx
+    model_fp16.engine   optional: TensorRT engine with fp16 kernels
+    manifest.json       everything else the runtime needs (see :func:`build_manifest`)
+
+The manifest carries the complete :class:`~.config.DetectorConfig` (templates, normalisation,
+stride/offset, thresholds, pyramid rule), so a folder is self-contained: the runtime needs
+nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import NUM_CHANNELS, DetectorConfig
+from .errors import ManifestError
+from .profiles import Profile
+
+FORMAT = "tinyfaces-trt-export"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INPUT_NAME = "image"
+OUTPUT_NAME = "scores"
+
+#: Keys of the manifest's "files" object and the names tf-export gives them.
+DEFAULT_FILE_NAMES: dict[str, str] = {
+    "onnx_fp32": "model.onnx",
+    "onnx_fp16": "model_fp16.onnx",
+    "engine_fp32": "model.engine",
+    "engine_fp16": "model_fp16.engine",
+}
+
+
+def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
+                   weights: dict[str, Any] | None = None, profile: Profile | None = None,
+                   tools: dict[str, str] | None = None, untrained: bool = False,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict.
+
+    Args:
+        config: detector config stored in full.
+        files: role (a key of :data:`DEFAULT_FILE_NAMES`) -> file name inside the folder.
+        opset: ONNX opset of the ONNX files.
+        weights: ``{"path": ..., "sha256": ...}`` of the source checkpoint, or None.
+        profile: the input-shape profile engines are (or should be) built for.
+        tools: tool name -> version (torch, onnx, tensorrt, ...).
+        untrained: True when the network has random weights (a loud flag for the runtime).
+        extra: further top-level keys (e.g. ``"engines"`` build details); may not override.
+    """
+    unknown = set(files) - set(DEFAULT_FILE_NAMES)
+    if unknown:
+        raise ManifestError(f"unknown file roles {sorted(unknown)}; expected {sorted(DEFAULT_FILE_NAMES)}")
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "num_channels": NUM_CHANNELS,
+        "stride": config.stride,
+        "opset": int(opset),
+        "weights": dict(weights) if weights else None,
+        "untrained": bool(untrained),
+        "files": dict(files),
+        "profile": profile.to_dict() if profile is not None else None,
+        "tools": dict(tools or {}),
+    }
+    for key, value in (extra or {}).items():
+        if key in manifest:
+            raise ManifestError(f"extra manifest key {key!r} would override a standard key")
+        manifest[key] = value
+    return manifest
+
+
+def write_manifest(out_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """Builds the manifest (keyword arguments of :func:`build_manifest`) and writes it
+    atomically to ``out_dir/manifest.json``; returns that path."""
+    manifest = build_manifest(**kwargs)
+    path = Path(out_dir) / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """A validated export folder.
+
+    Attributes:
+        path: the folder.
+        config: detector config from the manifest.
+        onnx_fp32, onnx_fp16, engine_fp32, engine_fp16: absolute file paths, None when absent.
+        input_name, output_name: tensor names of the network.
+        num_channels: channels of the score map (always 125).
+        stride: score-map stride in pixels.
+        opset: ONNX opset.
+        profile: input-shape profile, or None.
+        untrained: the network has random weights.
+        manifest: the raw manifest dict.
+    """
+
+    path: Path
+    config: DetectorConfig
+    onnx_fp32: Path | None
+    onnx_fp16: Path | None
+    engine_fp32: Path | None
+    engine_fp16: Path | None
+    input_name: str
+    output_name: str
+    num_channels: int
+    stride: int
+    opset: int
+    profile: Profile | None
+    untrained: bool
+    manifest: dict[str, Any] = field(repr=False)
+
+    def onnx_path(self, fp16: bool = False) -> Path:
+        """The ONNX file of that precision; :class:`ManifestError` naming the fix when absent."""
+        path = self.onnx_fp16 if fp16 else self.onnx_fp32
+        if path is None:
+            hint = "re-export with tf-export --fp16" if fp16 else "re-export with tf-export"
+            raise ManifestError(f"export folder {self.path} has no {'fp16' if fp16 else 'fp32'} ONNX model; {hint}")
+        return path
+
+    def engine_path(self, fp16: bool = False) -> Path:
+        """The TensorRT engine of that precision; :class:`ManifestError` naming the fix when absent."""
+        path = self.engine_fp16 if fp16 else self.engine_fp32
+        if path is None:
+            flags = "--engine --fp16" if fp16 else "--engine"
+            raise ManifestError(
+                f"export folder {self.path} has no {'fp16' if fp16 else 'fp32'} TensorRT engine; build one on "
+                f"the target machine with tf-export {flags} (needs TensorRT 10)")
+        return path
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{folder} has no {MANIFEST_NAME}; it is not a tf-export folder "
+                            f"(create one with tf-export --weights W --out {folder})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+def _file_path(folder: Path, role: str, name: Any) -> Path:
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ManifestError(f"manifest file entry {role!r} must be a file name inside the folder, got {name!r}")
+    path = folder / name
+    if not path.is_file():
+        raise ManifestError(f"manifest lists {role} = {name!r} but {path} is missing; re-run tf-export")
+    return path
+
+
+def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in manifest:
+        raise ManifestError(f"manifest has no {key!r} entry")
+    value = manifest[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ManifestError(f"manifest entry {key!r} has the wrong type: {value!r}")
+    return value
+
+
+def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
+    """Reads and validates an export folder (or its ``manifest.json``).
+
+    Raises:
+        ManifestError: the folder or manifest is missing or unreadable, the format or version
+            is not this one, a listed file is missing, the score map is not 125 channels, or
+            an entry is malformed.
+    """
+    folder = Path(path)
+    if folder.is_file() and folder.name == MANIFEST_NAME:
+        folder = folder.parent
+    if not folder.exists():
+        raise ManifestError(f"export folder {folder} does not exist (create it with tf-export)")
+    if not folder.is_dir():
+        raise ManifestError(f"{folder} is not a folder; pass the folder tf-export wrote")
+    manifest = _read_manifest(folder)
+
+    fmt = manifest.get("format")
+    if fmt != FORMAT:
+        raise ManifestError(f"{folder / MANIFEST_NAME} has format {fmt!r}, expected {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{folder / MANIFEST_NAME} has format_version {version!r}; this tinyfaces-trt reads version "
+            f"{FORMAT_VERSION} only: re-export the folder with this version's tf-export")
+    channels = _require(manifest, "num_channels", int)
+    if channels != NUM_CHANNELS:
+        raise ManifestError(f"manifest num_channels is {channels}; the Tiny Faces score map has {NUM_CHANNELS} "
+                            f"(25 templates x [cls, tx, ty, tw, th])")
+    config = DetectorConfig.from_dict(_require(manifest, "config", dict))
+    stride = _require(manifest, "stride", int)
+    if stride != config.stride:
+        raise ManifestError(f"manifest stride {stride} disagrees with its config stride {config.stride}")
+
+    files = _require(manifest, "files", dict)
+    unknown = set(files) - set(DEFAULT_FILE_NAMES)
+    if unknown:
+        raise ManifestError(f"manifest lists unknown file roles {sorted(unknown)}")
+    paths = {role: _file_path(folder, role, name) for role, name in files.items() if name is not None}
+    if not paths:
+        raise ManifestError(f"manifest in {folder} lists no model file")
+
+    profile_raw = manifest.get("profile")
+    return ExportFolder(
+        path=folder,
+        config=config,
+        onnx_fp32=paths.get("onnx_fp32"),
+        onnx_fp16=paths.get("onnx_fp16"),
+        engine_fp32=paths.get("engine_fp32"),
+        engine_fp16=paths.get("engine_fp16"),
+        input_name=_require(manifest, "input_name", str),
+        output_name=_require(manifest, "output_name", str),
+        num_channels=channels,
+        stride=stride,
+        opset=_require(manifest, "opset", int),
+        profile=Profile.from_dict(profile_raw) if profile_raw is not None else None,
+        untrained=bool(manifest.get("untrained", False)),
+        manifest=manifest,
+    )

@@ -1,0 +1,126 @@
+"""The ``tf-export`` command line: arguments, messages, exit codes, end to end on a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers_weights import write_fake_pytorch_checkpoint
+from tinyfaces_trt.export.cli_export import (EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE, main,
+                                             parse_image_size, parse_shape)
+from tinyfaces_trt.export.trt_build import tensorrt_version
+from tinyfaces_trt.runtime.export_folder import load_export_folder
+
+pytest.importorskip("onnxruntime")
+HAS_TRT = tensorrt_version() is not None
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from tinyfaces_trt.export.cli_export import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "checkpoint_50.pth"
+    write_fake_pytorch_checkpoint(path, depth=50, seed=3)
+    return path
+
+
+def test_help_lists_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "Exit codes:" in text
+    for code in ("0  success", "1  error", "2  invalid command line", "3  --engine given but TensorRT"):
+        assert code in text
+    assert "--image-size WxH" in text and "--timing-cache F" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--weights is required (or --untrained"),
+    (["--weights", "w.pth", "--untrained"], "--weights and --untrained exclude each other"),
+    (["--untrained", "--min-shape", "1x3x8x8"], "give all three"),
+    (["--untrained", "--image-size", "640x480", "--min-shape", "1x3x8x8", "--opt-shape", "1x3x8x8",
+      "--max-shape", "1x3x8x8"], "either --image-size or --min/--opt/--max-shape"),
+    (["--untrained", "--image-size", "640"], "WIDTHxHEIGHT"),
+    (["--untrained", "--min-shape", "8x8"], "1x3xHEIGHTxWIDTH"),
+    (["--untrained", "--workspace", "0"], "positive number"),
+    (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_invalid_profile_is_a_clear_error(capsys, tmp_path):
+    argv = ["--untrained", "--out", str(tmp_path), "--min-shape", "1x3x64x64", "--opt-shape", "1x3x32x32",
+            "--max-shape", "image:1x3x128x128"]
+    assert main(argv) == EXIT_ERROR
+    assert "min <= opt <= max" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_argument_parsers():
+    assert parse_image_size("1920x1080") == (1080, 1920)  # WxH -> (height, width)
+    assert parse_shape("image:1x3x480x640") == (1, 3, 480, 640)
+    assert parse_shape("1x3x5x7") == (1, 3, 5, 7)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "weights file not found"),
+    (b"this is not a checkpoint", "not a readable PyTorch checkpoint"),
+])
+def test_bad_weights_exit_1_without_traceback(tmp_path, content, message):
+    weights = tmp_path / "w.pth"
+    if content is not None:
+        weights.write_bytes(content)
+    result = _run_cli("--weights", str(weights), "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_ERROR
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")
+def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path):
+    out = tmp_path / "exp"
+    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--fp16", "--engine",
+                      "--image-size", "91x67", "--no-verify")
+    assert result.returncode == EXIT_NO_TENSORRT, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("TensorRT is not installed: wrote ONNX only; build the engine on a machine with "
+                           "TensorRT 10")
+    assert (f"trtexec --onnx={out / 'model.onnx'} --minShapes=image:1x3x34x46 --optShapes=image:1x3x134x182 "
+            f"--maxShapes=image:1x3x134x182 --fp16 --memPoolSize=workspace:4096M "
+            f"--saveEngine={out / 'model_fp16.engine'}") in last
+    folder = load_export_folder(out)  # complete folder despite the exit code
+    assert folder.onnx_fp16 is not None and folder.engine_fp16 is None
+    manifest = folder.manifest
+    assert manifest["untrained"] is False
+    assert manifest["weights"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert manifest["weights"]["path"] == str(checkpoint.resolve())
+    # progress on stderr with timings, only the manifest path on stdout
+    assert "tf-export: exporting fp32 ONNX (opset 17): done in" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")
+def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
+    out = tmp_path / "exp"
+    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--fp16", "--image-size", "91x67",
+                      "--opset", "18", "--no-verify")
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.strip() == str(out / "manifest.json")
+    assert "TensorRT is not installed: wrote ONNX only" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["opset"] == 18
+    assert manifest["files"] == {"onnx_fp32": "model.onnx", "onnx_fp16": "model_fp16.onnx"}
+    assert manifest["profile"] == {"min": [1, 3, 34, 46], "opt": [1, 3, 134, 182], "max": [1, 3, 134, 182]}

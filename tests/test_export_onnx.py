@@ -1,0 +1,217 @@
+"""ONNX export (fp32 and fp16) of a seeded ResNet-50 TinyFacesNet, and the export folder format."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tinyfaces_trt.export.export_pipeline import _remove_stale, export_model
+from tinyfaces_trt.export.model import build_model
+from tinyfaces_trt.export.onnx_export import VERIFY_RTOL, onnx_vs_torch
+from tinyfaces_trt.runtime.config import DetectorConfig
+from tinyfaces_trt.runtime.errors import ManifestError
+from tinyfaces_trt.runtime.export_folder import (FORMAT, MANIFEST_NAME, build_manifest, load_export_folder,
+                                                 write_manifest)
+from tinyfaces_trt.runtime.profiles import Profile
+
+ort = pytest.importorskip("onnxruntime")
+
+ODD_SIZES = ((37, 53), (61, 29))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(depth=50, variant="pytorch", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """One fp32 + fp16 export (no engine) shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("export")
+    lines: list[str] = []
+    manifest = export_model(model, model.detector_config(), out, fp16=True, engine=False,
+                            image_sizes=[(120, 160)], untrained=True, verify=False, log=lines.append)
+    return out, manifest, lines
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def test_fp32_graph_is_valid_with_dynamic_spatial_dims(exported):
+    out, _, _ = exported
+    proto = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    (inp,), (outp,) = proto.graph.input, proto.graph.output
+    assert (inp.name, _dims(inp)) == ("image", [1, 3, "height", "width"])
+    assert (outp.name, _dims(outp)) == ("scores", [1, 125, "score_height", "score_width"])
+    assert inp.type.tensor_type.elem_type == outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded
+
+
+def test_fp32_onnxruntime_matches_torch_on_odd_sizes(exported, model):
+    out, _, _ = exported
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    for h, w in ODD_SIZES:
+        x = rng.standard_normal((1, 3, h, w), dtype=np.float32)
+        got = session.run(None, {"image": x})[0]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        assert got.shape == ref.shape == (1, 125, math.ceil(h / 8), math.ceil(w / 8))
+        err = np.abs(got - ref).max()
+        # measured ~1e-5 on maps reaching |5|; different summation order only
+        assert err < 1e-4 * max(1.0, np.abs(ref).max()), (h, w, err)
+
+
+def test_fp16_model_has_float32_io_and_stays_within_tolerance(exported, model):
+    out, _, _ = exported
+    proto = onnx.load(str(out / "model_fp16.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    assert _dims(proto.graph.input[0]) == [1, 3, "height", "width"]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    weights = [i for i in proto.graph.initializer if len(i.dims) == 4]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    session = ort.InferenceSession(str(out / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float)"
+
+    err, ref_max = onnx_vs_torch(model, out / "model_fp16.onnx", ODD_SIZES, seed=5)
+    # documented bound VERIFY_RTOL["fp16"] = 2e-2 relative to max|ref|; measured ~2e-3
+    assert err <= VERIFY_RTOL["fp16"] * max(1.0, ref_max)
+    assert err > 1e-5  # really float16 weights, not a float32 copy
+
+
+def test_manifest_of_export_round_trips(exported, model):
+    out, manifest_path, lines = exported
+    assert manifest_path == out / MANIFEST_NAME
+    folder = load_export_folder(out)
+    assert folder.onnx_path() == out / "model.onnx" and folder.onnx_path(fp16=True) == out / "model_fp16.onnx"
+    assert folder.engine_fp32 is None and folder.engine_fp16 is None
+    assert (folder.input_name, folder.output_name, folder.num_channels, folder.stride, folder.opset) == \
+        ("image", "scores", 125, 8, 17)
+    cfg = folder.config
+    ref = model.detector_config()
+    assert cfg == ref and np.array_equal(cfg.templates, ref.templates)  # templates: compare=False
+    assert folder.untrained is True
+    # profile covers the pyramid of 120x160: min_e = min(floor(log2(82/160)), floor(log2(110/120)))
+    # = -1, so levels 2^-1, 2^0, 2^0.5, 2^1: 60x80 .. 240x320
+    assert folder.profile == Profile((1, 3, 60, 80), (1, 3, 240, 320), (1, 3, 240, 320))
+    raw = folder.manifest
+    assert raw["weights"] is None and raw["model"] == {"depth": 50, "variant": "pytorch"}
+    assert {"torch", "onnx", "python"} <= set(raw["tools"])
+    with pytest.raises(ManifestError, match="no fp16 TensorRT engine.*--engine --fp16"):
+        folder.engine_path(fp16=True)
+    # progress lines, the untrained warning, and the trtexec hint with the exact profile
+    assert any(line.startswith("WARNING: exporting a network with RANDOM") for line in lines)
+    assert any("exporting fp32 ONNX (opset 17): done in" in line for line in lines)
+    hint = [line for line in lines if "trtexec" in line]
+    assert len(hint) == 1 and "--minShapes=image:1x3x60x80 --optShapes=image:1x3x240x320 " \
+                               "--maxShapes=image:1x3x240x320 --fp16" in hint[0]
+
+
+# ------------------------------------------------------------------------------------------
+# manifest validation, on a small fake folder (no export needed)
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_folder(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "model.engine").write_bytes(b"engine")
+    write_manifest(tmp_path, config=DetectorConfig.for_variant("matconvnet", prob_thresh=0.7),
+                   files={"onnx_fp32": "model.onnx", "engine_fp32": "model.engine"}, opset=18,
+                   weights={"path": "/w.mat", "sha256": "ab" * 32},
+                   profile=Profile((1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 32, 32)), tools={"onnx": "1"})
+    return tmp_path
+
+
+def _edit(folder: Path, **changes) -> None:
+    path = folder / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_manifest_round_trip(fake_folder):
+    folder = load_export_folder(fake_folder / MANIFEST_NAME)  # the manifest path works too
+    assert folder.path == fake_folder
+    assert folder.config.variant == "matconvnet" and folder.config.prob_thresh == 0.7
+    assert folder.config.normalization.mean == (123.68, 116.779, 103.939)
+    assert folder.engine_path() == fake_folder / "model.engine" and folder.onnx_fp16 is None
+    assert folder.profile.opt == (1, 3, 16, 16) and folder.opset == 18 and folder.untrained is False
+    assert folder.manifest["weights"]["sha256"] == "ab" * 32
+    assert folder.manifest["format"] == FORMAT
+    with pytest.raises(ManifestError, match="no fp16 ONNX model; re-export with tf-export --fp16"):
+        folder.onnx_path(fp16=True)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(format="something-else"), "format 'something-else', expected 'tinyfaces-trt-export'"),
+    (dict(format_version=2), "format_version 2; this tinyfaces-trt reads version 1"),
+    (dict(num_channels=124), "num_channels is 124; the Tiny Faces score map has 125"),
+    (dict(stride=16), "stride 16 disagrees with its config stride 8"),
+    (dict(files={"onnx_fp32": "model.onnx", "onnx_fp16": "model_fp16.onnx"}),
+     "lists onnx_fp16 = 'model_fp16.onnx' but .* is missing"),
+    (dict(files={"onnx_fp32": "../model.onnx"}), "must be a file name inside the folder"),
+    (dict(files={"weights": "model.onnx"}), r"unknown file roles \['weights'\]"),
+    (dict(files={}), "lists no model file"),
+    (dict(profile={"min": [1, 3, 8, 8]}), "min, opt and max"),
+    (dict(input_name=3), "'input_name' has the wrong type"),
+    (dict(config={"variant": "pytorch"}), "detector config is incomplete"),
+])
+def test_manifest_validation_errors(fake_folder, changes, message):
+    _edit(fake_folder, **changes)
+    with pytest.raises(ManifestError, match=message):
+        load_export_folder(fake_folder)
+
+
+def test_missing_folder_manifest_and_bad_json(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        load_export_folder(tmp_path / "nope")
+    with pytest.raises(ManifestError, match="has no manifest.json; it is not a tf-export folder"):
+        load_export_folder(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_export_folder(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(ManifestError, match="must hold a JSON object"):
+        load_export_folder(tmp_path)
+
+
+def test_build_manifest_rejects_unknown_roles_and_overrides():
+    cfg = DetectorConfig()
+    with pytest.raises(ManifestError, match="unknown file roles"):
+        build_manifest(config=cfg, files={"model": "x"}, opset=17)
+    with pytest.raises(ManifestError, match="would override"):
+        build_manifest(config=cfg, files={}, opset=17, extra={"opset": 3})
+
+
+def test_reexport_removes_stale_model_files_only_in_export_folders(tmp_path):
+    for name in ("model.onnx", "model_fp16.onnx", "model.engine", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    _remove_stale(tmp_path, ["model.onnx"], lambda _: None)  # no manifest: not ours, untouched
+    assert (tmp_path / "model.engine").exists()
+    (tmp_path / MANIFEST_NAME).write_text("{}")
+    removed: list[str] = []
+    _remove_stale(tmp_path, ["model.onnx"], removed.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.onnx", "notes.txt"]
+    assert len(removed) == 2
+
+
+def test_simplify_without_a_simplifier_says_what_to_install():
+    import importlib.util
+
+    from tinyfaces_trt.export.onnx_export import simplify_onnx
+    from tinyfaces_trt.runtime.errors import BackendUnavailableError
+
+    if any(importlib.util.find_spec(name) for name in ("onnxslim", "onnxsim")):
+        pytest.skip("a simplifier is installed")
+    with pytest.raises(BackendUnavailableError, match=r"--simplify needs onnxslim or onnxsim.*pip install onnxslim"):
+        simplify_onnx(onnx.ModelProto())
