@@ -1,0 +1,347 @@
+"""ctypes binding of ``libtinyfaces_kernels.so`` (the C ABI of include/tinyfaces_kernels.h).
+
+:func:`load_library` finds the shared library, checks its ABI, and returns a
+:class:`KernelLibrary` whose methods take device pointers as ints and raise
+:class:`KernelError` for a non-success ``tf_status``. The library is searched in order:
+
+1. ``$TINYFACES_KERNELS_LIB`` (a path to the .so),
+2. ``build/`` next to this package (``make -C kernels``),
+3. the user cache directory where ``tf-build-kernels`` puts it (:func:`cache_dir`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.errors import BackendUnavailableError, TinyFacesError
+
+LIBRARY_NAME = "libtinyfaces_kernels.so"
+ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
+ENV_CACHE = "TINYFACES_CACHE_DIR"
+
+# Mirrors of the header's constants (tests parse the header to keep them in step).
+ABI_VERSION = 1
+NUM_TEMPLATES = 25
+MAX_DIM = 32768
+MAX_CAPACITY = 2**31 - 1
+MAX_NMS_CANDIDATES = 131072
+OVERFLOW_CAPACITY = 1
+OVERFLOW_NMS = 2
+
+
+class Status(enum.IntEnum):
+    """``tf_status`` codes."""
+
+    SUCCESS = 0
+    NULL_POINTER = 1
+    INVALID_SIZE = 2
+    INVALID_CAPACITY = 3
+    INVALID_VALUE = 4
+    MISALIGNED = 5
+    WORKSPACE_TOO_SMALL = 6
+    ABI_MISMATCH = 7
+    CUDA_ERROR = 8
+
+
+class KernelError(TinyFacesError):
+    """A kernel-library call returned a non-success status.
+
+    Attributes:
+        status: the :class:`Status` (a plain int for a code this binding does not know).
+        cuda_error: the ``cudaError_t`` for :attr:`Status.CUDA_ERROR`, else 0.
+    """
+
+    def __init__(self, message: str, status: "Status | int", cuda_error: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.cuda_error = cuda_error
+
+
+class DecodeParams(ctypes.Structure):
+    """``tf_decode_params``."""
+
+    _fields_ = [("templates", (ctypes.c_float * 4) * NUM_TEMPLATES),
+                ("active_mask", ctypes.c_uint32),
+                ("logit_thresh", ctypes.c_float),
+                ("stride", ctypes.c_float),
+                ("offset", ctypes.c_float),
+                ("scale", ctypes.c_float)]
+
+
+class NmsParams(ctypes.Structure):
+    """``tf_nms_params``."""
+
+    _fields_ = [("nms_thresh", ctypes.c_float),
+                ("pixel_offset", ctypes.c_float),
+                ("clip", ctypes.c_int32),
+                ("image_height", ctypes.c_int32),
+                ("image_width", ctypes.c_int32)]
+
+
+class NmsStats(ctypes.Structure):
+    """``tf_nms_stats`` (as downloaded from the device)."""
+
+    _fields_ = [("num_kept", ctypes.c_uint32),
+                ("num_candidates", ctypes.c_uint32),
+                ("overflow", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
+
+
+NMS_STATS_DTYPE = np.dtype([("num_kept", "<u4"), ("num_candidates", "<u4"),
+                            ("overflow", "<u4"), ("reserved", "<u4")])
+
+
+def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float, stride: float,
+                  offset: float, scale: float) -> DecodeParams:
+    """Builds ``tf_decode_params``.
+
+    Args:
+        templates: (25, >=4) [x1, y1, x2, y2, ...] per template.
+        active: bool[25], which templates decode at this level.
+    """
+    t = np.asarray(templates, dtype=np.float64)
+    a = np.asarray(active, dtype=bool)
+    if t.ndim != 2 or t.shape[0] != NUM_TEMPLATES or t.shape[1] < 4 or a.shape != (NUM_TEMPLATES,):
+        raise TinyFacesError(f"decode params need templates (25, 4+) and active (25,), got "
+                             f"{t.shape} and {a.shape}")
+    p = DecodeParams()
+    for c in range(NUM_TEMPLATES):
+        for k in range(4):
+            p.templates[c][k] = float(np.float32(t[c, k]))
+    p.active_mask = int(sum(1 << c for c in range(NUM_TEMPLATES) if a[c]))
+    p.logit_thresh = float(np.float32(logit_thresh))
+    p.stride, p.offset, p.scale = float(stride), float(offset), float(scale)
+    return p
+
+
+def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
+               image_width: int) -> NmsParams:
+    """Builds ``tf_nms_params``."""
+    return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), int(image_height),
+                     int(image_width))
+
+
+def cache_dir() -> Path:
+    """Where ``tf-build-kernels`` builds by default: ``$TINYFACES_CACHE_DIR/kernels``, else
+    ``$XDG_CACHE_HOME/tinyfaces_trt/kernels``, else ``~/.cache/tinyfaces_trt/kernels``."""
+    root = os.environ.get(ENV_CACHE)
+    if root:
+        return Path(root).expanduser() / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "tinyfaces_trt" / "kernels"
+
+
+def package_dir() -> Path:
+    """The installed ``tinyfaces_trt.kernels`` folder (sources, header, Makefile)."""
+    return Path(__file__).parent
+
+
+def library_candidates() -> list[Path]:
+    """Where :func:`load_library` looks, in order."""
+    paths = []
+    env = os.environ.get(ENV_LIBRARY)
+    if env:
+        paths.append(Path(env).expanduser())
+    paths.append(package_dir() / "build" / LIBRARY_NAME)
+    paths.append(cache_dir() / LIBRARY_NAME)
+    return paths
+
+
+_loaded: dict[str, "KernelLibrary"] = {}
+
+
+def load_library(path: str | os.PathLike[str] | None = None) -> "KernelLibrary":
+    """Loads (once per path) and ABI-checks the kernel library.
+
+    Args:
+        path: the .so to load; None searches :func:`library_candidates`.
+
+    Raises:
+        BackendUnavailableError: not built / not found / not loadable / built for another ABI.
+    """
+    if path is not None:
+        found = Path(path).expanduser()
+        if not found.is_file():
+            raise BackendUnavailableError(f"CUDA kernel library not found at {found}. {_BUILD_HINT}")
+    else:
+        env = os.environ.get(ENV_LIBRARY)
+        if env and not Path(env).expanduser().is_file():
+            raise BackendUnavailableError(
+                f"${ENV_LIBRARY} points to {env}, which does not exist. {_BUILD_HINT}")
+        existing = [p for p in library_candidates() if p.is_file()]
+        if not existing:
+            looked = ", ".join(str(p) for p in library_candidates())
+            raise BackendUnavailableError(
+                f"the CUDA kernel library {LIBRARY_NAME} is not built (looked in: {looked}). "
+                f"{_BUILD_HINT}")
+        found = existing[0]
+    key = str(found.resolve())
+    if key not in _loaded:
+        _loaded[key] = KernelLibrary(found)
+    return _loaded[key]
+
+
+_BUILD_HINT = (f"Build it with `tf-build-kernels` (needs the CUDA toolkit's nvcc and make), or "
+               f"`make -C <tinyfaces_trt/kernels>`, or set ${ENV_LIBRARY} to a built {LIBRARY_NAME}.")
+
+_VOIDP = ctypes.c_void_p
+_SIZE_P = ctypes.POINTER(ctypes.c_size_t)
+_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "tf_status_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "tf_last_cuda_error": (ctypes.c_int, []),
+    "tf_last_error_message": (ctypes.c_char_p, []),
+    "tf_abi_version": (ctypes.c_uint32, []),
+    "tf_check_abi": (ctypes.c_int, [ctypes.c_uint32, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]),
+    "tf_get_device_count": (ctypes.c_int, [ctypes.POINTER(ctypes.c_int)]),
+    "tf_resize_workspace_size": (ctypes.c_int, [ctypes.c_int] * 4 + [_SIZE_P]),
+    "tf_resize_normalize": (ctypes.c_int, [_VOIDP, ctypes.c_int, ctypes.c_int, ctypes.c_int64, _VOIDP,
+                                           ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float),
+                                           ctypes.POINTER(ctypes.c_float), _VOIDP, ctypes.c_size_t,
+                                           _VOIDP]),
+    "tf_candidates_size": (ctypes.c_int, [ctypes.c_int64, _SIZE_P]),
+    "tf_candidates_reset": (ctypes.c_int, [_VOIDP, _VOIDP]),
+    "tf_decode_level": (ctypes.c_int, [_VOIDP, ctypes.c_int, ctypes.c_int, ctypes.POINTER(DecodeParams),
+                                       ctypes.c_int64, _VOIDP, ctypes.c_int64, _VOIDP]),
+    "tf_nms_workspace_size": (ctypes.c_int, [ctypes.c_int64, _SIZE_P]),
+    "tf_nms": (ctypes.c_int, [_VOIDP, ctypes.c_int64, ctypes.POINTER(NmsParams), ctypes.c_int64, _VOIDP,
+                              ctypes.c_size_t, _VOIDP, _VOIDP, _VOIDP]),
+}
+
+
+def _ptr(value: Any) -> int | None:
+    """A pointer argument: an int (0 -> NULL) or anything ``device_pointer`` understands."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) or None
+    for attr in ("ptr", "handle"):
+        if hasattr(value, attr):
+            return int(getattr(value, attr)) or None
+    interface = getattr(value, "__cuda_array_interface__", None)
+    if interface is not None:
+        return int(interface["data"][0]) or None
+    raise TinyFacesError(f"cannot pass {type(value).__name__} as a pointer or stream")
+
+
+def _floats3(values: Any, name: str) -> Any:
+    v = np.asarray(values, dtype=np.float32).ravel()
+    if v.shape != (3,):
+        raise TinyFacesError(f"{name} must have 3 values, got {v.shape}")
+    return (ctypes.c_float * 3)(*v.tolist())
+
+
+class KernelLibrary:
+    """The loaded kernel library. Pointers are ints (0 = NULL) or objects with ``.ptr`` /
+    ``__cuda_array_interface__``; streams are ints, :class:`~..runtime.backends.cuda_device.Stream`
+    objects (``.handle``) or None for the legacy default stream.
+
+    Attributes:
+        path: the loaded .so.
+        raw: the ``ctypes.CDLL`` with argument types set (returns raw ``tf_status`` ints).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.raw = ctypes.CDLL(str(self.path))
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot load the CUDA kernel library {self.path}: {exc}. "
+                                          f"{_BUILD_HINT}") from exc
+        missing = [name for name in _SIGNATURES if not hasattr(self.raw, name)]
+        if missing:
+            raise BackendUnavailableError(f"{self.path} lacks {', '.join(missing)}; it is not this "
+                                          f"version's kernel library. {_BUILD_HINT}")
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(self.raw, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        status = self.raw.tf_check_abi(ABI_VERSION, ctypes.sizeof(DecodeParams),
+                                       ctypes.sizeof(NmsParams), ctypes.sizeof(NmsStats))
+        if status != Status.SUCCESS:
+            raise BackendUnavailableError(
+                f"{self.path} was built for another ABI ({self.last_error_message()}); rebuild it. "
+                f"{_BUILD_HINT}")
+
+    # -- status -------------------------------------------------------------------------
+    def status_string(self, status: int) -> str:
+        """``tf_status_string``."""
+        return self.raw.tf_status_string(int(status)).decode()
+
+    def last_error_message(self) -> str:
+        """``tf_last_error_message`` of this thread."""
+        return self.raw.tf_last_error_message().decode()
+
+    def _check(self, status: int, what: str) -> None:
+        if status == Status.SUCCESS:
+            return
+        code = Status(status) if status in Status._value2member_map_ else status
+        cuda = self.raw.tf_last_cuda_error() if code == Status.CUDA_ERROR else 0
+        raise KernelError(f"{what}: {self.status_string(status)}: {self.last_error_message()}",
+                          code, cuda)
+
+    def device_count(self) -> int:
+        """CUDA devices visible to the library (raises :class:`KernelError` without a driver)."""
+        count = ctypes.c_int(0)
+        self._check(self.raw.tf_get_device_count(ctypes.byref(count)), "tf_get_device_count")
+        return count.value
+
+    # -- resize -------------------------------------------------------------------------
+    def resize_workspace_size(self, src_height: int, src_width: int, dst_height: int,
+                              dst_width: int) -> int:
+        """Workspace bytes of :meth:`resize_normalize`."""
+        size = ctypes.c_size_t(0)
+        self._check(self.raw.tf_resize_workspace_size(src_height, src_width, dst_height, dst_width,
+                                                      ctypes.byref(size)), "tf_resize_workspace_size")
+        return size.value
+
+    def resize_normalize(self, src: Any, src_height: int, src_width: int, dst: Any,
+                         dst_height: int, dst_width: int, channel_scale: Any, channel_bias: Any,
+                         workspace: Any, workspace_bytes: int, stream: Any = None,
+                         src_row_bytes: int = 0) -> None:
+        """Enqueues resize + normalise of an RGB uint8 device image into (1,3,h,w) float32."""
+        self._check(self.raw.tf_resize_normalize(
+            _ptr(src), src_height, src_width, src_row_bytes, _ptr(dst), dst_height, dst_width,
+            _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
+            _ptr(workspace), workspace_bytes, _ptr(stream)), "tf_resize_normalize")
+
+    # -- candidates + decode ----------------------------------------------------------------
+    def candidates_size(self, capacity: int) -> int:
+        """Bytes of a candidate buffer for ``capacity`` candidates."""
+        size = ctypes.c_size_t(0)
+        self._check(self.raw.tf_candidates_size(capacity, ctypes.byref(size)), "tf_candidates_size")
+        return size.value
+
+    def candidates_reset(self, candidates: Any, stream: Any = None) -> None:
+        """Enqueues zeroing of the candidate counter."""
+        self._check(self.raw.tf_candidates_reset(_ptr(candidates), _ptr(stream)), "tf_candidates_reset")
+
+    def decode_level(self, score_map: Any, height: int, width: int, params: DecodeParams,
+                     key_base: int, candidates: Any, capacity: int, stream: Any = None) -> None:
+        """Enqueues decoding of one (1,125,height,width) float32 device score map."""
+        self._check(self.raw.tf_decode_level(_ptr(score_map), height, width, ctypes.byref(params),
+                                             key_base, _ptr(candidates), capacity, _ptr(stream)),
+                    "tf_decode_level")
+
+    # -- NMS ----------------------------------------------------------------------------
+    def nms_workspace_size(self, max_candidates: int) -> int:
+        """Workspace bytes of :meth:`nms` for up to ``max_candidates`` candidates."""
+        size = ctypes.c_size_t(0)
+        self._check(self.raw.tf_nms_workspace_size(max_candidates, ctypes.byref(size)),
+                    "tf_nms_workspace_size")
+        return size.value
+
+    def nms(self, candidates: Any, capacity: int, params: NmsParams, max_candidates: int,
+            workspace: Any, workspace_bytes: int, out_boxes: Any, out_stats: Any,
+            stream: Any = None) -> None:
+        """Enqueues sort + NMS; results (rows, :class:`NmsStats`) land in device memory."""
+        self._check(self.raw.tf_nms(_ptr(candidates), capacity, ctypes.byref(params), max_candidates,
+                                    _ptr(workspace), workspace_bytes, _ptr(out_boxes), _ptr(out_stats),
+                                    _ptr(stream)), "tf_nms")
+
+    def __repr__(self) -> str:
+        return f"KernelLibrary({str(self.path)!r})"

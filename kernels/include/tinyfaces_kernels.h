@@ -1,0 +1,196 @@
+/*
+ * tinyfaces_kernels.h -- C ABI of the Tiny Faces CUDA kernels.
+ *
+ *   pyramid resize + normalise : uint8 HWC RGB image -> network input (1,3,h,w) float32 NCHW
+ *   decode (one pyramid level) : score map (1,125,h,w) float32 -> candidates appended to a
+ *                                buffer shared by all levels of one image
+ *   sort + NMS                 : candidates -> (N,5) float32 [x1,y1,x2,y2,sigmoid(logit)]
+ *
+ * Semantics are those of docs/DESIGN.md ("Resize + normalise", "Decode", "NMS"); the numpy
+ * modules runtime/resize.py, decode.py and nms.py are the reference.
+ *
+ * Conventions (every function):
+ *   - Returns a tf_status. Arguments are validated on the host BEFORE any CUDA call, so a
+ *     bad argument never reaches the GPU and is reported even on a machine without one.
+ *   - Work is enqueued on the caller's stream (a cudaStream_t; NULL = legacy default
+ *     stream). No function synchronises, allocates or copies to the host; everything is
+ *     capturable in a CUDA graph. Results and counters are written to device memory.
+ *   - Device memory is caller-owned: query its size (tf_*_size), allocate, pass it in.
+ *     Candidate buffers and workspaces must be 16-byte aligned (cudaMalloc gives 256);
+ *     float arrays 4-byte aligned.
+ *   - TF_STATUS_CUDA_ERROR: a CUDA runtime call failed; tf_last_cuda_error() gives its
+ *     cudaError_t and tf_last_error_message() a readable detail (both per calling thread,
+ *     describing its last call).
+ *     Kernel faults surface asynchronously, at the caller's next synchronisation.
+ */
+#ifndef TINYFACES_KERNELS_H
+#define TINYFACES_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define TF_API __declspec(dllexport)
+#else
+#define TF_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TF_KERNELS_ABI_VERSION 1u
+
+#define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
+#define TF_NUM_CHANNELS 125
+
+/* Largest image / score-map side accepted by any function. */
+#define TF_MAX_DIM 32768
+
+/* Largest candidate-buffer capacity (candidates per image). */
+#define TF_MAX_CAPACITY 2147483647LL
+
+/* Largest number of candidates one tf_nms call can take (max_candidates). The suppression
+ * mask costs N * ceil(N/64) * 8 bytes: 2 MiB at 4096, 32 MiB at 16384, 512 MiB at 65536,
+ * 2 GiB at 131072. */
+#define TF_MAX_NMS_CANDIDATES 131072
+
+/* A stream handle; the same type as cudaStream_t (pass one directly). */
+typedef struct CUstream_st* tf_stream_t;
+
+typedef enum tf_status {
+  TF_STATUS_SUCCESS = 0,
+  TF_STATUS_NULL_POINTER = 1,           /* a required pointer argument is NULL */
+  TF_STATUS_INVALID_SIZE = 2,           /* a height/width/row pitch is < 1, > TF_MAX_DIM, or
+                                           the keys of a level would pass 2^32 - 1 */
+  TF_STATUS_INVALID_CAPACITY = 3,       /* capacity not in [1, TF_MAX_CAPACITY] or
+                                           max_candidates not in [1, TF_MAX_NMS_CANDIDATES] */
+  TF_STATUS_INVALID_VALUE = 4,          /* a threshold or parameter is NaN / out of range */
+  TF_STATUS_MISALIGNED = 5,             /* a buffer is not aligned as required */
+  TF_STATUS_WORKSPACE_TOO_SMALL = 6,    /* workspace_bytes below the queried size */
+  TF_STATUS_ABI_MISMATCH = 7,           /* tf_check_abi: caller built against another ABI */
+  TF_STATUS_CUDA_ERROR = 8              /* a CUDA runtime call failed (see above) */
+} tf_status;
+
+/* Static description of a status code ("unknown tf_status" for other values). */
+TF_API const char* tf_status_string(tf_status status);
+
+/* cudaError_t behind the TF_STATUS_CUDA_ERROR of this thread's last call, 0 otherwise. */
+TF_API int tf_last_cuda_error(void);
+
+/* Detail of this thread's last call when it failed ("" after a success). */
+TF_API const char* tf_last_error_message(void);
+
+/* TF_KERNELS_ABI_VERSION the library was built with. */
+TF_API uint32_t tf_abi_version(void);
+
+/* Checks the caller's view of the ABI (version + struct sizes): SUCCESS or ABI_MISMATCH. */
+TF_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
+                              size_t sizeof_nms_params, size_t sizeof_nms_stats);
+
+/* Number of CUDA devices visible (cudaGetDeviceCount); CUDA_ERROR without a driver. */
+TF_API tf_status tf_get_device_count(int* count);
+
+/* ---------------------------------------------------------------------------------------
+ * Resize + normalise.  Pillow's antialiased BILINEAR resample in float (DESIGN.md):
+ * horizontal pass into the workspace, then vertical pass, then x = pixel * scale[c] + bias[c]
+ * written as (1, 3, dst_height, dst_width) float32. Coefficients in float64, sums in
+ * float64, the intermediate in float32.
+ * ------------------------------------------------------------------------------------- */
+
+/* Workspace bytes for one src -> dst resize (monotone in each size). */
+TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
+                                          int dst_width, size_t* bytes);
+
+/* src: device pointer to src_height rows of src_width RGB uint8 pixels, rows
+ * src_row_bytes apart (0 = tightly packed, 3 * src_width). dst: device (1,3,h,w) float32.
+ * channel_scale / channel_bias: HOST arrays of 3 floats (finite). */
+TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
+                                     int64_t src_row_bytes, float* dst, int dst_height,
+                                     int dst_width, const float* channel_scale,
+                                     const float* channel_bias, void* workspace,
+                                     size_t workspace_bytes, tf_stream_t stream);
+
+/* ---------------------------------------------------------------------------------------
+ * Candidate buffer: one per image, shared by all its levels.
+ * Layout (device memory, tf_candidates_size bytes): a uint32 counter at offset 0 (the TRUE
+ * number of candidates decoded since the last reset, even past capacity), then the sort keys
+ * and boxes of the first `capacity` candidates. Overflow is never silent: the counter keeps
+ * counting, tf_nms reports it (TF_OVERFLOW_CAPACITY) and writes no boxes; grow the buffer to
+ * at least the reported count and decode again.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct tf_decode_params {
+  float templates[TF_NUM_TEMPLATES][4]; /* [x1, y1, x2, y2] per template (finite) */
+  uint32_t active_mask;   /* bit c set: template c is decoded at this level (bits 0..24) */
+  float logit_thresh;     /* candidate when cls > logit_thresh (not NaN; +-inf allowed) */
+  float stride;           /* score-map stride in pixels (> 0, finite), 8 */
+  float offset;           /* centre of cell (0,0) in pixels (finite), -1 */
+  float scale;            /* the level's nominal scale; boxes are divided by it (> 0) */
+} tf_decode_params;
+
+/* Bytes of a candidate buffer holding `capacity` candidates (~24 bytes each). */
+TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes);
+
+/* Zeroes the counter (one 4-byte cudaMemsetAsync). Call once per image, before decoding. */
+TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
+
+/* Appends the candidates of one level: cell (c, y, x) of the (1,125,height,width) float32
+ * score_map is a candidate when bit c of active_mask is set and cls[c,y,x] > logit_thresh
+ * and its decoded box is finite. Its canonical key is key_base + (c*height + y)*width + x
+ * (key_base = sum of 25*h*w over the image's earlier levels; key_base + 25*h*w must not
+ * exceed 2^32 - 1). Box (float32): cx = x*stride + offset, cw = T[c][2] - T[c][0] + 1,
+ * rcx = cx + cw*tx, rcw = cw*exp(tw) (same for y/h), box = [rcx - rcw/2, rcy - rch/2,
+ * rcx + rcw/2, rcy + rch/2] / scale. Slots are taken with an atomic counter; the order of
+ * slots is arbitrary, the keys make every later result deterministic. */
+TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
+                                 const tf_decode_params* params, int64_t key_base,
+                                 void* candidates, int64_t capacity, tf_stream_t stream);
+
+/* ---------------------------------------------------------------------------------------
+ * Sort + NMS.  Candidates are sorted by logit descending, ties by key ascending (CUB radix
+ * sort of a 64-bit key: order-preserving logit bits in the high word, canonical key in the
+ * low word), then greedy NMS: a kept box suppresses every later box with IoU > nms_thresh,
+ * area = (x2 - x1 + o) * (y2 - y1 + o), iw = max(0, min(x2) - max(x1) + o), o =
+ * pixel_offset. Bitmask NMS (64 boxes per word, upper-triangle tiles) reduced by one thread
+ * block on the device. Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and
+ * written as rows [x1, y1, x2, y2, sigmoid(logit)], best first.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct tf_nms_params {
+  float nms_thresh;       /* in [0, 1] */
+  float pixel_offset;     /* >= 0 and finite: 1 for the reference "+1" widths, 0 for none */
+  int32_t clip;           /* nonzero: clip the kept boxes to the image */
+  int32_t image_height;   /* original image size (>= 1) */
+  int32_t image_width;
+} tf_nms_params;
+
+#define TF_OVERFLOW_CAPACITY 1u   /* num_candidates > candidate-buffer capacity */
+#define TF_OVERFLOW_NMS 2u        /* num_candidates > max_candidates of this tf_nms call */
+
+/* Written by tf_nms to device memory. */
+typedef struct tf_nms_stats {
+  uint32_t num_kept;        /* rows written to out_boxes (0 when overflow != 0) */
+  uint32_t num_candidates;  /* true number of candidates in the buffer (not clamped) */
+  uint32_t overflow;        /* TF_OVERFLOW_* bits; nonzero means nothing was suppressed or
+                               written: grow (buffer and decode again, or max_candidates and
+                               call tf_nms again -- the candidate buffer is left intact) */
+  uint32_t reserved;        /* 0 */
+} tf_nms_stats;
+
+/* Workspace bytes of tf_nms for up to max_candidates candidates: sort buffers + the
+ * max_candidates * ceil(max_candidates/64) * 8-byte mask + CUB temporary storage. */
+TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
+
+/* candidates/capacity: the buffer decoded into (read only). out_boxes: device float32 with
+ * room for max_candidates rows of 5. out_stats: device tf_nms_stats. Sorting costs time in
+ * proportion to max_candidates, the mask to the actual count squared. */
+TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
+                        int64_t max_candidates, void* workspace, size_t workspace_bytes,
+                        float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TINYFACES_KERNELS_H */

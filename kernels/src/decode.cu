@@ -1,0 +1,131 @@
+// Decode one pyramid level's score map into the shared candidate buffer.
+#include "candidates.cuh"
+
+namespace {
+
+constexpr int kDecodeThreads = 256;
+
+// Grid: x over the h*w cells, y over the 25 templates (inactive ones exit at once).
+__global__ void decode_level_kernel(const float* __restrict__ scores, int h, int w,
+                                    const tf_decode_params p, uint32_t key_base,
+                                    tf::CandidateView out, uint32_t capacity) {
+  const int c = blockIdx.y;
+  if (!((p.active_mask >> c) & 1u)) return;  // uniform per block
+  const uint32_t hw = static_cast<uint32_t>(h) * static_cast<uint32_t>(w);
+  const uint32_t cell = blockIdx.x * blockDim.x + threadIdx.x;
+
+  bool keep = false;
+  float logit = 0.0f;
+  float4 box;
+  if (cell < hw) {
+    logit = scores[c * hw + cell];
+    keep = logit > p.logit_thresh;  // NaN never passes
+    if (keep) {
+      const size_t plane = static_cast<size_t>(TF_NUM_TEMPLATES) * hw;
+      const float* reg = scores + plane + static_cast<size_t>(c) * hw + cell;
+      const float tx = reg[0], ty = reg[plane], tw = reg[2 * plane], th = reg[3 * plane];
+      const int y = cell / w, x = cell - y * w;
+      const float* t = p.templates[c];
+      const float cw = t[2] - t[0] + 1.0f, ch = t[3] - t[1] + 1.0f;
+      const float rcx = (x * p.stride + p.offset) + cw * tx;
+      const float rcy = (y * p.stride + p.offset) + ch * ty;
+      const float rcw = cw * expf(tw), rch = ch * expf(th);
+      box = make_float4((rcx - rcw / 2) / p.scale, (rcy - rch / 2) / p.scale,
+                        (rcx + rcw / 2) / p.scale, (rcy + rch / 2) / p.scale);
+      keep = isfinite(box.x) && isfinite(box.y) && isfinite(box.z) && isfinite(box.w);
+    }
+  }
+
+  // One atomic per warp; the slot order does not matter (the keys decide every order).
+  const unsigned lanes = __ballot_sync(0xffffffffu, keep);
+  if (lanes == 0) return;
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(lanes) - 1;
+  uint32_t first = 0;
+  if (lane == leader) first = atomicAdd(out.count, static_cast<uint32_t>(__popc(lanes)));
+  first = __shfl_sync(0xffffffffu, first, leader);
+  if (!keep) return;
+  const uint32_t slot = first + __popc(lanes & ((1u << lane) - 1u));
+  if (slot >= capacity) return;  // still counted: tf_nms reports the overflow
+  out.keys[slot] = tf::sort_key(logit, key_base + static_cast<uint32_t>(c) * hw + cell);
+  out.boxes[slot] = box;
+}
+
+tf_status check_params(const tf_decode_params& p) {
+  if (p.active_mask >> TF_NUM_TEMPLATES)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "active_mask 0x%x has bits above template %d",
+                    p.active_mask, TF_NUM_TEMPLATES - 1);
+  if (std::isnan(p.logit_thresh))
+    return tf::fail(TF_STATUS_INVALID_VALUE, "logit_thresh is NaN");
+  if (!(tf::finite(p.stride) && p.stride > 0.0f))
+    return tf::fail(TF_STATUS_INVALID_VALUE, "stride = %g must be finite and > 0", p.stride);
+  if (!tf::finite(p.offset))
+    return tf::fail(TF_STATUS_INVALID_VALUE, "offset = %g is not finite", p.offset);
+  if (!(tf::finite(p.scale) && p.scale > 0.0f))
+    return tf::fail(TF_STATUS_INVALID_VALUE, "scale = %g must be finite and > 0", p.scale);
+  for (int c = 0; c < TF_NUM_TEMPLATES; ++c)
+    for (int k = 0; k < 4; ++k)
+      if (!tf::finite(p.templates[c][k]))
+        return tf::fail(TF_STATUS_INVALID_VALUE, "templates[%d][%d] is not finite", c, k);
+  return TF_STATUS_SUCCESS;
+}
+
+tf_status check_capacity(int64_t capacity) {
+  if (capacity < 1 || capacity > TF_MAX_CAPACITY)
+    return tf::fail(TF_STATUS_INVALID_CAPACITY, "capacity = %lld is outside [1, %lld]",
+                    static_cast<long long>(capacity), static_cast<long long>(TF_MAX_CAPACITY));
+  return TF_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" {
+
+TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes) {
+  tf::clear_error();
+  if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
+  TF_RETURN_IF_ERROR(check_capacity(capacity));
+  *bytes = tf::candidates_bytes(capacity);
+  return TF_STATUS_SUCCESS;
+}
+
+TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
+  tf::clear_error();
+  if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
+  if (!tf::aligned(candidates, 16))
+    return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
+  return tf::check_cuda(cudaMemsetAsync(candidates, 0, sizeof(uint32_t), stream),
+                        "cudaMemsetAsync(candidate counter)");
+}
+
+TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
+                                 const tf_decode_params* params, int64_t key_base,
+                                 void* candidates, int64_t capacity, tf_stream_t stream) {
+  tf::clear_error();
+  if (score_map == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "score_map is NULL");
+  if (params == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "params is NULL");
+  if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
+  if (height < 1 || height > TF_MAX_DIM || width < 1 || width > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "score map %dx%d is outside [1, %d]", height, width,
+                    TF_MAX_DIM);
+  const int64_t keys = static_cast<int64_t>(TF_NUM_TEMPLATES) * height * width;
+  if (key_base < 0 || key_base + keys > static_cast<int64_t>(UINT32_MAX))
+    return tf::fail(TF_STATUS_INVALID_SIZE,
+                    "key_base = %lld + 25*h*w = %lld passes the 32-bit key space (2^32 - 1)",
+                    static_cast<long long>(key_base), static_cast<long long>(keys));
+  TF_RETURN_IF_ERROR(check_capacity(capacity));
+  TF_RETURN_IF_ERROR(check_params(*params));
+  if (!tf::aligned(score_map, 4))
+    return tf::fail(TF_STATUS_MISALIGNED, "score_map is not 4-byte aligned");
+  if (!tf::aligned(candidates, 16))
+    return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
+
+  const int64_t cells = static_cast<int64_t>(height) * width;
+  return tf::launch("decode kernel launch", decode_level_kernel,
+                    dim3(tf::blocks_for(cells, kDecodeThreads), TF_NUM_TEMPLATES),
+                    dim3(kDecodeThreads), 0, stream, score_map, height, width, *params,
+                    static_cast<uint32_t>(key_base), tf::candidate_view(candidates, capacity),
+                    static_cast<uint32_t>(capacity));
+}
+
+}  // extern "C"

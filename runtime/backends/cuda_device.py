@@ -1,0 +1,347 @@
+"""CUDA streams and memory through cuda-python: the host side of the GPU stages.
+
+cuda-python (``pip install "tinyfaces-trt[gpu]"``) is imported on first use:
+``cuda.bindings.runtime`` (cuda-python >= 12.x), else the legacy ``cuda.cudart``. Without it,
+every constructor raises :class:`BackendUnavailableError`; :func:`gpu_available` never raises.
+
+Device memory from other libraries is accepted wherever a pointer is taken: an ``int``
+(``cupy_array.data.ptr``, ``torch_tensor.data_ptr()``), a :class:`DeviceBuffer` or
+:class:`DeviceArray`, or any object with ``__cuda_array_interface__`` (CuPy, torch, Numba).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, TinyFacesError
+
+_INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
+_runtime_module: Any = None
+
+
+class CudaError(TinyFacesError):
+    """A CUDA runtime call failed; ``code`` is the cudaError_t value."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def runtime() -> Any:
+    """cuda-python's runtime API module, imported on first use.
+
+    Raises:
+        BackendUnavailableError: cuda-python is not installed.
+    """
+    global _runtime_module
+    if _runtime_module is None:
+        try:
+            from cuda.bindings import runtime as module
+        except ImportError:
+            try:
+                from cuda import cudart as module  # cuda-python < 12.3
+            except ImportError as exc:
+                raise BackendUnavailableError(
+                    f"CUDA device support needs cuda-python, which is not installed; {_INSTALL_HINT}"
+                ) from exc
+        _runtime_module = module
+    return _runtime_module
+
+
+def error_string(code: Any) -> str:
+    """``cudaGetErrorString`` of an error code, e.g. "no CUDA-capable device is detected"."""
+    rt = runtime()
+    try:
+        _, text = rt.cudaGetErrorString(rt.cudaError_t(int(code)))
+        return text.decode() if isinstance(text, bytes) else str(text)
+    except Exception:  # an unknown code
+        return f"CUDA error {int(code)}"
+
+
+def check(result: Any, what: str = "CUDA call") -> Any:
+    """Unpacks a cuda-python result ``(err, *values)``; raises :class:`CudaError` on failure.
+
+    Returns None, the single value, or a tuple of values.
+    """
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    code = int(err)
+    if code != 0:
+        name = getattr(err, "name", f"error {code}")
+        raise CudaError(f"{what} failed: {error_string(code)} ({name})", code)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_available() -> bool:
+    """True when cuda-python imports, a driver answers and at least one GPU is visible."""
+    try:
+        count = check(runtime().cudaGetDeviceCount(), "cudaGetDeviceCount")
+        return int(count) > 0
+    except Exception:
+        return False
+
+
+def device_name(device: int = 0) -> str:
+    """The name of a CUDA device, e.g. "NVIDIA H100 80GB HBM3"."""
+    props = check(runtime().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name
+    return (name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)).strip()
+
+
+class Stream:
+    """A CUDA stream: a new one, or a wrapped handle owned elsewhere.
+
+    Args:
+        handle: an existing ``cudaStream_t`` as an int (``torch.cuda.current_stream().cuda_stream``,
+            ``cupy.cuda.Stream().ptr``); not destroyed by :meth:`close`. None creates a stream.
+    """
+
+    def __init__(self, handle: int | None = None) -> None:
+        rt = runtime()
+        if handle is None:
+            self._stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
+            self._owned = True
+        else:
+            self._stream = rt.cudaStream_t(int(handle))
+            self._owned = False
+
+    @property
+    def handle(self) -> int:
+        """The ``cudaStream_t`` as an int (0 only for the legacy default stream)."""
+        return int(self._stream)
+
+    def synchronize(self) -> None:
+        """Waits until every operation queued on the stream has finished."""
+        check(runtime().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        """Destroys the stream if this object created it."""
+        if self._owned and self._stream is not None:
+            check(runtime().cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+        self._stream = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, or the context is already gone
+            pass
+
+    def __repr__(self) -> str:
+        return f"Stream(0x{self.handle:x})" if self._stream is not None else "Stream(closed)"
+
+
+def _stream_handle(stream: Stream | int | None) -> int:
+    if stream is None:
+        return 0
+    return stream.handle if isinstance(stream, Stream) else int(stream)
+
+
+def _host_view(array: np.ndarray, writable: bool) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TinyFacesError(f"expected a numpy array, got {type(array).__name__}")
+    if not array.flags.c_contiguous:
+        raise TinyFacesError("host array must be C-contiguous")
+    if writable and not array.flags.writeable:
+        raise TinyFacesError("destination array is read-only")
+    return array
+
+
+class DeviceBuffer:
+    """``nbytes`` of device memory (``cudaMalloc``); freed by :meth:`free` or garbage collection.
+
+    Copies are queued on ``stream`` (the legacy default stream when None); a download into
+    pageable numpy memory returns once the data is there, otherwise synchronise the stream.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        if int(nbytes) < 1:
+            raise TinyFacesError(f"device buffer size must be >= 1 byte, got {nbytes}")
+        self._rt = runtime()
+        self.nbytes = int(nbytes)
+        self.ptr: int = int(check(self._rt.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes)"))
+
+    def _check_size(self, nbytes: int, what: str) -> None:
+        if self.ptr == 0:
+            raise TinyFacesError(f"{what}: the device buffer has been freed")
+        if nbytes > self.nbytes:
+            raise TinyFacesError(f"{what}: {nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
+
+    def upload(self, array: np.ndarray, stream: Stream | int | None = None) -> None:
+        """Copies a C-contiguous host array to the start of the buffer."""
+        host = _host_view(array, writable=False)
+        self._check_size(host.nbytes, "upload")
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        check(self._rt.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind,
+                                       _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
+
+    def download(self, array: np.ndarray, stream: Stream | int | None = None) -> np.ndarray:
+        """Copies the start of the buffer into a C-contiguous host array; returns ``array``."""
+        host = _host_view(array, writable=True)
+        self._check_size(host.nbytes, "download")
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(self._rt.cudaMemcpyAsync(host.ctypes.data, self.ptr, host.nbytes, kind,
+                                       _stream_handle(stream)), "cudaMemcpyAsync (device to host)")
+        return array
+
+    def free(self) -> None:
+        """Releases the memory (idempotent)."""
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            check(self._rt.cudaFree(ptr), "cudaFree")
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown, or the context is already gone
+            pass
+
+    def __enter__(self) -> "DeviceBuffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        return f"DeviceBuffer(0x{self.ptr:x}, {self.nbytes} bytes)"
+
+
+class PinnedBuffer:
+    """``nbytes`` of page-locked host memory (``cudaMallocHost``) for truly async copies."""
+
+    def __init__(self, nbytes: int) -> None:
+        if int(nbytes) < 1:
+            raise TinyFacesError(f"pinned buffer size must be >= 1 byte, got {nbytes}")
+        self._rt = runtime()
+        self.nbytes = int(nbytes)
+        self.ptr: int = int(check(self._rt.cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes} bytes)"))
+
+    def array(self, shape: tuple[int, ...] | int, dtype: Any = np.uint8) -> np.ndarray:
+        """A numpy view of the start of the buffer (valid until :meth:`free`)."""
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self.ptr == 0 or nbytes > self.nbytes:
+            raise TinyFacesError(f"a {shape} {dtype} view does not fit this {self.nbytes}-byte pinned buffer")
+        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+
+    def free(self) -> None:
+        """Releases the memory (idempotent); views from :meth:`array` become invalid."""
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            check(self._rt.cudaFreeHost(ptr), "cudaFreeHost")
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"PinnedBuffer(0x{self.ptr:x}, {self.nbytes} bytes)"
+
+
+class DeviceArray:
+    """A typed, C-contiguous view of device memory (what the CUDA stages hand around).
+
+    Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy)
+    and ``__array__`` (``np.asarray(device_array)`` downloads it, so host runners accept it).
+
+    Args:
+        ptr: device address.
+        shape, dtype: the array's layout (C order).
+        owner: keeps the memory alive (e.g. the :class:`DeviceBuffer`).
+        stream: the stream whose work produces the data; downloads synchronise it.
+    """
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: Any = np.float32,
+                 owner: Any = None, stream: Stream | None = None) -> None:
+        self.ptr = int(ptr)
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.owner = owner
+        self.stream = stream
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "strides": None, "version": 3}
+
+    def download(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Copies the array to the host (after the producing stream's work) and returns it."""
+        out = np.empty(self.shape, self.dtype) if out is None else out
+        if out.shape != self.shape or out.dtype != self.dtype:
+            raise TinyFacesError(f"download target {out.shape} {out.dtype} does not match "
+                                 f"{self.shape} {self.dtype}")
+        if self.stream is not None:
+            self.stream.synchronize()
+        rt = runtime()
+        host = _host_view(out, writable=True)
+        check(rt.cudaMemcpy(host.ctypes.data, self.ptr, self.nbytes,
+                            rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy (device to host)")
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        host = self.download()
+        return host if dtype is None else host.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"DeviceArray(0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype})"
+
+
+def device_pointer(obj: Any) -> int:
+    """The device address of ``obj``: an int, a DeviceBuffer/DeviceArray, or any object with
+    ``__cuda_array_interface__`` (CuPy array, CUDA torch tensor)."""
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, (DeviceBuffer, DeviceArray)):
+        return obj.ptr
+    interface = getattr(obj, "__cuda_array_interface__", None)
+    if interface is not None:
+        return int(interface["data"][0])
+    raise TinyFacesError(f"cannot take a device pointer from {type(obj).__name__}; pass an int, "
+                         f"a DeviceBuffer/DeviceArray or an object with __cuda_array_interface__")
+
+
+def _c_contiguous(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """Whether ``strides`` are C order for ``shape`` (dimensions of size 1 may have any stride)."""
+    expected = itemsize
+    for dim, stride in zip(reversed(shape), reversed(strides)):
+        if dim > 1 and int(stride) != expected:
+            return False
+        expected *= dim
+    return True
+
+
+def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
+                    dtype: Any = np.float32) -> DeviceArray:
+    """Wraps device memory as a :class:`DeviceArray` (no copy).
+
+    Objects with ``__cuda_array_interface__`` bring their shape and dtype and must be
+    C-contiguous; a raw int pointer (or DeviceBuffer) needs ``shape`` (``dtype`` defaults to
+    float32).
+    """
+    if isinstance(obj, DeviceArray):
+        return obj
+    interface = getattr(obj, "__cuda_array_interface__", None)
+    if interface is not None:
+        arr_shape = tuple(int(d) for d in interface["shape"])
+        arr_dtype = np.dtype(interface["typestr"])
+        strides = interface.get("strides")
+        if strides is not None and not _c_contiguous(arr_shape, tuple(strides), arr_dtype.itemsize):
+            raise TinyFacesError(f"device array must be C-contiguous, got strides {tuple(strides)}")
+        return DeviceArray(int(interface["data"][0]), arr_shape, arr_dtype, owner=obj)
+    if shape is None:
+        raise TinyFacesError(f"a raw device pointer ({type(obj).__name__}) needs an explicit shape")
+    return DeviceArray(device_pointer(obj), shape, dtype, owner=obj)

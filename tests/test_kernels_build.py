@@ -1,0 +1,469 @@
+"""The CUDA kernel library without a GPU: build, exported ABI, host-side argument checks.
+
+Builds libtinyfaces_kernels.so and the C example once per session with nvcc (through
+``tf-build-kernels``, i.e. the package Makefile); skipped only where nvcc is absent.
+Everything here runs on the host: no test launches work on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.kernels import binding, build
+from tinyfaces_trt.kernels.binding import KernelError, Status
+from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
+
+HEADER = binding.package_dir() / "include" / "tinyfaces_kernels.h"
+FAKE = 1 << 20  # a 256-aligned, non-null "device pointer"; never dereferenced by these tests
+
+
+def _nvcc_or_none() -> Path | None:
+    try:
+        return build.find_nvcc()
+    except TinyFacesError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build folder (library + C example), built once per session."""
+    if _nvcc_or_none() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found: cannot build the kernel library")
+    out = tmp_path_factory.mktemp("kernels_build")
+    build.build(out=out, verbose=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lib(built: Path) -> binding.KernelLibrary:
+    return binding.load_library(built / binding.LIBRARY_NAME)
+
+
+@pytest.fixture(scope="session")
+def has_gpu(lib: binding.KernelLibrary) -> bool:
+    count = ctypes.c_int(0)
+    return lib.raw.tf_get_device_count(ctypes.byref(count)) == Status.SUCCESS and count.value > 0
+
+
+def header_functions() -> set[str]:
+    text = HEADER.read_text()
+    return set(re.findall(r"^TF_API\s+[\w\s\*]+?\b(tf_\w+)\s*\(", text, flags=re.M))
+
+
+def header_defines() -> dict[str, int]:
+    text = HEADER.read_text()
+    return {m[0]: int(m[1]) for m in re.findall(r"^#define\s+(TF_\w+)\s+(\d+)[uUlL]*\b", text, flags=re.M)}
+
+
+def header_status_codes() -> dict[str, int]:
+    body = re.search(r"typedef enum tf_status \{(.*?)\} tf_status;", HEADER.read_text(), flags=re.S)[1]
+    return {m[0]: int(m[1]) for m in re.findall(r"TF_STATUS_(\w+)\s*=\s*(\d+)", body)}
+
+
+# --- build + exported ABI -------------------------------------------------------------------
+
+def test_header_declares_the_documented_api() -> None:
+    assert header_functions() == {
+        "tf_status_string", "tf_last_cuda_error", "tf_last_error_message", "tf_abi_version",
+        "tf_check_abi", "tf_get_device_count", "tf_resize_workspace_size", "tf_resize_normalize",
+        "tf_candidates_size", "tf_candidates_reset", "tf_decode_level", "tf_nms_workspace_size",
+        "tf_nms"}
+
+
+def test_library_exports_exactly_the_header_api(built: Path) -> None:
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("binutils nm not found")
+    out = subprocess.run([nm, "-D", "--defined-only", str(built / binding.LIBRARY_NAME)],
+                         capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.split()[1:2] == ["T"]}
+    assert header_functions() <= exported
+    assert {s for s in exported if s.startswith("tf_")} == header_functions()
+    # The statically linked CUDA runtime stays private.
+    assert not [s for s in exported if s.startswith("cuda")]
+
+
+def test_header_constants_match_the_binding() -> None:
+    d = header_defines()
+    assert d["TF_KERNELS_ABI_VERSION"] == binding.ABI_VERSION
+    assert d["TF_NUM_TEMPLATES"] == binding.NUM_TEMPLATES == 25
+    assert d["TF_NUM_CHANNELS"] == 125
+    assert d["TF_MAX_DIM"] == binding.MAX_DIM
+    assert d["TF_MAX_CAPACITY"] == binding.MAX_CAPACITY
+    assert d["TF_MAX_NMS_CANDIDATES"] == binding.MAX_NMS_CANDIDATES
+    assert d["TF_OVERFLOW_CAPACITY"] == binding.OVERFLOW_CAPACITY
+    assert d["TF_OVERFLOW_NMS"] == binding.OVERFLOW_NMS
+    assert header_status_codes() == {s.name: s.value for s in Status}
+
+
+def test_header_is_plain_c_and_struct_sizes_match_ctypes(tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "sizes.c"
+    src.write_text('#include "tinyfaces_kernels.h"\n#include <stdio.h>\n'
+                   "int main(void) { printf(\"%zu %zu %zu\\n\", sizeof(tf_decode_params), "
+                   "sizeof(tf_nms_params), sizeof(tf_nms_stats)); return 0; }\n")
+    exe = tmp_path / "sizes"
+    subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-pedantic", f"-I{HEADER.parent}", str(src),
+                    "-o", str(exe)], check=True, capture_output=True)
+    sizes = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True).stdout.split()]
+    assert sizes == [ctypes.sizeof(binding.DecodeParams), ctypes.sizeof(binding.NmsParams),
+                     ctypes.sizeof(binding.NmsStats)]
+    assert binding.NMS_STATS_DTYPE.itemsize == ctypes.sizeof(binding.NmsStats)
+
+
+def test_abi_check(lib: binding.KernelLibrary) -> None:
+    raw = lib.raw
+    assert raw.tf_abi_version() == binding.ABI_VERSION
+    good = (binding.ABI_VERSION, ctypes.sizeof(binding.DecodeParams), ctypes.sizeof(binding.NmsParams),
+            ctypes.sizeof(binding.NmsStats))
+    assert raw.tf_check_abi(*good) == Status.SUCCESS
+    assert raw.tf_check_abi(good[0] + 1, *good[1:]) == Status.ABI_MISMATCH
+    assert raw.tf_check_abi(good[0], good[1] - 4, *good[2:]) == Status.ABI_MISMATCH
+    assert "ABI" in lib.last_error_message()
+
+
+def test_status_strings(lib: binding.KernelLibrary) -> None:
+    strings = {s: lib.status_string(s) for s in Status}
+    assert strings[Status.SUCCESS] == "success"
+    assert strings[Status.NULL_POINTER] == "a required pointer argument is NULL"
+    assert strings[Status.WORKSPACE_TOO_SMALL] == "the workspace is too small"
+    assert strings[Status.CUDA_ERROR] == "a CUDA runtime call failed"
+    assert len(set(strings.values())) == len(Status)
+    assert lib.status_string(99) == lib.status_string(-1) == "unknown tf_status"
+
+
+# --- workspace-size queries --------------------------------------------------------------
+
+def test_resize_workspace_is_sane_and_monotone(lib: binding.KernelLibrary) -> None:
+    base = (120, 160, 60, 80)
+    size = lib.resize_workspace_size(*base)
+    # At least the float32 intermediate (3 x src_h x dst_w) and the per-output windows.
+    assert size >= 3 * 120 * 80 * 4 + (60 + 80) * 8
+    assert size < 10 * 3 * 120 * 80 * 4
+    for dim in range(4):
+        sizes = []
+        for v in (1, 7, 60, 61, 333, 2048):
+            args = list(base)
+            args[dim] = v
+            sizes.append(lib.resize_workspace_size(*args))
+        assert sizes == sorted(sizes), (dim, sizes)
+        assert sizes[-1] > sizes[0]
+
+
+def test_candidate_buffer_size(lib: binding.KernelLibrary) -> None:
+    sizes = [lib.candidates_size(c) for c in (1, 2, 100, 4096, 10**6)]
+    assert sizes == sorted(sizes)
+    assert all(s >= 4 + 24 * c for s, c in zip(sizes, (1, 2, 100, 4096, 10**6)))
+    assert sizes[-1] < 25 * 10**6 + 4096
+
+
+def test_nms_workspace_holds_the_mask(lib: binding.KernelLibrary) -> None:
+    ms = [1, 63, 64, 65, 1000, 4096, 65536, binding.MAX_NMS_CANDIDATES]
+    sizes = [lib.nms_workspace_size(m) for m in ms]
+    assert sizes == sorted(sizes)
+    for m, s in zip(ms, sizes):
+        mask = m * math.ceil(m / 64) * 8
+        assert s >= mask + m * (8 + 8 + 4 + 4 + 16 + 4)  # mask + sort buffers + gathered boxes
+        assert s < 2 * mask + 64 * m + (4 << 20)
+    assert sizes[-1] >= 2 * 2**30  # the documented 2 GiB mask at 131072
+
+
+@pytest.mark.parametrize("call, status", [
+    (lambda raw, out: raw.tf_resize_workspace_size(0, 10, 10, 10, out), Status.INVALID_SIZE),
+    (lambda raw, out: raw.tf_resize_workspace_size(10, -3, 10, 10, out), Status.INVALID_SIZE),
+    (lambda raw, out: raw.tf_resize_workspace_size(10, 10, binding.MAX_DIM + 1, 10, out), Status.INVALID_SIZE),
+    (lambda raw, out: raw.tf_resize_workspace_size(10, 10, 10, 10, None), Status.NULL_POINTER),
+    (lambda raw, out: raw.tf_candidates_size(0, out), Status.INVALID_CAPACITY),
+    (lambda raw, out: raw.tf_candidates_size(-5, out), Status.INVALID_CAPACITY),
+    (lambda raw, out: raw.tf_candidates_size(binding.MAX_CAPACITY + 1, out), Status.INVALID_CAPACITY),
+    (lambda raw, out: raw.tf_nms_workspace_size(0, out), Status.INVALID_CAPACITY),
+    (lambda raw, out: raw.tf_nms_workspace_size(binding.MAX_NMS_CANDIDATES + 1, out), Status.INVALID_CAPACITY),
+    (lambda raw, out: raw.tf_nms_workspace_size(64, None), Status.NULL_POINTER),
+])
+def test_size_queries_reject_bad_arguments(lib: binding.KernelLibrary, call, status) -> None:
+    out = ctypes.c_size_t(12345)
+    assert call(lib.raw, ctypes.byref(out)) == status
+    assert out.value == 12345  # untouched
+    assert lib.last_error_message()
+
+
+# --- argument validation of the launches (host side, before any CUDA call) ------------------
+
+def _decode_params(**changes) -> binding.DecodeParams:
+    t = np.tile(np.array([[-10.0, -12.0, 10.0, 12.0]]), (25, 1))
+    p = binding.decode_params(t, np.arange(25) >= 4, 0.0, 8, -1, 1.0)
+    for name, value in changes.items():
+        setattr(p, name, value)
+    return p
+
+
+def _decode(raw, params=None, scores=FAKE, h=10, w=12, key_base=0, cand=FAKE, capacity=100):
+    params = _decode_params() if params is None else params
+    return raw.tf_decode_level(scores, h, w, ctypes.byref(params), key_base, cand, capacity, None)
+
+
+def _nms(raw, params=None, cand=FAKE, capacity=100, m=64, ws=FAKE, ws_bytes=None, out=FAKE, stats=FAKE):
+    params = binding.nms_params(0.3, 1.0, True, 100, 120) if params is None else params
+    ws_bytes = (1 << 40) if ws_bytes is None else ws_bytes
+    return raw.tf_nms(cand, capacity, ctypes.byref(params), m, ws, ws_bytes, out, stats, None)
+
+
+def _resize(raw, src=FAKE, sh=40, sw=50, row=0, dst=FAKE, dh=20, dw=25, scale=(1, 1, 1),
+            bias=(0, 0, 0), ws=FAKE, ws_bytes=1 << 30):
+    s = (ctypes.c_float * 3)(*scale) if scale is not None else None
+    b = (ctypes.c_float * 3)(*bias) if bias is not None else None
+    return raw.tf_resize_normalize(src, sh, sw, row, dst, dh, dw, s, b, ws, ws_bytes, None)
+
+
+NAN = float("nan")
+INF = float("inf")
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    (dict(scores=None), Status.NULL_POINTER, "score_map"),
+    (dict(cand=None), Status.NULL_POINTER, "candidates"),
+    (dict(h=0), Status.INVALID_SIZE, "score map"),
+    (dict(w=-4), Status.INVALID_SIZE, "score map"),
+    (dict(h=binding.MAX_DIM + 1), Status.INVALID_SIZE, "score map"),
+    (dict(key_base=-1), Status.INVALID_SIZE, "key"),
+    (dict(key_base=2**32 - 1 - 25 * 10 * 12 + 1), Status.INVALID_SIZE, "key"),
+    (dict(capacity=0), Status.INVALID_CAPACITY, "capacity"),
+    (dict(capacity=-1), Status.INVALID_CAPACITY, "capacity"),
+    (dict(params=_decode_params(logit_thresh=NAN)), Status.INVALID_VALUE, "logit_thresh"),
+    (dict(params=_decode_params(active_mask=1 << 25)), Status.INVALID_VALUE, "active_mask"),
+    (dict(params=_decode_params(stride=0.0)), Status.INVALID_VALUE, "stride"),
+    (dict(params=_decode_params(scale=-1.0)), Status.INVALID_VALUE, "scale"),
+    (dict(params=_decode_params(scale=INF)), Status.INVALID_VALUE, "scale"),
+    (dict(params=_decode_params(offset=NAN)), Status.INVALID_VALUE, "offset"),
+    (dict(scores=FAKE + 2), Status.MISALIGNED, "score_map"),
+    (dict(cand=FAKE + 8), Status.MISALIGNED, "candidates"),
+])
+def test_decode_rejects_bad_arguments(lib: binding.KernelLibrary, kwargs, status, words) -> None:
+    assert _decode(lib.raw, **kwargs) == status
+    assert words in lib.last_error_message()
+
+
+def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary) -> None:
+    raw = lib.raw
+    assert raw.tf_decode_level(FAKE, 4, 4, None, 0, FAKE, 10, None) == Status.NULL_POINTER
+    p = _decode_params()
+    p.templates[7][2] = NAN
+    assert _decode(raw, params=p) == Status.INVALID_VALUE
+    assert "templates[7][2]" in lib.last_error_message()
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    (dict(cand=None), Status.NULL_POINTER, "candidates"),
+    (dict(ws=None), Status.NULL_POINTER, "workspace"),
+    (dict(out=None), Status.NULL_POINTER, "out_boxes"),
+    (dict(stats=None), Status.NULL_POINTER, "out_stats"),
+    (dict(capacity=0), Status.INVALID_CAPACITY, "capacity"),
+    (dict(m=0), Status.INVALID_CAPACITY, "max_candidates"),
+    (dict(m=binding.MAX_NMS_CANDIDATES + 1), Status.INVALID_CAPACITY, "max_candidates"),
+    (dict(params=binding.nms_params(1.5, 1.0, True, 10, 10)), Status.INVALID_VALUE, "nms_thresh"),
+    (dict(params=binding.nms_params(-0.1, 1.0, True, 10, 10)), Status.INVALID_VALUE, "nms_thresh"),
+    (dict(params=binding.nms_params(NAN, 1.0, True, 10, 10)), Status.INVALID_VALUE, "nms_thresh"),
+    (dict(params=binding.nms_params(0.3, -1.0, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
+    (dict(params=binding.nms_params(0.3, INF, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
+    (dict(params=binding.nms_params(0.3, 1.0, True, 0, 10)), Status.INVALID_SIZE, "image size"),
+    (dict(cand=FAKE + 4), Status.MISALIGNED, "candidates"),
+    (dict(ws=FAKE + 8), Status.MISALIGNED, "workspace"),
+    (dict(out=FAKE + 1), Status.MISALIGNED, "out_boxes"),
+    (dict(ws_bytes=1000), Status.WORKSPACE_TOO_SMALL, "workspace_bytes = 1000"),
+])
+def test_nms_rejects_bad_arguments(lib: binding.KernelLibrary, kwargs, status, words) -> None:
+    assert _nms(lib.raw, **kwargs) == status
+    assert words in lib.last_error_message()
+
+
+def test_nms_workspace_check_uses_the_queried_size(lib: binding.KernelLibrary) -> None:
+    need = lib.nms_workspace_size(64)
+    assert _nms(lib.raw, m=64, ws_bytes=need - 1) == Status.WORKSPACE_TOO_SMALL
+    assert f"need {need}" in lib.last_error_message()
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    (dict(src=None), Status.NULL_POINTER, "src"),
+    (dict(dst=None), Status.NULL_POINTER, "dst"),
+    (dict(scale=None), Status.NULL_POINTER, "channel_scale"),
+    (dict(bias=None), Status.NULL_POINTER, "channel_bias"),
+    (dict(ws=None), Status.NULL_POINTER, "workspace"),
+    (dict(sh=0), Status.INVALID_SIZE, "src_height"),
+    (dict(dw=binding.MAX_DIM + 1), Status.INVALID_SIZE, "dst_width"),
+    (dict(row=149), Status.INVALID_SIZE, "src_row_bytes"),
+    (dict(scale=(1, NAN, 1)), Status.INVALID_VALUE, "channel 1"),
+    (dict(bias=(0, 0, INF)), Status.INVALID_VALUE, "channel 2"),
+    (dict(dst=FAKE + 2), Status.MISALIGNED, "dst"),
+    (dict(ws=FAKE + 4), Status.MISALIGNED, "workspace"),
+    (dict(ws_bytes=100), Status.WORKSPACE_TOO_SMALL, "workspace_bytes = 100"),
+])
+def test_resize_rejects_bad_arguments(lib: binding.KernelLibrary, kwargs, status, words) -> None:
+    assert _resize(lib.raw, **kwargs) == status
+    assert words in lib.last_error_message()
+
+
+def test_reset_rejects_bad_arguments(lib: binding.KernelLibrary) -> None:
+    assert lib.raw.tf_candidates_reset(None, None) == Status.NULL_POINTER
+    assert lib.raw.tf_candidates_reset(FAKE + 4, None) == Status.MISALIGNED
+
+
+def test_wrappers_raise_kernel_errors(lib: binding.KernelLibrary) -> None:
+    with pytest.raises(KernelError, match="capacity = 0 is outside") as info:
+        lib.candidates_size(0)
+    assert info.value.status == Status.INVALID_CAPACITY
+    assert isinstance(info.value, TinyFacesError)
+    with pytest.raises(KernelError, match="nms_thresh") as info:
+        lib.nms(FAKE, 10, binding.nms_params(2.0, 1, True, 5, 5), 64, FAKE, 1 << 40, FAKE, FAKE)
+    assert info.value.status == Status.INVALID_VALUE
+    with pytest.raises(TinyFacesError, match="channel_scale must have 3 values"):
+        lib.resize_normalize(FAKE, 4, 4, FAKE, 2, 2, (1, 1), (0, 0, 0), FAKE, 1 << 30)
+
+
+# --- valid launches on a machine without a GPU ------------------------------------------------
+
+def test_launches_without_gpu_return_cuda_error(lib: binding.KernelLibrary, has_gpu: bool) -> None:
+    if has_gpu:
+        pytest.skip("a GPU is present (these calls would run on fake pointers)")
+    raw = lib.raw
+    calls = {  # each call's first CUDA call fails; the detail names it
+        "cudaGetDeviceCount": lambda: raw.tf_get_device_count(ctypes.byref(ctypes.c_int())),
+        "cudaMemsetAsync(candidate counter)": lambda: raw.tf_candidates_reset(FAKE, None),
+        "decode kernel launch": lambda: _decode(raw),
+        "nms prepare kernel launch": lambda: _nms(raw),
+        "resize coefficients kernel launch": lambda: _resize(raw),
+    }
+    for what, call in calls.items():
+        assert raw.tf_candidates_size(10, ctypes.byref(ctypes.c_size_t())) == Status.SUCCESS
+        assert raw.tf_last_cuda_error() == 0 and lib.last_error_message() == ""
+        assert call() == Status.CUDA_ERROR, what
+        assert raw.tf_last_cuda_error() != 0, what
+        assert re.fullmatch(re.escape(what) + r": .+ \(cudaError\w+\)", lib.last_error_message()), \
+            lib.last_error_message()
+    with pytest.raises(KernelError) as info:
+        lib.device_count()
+    assert info.value.status == Status.CUDA_ERROR and info.value.cuda_error != 0
+
+
+def test_c_example_fails_cleanly_without_gpu(built: Path, has_gpu: bool) -> None:
+    if has_gpu:
+        pytest.skip("a GPU is present (tests/test_kernels_gpu.py runs the example)")
+    proc = subprocess.run([str(built / "decode_nms_demo")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "decode_nms_demo: tf_get_device_count(&devices) failed: a CUDA runtime call failed" in proc.stderr
+    assert "cudaGetDeviceCount" in proc.stderr
+
+
+# --- loader and build helper ------------------------------------------------------------------
+
+def test_load_library_explains_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendUnavailableError, match="tf-build-kernels"):
+        binding.load_library(tmp_path / "missing.so")
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(tmp_path / "nowhere.so"))
+    with pytest.raises(BackendUnavailableError, match=r"\$TINYFACES_KERNELS_LIB points to .*nowhere.so"):
+        binding.load_library()
+    bogus = tmp_path / "libtinyfaces_kernels.so"
+    bogus.write_text("not a shared library")
+    with pytest.raises(BackendUnavailableError, match="cannot load the CUDA kernel library"):
+        binding.load_library(bogus)
+
+
+def test_library_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(tmp_path / "a.so"))
+    monkeypatch.setenv(binding.ENV_CACHE, str(tmp_path / "cache"))
+    assert binding.library_candidates() == [
+        tmp_path / "a.so", binding.package_dir() / "build" / binding.LIBRARY_NAME,
+        tmp_path / "cache" / "kernels" / binding.LIBRARY_NAME]
+    monkeypatch.delenv(binding.ENV_LIBRARY)
+    monkeypatch.delenv(binding.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert binding.cache_dir() == tmp_path / "xdg" / "tinyfaces_trt" / "kernels"
+
+
+def test_build_cli_without_nvcc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build.main(["--nvcc", str(tmp_path / "no-nvcc"), "--out", str(tmp_path)]) == 1
+    assert "tf-build-kernels: error: nvcc not found at" in capsys.readouterr().err
+
+
+def test_find_nvcc_reports_missing_toolkit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("NVCC", raising=False)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path))
+    monkeypatch.setattr(build, "DEFAULT_CUDA_HOMES", (str(tmp_path / "cuda"),))
+    with pytest.raises(TinyFacesError, match="nvcc .* was not found .* Install the CUDA toolkit"):
+        build.find_nvcc()
+
+
+def test_arch_option() -> None:
+    assert build.gencode_for(None) is None
+    assert build.gencode_for("native") == "-arch=native"
+    assert build.gencode_for("80,86") == ("-gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,"
+                                          "code=sm_86 -gencode arch=compute_86,code=compute_86")
+    with pytest.raises(TinyFacesError, match="compute capabilities"):
+        build.gencode_for("sm_80")
+
+
+# --- host side of the CUDA stages without cuda-python ------------------------------------------
+
+@pytest.fixture
+def no_cuda_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes ``cuda`` unimportable, whatever is installed."""
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(cuda_device, "_runtime_module", None)
+
+
+def test_gpu_available_is_false_without_cuda_python(no_cuda_python: None) -> None:
+    assert cuda_device.gpu_available() is False
+    with pytest.raises(BackendUnavailableError, match="needs cuda-python"):
+        cuda_device.DeviceBuffer(16)
+    with pytest.raises(BackendUnavailableError, match="needs cuda-python"):
+        cuda_device.Stream()
+
+
+def test_cuda_stages_need_cuda_python(no_cuda_python: None) -> None:
+    from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
+    from tinyfaces_trt.runtime.config import DetectorConfig
+
+    for stage in (CudaPreprocessor, CudaPostprocessor):
+        with pytest.raises(BackendUnavailableError, match="cuda-python"):
+            stage(DetectorConfig())
+
+
+class _ForeignArray:
+    """Stands in for a CuPy array / CUDA torch tensor (only the interface is read)."""
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], typestr: str = "<f4", strides=None) -> None:
+        self.__cuda_array_interface__ = {"data": (ptr, False), "shape": shape, "typestr": typestr,
+                                         "strides": strides, "version": 3}
+
+
+def test_foreign_device_memory_is_accepted() -> None:
+    assert cuda_device.device_pointer(0xABC00) == 0xABC00
+    arr = cuda_device.as_device_array(_ForeignArray(0x1000, (1, 125, 4, 6)))
+    assert (arr.ptr, arr.shape, arr.dtype, arr.nbytes) == (0x1000, (1, 125, 4, 6), np.float32, 125 * 24 * 4)
+    assert cuda_device.device_pointer(arr) == 0x1000
+    assert arr.__cuda_array_interface__ == {"shape": (1, 125, 4, 6), "typestr": "<f4",
+                                            "data": (0x1000, False), "strides": None, "version": 3}
+    strided = _ForeignArray(0x2000, (1, 125, 4, 6), strides=(12000, 96, 24, 4))
+    assert cuda_device.as_device_array(strided).ptr == 0x2000
+    with pytest.raises(TinyFacesError, match="C-contiguous"):
+        cuda_device.as_device_array(_ForeignArray(0x2000, (1, 125, 4, 6), strides=(12000, 96, 4, 16)))
+    raw = cuda_device.as_device_array(0x3000, shape=(1, 125, 2, 2))
+    assert (raw.ptr, raw.shape, raw.dtype) == (0x3000, (1, 125, 2, 2), np.float32)
+    with pytest.raises(TinyFacesError, match="needs an explicit shape"):
+        cuda_device.as_device_array(0x3000)
+    with pytest.raises(TinyFacesError, match="cannot take a device pointer"):
+        cuda_device.device_pointer("0x10")
