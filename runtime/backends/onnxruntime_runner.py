@@ -1,0 +1,171 @@
+"""ONNX Runtime network runner (the embedded default backend, CPU unless asked otherwise).
+
+    runner = OnnxRuntimeRunner("export/model.onnx")                 # CPUExecutionProvider
+    runner = OnnxRuntimeRunner("export/model.onnx", providers="auto")  # TensorRT > CUDA > CPU
+    scores = runner.run(x)     # x: (1, 3, h, w) float32 -> (1, 125, ceil(h/8), ceil(w/8)) float32
+
+The providers actually in use, and any fallback from the ones asked for, are logged on the
+``tinyfaces_trt.runtime.backends.onnxruntime_runner`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import NUM_CHANNELS
+from ..errors import BackendUnavailableError, ManifestError, TinyFacesError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+#: Short names accepted in ``providers`` besides ONNX Runtime's full provider names.
+PROVIDER_ALIASES = {
+    "cpu": CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+#: Preference order for ``providers="auto"``.
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
+
+
+def import_onnxruntime() -> Any:
+    """Imports onnxruntime or raises :class:`BackendUnavailableError` with the install hint."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the onnxruntime backend needs the onnxruntime package: "
+            "pip install 'tinyfaces-trt[onnxruntime]'") from exc
+    return onnxruntime
+
+
+def resolve_providers(requested: str | Sequence[str] | None,
+                      available: Sequence[str]) -> list[str]:
+    """The provider list to open a session with.
+
+    Args:
+        requested: ``None`` (CPU only), ``"auto"`` (TensorRT, CUDA, CPU: those available),
+            or provider names / aliases (``"cpu"``, ``"cuda"``, ``"tensorrt"``) in priority order.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        The requested providers that this onnxruntime build has, in order, always ending with
+        CPUExecutionProvider as the fallback. Requested providers that are missing are logged
+        as a warning, naming the fallback.
+    """
+    if requested is None:
+        wanted = [CPU]
+    elif isinstance(requested, str) and requested.lower() == "auto":
+        wanted = list(AUTO_ORDER)
+    else:
+        names = [requested] if isinstance(requested, str) else list(requested)
+        if not names:
+            raise TinyFacesError("providers must not be empty (use None for CPU or 'auto')")
+        wanted = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+    chosen = [p for p in dict.fromkeys(wanted) if p in available]
+    missing = [p for p in dict.fromkeys(wanted) if p not in available]
+    if CPU not in chosen:
+        chosen.append(CPU)
+    explicit = not (isinstance(requested, str) and requested.lower() == "auto")
+    if missing and explicit:
+        log.warning("ONNX Runtime providers %s are not available in this onnxruntime build "
+                    "(available: %s); falling back to %s", missing, list(available), chosen)
+    elif missing:
+        log.info("ONNX Runtime 'auto': %s not available, using %s", missing, chosen)
+    return chosen
+
+
+class OnnxRuntimeRunner:
+    """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
+
+    Args:
+        onnx_path: the ``.onnx`` file (fp32, or fp16 with float32 I/O).
+        providers: ``None`` for CPU, ``"auto"`` for the best available (TensorRT, CUDA, CPU),
+            or a list of provider names / aliases in priority order.
+        threads: intra-op thread count (``None``: ONNX Runtime's default, all cores).
+
+    Raises:
+        BackendUnavailableError: onnxruntime is not installed.
+        ManifestError: the file is missing, not a loadable ONNX model, or not shaped like the
+            detector network (one (1, 3, h, w) float input, a 125-channel output).
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike[str],
+                 providers: str | Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
+        ort = import_onnxruntime()
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise ManifestError(f"ONNX model not found: {self.onnx_path}")
+        if threads is not None and threads < 1:
+            raise TinyFacesError(f"threads must be >= 1, got {threads}")
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # ORT's own warnings go to stderr; ours go to logging
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
+                                                providers=chosen)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ManifestError(f"cannot load ONNX model {self.onnx_path}: {first}") from exc
+        self.providers: list[str] = list(self.session.get_providers())
+        dropped = [p for p in chosen if p not in self.providers]
+        if dropped:
+            log.warning("ONNX Runtime could not initialise %s; running on %s",
+                        dropped, self.providers)
+        log.info("ONNX Runtime %s session for %s on providers %s",
+                 ort.__version__, self.onnx_path.name, self.providers)
+        self.input_name, self.output_name = self._check_signature()
+
+    def _check_signature(self) -> tuple[str, str]:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ManifestError(f"{self.onnx_path}: expected 1 network input, found {len(inputs)}")
+        inp, out = inputs[0], outputs[0]
+        fixed_channels = len(inp.shape) == 4 and isinstance(inp.shape[1], int)
+        if inp.type != "tensor(float)" or len(inp.shape) != 4 or \
+                fixed_channels and inp.shape[1] != 3:
+            raise ManifestError(f"{self.onnx_path}: input {inp.name!r} is {inp.type} "
+                                f"{inp.shape}, expected a float32 (1, 3, h, w) tensor")
+        channels = out.shape[1] if len(out.shape) == 4 else -1
+        if out.type != "tensor(float)" or channels != NUM_CHANNELS:
+            raise ManifestError(f"{self.onnx_path}: output {out.name!r} is {out.type} "
+                                f"{out.shape}, expected float32 (1, {NUM_CHANNELS}, h, w)")
+        return inp.name, out.name
+
+    def run(self, net_input: np.ndarray) -> np.ndarray:
+        """Runs the network on one (1, 3, h, w) float32 input.
+
+        Returns:
+            The (1, 125, h', w') float32 score map (``h' = ceil(h/8)`` for the pytorch
+            variant; see ``TinyFacesNet.output_size`` for matconvnet).
+        """
+        x = validate_network_input(net_input)
+        (scores,) = self.session.run([self.output_name], {self.input_name: x})
+        if scores.ndim != 4 or scores.shape[:2] != (1, NUM_CHANNELS):
+            raise ManifestError(f"{self.onnx_path}: network returned shape {scores.shape} for "
+                                f"input {x.shape}, expected (1, {NUM_CHANNELS}, h', w')")
+        return np.asarray(scores, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeRunner({str(self.onnx_path)!r}, providers={self.providers})"
+
+
+def validate_network_input(net_input: Any) -> np.ndarray:
+    """Checks that the network input is a (1, 3, h, w) float32 array; returns it C-contiguous."""
+    if not isinstance(net_input, np.ndarray):
+        raise TinyFacesError(f"network input must be a numpy array, got {type(net_input).__name__}")
+    if net_input.ndim != 4 or net_input.shape[:2] != (1, 3) or min(net_input.shape[2:]) < 1:
+        raise TinyFacesError(f"network input must have shape (1, 3, h, w), got {net_input.shape}")
+    if net_input.dtype != np.float32:
+        raise TinyFacesError(f"network input must be float32, got {net_input.dtype}")
+    return np.ascontiguousarray(net_input)

@@ -1,0 +1,323 @@
+"""TensorRT network runner (TensorRT >= 10 named-tensor API, cuda-python streams and buffers).
+
+    runner = TensorRTRunner("export/model.engine", input_name="image", output_name="scores",
+                            manifest_profile=folder.profile)
+    scores = runner.run(x)     # x: (1, 3, h, w) float32 numpy -> (1, 125, h', w') float32 numpy
+    scores = runner.run(dev)   # device input (DeviceArray / __cuda_array_interface__) -> DeviceArray
+
+Loading deserializes the engine, enumerates its I/O tensors and checks them against the
+export manifest (tensor names, float32 I/O, 125 output channels, the optimization profile).
+One execution context is created per optimization profile; the device buffers are sized
+for the largest MAX shape over the profiles, so no allocation happens per call. A call picks
+the first profile containing the input shape, sets the input shape and the tensor
+addresses, and runs ``execute_async_v3`` on the runner's stream; the copies are
+stream-ordered and the host waits once, before returning the scores.
+
+An input shape outside every profile is a :class:`ManifestError` naming the shape and the
+profile ranges (never a TensorRT crash); :meth:`TensorRTRunner.check_levels` checks a whole
+pyramid before any work, which :func:`~tinyfaces_trt.runtime.backends.create_detector` does
+for every image.
+
+``tensorrt`` is imported lazily: without it the runner raises :class:`BackendUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import NUM_CHANNELS
+from ..errors import BackendUnavailableError, ManifestError, TinyFacesError
+from ..profiles import Profile, format_shape
+from .onnxruntime_runner import validate_network_input
+
+log = logging.getLogger(__name__)
+
+MIN_TENSORRT_MAJOR = 10
+
+
+def import_tensorrt() -> Any:
+    """Imports ``tensorrt`` (>= 10) or raises :class:`BackendUnavailableError` (one line)."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the tensorrt backend needs NVIDIA TensorRT >= 10 and a CUDA GPU: the tensorrt "
+            f"Python package is not installed ({exc.msg})") from exc
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < MIN_TENSORRT_MAJOR:
+        raise BackendUnavailableError(
+            f"the tensorrt backend needs TensorRT >= {MIN_TENSORRT_MAJOR} (named-tensor API); "
+            f"found {trt.__version__}")
+    return trt
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One engine I/O tensor: name, direction, TensorRT dtype name, shape (-1 = dynamic)."""
+
+    name: str
+    is_input: bool
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineSignature:
+    """What an engine exposes: its I/O tensors and, per optimization profile, the input range."""
+
+    tensors: tuple[TensorInfo, ...]
+    profiles: tuple[Profile, ...]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.is_input]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if not t.is_input]
+
+
+def describe_engine(engine: Any, trt: Any) -> EngineSignature:
+    """Reads an engine's I/O tensors and input profiles through the TensorRT 10 API."""
+    tensors = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        tensors.append(TensorInfo(
+            name=name,
+            is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+            dtype=getattr(engine.get_tensor_dtype(name), "name", str(engine.get_tensor_dtype(name))),
+            shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
+        ))
+    inputs = [t for t in tensors if t.is_input]
+    profiles: list[Profile] = []
+    if len(inputs) == 1:
+        inp = inputs[0]
+        try:
+            if -1 in inp.shape:
+                for p in range(engine.num_optimization_profiles):
+                    lo, opt, hi = engine.get_tensor_profile_shape(inp.name, p)
+                    profiles.append(Profile(tuple(lo), tuple(opt), tuple(hi)))
+            else:
+                profiles.append(Profile(inp.shape, inp.shape, inp.shape))
+        except ManifestError as exc:
+            raise ManifestError(f"engine input {inp.name!r} has an unusable profile: {exc}") from exc
+    return EngineSignature(tuple(tensors), tuple(profiles))
+
+
+def validate_engine(signature: EngineSignature, input_name: str, output_name: str,
+                    manifest_profile: Profile | None = None, source: str = "engine") -> None:
+    """Checks an engine against the export manifest.
+
+    Raises:
+        ManifestError: unless the engine has exactly one input named ``input_name`` and an
+            output named ``output_name``, both float32; a (1, 3, h, w) input and a
+            (1, 125, h', w') output; and (when the manifest records one) an optimization
+            profile equal to ``manifest_profile``.
+    """
+    inputs, outputs = signature.inputs, signature.outputs
+    if [t.name for t in inputs] != [input_name]:
+        raise ManifestError(f"{source}: engine inputs {[t.name for t in inputs]} do not match "
+                            f"the manifest's input {input_name!r}")
+    out = next((t for t in outputs if t.name == output_name), None)
+    if out is None:
+        raise ManifestError(f"{source}: engine outputs {[t.name for t in outputs]} do not "
+                            f"include the manifest's output {output_name!r}")
+    inp = inputs[0]
+    for t in (inp, out):
+        if t.dtype.upper() not in ("FLOAT", "FLOAT32"):
+            raise ManifestError(f"{source}: tensor {t.name!r} is {t.dtype}, expected float32 "
+                                "(fp16 engines keep float32 I/O)")
+    if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[0] not in (1, -1):
+        raise ManifestError(f"{source}: input {inp.name!r} has shape {list(inp.shape)}, "
+                            "expected [1, 3, h, w]")
+    if len(out.shape) != 4 or out.shape[1] != NUM_CHANNELS:
+        raise ManifestError(f"{source}: output {out.name!r} has shape {list(out.shape)}, "
+                            f"expected [1, {NUM_CHANNELS}, h, w] ({NUM_CHANNELS} channels)")
+    if not signature.profiles:
+        raise ManifestError(f"{source}: engine has no optimization profile for {inp.name!r}")
+    if manifest_profile is not None and manifest_profile not in signature.profiles:
+        raise ManifestError(
+            f"{source}: the manifest's profile (min {format_shape(manifest_profile.min)}, max "
+            f"{format_shape(manifest_profile.max)}) is not one of the engine's profiles "
+            f"({describe_profiles(signature.profiles)}); was the engine built for another export?")
+
+
+def describe_profiles(profiles: Sequence[Profile]) -> str:
+    """``"profile 0: min 1x3x8x8 .. max 1x3x960x960; ..."``."""
+    return "; ".join(f"profile {i}: min {format_shape(p.min)} .. max {format_shape(p.max)}"
+                     for i, p in enumerate(profiles))
+
+
+def select_profile(shape: Sequence[int], profiles: Sequence[Profile]) -> int:
+    """Index of the first profile whose [min, max] box contains ``shape``.
+
+    Raises:
+        ManifestError: naming the shape and every profile's range when none contains it.
+    """
+    for i, profile in enumerate(profiles):
+        if profile.contains(shape):
+            return i
+    if len(profiles) == 1:
+        profiles[0].check(shape)  # raises, with the rebuild hint
+    raise ManifestError(
+        f"input shape {format_shape(shape)} is outside every optimization profile of the engine "
+        f"({describe_profiles(profiles)}); rebuild the engine with tf-export --image-size "
+        "covering this image, or use the onnxruntime backend")
+
+
+def _volume(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+class TensorRTRunner:
+    """Runs a serialized TensorRT engine of the detector network.
+
+    Args:
+        engine_path: the ``.engine`` file (from ``tf-export --engine``).
+        input_name, output_name: tensor names from the export manifest.
+        manifest_profile: the manifest's recorded profile, checked against the engine.
+        stream: a :class:`~.cuda_device.Stream` to run on (default: a new one).
+
+    Raises:
+        BackendUnavailableError: tensorrt, cuda-python or a GPU is missing.
+        ManifestError: the engine file is missing, cannot be deserialized, or disagrees with
+            the manifest.
+    """
+
+    def __init__(self, engine_path: str | os.PathLike[str], input_name: str = "image",
+                 output_name: str = "scores", manifest_profile: Profile | None = None,
+                 stream: Any = None) -> None:
+        trt = import_tensorrt()
+        from . import cuda_device
+
+        self.engine_path = Path(engine_path)
+        if not self.engine_path.is_file():
+            raise ManifestError(f"TensorRT engine not found: {self.engine_path}")
+        if not cuda_device.gpu_available():
+            raise BackendUnavailableError("the tensorrt backend needs a CUDA GPU; none is visible")
+        self._cuda = cuda_device
+        self._trt_logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._trt_logger)
+        try:
+            self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        except Exception as exc:  # TensorRT raises its own types for corrupt data
+            self.engine = None
+            log.debug("deserialize_cuda_engine raised %r", exc)
+        if self.engine is None:
+            raise ManifestError(
+                f"cannot deserialize TensorRT engine {self.engine_path} (built with another "
+                f"TensorRT version or GPU? this is TensorRT {trt.__version__}); rebuild it")
+        self.signature = describe_engine(self.engine, trt)
+        validate_engine(self.signature, input_name, output_name, manifest_profile,
+                        source=str(self.engine_path))
+        self.input_name, self.output_name = input_name, output_name
+        self.profiles = self.signature.profiles
+        self.stream = stream if stream is not None else cuda_device.Stream()
+        self._buffers: list[Any] = []
+
+        # One context per profile; device buffers sized for the largest MAX shape.
+        self._contexts = []
+        max_in = max_out = 0
+        for index, profile in enumerate(self.profiles):
+            context = self.engine.create_execution_context()
+            if context is None:
+                raise TinyFacesError(f"TensorRT could not create an execution context for "
+                                     f"profile {index} of {self.engine_path} (out of GPU memory?)")
+            context.set_optimization_profile_async(index, self.stream.handle)
+            context.set_input_shape(input_name, profile.max)
+            max_in = max(max_in, _volume(profile.max))
+            max_out = max(max_out, _volume(context.get_tensor_shape(output_name)))
+            self._contexts.append(context)
+        self.stream.synchronize()
+        itemsize = np.dtype(np.float32).itemsize
+        self._input = cuda_device.DeviceBuffer(max_in * itemsize)
+        self._output = cuda_device.DeviceBuffer(max_out * itemsize)
+        self._buffers = [self._input, self._output]
+        log.info("TensorRT %s engine %s: %s", trt.__version__, self.engine_path.name,
+                 describe_profiles(self.profiles))
+
+    def check_levels(self, shapes: Iterable[Any]) -> None:
+        """Checks that every input shape (or pyramid level) lies inside some profile.
+
+        ``shapes`` holds (1, 3, h, w) tuples or objects with ``height``/``width`` (pyramid
+        levels). Raises :class:`ManifestError` for the first that does not fit.
+        """
+        for s in shapes:
+            shape = (1, 3, s.height, s.width) if hasattr(s, "height") else tuple(s)
+            select_profile(shape, self.profiles)
+
+    def run(self, net_input: Any) -> Any:
+        """Runs the engine on one (1, 3, h, w) float32 input.
+
+        Args:
+            net_input: a host numpy array, or device memory (a
+                :class:`~.cuda_device.DeviceArray` or any object with
+                ``__cuda_array_interface__``, e.g. from the CUDA preprocessor).
+
+        Returns:
+            For a host input, the score map as a numpy array. For a device input, a
+            :class:`~.cuda_device.DeviceArray` over the runner's output buffer, ordered on
+            :attr:`stream`: valid until the next :meth:`run` (consume it on the same stream).
+        """
+        on_device = not isinstance(net_input, np.ndarray) and \
+            hasattr(net_input, "__cuda_array_interface__")
+        if on_device:
+            x = self._cuda.as_device_array(net_input)
+            if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[:2] != (1, 3):
+                raise TinyFacesError(f"network input must be a (1, 3, h, w) float32 array, got "
+                                     f"{x.shape} {x.dtype}")
+            producer = getattr(x, "stream", None)
+            if producer is not None and producer is not self.stream:
+                producer.synchronize()
+            shape, input_ptr = x.shape, x.ptr
+        else:
+            x = validate_network_input(net_input)
+            shape, input_ptr = x.shape, self._input.ptr
+        context = self._contexts[select_profile(shape, self.profiles)]
+        if not context.set_input_shape(self.input_name, shape):
+            raise TinyFacesError(f"TensorRT rejected input shape {format_shape(shape)}")
+        out_shape = tuple(int(d) for d in context.get_tensor_shape(self.output_name))
+        context.set_tensor_address(self.input_name, input_ptr)
+        context.set_tensor_address(self.output_name, self._output.ptr)
+        if not on_device:
+            self._input.upload(x, self.stream)
+        if not context.execute_async_v3(self.stream.handle):
+            raise TinyFacesError(f"TensorRT execution failed for input {format_shape(shape)}")
+        if on_device:
+            return self._cuda.DeviceArray(self._output.ptr, out_shape, np.float32,
+                                          owner=self._output, stream=self.stream)
+        scores = np.empty(out_shape, dtype=np.float32)
+        self._output.download(scores, self.stream)
+        self.stream.synchronize()
+        return scores
+
+    def synchronize(self) -> None:
+        """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        """Frees the device buffers and drops the contexts and engine."""
+        for buf in self._buffers:
+            buf.free()
+        self._buffers = []
+        self._contexts = []
+        self.engine = None
+
+    def __enter__(self) -> "TensorRTRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TensorRTRunner({str(self.engine_path)!r}, {describe_profiles(self.profiles)})"

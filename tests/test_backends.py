@@ -1,0 +1,386 @@
+"""Backends: the ONNX Runtime runner, TensorRT engine checks, create_runner / create_detector.
+
+TensorRT is not installed on CI machines: its runner is only checked for the clear
+"unavailable" error, and its manifest/profile validation on plain engine descriptions
+(no TensorRT object is faked).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from tinyfaces_trt.export.model import build_model
+from tinyfaces_trt.export.parity import synthetic_image
+from tinyfaces_trt.export.torch_runner import TorchRunner
+from tinyfaces_trt.runtime.backends import (ShapeCheckedDetector, available_backends, cache_key,
+                                            cached_export, create_detector, create_runner)
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
+from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
+                                                            TensorRTRunner, select_profile,
+                                                            validate_engine)
+from tinyfaces_trt.runtime.config import DetectorConfig
+from tinyfaces_trt.runtime.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
+                                          WeightsError)
+from tinyfaces_trt.runtime.export_folder import load_export_folder
+from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.runtime.profiles import Profile
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+CPU = "CPUExecutionProvider"
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny hand-made ONNX model: 1x1 convolution 3 -> 125 with stride 8 (ceil(h/8) outputs)
+# ---------------------------------------------------------------------------------------------
+
+def _strided_conv_model(path, channels: int = 125, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(channels, 3, 1, 1)).astype(np.float32)
+    bias = rng.normal(size=(channels,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["scores"], strides=[8, 8])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, channels, "h8", "w8"])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return weight[:, :, 0, 0], bias
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    weight, bias = _strided_conv_model(path)
+    return path, weight, bias
+
+
+def test_ort_runner_matches_numpy_convolution(tiny):
+    path, weight, bias = tiny
+    runner = OnnxRuntimeRunner(path)
+    assert runner.providers == [CPU]
+    assert (runner.input_name, runner.output_name) == ("image", "scores")
+    x = np.random.default_rng(1).normal(size=(1, 3, 33, 47)).astype(np.float32)
+    out = runner.run(x)
+    assert out.shape == (1, 125, math.ceil(33 / 8), math.ceil(47 / 8)) and out.dtype == np.float32
+    expected = np.einsum("ck,kyx->cyx", weight, x[0, :, ::8, ::8]) + bias[:, None, None]
+    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ort_runner_accepts_non_contiguous_input(tiny):
+    path, _, _ = tiny
+    runner = OnnxRuntimeRunner(path, threads=1)
+    x = np.random.default_rng(2).normal(size=(1, 3, 40, 24)).astype(np.float32)
+    transposed = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not transposed.flags.c_contiguous
+    np.testing.assert_array_equal(runner.run(transposed), runner.run(x))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((1, 3, 16, 16), np.float64), "float32"),
+    (np.zeros((1, 4, 16, 16), np.float32), "(1, 3, h, w)"),
+    (np.zeros((2, 3, 16, 16), np.float32), "(1, 3, h, w)"),
+    (np.zeros((3, 16, 16), np.float32), "(1, 3, h, w)"),
+    (np.zeros((1, 3, 0, 16), np.float32), "(1, 3, h, w)"),
+    ([[1.0]], "numpy array"),
+])
+def test_ort_runner_validates_input(tiny, bad, message):
+    runner = OnnxRuntimeRunner(tiny[0])
+    with pytest.raises(TinyFacesError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        runner.run(bad)
+
+
+def test_ort_runner_file_errors(tmp_path):
+    with pytest.raises(ManifestError, match="ONNX model not found"):
+        OnnxRuntimeRunner(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07this is not a protobuf" * 10)
+    with pytest.raises(ManifestError, match="cannot load ONNX model .*corrupt.onnx"):
+        OnnxRuntimeRunner(corrupt)
+
+
+def test_ort_runner_rejects_wrong_channel_count(tmp_path):
+    path = tmp_path / "ten.onnx"
+    _strided_conv_model(path, channels=10)
+    with pytest.raises(ManifestError, match="expected float32 \\(1, 125, h, w\\)"):
+        OnnxRuntimeRunner(path)
+
+
+def test_ort_runner_rejects_bad_thread_count(tiny):
+    with pytest.raises(TinyFacesError, match="threads must be >= 1"):
+        OnnxRuntimeRunner(tiny[0], threads=0)
+
+
+def test_resolve_providers_order_aliases_and_fallback(caplog):
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    assert resolve_providers(None, available) == [CPU]
+    assert resolve_providers("auto", available) == available
+    assert resolve_providers(["cuda", "cpu"], available) == ["CUDAExecutionProvider", CPU]
+    assert resolve_providers("tensorrt", available) == ["TensorrtExecutionProvider", CPU]
+    with caplog.at_level(logging.WARNING):
+        assert resolve_providers(["cuda"], [CPU]) == [CPU]
+    assert "CUDAExecutionProvider" in caplog.text and "falling back" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_providers("auto", [CPU]) == [CPU]
+    assert caplog.text == ""  # 'auto' taking what exists is not a warning
+    with pytest.raises(TinyFacesError, match="must not be empty"):
+        resolve_providers([], available)
+
+
+def test_ort_runner_logs_actual_providers_and_fallback(tiny, caplog):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA; the fallback path is not taken")
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        runner = OnnxRuntimeRunner(tiny[0], providers=["cuda"])
+    assert runner.providers == [CPU]
+    assert "falling back" in caplog.text and "providers ['CPUExecutionProvider']" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT: dependency error and engine/manifest validation (on plain descriptions)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_tensorrt_runner_unavailable_is_one_clear_line(tmp_path):
+    with pytest.raises(BackendUnavailableError) as info:
+        TensorRTRunner(tmp_path / "model.engine")
+    message = str(info.value)
+    assert "\n" not in message and "TensorRT" in message and "not installed" in message
+    assert "tensorrt" not in available_backends()
+
+
+PROFILE = Profile((1, 3, 16, 16), (1, 3, 480, 640), (1, 3, 1024, 1024))
+
+
+def _signature(**changes) -> EngineSignature:
+    inp = dict(name="image", is_input=True, dtype="FLOAT", shape=(1, 3, -1, -1))
+    out = dict(name="scores", is_input=False, dtype="FLOAT", shape=(1, 125, -1, -1))
+    inp.update(changes.get("input", {}))
+    out.update(changes.get("output", {}))
+    return EngineSignature((TensorInfo(**inp), TensorInfo(**out)),
+                           tuple(changes.get("profiles", (PROFILE,))))
+
+
+def test_validate_engine_accepts_matching_engine():
+    validate_engine(_signature(), "image", "scores", PROFILE)
+    validate_engine(_signature(), "image", "scores", None)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input": {"name": "input"}}, "engine inputs \\['input'\\] do not match the manifest's input 'image'"),
+    ({"output": {"name": "out"}}, "do not include the manifest's output 'scores'"),
+    ({"input": {"dtype": "HALF"}}, "'image' is HALF, expected float32"),
+    ({"output": {"dtype": "HALF"}}, "'scores' is HALF, expected float32"),
+    ({"output": {"shape": (1, 124, -1, -1)}}, "expected \\[1, 125, h, w\\] \\(125 channels\\)"),
+    ({"input": {"shape": (1, 1, -1, -1)}}, "expected \\[1, 3, h, w\\]"),
+    ({"profiles": ()}, "no optimization profile"),
+    ({"profiles": (Profile((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 512, 512)),)},
+     "manifest's profile \\(min 1x3x16x16, max 1x3x1024x1024\\) is not one of the engine's"),
+])
+def test_validate_engine_reports_each_mismatch(changes, message):
+    with pytest.raises(ManifestError, match=message):
+        validate_engine(_signature(**changes), "image", "scores", PROFILE, source="m.engine")
+
+
+def test_select_profile_picks_first_containing_and_names_ranges():
+    small = Profile((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, 128, 128))
+    large = Profile((1, 3, 64, 64), (1, 3, 512, 512), (1, 3, 1024, 1024))
+    assert select_profile((1, 3, 100, 100), [small, large]) == 0
+    assert select_profile((1, 3, 600, 100), [small, large]) == 1
+    with pytest.raises(ManifestError) as info:
+        select_profile((1, 3, 2000, 50), [small, large])
+    text = str(info.value)
+    assert "1x3x2000x50" in text and "profile 0: min 1x3x1x1 .. max 1x3x128x128" in text
+    assert "profile 1: min 1x3x64x64 .. max 1x3x1024x1024" in text
+    with pytest.raises(ManifestError, match="1x3x2000x50 is outside the engine's optimization "
+                                            "profile \\(min 1x3x1x1, max 1x3x128x128\\)"):
+        select_profile((1, 3, 2000, 50), [small])
+
+
+class _ProfileRunner:
+    """A host runner with a TensorRT-like shape range (tests ShapeCheckedDetector's logic)."""
+
+    def __init__(self, inner, profile: Profile):
+        self.inner, self.profiles, self.calls = inner, [profile], 0
+
+    def check_levels(self, levels):
+        for level in levels:
+            select_profile((1, 3, level.height, level.width), self.profiles)
+
+    def run(self, x):
+        self.calls += 1
+        return self.inner.run(x)
+
+
+def test_shape_checked_detector_refuses_out_of_profile_image_before_any_work(tiny):
+    runner = _ProfileRunner(OnnxRuntimeRunner(tiny[0]),
+                            Profile((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 100, 100)))
+    detector = ShapeCheckedDetector(runner, DetectorConfig())
+    detector.detect(synthetic_image(33, 47))  # levels 33x47 .. 66x94 fit
+    calls = runner.calls
+    assert calls > 0
+    with pytest.raises(ManifestError, match="outside the engine's optimization profile "
+                                            "\\(min 1x3x8x8, max 1x3x100x100\\)"):
+        detector.detect(synthetic_image(97, 131))
+    assert runner.calls == calls  # refused before running any level
+
+
+# ---------------------------------------------------------------------------------------------
+# create_runner / create_detector on a real (seeded ResNet-50) export
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seeded():
+    model = build_model(depth=50, seed=0)
+    return model, model.detector_config()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, seeded):
+    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
+    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"model": seeded[0].state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def export_dir(checkpoint):
+    """Its export (fp32 + fp16), made once per session through the export cache."""
+    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
+                         progress=lambda _: None, verify=False).path
+
+
+def test_available_backends_lists_installed_ones():
+    found = available_backends()
+    assert "onnxruntime" in found and "torch" in found
+
+
+def test_create_runner_onnxruntime_and_missing_files(export_dir, tmp_path):
+    folder = load_export_folder(export_dir)
+    runner = create_runner("onnxruntime", folder)
+    assert isinstance(runner, OnnxRuntimeRunner) and runner.onnx_path == folder.onnx_fp32
+    assert create_runner("onnxruntime", folder, fp16=True).onnx_path == folder.onnx_fp16
+    fp32_only = tmp_path / "fp32"
+    fp32_only.mkdir()
+    for name in ("model.onnx", "manifest.json"):
+        shutil.copy(export_dir / name, fp32_only / name)
+    manifest = json.loads((fp32_only / "manifest.json").read_text())
+    del manifest["files"]["onnx_fp16"]
+    (fp32_only / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="no fp16 ONNX model; re-export with tf-export --fp16"):
+        create_runner("onnxruntime", load_export_folder(fp32_only), fp16=True)
+    with pytest.raises(TinyFacesError, match="unknown backend 'onnx'"):
+        create_runner("onnx", folder)
+    with pytest.raises(TinyFacesError, match="torch backend runs a checkpoint"):
+        create_runner("torch", folder)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_create_runner_tensorrt_reports_missing_dependency_first(export_dir):
+    with pytest.raises(BackendUnavailableError, match="TensorRT"):
+        create_runner("tensorrt", load_export_folder(export_dir))
+
+
+def test_detector_from_export_folder_matches_torch_reference(export_dir, seeded):
+    image = synthetic_image(97, 131, seed=3)
+    detector = create_detector("onnxruntime", model_dir=export_dir)
+    assert type(detector) is Detector and detector.config == seeded[1]
+    boxes = detector.detect(image)
+    reference = Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
+    assert len(boxes) == len(reference) > 0
+    np.testing.assert_allclose(boxes, reference, atol=1e-3)
+
+
+def test_config_overrides(export_dir):
+    image = synthetic_image(97, 131, seed=3)
+    base = create_detector(model_dir=export_dir).detect(image)
+    strict = create_detector(model_dir=export_dir, config_overrides={"prob_thresh": 0.7,
+                                                                    "nms_thresh": None})
+    assert strict.config.prob_thresh == 0.7 and strict.config.nms_thresh == 0.3
+    boxes = strict.detect(image)
+    assert 0 < len(boxes) < len(base) and np.all(boxes[:, 4] > 0.7)
+    with pytest.raises(TinyFacesError, match="unknown detector config field\\(s\\) \\['prob'\\]"):
+        create_detector(model_dir=export_dir, config_overrides={"prob": 0.7})
+    with pytest.raises(ManifestError, match="prob_thresh must be in \\(0, 1\\)"):
+        create_detector(model_dir=export_dir, config_overrides={"prob_thresh": 1.5})
+
+
+def test_create_detector_argument_errors(export_dir, checkpoint):
+    with pytest.raises(TinyFacesError, match="not both"):
+        create_detector(model_dir=export_dir, weights=checkpoint)
+    with pytest.raises(TinyFacesError, match="torch backend runs a checkpoint"):
+        create_detector("torch", model_dir=export_dir)
+    with pytest.raises(ManifestError, match="does not exist"):
+        create_detector(model_dir=export_dir / "nope")
+
+
+def test_torch_backend_runs_checkpoint(checkpoint, seeded):
+    image = synthetic_image(64, 64, seed=1)
+    detector = create_detector("torch", weights=checkpoint)
+    expected = Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
+    np.testing.assert_array_equal(detector.detect(image), expected)
+
+
+def test_weights_export_into_cache_once_and_reuse(checkpoint, export_dir, tmp_path, seeded):
+    key = cache_key(checkpoint)
+    assert export_dir.name == key
+    folder = tmp_path / key
+    shutil.copytree(export_dir, folder)
+    (folder / "model.onnx").unlink()  # a damaged cache entry is exported again
+    lines: list[str] = []
+    detector = create_detector(weights=checkpoint, cache_dir=tmp_path, progress=lines.append)
+    assert any("exporting weights" in line for line in lines)
+    assert any("export done" in line for line in lines)
+    assert (folder / "manifest.json").is_file() and (folder / "model.onnx").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [key]  # no staging folder left behind
+    manifest = load_export_folder(folder).manifest
+    assert manifest["weights"]["sha256"].startswith(key) and manifest["untrained"] is False
+    assert "onnx_fp16" not in manifest["files"]  # fp32 was asked for
+    image = synthetic_image(64, 64, seed=1)
+    expected = Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
+    np.testing.assert_allclose(detector.detect(image), expected, atol=1e-3)
+
+    stamp = os.stat(folder / "model.onnx").st_mtime_ns
+    lines.clear()
+    create_detector(weights=checkpoint, cache_dir=tmp_path, progress=lines.append)
+    assert lines == [] and os.stat(folder / "model.onnx").st_mtime_ns == stamp
+
+
+def test_cache_location_and_keys(monkeypatch, tmp_path, checkpoint):
+    from tinyfaces_trt.runtime.backends import cache_root
+
+    monkeypatch.setenv("TINYFACES_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("TINYFACES_CACHE")
+    assert cache_root().parts[-2:] == (".cache", "tinyfaces_trt")
+    assert cache_key(checkpoint) != cache_key(checkpoint, depth=50)
+    assert cache_key(None).startswith("untrained-")
+    with pytest.raises(WeightsError, match="weights file not found"):
+        cache_key(tmp_path / "absent.pth")
+
+
+def test_bad_weights_give_weights_error(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(WeightsError):
+        create_detector("torch", weights=bad)
+    with pytest.raises(WeightsError):
+        create_detector(weights=bad, cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))

@@ -1,0 +1,229 @@
+"""tf-detect end to end on a seeded ResNet-50 export (ONNX Runtime CPU), in-process."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinyfaces_trt.export.model import build_model
+from tinyfaces_trt.export.parity import synthetic_image
+from tinyfaces_trt.runtime.backends import cache_key, cached_export
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+from tinyfaces_trt.runtime.cli_detect import main
+from tinyfaces_trt.runtime.draw import box_regions
+from tinyfaces_trt.runtime.export_folder import load_export_folder
+from tinyfaces_trt.runtime.imageio import load_image
+from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.runtime.wider_format import read_detection_file
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
+    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"model": build_model(depth=50, seed=0).state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def export_dir(checkpoint):
+    """Its export (fp32 + fp16), made once per session through the export cache."""
+    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
+                         progress=lambda _: None, verify=False).path
+
+
+@pytest.fixture(scope="module")
+def reference(export_dir):
+    folder = load_export_folder(export_dir)
+    return Detector(OnnxRuntimeRunner(folder.onnx_fp32), folder.config)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A WIDER-like folder: two events, a JPEG, a PNG and a text file named .jpg."""
+    root = tmp_path / "images"
+    (root / "1--Event").mkdir(parents=True)
+    (root / "2--Other").mkdir()
+    Image.fromarray(synthetic_image(47, 63, seed=1)).save(root / "1--Event" / "a.jpg", quality=95)
+    Image.fromarray(synthetic_image(64, 48, seed=2)).save(root / "2--Other" / "b.png")
+    (root / "2--Other" / "broken.jpg").write_text("not an image")
+    return root
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_console_script_is_wired():
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("tf-detect") == "tinyfaces_trt.runtime.cli_detect:main"
+
+
+def test_help_documents_every_option_with_defaults_and_examples():
+    done = subprocess.run([sys.executable, "-m", "tinyfaces_trt.runtime.cli_detect", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for option in ("--backend", "--model", "--weights", "--out", "--json", "--blur", "--pixelate",
+                   "--prob-thresh", "--nms-thresh", "--wider-dir", "--fp16", "--providers",
+                   "--threads"):
+        assert option in text
+    assert "default: onnxruntime" in text and "default: the model's, 0.5" in text
+    assert "UNTRAINED" in text and "examples:" in text and "tf-detect photo.jpg --model" in text
+    assert "exit status" in text
+
+
+def test_folder_run_writes_outputs_and_reports_bad_files(capsys, photos, export_dir, tmp_path,
+                                                         reference):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.jpg"
+    code, stdout, stderr = _run(capsys, photos, missing, "--model", export_dir, "--out", out)
+    assert code == 1
+    assert "broken.jpg: not a recognised image file" in stderr
+    assert "missing.jpg: image file not found" in stderr
+    assert "2 image(s)" in stderr and "2 error(s)" in stderr
+    assert "UNTRAINED" not in stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 2 and "a.jpg: " in lines[0] and "b.png: " in lines[1]
+    for rel, ext in (("1--Event/a", ".jpg"), ("2--Other/b", ".png")):
+        record = json.loads((out / f"{rel}.json").read_text())
+        image = load_image(record["image"])
+        expected = reference.detect(image)
+        got = np.array([d["box"] + [d["score"]] for d in record["detections"]]).reshape(-1, 5)
+        assert len(expected) > 0 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=0.01)
+        assert (record["width"], record["height"]) == (image.shape[1], image.shape[0])
+        drawn = load_image(out / f"{rel}_boxes{ext}")
+        assert drawn.shape == image.shape
+        if ext == ".png":  # lossless: boxes were drawn on a copy
+            assert np.any(drawn != image)
+    assert not (out / "2--Other" / "broken.json").exists()
+
+
+def test_json_output_and_prob_thresh(capsys, photos, export_dir, reference):
+    image_path = photos / "2--Other" / "b.png"
+    code, stdout, _ = _run(capsys, image_path, "--model", export_dir, "--json", "--prob-thresh", 0.6)
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc["backend"] == "onnxruntime" and doc["untrained"] is False and doc["errors"] == []
+    (record,) = doc["images"]
+    scores = np.array([d["score"] for d in record["detections"]])
+    strict = Detector(reference.runner, reference.config.with_(prob_thresh=0.6))
+    expected = strict.detect(load_image(image_path))
+    assert len(scores) == len(expected) > 0 and np.all(scores > 0.6)
+    np.testing.assert_allclose(scores, expected[:, 4], atol=1e-5)
+
+
+@pytest.mark.parametrize("flag, suffix", [("--blur", "_blurred"), ("--pixelate", "_pixelated")])
+def test_anonymised_copy_changes_only_face_regions(capsys, photos, export_dir, tmp_path, flag, suffix):
+    image_path = photos / "2--Other" / "b.png"
+    out = tmp_path / "anon"
+    code, _, _ = _run(capsys, image_path, "--model", export_dir, "--out", out, flag)
+    assert code == 0
+    original = load_image(image_path)
+    hidden = load_image(out / f"b{suffix}.png")
+    record = json.loads((out / "b.json").read_text())
+    boxes = np.array([d["box"] for d in record["detections"]]).reshape(-1, 4)
+    assert len(boxes) > 0
+    inside = np.zeros(original.shape[:2], bool)
+    for r0, r1, c0, c1 in box_regions(boxes, *original.shape[:2]):
+        inside[r0:r1, c0:c1] = True
+    assert np.array_equal(hidden[~inside], original[~inside])
+    assert np.any(hidden[inside] != original[inside])
+
+
+def test_wider_dir_keeps_event_folders(capsys, photos, export_dir, tmp_path):
+    wider = tmp_path / "pred"
+    code, stdout, _ = _run(capsys, photos / "1--Event", photos / "2--Other" / "b.png",
+                           "--model", export_dir, "--wider-dir", wider, "--json")
+    assert code == 0
+    records = {r["image"]: r for r in json.loads(stdout)["images"]}
+    for rel in ("1--Event/a.jpg", "2--Other/b.png"):
+        parsed = read_detection_file(wider / f"{rel.rsplit('.', 1)[0]}.txt")
+        assert parsed.image_name == rel
+        detections = records[str(photos / rel)]["detections"]
+        assert len(parsed.boxes) == len(detections) > 0
+        np.testing.assert_allclose(parsed.boxes[:, 4], [d["score"] for d in detections], atol=1e-5)
+
+
+def test_same_names_get_distinct_outputs(capsys, photos, export_dir, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(photos / "2--Other" / "b.png", other / "b.png")
+    out = tmp_path / "out"
+    code, _, _ = _run(capsys, photos / "2--Other" / "b.png", other / "b.png",
+                      "--model", export_dir, "--out", out)
+    assert code == 0
+    assert (out / "b.json").is_file() and (out / "b_2.json").is_file()
+    assert json.loads((out / "b_2.json").read_text())["image"] == str(other / "b.png")
+
+
+def test_untrained_default_shouts_every_run_and_reuses_cache(capsys, photos, export_dir,
+                                                             tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TINYFACES_CACHE", str(cache))
+    shutil.copytree(export_dir, cache / cache_key(None))  # stands in for the default export
+    for _ in range(2):
+        code, stdout, stderr = _run(capsys, photos / "2--Other" / "b.png", "--json")
+        assert code == 0
+        assert "WARNING: UNTRAINED NETWORK" in stderr and "MEANINGLESS" in stderr
+        assert "exporting" not in stderr
+        assert json.loads(stdout)["untrained"] is True
+
+
+def test_torch_backend_runs_weights_directly(capsys, photos, checkpoint, reference):
+    image_path = photos / "2--Other" / "b.png"
+    code, stdout, stderr = _run(capsys, image_path, "--backend", "torch", "--weights", checkpoint,
+                                "--json")
+    assert code == 0 and "UNTRAINED" not in stderr
+    (record,) = json.loads(stdout)["images"]
+    expected = reference.detect(load_image(image_path))
+    assert len(record["detections"]) == len(expected)
+    np.testing.assert_allclose([d["score"] for d in record["detections"]], expected[:, 4],
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--blur"], "--blur/--pixelate write an anonymised copy and need --out DIR"),
+    (["--prob-thresh", "1.5"], "must be between 0 and 1"),
+    (["--nms-thresh", "x"], "'x' is not a number"),
+    (["--backend", "caffe"], "invalid choice: 'caffe'"),
+    (["--backend", "torch", "--threads", "2"], "--providers/--threads are onnxruntime options"),
+    (["--blur", "--pixelate", "--out", "o"], "not allowed with argument"),
+])
+def test_argument_errors_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(["x.jpg", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_setup_errors_are_one_message_without_traceback(capsys, photos, tmp_path, export_dir):
+    image = photos / "2--Other" / "b.png"
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    code, _, stderr = _run(capsys, image, "--backend", "torch", "--weights", bad)
+    assert code == 1 and "tf-detect: error:" in stderr and "bad.pth" in stderr
+    code, _, stderr = _run(capsys, image, "--model", tmp_path / "nope")
+    assert code == 1 and "does not exist" in stderr
+    if not HAS_TENSORRT:
+        code, _, stderr = _run(capsys, image, "--backend", "tensorrt", "--model", export_dir)
+        assert code == 1
+        (line,) = [l for l in stderr.splitlines() if l.startswith("tf-detect: error:")]
+        assert "TensorRT" in line and "not installed" in line

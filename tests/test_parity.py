@@ -1,0 +1,224 @@
+"""Parity of ONNX Runtime fp32 / fp16 with the torch reference (seeded ResNet-50), and the
+comparison library itself (map statistics, greedy matching, the detection criterion)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tinyfaces_trt.export.model import build_model
+from tinyfaces_trt.export.parity import (TOLERANCES, DetectionTolerance, ReferenceCase,
+                                         compare_detections, compare_maps, compare_runner, main,
+                                         match_detections, markdown_table, run_parity)
+from tinyfaces_trt.export.torch_runner import TorchRunner
+from tinyfaces_trt.runtime.backends import cached_export, create_runner
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+SIZES = [(33, 47), (47, 33), (71, 53)]  # (width, height), odd ones included
+
+
+@pytest.fixture(scope="module")
+def seeded():
+    model = build_model(depth=50, seed=0)
+    return model, model.detector_config()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, seeded):
+    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
+    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"model": seeded[0].state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(checkpoint):
+    """Its export (fp32 + fp16), made once per session through the export cache."""
+    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
+                         progress=lambda _: None, verify=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime vs torch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def results(seeded, folder):
+    model, config = seeded
+    return run_parity(model, config, folder, ["onnxruntime", "onnxruntime-fp16"], SIZES)
+
+
+def test_onnxruntime_fp32_matches_torch(results):
+    fp32 = [r for r in results if r.backend == "onnxruntime"]
+    assert [(r.width, r.height) for r in fp32] == SIZES
+    for r in fp32:
+        assert r.passed and not r.skipped, markdown_table([r])
+        assert r.maps.max_abs < 1e-4 and r.maps.n_failed == 0
+        assert r.detections.n_ref == r.detections.n_test == r.detections.n_matched
+        assert r.detections.max_score_diff < 1e-5 and r.detections.min_iou > 0.9999
+    assert sum(r.detections.n_ref for r in fp32) > 10  # the comparison saw real detections
+
+
+def test_onnxruntime_fp16_within_documented_tolerance(results):
+    fp16 = [r for r in results if r.backend == "onnxruntime-fp16"]
+    for r in fp16:
+        assert r.passed, markdown_table([r])
+        # Really reduced precision (an fp32 model would be ~1e-5), yet far inside tolerance.
+        assert 1e-3 < r.maps.max_abs < TOLERANCES["fp16"].maps.atol / 3
+        assert r.detections.missing_firm == r.detections.extra_firm == 0
+        assert r.detections.max_score_diff < TOLERANCES["fp16"].detections.score
+
+
+def test_shifted_map_fails_parity(seeded, folder):
+    """A runner off by one score-map column (a classic crop bug) must fail."""
+    model, config = seeded
+    inner = create_runner("onnxruntime", folder)
+
+    class Shifted:
+        def run(self, x):
+            return np.roll(inner.run(x), 1, axis=3)
+
+    r = compare_runner(TorchRunner(model), Shifted(), config, 33, 47, "fp32", "shifted")
+    assert not r.passed and not r.maps.passed and r.maps.n_failed > 1000
+    assert "FAIL" in markdown_table([r])
+
+
+def test_small_bias_fails_fp32_but_not_fp16(seeded, folder):
+    model, config = seeded
+    case = ReferenceCase(TorchRunner(model), config, 33, 47)
+    biased = [m + np.float32(4e-5) for m in case.maps]  # a systematic error, tiny per element
+    fp32 = compare_maps(case.maps[0], biased[0], TOLERANCES["fp32"].maps)
+    assert fp32.n_failed == 0 and not fp32.passed and "mean abs error" in fp32.detail
+    assert compare_maps(case.maps[0], biased[0], TOLERANCES["fp16"].maps).passed
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison library
+# ---------------------------------------------------------------------------------------------
+
+def test_compare_maps_statistics():
+    ref = np.array([[1.0, -4.0], [0.5, 0.0]], np.float32)
+    same = compare_maps(ref, ref.copy())
+    assert same.passed and same.max_abs == 0.0 and same.n_failed == 0
+    test = ref.copy()
+    test[0, 1] += 1e-3  # |ref| = 4: allowed 5e-4 + 4e-4 = 9e-4 < 1e-3
+    c = compare_maps(ref, test, TOLERANCES["fp32"].maps)
+    assert not c.passed and c.n_failed == 1 and c.n_elements == 4
+    assert c.max_abs == pytest.approx(1e-3, rel=1e-3)
+    assert c.max_rel == pytest.approx(1e-3 / 4, rel=1e-3)
+    assert c.mean_abs == pytest.approx(1e-3 / 4, rel=1e-3)
+    assert compare_maps(ref, test, TOLERANCES["fp16"].maps).passed
+    bad = compare_maps(ref, ref[:, :1])
+    assert not bad.passed and not bad.shape_ok and "shape" in bad.detail
+    nan = ref.copy()
+    nan[1, 1] = np.nan
+    c = compare_maps(ref, nan, TOLERANCES["fp16"].maps)
+    assert not c.passed and c.n_failed == 1 and "1 non-finite" in c.detail
+    merged = compare_maps(ref, test).merge(compare_maps(ref, ref))
+    assert merged.n_elements == 8 and merged.n_failed == 1 and not merged.passed
+    assert merged.mean_abs == pytest.approx(1e-3 / 8, rel=1e-3)
+
+
+def _det(x1, y1, x2, y2, p):
+    return [x1, y1, x2, y2, p]
+
+
+def test_match_detections_is_greedy_by_reference_score():
+    ref = np.array([_det(0, 0, 10, 10, 0.6),     # lower score, visited second
+                    _det(1, 0, 11, 10, 0.9),     # visited first: takes the best-overlapping test
+                    _det(50, 50, 60, 60, 0.7)])  # nothing near it
+    test = np.array([_det(1, 0, 11, 10, 0.85),   # IoU 1.0 with ref 1, 0.818 with ref 0
+                     _det(0, 0, 10, 10.5, 0.55),  # IoU 0.952 with ref 0
+                     _det(80, 80, 90, 90, 0.8)])
+    m = match_detections(ref, test, iou_thresh=0.5)
+    assert list(zip(m.ref_index.tolist(), m.test_index.tolist())) == [(1, 0), (0, 1)]
+    np.testing.assert_allclose(m.iou, [1.0, 100 / 105])
+    assert m.unmatched_ref.tolist() == [2] and m.unmatched_test.tolist() == [2]
+    assert match_detections(ref, test, iou_thresh=0.99).ref_index.tolist() == [1]
+    empty = match_detections(ref, np.zeros((0, 5)))
+    assert empty.ref_index.size == 0 and empty.unmatched_ref.tolist() == [0, 1, 2]
+
+
+TOL = DetectionTolerance(iou=0.8, score=0.05, margin=0.05, nms_iou_margin=0.05)
+
+
+def test_compare_detections_firm_and_borderline():
+    ref = np.array([_det(0, 0, 10, 10, 0.9), _det(40, 40, 50, 50, 0.52)])
+    # The borderline (0.52, within 0.05 of 0.5) detection may vanish; the firm one may not.
+    ok = compare_detections(ref, ref[:1] + [0, 0, 0, 0, 0.01], 0.5, 0.3, TOL)
+    assert ok.passed and ok.n_ref == 2 and ok.n_matched == 1 and ok.n_ref_firm == 1
+    assert ok.max_score_diff == pytest.approx(0.01)
+    missing = compare_detections(ref, ref[1:], 0.5, 0.3, TOL)
+    assert not missing.passed and missing.missing_firm == 1 and missing.extra_firm == 0
+    extra = compare_detections(ref, np.vstack([ref, _det(80, 80, 90, 90, 0.8)]), 0.5, 0.3, TOL)
+    assert not extra.passed and extra.extra_firm == 1
+    drift = compare_detections(ref, ref + [0, 0, 0, 0, 0.06], 0.5, 0.3, TOL)
+    assert not drift.passed and drift.max_score_diff == pytest.approx(0.06)
+    moved = compare_detections(ref, ref + [7, 0, 7, 0, 0], 0.5, 0.3, TOL)  # IoU 3/17
+    assert not moved.passed and moved.n_matched == 0 and moved.missing_firm == 1
+    # A box moved so that its old and new place overlap like two NMS rivals with tied scores
+    # cannot be told from an NMS flip by the detections alone (the maps comparison catches it).
+    rivals = compare_detections(ref, ref + [3, 0, 3, 0, 0], 0.5, 0.3, TOL)  # IoU 7/13
+    assert rivals.passed and rivals.nms_ambiguous == 2
+
+
+def test_compare_detections_accepts_nms_flip_between_tied_boxes():
+    # Two overlapping boxes (IoU 0.6 > nms 0.3) with near-tied scores: either may be kept.
+    a, b = _det(0, 0, 10, 10, 0.801), _det(0, 2.5, 10, 12.5, 0.800)
+    flip = compare_detections(np.array([a]), np.array([b]), 0.5, 0.3, TOL)
+    assert flip.passed and flip.n_matched == 0 and flip.nms_ambiguous == 2
+    # Same geometry with clearly different scores is a real difference.
+    c = _det(0, 2.5, 10, 12.5, 0.7)
+    real = compare_detections(np.array([a]), np.array([c]), 0.5, 0.3, TOL)
+    assert not real.passed and real.missing_firm == 1 and real.extra_firm == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# tf-parity
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
+    out = tmp_path / "parity.json"
+    code = main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47,21x18",
+                 "--backends", "onnxruntime,onnxruntime-fp16", "--json", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "| backend | image WxH |" in stdout and "| onnxruntime-fp16 | 21x18 |" in stdout
+    assert "4 passed, 0 failed, 0 skipped" in stdout
+    report = json.loads(out.read_text())
+    assert report["passed"] is True and len(report["results"]) == 4
+    assert report["tolerances"]["fp16"]["maps"]["atol"] == TOLERANCES["fp16"].maps.atol
+    assert all(r["maps"]["max_abs"] < 0.1 for r in report["results"])
+
+
+def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder):
+    other = tmp_path / "other.pth"
+    torch.save({"model": build_model(depth=50, seed=1).state_dict()}, other)
+    code = main(["--weights", str(other), "--model", str(folder.path), "--sizes", "33x47"])
+    assert code == 2
+    assert "was not made from" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_cli_skips_unavailable_tensorrt(capsys, checkpoint, folder):
+    code = main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
+                 "--backends", "tensorrt"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "| tensorrt | 33x47 | - | - | - | skipped |" in stdout
+    assert "0 passed, 0 failed, 1 skipped" in stdout
+
+
+def test_cli_argument_errors(capsys):
+    for argv, message in ((["--sizes", "33x47"], "one of the arguments --weights --untrained"),
+                          (["--untrained", "--sizes", "33by47"], "bad size '33by47'"),
+                          (["--untrained", "--backends", "cuda"], "unknown backend(s) ['cuda']")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
