@@ -6,7 +6,8 @@ documentation; ``tests/test_trt_build.py`` exercises it wherever ``tensorrt`` im
 
 Steps: ``trt.Builder`` -> ``create_network(0)`` (explicit batch is the only mode in TRT 10)
 -> ``trt.OnnxParser.parse_from_file`` (every parser error is reported) -> builder config with
-a WORKSPACE memory-pool limit, the FP16 flag for fp16 engines, an optional timing cache
+a WORKSPACE memory-pool limit, the FP16 flag for fp16 engines (TF32 cleared for fp32 engines,
+which TensorRT otherwise enables by default), an optional timing cache
 (loaded before, saved after the build), an ``IProgressMonitor`` printing the builder's
 top-level phases -> one optimization profile -> ``build_serialized_network`` -> engine file.
 
@@ -198,6 +199,9 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if fp16 and has_fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    tf32 = fp16  # TF32 is on by default; an fp32 engine must be fp32 to meet the fp32 parity tolerance
+    if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
     monitor = _make_progress_monitor(trt, log)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -226,6 +230,7 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
         "source_onnx": source.name,
         "precision": "fp16" if fp16 else "fp32",
         "strongly_typed": strongly_typed,
+        "tf32": tf32,
         "tensorrt": str(trt.__version__),
         "workspace_gb": workspace_gb,
         "build_seconds": round(seconds, 1),
