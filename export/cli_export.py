@@ -132,18 +132,6 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
     return Profile(*shapes) if all(shapes) else None
 
 
-def _load(a: argparse.Namespace):
-    """(model, config) from the checkpoint, or a seeded random network with --untrained."""
-    if a.untrained:
-        from .model import build_model
-
-        model = build_model(depth=a.depth or 101, variant=a.variant or "pytorch", seed=a.seed)
-        return model, model.detector_config()
-    from .weights import load_weights
-
-    return load_weights(a.weights, depth=a.depth, variant=a.variant)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
@@ -151,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         profile = _check_args(p, a)
         from .export_pipeline import export_model, log_stderr, step
+        from .weights import load_model
 
         with step(log_stderr, f"loading {'an untrained network' if a.untrained else a.weights}"):
-            model, config = _load(a)
+            model, config = load_model(a.weights, depth=a.depth, variant=a.variant, seed=a.seed)
         export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
                      image_sizes=a.image_size or None, profile=profile, workspace_gb=a.workspace,
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,

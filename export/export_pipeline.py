@@ -9,7 +9,6 @@ after an engine build, so a failed or impossible engine build still leaves a usa
 from __future__ import annotations
 
 import copy
-import hashlib
 import platform
 import sys
 import time
@@ -23,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from tinyfaces_trt.runtime.backends.export_cache import file_sha256
 from tinyfaces_trt.runtime.config import DetectorConfig
 from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.runtime.export_folder import DEFAULT_FILE_NAMES, MANIFEST_NAME, write_manifest
@@ -53,15 +53,6 @@ def step(log: Log, what: str) -> Iterator[dict[str, str]]:
     yield info
     detail = f" ({info['detail']})" if info.get("detail") else ""
     log(f"tf-export: {what}: done in {time.perf_counter() - start:.1f} s{detail}")
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _version(dist: str) -> str | None:
@@ -168,7 +159,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     weights = None
     if weights_path is not None:
         with step(log, f"hashing {weights_path}") as info:
-            weights = {"path": str(Path(weights_path).resolve()), "sha256": sha256_of(weights_path)}
+            weights = {"path": str(Path(weights_path).resolve()), "sha256": file_sha256(weights_path)}
             info["detail"] = f"sha256 {weights['sha256'][:16]}..."
     tools = _tool_versions()
     files: dict[str, str] = {}

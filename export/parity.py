@@ -610,25 +610,14 @@ example:
     return parser
 
 
-def _load_reference(args: argparse.Namespace) -> tuple[Any, DetectorConfig]:
-    if args.untrained:
-        from .model import build_model
-
-        model = build_model(depth=args.depth, seed=args.seed)
-        return model, model.detector_config()
-    from .weights import load_weights
-
-    return load_weights(args.weights)
-
-
 def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
     """Refuses an export folder made from other weights than the reference's."""
     manifest = folder.manifest
     if args.weights:
-        from .export_pipeline import sha256_of
+        from tinyfaces_trt.runtime.backends.export_cache import file_sha256
 
         recorded = (manifest.get("weights") or {}).get("sha256")
-        if recorded != sha256_of(args.weights):
+        if recorded != file_sha256(args.weights):
             raise TinyFacesError(f"export folder {folder.path} was not made from {args.weights} "
                                  f"(manifest weights sha256 {recorded}); compare like with like")
     else:
@@ -669,7 +658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tinyfaces_trt.runtime.export_folder import load_export_folder
 
-        model, config = _load_reference(args)
+        from .weights import load_model
+
+        # --depth and --seed describe the --untrained network only
+        model, config = load_model(args.weights, depth=None if args.weights else args.depth,
+                                   seed=args.seed)
         with tempfile.TemporaryDirectory(prefix="tf-parity-") as work:
             if args.model:
                 folder = load_export_folder(args.model)

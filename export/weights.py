@@ -42,7 +42,7 @@ import torch
 from tinyfaces_trt.runtime.config import DetectorConfig, Normalization
 from tinyfaces_trt.runtime.errors import ManifestError, WeightsError
 
-from .model import TinyFacesNet
+from .model import TinyFacesNet, build_model
 from .resnet import BLOCKS_PER_STAGE
 
 _MAT_MAGIC = b"MATLAB"
@@ -77,6 +77,17 @@ def load_weights(path: str | Path, depth: int | None = None,
     if head == _MAT_MAGIC:
         return load_matconvnet_mat(path, depth, variant)
     return load_pytorch_checkpoint(path, depth, variant)
+
+
+def load_model(weights: str | Path | None, depth: int | None = None, variant: str | None = None,
+               seed: int = 0) -> tuple[TinyFacesNet, DetectorConfig]:
+    """``(model, config)`` of a checkpoint (:func:`load_weights`; ``seed`` unused), or with
+    ``weights=None`` of the network with seeded RANDOM weights (``build_model``; depth 101 and
+    variant ``"pytorch"`` unless given)."""
+    if weights is None:
+        model = build_model(depth=depth or 101, variant=variant or "pytorch", seed=seed)
+        return model, model.detector_config()
+    return load_weights(weights, depth=depth, variant=variant)
 
 
 # ------------------------------------------------------------------------------------------

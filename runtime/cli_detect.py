@@ -21,10 +21,10 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ PROG = "tf-detect"
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
+_N = TypeVar("_N", int, float)
 
 UNTRAINED_BANNER = """\
 ************************************************************************
@@ -60,34 +61,29 @@ class ImageJob:
     event: str
 
 
-def _probability(text: str) -> float:
+def _argument(text: str, convert: Callable[[str], _N], ok: Callable[[_N], bool],
+              kind: str, expected: str) -> _N:
+    """``convert(text)`` when it succeeds and passes ``ok``; else argparse's usage error."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1 (exclusive)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
     return value
+
+
+def _probability(text: str) -> float:
+    return _argument(text, float, lambda v: 0.0 < v < 1.0, "a number",
+                     "between 0 and 1 (exclusive)")
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return value
+    return _argument(text, float, lambda v: 0.0 <= v <= 1.0, "a number", "between 0 and 1")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+    return _argument(text, int, lambda v: v >= 1, "an integer", ">= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,13 +212,19 @@ def detections_to_list(boxes: np.ndarray) -> list[dict[str, Any]]:
             for row in np.asarray(boxes, dtype=np.float64).reshape(-1, 5)]
 
 
-def format_line(path: Path, boxes: np.ndarray) -> str:
-    """``photo.jpg: 2 faces: 10,12,40,52 0.981; 60,8,90,47 0.734``."""
+def format_line(path: Path, boxes: np.ndarray, shown: int = 5) -> str:
+    """``photo.jpg: 7 faces: 10,12,40,52 0.981; 60,8,90,47 0.734; ... (+5 more)``.
+
+    Only the ``shown`` best boxes are listed; every box is in the JSON outputs.
+    """
     n = len(boxes)
     text = f"{path}: {n} face{'s' if n != 1 else ''}"
     if n:
+        rows = np.asarray(boxes, dtype=np.float64)[:shown]
         text += ": " + "; ".join(f"{x1:.0f},{y1:.0f},{x2:.0f},{y2:.0f} {p:.3f}"
-                                 for x1, y1, x2, y2, p in np.asarray(boxes, dtype=np.float64))
+                                 for x1, y1, x2, y2, p in rows)
+        if n > shown:
+            text += f"; ... (+{n - shown} more)"
     return text
 
 

@@ -23,8 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.parity import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.runtime.backends import (ShapeCheckedDetector, available_backends, cache_key,
-                                            cached_export, create_detector, create_runner)
+from tinyfaces_trt.runtime.backends import (ShapeCheckedDetector, available_backends,
+                                            create_detector, create_runner)
+from tinyfaces_trt.runtime.backends.export_cache import cache_key, cache_root, cached_export
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
 from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
                                                             TensorRTRunner, select_profile,
@@ -364,8 +365,6 @@ def test_weights_export_into_cache_once_and_reuse(checkpoint, export_dir, tmp_pa
 
 
 def test_cache_location_and_keys(monkeypatch, tmp_path, checkpoint):
-    from tinyfaces_trt.runtime.backends import cache_root
-
     monkeypatch.setenv("TINYFACES_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv("TINYFACES_CACHE")

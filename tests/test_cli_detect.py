@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.parity import synthetic_image
-from tinyfaces_trt.runtime.backends import cache_key, cached_export
+from tinyfaces_trt.runtime.backends.export_cache import cache_key, cached_export
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.cli_detect import main
 from tinyfaces_trt.runtime.draw import box_regions
@@ -227,3 +228,13 @@ def test_setup_errors_are_one_message_without_traceback(capsys, photos, tmp_path
         assert code == 1
         (line,) = [l for l in stderr.splitlines() if l.startswith("tf-detect: error:")]
         assert "TensorRT" in line and "not installed" in line
+
+
+def test_console_line_lists_the_best_boxes_only():
+    from tinyfaces_trt.runtime.cli_detect import format_line
+
+    boxes = np.array([[10, 12, 40, 52, 0.981], [60, 8, 90, 47, 0.734], [1, 2, 3, 4, 0.6]], np.float32)
+    assert format_line(Path("a.jpg"), boxes[:0]) == "a.jpg: 0 faces"
+    assert format_line(Path("a.jpg"), boxes[:1]) == "a.jpg: 1 face: 10,12,40,52 0.981"
+    assert (format_line(Path("a.jpg"), boxes, shown=2)
+            == "a.jpg: 3 faces: 10,12,40,52 0.981; 60,8,90,47 0.734; ... (+1 more)")

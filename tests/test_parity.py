@@ -15,7 +15,8 @@ from tinyfaces_trt.export.parity import (TOLERANCES, DetectionTolerance, Referen
                                          compare_detections, compare_maps, compare_runner, main,
                                          match_detections, markdown_table, run_parity)
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.runtime.backends import cached_export, create_runner
+from tinyfaces_trt.runtime.backends import create_runner
+from tinyfaces_trt.runtime.backends.export_cache import cached_export
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 SIZES = [(33, 47), (47, 33), (71, 53)]  # (width, height), odd ones included

@@ -10,43 +10,32 @@ Backends: ``"onnxruntime"`` (default, CPU unless ``providers`` asks for more), `
 ``export`` extra). Optional dependencies are imported only when their backend is asked for;
 a missing one is a :class:`BackendUnavailableError`.
 
-Export cache: ``weights=`` with an ONNX/TensorRT backend exports the checkpoint once into
-``$TINYFACES_CACHE/<key>/`` (default ``~/.cache/tinyfaces_trt/``), ``<key>`` being a prefix
-of the checkpoint's sha256, and reuses that folder on later calls. With neither
-``model_dir`` nor ``weights`` the seeded, UNTRAINED default network is used (exported to the
-cache the same way): its detections are meaningless, only good for plumbing tests.
+``weights=`` with an ONNX/TensorRT backend goes through the export cache
+(:mod:`.export_cache`: exported once into ``$TINYFACES_CACHE/<key>/``, then reused). With
+neither ``model_dir`` nor ``weights`` the seeded, UNTRAINED default network is used (exported
+to the cache the same way): its detections are meaningless, only good for plumbing tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import DetectorConfig
-from ..errors import BackendUnavailableError, ManifestError, TinyFacesError
+from ..errors import BackendUnavailableError, TinyFacesError
 from ..export_folder import ExportFolder, load_export_folder
 from ..pipeline import Detector, NetworkRunner, validate_image
+from .export_cache import Progress, cached_export, reference_model
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-#: The untrained default network: ``build_model(**UNTRAINED_MODEL)``.
-UNTRAINED_MODEL = {"depth": 101, "variant": "pytorch", "seed": 0}
-CACHE_ENV = "TINYFACES_CACHE"
-_KEY_CHARS = 16
-
-Progress = Callable[[str], None]
 
 
 def available_backends() -> list[str]:
@@ -199,146 +188,16 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     return ShapeCheckedDetector(runner, config, preprocessor=pre, postprocessor=post)
 
 
-# ---------------------------------------------------------------------------------------------
-# torch reference and the export cache (both need the `export` extra, imported lazily)
-# ---------------------------------------------------------------------------------------------
-
-def _import_export_side() -> None:
-    if importlib.util.find_spec("torch") is None:
-        raise BackendUnavailableError(
-            "this needs PyTorch (the reference model and exporter): "
-            "pip install 'tinyfaces-trt[export]'")
-
-
-def _load_model(weights: str | os.PathLike[str] | None, depth: int | None,
-                variant: str | None) -> tuple[Any, DetectorConfig]:
-    """(torch model, its config): the checkpoint, or the untrained seeded network."""
-    _import_export_side()
-    if weights is None:
-        from tinyfaces_trt.export.model import build_model
-
-        model = build_model(**UNTRAINED_MODEL)
-        return model, model.detector_config()
-    from tinyfaces_trt.export.weights import load_weights
-
-    return load_weights(weights, depth=depth, variant=variant)
-
-
 def _torch_reference(weights: str | os.PathLike[str] | None, depth: int | None,
                      variant: str | None) -> tuple[NetworkRunner, DetectorConfig]:
-    model, config = _load_model(weights, depth, variant)
+    model, config = reference_model(weights, depth, variant)
     from tinyfaces_trt.export.torch_runner import TorchRunner
 
     return TorchRunner(model), config
 
 
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The export cache folder: ``cache_dir``, else ``$TINYFACES_CACHE``, else ``~/.cache/tinyfaces_trt``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "tinyfaces_trt"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes; :class:`WeightsError` when it cannot be read."""
-    from ..errors import WeightsError
-
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"weights file not found: {p}")
-    digest = hashlib.sha256()
-    try:
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {p}: {exc}") from exc
-    return digest.hexdigest()
-
-
-def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
-              variant: str | None = None) -> str:
-    """The cache folder name: a prefix of the checkpoint's sha256 (with the loader options
-    folded in when given), or of the untrained model's description."""
-    if weights is None:
-        text = "untrained:" + ",".join(f"{k}={v}" for k, v in sorted(UNTRAINED_MODEL.items()))
-        return "untrained-" + hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
-    digest = file_sha256(weights)
-    if depth is not None or variant is not None:
-        digest = hashlib.sha256(f"{digest}:depth={depth}:variant={variant}".encode()).hexdigest()
-    return digest[:_KEY_CHARS]
-
-
-def _usable(folder_path: Path, fp16: bool, engine: bool) -> ExportFolder | None:
-    """The cached folder if it is complete for this request, else None."""
-    try:
-        folder = load_export_folder(folder_path)
-        folder.onnx_path(fp16)
-        if engine:
-            folder.engine_path(fp16)
-    except ManifestError as exc:
-        log.info("export cache %s not usable (%s); exporting again", folder_path, exc)
-        return None
-    return folder
-
-
-def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
-                  engine: bool = False, depth: int | None = None, variant: str | None = None,
-                  cache_dir: str | os.PathLike[str] | None = None,
-                  progress: Progress | None = None, verify: bool = True) -> ExportFolder:
-    """The export folder of ``weights`` (None: the untrained network) in the cache.
-
-    Reuses ``<cache>/<key>/`` when it is complete (the requested precision, and an engine
-    when ``engine``); otherwise exports into a temporary folder beside it and moves that into
-    place, so an interrupted export never leaves a half-written cache entry. ``verify``
-    checks each new ONNX file against torch (see ``export_model``).
-    """
-    say = progress or log.info
-    root = cache_root(cache_dir)
-    key = cache_key(weights, depth, variant)
-    target = root / key
-    if target.exists():
-        folder = _usable(target, fp16, engine)
-        if folder is not None:
-            log.info("using cached export %s", target)
-            return folder
-    _import_export_side()
-    from tinyfaces_trt.export.export_pipeline import export_model
-
-    what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
-    say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"
-        f"{' and a TensorRT engine' if engine else ''} into the cache {target} (one time) ...")
-    start = time.perf_counter()
-    model, config = _load_model(weights, depth, variant)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    except OSError as exc:
-        raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
-                             f"(set {CACHE_ENV} to a writable folder)") from exc
-    try:
-        export_model(model, config, staging, fp16=fp16, engine=engine,
-                     weights_path=weights, untrained=weights is None, verify=verify,
-                     log=lambda line: say(line.replace(str(staging), str(target))))
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(staging, target)
-        except OSError as exc:  # another process put a folder there meanwhile
-            folder = _usable(target, fp16, engine)
-            if folder is None:
-                raise TinyFacesError(f"cannot move the export into the cache {target}: {exc}") from exc
-            return folder
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
-    return load_export_folder(target)
-
-
 __all__ = [
-    "BACKENDS", "ShapeCheckedDetector", "apply_overrides", "available_backends", "cache_key",
-    "cache_root", "cached_export", "create_detector", "create_runner", "file_sha256",
+    "BACKENDS", "ShapeCheckedDetector", "apply_overrides", "available_backends", "create_detector",
+    "create_runner",
 ]
 

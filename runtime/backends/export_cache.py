@@ -1,0 +1,167 @@
+"""The export cache: a checkpoint (or the seeded untrained default) exported once, then reused.
+
+``cached_export(weights)`` exports into ``$TINYFACES_CACHE/<key>/`` (default
+``~/.cache/tinyfaces_trt/``), ``<key>`` being a prefix of the checkpoint's sha256, and reuses
+that folder on later calls. ``weights=None`` stands for the seeded, UNTRAINED default network
+(:data:`UNTRAINED_MODEL`): its detections are meaningless, only good for plumbing tests.
+
+Exporting needs the ``export`` extra (PyTorch), imported only when an export is due; reusing a
+complete cache entry does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import DetectorConfig
+from ..errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
+from ..export_folder import ExportFolder, load_export_folder
+
+log = logging.getLogger(__name__)
+
+#: The untrained default network: ``build_model(**UNTRAINED_MODEL)``.
+UNTRAINED_MODEL = {"depth": 101, "variant": "pytorch", "seed": 0}
+CACHE_ENV = "TINYFACES_CACHE"
+_KEY_CHARS = 16
+
+Progress = Callable[[str], None]
+
+
+def _require_export_extra() -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise BackendUnavailableError(
+            "this needs PyTorch (the reference model and exporter): "
+            "pip install 'tinyfaces-trt[export]'")
+
+
+def reference_model(weights: str | os.PathLike[str] | None, depth: int | None = None,
+                    variant: str | None = None) -> tuple[Any, DetectorConfig]:
+    """(torch model, its config): the checkpoint, or with ``weights=None`` the UNTRAINED
+    default network (``depth``/``variant`` then ignored).
+
+    Raises:
+        BackendUnavailableError: PyTorch (the ``export`` extra) is not installed.
+        WeightsError: the checkpoint is missing or does not load.
+    """
+    _require_export_extra()
+    from tinyfaces_trt.export.weights import load_model
+
+    if weights is None:
+        return load_model(None, **UNTRAINED_MODEL)
+    return load_model(weights, depth=depth, variant=variant)
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The export cache folder: ``cache_dir``, else ``$TINYFACES_CACHE``, else ``~/.cache/tinyfaces_trt``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "tinyfaces_trt"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a weights file's bytes; :class:`WeightsError` when it cannot be read."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}")
+    digest = hashlib.sha256()
+    try:
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {p}: {exc}") from exc
+    return digest.hexdigest()
+
+
+def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
+              variant: str | None = None) -> str:
+    """The cache folder name: a prefix of the checkpoint's sha256 (with the loader options
+    folded in when given), or of the untrained model's description."""
+    if weights is None:
+        text = "untrained:" + ",".join(f"{k}={v}" for k, v in sorted(UNTRAINED_MODEL.items()))
+        return "untrained-" + hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
+    digest = file_sha256(weights)
+    if depth is not None or variant is not None:
+        digest = hashlib.sha256(f"{digest}:depth={depth}:variant={variant}".encode()).hexdigest()
+    return digest[:_KEY_CHARS]
+
+
+def _usable(folder_path: Path, fp16: bool, engine: bool) -> ExportFolder | None:
+    """The cached folder if it is complete for this request, else None."""
+    try:
+        folder = load_export_folder(folder_path)
+        folder.onnx_path(fp16)
+        if engine:
+            folder.engine_path(fp16)
+    except ManifestError as exc:
+        log.info("export cache %s not usable (%s); exporting again", folder_path, exc)
+        return None
+    return folder
+
+
+def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
+                  engine: bool = False, depth: int | None = None, variant: str | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None,
+                  progress: Progress | None = None, verify: bool = True) -> ExportFolder:
+    """The export folder of ``weights`` (None: the untrained network) in the cache.
+
+    Reuses ``<cache>/<key>/`` when it is complete (the requested precision, and an engine
+    when ``engine``); otherwise exports into a temporary folder beside it and moves that into
+    place, so an interrupted export never leaves a half-written cache entry. ``verify``
+    checks each new ONNX file against torch (see ``export_model``).
+    """
+    say = progress or log.info
+    root = cache_root(cache_dir)
+    key = cache_key(weights, depth, variant)
+    target = root / key
+    if target.exists():
+        folder = _usable(target, fp16, engine)
+        if folder is not None:
+            log.info("using cached export %s", target)
+            return folder
+    _require_export_extra()
+    from tinyfaces_trt.export.export_pipeline import export_model
+
+    what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
+    say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"
+        f"{' and a TensorRT engine' if engine else ''} into the cache {target} (one time) ...")
+    start = time.perf_counter()
+    model, config = reference_model(weights, depth, variant)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    except OSError as exc:
+        raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
+                             f"(set {CACHE_ENV} to a writable folder)") from exc
+    try:
+        export_model(model, config, staging, fp16=fp16, engine=engine,
+                     weights_path=weights, untrained=weights is None, verify=verify,
+                     log=lambda line: say(line.replace(str(staging), str(target))))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except OSError as exc:  # another process put a folder there meanwhile
+            folder = _usable(target, fp16, engine)
+            if folder is None:
+                raise TinyFacesError(f"cannot move the export into the cache {target}: {exc}") from exc
+            return folder
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
+    return load_export_folder(target)
+
+
+__all__ = ["CACHE_ENV", "UNTRAINED_MODEL", "Progress", "cache_key", "cache_root", "cached_export",
+           "file_sha256", "reference_model"]
