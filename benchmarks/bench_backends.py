@@ -1,0 +1,488 @@
+"""The backends the latency benchmark compares, each a pipeline with per-stage timing.
+
+Every backend runs the same image through the same pyramid levels and reports seconds per
+stage into a ``timings`` dict: ``preprocess`` (pyramid resize + normalise), ``network``
+(all levels), ``network[L<i>]`` (level i), ``h2d`` / ``d2h`` (host<->device copies of the
+network input / score map, where the backend lets them be timed apart), ``decode``, ``nms``.
+A backend that cannot run here raises :class:`Skip` with the reason from :func:`probe` or
+while building.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.runtime.config import DetectorConfig
+from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.runtime.pyramid import PyramidLevel
+
+from bench_common import one_line
+
+Timings = MutableMapping[str, float]
+
+
+class Skip(Exception):
+    """The backend cannot run on this machine; the message is the reason."""
+
+
+@dataclass
+class BenchContext:
+    """What every backend is built from (one model, one config, one pyramid)."""
+
+    model: Any                       # torch TinyFacesNet, fp32 on the CPU
+    config: DetectorConfig
+    levels: list[PyramidLevel]
+    image_hw: tuple[int, int]
+    threads: int
+    export_root: Path
+    log: Callable[[str], None] = print
+    _folders: dict[str, Any] = field(default_factory=dict)
+
+    def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
+        """An export folder of the model (ONNX fp32 [+ fp16] [+ engine]), cached on disk."""
+        from tinyfaces_trt.runtime.errors import ManifestError
+        from tinyfaces_trt.runtime.export_folder import load_export_folder
+
+        h, w = self.image_hw
+        tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}" if engine else "")
+        if tag in self._folders:
+            return self._folders[tag]
+        path = self.export_root / tag
+        try:
+            folder = load_export_folder(path)
+            folder.onnx_path(fp16)
+            if engine:
+                folder.engine_path(fp16)
+            self.log(f"using the cached export {path}")
+        except ManifestError:
+            from tinyfaces_trt.export.export_pipeline import export_model
+
+            self.log(f"exporting the model to {path} (one time) ...")
+            export_model(self.model, self.config, path, fp16=fp16, engine=engine,
+                         image_sizes=[(h, w)] if engine else None, verify=False,
+                         log=lambda m: self.log("  " + m))
+            folder = load_export_folder(path)
+        self._folders[tag] = folder
+        return folder
+
+
+def model_digest(model: Any) -> str:
+    """First 12 hex digits of the sha256 of the model's state (names a cached export)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------------------------
+
+class Pipeline:
+    """One backend ready to run: ``detect(image, timings)`` -> (N, 5) boxes."""
+
+    #: True when the backend queues device work (then an end-to-end pass without per-stage
+    #: synchronisation is also timed).
+    uses_gpu = False
+    #: Where the host<->device copies are counted when they have no columns of their own.
+    copies_note = ""
+
+    def detect(self, image: np.ndarray, timings: Timings | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ReferenceBench(Pipeline):
+    """The port's get_detections flow (:mod:`bench_reference`)."""
+
+    def __init__(self, ctx: BenchContext, device: str) -> None:
+        from bench_reference import ReferencePipeline
+
+        self.pipe = ReferencePipeline(copy.deepcopy(ctx.model), ctx.config, device)
+        self.levels = ctx.levels
+        self.uses_gpu = device != "cpu"
+        if self.uses_gpu:
+            self.copies_note = "copies inside preprocess (input) and decode (score maps)"
+
+    def detect(self, image: np.ndarray, timings: Timings | None) -> np.ndarray:
+        return self.pipe.detect(image, self.levels, timings)
+
+    def synchronize(self) -> None:
+        self.pipe.synchronize()
+
+
+class LevelTimedRunner:
+    """Wraps a runner: adds each call's synchronised time under ``network[L<i>]``.
+
+    Time that the inner runner itself books under ``h2d`` / ``d2h`` during the call (copy
+    timing runners) is left out of the level's number. Other attributes are forwarded.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.timings: Timings | None = None
+        self.index = 0
+
+    def run(self, net_input: Any) -> Any:
+        copies_before = self._copies()
+        start = time.perf_counter()
+        out = self.inner.run(net_input)
+        self.synchronize()
+        elapsed = time.perf_counter() - start
+        if self.timings is not None:
+            key = f"network[L{self.index}]"
+            self.timings[key] = self.timings.get(key, 0.0) + elapsed - (self._copies() - copies_before)
+        self.index += 1
+        return out
+
+    def _copies(self) -> float:
+        t = self.timings or {}
+        return t.get("h2d", 0.0) + t.get("d2h", 0.0)
+
+    def synchronize(self) -> None:
+        sync = getattr(self.inner, "synchronize", None)
+        if sync is not None:
+            sync()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class DetectorBench(Pipeline):
+    """The runtime's :class:`Detector` over some runner and stages.
+
+    Args:
+        detector: the detector; its runner is wrapped for per-level timing.
+        timed: objects with a ``timings`` attribute that book copies themselves.
+    """
+
+    def __init__(self, detector: Detector, uses_gpu: bool = False, copies_note: str = "",
+                 timed: tuple[Any, ...] = (), closers: tuple[Any, ...] = ()) -> None:
+        self.level_runner = LevelTimedRunner(detector.runner)
+        detector.runner = self.level_runner
+        self.detector = detector
+        self.uses_gpu = uses_gpu
+        self.copies_note = copies_note
+        self.timed = (self.level_runner,) + tuple(timed)
+        self.closers = closers
+
+    def detect(self, image: np.ndarray, timings: Timings | None) -> np.ndarray:
+        for obj in self.timed:
+            obj.timings = timings
+        self.level_runner.index = 0
+        boxes = self.detector.detect(image, timings)
+        if timings is not None:
+            # the Detector booked the copies inside "network"; they have their own columns
+            timings["network"] = timings.get("network", 0.0) - timings.get("h2d", 0.0) \
+                - timings.get("d2h", 0.0)
+        return boxes
+
+    def synchronize(self) -> None:
+        for stage in (self.detector.preprocessor, self.level_runner, self.detector.postprocessor):
+            sync = getattr(stage, "synchronize", None)
+            if sync is not None:
+                sync()
+
+    def close(self) -> None:
+        for obj in self.closers:
+            obj.close()
+
+
+class TorchCudaRunner:
+    """The torch network on a CUDA GPU, copies timed apart (``h2d`` / ``d2h``).
+
+    Args:
+        model: fp32 CPU model (a converted copy is made).
+        dtype: torch.float32 or torch.float16.
+        graphs: replay one captured CUDA graph per input shape (captured here for ``shapes``).
+    """
+
+    def __init__(self, model: Any, dtype: Any, graphs: bool = False,
+                 shapes: tuple[tuple[int, ...], ...] = ()) -> None:
+        import torch
+
+        self.torch = torch
+        self.dtype = dtype
+        self.model = copy.deepcopy(model).to(device="cuda", dtype=dtype).eval()
+        self.timings: Timings | None = None
+        self.graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] | None = {} if graphs else None
+        for shape in shapes if graphs else ():
+            self._capture(shape)
+
+    def _capture(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        torch = self.torch
+        static_in = torch.zeros(shape, device="cuda", dtype=self.dtype)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # warm-up off the capture stream, as torch.cuda.graphs advises
+                self.model(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_out = self.model(static_in)
+        self.graphs[shape] = (graph, static_in, static_out)
+        return self.graphs[shape]
+
+    def run(self, net_input: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.no_grad():
+            start = time.perf_counter()
+            x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32)).to("cuda")
+            torch.cuda.synchronize()
+            uploaded = time.perf_counter()
+            if self.graphs is not None:
+                shape = tuple(x.shape)
+                graph, static_in, out = self.graphs.get(shape) or self._capture(shape)
+                static_in.copy_(x)
+                graph.replay()
+            else:
+                out = self.model(x.to(self.dtype))
+            torch.cuda.synchronize()
+            computed = time.perf_counter()
+            host = out.float().cpu().numpy()
+            done = time.perf_counter()
+        if self.timings is not None:
+            self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
+            self.timings["d2h"] = self.timings.get("d2h", 0.0) + done - computed
+        return host
+
+    def synchronize(self) -> None:
+        self.torch.cuda.synchronize()
+
+
+class CopyTimedDeviceRunner:
+    """Feeds a device-capable runner (TensorRT) from the host with the copies timed apart.
+
+    ``h2d``: numpy input -> device buffer; the runner runs device to device; ``d2h``: the
+    score map back to numpy (what the runner would otherwise do inside ``run``).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        from tinyfaces_trt.runtime.backends import cuda_device
+
+        self.cuda = cuda_device
+        self.inner = inner
+        self.stream = inner.stream
+        self.timings: Timings | None = None
+        self._buffer: Any = None
+
+    def run(self, net_input: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(net_input, dtype=np.float32)
+        start = time.perf_counter()
+        if self._buffer is None or self._buffer.nbytes < x.nbytes:
+            if self._buffer is not None:
+                self._buffer.free()
+            self._buffer = self.cuda.DeviceBuffer(x.nbytes)
+        self._buffer.upload(x, self.stream)
+        self.stream.synchronize()
+        uploaded = time.perf_counter()
+        out = self.inner.run(self.cuda.DeviceArray(self._buffer.ptr, x.shape, np.float32,
+                                                   owner=self._buffer, stream=self.stream))
+        self.stream.synchronize()
+        computed = time.perf_counter()
+        host = np.empty(tuple(out.shape), dtype=np.float32)
+        out.download(host)
+        self.stream.synchronize()
+        done = time.perf_counter()
+        if self.timings is not None:
+            self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
+            self.timings["d2h"] = self.timings.get("d2h", 0.0) + done - computed
+        return host
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def check_levels(self, shapes: Any) -> None:
+        self.inner.check_levels(shapes)
+
+    def close(self) -> None:
+        if self._buffer is not None:
+            self._buffer.free()
+        self.inner.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability probes (a reason string, or None when the backend can be tried)
+# ---------------------------------------------------------------------------------------------
+
+def _torch_cuda_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA GPU"
+    return None
+
+
+def _ort_provider_reason(provider: str) -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    available = ort.get_available_providers()
+    if provider not in available:
+        return f"onnxruntime {ort.__version__} has no {provider} (available: {', '.join(available)})"
+    return _gpu_reason()
+
+
+def _ort_cpu_reason() -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    return None
+
+
+def _gpu_reason() -> str | None:
+    try:
+        from tinyfaces_trt.runtime.backends.cuda_device import gpu_available, runtime
+
+        runtime()
+    except Exception as exc:
+        return one_line(exc)
+    return None if gpu_available() else "no CUDA GPU visible"
+
+
+def _tensorrt_reason() -> str | None:
+    try:
+        from tinyfaces_trt.runtime.backends.tensorrt_runner import import_tensorrt
+
+        import_tensorrt()
+    except Exception as exc:
+        return one_line(exc)
+    return _gpu_reason()
+
+
+def _cuda_stages_reason() -> str | None:
+    reason = _tensorrt_reason()
+    if reason:
+        return reason
+    try:
+        from tinyfaces_trt.kernels.binding import load_library
+
+        load_library()
+    except Exception as exc:
+        return one_line(exc)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------
+
+def _reference(ctx: BenchContext) -> Pipeline:
+    if ctx.config.variant != "pytorch":
+        raise Skip("the reference is the PyTorch port's pipeline: variant 'pytorch' only")
+    import torch
+
+    return ReferenceBench(ctx, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_cpu(ctx: BenchContext) -> Pipeline:
+    from tinyfaces_trt.export.torch_runner import TorchRunner
+
+    return DetectorBench(Detector(TorchRunner(ctx.model), ctx.config))
+
+
+def _torch_cuda(dtype_name: str, graphs: bool) -> Callable[[BenchContext], Pipeline]:
+    def build(ctx: BenchContext) -> Pipeline:
+        import torch
+
+        shapes = tuple((1, 3, lv.height, lv.width) for lv in ctx.levels)
+        runner = TorchCudaRunner(ctx.model, getattr(torch, dtype_name), graphs, shapes)
+        return DetectorBench(Detector(runner, ctx.config), uses_gpu=True, timed=(runner,))
+    return build
+
+
+def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeline]:
+    def build(ctx: BenchContext) -> Pipeline:
+        from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(ctx.export_folder().onnx_path(), providers=providers,
+                                   threads=ctx.threads)
+        if providers and runner.providers[0] != providers[0]:
+            raise Skip(f"onnxruntime could not start {providers[0]} (session runs on "
+                       f"{runner.providers})")
+        gpu = providers is not None
+        return DetectorBench(Detector(runner, ctx.config), uses_gpu=gpu,
+                             copies_note="copies inside network (ONNX Runtime session)" if gpu else "")
+    return build
+
+
+def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipeline]:
+    def build(ctx: BenchContext) -> Pipeline:
+        from tinyfaces_trt.runtime.backends import ShapeCheckedDetector
+        from tinyfaces_trt.runtime.backends.cuda_device import Stream
+        from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
+
+        folder = ctx.export_folder(fp16=fp16, engine=True)
+        stream = Stream()
+        trt_runner = TensorRTRunner(folder.engine_path(fp16), input_name=folder.input_name,
+                                    output_name=folder.output_name,
+                                    manifest_profile=folder.profile, stream=stream)
+        if cuda_stages:
+            from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages as make_stages
+
+            pre, post = make_stages(ctx.config, stream)
+            det = ShapeCheckedDetector(trt_runner, ctx.config, preprocessor=pre, postprocessor=post)
+            return DetectorBench(det, uses_gpu=True, closers=(pre, post, trt_runner),
+                                 copies_note="image upload inside preprocess, box download "
+                                             "inside nms")
+        runner = CopyTimedDeviceRunner(trt_runner)
+        det = ShapeCheckedDetector(runner, ctx.config)
+        return DetectorBench(det, uses_gpu=True, timed=(runner,), closers=(runner,))
+    return build
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    description: str
+    probe: Callable[[], str | None]
+    build: Callable[[BenchContext], Pipeline]
+
+
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec("reference", "tiny-faces-pytorch flow: PIL resize per level, torch ToTensor+"
+                "Normalize, torch eager fp32 (CUDA if present), numpy get_bboxes on NHWC, "
+                "py_cpu_nms-style numpy NMS", lambda: None, _reference),
+    BackendSpec("torch", "runtime pipeline, torch eager fp32 on the CPU, numpy resize/decode/NMS",
+                lambda: None, _torch_cpu),
+    BackendSpec("torch-cuda", "runtime pipeline, torch eager fp32 on CUDA, numpy stages",
+                _torch_cuda_reason, _torch_cuda("float32", False)),
+    BackendSpec("torch-cuda-fp16", "runtime pipeline, torch eager fp16 on CUDA, numpy stages",
+                _torch_cuda_reason, _torch_cuda("float16", False)),
+    BackendSpec("torch-cuda-fp16-graphs", "runtime pipeline, torch fp16 on CUDA replaying one "
+                "CUDA graph per level shape, numpy stages", _torch_cuda_reason,
+                _torch_cuda("float16", True)),
+    BackendSpec("onnxruntime", "runtime pipeline, ONNX Runtime CPU EP (fp32), numpy stages",
+                _ort_cpu_reason, _onnxruntime(None)),
+    BackendSpec("onnxruntime-cuda", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy stages",
+                lambda: _ort_provider_reason("CUDAExecutionProvider"),
+                _onnxruntime(["CUDAExecutionProvider"])),
+    BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; engines "
+                "built per input shape during warm-up), numpy stages",
+                lambda: _ort_provider_reason("TensorrtExecutionProvider"),
+                _onnxruntime(["TensorrtExecutionProvider", "CUDAExecutionProvider"])),
+    BackendSpec("tensorrt", "runtime pipeline, TensorRT fp32 engine, numpy resize/decode/NMS",
+                _tensorrt_reason, _tensorrt(False, False)),
+    BackendSpec("tensorrt-fp16", "runtime pipeline, TensorRT fp16 engine, numpy resize/decode/NMS",
+                _tensorrt_reason, _tensorrt(True, False)),
+    BackendSpec("tensorrt-fp16-cuda", "runtime pipeline, TensorRT fp16 engine, CUDA resize + "
+                "decode + NMS (device-resident)", _cuda_stages_reason, _tensorrt(True, True)),
+)

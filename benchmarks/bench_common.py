@@ -1,0 +1,239 @@
+"""Shared helpers of the benchmark scripts: statistics, timing, the test image, the machine.
+
+Timing method (every number in the results): ``time.perf_counter`` around the work, device
+work synchronised before the clock is read, ``warmup`` untimed runs first, then ``repeat``
+timed runs summarised by their median and 90th percentile (numpy's linear interpolation,
+so with few repeats p90 lies between the two slowest runs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+MS = 1000.0
+
+
+def summarize(seconds: Iterable[float]) -> dict[str, Any]:
+    """Median, p90, min and all samples of a list of durations, in milliseconds."""
+    ms = np.asarray(list(seconds), dtype=np.float64) * MS
+    if ms.size == 0:
+        raise ValueError("no samples to summarize")
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(ms.min()),
+        "samples_ms": [round(float(v), 4) for v in ms],
+    }
+
+
+def time_calls(fn: Callable[[], Any], repeat: int, warmup: int,
+               sync: Callable[[], None] | None = None) -> tuple[list[float], Any]:
+    """Runs ``fn`` ``warmup`` times untimed, then ``repeat`` times timed.
+
+    Returns the durations in seconds and the last result. ``sync`` (if given) is called
+    before each clock read, so asynchronous device work is counted where it was queued.
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+        if sync:
+            sync()
+    durations = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        result = fn()
+        if sync:
+            sync()
+        durations.append(time.perf_counter() - start)
+    return durations, result
+
+
+def _proc_stat_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where it does not exist."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+class ContentionMeter:
+    """Share of the machine's CPU time used by OTHER processes between start() and stop().
+
+    Busy jiffies of all CPUs (/proc/stat) minus this process's own CPU time, divided by
+    the CPU time available (cores x wall time). None where /proc/stat is missing.
+    """
+
+    def start(self) -> None:
+        self._stat = _proc_stat_jiffies()
+        self._own = time.process_time()
+        self._wall = time.perf_counter()
+
+    def stop(self) -> float | None:
+        end = _proc_stat_jiffies()
+        if self._stat is None or end is None:
+            return None
+        busy, total = end[0] - self._stat[0], end[1] - self._stat[1]
+        if total <= 0:
+            return 0.0
+        tick = total / ((time.perf_counter() - self._wall) * (os.cpu_count() or 1))  # jiffies/s
+        own = (time.process_time() - self._own) * tick
+        return max(0.0, min(1.0, (busy - own) / total))
+
+
+def wait_until_quiet(max_share: float, timeout_s: float = 120.0, window_s: float = 1.0) -> float:
+    """Waits until other processes use at most ``max_share`` of the CPUs over a ``window_s``
+    window (or ``timeout_s`` passes); returns the seconds waited."""
+    meter = ContentionMeter()
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        meter.start()
+        time.sleep(window_s)
+        share = meter.stop()
+        if share is None or share <= max_share:
+            break
+    return time.perf_counter() - start
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` -> (width, height), both >= 1."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ValueError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}") from exc
+    if w < 1 or h < 1:
+        raise ValueError(f"image size must be positive, got {text!r}")
+    return w, h
+
+
+def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A deterministic (height, width, 3) uint8 RGB image with photo-like statistics.
+
+    Smooth colour gradients, a few flat blocks with hard edges, and mild pixel noise: a
+    network sees structure at every scale, unlike pure noise.
+    """
+    rng = np.random.default_rng([seed, 0xBE7C])
+    yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    img = np.empty((height, width, 3), dtype=np.float64)
+    for c in range(3):
+        a, b, p = rng.uniform(0.5, 3.0, size=3)
+        img[:, :, c] = 128 + 90 * np.sin(2 * np.pi * (a * xx + b * yy) + p)
+    for _ in range(12):
+        y0, x0 = rng.integers(0, height), rng.integers(0, width)
+        y1 = min(height, y0 + rng.integers(1, max(2, height // 3)))
+        x1 = min(width, x0 + rng.integers(1, max(2, width // 3)))
+        img[y0:y1, x0:x1] = rng.uniform(0, 255, size=3)
+    img += rng.normal(0, 6, size=img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _gpu() -> dict[str, Any] | None:
+    """Name and driver-visible details of GPU 0, or None (never raises)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                    "compute_capability": f"{props.major}.{props.minor}",
+                    "torch_cuda": torch.version.cuda}
+    except Exception:  # a broken CUDA install means "no GPU" here
+        pass
+    try:
+        from tinyfaces_trt.runtime.backends.cuda_device import device_name, gpu_available
+
+        if gpu_available():
+            return {"name": device_name(0)}
+    except Exception:
+        pass
+    return None
+
+
+def machine_description(threads: int) -> dict[str, Any]:
+    """CPU model (from /proc/cpuinfo), cores, memory, GPU and library versions."""
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scipy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu",
+                 "tensorrt", "cuda-python", "matplotlib", "tinyfaces-trt"):
+        v = _version(dist)
+        if v:
+            versions[dist] = v
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "threads_used": threads,
+        "memory_gib": _memory_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(),
+        "gpu": _gpu(),
+        "versions": versions,
+    }
+
+
+def one_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (for "skipped: <reason>")."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type or not text:
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text
+
+
+def today() -> str:
+    """The local date as YYYY-MM-DD (names the committed result files)."""
+    return _dt.date.today().isoformat()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def stage_medians(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """``{stage: median_ms}`` of a backend's summarized stages."""
+    return {name: float(s["median_ms"]) for name, s in stages.items()}

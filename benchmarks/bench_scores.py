@@ -1,0 +1,217 @@
+"""Decode + NMS micro-benchmark on synthetic score maps with realistic candidate clusters.
+
+Seeded random weights give score maps unlike a trained detector's, so decode/NMS are also
+timed on synthesized maps: faces are blobs. Around each face centre, the few active
+templates closest to the face's size pass the threshold in a small window of cells, with
+logits falling off away from the centre and regression outputs pointing at the face box,
+so the decoded boxes of one face overlap heavily and NMS suppresses most of them, as on
+real detector output. Faces are added until the wanted number of candidates is reached
+(the actual count, a little above the target, is reported).
+
+The map is one pyramid level: by default the 2x level of a 1920x1080 image (a 270x480
+score map, scale 2), the level that dominates real 1080p images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.runtime.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.runtime.decode import active_templates, decode_level
+from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.runtime.pyramid import PyramidLevel
+
+from bench_common import one_line, summarize, time_calls
+
+DEFAULT_MAP = (270, 480)   # score map (h, w) of a 3840x2160 input = the 2x level of 1080p
+DEFAULT_SCALE = 2.0
+
+
+@dataclass(frozen=True)
+class SyntheticLevel:
+    """A synthesized score map and the pyramid level it belongs to."""
+
+    score_map: np.ndarray     # (1, 125, h, w) float32
+    level: PyramidLevel
+    candidates: int           # cells passing the threshold on active templates
+    faces: int
+
+
+def clustered_score_map(target: int, config: DetectorConfig, map_hw: tuple[int, int] = DEFAULT_MAP,
+                        scale: float = DEFAULT_SCALE, seed: int = 0) -> SyntheticLevel:
+    """A score map with about ``target`` candidates in face-like clusters (see module doc)."""
+    h, w = map_hw
+    rng = np.random.default_rng([seed, target, 0x5C0E])
+    thresh = float(config.logit_thresh)
+    active = np.flatnonzero(active_templates(scale, config))
+    t = config.templates
+    tw_px = t[:, 2] - t[:, 0] + 1
+    th_px = t[:, 3] - t[:, 1] + 1
+    sm = np.empty((NUM_CHANNELS, h, w), dtype=np.float32)
+    sm[:NUM_TEMPLATES] = np.minimum(rng.normal(thresh - 5.0, 1.5, (NUM_TEMPLATES, h, w)),
+                                    thresh - 0.25)
+    sm[NUM_TEMPLATES:] = rng.normal(0.0, 0.1, (NUM_CHANNELS - NUM_TEMPLATES, h, w))
+    passing = np.zeros((NUM_TEMPLATES, h, w), dtype=bool)
+    stride, offset = float(config.stride), float(config.offset)
+    count = faces = 0
+    while count < target:
+        faces += 1
+        fy, fx = rng.uniform(0, h), rng.uniform(0, w)          # face centre, in cells
+        size = rng.uniform(0.6, 1.6) * np.median(tw_px[active])  # face width at this level, px
+        aspect = rng.uniform(1.15, 1.4)
+        k = int(rng.integers(2, 5))                              # templates firing on it
+        near = active[np.argsort(np.abs(np.log(tw_px[active] / size)))[:k]]
+        r = int(rng.integers(1, 4))                              # window half-size, cells
+        y0, y1 = max(0, int(fy) - r), min(h, int(fy) + r + 1)
+        x0, x1 = max(0, int(fx) - r), min(w, int(fx) + r + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.meshgrid(np.arange(y0, y1), np.arange(x0, x1), indexing="ij")
+        dist = np.hypot(yy + 0.5 - fy, xx + 0.5 - fx) / (r + 1)
+        peak = rng.uniform(1.0, 6.0)
+        cx_face, cy_face = fx * stride + offset, fy * stride + offset
+        for c in near:
+            logit = thresh + 0.05 + peak * np.clip(1.0 - dist, 0.05, 1.0)
+            logit += rng.normal(0.0, 0.2, logit.shape)
+            logit = np.maximum(logit, thresh + 0.01).astype(np.float32)
+            cls = sm[c, y0:y1, x0:x1]
+            np.maximum(cls, logit, out=cls)
+            cx, cy = xx * stride + offset, yy * stride + offset
+            noise = rng.normal(0.0, 0.03, (4,) + logit.shape)
+            sm[NUM_TEMPLATES + c, y0:y1, x0:x1] = (cx_face - cx) / tw_px[c] + noise[0]
+            sm[2 * NUM_TEMPLATES + c, y0:y1, x0:x1] = (cy_face - cy) / th_px[c] + noise[1]
+            sm[3 * NUM_TEMPLATES + c, y0:y1, x0:x1] = np.log(size / tw_px[c]) + noise[2]
+            sm[4 * NUM_TEMPLATES + c, y0:y1, x0:x1] = np.log(size * aspect / th_px[c]) + noise[3]
+            added = ~passing[c, y0:y1, x0:x1]
+            count += int(added.sum())
+            passing[c, y0:y1, x0:x1] = True
+    stride_i = int(config.stride)
+    level = PyramidLevel(0, float(np.log2(scale)), scale, h * stride_i, w * stride_i)
+    return SyntheticLevel(sm[None], level, count, faces)
+
+
+def _numpy_rows(data: SyntheticLevel, config: DetectorConfig, repeat: int,
+                warmup: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """numpy decode and numpy NMS of the runtime, timed separately."""
+    decode_s, cands = time_calls(lambda: decode_level(data.score_map, data.level, config),
+                                 repeat, warmup)
+    nms_s, keep = time_calls(lambda: nms(cands.boxes, cands.logits, cands.keys, config.nms_thresh,
+                                         config.box_pixel_offset), repeat, warmup)
+    row = {"name": "numpy (runtime)", "status": "ok", "decode": summarize(decode_s),
+           "nms": summarize(nms_s), "candidates": len(cands), "kept": int(len(keep))}
+    return row, {"candidates": cands, "keep": keep}
+
+
+def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
+                   warmup: int) -> dict[str, Any]:
+    """The port's decode (torch sigmoid + NHWC numpy get_bboxes) and py_cpu_nms-style NMS."""
+    import torch
+
+    from bench_reference import greedy_cpu_nms, port_decode
+
+    output = torch.from_numpy(data.score_map)
+    decode_s, dets = time_calls(lambda: port_decode(output, data.level.scale, config), repeat, warmup)
+    nms_s, keep = time_calls(lambda: greedy_cpu_nms(dets, config.nms_thresh), repeat, warmup)
+    return {"name": "reference (port get_bboxes + py_cpu_nms)", "status": "ok",
+            "decode": summarize(decode_s), "nms": summarize(nms_s),
+            "candidates": int(dets.shape[0]), "kept": int(len(keep))}
+
+
+def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int, warmup: int,
+              n_candidates: int) -> dict[str, Any]:
+    """tf_decode_level and tf_nms of the CUDA kernel library, device-resident, stream-synced.
+
+    ``decode`` = counter reset + decode of the level; ``nms`` = sort + NMS + clip on the
+    device; ``d2h`` = download of the stats and the kept rows.
+    """
+    from tinyfaces_trt.kernels.binding import decode_params, load_library, nms_params
+    from tinyfaces_trt.runtime.backends.cuda_device import DeviceBuffer, Stream, gpu_available, runtime
+
+    runtime()  # BackendUnavailableError (the reason) without cuda-python
+    if not gpu_available():
+        raise _Skip("no CUDA GPU visible")
+    lib = load_library()
+    stream = Stream()
+    h, w = data.score_map.shape[-2:]
+    capacity = max(1, n_candidates)
+    max_nms = max(1, n_candidates)
+    score_dev = DeviceBuffer(data.score_map.nbytes)
+    cand_dev = DeviceBuffer(lib.candidates_size(capacity))
+    ws_bytes = lib.nms_workspace_size(max_nms)
+    ws_dev = DeviceBuffer(ws_bytes)
+    out_dev = DeviceBuffer(max_nms * 5 * 4)
+    stats_dev = DeviceBuffer(16)
+    score_dev.upload(np.ascontiguousarray(data.score_map), stream)
+    dp = decode_params(config.templates, active_templates(data.level.scale, config),
+                       config.logit_thresh, config.stride, config.offset, data.level.scale)
+    npar = nms_params(config.nms_thresh, config.box_pixel_offset, config.clip_boxes,
+                      data.level.height, data.level.width)
+
+    def decode() -> None:
+        lib.candidates_reset(cand_dev, stream)
+        lib.decode_level(score_dev, h, w, dp, 0, cand_dev, capacity, stream)
+
+    def run_nms() -> None:
+        lib.nms(cand_dev, capacity, npar, max_nms, ws_dev, ws_bytes, out_dev, stats_dev, stream)
+
+    stats = np.zeros(4, dtype=np.uint32)
+    rows = np.zeros((max_nms, 5), dtype=np.float32)
+
+    def download() -> int:
+        stats_dev.download(stats, stream)
+        stream.synchronize()
+        kept = int(stats[0])
+        if kept:
+            out_dev.download(rows[:kept], stream)
+            stream.synchronize()
+        return kept
+
+    try:
+        decode_s, _ = time_calls(decode, repeat, warmup, stream.synchronize)
+        nms_s, _ = time_calls(run_nms, repeat, warmup, stream.synchronize)
+        d2h_s, kept = time_calls(download, repeat, warmup, stream.synchronize)
+        row = {"name": "cuda (kernels library)", "status": "ok", "decode": summarize(decode_s),
+               "nms": summarize(nms_s), "d2h": summarize(d2h_s),
+               "candidates": int(stats[1]), "kept": kept}
+        if stats[2]:
+            row["note"] = f"overflow flags {int(stats[2])}: nothing kept"
+        return row
+    finally:
+        for buf in (score_dev, cand_dev, ws_dev, out_dev, stats_dev):
+            buf.free()
+        stream.close()
+
+
+class _Skip(Exception):
+    """An implementation cannot run here; the message says why."""
+
+
+def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warmup: int,
+                   map_hw: tuple[int, int] = DEFAULT_MAP, scale: float = DEFAULT_SCALE,
+                   with_reference: bool = True, with_cuda: bool = True,
+                   log=print) -> list[dict[str, Any]]:
+    """Times numpy / reference / CUDA decode and NMS on a clustered map per target count."""
+    results = []
+    for target in targets:
+        data = clustered_score_map(target, config, map_hw, scale)
+        log(f"decode/NMS: {data.candidates} candidates in {data.faces} face clusters "
+            f"(target {target}, map {map_hw[0]}x{map_hw[1]}, scale {scale})")
+        numpy_row, _ = _numpy_rows(data, config, repeat, warmup)
+        rows = [numpy_row]
+        if with_reference:
+            rows.append(_reference_row(data, config, repeat, warmup))
+        if with_cuda:
+            try:
+                rows.append(_cuda_row(data, config, repeat, warmup, numpy_row["candidates"]))
+            except _Skip as exc:
+                rows.append({"name": "cuda (kernels library)", "status": "skipped",
+                             "reason": str(exc)})
+            except Exception as exc:  # missing library / cuda-python: say why, keep going
+                rows.append({"name": "cuda (kernels library)", "status": "skipped",
+                             "reason": one_line(exc)})
+        results.append({"target": target, "candidates": data.candidates, "faces": data.faces,
+                        "map": list(map_hw), "scale": scale, "implementations": rows})
+    return results
