@@ -17,15 +17,13 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.parity import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.runtime.backends import (ShapeCheckedDetector, available_backends,
                                             create_detector, create_runner)
-from tinyfaces_trt.runtime.backends.export_cache import cache_key, cache_root, cached_export
+from tinyfaces_trt.runtime.backends.export_cache import cache_key, cache_root
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
 from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
                                                             TensorRTRunner, select_profile,
@@ -244,28 +242,6 @@ def test_shape_checked_detector_refuses_out_of_profile_image_before_any_work(tin
 # ---------------------------------------------------------------------------------------------
 # create_runner / create_detector on a real (seeded ResNet-50) export
 # ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def seeded():
-    model = build_model(depth=50, seed=0)
-    return model, model.detector_config()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, seeded):
-    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
-    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        torch.save({"model": seeded[0].state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def export_dir(checkpoint):
-    """Its export (fp32 + fp16), made once per session through the export cache."""
-    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
-                         progress=lambda _: None, verify=False).path
 
 
 def test_available_backends_lists_installed_ones():

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.parity import synthetic_image
-from tinyfaces_trt.runtime.backends.export_cache import cache_key, cached_export
+from tinyfaces_trt.runtime.backends.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.cli_detect import main
 from tinyfaces_trt.runtime.draw import box_regions
@@ -27,23 +25,6 @@ from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.runtime.wider_format import read_detection_file
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
-    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        torch.save({"model": build_model(depth=50, seed=0).state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def export_dir(checkpoint):
-    """Its export (fp32 + fp16), made once per session through the export cache."""
-    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
-                         progress=lambda _: None, verify=False).path
 
 
 @pytest.fixture(scope="module")

@@ -16,33 +16,15 @@ from tinyfaces_trt.export.parity import (TOLERANCES, DetectionTolerance, Referen
                                          match_detections, markdown_table, run_parity)
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.runtime.backends import create_runner
-from tinyfaces_trt.runtime.backends.export_cache import cached_export
+from tinyfaces_trt.runtime.export_folder import load_export_folder
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 SIZES = [(33, 47), (47, 33), (71, 53)]  # (width, height), odd ones included
 
 
 @pytest.fixture(scope="module")
-def seeded():
-    model = build_model(depth=50, seed=0)
-    return model, model.detector_config()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, seeded):
-    """The seeded ResNet-50 as a checkpoint, shared by the test modules of a session."""
-    path = tmp_path_factory.getbasetemp() / "seeded50" / "seeded50.pth"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        torch.save({"model": seeded[0].state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def folder(checkpoint):
-    """Its export (fp32 + fp16), made once per session through the export cache."""
-    return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
-                         progress=lambda _: None, verify=False)
+def folder(export_dir):
+    return load_export_folder(export_dir)
 
 
 # ---------------------------------------------------------------------------------------------
