@@ -372,5 +372,9 @@ def _listing(items: list[str]) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's can run to a paragraph)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return line.split(". ")[0] if len(line) > 120 else line
