@@ -153,7 +153,9 @@ def build_step(report: Report, env: dict[str, str], build_dir: Path) -> Path | N
 
 def pytest_step(report: Report, env: dict[str, str], name: str, args: list[str],
                 prefix: list[str] | None = None, timeout: int = 1800, allow_skips: bool = False) -> None:
-    cmd = (prefix or []) + [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"] + args
+    # --noconftest: these files need none of tests/conftest.py's torch fixtures (nor torch).
+    cmd = (prefix or []) + [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                            "--noconftest"] + args
     code, out, secs = run(cmd, env, timeout)
     counts = re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|errors?|deselected)\b.*? in [\d.]+s)", out,
                         flags=re.M)

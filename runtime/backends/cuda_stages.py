@@ -14,9 +14,11 @@ one device candidate buffer and runs sort + NMS in :meth:`CudaPostprocessor.fini
 downloads only the counters and the final (N, 5) rows.
 
 A device score map made on another stream must be complete before ``add_level``: a
-:class:`~.cuda_device.DeviceArray` that names its stream is waited for; for raw pointers and
-foreign arrays, share :attr:`stream` or synchronise first (host runners return finished numpy
-arrays).
+:class:`~.cuda_device.DeviceArray` that names its stream is waited for, and ``add_level``
+returns only after the decode has read it (its producer may then reuse the memory); for raw
+pointers and foreign arrays, share :attr:`stream` or synchronise first (host runners return
+finished numpy arrays). A raw pointer carries no shape: it is read as the ``pytorch``
+variant's ``(1, 125, ceil(h/8), ceil(w/8))`` map, so other variants must pass an array.
 """
 
 from __future__ import annotations
@@ -186,31 +188,41 @@ class CudaPostprocessor:
         self.lib.candidates_reset(self._candidates.buffer, self.stream)
         self._key_base = 0
 
-    def _device_score_map(self, score_map: Any, level: PyramidLevel) -> DeviceArray:
+    def _device_score_map(self, score_map: Any, level: PyramidLevel) -> tuple[DeviceArray, bool]:
+        """The score map on the device, and whether it was made on another (known) stream."""
         if isinstance(score_map, np.ndarray):
             host = np.ascontiguousarray(score_map, dtype=np.float32)
             buf = self._scores.get(host.nbytes)
             buf.upload(host, self.stream)
             arr = DeviceArray(buf.ptr, host.shape, np.float32, owner=buf)
+            foreign_stream = False
         else:
+            has_shape = isinstance(score_map, DeviceArray) or \
+                hasattr(score_map, "__cuda_array_interface__")
+            if not has_shape and self.config.variant != "pytorch":
+                raise TinyFacesError(
+                    f"a raw device pointer has no shape, and the {self.config.variant!r} variant's "
+                    f"score map is not (1, 125, ceil(h/8), ceil(w/8)); pass a DeviceArray or an "
+                    f"array with __cuda_array_interface__")
             stride = float(self.config.stride)
             expected = (1, NUM_CHANNELS, math.ceil(level.height / stride), math.ceil(level.width / stride))
             arr = cuda_device.as_device_array(score_map, shape=expected)
             producer = arr.stream
-            if producer is not None and producer is not self.stream:
+            foreign_stream = producer is not None and producer is not self.stream
+            if foreign_stream:
                 producer.synchronize()  # made on another stream: wait for it
         shape = arr.shape[1:] if len(arr.shape) == 4 and arr.shape[0] == 1 else arr.shape
         if len(shape) != 3 or shape[0] != NUM_CHANNELS or min(shape[1:]) < 1:
             raise TinyFacesError(f"score map must have shape (1, {NUM_CHANNELS}, h, w), got {arr.shape}")
         if arr.dtype != np.float32:
             raise TinyFacesError(f"score map must be float32, got {arr.dtype}")
-        return arr
+        return arr, foreign_stream
 
     def add_level(self, score_map: Any, level: PyramidLevel) -> None:
         """Decodes one level's score map into the image's candidate buffer (on the device)."""
         if self._image_hw is None:
             raise RuntimeError("CudaPostprocessor.reset() must be called before add_level()")
-        arr = self._device_score_map(score_map, level)
+        arr, foreign_stream = self._device_score_map(score_map, level)
         h, w = arr.shape[-2:]
         params = self._binding.decode_params(
             self._templates, active_templates(level.scale, self.config), self.config.logit_thresh,
@@ -218,6 +230,10 @@ class CudaPostprocessor:
         self.lib.decode_level(arr, h, w, params, self._key_base, self._candidates.buffer,
                               self._capacity, self.stream)
         self._key_base += NUM_TEMPLATES * h * w
+        if foreign_stream:
+            # The producer (e.g. a TensorRT runner on its own stream) reuses this memory for
+            # its next output, which nothing orders after our decode: let the decode finish.
+            self.stream.synchronize()
 
     def _run_nms(self, max_candidates: int) -> np.ndarray:
         lib, b = self.lib, self._binding
