@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +66,16 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -77,9 +89,10 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tf-export",
-        description="Export a Tiny Faces checkpoint to an export folder: model.onnx (fp32, dynamic HxW), "
-                    "optionally model_fp16.onnx and a TensorRT engine, and manifest.json with everything "
-                    "the runtime needs (templates, normalisation, constants, profile).",
+        description=textwrap.fill(
+            "Export a Tiny Faces checkpoint to an export folder: model.onnx (fp32, dynamic HxW), "
+            "optionally model_fp16.onnx and a TensorRT engine, and manifest.json with everything "
+            "the runtime needs (templates, normalisation, constants, profile).", 88),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source")
     src.add_argument("--weights", metavar="W", help="checkpoint: tiny-faces-pytorch .pth or the authors' "
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "checkpoint; 101 with --untrained)")
     src.add_argument("--variant", choices=("pytorch", "matconvnet"),
                      help="network variant (default: from the checkpoint; pytorch with --untrained)")
-    src.add_argument("--seed", type=int, default=0, help="seed of --untrained weights (default 0)")
+    src.add_argument("--seed", type=_seed, help="seed of --untrained weights (default 0)")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", default="tinyfaces_export", help="export folder (default: %(default)s)")
     out.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (float32 I/O); "
@@ -124,6 +137,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
         p.error("--weights is required (or --untrained to export random weights for testing)")
     if a.weights is not None and a.untrained:
         p.error("--weights and --untrained exclude each other")
+    if a.seed is not None and not a.untrained:
+        p.error("--seed applies to --untrained weights only")
     shapes = (a.min_shape, a.opt_shape, a.max_shape)
     if any(shapes) and not all(shapes):
         p.error("--min-shape, --opt-shape and --max-shape go together: give all three")
@@ -132,17 +147,35 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
     return Profile(*shapes) if all(shapes) else None
 
 
+def check_out_dir(out: str) -> None:
+    """Fails early, before the weights load, when ``--out`` cannot become the export folder
+    (the folder itself is created by the export)."""
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            raise TinyFacesError(f"--out {out} exists and is not a folder; give a folder")
+        probe = path
+    else:
+        probe = next(p for p in path.absolute().parents if p.exists())
+        if not probe.is_dir():
+            raise TinyFacesError(f"cannot create --out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"cannot write into {probe} (--out {out}); give a writable folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
     try:
         profile = _check_args(p, a)
+        check_out_dir(a.out)
         from .export_pipeline import export_model, log_stderr, step
         from .weights import load_model
 
         with step(log_stderr, f"loading {'an untrained network' if a.untrained else a.weights}"):
-            model, config = load_model(a.weights, depth=a.depth, variant=a.variant, seed=a.seed)
+            model, config = load_model(a.weights, depth=a.depth, variant=a.variant,
+                                       seed=a.seed or 0)
         export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
                      image_sizes=a.image_size or None, profile=profile, workspace_gb=a.workspace,
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
@@ -155,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ENGINE_FAILED
     except TinyFacesError as exc:
         print(f"tf-export: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # writing the export folder (disk full, permissions, ...)
+        print(f"tf-export: error: cannot write the export folder {a.out}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("tf-export: interrupted", file=sys.stderr)

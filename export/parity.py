@@ -564,6 +564,16 @@ def default_backends() -> list[str]:
     return names
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents options, tolerances and exit status)."""
     tol = "\n".join(
@@ -595,7 +605,7 @@ example:
                      help="test the seeded random-weight network instead of a checkpoint")
     parser.add_argument("--depth", type=int, default=101, choices=(50, 101),
                         help="ResNet depth of the --untrained network (default: 101)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the --untrained network (default: 0)")
     parser.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder to test (must come from the same weights); default: "
@@ -618,8 +628,10 @@ def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
 
         recorded = (manifest.get("weights") or {}).get("sha256")
         if recorded != file_sha256(args.weights):
+            made_from = ("the UNTRAINED seeded network (test it with --untrained)"
+                         if folder.untrained else f"weights with sha256 {recorded}")
             raise TinyFacesError(f"export folder {folder.path} was not made from {args.weights} "
-                                 f"(manifest weights sha256 {recorded}); compare like with like")
+                                 f"but from {made_from}; compare like with like")
     else:
         depth = (manifest.get("model") or {}).get("depth")
         if not folder.untrained or depth not in (None, args.depth):

@@ -36,13 +36,30 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 _JPEG = (".jpg", ".jpeg")
 _N = TypeVar("_N", int, float)
 
-UNTRAINED_BANNER = """\
-************************************************************************
-* WARNING: UNTRAINED NETWORK. No --weights or --model was given, so    *
-* tf-detect runs the seeded RANDOM-weight default network. Its         *
-* detections are MEANINGLESS (plumbing tests only). Pass --weights F   *
-* (a trained checkpoint) or --model DIR (a tf-export folder).          *
-************************************************************************"""
+_BANNER_WIDTH = 72
+
+
+def untrained_banner(model: str | None = None) -> str:
+    """The loud warning printed on every run of an untrained network.
+
+    Args:
+        model: the ``--model`` folder when it holds an untrained export, else None (the
+            seeded default network, no ``--weights``/``--model`` given). Not printed: a
+            long path would break the box.
+    """
+    if model:
+        why = ("The --model export folder holds the seeded RANDOM-weight network (its "
+               "manifest says \"untrained\": true).")
+    else:
+        why = ("No --weights or --model was given, so tf-detect runs the seeded RANDOM-weight "
+               "default network.")
+    text = (f"WARNING: UNTRAINED NETWORK. {why} Its detections are MEANINGLESS (plumbing tests "
+            "only). Pass --weights F (a trained checkpoint) or --model DIR (a tf-export folder "
+            "of trained weights).")
+    inner = _BANNER_WIDTH - 4
+    rows = textwrap.wrap(text, inner)
+    border = "*" * _BANNER_WIDTH
+    return "\n".join([border, *(f"* {row:<{inner}} *" for row in rows), border])
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,8 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     """Expands IMAGE arguments into jobs; returns (jobs, [(argument, error message)]).
 
     A folder is walked recursively (sorted, hidden entries skipped) for image suffixes,
-    skipping anything inside ``exclude`` (the output folders). A file is taken as is, so a
+    skipping anything inside those ``exclude`` folders (the output folders) that lie inside
+    it, so a re-run does not read its own drawn copies. A file is taken as is, so a
     non-image file gives a clear error when it is loaded. A missing path or a folder without
     images is an error.
     """
@@ -181,13 +199,15 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     for arg in arguments:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in _walk(path) if not _inside(p, excluded))
+            root = path.resolve()
+            below = [e for e in excluded if root in e.parents]
+            found = sorted(p for p in _walk(path) if not _inside(p, below))
             if not found:
                 errors.append((str(path), f"{path}: folder holds no image files "
                                           f"({', '.join(IMAGE_SUFFIXES)})"))
             for p in found:
                 rel = p.relative_to(path)
-                event = rel.parent.as_posix() if rel.parent != Path(".") else path.resolve().name
+                event = rel.parent.as_posix() if rel.parent != Path(".") else root.name
                 jobs.append(ImageJob(p, rel, event))
         else:
             jobs.append(ImageJob(path, Path(path.name), path.resolve().parent.name or "images"))
@@ -272,15 +292,29 @@ def write_outputs(out_dir: Path, stem: Path, job: ImageJob, image: np.ndarray, b
     return written
 
 
-def write_wider(wider_dir: Path, job: ImageJob, boxes: np.ndarray) -> Path:
-    """The official WIDER FACE result file of one image: ``<dir>/<event>/<stem>.txt``."""
-    from .wider_format import detection_path, write_detection_file
+class WiderWriter:
+    """Writes the official WIDER FACE result file of each image, ``<dir>/<event>/<stem>.txt``,
+    refusing to overwrite the file of another image of this run (``a.jpg`` and ``a.png`` of
+    one event would share it)."""
 
-    try:
-        return write_detection_file(detection_path(wider_dir, job.event, job.path.stem),
-                                    f"{job.event}/{job.path.name}", boxes)
-    except OSError as exc:
-        raise TinyFacesError(f"cannot write WIDER result for {job.path}: {exc}") from exc
+    def __init__(self, wider_dir: Path) -> None:
+        self.wider_dir = wider_dir
+        self._written: dict[Path, Path] = {}
+
+    def write(self, job: ImageJob, boxes: np.ndarray) -> Path:
+        from .wider_format import detection_path, write_detection_file
+
+        target = detection_path(self.wider_dir, job.event, job.path.stem)
+        other = self._written.get(target)
+        if other is not None:
+            raise TinyFacesError(f"{job.path}: its WIDER result {target} was already written for "
+                                 f"{other} (same event and name); rename one of the two images")
+        try:
+            write_detection_file(target, f"{job.event}/{job.path.name}", boxes)
+        except OSError as exc:
+            raise TinyFacesError(f"cannot write WIDER result for {job.path}: {exc}") from exc
+        self._written[target] = job.path
+        return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +356,30 @@ def _is_untrained(args: argparse.Namespace) -> bool:
     return load_export_folder(args.model).untrained
 
 
+def _check_weights_path(weights: str | None) -> None:
+    if weights and Path(weights).is_dir():
+        hint = (f"; {weights} is an export folder: pass it with --model"
+                if (Path(weights) / "manifest.json").is_file() else "")
+        raise TinyFacesError(f"--weights {weights} is a folder, not a checkpoint file "
+                             f"(.pth or .mat){hint}")
+
+
+def prepare_output_dir(folder: str, option: str) -> Path:
+    """Creates an output folder (``--out``/``--wider-dir``) before any work, so a bad one is
+    one clear error instead of one per image after the network has run."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise TinyFacesError(f"{option} {folder} exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyFacesError(f"cannot create the {option} folder {folder}: "
+                             f"{exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"the {option} folder {folder} is not writable; give another folder")
+    return path
+
+
 def _make_detector(args: argparse.Namespace) -> Any:
     from .backends import create_detector
 
@@ -334,16 +392,30 @@ def _make_detector(args: argparse.Namespace) -> Any:
         progress=lambda line: _stderr(f"{PROG}: {line}"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tf-detect`` entry point; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Argument combinations argparse cannot express; exits 2 through ``parser.error``."""
     if (args.blur or args.pixelate) and not args.out:
         parser.error("--blur/--pixelate write an anonymised copy and need --out DIR")
     if args.backend != "onnxruntime" and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
     if args.backend == "torch" and args.fp16:
         parser.error("--fp16 applies to the onnxruntime and tensorrt backends")
+    if args.backend == "torch" and args.model:
+        parser.error("--backend torch runs a checkpoint (--weights F) directly; an export "
+                     "folder (--model) runs with --backend onnxruntime or tensorrt")
+    inputs = {Path(i).resolve() for i in args.images if Path(i).is_dir()}
+    for option, folder in (("--out", args.out), ("--wider-dir", args.wider_dir)):
+        if folder and Path(folder).resolve() in inputs:
+            parser.error(f"{option} {folder} is also an input folder: its output files would be "
+                         f"mixed with the images (and read as images next run); give "
+                         f"another folder, e.g. {Path(folder).resolve().name}_out")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tf-detect`` entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     try:
         with _logging_to_stderr(args.verbose):
             return _run(args)
@@ -355,16 +427,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
+        _check_weights_path(args.weights)
+        out_dir = prepare_output_dir(args.out, "--out") if args.out else None
+        wider = WiderWriter(prepare_output_dir(args.wider_dir, "--wider-dir")) \
+            if args.wider_dir else None
         untrained = _is_untrained(args)
         if untrained:
-            _stderr(UNTRAINED_BANNER)
+            _stderr(untrained_banner(args.model))
         detector = _make_detector(args)
     except TinyFacesError as exc:
         _error(str(exc))
         return 1
-    out_dir = Path(args.out) if args.out else None
-    wider_dir = Path(args.wider_dir) if args.wider_dir else None
-    jobs, errors = collect_images(args.images, [d for d in (out_dir, wider_dir) if d])
+    jobs, errors = collect_images(
+        args.images, [d for d in (out_dir, wider and wider.wider_dir) if d])
     failures = [{"image": arg, "error": message} for arg, message in errors]
     for _, message in errors:
         _error(message)
@@ -374,7 +449,7 @@ def _run(args: argparse.Namespace) -> int:
     faces = 0
     for job in jobs:
         try:
-            record = _process(detector, job, args, names, out_dir, wider_dir, anonymise)
+            record = _process(detector, job, args, names, out_dir, wider, anonymise)
         except TinyFacesError as exc:
             _error(str(exc))
             failures.append({"image": str(job.path), "error": str(exc)})
@@ -390,7 +465,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: OutputNames,
-             out_dir: Path | None, wider_dir: Path | None, anonymise: str | None) -> dict[str, Any]:
+             out_dir: Path | None, wider: WiderWriter | None,
+             anonymise: str | None) -> dict[str, Any]:
     """Detects one image, prints its line, writes its files; returns its JSON record."""
     from .imageio import load_image
 
@@ -400,8 +476,8 @@ def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: Outp
               "backend": args.backend, "detections": detections_to_list(boxes)}
     if out_dir is not None:
         write_outputs(out_dir, names.stem(job), job, image, boxes, record, anonymise)
-    if wider_dir is not None:
-        write_wider(wider_dir, job, boxes)
+    if wider is not None:
+        wider.write(job, boxes)
     if not args.json:
         print(format_line(job.path, boxes), flush=True)
     return record

@@ -29,20 +29,66 @@ class PlotUnavailableError(TinyFacesError):
     """``--plot`` needs matplotlib, which is not installed."""
 
 
+EPILOG = """\
+examples:
+  tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
+  tf-eval --gt eval_tools/ground_truth --pred pred/
+  tf-eval --gt eval_tools/ground_truth --pred pred/ --json ap.json --plot pr.png
+
+A ground-truth image without a prediction file counts as an image without detections
+(as the official read_pred.m does), with a warning; --strict makes it an error.
+
+exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tf-eval",
         description="WIDER FACE val AP with the official protocol (eval_tools/evaluation.m: "
-                    "IoU 0.5, ignored faces, 1000 score thresholds, VOC AP).")
-    p.add_argument("--gt", required=True, type=Path,
-                   help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat")
-    p.add_argument("--pred", required=True, type=Path,
-                   help="detections folder: <event>/<image>.txt in the official format")
-    p.add_argument("--json", type=Path, help="write AP and PR curves to this JSON file")
-    p.add_argument("--plot", type=Path, help="save the PR curves to this PNG (needs matplotlib)")
+                    "IoU 0.5, ignored faces, 1000 score thresholds, VOC AP).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gt", required=True, type=Path, metavar="DIR",
+                   help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
+                        "(the official eval_tools/ground_truth)")
+    p.add_argument("--pred", required=True, type=Path, metavar="DIR",
+                   help="detections folder: <event>/<image>.txt in the official format "
+                        "(tf-detect --wider-dir writes it)")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="write AP and PR curves to this JSON file (default: none)")
+    p.add_argument("--plot", type=Path, metavar="FILE",
+                   help="save the PR curves to this image, e.g. pr.png (needs matplotlib; "
+                        "default: none)")
     p.add_argument("--strict", action="store_true",
-                   help="fail when a ground-truth image has no prediction file")
+                   help="fail when a ground-truth image has no prediction file (default: count "
+                        "it as an image without detections)")
     return p
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Input folders and output files, checked before the (long) evaluation."""
+    for option, folder in (("--gt", args.gt), ("--pred", args.pred)):
+        if folder.is_file():
+            raise TinyFacesError(f"{option} {folder} is a file; pass the folder that holds it "
+                                 f"({folder.parent})")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise TinyFacesError(f"{option} {path} is a folder; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TinyFacesError(f"cannot create the folder of {option} {path}: "
+                                 f"{exc.strerror or exc}") from exc
+    if args.plot is not None:
+        _require_matplotlib()
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        suffix = args.plot.suffix.lower().lstrip(".")
+        if suffix and suffix not in formats:
+            raise TinyFacesError(f"--plot {args.plot}: unknown image format {suffix!r}; end the "
+                                 f"name with one of {', '.join('.' + f for f in sorted(formats))}")
 
 
 def format_table(result: WiderEvalResult) -> str:
@@ -78,16 +124,19 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
         ax.legend(loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except ValueError as exc:  # matplotlib: unknown format
+        raise TinyFacesError(f"cannot save the plot {path}: {exc}") from exc
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        if args.plot is not None:
-            _require_matplotlib()  # fail before the evaluation, not after
+        _check_paths(args)  # fail before the evaluation, not after
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_folder(args.gt, args.pred, SETTINGS,

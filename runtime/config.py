@@ -124,6 +124,16 @@ class DetectorConfig:
             raise ManifestError(f"prob_thresh must be in (0, 1), got {self.prob_thresh}")
         if not 0.0 <= self.nms_thresh <= 1.0:
             raise ManifestError(f"nms_thresh must be in [0, 1], got {self.nms_thresh}")
+        if self.stride < 1 or self.max_input_dim < 1:
+            raise ManifestError(f"stride ({self.stride}) and max_input_dim ({self.max_input_dim}) "
+                                "must be >= 1")
+        n = self.normalization
+        numbers = [self.offset, self.box_pixel_offset, n.input_scale, *n.mean, *n.std,
+                   *self.fixed_scales]
+        if not np.all(np.isfinite(t)) or not all(map(math.isfinite, numbers)):
+            raise ManifestError("config holds a non-finite number")
+        if 0.0 in n.std:
+            raise ManifestError("normalization std must not be 0")
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":

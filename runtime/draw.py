@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import ImageError, TinyFacesError
 
@@ -86,13 +86,35 @@ def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = Non
     return out
 
 
+def line_width(height: int, width: int) -> int:
+    """Default box outline width: 2 px up to 1000 px images, growing with the longer side so
+    boxes stay visible on large photos viewed scaled down (8 px at 4000 px)."""
+    return max(2, round(max(height, width) / 500))
+
+
+def _label_font(line: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    if line <= 2:
+        return ImageFont.load_default()
+    try:
+        return ImageFont.load_default(size=5 * line + 1)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int] = (0, 255, 0),
-               width: int = 2, show_scores: bool = True) -> np.ndarray:
-    """Draws each box as a rectangle, with its score (column 5, if any) as a label."""
+               width: int | None = None, show_scores: bool = True) -> np.ndarray:
+    """Draws each box as a rectangle, with its score (column 5, if any) as a label.
+
+    Args:
+        width: outline width in pixels; None: :func:`line_width` of the image (labels grow
+            with it).
+    """
     canvas = Image.fromarray(_check_image(image).copy())
     draw = ImageDraw.Draw(canvas)
     b = _check_boxes(boxes)
     height, width_px = image.shape[:2]
+    width = line_width(height, width_px) if width is None else width
+    font = _label_font(width)
     pad = width + 1  # keeps huge coordinates drawable while edges outside stay invisible
     for row in b:
         if not np.isfinite(row[:4]).all():
@@ -102,8 +124,8 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]
         draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=width)
         if show_scores and b.shape[1] == 5 and math.isfinite(row[4]):
             label = f"{row[4]:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), label)
+            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
             ty = min(y1, y2) - (bottom - top) - 2
             ty = ty if ty >= 0 else max(y1, y2) + 2
-            draw.text((min(x1, x2), ty), label, fill=color)
+            draw.text((min(x1, x2), ty), label, fill=color, font=font)
     return np.asarray(canvas).copy()

@@ -166,13 +166,36 @@ def _file_path(folder: Path, role: str, name: Any) -> Path:
     return path
 
 
-def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+def _require(where: Path, manifest: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in manifest:
-        raise ManifestError(f"manifest has no {key!r} entry")
+        raise ManifestError(f"{where}: manifest has no {key!r} entry; re-export the folder with "
+                            "tf-export")
     value = manifest[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise ManifestError(f"manifest entry {key!r} has the wrong type: {value!r}")
+        raise ManifestError(f"{where}: manifest entry {key!r} has the wrong type: {value!r}")
     return value
+
+
+def _config(manifest: dict[str, Any], path: Path) -> DetectorConfig:
+    """The manifest's detector config; errors name the manifest (it may have been edited)."""
+    raw = _require(path, manifest, "config", dict)
+    try:
+        config = DetectorConfig.from_dict(raw)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}; re-export the folder with tf-export") from exc
+    return config
+
+
+def _profile(raw: Any, where: Path) -> Profile | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not {"min", "opt", "max"} <= set(raw):
+        raise ManifestError(f"{where}: profile must be null or an object with min, opt and max "
+                            f"shapes, got {raw!r}")
+    try:
+        return Profile.from_dict(raw)
+    except ManifestError as exc:
+        raise ManifestError(f"{where}: {exc}") from exc
 
 
 def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
@@ -189,35 +212,38 @@ def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
     if not folder.exists():
         raise ManifestError(f"export folder {folder} does not exist (create it with tf-export)")
     if not folder.is_dir():
-        raise ManifestError(f"{folder} is not a folder; pass the folder tf-export wrote")
+        hint = (f"pass the folder that holds it, {folder.parent}"
+                if (folder.parent / MANIFEST_NAME).is_file() else "pass the folder tf-export wrote")
+        raise ManifestError(f"{folder} is a file, not an export folder; {hint}")
     manifest = _read_manifest(folder)
+    where = folder / MANIFEST_NAME
 
     fmt = manifest.get("format")
     if fmt != FORMAT:
-        raise ManifestError(f"{folder / MANIFEST_NAME} has format {fmt!r}, expected {FORMAT!r}")
+        raise ManifestError(f"{where} has format {fmt!r}, expected {FORMAT!r}; it is not a "
+                            "tf-export manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ManifestError(
-            f"{folder / MANIFEST_NAME} has format_version {version!r}; this tinyfaces-trt reads version "
+            f"{where} has format_version {version!r}; this tinyfaces-trt reads version "
             f"{FORMAT_VERSION} only: re-export the folder with this version's tf-export")
-    channels = _require(manifest, "num_channels", int)
+    channels = _require(where, manifest, "num_channels", int)
     if channels != NUM_CHANNELS:
-        raise ManifestError(f"manifest num_channels is {channels}; the Tiny Faces score map has {NUM_CHANNELS} "
+        raise ManifestError(f"{where}: num_channels is {channels}; the Tiny Faces score map has {NUM_CHANNELS} "
                             f"(25 templates x [cls, tx, ty, tw, th])")
-    config = DetectorConfig.from_dict(_require(manifest, "config", dict))
-    stride = _require(manifest, "stride", int)
+    config = _config(manifest, where)
+    stride = _require(where, manifest, "stride", int)
     if stride != config.stride:
-        raise ManifestError(f"manifest stride {stride} disagrees with its config stride {config.stride}")
+        raise ManifestError(f"{where}: stride {stride} disagrees with its config stride {config.stride}")
 
-    files = _require(manifest, "files", dict)
+    files = _require(where, manifest, "files", dict)
     unknown = set(files) - set(DEFAULT_FILE_NAMES)
     if unknown:
-        raise ManifestError(f"manifest lists unknown file roles {sorted(unknown)}")
+        raise ManifestError(f"{where} lists unknown file roles {sorted(unknown)}")
     paths = {role: _file_path(folder, role, name) for role, name in files.items() if name is not None}
     if not paths:
-        raise ManifestError(f"manifest in {folder} lists no model file")
+        raise ManifestError(f"{where} lists no model file; re-export the folder with tf-export")
 
-    profile_raw = manifest.get("profile")
     return ExportFolder(
         path=folder,
         config=config,
@@ -225,12 +251,12 @@ def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
         onnx_fp16=paths.get("onnx_fp16"),
         engine_fp32=paths.get("engine_fp32"),
         engine_fp16=paths.get("engine_fp16"),
-        input_name=_require(manifest, "input_name", str),
-        output_name=_require(manifest, "output_name", str),
+        input_name=_require(where, manifest, "input_name", str),
+        output_name=_require(where, manifest, "output_name", str),
         num_channels=channels,
         stride=stride,
-        opset=_require(manifest, "opset", int),
-        profile=Profile.from_dict(profile_raw) if profile_raw is not None else None,
-        untrained=bool(manifest.get("untrained", False)),
+        opset=_require(where, manifest, "opset", int),
+        profile=_profile(manifest.get("profile"), where),
+        untrained=_require(where, manifest, "untrained", bool) if "untrained" in manifest else False,
         manifest=manifest,
     )

@@ -29,11 +29,15 @@ def _check_file(path: Path) -> None:
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> (H, W, 3) uint8 RGB (alpha is dropped, 16-bit scaled to 8-bit)."""
+    """Any Pillow mode -> (H, W, 3) uint8 RGB (alpha is dropped, 16-bit scaled to 8-bit,
+    32-bit float read as 0..1 when no value exceeds 1, else as 0..255)."""
     if im.mode in _SIXTEEN_BIT_MODES:
         gray = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0)
     elif im.mode == "F":
-        gray = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 255))
+        values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if values.size and values.max() <= 1.0:  # float images are conventionally 0..1
+            values = values * 255.0
+        gray = np.rint(np.clip(values, 0, 255))
     else:
         if im.mode == "P":
             im = im.convert("RGBA")  # palette transparency is only kept through RGBA
@@ -45,8 +49,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Loads an image file as (H, W, 3) uint8 RGB.
 
     EXIF orientation is applied; grayscale, palette, CMYK and alpha images are converted to
-    RGB (alpha dropped); 16-bit grayscale is scaled to 8 bits. Multi-frame files give their
-    first frame.
+    RGB (alpha dropped); 16-bit grayscale is scaled to 8 bits; 32-bit float grayscale whose
+    values are all <= 1 is read as 0..1 (else as 0..255). Multi-frame files give their first
+    frame.
 
     Raises:
         ImageError: naming the path and the reason: missing file, directory, empty file,

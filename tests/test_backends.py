@@ -139,6 +139,15 @@ def test_resolve_providers_order_aliases_and_fallback(caplog):
         resolve_providers([], available)
 
 
+def test_unknown_provider_name_is_an_error_not_a_silent_cpu_fallback(tiny):
+    known = ["CUDAExecutionProvider", CPU]
+    assert resolve_providers(["cuda"], [CPU], known) == [CPU]  # known but absent: fallback
+    with pytest.raises(TinyFacesError, match=r"unknown ONNX Runtime provider\(s\) \['cdua'\]"):
+        resolve_providers(["cdua"], [CPU], known)
+    with pytest.raises(TinyFacesError, match="unknown ONNX Runtime provider"):
+        OnnxRuntimeRunner(tiny[0], providers=["bogus"])
+
+
 def test_ort_runner_logs_actual_providers_and_fallback(tiny, caplog):
     import onnxruntime
 

@@ -188,6 +188,7 @@ def test_torch_backend_runs_weights_directly(capsys, photos, checkpoint, referen
     (["--backend", "caffe"], "invalid choice: 'caffe'"),
     (["--backend", "torch", "--threads", "2"], "--providers/--threads are onnxruntime options"),
     (["--blur", "--pixelate", "--out", "o"], "not allowed with argument"),
+    (["--backend", "torch", "--model", "m"], "--backend torch runs a checkpoint (--weights F)"),
 ])
 def test_argument_errors_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -219,3 +220,93 @@ def test_console_line_lists_the_best_boxes_only():
     assert format_line(Path("a.jpg"), boxes[:1]) == "a.jpg: 1 face: 10,12,40,52 0.981"
     assert (format_line(Path("a.jpg"), boxes, shown=2)
             == "a.jpg: 3 faces: 10,12,40,52 0.981; 60,8,90,47 0.734; ... (+1 more)")
+
+
+def test_untrained_export_folder_banner_names_the_folder(capsys, photos, export_dir, tmp_path):
+    folder = tmp_path / "untrained_export"
+    shutil.copytree(export_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["untrained"] = True
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, _, stderr = _run(capsys, photos / "2--Other" / "b.png", "--model", folder)
+    assert code == 0 and "WARNING: UNTRAINED NETWORK" in stderr
+    banner = " ".join(line.strip("* ") for line in stderr.splitlines() if line.startswith("*"))
+    assert "No --weights or --model was given" not in banner
+    assert "The --model export folder holds the seeded RANDOM-weight network" in banner
+    assert all(len(line) == 72 for line in stderr.splitlines() if line.startswith("*"))
+
+
+def test_unusable_out_folder_is_one_error_before_any_image(capsys, photos, export_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, stdout, stderr = _run(capsys, photos, "--model", export_dir, "--out", blocker / "out")
+    assert code == 1 and stdout == ""
+    (line,) = [l for l in stderr.splitlines() if l.startswith("tf-detect: error:")]
+    assert line.startswith(f"tf-detect: error: cannot create the --out folder {blocker / 'out'}")
+    code, _, stderr = _run(capsys, photos, "--model", export_dir, "--wider-dir", blocker)
+    assert code == 1 and f"--wider-dir {blocker} exists and is not a folder" in stderr
+
+
+def test_out_folder_around_the_input_folder_still_finds_the_images(capsys, photos, export_dir):
+    code, stdout, stderr = _run(capsys, photos / "2--Other", "--model", export_dir,
+                                "--out", photos.parent)
+    assert "holds no image files" not in stderr
+    assert "b.png: " in stdout and (photos.parent / "b.json").is_file()
+    assert code == 1  # broken.jpg only
+
+
+def test_out_folder_equal_to_the_input_folder_is_refused(capsys, photos, export_dir):
+    with pytest.raises(SystemExit) as info:
+        main([str(photos), "--model", str(export_dir), "--out", str(photos)])
+    assert info.value.code == 2
+    assert f"--out {photos} is also an input folder" in capsys.readouterr().err
+
+
+def test_weights_folder_points_to_model(capsys, photos, export_dir):
+    code, _, stderr = _run(capsys, photos / "2--Other" / "b.png", "--weights", export_dir)
+    assert code == 1
+    assert (f"--weights {export_dir} is a folder, not a checkpoint file (.pth or .mat); "
+            f"{export_dir} is an export folder: pass it with --model") in stderr
+
+
+def test_wider_results_of_two_images_never_overwrite_each_other(capsys, photos, export_dir,
+                                                               tmp_path):
+    event = photos / "1--Event"
+    shutil.copy(photos / "2--Other" / "b.png", event / "a.png")  # same stem as a.jpg
+    wider = tmp_path / "pred"
+    code, _, stderr = _run(capsys, event, "--model", export_dir, "--wider-dir", wider)
+    assert code == 1
+    assert f"{event / 'a.png'}: its WIDER result {wider / '1--Event' / 'a.txt'} was already " \
+           f"written for {event / 'a.jpg'}" in stderr
+    assert read_detection_file(wider / "1--Event" / "a.txt").image_name == "1--Event/a.jpg"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["config"].__setitem__("max_input_dim", -5), "max_input_dim (-5) must be >= 1"),
+    (lambda m: m["config"].__setitem__("prob_thresh", 7), "prob_thresh must be in (0, 1)"),
+    (lambda m: m.__setitem__("untrained", "no"), "entry 'untrained' has the wrong type"),
+    (lambda m: m.__setitem__("profile", {"low": 1}), "profile must be null or an object"),
+])
+def test_edited_manifest_is_a_message_naming_it(capsys, photos, export_dir, tmp_path, edit, message):
+    folder = tmp_path / "edited"
+    shutil.copytree(export_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, _, stderr = _run(capsys, photos / "2--Other" / "b.png", "--model", folder)
+    assert code == 1
+    (line,) = [l for l in stderr.splitlines() if l.startswith("tf-detect: error:")]
+    assert f"{folder / 'manifest.json'}: " in line and message in line
+
+
+def test_model_pointing_at_a_file_names_its_folder(capsys, photos, export_dir):
+    code, _, stderr = _run(capsys, photos / "2--Other" / "b.png", "--model",
+                           export_dir / "model.onnx")
+    assert code == 1
+    assert f"is a file, not an export folder; pass the folder that holds it, {export_dir}" in stderr
+
+
+def test_unknown_provider_is_an_error(capsys, photos, export_dir):
+    code, _, stderr = _run(capsys, photos / "2--Other" / "b.png", "--model", export_dir,
+                           "--providers", "cdua")
+    assert code == 1 and "unknown ONNX Runtime provider(s) ['cdua']" in stderr

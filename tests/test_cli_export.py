@@ -52,6 +52,8 @@ def test_help_lists_exit_codes(capsys):
     (["--untrained", "--min-shape", "8x8"], "1x3xHEIGHTxWIDTH"),
     (["--untrained", "--workspace", "0"], "positive number"),
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
+    (["--untrained", "--seed", "-3"], "argument --seed: expected a non-negative integer, got '-3'"),
+    (["--weights", "w.pth", "--seed", "3"], "--seed applies to --untrained weights only"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -66,6 +68,17 @@ def test_invalid_profile_is_a_clear_error(capsys, tmp_path):
     assert main(argv) == EXIT_ERROR
     assert "min <= opt <= max" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_unusable_out_folder_fails_before_loading_weights(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["--untrained", "--out", str(blocker / "export")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "loading" not in err
+    assert f"cannot create --out {blocker / 'export'}: {blocker} is a file, not a folder" in err
+    assert main(["--untrained", "--out", str(blocker)]) == EXIT_ERROR
+    assert f"--out {blocker} exists and is not a folder" in capsys.readouterr().err
 
 
 def test_argument_parsers():

@@ -50,6 +50,16 @@ def test_sixteen_bit_grayscale_is_scaled(tmp_path):
     np.testing.assert_array_equal(out, np.repeat(expected[:, :, None], 3, axis=2))
 
 
+def test_float_image_in_0_1_is_scaled_not_black(tmp_path):
+    values = np.array([[0.0, 0.5, 1.0], [0.25, np.nan, 0.75]], np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    out = load_image(tmp_path / "f.tif")
+    expected = np.array([[0, 128, 255], [64, 0, 191]], np.uint8)  # rint(v * 255), NaN -> 0
+    np.testing.assert_array_equal(out, np.repeat(expected[:, :, None], 3, axis=2))
+    Image.fromarray(values * 200, mode="F").save(tmp_path / "g.tif")  # 0..255 floats as is
+    assert load_image(tmp_path / "g.tif")[0, 2, 0] == 200
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match=r"nope\.jpg: image file not found"):
         load_image(tmp_path / "nope.jpg")
@@ -166,6 +176,16 @@ def test_draw_boxes_draws_outline_and_label(rgb):
     assert no_label[5:19, 10:40].max() == 0
     huge = draw_boxes(blank, np.array([[-1e30, -1e30, 1e30, 1e30]]))  # no overflow
     assert huge.shape == blank.shape
+
+
+def test_box_outline_grows_with_large_images():
+    from tinyfaces_trt.runtime.draw import line_width
+
+    assert line_width(480, 640) == 2 and line_width(3000, 4000) == 8
+    blank = np.zeros((100, 2500, 3), np.uint8)
+    out = draw_boxes(blank, np.array([[100, 20, 600, 90]]))
+    edge = out[50, 95:115, 1]  # across the left edge, mid-height
+    assert np.count_nonzero(edge) == line_width(100, 2500) == 5
 
 
 def test_draw_rejects_bad_inputs(rgb):

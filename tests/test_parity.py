@@ -188,6 +188,20 @@ def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder):
     assert "was not made from" in capsys.readouterr().err
 
 
+def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, checkpoint):
+    from tinyfaces_trt.runtime.export_folder import write_manifest
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "model.onnx").write_bytes(b"never loaded")
+    write_manifest(untrained, config=build_model(depth=50, seed=0).detector_config(),
+                   files={"onnx_fp32": "model.onnx"}, opset=17, untrained=True)
+    code = main(["--weights", str(checkpoint), "--model", str(untrained), "--sizes", "33x47"])
+    assert code == 2
+    assert "but from the UNTRAINED seeded network (test it with --untrained)" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
 def test_cli_skips_unavailable_tensorrt(capsys, checkpoint, folder):
     code = main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
@@ -200,7 +214,9 @@ def test_cli_skips_unavailable_tensorrt(capsys, checkpoint, folder):
 def test_cli_argument_errors(capsys):
     for argv, message in ((["--sizes", "33x47"], "one of the arguments --weights --untrained"),
                           (["--untrained", "--sizes", "33by47"], "bad size '33by47'"),
-                          (["--untrained", "--backends", "cuda"], "unknown backend(s) ['cuda']")):
+                          (["--untrained", "--backends", "cuda"], "unknown backend(s) ['cuda']"),
+                          (["--untrained", "--seed", "-1"],
+                           "argument --seed: expected a non-negative integer, got '-1'")):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err

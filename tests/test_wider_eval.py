@@ -380,6 +380,40 @@ def test_cli_plot(gt_dir, tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_output_and_path_mistakes_fail_before_evaluating(gt_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    pytest.importorskip("matplotlib")
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    ran = []
+    monkeypatch.setattr(cli_eval, "evaluate_folder", lambda *a, **k: ran.append(a))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for extra, message in (
+            (["--plot", str(tmp_path / "pr.jpgx")], "unknown image format 'jpgx'"),
+            (["--json", str(blocker / "ap.json")], "cannot create the folder of --json"),
+            (["--json", str(tmp_path)], "is a folder; give a file name")):
+        code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err
+        (line,) = err.splitlines()
+        assert line.startswith("tf-eval: error:") and message in line
+    gt_file = gt_dir / "wider_face_val.mat"
+    assert cli_eval.main(["--gt", str(gt_file), "--pred", str(pred)]) == 1
+    assert f"--gt {gt_file} is a file; pass the folder that holds it ({gt_dir})" \
+        in capsys.readouterr().err
+    assert ran == []
+
+
+def test_cli_help_shows_defaults_and_an_example(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_eval.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "examples: tf-detect WIDER_val/images" in text
+    assert "tf-eval --gt eval_tools/ground_truth --pred pred/" in text
+    assert "(default: none)" in text and "exit status" in text
+
+
 def test_console_module_runs_end_to_end(gt_dir, tmp_path):
     pred = write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 2.0)],
                                   ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})

@@ -71,6 +71,8 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a weights file's bytes; :class:`WeightsError` when it cannot be read."""
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"weights {p} is a folder, not a checkpoint file (.pth or .mat)")
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}")
     digest = hashlib.sha256()

@@ -47,13 +47,15 @@ def import_onnxruntime() -> Any:
 
 
 def resolve_providers(requested: str | Sequence[str] | None,
-                      available: Sequence[str]) -> list[str]:
+                      available: Sequence[str], known: Sequence[str] | None = None) -> list[str]:
     """The provider list to open a session with.
 
     Args:
         requested: ``None`` (CPU only), ``"auto"`` (TensorRT, CUDA, CPU: those available),
             or provider names / aliases (``"cpu"``, ``"cuda"``, ``"tensorrt"``) in priority order.
         available: ``onnxruntime.get_available_providers()``.
+        known: ``onnxruntime.get_all_providers()``; a requested name outside it (a typo) is
+            an error instead of a fallback. None: not checked.
 
     Returns:
         The requested providers that this onnxruntime build has, in order, always ending with
@@ -68,7 +70,12 @@ def resolve_providers(requested: str | Sequence[str] | None,
         names = [requested] if isinstance(requested, str) else list(requested)
         if not names:
             raise TinyFacesError("providers must not be empty (use None for CPU or 'auto')")
-        wanted = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+        wanted = [PROVIDER_ALIASES.get(n.strip().lower(), n.strip()) for n in names]
+        unknown = [n for n, w in zip(names, wanted) if known is not None and w not in known]
+        if unknown:
+            raise TinyFacesError(
+                f"unknown ONNX Runtime provider(s) {unknown}; use {', '.join(PROVIDER_ALIASES)}, "
+                f"'auto', or a full provider name such as CUDAExecutionProvider")
     chosen = [p for p in dict.fromkeys(wanted) if p in available]
     missing = [p for p in dict.fromkeys(wanted) if p not in available]
     if CPU not in chosen:
@@ -93,6 +100,7 @@ class OnnxRuntimeRunner:
 
     Raises:
         BackendUnavailableError: onnxruntime is not installed.
+        TinyFacesError: an unknown provider name, or ``threads`` < 1.
         ManifestError: the file is missing, not a loadable ONNX model, or not shaped like the
             detector network (one (1, 3, h, w) float input, a 125-channel output).
     """
@@ -106,7 +114,8 @@ class OnnxRuntimeRunner:
             raise ManifestError(f"ONNX model not found: {self.onnx_path}")
         if threads is not None and threads < 1:
             raise TinyFacesError(f"threads must be >= 1, got {threads}")
-        chosen = resolve_providers(providers, ort.get_available_providers())
+        chosen = resolve_providers(providers, ort.get_available_providers(),
+                                   ort.get_all_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT's own warnings go to stderr; ours go to logging
         if threads is not None:

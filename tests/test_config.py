@@ -1,0 +1,39 @@
+"""DetectorConfig: variants, validation, and the manifest round trip."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.runtime.config import DetectorConfig, Normalization
+from tinyfaces_trt.runtime.errors import ManifestError
+
+
+def test_defaults_follow_the_pytorch_port():
+    c = DetectorConfig()
+    assert (c.variant, c.template_policy, c.stride, c.offset) == ("pytorch", "pytorch", 8, -1.0)
+    assert c.normalization == Normalization(1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert c.templates.shape == (25, 5) and c.templates[4].tolist() == [-40.5, -54.5, 40.5, 54.5, 1.0]
+    assert float(c.logit_thresh) == 0.0  # prob 0.5
+    assert math.isclose(float(c.with_(prob_thresh=0.9).logit_thresh), math.log(9), rel_tol=1e-6)
+
+
+def test_round_trip_through_a_manifest_dict():
+    c = DetectorConfig.for_variant("matconvnet", prob_thresh=0.03, pyramid="fixed")
+    back = DetectorConfig.from_dict(c.to_dict())
+    assert back == c and np.array_equal(back.templates, c.templates)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("variant", "caffe", "unknown variant"),
+    ("prob_thresh", 1.0, "prob_thresh must be in"),
+    ("nms_thresh", -0.1, "nms_thresh must be in"),
+    ("stride", 0, "stride (0) and max_input_dim"),
+    ("max_input_dim", -5, "max_input_dim (-5) must be >= 1"),
+    ("offset", float("nan"), "non-finite"),
+    ("templates", np.zeros((24, 5)), "shape (25, 5)"),
+    ("normalization", Normalization(1.0, (0, 0, 0), (1.0, 0.0, 1.0)), "std must not be 0"),
+])
+def test_invalid_values_are_refused(field, value, message):
+    with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DetectorConfig(**{field: value})
