@@ -66,7 +66,8 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
-def _seed(text: str) -> int:
+def seed_argument(text: str) -> int:
+    """argparse type of a ``--seed``: a non-negative integer (tf-export and tf-parity)."""
     try:
         value = int(text)
     except ValueError:
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "checkpoint; 101 with --untrained)")
     src.add_argument("--variant", choices=("pytorch", "matconvnet"),
                      help="network variant (default: from the checkpoint; pytorch with --untrained)")
-    src.add_argument("--seed", type=_seed, help="seed of --untrained weights (default 0)")
+    src.add_argument("--seed", type=seed_argument, help="seed of --untrained weights (default 0)")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", default="tinyfaces_export", help="export folder (default: %(default)s)")
     out.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (float32 I/O); "

@@ -63,6 +63,8 @@ from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 from tinyfaces_trt.runtime.pyramid import plan_pyramid
 
+from .cli_export import seed_argument
+
 # ---------------------------------------------------------------------------------------------
 # Tolerances
 # ---------------------------------------------------------------------------------------------
@@ -564,16 +566,6 @@ def default_backends() -> list[str]:
     return names
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents options, tolerances and exit status)."""
     tol = "\n".join(
@@ -605,7 +597,7 @@ example:
                      help="test the seeded random-weight network instead of a checkpoint")
     parser.add_argument("--depth", type=int, default=101, choices=(50, 101),
                         help="ResNet depth of the --untrained network (default: 101)")
-    parser.add_argument("--seed", type=_seed, default=0,
+    parser.add_argument("--seed", type=seed_argument, default=0,
                         help="seed of the --untrained network (default: 0)")
     parser.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder to test (must come from the same weights); default: "
