@@ -36,13 +36,27 @@ from bench_common import (ContentionMeter, machine_description, now_iso, one_lin
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
 DEFAULT_CANDIDATES = "1000,10000,50000"
+DEFAULT_DEPTH = 101
+DEFAULT_VARIANT = "pytorch"
+EPILOG = f"""\
+Without --weights the network is ResNet-{DEFAULT_DEPTH}, variant {DEFAULT_VARIANT}, with seeded
+random weights (--seed 0); with --weights, depth and variant come from the checkpoint.
+
+Examples:
+  python benchmarks/latency.py                     # every backend, 640x480, 5 repeats
+  python benchmarks/latency.py --backend reference,torch,onnxruntime \\
+      --image-size 1920x1080 --repeat 3
+  python benchmarks/latency.py --backend tensorrt-fp16,tensorrt-fp16-cuda --warmup 3 --repeat 20
+  python benchmarks/latency.py --image photo.jpg --image-size 1280x720 --weights checkpoint_50.pth
+  python benchmarks/latency.py --report-only benchmarks/results/cpu-2026-11-24.json
+"""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench_backends import BACKENDS
 
     names = [b.name for b in BACKENDS]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="all",
                    help=f"comma-separated backends, or 'all' (default). Known: {', '.join(names)}")
@@ -52,9 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "default: a seeded synthetic image")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per backend (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    p.add_argument("--depth", type=int, default=101, choices=(50, 101), help="ResNet depth")
-    p.add_argument("--variant", default="pytorch", choices=("pytorch", "matconvnet"))
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--depth", type=int, default=None, choices=(50, 101),
+                   help=f"ResNet depth (default {DEFAULT_DEPTH}; with --weights: the checkpoint's)")
+    p.add_argument("--variant", default=None, choices=("pytorch", "matconvnet"),
+                   help=f"network variant (default {DEFAULT_VARIANT}; with --weights: the "
+                        f"checkpoint's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random weights (default 0; unused with --weights)")
     p.add_argument("--weights", default=None, help="a checkpoint instead of random weights")
     p.add_argument("--pyramid", default="adaptive", choices=("adaptive", "fixed"),
                    help="pyramid rule for every backend (default adaptive: the runtime's)")
@@ -119,9 +137,11 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     else:
         from tinyfaces_trt.export.model import build_model
 
-        model = build_model(depth=args.depth, variant=args.variant, seed=args.seed)
-        config = DetectorConfig.for_variant(args.variant)
+        model = build_model(depth=args.depth or DEFAULT_DEPTH,
+                            variant=args.variant or DEFAULT_VARIANT, seed=args.seed)
+        config = DetectorConfig.for_variant(model.variant)
         what = f"seeded random weights (seed {args.seed})"
+    args.depth, args.variant = model.depth, model.variant  # as recorded in the results
     return model.eval(), config.with_(pyramid=args.pyramid), what
 
 

@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from tinyfaces_trt.runtime.cli_detect import logging_to_stderr
 from tinyfaces_trt.runtime.errors import TinyFacesError
 from tinyfaces_trt.runtime.profiles import Profile
 
@@ -168,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
+    with logging_to_stderr(prog="tf-export"):  # e.g. the --variant override warning
+        return _run(p, a)
+
+
+def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     try:
         profile = _check_args(p, a)
         check_out_dir(a.out)

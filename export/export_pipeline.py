@@ -116,7 +116,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
                  image_sizes: Iterable[tuple[int, int]] | None = None, profile: Profile | None = None,
                  workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                  simplify: bool = False, weights_path: str | Path | None = None, untrained: bool = False,
-                 verify: bool = True, log: Log = log_stderr) -> Path:
+                 verify: bool = True, hints: bool = True, log: Log = log_stderr) -> Path:
     """Exports ``model`` into the folder ``out_dir`` and returns the manifest path.
 
     Args:
@@ -138,6 +138,9 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         weights_path: source checkpoint; its path and SHA-256 go into the manifest.
         untrained: the weights are random (loud warning; ``"untrained": true`` in the manifest).
         verify: compare ONNX Runtime with torch on two small odd-sized inputs after each export.
+        hints: for a user running the export (``tf-export``): repeat the untrained warning at
+            the end and log the ``trtexec`` command that would build an engine. False for an
+            export made on the user's behalf (``tf-detect``'s cache): the warning once, no hint.
         log: progress sink (default: stderr).
 
     Raises:
@@ -221,8 +224,8 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         extra["engines"] = {engine_key: details}
         manifest = write_manifest(out, files=files, **manifest_args)
         log(f"tf-export: wrote {manifest} with {engine_path.name}")
-    else:
+    elif hints:
         log(f"tf-export: to build a TensorRT engine: {trtexec}")
-    if untrained:
+    if untrained and hints:  # a long export's first lines may have scrolled away
         log(UNTRAINED_WARNING)
     return manifest

@@ -5,11 +5,14 @@
 
 * A ``torch.save`` file (read with ``weights_only=True``) holding ``{"model": state_dict}`` as
   written by the port's ``main.py`` (other entries such as ``optimizer`` are ignored), or a bare
-  state_dict. Keys must match :class:`TinyFacesNet` exactly. Variant ``"pytorch"`` by default.
+  state_dict. Keys must match :class:`TinyFacesNet` exactly. Variant ``"pytorch"`` by default;
+  ``variant="matconvnet"`` is accepted with a logged WARNING (the state_dict cannot show it).
 * A MATLAB v5/v7 ``.mat`` with a ``net`` variable saved by ``dagnn.DagNN.saveobj`` (fields
   ``vars``, ``params``, ``layers``, ``meta``; ``params`` entries ``(name, value, ...)``), as
   the authors' ``hr_res101.mat``. Variant ``"matconvnet"``; templates from
   ``net.meta.clusters``, normalisation from ``net.meta.normalization.averageImage``.
+  A file named ``.mat`` that is not a MAT-file, or a MAT-file without such a ``net``, is a
+  :class:`WeightsError` saying so.
 
 MatConvNet -> torch layout (see :func:`matconvnet_param_map`):
 
@@ -31,6 +34,7 @@ ResNet-101 block names ``res2a..c``, ``res3a, res3b1..b3``, ``res4a, res4b1..b22
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,9 +52,13 @@ from .resnet import BLOCKS_PER_STAGE
 _MAT_MAGIC = b"MATLAB"
 _EXPECTED_TORCH = ("a torch.save file holding {'model': state_dict} (tiny-faces-pytorch) "
                    "or a bare state_dict, readable with torch.load(weights_only=True)")
-_EXPECTED_MAT = ("a MATLAB v5/v7 .mat file with a DagNN struct 'net' (fields params, layers, "
-                 "meta) such as the authors' hr_res101.mat")
+_EXPECTED_MAT = ("a MatConvNet DagNN: a MATLAB v5/v7 .mat file whose variable 'net' is a struct "
+                 "with fields params, layers and meta, as dagnn.DagNN.saveobj writes it (the "
+                 "authors' hr_res101.mat); or a tiny-faces-pytorch .pth checkpoint")
+_DAGNN_FIELDS = ("params", "layers", "meta")
 _MAX_LISTED = 8
+
+log = logging.getLogger(__name__)
 
 
 def load_weights(path: str | Path, depth: int | None = None,
@@ -61,7 +69,9 @@ def load_weights(path: str | Path, depth: int | None = None,
         path: the checkpoint file.
         depth: 50 or 101; inferred from the file when None, checked when given.
         variant: network variant; defaults to ``"pytorch"`` for torch checkpoints and must be
-            ``"matconvnet"`` (or None) for ``.mat`` files.
+            ``"matconvnet"`` (or None) for ``.mat`` files. ``"matconvnet"`` with a torch
+            checkpoint is allowed but logs :func:`variant_override_warning` (the state_dict
+            cannot show which variant it was trained as).
 
     Returns:
         ``(model, config)``: the network in eval mode on CPU, float32, and its detector config.
@@ -100,11 +110,31 @@ def load_pytorch_checkpoint(path: str | Path, depth: int | None = None,
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        if Path(path).suffix.lower() == ".mat":  # named as a MATLAB file: say what it lacks
+            raise WeightsError(f"{path}: not a MATLAB .mat file (it does not start with the "
+                               f"'MATLAB' header of a v5/v7 MAT-file); expected "
+                               f"{_EXPECTED_MAT}") from None
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                            f"{_first_line(exc)}); expected {_EXPECTED_TORCH}") from None
     state = _extract_state_dict(obj, path)
     model = model_from_state_dict(state, depth, variant or "pytorch", source=str(path))
+    if model.variant != "pytorch":
+        log.warning(variant_override_warning(path, model.variant))
     return model, model.detector_config()
+
+
+def variant_override_warning(path: str | Path, variant: str) -> str:
+    """The warning logged when a torch checkpoint is loaded as a variant other than "pytorch".
+
+    The two variants' state_dicts have the same keys and shapes (stride placement and input
+    normalisation are not weights), so the override cannot be checked, only flagged.
+    """
+    return (f"WARNING: loading the PyTorch checkpoint {path} as variant {variant!r}: this changes "
+            f"the input normalisation (raw 0..255 RGB minus an average image instead of /255 and "
+            f"ImageNet mean/std), the trunk's stride placement (Caffe: stride 2 on the first 1x1 "
+            f"conv of res3a/res4a, unpadded ceil-mode pool1) and the template policy. A state_dict "
+            f"cannot tell the variants apart: this is right only for a checkpoint trained that "
+            f"way; tiny-faces-pytorch checkpoints are variant 'pytorch'")
 
 
 def _extract_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
@@ -241,20 +271,74 @@ def read_dagnn_mat(path: str | Path) -> tuple[dict[str, np.ndarray], Any]:
     except Exception as exc:
         raise WeightsError(f"{path}: not a readable .mat file ({type(exc).__name__}: "
                            f"{_first_line(exc)}); expected {_EXPECTED_MAT}") from None
-    net = mat.get("net", mat)  # tiny_face_detector.m: load(...).net; also accept -struct saves
-    try:
-        entries = _field(net, "params")
-        params: dict[str, np.ndarray] = {}
-        for entry in np.asarray(entries).ravel():
+    net = _dagnn_struct(mat, path)
+    entries = _dagnn_field(net, "params", path)
+    if not _is_struct(entries) or not {"name", "value"} <= set(np.asarray(entries).dtype.names):
+        raise WeightsError(f"{path}: net.params is {_describe(entries)}, not a struct array with "
+                           f"fields name and value; expected {_EXPECTED_MAT}")
+    params: dict[str, np.ndarray] = {}
+    for i, entry in enumerate(np.asarray(entries).ravel()):
+        try:
             name = _mat_string(entry["name"])
-            if name in params:
-                raise WeightsError(f"{path}: parameter {name!r} appears twice")
-            params[name] = np.asarray(entry["value"])
-        meta = _field(net, "meta")
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        except TypeError as exc:
+            raise WeightsError(f"{path}: net.params({i + 1}).name is not a name ({exc}); "
+                               f"expected {_EXPECTED_MAT}") from None
+        if name in params:
+            raise WeightsError(f"{path}: parameter {name!r} appears twice")
+        params[name] = np.asarray(entry["value"])
+    return params, _dagnn_field(net, "meta", path)
+
+
+def _dagnn_struct(mat: Mapping[str, Any], path: str | Path) -> Any:
+    """The DagNN struct of a loadmat dict: variable ``net`` (as ``tiny_face_detector.m`` reads
+    it), or the file's variables themselves (saved with ``-struct``)."""
+    variables = sorted(k for k in mat if not k.startswith("__"))
+    if "net" not in mat:
+        if set(_DAGNN_FIELDS) <= set(variables):
+            return mat
+        raise WeightsError(f"{path}: a MATLAB file without a MatConvNet network: no variable "
+                           f"'net' (it holds {', '.join(variables) or 'no variables'}); "
+                           f"expected {_EXPECTED_MAT}")
+    net = mat["net"]
+    if not _is_struct(net):
+        raise WeightsError(f"{path}: variable 'net' is {_describe(net)}, not a struct; "
+                           f"expected {_EXPECTED_MAT}")
+    if np.asarray(net).size != 1:
+        raise WeightsError(f"{path}: variable 'net' is {_describe(net)}, not a single (1x1) "
+                           f"struct; expected {_EXPECTED_MAT}")
+    fields = np.asarray(net).dtype.names
+    missing = [f for f in _DAGNN_FIELDS if f not in fields]
+    if missing:
+        raise WeightsError(f"{path}: the 'net' struct lacks the DagNN field(s) "
+                           f"{', '.join(missing)} (it has {', '.join(fields)}); "
+                           f"expected {_EXPECTED_MAT}")
+    return net
+
+
+def _dagnn_field(net: Any, name: str, path: str | Path) -> Any:
+    try:
+        return _field(net, name)
+    except (KeyError, ValueError) as exc:
         raise WeightsError(f"{path}: unexpected .mat layout ({_first_line(exc)}); "
                            f"expected {_EXPECTED_MAT}") from None
-    return params, meta
+
+
+def _is_struct(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.names is not None
+
+
+def _describe(value: Any) -> str:
+    """MATLAB-style description of a loadmat value, e.g. ``a 1x1 double array``."""
+    if not isinstance(value, np.ndarray):
+        return f"a {type(value).__name__}"
+    if value.dtype.kind in "US":
+        return "a char array"
+    size = "x".join(str(n) for n in ((1,) * (2 - value.ndim) + value.shape))
+    if value.dtype.names is not None:
+        return f"a {size} struct array"
+    kind = {"O": "cell", "b": "logical", "f8": "double", "f4": "single"}
+    name = kind.get(value.dtype.kind, kind.get(value.dtype.str[1:], value.dtype.name))
+    return f"a {size} {name} array"
 
 
 def _field(struct: Any, name: str) -> Any:

@@ -1,11 +1,8 @@
 """``tf-build-kernels``: compiles the installed CUDA sources into libtinyfaces_kernels.so.
 
 Runs the package's Makefile (one nvcc invocation for the library, then the C example) into
-the user cache directory that :func:`~.binding.load_library` searches, or into ``--out``:
-
-    tf-build-kernels                  # sm_80 + sm_90 SASS and compute_90 PTX
-    tf-build-kernels --arch native    # only the GPU(s) of this machine
-    tf-build-kernels --arch 86 --out ./build
+the user cache directory that :func:`~.binding.load_library` searches, or into ``--out``.
+Usage examples: :data:`HELP_EPILOG` (``tf-build-kernels --help``).
 """
 
 from __future__ import annotations
@@ -77,6 +74,26 @@ def nvcc_version(nvcc: Path) -> str:
     return lines[-1].strip() if lines else "unknown version"
 
 
+def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
+    """Creates the output folder (``out``, else :func:`~.binding.cache_dir`) and returns it.
+
+    Raises:
+        TinyFacesError: it cannot be created or written (one line naming the folder).
+    """
+    folder = Path(out).expanduser().resolve() if out else cache_dir()
+    what = f"--out {out}" if out else f"the kernel cache folder {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise TinyFacesError(f"{what} exists and is not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyFacesError(f"cannot create {what}: {exc.strerror or exc}; "
+                             f"give a writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"{what} is not writable; give a writable folder")
+    return folder
+
+
 def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
           arch: str | None = None, example: bool = True, verbose: bool = True) -> Path:
     """Builds the library (and the C example) and returns the library's path.
@@ -89,14 +106,14 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
         verbose: print progress and the compiler commands.
 
     Raises:
-        TinyFacesError: nvcc or make missing, or the build failed (with its output).
+        TinyFacesError: the output folder cannot be created, nvcc or make missing, or the
+            build failed (with its output).
     """
+    out_dir = prepare_out_dir(out)
     compiler = find_nvcc(nvcc)
     make = shutil.which("make")
     if make is None:
         raise TinyFacesError("`make` is needed to build the kernels and was not found on the PATH")
-    out_dir = Path(out).expanduser().resolve() if out else cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     source = package_dir()
     gencode = gencode_for(arch)
     variables = [f"BUILD={out_dir}", f"NVCC={compiler}"] + ([f"GENCODE={gencode}"] if gencode else [])
@@ -129,23 +146,49 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
     return lib
 
 
+HELP_EPILOG = """\
+Runs the package Makefile (nvcc builds the library, then the C example
+decode_nms_demo). The default output folder is where the Python binding
+looks for the library; after --out DIR, load it with
+TINYFACES_KERNELS_LIB=DIR/{lib}.
+
+Examples:
+  tf-build-kernels                  # sm_80 + sm_90 SASS and compute_90 PTX, into the cache
+  tf-build-kernels --arch native    # only the GPU(s) of this machine
+  tf-build-kernels --arch 86 --out ./build
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tf-build-kernels`` argument parser (plain-text help with examples)."""
+    parser = argparse.ArgumentParser(
+        prog="tf-build-kernels",
+        description=f"Compile the installed CUDA sources into {LIBRARY_NAME}.",
+        epilog=HELP_EPILOG.format(lib=LIBRARY_NAME),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {cache_dir()})")
+    parser.add_argument("--nvcc", metavar="PATH",
+                        help="path to nvcc (default: $NVCC, then the PATH, $CUDA_HOME/bin, "
+                             "/usr/local/cuda/bin)")
+    parser.add_argument("--arch", metavar="LIST",
+                        help="compute capabilities, e.g. 80,86,90, or 'native' "
+                             "(default: sm_80 + sm_90 SASS and compute_90 PTX)")
+    parser.add_argument("--no-example", action="store_true",
+                        help="skip the C example (default: build it)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print errors only (default: progress and compiler commands)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="tf-build-kernels", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help=f"output folder (default: {cache_dir()})")
-    parser.add_argument("--nvcc", help="path to nvcc (default: $NVCC, PATH, $CUDA_HOME/bin)")
-    parser.add_argument("--arch", help="compute capabilities, e.g. 80,86,90, or 'native' "
-                                       "(default: sm_80 + sm_90 SASS, compute_90 PTX)")
-    parser.add_argument("--no-example", action="store_true", help="skip the C example")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    args = parser.parse_args(argv)
+    """Console entry point; returns the exit code (0 built, 1 error, 2 bad command line)."""
+    args = build_parser().parse_args(argv)
     try:
         build(args.out, args.nvcc, args.arch, example=not args.no_example, verbose=not args.quiet)
-    except TinyFacesError as exc:
+    except (TinyFacesError, OSError) as exc:  # OSError: e.g. the disk filling up during make
         print(f"tf-build-kernels: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -330,12 +330,13 @@ def _error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(verbose: bool) -> Iterator[None]:
-    """Routes the toolkit's log records to stderr for the run; restores the logger after."""
+def logging_to_stderr(verbose: bool = False, prog: str = PROG) -> Iterator[None]:
+    """Routes the toolkit's log records (INFO with ``verbose``, else WARNING and up) to stderr
+    as ``<prog>: message`` lines for a CLI run; restores the logger after."""
     logger = logging.getLogger("tinyfaces_trt")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
-        with _logging_to_stderr(args.verbose):
+        with logging_to_stderr(args.verbose):
             return _run(args)
     except KeyboardInterrupt:
         _stderr(f"{PROG}: interrupted")

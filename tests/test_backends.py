@@ -368,3 +368,32 @@ def test_bad_weights_give_weights_error(tmp_path):
     with pytest.raises(WeightsError):
         create_detector(weights=bad, cache_dir=tmp_path / "cache")
     assert not any((tmp_path / "cache").glob("*/manifest.json"))
+
+
+def test_cache_export_warns_once_and_gives_no_trtexec_hint(tmp_path, monkeypatch):
+    """tf-detect's cache export: the untrained warning once, no trtexec hint; tf-export's own
+    export (export_model defaults) keeps the repeated warning and the hint."""
+    import torch
+
+    from tinyfaces_trt.export.export_pipeline import UNTRAINED_WARNING, export_model
+    from tinyfaces_trt.runtime.backends import export_cache
+
+    torch.manual_seed(0)
+    small = torch.nn.Conv2d(3, 125, 1, stride=8)  # any (1,3,H,W) -> (1,125,h,w) network will do
+    monkeypatch.setattr(export_cache, "reference_model",
+                        lambda weights, depth=None, variant=None: (small, DetectorConfig()))
+    lines: list[str] = []
+    folder = export_cache.cached_export(None, cache_dir=tmp_path / "cache", progress=lines.append,
+                                        verify=False)
+    assert folder.untrained and folder.onnx_path().is_file()
+    assert lines[-1].startswith("export done in")
+    assert [line for line in lines if "RANDOM" in line] == [UNTRAINED_WARNING]
+    assert not [line for line in lines if "trtexec" in line or "TensorRT" in line]
+
+    lines.clear()
+    export_model(small, DetectorConfig(), tmp_path / "direct", untrained=True, verify=False,
+                 log=lines.append)
+    assert [line for line in lines if "RANDOM" in line] == [UNTRAINED_WARNING] * 2
+    assert lines[-1] == UNTRAINED_WARNING
+    (hint,) = [line for line in lines if "trtexec" in line]
+    assert hint.startswith("tf-export: to build a TensorRT engine: trtexec --onnx=")

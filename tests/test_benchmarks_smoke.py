@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from tinyfaces_trt.runtime.config import DetectorConfig  # noqa: E402
+from tinyfaces_trt.runtime.errors import WeightsError  # noqa: E402
 from tinyfaces_trt.runtime.pyramid import plan_pyramid  # noqa: E402
 
 LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
@@ -98,3 +99,30 @@ def test_markdown_lists_every_backend(run):
         assert (out / "smoke.png").stat().st_size > 0
     else:
         assert "Plot skipped" in md
+
+
+def test_help_has_examples_and_defaults(capsys):
+    latency = _load_latency()
+    with pytest.raises(SystemExit) as info:
+        latency.parse_args(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Examples: python benchmarks/latency.py " in text
+    assert "--image-size 1920x1080 --repeat 3" in text
+    assert "--depth {50,101} ResNet depth (default 101; with --weights: the checkpoint's)" in text
+    assert "network variant (default pytorch; with --weights: the checkpoint's)" in text
+    assert "seed of the random weights (default 0; unused with --weights)" in text
+
+
+def test_weights_decide_depth_and_variant_unless_given(tmp_path):
+    from helpers_weights import write_fake_pytorch_checkpoint
+
+    latency = _load_latency()
+    path = tmp_path / "c50.pth"
+    write_fake_pytorch_checkpoint(path, depth=50)
+    args = latency.parse_args(["--weights", str(path)])
+    model, config, what = latency._load_model(args)
+    assert (model.depth, config.variant, args.depth, args.variant) == (50, "pytorch", 50, "pytorch")
+    assert what == "weights c50.pth"
+    with pytest.raises(WeightsError, match="ResNet-50 .* but depth=101"):
+        latency._load_model(latency.parse_args(["--weights", str(path), "--depth", "101"]))

@@ -396,6 +396,37 @@ def test_build_cli_without_nvcc(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "tf-build-kernels: error: nvcc not found at" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("make_out", [
+    lambda tmp: Path("/proc/tinyfaces_x"),            # cannot be created
+    lambda tmp: tmp / "file.txt" / "sub",             # parent is a file
+    lambda tmp: tmp / "file.txt",                     # exists, not a folder
+], ids=["uncreatable", "parent-is-a-file", "is-a-file"])
+def test_build_cli_unusable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            make_out) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    out = make_out(tmp_path)
+    # checked before nvcc is looked for: the same one line with or without a CUDA toolkit
+    assert build.main(["--out", str(out), "--nvcc", str(tmp_path / "no-nvcc"), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("tf-build-kernels: error: ") and f"--out {out}" in line
+    assert "Traceback" not in captured.err and "nvcc" not in line
+
+
+def test_build_cli_help_is_plain_text_with_examples_and_defaults(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text
+    assert "Examples:\n  tf-build-kernels " in text
+    assert "tf-build-kernels --arch 86 --out ./build" in text
+    assert f"(default: {binding.cache_dir()})" in " ".join(text.split())
+    assert "default: sm_80 + sm_90 SASS and compute_90 PTX" in " ".join(text.split())
+
+
 def test_find_nvcc_reports_missing_toolkit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("NVCC", raising=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
@@ -32,12 +33,27 @@ def test_pytorch_checkpoint_round_trip(tmp_path, depth, bare):
         assert torch.equal(state[key], value), key
 
 
-def test_pytorch_checkpoint_as_matconvnet_variant(tmp_path):
+def test_pytorch_checkpoint_as_matconvnet_variant_is_loaded_with_a_warning(tmp_path, caplog):
     path = tmp_path / "c.pth"
     write_fake_pytorch_checkpoint(path, depth=50)
-    model, config = load_weights(path, variant="matconvnet")
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        load_weights(path)
+        load_weights(path, variant="pytorch")
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        model, config = load_weights(path, variant="matconvnet")
     assert model.variant == config.variant == "matconvnet"
     assert model.model.layer2[0].conv1.stride == (2, 2)
+    # the state_dicts of both variants are alike, so the override can only be flagged
+    pytorch_state = TinyFacesNet(50, "pytorch").state_dict()
+    assert {k: v.shape for k, v in model.state_dict().items()} == \
+        {k: v.shape for k, v in pytorch_state.items()}
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.name == "tinyfaces_trt.export.weights"
+    message = record.getMessage()
+    assert message.startswith(f"WARNING: loading the PyTorch checkpoint {path} as variant "
+                              f"'matconvnet': this changes the input normalisation")
+    assert "stride placement" in message and "right only for a checkpoint trained that way" in message
 
 
 def test_pytorch_missing_unexpected_and_misshaped_keys(tmp_path):
@@ -294,8 +310,52 @@ def test_corrupt_mat_files(tmp_path):
     with pytest.raises(WeightsError, match="v7.3"):
         load_weights(v73)
 
-    other = tmp_path / "other.mat"  # a valid .mat without a DagNN
+
+
+EXPECTED_MAT = ("expected a MatConvNet DagNN: a MATLAB v5/v7 .mat file whose variable 'net' is a "
+                "struct with fields params, layers and meta, as dagnn.DagNN.saveobj writes it (the "
+                "authors' hr_res101.mat); or a tiny-faces-pytorch .pth checkpoint")
+
+
+@pytest.mark.parametrize("variables, problem", [
+    ({"x": np.zeros(3)}, "a MATLAB file without a MatConvNet network: no variable 'net' (it holds x)"),
+    ({"x": 1, "y": 2},
+     "a MATLAB file without a MatConvNet network: no variable 'net' (it holds x, y)"),
+    ({"net": {"foo": 1}}, "the 'net' struct lacks the DagNN field(s) params, layers, meta (it has foo)"),
+    ({"net": {"params": 1, "meta": 2}},
+     "the 'net' struct lacks the DagNN field(s) layers (it has params, meta)"),
+    ({"net": 5.0}, "variable 'net' is a 1x1 double array, not a struct"),
+    ({"net": np.array([{"a": 1}, {"a": 2}])}, "variable 'net' is a 1x2 cell array, not a struct"),
+    ({"net": {"params": 1.0, "layers": 2, "meta": 3}},
+     "net.params is a 1x1 double array, not a struct array with fields name and value"),
+    ({"net": {"params": {"name": 7.0, "value": 1}, "layers": 2, "meta": 3}},
+     "net.params(1).name is not a name (expected a char array, got float64)"),
+], ids=["no-net", "two-variables", "net-without-fields", "net-without-layers", "net-number",
+        "net-cell", "params-number", "param-name-number"])
+def test_mat_without_a_dagnn_names_what_was_expected(tmp_path, variables, problem):
     import scipy.io
-    scipy.io.savemat(other, {"x": np.zeros(3)})
-    with pytest.raises(WeightsError, match="unexpected .mat layout.*expected a MATLAB"):
-        load_weights(other)
+
+    path = tmp_path / "other.mat"
+    scipy.io.savemat(path, variables)
+    with pytest.raises(WeightsError) as err:
+        load_weights(path)
+    assert str(err.value) == f"{path}: {problem}; {EXPECTED_MAT}"
+
+
+def test_mat_suffix_is_not_decisive(tmp_path):
+    """Content decides the loader; a .mat name without MAT content is called that, not a
+    broken PyTorch checkpoint."""
+    for name, data in (("random.mat", np.random.default_rng(0).bytes(4096)), ("empty.mat", b""),
+                       ("text.MAT", b"plain text\n")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(WeightsError) as err:
+            load_weights(path)
+        assert str(err.value) == (f"{path}: not a MATLAB .mat file (it does not start with the "
+                                  f"'MATLAB' header of a v5/v7 MAT-file); {EXPECTED_MAT}"), name
+        assert "PyTorch" not in str(err.value)
+    renamed = tmp_path / "checkpoint.mat"  # a real torch checkpoint under a .mat name loads
+    saved = write_fake_pytorch_checkpoint(renamed, depth=50)
+    model, config = load_weights(renamed)
+    assert (model.depth, config.variant) == (50, "pytorch")
+    assert torch.equal(model.state_dict()["score_res3.bias"], saved["score_res3.bias"])

@@ -147,7 +147,7 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
                              f"(set {CACHE_ENV} to a writable folder)") from exc
     try:
         export_model(model, config, staging, fp16=fp16, engine=engine,
-                     weights_path=weights, untrained=weights is None, verify=verify,
+                     weights_path=weights, untrained=weights is None, verify=verify, hints=False,
                      log=lambda line: say(line.replace(str(staging), str(target))))
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
