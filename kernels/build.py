@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..runtime.errors import TinyFacesError
+from ..runtime.outputs import prepare_output_dir
 from .binding import LIBRARY_NAME, cache_dir, package_dir
 
 
@@ -81,17 +82,7 @@ def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
         TinyFacesError: it cannot be created or written (one line naming the folder).
     """
     folder = Path(out).expanduser().resolve() if out else cache_dir()
-    what = f"--out {out}" if out else f"the kernel cache folder {folder}"
-    if folder.exists() and not folder.is_dir():
-        raise TinyFacesError(f"{what} exists and is not a folder; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TinyFacesError(f"cannot create {what}: {exc.strerror or exc}; "
-                             f"give a writable folder") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise TinyFacesError(f"{what} is not writable; give a writable folder")
-    return folder
+    return prepare_output_dir(folder, f"--out {out}" if out else f"the kernel cache folder {folder}")
 
 
 def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,

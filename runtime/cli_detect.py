@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .errors import TinyFacesError
+from .outputs import prepare_output_dir
 
 PROG = "tf-detect"
 #: Suffixes picked up when an IMAGE argument is a folder.
@@ -365,22 +366,6 @@ def _check_weights_path(weights: str | None) -> None:
                              f"(.pth or .mat){hint}")
 
 
-def prepare_output_dir(folder: str, option: str) -> Path:
-    """Creates an output folder (``--out``/``--wider-dir``) before any work, so a bad one is
-    one clear error instead of one per image after the network has run."""
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise TinyFacesError(f"{option} {folder} exists and is not a folder; give a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TinyFacesError(f"cannot create the {option} folder {folder}: "
-                             f"{exc.strerror or exc}") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise TinyFacesError(f"the {option} folder {folder} is not writable; give another folder")
-    return path
-
-
 def _make_detector(args: argparse.Namespace) -> Any:
     from .backends import create_detector
 
@@ -429,8 +414,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         _check_weights_path(args.weights)
-        out_dir = prepare_output_dir(args.out, "--out") if args.out else None
-        wider = WiderWriter(prepare_output_dir(args.wider_dir, "--wider-dir")) \
+        out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
+        wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
             if args.wider_dir else None
         untrained = _is_untrained(args)
         if untrained:

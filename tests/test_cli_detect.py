@@ -242,7 +242,7 @@ def test_unusable_out_folder_is_one_error_before_any_image(capsys, photos, expor
     code, stdout, stderr = _run(capsys, photos, "--model", export_dir, "--out", blocker / "out")
     assert code == 1 and stdout == ""
     (line,) = [l for l in stderr.splitlines() if l.startswith("tf-detect: error:")]
-    assert line.startswith(f"tf-detect: error: cannot create the --out folder {blocker / 'out'}")
+    assert line.startswith(f"tf-detect: error: cannot create --out {blocker / 'out'}: ")
     code, _, stderr = _run(capsys, photos, "--model", export_dir, "--wider-dir", blocker)
     assert code == 1 and f"--wider-dir {blocker} exists and is not a folder" in stderr
 

@@ -1,0 +1,32 @@
+"""Output folders of the command-line tools, created and checked before any long work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import TinyFacesError
+
+
+def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
+    """Creates ``folder`` if needed and checks that it is a writable folder.
+
+    Args:
+        folder: the folder.
+        what: how messages name it, e.g. ``"--out detections/"``.
+
+    Raises:
+        TinyFacesError: one line naming ``what``, when it is a file, cannot be created, or
+            is not writable.
+    """
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise TinyFacesError(f"{what} exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyFacesError(f"cannot create {what}: {exc.strerror or exc}; "
+                             "give a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"{what} is not writable; give a writable folder")
+    return path
