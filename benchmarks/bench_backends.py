@@ -426,7 +426,7 @@ def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeli
 
 def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipeline]:
     def build(ctx: BenchContext) -> Pipeline:
-        from tinyfaces_trt.runtime.backends import ShapeCheckedDetector
+        from tinyfaces_trt.runtime.pipeline import Detector
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
 
@@ -439,12 +439,12 @@ def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipelin
             from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages as make_stages
 
             pre, post = make_stages(ctx.config, stream)
-            det = ShapeCheckedDetector(trt_runner, ctx.config, preprocessor=pre, postprocessor=post)
+            det = Detector(trt_runner, ctx.config, preprocessor=pre, postprocessor=post)
             return DetectorBench(det, uses_gpu=True, closers=(pre, post, trt_runner),
                                  copies_note="image upload inside preprocess, box download "
                                              "inside nms")
         runner = CopyTimedDeviceRunner(trt_runner)
-        det = ShapeCheckedDetector(runner, ctx.config)
+        det = Detector(runner, ctx.config)
         return DetectorBench(det, uses_gpu=True, timed=(runner,), closers=(runner,))
     return build
 

@@ -35,7 +35,13 @@ class NetworkRunner(Protocol):
     """Runs the fully-convolutional network on one level's input."""
 
     def run(self, net_input: Any) -> Any:
-        """Returns the (1, 125, ceil(h/8), ceil(w/8)) float32 score map for that input."""
+        """Returns the (1, 125, h', w') float32 score map for that input
+        (h' = ceil(h/8) for the pytorch variant).
+
+        A runner that accepts only some input shapes (a TensorRT engine's profile) may also
+        have ``check_levels(levels)``, raising a TinyFacesError for a level it cannot run;
+        :meth:`Detector.detect` calls it before any work on an image.
+        """
 
 
 @runtime_checkable
@@ -99,8 +105,12 @@ class Detector:
         image = validate_image(image)
         height, width = image.shape[:2]
         clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
+        levels = self.plan(height, width)
+        check_levels = getattr(self.runner, "check_levels", None)
+        if check_levels is not None:
+            check_levels(levels)  # refuse the whole image before running any level
         self.postprocessor.reset(height, width)
-        for level in self.plan(height, width):
+        for level in levels:
             net_input = self.preprocessor.prepare(image, level)
             clock.lap("preprocess")
             score_map = self.runner.run(net_input)

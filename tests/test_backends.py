@@ -21,8 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tinyfaces_trt.export.parity import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.runtime.backends import (ShapeCheckedDetector, available_backends,
-                                            create_detector, create_runner)
+from tinyfaces_trt.runtime.backends import available_backends, create_detector, create_runner
 from tinyfaces_trt.runtime.backends.export_cache import cache_key, cache_root
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
 from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
@@ -221,7 +220,7 @@ def test_select_profile_picks_first_containing_and_names_ranges():
 
 
 class _ProfileRunner:
-    """A host runner with a TensorRT-like shape range (tests ShapeCheckedDetector's logic)."""
+    """A host runner with a TensorRT-like shape range (tests the pipeline's check_levels hook)."""
 
     def __init__(self, inner, profile: Profile):
         self.inner, self.profiles, self.calls = inner, [profile], 0
@@ -235,10 +234,10 @@ class _ProfileRunner:
         return self.inner.run(x)
 
 
-def test_shape_checked_detector_refuses_out_of_profile_image_before_any_work(tiny):
+def test_detector_refuses_out_of_profile_image_before_any_work(tiny):
     runner = _ProfileRunner(OnnxRuntimeRunner(tiny[0]),
                             Profile((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 100, 100)))
-    detector = ShapeCheckedDetector(runner, DetectorConfig())
+    detector = Detector(runner, DetectorConfig())
     detector.detect(synthetic_image(33, 47))  # levels 33x47 .. 66x94 fit
     calls = runner.calls
     assert calls > 0

@@ -21,16 +21,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
-
-import numpy as np
 
 from ..config import DetectorConfig
 from ..errors import BackendUnavailableError, TinyFacesError
 from ..export_folder import ExportFolder, load_export_folder
-from ..pipeline import Detector, NetworkRunner, validate_image
+from ..pipeline import Detector, NetworkRunner
 from .export_cache import Progress, cached_export, reference_model
 
 log = logging.getLogger(__name__)
@@ -93,21 +91,6 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
                               output_name=folder.output_name, manifest_profile=folder.profile)
     raise TinyFacesError("the torch backend runs a checkpoint directly, not an export folder; "
                          "use create_detector('torch', weights=...)")
-
-
-class ShapeCheckedDetector(Detector):
-    """A :class:`Detector` whose runner only accepts some input shapes (a TensorRT profile).
-
-    Before any work on an image it asks the runner's ``check_levels`` about the whole
-    pyramid, so an image with an out-of-profile level fails with a clear
-    :class:`ManifestError` instead of part-way through.
-    """
-
-    def detect(self, image: np.ndarray,
-               timings: MutableMapping[str, float] | None = None) -> np.ndarray:
-        image = validate_image(image)
-        self.runner.check_levels(self.plan(*image.shape[:2]))  # type: ignore[attr-defined]
-        return super().detect(image, timings)
 
 
 def apply_overrides(config: DetectorConfig, overrides: Mapping[str, Any] | None) -> DetectorConfig:
@@ -185,7 +168,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             if gpu_stages:
                 raise
             log.info("CUDA pre/post-processing unavailable (%s); using the host stages", exc)
-    return ShapeCheckedDetector(runner, config, preprocessor=pre, postprocessor=post)
+    return Detector(runner, config, preprocessor=pre, postprocessor=post)
 
 
 def _torch_reference(weights: str | os.PathLike[str] | None, depth: int | None,
@@ -197,7 +180,7 @@ def _torch_reference(weights: str | os.PathLike[str] | None, depth: int | None,
 
 
 __all__ = [
-    "BACKENDS", "ShapeCheckedDetector", "apply_overrides", "available_backends", "create_detector",
+    "BACKENDS", "apply_overrides", "available_backends", "create_detector",
     "create_runner",
 ]
 

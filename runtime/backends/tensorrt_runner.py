@@ -15,7 +15,7 @@ stream-ordered and the host waits once, before returning the scores.
 
 An input shape outside every profile is a :class:`ManifestError` naming the shape and the
 profile ranges (never a TensorRT crash); :meth:`TensorRTRunner.check_levels` checks a whole
-pyramid before any work, which :func:`~tinyfaces_trt.runtime.backends.create_detector` does
+pyramid before any work, which :meth:`~tinyfaces_trt.runtime.pipeline.Detector.detect` does
 for every image.
 
 ``tensorrt`` is imported lazily: without it the runner raises :class:`BackendUnavailableError`.
