@@ -18,6 +18,14 @@ inline size_t candidates_bytes(int64_t capacity) {
   return kAlign + align_up(n * sizeof(unsigned long long)) + align_up(n * sizeof(float4));
 }
 
+// Host-side check of a candidate-buffer capacity, shared by decode (writer) and NMS (reader).
+inline tf_status check_capacity(int64_t capacity) {
+  if (capacity < 1 || capacity > TF_MAX_CAPACITY)
+    return fail(TF_STATUS_INVALID_CAPACITY, "capacity = %lld is outside [1, %lld]",
+                static_cast<long long>(capacity), static_cast<long long>(TF_MAX_CAPACITY));
+  return TF_STATUS_SUCCESS;
+}
+
 inline CandidateView candidate_view(void* base, int64_t capacity) {
   const size_t n = static_cast<size_t>(capacity);
   char* p = static_cast<char*>(base);

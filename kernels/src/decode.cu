@@ -70,13 +70,6 @@ tf_status check_params(const tf_decode_params& p) {
   return TF_STATUS_SUCCESS;
 }
 
-tf_status check_capacity(int64_t capacity) {
-  if (capacity < 1 || capacity > TF_MAX_CAPACITY)
-    return tf::fail(TF_STATUS_INVALID_CAPACITY, "capacity = %lld is outside [1, %lld]",
-                    static_cast<long long>(capacity), static_cast<long long>(TF_MAX_CAPACITY));
-  return TF_STATUS_SUCCESS;
-}
-
 }  // namespace
 
 extern "C" {
@@ -84,7 +77,7 @@ extern "C" {
 TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
-  TF_RETURN_IF_ERROR(check_capacity(capacity));
+  TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
   *bytes = tf::candidates_bytes(capacity);
   return TF_STATUS_SUCCESS;
 }
@@ -113,7 +106,7 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
     return tf::fail(TF_STATUS_INVALID_SIZE,
                     "key_base = %lld + 25*h*w = %lld passes the 32-bit key space (2^32 - 1)",
                     static_cast<long long>(key_base), static_cast<long long>(keys));
-  TF_RETURN_IF_ERROR(check_capacity(capacity));
+  TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
   TF_RETURN_IF_ERROR(check_params(*params));
   if (!tf::aligned(score_map, 4))
     return tf::fail(TF_STATUS_MISALIGNED, "score_map is not 4-byte aligned");

@@ -195,9 +195,7 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   if (workspace == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "workspace is NULL");
   if (out_boxes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "out_boxes is NULL");
   if (out_stats == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "out_stats is NULL");
-  if (capacity < 1 || capacity > TF_MAX_CAPACITY)
-    return tf::fail(TF_STATUS_INVALID_CAPACITY, "capacity = %lld is outside [1, %lld]",
-                    static_cast<long long>(capacity), static_cast<long long>(TF_MAX_CAPACITY));
+  TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
   if (max_candidates < 1 || max_candidates > TF_MAX_NMS_CANDIDATES)
     return tf::fail(TF_STATUS_INVALID_CAPACITY, "max_candidates = %lld is outside [1, %d]",
                     static_cast<long long>(max_candidates), TF_MAX_NMS_CANDIDATES);
