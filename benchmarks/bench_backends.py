@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.runtime.config import DetectorConfig
+from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.runtime.pipeline import Detector
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 from bench_common import one_line
 
@@ -49,8 +49,8 @@ class BenchContext:
 
     def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
         """An export folder of the model (ONNX fp32 [+ fp16] [+ engine]), cached on disk."""
-        from tinyfaces_trt.runtime.errors import ManifestError
-        from tinyfaces_trt.runtime.export_folder import load_export_folder
+        from tinyfaces_trt.core.errors import ManifestError
+        from tinyfaces_trt.core.manifest import load_export_folder
 
         h, w = self.image_hw
         tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}" if engine else "")

@@ -108,17 +108,6 @@ def wait_until_quiet(max_share: float, timeout_s: float = 120.0, window_s: float
     return time.perf_counter() - start
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"WIDTHxHEIGHT"`` -> (width, height), both >= 1."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise ValueError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}") from exc
-    if w < 1 or h < 1:
-        raise ValueError(f"image size must be positive, got {text!r}")
-    return w, h
-
-
 def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A deterministic (height, width, 3) uint8 RGB image with photo-like statistics.
 

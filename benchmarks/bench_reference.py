@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tinyfaces_trt.runtime.config import NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 _TYPE_A = np.arange(4, 12)
 _TYPE_B = np.arange(18, 25)

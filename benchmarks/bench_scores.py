@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.runtime.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates, decode_level
 from tinyfaces_trt.runtime.nms import nms
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 from bench_common import one_line, summarize, time_calls
 

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, machine_description, now_iso, one_line,  # noqa: E402
-                          parse_size, summarize, synthetic_image, today, wait_until_quiet)
+                          summarize, synthetic_image, today, wait_until_quiet)
+from tinyfaces_trt.core.cli import parse_image_size  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="all",
                    help=f"comma-separated backends, or 'all' (default). Known: {', '.join(names)}")
-    p.add_argument("--image-size", default="640x480", type=parse_size, metavar="WxH",
+    p.add_argument("--image-size", default="640x480", type=parse_image_size, metavar="WxH",
                    help="image width x height (default 640x480; the issue's case is 1920x1080)")
     p.add_argument("--image", default=None, help="an image file to use (resized to --image-size); "
                    "default: a seeded synthetic image")
@@ -127,7 +128,7 @@ def _load_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from tinyfaces_trt.runtime.config import DetectorConfig
+    from tinyfaces_trt.core.config import DetectorConfig
 
     if args.weights:
         from tinyfaces_trt.export.weights import load_weights
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_backends import BACKENDS, BenchContext, model_digest
     from bench_scores import run_decode_nms
-    from tinyfaces_trt.runtime.pyramid import plan_pyramid
+    from tinyfaces_trt.core.pyramid import plan_pyramid
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_dir:
         export_root = Path(args.export_dir)
     else:
-        from tinyfaces_trt.runtime.backends.export_cache import cache_root
+        from tinyfaces_trt.export_cache import cache_root
 
         export_root = cache_root() / "bench" / f"r{args.depth}-{args.variant}-{model_digest(model)}"
     ctx = BenchContext(model=model, config=config, levels=levels, image_hw=image.shape[:2],

@@ -10,16 +10,14 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyfaces_trt.runtime.cli_detect import logging_to_stderr
-from tinyfaces_trt.runtime.errors import TinyFacesError
-from tinyfaces_trt.runtime.profiles import Profile
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, logging_to_stderr, parse_image_size,
+                                     positive_float, seed_argument, stderr_line)
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.profiles import Profile
 
-from .onnx_export import DEFAULT_OPSET
-from .trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
+from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET
+from tinyfaces_trt.export.trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_NO_TENSORRT = 3
 EXIT_ENGINE_FAILED = 4
 
@@ -47,18 +45,6 @@ Examples:
 """
 
 _SHAPE_RE = re.compile(r"^(?:[A-Za-z_][\w.]*:)?(\d+)x(\d+)x(\d+)x(\d+)$")
-_SIZE_RE = re.compile(r"^(\d+)[xX](\d+)$")
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"WxH"`` -> ``(height, width)``."""
-    m = _SIZE_RE.match(text.strip())
-    if not m or int(m[1]) < 1 or int(m[2]) < 1:
-        raise argparse.ArgumentTypeError(f"image size must be WIDTHxHEIGHT with positive integers, e.g. 1920x1080; "
-                                         f"got {text!r}")
-    return int(m[2]), int(m[1])
-
-
 def parse_shape(text: str) -> tuple[int, int, int, int]:
     """``"1x3xHxW"`` (optionally ``"image:1x3xHxW"``, trtexec style) -> a 4-tuple."""
     m = _SHAPE_RE.match(text.strip())
@@ -67,25 +53,11 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
-def seed_argument(text: str) -> int:
-    """argparse type of a ``--seed``: a non-negative integer (tf-export and tf-parity)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+PROG = "tf-export"
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _progress(message: str) -> None:
+    stderr_line(f"{PROG}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="build a TensorRT engine (exit code 3 when TensorRT is not installed)")
     eng.add_argument("--no-engine", dest="engine", action="store_const", const=False,
                      help="never build an engine, even with --fp16")
-    trt.add_argument("--workspace", metavar="GB", type=_positive_float, default=DEFAULT_WORKSPACE_GB,
+    trt.add_argument("--workspace", metavar="GB", type=positive_float, default=DEFAULT_WORKSPACE_GB,
                      help="builder workspace memory-pool limit in GiB (default %(default)s)")
     trt.add_argument("--timing-cache", metavar="F", help="timing-cache file: loaded if present, saved after the build")
     return p
@@ -169,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    with logging_to_stderr(prog="tf-export"):  # e.g. the --variant override warning
+    with logging_to_stderr("tf-export"):  # e.g. the --variant override warning
         return _run(p, a)
 
 
@@ -177,16 +149,17 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     try:
         profile = _check_args(p, a)
         check_out_dir(a.out)
-        from .export_pipeline import export_model, log_stderr, step
-        from .weights import load_model
+        from tinyfaces_trt.export.export_pipeline import export_model, step
+        from tinyfaces_trt.export.weights import load_model
 
-        with step(log_stderr, f"loading {'an untrained network' if a.untrained else a.weights}"):
+        with step(_progress, f"loading {'an untrained network' if a.untrained else a.weights}"):
             model, config = load_model(a.weights, depth=a.depth, variant=a.variant,
                                        seed=a.seed or 0)
         export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
-                     image_sizes=a.image_size or None, profile=profile, workspace_gb=a.workspace,
+                     image_sizes=[(s.height, s.width) for s in a.image_size] or None,
+                     profile=profile, workspace_gb=a.workspace,
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
-                     untrained=a.untrained, verify=not a.no_verify, log=log_stderr)
+                     untrained=a.untrained, verify=not a.no_verify, log=_progress)
     except TensorRTUnavailableError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_NO_TENSORRT

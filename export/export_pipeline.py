@@ -9,6 +9,7 @@ after an engine build, so a failed or impossible engine build still leaves a usa
 from __future__ import annotations
 
 import copy
+import logging
 import platform
 import sys
 import time
@@ -22,37 +23,33 @@ import onnx
 import torch
 from torch import nn
 
-from tinyfaces_trt.runtime.backends.export_cache import file_sha256
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.runtime.export_folder import DEFAULT_FILE_NAMES, MANIFEST_NAME, write_manifest
-from tinyfaces_trt.runtime.profiles import Profile, default_profile, profile_for_image_sizes
+from tinyfaces_trt.core.hashing import file_sha256
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, WeightsError
+from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME, write_manifest
+from tinyfaces_trt.core.profiles import Profile, default_profile, profile_for_image_sizes
 
-from .onnx_export import DEFAULT_OPSET, check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
-from .onnx_fp16 import convert_to_fp16
-from .trt_build import (DEFAULT_WORKSPACE_GB, TensorRTUnavailableError, build_engine, tensorrt_version,
+from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET, check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
+from tinyfaces_trt.export.onnx_fp16 import convert_to_fp16
+from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, TensorRTUnavailableError, build_engine, tensorrt_version,
                         trtexec_command)
 
 Log = Callable[[str], None]
+_logger = logging.getLogger(__name__)
 
 UNTRAINED_WARNING = ("WARNING: exporting a network with RANDOM (untrained) weights: its detections are "
                      "meaningless; the manifest marks it \"untrained\": true")
-
-
-def log_stderr(message: str) -> None:
-    """Default progress sink: one line to stderr, flushed."""
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
 def step(log: Log, what: str) -> Iterator[dict[str, str]]:
     """Logs ``what ...`` then ``what: done in X s (detail)``; the body may set ``detail``."""
     info: dict[str, str] = {}
-    log(f"tf-export: {what} ...")
+    log(f"{what} ...")
     start = time.perf_counter()
     yield info
     detail = f" ({info['detail']})" if info.get("detail") else ""
-    log(f"tf-export: {what}: done in {time.perf_counter() - start:.1f} s{detail}")
+    log(f"{what}: done in {time.perf_counter() - start:.1f} s{detail}")
 
 
 def _version(dist: str) -> str | None:
@@ -81,7 +78,7 @@ def _cpu_float_model(model: nn.Module) -> nn.Module:
 def resolve_profile(config: DetectorConfig, image_sizes: Iterable[tuple[int, int]] | None = None,
                     profile: Profile | None = None) -> Profile:
     """The explicit ``profile``, else one covering ``image_sizes`` ((height, width) pairs), else
-    :func:`~tinyfaces_trt.runtime.profiles.default_profile`."""
+    :func:`~tinyfaces_trt.core.profiles.default_profile`."""
     if profile is not None and image_sizes:
         raise TinyFacesError("give either image sizes or an explicit min/opt/max profile, not both")
     if profile is not None:
@@ -100,7 +97,7 @@ def _remove_stale(out: Path, keep: Iterable[str], log: Log) -> None:
         path = out / name
         if name not in keep and path.is_file():
             path.unlink()
-            log(f"tf-export: removed {path} left by an earlier export")
+            log(f"removed {path} left by an earlier export")
 
 
 def _verify(model: nn.Module, path: Path, precision: str) -> str:
@@ -116,7 +113,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
                  image_sizes: Iterable[tuple[int, int]] | None = None, profile: Profile | None = None,
                  workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                  simplify: bool = False, weights_path: str | Path | None = None, untrained: bool = False,
-                 verify: bool = True, hints: bool = True, log: Log = log_stderr) -> Path:
+                 verify: bool = True, hints: bool = True, log: Log | None = None) -> Path:
     """Exports ``model`` into the folder ``out_dir`` and returns the manifest path.
 
     Args:
@@ -141,13 +138,15 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         hints: for a user running the export (``tf-export``): repeat the untrained warning at
             the end and log the ``trtexec`` command that would build an engine. False for an
             export made on the user's behalf (``tf-detect``'s cache): the warning once, no hint.
-        log: progress sink (default: stderr).
+        log: progress sink, one line a call (default: the ``tinyfaces_trt.export`` logger
+            at INFO).
 
     Raises:
         TinyFacesError: invalid arguments, export or check failure, numeric mismatch.
         TensorRTUnavailableError: ``engine=True`` without TensorRT (the ONNX folder is complete).
         EngineBuildError: TensorRT failed (the ONNX folder is complete).
     """
+    log = log or _logger.info
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TinyFacesError(f"--out {out} exists and is not a folder")
@@ -162,7 +161,8 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     weights = None
     if weights_path is not None:
         with step(log, f"hashing {weights_path}") as info:
-            weights = {"path": str(Path(weights_path).resolve()), "sha256": file_sha256(weights_path)}
+            sha256 = file_sha256(weights_path, what="weights file", error=WeightsError)
+            weights = {"path": str(Path(weights_path).resolve()), "sha256": sha256}
             info["detail"] = f"sha256 {weights['sha256'][:16]}..."
     tools = _tool_versions()
     files: dict[str, str] = {}
@@ -205,7 +205,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     manifest_args: dict[str, Any] = dict(config=config, opset=opset, weights=weights, profile=prof, tools=tools,
                                          untrained=untrained, extra=extra)
     manifest = write_manifest(out, files=files, **manifest_args)
-    log(f"tf-export: wrote {manifest} (profile min {list(prof.min)}, opt {list(prof.opt)}, max {list(prof.max)})")
+    log(f"wrote {manifest} (profile min {list(prof.min)}, opt {list(prof.opt)}, max {list(prof.max)})")
 
     trtexec = trtexec_command(onnx_fp32, engine_path, prof, fp16=fp16, workspace_gb=workspace_gb,
                               timing_cache=timing_cache)
@@ -223,9 +223,9 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         tools["tensorrt"] = details["tensorrt"]
         extra["engines"] = {engine_key: details}
         manifest = write_manifest(out, files=files, **manifest_args)
-        log(f"tf-export: wrote {manifest} with {engine_path.name}")
+        log(f"wrote {manifest} with {engine_path.name}")
     elif hints:
-        log(f"tf-export: to build a TensorRT engine: {trtexec}")
+        log(f"to build a TensorRT engine: {trtexec}")
     if untrained and hints:  # a long export's first lines may have scrolled away
         log(UNTRAINED_WARNING)
     return manifest

@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyfaces_trt.runtime.config import NUM_CHANNELS, NUM_TEMPLATES, VARIANTS, DetectorConfig
+from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, VARIANTS, DetectorConfig
 
-from .resnet import RES3_CHANNELS, RES4_CHANNELS, ResNetTrunk
+from tinyfaces_trt.export.resnet import RES3_CHANNELS, RES4_CHANNELS, ResNetTrunk
 
 
 def bilinear_upsample_filter(channels: int, kernel_size: int = 4) -> torch.Tensor:

@@ -29,9 +29,9 @@ import onnx
 import torch
 from torch import nn
 
-from tinyfaces_trt.runtime.config import NUM_CHANNELS
-from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.runtime.export_folder import INPUT_NAME, OUTPUT_NAME
+from tinyfaces_trt.core.config import NUM_CHANNELS
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
 
 DEFAULT_OPSET = 17
 #: Sample input size used to trace the network; odd sizes so no dimension is specialised.

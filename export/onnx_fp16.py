@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.core.errors import TinyFacesError
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 

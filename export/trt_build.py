@@ -44,9 +44,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.runtime.export_folder import INPUT_NAME
-from tinyfaces_trt.runtime.profiles import Profile
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.manifest import INPUT_NAME
+from tinyfaces_trt.core.profiles import Profile
 
 Log = Callable[[str], None]
 DEFAULT_WORKSPACE_GB = 4.0

@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyfaces_trt.runtime.config import DetectorConfig, Normalization
-from tinyfaces_trt.runtime.errors import ManifestError, WeightsError
+from tinyfaces_trt.core.config import DetectorConfig, Normalization
+from tinyfaces_trt.core.errors import ManifestError, WeightsError
 
-from .model import TinyFacesNet, build_model
-from .resnet import BLOCKS_PER_STAGE
+from tinyfaces_trt.export.model import TinyFacesNet, build_model
+from tinyfaces_trt.export.resnet import BLOCKS_PER_STAGE
 
 _MAT_MAGIC = b"MATLAB"
 _EXPECTED_TORCH = ("a torch.save file holding {'model': state_dict} (tiny-faces-pytorch) "

@@ -5,6 +5,6 @@ The C header is ``include/tinyfaces_kernels.h``; the sources build into
 holds the sources, that build helper and the ctypes binding (:func:`load_library`).
 """
 
-from .binding import KernelError, KernelLibrary, Status, load_library
+from tinyfaces_trt.kernels.binding import KernelError, KernelLibrary, Status, load_library
 
 __all__ = ["KernelError", "KernelLibrary", "Status", "load_library"]

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.files import CACHE_ENV, cache_root
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 
 LIBRARY_NAME = "libtinyfaces_kernels.so"
 ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
-ENV_CACHE = "TINYFACES_CACHE_DIR"
+ENV_CACHE = CACHE_ENV  # the project-wide cache root variable
 
 # Mirrors of the header's constants (tests parse the header to keep them in step).
 ABI_VERSION = 1
@@ -128,13 +129,10 @@ def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height:
 
 
 def cache_dir() -> Path:
-    """Where ``tf-build-kernels`` builds by default: ``$TINYFACES_CACHE_DIR/kernels``, else
-    ``$XDG_CACHE_HOME/tinyfaces_trt/kernels``, else ``~/.cache/tinyfaces_trt/kernels``."""
-    root = os.environ.get(ENV_CACHE)
-    if root:
-        return Path(root).expanduser() / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "tinyfaces_trt" / "kernels"
+    """Where ``tf-build-kernels`` builds by default: ``kernels/`` in the cache root
+    (:func:`tinyfaces_trt.core.files.cache_root`: ``$TINYFACES_CACHE``, else
+    ``$XDG_CACHE_HOME/tinyfaces_trt``, else ``~/.cache/tinyfaces_trt``)."""
+    return cache_root() / "kernels"
 
 
 def package_dir() -> Path:

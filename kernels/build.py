@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runtime.errors import TinyFacesError
-from ..runtime.outputs import prepare_output_dir
-from .binding import LIBRARY_NAME, cache_dir, package_dir
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import prepare_output_dir
+from tinyfaces_trt.kernels.binding import LIBRARY_NAME, cache_dir, package_dir
 
 
 DEFAULT_CUDA_HOMES = ("/usr/local/cuda",)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from .errors import TinyFacesError
-from .pyramid import PyramidLevel
+from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 TYPE_A = np.arange(4, 12)   # templates run at every scale (0-based)
 TYPE_B = np.arange(18, 25)  # templates run at one scale only

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .errors import ImageError, TinyFacesError
+from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from tinyfaces_trt.core.errors import ImageError
 
 #: Largest image (pixels) :func:`load_image` decodes by default: Pillow's own
 #: decompression-bomb error limit (twice ``Image.MAX_IMAGE_PIXELS``).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TinyFacesError
+from tinyfaces_trt.core.errors import TinyFacesError
 
 _BLOCK = 128  # boxes resolved together; bounds the IoU matrices to _BLOCK x N
 

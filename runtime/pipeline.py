@@ -16,9 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import DetectorConfig
-from .errors import ImageError
-from .pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError
+from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 
 
 @runtime_checkable
@@ -77,8 +77,8 @@ class Detector:
     def __init__(self, runner: NetworkRunner, config: DetectorConfig | None = None,
                  preprocessor: Preprocessor | None = None,
                  postprocessor: Postprocessor | None = None) -> None:
-        from .postprocess import HostPostprocessor
-        from .preprocess import HostPreprocessor
+        from tinyfaces_trt.runtime.postprocess import HostPostprocessor
+        from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
         self.config = config or DetectorConfig()
         self.runner = runner

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import NUM_TEMPLATES, DetectorConfig
-from .decode import Candidates, decode_level
-from .nms import nms
-from .pyramid import PyramidLevel
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.runtime.decode import Candidates, decode_level
+from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
 def select_detections(candidates: Candidates, image_hw: tuple[int, int],

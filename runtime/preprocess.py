@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import DetectorConfig
-from .errors import ImageError
-from .pyramid import PyramidLevel
-from .resize import resize_bilinear_aa
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError
+from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
 
 def normalize(image: np.ndarray, config: DetectorConfig) -> np.ndarray:

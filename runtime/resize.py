@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import ImageError
+from tinyfaces_trt.core.errors import ImageError
 
 
 def resize_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:

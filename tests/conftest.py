@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyfaces_trt.export.model import build_model
-from tinyfaces_trt.runtime.backends.export_cache import cached_export
+from tinyfaces_trt.export_cache import cached_export
 
 
 @pytest.fixture(scope="session")

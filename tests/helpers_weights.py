@@ -23,7 +23,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from tinyfaces_trt.runtime.config import load_default_templates
+from tinyfaces_trt.core.config import load_default_templates
 
 STAGES = {50: (3, 4, 6), 101: (3, 4, 23)}
 STAGE_PLANES = (64, 128, 256)

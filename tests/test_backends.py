@@ -19,20 +19,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyfaces_trt.export.parity import synthetic_image
+from tinyfaces_trt.parity.harness import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.runtime.backends import available_backends, create_detector, create_runner
-from tinyfaces_trt.runtime.backends.export_cache import cache_key, cache_root
+from tinyfaces_trt.detectors import available_backends, create_detector
+from tinyfaces_trt.runtime.backends import create_runner
+from tinyfaces_trt.export_cache import cache_key, cache_root
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
 from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
                                                             TensorRTRunner, select_profile,
                                                             validate_engine)
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
                                           WeightsError)
-from tinyfaces_trt.runtime.export_folder import load_export_folder
+from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.pipeline import Detector
-from tinyfaces_trt.runtime.profiles import Profile
+from tinyfaces_trt.core.profiles import Profile
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 CPU = "CPUExecutionProvider"
@@ -273,8 +274,8 @@ def test_create_runner_onnxruntime_and_missing_files(export_dir, tmp_path):
         create_runner("onnxruntime", load_export_folder(fp32_only), fp16=True)
     with pytest.raises(TinyFacesError, match="unknown backend 'onnx'"):
         create_runner("onnx", folder)
-    with pytest.raises(TinyFacesError, match="torch backend runs a checkpoint"):
-        create_runner("torch", folder)
+    with pytest.raises(TinyFacesError, match="unknown backend 'torch'; expected one of onnxruntime, tensorrt"):
+        create_runner("torch", folder)  # the runtime runs export folders; torch is the factory's
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
@@ -375,7 +376,7 @@ def test_cache_export_warns_once_and_gives_no_trtexec_hint(tmp_path, monkeypatch
     import torch
 
     from tinyfaces_trt.export.export_pipeline import UNTRAINED_WARNING, export_model
-    from tinyfaces_trt.runtime.backends import export_cache
+    from tinyfaces_trt import export_cache
 
     torch.manual_seed(0)
     small = torch.nn.Conv2d(3, 125, 1, stride=8)  # any (1,3,H,W) -> (1,125,h,w) network will do
@@ -395,4 +396,4 @@ def test_cache_export_warns_once_and_gives_no_trtexec_hint(tmp_path, monkeypatch
     assert [line for line in lines if "RANDOM" in line] == [UNTRAINED_WARNING] * 2
     assert lines[-1] == UNTRAINED_WARNING
     (hint,) = [line for line in lines if "trtexec" in line]
-    assert hint.startswith("tf-export: to build a TensorRT engine: trtexec --onnx=")
+    assert hint.startswith("to build a TensorRT engine: trtexec --onnx=")

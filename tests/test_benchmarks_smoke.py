@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tinyfaces_trt.runtime.config import DetectorConfig  # noqa: E402
-from tinyfaces_trt.runtime.errors import WeightsError  # noqa: E402
-from tinyfaces_trt.runtime.pyramid import plan_pyramid  # noqa: E402
+from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
+from tinyfaces_trt.core.errors import WeightsError  # noqa: E402
+from tinyfaces_trt.core.pyramid import plan_pyramid  # noqa: E402
 
 LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
 STAGES = {"total", "preprocess", "network", "decode", "nms", "other"}

@@ -13,7 +13,7 @@ from helpers_weights import write_fake_pytorch_checkpoint
 from tinyfaces_trt.export.cli_export import (EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE, main,
                                              parse_image_size, parse_shape)
 from tinyfaces_trt.export.trt_build import tensorrt_version
-from tinyfaces_trt.runtime.export_folder import load_export_folder
+from tinyfaces_trt.core.manifest import load_export_folder
 
 pytest.importorskip("onnxruntime")
 HAS_TRT = tensorrt_version() is not None
@@ -50,9 +50,9 @@ def test_help_lists_exit_codes(capsys):
       "--max-shape", "1x3x8x8"], "either --image-size or --min/--opt/--max-shape"),
     (["--untrained", "--image-size", "640"], "WIDTHxHEIGHT"),
     (["--untrained", "--min-shape", "8x8"], "1x3xHEIGHTxWIDTH"),
-    (["--untrained", "--workspace", "0"], "positive number"),
+    (["--untrained", "--workspace", "0"], "argument --workspace: 0.0 must be > 0"),
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
-    (["--untrained", "--seed", "-3"], "argument --seed: expected a non-negative integer, got '-3'"),
+    (["--untrained", "--seed", "-3"], "argument --seed: -3 must be >= 0"),
     (["--weights", "w.pth", "--seed", "3"], "--seed applies to --untrained weights only"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
@@ -82,7 +82,8 @@ def test_unusable_out_folder_fails_before_loading_weights(capsys, tmp_path):
 
 
 def test_argument_parsers():
-    assert parse_image_size("1920x1080") == (1080, 1920)  # WxH -> (height, width)
+    assert parse_image_size("1920x1080") == (1920, 1080)  # WxH, named fields
+    assert parse_image_size("1920x1080").height == 1080
     assert parse_shape("image:1x3x480x640") == (1, 3, 480, 640)
     assert parse_shape("1x3x5x7") == (1, 3, 5, 7)
 

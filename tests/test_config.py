@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tinyfaces_trt.runtime.config import DetectorConfig, Normalization
-from tinyfaces_trt.runtime.errors import ManifestError
+from tinyfaces_trt.core.config import DetectorConfig, Normalization
+from tinyfaces_trt.core.errors import ManifestError
 
 
 def test_defaults_follow_the_pytorch_port():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import reference_transcription as ref
 
-from tinyfaces_trt.runtime.config import NUM_CHANNELS, DetectorConfig
+from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
 from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
-from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.runtime.postprocess import (HostPostprocessor, postprocess_levels,
                                                 select_detections)
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.pyramid import PyramidLevel
 
 IMAGE_HW = (70, 90)
 EXPONENTS = (-2.0, -1.0, 0.0, 0.5, 1.0)  # s < 1, s == 1, s > 1 (incl. a non-power-of-two)

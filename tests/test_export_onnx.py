@@ -14,11 +14,11 @@ import torch
 from tinyfaces_trt.export.export_pipeline import _remove_stale, export_model
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.onnx_export import VERIFY_RTOL, onnx_vs_torch
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import ManifestError
-from tinyfaces_trt.runtime.export_folder import (FORMAT, MANIFEST_NAME, build_manifest, load_export_folder,
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.manifest import (FORMAT, MANIFEST_NAME, build_manifest, load_export_folder,
                                                  write_manifest)
-from tinyfaces_trt.runtime.profiles import Profile
+from tinyfaces_trt.core.profiles import Profile
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -209,7 +209,7 @@ def test_simplify_without_a_simplifier_says_what_to_install():
     import importlib.util
 
     from tinyfaces_trt.export.onnx_export import simplify_onnx
-    from tinyfaces_trt.runtime.errors import BackendUnavailableError
+    from tinyfaces_trt.core.errors import BackendUnavailableError
 
     if any(importlib.util.find_spec(name) for name in ("onnxslim", "onnxsim")):
         pytest.skip("a simplifier is installed")

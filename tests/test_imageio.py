@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from tinyfaces_trt.runtime.draw import blur_boxes, box_regions, draw_boxes, pixelate_boxes
-from tinyfaces_trt.runtime.errors import ImageError, TinyFacesError
+from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 from tinyfaces_trt.runtime.imageio import load_image, save_image
 
 

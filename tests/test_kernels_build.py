@@ -21,7 +21,7 @@ import pytest
 from tinyfaces_trt.kernels import binding, build
 from tinyfaces_trt.kernels.binding import KernelError, Status
 from tinyfaces_trt.runtime.backends import cuda_device
-from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 
 HEADER = binding.package_dir() / "include" / "tinyfaces_kernels.h"
 FAKE = 1 << 20  # a 256-aligned, non-null "device pointer"; never dereferenced by these tests
@@ -466,7 +466,7 @@ def test_gpu_available_is_false_without_cuda_python(no_cuda_python: None) -> Non
 
 def test_cuda_stages_need_cuda_python(no_cuda_python: None) -> None:
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
-    from tinyfaces_trt.runtime.config import DetectorConfig
+    from tinyfaces_trt.core.config import DetectorConfig
 
     for stage in (CudaPreprocessor, CudaPostprocessor):
         with pytest.raises(BackendUnavailableError, match="cuda-python"):

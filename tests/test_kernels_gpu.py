@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.runtime.backends import cuda_device
-from tinyfaces_trt.runtime.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates
-from tinyfaces_trt.runtime.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import normalize
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
 

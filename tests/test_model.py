@@ -14,7 +14,7 @@ from tinyfaces_trt.export.model import (TinyFacesNet, bilinear_upsample_filter, 
                                         score_map_size)
 from tinyfaces_trt.export.resnet import ResNetTrunk
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.runtime.config import DetectorConfig
+from tinyfaces_trt.core.config import DetectorConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from tinyfaces_trt.export.model import build_model
-from tinyfaces_trt.export.parity import (TOLERANCES, DetectionTolerance, ReferenceCase,
+from tinyfaces_trt.parity.harness import (TOLERANCES, DetectionTolerance, ReferenceCase,
                                          compare_detections, compare_maps, compare_runner, main,
                                          match_detections, markdown_table, run_parity)
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.runtime.backends import create_runner
-from tinyfaces_trt.runtime.export_folder import load_export_folder
+from tinyfaces_trt.core.manifest import load_export_folder
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 SIZES = [(33, 47), (47, 33), (71, 53)]  # (width, height), odd ones included
@@ -189,7 +189,7 @@ def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder):
 
 
 def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, checkpoint):
-    from tinyfaces_trt.runtime.export_folder import write_manifest
+    from tinyfaces_trt.core.manifest import write_manifest
 
     untrained = tmp_path / "untrained"
     untrained.mkdir()
@@ -213,10 +213,10 @@ def test_cli_skips_unavailable_tensorrt(capsys, checkpoint, folder):
 
 def test_cli_argument_errors(capsys):
     for argv, message in ((["--sizes", "33x47"], "one of the arguments --weights --untrained"),
-                          (["--untrained", "--sizes", "33by47"], "bad size '33by47'"),
+                          (["--untrained", "--sizes", "33by47"], "WIDTHxHEIGHT with positive integers, e.g. 1920x1080; got '33by47'"),
                           (["--untrained", "--backends", "cuda"], "unknown backend(s) ['cuda']"),
                           (["--untrained", "--seed", "-1"],
-                           "argument --seed: expected a non-negative integer, got '-1'")):
+                           "argument --seed: -1 must be >= 0")):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err

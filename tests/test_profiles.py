@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import ImageError, ManifestError
-from tinyfaces_trt.runtime.profiles import (Profile, default_profile, format_shape, profile_for_image_sizes,
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError, ManifestError
+from tinyfaces_trt.core.profiles import (Profile, default_profile, format_shape, profile_for_image_sizes,
                                             pyramid_shapes)
 
 CFG = DetectorConfig()
@@ -106,7 +106,7 @@ def test_profile_round_trip_contains_check_and_trtexec_args():
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys; import tinyfaces_trt.runtime.profiles, tinyfaces_trt.runtime.export_folder; "
+    code = ("import sys; import tinyfaces_trt.core.profiles, tinyfaces_trt.core.manifest; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import reference_transcription as ref
 
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import ImageError
-from tinyfaces_trt.runtime.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError
+from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 
 SIZES = [(480, 640), (1080, 1920), (20, 20), (6000, 4000), (100, 3000), (3000, 100),
          (1, 1), (5000, 5000), (7, 9000), (33, 47)]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import ImageError
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor, normalize
-from tinyfaces_trt.runtime.pyramid import PyramidLevel
+from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa, resize_coefficients
 
 # (in_h, in_w) -> (out_h, out_w): down, up, mixed, non-integer ratios, 1-pixel, identity.

@@ -13,8 +13,8 @@ import pytest
 
 from tinyfaces_trt.export.trt_build import (TensorRTUnavailableError, build_engine, import_tensorrt,
                                             tensorrt_version, trtexec_command)
-from tinyfaces_trt.runtime.errors import BackendUnavailableError
-from tinyfaces_trt.runtime.profiles import Profile
+from tinyfaces_trt.core.errors import BackendUnavailableError
+from tinyfaces_trt.core.profiles import Profile
 
 HAS_TRT = tensorrt_version() is not None
 PROFILE = Profile((1, 3, 32, 32), (1, 3, 96, 128), (1, 3, 128, 160))
@@ -52,7 +52,7 @@ def test_missing_tensorrt_is_a_backend_error(tmp_path):
 def test_build_engine_with_profile_and_timing_cache(tmp_path, fp16):
     from tinyfaces_trt.export.export_pipeline import export_model
     from tinyfaces_trt.export.model import build_model
-    from tinyfaces_trt.runtime.export_folder import load_export_folder
+    from tinyfaces_trt.core.manifest import load_export_folder
 
     trt = import_tensorrt()
     model = build_model(depth=50, seed=0)

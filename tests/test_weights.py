@@ -12,8 +12,8 @@ import torch
 from helpers_weights import write_fake_hr_res101_mat, write_fake_pytorch_checkpoint
 from tinyfaces_trt.export.model import TinyFacesNet
 from tinyfaces_trt.export.weights import load_weights, matconvnet_param_map
-from tinyfaces_trt.runtime.config import load_default_templates
-from tinyfaces_trt.runtime.errors import WeightsError
+from tinyfaces_trt.core.config import load_default_templates
+from tinyfaces_trt.core.errors import WeightsError
 
 EPS = 1e-5  # torch BatchNorm2d default
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyfaces_trt.runtime import cli_eval
-from tinyfaces_trt.runtime.errors import TinyFacesError
-from tinyfaces_trt.runtime.wider_eval import (
+from tinyfaces_trt.wider import cli as cli_eval
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.wider.evaluate import (
     WiderEvalError, box_overlaps, evaluate_folder, image_evaluation, image_pr_info,
     load_ground_truth, normalize_scores, voc_ap)
-from tinyfaces_trt.runtime.wider_format import (
+from tinyfaces_trt.wider.format import (
     PredictionFormatError, format_detections, matlab_round, parse_detections,
     read_detection_file, to_official_boxes, write_image_detections)
 
@@ -417,7 +417,7 @@ def test_cli_help_shows_defaults_and_an_example(capsys):
 def test_console_module_runs_end_to_end(gt_dir, tmp_path):
     pred = write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 2.0)],
                                   ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})
-    proc = subprocess.run([sys.executable, "-m", "tinyfaces_trt.runtime.cli_eval",
+    proc = subprocess.run([sys.executable, "-m", "tinyfaces_trt.wider.cli",
                            "--gt", str(gt_dir), "--pred", str(pred)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 
 _INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
 _runtime_module: Any = None

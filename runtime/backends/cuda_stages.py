@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ..config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from ..decode import active_templates
-from ..errors import BackendUnavailableError, TinyFacesError
-from ..pipeline import validate_image
-from ..pyramid import PyramidLevel, plan_pyramid
-from . import cuda_device
-from .cuda_device import DeviceArray, DeviceBuffer, Stream
+from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.runtime.decode import active_templates
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.runtime.pipeline import validate_image
+from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.backends.cuda_device import DeviceArray, DeviceBuffer, Stream
 
 DEFAULT_MAX_NMS_CANDIDATES = 8192
 
@@ -43,7 +43,7 @@ def _load(library: Any) -> Any:
     """The kernel library (given, or :func:`tinyfaces_trt.kernels.load_library`)."""
     if library is not None:
         return library
-    from ...kernels.binding import load_library
+    from tinyfaces_trt.kernels.binding import load_library
 
     return load_library()
 
@@ -151,7 +151,7 @@ class CudaPostprocessor:
     def __init__(self, config: DetectorConfig, stream: Stream | None = None, library: Any = None,
                  max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES) -> None:
         _require_gpu()
-        from ...kernels import binding
+        from tinyfaces_trt.kernels import binding
 
         self._binding = binding
         self.config = config

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import NUM_CHANNELS
-from ..errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.config import NUM_CHANNELS
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import NUM_CHANNELS
-from ..errors import BackendUnavailableError, ManifestError, TinyFacesError
-from ..profiles import Profile, format_shape
-from .onnxruntime_runner import validate_network_input
+from tinyfaces_trt.core.config import NUM_CHANNELS
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.profiles import Profile, format_shape
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_input
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class TensorRTRunner:
                  output_name: str = "scores", manifest_profile: Profile | None = None,
                  stream: Any = None) -> None:
         trt = import_tensorrt()
-        from . import cuda_device
+        from tinyfaces_trt.runtime.backends import cuda_device
 
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():

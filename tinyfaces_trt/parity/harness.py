@@ -37,7 +37,7 @@ fp16 (fp16 weights and activations, float32 I/O; Polygraphy's fp32 defaults do n
     threshold margin 0.05 prob; NMS flips between near-tied boxes happen (a few per image on
     untrained weights, whose scores are flat) and are reported as NMS-ambiguous.
 
-CLI: ``tf-parity`` (``python -m tinyfaces_trt.export.parity``), see ``--help``.
+CLI: ``tf-parity`` (``python -m tinyfaces_trt.parity.harness``), see ``--help``.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.runtime.config import DetectorConfig
-from tinyfaces_trt.runtime.errors import TinyFacesError
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.runtime.pipeline import NetworkRunner
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
-from tinyfaces_trt.runtime.pyramid import plan_pyramid
+from tinyfaces_trt.core.pyramid import plan_pyramid
 
-from .cli_export import seed_argument
+from tinyfaces_trt.core.cli import parse_image_sizes, seed_argument, stderr_line
 
 # ---------------------------------------------------------------------------------------------
 # Tolerances
@@ -451,7 +451,7 @@ def run_parity(model: Any, config: DetectorConfig, folder: Any, backends: Sequen
     """
     from tinyfaces_trt.runtime.backends import create_runner
 
-    from .torch_runner import TorchRunner
+    from tinyfaces_trt.export.torch_runner import TorchRunner
 
     reference = TorchRunner(model)
     runners: dict[str, Any] = {}
@@ -529,23 +529,6 @@ def results_to_json(results: Sequence[ParityResult]) -> list[dict[str, Any]]:
 DEFAULT_SIZES = "33x47,64x64,131x97,160x120"
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"33x47,64x64"`` -> ``[(33, 47), (64, 64)]`` as (width, height) pairs."""
-    sizes = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        try:
-            w, h = (int(v) for v in part.split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad size {part!r}: expected WxH, e.g. 33x47") from None
-        if w < 1 or h < 1:
-            raise argparse.ArgumentTypeError(f"bad size {part!r}: width and height must be >= 1")
-        sizes.append((w, h))
-    if not sizes:
-        raise argparse.ArgumentTypeError("no sizes given")
-    return sizes
-
-
 def parse_backends(text: str) -> list[str]:
     """Comma-separated keys of :data:`PARITY_BACKENDS`."""
     names = [b.strip() for b in text.split(",") if b.strip()]
@@ -602,7 +585,7 @@ example:
     parser.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder to test (must come from the same weights); default: "
                              "export into a temporary folder first")
-    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
+    parser.add_argument("--sizes", type=parse_image_sizes, default=parse_image_sizes(DEFAULT_SIZES),
                         help=f"image sizes WxH, comma separated (default: {DEFAULT_SIZES})")
     parser.add_argument("--backends", type=parse_backends, default=None,
                         help="comma separated, from: " + ", ".join(PARITY_BACKENDS)
@@ -616,7 +599,7 @@ def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
     """Refuses an export folder made from other weights than the reference's."""
     manifest = folder.manifest
     if args.weights:
-        from tinyfaces_trt.runtime.backends.export_cache import file_sha256
+        from tinyfaces_trt.export_cache import file_sha256
 
         recorded = (manifest.get("weights") or {}).get("sha256")
         if recorded != file_sha256(args.weights):
@@ -635,10 +618,10 @@ def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
 def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str], work: Path,
                     weights: str | None) -> dict[str, Any]:
     """Exports what ``backends`` need into ``work``; backend -> export folder."""
-    from tinyfaces_trt.runtime.export_folder import load_export_folder
+    from tinyfaces_trt.core.manifest import load_export_folder
 
-    from .export_pipeline import export_model, log_stderr
-    from .trt_build import tensorrt_version
+    from tinyfaces_trt.export.export_pipeline import export_model
+    from tinyfaces_trt.export.trt_build import tensorrt_version
 
     trt = tensorrt_version() is not None
     folders: dict[str, Any] = {}
@@ -649,7 +632,7 @@ def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str],
         engine = trt and any(PARITY_BACKENDS[b][0] == "tensorrt" for b in names)
         out = work / ("fp16" if fp16 else "fp32")
         export_model(model, config, out, fp16=fp16, engine=engine, weights_path=weights,
-                     untrained=weights is None, verify=False, log=log_stderr)
+                     untrained=weights is None, verify=False, log=lambda line: stderr_line(f"tf-parity: {line}"))
         folder = load_export_folder(out)
         folders.update({b: folder for b in names})
     return folders
@@ -660,9 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     backends = args.backends or default_backends()
     try:
-        from tinyfaces_trt.runtime.export_folder import load_export_folder
+        from tinyfaces_trt.core.manifest import load_export_folder
 
-        from .weights import load_model
+        from tinyfaces_trt.export.weights import load_model
 
         # --depth and --seed describe the --untrained network only
         model, config = load_model(args.weights, depth=None if args.weights else args.depth,

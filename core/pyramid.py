@@ -28,8 +28,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .config import DetectorConfig
-from .errors import ImageError
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError
 
 
 #: Smallest input height/width each network variant runs at. The MatConvNet trunk's unpadded

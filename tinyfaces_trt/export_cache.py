@@ -22,15 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import DetectorConfig
-from ..errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
-from ..export_folder import ExportFolder, load_export_folder
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
+from tinyfaces_trt.core.files import CACHE_ENV, cache_root
+from tinyfaces_trt.core.hashing import file_sha256
+from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
 
 log = logging.getLogger(__name__)
 
 #: The untrained default network: ``build_model(**UNTRAINED_MODEL)``.
 UNTRAINED_MODEL = {"depth": 101, "variant": "pytorch", "seed": 0}
-CACHE_ENV = "TINYFACES_CACHE"
 _KEY_CHARS = 16
 
 Progress = Callable[[str], None]
@@ -60,29 +61,9 @@ def reference_model(weights: str | os.PathLike[str] | None, depth: int | None = 
     return load_model(weights, depth=depth, variant=variant)
 
 
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The export cache folder: ``cache_dir``, else ``$TINYFACES_CACHE``, else ``~/.cache/tinyfaces_trt``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "tinyfaces_trt"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a weights file's bytes; :class:`WeightsError` when it cannot be read."""
-    p = Path(path)
-    if p.is_dir():
-        raise WeightsError(f"weights {p} is a folder, not a checkpoint file (.pth or .mat)")
-    if not p.is_file():
-        raise WeightsError(f"weights file not found: {p}")
-    digest = hashlib.sha256()
-    try:
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {p}: {exc}") from exc
-    return digest.hexdigest()
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a checkpoint; :class:`WeightsError` when it cannot be read."""
+    return file_sha256(path, what="weights file", error=WeightsError)
 
 
 def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
@@ -92,7 +73,7 @@ def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
     if weights is None:
         text = "untrained:" + ",".join(f"{k}={v}" for k, v in sorted(UNTRAINED_MODEL.items()))
         return "untrained-" + hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
-    digest = file_sha256(weights)
+    digest = weights_sha256(weights)
     if depth is not None or variant is not None:
         digest = hashlib.sha256(f"{digest}:depth={depth}:variant={variant}".encode()).hexdigest()
     return digest[:_KEY_CHARS]
@@ -166,4 +147,4 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
 
 
 __all__ = ["CACHE_ENV", "UNTRAINED_MODEL", "Progress", "cache_key", "cache_root", "cached_export",
-           "file_sha256", "reference_model"]
+           "reference_model", "weights_sha256"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyFacesError
+from tinyfaces_trt.core.errors import TinyFacesError
 
 _SEPARATORS = re.compile(r"[\s,]+")
 

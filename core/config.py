@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ManifestError
+from tinyfaces_trt.core.errors import ManifestError
 
 NUM_TEMPLATES = 25
 NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th blocks)
@@ -48,7 +48,7 @@ def load_default_templates() -> np.ndarray:
 
     Rounded to 8 decimals as the PyTorch port does after reading its JSON.
     """
-    text = resources.files("tinyfaces_trt.runtime").joinpath("data/templates.json").read_text()
+    text = resources.files("tinyfaces_trt.core").joinpath("data/templates.json").read_text()
     return np.round(np.asarray(json.loads(text)["templates"], dtype=np.float64), 8)
 
 

@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import TinyFacesError
-from .wider_eval import SETTINGS, WiderEvalResult, evaluate_folder
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.wider.evaluate import SETTINGS, WiderEvalResult, evaluate_folder
 
 
 class PlotUnavailableError(TinyFacesError):

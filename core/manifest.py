@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import NUM_CHANNELS, DetectorConfig
-from .errors import ManifestError
-from .profiles import Profile
+from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
+from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.profiles import Profile
 
 FORMAT = "tinyfaces-trt-export"
 FORMAT_VERSION = 1

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TinyFacesError
-from .wider_format import detection_path, matlab_round, read_detection_file
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.wider.format import detection_path, matlab_round, read_detection_file
 
 SETTINGS = ("easy", "medium", "hard")
 INDEX_FILE = "wider_face_val.mat"

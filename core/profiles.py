@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DetectorConfig
-from .errors import ManifestError
-from .pyramid import MIN_INPUT_SIDE, plan_pyramid
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.pyramid import MIN_INPUT_SIDE, plan_pyramid
 
 Shape = tuple[int, int, int, int]
 

@@ -24,18 +24,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from .errors import TinyFacesError
-from .outputs import prepare_output_dir
+from tinyfaces_trt.core.cli import fraction, logging_to_stderr, positive_int, probability, stderr_line
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import prepare_output_dir
 
 PROG = "tf-detect"
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
-_N = TypeVar("_N", int, float)
 
 _BANNER_WIDTH = 72
 
@@ -77,31 +77,6 @@ class ImageJob:
     path: Path
     rel: Path
     event: str
-
-
-def _argument(text: str, convert: Callable[[str], _N], ok: Callable[[_N], bool],
-              kind: str, expected: str) -> _N:
-    """``convert(text)`` when it succeeds and passes ``ok``; else argparse's usage error."""
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
-    return value
-
-
-def _probability(text: str) -> float:
-    return _argument(text, float, lambda v: 0.0 < v < 1.0, "a number",
-                     "between 0 and 1 (exclusive)")
-
-
-def _fraction(text: str) -> float:
-    return _argument(text, float, lambda v: 0.0 <= v <= 1.0, "a number", "between 0 and 1")
-
-
-def _positive_int(text: str) -> int:
-    return _argument(text, int, lambda v: v >= 1, "an integer", ">= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,9 +129,9 @@ on stderr, other images are still processed), 2 bad command-line arguments.""",
     anon.add_argument("--pixelate", action="store_true",
                       help="also write <name>_pixelated.jpg|png with every face pixelated "
                            "(needs --out)")
-    parser.add_argument("--prob-thresh", type=_probability, metavar="P",
+    parser.add_argument("--prob-thresh", type=probability, metavar="P",
                         help="keep detections with probability > P (default: the model's, 0.5)")
-    parser.add_argument("--nms-thresh", type=_fraction, metavar="T",
+    parser.add_argument("--nms-thresh", type=fraction, metavar="T",
                         help="suppress boxes overlapping a better one with IoU > T "
                              "(default: the model's, 0.3)")
     parser.add_argument("--wider-dir", metavar="DIR",
@@ -168,7 +143,7 @@ on stderr, other images are still processed), 2 bad command-line arguments.""",
     parser.add_argument("--providers", default=None, metavar="LIST",
                         help="onnxruntime execution providers, comma separated (cpu, cuda, "
                              "tensorrt) or 'auto' for the best available (default: cpu)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log backend details (providers in use, cache hits)")
@@ -269,8 +244,8 @@ class OutputNames:
 def write_outputs(out_dir: Path, stem: Path, job: ImageJob, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None) -> list[Path]:
     """Writes the drawn copy, the detections JSON and the anonymised copy; returns the paths."""
-    from .draw import blur_boxes, draw_boxes, pixelate_boxes
-    from .imageio import save_image
+    from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
+    from tinyfaces_trt.runtime.imageio import save_image
 
     ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
     base = out_dir / stem
@@ -303,7 +278,7 @@ class WiderWriter:
         self._written: dict[Path, Path] = {}
 
     def write(self, job: ImageJob, boxes: np.ndarray) -> Path:
-        from .wider_format import detection_path, write_detection_file
+        from tinyfaces_trt.wider.format import detection_path, write_detection_file
 
         target = detection_path(self.wider_dir, job.event, job.path.stem)
         other = self._written.get(target)
@@ -322,30 +297,8 @@ class WiderWriter:
 # Main
 # ---------------------------------------------------------------------------------------------
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _error(message: str) -> None:
-    _stderr(f"{PROG}: error: {message}")
-
-
-@contextlib.contextmanager
-def logging_to_stderr(verbose: bool = False, prog: str = PROG) -> Iterator[None]:
-    """Routes the toolkit's log records (INFO with ``verbose``, else WARNING and up) to stderr
-    as ``<prog>: message`` lines for a CLI run; restores the logger after."""
-    logger = logging.getLogger("tinyfaces_trt")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.propagate = saved[0], saved[2]
-        logger.setLevel(saved[1])
+    stderr_line(f"{PROG}: error: {message}")
 
 
 def _is_untrained(args: argparse.Namespace) -> bool:
@@ -353,7 +306,7 @@ def _is_untrained(args: argparse.Namespace) -> bool:
         return False
     if not args.model:
         return True
-    from .export_folder import load_export_folder
+    from tinyfaces_trt.core.manifest import load_export_folder
 
     return load_export_folder(args.model).untrained
 
@@ -367,7 +320,7 @@ def _check_weights_path(weights: str | None) -> None:
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
-    from .backends import create_detector
+    from tinyfaces_trt.detectors import create_detector
 
     providers = args.providers.split(",") if args.providers and args.providers != "auto" \
         else args.providers
@@ -375,7 +328,7 @@ def _make_detector(args: argparse.Namespace) -> Any:
         args.backend, model_dir=args.model, weights=args.weights,
         config_overrides={"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh},
         fp16=args.fp16, providers=providers, threads=args.threads,
-        progress=lambda line: _stderr(f"{PROG}: {line}"))
+        progress=lambda line: stderr_line(f"{PROG}: {line}"))
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -403,10 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
-        with logging_to_stderr(args.verbose):
+        with logging_to_stderr(PROG, args.verbose):
             return _run(args)
     except KeyboardInterrupt:
-        _stderr(f"{PROG}: interrupted")
+        stderr_line(f"{PROG}: interrupted")
         return 130
 
 
@@ -419,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.wider_dir else None
         untrained = _is_untrained(args)
         if untrained:
-            _stderr(untrained_banner(args.model))
+            stderr_line(untrained_banner(args.model))
         detector = _make_detector(args)
     except TinyFacesError as exc:
         _error(str(exc))
@@ -445,7 +398,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"backend": args.backend, "untrained": untrained,
                           "images": records, "errors": failures}, indent=2))
-    _stderr(f"{PROG}: {len(records)} image(s), {faces} face(s), {len(failures)} error(s) "
+    stderr_line(f"{PROG}: {len(records)} image(s), {faces} face(s), {len(failures)} error(s) "
             f"in {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
 
@@ -454,7 +407,7 @@ def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: Outp
              out_dir: Path | None, wider: WiderWriter | None,
              anonymise: str | None) -> dict[str, Any]:
     """Detects one image, prints its line, writes its files; returns its JSON record."""
-    from .imageio import load_image
+    from tinyfaces_trt.runtime.imageio import load_image
 
     image = load_image(job.path)
     boxes = detector.detect(image)

@@ -1,0 +1,112 @@
+"""Helpers shared by the command-line tools: argument types, logging to stderr, exit codes.
+
+Libraries report through :mod:`logging` (logger ``tinyfaces_trt``); a CLI routes those
+records to stderr with :func:`logging_to_stderr`, prefixed by its own name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, TypeVar
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_N = TypeVar("_N", int, float)
+
+
+class ImageSize(NamedTuple):
+    """An image size as the command line writes it, ``WIDTHxHEIGHT``."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_image_size(text: str) -> ImageSize:
+    """``"1920x1080"`` -> ``ImageSize(width=1920, height=1080)``; argparse's usage error else."""
+    try:
+        w, h = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"image size must be WIDTHxHEIGHT with positive integers, e.g. 1920x1080; got {text!r}"
+        ) from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(
+            f"image size must be WIDTHxHEIGHT with positive integers, e.g. 1920x1080; got {text!r}")
+    return ImageSize(w, h)
+
+
+def parse_image_sizes(text: str) -> list[ImageSize]:
+    """``"33x47,64x64"`` -> a list of :class:`ImageSize` (at least one)."""
+    sizes = [parse_image_size(part) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError("no image sizes given; expected e.g. 640x480,1920x1080")
+    return sizes
+
+
+def checked(text: str, convert: Callable[[str], _N], ok: Callable[[_N], bool],
+            kind: str, expected: str) -> _N:
+    """``convert(text)`` when it succeeds and passes ``ok``; else argparse's usage error."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    return checked(text, float, lambda v: 0.0 < v < 1.0, "a number", "between 0 and 1 (exclusive)")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    return checked(text, float, lambda v: 0.0 <= v <= 1.0, "a number", "between 0 and 1")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return checked(text, int, lambda v: v >= 1, "an integer", ">= 1")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return checked(text, float, lambda v: v > 0, "a number", "> 0")
+
+
+def seed_argument(text: str) -> int:
+    """argparse type of a ``--seed``: a non-negative integer."""
+    return checked(text, int, lambda v: v >= 0, "an integer", ">= 0")
+
+
+def stderr_line(message: str) -> None:
+    """One line to stderr, flushed (progress and errors of a CLI)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def logging_to_stderr(prog: str, verbose: bool = False) -> Iterator[None]:
+    """Routes the toolkit's log records (INFO with ``verbose``, else WARNING and up) to stderr
+    as ``<prog>: message`` lines for a CLI run; restores the logger after."""
+    logger = logging.getLogger("tinyfaces_trt")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])

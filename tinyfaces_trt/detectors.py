@@ -1,0 +1,95 @@
+"""The one-call detector factory: any backend, from an export folder or a checkpoint.
+
+    detector = create_detector("onnxruntime", model_dir="export/")        # an export folder
+    detector = create_detector("onnxruntime", weights="checkpoint.pth")   # exported once, cached
+    detector = create_detector("torch", weights="checkpoint.pth")         # the torch reference
+    boxes = detector.detect(rgb_uint8_image)
+
+Export-folder backends (``"onnxruntime"``, ``"tensorrt"``) come from
+:mod:`tinyfaces_trt.runtime.backends`, which never imports torch; ``weights=`` with them goes
+through the export cache (:mod:`tinyfaces_trt.export_cache`). ``"torch"`` runs the reference
+model (needs the ``export`` extra). With neither ``model_dir`` nor ``weights`` the seeded,
+UNTRAINED default network is used: its detections are meaningless, only good for plumbing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.export_cache import Progress, cached_export, reference_model
+from tinyfaces_trt.runtime import backends as folder_backends
+from tinyfaces_trt.runtime.backends import apply_overrides
+from tinyfaces_trt.runtime.pipeline import Detector
+
+BACKENDS = (*folder_backends.BACKENDS, "torch")
+
+
+def available_backends() -> list[str]:
+    """Backends whose dependencies are installed here (tensorrt also needs a visible GPU).
+
+    Never raises and imports nothing heavy except, for tensorrt, the CUDA device query.
+    """
+    found = folder_backends.available_backends()
+    if importlib.util.find_spec("torch") is not None:
+        found.append("torch")
+    return found
+
+
+def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[str] | None = None,
+                    weights: str | os.PathLike[str] | None = None,
+                    config_overrides: Mapping[str, Any] | None = None, *,
+                    fp16: bool = False, providers: str | Sequence[str] | None = None,
+                    threads: int | None = None, depth: int | None = None,
+                    variant: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                    progress: Progress | None = None, gpu_stages: bool | None = None) -> Detector:
+    """A ready :class:`~tinyfaces_trt.runtime.pipeline.Detector` for one backend.
+
+    Args:
+        backend: ``"onnxruntime"`` (default), ``"tensorrt"`` or ``"torch"``.
+        model_dir: an export folder (``tf-export`` output); onnxruntime / tensorrt only.
+        weights: a checkpoint; torch runs it directly, the others export it once into the
+            cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
+        config_overrides: :class:`~tinyfaces_trt.core.config.DetectorConfig` fields to
+            replace, e.g. ``{"prob_thresh": 0.8}`` (None values are ignored).
+        fp16: fp16 ONNX model / engine (exported into the cache when needed).
+        providers, threads: ONNX Runtime options.
+        depth, variant: passed to the checkpoint loader (None: detect from the file).
+        cache_dir: export cache root (default :func:`tinyfaces_trt.core.files.cache_root`).
+        progress: called with a line of text before and after a long step (an export).
+        gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
+
+    Raises:
+        TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
+        a missing optional dependency, conflicting arguments.
+    """
+    if backend not in BACKENDS:
+        raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if model_dir is not None and weights is not None:
+        raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
+                             "(weights), not both")
+    if backend == "torch":
+        if model_dir is not None:
+            raise TinyFacesError("the torch backend runs a checkpoint (weights=...), not an "
+                                 "export folder; use onnxruntime or tensorrt with model_dir")
+        model, config = reference_model(weights, depth, variant)
+        from tinyfaces_trt.export.torch_runner import TorchRunner
+
+        return Detector(TorchRunner(model), apply_overrides(config, config_overrides))
+    if backend == "tensorrt":
+        from tinyfaces_trt.runtime.backends.tensorrt_runner import import_tensorrt
+
+        import_tensorrt()  # before any export into the cache
+    folder = None
+    if model_dir is None:
+        folder = cached_export(weights, fp16=fp16, engine=backend == "tensorrt", depth=depth,
+                               variant=variant, cache_dir=cache_dir, progress=progress)
+    return folder_backends.create_detector(
+        backend, model_dir, config_overrides, fp16=fp16, providers=providers, threads=threads,
+        gpu_stages=gpu_stages, folder=folder)
+
+
+__all__ = ["BACKENDS", "available_backends", "create_detector"]
