@@ -1,8 +1,16 @@
-"""Files and folders: output folders checked before long work, the cache root."""
+"""Files and folders: output folders checked before long work, atomic outputs, the cache root.
+
+Every output the toolkit writes goes through :func:`atomic_output`: it is written to a hidden
+temporary name in the destination folder and renamed over the final name only once complete,
+so an interrupted run or a full disk never leaves a truncated file under a final name.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -46,3 +54,45 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg).expanduser() / "tinyfaces_trt"
+
+
+TEMP_PREFIX = ".tf-tmp-"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renames it to ``path`` when the block succeeds.
+
+    Write the whole file to the yielded path (any writer that takes a path or a file name).
+    On success it is flushed to disk and atomically renamed over ``path``; on any exception
+    (KeyboardInterrupt included) it is removed and the exception propagates, so ``path`` is
+    either the complete new file or whatever was there before.
+
+    The temporary name keeps the final suffix (``.tf-tmp-XXXX-name.jpg``) so that writers
+    choosing a format by extension still do.
+    """
+    final = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}", suffix=f"-{final.name}",
+                                    dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Writes UTF-8 ``text`` to ``path`` through :func:`atomic_output`."""
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -11,7 +11,7 @@ stages for their CUDA versions (device-resident buffers). Everything else is sha
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.runner import NetworkRunner
 
 
 @runtime_checkable
@@ -28,20 +29,6 @@ class Preprocessor(Protocol):
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> Any:
         """``image`` is (H, W, 3) uint8 RGB; returns the (1, 3, h, w) float32 input
         (a numpy array, or a device buffer for device stages)."""
-
-
-@runtime_checkable
-class NetworkRunner(Protocol):
-    """Runs the fully-convolutional network on one level's input."""
-
-    def run(self, net_input: Any) -> Any:
-        """Returns the (1, 125, h', w') float32 score map for that input
-        (h' = ceil(h/8) for the pytorch variant).
-
-        A runner that accepts only some input shapes (a TensorRT engine's profile) may also
-        have ``check_levels(levels)``, raising a TinyFacesError for a level it cannot run;
-        :meth:`Detector.detect` calls it before any work on an image.
-        """
 
 
 @runtime_checkable
@@ -120,6 +107,26 @@ class Detector:
         boxes = self.postprocessor.finish()
         clock.lap("nms")
         return boxes
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Detects faces in several images of one size (video frames, camera streams).
+
+        Returns one (N_i, 5) array per image, each exactly what :meth:`detect` returns for it.
+        """
+        return [self.detect(image) for image in images]
+
+    def close(self) -> None:
+        """Releases the runner's and the stages' memory (device buffers); idempotent."""
+        for part in (self.preprocessor, self.postprocessor, self.runner):
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _StageClock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -92,4 +93,29 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         gpu_stages=gpu_stages, folder=folder)
 
 
-__all__ = ["BACKENDS", "available_backends", "create_detector"]
+@dataclass(frozen=True)
+class DetectorSpec:
+    """The arguments of :func:`create_detector`, picklable: a worker process (a Ray actor, a
+    pool) builds its own detector from it with :meth:`create`."""
+
+    backend: str = "onnxruntime"
+    model_dir: str | None = None
+    weights: str | None = None
+    config_overrides: tuple[tuple[str, Any], ...] = ()
+    fp16: bool = False
+    providers: tuple[str, ...] | str | None = None
+    threads: int | None = None
+    depth: int | None = None
+    variant: str | None = None
+    cache_dir: str | None = None
+
+    def create(self, progress: Progress | None = None) -> Detector:
+        """A new detector with these arguments."""
+        providers = list(self.providers) if isinstance(self.providers, tuple) else self.providers
+        return create_detector(self.backend, self.model_dir, self.weights,
+                               dict(self.config_overrides), fp16=self.fp16, providers=providers,
+                               threads=self.threads, depth=self.depth, variant=self.variant,
+                               cache_dir=self.cache_dir, progress=progress)
+
+
+__all__ = ["BACKENDS", "DetectorSpec", "available_backends", "create_detector"]

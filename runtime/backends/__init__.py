@@ -23,7 +23,8 @@ from typing import Any
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
-from tinyfaces_trt.runtime.pipeline import Detector, NetworkRunner
+from tinyfaces_trt.core.runner import NetworkRunner
+from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.runtime.pipeline import NetworkRunner
+from tinyfaces_trt.core.runner import NetworkRunner
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 from tinyfaces_trt.core.pyramid import plan_pyramid

@@ -1,0 +1,96 @@
+"""The network-runner protocol: what the pipeline asks of a backend.
+
+A runner maps a batch of network inputs to score maps:
+
+    (N, 3, h, w) float32  ->  (N, 125, h', w') float32      (h' = ceil(h / 8) for "pytorch")
+
+and declares what it can do in :attr:`NetworkRunner.capabilities`:
+
+- ``device_io``: ``run`` takes a CUDA device array (any object with
+  ``__cuda_array_interface__``, C-contiguous float32) and returns one, produced on the CUDA
+  stream :attr:`NetworkRunner.stream`. The detector then keeps every stage on the device
+  (CUDA resize, decode, NMS) and orders the streams with CUDA events; only boxes come back.
+  Host runners take and return numpy arrays.
+- ``batch``: ``run`` accepts N > 1 (``Detector.detect_batch`` runs each pyramid level once
+  for all images); otherwise the detector runs images one by one.
+
+The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
+memory); the detector finishes reading it first. ``close()`` releases the runner's memory
+(device buffers, sessions); a closed runner may not run again.
+
+:class:`RunnerBase` gives the defaults (host I/O, no batch, nothing to check or close).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from tinyfaces_trt.core.pyramid import PyramidLevel
+
+
+@dataclass(frozen=True)
+class RunnerCapabilities:
+    """What a runner can do (see the module docstring)."""
+
+    device_io: bool = False
+    batch: bool = False
+
+
+HOST = RunnerCapabilities()
+
+
+@runtime_checkable
+class NetworkRunner(Protocol):
+    """Runs the fully-convolutional network on one pyramid level's input batch."""
+
+    capabilities: RunnerCapabilities
+
+    @property
+    def stream(self) -> int | None:
+        """The ``cudaStream_t`` (as an int) a device-I/O runner works on; None for host runners."""
+
+    def run(self, net_input: Any) -> Any:
+        """(N, 3, h, w) float32 input -> (N, 125, h', w') float32 score map."""
+
+    def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
+        """Raises a TinyFacesError for a level this runner cannot run (e.g. outside a TensorRT
+        engine's profile); called before any work on an image."""
+
+    def close(self) -> None:
+        """Releases the runner's memory; idempotent."""
+
+
+class RunnerBase:
+    """Defaults of the :class:`NetworkRunner` protocol for a host runner; subclasses override."""
+
+    capabilities: RunnerCapabilities = HOST
+
+    @property
+    def stream(self) -> int | None:
+        return None
+
+    def run(self, net_input: Any) -> Any:
+        raise NotImplementedError
+
+    def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> "RunnerBase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def capabilities_of(runner: object) -> RunnerCapabilities:
+    """A runner's capabilities (:data:`HOST` for a runner that declares none)."""
+    caps = getattr(runner, "capabilities", HOST)
+    if not isinstance(caps, RunnerCapabilities):
+        raise TypeError(f"{type(runner).__name__}.capabilities must be a RunnerCapabilities, "
+                        f"got {type(caps).__name__}")
+    return caps
