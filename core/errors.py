@@ -23,3 +23,16 @@ class ManifestError(TinyFacesError):
 
 class BackendUnavailableError(TinyFacesError):
     """A backend's optional dependency (onnxruntime, tensorrt, cuda-python, a GPU) is missing."""
+
+
+class ScoreMapError(TinyFacesError, ValueError):
+    """A network's score map breaks the contract: wrong shape or dtype, non-finite values,
+    more candidates than the pyramid can make."""
+
+
+class NetworkInputError(TinyFacesError, ValueError):
+    """A network input breaks the contract: not an (N, 3, h, w) float32 array."""
+
+
+class StageOrderError(TinyFacesError, RuntimeError):
+    """A pipeline stage was called out of order (e.g. ``add_level`` before ``reset``)."""

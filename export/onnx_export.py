@@ -65,11 +65,12 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
 
 
 def _export_dynamo(model: nn.Module, sample: torch.Tensor, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)
     height = torch.export.Dim("height", min=1)
     width = torch.export.Dim("width", min=1)
     program = torch.onnx.export(model, (sample,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                                dynamic_shapes=({2: height, 3: width},))
+                                dynamic_shapes=({0: batch, 2: height, 3: width},))
     return program.model_proto
 
 
@@ -77,17 +78,19 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, opset: int) -> o
     buf = io.BytesIO()
     torch.onnx.export(model, (sample,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       opset_version=opset, dynamo=False, do_constant_folding=True,
-                      dynamic_axes={INPUT_NAME: {2: "height", 3: "width"},
-                                    OUTPUT_NAME: {2: "score_height", 3: "score_width"}})
+                      dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                    OUTPUT_NAME: {0: "batch", 2: "score_height", 3: "score_width"}})
     return onnx.load_from_string(buf.getvalue())
 
 
 def _name_dims(proto: onnx.ModelProto) -> None:
     """Gives the dynamic dimensions readable names (the exporter writes formulas)."""
-    for value, names in ((proto.graph.input[0], ("height", "width")),
-                         (proto.graph.output[0], ("score_height", "score_width"))):
+    for value, names in ((proto.graph.input[0], ("batch", None, "height", "width")),
+                         (proto.graph.output[0], ("batch", None, "score_height", "score_width"))):
         dims = value.type.tensor_type.shape.dim
-        for dim, name in zip(dims[2:], names):
+        for dim, name in zip(dims, names):
+            if name is None:
+                continue
             if not dim.HasField("dim_value"):
                 dim.dim_param = name
 
@@ -99,7 +102,8 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
         TinyFacesError: both exporters failed (the message carries the first error).
     """
     model = model.eval()
-    sample = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, *TRACE_SIZE),
+    # batch 2: torch.export specialises a dimension traced at size 1
+    sample = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, *TRACE_SIZE),
                                                                        dtype=np.float32))
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -122,8 +126,8 @@ def check_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``onnx.checker`` (full) plus strict shape inference; checks the I/O contract.
 
     Returns the model with inferred value_info. Raises :class:`TinyFacesError` when the
-    graph is invalid or its input/output are not ``image`` (1,3,H,W) / ``scores`` (1,125,h,w)
-    float32 with dynamic spatial dimensions.
+    graph is invalid or its input/output are not ``image`` (N,3,H,W) / ``scores`` (N,125,h,w)
+    float32 with dynamic batch and spatial dimensions.
     """
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -134,13 +138,13 @@ def check_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:
     if [i.name for i in graph.input] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
         raise TinyFacesError(f"exported graph has inputs {[i.name for i in graph.input]} and outputs "
                              f"{[o.name for o in graph.output]}; expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]")
-    for value, fixed in ((graph.input[0], (1, 3)), (graph.output[0], (1, NUM_CHANNELS))):
+    for value, channels in ((graph.input[0], 3), (graph.output[0], NUM_CHANNELS)):
         tt = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim]
-        if tt.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or tuple(dims[:2]) != fixed \
-                or any(isinstance(d, int) for d in dims[2:]):
+        if tt.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or dims[1] != channels \
+                or any(isinstance(d, int) for d in (dims[0], dims[2], dims[3])):
             raise TinyFacesError(f"exported {value.name!r} is {onnx.TensorProto.DataType.Name(tt.elem_type)} "
-                                 f"{dims}; expected FLOAT [{fixed[0]}, {fixed[1]}, dynamic, dynamic]")
+                                 f"{dims}; expected FLOAT [dynamic, {channels}, dynamic, dynamic]")
     return inferred
 
 

@@ -19,30 +19,37 @@ import numpy as np
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
-from tinyfaces_trt.core.runner import NetworkRunner
+from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
 
 
 @runtime_checkable
 class Preprocessor(Protocol):
-    """Resizes + normalises the image for one pyramid level into the network's input."""
+    """Resizes + normalises images for one pyramid level into the network's input."""
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> Any:
         """``image`` is (H, W, 3) uint8 RGB; returns the (1, 3, h, w) float32 input
-        (a numpy array, or a device buffer for device stages)."""
+        (a numpy array, or a device array for device stages)."""
+
+    def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> Any:
+        """N images of one size -> the level's (N, 3, h, w) float32 input."""
 
 
 @runtime_checkable
 class Postprocessor(Protocol):
-    """Collects candidates level by level, then runs one NMS over all levels."""
+    """Collects candidates level by level, then runs one NMS per image over all levels."""
 
-    def reset(self, image_height: int, image_width: int) -> None:
-        """Starts a new image of the given original size."""
+    def reset(self, image_height: int, image_width: int, count: int = 1) -> None:
+        """Starts ``count`` new images of the given original size."""
 
     def add_level(self, score_map: Any, level: PyramidLevel) -> None:
-        """Decodes one level's score map into candidates in original-image pixels."""
+        """Decodes one level's (count, 125, h', w') score map into candidates in
+        original-image pixels, image by image."""
+
+    def finish_all(self) -> list[np.ndarray]:
+        """NMS per image: one (N_i, 5) float32 [x1, y1, x2, y2, prob] array each, best first."""
 
     def finish(self) -> np.ndarray:
-        """NMS over all candidates; (N, 5) float32 [x1, y1, x2, y2, prob], best first."""
+        """:meth:`finish_all` of a single image."""
 
 
 def _sync(stage: object) -> None:
@@ -89,31 +96,47 @@ class Detector:
             (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
             sorted by descending score.
         """
-        image = validate_image(image)
-        height, width = image.shape[:2]
+        (boxes,) = self._run([validate_image(image)], timings)
+        return boxes
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     timings: MutableMapping[str, float] | None = None) -> list[np.ndarray]:
+        """Detects faces in several images of one size (video frames, camera streams).
+
+        With a runner that takes batches (``capabilities.batch``) each pyramid level runs once
+        for all images; decode and NMS stay per image. Returns one (N_i, 5) array per image,
+        each what :meth:`detect` returns for it (up to the runner's batch-vs-single rounding).
+        """
+        images = validate_batch(images)
+        if not images:
+            return []
+        if not capabilities_of(self.runner).batch:
+            return [boxes for image in images for boxes in self._run([image], timings)]
+        return self._run(images, timings)
+
+    def _run(self, images: list[np.ndarray],
+             timings: MutableMapping[str, float] | None) -> list[np.ndarray]:
+        """The data flow for validated images of one size, all levels batched."""
+        height, width = images[0].shape[:2]
         clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
         levels = self.plan(height, width)
         check_levels = getattr(self.runner, "check_levels", None)
         if check_levels is not None:
             check_levels(levels)  # refuse the whole image before running any level
-        self.postprocessor.reset(height, width)
+        self.postprocessor.reset(height, width, len(images))
         for level in levels:
-            net_input = self.preprocessor.prepare(image, level)
+            if len(images) == 1:
+                net_input = self.preprocessor.prepare(images[0], level)
+            else:
+                net_input = self.preprocessor.prepare_batch(images, level)
             clock.lap("preprocess")
             score_map = self.runner.run(net_input)
             clock.lap("network")
             self.postprocessor.add_level(score_map, level)
             clock.lap("decode")
-        boxes = self.postprocessor.finish()
+        boxes = self.postprocessor.finish_all()
         clock.lap("nms")
         return boxes
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Detects faces in several images of one size (video frames, camera streams).
-
-        Returns one (N_i, 5) array per image, each exactly what :meth:`detect` returns for it.
-        """
-        return [self.detect(image) for image in images]
 
     def close(self) -> None:
         """Releases the runner's and the stages' memory (device buffers); idempotent."""
@@ -158,3 +181,13 @@ def validate_image(image: np.ndarray) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"image is empty: shape {image.shape}")
     return np.ascontiguousarray(image)
+
+
+def validate_batch(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Checks every image (:func:`validate_image`) and that all have one size."""
+    checked = [validate_image(image) for image in images]
+    sizes = {image.shape for image in checked}
+    if len(sizes) > 1:
+        raise ImageError(f"a batch takes images of one size, got {sorted(sizes)}; "
+                         f"detect images of other sizes separately")
+    return checked

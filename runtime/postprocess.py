@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.errors import ScoreMapError, StageOrderError
 from tinyfaces_trt.runtime.decode import Candidates, decode_level
 from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -42,7 +43,7 @@ def postprocess_levels(score_maps: Sequence[np.ndarray], levels: Sequence[Pyrami
         (N, 5) float32 [x1, y1, x2, y2, prob], best first.
     """
     if len(score_maps) != len(levels):
-        raise ValueError(f"{len(score_maps)} score maps for {len(levels)} levels")
+        raise ScoreMapError(f"{len(score_maps)} score maps for {len(levels)} levels")
     post = HostPostprocessor(config)
     post.reset(*image_hw)
     for score_map, level in zip(score_maps, levels):
@@ -51,29 +52,40 @@ def postprocess_levels(score_maps: Sequence[np.ndarray], levels: Sequence[Pyrami
 
 
 class HostPostprocessor:
-    """:class:`~.pipeline.Postprocessor` on the CPU: numpy decode and NMS."""
+    """:class:`~tinyfaces_trt.runtime.pipeline.Postprocessor` on the CPU: numpy decode and NMS."""
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self._image_hw: tuple[int, int] | None = None
-        self._parts: list[Candidates] = []
+        self._parts: list[list[Candidates]] = []
         self._level_base = 0
 
-    def reset(self, image_height: int, image_width: int) -> None:
-        """Starts a new image of the given original size."""
+    def reset(self, image_height: int, image_width: int, count: int = 1) -> None:
+        """Starts ``count`` new images of the given original size."""
         self._image_hw = (int(image_height), int(image_width))
-        self._parts = []
+        self._parts = [[] for _ in range(count)]
         self._level_base = 0
 
     def add_level(self, score_map: np.ndarray, level: PyramidLevel) -> None:
-        """Decodes one level's (1, 125, h, w) score map into candidates."""
+        """Decodes one level's (count, 125, h, w) score map into each image's candidates."""
         if self._image_hw is None:
-            raise RuntimeError("HostPostprocessor.reset() must be called before add_level()")
-        self._parts.append(decode_level(score_map, level, self.config, self._level_base))
+            raise StageOrderError("HostPostprocessor.reset() must be called before add_level()")
+        score_map = np.asarray(score_map)
+        if score_map.ndim != 4 or score_map.shape[0] != len(self._parts):
+            raise ScoreMapError(f"score map must have shape ({len(self._parts)}, 125, h, w) for "
+                                f"{len(self._parts)} image(s), got {score_map.shape}")
+        for i, parts in enumerate(self._parts):
+            parts.append(decode_level(score_map[i:i + 1], level, self.config, self._level_base))
         self._level_base += _score_map_cells(score_map)
 
-    def finish(self) -> np.ndarray:
-        """NMS over all levels' candidates; (N, 5) float32 [x1, y1, x2, y2, prob], best first."""
+    def finish_all(self) -> list[np.ndarray]:
+        """NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array each, best first."""
         if self._image_hw is None:
-            raise RuntimeError("HostPostprocessor.reset() must be called before finish()")
-        return select_detections(Candidates.concatenate(self._parts), self._image_hw, self.config)
+            raise StageOrderError("HostPostprocessor.reset() must be called before finish()")
+        return [select_detections(Candidates.concatenate(parts), self._image_hw, self.config)
+                for parts in self._parts]
+
+    def finish(self) -> np.ndarray:
+        """:meth:`finish_all` of a single image."""
+        (boxes,) = self.finish_all()
+        return boxes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
@@ -36,3 +38,7 @@ class HostPreprocessor:
         """(H, W, 3) uint8 RGB -> the level's (1, 3, level.height, level.width) float32 input."""
         resized = resize_bilinear_aa(image, level.height, level.width)
         return normalize(resized, self.config)
+
+    def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> np.ndarray:
+        """N images of one size -> the level's (N, 3, level.height, level.width) float32 input."""
+        return np.concatenate([self.prepare(image, level) for image in images])

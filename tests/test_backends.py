@@ -274,7 +274,7 @@ def test_create_runner_onnxruntime_and_missing_files(export_dir, tmp_path):
         create_runner("onnxruntime", load_export_folder(fp32_only), fp16=True)
     with pytest.raises(TinyFacesError, match="unknown backend 'onnx'"):
         create_runner("onnx", folder)
-    with pytest.raises(TinyFacesError, match="unknown backend 'torch'; expected one of onnxruntime, tensorrt"):
+    with pytest.raises(TinyFacesError, match="unknown backend 'torch'; expected one of onnxruntime, onnxruntime-cuda, tensorrt"):
         create_runner("torch", folder)  # the runtime runs export folders; torch is the factory's
 
 

@@ -311,7 +311,7 @@ def test_host_postprocessor_keys_and_reuse():
     first = post.finish()
     # Keys of level 1 start after 25*h*w of level 0.
     h0, w0 = maps[0].shape[2:]
-    assert post._parts[1].keys.min() >= 25 * h0 * w0
+    assert post._parts[0][1].keys.min() >= 25 * h0 * w0  # image 0, level 1
     np.testing.assert_array_equal(first, postprocess_levels(maps, levels, IMAGE_HW, config))
     post.reset(*IMAGE_HW)  # a new image starts empty
     assert post.finish().shape == (0, 5)

@@ -44,14 +44,14 @@ def _dims(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
-def test_fp32_graph_is_valid_with_dynamic_spatial_dims(exported):
+def test_fp32_graph_is_valid_with_dynamic_batch_and_spatial_dims(exported):
     out, _, _ = exported
     proto = onnx.load(str(out / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
     (inp,), (outp,) = proto.graph.input, proto.graph.output
-    assert (inp.name, _dims(inp)) == ("image", [1, 3, "height", "width"])
-    assert (outp.name, _dims(outp)) == ("scores", [1, 125, "score_height", "score_width"])
+    assert (inp.name, _dims(inp)) == ("image", ["batch", 3, "height", "width"])
+    assert (outp.name, _dims(outp)) == ("scores", ["batch", 125, "score_height", "score_width"])
     assert inp.type.tensor_type.elem_type == outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded
 
@@ -75,7 +75,7 @@ def test_fp16_model_has_float32_io_and_stays_within_tolerance(exported, model):
     out, _, _ = exported
     proto = onnx.load(str(out / "model_fp16.onnx"))
     onnx.checker.check_model(proto, full_check=True)
-    assert _dims(proto.graph.input[0]) == [1, 3, "height", "width"]
+    assert _dims(proto.graph.input[0]) == ["batch", 3, "height", "width"]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     weights = [i for i in proto.graph.initializer if len(i.dims) == 4]

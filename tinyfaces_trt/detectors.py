@@ -15,6 +15,7 @@ UNTRAINED default network is used: its detections are meaningless, only good for
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from tinyfaces_trt.runtime import backends as folder_backends
 from tinyfaces_trt.runtime.backends import apply_overrides
 from tinyfaces_trt.runtime.pipeline import Detector
 
-BACKENDS = (*folder_backends.BACKENDS, "torch")
+BACKENDS = (*folder_backends.BACKENDS, "torch", "auto")
+#: ``"auto"``'s preference, fastest first (TensorRT > compiled torch > ORT CUDA > ORT CPU).
+AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime")
+log = logging.getLogger(__name__)
 
 
 def available_backends() -> list[str]:
@@ -40,6 +44,29 @@ def available_backends() -> list[str]:
     return found
 
 
+def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = None) -> str:
+    """``backend``, or for ``"auto"`` the fastest backend present here that can run the
+    request (an export folder runs on tensorrt only when it holds an engine, and never on the
+    torch backends, which need the checkpoint)."""
+    if backend != "auto":
+        return backend
+    present = set(available_backends())
+    if model_dir is not None:
+        present -= {"torch-cuda", "torch"}
+        try:
+            from tinyfaces_trt.core.manifest import load_export_folder
+
+            load_export_folder(model_dir).engine_path()
+        except TinyFacesError:
+            present.discard("tensorrt")
+    for name in AUTO_ORDER:
+        if name in present:
+            log.info("backend auto: %s (present here: %s)", name, ", ".join(sorted(present)))
+            return name
+    raise TinyFacesError("backend auto: no backend is usable here; install onnxruntime "
+                         "(pip install 'tinyfaces-trt[onnxruntime]')")
+
+
 def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[str] | None = None,
                     weights: str | os.PathLike[str] | None = None,
                     config_overrides: Mapping[str, Any] | None = None, *,
@@ -50,7 +77,9 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """A ready :class:`~tinyfaces_trt.runtime.pipeline.Detector` for one backend.
 
     Args:
-        backend: ``"onnxruntime"`` (default), ``"tensorrt"`` or ``"torch"``.
+        backend: ``"onnxruntime"`` (default, CPU), ``"onnxruntime-cuda"``, ``"tensorrt"``,
+            ``"torch"`` (the CPU reference) or ``"auto"`` (the fastest present here, see
+            :func:`resolve_backend`; logged).
         model_dir: an export folder (``tf-export`` output); onnxruntime / tensorrt only.
         weights: a checkpoint; torch runs it directly, the others export it once into the
             cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
@@ -69,6 +98,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """
     if backend not in BACKENDS:
         raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    backend = resolve_backend(backend, model_dir)
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")
@@ -118,4 +148,5 @@ class DetectorSpec:
                                cache_dir=self.cache_dir, progress=progress)
 
 
-__all__ = ["BACKENDS", "DetectorSpec", "available_backends", "create_detector"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "DetectorSpec", "available_backends", "create_detector",
+           "resolve_backend"]

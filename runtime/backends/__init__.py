@@ -1,11 +1,16 @@
-"""Network runners over an export folder, and a detector for one.
+"""Network runners over an export folder, and detectors built on them.
 
     detector = create_detector("onnxruntime", model_dir="export/")   # a tf-export folder
     boxes = detector.detect(rgb_uint8_image)
 
-Backends: ``"onnxruntime"`` (default, CPU unless ``providers`` asks for more) and
-``"tensorrt"`` (an engine from the export folder, GPU). Optional dependencies are imported
-only when their backend is asked for; a missing one is a :class:`BackendUnavailableError`.
+Backends: ``"onnxruntime"`` (default, CPU unless ``providers`` asks for more),
+``"onnxruntime-cuda"`` (onnxruntime-gpu, device I/O through IOBinding) and ``"tensorrt"`` (an
+engine from the export folder). Optional dependencies are imported only when their backend is
+asked for; a missing one is a :class:`BackendUnavailableError`.
+
+:func:`detector_for` picks the stages by the runner's capabilities, not by backend name: a
+device-I/O runner gets the CUDA resize and decode+NMS kernels on its own stream, so nothing
+but boxes comes back to the host.
 
 This package runs export folders only and never imports torch. A checkpoint (exported once
 into the cache) and the torch backends are :func:`tinyfaces_trt.create_detector`'s job.
@@ -23,12 +28,12 @@ from typing import Any
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
-from tinyfaces_trt.core.runner import NetworkRunner
+from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
 from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
 def available_backends() -> list[str]:
@@ -40,15 +45,31 @@ def available_backends() -> list[str]:
     found = []
     if importlib.util.find_spec("onnxruntime") is not None:
         found.append("onnxruntime")
-    if importlib.util.find_spec("tensorrt") is not None:
-        try:
-            from tinyfaces_trt.runtime.backends.cuda_device import gpu_available
-
-            if gpu_available():
-                found.append("tensorrt")
-        except Exception as exc:  # any failure means "not available", never an error here
-            log.debug("tensorrt not available: %s", exc)
+        if _gpu_visible() and _ort_has_cuda():
+            found.append("onnxruntime-cuda")
+    if importlib.util.find_spec("tensorrt") is not None and _gpu_visible():
+        found.append("tensorrt")
     return found
+
+
+def _gpu_visible() -> bool:
+    try:
+        from tinyfaces_trt.runtime.backends.cuda_device import gpu_available
+
+        return gpu_available()
+    except Exception as exc:  # any failure means "not available", never an error here
+        log.debug("no CUDA GPU usable through cuda-python: %s", exc)
+        return False
+
+
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except Exception as exc:
+        log.debug("onnxruntime has no CUDA provider: %s", exc)
+        return False
 
 
 def _check_backend(backend: str) -> None:
@@ -62,7 +83,7 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
     """The network runner of ``backend`` for an export folder.
 
     Args:
-        backend: ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: one of :data:`BACKENDS`.
         folder: from :func:`~tinyfaces_trt.core.manifest.load_export_folder`.
         fp16: use the folder's fp16 ONNX model / engine.
         providers, threads: ONNX Runtime options (see :class:`OnnxRuntimeRunner`).
@@ -76,6 +97,10 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(folder.onnx_path(fp16), providers=providers, threads=threads)
+    if backend == "onnxruntime-cuda":
+        from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
+
+        return OnnxRuntimeCudaRunner(folder.onnx_path(fp16))
     if backend == "tensorrt":
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner, import_tensorrt
 
@@ -104,16 +129,14 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """A ready :class:`Detector` for an export folder.
 
     Args:
-        backend: ``"onnxruntime"`` (default) or ``"tensorrt"``.
+        backend: one of :data:`BACKENDS` (default ``"onnxruntime"``).
         model_dir: an export folder (``tf-export`` output).
         config_overrides: :class:`DetectorConfig` fields to replace, e.g.
             ``{"prob_thresh": 0.8}`` (None values are ignored).
         fp16: the folder's fp16 ONNX model / engine.
         providers, threads: ONNX Runtime options.
-        gpu_stages: tensorrt only: resize/normalise and decode/NMS on the GPU with the CUDA
-            kernels, sharing the runner's stream (device-resident levels, no score-map
-            download). None: when the kernel library loads, else the host stages (logged);
-            True: required; False: host stages.
+        gpu_stages: device-I/O runners (onnxruntime-cuda, tensorrt): resize/normalise and
+            decode/NMS on the GPU with the CUDA kernels (see :func:`detector_for`).
         folder: an already loaded export folder (instead of ``model_dir``).
 
     Raises:
@@ -129,23 +152,44 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         folder = load_export_folder(model_dir)
     config = apply_overrides(folder.config, config_overrides)
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads)
-    if backend != "tensorrt":
-        return Detector(runner, config)
-    pre = post = None
-    if gpu_stages is not False:
-        try:
-            from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
+    return detector_for(runner, config, gpu_stages=gpu_stages)
 
-            pre, post = cuda_stages(config, stream=runner.stream)  # type: ignore[attr-defined]
-        except BackendUnavailableError as exc:
-            if gpu_stages:
-                raise
-            log.info("CUDA pre/post-processing unavailable (%s); using the host stages", exc)
+
+def detector_for(runner: NetworkRunner, config: DetectorConfig,
+                 gpu_stages: bool | None = None) -> Detector:
+    """A :class:`Detector` over ``runner`` with the stages its capabilities call for.
+
+    A device-I/O runner gets the CUDA resize and decode+NMS stages on its own stream (one
+    stream: no event, no host wait between stages); a host runner the numpy stages.
+
+    Args:
+        runner: any :class:`~tinyfaces_trt.core.runner.NetworkRunner`.
+        config: the detector config.
+        gpu_stages: None: the CUDA stages for a device-I/O runner when the kernel library
+            loads, else the host stages with a warning (the runner then takes and returns host
+            arrays, which costs copies); True: required (an error when they cannot load);
+            False: host stages.
+    """
+    if not capabilities_of(runner).device_io or gpu_stages is False:
+        if gpu_stages:
+            raise BackendUnavailableError(
+                f"{type(runner).__name__} is not a device-I/O runner: the CUDA stages need one")
+        return Detector(runner, config)
+    try:
+        from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
+
+        pre, post = cuda_stages(config, runner_stream=runner.stream)
+    except BackendUnavailableError as exc:
+        if gpu_stages:
+            raise
+        log.warning("CUDA resize/decode/NMS unavailable (%s); using the host stages, with a copy "
+                    "to and from the GPU per pyramid level", exc)
+        return Detector(runner, config)
     return Detector(runner, config, preprocessor=pre, postprocessor=post)
 
 
 __all__ = [
     "BACKENDS", "apply_overrides", "available_backends", "create_detector",
-    "create_runner",
+    "create_runner", "detector_for",
 ]
 

@@ -137,6 +137,66 @@ class Stream:
         return f"Stream(0x{self.handle:x})" if self._stream is not None else "Stream(closed)"
 
 
+class Event:
+    """A CUDA event without timing, to order one stream after another without the host."""
+
+    def __init__(self) -> None:
+        rt = runtime()
+        self._event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming),
+                            "cudaEventCreateWithFlags")
+
+    def record(self, stream: Stream | int | None) -> None:
+        """Marks the current end of ``stream``'s queued work."""
+        check(runtime().cudaEventRecord(self._event, _stream_handle(stream)), "cudaEventRecord")
+
+    def make_wait(self, stream: Stream | int | None) -> None:
+        """Queues on ``stream`` a wait for the work recorded before (the host does not wait)."""
+        check(runtime().cudaStreamWaitEvent(_stream_handle(stream), self._event, 0),
+              "cudaStreamWaitEvent")
+
+    def synchronize(self) -> None:
+        """Waits on the host until the recorded work has finished."""
+        check(runtime().cudaEventSynchronize(self._event), "cudaEventSynchronize")
+
+    def close(self) -> None:
+        """Destroys the event (idempotent)."""
+        if self._event is not None:
+            event, self._event = self._event, None
+            check(runtime().cudaEventDestroy(event), "cudaEventDestroy")
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, or the context is already gone
+            pass
+
+
+class StreamOrder:
+    """Orders a ``consumer`` stream after a ``producer`` stream with one reusable event.
+
+    ``after()`` records the producer's queued work and makes the consumer wait for it, on the
+    GPU: nothing blocks the host. When both are the same stream, work is already in order and
+    nothing is recorded. ``event`` is injectable for tests.
+    """
+
+    def __init__(self, producer: Stream | int | None, consumer: Stream | int | None,
+                 event: Any = None) -> None:
+        self.producer, self.consumer = producer, consumer
+        self.same = _stream_handle(producer) == _stream_handle(consumer)
+        self._event = event if event is not None or self.same else Event()
+
+    def after(self) -> None:
+        """The consumer's next work starts after the producer's work queued so far."""
+        if not self.same:
+            self._event.record(self.producer)
+            self._event.make_wait(self.consumer)
+
+    def close(self) -> None:
+        close = getattr(self._event, "close", None)
+        if close is not None:
+            close()
+
+
 def _stream_handle(stream: Stream | int | None) -> int:
     if stream is None:
         return 0
@@ -251,8 +311,9 @@ class PinnedBuffer:
 class DeviceArray:
     """A typed, C-contiguous view of device memory (what the CUDA stages hand around).
 
-    Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy)
-    and ``__array__`` (``np.asarray(device_array)`` downloads it, so host runners accept it).
+    Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy).
+    Nothing downloads silently: ``np.asarray(device_array)`` is a TypeError; :meth:`download`
+    is the explicit copy.
 
     Args:
         ptr: device address.
@@ -293,8 +354,8 @@ class DeviceArray:
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        host = self.download()
-        return host if dtype is None else host.astype(dtype, copy=False)
+        raise TypeError("a DeviceArray lives on the GPU and is never copied to the host "
+                        "implicitly; call .download() where a host copy is intended")
 
     def __repr__(self) -> str:
         return f"DeviceArray(0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype})"

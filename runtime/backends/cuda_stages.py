@@ -1,40 +1,43 @@
 """GPU pre- and post-processing stages over the CUDA kernel library.
 
 :class:`CudaPreprocessor` and :class:`CudaPostprocessor` implement the
-:class:`~..pipeline.Preprocessor` / :class:`~..pipeline.Postprocessor` protocols on device
+:class:`~tinyfaces_trt.runtime.pipeline.Preprocessor` / ``Postprocessor`` protocols on device
 buffers, with the same semantics as the numpy stages (docs/DESIGN.md):
 
-    pre, post = cuda_stages(config)                     # one shared stream
+    pre, post = cuda_stages(config, stream=Stream(runner.stream))   # share the runner's stream
     detector = Detector(runner, config, preprocessor=pre, postprocessor=post)
 
-The preprocessor uploads each image once and resizes every level on the GPU into a
-(1, 3, h, w) float32 :class:`~.cuda_device.DeviceArray`. The postprocessor decodes each
-level's score map (a device array, a raw device pointer, or a numpy array it uploads) into
-one device candidate buffer and runs sort + NMS in :meth:`CudaPostprocessor.finish`, which
-downloads only the counters and the final (N, 5) rows.
+The preprocessor stages each image in page-locked memory, uploads it once per image
+(asynchronously) and resizes every level on the GPU into an (N, 3, h, w) float32
+:class:`~.cuda_device.DeviceArray`. The postprocessor decodes each level's score map (a
+device array, or a numpy array it uploads) into one device candidate buffer per image and runs
+sort + NMS in :meth:`CudaPostprocessor.finish_all`, which downloads only the counters and the
+final (N, 5) rows.
 
-A device score map made on another stream must be complete before ``add_level``: a
-:class:`~.cuda_device.DeviceArray` that names its stream is waited for, and ``add_level``
-returns only after the decode has read it (its producer may then reuse the memory); for raw
-pointers and foreign arrays, share :attr:`stream` or synchronise first (host runners return
-finished numpy arrays). A raw pointer carries no shape: it is read as the ``pytorch``
-variant's ``(1, 125, ceil(h/8), ceil(w/8))`` map, so other variants must pass an array.
+Stream order: everything of one stage is queued on its ``stream``. When the runner works on
+another stream (``runner_stream``), CUDA events order them without the host: the runner waits
+for the resize, the decode waits for the network, and the runner's next call waits for the
+decode to have read its output. With one shared stream (the default wiring) no event is needed.
+This module is the runtime's one seam to the kernel library (``tinyfaces_trt.kernels``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.runtime.decode import active_templates
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.runtime.pipeline import validate_image
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ScoreMapError, StageOrderError,
+                                       TinyFacesError)
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.runtime.backends import cuda_device
-from tinyfaces_trt.runtime.backends.cuda_device import DeviceArray, DeviceBuffer, Stream
+from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
+                                                        Stream, StreamOrder)
+from tinyfaces_trt.runtime.decode import active_templates
+from tinyfaces_trt.runtime.pipeline import validate_batch
 
 DEFAULT_MAX_NMS_CANDIDATES = 8192
 
@@ -54,16 +57,23 @@ def _require_gpu() -> None:
         raise BackendUnavailableError("the CUDA stages need a CUDA GPU and driver; none is visible")
 
 
+def _as_stream(stream: Stream | int | None) -> Stream:
+    if isinstance(stream, Stream):
+        return stream
+    return Stream() if stream is None else Stream(handle=int(stream))
+
+
 class _Scratch:
-    """A device buffer that grows on demand (contents are not kept when it grows)."""
+    """A buffer that grows on demand (contents are not kept when it grows)."""
 
-    def __init__(self) -> None:
-        self.buffer: DeviceBuffer | None = None
+    def __init__(self, factory: Any = DeviceBuffer) -> None:
+        self.factory = factory
+        self.buffer: Any = None
 
-    def get(self, nbytes: int) -> DeviceBuffer:
+    def get(self, nbytes: int) -> Any:
         if self.buffer is None or self.buffer.nbytes < nbytes:
             self.free()
-            self.buffer = DeviceBuffer(max(int(nbytes), 1))
+            self.buffer = self.factory(max(int(nbytes), 1))
         return self.buffer
 
     def free(self) -> None:
@@ -77,46 +87,75 @@ class CudaPreprocessor:
 
     Args:
         config: the detector config (its normalisation is used).
-        stream: the stream to work on (default: a new one).
+        stream: the stream to work on (a :class:`Stream` or a handle; default: a new one).
         library: a loaded kernel library (default: :func:`~tinyfaces_trt.kernels.load_library`).
+        runner_stream: the stream the network runs on, when it is another one: it is made to
+            wait (a CUDA event) for each level's input.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
     """
 
-    def __init__(self, config: DetectorConfig, stream: Stream | None = None, library: Any = None) -> None:
+    def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
+                 library: Any = None, runner_stream: Stream | int | None = None) -> None:
         _require_gpu()
         self.config = config
         self.lib = _load(library)
-        self.stream = stream if stream is not None else Stream()
+        self.stream = _as_stream(stream)
+        self._to_runner = StreamOrder(self.stream, runner_stream if runner_stream is not None
+                                      else self.stream)
         self._scale, self._bias = config.normalization.scale_and_bias()
-        self._image = _Scratch()
+        self._staging = _Scratch(PinnedBuffer)
+        self._uploaded: cuda_device.Event | None = None
+        self._images = _Scratch()
         self._workspace = _Scratch()
-        self._levels: dict[tuple[int, int], DeviceBuffer] = {}
-        self._source: np.ndarray | None = None
-        self._source_shape: tuple[int, ...] | None = None
+        self._levels: dict[tuple[int, int, int], DeviceBuffer] = {}
+        self._sources: list[np.ndarray] = []
+
+    def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
+        """Stages the images in pinned memory and queues one async upload of all of them
+        (at a pyramid's first level, or when other arrays come than for the last level)."""
+        same = len(images) == len(self._sources) and \
+            all(a is b for a, b in zip(images, self._sources))
+        if same and not first_level:
+            return
+        if self._sources and images[0].shape != self._sources[0].shape:
+            self._free_levels()  # another image size: another pyramid
+        nbytes = sum(image.nbytes for image in images)
+        if self._uploaded is not None:
+            self._uploaded.synchronize()  # the previous upload has left the pinned buffer
+        staging = self._staging.get(nbytes).array(nbytes)
+        offset = 0
+        for image in images:
+            staging[offset:offset + image.nbytes] = image.reshape(-1)
+            offset += image.nbytes
+        self._images.get(nbytes).upload(staging, self.stream)
+        if self._uploaded is None:
+            self._uploaded = cuda_device.Event()
+        self._uploaded.record(self.stream)
+        self._sources = list(images)
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> DeviceArray:
-        """(H, W, 3) uint8 RGB -> the level's (1, 3, h, w) float32 input on the device.
+        """(H, W, 3) uint8 RGB -> the level's (1, 3, h, w) float32 input on the device."""
+        return self.prepare_batch([image], level)
 
-        The image is uploaded at a level of index 0 or when it is another array than last time.
-        """
-        image = validate_image(image)
-        height, width = image.shape[:2]
-        if level.index == 0 or image is not self._source or image.shape != self._source_shape:
-            if image.shape != self._source_shape:
-                self._free_levels()  # another image size: another pyramid
-            self._image.get(image.nbytes).upload(image, self.stream)
-            self._source, self._source_shape = image, image.shape
-        h, w = int(level.height), int(level.width)
-        out = self._levels.get((h, w))
+    def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> DeviceArray:
+        """N (H, W, 3) uint8 RGB images of one size -> the level's (N, 3, h, w) float32 input."""
+        images = validate_batch(images)
+        height, width = images[0].shape[:2]
+        self._upload(images, level.index == 0)
+        n, h, w = len(images), int(level.height), int(level.width)
+        out = self._levels.get((n, h, w))
         if out is None:
-            out = self._levels[(h, w)] = DeviceBuffer(3 * h * w * 4)
+            out = self._levels[(n, h, w)] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
-        self.lib.resize_normalize(self._image.buffer, height, width, out, h, w, self._scale,
-                                  self._bias, workspace, workspace.nbytes, self.stream)
-        return DeviceArray(out.ptr, (1, 3, h, w), np.float32, owner=out, stream=self.stream)
+        for i in range(n):
+            self.lib.resize_normalize(self._images.buffer.ptr + i * images[0].nbytes, height, width,
+                                      out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias,
+                                      workspace, workspace.nbytes, self.stream)
+        self._to_runner.after()
+        return DeviceArray(out.ptr, (n, 3, h, w), np.float32, owner=out, stream=self.stream)
 
     def synchronize(self) -> None:
         """Waits for the queued GPU work (used by the pipeline's per-stage timing)."""
@@ -128,10 +167,32 @@ class CudaPreprocessor:
         self._levels = {}
 
     def close(self) -> None:
-        """Frees the device buffers."""
+        """Frees the device and pinned buffers (idempotent)."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+            self._uploaded.close()
+            self._uploaded = None
         self._free_levels()
-        self._image.free()
-        self._workspace.free()
+        for scratch in (self._images, self._workspace, self._staging):
+            scratch.free()
+        self._to_runner.close()
+        self._sources = []
+
+
+class _ImageCandidates:
+    """One image's device candidate buffer and the key base of its next level."""
+
+    def __init__(self) -> None:
+        self.buffer = _Scratch()
+        self.capacity = 0
+        self.key_base = 0
+
+    def reset(self, lib: Any, capacity: int, stream: Stream) -> None:
+        if capacity > self.capacity:
+            self.buffer.get(lib.candidates_size(capacity))
+            self.capacity = capacity
+        lib.candidates_reset(self.buffer.buffer, stream)
+        self.key_base = 0
 
 
 class CudaPostprocessor:
@@ -139,16 +200,20 @@ class CudaPostprocessor:
 
     Args:
         config: templates, thresholds, stride/offset, clipping.
-        stream: the stream to work on (default: a new one).
+        stream: the stream to work on (a :class:`Stream` or a handle; default: a new one).
         library: a loaded kernel library (default: :func:`~tinyfaces_trt.kernels.load_library`).
+        runner_stream: the stream the network's score maps are made on, when it is another
+            one: each decode waits for it (a CUDA event), and it waits for the decode before
+            the runner's next call may reuse the map's memory.
         max_candidates: initial NMS size; grown (and NMS re-run on the kept candidates) when
-            an image has more, up to the library's maximum (131072).
+            an image has more, up to the library's maximum.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
     """
 
-    def __init__(self, config: DetectorConfig, stream: Stream | None = None, library: Any = None,
+    def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
+                 library: Any = None, runner_stream: Stream | int | None = None,
                  max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES) -> None:
         _require_gpu()
         from tinyfaces_trt.kernels import binding
@@ -156,17 +221,19 @@ class CudaPostprocessor:
         self._binding = binding
         self.config = config
         self.lib = _load(library)
-        self.stream = stream if stream is not None else Stream()
+        self.stream = _as_stream(stream)
+        producer = runner_stream if runner_stream is not None else self.stream
+        self._after_runner = StreamOrder(producer, self.stream)
+        self._before_runner = StreamOrder(self.stream, producer)
         self.max_candidates = max(1, min(int(max_candidates), binding.MAX_NMS_CANDIDATES))
         self._templates = np.asarray(config.templates, dtype=np.float64)[:, :4]
-        self._candidates = _Scratch()
-        self._capacity = 0
+        self._images: list[_ImageCandidates] = []
+        self._count = 0
         self._scores = _Scratch()
         self._workspace = _Scratch()
         self._out = _Scratch()
         self._stats = _Scratch()
         self._image_hw: tuple[int, int] | None = None
-        self._key_base = 0
         self.last_stats: dict[str, int] = {}
 
     def _capacity_bound(self, height: int, width: int) -> int:
@@ -178,64 +245,54 @@ class CudaPostprocessor:
             total += int(active_templates(level.scale, self.config).sum()) * cells
         return max(total, 1)
 
-    def reset(self, image_height: int, image_width: int) -> None:
-        """Starts a new image; sizes the candidate buffer for its whole pyramid."""
+    def reset(self, image_height: int, image_width: int, count: int = 1) -> None:
+        """Starts ``count`` new images of one size; sizes each candidate buffer for its pyramid."""
         self._image_hw = (int(image_height), int(image_width))
         capacity = min(self._capacity_bound(*self._image_hw), self._binding.MAX_CAPACITY)
-        if capacity > self._capacity:
-            self._candidates.get(self.lib.candidates_size(capacity))
-            self._capacity = capacity
-        self.lib.candidates_reset(self._candidates.buffer, self.stream)
-        self._key_base = 0
+        while len(self._images) < count:
+            self._images.append(_ImageCandidates())
+        self._count = int(count)
+        for image in self._images[:count]:
+            image.reset(self.lib, capacity, self.stream)
 
-    def _device_score_map(self, score_map: Any, level: PyramidLevel) -> tuple[DeviceArray, bool]:
-        """The score map on the device, and whether it was made on another (known) stream."""
+    def _device_score_map(self, score_map: Any) -> DeviceArray:
+        """The (N, 125, h, w) score map on the device (a numpy map is uploaded)."""
         if isinstance(score_map, np.ndarray):
             host = np.ascontiguousarray(score_map, dtype=np.float32)
             buf = self._scores.get(host.nbytes)
             buf.upload(host, self.stream)
             arr = DeviceArray(buf.ptr, host.shape, np.float32, owner=buf)
-            foreign_stream = False
+        elif hasattr(score_map, "__cuda_array_interface__"):
+            arr = cuda_device.as_device_array(score_map)
         else:
-            has_shape = isinstance(score_map, DeviceArray) or \
-                hasattr(score_map, "__cuda_array_interface__")
-            if not has_shape and self.config.variant != "pytorch":
-                raise TinyFacesError(
-                    f"a raw device pointer has no shape, and the {self.config.variant!r} variant's "
-                    f"score map is not (1, 125, ceil(h/8), ceil(w/8)); pass a DeviceArray or an "
-                    f"array with __cuda_array_interface__")
-            stride = float(self.config.stride)
-            expected = (1, NUM_CHANNELS, math.ceil(level.height / stride), math.ceil(level.width / stride))
-            arr = cuda_device.as_device_array(score_map, shape=expected)
-            producer = arr.stream
-            foreign_stream = producer is not None and producer is not self.stream
-            if foreign_stream:
-                producer.synchronize()  # made on another stream: wait for it
-        shape = arr.shape[1:] if len(arr.shape) == 4 and arr.shape[0] == 1 else arr.shape
-        if len(shape) != 3 or shape[0] != NUM_CHANNELS or min(shape[1:]) < 1:
-            raise TinyFacesError(f"score map must have shape (1, {NUM_CHANNELS}, h, w), got {arr.shape}")
+            raise ScoreMapError(f"a score map must be a numpy array or a device array with "
+                                f"__cuda_array_interface__, got {type(score_map).__name__}")
+        if len(arr.shape) != 4 or arr.shape[0] != self._count or arr.shape[1] != NUM_CHANNELS \
+                or min(arr.shape[2:]) < 1:
+            raise ScoreMapError(f"score map must have shape ({self._count}, {NUM_CHANNELS}, h, w) "
+                                f"for {self._count} image(s), got {arr.shape}")
         if arr.dtype != np.float32:
-            raise TinyFacesError(f"score map must be float32, got {arr.dtype}")
-        return arr, foreign_stream
+            raise ScoreMapError(f"score map must be float32, got {arr.dtype}")
+        return arr
 
     def add_level(self, score_map: Any, level: PyramidLevel) -> None:
-        """Decodes one level's score map into the image's candidate buffer (on the device)."""
+        """Decodes one level's score map (one slice per image) into the images' candidates."""
         if self._image_hw is None:
-            raise RuntimeError("CudaPostprocessor.reset() must be called before add_level()")
-        arr, foreign_stream = self._device_score_map(score_map, level)
+            raise StageOrderError("CudaPostprocessor.reset() must be called before add_level()")
+        self._after_runner.after()  # the decode reads what the runner wrote
+        arr = self._device_score_map(score_map)
         h, w = arr.shape[-2:]
         params = self._binding.decode_params(
             self._templates, active_templates(level.scale, self.config), self.config.logit_thresh,
             self.config.stride, self.config.offset, level.scale)
-        self.lib.decode_level(arr, h, w, params, self._key_base, self._candidates.buffer,
-                              self._capacity, self.stream)
-        self._key_base += NUM_TEMPLATES * h * w
-        if foreign_stream:
-            # The producer (e.g. a TensorRT runner on its own stream) reuses this memory for
-            # its next output, which nothing orders after our decode: let the decode finish.
-            self.stream.synchronize()
+        per_image = NUM_CHANNELS * h * w * 4
+        for i, image in enumerate(self._images[:self._count]):
+            self.lib.decode_level(arr.ptr + i * per_image, h, w, params, image.key_base,
+                                  image.buffer.buffer, image.capacity, self.stream)
+            image.key_base += NUM_TEMPLATES * h * w
+        self._before_runner.after()  # the runner's next output may reuse this memory
 
-    def _run_nms(self, max_candidates: int) -> np.ndarray:
+    def _run_nms(self, image: _ImageCandidates, max_candidates: int) -> np.void:
         lib, b = self.lib, self._binding
         ws_bytes = lib.nms_workspace_size(max_candidates)
         workspace = self._workspace.get(ws_bytes)
@@ -244,23 +301,20 @@ class CudaPostprocessor:
         height, width = self._image_hw
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
                               self.config.clip_boxes, height, width)
-        lib.nms(self._candidates.buffer, self._capacity, params, max_candidates, workspace,
+        lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
                 ws_bytes, out, stats, self.stream)
         host = np.zeros(1, b.NMS_STATS_DTYPE)
         stats.download(host, self.stream)
         self.stream.synchronize()
         return host[0]
 
-    def finish(self) -> np.ndarray:
-        """Sort + NMS over all levels' candidates; (N, 5) float32 [x1, y1, x2, y2, prob]."""
-        if self._image_hw is None:
-            raise RuntimeError("CudaPostprocessor.reset() must be called before finish()")
+    def _finish_image(self, image: _ImageCandidates) -> np.ndarray:
         b = self._binding
-        stats = self._run_nms(self.max_candidates)
+        stats = self._run_nms(image, self.max_candidates)
         count = int(stats["num_candidates"])
         if stats["overflow"] & b.OVERFLOW_CAPACITY:
-            raise TinyFacesError(
-                f"{count} candidates overflowed the device candidate buffer ({self._capacity}, "
+            raise ScoreMapError(
+                f"{count} candidates overflowed the device candidate buffer ({image.capacity}, "
                 f"sized for the planned pyramid of a {self._image_hw[0]}x{self._image_hw[1]} image); "
                 f"were levels added that plan_pyramid does not produce?")
         if stats["overflow"] & b.OVERFLOW_NMS:
@@ -269,7 +323,7 @@ class CudaPostprocessor:
                     f"{count} candidates exceed the GPU NMS limit of {b.MAX_NMS_CANDIDATES}; "
                     f"raise prob_thresh (now {self.config.prob_thresh})")
             self.max_candidates = min(1 << (count - 1).bit_length(), b.MAX_NMS_CANDIDATES)
-            stats = self._run_nms(self.max_candidates)  # the candidates are still on the device
+            stats = self._run_nms(image, self.max_candidates)  # the candidates are still there
         kept = int(stats["num_kept"])
         self.last_stats = {"num_candidates": count, "num_kept": kept}
         boxes = np.empty((kept, 5), np.float32)
@@ -278,19 +332,37 @@ class CudaPostprocessor:
             self.stream.synchronize()
         return boxes
 
+    def finish_all(self) -> list[np.ndarray]:
+        """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array per image."""
+        if self._image_hw is None:
+            raise StageOrderError("CudaPostprocessor.reset() must be called before finish()")
+        return [self._finish_image(image) for image in self._images[:self._count]]
+
+    def finish(self) -> np.ndarray:
+        """:meth:`finish_all` of a single image."""
+        (boxes,) = self.finish_all()
+        return boxes
+
     def synchronize(self) -> None:
         """Waits for the queued GPU work (used by the pipeline's per-stage timing)."""
         self.stream.synchronize()
 
     def close(self) -> None:
-        """Frees the device buffers."""
-        for scratch in (self._candidates, self._scores, self._workspace, self._out, self._stats):
+        """Frees the device buffers (idempotent)."""
+        for image in self._images:
+            image.buffer.free()
+        self._images = []
+        for scratch in (self._scores, self._workspace, self._out, self._stats):
             scratch.free()
-        self._capacity = 0
+        self._after_runner.close()
+        self._before_runner.close()
 
 
-def cuda_stages(config: DetectorConfig, stream: Stream | None = None,
-                library: Any = None) -> tuple[CudaPreprocessor, CudaPostprocessor]:
-    """A :class:`CudaPreprocessor` and :class:`CudaPostprocessor` sharing one stream."""
-    stream = stream if stream is not None else Stream()
-    return (CudaPreprocessor(config, stream, library), CudaPostprocessor(config, stream, library))
+def cuda_stages(config: DetectorConfig, stream: Stream | int | None = None, library: Any = None,
+                runner_stream: Stream | int | None = None
+                ) -> tuple[CudaPreprocessor, CudaPostprocessor]:
+    """A :class:`CudaPreprocessor` and :class:`CudaPostprocessor` sharing one stream
+    (default: ``runner_stream`` when given, so that no event is needed, else a new one)."""
+    stream = _as_stream(stream if stream is not None else runner_stream)
+    return (CudaPreprocessor(config, stream, library, runner_stream),
+            CudaPostprocessor(config, stream, library, runner_stream))

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NetworkInputError,
+                                       TinyFacesError)
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def resolve_providers(requested: str | Sequence[str] | None,
     return chosen
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
 
     Args:
@@ -97,6 +99,8 @@ class OnnxRuntimeRunner:
         providers: ``None`` for CPU, ``"auto"`` for the best available (TensorRT, CUDA, CPU),
             or a list of provider names / aliases in priority order.
         threads: intra-op thread count (``None``: ONNX Runtime's default, all cores).
+        provider_options: options per provider name (e.g. the CUDA stream), for subclasses.
+        session_config: session configuration entries (``add_session_config_entry``).
 
     Raises:
         BackendUnavailableError: onnxruntime is not installed.
@@ -107,7 +111,9 @@ class OnnxRuntimeRunner:
 
     def __init__(self, onnx_path: str | os.PathLike[str],
                  providers: str | Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, *,
+                 provider_options: dict[str, dict[str, str]] | None = None,
+                 session_config: dict[str, str] | None = None) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
@@ -120,9 +126,12 @@ class OnnxRuntimeRunner:
         options.log_severity_level = 3  # ORT's own warnings go to stderr; ours go to logging
         if threads is not None:
             options.intra_op_num_threads = threads
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
+        with_options = [(p, (provider_options or {}).get(p, {})) for p in chosen]
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                providers=chosen)
+                                                providers=with_options)
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ManifestError(f"cannot load ONNX model {self.onnx_path}: {first}") from exc
@@ -134,6 +143,9 @@ class OnnxRuntimeRunner:
         log.info("ONNX Runtime %s session for %s on providers %s",
                  ort.__version__, self.onnx_path.name, self.providers)
         self.input_name, self.output_name = self._check_signature()
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        # an export with a dynamic batch axis runs a pyramid level for several images at once
+        self.capabilities = RunnerCapabilities(batch=not isinstance(batch_dim, int))
 
     def _check_signature(self) -> tuple[str, str]:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -152,29 +164,33 @@ class OnnxRuntimeRunner:
         return inp.name, out.name
 
     def run(self, net_input: np.ndarray) -> np.ndarray:
-        """Runs the network on one (1, 3, h, w) float32 input.
+        """Runs the network on an (N, 3, h, w) float32 input (N = 1 unless
+        ``capabilities.batch``).
 
         Returns:
-            The (1, 125, h', w') float32 score map (``h' = ceil(h/8)`` for the pytorch
+            The (N, 125, h', w') float32 score map (``h' = ceil(h/8)`` for the pytorch
             variant; see ``TinyFacesNet.output_size`` for matconvnet).
         """
-        x = validate_network_input(net_input)
+        x = validate_network_input(net_input, batch=self.capabilities.batch)
         (scores,) = self.session.run([self.output_name], {self.input_name: x})
-        if scores.ndim != 4 or scores.shape[:2] != (1, NUM_CHANNELS):
+        if scores.ndim != 4 or scores.shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {scores.shape} for "
-                                f"input {x.shape}, expected (1, {NUM_CHANNELS}, h', w')")
+                                f"input {x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
         return np.asarray(scores, dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({str(self.onnx_path)!r}, providers={self.providers})"
 
 
-def validate_network_input(net_input: Any) -> np.ndarray:
-    """Checks that the network input is a (1, 3, h, w) float32 array; returns it C-contiguous."""
+def validate_network_input(net_input: Any, batch: bool = False) -> np.ndarray:
+    """Checks that the network input is an (N, 3, h, w) float32 array (N = 1 unless ``batch``);
+    returns it C-contiguous."""
     if not isinstance(net_input, np.ndarray):
-        raise TinyFacesError(f"network input must be a numpy array, got {type(net_input).__name__}")
-    if net_input.ndim != 4 or net_input.shape[:2] != (1, 3) or min(net_input.shape[2:]) < 1:
-        raise TinyFacesError(f"network input must have shape (1, 3, h, w), got {net_input.shape}")
+        raise NetworkInputError(f"network input must be a numpy array, got {type(net_input).__name__}")
+    n = "N" if batch else "1"
+    if net_input.ndim != 4 or net_input.shape[1] != 3 or min(net_input.shape) < 1 or \
+            (not batch and net_input.shape[0] != 1):
+        raise NetworkInputError(f"network input must have shape ({n}, 3, h, w), got {net_input.shape}")
     if net_input.dtype != np.float32:
-        raise TinyFacesError(f"network input must be float32, got {net_input.dtype}")
+        raise NetworkInputError(f"network input must be float32, got {net_input.dtype}")
     return np.ascontiguousarray(net_input)

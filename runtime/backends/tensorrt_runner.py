@@ -35,6 +35,7 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 from tinyfaces_trt.core.profiles import Profile, format_shape
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_input
 
 log = logging.getLogger(__name__)
@@ -179,14 +180,21 @@ def _volume(shape: Iterable[int]) -> int:
     return n
 
 
-class TensorRTRunner:
+class TensorRTRunner(RunnerBase):
     """Runs a serialized TensorRT engine of the detector network.
+
+    A device-I/O runner (:class:`~tinyfaces_trt.core.runner.RunnerCapabilities`): given a
+    device input it returns a device score map made on :attr:`stream`, and the detector keeps
+    every stage on the GPU. Batch 1 (the engine's profile is built for one image).
 
     Args:
         engine_path: the ``.engine`` file (from ``tf-export --engine``).
         input_name, output_name: tensor names from the export manifest.
         manifest_profile: the manifest's recorded profile, checked against the engine.
-        stream: a :class:`~.cuda_device.Stream` to run on (default: a new one).
+        stream: a :class:`~.cuda_device.Stream` or handle to run on (default: a new one).
+        engine: an already deserialized engine (or a stand-in with the same methods) instead
+            of ``engine_path``; ``trt`` and ``cuda`` likewise replace the tensorrt module and
+            :mod:`.cuda_device`. For tests of this class's logic without TensorRT or a GPU.
 
     Raises:
         BackendUnavailableError: tensorrt, cuda-python or a GPU is missing.
@@ -194,36 +202,30 @@ class TensorRTRunner:
             the manifest.
     """
 
-    def __init__(self, engine_path: str | os.PathLike[str], input_name: str = "image",
-                 output_name: str = "scores", manifest_profile: Profile | None = None,
-                 stream: Any = None) -> None:
-        trt = import_tensorrt()
-        from tinyfaces_trt.runtime.backends import cuda_device
+    capabilities = RunnerCapabilities(device_io=True, batch=False)
 
-        self.engine_path = Path(engine_path)
-        if not self.engine_path.is_file():
+    def __init__(self, engine_path: str | os.PathLike[str] | None = None, input_name: str = "image",
+                 output_name: str = "scores", manifest_profile: Profile | None = None,
+                 stream: Any = None, *, engine: Any = None, trt: Any = None,
+                 cuda: Any = None) -> None:
+        trt = trt if trt is not None else import_tensorrt()
+        if cuda is None:
+            from tinyfaces_trt.runtime.backends import cuda_device as cuda
+        self.engine_path = Path(engine_path) if engine_path is not None else Path("<injected engine>")
+        if engine is None and not self.engine_path.is_file():
             raise ManifestError(f"TensorRT engine not found: {self.engine_path}")
-        if not cuda_device.gpu_available():
+        if not cuda.gpu_available():
             raise BackendUnavailableError("the tensorrt backend needs a CUDA GPU; none is visible")
-        self._cuda = cuda_device
-        self._trt_logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._trt_logger)
-        try:
-            self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        except Exception as exc:  # TensorRT raises its own types for corrupt data
-            self.engine = None
-            log.debug("deserialize_cuda_engine raised %r", exc)
-        if self.engine is None:
-            raise ManifestError(
-                f"cannot deserialize TensorRT engine {self.engine_path} (built with another "
-                f"TensorRT version or GPU? this is TensorRT {trt.__version__}); rebuild it")
+        self._cuda = cuda
+        self._buffers: list[Any] = []
+        self._contexts: list[Any] = []
+        self.engine = engine if engine is not None else self._deserialize(trt)
         self.signature = describe_engine(self.engine, trt)
         validate_engine(self.signature, input_name, output_name, manifest_profile,
                         source=str(self.engine_path))
         self.input_name, self.output_name = input_name, output_name
         self.profiles = self.signature.profiles
-        self.stream = stream if stream is not None else cuda_device.Stream()
-        self._buffers: list[Any] = []
+        self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
 
         # One context per profile; device buffers sized for the largest MAX shape.
         self._contexts = []
@@ -233,18 +235,37 @@ class TensorRTRunner:
             if context is None:
                 raise TinyFacesError(f"TensorRT could not create an execution context for "
                                      f"profile {index} of {self.engine_path} (out of GPU memory?)")
-            context.set_optimization_profile_async(index, self.stream.handle)
+            context.set_optimization_profile_async(index, self.stream)
             context.set_input_shape(input_name, profile.max)
             max_in = max(max_in, _volume(profile.max))
             max_out = max(max_out, _volume(context.get_tensor_shape(output_name)))
             self._contexts.append(context)
-        self.stream.synchronize()
+        self.cuda_stream.synchronize()
         itemsize = np.dtype(np.float32).itemsize
-        self._input = cuda_device.DeviceBuffer(max_in * itemsize)
-        self._output = cuda_device.DeviceBuffer(max_out * itemsize)
+        self._input = cuda.DeviceBuffer(max_in * itemsize)
+        self._output = cuda.DeviceBuffer(max_out * itemsize)
         self._buffers = [self._input, self._output]
         log.info("TensorRT %s engine %s: %s", trt.__version__, self.engine_path.name,
                  describe_profiles(self.profiles))
+
+    def _deserialize(self, trt: Any) -> Any:
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        try:
+            engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        except Exception as exc:  # TensorRT raises its own types for corrupt data
+            engine = None
+            log.debug("deserialize_cuda_engine raised %r", exc)
+        if engine is None:
+            raise ManifestError(
+                f"cannot deserialize TensorRT engine {self.engine_path} (built with another "
+                f"TensorRT version or GPU? this is TensorRT {trt.__version__}); rebuild it")
+        self._trt_runtime = runtime  # engines must not outlive their runtime
+        return engine
+
+    @property
+    def stream(self) -> int:
+        """The ``cudaStream_t`` the engine runs on, as an int."""
+        return self.cuda_stream.handle
 
     def check_levels(self, shapes: Iterable[Any]) -> None:
         """Checks that every input shape (or pyramid level) lies inside some profile.
@@ -276,10 +297,7 @@ class TensorRTRunner:
             if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[:2] != (1, 3):
                 raise TinyFacesError(f"network input must be a (1, 3, h, w) float32 array, got "
                                      f"{x.shape} {x.dtype}")
-            producer = getattr(x, "stream", None)
-            if producer is not None and producer is not self.stream:
-                producer.synchronize()
-            shape, input_ptr = x.shape, x.ptr
+            shape, input_ptr = x.shape, x.ptr  # its producer is ordered before our stream
         else:
             x = validate_network_input(net_input)
             shape, input_ptr = x.shape, self._input.ptr
@@ -290,20 +308,20 @@ class TensorRTRunner:
         context.set_tensor_address(self.input_name, input_ptr)
         context.set_tensor_address(self.output_name, self._output.ptr)
         if not on_device:
-            self._input.upload(x, self.stream)
-        if not context.execute_async_v3(self.stream.handle):
+            self._input.upload(x, self.cuda_stream)
+        if not context.execute_async_v3(self.stream):
             raise TinyFacesError(f"TensorRT execution failed for input {format_shape(shape)}")
         if on_device:
             return self._cuda.DeviceArray(self._output.ptr, out_shape, np.float32,
-                                          owner=self._output, stream=self.stream)
+                                          owner=self._output, stream=self.cuda_stream)
         scores = np.empty(out_shape, dtype=np.float32)
-        self._output.download(scores, self.stream)
-        self.stream.synchronize()
+        self._output.download(scores, self.cuda_stream)
+        self.cuda_stream.synchronize()
         return scores
 
     def synchronize(self) -> None:
         """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
-        self.stream.synchronize()
+        self.cuda_stream.synchronize()
 
     def close(self) -> None:
         """Frees the device buffers and drops the contexts and engine."""
@@ -312,12 +330,6 @@ class TensorRTRunner:
         self._buffers = []
         self._contexts = []
         self.engine = None
-
-    def __enter__(self) -> "TensorRTRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({str(self.engine_path)!r}, {describe_profiles(self.profiles)})"

@@ -1,0 +1,134 @@
+"""ONNX Runtime on the GPU with device I/O: the CUDA (and TensorRT) execution providers.
+
+    runner = OnnxRuntimeCudaRunner("export/model.onnx", stream=handle)
+    scores = runner.run(device_input)   # (N, 3, h, w) device array -> (N, 125, h', w') device array
+
+A device-I/O runner: the input is bound in place through ONNX Runtime's IOBinding (no copy),
+the CUDA execution provider runs on :attr:`stream` (its ``user_compute_stream`` option) and
+the output stays on the GPU as an ORT-allocated buffer, valid until the next :meth:`run`. A
+numpy input takes the ordinary host path. Needs the ``onnxruntime-gpu`` build and cuda-python
+(for the stream). What did not run where it was asked is stated: a missing TensorRT provider
+is logged, and nodes the GPU providers cannot take (which ONNX Runtime would silently place on
+the CPU) are first refused, then allowed with a warning naming the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.core.config import NUM_CHANNELS
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, NetworkInputError
+from tinyfaces_trt.core.runner import RunnerCapabilities
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import (OnnxRuntimeRunner,
+                                                               import_onnxruntime)
+
+log = logging.getLogger(__name__)
+
+CUDA_EP = "CUDAExecutionProvider"
+TENSORRT_EP = "TensorrtExecutionProvider"
+#: ORT session option that makes a session fail instead of placing nodes on the CPU.
+NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+
+
+class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+    """The exported ONNX model on ONNX Runtime's CUDA execution provider, device in and out.
+
+    Args:
+        onnx_path: the ``.onnx`` file (fp32, or fp16 with float32 I/O).
+        stream: the ``cudaStream_t`` (int) or :class:`~.cuda_device.Stream` to run on
+            (default: a new stream).
+        device_id: the GPU.
+        tensorrt: also put ONNX Runtime's TensorRT provider first, when this build has it.
+
+    Raises:
+        BackendUnavailableError: no onnxruntime-gpu (CUDA provider), cuda-python or GPU.
+        ManifestError: the model file is missing or not the detector network.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
+                 device_id: int = 0, tensorrt: bool = True) -> None:
+        ort = import_onnxruntime()
+        available = ort.get_available_providers()
+        if CUDA_EP not in available:
+            raise BackendUnavailableError(
+                f"the onnxruntime-cuda backend needs the onnxruntime-gpu build (its CUDA execution "
+                f"provider); this onnxruntime {ort.__version__} has {available}: "
+                f"pip install onnxruntime-gpu")
+        from tinyfaces_trt.runtime.backends import cuda_device
+
+        if not cuda_device.gpu_available():
+            raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
+        self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
+        self.device_id = int(device_id)
+        wanted = ([TENSORRT_EP] if tensorrt else []) + [CUDA_EP]
+        if tensorrt and TENSORRT_EP not in available:
+            log.info("ONNX Runtime has no TensorRT provider here; running on the CUDA provider")
+        handle = str(self.cuda_stream.handle)
+        options = {CUDA_EP: {"device_id": str(self.device_id), "user_compute_stream": handle},
+                   TENSORRT_EP: {"device_id": str(self.device_id), "user_compute_stream": handle}}
+        try:
+            super().__init__(onnx_path, providers=wanted, provider_options=options,
+                             session_config={NO_CPU_FALLBACK: "1"})
+            self.cpu_fallback = ""
+        except ManifestError as exc:
+            if "fallback" not in str(exc).lower():
+                raise  # not a placement problem: a missing or broken model
+            self.cpu_fallback = str(exc)
+            log.warning("some nodes of %s cannot run on %s; ONNX Runtime runs them on the CPU "
+                        "(%s)", os.fspath(onnx_path), wanted, exc)
+            super().__init__(onnx_path, providers=wanted, provider_options=options)
+        if CUDA_EP not in self.providers:
+            raise BackendUnavailableError(f"ONNX Runtime could not start its CUDA provider "
+                                          f"(running on {self.providers})")
+        self.capabilities = RunnerCapabilities(device_io=True, batch=self.capabilities.batch)
+        self._run_options = ort.RunOptions()
+        # ordering is the stream's job: no host wait at the end of each run
+        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._last: Any = None
+        self._cuda = cuda_device
+
+    @property
+    def stream(self) -> int:
+        """The ``cudaStream_t`` the CUDA provider runs on, as an int."""
+        return self.cuda_stream.handle
+
+    def run(self, net_input: Any) -> Any:
+        """A numpy input runs on the host path and returns numpy; a device input (any object
+        with ``__cuda_array_interface__``, its producer ordered before :attr:`stream`) returns
+        a :class:`~.cuda_device.DeviceArray` made on :attr:`stream`."""
+        if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
+            return super().run(net_input)
+        x = self._cuda.as_device_array(net_input)
+        if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3 or \
+                (x.shape[0] != 1 and not self.capabilities.batch):
+            raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
+                                    f"got {x.shape} {x.dtype}")
+        binding = self.session.io_binding()
+        binding.bind_input(name=self.input_name, device_type="cuda", device_id=self.device_id,
+                           element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.ptr)
+        binding.bind_output(self.output_name, device_type="cuda", device_id=self.device_id)
+        self.session.run_with_iobinding(binding, self._run_options)
+        (output,) = binding.get_outputs()
+        shape = tuple(int(d) for d in output.shape())
+        if len(shape) != 4 or shape[:2] != (x.shape[0], NUM_CHANNELS):
+            raise ManifestError(f"{self.onnx_path}: network returned shape {shape} for input "
+                                f"{x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
+        self._last = (binding, output)  # keeps the ORT-owned output alive until the next run
+        return self._cuda.DeviceArray(output.data_ptr(), shape, np.float32, owner=self._last,
+                                      stream=self.cuda_stream)
+
+    def synchronize(self) -> None:
+        """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
+        self.cuda_stream.synchronize()
+
+    def close(self) -> None:
+        """Drops the last output and the session (idempotent)."""
+        self._last = None
+        self.session = None
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeCudaRunner({str(self.onnx_path)!r}, providers={self.providers})"

@@ -1,0 +1,428 @@
+"""The device-resident path's logic, on the CPU: stage choice by capability, stream ordering
+with events, batching, the TensorRT runner over an injected engine, clear errors.
+
+Nothing here runs a GPU or TensorRT: the CUDA layer and the engine are stand-ins that
+record what the code asks of them. What they show is the order and the arguments of the
+calls (which stream waits for which, where memory is read); the kernels themselves and
+TensorRT are checked on a GPU by tools/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, StageOrderError
+from tinyfaces_trt.core.manifest import load_export_folder
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.detectors import create_detector, resolve_backend
+from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.runtime.backends import create_runner, cuda_device, cuda_stages, detector_for
+from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
+from tinyfaces_trt.runtime.postprocess import HostPostprocessor
+from tinyfaces_trt.runtime.preprocess import HostPreprocessor
+
+# ---------------------------------------------------------------------------------------------
+# A recording stand-in for the CUDA layer (cuda_device) and the kernel library
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CudaLog:
+    calls: list[tuple] = field(default_factory=list)
+    next_ptr: int = 0x1000
+
+    def alloc(self, nbytes: int) -> int:
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + ((int(nbytes) + 255) // 256) * 256
+        return ptr
+
+
+def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
+    class Stream:
+        created = 100
+
+        def __init__(self, handle: int | None = None) -> None:
+            if handle is None:
+                Stream.created += 1
+                handle = Stream.created
+            self.handle = int(handle)
+
+        def synchronize(self) -> None:
+            log.calls.append(("sync", self.handle))
+
+    class Event:
+        def record(self, stream: Any) -> None:
+            log.calls.append(("record", cuda_device._stream_handle(stream)))
+
+        def make_wait(self, stream: Any) -> None:
+            log.calls.append(("wait", cuda_device._stream_handle(stream)))
+
+        def synchronize(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    class DeviceBuffer:
+        def __init__(self, nbytes: int) -> None:
+            self.nbytes, self.ptr = int(nbytes), log.alloc(nbytes)
+
+        def upload(self, array: np.ndarray, stream: Any = None) -> None:
+            log.calls.append(("upload", self.ptr, array.nbytes, cuda_device._stream_handle(stream)))
+
+        def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
+            array[...] = 0
+            log.calls.append(("download", self.ptr, cuda_device._stream_handle(stream)))
+            return array
+
+        def free(self) -> None:
+            log.calls.append(("free", self.ptr))
+
+    class PinnedBuffer:
+        def __init__(self, nbytes: int) -> None:
+            self.nbytes, self._data = int(nbytes), np.zeros(int(nbytes), np.uint8)
+
+        def array(self, nbytes: int) -> np.ndarray:
+            return self._data[:nbytes]
+
+        def free(self) -> None:
+            pass
+
+    monkeypatch.setattr(cuda_device, "Stream", Stream)
+    monkeypatch.setattr(cuda_device, "Event", Event)
+    monkeypatch.setattr(cuda_stages, "Stream", Stream)
+    monkeypatch.setattr(cuda_stages, "DeviceBuffer", DeviceBuffer)
+    monkeypatch.setattr(cuda_stages, "PinnedBuffer", PinnedBuffer)
+    monkeypatch.setattr(cuda_stages, "_require_gpu", lambda: None)
+    monkeypatch.setattr(cuda_stages._Scratch.__init__, "__defaults__", (DeviceBuffer,))
+
+
+class FakeKernels:
+    """The kernel library's Python surface, recording each launch and its stream."""
+
+    def __init__(self, log: CudaLog) -> None:
+        self.log = log
+
+    def resize_workspace_size(self, *args: int) -> int:
+        return 64
+
+    def resize_normalize(self, src: int, h: int, w: int, dst: int, oh: int, ow: int, *rest: Any) -> None:
+        self.log.calls.append(("resize", src, dst, oh, ow, cuda_device._stream_handle(rest[-1])))
+
+    def candidates_size(self, capacity: int) -> int:
+        return 16 * capacity + 64
+
+    def candidates_reset(self, candidates: Any, stream: Any) -> None:
+        self.log.calls.append(("candidates_reset", candidates.ptr, cuda_device._stream_handle(stream)))
+
+    def decode_level(self, score_map: int, h: int, w: int, params: Any, key_base: int,
+                     candidates: Any, capacity: int, stream: Any) -> None:
+        self.log.calls.append(("decode", score_map, key_base, candidates.ptr,
+                               cuda_device._stream_handle(stream)))
+
+    def nms_workspace_size(self, n: int) -> int:
+        return 64
+
+    def nms(self, candidates: Any, capacity: int, params: Any, n: int, ws: Any, ws_bytes: int,
+            out: Any, stats: Any, stream: Any) -> None:
+        self.log.calls.append(("nms", candidates.ptr, cuda_device._stream_handle(stream)))
+
+
+class DeviceMap:
+    """A device array as a runner returns it (only the interface: no memory behind it)."""
+
+    def __init__(self, ptr: int, shape: tuple[int, ...]) -> None:
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (ptr, False),
+                                         "strides": None, "version": 3}
+
+
+class FakeDeviceRunner(RunnerBase):
+    capabilities = RunnerCapabilities(device_io=True, batch=True)
+
+    def __init__(self, log: CudaLog, handle: int = 7) -> None:
+        self.log, self.handle = log, handle
+
+    @property
+    def stream(self) -> int:
+        return self.handle
+
+    def run(self, x: Any) -> DeviceMap:
+        n, _, h, w = x.__cuda_array_interface__["shape"]
+        self.log.calls.append(("run", x.__cuda_array_interface__["data"][0], n, self.handle))
+        return DeviceMap(0xBEEF00, (n, 125, -(-h // 8), -(-w // 8)))
+
+
+def _events(calls: list[tuple]) -> list[tuple]:
+    """The launches, host waits and inter-stream events (the record that marks the end of an
+    image upload, for reusing the pinned staging buffer, is left out)."""
+    kept = []
+    for previous, call in zip([("",)] + calls, calls):
+        if call[0] == "record" and previous[0] == "upload":
+            continue
+        if call[0] in ("resize", "record", "wait", "run", "decode", "sync"):
+            kept.append(call)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage choice by capability
+# ---------------------------------------------------------------------------------------------
+
+class HostRunner(RunnerBase):
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros((x.shape[0], 125, -(-x.shape[2] // 8), -(-x.shape[3] // 8)), np.float32)
+
+
+def test_host_runner_gets_host_stages_and_cannot_demand_gpu_ones():
+    detector = detector_for(HostRunner(), DetectorConfig())
+    assert isinstance(detector.preprocessor, HostPreprocessor)
+    assert isinstance(detector.postprocessor, HostPostprocessor)
+    with pytest.raises(BackendUnavailableError, match="not a device-I/O runner"):
+        detector_for(HostRunner(), DetectorConfig(), gpu_stages=True)
+
+
+def test_device_runner_gets_cuda_stages_on_its_own_stream(monkeypatch):
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    monkeypatch.setattr(cuda_stages, "_load", lambda library: FakeKernels(log))
+    detector = detector_for(FakeDeviceRunner(log, handle=7), DetectorConfig())
+    assert isinstance(detector.preprocessor, cuda_stages.CudaPreprocessor)
+    assert isinstance(detector.postprocessor, cuda_stages.CudaPostprocessor)
+    assert detector.preprocessor.stream.handle == detector.postprocessor.stream.handle == 7
+
+
+def test_device_runner_without_cuda_stages_falls_back_loudly_or_fails_when_required(monkeypatch, caplog):
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise BackendUnavailableError("kernel library not built")
+
+    monkeypatch.setattr(cuda_stages, "cuda_stages", unavailable)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        detector = detector_for(FakeDeviceRunner(CudaLog()), DetectorConfig())
+    assert isinstance(detector.preprocessor, HostPreprocessor)
+    assert "kernel library not built" in caplog.text and "host stages" in caplog.text
+    with pytest.raises(BackendUnavailableError, match="kernel library not built"):
+        detector_for(FakeDeviceRunner(CudaLog()), DetectorConfig(), gpu_stages=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream ordering with events
+# ---------------------------------------------------------------------------------------------
+
+def test_stream_order_records_on_the_producer_and_waits_on_the_consumer():
+    calls: list[tuple] = []
+    event = SimpleNamespace(record=lambda s: calls.append(("record", s)),
+                            make_wait=lambda s: calls.append(("wait", s)))
+    cuda_device.StreamOrder(3, 5, event=event).after()
+    assert calls == [("record", 3), ("wait", 5)]
+    calls.clear()
+    same = cuda_device.StreamOrder(4, 4, event=event)
+    same.after()
+    assert same.same and calls == []
+
+
+def _device_detector(monkeypatch, stage_stream: int | None):
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    runner = FakeDeviceRunner(log, handle=7)
+    kernels = FakeKernels(log)
+    config = DetectorConfig()
+    pre = cuda_stages.CudaPreprocessor(config, stage_stream, kernels, runner_stream=runner.stream)
+    post = cuda_stages.CudaPostprocessor(config, pre.stream, kernels, runner_stream=runner.stream)
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    return Detector(runner, config, preprocessor=pre, postprocessor=post), log
+
+
+def test_other_streams_are_ordered_by_events_not_by_the_host(monkeypatch):
+    detector, log = _device_detector(monkeypatch, stage_stream=3)
+    detector.detect(synthetic_image(40, 56))
+    levels = detector.plan(40, 56)
+    per_level = [("resize", "S"), ("record", 3), ("wait", 7), ("run", 7), ("record", 7),
+                 ("wait", 3), ("decode", 3), ("record", 3), ("wait", 7)]
+    got = [(c[0], "S" if c[0] == "resize" and c[-1] == 3 else c[-1]) for c in _events(log.calls)]
+    expected = per_level * len(levels) + [("sync", 3)]
+    assert got == expected  # the only host wait is for the boxes, after the last level
+
+
+def test_one_shared_stream_needs_no_event(monkeypatch):
+    detector, log = _device_detector(monkeypatch, stage_stream=7)
+    detector.detect(synthetic_image(40, 56))
+    kinds = [c[0] for c in _events(log.calls)]
+    assert "record" not in kinds and "wait" not in kinds
+    assert kinds.count("sync") == 1 and all(c[-1] == 7 for c in _events(log.calls))
+
+
+def test_device_batch_decodes_each_image_slice_into_its_own_candidates(monkeypatch):
+    detector, log = _device_detector(monkeypatch, stage_stream=7)
+    images = [synthetic_image(40, 56, seed) for seed in range(3)]
+    results = detector.detect_batch(images)
+    assert len(results) == 3
+    levels = detector.plan(40, 56)
+    uploads = [c for c in log.calls if c[0] == "upload" and c[2] == 3 * 40 * 56 * 3]
+    assert len(uploads) == 1  # the three images go up once, together
+    runs = [c for c in log.calls if c[0] == "run"]
+    assert [c[2] for c in runs] == [3] * len(levels)  # one network call per level, batch 3
+    decodes = [c for c in log.calls if c[0] == "decode"]
+    assert len(decodes) == 3 * len(levels)
+    first = decodes[:3]
+    h, w = -(-levels[0].height // 8), -(-levels[0].width // 8)
+    assert [d[1] - 0xBEEF00 for d in first] == [i * 125 * h * w * 4 for i in range(3)]
+    assert len({d[3] for d in first}) == 3  # three candidate buffers
+    assert len([c for c in log.calls if c[0] == "nms"]) == 3
+
+
+def test_stages_refuse_work_before_reset(monkeypatch):
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    post = cuda_stages.CudaPostprocessor(DetectorConfig(), 7, FakeKernels(log))
+    with pytest.raises(StageOrderError, match="reset"):
+        post.finish()
+    with pytest.raises(StageOrderError, match="reset"):
+        HostPostprocessor(DetectorConfig()).finish()
+
+
+def test_device_arrays_never_download_implicitly():
+    array = cuda_device.DeviceArray(0x1000, (1, 125, 2, 2))
+    with pytest.raises(TypeError, match="download"):
+        np.asarray(array)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches on a real backend (ONNX Runtime, CPU)
+# ---------------------------------------------------------------------------------------------
+
+def test_detect_batch_equals_detect_image_by_image(export_dir):
+    detector = create_detector("onnxruntime", model_dir=export_dir,
+                               config_overrides={"prob_thresh": 0.05})
+    assert detector.runner.capabilities.batch  # the export has a dynamic batch axis
+    images = [synthetic_image(37, 53, seed) for seed in range(3)]
+    batched = detector.detect_batch(images)
+    single = [detector.detect(image) for image in images]
+    assert sum(len(b) for b in single) > 0
+    for b, s in zip(batched, single):
+        assert b.shape == s.shape
+        np.testing.assert_allclose(b, s, atol=1e-4)
+    with pytest.raises(Exception, match="one size"):
+        detector.detect_batch([synthetic_image(37, 53), synthetic_image(38, 53)])
+    assert detector.detect_batch([]) == []
+
+
+def test_closed_detector_releases_its_runner(export_dir):
+    with create_detector("onnxruntime", model_dir=export_dir) as detector:
+        closed = []
+        detector.runner.close = lambda: closed.append(True)
+    assert closed == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends asked for and absent; auto
+# ---------------------------------------------------------------------------------------------
+
+def test_gpu_backends_absent_are_clear_errors(export_dir):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+        create_runner("onnxruntime-cuda", load_export_folder(export_dir))
+
+
+def test_auto_takes_the_fastest_backend_present_and_says_so(export_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        chosen = resolve_backend("auto", export_dir)
+    assert chosen == "onnxruntime"  # this machine: no GPU, no TensorRT
+    assert "backend auto: onnxruntime" in caplog.text
+    assert resolve_backend("tensorrt") == "tensorrt"
+
+
+# ---------------------------------------------------------------------------------------------
+# The TensorRT runner's logic over an injected engine (TensorRT itself stays unverified here)
+# ---------------------------------------------------------------------------------------------
+
+class FakeEngine:
+    """The TensorRT 10 engine surface the runner uses: one dynamic input, one output."""
+
+    def __init__(self, lo: tuple, opt: tuple, hi: tuple) -> None:
+        self.profile = (lo, opt, hi)
+        self.num_io_tensors = 2
+        self.num_optimization_profiles = 1
+
+    def get_tensor_name(self, i: int) -> str:
+        return ("image", "scores")[i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "in" if name == "image" else "out"
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return SimpleNamespace(name="FLOAT")
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return (1, 3, -1, -1) if name == "image" else (1, 125, -1, -1)
+
+    def get_tensor_profile_shape(self, name: str, index: int) -> tuple:
+        return self.profile
+
+    def create_execution_context(self) -> "FakeContext":
+        return FakeContext()
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.shape = (1, 3, 1, 1)
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> None:
+        self.calls.append(("profile", index, stream))
+
+    def set_input_shape(self, name: str, shape: tuple) -> bool:
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        n, _, h, w = self.shape
+        return (n, 125, -(-h // 8), -(-w // 8))
+
+    def set_tensor_address(self, name: str, ptr: int) -> None:
+        self.calls.append(("address", name, ptr))
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.calls.append(("execute", stream))
+        return True
+
+
+def _trt_runner(monkeypatch) -> tuple[TensorRTRunner, CudaLog]:
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    cuda = SimpleNamespace(Stream=cuda_device.Stream, DeviceBuffer=cuda_stages.DeviceBuffer,
+                           DeviceArray=cuda_device.DeviceArray,
+                           as_device_array=cuda_device.as_device_array, gpu_available=lambda: True)
+    trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
+    engine = FakeEngine((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 128, 128))
+    return TensorRTRunner(engine=engine, trt=trt, cuda=cuda, stream=9), log
+
+
+def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
+    runner, log = _trt_runner(monkeypatch)
+    assert runner.capabilities.device_io and runner.stream == 9
+    (context,) = runner._contexts
+    out = runner.run(DeviceMap(0x5000, (1, 3, 40, 56)))
+    assert isinstance(out, cuda_device.DeviceArray) and out.shape == (1, 125, 5, 7)
+    assert ("address", "image", 0x5000) in context.calls  # the device input is used in place
+    assert context.calls[-1] == ("execute", 9)
+    assert out.ptr == runner._output.ptr and out.stream.handle == 9
+    host = runner.run(np.zeros((1, 3, 16, 24), np.float32))
+    assert isinstance(host, np.ndarray) and host.shape == (1, 125, 2, 3)
+    assert ("upload", runner._input.ptr, 16 * 24 * 3 * 4, 9) in log.calls
+    with pytest.raises(ManifestError, match="outside"):
+        runner.run(np.zeros((1, 3, 200, 24), np.float32))
+    levels = [SimpleNamespace(height=100, width=100), SimpleNamespace(height=300, width=10)]
+    with pytest.raises(ManifestError, match="1x3x300x10"):
+        runner.check_levels(levels)
+    runner.close()
+    assert runner._contexts == []
