@@ -27,11 +27,11 @@ ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
 ENV_CACHE = CACHE_ENV  # the project-wide cache root variable
 
 # Mirrors of the header's constants (tests parse the header to keep them in step).
-ABI_VERSION = 1
+ABI_VERSION = 2
 NUM_TEMPLATES = 25
 MAX_DIM = 32768
 MAX_CAPACITY = 2**31 - 1
-MAX_NMS_CANDIDATES = 131072
+MAX_NMS_CANDIDATES = 2**31 - 1  # no NMS cap: the candidate index range (ABI 1: 131072)
 OVERFLOW_CAPACITY = 1
 OVERFLOW_NMS = 2
 

@@ -39,7 +39,7 @@
 extern "C" {
 #endif
 
-#define TF_KERNELS_ABI_VERSION 1u
+#define TF_KERNELS_ABI_VERSION 2u
 
 #define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
 #define TF_NUM_CHANNELS 125
@@ -50,10 +50,10 @@ extern "C" {
 /* Largest candidate-buffer capacity (candidates per image). */
 #define TF_MAX_CAPACITY 2147483647LL
 
-/* Largest number of candidates one tf_nms call can take (max_candidates). The suppression
- * mask costs N * ceil(N/64) * 8 bytes: 2 MiB at 4096, 32 MiB at 16384, 512 MiB at 65536,
- * 2 GiB at 131072. */
-#define TF_MAX_NMS_CANDIDATES 131072
+/* Largest number of candidates one tf_nms call can take (max_candidates): the candidate
+ * index range (NMS needs no N^2 structure any more; its workspace is ~53 bytes per candidate,
+ * see tf_nms_workspace_size). ABI 1 capped this at 131072 (a dense suppression mask). */
+#define TF_MAX_NMS_CANDIDATES 2147483647LL
 
 /* A stream handle; the same type as cudaStream_t (pass one directly). */
 typedef struct CUstream_st* tf_stream_t;
@@ -152,9 +152,23 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  * sort of a 64-bit key: order-preserving logit bits in the high word, canonical key in the
  * low word), then greedy NMS: a kept box suppresses every later box with IoU > nms_thresh,
  * area = (x2 - x1 + o) * (y2 - y1 + o), iw = max(0, min(x2) - max(x1) + o), o =
- * pixel_offset. Bitmask NMS (64 boxes per word, upper-triangle tiles) reduced by one thread
- * block on the device. Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and
- * written as rows [x1, y1, x2, y2, sigmoid(logit)], best first.
+ * pixel_offset (float32, every operation rounded, no FMA). The result is exactly the serial
+ * greedy result at every count up to max_candidates; there is no candidate cap besides
+ * TF_MAX_NMS_CANDIDATES and no N^2 memory:
+ *   - a spatial grid per size class (size = floor(log2(max(w, h))), cell side 2^(class+1))
+ *     is built by a second radix sort of (cell, rank); IoU > t needs a max(w, h) ratio in
+ *     (t, 1/t), so a box looks for its suppressors only in those size classes and in the
+ *     grid rows/columns its box reaches (a few dozen ranges at t = 0.3; every class at t = 0);
+ *   - one persistent kernel resolves greedy: blocks claim chunks of boxes in NMS order; a box
+ *     is SUPPRESSED as soon as an overlapping earlier box is KEPT and KEPT once every
+ *     overlapping earlier box is SUPPRESSED; a box waits (spins) only on earlier boxes, whose
+ *     chunks are held by running blocks, so it always terminates. Time grows with the number
+ *     of overlapping pairs examined and with the longest chain of boxes that each wait on the
+ *     previous one (kernels/nms_emulation.py reports both for a given input).
+ * Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and written as rows
+ * [x1, y1, x2, y2, sigmoid(logit)], best first.
+ * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
+ * max_candidates), so a tf_nms call captures and replays; nothing is read back to the host.
  * ------------------------------------------------------------------------------------- */
 
 typedef struct tf_nms_params {
@@ -178,13 +192,17 @@ typedef struct tf_nms_stats {
   uint32_t reserved;        /* 0 */
 } tf_nms_stats;
 
-/* Workspace bytes of tf_nms for up to max_candidates candidates: sort buffers + the
- * max_candidates * ceil(max_candidates/64) * 8-byte mask + CUB temporary storage. */
+/* Workspace bytes of tf_nms for up to max_candidates candidates, a function of
+ * max_candidates only (no second query, no counter download): 53 * max_candidates + 1 MiB
+ * (+ alignment): sort keys/values 24 B, boxes + logits 20 B, status 1 B, CUB storage bound
+ * 8 B per candidate + 1 MiB. About 35.5 MB at 650,000 candidates. */
 TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
 
 /* candidates/capacity: the buffer decoded into (read only). out_boxes: device float32 with
  * room for max_candidates rows of 5. out_stats: device tf_nms_stats. Sorting costs time in
- * proportion to max_candidates, the mask to the actual count squared. */
+ * proportion to max_candidates, the resolve in proportion to the actual count (and the
+ * overlap structure, see above). The simplest caller sizes max_candidates = capacity of the
+ * candidate buffer once; then TF_OVERFLOW_NMS cannot occur. */
 TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
                         int64_t max_candidates, void* workspace, size_t workspace_bytes,
                         float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);

@@ -1,18 +1,49 @@
-// Sort + bitmask NMS over the candidate buffer, reduced and compacted on the device.
+// Sort + uncapped NMS over the candidate buffer: a spatial grid finds the overlap pairs and a
+// single persistent kernel resolves greedy NMS exactly, without any N^2 structure.
+//
+// Pipeline (all on the caller's stream, no host synchronisation, no allocation):
+//   1. prepare  : read the device-side count, flag overflow, pad the sort input to m items
+//   2. sort     : CUB radix sort of (logit, canonical key) -> NMS order (as before)
+//   3. gather   : boxes + logits in NMS order (index = rank)
+//   4. bin      : a 32-bit cell code per box: size class (floor log2 of max(w, h)) + grid cell
+//                 of (x1, y1) with cell side 2^(class+1) > the box's size; reset the statuses
+//   5. sort     : CUB radix sort of (cell code, rank) pairs, stable -> within a cell by rank
+//   6. resolve  : one thread per box; blocks claim chunks of 128 ranks in order (atomic ticket)
+//                 and each thread walks its box's candidate suppressors (the grid rows of the
+//                 size classes an IoU > t partner can have) in cell-sorted order:
+//                   - a SUPPRESSED candidate or one with IoU <= t is skipped for good,
+//                   - an overlapping KEPT one suppresses the box,
+//                   - an overlapping UNDECIDED one makes the thread wait (it retries later),
+//                   - the end of the walk keeps the box.
+//                 A box only depends on earlier ranks, whose chunks were claimed by blocks that
+//                 are already running, so the lowest undecided box can always decide: no
+//                 deadlock, and the result is exactly serial greedy NMS.
+//   7. scan     : CUB exclusive sum of the kept flags -> output rows
+//   8. write    : clip, sigmoid, compacted rows in NMS order; num_kept
+// kernels/nms_emulation.py is a step-by-step numpy emulation of steps 2-7 (same float32 math).
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 
 #include "candidates.cuh"
 
 namespace {
 
-constexpr int kWordBits = 64;         // boxes per mask word
 constexpr int kPrepareThreads = 256;
-constexpr int kMaskThreads = 64;      // one mask word per thread and tile
-constexpr int kMaxMaskBlocks = 4096;  // the mask kernel strides over the tiles
-constexpr int kReduceThreads = 256;
+constexpr int kResolveThreads = 128;     // = boxes per chunk
+constexpr int kMaxResolveBlocks = 4096;  // persistent blocks claim chunks until none is left
+
+// Cell code layout (uint32): class << 27 | ycode << 14 | xcode.
+constexpr int kXBits = 14, kYBits = 13, kClassShift = 27;
+constexpr int kXBias = 1 << (kXBits - 1), kYBias = 1 << (kYBits - 1);
+constexpr int kTopClass = 30;                // max(w, h) >= 2^30 (and one single cell)
+constexpr uint32_t kIsolatedCell = ~0u;      // boxes that can never have IoU > t: class 31
+constexpr float kWindowMargin = 0.999f;      // slack on the size-ratio bound (float rounding)
+
+constexpr uint8_t kUndecided = 0, kKept = 1, kSuppressed = 2;
 
 struct Control {
-  uint32_t n;  // candidates that go through sort + NMS (0 on overflow)
+  uint32_t n;           // candidates that go through sort + NMS (0 on overflow)
+  uint32_t next_chunk;  // ticket of the resolve kernel
 };
 
 struct NmsConfig {
@@ -23,14 +54,15 @@ struct NmsConfig {
   float max_y;  // image_height - 1
 };
 
-inline size_t words_for(int64_t n) { return static_cast<size_t>((n + kWordBits - 1) / kWordBits); }
-
 // CUB onesweep radix sort with double buffers needs bins + lookback (< 4 bytes per item with
-// tiles of >= 256 items) + counters; the bound is checked against CUB's own query at launch.
+// tiles of >= 256 items) + counters; the bound is checked against CUB's own queries (both sorts
+// and the scan) at launch.
 inline size_t sort_temp_bound(int64_t m) { return tf::align_up(8 * static_cast<size_t>(m)) + (1u << 20); }
 
+// Sub-buffers. The second sort, the flags and the output positions reuse the first sort's
+// buffers, which are free once the gather kernel has run.
 struct NmsLayout {
-  size_t control, keys_a, keys_b, slots_a, slots_b, boxes, logits, mask, sort_temp, total;
+  size_t control, keys_a, keys_b, slots_a, slots_b, boxes, logits, status, sort_temp, total;
 };
 
 NmsLayout nms_layout(int64_t m) {
@@ -43,11 +75,62 @@ NmsLayout nms_layout(int64_t m) {
   l.slots_b = l.slots_a + tf::align_up(n * sizeof(uint32_t));
   l.boxes = l.slots_b + tf::align_up(n * sizeof(uint32_t));
   l.logits = l.boxes + tf::align_up(n * sizeof(float4));
-  l.mask = l.logits + tf::align_up(n * sizeof(float));
-  l.sort_temp = l.mask + tf::align_up(n * words_for(m) * sizeof(unsigned long long));
+  l.status = l.logits + tf::align_up(n * sizeof(float));
+  l.sort_temp = l.status + tf::align_up(n * sizeof(uint8_t));
   l.total = l.sort_temp + sort_temp_bound(m);
   return l;
 }
+
+// --- geometry (every operation rounded explicitly: no FMA contraction, as in the emulation) ---
+
+__device__ __forceinline__ float box_w(float4 b, float o) { return __fadd_rn(__fsub_rn(b.z, b.x), o); }
+__device__ __forceinline__ float box_h(float4 b, float o) { return __fadd_rn(__fsub_rn(b.w, b.y), o); }
+
+// IoU(a, b) > thresh, DESIGN.md's formula in float32. NaN compares false.
+__device__ __forceinline__ bool overlaps(float4 a, float area_a, float4 b, float area_b,
+                                         const NmsConfig& cfg) {
+  const float iw = fmaxf(0.0f, __fadd_rn(__fsub_rn(fminf(a.z, b.z), fmaxf(a.x, b.x)), cfg.offset));
+  const float ih = fmaxf(0.0f, __fadd_rn(__fsub_rn(fminf(a.w, b.w), fmaxf(a.y, b.y)), cfg.offset));
+  const float inter = __fmul_rn(iw, ih);
+  return __fdiv_rn(inter, __fsub_rn(__fadd_rn(area_a, area_b), inter)) > cfg.thresh;
+}
+
+// A box with w <= 0, h <= 0 or a non-finite area has IoU <= 0 (or NaN) with every box, so it
+// never suppresses and is never suppressed: it is kept without looking at other boxes.
+__device__ __forceinline__ bool isolated(float w, float h, float area) {
+  return !(w > 0.0f && h > 0.0f && isfinite(area));
+}
+
+// floor(log2(d)) clamped to [0, kTopClass]; monotone in d. Class k <= 29 holds d < 2^(k+1).
+__device__ __forceinline__ int size_class(float d) {
+  if (!(d >= 2.0f)) return 0;
+  if (d >= 1073741824.0f) return kTopClass;
+  return static_cast<int>((__float_as_uint(d) >> 23) & 0xffu) - 127;
+}
+
+// floor(v / 2^(k+1)) + bias, clamped to [-1, 2^bits - 1] (monotone in v). k < kTopClass.
+__device__ __forceinline__ int cell_of(float v, int k, int bias, int bits) {
+  const float inv = __uint_as_float(static_cast<uint32_t>(127 - (k + 1)) << 23);
+  float c = floorf(__fmul_rn(v, inv));
+  c = fminf(fmaxf(c, static_cast<float>(-bias - 1)), static_cast<float>((1 << bits) - 1 - bias));
+  return static_cast<int>(c) + bias;
+}
+
+__device__ __forceinline__ uint32_t cell_code(int k, int ycode, int xcode) {
+  return (static_cast<uint32_t>(k) << kClassShift) | (static_cast<uint32_t>(ycode) << kXBits) |
+         static_cast<uint32_t>(xcode);
+}
+
+__device__ __forceinline__ uint32_t lower_bound(const uint32_t* __restrict__ a, uint32_t lo,
+                                                uint32_t hi, uint32_t v) {
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    if (a[mid] < v) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// --- kernels ------------------------------------------------------------------------------------
 
 // Reads the true count, flags overflow, and pads the sort input to m items.
 __global__ void nms_prepare_kernel(const uint32_t* __restrict__ count,
@@ -64,6 +147,7 @@ __global__ void nms_prepare_kernel(const uint32_t* __restrict__ count,
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     ctrl->n = n;
+    ctrl->next_chunk = 0;
     stats->num_kept = 0;
     stats->num_candidates = total;
     stats->overflow = overflow;
@@ -84,107 +168,162 @@ __global__ void nms_gather_kernel(const Control* __restrict__ ctrl,
   }
 }
 
-__device__ __forceinline__ float box_area(float4 b, float o) {
-  return (b.z - b.x + o) * (b.w - b.y + o);
-}
-
-__device__ __forceinline__ bool overlaps(float4 a, float area_a, float4 b, const NmsConfig& cfg) {
-  const float iw = fmaxf(0.0f, fminf(a.z, b.z) - fmaxf(a.x, b.x) + cfg.offset);
-  const float ih = fmaxf(0.0f, fminf(a.w, b.w) - fmaxf(a.y, b.y) + cfg.offset);
-  const float inter = iw * ih;
-  return inter / (area_a + box_area(b, cfg.offset) - inter) > cfg.thresh;  // NaN: false
-}
-
-// mask[i * words + col] bit j: box i suppresses box col*64 + j (only j > i is ever set).
-// Tiles (row block, column block) of the upper triangle, strided over a fixed grid.
-__global__ void __launch_bounds__(kMaskThreads)
-    nms_mask_kernel(const Control* __restrict__ ctrl, const float4* __restrict__ boxes,
-                    const NmsConfig cfg, unsigned long long* __restrict__ mask) {
-  __shared__ float4 cols[kMaskThreads];
+// Cell code per rank (sentinel past n), rank as the sort value; statuses and flags reset.
+__global__ void nms_bin_kernel(const Control* __restrict__ ctrl, const float4* __restrict__ boxes,
+                               const NmsConfig cfg, uint32_t m, uint32_t* cells, uint32_t* ranks,
+                               uint8_t* status, uint32_t* flags) {
   const uint32_t n = ctrl->n;
-  const uint32_t words = (n + kWordBits - 1) / kWordBits;
-  const uint64_t tiles = static_cast<uint64_t>(words) * words;
-  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const uint32_t row = static_cast<uint32_t>(t / words), col = static_cast<uint32_t>(t % words);
-    if (row > col) continue;  // uniform per block
-    const uint32_t col_start = col * kWordBits;
-    const uint32_t col_n = min(static_cast<uint32_t>(kWordBits), n - col_start);
-    __syncthreads();  // the previous tile's readers are done with cols
-    if (threadIdx.x < col_n) cols[threadIdx.x] = boxes[col_start + threadIdx.x];
-    __syncthreads();
-    const uint32_t i = row * kWordBits + threadIdx.x;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < m; i += gridDim.x * blockDim.x) {
+    uint32_t code = kIsolatedCell;
     if (i < n) {
-      const float4 a = boxes[i];
-      const float area_a = box_area(a, cfg.offset);
-      unsigned long long bits = 0;
-      for (uint32_t j = (row == col) ? threadIdx.x + 1 : 0; j < col_n; ++j)
-        if (overlaps(a, area_a, cols[j], cfg)) bits |= 1ull << j;
-      mask[static_cast<size_t>(i) * words + col] = bits;
+      const float4 b = boxes[i];
+      const float w = box_w(b, cfg.offset), h = box_h(b, cfg.offset);
+      if (!isolated(w, h, __fmul_rn(w, h))) {
+        const int k = size_class(fmaxf(w, h));
+        code = k == kTopClass ? cell_code(k, 0, 0)
+                              : cell_code(k, max(cell_of(b.y, k, kYBias, kYBits), 0),
+                                          max(cell_of(b.x, k, kXBias, kXBits), 0));
+      }
+    }
+    cells[i] = code;
+    ranks[i] = i;
+    status[i] = kUndecided;
+    flags[i] = 0;
+  }
+}
+
+// Where a box j is in its walk over candidate suppressors.
+struct Walk {
+  int k, k_hi;          // size class now / last
+  int y, y_hi;          // grid row now / last (in class k)
+  int x_lo, x_hi;       // grid columns of class k
+  uint32_t p, p_end;    // position in the cell-sorted arrays / end of the row
+};
+
+__device__ __forceinline__ void walk_row(Walk& w, const uint32_t* __restrict__ cells, uint32_t n) {
+  w.p = lower_bound(cells, 0, n, cell_code(w.k, w.y, w.x_lo));
+  w.p_end = lower_bound(cells, w.p, n, cell_code(w.k, w.y, w.x_hi) + 1u);
+}
+
+// Rows and columns of class k holding every box i with IoU(i, j) > t: i's (x1, y1) cell is at
+// most one cell before j's (x1, y1) (i is narrower than a cell) and not after j's (x2 + o).
+__device__ __forceinline__ void walk_class(Walk& w, float4 bj, float o, const uint32_t* __restrict__ cells,
+                                           uint32_t n) {
+  if (w.k == kTopClass) {
+    w.y = w.y_hi = w.x_lo = w.x_hi = 0;
+  } else {
+    w.y = max(cell_of(bj.y, w.k, kYBias, kYBits) - 1, 0);
+    w.y_hi = max(cell_of(__fadd_rn(bj.w, o), w.k, kYBias, kYBits), 0);
+    w.x_lo = max(cell_of(bj.x, w.k, kXBias, kXBits) - 1, 0);
+    w.x_hi = max(cell_of(__fadd_rn(bj.z, o), w.k, kXBias, kXBits), 0);
+  }
+  walk_row(w, cells, n);
+}
+
+// Advances box j's walk; returns its status (kUndecided: it waits on an undecided box).
+__device__ uint8_t walk_advance(Walk& w, uint32_t j, float4 bj, float area_j,
+                                const uint32_t* __restrict__ cells, const uint32_t* __restrict__ ranks,
+                                const float4* __restrict__ boxes, const volatile uint8_t* status,
+                                const NmsConfig& cfg, uint32_t n) {
+  for (;;) {
+    while (w.p < w.p_end) {
+      const uint32_t i = ranks[w.p];
+      if (i >= j) {  // the rest of this cell comes later in NMS order: next cell of the row
+        w.p = lower_bound(cells, w.p + 1, w.p_end, cells[w.p] + 1u);
+        continue;
+      }
+      const uint8_t s = status[i];
+      if (s != kSuppressed) {
+        const float4 bi = boxes[i];
+        if (overlaps(bi, __fmul_rn(box_w(bi, cfg.offset), box_h(bi, cfg.offset)), bj, area_j, cfg))
+          return s == kKept ? kSuppressed : kUndecided;  // an undecided one: retry from here
+      }
+      ++w.p;
+    }
+    if (w.y < w.y_hi) {
+      ++w.y;
+      walk_row(w, cells, n);
+    } else if (w.k < w.k_hi) {
+      ++w.k;
+      walk_class(w, bj, cfg.offset, cells, n);
+    } else {
+      return kKept;
     }
   }
 }
 
-// Greedy pass over the mask in one block, 64 boxes at a time: thread 0 resolves a word's
-// boxes in order from the diagonal word, then all threads OR the kept rows into the
-// "removed" bitset and write the kept boxes (clipped, sigmoid of the logit) compacted.
-__global__ void __launch_bounds__(kReduceThreads)
-    nms_reduce_kernel(const Control* __restrict__ ctrl, const unsigned long long* __restrict__ mask,
-                      const float4* __restrict__ boxes, const float* __restrict__ logits,
-                      const NmsConfig cfg, float* __restrict__ out, tf_nms_stats* stats) {
-  extern __shared__ unsigned long long removed[];
-  __shared__ unsigned long long diag[kWordBits];
-  __shared__ unsigned long long keep_word;
-  const uint32_t tid = threadIdx.x;
+__global__ void __launch_bounds__(kResolveThreads)
+    nms_resolve_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
+                       const uint32_t* __restrict__ ranks, const float4* __restrict__ boxes,
+                       const NmsConfig cfg, volatile uint8_t* status, uint32_t* __restrict__ flags) {
+  __shared__ uint32_t chunk;
   const uint32_t n = ctrl->n;
-  const uint32_t words = (n + kWordBits - 1) / kWordBits;
-  for (uint32_t w = tid; w < words; w += blockDim.x) removed[w] = 0;
-  __syncthreads();
-
-  uint32_t kept = 0;
-  for (uint32_t b = 0; b < words; ++b) {
-    const uint32_t first = b * kWordBits;
-    const uint32_t rows = min(static_cast<uint32_t>(kWordBits), n - first);
-    const unsigned long long valid = rows == kWordBits ? ~0ull : (1ull << rows) - 1;
-    if ((removed[b] & valid) == valid) continue;  // all suppressed; uniform per block
-    if (tid < rows) diag[tid] = mask[static_cast<size_t>(first + tid) * words + b];
+  for (;;) {
+    if (threadIdx.x == 0) chunk = atomicAdd(&ctrl->next_chunk, 1u);
     __syncthreads();
-    if (tid == 0) {
-      unsigned long long r = removed[b], keep = 0;
-      for (uint32_t k = 0; k < rows; ++k) {
-        if (!((r >> k) & 1ull)) {
-          keep |= 1ull << k;
-          r |= diag[k];
+    const uint64_t first = static_cast<uint64_t>(chunk) * kResolveThreads;
+    if (first >= n) return;  // uniform per block
+    const uint32_t j = static_cast<uint32_t>(first) + threadIdx.x;
+    bool undecided = j < n;
+    float4 bj = make_float4(0.f, 0.f, 0.f, 0.f);
+    float area_j = 0.0f;
+    Walk w{};
+    if (undecided) {
+      bj = boxes[j];
+      const float bw = box_w(bj, cfg.offset), bh = box_h(bj, cfg.offset);
+      area_j = __fmul_rn(bw, bh);
+      if (isolated(bw, bh, area_j)) {
+        status[j] = kKept;
+        flags[j] = 1;
+        undecided = false;
+      } else {
+        // IoU > t needs max(w, h) ratios in (t, 1/t): the size classes of the partners.
+        const float d = fmaxf(bw, bh);
+        const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
+        w.k = size_class(__fmul_rn(tm, d));
+        w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+        walk_class(w, bj, cfg.offset, cells, n);
+      }
+    }
+    // Every thread retries until its box is decided; boxes of earlier chunks are decided by
+    // blocks that are running, so this terminates (see the file comment).
+    while (__syncthreads_or(undecided)) {
+      if (undecided) {
+        const uint8_t s = walk_advance(w, j, bj, area_j, cells, ranks, boxes, status, cfg, n);
+        if (s != kUndecided) {
+          flags[j] = s == kKept;
+          status[j] = s;
+          undecided = false;
         }
       }
-      keep_word = keep;
     }
-    __syncthreads();
-    const unsigned long long keep = keep_word;
-    for (uint32_t j = b + 1 + tid; j < words; j += blockDim.x) {
-      unsigned long long acc = removed[j];
-      for (unsigned long long k = keep; k; k &= k - 1)
-        acc |= mask[static_cast<size_t>(first + __ffsll(static_cast<long long>(k)) - 1) * words + j];
-      removed[j] = acc;
-    }
-    if (tid < rows && ((keep >> tid) & 1ull)) {
-      float4 box = boxes[first + tid];
-      if (cfg.clip) {
-        box.x = fminf(fmaxf(box.x, 0.0f), cfg.max_x);
-        box.y = fminf(fmaxf(box.y, 0.0f), cfg.max_y);
-        box.z = fminf(fmaxf(box.z, 0.0f), cfg.max_x);
-        box.w = fminf(fmaxf(box.w, 0.0f), cfg.max_y);
-      }
-      float* row = out + 5 * static_cast<size_t>(kept + __popcll(keep & ((1ull << tid) - 1)));
-      row[0] = box.x;
-      row[1] = box.y;
-      row[2] = box.z;
-      row[3] = box.w;
-      row[4] = 1.0f / (1.0f + expf(-logits[first + tid]));
-    }
-    kept += __popcll(keep);
-    __syncthreads();
   }
-  if (tid == 0) stats->num_kept = kept;
+}
+
+// Kept boxes (clipped if asked, sigmoid of the logit) written compacted in NMS order.
+__global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_t* __restrict__ flags,
+                                 const uint32_t* __restrict__ rows, const float4* __restrict__ boxes,
+                                 const float* __restrict__ logits, const NmsConfig cfg,
+                                 float* __restrict__ out, tf_nms_stats* stats) {
+  const uint32_t n = ctrl->n;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const uint32_t kept = flags[i];
+    if (i == n - 1) stats->num_kept = rows[i] + kept;
+    if (!kept) continue;
+    float4 box = boxes[i];
+    if (cfg.clip) {
+      box.x = fminf(fmaxf(box.x, 0.0f), cfg.max_x);
+      box.y = fminf(fmaxf(box.y, 0.0f), cfg.max_y);
+      box.z = fminf(fmaxf(box.z, 0.0f), cfg.max_x);
+      box.w = fminf(fmaxf(box.w, 0.0f), cfg.max_y);
+    }
+    float* row = out + 5 * static_cast<size_t>(rows[i]);
+    row[0] = box.x;
+    row[1] = box.y;
+    row[2] = box.z;
+    row[3] = box.w;
+    row[4] = 1.0f / (1.0f + expf(-logits[i]));
+  }
 }
 
 tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_params* params,
@@ -197,8 +336,9 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   if (out_stats == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "out_stats is NULL");
   TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
   if (max_candidates < 1 || max_candidates > TF_MAX_NMS_CANDIDATES)
-    return tf::fail(TF_STATUS_INVALID_CAPACITY, "max_candidates = %lld is outside [1, %d]",
-                    static_cast<long long>(max_candidates), TF_MAX_NMS_CANDIDATES);
+    return tf::fail(TF_STATUS_INVALID_CAPACITY, "max_candidates = %lld is outside [1, %lld]",
+                    static_cast<long long>(max_candidates),
+                    static_cast<long long>(TF_MAX_NMS_CANDIDATES));
   const tf_nms_params& p = *params;
   if (!(p.nms_thresh >= 0.0f && p.nms_thresh <= 1.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "nms_thresh = %g is outside [0, 1]", p.nms_thresh);
@@ -219,6 +359,13 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   return TF_STATUS_SUCCESS;
 }
 
+tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
+  if (need <= sort_temp_bound(m)) return TF_STATUS_SUCCESS;
+  return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL,
+                  "internal: %s needs %zu bytes of temporary storage, the workspace reserves %zu",
+                  what, need, sort_temp_bound(m));
+}
+
 }  // namespace
 
 extern "C" {
@@ -227,8 +374,9 @@ TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
   if (max_candidates < 1 || max_candidates > TF_MAX_NMS_CANDIDATES)
-    return tf::fail(TF_STATUS_INVALID_CAPACITY, "max_candidates = %lld is outside [1, %d]",
-                    static_cast<long long>(max_candidates), TF_MAX_NMS_CANDIDATES);
+    return tf::fail(TF_STATUS_INVALID_CAPACITY, "max_candidates = %lld is outside [1, %lld]",
+                    static_cast<long long>(max_candidates),
+                    static_cast<long long>(TF_MAX_NMS_CANDIDATES));
   *bytes = nms_layout(max_candidates).total;
   return TF_STATUS_SUCCESS;
 }
@@ -246,54 +394,87 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
 
   const cudaStream_t s = stream;
   const uint32_t m = static_cast<uint32_t>(max_candidates);
+  const int items = static_cast<int>(max_candidates);
   const tf::CandidateView cand = tf::candidate_view(const_cast<void*>(candidates), capacity);
   char* base = static_cast<char*>(workspace);
   Control* ctrl = reinterpret_cast<Control*>(base + layout.control);
-  cub::DoubleBuffer<unsigned long long> keys(reinterpret_cast<unsigned long long*>(base + layout.keys_a),
-                                             reinterpret_cast<unsigned long long*>(base + layout.keys_b));
-  cub::DoubleBuffer<uint32_t> slots(reinterpret_cast<uint32_t*>(base + layout.slots_a),
-                                    reinterpret_cast<uint32_t*>(base + layout.slots_b));
+  unsigned long long* keys_a = reinterpret_cast<unsigned long long*>(base + layout.keys_a);
+  unsigned long long* keys_b = reinterpret_cast<unsigned long long*>(base + layout.keys_b);
+  uint32_t* slots_a = reinterpret_cast<uint32_t*>(base + layout.slots_a);
+  uint32_t* slots_b = reinterpret_cast<uint32_t*>(base + layout.slots_b);
+  cub::DoubleBuffer<unsigned long long> keys(keys_a, keys_b);
+  cub::DoubleBuffer<uint32_t> slots(slots_a, slots_b);
   float4* boxes = reinterpret_cast<float4*>(base + layout.boxes);
   float* logits = reinterpret_cast<float*>(base + layout.logits);
-  unsigned long long* mask = reinterpret_cast<unsigned long long*>(base + layout.mask);
-  void* sort_temp = base + layout.sort_temp;
+  uint8_t* status = reinterpret_cast<uint8_t*>(base + layout.status);
+  void* temp = base + layout.sort_temp;
+  // After the gather: the cell sort's double buffers live in keys_a / keys_b (two uint32
+  // arrays each), the kept flags in slots_a and the output rows in slots_b.
+  cub::DoubleBuffer<uint32_t> cells(reinterpret_cast<uint32_t*>(keys_a), reinterpret_cast<uint32_t*>(keys_b));
+  cub::DoubleBuffer<uint32_t> ranks(reinterpret_cast<uint32_t*>(keys_a) + m,
+                                    reinterpret_cast<uint32_t*>(keys_b) + m);
+  uint32_t* flags = slots_a;
+  uint32_t* rows = slots_b;
   const NmsConfig cfg{params->nms_thresh, params->pixel_offset, params->clip != 0,
                       static_cast<float>(params->image_width - 1),
                       static_cast<float>(params->image_height - 1)};
   const unsigned int item_blocks = tf::blocks_for(m, kPrepareThreads);
-  const size_t words = words_for(m);
+  const uint64_t chunks = (static_cast<uint64_t>(m) + kResolveThreads - 1) / kResolveThreads;
+  const unsigned int resolve_blocks =
+      static_cast<unsigned int>(chunks < kMaxResolveBlocks ? chunks : kMaxResolveBlocks);
 
   TF_RETURN_IF_ERROR(tf::launch("nms prepare kernel launch", nms_prepare_kernel, dim3(item_blocks),
                                 dim3(kPrepareThreads), 0, s, static_cast<const uint32_t*>(cand.count),
                                 static_cast<const unsigned long long*>(cand.keys),
                                 static_cast<uint32_t>(capacity),
                                 m, keys.Current(), slots.Current(), ctrl, out_stats));
-  size_t sort_bytes = 0;
+  // CUB's storage requests (host-side queries) against the reserved bound.
+  size_t sort_bytes = 0, cell_sort_bytes = 0, scan_bytes = 0;
   TF_RETURN_IF_ERROR(tf::check_cuda(
-      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys, slots, static_cast<int>(m), 0, 64, s),
+      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys, slots, items, 0, 64, s),
       "cub::DeviceRadixSort::SortPairs (size query)"));
-  if (sort_bytes > sort_temp_bound(max_candidates))
-    return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL,
-                    "internal: CUB needs %zu bytes of sort storage, the workspace reserves %zu",
-                    sort_bytes, sort_temp_bound(max_candidates));
-  sort_bytes = sort_temp_bound(max_candidates);
   TF_RETURN_IF_ERROR(tf::check_cuda(
-      cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, keys, slots, static_cast<int>(m), 0, 64, s),
+      cub::DeviceRadixSort::SortPairs(nullptr, cell_sort_bytes, cells, ranks, items, 0, 32, s),
+      "cub::DeviceRadixSort::SortPairs (cells, size query)"));
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, flags, rows, items, s),
+      "cub::DeviceScan::ExclusiveSum (size query)"));
+  TF_RETURN_IF_ERROR(check_cub_bytes(sort_bytes, max_candidates, "cub::DeviceRadixSort (keys)"));
+  TF_RETURN_IF_ERROR(check_cub_bytes(cell_sort_bytes, max_candidates, "cub::DeviceRadixSort (cells)"));
+  TF_RETURN_IF_ERROR(check_cub_bytes(scan_bytes, max_candidates, "cub::DeviceScan"));
+  size_t temp_bytes = sort_temp_bound(max_candidates);
+
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, slots, items, 0, 64, s),
       "cub::DeviceRadixSort::SortPairs"));
   TF_RETURN_IF_ERROR(tf::launch("nms gather kernel launch", nms_gather_kernel, dim3(item_blocks),
                                 dim3(kPrepareThreads), 0, s, static_cast<const Control*>(ctrl),
                                 static_cast<const unsigned long long*>(keys.Current()),
                                 static_cast<const uint32_t*>(slots.Current()),
                                 static_cast<const float4*>(cand.boxes), boxes, logits));
-  const unsigned int mask_blocks =
-      static_cast<unsigned int>(words * words < kMaxMaskBlocks ? words * words : kMaxMaskBlocks);
-  TF_RETURN_IF_ERROR(tf::launch("nms mask kernel launch", nms_mask_kernel, dim3(mask_blocks), dim3(kMaskThreads),
-                                0, s, static_cast<const Control*>(ctrl),
-                                static_cast<const float4*>(boxes), cfg, mask));
-  return tf::launch("nms reduce kernel launch", nms_reduce_kernel, dim3(1), dim3(kReduceThreads),
-                    words * sizeof(unsigned long long), s, static_cast<const Control*>(ctrl),
-                    static_cast<const unsigned long long*>(mask), static_cast<const float4*>(boxes),
-                    static_cast<const float*>(logits), cfg, out_boxes, out_stats);
+  TF_RETURN_IF_ERROR(tf::launch("nms bin kernel launch", nms_bin_kernel, dim3(item_blocks),
+                                dim3(kPrepareThreads), 0, s, static_cast<const Control*>(ctrl),
+                                static_cast<const float4*>(boxes), cfg, m, cells.Current(),
+                                ranks.Current(), status, flags));
+  temp_bytes = sort_temp_bound(max_candidates);
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, cells, ranks, items, 0, 32, s),
+      "cub::DeviceRadixSort::SortPairs (cells)"));
+  TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch", nms_resolve_kernel, dim3(resolve_blocks),
+                                dim3(kResolveThreads), 0, s, ctrl,
+                                static_cast<const uint32_t*>(cells.Current()),
+                                static_cast<const uint32_t*>(ranks.Current()),
+                                static_cast<const float4*>(boxes), cfg,
+                                static_cast<volatile uint8_t*>(status), flags));
+  temp_bytes = sort_temp_bound(max_candidates);
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cub::DeviceScan::ExclusiveSum(temp, temp_bytes, flags, rows, items, s),
+      "cub::DeviceScan::ExclusiveSum"));
+  return tf::launch("nms write kernel launch", nms_write_kernel, dim3(item_blocks),
+                    dim3(kPrepareThreads), 0, s, static_cast<const Control*>(ctrl),
+                    static_cast<const uint32_t*>(flags), static_cast<const uint32_t*>(rows),
+                    static_cast<const float4*>(boxes), static_cast<const float*>(logits), cfg,
+                    out_boxes, out_stats);
 }
 
 }  // extern "C"

@@ -1,0 +1,287 @@
+"""Step-by-step numpy emulation of the CUDA NMS in ``src/nms.cu`` (pure numpy, no GPU).
+
+It follows the kernels' algorithm with the same float32 arithmetic (every operation rounded
+to float32, no fused multiply-add, as the kernel's ``__f*_rn`` intrinsics) so that CI without
+a GPU shows that the algorithm gives exactly the serial greedy result of ``runtime/nms.py``,
+and so that its cost on a given input is known (pairs examined, rounds, workspace bytes):
+
+1. **sort**: the 64-bit key ``(~ordered_bits(logit)) << 32 | key`` ascending (CUB radix sort,
+   stable), i.e. logit descending (-0 == +0), canonical key ascending. Rank = position.
+2. **bin**: per box ``w = x2 - x1 + o``, ``h = y2 - y1 + o``, ``area = w * h``. A box with
+   ``not (w > 0 and h > 0 and isfinite(area))`` is *isolated*: its IoU with any box is <= 0 or
+   NaN, so it is kept and never looked at (cell code ``0xFFFFFFFF``). Otherwise its size class
+   is ``k = clamp(floor(log2(max(w, h))), 0, 30)`` and its cell code
+   ``k << 27 | ycode << 14 | xcode`` with ``xcode = clamp(floor(x1 / 2^(k+1)) + 8192, 0, 16383)``
+   and ``ycode = clamp(floor(y1 / 2^(k+1)) + 4096, 0, 8191)`` (class 30: one cell, codes 0).
+   A class-k box (k <= 29) is narrower and lower than the cell side 2^(k+1).
+3. **cell sort**: stable sort of (cell code, rank): within a cell, ranks ascend.
+4. **walk** (the pair enumeration): box j's possible suppressors i have IoU > t, which needs
+   ``max(w, h)`` ratios in (t, 1/t); with a margin ``tm = t * 0.999`` they lie in the classes
+   ``size_class(tm * d) .. size_class(d / tm)`` (all classes when ``tm == 0``). In class k,
+   i's (x1, y1) cell is at most one cell before j's (x1, y1) cell and not after j's
+   ``(x2 + o, y2 + o)`` cell. The walk visits, class by class and row by row, the cell-sorted
+   range of each row's columns, in cell-sorted order, skipping ranks >= j.
+5. **resolve**: a box is decided by the first candidate of its walk that overlaps it
+   (IoU > t) and is not SUPPRESSED: KEPT -> j is SUPPRESSED, UNDECIDED -> j waits there
+   (a SUPPRESSED or non-overlapping candidate is passed for good); no such candidate -> j is
+   KEPT. The kernel runs this asynchronously (a persistent kernel, live statuses); here it
+   runs in synchronous (Jacobi) rounds, each reading the previous round's statuses. Both give
+   exactly serial greedy NMS (a decided status is always the greedy one, and the lowest
+   undecided box decides in the next round); ``rounds`` is the dependency depth, an upper
+   bound of the kernel's sequential status hand-offs.
+6. **compact**: kept ranks in NMS order (exclusive scan of the flags).
+
+:func:`emulate_nms` returns the kept indices (as ``runtime.nms.nms``) plus the statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+X_BITS, Y_BITS, CLASS_SHIFT = 14, 13, 27
+X_BIAS, Y_BIAS = 1 << (X_BITS - 1), 1 << (Y_BITS - 1)
+TOP_CLASS = 30
+ISOLATED_CELL = 0xFFFFFFFF
+WINDOW_MARGIN = np.float32(0.999)
+RESOLVE_THREADS = 128
+ALIGN = 256
+UNDECIDED, KEPT, SUPPRESSED = 0, 1, 2
+
+_F = np.float32
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def workspace_bytes(max_candidates: int) -> int:
+    """``tf_nms_workspace_size``: the layout of ``nms_layout`` in src/nms.cu."""
+    m = int(max_candidates)
+    sizes = [8,                 # Control (uint32 n, uint32 next_chunk)
+             8 * m, 8 * m,      # 64-bit sort keys (double buffer); later cell codes + ranks
+             4 * m, 4 * m,      # slots (double buffer); later kept flags + output rows
+             16 * m, 4 * m,     # boxes, logits in NMS order
+             1 * m]             # status bytes
+    return sum(_align(s) for s in sizes) + _align(8 * m) + (1 << 20)  # + CUB storage bound
+
+
+def sort_keys(logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The kernel's 64-bit sort key (``tf::sort_key``): ascending = NMS order."""
+    lg = np.asarray(logits, dtype=_F).copy()
+    lg[lg == 0] = 0.0  # -0 -> +0
+    bits = lg.view(np.uint32).astype(np.uint64)
+    ascending = np.where(bits & 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    return ((~ascending & 0xFFFFFFFF) << np.uint64(32)) | (np.asarray(keys).astype(np.uint64) & 0xFFFFFFFF)
+
+
+def nms_order(logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Indices in NMS order (stable radix sort of :func:`sort_keys`)."""
+    return np.argsort(sort_keys(logits, keys), kind="stable")
+
+
+def geometry(boxes: np.ndarray, offset: float) -> tuple[np.ndarray, ...]:
+    """float32 (w, h, area, isolated) as ``box_w`` / ``box_h`` / ``isolated`` in the kernel."""
+    b = np.asarray(boxes, dtype=_F)
+    o = _F(offset)
+    with np.errstate(all="ignore"):
+        w = (b[:, 2] - b[:, 0]) + o
+        h = (b[:, 3] - b[:, 1]) + o
+        area = w * h
+    iso = ~((w > 0) & (h > 0) & np.isfinite(area))
+    return w, h, area, iso
+
+
+def size_class(d: np.ndarray) -> np.ndarray:
+    """floor(log2(d)) clamped to [0, 30] (monotone; d < 2 -> 0, NaN -> 0)."""
+    d = np.asarray(d, dtype=_F)
+    with np.errstate(invalid="ignore"):
+        exp = ((d.view(np.uint32) >> 23) & 0xFF).astype(np.int64) - 127
+        return np.where(~(d >= 2), 0, np.where(d >= _F(2.0 ** 30), TOP_CLASS, exp))
+
+
+def cell_of(v: np.ndarray, k: np.ndarray, bias: int, bits: int) -> np.ndarray:
+    """floor(v / 2^(k+1)) + bias clamped to [-1, 2^bits - 1] (float32, as ``cell_of``)."""
+    inv = np.ldexp(np.ones(np.shape(k), dtype=_F), -(np.asarray(k) + 1)).astype(_F)
+    with np.errstate(invalid="ignore", over="ignore"):
+        c = np.floor(np.asarray(v, dtype=_F) * inv)
+    c = np.minimum(np.maximum(c, _F(-bias - 1)), _F((1 << bits) - 1 - bias))
+    with np.errstate(invalid="ignore"):  # NaN only for isolated boxes, whose cell is unused
+        return c.astype(np.int64) + bias
+
+
+def _code(k, y, x) -> np.ndarray:
+    return (np.asarray(k, np.int64) << CLASS_SHIFT) | (np.asarray(y, np.int64) << X_BITS) | np.asarray(x, np.int64)
+
+
+def cell_codes(boxes: np.ndarray, offset: float) -> np.ndarray:
+    """uint32 cell code per box (``nms_bin_kernel``)."""
+    b = np.asarray(boxes, dtype=_F)
+    w, h, _, iso = geometry(b, offset)
+    k = size_class(np.maximum(w, h))
+    top = k == TOP_CLASS
+    kk = np.minimum(k, TOP_CLASS - 1)
+    y = np.where(top, 0, np.maximum(cell_of(b[:, 1], kk, Y_BIAS, Y_BITS), 0))
+    x = np.where(top, 0, np.maximum(cell_of(b[:, 0], kk, X_BIAS, X_BITS), 0))
+    return np.where(iso, ISOLATED_CELL, _code(k, y, x)).astype(np.uint32)
+
+
+def overlaps(bi: np.ndarray, area_i: np.ndarray, bj: np.ndarray, area_j: np.ndarray,
+             thresh: float, offset: float) -> np.ndarray:
+    """IoU > thresh in float32 (``overlaps`` in the kernel; rows of bi / bj are pairs)."""
+    o = _F(offset)
+    with np.errstate(all="ignore"):
+        iw = np.maximum(_F(0), (np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0])) + o)
+        ih = np.maximum(_F(0), (np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1])) + o)
+        inter = iw * ih
+        return inter / ((area_i + area_j) - inter) > _F(thresh)
+
+
+@dataclass
+class Walks:
+    """The pair enumeration: for each examined candidate, its box j and partner i (ranks), in
+    walk order (j ascending, then walk position). ``rows`` = binary-searched row ranges."""
+
+    j: np.ndarray
+    i: np.ndarray
+    rows: int
+
+
+def walks(b: np.ndarray, w: np.ndarray, h: np.ndarray, js: np.ndarray, cells_sorted: np.ndarray,
+          ranks_sorted: np.ndarray, thresh: float, offset: float) -> Walks:
+    """All (j, i < j) candidates the kernel's walks visit (``walk_class`` / ``walk_row``) for
+    the non-isolated ranks ``js`` (ascending)."""
+    o = _F(offset)
+    d = np.maximum(w[js], h[js])
+    tm = _F(thresh) * WINDOW_MARGIN
+    with np.errstate(all="ignore"):
+        k_lo = size_class(tm * d)
+        k_hi = size_class(d / tm) if tm > 0 else np.full(js.size, TOP_CLASS)
+    # (j, k) pairs
+    nk = k_hi - k_lo + 1
+    jk = np.repeat(js, nk)
+    kk = np.repeat(k_lo, nk) + (np.arange(nk.sum()) - np.repeat(np.cumsum(nk) - nk, nk))
+    bj = b[jk]
+    top = kk == TOP_CLASS
+    kc = np.minimum(kk, TOP_CLASS - 1)
+    with np.errstate(all="ignore"):
+        y_lo = np.where(top, 0, np.maximum(cell_of(bj[:, 1], kc, Y_BIAS, Y_BITS) - 1, 0))
+        y_hi = np.where(top, 0, np.maximum(cell_of(bj[:, 3] + o, kc, Y_BIAS, Y_BITS), 0))
+        x_lo = np.where(top, 0, np.maximum(cell_of(bj[:, 0], kc, X_BIAS, X_BITS) - 1, 0))
+        x_hi = np.where(top, 0, np.maximum(cell_of(bj[:, 2] + o, kc, X_BIAS, X_BITS), 0))
+    # (j, k, y) rows
+    ny = y_hi - y_lo + 1
+    rj = np.repeat(jk, ny)
+    rk = np.repeat(kk, ny)
+    ry = np.repeat(y_lo, ny) + (np.arange(ny.sum()) - np.repeat(np.cumsum(ny) - ny, ny))
+    lo = np.searchsorted(cells_sorted, _code(rk, ry, np.repeat(x_lo, ny)).astype(np.uint32), "left")
+    hi = np.searchsorted(cells_sorted, (_code(rk, ry, np.repeat(x_hi, ny)) + 1).astype(np.uint32), "left")
+    # expand the row ranges to positions, keep partners ranked before j
+    length = hi - lo
+    keep = length > 0
+    rj, lo, length = rj[keep], lo[keep], length[keep]
+    pos = np.repeat(lo - (np.cumsum(length) - length), length) + np.arange(length.sum())
+    pj = np.repeat(rj, length)
+    pi = ranks_sorted[pos].astype(np.int64)
+    earlier = pi < pj
+    return Walks(pj[earlier], pi[earlier], int(ny.sum()))
+
+
+def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarray) -> tuple[np.ndarray, int]:
+    """Synchronous rounds of the resolve rule over the overlap edges (in walk order, grouped
+    by j ascending). Returns (status per rank, number of rounds)."""
+    status = np.full(n, UNDECIDED, dtype=np.int8)
+    status[iso] = KEPT  # decided before the walks (round 0)
+    ej, ei = edge_j, edge_i
+    rounds = 0
+    while True:
+        undecided = status == UNDECIDED
+        if not undecided.any():
+            return status, rounds
+        rounds += 1
+        prev = status.copy()
+        live = undecided[ej] & (prev[ei] != SUPPRESSED)  # passed edges never count again
+        ej, ei = ej[live], ei[live]
+        first = np.flatnonzero(np.r_[True, ej[1:] != ej[:-1]]) if ej.size else ej  # per walk
+        first_j = ej[first]
+        blocker = prev[ei[first]]
+        status[first_j[blocker == KEPT]] = SUPPRESSED
+        free = undecided.copy()
+        free[first_j] = False
+        status[free] = KEPT  # nothing left to wait on
+
+
+@dataclass
+class Emulation:
+    """Result and cost of one emulated ``tf_nms`` call.
+
+    Attributes:
+        kept: indices into the inputs of the kept boxes, NMS order (as ``runtime.nms.nms``).
+        order: NMS order (indices into the inputs).
+        status: per rank, KEPT (1) / SUPPRESSED (2).
+        rounds: synchronous resolve rounds (dependency depth).
+        candidate_pairs: (j, i < j) pairs the walks visit (at most; the kernel stops early).
+        overlap_pairs: those with IoU > thresh (the sparse overlap graph).
+        rows: grid rows binary-searched by all walks.
+        isolated: boxes kept without a walk.
+        workspace_bytes: ``tf_nms_workspace_size(n)``.
+        edge_i, edge_j: the overlap pairs (ranks i < j) the walks found, in walk order.
+    """
+
+    kept: np.ndarray
+    order: np.ndarray
+    status: np.ndarray
+    rounds: int
+    candidate_pairs: int
+    overlap_pairs: int
+    rows: int
+    isolated: int
+    workspace_bytes: int
+    edge_i: np.ndarray
+    edge_j: np.ndarray
+
+
+def emulate_nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: float,
+                pixel_offset: float = 1.0, chunk: int = 8192) -> Emulation:
+    """Emulates ``tf_nms`` on float32 boxes (N, 4), logits (N,), uint32 canonical keys (N,);
+    ``chunk`` walks are expanded at a time (memory only; the result does not depend on it)."""
+    b_in = np.asarray(boxes, dtype=_F).reshape(-1, 4)
+    n = b_in.shape[0]
+    order = nms_order(logits, keys)
+    b = b_in[order]
+    w, h, area, iso = geometry(b, pixel_offset)
+    codes = cell_codes(b, pixel_offset)
+    perm = np.argsort(codes, kind="stable")  # radix sort of (code, rank): ranks ascend per cell
+    cells_sorted, ranks_sorted = codes[perm], perm.astype(np.uint32)
+    edge_i, edge_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    candidates = rows = 0
+    walkers = np.flatnonzero(~iso)
+    for start in range(0, walkers.size, chunk):  # bounded memory: walks of `chunk` boxes at a time
+        wk = walks(b, w, h, walkers[start:start + chunk], cells_sorted, ranks_sorted, iou_thresh,
+                   pixel_offset)
+        hit = overlaps(b[wk.i], area[wk.i], b[wk.j], area[wk.j], iou_thresh, pixel_offset)
+        edge_i.append(wk.i[hit])
+        edge_j.append(wk.j[hit])
+        candidates += wk.j.size
+        rows += wk.rows
+    ei, ej = np.concatenate(edge_i), np.concatenate(edge_j)
+    status, rounds = resolve_rounds(n, iso, ej, ei)
+    kept_ranks = np.flatnonzero(status == KEPT)
+    return Emulation(kept=order[kept_ranks].astype(np.int64), order=order, status=status,
+                     rounds=rounds, candidate_pairs=int(candidates), overlap_pairs=int(ei.size),
+                     rows=int(rows), isolated=int(iso.sum()), workspace_bytes=workspace_bytes(max(n, 1)),
+                     edge_i=ei, edge_j=ej)
+
+
+def overlap_pairs_bruteforce(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray,
+                             iou_thresh: float, pixel_offset: float = 1.0) -> set[tuple[int, int]]:
+    """Every (i < j) rank pair with float32 IoU > thresh, by brute force (small N only): the
+    walks must find all of them."""
+    order = nms_order(logits, keys)
+    b = np.asarray(boxes, dtype=_F).reshape(-1, 4)[order]
+    _, _, area, _ = geometry(b, pixel_offset)
+    n = b.shape[0]
+    jj, ii = np.tril_indices(n, -1)
+    hit = overlaps(b[ii], area[ii], b[jj], area[jj], iou_thresh, pixel_offset)
+    return set(zip(ii[hit].tolist(), jj[hit].tolist()))

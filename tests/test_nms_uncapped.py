@@ -1,0 +1,260 @@
+"""The uncapped CUDA NMS algorithm without a GPU: its numpy emulation against the oracle.
+
+``kernels/nms_emulation.py`` emulates ``kernels/src/nms.cu`` step by step (sort keys, size
+classes and grid cells, the walks over candidate suppressors, the resolve rule, float32 IoU
+with every operation rounded). These tests show that it keeps exactly the boxes of
+``runtime/nms.py`` (same indices, same order) on random and adversarial inputs, that the walks
+find every overlapping pair a brute-force search finds, and they check the host side of the
+C functions (sizes, argument checks) where the kernel library is built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.runtime.nms import nms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_emulation():
+    """kernels/nms_emulation.py of this checkout, by path (whatever tinyfaces_trt resolves to)."""
+    path = ROOT / "kernels" / "nms_emulation.py"
+    spec = importlib.util.spec_from_file_location("tinyfaces_nms_emulation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+E = _load_emulation()
+
+
+def _boxes(centres, sizes, aspect=None):
+    c = np.asarray(centres, np.float64)
+    s = np.asarray(sizes, np.float64)
+    wh = np.stack([s, s * (1.0 if aspect is None else aspect)], 1)
+    return np.concatenate([c - wh / 2, c + wh / 2], 1).astype(np.float32)
+
+
+def _check(boxes, logits, keys, thresh, offset, brute_force=None):
+    """Emulated kept == runtime.nms kept (indices and order); returns the emulation."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    logits = np.asarray(logits, np.float32)
+    keys = np.asarray(keys, np.uint32)
+    em = E.emulate_nms(boxes, logits, keys, thresh, offset)
+    want = nms(boxes.astype(np.float64), logits, keys.astype(np.int64), thresh, offset)
+    np.testing.assert_array_equal(em.kept, want)
+    assert em.kept.dtype == np.int64
+    np.testing.assert_array_equal(em.order[np.argsort(em.order)], np.arange(len(boxes)))
+    if brute_force if brute_force is not None else len(boxes) <= 2500:
+        found = set(zip(em.edge_i.tolist(), em.edge_j.tolist()))
+        assert len(found) == len(em.edge_i)  # each pair visited once
+        assert found == E.overlap_pairs_bruteforce(boxes, logits, keys, thresh, offset)
+    return em
+
+
+def _random_scene(rng, n, extent=600.0, smin=2.0, smax=300.0):
+    centres = rng.uniform(-20, extent + 20, (n, 2))
+    sizes = np.exp(rng.uniform(np.log(smin), np.log(smax), n))
+    boxes = _boxes(centres, sizes, rng.uniform(0.7, 1.4, n))
+    return boxes, rng.normal(0, 2, n).astype(np.float32), rng.permutation(n).astype(np.uint32)
+
+
+# --- seeded random scenes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("thresh, offset", [(0.3, 1.0), (0.5, 0.0), (0.1, 1.0), (0.7, 0.5)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_scenes_match_numpy(seed, thresh, offset):
+    rng = np.random.default_rng(seed)
+    em = _check(*_random_scene(rng, 1500), thresh, offset)
+    assert 0 < len(em.kept) < 1500 and em.overlap_pairs > 0
+
+
+def test_detector_like_clusters_match_numpy():
+    """Many jittered candidates per face over all template sizes (as decode produces)."""
+    rng = np.random.default_rng(2)
+    faces = rng.uniform(0, 800, (40, 2))
+    fsize = np.exp(rng.uniform(np.log(8), np.log(200), 40))
+    pick = rng.integers(0, 40, 2400)
+    scale = np.exp(rng.normal(0, 0.3, 2400))
+    centres = faces[pick] + rng.normal(0, 0.15, (2400, 2)) * fsize[pick, None]
+    boxes = _boxes(centres, fsize[pick] * scale, rng.uniform(0.8, 1.25, 2400))
+    logits = rng.normal(-2, 1.5, 2400).astype(np.float32)
+    em = _check(boxes, logits, rng.permutation(2400), 0.3, 1.0)
+    assert em.overlap_pairs > 20 * len(em.kept)
+
+
+# --- adversarial cases ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("thresh", [0.0, 0.3, 0.999])
+def test_all_boxes_identical(thresh):
+    n = 600
+    boxes = np.tile(np.float32([[10, 20, 50, 70]]), (n, 1))
+    em = _check(boxes, np.zeros(n), np.arange(n)[::-1], thresh, 1.0)
+    assert em.kept.tolist() == [n - 1]  # equal logits: lowest key first
+    assert em.rounds == 2 and em.overlap_pairs == n * (n - 1) // 2
+
+
+def test_identical_boxes_cost_linear_work_per_round_in_the_kernel_walk():
+    """Each walk meets the best box first (lowest rank in the shared cell) and stops there."""
+    n = 3000
+    boxes = np.tile(np.float32([[0, 0, 30, 30]]), (n, 1))
+    em = _check(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.5, 1.0, brute_force=False)
+    assert em.rounds == 2 and len(em.kept) == 1
+    first = np.unique(em.edge_j, return_index=True)[1]
+    assert (em.edge_i[first] == 0).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 400])
+def test_chain_is_the_worst_case_for_rounds(n):
+    """Box k overlaps only boxes k-1 and k+1 and scores decrease along the chain: greedy keeps
+    every other box and each decision waits for the previous one."""
+    x = np.arange(n, dtype=np.float64) * 6.0
+    boxes = _boxes(np.stack([x, np.zeros(n)], 1), np.full(n, 10.0))  # IoU(next) = 4/16 > 0.2
+    em = _check(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.2, 0.0)
+    assert em.kept.tolist() == list(range(0, n, 2))
+    assert em.rounds == n
+
+
+def test_chain_with_mixed_scores():
+    rng = np.random.default_rng(3)
+    n = 600
+    x = np.cumsum(rng.uniform(3, 7, n))
+    boxes = _boxes(np.stack([x, rng.uniform(0, 2, n)], 1), rng.uniform(9, 11, n))
+    _check(boxes, rng.normal(size=n), rng.permutation(n), 0.2, 1.0)
+
+
+@pytest.mark.parametrize("thresh", [0.0, 0.05, 0.3, 0.5])
+def test_nested_sizes_from_2_to_2000_px(thresh):
+    """Concentric and shifted boxes of every size class: small boxes inside big ones."""
+    rng = np.random.default_rng(4)
+    n = 900
+    sizes = np.exp(rng.uniform(np.log(2), np.log(2000), n))
+    centres = 1000 + rng.normal(0, 1, (n, 2)) * sizes[:, None] * 0.3
+    boxes = _boxes(centres, sizes, rng.uniform(0.5, 2.0, n))
+    em = _check(boxes, rng.normal(size=n), rng.permutation(n), thresh, 1.0)
+    classes = np.unique(E.size_class(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + 1))
+    assert len(classes) >= 10
+
+
+def test_score_ties_are_broken_by_the_canonical_key():
+    rng = np.random.default_rng(5)
+    boxes, _, keys = _random_scene(rng, 1500, extent=200)
+    logits = np.round(rng.normal(size=1500) * 2).astype(np.float32) / 2  # few distinct values
+    logits[:20] = -0.0
+    logits[20:40] = 0.0  # -0 and +0 tie
+    _check(boxes, logits, keys, 0.3, 1.0)
+    np.testing.assert_array_equal(E.nms_order(logits, keys),
+                                  np.lexsort((keys.astype(np.int64), -logits.astype(np.float64))))
+
+
+def test_boxes_at_and_beyond_the_image_border():
+    """Negative coordinates, boxes straddling 0 and far outside (cells clamp monotonically)."""
+    rng = np.random.default_rng(6)
+    n = 1500
+    centres = np.concatenate([rng.uniform(-60, 60, (n // 3, 2)), rng.uniform(1860, 1980, (n // 3, 2)),
+                              rng.uniform(-1e5, 1e5, (n - 2 * (n // 3), 2))])
+    boxes = _boxes(centres, np.exp(rng.uniform(np.log(2), np.log(120), n)))
+    boxes[::7, :2] = np.minimum(boxes[::7, :2], 0)  # touching the border
+    _check(boxes, rng.normal(size=n), rng.permutation(n), 0.3, 1.0)
+    _check(boxes, rng.normal(size=n), rng.permutation(n), 0.3, 0.0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_threshold_one_keeps_everything_and_zero_suppresses_any_overlap(offset):
+    rng = np.random.default_rng(7)
+    boxes, logits, keys = _random_scene(rng, 1200, extent=300, smax=80)
+    assert len(_check(boxes, logits, keys, 1.0, offset).kept) == 1200
+    em0 = _check(boxes, logits, keys, 0.0, offset)
+    assert len(em0.kept) < len(_check(boxes, logits, keys, 0.3, offset).kept)
+
+
+def test_degenerate_and_non_finite_boxes_are_isolated():
+    boxes = np.float32([[0, 0, 10, 10], [5, 5, 5, 20], [0, 0, 10, 10], [3, 3, 2, 8],
+                        [np.nan, 0, 10, 10], [0, 0, np.inf, 10], [1, 1, 9, 9]])
+    em = _check(boxes, [5, 4, 3, 2, 1, 0, -1], np.arange(7), 0.3, 0.0)
+    assert em.kept.tolist() == [0, 1, 3, 4, 5]
+    assert em.isolated == 4  # zero width (o = 0), negative width, NaN, infinite
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tiny_inputs(n):
+    em = _check(np.zeros((n, 4)) + [0, 0, 4, 4], np.zeros(n), np.arange(n), 0.3, 1.0)
+    assert em.kept.tolist() == list(range(n)) and em.rounds == n
+
+
+def test_large_scene_of_200k_candidates():
+    """200k candidates in 2000 tight clusters of ~100 (as decode produces around faces)."""
+    rng = np.random.default_rng(8)
+    n_faces, n = 2000, 200_000
+    faces = rng.uniform(0, 6000, (n_faces, 2))
+    fsize = np.exp(rng.uniform(np.log(8), np.log(64), n_faces))
+    pick = rng.integers(0, n_faces, n)
+    centres = faces[pick] + rng.normal(0, 0.05, (n, 2)) * fsize[pick, None]
+    boxes = _boxes(centres, fsize[pick] * np.exp(rng.normal(0, 0.1, n)), rng.uniform(0.9, 1.1, n))
+    em = _check(boxes, rng.normal(-2, 1, n), rng.permutation(n), 0.3, 1.0)
+    assert len(em.kept) < 2 * n_faces and em.rounds < 200
+    assert em.overlap_pairs < 60 * n and em.candidate_pairs < 2 * em.overlap_pairs
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+def test_workspace_is_linear_in_the_candidate_count():
+    assert E.workspace_bytes(1) < 2 << 20
+    at_650k = E.workspace_bytes(650_000)
+    assert 53 * 650_000 + (1 << 20) <= at_650k < 53 * 650_000 + (1 << 20) + 4096
+    assert at_650k < 36e6  # the dense mask needed 53 GB here
+
+
+# --- host side of the C functions (needs the built library, no GPU) --------------------------------
+
+def _library():
+    from tinyfaces_trt.kernels import binding
+    from tinyfaces_trt.runtime.errors import BackendUnavailableError
+
+    if binding.ABI_VERSION != 2:
+        pytest.skip(f"tinyfaces_trt.kernels resolves to {binding.__file__} (another checkout)")
+    try:
+        return binding, binding.load_library()
+    except BackendUnavailableError as exc:
+        pytest.skip(f"kernel library not built: {exc}")
+
+
+def test_workspace_query_matches_the_emulated_layout():
+    binding, lib = _library()
+    assert binding.MAX_NMS_CANDIDATES == binding.MAX_CAPACITY == 2**31 - 1
+    for m in (1, 63, 1000, 131073, 650_000, 10**7, binding.MAX_NMS_CANDIDATES):
+        assert lib.nms_workspace_size(m) == E.workspace_bytes(m), m
+
+
+def test_nms_host_checks_accept_any_count_up_to_the_limit():
+    binding, lib = _library()
+    from tinyfaces_trt.kernels.binding import KernelError, Status
+
+    fake = 1 << 20
+    params = binding.nms_params(0.3, 1.0, True, 1080, 1920)
+    raw = lib.raw
+    size = ctypes.c_size_t(0)
+    assert raw.tf_nms_workspace_size(binding.MAX_NMS_CANDIDATES + 1, ctypes.byref(size)) == Status.INVALID_CAPACITY
+    assert "max_candidates = 2147483648 is outside [1, 2147483647]" in lib.last_error_message()
+    need = lib.nms_workspace_size(650_000)
+    # too small a workspace is refused on the host; the right size passes every host check
+    assert raw.tf_nms(fake, 650_000, ctypes.byref(params), 650_000, fake, need - 1, fake, fake,
+                      None) == Status.WORKSPACE_TOO_SMALL
+    assert f"need {need}" in lib.last_error_message()
+    count = ctypes.c_int(0)
+    if raw.tf_get_device_count(ctypes.byref(count)) == Status.SUCCESS and count.value > 0:
+        pytest.skip("a GPU is present (a launch on fake pointers would run)")
+    status = raw.tf_nms(fake, 650_000, ctypes.byref(params), 650_000, fake, need, fake, fake, None)
+    assert status == Status.CUDA_ERROR
+    assert lib.last_error_message().startswith("nms prepare kernel launch: ")
+    with pytest.raises(KernelError, match="max_candidates = 0"):
+        lib.nms(fake, 10, params, 0, fake, need, fake, fake)
