@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager

@@ -8,7 +8,6 @@ Everything here runs on the host: no test launches work on a GPU.
 from __future__ import annotations
 
 import ctypes
-import math
 import re
 import shutil
 import subprocess

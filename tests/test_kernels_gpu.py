@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.core.runner import RunnerCapabilities
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import normalize
@@ -417,7 +418,8 @@ class RecordingRunner:
 
 class ReplayRunner:
     """Returns the recorded score maps in order, after checking the device input against the
-    recorded host input; hands them back as numpy, DeviceArray or a raw device pointer."""
+    recorded host input; hands them back as numpy or as a DeviceArray (a device-I/O runner on
+    the stages' stream)."""
 
     def __init__(self, recorded, kind, stream):
         self.recorded, self.kind, self.stream = recorded, kind, stream
@@ -425,7 +427,7 @@ class ReplayRunner:
 
     def run(self, net_input):
         assert isinstance(net_input, DeviceArray)
-        np.testing.assert_allclose(np.asarray(net_input), self.recorded.inputs[self.index], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(net_input.download(), self.recorded.inputs[self.index], rtol=0, atol=1e-4)
         scores = self.recorded.outputs[self.index]
         self.index += 1
         if self.kind == "numpy":
@@ -433,10 +435,10 @@ class ReplayRunner:
         buf = DeviceBuffer(scores.nbytes)
         buf.upload(scores, self.stream)
         self.buffers.append(buf)
-        return DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf) if self.kind == "device" else buf.ptr
+        return DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "device", "pointer"])
+@pytest.mark.parametrize("kind", ["numpy", "device"])
 @pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
 def test_detector_with_cuda_stages_matches_host(kind, variant):
     config = DetectorConfig.for_variant(variant, prob_thresh=0.4)
@@ -448,13 +450,6 @@ def test_detector_with_cuda_stages_matches_host(kind, variant):
 
     pre, post = cuda_stages(config)
     replay = ReplayRunner(recorder, kind, pre.stream)
-    if kind == "pointer" and variant != "pytorch":
-        # A raw pointer has no shape, and this variant's maps are not ceil(h/8) x ceil(w/8).
-        with pytest.raises(TinyFacesError, match="raw device pointer has no shape"):
-            Detector(replay, config, preprocessor=pre, postprocessor=post).detect(image)
-        pre.close()
-        post.close()
-        return
     got = Detector(replay, config, preprocessor=pre, postprocessor=post).detect(image)
     assert replay.index == len(recorder.outputs)
     assert_same_detections(got, want)
@@ -469,22 +464,63 @@ def test_detector_with_cuda_stages_matches_host(kind, variant):
     post.close()
 
 
-def test_score_map_from_another_stream_is_read_before_add_level_returns(stream):
+class BatchDeviceRunner:
+    """A device-I/O, batch-capable stand-in: runs RecordingRunner's network image by image on
+    a downloaded copy of the batch and hands the (N, 125, h', w') maps back on the device."""
+
+    capabilities = RunnerCapabilities(device_io=True, batch=True)
+
+    def __init__(self, stream):
+        self.cuda_stream, self.net, self.buffers = stream, RecordingRunner(), []
+
+    @property
+    def stream(self):
+        return self.cuda_stream.handle
+
+    def run(self, net_input):
+        x = net_input.download()
+        scores = np.concatenate([self.net.run(x[i:i + 1]) for i in range(x.shape[0])])
+        buf = DeviceBuffer(scores.nbytes)
+        buf.upload(scores, self.cuda_stream)
+        self.buffers.append(buf)
+        return DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf)
+
+
+def test_detect_batch_on_the_gpu_equals_host_detection_per_image(stream):
+    from tinyfaces_trt.runtime.backends import detector_for
+
+    config = DetectorConfig(prob_thresh=0.4)
+    rng = np.random.default_rng(21)
+    images = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    for i, image in enumerate(images):
+        image[20 + 10 * i:60, 30:90] = (230, 40, 40)
+    want = [Detector(RecordingRunner(), config).detect(image) for image in images]
+    assert sum(len(w) for w in want) > 0
+    with detector_for(BatchDeviceRunner(stream), config, gpu_stages=True) as detector:
+        got = detector.detect_batch(images)
+        again = detector.detect_batch(images[::-1])  # buffers reused, order follows the input
+    for g, w in zip(got, want):
+        assert_same_detections(g, w)
+    for g, w in zip(again, want[::-1]):
+        assert_same_detections(g, w)
+
+
+def test_score_map_from_another_stream_is_ordered_by_events(stream):
     """A producer on its own stream (a TensorRT runner) rewrites its one output buffer for the
-    next level right after add_level: the decode must have read the buffer by then."""
+    next level right after add_level. The stages order it with CUDA events (no host wait): the
+    decode waits for the producer's map, and the producer's next write waits for the decode."""
     config = DetectorConfig(prob_thresh=0.3)
     levels = _levels(IMAGE_HW, (0.0, 0.5, 1.0))
     maps = _random_maps(np.random.default_rng(16), levels, cls_mean=0.0)
-    rt = cuda_device.runtime()
     producer = Stream()
     shared = DeviceBuffer(max(m.nbytes for m in maps))
-    post = CudaPostprocessor(config, stream=stream)
+    post = CudaPostprocessor(config, stream=stream, runner_stream=producer)
     post.reset(*IMAGE_HW)
-    for m, level in zip(maps, levels):
+    garbage = [np.full(m.shape, 50.0, np.float32) for m in maps]
+    for m, junk, level in zip(maps, garbage, levels):
         shared.upload(m, producer)
-        post.add_level(DeviceArray(shared.ptr, m.shape, np.float32, owner=shared, stream=producer), level)
-        assert int(rt.cudaStreamQuery(stream.handle)[0]) == 0  # the decode has finished
-        shared.upload(np.full(m.shape, 50.0, np.float32), producer)  # the producer's next output
+        post.add_level(DeviceArray(shared.ptr, m.shape, np.float32, owner=shared), level)
+        shared.upload(junk, producer)  # the producer's next output, queued at once
     got = post.finish()
     assert_same_detections(got, postprocess_levels(maps, levels, IMAGE_HW, config))
     post.close()
@@ -644,7 +680,7 @@ def test_uncapped_650k_candidates_detector_like(stream):
 
 def test_uncapped_650k_from_a_1080p_pyramid(stream):
     """Decode + NMS of a 1080p pyramid of random maps with ~650k candidates at prob 0.03."""
-    from tinyfaces_trt.runtime.pyramid import plan_pyramid
+    from tinyfaces_trt.core.pyramid import plan_pyramid
 
     config = DetectorConfig(prob_thresh=0.03)
     levels = plan_pyramid(1080, 1920, config)
@@ -688,9 +724,9 @@ def test_preprocessor_reuploads_a_mutated_image(stream):
     pre = CudaPreprocessor(config, stream=stream)
     image = np.random.default_rng(15).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     level = PyramidLevel(0, 0.0, 1.0, 40, 50)
-    first = np.asarray(pre.prepare(image, level))
+    first = pre.prepare(image, level).download()
     image[:] = 255 - image  # same array object, new content, level 0 again
-    second = np.asarray(pre.prepare(image, level))
+    second = pre.prepare(image, level).download()
     np.testing.assert_allclose(second, normalize(resize_bilinear_aa(image, 40, 50), config), rtol=0, atol=1e-4)
     assert not np.allclose(first, second)
     pre.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +139,7 @@ def test_nested_sizes_from_2_to_2000_px(thresh):
     sizes = np.exp(rng.uniform(np.log(2), np.log(2000), n))
     centres = 1000 + rng.normal(0, 1, (n, 2)) * sizes[:, None] * 0.3
     boxes = _boxes(centres, sizes, rng.uniform(0.5, 2.0, n))
-    em = _check(boxes, rng.normal(size=n), rng.permutation(n), thresh, 1.0)
+    _check(boxes, rng.normal(size=n), rng.permutation(n), thresh, 1.0)
     classes = np.unique(E.size_class(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) + 1))
     assert len(classes) >= 10
 
@@ -218,7 +217,7 @@ def test_workspace_is_linear_in_the_candidate_count():
 
 def _library():
     from tinyfaces_trt.kernels import binding
-    from tinyfaces_trt.runtime.errors import BackendUnavailableError
+    from tinyfaces_trt.core.errors import BackendUnavailableError
 
     if binding.ABI_VERSION != 2:
         pytest.skip(f"tinyfaces_trt.kernels resolves to {binding.__file__} (another checkout)")

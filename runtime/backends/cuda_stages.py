@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ScoreMapError, StageOrderError,
-                                       TinyFacesError)
+from tinyfaces_trt.core.errors import BackendUnavailableError, ScoreMapError, StageOrderError
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
@@ -205,8 +204,9 @@ class CudaPostprocessor:
         runner_stream: the stream the network's score maps are made on, when it is another
             one: each decode waits for it (a CUDA event), and it waits for the decode before
             the runner's next call may reuse the map's memory.
-        max_candidates: initial NMS size; grown (and NMS re-run on the kept candidates) when
-            an image has more, up to the library's maximum.
+        max_candidates: initial NMS size (its workspace is linear in it); grown to the next
+            power of two, and NMS re-run on the candidates still on the device, when an image
+            has more. There is no cap: every candidate the pyramid makes goes through NMS.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -317,12 +317,8 @@ class CudaPostprocessor:
                 f"{count} candidates overflowed the device candidate buffer ({image.capacity}, "
                 f"sized for the planned pyramid of a {self._image_hw[0]}x{self._image_hw[1]} image); "
                 f"were levels added that plan_pyramid does not produce?")
-        if stats["overflow"] & b.OVERFLOW_NMS:
-            if count > b.MAX_NMS_CANDIDATES:
-                raise TinyFacesError(
-                    f"{count} candidates exceed the GPU NMS limit of {b.MAX_NMS_CANDIDATES}; "
-                    f"raise prob_thresh (now {self.config.prob_thresh})")
-            self.max_candidates = min(1 << (count - 1).bit_length(), b.MAX_NMS_CANDIDATES)
+        if stats["overflow"] & b.OVERFLOW_NMS:  # more candidates than this NMS size: grow it
+            self.max_candidates = min(1 << (count - 1).bit_length(), image.capacity)
             stats = self._run_nms(image, self.max_candidates)  # the candidates are still there
         kept = int(stats["num_kept"])
         self.last_stats = {"num_candidates": count, "num_kept": kept}
