@@ -23,3 +23,12 @@ class ManifestError(TinyFacesError):
 
 class BackendUnavailableError(TinyFacesError):
     """A backend's optional dependency (onnxruntime, tensorrt, cuda-python, a GPU) is missing."""
+
+
+class ConfigError(TinyFacesError, ValueError):
+    """A :class:`~.config.DetectorConfig` argument is out of range or malformed."""
+
+
+class TensorRTUnavailableError(BackendUnavailableError):
+    """The ``tensorrt`` package does not import (not installed, libraries missing, or older
+    than TensorRT 10)."""
