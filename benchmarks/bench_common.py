@@ -1,4 +1,7 @@
-"""Shared helpers of the benchmark scripts: statistics, timing, the test image, the machine.
+"""Shared helpers of the benchmark scripts: statistics, timing, the machine.
+
+The test image is :func:`tinyfaces_trt.parity.images.synthetic_image` (height, width, seed),
+the one parity and the tests use.
 
 Timing method (every number in the results): ``time.perf_counter`` around the work, device
 work synchronised before the clock is read, ``warmup`` untimed runs first, then ``repeat``
@@ -106,27 +109,6 @@ def wait_until_quiet(max_share: float, timeout_s: float = 120.0, window_s: float
         if share is None or share <= max_share:
             break
     return time.perf_counter() - start
-
-
-def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A deterministic (height, width, 3) uint8 RGB image with photo-like statistics.
-
-    Smooth colour gradients, a few flat blocks with hard edges, and mild pixel noise: a
-    network sees structure at every scale, unlike pure noise.
-    """
-    rng = np.random.default_rng([seed, 0xBE7C])
-    yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
-    img = np.empty((height, width, 3), dtype=np.float64)
-    for c in range(3):
-        a, b, p = rng.uniform(0.5, 3.0, size=3)
-        img[:, :, c] = 128 + 90 * np.sin(2 * np.pi * (a * xx + b * yy) + p)
-    for _ in range(12):
-        y0, x0 = rng.integers(0, height), rng.integers(0, width)
-        y1 = min(height, y0 + rng.integers(1, max(2, height // 3)))
-        x1 = min(width, x0 + rng.integers(1, max(2, width // 3)))
-        img[y0:y1, x0:x1] = rng.uniform(0, 255, size=3)
-    img += rng.normal(0, 6, size=img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def _version(dist: str) -> str | None:

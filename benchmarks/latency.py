@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, machine_description, now_iso, one_line,  # noqa: E402
-                          summarize, synthetic_image, today, wait_until_quiet)
+                          summarize, today, wait_until_quiet)
 from tinyfaces_trt.core.cli import parse_image_size  # noqa: E402
+from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _load_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
     w, h = args.image_size
     if args.image is None:
-        return synthetic_image(w, h), "synthetic (seeded gradients, blocks, noise)"
+        return synthetic_image(h, w), "synthetic (seeded colour blobs, noise)"
     from PIL import Image
 
     with Image.open(args.image) as im:

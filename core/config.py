@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.errors import ConfigError
 
 NUM_TEMPLATES = 25
 NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th blocks)
@@ -112,28 +112,28 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         t = np.asarray(self.templates, dtype=np.float64)
         if t.shape != (NUM_TEMPLATES, 5):
-            raise ManifestError(f"templates must have shape (25, 5), got {t.shape}")
+            raise ConfigError(f"templates must have shape (25, 5), got {t.shape}")
         object.__setattr__(self, "templates", t)
         if self.variant not in VARIANTS:
-            raise ManifestError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
+            raise ConfigError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.template_policy not in VARIANTS:
-            raise ManifestError(f"unknown template_policy {self.template_policy!r}")
+            raise ConfigError(f"unknown template_policy {self.template_policy!r}")
         if self.pyramid not in ("adaptive", "fixed"):
-            raise ManifestError(f"unknown pyramid rule {self.pyramid!r}")
+            raise ConfigError(f"unknown pyramid rule {self.pyramid!r}")
         if not 0.0 < self.prob_thresh < 1.0:
-            raise ManifestError(f"prob_thresh must be in (0, 1), got {self.prob_thresh}")
+            raise ConfigError(f"prob_thresh must be in (0, 1), got {self.prob_thresh}")
         if not 0.0 <= self.nms_thresh <= 1.0:
-            raise ManifestError(f"nms_thresh must be in [0, 1], got {self.nms_thresh}")
+            raise ConfigError(f"nms_thresh must be in [0, 1], got {self.nms_thresh}")
         if self.stride < 1 or self.max_input_dim < 1:
-            raise ManifestError(f"stride ({self.stride}) and max_input_dim ({self.max_input_dim}) "
-                                "must be >= 1")
+            raise ConfigError(f"stride ({self.stride}) and max_input_dim ({self.max_input_dim}) "
+                              "must be >= 1")
         n = self.normalization
         numbers = [self.offset, self.box_pixel_offset, n.input_scale, *n.mean, *n.std,
                    *self.fixed_scales]
         if not np.all(np.isfinite(t)) or not all(map(math.isfinite, numbers)):
-            raise ManifestError("config holds a non-finite number")
+            raise ConfigError("config holds a non-finite number")
         if 0.0 in n.std:
-            raise ManifestError("normalization std must not be 0")
+            raise ConfigError("normalization std must not be 0")
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":
@@ -144,7 +144,7 @@ class DetectorConfig:
         elif variant == "pytorch":
             base = dict(variant="pytorch", template_policy="pytorch")
         else:
-            raise ManifestError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+            raise ConfigError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         base.update(overrides)
         return cls(**base)
 
@@ -183,7 +183,8 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
-        """Inverse of :meth:`to_dict`; a missing or malformed field is a :class:`ManifestError`."""
+        """Inverse of :meth:`to_dict`; a missing or malformed field is a :class:`ConfigError`
+        (the manifest loader names the manifest)."""
         try:
             n = d["normalization"]
             return cls(
@@ -202,5 +203,7 @@ class DetectorConfig:
                 fixed_scales=tuple(map(float, d["fixed_scales"])),
                 max_input_dim=int(d["max_input_dim"]),
             )
+        except ConfigError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"detector config is incomplete or malformed: {exc!r}") from exc
+            raise ConfigError(f"detector config is incomplete or malformed: {exc!r}") from exc

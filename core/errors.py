@@ -36,3 +36,12 @@ class NetworkInputError(TinyFacesError, ValueError):
 
 class StageOrderError(TinyFacesError, RuntimeError):
     """A pipeline stage was called out of order (e.g. ``add_level`` before ``reset``)."""
+
+
+class ConfigError(TinyFacesError, ValueError):
+    """A :class:`~.config.DetectorConfig` argument is out of range or malformed."""
+
+
+class TensorRTUnavailableError(BackendUnavailableError):
+    """The ``tensorrt`` package does not import (not installed, libraries missing, or older
+    than TensorRT 10)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
-from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.errors import ConfigError, ManifestError
 from tinyfaces_trt.core.profiles import Profile
 
 FORMAT = "tinyfaces-trt-export"
@@ -181,7 +181,7 @@ def _config(manifest: dict[str, Any], path: Path) -> DetectorConfig:
     raw = _require(path, manifest, "config", dict)
     try:
         config = DetectorConfig.from_dict(raw)
-    except ManifestError as exc:
+    except ConfigError as exc:
         raise ManifestError(f"{path}: {exc}; re-export the folder with tf-export") from exc
     return config
 

@@ -32,6 +32,7 @@ from torch import nn
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
+from tinyfaces_trt.core.optional import import_optional
 
 DEFAULT_OPSET = 17
 #: Sample input size used to trace the network; odd sizes so no dimension is specialised.
@@ -186,10 +187,8 @@ def onnx_vs_torch(model: nn.Module, onnx_path: str | Path,
         BackendUnavailableError: onnxruntime is not installed.
         TinyFacesError: output shapes differ.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise BackendUnavailableError("onnxruntime is not installed; pip install onnxruntime") from exc
+    ort = import_optional("onnxruntime", purpose="checking the ONNX model against torch",
+                          extra_hint="pip install onnxruntime")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     err = ref_max = 0.0

@@ -44,7 +44,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+# TensorRTUnavailableError and import_tensorrt live in core (shared with the runtime's runner);
+# they are imported here for this module and its callers (tf-export maps the error to exit 3).
+from tinyfaces_trt.core.errors import TensorRTUnavailableError, TinyFacesError
+from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.manifest import INPUT_NAME
 from tinyfaces_trt.core.profiles import Profile
 
@@ -52,27 +55,12 @@ Log = Callable[[str], None]
 DEFAULT_WORKSPACE_GB = 4.0
 
 
-class TensorRTUnavailableError(BackendUnavailableError):
-    """The ``tensorrt`` package does not import (not installed, or its libraries are missing)."""
-
-
 class EngineBuildError(TinyFacesError):
     """TensorRT could not parse the ONNX file or build the engine."""
 
 
-def import_tensorrt() -> ModuleType:
-    """Imports ``tensorrt``; :class:`TensorRTUnavailableError` when it cannot."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415 (optional dependency)
-    except ImportError as exc:  # also OSError-like failures of the bundled libraries
-        raise TensorRTUnavailableError(f"TensorRT is not installed ({exc})") from exc
-    except OSError as exc:
-        raise TensorRTUnavailableError(f"TensorRT failed to load its libraries ({exc})") from exc
-    return trt
-
-
 def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or None when it does not import."""
+    """The installed TensorRT version, or None when it is not usable (absent, broken, < 10)."""
     try:
         return str(import_tensorrt().__version__)
     except TensorRTUnavailableError:

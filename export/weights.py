@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from tinyfaces_trt.core.config import DetectorConfig, Normalization
-from tinyfaces_trt.core.errors import ManifestError, WeightsError
+from tinyfaces_trt.core.errors import ConfigError, WeightsError
 
 from tinyfaces_trt.export.model import TinyFacesNet, build_model
 from tinyfaces_trt.export.resnet import BLOCKS_PER_STAGE
@@ -445,7 +445,7 @@ def _mat_config(meta: Any, path: str | Path) -> DetectorConfig:
         return DetectorConfig.for_variant(
             "matconvnet", templates=clusters,
             normalization=Normalization.average_image(tuple(average.tolist())))
-    except ManifestError as exc:
+    except ConfigError as exc:
         raise WeightsError(f"{path}: net.meta.clusters: {exc}") from None
 
 

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.detectors import available_backends, create_detector
 from tinyfaces_trt.runtime.backends import create_runner
@@ -29,7 +29,7 @@ from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, Ten
                                                             TensorRTRunner, select_profile,
                                                             validate_engine)
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, ManifestError, TinyFacesError,
                                           WeightsError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.pipeline import Detector
@@ -304,7 +304,7 @@ def test_config_overrides(export_dir):
     assert 0 < len(boxes) < len(base) and np.all(boxes[:, 4] > 0.7)
     with pytest.raises(TinyFacesError, match="unknown detector config field\\(s\\) \\['prob'\\]"):
         create_detector(model_dir=export_dir, config_overrides={"prob": 0.7})
-    with pytest.raises(ManifestError, match="prob_thresh must be in \\(0, 1\\)"):
+    with pytest.raises(ConfigError, match="prob_thresh must be in \\(0, 1\\)"):
         create_detector(model_dir=export_dir, config_overrides={"prob_thresh": 1.5})
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.cli_detect import main

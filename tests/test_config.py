@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.core.config import DetectorConfig, Normalization
-from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.errors import ConfigError, ManifestError, TinyFacesError
 
 
 def test_defaults_follow_the_pytorch_port():
@@ -35,5 +35,20 @@ def test_round_trip_through_a_manifest_dict():
     ("normalization", Normalization(1.0, (0, 0, 0), (1.0, 0.0, 1.0)), "std must not be 0"),
 ])
 def test_invalid_values_are_refused(field, value, message):
-    with pytest.raises(ManifestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         DetectorConfig(**{field: value})
+    # A bad argument is a config (value) error, not a broken export folder.
+    assert not isinstance(info.value, ManifestError)
+    assert isinstance(info.value, TinyFacesError) and isinstance(info.value, ValueError)
+
+
+def test_bad_overrides_and_malformed_dicts_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown variant 'caffe'"):
+        DetectorConfig.for_variant("caffe")
+    with pytest.raises(ConfigError, match="nms_thresh must be in"):
+        DetectorConfig().with_(nms_thresh=2.0)
+    with pytest.raises(ConfigError, match="detector config is incomplete or malformed: KeyError"):
+        DetectorConfig.from_dict({"variant": "pytorch"})
+    bad = {**DetectorConfig().to_dict(), "prob_thresh": 0.0}
+    with pytest.raises(ConfigError, match=r"^prob_thresh must be in \(0, 1\), got 0.0$"):
+        DetectorConfig.from_dict(bad)  # the range message itself, not re-wrapped

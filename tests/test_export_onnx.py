@@ -15,7 +15,7 @@ from tinyfaces_trt.export.export_pipeline import _remove_stale, export_model
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.onnx_export import VERIFY_RTOL, onnx_vs_torch
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ManifestError
+from tinyfaces_trt.core.errors import ConfigError, ManifestError
 from tinyfaces_trt.core.manifest import (FORMAT, MANIFEST_NAME, build_manifest, load_export_folder,
                                                  write_manifest)
 from tinyfaces_trt.core.profiles import Profile
@@ -170,6 +170,18 @@ def test_manifest_validation_errors(fake_folder, changes, message):
     _edit(fake_folder, **changes)
     with pytest.raises(ManifestError, match=message):
         load_export_folder(fake_folder)
+
+
+def test_invalid_config_in_a_manifest_is_a_manifest_error(fake_folder):
+    """DetectorConfig raises ConfigError; the loader wraps it, naming the manifest."""
+    config = DetectorConfig.for_variant("matconvnet", prob_thresh=0.7).to_dict()
+    _edit(fake_folder, config={**config, "prob_thresh": 1.5})
+    with pytest.raises(ManifestError) as info:
+        load_export_folder(fake_folder)
+    message = str(info.value)
+    assert str(fake_folder / MANIFEST_NAME) in message and "prob_thresh must be in (0, 1), got 1.5" \
+        in message and "re-export the folder with tf-export" in message
+    assert isinstance(info.value.__cause__, ConfigError)
 
 
 def test_missing_folder_manifest_and_bad_json(tmp_path):

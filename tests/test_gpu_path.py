@@ -22,7 +22,7 @@ from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, St
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.runtime.backends import create_runner, cuda_device, cuda_stages, detector_for
 from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
 from tinyfaces_trt.runtime.postprocess import HostPostprocessor

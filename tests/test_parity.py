@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from tinyfaces_trt.export.model import build_model
-from tinyfaces_trt.parity.harness import (TOLERANCES, DetectionTolerance, ReferenceCase,
-                                         compare_detections, compare_maps, compare_runner, main,
-                                         match_detections, markdown_table, run_parity)
+from tinyfaces_trt.parity.cli import EXIT_SKIPPED, exit_status, main
+from tinyfaces_trt.parity.compare import (TOLERANCES, DetectionTolerance, compare_detections,
+                                          compare_maps, match_detections)
+from tinyfaces_trt.parity.harness import ParityResult, ReferenceCase, compare_runner, run_parity
+from tinyfaces_trt.parity.report import markdown_table, results_to_json
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.runtime.backends import create_runner
 from tinyfaces_trt.core.manifest import load_export_folder
@@ -68,16 +70,59 @@ def test_shifted_map_fails_parity(seeded, folder):
             return np.roll(inner.run(x), 1, axis=3)
 
     r = compare_runner(TorchRunner(model), Shifted(), config, 33, 47, "fp32", "shifted")
-    assert not r.passed and not r.maps.passed and r.maps.n_failed > 1000
-    assert "FAIL" in markdown_table([r])
+    assert not r.passed and r.status == "failed" and not r.maps.passed and r.maps.n_failed > 1000
+    row = markdown_table([r]).splitlines()[-1]
+    assert row.startswith("| shifted | 47x33 | FAILED |")
+    # The row names the criterion, its measured value and its limit.
+    assert f"FAIL: {r.maps.n_failed} of {r.maps.n_elements} elements with abs error > " \
+        f"0.0005 + 0.0001*abs(ref) (max abs error {r.maps.max_abs:.2e})" in row
 
 
-def test_small_bias_fails_fp32_but_not_fp16(seeded, folder):
+def test_a_single_nan_in_a_map_fails(seeded, folder, case_33x47):
+    """A runner returning one NaN in one level's map fails, saying non-finite values were found
+    (NaN compares false with every limit, so a max/<= test alone could let it pass)."""
+    _, config = seeded
+    inner = create_runner("onnxruntime", folder)
+    calls = []
+
+    class OneNaN:
+        def run(self, x):
+            out = inner.run(x).copy()
+            if not calls:
+                out[0, 7, 1, 2] = np.nan  # one score of the first level
+            calls.append(1)
+            return out
+
+    case = case_33x47
+    r = compare_runner(case, OneNaN(), config, 33, 47, "fp32", "nan")
+    assert r.status == "failed" and r.maps.n_nonfinite_test == 1 and r.maps.n_failed == 0
+    assert "maps: non-finite values found: 1 in the test maps, 0 in the reference maps (limit 0)" \
+        in r.failures
+    assert np.isfinite(r.maps.max_abs) and r.maps.max_abs < 1e-4  # the other values still agree
+    assert "non-finite values found" in markdown_table([r])
+    # NaN in the reference fails too, whatever the order of the merged levels.
+    ref = case.maps[0].copy()
+    ref[0, 0, 0, 0] = np.inf
+    first = compare_maps(ref, case.maps[0]).merge(compare_maps(case.maps[0], case.maps[0]))
+    last = compare_maps(case.maps[0], case.maps[0]).merge(compare_maps(ref, case.maps[0]))
+    for c in (first, last):
+        assert not c.passed and c.n_nonfinite_ref == 1
+        assert c.failures == ("non-finite values found: 0 in the test maps, 1 in the reference "
+                              "maps (limit 0)",)
+
+
+@pytest.fixture(scope="module")
+def case_33x47(seeded):
     model, config = seeded
-    case = ReferenceCase(TorchRunner(model), config, 33, 47)
+    return ReferenceCase(TorchRunner(model), config, 33, 47)
+
+
+def test_small_bias_fails_fp32_but_not_fp16(case_33x47):
+    case = case_33x47
     biased = [m + np.float32(4e-5) for m in case.maps]  # a systematic error, tiny per element
     fp32 = compare_maps(case.maps[0], biased[0], TOLERANCES["fp32"].maps)
-    assert fp32.n_failed == 0 and not fp32.passed and "mean abs error" in fp32.detail
+    assert fp32.n_failed == 0 and not fp32.passed
+    assert fp32.failures == (f"mean abs error {fp32.mean_abs:.2e} > 2.5e-05",)
     assert compare_maps(case.maps[0], biased[0], TOLERANCES["fp16"].maps).passed
 
 
@@ -97,15 +142,21 @@ def test_compare_maps_statistics():
     assert c.max_rel == pytest.approx(1e-3 / 4, rel=1e-3)
     assert c.mean_abs == pytest.approx(1e-3 / 4, rel=1e-3)
     assert compare_maps(ref, test, TOLERANCES["fp16"].maps).passed
+    assert c.failures == ("1 of 4 elements with abs error > 0.0005 + 0.0001*abs(ref) "
+                          "(max abs error 1.00e-03)", "mean abs error 2.50e-04 > 2.5e-05")
     bad = compare_maps(ref, ref[:, :1])
-    assert not bad.passed and not bad.shape_ok and "shape" in bad.detail
+    assert not bad.passed and not bad.shape_ok and bad.failures == ("shape (2, 1) != reference (2, 2)",)
     nan = ref.copy()
     nan[1, 1] = np.nan
     c = compare_maps(ref, nan, TOLERANCES["fp16"].maps)
-    assert not c.passed and c.n_failed == 1 and "1 non-finite" in c.detail
+    assert not c.passed and c.n_nonfinite_test == 1 and "non-finite values found: 1" in c.detail
+    assert c.max_abs == 0.0  # the finite elements agree
     merged = compare_maps(ref, test).merge(compare_maps(ref, ref))
     assert merged.n_elements == 8 and merged.n_failed == 1 and not merged.passed
     assert merged.mean_abs == pytest.approx(1e-3 / 8, rel=1e-3)
+    # A shape error merged after good levels keeps the statistics unknown (NaN), not hidden.
+    shape_last = compare_maps(ref, ref).merge(bad)
+    assert not shape_last.passed and np.isnan(shape_last.max_abs) and not shape_last.shape_ok
 
 
 def _det(x1, y1, x2, y2, p):
@@ -141,8 +192,11 @@ def test_compare_detections_firm_and_borderline():
     assert not missing.passed and missing.missing_firm == 1 and missing.extra_firm == 0
     extra = compare_detections(ref, np.vstack([ref, _det(80, 80, 90, 90, 0.8)]), 0.5, 0.3, TOL)
     assert not extra.passed and extra.extra_firm == 1
+    assert missing.failures == ("missing 1 > 0 (firm reference detections without a test "
+                                "match at IoU >= 0.8)",)
     drift = compare_detections(ref, ref + [0, 0, 0, 0, 0.06], 0.5, 0.3, TOL)
     assert not drift.passed and drift.max_score_diff == pytest.approx(0.06)
+    assert drift.failures == ("dprob 6.0e-02 > 0.05",)
     moved = compare_detections(ref, ref + [7, 0, 7, 0, 0], 0.5, 0.3, TOL)  # IoU 3/17
     assert not moved.passed and moved.n_matched == 0 and moved.missing_firm == 1
     # A box moved so that its old and new place overlap like two NMS rivals with tied scores
@@ -162,6 +216,58 @@ def test_compare_detections_accepts_nms_flip_between_tied_boxes():
     assert not real.passed and real.missing_firm == 1 and real.extra_firm == 1
 
 
+def test_compare_detections_fails_on_non_finite_values():
+    ref = np.array([_det(0, 0, 10, 10, 0.9), _det(40, 40, 50, 50, 0.8)])
+    nan_prob = ref.copy()
+    nan_prob[1, 4] = np.nan  # would be "not firm" (|nan - 0.5| > margin is False) and excused
+    c = compare_detections(ref, nan_prob, 0.5, 0.3, TOL)
+    assert not c.passed and c.n_nonfinite_test == 1 and c.n_test == 2 and c.n_matched == 1
+    assert c.failures[0] == "non-finite values found: 1 test and 0 reference detections (limit 0)"
+    nan_box = ref.copy()
+    nan_box[0, 2] = np.inf
+    c = compare_detections(nan_box, ref, 0.5, 0.3, TOL)
+    assert not c.passed and c.n_nonfinite_ref == 1
+    assert "non-finite values found: 0 test and 1 reference detections (limit 0)" in c.failures
+
+
+def test_failed_rows_name_every_criterion_in_table_and_json():
+    ref = np.array([_det(0, 0, 10, 10, 0.9), _det(40, 40, 50, 50, 0.8)])
+    dets = compare_detections(ref, ref[:1] + [0, 0, 0, 0, 0.072], 0.5, 0.3, TOL)
+    maps = compare_maps(np.zeros((1, 125, 2, 2)), np.zeros((1, 125, 2, 2)), TOLERANCES["fp16"].maps)
+    r = ParityResult("onnxruntime-fp16", "fp16", 47, 33, 1, maps=maps, detections=dets)
+    assert r.status == "failed"
+    assert r.failures == ["detections: missing 1 > 0 (firm reference detections without a test "
+                          "match at IoU >= 0.8)", "detections: dprob 7.2e-02 > 0.05"]
+    row = markdown_table([r]).splitlines()[-1]
+    assert row.endswith("| ok | 2/1 | 1 | 7.20e-02 | FAIL: missing 1 > 0 (firm reference "
+                        "detections without a test match at IoU >= 0.8); dprob 7.2e-02 > 0.05 |")
+    (entry,) = results_to_json([r])
+    assert entry["status"] == "failed" and entry["passed"] is False
+    assert entry["failures"] == r.failures
+    assert entry["detections"]["failures"] == list(dets.failures)
+
+
+def test_statuses_and_exit_status():
+    ok = ParityResult("onnxruntime", "fp32", 47, 33, 1,
+                      maps=compare_maps(np.zeros(4), np.zeros(4)),
+                      detections=compare_detections(np.zeros((0, 5)), np.zeros((0, 5)), 0.5, 0.3,
+                                                    TOL))
+    skipped = ParityResult("tensorrt", "fp32", 47, 33, 0, skipped="no TensorRT here")
+    failed = ParityResult("onnxruntime", "fp32", 47, 33, 1,
+                          maps=compare_maps(np.zeros(4), np.ones(4)),
+                          detections=ok.detections)
+    assert (ok.status, skipped.status, failed.status) == ("passed", "skipped", "failed")
+    assert not skipped.passed and skipped.failures == []  # a skip is not a pass
+    assert exit_status([ok], requested=True, allow_skip=False) == 0
+    assert exit_status([ok, skipped], requested=False, allow_skip=False) == 0  # default list
+    assert exit_status([ok, skipped], requested=True, allow_skip=False) == EXIT_SKIPPED
+    assert exit_status([ok, skipped], requested=True, allow_skip=True) == 0
+    assert exit_status([skipped], requested=False, allow_skip=False) == EXIT_SKIPPED  # nothing ran
+    assert exit_status([skipped], requested=False, allow_skip=True) == 0
+    assert exit_status([failed, skipped], requested=True, allow_skip=True) == 1
+    assert "| tensorrt | 47x33 | skipped | - |" in markdown_table([skipped])
+
+
 # ---------------------------------------------------------------------------------------------
 # tf-parity
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +280,11 @@ def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
     assert code == 0
     assert "| backend | image WxH |" in stdout and "| onnxruntime-fp16 | 21x18 |" in stdout
     assert "4 passed, 0 failed, 0 skipped" in stdout
+    assert "| onnxruntime | 33x47 | passed |" in stdout
     report = json.loads(out.read_text())
-    assert report["passed"] is True and len(report["results"]) == 4
+    assert report["passed"] is True and report["exit_code"] == 0 and len(report["results"]) == 4
+    assert report["counts"] == {"passed": 4, "failed": 0, "skipped": 0}
+    assert all(r["status"] == "passed" and r["failures"] == [] for r in report["results"])
     assert report["tolerances"]["fp16"]["maps"]["atol"] == TOLERANCES["fp16"].maps.atol
     assert all(r["maps"]["max_abs"] < 0.1 for r in report["results"])
 
@@ -203,12 +312,37 @@ def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, chec
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
-def test_cli_skips_unavailable_tensorrt(capsys, checkpoint, folder):
-    code = main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
-                 "--backends", "tensorrt"])
-    stdout = capsys.readouterr().out
-    assert code == 0 and "| tensorrt | 33x47 | - | - | - | skipped |" in stdout
-    assert "0 passed, 0 failed, 1 skipped" in stdout
+def test_cli_requested_but_unavailable_tensorrt_fails_unless_allowed(capsys, tmp_path, checkpoint,
+                                                                     folder):
+    """A parity run that compares nothing must not pass."""
+    out = tmp_path / "parity.json"
+    argv = ["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
+            "--backends", "onnxruntime,tensorrt", "--json", str(out)]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == EXIT_SKIPPED == 3
+    assert "| tensorrt | 33x47 | skipped | - | - | - |" in captured.out
+    assert "| onnxruntime | 33x47 | passed |" in captured.out
+    assert "1 passed, 0 failed, 1 skipped" in captured.out
+    assert "tf-parity: error: requested backend tensorrt was skipped: " in captured.err
+    assert "--allow-skip" in captured.err
+    report = json.loads(out.read_text())
+    assert report["passed"] is False and report["exit_code"] == 3
+    assert [r["status"] for r in report["results"]] == ["passed", "skipped"]
+    assert main(argv + ["--allow-skip"]) == 0
+    assert "tf-parity: note: tensorrt skipped: " in capsys.readouterr().err
+    assert json.loads(out.read_text())["passed"] is True
+
+
+def test_cli_help_documents_exit_status(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0
+    assert "exit status:" in text and "--allow-skip" in text
+    for line in ("0  every comparison ran and passed", "1  a comparison was out of tolerance",
+                 "2  bad arguments", "3  a backend named in --backends was skipped"):
+        assert line in text
 
 
 def test_cli_argument_errors(capsys):

@@ -38,7 +38,7 @@ def test_trtexec_command_has_exact_profile_and_options():
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
 def test_missing_tensorrt_is_a_backend_error(tmp_path):
     assert tensorrt_version() is None
-    with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):
+    with pytest.raises(TensorRTUnavailableError, match="needs NVIDIA TensorRT >= 10, which is not installed"):
         import_tensorrt()
     with pytest.raises(BackendUnavailableError):  # the CLI maps this subclass to exit code 3
         build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", PROFILE)

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.optional import import_optional
 
 _INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
 _runtime_module: Any = None
@@ -38,16 +39,9 @@ def runtime() -> Any:
     """
     global _runtime_module
     if _runtime_module is None:
-        try:
-            from cuda.bindings import runtime as module
-        except ImportError:
-            try:
-                from cuda import cudart as module  # cuda-python < 12.3
-            except ImportError as exc:
-                raise BackendUnavailableError(
-                    f"CUDA device support needs cuda-python, which is not installed; {_INSTALL_HINT}"
-                ) from exc
-        _runtime_module = module
+        _runtime_module = import_optional(
+            ("cuda.bindings.runtime", "cuda.cudart"),  # cuda-python >= 12.3, older
+            purpose="CUDA device support", name="cuda-python", extra_hint=_INSTALL_HINT)
     return _runtime_module
 
 

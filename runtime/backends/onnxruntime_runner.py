@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NetworkInputError,
-                                       TinyFacesError)
+from tinyfaces_trt.core.errors import ManifestError, NetworkInputError, TinyFacesError
+from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,9 @@ AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
 
 def import_onnxruntime() -> Any:
     """Imports onnxruntime or raises :class:`BackendUnavailableError` with the install hint."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the onnxruntime backend needs the onnxruntime package: "
-            "pip install 'tinyfaces-trt[onnxruntime]'") from exc
-    return onnxruntime
+    return import_optional("onnxruntime", purpose="the onnxruntime backend",
+                           name="the onnxruntime package",
+                           extra_hint="pip install 'tinyfaces-trt[onnxruntime]'")
 
 
 def resolve_providers(requested: str | Sequence[str] | None,

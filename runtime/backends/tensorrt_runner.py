@@ -34,30 +34,12 @@ import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.profiles import Profile, format_shape
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_input
 
 log = logging.getLogger(__name__)
-
-MIN_TENSORRT_MAJOR = 10
-
-
-def import_tensorrt() -> Any:
-    """Imports ``tensorrt`` (>= 10) or raises :class:`BackendUnavailableError` (one line)."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the tensorrt backend needs NVIDIA TensorRT >= 10 and a CUDA GPU: the tensorrt "
-            f"Python package is not installed ({exc.msg})") from exc
-    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < MIN_TENSORRT_MAJOR:
-        raise BackendUnavailableError(
-            f"the tensorrt backend needs TensorRT >= {MIN_TENSORRT_MAJOR} (named-tensor API); "
-            f"found {trt.__version__}")
-    return trt
-
 
 @dataclass(frozen=True)
 class TensorInfo:

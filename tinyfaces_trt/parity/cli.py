@@ -1,0 +1,230 @@
+"""``tf-parity``: compare the deployed backends with the torch reference, from the shell.
+
+Parses the arguments, loads the reference network, exports what the backends need (or
+checks a given export folder), runs :func:`~.harness.run_parity`, prints the table
+(:mod:`.report`) and returns the exit status documented in ``--help``.
+
+Run as ``tf-parity`` or ``python -m tinyfaces_trt.parity.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tinyfaces_trt.core.cli import EXIT_OK, EXIT_USAGE, parse_image_sizes, seed_argument, stderr_line
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.parity.compare import TOLERANCES
+from tinyfaces_trt.parity.harness import FAILED, PARITY_BACKENDS, SKIPPED, ParityResult, run_parity
+from tinyfaces_trt.parity.report import json_report, markdown_table, summary_line
+
+#: Exit statuses (also in ``--help``).
+EXIT_FAILED = 1   # a comparison was out of tolerance
+EXIT_SETUP = EXIT_USAGE  # bad arguments, or a setup error (missing file, export of other weights)
+EXIT_SKIPPED = 3  # a requested backend could not run here, or nothing was compared
+
+DEFAULT_SIZES = "33x47,64x64,131x97,160x120"
+
+
+def parse_backends(text: str) -> list[str]:
+    """Comma-separated keys of :data:`~.harness.PARITY_BACKENDS`."""
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [b for b in names if b not in PARITY_BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend(s) {unknown or names}; choose from {', '.join(PARITY_BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def default_backends() -> list[str]:
+    """The ONNX Runtime backends, plus TensorRT ones when TensorRT and a GPU are usable."""
+    from tinyfaces_trt.runtime.backends import available_backends
+
+    names = ["onnxruntime", "onnxruntime-fp16"]
+    if "tensorrt" in available_backends():
+        names += ["tensorrt", "tensorrt-fp16"]
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its ``--help`` documents options, tolerances and exit status)."""
+    tol = "\n".join(
+        f"  {k}: maps |d| <= {v.maps.atol:g} + {v.maps.rtol:g}*|ref| and mean |d| <= {v.maps.mean:g};\n"
+        f"        detections matched at IoU >= {v.detections.iou:g}, |dprob| <= {v.detections.score:g},"
+        f" may differ within {v.detections.margin:g} of the threshold"
+        for k, v in TOLERANCES.items()) + "\n  any NaN or inf in a map or a detection fails"
+    parser = argparse.ArgumentParser(
+        prog="tf-parity",
+        description=textwrap.fill(
+            "Compare the deployed backends (ONNX Runtime fp32/fp16, TensorRT fp32/fp16) with the "
+            "torch reference: the raw 125-channel score maps of every pyramid level, and the "
+            "final detections, on synthetic images of several sizes. Prints a Markdown table "
+            "(status passed / FAILED / skipped per backend and size; a FAIL names each "
+            "criterion that failed, measured value > limit).", 88),
+        epilog=f"""\
+tolerances:
+{tol}
+
+exit status:
+  {EXIT_OK}  every comparison ran and passed (backends chosen by default that cannot run
+     here, e.g. TensorRT without a GPU, are reported as skipped and do not fail)
+  {EXIT_FAILED}  a comparison was out of tolerance (or had NaN/inf values)
+  {EXIT_SETUP}  bad arguments, or a setup error (missing file or dependency, export folder of
+     other weights, a file that cannot be written)
+  {EXIT_SKIPPED}  a backend named in --backends was skipped (cannot run here), or nothing at
+     all was compared; --allow-skip turns this into {EXIT_OK}
+
+example:
+  tf-parity --untrained --depth 50 --sizes 33x47,64x64 --json parity.json
+  tf-parity --weights checkpoint.pth --model export/ --backends tensorrt,tensorrt-fp16""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", metavar="W", help="checkpoint (.pth or MatConvNet .mat) to test")
+    src.add_argument("--untrained", action="store_true",
+                     help="test the seeded random-weight network instead of a checkpoint")
+    parser.add_argument("--depth", type=int, default=101, choices=(50, 101),
+                        help="ResNet depth of the --untrained network (default: 101)")
+    parser.add_argument("--seed", type=seed_argument, default=0,
+                        help="seed of the --untrained network (default: 0)")
+    parser.add_argument("--model", metavar="EXPORT_DIR",
+                        help="export folder to test (must come from the same weights); default: "
+                             "export into a temporary folder first")
+    parser.add_argument("--sizes", type=parse_image_sizes, default=parse_image_sizes(DEFAULT_SIZES),
+                        help=f"image sizes WxH, comma separated (default: {DEFAULT_SIZES})")
+    parser.add_argument("--backends", type=parse_backends, default=None,
+                        help="comma separated, from: " + ", ".join(PARITY_BACKENDS)
+                             + " (default: onnxruntime,onnxruntime-fp16, plus tensorrt,"
+                               "tensorrt-fp16 when TensorRT and a GPU are usable); a backend "
+                               "named here that cannot run is an error (exit "
+                             + f"{EXIT_SKIPPED}) unless --allow-skip")
+    parser.add_argument("--allow-skip", action="store_true",
+                        help="accept skipped backends: exit 0 when everything that ran passed")
+    parser.add_argument("--json", metavar="OUT", help="also write the full results as JSON")
+    return parser
+
+
+def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
+    """Refuses an export folder made from other weights than the reference's."""
+    manifest = folder.manifest
+    if args.weights:
+        from tinyfaces_trt.export_cache import file_sha256
+
+        recorded = (manifest.get("weights") or {}).get("sha256")
+        if recorded != file_sha256(args.weights):
+            made_from = ("the UNTRAINED seeded network (test it with --untrained)"
+                         if folder.untrained else f"weights with sha256 {recorded}")
+            raise TinyFacesError(f"export folder {folder.path} was not made from {args.weights} "
+                                 f"but from {made_from}; compare like with like")
+    else:
+        depth = (manifest.get("model") or {}).get("depth")
+        if not folder.untrained or depth not in (None, args.depth):
+            raise TinyFacesError(f"export folder {folder.path} does not hold the untrained "
+                                 f"ResNet-{args.depth} network (untrained={folder.untrained}, "
+                                 f"depth={depth})")
+
+
+def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str], work: Path,
+                    weights: str | None) -> dict[str, Any]:
+    """Exports what ``backends`` need into ``work``; backend -> export folder."""
+    from tinyfaces_trt.core.manifest import load_export_folder
+
+    from tinyfaces_trt.export.export_pipeline import export_model
+    from tinyfaces_trt.export.trt_build import tensorrt_version
+
+    trt = tensorrt_version() is not None
+    folders: dict[str, Any] = {}
+    for fp16 in (False, True):
+        names = [b for b in backends if PARITY_BACKENDS[b][1] == fp16]
+        if not names:
+            continue
+        engine = trt and any(PARITY_BACKENDS[b][0] == "tensorrt" for b in names)
+        out = work / ("fp16" if fp16 else "fp32")
+        export_model(model, config, out, fp16=fp16, engine=engine, weights_path=weights,
+                     untrained=weights is None, verify=False, log=lambda line: stderr_line(f"tf-parity: {line}"))
+        folder = load_export_folder(out)
+        folders.update({b: folder for b in names})
+    return folders
+
+
+def exit_status(results: Sequence[ParityResult], requested: bool, allow_skip: bool) -> int:
+    """The exit status of a run (see ``--help``): a failed comparison first, then a refused
+    skip (a backend named in ``--backends``, or nothing compared at all)."""
+    if any(r.status == FAILED for r in results):
+        return EXIT_FAILED
+    skipped = any(r.status == SKIPPED for r in results)
+    nothing_ran = all(r.status == SKIPPED for r in results)
+    if not allow_skip and ((requested and skipped) or nothing_ran):
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def _explain_skips(results: Sequence[ParityResult], requested: bool, code: int) -> None:
+    """One stderr line per skipped backend, saying whether the skip fails the run."""
+    reasons = {r.backend: r.skipped.splitlines()[0] for r in results
+               if r.status == SKIPPED and r.skipped.strip()}
+    if code == EXIT_SKIPPED:
+        what = ("requested backend" if requested else "no backend could run; backend")
+        for name, reason in reasons.items():
+            stderr_line(f"tf-parity: error: {what} {name} was skipped: {reason}")
+        stderr_line("tf-parity: nothing was verified for the skipped backend(s); pass "
+                    "--allow-skip to accept skips")
+    else:
+        for name, reason in reasons.items():
+            stderr_line(f"tf-parity: note: {name} skipped: {reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tf-parity`` entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    requested = args.backends is not None
+    backends = args.backends or default_backends()
+    try:
+        from tinyfaces_trt.core.manifest import load_export_folder
+        from tinyfaces_trt.export.weights import load_model
+
+        # --depth and --seed describe the --untrained network only
+        model, config = load_model(args.weights, depth=None if args.weights else args.depth,
+                                   seed=args.seed)
+        with tempfile.TemporaryDirectory(prefix="tf-parity-") as work:
+            if args.model:
+                folder = load_export_folder(args.model)
+                _check_folder_source(folder, args)
+                config = folder.config
+                folders: dict[str, Any] = {b: folder for b in backends}
+            else:
+                folders = _export_folders(model, config, backends, Path(work), args.weights)
+            start = time.perf_counter()
+            results = run_parity(model, config, folders, backends, args.sizes)
+            elapsed = time.perf_counter() - start
+    except TinyFacesError as exc:
+        stderr_line(f"tf-parity: error: {exc}")
+        return EXIT_SETUP
+    code = exit_status(results, requested, args.allow_skip)
+    print(markdown_table(results))
+    print("\n" + summary_line(results, elapsed, "untrained seeded network" if args.untrained
+                               else str(args.weights)))
+    _explain_skips(results, requested, code)
+    if args.json:
+        report = json_report(results, exit_code=code, backends=backends, requested=requested,
+                             allow_skip=args.allow_skip, sizes=args.sizes,
+                             weights=None if args.untrained else str(args.weights),
+                             seconds=elapsed)
+        try:
+            write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            stderr_line(f"tf-parity: error: cannot write {args.json}: {exc}")
+            return EXIT_SETUP
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
