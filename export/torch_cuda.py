@@ -320,25 +320,30 @@ class TorchCudaRunner(RunnerBase):
     def _prepare(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         start = time.perf_counter()
         record = ShapeRecord(self.mode, 0.0)
+        fn: Callable[[torch.Tensor], torch.Tensor] | None = None
         if self.mode == "compile":
             try:
-                fn = self._compile(shape, record)
-            except Exception as exc:  # Inductor, Triton or the C++ compiler failed
+                fn = self._capture(self._compile(shape, record), shape)
+            except Exception as exc:  # Inductor, Triton, the C++ compiler or the capture
                 fallback = "graphs" if self._stream is not None else "eager"
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 _logger.warning("torch.compile failed for input shape %s (%s: %s); falling "
                                 "back to mode %r", shape, type(exc).__name__, first_line,
                                 fallback)
                 self.mode = record.mode = fallback
-                fn = self._eager_forward()
-        else:
+        if fn is None:
             fn = self._eager_forward()
-        if self._stream is not None and record.mode != "eager":
-            fn = _Captured(fn, shape, self.device, self._stream)
+            if record.mode == "graphs":
+                fn = self._capture(fn, shape)
         record.seconds = time.perf_counter() - start
         self.records[shape] = record
         _logger.info("input shape %s ready (%s, %.1f s)", shape, record.mode, record.seconds)
         return fn
+
+    def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                 shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself)."""
+        return fn if self._stream is None else _Captured(fn, shape, self.device, self._stream)
 
     def _eager_forward(self) -> _Forward:
         if self._eager is None:
