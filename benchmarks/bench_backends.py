@@ -203,67 +203,39 @@ class DetectorBench(Pipeline):
             obj.close()
 
 
-class TorchCudaRunner:
-    """The torch network on a CUDA GPU, copies timed apart (``h2d`` / ``d2h``).
+class CopyTimedTorchCuda:
+    """Feeds :class:`~tinyfaces_trt.export.torch_cuda.TorchCudaRunner` from the host with the
+    copies timed apart: ``h2d`` (numpy -> CUDA tensor), the runner device to device on its
+    stream, ``d2h`` (score map -> numpy)."""
 
-    Args:
-        model: fp32 CPU model (a converted copy is made).
-        dtype: torch.float32 or torch.float16.
-        graphs: replay one captured CUDA graph per input shape (captured here for ``shapes``).
-    """
-
-    def __init__(self, model: Any, dtype: Any, graphs: bool = False,
-                 shapes: tuple[tuple[int, ...], ...] = ()) -> None:
+    def __init__(self, inner: Any) -> None:
         import torch
 
         self.torch = torch
-        self.dtype = dtype
-        self.model = copy.deepcopy(model).to(device="cuda", dtype=dtype).eval()
+        self.inner = inner
         self.timings: Timings | None = None
-        self.graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] | None = {} if graphs else None
-        for shape in shapes if graphs else ():
-            self._capture(shape)
-
-    def _capture(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
-        torch = self.torch
-        static_in = torch.zeros(shape, device="cuda", dtype=self.dtype)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(2):  # warm-up off the capture stream, as torch.cuda.graphs advises
-                self.model(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            static_out = self.model(static_in)
-        self.graphs[shape] = (graph, static_in, static_out)
-        return self.graphs[shape]
 
     def run(self, net_input: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.no_grad():
-            start = time.perf_counter()
-            x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32)).to("cuda")
-            torch.cuda.synchronize()
-            uploaded = time.perf_counter()
-            if self.graphs is not None:
-                shape = tuple(x.shape)
-                graph, static_in, out = self.graphs.get(shape) or self._capture(shape)
-                static_in.copy_(x)
-                graph.replay()
-            else:
-                out = self.model(x.to(self.dtype))
-            torch.cuda.synchronize()
-            computed = time.perf_counter()
-            host = out.float().cpu().numpy()
-            done = time.perf_counter()
+        start = time.perf_counter()
+        x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32)).to("cuda")
+        torch.cuda.synchronize()
+        uploaded = time.perf_counter()
+        out = self.inner.run(x)
+        self.inner.synchronize()
+        computed = time.perf_counter()
+        host = out.cpu().numpy()
+        done = time.perf_counter()
         if self.timings is not None:
             self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
             self.timings["d2h"] = self.timings.get("d2h", 0.0) + done - computed
         return host
 
     def synchronize(self) -> None:
-        self.torch.cuda.synchronize()
+        self.inner.synchronize()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class CopyTimedDeviceRunner:
@@ -399,13 +371,19 @@ def _torch_cpu(ctx: BenchContext) -> Pipeline:
     return DetectorBench(Detector(TorchRunner(ctx.model), ctx.config))
 
 
-def _torch_cuda(dtype_name: str, graphs: bool) -> Callable[[BenchContext], Pipeline]:
+def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline]:
     def build(ctx: BenchContext) -> Pipeline:
         import torch
 
-        shapes = tuple((1, 3, lv.height, lv.width) for lv in ctx.levels)
-        runner = TorchCudaRunner(ctx.model, getattr(torch, dtype_name), graphs, shapes)
-        return DetectorBench(Detector(runner, ctx.config), uses_gpu=True, timed=(runner,))
+        from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
+
+        inner = TorchCudaRunner(ctx.model, dtype=getattr(torch, dtype_name), mode=mode)
+        if mode != "eager":
+            ctx.log(f"preparing torch-cuda ({mode}) for {len(ctx.levels)} level shapes ...")
+            inner.warmup((1, 3, lv.height, lv.width) for lv in ctx.levels)
+        runner = CopyTimedTorchCuda(inner)
+        return DetectorBench(Detector(runner, ctx.config), uses_gpu=True, timed=(runner,),
+                             closers=(runner,))
     return build
 
 
@@ -463,13 +441,17 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "py_cpu_nms-style numpy NMS", lambda: None, _reference),
     BackendSpec("torch", "runtime pipeline, torch eager fp32 on the CPU, numpy resize/decode/NMS",
                 lambda: None, _torch_cpu),
-    BackendSpec("torch-cuda", "runtime pipeline, torch eager fp32 on CUDA, numpy stages",
-                _torch_cuda_reason, _torch_cuda("float32", False)),
-    BackendSpec("torch-cuda-fp16", "runtime pipeline, torch eager fp16 on CUDA, numpy stages",
-                _torch_cuda_reason, _torch_cuda("float16", False)),
-    BackendSpec("torch-cuda-fp16-graphs", "runtime pipeline, torch fp16 on CUDA replaying one "
-                "CUDA graph per level shape, numpy stages", _torch_cuda_reason,
-                _torch_cuda("float16", True)),
+    BackendSpec("torch-cuda", "runtime pipeline, torch eager fp32 channels_last on CUDA, "
+                "numpy stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
+    BackendSpec("torch-cuda-fp16", "runtime pipeline, torch eager fp16 channels_last on CUDA, "
+                "numpy stages", _torch_cuda_reason, _torch_cuda("float16", "eager")),
+    BackendSpec("torch-cuda-fp16-graphs", "runtime pipeline, torch fp16 channels_last on CUDA "
+                "replaying one CUDA graph per level shape, numpy stages", _torch_cuda_reason,
+                _torch_cuda("float16", "graphs")),
+    BackendSpec("torch-cuda-fp16-compile", "runtime pipeline, torch fp16 channels_last on "
+                "CUDA, BN folded, torch.compile (Inductor) + one CUDA graph per level shape "
+                "(compiled code cached on disk), numpy stages", _torch_cuda_reason,
+                _torch_cuda("float16", "compile")),
     BackendSpec("onnxruntime", "runtime pipeline, ONNX Runtime CPU EP (fp32), numpy stages",
                 _ort_cpu_reason, _onnxruntime(None)),
     BackendSpec("onnxruntime-cuda", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy stages",

@@ -3,12 +3,14 @@
     detector = create_detector("onnxruntime", model_dir="export/")        # an export folder
     detector = create_detector("onnxruntime", weights="checkpoint.pth")   # exported once, cached
     detector = create_detector("torch", weights="checkpoint.pth")         # the torch reference
+    detector = create_detector("torch-cuda", weights="checkpoint.pth")    # torch on a GPU, fast
     boxes = detector.detect(rgb_uint8_image)
 
 Export-folder backends (``"onnxruntime"``, ``"tensorrt"``) come from
 :mod:`tinyfaces_trt.runtime.backends`, which never imports torch; ``weights=`` with them goes
 through the export cache (:mod:`tinyfaces_trt.export_cache`). ``"torch"`` runs the reference
-model (needs the ``export`` extra). With neither ``model_dir`` nor ``weights`` the seeded,
+model (needs the ``export`` extra); ``"torch-cuda"`` runs it on a CUDA GPU, fp16, compiled by
+Inductor with CUDA graphs (:class:`~tinyfaces_trt.export.torch_cuda.TorchCudaRunner`). With neither ``model_dir`` nor ``weights`` the seeded,
 UNTRAINED default network is used: its detections are meaningless, only good for plumbing.
 """
 
@@ -21,26 +23,32 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.export_cache import Progress, cached_export, reference_model
 from tinyfaces_trt.runtime import backends as folder_backends
 from tinyfaces_trt.runtime.backends import apply_overrides
 from tinyfaces_trt.runtime.pipeline import Detector
 
-BACKENDS = (*folder_backends.BACKENDS, "torch", "auto")
+BACKENDS = (*folder_backends.BACKENDS, "torch", "torch-cuda", "auto")
 #: ``"auto"``'s preference, fastest first (TensorRT > compiled torch > ORT CUDA > ORT CPU).
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime")
 log = logging.getLogger(__name__)
 
 
 def available_backends() -> list[str]:
-    """Backends whose dependencies are installed here (tensorrt also needs a visible GPU).
+    """Backends whose dependencies are installed here (tensorrt and torch-cuda also need a
+    visible GPU).
 
-    Never raises and imports nothing heavy except, for tensorrt, the CUDA device query.
+    Never raises and imports nothing heavy except the CUDA device queries (for tensorrt; and
+    torch itself, when installed, to ask ``torch.cuda.is_available()`` for torch-cuda).
     """
     found = folder_backends.available_backends()
     if importlib.util.find_spec("torch") is not None:
         found.append("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            found.append("torch-cuda")
     return found
 
 
@@ -70,7 +78,7 @@ def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = Non
 def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[str] | None = None,
                     weights: str | os.PathLike[str] | None = None,
                     config_overrides: Mapping[str, Any] | None = None, *,
-                    fp16: bool = False, providers: str | Sequence[str] | None = None,
+                    fp16: bool | None = None, providers: str | Sequence[str] | None = None,
                     threads: int | None = None, depth: int | None = None,
                     variant: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
                     progress: Progress | None = None, gpu_stages: bool | None = None) -> Detector:
@@ -78,17 +86,20 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
 
     Args:
         backend: ``"onnxruntime"`` (default, CPU), ``"onnxruntime-cuda"``, ``"tensorrt"``,
-            ``"torch"`` (the CPU reference) or ``"auto"`` (the fastest present here, see
-            :func:`resolve_backend`; logged).
+            ``"torch"`` (the CPU reference), ``"torch-cuda"`` (compiled torch on a GPU) or
+            ``"auto"`` (the fastest present here, see :func:`resolve_backend`; logged).
         model_dir: an export folder (``tf-export`` output); onnxruntime / tensorrt only.
-        weights: a checkpoint; torch runs it directly, the others export it once into the
-            cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
+        weights: a checkpoint; torch and torch-cuda run it directly, the others export it
+            once into the cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
         config_overrides: :class:`~tinyfaces_trt.core.config.DetectorConfig` fields to
             replace, e.g. ``{"prob_thresh": 0.8}`` (None values are ignored).
-        fp16: fp16 ONNX model / engine (exported into the cache when needed).
+        fp16: fp16 ONNX model / engine (exported into the cache when needed), or fp16
+            compute for torch-cuda. None: the backend's default (fp16 for torch-cuda, fp32
+            for the others).
         providers, threads: ONNX Runtime options.
         depth, variant: passed to the checkpoint loader (None: detect from the file).
-        cache_dir: export cache root (default :func:`tinyfaces_trt.core.files.cache_root`).
+        cache_dir: cache root for exports and torch-cuda's compiled code (default
+            :func:`tinyfaces_trt.core.files.cache_root`).
         progress: called with a line of text before and after a long step (an export).
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
 
@@ -102,10 +113,14 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")
-    if backend == "torch":
+    if backend in ("torch", "torch-cuda"):
         if model_dir is not None:
-            raise TinyFacesError("the torch backend runs a checkpoint (weights=...), not an "
-                                 "export folder; use onnxruntime or tensorrt with model_dir")
+            raise TinyFacesError(f"the {backend} backend runs a checkpoint (weights=...), not "
+                                 "an export folder; use onnxruntime or tensorrt with model_dir")
+        if backend == "torch-cuda":
+            return _torch_cuda_detector(weights, config_overrides, fp16=fp16 is not False,
+                                        depth=depth, variant=variant, cache_dir=cache_dir,
+                                        gpu_stages=gpu_stages)
         model, config = reference_model(weights, depth, variant)
         from tinyfaces_trt.export.torch_runner import TorchRunner
 
@@ -116,11 +131,32 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         import_tensorrt()  # before any export into the cache
     folder = None
     if model_dir is None:
-        folder = cached_export(weights, fp16=fp16, engine=backend == "tensorrt", depth=depth,
+        folder = cached_export(weights, fp16=bool(fp16), engine=backend == "tensorrt", depth=depth,
                                variant=variant, cache_dir=cache_dir, progress=progress)
     return folder_backends.create_detector(
-        backend, model_dir, config_overrides, fp16=fp16, providers=providers, threads=threads,
+        backend, model_dir, config_overrides, fp16=bool(fp16), providers=providers, threads=threads,
         gpu_stages=gpu_stages, folder=folder)
+
+
+def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
+                         config_overrides: Mapping[str, Any] | None, *, fp16: bool,
+                         depth: int | None, variant: str | None,
+                         cache_dir: str | os.PathLike[str] | None,
+                         gpu_stages: bool | None) -> Detector:
+    if importlib.util.find_spec("torch") is None:
+        raise BackendUnavailableError("torch-cuda needs PyTorch built with CUDA: "
+                                      "pip install 'tinyfaces-trt[export]' on a GPU machine")
+    import torch
+
+    from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, require_cuda
+
+    require_cuda()  # before loading (or building) the model
+    model, config = reference_model(weights, depth, variant)
+    runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
+                             cache_dir=cache_dir)
+    # a device-I/O runner: the CUDA stages on its stream
+    return folder_backends.detector_for(runner, apply_overrides(config, config_overrides),
+                                        gpu_stages=gpu_stages)
 
 
 @dataclass(frozen=True)
@@ -132,7 +168,7 @@ class DetectorSpec:
     model_dir: str | None = None
     weights: str | None = None
     config_overrides: tuple[tuple[str, Any], ...] = ()
-    fp16: bool = False
+    fp16: bool | None = None
     providers: tuple[str, ...] | str | None = None
     threads: int | None = None
     depth: int | None = None

@@ -1,0 +1,398 @@
+"""The ``torch-cuda`` network runner: the Tiny Faces network on any GPU torch sees, fast.
+
+:class:`TorchCudaRunner` runs the network in fp16 (or fp32) with channels_last weights and
+keeps, per input shape, a ready callable:
+
+``mode="compile"`` (default)
+    BatchNorm folded into the convolutions (:func:`fold_batchnorm`), compiled by
+    ``torch.compile`` (Inductor, static shapes, one compiled graph per shape), then captured
+    in a CUDA graph. Compiled artefacts are cached on disk per shape
+    (:mod:`.compile_cache`), so a second process does not compile again. When compiling
+    fails the runner logs a warning and falls back to ``"graphs"`` (``"eager"`` on the CPU).
+``mode="graphs"``
+    The eager network captured in one CUDA graph per shape (no compiler needed).
+``mode="eager"``
+    Plain eager execution.
+
+Device I/O (``capabilities.device_io``): ``run`` takes any object with
+``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
+GPU -- without a copy and returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced
+on :attr:`TorchCudaRunner.stream` and valid until the next ``run``. A numpy input is
+uploaded and its score map comes back as numpy (host use, parity, tests).
+
+The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"eager"``) runs the same code
+paths except the CUDA graphs, so compilation and its cache are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
+
+_logger = logging.getLogger(__name__)
+
+MODES = ("compile", "graphs", "eager")
+Shape = tuple[int, int, int, int]
+
+
+def require_cuda(device: torch.device | str = "cuda") -> torch.device:
+    """``device`` as a torch.device, checked to be a CUDA device torch can use.
+
+    Raises:
+        BackendUnavailableError: torch sees no CUDA GPU (or not that one).
+    """
+    device = torch.device(device)
+    if not torch.cuda.is_available():
+        build = ("this torch build has no CUDA support" if torch.version.cuda is None
+                 else f"torch is built for CUDA {torch.version.cuda} but finds no usable GPU "
+                      "or driver")
+        raise BackendUnavailableError(
+            f"torch-cuda needs a CUDA GPU visible to torch; torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}: {build}). Install a CUDA build of torch on a machine "
+            "with an NVIDIA GPU and driver, or use the 'torch' (CPU) or 'onnxruntime' backend")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise BackendUnavailableError(f"torch sees {count} CUDA device(s); {device} does not "
+                                      "exist")
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
+    """An fx copy of ``model`` (in eval mode) with every BatchNorm2d that only follows a
+    Conv2d folded into it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
+    ``w * gamma / sqrt(var + eps)``); ``model`` is left unchanged.
+
+    Eval-mode outputs are equal up to float rounding.
+    """
+    traced = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        conv_node = node.args[0]
+        if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
+                and isinstance(modules[conv_node.target], nn.Conv2d)
+                and len(conv_node.users) == 1):
+            continue  # the convolution's raw output is used elsewhere too
+        fused = fuse_conv_bn_eval(modules[conv_node.target], modules[node.target])
+        parent, _, name = conv_node.target.rpartition(".")
+        setattr(traced.get_submodule(parent), name, fused)
+        node.replace_all_uses_with(conv_node)
+        traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
+
+
+class _Forward(nn.Module):
+    """float32 NCHW in -> float32 contiguous NCHW out; the compute dtype and memory format
+    inside (so compiled code fuses the casts into its first and last kernels)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.to(dtype=self.dtype, memory_format=self.memory_format))
+        return y.float().contiguous()
+
+
+@dataclass
+class ShapeRecord:
+    """How one input shape got its callable (see :attr:`TorchCudaRunner.records`).
+
+    Attributes:
+        mode: ``"compile"``, ``"graphs"`` or ``"eager"`` (after any fallback).
+        seconds: wall time to prepare it (compile, warm-up, capture).
+        cache_file: the compile-cache file for this shape (compile mode), else None.
+        cache_loaded: that file existed and was loaded before compiling.
+        inductor_hits, inductor_misses: Inductor FX-graph cache hits / misses while compiling
+            (all hits and no miss: nothing was compiled).
+    """
+
+    mode: str
+    seconds: float
+    cache_file: Path | None = None
+    cache_loaded: bool = False
+    inductor_hits: int = 0
+    inductor_misses: int = 0
+
+
+class _Captured:
+    """One CUDA graph with its static input and output tensors."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: Shape,
+                 device: torch.device, stream: torch.cuda.Stream) -> None:
+        self.static_in = torch.zeros(shape, device=device, dtype=torch.float32)
+        # warm-up off the capture stream (compiles, picks cuDNN algorithms), as torch advises
+        side = torch.cuda.Stream(device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(self.static_in)
+        stream.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_in.copy_(x)  # on the current (the runner's) stream
+        self.graph.replay()
+        return self.static_out
+
+
+class TorchCudaRunner(RunnerBase):
+    """The network on a torch device, compiled or captured per input shape.
+
+    Args:
+        model: the network (e.g. :class:`~tinyfaces_trt.export.model.TinyFacesNet`); a
+            converted copy is used, the caller's model is left unchanged. Any module mapping
+            (N, 3, h, w) to (N, 125, h', w') works.
+        device: ``"cuda"``, ``"cuda:1"``, ...; ``"cpu"`` for tests (float32, no graphs).
+        dtype: ``torch.float16`` (default), ``torch.bfloat16`` or ``torch.float32``.
+        channels_last: run convolutions in NHWC memory format (fast on tensor cores).
+        mode: ``"compile"``, ``"graphs"`` or ``"eager"`` (module docstring).
+        cache_dir: cache root for compiled artefacts (default
+            :func:`~tinyfaces_trt.core.files.cache_root`).
+        stream: the CUDA stream to run on: None (a new stream), a ``torch.cuda.Stream``, or a
+            ``cudaStream_t`` handle as an int (wrapped with ``torch.cuda.ExternalStream``;
+            the detector hands its stream this way).
+
+    Raises:
+        BackendUnavailableError: a CUDA device was asked for and torch sees none.
+        ValueError: an unknown mode or dtype, or a combination the device cannot run.
+    """
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device = "cuda",
+                 dtype: torch.dtype = torch.float16, channels_last: bool = True,
+                 mode: str = "compile", cache_dir: str | os.PathLike[str] | None = None,
+                 stream: int | torch.cuda.Stream | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"unsupported dtype {dtype}; use float16, bfloat16 or float32")
+        device = torch.device(device)
+        if device.type == "cuda":
+            device = require_cuda(device)
+        elif device.type == "cpu":
+            if dtype != torch.float32:
+                raise ValueError(f"{dtype} needs a CUDA device; the CPU runs float32")
+            if mode == "graphs":
+                raise ValueError("mode 'graphs' (CUDA graphs) needs a CUDA device")
+            if stream is not None:
+                raise ValueError("a CUDA stream was given for a CPU runner")
+        else:
+            raise ValueError(f"unsupported device {device}; use cuda[:i] or cpu")
+        self.device = device
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.mode = mode
+        self.cache_dir = cache_dir
+        self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True)
+        self._stream = self._make_stream(stream) if device.type == "cuda" else None
+        self._model = model
+        self._eager: _Forward | None = None
+        self._folded: tuple[torch.fx.GraphModule, CompileCache] | None = None
+        self._callables: dict[Shape, Callable[[torch.Tensor], torch.Tensor]] = {}
+        #: How each shape was prepared (mode after fallback, time, compile-cache use).
+        self.records: dict[Shape, ShapeRecord] = {}
+        self._closed = False
+
+    def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
+        if stream is None:
+            return torch.cuda.Stream(self.device)
+        if isinstance(stream, torch.cuda.Stream):
+            return stream
+        if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
+            return torch.cuda.ExternalStream(int(stream), device=self.device)
+        raise TypeError(f"stream must be None, a torch.cuda.Stream or a cudaStream_t int, "
+                        f"got {type(stream).__name__}")
+
+    # -- protocol --------------------------------------------------------------------------
+
+    @property
+    def stream(self) -> int | None:
+        """The ``cudaStream_t`` handle the runner works on (None on the CPU)."""
+        return None if self._stream is None else int(self._stream.cuda_stream)
+
+    @property
+    def torch_stream(self) -> torch.cuda.Stream | None:
+        """The same stream as a torch object."""
+        return self._stream
+
+    def run(self, net_input: Any) -> Any:
+        """(N, 3, h, w) float32 input -> (N, 125, h', w') float32 score map.
+
+        A numpy array gives a numpy array. A CUDA array (``__cuda_array_interface__``, e.g. a
+        torch tensor) gives a CUDA torch tensor on :attr:`stream`, valid until the next run.
+        """
+        if self._closed:
+            raise TinyFacesError("this TorchCudaRunner is closed")
+        device_input = hasattr(net_input, "__cuda_array_interface__")
+        if device_input and self._stream is None:
+            raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
+        with torch.inference_mode(), self._on_stream():
+            if device_input:
+                x = torch.as_tensor(net_input, device=self.device)
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
+                x = x.to(self.device)
+            _check_input(x)
+            out = self._callable(tuple(x.shape))(x)
+            return out if device_input else out.cpu().numpy()
+
+    def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
+        """Any level runs (shapes are prepared on first use or by :meth:`warmup`; the batch
+        size a level will run with is not known here)."""
+        return None
+
+    def warmup(self, shapes: Iterable[Sequence[int]]) -> None:
+        """Prepares (compiles / captures) these (N, 3, h, w) input shapes ahead of use."""
+        if self._closed:
+            raise TinyFacesError("this TorchCudaRunner is closed")
+        with torch.inference_mode(), self._on_stream():
+            for shape in shapes:
+                self._callable(tuple(int(d) for d in shape))
+
+    def synchronize(self) -> None:
+        """Waits for the runner's queued work."""
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    def close(self) -> None:
+        """Releases the CUDA graphs, static buffers, compiled callables and the model copy;
+        idempotent. A closed runner may not run again."""
+        if self._closed:
+            return
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._closed = True
+        self._callables.clear()
+        self._eager = None
+        self._folded = None
+        self._model = None
+
+    # -- preparing shapes --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """The runner's stream current; float32 convolutions in IEEE fp32, not TF32 (cuDNN's
+        default in torch on Ampere and later), so that float32 keeps the fp32 tolerances."""
+        if self._stream is None:
+            yield
+            return
+        cudnn = torch.backends.cudnn
+        saved = cudnn.allow_tf32  # the legacy flag: the per-op fp32_precision API is fragile
+        if self.dtype == torch.float32:
+            cudnn.allow_tf32 = False
+        try:
+            with torch.cuda.stream(self._stream):
+                yield
+        finally:
+            cudnn.allow_tf32 = saved
+
+    def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
+        fn = self._callables.get(shape)
+        if fn is None:
+            fn = self._callables[shape] = self._prepare(shape)
+        return fn
+
+    def _prepare(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
+        start = time.perf_counter()
+        record = ShapeRecord(self.mode, 0.0)
+        fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if self.mode == "compile":
+            try:
+                fn = self._capture(self._compile(shape, record), shape)
+            except Exception as exc:  # Inductor, Triton, the C++ compiler or the capture
+                fallback = "graphs" if self._stream is not None else "eager"
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                _logger.warning("torch.compile failed for input shape %s (%s: %s); falling "
+                                "back to mode %r", shape, type(exc).__name__, first_line,
+                                fallback)
+                self.mode = record.mode = fallback
+        if fn is None:
+            fn = self._eager_forward()
+            if record.mode == "graphs":
+                fn = self._capture(fn, shape)
+        record.seconds = time.perf_counter() - start
+        self.records[shape] = record
+        _logger.info("input shape %s ready (%s, %.1f s)", shape, record.mode, record.seconds)
+        return fn
+
+    def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],
+                 shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself)."""
+        return fn if self._stream is None else _Captured(fn, shape, self.device, self._stream)
+
+    def _eager_forward(self) -> _Forward:
+        if self._eager is None:
+            self._eager = self._convert(_Forward(copy.deepcopy(self._model),
+                                                 self.dtype, self.channels_last))
+        return self._eager
+
+    def _convert(self, module: nn.Module) -> nn.Module:
+        module = module.to(device=self.device, dtype=self.dtype).eval()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def _compile(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor],
+                                                                        torch.Tensor]:
+        if self._folded is None:
+            folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
+                                                           self.channels_last)))
+            cache = CompileCache.for_module(folded, self.device, self.dtype,
+                                            self.channels_last, self.cache_dir)
+            self._folded = (folded, cache)
+        folded, cache = self._folded
+        # One GraphModule (sharing the folded weights) per shape: its own code object, so
+        # dynamo keeps one static-shape compilation per shape, never hitting its recompile
+        # limit or re-checking guards of other shapes.
+        per_shape = torch.fx.GraphModule(folded, copy.deepcopy(folded.graph))
+        compiled = torch.compile(per_shape, dynamic=False, fullgraph=True)
+        record.cache_file = cache.path(shape)
+        record.cache_loaded = cache.load(shape)
+        before = inductor_cache_counters()
+        _logger.info("compiling the network for input shape %s%s ...", shape,
+                     " (from the compile cache)" if record.cache_loaded else "")
+        x = torch.zeros(shape, device=self.device, dtype=torch.float32)
+        compiled(x)  # compiles now, not inside a later run or a CUDA-graph capture
+        after = inductor_cache_counters()
+        record.inductor_hits = after["hits"] - before["hits"]
+        record.inductor_misses = after["misses"] - before["misses"]
+        if record.inductor_misses or not record.cache_loaded:
+            cache.save(shape)
+        return compiled
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an (N, 3, h, w) input, got shape {tuple(x.shape)}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"expected a float32 input, got {x.dtype}")
+    if not x.is_contiguous():
+        raise ValueError("expected a C-contiguous input")
+
+
+__all__ = ["MODES", "ShapeRecord", "TorchCudaRunner", "fold_batchnorm", "require_cuda"]

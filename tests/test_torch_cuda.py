@@ -1,0 +1,234 @@
+"""The torch-cuda runner on the CPU: protocol, BatchNorm folding, compiled-vs-eager
+equivalence, the compile cache across processes, and the errors without a GPU.
+
+Compiling on the CPU is gcc-bound (about 25-60 s for the stand-in network in a fresh Inductor
+cache on 2 busy cores), so one worker process compiles and a second one shows the cache
+hit; everything else runs eagerly. The GPU half lives in test_torch_cuda_gpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers_torch_cuda import INPUT_SHAPE, net_input, stand_in
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.runner import NetworkRunner, RunnerBase, capabilities_of
+from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detector
+from tinyfaces_trt.export import torch_cuda
+from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, fold_batchnorm
+from tinyfaces_trt.export.torch_runner import TorchRunner
+from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.runtime.pipeline import Detector
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = not torch.cuda.is_available()
+# compiled vs eager float32 on the CPU: same math, different kernels and summation order
+COMPILED_ATOL = 1e-5
+
+
+def _reference(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocol and eager execution
+# ---------------------------------------------------------------------------------------------
+
+def test_cpu_runner_is_a_batched_host_runner():
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    assert isinstance(runner, RunnerBase) and isinstance(runner, NetworkRunner)
+    caps = capabilities_of(runner)
+    assert caps.batch and not caps.device_io
+    assert runner.stream is None
+
+
+def test_eager_matches_the_model_and_leaves_it_unchanged():
+    model = stand_in()
+    weight = model.conv1.weight
+    x = net_input()
+    out = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager").run(x)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
+    assert out.shape == (2, 125, 4, 6)
+    np.testing.assert_allclose(out, _reference(model, x), atol=1e-6)
+    assert model.conv1.weight is weight and not model.training
+
+
+def test_batch_rows_equal_single_images():
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
+                             channels_last=False)
+    x = net_input()
+    batch = runner.run(x)
+    for i in range(len(x)):
+        # batch and single images block the convolutions differently: float32 rounding
+        np.testing.assert_allclose(batch[i:i + 1], runner.run(x[i:i + 1]), atol=2e-5)
+
+
+def test_detector_over_the_runner_matches_the_torch_reference():
+    model, config = stand_in(), DetectorConfig()
+    image = synthetic_image(48, 64, seed=3)
+    expected = Detector(TorchRunner(model), config).detect(image)
+    with Detector(TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager"),
+                  config) as detector:
+        boxes = detector.detect(image)
+    assert len(expected) > 0
+    np.testing.assert_allclose(boxes, expected, atol=1e-3)
+
+
+def test_bad_inputs_and_closed_runner():
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    with pytest.raises(ValueError, match=r"\(N, 3, h, w\)"):
+        runner.run(np.zeros((1, 4, 16, 16), np.float32))
+
+    class DeviceArrayLike:  # refused before it is touched: a CPU runner takes numpy only
+        __cuda_array_interface__ = {"shape": (1, 3, 8, 8), "typestr": "<f4", "data": (0, False),
+                                    "version": 3}
+
+    with pytest.raises(ValueError, match="CPU runner"):
+        runner.run(DeviceArrayLike())
+    runner.close()
+    runner.close()  # idempotent
+    with pytest.raises(TinyFacesError, match="closed"):
+        runner.run(net_input())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "fast"}, "unknown mode"),
+    ({"dtype": torch.float16}, "needs a CUDA device"),
+    ({"mode": "graphs", "dtype": torch.float32}, "needs a CUDA device"),
+    ({"dtype": torch.int8}, "unsupported dtype"),
+    ({"dtype": torch.float32, "stream": 0}, "CPU runner"),
+])
+def test_invalid_cpu_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TorchCudaRunner(stand_in(), device="cpu", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm folding
+# ---------------------------------------------------------------------------------------------
+
+def test_fold_batchnorm_on_the_real_network(seeded):
+    model = seeded[0]
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in folded.modules()) == \
+        sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
+    x = net_input((1, 3, 32, 48))
+    with torch.no_grad():
+        out = folded(torch.from_numpy(x)).numpy()
+    ref = _reference(model, x)
+    # the fp32 map tolerance of the parity suite (atol 5e-4); measured max |d| ~1.3e-5
+    assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile fallback, compiled equivalence and the compile cache
+# ---------------------------------------------------------------------------------------------
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog, tmp_path):
+    def failing_compile(module, **kwargs):
+        def run(x):
+            raise RuntimeError("C++ compiler not found")
+        return run
+
+    monkeypatch.setattr(torch_cuda.torch, "compile", failing_compile)
+    model, x = stand_in(), net_input()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        out = runner.run(x)
+    assert "torch.compile failed" in caplog.text and "C++ compiler not found" in caplog.text
+    assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
+    np.testing.assert_allclose(out, _reference(model, x), atol=1e-6)
+
+
+def _compile_in_fresh_process(cache_dir: Path, inductor_dir: Path, prefix: Path) -> dict:
+    code = ("import sys; sys.path.insert(0, 'tests'); "
+            "from helpers_torch_cuda import compile_worker; "
+            "compile_worker(sys.argv[1], sys.argv[2])")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    done = subprocess.run([sys.executable, "-c", code, str(cache_dir), str(prefix)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(prefix.with_suffix(".json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The stand-in compiled by a first process, then by a second one whose Inductor cache
+    has lost its graphs (only the compile-cache file can bring them back)."""
+    work = tmp_path_factory.mktemp("torch_compile")
+    cache, inductor = work / "cache", work / "inductor"
+    first = _compile_in_fresh_process(cache, inductor, work / "first")
+    # Keep the built C++ kernels (gcc is the slow part on a CPU; on a GPU the Triton kernels
+    # travel inside the cache file) but drop every compiled graph Inductor keeps locally.
+    for sub in ("fxgraph", "aotautograd"):
+        shutil.rmtree(inductor / sub, ignore_errors=True)
+    second = _compile_in_fresh_process(cache, inductor, work / "second")
+    return work, first, second
+
+
+def test_compiled_matches_eager_on_the_cpu(two_processes):
+    work, first, _ = two_processes
+    assert first["mode"] == "compile" and first["misses"] >= 1 and not first["cache_loaded"]
+    compiled, eager = np.load(work / "first.npy"), np.load(work / "first-eager.npy")
+    assert compiled.shape == (2, 125, 4, 6) and compiled.dtype == np.float32
+    np.testing.assert_allclose(compiled, eager, atol=COMPILED_ATOL, rtol=0)
+    assert first["repeat_equal"]
+    assert first["released"], "close() left the compiled model alive"
+
+
+def test_second_process_loads_the_compile_cache(two_processes):
+    work, first, second = two_processes
+    cache_file = Path(first["cache_file"])
+    assert cache_file.is_file() and cache_file.name == "2x3x32x48.bin"
+    assert (cache_file.parent / "key.json").is_file()
+    assert second["cache_file"] == first["cache_file"]
+    assert second["cache_loaded"] and second["hits"] >= 1 and second["misses"] == 0
+    np.testing.assert_allclose(np.load(work / "second.npy"), np.load(work / "first.npy"),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not os.environ.get("TINYFACES_SLOW_TESTS"),
+                    reason="compiles ResNet-50 on the CPU (~60 s); set TINYFACES_SLOW_TESTS=1")
+def test_compiled_resnet50_matches_eager(seeded, tmp_path):
+    model = seeded[0]
+    x = net_input((1, 3, 32, 48))
+    compiled = TorchCudaRunner(model, device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    out = compiled.run(x)
+    assert compiled.records[(1, 3, 32, 48)].mode == "compile"
+    eager = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager").run(x)
+    np.testing.assert_allclose(out, eager, atol=5e-4, rtol=1e-4)  # the fp32 parity tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# No GPU
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is visible")
+def test_cuda_runner_without_a_gpu_is_a_clear_error():
+    with pytest.raises(BackendUnavailableError, match=r"torch.cuda.is_available\(\) is False"):
+        TorchCudaRunner(stand_in())
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is visible")
+def test_torch_cuda_backend_without_a_gpu(checkpoint):
+    assert "torch-cuda" in BACKENDS
+    assert "torch-cuda" not in available_backends()
+    with pytest.raises(BackendUnavailableError, match="torch-cuda needs a CUDA GPU"):
+        create_detector("torch-cuda", weights=checkpoint)
+    with pytest.raises(TinyFacesError, match="checkpoint"):
+        create_detector("torch-cuda", model_dir=checkpoint.parent)

@@ -1,0 +1,145 @@
+"""The torch-cuda runner on a CUDA GPU (skipped cleanly without one).
+
+fp16 parity is judged against the fp32 reference with the parity suite's fp16 tolerances
+(compiled fp16 differs from eager fp16 by up to ~0.16 on random weights, so eager fp16 is
+not the yardstick); fp32 must keep the fp32 tolerances (TF32 is off for float32).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_torch_cuda import net_input, stand_in
+from tinyfaces_trt.core.pyramid import plan_pyramid
+from tinyfaces_trt.parity.harness import TOLERANCES, compare_maps, compare_runner, synthetic_image
+from tinyfaces_trt.runtime.preprocess import HostPreprocessor
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")]
+
+if torch.cuda.is_available():
+    from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
+    from tinyfaces_trt.export.torch_runner import TorchRunner
+
+# fp16 results of one network through different kernels (graph vs eager, batch vs single):
+# a few fp16 ulps of values up to ~10
+FP16_CLOSE = {"atol": 0.02, "rtol": 0.005}
+
+
+def _level_inputs(config, height=96, width=128, count=2):
+    image = synthetic_image(height, width, seed=0)
+    levels = plan_pyramid(height, width, config)[:count]
+    pre = HostPreprocessor(config)
+    return [pre.prepare(image, level) for level in levels]
+
+
+def test_compiled_fp16_matches_the_fp32_reference(seeded, tmp_path):
+    model, config = seeded
+    reference = TorchRunner(model)
+    with TorchCudaRunner(model, cache_dir=tmp_path) as runner:
+        assert runner.capabilities.device_io and runner.capabilities.batch
+        for x in _level_inputs(config):
+            out = runner.run(x)
+            assert runner.records[x.shape].mode == "compile", "compile fell back"
+            result = compare_maps(reference.run(x), out, TOLERANCES["fp16"].maps)
+            assert result.passed, result
+        assert any(tmp_path.rglob("*.bin")), "no compile-cache file written"
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float16, "fp16"), (torch.float32, "fp32")])
+def test_graphs_mode_passes_parity_on_the_whole_pyramid(seeded, dtype, precision):
+    model, config = seeded
+    with TorchCudaRunner(model, dtype=dtype, mode="graphs") as runner:
+        result = compare_runner(TorchRunner(model), runner, config, 96, 128, precision)
+    assert result.passed, result
+
+
+def test_graphs_equal_eager(seeded):
+    model, config = seeded
+    x = _level_inputs(config, count=1)[0]
+    with TorchCudaRunner(model, mode="graphs") as graphs, \
+            TorchCudaRunner(model, mode="eager") as eager:
+        np.testing.assert_allclose(graphs.run(x), eager.run(x), **FP16_CLOSE)
+
+
+def test_batch_rows_match_single_images():
+    x = net_input((2, 3, 64, 96))
+    with TorchCudaRunner(stand_in(), mode="graphs") as runner:
+        batch = runner.run(x)
+        for i in range(2):
+            np.testing.assert_allclose(batch[i:i + 1], runner.run(x[i:i + 1]), **FP16_CLOSE)
+
+
+class CudaArray:
+    """A bare ``__cuda_array_interface__`` holder (as the detector's device buffers are)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.__cuda_array_interface__ = tensor.__cuda_array_interface__
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs"])
+def test_device_input_and_output(mode):
+    x = net_input((1, 3, 64, 96))
+    with TorchCudaRunner(stand_in(), mode=mode) as runner:
+        expected = runner.run(x)
+        device_x = torch.from_numpy(x).cuda()
+        torch.cuda.synchronize()
+        for given in (device_x, CudaArray(device_x)):
+            out = runner.run(given)
+            assert isinstance(out, torch.Tensor) and out.is_cuda
+            assert out.dtype == torch.float32 and out.is_contiguous()
+            assert tuple(out.shape) == (1, 125, 8, 12)
+            assert "data" in out.__cuda_array_interface__
+            runner.synchronize()
+            np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs"])
+def test_runs_on_the_given_stream(mode):
+    x = net_input((1, 3, 64, 96))
+    stream = torch.cuda.Stream()
+    with TorchCudaRunner(stand_in(), mode=mode, stream=stream.cuda_stream) as runner:
+        assert runner.stream == stream.cuda_stream
+        expected = runner.run(x)  # also prepares the shape
+        source = torch.from_numpy(x).cuda()
+        device_x = torch.zeros_like(source)
+        torch.cuda.synchronize()
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(100_000_000)  # keeps the stream busy for tens of ms
+            device_x.copy_(source)           # the input is only written after that
+        out = runner.run(device_x)           # reads zeros unless it runs on `stream`
+        stream.synchronize()
+        np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs"])
+def test_close_frees_device_memory(mode):
+    torch.cuda.synchronize()
+    gc.collect()
+    before = torch.cuda.memory_allocated()
+    runner = TorchCudaRunner(stand_in(), mode=mode)
+    runner.run(net_input((2, 3, 512, 512)))
+    during = torch.cuda.memory_allocated()
+    runner.close()
+    del runner
+    gc.collect()
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_allocated()
+    assert during - before > (1 << 20)
+    assert after - before <= (1 << 20), (before, during, after)
+
+
+def test_factory_builds_fp16_compiled_by_default(checkpoint, tmp_path):
+    from tinyfaces_trt.detectors import available_backends, create_detector
+
+    assert "torch-cuda" in available_backends()
+    with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
+        assert isinstance(detector.runner, TorchCudaRunner)
+        assert detector.runner.dtype == torch.float16 and detector.runner.mode == "compile"
+    with create_detector("torch-cuda", weights=checkpoint, fp16=False) as detector:
+        assert detector.runner.dtype == torch.float32
