@@ -13,6 +13,10 @@ class ImageError(TinyFacesError):
     """An image file is missing, unreadable or not an image."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than allowed (a possible decompression bomb)."""
+
+
 class WeightsError(TinyFacesError):
     """A checkpoint is missing, corrupt, or does not match the model structure."""
 

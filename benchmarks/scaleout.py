@@ -1,0 +1,216 @@
+"""Scale-out figures: batch throughput of the Ray pool (1 vs 2 workers, against one process)
+and Ray Serve latency under a bounded load.
+
+    python benchmarks/scaleout.py --model export/ --out benchmarks/results/
+
+Batch: ``--images`` generated images of ``--size``, the tf-detect job (detect, draw, JSON
+sidecar) run ``--repeat`` times per configuration into a fresh folder; images/s is the
+median over repeats of images / job wall time, the pool's start-up (actors building their
+detectors) included, since a user waits for it too. Configurations: one process with one
+detector using every core (``run_serial``), the pool with 1 worker (all cores) and with N
+workers (one core each). Serving: ``--requests`` POST /detect requests from ``--concurrency``
+client threads on this machine, per replica count; latency p50/p99 per request.
+
+The cluster is local (127.0.0.1); on a 2-core machine the client, the Ray system processes
+and the workers share the same two cores, so these numbers show the overheads, not what
+more machines give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import io
+import json
+import logging
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout first
+
+from bench_common import machine_description, now_iso, synthetic_image, today  # noqa: E402
+
+
+def _images(folder: Path, count: int, width: int, height: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(synthetic_image(width, height, seed=i)).save(folder / f"img{i:04d}.jpg",
+                                                                     quality=90)
+
+
+def _batch(spec: Any, images: Path, work: Path, repeat: int, cores: int) -> list[dict[str, Any]]:
+    import dataclasses
+
+    from tinyfaces_trt.cli_detect import collect_images
+    from tinyfaces_trt.scaleout.detect_tasks import (
+        DetectOptions, outputs_exist, plan_tasks, process_detect_task)
+    from tinyfaces_trt.scaleout.pool import run_serial, run_tasks
+
+    jobs, _ = collect_images([str(images)])
+    configs = [("one process (run_serial)", None, cores)]
+    configs += [(f"Ray pool, {w} worker(s)", w, max(1, cores // w)) for w in (1, cores)]
+    rows = []
+    for name, workers, threads in configs:
+        rates = []
+        for r in range(repeat):
+            options = DetectOptions("onnxruntime", work / f"{len(rows)}-{r}")
+            options.out_dir.mkdir(parents=True)
+            tasks, _ = plan_tasks(jobs, options)
+            start = time.perf_counter()
+            if workers is None:
+                results = run_serial(tasks, dataclasses.replace(spec, threads=threads),
+                                     process_detect_task, options, is_done=outputs_exist,
+                                     progress=False)
+            else:
+                results = run_tasks(tasks, spec, process_detect_task, options,
+                                    is_done=outputs_exist, workers=workers, progress=False)
+            seconds = time.perf_counter() - start
+            assert all(res.status == "done" for res in results), [res.error for res in results]
+            rates.append(len(tasks) / seconds)
+            print(f"  {name}: repeat {r + 1}: {len(tasks) / seconds:.2f} images/s", flush=True)
+        rows.append({"config": name, "workers": workers, "threads_per_detector": threads,
+                     "images_per_s_median": statistics.median(rates), "images_per_s": rates})
+    return rows
+
+
+def _post(port: int, body: bytes) -> tuple[int, float]:
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.request("POST", "/detect", body=body, headers={"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - start
+    finally:
+        connection.close()
+
+
+def _serving(spec: Any, replica_counts: list[int], requests: int, concurrency: int,
+             width: int, height: int, max_batch: int) -> list[dict[str, Any]]:
+    from PIL import Image
+    from ray import serve
+
+    from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
+
+    bodies = []
+    for i in range(8):
+        buffer = io.BytesIO()
+        Image.fromarray(synthetic_image(width, height, seed=100 + i)).save(buffer, "JPEG")
+        bodies.append(buffer.getvalue())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING"})
+    rows = []
+    try:
+        for replicas in replica_counts:
+            serve.run(build_app(ServeOptions(spec, replicas=replicas, max_batch_size=max_batch)),
+                      name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
+            for body in bodies[:2]:  # warm-up
+                _post(port, body)
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                answers = list(pool.map(lambda k: _post(port, bodies[k % len(bodies)]),
+                                        range(requests)))
+            wall = time.perf_counter() - start
+            latencies = sorted(seconds for _, seconds in answers)
+            errors = sum(1 for status, _ in answers if status != 200)
+            row = {"replicas": replicas, "requests": requests, "concurrency": concurrency,
+                   "errors": errors, "requests_per_s": requests / wall,
+                   "p50_ms": 1000 * statistics.median(latencies),
+                   "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+                   "max_ms": 1000 * latencies[-1]}
+            print(f"  serve, {replicas} replica(s): {row['requests_per_s']:.1f} req/s, "
+                  f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {errors} errors",
+                  flush=True)
+            rows.append(row)
+            serve.delete(APP_NAME)
+    finally:
+        serve.shutdown()
+    return rows
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"# Scale-out on {m['cpu_model']} ({m['usable_cores']} cores, "
+             f"{m['memory_gib']} GiB, no GPU), {report['date']}", "",
+             f"Batch: {report['batch_images']} images of {report['batch_size']}, tf-detect job "
+             f"(detect + drawn copy + JSON), median of {report['repeat']} runs, start-up included.",
+             "", "| configuration | threads per detector | images/s (median) |", "|---|---|---|"]
+    for row in report["batch"]:
+        lines.append(f"| {row['config']} | {row['threads_per_detector']} | "
+                     f"{row['images_per_s_median']:.2f} |")
+    lines += ["", f"Serving: {report['serve_requests']} POST /detect of {report['serve_size']} "
+              f"JPEGs, {report['serve_concurrency']} concurrent clients on the same machine, "
+              f"max batch {report['serve_max_batch']}.", "",
+              "| replicas | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+    for row in report["serve"]:
+        lines.append(f"| {row['replicas']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | "
+                     f"{row['p99_ms']:.0f} | {row['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="export folder (default: the untrained default export)")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--size", default="128x96", help="batch image WxH (default: 128x96)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--serve-size", default="64x48")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--out", type=Path, help="write scaleout JSON + Markdown here")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from tinyfaces_trt.detectors import DetectorSpec
+    from tinyfaces_trt.export_cache import cached_export
+
+    cores = len(os.sched_getaffinity(0))
+    model = args.model or str(cached_export(None).path)
+    spec = DetectorSpec(model_dir=model)
+    width, height = (int(v) for v in args.size.split("x"))
+    sw, sh = (int(v) for v in args.serve_size.split("x"))
+    ray.init(address="local", num_cpus=cores, include_dashboard=False,
+             _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _images(Path(tmp) / "images", args.images, width, height)
+            print("batch:", flush=True)
+            batch = _batch(spec, Path(tmp) / "images", Path(tmp) / "out", args.repeat, cores)
+        print("serving:", flush=True)
+        serving = _serving(spec, sorted({1, cores}), args.requests, args.concurrency, sw, sh,
+                           args.max_batch)
+    finally:
+        ray.shutdown()
+    report = {"date": now_iso(), "machine": machine_description(cores), "model": model,
+              "untrained": args.model is None, "batch_images": args.images,
+              "batch_size": args.size, "repeat": args.repeat, "batch": batch,
+              "serve_requests": args.requests, "serve_concurrency": args.concurrency,
+              "serve_size": args.serve_size, "serve_max_batch": args.max_batch,
+              "serve": serving}
+    text = _markdown(report)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"cpu-{today()}-scaleout"
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

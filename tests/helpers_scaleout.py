@@ -1,0 +1,66 @@
+"""Per-file functions for the Ray pool tests (importable by the Ray workers: the test cluster
+puts this folder on their PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyfaces_trt.cli_detect import detections_to_list
+from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.scaleout.detect_tasks import _staging_dir, process_detect_task
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """A whole video file and the JSON file its per-frame detections go to."""
+
+    video: Path
+    output: Path
+
+
+def detect_video(detector, task: VideoTask, options) -> list:
+    """Detects every frame of a video (PyAV) and writes them as one JSON file."""
+    import av
+
+    frames = []
+    with av.open(str(task.video)) as container:
+        for frame in container.decode(video=0):
+            frames.append(detections_to_list(detector.detect(frame.to_ndarray(format="rgb24"))))
+    write_text_atomic(task.output, json.dumps({"video": task.video.name, "frames": frames}))
+    return frames
+
+
+def video_done(task: VideoTask, options) -> bool:
+    return task.output.is_file()
+
+
+def process_or_die_once(detector, task, options):
+    """tf-detect's per-image work, except that the first attempt on the image named in the
+    file ``.victim`` beside it leaves a half-written file in its staging folder and SIGKILLs
+    its own worker process (the marker ``.killed``, holding the dead pid, makes it once)."""
+    victim = task.job.path.with_name(".victim")
+    marker = task.job.path.with_name(".killed")
+    if victim.is_file() and victim.read_text() == task.job.path.name and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        staging = _staging_dir(options.out_dir, task.stem)
+        (staging / task.stem.parent).mkdir(parents=True, exist_ok=True)
+        (staging / task.stem.with_name(task.stem.name + "_boxes.jpg")).write_bytes(b"\xff\xd8\xff")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return process_detect_task(detector, task, options)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that announces width x height pixels but holds almost no data (a bomb probe)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))

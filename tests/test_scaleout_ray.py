@@ -1,0 +1,332 @@
+"""Scale-out on a real local Ray cluster (127.0.0.1, 2 CPUs), one cluster for the module:
+the distributed batch job against the single-process run, a worker killed mid-job, and the
+Ray Serve app under a bounded load with bad requests mixed in. Skipped without Ray."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
+
+from helpers_scaleout import (  # noqa: E402
+    VideoTask, detect_video, png_header_only, process_or_die_once, video_done)
+from tinyfaces_trt.cli_detect import detections_to_list, main as detect_main  # noqa: E402
+from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
+from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
+from tinyfaces_trt.parity.harness import synthetic_image  # noqa: E402
+from tinyfaces_trt.runtime.draw import blur_boxes  # noqa: E402
+from tinyfaces_trt.scaleout.detect_tasks import (  # noqa: E402
+    DetectOptions, expected_outputs, main as ray_detect_main, outputs_exist, plan_tasks)
+from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial, run_tasks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local 2-CPU cluster on 127.0.0.1; its workers import this checkout and tests/."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "tests"), saved) if p)
+    try:
+        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", object_store_memory=100 * 2 ** 20,
+                 logging_level=logging.WARNING)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spec(export_dir):
+    return DetectorSpec(model_dir=str(export_dir), threads=1)
+
+
+def _photos(root: Path, count: int) -> Path:
+    """Two event folders of small JPEG/PNG images, two sharing a name, and a corrupt file."""
+    for i in range(count):
+        folder = root / ("1--Event" if i % 2 else "2--Other")
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"p{i}.jpg" if i % 3 else f"p{i}.png"
+        Image.fromarray(synthetic_image(40 + 4 * (i % 3), 56, seed=i)).save(folder / name)
+    Image.fromarray(synthetic_image(44, 56, seed=99)).save(root / "2--Other" / "p2.png")
+    (root / "1--Event" / "broken.jpg").write_text("not an image")
+    return root
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distributed_detect_writes_what_the_single_process_run_writes(cluster, export_dir,
+                                                                     tmp_path, capsys):
+    photos = _photos(tmp_path / "images", 5)
+    common = ["--model", str(export_dir), "--blur"]
+    code = detect_main([str(photos), *common, "--out", str(tmp_path / "single")])
+    single_out, single_err = capsys.readouterr()
+    argv = [str(photos), *common, "--out", str(tmp_path / "dist"), "--ray", "--workers", "2"]
+    assert ray_detect_main(argv) == code == 1  # the corrupt file, in both
+    dist_out, dist_err = capsys.readouterr()
+    assert "Traceback" not in dist_err
+    assert "broken.jpg: not a recognised image file" in dist_err
+    assert sorted(dist_out.splitlines()) == sorted(single_out.splitlines())
+    assert len(dist_out.splitlines()) == 6
+    single, dist = _tree(tmp_path / "single"), _tree(tmp_path / "dist")
+    assert len(single) == 6 * 3 and any(name.endswith("p2_2.json") for name in single)
+    assert dist == single  # same names, byte for byte (boxes, drawings, blurs, sidecars)
+
+    # A rerun finds every output and dispatches nothing.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "dist").rglob("*") if p.is_file()}
+    assert ray_detect_main([*argv, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert "6 already done (skipped)" in err
+    document = json.loads(out)
+    assert len(document["images"]) == 6 and len(document["errors"]) == 1
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # WIDER result files (p2.png would clash with p2.jpg there: leave it out).
+    (photos / "2--Other" / "p2.png").unlink()
+    for name, run in (("single", detect_main), ("dist", ray_detect_main)):
+        extra = ["--ray", "--workers", "2"] if run is ray_detect_main else []
+        assert run([str(photos), "--model", str(export_dir), "--json",
+                    "--wider-dir", str(tmp_path / f"wider_{name}"), *extra]) == 1
+    capsys.readouterr()
+    assert _tree(tmp_path / "wider_dist") == _tree(tmp_path / "wider_single")
+    assert len(_tree(tmp_path / "wider_dist")) == 5
+
+
+def _video(path: Path, frames: int, seed: int) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(synthetic_image(48, 64, seed=seed + k), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_whole_videos_on_the_pool_match_the_serial_run(cluster, spec, tmp_path):
+    pytest.importorskip("av")
+    videos = [_video(tmp_path / f"clip{i}.mp4", 3, seed=10 * i) for i in range(2)]
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "pool").mkdir()
+    serial = run_serial([VideoTask(v, tmp_path / "serial" / f"{v.stem}.json") for v in videos],
+                        spec, detect_video, is_done=video_done, progress=False)
+    pooled = run_tasks([VideoTask(v, tmp_path / "pool" / f"{v.stem}.json") for v in videos],
+                       spec, detect_video, is_done=video_done, workers=2, progress=False)
+    assert [r.status for r in pooled] == ["done", "done"]
+    assert [r.value for r in pooled] == [r.value for r in serial]
+    assert all(len(r.value) == 3 for r in pooled)
+    assert _tree(tmp_path / "pool") == _tree(tmp_path / "serial")
+
+
+def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, tmp_path):
+    photos = _photos(tmp_path / "images", 6)
+    (photos / "1--Event" / "broken.jpg").unlink()
+    (photos / "2--Other" / ".victim").write_text("p4.jpg")
+    from tinyfaces_trt.cli_detect import collect_images
+
+    jobs, _ = collect_images([str(photos)])
+    options = DetectOptions("onnxruntime", out_dir=tmp_path / "out")
+    tasks, _ = plan_tasks(jobs, options)
+    results = run_tasks(tasks, spec, process_or_die_once, options, is_done=outputs_exist,
+                        workers=2, progress=False)
+    dead_pid = (photos / "2--Other" / ".killed").read_text()
+    assert [r.status for r in results] == ["done"] * len(tasks), [r.error for r in results]
+    victim = next(r for r in results if r.task.job.path.name == "p4.jpg")
+    assert not victim.worker.endswith(f":{dead_pid}")  # finished by a restarted worker
+    expected = sorted(p.relative_to(options.out_dir).as_posix()
+                      for t in tasks for p in expected_outputs(t, options))
+    assert len(expected) == len(set(expected)) == 2 * len(tasks)
+    written = sorted(p.relative_to(options.out_dir).as_posix()
+                     for p in options.out_dir.rglob("*") if p.is_file())
+    assert written == expected  # each output once; no staging folder or temporary file
+    assert not any(TEMP_PREFIX in p.name for p in options.out_dir.rglob("*"))
+    for path in options.out_dir.rglob("*.json"):
+        record = json.loads(path.read_text())
+        assert record["detections"] and record["width"] == 56
+    for path in options.out_dir.rglob("*_boxes.*"):
+        Image.open(path).load()  # complete, decodable images
+
+
+def test_workers_that_cannot_build_the_detector_are_one_clear_error(cluster, tmp_path):
+    with pytest.raises(WorkerSetupError, match="no worker could build the detector: .*missing"):
+        run_tasks([1, 2, 3], DetectorSpec(model_dir=str(tmp_path / "missing")),
+                  lambda detector, task, options: task, workers=2, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Serve
+# ---------------------------------------------------------------------------------------------
+
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def server(cluster, export_dir):
+    from ray import serve
+
+    from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING"})
+    options = ServeOptions(DetectorSpec(model_dir=str(export_dir)), replicas=2,
+                           max_batch_size=4, batch_wait_ms=5,
+                           max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS)
+    serve.run(build_app(options), name=APP_NAME, route_prefix="/",
+              logging_config={"log_level": "WARNING"})
+    yield port
+    serve.shutdown()
+
+
+def _request(port: int, method: str, path: str, body: bytes = b"",
+             content_type: str | None = "image/png") -> tuple[int, bytes, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = {"Content-Type": content_type} if content_type else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference_detector(export_dir):
+    detector = DetectorSpec(model_dir=str(export_dir)).create()
+    yield detector
+    detector.close()
+
+
+def test_serve_answers_a_bounded_load_with_exact_boxes(server, reference_detector):
+    images = [synthetic_image(24, 32, seed=s) for s in range(4)] + [synthetic_image(20, 36, seed=9)]
+    bodies = [_png(im) for im in images]
+    expected = [detections_to_list(reference_detector.detect(im)) for im in images]
+
+    def one(k: int) -> tuple[int, float, int, bytes]:
+        start = time.perf_counter()
+        status, body, _ = _request(server, "POST", "/detect", bodies[k % len(bodies)])
+        return k, time.perf_counter() - start, status, body
+
+    total, parallel = 200, 8
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        answers = list(pool.map(one, range(total), timeout=240))
+    wall = time.perf_counter() - start
+    assert [status for _, _, status, _ in answers] == [200] * total
+    for k, _, _, body in answers:
+        assert json.loads(body)["detections"] == expected[k % len(images)]
+    latencies = sorted(seconds for _, seconds, _, _ in answers)
+    p50, p99 = statistics.median(latencies), latencies[int(0.99 * (total - 1))]
+    print(f"\nserve load: {total} requests, {parallel} concurrent, {total / wall:.1f} req/s, "
+          f"p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms")
+
+
+@pytest.mark.parametrize("method,path,body,content_type,status,message", [
+    ("POST", "/detect", b"\x89PNG\r\n\x1a\n garbage", "image/png", 400, "truncated or corrupt"),
+    ("POST", "/detect", b"not an image at all", "image/jpeg", 400, "not a recognised image"),
+    ("POST", "/detect", b"", "image/png", 400, "empty"),
+    ("POST", "/detect", b"\0" * (MAX_REQUEST_BYTES + 1), "image/png", 413, "too large"),
+    ("POST", "/detect", png_header_only(20000, 20000), "image/png", 413, "decompression bomb"),
+    ("POST", "/detect", b'{"image": "x"}', "application/json", 415, "must be an encoded image"),
+    ("GET", "/detect", b"", None, 405, "takes POST"),
+    ("POST", "/nowhere", b"x", "image/png", 404, "no such endpoint"),
+    ("POST", "/anonymize?mode=smudge", b"x", "image/png", 400, "mode must be one of"),
+])
+def test_bad_requests_get_a_json_4xx_and_the_server_goes_on(server, method, path, body,
+                                                            content_type, status, message):
+    got, answer, headers = _request(server, method, path, body, content_type)
+    assert got == status, answer
+    assert headers["content-type"] == "application/json"
+    error = json.loads(answer)["error"]
+    assert error["status"] == status and message in error["message"]
+    good, answer, _ = _request(server, "POST", "/detect", _png(synthetic_image(24, 32, seed=1)))
+    assert good == 200 and json.loads(answer)["width"] == 32
+
+
+def test_anonymize_and_healthz(server, reference_detector):
+    image = synthetic_image(24, 32, seed=3)
+    boxes = reference_detector.detect(image)
+    status, body, headers = _request(server, "POST", "/anonymize", _png(image))
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert headers["x-faces"] == str(len(boxes)) and len(boxes) > 0
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), blur_boxes(image, boxes))
+    status, body, _ = _request(server, "GET", "/healthz", content_type=None)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_python_client_example(server, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(synthetic_image(24, 32, seed=2)).save(photo)
+    url = f"http://127.0.0.1:{server}"
+    run = subprocess.run([sys.executable, str(EXAMPLES / "serve_client.py"), str(photo),
+                          "--url", url], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["height"] == 24
+    run = subprocess.run([sys.executable, str(EXAMPLES / "serve_client.py"), str(photo), "--url",
+                          url, "--anonymize", str(tmp_path / "anon.png"), "--mode", "pixelate"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "face(s) hidden" in run.stdout, run.stderr
+    assert Image.open(tmp_path / "anon.png").size == (32, 24)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    run = subprocess.run([sys.executable, str(EXAMPLES / "serve_client.py"),
+                          str(tmp_path / "bad.png"), "--url", url],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "HTTP 400" in run.stderr
+
+
+def test_c_client_example(server, tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    binary = tmp_path / "serve_client"
+    build = subprocess.run([compiler, str(EXAMPLES / "serve_client.c"), "-o", str(binary),
+                            "-lcurl"], capture_output=True, text=True, timeout=120)
+    if build.returncode != 0 and "curl" in build.stderr:
+        pytest.skip("libcurl development files are not installed (libcurl4-openssl-dev)")
+    assert build.returncode == 0, build.stderr
+    photo = tmp_path / "photo.png"
+    Image.fromarray(synthetic_image(24, 32, seed=2)).save(photo)
+    run = subprocess.run([str(binary), str(photo), f"http://127.0.0.1:{server}"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["width"] == 32
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    run = subprocess.run([str(binary), str(tmp_path / "bad.png"), f"http://127.0.0.1:{server}"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "HTTP 400" in run.stderr

@@ -1,0 +1,211 @@
+"""Scale-out pieces that need no cluster: pool sizing, the serial runner's contract, the
+tf-detect task plan, the HTTP rules of the service, and the CLIs' arguments."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers_scaleout import png_header_only
+from tinyfaces_trt.cli_detect import ImageJob, write_outputs
+from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
+from tinyfaces_trt.detectors import DetectorSpec
+from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.runtime.imageio import decode_image, encode_image
+from tinyfaces_trt.scaleout import cli_serve, detect_tasks
+from tinyfaces_trt.scaleout.cluster import PoolPlan, Resources, plan_pool, spec_uses_gpu
+from tinyfaces_trt.scaleout.detect_tasks import DetectOptions, expected_outputs, plan_tasks
+from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial
+from tinyfaces_trt.scaleout.service import (
+    Limits, RequestError, check_headers, check_route, decode_body, detect_images,
+    parse_anonymise_query)
+
+
+@pytest.mark.parametrize("resources,spec,workers,num_gpus,plan", [
+    (Resources(8, 0), DetectorSpec(), None, None, PoolPlan(8, 1, 0)),
+    (Resources(8, 0), DetectorSpec(), 2, None, PoolPlan(2, 4, 0)),
+    (Resources(8, 2), DetectorSpec(), None, None, PoolPlan(8, 1, 0)),  # CPU backend: CPU actors
+    (Resources(8, 2), DetectorSpec(backend="tensorrt"), None, None, PoolPlan(2, 1, 1)),
+    (Resources(8, 2), DetectorSpec(providers=("cuda",)), 1, None, PoolPlan(1, 1, 1)),
+    (Resources(8, 0), DetectorSpec(backend="tensorrt"), None, None, PoolPlan(8, 1, 0)),
+])
+def test_pool_plan(resources, spec, workers, num_gpus, plan):
+    assert plan_pool(resources, spec, workers, num_gpus) == plan
+
+
+def test_pool_plan_refuses_gpu_workers_without_gpus():
+    with pytest.raises(TinyFacesError, match="no GPU"):
+        plan_pool(Resources(4, 0), DetectorSpec(), None, 1)
+    assert spec_uses_gpu(DetectorSpec(providers="auto"))
+    assert not spec_uses_gpu(DetectorSpec(providers=("cpu",)))
+
+
+def _fails_on_three(detector, task, options):
+    if task == 3:
+        raise ImageError(f"image {task} is corrupt")
+    if task == 4:
+        raise ZeroDivisionError("a bug")
+    return task * options
+
+
+def test_serial_runner_collects_failures_and_skips_finished(export_dir):
+    seen = []
+    results = run_serial(range(6), DetectorSpec(model_dir=str(export_dir)), _fails_on_three, 10,
+                         is_done=lambda task, options: task == 0, progress=False,
+                         on_result=seen.append)
+    assert [r.status for r in results] == ["skipped", "done", "done", "failed", "failed", "done"]
+    assert [r.value for r in results] == [None, 10, 20, None, None, 50]
+    assert results[3].error == "image 3 is corrupt"
+    assert results[4].error == "ZeroDivisionError: a bug"
+    assert [r.index for r in seen] == [1, 2, 3, 4, 5]
+
+
+def test_serial_runner_setup_error(tmp_path):
+    with pytest.raises(WorkerSetupError, match="missing"):
+        run_serial([1], DetectorSpec(model_dir=str(tmp_path / "missing")), _fails_on_three,
+                   progress=False)
+
+
+def test_task_plan_fixes_names_in_input_order_and_refuses_wider_clashes(tmp_path):
+    jobs = [ImageJob(Path(f"/in/ev/{name}"), Path(f"ev/{name}"), "ev")
+            for name in ("a.jpg", "a.png", "b.png")]
+    options = DetectOptions("onnxruntime", tmp_path / "out", tmp_path / "wider", "pixelate")
+    tasks, refused = plan_tasks(jobs, options)
+    assert [t.job.path.name for t in tasks] == ["a.jpg", "b.png"]
+    assert [j.path.name for j, _ in refused] == ["a.png"] and "rename one" in refused[0][1]
+    tasks, refused = plan_tasks(jobs, DetectOptions("onnxruntime", tmp_path / "out"))
+    assert [t.stem.as_posix() for t in tasks] == ["ev/a", "ev/a_2", "ev/b"] and not refused
+
+
+@pytest.mark.parametrize("anonymise", [None, "blur", "pixelate"])
+@pytest.mark.parametrize("name", ["a.jpg", "a.PNG"])
+def test_expected_outputs_are_what_write_outputs_writes(tmp_path, anonymise, name):
+    job = ImageJob(tmp_path / name, Path("ev") / name, "ev")
+    options = DetectOptions("onnxruntime", tmp_path / "out", None, anonymise)
+    task = plan_tasks([job], options)[0][0]
+    image = synthetic_image(16, 16)
+    written = write_outputs(options.out_dir, task.stem, job, image, np.zeros((0, 5)), {},
+                            anonymise)
+    assert expected_outputs(task, options) == written
+
+
+def test_decode_and_encode_image_bytes():
+    image = synthetic_image(12, 20, seed=4)
+    assert np.array_equal(decode_image(encode_image(image, "PNG")), image)
+    assert decode_image(encode_image(image, "JPEG")).shape == (12, 20, 3)
+    with pytest.raises(ImageTooLargeError, match="upload: .*10000x10000 = 100000000 pixels.*bomb"):
+        decode_image(png_header_only(10000, 10000), max_pixels=10**6, name="upload")
+    with pytest.raises(ImageTooLargeError, match="upload: .*decompression bomb"):  # Pillow's own
+        decode_image(png_header_only(20000, 20000), name="upload")
+    with pytest.raises(ImageError, match="upload: not a recognised image"):
+        decode_image(b"hello", name="upload")
+    with pytest.raises(ImageError, match="empty"):
+        decode_image(b"")
+
+
+@pytest.mark.parametrize("path,method,status", [
+    ("/detect", "GET", 405), ("/nope", "POST", 404), ("/healthz", "POST", 405)])
+def test_routes(path, method, status):
+    with pytest.raises(RequestError) as info:
+        check_route(path, method)
+    assert info.value.status == status
+    assert check_route("/detect/", "post") == "/detect"
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({"content-type": "application/json"}, 415), ({"content-type": "text/plain"}, 415),
+    ({"content-length": "2000"}, 413), ({"content-length": "ten"}, 400)])
+def test_headers_are_checked_before_reading_the_body(headers, status):
+    with pytest.raises(RequestError) as info:
+        check_headers(headers, Limits(max_request_bytes=1000))
+    assert info.value.status == status
+    for fine in ({}, {"content-type": "image/jpeg"}, {"content-type": "application/octet-stream"},
+                 {"content-length": "1000"}):
+        check_headers(fine, Limits(max_request_bytes=1000))
+
+
+def test_decode_body_statuses():
+    limits = Limits(max_request_bytes=10_000, max_pixels=400)
+    for body, status in ((b"x" * 10_001, 413), (png_header_only(30, 30), 413), (b"junk", 400),
+                         (b"", 400)):
+        with pytest.raises(RequestError) as info:
+            decode_body(body, limits)
+        assert info.value.status == status
+    assert decode_body(encode_image(synthetic_image(10, 20)), limits).shape == (10, 20, 3)
+
+
+def test_anonymise_query():
+    jpeg = b"\xff\xd8\xff\xe0"
+    assert parse_anonymise_query({}, jpeg).format == "JPEG"
+    assert parse_anonymise_query({}, b"\x89PNG").media_type == "image/png"
+    wanted = parse_anonymise_query({"mode": "pixelate", "format": "png"}, jpeg)
+    assert (wanted.mode, wanted.format) == ("pixelate", "PNG")
+    for query in ({"mode": "smudge"}, {"format": "gif"}):
+        with pytest.raises(RequestError) as info:
+            parse_anonymise_query(query, jpeg)
+        assert info.value.status == 400
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def detect_batch(self, images):
+        self.calls.append([im.shape for im in images])
+        return [np.full((1, 5), im.shape[0], np.float32) for im in images]
+
+
+def test_detect_images_batches_same_sizes_and_keeps_order():
+    recorder = _Recorder()
+    images = [np.zeros((h, 8, 3), np.uint8) for h in (4, 6, 4, 6, 5)]
+    boxes = detect_images(recorder, images)
+    assert [int(b[0, 0]) for b in boxes] == [4, 6, 4, 6, 5]
+    assert sorted(len(c) for c in recorder.calls) == [1, 2, 2]
+
+
+def test_ray_options_on_the_detect_parser(capsys):
+    parser = detect_tasks.build_ray_parser()
+    assert parser.parse_args(["x.jpg", "--ray"]).ray == ""
+    assert parser.parse_args(["x.jpg", "--ray", "ray://head:10001"]).ray == "ray://head:10001"
+    assert parser.parse_args(["x.jpg"]).ray is None
+    with pytest.raises(SystemExit) as info:
+        detect_tasks.main(["x.jpg", "--workers", "2"])
+    assert info.value.code == 2 and "needs --ray" in capsys.readouterr().err
+    assert "--ray [ADDRESS]" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--min-replicas", "1"], "needs both"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "larger than"),
+    (["--backend", "torch", "--model", "x"], "checkpoint"),
+    (["--port", "0"], "--port"),
+])
+def test_serve_argument_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli_serve.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_serve_help_documents_endpoints_and_defaults():
+    text = cli_serve.build_parser().format_help()
+    for word in ("POST /detect", "POST /anonymize", "/healthz", "--max-batch-size",
+                 "--max-pixels", "--min-replicas", "default: 127.0.0.1", "Content-Type"):
+        assert word in text
+
+
+def test_serve_options_from_arguments(export_dir):
+    args = cli_serve.build_parser().parse_args(
+        ["--model", str(export_dir), "--min-replicas", "0", "--max-replicas", "3",
+         "--max-request-mb", "2", "--max-batch-size", "4", "--prob-thresh", "0.7"])
+    options = cli_serve.serve_options(args, gpus_in_cluster=0)
+    assert options.max_request_bytes == 2 * 2 ** 20 and options.num_gpus == 0
+    assert dict(options.spec.config_overrides) == {"prob_thresh": 0.7}
+    deployment = options.deployment_options()
+    assert deployment["autoscaling_config"]["min_replicas"] == 0
+    assert deployment["autoscaling_config"]["max_replicas"] == 3
+    assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8

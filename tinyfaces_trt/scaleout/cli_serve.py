@@ -1,0 +1,181 @@
+"""``tf-serve``: face detection and anonymisation over HTTP (Ray Serve).
+
+    tf-serve --model export/                          # http://127.0.0.1:8000, one replica
+    tf-serve --model export/ --min-replicas 1 --max-replicas 4 --host 0.0.0.0
+    curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+
+from tinyfaces_trt.core.cli import (
+    logging_to_stderr, positive_float, positive_int, probability, fraction, stderr_line)
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
+
+PROG = "tf-serve"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its ``--help`` documents every option)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=textwrap.fill(
+            "Serve the Tiny Faces detector over HTTP with Ray Serve: POST an encoded image "
+            "to /detect for its faces as JSON, or to /anonymize for the image with every "
+            "face hidden. Requests are batched; replicas are fixed or autoscaled.", 88),
+        epilog=f"""\
+endpoints:
+  POST /detect      body: JPEG/PNG/... bytes -> {{"width", "height", "detections":
+                    [{{"box": [x1, y1, x2, y2], "score": p}}, ...]}}
+  POST /anonymize   ?mode=blur|pixelate (default blur) &format=jpeg|png (default: as sent)
+                    -> the anonymised image (header X-Faces: number of faces)
+  GET  /healthz     -> {{"status": "ok", ...}}
+  bad input -> 4xx with {{"error": {{"status": N, "message": "..."}}}}
+
+examples:
+  {PROG} --model export/
+  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
+  curl --data-binary @photo.jpg 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
+
+It listens on 127.0.0.1 unless --host says otherwise: the service has no authentication,
+put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("detector (as tf-detect)")
+    model.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
+                       default="onnxruntime", help="network runtime (default: onnxruntime)")
+    source = model.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="EXPORT_DIR",
+                        help="export folder from tf-export (default: none)")
+    source.add_argument("--weights", metavar="F",
+                        help="checkpoint (.pth / hr_res101.mat) (default: none: the UNTRAINED "
+                             "seeded network, meaningless detections)")
+    model.add_argument("--prob-thresh", type=probability, metavar="P",
+                       help="keep detections with probability > P (default: the model's)")
+    model.add_argument("--nms-thresh", type=fraction, metavar="T",
+                       help="NMS IoU threshold (default: the model's)")
+    model.add_argument("--fp16", action="store_true", help="fp16 model/engine (default: fp32)")
+    model.add_argument("--providers", metavar="LIST",
+                       help="onnxruntime providers, comma separated, or 'auto' (default: cpu)")
+    model.add_argument("--threads", type=positive_int, metavar="N",
+                       help="onnxruntime threads per replica (default: --cpus-per-replica)")
+    http = parser.add_argument_group("HTTP")
+    http.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default: 127.0.0.1, this machine only)")
+    http.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    http.add_argument("--max-request-mb", type=positive_float, default=DEFAULT_MAX_REQUEST_BYTES
+                      / 2 ** 20, metavar="MB",
+                      help="largest request body; larger ones get 413 (default: %(default)g)")
+    http.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                      help="largest image, width x height; larger ones (decompression bombs) "
+                           "get 413 before decoding (default: %(default)d)")
+    scale = parser.add_argument_group("scaling")
+    scale.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+                       help="fixed number of replicas (default: 1)")
+    scale.add_argument("--min-replicas", type=int, metavar="N",
+                       help="autoscale: fewest replicas (0 allowed; default: off)")
+    scale.add_argument("--max-replicas", type=positive_int, metavar="N",
+                       help="autoscale: most replicas (default: off)")
+    scale.add_argument("--cpus-per-replica", type=positive_float, default=1.0, metavar="N",
+                       help="CPUs Ray reserves per replica (default: 1)")
+    scale.add_argument("--gpus-per-replica", type=float, choices=(0.0, 1.0), default=None,
+                       metavar="0|1", help="GPUs per replica (default: 1 for tensorrt or CUDA "
+                                           "providers when the cluster has GPUs, else 0)")
+    scale.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
+                       help="images detected together per batch (default: 8)")
+    scale.add_argument("--batch-wait-ms", type=positive_float, default=10.0, metavar="MS",
+                       help="longest wait for a batch to fill (default: 10)")
+    scale.add_argument("--address", metavar="ADDRESS",
+                       help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
+                            "cluster on this machine, else a new local one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.min_replicas is not None and args.min_replicas < 0:
+        parser.error("--min-replicas must be >= 0")
+    if (args.min_replicas is None) != (args.max_replicas is None):
+        parser.error("autoscaling needs both --min-replicas and --max-replicas")
+    if args.max_replicas is not None and args.min_replicas > args.max_replicas:
+        parser.error("--min-replicas is larger than --max-replicas")
+    if args.backend != "onnxruntime" and (args.providers or args.threads):
+        parser.error("--providers/--threads are onnxruntime options")
+    if args.backend == "torch" and args.model:
+        parser.error("--backend torch runs a checkpoint (--weights F), not an export folder")
+
+
+def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptions":  # noqa: F821
+    """The deployment settings the arguments ask for."""
+    from tinyfaces_trt.scaleout.cluster import spec_uses_gpu
+    from tinyfaces_trt.scaleout.options import detector_spec
+    from tinyfaces_trt.scaleout.serve import ServeOptions
+
+    spec = detector_spec(args, progress=lambda line: stderr_line(f"{PROG}: {line}"))
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if gpus_in_cluster and spec_uses_gpu(spec) else 0.0
+    return ServeOptions(spec, replicas=args.replicas, min_replicas=args.min_replicas,
+                        max_replicas=args.max_replicas, max_batch_size=args.max_batch_size,
+                        batch_wait_ms=args.batch_wait_ms,
+                        max_request_bytes=int(args.max_request_mb * 2 ** 20),
+                        max_pixels=args.max_pixels, num_cpus=args.cpus_per_replica,
+                        num_gpus=gpus)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tf-serve`` entry point: serves until Ctrl-C or SIGTERM; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    try:
+        with logging_to_stderr(PROG, args.verbose):
+            return _run(args)
+    except KeyboardInterrupt:
+        stderr_line(f"{PROG}: stopped")
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tinyfaces_trt.scaleout.cluster import cluster_resources, connect
+    from tinyfaces_trt.scaleout.serve import APP_NAME, build_app
+
+    try:
+        with connect(args.address) as ray:  # noqa: F841
+            from ray import serve
+
+            stop = threading.Event()  # after ray.init, which installs its own SIGTERM handler
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            options = serve_options(args, cluster_resources().gpus)
+            quiet = None if args.verbose else {"log_level": "WARNING"}
+            serve.start(http_options={"host": args.host, "port": args.port},
+                        logging_config=quiet)
+            try:
+                try:
+                    serve.run(build_app(options), name=APP_NAME, route_prefix="/",
+                              logging_config=quiet)
+                except RuntimeError as exc:  # a replica could not start (bad model, ...)
+                    lines = [line for line in str(exc).splitlines() if line.strip()]
+                    raise TinyFacesError("the service did not start: "
+                                         + (lines[-1] if lines else type(exc).__name__)) from None
+                stderr_line(f"{PROG}: serving on http://{args.host}:{args.port} "
+                            "(POST /detect, POST /anonymize, GET /healthz); Ctrl-C stops")
+                while not stop.wait(1.0):
+                    pass
+                stderr_line(f"{PROG}: stopping")
+            finally:
+                serve.shutdown()
+    except TinyFacesError as exc:
+        stderr_line(f"{PROG}: error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

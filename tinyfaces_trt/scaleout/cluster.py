@@ -1,0 +1,157 @@
+"""Connecting to a Ray cluster and sizing a detector pool on it.
+
+    with connect(address) as ray:            # None: RAY_ADDRESS / a `ray start` cluster / new local
+        plan = plan_pool(cluster_resources(), spec, workers=None, num_gpus=None)
+
+A cluster this module starts is shut down when the block ends; one it connected to is only
+disconnected from (and a Ray session already open in this process is left open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+
+log = logging.getLogger("tinyfaces_trt.scaleout")
+
+#: Providers / backends that run the network on a GPU (their actors ask Ray for one).
+_GPU_PROVIDERS = ("cuda", "tensorrt", "auto", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def import_ray() -> ModuleType:
+    """``import ray``, or a clear error naming the extra to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "Ray is not installed: pip install 'tinyfaces-trt[scale]' (ray[data,serve]) to run "
+            f"on a cluster ({exc})") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(address: str | None = None, *, num_cpus: int | None = None,
+            num_gpus: int | None = None) -> Iterator[ModuleType]:
+    """Yields the ``ray`` module connected to a cluster.
+
+    Args:
+        address: ``None`` joins ``$RAY_ADDRESS`` or the cluster ``ray start`` runs on this
+            machine, else starts a local one; ``"local"`` always starts a local one;
+            ``"auto"``, ``"HOST:6379"`` or ``"ray://HOST:10001"`` join that cluster.
+        num_cpus, num_gpus: resources of a local cluster this call starts (default: all).
+
+    Raises:
+        BackendUnavailableError: Ray is not installed.
+        TinyFacesError: the cluster cannot be reached.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if _starts_local(address):
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise TinyFacesError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
+                             f"{exc}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _starts_local(address: str | None) -> bool:
+    """Whether ``ray.init(address)`` would start a new local cluster (it then accepts
+    resource arguments, which joining an existing cluster refuses)."""
+    if address == "local":
+        return True
+    if address and address.startswith("ray://"):
+        return False
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # moved in a later Ray: assume an explicit address joins a cluster
+        return address is None and not os.environ.get("RAY_ADDRESS")
+    try:
+        return canonicalize_bootstrap_address(address) is None
+    except Exception:  # an unreachable or malformed address: ray.init reports it
+        return False
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a cluster holds (whole units)."""
+
+    cpus: int
+    gpus: int
+
+
+def cluster_resources() -> Resources:
+    """The connected cluster's CPUs and GPUs."""
+    import ray
+
+    total = ray.cluster_resources()
+    return Resources(int(total.get("CPU", 0)), int(total.get("GPU", 0)))
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many detector actors to start and what each one asks Ray for.
+
+    Attributes:
+        workers: number of actors.
+        num_cpus: CPUs reserved per actor (also its ONNX Runtime thread count when the
+            detector spec leaves ``threads`` unset).
+        num_gpus: GPUs per actor (0 or 1).
+    """
+
+    workers: int
+    num_cpus: int
+    num_gpus: int
+
+
+def spec_uses_gpu(spec: Any) -> bool:
+    """Whether a :class:`~tinyfaces_trt.detectors.DetectorSpec` runs its network on a GPU."""
+    if spec.backend == "tensorrt":
+        return True
+    providers = spec.providers
+    if isinstance(providers, str):
+        providers = providers.split(",")
+    return any(p in _GPU_PROVIDERS for p in providers or ())
+
+
+def plan_pool(resources: Resources, spec: Any, workers: int | None = None,
+              num_gpus: int | None = None) -> PoolPlan:
+    """Sizes the pool: one actor per GPU when the detector uses a GPU and the cluster has
+    GPUs, else CPU actors sharing the cluster's CPUs.
+
+    Args:
+        resources: the cluster's (:func:`cluster_resources`).
+        spec: the detector recipe (its backend/providers say whether it wants a GPU).
+        workers: number of actors (default: one per GPU, or one per CPU).
+        num_gpus: GPUs per actor, 0 or 1 (default: 1 when the spec wants a GPU and the
+            cluster has one).
+
+    Raises:
+        TinyFacesError: the request cannot fit the cluster (GPU actors without GPUs).
+    """
+    if num_gpus is None:
+        num_gpus = 1 if resources.gpus and spec_uses_gpu(spec) else 0
+    if num_gpus not in (0, 1):
+        raise TinyFacesError(f"num_gpus per worker must be 0 or 1, got {num_gpus}")
+    if num_gpus:
+        if resources.gpus < 1:
+            raise TinyFacesError("GPU workers were asked for but the Ray cluster has no GPU")
+        return PoolPlan(workers or resources.gpus, 1, 1)
+    cpus = max(1, resources.cpus)
+    if workers is None:
+        return PoolPlan(cpus, 1, 0)
+    return PoolPlan(workers, max(1, cpus // workers), 0)

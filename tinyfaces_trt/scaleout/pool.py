@@ -1,0 +1,335 @@
+"""Run a per-file function over a Ray actor pool, one detector per actor.
+
+    results = run_tasks(tasks, DetectorSpec(model_dir="export/"), process_file, options,
+                        is_done=outputs_exist, address=None, workers=None)
+    failed = [r for r in results if r.status == "failed"]
+
+``process(detector, task, options) -> value`` is the single-process work for one file (an
+image, or a whole video); tasks, options and values must pickle. Contract:
+
+- **One result per task, in task order**: ``done`` (its value), ``failed`` (the error
+  message: an exception in ``process`` fails that file only, the others go on) or
+  ``skipped`` (``is_done(task, options)`` was already true before dispatch: resume).
+- **Lost workers**: an actor whose process dies is restarted by Ray (it builds its
+  detector again) and the file it held is run again, on it or another actor, at most
+  ``max_attempts`` times in all; then that file fails with "worker lost". ``process`` must
+  therefore be idempotent: write every output atomically
+  (:func:`tinyfaces_trt.core.files.atomic_output`) to a name fixed by the task, so a rerun
+  replaces, never duplicates, and a killed attempt leaves no final file half-written.
+- **Progress**: a tqdm bar over all files (skipped ones count as done) on stderr;
+  ``on_result`` sees each result in the driver as it arrives (print a line, log an error).
+- **Placement**: CPU actors share the cluster's CPUs (``num_cpus`` each, also their ONNX
+  Runtime threads when the spec leaves ``threads`` unset); GPU actors take one GPU each
+  (see :func:`~tinyfaces_trt.scaleout.cluster.plan_pool`).
+
+Files are read and written by the workers: on a multi-node cluster, inputs and outputs must
+be on storage every node mounts at the same path (NFS, a Kubernetes volume).
+
+:func:`run_serial` keeps the same contract in this process, without Ray.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.scaleout.cluster import cluster_resources, connect, plan_pool
+
+log = logging.getLogger("tinyfaces_trt.scaleout")
+
+Process = Callable[[Any, Any, Any], Any]
+IsDone = Callable[[Any, Any], bool]
+
+#: Calls in flight per actor: one running, one queued, so an actor never waits on the driver.
+_IN_FLIGHT_PER_ACTOR = 2
+#: Ray-level restarts of one actor after its process dies, and re-runs of its task there.
+_ACTOR_RESTARTS = 4
+_ACTOR_TASK_RETRIES = 1
+
+
+class WorkerSetupError(TinyFacesError):
+    """No worker of the pool could build its detector (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What became of one task.
+
+    Attributes:
+        index: its position in the task list.
+        task: the task.
+        status: ``"done"``, ``"failed"`` or ``"skipped"`` (already finished before the run).
+        value: what ``process`` returned (``done`` only).
+        error: the failure message (``failed`` only).
+        attempts: how many times the driver dispatched it (0 when skipped).
+        worker: ``host:pid`` of the process that finished it.
+    """
+
+    index: int
+    task: Any
+    status: str
+    value: Any = None
+    error: str | None = None
+    attempts: int = 0
+    worker: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True unless the task failed."""
+        return self.status != "failed"
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message of a user-side error, or ``Type: message`` for anything else."""
+    if isinstance(exc, TinyFacesError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DetectorWorker:
+    """The state of one pool actor: its detector, the process function and the options.
+
+    A plain class (made a Ray actor by :func:`run_tasks`), so it also runs in-process.
+    A detector that cannot be built is remembered as an error instead of raising, so the
+    driver can tell a broken setup from a broken file.
+    """
+
+    def __init__(self, spec: Any, process: Process, options: Any) -> None:
+        self.process = process
+        self.options = options
+        self.detector: Any = None
+        self.setup_error: str | None = None
+        try:
+            self.detector = spec.create()
+        except Exception as exc:  # reported through ready()/run(), never lost
+            self.setup_error = describe_error(exc)
+
+    def ready(self) -> str | None:
+        """None when the detector is built, else why not."""
+        return self.setup_error
+
+    def run(self, index: int, task: Any) -> tuple[int, str, Any, str | None, str]:
+        """Processes one task: ``(index, status, value, error, worker)``; status is ``done``,
+        ``failed`` or ``setup`` (no detector here: run it elsewhere)."""
+        if self.detector is None:
+            return index, "setup", None, self.setup_error, _worker_name()
+        try:
+            value = self.process(self.detector, task, self.options)
+        except Exception as exc:  # one file's failure; the worker goes on
+            return index, "failed", None, describe_error(exc), _worker_name()
+        return index, "done", value, None, _worker_name()
+
+    def close(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+
+
+def _skip_finished(tasks: Sequence[Any], options: Any, is_done: IsDone | None
+                   ) -> tuple[list[TaskResult | None], list[int]]:
+    results: list[TaskResult | None] = [None] * len(tasks)
+    pending = []
+    for i, task in enumerate(tasks):
+        if is_done is not None and is_done(task, options):
+            results[i] = TaskResult(i, task, "skipped")
+        else:
+            pending.append(i)
+    return results, pending
+
+
+def _progress_bar(total: int, done: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, disable=not enabled, desc=desc, unit="file",
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _report(bar: Any, result: TaskResult, on_result: Callable[[TaskResult], None] | None) -> None:
+    if on_result is not None:
+        with bar.external_write_mode(file=sys.stdout):
+            on_result(result)
+    bar.update(1)
+
+
+def run_serial(tasks: Iterable[Any], spec: Any, process: Process, options: Any = None, *,
+               is_done: IsDone | None = None, progress: bool = True,
+               on_result: Callable[[TaskResult], None] | None = None,
+               desc: str = "files") -> list[TaskResult]:
+    """:func:`run_tasks` in this process with one detector (the single-process reference).
+
+    Raises:
+        WorkerSetupError: the detector cannot be built.
+    """
+    tasks = list(tasks)
+    results, pending = _skip_finished(tasks, options, is_done)
+    if pending:
+        worker = DetectorWorker(spec, process, options)
+        if worker.setup_error:
+            raise WorkerSetupError(worker.setup_error)
+        with _progress_bar(len(tasks), len(tasks) - len(pending), progress, desc) as bar:
+            try:
+                for i in pending:
+                    _, status, value, error, name = worker.run(i, tasks[i])
+                    results[i] = TaskResult(i, tasks[i], status, value, error, 1, name)
+                    _report(bar, results[i], on_result)
+            finally:
+                worker.close()
+    return results  # type: ignore[return-value]
+
+
+def run_tasks(tasks: Iterable[Any], spec: Any, process: Process, options: Any = None, *,
+              is_done: IsDone | None = None, address: str | None = None,
+              workers: int | None = None, num_gpus: int | None = None,
+              max_attempts: int = 3, progress: bool = True,
+              on_result: Callable[[TaskResult], None] | None = None,
+              desc: str = "files") -> list[TaskResult]:
+    """Runs ``process(detector, task, options)`` for every task on a Ray actor pool.
+
+    Args:
+        tasks: picklable tasks (one file each).
+        spec: a :class:`~tinyfaces_trt.detectors.DetectorSpec`; each actor calls
+            ``spec.create()`` once.
+        process: the per-task function (picklable: a module-level function).
+        options: passed to every call (picklable), sent to each actor once.
+        is_done: ``is_done(task, options)`` true when the task's outputs already exist; such
+            tasks are not dispatched (resume after a crash) and come back ``skipped``.
+        address: the Ray cluster (see :func:`~tinyfaces_trt.scaleout.cluster.connect`);
+            ignored when this process is already connected.
+        workers: number of actors (default: one per GPU or per CPU of the cluster).
+        num_gpus: GPUs per actor, 0 or 1 (default: 1 if the detector wants a GPU and the
+            cluster has one).
+        max_attempts: dispatches of one task before a lost worker fails it.
+        progress: show the tqdm bar on stderr.
+        on_result: called in this process with each result as it arrives.
+        desc: the progress bar's label.
+
+    Returns:
+        One :class:`TaskResult` per task, in task order.
+
+    Raises:
+        WorkerSetupError: no actor could build its detector.
+        TinyFacesError: Ray is missing or the cluster cannot be reached.
+    """
+    tasks = list(tasks)
+    if max_attempts < 1:
+        raise TinyFacesError(f"max_attempts must be >= 1, got {max_attempts}")
+    results, pending = _skip_finished(tasks, options, is_done)
+    if not pending:
+        return results  # type: ignore[return-value]
+    with connect(address) as ray:
+        plan = plan_pool(cluster_resources(), spec, workers, num_gpus)
+        if plan.num_gpus == 0 and spec.threads is None and spec.backend == "onnxruntime":
+            spec = dataclasses.replace(spec, threads=plan.num_cpus)
+        actor_class = ray.remote(DetectorWorker).options(
+            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+            max_restarts=_ACTOR_RESTARTS, max_task_retries=_ACTOR_TASK_RETRIES)
+        count = min(plan.workers, len(pending))
+        log.info("starting %d worker(s), %d CPU / %d GPU each", count, plan.num_cpus,
+                 plan.num_gpus)
+        actors = [actor_class.remote(spec, process, options) for _ in range(count)]
+        try:
+            with _progress_bar(len(tasks), len(tasks) - len(pending), progress, desc) as bar:
+                _Dispatcher(ray, actors, tasks, pending, results, max_attempts,
+                            lambda r: _report(bar, r, on_result)).run()
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+    return results  # type: ignore[return-value]
+
+
+class _Dispatcher:
+    """Keeps every live actor fed with a bounded number of tasks and books their results."""
+
+    def __init__(self, ray: Any, actors: list[Any], tasks: Sequence[Any], pending: list[int],
+                 results: list[TaskResult | None], max_attempts: int,
+                 report: Callable[[TaskResult], None]) -> None:
+        self.ray = ray
+        self.tasks = tasks
+        self.results = results
+        self.max_attempts = max_attempts
+        self.report = report
+        self.queue = collections.deque(pending)
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.live: dict[int, Any] = dict(enumerate(actors))
+        self.losses: collections.Counter[int] = collections.Counter()
+        self.in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (task index, actor key)
+        self.setup_errors: list[str] = []
+
+    def _load(self, key: int) -> int:
+        return sum(1 for _, k in self.in_flight.values() if k == key)
+
+    def _fill(self) -> None:
+        for key, actor in list(self.live.items()):
+            for _ in range(_IN_FLIGHT_PER_ACTOR - self._load(key)):
+                if not self.queue:
+                    return
+                i = self.queue.popleft()
+                self.attempts[i] += 1
+                self.in_flight[actor.run.remote(i, self.tasks[i])] = (i, key)
+
+    def _finish(self, i: int, status: str, value: Any = None, error: str | None = None,
+                worker: str | None = None) -> None:
+        result = TaskResult(i, self.tasks[i], status, value, error, self.attempts[i], worker)
+        self.results[i] = result
+        self.report(result)
+
+    def _drop(self, key: int) -> None:
+        actor = self.live.pop(key, None)
+        if actor is not None:
+            self.ray.kill(actor, no_restart=True)
+
+    def run(self) -> None:
+        from ray.exceptions import RayActorError, RayError
+
+        while self.queue or self.in_flight:
+            self._fill()
+            if not self.in_flight:  # every actor is gone and tasks remain
+                why = "; ".join(dict.fromkeys(self.setup_errors)) or "every worker was lost"
+                if self.setup_errors and not any(r and r.status != "skipped"
+                                                 for r in self.results):
+                    raise WorkerSetupError(f"no worker could build the detector: {why}")
+                while self.queue:
+                    self._finish(self.queue.popleft(), "failed", error=f"not run: {why}")
+                return
+            ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
+            for ref in ready:
+                i, key = self.in_flight.pop(ref)
+                try:
+                    _, status, value, error, worker = self.ray.get(ref)
+                except RayActorError as exc:
+                    self._lost(i, key, exc)
+                    continue
+                except RayError as exc:  # e.g. a result that does not pickle: this task only
+                    self._finish(i, "failed", error=describe_error(exc).splitlines()[0])
+                    continue
+                if status == "setup":  # this actor has no detector: move the task elsewhere
+                    self.setup_errors.append(error or "unknown error")
+                    self._drop(key)
+                    self.attempts[i] -= 1
+                    self.queue.appendleft(i)
+                    continue
+                self._finish(i, status, value, error, worker)
+
+    def _lost(self, i: int, key: int, exc: Exception) -> None:
+        """Ray gave up on a call (its actor died, restarts and retries spent or under way)."""
+        self.losses[key] += 1
+        if self.losses[key] > _ACTOR_RESTARTS:
+            self._drop(key)
+        if self.attempts[i] < self.max_attempts:
+            log.warning("worker lost while processing task %d; running it again", i)
+            self.queue.appendleft(i)
+        else:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._finish(i, "failed", error=f"worker lost {self.attempts[i]} time(s) while "
+                                            f"processing it ({type(exc).__name__}: {first_line})")

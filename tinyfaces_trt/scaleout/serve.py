@@ -1,0 +1,137 @@
+"""The Ray Serve application: detection and anonymisation over HTTP.
+
+    from ray import serve
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    serve.run(build_app(ServeOptions(spec=DetectorSpec(model_dir="export/"))), route_prefix="/")
+
+Each replica holds one detector. Requests are decoded (with the size limits of
+:mod:`~tinyfaces_trt.scaleout.service`) as they arrive, then their images are batched
+(``@serve.batch``: up to ``max_batch_size`` images, waiting at most ``batch_wait_ms`` for a
+batch to fill) and detected together in a worker thread, so the replica keeps accepting
+requests and answering ``/healthz`` while it computes. Errors in one request never reach the
+others: each gets its own 4xx JSON answer and the replica goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tinyfaces_trt.scaleout.service import (
+    DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, Limits, RequestError, anonymise,
+    check_body_size, check_headers, check_route, decode_body, detect_images, detection_body,
+    error_body, parse_anonymise_query)
+
+log = logging.getLogger("tinyfaces_trt.scaleout")
+
+APP_NAME = "tinyfaces"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything the deployment needs (picklable).
+
+    Attributes:
+        spec: the detector recipe (:class:`~tinyfaces_trt.detectors.DetectorSpec`).
+        replicas: fixed number of replicas (ignored when autoscaling).
+        min_replicas, max_replicas: autoscale between these (both given: autoscaling on).
+        max_batch_size: largest batch of images detected together.
+        batch_wait_ms: longest wait for a batch to fill.
+        max_request_bytes, max_pixels: request limits.
+        num_cpus, num_gpus: resources per replica; a CPU replica's ONNX Runtime uses
+            ``num_cpus`` threads unless the spec sets ``threads``.
+    """
+
+    spec: Any
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    max_batch_size: int = 8
+    batch_wait_ms: float = 10.0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_request_bytes, self.max_pixels)
+
+    def deployment_options(self) -> dict[str, Any]:
+        """``Deployment.options(...)`` for these settings."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            # room for a full batch plus the next one being decoded
+            "max_ongoing_requests": max(2 * self.max_batch_size, 8),
+        }
+        if self.min_replicas is not None or self.max_replicas is not None:
+            low = self.min_replicas if self.min_replicas is not None else 1
+            high = self.max_replicas if self.max_replicas is not None else max(low, 1)
+            options["autoscaling_config"] = {
+                "min_replicas": low, "max_replicas": high, "initial_replicas": max(low, 1),
+                "target_ongoing_requests": self.max_batch_size}
+        else:
+            options["num_replicas"] = self.replicas
+        return options
+
+
+async def _read_body(request: Any, limits: Limits) -> bytes:
+    """The request body, refused (413) as soon as it passes the limit."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        check_body_size(size, limits)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_app(options: ServeOptions) -> Any:
+    """The Serve application (``Deployment.bind(...)``) for ``serve.run``."""
+    from ray import serve
+    from starlette.responses import JSONResponse, Response
+
+    spec = options.spec
+    if options.num_gpus == 0 and spec.threads is None and spec.backend == "onnxruntime":
+        spec = dataclasses.replace(spec, threads=max(1, int(options.num_cpus)))
+    limits = options.limits
+
+    @serve.deployment(name="TinyFaces")
+    class TinyFaces:
+        """One replica: a detector, batched detection, the HTTP routes."""
+
+        def __init__(self) -> None:
+            self.detector = spec.create()
+            self.backend = spec.backend
+
+        @serve.batch(max_batch_size=options.max_batch_size,
+                     batch_wait_timeout_s=options.batch_wait_ms / 1000.0)
+        async def detect_batch(self, images: list[Any]) -> list[Any]:
+            return await asyncio.to_thread(detect_images, self.detector, images)
+
+        async def __call__(self, request: Any) -> Any:
+            try:
+                route = check_route(request.url.path, request.method)
+                if route == "/healthz":
+                    return JSONResponse({"status": "ok", "backend": self.backend})
+                check_headers(request.headers, limits)
+                body = await _read_body(request, limits)
+                if route == "/anonymize":
+                    wanted = parse_anonymise_query(request.query_params, body)
+                image = await asyncio.to_thread(decode_body, body, limits)
+                boxes = await self.detect_batch(image)
+                if route == "/detect":
+                    return JSONResponse(detection_body(image, boxes))
+                data = await asyncio.to_thread(anonymise, image, boxes, wanted)
+                return Response(data, media_type=wanted.media_type,
+                                headers={"X-Faces": str(len(boxes))})
+            except RequestError as exc:
+                return JSONResponse(error_body(exc.status, str(exc)), status_code=exc.status)
+
+        def check_health(self) -> None:
+            if self.detector is None:
+                raise RuntimeError("the replica has no detector")
+
+    return TinyFaces.options(**options.deployment_options()).bind()
