@@ -2,7 +2,9 @@
 
 Score map channels: ``cls=[0:25]``, ``tx=[25:50]``, ``ty=[50:75]``, ``tw=[75:100]``,
 ``th=[100:125]``. A cell ``(c, y, x)`` is a candidate when template ``c`` is active at the
-level's scale and ``cls > config.logit_thresh`` (float32 compare; NaN never passes).
+level's scale and ``cls > config.logit_thresh`` (float32 compare). A score map holding NaN or infinity is
+refused (:class:`NonFiniteScoresError`): a broken network must fail loudly, not report
+"no faces".
 Candidates come out in C order over ``(c, y, x)`` with canonical key
 ``level_base + (c*h + y)*w + x``; the key breaks score ties in NMS.
 """
@@ -52,6 +54,24 @@ class Candidates:
                    np.concatenate([p.keys for p in parts]))
 
 
+class NonFiniteScoresError(TinyFacesError):
+    """The network produced NaN or infinite scores: broken weights, an fp16 overflow, or a
+    faulty backend. An anonymiser must not treat that as an image without faces."""
+
+
+def check_finite_scores(score_map: np.ndarray, level: PyramidLevel) -> None:
+    """Raises :class:`NonFiniteScoresError` naming the level when ``score_map`` holds NaN or
+    infinity."""
+    finite = np.isfinite(score_map)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise NonFiniteScoresError(
+            f"the network's score map of pyramid level {level.index} (scale {level.scale:g}, "
+            f"{level.width}x{level.height} input) holds {bad} NaN or infinite value(s) of "
+            f"{finite.size}: the weights, the export or the backend is broken; no detections "
+            "were produced for this image")
+
+
 def active_templates(scale: float, config: DetectorConfig) -> np.ndarray:
     """Which of the 25 templates run at ``scale`` (bool[25]), per ``config.template_policy``."""
     active = np.zeros(NUM_TEMPLATES, dtype=bool)
@@ -96,6 +116,7 @@ def decode_level(score_map: np.ndarray, level: PyramidLevel, config: DetectorCon
         level_base: key offset, the sum of ``25*h*w`` over the image's earlier levels.
     """
     sm = _as_score_map(score_map)
+    check_finite_scores(sm, level)
     _, h, w = sm.shape
     cls = sm[:NUM_TEMPLATES]
     mask = cls > config.logit_thresh

@@ -1,4 +1,9 @@
-"""Host (numpy) postprocessing: decode every level, one NMS over all levels, clip, score."""
+"""Host (numpy) postprocessing: decode every level, one NMS over all levels, clip, score.
+
+Boxes lying entirely outside the image are dropped after NMS (:func:`inside_image`): a
+broken or mismatched network can emit thousands of them, and clipped they become
+zero-area boxes on the border that hide nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,21 @@ from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
+def inside_image(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """bool (N,): the (N, 4+) ``[x1, y1, x2, y2]`` boxes that overlap the image's pixel
+    area ``[0, width-1] x [0, height-1]`` (a box touching its border counts as inside)."""
+    height, width = image_hw
+    b = np.asarray(boxes, dtype=np.float64)
+    return (b[:, 2] >= 0) & (b[:, 3] >= 0) & (b[:, 0] <= width - 1) & (b[:, 1] <= height - 1)
+
+
 def select_detections(candidates: Candidates, image_hw: tuple[int, int],
                       config: DetectorConfig) -> np.ndarray:
-    """NMS over ``candidates``, then clipping; (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
+    """NMS over ``candidates``, dropping boxes entirely outside the image, then clipping;
+    (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
     keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
                config.box_pixel_offset)
+    keep = keep[inside_image(candidates.boxes[keep], image_hw)]
     boxes = candidates.boxes[keep]
     if config.clip_boxes:
         height, width = image_hw

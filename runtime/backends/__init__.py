@@ -22,7 +22,7 @@ from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
+from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
 from tinyfaces_trt.core.runner import NetworkRunner
 from tinyfaces_trt.runtime.pipeline import Detector
 
@@ -49,6 +49,18 @@ def available_backends() -> list[str]:
         except Exception as exc:  # any failure means "not available", never an error here
             log.debug("tensorrt not available: %s", exc)
     return found
+
+
+#: Logged (WARNING) once for every detector created over an untrained network.
+UNTRAINED_WARNING = ("detector runs an UNTRAINED network (seeded random weights, %s): its "
+                     "detections are meaningless; give trained weights or an export folder of them")
+
+
+def warn_if_untrained(identity: ModelIdentity) -> None:
+    """Logs :data:`UNTRAINED_WARNING` (WARNING) when ``identity`` is untrained; called once
+    per detector where detectors are created."""
+    if identity.untrained:
+        log.warning(UNTRAINED_WARNING, identity.source)
 
 
 def _check_backend(backend: str) -> None:
@@ -129,8 +141,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         folder = load_export_folder(model_dir)
     config = apply_overrides(folder.config, config_overrides)
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads)
+    identity = folder.identity
+    warn_if_untrained(identity)
     if backend != "tensorrt":
-        return Detector(runner, config)
+        return Detector(runner, config, identity=identity)
     pre = post = None
     if gpu_stages is not False:
         try:
@@ -141,11 +155,11 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             if gpu_stages:
                 raise
             log.info("CUDA pre/post-processing unavailable (%s); using the host stages", exc)
-    return Detector(runner, config, preprocessor=pre, postprocessor=post)
+    return Detector(runner, config, preprocessor=pre, postprocessor=post, identity=identity)
 
 
 __all__ = [
     "BACKENDS", "apply_overrides", "available_backends", "create_detector",
-    "create_runner",
+    "create_runner", "warn_if_untrained",
 ]
 
