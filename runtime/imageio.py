@@ -122,7 +122,9 @@ def load_image_stream(stream: IO[bytes], name: str = "<stdin>",
 def _decode(source: Path | IO[bytes], name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about bomb sizes (checked below) and damaged metadata (the decode
+            # then succeeds or raises): neither is for the user's stderr
+            warnings.simplefilter("ignore")
             with Image.open(source) as im:
                 width, height = im.size
                 if width * height > max_pixels:
