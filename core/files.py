@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -196,7 +196,3 @@ def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:
         return False
     return True
 
-
-def existing(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Those of ``paths`` that exist (as anything)."""
-    return [Path(p) for p in paths if os.path.lexists(p)]

@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
