@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", default="all",
                    help=f"comma-separated backends, or 'all' (default). Known: {', '.join(names)}")
     p.add_argument("--image-size", default="640x480", type=parse_image_size, metavar="WxH",
-                   help="image width x height (default 640x480; the issue's case is 1920x1080)")
+                   help="image width x height (default 640x480; 1920x1080 is a full-HD frame)")
     p.add_argument("--image", default=None, help="an image file to use (resized to --image-size); "
                    "default: a seeded synthetic image")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per backend (default 5)")

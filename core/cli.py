@@ -110,3 +110,32 @@ def logging_to_stderr(prog: str, verbose: bool = False) -> Iterator[None]:
     finally:
         logger.handlers[:], logger.propagate = saved[0], saved[2]
         logger.setLevel(saved[1])
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``<prog> <tinyfaces_trt.__version__>`` and exits 0."""
+    from tinyfaces_trt import __version__  # the root package (always imported before core)
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turns SIGTERM (``kill``, a container stop) into :class:`KeyboardInterrupt` for a CLI
+    run, so that it ends like Ctrl-C: temporary files removed, nothing half-written under a
+    final name, exit 130. A no-op outside the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

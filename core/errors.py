@@ -34,6 +34,11 @@ class ScoreMapError(TinyFacesError, ValueError):
     more candidates than the pyramid can make."""
 
 
+class NonFiniteScoresError(ScoreMapError):
+    """The network produced NaN or infinite scores: broken weights, an fp16 overflow, or a
+    faulty backend. An anonymiser must not treat that as an image without faces."""
+
+
 class NetworkInputError(TinyFacesError, ValueError):
     """A network input breaks the contract: not an (N, 3, h, w) float32 array."""
 

@@ -8,12 +8,17 @@ so an interrupted run or a full disk never leaves a truncated file under a final
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
+
+log = logging.getLogger(__name__)
 
 
 def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
@@ -56,7 +61,11 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(xdg).expanduser() / "tinyfaces_trt"
 
 
+#: Prefix of every temporary file and staging folder; hidden, so folder walks skip them.
+#: The writing process's id follows (``.tf-tmp-<pid>-...``), so that leftovers of a killed
+#: run can be told from the work of a live one (:func:`remove_stale_temporaries`).
 TEMP_PREFIX = ".tf-tmp-"
+_TEMP_PID = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 
 
 @contextlib.contextmanager
@@ -72,8 +81,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     choosing a format by extension still do.
     """
     final = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}", suffix=f"-{final.name}",
-                                    dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-",
+                                    suffix=f"-{final.name}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -96,3 +105,94 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Writes UTF-8 ``text`` to ``path`` through :func:`atomic_output`."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
+    """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>-<tag>-XXXX``.
+
+    Build a folder's content there, then move it into place with :func:`replace_folder`;
+    remove it (``shutil.rmtree``) when the work fails.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{tag}-", dir=parent))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Removes the temporary files and staging folders that runs killed before they could
+    clean up left directly in ``folder`` (their writer process is gone); returns them.
+
+    Entries of live processes (this one included) are kept, so concurrent runs are safe on
+    one machine. Nothing else is touched; a missing folder is no error.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_PID.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as exc:
+            log.debug("cannot remove stale temporary %s: %s", entry, exc)
+            continue
+        removed.append(entry)
+    return removed
+
+
+def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Moves the complete folder ``staging`` to ``target``, replacing what was there.
+
+    ``target`` missing: one atomic rename. ``target`` present: it is first renamed aside
+    (a hidden name beside it), then ``staging`` is renamed into place and the old folder is
+    deleted; if the second rename fails the old folder is put back. At every instant
+    ``target`` is the old folder, the new one, or (for the moment between two renames)
+    absent: never a mix of both. Both must be on one file system (stage beside the target).
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists() and not target.is_symlink():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-old-", dir=target.parent))
+    aside.rmdir()  # only its unique name is wanted
+    os.replace(target, aside)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:
+    """Removes ``root`` and its sub-folders when they hold no file at all; returns True when
+    ``root`` is gone. Folders holding anything (a file, a link) are kept."""
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return False
+    for path in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()),
+                       key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    try:
+        root.rmdir()
+    except OSError:
+        return False
+    return True
+

@@ -8,7 +8,9 @@ Layout (all names are relative to the folder, as listed in ``manifest.json``)::
     model_fp16.engine   optional: TensorRT engine with fp16 kernels
     manifest.json       everything else the runtime needs (see :func:`build_manifest`)
 
-The manifest carries the complete :class:`~.config.DetectorConfig` (templates, normalisation,
+The manifest records each file's sha256 and size (``"checksums"``); :func:`load_export_folder`
+checks them, so a truncated, swapped or half-replaced model file is a clear error naming the
+file, never a model that runs. The manifest carries the complete :class:`~.config.DetectorConfig` (templates, normalisation,
 stride/offset, thresholds, pyramid rule), so a folder is self-contained: the runtime needs
 nothing but the folder.
 """
@@ -16,6 +18,7 @@ nothing but the folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,11 @@ from typing import Any
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
 from tinyfaces_trt.core.errors import ConfigError, ManifestError
+from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.profiles import Profile
+
+log = logging.getLogger(__name__)
 
 FORMAT = "tinyfaces-trt-export"
 FORMAT_VERSION = 1
@@ -40,9 +47,38 @@ DEFAULT_FILE_NAMES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which network a detector runs; recorded in every output file.
+
+    Attributes:
+        weights_sha256: sha256 of the source checkpoint, None when unknown or untrained.
+        untrained: the network has seeded RANDOM weights: its detections are meaningless.
+        source: where it came from (an export folder, a checkpoint path, or the untrained
+            default network), for people reading the output.
+    """
+
+    weights_sha256: str | None
+    untrained: bool
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"weights_sha256", "untrained", "source"}``."""
+        return {"weights_sha256": self.weights_sha256, "untrained": self.untrained,
+                "source": self.source}
+
+
+def file_checksum(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"sha256": hex, "bytes": size}`` of a file (as the manifest records it)."""
+    p = Path(path)
+    return {"sha256": file_sha256(p, what="model file", error=ManifestError),
+            "bytes": p.stat().st_size}
+
+
 def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
                    weights: dict[str, Any] | None = None, profile: Profile | None = None,
                    tools: dict[str, str] | None = None, untrained: bool = False,
+                   checksums: dict[str, dict[str, Any]] | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest as a JSON-ready dict.
 
@@ -54,6 +90,8 @@ def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
         profile: the input-shape profile engines are (or should be) built for.
         tools: tool name -> version (torch, onnx, tensorrt, ...).
         untrained: True when the network has random weights (a loud flag for the runtime).
+        checksums: file name -> ``{"sha256", "bytes"}`` (:func:`file_checksum`) of every
+            file in ``files``.
         extra: further top-level keys (e.g. ``"engines"`` build details); may not override.
     """
     unknown = set(files) - set(DEFAULT_FILE_NAMES)
@@ -71,6 +109,7 @@ def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
         "weights": dict(weights) if weights else None,
         "untrained": bool(untrained),
         "files": dict(files),
+        "checksums": {name: dict(v) for name, v in (checksums or {}).items()},
         "profile": profile.to_dict() if profile is not None else None,
         "tools": dict(tools or {}),
     }
@@ -82,13 +121,15 @@ def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
 
 
 def write_manifest(out_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
-    """Builds the manifest (keyword arguments of :func:`build_manifest`) and writes it
-    atomically to ``out_dir/manifest.json``; returns that path."""
+    """Builds the manifest (keyword arguments of :func:`build_manifest`; the checksums of
+    the listed files are computed here) and writes it atomically to
+    ``out_dir/manifest.json``; returns that path."""
+    folder = Path(out_dir)
+    kwargs.setdefault("checksums", {name: file_checksum(folder / name)
+                                    for name in kwargs.get("files", {}).values() if name})
     manifest = build_manifest(**kwargs)
-    path = Path(out_dir) / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = folder / MANIFEST_NAME
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 
@@ -107,6 +148,8 @@ class ExportFolder:
         profile: input-shape profile, or None.
         untrained: the network has random weights.
         manifest: the raw manifest dict.
+
+    ``identity`` is the :class:`ModelIdentity` it records.
     """
 
     path: Path
@@ -123,6 +166,30 @@ class ExportFolder:
     profile: Profile | None
     untrained: bool
     manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The network's identity: the source checkpoint's sha256 and the untrained flag."""
+        weights = self.manifest.get("weights")
+        sha = weights.get("sha256") if isinstance(weights, dict) else None
+        return ModelIdentity(sha if isinstance(sha, str) else None, self.untrained,
+                             f"export folder {self.path}")
+
+    def verify(self) -> None:
+        """Checks every listed file's size and sha256 against the manifest.
+
+        Raises:
+            ManifestError: a file is truncated, altered, or has no recorded checksum.
+        """
+        paths = {role: p for role, p in (("onnx_fp32", self.onnx_fp32), ("onnx_fp16", self.onnx_fp16),
+                                         ("engine_fp32", self.engine_fp32),
+                                         ("engine_fp16", self.engine_fp16)) if p is not None}
+        _verify_checksums(self.path / MANIFEST_NAME, self.manifest, paths)
+
+    @property
+    def has_checksums(self) -> bool:
+        """The manifest records file checksums (every folder this version writes does)."""
+        return bool(self.manifest.get("checksums"))
 
     def onnx_path(self, fp16: bool = False) -> Path:
         """The ONNX file of that precision; :class:`ManifestError` naming the fix when absent."""
@@ -198,13 +265,45 @@ def _profile(raw: Any, where: Path) -> Profile | None:
         raise ManifestError(f"{where}: {exc}") from exc
 
 
-def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
+def _verify_checksums(where: Path, manifest: dict[str, Any], paths: dict[str, Path]) -> None:
+    """Checks each listed file's size and sha256 against the manifest's ``checksums``."""
+    checksums = manifest.get("checksums")
+    if not checksums:
+        log.warning("%s records no file checksums (written by an older tf-export); the model "
+                    "files cannot be verified: re-export the folder", where)
+        return
+    if not isinstance(checksums, dict):
+        raise ManifestError(f"{where}: 'checksums' must be an object, got {checksums!r}")
+    for role, path in paths.items():
+        expected = checksums.get(path.name)
+        if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str) \
+                or not isinstance(expected.get("bytes"), int):
+            raise ManifestError(f"{where} records no checksum for {path.name} ({role}); "
+                                "re-export the folder with tf-export")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise ManifestError(
+                f"{path} is {size} bytes but the manifest records {expected['bytes']}: the file "
+                "is truncated or was replaced after the export; re-export the folder with "
+                "tf-export")
+        if file_sha256(path, what="model file", error=ManifestError) != expected["sha256"]:
+            raise ManifestError(
+                f"{path} does not match the sha256 its manifest records: the file is corrupt or "
+                "was replaced after the export; re-export the folder with tf-export")
+
+
+def load_export_folder(path: str | os.PathLike[str], verify: bool = True) -> ExportFolder:
     """Reads and validates an export folder (or its ``manifest.json``).
+
+    Args:
+        path: the folder, or its manifest.
+        verify: check every listed file's size and sha256 against the manifest (reading
+            the files once; a manifest from before checksums existed logs a warning).
 
     Raises:
         ManifestError: the folder or manifest is missing or unreadable, the format or version
-            is not this one, a listed file is missing, the score map is not 125 channels, or
-            an entry is malformed.
+            is not this one, a listed file is missing, truncated or altered, the score map is
+            not 125 channels, or an entry is malformed.
     """
     folder = Path(path)
     if folder.is_file() and folder.name == MANIFEST_NAME:
@@ -244,7 +343,7 @@ def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
     if not paths:
         raise ManifestError(f"{where} lists no model file; re-export the folder with tf-export")
 
-    return ExportFolder(
+    export = ExportFolder(
         path=folder,
         config=config,
         onnx_fp32=paths.get("onnx_fp32"),
@@ -260,3 +359,6 @@ def load_export_folder(path: str | os.PathLike[str]) -> ExportFolder:
         untrained=_require(where, manifest, "untrained", bool) if "untrained" in manifest else False,
         manifest=manifest,
     )
+    if verify:
+        export.verify()
+    return export

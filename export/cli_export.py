@@ -10,8 +10,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, logging_to_stderr, parse_image_size,
-                                     positive_float, seed_argument, stderr_line)
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
+                                     logging_to_stderr, parse_image_size, positive_float, seed_argument,
+                                     sigterm_as_interrupt, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.profiles import Profile
 
@@ -54,6 +55,13 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 PROG = "tf-export"
+#: Oldest ONNX opset the exported graph (dynamic crop, ConvTranspose) is written for.
+MIN_OPSET = 13
+
+
+def opset_argument(text: str) -> int:
+    """argparse type of ``--opset``: an integer >= :data:`MIN_OPSET`."""
+    return checked(text, int, lambda v: v >= MIN_OPSET, "an integer", f">= {MIN_OPSET}")
 
 
 def _progress(message: str) -> None:
@@ -82,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", metavar="DIR", default="tinyfaces_export", help="export folder (default: %(default)s)")
     out.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (float32 I/O); "
                                                          "builds an fp16 engine when TensorRT is installed")
-    out.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    out.add_argument("--opset", type=opset_argument, default=DEFAULT_OPSET,
+                     help=f"ONNX opset, {MIN_OPSET} or newer (default %(default)s)")
     out.add_argument("--simplify", action="store_true", help="run onnxslim (or onnxsim) on the graph; measured "
                                                              "to change nothing on this network")
     out.add_argument("--no-verify", action="store_true",
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--workspace", metavar="GB", type=positive_float, default=DEFAULT_WORKSPACE_GB,
                      help="builder workspace memory-pool limit in GiB (default %(default)s)")
     trt.add_argument("--timing-cache", metavar="F", help="timing-cache file: loaded if present, saved after the build")
+    add_version_argument(p)
     return p
 
 
@@ -141,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    with logging_to_stderr("tf-export"):  # e.g. the --variant override warning
+    with logging_to_stderr("tf-export"), sigterm_as_interrupt():  # e.g. the --variant warning
         return _run(p, a)
 
 
@@ -173,7 +183,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         print(f"tf-export: error: cannot write the export folder {a.out}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("tf-export: interrupted", file=sys.stderr)
+        print(f"tf-export: interrupted; {a.out} is unchanged", file=sys.stderr)
         return 130
     print(Path(a.out) / "manifest.json")
     return EXIT_OK

@@ -2,15 +2,22 @@
 
 :func:`export_model` is what ``tf-export`` runs and what ``tf-detect`` calls to export a
 default model into a cache folder. Every step logs a line when it starts and one with its
-duration when it ends. The manifest is written as soon as the ONNX files exist and rewritten
-after an engine build, so a failed or impossible engine build still leaves a usable folder.
+duration when it ends.
+
+Everything is written into a hidden staging folder beside ``out_dir`` and swapped in whole
+when complete (:func:`~tinyfaces_trt.core.files.replace_folder`), so an interrupted export or
+a full disk leaves the previous folder untouched, never a mix of old and new files. A failed
+or impossible engine build still swaps in the complete ONNX folder before raising. The
+manifest records each file's sha256 and size, which loading checks.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,6 +29,7 @@ import onnx
 import torch
 from torch import nn
 
+from tinyfaces_trt.core.files import TEMP_PREFIX, atomic_output, remove_stale_temporaries, replace_folder, staging_dir
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, WeightsError
@@ -30,8 +38,8 @@ from tinyfaces_trt.core.profiles import Profile, default_profile, profile_for_im
 
 from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET, check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
 from tinyfaces_trt.export.onnx_fp16 import convert_to_fp16
-from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, TensorRTUnavailableError, build_engine, tensorrt_version,
-                        trtexec_command)
+from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError, build_engine,
+                        tensorrt_version, trtexec_command)
 
 Log = Callable[[str], None]
 _logger = logging.getLogger(__name__)
@@ -87,16 +95,41 @@ def resolve_profile(config: DetectorConfig, image_sizes: Iterable[tuple[int, int
     return default_profile(config)
 
 
-def _remove_stale(out: Path, keep: Iterable[str], log: Log) -> None:
-    """Deletes model files an earlier export left in this folder that this export does not write."""
-    if not (out / MANIFEST_NAME).is_file():
-        return  # not an earlier export folder: touch nothing
-    keep = set(keep)
+#: Names an export folder may hold besides its model files, and still be swapped whole.
+_EXPORT_NAMES = frozenset({MANIFEST_NAME, *DEFAULT_FILE_NAMES.values()})
+
+
+def _commit(staging: Path, out: Path, log: Log) -> None:
+    """Moves the finished export in ``staging`` to ``out``.
+
+    ``out`` missing, empty or an export folder (manifest and model files only): swapped in
+    whole. ``out`` holding other files (the user's): those are kept; the old manifest is
+    removed first, the model files are renamed in, stale model files removed, and the new
+    manifest renamed in last, so the folder never loads as a mix (the manifest's checksums
+    would refuse one anyway).
+    """
+    others = [p.name for p in out.iterdir() if p.name not in _EXPORT_NAMES
+              and not p.name.startswith(TEMP_PREFIX)] if out.is_dir() else []
+    if not others:
+        replace_folder(staging, out)
+        return
+    log(f"{out} also holds other files ({', '.join(sorted(others)[:3])}...): replacing the "
+        "export files one by one, manifest last")
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    new = {p.name for p in staging.iterdir()}
+    for name in sorted(new - {MANIFEST_NAME}):
+        os.replace(staging / name, out / name)
     for name in DEFAULT_FILE_NAMES.values():
-        path = out / name
-        if name not in keep and path.is_file():
-            path.unlink()
-            log(f"removed {path} left by an earlier export")
+        if name not in new and (out / name).is_file():
+            (out / name).unlink()
+            log(f"removed {out / name} left by an earlier export")
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _verify(model: nn.Module, path: Path, precision: str) -> str:
@@ -146,14 +179,50 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         EngineBuildError: TensorRT failed (the ONNX folder is complete).
     """
     log = log or _logger.info
-    out = Path(out_dir)
+    given = out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TinyFacesError(f"--out {out} exists and is not a folder")
     if opset < 13:
         raise TinyFacesError(f"opset {opset} is too old; use 13 or newer (default {DEFAULT_OPSET})")
     prof = resolve_profile(config, image_sizes, profile)
-    out.mkdir(parents=True, exist_ok=True)
     model = _cpu_float_model(model)
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(out.parent):
+        log(f"removed {stale} left by an interrupted run")
+    staging = staging_dir(out.parent, "export")
+    say = (lambda line: log(line.replace(str(staging), str(out))))
+    try:
+        manifest, pending = _export_into(
+            model, config, staging, out, fp16=fp16, opset=opset, engine=engine, prof=prof,
+            workspace_gb=workspace_gb, timing_cache=timing_cache, simplify=simplify,
+            weights_path=weights_path, untrained=untrained, verify=verify, hints=hints, log=say)
+        _commit(staging, out, log)
+    except TinyFacesError as exc:  # its message may name the staging folder
+        shutil.rmtree(staging, ignore_errors=True)
+        exc.args = tuple(a.replace(str(staging), str(out)) if isinstance(a, str) else a
+                         for a in exc.args)
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"export folder complete: {out}")
+    if pending is not None:
+        pending.args = tuple(a.replace(str(staging), str(out)) if isinstance(a, str) else a
+                             for a in pending.args)
+        raise pending
+    if untrained and hints:  # a long export's first lines may have scrolled away
+        log(UNTRAINED_WARNING)
+    return given / MANIFEST_NAME
+
+
+def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Path, *, fp16: bool,
+                 opset: int, engine: bool | None, prof: Profile, workspace_gb: float,
+                 timing_cache: str | Path | None, simplify: bool,
+                 weights_path: str | Path | None, untrained: bool, verify: bool, hints: bool,
+                 log: Log) -> tuple[Path, TinyFacesError | None]:
+    """Writes the export into the staging folder ``out`` (``final`` is where it will live);
+    returns the manifest path and the engine error to raise once the folder is in place."""
     if untrained:
         log(UNTRAINED_WARNING)
 
@@ -176,7 +245,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             proto = check_onnx(simplified)
             info["detail"] = f"{tools['simplifier']}: {before} -> {len(proto.graph.node)} nodes"
     onnx_fp32 = out / DEFAULT_FILE_NAMES["onnx_fp32"]
-    onnx.save(proto, str(onnx_fp32))
+    _save_onnx(proto, onnx_fp32)
     files["onnx_fp32"] = onnx_fp32.name
     if verify:
         with step(log, f"checking {onnx_fp32.name}") as info:
@@ -187,7 +256,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         with step(log, "converting to fp16 ONNX (float32 input/output)") as info:
             proto16 = check_onnx(convert_to_fp16(proto))
             onnx_fp16 = out / DEFAULT_FILE_NAMES["onnx_fp16"]
-            onnx.save(proto16, str(onnx_fp16))
+            _save_onnx(proto16, onnx_fp16)
             files["onnx_fp16"] = onnx_fp16.name
             info["detail"] = f"{len(proto16.graph.node)} nodes"
         if verify:
@@ -198,7 +267,6 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     engine_path = out / DEFAULT_FILE_NAMES[engine_key]
     want_engine = engine if engine is not None else fp16
     build_now = want_engine and tensorrt_version() is not None
-    _remove_stale(out, list(files.values()) + ([engine_path.name] if build_now else []), log)
 
     extra = {"model": {"depth": getattr(model, "depth", None), "variant": getattr(model, "variant", None)}}
     manifest_args: dict[str, Any] = dict(config=config, opset=opset, weights=weights, profile=prof, tools=tools,
@@ -206,18 +274,23 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     manifest = write_manifest(out, files=files, **manifest_args)
     log(f"wrote {manifest} (profile min {list(prof.min)}, opt {list(prof.opt)}, max {list(prof.max)})")
 
-    trtexec = trtexec_command(onnx_fp32, engine_path, prof, fp16=fp16, workspace_gb=workspace_gb,
-                              timing_cache=timing_cache)
+    # the command names the files where they will live, not the staging folder
+    trtexec = trtexec_command(final / onnx_fp32.name, final / engine_path.name, prof, fp16=fp16,
+                              workspace_gb=workspace_gb, timing_cache=timing_cache)
     if want_engine and not build_now:
         message = ("TensorRT is not installed: wrote ONNX only; build the engine on a machine with TensorRT 10 "
                    f"by re-running tf-export with --engine, or with: {trtexec}")
         if engine:
-            raise TensorRTUnavailableError(message)
+            return manifest, TensorRTUnavailableError(message)
         log(message)
     elif build_now:
-        with step(log, f"building TensorRT engine {engine_path.name}"):
-            details = build_engine(onnx_fp32, engine_path, prof, fp16=fp16, onnx_fp16=onnx_fp16,
-                                   workspace_gb=workspace_gb, timing_cache=timing_cache, log=log)
+        try:
+            with step(log, f"building TensorRT engine {engine_path.name}"):
+                details = build_engine(onnx_fp32, engine_path, prof, fp16=fp16, onnx_fp16=onnx_fp16,
+                                       workspace_gb=workspace_gb, timing_cache=timing_cache, log=log)
+        except EngineBuildError as exc:
+            engine_path.unlink(missing_ok=True)
+            return manifest, exc
         files[engine_key] = engine_path.name
         tools["tensorrt"] = details["tensorrt"]
         extra["engines"] = {engine_key: details}
@@ -225,6 +298,4 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         log(f"wrote {manifest} with {engine_path.name}")
     elif hints:
         log(f"to build a TensorRT engine: {trtexec}")
-    if untrained and hints:  # a long export's first lines may have scrolled away
-        log(UNTRAINED_WARNING)
-    return manifest
+    return manifest, None

@@ -200,8 +200,11 @@ def onnx_vs_torch(model: nn.Module, onnx_path: str | Path,
         if got.shape != ref.shape or got.dtype != np.float32:
             raise TinyFacesError(f"{onnx_path}: output {got.dtype} {got.shape} for a {h}x{w} input, "
                                  f"torch gives float32 {ref.shape}")
-        err = max(err, float(np.abs(got - ref).max()))
-        ref_max = max(ref_max, float(np.abs(ref).max()))
+        # NaN anywhere makes the error NaN (never dropped: max(0.0, nan) would be 0.0)
+        diff = float(np.abs(got.astype(np.float64) - ref).max())
+        err = diff if not np.isfinite(diff) or not np.isfinite(err) else max(err, diff)
+        peak = float(np.abs(ref).max())
+        ref_max = peak if not np.isfinite(peak) else max(ref_max, peak)
     return err, ref_max
 
 
@@ -209,9 +212,14 @@ def verify_against_torch(model: nn.Module, onnx_path: str | Path, precision: str
     """:func:`onnx_vs_torch` with the :data:`VERIFY_RTOL` bound; returns the max abs error.
 
     Raises:
-        TinyFacesError: the error exceeds the bound (the export is wrong).
+        TinyFacesError: the error exceeds the bound (the export is wrong), or either output
+            holds NaN or infinity (a NaN error is a failure, never a pass).
     """
     err, ref_max = onnx_vs_torch(model, onnx_path)
+    if not np.isfinite(ref_max) or not np.isfinite(err):
+        raise TinyFacesError(f"{onnx_path}: the network's output holds NaN or infinite values "
+                             f"(torch max |output| {ref_max:.3g}, ONNX Runtime vs torch max error "
+                             f"{err:.3g}); the weights or the export are broken")
     bound = VERIFY_RTOL[precision] * max(1.0, ref_max)
     if not err <= bound:
         raise TinyFacesError(f"{onnx_path}: ONNX Runtime differs from torch by {err:.3g} "

@@ -48,6 +48,7 @@ from typing import Any
 # they are imported here for this module and its callers (tf-export maps the error to exit 3).
 from tinyfaces_trt.core.errors import TensorRTUnavailableError, TinyFacesError
 from tinyfaces_trt.core.optional import import_tensorrt
+from tinyfaces_trt.core.files import write_bytes_atomic
 from tinyfaces_trt.core.manifest import INPUT_NAME
 from tinyfaces_trt.core.profiles import Profile
 
@@ -208,9 +209,9 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {source} (see the TensorRT errors above)")
-    Path(engine_path).write_bytes(bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized))
     if cache_path is not None:
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
         log(f"  timing cache saved to {cache_path}")
     seconds = time.perf_counter() - start
     return {

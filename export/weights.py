@@ -186,8 +186,27 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], depth: int | None =
     if problems:
         raise WeightsError(f"{source}: weights do not match TinyFacesNet(depth={found}, "
                            f"variant={variant!r}): " + "; ".join(problems))
+    check_finite(state, source)
     model.load_state_dict(dict(state), strict=True)
     return model.eval()
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Refuses weights holding NaN or infinity (a diverged or corrupted checkpoint runs but
+    detects nothing, which an anonymiser must never pass off as "no faces").
+
+    Raises:
+        WeightsError: naming the tensors with non-finite values and how many.
+    """
+    bad = []
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {value.numel()})")
+    if bad:
+        raise WeightsError(f"{source}: weights hold NaN or infinite values in {_listing(bad)}; "
+                           "the checkpoint is corrupt or its training diverged")
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,6 +274,7 @@ def load_matconvnet_mat(path: str | Path, depth: int | None = None,
         raise WeightsError(f"{path}: file holds a ResNet-{found} but depth={depth} was requested")
     model = TinyFacesNet(found, "matconvnet")
     state = _convert_params(params, matconvnet_param_map(found), model, path)
+    check_finite(state, str(path))
     model.load_state_dict(state, strict=True)  # keys and shapes were checked above
     return model.eval(), _mat_config(meta, path)
 

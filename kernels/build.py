@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir
 from tinyfaces_trt.kernels.binding import LIBRARY_NAME, cache_dir, package_dir
@@ -128,6 +129,9 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
             if verbose:
                 print(line, end="", flush=True)
     if proc.returncode != 0:
+        if verbose:  # the compiler's output was just printed: do not repeat it
+            raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}); "
+                                 "the compiler's messages are above")
         raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}):\n"
                              f"{''.join(output)}".rstrip())
     lib = out_dir / LIBRARY_NAME
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the C example (default: build it)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print errors only (default: progress and compiler commands)")
+    add_version_argument(parser)
     return parser
 
 

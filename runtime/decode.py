@@ -2,7 +2,9 @@
 
 Score map channels: ``cls=[0:25]``, ``tx=[25:50]``, ``ty=[50:75]``, ``tw=[75:100]``,
 ``th=[100:125]``. A cell ``(c, y, x)`` is a candidate when template ``c`` is active at the
-level's scale and ``cls > config.logit_thresh`` (float32 compare; NaN never passes).
+level's scale and ``cls > config.logit_thresh`` (float32 compare). A score map holding NaN or infinity is
+refused (:class:`NonFiniteScoresError`): a broken network must fail loudly, not report
+"no faces".
 Candidates come out in C order over ``(c, y, x)`` with canonical key
 ``level_base + (c*h + y)*w + x``; the key breaks score ties in NMS.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import NonFiniteScoresError, ScoreMapError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 TYPE_A = np.arange(4, 12)   # templates run at every scale (0-based)
@@ -52,6 +54,19 @@ class Candidates:
                    np.concatenate([p.keys for p in parts]))
 
 
+def check_finite_scores(score_map: np.ndarray, level: PyramidLevel) -> None:
+    """Raises :class:`NonFiniteScoresError` naming the level when ``score_map`` holds NaN or
+    infinity."""
+    finite = np.isfinite(score_map)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise NonFiniteScoresError(
+            f"the network's score map of pyramid level {level.index} (scale {level.scale:g}, "
+            f"{level.width}x{level.height} input) holds {bad} NaN or infinite value(s) of "
+            f"{finite.size}: the weights, the export or the backend is broken; no detections "
+            "were produced for this image")
+
+
 def active_templates(scale: float, config: DetectorConfig) -> np.ndarray:
     """Which of the 25 templates run at ``scale`` (bool[25]), per ``config.template_policy``."""
     active = np.zeros(NUM_TEMPLATES, dtype=bool)
@@ -77,11 +92,11 @@ def _as_score_map(score_map: np.ndarray) -> np.ndarray:
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 3 or arr.shape[0] != NUM_CHANNELS:
-        raise TinyFacesError(
+        raise ScoreMapError(
             f"score map must have shape (1, {NUM_CHANNELS}, h, w) or ({NUM_CHANNELS}, h, w), "
             f"got {np.shape(score_map)}; is the model a 25-template Tiny Faces network?")
     if not np.issubdtype(arr.dtype, np.floating):
-        raise TinyFacesError(f"score map must be floating point, got dtype {arr.dtype}")
+        raise ScoreMapError(f"score map must be floating point, got dtype {arr.dtype}")
     return arr.astype(np.float32, copy=False)
 
 
@@ -96,6 +111,7 @@ def decode_level(score_map: np.ndarray, level: PyramidLevel, config: DetectorCon
         level_base: key offset, the sum of ``25*h*w`` over the image's earlier levels.
     """
     sm = _as_score_map(score_map)
+    check_finite_scores(sm, level)
     _, h, w = sm.shape
     cls = sm[:NUM_TEMPLATES]
     mask = cls > config.logit_thresh

@@ -1,39 +1,78 @@
-"""Reading and writing images as (H, W, 3) uint8 RGB arrays (Pillow), with clear errors."""
+"""Reading and writing images as (H, W, 3) uint8 RGB arrays (Pillow), with clear errors.
+
+Reading never lets a decoder's exception escape: any failure on a file's bytes is an
+:class:`ImageError` naming the file (``tests/test_fuzz_images.py`` feeds mutated and random
+bytes). Writing goes through :func:`~tinyfaces_trt.core.files.atomic_output`: a file is
+complete under its final name or not there.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
-import struct
+import stat
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError
+from tinyfaces_trt.core.files import atomic_output
+
+log = logging.getLogger(__name__)
 
 #: Largest image (pixels) :func:`load_image` decodes by default: Pillow's own
 #: decompression-bomb error limit (twice ``Image.MAX_IMAGE_PIXELS``).
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: JPEG quality :func:`save_image` uses unless told otherwise (Pillow's own default is 75).
+DEFAULT_JPEG_QUALITY = 95
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageError(f"{path}: image file not found")
-    if path.is_dir():
+def _check_file(path: Path) -> bool:
+    """Checks ``path`` names something readable; returns True for a regular file (False
+    for a pipe or a device such as /dev/stdin, which are read as a stream)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path}: is a directory, not an image file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if info.st_size == 0:
         raise ImageError(f"{path}: image file is empty (0 bytes)")
+    return True
+
+
+def _int32_gray(im: Image.Image) -> np.ndarray:
+    """Mode "I" (32-bit integers) -> 0..255 floats. PNG stores 16 bits there; other files'
+    values are read by their range: up to 255 as 8-bit, up to 65535 as 16-bit, larger ones
+    scaled to the image's maximum."""
+    values = np.clip(np.asarray(im, dtype=np.float64), 0, None)
+    peak = float(values.max()) if values.size else 0.0
+    if im.format == "PNG" or 255 < peak <= 65535:
+        return values / 257.0
+    if peak <= 255:
+        return values
+    return values * (255.0 / peak)
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Any Pillow mode -> (H, W, 3) uint8 RGB (alpha is dropped, 16-bit scaled to 8-bit,
-    32-bit float read as 0..1 when no value exceeds 1, else as 0..255)."""
+    32-bit integers by their range, 32-bit float read as 0..1 when no value exceeds 1, else
+    as 0..255)."""
     if im.mode in _SIXTEEN_BIT_MODES:
         gray = np.rint(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0)
+    elif im.mode == "I":
+        gray = np.rint(np.clip(_int32_gray(im), 0, 255))
     elif im.mode == "F":
         values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         if values.size and values.max() <= 1.0:  # float images are conventionally 0..1
@@ -50,9 +89,11 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Loads an image file as (H, W, 3) uint8 RGB.
 
     EXIF orientation is applied; grayscale, palette, CMYK and alpha images are converted to
-    RGB (alpha dropped); 16-bit grayscale is scaled to 8 bits; 32-bit float grayscale whose
-    values are all <= 1 is read as 0..1 (else as 0..255). Multi-frame files give their first
-    frame.
+    RGB (alpha dropped); 16-bit grayscale is scaled to 8 bits; 32-bit integer grayscale is
+    read by its range (values up to 255 as 8-bit, up to 65535 as 16-bit); 32-bit float
+    grayscale whose values are all <= 1 is read as 0..1 (else as 0..255). Multi-frame files
+    (animated GIF/PNG/WebP, multi-page TIFF) give their first frame, with a logged warning.
+    A pipe or device (``/dev/stdin``) is read as a stream.
 
     Raises:
         ImageError: naming the path and the reason: missing file, directory, empty file,
@@ -60,8 +101,23 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             (:class:`ImageTooLargeError`).
     """
     path = Path(path)
-    _check_file(path)
-    return _decode(path, str(path), max_pixels)
+    if _check_file(path):
+        return _decode(path, str(path), max_pixels)
+    try:
+        with open(path, "rb") as f:
+            return load_image_stream(f, str(path), max_pixels)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+
+
+def load_image_stream(stream: IO[bytes], name: str = "<stdin>",
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads a whole binary stream (standard input, a pipe) and decodes it like
+    :func:`load_image`; ``name`` is how messages call it."""
+    data = stream.read()
+    if not data:
+        raise ImageError(f"{name}: no image data (0 bytes read)")
+    return decode_image(data, max_pixels, name)
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -85,10 +141,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray:
+def _decode(source: Path | IO[bytes], name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about bomb sizes (checked below) and damaged metadata (the decode
+            # then succeeds or raises): neither is for the user's stderr
+            warnings.simplefilter("ignore")
             with Image.open(source) as im:
                 width, height = im.size
                 if width * height > max_pixels:
@@ -96,9 +154,15 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray
                         f"{name}: image is too large ({width}x{height} = {width * height} "
                         f"pixels, limit {max_pixels}); refusing to decode a possible "
                         "decompression bomb")
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    log.warning("%s: has %d frames (animated or multi-page %s); using the "
+                                "first frame only", name, frames, im.format)
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb_array(im)
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: image is too large, refusing to decode a possible "
                                  f"decompression bomb ({exc})") from exc
@@ -106,8 +170,11 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> np.ndarray
         raise ImageError(f"{name}: not a recognised image file") from exc
     except PermissionError as exc:
         raise ImageError(f"{name}: cannot read the file ({exc.strerror})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError) as exc:
-        raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
+    except MemoryError as exc:
+        raise ImageError(f"{name}: not enough memory to decode the image") from exc
+    except Exception as exc:  # decoders raise many types on malformed data (fuzz-tested)
+        raise ImageError(f"{name}: image data is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def encode_image(image: np.ndarray, format: str = "PNG", quality: int = 95) -> bytes:
@@ -134,19 +201,33 @@ def _check_savable(image: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+def save_image(path: str | os.PathLike, image: np.ndarray,
+               jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> None:
     """Writes an (H, W, 3) or (H, W) uint8 array; the format follows the file extension.
 
+    The file is written atomically (complete under its name, or not there and any earlier
+    file kept).
+
+    Args:
+        path: the file; its extension picks the format.
+        image: the pixels.
+        jpeg_quality: 1..100, for ``.jpg``/``.jpeg`` (default 95; Pillow's own is 75).
+
     Raises:
-        ImageError: bad array, missing folder, unknown extension or a write failure.
+        ImageError: bad array, missing folder, unknown extension or a write failure (a full
+            disk included).
     """
     path = Path(path)
     arr = _check_savable(image, str(path))
     if not path.parent.is_dir():
         raise ImageError(f"{path}: folder {path.parent} does not exist")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ImageError(f"JPEG quality must be 1..100, got {jpeg_quality}")
+    options = {"quality": int(jpeg_quality)} if path.suffix.lower() in _JPEG_SUFFIXES else {}
     try:
-        Image.fromarray(np.ascontiguousarray(arr)).save(path)
+        with atomic_output(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, **options)
     except ValueError as exc:  # Pillow: unknown file extension
         raise ImageError(f"{path}: cannot save ({exc}); use an extension such as .png or .jpg") from exc
     except OSError as exc:
-        raise ImageError(f"{path}: cannot save ({exc})") from exc
+        raise ImageError(f"{path}: cannot save ({exc.strerror or exc})") from exc

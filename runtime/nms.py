@@ -66,10 +66,13 @@ def nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: flo
     order = nms_order(logits, keys)
     b = b[order]
     o = float(pixel_offset)
-    area = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
+    with np.errstate(over="ignore", invalid="ignore"):
+        area = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
     alive = np.ones(n, dtype=bool)
     kept: list[np.ndarray] = []
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # Huge (finite) boxes of a broken network overflow the areas to inf; their IoU is then
+    # nan or 0, which never suppresses: handled, not warned.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for start in range(0, n, _BLOCK):
             stop = min(start + _BLOCK, n)
             block = start + np.flatnonzero(alive[start:stop])

@@ -18,6 +18,7 @@ import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
+from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
 
@@ -66,11 +67,14 @@ class Detector:
         config: templates, normalisation, thresholds, pyramid rule.
         preprocessor: defaults to the numpy resize + normalise.
         postprocessor: defaults to the numpy decode + NMS.
+        identity: which network this is (checkpoint sha256, untrained flag), recorded in
+            output files; None when unknown.
     """
 
     def __init__(self, runner: NetworkRunner, config: DetectorConfig | None = None,
                  preprocessor: Preprocessor | None = None,
-                 postprocessor: Postprocessor | None = None) -> None:
+                 postprocessor: Postprocessor | None = None, *,
+                 identity: ModelIdentity | None = None) -> None:
         from tinyfaces_trt.runtime.postprocess import HostPostprocessor
         from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
@@ -78,6 +82,18 @@ class Detector:
         self.runner = runner
         self.preprocessor = preprocessor or HostPreprocessor(self.config)
         self.postprocessor = postprocessor or HostPostprocessor(self.config)
+        self._identity = identity
+
+    @property
+    def identity(self) -> ModelIdentity | None:
+        """The network's :class:`~tinyfaces_trt.core.manifest.ModelIdentity`, or None when
+        the detector was built from a bare runner."""
+        return self._identity
+
+    @property
+    def untrained(self) -> bool:
+        """True when the network has seeded RANDOM weights: its detections are meaningless."""
+        return self._identity is not None and self._identity.untrained
 
     def plan(self, height: int, width: int) -> list[PyramidLevel]:
         """The pyramid levels this detector runs for an image of that size."""

@@ -1,4 +1,9 @@
-"""Host (numpy) postprocessing: decode every level, one NMS over all levels, clip, score."""
+"""Host (numpy) postprocessing: decode every level, one NMS over all levels, clip, score.
+
+Boxes lying entirely outside the image are dropped after NMS (:func:`inside_image`): a
+broken or mismatched network can emit thousands of them, and clipped they become
+zero-area boxes on the border that hide nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,36 @@ from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
-def select_detections(candidates: Candidates, image_hw: tuple[int, int],
-                      config: DetectorConfig) -> np.ndarray:
-    """NMS over ``candidates``, then clipping; (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
-    keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
-               config.box_pixel_offset)
-    boxes = candidates.boxes[keep]
+def inside_image(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """bool (N,): the (N, 4+) ``[x1, y1, x2, y2]`` boxes that overlap the image's pixel
+    area ``[0, width-1] x [0, height-1]`` (a box touching its border counts as inside)."""
+    height, width = image_hw
+    b = np.asarray(boxes, dtype=np.float64)
+    return (b[:, 2] >= 0) & (b[:, 3] >= 0) & (b[:, 0] <= width - 1) & (b[:, 1] <= height - 1)
+
+
+def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
+    """(N, 5) [x1, y1, x2, y2, prob] rows in NMS order, as the GPU NMS returns them unclipped
+    -> the rows of boxes that overlap the image, clipped when ``config.clip_boxes``: the
+    numpy path's last two steps (:func:`select_detections`)."""
+    rows = rows[inside_image(rows, image_hw)]
     if config.clip_boxes:
         height, width = image_hw
-        boxes = boxes.copy()
-        np.clip(boxes[:, 0::2], 0, width - 1, out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, height - 1, out=boxes[:, 1::2])
+        np.clip(rows[:, 0:4:2], 0, width - 1, out=rows[:, 0:4:2])
+        np.clip(rows[:, 1:4:2], 0, height - 1, out=rows[:, 1:4:2])
+    return rows
+
+
+def select_detections(candidates: Candidates, image_hw: tuple[int, int],
+                      config: DetectorConfig) -> np.ndarray:
+    """NMS over ``candidates``, dropping boxes entirely outside the image, then clipping;
+    (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
+    keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
+               config.box_pixel_offset)
     with np.errstate(over="ignore"):
         prob = 1.0 / (1.0 + np.exp(-candidates.logits[keep].astype(np.float64)))
-    return np.concatenate([boxes, prob[:, None]], axis=1).astype(np.float32)
+    rows = np.concatenate([candidates.boxes[keep], prob[:, None]], axis=1)  # float64
+    return finish_boxes(rows, image_hw, config).astype(np.float32)
 
 
 def _score_map_cells(score_map: np.ndarray) -> int:

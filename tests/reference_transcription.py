@@ -199,8 +199,12 @@ def nms_mex(boxes: np.ndarray, overlap: float) -> list[int]:
 
 # ---------------------------------------------------------------- whole post-processing
 def reference_detections(score_maps, scales, templates, prob_thresh, nms_thresh, policy,
-                         image_hw, use_nms_mex=False):
+                         image_hw, use_nms_mex=False, drop_outside=True):
     """get_detections' per-scale loop, one NMS, then the authors' clipping (0-based).
+
+    ``drop_outside``: our one deliberate deviation from the reference, on by default: kept
+    boxes lying entirely outside the image are dropped before clipping (the reference clips
+    them into zero-area boxes on the border; issue 10 item 6).
 
     ``score_maps``: list of (1, 125, h, w) network outputs; ``policy``: "pytorch" or
     "matconvnet" template selection. Returns (N, 5) float64 [x1, y1, x2, y2, logit] in NMS
@@ -226,6 +230,9 @@ def reference_detections(score_maps, scales, templates, prob_thresh, nms_thresh,
     keep = nms_mex(dets, nms_thresh) if use_nms_mex else py_cpu_nms(dets, nms_thresh)
     out = dets[np.asarray(keep, dtype=int)].reshape(-1, 5)
     raw_h, raw_w = image_hw
+    if drop_outside:
+        out = out[(out[:, 2] >= 0) & (out[:, 3] >= 0) & (out[:, 0] <= raw_w - 1)
+                  & (out[:, 1] <= raw_h - 1)]
     # tiny_face_detector.m: bboxes(:,[2 4]) = max(1, min(raw_h, ...)) in 1-based pixels
     out[:, [1, 3]] = np.maximum(0, np.minimum(raw_h - 1, out[:, [1, 3]]))
     out[:, [0, 2]] = np.maximum(0, np.minimum(raw_w - 1, out[:, [0, 2]]))

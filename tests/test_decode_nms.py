@@ -258,11 +258,8 @@ def test_exactly_at_threshold_is_not_a_candidate(prob):
     assert cand.keys.tolist() == [(5 * 3 + 1) * 4 + 2]
 
 
-def test_nan_and_overflow_never_become_boxes():
+def test_overflow_never_becomes_a_box():
     sm = _blank_map(3, 3)
-    sm[0, 4, 0, 0] = np.nan               # NaN logit: never passes
-    sm[0, 5, 0, 1] = 2.0
-    sm[0, 25 + 5, 0, 1] = np.nan          # NaN tx: non-finite box, dropped
     sm[0, 6, 1, 1] = 2.0
     sm[0, 75 + 6, 1, 1] = 1000.0          # exp overflow: dropped
     sm[0, 7, 2, 2] = 2.0

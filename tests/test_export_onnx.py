@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from tinyfaces_trt.export.export_pipeline import _remove_stale, export_model
+from tinyfaces_trt.export.export_pipeline import _commit, export_model
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.onnx_export import VERIFY_RTOL, onnx_vs_torch
 from tinyfaces_trt.core.config import DetectorConfig
@@ -205,16 +205,34 @@ def test_build_manifest_rejects_unknown_roles_and_overrides():
         build_manifest(config=cfg, files={}, opset=17, extra={"opset": 3})
 
 
-def test_reexport_removes_stale_model_files_only_in_export_folders(tmp_path):
-    for name in ("model.onnx", "model_fp16.onnx", "model.engine", "notes.txt"):
-        (tmp_path / name).write_text("x")
-    _remove_stale(tmp_path, ["model.onnx"], lambda _: None)  # no manifest: not ours, untouched
-    assert (tmp_path / "model.engine").exists()
-    (tmp_path / MANIFEST_NAME).write_text("{}")
+def _staged(folder):
+    folder.mkdir()
+    (folder / "model.onnx").write_text("new")
+    (folder / MANIFEST_NAME).write_text("{new}")
+    return folder
+
+
+def test_reexport_replaces_an_export_folder_whole(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.onnx", "model_fp16.onnx", "model.engine", MANIFEST_NAME):
+        (out / name).write_text("old")
+    _commit(_staged(tmp_path / "staging"), out, lambda _: None)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert (out / "model.onnx").read_text() == "new" and not (tmp_path / "staging").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no folder left aside
+
+
+def test_reexport_keeps_other_files_and_removes_only_stale_model_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.onnx", "model_fp16.onnx", "model.engine", "notes.txt", MANIFEST_NAME):
+        (out / name).write_text("old")
     removed: list[str] = []
-    _remove_stale(tmp_path, ["model.onnx"], removed.append)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.onnx", "notes.txt"]
-    assert len(removed) == 2
+    _commit(_staged(tmp_path / "staging"), out, removed.append)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "notes.txt"]
+    assert (out / MANIFEST_NAME).read_text() == "{new}" and (out / "notes.txt").read_text() == "old"
+    assert sum("removed" in line for line in removed) == 2
 
 
 def test_simplify_without_a_simplifier_says_what_to_install():

@@ -5,8 +5,12 @@
     tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
 
 Per image it prints one line (or, with ``--json``, one JSON document for the run), and with
-``--out`` writes ``<name>_boxes.jpg|png`` (boxes drawn), ``<name>.json`` (detections) and,
-with ``--blur``/``--pixelate``, ``<name>_blurred|_pixelated.jpg|png``. A bad image is
+``--out`` writes ``<name>.json`` (detections and the model's identity) and
+``<name>_boxes.jpg|png`` (boxes drawn); with ``--blur``/``--pixelate`` it writes
+``<name>_blurred|_pixelated.jpg|png`` and NO copy with the faces visible unless ``--draw``
+asks for one. Every file is written atomically (complete or absent); a write error is
+reported for that image and counted in the exit status. Outputs that exist already are kept
+(an image whose outputs all exist is skipped) unless ``--overwrite``. A bad image is
 reported on stderr and skipped; the exit status is then 1. User mistakes never give a
 traceback (:class:`TinyFacesError` is caught); argument errors exit with 2.
 """
@@ -28,11 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import fraction, logging_to_stderr, positive_int, probability, stderr_line
+from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction,
+                                    logging_to_stderr, positive_int, probability,
+                                    sigterm_as_interrupt, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import prepare_output_dir
+from tinyfaces_trt.core.files import prepare_output_dir, remove_empty_dirs, write_text_atomic
 
 PROG = "tf-detect"
+log = logging.getLogger(__name__)
+#: IMAGE arguments that mean "read one image from standard input".
+STDIN_ARGUMENTS = ("-",)
+DEFAULT_JPEG_QUALITY = 95
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
@@ -78,6 +88,11 @@ class ImageJob:
     rel: Path
     event: str
 
+    @property
+    def is_stdin(self) -> bool:
+        """The image comes from standard input (argument ``-``)."""
+        return str(self.path) in STDIN_ARGUMENTS
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents every option)."""
@@ -102,12 +117,19 @@ examples:
   tf-detect photo.jpg --model export/ --json --prob-thresh 0.8
   tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
 
-exit status: 0 all images processed, 1 an image or the setup failed (errors are listed
-on stderr, other images are still processed), 2 bad command-line arguments.""",
+outputs: with --blur/--pixelate, --out holds only anonymised images and the
+detections JSON (add --draw for copies with boxes drawn, faces visible). Every
+file is written to a temporary name and renamed when complete. Progress of
+folder runs goes to stderr.
+
+exit status: 0 all images processed, 1 an image, one of its output files or the
+setup failed (errors are listed on stderr, other images are still processed),
+2 bad command-line arguments, 130 interrupted (Ctrl-C or SIGTERM).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files, or folders (walked recursively for "
-                             + "/".join(s[1:] for s in IMAGE_SUFFIXES) + " files)")
+                        help="image files, or folders (walked recursively, following symbolic "
+                             "links, for " + "/".join(s[1:] for s in IMAGE_SUFFIXES)
+                             + " files), or - (or /dev/stdin) for one image on standard input")
     parser.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
                         default="onnxruntime",
                         help="network runtime (default: onnxruntime, on the CPU)")
@@ -118,17 +140,29 @@ on stderr, other images are still processed), 2 bad command-line arguments.""",
                         help="checkpoint (.pth from tiny-faces-pytorch, or the authors' "
                              "hr_res101.mat); needs the 'export' extra (torch) (default: none)")
     parser.add_argument("--out", metavar="DIR",
-                        help="write <name>_boxes.jpg|png (boxes drawn) and <name>.json "
-                             "(detections) for every image into DIR (default: write nothing)")
+                        help="write <name>.json (detections) and <name>_boxes.jpg|png (boxes "
+                             "drawn; with --blur/--pixelate only if --draw) for every image "
+                             "into DIR (default: write nothing)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document with every image's detections instead "
                              "of one line per image (default: lines)")
     anon = parser.add_mutually_exclusive_group()
     anon.add_argument("--blur", action="store_true",
-                      help="also write <name>_blurred.jpg|png with every face blurred (needs --out)")
+                      help="write <name>_blurred.jpg|png with every face blurred, and no copy "
+                           "showing the faces unless --draw (needs --out)")
     anon.add_argument("--pixelate", action="store_true",
-                      help="also write <name>_pixelated.jpg|png with every face pixelated "
-                           "(needs --out)")
+                      help="write <name>_pixelated.jpg|png with every face pixelated, and no "
+                           "copy showing the faces unless --draw (needs --out)")
+    parser.add_argument("--draw", action="store_true",
+                        help="with --blur/--pixelate, also write <name>_boxes.jpg|png, the "
+                             "ORIGINAL image with boxes drawn, faces visible (default: off when "
+                             "anonymising, on otherwise)")
+    parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=DEFAULT_JPEG_QUALITY,
+                        metavar="Q", help="quality 1..100 of the JPEG files written for JPEG "
+                                          "inputs (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist (default: keep them; an image "
+                             "whose outputs all exist is skipped, so a re-run resumes)")
     parser.add_argument("--prob-thresh", type=probability, metavar="P",
                         help="keep detections with probability > P (default: the model's, 0.5)")
     parser.add_argument("--nms-thresh", type=fraction, metavar="T",
@@ -144,10 +178,16 @@ on stderr, other images are still processed), 2 bad command-line arguments.""",
                         help="onnxruntime execution providers, comma separated (cpu, cuda, "
                              "tensorrt) or 'auto' for the best available (default: cpu)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="onnxruntime intra-op threads (default: all cores)")
+                        help="onnxruntime intra-op threads, at most the usable cores "
+                             "(default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log backend details (providers in use, cache hits)")
+    add_version_argument(parser)
     return parser
+
+
+def _jpeg_quality(text: str) -> int:
+    return checked(text, int, lambda v: 1 <= v <= 100, "an integer", "between 1 and 100")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +214,9 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     errors: list[tuple[str, str]] = []
     for arg in arguments:
         path = Path(arg)
-        if path.is_dir():
+        if arg in STDIN_ARGUMENTS:
+            jobs.append(ImageJob(path, Path("stdin"), "stdin"))
+        elif path.is_dir():
             root = path.resolve()
             below = [e for e in excluded if root in e.parents]
             found = sorted(p for p in _walk(path) if not _inside(p, below))
@@ -191,7 +233,26 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
 
 
 def _walk(folder: Path) -> Iterator[Path]:
-    for root, dirs, files in os.walk(folder):
+    """Image files below ``folder``, following symbolic links to folders; a link back to a
+    folder already walked (a loop, or the same folder twice) is skipped with a warning."""
+    seen: set[tuple[int, int]] = set()
+    def unreadable(exc: OSError) -> None:
+        log.warning("%s: cannot read the folder (%s); skipped", exc.filename,
+                    exc.strerror or exc)
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        try:
+            info = os.stat(root)
+        except OSError as exc:
+            log.warning("%s: cannot read the folder (%s); skipped", root, exc.strerror or exc)
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            log.warning("%s: links to a folder already searched (a symbolic-link loop or "
+                        "a second link); skipped", root)
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
@@ -241,30 +302,72 @@ class OutputNames:
         return candidate
 
 
-def write_outputs(out_dir: Path, stem: Path, job: ImageJob, image: np.ndarray, boxes: np.ndarray,
-                  record: dict[str, Any], anonymise: str | None) -> list[Path]:
-    """Writes the drawn copy, the detections JSON and the anonymised copy; returns the paths."""
+@dataclass(frozen=True)
+class OutputPlan:
+    """The files ``--out`` gets for one image (None: not written)."""
+
+    drawn: Path | None
+    anonymised: Path | None
+    detections: Path
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.anonymised, self.detections, self.drawn) if p is not None]
+
+
+def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None,
+                 draw: bool) -> OutputPlan:
+    """Where the outputs of ``job`` go: the drawn copy only when ``draw`` (an anonymised
+    folder must not hold the faces), the anonymised copy when ``anonymise``."""
+    ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
+    base = out_dir / stem
+    suffix = {"blur": "_blurred", "pixelate": "_pixelated"}.get(anonymise or "")
+    return OutputPlan(drawn=base.with_name(base.name + "_boxes" + ext) if draw else None,
+                      anonymised=base.with_name(base.name + suffix + ext) if suffix else None,
+                      detections=base.with_name(base.name + ".json"))
+
+
+def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
+                  record: dict[str, Any], anonymise: str | None, *,
+                  jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                  keep: Sequence[Path] = ()) -> list[Path]:
+    """Writes the planned files (each atomically), except those in ``keep``; returns the
+    paths written.
+
+    Raises:
+        TinyFacesError: naming every file that could not be written (the others are
+            written; none is left truncated).
+    """
     from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import save_image
 
-    ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
-    base = out_dir / stem
     try:
-        base.parent.mkdir(parents=True, exist_ok=True)
+        plan.detections.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TinyFacesError(f"cannot create output folder {base.parent}: {exc}") from exc
-    written = [base.with_name(base.name + "_boxes" + ext)]
-    save_image(written[-1], draw_boxes(image, boxes))
-    if anonymise:
-        hide = blur_boxes if anonymise == "blur" else pixelate_boxes
-        suffix = "_blurred" if anonymise == "blur" else "_pixelated"
-        written.append(base.with_name(base.name + suffix + ext))
-        save_image(written[-1], hide(image, boxes))
-    written.append(base.with_name(base.name + ".json"))
-    try:
-        written[-1].write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as exc:
-        raise TinyFacesError(f"cannot write {written[-1]}: {exc}") from exc
+        raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
+                             f"{exc.strerror or exc}") from exc
+    makers: list[tuple[Path | None, Callable[[Path], None]]] = [
+        (plan.anonymised, lambda path: save_image(
+            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
+            jpeg_quality=jpeg_quality)),
+        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
+        (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes),
+                                             jpeg_quality=jpeg_quality)),
+    ]
+    written: list[Path] = []
+    failed: list[str] = []
+    for path, make in makers:
+        if path is None or path in keep:
+            continue
+        try:
+            make(path)
+        except TinyFacesError as exc:
+            failed.append(str(exc))
+        except OSError as exc:
+            failed.append(f"{path}: cannot write ({exc.strerror or exc})")
+        else:
+            written.append(path)
+    if failed:
+        raise TinyFacesError("; ".join(failed))
     return written
 
 
@@ -277,19 +380,32 @@ class WiderWriter:
         self.wider_dir = wider_dir
         self._written: dict[Path, Path] = {}
 
-    def write(self, job: ImageJob, boxes: np.ndarray) -> Path:
-        from tinyfaces_trt.wider.format import detection_path, write_detection_file
+    def claim(self, job: ImageJob) -> Path:
+        """The result file of ``job``, reserved for it in this run.
 
-        target = detection_path(self.wider_dir, job.event, job.path.stem)
+        Raises:
+            TinyFacesError: another image of this run has that file.
+        """
+        from tinyfaces_trt.wider.format import detection_path
+
+        target = detection_path(self.wider_dir, job.event, Path(job.rel.name).stem)
         other = self._written.get(target)
-        if other is not None:
+        if other is not None and other != job.path:
             raise TinyFacesError(f"{job.path}: its WIDER result {target} was already written for "
                                  f"{other} (same event and name); rename one of the two images")
-        try:
-            write_detection_file(target, f"{job.event}/{job.path.name}", boxes)
-        except OSError as exc:
-            raise TinyFacesError(f"cannot write WIDER result for {job.path}: {exc}") from exc
         self._written[target] = job.path
+        return target
+
+    def write(self, job: ImageJob, boxes: np.ndarray) -> Path:
+        """Writes the result file of ``job`` (atomically); returns its path."""
+        from tinyfaces_trt.wider.format import write_detection_file
+
+        target = self.claim(job)
+        try:
+            write_detection_file(target, f"{job.event}/{job.rel.name}", boxes)
+        except OSError as exc:
+            raise TinyFacesError(f"cannot write WIDER result {target} for {job.path}: "
+                                 f"{exc.strerror or exc}") from exc
         return target
 
 
@@ -308,7 +424,7 @@ def _is_untrained(args: argparse.Namespace) -> bool:
         return True
     from tinyfaces_trt.core.manifest import load_export_folder
 
-    return load_export_folder(args.model).untrained
+    return load_export_folder(args.model, verify=False).untrained
 
 
 def _check_weights_path(weights: str | None) -> None:
@@ -317,6 +433,14 @@ def _check_weights_path(weights: str | None) -> None:
                 if (Path(weights) / "manifest.json").is_file() else "")
         raise TinyFacesError(f"--weights {weights} is a folder, not a checkpoint file "
                              f"(.pth or .mat){hint}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -331,10 +455,33 @@ def _make_detector(args: argparse.Namespace) -> Any:
         progress=lambda line: stderr_line(f"{PROG}: {line}"))
 
 
+def _unknown_providers(text: str) -> list[str]:
+    """Names in ``--providers`` that are neither an alias nor a provider of the installed
+    onnxruntime (empty when onnxruntime is missing: its backend then says so)."""
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import PROVIDER_ALIASES
+
+    if text.strip().lower() == "auto":
+        return []
+    names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        return [n for n in names if not n] or [""]
+    full = [n for n in names if n.lower() not in PROVIDER_ALIASES]
+    if not full:
+        return []
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    known = set(onnxruntime.get_all_providers())
+    return [n for n in full if n not in known]
+
+
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument combinations argparse cannot express; exits 2 through ``parser.error``."""
     if (args.blur or args.pixelate) and not args.out:
         parser.error("--blur/--pixelate write an anonymised copy and need --out DIR")
+    if args.draw and not args.out:
+        parser.error("--draw writes copies with boxes drawn and needs --out DIR")
     if args.backend != "onnxruntime" and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
     if args.backend == "torch" and args.fp16:
@@ -342,6 +489,14 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.backend == "torch" and args.model:
         parser.error("--backend torch runs a checkpoint (--weights F) directly; an export "
                      "folder (--model) runs with --backend onnxruntime or tensorrt")
+    if args.providers is not None:
+        unknown = _unknown_providers(args.providers)
+        if unknown:
+            parser.error(f"--providers: unknown ONNX Runtime provider(s) {unknown}; use cpu, "
+                         "cuda, tensorrt, 'auto', or a full provider name such as "
+                         "CUDAExecutionProvider")
+    if sum(1 for i in args.images if i in STDIN_ARGUMENTS) > 1:
+        parser.error("- (standard input) can be given once")
     inputs = {Path(i).resolve() for i in args.images if Path(i).is_dir()}
     for option, folder in (("--out", args.out), ("--wider-dir", args.wider_dir)):
         if folder and Path(folder).resolve() in inputs:
@@ -356,17 +511,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
-        with logging_to_stderr(PROG, args.verbose):
+        with logging_to_stderr(PROG, args.verbose), sigterm_as_interrupt():
             return _run(args)
     except KeyboardInterrupt:
-        stderr_line(f"{PROG}: interrupted")
+        stderr_line(f"{PROG}: interrupted (files written so far are complete; no partial "
+                    "file was left)")
         return 130
+
+
+class _Console:
+    """Lines for stdout and stderr, kept clear of the progress bar (when there is one)."""
+
+    def __init__(self, bar: Any = None) -> None:
+        self.bar = bar
+
+    def out(self, line: str) -> None:
+        self._write(line, sys.stdout)
+
+    def err(self, line: str) -> None:
+        self._write(line, sys.stderr)
+
+    def _write(self, line: str, stream: Any) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=stream)
+            stream.flush()
+        else:
+            print(line, file=stream, flush=True)
+
+
+def _progress_bar(jobs: list[ImageJob], args: argparse.Namespace) -> Any:
+    """tqdm on stderr for folder inputs (several images), else None."""
+    if len(jobs) < 2 or not any(Path(a).is_dir() for a in args.images):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=len(jobs), desc=PROG, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+
+def _created_folder(folder: str | None) -> bool:
+    return bool(folder) and not os.path.lexists(Path(folder).expanduser())
 
 
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    new_folders = [Path(f).expanduser() for f in (args.out, args.wider_dir) if _created_folder(f)]
+    try:
+        return _run_in(args, start)
+    finally:
+        for folder in new_folders:  # nothing written: leave no empty folder behind
+            if remove_empty_dirs(folder):
+                log.info("removed %s: nothing was written into it", folder)
+
+
+def _run_in(args: argparse.Namespace, start: float) -> int:
     try:
         _check_weights_path(args.weights)
+        if args.threads is not None and args.threads > usable_cores():
+            stderr_line(f"{PROG}: --threads {args.threads} is more than the {usable_cores()} "
+                        f"usable core(s); using {usable_cores()}")
+            args.threads = usable_cores()
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
         wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
             if args.wider_dir else None
@@ -377,6 +580,8 @@ def _run(args: argparse.Namespace) -> int:
     except TinyFacesError as exc:
         _error(str(exc))
         return 1
+    identity = getattr(detector, "identity", None)
+    model = identity.to_dict() if identity is not None else None
     jobs, errors = collect_images(
         args.images, [d for d in (out_dir, wider and wider.wider_dir) if d])
     failures = [{"image": arg, "error": message} for arg, message in errors]
@@ -385,40 +590,75 @@ def _run(args: argparse.Namespace) -> int:
     anonymise = "blur" if args.blur else "pixelate" if args.pixelate else None
     names = OutputNames()
     records: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     faces = 0
-    for job in jobs:
-        try:
-            record = _process(detector, job, args, names, out_dir, wider, anonymise)
-        except TinyFacesError as exc:
-            _error(str(exc))
-            failures.append({"image": str(job.path), "error": str(exc)})
-            continue
-        faces += len(record["detections"])
-        records.append(record)
+    bar = _progress_bar(jobs, args)
+    console = _Console(bar)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    redirect = logging_redirect_tqdm([logging.getLogger("tinyfaces_trt")]) if bar is not None \
+        else contextlib.nullcontext()
+    try:
+        with redirect:
+            for job in jobs:
+                try:
+                    record = _process(detector, job, args, names, out_dir, wider, anonymise,
+                                      model, console)
+                except TinyFacesError as exc:
+                    console.err(f"{PROG}: error: {exc}")
+                    failures.append({"image": str(job.path), "error": str(exc)})
+                else:
+                    if record.get("skipped"):
+                        skipped.append(record)
+                    else:
+                        faces += len(record["detections"])
+                        records.append(record)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
-        print(json.dumps({"backend": args.backend, "untrained": untrained,
-                          "images": records, "errors": failures}, indent=2))
-    stderr_line(f"{PROG}: {len(records)} image(s), {faces} face(s), {len(failures)} error(s) "
-            f"in {time.perf_counter() - start:.1f} s")
+        print(json.dumps({"backend": args.backend, "untrained": untrained, "model": model,
+                          "images": records, "skipped": skipped, "errors": failures}, indent=2))
+    stderr_line(f"{PROG}: {len(records)} image(s), {faces} face(s), "
+                + (f"{len(skipped)} skipped (outputs exist), " if skipped else "")
+                + f"{len(failures)} error(s) in {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
 
 
-def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: OutputNames,
-             out_dir: Path | None, wider: WiderWriter | None,
-             anonymise: str | None) -> dict[str, Any]:
-    """Detects one image, prints its line, writes its files; returns its JSON record."""
-    from tinyfaces_trt.runtime.imageio import load_image
+def _load(job: ImageJob) -> np.ndarray:
+    from tinyfaces_trt.runtime.imageio import load_image, load_image_stream
 
-    image = load_image(job.path)
+    if job.is_stdin:
+        return load_image_stream(sys.stdin.buffer, "<stdin>")
+    return load_image(job.path)
+
+
+def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: OutputNames,
+             out_dir: Path | None, wider: WiderWriter | None, anonymise: str | None,
+             model: dict[str, Any] | None, console: _Console) -> dict[str, Any]:
+    """Detects one image, prints its line, writes its files; returns its JSON record
+    (``{"image", "skipped"}`` when all its outputs exist and ``--overwrite`` is not given)."""
+    plan = plan_outputs(out_dir, names.stem(job), job, anonymise,
+                        draw=args.draw or anonymise is None) if out_dir is not None else None
+    wider_target = wider.claim(job) if wider is not None else None
+    targets = (plan.paths() if plan else []) + ([wider_target] if wider_target else [])
+    present = [t for t in targets if t.exists()] if not args.overwrite else []
+    if targets and len(present) == len(targets):
+        console.err(f"{PROG}: {job.path}: skipped, its outputs exist (--overwrite replaces them)")
+        return {"image": str(job.path), "skipped": True}
+    image = _load(job)
     boxes = detector.detect(image)
     record = {"image": str(job.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "backend": args.backend, "detections": detections_to_list(boxes)}
-    if out_dir is not None:
-        write_outputs(out_dir, names.stem(job), job, image, boxes, record, anonymise)
-    if wider is not None:
+              "backend": args.backend, "model": model, "detections": detections_to_list(boxes)}
+    if plan is not None:
+        write_outputs(plan, image, boxes, record, anonymise, jpeg_quality=args.jpeg_quality,
+                      keep=present)
+    if wider is not None and wider_target not in present:
         wider.write(job, boxes)
     if not args.json:
-        print(format_line(job.path, boxes), flush=True)
+        console.out(format_line(job.path, boxes))
     return record
 
 

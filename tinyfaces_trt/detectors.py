@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.export_cache import Progress, cached_export, reference_model
+from tinyfaces_trt.core.manifest import ModelIdentity
+from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export, reference_model,
+                                        weights_sha256)
 from tinyfaces_trt.runtime import backends as folder_backends
-from tinyfaces_trt.runtime.backends import apply_overrides
+from tinyfaces_trt.runtime.backends import apply_overrides, warn_if_untrained
 from tinyfaces_trt.runtime.pipeline import Detector
 
 BACKENDS = (*folder_backends.BACKENDS, "torch", "torch-cuda", "auto")
@@ -124,7 +126,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         model, config = reference_model(weights, depth, variant)
         from tinyfaces_trt.export.torch_runner import TorchRunner
 
-        return Detector(TorchRunner(model), apply_overrides(config, config_overrides))
+        identity = torch_identity(weights)
+        warn_if_untrained(identity)
+        return Detector(TorchRunner(model), apply_overrides(config, config_overrides),
+                        identity=identity)
     if backend == "tensorrt":
         from tinyfaces_trt.runtime.backends.tensorrt_runner import import_tensorrt
 
@@ -154,9 +159,19 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     model, config = reference_model(weights, depth, variant)
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
                              cache_dir=cache_dir)
+    identity = torch_identity(weights)
+    warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_for(runner, apply_overrides(config, config_overrides),
-                                        gpu_stages=gpu_stages)
+                                        gpu_stages=gpu_stages, identity=identity)
+
+
+def torch_identity(weights: str | os.PathLike[str] | None) -> ModelIdentity:
+    """The identity of a checkpoint run by torch (None: the untrained default network)."""
+    if weights is None:
+        spec = ", ".join(f"{k} {v}" for k, v in UNTRAINED_MODEL.items())
+        return ModelIdentity(None, True, f"the default network ({spec})")
+    return ModelIdentity(weights_sha256(weights), False, f"checkpoint {weights}")
 
 
 @dataclass(frozen=True)

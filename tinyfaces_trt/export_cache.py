@@ -15,8 +15,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
-from tinyfaces_trt.core.files import CACHE_ENV, cache_root
+from tinyfaces_trt.core.files import CACHE_ENV, cache_root, remove_stale_temporaries
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
 
@@ -80,14 +78,23 @@ def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
 
 
 def _usable(folder_path: Path, fp16: bool, engine: bool) -> ExportFolder | None:
-    """The cached folder if it is complete for this request, else None."""
+    """The cached folder if it is complete for this request and its files match the
+    checksums its manifest records, else None (a damaged entry is logged as a warning)."""
     try:
-        folder = load_export_folder(folder_path)
+        folder = load_export_folder(folder_path, verify=False)
         folder.onnx_path(fp16)
         if engine:
             folder.engine_path(fp16)
     except ManifestError as exc:
         log.info("export cache %s not usable (%s); exporting again", folder_path, exc)
+        return None
+    if not folder.has_checksums:
+        log.info("export cache %s predates file checksums; exporting again", folder_path)
+        return None
+    try:
+        folder.verify()
+    except ManifestError as exc:
+        log.warning("export cache %s is damaged (%s); exporting it again", folder_path, exc)
         return None
     return folder
 
@@ -99,12 +106,16 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     """The export folder of ``weights`` (None: the untrained network) in the cache.
 
     Reuses ``<cache>/<key>/`` when it is complete (the requested precision, and an engine
-    when ``engine``); otherwise exports into a temporary folder beside it and moves that into
-    place, so an interrupted export never leaves a half-written cache entry. ``verify``
-    checks each new ONNX file against torch (see ``export_model``).
+    when ``engine``) and its files match their recorded sha256; otherwise (also for a
+    truncated or damaged entry) exports into a staging folder beside it and swaps that into
+    place, so an interrupted export never leaves a half-written cache entry. Staging folders
+    of killed runs are removed. ``verify`` checks each new ONNX file against torch (see
+    ``export_model``).
     """
     say = progress or log.info
     root = cache_root(cache_dir)
+    for stale in remove_stale_temporaries(root):
+        log.info("removed %s left in the export cache by an interrupted run", stale)
     key = cache_key(weights, depth, variant)
     target = root / key
     if target.exists():
@@ -122,28 +133,14 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     model, config = reference_model(weights, depth, variant)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     except OSError as exc:
         raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
                              f"(set {CACHE_ENV} to a writable folder)") from exc
-    try:
-        export_model(model, config, staging, fp16=fp16, engine=engine,
-                     weights_path=weights, untrained=weights is None, verify=verify, hints=False,
-                     log=lambda line: say(line.replace(str(staging), str(target))))
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(staging, target)
-        except OSError as exc:  # another process put a folder there meanwhile
-            folder = _usable(target, fp16, engine)
-            if folder is None:
-                raise TinyFacesError(f"cannot move the export into the cache {target}: {exc}") from exc
-            return folder
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    # export_model stages beside the target and swaps the finished folder in whole
+    export_model(model, config, target, fp16=fp16, engine=engine, weights_path=weights,
+                 untrained=weights is None, verify=verify, hints=False, log=say)
     say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
-    return load_export_folder(target)
+    return load_export_folder(target, verify=False)  # its checksums were just computed
 
 
 __all__ = ["CACHE_ENV", "UNTRAINED_MODEL", "Progress", "cache_key", "cache_root", "cached_export",

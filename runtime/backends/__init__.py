@@ -27,7 +27,7 @@ from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
+from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
 from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
 from tinyfaces_trt.runtime.pipeline import Detector
 
@@ -70,6 +70,18 @@ def _ort_has_cuda() -> bool:
     except Exception as exc:
         log.debug("onnxruntime has no CUDA provider: %s", exc)
         return False
+
+
+#: Logged (WARNING) once for every detector created over an untrained network.
+UNTRAINED_WARNING = ("detector runs an UNTRAINED network (seeded random weights, %s): its "
+                     "detections are meaningless; give trained weights or an export folder of them")
+
+
+def warn_if_untrained(identity: ModelIdentity) -> None:
+    """Logs :data:`UNTRAINED_WARNING` (WARNING) when ``identity`` is untrained; called once
+    per detector where detectors are created."""
+    if identity.untrained:
+        log.warning(UNTRAINED_WARNING, identity.source)
 
 
 def _check_backend(backend: str) -> None:
@@ -152,11 +164,13 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         folder = load_export_folder(model_dir)
     config = apply_overrides(folder.config, config_overrides)
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads)
-    return detector_for(runner, config, gpu_stages=gpu_stages)
+    warn_if_untrained(folder.identity)
+    return detector_for(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
 
 
 def detector_for(runner: NetworkRunner, config: DetectorConfig,
-                 gpu_stages: bool | None = None) -> Detector:
+                 gpu_stages: bool | None = None,
+                 identity: ModelIdentity | None = None) -> Detector:
     """A :class:`Detector` over ``runner`` with the stages its capabilities call for.
 
     A device-I/O runner gets the CUDA resize and decode+NMS stages on its own stream (one
@@ -169,12 +183,13 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
             loads, else the host stages with a warning (the runner then takes and returns host
             arrays, which costs copies); True: required (an error when they cannot load);
             False: host stages.
+        identity: the model's identity (weights hash, untrained flag) the detector reports.
     """
     if not capabilities_of(runner).device_io or gpu_stages is False:
         if gpu_stages:
             raise BackendUnavailableError(
                 f"{type(runner).__name__} is not a device-I/O runner: the CUDA stages need one")
-        return Detector(runner, config)
+        return Detector(runner, config, identity=identity)
     try:
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
@@ -184,12 +199,13 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
             raise
         log.warning("CUDA resize/decode/NMS unavailable (%s); using the host stages, with a copy "
                     "to and from the GPU per pyramid level", exc)
-        return Detector(runner, config)
-    return Detector(runner, config, preprocessor=pre, postprocessor=post)
+        return Detector(runner, config, identity=identity)
+    return Detector(runner, config, preprocessor=pre, postprocessor=post,
+                    identity=identity)
 
 
 __all__ = [
     "BACKENDS", "apply_overrides", "available_backends", "create_detector",
-    "create_runner", "detector_for",
+    "create_runner", "detector_for", "warn_if_untrained",
 ]
 

@@ -37,6 +37,7 @@ from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffe
                                                         Stream, StreamOrder)
 from tinyfaces_trt.runtime.decode import active_templates
 from tinyfaces_trt.runtime.pipeline import validate_batch
+from tinyfaces_trt.runtime.postprocess import finish_boxes
 
 DEFAULT_MAX_NMS_CANDIDATES = 8192
 
@@ -299,8 +300,9 @@ class CudaPostprocessor:
         out = self._out.get(max_candidates * 5 * 4)
         stats = self._stats.get(b.NMS_STATS_DTYPE.itemsize)
         height, width = self._image_hw
-        params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
-                              self.config.clip_boxes, height, width)
+        # clipped on the host after the boxes outside the image are dropped, as the numpy path
+        params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
+                              height, width)
         lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
                 ws_bytes, out, stats, self.stream)
         host = np.zeros(1, b.NMS_STATS_DTYPE)
@@ -326,7 +328,7 @@ class CudaPostprocessor:
         if kept:
             self._out.buffer.download(boxes, self.stream)
             self.stream.synchronize()
-        return boxes
+        return finish_boxes(boxes, self._image_hw, self.config)
 
     def finish_all(self) -> list[np.ndarray]:
         """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array per image."""

@@ -76,7 +76,8 @@ class ParityResult:
                  else ["maps: not compared"])
         found += ([f"detections: {f}" for f in self.detections.failures]
                   if self.detections is not None
-                  else ["detections: not compared (the score maps' shapes differ)"])
+                  else ["detections: not compared (the score maps' shapes differ or hold "
+                        "non-finite values)"])
         return found
 
     @property
@@ -125,7 +126,8 @@ def compare_runner(reference: NetworkRunner | ReferenceCase, runner: NetworkRunn
         c = compare_maps(r, t, tol.maps)
         maps = c if maps is None else maps.merge(c)
     result = ParityResult(backend, precision, width, height, len(case.levels), maps=maps)
-    if maps is not None and maps.shape_ok:
+    finite = maps is not None and not (maps.n_nonfinite_test or maps.n_nonfinite_ref)
+    if maps is not None and maps.shape_ok and finite:  # NaN maps already failed; no decode
         test_dets = postprocess_levels(test_maps, case.levels, (height, width), config)
         result.detections = compare_detections(case.detections, test_dets, config.prob_thresh,
                                                config.nms_thresh, tol.detections)

@@ -21,7 +21,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import atomic_output, write_text_atomic
 from tinyfaces_trt.wider.evaluate import SETTINGS, WiderEvalResult, evaluate_folder
 
 
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="fail when a ground-truth image has no prediction file (default: count "
                         "it as an image without detections)")
+    add_version_argument(p)
     return p
 
 
@@ -125,7 +128,8 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=100)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or None)
     except ValueError as exc:  # matplotlib: unknown format
         raise TinyFacesError(f"cannot save the plot {path}: {exc}") from exc
     finally:
@@ -152,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             payload = result.to_dict()
             payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred))
-            args.json.write_text(json.dumps(payload, indent=1) + "\n")
+            write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
         if args.plot is not None:
             save_pr_plot(result, args.plot)
     except TinyFacesError as exc:

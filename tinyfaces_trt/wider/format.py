@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import write_text_atomic
 
 _SEPARATORS = re.compile(r"[\s,]+")
 
@@ -93,11 +94,11 @@ def detection_path(root: str | Path, event: str, image_stem: str) -> Path:
 
 
 def write_detection_file(path: str | Path, image_name: str, boxes: np.ndarray) -> Path:
-    """Writes one detection file (creating parent folders); returns its path."""
+    """Writes one detection file atomically (creating parent folders); returns its path."""
     path = Path(path)
     text = format_detections(image_name, boxes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text_atomic(path, text)
     return path
 
 

@@ -1,0 +1,293 @@
+"""tf-detect as an anonymiser (issue 10): atomic outputs under faults (full disk, Ctrl-C,
+SIGTERM, SIGKILL), no copy showing the faces unless asked, skip/overwrite, and the smaller
+items (stdin, JPEG quality, threads, providers, symlinks, GIFs, empty folders, --version)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faults import assert_no_truncated_outputs, enospc, failing_save, temporaries
+from tinyfaces_trt.cli_detect import main
+from tinyfaces_trt.parity.harness import synthetic_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Four small images: two JPEG, two PNG."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(4):
+        ext = ".jpg" if k % 2 == 0 else ".png"
+        Image.fromarray(synthetic_image(40 + k, 56, seed=k)).save(folder / f"p{k}{ext}")
+    return folder
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+# ------------------------------------------------------------------ item 1: atomic outputs
+
+def test_full_disk_during_a_write_leaves_no_truncated_file_and_counts_the_error(
+        capsys, photos, export_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image.Image, "save", failing_save("p1_pixelated", enospc()))
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--pixelate")
+    assert code == 1
+    assert "p1_pixelated.png: cannot save (No space left on device)" in err
+    assert "1 error(s)" in err
+    finals = assert_no_truncated_outputs(out)
+    assert not (out / "p1_pixelated.png").exists() and temporaries(out) == []
+    assert (out / "p0_pixelated.jpg") in finals and (out / "p3_pixelated.png") in finals
+
+
+def test_full_disk_while_writing_json_is_reported(capsys, photos, export_dir, tmp_path,
+                                                  monkeypatch):
+    from tinyfaces_trt.core import files
+
+    real = files.atomic_output
+
+    def failing(path):
+        if Path(path).name == "p2.json":
+            raise enospc()
+        return real(path)
+
+    monkeypatch.setattr(files, "atomic_output", failing)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--blur")
+    assert code == 1 and "p2.json: cannot write (No space left on device)" in err
+    assert not (out / "p2.json").exists() and (out / "p2_blurred.jpg").is_file()
+
+
+def test_interrupt_during_a_write_leaves_no_partial_file(capsys, photos, export_dir, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setattr(Image.Image, "save", failing_save("p2_blurred", KeyboardInterrupt()))
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--blur")
+    assert code == 130 and "interrupted" in err
+    finals = assert_no_truncated_outputs(out)
+    assert {p.name for p in finals} == {"p0_blurred.jpg", "p0.json", "p1_blurred.png", "p1.json"}
+    assert temporaries(out) == []
+
+
+def _batch(photos: Path, export_dir: Path, out: Path) -> subprocess.Popen:
+    for k in range(4, 16):  # enough images that the signal lands mid-batch
+        shutil.copy(photos / f"p{k % 4}{'.jpg' if k % 2 == 0 else '.png'}",
+                    photos / f"q{k}{'.jpg' if k % 2 == 0 else '.png'}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyfaces_trt.cli_detect", str(photos), "--model", str(export_dir),
+         "--out", str(out), "--blur", "--draw"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signal_during_a_batch_leaves_only_complete_files(photos, export_dir, tmp_path, sig):
+    out = tmp_path / "out"
+    proc = _batch(photos, export_dir, out)
+    try:
+        assert proc.stdout.readline()  # the first image is done: the batch is under way
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    finals = assert_no_truncated_outputs(out)
+    assert 0 < len(finals) < 16 * 3  # stopped mid-batch
+    if sig == signal.SIGKILL:
+        return  # nothing can clean up after SIGKILL; hidden temporaries may stay
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert temporaries(out) == []
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a private tmpfs")
+def test_really_full_disk_on_a_tiny_tmpfs(photos, export_dir, tmp_path):
+    """A 48 KiB tmpfs (a private mount namespace) fills up during the batch."""
+    probe = subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("this machine does not allow user mount namespaces")
+    rng = np.random.default_rng(0)
+    for k in range(6):  # noise does not compress: ~20 KiB per PNG
+        Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(
+            photos / f"n{k}.png")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=48k tmpfs {disk} && "
+              f"{sys.executable} -m tinyfaces_trt.cli_detect {photos} --model {export_dir} "
+              f"--out {disk}/out --blur --draw; rc=$?; "
+              f"cp -r {disk}/out {tmp_path}/copy 2>/dev/null; exit $rc")
+    done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    finals = assert_no_truncated_outputs(tmp_path / "copy")
+    assert finals and temporaries(tmp_path / "copy") == []
+
+
+# -------------------------------------------------- item 5: no copy with the faces visible
+
+def test_anonymising_writes_no_copy_with_the_faces_unless_draw(capsys, photos, export_dir,
+                                                               tmp_path):
+    out = tmp_path / "anonymised"
+    code, _, _ = _run(capsys, photos / "p1.png", "--model", export_dir, "--out", out, "--blur")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p1.json", "p1_blurred.png"]
+    drawn = tmp_path / "drawn"
+    code, _, _ = _run(capsys, photos / "p1.png", "--model", export_dir, "--out", drawn,
+                      "--pixelate", "--draw")
+    assert code == 0
+    assert sorted(p.name for p in drawn.iterdir()) == ["p1.json", "p1_boxes.png",
+                                                       "p1_pixelated.png"]
+
+
+def test_readme_says_anonymised_folders_hold_no_faces():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "--blur" in text and "only anonymised images" in text and "--draw" in text
+
+
+# ----------------------------------------------------------- item 7: overwrite / skip
+
+def test_rerun_skips_done_images_and_overwrite_replaces(capsys, photos, export_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)[0] == 0
+    json_path = out / "p0.json"
+    json_path.write_text('{"marker": 1}')
+    code, stdout, err = _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)
+    assert code == 0 and stdout == "" and "skipped, its outputs exist" in err
+    assert json.loads(json_path.read_text()) == {"marker": 1}
+    (out / "p0_boxes.jpg").unlink()  # partial: the missing file is written, the others kept
+    _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)
+    assert (out / "p0_boxes.jpg").is_file() and json.loads(json_path.read_text()) == {"marker": 1}
+    code, _, _ = _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out,
+                      "--overwrite")
+    assert code == 0 and "detections" in json.loads(json_path.read_text())
+
+
+def test_jpeg_quality_option(capsys, photos, export_dir, tmp_path):
+    sizes = {}
+    for quality in (95, 20):
+        out = tmp_path / f"q{quality}"
+        _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out,
+             "--jpeg-quality", quality)
+        sizes[quality] = (out / "p0_boxes.jpg").stat().st_size
+    assert sizes[95] > 1.5 * sizes[20]
+    with pytest.raises(SystemExit) as info:
+        main([str(photos / "p0.jpg"), "--jpeg-quality", "0"])
+    assert info.value.code == 2
+
+
+# ------------------------------------------------------------------ item 7: the rest
+
+def test_empty_out_folder_is_removed_when_nothing_was_written(capsys, tmp_path, export_dir):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "new" / "out"
+    code, _, _ = _run(capsys, bad, "--model", export_dir, "--out", out, "--wider-dir",
+                      tmp_path / "pred")
+    assert code == 1 and not out.exists() and not (tmp_path / "pred").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    _run(capsys, bad, "--model", export_dir, "--out", existing)
+    assert existing.is_dir()  # the user's folder stays
+
+
+@pytest.mark.parametrize("argument", ["-", "/dev/stdin"])
+def test_image_from_standard_input(photos, export_dir, tmp_path, argument):
+    data = (photos / "p1.png").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "tinyfaces_trt.cli_detect", argument, "--model", str(export_dir),
+         "--out", str(tmp_path / "out"), "--blur"],
+        input=data, cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith(f"{argument}: ")
+    assert (tmp_path / "out" / "stdin_blurred.png").is_file()
+    record = json.loads((tmp_path / "out" / "stdin.json").read_text())
+    assert (record["width"], record["height"]) == (56, 41)
+
+
+def test_threads_are_capped_at_the_usable_cores(capsys, photos, export_dir):
+    code, _, err = _run(capsys, photos / "p1.png", "--model", export_dir, "--threads", 1000)
+    cores = len(os.sched_getaffinity(0))
+    assert code == 0
+    assert f"--threads 1000 is more than the {cores} usable core(s); using {cores}" in err
+
+
+def test_json_batch_shows_progress_on_stderr(capsys, photos, export_dir):
+    code, stdout, err = _run(capsys, photos, "--model", export_dir, "--json")
+    assert code == 0 and len(json.loads(stdout)["images"]) == 4
+    assert "tf-detect: " in err and "4/4" in err and "image" in err  # tqdm's bar
+
+
+def test_symlinked_folders_are_followed_and_loops_reported(capsys, photos, export_dir, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.move(photos / "p3.png", outside / "p3.png")
+    (photos / "linked").symlink_to(outside, target_is_directory=True)
+    (outside / "loop").symlink_to(photos, target_is_directory=True)
+    code, stdout, err = _run(capsys, photos, "--model", export_dir)
+    assert code == 0 and "p3.png: " in stdout and len(stdout.splitlines()) == 4
+    assert "links to a folder already searched" in err
+
+
+def test_animated_gif_uses_the_first_frame_and_says_so(capsys, photos, export_dir, tmp_path):
+    frames = [Image.fromarray(synthetic_image(40, 56, seed=k)) for k in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    code, _, err = _run(capsys, gif, "--model", export_dir)
+    assert code == 0 and "anim.gif: has 3 frames" in err and "first frame only" in err
+
+
+def test_tf_export_rejects_an_old_opset_as_a_usage_error(capsys):
+    from tinyfaces_trt.export.cli_export import main as export_main
+
+    with pytest.raises(SystemExit) as info:
+        export_main(["--untrained", "--opset", "5"])
+    assert info.value.code == 2 and "--opset: 5 must be >= 13" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, prog", [
+    ("tinyfaces_trt.cli_detect", "tf-detect"),
+    ("tinyfaces_trt.export.cli_export", "tf-export"),
+    ("tinyfaces_trt.wider.cli", "tf-eval"),
+    ("tinyfaces_trt.kernels.build", "tf-build-kernels"),
+])
+def test_version(capsys, module, prog):
+    import importlib
+
+    import tinyfaces_trt
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{prog} {tinyfaces_trt.__version__}"
+
+
+def test_build_kernels_prints_the_compiler_error_once(tmp_path, capsys):
+    from tinyfaces_trt.kernels import build
+
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho \"nvcc fatal   : Unsupported gpu architecture "
+                    "'compute_12'\" >&2\nexit 1\n")
+    nvcc.chmod(0o755)
+    code = build.main(["--nvcc", str(nvcc), "--arch", "12", "--out", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    assert code == 1 and (out + err).count("Unsupported gpu architecture") == 1
+
+
+def test_latency_help_has_no_issue_reference():
+    done = subprocess.run([sys.executable, "benchmarks/latency.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "issue" not in done.stdout
