@@ -36,6 +36,8 @@ from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction,
                                     logging_to_stderr, positive_int, probability,
                                     sigterm_as_interrupt, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.core.files import prepare_output_dir, remove_empty_dirs, write_text_atomic
 
 PROG = "tf-detect"
@@ -130,9 +132,11 @@ setup failed (errors are listed on stderr, other images are still processed),
                         help="image files, or folders (walked recursively, following symbolic "
                              "links, for " + "/".join(s[1:] for s in IMAGE_SUFFIXES)
                              + " files), or - (or /dev/stdin) for one image on standard input")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
-                        default="onnxruntime",
-                        help="network runtime (default: onnxruntime, on the CPU)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                        help="network runtime: onnxruntime (CPU), onnxruntime-cuda "
+                             "(onnxruntime-gpu), tensorrt, torch (the CPU reference), torch-cuda "
+                             "(compiled torch on a GPU), or auto (the fastest present here; "
+                             "says which) (default: onnxruntime)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder from tf-export (default: none)")
@@ -172,8 +176,9 @@ setup failed (errors are listed on stderr, other images are still processed),
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
                              "are kept (default: none)")
-    parser.add_argument("--fp16", action="store_true",
-                        help="run the fp16 ONNX model / TensorRT engine (default: fp32)")
+    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                        help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
+                             "for torch-cuda (default: fp32, but fp16 for torch-cuda)")
     parser.add_argument("--providers", default=None, metavar="LIST",
                         help="onnxruntime execution providers, comma separated (cpu, cuda, "
                              "tensorrt) or 'auto' for the best available (default: cpu)")
@@ -182,6 +187,7 @@ setup failed (errors are listed on stderr, other images are still processed),
                              "(default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log backend details (providers in use, cache hits)")
+    add_ray_arguments(parser)
     add_version_argument(parser)
     return parser
 
@@ -444,8 +450,11 @@ def usable_cores() -> int:
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
-    from tinyfaces_trt.detectors import create_detector
+    from tinyfaces_trt.detectors import create_detector, resolve_backend
 
+    if args.backend == "auto":
+        args.backend = resolve_backend("auto", args.model)
+        stderr_line(f"{PROG}: backend auto: {args.backend} (the fastest present here)")
     providers = args.providers.split(",") if args.providers and args.providers != "auto" \
         else args.providers
     return create_detector(
@@ -485,10 +494,12 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.backend != "onnxruntime" and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
     if args.backend == "torch" and args.fp16:
-        parser.error("--fp16 applies to the onnxruntime and tensorrt backends")
-    if args.backend == "torch" and args.model:
-        parser.error("--backend torch runs a checkpoint (--weights F) directly; an export "
-                     "folder (--model) runs with --backend onnxruntime or tensorrt")
+        parser.error("--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends")
+    if args.backend in ("torch", "torch-cuda") and args.model:
+        parser.error(f"--backend {args.backend} runs a checkpoint (--weights F) directly; an "
+                     "export folder (--model) runs with --backend onnxruntime, "
+                     "onnxruntime-cuda or tensorrt")
+    check_ray_arguments(parser, args)
     if args.providers is not None:
         unknown = _unknown_providers(args.providers)
         if unknown:
@@ -553,6 +564,10 @@ def _created_folder(folder: str | None) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if ray_requested(args):
+        from tinyfaces_trt.scaleout.detect_tasks import run_detect
+
+        return run_detect(args)
     start = time.perf_counter()
     new_folders = [Path(f).expanduser() for f in (args.out, args.wider_dir) if _created_folder(f)]
     try:
