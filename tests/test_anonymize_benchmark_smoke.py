@@ -23,7 +23,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, export_dir, capsys):
     rows = doc["rows"]
     assert [r["min_face"] for r in rows] == [None, 60.0]
     assert all(r["frames"] == 2 and r["fps"] > 0 for r in rows)
-    # 96x64 runs levels -1..1; faces >= 60 px cannot come from the 2x level (55 px at most
-    # nominally... but 110 px with the 2x regression range): same levels, fewer templates
+    # min_face=60 keeps every level (the 2x level reaches 110 px with the 2x regression
+    # range); only templates that top out below 60 px are skipped
     assert rows[0]["levels"] == rows[1]["levels"]
     assert "| 96x64 | 60.0 |" in (tmp_path / "t.md").read_text()
