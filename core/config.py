@@ -93,6 +93,12 @@ class DetectorConfig:
             short side resized to ``int(min_side * 2**k)``).
         fixed_scales: exponents k for ``pyramid="fixed"``.
         max_input_dim: no pyramid level's longer side exceeds this (the authors' MAX_INPUT_DIM).
+        min_face, max_face: face sizes (longer box side, original-image pixels) the caller
+            needs; None: no limit. Pyramid levels and templates that cannot produce a face in
+            ``[min_face, max_face]`` are not run / not decoded (see :mod:`.pyramid`).
+        size_refinement: how far the box regression is assumed to stretch or shrink a
+            template, ``exp(|tw|), exp(|th|) <= size_refinement``; only used with
+            ``min_face``/``max_face`` (a smaller value prunes more, at a recall risk).
     """
 
     variant: str = "pytorch"
@@ -108,6 +114,9 @@ class DetectorConfig:
     pyramid: str = "adaptive"
     fixed_scales: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0)
     max_input_dim: int = 5000
+    min_face: float | None = None
+    max_face: float | None = None
+    size_refinement: float = 2.0
 
     def __post_init__(self) -> None:
         t = np.asarray(self.templates, dtype=np.float64)
@@ -134,6 +143,25 @@ class DetectorConfig:
             raise ConfigError("config holds a non-finite number")
         if 0.0 in n.std:
             raise ConfigError("normalization std must not be 0")
+        self._check_face_sizes()
+
+    def _check_face_sizes(self) -> None:
+        for name in ("min_face", "max_face"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of pixels or None, "
+                                    f"got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.min_face is not None and self.max_face is not None \
+                and self.min_face > self.max_face:
+            raise ConfigError(f"min_face ({self.min_face:g}) must not exceed max_face "
+                                f"({self.max_face:g})")
+        if not (math.isfinite(self.size_refinement) and self.size_refinement >= 1.0):
+            raise ConfigError(f"size_refinement must be a finite number >= 1, "
+                                f"got {self.size_refinement}")
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":
@@ -179,6 +207,9 @@ class DetectorConfig:
             "pyramid": self.pyramid,
             "fixed_scales": list(self.fixed_scales),
             "max_input_dim": self.max_input_dim,
+            "min_face": self.min_face,
+            "max_face": self.max_face,
+            "size_refinement": self.size_refinement,
         }
 
     @classmethod
@@ -202,8 +233,16 @@ class DetectorConfig:
                 pyramid=d["pyramid"],
                 fixed_scales=tuple(map(float, d["fixed_scales"])),
                 max_input_dim=int(d["max_input_dim"]),
+                # absent from manifests written before face-size pruning existed
+                min_face=_optional_float(d.get("min_face")),
+                max_face=_optional_float(d.get("max_face")),
+                size_refinement=float(d.get("size_refinement", 2.0)),
             )
         except ConfigError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"detector config is incomplete or malformed: {exc!r}") from exc
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

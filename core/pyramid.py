@@ -18,6 +18,22 @@ Two rules (``DetectorConfig.pyramid``):
 Levels with a side shorter than :data:`MIN_INPUT_SIDE` of the network variant are skipped
 (the MatConvNet trunk leaves nothing of a 1-2 px side; ONNX Runtime even dies with SIGFPE).
 
+Face-size pruning (``DetectorConfig.min_face`` / ``max_face``)
+    Template ``c`` (``cw x ch`` pixels on the level) at a level of scale ``s`` predicts a box
+    of ``cw*exp(tw)/s x ch*exp(th)/s`` original pixels. Assuming the regression stays within
+    ``exp(|tw|), exp(|th|) <= R`` (``config.size_refinement``, default 2: one octave either
+    way), the box's longer side -- the *face size* -- lies in
+    ``[L/(R*s), L*R/s]`` with ``L = max(cw, ch)`` (:func:`template_face_sizes`). A template is
+    decoded only when that range meets ``[min_face, max_face]``
+    (:func:`active_templates`), and a level runs only when one of its templates is active.
+    Boxes clipped at the image border can come out smaller than the range; they are kept or
+    dropped with their template. Recall trade-off: a face the network would have found only
+    through a regression beyond ``R`` at a pruned level is lost (a smaller ``R`` prunes more).
+    With the shipped templates the type A templates (43..110 px tall) run at every scale, so
+    the 2x level produces faces of 21..55 px nominally and up to 110 px with ``R = 2``:
+    ``min_face`` removes it only above 110 px (55 px with ``R = 1``), so ``min_face=20`` prunes
+    nothing; ``max_face`` removes the downscaled levels (``max_face=40`` keeps 1x and up).
+
 Detections of a level are divided by its nominal ``scale`` (``2**exponent``), as both
 references do, not by the exact ratio of resized to original size.
 """
@@ -28,7 +44,9 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from tinyfaces_trt.core.config import DetectorConfig
+import numpy as np
+
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
 
 
@@ -53,6 +71,53 @@ class PyramidLevel:
     scale: float
     height: int
     width: int
+
+
+TYPE_A = np.arange(4, 12)   # templates run at every scale (0-based)
+TYPE_B = np.arange(18, 25)  # templates run at one scale only
+
+
+def policy_templates(scale: float, config: DetectorConfig) -> np.ndarray:
+    """Which of the 25 templates the reference runs at ``scale`` (bool[25]), per
+    ``config.template_policy``, before any face-size pruning."""
+    active = np.zeros(NUM_TEMPLATES, dtype=bool)
+    active[TYPE_A] = True
+    tscale = config.templates[TYPE_B, 4]
+    if config.template_policy == "pytorch":
+        # tinyfaces/models/utils.py get_bboxes: s > 1 keeps scale == 1 (a deviation from the
+        # authors, which makes Type B unused with the shipped templates).
+        keep_b = tscale < 1 if scale < 1 else tscale == 1
+    elif scale < 1:
+        keep_b = tscale < 1
+    elif scale == 1:
+        keep_b = tscale == 1
+    else:
+        keep_b = tscale > 1
+    active[TYPE_B[keep_b]] = True
+    return active
+
+
+def template_face_sizes(scale: float, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest, largest) face size, in original-image pixels, each template can produce at a
+    level of ``scale``: ``L/(R*s)`` and ``L*R/s`` with ``L`` the template's longer side and
+    ``R = config.size_refinement`` (see the module docstring). Two float64 arrays of 25."""
+    t = config.templates
+    longer = np.maximum(t[:, 2] - t[:, 0] + 1, t[:, 3] - t[:, 1] + 1)
+    r = config.size_refinement
+    return longer / (r * scale), longer * r / scale
+
+
+def active_templates(scale: float, config: DetectorConfig) -> np.ndarray:
+    """Which of the 25 templates are decoded at ``scale`` (bool[25]): the template policy's,
+    less those that cannot produce a face in ``[config.min_face, config.max_face]``."""
+    active = policy_templates(scale, config)
+    if config.min_face is not None or config.max_face is not None:
+        smallest, largest = template_face_sizes(scale, config)
+        if config.min_face is not None:
+            active &= largest >= config.min_face
+        if config.max_face is not None:
+            active &= smallest <= config.max_face
+    return active
 
 
 def _check_size(height: object, width: object) -> tuple[int, int]:
@@ -118,9 +183,22 @@ def plan_pyramid(height: int, width: int, config: DetectorConfig) -> list[Pyrami
         raw = _fixed_levels(height, width, config)
     floor = MIN_INPUT_SIDE[config.variant]
     raw = [(e, h, w) for e, h, w in raw if min(h, w) >= floor]
+    if raw and (config.min_face is not None or config.max_face is not None):
+        raw = [(e, h, w) for e, h, w in raw if active_templates(2.0 ** e, config).any()]
+        if not raw:
+            raise ImageError(
+                f"no pyramid level of a {height}x{width} image can produce faces of "
+                f"{_face_range(config)} px (size_refinement={config.size_refinement:g}); "
+                "widen --min-face/--max-face")
     if not raw:
         raise ImageError(
             f"no pyramid level fits a {height}x{width} image with the {config.pyramid!r} rule "
             f"(max_input_dim={config.max_input_dim}, fixed_scales={config.fixed_scales}, "
             f"smallest side the {config.variant} network runs at: {floor} px)")
     return [PyramidLevel(i, e, 2.0 ** e, h, w) for i, (e, h, w) in enumerate(raw)]
+
+
+def _face_range(config: DetectorConfig) -> str:
+    low = "0" if config.min_face is None else f"{config.min_face:g}"
+    high = "inf" if config.max_face is None else f"{config.max_face:g}"
+    return f"{low}..{high}"

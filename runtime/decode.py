@@ -2,9 +2,10 @@
 
 Score map channels: ``cls=[0:25]``, ``tx=[25:50]``, ``ty=[50:75]``, ``tw=[75:100]``,
 ``th=[100:125]``. A cell ``(c, y, x)`` is a candidate when template ``c`` is active at the
-level's scale and ``cls > config.logit_thresh`` (float32 compare). A score map holding NaN or infinity is
-refused (:class:`NonFiniteScoresError`): a broken network must fail loudly, not report
-"no faces".
+level's scale (:func:`~tinyfaces_trt.core.pyramid.active_templates`: the template policy and
+the face-size limits) and ``cls > config.logit_thresh`` (float32 compare). A score map holding
+NaN or infinity is refused (:class:`NonFiniteScoresError`): a broken network must fail loudly,
+not report "no faces".
 Candidates come out in C order over ``(c, y, x)`` with canonical key
 ``level_base + (c*h + y)*w + x``; the key breaks score ties in NMS.
 """
@@ -17,10 +18,9 @@ import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError, ScoreMapError
-from tinyfaces_trt.core.pyramid import PyramidLevel
-
-TYPE_A = np.arange(4, 12)   # templates run at every scale (0-based)
-TYPE_B = np.arange(18, 25)  # templates run at one scale only
+# active_templates, TYPE_A and TYPE_B live in core.pyramid (level planning needs them); they
+# stay importable from here.
+from tinyfaces_trt.core.pyramid import TYPE_A, TYPE_B, PyramidLevel, active_templates  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -65,25 +65,6 @@ def check_finite_scores(score_map: np.ndarray, level: PyramidLevel) -> None:
             f"{level.width}x{level.height} input) holds {bad} NaN or infinite value(s) of "
             f"{finite.size}: the weights, the export or the backend is broken; no detections "
             "were produced for this image")
-
-
-def active_templates(scale: float, config: DetectorConfig) -> np.ndarray:
-    """Which of the 25 templates run at ``scale`` (bool[25]), per ``config.template_policy``."""
-    active = np.zeros(NUM_TEMPLATES, dtype=bool)
-    active[TYPE_A] = True
-    tscale = config.templates[TYPE_B, 4]
-    if config.template_policy == "pytorch":
-        # tinyfaces/models/utils.py get_bboxes: s > 1 keeps scale == 1 (a deviation from the
-        # authors, which makes Type B unused with the shipped templates).
-        keep_b = tscale < 1 if scale < 1 else tscale == 1
-    elif scale < 1:
-        keep_b = tscale < 1
-    elif scale == 1:
-        keep_b = tscale == 1
-    else:
-        keep_b = tscale > 1
-    active[TYPE_B[keep_b]] = True
-    return active
 
 
 def _as_score_map(score_map: np.ndarray) -> np.ndarray:

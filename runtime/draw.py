@@ -2,88 +2,46 @@
 
 Every function returns a modified copy. Boxes are (N, 4) or (N, 5) [x1, y1, x2, y2(, prob)]
 in pixel coordinates; rows with a non-finite coordinate or lying outside the image are
-skipped. For anonymisation a box covers the pixels ``floor(x1)..ceil(x2)`` and
-``floor(y1)..ceil(y2)`` (clipped to the image): generous under any pixel convention, and at
-least one pixel even for a box smaller than a pixel.
+skipped. Anonymisation is :mod:`.masks` (one implementation for every tool); a box covers the
+pixels ``floor(x1)..ceil(x2)`` and ``floor(y1)..ceil(y2)`` (clipped to the image): generous
+under any pixel convention, and at least one pixel even for a box smaller than a pixel.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
-from tinyfaces_trt.core.errors import ImageError, TinyFacesError
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-            or image.shape[2] != 3:
-        raise ImageError(f"expected an (H, W, 3) uint8 RGB image, got "
-                         f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image))}")
-    return image
-
-
-def _check_boxes(boxes: np.ndarray) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float64)
-    if b.size == 0:
-        return np.zeros((0, 4))
-    if b.ndim != 2 or b.shape[1] not in (4, 5):
-        raise TinyFacesError(f"boxes must be (N, 4) or (N, 5), got shape {b.shape}")
-    return b
-
-
-def box_regions(boxes: np.ndarray, height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
-    """Pixel regions ``(y0, y1, x0, x1)`` (end exclusive) fully covering each box, clipped."""
-    for x1, y1, x2, y2 in _check_boxes(boxes)[:, :4]:
-        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-            continue
-        xa, xb = sorted((x1, x2))
-        ya, yb = sorted((y1, y2))
-        c0, c1 = max(math.floor(xa), 0), min(math.ceil(xb), width - 1) + 1
-        r0, r1 = max(math.floor(ya), 0), min(math.ceil(yb), height - 1) + 1
-        if c0 < c1 and r0 < r1:
-            yield r0, r1, c0, c1
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.runtime.masks import (  # noqa: F401 (box_regions is part of this API)
+    MaskStyle, apply_masks, box_regions, check_boxes, check_image)
 
 
 def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25) -> np.ndarray:
-    """Gaussian-blurs each box region.
+    """Gaussian-blurs each box region (:func:`.masks.apply_masks` with ``mode="blur"``).
 
     Args:
         strength: blur radius as a fraction of the region's longer side (at least 1 pixel).
             Only pixels inside the region are blurred and used.
     """
-    out = _check_image(image).copy()
-    if strength <= 0:
-        raise TinyFacesError(f"blur strength must be > 0, got {strength}")
-    for r0, r1, c0, c1 in box_regions(boxes, *out.shape[:2]):
-        radius = max(1.0, strength * max(r1 - r0, c1 - c0))
-        crop = Image.fromarray(out[r0:r1, c0:c1])
-        out[r0:r1, c0:c1] = np.asarray(crop.filter(ImageFilter.GaussianBlur(radius)))
-    return out
+    return apply_masks(image, boxes, MaskStyle(mode="blur", blur_strength=strength))
 
 
-def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = None) -> np.ndarray:
-    """Replaces each box region by a mosaic of ``block`` x ``block`` cells of its mean colour.
+def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = None,
+                   cells: int | None = None) -> np.ndarray:
+    """Replaces each box region by a mosaic of cells of its mean colour
+    (:func:`.masks.apply_masks` with ``mode="pixelate"``).
 
     Args:
-        block: cell size in pixels; None gives each region about 8 cells across its longer
-            side, with cells of at least 4 pixels (small faces become a few flat blocks).
+        block: cell size in pixels.
+        cells: a fixed grid of ``cells`` x ``cells`` per face instead (e.g. 5: Argoverse).
+        With neither: about 8 cells across the region's longer side, cells of at least 4 px.
     """
-    out = _check_image(image).copy()
-    if block is not None and block < 1:
-        raise TinyFacesError(f"pixelation block must be >= 1 pixel, got {block}")
-    for r0, r1, c0, c1 in box_regions(boxes, *out.shape[:2]):
-        cell = block or max(4, math.ceil(max(r1 - r0, c1 - c0) / 8))
-        region = out[r0:r1, c0:c1].astype(np.float64)
-        ys, xs = np.arange(0, r1 - r0, cell), np.arange(0, c1 - c0, cell)
-        sums = np.add.reduceat(np.add.reduceat(region, ys, axis=0), xs, axis=1)
-        counts = np.add.reduceat(np.add.reduceat(np.ones(region.shape[:2]), ys, axis=0), xs, axis=1)
-        means = np.rint(sums / counts[:, :, None]).astype(np.uint8)
-        out[r0:r1, c0:c1] = np.repeat(np.repeat(means, cell, axis=0), cell, axis=1)[:r1 - r0, :c1 - c0]
-    return out
+    if block is not None and cells is not None:
+        raise TinyFacesError("give a pixelation block size or a cell count, not both")
+    return apply_masks(image, boxes, MaskStyle(mode="pixelate", block=block, cells=cells))
 
 
 def line_width(height: int, width: int) -> int:
@@ -109,9 +67,9 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int]
         width: outline width in pixels; None: :func:`line_width` of the image (labels grow
             with it).
     """
-    canvas = Image.fromarray(_check_image(image).copy())
+    canvas = Image.fromarray(check_image(image).copy())
     draw = ImageDraw.Draw(canvas)
-    b = _check_boxes(boxes)
+    b = check_boxes(boxes)
     height, width_px = image.shape[:2]
     width = line_width(height, width_px) if width is None else width
     font = _label_font(width)

@@ -11,9 +11,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyfaces_trt.cli_detect import detections_to_list
+from tinyfaces_trt.cli.detect import detections_to_list
 from tinyfaces_trt.core.files import write_text_atomic
-from tinyfaces_trt.scaleout.detect_tasks import _staging_dir, process_detect_task
+from tinyfaces_trt.cli.detect_ray import _staging_dir, process_detect_task
 
 
 @dataclass(frozen=True)

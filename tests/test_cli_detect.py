@@ -17,7 +17,7 @@ from PIL import Image
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
-from tinyfaces_trt.cli_detect import main
+from tinyfaces_trt.cli.detect import main
 from tinyfaces_trt.runtime.draw import box_regions
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.imageio import load_image
@@ -54,11 +54,11 @@ def _run(capsys, *argv):
 
 def test_console_script_is_wired():
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("tf-detect") == "tinyfaces_trt.cli_detect:main"
+    assert scripts.get("tf-detect") == "tinyfaces_trt.cli.detect:main"
 
 
 def test_help_documents_every_option_with_defaults_and_examples():
-    done = subprocess.run([sys.executable, "-m", "tinyfaces_trt.cli_detect", "--help"],
+    done = subprocess.run([sys.executable, "-m", "tinyfaces_trt.cli.detect", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
@@ -213,7 +213,7 @@ def test_setup_errors_are_one_message_without_traceback(capsys, photos, tmp_path
 
 
 def test_console_line_lists_the_best_boxes_only():
-    from tinyfaces_trt.cli_detect import format_line
+    from tinyfaces_trt.cli.detect import format_line
 
     boxes = np.array([[10, 12, 40, 52, 0.981], [60, 8, 90, 47, 0.734], [1, 2, 3, 4, 0.6]], np.float32)
     assert format_line(Path("a.jpg"), boxes[:0]) == "a.jpg: 0 faces"

@@ -129,7 +129,7 @@ def test_truncated_or_swapped_model_file_is_an_error_naming_it(old_export, damag
 
 
 def test_tf_detect_refuses_a_damaged_export(old_export, tmp_path, capsys):
-    from tinyfaces_trt.cli_detect import main
+    from tinyfaces_trt.cli.detect import main
 
     (old_export / "model.onnx").write_bytes(b"\0" * 10)
     image = tmp_path / "x.png"
@@ -261,7 +261,7 @@ def test_torch_detector_identity(checkpoint):
 def test_every_output_records_the_model_identity(old_export, checkpoint, tmp_path, capsys):
     from PIL import Image
 
-    from tinyfaces_trt.cli_detect import main
+    from tinyfaces_trt.cli.detect import main
     from tinyfaces_trt.export_cache import weights_sha256
 
     image = tmp_path / "x.png"

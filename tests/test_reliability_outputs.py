@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from faults import assert_no_truncated_outputs, enospc, failing_save, temporaries
-from tinyfaces_trt.cli_detect import main
+from tinyfaces_trt.cli.detect import main
 from tinyfaces_trt.parity.harness import synthetic_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def _batch(photos: Path, export_dir: Path, out: Path) -> subprocess.Popen:
         shutil.copy(photos / f"p{k % 4}{'.jpg' if k % 2 == 0 else '.png'}",
                     photos / f"q{k}{'.jpg' if k % 2 == 0 else '.png'}")
     return subprocess.Popen(
-        [sys.executable, "-m", "tinyfaces_trt.cli_detect", str(photos), "--model", str(export_dir),
+        [sys.executable, "-m", "tinyfaces_trt.cli.detect", str(photos), "--model", str(export_dir),
          "--out", str(out), "--blur", "--draw"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -126,7 +126,7 @@ def test_really_full_disk_on_a_tiny_tmpfs(photos, export_dir, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     script = (f"mount -t tmpfs -o size=48k tmpfs {disk} && "
-              f"{sys.executable} -m tinyfaces_trt.cli_detect {photos} --model {export_dir} "
+              f"{sys.executable} -m tinyfaces_trt.cli.detect {photos} --model {export_dir} "
               f"--out {disk}/out --blur --draw; rc=$?; "
               f"cp -r {disk}/out {tmp_path}/copy 2>/dev/null; exit $rc")
     done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], cwd=ROOT,
@@ -208,7 +208,7 @@ def test_empty_out_folder_is_removed_when_nothing_was_written(capsys, tmp_path, 
 def test_image_from_standard_input(photos, export_dir, tmp_path, argument):
     data = (photos / "p1.png").read_bytes()
     done = subprocess.run(
-        [sys.executable, "-m", "tinyfaces_trt.cli_detect", argument, "--model", str(export_dir),
+        [sys.executable, "-m", "tinyfaces_trt.cli.detect", argument, "--model", str(export_dir),
          "--out", str(tmp_path / "out"), "--blur"],
         input=data, cwd=ROOT, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -259,7 +259,7 @@ def test_tf_export_rejects_an_old_opset_as_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize("module, prog", [
-    ("tinyfaces_trt.cli_detect", "tf-detect"),
+    ("tinyfaces_trt.cli.detect", "tf-detect"),
     ("tinyfaces_trt.export.cli_export", "tf-export"),
     ("tinyfaces_trt.wider.cli", "tf-eval"),
     ("tinyfaces_trt.kernels.build", "tf-build-kernels"),

@@ -26,12 +26,12 @@ ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is 
 
 from helpers_scaleout import (  # noqa: E402
     VideoTask, detect_video, png_header_only, process_or_die_once, video_done)
-from tinyfaces_trt.cli_detect import detections_to_list, main as detect_main  # noqa: E402
+from tinyfaces_trt.cli.detect import detections_to_list, main as detect_main  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
 from tinyfaces_trt.parity.harness import synthetic_image  # noqa: E402
 from tinyfaces_trt.runtime.draw import blur_boxes  # noqa: E402
-from tinyfaces_trt.scaleout.detect_tasks import (  # noqa: E402
+from tinyfaces_trt.cli.detect_ray import (  # noqa: E402
     DetectOptions, expected_outputs, main as ray_detect_main, outputs_exist, plan_tasks)
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial, run_tasks  # noqa: E402
 
@@ -149,7 +149,7 @@ def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, t
     photos = _photos(tmp_path / "images", 6)
     (photos / "1--Event" / "broken.jpg").unlink()
     (photos / "2--Other" / ".victim").write_text("p4.jpg")
-    from tinyfaces_trt.cli_detect import collect_images
+    from tinyfaces_trt.cli.detect import collect_images
 
     jobs, _ = collect_images([str(photos)])
     options = DetectOptions("onnxruntime", out_dir=tmp_path / "out")

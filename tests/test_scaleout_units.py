@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from helpers_scaleout import png_header_only
-from tinyfaces_trt.cli_detect import ImageJob, write_outputs
+from tinyfaces_trt.cli.detect import ImageJob, write_outputs
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.detectors import DetectorSpec
 from tinyfaces_trt.parity.harness import synthetic_image
 from tinyfaces_trt.runtime.imageio import decode_image, encode_image
 from tinyfaces_trt.scaleout import cli_serve, detect_tasks
 from tinyfaces_trt.scaleout.cluster import PoolPlan, Resources, plan_pool, spec_uses_gpu
-from tinyfaces_trt.scaleout.detect_tasks import DetectOptions, expected_outputs, plan_tasks
+from tinyfaces_trt.cli.detect_ray import DetectOptions, expected_outputs, plan_tasks
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial
 from tinyfaces_trt.scaleout.service import (
     Limits, RequestError, check_headers, check_route, decode_body, detect_images,

@@ -133,7 +133,7 @@ def detect_images(detector: Any, images: Sequence[np.ndarray]) -> list[np.ndarra
 
 def detection_body(image: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
     """The ``/detect`` answer: image size and tf-detect's detection list."""
-    from tinyfaces_trt.cli_detect import detections_to_list
+    from tinyfaces_trt.runtime.results import detections_to_list
 
     return {"width": int(image.shape[1]), "height": int(image.shape[0]),
             "detections": detections_to_list(boxes)}

@@ -1,6 +1,6 @@
 """``tf-detect --ray``: the tf-detect job as tasks for :func:`~tinyfaces_trt.scaleout.pool.run_tasks`.
 
-    python -m tinyfaces_trt.scaleout.detect_tasks photos/ --model export/ --out results/ --ray
+    python -m tinyfaces_trt.cli.detect_ray photos/ --model export/ --out results/ --ray
 
 It reuses tf-detect's own pieces (input walk, output names, ``write_outputs``, the JSON
 record and the console line), so a distributed run writes exactly the files a
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.cli_detect import (
+from tinyfaces_trt.cli.detect import (
     PROG, ImageJob, OutputNames, _check_weights_path, _is_untrained, build_parser,
     collect_images, detections_to_list, format_line, untrained_banner, write_outputs,
     _check_arguments, _JPEG)
@@ -170,7 +170,7 @@ def _sidecar_record(task: DetectTask, options: DetectOptions) -> dict[str, Any] 
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    """tf-detect's run (``cli_detect._run``) on a Ray cluster; returns the exit status."""
+    """tf-detect's run (``detect._run``) on a Ray cluster; returns the exit status."""
     start = time.perf_counter()
     say = lambda line: stderr_line(f"{PROG}: {line}")  # noqa: E731
     try:

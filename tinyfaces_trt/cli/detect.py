@@ -37,6 +37,7 @@ from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction,
                                     sigterm_as_interrupt, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.core.files import prepare_output_dir, remove_empty_dirs, write_text_atomic
 
@@ -268,12 +269,6 @@ def _walk(folder: Path) -> Iterator[Path]:
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
-
-def detections_to_list(boxes: np.ndarray) -> list[dict[str, Any]]:
-    """(N, 5) [x1, y1, x2, y2, prob] -> ``[{"box": [x1, y1, x2, y2], "score": p}, ...]``."""
-    return [{"box": [round(float(v), 2) for v in row[:4]], "score": round(float(row[4]), 5)}
-            for row in np.asarray(boxes, dtype=np.float64).reshape(-1, 5)]
-
 
 def format_line(path: Path, boxes: np.ndarray, shown: int = 5) -> str:
     """``photo.jpg: 7 faces: 10,12,40,52 0.981; 60,8,90,47 0.734; ... (+5 more)``.
@@ -565,7 +560,7 @@ def _created_folder(folder: str | None) -> bool:
 
 def _run(args: argparse.Namespace) -> int:
     if ray_requested(args):
-        from tinyfaces_trt.scaleout.detect_tasks import run_detect
+        from tinyfaces_trt.cli.detect_ray import run_detect
 
         return run_detect(args)
     start = time.perf_counter()

@@ -1,0 +1,345 @@
+"""tf-anonymize on videos and images generated here with PyAV (FFmpeg in the wheel)."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from tinyfaces_trt.anonymize.cli import main  # noqa: E402
+from tinyfaces_trt.anonymize.jobs import Options, Task, plan_tasks, process_file  # noqa: E402
+from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
+from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
+from tinyfaces_trt.runtime.masks import MaskStyle  # noqa: E402
+
+W, H = 96, 64
+FACE = 24  # side of the moving "face": a white square with dark bars (texture to hide)
+BARS = np.arange(3, FACE, 6)  # its dark columns
+
+
+def face_box(i: int) -> tuple[int, int, int, int]:
+    x = 4 + 3 * i
+    return x, 20, x + FACE, 20 + FACE
+
+
+def make_video(path: Path, n: int = 16, *, pts_steps=None, rotation: int = 0, audio: bool = True,
+               codec: str = "libx264", subtitles: Path | None = None) -> list[np.ndarray]:
+    """A clip of ``n`` frames: grey noise plus a white square moving 3 px/frame; time base
+    1/1000, each frame ``pts_steps[i]`` ms after the previous (default 40: 25 fps); AAC
+    audio as long as the video. Returns the RGB frames fed to the encoder."""
+    tb = Fraction(1, 1000)
+    steps = pts_steps or [40] * n
+    out = av.open(str(path), "w")
+    v = out.add_stream(codec, rate=25)
+    v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+    v.time_base = v.codec_context.time_base = tb
+    v.codec_context.options = {"crf": "0"} if codec == "libx264" else {}
+    if rotation:
+        v.set_display_rotation(rotation)
+    a = out.add_stream("aac", rate=48000) if audio else None
+    s_in = s_out = None
+    if subtitles is not None:
+        s_in = av.open(str(subtitles))
+        s_out = out.add_stream_from_template(s_in.streams.subtitles[0])
+    out.metadata["title"] = "anonymise me"
+    rng = np.random.default_rng(0)
+    frames, pts = [], 0
+    for i in range(n):
+        img = np.full((H, W, 3), 60, np.uint8) + rng.integers(0, 40, (H, W, 3), dtype=np.uint8)
+        x1, y1, x2, y2 = face_box(i)
+        img[y1:y2, x1:x2] = 250
+        img[y1:y2, x1 + BARS] = 0
+        frames.append(img)
+        f = av.VideoFrame.from_ndarray(img, format="rgb24")
+        f.pts, f.time_base = pts, tb
+        for p in v.encode(f):
+            out.mux(p)
+        pts += steps[i]
+    for p in v.encode():
+        out.mux(p)
+    if a is not None:
+        total = 48 * pts
+        for t in range(0, total, 1024):
+            k = min(1024, total - t)
+            af = av.AudioFrame.from_ndarray(
+                (0.3 * np.sin(np.arange(t, t + k) / 9.0))[None].astype(np.float32),
+                format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, t
+            for p in a.encode(af):
+                out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+    if s_in is not None:
+        for p in s_in.demux(s_in.streams.subtitles[0]):
+            if p.size:
+                p.stream = s_out
+                out.mux(p)
+        s_in.close()
+    out.close()
+    return frames
+
+
+def read_video(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [(f.pts, f.rotation, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+        audio = None
+        if c.streams.audio:
+            c.seek(0)
+            samples = sum(f.samples for f in c.decode(audio=0))
+            audio = samples / c.streams.audio[0].rate
+        return {"pts": [f[0] for f in frames], "rotation": frames[0][1],
+                "images": [f[2] for f in frames], "rate": v.average_rate,
+                "types": sorted(s.type for s in c.streams), "audio_seconds": audio,
+                "title": c.metadata.get("title"), "size": (v.width, v.height)}
+
+
+class FakeDetector:
+    """Finds the face by thresholding, misses the frames in ``drop``, and records
+    the images it was shown."""
+
+    config = DetectorConfig()
+    identity = {"weights_sha256": "0" * 64, "untrained": False}
+
+    def __init__(self, drop=(), score=0.9):
+        self.drop, self.score, self.seen = set(drop), score, []
+
+    def detect(self, image):
+        index = len(self.seen)
+        self.seen.append(image.copy())
+        if index in self.drop:
+            return np.zeros((0, 5), np.float32)
+        ys, xs = np.nonzero(image[..., 0] > 200)
+        return np.array([[xs.min(), ys.min(), xs.max(), ys.max(), self.score]], np.float32)
+
+
+def _task(src: Path, out: Path) -> Task:
+    tasks, skipped, errors = plan_tasks([src], out, overwrite=True)
+    assert not skipped and not errors
+    return tasks[0]
+
+
+def _face_visible(image, box) -> bool:
+    """The face's texture is intact: its dark bars dark and the columns between them bright."""
+    x1, y1, x2, y2 = box
+    region = image[y1 + 1:y2 - 1, x1:x2, 0].astype(int)
+    light = np.setdiff1d(np.arange(FACE), np.concatenate([BARS - 1, BARS, BARS + 1]))
+    return bool(region[:, BARS].mean() < 100 and region[:, light].mean() > 200)
+
+
+def test_video_keeps_timing_audio_metadata_and_masks_only_faces(tmp_path):
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=16)
+    task = _task(src, tmp_path / "out")
+    opts = Options(style=MaskStyle(mode="pixelate", scale=1.0), hold=2, crf=0)  # lossless
+    result = process_file(FakeDetector(), task, opts)
+    assert result.status == "done", result.error
+    assert (result.frames, result.detections) == (16, 16)
+    before, after = read_video(src), read_video(Path(task.output))
+    assert after["pts"] == before["pts"] and len(after["images"]) == 16
+    assert after["rate"] == before["rate"] == 25
+    assert after["size"] == before["size"] == (W, H)
+    assert after["types"] == ["audio", "video"] and after["title"] == "anonymise me"
+    assert after["audio_seconds"] == pytest.approx(before["audio_seconds"], abs=1e-6)
+    assert before["audio_seconds"] == pytest.approx(16 * 0.04, abs=0.03)
+    for i, (a, b) in enumerate(zip(before["images"], after["images"])):
+        x1, y1, x2, y2 = face_box(i)
+        assert _face_visible(a, face_box(i)) and not _face_visible(b, face_box(i))
+        outside = np.ones((H, W), bool)
+        outside[max(0, y1 - 3):y2 + 4, max(0, x1 - 3):x2 + 4] = False
+        diff = np.abs(a.astype(int) - b.astype(int))[outside]
+        # outside the mask only RGB <-> YUV 4:2:0 rounding (lossless x264)
+        assert diff.max() <= 8 and diff.mean() < 1.5, i
+    assert not list(Path(task.output).parent.glob(f"{TEMP_PREFIX}*"))
+    side = json.loads(Path(task.sidecar).read_text())
+    assert side["model"] == FakeDetector.identity and side["video"]["frames"] == 16
+    assert side["summary"]["detections"] == 16 and len(side["frames"]) == 16
+    face = side["frames"][3]["faces"][0]
+    assert face["kind"] == "detected" and face["track"] == 0 and face["score"] == 0.9
+
+
+def test_dropped_detections_are_held_and_back_filled_in_the_video(tmp_path):
+    src = tmp_path / "moving.mkv"
+    make_video(src, n=20, audio=False)
+    drop = {0, 1, 6, 9, 10, 11, 16, 19}
+    task = _task(src, tmp_path / "out")
+    opts = Options(style=MaskStyle(mode="solid", scale=1.0), hold=3)
+    assert process_file(FakeDetector(drop=drop), task, opts).status == "done"
+    after = read_video(Path(task.output))
+    assert sum(_face_visible(img, face_box(i)) for i, img in enumerate(after["images"])) == 0
+    kinds = [f["faces"][0]["kind"] for f in json.loads(Path(task.sidecar).read_text())["frames"]]
+    assert kinds[:3] == ["filled", "filled", "detected"] and kinds[9:12] == ["held"] * 3
+    # the control: without hold the dropped frames show the face
+    control = _task(src, tmp_path / "control")
+    process_file(FakeDetector(drop=drop), control, Options(style=opts.style, hold=0))
+    shown = [i for i, img in enumerate(read_video(Path(control.output))["images"])
+             if _face_visible(img, face_box(i))]
+    assert shown == sorted(drop)
+
+
+def test_variable_frame_rate_is_kept(tmp_path):
+    src = tmp_path / "vfr.mkv"
+    steps = [20, 60, 33, 47, 100, 20, 20, 80, 40, 40]
+    make_video(src, n=10, pts_steps=steps)
+    task = _task(src, tmp_path / "out")
+    assert process_file(FakeDetector(), task, Options()).status == "done"
+    pts = read_video(Path(task.output))["pts"]
+    assert pts == read_video(src)["pts"] == list(np.cumsum([0] + steps[:-1]))
+
+
+def test_rotation_is_honoured_and_kept(tmp_path):
+    src = tmp_path / "phone.mov"
+    make_video(src, n=6, rotation=-90, audio=False)
+    detector = FakeDetector()
+    task = _task(src, tmp_path / "out")
+    assert process_file(detector, task, Options(style=MaskStyle(mode="solid", scale=1.0),
+                                                hold=0)).status == "done"
+    # the detector saw upright frames: -90 (phone portrait) is a quarter turn clockwise
+    assert detector.seen[0].shape == (W, H, 3)
+    stored = read_video(src)["images"][0]
+    np.testing.assert_array_equal(np.rot90(stored, -1).shape, detector.seen[0].shape)
+    assert np.abs(np.rot90(stored, -1).astype(int) - detector.seen[0].astype(int)).max() == 0
+    after = read_video(Path(task.output))
+    assert after["rotation"] == read_video(src)["rotation"] == -90
+    assert after["size"] == (W, H)
+    assert not any(_face_visible(img, face_box(i)) for i, img in enumerate(after["images"]))
+
+
+def test_subtitles_are_copied_and_unfit_streams_reported(tmp_path):
+    srt = tmp_path / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n2\n00:00:00,400 --> "
+                   "00:00:00,600\nworld\n")
+    src = tmp_path / "subs.mkv"
+    make_video(src, n=15, subtitles=srt)
+    task = _task(src, tmp_path / "out")
+    assert process_file(FakeDetector(), task, Options()).status == "done"
+    with av.open(task.output) as c:
+        assert sorted(s.type for s in c.streams) == ["audio", "subtitle", "video"]
+        texts = [bytes(p) for p in c.demux(c.streams.subtitles[0]) if p.size]
+    assert texts == [b"hello", b"world"]
+    # webm holds neither AAC nor SubRip: the video is written, the dropped streams named
+    web = Task(str(src), str(tmp_path / "out" / "subs.webm"), str(tmp_path / "out" / "w.json"),
+               "video")
+    result = process_file(FakeDetector(), web, Options())
+    assert result.status == "done" and len(result.warnings) == 2
+    assert "aac" in result.warnings[0] and "container cannot hold it" in result.warnings[0]
+    assert read_video(Path(web.output))["types"] == ["video"]
+
+
+def test_corrupt_truncated_and_unwritable_files_fail_alone(tmp_path):
+    good = tmp_path / "in" / "good.mp4"
+    good.parent.mkdir()
+    make_video(good, n=5)
+    (tmp_path / "in" / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
+    data = good.read_bytes()
+    (tmp_path / "in" / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "in" / "empty.mov").write_bytes(b"")
+    out = tmp_path / "out"
+    tasks, _, _ = plan_tasks([tmp_path / "in"], out)
+    results = {Path(t.source).name: process_file(FakeDetector(), t, Options()) for t in tasks}
+    assert results["good.mp4"].status == "done"
+    for name in ("noise.mp4", "cut.mp4", "empty.mov"):
+        assert results[name].status == "failed" and name in results[name].error
+        assert not (out / name).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["good.mp4", "good.mp4.json"]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    bad = Task(str(good), str(blocked / "good.mp4"), str(blocked / "good.mp4.json"), "video")
+    failed = process_file(FakeDetector(), bad, Options())
+    assert failed.status == "failed" and "blocked" in failed.error
+
+
+def test_encoder_failure_leaves_no_output(tmp_path):
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=4)
+    task = _task(src, tmp_path / "out")
+    result = process_file(FakeDetector(), task, Options(codec="no-such-encoder"))
+    assert result.status == "failed" and "no-such-encoder" in result.error
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_images_with_exif_orientation(tmp_path):
+    from PIL import Image
+
+    upright = np.full((40, 60, 3), 50, np.uint8)
+    upright[5:25, 30:50] = 250
+    im = Image.fromarray(np.rot90(upright, 1).copy())  # stored turned; EXIF 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    task = _task(tmp_path / "photo.jpg", tmp_path / "out")
+    detector = FakeDetector()
+    result = process_file(detector, task, Options(style=MaskStyle(mode="solid", scale=1.0)))
+    assert result.status == "done" and result.detections == 1
+    assert detector.seen[0].shape == (40, 60, 3)
+    out = np.asarray(Image.open(task.output))
+    assert out.shape == (40, 60, 3) and out[10:20, 35:45].max() < 30
+    side = json.loads(Path(task.sidecar).read_text())
+    assert side["image"] == {"width": 60, "height": 40} and side["frames"][0]["time"] is None
+
+
+def test_review_band_lists_near_threshold_frames(tmp_path):
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=4, audio=False)
+    task = _task(src, tmp_path / "out")
+    process_file(FakeDetector(score=0.55), task, Options(review_band=0.1))
+    review = json.loads(Path(task.sidecar).read_text())["review"]
+    assert review["band"] == [0.5, 0.6] and [f["index"] for f in review["frames"]] == [0, 1, 2, 3]
+    process_file(FakeDetector(score=0.8), task, Options(review_band=0.1))
+    assert json.loads(Path(task.sidecar).read_text())["review"]["frames"] == []
+
+
+def test_plan_skips_existing_and_numbers_clashes(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.mp4").write_bytes(b"done before")
+    tasks, skipped, errors = plan_tasks([tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mp4",
+                                         tmp_path / "nope.mp4", tmp_path / "a.txt"], out)
+    assert [Path(t.output).name for t in tasks] == ["x_2.mp4"]
+    assert [s.status for s in skipped] == ["skipped"]
+    assert [e[0] for e in errors] == [str(tmp_path / "nope.mp4"), str(tmp_path / "a.txt")]
+    tasks, skipped, _ = plan_tasks([tmp_path / "a"], out, overwrite=True)
+    assert len(tasks) == 1 and not skipped
+
+
+def test_cli_end_to_end_on_the_real_network(tmp_path, export_dir, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_video(src / "tiny.mp4", n=10)
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(src / "still.png")
+    out = tmp_path / "out"
+    argv = [str(src), "--out", str(out), "--model", str(export_dir), "--quiet",
+            "--prob-thresh", "0.3", "--min-face", "10"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "2 done, 0 skipped, 0 failed" in err  # (a checkpoint's export: no untrained banner)
+    side = json.loads((out / "tiny.mp4.json").read_text())
+    assert side["summary"]["frames"] == 10 and side["config"]["min_face"] == 10
+    assert side["config"]["prob_thresh"] == 0.3
+    assert len(read_video(out / "tiny.mp4")["images"]) == 10
+    # a second run skips both; a broken file makes the exit status 1, the rest still done
+    (src / "broken.mkv").write_bytes(b"\x1aE\xdf\xa3 not really matroska")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "broken.mkv" in err and "1 failed" in err and "2 skipped" in err
+    assert not (out / "broken.mkv").exists()
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    for argv in (["x.mp4"], ["x.mp4", "--out", "o", "--mode", "smear"],
+                 ["x.mp4", "--out", "o", "--min-face", "50", "--max-face", "20"],
+                 ["x.mp4", "--out", "o", "--crf", "99"], [str(tmp_path), "--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

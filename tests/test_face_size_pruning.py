@@ -1,0 +1,96 @@
+"""--min-face/--max-face: which pyramid levels and templates can produce a face of a size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import ImageError, ManifestError
+from tinyfaces_trt.core.pyramid import (TYPE_A, active_templates, plan_pyramid, policy_templates,
+                                        template_face_sizes)
+
+FULL_HD = [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 0.5, 1.0]
+
+
+def _exponents(**fields):
+    return [lv.exponent for lv in plan_pyramid(1080, 1920, DetectorConfig(**fields))]
+
+
+def test_face_size_range_of_a_template():
+    c = DetectorConfig()
+    smallest, largest = template_face_sizes(2.0, c)
+    # template 4 is 82 x 110 px: longer side 110; at 2x with R = 2 it spans 27.5..110 px
+    assert (smallest[4], largest[4]) == pytest.approx((110 / 4, 110))
+    # template 11 (33.66 x 42.77) at 0.5x: 42.77..171.1 px
+    s, l = template_face_sizes(0.5, c)
+    assert (s[11], l[11]) == pytest.approx((42.7711, 171.0844))
+    s1, l1 = template_face_sizes(2.0, c.with_(size_refinement=1.0))
+    assert (s1[4], l1[4]) == pytest.approx((55, 55))
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, FULL_HD),
+    (dict(min_face=20), FULL_HD),                      # the 2x level still makes 20..110 px faces
+    (dict(min_face=110), FULL_HD),                     # template 4 at 2x reaches exactly 110
+    (dict(min_face=110.5), FULL_HD[:-1]),              # 2x dropped
+    (dict(min_face=155.6), FULL_HD[:-2]),              # 1.41x reaches 110 * 2 / sqrt(2) = 155.56
+    (dict(min_face=56, size_refinement=1.0), FULL_HD[:-1]),  # nominal sizes: 2x tops at 55 px
+    (dict(max_face=40), [0.0, 0.5, 1.0]),              # 0.5x starts at 42.77 px
+    (dict(max_face=42.8), [-1.0, 0.0, 0.5, 1.0]),
+    (dict(min_face=30, max_face=60), [-1.0, 0.0, 0.5, 1.0]),  # 0.25x starts at 85.5 px
+])
+def test_level_selection(fields, expected):
+    assert _exponents(**fields) == expected
+
+
+def test_templates_are_pruned_per_level():
+    c = DetectorConfig(min_face=100)
+    active = active_templates(2.0, c)
+    # at 2x only templates whose longer side * 2 / 2 >= 100 survive: 4 (110 px) only
+    assert np.flatnonzero(active).tolist() == [4]
+    # at 1x: longer side * 2 >= 100, i.e. >= 50 px: 110, 88, 77, 63.6, 56.2 and 52 (not 46, 42.8)
+    assert np.flatnonzero(active_templates(1.0, c)).tolist() == [4, 5, 6, 7, 8, 10]
+    assert active_templates(0.5, c).sum() == len(TYPE_A)
+    np.testing.assert_array_equal(active_templates(1.0, DetectorConfig()),
+                                  policy_templates(1.0, DetectorConfig()))
+
+
+def test_no_level_left_is_a_clear_error():
+    with pytest.raises(ImageError, match=r"can produce faces of 10000\.\.inf px"):
+        plan_pyramid(1080, 1920, DetectorConfig(min_face=10_000))  # 1/32x tops at 7040 px
+
+
+def test_pruning_only_removes_detections(export_dir):
+    """Same network, same image: with limits, every box is one of the unlimited run's boxes
+    and those lost are outside the size range's reach."""
+    from tinyfaces_trt.core.manifest import load_export_folder
+    from tinyfaces_trt.parity.harness import synthetic_image
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    folder = load_export_folder(export_dir)
+    runner = OnnxRuntimeRunner(folder.onnx_fp32)
+    image = synthetic_image(96, 128, seed=4)
+    config = folder.config.with_(prob_thresh=0.05, nms_thresh=1.0)  # no NMS: boxes comparable
+    full = Detector(runner, config).detect(image)
+    limited = Detector(runner, config.with_(max_face=60)).detect(image)
+    assert 0 < len(limited) < len(full)
+    assert {tuple(r) for r in limited.tolist()} <= {tuple(r) for r in full.tolist()}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(min_face=0), "min_face must be a positive"), (dict(max_face=float("nan")), "max_face"),
+    (dict(min_face=50, max_face=20), "must not exceed"), (dict(size_refinement=0.5), ">= 1")])
+def test_invalid_limits(fields, message):
+    with pytest.raises(ManifestError, match=message):
+        DetectorConfig(**fields)
+
+
+def test_limits_round_trip_and_old_manifests_load():
+    c = DetectorConfig(min_face=12, max_face=300, size_refinement=1.5)
+    assert DetectorConfig.from_dict(c.to_dict()) == c
+    old = c.to_dict()
+    for key in ("min_face", "max_face", "size_refinement"):
+        del old[key]
+    assert DetectorConfig.from_dict(old) == DetectorConfig()

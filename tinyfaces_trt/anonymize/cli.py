@@ -1,0 +1,256 @@
+"""``tf-anonymize``: hide every face in images, folders and videos.
+
+    tf-anonymize dashcam.mp4 --model export/ --out anonymised/
+    tf-anonymize archive/ --weights checkpoint.pth --out anonymised/ --mode pixelate
+    tf-anonymize clip.mov --model export/ --out check/ --mode none --draw   # review boxes only
+
+Per input it writes the anonymised copy under ``--out`` (same relative path and format) and
+``<output>.json``, the audit sidecar (every mask per frame, the model, a review list of
+near-threshold frames). Videos keep their frame rate and timestamps (variable frame rate
+included), resolution, rotation, audio and subtitle streams (copied, not re-encoded) and
+metadata. A bad file is reported and skipped; the others finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, checked, fraction, logging_to_stderr,
+                                    positive_float, positive_int, probability, stderr_line)
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import prepare_output_dir
+from tinyfaces_trt.runtime.masks import MODES, SHAPES
+
+PROG = "tf-anonymize"
+
+
+def _non_negative_int(text: str) -> int:
+    return checked(text, int, lambda v: v >= 0, "an integer", ">= 0")
+
+
+def _crf(text: str) -> int:
+    return checked(text, int, lambda v: 0 <= v <= 63, "an integer", "between 0 and 63")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its ``--help`` documents every option)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=textwrap.fill(
+            "Anonymise faces in images, folders and videos with the Tiny Faces detector: every "
+            "face found is blurred, pixelated or filled; in videos faces are tracked and their "
+            "masks held over missed frames. Writes the anonymised copies and one audit JSON "
+            "per input into --out.", 88),
+        epilog="""\
+network source (pick one):
+  --model DIR     an export folder written by tf-export
+  --weights F     a checkpoint (exported once into the cache for onnxruntime/tensorrt)
+  (neither)       the seeded UNTRAINED network: its masks are meaningless (plumbing only)
+
+video: frames are decoded ahead and encoded on threads and detected in batches; output
+keeps each frame's timestamp, the resolution, rotation metadata, audio/subtitle streams
+(copied) and container metadata. Default encoders: libx264 (mp4, mov, mkv, avi, m4v),
+libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9).
+
+temporal hold: a face's mask stays --hold frames after its last detection (interpolated
+between two detections of one track) and is back-filled --hold frames before its first,
+so a face missed for up to --hold frames is still hidden.
+
+--min-face/--max-face PIXELS skip pyramid levels and templates that cannot produce faces of
+that size (box longer side, assuming the box regression stays within 2x of a template).
+The 2x level (over half the work) produces faces up to 110 px this way, so only
+--min-face above 110 removes it; faces smaller than --min-face may then be missed.
+
+exit status: 0 every input done (or skipped: output exists), 1 some input failed (each
+failure listed on stderr, the others finish), 2 bad command-line arguments.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image or video files, or folders (walked recursively)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created if needed; must not be an input folder)")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
+                        default="onnxruntime", help="network runtime (default: onnxruntime, CPU)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="EXPORT_DIR", help="export folder from tf-export")
+    source.add_argument("--weights", metavar="F", help="checkpoint (.pth or hr_res101.mat)")
+    masks = parser.add_argument_group("masks")
+    masks.add_argument("--mode", choices=MODES, default="blur",
+                       help="blur (strength scaled to the face), pixelate (a fixed grid of "
+                            "mean-colour cells per face), solid (black), none (boxes only, "
+                            "e.g. with --draw) (default: blur)")
+    masks.add_argument("--shape", choices=SHAPES, default="box",
+                       help="mask the whole box or its inscribed ellipse (default: box)")
+    masks.add_argument("--mask-scale", type=positive_float, default=1.3, metavar="F",
+                       help="enlarge boxes by F about their centre before masking (default: 1.3)")
+    masks.add_argument("--blur-strength", type=positive_float, default=0.25, metavar="F",
+                       help="Gaussian radius as a fraction of the face's longer side "
+                            "(default: 0.25)")
+    masks.add_argument("--cells", type=positive_int, default=5, metavar="N",
+                       help="pixelate grid, N x N cells per face (default: 5, as Argoverse 1.1)")
+    masks.add_argument("--draw", action="store_true",
+                       help="draw the masked boxes with scores: green detected, orange held, "
+                            "blue back-filled (debug overlay)")
+    track = parser.add_argument_group("video")
+    track.add_argument("--hold", type=_non_negative_int, default=5, metavar="N",
+                       help="hold masks N frames after a face's last detection and back-fill "
+                            "N frames before its first (default: 5; 0: detections only)")
+    track.add_argument("--iou", type=probability, default=0.3, metavar="T",
+                       help="smallest IoU that continues a face track (default: 0.3)")
+    track.add_argument("--batch", type=positive_int, default=4, metavar="N",
+                       help="frames per detection batch (default: 4)")
+    track.add_argument("--codec", metavar="NAME",
+                       help="video encoder, e.g. libx264, libx265, libvpx-vp9, mpeg4 "
+                            "(default: by container, see below)")
+    track.add_argument("--crf", type=_crf, metavar="N",
+                       help="constant rate factor, lower is better quality (default: by codec)")
+    det = parser.add_argument_group("detection")
+    det.add_argument("--prob-thresh", type=probability, metavar="P",
+                     help="keep detections with probability > P (default: the model's)")
+    det.add_argument("--nms-thresh", type=fraction, metavar="T",
+                     help="NMS IoU threshold (default: the model's)")
+    det.add_argument("--min-face", type=positive_float, metavar="PIXELS",
+                     help="skip pyramid levels/templates that cannot produce faces this large "
+                          "(default: none)")
+    det.add_argument("--max-face", type=positive_float, metavar="PIXELS",
+                     help="skip pyramid levels/templates that cannot produce faces this small "
+                          "(default: none)")
+    det.add_argument("--fp16", action="store_true", help="fp16 model / engine (default: fp32)")
+    det.add_argument("--providers", metavar="LIST",
+                     help="onnxruntime execution providers, comma separated, or 'auto'")
+    det.add_argument("--threads", type=positive_int, metavar="N",
+                     help="onnxruntime intra-op threads (default: all cores)")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--review-band", type=fraction, default=0.1, metavar="B",
+                     help="list frames with a detection scoring within B above the threshold "
+                          "for human review in the sidecar (default: 0.1)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace existing outputs (default: skip inputs whose output exists)")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bars or per-file lines (errors are still printed)")
+    out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
+    return parser
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
+        parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
+    if args.backend != "onnxruntime" and (args.providers or args.threads):
+        parser.error("--providers/--threads are onnxruntime options")
+    if args.backend == "torch" and (args.model or args.fp16):
+        parser.error("--backend torch runs a checkpoint (--weights F) in fp32")
+    out = Path(args.out).resolve()
+    for item in args.inputs:
+        if Path(item).is_dir() and Path(item).resolve() == out:
+            parser.error(f"--out {args.out} is also an input folder; give another folder")
+
+
+def options_from(args: argparse.Namespace) -> Any:
+    """The :class:`~.jobs.Options` of parsed arguments."""
+    from tinyfaces_trt.anonymize.jobs import Options
+    from tinyfaces_trt.runtime.masks import MaskStyle
+
+    style = MaskStyle(mode=args.mode, shape=args.shape, scale=args.mask_scale,
+                      blur_strength=args.blur_strength, cells=args.cells)
+    return Options(style=style, draw=args.draw, hold=args.hold, iou=args.iou, batch=args.batch,
+                   codec=args.codec, crf=args.crf, review_band=args.review_band,
+                   progress=not args.quiet)
+
+
+def _make_detector(args: argparse.Namespace) -> Any:
+    from tinyfaces_trt.detectors import create_detector
+
+    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
+        else args.providers
+    overrides = {"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh,
+                 "min_face": args.min_face, "max_face": args.max_face}
+    return create_detector(args.backend, model_dir=args.model, weights=args.weights,
+                           config_overrides=overrides, fp16=args.fp16, providers=providers,
+                           threads=args.threads,
+                           progress=lambda line: stderr_line(f"{PROG}: {line}"))
+
+
+def _untrained(args: argparse.Namespace) -> bool:
+    if args.weights:
+        return False
+    if not args.model:
+        return True
+    from tinyfaces_trt.core.manifest import load_export_folder
+
+    return load_export_folder(args.model).untrained
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tf-anonymize`` entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    try:
+        with logging_to_stderr(PROG, args.verbose):
+            return _run(args)
+    except KeyboardInterrupt:
+        stderr_line(f"{PROG}: interrupted (no partial output is left under a final name)")
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tinyfaces_trt.anonymize.jobs import plan_tasks, process_file
+
+    start = time.perf_counter()
+    try:
+        options = options_from(args)
+        out_dir = prepare_output_dir(args.out, f"--out {args.out}")
+        tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite)
+        for _, message in errors:
+            stderr_line(f"{PROG}: error: {message}")
+        if not tasks:
+            return _summary(results, errors, start)
+        if _untrained(args):
+            stderr_line(f"{PROG}: WARNING: UNTRAINED NETWORK (no --weights/--model, or an "
+                        "untrained export): its masks are MEANINGLESS and faces are NOT hidden. "
+                        "Pass --weights F or --model DIR with trained weights.")
+        detector = _make_detector(args)
+    except TinyFacesError as exc:
+        stderr_line(f"{PROG}: error: {exc}")
+        return EXIT_ERROR
+    for skipped in results:
+        if not args.quiet:
+            stderr_line(f"{PROG}: {skipped.task.source}: skipped, {skipped.task.output} exists "
+                        "(--overwrite replaces it)")
+    with detector:
+        for task in tasks:
+            result = process_file(detector, task, options)
+            results.append(result)
+            _report(result, args.quiet)
+    return _summary(results, errors, start)
+
+
+def _report(result: Any, quiet: bool) -> None:
+    if result.status == "failed":
+        stderr_line(f"{PROG}: error: {result.error}")
+        return
+    for warning in result.warnings:
+        stderr_line(f"{PROG}: warning: {result.task.source}: {warning}")
+    if not quiet:
+        rate = f", {result.fps:.1f} frames/s" if result.task.kind == "video" else ""
+        print(f"{result.task.source} -> {result.task.output}: {result.frames} frame(s), "
+              f"{result.detections} detection(s), {result.held} held, {result.filled} "
+              f"back-filled, {result.review_frames} to review{rate}", flush=True)
+
+
+def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) -> int:
+    failed = sum(r.status == "failed" for r in results) + len(errors)
+    done = sum(r.status == "done" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    stderr_line(f"{PROG}: {done} done, {skipped} skipped, {failed} failed in "
+                f"{time.perf_counter() - start:.1f} s")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

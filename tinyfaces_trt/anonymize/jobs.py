@@ -1,0 +1,341 @@
+"""Anonymisation jobs: inputs planned into tasks, and one task processed.
+
+:func:`plan_tasks` expands files and folders into :class:`Task` objects with their output
+and sidecar paths (existing outputs skipped unless ``overwrite``). :func:`process_file` runs
+one task and returns a :class:`Result`; it is a pure function of (detector, task, options),
+all three picklable but the detector, so tasks can be spread over processes or a Ray cluster
+where each worker builds its own detector (:class:`tinyfaces_trt.detectors.DetectorSpec`).
+
+Every output is written to a temporary name and renamed when complete
+(:func:`tinyfaces_trt.core.files.atomic_output`): a failed or interrupted file leaves nothing
+under its final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
+from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
+from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import atomic_output
+from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
+
+log = logging.getLogger("tinyfaces_trt.anonymize")
+
+#: Image suffixes picked up in folders (formats Pillow both reads and writes as RGB).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Overlay colours of ``--draw``: detected, held, back-filled.
+DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
+
+
+@dataclass(frozen=True)
+class Options:
+    """How files are anonymised (everything but the detector).
+
+    Attributes:
+        style: the mask (mode, shape, scale, strength, grid).
+        draw: draw the masked regions with their scores and kinds (debug overlay).
+        hold: frames a mask is held after a face's last detection and back-filled before
+            its first (video only).
+        iou: smallest IoU that continues a face track.
+        batch: frames detected per :meth:`Detector.detect_batch` call.
+        codec, crf: video encoder and quality (None: per-container defaults).
+        review_band: detections scoring within this band above the threshold are listed
+            for human review in the sidecar.
+        progress: show a progress bar on stderr.
+    """
+
+    style: MaskStyle = field(default_factory=lambda: MaskStyle(scale=1.3))
+    draw: bool = False
+    hold: int = 5
+    iou: float = 0.3
+    batch: int = 4
+    codec: str | None = None
+    crf: int | None = None
+    review_band: float = 0.1
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hold < 0 or self.batch < 1 or not 0 < self.iou <= 1 or self.review_band < 0:
+            raise TinyFacesError(f"invalid options: hold={self.hold} (>= 0), batch={self.batch} "
+                                 f"(>= 1), iou={self.iou} (0..1], review_band="
+                                 f"{self.review_band} (>= 0)")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One input file and where its outputs go.
+
+    Attributes:
+        source: the input file.
+        output: the anonymised copy (same format as the input).
+        sidecar: the audit JSON.
+        kind: ``"image"`` or ``"video"``.
+    """
+
+    source: str
+    output: str
+    sidecar: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one task.
+
+    Attributes:
+        status: ``"done"``, ``"skipped"`` (output exists) or ``"failed"``.
+        error: the reason, for a failure.
+        frames: frames written; detections, held, filled: mask counts; review_frames:
+            frames listed for review.
+        seconds: wall time; warnings: e.g. streams the output container could not hold.
+    """
+
+    task: Task
+    status: str
+    error: str | None = None
+    frames: int = 0
+    detections: int = 0
+    held: int = 0
+    filled: int = 0
+    review_frames: int = 0
+    seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the whole file (decode, detect, encode)."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+
+def media_kind(path: Path) -> str | None:
+    """``"image"``, ``"video"`` or None, from the suffix."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (Path(root) / d).resolve() != exclude)
+        for name in sorted(files):
+            if not name.startswith(".") and media_kind(Path(name)):
+                yield Path(root) / name
+
+
+def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+               overwrite: bool = False) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
+    """Expands INPUT arguments into tasks.
+
+    A folder is walked recursively (sorted, hidden entries and ``out_dir`` skipped) for
+    image and video suffixes; outputs keep the path relative to it. A file argument keeps
+    its name. Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes.
+
+    Returns:
+        (tasks to run, skipped results for outputs that exist when not ``overwrite``,
+        [(argument, error)] for missing paths, unknown suffixes and empty folders).
+    """
+    out = Path(out_dir)
+    exclude = out.resolve()
+    found: list[tuple[Path, Path]] = []
+    errors: list[tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            files = list(_walk(path, exclude))
+            if not files:
+                errors.append((str(path), f"{path}: folder holds no image or video files"))
+            found.extend((f, f.relative_to(path)) for f in files)
+        elif not path.exists():
+            errors.append((str(path), f"{path}: no such file or folder"))
+        elif media_kind(path) is None:
+            errors.append((str(path), f"{path}: unknown file type {path.suffix or '(none)'}; "
+                           f"expected {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}"))
+        else:
+            found.append((path, Path(path.name)))
+    tasks, skipped, used = [], [], set()
+    for source, rel in found:
+        target, k = rel, 1
+        while target.as_posix().lower() in used:
+            k += 1
+            target = rel.with_name(f"{rel.stem}_{k}{rel.suffix}")
+        used.add(target.as_posix().lower())
+        output = out / target
+        task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
+        if output.exists() and not overwrite:
+            skipped.append(Result(task, "skipped"))
+        else:
+            tasks.append(task)
+    return tasks, skipped, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Processing
+# ---------------------------------------------------------------------------------------------
+
+def process_file(detector: Any, task: Task, options: Options) -> Result:
+    """Anonymises one file and writes its sidecar; never raises for a bad file.
+
+    Returns a ``"failed"`` :class:`Result` naming the problem for unreadable, corrupt or
+    unwritable files (the other files of a batch go on); KeyboardInterrupt propagates.
+    """
+    start = time.perf_counter()
+    try:
+        Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+        if task.kind == "video":
+            audit, warnings, header = _process_video(detector, task, options)
+        else:
+            audit, warnings, header = _process_image(detector, task, options)
+        audit.write(task.sidecar, **header)
+    except (TinyFacesError, OSError) as exc:
+        message = str(exc) if isinstance(exc, TinyFacesError) else \
+            f"{task.source}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        return Result(task, "failed", error=message, seconds=time.perf_counter() - start)
+    counts = audit.summary()
+    return Result(task, "done", frames=counts["frames"], detections=counts["detections"],
+                  held=counts["held"], filled=counts["filled"],
+                  review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
+                  warnings=tuple(warnings))
+
+
+def detect_frames(detector: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Detections of same-size images, batched where the detector can."""
+    batch = getattr(detector, "detect_batch", None)
+    if batch is not None:
+        return list(batch(list(images)))
+    return [detector.detect(image) for image in images]
+
+
+def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray:
+    """``image`` with ``frame``'s masks applied (and the ``--draw`` overlay)."""
+    out = apply_masks(image, frame.boxes(), options.style)
+    if options.draw and frame.masks:
+        from tinyfaces_trt.runtime.draw import draw_boxes
+
+        for kind, color in DRAW_COLORS.items():
+            rows = [(*m.box, m.score if m.score is not None else np.nan)
+                    for m in frame.masks if m.kind == kind]
+            if rows:
+                boxes = scale_boxes(np.array(rows), options.style.scale)
+                out = draw_boxes(out, boxes if kind == DETECTED else boxes[:, :4], color=color)
+    return out
+
+
+def _header(detector: Any, task: Task, options: Options) -> dict[str, Any]:
+    config = getattr(detector, "config", None)
+    fields = ("variant", "prob_thresh", "nms_thresh", "min_face", "max_face", "size_refinement")
+    return {"input": task.source, "output": task.output, "kind": task.kind,
+            "model": model_identity(detector),
+            "config": {f: getattr(config, f, None) for f in fields},
+            "options": _jsonable(dataclasses.asdict(options))}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _audit(detector: Any, options: Options) -> AuditLog:
+    config = getattr(detector, "config", None)
+    return AuditLog(getattr(config, "prob_thresh", 0.5), options.review_band)
+
+
+def _process_image(detector: Any, task: Task, options: Options
+                   ) -> tuple[AuditLog, list[str], dict[str, Any]]:
+    from tinyfaces_trt.runtime.imageio import load_image, save_image
+
+    image = load_image(task.source)  # EXIF orientation applied: the output is upright
+    frames = TemporalMasker(hold=0, iou=options.iou).push(0, detector.detect(image))
+    audit = _audit(detector, options)
+    with atomic_output(task.output) as tmp:
+        save_image(tmp, render(image, frames[0], options))
+    audit.add(frames[0], None)
+    header = _header(detector, task, options)
+    header["image"] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
+    return audit, [], header
+
+
+def _progress_bar(task: Task, total: int, options: Options) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="frame", desc=Path(task.source).name, leave=False,
+                disable=not options.progress, file=sys.stderr, dynamic_ncols=True)
+
+
+def _process_video(detector: Any, task: Task, options: Options
+                   ) -> tuple[AuditLog, list[str], dict[str, Any]]:
+    from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
+
+    audit = _audit(detector, options)
+    with VideoReader(task.source) as reader, atomic_output(task.output) as tmp:
+        writer = VideoWriter(tmp, reader, options.codec, options.crf)
+        bar = _progress_bar(task, reader.info.frames, options)
+        try:
+            _anonymise_frames(detector, reader, writer, audit, options, bar)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+    header = _header(detector, task, options)
+    header["video"] = reader.info.to_dict()
+    header["dropped_streams"] = writer.dropped
+    return audit, writer.dropped, header
+
+
+def _anonymise_frames(detector: Any, reader: Any, writer: Any, audit: AuditLog,
+                      options: Options, bar: Any) -> None:
+    """Detect in batches, track, mask, hand to the encoder, in frame order."""
+    masker = TemporalMasker(options.hold, options.iou)
+    pending: dict[int, Any] = {}
+    batch: list[Any] = []
+
+    def emit(ready: list[FrameMasks]) -> None:
+        for masks in ready:
+            frame = pending.pop(masks.index)
+            writer.write(render(frame.image, masks, options), frame.pts)
+            audit.add(masks, frame.time)
+            bar.update(1)
+
+    def run_batch() -> None:
+        for frame, boxes in zip(batch, detect_frames(detector, [f.image for f in batch])):
+            emit(masker.push(frame.index, boxes))
+        batch.clear()
+
+    for frame in reader.frames():
+        pending[frame.index] = frame
+        batch.append(frame)
+        if len(batch) == options.batch:
+            run_batch()
+    if batch:
+        run_batch()
+    emit(masker.flush())
+
+
+__all__ = ["IMAGE_SUFFIXES", "Options", "Result", "Task", "detect_frames", "plan_tasks",
+           "process_file", "render"]

@@ -1,0 +1,95 @@
+"""The audit trail: one JSON sidecar per anonymised input.
+
+It records, per frame, every mask (box, detection score, track id and whether it was
+detected, held after the last detection or back-filled before the first), the model and
+settings that produced it, and a review list: the frames with a detection whose score lies
+within ``band`` above the threshold, where a face was nearly missed and a human should look.
+
+Layout (``format: "tinyfaces-anonymize/1"``)::
+
+    {"format", "input", "output", "kind": "video"|"image", "model", "config", "options",
+     "video": {...stream info...} | null, "dropped_streams": [...],
+     "summary": {"frames", "frames_with_masks", "detections", "held", "filled", "tracks"},
+     "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},
+     "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
+from tinyfaces_trt.core.files import write_text_atomic
+
+FORMAT = "tinyfaces-anonymize/1"
+
+
+def model_identity(detector: Any) -> Any:
+    """The detector's model identity (weights sha256, untrained flag...) as JSON, or None."""
+    identity = getattr(detector, "identity", None)
+    if identity is None:
+        return None
+    for method in ("to_dict", "as_dict"):
+        if callable(getattr(identity, method, None)):
+            return getattr(identity, method)()
+    if dataclasses.is_dataclass(identity) and not isinstance(identity, type):
+        return dataclasses.asdict(identity)
+    if isinstance(identity, (dict, str, int, float, bool)):
+        return identity
+    return str(identity)
+
+
+class AuditLog:
+    """Collects one input's frames; :meth:`write` saves the sidecar atomically.
+
+    Args:
+        prob_thresh: the detector's threshold (the review band starts there).
+        band: width of the review band above it.
+    """
+
+    def __init__(self, prob_thresh: float, band: float) -> None:
+        self.low, self.high = float(prob_thresh), min(1.0, float(prob_thresh) + float(band))
+        self.frames: list[dict[str, Any]] = []
+        self.review: list[dict[str, Any]] = []
+        self.counts = {DETECTED: 0, HELD: 0, FILLED: 0}
+        self.tracks: set[int] = set()
+
+    def add(self, frame: FrameMasks, time: float | None) -> None:
+        """Records one frame's masks (``time`` in seconds, None for an image)."""
+        faces = []
+        near = []
+        for m in frame.masks:
+            faces.append({"track": m.track, "box": [round(v, 2) for v in m.box],
+                          "score": None if m.score is None else round(m.score, 5),
+                          "kind": m.kind})
+            self.counts[m.kind] += 1
+            self.tracks.add(m.track)
+            if m.score is not None and self.low < m.score <= self.high:
+                near.append(round(m.score, 5))
+        record = {"index": frame.index, "time": None if time is None else round(time, 6),
+                  "faces": faces}
+        self.frames.append(record)
+        if near:
+            self.review.append({"index": frame.index, "time": record["time"],
+                                "scores": sorted(near)})
+
+    def summary(self) -> dict[str, int]:
+        """Counts over the frames so far."""
+        return {"frames": len(self.frames),
+                "frames_with_masks": sum(1 for f in self.frames if f["faces"]),
+                "detections": self.counts[DETECTED], "held": self.counts[HELD],
+                "filled": self.counts[FILLED], "tracks": len(self.tracks),
+                "review_frames": len(self.review)}
+
+    def document(self, **header: Any) -> dict[str, Any]:
+        """The whole sidecar, ``header`` fields first."""
+        return {"format": FORMAT, **header, "summary": self.summary(),
+                "review": {"band": [self.low, self.high], "frames": self.review},
+                "frames": self.frames}
+
+    def write(self, path: str | Path, **header: Any) -> None:
+        """Writes :meth:`document` as JSON to ``path`` (atomically)."""
+        write_text_atomic(path, json.dumps(self.document(**header), indent=1) + "\n")
