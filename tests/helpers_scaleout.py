@@ -11,9 +11,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyfaces_trt.cli.detect import detections_to_list
-from tinyfaces_trt.core.files import write_text_atomic
-from tinyfaces_trt.cli.detect_ray import _staging_dir, process_detect_task
+from tinyfaces_trt.cli.detect_ray import process_detect_task
+from tinyfaces_trt.core.files import TEMP_PREFIX, write_text_atomic
+from tinyfaces_trt.runtime.results import detections_to_list
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,16 @@ def video_done(task: VideoTask, options) -> bool:
 
 def process_or_die_once(detector, task, options):
     """tf-detect's per-image work, except that the first attempt on the image named in the
-    file ``.victim`` beside it leaves a half-written file in its staging folder and SIGKILLs
-    its own worker process (the marker ``.killed``, holding the dead pid, makes it once)."""
+    file ``.victim`` beside it leaves a half-written temporary file beside its outputs (as a
+    write cut short does) and SIGKILLs its own worker process (the marker ``.killed``,
+    holding the dead pid, makes it once)."""
     victim = task.job.path.with_name(".victim")
     marker = task.job.path.with_name(".killed")
     if victim.is_file() and victim.read_text() == task.job.path.name and not marker.exists():
         marker.write_text(str(os.getpid()))
-        staging = _staging_dir(options.out_dir, task.stem)
-        (staging / task.stem.parent).mkdir(parents=True, exist_ok=True)
-        (staging / task.stem.with_name(task.stem.name + "_boxes.jpg")).write_bytes(b"\xff\xd8\xff")
+        folder = options.out_dir / task.stem.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{TEMP_PREFIX}killed-{task.stem.name}_boxes.jpg").write_bytes(b"\xff\xd8\xff")
         os.kill(os.getpid(), signal.SIGKILL)
     return process_detect_task(detector, task, options)
 

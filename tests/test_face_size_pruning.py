@@ -65,7 +65,7 @@ def test_pruning_only_removes_detections(export_dir):
     """Same network, same image: with limits, every box is one of the unlimited run's boxes
     and those lost are outside the size range's reach."""
     from tinyfaces_trt.core.manifest import load_export_folder
-    from tinyfaces_trt.parity.harness import synthetic_image
+    from tinyfaces_trt.parity.images import synthetic_image
     from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
     from tinyfaces_trt.runtime.pipeline import Detector
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from faults import assert_no_truncated_outputs, enospc, failing_save, temporaries
 from tinyfaces_trt.cli.detect import main
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 
 ROOT = Path(__file__).resolve().parent.parent
 

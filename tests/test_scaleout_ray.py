@@ -29,7 +29,7 @@ from helpers_scaleout import (  # noqa: E402
 from tinyfaces_trt.cli.detect import detections_to_list, main as detect_main  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
-from tinyfaces_trt.parity.harness import synthetic_image  # noqa: E402
+from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 from tinyfaces_trt.runtime.draw import blur_boxes  # noqa: E402
 from tinyfaces_trt.cli.detect_ray import (  # noqa: E402
     DetectOptions, expected_outputs, main as ray_detect_main, outputs_exist, plan_tasks)
@@ -94,7 +94,9 @@ def test_distributed_detect_writes_what_the_single_process_run_writes(cluster, e
     assert sorted(dist_out.splitlines()) == sorted(single_out.splitlines())
     assert len(dist_out.splitlines()) == 6
     single, dist = _tree(tmp_path / "single"), _tree(tmp_path / "dist")
-    assert len(single) == 6 * 3 and any(name.endswith("p2_2.json") for name in single)
+    # --blur: the blurred copy and the sidecar; no copy with the faces visible (no --draw)
+    assert len(single) == 6 * 2 and any(name.endswith("p2_2.json") for name in single)
+    assert not any("_boxes" in name for name in single)
     assert dist == single  # same names, byte for byte (boxes, drawings, blurs, sidecars)
 
     # A rerun finds every output and dispatches nothing.
@@ -165,7 +167,7 @@ def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, t
     assert len(expected) == len(set(expected)) == 2 * len(tasks)
     written = sorted(p.relative_to(options.out_dir).as_posix()
                      for p in options.out_dir.rglob("*") if p.is_file())
-    assert written == expected  # each output once; no staging folder or temporary file
+    assert written == expected  # each output once; the killed attempt's temporary file is gone
     assert not any(TEMP_PREFIX in p.name for p in options.out_dir.rglob("*"))
     for path in options.out_dir.rglob("*.json"):
         record = json.loads(path.read_text())

@@ -3,21 +3,18 @@ tf-detect task plan, the HTTP rules of the service, and the CLIs' arguments."""
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from helpers_scaleout import png_header_only
-from tinyfaces_trt.cli.detect import ImageJob, write_outputs
+from tinyfaces_trt.cli.detect import ImageJob, plan_outputs, write_outputs
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.detectors import DetectorSpec
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.runtime.imageio import decode_image, encode_image
-from tinyfaces_trt.scaleout import cli_serve, detect_tasks
+from tinyfaces_trt.scaleout import cli_serve
 from tinyfaces_trt.scaleout.cluster import PoolPlan, Resources, plan_pool, spec_uses_gpu
 from tinyfaces_trt.cli.detect_ray import DetectOptions, expected_outputs, plan_tasks
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial
@@ -89,9 +86,10 @@ def test_expected_outputs_are_what_write_outputs_writes(tmp_path, anonymise, nam
     options = DetectOptions("onnxruntime", tmp_path / "out", None, anonymise)
     task = plan_tasks([job], options)[0][0]
     image = synthetic_image(16, 16)
-    written = write_outputs(options.out_dir, task.stem, job, image, np.zeros((0, 5)), {},
-                            anonymise)
-    assert expected_outputs(task, options) == written
+    plan = plan_outputs(options.out_dir, task.stem, job, anonymise, draw=anonymise is None)
+    written = write_outputs(plan, image, np.zeros((0, 5)), {}, anonymise)
+    assert sorted(expected_outputs(task, options)) == sorted(written)
+    assert all(p.is_file() for p in written)
 
 
 def test_decode_and_encode_image_bytes():
@@ -169,12 +167,14 @@ def test_detect_images_batches_same_sizes_and_keeps_order():
 
 
 def test_ray_options_on_the_detect_parser(capsys):
-    parser = detect_tasks.build_ray_parser()
+    from tinyfaces_trt.cli.detect import build_parser, main
+
+    parser = build_parser()
     assert parser.parse_args(["x.jpg", "--ray"]).ray == ""
     assert parser.parse_args(["x.jpg", "--ray", "ray://head:10001"]).ray == "ray://head:10001"
     assert parser.parse_args(["x.jpg"]).ray is None
     with pytest.raises(SystemExit) as info:
-        detect_tasks.main(["x.jpg", "--workers", "2"])
+        main(["x.jpg", "--workers", "2"])
     assert info.value.code == 2 and "needs --ray" in capsys.readouterr().err
     assert "--ray [ADDRESS]" in parser.format_help()
 

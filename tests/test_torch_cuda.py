@@ -29,7 +29,7 @@ from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detecto
 from tinyfaces_trt.export import torch_cuda
 from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, fold_batchnorm
 from tinyfaces_trt.export.torch_runner import TorchRunner
-from tinyfaces_trt.parity.harness import synthetic_image
+from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.runtime.pipeline import Detector
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,7 @@ single-process run writes, under the same names. What has to differ:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    PROG, ImageJob, OutputNames, _check_weights_path, _is_untrained, build_parser,
-    collect_images, detections_to_list, format_line, untrained_banner, write_outputs,
-    _check_arguments, _JPEG)
-from tinyfaces_trt.core.cli import logging_to_stderr, stderr_line
+    PROG, ImageJob, OutputNames, _check_weights_path, _is_untrained, collect_images,
+    format_line, plan_outputs, untrained_banner, write_outputs)
+from tinyfaces_trt.core.cli import stderr_line
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import TEMP_PREFIX, atomic_output, prepare_output_dir
-from tinyfaces_trt.scaleout.options import (
-    add_ray_arguments, check_ray_arguments, detector_spec, ray_address, ray_requested)
+from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+from tinyfaces_trt.runtime.results import detections_to_list
+from tinyfaces_trt.scaleout.options import detector_spec, ray_address, ray_requested
 from tinyfaces_trt.scaleout.pool import TaskResult, run_serial, run_tasks
 
 
@@ -49,6 +47,10 @@ class DetectOptions:
     out_dir: Path | None = None
     wider_dir: Path | None = None
     anonymise: str | None = None  # "blur", "pixelate" or None
+    draw: bool = False  # with anonymise: also the copy with the faces visible (--draw)
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    overwrite: bool = False
+    model: dict[str, Any] | None = None  # the detector's identity, recorded in every JSON
 
 
 @dataclass(frozen=True)
@@ -103,36 +105,31 @@ def plan_tasks(jobs: Sequence[ImageJob], options: DetectOptions
     return tasks, refused
 
 
+def _plan(task: DetectTask, options: DetectOptions) -> Any:
+    """tf-detect's output plan of one image (None without ``--out``)."""
+    if options.out_dir is None or task.stem is None:
+        return None
+    return plan_outputs(options.out_dir, task.stem, task.job, options.anonymise,
+                        draw=options.draw or options.anonymise is None)
+
+
 def expected_outputs(task: DetectTask, options: DetectOptions) -> list[Path]:
-    """The final files of one image, as ``write_outputs`` names them (sidecar last), then
-    its WIDER file."""
-    paths: list[Path] = []
-    if options.out_dir is not None and task.stem is not None:
-        base = options.out_dir / task.stem
-        ext = ".jpg" if task.job.path.suffix.lower() in _JPEG else ".png"
-        paths.append(base.with_name(base.name + "_boxes" + ext))
-        if options.anonymise:
-            suffix = "_blurred" if options.anonymise == "blur" else "_pixelated"
-            paths.append(base.with_name(base.name + suffix + ext))
-        paths.append(base.with_name(base.name + ".json"))
-    if task.wider_file is not None:
-        paths.append(task.wider_file)
-    return paths
+    """The final files of one image, exactly as tf-detect names them, then its WIDER file."""
+    plan = _plan(task, options)
+    return (plan.paths() if plan else []) + ([task.wider_file] if task.wider_file else [])
 
 
 def outputs_exist(task: DetectTask, options: DetectOptions) -> bool:
-    """True when the image has outputs and all of them exist (the pool then skips it)."""
+    """True when the image has outputs, all of them exist and ``--overwrite`` is not given
+    (the pool then skips it: a rerun resumes)."""
     paths = expected_outputs(task, options)
-    return bool(paths) and all(p.is_file() for p in paths)
-
-
-def _staging_dir(out_dir: Path, stem: Path) -> Path:
-    digest = hashlib.sha1(stem.as_posix().encode()).hexdigest()[:16]
-    return out_dir / f"{TEMP_PREFIX}stage-{digest}"
+    return not options.overwrite and bool(paths) and all(p.is_file() for p in paths)
 
 
 def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions) -> DetectValue:
-    """Detects one image and writes its outputs (idempotent: a rerun replaces them)."""
+    """Detects one image and writes its outputs, each atomically under its final name
+    (idempotent: a worker killed on this image leaves no partial file, and the rerun
+    replaces whatever of its outputs were already complete)."""
     from tinyfaces_trt.runtime.imageio import load_image
     from tinyfaces_trt.wider.format import write_detection_file
 
@@ -140,24 +137,27 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     image = load_image(job.path)
     boxes = detector.detect(image)
     record = {"image": str(job.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "backend": options.backend, "detections": detections_to_list(boxes)}
-    if options.out_dir is not None and task.stem is not None:
-        staging = _staging_dir(options.out_dir, task.stem)
-        shutil.rmtree(staging, ignore_errors=True)  # left by a worker killed on this image
-        try:
-            written = write_outputs(staging, task.stem, job, image, boxes, record,
-                                    options.anonymise)
-            for path in written:  # the JSON sidecar comes last: it marks the image finished
-                final = options.out_dir / path.relative_to(staging)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                path.replace(final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+              "backend": options.backend, "model": options.model,
+              "detections": detections_to_list(boxes)}
+    plan = _plan(task, options)
+    if plan is not None:
+        _remove_stale_temporaries(plan.paths())
+        write_outputs(plan, image, boxes, record, options.anonymise,
+                      jpeg_quality=options.jpeg_quality)
     if task.wider_file is not None:
         task.wider_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(task.wider_file) as tmp:
             write_detection_file(tmp, f"{job.event}/{job.path.name}", boxes)
     return DetectValue(record, format_line(job.path, boxes))
+
+
+def _remove_stale_temporaries(paths: Sequence[Path]) -> None:
+    """Removes the temporary files that an attempt killed while writing these outputs left
+    beside them (``atomic_output`` names them ``.tf-tmp-*-<final name>``); the pool runs an
+    image on one worker at a time, so none of them is being written now."""
+    for path in paths:
+        for stale in path.parent.glob(f"{TEMP_PREFIX}*-{path.name}"):
+            stale.unlink(missing_ok=True)
 
 
 def _sidecar_record(task: DetectTask, options: DetectOptions) -> dict[str, Any] | None:
@@ -190,7 +190,9 @@ def run_detect(args: argparse.Namespace) -> int:
     for _, message in errors:
         say(f"error: {message}")
     anonymise = "blur" if args.blur else "pixelate" if args.pixelate else None
-    options = DetectOptions(args.backend, out_dir, wider_dir, anonymise)
+    options = DetectOptions(args.backend, out_dir, wider_dir, anonymise, draw=args.draw,
+                            jpeg_quality=args.jpeg_quality, overwrite=args.overwrite,
+                            model=_model_identity(spec))
     tasks, refused = plan_tasks(jobs, options)
     for job, message in refused:
         say(f"error: {message}")
@@ -232,25 +234,22 @@ def run_detect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def build_ray_parser() -> argparse.ArgumentParser:
-    """tf-detect's parser with ``--ray [ADDRESS]`` and ``--workers N``."""
-    parser = build_parser()
-    add_ray_arguments(parser)
-    return parser
+def _model_identity(spec: Any) -> dict[str, Any]:
+    """The model identity every JSON records, as the workers' detectors will report it."""
+    if spec.model_dir is not None:
+        from tinyfaces_trt.core.manifest import load_export_folder
+
+        return load_export_folder(spec.model_dir, verify=False).identity.to_dict()
+    from tinyfaces_trt.detectors import torch_identity
+
+    return torch_identity(spec.weights).to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """tf-detect with the cluster options (until tf-detect itself takes ``--ray``)."""
-    parser = build_ray_parser()
-    args = parser.parse_args(argv)
-    _check_arguments(parser, args)
-    check_ray_arguments(parser, args)
-    try:
-        with logging_to_stderr(PROG, args.verbose):
-            return run_detect(args)
-    except KeyboardInterrupt:
-        stderr_line(f"{PROG}: interrupted")
-        return 130
+    """``tf-detect``, with ``--ray`` (``python -m tinyfaces_trt.cli.detect_ray`` is the same)."""
+    from tinyfaces_trt.cli.detect import main as detect_main
+
+    return detect_main(argv)
 
 
 if __name__ == "__main__":
