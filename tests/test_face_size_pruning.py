@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ImageError, ManifestError
+from tinyfaces_trt.core.errors import ConfigError, ImageError
 from tinyfaces_trt.core.pyramid import (TYPE_A, active_templates, plan_pyramid, policy_templates,
                                         template_face_sizes)
 
@@ -83,7 +83,7 @@ def test_pruning_only_removes_detections(export_dir):
     (dict(min_face=0), "min_face must be a positive"), (dict(max_face=float("nan")), "max_face"),
     (dict(min_face=50, max_face=20), "must not exceed"), (dict(size_refinement=0.5), ">= 1")])
 def test_invalid_limits(fields, message):
-    with pytest.raises(ManifestError, match=message):
+    with pytest.raises(ConfigError, match=message):
         DetectorConfig(**fields)
 
 
