@@ -186,6 +186,8 @@ def _profile_lines(profile: dict[str, Any]) -> list[str]:
              f"{format_duration(profile['gpu_kernel_ms'])} of GPU kernels (the profiler slows "
              "the host side; read shares, not absolute times).", "",
              "| kernel | calls | GPU time | share |", "|---|---|---|---|"]
+    if not profile["top"]:
+        lines.append("| (the profiler recorded no GPU kernel) | | | |")
     for k in profile["top"]:
         name = k["name"].replace("|", "/")
         lines.append(f"| `{name}` | {k['calls']} | {format_duration(k['gpu_ms'])} | "

@@ -153,13 +153,14 @@ def _tflops(size, backend, ref) -> tuple[float | None, str, str]:
     net = _median(backend["stages"].get("network"))
     if not flop or not net:
         return None, "no FLOP count or network time", ""
-    detail = f"{flop / 1e12:.2f} TFLOP in {format_duration(net)}"
+    amount = f"{flop / 1e12:.2f} TFLOP" if flop >= 1e11 else f"{flop / 1e9:.2f} GFLOP"
+    detail = f"{amount} in {format_duration(net)}"
     parts = []
     for lv in size["levels"]:
         t = _median(backend["stages"].get(f"network[L{lv['index']}]"))
         if t and lv.get("flop"):
             parts.append((t, f"L{lv['index']} {lv['width']}x{lv['height']}: {format_duration(t)}, "
-                             f"{lv['flop'] / t / 1e9:.0f} TFLOP/s"))
+                             f"{lv['flop'] / t / 1e9:.3g} TFLOP/s"))
     parts.sort(key=lambda p: -p[0])
     why = "per level (slowest first): " + "; ".join(p[1] for p in parts) if parts else ""
     if size.get("profile", {}).get("status") == "ok":

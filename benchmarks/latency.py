@@ -222,6 +222,8 @@ class _Bench:
         self.entry["build_s"] = round(time.perf_counter() - start, 3)
         if self.pipe is not None:
             self.entry["uses_gpu"] = bool(self.pipe.uses_gpu)
+            if self.pipe.prepare_seconds:  # compiling / capturing, inside build_s
+                self.entry["prepare_s"] = round(self.pipe.prepare_seconds, 3)
             log(f"[{self.spec.name}] ready in {self.entry['build_s']:.1f} s")
 
     def timed_run(self, image: np.ndarray, label: str,

@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/latency.py: a tiny run into a tmp dir, then the JSON/Markdown
+"""Smoke test of benchmarks/latency.py: a tiny run (two sizes, one timed run,
+a batch of 2, parity) into a tmp dir, then the JSON/Markdown
 structure and the numbers that must agree (no timed assertions); the targets table and the
 duration format on fixed numbers."""
 
@@ -36,7 +37,7 @@ def _load_latency():
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     latency = _load_latency()
-    argv = ["--image-size", ",".join(f"{w}x{h}" for w, h in SIZES), "--repeat", "2",
+    argv = ["--image-size", ",".join(f"{w}x{h}" for w, h in SIZES), "--repeat", "1",
             "--warmup", "0", "--depth", "50", "--backend", "reference,torch,torch-cuda",
             "--candidates", "300", "--batch", "2", "--parity",
             "--out", str(out), "--name", "smoke", "--export-dir", str(out / "export")]
@@ -49,7 +50,7 @@ def test_settings_record_the_run(run):
     _, result, _ = run
     s = result["settings"]
     assert result["schema"] == "tinyfaces-trt-latency/2" and result["complete"] is True
-    assert s["image_sizes"] == [list(x) for x in SIZES] and s["depth"] == 50 and s["repeat"] == 2
+    assert s["image_sizes"] == [list(x) for x in SIZES] and s["depth"] == 50 and s["repeat"] == 1
     assert [size["image_size"] for size in result["sizes"]] == [list(x) for x in SIZES]
     for size, (w, h) in zip(result["sizes"], SIZES):
         expected = plan_pyramid(h, w, DetectorConfig())
@@ -74,7 +75,7 @@ def test_backends_in_order_with_stages_or_reason(run):
             level_keys = {f"network[L{i}]" for i in range(n_levels)}
             assert STAGES | level_keys <= set(b["stages"])
             for stat in b["stages"].values():
-                assert len(stat["samples_ms"]) == 2
+                assert len(stat["samples_ms"]) == 1
                 assert stat["min_ms"] <= stat["median_ms"] <= stat["p90_ms"]
             assert isinstance(b["detections"], int) and b["build_s"] >= 0
             assert b["contention"]["discarded_runs"] == 0  # --max-contention is off
@@ -99,7 +100,7 @@ def test_batch_rows_at_the_first_size_only(run):
     assert row["single_images_per_s"] == pytest.approx(1e3 / row["single"]["median_ms"])
     assert row["batched_images_per_s"] == pytest.approx(1e3 / row["batched"]["median_ms"])
     assert row["gain"] == pytest.approx(row["batched_images_per_s"] / row["single_images_per_s"])
-    assert len(row["single"]["samples_ms"]) == len(row["batched"]["samples_ms"]) == 2
+    assert len(row["single"]["samples_ms"]) == len(row["batched"]["samples_ms"]) == 1
 
 
 def test_parity_of_the_torch_backend_with_the_cpu_reference_is_exact(run):

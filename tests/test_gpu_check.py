@@ -158,3 +158,66 @@ def test_help_gives_the_command_and_the_step_durations(capsys):
     for step in ("environment", "build", "ptxas", "GPU tests", "sanitizers", "benchmark",
                  "parity"):
         assert f"\n  {step}" in text
+
+
+def _bench_result(parity_passed=True, backend_status="ok", complete=True):
+    """A latency.py result (schema 2) as a GPU run writes it, reduced to what is read."""
+    gpu = {"name": "torch-cuda", "status": backend_status, "uses_gpu": True,
+           "reason": "failed to start: RuntimeError: boom",
+           "stages": {"total": {"median_ms": 40.0}, "network": {"median_ms": 35.0}}}
+    ref = {"name": "reference", "status": "ok", "uses_gpu": True,
+           "stages": {"total": {"median_ms": 950.0}, "network": {"median_ms": 120.0}}}
+    row = {"backend": "torch-cuda", "passed": parity_passed, "precision": "fp16",
+           "reference": 10, "test": 10, "matched": 9 if not parity_passed else 10,
+           "missing_firm": 0 if parity_passed else 1, "extra_firm": 0, "nms_ambiguous": 0,
+           "max_score_diff": 0.01, "min_iou": 0.95, "failures": [] if parity_passed else
+           ["missing 1 > 0 (firm reference detections without a test match at IoU >= 0.8)"]}
+    sizes = [{"image_size": [1920, 1080], "status": "ok", "levels": [], "flop_per_image": None,
+              "backends": [ref, gpu],
+              "parity": {"status": "ok", "reference": "cpu", "reference_detections": 10,
+                         "rows": [row] if backend_status == "ok" else []}},
+             {"image_size": [1280, 720], "status": "skipped", "backends": [],
+              "reason": "time budget: about 66 s needed, 40 s left of --budget-s 195"}]
+    return {"complete": complete, "sizes": sizes, "decode_nms": None, "seconds": 190.0,
+            "targets": []}
+
+
+def test_benchmark_and_parity_steps_from_a_gpu_run():
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, _bench_result(), 190.0, "python3 latency.py", "done")
+    bench, parity = report.steps
+    assert (bench.name, bench.status) == ("benchmark", "pass")
+    assert "ran reference, torch-cuda" in bench.summary
+    assert "1280x720: time budget: about 66 s needed" in bench.summary
+    assert (parity.name, parity.status) == ("parity", "pass")
+    assert parity.summary.startswith("1 of 1 backend/size pairs match the CPU reference")
+    assert report.parity[0]["size"] == "1920x1080"
+    assert g.render_markdown(report).count("| 1920x1080 | `torch-cuda` | pass | 10 / 10 |") == 1
+
+
+def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
+    report = g.Report([], 270.0)
+    g.summarize_benchmark(report, _bench_result(parity_passed=False), 1.0, "c", "")
+    assert [s.status for s in report.steps] == ["pass", "fail"]
+    assert "FAILED: 1920x1080 torch-cuda" in report.steps[1].summary
+    assert report.result == "FAIL"
+    md = g.render_markdown(report)
+    assert "| 1920x1080 | `torch-cuda` | **FAIL** |" in md and "missing 1 > 0" in md
+
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, _bench_result(backend_status="failed"), 1.0, "c", "")
+    bench, parity = report.steps
+    assert bench.status == "fail"
+    assert "FAILED: 1920x1080 torch-cuda: failed to start: RuntimeError: boom" in bench.summary
+    assert "no GPU backend ran on this GPU machine" in bench.summary
+    assert parity.status == "skipped" and parity.summary.startswith("no GPU backend ran")
+
+
+def test_a_benchmark_that_died_keeps_its_partial_numbers():
+    report = g.Report([], 270.0)
+    g.summarize_benchmark(report, _bench_result(complete=False), 1.0, "c",
+                          "Segmentation fault", died="exit -11")
+    bench, parity = report.steps
+    assert bench.status == "fail"
+    assert "the benchmark stopped early (exit -11: Segmentation fault)" in bench.summary
+    assert parity.status == "pass"  # what it had measured still counts

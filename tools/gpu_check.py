@@ -5,6 +5,7 @@ On a machine with an NVIDIA GPU (written for the lent H100/H200: preinstalled py
 torch, cuda-python, nvcc and compute-sanitizer; no pip, no network), from a plain checkout:
 
     python3 tools/gpu_check.py --out gpu_out/
+    python3 tools/gpu_check.py --out $OUT            # the device tool: 7 files come back
 
 writes gpu_out/gpu_check.md (the report), gpu_check.json (everything), gpu_check.png (the
 targets and the step times), gpu_check.log (every step's full output) and the benchmark's
@@ -586,7 +587,6 @@ def sanitizer_step(report: Report, env: dict[str, str], tool: str, target: list[
 
 def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace, out: Path,
                    budget: Budget, log: Any) -> None:
-    name = "benchmark"
     bench_budget = max(30.0, budget.left() - 15.0)
     cmd = [sys.executable, str(REPO / "benchmarks" / "latency.py"),
            "--backend", args.backends, "--image-size", args.image_sizes,
@@ -598,19 +598,31 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
     path = out / "latency.json"
     died = None if ran.code == 0 else ("timed out" if ran.timed_out else f"exit {ran.code}")
     if not path.is_file():
-        report.add(Step(name, "fail", ran.seconds,
+        report.add(Step("benchmark", "fail", ran.seconds,
                         f"{died or 'no latency.json written'}: {tail(ran.output, 1)}",
                         _command_text(cmd), tail(ran.output, 80)))
         report.add(Step("parity", "fail", 0.0, "not checked: the benchmark wrote no results"))
         return
     result = json.loads(path.read_text())
+    summarize_benchmark(report, result, ran.seconds, _command_text(cmd),
+                        tail(ran.output, 80), died)
+
+
+def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, command: str,
+                        output_tail: str, died: str | None = None) -> None:
+    """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
+    benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed, or the run
+    stopped early; parity fails when a GPU backend's detections do not match the CPU
+    reference (or the comparison could not run) at some size."""
     report.benchmark = {"json": "latency.json", "markdown": "latency.md",
-                        "png": result.get("plot"), "seconds": result.get("seconds")}
+                        "png": result.get("plot"), "seconds": result.get("seconds"),
+                        "complete": result.get("complete")}
     report.targets = _target_rows(result)
     problems, ran_names, absent = [], set(), set()
     if died or not result.get("complete"):
-        problems.append(f"the benchmark stopped early ({died or 'incomplete results'}: "
-                        f"{tail(ran.output, 1)}); the numbers below are what it had written")
+        last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
+        problems.append(f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
+                        "the numbers below are what it had written")
     for size in result["sizes"]:
         label = f"{size['image_size'][0]}x{size['image_size'][1]}"
         if size.get("status") != "ok":
@@ -626,6 +638,12 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
         for r in (size.get("batch") or {}).get("rows", []):
             if r.get("status") == "failed":
                 problems.append(f"{label} batch {r['backend']}: {r['reason']}")
+            elif r.get("status") == "skipped":
+                absent.add(f"{label} batch {r['backend']}: {r['reason']}")
+    gpu_ran = any(b["status"] == "ok" and b.get("uses_gpu") and b["name"] != "reference"
+                  for size in result["sizes"] for b in size.get("backends", []))
+    if report.gpu and not gpu_ran:
+        problems.append("no GPU backend ran on this GPU machine (reasons under not measured)")
     for row in (result.get("decode_nms") or {}).get("rows", []):
         for impl in row["implementations"]:
             if impl["status"] == "failed":
@@ -634,8 +652,8 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
                + (f"; FAILED: {'; '.join(problems)}" if problems else "")
                + (f"; not measured: {'; '.join(sorted(absent))}" if absent else "")
                + "; see latency.md")
-    report.add(Step(name, "fail" if problems else "pass", ran.seconds, summary,
-                    _command_text(cmd), tail(ran.output, 80 if problems else 30)))
+    report.add(Step("benchmark", "fail" if problems else "pass", seconds, summary, command,
+                    output_tail if problems else tail(output_tail, 30)))
     _parity_step(report, result)
 
 
@@ -723,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         build_parser().error(f"--skip: unknown step(s) {sorted(unknown)}; known: {STEP_KEYS}")
     from tinyfaces_trt.core.errors import TinyFacesError
-    from tinyfaces_trt.core.files import prepare_output_dir, write_text_atomic
+    from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, write_text_atomic
 
     try:
         out = prepare_output_dir(args.out, f"--out {args.out}").resolve()
@@ -734,7 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(argv, args.budget_s)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     build_dir = Path(args.build_dir).resolve()
-    with open(out / "gpu_check.log", "w", encoding="utf-8") as log:
+    # the log is written as the steps run (a killed run leaves it under its temporary name)
+    with atomic_output(out / "gpu_check.log") as log_path, \
+            open(log_path, "w", encoding="utf-8") as log:
         arch = environment_step(report, env, log)
         no_gpu = None if report.gpu else "no CUDA GPU visible (nvidia-smi, torch and cuda-python see none)"
         have_sanitizer = shutil.which("compute-sanitizer") is not None
