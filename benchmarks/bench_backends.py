@@ -153,7 +153,9 @@ class LevelTimedRunner:
     """Wraps a runner: adds each call's synchronised time under ``network[L<i>]``.
 
     Time that the inner runner itself books under ``h2d`` / ``d2h`` during the call (copy
-    timing runners) is left out of the level's number. Other attributes are forwarded.
+    timing runners) is left out of the level's number. Without ``timings`` (end-to-end and
+    batch runs) it only counts the calls and adds no synchronisation. Other attributes are
+    forwarded.
     """
 
     def __init__(self, inner: Any) -> None:
@@ -162,14 +164,16 @@ class LevelTimedRunner:
         self.index = 0
 
     def run(self, net_input: Any) -> Any:
+        if self.timings is None:
+            self.index += 1
+            return self.inner.run(net_input)
         copies_before = self._copies()
         start = time.perf_counter()
         out = self.inner.run(net_input)
         self.synchronize()
         elapsed = time.perf_counter() - start
-        if self.timings is not None:
-            key = f"network[L{self.index}]"
-            self.timings[key] = self.timings.get(key, 0.0) + elapsed - (self._copies() - copies_before)
+        key = f"network[L{self.index}]"
+        self.timings[key] = self.timings.get(key, 0.0) + elapsed - (self._copies() - copies_before)
         self.index += 1
         return out
 

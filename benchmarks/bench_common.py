@@ -285,4 +285,4 @@ class Deadline:
             return None
         need = f"about {estimate_s:.0f} s needed, " if estimate_s > 0 else ""
         return (f"time budget: {need}{max(left, 0.0):.0f} s left of --budget-s "
-                f"{self.budget_s:g} when {what} was due")
+                f"{self.budget_s:g} before {what}")

@@ -675,7 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = evaluate_targets(result)
         write_reports(result, out, final and not args.no_plot, log if final else (lambda _: None))
 
-    if args.candidate_counts:  # first: seconds, and two of the targets
+    refused = deadline.refuse("the decode/NMS micro-benchmark")
+    if args.candidate_counts and refused:
+        log(f"decode/NMS: skipped: {refused}")
+    elif args.candidate_counts:  # first: seconds, and two of the targets
         rep = args.candidates_repeat or args.repeat
         rows = run_decode_nms(args.candidate_counts, config, rep, args.warmup,
                               with_reference=config.variant == "pytorch", log=log)

@@ -177,7 +177,8 @@ def _bench_result(parity_passed=True, backend_status="ok", complete=True):
               "parity": {"status": "ok", "reference": "cpu", "reference_detections": 10,
                          "rows": [row] if backend_status == "ok" else []}},
              {"image_size": [1280, 720], "status": "skipped", "backends": [],
-              "reason": "time budget: about 66 s needed, 40 s left of --budget-s 195"}]
+              "reason": "time budget: about 66 s needed, 40 s left of --budget-s 195 "
+                        "before image size 1280x720"}]
     return {"complete": complete, "sizes": sizes, "decode_nms": None, "seconds": 190.0,
             "targets": []}
 
