@@ -18,7 +18,8 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
   environment     ~3 s   GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
   build          ~10 s   tf-build-kernels for this GPU's architecture (+ the C example)
   ptxas           ~6 s   registers / spills per kernel (-Xptxas -v)
-  GPU tests     ~15-30 s every test marked `gpu` (tests/*_gpu.py must not skip)
+  GPU tests     ~15-90 s every test marked `gpu` (tests/*_gpu.py must not skip; the
+                         torch-cuda tests compile small networks)
   sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
                          racecheck on a subset of the GPU tests
   benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
@@ -30,7 +31,12 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
   parity          (in the benchmark) every GPU backend's detections against the CPU
                          reference (torch fp32 on the CPU, runtime pipeline), per size
 
-Without a GPU every step is skipped with the reason, in a few seconds.
+Estimates from the 2026-11-30 H200 measurements, not yet a run of this script: on a fresh
+machine the default budget should cover every step but may have to skip the 1280x720 size
+and/or the batch rows (about a minute of torch.compile each), saying so in the report. A
+second run on the same machine finds the compiled code in the cache and fits everything;
+--budget-s 450 also does. Without a GPU every step is skipped with the reason, in a few
+seconds.
 """
 
 from __future__ import annotations
