@@ -6,6 +6,12 @@ stage into a ``timings`` dict: ``preprocess`` (pyramid resize + normalise), ``ne
 network input / score map, where the backend lets them be timed apart), ``decode``, ``nms``.
 A backend that cannot run here raises :class:`Skip` with the reason from :func:`probe` or
 while building.
+
+Backends whose name has no ``-host`` suffix run the runtime the way ``create_detector`` builds
+it; ``torch-cuda`` is the runtime's GPU path: :class:`tinyfaces_trt.export.torch_cuda.TorchCudaRunner`
+(fp16, torch.compile + CUDA graphs) with the CUDA stages (resize, decode, NMS) on one shared
+stream, everything device-resident. ``-host`` backends run the network on the GPU but resize,
+decode and NMS with numpy on the host.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class BenchContext:
     threads: int
     export_root: Path
     log: Callable[[str], None] = print
+    torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
+    cache_dir: Path | None = None    # compile cache root (None: the tinyfaces cache)
     _folders: dict[str, Any] = field(default_factory=dict)
 
     def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
@@ -96,9 +104,24 @@ class Pipeline:
     uses_gpu = False
     #: Where the host<->device copies are counted when they have no columns of their own.
     copies_note = ""
+    #: Whether :meth:`detect_batch` exists (the port's reference pipeline has no batch mode).
+    supports_batch = False
+    #: Seconds spent preparing the network (compiling, capturing graphs) while building.
+    prepare_seconds = 0.0
 
     def detect(self, image: np.ndarray, timings: Timings | None) -> np.ndarray:
         raise NotImplementedError
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the last detect (candidates before NMS, for device postprocessing)."""
+        return {}
+
+    def runner_calls(self) -> int:
+        """Network runs since the last :meth:`detect` / :meth:`detect_batch` began."""
+        return 0
 
     def synchronize(self) -> None:
         pass
@@ -130,7 +153,9 @@ class LevelTimedRunner:
     """Wraps a runner: adds each call's synchronised time under ``network[L<i>]``.
 
     Time that the inner runner itself books under ``h2d`` / ``d2h`` during the call (copy
-    timing runners) is left out of the level's number. Other attributes are forwarded.
+    timing runners) is left out of the level's number. Without ``timings`` (end-to-end and
+    batch runs) it only counts the calls and adds no synchronisation. Other attributes are
+    forwarded.
     """
 
     def __init__(self, inner: Any) -> None:
@@ -139,14 +164,16 @@ class LevelTimedRunner:
         self.index = 0
 
     def run(self, net_input: Any) -> Any:
+        if self.timings is None:
+            self.index += 1
+            return self.inner.run(net_input)
         copies_before = self._copies()
         start = time.perf_counter()
         out = self.inner.run(net_input)
         self.synchronize()
         elapsed = time.perf_counter() - start
-        if self.timings is not None:
-            key = f"network[L{self.index}]"
-            self.timings[key] = self.timings.get(key, 0.0) + elapsed - (self._copies() - copies_before)
+        key = f"network[L{self.index}]"
+        self.timings[key] = self.timings.get(key, 0.0) + elapsed - (self._copies() - copies_before)
         self.index += 1
         return out
 
@@ -171,8 +198,12 @@ class DetectorBench(Pipeline):
         timed: objects with a ``timings`` attribute that book copies themselves.
     """
 
+    supports_batch = True
+
     def __init__(self, detector: Detector, uses_gpu: bool = False, copies_note: str = "",
-                 timed: tuple[Any, ...] = (), closers: tuple[Any, ...] = ()) -> None:
+                 timed: tuple[Any, ...] = (), closers: tuple[Any, ...] = (),
+                 prepare_seconds: float = 0.0) -> None:
+        self.prepare_seconds = prepare_seconds
         self.level_runner = LevelTimedRunner(detector.runner)
         detector.runner = self.level_runner
         self.detector = detector
@@ -191,6 +222,18 @@ class DetectorBench(Pipeline):
             timings["network"] = timings.get("network", 0.0) - timings.get("h2d", 0.0) \
                 - timings.get("d2h", 0.0)
         return boxes
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        for obj in self.timed:
+            obj.timings = None
+        self.level_runner.index = 0
+        return self.detector.detect_batch(images)
+
+    def stats(self) -> dict[str, int]:
+        return dict(getattr(self.detector.postprocessor, "last_stats", None) or {})
+
+    def runner_calls(self) -> int:
+        return self.level_runner.index
 
     def synchronize(self) -> None:
         for stage in (self.detector.preprocessor, self.level_runner, self.detector.postprocessor):
@@ -340,8 +383,9 @@ def _tensorrt_reason() -> str | None:
     return _gpu_reason()
 
 
-def _cuda_stages_reason() -> str | None:
-    reason = _tensorrt_reason()
+def _kernels_reason() -> str | None:
+    """None when cuda-python sees a GPU and the CUDA kernel library loads."""
+    reason = _gpu_reason()
     if reason:
         return reason
     try:
@@ -351,6 +395,18 @@ def _cuda_stages_reason() -> str | None:
     except Exception as exc:
         return one_line(exc)
     return None
+
+
+def _cuda_stages_reason() -> str | None:
+    return _tensorrt_reason() or _kernels_reason()
+
+
+def _torch_cuda_device_reason() -> str | None:
+    return _torch_cuda_reason() or _kernels_reason()
+
+
+def _ort_cuda_device_reason() -> str | None:
+    return _ort_provider_reason("CUDAExecutionProvider") or _kernels_reason()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +440,73 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
         runner = CopyTimedTorchCuda(inner)
         return DetectorBench(Detector(runner, ctx.config), uses_gpu=True, timed=(runner,),
                              closers=(runner,))
+    return build
+
+
+def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
+    """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
+    ``create_detector("torch-cuda")`` builds), from the benchmark's model."""
+    def build(ctx: BenchContext) -> Pipeline:
+        import torch
+
+        try:
+            from tinyfaces_trt.export.torch_cuda import TorchCudaRunner as DeviceRunner
+        except ImportError as exc:
+            raise Skip("the runtime's torch-cuda runner (tinyfaces_trt.export.torch_cuda) is "
+                       f"not in this checkout: {one_line(exc)}") from None
+        from tinyfaces_trt.runtime.backends.cuda_device import Stream
+        from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
+
+        stream = Stream()
+        parts: list[Any] = [stream]
+        try:
+            pre, post = cuda_stages(ctx.config, stream)
+            parts[:0] = [pre, post]
+            runner = DeviceRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name),
+                                  mode=ctx.torch_mode, cache_dir=ctx.cache_dir,
+                                  stream=stream.handle)
+            parts.insert(0, runner)
+            shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
+            ctx.log(f"  preparing {len(shapes)} input shapes (TorchCudaRunner mode "
+                    f"{ctx.torch_mode}; torch.compile takes several seconds per shape) ...")
+            start = time.perf_counter()
+            runner.warmup(shapes)
+            prepared = time.perf_counter() - start
+        except BaseException:
+            _close_all(parts)
+            raise
+        records = list(getattr(runner, "records", {}).values())
+        loaded = sum(1 for r in records if getattr(r, "cache_loaded", False))
+        note = (f"TorchCudaRunner mode {runner.mode}"
+                + (f" (asked {ctx.torch_mode}: fell back)" if runner.mode != ctx.torch_mode else "")
+                + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
+                + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
+                + "; image upload inside preprocess, box download inside NMS")
+        det = Detector(runner, ctx.config, preprocessor=pre, postprocessor=post)
+        return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),
+                             prepare_seconds=prepared)
+    return build
+
+
+def _close_all(parts: list[Any]) -> None:
+    for part in parts:
+        try:
+            part.close()
+        except Exception:  # already failing: keep the first error
+            pass
+
+
+def _factory_device(backend: str) -> Callable[[BenchContext], Pipeline]:
+    """A backend as ``tinyfaces_trt.create_detector`` builds it from the benchmark's export."""
+    def build(ctx: BenchContext) -> Pipeline:
+        from tinyfaces_trt import detectors
+
+        if backend not in detectors.BACKENDS:
+            raise Skip(f"create_detector in this checkout has no {backend!r} backend (it has "
+                       f"{', '.join(detectors.BACKENDS)})")
+        det = detectors.create_detector(backend, model_dir=ctx.export_folder().path)
+        return DetectorBench(det, uses_gpu=True, closers=(det,),
+                             copies_note=f"as create_detector({backend!r}) builds it")
     return build
 
 
@@ -433,6 +556,7 @@ class BackendSpec:
     description: str
     probe: Callable[[], str | None]
     build: Callable[[BenchContext], Pipeline]
+    precision: str = "fp32"   # parity tolerances: "fp32" or "fp16"
 
 
 BACKENDS: tuple[BackendSpec, ...] = (
@@ -441,21 +565,26 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "py_cpu_nms-style numpy NMS", lambda: None, _reference),
     BackendSpec("torch", "runtime pipeline, torch eager fp32 on the CPU, numpy resize/decode/NMS",
                 lambda: None, _torch_cpu),
-    BackendSpec("torch-cuda", "runtime pipeline, torch eager fp32 channels_last on CUDA, "
-                "numpy stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
-    BackendSpec("torch-cuda-fp16", "runtime pipeline, torch eager fp16 channels_last on CUDA, "
-                "numpy stages", _torch_cuda_reason, _torch_cuda("float16", "eager")),
-    BackendSpec("torch-cuda-fp16-graphs", "runtime pipeline, torch fp16 channels_last on CUDA "
-                "replaying one CUDA graph per level shape, numpy stages", _torch_cuda_reason,
-                _torch_cuda("float16", "graphs")),
-    BackendSpec("torch-cuda-fp16-compile", "runtime pipeline, torch fp16 channels_last on "
-                "CUDA, BN folded, torch.compile (Inductor) + one CUDA graph per level shape "
-                "(compiled code cached on disk), numpy stages", _torch_cuda_reason,
-                _torch_cuda("float16", "compile")),
+    BackendSpec("torch-cuda", "runtime GPU pipeline: TorchCudaRunner fp16 (torch.compile + CUDA "
+                "graphs, BatchNorm folded, channels_last), CUDA resize + decode + NMS, one stream",
+                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision="fp16"),
+    BackendSpec("torch-cuda-fp32", "runtime GPU pipeline as torch-cuda, network in fp32",
+                _torch_cuda_device_reason, _torch_cuda_device("float32")),
+    BackendSpec("torch-cuda-eager-host", "runtime pipeline, torch eager fp32 on CUDA, numpy "
+                "stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
+    BackendSpec("torch-cuda-eager-host-fp16", "runtime pipeline, torch eager fp16 on CUDA, "
+                "numpy stages", _torch_cuda_reason, _torch_cuda("float16", "eager"),
+                precision="fp16"),
+    BackendSpec("torch-cuda-graphs-host-fp16", "runtime pipeline, torch fp16 on CUDA replaying "
+                "one CUDA graph per level shape, numpy stages", _torch_cuda_reason,
+                _torch_cuda("float16", "graphs"), precision="fp16"),
     BackendSpec("onnxruntime", "runtime pipeline, ONNX Runtime CPU EP (fp32), numpy stages",
                 _ort_cpu_reason, _onnxruntime(None)),
-    BackendSpec("onnxruntime-cuda", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy stages",
-                lambda: _ort_provider_reason("CUDAExecutionProvider"),
+    BackendSpec("onnxruntime-cuda", "runtime GPU pipeline as create_detector('onnxruntime-cuda') "
+                "builds it (CUDA EP with IOBinding, CUDA stages)", _ort_cuda_device_reason,
+                _factory_device("onnxruntime-cuda")),
+    BackendSpec("onnxruntime-cuda-host", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy "
+                "stages", lambda: _ort_provider_reason("CUDAExecutionProvider"),
                 _onnxruntime(["CUDAExecutionProvider"])),
     BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; engines "
                 "built per input shape during warm-up), numpy stages",
@@ -464,7 +593,12 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("tensorrt", "runtime pipeline, TensorRT fp32 engine, numpy resize/decode/NMS",
                 _tensorrt_reason, _tensorrt(False, False)),
     BackendSpec("tensorrt-fp16", "runtime pipeline, TensorRT fp16 engine, numpy resize/decode/NMS",
-                _tensorrt_reason, _tensorrt(True, False)),
+                _tensorrt_reason, _tensorrt(True, False), precision="fp16"),
     BackendSpec("tensorrt-fp16-cuda", "runtime pipeline, TensorRT fp16 engine, CUDA resize + "
-                "decode + NMS (device-resident)", _cuda_stages_reason, _tensorrt(True, True)),
+                "decode + NMS (device-resident)", _cuda_stages_reason, _tensorrt(True, True),
+                precision="fp16"),
 )
+
+#: Backends that run on a GPU (everything but the CPU ones); the reference uses one when
+#: torch sees it.
+GPU_BACKENDS = tuple(b.name for b in BACKENDS if b.name not in ("reference", "torch", "onnxruntime"))

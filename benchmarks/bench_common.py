@@ -12,6 +12,7 @@ so with few repeats p90 lies between the two slowest runs).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import time
@@ -22,6 +23,33 @@ from typing import Any
 import numpy as np
 
 MS = 1000.0
+
+
+def format_duration(ms: float | None, digits: int = 3) -> str:
+    """A duration given in milliseconds, in the unit that shows it: ``"41.2 µs"``,
+    ``"1.25 ms"``, ``"932 ms"``, ``"37.2 s"`` (``digits`` significant digits, or the whole
+    integer part); ``"-"`` for None. A non-zero time never prints as "0.0 ms"."""
+    if ms is None:
+        return "-"
+    value = float(ms)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0.0:
+        return "0 µs"
+    for scale, unit, limit in ((1e6, "ns", 1e-3), (1e3, "µs", 1.0), (1.0, "ms", 1e4)):
+        if abs(value) < limit:
+            text = _significant(value * scale, digits)
+            if abs(float(text)) < limit * scale:  # not rounded up into the next unit
+                return f"{text} {unit}"
+    return f"{_significant(value / 1e3, digits)} s"
+
+
+def _significant(value: float, digits: int) -> str:
+    """``value`` with ``digits`` significant digits (all integer digits), no exponent."""
+    exponent = int(math.floor(math.log10(abs(value))))
+    if abs(round(value, digits - 1 - exponent)) >= 10.0 ** (exponent + 1):
+        exponent += 1  # 0.9996 rounds to 1.00, not 1.000
+    return f"{value:.{max(0, digits - 1 - exponent)}f}"
 
 
 def summarize(seconds: Iterable[float]) -> dict[str, Any]:
@@ -208,3 +236,35 @@ def now_iso() -> str:
 def stage_medians(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """``{stage: median_ms}`` of a backend's summarized stages."""
     return {name: float(s["median_ms"]) for name, s in stages.items()}
+
+
+class Deadline:
+    """A time budget for a whole run: later work is skipped (with the reason) once it is spent.
+
+    Args:
+        budget_s: seconds from now; None means no limit.
+    """
+
+    def __init__(self, budget_s: float | None) -> None:
+        self.budget_s = budget_s
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        """Seconds left (infinity without a budget)."""
+        return float("inf") if self.budget_s is None else self.budget_s - self.elapsed()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def refuse(self, what: str, estimate_s: float = 0.0) -> str | None:
+        """None when ``what`` (taking about ``estimate_s``) fits in what is left, else the
+        "skipped" reason."""
+        left = self.left()
+        if left > estimate_s and left > 0:
+            return None
+        need = f"about {estimate_s:.0f} s needed, " if estimate_s > 0 else ""
+        return (f"time budget: {need}{max(left, 0.0):.0f} s left of --budget-s "
+                f"{self.budget_s:g} before {what}")

@@ -14,12 +14,14 @@ score map, scale 2), the level that dominates real 1080p images.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.runtime.decode import active_templates, decode_level
 from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -120,68 +122,54 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
-def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int, warmup: int,
-              n_candidates: int) -> dict[str, Any]:
-    """tf_decode_level and tf_nms of the CUDA kernel library, device-resident, stream-synced.
+def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
+              warmup: int) -> dict[str, Any]:
+    """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
-    ``decode`` = counter reset + decode of the level; ``nms`` = sort + NMS + clip on the
-    device; ``d2h`` = download of the stats and the kept rows.
+    ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
+    ``finish``: sort + NMS + clip on the device, then the download of the counters and the
+    kept rows (so NMS includes that small copy); every run is stream-synchronised.
     """
-    from tinyfaces_trt.kernels.binding import decode_params, load_library, nms_params
-    from tinyfaces_trt.runtime.backends.cuda_device import DeviceBuffer, Stream, gpu_available, runtime
+    from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
+                                                            gpu_available, runtime)
 
     runtime()  # BackendUnavailableError (the reason) without cuda-python
     if not gpu_available():
         raise _Skip("no CUDA GPU visible")
-    lib = load_library()
+    from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
+
     stream = Stream()
-    h, w = data.score_map.shape[-2:]
-    capacity = max(1, n_candidates)
-    max_nms = max(1, n_candidates)
+    post = CudaPostprocessor(config, stream)
     score_dev = DeviceBuffer(data.score_map.nbytes)
-    cand_dev = DeviceBuffer(lib.candidates_size(capacity))
-    ws_bytes = lib.nms_workspace_size(max_nms)
-    ws_dev = DeviceBuffer(ws_bytes)
-    out_dev = DeviceBuffer(max_nms * 5 * 4)
-    stats_dev = DeviceBuffer(16)
-    score_dev.upload(np.ascontiguousarray(data.score_map), stream)
-    dp = decode_params(config.templates, active_templates(data.level.scale, config),
-                       config.logit_thresh, config.stride, config.offset, data.level.scale)
-    npar = nms_params(config.nms_thresh, config.box_pixel_offset, config.clip_boxes,
-                      data.level.height, data.level.width)
-
-    def decode() -> None:
-        lib.candidates_reset(cand_dev, stream)
-        lib.decode_level(score_dev, h, w, dp, 0, cand_dev, capacity, stream)
-
-    def run_nms() -> None:
-        lib.nms(cand_dev, capacity, npar, max_nms, ws_dev, ws_bytes, out_dev, stats_dev, stream)
-
-    stats = np.zeros(4, dtype=np.uint32)
-    rows = np.zeros((max_nms, 5), dtype=np.float32)
-
-    def download() -> int:
-        stats_dev.download(stats, stream)
-        stream.synchronize()
-        kept = int(stats[0])
-        if kept:
-            out_dev.download(rows[:kept], stream)
-            stream.synchronize()
-        return kept
-
     try:
-        decode_s, _ = time_calls(decode, repeat, warmup, stream.synchronize)
-        nms_s, _ = time_calls(run_nms, repeat, warmup, stream.synchronize)
-        d2h_s, kept = time_calls(download, repeat, warmup, stream.synchronize)
-        row = {"name": "cuda (kernels library)", "status": "ok", "decode": summarize(decode_s),
-               "nms": summarize(nms_s), "d2h": summarize(d2h_s),
-               "candidates": int(stats[1]), "kept": kept}
-        if stats[2]:
-            row["note"] = f"overflow flags {int(stats[2])}: nothing kept"
-        return row
+        score_dev.upload(np.ascontiguousarray(data.score_map), stream)
+        stream.synchronize()
+        scores = DeviceArray(score_dev.ptr, data.score_map.shape, np.float32, owner=score_dev)
+        # the image whose pyramid has this level (its candidate buffer is sized for it)
+        image_h = round(data.level.height / data.level.scale)
+        image_w = round(data.level.width / data.level.scale)
+        decode_s, nms_s = [], []
+        boxes = np.zeros((0, 5), np.float32)
+        for k in range(warmup + repeat):
+            stream.synchronize()
+            start = time.perf_counter()
+            post.reset(image_h, image_w)
+            post.add_level(scores, data.level)
+            stream.synchronize()
+            decoded = time.perf_counter()
+            boxes = post.finish()
+            done = time.perf_counter()
+            if k >= warmup:
+                decode_s.append(decoded - start)
+                nms_s.append(done - decoded)
+        stats = post.last_stats
+        return {"name": "cuda (CudaPostprocessor)", "status": "ok",
+                "decode": summarize(decode_s), "nms": summarize(nms_s),
+                "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
+                "note": "NMS includes the download of the kept boxes"}
     finally:
-        for buf in (score_dev, cand_dev, ws_dev, out_dev, stats_dev):
-            buf.free()
+        post.close()
+        score_dev.free()
         stream.close()
 
 
@@ -205,13 +193,16 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
             rows.append(_reference_row(data, config, repeat, warmup))
         if with_cuda:
             try:
-                rows.append(_cuda_row(data, config, repeat, warmup, numpy_row["candidates"]))
+                rows.append(_cuda_row(data, config, repeat, warmup))
             except _Skip as exc:
-                rows.append({"name": "cuda (kernels library)", "status": "skipped",
+                rows.append({"name": "cuda (CudaPostprocessor)", "status": "skipped",
                              "reason": str(exc)})
-            except Exception as exc:  # missing library / cuda-python: say why, keep going
-                rows.append({"name": "cuda (kernels library)", "status": "skipped",
+            except BackendUnavailableError as exc:  # no cuda-python / library: say why
+                rows.append({"name": "cuda (CudaPostprocessor)", "status": "skipped",
                              "reason": one_line(exc)})
+            except Exception as exc:  # present, but failed: a finding, not a skip
+                rows.append({"name": "cuda (CudaPostprocessor)", "status": "failed",
+                             "reason": one_line(exc, with_type=True)})
         results.append({"target": target, "candidates": data.candidates, "faces": data.faces,
                         "map": list(map_hw), "scale": scale, "implementations": rows})
     return results

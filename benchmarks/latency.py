@@ -1,19 +1,25 @@
 #!/usr/bin/env python
-"""End-to-end and per-stage latency of the Tiny Faces detector, per backend.
+"""End-to-end and per-stage latency of the Tiny Faces detector, per backend and image size.
 
     python benchmarks/latency.py                                  # every backend present
     python benchmarks/latency.py --backend reference,torch,onnxruntime --image-size 1920x1080 --repeat 3
+    python benchmarks/latency.py --backend reference,torch-cuda --image-size 1920x1080,1280x720 \
+        --batch 8 --parity --profile --candidates 10000,50000      # the GPU run
 
-For one image: the pyramid resize, the network (all levels and per level), decode, NMS and
-host<->device copies, median and p90 over ``--repeat`` runs after ``--warmup`` runs, for
-every backend present (absent ones are listed as "skipped: <reason>"), with the reference
-pipeline as tiny-faces-pytorch runs it measured side by side in the same run. Then decode
-and NMS alone on synthetic clustered score maps with ``--candidates`` candidates (numpy,
-the port's numpy code, and the CUDA kernels where a GPU and the library are present).
+For one image per size: the pyramid resize, the network (all levels and per level), decode,
+NMS and host<->device copies, median and p90 over ``--repeat`` runs after ``--warmup`` runs,
+for every backend present (absent ones are listed as "skipped: <reason>"), with the
+reference pipeline as tiny-faces-pytorch runs it measured side by side in the same run.
+Optionally: batch throughput (``--batch N``: N frames through ``detect_batch`` vs one by
+one), parity of every backend's detections with the CPU reference (``--parity``), a torch
+profile of the main GPU backend (``--profile``). Then decode and NMS alone on synthetic
+clustered score maps with ``--candidates`` candidates (numpy, the port's numpy code, and the
+CUDA stages where a GPU and the kernel library are present), and the issue's speed targets
+(measured, target, met or missed by how much, and why).
 
 Writes ``<out>/<name>.json``, ``<name>.md`` and ``<name>.png`` (see benchmarks/README.md).
 The network has seeded random weights unless ``--weights`` is given: its timings are those
-of the real network, its detections are meaningless.
+of the real network, its detections are meaningless (but identical across correct backends).
 """
 
 from __future__ import annotations
@@ -26,16 +32,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+# A plain checkout needs no install: the repository root (for tinyfaces_trt) and this folder
+# (for the bench_* modules) go first on the path.
+for _path in (str(HERE), str(HERE.parent)):
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
 
 import numpy as np  # noqa: E402
 
-from bench_common import (ContentionMeter, machine_description, now_iso, one_line,  # noqa: E402
-                          summarize, today, wait_until_quiet)
-from tinyfaces_trt.core.cli import parse_image_size  # noqa: E402
+from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
+                          now_iso, one_line, summarize, today, wait_until_quiet)
+from tinyfaces_trt.core.cli import ImageSize, parse_image_sizes  # noqa: E402
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+SCHEMA = "tinyfaces-trt-latency/2"
 DEFAULT_OUT = HERE / "results"
 DEFAULT_CANDIDATES = "1000,10000,50000"
 DEFAULT_DEPTH = 101
@@ -48,6 +60,8 @@ Examples:
   python benchmarks/latency.py                     # every backend, 640x480, 5 repeats
   python benchmarks/latency.py --backend reference,torch,onnxruntime \\
       --image-size 1920x1080 --repeat 3
+  python benchmarks/latency.py --backend reference,torch-cuda --image-size 1920x1080,1280x720 \\
+      --batch 8 --parity --profile --candidates 10000,50000 --warmup 2 --repeat 10
   python benchmarks/latency.py --backend tensorrt-fp16,tensorrt-fp16-cuda --warmup 3 --repeat 20
   python benchmarks/latency.py --image photo.jpg --image-size 1280x720 --weights checkpoint_50.pth
   python benchmarks/latency.py --report-only benchmarks/results/cpu-2026-11-24.json
@@ -62,10 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="all",
                    help=f"comma-separated backends, or 'all' (default). Known: {', '.join(names)}")
-    p.add_argument("--image-size", default="640x480", type=parse_image_size, metavar="WxH",
-                   help="image width x height (default 640x480; 1920x1080 is a full-HD frame)")
-    p.add_argument("--image", default=None, help="an image file to use (resized to --image-size); "
-                   "default: a seeded synthetic image")
+    p.add_argument("--image-size", default=[ImageSize(640, 480)], type=parse_image_sizes,
+                   metavar="WxH[,WxH...]",
+                   help="image sizes, width x height, comma-separated, measured in this order "
+                        "(default 640x480; full HD and 720p: 1920x1080,1280x720)")
+    p.add_argument("--image", default=None, help="an image file to use (resized to each "
+                   "--image-size); default: a seeded synthetic image")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per backend (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--depth", type=int, default=None, choices=(50, 101),
@@ -78,6 +94,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="a checkpoint instead of random weights")
     p.add_argument("--pyramid", default="adaptive", choices=("adaptive", "fixed"),
                    help="pyramid rule for every backend (default adaptive: the runtime's)")
+    p.add_argument("--torch-mode", default="compile", choices=("compile", "graphs", "eager"),
+                   help="TorchCudaRunner mode of the torch-cuda backends (default compile: "
+                        "torch.compile + CUDA graphs, several seconds per input shape the "
+                        "first time, then cached on disk)")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="also measure throughput of N frames of the first image size through "
+                        "detect_batch against N single detects (default 0: off; the issue's "
+                        "case is 8)")
+    p.add_argument("--parity", action="store_true",
+                   help="compare every backend's detections with the CPU reference (torch "
+                        "fp32 on the CPU, runtime pipeline) on the same image, per size")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one detect of the main GPU backend at the first size with "
+                        "the torch profiler (top GPU kernels in the report)")
+    p.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+                   help="time budget of the whole run: work that would start after it is "
+                        "spent (or is estimated not to fit) is listed as skipped with the "
+                        "reason (default: no limit)")
     p.add_argument("--max-contention", type=float, default=None, metavar="SHARE",
                    help="shared machines: before each timed run wait until other processes use "
                         "at most SHARE (0..1) of the CPUs, and redo a run during which they used "
@@ -97,12 +131,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-dir", default=None,
                    help="where ONNX/TensorRT exports of the model are cached (default: "
                         "<tinyfaces cache>/bench/<model digest>)")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache root for compiled torch-cuda networks (default: $TINYFACES_CACHE "
+                        "or ~/.cache/tinyfaces_trt)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--report-only", default=None, metavar="JSON",
                    help="measure nothing: rewrite the .md and .png of an earlier run's JSON")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be >= 1 and --warmup >= 0")
+    if args.batch < 0 or args.batch == 1:
+        p.error("--batch must be 0 (off) or at least 2")
     wanted = (names if args.backend == "all"
               else [s.strip() for s in args.backend.split(",") if s.strip()])
     unknown = [n for n in wanted if n not in names]
@@ -117,10 +156,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _load_image(args: argparse.Namespace) -> tuple[np.ndarray, str]:
-    w, h = args.image_size
+def _load_image(args: argparse.Namespace, size: ImageSize, seed: int = 0) -> tuple[np.ndarray, str]:
+    w, h = size
     if args.image is None:
-        return synthetic_image(h, w), "synthetic (seeded colour blobs, noise)"
+        return synthetic_image(h, w, seed), "synthetic (seeded colour blobs, noise)"
     from PIL import Image
 
     with Image.open(args.image) as im:
@@ -151,7 +190,8 @@ class _Bench:
     """One backend in the run: its report entry and, while it is measured, its pipeline."""
 
     def __init__(self, spec: Any) -> None:
-        self.entry: dict[str, Any] = {"name": spec.name, "description": spec.description}
+        self.entry: dict[str, Any] = {"name": spec.name, "description": spec.description,
+                                      "precision": spec.precision}
         self.spec = spec
         self.pipe: Any = None
         self.samples: list[dict[str, float]] = []
@@ -161,22 +201,31 @@ class _Bench:
         self.discarded = 0
 
     def start(self, ctx: Any, log) -> None:
-        """Probes and builds the pipeline, or marks the entry skipped with the reason."""
+        """Probes and builds the pipeline, or marks the entry skipped (a dependency is
+        missing) or failed (present but does not start), with the reason."""
         from bench_backends import Skip
+        from tinyfaces_trt.core.errors import BackendUnavailableError
 
         reason = self.spec.probe()
         if reason:
             self.entry.update(status="skipped", reason=reason)
             return
+        start = time.perf_counter()
         try:
             log(f"[{self.spec.name}] building ...")
             self.pipe = self.spec.build(ctx)
             self.copies_note = self.pipe.copies_note
-        except Skip as exc:
-            self.entry.update(status="skipped", reason=str(exc))
+        except (Skip, BackendUnavailableError) as exc:
+            self.entry.update(status="skipped", reason=one_line(exc))
         except Exception as exc:  # present but does not start: say why, go on
-            reason = f"failed to start: {one_line(exc, with_type=True)}"
-            self.entry.update(status="skipped", reason=reason)
+            self.entry.update(status="failed",
+                              reason=f"failed to start: {one_line(exc, with_type=True)}")
+        self.entry["build_s"] = round(time.perf_counter() - start, 3)
+        if self.pipe is not None:
+            self.entry["uses_gpu"] = bool(self.pipe.uses_gpu)
+            if self.pipe.prepare_seconds:  # compiling / capturing, inside build_s
+                self.entry["prepare_s"] = round(self.pipe.prepare_seconds, 3)
+            log(f"[{self.spec.name}] ready in {self.entry['build_s']:.1f} s")
 
     def timed_run(self, image: np.ndarray, label: str,
                   log) -> tuple[dict[str, float] | None, float | None]:
@@ -196,7 +245,7 @@ class _Bench:
         timings["total"] = time.perf_counter() - start
         share = meter.stop()
         busy = "" if share is None else f" (other processes: {share:.0%} of the CPUs)"
-        log(f"[{self.spec.name}] {label}: {timings['total'] * 1000:.1f} ms{busy}")
+        log(f"[{self.spec.name}] {label}: {format_duration(timings['total'] * 1000)}{busy}")
         return timings, share
 
     def end_to_end(self, image: np.ndarray, repeat: int) -> None:
@@ -220,7 +269,10 @@ class _Bench:
     def close(self) -> None:
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
-            pipe.close()
+            try:
+                pipe.close()
+            except Exception as exc:  # report, keep going
+                self.entry.setdefault("close_error", one_line(exc, with_type=True))
 
     def finish(self) -> dict[str, Any]:
         """The report entry (stages summarized when the backend ran)."""
@@ -237,14 +289,18 @@ class _Bench:
         return self.entry
 
 
-def measure(benches: list[_Bench], image: np.ndarray, args: argparse.Namespace, log) -> None:
+def measure(benches: list[_Bench], image: np.ndarray, args: argparse.Namespace, log,
+            deadline: Deadline | None = None) -> None:
     """Warm-up per backend, then ``args.repeat`` rounds running each backend once in turn.
 
     Interleaving spreads slow phases of a shared machine over all backends alike. With
     ``args.max_contention``, each timed run first waits for the other processes to quiet
     down, and a run during which they used more than that share of the CPUs is discarded
-    and redone (at most ``args.retries`` times; the last attempt is kept).
+    and redone (at most ``args.retries`` times; the last attempt is kept). Once ``deadline``
+    has passed, no further round starts (at least one always runs); GPU backends then get
+    their end-to-end pass (no per-stage synchronisation) unless the deadline has passed.
     """
+    deadline = deadline or Deadline(None)
     live = [b for b in benches if b.pipe is not None]
     for b in live:
         for i in range(args.warmup):
@@ -252,6 +308,11 @@ def measure(benches: list[_Bench], image: np.ndarray, args: argparse.Namespace, 
                 b.timed_run(image, f"warm-up {i + 1}/{args.warmup}", log)
     limit = args.max_contention
     for r in range(args.repeat):
+        if r and deadline.expired():
+            log(f"time budget spent: stopping after {r} of {args.repeat} timed rounds")
+            for b in live:
+                b.entry["rounds_note"] = (f"{r} of {args.repeat} timed runs (--budget-s spent)")
+            break
         for b in live:
             for attempt in range(args.retries + 1):
                 if b.pipe is None:
@@ -269,9 +330,99 @@ def measure(benches: list[_Bench], image: np.ndarray, args: argparse.Namespace, 
                 b.discarded += 1
                 log(f"[{b.spec.name}] discarded: other processes used {share:.0%} > {limit:.0%}")
     for b in live:
+        if b.pipe is not None:
+            stats = b.pipe.stats()
+            if stats:
+                b.entry["device_stats"] = stats  # candidates before NMS, kept (last run)
         if b.pipe is not None and b.pipe.uses_gpu:  # per-stage syncs serialise device work
-            b.end_to_end(image, args.repeat)
-        b.close()
+            if deadline.expired():
+                b.entry["end_to_end_note"] = "not measured: --budget-s spent"
+            else:
+                b.end_to_end(image, len(b.samples) or 1)
+
+
+def measure_batch(bench: _Bench, images: list[np.ndarray], args: argparse.Namespace,
+                  log) -> dict[str, Any]:
+    """Throughput of ``len(images)`` frames through ``detect_batch`` against one ``detect``
+    per frame (both synchronised at the end; ``args.warmup`` (at least 1) untimed passes
+    first, as the batch shapes may compile; ``args.repeat`` timed passes each, interleaved).
+    """
+    pipe, n = bench.pipe, len(images)
+    row: dict[str, Any] = {"backend": bench.spec.name, "batch": n}
+    single_s, batched_s = [], []
+    try:
+        for k in range(max(1, args.warmup) + args.repeat):
+            pipe.synchronize()
+            start = time.perf_counter()
+            for image in images:
+                pipe.detect(image, None)
+            pipe.synchronize()
+            single = time.perf_counter() - start
+            start = time.perf_counter()
+            results = pipe.detect_batch(images)
+            pipe.synchronize()
+            batched = time.perf_counter() - start
+            calls = pipe.runner_calls()
+            label = "warm-up" if k < max(1, args.warmup) else "run"
+            log(f"[{bench.spec.name}] batch {label}: {n} single {format_duration(single * 1e3)}, "
+                f"detect_batch {format_duration(batched * 1e3)}")
+            if k >= max(1, args.warmup):
+                single_s.append(single / n)
+                batched_s.append(batched / n)
+        if len(results) != n:
+            raise RuntimeError(f"detect_batch returned {len(results)} results for {n} images")
+    except Exception as exc:
+        row.update(status="failed", reason=one_line(exc, with_type=True))
+        return row
+    single, batched = summarize(single_s), summarize(batched_s)
+    row.update(status="ok", single=single, batched=batched, runner_calls=calls,
+               single_images_per_s=1e3 / single["median_ms"],
+               batched_images_per_s=1e3 / batched["median_ms"],
+               gain=single["median_ms"] / batched["median_ms"])
+    return row
+
+
+def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dict[str, Any]:
+    """The torch profiler over one synchronised detect: wall time, summed GPU kernel time
+    and the top kernels by GPU time (CUPTI; kernels replayed from CUDA graphs included)."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        bench.pipe.detect(image, None)
+        bench.pipe.synchronize()
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            bench.pipe.detect(image, None)
+            bench.pipe.synchronize()
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+    except Exception as exc:
+        return {"backend": bench.spec.name, "status": "skipped",
+                "reason": f"torch profiler: {one_line(exc, with_type=True)}"}
+
+    def device_us(e: Any) -> float:
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            v = getattr(e, attr, None)
+            if v is not None:
+                return float(v)
+        return 0.0
+
+    kernels = [e for e in events if device_us(e) > 0 and getattr(e, "cpu_time_total", 0) == 0]
+    if not kernels:  # some versions also book CPU time on kernel rows
+        kernels = [e for e in events if device_us(e) > 0]
+    kernels.sort(key=lambda e: -device_us(e))
+    total_us = sum(device_us(e) for e in kernels)
+    log(f"[{bench.spec.name}] profiled one detect: {format_duration(wall * 1e3)} wall, "
+        f"{format_duration(total_us / 1e3)} of GPU kernels")
+    return {"backend": bench.spec.name, "status": "ok", "wall_ms": wall * 1e3,
+            "gpu_kernel_ms": total_us / 1e3,
+            "top": [{"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
+                     "share": device_us(e) / total_us if total_us else 0.0}
+                    for e in kernels[:rows]]}
 
 
 def _summarize_stages(samples: list[dict[str, float]]) -> dict[str, Any]:
@@ -286,6 +437,7 @@ def _summarize_stages(samples: list[dict[str, float]]) -> dict[str, Any]:
 def write_reports(result: dict[str, Any], out: Path, plot: bool, log) -> None:
     """Writes ``<name>.png`` (unless ``plot`` is False), ``<name>.json`` and ``<name>.md``."""
     from bench_report import render_markdown, write_json, write_plot
+    from tinyfaces_trt.core.files import write_text_atomic
 
     name = result["name"]
     result.pop("plot", None)
@@ -298,35 +450,176 @@ def write_reports(result: dict[str, Any], out: Path, plot: bool, log) -> None:
         else:
             result["plot"] = f"{name}.png"
     write_json(result, out / f"{name}.json")
-    (out / f"{name}.md").write_text(render_markdown(result))
+    write_text_atomic(out / f"{name}.md", render_markdown(result))
     log(f"wrote {out / name}.json, .md" + (", .png" if "plot" in result else ""))
 
 
-def _result(args: argparse.Namespace, argv: list[str] | None, threads: int, image_what: str,
-            weights_what: str, config: Any, levels: list[Any], backends: list[dict[str, Any]],
-            decode_nms: dict[str, Any] | None) -> dict[str, Any]:
-    """The JSON document of a run."""
-    ran_gpu = any(b["status"] == "ok" and (b.get("end_to_end") is not None) for b in backends)
-    words = sys.argv[1:] if argv is None else argv
-    w, h = args.image_size
+def _primary(benches: list[_Bench]) -> _Bench | None:
+    """The backend the profile is about (the targets' choice among the live ones)."""
+    from bench_targets import PRIMARY
+
+    live = {b.spec.name: b for b in benches if b.pipe is not None and b.spec.name != "reference"}
+    for name in PRIMARY:
+        if name in live:
+            return live[name]
+    return next((b for b in live.values() if b.pipe.uses_gpu), None)
+
+
+def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any, config: Any,
+             threads: int, export_root: Path, deadline: Deadline, estimate_s: float,
+             log) -> dict[str, Any]:
+    """Everything measured at one image size (backends, batch, profile, parity)."""
+    from bench_backends import BACKENDS, BenchContext
+    from bench_targets import network_flops
+    from tinyfaces_trt.core.pyramid import plan_pyramid
+
+    started = time.perf_counter()
+    image, image_what = _load_image(args, size)
+    levels = plan_pyramid(image.shape[0], image.shape[1], config)
+    entry: dict[str, Any] = {
+        "image_size": [size.width, size.height], "image": image_what,
+        "levels": [{"index": lv.index, "exponent": lv.exponent, "scale": lv.scale,
+                    "height": lv.height, "width": lv.width} for lv in levels]}
+    refused = deadline.refuse(f"image size {size}", estimate_s)
+    if refused:
+        log(f"{size}: skipped: {refused}")
+        entry.update(status="skipped", reason=refused, backends=[])
+        return entry
+    entry["status"] = "ok"
+    log(f"image {size}, {len(levels)} levels: " + ", ".join(f"{lv.width}x{lv.height}" for lv in levels))
+    try:
+        flops = network_flops(model, [(1, 3, lv.height, lv.width) for lv in levels])
+        for lv, f in zip(entry["levels"], flops):
+            lv["flop"] = f
+        entry["flop_per_image"] = float(sum(flops))
+    except Exception as exc:  # the count is a nicety; the timings stand without it
+        entry["flop_per_image"] = None
+        entry["flop_note"] = f"not counted: {one_line(exc, with_type=True)}"
+    ctx = BenchContext(model=model, config=config, levels=levels, image_hw=image.shape[:2],
+                       threads=threads, export_root=export_root, log=log,
+                       torch_mode=args.torch_mode,
+                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    specs = {b.name: b for b in BACKENDS}
+    benches = [_Bench(specs[name]) for name in args.backends]
+    try:
+        for bench in benches:
+            refused = deadline.refuse(f"building {bench.spec.name}")
+            if refused:
+                bench.entry.update(status="skipped", reason=refused)
+            else:
+                bench.start(ctx, log)
+        measure(benches, image, args, log, deadline)
+        if args.batch and first:
+            batch_start = time.perf_counter()
+            entry["batch"] = _batch_rows(benches, args, size, len(levels), deadline, log)
+            entry["batch_seconds"] = time.perf_counter() - batch_start
+        if args.profile and first:
+            primary = _primary(benches)
+            refused = deadline.refuse("the profile", 10.0)
+            entry["profile"] = (
+                {"status": "skipped", "reason": "no GPU backend ran"} if primary is None else
+                {"backend": primary.spec.name, "status": "skipped", "reason": refused} if refused
+                else profile_detect(primary, image, log))
+    finally:
+        for bench in benches:
+            bench.close()
+    entry["backends"] = [bench.finish() for bench in benches]
+    ref = next((b for b in entry["backends"] if b["name"] == "reference" and b["status"] == "ok"),
+               None)
+    for b in entry["backends"]:
+        if ref and b["status"] == "ok":
+            b["speedup_vs_reference"] = (ref["stages"]["total"]["median_ms"]
+                                         / b["stages"]["total"]["median_ms"])
+    if args.parity:
+        entry["parity"] = _parity(benches, model, config, image, deadline, log)
+    entry["seconds"] = time.perf_counter() - started
+    return entry
+
+
+def _batch_rows(benches: list[_Bench], args: argparse.Namespace, size: ImageSize,
+                n_levels: int, deadline: Deadline, log) -> dict[str, Any]:
+    images = [_load_image(args, size, seed=k)[0] for k in range(args.batch)]
+    rows = []
+    for b in benches:
+        if b.pipe is None or not b.pipe.supports_batch:
+            continue
+        # the batch shapes are new: about as long to prepare as this backend's build
+        per_image = float(np.median([s["total"] for s in b.samples])) if b.samples else 0.0
+        estimate = b.entry.get("build_s", 0.0) + 2 * per_image * args.batch * (
+            max(1, args.warmup) + args.repeat)
+        refused = deadline.refuse(f"the batch rows of {b.spec.name}", estimate)
+        if refused:
+            rows.append({"backend": b.spec.name, "batch": args.batch, "status": "skipped",
+                         "reason": refused})
+            continue
+        log(f"[{b.spec.name}] batch of {args.batch} ...")
+        row = measure_batch(b, images, args, log)
+        row["levels"] = n_levels
+        rows.append(row)
+    return {"batch": args.batch, "rows": rows}
+
+
+def _parity(benches: list[_Bench], model: Any, config: Any, image: np.ndarray,
+            deadline: Deadline, log) -> dict[str, Any]:
+    from bench_parity import REFERENCE, compare_with_reference, reference_detections
+
+    tested = [b for b in benches if b.spec.name != "reference" and b.entry["status"] == "ok"]
+    result: dict[str, Any] = {"reference": REFERENCE, "rows": []}
+    if not tested:
+        result.update(status="skipped", reason="no backend to compare ran")
+        return result
+    refused = deadline.refuse("the parity check")
+    if refused:
+        result.update(status="skipped", reason=refused)
+        return result
+    log(f"parity: the CPU reference on the {image.shape[1]}x{image.shape[0]} image ...")
+    start = time.perf_counter()
+    try:
+        reference = reference_detections(model, config, image)
+    except Exception as exc:
+        result.update(status="failed", reason=f"CPU reference: {one_line(exc, with_type=True)}")
+        return result
+    result.update(status="ok", reference_detections=int(len(reference)),
+                  reference_seconds=time.perf_counter() - start)
+    for b in tested:
+        try:
+            row = compare_with_reference(reference, b.boxes, config, b.spec.precision)
+        except Exception as exc:
+            row = {"passed": False, "failures": [f"comparison failed: {one_line(exc, True)}"]}
+        row["backend"] = b.spec.name
+        log(f"parity [{b.spec.name}]: {'pass' if row['passed'] else 'FAIL'} "
+            f"({row.get('test')} vs {row.get('reference')} detections, {row.get('matched')} matched)")
+        result["rows"].append(row)
+    return result
+
+
+def _settings(args: argparse.Namespace, threads: int, weights_what: str,
+              config: Any) -> dict[str, Any]:
     return {
-        "schema": "tinyfaces-trt-latency/1",
-        "name": args.name or f"{'gpu' if ran_gpu else 'cpu'}-{today()}",
-        "created": now_iso(),
-        "command": "python benchmarks/latency.py " + " ".join(shlex.quote(a) for a in words),
-        "machine": machine_description(threads),
-        "settings": {
-            "image": image_what, "image_size": [w, h], "depth": args.depth,
-            "variant": config.variant, "weights": weights_what, "pyramid": config.pyramid,
-            "levels": [{"index": lv.index, "exponent": lv.exponent, "scale": lv.scale,
-                        "height": lv.height, "width": lv.width} for lv in levels],
-            "prob_thresh": config.prob_thresh, "nms_thresh": config.nms_thresh,
-            "repeat": args.repeat, "warmup": args.warmup, "threads": threads,
-            "max_contention": args.max_contention, "retries": args.retries,
-        },
-        "backends": backends,
-        "decode_nms": decode_nms,
+        "image_sizes": [[s.width, s.height] for s in args.image_size],
+        "depth": args.depth, "variant": config.variant, "weights": weights_what,
+        "pyramid": config.pyramid, "prob_thresh": config.prob_thresh,
+        "nms_thresh": config.nms_thresh, "repeat": args.repeat, "warmup": args.warmup,
+        "threads": threads, "max_contention": args.max_contention, "retries": args.retries,
+        "torch_mode": args.torch_mode, "batch": args.batch, "parity": args.parity,
+        "budget_s": args.budget_s,
     }
+
+
+def upgrade(result: dict[str, Any]) -> dict[str, Any]:
+    """A result of an earlier schema in the current one (for ``--report-only``)."""
+    if result.get("schema") == "tinyfaces-trt-latency/1":
+        s = result["settings"]
+        result["sizes"] = [{"image_size": s["image_size"], "image": s["image"],
+                            "levels": s["levels"], "status": "ok",
+                            "backends": result.pop("backends")}]
+        s["image_sizes"] = [s.pop("image_size")]
+        result["schema"] = SCHEMA
+    if "targets" not in result:
+        from bench_targets import evaluate_targets
+
+        result["targets"] = evaluate_targets(result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,62 +632,85 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         path = Path(args.report_only)
-        write_reports(json.loads(path.read_text()), path.parent, not args.no_plot, log)
+        write_reports(upgrade(json.loads(path.read_text())), path.parent, not args.no_plot, log)
         return 0
+    deadline = Deadline(args.budget_s)
     import torch
 
-    from bench_backends import BACKENDS, BenchContext, model_digest
+    from bench_backends import model_digest
     from bench_scores import run_decode_nms
-    from tinyfaces_trt.core.pyramid import plan_pyramid
+    from bench_targets import evaluate_targets
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    image, image_what = _load_image(args)
     model, config, weights_what = _load_model(args)
-    levels = plan_pyramid(image.shape[0], image.shape[1], config)
-    log(f"image {image.shape[1]}x{image.shape[0]}, {len(levels)} levels: "
-        + ", ".join(f"{lv.width}x{lv.height}" for lv in levels))
     if args.export_dir:
         export_root = Path(args.export_dir)
     else:
         from tinyfaces_trt.export_cache import cache_root
 
         export_root = cache_root() / "bench" / f"r{args.depth}-{args.variant}-{model_digest(model)}"
-    ctx = BenchContext(model=model, config=config, levels=levels, image_hw=image.shape[:2],
-                       threads=threads, export_root=export_root, log=log)
 
-    specs = {b.name: b for b in BACKENDS}
-    benches = [_Bench(specs[name]) for name in args.backends]
-    for bench in benches:
-        bench.start(ctx, log)
-    measure(benches, image, args, log)
-    backends = [bench.finish() for bench in benches]
-    ref = next((b for b in backends if b["name"] == "reference" and b["status"] == "ok"), None)
-    for b in backends:
-        if ref and b["status"] == "ok":
-            b["speedup_vs_reference"] = (ref["stages"]["total"]["median_ms"]
-                                         / b["stages"]["total"]["median_ms"])
+    words = sys.argv[1:] if argv is None else argv
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": args.name or f"cpu-{today()}",
+        "complete": False,
+        "created": now_iso(),
+        "command": "python benchmarks/latency.py " + " ".join(shlex.quote(a) for a in words),
+        "machine": machine_description(threads),
+        "settings": _settings(args, threads, weights_what, config),
+        "sizes": [],
+        "decode_nms": None,
+    }
+    if args.name is None and result["machine"]["gpu"]:
+        result["name"] = f"gpu-{today()}"
 
-    decode_nms = None
-    if args.candidate_counts:
+    def save(final: bool = False) -> None:
+        """Writes the reports; before the end without the PNG and marked incomplete, so a
+        run that dies later (a crash in a GPU library, a kill) still leaves its numbers."""
+        result["seconds"] = deadline.elapsed()
+        result["complete"] = final
+        result["targets"] = evaluate_targets(result)
+        write_reports(result, out, final and not args.no_plot, log if final else (lambda _: None))
+
+    refused = deadline.refuse("the decode/NMS micro-benchmark")
+    if args.candidate_counts and refused:
+        log(f"decode/NMS: skipped: {refused}")
+    elif args.candidate_counts:  # first: seconds, and two of the targets
         rep = args.candidates_repeat or args.repeat
         rows = run_decode_nms(args.candidate_counts, config, rep, args.warmup,
                               with_reference=config.variant == "pytorch", log=log)
-        decode_nms = {"repeat": rep, "warmup": args.warmup, "rows": rows}
+        result["decode_nms"] = {"repeat": rep, "warmup": args.warmup, "rows": rows}
+        save()
 
-    result = _result(args, argv, threads, image_what, weights_what, config, levels, backends,
-                     decode_nms)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for b in backends:
-        if b["status"] == "ok":
-            t = b["stages"]["total"]
-            speed = (f", {b['speedup_vs_reference']:.2f}x vs reference"
-                     if "speedup_vs_reference" in b else "")
-            log(f"{b['name']:>24}: median {t['median_ms']:.1f} ms, p90 {t['p90_ms']:.1f} ms{speed}")
-        else:
-            log(f"{b['name']:>24}: {b['status']}: {b['reason']}")
-    write_reports(result, out, not args.no_plot, log)
+    sizes: list[dict[str, Any]] = result["sizes"]
+    for i, size in enumerate(args.image_size):
+        estimate = 0.0
+        if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
+            prev = sizes[-1]
+            build = sum(b.get("build_s", 0.0) for b in prev["backends"])
+            pixels = (size.width * size.height) / (prev["image_size"][0] * prev["image_size"][1])
+            batch_s = prev.get("batch_seconds", 0.0)
+            estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
+        sizes.append(run_size(size, i == 0, args, model, config, threads, export_root, deadline,
+                              estimate, log))
+        save()
+
+    for s in sizes:
+        for b in s.get("backends", []):
+            if b["status"] == "ok":
+                t = b["stages"]["total"]
+                speed = (f", {b['speedup_vs_reference']:.2f}x vs reference"
+                         if "speedup_vs_reference" in b else "")
+                log(f"{s['image_size'][0]}x{s['image_size'][1]} {b['name']:>24}: median "
+                    f"{format_duration(t['median_ms'])}, p90 {format_duration(t['p90_ms'])}{speed}")
+            else:
+                log(f"{s['image_size'][0]}x{s['image_size'][1]} {b['name']:>24}: {b['status']}: "
+                    f"{b['reason']}")
+    save(final=True)
     return 0
 
 

@@ -36,7 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout first
 
-from bench_common import machine_description, now_iso, synthetic_image, today  # noqa: E402
+from bench_common import machine_description, now_iso, today  # noqa: E402
+from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 
 
 def _images(folder: Path, count: int, width: int, height: int) -> None:
@@ -44,7 +45,7 @@ def _images(folder: Path, count: int, width: int, height: int) -> None:
 
     folder.mkdir(parents=True)
     for i in range(count):
-        Image.fromarray(synthetic_image(width, height, seed=i)).save(folder / f"img{i:04d}.jpg",
+        Image.fromarray(synthetic_image(height, width, seed=i)).save(folder / f"img{i:04d}.jpg",
                                                                      quality=90)
 
 
@@ -105,7 +106,7 @@ def _serving(spec: Any, replica_counts: list[int], requests: int, concurrency: i
     bodies = []
     for i in range(8):
         buffer = io.BytesIO()
-        Image.fromarray(synthetic_image(width, height, seed=100 + i)).save(buffer, "JPEG")
+        Image.fromarray(synthetic_image(height, width, seed=100 + i)).save(buffer, "JPEG")
         bodies.append(buffer.getvalue())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

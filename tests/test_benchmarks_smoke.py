@@ -1,10 +1,14 @@
-"""Smoke test of benchmarks/latency.py: a tiny run into a tmp dir, then the JSON/Markdown
-structure and the numbers that must agree (no timed assertions)."""
+"""Smoke test of benchmarks/latency.py: a tiny run (two sizes, one timed run,
+a batch of 2, parity) into a tmp dir, then the JSON/Markdown
+structure and the numbers that must agree (no timed assertions); the targets table and the
+duration format on fixed numbers."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,14 +19,17 @@ from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
 from tinyfaces_trt.core.errors import WeightsError  # noqa: E402
 from tinyfaces_trt.core.pyramid import plan_pyramid  # noqa: E402
 
-LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+ROOT = Path(__file__).resolve().parents[1]
+LATENCY = ROOT / "benchmarks" / "latency.py"
 STAGES = {"total", "preprocess", "network", "decode", "nms", "other"}
+SIZES = [(64, 48), (40, 30)]
+DURATION = r"-?\d+(?:\.\d+)? (?:ns|µs|ms|s)"
 
 
 def _load_latency():
     spec = importlib.util.spec_from_file_location("tinyfaces_bench_latency", LATENCY)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for the bench_* modules
     return module
 
 
@@ -30,8 +37,9 @@ def _load_latency():
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     latency = _load_latency()
-    argv = ["--image-size", "64x48", "--repeat", "2", "--warmup", "0", "--depth", "50",
-            "--backend", "reference,torch,torch-cuda", "--candidates", "300",
+    argv = ["--image-size", ",".join(f"{w}x{h}" for w, h in SIZES), "--repeat", "1",
+            "--warmup", "0", "--depth", "50", "--backend", "reference,torch,torch-cuda",
+            "--candidates", "300", "--batch", "2", "--parity",
             "--out", str(out), "--name", "smoke", "--export-dir", str(out / "export")]
     assert latency.main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
@@ -41,36 +49,75 @@ def run(tmp_path_factory):
 def test_settings_record_the_run(run):
     _, result, _ = run
     s = result["settings"]
-    assert result["schema"] == "tinyfaces-trt-latency/1"
-    assert s["image_size"] == [64, 48] and s["depth"] == 50 and s["repeat"] == 2
-    expected = plan_pyramid(48, 64, DetectorConfig())
-    assert [(lv["height"], lv["width"]) for lv in s["levels"]] == \
-        [(lv.height, lv.width) for lv in expected]
+    assert result["schema"] == "tinyfaces-trt-latency/2" and result["complete"] is True
+    assert s["image_sizes"] == [list(x) for x in SIZES] and s["depth"] == 50 and s["repeat"] == 1
+    assert [size["image_size"] for size in result["sizes"]] == [list(x) for x in SIZES]
+    for size, (w, h) in zip(result["sizes"], SIZES):
+        expected = plan_pyramid(h, w, DetectorConfig())
+        assert [(lv["height"], lv["width"]) for lv in size["levels"]] == \
+            [(lv.height, lv.width) for lv in expected]
+        assert size["flop_per_image"] == pytest.approx(sum(lv["flop"] for lv in size["levels"]))
+        assert all(lv["flop"] > 0 for lv in size["levels"])
     m = result["machine"]
     assert m["cpu_model"] and m["logical_cores"] >= 1 and "numpy" in m["versions"]
-    assert result["command"].startswith("python benchmarks/latency.py --image-size 64x48")
+    assert result["command"].startswith("python benchmarks/latency.py --image-size 64x48,40x30")
 
 
 def test_backends_in_order_with_stages_or_reason(run):
     _, result, _ = run
-    by_name = {b["name"]: b for b in result["backends"]}
-    assert [b["name"] for b in result["backends"]] == ["reference", "torch", "torch-cuda"]
-    n_levels = len(result["settings"]["levels"])
-    for name in ("reference", "torch"):
-        b = by_name[name]
-        assert b["status"] == "ok", b
-        level_keys = {f"network[L{i}]" for i in range(n_levels)}
-        assert STAGES | level_keys <= set(b["stages"])
-        for stat in b["stages"].values():
-            assert len(stat["samples_ms"]) == 2
-            assert stat["min_ms"] <= stat["median_ms"] <= stat["p90_ms"]
-        assert isinstance(b["detections"], int)
-        assert b["contention"]["discarded_runs"] == 0  # --max-contention is off
-    assert by_name["reference"]["speedup_vs_reference"] == 1.0
-    gpu = by_name["torch-cuda"]
-    assert gpu["status"] in ("ok", "skipped")
-    if gpu["status"] == "skipped":
-        assert gpu["reason"]
+    for size in result["sizes"]:
+        by_name = {b["name"]: b for b in size["backends"]}
+        assert [b["name"] for b in size["backends"]] == ["reference", "torch", "torch-cuda"]
+        n_levels = len(size["levels"])
+        for name in ("reference", "torch"):
+            b = by_name[name]
+            assert b["status"] == "ok", b
+            level_keys = {f"network[L{i}]" for i in range(n_levels)}
+            assert STAGES | level_keys <= set(b["stages"])
+            for stat in b["stages"].values():
+                assert len(stat["samples_ms"]) == 1
+                assert stat["min_ms"] <= stat["median_ms"] <= stat["p90_ms"]
+            assert isinstance(b["detections"], int) and b["build_s"] >= 0
+            assert b["contention"]["discarded_runs"] == 0  # --max-contention is off
+        assert by_name["reference"]["speedup_vs_reference"] == 1.0
+        gpu = by_name["torch-cuda"]
+        assert gpu["status"] in ("ok", "skipped")
+        if gpu["status"] == "skipped":
+            assert gpu["reason"]
+
+
+def test_batch_rows_at_the_first_size_only(run):
+    _, result, _ = run
+    first, second = result["sizes"]
+    assert "batch" not in second
+    rows = {r["backend"]: r for r in first["batch"]["rows"]}
+    assert "reference" not in rows  # the port's pipeline has no batch mode
+    row = rows["torch"]
+    assert row["status"] == "ok" and row["batch"] == 2
+    levels = len(first["levels"])
+    # one runner call per level (batched) or per level and frame (not batched)
+    assert row["runner_calls"] in (levels, 2 * levels) and row["levels"] == levels
+    assert row["single_images_per_s"] == pytest.approx(1e3 / row["single"]["median_ms"])
+    assert row["batched_images_per_s"] == pytest.approx(1e3 / row["batched"]["median_ms"])
+    assert row["gain"] == pytest.approx(row["batched_images_per_s"] / row["single_images_per_s"])
+    assert len(row["single"]["samples_ms"]) == len(row["batched"]["samples_ms"]) == 1
+
+
+def test_parity_of_the_torch_backend_with_the_cpu_reference_is_exact(run):
+    _, result, _ = run
+    for size in result["sizes"]:
+        parity = size["parity"]
+        assert parity["status"] == "ok" and "CPU" in parity["reference"]
+        rows = {r["backend"]: r for r in parity["rows"]}
+        assert "reference" not in rows
+        torch_row = rows["torch"]
+        torch_entry = next(b for b in size["backends"] if b["name"] == "torch")
+        # the same fp32 network and numpy stages: identical detections
+        assert torch_row["passed"] and torch_row["precision"] == "fp32"
+        assert torch_row["reference"] == torch_row["test"] == torch_row["matched"] == \
+            parity["reference_detections"] == torch_entry["detections"]
+        assert torch_row["max_score_diff"] == 0.0 and torch_row["min_iou"] == 1.0
+        assert torch_row["missing_firm"] == torch_row["extra_firm"] == 0
 
 
 def test_decode_nms_numpy_matches_the_port(run):
@@ -83,22 +130,144 @@ def test_decode_nms_numpy_matches_the_port(run):
     assert ours["candidates"] == port["candidates"] == row["candidates"]
     assert ours["kept"] == port["kept"]
     assert 1 <= ours["kept"] < ours["candidates"]  # clusters: NMS suppresses most candidates
-    cuda = impls["cuda (kernels library)"]
-    assert cuda["status"] == "ok" or cuda["reason"]
+    cuda = impls["cuda (CudaPostprocessor)"]
+    if cuda["status"] == "ok":
+        assert cuda["kept"] == ours["kept"] and cuda["candidates"] == ours["candidates"]
+    else:
+        assert cuda["status"] == "skipped" and cuda["reason"]
 
 
-def test_markdown_lists_every_backend(run):
+def test_markdown_has_every_section_with_adaptive_units(run):
     out, result, md = run
-    assert "## End-to-end latency per image" in md
+    assert md.index("## Targets") < md.index("## Machine") < md.index("## 64x48") \
+        < md.index("## 40x30") < md.index("## Decode + NMS on synthetic clustered score maps")
+    assert md.count("### End-to-end latency per image") == 2
+    assert md.count("### Parity with the CPU reference") == 2
+    assert md.count("### Batch throughput") == 1
     assert "| `reference` |" in md and "| `torch` |" in md
-    gpu = next(b for b in result["backends"] if b["name"] == "torch-cuda")
+    gpu = next(b for b in result["sizes"][0]["backends"] if b["name"] == "torch-cuda")
     if gpu["status"] == "skipped":
         assert f"- `torch-cuda`: skipped: {gpu['reason']}" in md
-    assert "## Decode + NMS on synthetic clustered score maps" in md
+    assert not re.search(r"(?<![\d.])0\.0+ ms", md)  # "0.0 ms" hid microseconds before
+    # every timing cell of the decode/NMS table carries its unit
+    table = md[md.index("## Decode + NMS"):].splitlines()
+    numpy_row = next(line for line in table if "| numpy (runtime) |" in line)
+    cells = [c.strip() for c in numpy_row.split("|")[3:6]]
+    assert all(re.fullmatch(f"{DURATION}( / {DURATION})?", c) for c in cells), cells
     if result.get("plot"):
         assert (out / "smoke.png").stat().st_size > 0
     else:
         assert "Plot skipped" in md
+
+
+def test_targets_are_listed_unmeasured_without_a_gpu(run):
+    _, result, md = run
+    keys = [t["key"] for t in result["targets"]]
+    assert keys == ["speedup", "overhead", "network_tflops", "decode_nms_10k",
+                    "decode_nms_50k", "batch_gain"]
+    gpu_ran = any(b["name"] == "torch-cuda" and b["status"] == "ok"
+                  for s in result["sizes"] for b in s["backends"])
+    if not gpu_ran:
+        for t in result["targets"]:
+            assert t["measured"] is None and t["verdict"].startswith("not measured: ")
+        assert "| end to end vs the reference pipeline (same GPU, same run) | >= 40x | - | " \
+               "not measured: no GPU backend ran |" in md
+
+
+def _bench_module(name: str):
+    _load_latency()
+    return importlib.import_module(name)
+
+
+def test_format_duration_picks_the_unit():
+    fmt = _bench_module("bench_common").format_duration
+    assert [fmt(v) for v in (None, 0.0, 0.0004, 0.0123, 0.1234, 0.9996, 1.0, 12.34, 932.04,
+                             9999.6, 37200.0)] == \
+        ["-", "0 µs", "400 ns", "12.3 µs", "123 µs", "1.00 ms", "1.00 ms", "12.3 ms", "932 ms",
+         "10.0 s", "37.2 s"]
+
+
+def _size(backends, levels=None, batch=None, flop=4.32e12):
+    return {"image_size": [1920, 1080], "status": "ok", "flop_per_image": flop,
+            "levels": levels or [{"index": 0, "width": 1920, "height": 1080, "flop": flop}],
+            "backends": backends, **({"batch": batch} if batch else {})}
+
+
+def _backend(name, total, network, e2e=None, **stages):
+    st = {"total": {"median_ms": total}, "network": {"median_ms": network},
+          "network[L0]": {"median_ms": network}}
+    st.update({k: {"median_ms": v} for k, v in stages.items()})
+    b = {"name": name, "status": "ok", "stages": st, "uses_gpu": name != "torch"}
+    if e2e is not None:
+        b["end_to_end"] = {"median_ms": e2e}
+    return b
+
+
+def test_targets_say_met_or_missed_by_how_much_and_why():
+    evaluate = _bench_module("bench_targets").evaluate_targets
+    # the numbers of the 2026-11-30 H200 prototype wiring (README of the measurements)
+    batch = {"batch": 8, "rows": [{"backend": "torch-cuda", "status": "ok", "batch": 8,
+                                   "levels": 8, "runner_calls": 64,
+                                   "single": {"median_ms": 40.0}, "batched": {"median_ms": 33.9},
+                                   "single_images_per_s": 25.0,
+                                   "batched_images_per_s": 29.5}]}
+    result = {"sizes": [_size([
+        _backend("reference", 950.0, 126.0, e2e=932.0),
+        _backend("torch-cuda", 41.5, 35.5, e2e=40.9, preprocess=1.7, decode=1.1, nms=4.3),
+    ], batch=batch)], "decode_nms": {"rows": [
+        {"target": 10000, "candidates": 10056, "implementations": [
+            {"name": "cuda (CudaPostprocessor)", "status": "ok",
+             "decode": {"median_ms": 0.026}, "nms": {"median_ms": 0.20}}]},
+        {"target": 50000, "candidates": 50089, "implementations": [
+            {"name": "cuda (CudaPostprocessor)", "status": "ok",
+             "decode": {"median_ms": 0.029}, "nms": {"median_ms": 5.19}}]}]}}
+    rows = {t["key"]: t for t in evaluate(result)}
+    assert all(t["where"] == "`torch-cuda` at 1920x1080" for k, t in rows.items()
+               if not k.startswith("decode"))
+    speed = rows["speedup"]
+    assert speed["measured"] == pytest.approx(932.0 / 40.9) and speed["met"] is False
+    assert speed["verdict"] == "missed by 1.76x (measured 22.8x, target >= 40x)"
+    assert "network 35.5 ms of 40.9 ms" in speed["why"] and "NMS 4.30 ms" in speed["why"]
+    over = rows["overhead"]
+    assert over["measured"] == pytest.approx(40.9 / 35.5) and over["met"] is False
+    assert "stages and copies add 5.40 ms (15% of the network" in over["why"]
+    tflops = rows["network_tflops"]
+    assert tflops["measured"] == pytest.approx(4.32e12 / 0.0355 / 1e12)
+    assert tflops["verdict"].startswith("missed by 2.05x") and "L0 1920x1080" in tflops["why"]
+    small = rows["decode_nms_10k"]
+    assert small["met"] is True and small["measured"] == pytest.approx(0.226)
+    assert small["verdict"] == "met (1.33x better)"
+    big = rows["decode_nms_50k"]
+    assert big["met"] is False and "NMS 5.19 ms" in big["why"]
+    gain = rows["batch_gain"]
+    assert gain["measured"] == pytest.approx(29.5 / 25.0) and gain["met"] is False
+    assert "it does not batch the levels" in gain["why"]  # 64 calls = 8 frames x 8 levels
+
+
+def test_targets_fall_back_to_the_fastest_gpu_backend_and_explain_gaps():
+    targets = _bench_module("bench_targets")
+    result = {"sizes": [_size([_backend("torch", 900.0, 880.0),
+                               _backend("tensorrt-fp16", 60.0, 50.0, e2e=58.0),
+                               _backend("torch-cuda-graphs-host-fp16", 80.0, 70.0, e2e=79.0)])]}
+    rows = {t["key"]: t for t in targets.evaluate_targets(result)}
+    assert rows["speedup"]["verdict"] == "not measured: the reference did not run at this size"
+    assert rows["overhead"]["where"] == "`tensorrt-fp16` at 1920x1080"
+    assert rows["decode_nms_10k"]["verdict"].startswith("not measured: no 10000-candidate row")
+    assert rows["batch_gain"]["verdict"].startswith("not measured: no batch row")
+
+
+def test_report_only_renders_a_committed_run(tmp_path):
+    source = ROOT / "benchmarks" / "results" / "cpu-2026-11-24.json"
+    path = tmp_path / source.name
+    shutil.copy(source, path)
+    latency = _load_latency()
+    assert latency.main(["--report-only", str(path), "--no-plot"]) == 0
+    md = path.with_suffix(".md").read_text()
+    upgraded = json.loads(path.read_text())
+    assert upgraded["schema"] == "tinyfaces-trt-latency/2"
+    assert [s["image_size"] for s in upgraded["sizes"]] == [[640, 480]]
+    assert "## 640x480" in md and "| `onnxruntime` |" in md and "## Targets" in md
+    assert not re.search(r"(?<![\d.])0\.0+ ms", md)
 
 
 def test_help_has_examples_and_defaults(capsys):
@@ -109,9 +278,18 @@ def test_help_has_examples_and_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Examples: python benchmarks/latency.py " in text
     assert "--image-size 1920x1080 --repeat 3" in text
+    assert "--image-size 1920x1080,1280x720 \\ --batch 8 --parity --profile" in text
     assert "--depth {50,101} ResNet depth (default 101; with --weights: the checkpoint's)" in text
     assert "network variant (default pytorch; with --weights: the checkpoint's)" in text
     assert "seed of the random weights (default 0; unused with --weights)" in text
+
+
+def test_bad_batch_is_a_usage_error(capsys):
+    latency = _load_latency()
+    with pytest.raises(SystemExit) as info:
+        latency.parse_args(["--batch", "1"])
+    assert info.value.code == 2
+    assert "--batch must be 0 (off) or at least 2" in capsys.readouterr().err
 
 
 def test_weights_decide_depth_and_variant_unless_given(tmp_path):

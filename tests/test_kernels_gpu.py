@@ -1,7 +1,7 @@
 """GPU parity of the CUDA kernels against the numpy runtime (the oracle).
 
 Skipped unless cuda-python sees a GPU and the kernel library loads (``tf-build-kernels``,
-``make -C kernels`` or ``$TINYFACES_KERNELS_LIB``). ``kernels/gpu_parity_report.py`` builds
+``make -C kernels`` or ``$TINYFACES_KERNELS_LIB``). ``tools/gpu_check.py`` builds
 the library and runs this file on a GPU machine.
 
 Tolerances (docs/DESIGN.md): same count and order, boxes within 1e-3 px (numpy decodes in

@@ -1,125 +1,146 @@
-"""GPU parity report for the CUDA kernels: build, parity tests, sanitizers -> Markdown.
+#!/usr/bin/env python3
+"""The one GPU check: kernels, GPU tests, compute-sanitizer, parity and latency, in one run.
 
-Run on a machine with an NVIDIA GPU, nvcc and cuda-python, from the repository root:
+On a machine with an NVIDIA GPU (written for the lent H100/H200: preinstalled python3 with
+torch, cuda-python, nvcc and compute-sanitizer; no pip, no network), from a plain checkout:
 
-    python3 kernels/gpu_parity_report.py --out gpu_parity_report.md
+    python3 tools/gpu_check.py --out gpu_out/
+    python3 tools/gpu_check.py --out $OUT            # the device tool: 7 files come back
 
-Steps (each recorded with its command, duration and outcome):
-  1. tf-build-kernels into kernels/build/ (library + C example), and ``-Xptxas -v`` for the
-     register / spill table;
-  2. pytest tests/test_kernels_gpu.py tests/test_kernels_build.py (numpy runtime = oracle);
-  3. compute-sanitizer memcheck, racecheck and synccheck on the C example, and memcheck on a
-     subset of the GPU tests (skip with --quick).
-Works without installing the package: if ``tinyfaces_trt`` does not import, a temporary
-folder of symlinks to the repository's packages is put on the path. Exit code 0 only when
-every step passed.
+writes gpu_out/gpu_check.md (the report), gpu_check.json (everything), gpu_check.png (the
+targets and the step times), gpu_check.log (every step's full output) and the benchmark's
+latency.md / .json / .png. Exit status 0 only when every step that ran passed (skipped steps
+say why); speed targets are reported, never a failure.
+
+Steps, in order, with their time on an H200 (whole run about 4 to 4.5 minutes within the
+default --budget-s 270; each step gets what is left, a step that cannot fit is skipped):
+
+  environment     ~3 s   GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
+  build          ~10 s   tf-build-kernels for this GPU's architecture (+ the C example)
+  ptxas           ~6 s   registers / spills per kernel (-Xptxas -v)
+  GPU tests     ~15-90 s every test marked `gpu` (tests/*_gpu.py must not skip; the
+                         torch-cuda tests compile small networks)
+  sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
+                         racecheck on a subset of the GPU tests
+  benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
+                         present, side by side, 1920x1080 then 1280x720; batch of 8 at
+                         1080p; decode + NMS at 10k / 50k candidates; a torch profile; the
+                         targets table. torch.compile of the torch-cuda network takes about
+                         6-7 s per input shape (8 per size, 8 more for the batch), which is
+                         most of this step
+  parity          (in the benchmark) every GPU backend's detections against the CPU
+                         reference (torch fp32 on the CPU, runtime pipeline), per size
+
+Estimates from the 2026-11-30 H200 measurements, not yet a run of this script: on a fresh
+machine the default budget should cover every step but may have to skip the 1280x720 size
+and/or the batch rows (about a minute of torch.compile each), saying so in the report. A
+second run on the same machine finds the compiled code in the cache and fits everything;
+--budget-s 450 also does. Without a GPU every step is skipped with the reason, in a few
+seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
-import importlib.util
+import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = {"runtime": "runtime", "export": "export", "kernels": "kernels"}
-MEMCHECK_TESTS = "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages"
+if str(REPO) not in sys.path:  # a plain checkout: tinyfaces_trt imports from here
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_BUDGET_S = 270.0
+DEFAULT_SIZES = "1920x1080,1280x720"
+DEFAULT_BACKENDS = "reference,torch-cuda,onnxruntime-cuda,tensorrt-fp16-cuda"
+#: Seconds the steps before the benchmark leave to it (its first image size needs this).
+BENCHMARK_RESERVE_S = 120.0
+#: GPU-test subsets run under compute-sanitizer (memcheck and racecheck are 10-100x slower).
+SANITIZER_TESTS = {
+    "memcheck": "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages "
+                "or uncapped_chain or uncapped_nested or uncapped_identical",
+    "racecheck": "all_above_threshold or uncapped_chain or uncapped_nested",
+}
+STEP_KEYS = ("build", "ptxas", "tests", "sanitizers", "benchmark")
+#: How a test file marks GPU tests (a decorator, or the module's ``pytestmark``).
+GPU_MARK = re.compile(r"^\s*(?:@pytest\.mark\.gpu\b|pytestmark\s*=.*\bpytest\.mark\.gpu\b)", re.M)
 
 
-@dataclass
-class Step:
-    name: str
-    command: str
-    ok: bool
-    seconds: float
-    summary: str
-    details: str = ""
-    skipped: bool = False
+# ---------------------------------------------------------------------------------------------
+# Parsing tool output
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SanitizerSummary:
+    """What compute-sanitizer's closing lines say.
+
+    memcheck, synccheck and initcheck print ``ERROR SUMMARY: N errors``; racecheck prints
+    ``RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)``. A run of several
+    processes prints one line per process: the counts are summed.
+    """
+
+    found: bool
+    errors: int
+    warnings: int
+
+    def describe(self) -> str:
+        if not self.found:
+            return "no sanitizer summary in the output"
+        text = f"{self.errors} error{'s' if self.errors != 1 else ''}"
+        return text + (f", {self.warnings} warning{'s' if self.warnings != 1 else ''}"
+                       if self.warnings else "")
 
 
-@dataclass
-class Report:
-    steps: list[Step] = field(default_factory=list)
-    facts: dict[str, str] = field(default_factory=dict)
-    registers: list[tuple[str, str, int, int, int]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.ok or s.skipped for s in self.steps)
+_ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+_RACECHECK_SUMMARY = re.compile(
+    r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
 
 
-def ensure_importable() -> dict[str, str]:
-    """Environment in which ``import tinyfaces_trt`` works (a symlink shim if not installed)."""
-    env = dict(os.environ)
-    try:
-        if importlib.util.find_spec("tinyfaces_trt.kernels") is not None:
-            return env
-    except ImportError:
-        pass
-    shim = Path(tempfile.mkdtemp(prefix="tinyfaces_shim_")) / "tinyfaces_trt"
-    atexit.register(shutil.rmtree, shim.parent, True)
-    shim.mkdir()
-    for name, folder in PACKAGES.items():
-        (shim / name).symlink_to(REPO / folder, target_is_directory=True)
-    sys.path.insert(0, str(shim.parent))
-    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
+def parse_sanitizer_summary(text: str) -> SanitizerSummary:
+    """Errors and warnings from compute-sanitizer output (any tool)."""
+    errors = warnings = 0
+    found = False
+    for m in _ERROR_SUMMARY.finditer(text):
+        found, errors = True, errors + int(m[1])
+    for m in _RACECHECK_SUMMARY.finditer(text):
+        found, errors, warnings = True, errors + int(m[2]), warnings + int(m[3])
+    return SanitizerSummary(found, errors, warnings)
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 1800) -> tuple[int, str, float]:
-    """Runs ``cmd`` from the repository root; returns (exit code, combined output, seconds)."""
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        code, out = proc.returncode, proc.stdout + proc.stderr
-    except FileNotFoundError as exc:
-        code, out = 127, str(exc)
-    except subprocess.TimeoutExpired as exc:
-        code, out = 124, f"timed out after {timeout} s\n{exc.stdout or ''}{exc.stderr or ''}"
-    return code, out, time.perf_counter() - start
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def device_facts(env: dict[str, str]) -> dict[str, str]:
-    facts = {"host": platform.node(), "python": sys.version.split()[0],
-             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    code, out, _ = run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
-                        "--format=csv,noheader"], env)
-    facts["gpu"] = out.strip().splitlines()[0] if code == 0 and out.strip() else f"nvidia-smi failed: {out.strip()[:200]}"
-    code, out, _ = run(["nvcc", "--version"], env)
-    facts["nvcc"] = next((line.strip() for line in out.splitlines() if "release" in line), "not found")
-    try:
-        from tinyfaces_trt.runtime.backends import cuda_device
-
-        facts["cuda-python device"] = cuda_device.device_name(0) if cuda_device.gpu_available() else "none visible"
-    except Exception as exc:  # report, do not fail here
-        facts["cuda-python device"] = f"error: {exc}"
-    return facts
+def kernel_name(symbol: str) -> str | None:
+    """Our kernel's name (``..._kernel``) in a C++-mangled symbol, else None (CUB's kernels,
+    helpers): the length-prefixed identifiers of the mangling are read one by one."""
+    if not symbol.startswith("_Z"):
+        return symbol if symbol.endswith("_kernel") else None
+    for m in re.finditer(r"(?<!\d)(\d+)(?=[A-Za-z_])", symbol):
+        ident = symbol[m.end():m.end() + int(m[1])]
+        if ident.endswith("_kernel") and re.fullmatch(r"[A-Za-z_]\w*", ident):
+            return ident
+    return None
 
 
 def parse_ptxas(text: str) -> list[tuple[str, str, int, int, int]]:
-    """(kernel, arch, registers, spill stores, spill loads) of our kernels from ``-Xptxas -v``."""
+    """(kernel, arch, registers, spill stores, spill loads) of our kernels from ``-Xptxas -v``
+    (CUB's kernels left out)."""
     rows = []
     current = None
+    spills = (0, 0)
     for line in text.splitlines():
-        entry = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        entry = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'", line)
         if entry:
-            name = re.search(r"([a-z]+(?:_[a-z]+)*_kernel)", entry[1])  # inside the mangled name
-            current = (name[1], entry[2]) if name and "cub" not in entry[1].lower() else None
+            name = kernel_name(entry[1])
+            current = (name, entry[2]) if name and "cub" not in entry[1].lower() else None
             spills = (0, 0)
             continue
         if current is None:
@@ -134,115 +155,690 @@ def parse_ptxas(text: str) -> list[tuple[str, str, int, int, int]]:
     return rows
 
 
-def build_step(report: Report, env: dict[str, str], build_dir: Path) -> Path | None:
-    cmd = [sys.executable, "-m", "tinyfaces_trt.kernels.build", "--out", str(build_dir)]
-    code, out, secs = run(cmd, env)
-    lib = build_dir / "libtinyfaces_kernels.so"
-    ok = code == 0 and lib.is_file()
-    report.steps.append(Step("build (tf-build-kernels)", " ".join(cmd), ok, secs,
-                             f"exit {code}; {'built ' + str(lib) if ok else 'FAILED'}", "" if ok else tail(out)))
-    if ok:
-        cmd = ["make", "-C", "kernels", f"BUILD={build_dir / 'ptxas'}", "ptxas"]
-        code, out, secs = run(cmd, env)
-        report.registers = parse_ptxas(out)
-        report.steps.append(Step("ptxas -v", " ".join(cmd), code == 0, secs,
-                                 f"exit {code}; {len(report.registers)} kernel/arch entries",
-                                 "" if code == 0 else tail(out)))
-    return lib if ok else None
+@dataclass(frozen=True)
+class PytestSummary:
+    """The closing counts of a pytest run and the reasons of its skips."""
+
+    line: str
+    counts: dict[str, int]
+    skips: list[tuple[int, str]]   # (tests, "file:line: reason") per -rs line
+
+    @property
+    def ran(self) -> int:
+        return self.counts.get("passed", 0) + self.counts.get("failed", 0)
 
 
-def pytest_step(report: Report, env: dict[str, str], name: str, args: list[str],
-                prefix: list[str] | None = None, timeout: int = 1800, allow_skips: bool = False) -> None:
-    # --noconftest: these files need none of tests/conftest.py's torch fixtures (nor torch).
-    cmd = (prefix or []) + [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                            "--noconftest"] + args
-    code, out, secs = run(cmd, env, timeout)
-    counts = re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|errors?|deselected)\b.*? in [\d.]+s)", out,
-                        flags=re.M)
-    summary = f"exit {code}; {counts[-1] if counts else 'no pytest summary'}"
-    skipped = bool(counts) and re.search(r"\d+ skipped", counts[-1]) is not None
-    bad_skips = (skipped and not allow_skips) or (bool(counts) and "passed" not in counts[-1])
-    sanitizer = re.findall(r"ERROR SUMMARY: (\d+) errors?", out)
-    if sanitizer:
-        summary += f"; compute-sanitizer: {sum(map(int, sanitizer))} errors"
-    ok = code == 0 and bool(counts) and not bad_skips and not any(int(n) for n in sanitizer)
-    report.steps.append(Step(name, " ".join(cmd), ok, secs, summary, tail(out, 60 if not ok else 15)))
+def parse_pytest(text: str) -> PytestSummary:
+    """Counts from pytest's last summary line (``3 passed, 1 skipped in 2.0s``) and the
+    ``SKIPPED [n] file:line: reason`` lines of ``-rs``."""
+    lines = re.findall(r"^=*\s*((?:\d+ \w+(?:, )?)+.*? in [\d.]+s.*?|no tests ran in [\d.]+s)\s*=*$",
+                       text, flags=re.M)
+    line = lines[-1] if lines else ""
+    counts: dict[str, int] = {}
+    for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)",
+                              line):
+        counts["error" if what.startswith("error") else what] = int(n)
+    skips = [(int(n), reason) for n, reason in
+             re.findall(r"^SKIPPED \[(\d+)\] (.+)$", text, flags=re.M)]
+    return PytestSummary(line, counts, skips)
 
 
-def sanitizer_step(report: Report, env: dict[str, str], tool: str, target: list[str]) -> None:
-    sanitizer = shutil.which("compute-sanitizer")
-    cmd = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "3"] + target
-    if sanitizer is None:
-        report.steps.append(Step(f"compute-sanitizer {tool}", " ".join(cmd), False, 0.0,
-                                 "compute-sanitizer not found on the PATH"))
-        return
-    code, out, secs = run([sanitizer] + cmd[1:], env, timeout=1200)
-    found = re.findall(r"ERROR SUMMARY: (\d+) errors?", out)
-    errors = sum(map(int, found)) if found else None
-    ok = code == 0 and errors == 0
-    report.steps.append(Step(f"compute-sanitizer {tool}", " ".join(cmd), ok, secs,
-                             f"exit {code}; {'ERROR SUMMARY: %d errors' % errors if found else 'no error summary'}",
-                             tail(out, 25)))
+# ---------------------------------------------------------------------------------------------
+# Running things
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Ran:
+    code: int
+    output: str
+    seconds: float
+    timed_out: bool = False
 
 
-def render(report: Report, argv: list[str]) -> str:
-    lines = ["# CUDA kernels: GPU parity report", "",
-             f"**Result: {'PASS' if report.ok else 'FAIL'}**", "",
-             f"Command: `{' '.join([Path(sys.executable).name] + argv)}` (from `{REPO}`)", ""]
-    lines += ["| fact | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in report.facts.items()]
-    lines += ["", "## Steps", "", "| step | result | seconds | summary |", "| --- | --- | --- | --- |"]
+class Budget:
+    """The run's time budget in seconds (monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float, echo: bool = False,
+        log: Any = None) -> Ran:
+    """Runs ``cmd`` from the repository root in its own process group; on timeout the whole
+    group (compile workers, a sanitizer's target) is killed. ``echo`` streams the output to
+    stderr as it comes; ``log`` (a file) gets all of it."""
+    start = time.perf_counter()
+    if log is not None:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True)
+    except OSError as exc:
+        return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - start)
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if log is not None:
+                log.write(line)
+            if echo:
+                sys.stderr.write("    | " + line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        code = proc.wait(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        code = proc.wait()
+    except BaseException:  # Ctrl-C: take the children down too
+        _kill_group(proc)
+        raise
+    reader.join(timeout=10)
+    output = "".join(lines)
+    if timed_out:
+        output += f"\n[gpu_check: killed after {timeout:.0f} s (the step's time limit)]\n"
+    return Ran(124 if timed_out else code, output, time.perf_counter() - start, timed_out)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    name: str
+    status: str              # "pass", "fail" or "skipped"
+    seconds: float
+    summary: str
+    command: str = ""
+    details: str = ""
+
+
+@dataclass
+class Report:
+    argv: list[str]
+    budget_s: float
+    facts: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    registers: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    benchmark: dict[str, Any] | None = None
+    gpu: bool = False
+
+    @property
+    def result(self) -> str:
+        if any(s.status == "fail" for s in self.steps):
+            return "FAIL"
+        if not any(s.status == "pass" for s in self.steps if s.name != "environment"):
+            return "SKIPPED"
+        return "PASS"
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[step.status]
+        print(f"[gpu_check] {mark} {step.name} ({step.seconds:.1f} s): {step.summary}",
+              file=sys.stderr, flush=True)
+        return step
+
+    def skip(self, name: str, reason: str) -> Step:
+        return self.add(Step(name, "skipped", 0.0, reason))
+
+
+def _command_text(cmd: list[str]) -> str:
+    return " ".join(Path(c).name if i == 0 and c == sys.executable else c
+                    for i, c in enumerate(cmd))
+
+
+def render_markdown(report: Report) -> str:
+    lines = ["# GPU check", "", f"**Result: {report.result}**" + (
+        " (no CUDA GPU visible: nothing was verified)" if not report.gpu else ""), "",
+        f"Command: `python3 tools/gpu_check.py {' '.join(report.argv)}` (time budget "
+        f"{report.budget_s:g} s; this run took {sum(s.seconds for s in report.steps):.0f} s)", "",
+        "| fact | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in report.facts.items()]
+    lines += ["", "## Steps", "", "| step | result | time | summary |", "| --- | --- | --- | --- |"]
     for s in report.steps:
-        result = "skipped" if s.skipped else ("pass" if s.ok else "**FAIL**")
-        lines.append(f"| {s.name} | {result} | {s.seconds:.1f} | {s.summary} |")
+        result = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[s.status]
+        lines.append(f"| {s.name} | {result} | {s.seconds:.1f} s | {s.summary} |")
+    if report.targets:
+        lines += ["", "## Targets (benchmarks, not pass/fail)", "",
+                  "| target | goal | measured | verdict | why (when missed) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for t in report.targets:
+            measured = t.get("measured_text", "-")
+            verdict = f"**{t['verdict']}**" if t.get("met") is False else t["verdict"]
+            lines.append(f"| {t['title']} | {t['relation']} {t['goal_text']} | {measured} | "
+                         f"{verdict} | {t.get('why', '')} |")
+        lines += ["", "Details, per-stage tables, parity and the profile: "
+                  "[latency.md](latency.md)."]
+    if report.parity:
+        lines += ["", "## Parity with the CPU reference", "",
+                  "| size | backend | result | detections (ref / test) | matched | min IoU | "
+                  "max prob diff | missing | extra | why |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in report.parity:
+            if "reference" not in r:
+                lines.append(f"| {r['size']} | `{r['backend']}` | **FAIL** | | | | | | | "
+                             f"{'; '.join(r.get('failures', []))} |")
+                continue
+            lines.append(
+                f"| {r['size']} | `{r['backend']}` | {'pass' if r['passed'] else '**FAIL**'} | "
+                f"{r['reference']} / {r['test']} | {r['matched']} | {r['min_iou']:.4f} | "
+                f"{r['max_score_diff']:.2e} | {r['missing_firm']} | {r['extra_firm']} | "
+                f"{'; '.join(r['failures'])} |")
     if report.registers:
         lines += ["", "## Registers and spills (`-Xptxas -v`)", "",
-                  "| kernel | arch | registers | spill stores (B) | spill loads (B) |", "| --- | --- | --- | --- | --- |"]
+                  "| kernel | arch | registers | spill stores (B) | spill loads (B) |",
+                  "| --- | --- | --- | --- | --- |"]
         lines += [f"| {k} | {a} | {r} | {ss} | {sl} |" for k, a, r, ss, sl in sorted(report.registers)]
     lines += ["", "## Details", ""]
     for s in report.steps:
-        lines += [f"### {s.name}", "", f"`{s.command}`", ""]
+        if not (s.command or s.details):
+            continue
+        lines += [f"### {s.name}", ""]
+        if s.command:
+            lines += [f"`{s.command}`", ""]
         if s.details:
             lines += ["```", s.details, "```", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    return {
+        "schema": "tinyfaces-trt-gpu-check/1",
+        "result": report.result.lower(),
+        "gpu": report.gpu,
+        "command": ["python3", "tools/gpu_check.py", *report.argv],
+        "budget_s": report.budget_s,
+        "facts": report.facts,
+        "steps": [asdict(s) for s in report.steps],
+        "registers": [dict(zip(("kernel", "arch", "registers", "spill_stores", "spill_loads"), r))
+                      for r in report.registers],
+        "targets": report.targets,
+        "parity": report.parity,
+        "benchmark": report.benchmark,
+    }
+
+
+def write_plot(report: Report, path: Path) -> str | None:
+    """Targets as measured / goal (log scale, 1 = the goal) and the time of each step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed"
+    from tinyfaces_trt.core.files import atomic_output
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
+    colors = {"pass": "tab:green", "fail": "tab:red", "skipped": "tab:gray"}
+    names = [s.name for s in report.steps]
+    ax1.barh(names, [s.seconds for s in report.steps],
+             color=[colors[s.status] for s in report.steps])
+    ax1.invert_yaxis()
+    ax1.set_xlabel(f"seconds (budget {report.budget_s:g} s)")
+    ax1.set_title(f"GPU check: {report.result}")
+    rows = [t for t in report.targets if t.get("measured") is not None]
+    if rows:
+        scores = [(t["measured"] / t["goal"]) if t["relation"] == ">=" else
+                  (t["goal"] / t["measured"] if t["measured"] > 0 else float("inf"))
+                  for t in rows]
+        ax2.barh([t["title"] for t in rows], scores,
+                 color=["tab:green" if t["met"] else "tab:red" for t in rows])
+        for i, (t, sc) in enumerate(zip(rows, scores)):
+            ax2.text(sc, i, f" {t['measured_text']}", va="center", fontsize=8)
+        ax2.axvline(1.0, color="black", lw=1)
+        ax2.set_xscale("log")
+        ax2.invert_yaxis()
+        ax2.set_xlabel("measured / goal (>= 1: met; log scale)")
+        ax2.set_title("speed targets")
+    else:
+        ax2.text(0.5, 0.5, "no target measured", ha="center", va="center")
+        ax2.set_axis_off()
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+_PROBE = r"""
+import json, sys
+from importlib import metadata
+facts = {"python": sys.version.split()[0]}
+try:
+    import torch
+    facts["torch"] = torch.__version__
+    facts["torch CUDA"] = torch.version.cuda
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        facts["torch device"] = (f"{p.name}, compute capability {p.major}.{p.minor}, "
+                                 f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs")
+        facts["_cc"] = f"{p.major}{p.minor}"
+    else:
+        facts["torch device"] = "none visible"
+except Exception as exc:
+    facts["torch"] = f"not importable: {type(exc).__name__}: {exc}"
+versions = []
+for dist in ("cuda-python", "cuda-bindings", "cupy-cuda13x", "cupy-cuda12x", "cupy", "numpy",
+             "triton", "onnxruntime", "onnxruntime-gpu", "tensorrt", "matplotlib"):
+    try:
+        versions.append(f"{dist} {metadata.version(dist)}")
+    except metadata.PackageNotFoundError:
+        pass
+facts["packages"] = ", ".join(versions)
+try:
+    from tinyfaces_trt.runtime.backends import cuda_device
+    facts["cuda-python device"] = (cuda_device.device_name(0) if cuda_device.gpu_available()
+                                   else "none visible")
+except Exception as exc:
+    facts["cuda-python device"] = f"unavailable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+print("GPU_CHECK_FACTS " + json.dumps(facts))
+"""
+
+
+def environment_step(report: Report, env: dict[str, str], log: Any) -> str | None:
+    """Fills ``report.facts``; returns this GPU's architecture for nvcc ("90"), or None."""
+    start = time.perf_counter()
+    facts: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "python": f"{sys.executable} {sys.version.split()[0]}", "checkout": str(REPO)}
+    smi = run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
+               "--format=csv,noheader"], env, 30, log=log)
+    smi_line = smi.output.strip().splitlines()[0] if smi.code == 0 and smi.output.strip() else ""
+    facts["nvidia-smi"] = smi_line or f"unavailable ({tail(smi.output, 1) or smi.code})"
+    probe = run([sys.executable, "-c", _PROBE], env, 120, log=log)
+    found = re.search(r"^GPU_CHECK_FACTS (.*)$", probe.output, flags=re.M)
+    probed = json.loads(found[1]) if found else {"probe": f"failed: {tail(probe.output, 3)}"}
+    cc = probed.pop("_cc", None)
+    if cc is None and smi_line:
+        m = re.search(r",\s*(\d+)\.(\d+)\s*,", smi_line)
+        cc = f"{m[1]}{m[2]}" if m else None
+    facts.update(probed)
+    for tool, args in (("nvcc", ["--version"]), ("compute-sanitizer", ["--version"]),
+                       ("ncu", ["--version"])):
+        path = shutil.which(tool)
+        if path is None:
+            facts[tool] = "not found"
+            continue
+        out = run([path, *args], env, 30, log=log).output
+        version = [ln.strip() for ln in out.splitlines() if re.search(r"release|[Vv]ersion", ln)]
+        facts[tool] = version[-1] if version else path
+    report.facts = facts
+    report.gpu = bool(smi_line) or "compute capability" in str(facts.get("torch device")) or \
+        not str(facts.get("cuda-python device", "none")).startswith(("none", "unavailable"))
+    report.add(Step("environment", "pass", time.perf_counter() - start,
+                    f"GPU: {smi_line or facts.get('torch device') or 'none'}"))
+    return cc if report.gpu else None
+
+
+def build_step(report: Report, env: dict[str, str], build_dir: Path, arch: str | None,
+               timeout: float, log: Any) -> Path | None:
+    cmd = [sys.executable, "-m", "tinyfaces_trt.kernels.build", "--out", str(build_dir)]
+    if arch:
+        cmd += ["--arch", arch]
+    ran = run(cmd, env, timeout, log=log)
+    lib = build_dir / "libtinyfaces_kernels.so"
+    ok = ran.code == 0 and lib.is_file() and (build_dir / "decode_nms_demo").is_file()
+    report.add(Step("build", "pass" if ok else "fail", ran.seconds,
+                    f"built {lib.relative_to(REPO) if lib.is_relative_to(REPO) else lib}"
+                    + (f" for sm_{arch}" if arch else "") if ok else
+                    f"exit {ran.code}: {tail(ran.output, 1)}", _command_text(cmd),
+                    "" if ok else tail(ran.output, 60)))
+    return lib if ok else None
+
+
+def ptxas_step(report: Report, env: dict[str, str], build_dir: Path, arch: str | None,
+               timeout: float, log: Any) -> None:
+    cmd = ["make", "-f", str(REPO / "kernels" / "Makefile"), f"BUILD={build_dir / 'ptxas'}"]
+    if arch:
+        from tinyfaces_trt.kernels.build import gencode_for
+
+        cmd.append(f"GENCODE={gencode_for(arch)}")
+    cmd.append("ptxas")
+    ran = run(cmd, env, timeout, log=log)
+    report.registers = parse_ptxas(ran.output)
+    spills = [r for r in report.registers if r[3] or r[4]]
+    ok = ran.code == 0 and bool(report.registers)
+    summary = (f"{len(report.registers)} kernel/arch entries, "
+               + (f"SPILLS in {', '.join(sorted({r[0] for r in spills}))}" if spills else "no spills")
+               if ok else f"exit {ran.code}; {len(report.registers)} entries parsed")
+    report.add(Step("ptxas -v", "pass" if ok else "fail", ran.seconds, summary,
+                    _command_text(cmd), "" if ok else tail(ran.output, 40)))
+
+
+def gpu_test_files() -> list[str]:
+    """tests/*_gpu.py and every test file that marks tests with ``pytest.mark.gpu``."""
+    files = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.name.endswith("_gpu.py") or GPU_MARK.search(text):
+            files.append(str(path.relative_to(REPO)))
+    return files
+
+
+def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
+    files = gpu_test_files()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu",
+           *files]
+    ran = run(cmd, env, timeout, log=log)
+    summary = parse_pytest(ran.output)
+    must_run = sum(n for n, where in summary.skips if re.match(r"tests/\S+_gpu\.py", where))
+    ok = ran.code == 0 and summary.ran > 0 and not must_run
+    text = f"exit {ran.code}; {summary.line or 'no pytest summary'} ({len(files)} files)"
+    if must_run:
+        text += f"; {must_run} skipped in GPU-only files (tests/*_gpu.py), which must run here"
+    if summary.skips:
+        reasons = sorted({where.split(": ", 1)[-1] for _, where in summary.skips})
+        text += f"; skip reasons: {'; '.join(reasons)}"
+    report.add(Step("GPU tests", "pass" if ok else "fail", ran.seconds, text,
+                    _command_text(cmd), tail(ran.output, 15 if ok else 80)))
+
+
+def sanitizer_step(report: Report, env: dict[str, str], tool: str, target: list[str],
+                   name: str, timeout: float, log: Any, pytest_run: bool = False) -> None:
+    cmd = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "3", *target]
+    ran = run(cmd, env, timeout, log=log)
+    s = parse_sanitizer_summary(ran.output)
+    if "Device not supported" in ran.output:
+        report.add(Step(name, "skipped", ran.seconds, "compute-sanitizer: \"Device not "
+                        "supported\" on this machine (seen under gVisor)", _command_text(cmd),
+                        tail(ran.output, 10)))
+        return
+    text = f"exit {ran.code}; {s.describe()}"
+    ok = ran.code == 0 and s.found and s.errors == 0
+    if pytest_run:
+        p = parse_pytest(ran.output)
+        if p.counts.get("passed", 0) == 0 and ran.code in (0, 5):
+            report.add(Step(name, "skipped", ran.seconds, "no GPU test matches the subset "
+                            f"({target[-1]})", _command_text(cmd), tail(ran.output, 10)))
+            return
+        text += f"; {p.line}"
+    report.add(Step(name, "pass" if ok else "fail", ran.seconds, text, _command_text(cmd),
+                    tail(ran.output, 25 if ok else 80)))
+
+
+def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace, out: Path,
+                   budget: Budget, log: Any) -> None:
+    bench_budget = max(30.0, budget.left() - 15.0)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "latency.py"),
+           "--backend", args.backends, "--image-size", args.image_sizes,
+           "--batch", str(args.batch), "--parity", "--profile",
+           "--candidates", "10000,50000", "--warmup", str(args.warmup),
+           "--repeat", str(args.repeat), "--budget-s", f"{bench_budget:.0f}",
+           "--out", str(out), "--name", "latency"]
+    ran = run(cmd, env, bench_budget + 25.0, echo=True, log=log)
+    path = out / "latency.json"
+    died = None if ran.code == 0 else ("timed out" if ran.timed_out else f"exit {ran.code}")
+    if not path.is_file():
+        report.add(Step("benchmark", "fail", ran.seconds,
+                        f"{died or 'no latency.json written'}: {tail(ran.output, 1)}",
+                        _command_text(cmd), tail(ran.output, 80)))
+        report.add(Step("parity", "fail", 0.0, "not checked: the benchmark wrote no results"))
+        return
+    result = json.loads(path.read_text())
+    summarize_benchmark(report, result, ran.seconds, _command_text(cmd),
+                        tail(ran.output, 80), died)
+
+
+def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, command: str,
+                        output_tail: str, died: str | None = None) -> None:
+    """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
+    benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed, or the run
+    stopped early; parity fails when a GPU backend's detections do not match the CPU
+    reference (or the comparison could not run) at some size."""
+    report.benchmark = {"json": "latency.json", "markdown": "latency.md",
+                        "png": result.get("plot"), "seconds": result.get("seconds"),
+                        "complete": result.get("complete")}
+    report.targets = _target_rows(result)
+    problems, ran_names, absent = [], set(), set()
+    if died or not result.get("complete"):
+        last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
+        problems.append(f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
+                        "the numbers below are what it had written")
+    for size in result["sizes"]:
+        label = f"{size['image_size'][0]}x{size['image_size'][1]}"
+        if size.get("status") != "ok":
+            absent.add(f"{label}: {size.get('reason')}")
+            continue
+        for b in size["backends"]:
+            if b["status"] == "ok":
+                ran_names.add(b["name"])
+            elif b["status"] == "failed":
+                problems.append(f"{label} {b['name']}: {b['reason']}")
+            else:
+                absent.add(f"{b['name']}: {b['reason']}")
+        for r in (size.get("batch") or {}).get("rows", []):
+            if r.get("status") == "failed":
+                problems.append(f"{label} batch {r['backend']}: {r['reason']}")
+            elif r.get("status") == "skipped":
+                absent.add(f"{label} batch {r['backend']}: {r['reason']}")
+    gpu_ran = any(b["status"] == "ok" and b.get("uses_gpu") and b["name"] != "reference"
+                  for size in result["sizes"] for b in size.get("backends", []))
+    if report.gpu and not gpu_ran:
+        problems.append("no GPU backend ran on this GPU machine (reasons under not measured)")
+    for row in (result.get("decode_nms") or {}).get("rows", []):
+        for impl in row["implementations"]:
+            if impl["status"] == "failed":
+                problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
+    summary = (f"ran {', '.join(sorted(ran_names)) or 'nothing'}"
+               + (f"; FAILED: {'; '.join(problems)}" if problems else "")
+               + (f"; not measured: {'; '.join(sorted(absent))}" if absent else "")
+               + "; see latency.md")
+    report.add(Step("benchmark", "fail" if problems else "pass", seconds, summary, command,
+                    output_tail if problems else tail(output_tail, 30)))
+    _parity_step(report, result)
+
+
+def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_targets import format_value
+
+    rows = []
+    for t in result.get("targets", []):
+        row = dict(t)
+        row["goal_text"] = format_value(t["goal"], t["unit"])
+        if t.get("measured") is not None:
+            row["measured_text"] = format_value(t["measured"], t["unit"])
+        rows.append(row)
+    return rows
+
+
+def _parity_step(report: Report, result: dict[str, Any]) -> None:
+    rows, notes = [], []
+    for size in result["sizes"]:
+        label = f"{size['image_size'][0]}x{size['image_size'][1]}"
+        gpu = {b["name"] for b in size.get("backends", [])
+               if b["status"] == "ok" and b.get("uses_gpu") and b["name"] != "reference"}
+        parity = size.get("parity") or {}
+        if not gpu:
+            continue
+        if parity.get("status") != "ok":
+            notes.append(f"{label}: {parity.get('status', 'not run')}: {parity.get('reason', '')}")
+            continue
+        for r in parity["rows"]:
+            if r["backend"] in gpu:
+                rows.append({"size": label, **r})
+    report.parity = rows
+    failed = [f"{r['size']} {r['backend']}" for r in rows if not r.get("passed")]
+    broken = [n for n in notes if ": failed:" in n]
+    if failed or broken:
+        status = "fail"
+    elif rows:
+        status = "pass"
+    else:
+        status = "skipped"
+    text = (f"{len(rows) - len(failed)} of {len(rows)} backend/size pairs match the CPU "
+            "reference" if rows else "no GPU backend ran")
+    if failed:
+        text += f"; FAILED: {', '.join(failed)}"
+    if notes:
+        text += f"; {'; '.join(notes)}"
+    report.add(Step("parity", status, 0.0, text + " (computed in the benchmark step)"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpu_check.py", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for gpu_check.{md,json,png,log} and latency.{md,json,png}")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+                   help=f"time budget of the whole check (default {DEFAULT_BUDGET_S:g}); the "
+                        "benchmark gets what the earlier steps leave")
+    p.add_argument("--build-dir", default=str(REPO / "kernels" / "build"), metavar="DIR",
+                   help="where to build the kernel library (default kernels/build, where the "
+                        "binding looks)")
+    p.add_argument("--skip", default="", metavar="STEP[,STEP]",
+                   help=f"steps to leave out: {', '.join(STEP_KEYS)}")
+    p.add_argument("--backends", default=DEFAULT_BACKENDS,
+                   help=f"benchmark backends (default {DEFAULT_BACKENDS}; absent ones are "
+                        "listed as skipped)")
+    p.add_argument("--image-sizes", default=DEFAULT_SIZES, metavar="WxH[,WxH]",
+                   help=f"benchmark image sizes, in this order (default {DEFAULT_SIZES})")
+    p.add_argument("--batch", type=int, default=8, help="frames per batch (default 8)")
+    p.add_argument("--repeat", type=int, default=5, help="timed benchmark runs (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="benchmark warm-up runs (default 1)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="Markdown report to write")
-    parser.add_argument("--build-dir", default=str(REPO / "kernels" / "build"),
-                        help="where to build the library (default: kernels/build)")
-    parser.add_argument("--quick", action="store_true", help="skip memcheck of the Python GPU tests")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(STEP_KEYS)
+    if unknown:
+        build_parser().error(f"--skip: unknown step(s) {sorted(unknown)}; known: {STEP_KEYS}")
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, write_text_atomic
 
-    env = ensure_importable()
-    env["PYTHONUNBUFFERED"] = "1"
-    report = Report()
-    report.facts = device_facts(env)
+    try:
+        out = prepare_output_dir(args.out, f"--out {args.out}").resolve()
+    except TinyFacesError as exc:
+        print(f"gpu_check.py: error: {exc}", file=sys.stderr)
+        return 1
+    budget = Budget(args.budget_s)
+    report = Report(argv, args.budget_s)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     build_dir = Path(args.build_dir).resolve()
-    lib = build_step(report, env, build_dir)
-    if lib is not None:
-        env["TINYFACES_KERNELS_LIB"] = str(lib)
-        pytest_step(report, env, "GPU parity tests (none may skip)", ["tests/test_kernels_gpu.py"])
-        pytest_step(report, env, "build / host-side tests", ["tests/test_kernels_build.py"],
-                    allow_skips=True)
-        demo = str(build_dir / "decode_nms_demo")
+    # the log is written as the steps run (a killed run leaves it under its temporary name)
+    with atomic_output(out / "gpu_check.log") as log_path, \
+            open(log_path, "w", encoding="utf-8") as log:
+        arch = environment_step(report, env, log)
+        no_gpu = None if report.gpu else "no CUDA GPU visible (nvidia-smi, torch and cuda-python see none)"
+        have_sanitizer = shutil.which("compute-sanitizer") is not None
+
+        def left_before_bench() -> float:
+            return budget.left() - (0 if "benchmark" in skip else BENCHMARK_RESERVE_S)
+
+        def refuse(key: str, needs: float) -> str | None:
+            if key in skip:
+                return "left out (--skip)"
+            if no_gpu:
+                return no_gpu
+            if left_before_bench() < needs:
+                return (f"time budget: {budget.left():.0f} s left of {args.budget_s:g}, "
+                        f"{BENCHMARK_RESERVE_S:.0f} s kept for the benchmark")
+            return None
+
+        lib = None
+        reason = refuse("build", 20) or (None if shutil.which("nvcc") or os.environ.get("NVCC")
+                                        else "nvcc not found")
+        if reason:
+            report.skip("build", reason)
+        else:
+            lib = build_step(report, env, build_dir, arch, min(300, left_before_bench()), log)
+        if lib is not None:
+            env["TINYFACES_KERNELS_LIB"] = str(lib)
+        reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
+        if reason:
+            report.skip("ptxas -v", reason)
+        else:
+            ptxas_step(report, env, build_dir, arch, min(120, left_before_bench()), log)
+        reason = refuse("tests", 30)
+        if reason:
+            report.skip("GPU tests", reason)
+        else:
+            tests_step(report, env, min(240, left_before_bench()), log)
+        demo = build_dir / "decode_nms_demo"
         for tool in ("memcheck", "racecheck", "synccheck"):
-            sanitizer_step(report, env, tool, [demo])
-        if args.quick:
-            report.steps.append(Step("memcheck of GPU tests", "", True, 0.0, "skipped (--quick)", skipped=True))
-        elif shutil.which("compute-sanitizer"):
-            pytest_step(report, env, "memcheck of GPU tests",
-                        ["tests/test_kernels_gpu.py", "-k", MEMCHECK_TESTS],
-                        prefix=["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3"],
-                        timeout=1500)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(report, ["kernels/gpu_parity_report.py"] + argv))
-    print(f"gpu_parity_report: {'PASS' if report.ok else 'FAIL'} -> {out}")
-    for s in report.steps:
-        print(f"  {'ok  ' if s.ok or s.skipped else 'FAIL'} {s.name}: {s.summary}")
-    return 0 if report.ok else 1
+            name = f"compute-sanitizer {tool}: C example"
+            reason = refuse("sanitizers", 10) or (
+                None if have_sanitizer else "compute-sanitizer not found on the PATH") or (
+                None if lib else "the kernels were not built")
+            if reason:
+                report.skip(name, reason)
+            else:
+                sanitizer_step(report, env, tool, [str(demo)], name,
+                               min(90, left_before_bench()), log)
+        for tool, subset in SANITIZER_TESTS.items():
+            name = f"compute-sanitizer {tool}: GPU tests subset"
+            reason = refuse("sanitizers", 25) or (
+                None if have_sanitizer else "compute-sanitizer not found on the PATH") or (
+                None if lib else "the kernels were not built")
+            if reason:
+                report.skip(name, reason)
+                continue
+            target = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      "--noconftest", "tests/test_kernels_gpu.py", "-k", subset]
+            sanitizer_step(report, env, tool, target, name, min(180, left_before_bench()), log,
+                           pytest_run=True)
+        reason = ("left out (--skip)" if "benchmark" in skip else no_gpu) or (
+            None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
+        if reason:
+            report.skip("benchmark", reason)
+            report.skip("parity", reason)
+        else:
+            benchmark_step(report, env, args, out, budget, log)
+
+    reason = write_plot(report, out / "gpu_check.png")
+    markdown = render_markdown(report)
+    if reason:
+        markdown += f"\nPlot skipped: {reason}\n"
+    else:
+        markdown += "\n![steps and targets](gpu_check.png)\n"
+    write_text_atomic(out / "gpu_check.json", json.dumps(report_json(report), indent=1) + "\n")
+    write_text_atomic(out / "gpu_check.md", markdown)
+    print(f"gpu_check: {report.result} in {budget.elapsed():.0f} s -> {out / 'gpu_check.md'}",
+          file=sys.stderr, flush=True)
+    return 1 if report.result == "FAIL" else 0
 
 
 if __name__ == "__main__":

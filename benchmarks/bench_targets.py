@@ -1,0 +1,244 @@
+"""The speed targets of issue 8, and how a latency run measures up to them.
+
+Targets (benchmarks, not timed tests; H100/H200, 1080p, fp16, adaptive pyramid):
+
+======================  =====================================================  ========
+key                     what                                                   target
+======================  =====================================================  ========
+``speedup``             end to end vs the reference pipeline, same GPU/run     >= 40x
+``overhead``            end to end / network time (stages + copies <= 15%)     <= 1.15
+``network_tflops``      network FLOP per image / network time                  >= 250
+``decode_nms_10k``      CUDA decode + NMS at 10k candidates                    <= 0.3 ms
+``decode_nms_50k``      CUDA decode + NMS at 50k candidates                    <= 3 ms
+``batch_gain``          batch-of-8 throughput / single-image throughput        >= 1.3x
+======================  =====================================================  ========
+
+They are evaluated for one backend (the first of :data:`PRIMARY` that ran, else the
+fastest GPU backend) at 1920x1080 when the run has it (else its first image size, said in
+the table). End-to-end times are those measured without per-stage synchronisation where
+the backend has them (GPU backends), else the per-stage-timed totals. A missed target says
+by how much, and why as far as the run's own numbers tell (the stage, level or kernel
+that takes the time); a profile (``--profile``) adds the top GPU kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from bench_common import format_duration
+
+#: The backends the targets are about, in order of preference.
+PRIMARY = ("torch-cuda", "tensorrt-fp16-cuda", "onnxruntime-cuda")
+TARGET_SIZE = [1920, 1080]
+#: Candidate counts of the decode + NMS targets.
+DECODE_NMS_TARGETS = {"decode_nms_10k": 10000, "decode_nms_50k": 50000}
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    title: str
+    unit: str
+    goal: float
+    higher_is_better: bool
+
+    @property
+    def relation(self) -> str:
+        return ">=" if self.higher_is_better else "<="
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("speedup", "end to end vs the reference pipeline (same GPU, same run)", "x", 40.0, True),
+    Target("overhead", "end to end / network time (stages and copies <= 15%)", "x", 1.15, False),
+    Target("network_tflops", "network, effective FLOP rate", "TFLOP/s", 250.0, True),
+    Target("decode_nms_10k", "CUDA decode + NMS, 10k candidates", "ms", 0.3, False),
+    Target("decode_nms_50k", "CUDA decode + NMS, 50k candidates", "ms", 3.0, False),
+    Target("batch_gain", "batch-of-8 throughput / single-image throughput", "x", 1.3, True),
+)
+
+
+def network_flops(model: Any, shapes: list[tuple[int, int, int, int]]) -> list[float]:
+    """FLOP of one forward pass per input shape, counted by torch's FlopCounterMode on a
+    meta-device copy of the model (no arithmetic runs; 2 FLOP per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    counts = []
+    with torch.no_grad():
+        for shape in shapes:
+            with FlopCounterMode(display=False) as counter:
+                meta(torch.empty(shape, device="meta"))
+            counts.append(float(counter.get_total_flops()))
+    return counts
+
+
+def format_value(value: float, unit: str) -> str:
+    if unit == "ms":
+        return format_duration(value)
+    if unit == "x":
+        return f"{value:.3g}x" if value < 100 else f"{value:.0f}x"
+    return f"{value:.3g} {unit}"
+
+
+def _ok(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("status") == "ok"]
+
+
+def _median(stat: dict[str, Any] | None) -> float | None:
+    return None if not stat else float(stat["median_ms"])
+
+
+def end_to_end_ms(backend: dict[str, Any]) -> float:
+    """The backend's end-to-end median: without per-stage sync where measured, else the
+    per-stage-timed total."""
+    return _median(backend.get("end_to_end")) or float(backend["stages"]["total"]["median_ms"])
+
+
+def pick_size(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The image size the targets are read at: 1920x1080 if it ran, else the first that did."""
+    sizes = [s for s in result.get("sizes", []) if s.get("status", "ok") == "ok"]
+    for s in sizes:
+        if list(s["image_size"]) == TARGET_SIZE:
+            return s
+    return sizes[0] if sizes else None
+
+
+def pick_backend(size: dict[str, Any]) -> dict[str, Any] | None:
+    """The first backend of :data:`PRIMARY` that ran at this size, else the fastest GPU one."""
+    ok = {b["name"]: b for b in _ok(size["backends"]) if b["name"] != "reference"}
+    for name in PRIMARY:
+        if name in ok:
+            return ok[name]
+    gpu = [b for b in ok.values() if b.get("uses_gpu")]
+    return min(gpu, key=end_to_end_ms) if gpu else None
+
+
+def _stage_list(backend: dict[str, Any], skip: tuple[str, ...] = ("network",)) -> str:
+    stages = backend["stages"]
+    named = [(k, _median(stages.get(k))) for k in ("preprocess", "h2d", "d2h", "decode", "nms",
+                                                    "other") if k not in skip]
+    named = sorted(((k, v) for k, v in named if v), key=lambda kv: -kv[1])
+    titles = {"preprocess": "pyramid resize", "h2d": "h2d copy", "d2h": "d2h copy",
+              "decode": "decode", "nms": "NMS", "other": "other"}
+    return ", ".join(f"{titles[k]} {format_duration(v)}" for k, v in named)
+
+
+def _speedup(size, backend, ref) -> tuple[float | None, str, str]:
+    if ref is None:
+        return None, "the reference did not run at this size", ""
+    e2e, ref_e2e = end_to_end_ms(backend), end_to_end_ms(ref)
+    detail = f"{format_duration(ref_e2e)} / {format_duration(e2e)}"
+    net = _median(backend["stages"].get("network"))
+    why = (f"network {format_duration(net)} of {format_duration(e2e)}; the rest: "
+           f"{_stage_list(backend)}" if net else "")
+    return ref_e2e / e2e, detail, why
+
+
+def _overhead(size, backend, ref) -> tuple[float | None, str, str]:
+    net = _median(backend["stages"].get("network"))
+    if not net:
+        return None, "no network time", ""
+    e2e = end_to_end_ms(backend)
+    detail = f"{format_duration(e2e)} / network {format_duration(net)}"
+    why = (f"stages and copies add {format_duration(max(e2e - net, 0.0))} "
+           f"({(e2e - net) / net:.0%} of the network; per-stage medians: {_stage_list(backend)})")
+    return e2e / net, detail, why
+
+
+def _tflops(size, backend, ref) -> tuple[float | None, str, str]:
+    flop = size.get("flop_per_image")
+    net = _median(backend["stages"].get("network"))
+    if not flop or not net:
+        return None, "no FLOP count or network time", ""
+    amount = f"{flop / 1e12:.2f} TFLOP" if flop >= 1e11 else f"{flop / 1e9:.2f} GFLOP"
+    detail = f"{amount} in {format_duration(net)}"
+    parts = []
+    for lv in size["levels"]:
+        t = _median(backend["stages"].get(f"network[L{lv['index']}]"))
+        if t and lv.get("flop"):
+            parts.append((t, f"L{lv['index']} {lv['width']}x{lv['height']}: {format_duration(t)}, "
+                             f"{lv['flop'] / t / 1e9:.3g} TFLOP/s"))
+    parts.sort(key=lambda p: -p[0])
+    why = "per level (slowest first): " + "; ".join(p[1] for p in parts) if parts else ""
+    if size.get("profile", {}).get("status") == "ok":
+        why += "; top GPU kernels in the profile below"
+    return flop / (net / 1e3) / 1e12, detail, why
+
+
+def _decode_nms(count: int):
+    def measure(result, _backend) -> tuple[float | None, str, str]:
+        dn = result.get("decode_nms") or {}
+        row = next((r for r in dn.get("rows", []) if r.get("target") == count), None)
+        if row is None:
+            return None, f"no {count}-candidate row (--candidates)", ""
+        impl = next((i for i in row["implementations"] if i["name"].startswith("cuda")), None)
+        if impl is None or impl.get("status") != "ok":
+            return None, f"CUDA row {impl['status']}: {impl['reason']}" if impl else "no CUDA row", ""
+        d, n = _median(impl["decode"]), _median(impl["nms"])
+        detail = f"{row['candidates']} candidates: decode {format_duration(d)} + NMS {format_duration(n)}"
+        return d + n, detail, f"decode {format_duration(d)}, NMS {format_duration(n)}"
+    return measure
+
+
+def _batch_gain(size, backend, ref) -> tuple[float | None, str, str]:
+    rows = [r for s in [size] for r in (s.get("batch") or {}).get("rows", [])]
+    row = next((r for r in rows if r["backend"] == backend["name"]), None)
+    if row is None:
+        return None, "no batch row for this backend at this size (--batch)", ""
+    if row.get("status") != "ok":
+        return None, f"batch {row.get('status')}: {row.get('reason')}", ""
+    detail = (f"{row['batched_images_per_s']:.1f} vs {row['single_images_per_s']:.1f} images/s "
+              f"(batch {row['batch']})")
+    why = ""
+    if row.get("runner_calls") == row["batch"] * row["levels"]:
+        why = (f"detect_batch made {row['runner_calls']} network calls for {row['batch']} images "
+               f"x {row['levels']} levels: it does not batch the levels")
+    else:
+        why = (f"{row['runner_calls']} network calls per batch; per image {format_duration(row['batched']['median_ms'])} "
+               f"batched vs {format_duration(row['single']['median_ms'])} alone")
+    return row["batched_images_per_s"] / row["single_images_per_s"], detail, why
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: measured value, verdict ("met" / "missed by ..." / "not
+    measured: ..."), where it was measured, and why when missed."""
+    size = pick_size(result)
+    backend = pick_backend(size) if size else None
+    ref = None
+    if size:
+        ref = next((b for b in _ok(size["backends"]) if b["name"] == "reference"), None)
+    where = (f"`{backend['name']}` at {size['image_size'][0]}x{size['image_size'][1]}"
+             if backend else "")
+    rows = []
+    for t in TARGETS:
+        row: dict[str, Any] = {"key": t.key, "title": t.title, "unit": t.unit, "goal": t.goal,
+                               "relation": t.relation, "measured": None, "met": None,
+                               "where": where, "detail": "", "why": ""}
+        if t.key in DECODE_NMS_TARGETS:
+            value, detail, why = _decode_nms(DECODE_NMS_TARGETS[t.key])(result, backend)
+            row["where"] = "synthetic clustered score map (decode/NMS table)"
+        elif backend is None:
+            value, detail, why = None, ("no GPU backend ran" if size else "no image size ran"), ""
+        else:
+            measure = {"speedup": _speedup, "overhead": _overhead, "network_tflops": _tflops,
+                       "batch_gain": _batch_gain}[t.key]
+            value, detail, why = measure(size, backend, ref)
+        if value is None:
+            row["verdict"] = f"not measured: {detail}"
+            rows.append(row)
+            continue
+        row["detail"] = detail
+        met = value >= t.goal if t.higher_is_better else value <= t.goal
+        factor = (t.goal / value if t.higher_is_better else value / t.goal) if value > 0 else float("inf")
+        row.update(measured=value, met=bool(met), factor=factor)
+        if met:
+            row["verdict"] = "met" + (f" ({1 / factor:.2f}x better)" if factor > 0 else "")
+        else:
+            row["verdict"] = (f"missed by {factor:.2f}x (measured {format_value(value, t.unit)}, "
+                              f"target {t.relation} {format_value(t.goal, t.unit)})")
+            row["why"] = why
+        rows.append(row)
+    return rows

@@ -1,0 +1,224 @@
+"""tools/gpu_check.py on a machine without a GPU, and its parsers on real tool output.
+
+The sanitizer and ptxas lines below are copied from a run on an H200 (2026-11-30) and from
+nvcc 13.0's ``-Xptxas -v``; nothing here pretends a GPU exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "gpu_check.py"
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("tinyfaces_gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+g = _gpu_check()
+
+# compute-sanitizer's closing lines as printed on the H200 (memcheck / synccheck, racecheck)
+MEMCHECK_OK = "========= COMPUTE-SANITIZER\n32 candidates, 16 kept\n========= ERROR SUMMARY: 0 errors\n"
+RACECHECK_OK = ("========= COMPUTE-SANITIZER\n32 candidates, 16 kept\n"
+                "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n")
+
+
+def test_racecheck_summary_is_parsed():
+    # the bug of the old report: racecheck has no "ERROR SUMMARY" line, so it read as FAIL
+    s = g.parse_sanitizer_summary(RACECHECK_OK)
+    assert (s.found, s.errors, s.warnings) == (True, 0, 0)
+    assert s.describe() == "0 errors"
+
+
+def test_sanitizer_errors_and_warnings_are_counted():
+    s = g.parse_sanitizer_summary(MEMCHECK_OK)
+    assert (s.found, s.errors, s.warnings) == (True, 0, 0)
+    hazards = ("========= RACECHECK SUMMARY: 3 hazards displayed (1 error, 2 warnings)\n"
+               "========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)\n")
+    s = g.parse_sanitizer_summary(hazards)
+    assert (s.found, s.errors, s.warnings) == (True, 2, 2)
+    assert s.describe() == "2 errors, 2 warnings"
+    assert g.parse_sanitizer_summary("========= ERROR SUMMARY: 1 error").errors == 1
+    missing = g.parse_sanitizer_summary("Segmentation fault")
+    assert not missing.found and missing.describe() == "no sanitizer summary in the output"
+
+
+PTXAS = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN41_GLOBAL__N__a56f84e9_9_decode_cu_0201ba7c19decode_level_kernelEPKfii16tf_decode_paramsjN2tf13CandidateViewEj' for 'sm_90'
+ptxas info    : Function properties for _ZN41_GLOBAL__N__a56f84e9_9_decode_cu_0201ba7c19decode_level_kernelEPKfii16tf_decode_paramsjN2tf13CandidateViewEj
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 25 registers, used 0 barriers
+ptxas info    : Compiling entry function '_ZN3cub21CUB_300001_SM_800_9006detail10radix_sort33DeviceRadixSortExclusiveSumKernelINS1_5radix10policy_hubIyjjE10Policy1000EjEEvPT0_' for 'sm_80'
+ptxas info    : Used 40 registers, used 1 barriers
+ptxas info    : Compiling entry function '_ZN41_GLOBAL__N__14e2e922_9_resize_cu_99bfdd7a22resize_vertical_kernelEPKfNS_4AxisEiNS_9NormaliseEPf' for 'sm_80'
+    16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 432 bytes cmem[0]
+"""
+
+
+def test_ptxas_rows_name_our_kernels_and_their_spills():
+    assert g.parse_ptxas(PTXAS) == [("decode_level_kernel", "sm_90", 25, 0, 0),
+                                    ("resize_vertical_kernel", "sm_80", 32, 8, 12)]
+    assert g.kernel_name("plain_c_kernel") == "plain_c_kernel"
+    assert g.kernel_name("_ZN3cub6detail4scan10ScanKernelEv") is None
+
+
+def test_pytest_summary_and_skip_reasons():
+    text = ("SKIPPED [54] tests/test_kernels_gpu.py:44: no CUDA GPU visible\n"
+            "SKIPPED [1] tests/test_trt_build.py:49: TensorRT is not installed\n"
+            "==== 3 passed, 55 skipped, 12 deselected in 1.20s ====\n")
+    s = g.parse_pytest(text)
+    assert s.line == "3 passed, 55 skipped, 12 deselected in 1.20s"
+    assert s.counts == {"passed": 3, "skipped": 55, "deselected": 12} and s.ran == 3
+    assert s.skips == [(54, "tests/test_kernels_gpu.py:44: no CUDA GPU visible"),
+                       (1, "tests/test_trt_build.py:49: TensorRT is not installed")]
+    assert g.parse_pytest("no tests ran in 0.01s").line == "no tests ran in 0.01s"
+
+
+def test_gpu_test_files_include_the_kernel_tests():
+    files = g.gpu_test_files()
+    assert "tests/test_kernels_gpu.py" in files
+    assert all(g.GPU_MARK.search((ROOT / f).read_text()) or f.endswith("_gpu.py") for f in files)
+    assert "tests/test_gpu_check.py" not in files
+
+
+def _gpu_visible() -> bool:
+    if shutil.which("nvidia-smi"):
+        return True
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_gpu_visible(), reason="a GPU is present: the check would run for minutes")
+def test_without_a_gpu_every_step_is_skipped_with_its_reason(tmp_path):
+    out = tmp_path / "gpu_out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "gpu_check: SKIPPED" in proc.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["schema"] == "tinyfaces-trt-gpu-check/1"
+    assert report["result"] == "skipped" and report["gpu"] is False
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["environment"]["status"] == "pass"
+    assert [n for n in steps if n != "environment"] == [
+        "build", "ptxas -v", "GPU tests",
+        "compute-sanitizer memcheck: C example", "compute-sanitizer racecheck: C example",
+        "compute-sanitizer synccheck: C example", "compute-sanitizer memcheck: GPU tests subset",
+        "compute-sanitizer racecheck: GPU tests subset", "benchmark", "parity"]
+    for name, step in steps.items():
+        if name != "environment":
+            assert step["status"] == "skipped"
+            assert step["summary"].startswith("no CUDA GPU visible"), step
+    md = (out / "gpu_check.md").read_text()
+    assert "**Result: SKIPPED** (no CUDA GPU visible: nothing was verified)" in md
+    assert "| benchmark | skipped | 0.0 s | no CUDA GPU visible" in md
+    assert (out / "gpu_check.log").is_file()
+    if "Plot skipped" not in md:
+        assert (out / "gpu_check.png").stat().st_size > 0
+
+
+def test_usage_errors(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--skip", "lint"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--skip: unknown step(s) ['lint']" in proc.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(a_file)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "exists and is not a folder" in proc.stderr
+
+
+def test_help_gives_the_command_and_the_step_durations(capsys):
+    with pytest.raises(SystemExit) as info:
+        g.build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "python3 tools/gpu_check.py --out gpu_out/" in text
+    for step in ("environment", "build", "ptxas", "GPU tests", "sanitizers", "benchmark",
+                 "parity"):
+        assert f"\n  {step}" in text
+
+
+def _bench_result(parity_passed=True, backend_status="ok", complete=True):
+    """A latency.py result (schema 2) as a GPU run writes it, reduced to what is read."""
+    gpu = {"name": "torch-cuda", "status": backend_status, "uses_gpu": True,
+           "reason": "failed to start: RuntimeError: boom",
+           "stages": {"total": {"median_ms": 40.0}, "network": {"median_ms": 35.0}}}
+    ref = {"name": "reference", "status": "ok", "uses_gpu": True,
+           "stages": {"total": {"median_ms": 950.0}, "network": {"median_ms": 120.0}}}
+    row = {"backend": "torch-cuda", "passed": parity_passed, "precision": "fp16",
+           "reference": 10, "test": 10, "matched": 9 if not parity_passed else 10,
+           "missing_firm": 0 if parity_passed else 1, "extra_firm": 0, "nms_ambiguous": 0,
+           "max_score_diff": 0.01, "min_iou": 0.95, "failures": [] if parity_passed else
+           ["missing 1 > 0 (firm reference detections without a test match at IoU >= 0.8)"]}
+    sizes = [{"image_size": [1920, 1080], "status": "ok", "levels": [], "flop_per_image": None,
+              "backends": [ref, gpu],
+              "parity": {"status": "ok", "reference": "cpu", "reference_detections": 10,
+                         "rows": [row] if backend_status == "ok" else []}},
+             {"image_size": [1280, 720], "status": "skipped", "backends": [],
+              "reason": "time budget: about 66 s needed, 40 s left of --budget-s 195 "
+                        "before image size 1280x720"}]
+    return {"complete": complete, "sizes": sizes, "decode_nms": None, "seconds": 190.0,
+            "targets": []}
+
+
+def test_benchmark_and_parity_steps_from_a_gpu_run():
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, _bench_result(), 190.0, "python3 latency.py", "done")
+    bench, parity = report.steps
+    assert (bench.name, bench.status) == ("benchmark", "pass")
+    assert "ran reference, torch-cuda" in bench.summary
+    assert "1280x720: time budget: about 66 s needed" in bench.summary
+    assert (parity.name, parity.status) == ("parity", "pass")
+    assert parity.summary.startswith("1 of 1 backend/size pairs match the CPU reference")
+    assert report.parity[0]["size"] == "1920x1080"
+    assert g.render_markdown(report).count("| 1920x1080 | `torch-cuda` | pass | 10 / 10 |") == 1
+
+
+def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
+    report = g.Report([], 270.0)
+    g.summarize_benchmark(report, _bench_result(parity_passed=False), 1.0, "c", "")
+    assert [s.status for s in report.steps] == ["pass", "fail"]
+    assert "FAILED: 1920x1080 torch-cuda" in report.steps[1].summary
+    assert report.result == "FAIL"
+    md = g.render_markdown(report)
+    assert "| 1920x1080 | `torch-cuda` | **FAIL** |" in md and "missing 1 > 0" in md
+
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, _bench_result(backend_status="failed"), 1.0, "c", "")
+    bench, parity = report.steps
+    assert bench.status == "fail"
+    assert "FAILED: 1920x1080 torch-cuda: failed to start: RuntimeError: boom" in bench.summary
+    assert "no GPU backend ran on this GPU machine" in bench.summary
+    assert parity.status == "skipped" and parity.summary.startswith("no GPU backend ran")
+
+
+def test_a_benchmark_that_died_keeps_its_partial_numbers():
+    report = g.Report([], 270.0)
+    g.summarize_benchmark(report, _bench_result(complete=False), 1.0, "c",
+                          "Segmentation fault", died="exit -11")
+    bench, parity = report.steps
+    assert bench.status == "fail"
+    assert "the benchmark stopped early (exit -11: Segmentation fault)" in bench.summary
+    assert parity.status == "pass"  # what it had measured still counts
