@@ -14,7 +14,7 @@ Optionally: batch throughput (``--batch N``: N frames through ``detect_batch`` v
 one), parity of every backend's detections with the CPU reference (``--parity``), a torch
 profile of the main GPU backend (``--profile``). Then decode and NMS alone on synthetic
 clustered score maps with ``--candidates`` candidates (numpy, the port's numpy code, and the
-CUDA stages where a GPU and the kernel library are present), and the issue's speed targets
+CUDA stages where a GPU and the kernel library are present), and the speed targets (bench_targets.py)
 (measured, target, met or missed by how much, and why).
 
 Writes ``<out>/<name>.json``, ``<name>.md`` and ``<name>.png`` (see benchmarks/README.md).
@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "first time, then cached on disk)")
     p.add_argument("--batch", type=int, default=0, metavar="N",
                    help="also measure throughput of N frames of the first image size through "
-                        "detect_batch against N single detects (default 0: off; the issue's "
-                        "case is 8)")
+                        "detect_batch against N single detects (default 0: off; the batch target "
+                        "is set for 8)")
     p.add_argument("--parity", action="store_true",
                    help="compare every backend's detections with the CPU reference (torch "
                         "fp32 on the CPU, runtime pipeline) on the same image, per size")

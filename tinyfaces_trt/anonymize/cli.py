@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, checked, fraction, logging_to_stderr,
+from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
+                                           ray_requested)
+from tinyfaces_trt.core.cli import (add_version_argument, EXIT_ERROR, EXIT_OK, checked, fraction, logging_to_stderr,
                                     positive_float, positive_int, probability, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir
@@ -74,8 +77,10 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
                         help="image or video files, or folders (walked recursively)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed; must not be an input folder)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
-                        default="onnxruntime", help="network runtime (default: onnxruntime, CPU)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                        help="network runtime, as tf-detect's: onnxruntime (CPU), "
+                             "onnxruntime-cuda, tensorrt, torch, torch-cuda, or auto (the fastest "
+                             "present here) (default: onnxruntime)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="EXPORT_DIR", help="export folder from tf-export")
     source.add_argument("--weights", metavar="F", help="checkpoint (.pth or hr_res101.mat)")
@@ -115,12 +120,13 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
     det.add_argument("--nms-thresh", type=fraction, metavar="T",
                      help="NMS IoU threshold (default: the model's)")
     det.add_argument("--min-face", type=positive_float, metavar="PIXELS",
-                     help="skip pyramid levels/templates that cannot produce faces this large "
-                          "(default: none)")
+                     help="look only for faces at least PIXELS long: skips the pyramid "
+                          "levels/templates that can only find smaller ones (default: none)")
     det.add_argument("--max-face", type=positive_float, metavar="PIXELS",
-                     help="skip pyramid levels/templates that cannot produce faces this small "
-                          "(default: none)")
-    det.add_argument("--fp16", action="store_true", help="fp16 model / engine (default: fp32)")
+                     help="look only for faces at most PIXELS long (default: none)")
+    det.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                     help="fp16 network: fp16 ONNX model / TensorRT engine, fp16 torch-cuda "
+                          "(default: fp32, but fp16 for torch-cuda)")
     det.add_argument("--providers", metavar="LIST",
                      help="onnxruntime execution providers, comma separated, or 'auto'")
     det.add_argument("--threads", type=positive_int, metavar="N",
@@ -134,6 +140,8 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bars or per-file lines (errors are still printed)")
     out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
+    add_ray_arguments(parser)
+    add_version_argument(parser)
     return parser
 
 
@@ -144,6 +152,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--providers/--threads are onnxruntime options")
     if args.backend == "torch" and (args.model or args.fp16):
         parser.error("--backend torch runs a checkpoint (--weights F) in fp32")
+    check_ray_arguments(parser, args)
     out = Path(args.out).resolve()
     for item in args.inputs:
         if Path(item).is_dir() and Path(item).resolve() == out:
@@ -214,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
             stderr_line(f"{PROG}: WARNING: UNTRAINED NETWORK (no --weights/--model, or an "
                         "untrained export): its masks are MEANINGLESS and faces are NOT hidden. "
                         "Pass --weights F or --model DIR with trained weights.")
-        detector = _make_detector(args)
+        detector = None if ray_requested(args) else _make_detector(args)
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR
@@ -222,11 +231,42 @@ def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             stderr_line(f"{PROG}: {skipped.task.source}: skipped, {skipped.task.output} exists "
                         "(--overwrite replaces it)")
+    if detector is None:
+        return _run_on_ray(args, tasks, options, results, errors, start)
     with detector:
         for task in tasks:
             result = process_file(detector, task, options)
             results.append(result)
             _report(result, args.quiet)
+    return _summary(results, errors, start)
+
+
+def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, results: list[Any],
+                errors: list[tuple[str, str]], start: float) -> int:
+    """The same files on a Ray cluster's worker pool (``--ray``): one detector per worker,
+    outputs where the single-process run writes them, failures reported per file, finished
+    outputs skipped on a rerun."""
+    from tinyfaces_trt.anonymize.jobs import Result, process_file
+    from tinyfaces_trt.scaleout.options import detector_spec
+    from tinyfaces_trt.scaleout.pool import run_tasks
+
+    def done(task: Any, _options: Any) -> bool:
+        return not args.overwrite and Path(task.output).is_file()
+
+    def report(pooled: Any) -> None:
+        result = pooled.value if pooled.status == "done" else \
+            Result(pooled.task, pooled.status, error=pooled.error)
+        if pooled.status != "skipped":
+            _report(result, args.quiet)
+        results.append(result)
+
+    try:
+        spec = detector_spec(args, progress=lambda line: stderr_line(f"{PROG}: {line}"))
+        run_tasks(tasks, spec, process_file, options, is_done=done, address=ray_address(args),
+                  workers=args.workers, progress=not args.quiet, on_result=report, desc=PROG)
+    except TinyFacesError as exc:
+        stderr_line(f"{PROG}: error: {exc}")
+        return EXIT_ERROR
     return _summary(results, errors, start)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction,
+from tinyfaces_trt.core.cli import (positive_float, add_version_argument, checked, fraction,
                                     logging_to_stderr, positive_int, probability,
                                     sigterm_as_interrupt, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -173,6 +173,12 @@ setup failed (errors are listed on stderr, other images are still processed),
     parser.add_argument("--nms-thresh", type=fraction, metavar="T",
                         help="suppress boxes overlapping a better one with IoU > T "
                              "(default: the model's, 0.3)")
+    parser.add_argument("--min-face", type=positive_float, metavar="PIXELS",
+                        help="look only for faces at least PIXELS long: skips the pyramid "
+                             "levels/templates that can only find smaller ones; smaller faces "
+                             "may be missed (default: none; see tf-anonymize --help)")
+    parser.add_argument("--max-face", type=positive_float, metavar="PIXELS",
+                        help="look only for faces at most PIXELS long (default: none)")
     parser.add_argument("--wider-dir", metavar="DIR",
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
@@ -454,7 +460,8 @@ def _make_detector(args: argparse.Namespace) -> Any:
         else args.providers
     return create_detector(
         args.backend, model_dir=args.model, weights=args.weights,
-        config_overrides={"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh},
+        config_overrides={"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh,
+                          "min_face": args.min_face, "max_face": args.max_face},
         fp16=args.fp16, providers=providers, threads=args.threads,
         progress=lambda line: stderr_line(f"{PROG}: {line}"))
 
@@ -494,6 +501,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--backend {args.backend} runs a checkpoint (--weights F) directly; an "
                      "export folder (--model) runs with --backend onnxruntime, "
                      "onnxruntime-cuda or tensorrt")
+    if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
+        parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
     check_ray_arguments(parser, args)
     if args.providers is not None:
         unknown = _unknown_providers(args.providers)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.core.cli import EXIT_OK, EXIT_USAGE, parse_image_sizes, seed_argument, stderr_line
+from tinyfaces_trt.core.cli import add_version_argument, EXIT_OK, EXIT_USAGE, parse_image_sizes, seed_argument, stderr_line
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
@@ -109,6 +109,7 @@ example:
     parser.add_argument("--allow-skip", action="store_true",
                         help="accept skipped backends: exit 0 when everything that ran passed")
     parser.add_argument("--json", metavar="OUT", help="also write the full results as JSON")
+    add_version_argument(parser)
     return parser
 
 

@@ -14,7 +14,7 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (
+from tinyfaces_trt.core.cli import (add_version_argument, 
     logging_to_stderr, positive_float, positive_int, probability, fraction, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -95,6 +95,7 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                        help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
                             "cluster on this machine, else a new local one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_version_argument(parser)
     return parser
 
 

@@ -68,9 +68,10 @@ def detector_spec(args: argparse.Namespace, progress: Any = None) -> Any:
         else args.providers
     model_dir, weights = args.model, args.weights
     if args.backend == "onnxruntime" and model_dir is None:
-        model_dir, weights = str(cached_export(weights, fp16=args.fp16, progress=progress).path), None
-    overrides = tuple((k, v) for k, v in (("prob_thresh", args.prob_thresh),
-                                          ("nms_thresh", args.nms_thresh)) if v is not None)
+        model_dir, weights = str(cached_export(weights, fp16=bool(args.fp16), progress=progress).path), None
+    overrides = tuple((k, getattr(args, k, None)) for k in
+                      ("prob_thresh", "nms_thresh", "min_face", "max_face")
+                      if getattr(args, k, None) is not None)
     return DetectorSpec(args.backend, model_dir, weights, overrides, fp16=args.fp16,
                         providers=tuple(providers) if isinstance(providers, list) else providers,
                         threads=args.threads)
