@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, TypeVar
 
@@ -139,3 +140,42 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_BANNER_WIDTH = 72
+
+
+def is_untrained(model: str | None, weights: str | None) -> bool:
+    """Whether a CLI's ``--model`` / ``--weights`` run the untrained network: neither given
+    (the seeded default), or an export folder whose manifest says so."""
+    if weights:
+        return False
+    if not model:
+        return True
+    from tinyfaces_trt.core.manifest import load_export_folder
+
+    return load_export_folder(model, verify=False).untrained
+
+
+def untrained_banner(prog: str, model: str | None = None) -> str:
+    """The loud warning a CLI prints on every run of an untrained network.
+
+    Args:
+        prog: the command (``tf-detect``, ``tf-anonymize``).
+        model: the ``--model`` folder when it holds an untrained export, else None (the
+            seeded default network, no ``--weights``/``--model`` given). Not printed: a
+            long path would break the box.
+    """
+    if model:
+        why = ("The --model export folder holds the seeded RANDOM-weight network (its "
+               "manifest says \"untrained\": true).")
+    else:
+        why = (f"No --weights or --model was given, so {prog} runs the seeded RANDOM-weight "
+               "default network.")
+    text = (f"WARNING: UNTRAINED NETWORK. {why} Its detections are MEANINGLESS (plumbing tests "
+            "only): an anonymised output hides NO faces reliably. Pass --weights F (a trained "
+            "checkpoint) or --model DIR (a tf-export folder of trained weights).")
+    inner = _BANNER_WIDTH - 4
+    rows = textwrap.wrap(text, inner)
+    border = "*" * _BANNER_WIDTH
+    return "\n".join([border, *(f"* {row:<{inner}} *" for row in rows), border])

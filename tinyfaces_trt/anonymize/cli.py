@@ -24,8 +24,10 @@ from typing import Any
 from tinyfaces_trt.detectors import BACKENDS
 from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
                                            ray_requested)
-from tinyfaces_trt.core.cli import (add_version_argument, EXIT_ERROR, EXIT_OK, checked, fraction, logging_to_stderr,
-                                    positive_float, positive_int, probability, stderr_line)
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, checked, fraction,
+                                    is_untrained, logging_to_stderr, positive_float, positive_int,
+                                    probability, sigterm_as_interrupt, stderr_line,
+                                    untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir
 from tinyfaces_trt.runtime.masks import MODES, SHAPES
@@ -184,23 +186,13 @@ def _make_detector(args: argparse.Namespace) -> Any:
                            progress=lambda line: stderr_line(f"{PROG}: {line}"))
 
 
-def _untrained(args: argparse.Namespace) -> bool:
-    if args.weights:
-        return False
-    if not args.model:
-        return True
-    from tinyfaces_trt.core.manifest import load_export_folder
-
-    return load_export_folder(args.model).untrained
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``tf-anonymize`` entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
-        with logging_to_stderr(PROG, args.verbose):
+        with logging_to_stderr(PROG, args.verbose), sigterm_as_interrupt():
             return _run(args)
     except KeyboardInterrupt:
         stderr_line(f"{PROG}: interrupted (no partial output is left under a final name)")
@@ -219,10 +211,8 @@ def _run(args: argparse.Namespace) -> int:
             stderr_line(f"{PROG}: error: {message}")
         if not tasks:
             return _summary(results, errors, start)
-        if _untrained(args):
-            stderr_line(f"{PROG}: WARNING: UNTRAINED NETWORK (no --weights/--model, or an "
-                        "untrained export): its masks are MEANINGLESS and faces are NOT hidden. "
-                        "Pass --weights F or --model DIR with trained weights.")
+        if is_untrained(args.model, args.weights):
+            stderr_line(untrained_banner(PROG, args.model))
         detector = None if ray_requested(args) else _make_detector(args)
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")

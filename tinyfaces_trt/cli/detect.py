@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import (positive_float, add_version_argument, checked, fraction,
-                                    logging_to_stderr, positive_int, probability,
-                                    sigterm_as_interrupt, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction, is_untrained,
+                                    logging_to_stderr, positive_float, positive_int, probability,
+                                    sigterm_as_interrupt, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detectors import BACKENDS
 from tinyfaces_trt.runtime.results import detections_to_list
@@ -50,30 +50,6 @@ DEFAULT_JPEG_QUALITY = 95
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
 
-_BANNER_WIDTH = 72
-
-
-def untrained_banner(model: str | None = None) -> str:
-    """The loud warning printed on every run of an untrained network.
-
-    Args:
-        model: the ``--model`` folder when it holds an untrained export, else None (the
-            seeded default network, no ``--weights``/``--model`` given). Not printed: a
-            long path would break the box.
-    """
-    if model:
-        why = ("The --model export folder holds the seeded RANDOM-weight network (its "
-               "manifest says \"untrained\": true).")
-    else:
-        why = ("No --weights or --model was given, so tf-detect runs the seeded RANDOM-weight "
-               "default network.")
-    text = (f"WARNING: UNTRAINED NETWORK. {why} Its detections are MEANINGLESS (plumbing tests "
-            "only). Pass --weights F (a trained checkpoint) or --model DIR (a tf-export folder "
-            "of trained weights).")
-    inner = _BANNER_WIDTH - 4
-    rows = textwrap.wrap(text, inner)
-    border = "*" * _BANNER_WIDTH
-    return "\n".join([border, *(f"* {row:<{inner}} *" for row in rows), border])
 
 
 @dataclass(frozen=True)
@@ -424,16 +400,6 @@ def _error(message: str) -> None:
     stderr_line(f"{PROG}: error: {message}")
 
 
-def _is_untrained(args: argparse.Namespace) -> bool:
-    if args.weights:
-        return False
-    if not args.model:
-        return True
-    from tinyfaces_trt.core.manifest import load_export_folder
-
-    return load_export_folder(args.model, verify=False).untrained
-
-
 def _check_weights_path(weights: str | None) -> None:
     if weights and Path(weights).is_dir():
         hint = (f"; {weights} is an export folder: pass it with --model"
@@ -592,9 +558,9 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
         wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
             if args.wider_dir else None
-        untrained = _is_untrained(args)
+        untrained = is_untrained(args.model, args.weights)
         if untrained:
-            stderr_line(untrained_banner(args.model))
+            stderr_line(untrained_banner(PROG, args.model))
         detector = _make_detector(args)
     except TinyFacesError as exc:
         _error(str(exc))

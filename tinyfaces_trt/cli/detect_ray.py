@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    PROG, ImageJob, OutputNames, _check_weights_path, _is_untrained, collect_images,
-    format_line, plan_outputs, untrained_banner, write_outputs)
-from tinyfaces_trt.core.cli import stderr_line
+    PROG, ImageJob, OutputNames, _check_weights_path, collect_images, format_line,
+    plan_outputs, write_outputs)
+from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import TEMP_PREFIX, atomic_output, prepare_output_dir
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
@@ -178,9 +178,9 @@ def run_detect(args: argparse.Namespace) -> int:
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
         wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
             if args.wider_dir else None
-        untrained = _is_untrained(args)
+        untrained = is_untrained(args.model, args.weights)
         if untrained:
-            stderr_line(untrained_banner(args.model))
+            stderr_line(untrained_banner(PROG, args.model))
         spec = detector_spec(args, progress=say)
     except TinyFacesError as exc:
         say(f"error: {exc}")

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.core.cli import add_version_argument, EXIT_OK, EXIT_USAGE, parse_image_sizes, seed_argument, stderr_line
+from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, parse_image_sizes,
+                                    seed_argument, stderr_line)
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic

@@ -14,8 +14,8 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, 
-    logging_to_stderr, positive_float, positive_int, probability, fraction, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, fraction, logging_to_stderr,
+                                    positive_float, positive_int, probability, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
