@@ -65,6 +65,8 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 #: The writing process's id follows (``.tf-tmp-<pid>-...``), so that leftovers of a killed
 #: run can be told from the work of a live one (:func:`remove_stale_temporaries`).
 TEMP_PREFIX = ".tf-tmp-"
+_UMASK = os.umask(0o022)  # read once, at import (reading it means setting it)
+os.umask(_UMASK)
 _TEMP_PID = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 
 
@@ -89,6 +91,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a new file gets the usual mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):

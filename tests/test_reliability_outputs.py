@@ -291,3 +291,18 @@ def test_latency_help_has_no_issue_reference():
     done = subprocess.run([sys.executable, "benchmarks/latency.py", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "issue" not in done.stdout
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    """The temporary file is private while written (mkstemp: 0600); the finished file gets
+    the mode any new file gets (0666 less the umask), not 0600."""
+    import os
+
+    from tinyfaces_trt.core.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
