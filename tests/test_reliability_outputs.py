@@ -295,14 +295,10 @@ def test_latency_help_has_no_issue_reference():
 
 def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
     """The temporary file is private while written (mkstemp: 0600); the finished file gets
-    the mode any new file gets (0666 less the umask), not 0600."""
-    import os
+    the mode any new file gets (0666 less the process's umask), not 0600."""
+    from tinyfaces_trt.core import files
 
-    from tinyfaces_trt.core.files import write_text_atomic
-
-    old = os.umask(0o022)
-    try:
-        write_text_atomic(tmp_path / "a.json", "{}")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    files.write_text_atomic(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")  # what a plain open() makes here
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode
