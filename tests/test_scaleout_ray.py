@@ -176,6 +176,37 @@ def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, t
         Image.open(path).load()  # complete, decodable images
 
 
+def test_distributed_anonymize_writes_what_the_single_process_run_writes(cluster, export_dir,
+                                                                        tmp_path, capsys):
+    """tf-anonymize --ray on images and a short video: the same output files, the same masks
+    and sidecars as the single-process run; a rerun skips every finished file."""
+    pytest.importorskip("av")
+    from tinyfaces_trt.anonymize.cli import main as anonymize_main
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_image(48, 64, seed=i)).save(inputs / f"photo{i}.png")
+    _video(inputs / "clip.mp4", 4, seed=7)
+    common = [str(inputs), "--model", str(export_dir), "--prob-thresh", "0.05", "--quiet"]
+    assert anonymize_main([*common, "--out", str(tmp_path / "single")]) == 0
+    argv = [*common, "--out", str(tmp_path / "dist"), "--ray", "--workers", "2"]
+    assert anonymize_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 done, 0 skipped, 0 failed" in err
+    single, dist = _tree(tmp_path / "single"), _tree(tmp_path / "dist")
+    assert sorted(single) == sorted(dist) == sorted(
+        ["clip.mp4", "clip.mp4.json", "photo0.png", "photo0.png.json", "photo1.png",
+         "photo1.png.json"])
+    for name in ("photo0.png", "photo1.png"):
+        assert dist[name] == single[name]  # the same masked pixels
+    for name in ("photo0.png.json", "photo1.png.json", "clip.mp4.json"):
+        a, b = json.loads(single[name]), json.loads(dist[name])
+        assert a["frames"] == b["frames"]  # every frame's boxes, tracks, held/filled masks
+    assert anonymize_main(argv) == 0  # a rerun finds every output
+    assert "0 done, 3 skipped, 0 failed" in capsys.readouterr().err
+
+
 def test_workers_that_cannot_build_the_detector_are_one_clear_error(cluster, tmp_path):
     with pytest.raises(WorkerSetupError, match="no worker could build the detector: .*missing"):
         run_tasks([1, 2, 3], DetectorSpec(model_dir=str(tmp_path / "missing")),
@@ -333,33 +364,3 @@ def test_c_client_example(server, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "HTTP 400" in run.stderr
 
-
-def test_distributed_anonymize_writes_what_the_single_process_run_writes(cluster, export_dir,
-                                                                        tmp_path, capsys):
-    """tf-anonymize --ray on images and a short video: the same output files, the same masks
-    and sidecars as the single-process run; a rerun skips every finished file."""
-    pytest.importorskip("av")
-    from tinyfaces_trt.anonymize.cli import main as anonymize_main
-
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for i in range(2):
-        Image.fromarray(synthetic_image(48, 64, seed=i)).save(inputs / f"photo{i}.png")
-    _video(inputs / "clip.mp4", 4, seed=7)
-    common = [str(inputs), "--model", str(export_dir), "--prob-thresh", "0.05", "--quiet"]
-    assert anonymize_main([*common, "--out", str(tmp_path / "single")]) == 0
-    argv = [*common, "--out", str(tmp_path / "dist"), "--ray", "--workers", "2"]
-    assert anonymize_main(argv) == 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "3 done, 0 skipped, 0 failed" in err
-    single, dist = _tree(tmp_path / "single"), _tree(tmp_path / "dist")
-    assert sorted(single) == sorted(dist) == sorted(
-        ["clip.mp4", "clip.mp4.json", "photo0.png", "photo0.png.json", "photo1.png",
-         "photo1.png.json"])
-    for name in ("photo0.png", "photo1.png"):
-        assert dist[name] == single[name]  # the same masked pixels
-    for name in ("photo0.png.json", "photo1.png.json", "clip.mp4.json"):
-        a, b = json.loads(single[name]), json.loads(dist[name])
-        assert a["frames"] == b["frames"]  # every frame's boxes, tracks, held/filled masks
-    assert anonymize_main(argv) == 0  # a rerun finds every output
-    assert "0 done, 3 skipped, 0 failed" in capsys.readouterr().err

@@ -52,6 +52,8 @@ IsDone = Callable[[Any, Any], bool]
 _IN_FLIGHT_PER_ACTOR = 2
 #: Ray-level restarts of one actor after its process dies, and re-runs of its task there.
 _ACTOR_RESTARTS = 4
+#: Seconds without any finished file before the pool says that it is waiting.
+STALL_WARNING_S = 60
 _ACTOR_TASK_RETRIES = 1
 
 
@@ -265,6 +267,7 @@ class _Dispatcher:
         self.losses: collections.Counter[int] = collections.Counter()
         self.in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (task index, actor key)
         self.setup_errors: list[str] = []
+        self.stall_warned = False
 
     def _load(self, key: int) -> int:
         return sum(1 for _, k in self.in_flight.values() if k == key)
@@ -302,7 +305,16 @@ class _Dispatcher:
                 while self.queue:
                     self._finish(self.queue.popleft(), "failed", error=f"not run: {why}")
                 return
-            ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
+            ready, _ = self.ray.wait(list(self.in_flight), num_returns=1,
+                                     timeout=STALL_WARNING_S)
+            if not ready and not any(self.results):
+                # nothing has come back yet: say why the job may be waiting, once
+                if not self.stall_warned:
+                    log.warning("no worker has finished a file after %d s; the workers may be "
+                                "waiting for free CPUs/GPUs in the cluster (ray status shows "
+                                "them), or the first files are slow", STALL_WARNING_S)
+                    self.stall_warned = True
+                continue
             for ref in ready:
                 i, key = self.in_flight.pop(ref)
                 try:
