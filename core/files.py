@@ -70,6 +70,18 @@ os.umask(_UMASK)
 _TEMP_PID = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 
 
+def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`atomic_output` makes for ``path`` (``.tf-tmp-<pid>-<8 random
+    characters>-<name>`` beside it), e.g. left by a process killed while writing it. Exactly
+    those of this name: another output whose name merely ends the same way is not matched."""
+    final = Path(path)
+    pattern = re.compile(re.escape(TEMP_PREFIX) + r"\d+-[a-z0-9_]{8}-" + re.escape(final.name) + "$")
+    try:
+        return [p for p in final.parent.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return []
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it to ``path`` when the block succeeds.

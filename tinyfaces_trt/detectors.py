@@ -54,7 +54,8 @@ def available_backends() -> list[str]:
     return found
 
 
-def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = None) -> str:
+def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = None,
+                    fp16: bool = False) -> str:
     """``backend``, or for ``"auto"`` the fastest backend present here that can run the
     request (an export folder runs on tensorrt only when it holds an engine, and never on the
     torch backends, which need the checkpoint)."""
@@ -66,7 +67,7 @@ def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = Non
         try:
             from tinyfaces_trt.core.manifest import load_export_folder
 
-            load_export_folder(model_dir).engine_path()
+            load_export_folder(model_dir, verify=False).engine_path(fp16)
         except TinyFacesError:
             present.discard("tensorrt")
     for name in AUTO_ORDER:
@@ -111,7 +112,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """
     if backend not in BACKENDS:
         raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    backend = resolve_backend(backend, model_dir)
+    backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")

@@ -14,6 +14,7 @@ the CPU) are first refused, then allowed with a warning naming the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -64,16 +65,39 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
         self.device_id = int(device_id)
-        wanted = ([TENSORRT_EP] if tensorrt else []) + [CUDA_EP]
-        if tensorrt and TENSORRT_EP not in available:
-            log.info("ONNX Runtime has no TensorRT provider here; running on the CUDA provider")
+        # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
+        # provider fails it retries on CUDA *without our provider options* (the stream): so
+        # TensorRT only where the tensorrt package is there, and the stream checked below
+        use_trt = tensorrt and TENSORRT_EP in available and importlib.util.find_spec("tensorrt")
+        if tensorrt and not use_trt:
+            log.info("no TensorRT here for ONNX Runtime's TensorRT provider; running on CUDA")
         handle = str(self.cuda_stream.handle)
         options = {CUDA_EP: {"device_id": str(self.device_id), "user_compute_stream": handle},
                    TENSORRT_EP: {"device_id": str(self.device_id), "user_compute_stream": handle}}
+        self.cpu_fallback = ""
+        for wanted in ([TENSORRT_EP, CUDA_EP], [CUDA_EP]) if use_trt else ([CUDA_EP],):
+            self._open(onnx_path, wanted, options)
+            if self._on_our_stream(handle):
+                break
+            log.warning("ONNX Runtime dropped %s (running on %s without our CUDA stream); "
+                        "retrying with the CUDA provider alone", wanted, self.providers)
+        else:
+            raise BackendUnavailableError(
+                f"ONNX Runtime did not run its CUDA provider on the given stream "
+                f"(providers {self.providers}); the device path needs that stream")
+        self.capabilities = RunnerCapabilities(device_io=True, batch=self.capabilities.batch)
+        self._run_options = ort.RunOptions()
+        # ordering is the stream's job: no host wait at the end of each run
+        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self._last: Any = None
+        self._cuda = cuda_device
+
+    def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]]) -> None:
+        """Opens the session; nodes the GPU providers cannot take are refused first (ORT would
+        place them on the CPU silently), then allowed with a warning naming the reason."""
         try:
             super().__init__(onnx_path, providers=wanted, provider_options=options,
                              session_config={NO_CPU_FALLBACK: "1"})
-            self.cpu_fallback = ""
         except ManifestError as exc:
             if "fallback" not in str(exc).lower():
                 raise  # not a placement problem: a missing or broken model
@@ -84,12 +108,12 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         if CUDA_EP not in self.providers:
             raise BackendUnavailableError(f"ONNX Runtime could not start its CUDA provider "
                                           f"(running on {self.providers})")
-        self.capabilities = RunnerCapabilities(device_io=True, batch=self.capabilities.batch)
-        self._run_options = ort.RunOptions()
-        # ordering is the stream's job: no host wait at the end of each run
-        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self._last: Any = None
-        self._cuda = cuda_device
+
+    def _on_our_stream(self, handle: str) -> bool:
+        """Whether the session's GPU providers kept our ``user_compute_stream``."""
+        used = self.session.get_provider_options()
+        return all(used.get(p, {}).get("user_compute_stream") == handle
+                   for p in (TENSORRT_EP, CUDA_EP) if p in self.providers)
 
     @property
     def stream(self) -> int:

@@ -243,20 +243,20 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
     def done(task: Any, _options: Any) -> bool:
         return not args.overwrite and Path(task.output).is_file()
 
-    def report(pooled: Any) -> None:
-        result = pooled.value if pooled.status == "done" else \
+    def as_result(pooled: Any) -> Any:
+        return pooled.value if pooled.status == "done" else \
             Result(pooled.task, pooled.status, error=pooled.error)
-        if pooled.status != "skipped":
-            _report(result, args.quiet)
-        results.append(result)
 
     try:
         spec = detector_spec(args, progress=lambda line: stderr_line(f"{PROG}: {line}"))
-        run_tasks(tasks, spec, process_file, options, is_done=done, address=ray_address(args),
-                  workers=args.workers, progress=not args.quiet, on_result=report, desc=PROG)
+        pooled = run_tasks(tasks, spec, process_file, options, is_done=done,
+                           address=ray_address(args), workers=args.workers,
+                           progress=not args.quiet, desc=PROG,
+                           on_result=lambda r: _report(as_result(r), args.quiet))
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR
+    results.extend(as_result(r) for r in pooled)  # skipped ones too (outputs that appeared)
     return _summary(results, errors, start)
 
 

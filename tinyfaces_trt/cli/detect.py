@@ -420,7 +420,7 @@ def _make_detector(args: argparse.Namespace) -> Any:
     from tinyfaces_trt.detectors import create_detector, resolve_backend
 
     if args.backend == "auto":
-        args.backend = resolve_backend("auto", args.model)
+        args.backend = resolve_backend("auto", args.model, fp16=bool(args.fp16))
         stderr_line(f"{PROG}: backend auto: {args.backend} (the fastest present here)")
     providers = args.providers.split(",") if args.providers and args.providers != "auto" \
         else args.providers
@@ -470,6 +470,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
         parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
     check_ray_arguments(parser, args)
+    if ray_requested(args) and any(i in STDIN_ARGUMENTS for i in args.images):
+        parser.error("--ray distributes files; standard input (-) cannot be sent to the workers")
     if args.providers is not None:
         unknown = _unknown_providers(args.providers)
         if unknown:

@@ -32,7 +32,7 @@ from tinyfaces_trt.cli.detect import (
     plan_outputs, write_outputs)
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import TEMP_PREFIX, atomic_output, prepare_output_dir
+from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, temporaries_of
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import detector_spec, ray_address, ray_requested
@@ -127,9 +127,9 @@ def outputs_exist(task: DetectTask, options: DetectOptions) -> bool:
 
 
 def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions) -> DetectValue:
-    """Detects one image and writes its outputs, each atomically under its final name
-    (idempotent: a worker killed on this image leaves no partial file, and the rerun
-    replaces whatever of its outputs were already complete)."""
+    """Detects one image and writes its outputs, each atomically under its final name, as
+    tf-detect does: outputs that exist are kept unless ``--overwrite`` (a worker killed on
+    this image leaves no partial file under a final name, and its retry completes the rest)."""
     from tinyfaces_trt.runtime.imageio import load_image
     from tinyfaces_trt.wider.format import write_detection_file
 
@@ -142,9 +142,10 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     plan = _plan(task, options)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
+        keep = [] if options.overwrite else [p for p in plan.paths() if p.exists()]
         write_outputs(plan, image, boxes, record, options.anonymise,
-                      jpeg_quality=options.jpeg_quality)
-    if task.wider_file is not None:
+                      jpeg_quality=options.jpeg_quality, keep=keep)
+    if task.wider_file is not None and (options.overwrite or not task.wider_file.exists()):
         task.wider_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(task.wider_file) as tmp:
             write_detection_file(tmp, f"{job.event}/{job.path.name}", boxes)
@@ -153,10 +154,10 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
 
 def _remove_stale_temporaries(paths: Sequence[Path]) -> None:
     """Removes the temporary files that an attempt killed while writing these outputs left
-    beside them (``atomic_output`` names them ``.tf-tmp-*-<final name>``); the pool runs an
-    image on one worker at a time, so none of them is being written now."""
+    beside them; the pool runs an image on one worker at a time, so none of them is being
+    written now."""
     for path in paths:
-        for stale in path.parent.glob(f"{TEMP_PREFIX}*-{path.name}"):
+        for stale in temporaries_of(path):
             stale.unlink(missing_ok=True)
 
 
@@ -190,9 +191,13 @@ def run_detect(args: argparse.Namespace) -> int:
     for _, message in errors:
         say(f"error: {message}")
     anonymise = "blur" if args.blur else "pixelate" if args.pixelate else None
-    options = DetectOptions(args.backend, out_dir, wider_dir, anonymise, draw=args.draw,
-                            jpeg_quality=args.jpeg_quality, overwrite=args.overwrite,
-                            model=_model_identity(spec))
+    try:
+        options = DetectOptions(args.backend, out_dir, wider_dir, anonymise, draw=args.draw,
+                                jpeg_quality=args.jpeg_quality, overwrite=args.overwrite,
+                                model=_model_identity(spec))
+    except TinyFacesError as exc:
+        say(f"error: {exc}")
+        return 1
     tasks, refused = plan_tasks(jobs, options)
     for job, message in refused:
         say(f"error: {message}")

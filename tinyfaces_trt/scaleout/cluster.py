@@ -118,9 +118,14 @@ class PoolPlan:
     num_gpus: int
 
 
+#: Backends whose network always runs on a GPU.
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "torch-cuda")
+
+
 def spec_uses_gpu(spec: Any) -> bool:
-    """Whether a :class:`~tinyfaces_trt.detectors.DetectorSpec` runs its network on a GPU."""
-    if spec.backend == "tensorrt":
+    """Whether a :class:`~tinyfaces_trt.detectors.DetectorSpec` runs its network on a GPU
+    (``auto`` is resolved before a pool is planned: see :func:`resolve_spec`)."""
+    if spec.backend in GPU_BACKENDS:
         return True
     providers = spec.providers
     if isinstance(providers, str):

@@ -61,17 +61,23 @@ def detector_spec(args: argparse.Namespace, progress: Any = None) -> Any:
     For ONNX Runtime a checkpoint (or the untrained default) is exported into the cache
     here, once, so the workers only load the export folder instead of all exporting it.
     """
-    from tinyfaces_trt.detectors import DetectorSpec
+    from tinyfaces_trt.detectors import DetectorSpec, resolve_backend
     from tinyfaces_trt.export_cache import cached_export
 
     providers = args.providers.split(",") if args.providers and args.providers != "auto" \
         else args.providers
+    # "auto" is resolved here, on the driver, so that the pool is planned for the backend
+    # the workers will run (GPU actors for a GPU backend)
+    backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
+    if progress is not None and backend != args.backend:
+        progress(f"backend auto: {backend} (the fastest present on this machine)")
     model_dir, weights = args.model, args.weights
-    if args.backend == "onnxruntime" and model_dir is None:
-        model_dir, weights = str(cached_export(weights, fp16=bool(args.fp16), progress=progress).path), None
+    if backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
+        folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
+        model_dir, weights = str(folder.path), None
     overrides = tuple((k, getattr(args, k, None)) for k in
                       ("prob_thresh", "nms_thresh", "min_face", "max_face")
                       if getattr(args, k, None) is not None)
-    return DetectorSpec(args.backend, model_dir, weights, overrides, fp16=args.fp16,
+    return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
                         providers=tuple(providers) if isinstance(providers, list) else providers,
                         threads=args.threads)

@@ -232,7 +232,7 @@ def run_tasks(tasks: Iterable[Any], spec: Any, process: Process, options: Any = 
     with connect(address) as ray:
         plan = plan_pool(cluster_resources(), spec, workers, num_gpus)
         if plan.num_gpus == 0 and spec.threads is None and spec.backend == "onnxruntime":
-            spec = dataclasses.replace(spec, threads=plan.num_cpus)
+            spec = dataclasses.replace(spec, threads=plan.num_cpus)  # one worker, its CPUs
         actor_class = ray.remote(DetectorWorker).options(
             num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             max_restarts=_ACTOR_RESTARTS, max_task_retries=_ACTOR_TASK_RETRIES)
