@@ -209,3 +209,21 @@ def test_serve_options_from_arguments(export_dir):
     assert deployment["autoscaling_config"]["min_replicas"] == 0
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8
+
+
+def test_gpu_backends_get_gpu_workers():
+    for backend in ("tensorrt", "onnxruntime-cuda", "torch-cuda"):
+        assert spec_uses_gpu(DetectorSpec(backend=backend))
+        plan = plan_pool(Resources(cpus=16, gpus=2), DetectorSpec(backend=backend))
+        assert (plan.workers, plan.num_gpus) == (2, 1)
+    assert not spec_uses_gpu(DetectorSpec(backend="onnxruntime"))
+
+
+def test_a_retry_removes_only_its_own_temporaries(tmp_path):
+    from tinyfaces_trt.core.files import TEMP_PREFIX, temporaries_of
+
+    mine = tmp_path / f"{TEMP_PREFIX}123-abcd1234-photo.json"
+    other = tmp_path / f"{TEMP_PREFIX}123-abcd1234-my-photo.json"
+    for path in (mine, other, tmp_path / "photo.json"):
+        path.write_text("{")
+    assert temporaries_of(tmp_path / "photo.json") == [mine]
