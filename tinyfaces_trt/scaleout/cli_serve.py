@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tinyfaces_trt.core.cli import (add_version_argument, fraction, logging_to_stderr,
                                     positive_float, positive_int, probability, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.detectors import BACKENDS
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 PROG = "tf-serve"
@@ -48,8 +49,9 @@ It listens on 127.0.0.1 unless --host says otherwise: the service has no authent
 put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("detector (as tf-detect)")
-    model.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"),
-                       default="onnxruntime", help="network runtime (default: onnxruntime)")
+    model.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                       help="network runtime, as tf-detect's (default: onnxruntime; GPU "
+                            "backends get one GPU per replica)")
     source = model.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder from tf-export (default: none)")
@@ -60,7 +62,8 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                        help="keep detections with probability > P (default: the model's)")
     model.add_argument("--nms-thresh", type=fraction, metavar="T",
                        help="NMS IoU threshold (default: the model's)")
-    model.add_argument("--fp16", action="store_true", help="fp16 model/engine (default: fp32)")
+    model.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                       help="fp16 network (default: fp32, but fp16 for torch-cuda)")
     model.add_argument("--providers", metavar="LIST",
                        help="onnxruntime providers, comma separated, or 'auto' (default: cpu)")
     model.add_argument("--threads", type=positive_int, metavar="N",
@@ -108,7 +111,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--min-replicas is larger than --max-replicas")
     if args.backend != "onnxruntime" and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
-    if args.backend == "torch" and args.model:
+    if args.backend in ("torch", "torch-cuda") and args.model:
         parser.error("--backend torch runs a checkpoint (--weights F), not an export folder")
 
 
