@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
-class TorchRunner:
+class TorchRunner(RunnerBase):
     """Runs a torch network on numpy inputs (the reference every other backend is compared to).
 
     Args:
@@ -22,6 +24,8 @@ class TorchRunner:
         dtype: compute dtype: ``torch.float32``, or ``torch.float16`` / ``torch.bfloat16``
             (CUDA only). Inputs are cast to it; outputs are always returned as float32.
     """
+
+    capabilities = RunnerCapabilities(batch=True)
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
