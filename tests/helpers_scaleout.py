@@ -51,7 +51,9 @@ def process_or_die_once(detector, task, options):
         marker.write_text(str(os.getpid()))
         folder = options.out_dir / task.stem.parent
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{TEMP_PREFIX}killed-{task.stem.name}_boxes.jpg").write_bytes(b"\xff\xd8\xff")
+        # named as atomic_output names its temporaries: prefix, pid, 8 random characters
+        stale = f"{TEMP_PREFIX}{os.getpid()}-k1ll3d_x-{task.stem.name}_boxes.jpg"
+        (folder / stale).write_bytes(b"\xff\xd8\xff")
         os.kill(os.getpid(), signal.SIGKILL)
     return process_detect_task(detector, task, options)
 
