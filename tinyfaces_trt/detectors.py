@@ -16,6 +16,7 @@ UNTRAINED default network is used: its detections are meaningless, only good for
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
 import os
@@ -200,5 +201,35 @@ class DetectorSpec:
                                cache_dir=self.cache_dir, progress=progress)
 
 
+def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = None, *,
+                        for_workers: bool = False) -> DetectorSpec:
+    """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
+    ``--fp16``, ``--providers``, ``--threads``, ``--prob-thresh``, ``--nms-thresh``,
+    ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`: ``.create()`` builds it here,
+    and Ray workers and Serve replicas build their own from it.
+
+    ``auto`` is resolved here (said through ``progress``). With ``for_workers``, an ONNX
+    Runtime checkpoint (or the untrained default) is exported into the cache here, once, so
+    that the workers only load the export folder instead of each exporting it.
+    """
+    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
+        else args.providers
+    # "auto" is resolved here, on the driver, so that the pool is planned for the backend
+    # the workers will run (GPU actors for a GPU backend)
+    backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
+    if progress is not None and backend != args.backend:
+        progress(f"backend auto: {backend} (the fastest present on this machine)")
+    model_dir, weights = args.model, args.weights
+    if for_workers and backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
+        folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
+        model_dir, weights = str(folder.path), None
+    overrides = tuple((k, getattr(args, k, None)) for k in
+                      ("prob_thresh", "nms_thresh", "min_face", "max_face")
+                      if getattr(args, k, None) is not None)
+    return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
+                        providers=tuple(providers) if isinstance(providers, list) else providers,
+                        threads=args.threads)
+
+
 __all__ = ["AUTO_ORDER", "BACKENDS", "DetectorSpec", "available_backends", "create_detector",
-           "resolve_backend"]
+           "resolve_backend", "spec_from_arguments"]

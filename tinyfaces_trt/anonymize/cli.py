@@ -174,16 +174,12 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
-    from tinyfaces_trt.detectors import create_detector
+    from tinyfaces_trt.detectors import spec_from_arguments
 
-    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
-        else args.providers
-    overrides = {"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh,
-                 "min_face": args.min_face, "max_face": args.max_face}
-    return create_detector(args.backend, model_dir=args.model, weights=args.weights,
-                           config_overrides=overrides, fp16=args.fp16, providers=providers,
-                           threads=args.threads,
-                           progress=lambda line: stderr_line(f"{PROG}: {line}"))
+    def progress(line: str) -> None:
+        stderr_line(f"{PROG}: {line}")
+
+    return spec_from_arguments(args, progress).create(progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,7 +233,7 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
     outputs where the single-process run writes them, failures reported per file, finished
     outputs skipped on a rerun."""
     from tinyfaces_trt.anonymize.jobs import Result, process_file
-    from tinyfaces_trt.scaleout.options import detector_spec
+    from tinyfaces_trt.detectors import spec_from_arguments
     from tinyfaces_trt.scaleout.pool import run_tasks
 
     def done(task: Any, _options: Any) -> bool:
@@ -248,7 +244,8 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
             Result(pooled.task, pooled.status, error=pooled.error)
 
     try:
-        spec = detector_spec(args, progress=lambda line: stderr_line(f"{PROG}: {line}"))
+        spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
+                                   for_workers=True)
         pooled = run_tasks(tasks, spec, process_file, options, is_done=done,
                            address=ray_address(args), workers=args.workers,
                            progress=not args.quiet, desc=PROG,

@@ -417,19 +417,14 @@ def usable_cores() -> int:
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
-    from tinyfaces_trt.detectors import create_detector, resolve_backend
+    from tinyfaces_trt.detectors import spec_from_arguments
 
-    if args.backend == "auto":
-        args.backend = resolve_backend("auto", args.model, fp16=bool(args.fp16))
-        stderr_line(f"{PROG}: backend auto: {args.backend} (the fastest present here)")
-    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
-        else args.providers
-    return create_detector(
-        args.backend, model_dir=args.model, weights=args.weights,
-        config_overrides={"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh,
-                          "min_face": args.min_face, "max_face": args.max_face},
-        fp16=args.fp16, providers=providers, threads=args.threads,
-        progress=lambda line: stderr_line(f"{PROG}: {line}"))
+    def progress(line: str) -> None:
+        stderr_line(f"{PROG}: {line}")
+
+    spec = spec_from_arguments(args, progress)
+    args.backend = spec.backend  # "auto" resolved: the JSON records what ran
+    return spec.create(progress)
 
 
 def _unknown_providers(text: str) -> list[str]:

@@ -35,7 +35,8 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, temporaries_of
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.results import detections_to_list
-from tinyfaces_trt.scaleout.options import detector_spec, ray_address, ray_requested
+from tinyfaces_trt.detectors import spec_from_arguments
+from tinyfaces_trt.scaleout.options import ray_address, ray_requested
 from tinyfaces_trt.scaleout.pool import TaskResult, run_serial, run_tasks
 
 
@@ -182,7 +183,7 @@ def run_detect(args: argparse.Namespace) -> int:
         untrained = is_untrained(args.model, args.weights)
         if untrained:
             stderr_line(untrained_banner(PROG, args.model))
-        spec = detector_spec(args, progress=say)
+        spec = spec_from_arguments(args, say, for_workers=True)
     except TinyFacesError as exc:
         say(f"error: {exc}")
         return 1

@@ -118,10 +118,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptions":  # noqa: F821
     """The deployment settings the arguments ask for."""
     from tinyfaces_trt.scaleout.cluster import spec_uses_gpu
-    from tinyfaces_trt.scaleout.options import detector_spec
+    from tinyfaces_trt.detectors import spec_from_arguments
     from tinyfaces_trt.scaleout.serve import ServeOptions
 
-    spec = detector_spec(args, progress=lambda line: stderr_line(f"{PROG}: {line}"))
+    spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
+                               for_workers=True)
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if gpus_in_cluster and spec_uses_gpu(spec) else 0.0

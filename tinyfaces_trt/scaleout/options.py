@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from tinyfaces_trt.core.cli import positive_int
 
@@ -51,33 +50,3 @@ def ray_address(args: argparse.Namespace) -> str | None:
     """The ``--ray`` address for :func:`~tinyfaces_trt.scaleout.cluster.connect` (None:
     find or start a cluster)."""
     return args.ray or None
-
-
-def detector_spec(args: argparse.Namespace, progress: Any = None) -> Any:
-    """The detector the tf-detect options ask for (``--backend``, ``--model``, ``--weights``,
-    ``--fp16``, ``--providers``, ``--threads``, ``--prob-thresh``, ``--nms-thresh``), as a
-    :class:`~tinyfaces_trt.detectors.DetectorSpec` for workers and replicas.
-
-    For ONNX Runtime a checkpoint (or the untrained default) is exported into the cache
-    here, once, so the workers only load the export folder instead of all exporting it.
-    """
-    from tinyfaces_trt.detectors import DetectorSpec, resolve_backend
-    from tinyfaces_trt.export_cache import cached_export
-
-    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
-        else args.providers
-    # "auto" is resolved here, on the driver, so that the pool is planned for the backend
-    # the workers will run (GPU actors for a GPU backend)
-    backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
-    if progress is not None and backend != args.backend:
-        progress(f"backend auto: {backend} (the fastest present on this machine)")
-    model_dir, weights = args.model, args.weights
-    if backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
-        folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
-        model_dir, weights = str(folder.path), None
-    overrides = tuple((k, getattr(args, k, None)) for k in
-                      ("prob_thresh", "nms_thresh", "min_face", "max_face")
-                      if getattr(args, k, None) is not None)
-    return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
-                        providers=tuple(providers) if isinstance(providers, list) else providers,
-                        threads=args.threads)
