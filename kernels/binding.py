@@ -27,7 +27,7 @@ ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
 ENV_CACHE = CACHE_ENV  # the project-wide cache root variable
 
 # Mirrors of the header's constants (tests parse the header to keep them in step).
-ABI_VERSION = 2
+ABI_VERSION = 3
 NUM_TEMPLATES = 25
 MAX_DIM = 32768
 MAX_CAPACITY = 2**31 - 1

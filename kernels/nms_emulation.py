@@ -10,16 +10,22 @@ and so that its cost on a given input is known (pairs examined, rounds, workspac
 2. **bin**: per box ``w = x2 - x1 + o``, ``h = y2 - y1 + o``, ``area = w * h``. A box with
    ``not (w > 0 and h > 0 and isfinite(area))`` is *isolated*: its IoU with any box is <= 0 or
    NaN, so it is kept and never looked at (cell code ``0xFFFFFFFF``). Otherwise its size class
-   is ``k = clamp(floor(log2(max(w, h))), 0, 30)`` and its cell code
-   ``k << 27 | ycode << 14 | xcode`` with ``xcode = clamp(floor(x1 / 2^(k+1)) + 8192, 0, 16383)``
-   and ``ycode = clamp(floor(y1 / 2^(k+1)) + 4096, 0, 8191)`` (class 30: one cell, codes 0).
-   A class-k box (k <= 29) is narrower and lower than the cell side 2^(k+1).
+   is ``k = clamp(floor(log2(max(w, h))), 0, 30)`` (a class-k box, k <= 29, is narrower and
+   lower than ``2^(k+1)``) and its cell code ``k << 27 | ycode << 14 | xcode`` with
+   ``xcode = clamp(floor(x1 / 2^(k-1)) + 8192, 0, 16383)`` and
+   ``ycode = clamp(floor(y1 / 2^k) + 4096, 0, 8191)``: cells a quarter (x) and a half (y) of the
+   largest class-k box (class 30: one cell, codes 0).
 3. **cell sort**: stable sort of (cell code, rank): within a cell, ranks ascend.
-4. **walk** (the pair enumeration): box j's possible suppressors i have IoU > t, which needs
-   ``max(w, h)`` ratios in (t, 1/t); with a margin ``tm = t * 0.999`` they lie in the classes
-   ``size_class(tm * d) .. size_class(d / tm)`` (all classes when ``tm == 0``). In class k,
-   i's (x1, y1) cell is at most one cell before j's (x1, y1) cell and not after j's
-   ``(x2 + o, y2 + o)`` cell. The walk visits, class by class and row by row, the cell-sorted
+4. **walk** (the pair enumeration): box j's possible suppressors i have IoU > t. That needs
+   ``w_i > t w_j``, ``h_i > t h_j`` (so ``d_i = max(w_i, h_i) > t d_j``), ``d_i < d_j / t``
+   and ``area_i > t area_j`` (so ``d_i > sqrt(t area_j)``): with a margin ``tm = t * 0.999``,
+   the classes ``max(size_class(tm d_j), size_class(0.999 sqrt(tm area_j))) ..
+   size_class(d_j / tm)`` (all classes when ``tm == 0``). It also needs an x overlap
+   ``iw > t max(w_i, w_j)``, so ``x1_j - (1 - t) w_i < x1_i < x1_j + (1 - t) w_j``; in class k
+   (``w_i < 2^(k+1)``) with ``f = 1 - tm`` and a rounding margin
+   ``m = 2^-16 (|x1_j| + |x2_j| + 2^(k+1) + o)``: ``x1_i`` in
+   ``[x1_j - f 2^(k+1) - m, x1_j + f w_j + m]``, the same in y. Those windows' cells are the
+   rows and columns walked. The walk visits, class by class and row by row, the cell-sorted
    range of each row's columns, in cell-sorted order, skipping ranks >= j.
 5. **resolve**: a box is decided by the first candidate of its walk that overlaps it
    (IoU > t) and is not SUPPRESSED: KEPT -> j is SUPPRESSED, UNDECIDED -> j waits there
@@ -41,10 +47,12 @@ from dataclasses import dataclass
 import numpy as np
 
 X_BITS, Y_BITS, CLASS_SHIFT = 14, 13, 27
+X_GRAIN, Y_GRAIN = 2, 1  # cell side 2^(k+1-grain): a quarter (x), a half (y) of 2^(k+1)
 X_BIAS, Y_BIAS = 1 << (X_BITS - 1), 1 << (Y_BITS - 1)
 TOP_CLASS = 30
 ISOLATED_CELL = 0xFFFFFFFF
 WINDOW_MARGIN = np.float32(0.999)
+POSITION_MARGIN = np.float32(2.0 ** -16)  # relative rounding margin of the position windows
 RESOLVE_THREADS = 128
 ALIGN = 256
 UNDECIDED, KEPT, SUPPRESSED = 0, 1, 2
@@ -63,7 +71,8 @@ def workspace_bytes(max_candidates: int) -> int:
              8 * m, 8 * m,      # 64-bit sort keys (double buffer); later cell codes + ranks
              4 * m, 4 * m,      # slots (double buffer); later kept flags + output rows
              16 * m, 4 * m,     # boxes, logits in NMS order
-             1 * m]             # status bytes
+             1 * m,             # status bytes
+             16 * m]            # boxes in cell-sorted order (the walks stream them)
     return sum(_align(s) for s in sizes) + _align(8 * m) + (1 << 20)  # + CUB storage bound
 
 
@@ -101,9 +110,9 @@ def size_class(d: np.ndarray) -> np.ndarray:
         return np.where(~(d >= 2), 0, np.where(d >= _F(2.0 ** 30), TOP_CLASS, exp))
 
 
-def cell_of(v: np.ndarray, k: np.ndarray, bias: int, bits: int) -> np.ndarray:
-    """floor(v / 2^(k+1)) + bias clamped to [-1, 2^bits - 1] (float32, as ``cell_of``)."""
-    inv = np.ldexp(np.ones(np.shape(k), dtype=_F), -(np.asarray(k) + 1)).astype(_F)
+def cell_of(v: np.ndarray, k: np.ndarray, bias: int, bits: int, grain: int) -> np.ndarray:
+    """floor(v / 2^(k+1-grain)) + bias clamped to [-1, 2^bits - 1] (float32, as ``cell_of``)."""
+    inv = np.ldexp(np.ones(np.shape(k), dtype=_F), grain - (np.asarray(k) + 1)).astype(_F)
     with np.errstate(invalid="ignore", over="ignore"):
         c = np.floor(np.asarray(v, dtype=_F) * inv)
     c = np.minimum(np.maximum(c, _F(-bias - 1)), _F((1 << bits) - 1 - bias))
@@ -122,8 +131,8 @@ def cell_codes(boxes: np.ndarray, offset: float) -> np.ndarray:
     k = size_class(np.maximum(w, h))
     top = k == TOP_CLASS
     kk = np.minimum(k, TOP_CLASS - 1)
-    y = np.where(top, 0, np.maximum(cell_of(b[:, 1], kk, Y_BIAS, Y_BITS), 0))
-    x = np.where(top, 0, np.maximum(cell_of(b[:, 0], kk, X_BIAS, X_BITS), 0))
+    y = np.where(top, 0, np.maximum(cell_of(b[:, 1], kk, Y_BIAS, Y_BITS, Y_GRAIN), 0))
+    x = np.where(top, 0, np.maximum(cell_of(b[:, 0], kk, X_BIAS, X_BITS, X_GRAIN), 0))
     return np.where(iso, ISOLATED_CELL, _code(k, y, x)).astype(np.uint32)
 
 
@@ -148,28 +157,48 @@ class Walks:
     rows: int
 
 
-def walks(b: np.ndarray, w: np.ndarray, h: np.ndarray, js: np.ndarray, cells_sorted: np.ndarray,
-          ranks_sorted: np.ndarray, thresh: float, offset: float) -> Walks:
-    """All (j, i < j) candidates the kernel's walks visit (``walk_class`` / ``walk_row``) for
-    the non-isolated ranks ``js`` (ascending)."""
-    o = _F(offset)
-    d = np.maximum(w[js], h[js])
+def class_range(w: np.ndarray, h: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) size class of the possible suppressors of boxes (w, h) (``walk_start``)."""
+    d = np.maximum(w, h)
     tm = _F(thresh) * WINDOW_MARGIN
     with np.errstate(all="ignore"):
-        k_lo = size_class(tm * d)
-        k_hi = size_class(d / tm) if tm > 0 else np.full(js.size, TOP_CLASS)
+        k_lo = np.maximum(size_class(tm * d),
+                          size_class(np.sqrt(tm * (w * h)).astype(_F) * WINDOW_MARGIN))
+        k_hi = size_class(d / tm) if tm > 0 else np.full(d.shape, TOP_CLASS)
+    return k_lo, k_hi
+
+
+def windows(bj: np.ndarray, wj: np.ndarray, hj: np.ndarray, k: np.ndarray, thresh: float,
+            offset: float) -> tuple[np.ndarray, ...]:
+    """(y_lo, y_hi, x_lo, x_hi) grid rows and columns of class k holding every box i with
+    IoU(i, j) > t (``walk_class`` in the kernel; class 30: the single cell)."""
+    o = _F(offset)
+    top = k == TOP_CLASS
+    kc = np.minimum(k, TOP_CLASS - 1)
+    side = np.ldexp(np.ones(kc.shape, _F), kc + 1).astype(_F)
+    f = _F(1) - _F(thresh) * WINDOW_MARGIN
+    out = []
+    for lo_v, hi_v, size, bias, bits, grain in ((bj[:, 1], bj[:, 3], hj, Y_BIAS, Y_BITS, Y_GRAIN),
+                                                 (bj[:, 0], bj[:, 2], wj, X_BIAS, X_BITS, X_GRAIN)):
+        with np.errstate(all="ignore"):
+            m = (((np.abs(lo_v) + np.abs(hi_v)) + side) + o) * POSITION_MARGIN
+            first = (lo_v - f * side) - m
+            last = (lo_v + f * size) + m
+        out.append(np.where(top, 0, np.maximum(cell_of(first, kc, bias, bits, grain), 0)))
+        out.append(np.where(top, 0, np.maximum(cell_of(last, kc, bias, bits, grain), 0)))
+    return tuple(out)
+
+
+def walks(b: np.ndarray, w: np.ndarray, h: np.ndarray, js: np.ndarray, cells_sorted: np.ndarray,
+          ranks_sorted: np.ndarray, thresh: float, offset: float) -> Walks:
+    """All (j, i < j) candidates the kernel's walks visit (``walk_start`` / ``walk_class`` /
+    ``walk_row``) for the non-isolated ranks ``js`` (ascending), in walk order."""
+    k_lo, k_hi = class_range(w[js], h[js], thresh)
     # (j, k) pairs
     nk = k_hi - k_lo + 1
     jk = np.repeat(js, nk)
     kk = np.repeat(k_lo, nk) + (np.arange(nk.sum()) - np.repeat(np.cumsum(nk) - nk, nk))
-    bj = b[jk]
-    top = kk == TOP_CLASS
-    kc = np.minimum(kk, TOP_CLASS - 1)
-    with np.errstate(all="ignore"):
-        y_lo = np.where(top, 0, np.maximum(cell_of(bj[:, 1], kc, Y_BIAS, Y_BITS) - 1, 0))
-        y_hi = np.where(top, 0, np.maximum(cell_of(bj[:, 3] + o, kc, Y_BIAS, Y_BITS), 0))
-        x_lo = np.where(top, 0, np.maximum(cell_of(bj[:, 0], kc, X_BIAS, X_BITS) - 1, 0))
-        x_hi = np.where(top, 0, np.maximum(cell_of(bj[:, 2] + o, kc, X_BIAS, X_BITS), 0))
+    y_lo, y_hi, x_lo, x_hi = windows(b[jk], w[jk], h[jk], kk, thresh, offset)
     # (j, k, y) rows
     ny = y_hi - y_lo + 1
     rj = np.repeat(jk, ny)

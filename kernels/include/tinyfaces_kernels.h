@@ -39,7 +39,7 @@
 extern "C" {
 #endif
 
-#define TF_KERNELS_ABI_VERSION 2u
+#define TF_KERNELS_ABI_VERSION 3u
 
 #define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
 #define TF_NUM_CHANNELS 125
@@ -51,7 +51,7 @@ extern "C" {
 #define TF_MAX_CAPACITY 2147483647LL
 
 /* Largest number of candidates one tf_nms call can take (max_candidates): the candidate
- * index range (NMS needs no N^2 structure any more; its workspace is ~53 bytes per candidate,
+ * index range (NMS needs no N^2 structure any more; its workspace is ~69 bytes per candidate,
  * see tf_nms_workspace_size). ABI 1 capped this at 131072 (a dense suppression mask). */
 #define TF_MAX_NMS_CANDIDATES 2147483647LL
 
@@ -155,16 +155,18 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  * pixel_offset (float32, every operation rounded, no FMA). The result is exactly the serial
  * greedy result at every count up to max_candidates; there is no candidate cap besides
  * TF_MAX_NMS_CANDIDATES and no N^2 memory:
- *   - a spatial grid per size class (size = floor(log2(max(w, h))), cell side 2^(class+1))
- *     is built by a second radix sort of (cell, rank); IoU > t needs a max(w, h) ratio in
- *     (t, 1/t), so a box looks for its suppressors only in those size classes and in the
- *     grid rows/columns its box reaches (a few dozen ranges at t = 0.3; every class at t = 0);
- *   - one persistent kernel resolves greedy: blocks claim chunks of boxes in NMS order; a box
- *     is SUPPRESSED as soon as an overlapping earlier box is KEPT and KEPT once every
- *     overlapping earlier box is SUPPRESSED; a box waits (spins) only on earlier boxes, whose
- *     chunks are held by running blocks, so it always terminates. Time grows with the number
- *     of overlapping pairs examined and with the longest chain of boxes that each wait on the
- *     previous one (kernels/nms_emulation.py reports both for a given input).
+ *   - a spatial grid per size class k = floor(log2(max(w, h))) (cells of (x1, y1), 2^(k-1)
+ *     wide and 2^k high) is built by a second radix sort of (cell, rank); IoU > t bounds the
+ *     size ratio and the (x1, y1) offset of a suppressor, so a box looks for its suppressors
+ *     only in a few size classes and, in each, in a window of grid rows (about 13 row ranges
+ *     per box at t = 0.3; every class at t = 0);
+ *   - one persistent kernel resolves greedy: blocks claim chunks of boxes in NMS order; a
+ *     box walks its candidate suppressors in order: an overlapping earlier box that is KEPT
+ *     suppresses it, one that is still undecided makes it wait (spin) there, and the end of
+ *     the walk keeps it. A box waits only on earlier boxes, whose chunks are held by running
+ *     blocks, so it always terminates. Time grows with the candidates walked and with the
+ *     longest chain of boxes that each wait on the previous one (kernels/nms_emulation.py
+ *     reports both for a given input).
  * Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and written as rows
  * [x1, y1, x2, y2, sigmoid(logit)], best first.
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
@@ -193,9 +195,10 @@ typedef struct tf_nms_stats {
 } tf_nms_stats;
 
 /* Workspace bytes of tf_nms for up to max_candidates candidates, a function of
- * max_candidates only (no second query, no counter download): 53 * max_candidates + 1 MiB
- * (+ alignment): sort keys/values 24 B, boxes + logits 20 B, status 1 B, CUB storage bound
- * 8 B per candidate + 1 MiB. About 35.5 MB at 650,000 candidates. */
+ * max_candidates only (no second query, no counter download): 69 * max_candidates + 1 MiB
+ * (+ alignment): sort keys/values 24 B, boxes + logits 20 B, status 1 B, boxes in grid
+ * order 16 B, CUB storage bound 8 B per candidate + 1 MiB. About 45.9 MB at 650,000
+ * candidates. */
 TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
 
 /* candidates/capacity: the buffer decoded into (read only). out_boxes: device float32 with

@@ -5,12 +5,14 @@
 //   1. prepare  : read the device-side count, flag overflow, pad the sort input to m items
 //   2. sort     : CUB radix sort of (logit, canonical key) -> NMS order (as before)
 //   3. gather   : boxes + logits in NMS order (index = rank)
-//   4. bin      : a 32-bit cell code per box: size class (floor log2 of max(w, h)) + grid cell
-//                 of (x1, y1) with cell side 2^(class+1) > the box's size; reset the statuses
-//   5. sort     : CUB radix sort of (cell code, rank) pairs, stable -> within a cell by rank
+//   4. bin      : a 32-bit cell code per box: size class k (floor log2 of max(w, h), so the box
+//                 is smaller than 2^(k+1)) + grid cell of (x1, y1), cells 2^(k-1) wide and 2^k
+//                 high; reset the statuses
+//   5. sort     : CUB radix sort of (cell code, rank) pairs, stable -> within a cell by rank;
+//                 then the boxes are gathered in that order, so that the walks stream them
 //   6. resolve  : one thread per box; blocks claim chunks of 128 ranks in order (atomic ticket)
-//                 and each thread walks its box's candidate suppressors (the grid rows of the
-//                 size classes an IoU > t partner can have) in cell-sorted order:
+//                 and each thread walks its box's candidate suppressors (the size classes and
+//                 the (x1, y1) windows an IoU > t partner can have) in cell-sorted order:
 //                   - a SUPPRESSED candidate or one with IoU <= t is skipped for good,
 //                   - an overlapping KEPT one suppresses the box,
 //                   - an overlapping UNDECIDED one makes the thread wait (it retries later),
@@ -38,6 +40,8 @@ constexpr int kXBias = 1 << (kXBits - 1), kYBias = 1 << (kYBits - 1);
 constexpr int kTopClass = 30;                // max(w, h) >= 2^30 (and one single cell)
 constexpr uint32_t kIsolatedCell = ~0u;      // boxes that can never have IoU > t: class 31
 constexpr float kWindowMargin = 0.999f;      // slack on the size-ratio bound (float rounding)
+constexpr float kPositionMargin = 1.0f / 65536.0f;  // relative slack on the position windows
+constexpr int kXGrain = 2, kYGrain = 1;      // cell side 2^(k+1-grain): 1/4 (x), 1/2 (y) of 2^(k+1)
 
 constexpr uint8_t kUndecided = 0, kKept = 1, kSuppressed = 2;
 
@@ -62,7 +66,8 @@ inline size_t sort_temp_bound(int64_t m) { return tf::align_up(8 * static_cast<s
 // Sub-buffers. The second sort, the flags and the output positions reuse the first sort's
 // buffers, which are free once the gather kernel has run.
 struct NmsLayout {
-  size_t control, keys_a, keys_b, slots_a, slots_b, boxes, logits, status, sort_temp, total;
+  size_t control, keys_a, keys_b, slots_a, slots_b, boxes, logits, status, cell_boxes, sort_temp,
+      total;
 };
 
 NmsLayout nms_layout(int64_t m) {
@@ -76,7 +81,8 @@ NmsLayout nms_layout(int64_t m) {
   l.boxes = l.slots_b + tf::align_up(n * sizeof(uint32_t));
   l.logits = l.boxes + tf::align_up(n * sizeof(float4));
   l.status = l.logits + tf::align_up(n * sizeof(float));
-  l.sort_temp = l.status + tf::align_up(n * sizeof(uint8_t));
+  l.cell_boxes = l.status + tf::align_up(n * sizeof(uint8_t));
+  l.sort_temp = l.cell_boxes + tf::align_up(n * sizeof(float4));
   l.total = l.sort_temp + sort_temp_bound(m);
   return l;
 }
@@ -108,9 +114,14 @@ __device__ __forceinline__ int size_class(float d) {
   return static_cast<int>((__float_as_uint(d) >> 23) & 0xffu) - 127;
 }
 
-// floor(v / 2^(k+1)) + bias, clamped to [-1, 2^bits - 1] (monotone in v). k < kTopClass.
-__device__ __forceinline__ int cell_of(float v, int k, int bias, int bits) {
-  const float inv = __uint_as_float(static_cast<uint32_t>(127 - (k + 1)) << 23);
+// 2^(k+1) as a float: the size bound of class k < kTopClass.
+__device__ __forceinline__ float class_side(int k) {
+  return __uint_as_float(static_cast<uint32_t>(127 + k + 1) << 23);
+}
+
+// floor(v / 2^(k+1-grain)) + bias, clamped to [-1, 2^bits - 1] (monotone in v). k < kTopClass.
+__device__ __forceinline__ int cell_of(float v, int k, int bias, int bits, int grain) {
+  const float inv = __uint_as_float(static_cast<uint32_t>(127 + grain - (k + 1)) << 23);
   float c = floorf(__fmul_rn(v, inv));
   c = fminf(fmaxf(c, static_cast<float>(-bias - 1)), static_cast<float>((1 << bits) - 1 - bias));
   return static_cast<int>(c) + bias;
@@ -181,8 +192,8 @@ __global__ void nms_bin_kernel(const Control* __restrict__ ctrl, const float4* _
       if (!isolated(w, h, __fmul_rn(w, h))) {
         const int k = size_class(fmaxf(w, h));
         code = k == kTopClass ? cell_code(k, 0, 0)
-                              : cell_code(k, max(cell_of(b.y, k, kYBias, kYBits), 0),
-                                          max(cell_of(b.x, k, kXBias, kXBits), 0));
+                              : cell_code(k, max(cell_of(b.y, k, kYBias, kYBits, kYGrain), 0),
+                                          max(cell_of(b.x, k, kXBias, kXBits, kXGrain), 0));
       }
     }
     cells[i] = code;
@@ -192,39 +203,73 @@ __global__ void nms_bin_kernel(const Control* __restrict__ ctrl, const float4* _
   }
 }
 
-// Where a box j is in its walk over candidate suppressors.
+// Boxes in cell-sorted order: the walks read them as a stream.
+__global__ void nms_cell_gather_kernel(const Control* __restrict__ ctrl,
+                                       const uint32_t* __restrict__ ranks,
+                                       const float4* __restrict__ boxes, float4* cell_boxes) {
+  const uint32_t n = ctrl->n;
+  for (uint32_t p = blockIdx.x * blockDim.x + threadIdx.x; p < n; p += gridDim.x * blockDim.x)
+    cell_boxes[p] = boxes[ranks[p]];
+}
+
+// Box j (its box, w, h, area) and where it is in its walk over candidate suppressors.
 struct Walk {
+  float4 b;
+  float w, h, area;
   int k, k_hi;          // size class now / last
   int y, y_hi;          // grid row now / last (in class k)
   int x_lo, x_hi;       // grid columns of class k
   uint32_t p, p_end;    // position in the cell-sorted arrays / end of the row
 };
 
-__device__ __forceinline__ void walk_row(Walk& w, const uint32_t* __restrict__ cells, uint32_t n) {
-  w.p = lower_bound(cells, 0, n, cell_code(w.k, w.y, w.x_lo));
+// Row y of class k: the positions of its columns x_lo..x_hi (rows of a class ascend, so the
+// search starts at `from`, the end of the previous row, or 0).
+__device__ __forceinline__ void walk_row(Walk& w, const uint32_t* __restrict__ cells, uint32_t n,
+                                         uint32_t from) {
+  w.p = lower_bound(cells, from, n, cell_code(w.k, w.y, w.x_lo));
   w.p_end = lower_bound(cells, w.p, n, cell_code(w.k, w.y, w.x_hi) + 1u);
 }
 
-// Rows and columns of class k holding every box i with IoU(i, j) > t: i's (x1, y1) cell is at
-// most one cell before j's (x1, y1) (i is narrower than a cell) and not after j's (x2 + o).
-__device__ __forceinline__ void walk_class(Walk& w, float4 bj, float o, const uint32_t* __restrict__ cells,
-                                           uint32_t n) {
+// First and last cell (float32, as the emulation) of the window [v - f*side - m, v + f*size + m]
+// holding x1 (or y1) of every class-k box i with IoU(i, j) > t: the x overlap must be more
+// than t*max(w_i, w_j), so x1_j - (1-t)*w_i < x1_i < x1_j + (1-t)*w_j, and w_i < side = 2^(k+1).
+__device__ __forceinline__ void window(float v, float v2, float size, float side, float f, float o,
+                                       int k, int bias, int bits, int grain, int& first, int& last) {
+  const float m = __fmul_rn(__fadd_rn(__fadd_rn(__fadd_rn(fabsf(v), fabsf(v2)), side), o),
+                            kPositionMargin);
+  first = max(cell_of(__fsub_rn(__fsub_rn(v, __fmul_rn(f, side)), m), k, bias, bits, grain), 0);
+  last = max(cell_of(__fadd_rn(__fadd_rn(v, __fmul_rn(f, size)), m), k, bias, bits, grain), 0);
+}
+
+__device__ __forceinline__ void walk_class(Walk& w, const NmsConfig& cfg,
+                                           const uint32_t* __restrict__ cells, uint32_t n) {
   if (w.k == kTopClass) {
     w.y = w.y_hi = w.x_lo = w.x_hi = 0;
   } else {
-    w.y = max(cell_of(bj.y, w.k, kYBias, kYBits) - 1, 0);
-    w.y_hi = max(cell_of(__fadd_rn(bj.w, o), w.k, kYBias, kYBits), 0);
-    w.x_lo = max(cell_of(bj.x, w.k, kXBias, kXBits) - 1, 0);
-    w.x_hi = max(cell_of(__fadd_rn(bj.z, o), w.k, kXBias, kXBits), 0);
+    const float side = class_side(w.k), f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
+    window(w.b.y, w.b.w, w.h, side, f, cfg.offset, w.k, kYBias, kYBits, kYGrain, w.y, w.y_hi);
+    window(w.b.x, w.b.z, w.w, side, f, cfg.offset, w.k, kXBias, kXBits, kXGrain, w.x_lo, w.x_hi);
   }
-  walk_row(w, cells, n);
+  walk_row(w, cells, n, 0);
+}
+
+// IoU > t needs w_i > t*w_j and h_i > t*h_j (so d_i = max(w_i, h_i) > t*d_j), d_i < d_j / t
+// and area_i > t*area_j (so d_i > sqrt(t*area_j)): the classes of the possible suppressors.
+__device__ __forceinline__ void walk_start(Walk& w, const NmsConfig& cfg,
+                                           const uint32_t* __restrict__ cells, uint32_t n) {
+  const float d = fmaxf(w.w, w.h);
+  const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
+  w.k = max(size_class(__fmul_rn(tm, d)),
+            size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, w.area)), kWindowMargin)));
+  w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+  walk_class(w, cfg, cells, n);
 }
 
 // Advances box j's walk; returns its status (kUndecided: it waits on an undecided box).
-__device__ uint8_t walk_advance(Walk& w, uint32_t j, float4 bj, float area_j,
-                                const uint32_t* __restrict__ cells, const uint32_t* __restrict__ ranks,
-                                const float4* __restrict__ boxes, const volatile uint8_t* status,
-                                const NmsConfig& cfg, uint32_t n) {
+__device__ uint8_t walk_advance(Walk& w, uint32_t j, const uint32_t* __restrict__ cells,
+                                const uint32_t* __restrict__ ranks,
+                                const float4* __restrict__ cell_boxes,
+                                const volatile uint8_t* status, const NmsConfig& cfg, uint32_t n) {
   for (;;) {
     while (w.p < w.p_end) {
       const uint32_t i = ranks[w.p];
@@ -232,20 +277,19 @@ __device__ uint8_t walk_advance(Walk& w, uint32_t j, float4 bj, float area_j,
         w.p = lower_bound(cells, w.p + 1, w.p_end, cells[w.p] + 1u);
         continue;
       }
-      const uint8_t s = status[i];
-      if (s != kSuppressed) {
-        const float4 bi = boxes[i];
-        if (overlaps(bi, __fmul_rn(box_w(bi, cfg.offset), box_h(bi, cfg.offset)), bj, area_j, cfg))
-          return s == kKept ? kSuppressed : kUndecided;  // an undecided one: retry from here
+      const float4 bi = cell_boxes[w.p];
+      if (overlaps(bi, __fmul_rn(box_w(bi, cfg.offset), box_h(bi, cfg.offset)), w.b, w.area, cfg)) {
+        const uint8_t s = status[i];
+        if (s != kSuppressed) return s == kKept ? kSuppressed : kUndecided;  // undecided: retry here
       }
       ++w.p;
     }
     if (w.y < w.y_hi) {
       ++w.y;
-      walk_row(w, cells, n);
+      walk_row(w, cells, n, w.p_end);
     } else if (w.k < w.k_hi) {
       ++w.k;
-      walk_class(w, bj, cfg.offset, cells, n);
+      walk_class(w, cfg, cells, n);
     } else {
       return kKept;
     }
@@ -255,7 +299,8 @@ __device__ uint8_t walk_advance(Walk& w, uint32_t j, float4 bj, float area_j,
 __global__ void __launch_bounds__(kResolveThreads)
     nms_resolve_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
                        const uint32_t* __restrict__ ranks, const float4* __restrict__ boxes,
-                       const NmsConfig cfg, volatile uint8_t* status, uint32_t* __restrict__ flags) {
+                       const float4* __restrict__ cell_boxes, const NmsConfig cfg,
+                       volatile uint8_t* status, uint32_t* __restrict__ flags) {
   __shared__ uint32_t chunk;
   const uint32_t n = ctrl->n;
   for (;;) {
@@ -265,31 +310,25 @@ __global__ void __launch_bounds__(kResolveThreads)
     if (first >= n) return;  // uniform per block
     const uint32_t j = static_cast<uint32_t>(first) + threadIdx.x;
     bool undecided = j < n;
-    float4 bj = make_float4(0.f, 0.f, 0.f, 0.f);
-    float area_j = 0.0f;
     Walk w{};
     if (undecided) {
-      bj = boxes[j];
-      const float bw = box_w(bj, cfg.offset), bh = box_h(bj, cfg.offset);
-      area_j = __fmul_rn(bw, bh);
-      if (isolated(bw, bh, area_j)) {
+      w.b = boxes[j];
+      w.w = box_w(w.b, cfg.offset);
+      w.h = box_h(w.b, cfg.offset);
+      w.area = __fmul_rn(w.w, w.h);
+      if (isolated(w.w, w.h, w.area)) {
         status[j] = kKept;
         flags[j] = 1;
         undecided = false;
       } else {
-        // IoU > t needs max(w, h) ratios in (t, 1/t): the size classes of the partners.
-        const float d = fmaxf(bw, bh);
-        const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
-        w.k = size_class(__fmul_rn(tm, d));
-        w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
-        walk_class(w, bj, cfg.offset, cells, n);
+        walk_start(w, cfg, cells, n);
       }
     }
     // Every thread retries until its box is decided; boxes of earlier chunks are decided by
     // blocks that are running, so this terminates (see the file comment).
     while (__syncthreads_or(undecided)) {
       if (undecided) {
-        const uint8_t s = walk_advance(w, j, bj, area_j, cells, ranks, boxes, status, cfg, n);
+        const uint8_t s = walk_advance(w, j, cells, ranks, cell_boxes, status, cfg, n);
         if (s != kUndecided) {
           flags[j] = s == kKept;
           status[j] = s;
@@ -405,6 +444,7 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   cub::DoubleBuffer<unsigned long long> keys(keys_a, keys_b);
   cub::DoubleBuffer<uint32_t> slots(slots_a, slots_b);
   float4* boxes = reinterpret_cast<float4*>(base + layout.boxes);
+  float4* cell_boxes = reinterpret_cast<float4*>(base + layout.cell_boxes);
   float* logits = reinterpret_cast<float*>(base + layout.logits);
   uint8_t* status = reinterpret_cast<uint8_t*>(base + layout.status);
   void* temp = base + layout.sort_temp;
@@ -460,11 +500,17 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   TF_RETURN_IF_ERROR(tf::check_cuda(
       cub::DeviceRadixSort::SortPairs(temp, temp_bytes, cells, ranks, items, 0, 32, s),
       "cub::DeviceRadixSort::SortPairs (cells)"));
+  TF_RETURN_IF_ERROR(tf::launch("nms cell gather kernel launch", nms_cell_gather_kernel,
+                                dim3(item_blocks), dim3(kPrepareThreads), 0, s,
+                                static_cast<const Control*>(ctrl),
+                                static_cast<const uint32_t*>(ranks.Current()),
+                                static_cast<const float4*>(boxes), cell_boxes));
   TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch", nms_resolve_kernel, dim3(resolve_blocks),
                                 dim3(kResolveThreads), 0, s, ctrl,
                                 static_cast<const uint32_t*>(cells.Current()),
                                 static_cast<const uint32_t*>(ranks.Current()),
-                                static_cast<const float4*>(boxes), cfg,
+                                static_cast<const float4*>(boxes),
+                                static_cast<const float4*>(cell_boxes), cfg,
                                 static_cast<volatile uint8_t*>(status), flags));
   temp_bytes = sort_temp_bound(max_candidates);
   TF_RETURN_IF_ERROR(tf::check_cuda(
