@@ -91,11 +91,11 @@ class NmsStats(ctypes.Structure):
     _fields_ = [("num_kept", ctypes.c_uint32),
                 ("num_candidates", ctypes.c_uint32),
                 ("overflow", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint32)]
+                ("nonfinite", ctypes.c_uint32)]  # NaN/inf score-map values (ABI 2: reserved)
 
 
 NMS_STATS_DTYPE = np.dtype([("num_kept", "<u4"), ("num_candidates", "<u4"),
-                            ("overflow", "<u4"), ("reserved", "<u4")])
+                            ("overflow", "<u4"), ("nonfinite", "<u4")])
 
 
 def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float, stride: float,
@@ -315,7 +315,7 @@ class KernelLibrary:
         return size.value
 
     def candidates_reset(self, candidates: Any, stream: Any = None) -> None:
-        """Enqueues zeroing of the candidate counter."""
+        """Enqueues zeroing of the candidate buffer's two counters (candidates, non-finite)."""
         self._check(self.raw.tf_candidates_reset(_ptr(candidates), _ptr(stream)), "tf_candidates_reset")
 
     def decode_level(self, score_map: Any, height: int, width: int, params: DecodeParams,

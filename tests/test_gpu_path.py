@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, StageOrderError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NonFiniteScoresError,
+                                       StageOrderError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
@@ -37,6 +38,7 @@ from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 class CudaLog:
     calls: list[tuple] = field(default_factory=list)
     next_ptr: int = 0x1000
+    memory: dict[int, bytes] = field(default_factory=dict)  # what a download of a pointer gets
 
     def alloc(self, nbytes: int) -> int:
         ptr, self.next_ptr = self.next_ptr, self.next_ptr + ((int(nbytes) + 255) // 256) * 256
@@ -78,6 +80,8 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
 
         def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
             array[...] = 0
+            data = log.memory.get(self.ptr, b"")[:array.nbytes]
+            array.reshape(-1).view(np.uint8)[:len(data)] = np.frombuffer(data, np.uint8)
             log.calls.append(("download", self.ptr, cuda_device._stream_handle(stream)))
             return array
 
@@ -108,6 +112,7 @@ class FakeKernels:
 
     def __init__(self, log: CudaLog) -> None:
         self.log = log
+        self.nms_stats: list[tuple[int, int, int, int]] = []  # per nms call; default all zero
 
     def resize_workspace_size(self, *args: int) -> int:
         return 64
@@ -132,6 +137,10 @@ class FakeKernels:
     def nms(self, candidates: Any, capacity: int, params: Any, n: int, ws: Any, ws_bytes: int,
             out: Any, stats: Any, stream: Any) -> None:
         self.log.calls.append(("nms", candidates.ptr, cuda_device._stream_handle(stream)))
+        if self.nms_stats:
+            from tinyfaces_trt.kernels.binding import NMS_STATS_DTYPE
+
+            self.log.memory[stats.ptr] = np.array([self.nms_stats.pop(0)], NMS_STATS_DTYPE).tobytes()
 
 
 class DeviceMap:
@@ -275,6 +284,35 @@ def test_device_batch_decodes_each_image_slice_into_its_own_candidates(monkeypat
     assert [d[1] - 0xBEEF00 for d in first] == [i * 125 * h * w * 4 for i in range(3)]
     assert len({d[3] for d in first}) == 3  # three candidate buffers
     assert len([c for c in log.calls if c[0] == "nms"]) == 3
+
+
+NONFINITE_MESSAGE = (
+    "the network's score maps of this image{} held 7 NaN or infinite value(s) (counted on the GPU "
+    "over all pyramid levels): the weights, the export or the backend is broken; no detections "
+    "were produced for this image")
+
+
+def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
+    """What CudaPostprocessor does with a nonzero tf_nms_stats.nonfinite (the stand-in returns
+    it; the kernels' count itself is checked on a GPU in tests/test_kernels_gpu.py)."""
+    detector, log = _device_detector(monkeypatch, stage_stream=7)
+    post = detector.postprocessor
+    post.lib.nms_stats = [(2, 3, 0, 7)]  # 3 finite candidates, 2 kept, 7 NaN/inf values
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect(synthetic_image(40, 56))
+    assert str(info.value) == NONFINITE_MESSAGE.format("")
+    assert post.last_stats == {"num_candidates": 3, "num_kept": 0, "nonfinite": 7}
+    stats_ptr = post._stats.buffer.ptr
+    assert [c[1] for c in log.calls if c[0] == "download"] == [stats_ptr]  # no box download
+
+    post.lib.nms_stats = [(0, 4, 0, 0), (0, 2, 0, 7), (0, 0, 0, 0)]
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect_batch([synthetic_image(40, 56, seed) for seed in range(3)])
+    assert str(info.value) == NONFINITE_MESSAGE.format(" (image 2 of a batch of 3)")
+
+    post.lib.nms_stats = [(0, 4, 0, 0)]
+    assert detector.detect(synthetic_image(40, 56)).shape == (0, 5)
+    assert post.last_stats == {"num_candidates": 4, "num_kept": 0, "nonfinite": 0}
 
 
 def test_stages_refuse_work_before_reset(monkeypatch):

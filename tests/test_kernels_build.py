@@ -105,21 +105,39 @@ def test_header_constants_match_the_binding() -> None:
     assert header_status_codes() == {s.name: s.value for s in Status}
 
 
-def test_header_is_plain_c_and_struct_sizes_match_ctypes(tmp_path: Path) -> None:
+def _c_values(tmp_path: Path, name: str, *expressions: str) -> list[int]:
+    """The size_t values of C expressions, compiled against the header as strict C99."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    src = tmp_path / "sizes.c"
-    src.write_text('#include "tinyfaces_kernels.h"\n#include <stdio.h>\n'
-                   "int main(void) { printf(\"%zu %zu %zu\\n\", sizeof(tf_decode_params), "
-                   "sizeof(tf_nms_params), sizeof(tf_nms_stats)); return 0; }\n")
-    exe = tmp_path / "sizes"
+    src = tmp_path / f"{name}.c"
+    prints = "".join(f'printf("%zu\\n", (size_t)({e})); ' for e in expressions)
+    src.write_text('#include "tinyfaces_kernels.h"\n#include <stddef.h>\n#include <stdio.h>\n'
+                   f"int main(void) {{ {prints}return 0; }}\n")
+    exe = tmp_path / name
     subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-pedantic", f"-I{HEADER.parent}", str(src),
                     "-o", str(exe)], check=True, capture_output=True)
-    sizes = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True).stdout.split()]
+    return [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True).stdout.split()]
+
+
+def test_header_is_plain_c_and_struct_sizes_match_ctypes(tmp_path: Path) -> None:
+    sizes = _c_values(tmp_path, "sizes", "sizeof(tf_decode_params)", "sizeof(tf_nms_params)",
+                      "sizeof(tf_nms_stats)")
     assert sizes == [ctypes.sizeof(binding.DecodeParams), ctypes.sizeof(binding.NmsParams),
                      ctypes.sizeof(binding.NmsStats)]
     assert binding.NMS_STATS_DTYPE.itemsize == ctypes.sizeof(binding.NmsStats)
+
+
+def test_nms_stats_fields_match_the_header(tmp_path: Path) -> None:
+    """ABI 3: the 4th field is the non-finite count (was ``reserved``); the layout is unchanged."""
+    names = ["num_kept", "num_candidates", "overflow", "nonfinite"]
+    assert [f[0] for f in binding.NmsStats._fields_] == list(binding.NMS_STATS_DTYPE.names) == names
+    assert ctypes.sizeof(binding.NmsStats) == binding.NMS_STATS_DTYPE.itemsize == 16
+    offsets = _c_values(tmp_path, "stats", *(f"offsetof(tf_nms_stats, {n})" for n in names))
+    assert offsets == [getattr(binding.NmsStats, n).offset for n in names] == \
+        [binding.NMS_STATS_DTYPE.fields[n][1] for n in names] == [0, 4, 8, 12]
+    stats = binding.NmsStats.from_buffer_copy(np.array([(5, 9, 0, 3)], binding.NMS_STATS_DTYPE).tobytes())
+    assert (stats.num_kept, stats.num_candidates, stats.overflow, stats.nonfinite) == (5, 9, 0, 3)
 
 
 def test_abi_check(lib: binding.KernelLibrary) -> None:
@@ -338,7 +356,7 @@ def test_launches_without_gpu_return_cuda_error(lib: binding.KernelLibrary, has_
     raw = lib.raw
     calls = {  # each call's first CUDA call fails; the detail names it
         "cudaGetDeviceCount": lambda: raw.tf_get_device_count(ctypes.byref(ctypes.c_int())),
-        "cudaMemsetAsync(candidate counter)": lambda: raw.tf_candidates_reset(FAKE, None),
+        "cudaMemsetAsync(candidate counters)": lambda: raw.tf_candidates_reset(FAKE, None),
         "decode kernel launch": lambda: _decode(raw),
         "nms prepare kernel launch": lambda: _nms(raw),
         "resize coefficients kernel launch": lambda: _resize(raw),

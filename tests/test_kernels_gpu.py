@@ -23,7 +23,7 @@ from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.core.runner import RunnerCapabilities
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates
-from tinyfaces_trt.core.errors import BackendUnavailableError
+from tinyfaces_trt.core.errors import BackendUnavailableError, NonFiniteScoresError
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
 from tinyfaces_trt.runtime.preprocess import normalize
@@ -129,7 +129,7 @@ class RawRun:
             if len(boxes):
                 out.download(boxes, self.stream)
                 self.stream.synchronize()
-        return boxes, {k: int(stats[0][k]) for k in ("num_kept", "num_candidates", "overflow")}
+        return boxes, {k: int(stats[0][k]) for k in binding.NMS_STATS_DTYPE.names}
 
 
 def _gpu_detections(stream, maps, levels, config, image_hw, max_candidates=None):
@@ -173,7 +173,8 @@ def test_all_below_threshold_gives_nothing(stream):
     levels = _levels(IMAGE_HW, (0.0, 1.0))
     maps = _random_maps(np.random.default_rng(3), levels, cls_mean=-10.0, cls_sigma=0.5)
     got, stats = _gpu_detections(stream, maps, levels, config, IMAGE_HW, max_candidates=64)
-    assert got.shape == (0, 5) and stats == {"num_kept": 0, "num_candidates": 0, "overflow": 0}
+    assert got.shape == (0, 5)
+    assert stats == {"num_kept": 0, "num_candidates": 0, "overflow": 0, "nonfinite": 0}
     assert postprocess_levels(maps, levels, IMAGE_HW, config).shape == (0, 5)
 
 
@@ -227,7 +228,21 @@ def test_boxes_on_the_image_border(stream, clip):
         assert outside.any()
 
 
-def test_non_finite_values(stream):
+def _finite_cells_reference(monkeypatch, maps, levels, image_hw, config):
+    """numpy's detections over the finite cells only (its NaN/inf refusal switched off): what
+    the kernels still write next to a nonzero ``nonfinite``."""
+    from tinyfaces_trt.runtime import decode
+
+    with monkeypatch.context() as m:
+        m.setattr(decode, "check_finite_scores", lambda score_map, level: None)
+        return postprocess_levels(maps, levels, image_hw, config)
+
+
+def _nonfinite(maps):
+    return int(sum((~np.isfinite(m)).sum() for m in maps))
+
+
+def test_non_finite_values(stream, monkeypatch):
     config = DetectorConfig(prob_thresh=0.3)
     levels = _levels(IMAGE_HW, (0.0, 1.0))
     maps = _random_maps(np.random.default_rng(7), levels, cls_mean=0.0)
@@ -237,10 +252,43 @@ def test_non_finite_values(stream):
     m[0, 75 + 5, 2, :] = np.inf        # infinite width: dropped
     m[0, 25 + 6, 3, :] = np.nan        # NaN offset: dropped
     m[0, 100 + 7, 4, :] = 800.0        # exp overflows in float32 and float64 alike: dropped
-    want = postprocess_levels(maps, levels, IMAGE_HW, config)
+    with pytest.raises(NonFiniteScoresError):
+        postprocess_levels(maps, levels, IMAGE_HW, config)  # the host path refuses the image
+    want = _finite_cells_reference(monkeypatch, maps, levels, IMAGE_HW, config)
     got, stats = _gpu_detections(stream, maps, levels, config, IMAGE_HW)
+    assert stats["nonfinite"] == _nonfinite(maps) == 8 * 15 * 2 + 15 + 15
     assert_same_detections(got, want)
     assert np.isfinite(got).all() and got[0, 4] == 1.0
+
+
+def test_non_finite_count_covers_every_channel_and_inactive_templates(stream, monkeypatch):
+    """stats.nonfinite == numpy's count of non-finite values, wherever they are: cls and
+    regression channels, active or inactive templates, partial warps; summed over levels."""
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = _levels(IMAGE_HW, (-1.0, 0.0, 1.0))  # maps 6x8, 12x15, 23x30 (partial warps)
+    active = active_templates(levels[2].scale, config)
+    assert not active[0] and active[5]
+    maps = _random_maps(np.random.default_rng(17), levels, cls_mean=0.0)
+    m = maps[2]
+    m[0, 5, 3, 4] = np.nan              # cls of an active template
+    m[0, 5, 3, 5] = -np.inf
+    m[0, 50 + 5, 7, 7] = np.inf         # ty of an active template, on a cell that passes: its
+    m[0, 5, 7, 7] = 5.0                 # box is dropped
+    m[0, 100 + 9, 22, 29] = np.nan      # th, last cell of the map
+    m[0, 0, 0, 0] = np.nan              # inactive template 0: cls and every regression
+    m[0, 25:125:25, 10, 3] = np.inf
+    m[0, 0:125, 11, 11] = np.nan        # all five values of several threads, one warp
+    maps[0][0, 124, 5, 7] = -np.inf     # another level, last value of its map
+    want_count = _nonfinite(maps)
+    assert want_count == 4 + 1 + 4 + 125 + 1
+    got, stats = _gpu_detections(stream, maps, levels, config, IMAGE_HW)
+    assert stats["nonfinite"] == want_count
+    assert_same_detections(got, _finite_cells_reference(monkeypatch, maps, levels, IMAGE_HW, config))
+
+    nan_map = [np.full((1, 125, 12, 15), np.nan, np.float32)]  # every value of a level
+    got, stats = _gpu_detections(stream, nan_map, levels[1:2], config, IMAGE_HW, max_candidates=64)
+    assert got.shape == (0, 5) and stats["num_candidates"] == 0
+    assert stats["nonfinite"] == 125 * 12 * 15
 
 
 def test_overflow_is_reported_then_recovered(stream):
@@ -253,12 +301,14 @@ def test_overflow_is_reported_then_recovered(stream):
     small = RawRun(stream, maps, levels, config, capacity=count - 1)
     boxes, stats = small.nms(IMAGE_HW, count)
     assert boxes.shape == (0, 5)
-    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_CAPACITY}
+    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_CAPACITY,
+                     "nonfinite": 0}
 
     exact = RawRun(stream, maps, levels, config, capacity=count)
     boxes, stats = exact.nms(IMAGE_HW, count - 1)  # the NMS size is too small this time
     assert boxes.shape == (0, 5)
-    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_NMS}
+    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_NMS,
+                     "nonfinite": 0}
     boxes, stats = exact.nms(IMAGE_HW, count)      # same candidates, re-run NMS only
     assert stats["overflow"] == 0 and stats["num_candidates"] == count
     assert_same_detections(boxes, want)
@@ -325,7 +375,7 @@ def test_decode_nms_capture_in_a_cuda_graph(stream):
         boxes = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
         out.download(boxes, capture_stream)
         capture_stream.synchronize()
-        return boxes
+        return boxes, int(stats[0]["nonfinite"])
 
     for d, m in zip(dev_maps, maps_a):
         d.upload(m, capture_stream)
@@ -339,7 +389,13 @@ def test_decode_nms_capture_in_a_cuda_graph(stream):
         graph = check(rt.cudaStreamEndCapture(capture_stream.handle), "cudaStreamEndCapture")
     graph_exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
     for maps in (maps_a, maps_b, maps_a):
-        assert_same_detections(results(maps), postprocess_levels(maps, levels, IMAGE_HW, config))
+        boxes, nonfinite = results(maps)
+        assert nonfinite == 0
+        assert_same_detections(boxes, postprocess_levels(maps, levels, IMAGE_HW, config))
+    broken = [m.copy() for m in maps_a]
+    broken[1][0, 3, 0, :] = np.nan
+    assert results(broken)[1] == broken[1].shape[3]
+    assert results(maps_a)[1] == 0  # the replayed reset zeroes the non-finite counter too
     check(rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
     check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
     for buf in dev_maps + [cand, ws, out, stats_buf]:
@@ -460,6 +516,48 @@ def test_detector_with_cuda_stages_matches_host(kind, variant):
     replay2 = ReplayRunner(recorder2, kind, pre.stream)
     got2 = Detector(replay2, config, preprocessor=pre, postprocessor=post).detect(image2)
     assert_same_detections(got2, want2)
+    pre.close()
+    post.close()
+
+
+class NonFiniteRunner:
+    """A stand-in network whose second level's map holds 4 NaN / inf values (an inactive
+    template's cls, an active one's cls and ty, a th channel); it ignores its input, so it
+    serves host and device inputs alike."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, net_input):
+        _, _, h, w = net_input.shape
+        hh, ww = math.ceil(h / 8), math.ceil(w / 8)
+        scores = np.random.default_rng(hh * 1000 + ww).normal(-1.0, 1.5, (1, 125, hh, ww))
+        scores = scores.astype(np.float32)
+        if self.calls == 1:
+            scores[0, [0, 5, 50 + 5, 100 + 6], 0, 0] = [np.nan, -np.inf, np.inf, np.nan]
+        self.calls += 1
+        return scores
+
+
+def test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path():
+    config = DetectorConfig(prob_thresh=0.4)
+    image = np.random.default_rng(18).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    host = NonFiniteRunner()
+    with pytest.raises(NonFiniteScoresError, match=r"pyramid level 1 .* holds 4 NaN or infinite "
+                                                   r"value\(s\) .* no detections were produced"):
+        Detector(host, config).detect(image)
+    pre, post = cuda_stages(config)
+    device = NonFiniteRunner()
+    detector = Detector(device, config, preprocessor=pre, postprocessor=post)
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect(image)
+    assert str(info.value) == (
+        "the network's score maps of this image held 4 NaN or infinite value(s) (counted on the "
+        "GPU over all pyramid levels): the weights, the export or the backend is broken; no "
+        "detections were produced for this image")
+    assert device.calls == len(detector.plan(120, 160)) >= 3 and post.last_stats["nonfinite"] == 4
+    device.calls = 2  # the next image is finite: the counter was reset
+    assert detector.detect(image).shape[1] == 5 and post.last_stats["nonfinite"] == 0
     pre.close()
     post.close()
 

@@ -260,7 +260,7 @@ def _library():
     from tinyfaces_trt.kernels import binding
     from tinyfaces_trt.core.errors import BackendUnavailableError
 
-    if binding.ABI_VERSION != 2:
+    if binding.ABI_VERSION != 3:
         pytest.skip(f"tinyfaces_trt.kernels resolves to {binding.__file__} (another checkout)")
     try:
         return binding, binding.load_library()

@@ -124,6 +124,11 @@ static int run(void) {
   tf_nms_stats stats;
   CUDA_CHECK(cudaMemcpyAsync(&stats, d_stats, sizeof stats, cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (stats.nonfinite) { /* a broken network: a failed image, never "no faces" */
+    fprintf(stderr, "decode_nms_demo: the score map held %u NaN or infinite values; "
+            "no detections for this image\n", stats.nonfinite);
+    return 1;
+  }
   if (stats.overflow) {
     fprintf(stderr, "decode_nms_demo: %u candidates overflow the buffers (flags %u)\n",
             stats.num_candidates, stats.overflow);

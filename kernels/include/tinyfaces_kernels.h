@@ -113,11 +113,12 @@ TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src
 
 /* ---------------------------------------------------------------------------------------
  * Candidate buffer: one per image, shared by all its levels.
- * Layout (device memory, tf_candidates_size bytes): a uint32 counter at offset 0 (the TRUE
- * number of candidates decoded since the last reset, even past capacity), then the sort keys
- * and boxes of the first `capacity` candidates. Overflow is never silent: the counter keeps
- * counting, tf_nms reports it (TF_OVERFLOW_CAPACITY) and writes no boxes; grow the buffer to
- * at least the reported count and decode again.
+ * Layout (device memory, tf_candidates_size bytes): a 256-byte header holding two uint32
+ * counters, at offset 0 the TRUE number of candidates decoded since the last reset (even past
+ * capacity), at offset 4 the number of NaN / +-inf score-map values decoded since the last
+ * reset (ABI 3); then the sort keys and boxes of the first `capacity` candidates. Overflow is
+ * never silent: the counter keeps counting, tf_nms reports it (TF_OVERFLOW_CAPACITY) and
+ * writes no boxes; grow the buffer to at least the reported count and decode again.
  * ------------------------------------------------------------------------------------- */
 
 typedef struct tf_decode_params {
@@ -132,7 +133,7 @@ typedef struct tf_decode_params {
 /* Bytes of a candidate buffer holding `capacity` candidates (~24 bytes each). */
 TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes);
 
-/* Zeroes the counter (one 4-byte cudaMemsetAsync). Call once per image, before decoding. */
+/* Zeroes both counters (one 8-byte cudaMemsetAsync). Call once per image, before decoding. */
 TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
 
 /* Appends the candidates of one level: cell (c, y, x) of the (1,125,height,width) float32
@@ -142,7 +143,12 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
  * exceed 2^32 - 1). Box (float32): cx = x*stride + offset, cw = T[c][2] - T[c][0] + 1,
  * rcx = cx + cw*tx, rcw = cw*exp(tw) (same for y/h), box = [rcx - rcw/2, rcy - rch/2,
  * rcx + rcw/2, rcy + rch/2] / scale. Slots are taken with an atomic counter; the order of
- * slots is arbitrary, the keys make every later result deterministic. */
+ * slots is arbitrary, the keys make every later result deterministic.
+ * Every value of the map (all 125 channels, active templates or not) is checked: the number
+ * of NaN / +-inf values is added to the buffer's non-finite counter (tf_nms_stats.nonfinite).
+ * Such a cell is never a candidate (NaN never passes, a non-finite box is dropped), but a
+ * map holding one means a broken network: see tf_nms_stats. The counter stops counting once
+ * past 2^31, so it never wraps around to 0. */
 TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
                                  const tf_decode_params* params, int64_t key_base,
                                  void* candidates, int64_t capacity, tf_stream_t stream);
@@ -191,7 +197,11 @@ typedef struct tf_nms_stats {
   uint32_t overflow;        /* TF_OVERFLOW_* bits; nonzero means nothing was suppressed or
                                written: grow (buffer and decode again, or max_candidates and
                                call tf_nms again -- the candidate buffer is left intact) */
-  uint32_t reserved;        /* 0 */
+  uint32_t nonfinite;       /* NaN / +-inf values in the score maps decoded into the buffer
+                               (the header's second counter; ABI 2: `reserved`). Nonzero means
+                               the network is broken: the boxes are those of the finite cells
+                               only, and the caller should treat the image as failed (no
+                               detections), never as an image without faces. */
 } tf_nms_stats;
 
 /* Workspace bytes of tf_nms for up to max_candidates candidates, a function of

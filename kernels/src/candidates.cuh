@@ -6,9 +6,18 @@
 namespace tf {
 
 // Device layout of a candidate buffer of `capacity` slots, each section kAlign-aligned
-// relative to the base: [uint32 count][uint64 keys[capacity]][float4 boxes[capacity]].
+// relative to the base: [header: uint32 count, uint32 nonfinite][uint64 keys[capacity]]
+// [float4 boxes[capacity]].
+constexpr int kNonfiniteWord = 1;  // header word (uint32 index) of the non-finite counter
+
+// The non-finite counter stops growing from here on: it can never wrap around to 0 (a map
+// can hold up to 5 * (2^32 - 1) values; the warps between their check and their add are
+// far fewer than 2^31 / 160).
+constexpr uint32_t kNonfiniteSaturation = 1u << 31;
+
 struct CandidateView {
   uint32_t* count;             // true number of candidates decoded since reset
+  uint32_t* nonfinite;         // NaN / +-inf score-map values decoded since reset
   unsigned long long* keys;    // composite sort key per slot (see sort_key)
   float4* boxes;               // x1, y1, x2, y2 per slot
 };
@@ -31,6 +40,7 @@ inline CandidateView candidate_view(void* base, int64_t capacity) {
   char* p = static_cast<char*>(base);
   CandidateView v;
   v.count = reinterpret_cast<uint32_t*>(p);
+  v.nonfinite = v.count + kNonfiniteWord;
   v.keys = reinterpret_cast<unsigned long long*>(p + kAlign);
   v.boxes = reinterpret_cast<float4*>(p + kAlign + align_up(n * sizeof(unsigned long long)));
   return v;

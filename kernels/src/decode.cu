@@ -5,25 +5,38 @@ namespace {
 
 constexpr int kDecodeThreads = 256;
 
-// Grid: x over the h*w cells, y over the 25 templates (inactive ones exit at once).
+constexpr unsigned kFullWarp = 0xffffffffu;
+
+// Adds a warp's count of non-finite values (one lane calls it), unless the counter has
+// reached kNonfiniteSaturation.
+__device__ __forceinline__ void add_nonfinite(uint32_t* counter, uint32_t n) {
+  if (*static_cast<volatile uint32_t*>(counter) < tf::kNonfiniteSaturation) atomicAdd(counter, n);
+}
+
+// Grid: x over the h*w cells, y over the 25 templates. Thread (cell, c) checks the five values
+// it owns (cls c and the regressions 25+c, 50+c, 75+c, 100+c) for NaN / inf in every block, so
+// the counter covers all 125 channels; only blocks of active templates make candidates.
 __global__ void decode_level_kernel(const float* __restrict__ scores, int h, int w,
                                     const tf_decode_params p, uint32_t key_base,
                                     tf::CandidateView out, uint32_t capacity) {
   const int c = blockIdx.y;
-  if (!((p.active_mask >> c) & 1u)) return;  // uniform per block
+  const bool active = (p.active_mask >> c) & 1u;  // uniform per block
   const uint32_t hw = static_cast<uint32_t>(h) * static_cast<uint32_t>(w);
   const uint32_t cell = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x & 31;
 
   bool keep = false;
+  uint32_t bad = 0;  // non-finite values among this thread's five
   float logit = 0.0f;
   float4 box;
   if (cell < hw) {
-    logit = scores[c * hw + cell];
-    keep = logit > p.logit_thresh;  // NaN never passes
+    const size_t plane = static_cast<size_t>(TF_NUM_TEMPLATES) * hw;
+    const float* v = scores + static_cast<size_t>(c) * hw + cell;
+    logit = v[0];
+    const float tx = v[plane], ty = v[2 * plane], tw = v[3 * plane], th = v[4 * plane];
+    bad = !isfinite(logit) + !isfinite(tx) + !isfinite(ty) + !isfinite(tw) + !isfinite(th);
+    keep = active && logit > p.logit_thresh;  // NaN never passes
     if (keep) {
-      const size_t plane = static_cast<size_t>(TF_NUM_TEMPLATES) * hw;
-      const float* reg = scores + plane + static_cast<size_t>(c) * hw + cell;
-      const float tx = reg[0], ty = reg[plane], tw = reg[2 * plane], th = reg[3 * plane];
       const int y = cell / w, x = cell - y * w;
       const float* t = p.templates[c];
       const float cw = t[2] - t[0] + 1.0f, ch = t[3] - t[1] + 1.0f;
@@ -36,14 +49,22 @@ __global__ void decode_level_kernel(const float* __restrict__ scores, int h, int
     }
   }
 
+  // Rare path (warp-uniform): the warp's count (bad <= 5: three bit ballots), one atomic.
+  const unsigned any_bad = __ballot_sync(kFullWarp, bad != 0);
+  if (any_bad != 0) {
+    const uint32_t n = __popc(__ballot_sync(kFullWarp, bad & 1u)) +
+                       2 * __popc(__ballot_sync(kFullWarp, bad & 2u)) +
+                       4 * __popc(__ballot_sync(kFullWarp, bad & 4u));
+    if (lane == __ffs(any_bad) - 1) add_nonfinite(out.nonfinite, n);
+  }
+
   // One atomic per warp; the slot order does not matter (the keys decide every order).
-  const unsigned lanes = __ballot_sync(0xffffffffu, keep);
+  const unsigned lanes = __ballot_sync(kFullWarp, keep);
   if (lanes == 0) return;
-  const int lane = threadIdx.x & 31;
   const int leader = __ffs(lanes) - 1;
   uint32_t first = 0;
   if (lane == leader) first = atomicAdd(out.count, static_cast<uint32_t>(__popc(lanes)));
-  first = __shfl_sync(0xffffffffu, first, leader);
+  first = __shfl_sync(kFullWarp, first, leader);
   if (!keep) return;
   const uint32_t slot = first + __popc(lanes & ((1u << lane) - 1u));
   if (slot >= capacity) return;  // still counted: tf_nms reports the overflow
@@ -87,8 +108,8 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
   if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
   if (!tf::aligned(candidates, 16))
     return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
-  return tf::check_cuda(cudaMemsetAsync(candidates, 0, sizeof(uint32_t), stream),
-                        "cudaMemsetAsync(candidate counter)");
+  return tf::check_cuda(cudaMemsetAsync(candidates, 0, 2 * sizeof(uint32_t), stream),
+                        "cudaMemsetAsync(candidate counters)");
 }
 
 TF_API tf_status tf_decode_level(const float* score_map, int height, int width,

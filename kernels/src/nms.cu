@@ -162,7 +162,7 @@ __global__ void nms_prepare_kernel(const uint32_t* __restrict__ count,
     stats->num_kept = 0;
     stats->num_candidates = total;
     stats->overflow = overflow;
-    stats->reserved = 0;
+    stats->nonfinite = count[tf::kNonfiniteWord];  // the candidate header's second word
   }
 }
 

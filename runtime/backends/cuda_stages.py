@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.core.errors import BackendUnavailableError, ScoreMapError, StageOrderError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, NonFiniteScoresError, ScoreMapError,
+                                       StageOrderError)
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
@@ -310,10 +311,18 @@ class CudaPostprocessor:
         self.stream.synchronize()
         return host[0]
 
-    def _finish_image(self, image: _ImageCandidates) -> np.ndarray:
+    def _finish_image(self, image: _ImageCandidates, index: int) -> np.ndarray:
         b = self._binding
         stats = self._run_nms(image, self.max_candidates)
         count = int(stats["num_candidates"])
+        nonfinite = int(stats["nonfinite"])
+        self.last_stats = {"num_candidates": count, "num_kept": 0, "nonfinite": nonfinite}
+        if nonfinite:
+            which = f" (image {index + 1} of a batch of {self._count})" if self._count > 1 else ""
+            raise NonFiniteScoresError(
+                f"the network's score maps of this image{which} held {nonfinite} NaN or infinite "
+                f"value(s) (counted on the GPU over all pyramid levels): the weights, the export or "
+                f"the backend is broken; no detections were produced for this image")
         if stats["overflow"] & b.OVERFLOW_CAPACITY:
             raise ScoreMapError(
                 f"{count} candidates overflowed the device candidate buffer ({image.capacity}, "
@@ -323,7 +332,7 @@ class CudaPostprocessor:
             self.max_candidates = min(1 << (count - 1).bit_length(), image.capacity)
             stats = self._run_nms(image, self.max_candidates)  # the candidates are still there
         kept = int(stats["num_kept"])
-        self.last_stats = {"num_candidates": count, "num_kept": kept}
+        self.last_stats = {"num_candidates": count, "num_kept": kept, "nonfinite": 0}
         boxes = np.empty((kept, 5), np.float32)
         if kept:
             self._out.buffer.download(boxes, self.stream)
@@ -331,10 +340,15 @@ class CudaPostprocessor:
         return finish_boxes(boxes, self._image_hw, self.config)
 
     def finish_all(self) -> list[np.ndarray]:
-        """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array per image."""
+        """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array per image.
+
+        Raises:
+            NonFiniteScoresError: an image's score maps held NaN or infinite values (counted
+                by the decode kernel), as the numpy path refuses them.
+        """
         if self._image_hw is None:
             raise StageOrderError("CudaPostprocessor.reset() must be called before finish()")
-        return [self._finish_image(image) for image in self._images[:self._count]]
+        return [self._finish_image(image, i) for i, image in enumerate(self._images[:self._count])]
 
     def finish(self) -> np.ndarray:
         """:meth:`finish_all` of a single image."""
