@@ -74,7 +74,8 @@ def node_of(module: str) -> str:
     rest = parts[2:] if layer != "app" else parts[1:]
     if not rest:
         return f"{layer}.api"
-    sub = rest[0] if len(rest) > 1 or (ROOT / FOLDER_OF[layer] / rest[0]).is_dir() else ""
+    folder = ROOT / FOLDER_OF[layer] / rest[0]  # a subpackage, not a build output (kernels/build/)
+    sub = rest[0] if len(rest) > 1 or any(folder.glob("*.py")) else ""
     return f"{layer}.{sub}" if sub else layer
 
 
