@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
                                            ray_requested)
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, checked, fraction,
@@ -79,13 +79,6 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
                         help="image or video files, or folders (walked recursively)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created if needed; must not be an input folder)")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                        help="network runtime, as tf-detect's: onnxruntime (CPU), "
-                             "onnxruntime-cuda, tensorrt, torch, torch-cuda, or auto (the fastest "
-                             "present here) (default: onnxruntime)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="EXPORT_DIR", help="export folder from tf-export")
-    source.add_argument("--weights", metavar="F", help="checkpoint (.pth or hr_res101.mat)")
     masks = parser.add_argument_group("masks")
     masks.add_argument("--mode", choices=MODES, default="blur",
                        help="blur (strength scaled to the face), pixelate (a fixed grid of "
@@ -116,23 +109,7 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
                             "(default: by container, see below)")
     track.add_argument("--crf", type=_crf, metavar="N",
                        help="constant rate factor, lower is better quality (default: by codec)")
-    det = parser.add_argument_group("detection")
-    det.add_argument("--prob-thresh", type=probability, metavar="P",
-                     help="keep detections with probability > P (default: the model's)")
-    det.add_argument("--nms-thresh", type=fraction, metavar="T",
-                     help="NMS IoU threshold (default: the model's)")
-    det.add_argument("--min-face", type=positive_float, metavar="PIXELS",
-                     help="look only for faces at least PIXELS long: skips the pyramid "
-                          "levels/templates that can only find smaller ones (default: none)")
-    det.add_argument("--max-face", type=positive_float, metavar="PIXELS",
-                     help="look only for faces at most PIXELS long (default: none)")
-    det.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                     help="fp16 network: fp16 ONNX model / TensorRT engine, fp16 torch-cuda "
-                          "(default: fp32, but fp16 for torch-cuda)")
-    det.add_argument("--providers", metavar="LIST",
-                     help="onnxruntime execution providers, comma separated, or 'auto'")
-    det.add_argument("--threads", type=positive_int, metavar="N",
-                     help="onnxruntime intra-op threads (default: all cores)")
+    add_detector_arguments(parser, title="detector (as tf-detect)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--review-band", type=fraction, default=0.1, metavar="B",
                      help="list frames with a detection scoring within B above the threshold "
@@ -148,12 +125,7 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
-        parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
-    if args.backend != "onnxruntime" and (args.providers or args.threads):
-        parser.error("--providers/--threads are onnxruntime options")
-    if args.backend == "torch" and (args.model or args.fp16):
-        parser.error("--backend torch runs a checkpoint (--weights F) in fp32")
+    check_detector_arguments(parser, args)
     check_ray_arguments(parser, args)
     out = Path(args.out).resolve()
     for item in args.inputs:

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import (add_version_argument, checked, fraction, is_untrained,
-                                    logging_to_stderr, positive_float, positive_int, probability,
+from tinyfaces_trt.core.cli import (add_version_argument, checked, is_untrained, logging_to_stderr,
                                     sigterm_as_interrupt, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.core.files import prepare_output_dir, remove_empty_dirs, write_text_atomic
@@ -109,17 +108,7 @@ setup failed (errors are listed on stderr, other images are still processed),
                         help="image files, or folders (walked recursively, following symbolic "
                              "links, for " + "/".join(s[1:] for s in IMAGE_SUFFIXES)
                              + " files), or - (or /dev/stdin) for one image on standard input")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                        help="network runtime: onnxruntime (CPU), onnxruntime-cuda "
-                             "(onnxruntime-gpu), tensorrt, torch (the CPU reference), torch-cuda "
-                             "(compiled torch on a GPU), or auto (the fastest present here; "
-                             "says which) (default: onnxruntime)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="EXPORT_DIR",
-                        help="export folder from tf-export (default: none)")
-    source.add_argument("--weights", metavar="F",
-                        help="checkpoint (.pth from tiny-faces-pytorch, or the authors' "
-                             "hr_res101.mat); needs the 'export' extra (torch) (default: none)")
+    add_detector_arguments(parser)
     parser.add_argument("--out", metavar="DIR",
                         help="write <name>.json (detections) and <name>_boxes.jpg|png (boxes "
                              "drawn; with --blur/--pixelate only if --draw) for every image "
@@ -144,30 +133,10 @@ setup failed (errors are listed on stderr, other images are still processed),
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that exist (default: keep them; an image "
                              "whose outputs all exist is skipped, so a re-run resumes)")
-    parser.add_argument("--prob-thresh", type=probability, metavar="P",
-                        help="keep detections with probability > P (default: the model's, 0.5)")
-    parser.add_argument("--nms-thresh", type=fraction, metavar="T",
-                        help="suppress boxes overlapping a better one with IoU > T "
-                             "(default: the model's, 0.3)")
-    parser.add_argument("--min-face", type=positive_float, metavar="PIXELS",
-                        help="look only for faces at least PIXELS long: skips the pyramid "
-                             "levels/templates that can only find smaller ones; smaller faces "
-                             "may be missed (default: none; see tf-anonymize --help)")
-    parser.add_argument("--max-face", type=positive_float, metavar="PIXELS",
-                        help="look only for faces at most PIXELS long (default: none)")
     parser.add_argument("--wider-dir", metavar="DIR",
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
                              "are kept (default: none)")
-    parser.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                        help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
-                             "for torch-cuda (default: fp32, but fp16 for torch-cuda)")
-    parser.add_argument("--providers", default=None, metavar="LIST",
-                        help="onnxruntime execution providers, comma separated (cpu, cuda, "
-                             "tensorrt) or 'auto' for the best available (default: cpu)")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="onnxruntime intra-op threads, at most the usable cores "
-                             "(default: all cores)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log backend details (providers in use, cache hits)")
     add_ray_arguments(parser)
@@ -427,52 +396,16 @@ def _make_detector(args: argparse.Namespace) -> Any:
     return spec.create(progress)
 
 
-def _unknown_providers(text: str) -> list[str]:
-    """Names in ``--providers`` that are neither an alias nor a provider of the installed
-    onnxruntime (empty when onnxruntime is missing: its backend then says so)."""
-    from tinyfaces_trt.runtime.backends.onnxruntime_runner import PROVIDER_ALIASES
-
-    if text.strip().lower() == "auto":
-        return []
-    names = [n.strip() for n in text.split(",")]
-    if any(not n for n in names):
-        return [n for n in names if not n] or [""]
-    full = [n for n in names if n.lower() not in PROVIDER_ALIASES]
-    if not full:
-        return []
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    known = set(onnxruntime.get_all_providers())
-    return [n for n in full if n not in known]
-
-
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument combinations argparse cannot express; exits 2 through ``parser.error``."""
     if (args.blur or args.pixelate) and not args.out:
         parser.error("--blur/--pixelate write an anonymised copy and need --out DIR")
     if args.draw and not args.out:
         parser.error("--draw writes copies with boxes drawn and needs --out DIR")
-    if args.backend != "onnxruntime" and (args.providers or args.threads):
-        parser.error("--providers/--threads are onnxruntime options")
-    if args.backend == "torch" and args.fp16:
-        parser.error("--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends")
-    if args.backend in ("torch", "torch-cuda") and args.model:
-        parser.error(f"--backend {args.backend} runs a checkpoint (--weights F) directly; an "
-                     "export folder (--model) runs with --backend onnxruntime, "
-                     "onnxruntime-cuda or tensorrt")
-    if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
-        parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
+    check_detector_arguments(parser, args)
     check_ray_arguments(parser, args)
     if ray_requested(args) and any(i in STDIN_ARGUMENTS for i in args.images):
         parser.error("--ray distributes files; standard input (-) cannot be sent to the workers")
-    if args.providers is not None:
-        unknown = _unknown_providers(args.providers)
-        if unknown:
-            parser.error(f"--providers: unknown ONNX Runtime provider(s) {unknown}; use cpu, "
-                         "cuda, tensorrt, 'auto', or a full provider name such as "
-                         "CUDAExecutionProvider")
     if sum(1 for i in args.images if i in STDIN_ARGUMENTS) > 1:
         parser.error("- (standard input) can be given once")
     inputs = {Path(i).resolve() for i in args.images if Path(i).is_dir()}

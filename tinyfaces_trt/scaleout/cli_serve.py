@@ -14,10 +14,10 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, fraction, logging_to_stderr,
-                                    positive_float, positive_int, probability, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, logging_to_stderr, positive_float,
+                                    positive_int, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 PROG = "tf-serve"
@@ -48,26 +48,9 @@ examples:
 It listens on 127.0.0.1 unless --host says otherwise: the service has no authentication,
 put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_argument_group("detector (as tf-detect)")
-    model.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                       help="network runtime, as tf-detect's (default: onnxruntime; GPU "
-                            "backends get one GPU per replica)")
-    source = model.add_mutually_exclusive_group()
-    source.add_argument("--model", metavar="EXPORT_DIR",
-                        help="export folder from tf-export (default: none)")
-    source.add_argument("--weights", metavar="F",
-                        help="checkpoint (.pth / hr_res101.mat) (default: none: the UNTRAINED "
-                             "seeded network, meaningless detections)")
-    model.add_argument("--prob-thresh", type=probability, metavar="P",
-                       help="keep detections with probability > P (default: the model's)")
-    model.add_argument("--nms-thresh", type=fraction, metavar="T",
-                       help="NMS IoU threshold (default: the model's)")
-    model.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
-                       help="fp16 network (default: fp32, but fp16 for torch-cuda)")
-    model.add_argument("--providers", metavar="LIST",
-                       help="onnxruntime providers, comma separated, or 'auto' (default: cpu)")
-    model.add_argument("--threads", type=positive_int, metavar="N",
-                       help="onnxruntime threads per replica (default: --cpus-per-replica)")
+    add_detector_arguments(parser, title="detector (as tf-detect)",
+                           backend_note="; GPU backends get one GPU per replica",
+                           threads_default="--cpus-per-replica, per replica")
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -109,10 +92,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("autoscaling needs both --min-replicas and --max-replicas")
     if args.max_replicas is not None and args.min_replicas > args.max_replicas:
         parser.error("--min-replicas is larger than --max-replicas")
-    if args.backend != "onnxruntime" and (args.providers or args.threads):
-        parser.error("--providers/--threads are onnxruntime options")
-    if args.backend in ("torch", "torch-cuda") and args.model:
-        parser.error("--backend torch runs a checkpoint (--weights F), not an export folder")
+    check_detector_arguments(parser, args)
 
 
 def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptions":  # noqa: F821

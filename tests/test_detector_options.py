@@ -1,0 +1,64 @@
+"""The detector options are one definition (tinyfaces_trt.detector_options): tf-detect,
+tf-anonymize and tf-serve accept the same flags, refuse the same combinations with the same
+message (exit 2), and turn the same flags into the same detector."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyfaces_trt.anonymize import cli as anonymize_cli
+from tinyfaces_trt.cli import detect as detect_cli
+from tinyfaces_trt.detectors import spec_from_arguments
+from tinyfaces_trt.scaleout import cli_serve
+
+# each CLI's main, and the arguments it needs besides the detector's
+CLIS = {
+    "tf-detect": (detect_cli.main, detect_cli.build_parser, ["photo.jpg"]),
+    "tf-anonymize": (anonymize_cli.main, anonymize_cli.build_parser, ["clip.mp4", "--out", "out"]),
+    "tf-serve": (cli_serve.main, cli_serve.build_parser, []),
+}
+
+
+@pytest.mark.parametrize("cli", sorted(CLIS))
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "torch", "--threads", "2"], "--providers/--threads are onnxruntime options"),
+    (["--backend", "tensorrt", "--providers", "cpu"],
+     "--providers/--threads are onnxruntime options"),
+    (["--backend", "torch", "--fp16"],
+     "--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends"),
+    (["--backend", "torch-cuda", "--model", "m"],
+     "--backend torch-cuda runs a checkpoint (--weights F) directly"),
+    (["--min-face", "50", "--max-face", "20"], "--min-face 50 is larger than --max-face 20"),
+    (["--providers", "cdua"], "unknown ONNX Runtime provider(s) ['cdua']"),
+    (["--model", "a", "--weights", "b"], "argument --weights: not allowed with argument --model"),
+    (["--prob-thresh", "1.5"], "--prob-thresh"),
+])
+def test_every_cli_refuses_the_same_combinations(cli, argv, message, capsys):
+    main, _, needed = CLIS[cli]
+    with pytest.raises(SystemExit) as stop:
+        main(needed + argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_cli_turns_the_same_flags_into_the_same_detector():
+    flags = ["--prob-thresh", "0.7", "--nms-thresh", "0.4", "--min-face", "12",
+             "--max-face", "300", "--no-fp16", "--providers", "cpu", "--threads", "1"]
+    specs = {}
+    for name, (_, build_parser, needed) in CLIS.items():
+        args = build_parser().parse_args(needed + flags)
+        specs[name] = spec_from_arguments(args)
+    assert len(set(specs.values())) == 1, specs
+    spec = specs["tf-serve"]
+    assert spec.backend == "onnxruntime" and spec.providers == ("cpu",) and spec.threads == 1
+    assert dict(spec.config_overrides) == {"prob_thresh": 0.7, "nms_thresh": 0.4, "min_face": 12.0,
+                                           "max_face": 300.0}
+
+
+def test_help_describes_the_options_once_for_all_clis():
+    helps = {name: " ".join(build().format_help().split()) for name, (_, build, _) in CLIS.items()}
+    for text in helps.values():
+        assert "--backend {onnxruntime,onnxruntime-cuda,tensorrt,torch,torch-cuda,auto}" in text
+        assert "look only for faces at least PIXELS long" in text
+    assert "GPU backends get one GPU per replica" in helps["tf-serve"]
+    assert "(default: --cpus-per-replica, per replica)" in helps["tf-serve"]

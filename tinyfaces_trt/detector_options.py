@@ -1,0 +1,101 @@
+"""The detector's command-line options, one definition for tf-detect, tf-anonymize and tf-serve.
+
+:func:`add_detector_arguments` declares ``--backend``, ``--model`` / ``--weights``,
+``--prob-thresh``, ``--nms-thresh``, ``--min-face``, ``--max-face``, ``--fp16``,
+``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses the combinations
+argparse cannot express (exit 2); :func:`tinyfaces_trt.detectors.spec_from_arguments` turns
+the parsed options into a detector.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyfaces_trt.core.cli import fraction, positive_float, positive_int, probability
+from tinyfaces_trt.detectors import BACKENDS
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None = None,
+                           backend_note: str = "", threads_default: str = "all cores") -> None:
+    """Adds the detector options to ``parser`` (in an argument group when ``title`` is given).
+
+    Args:
+        backend_note: appended to ``--backend``'s help (e.g. how replicas get GPUs).
+        threads_default: ``--threads``' default, in words.
+    """
+    group = parser.add_argument_group(title) if title else parser
+    group.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                       help="network runtime: onnxruntime (CPU), onnxruntime-cuda "
+                            "(onnxruntime-gpu), tensorrt, torch (the CPU reference), torch-cuda "
+                            "(compiled torch on a GPU), or auto (the fastest present here; says "
+                            f"which){backend_note} (default: onnxruntime)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="EXPORT_DIR",
+                        help="export folder from tf-export (default: none)")
+    source.add_argument("--weights", metavar="F",
+                        help="checkpoint (.pth from tiny-faces-pytorch, or the authors' "
+                             "hr_res101.mat); needs the 'export' extra (torch) (default: none: "
+                             "the UNTRAINED seeded network, meaningless detections)")
+    group.add_argument("--prob-thresh", type=probability, metavar="P",
+                       help="keep detections with probability > P (default: the model's, 0.5)")
+    group.add_argument("--nms-thresh", type=fraction, metavar="T",
+                       help="suppress boxes overlapping a better one with IoU > T "
+                            "(default: the model's, 0.3)")
+    group.add_argument("--min-face", type=positive_float, metavar="PIXELS",
+                       help="look only for faces at least PIXELS long: skips the pyramid "
+                            "levels/templates that can only find smaller ones; smaller faces "
+                            "may be missed (default: none; see tf-anonymize --help)")
+    group.add_argument("--max-face", type=positive_float, metavar="PIXELS",
+                       help="look only for faces at most PIXELS long (default: none)")
+    group.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                       help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
+                            "for torch-cuda (default: fp32, but fp16 for torch-cuda)")
+    group.add_argument("--providers", metavar="LIST",
+                       help="onnxruntime execution providers, comma separated (cpu, cuda, "
+                            "tensorrt, or full names such as CUDAExecutionProvider) or 'auto' "
+                            "for the best available (default: cpu)")
+    group.add_argument("--threads", type=positive_int, metavar="N",
+                       help=f"onnxruntime intra-op threads, at most the usable cores "
+                            f"(default: {threads_default})")
+
+
+def check_detector_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses the detector option combinations argparse cannot express (``parser.error``,
+    exit 2)."""
+    if args.backend != "onnxruntime" and (args.providers or args.threads):
+        parser.error("--providers/--threads are onnxruntime options")
+    if args.backend == "torch" and args.fp16:
+        parser.error("--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends")
+    if args.backend in ("torch", "torch-cuda") and args.model:
+        parser.error(f"--backend {args.backend} runs a checkpoint (--weights F) directly; an "
+                     "export folder (--model) runs with --backend onnxruntime, "
+                     "onnxruntime-cuda or tensorrt")
+    if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
+        parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
+    if args.providers is not None:
+        unknown = unknown_providers(args.providers)
+        if unknown:
+            parser.error(f"--providers: unknown ONNX Runtime provider(s) {unknown}; use cpu, "
+                         "cuda, tensorrt, 'auto', or a full provider name such as "
+                         "CUDAExecutionProvider")
+
+
+def unknown_providers(text: str) -> list[str]:
+    """Names in ``--providers`` that are neither an alias nor a provider of the installed
+    onnxruntime (empty when onnxruntime is missing: its backend then says so)."""
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import PROVIDER_ALIASES
+
+    if text.strip().lower() == "auto":
+        return []
+    names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        return [n for n in names if not n] or [""]
+    full = [n for n in names if n.lower() not in PROVIDER_ALIASES]
+    if not full:
+        return []
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    known = set(onnxruntime.get_all_providers())
+    return [n for n in full if n not in known]
