@@ -12,9 +12,10 @@ and so that its cost on a given input is known (pairs examined, rounds, workspac
    NaN, so it is kept and never looked at (cell code ``0xFFFFFFFF``). Otherwise its size class
    is ``k = clamp(floor(log2(max(w, h))), 0, 30)`` (a class-k box, k <= 29, is narrower and
    lower than ``2^(k+1)``) and its cell code ``k << 27 | ycode << 14 | xcode`` with
-   ``xcode = clamp(floor(x1 / 2^(k-1)) + 8192, 0, 16383)`` and
-   ``ycode = clamp(floor(y1 / 2^k) + 4096, 0, 8191)``: cells a quarter (x) and a half (y) of the
-   largest class-k box (class 30: one cell, codes 0).
+   ``xcode = clamp(floor(x1 / 2^(k-1)) + 2048, 0, 16383)`` and
+   ``ycode = clamp(floor(y1 / 2^k) + 1024, 0, 8191)``: cells a quarter (x) and a half (y) of the
+   largest class-k box (class 30: one cell, codes 0). Class 0 spans x in [-1024, 7168) px,
+   class 1 twice that; boxes outside land in the edge cells (still exact, longer walks).
 3. **cell sort**: stable sort of (cell code, rank): within a cell, ranks ascend.
 4. **walk** (the pair enumeration): box j's possible suppressors i have IoU > t. That needs
    ``w_i > t w_j``, ``h_i > t h_j`` (so ``d_i = max(w_i, h_i) > t d_j``), ``d_i < d_j / t``
@@ -48,7 +49,7 @@ import numpy as np
 
 X_BITS, Y_BITS, CLASS_SHIFT = 14, 13, 27
 X_GRAIN, Y_GRAIN = 2, 1  # cell side 2^(k+1-grain): a quarter (x), a half (y) of 2^(k+1)
-X_BIAS, Y_BIAS = 1 << (X_BITS - 1), 1 << (Y_BITS - 1)
+X_BIAS, Y_BIAS = 1 << (X_BITS - 3), 1 << (Y_BITS - 3)  # codes cover [-1/8, 7/8) of the range
 TOP_CLASS = 30
 ISOLATED_CELL = 0xFFFFFFFF
 WINDOW_MARGIN = np.float32(0.999)

@@ -764,6 +764,23 @@ def test_uncapped_border_and_degenerate_boxes(stream):
     _assert_gpu_kept(stream, boxes, rng.normal(size=n), rng.permutation(n), 0.3, 0.0)
 
 
+@pytest.mark.parametrize("base", [0.0, 12345.5, 6.0e4])
+@pytest.mark.parametrize("t, o", [(0.3, 1.0), (0.5, 0.0), (0.01, 1.0), (0.999, 0.0)])
+def test_uncapped_pairs_at_the_window_bounds_as_the_emulation(stream, base, t, o):
+    """Box pairs at the walks' window and class bounds (tests/test_nms_uncapped.py's
+    _edge_pairs), IoU within 1e-6 of t: the kernel keeps exactly the emulation's boxes (both
+    are float32 with every operation rounded; the float64 oracle may differ there)."""
+    from test_nms_uncapped import _edge_pairs
+
+    rng = np.random.default_rng(int(base) + int(1000 * t))
+    boxes = _edge_pairs(base, t, o, rng, classes=range(1, 30) if t == 0.3 else range(1, 10))
+    n = len(boxes)
+    logits, keys = rng.normal(size=n).astype(np.float32), rng.permutation(n).astype(np.uint32)
+    want = _emulation().emulate_nms(boxes, logits, keys, t, o).kept
+    rows = _gpu_nms_on(stream, boxes, logits, keys, t, o)
+    np.testing.assert_array_equal(rows[:, :4], boxes[want])
+
+
 def test_uncapped_650k_candidates_detector_like(stream):
     """650k candidates (a 1080p pyramid at prob 0.03 has about this many) vs numpy."""
     rng = np.random.default_rng(23)

@@ -184,14 +184,14 @@ def test_degenerate_and_non_finite_boxes_are_isolated():
     assert em.isolated == 4  # zero width (o = 0), negative width, NaN, infinite
 
 
-def _edge_pairs(base, t, o, rng):
+def _edge_pairs(base, t, o, rng, classes=range(1, 10)):
     """Pairs of boxes at the edges of the walks' windows, IoU just above or below t: a narrow
     box against the right (or bottom) edge inside a wide one, of width about t times the wide
     one, which is just under its class's size bound 2^(k+1). Whichever ranks first is the
     suppressor, so both window bounds are met: x1_i near x1_j + (1 - t) w_j (narrow i) and
     near x1_j - (1 - t) w_i (wide i). Pairs lie 4096 px apart on a grid from (base, base)."""
     boxes = []
-    for k in range(1, 10):
+    for k in classes:
         for eps in (-1e-3, -1e-6, 0.0, 1e-6, 1e-4, 1e-2):
             for axis in (0, 1):
                 for _ in range(2):
@@ -223,6 +223,27 @@ def test_windows_hold_every_pair_at_the_iou_threshold(base, t, o):
     brute = E.overlap_pairs_bruteforce(boxes, logits, keys, t, o)
     assert found == brute
     assert 40 < len(brute) < n // 2 - 40  # pairs on both sides of the threshold
+
+
+def test_a_window_two_percent_too_tight_misses_pairs_at_the_bounds(monkeypatch):
+    """The edge pairs above do reach the window bounds: shrinking the position windows by 2%
+    (the size classes unchanged) loses overlapping pairs."""
+    real = E.windows
+
+    def tighter(bj, wj, hj, k, thresh, offset):
+        return real(bj, wj, hj, k, 1 - (1 - thresh) / 1.02, offset)
+
+    monkeypatch.setattr(E, "windows", tighter)
+    missed = 0
+    for base, t, o in ((-3000.25, 0.05, 0.0), (12345.5, 0.05, 0.0), (12345.5, 0.3, 1.0)):
+        rng = np.random.default_rng(12)
+        boxes = _edge_pairs(base, t, o, rng)
+        n = len(boxes)
+        logits, keys = rng.normal(size=n).astype(np.float32), rng.permutation(n).astype(np.uint32)
+        em = E.emulate_nms(boxes, logits, keys, t, o)
+        found = set(zip(em.edge_i.tolist(), em.edge_j.tolist()))
+        missed += len(E.overlap_pairs_bruteforce(boxes, logits, keys, t, o) - found)
+    assert missed >= 10  # 16 with these seeds (the misses need a bound near a cell edge)
 
 
 @pytest.mark.parametrize("n", [0, 1])

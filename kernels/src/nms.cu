@@ -36,7 +36,9 @@ constexpr int kMaxResolveBlocks = 4096;  // persistent blocks claim chunks until
 
 // Cell code layout (uint32): class << 27 | ycode << 14 | xcode.
 constexpr int kXBits = 14, kYBits = 13, kClassShift = 27;
-constexpr int kXBias = 1 << (kXBits - 1), kYBias = 1 << (kYBits - 1);
+// Codes cover [-1/8, 7/8) of their range in cells (images lie at positive coordinates): class 0
+// spans x in [-1024, 7168) px, class 1 [-2048, 14336); outside, cells clamp (still exact).
+constexpr int kXBias = 1 << (kXBits - 3), kYBias = 1 << (kYBits - 3);
 constexpr int kTopClass = 30;                // max(w, h) >= 2^30 (and one single cell)
 constexpr uint32_t kIsolatedCell = ~0u;      // boxes that can never have IoU > t: class 31
 constexpr float kWindowMargin = 0.999f;      // slack on the size-ratio bound (float rounding)
@@ -241,8 +243,11 @@ __device__ __forceinline__ void window(float v, float v2, float size, float side
   last = max(cell_of(__fadd_rn(__fadd_rn(v, __fmul_rn(f, size)), m), k, bias, bits, grain), 0);
 }
 
+// Class k's window; codes ascend by class, so its first row is searched from `from`, the end
+// of the previous class's last row (or 0).
 __device__ __forceinline__ void walk_class(Walk& w, const NmsConfig& cfg,
-                                           const uint32_t* __restrict__ cells, uint32_t n) {
+                                           const uint32_t* __restrict__ cells, uint32_t n,
+                                           uint32_t from) {
   if (w.k == kTopClass) {
     w.y = w.y_hi = w.x_lo = w.x_hi = 0;
   } else {
@@ -250,7 +255,7 @@ __device__ __forceinline__ void walk_class(Walk& w, const NmsConfig& cfg,
     window(w.b.y, w.b.w, w.h, side, f, cfg.offset, w.k, kYBias, kYBits, kYGrain, w.y, w.y_hi);
     window(w.b.x, w.b.z, w.w, side, f, cfg.offset, w.k, kXBias, kXBits, kXGrain, w.x_lo, w.x_hi);
   }
-  walk_row(w, cells, n, 0);
+  walk_row(w, cells, n, from);
 }
 
 // IoU > t needs w_i > t*w_j and h_i > t*h_j (so d_i = max(w_i, h_i) > t*d_j), d_i < d_j / t
@@ -262,7 +267,7 @@ __device__ __forceinline__ void walk_start(Walk& w, const NmsConfig& cfg,
   w.k = max(size_class(__fmul_rn(tm, d)),
             size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, w.area)), kWindowMargin)));
   w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
-  walk_class(w, cfg, cells, n);
+  walk_class(w, cfg, cells, n, 0);
 }
 
 // Advances box j's walk; returns its status (kUndecided: it waits on an undecided box).
@@ -289,7 +294,7 @@ __device__ uint8_t walk_advance(Walk& w, uint32_t j, const uint32_t* __restrict_
       walk_row(w, cells, n, w.p_end);
     } else if (w.k < w.k_hi) {
       ++w.k;
-      walk_class(w, cfg, cells, n);
+      walk_class(w, cfg, cells, n, w.p_end);
     } else {
       return kKept;
     }
