@@ -268,3 +268,10 @@ class Deadline:
         need = f"about {estimate_s:.0f} s needed, " if estimate_s > 0 else ""
         return (f"time budget: {need}{max(left, 0.0):.0f} s left of --budget-s "
                 f"{self.budget_s:g} before {what}")
+
+
+def emulated_work_text(work: dict[str, Any]) -> str:
+    """One line of ``bench_scores.emulated_nms_work``: what the CUDA NMS does on an input."""
+    return (f"{work['rounds']} rounds of boxes waiting on earlier ones, candidates read per box "
+            f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g} / max {work['reads_max']}, "
+            f"{work['rows']:g} grid rows per box")

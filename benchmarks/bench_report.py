@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench_common import format_duration
+from bench_common import emulated_work_text, format_duration
 from bench_targets import format_value
 
 #: Stage columns of the end-to-end table, in pipeline order ("other" = total - stages).
@@ -129,6 +129,11 @@ def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {first} | {impl['name']} | {_t(impl['decode'], True)} | "
                          f"{_t(impl['nms'], True)} | {both} | {_t(impl.get('d2h'))} | "
                          f"{impl['kept']} |")
+    work = [f"{r['candidates']}: {emulated_work_text(r['emulated'])}" for r in rows
+            if r.get("emulated")]
+    if work:
+        lines += ["", "What the CUDA NMS does there, from its numpy emulation "
+                  "(kernels/nms_emulation.py): " + "; ".join(work) + "."]
     return lines
 
 

@@ -187,7 +187,7 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         data = clustered_score_map(target, config, map_hw, scale)
         log(f"decode/NMS: {data.candidates} candidates in {data.faces} face clusters "
             f"(target {target}, map {map_hw[0]}x{map_hw[1]}, scale {scale})")
-        numpy_row, _ = _numpy_rows(data, config, repeat, warmup)
+        numpy_row, numpy_out = _numpy_rows(data, config, repeat, warmup)
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
@@ -204,5 +204,19 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
                 rows.append({"name": "cuda (CudaPostprocessor)", "status": "failed",
                              "reason": one_line(exc, with_type=True)})
         results.append({"target": target, "candidates": data.candidates, "faces": data.faces,
-                        "map": list(map_hw), "scale": scale, "implementations": rows})
+                        "map": list(map_hw), "scale": scale, "implementations": rows,
+                        "emulated": emulated_nms_work(numpy_out["candidates"], config)})
     return results
+
+
+def emulated_nms_work(cands: Any, config: DetectorConfig, sample: int = 5000) -> dict[str, Any]:
+    """What the CUDA NMS does on these candidates, from its numpy emulation: the rounds of
+    waiting (dependency depth) and the candidates a thread's walk reads (mean / p99 / max), the
+    figures to read a GPU NMS time against (kernels/README.md, "Cost on dense maps")."""
+    from tinyfaces_trt.kernels import nms_emulation as E
+
+    em = E.emulate_nms(cands.boxes, cands.logits, cands.keys, config.nms_thresh,
+                       config.box_pixel_offset)
+    reads = E.walk_reads(cands.boxes, cands.logits, cands.keys, em.kept, config.nms_thresh,
+                         config.box_pixel_offset, sample)
+    return {"rounds": em.rounds, "overlap_pairs": em.overlap_pairs, **reads.summary()}

@@ -27,7 +27,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from bench_common import format_duration
+from bench_common import emulated_work_text, format_duration
 
 #: The backends the targets are about, in order of preference.
 PRIMARY = ("torch-cuda", "tensorrt-fp16-cuda", "onnxruntime-cuda")
@@ -179,7 +179,10 @@ def _decode_nms(count: int):
             return None, f"CUDA row {impl['status']}: {impl['reason']}" if impl else "no CUDA row", ""
         d, n = _median(impl["decode"]), _median(impl["nms"])
         detail = f"{row['candidates']} candidates: decode {format_duration(d)} + NMS {format_duration(n)}"
-        return d + n, detail, f"decode {format_duration(d)}, NMS {format_duration(n)}"
+        why = f"decode {format_duration(d)}, NMS {format_duration(n)}"
+        if row.get("emulated"):
+            why += f" (NMS work, emulated: {emulated_work_text(row['emulated'])})"
+        return d + n, detail, why
     return measure
 
 

@@ -304,6 +304,67 @@ def emulate_nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thr
                      edge_i=ei, edge_j=ej)
 
 
+@dataclass
+class WalkReads:
+    """What the resolve kernel's walks read (see :func:`walk_reads`).
+
+    Attributes:
+        reads: candidates read per sampled box before it decides.
+        rows: grid rows (binary-searched ranges) per sampled box, whole walks.
+        sampled: how many boxes were sampled (non-isolated ones).
+    """
+
+    reads: np.ndarray
+    rows: float
+    sampled: int
+
+    def summary(self) -> dict[str, float]:
+        """mean / p99 / max of the reads, and rows per box (JSON-ready)."""
+        if not self.reads.size:
+            return {"reads_mean": 0.0, "reads_p99": 0.0, "reads_max": 0, "rows": 0.0}
+        return {"reads_mean": round(float(self.reads.mean()), 1),
+                "reads_p99": float(np.percentile(self.reads, 99)),
+                "reads_max": int(self.reads.max()), "rows": round(self.rows, 1)}
+
+
+def walk_reads(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, kept: np.ndarray,
+               thresh: float, offset: float = 1.0, sample: int | None = None,
+               seed: int = 0) -> WalkReads:
+    """Candidates a box's walk reads before it decides, for a sample of boxes: up to the first
+    overlapping box that greedy NMS keeps (suppressed there), or the whole walk when it is kept.
+    That is the resolve kernel's work per thread; ``kept`` are the greedy result's input indices
+    (from :func:`emulate_nms` or ``runtime.nms.nms``: this needs no resolve rounds)."""
+    order = nms_order(logits, keys)
+    b = np.asarray(boxes, dtype=_F).reshape(-1, 4)[order]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    is_kept = np.zeros(len(order), bool)
+    is_kept[rank[np.asarray(kept, np.int64)]] = True
+    w, h, area, iso = geometry(b, offset)
+    codes = cell_codes(b, offset)
+    perm = np.argsort(codes, kind="stable")
+    walkers = np.flatnonzero(~iso)
+    if sample is not None and sample < walkers.size:
+        walkers = np.sort(np.random.default_rng(seed).choice(walkers, sample, replace=False))
+    reads, rows = [], 0
+    for start in range(0, walkers.size, 512):
+        js = walkers[start:start + 512]
+        wk = walks(b, w, h, js, codes[perm], perm.astype(np.uint32), thresh, offset)
+        rows += wk.rows
+        counts = np.zeros(js.size, np.int64)  # a walk without earlier candidates reads nothing
+        if wk.j.size:
+            stop = overlaps(b[wk.i], area[wk.i], b[wk.j], area[wk.j], thresh, offset) & is_kept[wk.i]
+            first = np.flatnonzero(np.r_[True, wk.j[1:] != wk.j[:-1]])
+            length = np.diff(np.r_[first, wk.j.size])
+            position = np.arange(wk.j.size) - np.repeat(first, length)
+            never = np.iinfo(np.int64).max
+            at = np.minimum.reduceat(np.where(stop, position, never), first)
+            counts[np.searchsorted(js, wk.j[first])] = np.where(at == never, length, at + 1)
+        reads.append(counts)
+    return WalkReads(np.concatenate(reads) if reads else np.zeros(0, np.int64),
+                     rows / max(walkers.size, 1), int(walkers.size))
+
+
 def overlap_pairs_bruteforce(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray,
                              iou_thresh: float, pixel_offset: float = 1.0) -> set[tuple[int, int]]:
     """Every (i < j) rank pair with float32 IoU > thresh, by brute force (small N only): the

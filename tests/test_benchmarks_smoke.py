@@ -135,6 +135,10 @@ def test_decode_nms_numpy_matches_the_port(run):
         assert cuda["kept"] == ours["kept"] and cuda["candidates"] == ours["candidates"]
     else:
         assert cuda["status"] == "skipped" and cuda["reason"]
+    # what the CUDA NMS does there, from its emulation
+    work = row["emulated"]
+    assert work["rounds"] >= 2 and work["overlap_pairs"] > 0
+    assert 0 < work["reads_mean"] <= work["reads_p99"] <= work["reads_max"] and work["rows"] > 0
 
 
 def test_markdown_has_every_section_with_adaptive_units(run):
@@ -154,6 +158,9 @@ def test_markdown_has_every_section_with_adaptive_units(run):
     numpy_row = next(line for line in table if "| numpy (runtime) |" in line)
     cells = [c.strip() for c in numpy_row.split("|")[3:6]]
     assert all(re.fullmatch(f"{DURATION}( / {DURATION})?", c) for c in cells), cells
+    work = result["decode_nms"]["rows"][0]["emulated"]
+    assert (f"{work['rounds']} rounds of boxes waiting on earlier ones, candidates read per box "
+            f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g}") in md
     if result.get("plot"):
         assert (out / "smoke.png").stat().st_size > 0
     else:

@@ -20,13 +20,17 @@ def _tool():
 
 
 def test_reads_stop_at_the_kept_suppressor_and_kept_boxes_read_their_whole_walk():
-    tool = _tool()
-    # three identical boxes: rank 0 is kept, ranks 1 and 2 meet it first in their walks
-    boxes = np.float32([[0, 0, 20, 20]] * 3 + [[500, 500, 520, 520]])
-    logits = np.float32([3, 2, 1, 0])
-    reads, rows = tool.candidates_read(boxes, logits, np.arange(4, dtype=np.uint32), 0.3, 1.0,
-                                       sample=4)
-    assert reads.tolist() == [0, 1, 1, 0] and rows > 0
+    E = _tool().E
+    # three identical boxes: rank 0 is kept, ranks 1 and 2 meet it first in their walks; a
+    # fourth, kept, box overlaps the first three only a little: its walk reads all three
+    boxes = np.float32([[0, 0, 20, 20]] * 3 + [[14, 0, 34, 20], [500, 500, 520, 520]])
+    logits = np.float32([4, 3, 2, 1, 0])
+    keys = np.arange(5, dtype=np.uint32)
+    em = E.emulate_nms(boxes, logits, keys, 0.3, 1.0)
+    assert em.kept.tolist() == [0, 3, 4]
+    cost = E.walk_reads(boxes, logits, keys, em.kept, 0.3, 1.0)
+    assert cost.reads.tolist() == [0, 1, 1, 3, 0] and cost.rows > 0 and cost.sampled == 5
+    assert cost.summary()["reads_max"] == 3
 
 
 def test_cli_on_a_small_clustered_map(capsys):

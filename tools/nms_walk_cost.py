@@ -26,39 +26,6 @@ from tinyfaces_trt.core.cli import parse_image_size, positive_int, probability  
 from tinyfaces_trt.runtime.nms import nms  # noqa: E402
 
 
-def candidates_read(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, thresh: float,
-                    offset: float, sample: int, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(candidates read per sampled box, grid rows per sampled box)."""
-    order = E.nms_order(logits, keys)
-    b = np.asarray(boxes, np.float32)[order]
-    kept = nms(np.asarray(boxes, np.float64), np.asarray(logits, np.float32),
-               np.asarray(keys).astype(np.int64), thresh, offset)
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    is_kept = np.zeros(len(order), bool)
-    is_kept[rank[kept]] = True
-    w, h, area, iso = E.geometry(b, offset)
-    codes = E.cell_codes(b, offset)
-    perm = np.argsort(codes, kind="stable")
-    walkers = np.flatnonzero(~iso)
-    js = np.sort(np.random.default_rng(seed).choice(walkers, min(sample, walkers.size), replace=False))
-    reads, rows = [], 0
-    for start in range(0, js.size, 500):
-        wk = E.walks(b, w, h, js[start:start + 500], codes[perm], perm.astype(np.uint32), thresh, offset)
-        rows += wk.rows
-        stop = E.overlaps(b[wk.i], area[wk.i], b[wk.j], area[wk.j], thresh, offset) & is_kept[wk.i]
-        first = np.flatnonzero(np.r_[True, wk.j[1:] != wk.j[:-1]])
-        length = np.diff(np.r_[first, wk.j.size])
-        position = np.arange(wk.j.size) - np.repeat(first, length)
-        at = np.minimum.reduceat(np.where(stop, position, np.iinfo(np.int64).max), first)
-        read = np.where(at == np.iinfo(np.int64).max, length, at + 1)
-        # boxes whose walk holds no earlier candidate at all read nothing
-        counts = np.zeros(js[start:start + 500].size, np.int64)
-        counts[np.searchsorted(js[start:start + 500], wk.j[first])] = read
-        reads.append(counts)
-    return np.concatenate(reads), rows / max(js.size, 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             base += int(np.prod(score_map.shape[-2:])) * 25
         cands = Candidates.concatenate(parts)
         label = f"{width}x{height} synthetic image, seeded untrained network"
-    reads, rows = candidates_read(cands.boxes, cands.logits, cands.keys, config.nms_thresh,
-                                  config.box_pixel_offset, args.sample)
+    kept = nms(cands.boxes, cands.logits, cands.keys, config.nms_thresh, config.box_pixel_offset)
+    cost = E.walk_reads(cands.boxes, cands.logits, cands.keys, kept, config.nms_thresh,
+                        config.box_pixel_offset, args.sample)
+    s = cost.summary()
     print(f"{label}: {len(cands)} candidates, NMS threshold {config.nms_thresh}; per sampled box "
-          f"({reads.size}): candidates read mean {reads.mean():.1f}, p99 "
-          f"{np.percentile(reads, 99):.0f}, max {reads.max()}; grid rows {rows:.1f}")
+          f"({cost.sampled}): candidates read mean {s['reads_mean']:.1f}, p99 "
+          f"{s['reads_p99']:.0f}, max {s['reads_max']}; grid rows {s['rows']:.1f}")
     return 0
 
 
