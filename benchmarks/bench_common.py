@@ -272,6 +272,7 @@ class Deadline:
 
 def emulated_work_text(work: dict[str, Any]) -> str:
     """One line of ``bench_scores.emulated_nms_work``: what the CUDA NMS does on an input."""
-    return (f"{work['rounds']} rounds of boxes waiting on earlier ones, candidates read per box "
+    return (f"{work['rounds']} rounds of boxes waiting on earlier ones "
+            f"({work['rounds_lookahead']} with the lookahead rule), candidates read per box "
             f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g} / max {work['reads_max']}, "
             f"{work['rows']:g} grid rows per box")

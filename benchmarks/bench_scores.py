@@ -122,13 +122,17 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
+CUDA_ROWS = {False: "cuda (CudaPostprocessor)", True: "cuda, lookahead NMS rule"}
+
+
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int) -> dict[str, Any]:
+              warmup: int, lookahead: bool = False) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
     kept rows (so NMS includes that small copy); every run is stream-synchronised.
+    ``lookahead``: the other NMS resolve rule (``tf_nms_params.lookahead``, the same boxes).
     """
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
@@ -139,7 +143,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
 
     stream = Stream()
-    post = CudaPostprocessor(config, stream)
+    post = CudaPostprocessor(config, stream, nms_lookahead=lookahead)
     score_dev = DeviceBuffer(data.score_map.nbytes)
     try:
         score_dev.upload(np.ascontiguousarray(data.score_map), stream)
@@ -163,7 +167,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
                 decode_s.append(decoded - start)
                 nms_s.append(done - decoded)
         stats = post.last_stats
-        return {"name": "cuda (CudaPostprocessor)", "status": "ok",
+        return {"name": CUDA_ROWS[lookahead], "status": "ok",
                 "decode": summarize(decode_s), "nms": summarize(nms_s),
                 "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
                 "note": "NMS includes the download of the kept boxes"}
@@ -191,17 +195,16 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        if with_cuda:
+        for lookahead in ((False, True) if with_cuda else ()):
+            name = CUDA_ROWS[lookahead]
             try:
-                rows.append(_cuda_row(data, config, repeat, warmup))
+                rows.append(_cuda_row(data, config, repeat, warmup, lookahead))
             except _Skip as exc:
-                rows.append({"name": "cuda (CudaPostprocessor)", "status": "skipped",
-                             "reason": str(exc)})
+                rows.append({"name": name, "status": "skipped", "reason": str(exc)})
             except BackendUnavailableError as exc:  # no cuda-python / library: say why
-                rows.append({"name": "cuda (CudaPostprocessor)", "status": "skipped",
-                             "reason": one_line(exc)})
+                rows.append({"name": name, "status": "skipped", "reason": one_line(exc)})
             except Exception as exc:  # present, but failed: a finding, not a skip
-                rows.append({"name": "cuda (CudaPostprocessor)", "status": "failed",
+                rows.append({"name": name, "status": "failed",
                              "reason": one_line(exc, with_type=True)})
         results.append({"target": target, "candidates": data.candidates, "faces": data.faces,
                         "map": list(map_hw), "scale": scale, "implementations": rows,
@@ -217,6 +220,10 @@ def emulated_nms_work(cands: Any, config: DetectorConfig, sample: int = 5000) ->
 
     em = E.emulate_nms(cands.boxes, cands.logits, cands.keys, config.nms_thresh,
                        config.box_pixel_offset)
+    ahead = E.resolve_rounds(len(em.status), E.geometry(cands.boxes[em.order],
+                                                         config.box_pixel_offset)[3],
+                             em.edge_j, em.edge_i, lookahead=True)[1]
     reads = E.walk_reads(cands.boxes, cands.logits, cands.keys, em.kept, config.nms_thresh,
                          config.box_pixel_offset, sample)
-    return {"rounds": em.rounds, "overlap_pairs": em.overlap_pairs, **reads.summary()}
+    return {"rounds": em.rounds, "rounds_lookahead": ahead, "overlap_pairs": em.overlap_pairs,
+            **reads.summary()}

@@ -180,6 +180,10 @@ def _decode_nms(count: int):
         d, n = _median(impl["decode"]), _median(impl["nms"])
         detail = f"{row['candidates']} candidates: decode {format_duration(d)} + NMS {format_duration(n)}"
         why = f"decode {format_duration(d)}, NMS {format_duration(n)}"
+        other = next((i for i in row["implementations"] if i["name"].startswith("cuda")
+                      and i is not impl and i.get("status") == "ok"), None)
+        if other is not None:
+            why += f" ({other['name']}: NMS {format_duration(_median(other['nms']))})"
         if row.get("emulated"):
             why += f" (NMS work, emulated: {emulated_work_text(row['emulated'])})"
         return d + n, detail, why

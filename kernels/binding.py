@@ -82,7 +82,8 @@ class NmsParams(ctypes.Structure):
                 ("pixel_offset", ctypes.c_float),
                 ("clip", ctypes.c_int32),
                 ("image_height", ctypes.c_int32),
-                ("image_width", ctypes.c_int32)]
+                ("image_width", ctypes.c_int32),
+                ("lookahead", ctypes.c_int32)]
 
 
 class NmsStats(ctypes.Structure):
@@ -122,10 +123,10 @@ def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float
 
 
 def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
-               image_width: int) -> NmsParams:
-    """Builds ``tf_nms_params``."""
+               image_width: int, lookahead: bool = False) -> NmsParams:
+    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result)."""
     return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), int(image_height),
-                     int(image_width))
+                     int(image_width), int(bool(lookahead)))
 
 
 def cache_dir() -> Path:

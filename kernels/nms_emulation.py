@@ -31,7 +31,9 @@ and so that its cost on a given input is known (pairs examined, rounds, workspac
 5. **resolve**: a box is decided by the first candidate of its walk that overlaps it
    (IoU > t) and is not SUPPRESSED: KEPT -> j is SUPPRESSED, UNDECIDED -> j waits there
    (a SUPPRESSED or non-overlapping candidate is passed for good); no such candidate -> j is
-   KEPT. The kernel runs this asynchronously (a persistent kernel, live statuses); here it
+   KEPT. With ``lookahead`` (``tf_nms_params.lookahead``) the walk goes on past an UNDECIDED
+   one looking for a KEPT one, and only if there is none waits on the first UNDECIDED one
+   (its blocker), re-reading just the blocker's status until it decides. The kernel runs this asynchronously (a persistent kernel, live statuses); here it
    runs in synchronous (Jacobi) rounds, each reading the previous round's statuses. Both give
    exactly serial greedy NMS (a decided status is always the greedy one, and the lowest
    undecided box decides in the next round); ``rounds`` is the dependency depth, an upper
@@ -218,9 +220,12 @@ def walks(b: np.ndarray, w: np.ndarray, h: np.ndarray, js: np.ndarray, cells_sor
     return Walks(pj[earlier], pi[earlier], int(ny.sum()))
 
 
-def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarray) -> tuple[np.ndarray, int]:
+def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarray,
+                   lookahead: bool = False) -> tuple[np.ndarray, int]:
     """Synchronous rounds of the resolve rule over the overlap edges (in walk order, grouped
     by j ascending). Returns (status per rank, number of rounds)."""
+    if lookahead:
+        return _lookahead_rounds(n, iso, edge_j, edge_i)
     status = np.full(n, UNDECIDED, dtype=np.int8)
     status[iso] = KEPT  # decided before the walks (round 0)
     ej, ei = edge_j, edge_i
@@ -240,6 +245,42 @@ def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarr
         free = undecided.copy()
         free[first_j] = False
         status[free] = KEPT  # nothing left to wait on
+
+
+def _lookahead_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray,
+                      edge_i: np.ndarray) -> tuple[np.ndarray, int]:
+    """The lookahead rule (``tf_nms_params.lookahead``): a pass scans from its resume point
+    on past undecided overlapping boxes; a KEPT one suppresses the box, else the first
+    undecided one becomes its blocker (the resume point) and the box waits until the blocker
+    decides (one status read per poll), then passes again; no undecided one keeps it."""
+    status = np.full(n, UNDECIDED, dtype=np.int8)
+    status[iso] = KEPT
+    m = edge_j.size
+    position = np.arange(m)
+    end = np.searchsorted(edge_j, np.arange(n), "right")
+    resume = np.searchsorted(edge_j, np.arange(n), "left")  # the blocker's edge, or the start
+    never = m + 1
+    rounds = 0
+    while True:
+        undecided = status == UNDECIDED
+        if not undecided.any():
+            return status, rounds
+        prev = status.copy()
+        has_blocker = resume < end
+        blocker = np.full(n, KEPT, np.int8)
+        blocker[has_blocker] = prev[edge_i[resume[has_blocker]]]
+        passing = undecided & ((blocker != UNDECIDED) if rounds else True)
+        rounds += 1
+        scan = passing[edge_j] & (position >= resume[edge_j])
+        sj, sp, s = edge_j[scan], position[scan], prev[edge_i[scan]]
+        suppressed = np.zeros(n, bool)
+        suppressed[sj[s == KEPT]] = True
+        first_undecided = np.full(n, never, np.int64)
+        np.minimum.at(first_undecided, sj[s == UNDECIDED], sp[s == UNDECIDED])
+        status[passing & suppressed] = SUPPRESSED
+        status[passing & ~suppressed & (first_undecided == never)] = KEPT
+        waits = passing & ~suppressed & (first_undecided < never)
+        resume[waits] = first_undecided[waits]
 
 
 @dataclass
@@ -273,9 +314,10 @@ class Emulation:
 
 
 def emulate_nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: float,
-                pixel_offset: float = 1.0, chunk: int = 8192) -> Emulation:
+                pixel_offset: float = 1.0, chunk: int = 8192, lookahead: bool = False) -> Emulation:
     """Emulates ``tf_nms`` on float32 boxes (N, 4), logits (N,), uint32 canonical keys (N,);
-    ``chunk`` walks are expanded at a time (memory only; the result does not depend on it)."""
+    ``chunk`` walks are expanded at a time (memory only; the result does not depend on it);
+    ``lookahead``: the resolve rule of ``tf_nms_params.lookahead`` (the same result)."""
     b_in = np.asarray(boxes, dtype=_F).reshape(-1, 4)
     n = b_in.shape[0]
     order = nms_order(logits, keys)
@@ -296,7 +338,7 @@ def emulate_nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thr
         candidates += wk.j.size
         rows += wk.rows
     ei, ej = np.concatenate(edge_i), np.concatenate(edge_j)
-    status, rounds = resolve_rounds(n, iso, ej, ei)
+    status, rounds = resolve_rounds(n, iso, ej, ei, lookahead)
     kept_ranks = np.flatnonzero(status == KEPT)
     return Emulation(kept=order[kept_ranks].astype(np.int64), order=order, status=status,
                      rounds=rounds, candidate_pairs=int(candidates), overlap_pairs=int(ei.size),

@@ -137,7 +137,7 @@ def test_decode_nms_numpy_matches_the_port(run):
         assert cuda["status"] == "skipped" and cuda["reason"]
     # what the CUDA NMS does there, from its emulation
     work = row["emulated"]
-    assert work["rounds"] >= 2 and work["overlap_pairs"] > 0
+    assert work["rounds"] >= work["rounds_lookahead"] >= 2 and work["overlap_pairs"] > 0
     assert 0 < work["reads_mean"] <= work["reads_p99"] <= work["reads_max"] and work["rows"] > 0
 
 
@@ -159,7 +159,8 @@ def test_markdown_has_every_section_with_adaptive_units(run):
     cells = [c.strip() for c in numpy_row.split("|")[3:6]]
     assert all(re.fullmatch(f"{DURATION}( / {DURATION})?", c) for c in cells), cells
     work = result["decode_nms"]["rows"][0]["emulated"]
-    assert (f"{work['rounds']} rounds of boxes waiting on earlier ones, candidates read per box "
+    assert (f"{work['rounds']} rounds of boxes waiting on earlier ones "
+            f"({work['rounds_lookahead']} with the lookahead rule), candidates read per box "
             f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g}") in md
     if result.get("plot"):
         assert (out / "smoke.png").stat().st_size > 0
@@ -227,7 +228,11 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
              "decode": {"median_ms": 0.026}, "nms": {"median_ms": 0.20}}]},
         {"target": 50000, "candidates": 50089, "implementations": [
             {"name": "cuda (CudaPostprocessor)", "status": "ok",
-             "decode": {"median_ms": 0.029}, "nms": {"median_ms": 5.19}}]}]}}
+             "decode": {"median_ms": 0.029}, "nms": {"median_ms": 5.19}},
+            {"name": "cuda, lookahead NMS rule", "status": "ok",
+             "decode": {"median_ms": 0.029}, "nms": {"median_ms": 1.5}}],
+         "emulated": {"rounds": 164, "rounds_lookahead": 6, "overlap_pairs": 3231404,
+                      "reads_mean": 41.4, "reads_p99": 291.0, "reads_max": 770, "rows": 12.7}}]}}
     rows = {t["key"]: t for t in evaluate(result)}
     assert all(t["where"] == "`torch-cuda` at 1920x1080" for k, t in rows.items()
                if not k.startswith("decode"))
@@ -246,6 +251,8 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
     assert small["verdict"] == "met (1.33x better)"
     big = rows["decode_nms_50k"]
     assert big["met"] is False and "NMS 5.19 ms" in big["why"]
+    assert "(cuda, lookahead NMS rule: NMS 1.50 ms)" in big["why"]
+    assert "164 rounds of boxes waiting on earlier ones (6 with the lookahead rule)" in big["why"]
     gain = rows["batch_gain"]
     assert gain["measured"] == pytest.approx(29.5 / 25.0) and gain["met"] is False
     assert "it does not batch the levels" in gain["why"]  # 64 calls = 8 frames x 8 levels

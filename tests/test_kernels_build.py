@@ -295,6 +295,8 @@ def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary
     (dict(params=binding.nms_params(0.3, -1.0, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
     (dict(params=binding.nms_params(0.3, INF, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
     (dict(params=binding.nms_params(0.3, 1.0, True, 0, 10)), Status.INVALID_SIZE, "image size"),
+    (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 2)), Status.INVALID_VALUE,
+     "lookahead = 2 must be 0 or 1"),
     (dict(cand=FAKE + 4), Status.MISALIGNED, "candidates"),
     (dict(ws=FAKE + 8), Status.MISALIGNED, "workspace"),
     (dict(out=FAKE + 1), Status.MISALIGNED, "out_boxes"),

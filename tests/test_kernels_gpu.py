@@ -686,7 +686,7 @@ def _candidate_buffer(boxes, logits, keys, capacity):
     return raw
 
 
-def _gpu_nms_on(stream, boxes, logits, keys, thresh, offset, max_candidates=None):
+def _gpu_nms_on(stream, boxes, logits, keys, thresh, offset, max_candidates=None, lookahead=False):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     logits = np.asarray(logits, np.float32)
     keys = np.asarray(keys, np.uint32)
@@ -698,7 +698,7 @@ def _gpu_nms_on(stream, boxes, logits, keys, thresh, offset, max_candidates=None
     with DeviceBuffer(host.nbytes) as cand, DeviceBuffer(ws_bytes) as ws, \
             DeviceBuffer(m * 20) as out, DeviceBuffer(16) as stats_buf:
         cand.upload(host, stream)
-        params = binding.nms_params(thresh, offset, False, 1 << 20, 1 << 20)
+        params = binding.nms_params(thresh, offset, False, 1 << 20, 1 << 20, lookahead)
         LIB.nms(cand, capacity, params, m, ws, ws_bytes, out, stats_buf, stream)
         stats = np.zeros(1, binding.NMS_STATS_DTYPE)
         stats_buf.download(stats, stream)
@@ -712,16 +712,18 @@ def _gpu_nms_on(stream, boxes, logits, keys, thresh, offset, max_candidates=None
 
 
 def _assert_gpu_kept(stream, boxes, logits, keys, thresh, offset):
+    """The kernel keeps runtime.nms's boxes with both resolve rules (tf_nms_params.lookahead)."""
     from tinyfaces_trt.runtime.nms import nms
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     logits = np.asarray(logits, np.float32)
     want = nms(boxes.astype(np.float64), logits, np.asarray(keys, np.int64), thresh, offset)
-    rows = _gpu_nms_on(stream, boxes, logits, keys, thresh, offset)
-    assert rows.shape == (len(want), 5)
-    np.testing.assert_array_equal(rows[:, :4], boxes[want])  # copies, unclipped: exact
-    np.testing.assert_allclose(rows[:, 4], 1 / (1 + np.exp(-logits[want].astype(np.float64))),
-                               rtol=0, atol=1e-6)
+    for lookahead in (False, True):
+        rows = _gpu_nms_on(stream, boxes, logits, keys, thresh, offset, lookahead=lookahead)
+        assert rows.shape == (len(want), 5), lookahead
+        np.testing.assert_array_equal(rows[:, :4], boxes[want])  # copies, unclipped: exact
+        np.testing.assert_allclose(rows[:, 4], 1 / (1 + np.exp(-logits[want].astype(np.float64))),
+                                   rtol=0, atol=1e-6)
 
 
 def _square_boxes(centres, sizes):
@@ -777,8 +779,9 @@ def test_uncapped_pairs_at_the_window_bounds_as_the_emulation(stream, base, t, o
     n = len(boxes)
     logits, keys = rng.normal(size=n).astype(np.float32), rng.permutation(n).astype(np.uint32)
     want = _emulation().emulate_nms(boxes, logits, keys, t, o).kept
-    rows = _gpu_nms_on(stream, boxes, logits, keys, t, o)
-    np.testing.assert_array_equal(rows[:, :4], boxes[want])
+    for lookahead in (False, True):
+        rows = _gpu_nms_on(stream, boxes, logits, keys, t, o, lookahead=lookahead)
+        np.testing.assert_array_equal(rows[:, :4], boxes[want])
 
 
 def test_uncapped_650k_candidates_detector_like(stream):

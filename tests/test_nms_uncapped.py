@@ -51,6 +51,9 @@ def _check(boxes, logits, keys, thresh, offset, brute_force=None):
     em = E.emulate_nms(boxes, logits, keys, thresh, offset)
     want = nms(boxes.astype(np.float64), logits, keys.astype(np.int64), thresh, offset)
     np.testing.assert_array_equal(em.kept, want)
+    ahead = E.emulate_nms(boxes, logits, keys, thresh, offset, lookahead=True)  # the other rule
+    np.testing.assert_array_equal(ahead.kept, want)
+    assert ahead.rounds <= em.rounds
     assert em.kept.dtype == np.int64
     np.testing.assert_array_equal(em.order[np.argsort(em.order)], np.arange(len(boxes)))
     if brute_force if brute_force is not None else len(boxes) <= 2500:

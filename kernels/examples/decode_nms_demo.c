@@ -87,7 +87,7 @@ static int run(void) {
   dp.stride = 8.0f;
   dp.offset = -1.0f;
   dp.scale = 1.0f;
-  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250};
+  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0};
 
   const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
   float* host_map = (float*)malloc(map_floats * sizeof(float));

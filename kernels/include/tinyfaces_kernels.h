@@ -185,6 +185,10 @@ typedef struct tf_nms_params {
   int32_t clip;           /* nonzero: clip the kept boxes to the image */
   int32_t image_height;   /* original image size (>= 1) */
   int32_t image_width;
+  int32_t lookahead;      /* resolve rule, 0 or 1 (the same result): 0 = a box waits at the
+                             first undecided overlapping box of its walk; 1 = it walks on past
+                             undecided ones for a kept one, and waits (on the first undecided
+                             one) only if there is none: fewer rounds of waiting, more reads */
 } tf_nms_params;
 
 #define TF_OVERFLOW_CAPACITY 1u   /* num_candidates > candidate-buffer capacity */

@@ -214,22 +214,31 @@ __global__ void nms_cell_gather_kernel(const Control* __restrict__ ctrl,
     cell_boxes[p] = boxes[ranks[p]];
 }
 
-// Box j (its box, w, h, area) and where it is in its walk over candidate suppressors.
-struct Walk {
-  float4 b;
-  float w, h, area;
-  int k, k_hi;          // size class now / last
+constexpr uint32_t kNoBlocker = 0xffffffffu;
+
+// Where a walk is: class, grid row, columns, position in the cell-sorted arrays.
+struct Cursor {
+  int k;                // size class now
   int y, y_hi;          // grid row now / last (in class k)
   int x_lo, x_hi;       // grid columns of class k
   uint32_t p, p_end;    // position in the cell-sorted arrays / end of the row
 };
 
-// Row y of class k: the positions of its columns x_lo..x_hi (rows of a class ascend, so the
-// search starts at `from`, the end of the previous row, or 0).
-__device__ __forceinline__ void walk_row(Walk& w, const uint32_t* __restrict__ cells, uint32_t n,
+// Box j (its box, w, h, area) and its walk over candidate suppressors.
+struct Walk {
+  float4 b;
+  float w, h, area;
+  int k_hi;             // last size class
+  Cursor c;
+  uint32_t blocker;     // lookahead: the undecided box waited on (kNoBlocker: none)
+};
+
+// Row y of class k: the positions of its columns x_lo..x_hi (codes ascend by class and row,
+// so the search starts at `from`, the end of the previous row searched, or 0).
+__device__ __forceinline__ void walk_row(Cursor& c, const uint32_t* __restrict__ cells, uint32_t n,
                                          uint32_t from) {
-  w.p = lower_bound(cells, from, n, cell_code(w.k, w.y, w.x_lo));
-  w.p_end = lower_bound(cells, w.p, n, cell_code(w.k, w.y, w.x_hi) + 1u);
+  c.p = lower_bound(cells, from, n, cell_code(c.k, c.y, c.x_lo));
+  c.p_end = lower_bound(cells, c.p, n, cell_code(c.k, c.y, c.x_hi) + 1u);
 }
 
 // First and last cell (float32, as the emulation) of the window [v - f*side - m, v + f*size + m]
@@ -243,19 +252,19 @@ __device__ __forceinline__ void window(float v, float v2, float size, float side
   last = max(cell_of(__fadd_rn(__fadd_rn(v, __fmul_rn(f, size)), m), k, bias, bits, grain), 0);
 }
 
-// Class k's window; codes ascend by class, so its first row is searched from `from`, the end
-// of the previous class's last row (or 0).
+// Class c.k's window and its first row (searched from `from`).
 __device__ __forceinline__ void walk_class(Walk& w, const NmsConfig& cfg,
                                            const uint32_t* __restrict__ cells, uint32_t n,
                                            uint32_t from) {
-  if (w.k == kTopClass) {
-    w.y = w.y_hi = w.x_lo = w.x_hi = 0;
+  Cursor& c = w.c;
+  if (c.k == kTopClass) {
+    c.y = c.y_hi = c.x_lo = c.x_hi = 0;
   } else {
-    const float side = class_side(w.k), f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
-    window(w.b.y, w.b.w, w.h, side, f, cfg.offset, w.k, kYBias, kYBits, kYGrain, w.y, w.y_hi);
-    window(w.b.x, w.b.z, w.w, side, f, cfg.offset, w.k, kXBias, kXBits, kXGrain, w.x_lo, w.x_hi);
+    const float side = class_side(c.k), f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
+    window(w.b.y, w.b.w, w.h, side, f, cfg.offset, c.k, kYBias, kYBits, kYGrain, c.y, c.y_hi);
+    window(w.b.x, w.b.z, w.w, side, f, cfg.offset, c.k, kXBias, kXBits, kXGrain, c.x_lo, c.x_hi);
   }
-  walk_row(w, cells, n, from);
+  walk_row(c, cells, n, from);
 }
 
 // IoU > t needs w_i > t*w_j and h_i > t*h_j (so d_i = max(w_i, h_i) > t*d_j), d_i < d_j / t
@@ -264,43 +273,73 @@ __device__ __forceinline__ void walk_start(Walk& w, const NmsConfig& cfg,
                                            const uint32_t* __restrict__ cells, uint32_t n) {
   const float d = fmaxf(w.w, w.h);
   const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
-  w.k = max(size_class(__fmul_rn(tm, d)),
-            size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, w.area)), kWindowMargin)));
+  w.c.k = max(size_class(__fmul_rn(tm, d)),
+              size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, w.area)), kWindowMargin)));
   w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+  w.blocker = kNoBlocker;
   walk_class(w, cfg, cells, n, 0);
 }
 
 // Advances box j's walk; returns its status (kUndecided: it waits on an undecided box).
+// Walk order (kLookahead false): the first overlapping box that is not SUPPRESSED decides (KEPT
+// suppresses j, UNDECIDED makes it wait there). Lookahead: the walk goes on past UNDECIDED ones
+// for a KEPT one; if there is none it waits on the first UNDECIDED one (the blocker), reading
+// only the blocker's status until it decides, then walks on from it.
+template <bool kLookahead>
 __device__ uint8_t walk_advance(Walk& w, uint32_t j, const uint32_t* __restrict__ cells,
                                 const uint32_t* __restrict__ ranks,
                                 const float4* __restrict__ cell_boxes,
                                 const volatile uint8_t* status, const NmsConfig& cfg, uint32_t n) {
+  if (kLookahead && w.blocker != kNoBlocker) {
+    if (status[w.blocker] == kUndecided) return kUndecided;  // one read per poll
+    w.blocker = kNoBlocker;                                   // decided: walk on from it
+  }
+  int resume_k = 0, resume_y = 0;  // lookahead: the blocker's class, row and position
+  uint32_t resume_p = 0;
+  Cursor& c = w.c;
   for (;;) {
-    while (w.p < w.p_end) {
-      const uint32_t i = ranks[w.p];
+    while (c.p < c.p_end) {
+      const uint32_t i = ranks[c.p];
       if (i >= j) {  // the rest of this cell comes later in NMS order: next cell of the row
-        w.p = lower_bound(cells, w.p + 1, w.p_end, cells[w.p] + 1u);
+        c.p = lower_bound(cells, c.p + 1, c.p_end, cells[c.p] + 1u);
         continue;
       }
-      const float4 bi = cell_boxes[w.p];
+      const float4 bi = cell_boxes[c.p];
       if (overlaps(bi, __fmul_rn(box_w(bi, cfg.offset), box_h(bi, cfg.offset)), w.b, w.area, cfg)) {
         const uint8_t s = status[i];
-        if (s != kSuppressed) return s == kKept ? kSuppressed : kUndecided;  // undecided: retry here
+        if (s == kKept) return kSuppressed;
+        if (s == kUndecided) {
+          if (!kLookahead) return kUndecided;  // retry from here
+          if (w.blocker == kNoBlocker) {
+            w.blocker = i;
+            resume_k = c.k;
+            resume_y = c.y;
+            resume_p = c.p;
+          }
+        }
       }
-      ++w.p;
+      ++c.p;
     }
-    if (w.y < w.y_hi) {
-      ++w.y;
-      walk_row(w, cells, n, w.p_end);
-    } else if (w.k < w.k_hi) {
-      ++w.k;
-      walk_class(w, cfg, cells, n, w.p_end);
+    if (c.y < c.y_hi) {
+      ++c.y;
+      walk_row(c, cells, n, c.p_end);
+    } else if (c.k < w.k_hi) {
+      ++c.k;
+      walk_class(w, cfg, cells, n, c.p_end);
+    } else if (kLookahead && w.blocker != kNoBlocker) {
+      c.k = resume_k;  // wait on the blocker, then walk on from it: back to its row
+      walk_class(w, cfg, cells, n, 0);
+      c.y = resume_y;
+      walk_row(c, cells, n, 0);
+      c.p = resume_p;
+      return kUndecided;
     } else {
       return kKept;
     }
   }
 }
 
+template <bool kLookahead>
 __global__ void __launch_bounds__(kResolveThreads)
     nms_resolve_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
                        const uint32_t* __restrict__ ranks, const float4* __restrict__ boxes,
@@ -333,7 +372,7 @@ __global__ void __launch_bounds__(kResolveThreads)
     // blocks that are running, so this terminates (see the file comment).
     while (__syncthreads_or(undecided)) {
       if (undecided) {
-        const uint8_t s = walk_advance(w, j, cells, ranks, cell_boxes, status, cfg, n);
+        const uint8_t s = walk_advance<kLookahead>(w, j, cells, ranks, cell_boxes, status, cfg, n);
         if (s != kUndecided) {
           flags[j] = s == kKept;
           status[j] = s;
@@ -386,6 +425,8 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   const tf_nms_params& p = *params;
   if (!(p.nms_thresh >= 0.0f && p.nms_thresh <= 1.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "nms_thresh = %g is outside [0, 1]", p.nms_thresh);
+  if (p.lookahead != 0 && p.lookahead != 1)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "lookahead = %d must be 0 or 1", p.lookahead);
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_offset = %g must be finite and >= 0",
                     p.pixel_offset);
@@ -510,7 +551,9 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
                                 static_cast<const Control*>(ctrl),
                                 static_cast<const uint32_t*>(ranks.Current()),
                                 static_cast<const float4*>(boxes), cell_boxes));
-  TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch", nms_resolve_kernel, dim3(resolve_blocks),
+  TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch",
+                                params->lookahead ? nms_resolve_kernel<true> : nms_resolve_kernel<false>,
+                                dim3(resolve_blocks),
                                 dim3(kResolveThreads), 0, s, ctrl,
                                 static_cast<const uint32_t*>(cells.Current()),
                                 static_cast<const uint32_t*>(ranks.Current()),

@@ -209,6 +209,8 @@ class CudaPostprocessor:
         max_candidates: initial NMS size (its workspace is linear in it); grown to the next
             power of two, and NMS re-run on the candidates still on the device, when an image
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
+        nms_lookahead: the NMS resolve rule (``tf_nms_params.lookahead``); the same boxes
+            either way, a different speed (the benchmark times both).
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -216,7 +218,8 @@ class CudaPostprocessor:
 
     def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
                  library: Any = None, runner_stream: Stream | int | None = None,
-                 max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES) -> None:
+                 max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES,
+                 nms_lookahead: bool = False) -> None:
         _require_gpu()
         from tinyfaces_trt.kernels import binding
 
@@ -228,6 +231,7 @@ class CudaPostprocessor:
         self._after_runner = StreamOrder(producer, self.stream)
         self._before_runner = StreamOrder(self.stream, producer)
         self.max_candidates = max(1, min(int(max_candidates), binding.MAX_NMS_CANDIDATES))
+        self.nms_lookahead = bool(nms_lookahead)
         self._templates = np.asarray(config.templates, dtype=np.float64)[:, :4]
         self._images: list[_ImageCandidates] = []
         self._count = 0
@@ -303,7 +307,7 @@ class CudaPostprocessor:
         height, width = self._image_hw
         # clipped on the host after the boxes outside the image are dropped, as the numpy path
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
-                              height, width)
+                              height, width, self.nms_lookahead)
         lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
                 ws_bytes, out, stats, self.stream)
         host = np.zeros(1, b.NMS_STATS_DTYPE)
