@@ -169,7 +169,8 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  *   - one persistent kernel resolves greedy: blocks claim chunks of boxes in NMS order; a
  *     box walks its candidate suppressors in order: an overlapping earlier box that is KEPT
  *     suppresses it, one that is still undecided makes it wait (spin) there, and the end of
- *     the walk keeps it. A box waits only on earlier boxes, whose chunks are held by running
+ *     the walk keeps it (params->lookahead = 1: it walks on past undecided ones for a kept
+ *     one and waits only if there is none). A box waits only on earlier boxes, whose chunks are held by running
  *     blocks, so it always terminates. Time grows with the candidates walked and with the
  *     longest chain of boxes that each wait on the previous one (kernels/nms_emulation.py
  *     reports both for a given input).

@@ -17,6 +17,8 @@
 //                   - an overlapping KEPT one suppresses the box,
 //                   - an overlapping UNDECIDED one makes the thread wait (it retries later),
 //                   - the end of the walk keeps the box.
+//                 The lookahead rule (tf_nms_params.lookahead) walks on past UNDECIDED ones
+//                 for a KEPT one and, if there is none, waits on the first UNDECIDED one.
 //                 A box only depends on earlier ranks, whose chunks were claimed by blocks that
 //                 are already running, so the lowest undecided box can always decide: no
 //                 deadlock, and the result is exactly serial greedy NMS.
