@@ -170,10 +170,10 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  *     box walks its candidate suppressors in order: an overlapping earlier box that is KEPT
  *     suppresses it, one that is still undecided makes it wait (spin) there, and the end of
  *     the walk keeps it (params->lookahead = 1: it walks on past undecided ones for a kept
- *     one and waits only if there is none). A box waits only on earlier boxes, whose chunks are held by running
- *     blocks, so it always terminates. Time grows with the candidates walked and with the
- *     longest chain of boxes that each wait on the previous one (kernels/nms_emulation.py
- *     reports both for a given input).
+ *     one and waits only if there is none). A box waits only on earlier boxes, whose chunks
+ *     are held by running blocks, so it always terminates. Time grows with the candidates
+ *     walked and with the longest chain of boxes that each wait on the previous one
+ *     (kernels/nms_emulation.py reports both for a given input).
  * Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and written as rows
  * [x1, y1, x2, y2, sigmoid(logit)], best first.
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
