@@ -1,0 +1,317 @@
+"""Driving the kernel library's C ABI in tests, on a GPU or through its CPU build.
+
+:class:`KernelHarness` runs resize, decode and NMS through a :class:`~tinyfaces_trt.kernels.
+binding.KernelLibrary` with the buffers of a target: ``cuda_device.DeviceBuffer`` and a
+``Stream`` on a GPU (tests/test_kernels_gpu.py), :class:`HostBuffer` and :class:`HostStream`
+with ``libtinyfaces_kernels_cpu.so`` (``make -C kernels cpu``: the same kernel sources run on
+the CPU, tests/test_kernels_cpu.py). The numpy oracles of what the raw ABI must return live
+here too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.kernels import binding
+from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
+from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.runtime.preprocess import normalize
+from tinyfaces_trt.runtime.resize import resize_bilinear_aa
+
+REPO = Path(__file__).resolve().parents[1]
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+_LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+_LIBC.free.argtypes = [ctypes.c_void_p]
+
+
+# --- the CPU build's memory -------------------------------------------------------------------
+
+class HostBuffer:
+    """``nbytes`` of host memory, 256-byte aligned, with ``DeviceBuffer``'s interface.
+
+    Allocated with posix_memalign to exactly ``nbytes`` (so that AddressSanitizer sees any
+    access past the end) and filled with 0xFF bytes (NaN floats, all-ones integers), as
+    cudaMalloc'd memory is not zeroed: a kernel that reads what it did not write gets
+    garbage here too.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = int(nbytes)
+        ptr = ctypes.c_void_p()
+        if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, self.nbytes)) != 0:
+            raise MemoryError(f"posix_memalign({self.nbytes})")
+        self.ptr: int = ptr.value
+        self.array = np.ctypeslib.as_array((ctypes.c_uint8 * max(1, self.nbytes)).from_address(self.ptr))
+        self.array[:] = 0xFF
+
+    def upload(self, array: np.ndarray, stream: Any = None) -> None:
+        data = np.ascontiguousarray(array).view(np.uint8).ravel()
+        assert data.size <= self.nbytes, (data.size, self.nbytes)
+        self.array[:data.size] = data
+
+    def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
+        flat = array.reshape(-1).view(np.uint8)
+        flat[:] = self.array[:flat.size]
+        return array
+
+    def free(self) -> None:
+        """Releases the memory (idempotent); :attr:`array` becomes invalid."""
+        if self.ptr:
+            ptr, self.ptr = self.ptr, 0
+            _LIBC.free(ctypes.c_void_p(ptr))
+
+    def __del__(self) -> None:
+        self.free()
+
+    def __enter__(self) -> "HostBuffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+class HostStream:
+    """The CPU build runs every call to completion: the NULL stream, nothing to wait for."""
+
+    handle = 0
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+def levels_at(image_hw: tuple[int, int], exponents: Any) -> list[PyramidLevel]:
+    """Pyramid levels at scales 2**e of an image."""
+    out = []
+    for i, e in enumerate(exponents):
+        s = 2.0 ** e
+        out.append(PyramidLevel(i, e, s, math.ceil(s * image_hw[0]), math.ceil(s * image_hw[1])))
+    return out
+
+
+def map_size(level: PyramidLevel) -> tuple[int, int]:
+    return math.ceil(level.height / 8), math.ceil(level.width / 8)
+
+
+def random_maps(rng: np.random.Generator, levels: list[PyramidLevel], cls_mean: float = -1.0,
+                cls_sigma: float = 1.5, reg_sigma: float = 0.3) -> list[np.ndarray]:
+    """(1, 125, h, w) float32 score maps of normal noise, one per level."""
+    maps = []
+    for level in levels:
+        h, w = map_size(level)
+        cls = rng.normal(cls_mean, cls_sigma, (NUM_TEMPLATES, h, w))
+        reg = rng.normal(0.0, reg_sigma, (4 * NUM_TEMPLATES, h, w))
+        maps.append(np.concatenate([cls, reg]).astype(np.float32)[None])
+    return maps
+
+
+def candidate_count(maps: list[np.ndarray], levels: list[PyramidLevel], config: DetectorConfig) -> int:
+    """Cells above the threshold in active templates (every box of these maps is finite)."""
+    total = 0
+    for m, level in zip(maps, levels):
+        active = active_templates(level.scale, config)
+        total += int(((m[0, :NUM_TEMPLATES] > config.logit_thresh) & active[:, None, None]).sum())
+    return total
+
+
+def square_boxes(centres: Any, sizes: Any) -> np.ndarray:
+    c = np.asarray(centres, np.float64)
+    s = np.asarray(sizes, np.float64)[:, None]
+    return np.concatenate([c - s / 2, c + s / 2], 1).astype(np.float32)
+
+
+def emulation() -> Any:
+    """kernels/nms_emulation.py (a file of the checkout, not of the package)."""
+    name = "tinyfaces_nms_emulation"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "kernels" / "nms_emulation.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# --- oracles ------------------------------------------------------------------------------------
+
+def nms_rows_reference(maps: list[np.ndarray], levels: list[PyramidLevel], image_hw: tuple[int, int],
+                       config: DetectorConfig) -> np.ndarray:
+    """What ``tf_nms`` writes for these maps: numpy's kept rows in NMS order, clipped when
+    ``config.clip_boxes``. Boxes entirely outside the image are kept (the CUDA postprocessor
+    drops them on the host, as ``runtime.postprocess.finish_boxes``)."""
+    parts, base = [], 0
+    for m, level in zip(maps, levels):
+        parts.append(decode_level(m, level, config, base))
+        base += NUM_TEMPLATES * m.shape[2] * m.shape[3]
+    c = Candidates.concatenate(parts)
+    keep = nms(c.boxes, c.logits, c.keys, config.nms_thresh, config.box_pixel_offset)
+    with np.errstate(over="ignore"):
+        prob = 1.0 / (1.0 + np.exp(-c.logits[keep].astype(np.float64)))
+    rows = np.concatenate([c.boxes[keep], prob[:, None]], axis=1)
+    if config.clip_boxes:
+        height, width = image_hw
+        np.clip(rows[:, 0:4:2], 0, width - 1, out=rows[:, 0:4:2])
+        np.clip(rows[:, 1:4:2], 0, height - 1, out=rows[:, 1:4:2])
+    return rows.astype(np.float32)
+
+
+def assert_same_detections(got: np.ndarray, want: np.ndarray) -> None:
+    """DESIGN.md's tolerances: same count and order, boxes 1e-3 px, probabilities 1e-6."""
+    assert got.dtype == np.float32 and got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=1e-6)
+
+
+# --- the harness --------------------------------------------------------------------------------
+
+class RawRun:
+    """decode + NMS through the raw C API on one candidate buffer (kept for re-runs)."""
+
+    def __init__(self, harness: "KernelHarness", maps: list[np.ndarray], levels: list[PyramidLevel],
+                 config: DetectorConfig, capacity: int | None = None) -> None:
+        lib, self.harness, self.config = harness.lib, harness, config
+        self.capacity = capacity or max(1, sum(25 * m.shape[2] * m.shape[3] for m in maps))
+        self.cand = harness.buffer(lib.candidates_size(self.capacity))
+        self._inputs = []
+        lib.candidates_reset(self.cand, harness.stream)
+        key_base = 0
+        templates = config.templates[:, :4]
+        for m, level in zip(maps, levels):
+            d = harness.buffer(m.nbytes)
+            d.upload(np.ascontiguousarray(m), harness.stream)
+            self._inputs.append(d)
+            h, w = m.shape[2:]
+            params = binding.decode_params(templates, active_templates(level.scale, config),
+                                           config.logit_thresh, config.stride, config.offset, level.scale)
+            lib.decode_level(d, h, w, params, key_base, self.cand, self.capacity, harness.stream)
+            key_base += 25 * h * w
+
+    def nms(self, image_hw: tuple[int, int], max_candidates: int,
+            lookahead: bool = False) -> tuple[np.ndarray, dict[str, int]]:
+        """(rows, stats) of ``tf_nms`` over the buffer (clipped per the config)."""
+        lib, stream, new = self.harness.lib, self.harness.stream, self.harness.buffer
+        ws_bytes = lib.nms_workspace_size(max_candidates)
+        with new(ws_bytes) as ws, new(max_candidates * 20) as out, new(16) as stats_buf:
+            params = binding.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
+                                        self.config.clip_boxes, *image_hw, lookahead)
+            lib.nms(self.cand, self.capacity, params, max_candidates, ws, ws_bytes, out, stats_buf,
+                    stream)
+            stats = np.zeros(1, binding.NMS_STATS_DTYPE)
+            stats_buf.download(stats, stream)
+            stream.synchronize()
+            boxes = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
+            if len(boxes):
+                out.download(boxes, stream)
+                stream.synchronize()
+        return boxes, {k: int(stats[0][k]) for k in binding.NMS_STATS_DTYPE.names}
+
+
+class KernelHarness:
+    """The raw C ABI of one kernel library with one kind of buffer and stream.
+
+    ``quick``: the CPU build (each CUDA thread a fiber) runs the largest cases smaller.
+    """
+
+    def __init__(self, lib: Any, buffer: Any, stream: Any, quick: bool = False) -> None:
+        self.lib, self.buffer, self.stream, self.quick = lib, buffer, stream, quick
+
+    def raw_run(self, maps: list[np.ndarray], levels: list[PyramidLevel], config: DetectorConfig,
+                capacity: int | None = None) -> RawRun:
+        return RawRun(self, maps, levels, config, capacity)
+
+    def detections(self, maps: list[np.ndarray], levels: list[PyramidLevel], config: DetectorConfig,
+                   image_hw: tuple[int, int], max_candidates: int | None = None,
+                   lookahead: bool = False) -> tuple[np.ndarray, dict[str, int]]:
+        """decode + NMS of the maps; asserts no overflow."""
+        run = RawRun(self, maps, levels, config)
+        m = max_candidates or max(1, candidate_count(maps, levels, config))
+        boxes, stats = run.nms(image_hw, m, lookahead)
+        assert stats["overflow"] == 0, stats
+        return boxes, stats
+
+    def candidate_buffer(self, boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray,
+                         capacity: int) -> np.ndarray:
+        """Host image of a candidate buffer (layout of kernels/src/candidates.cuh)."""
+        n = len(boxes)
+        raw = np.zeros(self.lib.candidates_size(capacity), np.uint8)
+        raw[:4] = np.array([n], np.uint32).view(np.uint8)
+        key_bytes = emulation().sort_keys(logits, keys).astype("<u8").view(np.uint8)
+        raw[256:256 + key_bytes.size] = key_bytes
+        start = 256 + (8 * capacity + 255) // 256 * 256
+        box_bytes = np.ascontiguousarray(boxes, np.float32).view(np.uint8).ravel()
+        raw[start:start + box_bytes.size] = box_bytes
+        return raw
+
+    def nms_on(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float,
+               max_candidates: int | None = None, lookahead: bool = False) -> np.ndarray:
+        """``tf_nms`` rows of a crafted candidate buffer (unclipped)."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        logits = np.asarray(logits, np.float32)
+        keys = np.asarray(keys, np.uint32)
+        n = len(boxes)
+        m = max_candidates or max(1, n)
+        capacity = max(1, n)
+        host = self.candidate_buffer(boxes, logits, keys, capacity)
+        lib, stream, new = self.lib, self.stream, self.buffer
+        ws_bytes = lib.nms_workspace_size(m)
+        with new(host.nbytes) as cand, new(ws_bytes) as ws, new(m * 20) as out, new(16) as stats_buf:
+            cand.upload(host, stream)
+            params = binding.nms_params(thresh, offset, False, 1 << 20, 1 << 20, lookahead)
+            lib.nms(cand, capacity, params, m, ws, ws_bytes, out, stats_buf, stream)
+            stats = np.zeros(1, binding.NMS_STATS_DTYPE)
+            stats_buf.download(stats, stream)
+            stream.synchronize()
+            rows = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
+            if len(rows):
+                out.download(rows, stream)
+                stream.synchronize()
+        assert int(stats[0]["overflow"]) == 0 and int(stats[0]["num_candidates"]) == n
+        return rows
+
+    def assert_kept(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float) -> None:
+        """The kernel keeps runtime.nms's boxes with both resolve rules (tf_nms_params.lookahead)."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        logits = np.asarray(logits, np.float32)
+        want = nms(boxes.astype(np.float64), logits, np.asarray(keys, np.int64), thresh, offset)
+        for lookahead in (False, True):
+            rows = self.nms_on(boxes, logits, keys, thresh, offset, lookahead=lookahead)
+            assert rows.shape == (len(want), 5), lookahead
+            np.testing.assert_array_equal(rows[:, :4], boxes[want])  # copies, unclipped: exact
+            np.testing.assert_allclose(rows[:, 4], 1 / (1 + np.exp(-logits[want].astype(np.float64))),
+                                       rtol=0, atol=1e-6)
+
+    def resize(self, image: np.ndarray, dst_hw: tuple[int, int], config: DetectorConfig,
+               row_bytes: int = 0) -> np.ndarray:
+        """``tf_resize_normalize`` of an (h, w, 3) uint8 image (rows ``row_bytes`` apart)."""
+        h, w = image.shape[:2]
+        a, b = config.normalization.scale_and_bias()
+        host = image if not row_bytes else np.zeros((h, row_bytes), np.uint8)
+        if row_bytes:
+            host[:, : 3 * w] = image.reshape(h, 3 * w)
+        lib, stream, new = self.lib, self.stream, self.buffer
+        ws_bytes = lib.resize_workspace_size(h, w, *dst_hw)
+        with new(host.nbytes) as src, new(3 * dst_hw[0] * dst_hw[1] * 4) as dst, new(ws_bytes) as ws:
+            src.upload(np.ascontiguousarray(host), stream)
+            lib.resize_normalize(src, h, w, dst, *dst_hw, a, b, ws, ws_bytes, stream,
+                                 src_row_bytes=row_bytes)
+            out = np.empty((1, 3, *dst_hw), np.float32)
+            dst.download(out, stream)
+            stream.synchronize()
+        return out
+
+
+def resize_reference(image: np.ndarray, dst_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
+    return normalize(resize_bilinear_aa(image, *dst_hw), config)

@@ -1,0 +1,311 @@
+"""Parity cases of the kernels' C ABI (resize, decode, NMS) against the numpy runtime.
+
+Not collected by itself: tests/test_kernels_gpu.py runs these on a GPU and
+tests/test_kernels_cpu.py through the CPU build of the same sources; each provides the
+``kh`` fixture (a :class:`helpers_kernels.KernelHarness`).
+
+Tolerances (docs/DESIGN.md): same count and order, boxes within 1e-3 px (numpy decodes in
+float64, the kernels in float32), probabilities within 1e-6, resize within 1e-4. ``tf_nms``
+returns every kept box, also those entirely outside the image (the CUDA postprocessor drops
+them on the host): :func:`helpers_kernels.nms_rows_reference` is its oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers_kernels import (assert_same_detections, candidate_count, emulation, levels_at,
+                             nms_rows_reference, random_maps, resize_reference, square_boxes)
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.errors import NonFiniteScoresError
+from tinyfaces_trt.kernels import binding
+from tinyfaces_trt.runtime.postprocess import finish_boxes, postprocess_levels
+
+IMAGE_HW = (90, 120)
+
+CONFIGS = {
+    "pytorch": DetectorConfig(),
+    "matconvnet": DetectorConfig.for_variant("matconvnet", prob_thresh=0.3, nms_thresh=0.1),
+    "no-clip-no-offset": DetectorConfig(clip_boxes=False, box_pixel_offset=0.0, nms_thresh=0.5),
+}
+
+
+# --- decode + NMS vs numpy ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_score_maps_match_numpy(kh, name, seed):
+    config = CONFIGS[name]
+    levels = levels_at(IMAGE_HW, (-1.0, 0.0, 0.5, 1.0))
+    maps = random_maps(np.random.default_rng(seed), levels)
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+    assert stats["num_candidates"] == candidate_count(maps, levels, config) > 50
+    assert 0 < len(want) < stats["num_candidates"]
+    assert_same_detections(got, want)
+
+
+def test_unclipped_rows_finished_on_the_host_are_the_detections(kh):
+    """The CUDA postprocessor's route: tf_nms unclipped, then finish_boxes drops the boxes
+    outside the image and clips; that is postprocess_levels' result."""
+    config = DetectorConfig(prob_thresh=0.2)
+    levels = levels_at(IMAGE_HW, (-1.0, 0.0, 1.0))
+    maps = random_maps(np.random.default_rng(11), levels, cls_mean=0.0, reg_sigma=1.0)
+    raw, _ = kh.detections(maps, levels, DetectorConfig(prob_thresh=0.2, clip_boxes=False), IMAGE_HW)
+    want = postprocess_levels(maps, levels, IMAGE_HW, config)
+    assert len(want) < len(raw)  # some kept boxes lie outside the image: the test bites
+    assert_same_detections(finish_boxes(raw.astype(np.float64), IMAGE_HW, config).astype(np.float32),
+                           want)
+
+
+def test_all_below_threshold_gives_nothing(kh):
+    config = DetectorConfig()
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(3), levels, cls_mean=-10.0, cls_sigma=0.5)
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW, max_candidates=64)
+    assert got.shape == (0, 5)
+    assert stats == {"num_kept": 0, "num_candidates": 0, "overflow": 0, "nonfinite": 0}
+    assert postprocess_levels(maps, levels, IMAGE_HW, config).shape == (0, 5)
+
+
+def test_all_above_threshold_ties_are_broken_by_key(kh):
+    """Every active cell passes with the same logit: the order is the canonical key order."""
+    config = DetectorConfig(nms_thresh=0.4)
+    levels = levels_at(IMAGE_HW, (0.0, 0.5, 1.0))
+    maps = random_maps(np.random.default_rng(4), levels)
+    for m in maps:
+        m[0, :NUM_TEMPLATES] = 2.0
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+    assert stats["num_candidates"] == sum(8 * m.shape[2] * m.shape[3] for m in maps)
+    assert len(want) > 20
+    assert_same_detections(got, want)
+
+
+def test_quantised_logits_tie_across_levels(kh):
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (-1.0, 0.0, 1.0))
+    maps = random_maps(np.random.default_rng(5), levels, cls_mean=0.0, cls_sigma=1.0)
+    for m in maps:
+        m[0, :NUM_TEMPLATES] = np.round(m[0, :NUM_TEMPLATES] * 2) / 2
+        m[0, 0, 0, 0] = -0.0  # -0 and +0 compare equal: the key decides
+        m[0, 4, 0, 1] = 0.0
+        m[0, 5, 0, 0] = -0.0
+    got, _ = kh.detections(maps, levels, config, IMAGE_HW)
+    assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_boxes_on_the_image_border(kh, clip):
+    config = DetectorConfig(clip_boxes=clip, prob_thresh=0.2)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(6), levels, cls_mean=0.0, reg_sigma=1.0)
+    for m in maps:  # push boxes out over every edge
+        h, w = m.shape[2:]
+        m[0, 25:50, :, : w // 3] -= 2.0
+        m[0, 25:50, :, -(w // 3):] += 2.0
+        m[0, 50:75, : h // 3] -= 2.0
+        m[0, 50:75, -(h // 3):] += 2.0
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+    got, _ = kh.detections(maps, levels, config, IMAGE_HW)
+    assert_same_detections(got, want)
+    if clip:
+        assert got[:, [0, 2]].min() == 0.0 and got[:, [0, 2]].max() == IMAGE_HW[1] - 1
+        assert got[:, [1, 3]].min() == 0.0 and got[:, [1, 3]].max() == IMAGE_HW[0] - 1
+    else:
+        assert ((got[:, 0] < 0) | (got[:, 2] > IMAGE_HW[1] - 1)).any()
+
+
+def _finite_cells_reference(monkeypatch, maps, levels, image_hw, config):
+    """numpy's rows over the finite cells only (its NaN/inf refusal switched off): what the
+    kernels still write next to a nonzero ``nonfinite``."""
+    from tinyfaces_trt.runtime import decode
+
+    with monkeypatch.context() as m:
+        m.setattr(decode, "check_finite_scores", lambda score_map, level: None)
+        return nms_rows_reference(maps, levels, image_hw, config)
+
+
+def _nonfinite(maps):
+    return int(sum((~np.isfinite(m)).sum() for m in maps))
+
+
+def test_non_finite_values(kh, monkeypatch):
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(7), levels, cls_mean=0.0)
+    m = maps[0]
+    m[0, 4:12, 0, :] = np.nan          # NaN logits never pass
+    m[0, 4:12, 1, :] = np.inf          # +inf logits pass, best first
+    m[0, 75 + 5, 2, :] = np.inf        # infinite width: dropped
+    m[0, 25 + 6, 3, :] = np.nan        # NaN offset: dropped
+    m[0, 100 + 7, 4, :] = 800.0        # exp overflows in float32 and float64 alike: dropped
+    with pytest.raises(NonFiniteScoresError):
+        postprocess_levels(maps, levels, IMAGE_HW, config)  # the host path refuses the image
+    want = _finite_cells_reference(monkeypatch, maps, levels, IMAGE_HW, config)
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+    assert stats["nonfinite"] == _nonfinite(maps) == 8 * 15 * 2 + 15 + 15
+    assert_same_detections(got, want)
+    assert np.isfinite(got).all() and got[0, 4] == 1.0
+
+
+def test_non_finite_count_covers_every_channel_and_inactive_templates(kh, monkeypatch):
+    """stats.nonfinite == numpy's count of non-finite values, wherever they are: cls and
+    regression channels, active or inactive templates, partial warps; summed over levels."""
+    from tinyfaces_trt.runtime.decode import active_templates
+
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (-1.0, 0.0, 1.0))  # maps 6x8, 12x15, 23x30 (partial warps)
+    active = active_templates(levels[2].scale, config)
+    assert not active[0] and active[5]
+    maps = random_maps(np.random.default_rng(17), levels, cls_mean=0.0)
+    m = maps[2]
+    m[0, 5, 3, 4] = np.nan              # cls of an active template
+    m[0, 5, 3, 5] = -np.inf
+    m[0, 50 + 5, 7, 7] = np.inf         # ty of an active template, on a cell that passes: its
+    m[0, 5, 7, 7] = 5.0                 # box is dropped
+    m[0, 100 + 9, 22, 29] = np.nan      # th, last cell of the map
+    m[0, 0, 0, 0] = np.nan              # inactive template 0: cls and every regression
+    m[0, 25:125:25, 10, 3] = np.inf
+    m[0, 0:125, 11, 11] = np.nan        # all five values of several threads, one warp
+    maps[0][0, 124, 5, 7] = -np.inf     # another level, last value of its map
+    want_count = _nonfinite(maps)
+    assert want_count == 4 + 1 + 4 + 125 + 1
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+    assert stats["nonfinite"] == want_count
+    assert_same_detections(got, _finite_cells_reference(monkeypatch, maps, levels, IMAGE_HW, config))
+
+    nan_map = [np.full((1, 125, 12, 15), np.nan, np.float32)]  # every value of a level
+    got, stats = kh.detections(nan_map, levels[1:2], config, IMAGE_HW, max_candidates=64)
+    assert got.shape == (0, 5) and stats["num_candidates"] == 0
+    assert stats["nonfinite"] == 125 * 12 * 15
+
+
+def test_overflow_is_reported_then_recovered(kh):
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(8), levels, cls_mean=0.0)
+    count = candidate_count(maps, levels, config)
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+
+    small = kh.raw_run(maps, levels, config, capacity=count - 1)
+    boxes, stats = small.nms(IMAGE_HW, count)
+    assert boxes.shape == (0, 5)
+    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_CAPACITY,
+                     "nonfinite": 0}
+
+    exact = kh.raw_run(maps, levels, config, capacity=count)
+    boxes, stats = exact.nms(IMAGE_HW, count - 1)  # the NMS size is too small this time
+    assert boxes.shape == (0, 5)
+    assert stats == {"num_kept": 0, "num_candidates": count, "overflow": binding.OVERFLOW_NMS,
+                     "nonfinite": 0}
+    boxes, stats = exact.nms(IMAGE_HW, count)      # same candidates, re-run NMS only
+    assert stats["overflow"] == 0 and stats["num_candidates"] == count
+    assert_same_detections(boxes, want)
+
+
+@pytest.mark.parametrize("max_candidates", [700, 4097, 65536, 131073, 2_000_000])
+def test_any_nms_size_works(kh, max_candidates):
+    """The workspace query covers CUB's sort storage at every size (checked at launch)."""
+    if kh.quick and max_candidates > 200_000:
+        pytest.skip("CPU build: a 2M-slot NMS takes seconds there; 131073 covers the old cap")
+    config = DetectorConfig()
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(9), levels, cls_mean=-2.5)
+    assert 0 < candidate_count(maps, levels, config) <= 700
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+    got, _ = kh.detections(maps, levels, config, IMAGE_HW, max_candidates=max_candidates)
+    assert_same_detections(got, want)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_results_are_deterministic(kh, lookahead):
+    config = DetectorConfig(prob_thresh=0.2, nms_thresh=0.5)
+    levels = levels_at((200, 260), (-1.0, 0.0, 0.5, 1.0))
+    maps = random_maps(np.random.default_rng(10), levels, cls_mean=0.0)
+    for m in maps:
+        m[0, :NUM_TEMPLATES] = np.round(m[0, :NUM_TEMPLATES])
+    runs = [kh.detections(maps, levels, config, (200, 260), lookahead=lookahead)[0] for _ in range(3)]
+    assert runs[0].tobytes() == runs[1].tobytes() == runs[2].tobytes()
+    assert_same_detections(runs[0], nms_rows_reference(maps, levels, (200, 260), config))
+
+
+# --- resize -------------------------------------------------------------------------------------
+
+RESIZES = [((61, 83), (31, 42)), ((61, 83), (17, 22)), ((61, 83), (87, 118)), ((61, 83), (122, 166)),
+           ((61, 83), (61, 83)), ((61, 83), (1, 1)), ((61, 83), (1, 83)), ((33, 47), (9, 300)),
+           ((160, 120), (40, 30)), ((1, 1), (5, 3))]
+
+
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+@pytest.mark.parametrize("src_hw, dst_hw", RESIZES)
+def test_resize_matches_numpy(kh, variant, src_hw, dst_hw):
+    config = DetectorConfig.for_variant(variant)
+    rng = np.random.default_rng(src_hw[0] * 1000 + dst_hw[1])
+    image = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    want = resize_reference(image, dst_hw, config)
+    got = kh.resize(image, dst_hw, config)
+    assert got.shape == want.shape == (1, 3, *dst_hw)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_resize_pitched_source(kh):
+    config = DetectorConfig()
+    image = np.random.default_rng(12).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    np.testing.assert_allclose(kh.resize(image, (23, 35), config, row_bytes=256),
+                               resize_reference(image, (23, 35), config), rtol=0, atol=1e-4)
+
+
+# --- uncapped NMS on crafted candidate buffers (the adversarial cases of test_nms_uncapped.py) --
+
+@pytest.mark.parametrize("thresh", [0.0, 0.3, 1.0])
+def test_uncapped_identical_boxes(kh, thresh):
+    n = 4000 if kh.quick else 20000  # t = 1: every box reads every earlier one
+    boxes = np.tile(np.float32([[10, 20, 50, 70]]), (n, 1))
+    kh.assert_kept(boxes, np.zeros(n), np.arange(n)[::-1], thresh, 1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5000])
+def test_uncapped_chain(kh, n):
+    x = np.arange(n, dtype=np.float64) * 6.0
+    boxes = square_boxes(np.stack([x, np.zeros(n)], 1), np.full(n, 10.0))
+    kh.assert_kept(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.2, 0.0)
+
+
+@pytest.mark.parametrize("thresh, offset", [(0.0, 1.0), (0.3, 1.0), (0.5, 0.0)])
+def test_uncapped_nested_sizes_and_ties(kh, thresh, offset):
+    rng = np.random.default_rng(21)
+    n = 3000
+    sizes = np.exp(rng.uniform(np.log(2), np.log(2000), n))
+    boxes = square_boxes(1000 + rng.normal(0, 1, (n, 2)) * sizes[:, None] * 0.3, sizes)
+    logits = np.round(rng.normal(size=n) * 2) / 2
+    kh.assert_kept(boxes, logits, rng.permutation(n), thresh, offset)
+
+
+def test_uncapped_border_and_degenerate_boxes(kh):
+    rng = np.random.default_rng(22)
+    n = 4000
+    centres = np.concatenate([rng.uniform(-60, 60, (n // 2, 2)), rng.uniform(-1e5, 1e5, (n // 2, 2))])
+    boxes = square_boxes(centres, np.exp(rng.uniform(np.log(2), np.log(120), n)))
+    boxes[:50, 2] = boxes[:50, 0]        # zero width (isolated with o = 0)
+    boxes[50:60] = np.nan                # never produced by decode; isolated
+    kh.assert_kept(boxes, rng.normal(size=n), rng.permutation(n), 0.3, 0.0)
+
+
+@pytest.mark.parametrize("base", [0.0, 12345.5, 6.0e4])
+@pytest.mark.parametrize("t, o", [(0.3, 1.0), (0.5, 0.0), (0.01, 1.0), (0.999, 0.0)])
+def test_uncapped_pairs_at_the_window_bounds_as_the_emulation(kh, base, t, o):
+    """Box pairs at the walks' window and class bounds (tests/test_nms_uncapped.py's
+    _edge_pairs), IoU within 1e-6 of t: the kernel keeps exactly the emulation's boxes (both
+    are float32 with every operation rounded; the float64 oracle may differ there)."""
+    from test_nms_uncapped import _edge_pairs
+
+    rng = np.random.default_rng(int(base) + int(1000 * t))
+    boxes = _edge_pairs(base, t, o, rng, classes=range(1, 30) if t == 0.3 else range(1, 10))
+    n = len(boxes)
+    logits, keys = rng.normal(size=n).astype(np.float32), rng.permutation(n).astype(np.uint32)
+    want = emulation().emulate_nms(boxes, logits, keys, t, o).kept
+    for lookahead in (False, True):
+        rows = kh.nms_on(boxes, logits, keys, t, o, lookahead=lookahead)
+        np.testing.assert_array_equal(rows[:, :4], boxes[want])

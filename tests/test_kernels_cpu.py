@@ -1,0 +1,110 @@
+"""The CUDA kernels' sources, compiled for the CPU (``make -C kernels cpu``), against numpy.
+
+kernels/cpu/ stands in for the CUDA runtime, CUB and the device built-ins; each CUDA
+thread runs as a fiber, blocks interleave at barriers (kernels/cpu/grid.cpp). The cases of
+tests/kernel_abi_cases.py run here exactly as on a GPU, so the kernels' logic (indexing,
+workspace layout, the uncapped NMS's walks and waiting, overflow and NaN accounting) is
+checked on every machine with a C++ compiler. What only a GPU shows (memory model, timing,
+device math within its ulps) stays with tests/test_kernels_gpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers_kernels import REPO, HostBuffer, HostStream, KernelHarness, square_boxes
+from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
+    test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
+    test_any_nms_size_works, test_boxes_on_the_image_border,
+    test_non_finite_count_covers_every_channel_and_inactive_templates, test_non_finite_values,
+    test_overflow_is_reported_then_recovered, test_quantised_logits_tie_across_levels,
+    test_random_score_maps_match_numpy, test_resize_matches_numpy, test_resize_pitched_source,
+    test_results_are_deterministic, test_uncapped_border_and_degenerate_boxes, test_uncapped_chain,
+    test_uncapped_identical_boxes, test_uncapped_nested_sizes_and_ties,
+    test_uncapped_pairs_at_the_window_bounds_as_the_emulation,
+    test_unclipped_rows_finished_on_the_host_are_the_detections)
+from tinyfaces_trt.kernels import binding
+
+CXX = os.environ.get("CXX", "g++")
+pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which(CXX) is None,
+                                reason=f"the CPU build of the kernels needs make and {CXX}")
+
+
+def build_cpu_library(out: Path, sanitize: str = "") -> Path:
+    """``make -C kernels cpu`` into ``out``; returns the .so."""
+    cmd = ["make", "-s", "-C", str(REPO / "kernels"), "cpu", f"BUILD={out}"]
+    if sanitize:
+        cmd.append(f"CPU_SANITIZE={sanitize}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "libtinyfaces_kernels_cpu.so"
+
+
+@pytest.fixture(scope="session")
+def cpu_library(tmp_path_factory):
+    """A fresh build, or $TINYFACES_KERNELS_CPU_LIB (the sanitizer test's instrumented one)."""
+    given = os.environ.get("TINYFACES_KERNELS_CPU_LIB")
+    path = Path(given) if given else build_cpu_library(tmp_path_factory.mktemp("kernels-cpu"))
+    return binding.KernelLibrary(path)
+
+
+@pytest.fixture
+def kh(cpu_library):
+    return KernelHarness(cpu_library, HostBuffer, HostStream(), quick=True)
+
+
+def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
+    assert cpu_library.raw.tf_abi_version() == binding.ABI_VERSION
+    assert cpu_library.device_count() == 0  # it drives no GPU
+    with pytest.raises(binding.KernelError, match="nms_thresh = nan is outside"):
+        cpu_library.nms(16, 1, binding.nms_params(float("nan"), 1.0, True, 8, 8), 1, 16, 1 << 20,
+                        16, 16)
+
+
+@pytest.mark.parametrize("schedule", [
+    {"TF_CPU_RESIDENT_BLOCKS": "1"},
+    {"TF_CPU_RESIDENT_BLOCKS": "16", "TF_CPU_SCHEDULE_SEED": "1"},
+    {"TF_CPU_RESIDENT_BLOCKS": "3", "TF_CPU_SCHEDULE_SEED": "2", "TF_CPU_SORT_FLIP": "0"},
+])
+def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypatch, schedule):
+    """Boxes wait on boxes of their own and of earlier chunks (a chain, and clusters whose
+    winners sit in other chunks): whatever order the blocks and threads run in, and wherever
+    CUB leaves the sorted data, the result is numpy's."""
+    for name, value in schedule.items():
+        monkeypatch.setenv(name, value)
+    rng = np.random.default_rng(31)
+    n = 1500
+    chain = square_boxes(np.stack([np.arange(n // 3) * 6.0, np.zeros(n // 3)], 1), np.full(n // 3, 10.0))
+    centres = rng.uniform(0, 300, (40, 2))[rng.integers(0, 40, n - n // 3)]
+    clusters = square_boxes(centres + rng.normal(0, 2, centres.shape), np.exp(rng.uniform(2, 4, len(centres))))
+    boxes = np.concatenate([chain, clusters])
+    logits = np.round(rng.normal(size=n), 1)
+    kh.assert_kept(boxes, logits, rng.permutation(n), 0.3, 1.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of libasan: Linux")
+def test_kernels_under_address_sanitizer(tmp_path):
+    """The cases again with the library built with -fsanitize=address (numpy's buffers are
+    malloc'd, so every out-of-bounds read or write of a kernel is caught: the CPU analogue of
+    compute-sanitizer memcheck)."""
+    asan = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not asan or not Path(asan).is_file():
+        pytest.skip(f"{CXX} has no libasan.so")
+    lib = build_cpu_library(tmp_path / "asan", sanitize="address")
+    env = dict(os.environ, LD_PRELOAD=asan, TINYFACES_KERNELS_CPU_LIB=str(lib),
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
+    subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
+              "or resize or uncapped_nested or uncapped_border or window_bounds and 12345")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           str(Path(__file__)), "-k", subset],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert "ERROR: AddressSanitizer" not in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
