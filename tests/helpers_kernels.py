@@ -51,21 +51,21 @@ class HostBuffer:
         if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, self.nbytes)) != 0:
             raise MemoryError(f"posix_memalign({self.nbytes})")
         self.ptr: int = ptr.value
-        self.array = np.ctypeslib.as_array((ctypes.c_uint8 * max(1, self.nbytes)).from_address(self.ptr))
-        self.array[:] = 0xFF
+        self.data = np.ctypeslib.as_array((ctypes.c_uint8 * max(1, self.nbytes)).from_address(self.ptr))
+        self.data[:] = 0xFF
 
     def upload(self, array: np.ndarray, stream: Any = None) -> None:
         data = np.ascontiguousarray(array).view(np.uint8).ravel()
         assert data.size <= self.nbytes, (data.size, self.nbytes)
-        self.array[:data.size] = data
+        self.data[:data.size] = data
 
     def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
         flat = array.reshape(-1).view(np.uint8)
-        flat[:] = self.array[:flat.size]
+        flat[:] = self.data[:flat.size]
         return array
 
     def free(self) -> None:
-        """Releases the memory (idempotent); :attr:`array` becomes invalid."""
+        """Releases the memory (idempotent); :attr:`data` becomes invalid."""
         if self.ptr:
             ptr, self.ptr = self.ptr, 0
             _LIBC.free(ctypes.c_void_p(ptr))
@@ -315,3 +315,74 @@ class KernelHarness:
 
 def resize_reference(image: np.ndarray, dst_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
     return normalize(resize_bilinear_aa(image, *dst_hw), config)
+
+
+# --- the CUDA stages over host memory and the CPU build -----------------------------------------
+
+class HostCudaStream:
+    """``cuda_device.Stream`` for the CPU build: a handle and nothing to wait for."""
+
+    created = 1000
+
+    def __init__(self, handle: int | None = None) -> None:
+        if handle is None:
+            HostCudaStream.created += 1
+            handle = HostCudaStream.created
+        self.handle = int(handle)
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HostEvent:
+    """``cuda_device.Event``: every call of the CPU build has finished when it returns."""
+
+    def record(self, stream: Any) -> None:
+        pass
+
+    def make_wait(self, stream: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HostPinnedBuffer(HostBuffer):
+    """``cuda_device.PinnedBuffer``: numpy views of host memory."""
+
+    def array(self, shape: Any, dtype: Any = np.uint8) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        return self.data[:count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _download_host(self: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """``DeviceArray.download`` where the "device" pointer is host memory."""
+    out = np.empty(self.shape, self.dtype) if out is None else out
+    assert out.shape == self.shape and out.dtype == self.dtype, (out.shape, self.shape)
+    src = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
+    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(src, np.uint8)
+    return out
+
+
+def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path) -> None:
+    """Points runtime.backends' CUDA layer at host memory and the CPU build of the kernels, so
+    that CudaPreprocessor / CudaPostprocessor / detector_for run for real without a GPU."""
+    from tinyfaces_trt.runtime.backends import cuda_device, cuda_stages
+
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(library_path))
+    monkeypatch.setattr(cuda_device, "Stream", HostCudaStream)
+    monkeypatch.setattr(cuda_device, "Event", HostEvent)
+    monkeypatch.setattr(cuda_device.DeviceArray, "download", _download_host)
+    monkeypatch.setattr(cuda_stages, "Stream", HostCudaStream)
+    monkeypatch.setattr(cuda_stages, "DeviceBuffer", HostBuffer)
+    monkeypatch.setattr(cuda_stages, "PinnedBuffer", HostPinnedBuffer)
+    monkeypatch.setattr(cuda_stages, "_require_gpu", lambda: None)
+    monkeypatch.setattr(cuda_stages._Scratch.__init__, "__defaults__", (HostBuffer,))

@@ -4,7 +4,9 @@ kernels/cpu/ stands in for the CUDA runtime, CUB and the device built-ins; each 
 thread runs as a fiber, blocks interleave at barriers (kernels/cpu/grid.cpp). The cases of
 tests/kernel_abi_cases.py run here exactly as on a GPU, so the kernels' logic (indexing,
 workspace layout, the uncapped NMS's walks and waiting, overflow and NaN accounting) is
-checked on every machine with a C++ compiler. What only a GPU shows (memory model, timing,
+checked on every machine with a C++ compiler. The cases of tests/kernel_stage_cases.py run the
+CUDA stages of runtime/backends (CudaPreprocessor, CudaPostprocessor, detector_for) over host
+memory and this library: their buffers, key bases, batches and NMS growth, for real. What only a GPU shows (memory model, timing,
 device math within its ulps) stays with tests/test_kernels_gpu.py.
 """
 
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_kernels import REPO, HostBuffer, HostStream, KernelHarness, square_boxes
+from helpers_kernels import (REPO, HostBuffer, HostCudaStream, HostStream, KernelHarness, square_boxes,
+                             use_cpu_build_for_cuda_stages)
 from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
     test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
     test_any_nms_size_works, test_boxes_on_the_image_border,
@@ -30,6 +33,11 @@ from kernel_abi_cases import (  # noqa: F401  (collected here, with this module'
     test_uncapped_identical_boxes, test_uncapped_nested_sizes_and_ties,
     test_uncapped_pairs_at_the_window_bounds_as_the_emulation,
     test_unclipped_rows_finished_on_the_host_are_the_detections)
+from kernel_stage_cases import (  # noqa: F401  (collected here, with this module's `stream`)
+    test_detect_batch_on_the_gpu_equals_host_detection_per_image,
+    test_detector_with_cuda_stages_matches_host,
+    test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path,
+    test_postprocessor_grows_its_nms_size, test_preprocessor_reuploads_a_mutated_image)
 from tinyfaces_trt.kernels import binding
 
 CXX = os.environ.get("CXX", "g++")
@@ -58,6 +66,13 @@ def cpu_library(tmp_path_factory):
 @pytest.fixture
 def kh(cpu_library):
     return KernelHarness(cpu_library, HostBuffer, HostStream(), quick=True)
+
+
+@pytest.fixture
+def stream(cpu_library, monkeypatch):
+    """The stage cases' stream, with the CUDA layer pointed at host memory and the CPU build."""
+    use_cpu_build_for_cuda_stages(monkeypatch, cpu_library.path)
+    return HostCudaStream()
 
 
 def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):

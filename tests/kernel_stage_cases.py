@@ -1,0 +1,210 @@
+"""The CUDA stages (CudaPreprocessor, CudaPostprocessor) in the Detector, against the host path.
+
+Not collected by itself: tests/test_kernels_gpu.py runs these on a GPU and
+tests/test_kernels_cpu.py over host memory and the CPU build of the kernels (its ``stream``
+fixture installs helpers_kernels.use_cpu_build_for_cuda_stages). Names of the CUDA layer are
+looked up in their modules at call time, so that the CPU run's stand-ins apply.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers_kernels import assert_same_detections, candidate_count, levels_at, random_maps
+from kernel_abi_cases import IMAGE_HW
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.errors import NonFiniteScoresError
+from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.core.runner import RunnerCapabilities
+from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.backends import cuda_stages as stages
+from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.runtime.postprocess import postprocess_levels
+from tinyfaces_trt.runtime.preprocess import normalize
+from tinyfaces_trt.runtime.resize import resize_bilinear_aa
+
+
+class RecordingRunner:
+    """A deterministic stand-in network: 8x8-pooled input -> score map; records its outputs."""
+
+    def __init__(self):
+        self.inputs, self.outputs = [], []
+
+    def run(self, net_input):
+        x = np.asarray(net_input, dtype=np.float32)
+        _, _, h, w = x.shape
+        hh, ww = math.ceil(h / 8), math.ceil(w / 8)
+        padded = np.zeros((3, hh * 8, ww * 8), np.float32)
+        padded[:, :h, :w] = x[0]
+        pooled = padded.reshape(3, hh, 8, ww, 8).mean(axis=(2, 4)) / max(1.0, float(np.abs(x).max()))
+        c = np.arange(NUM_TEMPLATES)[:, None, None]
+        cls = (1.5 * pooled[np.arange(NUM_TEMPLATES) % 3] - 0.3 * (c % 5)
+               + 0.4 * np.sin(0.9 * c + np.arange(ww)[None, None, :]))
+        reg = 0.2 * np.tanh(np.concatenate([pooled] * 33 + [pooled[:1]]))[: 4 * NUM_TEMPLATES]
+        scores = np.concatenate([cls, reg]).astype(np.float32)[None]
+        self.inputs.append(x.copy())
+        self.outputs.append(scores)
+        return scores
+
+
+class ReplayRunner:
+    """Returns the recorded score maps in order, after checking the device input against the
+    recorded host input; hands them back as numpy or as a DeviceArray (a device-I/O runner on
+    the stages' stream)."""
+
+    def __init__(self, recorded, kind, stream):
+        self.recorded, self.kind, self.stream = recorded, kind, stream
+        self.index, self.buffers = 0, []
+
+    def run(self, net_input):
+        assert isinstance(net_input, cuda_device.DeviceArray)
+        np.testing.assert_allclose(net_input.download(), self.recorded.inputs[self.index], rtol=0, atol=1e-4)
+        scores = self.recorded.outputs[self.index]
+        self.index += 1
+        if self.kind == "numpy":
+            return scores
+        buf = stages.DeviceBuffer(scores.nbytes)
+        buf.upload(scores, self.stream)
+        self.buffers.append(buf)
+        return cuda_device.DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "device"])
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+def test_detector_with_cuda_stages_matches_host(stream, kind, variant):
+    config = DetectorConfig.for_variant(variant, prob_thresh=0.4)
+    image = np.random.default_rng(13).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    image[30:70, 40:100] = (230, 40, 40)  # some structure for the pooled "network"
+    recorder = RecordingRunner()
+    want = Detector(recorder, config).detect(image)
+    assert len(recorder.outputs) >= 3 and len(want) > 0
+
+    pre, post = stages.cuda_stages(config)
+    replay = ReplayRunner(recorder, kind, pre.stream)
+    got = Detector(replay, config, preprocessor=pre, postprocessor=post).detect(image)
+    assert replay.index == len(recorder.outputs)
+    assert_same_detections(got, want)
+    # A second image of the same size reuses the buffers.
+    recorder2 = RecordingRunner()
+    image2 = image[::-1].copy()
+    want2 = Detector(recorder2, config).detect(image2)
+    replay2 = ReplayRunner(recorder2, kind, pre.stream)
+    got2 = Detector(replay2, config, preprocessor=pre, postprocessor=post).detect(image2)
+    assert_same_detections(got2, want2)
+    pre.close()
+    post.close()
+
+
+class NonFiniteRunner:
+    """A stand-in network whose second level's map holds 4 NaN / inf values (an inactive
+    template's cls, an active one's cls and ty, a th channel); it ignores its input, so it
+    serves host and device inputs alike."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, net_input):
+        _, _, h, w = net_input.shape
+        hh, ww = math.ceil(h / 8), math.ceil(w / 8)
+        scores = np.random.default_rng(hh * 1000 + ww).normal(-1.0, 1.5, (1, 125, hh, ww))
+        scores = scores.astype(np.float32)
+        if self.calls == 1:
+            scores[0, [0, 5, 50 + 5, 100 + 6], 0, 0] = [np.nan, -np.inf, np.inf, np.nan]
+        self.calls += 1
+        return scores
+
+
+def test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path(stream):
+    config = DetectorConfig(prob_thresh=0.4)
+    image = np.random.default_rng(18).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    host = NonFiniteRunner()
+    with pytest.raises(NonFiniteScoresError, match=r"pyramid level 1 .* holds 4 NaN or infinite "
+                                                   r"value\(s\) .* no detections were produced"):
+        Detector(host, config).detect(image)
+    pre, post = stages.cuda_stages(config)
+    device = NonFiniteRunner()
+    detector = Detector(device, config, preprocessor=pre, postprocessor=post)
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect(image)
+    assert str(info.value) == (
+        "the network's score maps of this image held 4 NaN or infinite value(s) (counted on the "
+        "GPU over all pyramid levels): the weights, the export or the backend is broken; no "
+        "detections were produced for this image")
+    assert device.calls == len(detector.plan(120, 160)) >= 3 and post.last_stats["nonfinite"] == 4
+    device.calls = 2  # the next image is finite: the counter was reset
+    assert detector.detect(image).shape[1] == 5 and post.last_stats["nonfinite"] == 0
+    pre.close()
+    post.close()
+
+
+class BatchDeviceRunner:
+    """A device-I/O, batch-capable stand-in: runs RecordingRunner's network image by image on
+    a downloaded copy of the batch and hands the (N, 125, h', w') maps back on the device."""
+
+    capabilities = RunnerCapabilities(device_io=True, batch=True)
+
+    def __init__(self, stream):
+        self.cuda_stream, self.net, self.buffers = stream, RecordingRunner(), []
+
+    @property
+    def stream(self):
+        return self.cuda_stream.handle
+
+    def run(self, net_input):
+        x = net_input.download()
+        scores = np.concatenate([self.net.run(x[i:i + 1]) for i in range(x.shape[0])])
+        buf = stages.DeviceBuffer(scores.nbytes)
+        buf.upload(scores, self.cuda_stream)
+        self.buffers.append(buf)
+        return cuda_device.DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf)
+
+
+def test_detect_batch_on_the_gpu_equals_host_detection_per_image(stream):
+    from tinyfaces_trt.runtime.backends import detector_for
+
+    config = DetectorConfig(prob_thresh=0.4)
+    rng = np.random.default_rng(21)
+    images = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    for i, image in enumerate(images):
+        image[20 + 10 * i:60, 30:90] = (230, 40, 40)
+    want = [Detector(RecordingRunner(), config).detect(image) for image in images]
+    assert sum(len(w) for w in want) > 0
+    with detector_for(BatchDeviceRunner(stream), config, gpu_stages=True) as detector:
+        got = detector.detect_batch(images)
+        again = detector.detect_batch(images[::-1])  # buffers reused, order follows the input
+    for g, w in zip(got, want):
+        assert_same_detections(g, w)
+    for g, w in zip(again, want[::-1]):
+        assert_same_detections(g, w)
+
+
+def test_postprocessor_grows_its_nms_size(stream):
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(14), levels, cls_mean=0.0)
+    post = stages.CudaPostprocessor(config, stream=stream, max_candidates=16)
+    post.reset(*IMAGE_HW)
+    for m, level in zip(maps, levels):
+        post.add_level(m, level)
+    got = post.finish()
+    count = candidate_count(maps, levels, config)
+    assert post.last_stats["num_candidates"] == count > 16
+    assert post.max_candidates >= count
+    assert_same_detections(got, postprocess_levels(maps, levels, IMAGE_HW, config))
+    post.close()
+
+
+def test_preprocessor_reuploads_a_mutated_image(stream):
+    config = DetectorConfig()
+    pre = stages.CudaPreprocessor(config, stream=stream)
+    image = np.random.default_rng(15).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    level = PyramidLevel(0, 0.0, 1.0, 40, 50)
+    first = pre.prepare(image, level).download()
+    image[:] = 255 - image  # same array object, new content, level 0 again
+    second = pre.prepare(image, level).download()
+    np.testing.assert_allclose(second, normalize(resize_bilinear_aa(image, 40, 50), config), rtol=0, atol=1e-4)
+    assert not np.allclose(first, second)
+    pre.close()
