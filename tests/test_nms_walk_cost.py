@@ -35,9 +35,14 @@ def test_reads_stop_at_the_kept_suppressor_and_kept_boxes_read_their_whole_walk(
 
 
 def test_cli_on_a_small_clustered_map(capsys):
-    assert _tool().main(["--clustered", "2000", "--sample", "300"]) == 0
+    tool = _tool()
+    assert tool.main(["--clustered", "2000", "--sample", "300"]) == 0
     out = capsys.readouterr().out
-    assert "candidates read mean" in out and "per sampled box (300)" in out
+    assert "per sampled box (300)" in out and "candidates read (walk order / lookahead) mean" in out
+    assert "lookahead blocker polls mean" in out and "rounds (walk order / lookahead)" in out
+    assert tool.main(["--clustered", "2000", "--sample", "300", "--no-lookahead"]) == 0
+    out = capsys.readouterr().out
+    assert "candidates read (walk order) mean" in out and "lookahead" not in out
 
 
 # --- the lookahead rule's reads -----------------------------------------------------------------
