@@ -271,8 +271,18 @@ class Deadline:
 
 
 def emulated_work_text(work: dict[str, Any]) -> str:
-    """One line of ``bench_scores.emulated_nms_work``: what the CUDA NMS does on an input."""
-    return (f"{work['rounds']} rounds of boxes waiting on earlier ones "
-            f"({work['rounds_lookahead']} with the lookahead rule), candidates read per box "
-            f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g} / max {work['reads_max']}, "
-            f"{work['rows']:g} grid rows per box")
+    """One line of ``bench_scores.emulated_nms_work``: what the CUDA NMS does on an input (both
+    rules' reads side by side; walk-order reads only in results made before they were both
+    counted)."""
+    rounds = (f"{work['rounds']} rounds of boxes waiting on earlier ones "
+              f"({work['rounds_lookahead']} with the lookahead rule), ")
+    if "reads_lookahead_mean" not in work:
+        reads = (f"candidates read per box mean {work['reads_mean']:g} / p99 "
+                 f"{work['reads_p99']:g} / max {work['reads_max']}, ")
+    else:
+        reads = (f"candidates read per box (walk order / lookahead) mean {work['reads_mean']:g} / "
+                 f"{work['reads_lookahead_mean']:g}, p99 {work['reads_p99']:g} / "
+                 f"{work['reads_lookahead_p99']:g}, max {work['reads_max']} / "
+                 f"{work['reads_lookahead_max']}, lookahead blocker polls per box mean "
+                 f"{work['polls_lookahead_mean']:g} / max {work['polls_lookahead_max']}, ")
+    return rounds + reads + f"{work['rows']:g} grid rows per box"

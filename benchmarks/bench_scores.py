@@ -214,16 +214,18 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
 
 def emulated_nms_work(cands: Any, config: DetectorConfig, sample: int = 5000) -> dict[str, Any]:
     """What the CUDA NMS does on these candidates, from its numpy emulation: the rounds of
-    waiting (dependency depth) and the candidates a thread's walk reads (mean / p99 / max), the
-    figures to read a GPU NMS time against (kernels/README.md, "Cost on dense maps")."""
+    waiting (dependency depth) under both resolve rules and the candidates a thread's walk
+    reads (mean / p99 / max) under both rules (``reads_*``: walk order; ``reads_lookahead_*``:
+    the lookahead rule, every pass counted, in the emulation's lock-step rounds;
+    ``polls_lookahead_*``: its blocker status polls), the figures to read a GPU NMS time
+    against (kernels/README.md, "Cost on dense maps")."""
     from tinyfaces_trt.kernels import nms_emulation as E
 
     em = E.emulate_nms(cands.boxes, cands.logits, cands.keys, config.nms_thresh,
                        config.box_pixel_offset)
-    ahead = E.resolve_rounds(len(em.status), E.geometry(cands.boxes[em.order],
-                                                         config.box_pixel_offset)[3],
-                             em.edge_j, em.edge_i, lookahead=True)[1]
+    iso = E.geometry(np.asarray(cands.boxes, np.float32)[em.order], config.box_pixel_offset)[3]
+    decided = E.lookahead_schedule(len(em.status), iso, em.edge_j, em.edge_i)[1]
     reads = E.walk_reads(cands.boxes, cands.logits, cands.keys, em.kept, config.nms_thresh,
-                         config.box_pixel_offset, sample)
-    return {"rounds": em.rounds, "rounds_lookahead": ahead, "overlap_pairs": em.overlap_pairs,
-            **reads.summary()}
+                         config.box_pixel_offset, sample, decided=decided)
+    return {"rounds": em.rounds, "rounds_lookahead": int(decided.max(initial=0)),
+            "overlap_pairs": em.overlap_pairs, **reads.summary()}

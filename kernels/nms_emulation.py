@@ -33,14 +33,18 @@ and so that its cost on a given input is known (pairs examined, rounds, workspac
    (a SUPPRESSED or non-overlapping candidate is passed for good); no such candidate -> j is
    KEPT. With ``lookahead`` (``tf_nms_params.lookahead``) the walk goes on past an UNDECIDED
    one looking for a KEPT one, and only if there is none waits on the first UNDECIDED one
-   (its blocker), re-reading just the blocker's status until it decides. The kernel runs this asynchronously (a persistent kernel, live statuses); here it
-   runs in synchronous (Jacobi) rounds, each reading the previous round's statuses. Both give
-   exactly serial greedy NMS (a decided status is always the greedy one, and the lowest
-   undecided box decides in the next round); ``rounds`` is the dependency depth, an upper
-   bound of the kernel's sequential status hand-offs.
+   (its blocker), re-reading just the blocker's status until it decides, then walks on from
+   the blocker (reading it and what follows it again). The kernel runs this asynchronously
+   (a persistent kernel, live statuses); here it runs in synchronous (Jacobi) rounds, each
+   reading the previous round's statuses. Both give exactly serial greedy NMS (a decided
+   status is always the greedy one, and the lowest undecided box decides in the next round);
+   ``rounds`` is the dependency depth, an upper bound of the kernel's sequential status
+   hand-offs.
 6. **compact**: kept ranks in NMS order (exclusive scan of the flags).
 
-:func:`emulate_nms` returns the kept indices (as ``runtime.nms.nms``) plus the statistics.
+:func:`emulate_nms` returns the kept indices (as ``runtime.nms.nms``) plus the statistics;
+:func:`lookahead_schedule` the round in which each box decides under the lookahead rule, and
+:func:`walk_reads` the candidates a sample of boxes read under both rules (with that schedule).
 """
 
 from __future__ import annotations
@@ -249,12 +253,31 @@ def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarr
 
 def _lookahead_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray,
                       edge_i: np.ndarray) -> tuple[np.ndarray, int]:
-    """The lookahead rule (``tf_nms_params.lookahead``): a pass scans from its resume point
-    on past undecided overlapping boxes; a KEPT one suppresses the box, else the first
-    undecided one becomes its blocker (the resume point) and the box waits until the blocker
-    decides (one status read per poll), then passes again; no undecided one keeps it."""
+    """The lookahead rule's (status, rounds): see :func:`lookahead_schedule`."""
+    status, decided = lookahead_schedule(n, iso, edge_j, edge_i)
+    return status, int(decided.max(initial=0))
+
+
+def lookahead_schedule(n: int, iso: np.ndarray, edge_j: np.ndarray,
+                       edge_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lookahead rule (``tf_nms_params.lookahead``) in synchronous rounds: (status, round)
+    per rank, the round in which each box decides (1-based; 0: isolated, kept before the walks).
+
+    Arguments as :func:`resolve_rounds` (the overlap edges in walk order, grouped by j
+    ascending). The model (lock-step rounds, as the walk-order rule's): every box still
+    undecided at the start of round r makes one ``walk_advance`` call in round r, and every
+    call reads the statuses as they were at the end of round r - 1. Round 1 is every box's
+    first pass, from the start of its walk. A pass scans from its resume point on past
+    undecided overlapping boxes; a KEPT one suppresses the box, else the first undecided one
+    becomes its blocker (the resume point) and the box waits: from the next round on, each
+    call first reads the blocker's status (one poll) and returns while it is undecided; once
+    the blocker has decided (in round r - 1 or before), the same call passes again from the
+    blocker; a pass that meets no undecided box keeps the box. So box j passes in round 1 and
+    in round ``decided[b] + 1`` for each blocker b, and decides in its last pass.
+    """
     status = np.full(n, UNDECIDED, dtype=np.int8)
     status[iso] = KEPT
+    decided = np.zeros(n, np.int64)
     m = edge_j.size
     position = np.arange(m)
     end = np.searchsorted(edge_j, np.arange(n), "right")
@@ -264,7 +287,7 @@ def _lookahead_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray,
     while True:
         undecided = status == UNDECIDED
         if not undecided.any():
-            return status, rounds
+            return status, decided
         prev = status.copy()
         has_blocker = resume < end
         blocker = np.full(n, KEPT, np.int8)
@@ -279,6 +302,7 @@ def _lookahead_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray,
         np.minimum.at(first_undecided, sj[s == UNDECIDED], sp[s == UNDECIDED])
         status[passing & suppressed] = SUPPRESSED
         status[passing & ~suppressed & (first_undecided == never)] = KEPT
+        decided[undecided & (status != UNDECIDED)] = rounds
         waits = passing & ~suppressed & (first_undecided < never)
         resume[waits] = first_undecided[waits]
 
@@ -351,31 +375,54 @@ class WalkReads:
     """What the resolve kernel's walks read (see :func:`walk_reads`).
 
     Attributes:
-        reads: candidates read per sampled box before it decides.
+        reads: candidates read per sampled box before it decides, walk-order rule.
         rows: grid rows (binary-searched ranges) per sampled box, whole walks.
         sampled: how many boxes were sampled (non-isolated ones).
+        lookahead_reads: candidates read per sampled box under the lookahead rule, every pass
+            counted (a candidate read again after a resume counts again); None unless asked.
+        lookahead_polls: blocker status polls per sampled box under the lookahead rule, one
+            per round spent waiting (lock-step model of :func:`lookahead_schedule`); or None.
     """
 
     reads: np.ndarray
     rows: float
     sampled: int
+    lookahead_reads: np.ndarray | None = None
+    lookahead_polls: np.ndarray | None = None
 
     def summary(self) -> dict[str, float]:
-        """mean / p99 / max of the reads, and rows per box (JSON-ready)."""
-        if not self.reads.size:
-            return {"reads_mean": 0.0, "reads_p99": 0.0, "reads_max": 0, "rows": 0.0}
-        return {"reads_mean": round(float(self.reads.mean()), 1),
-                "reads_p99": float(np.percentile(self.reads, 99)),
-                "reads_max": int(self.reads.max()), "rows": round(self.rows, 1)}
+        """mean / p99 / max of the reads (and of the lookahead reads and polls when counted),
+        and rows per box (JSON-ready)."""
+        out = {"reads_mean": 0.0, "reads_p99": 0.0, "reads_max": 0, "rows": 0.0}
+        if self.reads.size:
+            out = {**_stats(self.reads, "reads"), "rows": round(self.rows, 1)}
+        if self.lookahead_reads is not None and self.lookahead_polls is not None:
+            out.update(_stats(self.lookahead_reads, "reads_lookahead"))
+            out.update(_stats(self.lookahead_polls, "polls_lookahead"))
+        return out
+
+
+def _stats(values: np.ndarray, name: str) -> dict[str, float]:
+    """{name_mean, name_p99, name_max} (0 for no values)."""
+    if not values.size:
+        return {f"{name}_mean": 0.0, f"{name}_p99": 0.0, f"{name}_max": 0}
+    return {f"{name}_mean": round(float(values.mean()), 1),
+            f"{name}_p99": float(np.percentile(values, 99)), f"{name}_max": int(values.max())}
 
 
 def walk_reads(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, kept: np.ndarray,
                thresh: float, offset: float = 1.0, sample: int | None = None,
-               seed: int = 0) -> WalkReads:
+               seed: int = 0, decided: np.ndarray | None = None) -> WalkReads:
     """Candidates a box's walk reads before it decides, for a sample of boxes: up to the first
     overlapping box that greedy NMS keeps (suppressed there), or the whole walk when it is kept.
-    That is the resolve kernel's work per thread; ``kept`` are the greedy result's input indices
-    (from :func:`emulate_nms` or ``runtime.nms.nms``: this needs no resolve rounds)."""
+    That is the resolve kernel's work per thread under the walk-order rule, each candidate
+    counted once (a box waiting on an undecided one re-reads it on each retry: not counted);
+    ``kept`` are the greedy result's input indices (from :func:`emulate_nms` or
+    ``runtime.nms.nms``: this needs no resolve rounds).
+
+    With ``decided``, the round in which each rank decides under the lookahead rule (from
+    :func:`lookahead_schedule` on the same boxes; ranks = NMS order), it also counts the
+    lookahead rule's reads and polls (see :func:`_lookahead_reads`)."""
     order = nms_order(logits, keys)
     b = np.asarray(boxes, dtype=_F).reshape(-1, 4)[order]
     rank = np.empty(len(order), np.int64)
@@ -388,23 +435,96 @@ def walk_reads(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, kept: np
     walkers = np.flatnonzero(~iso)
     if sample is not None and sample < walkers.size:
         walkers = np.sort(np.random.default_rng(seed).choice(walkers, sample, replace=False))
-    reads, rows = [], 0
+    if decided is not None:
+        decided = np.asarray(decided, np.int64)
+        if decided.shape != (len(order),):
+            raise ValueError(f"decided has shape {decided.shape}, want ({len(order)},)")
+    reads, ahead, polls, rows = [], [], [], 0
     for start in range(0, walkers.size, 512):
         js = walkers[start:start + 512]
         wk = walks(b, w, h, js, codes[perm], perm.astype(np.uint32), thresh, offset)
         rows += wk.rows
-        counts = np.zeros(js.size, np.int64)  # a walk without earlier candidates reads nothing
-        if wk.j.size:
-            stop = overlaps(b[wk.i], area[wk.i], b[wk.j], area[wk.j], thresh, offset) & is_kept[wk.i]
-            first = np.flatnonzero(np.r_[True, wk.j[1:] != wk.j[:-1]])
-            length = np.diff(np.r_[first, wk.j.size])
-            position = np.arange(wk.j.size) - np.repeat(first, length)
-            never = np.iinfo(np.int64).max
-            at = np.minimum.reduceat(np.where(stop, position, never), first)
-            counts[np.searchsorted(js, wk.j[first])] = np.where(at == never, length, at + 1)
+        group = np.searchsorted(js, wk.j)  # walk of js[group], entries in walk order
+        length = np.bincount(group, minlength=js.size)  # a walk without candidates reads nothing
+        position = np.arange(wk.j.size) - np.repeat(np.cumsum(length) - length, length)
+        hit = overlaps(b[wk.i], area[wk.i], b[wk.j], area[wk.j], thresh, offset)
+        # walk order: up to the first overlapping box that greedy NMS keeps, else the whole walk
+        stop = np.flatnonzero(hit & is_kept[wk.i])
+        first_stop, at = np.unique(group[stop], return_index=True)
+        counts = length.copy()
+        counts[first_stop] = position[stop[at]] + 1
         reads.append(counts)
-    return WalkReads(np.concatenate(reads) if reads else np.zeros(0, np.int64),
-                     rows / max(walkers.size, 1), int(walkers.size))
+        if decided is not None:
+            edges = np.flatnonzero(hit)
+            la_reads, la_polls = _lookahead_reads(js, length, group[edges], position[edges],
+                                                  wk.i[edges], is_kept, decided)
+            ahead.append(la_reads)
+            polls.append(la_polls)
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    with_ahead = decided is not None
+    return WalkReads(cat(reads), rows / max(walkers.size, 1), int(walkers.size),
+                     cat(ahead) if with_ahead else None, cat(polls) if with_ahead else None)
+
+
+def _lookahead_reads(js: np.ndarray, length: np.ndarray, group: np.ndarray, position: np.ndarray,
+                     partner: np.ndarray, is_kept: np.ndarray,
+                     decided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reads, polls) per walk of ``js`` under the lookahead rule (``walk_advance<true>``), in
+    the lock-step model of :func:`lookahead_schedule`; a walk of ``length[g]`` candidates whose
+    overlapping ones are the edges (``group``, ``position`` in the walk, ``partner`` rank), in
+    walk order.
+
+    A pass in round r sees the statuses at the end of round r - 1 (box i: UNDECIDED while
+    ``decided[i] >= r``, then KEPT or SUPPRESSED). Round 1 passes from the start of the walk.
+    A pass reads every candidate from its start position on (overlapping or not; the ``i >= j``
+    cell skips are no reads) and stops after the first overlapping KEPT one (the box is
+    suppressed: reads up to it, inclusive); otherwise it reads to the end of the walk, and the
+    box is kept if no overlapping box was undecided, else it waits on the first undecided one
+    b: the next pass is in round ``decided[b] + 1`` and starts at b's position (the kernel
+    resets its cursor to b's class, row and position), so b and all after it are read again.
+    Each round spent waiting reads b's status once (a poll, counted apart from the reads),
+    including the round whose poll finds b decided and passes. Raises ValueError when the
+    passes do not decide the boxes as ``decided`` says (not the lookahead schedule of these
+    boxes)."""
+    never = np.iinfo(np.int64).max
+    n_walks = js.size
+    start = np.zeros(n_walks, np.int64)      # where the next pass starts (walk position)
+    rnd = np.ones(n_walks, np.int64)         # the round of the next pass
+    reads = np.zeros(n_walks, np.int64)
+    polls = np.zeros(n_walks, np.int64)
+    last = np.zeros(n_walks, np.int64)       # the round of the deciding pass
+    suppressed = np.zeros(n_walks, bool)
+    active = np.ones(n_walks, bool)
+    edge_kept, edge_round = is_kept[partner], decided[partner]
+    while active.any():
+        live = np.flatnonzero(active[group] & (position >= start[group]))
+        seen = edge_round[live] < rnd[group[live]]  # decided before this pass
+        kept_now = live[seen & edge_kept[live]]
+        waiting = live[~seen]
+        first_kept = np.full(n_walks, never)
+        g, at = np.unique(group[kept_now], return_index=True)  # edges are in walk order
+        first_kept[g] = position[kept_now[at]]
+        blocker = np.full(n_walks, -1)
+        g, at = np.unique(group[waiting], return_index=True)
+        blocker[g] = waiting[at]
+        stop = active & (first_kept < never)
+        reads[stop] += first_kept[stop] - start[stop] + 1
+        rest = active & ~stop
+        reads[rest] += length[rest] - start[rest]
+        done = stop | (rest & (blocker < 0))
+        suppressed[stop] = True
+        last[done] = rnd[done]
+        active &= ~done
+        wait = np.flatnonzero(active)
+        resume = edge_round[blocker[wait]] + 1
+        polls[wait] += resume - rnd[wait]
+        rnd[wait] = resume
+        start[wait] = position[blocker[wait]]
+    if not (np.array_equal(last, decided[js]) and np.array_equal(suppressed, ~is_kept[js])):
+        raise ValueError("decided is not the lookahead schedule of these boxes")
+    return reads, polls
 
 
 def overlap_pairs_bruteforce(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray,

@@ -139,6 +139,12 @@ def test_decode_nms_numpy_matches_the_port(run):
     work = row["emulated"]
     assert work["rounds"] >= work["rounds_lookahead"] >= 2 and work["overlap_pairs"] > 0
     assert 0 < work["reads_mean"] <= work["reads_p99"] <= work["reads_max"] and work["rows"] > 0
+    # the lookahead rule reads each box's whole walk before it waits, and again from a blocker
+    # after it: never fewer candidates than the walk-order rule, box by box
+    assert work["reads_lookahead_mean"] >= work["reads_mean"]
+    assert work["reads_lookahead_p99"] >= work["reads_p99"]
+    assert work["reads_lookahead_max"] >= work["reads_max"]
+    assert work["polls_lookahead_max"] == work["rounds_lookahead"] - 1  # all boxes sampled here
 
 
 def test_markdown_has_every_section_with_adaptive_units(run):
@@ -161,7 +167,8 @@ def test_markdown_has_every_section_with_adaptive_units(run):
     work = result["decode_nms"]["rows"][0]["emulated"]
     assert (f"{work['rounds']} rounds of boxes waiting on earlier ones "
             f"({work['rounds_lookahead']} with the lookahead rule), candidates read per box "
-            f"mean {work['reads_mean']:g} / p99 {work['reads_p99']:g}") in md
+            f"(walk order / lookahead) mean {work['reads_mean']:g} / {work['reads_lookahead_mean']:g}, "
+            f"p99 {work['reads_p99']:g} / {work['reads_lookahead_p99']:g}") in md
     if result.get("plot"):
         assert (out / "smoke.png").stat().st_size > 0
     else:
@@ -193,6 +200,21 @@ def test_format_duration_picks_the_unit():
                              9999.6, 37200.0)] == \
         ["-", "0 µs", "400 ns", "12.3 µs", "123 µs", "1.00 ms", "1.00 ms", "12.3 ms", "932 ms",
          "10.0 s", "37.2 s"]
+
+
+def test_emulated_work_text_puts_both_rules_side_by_side():
+    text = _bench_module("bench_common").emulated_work_text
+    work = {"rounds": 164, "rounds_lookahead": 6, "overlap_pairs": 3231404, "reads_mean": 41.4,
+            "reads_p99": 291.0, "reads_max": 770, "rows": 12.7}
+    assert text(work) == ("164 rounds of boxes waiting on earlier ones (6 with the lookahead "
+                          "rule), candidates read per box mean 41.4 / p99 291 / max 770, 12.7 grid "
+                          "rows per box")  # results made before the lookahead reads were counted
+    work.update(reads_lookahead_mean=120.5, reads_lookahead_p99=700.0, reads_lookahead_max=1500,
+                polls_lookahead_mean=2.1, polls_lookahead_max=5)
+    assert text(work) == ("164 rounds of boxes waiting on earlier ones (6 with the lookahead "
+                          "rule), candidates read per box (walk order / lookahead) mean 41.4 / "
+                          "120.5, p99 291 / 700, max 770 / 1500, lookahead blocker polls per box "
+                          "mean 2.1 / max 5, 12.7 grid rows per box")
 
 
 def _size(backends, levels=None, batch=None, flop=4.32e12):
