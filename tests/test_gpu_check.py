@@ -222,3 +222,12 @@ def test_a_benchmark_that_died_keeps_its_partial_numbers():
     assert bench.status == "fail"
     assert "the benchmark stopped early (exit -11: Segmentation fault)" in bench.summary
     assert parity.status == "pass"  # what it had measured still counts
+
+
+def test_skips_in_gpu_only_files_and_their_case_files_must_run():
+    for where in ("tests/test_kernels_gpu.py:44: no CUDA GPU visible",
+                  "tests/kernel_abi_cases.py:210: CPU build: ...",
+                  "tests/kernel_stage_cases.py:77: x"):
+        assert g.MUST_RUN.match(where), where
+    for where in ("tests/test_torch_cuda.py:12: no torch", "tests/test_kernels_cpu.py:40: no make"):
+        assert not g.MUST_RUN.match(where), where

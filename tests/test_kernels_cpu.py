@@ -117,7 +117,7 @@ def test_kernels_under_address_sanitizer(tmp_path):
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
     subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
               "or resize or uncapped_nested or uncapped_border or window_bounds and 12345")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--noconftest",
                            str(Path(__file__)), "-k", subset],
                           capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert "ERROR: AddressSanitizer" not in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -73,6 +73,9 @@ SANITIZER_TESTS = {
     "racecheck": "all_above_threshold or uncapped_chain or uncapped_nested",
 }
 STEP_KEYS = ("build", "ptxas", "tests", "sanitizers", "benchmark")
+#: Where a skip in the GPU run is a failure: the GPU-only files, and the case files whose tests
+#: test_kernels_gpu.py collects (pytest reports a skip at the function's own file).
+MUST_RUN = re.compile(r"tests/(?:\S+_gpu|kernel_\w+_cases)\.py")
 #: How a test file marks GPU tests (a decorator, or the module's ``pytestmark``).
 GPU_MARK = re.compile(r"^\s*(?:@pytest\.mark\.gpu\b|pytestmark\s*=.*\bpytest\.mark\.gpu\b)", re.M)
 
@@ -556,7 +559,7 @@ def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) ->
            *files]
     ran = run(cmd, env, timeout, log=log)
     summary = parse_pytest(ran.output)
-    must_run = sum(n for n, where in summary.skips if re.match(r"tests/\S+_gpu\.py", where))
+    must_run = sum(n for n, where in summary.skips if MUST_RUN.match(where))
     ok = ran.code == 0 and summary.ran > 0 and not must_run
     text = f"exit {ran.code}; {summary.line or 'no pytest summary'} ({len(files)} files)"
     if must_run:

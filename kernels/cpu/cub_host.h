@@ -2,7 +2,9 @@
 // (stable, on bits [begin_bit, end_bit) of the key) and DeviceScan::ExclusiveSum. Like CUB
 // they answer a size query (temp == NULL), refuse a smaller temporary buffer, and leave the
 // sorted data in Current(), which may be either buffer: $TF_CPU_SORT_FLIP=0 keeps it in the
-// buffer it came from, anything else (the default) moves it to the other one.
+// buffer it came from, anything else (the default) moves it to the other one. What CUB may
+// scribble on is scribbled on (0xFF): the whole temporary buffer, and the double buffers'
+// other halves, so that a caller relying on them keeping data fails here too.
 #pragma once
 
 #include <algorithm>
@@ -36,7 +38,9 @@ inline cudaError_t check_temp(void* temp, size_t& bytes, long long items, bool& 
     bytes = temp_bytes(items);
     return cudaSuccess;
   }
-  return bytes >= temp_bytes(items) && items >= 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (bytes < temp_bytes(items) || items < 0) return cudaErrorInvalidValue;
+  std::memset(temp, 0xFF, bytes);  // all of it is CUB's
+  return cudaSuccess;
 }
 
 inline bool flip_buffers() {
@@ -78,6 +82,8 @@ struct DeviceRadixSort {
     }
     std::copy(sorted_keys.begin(), sorted_keys.end(), keys.Current());
     std::copy(sorted_values.begin(), sorted_values.end(), values.Current());
+    std::memset(keys.Alternate(), 0xFF, n * sizeof(Key));
+    std::memset(values.Alternate(), 0xFF, n * sizeof(Value));
     return cudaSuccess;
   }
 };

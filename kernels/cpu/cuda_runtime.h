@@ -137,7 +137,7 @@ namespace tfcpu {
 cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
                      const std::function<void()>& thread_body);
 
-// This block's instance of the __shared__ variable identified by `tag` (zero-filled).
+// This block's instance of the __shared__ variable identified by `tag` (0xFF-filled: garbage).
 void* block_shared_bytes(const void* tag, size_t bytes);
 
 template <typename T>

@@ -8,7 +8,7 @@
 // not the warp's live lanes, a shuffle from a lane that did not take part) and a deadlock
 // fail the launch with cudaErrorLaunchFailure and a message.
 //
-// Environment: TF_CPU_RESIDENT_BLOCKS (default 4) blocks interleave; TF_CPU_SCHEDULE_SEED
+// Environment: TF_CPU_RESIDENT_BLOCKS (default 4, at most 16) blocks interleave; TF_CPU_SCHEDULE_SEED
 // picks the next runnable fiber at random (seeded) instead of in turn; TF_CPU_STACK_KIB
 // (default 256) per fiber.
 #include <sys/mman.h>
@@ -56,6 +56,7 @@ struct Warp {
   Barrier barrier;
   unsigned live_mask = 0;
   unsigned arrived_mask = 0;
+  unsigned mask = 0;           // the collective's mask (as the last lane to arrive gave it)
   unsigned values[32] = {};
   unsigned snapshot[32] = {};  // values of the last completed collective
   unsigned snapshot_mask = 0;  // lanes that took part in it
@@ -94,7 +95,7 @@ struct Grid {
   std::mt19937_64 rng;
   unsigned long long next_block = 0, total_blocks = 0;
   std::string error;  // the first misuse seen
-  ucontext_t scheduler;
+  ucontext_t scheduler{};  // ASan's swapcontext reads uc_stack: keep it zeroed
   Fiber* current = nullptr;
   const void* scheduler_stack = nullptr;  // ASan: the scheduler's stack, learnt at first switch
   size_t scheduler_stack_bytes = 0;
@@ -131,7 +132,10 @@ bool stacks_for(size_t count, size_t stack_bytes) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (p == MAP_FAILED) return false;
-    mprotect(p, page, PROT_NONE);
+    if (mprotect(p, page, PROT_NONE) != 0) {
+      munmap(p, bytes);
+      return false;
+    }
     g_stacks.push_back(Stack{static_cast<char*>(p), bytes});
   }
   return true;
@@ -197,6 +201,9 @@ void complete_block_barrier(Grid& g, Block& b) {
 }
 
 void complete_warp_barrier(Grid& g, Warp& w) {
+  if ((w.mask & w.live_mask) != w.arrived_mask)
+    fail_launch(g, "a warp collective with mask 0x%08x completed with lanes 0x%08x (live 0x%08x)",
+                w.mask, w.arrived_mask, w.live_mask);
   for (int l = 0; l < 32; ++l) w.snapshot[l] = w.values[l];
   w.snapshot_mask = w.arrived_mask;
   w.arrived_mask = 0;
@@ -259,9 +266,12 @@ unsigned warp_exchange(unsigned mask, unsigned value, const char* what) {
   Grid& g = *g_grid;
   Fiber& f = *g.current;
   Warp& w = f.block->warps[f.warp];
-  if (mask != w.live_mask)
+  // Every live lane must take part (the stand-in has one barrier per warp); lanes that have
+  // exited may be named, as in CUDA.
+  if ((mask & w.live_mask) != w.live_mask || !(mask >> f.lane & 1u))
     fail_launch(g, "%s with mask 0x%08x in a warp whose live lanes are 0x%08x (block %u, thread %u)",
                 what, mask, w.live_mask, f.block->idx.x, f.thread_idx.x);
+  w.mask = mask;
   w.values[f.lane] = value;
   w.arrived_mask |= 1u << f.lane;
   if (++w.barrier.arrived == w.barrier.expected) {
@@ -300,7 +310,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     g.rng.seed(std::strtoull(seed, nullptr, 10));
   }
   const size_t resident = std::min<unsigned long long>(
-      env_size("TF_CPU_RESIDENT_BLOCKS", 4, 1, 64), g.total_blocks);
+      env_size("TF_CPU_RESIDENT_BLOCKS", 4, 1, 16), g.total_blocks);
   const size_t stack_bytes = env_size("TF_CPU_STACK_KIB", 256, 16, 65536) * 1024;
   if (!stacks_for(resident * g.threads, stack_bytes)) {
     g_launch_error = "cannot map the fibers' stacks";
@@ -351,7 +361,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
 void* block_shared_bytes(const void* tag, size_t bytes) {
   Grid& g = *g_grid;
   std::vector<unsigned char>& storage = g.current->block->shared[tag];
-  if (storage.empty()) storage.assign(bytes, 0);
+  if (storage.empty()) storage.assign(bytes, 0xFF);  // garbage, as uninitialised shared memory
   return storage.data();
 }
 
