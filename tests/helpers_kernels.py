@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,41 @@ REPO = Path(__file__).resolve().parents[1]
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
 _LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 _LIBC.free.argtypes = [ctypes.c_void_p]
+
+
+# --- the CPU build ---------------------------------------------------------------------------
+
+def build_cpu_library(out: Path, sanitize: str = "") -> Path:
+    """``make -C kernels cpu`` into ``out``; returns the .so."""
+    cmd = ["make", "-s", "-C", str(REPO / "kernels"), "cpu", f"BUILD={out}"]
+    if sanitize:
+        cmd.append(f"CPU_SANITIZE={sanitize}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "libtinyfaces_kernels_cpu.so"
+
+
+def cpu_build_missing() -> str:
+    """Why the CPU build cannot be made here ("" when it can)."""
+    import shutil
+
+    cxx = os.environ.get("CXX", "g++")
+    missing = [tool for tool in ("make", cxx) if shutil.which(tool) is None]
+    return f"the CPU build of the kernels needs {' and '.join(missing)}" if missing else ""
+
+
+_built: dict[str, Path] = {}
+
+
+def cpu_library_path(tmp_root: Any) -> Path:
+    """The CPU build for this test session: $TINYFACES_KERNELS_CPU_LIB (the sanitizer test's
+    instrumented one), else built once into a folder of ``tmp_root`` (a tmp_path_factory)."""
+    given = os.environ.get("TINYFACES_KERNELS_CPU_LIB")
+    if given:
+        return Path(given)
+    if "lib" not in _built:
+        _built["lib"] = build_cpu_library(tmp_root.mktemp("kernels-cpu"))
+    return _built["lib"]
 
 
 # --- the CPU build's memory -------------------------------------------------------------------

@@ -205,6 +205,7 @@ def test_preprocessor_reuploads_a_mutated_image(stream):
     first = pre.prepare(image, level).download()
     image[:] = 255 - image  # same array object, new content, level 0 again
     second = pre.prepare(image, level).download()
-    np.testing.assert_allclose(second, normalize(resize_bilinear_aa(image, 40, 50), config), rtol=0, atol=1e-4)
+    want = normalize(resize_bilinear_aa(image, 40, 50), config)
+    np.testing.assert_allclose(second, want, rtol=0, atol=1e-4)
     assert not np.allclose(first, second)
     pre.close()

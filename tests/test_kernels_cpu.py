@@ -4,16 +4,16 @@ kernels/cpu/ stands in for the CUDA runtime, CUB and the device built-ins; each 
 thread runs as a fiber, blocks interleave at barriers (kernels/cpu/grid.cpp). The cases of
 tests/kernel_abi_cases.py run here exactly as on a GPU, so the kernels' logic (indexing,
 workspace layout, the uncapped NMS's walks and waiting, overflow and NaN accounting) is
-checked on every machine with a C++ compiler. The cases of tests/kernel_stage_cases.py run the
-CUDA stages of runtime/backends (CudaPreprocessor, CudaPostprocessor, detector_for) over host
-memory and this library: their buffers, key bases, batches and NMS growth, for real. What only a GPU shows (memory model, timing,
-device math within its ulps) stays with tests/test_kernels_gpu.py.
+checked on every machine with a C++ compiler. The cases of tests/kernel_stage_cases.py run
+the CUDA stages of runtime/backends (CudaPreprocessor, CudaPostprocessor, detector_for) over
+host memory and this library: their buffers, key bases, batches and NMS growth, for real.
+What only a GPU shows (memory model, timing, device math within its ulps) stays with
+tests/test_kernels_gpu.py.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_kernels import (REPO, HostBuffer, HostCudaStream, HostStream, KernelHarness, square_boxes,
+from helpers_kernels import (REPO, HostBuffer, HostCudaStream, HostStream, KernelHarness,
+                             build_cpu_library, cpu_build_missing, cpu_library_path, square_boxes,
                              use_cpu_build_for_cuda_stages)
 from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
     test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
@@ -41,26 +42,12 @@ from kernel_stage_cases import (  # noqa: F401  (collected here, with this modul
 from tinyfaces_trt.kernels import binding
 
 CXX = os.environ.get("CXX", "g++")
-pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which(CXX) is None,
-                                reason=f"the CPU build of the kernels needs make and {CXX}")
-
-
-def build_cpu_library(out: Path, sanitize: str = "") -> Path:
-    """``make -C kernels cpu`` into ``out``; returns the .so."""
-    cmd = ["make", "-s", "-C", str(REPO / "kernels"), "cpu", f"BUILD={out}"]
-    if sanitize:
-        cmd.append(f"CPU_SANITIZE={sanitize}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out / "libtinyfaces_kernels_cpu.so"
+pytestmark = pytest.mark.skipif(bool(cpu_build_missing()), reason=cpu_build_missing())
 
 
 @pytest.fixture(scope="session")
 def cpu_library(tmp_path_factory):
-    """A fresh build, or $TINYFACES_KERNELS_CPU_LIB (the sanitizer test's instrumented one)."""
-    given = os.environ.get("TINYFACES_KERNELS_CPU_LIB")
-    path = Path(given) if given else build_cpu_library(tmp_path_factory.mktemp("kernels-cpu"))
-    return binding.KernelLibrary(path)
+    return binding.KernelLibrary(cpu_library_path(tmp_path_factory))
 
 
 @pytest.fixture
@@ -98,7 +85,8 @@ def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypa
     n = 1500
     chain = square_boxes(np.stack([np.arange(n // 3) * 6.0, np.zeros(n // 3)], 1), np.full(n // 3, 10.0))
     centres = rng.uniform(0, 300, (40, 2))[rng.integers(0, 40, n - n // 3)]
-    clusters = square_boxes(centres + rng.normal(0, 2, centres.shape), np.exp(rng.uniform(2, 4, len(centres))))
+    sizes = np.exp(rng.uniform(2, 4, len(centres)))
+    clusters = square_boxes(centres + rng.normal(0, 2, centres.shape), sizes)
     boxes = np.concatenate([chain, clusters])
     logits = np.round(rng.normal(size=n), 1)
     kh.assert_kept(boxes, logits, rng.permutation(n), 0.3, 1.0)
@@ -117,9 +105,10 @@ def test_kernels_under_address_sanitizer(tmp_path):
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
     subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
               "or resize or uncapped_nested or uncapped_border or window_bounds and 12345")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "--noconftest",
-                           str(Path(__file__)), "-k", subset],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           "--noconftest", str(Path(__file__)), "-k", subset],
                           capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert "ERROR: AddressSanitizer" not in proc.stdout + proc.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    tail = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "ERROR: AddressSanitizer" not in proc.stdout + proc.stderr, tail
+    assert proc.returncode == 0, tail
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]

@@ -50,6 +50,10 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         ManifestError: the model file is missing or not the detector network.
     """
 
+    #: Where the bound input and output live for IOBinding ("cpu" runs the same device path
+    #: on ONNX Runtime's CPU provider over host memory: tests/test_device_path_cpu.py).
+    device_type = "cuda"
+
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
                  device_id: int = 0, tensorrt: bool = True) -> None:
         ort = import_onnxruntime()
@@ -64,7 +68,6 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         if not cuda_device.gpu_available():
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
-        self.device_id = int(device_id)
         # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
         # provider fails it retries on CUDA *without our provider options* (the stream): so
         # TensorRT only where the tensorrt package is there, and the stream checked below
@@ -72,8 +75,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         if tensorrt and not use_trt:
             log.info("no TensorRT here for ONNX Runtime's TensorRT provider; running on CUDA")
         handle = str(self.cuda_stream.handle)
-        options = {CUDA_EP: {"device_id": str(self.device_id), "user_compute_stream": handle},
-                   TENSORRT_EP: {"device_id": str(self.device_id), "user_compute_stream": handle}}
+        options = {CUDA_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle},
+                   TENSORRT_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle}}
         self.cpu_fallback = ""
         for wanted in ([TENSORRT_EP, CUDA_EP], [CUDA_EP]) if use_trt else ([CUDA_EP],):
             self._open(onnx_path, wanted, options)
@@ -85,8 +88,15 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise BackendUnavailableError(
                 f"ONNX Runtime did not run its CUDA provider on the given stream "
                 f"(providers {self.providers}); the device path needs that stream")
+        self._start_device_io(self.cuda_stream, device_id)
+
+    def _start_device_io(self, stream: Any, device_id: int) -> None:
+        """Device in and out on ``stream`` (a ``cuda_device.Stream``), once the session is open."""
+        from tinyfaces_trt.runtime.backends import cuda_device
+
+        self.cuda_stream, self.device_id = stream, int(device_id)
         self.capabilities = RunnerCapabilities(device_io=True, batch=self.capabilities.batch)
-        self._run_options = ort.RunOptions()
+        self._run_options = import_onnxruntime().RunOptions()
         # ordering is the stream's job: no host wait at the end of each run
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self._last: Any = None
@@ -132,9 +142,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
                                     f"got {x.shape} {x.dtype}")
         binding = self.session.io_binding()
-        binding.bind_input(name=self.input_name, device_type="cuda", device_id=self.device_id,
+        binding.bind_input(name=self.input_name, device_type=self.device_type, device_id=self.device_id,
                            element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.ptr)
-        binding.bind_output(self.output_name, device_type="cuda", device_id=self.device_id)
+        binding.bind_output(self.output_name, device_type=self.device_type, device_id=self.device_id)
         self.session.run_with_iobinding(binding, self._run_options)
         (output,) = binding.get_outputs()
         shape = tuple(int(d) for d in output.shape())

@@ -1,0 +1,100 @@
+"""The device path end to end without a GPU: a device-I/O runner between the CUDA stages.
+
+``OnnxRuntimeCudaRunner``'s device path (IOBinding of the input in place, ORT-owned output
+kept until the next run, shape checks, batches) runs here on ONNX Runtime's CPU provider over
+host memory (``device_type = "cpu"``), between the CUDA stages of the CPU build of the
+kernels (tests/helpers_kernels.py): resize -> network -> decode -> NMS with nothing but boxes
+coming back, as on a GPU. What stays unverified: the CUDA provider itself, its stream
+(``user_compute_stream``) and the TensorRT provider (no onnxruntime-gpu here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers_kernels import (HostBuffer, HostCudaStream, cpu_build_missing, cpu_library_path,
+                             use_cpu_build_for_cuda_stages)
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import NetworkInputError
+from tinyfaces_trt.runtime.backends import cuda_device, detector_for
+from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+from tinyfaces_trt.runtime.pipeline import Detector
+
+pytestmark = pytest.mark.skipif(bool(cpu_build_missing()), reason=cpu_build_missing())
+
+
+class CpuIOBindingRunner(OnnxRuntimeCudaRunner):
+    """OnnxRuntimeCudaRunner with its session on the CPU provider: the same ``run``."""
+
+    device_type = "cpu"
+
+    def __init__(self, onnx_path, stream):
+        OnnxRuntimeRunner.__init__(self, onnx_path)
+        self._start_device_io(stream, 0)
+
+
+@pytest.fixture
+def device(monkeypatch, tmp_path_factory):
+    use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    return HostCudaStream()
+
+
+def _onnx(export_dir):
+    return export_dir / "model.onnx"
+
+
+def _device_input(x):
+    buf = HostBuffer(x.nbytes)
+    buf.upload(x)
+    return cuda_device.DeviceArray(buf.ptr, x.shape, np.float32, owner=buf)
+
+
+def test_bound_input_gives_the_host_paths_scores(device, export_dir):
+    runner = CpuIOBindingRunner(_onnx(export_dir), device)
+    host = OnnxRuntimeRunner(_onnx(export_dir))
+    assert runner.capabilities.device_io and runner.capabilities.batch
+    x = np.random.default_rng(0).normal(size=(2, 3, 40, 56)).astype(np.float32)
+    first = runner.run(_device_input(x))
+    assert isinstance(first, cuda_device.DeviceArray) and first.shape == (2, 125, 5, 7)
+    want = host.run(x)
+    np.testing.assert_array_equal(first.download(), want)  # same provider, same bits
+    kept = first.download()
+    second = runner.run(_device_input(x[:1] * 0.5))  # the next run may reuse ORT's output
+    np.testing.assert_array_equal(second.download(), host.run(x[:1] * 0.5))
+    assert not np.array_equal(kept[:1], second.download())
+
+
+def test_bound_input_of_the_wrong_layout_is_refused(device, export_dir):
+    runner = CpuIOBindingRunner(_onnx(export_dir), device)
+    bad = np.zeros((1, 4, 16, 16), np.float32)
+    with pytest.raises(NetworkInputError, match=r"\(N, 3, h, w\) float32 array, got \(1, 4, 16, 16\)"):
+        runner.run(_device_input(bad))
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, export_dir, fp16):
+    """tinyfaces' own flow with every stage "on the device": CudaPreprocessor (resize kernel),
+    the IOBinding runner, CudaPostprocessor (decode + NMS kernels), boxes only coming back."""
+    onnx = export_dir / ("model_fp16.onnx" if fp16 else "model.onnx")
+    if not onnx.is_file():
+        pytest.skip(f"{onnx.name} not exported")
+    config = DetectorConfig(prob_thresh=0.05)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (72, 96, 3), dtype=np.uint8) for _ in range(2)]
+    for i, image in enumerate(images):
+        image[10 + 8 * i:50, 20:70] = (220, 180, 150)
+    want = [Detector(OnnxRuntimeRunner(onnx), config).detect(image) for image in images]
+    assert sum(len(w) for w in want) > 0
+    with detector_for(CpuIOBindingRunner(onnx, device), config, gpu_stages=True) as detector:
+        assert type(detector.preprocessor).__name__ == "CudaPreprocessor"
+        assert type(detector.postprocessor).__name__ == "CudaPostprocessor"
+        got = detector.detect(images[0])
+        batch = detector.detect_batch(images)
+    # the resize kernel's network input is within 1e-4 of numpy's (DESIGN.md); through the
+    # network that moves probabilities by about 1e-6 and boxes by about 1e-4 px
+    for g, w in zip([got] + batch, want[:1] + want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g[:, :4], w[:, :4], rtol=0, atol=1e-2)
+        np.testing.assert_allclose(g[:, 4], w[:, 4], rtol=0, atol=1e-5)
