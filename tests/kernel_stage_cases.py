@@ -209,3 +209,18 @@ def test_preprocessor_reuploads_a_mutated_image(stream):
     np.testing.assert_allclose(second, want, rtol=0, atol=1e-4)
     assert not np.allclose(first, second)
     pre.close()
+
+
+def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
+    """135200 candidates: past ABI 1's 131072 cap, the NMS runs (no 'raise prob_thresh')."""
+    config = DetectorConfig()
+    level = PyramidLevel(0, 0.0, 1.0, 1040, 1040)  # 130 x 130 cells x 8 active templates
+    scores = np.zeros((1, 125, 130, 130), np.float32)
+    scores[0, :NUM_TEMPLATES] = 3.0
+    post = stages.CudaPostprocessor(config, stream=stream)
+    post.reset(1040, 1040)
+    post.add_level(scores, level)
+    got = post.finish()
+    assert post.last_stats["num_candidates"] == 135200
+    assert_same_detections(got, postprocess_levels([scores], [level], (1040, 1040), config))
+    post.close()

@@ -38,7 +38,8 @@ from kernel_stage_cases import (  # noqa: F401  (collected here, with this modul
     test_detect_batch_on_the_gpu_equals_host_detection_per_image,
     test_detector_with_cuda_stages_matches_host,
     test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path,
-    test_postprocessor_grows_its_nms_size, test_preprocessor_reuploads_a_mutated_image)
+    test_postprocessor_grows_its_nms_size, test_postprocessor_takes_more_than_the_old_nms_cap,
+    test_preprocessor_reuploads_a_mutated_image)
 from tinyfaces_trt.kernels import binding
 
 CXX = os.environ.get("CXX", "g++")

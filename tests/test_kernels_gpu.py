@@ -15,7 +15,6 @@ float64, CUDA in float32), probabilities within 1e-6, resize within 1e-4.
 
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 import time
@@ -40,17 +39,13 @@ from kernel_stage_cases import (  # noqa: F401  (collected here, with this modul
     test_detect_batch_on_the_gpu_equals_host_detection_per_image,
     test_detector_with_cuda_stages_matches_host,
     test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path,
-    test_postprocessor_grows_its_nms_size, test_preprocessor_reuploads_a_mutated_image)
+    test_postprocessor_grows_its_nms_size, test_postprocessor_takes_more_than_the_old_nms_cap,
+    test_preprocessor_reuploads_a_mutated_image)
 from tinyfaces_trt.runtime.backends import cuda_device
-from tinyfaces_trt.core.runner import RunnerCapabilities
-from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates
-from tinyfaces_trt.core.errors import BackendUnavailableError, NonFiniteScoresError
-from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.runtime.postprocess import postprocess_levels
-from tinyfaces_trt.runtime.preprocess import normalize
-from tinyfaces_trt.core.pyramid import PyramidLevel
-from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
 
 def _library_or_reason():
@@ -70,8 +65,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(LIB is None, reason=_REASON)]
 if LIB is not None:
     from tinyfaces_trt.kernels import binding
     from tinyfaces_trt.runtime.backends.cuda_device import DeviceArray, DeviceBuffer, Stream
-    from tinyfaces_trt.runtime.backends.cuda_stages import (CudaPostprocessor, CudaPreprocessor,
-                                                             cuda_stages)
+    from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
+
 
 @pytest.fixture(scope="module")
 def stream():
@@ -175,22 +170,6 @@ def test_score_map_from_another_stream_is_ordered_by_events(stream):
     post.close()
     shared.free()
     producer.close()
-
-
-def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
-    """135200 candidates: past ABI 1's 131072 cap, the NMS runs (no 'raise prob_thresh')."""
-    assert LIB.device_count() >= 1
-    config = DetectorConfig()
-    level = PyramidLevel(0, 0.0, 1.0, 1040, 1040)  # 130 x 130 cells x 8 active templates
-    scores = np.zeros((1, 125, 130, 130), np.float32)
-    scores[0, :NUM_TEMPLATES] = 3.0
-    post = CudaPostprocessor(config, stream=stream)
-    post.reset(1040, 1040)
-    post.add_level(scores, level)
-    got = post.finish()
-    assert post.last_stats["num_candidates"] == 135200
-    assert_same_detections(got, postprocess_levels([scores], [level], (1040, 1040), config))
-    post.close()
 
 
 def test_uncapped_650k_candidates_detector_like(kh):
