@@ -239,21 +239,9 @@ class RawRun:
     def nms(self, image_hw: tuple[int, int], max_candidates: int,
             lookahead: bool = False) -> tuple[np.ndarray, dict[str, int]]:
         """(rows, stats) of ``tf_nms`` over the buffer (clipped per the config)."""
-        lib, stream, new = self.harness.lib, self.harness.stream, self.harness.buffer
-        ws_bytes = lib.nms_workspace_size(max_candidates)
-        with new(ws_bytes) as ws, new(max_candidates * 20) as out, new(16) as stats_buf:
-            params = binding.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
-                                        self.config.clip_boxes, *image_hw, lookahead)
-            lib.nms(self.cand, self.capacity, params, max_candidates, ws, ws_bytes, out, stats_buf,
-                    stream)
-            stats = np.zeros(1, binding.NMS_STATS_DTYPE)
-            stats_buf.download(stats, stream)
-            stream.synchronize()
-            boxes = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
-            if len(boxes):
-                out.download(boxes, stream)
-                stream.synchronize()
-        return boxes, {k: int(stats[0][k]) for k in binding.NMS_STATS_DTYPE.names}
+        params = binding.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
+                                    self.config.clip_boxes, *image_hw, lookahead)
+        return self.harness.nms(self.cand, self.capacity, params, max_candidates)
 
 
 class KernelHarness:
@@ -264,6 +252,22 @@ class KernelHarness:
 
     def __init__(self, lib: Any, buffer: Any, stream: Any, quick: bool = False) -> None:
         self.lib, self.buffer, self.stream, self.quick = lib, buffer, stream, quick
+
+    def nms(self, candidates: Any, capacity: int, params: Any,
+            max_candidates: int) -> tuple[np.ndarray, dict[str, int]]:
+        """``tf_nms`` over a candidate buffer: the (num_kept, 5) rows and the stats."""
+        lib, stream, new = self.lib, self.stream, self.buffer
+        ws_bytes = lib.nms_workspace_size(max_candidates)
+        with new(ws_bytes) as ws, new(max_candidates * 20) as out, new(16) as stats_buf:
+            lib.nms(candidates, capacity, params, max_candidates, ws, ws_bytes, out, stats_buf, stream)
+            stats = np.zeros(1, binding.NMS_STATS_DTYPE)
+            stats_buf.download(stats, stream)
+            stream.synchronize()
+            rows = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
+            if len(rows):
+                out.download(rows, stream)
+                stream.synchronize()
+        return rows, {k: int(stats[0][k]) for k in binding.NMS_STATS_DTYPE.names}
 
     def raw_run(self, maps: list[np.ndarray], levels: list[PyramidLevel], config: DetectorConfig,
                 capacity: int | None = None) -> RawRun:
@@ -302,20 +306,11 @@ class KernelHarness:
         m = max_candidates or max(1, n)
         capacity = max(1, n)
         host = self.candidate_buffer(boxes, logits, keys, capacity)
-        lib, stream, new = self.lib, self.stream, self.buffer
-        ws_bytes = lib.nms_workspace_size(m)
-        with new(host.nbytes) as cand, new(ws_bytes) as ws, new(m * 20) as out, new(16) as stats_buf:
-            cand.upload(host, stream)
+        with self.buffer(host.nbytes) as cand:
+            cand.upload(host, self.stream)
             params = binding.nms_params(thresh, offset, False, 1 << 20, 1 << 20, lookahead)
-            lib.nms(cand, capacity, params, m, ws, ws_bytes, out, stats_buf, stream)
-            stats = np.zeros(1, binding.NMS_STATS_DTYPE)
-            stats_buf.download(stats, stream)
-            stream.synchronize()
-            rows = np.empty((int(stats[0]["num_kept"]), 5), np.float32)
-            if len(rows):
-                out.download(rows, stream)
-                stream.synchronize()
-        assert int(stats[0]["overflow"]) == 0 and int(stats[0]["num_candidates"]) == n
+            rows, stats = self.nms(cand, capacity, params, m)
+        assert stats["overflow"] == 0 and stats["num_candidates"] == n, stats
         return rows
 
     def assert_kept(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float) -> None:
