@@ -2,7 +2,7 @@
 
 :class:`KernelHarness` runs resize, decode and NMS through a :class:`~tinyfaces_trt.kernels.
 binding.KernelLibrary` with the buffers of a target: ``cuda_device.DeviceBuffer`` and a
-``Stream`` on a GPU (tests/test_kernels_gpu.py), :class:`HostBuffer` and :class:`HostStream`
+``Stream`` on a GPU (tests/test_kernels_gpu.py), :class:`HostBuffer` and :class:`HostCudaStream`
 with ``libtinyfaces_kernels_cpu.so`` (``make -C kernels cpu``: the same kernel sources run on
 the CPU, tests/test_kernels_cpu.py). The numpy oracles of what the raw ABI must return live
 here too.
@@ -48,12 +48,15 @@ def build_cpu_library(out: Path, sanitize: str = "") -> Path:
     return out / "libtinyfaces_kernels_cpu.so"
 
 
+#: The C++ compiler of the CPU build (the Makefile's $(CXX)).
+CXX = os.environ.get("CXX", "g++")
+
+
 def cpu_build_missing() -> str:
     """Why the CPU build cannot be made here ("" when it can)."""
     import shutil
 
-    cxx = os.environ.get("CXX", "g++")
-    missing = [tool for tool in ("make", cxx) if shutil.which(tool) is None]
+    missing = [tool for tool in ("make", CXX) if shutil.which(tool) is None]
     return f"the CPU build of the kernels needs {' and '.join(missing)}" if missing else ""
 
 
@@ -115,18 +118,6 @@ class HostBuffer:
 
     def __exit__(self, *exc: object) -> None:
         self.free()
-
-
-class HostStream:
-    """The CPU build runs every call to completion: the NULL stream, nothing to wait for."""
-
-    handle = 0
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -352,7 +343,8 @@ def resize_reference(image: np.ndarray, dst_hw: tuple[int, int], config: Detecto
 # --- the CUDA stages over host memory and the CPU build -----------------------------------------
 
 class HostCudaStream:
-    """``cuda_device.Stream`` for the CPU build: a handle and nothing to wait for."""
+    """``cuda_device.Stream`` for the CPU build: a handle (the library ignores it: every call
+    runs to completion) and nothing to wait for."""
 
     created = 1000
 

@@ -22,7 +22,8 @@ from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCu
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.pipeline import Detector
 
-pytestmark = pytest.mark.skipif(bool(cpu_build_missing()), reason=cpu_build_missing())
+_MISSING = cpu_build_missing()
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
 class CpuIOBindingRunner(OnnxRuntimeCudaRunner):

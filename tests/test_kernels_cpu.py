@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_kernels import (REPO, HostBuffer, HostCudaStream, HostStream, KernelHarness,
+from helpers_kernels import (CXX, REPO, HostBuffer, HostCudaStream, KernelHarness,
                              build_cpu_library, cpu_build_missing, cpu_library_path, square_boxes,
                              use_cpu_build_for_cuda_stages)
 from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
@@ -42,8 +42,8 @@ from kernel_stage_cases import (  # noqa: F401  (collected here, with this modul
     test_preprocessor_reuploads_a_mutated_image)
 from tinyfaces_trt.kernels import binding
 
-CXX = os.environ.get("CXX", "g++")
-pytestmark = pytest.mark.skipif(bool(cpu_build_missing()), reason=cpu_build_missing())
+_MISSING = cpu_build_missing()
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def cpu_library(tmp_path_factory):
 
 @pytest.fixture
 def kh(cpu_library):
-    return KernelHarness(cpu_library, HostBuffer, HostStream(), quick=True)
+    return KernelHarness(cpu_library, HostBuffer, HostCudaStream(), quick=True)
 
 
 @pytest.fixture

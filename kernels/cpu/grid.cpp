@@ -210,6 +210,26 @@ void complete_warp_barrier(Grid& g, Warp& w) {
   release(g, w.barrier);
 }
 
+// Arrival at `owner`'s barrier (a Block or a Warp): the last live thread completes it, the
+// others wait until then.
+template <typename Owner>
+void arrive_and_wait(Grid& g, Fiber& f, Owner& owner, void (*complete)(Grid&, Owner&)) {
+  Barrier& bar = owner.barrier;
+  if (++bar.arrived == bar.expected) {
+    complete(g, owner);
+  } else {
+    bar.waiting.push_back(&f);
+    suspend(g, f);
+  }
+}
+
+// A thread of `owner` exited: it is no longer waited for, which may complete the barrier.
+template <typename Owner>
+void leave(Grid& g, Owner& owner, void (*complete)(Grid&, Owner&)) {
+  Barrier& bar = owner.barrier;
+  if (--bar.expected > 0 && bar.arrived == bar.expected) complete(g, owner);
+}
+
 void start_block(Grid& g, size_t slot) {
   const unsigned long long linear = g.next_block++;
   Block& b = g.slots[slot];
@@ -249,8 +269,8 @@ void thread_exited(Grid& g, Fiber& f, size_t slot) {
   Warp& w = b.warps[f.warp];
   w.live_mask &= ~(1u << f.lane);
   w.values[f.lane] = 0;
-  if (--w.barrier.expected > 0 && w.barrier.arrived == w.barrier.expected) complete_warp_barrier(g, w);
-  if (--b.barrier.expected > 0 && b.barrier.arrived == b.barrier.expected) complete_block_barrier(g, b);
+  leave(g, w, complete_warp_barrier);
+  leave(g, b, complete_block_barrier);
   if (--b.live == 0 && g.next_block < g.total_blocks) start_block(g, slot);
 }
 
@@ -274,12 +294,7 @@ unsigned warp_exchange(unsigned mask, unsigned value, const char* what) {
   w.mask = mask;
   w.values[f.lane] = value;
   w.arrived_mask |= 1u << f.lane;
-  if (++w.barrier.arrived == w.barrier.expected) {
-    complete_warp_barrier(g, w);
-  } else {
-    w.barrier.waiting.push_back(&f);
-    suspend(g, f);
-  }
+  arrive_and_wait(g, f, w, complete_warp_barrier);
   return w.snapshot_mask;
 }
 
@@ -377,12 +392,7 @@ int __syncthreads_or(int predicate) {
   Fiber& f = *g.current;
   Block& b = *f.block;
   b.or_accumulator |= predicate != 0;
-  if (++b.barrier.arrived == b.barrier.expected) {
-    complete_block_barrier(g, b);
-  } else {
-    b.barrier.waiting.push_back(&f);
-    suspend(g, f);
-  }
+  arrive_and_wait(g, f, b, complete_block_barrier);
   return b.or_result;
 }
 
