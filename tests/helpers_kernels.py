@@ -2,16 +2,14 @@
 
 :class:`KernelHarness` runs resize, decode and NMS through a :class:`~tinyfaces_trt.kernels.
 binding.KernelLibrary` with the buffers of a target: ``cuda_device.DeviceBuffer`` and a
-``Stream`` on a GPU (tests/test_kernels_gpu.py), :class:`HostBuffer` and :class:`HostCudaStream`
-with ``libtinyfaces_kernels_cpu.so`` (``make -C kernels cpu``: the same kernel sources run on
-the CPU, tests/test_kernels_cpu.py). The numpy oracles of what the raw ABI must return live
-here too.
+``Stream``, on a GPU (tests/test_kernels_gpu.py) or, with ``cuda_device`` over host memory
+(tests/host_cudart.py), with ``libtinyfaces_kernels_cpu.so`` (``make -C kernels cpu``: the same
+kernel sources run on the CPU, tests/test_kernels_cpu.py). The numpy oracles of what the raw
+ABI must return live here too.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
 import math
 import os
@@ -31,9 +29,6 @@ from tinyfaces_trt.runtime.preprocess import normalize
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
 REPO = Path(__file__).resolve().parents[1]
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
-_LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
-_LIBC.free.argtypes = [ctypes.c_void_p]
 
 
 # --- the CPU build ---------------------------------------------------------------------------
@@ -72,52 +67,6 @@ def cpu_library_path(tmp_root: Any) -> Path:
     if "lib" not in _built:
         _built["lib"] = build_cpu_library(tmp_root.mktemp("kernels-cpu"))
     return _built["lib"]
-
-
-# --- the CPU build's memory -------------------------------------------------------------------
-
-class HostBuffer:
-    """``nbytes`` of host memory, 256-byte aligned, with ``DeviceBuffer``'s interface.
-
-    Allocated with posix_memalign to exactly ``nbytes`` (so that AddressSanitizer sees any
-    access past the end) and filled with 0xFF bytes (NaN floats, all-ones integers), as
-    cudaMalloc'd memory is not zeroed: a kernel that reads what it did not write gets
-    garbage here too.
-    """
-
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = int(nbytes)
-        ptr = ctypes.c_void_p()
-        if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, self.nbytes)) != 0:
-            raise MemoryError(f"posix_memalign({self.nbytes})")
-        self.ptr: int = ptr.value
-        self.data = np.ctypeslib.as_array((ctypes.c_uint8 * max(1, self.nbytes)).from_address(self.ptr))
-        self.data[:] = 0xFF
-
-    def upload(self, array: np.ndarray, stream: Any = None) -> None:
-        data = np.ascontiguousarray(array).view(np.uint8).ravel()
-        assert data.size <= self.nbytes, (data.size, self.nbytes)
-        self.data[:data.size] = data
-
-    def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
-        flat = array.reshape(-1).view(np.uint8)
-        flat[:] = self.data[:flat.size]
-        return array
-
-    def free(self) -> None:
-        """Releases the memory (idempotent); :attr:`data` becomes invalid."""
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
-            _LIBC.free(ctypes.c_void_p(ptr))
-
-    def __del__(self) -> None:
-        self.free()
-
-    def __enter__(self) -> "HostBuffer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.free()
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -340,73 +289,14 @@ def resize_reference(image: np.ndarray, dst_hw: tuple[int, int], config: Detecto
     return normalize(resize_bilinear_aa(image, *dst_hw), config)
 
 
-# --- the CUDA stages over host memory and the CPU build -----------------------------------------
+# --- the CUDA layer over host memory and the CPU build -----------------------------------------
 
-class HostCudaStream:
-    """``cuda_device.Stream`` for the CPU build: a handle (the library ignores it: every call
-    runs to completion) and nothing to wait for."""
-
-    created = 1000
-
-    def __init__(self, handle: int | None = None) -> None:
-        if handle is None:
-            HostCudaStream.created += 1
-            handle = HostCudaStream.created
-        self.handle = int(handle)
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class HostEvent:
-    """``cuda_device.Event``: every call of the CPU build has finished when it returns."""
-
-    def record(self, stream: Any) -> None:
-        pass
-
-    def make_wait(self, stream: Any) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class HostPinnedBuffer(HostBuffer):
-    """``cuda_device.PinnedBuffer``: numpy views of host memory."""
-
-    def array(self, shape: Any, dtype: Any = np.uint8) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        count = int(np.prod(shape, dtype=np.int64))
-        return self.data[:count * dtype.itemsize].view(dtype).reshape(shape)
-
-
-def _download_host(self: Any, out: np.ndarray | None = None) -> np.ndarray:
-    """``DeviceArray.download`` where the "device" pointer is host memory."""
-    out = np.empty(self.shape, self.dtype) if out is None else out
-    assert out.shape == self.shape and out.dtype == self.dtype, (out.shape, self.shape)
-    src = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
-    out.reshape(-1).view(np.uint8)[:] = np.frombuffer(src, np.uint8)
-    return out
-
-
-def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path) -> None:
-    """Points runtime.backends' CUDA layer at host memory and the CPU build of the kernels, so
-    that CudaPreprocessor / CudaPostprocessor / detector_for run for real without a GPU."""
-    from tinyfaces_trt.runtime.backends import cuda_device, cuda_stages
+def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path) -> Any:
+    """Points ``runtime.backends.cuda_device`` at host memory (tests/host_cudart.py) and the
+    kernel loader at the CPU build, so that DeviceBuffer, Stream, Event, CudaPreprocessor,
+    CudaPostprocessor and detector_for run unchanged without a GPU. Returns the
+    :class:`~host_cudart.HostCudart` (its ledger of allocations, streams and events)."""
+    import host_cudart
 
     monkeypatch.setenv(binding.ENV_LIBRARY, str(library_path))
-    monkeypatch.setattr(cuda_device, "Stream", HostCudaStream)
-    monkeypatch.setattr(cuda_device, "Event", HostEvent)
-    monkeypatch.setattr(cuda_device.DeviceArray, "download", _download_host)
-    monkeypatch.setattr(cuda_stages, "Stream", HostCudaStream)
-    monkeypatch.setattr(cuda_stages, "DeviceBuffer", HostBuffer)
-    monkeypatch.setattr(cuda_stages, "PinnedBuffer", HostPinnedBuffer)
-    monkeypatch.setattr(cuda_stages, "_require_gpu", lambda: None)
-    monkeypatch.setattr(cuda_stages._Scratch.__init__, "__defaults__", (HostBuffer,))
+    return host_cudart.install(monkeypatch)

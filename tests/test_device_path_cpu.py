@@ -3,8 +3,9 @@
 ``OnnxRuntimeCudaRunner``'s device path (IOBinding of the input in place, ORT-owned output
 kept until the next run, shape checks, batches) runs here on ONNX Runtime's CPU provider over
 host memory (``device_type = "cpu"``), between the CUDA stages of the CPU build of the
-kernels (tests/helpers_kernels.py): resize -> network -> decode -> NMS with nothing but boxes
-coming back, as on a GPU. What stays unverified: the CUDA provider itself, its stream
+kernels (tests/helpers_kernels.py), with ``cuda_device``'s own buffers, streams and events
+over host memory (tests/host_cudart.py): resize -> network -> decode -> NMS with nothing but
+boxes coming back, as on a GPU. What stays unverified: the CUDA provider itself, its stream
 (``user_compute_stream``) and the TensorRT provider (no onnxruntime-gpu here).
 """
 
@@ -13,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers_kernels import (HostBuffer, HostCudaStream, cpu_build_missing, cpu_library_path,
-                             use_cpu_build_for_cuda_stages)
+import host_cudart
+from helpers_kernels import cpu_build_missing, cpu_library_path, use_cpu_build_for_cuda_stages
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import NetworkInputError
 from tinyfaces_trt.runtime.backends import cuda_device, detector_for
@@ -22,12 +23,13 @@ from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCu
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.pipeline import Detector
 
-_MISSING = cpu_build_missing()
+_MISSING = cpu_build_missing() or host_cudart.missing()
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
 class CpuIOBindingRunner(OnnxRuntimeCudaRunner):
-    """OnnxRuntimeCudaRunner with its session on the CPU provider: the same ``run``."""
+    """OnnxRuntimeCudaRunner with its session on the CPU provider: the same ``run``. What
+    ONNX Runtime allocates for the output counts as device memory, as on a GPU."""
 
     device_type = "cpu"
 
@@ -35,11 +37,26 @@ class CpuIOBindingRunner(OnnxRuntimeCudaRunner):
         OnnxRuntimeRunner.__init__(self, onnx_path)
         self._start_device_io(stream, 0)
 
+    def run(self, net_input):
+        out = super().run(net_input)
+        if isinstance(out, cuda_device.DeviceArray):
+            cuda_device.runtime().adopt(out.ptr, out.nbytes)
+        return out
+
 
 @pytest.fixture
-def device(monkeypatch, tmp_path_factory):
-    use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
-    return HostCudaStream()
+def host_cuda(monkeypatch, tmp_path_factory):
+    """cuda_device over host memory (tests/host_cudart.py), the kernels' CPU build."""
+    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    yield host
+    host.release_all()
+
+
+@pytest.fixture
+def device(host_cuda):
+    stream = cuda_device.Stream()
+    yield stream
+    stream.close()
 
 
 def _onnx(export_dir):
@@ -47,7 +64,7 @@ def _onnx(export_dir):
 
 
 def _device_input(x):
-    buf = HostBuffer(x.nbytes)
+    buf = cuda_device.DeviceBuffer(x.nbytes)
     buf.upload(x)
     return cuda_device.DeviceArray(buf.ptr, x.shape, np.float32, owner=buf)
 
@@ -99,3 +116,23 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
         assert g.shape == w.shape
         np.testing.assert_allclose(g[:, :4], w[:, :4], rtol=0, atol=1e-2)
         np.testing.assert_allclose(g[:, 4], w[:, 4], rtol=0, atol=1e-5)
+
+
+def test_closing_the_detector_releases_its_device_memory_and_events(host_cuda, device, export_dir):
+    """Detector.close() (the ``with`` block's end) frees every buffer and event the stages
+    made, while the detector object is still referenced: nothing waits for the garbage
+    collector. The stream is the caller's and stays."""
+    image = np.random.default_rng(2).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    before = host_cuda.live()
+    assert before == {"device": 0, "pinned": 0, "streams": 1, "events": 0}
+    detector = detector_for(CpuIOBindingRunner(_onnx(export_dir), device),
+                            DetectorConfig(prob_thresh=0.05), gpu_stages=True)
+    with detector:
+        detector.detect(image)
+        detector.detect_batch([image, image])
+        during = host_cuda.live()
+        assert during["device"] >= 5 and during["pinned"] == 1, during
+    assert host_cuda.live() == before
+    assert host_cuda.calls["cudaFree"] == host_cuda.calls["cudaMalloc"]
+    assert host_cuda.calls["cudaFreeHost"] == host_cuda.calls["cudaMallocHost"] >= 1
+    assert host_cuda.calls["cudaEventDestroy"] == host_cuda.calls["cudaEventCreateWithFlags"] >= 1

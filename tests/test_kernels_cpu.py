@@ -13,6 +13,7 @@ tests/test_kernels_gpu.py.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -21,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_kernels import (CXX, REPO, HostBuffer, HostCudaStream, KernelHarness,
-                             build_cpu_library, cpu_build_missing, cpu_library_path, square_boxes,
-                             use_cpu_build_for_cuda_stages)
+import host_cudart
+from helpers_kernels import (CXX, REPO, KernelHarness, build_cpu_library, cpu_build_missing,
+                             cpu_library_path, square_boxes, use_cpu_build_for_cuda_stages)
 from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
     test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
     test_any_nms_size_works, test_boxes_on_the_image_border,
@@ -41,8 +42,9 @@ from kernel_stage_cases import (  # noqa: F401  (collected here, with this modul
     test_postprocessor_grows_its_nms_size, test_postprocessor_takes_more_than_the_old_nms_cap,
     test_preprocessor_reuploads_a_mutated_image)
 from tinyfaces_trt.kernels import binding
+from tinyfaces_trt.runtime.backends import cuda_device
 
-_MISSING = cpu_build_missing()
+_MISSING = cpu_build_missing() or host_cudart.missing()
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
@@ -52,15 +54,28 @@ def cpu_library(tmp_path_factory):
 
 
 @pytest.fixture
-def kh(cpu_library):
-    return KernelHarness(cpu_library, HostBuffer, HostCudaStream(), quick=True)
+def host_cuda(cpu_library, monkeypatch):
+    """cuda_device over host memory and the CPU build. Every case must leave nothing
+    allocated or created behind once its objects are gone."""
+    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library.path)
+    yield host
+    gc.collect()
+    live = host.live()
+    host.release_all()
+    assert live == {"device": 0, "pinned": 0, "streams": 0, "events": 0}, live
 
 
 @pytest.fixture
-def stream(cpu_library, monkeypatch):
-    """The stage cases' stream, with the CUDA layer pointed at host memory and the CPU build."""
-    use_cpu_build_for_cuda_stages(monkeypatch, cpu_library.path)
-    return HostCudaStream()
+def stream(host_cuda):
+    """The cases' stream: a cuda_device.Stream, as on a GPU."""
+    s = cuda_device.Stream()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def kh(cpu_library, stream):
+    return KernelHarness(cpu_library, cuda_device.DeviceBuffer, stream, quick=True)
 
 
 def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
@@ -95,9 +110,10 @@ def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypa
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of libasan: Linux")
 def test_kernels_under_address_sanitizer(tmp_path):
-    """The cases again with the library built with -fsanitize=address (numpy's buffers are
-    malloc'd, so every out-of-bounds read or write of a kernel is caught: the CPU analogue of
-    compute-sanitizer memcheck)."""
+    """The cases again with the library built with -fsanitize=address: the CPU analogue of
+    compute-sanitizer memcheck. Device buffers are allocated at their exact size by
+    AddressSanitizer's allocator (tests/host_cudart.py), so any kernel access past the end of
+    one is caught."""
     asan = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not asan or not Path(asan).is_file():
         pytest.skip(f"{CXX} has no libasan.so")

@@ -1,0 +1,281 @@
+"""cuda-python's runtime API over host memory, so that ``cuda_device`` runs for real without a GPU.
+
+:class:`HostCudart` takes the place of ``cuda.bindings.runtime`` in
+``runtime.backends.cuda_device`` (:func:`install`). With it, the product's own
+``DeviceBuffer``, ``PinnedBuffer``, ``Stream``, ``Event``, ``StreamOrder`` and
+``DeviceArray.download`` run unchanged, and the CPU build of the kernels
+(``make -C kernels cpu``) reads and writes the "device" memory, which is host memory.
+
+Every call goes first to the real ``cuda.bindings.runtime`` with the same arguments. With no
+driver it answers cudaErrorInsufficientDriver (or NoDevice), but only after converting every
+argument, so a wrong argument type or count raises here as it would on a GPU. The call is
+then carried out on the host, with return values of the real types (``cudaError_t``,
+``cudaStream_t``, ``cudaEvent_t``, ``cudaDeviceProp``).
+
+What it checks beyond that, answering with the error code a GPU gives:
+- a free of memory that is not live (cudaErrorInvalidValue);
+- a copy whose ``cudaMemcpyKind`` does not match where its pointers lie, or that runs past
+  the end of a device allocation (cudaErrorInvalidValue);
+- a destroyed or unknown stream or event (cudaErrorInvalidResourceHandle).
+:meth:`HostCudart.live` counts what is still allocated or created.
+
+What it cannot show: every call completes before it returns, so nothing here tests
+asynchrony, stream order on a GPU, or timing.
+
+Device memory comes from posix_memalign at its exact size, filled with 0xFF bytes (cudaMalloc
+does not zero memory). It is looked up in the process's global symbols, so under a preloaded
+AddressSanitizer an access past the end of a buffer is reported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+from collections import Counter
+from typing import Any
+
+_LIBC = ctypes.CDLL(None)  # global lookup: AddressSanitizer's allocator when it is preloaded
+_LIBC.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+_LIBC.free.argtypes = [ctypes.c_void_p]
+
+#: What the real runtime answers on a machine without a usable driver or device.
+_NO_DRIVER = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorStubLibrary"}
+_HOST_TO_DEVICE, _DEVICE_TO_HOST, _DEVICE_TO_DEVICE, _HOST_TO_HOST, _DEFAULT = 1, 2, 3, 0, 4
+
+
+def real_runtime() -> Any:
+    """``cuda.bindings.runtime`` (cuda-bindings >= 12), else ImportError."""
+    return importlib.import_module("cuda.bindings.runtime")
+
+
+class HostCudart:
+    """The part of ``cuda.bindings.runtime`` that ``cuda_device`` uses, on host memory.
+
+    Anything else (types, enums, constants, ``cudaGetErrorString``) is the real module's.
+
+    Attributes:
+        device, pinned: live allocations, address -> size.
+        foreign: device memory another library owns (:meth:`adopt`), address -> size.
+        streams, events: live handles.
+        calls: how often each runtime function was called.
+        log: (function, stream handle) of every stream operation, in call order.
+    """
+
+    def __init__(self, real: Any = None) -> None:
+        self._real = real if real is not None else real_runtime()
+        self.device: dict[int, int] = {}
+        self.pinned: dict[int, int] = {}
+        self.foreign: dict[int, int] = {}
+        self.streams: set[int] = set()
+        self.events: set[int] = set()
+        self.calls: Counter[str] = Counter()
+        self.log: list[tuple[str, int]] = []
+        self._next_handle = 0x5000
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def live(self) -> dict[str, int]:
+        """How many allocations, streams and events are still live."""
+        return {"device": len(self.device), "pinned": len(self.pinned),
+                "streams": len(self.streams), "events": len(self.events)}
+
+    def adopt(self, ptr: int, nbytes: int) -> None:
+        """Declares ``nbytes`` at ``ptr`` device memory owned by another library (a
+        runner's output, as ONNX Runtime or torch allocate on a GPU); never freed here."""
+        self.foreign[int(ptr)] = int(nbytes)
+
+    def release_all(self) -> None:
+        """Frees what is still allocated (test teardown)."""
+        for ptr in list(self.device) + list(self.pinned):
+            _LIBC.free(ptr)
+        self.device.clear()
+        self.pinned.clear()
+        self.streams.clear()
+        self.events.clear()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _validate(self, name: str, *args: Any) -> None:
+        """The real function converts the arguments (TypeError here on a wrong one) and
+        answers that there is no driver."""
+        result = getattr(self._real, name)(*args)
+        err = result[0] if isinstance(result, tuple) else result
+        if err.name not in _NO_DRIVER:
+            raise AssertionError(f"cuda.bindings.runtime.{name} answered {err.name}, not a "
+                                 "missing driver: this machine has one, run the GPU tests instead")
+        self.calls[name] += 1
+
+    def _ok(self, *values: Any) -> tuple[Any, ...]:
+        return (self._real.cudaError_t.cudaSuccess, *values)
+
+    def _error(self, name: str, values: int = 0) -> tuple[Any, ...]:
+        return (getattr(self._real.cudaError_t, name), *([None] * values))
+
+    def _handle(self) -> int:
+        self._next_handle += 0x10
+        return self._next_handle
+
+    def _stream_known(self, stream: Any) -> bool:
+        handle = int(stream) if stream is not None else 0
+        return handle == 0 or handle in self.streams
+
+    def _allocate(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, int(nbytes))) != 0:
+            raise MemoryError(f"posix_memalign({nbytes})")
+        ctypes.memset(ptr.value, 0xFF, max(1, int(nbytes)))
+        return int(ptr.value)
+
+    def _on_device(self, ptr: int, nbytes: int) -> bool | None:
+        """True: [ptr, ptr + nbytes) lies in one device allocation; False: in none; None: it
+        starts in one and runs past its end."""
+        for start, size in (*self.device.items(), *self.foreign.items()):
+            if start <= ptr < start + size:
+                return True if ptr + nbytes <= start + size else None
+        return False
+
+    def _copy(self, dst: Any, src: Any, count: int, kind: Any) -> bool:
+        dst, src, count, kind = int(dst), int(src), int(count), int(kind)
+        dst_dev, src_dev = self._on_device(dst, count), self._on_device(src, count)
+        if dst_dev is None or src_dev is None:
+            return False
+        expected = {_HOST_TO_DEVICE: (True, False), _DEVICE_TO_HOST: (False, True),
+                    _DEVICE_TO_DEVICE: (True, True), _HOST_TO_HOST: (False, False)}
+        if kind != _DEFAULT and expected.get(kind) != (dst_dev, src_dev):
+            return False
+        if count:
+            ctypes.memmove(dst, src, count)
+        return True
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def cudaGetDeviceCount(self) -> tuple[Any, ...]:
+        self._validate("cudaGetDeviceCount")
+        return self._ok(1)
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[Any, ...]:
+        self._validate("cudaGetDeviceProperties", device)
+        if int(device) != 0:
+            return self._error("cudaErrorInvalidDevice", 1)
+        props = self._real.cudaDeviceProp()
+        props.name = b"host memory (tests/host_cudart.py)".ljust(256, b"\0")
+        return self._ok(props)
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def cudaMalloc(self, size: int) -> tuple[Any, ...]:
+        self._validate("cudaMalloc", size)
+        ptr = self._allocate(size)
+        self.device[ptr] = int(size)
+        return self._ok(ptr)
+
+    def cudaFree(self, ptr: Any) -> tuple[Any, ...]:
+        self._validate("cudaFree", ptr)
+        if int(ptr) == 0:
+            return self._ok()
+        if self.device.pop(int(ptr), None) is None:
+            return self._error("cudaErrorInvalidValue")
+        _LIBC.free(int(ptr))
+        return self._ok()
+
+    def cudaMallocHost(self, size: int) -> tuple[Any, ...]:
+        self._validate("cudaMallocHost", size)
+        ptr = self._allocate(size)
+        self.pinned[ptr] = int(size)
+        return self._ok(ptr)
+
+    def cudaFreeHost(self, ptr: Any) -> tuple[Any, ...]:
+        self._validate("cudaFreeHost", ptr)
+        if self.pinned.pop(int(ptr), None) is None:
+            return self._error("cudaErrorInvalidValue")
+        _LIBC.free(int(ptr))
+        return self._ok()
+
+    def cudaMemcpy(self, dst: Any, src: Any, count: int, kind: Any) -> tuple[Any, ...]:
+        self._validate("cudaMemcpy", dst, src, count, kind)
+        return self._ok() if self._copy(dst, src, count, kind) else self._error("cudaErrorInvalidValue")
+
+    def cudaMemcpyAsync(self, dst: Any, src: Any, count: int, kind: Any,
+                        stream: Any) -> tuple[Any, ...]:
+        self._validate("cudaMemcpyAsync", dst, src, count, kind, stream)
+        if not self._stream_known(stream):
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.log.append(("cudaMemcpyAsync", int(stream)))
+        return self._ok() if self._copy(dst, src, count, kind) else self._error("cudaErrorInvalidValue")
+
+    # -- streams and events ------------------------------------------------------------------
+
+    def cudaStreamCreate(self) -> tuple[Any, ...]:
+        self._validate("cudaStreamCreate")
+        handle = self._handle()
+        self.streams.add(handle)
+        return self._ok(self._real.cudaStream_t(handle))
+
+    def cudaStreamDestroy(self, stream: Any) -> tuple[Any, ...]:
+        self._validate("cudaStreamDestroy", stream)
+        if int(stream) not in self.streams:
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.streams.discard(int(stream))
+        return self._ok()
+
+    def cudaStreamSynchronize(self, stream: Any) -> tuple[Any, ...]:
+        self._validate("cudaStreamSynchronize", stream)
+        if not self._stream_known(stream):
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.log.append(("cudaStreamSynchronize", int(stream)))
+        return self._ok()
+
+    def cudaEventCreateWithFlags(self, flags: Any) -> tuple[Any, ...]:
+        self._validate("cudaEventCreateWithFlags", flags)
+        handle = self._handle()
+        self.events.add(handle)
+        return self._ok(self._real.cudaEvent_t(handle))
+
+    def _event_call(self, name: str, event: Any, stream: Any = 0, *more: Any) -> tuple[Any, ...]:
+        if int(event) not in self.events or not self._stream_known(stream):
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.log.append((name, int(stream)))
+        return self._ok()
+
+    def cudaEventRecord(self, event: Any, stream: Any) -> tuple[Any, ...]:
+        self._validate("cudaEventRecord", event, stream)
+        return self._event_call("cudaEventRecord", event, stream)
+
+    def cudaStreamWaitEvent(self, stream: Any, event: Any, flags: Any) -> tuple[Any, ...]:
+        self._validate("cudaStreamWaitEvent", stream, event, flags)
+        return self._event_call("cudaStreamWaitEvent", event, stream)
+
+    def cudaEventSynchronize(self, event: Any) -> tuple[Any, ...]:
+        self._validate("cudaEventSynchronize", event)
+        return self._event_call("cudaEventSynchronize", event)
+
+    def cudaEventDestroy(self, event: Any) -> tuple[Any, ...]:
+        self._validate("cudaEventDestroy", event)
+        if int(event) not in self.events:
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.events.discard(int(event))
+        return self._ok()
+
+
+def install(monkeypatch: Any) -> HostCudart:
+    """Makes ``cuda_device`` use a new :class:`HostCudart` for the rest of the test."""
+    from tinyfaces_trt.runtime.backends import cuda_device
+
+    host = HostCudart()
+    monkeypatch.setattr(cuda_device, "_runtime_module", host)
+    return host
+
+
+def missing() -> str:
+    """Why :class:`HostCudart` cannot run here ("" when it can): cuda-bindings is not
+    installed, or a driver answers (then the GPU tests run these cases on the device)."""
+    try:
+        rt = real_runtime()
+    except ImportError as exc:
+        return f"needs cuda-bindings (the test extra installs it): {exc}"
+    err = rt.cudaGetDeviceCount()[0]
+    if err.name not in _NO_DRIVER:
+        return (f"a CUDA driver answers here ({err.name}): the GPU tests run these cases on the "
+                "device")
+    return ""

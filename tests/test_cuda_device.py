@@ -1,0 +1,173 @@
+"""runtime.backends.cuda_device against the real cuda-python, without a GPU.
+
+Two ways in, both with the installed ``cuda.bindings.runtime``:
+- as it is, on a machine with no driver: every call must fail with a clear CudaError (or
+  BackendUnavailableError), never a TypeError or AttributeError;
+- through tests/host_cudart.py, which converts every call's arguments with the real module
+  and then carries it out on host memory: buffers, copies, streams and events run for real,
+  and the double's own checks are tested here too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import host_cudart
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.backends.cuda_device import (CudaError, DeviceArray, DeviceBuffer, Event,
+                                                        PinnedBuffer, Stream, StreamOrder)
+
+_MISSING = host_cudart.missing()
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
+
+
+@pytest.fixture
+def real(monkeypatch):
+    """The installed cuda-python as the product loads it, on a machine without a GPU."""
+    monkeypatch.setattr(cuda_device, "_runtime_module", None)
+    if cuda_device.gpu_available():
+        pytest.skip("a GPU is visible: these are the no-driver answers")
+    return cuda_device.runtime()
+
+
+@pytest.fixture
+def host(monkeypatch):
+    h = host_cudart.install(monkeypatch)
+    yield h
+    h.release_all()
+
+
+# --- the real module without a driver ------------------------------------------------------
+
+def test_without_a_driver_every_constructor_fails_with_the_cuda_message(real):
+    assert cuda_device.runtime().__name__ == "cuda.bindings.runtime"
+    assert cuda_device.gpu_available() is False
+    driver = r"CUDA driver version is insufficient for CUDA runtime version|no CUDA-capable device"
+    for make, call in [(Stream, "cudaStreamCreate"), (Event, "cudaEventCreateWithFlags"),
+                       (lambda: DeviceBuffer(64), r"cudaMalloc\(64 bytes\)"),
+                       (lambda: PinnedBuffer(64), r"cudaMallocHost\(64 bytes\)"),
+                       (lambda: cuda_device.device_name(0), "cudaGetDeviceProperties")]:
+        with pytest.raises(CudaError, match=rf"^{call} failed: ({driver}) \(cudaError") as info:
+            make()
+        assert info.value.code in (35, 100, 34)
+
+
+def test_without_a_driver_wrapped_handles_fail_at_their_first_use(real):
+    """Objects made around handles from elsewhere reach the driver only when used."""
+    stream = Stream(handle=0x1234)
+    assert stream.handle == 0x1234 and repr(stream) == "Stream(0x1234)"
+    with pytest.raises(CudaError, match="^cudaStreamSynchronize failed"):
+        stream.synchronize()
+    stream.close()  # not owned: nothing to destroy
+    array = DeviceArray(0x1000, (2, 3), np.float32)
+    with pytest.raises(CudaError, match=r"^cudaMemcpy \(device to host\) failed"):
+        array.download()
+
+
+def test_without_a_driver_the_cuda_stages_say_no_gpu_is_visible(real):
+    from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
+
+    for stage in (CudaPreprocessor, CudaPostprocessor):
+        with pytest.raises(BackendUnavailableError, match="need a CUDA GPU and driver; none is visible"):
+            stage(DetectorConfig())
+
+
+def test_error_strings_come_from_the_runtime(real):
+    assert cuda_device.error_string(2) == "out of memory"
+    assert cuda_device.error_string(987654) == "CUDA error 987654"
+    with pytest.raises(CudaError, match=r"^cudaFoo failed: invalid argument \(cudaErrorInvalidValue\)$"):
+        cuda_device.check((real.cudaError_t.cudaErrorInvalidValue, None), "cudaFoo")
+    assert cuda_device.check((real.cudaError_t.cudaSuccess, 7, 8)) == (7, 8)
+    assert cuda_device.check(real.cudaError_t.cudaSuccess) is None
+
+
+# --- over host memory ----------------------------------------------------------------------
+
+def test_buffers_copy_through_streams(host):
+    assert cuda_device.gpu_available() and cuda_device.device_name(0).startswith("host memory")
+    stream = Stream()
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    with DeviceBuffer(x.nbytes) as buf:
+        buf.upload(x, stream)
+        got = buf.download(np.empty_like(x), stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(got, x)
+        array = cuda_device.as_device_array(buf, x.shape)
+        assert array.__cuda_array_interface__["data"] == (buf.ptr, False)
+        np.testing.assert_array_equal(DeviceArray(buf.ptr, x.shape, stream=stream).download(), x)
+        with pytest.raises(TinyFacesError, match="do not fit a 96-byte device buffer"):
+            buf.upload(np.zeros(25, np.float32))
+        read_only = np.zeros(4, np.float32)
+        read_only.setflags(write=False)
+        with pytest.raises(TinyFacesError, match="destination array is read-only"):
+            buf.download(read_only)
+    with pytest.raises(TinyFacesError, match="upload: the device buffer has been freed"):
+        buf.upload(x)
+    pinned = PinnedBuffer(64)
+    view = pinned.array((4, 4), np.float32)
+    view[:] = 1.5
+    np.testing.assert_array_equal(pinned.array(16, np.float32), np.full(16, 1.5, np.float32))
+    with pytest.raises(TinyFacesError, match="does not fit this 64-byte pinned buffer"):
+        pinned.array(17, np.float32)
+    pinned.free()
+    stream.close()
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+
+
+def test_a_download_waits_for_the_producing_stream_first(host):
+    stream = Stream()
+    buf = DeviceBuffer(16)
+    buf.upload(np.ones(4, np.float32), stream)
+    del host.log[:]
+    DeviceArray(buf.ptr, (4,), owner=buf, stream=stream).download()
+    assert host.log == [("cudaStreamSynchronize", stream.handle)]
+    assert host.calls["cudaMemcpy"] == 1
+
+
+def test_stream_order_between_two_streams_is_an_event_record_and_wait(host):
+    producer, consumer = Stream(), Stream()
+    order = StreamOrder(producer, consumer)
+    del host.log[:]
+    order.after()
+    assert host.log == [("cudaEventRecord", producer.handle), ("cudaStreamWaitEvent", consumer.handle)]
+    order.close()
+    assert host.live()["events"] == 0
+    StreamOrder(producer, producer.handle).after()  # one stream: nothing to order
+    assert host.calls["cudaEventCreateWithFlags"] == 1
+
+
+def test_destroyed_streams_and_events_are_invalid_handles(host):
+    stream, event = Stream(), Event()
+    handle = stream.handle
+    stream.close()
+    event.record(0)
+    event.close()
+    event.close()  # idempotent
+    with pytest.raises(CudaError, match=r"cudaStreamSynchronize failed: .*cudaErrorInvalidResourceHandle"):
+        Stream(handle=handle).synchronize()
+    with pytest.raises(CudaError, match="cudaEventRecord failed"):
+        cuda_device.check(host.cudaEventRecord(0x999, 0), "cudaEventRecord")
+
+
+def test_the_double_refuses_what_a_gpu_refuses(host):
+    """host_cudart's own checks: a copy whose kind does not match where its pointers lie or
+    that runs past a device allocation, a double free, and wrong argument types, which the
+    real module refuses."""
+    buf = DeviceBuffer(16)
+    host_array = np.zeros(4, np.float32)
+    kinds = host.cudaMemcpyKind
+    invalid = host.cudaError_t.cudaErrorInvalidValue
+    assert host.cudaMemcpy(host_array.ctypes.data, buf.ptr, 16, kinds.cudaMemcpyHostToDevice)[0] == invalid
+    assert host.cudaMemcpy(buf.ptr, host_array.ctypes.data, 16, kinds.cudaMemcpyDeviceToHost)[0] == invalid
+    assert host.cudaMemcpy(buf.ptr + 8, host_array.ctypes.data, 16, kinds.cudaMemcpyHostToDevice)[0] == invalid
+    assert host.cudaMemcpy(buf.ptr, host_array.ctypes.data, 16, kinds.cudaMemcpyDefault)[0] != invalid
+    ptr = buf.ptr
+    buf.free()
+    assert host.cudaFree(ptr)[0] == invalid
+    with pytest.raises(TypeError):
+        host.cudaMemcpyAsync("dst", ptr, 16, kinds.cudaMemcpyHostToDevice, 0)
+    with pytest.raises(TypeError):
+        host.cudaStreamWaitEvent(0, None)
