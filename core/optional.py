@@ -71,7 +71,8 @@ def import_optional(module: str | Sequence[str], *, purpose: str, extra_hint: st
 
     Raises:
         error: the package is not installed, fails to import (``ImportError`` from inside
-            it, ``OSError`` from its shared libraries), or is older than ``min_version``.
+            it, ``OSError`` from its shared libraries), or is older than ``min_version``; its
+            ``problem`` attribute says which in a few words.
     """
     candidates = [module] if isinstance(module, str) else list(module)
     label = name or candidates[0]
@@ -93,17 +94,26 @@ def import_optional(module: str | Sequence[str], *, purpose: str, extra_hint: st
     else:
         assert failure is not None
         what, exc = failure
-        raise error(f"{purpose} needs {wanted}, which {what} ({_first_line(exc)}); "
-                    f"{extra_hint}") from exc
+        raise _with_problem(error(f"{purpose} needs {wanted}, which {what} ({_first_line(exc)}); "
+                                  f"{extra_hint}"), f"{label} {what}") from exc
     if min_version is not None:
         found = getattr(imported, "__version__", None)
         if found is None:
             top = importlib.import_module(imported.__name__.split(".")[0])
             found = getattr(top, "__version__", None)
         if found is None or version_tuple(found) < version_tuple(min_version):
-            raise error(f"{purpose} needs {wanted}, found {label} {found or '(no version)'}; "
-                        f"{extra_hint}")
+            raise _with_problem(
+                error(f"{purpose} needs {wanted}, found {label} {found or '(no version)'}; "
+                      f"{extra_hint}"),
+                f"{label} {found or '(no version)'} is older than {min_version}")
     return imported
+
+
+def _with_problem(exc: BackendUnavailableError, problem: str) -> BackendUnavailableError:
+    """``exc`` with ``problem``: the failure in a few words, without purpose or hint
+    ("NVIDIA TensorRT is not installed", "NVIDIA TensorRT 8.6.1 is older than 10")."""
+    exc.problem = problem
+    return exc
 
 
 def import_tensorrt() -> ModuleType:

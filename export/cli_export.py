@@ -36,7 +36,7 @@ Exit codes:
   {EXIT_OK}  success (also: --fp16 without TensorRT, ONNX written)
   {EXIT_ERROR}  error: bad or missing weights, invalid shapes, export or check failure
   {EXIT_USAGE}  invalid command line
-  {EXIT_NO_TENSORRT}  --engine given but TensorRT is not installed (ONNX files and manifest written)
+  {EXIT_NO_TENSORRT}  --engine given but no usable TensorRT (>= 10) here (ONNX files and manifest written)
   {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (ONNX files and manifest written)
 
 Examples:
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt = p.add_argument_group("TensorRT")
     eng = trt.add_mutually_exclusive_group()
     eng.add_argument("--engine", dest="engine", action="store_const", const=True, default=None,
-                     help="build a TensorRT engine (exit code 3 when TensorRT is not installed)")
+                     help="build a TensorRT engine (exit code 3 when no TensorRT >= 10 imports)")
     eng.add_argument("--no-engine", dest="engine", action="store_const", const=False,
                      help="never build an engine, even with --fp16")
     trt.add_argument("--workspace", metavar="GB", type=positive_float, default=DEFAULT_WORKSPACE_GB,

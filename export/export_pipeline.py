@@ -39,7 +39,7 @@ from tinyfaces_trt.core.profiles import Profile, default_profile, profile_for_im
 from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET, check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
 from tinyfaces_trt.export.onnx_fp16 import convert_to_fp16
 from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError, build_engine,
-                        tensorrt_version, trtexec_command)
+                        tensorrt_problem, trtexec_command)
 
 Log = Callable[[str], None]
 _logger = logging.getLogger(__name__)
@@ -266,7 +266,8 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     engine_key = "engine_fp16" if fp16 else "engine_fp32"
     engine_path = out / DEFAULT_FILE_NAMES[engine_key]
     want_engine = engine if engine is not None else fp16
-    build_now = want_engine and tensorrt_version() is not None
+    trt_problem = tensorrt_problem() if want_engine else None
+    build_now = want_engine and trt_problem is None
 
     extra = {"model": {"depth": getattr(model, "depth", None), "variant": getattr(model, "variant", None)}}
     manifest_args: dict[str, Any] = dict(config=config, opset=opset, weights=weights, profile=prof, tools=tools,
@@ -278,7 +279,7 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     trtexec = trtexec_command(final / onnx_fp32.name, final / engine_path.name, prof, fp16=fp16,
                               workspace_gb=workspace_gb, timing_cache=timing_cache)
     if want_engine and not build_now:
-        message = ("TensorRT is not installed: wrote ONNX only; build the engine on a machine with TensorRT 10 "
+        message = (f"{trt_problem}: wrote ONNX only; build the engine on a machine with TensorRT 10 "
                    f"by re-running tf-export with --engine, or with: {trtexec}")
         if engine:
             return manifest, TensorRTUnavailableError(message)

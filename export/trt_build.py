@@ -68,6 +68,16 @@ def tensorrt_version() -> str | None:
         return None
 
 
+def tensorrt_problem() -> str | None:
+    """Why TensorRT cannot build engines here, in a few words ("NVIDIA TensorRT is not
+    installed", "NVIDIA TensorRT 8.6.1 is older than 10", ...); None when a usable one imports."""
+    try:
+        import_tensorrt()
+    except TensorRTUnavailableError as exc:
+        return getattr(exc, "problem", None) or str(exc)
+    return None
+
+
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, profile: Profile, *, fp16: bool,
                     workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                     input_name: str = INPUT_NAME) -> str:

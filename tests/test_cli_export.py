@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def test_help_lists_exit_codes(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "Exit codes:" in text
-    for code in ("0  success", "1  error", "2  invalid command line", "3  --engine given but TensorRT"):
+    for code in ("0  success", "1  error", "2  invalid command line", "3  --engine given but no usable TensorRT (>= 10)"):
         assert code in text
     assert "--image-size WxH" in text and "--timing-cache F" in text
 
@@ -132,7 +133,7 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
     assert result.returncode == EXIT_NO_TENSORRT, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("TensorRT is not installed: wrote ONNX only; build the engine on a machine with "
+    assert last.startswith("NVIDIA TensorRT is not installed: wrote ONNX only; build the engine on a machine with "
                            "TensorRT 10")
     assert (f"trtexec --onnx={out / 'model.onnx'} --minShapes=image:1x3x34x46 --optShapes=image:1x3x134x182 "
             f"--maxShapes=image:1x3x134x182 --fp16 --memPoolSize=workspace:4096M "
@@ -148,6 +149,24 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
     assert result.stdout == ""
 
 
+def test_engine_with_a_tensorrt_older_than_10_says_so(checkpoint, tmp_path, monkeypatch):
+    """A TensorRT 8 is not "not installed": the message names its version (a stand-in
+    package that has only a version: nothing of TensorRT itself runs here)."""
+    fake = tmp_path / "site" / "tensorrt"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "8.6.1"\n')
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    out = tmp_path / "exp"
+    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--engine",
+                      "--image-size", "91x67", "--no-verify")
+    assert result.returncode == EXIT_NO_TENSORRT, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("NVIDIA TensorRT 8.6.1 is older than 10: wrote ONNX only; build the "
+                           "engine on a machine with TensorRT 10"), last
+    assert load_export_folder(out).engine_fp32 is None
+
+
 @pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")
 def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
     out = tmp_path / "exp"
@@ -155,7 +174,7 @@ def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
                       "--opset", "18", "--no-verify")
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.strip() == str(out / "manifest.json")
-    assert "TensorRT is not installed: wrote ONNX only" in result.stderr
+    assert "NVIDIA TensorRT is not installed: wrote ONNX only" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["opset"] == 18
     assert manifest["files"] == {"onnx_fp32": "model.onnx", "onnx_fp16": "model_fp16.onnx"}
