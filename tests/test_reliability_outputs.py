@@ -85,8 +85,13 @@ def test_interrupt_during_a_write_leaves_no_partial_file(capsys, photos, export_
     assert temporaries(out) == []
 
 
+BATCH = 120  # about 5 s of work after the first image: the signal lands mid-batch even when
+#              the test process is descheduled for a while (with 16 images, 0.7 s, a loaded
+#              machine once let the batch finish first and the signal hit the exiting process)
+
+
 def _batch(photos: Path, export_dir: Path, out: Path) -> subprocess.Popen:
-    for k in range(4, 16):  # enough images that the signal lands mid-batch
+    for k in range(4, BATCH):
         shutil.copy(photos / f"p{k % 4}{'.jpg' if k % 2 == 0 else '.png'}",
                     photos / f"q{k}{'.jpg' if k % 2 == 0 else '.png'}")
     return subprocess.Popen(
@@ -106,7 +111,7 @@ def test_signal_during_a_batch_leaves_only_complete_files(photos, export_dir, tm
     finally:
         proc.kill()
     finals = assert_no_truncated_outputs(out)
-    assert 0 < len(finals) < 16 * 3  # stopped mid-batch
+    assert 0 < len(finals) < BATCH * 3  # stopped mid-batch
     if sig == signal.SIGKILL:
         return  # nothing can clean up after SIGKILL; hidden temporaries may stay
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
