@@ -27,14 +27,20 @@ def face_box(i: int) -> tuple[int, int, int, int]:
     return x, 20, x + FACE, 20 + FACE
 
 
+#: av.open options that write metadata strings as their bytes (surrogateescape), whatever
+#: PyAV: before 19 they are an option, from 19 on the only behaviour.
+RAW_METADATA = {"metadata_errors": "surrogateescape"} if int(av.__version__.split(".")[0]) < 19 else {}
+
+
 def make_video(path: Path, n: int = 16, *, pts_steps=None, rotation: int = 0, audio: bool = True,
-               codec: str = "libx264", subtitles: Path | None = None) -> list[np.ndarray]:
+               codec: str = "libx264", subtitles: Path | None = None,
+               title: str = "anonymise me") -> list[np.ndarray]:
     """A clip of ``n`` frames: grey noise plus a white square moving 3 px/frame; time base
     1/1000, each frame ``pts_steps[i]`` ms after the previous (default 40: 25 fps); AAC
     audio as long as the video. Returns the RGB frames fed to the encoder."""
     tb = Fraction(1, 1000)
     steps = pts_steps or [40] * n
-    out = av.open(str(path), "w")
+    out = av.open(str(path), "w", **RAW_METADATA)
     v = out.add_stream(codec, rate=25)
     v.width, v.height, v.pix_fmt = W, H, "yuv420p"
     v.time_base = v.codec_context.time_base = tb
@@ -46,7 +52,7 @@ def make_video(path: Path, n: int = 16, *, pts_steps=None, rotation: int = 0, au
     if subtitles is not None:
         s_in = av.open(str(subtitles))
         s_out = out.add_stream_from_template(s_in.streams.subtitles[0])
-    out.metadata["title"] = "anonymise me"
+    out.metadata["title"] = title
     rng = np.random.default_rng(0)
     frames, pts = [], 0
     for i in range(n):
@@ -161,6 +167,22 @@ def test_video_keeps_timing_audio_metadata_and_masks_only_faces(tmp_path):
     assert side["summary"]["detections"] == 16 and len(side["frames"]) == 16
     face = side["frames"][3]["faces"][0]
     assert face["kind"] == "detected" and face["track"] == 0 and face["score"] == 0.9
+
+
+def test_metadata_that_is_not_utf8_does_not_stop_the_video(tmp_path):
+    """Old cameras write Latin-1 titles. PyAV before 19 decodes metadata strictly unless told
+    otherwise; 19 dropped that option: the reader must open such a file under both."""
+    src = tmp_path / "latin1.mp4"
+    make_video(src, n=4, audio=False, title=b"caf\xe9".decode("utf-8", "surrogateescape"))
+    with av.open(str(src), **RAW_METADATA) as c:
+        assert c.metadata["title"].encode("utf-8", "surrogateescape") == b"caf\xe9"  # really written
+    task = _task(src, tmp_path / "out")
+    result = process_file(FakeDetector(), task, Options(style=MaskStyle(mode="solid", scale=1.0)))
+    assert result.status == "done", result.error
+    assert result.frames == 4 and Path(task.output).is_file()
+    with av.open(task.output, **RAW_METADATA) as c:
+        assert c.metadata["title"].encode("utf-8", "surrogateescape") in (b"caf\xe9", "café".encode(),
+                                                                          "caf\ufffd".encode())
 
 
 def test_dropped_detections_are_held_and_back_filled_in_the_video(tmp_path):

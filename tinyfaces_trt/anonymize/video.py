@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.optional import version_tuple
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
@@ -49,6 +50,13 @@ def av_module() -> Any:
     except ImportError as exc:
         raise TinyFacesError("video needs PyAV: pip install 'tinyfaces-trt[video]'") from exc
     return av
+
+
+def _lenient_metadata(av: Any) -> dict[str, str]:
+    """``av.open`` options so that metadata that is not UTF-8 does not stop the read: PyAV
+    before 19 decodes it strictly unless ``metadata_errors`` says otherwise; 19 removed that
+    option and always decodes with ``surrogateescape``."""
+    return {"metadata_errors": "replace"} if version_tuple(av.__version__) < (19,) else {}
 
 
 def default_codec(suffix: str) -> str:
@@ -121,7 +129,7 @@ class VideoReader:
         av = av_module()
         self.path = Path(path)
         try:
-            self.container = av.open(str(self.path), "r", metadata_errors="replace")
+            self.container = av.open(str(self.path), "r", **_lenient_metadata(av))
         except Exception as exc:  # noqa: BLE001 (translated or re-raised)
             _raise_from(exc, self.path, "open the video")
         if not self.container.streams.video:
