@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
-#: ORT session option that makes a session fail instead of placing nodes on the CPU.
-NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 
 
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
@@ -107,7 +105,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         place them on the CPU silently), then allowed with a warning naming the reason."""
         try:
             super().__init__(onnx_path, providers=wanted, provider_options=options,
-                             session_config={NO_CPU_FALLBACK: "1"})
+                             cpu_fallback=False)
         except ManifestError as exc:
             if "fallback" not in str(exc).lower():
                 raise  # not a placement problem: a missing or broken model

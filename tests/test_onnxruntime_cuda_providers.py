@@ -1,0 +1,183 @@
+"""OnnxRuntimeCudaRunner's provider setup, against each thing ONNX Runtime may do with them.
+
+No onnxruntime-gpu can run here. ``GpuListingOrt`` is the real (CPU) onnxruntime that lists
+the CUDA and TensorRT providers, and whose sessions report what a scenario says ONNX Runtime
+did with them: which providers started, whether they kept our ``user_compute_stream``,
+whether nodes needed the CPU. The network itself runs on the CPU provider. This checks the
+runner's logic (which providers it asks for, with which options, what it retries, what it
+refuses and what it says) and nothing of ONNX Runtime's GPU providers themselves.
+The stream comes from ``cuda_device`` over host memory (tests/host_cudart.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import host_cudart
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.runtime.backends import cuda_device, onnxruntime_cuda_runner, onnxruntime_runner
+from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
+                                                                    OnnxRuntimeCudaRunner)
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import NO_CPU_FALLBACK, OnnxRuntimeRunner
+
+ort = pytest.importorskip("onnxruntime")
+_MISSING = host_cudart.missing()
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
+CPU_EP = "CPUExecutionProvider"
+CPU_NODES = ("This session contains graph nodes that are assigned to the default CPU EP, but "
+             "fallback to CPU EP has been explicitly disabled by the user.")
+CONFLICT = ("Conflicting session configuration: explicitly added the CPU EP to the session, but "
+            "also disabled fallback to the CPU EP via session configuration options.")
+
+
+def _strict(options) -> bool:
+    try:
+        return options.get_session_config_entry(NO_CPU_FALLBACK) == "1"
+    except RuntimeError:  # ORT raises for a key that was never set
+        return False
+
+
+def test_ort_refuses_the_cpu_provider_listed_with_its_cpu_fallback_disabled(export_dir):
+    """The real ONNX Runtime's rules that GpuListingOrt follows: the CPU provider listed with
+    its fallback disabled is a conflict; nodes left for the CPU fail the session."""
+    for providers, message in (([CUDA_EP, CPU_EP], CONFLICT), ([CUDA_EP], CPU_NODES)):
+        options = ort.SessionOptions()
+        options.add_session_config_entry(NO_CPU_FALLBACK, "1")
+        with pytest.raises(Exception, match=message):
+            ort.InferenceSession(str(export_dir / "model.onnx"), sess_options=options,
+                                 providers=providers)
+    with pytest.raises(TinyFacesError, match="cpu_fallback=False needs a provider other than the CPU"):
+        OnnxRuntimeRunner(export_dir / "model.onnx", cpu_fallback=False)
+
+
+class GpuListingOrt:
+    """onnxruntime with the GPU providers listed; sessions report ``started`` providers (those
+    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers.
+    With the CPU fallback disabled they refuse a listed CPU provider, as ONNX Runtime does,
+    and fail when ``cpu_nodes``."""
+
+    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,),
+                 loses_stream=(), cpu_nodes=False):
+        self.listed, self.started, self.loses_stream = list(listed), started, loses_stream
+        self.cpu_nodes = cpu_nodes
+        self.sessions: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(ort, name)
+
+    def get_available_providers(self):
+        return self.listed
+
+    def InferenceSession(self, path, sess_options, providers):  # noqa: N802 (ORT's name)
+        asked = dict(providers)
+        strict = _strict(sess_options)
+        self.sessions.append({"providers": list(asked), "options": asked, "strict": strict})
+        if strict and CPU_EP in asked:
+            raise RuntimeError(CONFLICT)
+        if strict and self.cpu_nodes:
+            raise RuntimeError(CPU_NODES)
+        session = ort.InferenceSession(path, providers=[CPU_EP])  # the network, on the CPU
+        return _ReportingSession(session, [p for p in asked if p in self.started] + [CPU_EP],
+                                 {p: {k: v for k, v in o.items()
+                                      if not (p in self.loses_stream and k == "user_compute_stream")}
+                                  for p, o in asked.items() if p in self.started})
+
+
+class _ReportingSession:
+    def __init__(self, session, providers, options):
+        self._session, self._providers, self._options = session, providers, options
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def get_providers(self):
+        return self._providers
+
+    def get_provider_options(self):
+        return self._options
+
+
+@pytest.fixture
+def host(monkeypatch):
+    h = host_cudart.install(monkeypatch)
+    yield h
+    h.release_all()
+
+
+def _runner(monkeypatch, fake, export_dir, **kwargs):
+    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    return OnnxRuntimeCudaRunner(export_dir / "model.onnx", **kwargs)
+
+
+def test_the_cuda_provider_runs_on_our_stream(host, monkeypatch, export_dir, caplog):
+    fake = GpuListingOrt()
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir, device_id=0)
+    stream = runner.cuda_stream
+    assert runner.stream == stream.handle and stream.handle in host.streams
+    (session,) = fake.sessions  # no tensorrt package here: the CUDA provider alone, at once
+    assert session["providers"] == [CUDA_EP] and session["strict"]  # no node on the CPU
+    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": str(stream.handle)}
+    assert runner.providers == [CUDA_EP, CPU_EP] and runner.cpu_fallback == ""
+    assert runner.capabilities.device_io
+    assert "no TensorRT here for ONNX Runtime's TensorRT provider" in caplog.text
+
+
+def test_a_given_stream_is_used_as_it_is(host, monkeypatch, export_dir):
+    mine = cuda_device.Stream()
+    runner = _runner(monkeypatch, GpuListingOrt(), export_dir, stream=mine)
+    assert runner.cuda_stream is mine
+    runner = _runner(monkeypatch, GpuListingOrt(), export_dir, stream=mine.handle)
+    assert runner.stream == mine.handle and host.live()["streams"] == 1
+
+
+def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_stream(
+        host, monkeypatch, export_dir, caplog):
+    """ORT retries a failing TensorRT provider on CUDA without our options: the runner sees
+    the lost stream and opens a session on the CUDA provider alone."""
+    monkeypatch.setattr(onnxruntime_cuda_runner.importlib.util, "find_spec",
+                        lambda name: object() if name == "tensorrt" else None)
+    fake = GpuListingOrt(started=(CUDA_EP,), loses_stream=(CUDA_EP,))
+    with pytest.raises(BackendUnavailableError,
+                       match=r"did not run its CUDA provider on the given stream"):
+        _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"] for s in fake.sessions] == [[TENSORRT_EP, CUDA_EP], [CUDA_EP]]
+    fake = GpuListingOrt(started=(CUDA_EP,))  # TensorRT did not start; CUDA kept the stream
+    runner = _runner(monkeypatch, fake, export_dir)
+    assert len(fake.sessions) == 1 and runner.providers == [CUDA_EP, CPU_EP]
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP), loses_stream=(TENSORRT_EP,))
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    assert len(fake.sessions) == 2 and runner.providers == [CUDA_EP, CPU_EP]
+    assert "retrying with the CUDA provider alone" in caplog.text
+
+
+def test_nodes_the_gpu_cannot_take_are_refused_then_allowed_with_a_warning(
+        host, monkeypatch, export_dir, caplog):
+    fake = GpuListingOrt(cpu_nodes=True)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    assert [(s["providers"], s["strict"]) for s in fake.sessions] == [([CUDA_EP], True),
+                                                                      ([CUDA_EP, CPU_EP], False)]
+    assert "fallback to CPU EP has been explicitly disabled" in runner.cpu_fallback
+    assert "cannot run on ['CUDAExecutionProvider']; ONNX Runtime runs them on the CPU" in caplog.text
+
+
+def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_dir, tmp_path):
+    with pytest.raises(BackendUnavailableError, match=r"could not start its CUDA provider \(running "
+                                                      r"on \['CPUExecutionProvider'\]\)"):
+        _runner(monkeypatch, GpuListingOrt(started=()), export_dir)
+    with pytest.raises(BackendUnavailableError, match=r"needs the onnxruntime-gpu build .* "
+                                                      r"pip install onnxruntime-gpu"):
+        _runner(monkeypatch, GpuListingOrt(listed=(CPU_EP,)), export_dir)
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    broken = GpuListingOrt()
+    with pytest.raises(ManifestError, match="cannot load ONNX model"):
+        _runner(monkeypatch, broken, tmp_path)
+    assert len(broken.sessions) == 1  # not a placement problem: no retry
+    monkeypatch.setattr(cuda_device, "gpu_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU; none is visible"):
+        _runner(monkeypatch, GpuListingOrt(), export_dir)
