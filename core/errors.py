@@ -26,7 +26,13 @@ class ManifestError(TinyFacesError):
 
 
 class BackendUnavailableError(TinyFacesError):
-    """A backend's optional dependency (onnxruntime, tensorrt, cuda-python, a GPU) is missing."""
+    """A backend's optional dependency (onnxruntime, tensorrt, cuda-python, a GPU) is missing.
+
+    ``problem``: the failure in a few words, without purpose or install hint, where the
+    raiser knows it ("NVIDIA TensorRT is not installed"); else None.
+    """
+
+    problem: str | None = None
 
 
 class ScoreMapError(TinyFacesError, ValueError):

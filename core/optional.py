@@ -105,7 +105,8 @@ def import_optional(module: str | Sequence[str], *, purpose: str, extra_hint: st
             raise _with_problem(
                 error(f"{purpose} needs {wanted}, found {label} {found or '(no version)'}; "
                       f"{extra_hint}"),
-                f"{label} {found or '(no version)'} is older than {min_version}")
+                f"{label} {found} is older than {min_version}" if found is not None
+                else f"{label} has no version to check against {min_version}")
     return imported
 
 

@@ -74,7 +74,7 @@ def tensorrt_problem() -> str | None:
     try:
         import_tensorrt()
     except TensorRTUnavailableError as exc:
-        return getattr(exc, "problem", None) or str(exc)
+        return exc.problem or str(exc)
     return None
 
 

@@ -12,11 +12,15 @@ argument, so a wrong argument type or count raises here as it would on a GPU. Th
 then carried out on the host, with return values of the real types (``cudaError_t``,
 ``cudaStream_t``, ``cudaEvent_t``, ``cudaDeviceProp``).
 
-What it checks beyond that, answering with the error code a GPU gives:
+What it checks beyond that, answering with the error code the CUDA runtime gives or, where
+a GPU's behaviour is undefined, cudaErrorInvalidValue (stricter than a GPU):
 - a free of memory that is not live (cudaErrorInvalidValue);
-- a copy whose ``cudaMemcpyKind`` does not match where its pointers lie, or that runs past
-  the end of a device allocation (cudaErrorInvalidValue);
-- a destroyed or unknown stream or event (cudaErrorInvalidResourceHandle).
+- a copy whose ``cudaMemcpyKind`` does not match where its pointers lie (undefined on a
+  GPU), or that runs past the end of a device allocation (cudaErrorInvalidValue);
+- a destroyed or unknown stream or event (cudaErrorInvalidResourceHandle);
+- ``cudaStreamWaitEvent`` flags other than default / external (cudaErrorInvalidValue).
+Stream and event handles are unique in the process, across doubles: an object of an earlier
+test that is destroyed late cannot hit a later test's handle.
 :meth:`HostCudart.live` counts what is still allocated or created.
 
 What it cannot show: every call completes before it returns, so nothing here tests
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -41,6 +46,7 @@ _LIBC.free.argtypes = [ctypes.c_void_p]
 #: What the real runtime answers on a machine without a usable driver or device.
 _NO_DRIVER = {"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorStubLibrary"}
 _HOST_TO_DEVICE, _DEVICE_TO_HOST, _DEVICE_TO_DEVICE, _HOST_TO_HOST, _DEFAULT = 1, 2, 3, 0, 4
+_HANDLES = itertools.count(0x5000, 0x10)  # shared by every double of the process
 
 
 def real_runtime() -> Any:
@@ -55,7 +61,7 @@ class HostCudart:
 
     Attributes:
         device, pinned: live allocations, address -> size.
-        foreign: device memory another library owns (:meth:`adopt`), address -> size.
+        foreign: device memory other libraries own (:meth:`adopt`), owner -> (address, size).
         streams, events: live handles.
         calls: how often each runtime function was called.
         log: (function, stream handle) of every stream operation, in call order.
@@ -65,12 +71,11 @@ class HostCudart:
         self._real = real if real is not None else real_runtime()
         self.device: dict[int, int] = {}
         self.pinned: dict[int, int] = {}
-        self.foreign: dict[int, int] = {}
+        self.foreign: dict[Any, tuple[int, int]] = {}
         self.streams: set[int] = set()
         self.events: set[int] = set()
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, int]] = []
-        self._next_handle = 0x5000
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -80,10 +85,11 @@ class HostCudart:
         return {"device": len(self.device), "pinned": len(self.pinned),
                 "streams": len(self.streams), "events": len(self.events)}
 
-    def adopt(self, ptr: int, nbytes: int) -> None:
-        """Declares ``nbytes`` at ``ptr`` device memory owned by another library (a
-        runner's output, as ONNX Runtime or torch allocate on a GPU); never freed here."""
-        self.foreign[int(ptr)] = int(nbytes)
+    def adopt(self, owner: Any, ptr: int, nbytes: int) -> None:
+        """Declares ``nbytes`` at ``ptr`` device memory of another library (a runner's
+        output, as ONNX Runtime or torch allocate on a GPU), never freed here. It replaces
+        what ``owner`` declared before (its previous output is gone)."""
+        self.foreign[owner] = (int(ptr), int(nbytes))
 
     def release_all(self) -> None:
         """Frees what is still allocated (test teardown)."""
@@ -91,6 +97,7 @@ class HostCudart:
             _LIBC.free(ptr)
         self.device.clear()
         self.pinned.clear()
+        self.foreign.clear()
         self.streams.clear()
         self.events.clear()
 
@@ -113,8 +120,7 @@ class HostCudart:
         return (getattr(self._real.cudaError_t, name), *([None] * values))
 
     def _handle(self) -> int:
-        self._next_handle += 0x10
-        return self._next_handle
+        return next(_HANDLES)
 
     def _stream_known(self, stream: Any) -> bool:
         handle = int(stream) if stream is not None else 0
@@ -130,7 +136,7 @@ class HostCudart:
     def _on_device(self, ptr: int, nbytes: int) -> bool | None:
         """True: [ptr, ptr + nbytes) lies in one device allocation; False: in none; None: it
         starts in one and runs past its end."""
-        for start, size in (*self.device.items(), *self.foreign.items()):
+        for start, size in (*self.device.items(), *self.foreign.values()):
             if start <= ptr < start + size:
                 return True if ptr + nbytes <= start + size else None
         return False
@@ -187,6 +193,8 @@ class HostCudart:
 
     def cudaFreeHost(self, ptr: Any) -> tuple[Any, ...]:
         self._validate("cudaFreeHost", ptr)
+        if int(ptr) == 0:
+            return self._ok()
         if self.pinned.pop(int(ptr), None) is None:
             return self._error("cudaErrorInvalidValue")
         _LIBC.free(int(ptr))
@@ -244,6 +252,8 @@ class HostCudart:
 
     def cudaStreamWaitEvent(self, stream: Any, event: Any, flags: Any) -> tuple[Any, ...]:
         self._validate("cudaStreamWaitEvent", stream, event, flags)
+        if int(flags) not in (0, 1):  # cudaEventWaitDefault, cudaEventWaitExternal
+            return self._error("cudaErrorInvalidValue")
         return self._event_call("cudaStreamWaitEvent", event, stream)
 
     def cudaEventSynchronize(self, event: Any) -> tuple[Any, ...]:

@@ -163,11 +163,36 @@ def test_the_double_refuses_what_a_gpu_refuses(host):
     assert host.cudaMemcpy(host_array.ctypes.data, buf.ptr, 16, kinds.cudaMemcpyHostToDevice)[0] == invalid
     assert host.cudaMemcpy(buf.ptr, host_array.ctypes.data, 16, kinds.cudaMemcpyDeviceToHost)[0] == invalid
     assert host.cudaMemcpy(buf.ptr + 8, host_array.ctypes.data, 16, kinds.cudaMemcpyHostToDevice)[0] == invalid
-    assert host.cudaMemcpy(buf.ptr, host_array.ctypes.data, 16, kinds.cudaMemcpyDefault)[0] != invalid
+    host_array[:] = [1, 2, 3, 4]
+    success = host.cudaError_t.cudaSuccess
+    assert host.cudaMemcpy(buf.ptr, host_array.ctypes.data, 16, kinds.cudaMemcpyDefault)[0] == success
+    other = DeviceBuffer(16)
+    assert host.cudaMemcpy(other.ptr, buf.ptr + 8, 16, kinds.cudaMemcpyDeviceToDevice)[0] == invalid
+    assert host.cudaMemcpy(other.ptr, buf.ptr, 16, kinds.cudaMemcpyDeviceToDevice)[0] == success
+    assert host.cudaMemcpy(host_array.ctypes.data, host_array.ctypes.data, 16,
+                           kinds.cudaMemcpyDeviceToDevice)[0] == invalid
+    np.testing.assert_array_equal(other.download(np.zeros(4, np.float32)), [1, 2, 3, 4])
+    event = Event()
+    assert host.cudaStreamWaitEvent(0, event._event, 2)[0] == invalid  # no such flag
+    assert host.cudaFreeHost(0)[0] == success  # as cudaFree(0): nothing to do
     ptr = buf.ptr
     buf.free()
     assert host.cudaFree(ptr)[0] == invalid
     with pytest.raises(TypeError):
         host.cudaMemcpyAsync("dst", ptr, 16, kinds.cudaMemcpyHostToDevice, 0)
     with pytest.raises(TypeError):
-        host.cudaStreamWaitEvent(0, None)
+        host.cudaStreamWaitEvent(0, "event", 0)
+
+
+def test_a_stream_destroyed_late_cannot_hit_a_later_tests_stream(monkeypatch):
+    """Streams and events keep the runtime they were made with, and the doubles never reuse
+    a handle: an earlier test's stream collected during a later test leaves its streams be."""
+    first = host_cudart.install(monkeypatch)
+    early = Stream()
+    second = host_cudart.install(monkeypatch)
+    late = Stream()
+    assert early.handle != late.handle
+    del early  # destroyed now, through the first runtime
+    late.synchronize()
+    assert first.live()["streams"] == 0 and second.live()["streams"] == 1
+    late.close()

@@ -23,7 +23,7 @@ from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCu
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.pipeline import Detector
 
-_MISSING = cpu_build_missing() or host_cudart.missing()
+_MISSING = cpu_build_missing() or host_cudart.missing()  # every test here runs on both
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 
@@ -40,7 +40,7 @@ class CpuIOBindingRunner(OnnxRuntimeCudaRunner):
     def run(self, net_input):
         out = super().run(net_input)
         if isinstance(out, cuda_device.DeviceArray):
-            cuda_device.runtime().adopt(out.ptr, out.nbytes)
+            cuda_device.runtime().adopt(self, out.ptr, out.nbytes)
         return out
 
 

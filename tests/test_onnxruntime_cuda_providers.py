@@ -2,8 +2,8 @@
 
 No onnxruntime-gpu can run here. ``GpuListingOrt`` is the real (CPU) onnxruntime that lists
 the CUDA and TensorRT providers, and whose sessions report what a scenario says ONNX Runtime
-did with them: which providers started, whether they kept our ``user_compute_stream``,
-whether nodes needed the CPU. The network itself runs on the CPU provider. This checks the
+did with them: which providers started and whether they kept our ``user_compute_stream``.
+The network itself runs on the CPU provider. This checks the
 runner's logic (which providers it asks for, with which options, what it retries, what it
 refuses and what it says) and nothing of ONNX Runtime's GPU providers themselves.
 The stream comes from ``cuda_device`` over host memory (tests/host_cudart.py).
@@ -16,20 +16,14 @@ import logging
 import pytest
 
 import host_cudart
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError
 from tinyfaces_trt.runtime.backends import cuda_device, onnxruntime_cuda_runner, onnxruntime_runner
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
                                                                     OnnxRuntimeCudaRunner)
-from tinyfaces_trt.runtime.backends.onnxruntime_runner import NO_CPU_FALLBACK, OnnxRuntimeRunner
 
 ort = pytest.importorskip("onnxruntime")
-_MISSING = host_cudart.missing()
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 CPU_EP = "CPUExecutionProvider"
-CPU_NODES = ("This session contains graph nodes that are assigned to the default CPU EP, but "
-             "fallback to CPU EP has been explicitly disabled by the user.")
-CONFLICT = ("Conflicting session configuration: explicitly added the CPU EP to the session, but "
-            "also disabled fallback to the CPU EP via session configuration options.")
+NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 
 
 def _strict(options) -> bool:
@@ -39,29 +33,12 @@ def _strict(options) -> bool:
         return False
 
 
-def test_ort_refuses_the_cpu_provider_listed_with_its_cpu_fallback_disabled(export_dir):
-    """The real ONNX Runtime's rules that GpuListingOrt follows: the CPU provider listed with
-    its fallback disabled is a conflict; nodes left for the CPU fail the session."""
-    for providers, message in (([CUDA_EP, CPU_EP], CONFLICT), ([CUDA_EP], CPU_NODES)):
-        options = ort.SessionOptions()
-        options.add_session_config_entry(NO_CPU_FALLBACK, "1")
-        with pytest.raises(Exception, match=message):
-            ort.InferenceSession(str(export_dir / "model.onnx"), sess_options=options,
-                                 providers=providers)
-    with pytest.raises(TinyFacesError, match="cpu_fallback=False needs a provider other than the CPU"):
-        OnnxRuntimeRunner(export_dir / "model.onnx", cpu_fallback=False)
-
-
 class GpuListingOrt:
     """onnxruntime with the GPU providers listed; sessions report ``started`` providers (those
-    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers.
-    With the CPU fallback disabled they refuse a listed CPU provider, as ONNX Runtime does,
-    and fail when ``cpu_nodes``."""
+    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers."""
 
-    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,),
-                 loses_stream=(), cpu_nodes=False):
+    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,), loses_stream=()):
         self.listed, self.started, self.loses_stream = list(listed), started, loses_stream
-        self.cpu_nodes = cpu_nodes
         self.sessions: list[dict] = []
 
     def __getattr__(self, name):
@@ -72,12 +49,8 @@ class GpuListingOrt:
 
     def InferenceSession(self, path, sess_options, providers):  # noqa: N802 (ORT's name)
         asked = dict(providers)
-        strict = _strict(sess_options)
-        self.sessions.append({"providers": list(asked), "options": asked, "strict": strict})
-        if strict and CPU_EP in asked:
-            raise RuntimeError(CONFLICT)
-        if strict and self.cpu_nodes:
-            raise RuntimeError(CPU_NODES)
+        self.sessions.append({"providers": list(asked), "options": asked,
+                              "strict": _strict(sess_options)})
         session = ort.InferenceSession(path, providers=[CPU_EP])  # the network, on the CPU
         return _ReportingSession(session, [p for p in asked if p in self.started] + [CPU_EP],
                                  {p: {k: v for k, v in o.items()
@@ -101,6 +74,8 @@ class _ReportingSession:
 
 @pytest.fixture
 def host(monkeypatch):
+    if host_cudart.missing():
+        pytest.skip(host_cudart.missing())
     h = host_cudart.install(monkeypatch)
     yield h
     h.release_all()
@@ -119,9 +94,10 @@ def test_the_cuda_provider_runs_on_our_stream(host, monkeypatch, export_dir, cap
     stream = runner.cuda_stream
     assert runner.stream == stream.handle and stream.handle in host.streams
     (session,) = fake.sessions  # no tensorrt package here: the CUDA provider alone, at once
-    assert session["providers"] == [CUDA_EP] and session["strict"]  # no node on the CPU
+    # the CPU provider last and allowed: ORT's CUDA provider leaves shape computations to it
+    assert session["providers"] == [CUDA_EP, CPU_EP] and not session["strict"]
     assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": str(stream.handle)}
-    assert runner.providers == [CUDA_EP, CPU_EP] and runner.cpu_fallback == ""
+    assert runner.providers == [CUDA_EP, CPU_EP]
     assert runner.capabilities.device_io
     assert "no TensorRT here for ONNX Runtime's TensorRT provider" in caplog.text
 
@@ -144,7 +120,8 @@ def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_strea
     with pytest.raises(BackendUnavailableError,
                        match=r"did not run its CUDA provider on the given stream"):
         _runner(monkeypatch, fake, export_dir)
-    assert [s["providers"] for s in fake.sessions] == [[TENSORRT_EP, CUDA_EP], [CUDA_EP]]
+    assert [s["providers"] for s in fake.sessions] == [[TENSORRT_EP, CUDA_EP, CPU_EP],
+                                                       [CUDA_EP, CPU_EP]]
     fake = GpuListingOrt(started=(CUDA_EP,))  # TensorRT did not start; CUDA kept the stream
     runner = _runner(monkeypatch, fake, export_dir)
     assert len(fake.sessions) == 1 and runner.providers == [CUDA_EP, CPU_EP]
@@ -153,17 +130,6 @@ def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_strea
         runner = _runner(monkeypatch, fake, export_dir)
     assert len(fake.sessions) == 2 and runner.providers == [CUDA_EP, CPU_EP]
     assert "retrying with the CUDA provider alone" in caplog.text
-
-
-def test_nodes_the_gpu_cannot_take_are_refused_then_allowed_with_a_warning(
-        host, monkeypatch, export_dir, caplog):
-    fake = GpuListingOrt(cpu_nodes=True)
-    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
-        runner = _runner(monkeypatch, fake, export_dir)
-    assert [(s["providers"], s["strict"]) for s in fake.sessions] == [([CUDA_EP], True),
-                                                                      ([CUDA_EP, CPU_EP], False)]
-    assert "fallback to CPU EP has been explicitly disabled" in runner.cpu_fallback
-    assert "cannot run on ['CUDAExecutionProvider']; ONNX Runtime runs them on the CPU" in caplog.text
 
 
 def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_dir, tmp_path):

@@ -98,7 +98,7 @@ class Stream:
     """
 
     def __init__(self, handle: int | None = None) -> None:
-        rt = runtime()
+        self._rt = rt = runtime()
         if handle is None:
             self._stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
             self._owned = True
@@ -113,12 +113,12 @@ class Stream:
 
     def synchronize(self) -> None:
         """Waits until every operation queued on the stream has finished."""
-        check(runtime().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
     def close(self) -> None:
         """Destroys the stream if this object created it."""
         if self._owned and self._stream is not None:
-            check(runtime().cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+            check(self._rt.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
         self._stream = None
 
     def __del__(self) -> None:
@@ -135,28 +135,28 @@ class Event:
     """A CUDA event without timing, to order one stream after another without the host."""
 
     def __init__(self) -> None:
-        rt = runtime()
+        self._rt = rt = runtime()
         self._event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming),
                             "cudaEventCreateWithFlags")
 
     def record(self, stream: Stream | int | None) -> None:
         """Marks the current end of ``stream``'s queued work."""
-        check(runtime().cudaEventRecord(self._event, _stream_handle(stream)), "cudaEventRecord")
+        check(self._rt.cudaEventRecord(self._event, _stream_handle(stream)), "cudaEventRecord")
 
     def make_wait(self, stream: Stream | int | None) -> None:
         """Queues on ``stream`` a wait for the work recorded before (the host does not wait)."""
-        check(runtime().cudaStreamWaitEvent(_stream_handle(stream), self._event, 0),
+        check(self._rt.cudaStreamWaitEvent(_stream_handle(stream), self._event, 0),
               "cudaStreamWaitEvent")
 
     def synchronize(self) -> None:
         """Waits on the host until the recorded work has finished."""
-        check(runtime().cudaEventSynchronize(self._event), "cudaEventSynchronize")
+        check(self._rt.cudaEventSynchronize(self._event), "cudaEventSynchronize")
 
     def close(self) -> None:
         """Destroys the event (idempotent)."""
         if self._event is not None:
             event, self._event = self._event, None
-            check(runtime().cudaEventDestroy(event), "cudaEventDestroy")
+            check(self._rt.cudaEventDestroy(event), "cudaEventDestroy")
 
     def __del__(self) -> None:
         try:

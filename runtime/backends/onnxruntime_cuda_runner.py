@@ -8,8 +8,10 @@ the CUDA execution provider runs on :attr:`stream` (its ``user_compute_stream`` 
 the output stays on the GPU as an ORT-allocated buffer, valid until the next :meth:`run`. A
 numpy input takes the ordinary host path. Needs the ``onnxruntime-gpu`` build and cuda-python
 (for the stream). What did not run where it was asked is stated: a missing TensorRT provider
-is logged, and nodes the GPU providers cannot take (which ONNX Runtime would silently place on
-the CPU) are first refused, then allowed with a warning naming the reason.
+is logged, and a TensorRT provider that ONNX Runtime dropped (it then retries on CUDA without
+our stream) is replaced by the CUDA provider alone, with a warning. The CPU provider stays in
+the list: ONNX Runtime's CUDA provider leaves small shape computations to it by design
+(``GetCpuPreferredNodes``), so a session that refused CPU nodes would fail on this network.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         handle = str(self.cuda_stream.handle)
         options = {CUDA_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle},
                    TENSORRT_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle}}
-        self.cpu_fallback = ""
         for wanted in ([TENSORRT_EP, CUDA_EP], [CUDA_EP]) if use_trt else ([CUDA_EP],):
             self._open(onnx_path, wanted, options)
             if self._on_our_stream(handle):
@@ -101,18 +102,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self._cuda = cuda_device
 
     def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]]) -> None:
-        """Opens the session; nodes the GPU providers cannot take are refused first (ORT would
-        place them on the CPU silently), then allowed with a warning naming the reason."""
-        try:
-            super().__init__(onnx_path, providers=wanted, provider_options=options,
-                             cpu_fallback=False)
-        except ManifestError as exc:
-            if "fallback" not in str(exc).lower():
-                raise  # not a placement problem: a missing or broken model
-            self.cpu_fallback = str(exc)
-            log.warning("some nodes of %s cannot run on %s; ONNX Runtime runs them on the CPU "
-                        "(%s)", os.fspath(onnx_path), wanted, exc)
-            super().__init__(onnx_path, providers=wanted, provider_options=options)
+        """Opens the session on ``wanted``, then the CPU provider (shape computations)."""
+        super().__init__(onnx_path, providers=wanted, provider_options=options)
         if CUDA_EP not in self.providers:
             raise BackendUnavailableError(f"ONNX Runtime could not start its CUDA provider "
                                           f"(running on {self.providers})")

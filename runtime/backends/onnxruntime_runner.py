@@ -35,8 +35,6 @@ PROVIDER_ALIASES = {
 }
 #: Preference order for ``providers="auto"``.
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
-#: ORT session option that makes a session fail instead of placing nodes on the CPU.
-NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
 
 
 def import_onnxruntime() -> Any:
@@ -99,14 +97,10 @@ class OnnxRuntimeRunner(RunnerBase):
         threads: intra-op thread count (``None``: ONNX Runtime's default, all cores).
         provider_options: options per provider name (e.g. the CUDA stream), for subclasses.
         session_config: session configuration entries (``add_session_config_entry``).
-        cpu_fallback: False: the session fails instead of placing nodes on the CPU (the CPU
-            provider is then left out of the list: ONNX Runtime refuses it listed with its
-            fallback disabled).
 
     Raises:
         BackendUnavailableError: onnxruntime is not installed.
-        TinyFacesError: an unknown provider name, ``threads`` < 1, or no provider but the CPU
-            with ``cpu_fallback=False``.
+        TinyFacesError: an unknown provider name, or ``threads`` < 1.
         ManifestError: the file is missing, not a loadable ONNX model, or not shaped like the
             detector network (one (1, 3, h, w) float input, a 125-channel output).
     """
@@ -115,8 +109,7 @@ class OnnxRuntimeRunner(RunnerBase):
                  providers: str | Sequence[str] | None = None,
                  threads: int | None = None, *,
                  provider_options: dict[str, dict[str, str]] | None = None,
-                 session_config: dict[str, str] | None = None,
-                 cpu_fallback: bool = True) -> None:
+                 session_config: dict[str, str] | None = None) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
@@ -125,11 +118,6 @@ class OnnxRuntimeRunner(RunnerBase):
             raise TinyFacesError(f"threads must be >= 1, got {threads}")
         chosen = resolve_providers(providers, ort.get_available_providers(),
                                    ort.get_all_providers())
-        if not cpu_fallback:
-            chosen = [p for p in chosen if p != CPU]
-            if not chosen:
-                raise TinyFacesError("cpu_fallback=False needs a provider other than the CPU")
-            session_config = {**(session_config or {}), NO_CPU_FALLBACK: "1"}
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT's own warnings go to stderr; ours go to logging
         if threads is not None:
