@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
@@ -147,24 +146,6 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
     # progress on stderr with timings, only the manifest path on stdout
     assert "tf-export: exporting fp32 ONNX (opset 17): done in" in result.stderr
     assert result.stdout == ""
-
-
-def test_engine_with_a_tensorrt_older_than_10_says_so(checkpoint, tmp_path, monkeypatch):
-    """A TensorRT 8 is not "not installed": the message names its version (a stand-in
-    package that has only a version: nothing of TensorRT itself runs here)."""
-    fake = tmp_path / "site" / "tensorrt"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text('__version__ = "8.6.1"\n')
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent),
-                                                                   os.environ.get("PYTHONPATH")])))
-    out = tmp_path / "exp"
-    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--engine",
-                      "--image-size", "91x67", "--no-verify")
-    assert result.returncode == EXIT_NO_TENSORRT, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("NVIDIA TensorRT 8.6.1 is older than 10: wrote ONNX only; build the "
-                           "engine on a machine with TensorRT 10"), last
-    assert load_export_folder(out).engine_fp32 is None
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")

@@ -8,11 +8,13 @@ type are checked; the build itself is tested (``tensorrt`` + ``gpu`` markers) on
 from __future__ import annotations
 
 import shutil
+import sys
+import types
 
 import pytest
 
 from tinyfaces_trt.export.trt_build import (TensorRTUnavailableError, build_engine, import_tensorrt,
-                                            tensorrt_version, trtexec_command)
+                                            tensorrt_problem, tensorrt_version, trtexec_command)
 from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.core.profiles import Profile
 
@@ -43,6 +45,19 @@ def test_missing_tensorrt_is_a_backend_error(tmp_path):
     with pytest.raises(BackendUnavailableError):  # the CLI maps this subclass to exit code 3
         build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", PROFILE)
     assert not (tmp_path / "model.engine").exists()
+
+
+def test_a_tensorrt_older_than_10_is_named_with_its_version(monkeypatch):
+    """What tf-export --engine prints before "wrote ONNX only" (a stand-in module that has
+    only a version: nothing of TensorRT itself runs here)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1",
+                                                                       __name__="tensorrt"))
+    assert tensorrt_problem() == "NVIDIA TensorRT 8.6.1 is older than 10"
+    assert tensorrt_version() is None
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__name__="tensorrt"))
+    assert tensorrt_problem() == "NVIDIA TensorRT has no version to check against 10"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails: not installed
+    assert tensorrt_problem() == "NVIDIA TensorRT is not installed"
 
 
 @pytest.mark.tensorrt
