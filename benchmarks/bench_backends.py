@@ -293,7 +293,7 @@ class CopyTimedDeviceRunner:
 
         self.cuda = cuda_device
         self.inner = inner
-        self.stream = inner.stream
+        self.stream = cuda_device.Stream(handle=inner.stream)  # runners give the handle (an int)
         self.timings: Timings | None = None
         self._buffer: Any = None
 

@@ -11,6 +11,9 @@ boxes coming back, as on a GPU. What stays unverified: the CUDA provider itself,
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -136,3 +139,19 @@ def test_closing_the_detector_releases_its_device_memory_and_events(host_cuda, d
     assert host_cuda.calls["cudaFree"] == host_cuda.calls["cudaMalloc"]
     assert host_cuda.calls["cudaFreeHost"] == host_cuda.calls["cudaMallocHost"] >= 1
     assert host_cuda.calls["cudaEventDestroy"] == host_cuda.calls["cudaEventCreateWithFlags"] >= 1
+
+
+def test_the_benchmarks_copy_timed_wrapper_feeds_a_device_runner_from_the_host(
+        device, export_dir, monkeypatch):
+    """benchmarks' CopyTimedDeviceRunner (the TensorRT rows with numpy stages) around a
+    device-I/O runner: the host runner's scores, the copies timed apart."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench_backends = importlib.import_module("bench_backends")
+    runner = bench_backends.CopyTimedDeviceRunner(CpuIOBindingRunner(_onnx(export_dir), device))
+    runner.timings = {}
+    x = np.random.default_rng(3).normal(size=(1, 3, 40, 56)).astype(np.float32)
+    got = runner.run(x)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, OnnxRuntimeRunner(_onnx(export_dir)).run(x))
+    assert set(runner.timings) == {"h2d", "d2h"} and min(runner.timings.values()) >= 0
+    runner.close()
