@@ -289,6 +289,17 @@ def resize_reference(image: np.ndarray, dst_hw: tuple[int, int], config: Detecto
     return normalize(resize_bilinear_aa(image, *dst_hw), config)
 
 
+# --- the shared cases ----------------------------------------------------------------------------
+
+def collect_cases(namespace: dict[str, Any], *modules: Any) -> None:
+    """Puts the cases of ``modules`` (their ``__all__``: tests/kernel_abi_cases.py,
+    tests/kernel_stage_cases.py) into a test module's ``namespace``, where pytest collects them
+    with that module's fixtures (``kh``, ``stream``); a case added to a case file runs in every
+    module that collects it."""
+    for module in modules:
+        namespace.update({name: getattr(module, name) for name in module.__all__})
+
+
 # --- the CUDA layer over host memory and the CPU build -----------------------------------------
 
 def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path) -> Any:

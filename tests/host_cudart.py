@@ -126,13 +126,6 @@ class HostCudart:
         handle = int(stream) if stream is not None else 0
         return handle == 0 or handle in self.streams
 
-    def _allocate(self, nbytes: int) -> int:
-        ptr = ctypes.c_void_p()
-        if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, int(nbytes))) != 0:
-            raise MemoryError(f"posix_memalign({nbytes})")
-        ctypes.memset(ptr.value, 0xFF, max(1, int(nbytes)))
-        return int(ptr.value)
-
     def _on_device(self, ptr: int, nbytes: int) -> bool | None:
         """True: [ptr, ptr + nbytes) lies in one device allocation; False: in none; None: it
         starts in one and runs past its end."""
@@ -170,35 +163,39 @@ class HostCudart:
 
     # -- memory -------------------------------------------------------------------------------
 
+    def _malloc(self, table: dict[int, int], size: int) -> tuple[Any, ...]:
+        """``size`` bytes, 256-byte aligned, filled with 0xFF, recorded in ``table``."""
+        ptr = ctypes.c_void_p()
+        if _LIBC.posix_memalign(ctypes.byref(ptr), 256, max(1, int(size))) != 0:
+            raise MemoryError(f"posix_memalign({size})")
+        ctypes.memset(ptr.value, 0xFF, max(1, int(size)))
+        table[int(ptr.value)] = int(size)
+        return self._ok(int(ptr.value))
+
+    def _free(self, table: dict[int, int], ptr: Any) -> tuple[Any, ...]:
+        """Frees ``ptr`` if ``table`` holds it; 0 is a no-op, as in CUDA."""
+        if int(ptr) == 0:
+            return self._ok()
+        if table.pop(int(ptr), None) is None:
+            return self._error("cudaErrorInvalidValue")
+        _LIBC.free(int(ptr))
+        return self._ok()
+
     def cudaMalloc(self, size: int) -> tuple[Any, ...]:
         self._validate("cudaMalloc", size)
-        ptr = self._allocate(size)
-        self.device[ptr] = int(size)
-        return self._ok(ptr)
+        return self._malloc(self.device, size)
 
     def cudaFree(self, ptr: Any) -> tuple[Any, ...]:
         self._validate("cudaFree", ptr)
-        if int(ptr) == 0:
-            return self._ok()
-        if self.device.pop(int(ptr), None) is None:
-            return self._error("cudaErrorInvalidValue")
-        _LIBC.free(int(ptr))
-        return self._ok()
+        return self._free(self.device, ptr)
 
     def cudaMallocHost(self, size: int) -> tuple[Any, ...]:
         self._validate("cudaMallocHost", size)
-        ptr = self._allocate(size)
-        self.pinned[ptr] = int(size)
-        return self._ok(ptr)
+        return self._malloc(self.pinned, size)
 
     def cudaFreeHost(self, ptr: Any) -> tuple[Any, ...]:
         self._validate("cudaFreeHost", ptr)
-        if int(ptr) == 0:
-            return self._ok()
-        if self.pinned.pop(int(ptr), None) is None:
-            return self._error("cudaErrorInvalidValue")
-        _LIBC.free(int(ptr))
-        return self._ok()
+        return self._free(self.pinned, ptr)
 
     def cudaMemcpy(self, dst: Any, src: Any, count: int, kind: Any) -> tuple[Any, ...]:
         self._validate("cudaMemcpy", dst, src, count, kind)

@@ -309,3 +309,8 @@ def test_uncapped_pairs_at_the_window_bounds_as_the_emulation(kh, base, t, o):
     for lookahead in (False, True):
         rows = kh.nms_on(boxes, logits, keys, t, o, lookahead=lookahead)
         np.testing.assert_array_equal(rows[:, :4], boxes[want])
+
+
+#: The cases, collected by tests/test_kernels_gpu.py and tests/test_kernels_cpu.py
+#: (helpers_kernels.collect_cases): a case added here runs in both.
+__all__ = [name for name in dict(globals()) if name.startswith("test_")]

@@ -2,8 +2,8 @@
 
 Not collected by itself: tests/test_kernels_gpu.py runs these on a GPU and
 tests/test_kernels_cpu.py over host memory and the CPU build of the kernels (its ``stream``
-fixture installs helpers_kernels.use_cpu_build_for_cuda_stages). Names of the CUDA layer are
-looked up in their modules at call time, so that the CPU run's stand-ins apply.
+fixture installs helpers_kernels.use_cpu_build_for_cuda_stages, which points
+``cuda_device`` at tests/host_cudart.py).
 """
 
 from __future__ import annotations
@@ -224,3 +224,8 @@ def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
     assert post.last_stats["num_candidates"] == 135200
     assert_same_detections(got, postprocess_levels([scores], [level], (1040, 1040), config))
     post.close()
+
+
+#: The cases, collected by tests/test_kernels_gpu.py and tests/test_kernels_cpu.py
+#: (helpers_kernels.collect_cases): a case added here runs in both.
+__all__ = [name for name in dict(globals()) if name.startswith("test_")]

@@ -23,29 +23,17 @@ import numpy as np
 import pytest
 
 import host_cudart
-from helpers_kernels import (CXX, REPO, KernelHarness, build_cpu_library, cpu_build_missing,
-                             cpu_library_path, square_boxes, use_cpu_build_for_cuda_stages)
-from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
-    test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
-    test_any_nms_size_works, test_boxes_on_the_image_border,
-    test_non_finite_count_covers_every_channel_and_inactive_templates, test_non_finite_values,
-    test_overflow_is_reported_then_recovered, test_quantised_logits_tie_across_levels,
-    test_random_score_maps_match_numpy, test_resize_matches_numpy, test_resize_pitched_source,
-    test_results_are_deterministic, test_uncapped_border_and_degenerate_boxes, test_uncapped_chain,
-    test_uncapped_identical_boxes, test_uncapped_nested_sizes_and_ties,
-    test_uncapped_pairs_at_the_window_bounds_as_the_emulation,
-    test_unclipped_rows_finished_on_the_host_are_the_detections)
-from kernel_stage_cases import (  # noqa: F401  (collected here, with this module's `stream`)
-    test_detect_batch_on_the_gpu_equals_host_detection_per_image,
-    test_detector_with_cuda_stages_matches_host,
-    test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path,
-    test_postprocessor_grows_its_nms_size, test_postprocessor_takes_more_than_the_old_nms_cap,
-    test_preprocessor_reuploads_a_mutated_image)
+from helpers_kernels import (CXX, REPO, KernelHarness, build_cpu_library, collect_cases,
+                             cpu_build_missing, cpu_library_path, square_boxes,
+                             use_cpu_build_for_cuda_stages)
+import kernel_abi_cases
+import kernel_stage_cases
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.backends import cuda_device
 
 _MISSING = cpu_build_missing()
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
+collect_cases(globals(), kernel_abi_cases, kernel_stage_cases)  # with `kh`, `stream` below
 _NO_HOST_CUDA = host_cudart.missing()
 
 

@@ -23,24 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_kernels import (KernelHarness, assert_same_detections, candidate_count, levels_at,
-                             nms_rows_reference, random_maps, square_boxes)
-from kernel_abi_cases import (  # noqa: F401  (collected here, with this module's `kh`)
-    IMAGE_HW, test_all_above_threshold_ties_are_broken_by_key, test_all_below_threshold_gives_nothing,
-    test_any_nms_size_works, test_boxes_on_the_image_border,
-    test_non_finite_count_covers_every_channel_and_inactive_templates, test_non_finite_values,
-    test_overflow_is_reported_then_recovered, test_quantised_logits_tie_across_levels,
-    test_random_score_maps_match_numpy, test_resize_matches_numpy, test_resize_pitched_source,
-    test_results_are_deterministic, test_uncapped_border_and_degenerate_boxes, test_uncapped_chain,
-    test_uncapped_identical_boxes, test_uncapped_nested_sizes_and_ties,
-    test_uncapped_pairs_at_the_window_bounds_as_the_emulation,
-    test_unclipped_rows_finished_on_the_host_are_the_detections)
-from kernel_stage_cases import (  # noqa: F401  (collected here, with this module's `stream`)
-    test_detect_batch_on_the_gpu_equals_host_detection_per_image,
-    test_detector_with_cuda_stages_matches_host,
-    test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path,
-    test_postprocessor_grows_its_nms_size, test_postprocessor_takes_more_than_the_old_nms_cap,
-    test_preprocessor_reuploads_a_mutated_image)
+from helpers_kernels import (KernelHarness, assert_same_detections, candidate_count,
+                             collect_cases, levels_at, nms_rows_reference, random_maps,
+                             square_boxes)
+from kernel_abi_cases import IMAGE_HW
+import kernel_abi_cases
+import kernel_stage_cases
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.runtime.decode import active_templates
@@ -61,6 +49,7 @@ def _library_or_reason():
 
 LIB, _REASON = _library_or_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(LIB is None, reason=_REASON)]
+collect_cases(globals(), kernel_abi_cases, kernel_stage_cases)  # with `kh`, `stream` below
 
 if LIB is not None:
     from tinyfaces_trt.kernels import binding
