@@ -528,18 +528,17 @@ def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeli
 def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipeline]:
     def build(ctx: BenchContext) -> Pipeline:
         from tinyfaces_trt.runtime.pipeline import Detector
-        from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
 
         folder = ctx.export_folder(fp16=fp16, engine=True)
-        stream = Stream()
+        # on a stream of its own, which its close() destroys
         trt_runner = TensorRTRunner(folder.engine_path(fp16), input_name=folder.input_name,
                                     output_name=folder.output_name,
-                                    manifest_profile=folder.profile, stream=stream)
+                                    manifest_profile=folder.profile)
         if cuda_stages:
             from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages as make_stages
 
-            pre, post = make_stages(ctx.config, stream)
+            pre, post = make_stages(ctx.config, trt_runner.cuda_stream)
             det = Detector(trt_runner, ctx.config, preprocessor=pre, postprocessor=post)
             return DetectorBench(det, uses_gpu=True, closers=(pre, post, trt_runner),
                                  copies_note="image upload inside preprocess, box download "

@@ -2,7 +2,7 @@
 
 ``OnnxRuntimeCudaRunner``'s device path (IOBinding of the input in place, ORT-owned output
 kept until the next run, shape checks, batches) runs here on ONNX Runtime's CPU provider over
-host memory (``device_type = "cpu"``), between the CUDA stages of the CPU build of the
+host memory (``device_type = "cpu"``, tests/helpers_ort_gpu.py), between the CUDA stages of the CPU build of the
 kernels (tests/helpers_kernels.py), with ``cuda_device``'s own buffers, streams and events
 over host memory (tests/host_cudart.py): resize -> network -> decode -> NMS with nothing but
 boxes coming back, as on a GPU. What stays unverified: the CUDA provider itself, its stream
@@ -12,6 +12,7 @@ boxes coming back, as on a GPU. What stays unverified: the CUDA provider itself,
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,30 +22,17 @@ import host_cudart
 from helpers_kernels import cpu_build_missing, cpu_library_path, use_cpu_build_for_cuda_stages
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import NetworkInputError
-from tinyfaces_trt.runtime.backends import cuda_device, detector_for
+from tinyfaces_trt.runtime.backends import (available_backends, create_detector, cuda_device,
+                                            detector_for)
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 from tinyfaces_trt.runtime.pipeline import Detector
 
+pytest.importorskip("onnxruntime")
+import helpers_ort_gpu  # noqa: E402
+
 _MISSING = cpu_build_missing() or host_cudart.missing()  # every test here runs on both
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
-
-
-class CpuIOBindingRunner(OnnxRuntimeCudaRunner):
-    """OnnxRuntimeCudaRunner with its session on the CPU provider: the same ``run``. What
-    ONNX Runtime allocates for the output counts as device memory, as on a GPU."""
-
-    device_type = "cpu"
-
-    def __init__(self, onnx_path, stream):
-        OnnxRuntimeRunner.__init__(self, onnx_path)
-        self._start_device_io(stream, 0)
-
-    def run(self, net_input):
-        out = super().run(net_input)
-        if isinstance(out, cuda_device.DeviceArray):
-            cuda_device.runtime().adopt(self, out.ptr, out.nbytes)
-        return out
 
 
 @pytest.fixture
@@ -56,10 +44,21 @@ def host_cuda(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture
-def device(host_cuda):
+def ort_gpu(host_cuda, monkeypatch):
+    """The onnxruntime-cuda backend over ONNX Runtime's CPU provider (tests/helpers_ort_gpu.py)."""
+    return helpers_ort_gpu.install(monkeypatch)
+
+
+@pytest.fixture
+def device(ort_gpu):
     stream = cuda_device.Stream()
     yield stream
     stream.close()
+
+
+def _runner(onnx, stream):
+    """The IOBinding runner on ``stream``: the runtime's class, its session on the CPU."""
+    return OnnxRuntimeCudaRunner(onnx, stream=stream)
 
 
 def _onnx(export_dir):
@@ -73,7 +72,7 @@ def _device_input(x):
 
 
 def test_bound_input_gives_the_host_paths_scores(device, export_dir):
-    runner = CpuIOBindingRunner(_onnx(export_dir), device)
+    runner = _runner(_onnx(export_dir), device)
     host = OnnxRuntimeRunner(_onnx(export_dir))
     assert runner.capabilities.device_io and runner.capabilities.batch
     x = np.random.default_rng(0).normal(size=(2, 3, 40, 56)).astype(np.float32)
@@ -88,7 +87,7 @@ def test_bound_input_gives_the_host_paths_scores(device, export_dir):
 
 
 def test_bound_input_of_the_wrong_layout_is_refused(device, export_dir):
-    runner = CpuIOBindingRunner(_onnx(export_dir), device)
+    runner = _runner(_onnx(export_dir), device)
     bad = np.zeros((1, 4, 16, 16), np.float32)
     with pytest.raises(NetworkInputError, match=r"\(N, 3, h, w\) float32 array, got \(1, 4, 16, 16\)"):
         runner.run(_device_input(bad))
@@ -108,7 +107,7 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
         image[10 + 8 * i:50, 20:70] = (220, 180, 150)
     want = [Detector(OnnxRuntimeRunner(onnx), config).detect(image) for image in images]
     assert sum(len(w) for w in want) > 0
-    with detector_for(CpuIOBindingRunner(onnx, device), config, gpu_stages=True) as detector:
+    with detector_for(_runner(onnx, device), config, gpu_stages=True) as detector:
         assert type(detector.preprocessor).__name__ == "CudaPreprocessor"
         assert type(detector.postprocessor).__name__ == "CudaPostprocessor"
         got = detector.detect(images[0])
@@ -128,7 +127,7 @@ def test_closing_the_detector_releases_its_device_memory_and_events(host_cuda, d
     image = np.random.default_rng(2).integers(0, 256, (72, 96, 3), dtype=np.uint8)
     before = host_cuda.live()
     assert before == {"device": 0, "pinned": 0, "streams": 1, "events": 0}
-    detector = detector_for(CpuIOBindingRunner(_onnx(export_dir), device),
+    detector = detector_for(_runner(_onnx(export_dir), device),
                             DetectorConfig(prob_thresh=0.05), gpu_stages=True)
     with detector:
         detector.detect(image)
@@ -147,7 +146,7 @@ def test_the_benchmarks_copy_timed_wrapper_feeds_a_device_runner_from_the_host(
     device-I/O runner: the host runner's scores, the copies timed apart."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     bench_backends = importlib.import_module("bench_backends")
-    runner = bench_backends.CopyTimedDeviceRunner(CpuIOBindingRunner(_onnx(export_dir), device))
+    runner = bench_backends.CopyTimedDeviceRunner(_runner(_onnx(export_dir), device))
     runner.timings = {}
     x = np.random.default_rng(3).normal(size=(1, 3, 40, 56)).astype(np.float32)
     got = runner.run(x)
@@ -155,3 +154,67 @@ def test_the_benchmarks_copy_timed_wrapper_feeds_a_device_runner_from_the_host(
     np.testing.assert_array_equal(got, OnnxRuntimeRunner(_onnx(export_dir)).run(x))
     assert set(runner.timings) == {"h2d", "d2h"} and min(runner.timings.values()) >= 0
     runner.close()
+
+
+def _image(seed=1):
+    image = np.random.default_rng(seed).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    image[10:50, 20:70] = (220, 180, 150)
+    return image
+
+
+def test_create_detector_builds_onnxruntime_cuda_on_the_device_path(ort_gpu, host_cuda, export_dir):
+    """create_detector("onnxruntime-cuda") as on a GPU: the IOBinding runner on a stream of
+    its own, the CUDA stages picked by its capability on that stream; the CPU backend's boxes;
+    closing it returns every buffer, event and the stream."""
+    overrides = {"prob_thresh": 0.05}
+    assert "onnxruntime-cuda" in available_backends()
+    with create_detector("onnxruntime", model_dir=export_dir, config_overrides=overrides) as cpu:
+        want = cpu.detect(_image())
+    assert len(want) > 0
+    assert host_cuda.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    with create_detector("onnxruntime-cuda", model_dir=export_dir,
+                         config_overrides=overrides) as detector:
+        runner = detector.runner
+        assert isinstance(runner, OnnxRuntimeCudaRunner) and runner.capabilities.device_io
+        assert runner.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        handle = runner.stream
+        assert ort_gpu.sessions[-1]["options"]["CUDAExecutionProvider"]["user_compute_stream"] \
+            == str(handle)
+        assert type(detector.preprocessor).__name__ == "CudaPreprocessor"
+        assert type(detector.postprocessor).__name__ == "CudaPostprocessor"
+        assert host_cuda.live()["streams"] == 1  # the stages run on the runner's stream
+        got = detector.detect(_image())
+    assert host_cuda.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    assert handle not in host_cuda.streams
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-2)
+    np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=1e-5)
+
+
+def test_tf_detect_auto_takes_onnxruntime_cuda_and_says_so(ort_gpu, export_dir, tmp_path, capsys):
+    """tf-detect --backend auto where onnxruntime-gpu and a GPU are present (no TensorRT, no
+    torch GPU): the ONNX Runtime CUDA backend, named on stderr and in the JSON, with the CPU
+    backend's detections."""
+    from PIL import Image
+
+    from tinyfaces_trt.cli.detect import main
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(_image()).save(path)
+
+    def detect(*extra):
+        code = main([str(path), "--model", str(export_dir), "--json", "--prob-thresh", "0.05",
+                     *extra])
+        out, err = capsys.readouterr()
+        assert code == 0 and "Traceback" not in err, err
+        return json.loads(out), err
+
+    doc, err = detect("--backend", "auto")
+    assert doc["backend"] == "onnxruntime-cuda"
+    assert "backend auto: onnxruntime-cuda" in err
+    cpu, _ = detect()
+    assert cpu["backend"] == "onnxruntime"
+    (got,), (want,) = doc["images"], cpu["images"]
+    assert len(got["detections"]) == len(want["detections"]) > 0
+    np.testing.assert_allclose([d["score"] for d in got["detections"]],
+                               [d["score"] for d in want["detections"]], rtol=0, atol=1e-5)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import host_cudart
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NonFiniteScoresError,
                                        StageOrderError)
@@ -464,3 +465,27 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
         runner.check_levels(levels)
     runner.close()
     assert runner._contexts == []
+
+
+def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypatch):
+    """Over cuda_device itself (host memory, tests/host_cudart.py): close() returns the
+    runner's device buffers and the stream it created; a stream it was given stays."""
+    if host_cudart.missing():
+        pytest.skip(host_cudart.missing())
+    host = host_cudart.install(monkeypatch)
+    trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
+
+    def engine():
+        return FakeEngine((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 128, 128))
+
+    runner = TensorRTRunner(engine=engine(), trt=trt)
+    assert host.live() == {"device": 2, "pinned": 0, "streams": 1, "events": 0}
+    runner.close()
+    runner.close()
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    mine = cuda_device.Stream()
+    TensorRTRunner(engine=engine(), trt=trt, stream=mine).close()
+    TensorRTRunner(engine=engine(), trt=trt, stream=mine.handle).close()
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 1, "events": 0}
+    mine.close()
+    assert host.calls["cudaStreamDestroy"] == host.calls["cudaStreamCreate"] == 2

@@ -1,9 +1,9 @@
 """OnnxRuntimeCudaRunner's provider setup, against each thing ONNX Runtime may do with them.
 
-No onnxruntime-gpu can run here. ``GpuListingOrt`` is the real (CPU) onnxruntime that lists
-the CUDA and TensorRT providers, and whose sessions report what a scenario says ONNX Runtime
-did with them: which providers started and whether they kept our ``user_compute_stream``.
-The network itself runs on the CPU provider. This checks the
+No onnxruntime-gpu can run here. ``GpuListingOrt`` (tests/helpers_ort_gpu.py) is the real
+(CPU) onnxruntime that lists the CUDA and TensorRT providers, and whose sessions report what a
+scenario says ONNX Runtime did with them: which providers started and whether they kept our
+``user_compute_stream``. The network itself runs on the CPU provider. This checks the
 runner's logic (which providers it asks for, with which options, what it retries, what it
 refuses and what it says) and nothing of ONNX Runtime's GPU providers themselves.
 The stream comes from ``cuda_device`` over host memory (tests/host_cudart.py).
@@ -21,55 +21,9 @@ from tinyfaces_trt.runtime.backends import cuda_device, onnxruntime_cuda_runner,
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
                                                                     OnnxRuntimeCudaRunner)
 
-ort = pytest.importorskip("onnxruntime")
-CPU_EP = "CPUExecutionProvider"
-NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+pytest.importorskip("onnxruntime")
 
-
-def _strict(options) -> bool:
-    try:
-        return options.get_session_config_entry(NO_CPU_FALLBACK) == "1"
-    except RuntimeError:  # ORT raises for a key that was never set
-        return False
-
-
-class GpuListingOrt:
-    """onnxruntime with the GPU providers listed; sessions report ``started`` providers (those
-    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers."""
-
-    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,), loses_stream=()):
-        self.listed, self.started, self.loses_stream = list(listed), started, loses_stream
-        self.sessions: list[dict] = []
-
-    def __getattr__(self, name):
-        return getattr(ort, name)
-
-    def get_available_providers(self):
-        return self.listed
-
-    def InferenceSession(self, path, sess_options, providers):  # noqa: N802 (ORT's name)
-        asked = dict(providers)
-        self.sessions.append({"providers": list(asked), "options": asked,
-                              "strict": _strict(sess_options)})
-        session = ort.InferenceSession(path, providers=[CPU_EP])  # the network, on the CPU
-        return _ReportingSession(session, [p for p in asked if p in self.started] + [CPU_EP],
-                                 {p: {k: v for k, v in o.items()
-                                      if not (p in self.loses_stream and k == "user_compute_stream")}
-                                  for p, o in asked.items() if p in self.started})
-
-
-class _ReportingSession:
-    def __init__(self, session, providers, options):
-        self._session, self._providers, self._options = session, providers, options
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-    def get_providers(self):
-        return self._providers
-
-    def get_provider_options(self):
-        return self._options
+from helpers_ort_gpu import CPU_EP, GpuListingOrt  # noqa: E402
 
 
 @pytest.fixture

@@ -52,8 +52,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     """
 
     #: Where the bound input and output live for IOBinding ("cpu" runs the same device path
-    #: on ONNX Runtime's CPU provider over host memory: tests/test_device_path_cpu.py).
+    #: on ONNX Runtime's CPU provider over host memory: tests/helpers_ort_gpu.py).
     device_type = "cuda"
+    _own_stream = False  # whether close() destroys cuda_stream (the runner made it)
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
                  device_id: int = 0, tensorrt: bool = True) -> None:
@@ -69,6 +70,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         if not cuda_device.gpu_available():
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
+        self._own_stream = stream is None  # made here: close() destroys it
         # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
         # provider fails it retries on CUDA *without our provider options* (the stream): so
         # TensorRT only where the tensorrt package is there, and the stream checked below
@@ -150,9 +152,12 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self.cuda_stream.synchronize()
 
     def close(self) -> None:
-        """Drops the last output and the session (idempotent)."""
+        """Drops the last output and the session, and destroys the stream if the runner made
+        it (idempotent)."""
         self._last = None
         self.session = None
+        if self._own_stream:
+            self.cuda_stream.close()
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeCudaRunner({str(self.onnx_path)!r}, providers={self.providers})"

@@ -208,6 +208,7 @@ class TensorRTRunner(RunnerBase):
         self.input_name, self.output_name = input_name, output_name
         self.profiles = self.signature.profiles
         self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
+        self._own_stream = stream is None  # made here: close() destroys it
 
         # One context per profile; device buffers sized for the largest MAX shape.
         self._contexts = []
@@ -306,12 +307,15 @@ class TensorRTRunner(RunnerBase):
         self.cuda_stream.synchronize()
 
     def close(self) -> None:
-        """Frees the device buffers and drops the contexts and engine."""
+        """Frees the device buffers, drops the contexts and engine, and destroys the stream
+        if the runner made it (idempotent)."""
         for buf in self._buffers:
             buf.free()
         self._buffers = []
         self._contexts = []
         self.engine = None
+        if self._own_stream:
+            self.cuda_stream.close()
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({str(self.engine_path)!r}, {describe_profiles(self.profiles)})"

@@ -1,0 +1,124 @@
+"""benchmarks/latency.py with a device backend, end to end on the CPU.
+
+The ``onnxruntime-cuda`` row is what ``create_detector("onnxruntime-cuda")`` builds (the
+IOBinding runner between the CUDA stages, one stream), here over ONNX Runtime's CPU provider
+(tests/helpers_ort_gpu.py), the CPU build of the kernels and ``cuda_device`` over host memory
+(tests/host_cudart.py). So everything a GPU run of the benchmark does with a device backend
+runs here: the synchronised and end-to-end passes, the device counters, the batch rows,
+parity, the profile and the targets' choice of backend; and the CUDA rows of the decode/NMS
+micro-benchmark. The timings
+mean nothing; what is checked is that each part ran and what it reports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import host_cudart  # noqa: E402
+from helpers_kernels import (cpu_build_missing, cpu_library_path,  # noqa: E402
+                             use_cpu_build_for_cuda_stages)
+
+_MISSING = cpu_build_missing() or host_cudart.missing()
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
+
+LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, export_dir):
+    import helpers_ort_gpu
+
+    out = tmp_path_factory.mktemp("bench_device")
+    # the benchmark's model is conftest's (ResNet-50, seed 0): its export is the cached one
+    (out / "export").mkdir()
+    (out / "export" / "fp32").symlink_to(export_dir, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        host = use_cpu_build_for_cuda_stages(mp, cpu_library_path(tmp_path_factory))
+        helpers_ort_gpu.install(mp)
+        spec = importlib.util.spec_from_file_location("tinyfaces_bench_latency_device", LATENCY)
+        latency = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(latency)
+        argv = ["--image-size", "96x72", "--repeat", "2", "--warmup", "1", "--depth", "50",
+                "--backend", "reference,onnxruntime-cuda", "--candidates", "none",
+                "--batch", "2", "--parity", "--profile", "--no-plot",
+                "--out", str(out), "--name", "dev", "--export-dir", str(out / "export")]
+        assert latency.main(argv) == 0
+        live = host.live()
+        host.release_all()
+    return json.loads((out / "dev.json").read_text()), (out / "dev.md").read_text(), live
+
+
+def _backend(result, name):
+    (size,) = result["sizes"]
+    return next(b for b in size["backends"] if b["name"] == name)
+
+
+def test_the_device_backend_runs_every_pass(run):
+    result, _, live = run
+    row = _backend(result, "onnxruntime-cuda")
+    assert row["status"] == "ok", row.get("reason")
+    assert row["uses_gpu"] is True and row["copies_note"] == "as create_detector('onnxruntime-cuda') builds it"
+    assert len(row["stages"]["total"]["samples_ms"]) == len(row["end_to_end"]["samples_ms"]) == 2
+    assert set(row["stages"]) >= {"total", "preprocess", "network", "decode", "nms"}
+    stats = row["device_stats"]
+    assert stats["num_candidates"] >= row["detections"] > 0
+    assert "speedup_vs_reference" in row
+    assert live == {"device": 0, "pinned": 0, "streams": 0, "events": 0}  # all closed
+
+
+def test_batch_parity_and_profile_cover_the_device_backend(run):
+    result, md, _ = run
+    (size,) = result["sizes"]
+    (batch,) = [r for r in size["batch"]["rows"] if r["backend"] == "onnxruntime-cuda"]
+    assert batch["status"] == "ok" and batch["batch"] == 2 and batch["gain"] > 0
+    (parity,) = [r for r in size["parity"]["rows"] if r["backend"] == "onnxruntime-cuda"]
+    assert parity["passed"], parity.get("failures")
+    assert parity["test"] == parity["reference"] == parity["matched"] > 0
+    profile = size["profile"]
+    assert profile["backend"] == "onnxruntime-cuda" and profile["status"] == "ok"
+    assert "`onnxruntime-cuda`" in md
+
+
+def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
+    """The decode/NMS micro-benchmark's CUDA rows (on a smaller map than the benchmark's
+    270x480: the CPU build takes seconds per decode of that one)."""
+    from tinyfaces_trt.core.config import DetectorConfig
+
+    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    monkeypatch.syspath_prepend(str(LATENCY.parent))
+    bench_scores = importlib.import_module("bench_scores")
+    (row,) = bench_scores.run_decode_nms([300], DetectorConfig(), repeat=1, warmup=0,
+                                         map_hw=(48, 64), with_reference=False,
+                                         log=lambda _: None)
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    impls = {r["name"]: r for r in row["implementations"]}
+    assert impls["numpy (runtime)"]["candidates"] == row["candidates"] > 300
+    for name in ("cuda (CudaPostprocessor)", "cuda, lookahead NMS rule"):
+        assert impls[name]["status"] == "ok", impls[name].get("reason")
+        assert impls[name]["candidates"] == row["candidates"]
+        assert impls[name]["kept"] == impls["numpy (runtime)"]["kept"] > 0
+
+
+def test_targets_are_about_the_device_backend(run):
+    """Without torch-cuda, the targets take the GPU backend that ran (at the largest size)."""
+    result, md, _ = run
+    targets = {t["key"]: t for t in result["targets"]}
+    ref, row = _backend(result, "reference"), _backend(result, "onnxruntime-cuda")
+    speed = targets["speedup"]
+    assert speed["where"] == "`onnxruntime-cuda` at 96x72"
+    assert speed["measured"] == pytest.approx(ref["stages"]["total"]["median_ms"]
+                                              / row["end_to_end"]["median_ms"])
+    for key in ("overhead", "network_tflops", "batch_gain"):
+        assert targets[key]["where"] == "`onnxruntime-cuda` at 96x72"
+        assert targets[key]["measured"] > 0 and targets[key]["verdict"]
+    assert targets["batch_gain"]["detail"].endswith("(batch 2)")
+    assert targets["decode_nms_10k"]["verdict"] == "not measured: no 10000-candidate row (--candidates)"
+    assert "## Targets" in md and "`onnxruntime-cuda` at 96x72" in md
