@@ -538,7 +538,11 @@ def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipelin
         if cuda_stages:
             from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages as make_stages
 
-            pre, post = make_stages(ctx.config, trt_runner.cuda_stream)
+            try:
+                pre, post = make_stages(ctx.config, trt_runner.cuda_stream)
+            except BaseException:
+                trt_runner.close()
+                raise
             det = Detector(trt_runner, ctx.config, preprocessor=pre, postprocessor=post)
             return DetectorBench(det, uses_gpu=True, closers=(pre, post, trt_runner),
                                  copies_note="image upload inside preprocess, box download "

@@ -302,12 +302,14 @@ def collect_cases(namespace: dict[str, Any], *modules: Any) -> None:
 
 # --- the CUDA layer over host memory and the CPU build -----------------------------------------
 
-def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path) -> Any:
+def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path,
+                                  finalizers: bool = True) -> Any:
     """Points ``runtime.backends.cuda_device`` at host memory (tests/host_cudart.py) and the
     kernel loader at the CPU build, so that DeviceBuffer, Stream, Event, CudaPreprocessor,
     CudaPostprocessor and detector_for run unchanged without a GPU. Returns the
-    :class:`~host_cudart.HostCudart` (its ledger of allocations, streams and events)."""
+    :class:`~host_cudart.HostCudart` (its ledger of allocations, streams and events);
+    ``finalizers``: see :func:`host_cudart.install`."""
     import host_cudart
 
     monkeypatch.setenv(binding.ENV_LIBRARY, str(library_path))
-    return host_cudart.install(monkeypatch)
+    return host_cudart.install(monkeypatch, finalizers=finalizers)

@@ -8,7 +8,8 @@ scenario says ONNX Runtime did with them (which providers started, whether they 
 lists the GPU providers everywhere it is asked (``available_backends``, ``create_detector``,
 the benchmark's probes), and ``OnnxRuntimeCudaRunner`` binds its input and output to host
 memory (``device_type = "cpu"``), the output declared as device memory to the host CUDA double
-(tests/host_cudart.py, which must be installed too), as ONNX Runtime allocates it on a GPU.
+(tests/host_cudart.py, which must be installed too) until the runner closes, as ONNX Runtime
+allocates it on a GPU.
 Nothing of ONNX Runtime's GPU providers runs.
 """
 
@@ -90,4 +91,11 @@ def install(monkeypatch: Any, fake: GpuListingOrt | None = None) -> GpuListingOr
         return out
 
     monkeypatch.setattr(OnnxRuntimeCudaRunner, "run", run)
+    device_close = OnnxRuntimeCudaRunner.close
+
+    def close(self: OnnxRuntimeCudaRunner) -> None:
+        device_close(self)
+        cuda_device.runtime().disown(self)  # its output went with the session
+
+    monkeypatch.setattr(OnnxRuntimeCudaRunner, "close", close)
     return fake

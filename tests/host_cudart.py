@@ -91,6 +91,10 @@ class HostCudart:
         what ``owner`` declared before (its previous output is gone)."""
         self.foreign[owner] = (int(ptr), int(nbytes))
 
+    def disown(self, owner: Any) -> None:
+        """``owner``'s memory is gone (the runner was closed): copies from it are refused."""
+        self.foreign.pop(owner, None)
+
     def release_all(self) -> None:
         """Frees what is still allocated (test teardown)."""
         for ptr in list(self.device) + list(self.pinned):
@@ -265,12 +269,21 @@ class HostCudart:
         return self._ok()
 
 
-def install(monkeypatch: Any) -> HostCudart:
-    """Makes ``cuda_device`` use a new :class:`HostCudart` for the rest of the test."""
+def install(monkeypatch: Any, finalizers: bool = True) -> HostCudart:
+    """Makes ``cuda_device`` use a new :class:`HostCudart` for the rest of the test.
+
+    ``finalizers=False`` turns off the ``__del__`` of cuda_device's streams, events and
+    buffers, so that only an explicit ``close()`` / ``free()`` releases anything: a leak check
+    then tests what ``close()`` does, not what the garbage collector does later.
+    """
     from tinyfaces_trt.runtime.backends import cuda_device
 
     host = HostCudart()
     monkeypatch.setattr(cuda_device, "_runtime_module", host)
+    if not finalizers:
+        for cls in (cuda_device.Stream, cuda_device.Event, cuda_device.DeviceBuffer,
+                    cuda_device.PinnedBuffer):
+            monkeypatch.setattr(cls, "__del__", lambda self: None)
     return host
 
 

@@ -2,11 +2,12 @@
 
 ``OnnxRuntimeCudaRunner``'s device path (IOBinding of the input in place, ORT-owned output
 kept until the next run, shape checks, batches) runs here on ONNX Runtime's CPU provider over
-host memory (``device_type = "cpu"``, tests/helpers_ort_gpu.py), between the CUDA stages of the CPU build of the
-kernels (tests/helpers_kernels.py), with ``cuda_device``'s own buffers, streams and events
-over host memory (tests/host_cudart.py): resize -> network -> decode -> NMS with nothing but
-boxes coming back, as on a GPU. What stays unverified: the CUDA provider itself, its stream
-(``user_compute_stream``) and the TensorRT provider (no onnxruntime-gpu here).
+host memory (``device_type = "cpu"``, tests/helpers_ort_gpu.py), between the CUDA stages of
+the CPU build of the kernels (tests/helpers_kernels.py), with ``cuda_device``'s own buffers,
+streams and events over host memory (tests/host_cudart.py): resize -> network -> decode ->
+NMS with nothing but boxes coming back, as on a GPU. Their finalizers are off, so whatever
+``close()`` does not release stays visible. What stays unverified: the CUDA provider itself,
+its stream (``user_compute_stream``) and the TensorRT provider (no onnxruntime-gpu here).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import host_cudart
 from helpers_kernels import cpu_build_missing, cpu_library_path, use_cpu_build_for_cuda_stages
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import NetworkInputError
+from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError
 from tinyfaces_trt.runtime.backends import (available_backends, create_detector, cuda_device,
                                             detector_for)
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
@@ -37,8 +38,10 @@ pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
 
 @pytest.fixture
 def host_cuda(monkeypatch, tmp_path_factory):
-    """cuda_device over host memory (tests/host_cudart.py), the kernels' CPU build."""
-    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    """cuda_device over host memory (tests/host_cudart.py), the kernels' CPU build; only an
+    explicit close() / free() releases anything."""
+    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory),
+                                         finalizers=False)
     yield host
     host.release_all()
 
@@ -191,10 +194,11 @@ def test_create_detector_builds_onnxruntime_cuda_on_the_device_path(ort_gpu, hos
     np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=1e-5)
 
 
-def test_tf_detect_auto_takes_onnxruntime_cuda_and_says_so(ort_gpu, export_dir, tmp_path, capsys):
+def test_tf_detect_auto_takes_onnxruntime_cuda_and_says_so(ort_gpu, host_cuda, export_dir,
+                                                          tmp_path, capsys):
     """tf-detect --backend auto where onnxruntime-gpu and a GPU are present (no TensorRT, no
     torch GPU): the ONNX Runtime CUDA backend, named on stderr and in the JSON, with the CPU
-    backend's detections."""
+    backend's detections; it closes the detector before it returns."""
     from PIL import Image
 
     from tinyfaces_trt.cli.detect import main
@@ -212,9 +216,36 @@ def test_tf_detect_auto_takes_onnxruntime_cuda_and_says_so(ort_gpu, export_dir, 
     doc, err = detect("--backend", "auto")
     assert doc["backend"] == "onnxruntime-cuda"
     assert "backend auto: onnxruntime-cuda" in err
+    assert host_cuda.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    assert host_cuda.calls["cudaStreamCreate"] == 1
     cpu, _ = detect()
     assert cpu["backend"] == "onnxruntime"
     (got,), (want,) = doc["images"], cpu["images"]
     assert len(got["detections"]) == len(want["detections"]) > 0
-    np.testing.assert_allclose([d["score"] for d in got["detections"]],
-                               [d["score"] for d in want["detections"]], rtol=0, atol=1e-5)
+    for key, atol in (("score", 2e-5), ("box", 2e-2)):  # the JSON rounds to 1e-5 and 0.01
+        np.testing.assert_allclose([d[key] for d in got["detections"]],
+                                   [d[key] for d in want["detections"]], rtol=0, atol=atol)
+
+
+def test_stages_made_without_a_stream_destroy_theirs_on_close(host_cuda):
+    """cuda_stages() with no stream makes one for both stages; closing them (as Detector.close
+    does: preprocessor, then postprocessor) destroys it. A stage built alone likewise."""
+    from tinyfaces_trt.runtime.backends.cuda_stages import (CudaPostprocessor, CudaPreprocessor,
+                                                            cuda_stages)
+
+    pre, post = cuda_stages(DetectorConfig())
+    assert pre.stream is post.stream and host_cuda.live()["streams"] == 1
+    pre.close()
+    assert host_cuda.live()["streams"] == 1  # the postprocessor still works on it
+    post.close()
+    post.close()
+    for stage in (CudaPreprocessor(DetectorConfig()), CudaPostprocessor(DetectorConfig())):
+        stage.close()
+    assert host_cuda.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    given = cuda_device.Stream()
+    for stage in cuda_stages(DetectorConfig(), given):
+        stage.close()
+    assert host_cuda.live()["streams"] == 1 and given.handle in host_cuda.streams
+    given.close()
+    with pytest.raises(TinyFacesError, match="this CUDA stream is closed"):
+        given.handle

@@ -20,7 +20,7 @@ import pytest
 import host_cudart
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NonFiniteScoresError,
-                                       StageOrderError)
+                                       StageOrderError, TinyFacesError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
@@ -472,7 +472,7 @@ def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypa
     runner's device buffers and the stream it created; a stream it was given stays."""
     if host_cudart.missing():
         pytest.skip(host_cudart.missing())
-    host = host_cudart.install(monkeypatch)
+    host = host_cudart.install(monkeypatch, finalizers=False)
     trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
 
     def engine():
@@ -489,3 +489,9 @@ def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypa
     assert host.live() == {"device": 0, "pinned": 0, "streams": 1, "events": 0}
     mine.close()
     assert host.calls["cudaStreamDestroy"] == host.calls["cudaStreamCreate"] == 2
+    broken = engine()
+    broken.create_execution_context = lambda: None
+    with pytest.raises(TinyFacesError, match="could not create an execution context"):
+        TensorRTRunner(engine=broken, trt=trt)
+    assert host.calls["cudaStreamCreate"] == 3
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}

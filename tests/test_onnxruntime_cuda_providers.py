@@ -30,7 +30,7 @@ from helpers_ort_gpu import CPU_EP, GpuListingOrt  # noqa: E402
 def host(monkeypatch):
     if host_cudart.missing():
         pytest.skip(host_cudart.missing())
-    h = host_cudart.install(monkeypatch)
+    h = host_cudart.install(monkeypatch, finalizers=False)
     yield h
     h.release_all()
 
@@ -87,6 +87,7 @@ def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_strea
 
 
 def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_dir, tmp_path):
+    """... and a runner that fails after making its stream destroys it."""
     with pytest.raises(BackendUnavailableError, match=r"could not start its CUDA provider \(running "
                                                       r"on \['CPUExecutionProvider'\]\)"):
         _runner(monkeypatch, GpuListingOrt(started=()), export_dir)
@@ -101,3 +102,4 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
     monkeypatch.setattr(cuda_device, "gpu_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU; none is visible"):
         _runner(monkeypatch, GpuListingOrt(), export_dir)
+    assert host.calls["cudaStreamCreate"] == 2 and host.live()["streams"] == 0

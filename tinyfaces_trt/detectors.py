@@ -159,13 +159,14 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
 
     require_cuda()  # before loading (or building) the model
     model, config = reference_model(weights, depth, variant)
+    config = apply_overrides(config, config_overrides)
+    identity = torch_identity(weights)
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
                              cache_dir=cache_dir)
-    identity = torch_identity(weights)
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
-    return folder_backends.detector_for(runner, apply_overrides(config, config_overrides),
-                                        gpu_stages=gpu_stages, identity=identity)
+    return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
+                                           identity=identity)
 
 
 def torch_identity(weights: str | os.PathLike[str] | None) -> ModelIdentity:

@@ -165,7 +165,18 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     config = apply_overrides(folder.config, config_overrides)
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads)
     warn_if_untrained(folder.identity)
-    return detector_for(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
+    return detector_owning(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
+
+
+def detector_owning(runner: NetworkRunner, config: DetectorConfig,
+                    gpu_stages: bool | None = None,
+                    identity: ModelIdentity | None = None) -> Detector:
+    """:func:`detector_for` a runner made for it: closed when no detector can be built."""
+    try:
+        return detector_for(runner, config, gpu_stages=gpu_stages, identity=identity)
+    except BaseException:
+        runner.close()
+        raise
 
 
 def detector_for(runner: NetworkRunner, config: DetectorConfig,
@@ -206,6 +217,6 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
 
 __all__ = [
     "BACKENDS", "apply_overrides", "available_backends", "create_detector",
-    "create_runner", "detector_for", "warn_if_untrained",
+    "create_runner", "detector_for", "detector_owning", "warn_if_untrained",
 ]
 

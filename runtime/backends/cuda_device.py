@@ -109,6 +109,8 @@ class Stream:
     @property
     def handle(self) -> int:
         """The ``cudaStream_t`` as an int (0 only for the legacy default stream)."""
+        if self._stream is None:
+            raise TinyFacesError("this CUDA stream is closed (its detector or runner was closed)")
         return int(self._stream)
 
     def synchronize(self) -> None:

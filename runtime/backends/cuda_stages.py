@@ -103,6 +103,7 @@ class CudaPreprocessor:
         self.config = config
         self.lib = _load(library)
         self.stream = _as_stream(stream)
+        self._own_stream = stream is None  # made here: close() destroys it
         self._to_runner = StreamOrder(self.stream, runner_stream if runner_stream is not None
                                       else self.stream)
         self._scale, self._bias = config.normalization.scale_and_bias()
@@ -168,7 +169,8 @@ class CudaPreprocessor:
         self._levels = {}
 
     def close(self) -> None:
-        """Frees the device and pinned buffers (idempotent)."""
+        """Frees the device and pinned buffers and the event, and destroys the stream if it
+        was made here (idempotent)."""
         if self._uploaded is not None:
             self._uploaded.synchronize()
             self._uploaded.close()
@@ -178,6 +180,8 @@ class CudaPreprocessor:
             scratch.free()
         self._to_runner.close()
         self._sources = []
+        if self._own_stream:
+            self.stream.close()
 
 
 class _ImageCandidates:
@@ -227,6 +231,7 @@ class CudaPostprocessor:
         self.config = config
         self.lib = _load(library)
         self.stream = _as_stream(stream)
+        self._own_stream = stream is None  # made here: close() destroys it
         producer = runner_stream if runner_stream is not None else self.stream
         self._after_runner = StreamOrder(producer, self.stream)
         self._before_runner = StreamOrder(self.stream, producer)
@@ -364,7 +369,8 @@ class CudaPostprocessor:
         self.stream.synchronize()
 
     def close(self) -> None:
-        """Frees the device buffers (idempotent)."""
+        """Frees the device buffers and the events, and destroys the stream if it was made
+        here (idempotent)."""
         for image in self._images:
             image.buffer.free()
         self._images = []
@@ -372,13 +378,27 @@ class CudaPostprocessor:
             scratch.free()
         self._after_runner.close()
         self._before_runner.close()
+        if self._own_stream:
+            self.stream.close()
 
 
 def cuda_stages(config: DetectorConfig, stream: Stream | int | None = None, library: Any = None,
                 runner_stream: Stream | int | None = None
                 ) -> tuple[CudaPreprocessor, CudaPostprocessor]:
     """A :class:`CudaPreprocessor` and :class:`CudaPostprocessor` sharing one stream
-    (default: ``runner_stream`` when given, so that no event is needed, else a new one)."""
+    (default: ``runner_stream`` when given, so that no event is needed, else a new one, which
+    the postprocessor's ``close()`` destroys: a :class:`Detector` closes it last of the two)."""
+    made = stream is None and runner_stream is None
     stream = _as_stream(stream if stream is not None else runner_stream)
-    return (CudaPreprocessor(config, stream, library, runner_stream),
-            CudaPostprocessor(config, stream, library, runner_stream))
+    pre = post = None
+    try:
+        pre = CudaPreprocessor(config, stream, library, runner_stream)
+        post = CudaPostprocessor(config, stream, library, runner_stream)
+    except BaseException:
+        if pre is not None:
+            pre.close()
+        if made:
+            stream.close()
+        raise
+    post._own_stream = made
+    return pre, post

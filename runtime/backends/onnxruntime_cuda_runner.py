@@ -54,7 +54,6 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     #: Where the bound input and output live for IOBinding ("cpu" runs the same device path
     #: on ONNX Runtime's CPU provider over host memory: tests/helpers_ort_gpu.py).
     device_type = "cuda"
-    _own_stream = False  # whether close() destroys cuda_stream (the runner made it)
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
                  device_id: int = 0, tensorrt: bool = True) -> None:
@@ -71,6 +70,15 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
+        try:
+            self._open_on_stream(onnx_path, available, device_id, tensorrt)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_on_stream(self, onnx_path: Any, available: list[str], device_id: int,
+                        tensorrt: bool) -> None:
+        """Opens the session with the GPU providers on :attr:`cuda_stream`; device I/O."""
         # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
         # provider fails it retries on CUDA *without our provider options* (the stream): so
         # TensorRT only where the tensorrt package is there, and the stream checked below

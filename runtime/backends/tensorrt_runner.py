@@ -209,9 +209,16 @@ class TensorRTRunner(RunnerBase):
         self.profiles = self.signature.profiles
         self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
+        try:
+            self._make_contexts(input_name, output_name)
+        except BaseException:
+            self.close()
+            raise
+        log.info("TensorRT %s engine %s: %s", trt.__version__, self.engine_path.name,
+                 describe_profiles(self.profiles))
 
-        # One context per profile; device buffers sized for the largest MAX shape.
-        self._contexts = []
+    def _make_contexts(self, input_name: str, output_name: str) -> None:
+        """One execution context per profile; device buffers sized for the largest MAX shape."""
         max_in = max_out = 0
         for index, profile in enumerate(self.profiles):
             context = self.engine.create_execution_context()
@@ -225,11 +232,10 @@ class TensorRTRunner(RunnerBase):
             self._contexts.append(context)
         self.cuda_stream.synchronize()
         itemsize = np.dtype(np.float32).itemsize
-        self._input = cuda.DeviceBuffer(max_in * itemsize)
-        self._output = cuda.DeviceBuffer(max_out * itemsize)
-        self._buffers = [self._input, self._output]
-        log.info("TensorRT %s engine %s: %s", trt.__version__, self.engine_path.name,
-                 describe_profiles(self.profiles))
+        self._input = self._cuda.DeviceBuffer(max_in * itemsize)
+        self._buffers.append(self._input)
+        self._output = self._cuda.DeviceBuffer(max_out * itemsize)
+        self._buffers.append(self._output)
 
     def _deserialize(self, trt: Any) -> Any:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -533,6 +533,7 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
     finally:
         if bar is not None:
             bar.close()
+        detector.close()  # device memory and streams back before the summary
     if args.json:
         print(json.dumps({"backend": args.backend, "untrained": untrained, "model": model,
                           "images": records, "skipped": skipped, "errors": failures}, indent=2))
