@@ -394,7 +394,8 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
             activities.append(ProfilerActivity.CUDA)
         bench.pipe.detect(image, None)
         bench.pipe.synchronize()
-        with profile(activities=activities) as prof:
+        # one cycle; acc_events: torch 2.11 otherwise warns that a cycle clears the events
+        with profile(activities=activities, acc_events=True) as prof:
             start = time.perf_counter()
             bench.pipe.detect(image, None)
             bench.pipe.synchronize()
