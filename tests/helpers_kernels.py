@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit  # the sigmoid, without overflow warnings at large |logit|
 
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -262,7 +263,7 @@ class KernelHarness:
             rows = self.nms_on(boxes, logits, keys, thresh, offset, lookahead=lookahead)
             assert rows.shape == (len(want), 5), lookahead
             np.testing.assert_array_equal(rows[:, :4], boxes[want])  # copies, unclipped: exact
-            np.testing.assert_allclose(rows[:, 4], 1 / (1 + np.exp(-logits[want].astype(np.float64))),
+            np.testing.assert_allclose(rows[:, 4], expit(logits[want].astype(np.float64)),
                                        rtol=0, atol=1e-6)
 
     def resize(self, image: np.ndarray, dst_hw: tuple[int, int], config: DetectorConfig,
