@@ -30,6 +30,7 @@ import numpy as np
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.core.runner import RunnerBase
 
 from bench_common import one_line
 
@@ -182,9 +183,7 @@ class LevelTimedRunner:
         return t.get("h2d", 0.0) + t.get("d2h", 0.0)
 
     def synchronize(self) -> None:
-        sync = getattr(self.inner, "synchronize", None)
-        if sync is not None:
-            sync()
+        self.inner.synchronize()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -237,16 +236,14 @@ class DetectorBench(Pipeline):
 
     def synchronize(self) -> None:
         for stage in (self.detector.preprocessor, self.level_runner, self.detector.postprocessor):
-            sync = getattr(stage, "synchronize", None)
-            if sync is not None:
-                sync()
+            stage.synchronize()
 
     def close(self) -> None:
         for obj in self.closers:
             obj.close()
 
 
-class CopyTimedTorchCuda:
+class CopyTimedTorchCuda(RunnerBase):
     """Feeds :class:`~tinyfaces_trt.export.torch_cuda.TorchCudaRunner` from the host with the
     copies timed apart: ``h2d`` (numpy -> CUDA tensor), the runner device to device on its
     stream, ``d2h`` (score map -> numpy)."""
@@ -281,7 +278,7 @@ class CopyTimedTorchCuda:
         self.inner.close()
 
 
-class CopyTimedDeviceRunner:
+class CopyTimedDeviceRunner(RunnerBase):
     """Feeds a device-capable runner (TensorRT) from the host with the copies timed apart.
 
     ``h2d``: numpy input -> device buffer; the runner runs device to device; ``d2h``: the
@@ -293,7 +290,8 @@ class CopyTimedDeviceRunner:
 
         self.cuda = cuda_device
         self.inner = inner
-        self.stream = cuda_device.Stream(handle=inner.stream)  # runners give the handle (an int)
+        # the inner runner's stream (runners give the handle, an int); this wrapper is a host runner
+        self.inner_stream = cuda_device.Stream(handle=inner.stream)
         self.timings: Timings | None = None
         self._buffer: Any = None
 
@@ -304,16 +302,16 @@ class CopyTimedDeviceRunner:
             if self._buffer is not None:
                 self._buffer.free()
             self._buffer = self.cuda.DeviceBuffer(x.nbytes)
-        self._buffer.upload(x, self.stream)
-        self.stream.synchronize()
+        self._buffer.upload(x, self.inner_stream)
+        self.inner_stream.synchronize()
         uploaded = time.perf_counter()
         out = self.inner.run(self.cuda.DeviceArray(self._buffer.ptr, x.shape, np.float32,
-                                                   owner=self._buffer, stream=self.stream))
-        self.stream.synchronize()
+                                                   owner=self._buffer, stream=self.inner_stream))
+        self.inner_stream.synchronize()
         computed = time.perf_counter()
         host = np.empty(tuple(out.shape), dtype=np.float32)
         out.download(host)
-        self.stream.synchronize()
+        self.inner_stream.synchronize()
         done = time.perf_counter()
         if self.timings is not None:
             self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
@@ -321,7 +319,7 @@ class CopyTimedDeviceRunner:
         return host
 
     def synchronize(self) -> None:
-        self.stream.synchronize()
+        self.inner_stream.synchronize()
 
     def check_levels(self, shapes: Any) -> None:
         self.inner.check_levels(shapes)

@@ -15,15 +15,18 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   for all images); otherwise the detector runs images one by one.
 
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
-memory); the detector finishes reading it first. ``close()`` releases the runner's memory
-(device buffers, sessions); a closed runner may not run again.
+memory); the detector finishes reading it first. ``synchronize()`` waits for the runner's
+queued device work (per-stage timings); ``close()`` releases the runner's memory (device
+buffers, sessions); a closed runner may not run again.
 
-:class:`RunnerBase` gives the defaults (host I/O, no batch, nothing to check or close).
+Every member is required: the detector checks a runner once (:func:`require_runner`) and then
+calls it without probing. :class:`RunnerBase` gives the defaults (host I/O, no batch, nothing
+to check, wait for or close).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,8 +61,15 @@ class NetworkRunner(Protocol):
         """Raises a TinyFacesError for a level this runner cannot run (e.g. outside a TensorRT
         engine's profile); called before any work on an image."""
 
+    def synchronize(self) -> None:
+        """Waits until the runner's queued work is done (nothing to wait for on the host)."""
+
     def close(self) -> None:
         """Releases the runner's memory; idempotent."""
+
+
+#: The members every runner has (:class:`NetworkRunner`).
+RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "synchronize", "close")
 
 
 class RunnerBase:
@@ -77,6 +87,9 @@ class RunnerBase:
     def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
         return None
 
+    def synchronize(self) -> None:
+        return None
+
     def close(self) -> None:
         return None
 
@@ -87,9 +100,38 @@ class RunnerBase:
         self.close()
 
 
+def missing_members(obj: object, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that ``obj`` lacks (looked up on its class first, so that a property
+    is not evaluated; then on the instance, for attributes set in ``__init__``)."""
+    return [name for name in names if not hasattr(type(obj), name) and not hasattr(obj, name)]
+
+
+def require_runner(runner: object) -> NetworkRunner:
+    """``runner``, checked to have every :class:`NetworkRunner` member and valid capabilities.
+
+    Raises:
+        TypeError: a member is missing (naming each, and :class:`RunnerBase` for defaults), or
+            ``capabilities`` is not a :class:`RunnerCapabilities`.
+    """
+    missing = missing_members(runner, RUNNER_MEMBERS)
+    if missing:
+        raise TypeError(f"{type(runner).__name__} is not a NetworkRunner: it has no "
+                        f"{', '.join(missing)}; subclass tinyfaces_trt.core.runner.RunnerBase "
+                        "for the host defaults")
+    capabilities_of(runner)
+    return runner  # type: ignore[return-value]
+
+
 def capabilities_of(runner: object) -> RunnerCapabilities:
-    """A runner's capabilities (:data:`HOST` for a runner that declares none)."""
-    caps = getattr(runner, "capabilities", HOST)
+    """A runner's capabilities.
+
+    Raises:
+        TypeError: the runner declares none, or not a :class:`RunnerCapabilities`.
+    """
+    caps = getattr(runner, "capabilities", None)
+    if caps is None:
+        raise TypeError(f"{type(runner).__name__} declares no capabilities: it is not a "
+                        "NetworkRunner (subclass tinyfaces_trt.core.runner.RunnerBase)")
     if not isinstance(caps, RunnerCapabilities):
         raise TypeError(f"{type(runner).__name__}.capabilities must be a RunnerCapabilities, "
                         f"got {type(caps).__name__}")

@@ -20,7 +20,8 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
-from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
+from tinyfaces_trt.core.runner import (
+    NetworkRunner, capabilities_of, missing_members, require_runner)
 
 
 @runtime_checkable
@@ -33,6 +34,12 @@ class Preprocessor(Protocol):
 
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> Any:
         """N images of one size -> the level's (N, 3, h, w) float32 input."""
+
+    def synchronize(self) -> None:
+        """Waits until the stage's queued work is done (nothing to wait for on the host)."""
+
+    def close(self) -> None:
+        """Releases the stage's buffers; idempotent."""
 
 
 @runtime_checkable
@@ -52,23 +59,41 @@ class Postprocessor(Protocol):
     def finish(self) -> np.ndarray:
         """:meth:`finish_all` of a single image."""
 
+    def synchronize(self) -> None:
+        """Waits until the stage's queued work is done (nothing to wait for on the host)."""
 
-def _sync(stage: object) -> None:
-    sync = getattr(stage, "synchronize", None)
-    if sync is not None:
-        sync()
+    def close(self) -> None:
+        """Releases the stage's buffers; idempotent."""
+
+
+_STAGE_MEMBERS = {
+    Preprocessor: ("prepare", "prepare_batch", "synchronize", "close"),
+    Postprocessor: ("reset", "add_level", "finish_all", "finish", "synchronize", "close"),
+}
+
+
+def _require_stage(stage: object, protocol: type) -> Any:
+    missing = missing_members(stage, _STAGE_MEMBERS[protocol])
+    if missing:
+        raise TypeError(f"{type(stage).__name__} is not a {protocol.__name__}: it has no "
+                        f"{', '.join(missing)}")
+    return stage
 
 
 class Detector:
     """The Tiny Faces detector over a pluggable network runner.
 
     Args:
-        runner: the network (ONNX Runtime, TensorRT, torch reference, ...).
+        runner: the network (ONNX Runtime, TensorRT, torch reference, ...): a
+            :class:`~tinyfaces_trt.core.runner.NetworkRunner`, e.g. a ``RunnerBase`` subclass.
         config: templates, normalisation, thresholds, pyramid rule.
         preprocessor: defaults to the numpy resize + normalise.
         postprocessor: defaults to the numpy decode + NMS.
         identity: which network this is (checkpoint sha256, untrained flag), recorded in
             output files; None when unknown.
+
+    Raises:
+        TypeError: the runner or a stage lacks a member of its protocol.
     """
 
     def __init__(self, runner: NetworkRunner, config: DetectorConfig | None = None,
@@ -79,9 +104,11 @@ class Detector:
         from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
         self.config = config or DetectorConfig()
-        self.runner = runner
-        self.preprocessor = preprocessor or HostPreprocessor(self.config)
-        self.postprocessor = postprocessor or HostPostprocessor(self.config)
+        self.runner = require_runner(runner)
+        self.preprocessor: Preprocessor = _require_stage(
+            preprocessor or HostPreprocessor(self.config), Preprocessor)
+        self.postprocessor: Postprocessor = _require_stage(
+            postprocessor or HostPostprocessor(self.config), Postprocessor)
         self._identity = identity
 
     @property
@@ -136,9 +163,7 @@ class Detector:
         height, width = images[0].shape[:2]
         clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
         levels = self.plan(height, width)
-        check_levels = getattr(self.runner, "check_levels", None)
-        if check_levels is not None:
-            check_levels(levels)  # refuse the whole image before running any level
+        self.runner.check_levels(levels)  # refuse the whole image before running any level
         self.postprocessor.reset(height, width, len(images))
         for level in levels:
             if len(images) == 1:
@@ -155,11 +180,16 @@ class Detector:
         return boxes
 
     def close(self) -> None:
-        """Releases the runner's and the stages' memory (device buffers); idempotent."""
+        """Releases the stages' and the runner's memory (device buffers); idempotent. Every
+        part is closed even when one fails; the first failure is raised afterwards."""
+        failure: Exception | None = None
         for part in (self.preprocessor, self.postprocessor, self.runner):
-            close = getattr(part, "close", None)
-            if close is not None:
-                close()
+            try:
+                part.close()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> "Detector":
         return self
@@ -171,7 +201,8 @@ class Detector:
 class _StageClock:
     """Adds wall time per stage into ``timings`` (no-op when it is None)."""
 
-    def __init__(self, timings: MutableMapping[str, float] | None, stages: tuple[object, ...]):
+    def __init__(self, timings: MutableMapping[str, float] | None,
+                 stages: tuple[Preprocessor | NetworkRunner | Postprocessor, ...]):
         self.timings = timings
         self.stages = stages
         self.last = time.perf_counter()
@@ -180,7 +211,7 @@ class _StageClock:
         if self.timings is None:
             return
         for stage in self.stages:
-            _sync(stage)
+            stage.synchronize()
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + (now - self.last)
         self.last = now

@@ -110,3 +110,9 @@ class HostPostprocessor:
         """:meth:`finish_all` of a single image."""
         (boxes,) = self.finish_all()
         return boxes
+
+    def synchronize(self) -> None:
+        """Nothing is queued on the host."""
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -42,3 +42,9 @@ class HostPreprocessor:
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> np.ndarray:
         """N images of one size -> the level's (N, 3, level.height, level.width) float32 input."""
         return np.concatenate([self.prepare(image, level) for image in images])
+
+    def synchronize(self) -> None:
+        """Nothing is queued on the host."""
+
+    def close(self) -> None:
+        """Nothing to release."""

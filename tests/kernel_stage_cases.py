@@ -18,7 +18,7 @@ from kernel_abi_cases import IMAGE_HW
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError
 from tinyfaces_trt.core.pyramid import PyramidLevel
-from tinyfaces_trt.core.runner import RunnerCapabilities
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends import cuda_stages as stages
 from tinyfaces_trt.runtime.pipeline import Detector
@@ -27,7 +27,7 @@ from tinyfaces_trt.runtime.preprocess import normalize
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
 
-class RecordingRunner:
+class RecordingRunner(RunnerBase):
     """A deterministic stand-in network: 8x8-pooled input -> score map; records its outputs."""
 
     def __init__(self):
@@ -50,14 +50,20 @@ class RecordingRunner:
         return scores
 
 
-class ReplayRunner:
+class ReplayRunner(RunnerBase):
     """Returns the recorded score maps in order, after checking the device input against the
     recorded host input; hands them back as numpy or as a DeviceArray (a device-I/O runner on
     the stages' stream)."""
 
+    capabilities = RunnerCapabilities(device_io=True)
+
     def __init__(self, recorded, kind, stream):
-        self.recorded, self.kind, self.stream = recorded, kind, stream
+        self.recorded, self.kind, self.cuda_stream = recorded, kind, stream
         self.index, self.buffers = 0, []
+
+    @property
+    def stream(self):
+        return self.cuda_stream.handle
 
     def run(self, net_input):
         assert isinstance(net_input, cuda_device.DeviceArray)
@@ -67,7 +73,7 @@ class ReplayRunner:
         if self.kind == "numpy":
             return scores
         buf = stages.DeviceBuffer(scores.nbytes)
-        buf.upload(scores, self.stream)
+        buf.upload(scores, self.cuda_stream)
         self.buffers.append(buf)
         return cuda_device.DeviceArray(buf.ptr, scores.shape, np.float32, owner=buf)
 
@@ -98,7 +104,7 @@ def test_detector_with_cuda_stages_matches_host(stream, kind, variant):
     post.close()
 
 
-class NonFiniteRunner:
+class NonFiniteRunner(RunnerBase):
     """A stand-in network whose second level's map holds 4 NaN / inf values (an inactive
     template's cls, an active one's cls and ty, a th channel); it ignores its input, so it
     serves host and device inputs alike."""
@@ -140,7 +146,7 @@ def test_detector_with_cuda_stages_refuses_non_finite_scores_as_the_host_path(st
     post.close()
 
 
-class BatchDeviceRunner:
+class BatchDeviceRunner(RunnerBase):
     """A device-I/O, batch-capable stand-in: runs RecordingRunner's network image by image on
     a downloaded copy of the batch and hands the (N, 125, h', w') maps back on the device."""
 

@@ -34,6 +34,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, Man
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.profiles import Profile
+from tinyfaces_trt.core.runner import RunnerBase
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 CPU = "CPUExecutionProvider"
@@ -220,7 +221,7 @@ def test_select_profile_picks_first_containing_and_names_ranges():
         select_profile((1, 3, 2000, 50), [small])
 
 
-class _ProfileRunner:
+class _ProfileRunner(RunnerBase):
     """A host runner with a TensorRT-like shape range (tests the pipeline's check_levels hook)."""
 
     def __init__(self, inner, profile: Profile):

@@ -27,6 +27,7 @@ from tinyfaces_trt.detectors import create_detector, resolve_backend
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.runtime.backends import create_runner, cuda_device, cuda_stages, detector_for
 from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner
+from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.runtime.postprocess import HostPostprocessor
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
@@ -221,6 +222,107 @@ def test_device_runner_without_cuda_stages_falls_back_loudly_or_fails_when_requi
 
 
 # ---------------------------------------------------------------------------------------------
+# The protocol, checked once: no probing afterwards
+# ---------------------------------------------------------------------------------------------
+
+class _RunOnly:
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return HostRunner().run(x)
+
+
+class _OldPostprocessor:
+    """The postprocessor protocol before synchronize() and close() were members."""
+
+    def __init__(self) -> None:
+        self.inner = HostPostprocessor(DetectorConfig())
+        self.reset, self.add_level = self.inner.reset, self.inner.add_level
+        self.finish_all, self.finish = self.inner.finish_all, self.inner.finish
+
+
+def test_what_is_not_a_runner_or_a_stage_is_refused_naming_what_it_lacks():
+    config = DetectorConfig()
+    with pytest.raises(TypeError) as info:
+        Detector(_RunOnly(), config)
+    assert str(info.value) == (
+        "_RunOnly is not a NetworkRunner: it has no capabilities, stream, check_levels, "
+        "synchronize, close; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
+    with pytest.raises(TypeError, match="_RunOnly declares no capabilities: it is not a "
+                                        "NetworkRunner"):
+        detector_for(_RunOnly(), config)
+
+    class DictCapabilities(HostRunner):
+        capabilities = {"device_io": True}  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="DictCapabilities.capabilities must be a "
+                                        "RunnerCapabilities, got dict"):
+        Detector(DictCapabilities(), config)
+    with pytest.raises(TypeError, match="^_OldPostprocessor is not a Postprocessor: it has no "
+                                        "synchronize, close$"):
+        Detector(HostRunner(), config, postprocessor=_OldPostprocessor())
+    with pytest.raises(TypeError, match="^HostPostprocessor is not a Preprocessor: it has no "
+                                        "prepare, prepare_batch$"):
+        Detector(HostRunner(), config, preprocessor=HostPostprocessor(config))
+
+
+class _Counting:
+    """Counts synchronize() and close() calls of the part it is mixed into."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.syncs = self.closes = 0
+
+    def synchronize(self) -> None:
+        self.syncs += 1
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class _CountingRunner(_Counting, HostRunner):
+    pass
+
+
+class _CountingPre(_Counting, HostPreprocessor):
+    pass
+
+
+class _CountingPost(_Counting, HostPostprocessor):
+    pass
+
+
+def test_timed_detection_waits_for_every_part_and_close_closes_each_once():
+    config = DetectorConfig()
+    parts = _CountingPre(config), _CountingRunner(), _CountingPost(config)
+    detector = Detector(parts[1], config, preprocessor=parts[0], postprocessor=parts[2])
+    image = synthetic_image(48, 64, seed=2)
+    detector.detect(image)
+    assert [p.syncs for p in parts] == [0, 0, 0]  # untimed: no host waits
+    timings: dict[str, float] = {}
+    detector.detect(image, timings)
+    laps = 3 * len(detector.plan(48, 64)) + 1  # preprocess, network, decode per level; nms
+    assert [p.syncs for p in parts] == [laps] * 3
+    assert set(timings) == {"preprocess", "network", "decode", "nms"}
+    with detector:
+        pass
+    assert [p.closes for p in parts] == [1, 1, 1]
+
+
+def test_close_closes_every_part_when_one_fails():
+    config = DetectorConfig()
+
+    class FailingPost(_CountingPost):
+        def close(self) -> None:
+            super().close()
+            raise RuntimeError("cudaErrorIllegalAddress")
+
+    pre, runner, post = _CountingPre(config), _CountingRunner(), FailingPost(config)
+    detector = Detector(runner, config, preprocessor=pre, postprocessor=post)
+    with pytest.raises(RuntimeError, match="cudaErrorIllegalAddress"):
+        detector.close()
+    assert (pre.closes, post.closes, runner.closes) == (1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
 # Stream ordering with events
 # ---------------------------------------------------------------------------------------------
 
@@ -244,8 +346,6 @@ def _device_detector(monkeypatch, stage_stream: int | None):
     config = DetectorConfig()
     pre = cuda_stages.CudaPreprocessor(config, stage_stream, kernels, runner_stream=runner.stream)
     post = cuda_stages.CudaPostprocessor(config, pre.stream, kernels, runner_stream=runner.stream)
-    from tinyfaces_trt.runtime.pipeline import Detector
-
     return Detector(runner, config, preprocessor=pre, postprocessor=post), log
 
 

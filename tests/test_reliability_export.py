@@ -23,6 +23,7 @@ from tinyfaces_trt.core.errors import ManifestError, TinyFacesError, WeightsErro
 from tinyfaces_trt.core.files import remove_stale_temporaries
 from tinyfaces_trt.core.manifest import MANIFEST_NAME, load_export_folder
 from tinyfaces_trt.core.pyramid import PyramidLevel
+from tinyfaces_trt.core.runner import RunnerBase
 from tinyfaces_trt.runtime.decode import NonFiniteScoresError, decode_level
 from tinyfaces_trt.runtime.pipeline import Detector
 
@@ -211,7 +212,7 @@ def test_nan_score_map_is_refused_naming_the_level():
         decode_level(_map(np.inf), level, DetectorConfig())
 
 
-class _NanRunner:
+class _NanRunner(RunnerBase):
     """A network whose output is NaN (as a checkpoint with NaN weights gives)."""
 
     def run(self, x):

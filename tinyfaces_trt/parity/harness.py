@@ -173,9 +173,7 @@ def run_parity(model: Any, config: DetectorConfig, folder: Any, backends: Sequen
                                                    seed, (tolerances or TOLERANCES)[precision])
     finally:
         for runner in runners.values():
-            close = getattr(runner, "close", None)
-            if close is not None:
-                close()
+            runner.close()
     results = []
     for name in backends:
         for w, h in sizes:
