@@ -479,6 +479,7 @@ def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
                 + (f" (asked {ctx.torch_mode}: fell back)" if runner.mode != ctx.torch_mode else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
+                + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")
                 + "; image upload inside preprocess, box download inside NMS")
         det = Detector(runner, ctx.config, preprocessor=pre, postprocessor=post)
         return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),

@@ -94,10 +94,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="a checkpoint instead of random weights")
     p.add_argument("--pyramid", default="adaptive", choices=("adaptive", "fixed"),
                    help="pyramid rule for every backend (default adaptive: the runtime's)")
-    p.add_argument("--torch-mode", default="compile", choices=("compile", "graphs", "eager"),
+    p.add_argument("--torch-mode", default="compile",
+                   choices=("compile", "aoti", "graphs", "eager"),
                    help="TorchCudaRunner mode of the torch-cuda backends (default compile: "
                         "torch.compile + CUDA graphs, several seconds per input shape the "
-                        "first time, then cached on disk)")
+                        "first time, then cached on disk; aoti: AOTInductor packages per "
+                        "shape, loaded without tracing once built)")
     p.add_argument("--batch", type=int, default=0, metavar="N",
                    help="also measure throughput of N frames of the first image size through "
                         "detect_batch against N single detects (default 0: off; the batch target "

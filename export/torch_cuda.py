@@ -9,6 +9,10 @@ keeps, per input shape, a ready callable:
     in a CUDA graph. Compiled artefacts are cached on disk per shape
     (:mod:`.compile_cache`), so a second process does not compile again. When compiling
     fails the runner logs a warning and falls back to ``"graphs"`` (``"eager"`` on the CPU).
+``mode="aoti"``
+    As ``"compile"``, but each shape is compiled ahead of time by AOTInductor into a ``.pt2``
+    package (:mod:`.aoti`: weights included, loadable from C++ too) kept in the cache; a later
+    process loads it in milliseconds without tracing. Falls back as ``"compile"`` does.
 ``mode="graphs"``
     The eager network captured in one CUDA graph per shape (no compiler needed).
 ``mode="eager"``
@@ -20,8 +24,8 @@ GPU -- without a copy and returns a contiguous float32 CUDA tensor (N, 125, h', 
 on :attr:`TorchCudaRunner.stream` and valid until the next ``run``. A numpy input is
 uploaded and its score map comes back as numpy (host use, parity, tests).
 
-The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"eager"``) runs the same code
-paths except the CUDA graphs, so compilation and its cache are tested without a GPU.
+The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"aoti"`` / ``"eager"``) runs the
+same code paths except the CUDA graphs, so compilation and its caches are tested without a GPU.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
 
 _logger = logging.getLogger(__name__)
 
-MODES = ("compile", "graphs", "eager")
+MODES = ("compile", "aoti", "graphs", "eager")
 Shape = tuple[int, int, int, int]
 
 
@@ -122,10 +127,11 @@ class ShapeRecord:
     """How one input shape got its callable (see :attr:`TorchCudaRunner.records`).
 
     Attributes:
-        mode: ``"compile"``, ``"graphs"`` or ``"eager"`` (after any fallback).
-        seconds: wall time to prepare it (compile, warm-up, capture).
-        cache_file: the compile-cache file for this shape (compile mode), else None.
-        cache_loaded: that file existed and was loaded before compiling.
+        mode: ``"compile"``, ``"aoti"``, ``"graphs"`` or ``"eager"`` (after any fallback).
+        seconds: wall time to prepare it (compile or load, warm-up, capture).
+        cache_file: the compile-cache file (compile mode) or the AOTInductor package (aoti
+            mode) of this shape, else None.
+        cache_loaded: that file existed and was loaded (aoti: nothing was compiled).
         inductor_hits, inductor_misses: Inductor FX-graph cache hits / misses while compiling
             (all hits and no miss: nothing was compiled).
     """
@@ -171,8 +177,8 @@ class TorchCudaRunner(RunnerBase):
         device: ``"cuda"``, ``"cuda:1"``, ...; ``"cpu"`` for tests (float32, no graphs).
         dtype: ``torch.float16`` (default), ``torch.bfloat16`` or ``torch.float32``.
         channels_last: run convolutions in NHWC memory format (fast on tensor cores).
-        mode: ``"compile"``, ``"graphs"`` or ``"eager"`` (module docstring).
-        cache_dir: cache root for compiled artefacts (default
+        mode: ``"compile"``, ``"aoti"``, ``"graphs"`` or ``"eager"`` (module docstring).
+        cache_dir: cache root for compiled artefacts and packages (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
         stream: the CUDA stream to run on: None (a new stream), a ``torch.cuda.Stream``, or a
             ``cudaStream_t`` handle as an int (wrapped with ``torch.cuda.ExternalStream``;
@@ -212,7 +218,9 @@ class TorchCudaRunner(RunnerBase):
         self._stream = self._make_stream(stream) if device.type == "cuda" else None
         self._model = model
         self._eager: _Forward | None = None
-        self._folded: tuple[torch.fx.GraphModule, CompileCache] | None = None
+        self._folded: torch.fx.GraphModule | None = None
+        self._compile_cache: CompileCache | None = None
+        self._packages: PackageCache | None = None
         self._callables: dict[Shape, Callable[[torch.Tensor], torch.Tensor]] = {}
         #: How each shape was prepared (mode after fallback, time, compile-cache use).
         self.records: dict[Shape, ShapeRecord] = {}
@@ -290,6 +298,8 @@ class TorchCudaRunner(RunnerBase):
         self._callables.clear()
         self._eager = None
         self._folded = None
+        self._compile_cache = None
+        self._packages = None
         self._model = None
 
     # -- preparing shapes --------------------------------------------------------------------
@@ -321,15 +331,17 @@ class TorchCudaRunner(RunnerBase):
         start = time.perf_counter()
         record = ShapeRecord(self.mode, 0.0)
         fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if self.mode == "compile":
+        if self.mode in ("compile", "aoti"):
             try:
-                fn = self._capture(self._compile(shape, record), shape)
-            except Exception as exc:  # Inductor, Triton, the C++ compiler or the capture
+                built = (self._compile(shape, record) if self.mode == "compile"
+                         else self._aoti(shape, record))
+                fn = self._capture(built, shape)
+            except Exception as exc:  # export, Inductor, Triton, the C++ compiler, the capture
                 fallback = "graphs" if self._stream is not None else "eager"
+                what = "torch.compile" if self.mode == "compile" else "AOTInductor"
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                _logger.warning("torch.compile failed for input shape %s (%s: %s); falling "
-                                "back to mode %r", shape, type(exc).__name__, first_line,
-                                fallback)
+                _logger.warning("%s failed for input shape %s (%s: %s); falling back to mode "
+                                "%r", what, shape, type(exc).__name__, first_line, fallback)
                 self.mode = record.mode = fallback
         if fn is None:
             fn = self._eager_forward()
@@ -357,15 +369,35 @@ class TorchCudaRunner(RunnerBase):
             module = module.to(memory_format=torch.channels_last)
         return module
 
+    def _folded_net(self) -> torch.fx.GraphModule:
+        """The network with BatchNorm folded, converted for the device (made once; outside
+        inference mode, as torch.export cannot take inference-mode weights)."""
+        if self._folded is None:
+            with torch.inference_mode(False):
+                self._folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
+                                                                     self.channels_last)))
+        return self._folded
+
+    def _aoti(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor], torch.Tensor]:
+        folded = self._folded_net()
+        if self._packages is None:
+            self._packages = PackageCache.for_module(folded, self.device, self.dtype,
+                                                     self.channels_last, self.cache_dir)
+        record.cache_file = self._packages.path(shape)
+        fn = self._packages.load(shape)
+        record.cache_loaded = fn is not None
+        if fn is None:
+            _logger.info("compiling an AOTInductor package for input shape %s ...", shape)
+            fn = self._packages.compile(folded, shape)
+        return fn
+
     def _compile(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor],
                                                                         torch.Tensor]:
-        if self._folded is None:
-            folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
-                                                           self.channels_last)))
-            cache = CompileCache.for_module(folded, self.device, self.dtype,
-                                            self.channels_last, self.cache_dir)
-            self._folded = (folded, cache)
-        folded, cache = self._folded
+        folded = self._folded_net()
+        if self._compile_cache is None:
+            self._compile_cache = CompileCache.for_module(folded, self.device, self.dtype,
+                                                          self.channels_last, self.cache_dir)
+        cache = self._compile_cache
         # One GraphModule (sharing the folded weights) per shape: its own code object, so
         # dynamo keeps one static-shape compilation per shape, never hitting its recompile
         # limit or re-checking guards of other shapes.

@@ -59,7 +59,7 @@ def compile_worker(cache_dir: str, out_prefix: str) -> None:
     out = runner.run(x)
     again = runner.run(x)
     record = runner.records[tuple(x.shape)]
-    folded = weakref.ref(runner._folded[0])
+    folded = weakref.ref(runner._folded)
     runner.close()
     gc.collect()
     np.save(out_prefix + ".npy", out)

@@ -8,12 +8,15 @@ hit; everything else runs eagerly. The GPU half lives in test_torch_cuda_gpu.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,8 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.runner import NetworkRunner, RunnerBase, capabilities_of
 from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detector
-from tinyfaces_trt.export import torch_cuda
+from tinyfaces_trt.export import aoti, torch_cuda
+from tinyfaces_trt.export.compile_cache import CompileCache
 from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, fold_batchnorm
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.parity.images import synthetic_image
@@ -212,6 +216,147 @@ def test_compiled_resnet50_matches_eager(seeded, tmp_path):
     assert compiled.records[(1, 3, 32, 48)].mode == "compile"
     eager = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager").run(x)
     np.testing.assert_allclose(out, eager, atol=5e-4, rtol=1e-4)  # the fp32 parity tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# AOTInductor packages (mode "aoti")
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def aoti_package(tmp_path_factory):
+    """The stand-in compiled into one AOTInductor package (gcc: ~15 s on 2 cores), with the
+    runner's output and record."""
+    cache = tmp_path_factory.mktemp("aoti")
+    with TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="aoti",
+                         cache_dir=cache) as runner:
+        out = runner.run(net_input())
+    return cache, out, runner.records[INPUT_SHAPE]
+
+
+def _aoti_runner(cache: Path) -> TorchCudaRunner:
+    return TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="aoti",
+                           cache_dir=cache)
+
+
+def test_aoti_package_matches_eager_and_embeds_the_weights(aoti_package):
+    cache, out, record = aoti_package
+    assert record.mode == "aoti" and not record.cache_loaded
+    eager = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    np.testing.assert_allclose(out, eager.run(net_input()), atol=COMPILED_ATOL, rtol=0)
+    package = record.cache_file
+    assert package.parent.parent == cache / aoti.PACKAGE_SUBDIR
+    assert sorted(p.name for p in package.parent.iterdir()) == ["2x3x32x48.pt2", "key.json"]
+    key = json.loads((package.parent / "key.json").read_text())
+    assert key["form"] == "aotinductor" and key["dtype"] == "torch.float32"
+    assert key["weights"] == aoti.weights_digest(
+        TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32)._folded_net())
+    with zipfile.ZipFile(package) as archive:  # built under its own name, not a temporary's
+        assert {name.split("/")[0] for name in archive.namelist()} == {"2x3x32x48"}
+
+
+def test_a_second_runner_loads_the_package_without_compiling(aoti_package, monkeypatch):
+    cache, out, _ = aoti_package
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(aoti.torch.export, "export", no_export)
+    with _aoti_runner(cache) as runner:
+        again = runner.run(net_input())
+        record = runner.records[INPUT_SHAPE]
+        loaded = weakref.ref(runner._callables[INPUT_SHAPE])
+    assert record.mode == "aoti" and record.cache_loaded and record.seconds < 5
+    np.testing.assert_array_equal(again, out)
+    gc.collect()
+    assert loaded() is None, "close() left the loaded package alive"
+
+
+def test_other_weights_get_their_own_packages(tmp_path):
+    def folder(model):
+        return aoti.PackageCache.for_module(model, torch.device("cpu"), torch.float32, True,
+                                            tmp_path).folder
+
+    assert folder(stand_in(seed=0)) == folder(stand_in(seed=0))
+    assert folder(stand_in(seed=0)) != folder(stand_in(seed=1))
+    # the compile cache's key names code only: one folder for both
+    key0 = CompileCache.for_module(stand_in(seed=0), torch.device("cpu"), torch.float32, True,
+                                   tmp_path).folder
+    assert key0 == CompileCache.for_module(stand_in(seed=1), torch.device("cpu"),
+                                           torch.float32, True, tmp_path).folder
+
+
+def test_an_unloadable_package_is_compiled_again(aoti_package, tmp_path, monkeypatch, caplog):
+    cache, out, record = aoti_package
+    good = record.cache_file.read_bytes()
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    broken = copy / record.cache_file.relative_to(cache)
+    broken.write_bytes(good[: len(good) // 3])  # as a copy cut short leaves it
+    compiled = []
+
+    def compile_and_package(program, *, package_path):  # the real export ran; reuse its result
+        compiled.append(program)
+        Path(package_path).write_bytes(good)
+        return package_path
+
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", compile_and_package)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
+        with _aoti_runner(copy) as runner:
+            again = runner.run(net_input())
+    assert f"cannot load AOTInductor package {broken}" in caplog.text
+    assert "compiling it again" in caplog.text and len(compiled) == 1
+    assert runner.records[INPUT_SHAPE].mode == "aoti"
+    np.testing.assert_array_equal(again, out)
+    assert broken.read_bytes() == good
+
+
+def test_aoti_failure_falls_back_to_eager_leaving_no_partial_package(tmp_path, monkeypatch,
+                                                                     caplog):
+    def failing(program, *, package_path):
+        Path(package_path).write_bytes(b"half a package")
+        raise RuntimeError("C++ compiler not found")
+
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", failing)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        with _aoti_runner(tmp_path) as runner:
+            out = runner.run(net_input())
+    assert "AOTInductor failed for input shape (2, 3, 32, 48) (RuntimeError: C++ compiler not " \
+           "found); falling back to mode 'eager'" in caplog.text
+    assert runner.mode == "eager"
+    np.testing.assert_allclose(out, _reference(stand_in(), net_input()), atol=1e-6)
+    (folder,) = (tmp_path / aoti.PACKAGE_SUBDIR).iterdir()
+    assert [p.name for p in folder.iterdir()] == ["key.json"]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the C++ example")
+def test_the_cpp_example_runs_a_package_without_python(aoti_package, tmp_path):
+    """examples/aoti_run.cpp, built as its comment says against this torch's libtorch, gives
+    the runner's score map from the package."""
+    _, out, record = aoti_package
+    lib = Path(torch.__file__).parent
+    binary = tmp_path / "aoti_run"
+    build = subprocess.run(
+        ["g++", "-std=c++20", "-O1", str(ROOT / "examples" / "aoti_run.cpp"), "-o", str(binary),
+         f"-I{lib / 'include'}", f"-I{lib / 'include/torch/csrc/api/include'}",
+         f"-L{lib / 'lib'}", f"-Wl,-rpath,{lib / 'lib'}", "-ltorch", "-ltorch_cpu", "-lc10"],
+        capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    x = net_input()
+    x.tofile(tmp_path / "in.f32")
+    shape = [str(d) for d in x.shape]
+    done = subprocess.run([binary, record.cache_file, *shape, tmp_path / "in.f32",
+                           tmp_path / "out.f32"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "cpu: score map 2 125 4 6\n"
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "out.f32", np.float32).reshape(out.shape),
+                                  out)
+    (tmp_path / "short.f32").write_bytes(x.tobytes()[:100])
+    bad = subprocess.run([binary, record.cache_file, *shape, tmp_path / "short.f32",
+                          tmp_path / "out2.f32"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr == (f"aoti_run: error: {tmp_path / 'short.f32'} holds 100 bytes, the shape "
+                          f"needs {x.nbytes}\n")
+    assert subprocess.run([binary], capture_output=True, timeout=60).returncode == 2
 
 
 # ---------------------------------------------------------------------------------------------

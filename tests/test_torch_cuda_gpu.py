@@ -134,6 +134,35 @@ def test_close_frees_device_memory(mode):
     assert after - before <= (1 << 20), (before, during, after)
 
 
+def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path):
+    """Mode "aoti" on the GPU: the fp16 package (captured in a CUDA graph) passes the fp16
+    parity tolerances against the fp32 reference, runs on the stream it is given, and a
+    second runner loads the package instead of compiling."""
+    model, x = stand_in(), net_input((1, 3, 64, 96))
+    stream = torch.cuda.Stream()
+    with TorchCudaRunner(model, mode="aoti", cache_dir=tmp_path,
+                         stream=stream.cuda_stream) as runner:
+        out = runner.run(x)
+        record = runner.records[x.shape]
+        assert record.mode == "aoti", "AOTInductor fell back"
+        assert not record.cache_loaded and record.cache_file.is_file()
+        result = compare_maps(TorchRunner(model).run(x), out, TOLERANCES["fp16"].maps)
+        assert result.passed, result
+        source = torch.from_numpy(x).cuda()
+        device_x = torch.zeros_like(source)
+        torch.cuda.synchronize()
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(100_000_000)
+            device_x.copy_(source)
+        on_stream = runner.run(device_x)  # reads zeros unless it runs on `stream`
+        stream.synchronize()
+        np.testing.assert_allclose(on_stream.cpu().numpy(), out, atol=1e-6)
+    with TorchCudaRunner(model, mode="aoti", cache_dir=tmp_path) as second:
+        again = second.run(x)
+        assert second.records[x.shape].cache_loaded and second.records[x.shape].mode == "aoti"
+    np.testing.assert_allclose(again, out, **FP16_CLOSE)
+
+
 def test_factory_builds_fp16_compiled_by_default(checkpoint, tmp_path):
     from tinyfaces_trt.detectors import available_backends, create_detector
 

@@ -1,0 +1,138 @@
+"""AOTInductor packages: the compiled network for one input shape as a self-contained file.
+
+``torch.export`` captures the network (BatchNorm folded, compute dtype and memory format
+inside, float32 NCHW in and out) at one static input shape; AOTInductor compiles it ahead of
+time into a ``.pt2`` package holding the generated kernels, a shared library and the weights.
+Loading one takes milliseconds and traces nothing, in Python
+(``torch._inductor.aoti_load_package``) or in C++ without Python
+(``torch::inductor::AOTIModelPackageLoader``, libtorch of the same version): the deployable form
+of what ``torch.compile`` builds per shape.
+
+:class:`PackageCache` keeps them under
+``<cache root>/torch_aoti/<key>/<N>x<C>x<H>x<W>.pt2`` (written atomically, ``key.json``
+beside them). Unlike the compile cache's key (:func:`.compile_cache.compile_key`, code only),
+``<key>`` also hashes the weights, which a package embeds. Packages are code for this torch and
+this device: trust the folder as you trust the installed packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tinyfaces_trt.core.files import cache_root, staging_dir, write_text_atomic
+from tinyfaces_trt.export.compile_cache import compile_key
+
+_logger = logging.getLogger(__name__)
+
+#: Sub-folder of the cache root holding AOTInductor packages.
+PACKAGE_SUBDIR = "torch_aoti"
+_KEY_CHARS = 16
+
+Compiled = Callable[[torch.Tensor], torch.Tensor]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of every parameter and buffer of ``module``: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class PackageCache:
+    """The AOTInductor packages of one module with its weights, a ``.pt2`` per input shape.
+
+    Args:
+        folder: ``<cache root>/torch_aoti/<key>``.
+        device: where the packages run (their code is for this device).
+        key: the fields of the key (written beside the files as ``key.json``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], device: torch.device,
+                 key: dict[str, str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.device = torch.device(device)
+        self.key = key
+
+    @classmethod
+    def for_module(cls, module: nn.Module, device: torch.device, dtype: torch.dtype,
+                   channels_last: bool,
+                   cache_dir: str | os.PathLike[str] | None = None) -> "PackageCache":
+        """The packages of ``module`` (as converted for ``device`` and ``dtype``) under
+        :func:`~tinyfaces_trt.core.files.cache_root`."""
+        key = {**compile_key(module, device, dtype, channels_last),
+               "weights": weights_digest(module), "form": "aotinductor"}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return cls(cache_root(cache_dir) / PACKAGE_SUBDIR / digest[:_KEY_CHARS], device, key)
+
+    def path(self, shape: Sequence[int]) -> Path:
+        """The package of one input shape."""
+        return self.folder / ("x".join(str(int(d)) for d in shape) + ".pt2")
+
+    def load(self, shape: Sequence[int]) -> Compiled | None:
+        """The package of ``shape``, loaded; None when there is none, or when this torch
+        cannot load it (a warning then says it is compiled again)."""
+        path = self.path(shape)
+        if not path.is_file():
+            return None
+        try:
+            return _load(path, self.device)
+        except Exception as exc:  # a truncated file, another torch's package, ...
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _logger.warning("cannot load AOTInductor package %s (%s: %s); compiling it again",
+                            path, type(exc).__name__, first_line)
+            return None
+
+    def compile(self, module: nn.Module, shape: Sequence[int]) -> Compiled:
+        """Exports ``module`` at ``shape``, compiles it into the package of that shape
+        (replacing any), and returns it loaded.
+
+        Raises:
+            Exception: whatever torch.export or AOTInductor raise (e.g. no C++ compiler);
+                no partial package is left.
+        """
+        example = torch.zeros(tuple(int(d) for d in shape), device=self.device,
+                              dtype=torch.float32)
+        path = self.path(shape)
+        # export traces with autograd state; the runner prepares shapes in inference mode
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(module, (example,), strict=False)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.key is not None and not (self.folder / "key.json").exists():
+                write_text_atomic(self.folder / "key.json",
+                                  json.dumps(self.key, indent=2, sort_keys=True) + "\n")
+            # built under its final name (the archive's inner folder takes the file's name)
+            # in a staging folder, then moved into place
+            staging = staging_dir(self.folder, "aoti")
+            try:
+                built = staging / path.name
+                torch._inductor.aoti_compile_and_package(program, package_path=str(built))
+                with open(built, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(built, path)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        _logger.debug("wrote AOTInductor package %s (%d bytes)", path, path.stat().st_size)
+        return _load(path, self.device)
+
+
+def _load(path: Path, device: torch.device) -> Compiled:
+    # run_single_threaded: no per-run locking or events, so that a CUDA graph can capture it
+    loaded = torch._inductor.aoti_load_package(
+        str(path), run_single_threaded=True,
+        device_index=device.index if device.type == "cuda" and device.index is not None else -1)
+    return loaded
+
+
+__all__ = ["PACKAGE_SUBDIR", "PackageCache", "weights_digest"]
