@@ -102,11 +102,11 @@ class PackageCache:
             Exception: whatever torch.export or AOTInductor raise (e.g. no C++ compiler);
                 no partial package is left.
         """
-        example = torch.zeros(tuple(int(d) for d in shape), device=self.device,
-                              dtype=torch.float32)
         path = self.path(shape)
         # export traces with autograd state; the runner prepares shapes in inference mode
         with torch.inference_mode(False), torch.no_grad():
+            example = torch.zeros(tuple(int(d) for d in shape), device=self.device,
+                                  dtype=torch.float32)
             program = torch.export.export(module, (example,), strict=False)
             self.folder.mkdir(parents=True, exist_ok=True)
             if self.key is not None and not (self.folder / "key.json").exists():
@@ -129,10 +129,9 @@ class PackageCache:
 
 def _load(path: Path, device: torch.device) -> Compiled:
     # run_single_threaded: no per-run locking or events, so that a CUDA graph can capture it
-    loaded = torch._inductor.aoti_load_package(
+    return torch._inductor.aoti_load_package(
         str(path), run_single_threaded=True,
         device_index=device.index if device.type == "cuda" and device.index is not None else -1)
-    return loaded
 
 
 __all__ = ["PACKAGE_SUBDIR", "PackageCache", "weights_digest"]

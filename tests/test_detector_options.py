@@ -32,6 +32,8 @@ CLIS = {
     (["--providers", "cdua"], "unknown ONNX Runtime provider(s) ['cdua']"),
     (["--model", "a", "--weights", "b"], "argument --weights: not allowed with argument --model"),
     (["--prob-thresh", "1.5"], "--prob-thresh"),
+    (["--torch-mode", "aoti"], "--torch-mode applies to the torch-cuda backend"),
+    (["--backend", "torch-cuda", "--torch-mode", "fast"], "argument --torch-mode: invalid choice"),
 ])
 def test_every_cli_refuses_the_same_combinations(cli, argv, message, capsys):
     main, _, needed = CLIS[cli]
@@ -55,10 +57,26 @@ def test_every_cli_turns_the_same_flags_into_the_same_detector():
                                            "max_face": 300.0}
 
 
+def test_torch_mode_reaches_the_detector_spec_of_every_cli():
+    for name, (_, build_parser, needed) in CLIS.items():
+        args = build_parser().parse_args(needed + ["--backend", "torch-cuda", "--weights", "w.pth",
+                                                   "--torch-mode", "aoti"])
+        spec = spec_from_arguments(args)
+        assert (spec.backend, spec.torch_mode) == ("torch-cuda", "aoti"), name
+        default = spec_from_arguments(build_parser().parse_args(
+            needed + ["--backend", "torch-cuda", "--weights", "w.pth"]))
+        assert default.torch_mode is None, name  # create_detector's default: compile
+        auto = spec_from_arguments(build_parser().parse_args(
+            needed + ["--backend", "auto", "--torch-mode", "aoti"]))
+        # kept only where auto picks torch-cuda (a GPU machine), dropped for the others
+        assert auto.torch_mode == ("aoti" if auto.backend == "torch-cuda" else None), name
+
+
 def test_help_describes_the_options_once_for_all_clis():
     helps = {name: " ".join(build().format_help().split()) for name, (_, build, _) in CLIS.items()}
     for text in helps.values():
         assert "--backend {onnxruntime,onnxruntime-cuda,tensorrt,torch,torch-cuda,auto}" in text
         assert "look only for faces at least PIXELS long" in text
+        assert "--torch-mode MODE how torch-cuda prepares each input shape" in text
     assert "GPU backends get one GPU per replica" in helps["tf-serve"]
     assert "(default: --cpus-per-replica, per replica)" in helps["tf-serve"]

@@ -359,6 +359,35 @@ def test_the_cpp_example_runs_a_package_without_python(aoti_package, tmp_path):
     assert subprocess.run([binary], capture_output=True, timeout=60).returncode == 2
 
 
+
+def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch, tmp_path):
+    """create_detector("torch-cuda", torch_mode=...) as on a GPU, with the runner on the CPU."""
+    from tinyfaces_trt import detectors
+
+    made = []
+
+    class CpuRunner(TorchCudaRunner):
+        def __init__(self, model, **kwargs):
+            made.append(kwargs)
+            super().__init__(model, **{**kwargs, "device": "cpu", "dtype": torch.float32})
+
+    monkeypatch.setattr(torch_cuda, "require_cuda", lambda device="cuda": torch.device("cpu"))
+    monkeypatch.setattr(torch_cuda, "TorchCudaRunner", CpuRunner)
+    assert detectors.TORCH_CUDA_MODES == torch_cuda.MODES
+    with create_detector("torch-cuda", weights=checkpoint, torch_mode="eager",
+                         cache_dir=tmp_path) as detector:
+        assert detector.runner.mode == "eager"
+        assert detector.detect(synthetic_image(40, 56)).shape[1:] == (5,)
+    assert made[-1]["mode"] == "eager" and made[-1]["cache_dir"] == tmp_path
+    with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
+        assert made[-1]["mode"] == "compile"  # the default, not prepared until a shape runs
+    with pytest.raises(TinyFacesError, match="unknown torch_mode 'fast'; expected one of "
+                                             "compile, aoti, graphs, eager"):
+        create_detector("torch-cuda", weights=checkpoint, torch_mode="fast")
+    with pytest.raises(TinyFacesError, match="torch_mode applies to the torch-cuda backend, "
+                                             "not onnxruntime"):
+        create_detector("onnxruntime", weights=checkpoint, torch_mode="aoti")
+
 # ---------------------------------------------------------------------------------------------
 # No GPU
 # ---------------------------------------------------------------------------------------------

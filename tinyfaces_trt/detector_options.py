@@ -2,7 +2,7 @@
 
 :func:`add_detector_arguments` declares ``--backend``, ``--model`` / ``--weights``,
 ``--prob-thresh``, ``--nms-thresh``, ``--min-face``, ``--max-face``, ``--fp16``,
-``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses the combinations
+``--torch-mode``, ``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses the combinations
 argparse cannot express (exit 2); :func:`tinyfaces_trt.detectors.spec_from_arguments` turns
 the parsed options into a detector.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from tinyfaces_trt.core.cli import fraction, positive_float, positive_int, probability
-from tinyfaces_trt.detectors import BACKENDS
+from tinyfaces_trt.detectors import BACKENDS, TORCH_CUDA_MODES
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None = None,
@@ -50,6 +50,11 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
     group.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
                        help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
                             "for torch-cuda (default: fp32, but fp16 for torch-cuda)")
+    group.add_argument("--torch-mode", choices=TORCH_CUDA_MODES, metavar="MODE",
+                       help="how torch-cuda prepares each input shape: compile (torch.compile "
+                            "+ CUDA graph, cached on disk), aoti (AOTInductor packages in the "
+                            "cache: later runs load them without compiling; loadable from C++), "
+                            "graphs (CUDA graph, no compiler) or eager (default: compile)")
     group.add_argument("--providers", metavar="LIST",
                        help="onnxruntime execution providers, comma separated (cpu, cuda, "
                             "tensorrt, or full names such as CUDAExecutionProvider) or 'auto' "
@@ -64,6 +69,8 @@ def check_detector_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
     exit 2)."""
     if args.backend != "onnxruntime" and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
+    if args.torch_mode is not None and args.backend not in ("torch-cuda", "auto"):
+        parser.error("--torch-mode applies to the torch-cuda backend")
     if args.backend == "torch" and args.fp16:
         parser.error("--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends")
     if args.backend in ("torch", "torch-cuda") and args.model:

@@ -33,6 +33,9 @@ from tinyfaces_trt.runtime.backends import apply_overrides, warn_if_untrained
 from tinyfaces_trt.runtime.pipeline import Detector
 
 BACKENDS = (*folder_backends.BACKENDS, "torch", "torch-cuda", "auto")
+#: How torch-cuda prepares each input shape (``TorchCudaRunner``'s modes; kept here, torch-free,
+#: for the command lines): compile (default), aoti, graphs, eager.
+TORCH_CUDA_MODES = ("compile", "aoti", "graphs", "eager")
 #: ``"auto"``'s preference, fastest first (TensorRT > compiled torch > ORT CUDA > ORT CPU).
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime")
 log = logging.getLogger(__name__)
@@ -85,7 +88,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                     fp16: bool | None = None, providers: str | Sequence[str] | None = None,
                     threads: int | None = None, depth: int | None = None,
                     variant: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                    progress: Progress | None = None, gpu_stages: bool | None = None) -> Detector:
+                    progress: Progress | None = None, gpu_stages: bool | None = None,
+                    torch_mode: str | None = None) -> Detector:
     """A ready :class:`~tinyfaces_trt.runtime.pipeline.Detector` for one backend.
 
     Args:
@@ -106,6 +110,11 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             :func:`tinyfaces_trt.core.files.cache_root`).
         progress: called with a line of text before and after a long step (an export).
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
+        torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
+            ``"compile"`` (None: the default; torch.compile + CUDA graph, cached on disk),
+            ``"aoti"`` (AOTInductor packages in the cache, loaded without compiling by later
+            processes, loadable from C++), ``"graphs"`` (no compiler) or ``"eager"``. Ignored
+            when ``"auto"`` picks another backend; an error with any other backend.
 
     Raises:
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
@@ -113,6 +122,11 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """
     if backend not in BACKENDS:
         raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if torch_mode is not None and torch_mode not in TORCH_CUDA_MODES:
+        raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
+                             f"{', '.join(TORCH_CUDA_MODES)}")
+    if torch_mode is not None and backend not in ("torch-cuda", "auto"):
+        raise TinyFacesError(f"torch_mode applies to the torch-cuda backend, not {backend}")
     backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
@@ -124,7 +138,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         if backend == "torch-cuda":
             return _torch_cuda_detector(weights, config_overrides, fp16=fp16 is not False,
                                         depth=depth, variant=variant, cache_dir=cache_dir,
-                                        gpu_stages=gpu_stages)
+                                        gpu_stages=gpu_stages, mode=torch_mode or "compile")
         model, config = reference_model(weights, depth, variant)
         from tinyfaces_trt.export.torch_runner import TorchRunner
 
@@ -149,7 +163,7 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
                          config_overrides: Mapping[str, Any] | None, *, fp16: bool,
                          depth: int | None, variant: str | None,
                          cache_dir: str | os.PathLike[str] | None,
-                         gpu_stages: bool | None) -> Detector:
+                         gpu_stages: bool | None, mode: str) -> Detector:
     if importlib.util.find_spec("torch") is None:
         raise BackendUnavailableError("torch-cuda needs PyTorch built with CUDA: "
                                       "pip install 'tinyfaces-trt[export]' on a GPU machine")
@@ -162,7 +176,7 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     config = apply_overrides(config, config_overrides)
     identity = torch_identity(weights)
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
-                             cache_dir=cache_dir)
+                             mode=mode, cache_dir=cache_dir)
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
@@ -192,6 +206,7 @@ class DetectorSpec:
     depth: int | None = None
     variant: str | None = None
     cache_dir: str | None = None
+    torch_mode: str | None = None
 
     def create(self, progress: Progress | None = None) -> Detector:
         """A new detector with these arguments."""
@@ -199,13 +214,14 @@ class DetectorSpec:
         return create_detector(self.backend, self.model_dir, self.weights,
                                dict(self.config_overrides), fp16=self.fp16, providers=providers,
                                threads=self.threads, depth=self.depth, variant=self.variant,
-                               cache_dir=self.cache_dir, progress=progress)
+                               cache_dir=self.cache_dir, progress=progress,
+                               torch_mode=self.torch_mode)
 
 
 def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = None, *,
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
-    ``--fp16``, ``--providers``, ``--threads``, ``--prob-thresh``, ``--nms-thresh``,
+    ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``, ``--nms-thresh``,
     ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`: ``.create()`` builds it here,
     and Ray workers and Serve replicas build their own from it.
 
@@ -227,10 +243,11 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
     overrides = tuple((k, getattr(args, k, None)) for k in
                       ("prob_thresh", "nms_thresh", "min_face", "max_face")
                       if getattr(args, k, None) is not None)
+    torch_mode = args.torch_mode if backend == "torch-cuda" else None
     return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
                         providers=tuple(providers) if isinstance(providers, list) else providers,
-                        threads=args.threads)
+                        threads=args.threads, torch_mode=torch_mode)
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "DetectorSpec", "available_backends", "create_detector",
+__all__ = ["AUTO_ORDER", "BACKENDS", "TORCH_CUDA_MODES", "DetectorSpec", "available_backends", "create_detector",
            "resolve_backend", "spec_from_arguments"]

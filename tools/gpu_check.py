@@ -18,8 +18,9 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
   environment     ~3 s   GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
   build          ~10 s   tf-build-kernels for this GPU's architecture (+ the C example)
   ptxas           ~6 s   registers / spills per kernel (-Xptxas -v)
-  GPU tests     ~15-90 s every test marked `gpu` (tests/*_gpu.py must not skip; the
-                         torch-cuda tests compile small networks)
+  GPU tests    ~30-110 s every test marked `gpu` (tests/*_gpu.py must not skip; the
+                         torch-cuda tests compile small networks, one of them into an
+                         AOTInductor package: ~10-20 s more, an estimate)
   sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
                          racecheck on a subset of the GPU tests
   benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
