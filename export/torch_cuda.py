@@ -145,10 +145,12 @@ class ShapeRecord:
 
 
 class _Captured:
-    """One CUDA graph with its static input and output tensors."""
+    """One CUDA graph with its static input and output tensors, and the callable it was
+    captured from (kept: an AOTInductor model owns the weights its graph reads)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: Shape,
                  device: torch.device, stream: torch.cuda.Stream) -> None:
+        self.fn = fn
         self.static_in = torch.zeros(shape, device=device, dtype=torch.float32)
         # warm-up off the capture stream (compiles, picks cuDNN algorithms), as torch advises
         side = torch.cuda.Stream(device)

@@ -8,6 +8,7 @@ hit; everything else runs eagerly. The GPU half lives in test_torch_cuda_gpu.py.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import sys
 import weakref
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,6 +240,14 @@ def _aoti_runner(cache: Path) -> TorchCudaRunner:
                            cache_dir=cache)
 
 
+def _reuse_package(good: bytes, built: list):
+    def compile_and_package(program, *, package_path):  # the real export ran; reuse a package
+        built.append(Path(package_path))
+        Path(package_path).write_bytes(good)
+        return package_path
+    return compile_and_package
+
+
 def test_aoti_package_matches_eager_and_embeds_the_weights(aoti_package):
     cache, out, record = aoti_package
     assert record.mode == "aoti" and not record.cache_loaded
@@ -271,6 +281,39 @@ def test_a_second_runner_loads_the_package_without_compiling(aoti_package, monke
     assert loaded() is None, "close() left the loaded package alive"
 
 
+def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
+    """An AOTInductor model frees its weights when collected: the graph replaying its kernels
+    must keep it (CUDA stand-ins record the capture; nothing runs on a GPU)."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    calls = []
+    monkeypatch.setattr(torch_cuda.torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch_cuda.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch_cuda.torch.cuda, "CUDAGraph",
+                        lambda: SimpleNamespace(replay=lambda: calls.append("replay")))
+    monkeypatch.setattr(torch_cuda.torch.cuda, "graph", lambda g: contextlib.nullcontext())
+
+    class Model:  # stands for the loaded package
+        def __call__(self, x):
+            calls.append("run")
+            return x * 2
+
+    model = Model()
+    alive = weakref.ref(model)
+    captured = torch_cuda._Captured(model, (1, 3, 4, 4), torch.device("cpu"), Stream())
+    del model
+    gc.collect()
+    assert alive() is not None, "the captured model was collected while its graph lives"
+    assert calls == ["run", "run", "run"]  # two warm-up runs, the capture
+    captured(torch.ones(1, 3, 4, 4))
+    assert calls[-1] == "replay"
+    del captured
+    gc.collect()
+    assert alive() is None
+
+
 def test_other_weights_get_their_own_packages(tmp_path):
     def folder(model):
         return aoti.PackageCache.for_module(model, torch.device("cpu"), torch.float32, True,
@@ -293,13 +336,8 @@ def test_an_unloadable_package_is_compiled_again(aoti_package, tmp_path, monkeyp
     broken = copy / record.cache_file.relative_to(cache)
     broken.write_bytes(good[: len(good) // 3])  # as a copy cut short leaves it
     compiled = []
-
-    def compile_and_package(program, *, package_path):  # the real export ran; reuse its result
-        compiled.append(program)
-        Path(package_path).write_bytes(good)
-        return package_path
-
-    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", compile_and_package)
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package",
+                        _reuse_package(good, compiled))
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
         with _aoti_runner(copy) as runner:
             again = runner.run(net_input())
@@ -308,6 +346,43 @@ def test_an_unloadable_package_is_compiled_again(aoti_package, tmp_path, monkeyp
     assert runner.records[INPUT_SHAPE].mode == "aoti"
     np.testing.assert_array_equal(again, out)
     assert broken.read_bytes() == good
+
+
+def test_an_unwritable_cache_compiles_for_this_process_only(aoti_package, tmp_path,
+                                                            monkeypatch, caplog):
+    _, out, record = aoti_package
+    built = []
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package",
+                        _reuse_package(record.cache_file.read_bytes(), built))
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
+        with _aoti_runner(tmp_path / "file" / "cache") as runner:
+            first = runner.run(net_input())
+            assert not built[0].exists()  # loaded, then its temporary folder removed
+            again = runner.run(net_input())
+    assert "cannot write AOTInductor package" in caplog.text
+    assert "compiling it for this process only" in caplog.text
+    assert runner.records[INPUT_SHAPE].mode == "aoti"
+    np.testing.assert_array_equal(first, out)
+    np.testing.assert_array_equal(again, out)
+
+
+def test_a_killed_builds_staging_folder_is_removed(aoti_package, tmp_path, monkeypatch):
+    cache, _, record = aoti_package
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    folder = copy / record.cache_file.parent.relative_to(cache)
+    (folder / record.cache_file.name).unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = folder / f".tf-tmp-{dead}-aoti-abcd1234"
+    stale.mkdir()
+    (stale / record.cache_file.name).write_bytes(b"half a package")
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package",
+                        _reuse_package(record.cache_file.read_bytes(), []))
+    with _aoti_runner(copy) as runner:
+        runner.run(net_input())
+    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.pt2", "key.json"]
 
 
 def test_aoti_failure_falls_back_to_eager_leaving_no_partial_package(tmp_path, monkeypatch,
@@ -357,6 +432,15 @@ def test_the_cpp_example_runs_a_package_without_python(aoti_package, tmp_path):
     assert bad.stderr == (f"aoti_run: error: {tmp_path / 'short.f32'} holds 100 bytes, the shape "
                           f"needs {x.nbytes}\n")
     assert subprocess.run([binary], capture_output=True, timeout=60).returncode == 2
+    wrong = subprocess.run([binary, record.cache_file, "1", *shape[1:], tmp_path / "in.f32",
+                            tmp_path / "out3.f32"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr == (
+        f"aoti_run: error: {record.cache_file} is the package of input shape 2x3x32x48, not "
+        "1x3x32x48\n")
+    typo = subprocess.run([binary, record.cache_file, "2", "3", "3O", "48", tmp_path / "in.f32",
+                           tmp_path / "out4.f32"], capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 2
+    assert typo.stderr == "aoti_run: error: 3O is not a positive integer (N C H W)\n"
 
 
 

@@ -2,8 +2,8 @@
 
 :func:`add_detector_arguments` declares ``--backend``, ``--model`` / ``--weights``,
 ``--prob-thresh``, ``--nms-thresh``, ``--min-face``, ``--max-face``, ``--fp16``,
-``--torch-mode``, ``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses the combinations
-argparse cannot express (exit 2); :func:`tinyfaces_trt.detectors.spec_from_arguments` turns
+``--torch-mode``, ``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses
+the combinations argparse cannot express (exit 2); :func:`tinyfaces_trt.detectors.spec_from_arguments` turns
 the parsed options into a detector.
 """
 

@@ -221,7 +221,8 @@ class DetectorSpec:
 def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = None, *,
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
-    ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``, ``--nms-thresh``,
+    ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``,
+    ``--nms-thresh``,
     ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`: ``.create()`` builds it here,
     and Ray workers and Serve replicas build their own from it.
 
@@ -249,5 +250,5 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
                         threads=args.threads, torch_mode=torch_mode)
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "TORCH_CUDA_MODES", "DetectorSpec", "available_backends", "create_detector",
-           "resolve_backend", "spec_from_arguments"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "TORCH_CUDA_MODES", "DetectorSpec", "available_backends",
+           "create_detector", "resolve_backend", "spec_from_arguments"]

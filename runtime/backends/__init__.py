@@ -28,7 +28,7 @@ from typing import Any
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
-from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of
+from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of, require_runner
 from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
             False: host stages.
         identity: the model's identity (weights hash, untrained flag) the detector reports.
     """
-    if not capabilities_of(runner).device_io or gpu_stages is False:
+    if not capabilities_of(require_runner(runner)).device_io or gpu_stages is False:
         if gpu_stages:
             raise BackendUnavailableError(
                 f"{type(runner).__name__} is not a device-I/O runner: the CUDA stages need one")
@@ -211,8 +211,13 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
         log.warning("CUDA resize/decode/NMS unavailable (%s); using the host stages, with a copy "
                     "to and from the GPU per pyramid level", exc)
         return Detector(runner, config, identity=identity)
-    return Detector(runner, config, preprocessor=pre, postprocessor=post,
-                    identity=identity)
+    try:
+        return Detector(runner, config, preprocessor=pre, postprocessor=post,
+                        identity=identity)
+    except BaseException:
+        pre.close()
+        post.close()
+        raise
 
 
 __all__ = [
