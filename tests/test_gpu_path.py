@@ -307,6 +307,22 @@ def test_timed_detection_waits_for_every_part_and_close_closes_each_once():
     assert [p.closes for p in parts] == [1, 1, 1]
 
 
+def test_detector_for_closes_the_stages_it_made_when_the_detector_fails(monkeypatch):
+    import tinyfaces_trt.runtime.backends as backends
+
+    config = DetectorConfig()
+    made = _CountingPre(config), _CountingPost(config)
+    monkeypatch.setattr(cuda_stages, "cuda_stages", lambda *args, **kwargs: made)
+
+    def failing(*args: Any, **kwargs: Any) -> Detector:
+        raise MemoryError("out of host memory")
+
+    monkeypatch.setattr(backends, "Detector", failing)
+    with pytest.raises(MemoryError):
+        detector_for(FakeDeviceRunner(CudaLog()), config)
+    assert [stage.closes for stage in made] == [1, 1]
+
+
 def test_close_closes_every_part_when_one_fails():
     config = DetectorConfig()
 
