@@ -16,6 +16,7 @@ decode and NMS with numpy on the host.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -30,7 +31,7 @@ import numpy as np
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
-from tinyfaces_trt.core.runner import RunnerBase
+from tinyfaces_trt.core.runner import RunnerBase, close_all
 
 from bench_common import one_line
 
@@ -488,11 +489,8 @@ def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
 
 
 def _close_all(parts: list[Any]) -> None:
-    for part in parts:
-        try:
-            part.close()
-        except Exception:  # already failing: keep the first error
-            pass
+    with contextlib.suppress(Exception):  # already failing: keep the first error
+        close_all(parts)
 
 
 def _factory_device(backend: str) -> Callable[[BenchContext], Pipeline]:

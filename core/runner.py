@@ -100,10 +100,17 @@ class RunnerBase:
         self.close()
 
 
-def missing_members(obj: object, names: Iterable[str]) -> list[str]:
-    """Those of ``names`` that ``obj`` lacks (looked up on its class first, so that a property
-    is not evaluated; then on the instance, for attributes set in ``__init__``)."""
-    return [name for name in names if not hasattr(type(obj), name) and not hasattr(obj, name)]
+def require_members(obj: object, names: Iterable[str], protocol: str, hint: str = "") -> None:
+    """Checks that ``obj`` has every one of ``names`` (looked up on its class first, so that a
+    property is not evaluated; then on the instance, for attributes set in ``__init__``).
+
+    Raises:
+        TypeError: "<class> is not a <protocol>: it has no <missing members><hint>".
+    """
+    missing = [name for name in names if not hasattr(type(obj), name) and not hasattr(obj, name)]
+    if missing:
+        raise TypeError(f"{type(obj).__name__} is not a {protocol}: it has no "
+                        f"{', '.join(missing)}{hint}")
 
 
 def require_runner(runner: object) -> NetworkRunner:
@@ -113,13 +120,23 @@ def require_runner(runner: object) -> NetworkRunner:
         TypeError: a member is missing (naming each, and :class:`RunnerBase` for defaults), or
             ``capabilities`` is not a :class:`RunnerCapabilities`.
     """
-    missing = missing_members(runner, RUNNER_MEMBERS)
-    if missing:
-        raise TypeError(f"{type(runner).__name__} is not a NetworkRunner: it has no "
-                        f"{', '.join(missing)}; subclass tinyfaces_trt.core.runner.RunnerBase "
-                        "for the host defaults")
+    require_members(runner, RUNNER_MEMBERS, "NetworkRunner",
+                    "; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
     capabilities_of(runner)
     return runner  # type: ignore[return-value]
+
+
+def close_all(parts: Iterable[Any]) -> None:
+    """Closes every part (runners, stages), even when one fails; then raises the first
+    failure."""
+    failure: Exception | None = None
+    for part in parts:
+        try:
+            part.close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def capabilities_of(runner: object) -> RunnerCapabilities:

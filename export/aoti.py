@@ -22,7 +22,6 @@ this device: trust the folder as you trust the installed packages.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -33,15 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.files import (
-    cache_root, remove_stale_temporaries, staging_dir, write_text_atomic)
-from tinyfaces_trt.export.compile_cache import compile_key
+from tinyfaces_trt.core.files import cache_root, remove_stale_temporaries, staging_dir
+from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, write_key
 
 _logger = logging.getLogger(__name__)
 
 #: Sub-folder of the cache root holding AOTInductor packages.
 PACKAGE_SUBDIR = "torch_aoti"
-_KEY_CHARS = 16
 
 Compiled = Callable[[torch.Tensor], torch.Tensor]
 
@@ -79,12 +76,11 @@ class PackageCache:
         :func:`~tinyfaces_trt.core.files.cache_root`."""
         key = {**compile_key(module, device, dtype, channels_last),
                "weights": weights_digest(module), "form": "aotinductor"}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return cls(cache_root(cache_dir) / PACKAGE_SUBDIR / digest[:_KEY_CHARS], device, key)
+        return cls(key_folder(cache_root(cache_dir) / PACKAGE_SUBDIR, key), device, key)
 
     def path(self, shape: Sequence[int]) -> Path:
         """The package of one input shape."""
-        return self.folder / ("x".join(str(int(d)) for d in shape) + ".pt2")
+        return shape_file(self.folder, shape, ".pt2")
 
     def load(self, shape: Sequence[int]) -> Compiled | None:
         """The package of ``shape``, loaded; None when there is none, or when this torch
@@ -116,9 +112,7 @@ class PackageCache:
             program = torch.export.export(module, (example,), strict=False)
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                if self.key is not None and not (self.folder / "key.json").exists():
-                    write_text_atomic(self.folder / "key.json",
-                                      json.dumps(self.key, indent=2, sort_keys=True) + "\n")
+                write_key(self.folder, self.key)
                 remove_stale_temporaries(self.folder)  # builds of killed processes
                 # built under its final name (the archive's inner folder takes the file's
                 # name) in a staging folder, then moved into place

@@ -85,6 +85,23 @@ def compile_key(module: nn.Module, device: torch.device, dtype: torch.dtype,
     }
 
 
+def key_folder(parent: Path, key: dict[str, str]) -> Path:
+    """The folder of one key under ``parent``: the first characters of its fields' sha256."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return parent / digest[:_KEY_CHARS]
+
+
+def shape_file(folder: Path, shape: Sequence[int], suffix: str) -> Path:
+    """``<folder>/<N>x<C>x<H>x<W><suffix>``: the file of one input shape."""
+    return folder / ("x".join(str(int(d)) for d in shape) + suffix)
+
+
+def write_key(folder: Path, key: dict[str, str] | None) -> None:
+    """Writes ``key`` as ``key.json`` in the existing ``folder``, unless it is already there."""
+    if key is not None and not (folder / "key.json").exists():
+        write_text_atomic(folder / "key.json", json.dumps(key, indent=2, sort_keys=True) + "\n")
+
+
 class CompileCache:
     """The compiled artefacts of one module (one :func:`compile_key`), a file per input shape.
 
@@ -103,12 +120,11 @@ class CompileCache:
                    cache_dir: str | os.PathLike[str] | None = None) -> "CompileCache":
         """The cache of ``module`` under :func:`~tinyfaces_trt.core.files.cache_root`."""
         key = compile_key(module, device, dtype, channels_last)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return cls(cache_root(cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS], key)
+        return cls(key_folder(cache_root(cache_dir) / CACHE_SUBDIR, key), key)
 
     def path(self, shape: Sequence[int]) -> Path:
         """The file of one input shape."""
-        return self.folder / ("x".join(str(int(d)) for d in shape) + ".bin")
+        return shape_file(self.folder, shape, ".bin")
 
     def load(self, shape: Sequence[int]) -> bool:
         """Hot-loads the artefacts saved for ``shape`` into Inductor's local caches.
@@ -140,9 +156,7 @@ class CompileCache:
         path = self.path(shape)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if self.key is not None and not (self.folder / "key.json").exists():
-                write_text_atomic(self.folder / "key.json",
-                                  json.dumps(self.key, indent=2, sort_keys=True) + "\n")
+            write_key(self.folder, self.key)
             write_bytes_atomic(path, saved[0])
         except OSError as exc:
             # a read-only or full cache only costs a recompile next time

@@ -21,7 +21,7 @@ from tinyfaces_trt.core.errors import ImageError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import (
-    NetworkRunner, capabilities_of, missing_members, require_runner)
+    NetworkRunner, capabilities_of, close_all, require_members, require_runner)
 
 
 @runtime_checkable
@@ -73,10 +73,7 @@ _STAGE_MEMBERS = {
 
 
 def _require_stage(stage: object, protocol: type) -> Any:
-    missing = missing_members(stage, _STAGE_MEMBERS[protocol])
-    if missing:
-        raise TypeError(f"{type(stage).__name__} is not a {protocol.__name__}: it has no "
-                        f"{', '.join(missing)}")
+    require_members(stage, _STAGE_MEMBERS[protocol], protocol.__name__)
     return stage
 
 
@@ -182,14 +179,7 @@ class Detector:
     def close(self) -> None:
         """Releases the stages' and the runner's memory (device buffers); idempotent. Every
         part is closed even when one fails; the first failure is raised afterwards."""
-        failure: Exception | None = None
-        for part in (self.preprocessor, self.postprocessor, self.runner):
-            try:
-                part.close()
-            except Exception as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        close_all((self.preprocessor, self.postprocessor, self.runner))
 
     def __enter__(self) -> "Detector":
         return self

@@ -222,9 +222,8 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
     ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``,
-    ``--nms-thresh``,
-    ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`: ``.create()`` builds it here,
-    and Ray workers and Serve replicas build their own from it.
+    ``--nms-thresh``, ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`:
+    ``.create()`` builds it here, and Ray workers and Serve replicas build their own from it.
 
     ``auto`` is resolved here (said through ``progress``). With ``for_workers``, an ONNX
     Runtime checkpoint (or the untrained default) is exported into the cache here, once, so

@@ -18,6 +18,7 @@ into the cache) and the torch backends are :func:`tinyfaces_trt.create_detector`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
-from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of, require_runner
+from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of, close_all, require_runner
 from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,8 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
         return Detector(runner, config, preprocessor=pre, postprocessor=post,
                         identity=identity)
     except BaseException:
-        pre.close()
-        post.close()
+        with contextlib.suppress(Exception):  # already failing: keep the first error
+            close_all((pre, post))
         raise
 
 

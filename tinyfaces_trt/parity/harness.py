@@ -23,7 +23,7 @@ import numpy as np
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.pyramid import plan_pyramid
-from tinyfaces_trt.core.runner import NetworkRunner
+from tinyfaces_trt.core.runner import NetworkRunner, close_all
 from tinyfaces_trt.parity.compare import (TOLERANCES, DetectionComparison, MapComparison, Tolerances,
                                          compare_detections, compare_maps)
 from tinyfaces_trt.parity.images import synthetic_image
@@ -172,8 +172,7 @@ def run_parity(model: Any, config: DetectorConfig, folder: Any, backends: Sequen
                 found[name, w, h] = compare_runner(case, runner, config, h, w, precision, name,
                                                    seed, (tolerances or TOLERANCES)[precision])
     finally:
-        for runner in runners.values():
-            runner.close()
+        close_all(runners.values())
     results = []
     for name in backends:
         for w, h in sizes:
