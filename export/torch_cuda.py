@@ -14,7 +14,8 @@ keeps, per input shape, a ready callable:
     package (:mod:`.aoti`: weights included, loadable from C++ too) kept in the cache; a later
     process loads it without tracing or compiling. Falls back as ``"compile"`` does.
 ``mode="graphs"``
-    The eager network captured in one CUDA graph per shape (no compiler needed).
+    The eager network captured in one CUDA graph per shape (no compiler needed). When a
+    capture fails the runner logs a warning and falls back to ``"eager"``.
 ``mode="eager"``
     Plain eager execution.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import os
 import time
@@ -50,6 +52,7 @@ from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
+from tinyfaces_trt.export.torch_runner import ieee_fp32_convolutions
 
 _logger = logging.getLogger(__name__)
 
@@ -144,6 +147,17 @@ class ShapeRecord:
     inductor_misses: int = 0
 
 
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Captured:
     """One CUDA graph with its static input and output tensors, and the callable it was
     captured from (kept: an AOTInductor model owns the weights its graph reads)."""
@@ -160,7 +174,11 @@ class _Captured:
                 fn(self.static_in)
         stream.wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # No cycle collection inside the capture: a collected DeviceBuffer, Event or Stream
+        # would free or destroy it (forbidden while capturing). Other threads' CUDA calls
+        # stay legal ("thread_local"): only this thread's would break the capture.
+        with _no_cycle_collection(), \
+                torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,20 +326,13 @@ class TorchCudaRunner(RunnerBase):
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
-        """The runner's stream current; float32 convolutions in IEEE fp32, not TF32 (cuDNN's
-        default in torch on Ampere and later), so that float32 keeps the fp32 tolerances."""
+        """The runner's stream current; float32 convolutions in IEEE fp32, not TF32, so that
+        float32 keeps the fp32 tolerances."""
         if self._stream is None:
             yield
             return
-        cudnn = torch.backends.cudnn
-        saved = cudnn.allow_tf32  # the legacy flag: the per-op fp32_precision API is fragile
-        if self.dtype == torch.float32:
-            cudnn.allow_tf32 = False
-        try:
-            with torch.cuda.stream(self._stream):
-                yield
-        finally:
-            cudnn.allow_tf32 = saved
+        with ieee_fp32_convolutions(self.device, self.dtype), torch.cuda.stream(self._stream):
+            yield
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         fn = self._callables.get(shape)
@@ -341,14 +352,20 @@ class TorchCudaRunner(RunnerBase):
             except Exception as exc:  # export, Inductor, Triton, the C++ compiler, the capture
                 fallback = "graphs" if self._stream is not None else "eager"
                 what = "torch.compile" if self.mode == "compile" else "AOTInductor"
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 _logger.warning("%s failed for input shape %s (%s: %s); falling back to mode "
-                                "%r", what, shape, type(exc).__name__, first_line, fallback)
+                                "%r", what, shape, type(exc).__name__, _first_line(exc),
+                                fallback)
                 self.mode = record.mode = fallback
         if fn is None:
             fn = self._eager_forward()
             if record.mode == "graphs":
-                fn = self._capture(fn, shape)
+                try:
+                    fn = self._capture(fn, shape)
+                except Exception as exc:  # an operation a CUDA graph cannot hold
+                    _logger.warning("capturing a CUDA graph failed for input shape %s (%s: "
+                                    "%s); falling back to mode 'eager'", shape,
+                                    type(exc).__name__, _first_line(exc))
+                    self.mode = record.mode = "eager"
         record.seconds = time.perf_counter() - start
         self.records[shape] = record
         _logger.info("input shape %s ready (%s, %.1f s)", shape, record.mode, record.seconds)
@@ -418,6 +435,10 @@ class TorchCudaRunner(RunnerBase):
         if record.inductor_misses or not record.cache_loaded:
             cache.save(shape)
         return compiled
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _check_input(x: torch.Tensor) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -13,8 +15,24 @@ from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
+@contextlib.contextmanager
+def ieee_fp32_convolutions(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """float32 convolutions on a CUDA ``device`` in IEEE fp32 while inside, not TF32 (cuDNN's
+    default in torch on Ampere and later: 10 mantissa bits, far outside the fp32 tolerances).
+    Other dtypes and devices are left alone."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.allow_tf32  # the legacy flag: the per-op fp32_precision API is fragile
+    if device.type == "cuda" and dtype == torch.float32:
+        cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = saved
+
+
 class TorchRunner(RunnerBase):
-    """Runs a torch network on numpy inputs (the reference every other backend is compared to).
+    """Runs a torch network on numpy inputs (the reference every other backend is compared to;
+    float32 on a GPU in IEEE fp32, not TF32).
 
     Args:
         model: the network, e.g. :class:`~tinyfaces_trt.export.model.TinyFacesNet`. It is put in
@@ -45,7 +63,7 @@ class TorchRunner(RunnerBase):
         x = np.asarray(net_input)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, h, w) input, got shape {x.shape}")
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32_convolutions(self.device, self.dtype):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             y = self.model(t.to(device=self.device, dtype=self.dtype))
             return np.ascontiguousarray(y.float().cpu().numpy())

@@ -34,7 +34,8 @@ from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detecto
 from tinyfaces_trt.export import aoti, torch_cuda
 from tinyfaces_trt.export.compile_cache import CompileCache
 from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, fold_batchnorm
-from tinyfaces_trt.export.torch_runner import TorchRunner
+from tinyfaces_trt.export import torch_runner as torch_runner_module
+from tinyfaces_trt.export.torch_runner import TorchRunner, ieee_fp32_convolutions
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.runtime.pipeline import Detector
 
@@ -296,7 +297,7 @@ def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
     monkeypatch.setattr(torch_cuda.torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch_cuda.torch.cuda, "CUDAGraph",
                         lambda: SimpleNamespace(replay=lambda: calls.append("replay")))
-    monkeypatch.setattr(torch_cuda.torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch_cuda.torch.cuda, "graph", lambda g, **kw: contextlib.nullcontext())
 
     class Model:  # stands for the loaded package
         def __call__(self, x):
@@ -315,6 +316,88 @@ def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
     del captured
     gc.collect()
     assert alive() is None
+
+
+class _CaptureStandIns:
+    """torch.cuda's stream and graph calls as recorders (nothing runs on a GPU)."""
+
+    def __init__(self, monkeypatch, fail_capture: bool = False) -> None:
+        self.captures: list[dict] = []
+        self.fail_capture = fail_capture
+        cuda = torch_cuda.torch.cuda
+        monkeypatch.setattr(cuda, "Stream", lambda device=None: self.stream())
+        monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(cuda, "CUDAGraph", lambda: SimpleNamespace(replay=lambda: None))
+        monkeypatch.setattr(cuda, "graph", self.graph)
+
+    @staticmethod
+    def stream() -> SimpleNamespace:
+        return SimpleNamespace(wait_stream=lambda other: None)
+
+    @contextlib.contextmanager
+    def graph(self, g, **kwargs):
+        self.captures.append({"gc_enabled": gc.isenabled(), **kwargs})
+        if self.fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        yield
+
+
+def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(monkeypatch):
+    """A cycle collected inside the capture could free device memory (illegal while
+    capturing); other threads' CUDA calls must not break it."""
+    stand_ins = _CaptureStandIns(monkeypatch)
+    assert gc.isenabled()
+    torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), stand_ins.stream())
+    assert stand_ins.captures == [{"gc_enabled": False, "capture_error_mode": "thread_local"}]
+    assert gc.isenabled()
+    stand_ins.fail_capture = True
+    with pytest.raises(RuntimeError, match="capturing"):
+        torch_cuda._Captured(lambda x: x, (1, 3, 4, 4), torch.device("cpu"), stand_ins.stream())
+    assert gc.isenabled(), "a failed capture left cycle collection off"
+
+
+def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
+    stand_ins = _CaptureStandIns(monkeypatch, fail_capture=True)
+    model, x = stand_in(), net_input()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
+    runner.mode = "graphs"  # as on a GPU (a CPU runner refuses it) ...
+    runner._stream = stand_ins.stream()  # ... where the runner has a stream to capture on
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        fn = runner._callable(INPUT_SHAPE)
+    assert "capturing a CUDA graph failed for input shape (2, 3, 32, 48) (RuntimeError: " \
+           "operation not permitted when stream is capturing); falling back to mode 'eager'" \
+           in caplog.text
+    assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
+    with torch.no_grad():
+        out = fn(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
+
+
+@pytest.mark.parametrize("device, dtype, tf32_inside", [
+    ("cuda", torch.float32, False), ("cuda:1", torch.float32, False),
+    ("cuda", torch.float16, True), ("cpu", torch.float32, True)])
+def test_float32_convolutions_on_a_gpu_are_ieee_not_tf32(device, dtype, tf32_inside):
+    cudnn = torch.backends.cudnn
+    assert cudnn.allow_tf32  # torch's default
+    with ieee_fp32_convolutions(torch.device(device), dtype):
+        assert cudnn.allow_tf32 is tf32_inside
+    assert cudnn.allow_tf32
+    with pytest.raises(KeyError), ieee_fp32_convolutions(torch.device(device), dtype):
+        raise KeyError
+    assert cudnn.allow_tf32
+
+
+def test_the_reference_runner_computes_in_the_precision_check(monkeypatch):
+    entered = []
+
+    @contextlib.contextmanager
+    def recording(device, dtype):
+        entered.append((device, dtype))
+        yield
+
+    monkeypatch.setattr(torch_runner_module, "ieee_fp32_convolutions", recording)
+    TorchRunner(stand_in()).run(net_input())
+    assert entered == [(torch.device("cpu"), torch.float32)]
 
 
 def test_other_weights_get_their_own_packages(tmp_path):

@@ -130,8 +130,11 @@ def test_close_frees_device_memory(mode):
     gc.collect()
     torch.cuda.synchronize()
     after = torch.cuda.memory_allocated()
-    assert during - before > (1 << 20)
+    # graphs keep their static input and output (~10 MB here); eager keeps only the fp16
+    # weights of the stand-in (~40 KB): run() frees its upload and output when it returns
+    assert during - before > ((1 << 20) if mode == "graphs" else 0), (before, during)
     assert after - before <= (1 << 20), (before, during, after)
+    assert after < during, (before, during, after)
 
 
 def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path):
