@@ -157,6 +157,11 @@ class HostCudart:
         self._validate("cudaGetDeviceCount")
         return self._ok(1)
 
+    def cudaDeviceSynchronize(self) -> tuple[Any, ...]:
+        self._validate("cudaDeviceSynchronize")
+        self.log.append(("cudaDeviceSynchronize", None))
+        return self._ok()
+
     def cudaGetDeviceProperties(self, device: int) -> tuple[Any, ...]:
         self._validate("cudaGetDeviceProperties", device)
         if int(device) != 0:

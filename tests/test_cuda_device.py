@@ -63,7 +63,7 @@ def test_without_a_driver_wrapped_handles_fail_at_their_first_use(real):
         stream.synchronize()
     stream.close()  # not owned: nothing to destroy
     array = DeviceArray(0x1000, (2, 3), np.float32)
-    with pytest.raises(CudaError, match=r"^cudaMemcpy \(device to host\) failed"):
+    with pytest.raises(CudaError, match=r"^cudaDeviceSynchronize failed"):
         array.download()
 
 
@@ -125,6 +125,19 @@ def test_a_download_waits_for_the_producing_stream_first(host):
     DeviceArray(buf.ptr, (4,), owner=buf, stream=stream).download()
     assert host.log == [("cudaStreamSynchronize", stream.handle)]
     assert host.calls["cudaMemcpy"] == 1
+
+
+def test_a_download_of_wrapped_memory_waits_for_the_whole_device_first(host):
+    """Memory from elsewhere (a torch tensor, a CuPy array) has no known producing stream,
+    and the synchronous copy's legacy stream does not wait for non-blocking streams."""
+    buf = DeviceBuffer(16)
+    buf.upload(np.arange(4, dtype=np.float32))
+    del host.log[:]
+    got = cuda_device.as_device_array(buf, (4,)).download()
+    assert host.log == [("cudaDeviceSynchronize", None)]
+    assert host.calls["cudaMemcpy"] >= 1
+    np.testing.assert_array_equal(got, np.arange(4, dtype=np.float32))
+    buf.free()
 
 
 def test_stream_order_between_two_streams_is_an_event_record_and_wait(host):

@@ -315,7 +315,9 @@ class DeviceArray:
         ptr: device address.
         shape, dtype: the array's layout (C order).
         owner: keeps the memory alive (e.g. the :class:`DeviceBuffer`).
-        stream: the stream whose work produces the data; downloads synchronise it.
+        stream: the stream whose work produces the data; downloads synchronise it. Without
+            one (memory wrapped by :func:`as_device_array`: its producer is unknown) a
+            download synchronises the whole device first.
     """
 
     def __init__(self, ptr: int, shape: tuple[int, ...], dtype: Any = np.float32,
@@ -341,9 +343,11 @@ class DeviceArray:
         if out.shape != self.shape or out.dtype != self.dtype:
             raise TinyFacesError(f"download target {out.shape} {out.dtype} does not match "
                                  f"{self.shape} {self.dtype}")
+        rt = runtime()
         if self.stream is not None:
             self.stream.synchronize()
-        rt = runtime()
+        else:  # cudaMemcpy's legacy stream does not wait for non-blocking streams (torch's)
+            check(rt.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
         host = _host_view(out, writable=True)
         check(rt.cudaMemcpy(host.ctypes.data, self.ptr, self.nbytes,
                             rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy (device to host)")

@@ -16,8 +16,10 @@ final (N, 5) rows.
 
 Stream order: everything of one stage is queued on its ``stream``. When the runner works on
 another stream (``runner_stream``), CUDA events order them without the host: the runner waits
-for the resize, the decode waits for the network, and the runner's next call waits for the
-decode to have read its output. With one shared stream (the default wiring) no event is needed.
+for the resize, the decode waits for the network, the runner's next call waits for the
+decode to have read its output, and each image's first resize waits for the network to have
+read the previous image's level inputs (their buffers are reused). With one shared stream (the
+default wiring) no event is needed.
 This module is the runtime's one seam to the kernel library (``tinyfaces_trt.kernels``).
 """
 
@@ -91,7 +93,8 @@ class CudaPreprocessor:
         stream: the stream to work on (a :class:`Stream` or a handle; default: a new one).
         library: a loaded kernel library (default: :func:`~tinyfaces_trt.kernels.load_library`).
         runner_stream: the stream the network runs on, when it is another one: it is made to
-            wait (a CUDA event) for each level's input.
+            wait (a CUDA event) for each level's input, and each image's first resize waits
+            for the network's work on the previous image (which read the reused level buffers).
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -104,14 +107,15 @@ class CudaPreprocessor:
         self.lib = _load(library)
         self.stream = _as_stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
-        self._to_runner = StreamOrder(self.stream, runner_stream if runner_stream is not None
-                                      else self.stream)
+        consumer = runner_stream if runner_stream is not None else self.stream
+        self._to_runner = StreamOrder(self.stream, consumer)
+        self._from_runner = StreamOrder(consumer, self.stream)
         self._scale, self._bias = config.normalization.scale_and_bias()
         self._staging = _Scratch(PinnedBuffer)
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch()
         self._workspace = _Scratch()
-        self._levels: dict[tuple[int, int, int], DeviceBuffer] = {}
+        self._levels: dict[tuple[int, int, int, int], DeviceBuffer] = {}  # n, index, h, w
         self._sources: list[np.ndarray] = []
 
     def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
@@ -146,10 +150,13 @@ class CudaPreprocessor:
         images = validate_batch(images)
         height, width = images[0].shape[:2]
         self._upload(images, level.index == 0)
+        if level.index == 0:
+            self._from_runner.after()
         n, h, w = len(images), int(level.height), int(level.width)
-        out = self._levels.get((n, h, w))
+        key = (n, level.index, h, w)  # one buffer per level, even where two shapes coincide
+        out = self._levels.get(key)
         if out is None:
-            out = self._levels[(n, h, w)] = DeviceBuffer(n * 3 * h * w * 4)
+            out = self._levels[key] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
         for i in range(n):
@@ -179,6 +186,7 @@ class CudaPreprocessor:
         for scratch in (self._images, self._workspace, self._staging):
             scratch.free()
         self._to_runner.close()
+        self._from_runner.close()
         self._sources = []
         if self._own_stream:
             self.stream.close()
