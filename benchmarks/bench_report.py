@@ -235,6 +235,9 @@ def _size_lines(size: dict[str, Any]) -> list[str]:
         return lines + [f"Skipped: {size['reason']}", ""]
     levels = ", ".join(f"L{lv['index']} {lv['width']}x{lv['height']} (2^{lv['exponent']:g})"
                        for lv in size["levels"])
+    if size.get("partial"):
+        lines += [f"**Partial: {size['partial']}** (the run stopped here, or was still "
+                  "running when this was written).", ""]
     lines += [f"Image: {size['image']} {name}; pyramid: {levels}"]
     if size.get("flop_per_image"):
         flop = size["flop_per_image"]

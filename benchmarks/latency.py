@@ -29,6 +29,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -470,8 +471,10 @@ def _primary(benches: list[_Bench]) -> _Bench | None:
 
 def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any, config: Any,
              threads: int, export_root: Path, deadline: Deadline, estimate_s: float,
-             log) -> dict[str, Any]:
-    """Everything measured at one image size (backends, batch, profile, parity)."""
+             log, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Everything measured at one image size (backends, batch, profile, parity).
+    ``checkpoint`` gets the entry as it stands once the backends are measured (marked
+    ``partial``), so that a run killed during the batch, profile or parity keeps them."""
     from bench_backends import BACKENDS, BenchContext
     from bench_targets import network_flops
     from tinyfaces_trt.core.pyramid import plan_pyramid
@@ -512,6 +515,9 @@ def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any,
             else:
                 bench.start(ctx, log)
         measure(benches, image, args, log, deadline)
+        if checkpoint is not None:
+            checkpoint({**entry, "partial": "the backends are measured; batch, profile and "
+                        "parity were still to come", "backends": [b.finish() for b in benches]})
         if args.batch and first:
             batch_start = time.perf_counter()
             entry["batch"] = _batch_rows(benches, args, size, len(levels), deadline, log)
@@ -698,8 +704,13 @@ def main(argv: list[str] | None = None) -> int:
             pixels = (size.width * size.height) / (prev["image_size"][0] * prev["image_size"][1])
             batch_s = prev.get("batch_seconds", 0.0)
             estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
+        def checkpoint(partial: dict[str, Any]) -> None:
+            result["sizes"] = sizes + [partial]
+            save()
+            result["sizes"] = sizes
+
         sizes.append(run_size(size, i == 0, args, model, config, threads, export_root, deadline,
-                              estimate, log))
+                              estimate, log, checkpoint))
         save()
 
     for s in sizes:

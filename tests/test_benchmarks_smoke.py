@@ -37,13 +37,38 @@ def _load_latency():
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     latency = _load_latency()
+    written = latency.written = []  # every result saved on the way (a killed run keeps it)
+    write_reports = latency.write_reports
+    latency.write_reports = lambda result, *a: (written.append(json.loads(json.dumps(result))),
+                                                write_reports(result, *a))
     argv = ["--image-size", ",".join(f"{w}x{h}" for w, h in SIZES), "--repeat", "1",
             "--warmup", "0", "--depth", "50", "--backend", "reference,torch,torch-cuda",
             "--candidates", "300", "--batch", "2", "--parity",
             "--out", str(out), "--name", "smoke", "--export-dir", str(out / "export")]
     assert latency.main(argv) == 0
     result = json.loads((out / "smoke.json").read_text())
+    _run_saves.extend(written)
     return out, result, (out / "smoke.md").read_text()
+
+
+_run_saves: list[dict] = []
+
+
+def test_a_size_is_saved_once_its_backends_are_measured(run):
+    """Before the batch, profile and parity of a size, its measured backends are on disk."""
+    _, result, _ = run
+    partial = [r for r in _run_saves if r["sizes"] and r["sizes"][-1].get("partial")]
+    assert [len(r["sizes"]) for r in partial] == [1, 2]
+    first = partial[0]
+    assert not first["complete"] and "batch" not in first["sizes"][0]
+    assert "parity" not in first["sizes"][0]
+    assert [b["name"] for b in first["sizes"][0]["backends"]] == \
+        [b["name"] for b in result["sizes"][0]["backends"]]
+    assert first["sizes"][0]["backends"][0]["stages"]["total"]["median_ms"] > 0
+    assert all("partial" not in s for s in result["sizes"]) and result["complete"]
+    from bench_report import render_markdown
+    assert "**Partial: the backends are measured; batch, profile and parity were still to " \
+           "come**" in render_markdown(first)
 
 
 def test_settings_record_the_run(run):

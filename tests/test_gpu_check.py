@@ -231,3 +231,114 @@ def test_skips_in_gpu_only_files_and_their_case_files_must_run():
         assert g.MUST_RUN.match(where), where
     for where in ("tests/test_torch_cuda.py:12: no torch", "tests/test_kernels_cpu.py:40: no make"):
         assert not g.MUST_RUN.match(where), where
+
+
+# --- one run on a lent GPU must come back with a report, whatever happens -----------------
+
+def _ran(code=0, output="", timed_out=False):
+    return g.Ran(124 if timed_out else code, output, 1.0, timed_out)
+
+
+def test_a_step_killed_at_its_limit_is_incomplete_unless_something_failed_first(monkeypatch):
+    progress = "tests/test_kernels_gpu.py ........s....\n"
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress, timed_out=True))
+    report = g.Report([], 270.0, gpu=True)
+    g.tests_step(report, {}, 100.0, None)
+    (step,) = report.steps
+    assert step.status == "timeout" and step.summary.startswith("killed at its time limit (100 s)")
+    assert report.result == "INCOMPLETE"
+    assert "killed at their time limit: GPU tests" in g.render_markdown(report)
+
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress + "..F.\n",
+                                                        timed_out=True))
+    report = g.Report([], 270.0, gpu=True)
+    g.tests_step(report, {}, 100.0, None)
+    assert report.steps[0].status == "fail" and "tests had FAILED before" in report.steps[0].summary
+    assert report.result == "FAIL"
+
+
+def test_a_sanitizer_subset_whose_tests_all_skip_fails(monkeypatch):
+    skipped = MEMCHECK_OK + "sssss\n5 skipped in 3.00s\n"
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=skipped))
+    report = g.Report([], 270.0, gpu=True)
+    g.sanitizer_step(report, {}, "compute-sanitizer", "memcheck", ["pytest", "-k", "x"], "m",
+                     60.0, None, pytest_run=True)
+    assert report.steps[0].status == "fail"
+    assert "no test of the subset ran under the sanitizer" in report.steps[0].summary
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(5, MEMCHECK_OK + "no tests ran in 0.1s"))
+    g.sanitizer_step(report, {}, "compute-sanitizer", "memcheck", ["pytest", "-k", "x"], "m",
+                     60.0, None, pytest_run=True)
+    assert report.steps[1].status == "skipped"
+    assert report.steps[1].summary == "no GPU test matches the subset (x)"
+    hit = "========= Invalid __global__ write of size 4 bytes\n"
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=hit, timed_out=True))
+    g.sanitizer_step(report, {}, "compute-sanitizer", "memcheck", ["demo"], "d", 60.0, None)
+    assert report.steps[2].status == "fail"
+    assert "the sanitizer had reported errors" in report.steps[2].summary
+
+
+def test_a_benchmark_killed_at_its_limit_is_incomplete_not_failed():
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, _bench_result(complete=False), 1.0, "c", "measuring",
+                          died="timed out")
+    assert report.steps[0].status == "timeout"
+    assert "STOPPED: the benchmark stopped early (timed out: measuring)" in report.steps[0].summary
+    assert report.result == "INCOMPLETE"
+
+
+def test_an_error_in_a_step_is_reported_and_the_report_is_saved_after_every_step(
+        monkeypatch, tmp_path):
+    """As on a GPU machine (environment and tools stand in): the build step raises, the
+    check goes on, and gpu_check.json is rewritten after each step."""
+    def environment(report, env, log):
+        report.gpu = True
+        report.add(g.Step("environment", "pass", 0.0, "GPU: stand-in"))
+        return "90"
+
+    def broken_build(*args):
+        raise KeyError("arch")
+
+    seen = []
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: f"/opt/cuda/bin/{name}")
+    monkeypatch.setattr(g, "build_step", broken_build)
+    monkeypatch.setattr(g, "tests_step", lambda report, *a: report.add(
+        g.Step("GPU tests", "pass", 1.0, "1 passed")))
+    monkeypatch.setattr(g, "benchmark_step", lambda report, *a: seen.append(
+        json.loads((tmp_path / "out" / "gpu_check.json").read_text())) or report.add(
+        g.Step("benchmark", "pass", 1.0, "ran")))
+    code = g.main(["--out", str(tmp_path / "out"), "--budget-s", "400"])
+    assert code == 1
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["build"]["status"] == "fail"
+    assert steps["build"]["summary"] == "gpu_check error: KeyError: 'arch'"
+    assert "Traceback" in steps["build"]["details"]
+    assert steps["GPU tests"]["status"] == "pass" and steps["benchmark"]["status"] == "pass"
+    assert steps["compute-sanitizer memcheck: C example"]["summary"] == \
+        "the kernels were not built"
+    (before_benchmark,) = seen  # saved while the check was still running
+    assert before_benchmark["result"] == "fail"
+    assert [s["name"] for s in before_benchmark["steps"]][-1] == \
+        "compute-sanitizer racecheck: GPU tests subset"
+    assert report["result"] == "fail"
+    assert (tmp_path / "out" / "gpu_check.log").is_file()
+
+
+def test_a_report_saved_before_the_end_says_the_check_has_not_finished():
+    report = g.Report([], 270.0, gpu=True, finished=False)
+    report.add(g.Step("build", "pass", 1.0, "built"))
+    assert report.result == "INCOMPLETE"
+    assert "**Result: INCOMPLETE** (the check has not finished" in g.render_markdown(report)
+    report.finished = True
+    assert report.result == "PASS"
+
+
+def test_gpu_tests_run_in_parallel_where_xdist_is_installed(monkeypatch):
+    monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: None)
+    assert g.parallel_pytest_args() == []
+    monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(g.os, "cpu_count", lambda: 16)
+    assert g.parallel_pytest_args() == ["-n", "4", "--dist", "loadfile"]
+    monkeypatch.setattr(g.os, "cpu_count", lambda: 2)
+    assert g.parallel_pytest_args()[:2] == ["-n", "2"]

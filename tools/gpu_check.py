@@ -9,8 +9,15 @@ torch, cuda-python, nvcc and compute-sanitizer; no pip, no network), from a plai
 
 writes gpu_out/gpu_check.md (the report), gpu_check.json (everything), gpu_check.png (the
 targets and the step times), gpu_check.log (every step's full output) and the benchmark's
-latency.md / .json / .png. Exit status 0 only when every step that ran passed (skipped steps
-say why); speed targets are reported, never a failure.
+latency.md / .json / .png. The report and the log are rewritten as the steps finish (and the
+benchmark saves each size once its backends are measured), so a run killed from outside
+still leaves what it had done, marked INCOMPLETE.
+
+Result and exit status: PASS (0) when every step that ran passed; SKIPPED (0) without a GPU;
+FAIL (1) when a step failed (an error of this script counts, and the check goes on);
+INCOMPLETE (1) when a step was killed at its time limit before anything had failed. Steps
+skipped for time say so, in the report's first line too. Speed targets are reported, never
+a failure.
 
 Steps, in order, with their time on an H200 (whole run about 4 to 4.5 minutes within the
 default --budget-s 270; each step gets what is left, a step that cannot fit is skipped):
@@ -20,7 +27,9 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
   ptxas           ~6 s   registers / spills per kernel (-Xptxas -v)
   GPU tests    ~30-110 s every test marked `gpu` (tests/*_gpu.py must not skip; the
                          torch-cuda tests compile small networks, one of them into an
-                         AOTInductor package: ~10-20 s more, an estimate)
+                         AOTInductor package: ~10-20 s more, an estimate); in 4
+                         pytest-xdist workers, one file each, where xdist is installed
+                         (the kernel tests' numpy oracles are CPU-bound)
   sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
                          racecheck on a subset of the GPU tests
   benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -74,6 +84,12 @@ SANITIZER_TESTS = {
     "racecheck": "all_above_threshold or uncapped_chain or uncapped_nested",
 }
 STEP_KEYS = ("build", "ptxas", "tests", "sanitizers", "benchmark")
+#: pytest-xdist workers for the GPU tests (where it is installed).
+XDIST_WORKERS = 4
+#: Seconds a step needs left (before the benchmark's reserve) to start at all.
+MIN_TESTS_S = 60.0
+MIN_SANITIZER_EXAMPLE_S = 20.0
+MIN_SANITIZER_TESTS_S = 60.0
 #: Where a skip in the GPU run is a failure: the GPU-only files, and the case files whose tests
 #: test_kernels_gpu.py collects (pytest reports a skip at the function's own file).
 MUST_RUN = re.compile(r"tests/(?:\S+_gpu|kernel_\w+_cases)\.py")
@@ -266,6 +282,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def status_of(ok: bool, ran: Ran, failed_before_kill: bool = False) -> str:
+    """A step's status: "timeout" when it was killed at its time limit before anything had
+    failed, else "pass" or "fail"."""
+    if ran.timed_out and not failed_before_kill:
+        return "timeout"
+    return "pass" if ok else "fail"
+
+
+_PROGRESS = re.compile(r"^([.sxXFE]+)(?:\s+\[\s*\d+%\])?\s*$", re.M)
+_SANITIZER_REPORT = re.compile(r"^=+ (?:Invalid|Error|Program hit|Race|Barrier|Malloc)", re.M)
+
+
+def pytest_failed_so_far(text: str) -> bool:
+    """Whether pytest's progress dots (``-q``) show a failure or an error."""
+    return any(c in m[1] for m in _PROGRESS.finditer(text) for c in "FE")
+
+
 def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -277,7 +310,7 @@ def tail(text: str, lines: int = 40) -> str:
 @dataclass
 class Step:
     name: str
-    status: str              # "pass", "fail" or "skipped"
+    status: str              # "pass", "fail", "timeout" (killed at its time limit) or "skipped"
     seconds: float
     summary: str
     command: str = ""
@@ -295,20 +328,28 @@ class Report:
     parity: list[dict[str, Any]] = field(default_factory=list)
     benchmark: dict[str, Any] | None = None
     gpu: bool = False
+    #: False until every step has run: a report saved earlier (after each step) says so.
+    finished: bool = True
+    #: Called after each step is added (main() saves the report there).
+    on_step: Any = None
 
     @property
     def result(self) -> str:
         if any(s.status == "fail" for s in self.steps):
             return "FAIL"
+        if not self.finished or any(s.status == "timeout" for s in self.steps):
+            return "INCOMPLETE"
         if not any(s.status == "pass" for s in self.steps if s.name != "environment"):
             return "SKIPPED"
         return "PASS"
 
     def add(self, step: Step) -> Step:
         self.steps.append(step)
-        mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[step.status]
+        mark = {"pass": "ok  ", "fail": "FAIL", "timeout": "TIME", "skipped": "skip"}[step.status]
         print(f"[gpu_check] {mark} {step.name} ({step.seconds:.1f} s): {step.summary}",
               file=sys.stderr, flush=True)
+        if self.on_step is not None:
+            self.on_step()
         return step
 
     def skip(self, name: str, reason: str) -> Step:
@@ -320,16 +361,30 @@ def _command_text(cmd: list[str]) -> str:
                     for i, c in enumerate(cmd))
 
 
+def _result_note(report: Report) -> str:
+    if not report.finished:
+        return (" (the check has not finished: these are the steps done so far; a run killed "
+                "from outside stops here)")
+    if not report.gpu:
+        return " (no CUDA GPU visible: nothing was verified)"
+    timed_out = [s.name for s in report.steps if s.status == "timeout"]
+    for_time = [s.name for s in report.steps
+                if s.status == "skipped" and s.summary.startswith("time budget")]
+    notes = ([f"killed at their time limit: {', '.join(timed_out)}"] if timed_out else []) + \
+        ([f"skipped for time: {', '.join(for_time)}"] if for_time else [])
+    return f" ({'; '.join(notes)}; a larger --budget-s runs them)" if notes else ""
+
+
 def render_markdown(report: Report) -> str:
-    lines = ["# GPU check", "", f"**Result: {report.result}**" + (
-        " (no CUDA GPU visible: nothing was verified)" if not report.gpu else ""), "",
+    lines = ["# GPU check", "", f"**Result: {report.result}**" + _result_note(report), "",
         f"Command: `python3 tools/gpu_check.py {' '.join(report.argv)}` (time budget "
         f"{report.budget_s:g} s; this run took {sum(s.seconds for s in report.steps):.0f} s)", "",
         "| fact | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in report.facts.items()]
     lines += ["", "## Steps", "", "| step | result | time | summary |", "| --- | --- | --- | --- |"]
     for s in report.steps:
-        result = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[s.status]
+        result = {"pass": "pass", "fail": "**FAIL**", "timeout": "**timed out**",
+                  "skipped": "skipped"}[s.status]
         lines.append(f"| {s.name} | {result} | {s.seconds:.1f} s | {s.summary} |")
     if report.targets:
         lines += ["", "## Targets (benchmarks, not pass/fail)", "",
@@ -403,7 +458,8 @@ def write_plot(report: Report, path: Path) -> str | None:
     from tinyfaces_trt.core.files import atomic_output
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
-    colors = {"pass": "tab:green", "fail": "tab:red", "skipped": "tab:gray"}
+    colors = {"pass": "tab:green", "fail": "tab:red", "timeout": "tab:orange",
+              "skipped": "tab:gray"}
     names = [s.name for s in report.steps]
     ax1.barh(names, [s.seconds for s in report.steps],
              color=[colors[s.status] for s in report.steps])
@@ -494,7 +550,7 @@ def environment_step(report: Report, env: dict[str, str], log: Any) -> str | Non
     facts.update(probed)
     for tool, args in (("nvcc", ["--version"]), ("compute-sanitizer", ["--version"]),
                        ("ncu", ["--version"])):
-        path = shutil.which(tool)
+        path = find_tool(tool)
         if path is None:
             facts[tool] = "not found"
             continue
@@ -517,7 +573,7 @@ def build_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     ran = run(cmd, env, timeout, log=log)
     lib = build_dir / "libtinyfaces_kernels.so"
     ok = ran.code == 0 and lib.is_file() and (build_dir / "decode_nms_demo").is_file()
-    report.add(Step("build", "pass" if ok else "fail", ran.seconds,
+    report.add(Step("build", status_of(ok, ran), ran.seconds,
                     f"built {lib.relative_to(REPO) if lib.is_relative_to(REPO) else lib}"
                     + (f" for sm_{arch}" if arch else "") if ok else
                     f"exit {ran.code}: {tail(ran.output, 1)}", _command_text(cmd),
@@ -540,7 +596,7 @@ def ptxas_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     summary = (f"{len(report.registers)} kernel/arch entries, "
                + (f"SPILLS in {', '.join(sorted({r[0] for r in spills}))}" if spills else "no spills")
                if ok else f"exit {ran.code}; {len(report.registers)} entries parsed")
-    report.add(Step("ptxas -v", "pass" if ok else "fail", ran.seconds, summary,
+    report.add(Step("ptxas -v", status_of(ok, ran), ran.seconds, summary,
                     _command_text(cmd), "" if ok else tail(ran.output, 40)))
 
 
@@ -554,27 +610,40 @@ def gpu_test_files() -> list[str]:
     return files
 
 
+def parallel_pytest_args() -> list[str]:
+    """pytest-xdist's options for the GPU tests where it is installed (the lent machines have
+    it): the numpy oracles of the kernel tests are CPU-bound; a file stays in one worker."""
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(max(1, min(XDIST_WORKERS, os.cpu_count() or 1))), "--dist", "loadfile"]
+
+
 def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
     files = gpu_test_files()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu",
-           *files]
+           *parallel_pytest_args(), *files]
     ran = run(cmd, env, timeout, log=log)
     summary = parse_pytest(ran.output)
     must_run = sum(n for n, where in summary.skips if MUST_RUN.match(where))
     ok = ran.code == 0 and summary.ran > 0 and not must_run
     text = f"exit {ran.code}; {summary.line or 'no pytest summary'} ({len(files)} files)"
+    if ran.timed_out:
+        text = (f"killed at its time limit ({timeout:.0f} s)"
+                + ("; tests had FAILED before" if pytest_failed_so_far(ran.output) else "")
+                + f" ({len(files)} files)")
     if must_run:
         text += f"; {must_run} skipped in GPU-only files (tests/*_gpu.py), which must run here"
     if summary.skips:
         reasons = sorted({where.split(": ", 1)[-1] for _, where in summary.skips})
         text += f"; skip reasons: {'; '.join(reasons)}"
-    report.add(Step("GPU tests", "pass" if ok else "fail", ran.seconds, text,
-                    _command_text(cmd), tail(ran.output, 15 if ok else 80)))
+    report.add(Step("GPU tests", status_of(ok, ran, pytest_failed_so_far(ran.output)),
+                    ran.seconds, text, _command_text(cmd), tail(ran.output, 15 if ok else 80)))
 
 
-def sanitizer_step(report: Report, env: dict[str, str], tool: str, target: list[str],
-                   name: str, timeout: float, log: Any, pytest_run: bool = False) -> None:
-    cmd = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "3", *target]
+def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: str,
+                   target: list[str], name: str, timeout: float, log: Any,
+                   pytest_run: bool = False) -> None:
+    cmd = [sanitizer, "--tool", tool, "--error-exitcode", "3", *target]
     ran = run(cmd, env, timeout, log=log)
     s = parse_sanitizer_summary(ran.output)
     if "Device not supported" in ran.output:
@@ -584,14 +653,21 @@ def sanitizer_step(report: Report, env: dict[str, str], tool: str, target: list[
         return
     text = f"exit {ran.code}; {s.describe()}"
     ok = ran.code == 0 and s.found and s.errors == 0
-    if pytest_run:
+    found_errors = s.errors > 0 or bool(_SANITIZER_REPORT.search(ran.output))
+    if pytest_run and not ran.timed_out:
         p = parse_pytest(ran.output)
-        if p.counts.get("passed", 0) == 0 and ran.code in (0, 5):
+        if ran.code == 5:  # pytest: no test collected
             report.add(Step(name, "skipped", ran.seconds, "no GPU test matches the subset "
                             f"({target[-1]})", _command_text(cmd), tail(ran.output, 10)))
             return
-        text += f"; {p.line}"
-    report.add(Step(name, "pass" if ok else "fail", ran.seconds, text, _command_text(cmd),
+        if p.counts.get("passed", 0) == 0:
+            ok = False  # every matching test skipped (or none ran) under the sanitizer
+            text += "; no test of the subset ran under the sanitizer"
+        text += f"; {p.line or 'no pytest summary'}"
+    if ran.timed_out:
+        text = f"killed at its time limit ({timeout:.0f} s); {s.describe() if s.found else 'no summary yet'}" \
+            + ("; the sanitizer had reported errors" if found_errors else "")
+    report.add(Step(name, status_of(ok, ran, found_errors), ran.seconds, text, _command_text(cmd),
                     tail(ran.output, 25 if ok else 80)))
 
 
@@ -608,10 +684,11 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
     path = out / "latency.json"
     died = None if ran.code == 0 else ("timed out" if ran.timed_out else f"exit {ran.code}")
     if not path.is_file():
-        report.add(Step("benchmark", "fail", ran.seconds,
+        status = "timeout" if ran.timed_out else "fail"
+        report.add(Step("benchmark", status, ran.seconds,
                         f"{died or 'no latency.json written'}: {tail(ran.output, 1)}",
                         _command_text(cmd), tail(ran.output, 80)))
-        report.add(Step("parity", "fail", 0.0, "not checked: the benchmark wrote no results"))
+        report.add(Step("parity", status, 0.0, "not checked: the benchmark wrote no results"))
         return
     result = json.loads(path.read_text())
     summarize_benchmark(report, result, ran.seconds, _command_text(cmd),
@@ -629,10 +706,11 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                         "complete": result.get("complete")}
     report.targets = _target_rows(result)
     problems, ran_names, absent = [], set(), set()
+    stopped = None
     if died or not result.get("complete"):
         last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
-        problems.append(f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
-                        "the numbers below are what it had written")
+        stopped = (f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
+                   "the numbers below are what it had written")
     for size in result["sizes"]:
         label = f"{size['image_size'][0]}x{size['image_size'][1]}"
         if size.get("status") != "ok":
@@ -652,17 +730,24 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                 absent.add(f"{label} batch {r['backend']}: {r['reason']}")
     gpu_ran = any(b["status"] == "ok" and b.get("uses_gpu") and b["name"] != "reference"
                   for size in result["sizes"] for b in size.get("backends", []))
-    if report.gpu and not gpu_ran:
+    if report.gpu and not gpu_ran and died != "timed out":
         problems.append("no GPU backend ran on this GPU machine (reasons under not measured)")
     for row in (result.get("decode_nms") or {}).get("rows", []):
         for impl in row["implementations"]:
             if impl["status"] == "failed":
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
+    if died == "timed out" and not problems:
+        status = "timeout"  # killed at its time limit with nothing failed so far
+        problems.append(stopped)
+    else:
+        status = "fail" if problems or stopped else "pass"
+        problems += [stopped] if stopped else []
     summary = (f"ran {', '.join(sorted(ran_names)) or 'nothing'}"
-               + (f"; FAILED: {'; '.join(problems)}" if problems else "")
+               + (f"; {'STOPPED' if status == 'timeout' else 'FAILED'}: {'; '.join(problems)}"
+                  if problems else "")
                + (f"; not measured: {'; '.join(sorted(absent))}" if absent else "")
                + "; see latency.md")
-    report.add(Step("benchmark", "fail" if problems else "pass", seconds, summary, command,
+    report.add(Step("benchmark", status, seconds, summary, command,
                     output_tail if problems else tail(output_tail, 30)))
     _parity_step(report, result)
 
@@ -743,6 +828,128 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def find_tool(name: str) -> str | None:
+    """``name`` on the PATH, else beside nvcc (the CUDA toolkit's bin folder)."""
+    found = shutil.which(name)
+    if found is None:
+        from tinyfaces_trt.core.errors import TinyFacesError
+        from tinyfaces_trt.kernels.build import find_nvcc
+
+        try:
+            beside = find_nvcc().parent / name
+        except TinyFacesError:
+            return None
+        found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+    return found
+
+
+def save_report(report: Report, out: Path, plot: bool = False) -> None:
+    """Writes gpu_check.json and .md (and, at the end, the plot): after every step, so that a
+    run killed from outside still leaves the steps it finished."""
+    from tinyfaces_trt.core.files import write_text_atomic
+
+    markdown = render_markdown(report)
+    if plot:
+        try:
+            reason = write_plot(report, out / "gpu_check.png")
+        except Exception as exc:  # a plotting failure must not cost the report
+            reason = f"{type(exc).__name__}: {exc}"
+        markdown += (f"\nPlot skipped: {reason}\n" if reason else
+                     "\n![steps and targets](gpu_check.png)\n")
+    write_text_atomic(out / "gpu_check.json", json.dumps(report_json(report), indent=1) + "\n")
+    write_text_atomic(out / "gpu_check.md", markdown)
+
+
+def guarded(report: Report, name: str, step: Any, *args: Any) -> Any:
+    """Runs one step; an error of this script becomes a failed step and the check goes on."""
+    start = time.perf_counter()
+    try:
+        return step(*args)
+    except Exception as exc:
+        import traceback
+
+        report.add(Step(name, "fail", time.perf_counter() - start,
+                        f"gpu_check error: {type(exc).__name__}: {exc}",
+                        details=traceback.format_exc()))
+        return None
+
+
+def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Path,
+              budget: Budget, env: dict[str, str], log: Any) -> None:
+    """Every step after the environment, each given what the budget leaves."""
+    arch = guarded(report, "environment", environment_step, report, env, log)
+    no_gpu = None if report.gpu else "no CUDA GPU visible (nvidia-smi, torch and cuda-python see none)"
+    nvcc, sanitizer = find_tool("nvcc"), find_tool("compute-sanitizer")
+    if nvcc:  # the Makefile and the build find nvcc (and its neighbours) on the PATH
+        env["PATH"] = os.pathsep.join([str(Path(nvcc).parent), env.get("PATH", "")])
+    build_dir = Path(args.build_dir).resolve()
+
+    def left_before_bench() -> float:
+        return budget.left() - (0 if "benchmark" in skip else BENCHMARK_RESERVE_S)
+
+    def refuse(key: str, needs: float) -> str | None:
+        if key in skip:
+            return "left out (--skip)"
+        if no_gpu:
+            return no_gpu
+        if left_before_bench() < needs:
+            return (f"time budget: {budget.left():.0f} s left of {args.budget_s:g}, "
+                    f"{BENCHMARK_RESERVE_S:.0f} s kept for the benchmark")
+        return None
+
+    lib = None
+    reason = refuse("build", 20) or (None if nvcc else "nvcc not found (PATH, $NVCC, "
+                                     "$CUDA_HOME/bin, /usr/local/cuda/bin)")
+    if reason:
+        report.skip("build", reason)
+    else:
+        lib = guarded(report, "build", build_step, report, env, build_dir, arch,
+                      min(300, left_before_bench()), log)
+    if lib is not None:
+        env["TINYFACES_KERNELS_LIB"] = str(lib)
+    reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
+    if reason:
+        report.skip("ptxas -v", reason)
+    else:
+        guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
+                min(120, left_before_bench()), log)
+    reason = refuse("tests", MIN_TESTS_S)
+    if reason:
+        report.skip("GPU tests", reason)
+    else:
+        guarded(report, "GPU tests", tests_step, report, env, min(240, left_before_bench()), log)
+    demo = build_dir / "decode_nms_demo"
+    for tool in ("memcheck", "racecheck", "synccheck"):
+        name = f"compute-sanitizer {tool}: C example"
+        reason = refuse("sanitizers", MIN_SANITIZER_EXAMPLE_S) or (
+            None if sanitizer else "compute-sanitizer not found") or (
+            None if lib else "the kernels were not built")
+        if reason:
+            report.skip(name, reason)
+        else:
+            guarded(report, name, sanitizer_step, report, env, sanitizer, tool, [str(demo)],
+                    name, min(90, left_before_bench()), log)
+    for tool, subset in SANITIZER_TESTS.items():
+        name = f"compute-sanitizer {tool}: GPU tests subset"
+        reason = refuse("sanitizers", MIN_SANITIZER_TESTS_S) or (
+            None if sanitizer else "compute-sanitizer not found") or (
+            None if lib else "the kernels were not built")
+        if reason:
+            report.skip(name, reason)
+            continue
+        target = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                  "--noconftest", "tests/test_kernels_gpu.py", "-k", subset]
+        guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
+                min(180, left_before_bench()), log, True)
+    reason = ("left out (--skip)" if "benchmark" in skip else no_gpu) or (
+        None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
+    if reason:
+        report.skip("benchmark", reason)
+        report.skip("parity", reason)
+    else:
+        guarded(report, "benchmark", benchmark_step, report, env, args, out, budget, log)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -751,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         build_parser().error(f"--skip: unknown step(s) {sorted(unknown)}; known: {STEP_KEYS}")
     from tinyfaces_trt.core.errors import TinyFacesError
-    from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, write_text_atomic
+    from tinyfaces_trt.core.files import prepare_output_dir
 
     try:
         out = prepare_output_dir(args.out, f"--out {args.out}").resolve()
@@ -759,90 +966,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check.py: error: {exc}", file=sys.stderr)
         return 1
     budget = Budget(args.budget_s)
-    report = Report(argv, args.budget_s)
+    report = Report(argv, args.budget_s, finished=False)
+    report.on_step = lambda: save_report(report, out)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    build_dir = Path(args.build_dir).resolve()
-    # the log is written as the steps run (a killed run leaves it under its temporary name)
-    with atomic_output(out / "gpu_check.log") as log_path, \
-            open(log_path, "w", encoding="utf-8") as log:
-        arch = environment_step(report, env, log)
-        no_gpu = None if report.gpu else "no CUDA GPU visible (nvidia-smi, torch and cuda-python see none)"
-        have_sanitizer = shutil.which("compute-sanitizer") is not None
-
-        def left_before_bench() -> float:
-            return budget.left() - (0 if "benchmark" in skip else BENCHMARK_RESERVE_S)
-
-        def refuse(key: str, needs: float) -> str | None:
-            if key in skip:
-                return "left out (--skip)"
-            if no_gpu:
-                return no_gpu
-            if left_before_bench() < needs:
-                return (f"time budget: {budget.left():.0f} s left of {args.budget_s:g}, "
-                        f"{BENCHMARK_RESERVE_S:.0f} s kept for the benchmark")
-            return None
-
-        lib = None
-        reason = refuse("build", 20) or (None if shutil.which("nvcc") or os.environ.get("NVCC")
-                                        else "nvcc not found")
-        if reason:
-            report.skip("build", reason)
-        else:
-            lib = build_step(report, env, build_dir, arch, min(300, left_before_bench()), log)
-        if lib is not None:
-            env["TINYFACES_KERNELS_LIB"] = str(lib)
-        reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
-        if reason:
-            report.skip("ptxas -v", reason)
-        else:
-            ptxas_step(report, env, build_dir, arch, min(120, left_before_bench()), log)
-        reason = refuse("tests", 30)
-        if reason:
-            report.skip("GPU tests", reason)
-        else:
-            tests_step(report, env, min(240, left_before_bench()), log)
-        demo = build_dir / "decode_nms_demo"
-        for tool in ("memcheck", "racecheck", "synccheck"):
-            name = f"compute-sanitizer {tool}: C example"
-            reason = refuse("sanitizers", 10) or (
-                None if have_sanitizer else "compute-sanitizer not found on the PATH") or (
-                None if lib else "the kernels were not built")
-            if reason:
-                report.skip(name, reason)
-            else:
-                sanitizer_step(report, env, tool, [str(demo)], name,
-                               min(90, left_before_bench()), log)
-        for tool, subset in SANITIZER_TESTS.items():
-            name = f"compute-sanitizer {tool}: GPU tests subset"
-            reason = refuse("sanitizers", 25) or (
-                None if have_sanitizer else "compute-sanitizer not found on the PATH") or (
-                None if lib else "the kernels were not built")
-            if reason:
-                report.skip(name, reason)
-                continue
-            target = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                      "--noconftest", "tests/test_kernels_gpu.py", "-k", subset]
-            sanitizer_step(report, env, tool, target, name, min(180, left_before_bench()), log,
-                           pytest_run=True)
-        reason = ("left out (--skip)" if "benchmark" in skip else no_gpu) or (
-            None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
-        if reason:
-            report.skip("benchmark", reason)
-            report.skip("parity", reason)
-        else:
-            benchmark_step(report, env, args, out, budget, log)
-
-    reason = write_plot(report, out / "gpu_check.png")
-    markdown = render_markdown(report)
-    if reason:
-        markdown += f"\nPlot skipped: {reason}\n"
-    else:
-        markdown += "\n![steps and targets](gpu_check.png)\n"
-    write_text_atomic(out / "gpu_check.json", json.dumps(report_json(report), indent=1) + "\n")
-    write_text_atomic(out / "gpu_check.md", markdown)
+    # the log is written as the steps run: a run killed from outside leaves what it had done
+    with open(out / "gpu_check.log", "w", encoding="utf-8") as log:
+        run_steps(report, args, skip, out, budget, env, log)
+    report.finished = True
+    save_report(report, out, plot=True)
     print(f"gpu_check: {report.result} in {budget.elapsed():.0f} s -> {out / 'gpu_check.md'}",
           file=sys.stderr, flush=True)
-    return 1 if report.result == "FAIL" else 0
+    return 0 if report.result in ("PASS", "SKIPPED") else 1
 
 
 if __name__ == "__main__":
