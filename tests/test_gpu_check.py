@@ -339,6 +339,6 @@ def test_gpu_tests_run_in_parallel_where_xdist_is_installed(monkeypatch):
     assert g.parallel_pytest_args() == []
     monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(g.os, "cpu_count", lambda: 16)
-    assert g.parallel_pytest_args() == ["-n", "4", "--dist", "loadfile"]
+    assert g.parallel_pytest_args() == ["-n", "4", "--dist", "load"]
     monkeypatch.setattr(g.os, "cpu_count", lambda: 2)
     assert g.parallel_pytest_args()[:2] == ["-n", "2"]

@@ -28,8 +28,8 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
   GPU tests    ~30-110 s every test marked `gpu` (tests/*_gpu.py must not skip; the
                          torch-cuda tests compile small networks, one of them into an
                          AOTInductor package: ~10-20 s more, an estimate); in 4
-                         pytest-xdist workers, one file each, where xdist is installed
-                         (the kernel tests' numpy oracles are CPU-bound)
+                         pytest-xdist workers where xdist is installed (the kernel
+                         tests' numpy oracles are CPU-bound)
   sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
                          racecheck on a subset of the GPU tests
   benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
@@ -612,10 +612,11 @@ def gpu_test_files() -> list[str]:
 
 def parallel_pytest_args() -> list[str]:
     """pytest-xdist's options for the GPU tests where it is installed (the lent machines have
-    it): the numpy oracles of the kernel tests are CPU-bound; a file stays in one worker."""
+    it): the numpy oracles of the kernel tests are CPU-bound and most of them are in one
+    file, so tests, not files, are spread over the workers (their fixtures are cheap)."""
     if importlib.util.find_spec("xdist") is None:
         return []
-    return ["-n", str(max(1, min(XDIST_WORKERS, os.cpu_count() or 1))), "--dist", "loadfile"]
+    return ["-n", str(max(1, min(XDIST_WORKERS, os.cpu_count() or 1))), "--dist", "load"]
 
 
 def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
