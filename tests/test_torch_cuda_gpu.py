@@ -30,6 +30,13 @@ if torch.cuda.is_available():
 FP16_CLOSE = {"atol": 0.02, "rtol": 0.005}
 
 
+def _assert_captured(runner) -> None:
+    """Every shape ran from a CUDA graph (a failed capture falls back to eager, quietly but
+    for a warning)."""
+    assert runner.records and {r.mode for r in runner.records.values()} == {"graphs"}, \
+        runner.records
+
+
 def _level_inputs(config, height=96, width=128, count=2):
     image = synthetic_image(height, width, seed=0)
     levels = plan_pyramid(height, width, config)[:count]
@@ -55,6 +62,7 @@ def test_graphs_mode_passes_parity_on_the_whole_pyramid(seeded, dtype, precision
     model, config = seeded
     with TorchCudaRunner(model, dtype=dtype, mode="graphs") as runner:
         result = compare_runner(TorchRunner(model), runner, config, 96, 128, precision)
+        _assert_captured(runner)
     assert result.passed, result
 
 
@@ -64,6 +72,7 @@ def test_graphs_equal_eager(seeded):
     with TorchCudaRunner(model, mode="graphs") as graphs, \
             TorchCudaRunner(model, mode="eager") as eager:
         np.testing.assert_allclose(graphs.run(x), eager.run(x), **FP16_CLOSE)
+        _assert_captured(graphs)
 
 
 def test_batch_rows_match_single_images():
@@ -72,6 +81,7 @@ def test_batch_rows_match_single_images():
         batch = runner.run(x)
         for i in range(2):
             np.testing.assert_allclose(batch[i:i + 1], runner.run(x[i:i + 1]), **FP16_CLOSE)
+        _assert_captured(runner)
 
 
 class CudaArray:
