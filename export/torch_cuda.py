@@ -326,13 +326,23 @@ class TorchCudaRunner(RunnerBase):
 
     @contextlib.contextmanager
     def _on_stream(self) -> Iterator[None]:
-        """The runner's stream current; float32 convolutions in IEEE fp32, not TF32, so that
-        float32 keeps the fp32 tolerances."""
+        """The runner's stream current; cuDNN picks its convolution algorithms by timing them
+        (``cudnn.benchmark``: the shapes are static, and the measured 216 TFLOP/s of the
+        compiled pyramid on an H200 had it on; done in the warm-up before each capture);
+        float32 convolutions in IEEE fp32, not TF32, so that float32 keeps the fp32
+        tolerances. The process's own settings are restored on the way out."""
         if self._stream is None:
             yield
             return
-        with ieee_fp32_convolutions(self.device, self.dtype), torch.cuda.stream(self._stream):
-            yield
+        cudnn = torch.backends.cudnn
+        saved = cudnn.benchmark
+        cudnn.benchmark = True
+        try:
+            with ieee_fp32_convolutions(self.device, self.dtype), \
+                    torch.cuda.stream(self._stream):
+                yield
+        finally:
+            cudnn.benchmark = saved
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         fn = self._callables.get(shape)

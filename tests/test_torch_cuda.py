@@ -387,7 +387,24 @@ def test_float32_convolutions_on_a_gpu_are_ieee_not_tf32(device, dtype, tf32_ins
     assert cudnn.allow_tf32
 
 
-def test_the_reference_runner_computes_in_the_precision_check(monkeypatch):
+@pytest.mark.parametrize("dtype, tf32_inside", [(torch.float32, False), (torch.float16, True)])
+def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatch, dtype,
+                                                                      tf32_inside):
+    """As on a GPU (the stream stands in): the settings hold inside and are restored after."""
+    monkeypatch.setattr(torch_cuda.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.device, runner.dtype, runner._stream = torch.device("cuda"), dtype, object()
+    cudnn = torch.backends.cudnn
+    assert not cudnn.benchmark and cudnn.allow_tf32  # torch's defaults
+    with runner._on_stream():
+        assert cudnn.benchmark and cudnn.allow_tf32 is tf32_inside
+    assert not cudnn.benchmark and cudnn.allow_tf32
+    with pytest.raises(KeyError), runner._on_stream():
+        raise KeyError
+    assert not cudnn.benchmark and cudnn.allow_tf32
+
+
+def test_the_reference_runner_runs_inside_the_ieee_fp32_switch(monkeypatch):
     entered = []
 
     @contextlib.contextmanager
