@@ -706,8 +706,12 @@ def main(argv: list[str] | None = None) -> int:
             estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
         def checkpoint(partial: dict[str, Any]) -> None:
             result["sizes"] = sizes + [partial]
-            save()
-            result["sizes"] = sizes
+            try:
+                save()
+            except Exception as exc:  # best effort: the size's own save comes later
+                log(f"could not save the partial results: {one_line(exc, with_type=True)}")
+            finally:
+                result["sizes"] = sizes
 
         sizes.append(run_size(size, i == 0, args, model, config, threads, export_root, deadline,
                               estimate, log, checkpoint))

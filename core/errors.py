@@ -60,3 +60,10 @@ class ConfigError(TinyFacesError, ValueError):
 class TensorRTUnavailableError(BackendUnavailableError):
     """The ``tensorrt`` package does not import (not installed, libraries missing, or older
     than TensorRT 10)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line warning or error quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

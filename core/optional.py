@@ -21,7 +21,8 @@ import re
 from collections.abc import Sequence
 from types import ModuleType
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TensorRTUnavailableError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, TensorRTUnavailableError,
+                                       first_line)
 
 #: The oldest TensorRT the toolkit supports (named-tensor API, ``execute_async_v3``).
 MIN_TENSORRT_VERSION = "10"
@@ -40,11 +41,6 @@ def version_tuple(version: str) -> tuple[int, ...]:
         if digits.end() != len(part):
             break
     return tuple(numbers)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _not_installed(exc: ImportError, module: str) -> bool:
@@ -94,7 +90,7 @@ def import_optional(module: str | Sequence[str], *, purpose: str, extra_hint: st
     else:
         assert failure is not None
         what, exc = failure
-        raise _with_problem(error(f"{purpose} needs {wanted}, which {what} ({_first_line(exc)}); "
+        raise _with_problem(error(f"{purpose} needs {wanted}, which {what} ({first_line(exc)}); "
                                   f"{extra_hint}"), f"{label} {what}") from exc
     if min_version is not None:
         found = getattr(imported, "__version__", None)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tinyfaces_trt.core.errors import first_line
 from tinyfaces_trt.core.files import cache_root, remove_stale_temporaries, staging_dir
 from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, write_key
 
@@ -91,9 +92,8 @@ class PackageCache:
         try:
             return _load(path, self.device)
         except Exception as exc:  # a truncated file, another torch's package, ...
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             _logger.warning("cannot load AOTInductor package %s (%s: %s); compiling it again",
-                            path, type(exc).__name__, first_line)
+                            path, type(exc).__name__, first_line(exc))
             return None
 
     def compile(self, module: nn.Module, shape: Sequence[int]) -> Compiled:

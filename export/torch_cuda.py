@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.export.aoti import PackageCache
@@ -177,7 +177,10 @@ class _Captured:
         # No cycle collection inside the capture: a collected DeviceBuffer, Event or Stream
         # would free or destroy it (forbidden while capturing). Other threads' CUDA calls
         # stay legal ("thread_local"): only this thread's would break the capture.
-        with _no_cycle_collection(), \
+        # The outer stream block puts `stream` back as the current stream even when the
+        # capture fails: torch's graph context then raises before restoring it, which left
+        # its private capture stream current for whatever ran next.
+        with _no_cycle_collection(), torch.cuda.stream(stream), \
                 torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
 
@@ -362,9 +365,8 @@ class TorchCudaRunner(RunnerBase):
             except Exception as exc:  # export, Inductor, Triton, the C++ compiler, the capture
                 fallback = "graphs" if self._stream is not None else "eager"
                 what = "torch.compile" if self.mode == "compile" else "AOTInductor"
-                _logger.warning("%s failed for input shape %s (%s: %s); falling back to mode "
-                                "%r", what, shape, type(exc).__name__, _first_line(exc),
-                                fallback)
+                _logger.warning("%s failed for input shape %s (%s); falling back to mode %r",
+                                what, shape, _describe(exc), fallback)
                 self.mode = record.mode = fallback
         if fn is None:
             fn = self._eager_forward()
@@ -372,9 +374,8 @@ class TorchCudaRunner(RunnerBase):
                 try:
                     fn = self._capture(fn, shape)
                 except Exception as exc:  # an operation a CUDA graph cannot hold
-                    _logger.warning("capturing a CUDA graph failed for input shape %s (%s: "
-                                    "%s); falling back to mode 'eager'", shape,
-                                    type(exc).__name__, _first_line(exc))
+                    _logger.warning("capturing a CUDA graph failed for input shape %s (%s); "
+                                    "falling back to mode 'eager'", shape, _describe(exc))
                     self.mode = record.mode = "eager"
         record.seconds = time.perf_counter() - start
         self.records[shape] = record
@@ -447,8 +448,12 @@ class TorchCudaRunner(RunnerBase):
         return compiled
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _describe(exc: BaseException) -> str:
+    """``Type: first line``, and the error it was raised while handling (a failed capture's
+    own message is generic; the cause is the error inside the capture)."""
+    text = f"{type(exc).__name__}: {first_line(exc)}"
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return text if cause is None else f"{text}; after {type(cause).__name__}: {first_line(cause)}"
 
 
 def _check_input(x: torch.Tensor) -> None:

@@ -18,16 +18,27 @@ _HALF_TYPES = (torch.float16, torch.bfloat16)
 @contextlib.contextmanager
 def ieee_fp32_convolutions(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """float32 convolutions on a CUDA ``device`` in IEEE fp32 while inside, not TF32 (cuDNN's
-    default in torch on Ampere and later: 10 mantissa bits, far outside the fp32 tolerances).
-    Other dtypes and devices are left alone."""
+    default in torch on Ampere and later: 10 mantissa bits, far outside the fp32 tolerances);
+    the setting is restored on the way out. Other dtypes and devices touch nothing."""
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
     cudnn = torch.backends.cudnn
-    saved = cudnn.allow_tf32  # the legacy flag: the per-op fp32_precision API is fragile
-    if device.type == "cuda" and dtype == torch.float32:
-        cudnn.allow_tf32 = False
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # torch >= 2.9: the convolutions' own switch (reading the legacy allow_tf32 raises once
+        # a process has set the per-op switches apart)
+        saved, conv.fp32_precision = conv.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+        return
+    saved_flag, cudnn.allow_tf32 = cudnn.allow_tf32, False
     try:
         yield
     finally:
-        cudnn.allow_tf32 = saved
+        cudnn.allow_tf32 = saved_flag
 
 
 class TorchRunner(RunnerBase):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from tinyfaces_trt.core.config import DetectorConfig, Normalization
-from tinyfaces_trt.core.errors import ConfigError, WeightsError
+from tinyfaces_trt.core.errors import ConfigError, WeightsError, first_line
 
 from tinyfaces_trt.export.model import TinyFacesNet, build_model
 from tinyfaces_trt.export.resnet import BLOCKS_PER_STAGE
@@ -477,8 +477,5 @@ def _listing(items: list[str]) -> str:
 
 def _first_line(exc: BaseException) -> str:
     """The first sentence of an exception's message (torch's can run to a paragraph)."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    line = text.splitlines()[0]
+    line = first_line(exc)
     return line.split(". ")[0] if len(line) > 120 else line

@@ -240,7 +240,7 @@ def _ran(code=0, output="", timed_out=False):
 
 
 def test_a_step_killed_at_its_limit_is_incomplete_unless_something_failed_first(monkeypatch):
-    progress = "tests/test_kernels_gpu.py ........s....\n"
+    progress = "........s.....................s.s..................................... [ 40%]\n..."
     monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress, timed_out=True))
     report = g.Report([], 270.0, gpu=True)
     g.tests_step(report, {}, 100.0, None)
@@ -249,7 +249,7 @@ def test_a_step_killed_at_its_limit_is_incomplete_unless_something_failed_first(
     assert report.result == "INCOMPLETE"
     assert "killed at their time limit: GPU tests" in g.render_markdown(report)
 
-    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress + "..F.\n",
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress + "..F.",
                                                         timed_out=True))
     report = g.Report([], 270.0, gpu=True)
     g.tests_step(report, {}, 100.0, None)
@@ -274,7 +274,7 @@ def test_a_sanitizer_subset_whose_tests_all_skip_fails(monkeypatch):
     monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=hit, timed_out=True))
     g.sanitizer_step(report, {}, "compute-sanitizer", "memcheck", ["demo"], "d", 60.0, None)
     assert report.steps[2].status == "fail"
-    assert "the sanitizer had reported errors" in report.steps[2].summary
+    assert "errors had been reported" in report.steps[2].summary
 
 
 def test_a_benchmark_killed_at_its_limit_is_incomplete_not_failed():
@@ -342,3 +342,81 @@ def test_gpu_tests_run_in_parallel_where_xdist_is_installed(monkeypatch):
     assert g.parallel_pytest_args() == ["-n", "4", "--dist", "load"]
     monkeypatch.setattr(g.os, "cpu_count", lambda: 2)
     assert g.parallel_pytest_args()[:2] == ["-n", "2"]
+
+
+def test_a_sanitizer_subset_killed_after_a_failed_test_fails(monkeypatch):
+    monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output="=== COMPUTE-SANITIZER\n..F",
+                                                        timed_out=True))
+    report = g.Report([], 270.0, gpu=True)
+    g.sanitizer_step(report, {}, "compute-sanitizer", "memcheck", ["pytest", "-k", "x"], "m",
+                     60.0, None, pytest_run=True)
+    assert report.steps[0].status == "fail"
+
+
+def test_a_gpu_run_with_steps_skipped_for_time_is_incomplete():
+    report = g.Report([], 100.0, gpu=True)
+    report.add(g.Step("build", "pass", 1.0, "built"))
+    report.skip("GPU tests", "time budget: 10 s left of 100, 120 s kept for the benchmark")
+    assert report.result == "INCOMPLETE"
+    assert "skipped for time: GPU tests; a larger --budget-s runs them" in \
+        g.render_markdown(report)
+    report.gpu = False  # without a GPU nothing could run anyway
+    assert report.result == "PASS"
+
+
+def test_saving_failures_and_errors_after_a_step_keep_the_check_going(monkeypatch, tmp_path):
+    report = g.Report([], 270.0, gpu=True)
+
+    def failing_save():
+        raise OSError("disk full")
+
+    report.on_step = failing_save
+    report.add(g.Step("build", "pass", 1.0, "built"))  # printed, not raised
+
+    def half_done():
+        report.add(g.Step("benchmark", "pass", 1.0, "ran"))
+        raise KeyError("rows")
+
+    g.guarded(report, "benchmark", half_done)
+    assert [(s.name, s.status) for s in report.steps] == [
+        ("build", "pass"), ("benchmark", "pass"),
+        ("benchmark (gpu_check error after it)", "fail")]
+    assert report.result == "FAIL"
+
+
+def test_the_final_report_is_written_when_the_steps_are_interrupted(monkeypatch, tmp_path):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g, "run_steps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        g.main(["--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["result"] == "incomplete" and report["steps"] == []
+
+
+def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):
+    nvcc = tmp_path / "nvcc-13.0"
+    nvcc.write_text("#!/bin/sh\n")
+    nvcc.chmod(0o755)
+    (tmp_path / "compute-sanitizer").write_text("#!/bin/sh\n")
+    (tmp_path / "compute-sanitizer").chmod(0o755)
+    monkeypatch.setenv("NVCC", str(nvcc))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert g.find_tool("nvcc") == str(nvcc)
+    assert g.find_tool("compute-sanitizer") == str(tmp_path / "compute-sanitizer")
+    assert g.find_tool("ncu") is None
+
+
+def test_a_timed_out_benchmark_that_measured_a_size_says_parity_did_not_finish():
+    result = _bench_result(complete=False)
+    size = result["sizes"][0]
+    size["partial"] = "the backends are measured; batch, profile and parity were still to come"
+    del size["parity"]
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "measuring", died="timed out")
+    bench, parity = report.steps
+    assert bench.status == "timeout" and "ran reference, torch-cuda" in bench.summary
+    assert parity.status == "skipped"
+    assert parity.summary.startswith("no comparison finished; 1920x1080: not run (the benchmark "
+                                     "stopped before it)")

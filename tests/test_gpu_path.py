@@ -378,6 +378,18 @@ def test_other_streams_are_ordered_by_events_not_by_the_host(monkeypatch):
     assert got == per_image * 2  # the only host wait is for the boxes, after the last level
 
 
+def test_levels_of_one_shape_get_their_own_input_buffers(monkeypatch):
+    """A 1x1 image plans two 2x2 levels: on another stream than the runner's, the second
+    resize must not overwrite the input the network may still be reading."""
+    detector, log = _device_detector(monkeypatch, stage_stream=3)
+    image = synthetic_image(1, 1)
+    levels = detector.plan(1, 1)
+    assert [(lv.height, lv.width) for lv in levels] == [(2, 2), (2, 2)]
+    inputs = [detector.preprocessor.prepare(image, lv).ptr for lv in levels]
+    assert inputs[0] != inputs[1]
+    assert [c[2] for c in log.calls if c[0] == "resize"] == inputs
+
+
 def test_one_shared_stream_needs_no_event(monkeypatch):
     detector, log = _device_detector(monkeypatch, stage_stream=7)
     detector.detect(synthetic_image(40, 56))

@@ -319,14 +319,18 @@ def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
 
 
 class _CaptureStandIns:
-    """torch.cuda's stream and graph calls as recorders (nothing runs on a GPU)."""
+    """torch.cuda's stream and graph calls as stand-ins that track the current stream
+    (nothing runs on a GPU). A failing capture behaves as torch's (2.11 to 2.13): the body's
+    error reaches ``__exit__``, whose ``capture_end`` raises before the capture stream is
+    swapped back."""
 
     def __init__(self, monkeypatch, fail_capture: bool = False) -> None:
         self.captures: list[dict] = []
         self.fail_capture = fail_capture
+        self.current: object = "the caller's stream"
         cuda = torch_cuda.torch.cuda
         monkeypatch.setattr(cuda, "Stream", lambda device=None: self.stream())
-        monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(cuda, "stream", self.stream_block)
         monkeypatch.setattr(cuda, "CUDAGraph", lambda: SimpleNamespace(replay=lambda: None))
         monkeypatch.setattr(cuda, "graph", self.graph)
 
@@ -335,11 +339,32 @@ class _CaptureStandIns:
         return SimpleNamespace(wait_stream=lambda other: None)
 
     @contextlib.contextmanager
+    def stream_block(self, s):
+        previous, self.current = self.current, s
+        try:
+            yield
+        finally:
+            self.current = previous
+
     def graph(self, g, **kwargs):
-        self.captures.append({"gc_enabled": gc.isenabled(), **kwargs})
-        if self.fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing\nmore")
-        yield
+        stand_ins = self
+
+        class Capture:
+            def __enter__(self):
+                stand_ins.captures.append({"gc_enabled": gc.isenabled(), **kwargs})
+                self.previous, stand_ins.current = stand_ins.current, "torch's capture stream"
+
+            def __exit__(self, *exc):
+                if stand_ins.fail_capture:  # capture_end raises; the stream is not swapped back
+                    try:
+                        raise ValueError("operation not permitted when stream is capturing")
+                    except ValueError:  # chained: the real cause is the context
+                        raise RuntimeError("CUDA error: operation failed due to a previous "
+                                           "error during capture\nmore")
+                stand_ins.current = self.previous
+                return False
+
+        return Capture()
 
 
 def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(monkeypatch):
@@ -350,10 +375,14 @@ def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(mo
     torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), stand_ins.stream())
     assert stand_ins.captures == [{"gc_enabled": False, "capture_error_mode": "thread_local"}]
     assert gc.isenabled()
+    assert stand_ins.current == "the caller's stream"
     stand_ins.fail_capture = True
-    with pytest.raises(RuntimeError, match="capturing"):
-        torch_cuda._Captured(lambda x: x, (1, 3, 4, 4), torch.device("cpu"), stand_ins.stream())
+    runner_stream = stand_ins.stream()
+    with pytest.raises(RuntimeError, match="during capture"):
+        torch_cuda._Captured(lambda x: x, (1, 3, 4, 4), torch.device("cpu"), runner_stream)
     assert gc.isenabled(), "a failed capture left cycle collection off"
+    assert stand_ins.current == "the caller's stream", \
+        "a failed capture left torch's capture stream current"
 
 
 def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
@@ -364,7 +393,8 @@ def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
     runner._stream = stand_ins.stream()  # ... where the runner has a stream to capture on
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
         fn = runner._callable(INPUT_SHAPE)
-    assert "capturing a CUDA graph failed for input shape (2, 3, 32, 48) (RuntimeError: " \
+    assert "capturing a CUDA graph failed for input shape (2, 3, 32, 48) (RuntimeError: CUDA " \
+           "error: operation failed due to a previous error during capture; after ValueError: " \
            "operation not permitted when stream is capturing); falling back to mode 'eager'" \
            in caplog.text
     assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
@@ -373,35 +403,60 @@ def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
     np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
 
 
-@pytest.mark.parametrize("device, dtype, tf32_inside", [
-    ("cuda", torch.float32, False), ("cuda:1", torch.float32, False),
-    ("cuda", torch.float16, True), ("cpu", torch.float32, True)])
-def test_float32_convolutions_on_a_gpu_are_ieee_not_tf32(device, dtype, tf32_inside):
-    cudnn = torch.backends.cudnn
-    assert cudnn.allow_tf32  # torch's default
+@pytest.fixture
+def conv_precision():
+    """cuDNN's per-op float32 switch for convolutions, put back as found after the test."""
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    yield conv
+    conv.fp32_precision = saved
+
+
+@pytest.mark.parametrize("device, dtype, ieee_inside", [
+    ("cuda", torch.float32, True), ("cuda:1", torch.float32, True),
+    ("cuda", torch.float16, False), ("cpu", torch.float32, False)])
+def test_float32_convolutions_on_a_gpu_are_ieee_not_tf32(conv_precision, device, dtype,
+                                                         ieee_inside):
+    before = conv_precision.fp32_precision
+    assert before != "ieee"  # torch's default: TF32 allowed
     with ieee_fp32_convolutions(torch.device(device), dtype):
-        assert cudnn.allow_tf32 is tf32_inside
-    assert cudnn.allow_tf32
+        assert (conv_precision.fp32_precision == "ieee") is ieee_inside
+    assert conv_precision.fp32_precision == before
     with pytest.raises(KeyError), ieee_fp32_convolutions(torch.device(device), dtype):
         raise KeyError
-    assert cudnn.allow_tf32
+    assert conv_precision.fp32_precision == before
 
 
-@pytest.mark.parametrize("dtype, tf32_inside", [(torch.float32, False), (torch.float16, True)])
-def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatch, dtype,
-                                                                      tf32_inside):
+def test_a_process_that_set_the_per_op_switches_still_runs_the_reference(conv_precision):
+    """Once the per-op switches differ, torch raises on a read of the legacy allow_tf32 flag:
+    the switch must not read it (on the CPU it touches nothing at all)."""
+    conv_precision.fp32_precision = "ieee"
+    with pytest.raises(RuntimeError):
+        torch.backends.cudnn.allow_tf32  # what the first version of the switch read
+    model, x = stand_in(), net_input()
+    np.testing.assert_array_equal(TorchRunner(model).run(x), _reference(model, x))
+    conv_precision.fp32_precision = "tf32"
+    with ieee_fp32_convolutions(torch.device("cuda"), torch.float32):
+        assert conv_precision.fp32_precision == "ieee"
+    assert conv_precision.fp32_precision == "tf32"
+
+
+@pytest.mark.parametrize("dtype, ieee_inside", [(torch.float32, True), (torch.float16, False)])
+def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatch, conv_precision,
+                                                                      dtype, ieee_inside):
     """As on a GPU (the stream stands in): the settings hold inside and are restored after."""
     monkeypatch.setattr(torch_cuda.torch.cuda, "stream", lambda s: contextlib.nullcontext())
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
     runner.device, runner.dtype, runner._stream = torch.device("cuda"), dtype, object()
     cudnn = torch.backends.cudnn
-    assert not cudnn.benchmark and cudnn.allow_tf32  # torch's defaults
+    before = conv_precision.fp32_precision
+    assert not cudnn.benchmark and before != "ieee"  # torch's defaults
     with runner._on_stream():
-        assert cudnn.benchmark and cudnn.allow_tf32 is tf32_inside
-    assert not cudnn.benchmark and cudnn.allow_tf32
+        assert cudnn.benchmark and (conv_precision.fp32_precision == "ieee") is ieee_inside
+    assert not cudnn.benchmark and conv_precision.fp32_precision == before
     with pytest.raises(KeyError), runner._on_stream():
         raise KeyError
-    assert not cudnn.benchmark and cudnn.allow_tf32
+    assert not cudnn.benchmark and conv_precision.fp32_precision == before
 
 
 def test_the_reference_runner_runs_inside_the_ieee_fp32_switch(monkeypatch):

@@ -13,11 +13,11 @@ latency.md / .json / .png. The report and the log are rewritten as the steps fin
 benchmark saves each size once its backends are measured), so a run killed from outside
 still leaves what it had done, marked INCOMPLETE.
 
-Result and exit status: PASS (0) when every step that ran passed; SKIPPED (0) without a GPU;
-FAIL (1) when a step failed (an error of this script counts, and the check goes on);
-INCOMPLETE (1) when a step was killed at its time limit before anything had failed. Steps
-skipped for time say so, in the report's first line too. Speed targets are reported, never
-a failure.
+Result and exit status: PASS (0) when every step that ran passed; SKIPPED (0) when nothing
+could run (no GPU) or every step was left out; FAIL (1) when a step failed (an error of this
+script counts, and the check goes on); INCOMPLETE (1) on a GPU machine when a step was
+killed at its time limit before anything had failed or skipped for lack of time (named in
+the report's first line). Speed targets are reported, never a failure.
 
 Steps, in order, with their time on an H200 (whole run about 4 to 4.5 minutes within the
 default --budget-s 270; each step gets what is left, a step that cannot fit is skipped):
@@ -42,11 +42,11 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
                          reference (torch fp32 on the CPU, runtime pipeline), per size
 
 Estimates from the 2026-11-30 H200 measurements, not yet a run of this script: on a fresh
-machine the default budget should cover every step but may have to skip the 1280x720 size
-and/or the batch rows (about a minute of torch.compile each), saying so in the report. A
-second run on the same machine finds the compiled code in the cache and fits everything;
---budget-s 450 also does. Without a GPU every step is skipped with the reason, in a few
-seconds.
+machine the default budget may have to skip a sanitizer subset (a step starts only with 60 s
+left before the benchmark's 120 s), the 1280x720 size and/or the batch rows (about a minute
+of torch.compile each), saying so in the report (result INCOMPLETE). A second run on the
+same machine finds the compiled code in the cache; --budget-s 450 fits everything. Without a
+GPU every step is skipped with the reason, in a few seconds.
 """
 
 from __future__ import annotations
@@ -299,6 +299,12 @@ def pytest_failed_so_far(text: str) -> bool:
     return any(c in m[1] for m in _PROGRESS.finditer(text) for c in "FE")
 
 
+def _failure_text(ran: Ran, timeout: float) -> str:
+    if ran.timed_out:
+        return f"killed at its time limit ({timeout:.0f} s)"
+    return f"exit {ran.code}: {tail(ran.output, 1)}"
+
+
 def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -306,6 +312,12 @@ def tail(text: str, lines: int = 40) -> str:
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
+
+#: Per step status: the console mark, the report's word, the plot's colour.
+STATUS = {"pass": ("ok  ", "pass", "tab:green"), "fail": ("FAIL", "**FAIL**", "tab:red"),
+          "timeout": ("TIME", "**timed out**", "tab:orange"),
+          "skipped": ("skip", "skipped", "tab:gray")}
+
 
 @dataclass
 class Step:
@@ -337,7 +349,8 @@ class Report:
     def result(self) -> str:
         if any(s.status == "fail" for s in self.steps):
             return "FAIL"
-        if not self.finished or any(s.status == "timeout" for s in self.steps):
+        if not self.finished or any(s.status == "timeout" for s in self.steps) or \
+                (self.gpu and any(_for_time(s) for s in self.steps)):
             return "INCOMPLETE"
         if not any(s.status == "pass" for s in self.steps if s.name != "environment"):
             return "SKIPPED"
@@ -345,11 +358,14 @@ class Report:
 
     def add(self, step: Step) -> Step:
         self.steps.append(step)
-        mark = {"pass": "ok  ", "fail": "FAIL", "timeout": "TIME", "skipped": "skip"}[step.status]
-        print(f"[gpu_check] {mark} {step.name} ({step.seconds:.1f} s): {step.summary}",
-              file=sys.stderr, flush=True)
+        print(f"[gpu_check] {STATUS[step.status][0]} {step.name} ({step.seconds:.1f} s): "
+              f"{step.summary}", file=sys.stderr, flush=True)
         if self.on_step is not None:
-            self.on_step()
+            try:
+                self.on_step()
+            except Exception as exc:  # saving is best effort until the final save
+                print(f"[gpu_check] could not save the report so far: {type(exc).__name__}: "
+                      f"{exc}", file=sys.stderr, flush=True)
         return step
 
     def skip(self, name: str, reason: str) -> Step:
@@ -361,6 +377,10 @@ def _command_text(cmd: list[str]) -> str:
                     for i, c in enumerate(cmd))
 
 
+def _for_time(step: Step) -> bool:
+    return step.status == "skipped" and step.summary.startswith("time budget")
+
+
 def _result_note(report: Report) -> str:
     if not report.finished:
         return (" (the check has not finished: these are the steps done so far; a run killed "
@@ -368,8 +388,7 @@ def _result_note(report: Report) -> str:
     if not report.gpu:
         return " (no CUDA GPU visible: nothing was verified)"
     timed_out = [s.name for s in report.steps if s.status == "timeout"]
-    for_time = [s.name for s in report.steps
-                if s.status == "skipped" and s.summary.startswith("time budget")]
+    for_time = [s.name for s in report.steps if _for_time(s)]
     notes = ([f"killed at their time limit: {', '.join(timed_out)}"] if timed_out else []) + \
         ([f"skipped for time: {', '.join(for_time)}"] if for_time else [])
     return f" ({'; '.join(notes)}; a larger --budget-s runs them)" if notes else ""
@@ -383,8 +402,7 @@ def render_markdown(report: Report) -> str:
     lines += [f"| {k} | {v} |" for k, v in report.facts.items()]
     lines += ["", "## Steps", "", "| step | result | time | summary |", "| --- | --- | --- | --- |"]
     for s in report.steps:
-        result = {"pass": "pass", "fail": "**FAIL**", "timeout": "**timed out**",
-                  "skipped": "skipped"}[s.status]
+        result = STATUS[s.status][1]
         lines.append(f"| {s.name} | {result} | {s.seconds:.1f} s | {s.summary} |")
     if report.targets:
         lines += ["", "## Targets (benchmarks, not pass/fail)", "",
@@ -458,11 +476,9 @@ def write_plot(report: Report, path: Path) -> str | None:
     from tinyfaces_trt.core.files import atomic_output
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))
-    colors = {"pass": "tab:green", "fail": "tab:red", "timeout": "tab:orange",
-              "skipped": "tab:gray"}
     names = [s.name for s in report.steps]
     ax1.barh(names, [s.seconds for s in report.steps],
-             color=[colors[s.status] for s in report.steps])
+             color=[STATUS[s.status][2] for s in report.steps])
     ax1.invert_yaxis()
     ax1.set_xlabel(f"seconds (budget {report.budget_s:g} s)")
     ax1.set_title(f"GPU check: {report.result}")
@@ -576,7 +592,7 @@ def build_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     report.add(Step("build", status_of(ok, ran), ran.seconds,
                     f"built {lib.relative_to(REPO) if lib.is_relative_to(REPO) else lib}"
                     + (f" for sm_{arch}" if arch else "") if ok else
-                    f"exit {ran.code}: {tail(ran.output, 1)}", _command_text(cmd),
+                    _failure_text(ran, timeout), _command_text(cmd),
                     "" if ok else tail(ran.output, 60)))
     return lib if ok else None
 
@@ -595,7 +611,7 @@ def ptxas_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     ok = ran.code == 0 and bool(report.registers)
     summary = (f"{len(report.registers)} kernel/arch entries, "
                + (f"SPILLS in {', '.join(sorted({r[0] for r in spills}))}" if spills else "no spills")
-               if ok else f"exit {ran.code}; {len(report.registers)} entries parsed")
+               if ok else f"{_failure_text(ran, timeout)}; {len(report.registers)} entries parsed")
     report.add(Step("ptxas -v", status_of(ok, ran), ran.seconds, summary,
                     _command_text(cmd), "" if ok else tail(ran.output, 40)))
 
@@ -654,7 +670,8 @@ def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: st
         return
     text = f"exit {ran.code}; {s.describe()}"
     ok = ran.code == 0 and s.found and s.errors == 0
-    found_errors = s.errors > 0 or bool(_SANITIZER_REPORT.search(ran.output))
+    found_errors = s.errors > 0 or bool(_SANITIZER_REPORT.search(ran.output)) or \
+        (pytest_run and pytest_failed_so_far(ran.output))
     if pytest_run and not ran.timed_out:
         p = parse_pytest(ran.output)
         if ran.code == 5:  # pytest: no test collected
@@ -667,7 +684,7 @@ def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: st
         text += f"; {p.line or 'no pytest summary'}"
     if ran.timed_out:
         text = f"killed at its time limit ({timeout:.0f} s); {s.describe() if s.found else 'no summary yet'}" \
-            + ("; the sanitizer had reported errors" if found_errors else "")
+            + ("; errors had been reported" if found_errors else "")
     report.add(Step(name, status_of(ok, ran, found_errors), ran.seconds, text, _command_text(cmd),
                     tail(ran.output, 25 if ok else 80)))
 
@@ -689,7 +706,8 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
         report.add(Step("benchmark", status, ran.seconds,
                         f"{died or 'no latency.json written'}: {tail(ran.output, 1)}",
                         _command_text(cmd), tail(ran.output, 80)))
-        report.add(Step("parity", status, 0.0, "not checked: the benchmark wrote no results"))
+        report.add(Step("parity", "fail" if status == "fail" else "skipped", 0.0,
+                        "not checked: the benchmark wrote no results"))
         return
     result = json.loads(path.read_text())
     summarize_benchmark(report, result, ran.seconds, _command_text(cmd),
@@ -768,7 +786,7 @@ def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _parity_step(report: Report, result: dict[str, Any]) -> None:
-    rows, notes = [], []
+    rows, notes, gpu_ran = [], [], False
     for size in result["sizes"]:
         label = f"{size['image_size'][0]}x{size['image_size'][1]}"
         gpu = {b["name"] for b in size.get("backends", [])
@@ -776,8 +794,11 @@ def _parity_step(report: Report, result: dict[str, Any]) -> None:
         parity = size.get("parity") or {}
         if not gpu:
             continue
+        gpu_ran = True
         if parity.get("status") != "ok":
-            notes.append(f"{label}: {parity.get('status', 'not run')}: {parity.get('reason', '')}")
+            notes.append(f"{label}: {parity.get('status', 'not run')}"
+                         + (f": {parity['reason']}" if parity.get("reason") else
+                            " (the benchmark stopped before it)" if size.get("partial") else ""))
             continue
         for r in parity["rows"]:
             if r["backend"] in gpu:
@@ -792,7 +813,8 @@ def _parity_step(report: Report, result: dict[str, Any]) -> None:
     else:
         status = "skipped"
     text = (f"{len(rows) - len(failed)} of {len(rows)} backend/size pairs match the CPU "
-            "reference" if rows else "no GPU backend ran")
+            "reference" if rows else "no comparison finished" if gpu_ran else
+            "no GPU backend ran")
     if failed:
         text += f"; FAILED: {', '.join(failed)}"
     if notes:
@@ -831,17 +853,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def find_tool(name: str) -> str | None:
     """``name`` on the PATH, else beside nvcc (the CUDA toolkit's bin folder)."""
-    found = shutil.which(name)
-    if found is None:
-        from tinyfaces_trt.core.errors import TinyFacesError
-        from tinyfaces_trt.kernels.build import find_nvcc
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.kernels.build import find_nvcc
 
-        try:
-            beside = find_nvcc().parent / name
-        except TinyFacesError:
-            return None
-        found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
-    return found
+    try:
+        nvcc = find_nvcc()  # $NVCC, the PATH, $CUDA_HOME/bin, /usr/local/cuda/bin
+    except TinyFacesError:
+        return None if name == "nvcc" else shutil.which(name)
+    if name == "nvcc":
+        return str(nvcc)
+    beside = nvcc.parent / name
+    return shutil.which(name) or (str(beside) if beside.is_file() and
+                                  os.access(beside, os.X_OK) else None)
 
 
 def save_report(report: Report, out: Path, plot: bool = False) -> None:
@@ -863,12 +886,14 @@ def save_report(report: Report, out: Path, plot: bool = False) -> None:
 
 def guarded(report: Report, name: str, step: Any, *args: Any) -> Any:
     """Runs one step; an error of this script becomes a failed step and the check goes on."""
-    start = time.perf_counter()
+    start, rows = time.perf_counter(), len(report.steps)
     try:
         return step(*args)
     except Exception as exc:
         import traceback
 
+        if any(s.name == name for s in report.steps[rows:]):
+            name += " (gpu_check error after it)"
         report.add(Step(name, "fail", time.perf_counter() - start,
                         f"gpu_check error: {type(exc).__name__}: {exc}",
                         details=traceback.format_exc()))
@@ -971,10 +996,12 @@ def main(argv: list[str] | None = None) -> int:
     report.on_step = lambda: save_report(report, out)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # the log is written as the steps run: a run killed from outside leaves what it had done
-    with open(out / "gpu_check.log", "w", encoding="utf-8") as log:
-        run_steps(report, args, skip, out, budget, env, log)
-    report.finished = True
-    save_report(report, out, plot=True)
+    try:
+        with open(out / "gpu_check.log", "w", encoding="utf-8") as log:
+            run_steps(report, args, skip, out, budget, env, log)
+        report.finished = True
+    finally:  # Ctrl-C or an error outside the steps: what was done is still reported
+        save_report(report, out, plot=True)
     print(f"gpu_check: {report.result} in {budget.elapsed():.0f} s -> {out / 'gpu_check.md'}",
           file=sys.stderr, flush=True)
     return 0 if report.result in ("PASS", "SKIPPED") else 1
