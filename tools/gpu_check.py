@@ -944,29 +944,23 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         report.skip("GPU tests", reason)
     else:
         guarded(report, "GPU tests", tests_step, report, env, min(240, left_before_bench()), log)
-    demo = build_dir / "decode_nms_demo"
-    for tool in ("memcheck", "racecheck", "synccheck"):
-        name = f"compute-sanitizer {tool}: C example"
-        reason = refuse("sanitizers", MIN_SANITIZER_EXAMPLE_S) or (
+    demo = [str(build_dir / "decode_nms_demo")]
+    sanitized = [(f"{tool}: C example", tool, demo, MIN_SANITIZER_EXAMPLE_S, 90.0, False)
+                 for tool in ("memcheck", "racecheck", "synccheck")]
+    sanitized += [(f"{tool}: GPU tests subset", tool,
+                   [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "--noconftest", "tests/test_kernels_gpu.py", "-k", subset],
+                   MIN_SANITIZER_TESTS_S, 180.0, True) for tool, subset in SANITIZER_TESTS.items()]
+    for what, tool, target, needs, limit, pytest_run in sanitized:
+        name = f"compute-sanitizer {what}"
+        reason = refuse("sanitizers", needs) or (
             None if sanitizer else "compute-sanitizer not found") or (
             None if lib else "the kernels were not built")
         if reason:
             report.skip(name, reason)
         else:
-            guarded(report, name, sanitizer_step, report, env, sanitizer, tool, [str(demo)],
-                    name, min(90, left_before_bench()), log)
-    for tool, subset in SANITIZER_TESTS.items():
-        name = f"compute-sanitizer {tool}: GPU tests subset"
-        reason = refuse("sanitizers", MIN_SANITIZER_TESTS_S) or (
-            None if sanitizer else "compute-sanitizer not found") or (
-            None if lib else "the kernels were not built")
-        if reason:
-            report.skip(name, reason)
-            continue
-        target = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                  "--noconftest", "tests/test_kernels_gpu.py", "-k", subset]
-        guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
-                min(180, left_before_bench()), log, True)
+            guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
+                    min(limit, left_before_bench()), log, pytest_run)
     reason = ("left out (--skip)" if "benchmark" in skip else no_gpu) or (
         None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
     if reason:
