@@ -405,11 +405,21 @@ def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
 
 @pytest.fixture
 def conv_precision():
-    """cuDNN's per-op float32 switch for convolutions, put back as found after the test."""
+    """cuDNN's per-op float32 switch for convolutions, put back as found after the test
+    (which also makes the legacy allow_tf32 flag readable again)."""
     conv = torch.backends.cudnn.conv
     saved = conv.fp32_precision
     yield conv
     conv.fp32_precision = saved
+    assert torch.backends.cudnn.allow_tf32  # readable, torch's default
+
+
+def _ieee(conv) -> bool:
+    """Whether cuDNN convolutions run float32 in IEEE fp32 now, by either switch."""
+    try:
+        return not torch.backends.cudnn.allow_tf32
+    except RuntimeError:  # the per-op switches are apart
+        return conv.fp32_precision == "ieee"
 
 
 @pytest.mark.parametrize("device, dtype, ieee_inside", [
@@ -417,28 +427,31 @@ def conv_precision():
     ("cuda", torch.float16, False), ("cpu", torch.float32, False)])
 def test_float32_convolutions_on_a_gpu_are_ieee_not_tf32(conv_precision, device, dtype,
                                                          ieee_inside):
-    before = conv_precision.fp32_precision
-    assert before != "ieee"  # torch's default: TF32 allowed
+    assert not _ieee(conv_precision)  # torch's default: TF32 allowed
     with ieee_fp32_convolutions(torch.device(device), dtype):
-        assert (conv_precision.fp32_precision == "ieee") is ieee_inside
-    assert conv_precision.fp32_precision == before
+        assert _ieee(conv_precision) is ieee_inside
+        torch.backends.cudnn.set_flags(False)  # what torch.export (AOTInductor) does: no raise
+    assert not _ieee(conv_precision)
     with pytest.raises(KeyError), ieee_fp32_convolutions(torch.device(device), dtype):
         raise KeyError
-    assert conv_precision.fp32_precision == before
+    assert not _ieee(conv_precision)
 
 
 def test_a_process_that_set_the_per_op_switches_still_runs_the_reference(conv_precision):
     """Once the per-op switches differ, torch raises on a read of the legacy allow_tf32 flag:
-    the switch must not read it (on the CPU it touches nothing at all)."""
-    conv_precision.fp32_precision = "ieee"
-    with pytest.raises(RuntimeError):
-        torch.backends.cudnn.allow_tf32  # what the first version of the switch read
-    model, x = stand_in(), net_input()
-    np.testing.assert_array_equal(TorchRunner(model).run(x), _reference(model, x))
-    conv_precision.fp32_precision = "tf32"
-    with ieee_fp32_convolutions(torch.device("cuda"), torch.float32):
-        assert conv_precision.fp32_precision == "ieee"
-    assert conv_precision.fp32_precision == "tf32"
+    the switch then sets the convolutions' own (on the CPU it touches nothing at all)."""
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"  # set apart from the convolutions
+    try:
+        with pytest.raises(RuntimeError):
+            torch.backends.cudnn.allow_tf32
+        model, x = stand_in(), net_input()
+        np.testing.assert_array_equal(TorchRunner(model).run(x), _reference(model, x))
+        before = conv_precision.fp32_precision
+        with ieee_fp32_convolutions(torch.device("cuda"), torch.float32):
+            assert conv_precision.fp32_precision == "ieee"
+        assert conv_precision.fp32_precision == before
+    finally:
+        torch.backends.cudnn.rnn.fp32_precision = conv_precision.fp32_precision
 
 
 @pytest.mark.parametrize("dtype, ieee_inside", [(torch.float32, True), (torch.float16, False)])
@@ -449,14 +462,13 @@ def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatc
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
     runner.device, runner.dtype, runner._stream = torch.device("cuda"), dtype, object()
     cudnn = torch.backends.cudnn
-    before = conv_precision.fp32_precision
-    assert not cudnn.benchmark and before != "ieee"  # torch's defaults
+    assert not cudnn.benchmark and not _ieee(conv_precision)  # torch's defaults
     with runner._on_stream():
-        assert cudnn.benchmark and (conv_precision.fp32_precision == "ieee") is ieee_inside
-    assert not cudnn.benchmark and conv_precision.fp32_precision == before
+        assert cudnn.benchmark and _ieee(conv_precision) is ieee_inside
+    assert not cudnn.benchmark and not _ieee(conv_precision)
     with pytest.raises(KeyError), runner._on_stream():
         raise KeyError
-    assert not cudnn.benchmark and conv_precision.fp32_precision == before
+    assert not cudnn.benchmark and not _ieee(conv_precision)
 
 
 def test_the_reference_runner_runs_inside_the_ieee_fp32_switch(monkeypatch):
