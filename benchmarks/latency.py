@@ -696,6 +696,18 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     sizes: list[dict[str, Any]] = result["sizes"]
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        """Saves the sizes done so far and ``partial``, the size under way (best effort: the
+        size's own save comes later)."""
+        result["sizes"] = sizes + [partial]
+        try:
+            save()
+        except Exception as exc:
+            log(f"could not save the partial results: {one_line(exc, with_type=True)}")
+        finally:
+            result["sizes"] = sizes
+
     for i, size in enumerate(args.image_size):
         estimate = 0.0
         if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
@@ -704,15 +716,6 @@ def main(argv: list[str] | None = None) -> int:
             pixels = (size.width * size.height) / (prev["image_size"][0] * prev["image_size"][1])
             batch_s = prev.get("batch_seconds", 0.0)
             estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
-        def checkpoint(partial: dict[str, Any]) -> None:
-            result["sizes"] = sizes + [partial]
-            try:
-                save()
-            except Exception as exc:  # best effort: the size's own save comes later
-                log(f"could not save the partial results: {one_line(exc, with_type=True)}")
-            finally:
-                result["sizes"] = sizes
-
         sizes.append(run_size(size, i == 0, args, model, config, threads, export_root, deadline,
                               estimate, log, checkpoint))
         save()

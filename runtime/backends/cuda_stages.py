@@ -192,12 +192,11 @@ class CudaPreprocessor:
             self.stream.close()
 
 
-def _remember(cache: dict, key: Any, value: Any, limit: int = 256) -> dict:
-    """``cache`` with ``key`` set (emptied first when full: image sizes may never repeat)."""
+def _remember(cache: dict, key: Any, value: Any, limit: int = 256) -> None:
+    """Sets ``key`` in ``cache``, emptied first when full (image sizes may never repeat)."""
     if len(cache) >= limit:
-        cache = {}
+        cache.clear()
     cache[key] = value
-    return cache
 
 
 class _ImageCandidates:
@@ -281,7 +280,7 @@ class CudaPostprocessor:
         capacity = self._capacities.get(self._image_hw)
         if capacity is None:
             capacity = min(self._capacity_bound(*self._image_hw), self._binding.MAX_CAPACITY)
-            self._capacities = _remember(self._capacities, self._image_hw, capacity)
+            _remember(self._capacities, self._image_hw, capacity)
         while len(self._images) < count:
             self._images.append(_ImageCandidates())
         self._count = int(count)
@@ -320,7 +319,7 @@ class CudaPostprocessor:
             params = self._binding.decode_params(
                 self._templates, active_templates(level.scale, self.config),
                 self.config.logit_thresh, self.config.stride, self.config.offset, level.scale)
-            self._decode_params = _remember(self._decode_params, level.scale, params)
+            _remember(self._decode_params, level.scale, params)
         per_image = NUM_CHANNELS * h * w * 4
         for i, image in enumerate(self._images[:self._count]):
             self.lib.decode_level(arr.ptr + i * per_image, h, w, params, image.key_base,
