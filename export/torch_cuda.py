@@ -52,7 +52,7 @@ from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
-from tinyfaces_trt.export.torch_runner import ieee_fp32_convolutions
+from tinyfaces_trt.export.torch_settings import cudnn_autotuning, ieee_fp32_convolutions
 
 _logger = logging.getLogger(__name__)
 
@@ -333,19 +333,14 @@ class TorchCudaRunner(RunnerBase):
         (``cudnn.benchmark``: the shapes are static, and the measured 216 TFLOP/s of the
         compiled pyramid on an H200 had it on; done in the warm-up before each capture);
         float32 convolutions in IEEE fp32, not TF32, so that float32 keeps the fp32
-        tolerances. The process's own settings are restored on the way out."""
+        tolerances. The process's own settings are restored when the last runner working
+        leaves (:mod:`~tinyfaces_trt.export.torch_settings`: runners in several threads)."""
         if self._stream is None:
             yield
             return
-        cudnn = torch.backends.cudnn
-        saved = cudnn.benchmark
-        cudnn.benchmark = True
-        try:
-            with ieee_fp32_convolutions(self.device, self.dtype), \
-                    torch.cuda.stream(self._stream):
-                yield
-        finally:
-            cudnn.benchmark = saved
+        with cudnn_autotuning(), ieee_fp32_convolutions(self.device, self.dtype), \
+                torch.cuda.stream(self._stream):
+            yield
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         fn = self._callables.get(shape)

@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.export.torch_settings import ieee_fp32_convolutions
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
-
-
-@contextlib.contextmanager
-def ieee_fp32_convolutions(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """float32 convolutions on a CUDA ``device`` in IEEE fp32 while inside, not TF32 (cuDNN's
-    default in torch on Ampere and later: 10 mantissa bits, far outside the fp32 tolerances);
-    the setting is restored on the way out. Other dtypes and devices touch nothing.
-
-    The legacy ``cudnn.allow_tf32`` flag is the switch, as long as the process has not set
-    torch's per-op precisions (torch >= 2.9) apart: then reading that flag raises, and the
-    convolutions' own switch is used. (Setting the per-op switch here instead would make
-    the legacy flag raise for torch itself: ``torch.export`` reads it.)
-    """
-    if device.type != "cuda" or dtype != torch.float32:
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    try:
-        saved = cudnn.allow_tf32
-    except RuntimeError:  # the per-op switches were set apart
-        conv = cudnn.conv
-        saved_precision, conv.fp32_precision = conv.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = saved_precision
-        return
-    cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32 = saved
 
 
 class TorchRunner(RunnerBase):

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import weakref
 import zipfile
 from pathlib import Path
@@ -31,7 +32,7 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.runner import NetworkRunner, RunnerBase, capabilities_of
 from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detector
-from tinyfaces_trt.export import aoti, torch_cuda
+from tinyfaces_trt.export import aoti, torch_cuda, torch_settings
 from tinyfaces_trt.export.compile_cache import CompileCache
 from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, fold_batchnorm
 from tinyfaces_trt.export import torch_runner as torch_runner_module
@@ -469,6 +470,57 @@ def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatc
     with pytest.raises(KeyError), runner._on_stream():
         raise KeyError
     assert not cudnn.benchmark and not _ieee(conv_precision)
+
+
+def test_runners_in_two_threads_never_restore_the_settings_under_each_other(monkeypatch,
+                                                                           conv_precision):
+    """Two float32 runners on their streams, entered and left out of order (as two threads
+    do): the settings hold until the last one leaves, then the process's own come back."""
+    monkeypatch.setattr(torch_cuda.torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    runners = []
+    for _ in range(2):
+        runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+        runner.device, runner._stream = torch.device("cuda"), object()
+        runners.append(runner)
+    cudnn = torch.backends.cudnn
+    first, second = (r._on_stream() for r in runners)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first thread is done, the second still works
+    assert cudnn.benchmark and _ieee(conv_precision)
+    second.__exit__(None, None, None)
+    assert not cudnn.benchmark and not _ieee(conv_precision)  # torch's defaults again
+    assert torch_settings.IEEE_FP32.holders == torch_settings.CUDNN_AUTOTUNING.holders == 0
+
+
+def test_a_shared_override_is_applied_once_and_restored_by_the_last_thread():
+    calls = []
+    override = torch_settings.SharedOverride(
+        lambda: calls.append("apply") or (lambda: calls.append("restore")))
+    inside, leave = threading.Barrier(3), threading.Event()
+    first_left = threading.Event()
+
+    def hold(wait_for: threading.Event | None) -> None:
+        with override.held():
+            inside.wait(timeout=30)
+            if wait_for is not None:
+                wait_for.wait(timeout=30)
+        if wait_for is None:
+            first_left.set()
+
+    threads = [threading.Thread(target=hold, args=(None,)),
+               threading.Thread(target=hold, args=(leave,))]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=30)  # both hold it
+    assert first_left.wait(timeout=30) and override.holders == 1 and calls == ["apply"]
+    leave.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert calls == ["apply", "restore"] and override.holders == 0
+    with pytest.raises(KeyError), override.held():  # an error inside still restores
+        raise KeyError
+    assert calls == ["apply", "restore", "apply", "restore"]
 
 
 def test_the_reference_runner_runs_inside_the_ieee_fp32_switch(monkeypatch):
