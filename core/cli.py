@@ -12,7 +12,7 @@ import logging
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -121,10 +121,16 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turns SIGTERM (``kill``, a container stop) into :class:`KeyboardInterrupt` for a CLI
-    run, so that it ends like Ctrl-C: temporary files removed, nothing half-written under a
-    final name, exit 130. A no-op outside the main thread."""
+def cli_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (``kill``, a container stop) end a CLI run as
+    :class:`KeyboardInterrupt`, so that it ends the same way for both: temporary files
+    removed, nothing half-written under a final name, exit 130 (return
+    :func:`interrupt_handled` from the ``except KeyboardInterrupt``).
+
+    An interrupt that lands in a finalizer or a weakref callback (e.g. importlib's, while a
+    plugin imports lazily) is one Python can only print and drop; inside, it is raised again
+    in the main thread instead, so the run still stops. A no-op outside the main thread.
+    """
     import signal
     import threading
 
@@ -136,10 +142,65 @@ def sigterm_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, _raise)
+    redelivery = _Redelivery(sys.unraisablehook)
+    sys.unraisablehook = redelivery
     try:
         yield
     finally:
+        redelivery.close()
+        sys.unraisablehook = redelivery.previous
         signal.signal(signal.SIGTERM, previous)
+
+
+REDELIVERY_DELAY_S = 0.005
+
+
+class _Redelivery:
+    """``sys.unraisablehook`` during a CLI run: a dropped KeyboardInterrupt is raised again in
+    the main thread (a simulated SIGINT) a moment later, once it is back in ordinary code
+    (raised from the hook itself, it would be dropped again); anything else goes on to the
+    previous hook. Nothing is delivered once :meth:`close` has run."""
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        import threading
+
+        self.previous = previous
+        self._lock = threading.Lock()
+        self._open = True
+
+    def __call__(self, unraisable: Any) -> None:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            import _thread
+
+            _thread.start_new_thread(self._deliver, ())
+        else:
+            self.previous(unraisable)
+
+    def _deliver(self) -> None:
+        import _thread
+        import time
+
+        time.sleep(REDELIVERY_DELAY_S)
+        with self._lock:
+            if self._open:
+                _thread.interrupt_main()
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+
+def interrupt_handled(status: int) -> int:
+    """``status``, for a CLI to return once it has handled a :class:`KeyboardInterrupt`.
+
+    CPython (3.10-3.13 at least) marks a KeyboardInterrupt that left a string ``exec`` or
+    ``eval`` as unhandled even when a caller catches it; under ``python -m`` the process
+    then ends by SIGINT (exit -2) instead of with ``status``. Such evaluations run whenever
+    a dataclass or namedtuple is made, e.g. while a module imports lazily mid-run. Each one
+    clears the mark first, so an empty one here does.
+    """
+    exec("pass", {})  # noqa: S102 - a constant; see the docstring
+    return status
 
 
 _BANNER_WIDTH = 72

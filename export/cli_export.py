@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
-                                     logging_to_stderr, parse_image_size, positive_float, seed_argument,
-                                     sigterm_as_interrupt, stderr_line)
+                                     cli_interrupts, interrupt_handled, logging_to_stderr,
+                                     parse_image_size, positive_float, seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.profiles import Profile
 
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    with logging_to_stderr("tf-export"), sigterm_as_interrupt():  # e.g. the --variant warning
+    with logging_to_stderr("tf-export"), cli_interrupts():  # e.g. the --variant warning
         return _run(p, a)
 
 
@@ -184,7 +184,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"tf-export: interrupted; {a.out} is unchanged", file=sys.stderr)
-        return 130
+        return interrupt_handled(130)
     print(Path(a.out) / "manifest.json")
     return EXIT_OK
 

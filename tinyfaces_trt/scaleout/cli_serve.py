@@ -14,8 +14,8 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, logging_to_stderr, positive_float,
-                                    positive_int, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, interrupt_handled, logging_to_stderr,
+                                    positive_float, positive_int, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
     except KeyboardInterrupt:
         stderr_line(f"{PROG}: stopped")
-        return 0
+        return interrupt_handled(0)
 
 
 def _run(args: argparse.Namespace) -> int:
