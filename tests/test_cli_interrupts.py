@@ -12,6 +12,7 @@ Two places where CPython mishandles an interrupt, each made deterministic here:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,8 @@ from PIL import Image
 from tinyfaces_trt.core import cli
 from tinyfaces_trt.core.cli import cli_interrupts, interrupt_handled
 from tinyfaces_trt.parity.images import synthetic_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Runs a CLI's main() as ``python -m`` runs it, with one function of the run replaced by one
 # that raises a KeyboardInterrupt inside a string exec ("exec") or drops one in a finalizer
@@ -58,8 +61,11 @@ def _drive(tmp_path: Path, target: str, how: str, cli: str,
            *argv: object) -> subprocess.CompletedProcess:
     (tmp_path / "drive_interrupt.py").write_text(DRIVER)
     module, attr = target.rsplit(".", 1)
+    # from the checkout's root, as the other subprocess tests (a plain checkout imports so)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return subprocess.run([sys.executable, "-m", "drive_interrupt", module, attr, how, cli,
-                           *map(str, argv)], cwd=tmp_path, capture_output=True, text=True,
+                           *map(str, argv)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
