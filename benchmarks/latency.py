@@ -429,6 +429,25 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
                     for e in kernels[:rows]]}
 
 
+def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, Any],
+                 deadline: Deadline, log) -> None:
+    """The profile of the first size's main GPU backend, kept open until now, into that
+    size's ``entry``; then the backend is closed. Last in the run: the profiler (CUPTI with
+    CUDA graphs) is the step most likely to hang or crash the process, and nothing else is
+    left to lose by then."""
+    for bench, image in to_profile:
+        try:
+            refused = deadline.refuse("the profile", 10.0)
+            entry["profile"] = (
+                {"backend": bench.spec.name, "status": "skipped", "reason": refused} if refused
+                else {"backend": bench.spec.name, "status": "skipped",
+                      "reason": "the backend failed before the profile"} if bench.pipe is None
+                else profile_detect(bench, image, log))
+        finally:
+            bench.close()
+    to_profile.clear()
+
+
 def _summarize_stages(samples: list[dict[str, float]]) -> dict[str, Any]:
     keys = sorted({k for s in samples for k in s})
     stages = {k: summarize([s.get(k, 0.0) for s in samples]) for k in keys}
@@ -471,10 +490,13 @@ def _primary(benches: list[_Bench]) -> _Bench | None:
 
 def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any, config: Any,
              threads: int, export_root: Path, deadline: Deadline, estimate_s: float,
-             log, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Everything measured at one image size (backends, batch, profile, parity).
+             log, checkpoint: Callable[[dict[str, Any]], None] | None = None,
+             to_profile: list[tuple[_Bench, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Everything measured at one image size (backends, batch, parity).
     ``checkpoint`` gets the entry as it stands once the backends are measured (marked
-    ``partial``), so that a run killed during the batch, profile or parity keeps them."""
+    ``partial``), so that a run killed during the batch or parity keeps them. At the first
+    size with ``--profile``, the backend to profile is left open and put in ``to_profile``
+    (with its image): the profile comes last in the run (:func:`profile_last`)."""
     from bench_backends import BACKENDS, BenchContext
     from bench_targets import network_flops
     from tinyfaces_trt.core.pyramid import plan_pyramid
@@ -516,22 +538,22 @@ def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any,
                 bench.start(ctx, log)
         measure(benches, image, args, log, deadline)
         if checkpoint is not None:
-            checkpoint({**entry, "partial": "the backends are measured; batch, profile and "
-                        "parity were still to come", "backends": [b.finish() for b in benches]})
+            checkpoint({**entry, "partial": "the backends are measured; batch and parity were "
+                        "still to come", "backends": [b.finish() for b in benches]})
         if args.batch and first:
             batch_start = time.perf_counter()
             entry["batch"] = _batch_rows(benches, args, size, len(levels), deadline, log)
             entry["batch_seconds"] = time.perf_counter() - batch_start
         if args.profile and first:
             primary = _primary(benches)
-            refused = deadline.refuse("the profile", 10.0)
-            entry["profile"] = (
-                {"status": "skipped", "reason": "no GPU backend ran"} if primary is None else
-                {"backend": primary.spec.name, "status": "skipped", "reason": refused} if refused
-                else profile_detect(primary, image, log))
+            if primary is None:
+                entry["profile"] = {"status": "skipped", "reason": "no GPU backend ran"}
+            elif to_profile is not None:
+                to_profile.append((primary, image))
     finally:
         for bench in benches:
-            bench.close()
+            if to_profile is None or all(bench is not b for b, _ in to_profile):
+                bench.close()
     entry["backends"] = [bench.finish() for bench in benches]
     ref = next((b for b in entry["backends"] if b["name"] == "reference" and b["status"] == "ok"),
                None)
@@ -708,17 +730,26 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             result["sizes"] = sizes
 
-    for i, size in enumerate(args.image_size):
-        estimate = 0.0
-        if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
-            prev = sizes[-1]
-            build = sum(b.get("build_s", 0.0) for b in prev["backends"])
-            pixels = (size.width * size.height) / (prev["image_size"][0] * prev["image_size"][1])
-            batch_s = prev.get("batch_seconds", 0.0)
-            estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
-        sizes.append(run_size(size, i == 0, args, model, config, threads, export_root, deadline,
-                              estimate, log, checkpoint))
-        save()
+    to_profile: list[tuple[_Bench, np.ndarray]] = []  # the first size's, profiled last
+    try:
+        for i, size in enumerate(args.image_size):
+            estimate = 0.0
+            if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
+                prev = sizes[-1]
+                build = sum(b.get("build_s", 0.0) for b in prev["backends"])
+                pixels = (size.width * size.height) / (prev["image_size"][0]
+                                                       * prev["image_size"][1])
+                batch_s = prev.get("batch_seconds", 0.0)
+                estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
+            sizes.append(run_size(size, i == 0, args, model, config, threads, export_root,
+                                  deadline, estimate, log, checkpoint, to_profile))
+            save()
+        if to_profile:
+            profile_last(to_profile, sizes[0], deadline, log)
+            save()
+    finally:
+        for bench, _ in to_profile:  # a later size failed: the kept backend is closed too
+            bench.close()
 
     for s in sizes:
         for b in s.get("backends", []):

@@ -46,23 +46,31 @@ def run(tmp_path_factory, export_dir):
         spec = importlib.util.spec_from_file_location("tinyfaces_bench_latency_device", LATENCY)
         latency = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(latency)
-        argv = ["--image-size", "96x72", "--repeat", "2", "--warmup", "1", "--depth", "50",
+        on_disk_at_profile = []
+        real_profile = latency.profile_detect
+
+        def profile_detect(bench, image, log):
+            on_disk_at_profile.append(json.loads((out / "dev.json").read_text()))
+            return real_profile(bench, image, log)
+
+        mp.setattr(latency, "profile_detect", profile_detect)
+        argv = ["--image-size", "96x72,64x48", "--repeat", "2", "--warmup", "1", "--depth", "50",
                 "--backend", "reference,onnxruntime-cuda", "--candidates", "none",
                 "--batch", "2", "--parity", "--profile", "--no-plot",
                 "--out", str(out), "--name", "dev", "--export-dir", str(out / "export")]
         assert latency.main(argv) == 0
         live = host.live()
         host.release_all()
-    return json.loads((out / "dev.json").read_text()), (out / "dev.md").read_text(), live
+    return (json.loads((out / "dev.json").read_text()), (out / "dev.md").read_text(), live,
+            on_disk_at_profile)
 
 
 def _backend(result, name):
-    (size,) = result["sizes"]
-    return next(b for b in size["backends"] if b["name"] == name)
+    return next(b for b in result["sizes"][0]["backends"] if b["name"] == name)
 
 
 def test_the_device_backend_runs_every_pass(run):
-    result, _, live = run
+    result, _, live, _ = run
     row = _backend(result, "onnxruntime-cuda")
     assert row["status"] == "ok", row.get("reason")
     assert row["uses_gpu"] is True and row["copies_note"] == "as create_detector('onnxruntime-cuda') builds it"
@@ -77,8 +85,8 @@ def test_the_device_backend_runs_every_pass(run):
 
 
 def test_batch_parity_and_profile_cover_the_device_backend(run):
-    result, md, _ = run
-    (size,) = result["sizes"]
+    result, md, _, _ = run
+    size = result["sizes"][0]
     (batch,) = [r for r in size["batch"]["rows"] if r["backend"] == "onnxruntime-cuda"]
     assert batch["status"] == "ok" and batch["batch"] == 2 and batch["gain"] > 0
     (parity,) = [r for r in size["parity"]["rows"] if r["backend"] == "onnxruntime-cuda"]
@@ -87,6 +95,19 @@ def test_batch_parity_and_profile_cover_the_device_backend(run):
     profile = size["profile"]
     assert profile["backend"] == "onnxruntime-cuda" and profile["status"] == "ok"
     assert "`onnxruntime-cuda`" in md
+    assert "profile" not in result["sizes"][1]
+
+
+def test_the_profile_comes_last_with_everything_else_saved(run):
+    """The profiler over CUDA graphs may hang or crash the process: by then every size,
+    the first one's batch and parity included, is on disk (its backend was kept open)."""
+    result, _, live, (saved,) = run
+    assert [s["image_size"] for s in saved["sizes"]] == [[96, 72], [64, 48]]
+    assert all("partial" not in s for s in saved["sizes"])
+    first = saved["sizes"][0]
+    assert "batch" in first and first["parity"]["status"] == "ok" and "profile" not in first
+    assert result["sizes"][0]["profile"]["status"] == "ok"
+    assert live["device"] == 0  # and the kept backend was closed after it
 
 
 def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
@@ -111,7 +132,7 @@ def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
 
 def test_targets_are_about_the_device_backend(run):
     """Without torch-cuda, the targets take the GPU backend that ran (at the largest size)."""
-    result, md, _ = run
+    result, md, _, _ = run
     targets = {t["key"]: t for t in result["targets"]}
     ref, row = _backend(result, "reference"), _backend(result, "onnxruntime-cuda")
     speed = targets["speedup"]

@@ -55,7 +55,7 @@ _run_saves: list[dict] = []
 
 
 def test_a_size_is_saved_once_its_backends_are_measured(run):
-    """Before the batch, profile and parity of a size, its measured backends are on disk."""
+    """Before the batch and parity of a size, its measured backends are on disk."""
     _, result, _ = run
     partial = [r for r in _run_saves if r["sizes"] and r["sizes"][-1].get("partial")]
     assert [len(r["sizes"]) for r in partial] == [1, 2]
@@ -67,8 +67,8 @@ def test_a_size_is_saved_once_its_backends_are_measured(run):
     assert first["sizes"][0]["backends"][0]["stages"]["total"]["median_ms"] > 0
     assert all("partial" not in s for s in result["sizes"]) and result["complete"]
     from bench_report import render_markdown
-    assert "**Partial: the backends are measured; batch, profile and parity were still to " \
-           "come**" in render_markdown(first)
+    assert "**Partial: the backends are measured; batch and parity were still to come**" \
+        in render_markdown(first)
 
 
 def test_settings_record_the_run(run):

@@ -411,7 +411,7 @@ def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):
 def test_a_timed_out_benchmark_that_measured_a_size_says_parity_did_not_finish():
     result = _bench_result(complete=False)
     size = result["sizes"][0]
-    size["partial"] = "the backends are measured; batch, profile and parity were still to come"
+    size["partial"] = "the backends are measured; batch and parity were still to come"
     del size["parity"]
     report = g.Report([], 270.0, gpu=True)
     g.summarize_benchmark(report, result, 1.0, "c", "measuring", died="timed out")
