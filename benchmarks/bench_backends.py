@@ -21,6 +21,7 @@ import copy
 import hashlib
 import importlib.util
 import time
+from collections import Counter
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,12 @@ class Pipeline:
     def runner_calls(self) -> int:
         """Network runs since the last :meth:`detect` / :meth:`detect_batch` began."""
         return 0
+
+    def shape_modes(self, batch: int) -> str:
+        """How the network's input shapes of batch size ``batch`` were prepared so far, e.g.
+        ``"compile x8"`` or ``"compile x6, eager x2"`` (after any fallback); "" where the
+        runner keeps no per-shape record (only torch-cuda does)."""
+        return ""
 
     def synchronize(self) -> None:
         pass
@@ -231,6 +238,11 @@ class DetectorBench(Pipeline):
 
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.detector.postprocessor, "last_stats", None) or {})
+
+    def shape_modes(self, batch: int) -> str:
+        records = getattr(self.level_runner.inner, "records", None) or {}
+        modes = Counter(r.mode for shape, r in records.items() if shape[0] == batch)
+        return ", ".join(f"{mode} x{count}" for mode, count in sorted(modes.items()))
 
     def runner_calls(self) -> int:
         return self.level_runner.index

@@ -152,6 +152,10 @@ def _batch_lines(batch: dict[str, Any]) -> list[str]:
         lines.append(f"| `{r['backend']}` | {_t(r['single'], True)} | {_t(r['batched'], True)} | "
                      f"{r['single_images_per_s']:.1f} | {r['batched_images_per_s']:.1f} | "
                      f"{r['gain']:.2f}x | {r['runner_calls']} |")
+    modes = [f"`{r['backend']}` {r['shape_modes']}" for r in batch["rows"] if r.get("shape_modes")]
+    if modes:
+        lines += ["", f"The batch-of-{n} input shapes ran as (mode after any fallback): "
+                  + "; ".join(modes) + "."]
     return lines
 
 

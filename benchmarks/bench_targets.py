@@ -214,6 +214,8 @@ def _batch_gain(size, backend, ref) -> tuple[float | None, str, str]:
     else:
         why = (f"{row['runner_calls']} network calls per batch; per image {format_duration(row['batched']['median_ms'])} "
                f"batched vs {format_duration(row['single']['median_ms'])} alone")
+    if row.get("shape_modes"):
+        why += f"; the batch shapes ran as {row['shape_modes']}"
     return row["batched_images_per_s"] / row["single_images_per_s"], detail, why
 
 

@@ -378,6 +378,9 @@ def measure_batch(bench: _Bench, images: list[np.ndarray], args: argparse.Namesp
         row.update(status="failed", reason=one_line(exc, with_type=True))
         return row
     single, batched = summarize(single_s), summarize(batched_s)
+    modes = pipe.shape_modes(n)
+    if modes:  # torch-cuda: the batch shapes are new; did they compile, or fall back?
+        row["shape_modes"] = modes
     row.update(status="ok", single=single, batched=batched, runner_calls=calls,
                single_images_per_s=1e3 / single["median_ms"],
                batched_images_per_s=1e3 / batched["median_ms"],

@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -370,3 +371,57 @@ def test_weights_decide_depth_and_variant_unless_given(tmp_path):
     assert what == "weights c50.pth"
     with pytest.raises(WeightsError, match="ResNet-50 .* but depth=101"):
         latency._load_model(latency.parse_args(["--weights", str(path), "--depth", "101"]))
+
+
+def test_batch_rows_say_how_the_batch_shapes_were_prepared():
+    """torch-cuda prepares the batch shapes during the batch warm-up: whether they compiled
+    or fell back is in the row, the report and the batch target's why."""
+    from types import SimpleNamespace
+
+    from tinyfaces_trt.core.runner import RunnerBase
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    backends = _bench_module("bench_backends")
+
+    class Recorded(RunnerBase):
+        def run(self, net_input):
+            raise AssertionError("not run here")
+
+    runner = Recorded()
+    runner.records = {(1, 3, 8, 8): SimpleNamespace(mode="compile"),
+                      (2, 3, 8, 8): SimpleNamespace(mode="compile"),
+                      (2, 3, 4, 4): SimpleNamespace(mode="eager")}
+    bench = backends.DetectorBench(Detector(runner, DetectorConfig()))
+    assert bench.shape_modes(2) == "compile x1, eager x1"
+    assert bench.shape_modes(1) == "compile x1" and bench.shape_modes(8) == ""
+    assert backends.DetectorBench(Detector(RunnerBase(), DetectorConfig())).shape_modes(2) == ""
+
+    row = {"backend": "torch-cuda", "status": "ok", "batch": 2, "levels": 2, "runner_calls": 2,
+           "single": {"median_ms": 40.0, "p90_ms": 41.0},
+           "batched": {"median_ms": 38.0, "p90_ms": 39.0},
+           "single_images_per_s": 25.0, "batched_images_per_s": 26.3, "gain": 1.05,
+           "shape_modes": "compile x1, eager x1"}
+    lines = _bench_module("bench_report")._batch_lines({"batch": 2, "rows": [row]})
+    assert lines[-1] == ("The batch-of-2 input shapes ran as (mode after any fallback): "
+                         "`torch-cuda` compile x1, eager x1.")
+    result = {"sizes": [_size([_backend("reference", 950.0, 126.0, e2e=932.0),
+                               _backend("torch-cuda", 41.5, 35.5, e2e=40.9)],
+                              batch={"batch": 2, "rows": [row]})], "decode_nms": None}
+    gain = {t["key"]: t for t in _bench_module("bench_targets").evaluate_targets(result)}
+    assert gain["batch_gain"]["why"].endswith("; the batch shapes ran as compile x1, eager x1")
+
+    class Pipe(backends.Pipeline):
+        def detect(self, image, timings):
+            return image
+
+        def detect_batch(self, images):
+            return list(images)
+
+        def shape_modes(self, batch):
+            return f"graphs x{batch}"
+
+    latency = _load_latency()
+    measured = SimpleNamespace(pipe=Pipe(), spec=SimpleNamespace(name="torch-cuda"))
+    args = SimpleNamespace(warmup=0, repeat=1)
+    row = latency.measure_batch(measured, [np.zeros((4, 4, 3))] * 3, args, lambda _: None)
+    assert row["status"] == "ok" and row["shape_modes"] == "graphs x3"
