@@ -120,12 +120,17 @@ def add_version_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
+def interrupt_on_sigterm(signum: int, frame: object) -> None:
+    """The SIGTERM handler of :func:`cli_interrupts`: a KeyboardInterrupt, like Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextlib.contextmanager
 def cli_interrupts() -> Iterator[None]:
     """Ctrl-C and SIGTERM (``kill``, a container stop) end a CLI run as
     :class:`KeyboardInterrupt`, so that it ends the same way for both: temporary files
-    removed, nothing half-written under a final name, exit 130 (return
-    :func:`interrupt_handled` from the ``except KeyboardInterrupt``).
+    removed, nothing half-written under a final name, exit 130 (catch it around this
+    context and return :func:`interrupt_handled`).
 
     An interrupt that lands in a finalizer or a weakref callback (e.g. importlib's, while a
     plugin imports lazily) is one Python can only print and drop; inside, it is raised again
@@ -137,39 +142,39 @@ def cli_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    redelivery = _Redelivery(sys.unraisablehook)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    redelivery = _Redelivery(sys.unraisablehook, threading.main_thread().ident)
     sys.unraisablehook = redelivery
     try:
         yield
-    finally:
-        redelivery.close()
+    finally:  # in this order: an interrupt raised meanwhile must not skip the restores
         sys.unraisablehook = redelivery.previous
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            redelivery.close()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 REDELIVERY_DELAY_S = 0.005
 
 
 class _Redelivery:
-    """``sys.unraisablehook`` during a CLI run: a dropped KeyboardInterrupt is raised again in
-    the main thread (a simulated SIGINT) a moment later, once it is back in ordinary code
-    (raised from the hook itself, it would be dropped again); anything else goes on to the
-    previous hook. Nothing is delivered once :meth:`close` has run."""
+    """``sys.unraisablehook`` during a CLI run: a dropped KeyboardInterrupt is sent again to
+    the main thread as a real signal a moment later, once it is back in ordinary code (raised
+    from the hook itself, it would be dropped again; a real signal also wakes a blocked
+    wait); anything else goes on to the previous hook. Nothing is sent once :meth:`close`
+    has begun."""
 
-    def __init__(self, previous: Callable[[Any], object]) -> None:
+    def __init__(self, previous: Callable[[Any], object], main_thread: int | None) -> None:
         import threading
 
         self.previous = previous
+        self._main_thread = main_thread
         self._lock = threading.Lock()
         self._open = True
 
     def __call__(self, unraisable: Any) -> None:
-        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and _signal_to_resend():
             import _thread
 
             _thread.start_new_thread(self._deliver, ())
@@ -177,17 +182,31 @@ class _Redelivery:
             self.previous(unraisable)
 
     def _deliver(self) -> None:
-        import _thread
+        import signal
         import time
 
         time.sleep(REDELIVERY_DELAY_S)
         with self._lock:
-            if self._open:
-                _thread.interrupt_main()
+            sig = _signal_to_resend()
+            if self._open and sig and self._main_thread is not None:
+                signal.pthread_kill(self._main_thread, sig)
 
     def close(self) -> None:
-        with self._lock:
-            self._open = False
+        self._open = False  # first: a close interrupted while it waits still stops sending
+        with self._lock:  # a send under way has finished
+            pass
+
+
+def _signal_to_resend() -> int | None:
+    """SIGINT where Python handles it (a late one can only raise); else SIGTERM while
+    :func:`cli_interrupts` handles it (SIGINT is ignored in a background job); else None."""
+    import signal
+
+    if callable(signal.getsignal(signal.SIGINT)):
+        return signal.SIGINT
+    if signal.getsignal(signal.SIGTERM) is interrupt_on_sigterm:
+        return signal.SIGTERM
+    return None
 
 
 def interrupt_handled(status: int) -> int:

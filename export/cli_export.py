@@ -151,8 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    with logging_to_stderr("tf-export"), cli_interrupts():  # e.g. the --variant warning
-        return _run(p, a)
+    try:
+        with logging_to_stderr("tf-export"), cli_interrupts():  # e.g. the --variant warning
+            return _run(p, a)
+    except KeyboardInterrupt:  # around the context: also one raised while it closes
+        print(f"tf-export: interrupted; {a.out} is unchanged", file=sys.stderr)
+        return interrupt_handled(130)
 
 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
@@ -182,9 +186,6 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     except OSError as exc:  # writing the export folder (disk full, permissions, ...)
         print(f"tf-export: error: cannot write the export folder {a.out}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"tf-export: interrupted; {a.out} is unchanged", file=sys.stderr)
-        return interrupt_handled(130)
     print(Path(a.out) / "manifest.json")
     return EXIT_OK
 

@@ -29,7 +29,7 @@ class SharedOverride:
 
     def __init__(self, apply: Callable[[], Restore]) -> None:
         self._apply = apply
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer leaving on the same thread cannot deadlock
         self._holders = 0
         self._restore: Restore | None = None
 

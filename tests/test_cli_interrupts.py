@@ -12,10 +12,13 @@ Two places where CPython mishandles an interrupt, each made deterministic here:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -57,8 +60,8 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def _drive(tmp_path: Path, target: str, how: str, cli: str,
-           *argv: object) -> subprocess.CompletedProcess:
+def _drive(tmp_path: Path, target: str, how: str, cli: str, *argv: object,
+           ignore_sigint: bool = False) -> subprocess.CompletedProcess:
     (tmp_path / "drive_interrupt.py").write_text(DRIVER)
     module, attr = target.rsplit(".", 1)
     # from the checkout's root, as the other subprocess tests (a plain checkout imports so)
@@ -66,7 +69,11 @@ def _drive(tmp_path: Path, target: str, how: str, cli: str,
         [str(tmp_path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return subprocess.run([sys.executable, "-m", "drive_interrupt", module, attr, how, cli,
                            *map(str, argv)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, preexec_fn=_ignore_sigint if ignore_sigint else None)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `tf-detect ... &` in a script
 
 
 @pytest.fixture
@@ -78,11 +85,14 @@ def photos(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("how", ["exec", "finalizer"])
-def test_tf_detect_interrupted_exits_130_under_python_m(tmp_path, photos, export_dir, how):
+@pytest.mark.parametrize("how, ignore_sigint", [("exec", False), ("finalizer", False),
+                                                ("finalizer", True)])
+def test_tf_detect_interrupted_exits_130_under_python_m(tmp_path, photos, export_dir, how,
+                                                        ignore_sigint):
     out = tmp_path / "out"
     done = _drive(tmp_path, "tinyfaces_trt.cli.detect._load", how, "tinyfaces_trt.cli.detect",
-                  photos, "--model", export_dir, "--out", out, "--blur")
+                  photos, "--model", export_dir, "--out", out, "--blur",
+                  ignore_sigint=ignore_sigint)
     assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
     assert "tf-detect: interrupted" in done.stderr and "Traceback" not in done.stderr
     assert "Exception ignored" not in done.stderr  # not printed and dropped
@@ -130,6 +140,42 @@ def test_an_interrupt_dropped_in_a_finalizer_is_raised_again_in_the_main_thread(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the simulated SIGINT is raised in this loop
             time.sleep(0.001)
+
+
+def test_a_redelivered_interrupt_wakes_a_blocked_wait():
+    """A real signal, not only a flag: a wait without progress returns at once."""
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), cli_interrupts():
+        _Dropping()
+        threading.Event().wait(20)
+    assert time.monotonic() - start < 10
+
+
+def test_an_interrupt_while_the_context_closes_skips_no_restore(monkeypatch):
+    def interrupted_close(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._Redelivery, "close", interrupted_close)
+    hook, sigterm = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), cli_interrupts():
+        assert signal.getsignal(signal.SIGTERM) is cli.interrupt_on_sigterm
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is sigterm
+
+
+def test_tf_export_catches_an_interrupt_raised_as_the_context_closes(monkeypatch, tmp_path,
+                                                                     capsys):
+    from tinyfaces_trt.export import cli_export
+
+    @contextlib.contextmanager
+    def closing_interrupted():
+        yield
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_export, "cli_interrupts", closing_interrupted)
+    monkeypatch.setattr(cli_export, "_run", lambda p, a: 0)
+    out = tmp_path / "export"
+    assert cli_export.main(["--untrained", "--out", str(out)]) == 130
+    assert f"tf-export: interrupted; {out} is unchanged" in capsys.readouterr().err
 
 
 def test_nothing_is_delivered_once_the_run_is_over(monkeypatch):

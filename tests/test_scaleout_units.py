@@ -3,6 +3,7 @@ tf-detect task plan, the HTTP rules of the service, and the CLIs' arguments."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,37 @@ def test_a_retry_removes_only_its_own_temporaries(tmp_path):
     for path in (mine, other, tmp_path / "photo.json"):
         path.write_text("{")
     assert temporaries_of(tmp_path / "photo.json") == [mine]
+
+
+def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
+    """ray.init makes SIGTERM sys.exit(15); inside a CLI run it stays an interrupt (exit 130,
+    as without --ray)."""
+    from tinyfaces_trt.core.cli import cli_interrupts, interrupt_on_sigterm
+    from tinyfaces_trt.scaleout import cluster
+
+    def ray_exit(signum, frame):
+        raise SystemExit(signum)
+
+    class FakeRay:
+        initialized = False
+
+        def is_initialized(self):
+            return self.initialized
+
+        def init(self, **kwargs):
+            self.initialized = True
+            signal.signal(signal.SIGTERM, ray_exit)  # what ray.init does in a driver
+
+        def shutdown(self):
+            self.initialized = False
+
+    monkeypatch.setattr(cluster, "import_ray", FakeRay)
+    with cli_interrupts(), cluster.connect("local"):
+        assert signal.getsignal(signal.SIGTERM) is interrupt_on_sigterm
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with cluster.connect("local"):  # no Python handler before: Ray's stays (its cleanup)
+            assert signal.getsignal(signal.SIGTERM) is ray_exit
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -14,8 +14,9 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, interrupt_handled, logging_to_stderr,
-                                    positive_float, positive_int, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, cli_interrupts, interrupt_handled,
+                                    logging_to_stderr, positive_float, positive_int,
+                                    stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     try:
-        with logging_to_stderr(PROG, args.verbose):
+        with logging_to_stderr(PROG, args.verbose), cli_interrupts():
             return _run(args)
     except KeyboardInterrupt:
         stderr_line(f"{PROG}: stopped")
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         with connect(args.address) as ray:  # noqa: F841
             from ray import serve
 
-            stop = threading.Event()  # after ray.init, which installs its own SIGTERM handler
+            stop = threading.Event()  # SIGTERM while serving: the clean stop below
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             options = serve_options(args, cluster_resources().gpus)
             quiet = None if args.verbose else {"log_level": "WARNING"}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -58,15 +60,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if _starts_local(address):
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
+    sigterm = _python_sigterm_handler()
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TinyFacesError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
                              f"{exc}") from None
+    if sigterm is not None:  # ray.init sets sys.exit(15); the caller's choice stands (a CLI's
+        signal.signal(signal.SIGTERM, sigterm)  # interrupt: exit 130, as without --ray)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _python_sigterm_handler() -> Any:
+    """The SIGTERM handler when it is a Python function and this is the main thread (where
+    ``ray.init`` replaces it), else None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
 
 
 def _starts_local(address: str | None) -> bool:
