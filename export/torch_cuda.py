@@ -19,6 +19,11 @@ keeps, per input shape, a ready callable:
 ``mode="eager"``
     Plain eager execution.
 
+A batch smaller than one already prepared for the same image size runs padded into that
+shape instead of preparing its own (seconds of compiling saved, e.g. for a video's last and
+shorter batch); only its own rows come back. A shape that keeps coming gets its own after
+:data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
+
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
 GPU -- without a copy and returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced
@@ -158,6 +163,10 @@ def _no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
+#: Runs of one batch shape padded into a larger prepared one before it gets its own.
+PADDED_RUNS_BEFORE_OWN_SHAPE = 16
+
+
 class _Captured:
     """One CUDA graph with its static input and output tensors, and the callable it was
     captured from (kept: an AOTInductor model owns the weights its graph reads)."""
@@ -185,9 +194,13 @@ class _Captured:
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.static_in.copy_(x)  # on the current (the runner's) stream
+        """Replays the graph on ``x``, which may hold fewer images than the graph: the rows
+        after them keep the last input (finite numbers, each row computed on its own) and
+        their outputs are left out."""
+        n = x.shape[0]
+        self.static_in[:n].copy_(x)  # on the current (the runner's) stream
         self.graph.replay()
-        return self.static_out
+        return self.static_out if n == self.static_out.shape[0] else self.static_out[:n]
 
 
 class TorchCudaRunner(RunnerBase):
@@ -247,6 +260,7 @@ class TorchCudaRunner(RunnerBase):
         self._callables: dict[Shape, Callable[[torch.Tensor], torch.Tensor]] = {}
         #: How each shape was prepared (mode after fallback, time, compile-cache use).
         self.records: dict[Shape, ShapeRecord] = {}
+        self._padded_runs: dict[Shape, int] = {}
         self._closed = False
 
     def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
@@ -289,7 +303,7 @@ class TorchCudaRunner(RunnerBase):
                 x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
                 x = x.to(self.device)
             _check_input(x)
-            out = self._callable(tuple(x.shape))(x)
+            out = self._run_shape(x)
             return out if device_input else out.cpu().numpy()
 
     def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
@@ -341,6 +355,35 @@ class TorchCudaRunner(RunnerBase):
         with cudnn_autotuning(), ieee_fp32_convolutions(self.device, self.dtype), \
                 torch.cuda.stream(self._stream):
             yield
+
+    def _run_shape(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through its shape's callable. A batch smaller than one already prepared for
+        the same image size runs padded into it instead of preparing its own shape
+        (compiling takes seconds; e.g. a video's last, shorter batch), until the same shape
+        has come :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times: a recurring one (single images
+        after batches) then gets its own, rather than doing a batch's work each time."""
+        shape = tuple(x.shape)
+        target = self.batch_shape_for(shape)
+        if target != shape:
+            self._padded_runs[shape] = self._padded_runs.get(shape, 0) + 1
+            if self._padded_runs[shape] > PADDED_RUNS_BEFORE_OWN_SHAPE:
+                target = shape
+        fn = self._callable(target)
+        if target == shape:
+            return fn(x)
+        if isinstance(fn, _Captured):
+            return fn(x)  # takes the smaller batch into its static input
+        pad = x.new_zeros((target[0] - shape[0], *shape[1:]))
+        return fn(torch.cat((x, pad)))[: shape[0]]
+
+    def batch_shape_for(self, shape: Sequence[int]) -> Shape:
+        """The input shape a batch of ``shape`` runs as: itself when prepared or when no
+        larger batch of its image size is, else the smallest prepared larger batch."""
+        shape = tuple(int(d) for d in shape)
+        if shape in self._callables:
+            return shape
+        larger = [s for s in self._callables if s[1:] == shape[1:] and s[0] > shape[0]]
+        return min(larger) if larger else shape
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         fn = self._callables.get(shape)

@@ -81,10 +81,58 @@ def test_batch_rows_equal_single_images():
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
                              channels_last=False)
     x = net_input()
+    singles = [runner.run(x[i:i + 1]) for i in range(len(x))]  # first: not padded into 2
     batch = runner.run(x)
     for i in range(len(x)):
         # batch and single images block the convolutions differently: float32 rounding
-        np.testing.assert_allclose(batch[i:i + 1], runner.run(x[i:i + 1]), atol=2e-5)
+        np.testing.assert_allclose(batch[i:i + 1], singles[i], atol=2e-5)
+
+
+def test_a_smaller_batch_runs_padded_into_a_prepared_one():
+    """A video's last, shorter batch compiles nothing new: it runs in the full batch's shape
+    and only its own rows come back."""
+    model = stand_in()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
+    runner.warmup([(4, 3, 32, 48)])
+    x = net_input((3, 3, 32, 48))
+    out = runner.run(x)
+    assert out.shape == (3, 125, 4, 6) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, _reference(model, x), rtol=1e-5, atol=2e-5)
+    assert list(runner.records) == [(4, 3, 32, 48)]  # nothing new prepared
+    assert runner.batch_shape_for((5, 3, 32, 48)) == (5, 3, 32, 48)  # larger: its own
+    assert runner.batch_shape_for((2, 3, 40, 48)) == (2, 3, 40, 48)  # another image size
+    runner.warmup([(2, 3, 32, 48)])
+    assert runner.batch_shape_for((1, 3, 32, 48)) == (2, 3, 32, 48)  # the smallest that fits
+    assert runner.batch_shape_for((4, 3, 32, 48)) == (4, 3, 32, 48)
+
+
+def test_a_recurring_smaller_batch_gets_its_own_shape(monkeypatch):
+    """Single images after batches would do a batch's work each time: after a few padded
+    runs the shape is prepared for itself."""
+    monkeypatch.setattr(torch_cuda, "PADDED_RUNS_BEFORE_OWN_SHAPE", 2)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.warmup([(4, 3, 32, 48)])
+    x = net_input((1, 3, 32, 48))
+    for _ in range(2):
+        runner.run(x)
+    assert list(runner.records) == [(4, 3, 32, 48)]
+    runner.run(x)
+    assert list(runner.records) == [(4, 3, 32, 48), (1, 3, 32, 48)]
+
+
+def test_a_captured_graph_takes_a_smaller_batch_in_its_static_input():
+    """The CUDA-graph path of padding, with the graph stood in (its replay doubles the
+    static input into the static output)."""
+    captured = object.__new__(torch_cuda._Captured)
+    captured.static_in = torch.full((4, 3, 2, 2), 7.0)
+    captured.static_out = torch.zeros((4, 3, 2, 2))
+    captured.graph = SimpleNamespace(
+        replay=lambda: captured.static_out.copy_(captured.static_in * 2))
+    x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2)
+    out = captured(x)
+    assert out.shape == (2, 3, 2, 2) and out.is_contiguous()
+    torch.testing.assert_close(out, x * 2)
+    assert captured(torch.ones((4, 3, 2, 2))) is captured.static_out  # full batch: no slice
 
 
 def test_detector_over_the_runner_matches_the_torch_reference():

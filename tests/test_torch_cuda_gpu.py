@@ -78,9 +78,25 @@ def test_graphs_equal_eager(seeded):
 def test_batch_rows_match_single_images():
     x = net_input((2, 3, 64, 96))
     with TorchCudaRunner(stand_in(), mode="graphs") as runner:
+        singles = [runner.run(x[i:i + 1]) for i in range(2)]  # first: not padded into 2
         batch = runner.run(x)
         for i in range(2):
-            np.testing.assert_allclose(batch[i:i + 1], runner.run(x[i:i + 1]), **FP16_CLOSE)
+            np.testing.assert_allclose(batch[i:i + 1], singles[i], **FP16_CLOSE)
+        _assert_captured(runner)
+
+
+def test_a_smaller_batch_replays_the_prepared_graph():
+    """A video's last, shorter batch: 3 images through the graph captured for 4, on the
+    device, only their rows back; nothing new captured."""
+    x = net_input((3, 3, 64, 96))
+    with TorchCudaRunner(stand_in(), mode="graphs") as runner, \
+            TorchCudaRunner(stand_in(), mode="eager") as eager:
+        runner.warmup([(4, 3, 64, 96)])
+        out = runner.run(torch.from_numpy(x).cuda())
+        assert tuple(out.shape) == (3, 125, 8, 12) and out.is_contiguous()
+        runner.synchronize()
+        np.testing.assert_allclose(out.cpu().numpy(), eager.run(x), **FP16_CLOSE)
+        assert list(runner.records) == [(4, 3, 64, 96)]
         _assert_captured(runner)
 
 
