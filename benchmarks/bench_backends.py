@@ -240,7 +240,9 @@ class DetectorBench(Pipeline):
         return dict(getattr(self.detector.postprocessor, "last_stats", None) or {})
 
     def shape_modes(self, batch: int) -> str:
-        records = getattr(self.level_runner.inner, "records", None) or {}
+        runner = self.level_runner.inner  # or a wrapper feeding it from the host
+        records = getattr(runner, "records", None) or getattr(
+            getattr(runner, "inner", None), "records", None) or {}
         modes = Counter(r.mode for shape, r in records.items() if shape[0] == batch)
         return ", ".join(f"{mode} x{count}" for mode, count in sorted(modes.items()))
 

@@ -432,6 +432,13 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
                     for e in kernels[:rows]]}
 
 
+#: About how long the profile takes (its warm-up detect and the profiled one).
+PROFILE_S = 10.0
+#: What a result saved just before the profile says of it: the run ended during it.
+PROFILE_CUT = ("the run ended while the profile was under way (a hang or crash under the "
+               "profiler); everything else was saved before it")
+
+
 def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, Any],
                  deadline: Deadline, log) -> None:
     """The profile of the first size's main GPU backend, kept open until now, into that
@@ -440,7 +447,7 @@ def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, A
     left to lose by then."""
     for bench, image in to_profile:
         try:
-            refused = deadline.refuse("the profile", 10.0)
+            refused = deadline.refuse("the profile", PROFILE_S)
             entry["profile"] = (
                 {"backend": bench.spec.name, "status": "skipped", "reason": refused} if refused
                 else {"backend": bench.spec.name, "status": "skipped",
@@ -736,24 +743,32 @@ def main(argv: list[str] | None = None) -> int:
     to_profile: list[tuple[_Bench, np.ndarray]] = []  # the first size's, profiled last
     try:
         for i, size in enumerate(args.image_size):
-            estimate = 0.0
+            estimate = PROFILE_S if to_profile else 0.0  # leave the profile its time
             if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
                 prev = sizes[-1]
                 build = sum(b.get("build_s", 0.0) for b in prev["backends"])
                 pixels = (size.width * size.height) / (prev["image_size"][0]
                                                        * prev["image_size"][1])
                 batch_s = prev.get("batch_seconds", 0.0)
-                estimate = build + max(0.0, prev["seconds"] - build - batch_s) * pixels
+                estimate += build + max(0.0, prev["seconds"] - build - batch_s) * pixels
             sizes.append(run_size(size, i == 0, args, model, config, threads, export_root,
                                   deadline, estimate, log, checkpoint, to_profile))
             save()
+        _log_summary(sizes, log)
         if to_profile:
+            sizes[0]["profile"] = {"backend": to_profile[0][0].spec.name, "status": "running",
+                                   "reason": PROFILE_CUT}
+            save(final=True)  # complete but for the profile, should it hang or crash
+            log(f"[{to_profile[0][0].spec.name}] the profile, last ...")
             profile_last(to_profile, sizes[0], deadline, log)
-            save()
     finally:
         for bench, _ in to_profile:  # a later size failed: the kept backend is closed too
             bench.close()
+    save(final=True)
+    return 0
 
+
+def _log_summary(sizes: list[dict[str, Any]], log) -> None:
     for s in sizes:
         for b in s.get("backends", []):
             if b["status"] == "ok":
@@ -765,8 +780,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log(f"{s['image_size'][0]}x{s['image_size'][1]} {b['name']:>24}: {b['status']}: "
                     f"{b['reason']}")
-    save(final=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ keeps, per input shape, a ready callable:
 ``mode="eager"``
     Plain eager execution.
 
-A batch smaller than one already prepared for the same image size runs padded into that
-shape instead of preparing its own (seconds of compiling saved, e.g. for a video's last and
+A batch smaller than one already compiled or captured for the same image size runs padded
+into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's last and
 shorter batch); only its own rows come back. A shape that keeps coming gets its own after
 :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
 
@@ -367,6 +367,8 @@ class TorchCudaRunner(RunnerBase):
         if target != shape:
             self._padded_runs[shape] = self._padded_runs.get(shape, 0) + 1
             if self._padded_runs[shape] > PADDED_RUNS_BEFORE_OWN_SHAPE:
+                _logger.info("input shape %s came %d times padded into %s: preparing its own",
+                             shape, PADDED_RUNS_BEFORE_OWN_SHAPE, target)
                 target = shape
         fn = self._callable(target)
         if target == shape:
@@ -378,11 +380,12 @@ class TorchCudaRunner(RunnerBase):
 
     def batch_shape_for(self, shape: Sequence[int]) -> Shape:
         """The input shape a batch of ``shape`` runs as: itself when prepared or when no
-        larger batch of its image size is, else the smallest prepared larger batch."""
+        larger batch of its image size is compiled or captured, else the smallest such."""
         shape = tuple(int(d) for d in shape)
         if shape in self._callables:
             return shape
-        larger = [s for s in self._callables if s[1:] == shape[1:] and s[0] > shape[0]]
+        larger = [s for s in self._callables if s[1:] == shape[1:] and s[0] > shape[0]
+                  and self.records[s].mode != "eager"]  # eager shapes cost nothing to add
         return min(larger) if larger else shape
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:

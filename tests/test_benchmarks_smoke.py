@@ -395,6 +395,10 @@ def test_batch_rows_say_how_the_batch_shapes_were_prepared():
     assert bench.shape_modes(2) == "compile x1, eager x1"
     assert bench.shape_modes(1) == "compile x1" and bench.shape_modes(8) == ""
     assert backends.DetectorBench(Detector(RunnerBase(), DetectorConfig())).shape_modes(2) == ""
+    fed = Recorded()  # a wrapper feeding it from the host (the copy-timed rows)
+    fed.inner = runner
+    assert backends.DetectorBench(Detector(fed, DetectorConfig())).shape_modes(2) == \
+        "compile x1, eager x1"
 
     row = {"backend": "torch-cuda", "status": "ok", "batch": 2, "levels": 2, "runner_calls": 2,
            "single": {"median_ms": 40.0, "p90_ms": 41.0},

@@ -196,6 +196,27 @@ def test_benchmark_and_parity_steps_from_a_gpu_run():
     assert g.render_markdown(report).count("| 1920x1080 | `torch-cuda` | pass | 10 / 10 |") == 1
 
 
+@pytest.mark.parametrize("died", ["timed out", "exit -11"])
+def test_a_profile_that_hangs_or_crashes_costs_only_itself(died):
+    """latency.py saves its result complete, the profile marked running, just before the
+    profile (last in the run): a run killed or crashed in it still passes, with a note."""
+    result = _bench_result()
+    result["sizes"][0]["profile"] = {"backend": "torch-cuda", "status": "running",
+                                     "reason": "the run ended while the profile was under way"}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 190.0, "c", "[torch-cuda] the profile, last ...",
+                          died=died)
+    bench, parity = report.steps
+    assert (bench.status, parity.status) == ("pass", "pass")
+    assert f"the profile: did not finish ({died}); everything else was saved before it" \
+        in bench.summary
+    incomplete = _bench_result(complete=False)  # killed before that save: still stopped
+    incomplete["sizes"][0]["profile"] = result["sizes"][0]["profile"]
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, incomplete, 190.0, "c", "x", died="timed out")
+    assert report.steps[0].status == "timeout"
+
+
 def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
     report = g.Report([], 270.0)
     g.summarize_benchmark(report, _bench_result(parity_passed=False), 1.0, "c", "")

@@ -726,6 +726,12 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
     report.targets = _target_rows(result)
     problems, ran_names, absent = [], set(), set()
     stopped = None
+    sizes = result["sizes"]
+    if result.get("complete") and sizes and (sizes[0].get("profile") or {}).get("status") == \
+            "running":  # saved complete just before the profile, which then hung or crashed
+        absent.add(f"the profile: did not finish ({died or 'the run ended during it'}); "
+                   "everything else was saved before it")
+        died = None
     if died or not result.get("complete"):
         last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
         stopped = (f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
