@@ -28,6 +28,7 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -434,26 +435,42 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
 
 #: About how long the profile takes (its warm-up detect and the profiled one).
 PROFILE_S = 10.0
+#: A profile still running after this long is taken for hung: the process ends with
+#: EXIT_PROFILE_HUNG (its results saved before the profile, marked so).
+PROFILE_HANG_S = 90.0
+EXIT_PROFILE_HUNG = 4
 #: What a result saved just before the profile says of it: the run ended during it.
 PROFILE_CUT = ("the run ended while the profile was under way (a hang or crash under the "
                "profiler); everything else was saved before it")
 
 
 def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, Any],
-                 deadline: Deadline, log) -> None:
+                 deadline: Deadline, log,
+                 give_up: Callable[[], None] = lambda: os._exit(EXIT_PROFILE_HUNG)) -> None:
     """The profile of the first size's main GPU backend, kept open until now, into that
     size's ``entry``; then the backend is closed. Last in the run: the profiler (CUPTI with
     CUDA graphs) is the step most likely to hang or crash the process, and nothing else is
-    left to lose by then."""
+    left to lose by then. A profile still running after :data:`PROFILE_HANG_S` ends the
+    process (``give_up``) rather than hold the machine: the result is already saved."""
     for bench, image in to_profile:
+        def hung() -> None:
+            log(f"[{bench.spec.name}] the profile is still running after {PROFILE_HANG_S:.0f} s "
+                f"(a hang under the profiler): ending here, exit {EXIT_PROFILE_HUNG}; the "
+                "results were saved before it")
+            give_up()
+
+        watchdog = threading.Timer(PROFILE_HANG_S, hung)
+        watchdog.daemon = True
         try:
             refused = deadline.refuse("the profile", PROFILE_S)
-            entry["profile"] = (
-                {"backend": bench.spec.name, "status": "skipped", "reason": refused} if refused
-                else {"backend": bench.spec.name, "status": "skipped",
-                      "reason": "the backend failed before the profile"} if bench.pipe is None
-                else profile_detect(bench, image, log))
+            if refused or bench.pipe is None:
+                entry["profile"] = {"backend": bench.spec.name, "status": "skipped",
+                                    "reason": refused or "the backend failed before the profile"}
+            else:
+                watchdog.start()
+                entry["profile"] = profile_detect(bench, image, log)
         finally:
+            watchdog.cancel()
             bench.close()
     to_profile.clear()
 

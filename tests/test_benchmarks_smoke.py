@@ -429,3 +429,38 @@ def test_batch_rows_say_how_the_batch_shapes_were_prepared():
     args = SimpleNamespace(warmup=0, repeat=1)
     row = latency.measure_batch(measured, [np.zeros((4, 4, 3))] * 3, args, lambda _: None)
     assert row["status"] == "ok" and row["shape_modes"] == "graphs x3"
+
+
+def test_a_hung_profile_ends_the_run_rather_than_hold_the_machine(monkeypatch):
+    """The profile comes last, its run's results already saved: one still running after
+    PROFILE_HANG_S gives up (the process ends); a finished one cancels the watchdog."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    latency = _load_latency()
+    from bench_common import Deadline
+
+    monkeypatch.setattr(latency, "PROFILE_HANG_S", 0.2)
+    closed, gave_up = [], threading.Event()
+
+    def bench():
+        return SimpleNamespace(spec=SimpleNamespace(name="torch-cuda"), pipe=object(),
+                               close=lambda: closed.append(True))
+
+    def slow_profile(b, image, log):
+        time.sleep(1.0)  # "hangs" past the watchdog
+        return {"status": "ok"}
+
+    monkeypatch.setattr(latency, "profile_detect", slow_profile)
+    entry, lines = {}, []
+    latency.profile_last([(bench(), None)], entry, Deadline(None), lines.append,
+                         give_up=gave_up.set)
+    assert gave_up.is_set() and closed == [True]
+    assert "the profile is still running after 0 s (a hang under the profiler)" in lines[0]
+    monkeypatch.setattr(latency, "profile_detect", lambda b, image, log: {"status": "ok"})
+    again = threading.Event()
+    latency.profile_last([(bench(), None)], entry, Deadline(None), lines.append,
+                         give_up=again.set)
+    time.sleep(0.5)
+    assert not again.is_set() and entry["profile"] == {"status": "ok"}

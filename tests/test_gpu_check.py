@@ -196,7 +196,7 @@ def test_benchmark_and_parity_steps_from_a_gpu_run():
     assert g.render_markdown(report).count("| 1920x1080 | `torch-cuda` | pass | 10 / 10 |") == 1
 
 
-@pytest.mark.parametrize("died", ["timed out", "exit -11"])
+@pytest.mark.parametrize("died", ["timed out", "exit -11", "exit 4"])
 def test_a_profile_that_hangs_or_crashes_costs_only_itself(died):
     """latency.py saves its result complete, the profile marked running, just before the
     profile (last in the run): a run killed or crashed in it still passes, with a note."""
