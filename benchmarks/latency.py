@@ -452,14 +452,14 @@ def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, A
     CUDA graphs) is the step most likely to hang or crash the process, and nothing else is
     left to lose by then. A profile still running after :data:`PROFILE_HANG_S` ends the
     process (``give_up``) rather than hold the machine: the result is already saved."""
-    for bench, image in to_profile:
-        def hung() -> None:
-            log(f"[{bench.spec.name}] the profile is still running after {PROFILE_HANG_S:.0f} s "
-                f"(a hang under the profiler): ending here, exit {EXIT_PROFILE_HUNG}; the "
-                "results were saved before it")
-            give_up()
+    def hung(name: str) -> None:
+        log(f"[{name}] the profile is still running after {PROFILE_HANG_S:.0f} s (a hang "
+            f"under the profiler): ending here, exit {EXIT_PROFILE_HUNG}; the results were "
+            "saved before it")
+        give_up()
 
-        watchdog = threading.Timer(PROFILE_HANG_S, hung)
+    for bench, image in to_profile:
+        watchdog = threading.Timer(PROFILE_HANG_S, hung, args=(bench.spec.name,))
         watchdog.daemon = True
         try:
             refused = deadline.refuse("the profile", PROFILE_S)

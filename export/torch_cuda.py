@@ -20,9 +20,9 @@ keeps, per input shape, a ready callable:
     Plain eager execution.
 
 A batch smaller than one already compiled or captured for the same image size runs padded
-into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's last and
-shorter batch); only its own rows come back. A shape that keeps coming gets its own after
-:data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
+into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's
+last and shorter batch); only its own rows come back. A shape that keeps coming gets its own
+after :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
 
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
@@ -357,8 +357,8 @@ class TorchCudaRunner(RunnerBase):
             yield
 
     def _run_shape(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` through its shape's callable. A batch smaller than one already prepared for
-        the same image size runs padded into it instead of preparing its own shape
+        """``x`` through its shape's callable. A batch smaller than one already compiled or
+        captured for the same image size runs padded into it instead of preparing its own
         (compiling takes seconds; e.g. a video's last, shorter batch), until the same shape
         has come :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times: a recurring one (single images
         after batches) then gets its own, rather than doing a batch's work each time."""
