@@ -188,9 +188,12 @@ class _Captured:
         # stay legal ("thread_local"): only this thread's would break the capture.
         # The outer stream block puts `stream` back as the current stream even when the
         # capture fails: torch's graph context then raises before restoring it, which left
-        # its private capture stream current for whatever ran next.
+        # its capture stream current for whatever ran next. The capture runs on the side
+        # stream, made on this runner's device: torch's own capture stream is made once, on
+        # whichever device was current at its first use (a runner on cuda:1 after one on
+        # cuda:0 could not capture).
         with _no_cycle_collection(), torch.cuda.stream(stream), \
-                torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

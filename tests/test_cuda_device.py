@@ -165,6 +165,21 @@ def test_destroyed_streams_and_events_are_invalid_handles(host):
         cuda_device.check(host.cudaEventRecord(0x999, 0), "cudaEventRecord")
 
 
+def test_a_closed_stream_or_event_refuses_use_instead_of_reaching_cuda_as_null(host):
+    """A closed stream's None would reach CUDA as the legacy default stream (a synchronize of
+    the wrong stream, silently); a closed event's as a NULL event."""
+    stream, event = Stream(), Event()
+    stream.close()
+    event.close()
+    before = dict(host.calls)
+    with pytest.raises(TinyFacesError, match="this CUDA stream is closed"):
+        stream.synchronize()
+    for use in (lambda: event.record(0), lambda: event.make_wait(0), event.synchronize):
+        with pytest.raises(TinyFacesError, match="this CUDA event is closed"):
+            use()
+    assert host.calls == before  # nothing reached the runtime
+
+
 def test_the_double_refuses_what_a_gpu_refuses(host):
     """host_cudart's own checks: a copy whose kind does not match where its pointers lie or
     that runs past a device allocation, a double free, and wrong argument types, which the

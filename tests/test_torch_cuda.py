@@ -389,14 +389,14 @@ class _CaptureStandIns:
         self.fail_capture = fail_capture
         self.current: object = "the caller's stream"
         cuda = torch_cuda.torch.cuda
-        monkeypatch.setattr(cuda, "Stream", lambda device=None: self.stream())
+        monkeypatch.setattr(cuda, "Stream", self.stream)
         monkeypatch.setattr(cuda, "stream", self.stream_block)
         monkeypatch.setattr(cuda, "CUDAGraph", lambda: SimpleNamespace(replay=lambda: None))
         monkeypatch.setattr(cuda, "graph", self.graph)
 
     @staticmethod
-    def stream() -> SimpleNamespace:
-        return SimpleNamespace(wait_stream=lambda other: None)
+    def stream(device=None) -> SimpleNamespace:
+        return SimpleNamespace(wait_stream=lambda other: None, device=device)
 
     @contextlib.contextmanager
     def stream_block(self, s):
@@ -432,8 +432,12 @@ def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(mo
     capturing); other threads' CUDA calls must not break it."""
     stand_ins = _CaptureStandIns(monkeypatch)
     assert gc.isenabled()
-    torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), stand_ins.stream())
-    assert stand_ins.captures == [{"gc_enabled": False, "capture_error_mode": "thread_local"}]
+    runner_stream = stand_ins.stream()
+    torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), runner_stream)
+    (capture,) = stand_ins.captures
+    side = capture.pop("stream")  # made on the runner's device, not torch's shared one
+    assert side is not runner_stream and side.device == torch.device("cpu")
+    assert capture == {"gc_enabled": False, "capture_error_mode": "thread_local"}
     assert gc.isenabled()
     assert stand_ins.current == "the caller's stream"
     stand_ins.fail_capture = True

@@ -109,13 +109,16 @@ class Stream:
     @property
     def handle(self) -> int:
         """The ``cudaStream_t`` as an int (0 only for the legacy default stream)."""
-        if self._stream is None:
-            raise TinyFacesError("this CUDA stream is closed (its detector or runner was closed)")
-        return int(self._stream)
+        return int(self._live())
 
     def synchronize(self) -> None:
         """Waits until every operation queued on the stream has finished."""
-        check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        check(self._rt.cudaStreamSynchronize(self._live()), "cudaStreamSynchronize")
+
+    def _live(self) -> Any:
+        if self._stream is None:  # None would reach CUDA as the legacy default stream
+            raise TinyFacesError("this CUDA stream is closed (its detector or runner was closed)")
+        return self._stream
 
     def close(self) -> None:
         """Destroys the stream if this object created it."""
@@ -143,16 +146,21 @@ class Event:
 
     def record(self, stream: Stream | int | None) -> None:
         """Marks the current end of ``stream``'s queued work."""
-        check(self._rt.cudaEventRecord(self._event, _stream_handle(stream)), "cudaEventRecord")
+        check(self._rt.cudaEventRecord(self._live(), _stream_handle(stream)), "cudaEventRecord")
 
     def make_wait(self, stream: Stream | int | None) -> None:
         """Queues on ``stream`` a wait for the work recorded before (the host does not wait)."""
-        check(self._rt.cudaStreamWaitEvent(_stream_handle(stream), self._event, 0),
+        check(self._rt.cudaStreamWaitEvent(_stream_handle(stream), self._live(), 0),
               "cudaStreamWaitEvent")
 
     def synchronize(self) -> None:
         """Waits on the host until the recorded work has finished."""
-        check(self._rt.cudaEventSynchronize(self._event), "cudaEventSynchronize")
+        check(self._rt.cudaEventSynchronize(self._live()), "cudaEventSynchronize")
+
+    def _live(self) -> Any:
+        if self._event is None:  # None would reach CUDA as a NULL event
+            raise TinyFacesError("this CUDA event is closed (its detector or runner was closed)")
+        return self._event
 
     def close(self) -> None:
         """Destroys the event (idempotent)."""
