@@ -194,7 +194,8 @@ def machine_description(threads: int) -> dict[str, Any]:
     """CPU model (from /proc/cpuinfo), cores, memory, GPU and library versions."""
     versions = {"python": platform.python_version()}
     for dist in ("numpy", "scipy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu",
-                 "tensorrt", "cuda-python", "matplotlib", "tinyfaces-trt"):
+                 "tensorrt", "cuda-python", "cuda-bindings", "cupy-cuda13x", "matplotlib",
+                 "tinyfaces-trt"):
         v = _version(dist)
         if v:
             versions[dist] = v
