@@ -6,11 +6,15 @@ records to stderr with :func:`logging_to_stderr`, prefixed by its own name.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -133,12 +137,9 @@ def cli_interrupts() -> Iterator[None]:
     context and return :func:`interrupt_handled`).
 
     An interrupt that lands in a finalizer or a weakref callback (e.g. importlib's, while a
-    plugin imports lazily) is one Python can only print and drop; inside, it is raised again
-    in the main thread instead, so the run still stops. A no-op outside the main thread.
+    plugin imports lazily) is one Python can only print and drop; inside, it is sent again to
+    the main thread as a real signal, so the run still stops. A no-op outside the main thread.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -166,8 +167,6 @@ class _Redelivery:
     has begun."""
 
     def __init__(self, previous: Callable[[Any], object], main_thread: int | None) -> None:
-        import threading
-
         self.previous = previous
         self._main_thread = main_thread
         self._lock = threading.Lock()
@@ -175,16 +174,11 @@ class _Redelivery:
 
     def __call__(self, unraisable: Any) -> None:
         if issubclass(unraisable.exc_type, KeyboardInterrupt) and _signal_to_resend():
-            import _thread
-
             _thread.start_new_thread(self._deliver, ())
         else:
             self.previous(unraisable)
 
     def _deliver(self) -> None:
-        import signal
-        import time
-
         time.sleep(REDELIVERY_DELAY_S)
         with self._lock:
             sig = _signal_to_resend()
@@ -200,8 +194,6 @@ class _Redelivery:
 def _signal_to_resend() -> int | None:
     """SIGINT where Python handles it (a late one can only raise); else SIGTERM while
     :func:`cli_interrupts` handles it (SIGINT is ignored in a background job); else None."""
-    import signal
-
     if callable(signal.getsignal(signal.SIGINT)):
         return signal.SIGINT
     if signal.getsignal(signal.SIGTERM) is interrupt_on_sigterm:
