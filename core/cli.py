@@ -201,6 +201,21 @@ def _signal_to_resend() -> int | None:
     return None
 
 
+def run_interruptible(prog: str, run: Callable[[], int], *, interrupted: str,
+                      status: int = 130, verbose: bool = False) -> int:
+    """A CLI's ``main`` around its work: ``run()``'s exit status, with the toolkit's log records
+    on stderr (:func:`logging_to_stderr`) and Ctrl-C or SIGTERM ending it as a
+    KeyboardInterrupt (:func:`cli_interrupts`). An interrupt prints ``<prog>: <interrupted>``
+    and gives ``status`` (:func:`interrupt_handled`), also one that lands while the context
+    closes."""
+    try:
+        with logging_to_stderr(prog, verbose), cli_interrupts():
+            return run()
+    except KeyboardInterrupt:
+        stderr_line(f"{prog}: {interrupted}")
+        return interrupt_handled(status)
+
+
 def interrupt_handled(status: int) -> int:
     """``status``, for a CLI to return once it has handled a :class:`KeyboardInterrupt`.
 

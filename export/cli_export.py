@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
-                                     cli_interrupts, interrupt_handled, logging_to_stderr,
-                                     parse_image_size, positive_float, seed_argument, stderr_line)
+                                     parse_image_size, positive_float, run_interruptible,
+                                     seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.profiles import Profile
 
@@ -151,12 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tf-export``; returns the exit code (see ``--help``)."""
     p = build_parser()
     a = p.parse_args(argv)
-    try:
-        with logging_to_stderr("tf-export"), cli_interrupts():  # e.g. the --variant warning
-            return _run(p, a)
-    except KeyboardInterrupt:  # around the context: also one raised while it closes
-        print(f"tf-export: interrupted; {a.out} is unchanged", file=sys.stderr)
-        return interrupt_handled(130)
+    return run_interruptible("tf-export", lambda: _run(p, a),  # logs e.g. the --variant warning
+                             interrupted=f"interrupted; {a.out} is unchanged")
 
 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:

@@ -162,20 +162,32 @@ def test_an_interrupt_while_the_context_closes_skips_no_restore(monkeypatch):
     assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is sigterm
 
 
-def test_tf_export_catches_an_interrupt_raised_as_the_context_closes(monkeypatch, tmp_path,
-                                                                     capsys):
-    from tinyfaces_trt.export import cli_export
+@pytest.mark.parametrize("module, argv, status, message", [
+    ("tinyfaces_trt.export.cli_export", ["--untrained", "--out", "{tmp}/export"], 130,
+     "tf-export: interrupted; {tmp}/export is unchanged"),
+    ("tinyfaces_trt.cli.detect", ["{tmp}/in.png"], 130,
+     "tf-detect: interrupted (files written so far are complete; no partial file was left)"),
+    ("tinyfaces_trt.anonymize.cli", ["{tmp}/in.png", "--out", "{tmp}/out"], 130,
+     "tf-anonymize: interrupted (no partial output is left under a final name)"),
+    ("tinyfaces_trt.scaleout.cli_serve", [], 0, "tf-serve: stopped"),
+])
+def test_every_cli_catches_an_interrupt_raised_as_the_context_closes(monkeypatch, tmp_path, capsys,
+                                                                     module, argv, status,
+                                                                     message):
+    import importlib
+
+    target = importlib.import_module(module)
 
     @contextlib.contextmanager
     def closing_interrupted():
         yield
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_export, "cli_interrupts", closing_interrupted)
-    monkeypatch.setattr(cli_export, "_run", lambda p, a: 0)
-    out = tmp_path / "export"
-    assert cli_export.main(["--untrained", "--out", str(out)]) == 130
-    assert f"tf-export: interrupted; {out} is unchanged" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cli_interrupts", closing_interrupted)
+    monkeypatch.setattr(target, "_run", lambda *args: 0)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    assert target.main([a.format(tmp=tmp_path) for a in argv]) == status
+    assert capsys.readouterr().err.splitlines()[-1] == message.format(tmp=tmp_path)
 
 
 def test_nothing_is_delivered_once_the_run_is_over(monkeypatch):

@@ -24,10 +24,9 @@ from typing import Any
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
                                            ray_requested)
-from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, checked,
-                                    cli_interrupts, fraction, interrupt_handled, is_untrained,
-                                    logging_to_stderr, positive_float, positive_int, probability,
-                                    stderr_line, untrained_banner)
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, checked, fraction,
+                                    is_untrained, positive_float, positive_int, probability,
+                                    run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir
 from tinyfaces_trt.runtime.masks import MODES, SHAPES
@@ -159,12 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    try:
-        with logging_to_stderr(PROG, args.verbose), cli_interrupts():
-            return _run(args)
-    except KeyboardInterrupt:
-        stderr_line(f"{PROG}: interrupted (no partial output is left under a final name)")
-        return interrupt_handled(130)
+    return run_interruptible(PROG, lambda: _run(args), verbose=args.verbose,
+                             interrupted="interrupted (no partial output is left under a final name)")
 
 
 def _run(args: argparse.Namespace) -> int:

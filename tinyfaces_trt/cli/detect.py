@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import (add_version_argument, checked, cli_interrupts,
-                                    interrupt_handled, is_untrained, logging_to_stderr,
-                                    stderr_line, untrained_banner)
+from tinyfaces_trt.core.cli import (add_version_argument, checked, is_untrained,
+                                    run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
@@ -422,13 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    try:
-        with logging_to_stderr(PROG, args.verbose), cli_interrupts():
-            return _run(args)
-    except KeyboardInterrupt:
-        stderr_line(f"{PROG}: interrupted (files written so far are complete; no partial "
-                    "file was left)")
-        return interrupt_handled(130)
+    return run_interruptible(PROG, lambda: _run(args), verbose=args.verbose,
+                             interrupted="interrupted (files written so far are complete; no "
+                                         "partial file was left)")
 
 
 class _Console:

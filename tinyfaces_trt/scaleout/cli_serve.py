@@ -14,9 +14,8 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, cli_interrupts, interrupt_handled,
-                                    logging_to_stderr, positive_float, positive_int,
-                                    stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, positive_float, positive_int,
+                                    run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -120,12 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
-    try:
-        with logging_to_stderr(PROG, args.verbose), cli_interrupts():
-            return _run(args)
-    except KeyboardInterrupt:
-        stderr_line(f"{PROG}: stopped")
-        return interrupt_handled(0)
+    return run_interruptible(PROG, lambda: _run(args), verbose=args.verbose,
+                             interrupted="stopped", status=0)
 
 
 def _run(args: argparse.Namespace) -> int:
