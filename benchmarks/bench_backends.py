@@ -258,7 +258,18 @@ class DetectorBench(Pipeline):
             obj.close()
 
 
-class CopyTimedTorchCuda(RunnerBase):
+class _CopyTimed(RunnerBase):
+    """A host runner over a device runner that times the copies apart into ``timings``."""
+
+    timings: Timings | None = None
+
+    def _add_copy_times(self, h2d: float, d2h: float) -> None:
+        if self.timings is not None:
+            self.timings["h2d"] = self.timings.get("h2d", 0.0) + h2d
+            self.timings["d2h"] = self.timings.get("d2h", 0.0) + d2h
+
+
+class CopyTimedTorchCuda(_CopyTimed):
     """Feeds :class:`~tinyfaces_trt.export.torch_cuda.TorchCudaRunner` from the host with the
     copies timed apart: ``h2d`` (numpy -> CUDA tensor), the runner device to device on its
     stream, ``d2h`` (score map -> numpy)."""
@@ -281,9 +292,7 @@ class CopyTimedTorchCuda(RunnerBase):
         computed = time.perf_counter()
         host = out.cpu().numpy()
         done = time.perf_counter()
-        if self.timings is not None:
-            self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
-            self.timings["d2h"] = self.timings.get("d2h", 0.0) + done - computed
+        self._add_copy_times(uploaded - start, done - computed)
         return host
 
     def synchronize(self) -> None:
@@ -293,7 +302,7 @@ class CopyTimedTorchCuda(RunnerBase):
         self.inner.close()
 
 
-class CopyTimedDeviceRunner(RunnerBase):
+class CopyTimedDeviceRunner(_CopyTimed):
     """Feeds a device-capable runner (TensorRT) from the host with the copies timed apart.
 
     ``h2d``: numpy input -> device buffer; the runner runs device to device; ``d2h``: the
@@ -328,9 +337,7 @@ class CopyTimedDeviceRunner(RunnerBase):
         out.download(host)
         self.inner_stream.synchronize()
         done = time.perf_counter()
-        if self.timings is not None:
-            self.timings["h2d"] = self.timings.get("h2d", 0.0) + uploaded - start
-            self.timings["d2h"] = self.timings.get("d2h", 0.0) + done - computed
+        self._add_copy_times(uploaded - start, done - computed)
         return host
 
     def synchronize(self) -> None:
