@@ -1,12 +1,39 @@
-"""Fixtures shared by the test modules: one seeded ResNet-50, its checkpoint and its export."""
+"""Fixtures shared by the test modules: one seeded ResNet-50, its checkpoint and its export;
+the number of pytest-xdist workers for ``-n auto``."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export_cache import cached_export
+
+#: ``-n auto``'s cap: each worker holds torch, ResNet-50 exports and ONNX sessions (~1.6 GB),
+#: and the suite's longest file (tests/test_kernels_cpu.py, ~80 s) bounds the gain beyond 4.
+MAX_AUTO_WORKERS = 4
+
+#: The slowest files (seconds, one process on 2 cores, 2026-12-01), collected first so that
+#: ``--dist loadfile`` starts them first and no worker is left alone with one at the end.
+SLOW_FILES = {"test_kernels_cpu.py": 82, "test_torch_cuda.py": 64, "test_cli_export.py": 46,
+              "test_scaleout_ray.py": 43, "test_anonymize_benchmark_smoke.py": 30,
+              "test_kernels_build.py": 22, "test_benchmarks_device_path.py": 21,
+              "test_backends.py": 21, "test_nms_uncapped.py": 17, "test_export_onnx.py": 14}
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: ignored where xdist is absent
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto``: one per usable core, at most :data:`MAX_AUTO_WORKERS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_AUTO_WORKERS, cores or 1))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files of :data:`SLOW_FILES` first, slowest first; the rest, and the order of the
+    tests within each file, as collected."""
+    items.sort(key=lambda item: -SLOW_FILES.get(item.path.name, 0))  # stable
 
 
 @pytest.fixture(scope="session")
