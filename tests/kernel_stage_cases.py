@@ -177,13 +177,14 @@ def test_detect_batch_on_the_gpu_equals_host_detection_per_image(stream):
     for i, image in enumerate(images):
         image[20 + 10 * i:60, 30:90] = (230, 40, 40)
     want = [Detector(RecordingRunner(), config).detect(image) for image in images]
-    assert sum(len(w) for w in want) > 0
+    assert all(len(w) > 0 for w in want)
     with detector_for(BatchDeviceRunner(stream), config, gpu_stages=True) as detector:
         got = detector.detect_batch(images)
         again = detector.detect_batch(images[::-1])  # buffers reused, order follows the input
-    for g, w in zip(got, want):
+    assert len(got) == len(again) == len(images)
+    for g, w in zip(got, want, strict=True):
         assert_same_detections(g, w)
-    for g, w in zip(again, want[::-1]):
+    for g, w in zip(again, want[::-1], strict=True):
         assert_same_detections(g, w)
 
 

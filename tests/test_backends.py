@@ -364,9 +364,9 @@ def test_cache_location_and_keys(monkeypatch, tmp_path, checkpoint):
 def test_bad_weights_give_weights_error(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         create_detector("torch", weights=bad)
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         create_detector(weights=bad, cache_dir=tmp_path / "cache")
     assert not any((tmp_path / "cache").glob("*/manifest.json"))
 

@@ -109,7 +109,7 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
     for i, image in enumerate(images):
         image[10 + 8 * i:50, 20:70] = (220, 180, 150)
     want = [Detector(OnnxRuntimeRunner(onnx), config).detect(image) for image in images]
-    assert sum(len(w) for w in want) > 0
+    assert all(len(w) > 0 for w in want)
     with detector_for(_runner(onnx, device), config, gpu_stages=True) as detector:
         assert type(detector.preprocessor).__name__ == "CudaPreprocessor"
         assert type(detector.postprocessor).__name__ == "CudaPostprocessor"
@@ -117,7 +117,8 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
         batch = detector.detect_batch(images)
     # the resize kernel's network input is within 1e-4 of numpy's (DESIGN.md); through the
     # network that moves probabilities by about 1e-6 and boxes by about 1e-4 px
-    for g, w in zip([got] + batch, want[:1] + want):
+    assert len(batch) == len(images)
+    for g, w in zip([got] + batch, want[:1] + want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g[:, :4], w[:, :4], rtol=0, atol=1e-2)
         np.testing.assert_allclose(g[:, 4], w[:, 4], rtol=0, atol=1e-5)

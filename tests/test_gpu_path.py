@@ -19,8 +19,8 @@ import pytest
 
 import host_cudart
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NonFiniteScoresError,
-                                       StageOrderError, TinyFacesError)
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, ManifestError,
+                                       NonFiniteScoresError, StageOrderError, TinyFacesError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
@@ -496,11 +496,12 @@ def test_detect_batch_equals_detect_image_by_image(export_dir):
     images = [synthetic_image(37, 53, seed) for seed in range(3)]
     batched = detector.detect_batch(images)
     single = [detector.detect(image) for image in images]
-    assert sum(len(b) for b in single) > 0
-    for b, s in zip(batched, single):
+    assert all(len(s) > 0 for s in single)
+    assert len(batched) == len(images)
+    for b, s in zip(batched, single, strict=True):
         assert b.shape == s.shape
         np.testing.assert_allclose(b, s, atol=1e-4)
-    with pytest.raises(Exception, match="one size"):
+    with pytest.raises(ImageError, match="a batch takes images of one size"):
         detector.detect_batch([synthetic_image(37, 53), synthetic_image(38, 53)])
     assert detector.detect_batch([]) == []
 

@@ -42,6 +42,14 @@ def test_modes_convert_to_rgb(tmp_path, rgb, mode):
     np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
 
 
+@pytest.mark.parametrize("alpha", [0, 128])
+def test_alpha_is_dropped_not_composited(tmp_path, rgb, alpha):
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], alpha, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    # the colour values as stored, not blended onto black or white
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png"), rgb)
+
+
 def test_sixteen_bit_grayscale_is_scaled(tmp_path):
     values = np.array([[0, 128, 129, 257 * 100], [65535, 257, 65280, 32896]], np.uint16)
     Image.fromarray(values).save(tmp_path / "d.png")
@@ -189,7 +197,7 @@ def test_box_outline_grows_with_large_images():
 
 
 def test_draw_rejects_bad_inputs(rgb):
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match=r"expected an \(H, W, 3\) uint8 RGB image, got .* float32"):
         draw_boxes(rgb.astype(np.float32), np.zeros((0, 4)))
     with pytest.raises(TinyFacesError, match="boxes must be"):
         blur_boxes(rgb, np.zeros((2, 3)))

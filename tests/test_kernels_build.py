@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import helpers_kernels
 from tinyfaces_trt.kernels import binding, build
 from tinyfaces_trt.kernels.binding import KernelError, Status
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -517,3 +518,34 @@ def test_foreign_device_memory_is_accepted() -> None:
         cuda_device.as_device_array(0x3000)
     with pytest.raises(TinyFacesError, match="cannot take a device pointer"):
         cuda_device.device_pointer("0x10")
+
+
+# --- the uncapped NMS's host side (tests/test_nms_uncapped.py checks its emulation) -------------
+
+def test_nms_workspace_query_matches_the_emulated_layout(lib: binding.KernelLibrary) -> None:
+    emulation = helpers_kernels.emulation()
+    assert binding.MAX_NMS_CANDIDATES == binding.MAX_CAPACITY == 2**31 - 1
+    for m in (1, 63, 1000, 131073, 650_000, 10**7, binding.MAX_NMS_CANDIDATES):
+        assert lib.nms_workspace_size(m) == emulation.workspace_bytes(m), m
+
+
+def test_nms_host_checks_accept_any_count_up_to_the_limit(lib: binding.KernelLibrary,
+                                                          has_gpu: bool) -> None:
+    params = binding.nms_params(0.3, 1.0, True, 1080, 1920)
+    raw = lib.raw
+    size = ctypes.c_size_t(0)
+    assert raw.tf_nms_workspace_size(binding.MAX_NMS_CANDIDATES + 1, ctypes.byref(size)) \
+        == Status.INVALID_CAPACITY
+    assert "max_candidates = 2147483648 is outside [1, 2147483647]" in lib.last_error_message()
+    need = lib.nms_workspace_size(650_000)
+    # too small a workspace is refused on the host; the right size passes every host check
+    assert raw.tf_nms(FAKE, 650_000, ctypes.byref(params), 650_000, FAKE, need - 1, FAKE, FAKE,
+                      None) == Status.WORKSPACE_TOO_SMALL
+    assert f"need {need}" in lib.last_error_message()
+    if has_gpu:
+        pytest.skip("a GPU is present (a launch on fake pointers would run)")
+    status = raw.tf_nms(FAKE, 650_000, ctypes.byref(params), 650_000, FAKE, need, FAKE, FAKE, None)
+    assert status == Status.CUDA_ERROR
+    assert lib.last_error_message().startswith("nms prepare kernel launch: ")
+    with pytest.raises(KernelError, match="max_candidates = 0"):
+        lib.nms(FAKE, 10, params, 0, FAKE, need, FAKE, FAKE)

@@ -4,13 +4,13 @@
 classes and grid cells, the walks over candidate suppressors, the resolve rule, float32 IoU
 with every operation rounded). These tests show that it keeps exactly the boxes of
 ``runtime/nms.py`` (same indices, same order) on random and adversarial inputs, that the walks
-find every overlapping pair a brute-force search finds, and they check the host side of the
-C functions (sizes, argument checks) where the kernel library is built.
+find every overlapping pair a brute-force search finds. The host side of the C functions
+(workspace sizes, argument checks) is tested in tests/test_kernels_build.py, on the library it
+builds from this checkout.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import sys
 from pathlib import Path
@@ -276,49 +276,3 @@ def test_workspace_is_linear_in_the_candidate_count():
     at_650k = E.workspace_bytes(650_000)
     assert 69 * 650_000 + (1 << 20) <= at_650k < 69 * 650_000 + (1 << 20) + 4096
     assert at_650k < 47e6  # the dense mask needed 53 GB here
-
-
-# --- host side of the C functions (needs the built library, no GPU) --------------------------------
-
-def _library():
-    from tinyfaces_trt.kernels import binding
-    from tinyfaces_trt.core.errors import BackendUnavailableError
-
-    if binding.ABI_VERSION != 3:
-        pytest.skip(f"tinyfaces_trt.kernels resolves to {binding.__file__} (another checkout)")
-    try:
-        return binding, binding.load_library()
-    except BackendUnavailableError as exc:
-        pytest.skip(f"kernel library not built: {exc}")
-
-
-def test_workspace_query_matches_the_emulated_layout():
-    binding, lib = _library()
-    assert binding.MAX_NMS_CANDIDATES == binding.MAX_CAPACITY == 2**31 - 1
-    for m in (1, 63, 1000, 131073, 650_000, 10**7, binding.MAX_NMS_CANDIDATES):
-        assert lib.nms_workspace_size(m) == E.workspace_bytes(m), m
-
-
-def test_nms_host_checks_accept_any_count_up_to_the_limit():
-    binding, lib = _library()
-    from tinyfaces_trt.kernels.binding import KernelError, Status
-
-    fake = 1 << 20
-    params = binding.nms_params(0.3, 1.0, True, 1080, 1920)
-    raw = lib.raw
-    size = ctypes.c_size_t(0)
-    assert raw.tf_nms_workspace_size(binding.MAX_NMS_CANDIDATES + 1, ctypes.byref(size)) == Status.INVALID_CAPACITY
-    assert "max_candidates = 2147483648 is outside [1, 2147483647]" in lib.last_error_message()
-    need = lib.nms_workspace_size(650_000)
-    # too small a workspace is refused on the host; the right size passes every host check
-    assert raw.tf_nms(fake, 650_000, ctypes.byref(params), 650_000, fake, need - 1, fake, fake,
-                      None) == Status.WORKSPACE_TOO_SMALL
-    assert f"need {need}" in lib.last_error_message()
-    count = ctypes.c_int(0)
-    if raw.tf_get_device_count(ctypes.byref(count)) == Status.SUCCESS and count.value > 0:
-        pytest.skip("a GPU is present (a launch on fake pointers would run)")
-    status = raw.tf_nms(fake, 650_000, ctypes.byref(params), 650_000, fake, need, fake, fake, None)
-    assert status == Status.CUDA_ERROR
-    assert lib.last_error_message().startswith("nms prepare kernel launch: ")
-    with pytest.raises(KernelError, match="max_candidates = 0"):
-        lib.nms(fake, 10, params, 0, fake, need, fake, fake)

@@ -52,6 +52,7 @@ def test_onnxruntime_fp32_matches_torch(results):
 
 def test_onnxruntime_fp16_within_documented_tolerance(results):
     fp16 = [r for r in results if r.backend == "onnxruntime-fp16"]
+    assert [(r.width, r.height) for r in fp16] == SIZES
     for r in fp16:
         assert r.passed, markdown_table([r])
         # Really reduced precision (an fp32 model would be ~1e-5), yet far inside tolerance.

@@ -58,7 +58,7 @@ def test_profile_fixed_pyramid():
 def test_profile_needs_sizes_and_valid_sizes():
     with pytest.raises(ManifestError, match="at least one image size"):
         profile_for_image_sizes([], CFG)
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match="image height must be >= 1, got 0"):
         profile_for_image_sizes([(0, 10)], CFG)
 
 

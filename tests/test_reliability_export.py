@@ -5,6 +5,7 @@ model identity in every output."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -247,16 +248,19 @@ def test_trained_detector_identity_is_the_checkpoint_hash(export_dir, checkpoint
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
         detector = create_detector("onnxruntime", model_dir=export_dir)
     assert not detector.untrained and "UNTRAINED" not in caplog.text
-    assert detector.identity.weights_sha256 == weights_sha256(checkpoint)
+    assert detector.identity.weights_sha256 == weights_sha256(checkpoint) \
+        == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
 
 def test_torch_detector_identity(checkpoint):
     from tinyfaces_trt.detectors import torch_identity
-    from tinyfaces_trt.export_cache import weights_sha256
 
-    assert torch_identity(checkpoint).weights_sha256 == weights_sha256(checkpoint)
+    identity = torch_identity(checkpoint)
+    assert identity.weights_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert identity.untrained is False and identity.source == f"checkpoint {checkpoint}"
     default = torch_identity(None)
     assert default.untrained and default.weights_sha256 is None
+    assert default.source.startswith("the default network (")
 
 
 def test_every_output_records_the_model_identity(old_export, checkpoint, tmp_path, capsys):

@@ -256,6 +256,16 @@ def test_animated_gif_uses_the_first_frame_and_says_so(capsys, photos, export_di
     frames[0].save(gif, save_all=True, append_images=frames[1:])
     code, _, err = _run(capsys, gif, "--model", export_dir)
     assert code == 0 and "anim.gif: has 3 frames" in err and "first frame only" in err
+    from tinyfaces_trt.runtime.imageio import load_image
+
+    with Image.open(gif) as im:  # the frames as the GIF holds them (its palette quantises)
+        stored = []
+        for k in range(3):
+            im.seek(k)
+            stored.append(np.asarray(im.convert("RGB")))
+    loaded = load_image(gif)
+    assert np.array_equal(loaded, stored[0])
+    assert not np.array_equal(loaded, stored[1]) and not np.array_equal(loaded, stored[2])
 
 
 def test_tf_export_rejects_an_old_opset_as_a_usage_error(capsys):

@@ -76,9 +76,12 @@ def test_constant_image_stays_constant_and_input_untouched():
     np.testing.assert_array_equal(image, before)
 
 
-@pytest.mark.parametrize("shape,size", [((10, 10), (5, 5)), ((0, 10, 3), (5, 5)), ((10, 10, 3), (0, 4))])
-def test_resize_rejects_bad_input(shape, size):
-    with pytest.raises(ImageError):
+@pytest.mark.parametrize("shape, size, message", [
+    ((10, 10), (5, 5), r"expected a non-empty \(H, W, C\) image, got shape \(10, 10\)"),
+    ((0, 10, 3), (5, 5), r"expected a non-empty \(H, W, C\) image, got shape \(0, 10, 3\)"),
+    ((10, 10, 3), (0, 4), "resize target must be at least 1x1, got 0x4")])
+def test_resize_rejects_bad_input(shape, size, message):
+    with pytest.raises(ImageError, match=message):
         resize_bilinear_aa(np.zeros(shape, np.uint8), *size)
 
 

@@ -64,7 +64,7 @@ def test_serial_runner_collects_failures_and_skips_finished(export_dir):
 
 
 def test_serial_runner_setup_error(tmp_path):
-    with pytest.raises(WorkerSetupError, match="missing"):
+    with pytest.raises(WorkerSetupError, match="missing.* does not exist"):
         run_serial([1], DetectorSpec(model_dir=str(tmp_path / "missing")), _fails_on_three,
                    progress=False)
 

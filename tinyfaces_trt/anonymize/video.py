@@ -326,7 +326,8 @@ class VideoWriter:
     def _drop(self, source: Any, name: str, why: str) -> None:
         message = f"stream #{source.index} ({source.type}, {name}) not copied: {why}"
         self.dropped.append(message)
-        log.warning("%s: %s", self.path.name, message)
+        # the caller reports ``dropped`` (tf-anonymize prints it as a warning on the input)
+        log.info("%s: %s", self.reader.path.name, message)
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """Queues one upright (H, W, 3) uint8 RGB frame with its input pts."""
