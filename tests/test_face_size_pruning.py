@@ -61,22 +61,46 @@ def test_no_level_left_is_a_clear_error():
         plan_pyramid(1080, 1920, DetectorConfig(min_face=10_000))  # 1/32x tops at 7040 px
 
 
-def test_pruning_only_removes_detections(export_dir):
-    """Same network, same image: with limits, every box is one of the unlimited run's boxes
-    and those lost are outside the size range's reach."""
+def test_pruning_removes_exactly_the_levels_and_templates_out_of_reach(export_dir):
+    """Same network, same image: with ``max_face`` the detector's boxes are exactly the
+    unlimited run's from the levels plan_pyramid keeps and, per level, the templates
+    active_templates keeps (found here by masking the other templates' scores)."""
     from tinyfaces_trt.core.manifest import load_export_folder
+    from tinyfaces_trt.core.runner import RunnerBase
     from tinyfaces_trt.parity.images import synthetic_image
     from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
     from tinyfaces_trt.runtime.pipeline import Detector
+    from tinyfaces_trt.runtime.postprocess import postprocess_levels
+
+    class Recording(RunnerBase):
+        """The runner, keeping each level's score map by its input size."""
+
+        def __init__(self, inner):
+            self.inner, self.maps = inner, {}
+
+        def run(self, net_input):
+            self.maps[net_input.shape[2:]] = out = self.inner.run(net_input)
+            return out
 
     folder = load_export_folder(export_dir)
-    runner = OnnxRuntimeRunner(folder.onnx_fp32)
+    runner = Recording(OnnxRuntimeRunner(folder.onnx_fp32))
     image = synthetic_image(96, 128, seed=4)
     config = folder.config.with_(prob_thresh=0.05, nms_thresh=1.0)  # no NMS: boxes comparable
+    limited_config = config.with_(max_face=30)  # drops the 0.5x level, prunes at 1x and 1.41x
     full = Detector(runner, config).detect(image)
-    limited = Detector(runner, config.with_(max_face=60)).detect(image)
+    limited = Detector(OnnxRuntimeRunner(folder.onnx_fp32), limited_config).detect(image)
+    levels = plan_pyramid(96, 128, limited_config)
     assert 0 < len(limited) < len(full)
-    assert {tuple(r) for r in limited.tolist()} <= {tuple(r) for r in full.tolist()}
+    expected_maps = []
+    for level in levels:
+        scores = runner.maps[(level.height, level.width)].copy()
+        scores[0, :25][~active_templates(level.scale, limited_config)] = -1e4  # no face there
+        expected_maps.append(scores)
+    expected = postprocess_levels(expected_maps, levels, (96, 128), config)
+    np.testing.assert_array_equal(limited, expected)
+    assert [lv.exponent for lv in plan_pyramid(96, 128, config)] == [-1.0, 0.0, 0.5, 1.0]
+    assert [(lv.exponent, int(active_templates(lv.scale, limited_config).sum()))
+            for lv in levels] == [(0.0, 4), (0.5, 6), (1.0, 8)]  # of 8 per level unlimited
 
 
 @pytest.mark.parametrize("fields, message", [
