@@ -1,5 +1,6 @@
-"""Fixtures shared by the test modules: one seeded ResNet-50, its checkpoint and its export;
-the number of pytest-xdist workers for ``-n auto``."""
+"""Fixtures shared by the test modules: one seeded ResNet-50, its checkpoint and its export
+(made once per run, whatever the number of pytest-xdist workers); the number of workers for
+``-n auto``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import pytest
 import torch
 
+from helpers_run import run_folder
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export_cache import cached_export
 
@@ -46,13 +48,18 @@ def seeded():
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, seeded):
     """The seeded ResNet-50 as a tiny-faces-pytorch checkpoint (``{"model": state_dict}``)."""
-    path = tmp_path_factory.mktemp("seeded50") / "seeded50.pth"
-    torch.save({"model": seeded[0].state_dict()}, path)
+    folder, lock = run_folder(tmp_path_factory, "seeded50")
+    path = folder / "seeded50.pth"
+    with lock:
+        if not path.exists():
+            folder.mkdir()
+            torch.save({"model": seeded[0].state_dict()}, path)
     return path
 
 
 @pytest.fixture(scope="session")
 def export_dir(checkpoint):
-    """Its export folder (fp32 + fp16 ONNX), made once per session through the export cache."""
+    """Its export folder (fp32 + fp16 ONNX), made once per run through the export cache (whose
+    lock makes the other workers wait for it)."""
     return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
                          progress=lambda _: None, verify=False).path

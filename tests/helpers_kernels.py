@@ -60,13 +60,18 @@ _built: dict[str, Path] = {}
 
 
 def cpu_library_path(tmp_root: Any) -> Path:
-    """The CPU build for this test session: $TINYFACES_KERNELS_CPU_LIB (the sanitizer test's
-    instrumented one), else built once into a folder of ``tmp_root`` (a tmp_path_factory)."""
+    """The CPU build for this test run: $TINYFACES_KERNELS_CPU_LIB (the sanitizer test's
+    instrumented one), else built once into a folder of ``tmp_root`` (a tmp_path_factory)
+    shared by all pytest-xdist workers."""
     given = os.environ.get("TINYFACES_KERNELS_CPU_LIB")
     if given:
         return Path(given)
     if "lib" not in _built:
-        _built["lib"] = build_cpu_library(tmp_root.mktemp("kernels-cpu"))
+        from helpers_run import run_folder
+
+        folder, lock = run_folder(tmp_root, "kernels-cpu")
+        with lock:  # make is a no-op for the workers that come second
+            _built["lib"] = build_cpu_library(folder)
     return _built["lib"]
 
 

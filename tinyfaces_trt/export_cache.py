@@ -5,18 +5,23 @@
 that folder on later calls. ``weights=None`` stands for the seeded, UNTRAINED default network
 (:data:`UNTRAINED_MODEL`): its detections are meaningless, only good for plumbing tests.
 
+Processes sharing a cache export a key once: the export holds ``<cache>/<key>.lock`` (an OS
+file lock, released when its holder exits or is killed); a process that finds the key being
+exported says so, waits, then uses what the other one wrote.
+
 Exporting needs the ``export`` extra (PyTorch), imported only when an export is due; reusing a
 complete cache entry does not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +114,9 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     when ``engine``) and its files match their recorded sha256; otherwise (also for a
     truncated or damaged entry) exports into a staging folder beside it and swaps that into
     place, so an interrupted export never leaves a half-written cache entry. Staging folders
-    of killed runs are removed. ``verify`` checks each new ONNX file against torch (see
-    ``export_model``).
+    of killed runs are removed. Processes sharing the cache export a key once: the others
+    wait on its lock (saying so through ``progress``), then reuse the folder. ``verify``
+    checks each new ONNX file against torch (see ``export_model``).
     """
     say = progress or log.info
     root = cache_root(cache_dir)
@@ -126,21 +132,58 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     _require_export_extra()
     from tinyfaces_trt.export.export_pipeline import export_model
 
-    what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
-    say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"
-        f"{' and a TensorRT engine' if engine else ''} into the cache {target} (one time) ...")
-    start = time.perf_counter()
-    model, config = reference_model(weights, depth, variant)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
                              f"(set {CACHE_ENV} to a writable folder)") from exc
-    # export_model stages beside the target and swaps the finished folder in whole
-    export_model(model, config, target, fp16=fp16, engine=engine, weights_path=weights,
-                 untrained=weights is None, verify=verify, hints=False, log=say)
-    say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
-    return load_export_folder(target, verify=False)  # its checksums were just computed
+    with _export_lock(root, key, say) as waited:
+        if target.exists():  # exported by another process while this one waited
+            folder = _usable(target, fp16, engine)
+            if folder is not None:
+                (say if waited else log.info)(f"using the export the other process wrote: {target}")
+                return folder
+        what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
+        say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"
+            f"{' and a TensorRT engine' if engine else ''} into the cache {target} (one time) ...")
+        start = time.perf_counter()
+        model, config = reference_model(weights, depth, variant)
+        # export_model stages beside the target and swaps the finished folder in whole
+        export_model(model, config, target, fp16=fp16, engine=engine, weights_path=weights,
+                     untrained=weights is None, verify=verify, hints=False, log=say)
+        say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
+        return load_export_folder(target, verify=False)  # its checksums were just computed
+
+
+@contextlib.contextmanager
+def _export_lock(root: Path, key: str, say: Progress) -> Iterator[bool]:
+    """Holds ``<root>/<key>.lock``; yields whether it had to wait for another process.
+
+    Where the file system has no locks, or the lock file cannot be made, the export goes on
+    unlocked: concurrent exports then each write a complete folder (staged and swapped in
+    whole), only duplicating the work.
+    """
+    from filelock import FileLock, Timeout
+
+    path = root / f"{key}.lock"
+    lock = FileLock(path)
+    waited = locked = False
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            waited = True
+            say(f"another process is exporting into the cache {root / key}; waiting for it "
+                f"to finish (lock {path}) ...")
+            lock.acquire()
+        locked = True
+    except (OSError, NotImplementedError) as exc:
+        log.warning("cannot lock %s (%s); exporting without the lock", path, exc)
+    try:
+        yield waited
+    finally:
+        if locked:
+            lock.release()
 
 
 __all__ = ["CACHE_ENV", "UNTRAINED_MODEL", "Progress", "cache_key", "cache_root", "cached_export",

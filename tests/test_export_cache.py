@@ -1,0 +1,92 @@
+"""The export cache shared by processes: one export per key; a process that finds the key
+being exported waits (saying so) and reuses it; a holder killed mid-export blocks no one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tinyfaces_trt import export_cache
+from tinyfaces_trt.export import export_pipeline
+from tinyfaces_trt.export_cache import cache_key, cached_export
+
+pytest.importorskip("filelock")
+from filelock import FileLock  # noqa: E402
+
+#: cached_export in a child process. "wait": any export of its own is a failure (exit 3);
+#: "hold": its export says so and never ends (the test kills it).
+CHILD = textwrap.dedent("""
+    import sys, time
+    from tinyfaces_trt import export_cache
+    from tinyfaces_trt.export import export_pipeline
+    mode, weights, cache = sys.argv[1:]
+    def say(line):
+        print(line, file=sys.stderr, flush=True)
+    def exporting(*args, **kwargs):
+        say("EXPORTING")
+        if mode == "wait":
+            sys.exit(3)
+        time.sleep(600)
+    export_cache.reference_model = lambda *args, **kwargs: (None, None)
+    export_pipeline.export_model = exporting
+    print(export_cache.cached_export(weights, cache_dir=cache, progress=say).path)
+""")
+
+
+def _child(mode: str, checkpoint, cache) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, mode, str(checkpoint), str(cache)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_process_waits_for_the_export_another_holds_then_reuses_it(checkpoint, export_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / cache_key(checkpoint)
+    lock = FileLock(f"{target}.lock")  # this process is the one exporting
+    lock.acquire()
+    child = _child("wait", checkpoint, cache)
+    try:
+        waiting = child.stderr.readline()  # returns once the child has found the lock held
+        assert waiting == (f"another process is exporting into the cache {target}; waiting for it "
+                           f"to finish (lock {target}.lock) ...\n")
+        assert child.poll() is None
+        shutil.copytree(export_dir, target)  # this process's export lands
+    finally:
+        lock.release()
+    try:
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert err == f"using the export the other process wrote: {target}\n"
+    assert out == f"{target}\n"
+
+
+def test_an_export_killed_mid_way_leaves_no_lock_behind(checkpoint, export_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    target = cache / cache_key(checkpoint)
+    holder = _child("hold", checkpoint, cache)
+    try:
+        assert holder.stderr.readline().endswith(f"into the cache {target} (one time) ...\n")
+        assert holder.stderr.readline() == "EXPORTING\n"  # holding the lock
+    finally:
+        holder.kill()  # SIGKILL: no cleanup of its own
+    holder.wait(timeout=60)
+
+    exports = []
+
+    def export(model, config, out, **kwargs):
+        exports.append(out)
+        shutil.copytree(export_dir, out)
+
+    monkeypatch.setattr(export_cache, "reference_model", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(export_pipeline, "export_model", export)
+    def progress(line: str) -> None:
+        assert "waiting" not in line, line  # fails here rather than waiting for ever
+
+    folder = cached_export(checkpoint, cache_dir=cache, progress=progress)
+    assert folder.path == target and exports == [target]
