@@ -115,6 +115,16 @@ def _level_table(backends: list[dict[str, Any]], levels: list[dict[str, Any]]) -
     return lines
 
 
+def _vs_numpy(c: dict[str, Any] | None) -> str:
+    """A CUDA row's detections against the numpy path's, for its "kept" cell."""
+    if c is None:
+        return ""
+    if c["passed"]:
+        return f", numpy's ({c['matched']} matched, probability within {c['max_score_diff']:.1g})"
+    return (f", **NOT numpy's**: {c['missing_firm']} missing, {c['extra_firm']} extra of "
+            f"{c['reference']}")
+
+
 def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| candidates (faces) | implementation | decode median / p90 | "
              "NMS median / p90 | decode + NMS | d2h | kept |", "|---|---|---|---|---|---|---|"]
@@ -128,7 +138,7 @@ def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:
             both = format_duration(impl["decode"]["median_ms"] + impl["nms"]["median_ms"])
             lines.append(f"| {first} | {impl['name']} | {_t(impl['decode'], True)} | "
                          f"{_t(impl['nms'], True)} | {both} | {_t(impl.get('d2h'))} | "
-                         f"{impl['kept']} |")
+                         f"{impl['kept']}{_vs_numpy(impl.get('vs_numpy'))} |")
     work = [f"{r['candidates']}: {emulated_work_text(r['emulated'])}" for r in rows
             if r.get("emulated")]
     if work:
@@ -293,8 +303,10 @@ def render_markdown(result: dict[str, Any]) -> str:
                   f"One level, score map {d['map'][0]}x{d['map'][1]} at scale {d['scale']:g} "
                   "(the 2x level of a 1920x1080 image), faces synthesized as clusters of "
                   "neighbouring cells/templates above threshold (see benchmarks/README.md). "
-                  f"{dn['warmup']} warm-up, {dn['repeat']} timed runs. The CUDA row runs the "
-                  "runtime's CudaPostprocessor (its NMS includes downloading the kept boxes).",
+                  f"{dn['warmup']} warm-up, {dn['repeat']} timed runs. The CUDA rows run the "
+                  "runtime's CudaPostprocessor (its NMS includes downloading the kept boxes); "
+                  "their kept cell says whether they kept the numpy path's detections "
+                  "(IoU-matched, fp32 tolerances).",
                   ""]
         lines += _decode_nms_table(dn["rows"]) + [""]
     if result.get("plot"):

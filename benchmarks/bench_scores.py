@@ -24,9 +24,11 @@ from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfi
 from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.runtime.decode import active_templates, decode_level
 from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.runtime.postprocess import select_detections
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 from bench_common import one_line, summarize, time_calls
+from bench_parity import compare_with_reference
 
 DEFAULT_MAP = (270, 480)   # score map (h, w) of a 3840x2160 input = the 2x level of 1080p
 DEFAULT_SCALE = 2.0
@@ -40,6 +42,11 @@ class SyntheticLevel:
     level: PyramidLevel
     candidates: int           # cells passing the threshold on active templates
     faces: int
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """The image whose pyramid has this level (the CUDA stage's buffers are sized for it)."""
+        return (round(self.level.height / self.level.scale), round(self.level.width / self.level.scale))
 
 
 def clustered_score_map(target: int, config: DetectorConfig, map_hw: tuple[int, int] = DEFAULT_MAP,
@@ -149,9 +156,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
         score_dev.upload(np.ascontiguousarray(data.score_map), stream)
         stream.synchronize()
         scores = DeviceArray(score_dev.ptr, data.score_map.shape, np.float32, owner=score_dev)
-        # the image whose pyramid has this level (its candidate buffer is sized for it)
-        image_h = round(data.level.height / data.level.scale)
-        image_w = round(data.level.width / data.level.scale)
+        image_h, image_w = data.image_hw
         decode_s, nms_s = [], []
         boxes = np.zeros((0, 5), np.float32)
         for k in range(warmup + repeat):
@@ -170,7 +175,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
         return {"name": CUDA_ROWS[lookahead], "status": "ok",
                 "decode": summarize(decode_s), "nms": summarize(nms_s),
                 "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
-                "note": "NMS includes the download of the kept boxes"}
+                "note": "NMS includes the download of the kept boxes", "boxes": boxes}
     finally:
         post.close()
         score_dev.free()
@@ -185,20 +190,26 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
                    map_hw: tuple[int, int] = DEFAULT_MAP, scale: float = DEFAULT_SCALE,
                    with_reference: bool = True, with_cuda: bool = True,
                    log=print) -> list[dict[str, Any]]:
-    """Times numpy / reference / CUDA decode and NMS on a clustered map per target count."""
+    """Times numpy / reference / CUDA decode and NMS on a clustered map per target count.
+
+    Each CUDA row also says whether its detections are the numpy path's (``vs_numpy``: the
+    parity package's comparison at fp32 tolerances, after the same clipping)."""
     results = []
     for target in targets:
         data = clustered_score_map(target, config, map_hw, scale)
         log(f"decode/NMS: {data.candidates} candidates in {data.faces} face clusters "
             f"(target {target}, map {map_hw[0]}x{map_hw[1]}, scale {scale})")
         numpy_row, numpy_out = _numpy_rows(data, config, repeat, warmup)
+        expected = select_detections(numpy_out["candidates"], data.image_hw, config)
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
         for lookahead in ((False, True) if with_cuda else ()):
             name = CUDA_ROWS[lookahead]
             try:
-                rows.append(_cuda_row(data, config, repeat, warmup, lookahead))
+                row = _cuda_row(data, config, repeat, warmup, lookahead)
+                row["vs_numpy"] = compare_with_reference(expected, row.pop("boxes"), config, "fp32")
+                rows.append(row)
             except _Skip as exc:
                 rows.append({"name": name, "status": "skipped", "reason": str(exc)})
             except BackendUnavailableError as exc:  # no cuda-python / library: say why

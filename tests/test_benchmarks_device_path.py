@@ -111,6 +111,9 @@ def test_the_profile_comes_last_with_everything_else_saved(run):
     assert live["device"] == 0  # and the kept backend was closed after it
 
 
+CUDA_NAMES = ("cuda (CudaPostprocessor)", "cuda, lookahead NMS rule")
+
+
 def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
     """The decode/NMS micro-benchmark's CUDA rows (on a smaller map than the benchmark's
     270x480: the CPU build takes seconds per decode of that one)."""
@@ -125,10 +128,23 @@ def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
     assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
     impls = {r["name"]: r for r in row["implementations"]}
     assert impls["numpy (runtime)"]["candidates"] == row["candidates"] > 300
-    for name in ("cuda (CudaPostprocessor)", "cuda, lookahead NMS rule"):
+    for name in CUDA_NAMES:
         assert impls[name]["status"] == "ok", impls[name].get("reason")
         assert impls[name]["candidates"] == row["candidates"]
         assert impls[name]["kept"] == impls["numpy (runtime)"]["kept"] > 0
+        vs = impls[name]["vs_numpy"]
+        assert vs["passed"] and vs["reference"] == vs["test"] == vs["matched"] > 0, vs
+    bench_report = importlib.import_module("bench_report")
+    kept = impls["numpy (runtime)"]["kept"]
+    def kept_cells() -> list[str]:
+        lines = bench_report._decode_nms_table([row])
+        return [next(line for line in lines if f"| {name} |" in line).split("|")[-2].strip()
+                for name in CUDA_NAMES]
+
+    assert kept_cells() == [f"{kept}, numpy's ({kept} matched, probability within "
+                            f"{impls[name]['vs_numpy']['max_score_diff']:.1g})" for name in CUDA_NAMES]
+    impls[CUDA_NAMES[1]]["vs_numpy"].update(passed=False, missing_firm=2, extra_firm=1)
+    assert kept_cells()[1] == f"{kept}, **NOT numpy's**: 2 missing, 1 extra of {kept}"
 
 
 def test_targets_are_about_the_device_backend(run):

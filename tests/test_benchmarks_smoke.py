@@ -160,6 +160,7 @@ def test_decode_nms_numpy_matches_the_port(run):
     cuda = impls["cuda (CudaPostprocessor)"]
     if cuda["status"] == "ok":
         assert cuda["kept"] == ours["kept"] and cuda["candidates"] == ours["candidates"]
+        assert cuda["vs_numpy"]["passed"] and cuda["vs_numpy"]["matched"] == ours["kept"]
     else:
         assert cuda["status"] == "skipped" and cuda["reason"]
     # what the CUDA NMS does there, from its emulation

@@ -235,6 +235,25 @@ def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
     assert parity.status == "skipped" and parity.summary.startswith("no GPU backend ran")
 
 
+def test_cuda_decode_nms_keeping_other_boxes_than_numpy_fails_the_benchmark():
+    result = _bench_result()
+    cuda = {"name": "cuda (CudaPostprocessor)", "status": "ok", "kept": 12,
+            "vs_numpy": {"passed": True, "reference": 12, "missing_firm": 0, "extra_firm": 0}}
+    lookahead = {**cuda, "name": "cuda, lookahead NMS rule",
+                 "vs_numpy": {"passed": False, "reference": 12, "missing_firm": 2, "extra_firm": 1}}
+    result["decode_nms"] = {"rows": [{"target": 10000, "implementations": [cuda, lookahead]}]}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "")
+    bench = report.steps[0]
+    assert bench.status == "fail" and report.result == "FAIL"
+    assert ("FAILED: decode/NMS 10000 cuda, lookahead NMS rule: kept boxes are not the numpy "
+            "path's (2 missing, 1 extra of 12)") in bench.summary
+    lookahead["vs_numpy"]["passed"] = True
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "")
+    assert report.steps[0].status == "pass"
+
+
 def test_a_benchmark_that_died_keeps_its_partial_numbers():
     report = g.Report([], 270.0)
     g.summarize_benchmark(report, _bench_result(complete=False), 1.0, "c",

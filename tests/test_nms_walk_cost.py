@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -37,12 +38,23 @@ def test_reads_stop_at_the_kept_suppressor_and_kept_boxes_read_their_whole_walk(
 def test_cli_on_a_small_clustered_map(capsys):
     tool = _tool()
     assert tool.main(["--clustered", "2000", "--sample", "300"]) == 0
-    out = capsys.readouterr().out
-    assert "per sampled box (300)" in out and "candidates read (walk order / lookahead) mean" in out
-    assert "lookahead blocker polls mean" in out and "rounds (walk order / lookahead)" in out
+    both = capsys.readouterr().out
+    assert "per sampled box (300)" in both and "lookahead blocker polls mean" in both
     assert tool.main(["--clustered", "2000", "--sample", "300", "--no-lookahead"]) == 0
-    out = capsys.readouterr().out
-    assert "candidates read (walk order) mean" in out and "lookahead" not in out
+    walk_only = capsys.readouterr().out
+    assert "lookahead" not in walk_only
+    # the kept set of the numpy NMS (--no-lookahead) and of the emulation give the same walks
+    line = re.compile(r"^clustered map, 2000 target: (\d+) candidates, NMS threshold 0\.3; per "
+                      r"sampled box \(300\): candidates read \(walk order(?: / lookahead)?\) mean "
+                      r"([\d.]+)(?: / ([\d.]+))?, p99 (\d+)(?: / (\d+))?, max (\d+)(?: / (\d+))?;")
+    m_both, m_walk = line.match(both), line.match(walk_only)
+    assert m_both and m_walk, (both, walk_only)
+    assert 1800 <= int(m_walk[1]) <= 2200
+    assert [m_both[i] for i in (1, 2, 4, 6)] == [m_walk[i] for i in (1, 2, 4, 6)]
+    # the lookahead rule reads at least what the walk-order rule reads
+    assert float(m_both[3]) >= float(m_both[2]) and int(m_both[7]) >= int(m_both[6])
+    rounds = re.search(r"; rounds \(walk order / lookahead\) (\d+) / (\d+)$", both.strip())
+    assert rounds and int(rounds[1]) > 0 and int(rounds[2]) > 0
 
 
 # --- the lookahead rule's reads -----------------------------------------------------------------

@@ -717,8 +717,8 @@ def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace
 def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, command: str,
                         output_tail: str, died: str | None = None) -> None:
     """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
-    benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed, or the run
-    stopped early; parity fails when a GPU backend's detections do not match the CPU
+    benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed (or kept
+    other boxes than numpy), or the run stopped early; parity fails when a GPU backend's detections do not match the CPU
     reference (or the comparison could not run) at some size."""
     report.benchmark = {"json": "latency.json", "markdown": "latency.md",
                         "png": result.get("plot"), "seconds": result.get("seconds"),
@@ -759,8 +759,13 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
         problems.append("no GPU backend ran on this GPU machine (reasons under not measured)")
     for row in (result.get("decode_nms") or {}).get("rows", []):
         for impl in row["implementations"]:
+            vs = impl.get("vs_numpy") or {"passed": True}
             if impl["status"] == "failed":
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
+            elif not vs["passed"]:
+                problems.append(f"decode/NMS {row['target']} {impl['name']}: kept boxes are not "
+                                f"the numpy path's ({vs['missing_firm']} missing, "
+                                f"{vs['extra_firm']} extra of {vs['reference']})")
     if died == "timed out" and not problems:
         status = "timeout"  # killed at its time limit with nothing failed so far
         problems.append(stopped)
