@@ -3,14 +3,20 @@
 The graph has one input ``image`` (1, 3, height, width) float32 with dynamic height/width and
 one output ``scores`` (1, 125, score_height, score_width) float32. The torch.export-based
 exporter (torch's default) is used; should it fail on some torch version, the TorchScript
-exporter is tried once. BatchNorm is folded into the convolutions by the exporter's optimiser.
+exporter is tried once. BatchNorm is folded into the convolutions before the export
+(:func:`~tinyfaces_trt.export.batchnorm.fold_batchnorm`), which the exporter's optimiser did
+after it before: the graph is the same (115 nodes for ResNet-50, 234 for ResNet-101), and
+torch.export traces a third fewer operators. Measured here (torch 2.13, 2 cores, seeded
+ResNet-101, opset 17): 28.1 s -> 19.2 s for the first export in a process, 18.9 -> 13.0 s
+for the next; ONNX Runtime vs the unfolded torch model max|d| / max|ref| 1.8e-5 (1.9e-5
+before).
 
 ``--simplify`` (onnxslim, else onnxsim, whichever imports) is optional and off by default:
 measured here (torch 2.13 export, opset 17, onnxslim 0.1.98, ONNX Runtime 1.32 CPU, 2 threads,
 480x640 input, median of 5 runs on a shared machine) it changed nothing that matters:
 ResNet-50 115 -> 115 nodes (45 Conv, 40 Relu, 18 Add, 1 MaxPool, 1 ConvTranspose, 10 nodes of
 shape arithmetic for the dynamic crop), 0.92 vs 1.00 s; ResNet-101 234 -> 234 nodes, 1.66 vs
-1.55 s; outputs bit-identical. The exporter's optimiser already folds BatchNorm and
+1.55 s; outputs bit-identical. BatchNorm is folded before the export, the exporter's optimiser folds
 constants, and TensorRT fuses on its own.
 """
 
@@ -30,9 +36,10 @@ import torch
 from torch import nn
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
 from tinyfaces_trt.core.optional import import_optional
+from tinyfaces_trt.export.batchnorm import fold_batchnorm
 
 DEFAULT_OPSET = 17
 #: Sample input size used to trace the network; odd sizes so no dimension is specialised.
@@ -103,6 +110,12 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
         TinyFacesError: both exporters failed (the message carries the first error).
     """
     model = model.eval()
+    try:
+        model = fold_batchnorm(model)
+    except Exception as exc:  # fx cannot trace every module; the exporter folds it then
+        if log:
+            log(f"  BatchNorm not folded before the export ({type(exc).__name__}: "
+                f"{first_line(exc)}); exporting the model as it is")
     # batch 2: torch.export specialises a dimension traced at size 1
     sample = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, *TRACE_SIZE),
                                                                        dtype=np.float32))

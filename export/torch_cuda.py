@@ -50,12 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.export.aoti import PackageCache
+from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
 from tinyfaces_trt.export.torch_settings import cudnn_autotuning, ieee_fp32_convolutions
 
@@ -85,34 +85,6 @@ def require_cuda(device: torch.device | str = "cuda") -> torch.device:
         raise BackendUnavailableError(f"torch sees {count} CUDA device(s); {device} does not "
                                       "exist")
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-
-
-def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
-    """An fx copy of ``model`` (in eval mode) with every BatchNorm2d that only follows a
-    Conv2d folded into it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
-    ``w * gamma / sqrt(var + eps)``); ``model`` is left unchanged.
-
-    Eval-mode outputs are equal up to float rounding.
-    """
-    traced = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
-    modules = dict(traced.named_modules())
-    for node in list(traced.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
-        conv_node = node.args[0]
-        if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
-                and isinstance(modules[conv_node.target], nn.Conv2d)
-                and len(conv_node.users) == 1):
-            continue  # the convolution's raw output is used elsewhere too
-        fused = fuse_conv_bn_eval(modules[conv_node.target], modules[node.target])
-        parent, _, name = conv_node.target.rpartition(".")
-        setattr(traced.get_submodule(parent), name, fused)
-        node.replace_all_uses_with(conv_node)
-        traced.graph.erase_node(node)
-    traced.graph.lint()
-    traced.delete_all_unused_submodules()
-    traced.recompile()
-    return traced
 
 
 class _Forward(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,34 @@ def test_fp32_graph_is_valid_with_dynamic_batch_and_spatial_dims(exported):
     assert (inp.name, _dims(inp)) == ("image", ["batch", 3, "height", "width"])
     assert (outp.name, _dims(outp)) == ("scores", ["batch", 125, "score_height", "score_width"])
     assert inp.type.tensor_type.elem_type == outp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded
+    # BatchNorm folded into the convolutions; the crop of the res4 upsampling to res3's size
+    # is the shape arithmetic
+    assert Counter(n.op_type for n in proto.graph.node) == {
+        "Conv": 45, "Relu": 40, "Add": 18, "MaxPool": 1, "ConvTranspose": 1,
+        "Shape": 2, "Squeeze": 2, "Div": 2, "Reshape": 2, "Slice": 2}
+
+
+def test_a_model_fx_cannot_trace_is_exported_unfolded(monkeypatch):
+    from tinyfaces_trt.export import onnx_export
+
+    def untraceable(model):
+        raise torch.fx.proxy.TraceError("symbolically traced variables cannot be used as inputs "
+                                        "to control flow")
+
+    monkeypatch.setattr(onnx_export, "fold_batchnorm", untraceable)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 125, 3, stride=8), torch.nn.BatchNorm2d(125)).eval()
+    lines: list[str] = []
+    proto = onnx_export.torch_to_onnx(net, log=lines.append)
+    assert lines == ["  BatchNorm not folded before the export (TraceError: symbolically traced "
+                     "variables cannot be used as inputs to control flow); exporting the model "
+                     "as it is"]
+    assert [n.op_type for n in proto.graph.node] == ["Conv"]  # the exporter folded it instead
+    x = np.random.default_rng(0).standard_normal((1, 3, 40, 56), dtype=np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"image": x})[0], net(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_fp32_onnxruntime_matches_torch_on_odd_sizes(exported, model):
