@@ -7,9 +7,9 @@ exporter is tried once. BatchNorm is folded into the convolutions before the exp
 (:func:`~tinyfaces_trt.export.batchnorm.fold_batchnorm`), which the exporter's optimiser did
 after it before: the graph is the same (115 nodes for ResNet-50, 234 for ResNet-101), and
 torch.export traces a third fewer operators. Measured here (torch 2.13, 2 cores, seeded
-ResNet-101, opset 17): 28.1 s -> 19.2 s for the first export in a process, 18.9 -> 13.0 s
-for the next; ONNX Runtime vs the unfolded torch model max|d| / max|ref| 1.8e-5 (1.9e-5
-before).
+ResNet-101, opset 17): the first export of a process 25.9 -> 18.0 s (medians of 3 processes
+each, alternating), the next one in the same process 18.9 -> 13.0 s; ONNX Runtime vs the
+unfolded torch model max|d| / max|ref| 1.8e-5 (1.9e-5 before).
 
 ``--simplify`` (onnxslim, else onnxsim, whichever imports) is optional and off by default:
 measured here (torch 2.13 export, opset 17, onnxslim 0.1.98, ONNX Runtime 1.32 CPU, 2 threads,
