@@ -8,10 +8,12 @@ so an interrupted run or a full disk never leaves a truncated file under a final
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,20 +64,31 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 #: Prefix of every temporary file and staging folder; hidden, so folder walks skip them.
-#: The writing process's id follows (``.tf-tmp-<pid>-...``), so that leftovers of a killed
-#: run can be told from the work of a live one (:func:`remove_stale_temporaries`).
+#: The writing process's id and host follow (``.tf-tmp-<pid>.<host>-...``), so that leftovers
+#: of a killed run can be told from the work of a live one (:func:`remove_stale_temporaries`),
+#: and the work of another machine sharing the folder is left alone.
 TEMP_PREFIX = ".tf-tmp-"
+#: This machine in temporary names: the first 8 hex digits of its host name's sha1.
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _UMASK = os.umask(0o022)  # read once, at import (reading it means setting it)
 os.umask(_UMASK)
-_TEMP_PID = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
+#: ``.tf-tmp-<pid>[.<host>]-``: names written before the host was recorded have none.
+_TEMP_OWNER = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)(?:\.([0-9a-f]{8}))?-")
+
+
+def _owner_prefix() -> str:
+    """``.tf-tmp-<pid>.<host>-``: how this process's temporary names start."""
+    return f"{TEMP_PREFIX}{os.getpid()}.{HOST_TAG}-"
 
 
 def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
-    """The temporary files :func:`atomic_output` makes for ``path`` (``.tf-tmp-<pid>-<8 random
-    characters>-<name>`` beside it), e.g. left by a process killed while writing it. Exactly
-    those of this name: another output whose name merely ends the same way is not matched."""
+    """The temporary files :func:`atomic_output` makes for ``path`` (``.tf-tmp-<pid>.<host>-<8
+    random characters>-<name>`` beside it), e.g. left by a process killed while writing it, on
+    any machine. Exactly those of this name: another output whose name merely ends the same
+    way is not matched."""
     final = Path(path)
-    pattern = re.compile(re.escape(TEMP_PREFIX) + r"\d+-[a-z0-9_]{8}-" + re.escape(final.name) + "$")
+    pattern = re.compile(re.escape(TEMP_PREFIX) + r"\d+(?:\.[0-9a-f]{8})?-[a-z0-9_]{8}-"
+                         + re.escape(final.name) + "$")
     try:
         return [p for p in final.parent.iterdir() if pattern.match(p.name)]
     except OSError:
@@ -95,8 +108,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     choosing a format by extension still do.
     """
     final = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-",
-                                    suffix=f"-{final.name}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_owner_prefix(), suffix=f"-{final.name}",
+                                    dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -123,12 +136,12 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
-    """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>-<tag>-XXXX``.
+    """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>.<host>-<tag>-XXXX``.
 
     Build a folder's content there, then move it into place with :func:`replace_folder`;
     remove it (``shutil.rmtree``) when the work fails.
     """
-    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{tag}-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}{tag}-", dir=parent))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -148,7 +161,9 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     clean up left directly in ``folder`` (their writer process is gone); returns them.
 
     Entries of live processes (this one included) are kept, so concurrent runs are safe on
-    one machine. Nothing else is touched; a missing folder is no error.
+    one machine; entries of other machines (another host in the name) are kept too, since
+    this one cannot tell whether their writer lives. Nothing else is touched; a missing
+    folder is no error.
     """
     removed: list[Path] = []
     try:
@@ -156,8 +171,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP_PID.match(entry.name)
-        if m is None or _pid_alive(int(m.group(1))):
+        m = _TEMP_OWNER.match(entry.name)
+        if m is None or m.group(2) not in (None, HOST_TAG) or _pid_alive(int(m.group(1))):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -184,7 +199,7 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
     if not target.exists() and not target.is_symlink():
         os.replace(staging, target)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-old-", dir=target.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}old-", dir=target.parent))
     aside.rmdir()  # only its unique name is wanted
     os.replace(target, aside)
     try:

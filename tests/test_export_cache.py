@@ -1,12 +1,16 @@
 """The export cache shared by processes: one export per key; a process that finds the key
-being exported waits (saying so) and reuses it; a holder killed mid-export blocks no one."""
+being exported waits (saying so, for a bounded time) and reuses it; a holder killed
+mid-export blocks no one; a file system without locks exports unlocked."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -38,8 +42,27 @@ CHILD = textwrap.dedent("""
 
 
 def _child(mode: str, checkpoint, cache) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, mode, str(checkpoint), str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """The child, killed after 120 s whatever it does (its pipes then close: no read hangs)."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(checkpoint), str(cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, child.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return child
+
+
+@pytest.fixture
+def fake_export(monkeypatch, export_dir):
+    """export_model stands in by copying the session's export; returns the folders it wrote."""
+    exports = []
+
+    def export(model, config, out, **kwargs):
+        exports.append(out)
+        shutil.copytree(export_dir, out)
+
+    monkeypatch.setattr(export_cache, "reference_model", lambda *args, **kwargs: (None, None))
+    monkeypatch.setattr(export_pipeline, "export_model", export)
+    return exports
 
 
 def test_a_process_waits_for_the_export_another_holds_then_reuses_it(checkpoint, export_dir, tmp_path):
@@ -62,11 +85,12 @@ def test_a_process_waits_for_the_export_another_holds_then_reuses_it(checkpoint,
     finally:
         child.kill()
     assert child.returncode == 0, err
-    assert err == f"using the export the other process wrote: {target}\n"
+    assert "EXPORTING" not in err
+    assert err.splitlines()[-1] == f"using the export the other process wrote: {target}"
     assert out == f"{target}\n"
 
 
-def test_an_export_killed_mid_way_leaves_no_lock_behind(checkpoint, export_dir, tmp_path, monkeypatch):
+def test_an_export_killed_mid_way_leaves_no_lock_behind(checkpoint, tmp_path, fake_export):
     cache = tmp_path / "cache"
     target = cache / cache_key(checkpoint)
     holder = _child("hold", checkpoint, cache)
@@ -77,16 +101,51 @@ def test_an_export_killed_mid_way_leaves_no_lock_behind(checkpoint, export_dir, 
         holder.kill()  # SIGKILL: no cleanup of its own
     holder.wait(timeout=60)
 
-    exports = []
-
-    def export(model, config, out, **kwargs):
-        exports.append(out)
-        shutil.copytree(export_dir, out)
-
-    monkeypatch.setattr(export_cache, "reference_model", lambda *args, **kwargs: (None, None))
-    monkeypatch.setattr(export_pipeline, "export_model", export)
     def progress(line: str) -> None:
         assert "waiting" not in line, line  # fails here rather than waiting for ever
 
     folder = cached_export(checkpoint, cache_dir=cache, progress=progress)
-    assert folder.path == target and exports == [target]
+    assert folder.path == target and fake_export == [target]
+
+
+def test_the_wait_is_bounded_and_said(checkpoint, tmp_path, fake_export, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    target = cache / cache_key(checkpoint)
+    monkeypatch.setattr(export_cache, "LOCK_WAIT_STEP_S", 0.3)
+    monkeypatch.setattr(export_cache, "LOCK_WAIT_LIMIT_S", 1.0)
+    hung = FileLock(f"{target}.lock")  # a holder that never finishes
+    hung.acquire()
+    try:
+        lines: list[str] = []
+        folder = cached_export(checkpoint, cache_dir=cache, progress=lines.append)
+    finally:
+        hung.release()
+    assert folder.path == target and fake_export == [target]
+    assert lines[0].startswith(f"another process is exporting into the cache {target}; waiting")
+    still = [line for line in lines if line.startswith("still waiting for the other export (")]
+    assert 1 <= len(still) <= 3 and all(line.endswith("at 1 s this process exports itself)")
+                                        for line in still)
+    assert lines[len(still) + 1].startswith(f"gave up waiting for the lock {target}.lock after 1 s")
+    assert lines[len(still) + 2].startswith("exporting weights")
+
+
+def test_a_file_system_without_locks_exports_unlocked(checkpoint, tmp_path, fake_export,
+                                                       monkeypatch, caplog):
+    import filelock
+
+    class NoLocks(filelock.FileLock):
+        def acquire(self, *args, **kwargs):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(filelock, "FileLock", NoLocks)
+    cache = tmp_path / "cache"
+    target = cache / cache_key(checkpoint)
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export_cache"):
+        folder = cached_export(checkpoint, cache_dir=cache, progress=lines.append)
+    assert folder.path == target and fake_export == [target]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot lock {target}.lock ([Errno {errno.ENOLCK}] No locks available); exporting "
+        "without the lock"]
+    assert not [line for line in lines if "waiting" in line]

@@ -321,3 +321,38 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
     (tmp_path / "b.json").write_text("{}")  # what a plain open() makes here
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
     assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode
+
+
+def test_stale_temporaries_are_judged_only_for_this_machine(tmp_path):
+    """A folder shared by machines (an NFS home holding the cache): the leftovers of this
+    machine's dead processes are removed; another machine's temporaries are kept, whatever
+    this machine's process table says about their process id."""
+    import hashlib
+    import socket
+
+    from tinyfaces_trt.core import files
+
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    assert files.HOST_TAG == host
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    other = "0123abcd" if host != "0123abcd" else "fedc9876"
+    names = {f".tf-tmp-{dead}.{host}-export-a1": "removed",     # this machine, writer gone
+             f".tf-tmp-{dead}-export-b2": "removed",             # before hosts were recorded
+             f".tf-tmp-{dead}.{other}-export-c3": "kept",         # another machine's
+             f".tf-tmp-{os.getpid()}.{host}-export-d4": "kept",  # this process's
+             "model.onnx": "kept"}
+    for name in names:
+        (tmp_path / name).mkdir()
+    removed = files.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(n for n, v in names.items() if v == "removed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, v in names.items()
+                                                                if v == "kept")
+    # what this process writes carries this machine, and temporaries_of finds it
+    staging = files.staging_dir(tmp_path, "export")
+    assert staging.name.startswith(f".tf-tmp-{os.getpid()}.{host}-export-")
+    with files.atomic_output(tmp_path / "photo.json") as tmp:
+        assert tmp.name.startswith(f".tf-tmp-{os.getpid()}.{host}-")
+        tmp.write_text("{}")
+        assert files.temporaries_of(tmp_path / "photo.json") == [tmp]
+    assert files.temporaries_of(tmp_path / "photo.json") == []

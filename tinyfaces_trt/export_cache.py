@@ -5,9 +5,10 @@
 that folder on later calls. ``weights=None`` stands for the seeded, UNTRAINED default network
 (:data:`UNTRAINED_MODEL`): its detections are meaningless, only good for plumbing tests.
 
-Processes sharing a cache export a key once: the export holds ``<cache>/<key>.lock`` (an OS
-file lock, released when its holder exits or is killed); a process that finds the key being
-exported says so, waits, then uses what the other one wrote.
+Processes sharing a cache export a request once: the export holds ``<cache>/<key>.lock`` (an
+OS file lock, released when its holder exits or is killed); a process that finds the key being
+exported says so, waits (at most :data:`LOCK_WAIT_LIMIT_S`), then uses what the other one
+wrote when it holds what this one asks for (the precision, an engine), else exports itself.
 
 Exporting needs the ``export`` extra (PyTorch), imported only when an export is due; reusing a
 complete cache entry does not.
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 #: The untrained default network: ``build_model(**UNTRAINED_MODEL)``.
 UNTRAINED_MODEL = {"depth": 101, "variant": "pytorch", "seed": 0}
 _KEY_CHARS = 16
+#: How often a process waiting for another's export says so, and how long it waits at most
+#: before exporting itself (a TensorRT engine build can take many minutes).
+LOCK_WAIT_STEP_S = 60.0
+LOCK_WAIT_LIMIT_S = 1800.0
 
 Progress = Callable[[str], None]
 
@@ -114,8 +119,9 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     when ``engine``) and its files match their recorded sha256; otherwise (also for a
     truncated or damaged entry) exports into a staging folder beside it and swaps that into
     place, so an interrupted export never leaves a half-written cache entry. Staging folders
-    of killed runs are removed. Processes sharing the cache export a key once: the others
-    wait on its lock (saying so through ``progress``), then reuse the folder. ``verify``
+    of killed runs are removed. Processes sharing the cache export a request once: the
+    others wait on its lock (saying so through ``progress``, else a logged warning), then
+    reuse the folder. ``verify``
     checks each new ONNX file against torch (see ``export_model``).
     """
     say = progress or log.info
@@ -137,7 +143,8 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     except OSError as exc:
         raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
                              f"(set {CACHE_ENV} to a writable folder)") from exc
-    with _export_lock(root, key, say) as waited:
+    # the wait is said even without a progress callback (it may be long)
+    with _export_lock(root, key, progress or log.warning) as waited:
         if target.exists():  # exported by another process while this one waited
             folder = _usable(target, fp16, engine)
             if folder is not None:
@@ -157,10 +164,12 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
 
 @contextlib.contextmanager
 def _export_lock(root: Path, key: str, say: Progress) -> Iterator[bool]:
-    """Holds ``<root>/<key>.lock``; yields whether it had to wait for another process.
+    """Holds ``<root>/<key>.lock``; yields whether it waited for another process.
 
-    Where the file system has no locks, or the lock file cannot be made, the export goes on
-    unlocked: concurrent exports then each write a complete folder (staged and swapped in
+    The wait is bounded: it says every :data:`LOCK_WAIT_STEP_S` that it is still waiting,
+    and after :data:`LOCK_WAIT_LIMIT_S` (a holder hung, or a file system whose lock never
+    clears) it goes on without the lock, as it does where the file system refuses the lock
+    (an OSError): concurrent exports then each write a complete folder (staged and swapped in
     whole), only duplicating the work.
     """
     from filelock import FileLock, Timeout
@@ -168,15 +177,28 @@ def _export_lock(root: Path, key: str, say: Progress) -> Iterator[bool]:
     path = root / f"{key}.lock"
     lock = FileLock(path)
     waited = locked = False
+    start = time.monotonic()
     try:
         try:
             lock.acquire(timeout=0)
+            locked = True
         except Timeout:
             waited = True
-            say(f"another process is exporting into the cache {root / key}; waiting for it "
-                f"to finish (lock {path}) ...")
-            lock.acquire()
-        locked = True
+            say(f"another process is exporting into the cache {root / key}; waiting for it to "
+                f"finish (lock {path}) ...")
+        while not locked:
+            held = time.monotonic() - start
+            if held >= LOCK_WAIT_LIMIT_S:
+                say(f"gave up waiting for the lock {path} after {held:.0f} s (its holder may "
+                    "hang); going on without it")
+                break
+            try:
+                lock.acquire(timeout=min(LOCK_WAIT_STEP_S, LOCK_WAIT_LIMIT_S - held))
+                locked = True
+            except Timeout:
+                if time.monotonic() - start < LOCK_WAIT_LIMIT_S:
+                    say(f"still waiting for the other export ({time.monotonic() - start:.0f} s; "
+                        f"at {LOCK_WAIT_LIMIT_S:.0f} s this process exports itself)")
     except (OSError, NotImplementedError) as exc:
         log.warning("cannot lock %s (%s); exporting without the lock", path, exc)
     try:
