@@ -121,8 +121,9 @@ def _vs_numpy(c: dict[str, Any] | None) -> str:
         return ""
     if c["passed"]:
         return f", numpy's ({c['matched']} matched, probability within {c['max_score_diff']:.1g})"
-    return (f", **NOT numpy's**: {c['missing_firm']} missing, {c['extra_firm']} extra of "
-            f"{c['reference']}")
+    why = "; ".join(c.get("failures") or ()) or \
+        f"{c['missing_firm']} missing, {c['extra_firm']} extra of {c['reference']}"
+    return f", **NOT numpy's**: {why}"
 
 
 def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:

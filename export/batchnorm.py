@@ -8,6 +8,7 @@ by the torch-cuda runner (compiled code without BatchNorm).
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import nn
@@ -16,21 +17,22 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     """An fx copy of ``model`` (in eval mode) with every BatchNorm2d that only follows a
-    Conv2d folded into it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
+    Conv2d (called once in the model) folded into it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
     ``w * gamma / sqrt(var + eps)``); ``model`` is left unchanged.
 
     Eval-mode outputs are equal up to float rounding.
     """
     traced = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
     modules = dict(traced.named_modules())
+    calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
     for node in list(traced.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
         conv_node = node.args[0]
         if not (isinstance(conv_node, torch.fx.Node) and conv_node.op == "call_module"
                 and isinstance(modules[conv_node.target], nn.Conv2d)
-                and len(conv_node.users) == 1):
-            continue  # the convolution's raw output is used elsewhere too
+                and len(conv_node.users) == 1 and calls[conv_node.target] == 1):
+            continue  # the convolution's raw output is used elsewhere, or it is called twice
         fused = fuse_conv_bn_eval(modules[conv_node.target], modules[node.target])
         parent, _, name = conv_node.target.rpartition(".")
         setattr(traced.get_submodule(parent), name, fused)

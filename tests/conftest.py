@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers_run import run_folder
+from tinyfaces_trt.core.files import atomic_output
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export_cache import cached_export
 
@@ -52,8 +53,9 @@ def checkpoint(tmp_path_factory, seeded):
     path = folder / "seeded50.pth"
     with lock:
         if not path.exists():
-            folder.mkdir()
-            torch.save({"model": seeded[0].state_dict()}, path)
+            folder.mkdir(exist_ok=True)
+            with atomic_output(path) as tmp:  # a worker killed mid-save leaves no short file
+                torch.save({"model": seeded[0].state_dict()}, tmp)
     return path
 
 

@@ -14,6 +14,7 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Pat
     basetemps' parent, which is this run's), or of this session without xdist. Hold the lock
     while filling the folder; the folder is not created."""
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and root.name == f"popen-{worker}":  # not a pytest run nested in a worker
         root = root.parent
     return root / name, FileLock(root / f"{name}.lock")

@@ -248,6 +248,13 @@ def test_cuda_decode_nms_keeping_other_boxes_than_numpy_fails_the_benchmark():
     assert bench.status == "fail" and report.result == "FAIL"
     assert ("FAILED: decode/NMS 10000 cuda, lookahead NMS rule: kept boxes are not the numpy "
             "path's (2 missing, 1 extra of 12)") in bench.summary
+    # a failure the counts do not show: the parity comparison's own words
+    lookahead["vs_numpy"].update(missing_firm=0, extra_firm=0,
+                                 failures=["max probability difference 0.2 > 1e-05"])
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "")
+    assert ("kept boxes are not the numpy path's (max probability difference 0.2 > 1e-05)"
+            in report.steps[0].summary)
     lookahead["vs_numpy"]["passed"] = True
     report = g.Report([], 270.0, gpu=True)
     g.summarize_benchmark(report, result, 1.0, "c", "")

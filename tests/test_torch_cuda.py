@@ -205,6 +205,29 @@ def test_fold_batchnorm_on_the_real_network(seeded):
     assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
+def test_fold_batchnorm_leaves_a_convolution_called_twice():
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x)) + self.conv(x)  # the second call needs the raw weights
+            return self.bn2(self.conv2(y))
+
+    torch.manual_seed(0)
+    model = Shared().eval()
+    for bn in (model.bn, model.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    folded = fold_batchnorm(model)
+    assert [name for name, _ in folded.named_children()] == ["conv", "bn", "conv2"]  # bn2 folded
+    x = torch.randn(1, 3, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile fallback, compiled equivalence and the compile cache
 # ---------------------------------------------------------------------------------------------

@@ -763,9 +763,10 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
             if impl["status"] == "failed":
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
             elif not vs["passed"]:
+                why = "; ".join(vs.get("failures") or ()) or \
+                    f"{vs['missing_firm']} missing, {vs['extra_firm']} extra of {vs['reference']}"
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: kept boxes are not "
-                                f"the numpy path's ({vs['missing_firm']} missing, "
-                                f"{vs['extra_firm']} extra of {vs['reference']})")
+                                f"the numpy path's ({why})")
     if died == "timed out" and not problems:
         status = "timeout"  # killed at its time limit with nothing failed so far
         problems.append(stopped)
