@@ -24,10 +24,21 @@ into that shape instead of preparing its own (seconds of compiling saved, e.g. f
 last and shorter batch); only its own rows come back. A shape that keeps coming gets its own
 after :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
 
+Preparing a shape costs seconds (about 6-7 s to compile each of the 8 shapes of a 1080p
+pyramid on an H200), worth it only for shapes that recur: video frames, a camera's photos, a
+service's usual sizes. With ``prepare_after=K`` a new shape runs plain eager for its first K
+runs and is prepared at its next (``create_detector("torch-cuda")`` uses
+:data:`PREPARE_AFTER_RUNS`), so a folder of photos of every size runs eager instead of
+compiling 8 shapes per photo; :meth:`TorchCudaRunner.warmup` prepares at once. At most
+:data:`MAX_PREPARED_SHAPES` prepared shapes are kept (each holds a CUDA graph and its memory,
+an AOTInductor package its own weights); the least recently used is dropped first.
+
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
-GPU -- without a copy and returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced
-on :attr:`TorchCudaRunner.stream` and valid until the next ``run``. A numpy input is
+GPU, ready for work queued now on :attr:`TorchCudaRunner.stream` (made on that stream, or
+ordered before it with an event: the runner waits on no other stream) -- without a copy and
+returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced on that stream and valid
+until the next ``run``. A numpy input is
 uploaded and its score map comes back as numpy (host use, parity, tests).
 
 The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"aoti"`` / ``"eager"``) runs the
@@ -42,6 +53,7 @@ import gc
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +149,11 @@ def _no_cycle_collection() -> Iterator[None]:
 
 #: Runs of one batch shape padded into a larger prepared one before it gets its own.
 PADDED_RUNS_BEFORE_OWN_SHAPE = 16
+#: Runs of a new input shape in plain eager before the detector's runner prepares it.
+PREPARE_AFTER_RUNS = 2
+#: Prepared shapes a runner keeps (4 image sizes of 8 pyramid levels); beyond, the least
+#: recently used is dropped (prepared again, from the disk caches, if it comes back).
+MAX_PREPARED_SHAPES = 32
 
 
 class _Captured:
@@ -194,6 +211,8 @@ class TorchCudaRunner(RunnerBase):
         stream: the CUDA stream to run on: None (a new stream), a ``torch.cuda.Stream``, or a
             ``cudaStream_t`` handle as an int (wrapped with ``torch.cuda.ExternalStream``;
             the detector hands its stream this way).
+        prepare_after: runs of a new input shape in plain eager before it is prepared in
+            ``mode`` (0: at its first run; the detector uses :data:`PREPARE_AFTER_RUNS`).
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -203,9 +222,11 @@ class TorchCudaRunner(RunnerBase):
     def __init__(self, model: nn.Module, *, device: str | torch.device = "cuda",
                  dtype: torch.dtype = torch.float16, channels_last: bool = True,
                  mode: str = "compile", cache_dir: str | os.PathLike[str] | None = None,
-                 stream: int | torch.cuda.Stream | None = None) -> None:
+                 stream: int | torch.cuda.Stream | None = None, prepare_after: int = 0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if prepare_after < 0:
+            raise ValueError(f"prepare_after must be >= 0, got {prepare_after}")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"unsupported dtype {dtype}; use float16, bfloat16 or float32")
         device = torch.device(device)
@@ -232,10 +253,13 @@ class TorchCudaRunner(RunnerBase):
         self._folded: torch.fx.GraphModule | None = None
         self._compile_cache: CompileCache | None = None
         self._packages: PackageCache | None = None
-        self._callables: dict[Shape, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.prepare_after = prepare_after
+        #: The prepared shapes' callables, least recently used first.
+        self._callables: OrderedDict[Shape, Callable[[torch.Tensor], torch.Tensor]] = OrderedDict()
         #: How each shape was prepared (mode after fallback, time, compile-cache use).
         self.records: dict[Shape, ShapeRecord] = {}
         self._padded_runs: dict[Shape, int] = {}
+        self._eager_runs: dict[Shape, int] = {}  # of shapes not prepared (yet)
         self._closed = False
 
     def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
@@ -308,6 +332,7 @@ class TorchCudaRunner(RunnerBase):
             self._stream.synchronize()
         self._closed = True
         self._callables.clear()
+        self._eager_runs.clear()
         self._eager = None
         self._folded = None
         self._compile_cache = None
@@ -345,6 +370,10 @@ class TorchCudaRunner(RunnerBase):
                 _logger.info("input shape %s came %d times padded into %s: preparing its own",
                              shape, PADDED_RUNS_BEFORE_OWN_SHAPE, target)
                 target = shape
+        if target not in self._callables:
+            runs = self._eager_runs[target] = self._eager_runs.get(target, 0) + 1
+            if runs <= self.prepare_after:  # not (yet) worth seconds of preparing
+                return self._eager_forward()(x)
         fn = self._callable(target)
         if target == shape:
             return fn(x)
@@ -364,9 +393,19 @@ class TorchCudaRunner(RunnerBase):
         return min(larger) if larger else shape
 
     def _callable(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The prepared callable of ``shape``, prepared now if it is not."""
         fn = self._callables.get(shape)
-        if fn is None:
-            fn = self._callables[shape] = self._prepare(shape)
+        if fn is not None:
+            self._callables.move_to_end(shape)
+            return fn
+        fn = self._callables[shape] = self._prepare(shape)
+        self._eager_runs.pop(shape, None)
+        while len(self._callables) > MAX_PREPARED_SHAPES:
+            if self._stream is not None:
+                self._stream.synchronize()  # its graph may still be replaying
+            dropped, _ = self._callables.popitem(last=False)
+            _logger.info("input shape %s dropped: the least recently used of more than %d "
+                         "prepared shapes", dropped, MAX_PREPARED_SHAPES)
         return fn
 
     def _prepare(self, shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -448,7 +487,10 @@ class TorchCudaRunner(RunnerBase):
         # dynamo keeps one static-shape compilation per shape, never hitting its recompile
         # limit or re-checking guards of other shapes.
         per_shape = torch.fx.GraphModule(folded, copy.deepcopy(folded.graph))
-        compiled = torch.compile(per_shape, dynamic=False, fullgraph=True)
+        # the runner captures its own CUDA graph: never Inductor's too (a process-wide
+        # setting, also switched on by TORCHINDUCTOR_CUDAGRAPHS=1)
+        compiled = torch.compile(per_shape, dynamic=False, fullgraph=True,
+                                 options={"triton.cudagraphs": False})
         record.cache_file = cache.path(shape)
         record.cache_loaded = cache.load(shape)
         before = inductor_cache_counters()
@@ -481,4 +523,5 @@ def _check_input(x: torch.Tensor) -> None:
         raise ValueError("expected a C-contiguous input")
 
 
-__all__ = ["MODES", "ShapeRecord", "TorchCudaRunner", "fold_batchnorm", "require_cuda"]
+__all__ = ["MAX_PREPARED_SHAPES", "MODES", "PREPARE_AFTER_RUNS", "ShapeRecord", "TorchCudaRunner",
+           "fold_batchnorm", "require_cuda"]

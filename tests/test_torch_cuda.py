@@ -131,6 +131,53 @@ def test_a_recurring_smaller_batch_gets_its_own_shape(monkeypatch):
     assert list(runner.records) == [(4, 3, 32, 48), (1, 3, 32, 48)]
 
 
+def _count_preparations(runner: TorchCudaRunner) -> list[tuple[int, ...]]:
+    """The shapes ``runner`` prepares from now on, in order (it still prepares them)."""
+    prepared: list[tuple[int, ...]] = []
+    original = runner._prepare
+
+    def prepare(shape):
+        prepared.append(shape)
+        return original(shape)
+
+    runner._prepare = prepare
+    return prepared
+
+
+def test_a_new_shape_runs_eager_until_it_recurs():
+    """A folder of photos of every size must not compile a pyramid per photo: with
+    prepare_after=2 a shape runs eager twice and is prepared at its third run."""
+    model = stand_in()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager",
+                             prepare_after=2)
+    prepared = _count_preparations(runner)
+    a, b = net_input((1, 3, 32, 48)), net_input((1, 3, 40, 56))
+    for _ in range(2):
+        np.testing.assert_allclose(runner.run(a), _reference(model, a), **FOLDED_TOL)
+    runner.run(b)
+    assert prepared == [] and runner.records == {}
+    np.testing.assert_allclose(runner.run(a), _reference(model, a), **FOLDED_TOL)
+    assert prepared == [a.shape] and list(runner.records) == [a.shape]
+    runner.warmup([b.shape])  # warmup prepares at once
+    runner.run(a)
+    assert prepared == [a.shape, b.shape]
+    with pytest.raises(ValueError, match="prepare_after must be >= 0, got -1"):
+        TorchCudaRunner(model, device="cpu", dtype=torch.float32, prepare_after=-1)
+
+
+def test_the_least_recently_used_prepared_shape_is_dropped(monkeypatch):
+    monkeypatch.setattr(torch_cuda, "MAX_PREPARED_SHAPES", 2)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    prepared = _count_preparations(runner)
+    a, b, c = (net_input((1, 3, h, 48)) for h in (32, 40, 48))
+    for x in (a, b, a, c):  # c drops b (a was used since)
+        runner.run(x)
+    assert prepared == [a.shape, b.shape, c.shape]
+    for x in (c, b, c, a):  # b drops a; a then drops b
+        runner.run(x)
+    assert prepared == [a.shape, b.shape, c.shape, b.shape, a.shape]
+
+
 def test_a_captured_graph_takes_a_smaller_batch_in_its_static_input():
     """The CUDA-graph path of padding, with the graph stood in (its replay doubles the
     static input into the static output)."""
@@ -773,6 +820,9 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
     assert made[-1]["mode"] == "eager" and made[-1]["cache_dir"] == tmp_path
     with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
         assert made[-1]["mode"] == "compile"  # the default, not prepared until a shape runs
+        # a new image size runs eager; one that recurs is prepared at its third run
+        assert made[-1]["prepare_after"] == torch_cuda.PREPARE_AFTER_RUNS == 2
+        assert detector.runner.prepare_after == 2 and detector.runner.records == {}
     with pytest.raises(TinyFacesError, match="unknown torch_mode 'fast'; expected one of "
                                              "compile, aoti, graphs, eager"):
         create_detector("torch-cuda", weights=checkpoint, torch_mode="fast")

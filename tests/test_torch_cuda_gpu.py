@@ -51,7 +51,10 @@ def test_compiled_fp16_matches_the_fp32_reference(seeded, tmp_path):
         assert runner.capabilities.device_io and runner.capabilities.batch
         for x in _level_inputs(config):
             out = runner.run(x)
-            assert runner.records[x.shape].mode == "compile", "compile fell back"
+            record = runner.records[x.shape]
+            assert record.mode == "compile", "compile fell back"
+            # this shape went through Inductor (the cache files alone may be other shapes')
+            assert record.inductor_hits + record.inductor_misses > 0, record
             result = compare_maps(reference.run(x), out, TOLERANCES["fp16"].maps)
             assert result.passed, result
         assert any(tmp_path.rglob("*.bin")), "no compile-cache file written"
@@ -167,6 +170,11 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
     """Mode "aoti" on the GPU: the fp16 package (captured in a CUDA graph) passes the fp16
     parity tolerances against the fp32 reference, runs on the stream it is given, and a
     second runner loads the package instead of compiling."""
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:  # gpu_check reports this skip as a failure
+        pytest.skip("AOTInductor on CUDA compiles C++ against the CUDA toolkit's headers: "
+                    "no CUDA_HOME, nvcc or /usr/local/cuda found")
     model, x = stand_in(), net_input((1, 3, 64, 96))
     stream = torch.cuda.Stream()
     with TorchCudaRunner(model, mode="aoti", cache_dir=tmp_path,

@@ -169,14 +169,16 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
                                       "pip install 'tinyfaces-trt[export]' on a GPU machine")
     import torch
 
-    from tinyfaces_trt.export.torch_cuda import TorchCudaRunner, require_cuda
+    from tinyfaces_trt.export.torch_cuda import PREPARE_AFTER_RUNS, TorchCudaRunner, require_cuda
 
     require_cuda()  # before loading (or building) the model
     model, config = reference_model(weights, depth, variant)
     config = apply_overrides(config, config_overrides)
     identity = torch_identity(weights)
+    # a new image size runs eager until it recurs: a folder of photos of every size would
+    # otherwise compile its pyramid's shapes for each photo
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
-                             mode=mode, cache_dir=cache_dir)
+                             mode=mode, cache_dir=cache_dir, prepare_after=PREPARE_AFTER_RUNS)
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
