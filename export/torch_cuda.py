@@ -295,7 +295,7 @@ class TorchCudaRunner(RunnerBase):
         device_input = hasattr(net_input, "__cuda_array_interface__")
         if device_input and self._stream is None:
             raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
-        with torch.inference_mode(), self._on_stream(autotune=False):  # _run_shape decides
+        with torch.inference_mode(), self._on_stream():
             if device_input:
                 x = torch.as_tensor(net_input, device=self.device)
             else:
@@ -342,26 +342,19 @@ class TorchCudaRunner(RunnerBase):
     # -- preparing shapes --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _on_stream(self, autotune: bool = True) -> Iterator[None]:
-        """The runner's stream current; float32 convolutions in IEEE fp32, not TF32, so that
-        float32 keeps the fp32 tolerances; with ``autotune`` (:meth:`_autotuning`) cuDNN
-        times its algorithms. The process's own settings are restored when the last runner
-        working leaves (:mod:`~tinyfaces_trt.export.torch_settings`: runners in several
-        threads)."""
+    def _on_stream(self) -> Iterator[None]:
+        """The runner's stream current; cuDNN picks its convolution algorithms by timing them
+        (``cudnn.benchmark``: the shapes are static, and the measured 216 TFLOP/s of the
+        compiled pyramid on an H200 had it on; done in the warm-up before each capture);
+        float32 convolutions in IEEE fp32, not TF32, so that float32 keeps the fp32
+        tolerances. The process's own settings are restored when the last runner working
+        leaves (:mod:`~tinyfaces_trt.export.torch_settings`: runners in several threads)."""
         if self._stream is None:
             yield
             return
-        with self._autotuning() if autotune else contextlib.nullcontext(), \
-                ieee_fp32_convolutions(self.device, self.dtype), torch.cuda.stream(self._stream):
+        with cudnn_autotuning(), ieee_fp32_convolutions(self.device, self.dtype), \
+                torch.cuda.stream(self._stream):
             yield
-
-    def _autotuning(self) -> contextlib.AbstractContextManager[None]:
-        """cuDNN picks its convolution algorithms by timing them (``cudnn.benchmark``) while
-        shapes are prepared and prepared ones run: they are static and recur, and the
-        measured 216 TFLOP/s of the compiled pyramid on an H200 had it on (done in the
-        warm-up before each capture). Not for the eager runs of a new shape, which may never
-        come again: timing every algorithm of each convolution would cost more than the run."""
-        return cudnn_autotuning() if self._stream is not None else contextlib.nullcontext()
 
     def _run_shape(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` through its shape's callable. A batch smaller than one already compiled or
@@ -381,14 +374,13 @@ class TorchCudaRunner(RunnerBase):
             runs = self._eager_runs[target] = self._eager_runs.get(target, 0) + 1
             if runs <= self.prepare_after:  # not (yet) worth seconds of preparing
                 return self._eager_forward()(x)
-        with self._autotuning():
-            fn = self._callable(target)
-            if target == shape:
-                return fn(x)
-            if isinstance(fn, _Captured):
-                return fn(x)  # takes the smaller batch into its static input
-            pad = x.new_zeros((target[0] - shape[0], *shape[1:]))
-            return fn(torch.cat((x, pad)))[: shape[0]]
+        fn = self._callable(target)
+        if target == shape:
+            return fn(x)
+        if isinstance(fn, _Captured):
+            return fn(x)  # takes the smaller batch into its static input
+        pad = x.new_zeros((target[0] - shape[0], *shape[1:]))
+        return fn(torch.cat((x, pad)))[: shape[0]]
 
     def batch_shape_for(self, shape: Sequence[int]) -> Shape:
         """The input shape a batch of ``shape`` runs as: itself when prepared or when no

@@ -69,33 +69,6 @@ def test_graphs_mode_passes_parity_on_the_whole_pyramid(seeded, dtype, precision
     assert result.passed, result
 
 
-def test_a_new_shape_runs_eager_without_cudnn_timing_then_is_captured():
-    """prepare_after=1: the first run of a shape is eager with the process's cudnn.benchmark
-    (off), the second prepares it (warm-up and capture with cuDNN timing its algorithms),
-    later runs replay the graph."""
-    assert not torch.backends.cudnn.benchmark  # the process's default
-    seen: list[bool] = []
-    x = net_input((1, 3, 64, 96))
-    with TorchCudaRunner(stand_in(), mode="graphs", prepare_after=1) as runner:
-        eager = runner._eager_forward()
-
-        def spy(t):
-            seen.append(torch.backends.cudnn.benchmark)
-            return eager(t)
-
-        runner._eager_forward = lambda: spy
-        first = runner.run(x)
-        assert seen == [False] and not runner.records
-        second = runner.run(x)
-        assert runner.records[x.shape].mode == "graphs" and len(seen) > 1 and all(seen[1:])
-        calls = len(seen)
-        third = runner.run(x)
-        assert len(seen) == calls  # a replay: no Python forward
-    assert not torch.backends.cudnn.benchmark  # restored
-    np.testing.assert_allclose(second, first, **FP16_CLOSE)  # other cuDNN algorithms
-    np.testing.assert_array_equal(third, second)
-
-
 def test_graphs_equal_eager(seeded):
     model, config = seeded
     x = _level_inputs(config, count=1)[0]
