@@ -465,7 +465,8 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
 
 def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
     """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
-    ``create_detector("torch-cuda")`` builds), from the benchmark's model."""
+    ``create_detector("torch-cuda")`` builds), from the benchmark's model, with every level's
+    shape prepared before timing (the detector prepares a shape at its third run)."""
     def build(ctx: BenchContext) -> Pipeline:
         import torch
 

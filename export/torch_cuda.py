@@ -31,7 +31,12 @@ runs and is prepared at its next (``create_detector("torch-cuda")`` uses
 :data:`PREPARE_AFTER_RUNS`), so a folder of photos of every size runs eager instead of
 compiling 8 shapes per photo; :meth:`TorchCudaRunner.warmup` prepares at once. At most
 :data:`MAX_PREPARED_SHAPES` prepared shapes are kept (each holds a CUDA graph and its memory,
-an AOTInductor package its own weights); the least recently used is dropped first.
+an AOTInductor package its own weights); the least recently used is dropped first, and
+prepared again at once if it comes back (a warning says so the first time: more shapes in
+turn than the limit). A batch shape that comes :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times
+padded is prepared at once too (it recurs). The eager runs use their own, unfolded copy of
+the network (a second copy of the weights on the device in modes compile and aoti); their
+fp16 scores differ from the prepared shapes' within the fp16 tolerances.
 
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
@@ -152,8 +157,10 @@ PADDED_RUNS_BEFORE_OWN_SHAPE = 16
 #: Runs of a new input shape in plain eager before the detector's runner prepares it.
 PREPARE_AFTER_RUNS = 2
 #: Prepared shapes a runner keeps (4 image sizes of 8 pyramid levels); beyond, the least
-#: recently used is dropped (prepared again, from the disk caches, if it comes back).
+#: recently used is dropped (prepared again at once, from the disk caches, if it comes back).
 MAX_PREPARED_SHAPES = 32
+#: New shapes whose eager runs a runner counts (the oldest forgotten first).
+MAX_COUNTED_SHAPES = 4096
 
 
 class _Captured:
@@ -259,7 +266,9 @@ class TorchCudaRunner(RunnerBase):
         #: How each shape was prepared (mode after fallback, time, compile-cache use).
         self.records: dict[Shape, ShapeRecord] = {}
         self._padded_runs: dict[Shape, int] = {}
-        self._eager_runs: dict[Shape, int] = {}  # of shapes not prepared (yet)
+        self._eager_runs: dict[Shape, int] = {}  # of shapes not prepared (yet), oldest first
+        self._dropped: set[Shape] = set()  # prepared, then dropped (LRU)
+        self._prepared_again = 0
         self._closed = False
 
     def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
@@ -314,9 +323,13 @@ class TorchCudaRunner(RunnerBase):
         """Prepares (compiles / captures) these (N, 3, h, w) input shapes ahead of use."""
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
+        shapes = [tuple(int(d) for d in shape) for shape in shapes]
+        if len(set(shapes)) > MAX_PREPARED_SHAPES:
+            _logger.warning("warming up %d shapes: only the last %d stay prepared "
+                            "(MAX_PREPARED_SHAPES)", len(set(shapes)), MAX_PREPARED_SHAPES)
         with torch.inference_mode(), self._on_stream():
             for shape in shapes:
-                self._callable(tuple(int(d) for d in shape))
+                self._callable(shape)
 
     def synchronize(self) -> None:
         """Waits for the runner's queued work."""
@@ -333,6 +346,7 @@ class TorchCudaRunner(RunnerBase):
         self._closed = True
         self._callables.clear()
         self._eager_runs.clear()
+        self._dropped.clear()
         self._eager = None
         self._folded = None
         self._compile_cache = None
@@ -364,15 +378,19 @@ class TorchCudaRunner(RunnerBase):
         after batches) then gets its own, rather than doing a batch's work each time."""
         shape = tuple(x.shape)
         target = self.batch_shape_for(shape)
+        recurring = target in self._dropped  # prepared before: it comes back, prepare it now
         if target != shape:
             self._padded_runs[shape] = self._padded_runs.get(shape, 0) + 1
             if self._padded_runs[shape] > PADDED_RUNS_BEFORE_OWN_SHAPE:
                 _logger.info("input shape %s came %d times padded into %s: preparing its own",
                              shape, PADDED_RUNS_BEFORE_OWN_SHAPE, target)
-                target = shape
-        if target not in self._callables:
-            runs = self._eager_runs[target] = self._eager_runs.get(target, 0) + 1
+                target, recurring = shape, True
+        if target not in self._callables and not recurring:
+            runs = self._eager_runs.pop(target, 0) + 1  # re-inserted last: oldest counts first
             if runs <= self.prepare_after:  # not (yet) worth seconds of preparing
+                self._eager_runs[target] = runs
+                while len(self._eager_runs) > MAX_COUNTED_SHAPES:
+                    del self._eager_runs[next(iter(self._eager_runs))]
                 return self._eager_forward()(x)
         fn = self._callable(target)
         if target == shape:
@@ -398,12 +416,19 @@ class TorchCudaRunner(RunnerBase):
         if fn is not None:
             self._callables.move_to_end(shape)
             return fn
+        if shape in self._dropped:
+            self._dropped.discard(shape)
+            self._prepared_again += 1
+            (_logger.warning if self._prepared_again == 1 else _logger.info)(
+                "input shape %s prepared again after it was dropped: this runner uses more than "
+                "%d shapes (MAX_PREPARED_SHAPES) in turn", shape, MAX_PREPARED_SHAPES)
         fn = self._callables[shape] = self._prepare(shape)
         self._eager_runs.pop(shape, None)
         while len(self._callables) > MAX_PREPARED_SHAPES:
             if self._stream is not None:
                 self._stream.synchronize()  # its graph may still be replaying
             dropped, _ = self._callables.popitem(last=False)
+            self._dropped.add(dropped)
             _logger.info("input shape %s dropped: the least recently used of more than %d "
                          "prepared shapes", dropped, MAX_PREPARED_SHAPES)
         return fn

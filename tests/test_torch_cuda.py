@@ -120,7 +120,9 @@ def test_a_recurring_smaller_batch_gets_its_own_shape(monkeypatch):
     """Single images after batches would do a batch's work each time: after a few padded
     runs the shape is prepared for itself."""
     monkeypatch.setattr(torch_cuda, "PADDED_RUNS_BEFORE_OWN_SHAPE", 2)
-    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    # prepared at once then, not run eager first: it has recurred
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
+                             prepare_after=2)
     runner.warmup([(4, 3, 32, 48)])
     _as_compiled(runner)
     x = net_input((1, 3, 32, 48))
@@ -176,6 +178,41 @@ def test_the_least_recently_used_prepared_shape_is_dropped(monkeypatch):
     for x in (c, b, c, a):  # b drops a; a then drops b
         runner.run(x)
     assert prepared == [a.shape, b.shape, c.shape, b.shape, a.shape]
+
+
+def test_a_dropped_shape_that_comes_back_is_prepared_at_once(monkeypatch, caplog):
+    monkeypatch.setattr(torch_cuda, "MAX_PREPARED_SHAPES", 1)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
+                             prepare_after=2)
+    prepared = _count_preparations(runner)
+    a, b = net_input((1, 3, 32, 48)), net_input((1, 3, 40, 48))
+    for x in (a, a, a, b, b, b):  # b's preparation drops a
+        runner.run(x)
+    assert prepared == [a.shape, b.shape]
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.torch_cuda"):
+        runner.run(a)  # no eager runs: it recurs
+        runner.run(b)
+    assert prepared == [a.shape, b.shape, a.shape, b.shape]
+    again = [r for r in caplog.records if "prepared again after it was dropped" in r.getMessage()]
+    assert [r.levelname for r in again] == ["WARNING", "INFO"]  # said loudly once
+    assert again[0].getMessage() == (f"input shape {a.shape} prepared again after it was dropped: "
+                                     "this runner uses more than 1 shapes (MAX_PREPARED_SHAPES) "
+                                     "in turn")
+
+
+def test_eager_runs_are_counted_for_a_bounded_number_of_shapes(monkeypatch):
+    monkeypatch.setattr(torch_cuda, "MAX_COUNTED_SHAPES", 2)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
+                             prepare_after=2)
+    prepared = _count_preparations(runner)
+    a, b, c = (net_input((1, 3, h, 48)) for h in (32, 40, 48))
+    for x in (a, a, b, c):  # c's count forgets a's, the oldest
+        runner.run(x)
+    for x in (a, a):
+        runner.run(x)
+    assert prepared == []
+    runner.run(a)
+    assert prepared == [a.shape]
 
 
 def test_a_captured_graph_takes_a_smaller_batch_in_its_static_input():
