@@ -34,9 +34,8 @@ compiling 8 shapes per photo; :meth:`TorchCudaRunner.warmup` prepares at once. A
 an AOTInductor package its own weights); the least recently used is dropped first, and
 prepared again at once if it comes back (a warning says so the first time: more shapes in
 turn than the limit). A batch shape that comes :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times
-padded is prepared at once too (it recurs). The eager runs use their own, unfolded copy of
-the network (a second copy of the weights on the device in modes compile and aoti); their
-fp16 scores differ from the prepared shapes' within the fp16 tolerances.
+padded is prepared at once too (it recurs). In modes compile and aoti the eager runs use the
+folded network those modes compile (no second copy of the weights).
 
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
@@ -391,7 +390,7 @@ class TorchCudaRunner(RunnerBase):
                 self._eager_runs[target] = runs
                 while len(self._eager_runs) > MAX_COUNTED_SHAPES:
                     del self._eager_runs[next(iter(self._eager_runs))]
-                return self._eager_forward()(x)
+                return self._unprepared_forward()(x)
         fn = self._callable(target)
         if target == shape:
             return fn(x)
@@ -466,6 +465,12 @@ class TorchCudaRunner(RunnerBase):
                  shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself)."""
         return fn if self._stream is None else _Captured(fn, shape, self.device, self._stream)
+
+    def _unprepared_forward(self) -> nn.Module:
+        """What a shape runs before it is prepared: where the mode compiles, the folded
+        network it compiles (no second copy of the weights; the same numbers as the prepared
+        shapes up to the compiler's rounding), else the eager one."""
+        return self._folded_net() if self.mode in ("compile", "aoti") else self._eager_forward()
 
     def _eager_forward(self) -> _Forward:
         if self._eager is None:

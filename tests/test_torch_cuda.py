@@ -167,6 +167,18 @@ def test_a_new_shape_runs_eager_until_it_recurs():
         TorchCudaRunner(model, device="cpu", dtype=torch.float32, prepare_after=-1)
 
 
+def test_before_compiling_a_shape_runs_the_folded_network_eagerly():
+    """Mode compile: the eager runs of a new shape use the folded network the mode compiles,
+    not a second, unfolded copy of the weights."""
+    model = stand_in()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="compile",
+                             prepare_after=1)
+    x = net_input((1, 3, 32, 48))
+    out = runner.run(x)  # eager: nothing compiled yet
+    assert runner.records == {} and runner._eager is None and runner._folded is not None
+    np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
+
+
 def test_the_least_recently_used_prepared_shape_is_dropped(monkeypatch):
     monkeypatch.setattr(torch_cuda, "MAX_PREPARED_SHAPES", 2)
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
