@@ -53,11 +53,9 @@ def test_compiled_fp16_matches_the_fp32_reference(seeded, tmp_path):
             out = runner.run(x)
             record = runner.records[x.shape]
             assert record.mode == "compile", "compile fell back"
-            # this shape went through Inductor (the cache files alone may be other shapes')
-            assert record.inductor_hits + record.inductor_misses > 0, record
+            assert record.cache_file.is_file(), record  # this shape's, not any compile file
             result = compare_maps(reference.run(x), out, TOLERANCES["fp16"].maps)
             assert result.passed, result
-        assert any(tmp_path.rglob("*.bin")), "no compile-cache file written"
 
 
 @pytest.mark.parametrize("dtype, precision", [(torch.float16, "fp16"), (torch.float32, "fp32")])
