@@ -72,8 +72,10 @@ TEMP_PREFIX = ".tf-tmp-"
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _UMASK = os.umask(0o022)  # read once, at import (reading it means setting it)
 os.umask(_UMASK)
-#: ``.tf-tmp-<pid>[.<host>]-``: names written before the host was recorded have none.
-_TEMP_OWNER = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)(?:\.([0-9a-f]{8}))?-")
+#: ``.tf-tmp-<pid>[.<host>]-`` (groups: pid, host): names written before the host was
+#: recorded have none.
+_OWNER = re.escape(TEMP_PREFIX) + r"(\d+)(?:\.([0-9a-f]{8}))?-"
+_TEMP_OWNER = re.compile(_OWNER)
 
 
 def _owner_prefix() -> str:
@@ -87,8 +89,7 @@ def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
     any machine. Exactly those of this name: another output whose name merely ends the same
     way is not matched."""
     final = Path(path)
-    pattern = re.compile(re.escape(TEMP_PREFIX) + r"\d+(?:\.[0-9a-f]{8})?-[a-z0-9_]{8}-"
-                         + re.escape(final.name) + "$")
+    pattern = re.compile(_OWNER + r"[a-z0-9_]{8}-" + re.escape(final.name) + "$")
     try:
         return [p for p in final.parent.iterdir() if pattern.match(p.name)]
     except OSError:
