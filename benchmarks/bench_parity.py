@@ -58,3 +58,10 @@ def compare_with_reference(reference: np.ndarray, boxes: np.ndarray, config: Det
         "tolerance": {"iou": tolerance.iou, "score": tolerance.score, "margin": tolerance.margin},
         "failures": [str(f) for f in getattr(c, "failures", ())],
     }
+
+
+def comparison_failure(c: dict[str, Any]) -> str:
+    """Why a failed :func:`compare_with_reference` failed: the parity package's own reasons,
+    else the unexplained missing and extra counts."""
+    return ("; ".join(c.get("failures") or ())
+            or f"{c['missing_firm']} missing, {c['extra_firm']} extra of {c['reference']}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import emulated_work_text, format_duration
+from bench_parity import comparison_failure
 from bench_targets import format_value
 
 #: Stage columns of the end-to-end table, in pipeline order ("other" = total - stages).
@@ -121,9 +122,7 @@ def _vs_numpy(c: dict[str, Any] | None) -> str:
         return ""
     if c["passed"]:
         return f", numpy's ({c['matched']} matched, probability within {c['max_score_diff']:.1g})"
-    why = "; ".join(c.get("failures") or ()) or \
-        f"{c['missing_firm']} missing, {c['extra_firm']} extra of {c['reference']}"
-    return f", **NOT numpy's**: {why}"
+    return f", **NOT numpy's**: {comparison_failure(c)}"
 
 
 def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:

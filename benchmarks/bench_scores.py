@@ -200,6 +200,7 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         log(f"decode/NMS: {data.candidates} candidates in {data.faces} face clusters "
             f"(target {target}, map {map_hw[0]}x{map_hw[1]}, scale {scale})")
         numpy_row, numpy_out = _numpy_rows(data, config, repeat, warmup)
+        expected = None  # the numpy path's detections, made once when a CUDA row ran
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
@@ -207,7 +208,8 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
             name = CUDA_ROWS[lookahead]
             try:
                 row = _cuda_row(data, config, repeat, warmup, lookahead)
-                expected = select_detections(numpy_out["candidates"], data.image_hw, config)
+                if expected is None:
+                    expected = select_detections(numpy_out["candidates"], data.image_hw, config)
                 row["vs_numpy"] = compare_with_reference(expected, row.pop("boxes"), config, "fp32")
                 rows.append(row)
             except _Skip as exc:

@@ -718,8 +718,8 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                         output_tail: str, died: str | None = None) -> None:
     """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
     benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed (or kept
-    other boxes than numpy), or the run stopped early; parity fails when a GPU backend's detections do not match the CPU
-    reference (or the comparison could not run) at some size."""
+    other boxes than numpy), or the run stopped early; parity fails when a GPU backend's
+    detections do not match the CPU reference (or the comparison could not run) at some size."""
     report.benchmark = {"json": "latency.json", "markdown": "latency.md",
                         "png": result.get("plot"), "seconds": result.get("seconds"),
                         "complete": result.get("complete")}
@@ -763,10 +763,11 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
             if impl["status"] == "failed":
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
             elif not vs["passed"]:
-                why = "; ".join(vs.get("failures") or ()) or \
-                    f"{vs['missing_firm']} missing, {vs['extra_firm']} extra of {vs['reference']}"
+                sys.path.insert(0, str(REPO / "benchmarks"))
+                from bench_parity import comparison_failure
+
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: kept boxes are not "
-                                f"the numpy path's ({why})")
+                                f"the numpy path's ({comparison_failure(vs)})")
     if died == "timed out" and not problems:
         status = "timeout"  # killed at its time limit with nothing failed so far
         problems.append(stopped)
