@@ -17,7 +17,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     """An fx copy of ``model`` (in eval mode) with every BatchNorm2d that only follows a
-    Conv2d (called once in the model) folded into it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
+    Conv2d (called once in the model) folded into it
+    (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`: the weight becomes
     ``w * gamma / sqrt(var + eps)``); ``model`` is left unchanged.
 
     Eval-mode outputs are equal up to float rounding.

@@ -16,8 +16,8 @@ measured here (torch 2.13 export, opset 17, onnxslim 0.1.98, ONNX Runtime 1.32 C
 480x640 input, median of 5 runs on a shared machine) it changed nothing that matters:
 ResNet-50 115 -> 115 nodes (45 Conv, 40 Relu, 18 Add, 1 MaxPool, 1 ConvTranspose, 10 nodes of
 shape arithmetic for the dynamic crop), 0.92 vs 1.00 s; ResNet-101 234 -> 234 nodes, 1.66 vs
-1.55 s; outputs bit-identical. BatchNorm is folded before the export, the exporter's optimiser folds
-constants, and TensorRT fuses on its own.
+1.55 s; outputs bit-identical. BatchNorm is folded before the export, the exporter's
+optimiser folds constants, and TensorRT fuses on its own.
 """
 
 from __future__ import annotations

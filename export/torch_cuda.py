@@ -42,8 +42,8 @@ Device I/O (``capabilities.device_io``): ``run`` takes any object with
 GPU, ready for work queued now on :attr:`TorchCudaRunner.stream` (made on that stream, or
 ordered before it with an event: the runner waits on no other stream) -- without a copy and
 returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced on that stream and valid
-until the next ``run``. A numpy input is
-uploaded and its score map comes back as numpy (host use, parity, tests).
+until the next ``run``. A numpy input is uploaded and its score map comes back as numpy
+(host use, parity, tests).
 
 The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"aoti"`` / ``"eager"``) runs the
 same code paths except the CUDA graphs, so compilation and its caches are tested without a GPU.
@@ -323,9 +323,10 @@ class TorchCudaRunner(RunnerBase):
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
         shapes = [tuple(int(d) for d in shape) for shape in shapes]
-        if len(set(shapes)) > MAX_PREPARED_SHAPES:
+        distinct = len(set(shapes))
+        if distinct > MAX_PREPARED_SHAPES:
             _logger.warning("warming up %d shapes: only the last %d stay prepared "
-                            "(MAX_PREPARED_SHAPES)", len(set(shapes)), MAX_PREPARED_SHAPES)
+                            "(MAX_PREPARED_SHAPES)", distinct, MAX_PREPARED_SHAPES)
         with torch.inference_mode(), self._on_stream():
             for shape in shapes:
                 self._callable(shape)

@@ -121,8 +121,8 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     place, so an interrupted export never leaves a half-written cache entry. Staging folders
     of killed runs are removed. Processes sharing the cache export a request once: the
     others wait on its lock (saying so through ``progress``, else a logged warning), then
-    reuse the folder. ``verify``
-    checks each new ONNX file against torch (see ``export_model``).
+    reuse the folder. ``verify`` checks each new ONNX file against torch (see
+    ``export_model``).
     """
     say = progress or log.info
     root = cache_root(cache_dir)
