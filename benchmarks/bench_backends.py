@@ -268,6 +268,9 @@ class _CopyTimed(RunnerBase):
             self.timings["h2d"] = self.timings.get("h2d", 0.0) + h2d
             self.timings["d2h"] = self.timings.get("d2h", 0.0) + d2h
 
+    def warmup(self, shapes: Any) -> None:
+        self.inner.warmup(shapes)  # the shapes it is fed are the shapes it runs
+
 
 class CopyTimedTorchCuda(_CopyTimed):
     """Feeds :class:`~tinyfaces_trt.export.torch_cuda.TorchCudaRunner` from the host with the

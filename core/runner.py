@@ -15,13 +15,15 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   for all images); otherwise the detector runs images one by one.
 
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
-memory); the detector finishes reading it first. ``synchronize()`` waits for the runner's
-queued device work (per-stage timings); ``close()`` releases the runner's memory (device
-buffers, sessions); a closed runner may not run again.
+memory); the detector finishes reading it first. ``warmup(shapes)`` readies input shapes
+ahead of use (torch-cuda compiles and captures them; a runner whose first run of a shape
+costs what later ones do does nothing). ``synchronize()`` waits for the runner's queued
+device work (per-stage timings); ``close()`` releases the runner's memory (device buffers,
+sessions); a closed runner may not run again.
 
 Every member is required: the detector checks a runner once (:func:`require_runner`) and then
 calls it without probing. :class:`RunnerBase` gives the defaults (host I/O, no batch, nothing
-to check, wait for or close).
+to check, prepare, wait for or close).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class NetworkRunner(Protocol):
         """Raises a TinyFacesError for a level this runner cannot run (e.g. outside a TensorRT
         engine's profile); called before any work on an image."""
 
+    def warmup(self, shapes: Iterable[Sequence[int]]) -> None:
+        """Readies these (N, 3, h, w) input shapes ahead of use, so that their first run costs
+        what later ones do (compiling, capturing); nothing to do for most runners."""
+
     def synchronize(self) -> None:
         """Waits until the runner's queued work is done (nothing to wait for on the host)."""
 
@@ -69,7 +75,8 @@ class NetworkRunner(Protocol):
 
 
 #: The members every runner has (:class:`NetworkRunner`).
-RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "synchronize", "close")
+RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "warmup", "synchronize",
+                  "close")
 
 
 class RunnerBase:
@@ -85,6 +92,9 @@ class RunnerBase:
         raise NotImplementedError
 
     def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
+        return None
+
+    def warmup(self, shapes: Iterable[Sequence[int]]) -> None:
         return None
 
     def synchronize(self) -> None:

@@ -11,7 +11,7 @@ stages for their CUDA versions (device-resident buffers). Everything else is sha
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -154,6 +154,43 @@ class Detector:
             return [boxes for image in images for boxes in self._run([image], timings)]
         return self._run(images, timings)
 
+    def warmup(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int] = (1,)) -> None:
+        """Readies the detector for images of these sizes before the first real one (a
+        service before it takes requests): the runner prepares every pyramid level's input
+        shape (:meth:`NetworkRunner.warmup <tinyfaces_trt.core.runner.NetworkRunner.warmup>`;
+        torch-cuda compiles and captures them, seconds per shape, instead of at a size's third
+        image), then one blank image of each size and batch size goes through the whole
+        pipeline (buffers, allocators, kernels loaded).
+
+        Args:
+            sizes: ``(height, width)`` image sizes.
+            batch_sizes: how many images of one size :meth:`detect_batch` will be given at
+                once (1: :meth:`detect`); only 1 when the runner takes no batches. A smaller
+                batch than a prepared one runs padded into it on torch-cuda, so the largest
+                and 1 cover a batching service.
+
+        Raises:
+            ValueError: a size or batch size below 1, or no size.
+            TinyFacesError: a size the runner cannot run (e.g. outside a TensorRT engine's
+                profile), before any work.
+        """
+        sizes = [_positive_size(size) for size in sizes]
+        batches = sorted({int(n) for n in batch_sizes})
+        if not sizes or not batches or batches[0] < 1:
+            raise ValueError(f"warmup needs at least one image size and batch sizes >= 1, got "
+                             f"sizes {sizes}, batch sizes {batches}")
+        if not capabilities_of(self.runner).batch:
+            batches = [1]
+        plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
+        for levels in plans.values():
+            self.runner.check_levels(levels)
+        self.runner.warmup([(n, 3, level.height, level.width)
+                            for levels in plans.values() for n in batches for level in levels])
+        for height, width in plans:
+            blank = np.zeros((height, width, 3), np.uint8)
+            for n in batches:
+                self._run([blank] * n, None)
+
     def _run(self, images: list[np.ndarray],
              timings: MutableMapping[str, float] | None) -> list[np.ndarray]:
         """The data flow for validated images of one size, all levels batched."""
@@ -205,6 +242,16 @@ class _StageClock:
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + (now - self.last)
         self.last = now
+
+
+def _positive_size(size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image sizes are (height, width) pairs of integers, got {size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"an image size (height, width) must be positive, got {tuple(size)}")
+    return height, width
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:

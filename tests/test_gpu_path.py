@@ -245,7 +245,7 @@ def test_what_is_not_a_runner_or_a_stage_is_refused_naming_what_it_lacks():
         Detector(_RunOnly(), config)
     assert str(info.value) == (
         "_RunOnly is not a NetworkRunner: it has no capabilities, stream, check_levels, "
-        "synchronize, close; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
+        "warmup, synchronize, close; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
     with pytest.raises(TypeError, match="^_RunOnly is not a NetworkRunner: it has no "
                                         "capabilities, stream, check_levels"):
         detector_for(_RunOnly(), config)

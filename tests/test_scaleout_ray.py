@@ -27,6 +27,7 @@ ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is 
 from helpers_scaleout import (  # noqa: E402
     VideoTask, detect_video, png_header_only, process_or_die_once, video_done)
 from tinyfaces_trt.cli.detect import detections_to_list, main as detect_main  # noqa: E402
+from tinyfaces_trt.core.cli import ImageSize  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
@@ -234,7 +235,8 @@ def server(cluster, export_dir):
                 logging_config={"log_level": "WARNING"})
     options = ServeOptions(DetectorSpec(model_dir=str(export_dir)), replicas=2,
                            max_batch_size=4, batch_wait_ms=5,
-                           max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS)
+                           max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS,
+                           warmup=(ImageSize(width=32, height=24),))
     serve.run(build_app(options), name=APP_NAME, route_prefix="/",
               logging_config={"log_level": "WARNING"})
     yield port
@@ -320,7 +322,8 @@ def test_anonymize_and_healthz(server, reference_detector):
     assert headers["x-faces"] == str(len(boxes)) and len(boxes) > 0
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), blur_boxes(image, boxes))
     status, body, _ = _request(server, "GET", "/healthz", content_type=None)
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert status == 200
+    assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "warmed_up": ["32x24"]}
 
 
 def test_python_client_example(server, tmp_path):

@@ -205,11 +205,26 @@ def test_serve_options_from_arguments(export_dir):
          "--max-request-mb", "2", "--max-batch-size", "4", "--prob-thresh", "0.7"])
     options = cli_serve.serve_options(args, gpus_in_cluster=0)
     assert options.max_request_bytes == 2 * 2 ** 20 and options.num_gpus == 0
+    assert options.warmup == ()
     assert dict(options.spec.config_overrides) == {"prob_thresh": 0.7}
     deployment = options.deployment_options()
     assert deployment["autoscaling_config"]["min_replicas"] == 0
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8
+
+
+def test_serve_warmup_sizes(capsys, export_dir):
+    parser = cli_serve.build_parser()
+    args = parser.parse_args(["--model", str(export_dir), "--warmup", "1920x1080, 640x480"])
+    options = cli_serve.serve_options(args, gpus_in_cluster=0)
+    assert options.warmup == ((1920, 1080), (640, 480))
+    assert [(s.width, s.height) for s in options.warmup] == [(1920, 1080), (640, 480)]
+    assert "--warmup WxH[,WxH...]" in parser.format_help()
+    with pytest.raises(SystemExit) as info:
+        cli_serve.main(["--model", str(export_dir), "--warmup", "1920"])
+    assert info.value.code == 2
+    assert ("argument --warmup: image size must be WIDTHxHEIGHT with positive integers, e.g. "
+            "1920x1080; got '1920'") in capsys.readouterr().err
 
 
 def test_gpu_backends_get_gpu_workers():

@@ -253,6 +253,30 @@ def test_detector_over_the_runner_matches_the_torch_reference():
     np.testing.assert_allclose(boxes, expected, atol=1e-3)
 
 
+def test_detector_warmup_prepares_every_level_before_the_first_image():
+    """A service's sizes are prepared when it starts, not at a size's third request: the
+    detector's warmup prepares each pyramid level for single images and the batch size, and
+    the images after it neither prepare nor run eager (a batch of 2 runs padded into the 3)."""
+    model, config = stand_in(), DetectorConfig()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager",
+                             prepare_after=torch_cuda.PREPARE_AFTER_RUNS)
+    prepared = _count_preparations(runner)
+    detector = Detector(runner, config)
+    detector.warmup([(48, 64)], batch_sizes=(1, 3))
+    levels = detector.plan(48, 64)
+    expected = [(n, 3, lv.height, lv.width) for n in (1, 3) for lv in levels]
+    assert prepared == expected and len(levels) > 1
+    _as_compiled(runner)
+    image = synthetic_image(48, 64, seed=3)
+    boxes = detector.detect(image)
+    pair = detector.detect_batch([image, synthetic_image(48, 64, seed=4)])
+    assert prepared == expected and runner._eager_runs == {} and runner._padded_runs
+    reference = Detector(TorchRunner(model), config)
+    assert len(boxes) > 0
+    np.testing.assert_allclose(boxes, reference.detect(image), atol=1e-3)
+    np.testing.assert_allclose(pair[0], boxes, atol=1e-3)
+
+
 def test_bad_inputs_and_closed_runner():
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
     with pytest.raises(ValueError, match=r"\(N, 3, h, w\)"):

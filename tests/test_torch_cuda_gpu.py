@@ -15,6 +15,7 @@ import torch
 
 from helpers_torch_cuda import net_input, stand_in
 from tinyfaces_trt.core.pyramid import plan_pyramid
+from tinyfaces_trt.parity.compare import compare_detections
 from tinyfaces_trt.parity.harness import TOLERANCES, compare_maps, compare_runner, synthetic_image
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
@@ -207,3 +208,27 @@ def test_factory_builds_fp16_compiled_by_default(checkpoint, tmp_path):
         assert detector.runner.dtype == torch.float16 and detector.runner.mode == "compile"
     with create_detector("torch-cuda", weights=checkpoint, fp16=False) as detector:
         assert detector.runner.dtype == torch.float32
+
+
+def test_detector_warmup_captures_the_pyramid_before_the_first_image(checkpoint, tmp_path):
+    """tf-serve --warmup on a GPU: every level of the size is captured for single images and
+    the batch size before the first image, which then runs from the graphs (no eager run,
+    nothing more prepared; a batch of 2 replays the 3's graph)."""
+    from tinyfaces_trt.detectors import create_detector
+
+    with create_detector("torch-cuda", weights=checkpoint, torch_mode="graphs",
+                         cache_dir=tmp_path) as detector:
+        detector.warmup([(96, 128)], batch_sizes=(1, 3))
+        runner = detector.runner
+        expected = {(n, 3, lv.height, lv.width) for n in (1, 3) for lv in detector.plan(96, 128)}
+        assert set(runner.records) == expected
+        _assert_captured(runner)
+        image = synthetic_image(96, 128, seed=0)
+        single = detector.detect(image)
+        pair = detector.detect_batch([image, synthetic_image(96, 128, seed=1)])
+        assert set(runner.records) == expected and runner._eager_runs == {}
+        assert len(pair) == 2
+        config = detector.config
+        same = compare_detections(single, pair[0], config.prob_thresh, config.nms_thresh,
+                                  TOLERANCES["fp16"].detections)
+        assert same.passed, same

@@ -2,6 +2,7 @@
 
     tf-serve --model export/                          # http://127.0.0.1:8000, one replica
     tf-serve --model export/ --min-replicas 1 --max-replicas 4 --host 0.0.0.0
+    tf-serve --model export/ --backend torch-cuda --warmup 1920x1080   # compiled before serving
     curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
 """
 
@@ -14,8 +15,8 @@ import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, positive_float, positive_int,
-                                    run_interruptible, stderr_line)
+from tinyfaces_trt.core.cli import (add_version_argument, parse_image_sizes, positive_float,
+                                    positive_int, run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
@@ -42,6 +43,7 @@ endpoints:
 
 examples:
   {PROG} --model export/
+  {PROG} --model export/ --backend torch-cuda --warmup 1920x1080,1280x720
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
   curl --data-binary @photo.jpg 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
 
@@ -77,6 +79,12 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                        help="images detected together per batch (default: 8)")
     scale.add_argument("--batch-wait-ms", type=positive_float, default=10.0, metavar="MS",
                        help="longest wait for a batch to fill (default: 10)")
+    scale.add_argument("--warmup", type=parse_image_sizes, default=[], metavar="WxH[,WxH...]",
+                       help="image sizes each replica gets ready for before it takes "
+                            "requests: it detects a blank image of each size, alone and in a "
+                            "batch of --max-batch-size; torch-cuda compiles each size's "
+                            "pyramid there (seconds per level) instead of at that size's "
+                            "third request (default: none)")
     scale.add_argument("--address", metavar="ADDRESS",
                        help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
                             "cluster on this machine, else a new local one)")
@@ -111,7 +119,7 @@ def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptio
                         batch_wait_ms=args.batch_wait_ms,
                         max_request_bytes=int(args.max_request_mb * 2 ** 20),
                         max_pixels=args.max_pixels, num_cpus=args.cpus_per_replica,
-                        num_gpus=gpus)
+                        num_gpus=gpus, warmup=tuple(args.warmup))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,6 +145,9 @@ def _run(args: argparse.Namespace) -> int:
             quiet = None if args.verbose else {"log_level": "WARNING"}
             serve.start(http_options={"host": args.host, "port": args.port},
                         logging_config=quiet)
+            if options.warmup:
+                stderr_line(f"{PROG}: each replica gets ready for "
+                            f"{', '.join(map(str, options.warmup))} before serving ...")
             try:
                 try:
                     serve.run(build_app(options), name=APP_NAME, route_prefix="/",

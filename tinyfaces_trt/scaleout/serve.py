@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from tinyfaces_trt.core.cli import ImageSize
 from tinyfaces_trt.scaleout.service import (
     DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, Limits, RequestError, anonymise,
     check_body_size, check_headers, check_route, decode_body, detect_images, detection_body,
@@ -43,6 +45,9 @@ class ServeOptions:
         max_request_bytes, max_pixels: request limits.
         num_cpus, num_gpus: resources per replica; a CPU replica's ONNX Runtime uses
             ``num_cpus`` threads unless the spec sets ``threads``.
+        warmup: image sizes (:class:`~tinyfaces_trt.core.cli.ImageSize`, width x height)
+            each replica's detector gets ready for (``Detector.warmup``, alone and in batches
+            of ``max_batch_size``) before the replica takes requests.
     """
 
     spec: Any
@@ -55,6 +60,7 @@ class ServeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     num_cpus: float = 1
     num_gpus: float = 0
+    warmup: tuple[ImageSize, ...] = ()
 
     @property
     def limits(self) -> Limits:
@@ -105,6 +111,14 @@ def build_app(options: ServeOptions) -> Any:
         def __init__(self) -> None:
             self.detector = spec.create()
             self.backend = spec.backend
+            self.warmed_up: list[str] = []
+            if options.warmup:
+                start = time.perf_counter()
+                self.detector.warmup([(size.height, size.width) for size in options.warmup],
+                                     batch_sizes=(1, options.max_batch_size))
+                self.warmed_up = [str(size) for size in options.warmup]
+                log.info("replica ready for %s in %.1f s", ", ".join(self.warmed_up),
+                         time.perf_counter() - start)
 
         @serve.batch(max_batch_size=options.max_batch_size,
                      batch_wait_timeout_s=options.batch_wait_ms / 1000.0)
@@ -115,7 +129,8 @@ def build_app(options: ServeOptions) -> Any:
             try:
                 route = check_route(request.url.path, request.method)
                 if route == "/healthz":
-                    return JSONResponse({"status": "ok", "backend": self.backend})
+                    return JSONResponse({"status": "ok", "backend": self.backend,
+                                         "warmed_up": self.warmed_up})
                 check_headers(request.headers, limits)
                 body = await _read_body(request, limits)
                 if route == "/anonymize":
