@@ -85,9 +85,11 @@ def test_interrupt_during_a_write_leaves_no_partial_file(capsys, photos, export_
     assert temporaries(out) == []
 
 
-BATCH = 120  # about 5 s of work after the first image: the signal lands mid-batch even when
+BATCH = 480  # about 20 s of work after the first image: the signal lands mid-batch even when
 #              the test process is descheduled for a while (with 16 images, 0.7 s, a loaded
-#              machine once let the batch finish first and the signal hit the exiting process)
+#              machine once let the batch finish first and the signal hit the exiting process;
+#              with 120, 5 s, so did a 2-core machine running two test suites at once). The
+#              run stops at the signal, so the size costs only the copies
 
 
 def _batch(photos: Path, export_dir: Path, out: Path) -> subprocess.Popen:
