@@ -29,12 +29,16 @@ pyramid on an H200), worth it only for shapes that recur: video frames, a camera
 service's usual sizes. With ``prepare_after=K`` a new shape runs plain eager for its first K
 runs and is prepared at its next (``create_detector("torch-cuda")`` uses
 :data:`PREPARE_AFTER_RUNS`), so a folder of photos of every size runs eager instead of
-compiling 8 shapes per photo; :meth:`TorchCudaRunner.warmup` prepares at once. At most
-:data:`MAX_PREPARED_SHAPES` prepared shapes are kept (each holds a CUDA graph and its memory,
-an AOTInductor package its own weights); the least recently used is dropped first, and
-prepared again at once if it comes back (a warning says so the first time: more shapes in
-turn than the limit). A batch shape that comes :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times
-padded is prepared at once too (it recurs). In modes compile and aoti the eager runs use the
+compiling 8 shapes per photo. At most :data:`MAX_PREPARED_SHAPES` shapes prepared on the way
+are kept (each holds a CUDA graph and its memory, an AOTInductor package its own weights); the
+least recently used is dropped first, and prepared again at once if it comes back (a warning
+says so the first time: more shapes in turn than the limit). A batch shape that comes
+:data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times padded is prepared at once too (it recurs).
+
+:meth:`TorchCudaRunner.warmup` prepares the shapes it is given at once and keeps them: the
+caller chose them (a service's image sizes and batch sizes, ``Detector.warmup``), so they are
+never dropped and a smaller batch padded into one of them stays padded, however often it
+comes; nothing is compiled while serving. In modes compile and aoti the eager runs use the
 folded network those modes compile (no second copy of the weights).
 
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
@@ -267,6 +271,7 @@ class TorchCudaRunner(RunnerBase):
         self._padded_runs: dict[Shape, int] = {}
         self._eager_runs: dict[Shape, int] = {}  # of shapes not prepared (yet), oldest first
         self._dropped: set[Shape] = set()  # prepared, then dropped (LRU)
+        self._kept: set[Shape] = set()  # prepared by warmup(): never dropped
         self._prepared_again = 0
         self._closed = False
 
@@ -319,14 +324,17 @@ class TorchCudaRunner(RunnerBase):
         return None
 
     def warmup(self, shapes: Iterable[Sequence[int]]) -> None:
-        """Prepares (compiles / captures) these (N, 3, h, w) input shapes ahead of use."""
+        """Prepares (compiles / captures) these (N, 3, h, w) input shapes now and keeps them
+        prepared: they are never dropped, and a smaller batch of the same image size runs
+        padded into one of them for good instead of getting its own shape."""
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
-        shapes = [tuple(int(d) for d in shape) for shape in shapes]
-        distinct = len(set(shapes))
-        if distinct > MAX_PREPARED_SHAPES:
-            _logger.warning("warming up %d shapes: only the last %d stay prepared "
-                            "(MAX_PREPARED_SHAPES)", distinct, MAX_PREPARED_SHAPES)
+        shapes = list(dict.fromkeys(tuple(int(d) for d in shape) for shape in shapes))
+        self._kept.update(shapes)
+        if len(self._kept) > MAX_PREPARED_SHAPES:
+            _logger.warning("%d input shapes warmed up and kept prepared, more than the %d "
+                            "(MAX_PREPARED_SHAPES) kept otherwise: each holds its own "
+                            "CUDA graph memory", len(self._kept), MAX_PREPARED_SHAPES)
         with torch.inference_mode(), self._on_stream():
             for shape in shapes:
                 self._callable(shape)
@@ -347,6 +355,7 @@ class TorchCudaRunner(RunnerBase):
         self._callables.clear()
         self._eager_runs.clear()
         self._dropped.clear()
+        self._kept.clear()
         self._eager = None
         self._folded = None
         self._compile_cache = None
@@ -375,13 +384,15 @@ class TorchCudaRunner(RunnerBase):
         captured for the same image size runs padded into it instead of preparing its own
         (compiling takes seconds; e.g. a video's last, shorter batch), until the same shape
         has come :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` times: a recurring one (single images
-        after batches) then gets its own, rather than doing a batch's work each time."""
+        after batches) then gets its own, rather than doing a batch's work each time; not
+        when it pads into a shape :meth:`warmup` kept (the caller's choice)."""
         shape = tuple(x.shape)
         target = self.batch_shape_for(shape)
         recurring = target in self._dropped  # prepared before: it comes back, prepare it now
         if target != shape:
             self._padded_runs[shape] = self._padded_runs.get(shape, 0) + 1
-            if self._padded_runs[shape] > PADDED_RUNS_BEFORE_OWN_SHAPE:
+            if self._padded_runs[shape] > PADDED_RUNS_BEFORE_OWN_SHAPE \
+                    and target not in self._kept:
                 _logger.info("input shape %s came %d times padded into %s: preparing its own",
                              shape, PADDED_RUNS_BEFORE_OWN_SHAPE, target)
                 target, recurring = shape, True
@@ -424,10 +435,11 @@ class TorchCudaRunner(RunnerBase):
                 "%d shapes (MAX_PREPARED_SHAPES) in turn", shape, MAX_PREPARED_SHAPES)
         fn = self._callables[shape] = self._prepare(shape)
         self._eager_runs.pop(shape, None)
-        while len(self._callables) > MAX_PREPARED_SHAPES:
+        droppable = [s for s in self._callables if s not in self._kept]  # oldest use first
+        for dropped in droppable[:max(0, len(droppable) - MAX_PREPARED_SHAPES)]:
             if self._stream is not None:
                 self._stream.synchronize()  # its graph may still be replaying
-            dropped, _ = self._callables.popitem(last=False)
+            del self._callables[dropped]
             self._dropped.add(dropped)
             _logger.info("input shape %s dropped: the least recently used of more than %d "
                          "prepared shapes", dropped, MAX_PREPARED_SHAPES)

@@ -10,6 +10,7 @@ stages for their CUDA versions (device-resident buffers). Everything else is sha
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -158,24 +159,28 @@ class Detector:
         """Readies the detector for images of these sizes before the first real one (a
         service before it takes requests): the runner prepares every pyramid level's input
         shape (:meth:`NetworkRunner.warmup <tinyfaces_trt.core.runner.NetworkRunner.warmup>`;
-        torch-cuda compiles and captures them, seconds per shape, instead of at a size's third
-        image), then one blank image of each size and batch size goes through the whole
-        pipeline (buffers, allocators, kernels loaded).
+        torch-cuda compiles and captures them, seconds per shape, and keeps them, instead of
+        preparing at a size's third image), then one blank image of each size and batch size
+        goes through the whole pipeline (first-run costs: ONNX Runtime CUDA's convolution
+        algorithm search per shape, kernels loaded, allocators grown).
 
         Args:
             sizes: ``(height, width)`` image sizes.
             batch_sizes: how many images of one size :meth:`detect_batch` will be given at
-                once (1: :meth:`detect`); only 1 when the runner takes no batches. A smaller
-                batch than a prepared one runs padded into it on torch-cuda, so the largest
-                and 1 cover a batching service.
+                once (1: :meth:`detect`); only 1 when the runner takes no batches. torch-cuda
+                runs any other batch padded into the next larger warmed-up one of its size,
+                so a few cover all (``tf-serve``: 1, the powers of two, the largest).
 
         Raises:
-            ValueError: a size or batch size below 1, or no size.
+            ValueError: a size or batch size that is not a positive integer, or none.
             TinyFacesError: a size the runner cannot run (e.g. outside a TensorRT engine's
                 profile), before any work.
         """
         sizes = [_positive_size(size) for size in sizes]
-        batches = sorted({int(n) for n in batch_sizes})
+        try:
+            batches = sorted({operator.index(n) for n in batch_sizes})
+        except TypeError:
+            raise ValueError(f"batch sizes are integers, got {batch_sizes!r}") from None
         if not sizes or not batches or batches[0] < 1:
             raise ValueError(f"warmup needs at least one image size and batch sizes >= 1, got "
                              f"sizes {sizes}, batch sizes {batches}")
@@ -246,7 +251,7 @@ class _StageClock:
 
 def _positive_size(size: tuple[int, int]) -> tuple[int, int]:
     try:
-        height, width = (int(v) for v in size)
+        height, width = (operator.index(v) for v in size)
     except (TypeError, ValueError):
         raise ValueError(f"image sizes are (height, width) pairs of integers, got {size!r}") from None
     if height < 1 or width < 1:

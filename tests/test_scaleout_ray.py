@@ -323,7 +323,8 @@ def test_anonymize_and_healthz(server, reference_detector):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), blur_boxes(image, boxes))
     status, body, _ = _request(server, "GET", "/healthz", content_type=None)
     assert status == 200
-    assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "warmed_up": ["32x24"]}
+    assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "warmed_up": ["32x24"],
+                                "warmup_batch_sizes": [1]}  # a CPU replica: single images
 
 
 def test_python_client_example(server, tmp_path):

@@ -215,16 +215,70 @@ def test_serve_options_from_arguments(export_dir):
 
 def test_serve_warmup_sizes(capsys, export_dir):
     parser = cli_serve.build_parser()
-    args = parser.parse_args(["--model", str(export_dir), "--warmup", "1920x1080, 640x480"])
+    args = parser.parse_args(["--model", str(export_dir), "--warmup", "1920x1080, 640x480,1920x1080"])
     options = cli_serve.serve_options(args, gpus_in_cluster=0)
-    assert options.warmup == ((1920, 1080), (640, 480))
     assert [(s.width, s.height) for s in options.warmup] == [(1920, 1080), (640, 480)]
     assert "--warmup WxH[,WxH...]" in parser.format_help()
-    with pytest.raises(SystemExit) as info:
-        cli_serve.main(["--model", str(export_dir), "--warmup", "1920"])
-    assert info.value.code == 2
-    assert ("argument --warmup: image size must be WIDTHxHEIGHT with positive integers, e.g. "
-            "1920x1080; got '1920'") in capsys.readouterr().err
+    for argv, message in [
+            (["--warmup", "1920"], "argument --warmup: image size must be WIDTHxHEIGHT with "
+                                   "positive integers, e.g. 1920x1080; got '1920'"),
+            (["--warmup", "640x480,2000x1000", "--max-pixels", "1000000"],
+             "--warmup 2000x1000 has more pixels than --max-pixels (2000000 > 1000000): the "
+             "service would refuse such an image")]:
+        with pytest.raises(SystemExit) as info:
+            cli_serve.main(["--model", str(export_dir), *argv])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_batch_size, num_gpus, batch_sizes", [
+    (8, 1, (1, 2, 4, 8)), (6, 1, (1, 2, 4, 6)), (1, 1, (1,)), (2, 1, (1, 2)),
+    (16, 1, (1, 2, 4, 8, 16)), (8, 0, (1,)),
+])
+def test_replicas_warm_up_with_powers_of_two_on_a_gpu(max_batch_size, num_gpus, batch_sizes):
+    """Any batch then pads into a warmed-up one with less than twice its work; on the CPU
+    nothing is prepared per shape, so only single images warm up."""
+    from tinyfaces_trt.scaleout.serve import ServeOptions
+
+    options = ServeOptions(DetectorSpec(), max_batch_size=max_batch_size, num_gpus=num_gpus)
+    assert options.warmup_batch_sizes == batch_sizes
+
+
+def test_sigterm_while_replicas_warm_up_stops_the_service(monkeypatch, capsys, export_dir):
+    """A replica may take minutes to warm up (torch-cuda compiling): SIGTERM then (systemd,
+    Kubernetes) stops tf-serve at once, as Ctrl-C does, instead of after the warmup."""
+    import contextlib
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from tinyfaces_trt.scaleout import cluster
+    from tinyfaces_trt.scaleout import serve as serve_module
+
+    calls = []
+
+    def warming_up(app, **kwargs):  # serve.run waits for the replicas' constructors
+        calls.append("run")
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        calls.append("warm")
+
+    monkeypatch.setattr(cluster, "connect", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(cluster, "cluster_resources", lambda: SimpleNamespace(gpus=0))
+    monkeypatch.setattr(serve_module, "build_app", lambda options: "app")
+    monkeypatch.setattr(serve, "start", lambda **kwargs: calls.append("start"))
+    monkeypatch.setattr(serve, "run", warming_up)
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("shutdown"))
+    handler = signal.getsignal(signal.SIGTERM)
+    status = cli_serve.main(["--model", str(export_dir), "--warmup", "64x48"])
+    err = capsys.readouterr().err
+    assert status == 0 and calls == ["start", "run", "shutdown"]
+    assert "tf-serve: each replica gets ready for 64x48 (batches of 1) before serving" in err
+    assert "tf-serve: stopped" in err and "serving on" not in err
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 def test_gpu_backends_get_gpu_workers():

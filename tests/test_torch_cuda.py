@@ -120,17 +120,48 @@ def test_a_recurring_smaller_batch_gets_its_own_shape(monkeypatch):
     """Single images after batches would do a batch's work each time: after a few padded
     runs the shape is prepared for itself."""
     monkeypatch.setattr(torch_cuda, "PADDED_RUNS_BEFORE_OWN_SHAPE", 2)
-    # prepared at once then, not run eager first: it has recurred
-    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
-                             prepare_after=2)
-    runner.warmup([(4, 3, 32, 48)])
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.run(net_input((4, 3, 32, 48)))  # prepared on the way (not by warmup)
     _as_compiled(runner)
+    runner.prepare_after = 2  # the own shape is prepared at once, not run eager first: it recurs
     x = net_input((1, 3, 32, 48))
     for _ in range(2):
         runner.run(x)
     assert list(runner.records) == [(4, 3, 32, 48)]
     runner.run(x)
     assert list(runner.records) == [(4, 3, 32, 48), (1, 3, 32, 48)]
+
+
+def test_a_batch_padded_into_a_warmed_up_shape_stays_padded(monkeypatch):
+    """The shapes warmup() was given are the caller's choice (a service's sizes and batch
+    sizes): a smaller batch runs padded into them however often it comes, never compiled
+    while serving."""
+    monkeypatch.setattr(torch_cuda, "PADDED_RUNS_BEFORE_OWN_SHAPE", 2)
+    model = stand_in()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
+    prepared = _count_preparations(runner)
+    runner.warmup([(4, 3, 32, 48), (1, 3, 32, 48)])
+    _as_compiled(runner)
+    x = net_input((3, 3, 32, 48))
+    for _ in range(5):
+        out = runner.run(x)
+    assert prepared == [(4, 3, 32, 48), (1, 3, 32, 48)]
+    np.testing.assert_allclose(out, _reference(model, x), rtol=1e-5, atol=2e-5)
+
+
+def test_warmed_up_shapes_are_never_dropped(monkeypatch, caplog):
+    monkeypatch.setattr(torch_cuda, "MAX_PREPARED_SHAPES", 1)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    prepared = _count_preparations(runner)
+    a, b, c, d = (net_input((1, 3, h, 48)) for h in (32, 40, 48, 56))
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        runner.warmup([a.shape, b.shape, a.shape])
+    assert caplog.messages == ["2 input shapes warmed up and kept prepared, more than the 1 "
+                               "(MAX_PREPARED_SHAPES) kept otherwise: each holds its own CUDA "
+                               "graph memory"]
+    for x in (c, d, a, b, c):  # d drops c (prepared on the way); a and b stay
+        runner.run(x)
+    assert prepared == [a.shape, b.shape, c.shape, d.shape, c.shape]
 
 
 def _count_preparations(runner: TorchCudaRunner) -> list[tuple[int, ...]]:

@@ -74,6 +74,10 @@ def test_a_size_the_runner_cannot_run_is_refused_before_any_work():
     ([], (1,), r"warmup needs at least one image size and batch sizes >= 1"),
     ([(48, 64)], (0, 2), r"warmup needs at least one image size and batch sizes >= 1, got "
                          r"sizes \[\(48, 64\)\], batch sizes \[0, 2\]"),
+    (["48"], (1,), r"image sizes are \(height, width\) pairs of integers, got '48'"),
+    ([(48.5, 64)], (1,), r"image sizes are \(height, width\) pairs of integers, got \(48.5, 64\)"),
+    ([(48, 64)], 8, r"batch sizes are integers, got 8"),
+    ([(48, 64)], (1.5,), r"batch sizes are integers, got \(1.5,\)"),
 ])
 def test_bad_sizes_are_clear_errors(sizes, batch_sizes, message):
     runner = Recording()

@@ -81,10 +81,13 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                        help="longest wait for a batch to fill (default: 10)")
     scale.add_argument("--warmup", type=parse_image_sizes, default=[], metavar="WxH[,WxH...]",
                        help="image sizes each replica gets ready for before it takes "
-                            "requests: it detects a blank image of each size, alone and in a "
-                            "batch of --max-batch-size; torch-cuda compiles each size's "
-                            "pyramid there (seconds per level) instead of at that size's "
-                            "third request (default: none)")
+                            "requests (also a replica that autoscaling starts): it detects a "
+                            "blank image of each size, on a GPU also in batches of 2, 4, ... "
+                            "and --max-batch-size; torch-cuda compiles those shapes there "
+                            "(seconds each, cached on disk for the next start) and runs any "
+                            "other batch padded into the next larger one, so nothing is "
+                            "compiled while serving (without it: at a size's third request) "
+                            "(default: none)")
     scale.add_argument("--address", metavar="ADDRESS",
                        help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
                             "cluster on this machine, else a new local one)")
@@ -100,6 +103,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("autoscaling needs both --min-replicas and --max-replicas")
     if args.max_replicas is not None and args.min_replicas > args.max_replicas:
         parser.error("--min-replicas is larger than --max-replicas")
+    for size in args.warmup:
+        if size.width * size.height > args.max_pixels:
+            parser.error(f"--warmup {size} has more pixels than --max-pixels "
+                         f"({size.width * size.height} > {args.max_pixels}): the service "
+                         f"would refuse such an image")
     check_detector_arguments(parser, args)
 
 
@@ -119,7 +127,7 @@ def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptio
                         batch_wait_ms=args.batch_wait_ms,
                         max_request_bytes=int(args.max_request_mb * 2 ** 20),
                         max_pixels=args.max_pixels, num_cpus=args.cpus_per_replica,
-                        num_gpus=gpus, warmup=tuple(args.warmup))
+                        num_gpus=gpus, warmup=tuple(dict.fromkeys(args.warmup)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,15 +147,15 @@ def _run(args: argparse.Namespace) -> int:
         with connect(args.address) as ray:  # noqa: F841
             from ray import serve
 
-            stop = threading.Event()  # SIGTERM while serving: the clean stop below
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
             options = serve_options(args, cluster_resources().gpus)
             quiet = None if args.verbose else {"log_level": "WARNING"}
             serve.start(http_options={"host": args.host, "port": args.port},
                         logging_config=quiet)
             if options.warmup:
                 stderr_line(f"{PROG}: each replica gets ready for "
-                            f"{', '.join(map(str, options.warmup))} before serving ...")
+                            f"{', '.join(map(str, options.warmup))} (batches of "
+                            f"{', '.join(map(str, options.warmup_batch_sizes))}) before "
+                            "serving ...")
             try:
                 try:
                     serve.run(build_app(options), name=APP_NAME, route_prefix="/",
@@ -156,6 +164,10 @@ def _run(args: argparse.Namespace) -> int:
                     lines = [line for line in str(exc).splitlines() if line.strip()]
                     raise TinyFacesError("the service did not start: "
                                          + (lines[-1] if lines else type(exc).__name__)) from None
+                # Until here SIGTERM interrupts like Ctrl-C (replicas may take minutes to
+                # warm up); while serving it asks for the clean stop below
+                stop = threading.Event()
+                signal.signal(signal.SIGTERM, lambda *_: stop.set())
                 stderr_line(f"{PROG}: serving on http://{args.host}:{args.port} "
                             "(POST /detect, POST /anonymize, GET /healthz); Ctrl-C stops")
                 while not stop.wait(1.0):

@@ -46,8 +46,8 @@ class ServeOptions:
         num_cpus, num_gpus: resources per replica; a CPU replica's ONNX Runtime uses
             ``num_cpus`` threads unless the spec sets ``threads``.
         warmup: image sizes (:class:`~tinyfaces_trt.core.cli.ImageSize`, width x height)
-            each replica's detector gets ready for (``Detector.warmup``, alone and in batches
-            of ``max_batch_size``) before the replica takes requests.
+            each replica's detector gets ready for (``Detector.warmup`` with
+            :attr:`warmup_batch_sizes`) before the replica takes requests.
     """
 
     spec: Any
@@ -65,6 +65,23 @@ class ServeOptions:
     @property
     def limits(self) -> Limits:
         return Limits(self.max_request_bytes, self.max_pixels)
+
+    @property
+    def warmup_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes a replica warms up with. On a GPU: 1, the powers of two below
+        ``max_batch_size``, and ``max_batch_size`` (torch-cuda prepares exactly these and runs
+        any other batch padded into the next one, less than twice its work, so nothing is
+        compiled while serving; ONNX Runtime CUDA has searched their convolution
+        algorithms). On the CPU: 1 (nothing there is prepared per shape; a blank batch would
+        only cost time)."""
+        if self.num_gpus == 0:
+            return (1,)
+        sizes = {self.max_batch_size}
+        size = 1
+        while size < self.max_batch_size:
+            sizes.add(size)
+            size *= 2
+        return tuple(sorted(sizes))
 
     def deployment_options(self) -> dict[str, Any]:
         """``Deployment.options(...)`` for these settings."""
@@ -115,9 +132,11 @@ def build_app(options: ServeOptions) -> Any:
             if options.warmup:
                 start = time.perf_counter()
                 self.detector.warmup([(size.height, size.width) for size in options.warmup],
-                                     batch_sizes=(1, options.max_batch_size))
+                                     batch_sizes=options.warmup_batch_sizes)
                 self.warmed_up = [str(size) for size in options.warmup]
-                log.info("replica ready for %s in %.1f s", ", ".join(self.warmed_up),
+                log.info("replica ready for %s (batches of %s) in %.1f s",
+                         ", ".join(self.warmed_up),
+                         ", ".join(map(str, options.warmup_batch_sizes)),
                          time.perf_counter() - start)
 
         @serve.batch(max_batch_size=options.max_batch_size,
@@ -129,8 +148,10 @@ def build_app(options: ServeOptions) -> Any:
             try:
                 route = check_route(request.url.path, request.method)
                 if route == "/healthz":
-                    return JSONResponse({"status": "ok", "backend": self.backend,
-                                         "warmed_up": self.warmed_up})
+                    return JSONResponse({
+                        "status": "ok", "backend": self.backend, "warmed_up": self.warmed_up,
+                        "warmup_batch_sizes": list(options.warmup_batch_sizes)
+                        if self.warmed_up else []})
                 check_headers(request.headers, limits)
                 body = await _read_body(request, limits)
                 if route == "/anonymize":
