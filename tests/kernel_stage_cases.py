@@ -218,6 +218,42 @@ def test_preprocessor_reuploads_a_mutated_image(stream):
     pre.close()
 
 
+def test_preprocessor_keeps_its_level_buffers_across_image_sizes(stream, monkeypatch):
+    """A service alternating image sizes (or single images and batches) allocates level
+    buffers only when a level grows past the largest seen; the inputs stay exact."""
+    made = []
+
+    class Counted(stages.DeviceBuffer):
+        def __init__(self, nbytes):
+            super().__init__(nbytes)
+            made.append(nbytes)
+
+    monkeypatch.setattr(stages, "DeviceBuffer", Counted)
+    config = DetectorConfig()
+    pre = stages.CudaPreprocessor(config, stream=stream)
+    rng = np.random.default_rng(16)
+    small, large = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 50), (60, 80)))
+
+    def run(images):
+        h, w = images[0].shape[:2]
+        for level in (PyramidLevel(0, 0.0, 1.0, h, w), PyramidLevel(1, 1.0, 2.0, 2 * h, 2 * w)):
+            got = pre.prepare_batch(images, level).download()
+            want = np.concatenate([normalize(resize_bilinear_aa(im, level.height, level.width),
+                                             config) for im in images])
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+    bytes_of = [4 * 3 * h * w for h, w in ((40, 50), (80, 100), (60, 80), (120, 160))]
+    run([small])
+    run([large])  # grows both levels
+    assert made == bytes_of
+    for images in ([small], [large], [small, small], [small], [large]):
+        run(images)  # two small images (2 x 2000 px) fit the large one's (4800 px) buffers
+    assert made == bytes_of
+    run([large, large])
+    assert made == bytes_of + [2 * b for b in bytes_of[2:]]
+    pre.close()
+
+
 def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
     """135200 candidates: past ABI 1's 131072 cap, the NMS runs (no 'raise prob_thresh')."""
     config = DetectorConfig()

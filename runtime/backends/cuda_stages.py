@@ -115,7 +115,7 @@ class CudaPreprocessor:
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch()
         self._workspace = _Scratch()
-        self._levels: dict[tuple[int, int, int, int], DeviceBuffer] = {}  # n, index, h, w
+        self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._sources: list[np.ndarray] = []
 
     def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
@@ -125,8 +125,6 @@ class CudaPreprocessor:
             all(a is b for a, b in zip(images, self._sources))
         if same and not first_level:
             return
-        if self._sources and images[0].shape != self._sources[0].shape:
-            self._free_levels()  # another image size: another pyramid
         nbytes = sum(image.nbytes for image in images)
         if self._uploaded is not None:
             self._uploaded.synchronize()  # the previous upload has left the pinned buffer
@@ -153,10 +151,15 @@ class CudaPreprocessor:
         if level.index == 0:
             self._from_runner.after()
         n, h, w = len(images), int(level.height), int(level.width)
-        key = (n, level.index, h, w)  # one buffer per level, even where two shapes coincide
-        out = self._levels.get(key)
-        if out is None:
-            out = self._levels[key] = DeviceBuffer(n * 3 * h * w * 4)
+        # One buffer per level index, even where two levels' shapes coincide (the network may
+        # still read one level while the next is resized), kept across image sizes and grown
+        # to the largest seen: a service alternating sizes allocates nothing after the first
+        # of each (a cudaFree waits for the whole device).
+        out = self._levels.get(level.index)
+        if out is None or out.nbytes < n * 3 * h * w * 4:
+            if out is not None:
+                out.free()  # the previous image's work is done: its boxes were downloaded
+            out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
         for i in range(n):
