@@ -230,16 +230,22 @@ def test_serve_warmup_sizes(capsys, export_dir):
         assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("max_batch_size, num_gpus, batch_sizes", [
-    (8, 1, (1, 2, 4, 8)), (6, 1, (1, 2, 4, 6)), (1, 1, (1,)), (2, 1, (1, 2)),
-    (16, 1, (1, 2, 4, 8, 16)), (8, 0, (1,)),
+@pytest.mark.parametrize("backend, max_batch_size, num_gpus, batch_sizes", [
+    ("torch-cuda", 8, 1, (1, 2, 4, 8)), ("torch-cuda", 6, 1, (1, 2, 4, 6)),
+    ("torch-cuda", 1, 1, (1,)), ("torch-cuda", 2, 1, (1, 2)),
+    ("torch-cuda", 16, 1, (1, 2, 4, 8, 16)),
+    ("onnxruntime-cuda", 4, 1, (1, 2, 3, 4)), ("tensorrt", 3, 1, (1, 2, 3)),
+    ("onnxruntime", 8, 0, (1,)),
 ])
-def test_replicas_warm_up_with_powers_of_two_on_a_gpu(max_batch_size, num_gpus, batch_sizes):
-    """Any batch then pads into a warmed-up one with less than twice its work; on the CPU
+def test_replicas_warm_up_with_the_batch_sizes_their_backend_prepares(backend, max_batch_size,
+                                                                      num_gpus, batch_sizes):
+    """torch-cuda: any batch then pads into a warmed-up one with less than twice its work;
+    ONNX Runtime CUDA searches each new shape's algorithms: every batch size; on the CPU
     nothing is prepared per shape, so only single images warm up."""
     from tinyfaces_trt.scaleout.serve import ServeOptions
 
-    options = ServeOptions(DetectorSpec(), max_batch_size=max_batch_size, num_gpus=num_gpus)
+    options = ServeOptions(DetectorSpec(backend=backend), max_batch_size=max_batch_size,
+                           num_gpus=num_gpus)
     assert options.warmup_batch_sizes == batch_sizes
 
 

@@ -82,8 +82,9 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     scale.add_argument("--warmup", type=parse_image_sizes, default=[], metavar="WxH[,WxH...]",
                        help="image sizes each replica gets ready for before it takes "
                             "requests (also a replica that autoscaling starts): it detects a "
-                            "blank image of each size, on a GPU also in batches of 2, 4, ... "
-                            "and --max-batch-size; torch-cuda compiles those shapes there "
+                            "blank image of each size, on a GPU also in batches (torch-cuda: "
+                            "2, 4, ... and --max-batch-size; the others: every size up to "
+                            "it); torch-cuda compiles those shapes there "
                             "(seconds each, cached on disk for the next start) and runs any "
                             "other batch padded into the next larger one, so nothing is "
                             "compiled while serving (without it: at a size's third request) "

@@ -68,14 +68,17 @@ class ServeOptions:
 
     @property
     def warmup_batch_sizes(self) -> tuple[int, ...]:
-        """The batch sizes a replica warms up with. On a GPU: 1, the powers of two below
-        ``max_batch_size``, and ``max_batch_size`` (torch-cuda prepares exactly these and runs
-        any other batch padded into the next one, less than twice its work, so nothing is
-        compiled while serving; ONNX Runtime CUDA has searched their convolution
-        algorithms). On the CPU: 1 (nothing there is prepared per shape; a blank batch would
-        only cost time)."""
+        """The batch sizes a replica warms up with. torch-cuda: 1, the powers of two below
+        ``max_batch_size``, and ``max_batch_size`` (it prepares exactly these and runs any
+        other batch padded into the next one, less than twice its work, so nothing is
+        compiled while serving). Other GPU backends: every size up to ``max_batch_size``
+        (ONNX Runtime CUDA searches the convolution algorithms of each new shape at its first
+        run; TensorRT runs single images). On the CPU: 1 (nothing there is prepared per
+        shape; a blank batch would only cost time)."""
         if self.num_gpus == 0:
             return (1,)
+        if self.spec.backend != "torch-cuda":
+            return tuple(range(1, self.max_batch_size + 1))
         sizes = {self.max_batch_size}
         size = 1
         while size < self.max_batch_size:
