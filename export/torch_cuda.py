@@ -22,7 +22,8 @@ keeps, per input shape, a ready callable:
 A batch smaller than one already compiled or captured for the same image size runs padded
 into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's
 last and shorter batch); only its own rows come back. A shape that keeps coming gets its own
-after :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs.
+after :data:`PADDED_RUNS_BEFORE_OWN_SHAPE` padded runs, unless it pads into a shape
+:meth:`TorchCudaRunner.warmup` kept (below).
 
 Preparing a shape costs seconds (about 6-7 s to compile each of the 8 shapes of a 1080p
 pyramid on an H200), worth it only for shapes that recur: video frames, a camera's photos, a
@@ -330,14 +331,21 @@ class TorchCudaRunner(RunnerBase):
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
         shapes = list(dict.fromkeys(tuple(int(d) for d in shape) for shape in shapes))
-        self._kept.update(shapes)
-        if len(self._kept) > MAX_PREPARED_SHAPES:
+        kept = len(self._kept.union(shapes))
+        if kept > MAX_PREPARED_SHAPES:
             _logger.warning("%d input shapes warmed up and kept prepared, more than the %d "
                             "(MAX_PREPARED_SHAPES) kept otherwise: each holds its own "
-                            "CUDA graph memory", len(self._kept), MAX_PREPARED_SHAPES)
+                            "CUDA graph memory", kept, MAX_PREPARED_SHAPES)
         with torch.inference_mode(), self._on_stream():
             for shape in shapes:
-                self._callable(shape)
+                was_kept = shape in self._kept
+                self._kept.add(shape)  # before preparing: never the one the LRU drops
+                try:
+                    self._callable(shape)
+                except BaseException:
+                    if not was_kept:
+                        self._kept.discard(shape)
+                    raise
 
     def synchronize(self) -> None:
         """Waits for the runner's queued work."""

@@ -16,7 +16,7 @@ import pytest
 from helpers_kernels import assert_same_detections, candidate_count, levels_at, random_maps
 from kernel_abi_cases import IMAGE_HW
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.core.errors import NonFiniteScoresError
+from tinyfaces_trt.core.errors import NonFiniteScoresError, TinyFacesError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -251,6 +251,30 @@ def test_preprocessor_keeps_its_level_buffers_across_image_sizes(stream, monkeyp
     assert made == bytes_of
     run([large, large])
     assert made == bytes_of + [2 * b for b in bytes_of[2:]]
+    pre.close()
+
+
+def test_a_level_buffer_that_cannot_grow_is_not_used_again(stream, monkeypatch):
+    """A request too large for the device's memory fails alone: the next image gets a buffer
+    of its own, not the freed one (which would pass on a NULL or dangling pointer)."""
+    config = DetectorConfig()
+    pre = stages.CudaPreprocessor(config, stream=stream)
+    rng = np.random.default_rng(17)
+    small, large = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 50), (60, 80)))
+    level = lambda image: PyramidLevel(0, 0.0, 1.0, *image.shape[:2])  # noqa: E731
+    pre.prepare(small, level(small))
+    real = stages.DeviceBuffer
+
+    def out_of_memory(nbytes):
+        raise TinyFacesError(f"cudaMalloc({nbytes} bytes) failed: cudaErrorMemoryAllocation")
+
+    monkeypatch.setattr(stages, "DeviceBuffer", out_of_memory)
+    with pytest.raises(TinyFacesError, match="cudaErrorMemoryAllocation"):
+        pre.prepare(large, level(large))
+    monkeypatch.setattr(stages, "DeviceBuffer", real)
+    got = pre.prepare(small, level(small)).download()
+    np.testing.assert_allclose(got, normalize(resize_bilinear_aa(small, 40, 50), config),
+                               rtol=0, atol=1e-4)
     pre.close()
 
 

@@ -249,9 +249,12 @@ def test_replicas_warm_up_with_the_batch_sizes_their_backend_prepares(backend, m
     assert options.warmup_batch_sizes == batch_sizes
 
 
-def test_sigterm_while_replicas_warm_up_stops_the_service(monkeypatch, capsys, export_dir):
-    """A replica may take minutes to warm up (torch-cuda compiling): SIGTERM then (systemd,
-    Kubernetes) stops tf-serve at once, as Ctrl-C does, instead of after the warmup."""
+@pytest.mark.parametrize("during", ["start", "run"])
+def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_dir, during):
+    """A replica may take minutes to warm up (torch-cuda compiling) inside serve.run: SIGTERM
+    then (systemd, Kubernetes) stops tf-serve at once, as Ctrl-C does, instead of after the
+    warmup; and also while serve.start brings up the controller and proxies, Serve is shut
+    down (on a cluster that outlives tf-serve they would keep the port)."""
     import contextlib
     import os
     import time
@@ -264,27 +267,39 @@ def test_sigterm_while_replicas_warm_up_stops_the_service(monkeypatch, capsys, e
 
     calls = []
 
-    def warming_up(app, **kwargs):  # serve.run waits for the replicas' constructors
-        calls.append("run")
-        os.kill(os.getpid(), signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-        calls.append("warm")
+    def step(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            if name == during:
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 5  # the interrupt lands in this wait
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+                calls.append(f"{name} done")
+        return call
 
     monkeypatch.setattr(cluster, "connect", lambda address: contextlib.nullcontext())
     monkeypatch.setattr(cluster, "cluster_resources", lambda: SimpleNamespace(gpus=0))
     monkeypatch.setattr(serve_module, "build_app", lambda options: "app")
-    monkeypatch.setattr(serve, "start", lambda **kwargs: calls.append("start"))
-    monkeypatch.setattr(serve, "run", warming_up)
-    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("shutdown"))
-    handler = signal.getsignal(signal.SIGTERM)
-    status = cli_serve.main(["--model", str(export_dir), "--warmup", "64x48"])
-    err = capsys.readouterr().err
-    assert status == 0 and calls == ["start", "run", "shutdown"]
-    assert "tf-serve: each replica gets ready for 64x48 (batches of 1) before serving" in err
+    for name in ("start", "run", "shutdown"):
+        monkeypatch.setattr(serve, name, step(name))
+    guard = []  # where the CLI failed to take SIGTERM over, this pytest process lives on
+
+    def guarding(signum, frame):
+        guard.append(signum)
+
+    handler = signal.signal(signal.SIGTERM, guarding)
+    try:
+        status = cli_serve.main(["--model", str(export_dir), "--warmup", "64x48"])
+        err = capsys.readouterr().err
+        assert signal.getsignal(signal.SIGTERM) is guarding  # the CLI put it back
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert status == 0 and guard == []
+    assert calls == {"start": ["start", "shutdown"], "run": ["start", "run", "shutdown"]}[during]
     assert "tf-serve: stopped" in err and "serving on" not in err
-    assert signal.getsignal(signal.SIGTERM) is handler
+    if during == "run":
+        assert "tf-serve: each replica gets ready for 64x48 (batches of 1) before serving" in err
 
 
 def test_gpu_backends_get_gpu_workers():

@@ -258,6 +258,21 @@ def test_eager_runs_are_counted_for_a_bounded_number_of_shapes(monkeypatch):
     assert prepared == [a.shape]
 
 
+def test_a_warmup_that_fails_keeps_only_what_it_prepared(monkeypatch):
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    original = runner._prepare
+
+    def prepare(shape):
+        if shape[2] == 40:
+            raise RuntimeError("CUDA out of memory")
+        return original(shape)
+
+    runner._prepare = prepare
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        runner.warmup([(1, 3, 32, 48), (1, 3, 40, 48), (1, 3, 48, 48)])
+    assert runner._kept == {(1, 3, 32, 48)} and list(runner._callables) == [(1, 3, 32, 48)]
+
+
 def test_a_captured_graph_takes_a_smaller_batch_in_its_static_input():
     """The CUDA-graph path of padding, with the graph stood in (its replay doubles the
     static input into the static output)."""

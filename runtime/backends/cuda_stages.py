@@ -158,6 +158,7 @@ class CudaPreprocessor:
         out = self._levels.get(level.index)
         if out is None or out.nbytes < n * 3 * h * w * 4:
             if out is not None:
+                del self._levels[level.index]  # gone even when the larger one cannot be had
                 out.free()  # the previous image's work is done: its boxes were downloaded
             out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)

@@ -87,7 +87,8 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                             "it); torch-cuda compiles those shapes there "
                             "(seconds each, cached on disk for the next start) and runs any "
                             "other batch padded into the next larger one, so nothing is "
-                            "compiled while serving (without it: at a size's third request) "
+                            "compiled for these sizes while serving (without it: at a size's "
+                            "third request; CUDA graph memory is kept per shape) "
                             "(default: none)")
     scale.add_argument("--address", metavar="ADDRESS",
                        help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
@@ -150,14 +151,14 @@ def _run(args: argparse.Namespace) -> int:
 
             options = serve_options(args, cluster_resources().gpus)
             quiet = None if args.verbose else {"log_level": "WARNING"}
-            serve.start(http_options={"host": args.host, "port": args.port},
-                        logging_config=quiet)
-            if options.warmup:
-                stderr_line(f"{PROG}: each replica gets ready for "
-                            f"{', '.join(map(str, options.warmup))} (batches of "
-                            f"{', '.join(map(str, options.warmup_batch_sizes))}) before "
-                            "serving ...")
             try:
+                serve.start(http_options={"host": args.host, "port": args.port},
+                            logging_config=quiet)
+                if options.warmup:
+                    stderr_line(f"{PROG}: each replica gets ready for "
+                                f"{', '.join(map(str, options.warmup))} (batches of "
+                                f"{', '.join(map(str, options.warmup_batch_sizes))}) before "
+                                "serving ...")
                 try:
                     serve.run(build_app(options), name=APP_NAME, route_prefix="/",
                               logging_config=quiet)
