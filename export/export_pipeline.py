@@ -276,10 +276,11 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     log(f"wrote {manifest} (profile min {list(prof.min)}, opt {list(prof.opt)}, max {list(prof.max)})")
 
     # the command names the files where they will live, not the staging folder
-    trtexec = trtexec_command(final / onnx_fp32.name, final / engine_path.name, prof, fp16=fp16,
+    source = onnx_fp16 if fp16 else onnx_fp32  # what build_engine builds from
+    trtexec = trtexec_command(final / source.name, final / engine_path.name, prof, fp16=fp16,
                               workspace_gb=workspace_gb, timing_cache=timing_cache)
     if want_engine and not build_now:
-        message = (f"{trt_problem}: wrote ONNX only; build the engine on a machine with TensorRT 10 "
+        message = (f"{trt_problem}: wrote ONNX only; build the engine on a machine with TensorRT >= 10 "
                    f"by re-running tf-export with --engine, or with: {trtexec}")
         if engine:
             return manifest, TensorRTUnavailableError(message)

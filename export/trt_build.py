@@ -1,20 +1,25 @@
-"""TensorRT engine build from the exported ONNX (TensorRT 10 Python API, imported lazily).
+"""TensorRT engine build from the exported ONNX (TensorRT 10 and 11 Python API, imported
+lazily).
 
 Nothing here has run against a real TensorRT in this repository's CI: the workplace that
-wrote it has neither TensorRT nor a GPU. The code follows the TensorRT 10 Python API
-documentation; ``tests/test_trt_build.py`` exercises it wherever ``tensorrt`` imports.
+wrote it has neither TensorRT nor a GPU. The code follows the TensorRT 10 and 11 Python API
+(documentation and the bindings' sources); ``tests/test_trt_build.py`` exercises it wherever
+``tensorrt`` imports, and its logic over a stand-in module everywhere.
 
-Steps: ``trt.Builder`` -> ``create_network(0)`` (explicit batch is the only mode in TRT 10)
--> ``trt.OnnxParser.parse_from_file`` (every parser error is reported) -> builder config with
-a WORKSPACE memory-pool limit, the FP16 flag for fp16 engines (TF32 cleared for fp32 engines,
-which TensorRT otherwise enables by default), an optional timing cache
-(loaded before, saved after the build), an ``IProgressMonitor`` printing the builder's
-top-level phases -> one optimization profile -> ``build_serialized_network`` -> engine file.
+Steps: ``trt.Builder`` -> ``create_network`` (explicit batch, the only mode since TRT 10;
+strongly typed for fp16) -> ``trt.OnnxParser.parse_from_file`` (every parser error is
+reported) -> builder config with a WORKSPACE memory-pool limit (TF32 cleared for fp32
+engines, which TensorRT otherwise enables by default), an optional timing cache (loaded
+before, saved after the build; one TensorRT refuses is replaced by a new one, with a
+warning), an ``IProgressMonitor`` printing the builder's top-level phases (a Ctrl-C during
+the build cancels it and ends the run as an interrupt) -> one optimization profile ->
+``build_serialized_network`` -> engine file.
 
-fp16 engines: TensorRT 10 builds them from the fp32 ``model.onnx`` with ``BuilderFlag.FP16``
-(weak typing: the builder picks fp16 kernels where they are faster and keeps the float32
-input/output). TensorRT 11 removed that flag; there the fp16 engine is built strongly typed
-from ``model_fp16.onnx``, whose precision is already in the graph (float32 I/O, Casts inside).
+fp16 engines are built strongly typed from ``model_fp16.onnx``, whose precision is already in
+the graph (float32 I/O, Casts inside; its parity is checked with ONNX Runtime at export): the
+only fp16 route of TensorRT 11, which removed the FP16 builder flag (weak typing), and the
+one TensorRT 10.12+ recommends, so both versions build the same engine and the printed
+``trtexec`` command (``--stronglyTyped``, a no-op on 11) builds it too.
 
 One optimization profile, not one per pyramid level:
 
@@ -36,10 +41,11 @@ only needs ``--image-size`` profiles built separately.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -81,30 +87,54 @@ def tensorrt_problem() -> str | None:
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, profile: Profile, *, fp16: bool,
                     workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                     input_name: str = INPUT_NAME) -> str:
-    """The ``trtexec`` command line (TensorRT 10) building the same engine as :func:`build_engine`."""
+    """The ``trtexec`` command line (TensorRT 10 and 11) building the same engine as
+    :func:`build_engine`: ``onnx_path`` is ``model_fp16.onnx`` for fp16 (strongly typed),
+    ``model.onnx`` for fp32 (TF32 off)."""
     args = ["trtexec", f"--onnx={onnx_path}", *profile.trtexec_args(input_name)]
-    if fp16:
-        args.append("--fp16")
+    args.append("--stronglyTyped" if fp16 else "--noTF32")
     args += [f"--memPoolSize=workspace:{int(round(workspace_gb * 1024))}M", f"--saveEngine={engine_path}"]
     if timing_cache:
         args.append(f"--timingCacheFile={timing_cache}")
     return shlex.join(args)
 
 
-def _make_logger(trt: ModuleType, log: Log) -> Any:
+def _make_logger(trt: ModuleType, log: Log, interrupts: _Interrupts) -> Any:
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
         def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # lower value = more severe
-                log(f"  [TensorRT {severity.name}] {msg}")
+            with interrupts.caught():
+                if int(severity) <= int(trt.ILogger.Severity.WARNING):  # lower = more severe
+                    log(f"  [TensorRT {severity.name}] {msg}")
 
     return _Logger()
 
 
-def _make_progress_monitor(trt: ModuleType, log: Log) -> Any | None:
-    """An IProgressMonitor logging top-level builder phases with their duration."""
+class _Interrupts:
+    """What a Ctrl-C (or SIGTERM, or SystemExit) raised inside TensorRT's callbacks became:
+    TensorRT's Python bindings catch and print every exception of a logger or progress-monitor
+    callback, so an interrupt landing there would be lost (or read as a failed build). It is
+    kept here, cancels the build at the next step, and is raised again once the build returns."""
+
+    def __init__(self) -> None:
+        self.pending: BaseException | None = None
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self.pending = self.pending or exc
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+
+def _make_progress_monitor(trt: ModuleType, log: Log, interrupts: _Interrupts) -> Any | None:
+    """An IProgressMonitor logging top-level builder phases with their duration, cancelling
+    the build once an interrupt is pending."""
     if not hasattr(trt, "IProgressMonitor"):
         return None
 
@@ -115,21 +145,50 @@ def _make_progress_monitor(trt: ModuleType, log: Log) -> Any | None:
             self._top: dict[str, float] = {}
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            if parent_phase is None:
-                with self._lock:
-                    self._top[phase_name] = time.perf_counter()
-                log(f"  TensorRT: {phase_name} ({num_steps} steps) ...")
+            with interrupts.caught():
+                if parent_phase is None:
+                    with self._lock:
+                        self._top[phase_name] = time.perf_counter()
+                    log(f"  TensorRT: {phase_name} ({num_steps} steps) ...")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # never cancel
+            with interrupts.caught():
+                return interrupts.pending is None  # False cancels the build
+            return False
 
         def phase_finish(self, phase_name: str) -> None:
-            with self._lock:
-                start = self._top.pop(phase_name, None)
-            if start is not None:
-                log(f"  TensorRT: {phase_name} done in {time.perf_counter() - start:.1f} s")
+            with interrupts.caught():
+                with self._lock:
+                    start = self._top.pop(phase_name, None)
+                if start is not None:
+                    log(f"  TensorRT: {phase_name} done in {time.perf_counter() - start:.1f} s")
 
     return _Progress()
+
+
+def _use_timing_cache(config: Any, path: Path, log: Log) -> bool:
+    """Loads the timing cache at ``path`` into ``config``: a new one when there is none, or
+    when TensorRT refuses the file (another TensorRT version or GPU, or damaged). False when
+    TensorRT makes none at all (the build goes on without)."""
+    blob = path.read_bytes() if path.is_file() else b""
+    if blob and not _set_timing_cache(config, blob):
+        log(f"  WARNING: TensorRT refused the timing cache {path} (another TensorRT version or "
+            "GPU, or a damaged file); building with a new one, which replaces it")
+        blob = b""
+    if not blob and not _set_timing_cache(config, b""):
+        log("  WARNING: TensorRT made no timing cache; building without one")
+        return False
+    log(f"  timing cache: {'loaded ' + str(len(blob)) + ' bytes from' if blob else 'new,'} {path}")
+    return True
+
+
+def _set_timing_cache(config: Any, blob: bytes) -> bool:
+    """``create_timing_cache`` + ``set_timing_cache`` (mismatches refused); whether both worked."""
+    try:
+        cache = config.create_timing_cache(blob)
+        return cache is not None and bool(config.set_timing_cache(cache, False))
+    except Exception:  # the bindings raise on some damaged data
+        return False
 
 
 def _parse(trt: ModuleType, builder: Any, onnx_path: Path, strongly_typed: bool, logger: Any) -> tuple[Any, Any]:
@@ -151,13 +210,11 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
     """Builds and writes a TensorRT engine with one optimization profile.
 
     Args:
-        onnx_fp32: the fp32 ONNX model (the source for fp32 engines, and for fp16 engines on
-            TensorRT 10 with ``BuilderFlag.FP16``).
+        onnx_fp32: the fp32 ONNX model (the source of fp32 engines).
         engine_path: where the serialized engine goes.
         profile: min/opt/max shapes of ``input_name``.
-        fp16: build with fp16 kernels.
-        onnx_fp16: the fp16 ONNX model; the source of fp16 engines when the TensorRT has no
-            FP16 builder flag (TensorRT 11, strong typing).
+        fp16: build an fp16 engine.
+        onnx_fp16: the fp16 ONNX model, the source of fp16 engines (strongly typed).
         workspace_gb: WORKSPACE memory-pool limit in GiB.
         timing_cache: file to load the timing cache from (if it exists) and save it to.
         log: progress sink.
@@ -168,11 +225,14 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
 
     Raises:
         TensorRTUnavailableError: tensorrt does not import.
-        EngineBuildError: parsing or building failed (TensorRT's messages included).
+        EngineBuildError: parsing or building failed (TensorRT's messages included), or an
+            fp16 engine without ``onnx_fp16``.
+        KeyboardInterrupt: Ctrl-C (or SIGTERM in a CLI) during the build, which is cancelled.
     """
     trt = import_tensorrt()
     start = time.perf_counter()
-    logger = _make_logger(trt, log)
+    interrupts = _Interrupts()
+    logger = _make_logger(trt, log, interrupts)
     try:
         builder = trt.Builder(logger)
     except Exception as exc:  # TypeError/RuntimeError when CUDA is unusable
@@ -180,28 +240,25 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
     if builder is None:
         raise EngineBuildError("TensorRT could not create a builder (is a CUDA GPU and driver present?)")
 
-    has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
-    strongly_typed = fp16 and not has_fp16_flag
     source = Path(onnx_fp32)
-    if strongly_typed:
+    if fp16:
         if onnx_fp16 is None:
-            raise EngineBuildError("this TensorRT has no FP16 builder flag (strong typing only): an fp16 engine "
-                                   "needs model_fp16.onnx; export with --fp16")
+            raise EngineBuildError("an fp16 engine is built strongly typed from model_fp16.onnx, "
+                                   "which was not given; export with --fp16")
         source = Path(onnx_fp16)
     log(f"  TensorRT {trt.__version__}: parsing {source.name}")
-    network, _parser = _parse(trt, builder, source, strongly_typed, logger)
+    network, _parser = _parse(trt, builder, source, fp16, logger)
+    interrupts.raise_pending()
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if input_name not in names:
         raise EngineBuildError(f"{source} has inputs {names}; expected {input_name!r}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16 and has_fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
     tf32 = fp16  # TF32 is on by default; an fp32 engine must be fp32 to meet the fp32 parity tolerance
     if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
-    monitor = _make_progress_monitor(trt, log)
+    monitor = _make_progress_monitor(trt, log, interrupts)
     if monitor is not None:
         config.progress_monitor = monitor
     trt_profile = builder.create_optimization_profile()
@@ -209,26 +266,29 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
     config.add_optimization_profile(trt_profile)
 
     cache_path = Path(timing_cache) if timing_cache else None
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        log(f"  timing cache: {'loaded ' + str(len(blob)) + ' bytes from' if blob else 'new,'} {cache_path}")
-        config.set_timing_cache(config.create_timing_cache(blob), False)  # ignore_mismatch=False
+    if cache_path is not None and not _use_timing_cache(config, cache_path, log):
+        cache_path = None
 
     log(f"  building {'fp16' if fp16 else 'fp32'} engine (profile min {list(profile.min)}, "
         f"opt {list(profile.opt)}, max {list(profile.max)}); this takes minutes")
     serialized = builder.build_serialized_network(network, config)
+    interrupts.raise_pending()  # the build was cancelled for it
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {source} (see the TensorRT errors above)")
     write_bytes_atomic(engine_path, bytes(serialized))
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    cache = config.get_timing_cache() if cache_path is not None else None
+    if cache is not None:
+        write_bytes_atomic(cache_path, bytes(cache.serialize()))
         log(f"  timing cache saved to {cache_path}")
+    elif cache_path is not None:
+        log(f"  WARNING: TensorRT gave no timing cache to save; {cache_path} is unchanged")
     seconds = time.perf_counter() - start
     return {
         "file": Path(engine_path).name,
         "source_onnx": source.name,
         "precision": "fp16" if fp16 else "fp32",
-        "strongly_typed": strongly_typed,
+        # every TensorRT 11 network is strongly typed (the creation flag is ignored there)
+        "strongly_typed": fp16 or not hasattr(trt.BuilderFlag, "FP16"),
         "tf32": tf32,
         "tensorrt": str(trt.__version__),
         "workspace_gb": workspace_gb,

@@ -133,10 +133,10 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("NVIDIA TensorRT is not installed: wrote ONNX only; build the engine on a machine with "
-                           "TensorRT 10")
-    assert (f"trtexec --onnx={out / 'model.onnx'} --minShapes=image:1x3x34x46 --optShapes=image:1x3x134x182 "
-            f"--maxShapes=image:1x3x134x182 --fp16 --memPoolSize=workspace:4096M "
-            f"--saveEngine={out / 'model_fp16.engine'}") in last
+                           "TensorRT >= 10")
+    assert (f"trtexec --onnx={out / 'model_fp16.onnx'} --minShapes=image:1x3x34x46 "
+            f"--optShapes=image:1x3x134x182 --maxShapes=image:1x3x134x182 --stronglyTyped "
+            f"--memPoolSize=workspace:4096M --saveEngine={out / 'model_fp16.engine'}") in last
     folder = load_export_folder(out)  # complete folder despite the exit code
     assert folder.onnx_fp16 is not None and folder.engine_fp16 is None
     manifest = folder.manifest

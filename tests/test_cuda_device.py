@@ -100,6 +100,13 @@ def test_buffers_copy_through_streams(host):
         np.testing.assert_array_equal(DeviceArray(buf.ptr, x.shape, stream=stream).download(), x)
         with pytest.raises(TinyFacesError, match="do not fit a 96-byte device buffer"):
             buf.upload(np.zeros(25, np.float32))
+        with DeviceBuffer(x.nbytes) as copy:  # device to device, from an unaligned address
+            copy.copy_from_device(buf.ptr + 4, x.nbytes - 4, stream)
+            got = copy.download(np.empty(23, np.float32), stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(got, x.reshape(-1)[1:])
+            with pytest.raises(TinyFacesError, match="device copy: 100 bytes do not fit"):
+                copy.copy_from_device(buf.ptr, 100, stream)
         read_only = np.zeros(4, np.float32)
         read_only.setflags(write=False)
         with pytest.raises(TinyFacesError, match="destination array is read-only"):

@@ -80,6 +80,9 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
         def upload(self, array: np.ndarray, stream: Any = None) -> None:
             log.calls.append(("upload", self.ptr, array.nbytes, cuda_device._stream_handle(stream)))
 
+        def copy_from_device(self, ptr: int, nbytes: int, stream: Any = None) -> None:
+            log.calls.append(("d2d", self.ptr, ptr, nbytes, cuda_device._stream_handle(stream)))
+
         def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
             array[...] = 0
             data = log.memory.get(self.ptr, b"")[:array.nbytes]
@@ -566,38 +569,51 @@ class FakeEngine:
 
 
 class FakeContext:
-    def __init__(self) -> None:
+    """Returns what TensorRT 10/11 return: True on success, False when a shape or address is
+    refused (here: ``refuse`` names what to refuse)."""
+
+    def __init__(self, refuse: tuple = ()) -> None:
         self.calls: list[tuple] = []
         self.shape = (1, 3, 1, 1)
+        self.refuse = refuse
 
-    def set_optimization_profile_async(self, index: int, stream: int) -> None:
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
         self.calls.append(("profile", index, stream))
+        return True
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:
         self.shape = tuple(shape)
-        return True
+        return "shape" not in self.refuse
 
     def get_tensor_shape(self, name: str) -> tuple:
         n, _, h, w = self.shape
         return (n, 125, -(-h // 8), -(-w // 8))
 
-    def set_tensor_address(self, name: str, ptr: int) -> None:
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
         self.calls.append(("address", name, ptr))
+        return ("address", name) not in self.refuse
 
     def execute_async_v3(self, stream: int) -> bool:
         self.calls.append(("execute", stream))
         return True
 
 
+def runner_cuda() -> SimpleNamespace:
+    """The CUDA layer as the runner sees it, over whatever fake_cuda installed."""
+    return SimpleNamespace(Stream=cuda_device.Stream, DeviceBuffer=cuda_stages.DeviceBuffer,
+                           DeviceArray=cuda_device.DeviceArray,
+                           as_device_array=cuda_device.as_device_array, gpu_available=lambda: True)
+
+
+def runner_trt() -> SimpleNamespace:
+    return SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
+
+
 def _trt_runner(monkeypatch) -> tuple[TensorRTRunner, CudaLog]:
     log = CudaLog()
     fake_cuda(monkeypatch, log)
-    cuda = SimpleNamespace(Stream=cuda_device.Stream, DeviceBuffer=cuda_stages.DeviceBuffer,
-                           DeviceArray=cuda_device.DeviceArray,
-                           as_device_array=cuda_device.as_device_array, gpu_available=lambda: True)
-    trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
     engine = FakeEngine((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 128, 128))
-    return TensorRTRunner(engine=engine, trt=trt, cuda=cuda, stream=9), log
+    return TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9), log
 
 
 def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
@@ -617,8 +633,26 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
     levels = [SimpleNamespace(height=100, width=100), SimpleNamespace(height=300, width=10)]
     with pytest.raises(ManifestError, match="1x3x300x10"):
         runner.check_levels(levels)
-    runner.close()
+    # TensorRT takes tensor addresses aligned to 256 bytes: another is copied in first
+    before = len(log.calls)
+    runner.run(DeviceMap(0x5000 + 4 * 17, (1, 3, 40, 56)))  # e.g. an image's view in a batch
+    assert log.calls[before:] == [("d2d", runner._input.ptr, 0x5000 + 4 * 17, 4 * 3 * 40 * 56, 9)]
+    assert context.calls[-3:] == [("address", "image", runner._input.ptr),
+                                  ("address", "scores", runner._output.ptr), ("execute", 9)]
+    context.refuse = (("address", "scores"),)
+    with pytest.raises(TinyFacesError, match=f"^TensorRT refused the address 0x{runner._output.ptr:x} "
+                                             "of tensor 'scores'$"):
+        runner.run(DeviceMap(0x5000, (1, 3, 40, 56)))
+    assert context.calls[-1] != ("execute", 9)
+    before = len(log.calls)
+    runner.close()  # TensorRT may still read its buffers: the stream finishes first
     assert runner._contexts == []
+    assert [c[0] for c in log.calls[before:] if c[0] in ("sync", "free")] == ["sync", "free", "free"]
+    engine = FakeEngine((1, 3, 8, 8), (1, 3, 64, 64), (1, 3, 128, 128))
+    engine.create_execution_context = lambda: FakeContext(refuse=("shape",))
+    with pytest.raises(ManifestError, match="^TensorRT refused the input shape 1x3x128x128 of "
+                                            "profile 0 of <injected engine>$"):
+        TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
 
 
 def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypatch):

@@ -1,8 +1,11 @@
 """TensorRT engine build: the parts testable without TensorRT, and a real build where it imports.
 
-Nothing here mocks TensorRT: without it only the command line, the lazy import and the error
-type are checked; the build itself is tested (``tensorrt`` + ``gpu`` markers) only where
-``tensorrt`` imports and a GPU is present.
+Without TensorRT the command line, the lazy import, the error type and the build's own logic
+are checked, the last over a stand-in module (``_StandInTensorRT``: what build_engine asks of
+TensorRT, the bindings' return values and their swallowing of callback exceptions, as read in
+the TensorRT 10/11 sources). That shows the logic, not that TensorRT builds the engine: the
+build itself is tested (``tensorrt`` + ``gpu`` markers) only where ``tensorrt`` imports and a
+GPU is present.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +31,19 @@ def _has_gpu() -> bool:
 
 
 def test_trtexec_command_has_exact_profile_and_options():
-    cmd = trtexec_command("out dir/model.onnx", "out dir/model_fp16.engine", PROFILE, fp16=True,
-                          workspace_gb=2.5, timing_cache="cache.bin")
-    assert cmd == ("trtexec '--onnx=out dir/model.onnx' --minShapes=image:1x3x32x32 "
-                   "--optShapes=image:1x3x96x128 --maxShapes=image:1x3x128x160 --fp16 "
+    """Valid for TensorRT 10 and 11 (11 removed --fp16; --stronglyTyped is a no-op there) and
+    the same engine as build_engine: fp16 strongly typed from the fp16 ONNX, fp32 without
+    TF32 (trtexec's default is on)."""
+    cmd = trtexec_command("out dir/model_fp16.onnx", "out dir/model_fp16.engine", PROFILE,
+                          fp16=True, workspace_gb=2.5, timing_cache="cache.bin")
+    assert cmd == ("trtexec '--onnx=out dir/model_fp16.onnx' --minShapes=image:1x3x32x32 "
+                   "--optShapes=image:1x3x96x128 --maxShapes=image:1x3x128x160 --stronglyTyped "
                    "--memPoolSize=workspace:2560M '--saveEngine=out dir/model_fp16.engine' "
                    "--timingCacheFile=cache.bin")
     fp32 = trtexec_command("m.onnx", "m.engine", PROFILE, fp16=False)
-    assert "--fp16" not in fp32 and fp32.endswith("--memPoolSize=workspace:4096M --saveEngine=m.engine")
+    assert fp32 == ("trtexec --onnx=m.onnx --minShapes=image:1x3x32x32 --optShapes=image:1x3x96x128 "
+                    "--maxShapes=image:1x3x128x160 --noTF32 --memPoolSize=workspace:4096M "
+                    "--saveEngine=m.engine")
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
@@ -84,3 +93,170 @@ def test_build_engine_with_profile_and_timing_cache(tmp_path, fp16):
     assert [tuple(s) for s in engine.get_tensor_profile_shape("image", 0)] == [PROFILE.min, PROFILE.opt, PROFILE.max]
     assert engine.get_tensor_dtype("image") == engine.get_tensor_dtype("scores") == trt.float32
     assert any("building TensorRT engine" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# build_engine's logic over a stand-in TensorRT (not a verification of TensorRT itself)
+# ---------------------------------------------------------------------------------------------
+
+class _StandInTensorRT(types.ModuleType):
+    """The TensorRT 10/11 Python surface build_engine uses. Like the real bindings, an
+    exception raised in a logger or progress-monitor callback is printed and dropped, and one
+    raised in ``step_complete`` cancels the build (which then returns None)."""
+
+    def __init__(self, version: str = "11.1.0", cache_ok: bool = True) -> None:
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        self.cache_ok = cache_ok
+        this = self
+
+        class ILogger:
+            Severity = types.SimpleNamespace(WARNING=2)
+
+            def __init__(self) -> None:
+                pass
+
+        class IProgressMonitor:
+            def __init__(self) -> None:
+                pass
+
+        class Config:
+            def __init__(self) -> None:
+                self.progress_monitor = None
+                self.cache = None
+
+            def set_memory_pool_limit(self, pool, size):
+                this.calls.append(("workspace", size))
+
+            def clear_flag(self, flag):
+                this.calls.append(("clear", flag))
+
+            def add_optimization_profile(self, profile):
+                this.calls.append(("profile", profile.shapes))
+
+            def create_timing_cache(self, blob):
+                this.calls.append(("create_cache", bytes(blob)))
+                return None if blob == b"damaged" else types.SimpleNamespace(
+                    serialize=lambda: b"cache:" + bytes(blob))
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                ok = this.cache_ok or cache.serialize() == b"cache:"
+                this.calls.append(("set_cache", cache.serialize(), ignore_mismatch, ok))
+                if ok:
+                    self.cache = cache
+                return ok
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger) -> None:
+                self.logger = logger
+
+            def create_network(self, flags):
+                this.calls.append(("network", flags))
+                return types.SimpleNamespace(num_inputs=1, get_input=lambda i: types.SimpleNamespace(name="image"))
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                profile = types.SimpleNamespace(shapes=None)
+                profile.set_shape = lambda name, lo, opt, hi: setattr(profile, "shapes", (name, lo, opt, hi))
+                return profile
+
+            def build_serialized_network(self, network, config):
+                monitor = config.progress_monitor
+                for step in range(3):
+                    try:
+                        monitor.phase_start("Building engine", None, 3) if step == 0 else None
+                        go_on = monitor.step_complete("Building engine", step)
+                    except BaseException as exc:  # the bindings: print, then cancel
+                        print(f"[ERROR] Exception caught in step_complete(): {exc!r}")
+                        go_on = False
+                    if not go_on:
+                        this.calls.append(("cancelled", step))
+                        return None
+                try:
+                    monitor.phase_finish("Building engine")
+                except BaseException as exc:
+                    print(f"[ERROR] Exception caught in phase_finish(): {exc!r}")
+                return memoryview(b"engine")
+
+        class OnnxParser:
+            def __init__(self, network, logger) -> None:
+                self.num_errors = 0
+
+            def parse_from_file(self, path):
+                this.calls.append(("parse", Path(path).name))
+                return True
+
+        self.ILogger, self.IProgressMonitor, self.Builder, self.OnnxParser = (
+            ILogger, IProgressMonitor, Builder, OnnxParser)
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        flags = {"TF32": "TF32"} if version.startswith("11") else {"TF32": "TF32", "FP16": "FP16"}
+        self.BuilderFlag = types.SimpleNamespace(**flags)
+
+
+def _build(monkeypatch, tmp_path, trt, fp16=True, log=None, cache=None):
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    lines = []
+    details = build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", PROFILE, fp16=fp16,
+                           onnx_fp16=tmp_path / "model_fp16.onnx", timing_cache=cache,
+                           log=log or lines.append)
+    return details, lines
+
+
+@pytest.mark.parametrize("version", ["10.9.0", "11.1.0"])
+def test_an_fp16_engine_is_built_strongly_typed_from_the_fp16_onnx(monkeypatch, tmp_path, version):
+    trt = _StandInTensorRT(version)
+    details, _ = _build(monkeypatch, tmp_path, trt)
+    assert ("parse", "model_fp16.onnx") in trt.calls and ("network", 1 << 0) in trt.calls
+    assert not any(call[0] == "clear" for call in trt.calls)  # TF32 may stay for fp16
+    assert (tmp_path / "model.engine").read_bytes() == b"engine"
+    assert details["strongly_typed"] and details["source_onnx"] == "model_fp16.onnx"
+    fp32 = _StandInTensorRT(version)
+    details, _ = _build(monkeypatch, tmp_path, fp32, fp16=False)
+    assert ("parse", "model.onnx") in fp32.calls and ("network", 0) in fp32.calls
+    assert ("clear", "TF32") in fp32.calls and not details["tf32"]
+    assert details["strongly_typed"] == version.startswith("11")  # every 11 network is
+
+
+def test_a_refused_timing_cache_is_replaced_with_a_warning(monkeypatch, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"from another gpu")
+    trt = _StandInTensorRT(cache_ok=False)  # TensorRT refuses a loaded cache
+    _, lines = _build(monkeypatch, tmp_path, trt, cache=cache)
+    assert any(f"WARNING: TensorRT refused the timing cache {cache}" in line for line in lines)
+    assert f"  timing cache: new, {cache}" in lines
+    assert cache.read_bytes() == b"cache:"  # the new one, saved after the build
+    cache.write_bytes(b"damaged")  # create_timing_cache returns None
+    _, lines = _build(monkeypatch, tmp_path, _StandInTensorRT(), cache=cache)
+    assert any("refused the timing cache" in line for line in lines)
+    cache.write_bytes(b"good")
+    trt = _StandInTensorRT()
+    _, lines = _build(monkeypatch, tmp_path, trt, cache=cache)
+    assert ("set_cache", b"cache:good", False, True) in trt.calls  # mismatches not ignored
+    assert f"  timing cache: loaded 4 bytes from {cache}" in lines
+    assert cache.read_bytes() == b"cache:good"
+
+
+@pytest.mark.parametrize("where", ["phase_start", "phase_finish"])
+def test_ctrl_c_during_the_build_cancels_it_and_is_an_interrupt(monkeypatch, tmp_path, capsys,
+                                                                where):
+    """An interrupt landing in a callback (the only Python code that runs during a build) would
+    be printed and dropped by TensorRT's bindings: the build is cancelled at its next step (or
+    has ended) and the interrupt raised, so tf-export ends with 130, not "failed to build"."""
+    def log(line):
+        if ("..." if where == "phase_start" else "done in") in line and "TensorRT: " in line:
+            raise KeyboardInterrupt
+
+    trt = _StandInTensorRT()
+    with pytest.raises(KeyboardInterrupt):
+        _build(monkeypatch, tmp_path, trt, log=log)
+    assert not (tmp_path / "model.engine").exists()
+    if where == "phase_start":
+        assert ("cancelled", 0) in trt.calls
+    assert "Exception caught" not in capsys.readouterr().out  # nothing reached the bindings

@@ -254,6 +254,13 @@ class DeviceBuffer:
                                        _stream_handle(stream)), "cudaMemcpyAsync (device to host)")
         return array
 
+    def copy_from_device(self, ptr: int, nbytes: int, stream: Stream | int | None = None) -> None:
+        """Copies ``nbytes`` of device memory at ``ptr`` to the start of the buffer."""
+        self._check_size(int(nbytes), "device copy")
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self._rt.cudaMemcpyAsync(self.ptr, int(ptr), int(nbytes), kind,
+                                       _stream_handle(stream)), "cudaMemcpyAsync (device to device)")
+
     def free(self) -> None:
         """Releases the memory (idempotent)."""
         if self.ptr:

@@ -41,6 +41,11 @@ from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_i
 
 log = logging.getLogger(__name__)
 
+#: Alignment TensorRT requires of tensor addresses (``IExecutionContext::setTensorAddress``);
+#: a device input off it is copied into the runner's own buffer first.
+TENSOR_ALIGNMENT = 256
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One engine I/O tensor: name, direction, TensorRT dtype name, shape (-1 = dynamic)."""
@@ -226,7 +231,9 @@ class TensorRTRunner(RunnerBase):
                 raise TinyFacesError(f"TensorRT could not create an execution context for "
                                      f"profile {index} of {self.engine_path} (out of GPU memory?)")
             context.set_optimization_profile_async(index, self.stream)
-            context.set_input_shape(input_name, profile.max)
+            if not context.set_input_shape(input_name, profile.max):
+                raise ManifestError(f"TensorRT refused the input shape {format_shape(profile.max)} "
+                                    f"of profile {index} of {self.engine_path}")
             max_in = max(max_in, _volume(profile.max))
             max_out = max(max_out, _volume(context.get_tensor_shape(output_name)))
             self._contexts.append(context)
@@ -287,6 +294,9 @@ class TensorRTRunner(RunnerBase):
                 raise TinyFacesError(f"network input must be a (1, 3, h, w) float32 array, got "
                                      f"{x.shape} {x.dtype}")
             shape, input_ptr = x.shape, x.ptr  # its producer is ordered before our stream
+            if input_ptr % TENSOR_ALIGNMENT:  # TensorRT's rule for tensor addresses
+                self._input.copy_from_device(input_ptr, _volume(shape) * 4, self.cuda_stream)
+                input_ptr = self._input.ptr
         else:
             x = validate_network_input(net_input)
             shape, input_ptr = x.shape, self._input.ptr
@@ -294,8 +304,9 @@ class TensorRTRunner(RunnerBase):
         if not context.set_input_shape(self.input_name, shape):
             raise TinyFacesError(f"TensorRT rejected input shape {format_shape(shape)}")
         out_shape = tuple(int(d) for d in context.get_tensor_shape(self.output_name))
-        context.set_tensor_address(self.input_name, input_ptr)
-        context.set_tensor_address(self.output_name, self._output.ptr)
+        for name, ptr in ((self.input_name, input_ptr), (self.output_name, self._output.ptr)):
+            if not context.set_tensor_address(name, ptr):
+                raise TinyFacesError(f"TensorRT refused the address 0x{ptr:x} of tensor {name!r}")
         if not on_device:
             self._input.upload(x, self.cuda_stream)
         if not context.execute_async_v3(self.stream):
@@ -314,7 +325,10 @@ class TensorRTRunner(RunnerBase):
 
     def close(self) -> None:
         """Frees the device buffers, drops the contexts and engine, and destroys the stream
-        if the runner made it (idempotent)."""
+        if the runner made it (idempotent). Work queued on the stream finishes first (TensorRT
+        reads the buffers until then)."""
+        if self._buffers:
+            self.cuda_stream.synchronize()
         for buf in self._buffers:
             buf.free()
         self._buffers = []
