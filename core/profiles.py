@@ -22,6 +22,10 @@ level of a 1000x1900 photo is narrower than that of a 1080x1920 one), so the def
 image), opt the 2x level of a 1080x1920 image. Whether so wide a range costs TensorRT speed
 on the small levels is not measured here; with a known image size (a camera stream) pass
 ``--image-size`` for a tight profile.
+
+Batches: with ``max_batch`` N > 1 (``tf-export --max-batch``) the profile's batch dimension runs
+from 1 (single images) to N, and ``opt`` is tuned for N images (video frames, camera streams
+detected together: ``Detector.detect_batch`` runs each level once for up to N images).
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ def _shape(value: Any, what: str) -> Shape:
         raise ManifestError(f"profile {what} shape must be 4 integers, got {value!r}") from exc
     if len(dims) != 4 or any(isinstance(v, bool) for v in value):
         raise ManifestError(f"profile {what} shape must be 4 integers [1, 3, h, w], got {value!r}")
-    if dims[0] != 1 or dims[1] != 3:
-        raise ManifestError(f"profile {what} shape must be [1, 3, h, w] (batch 1, RGB), got {list(dims)}")
+    if dims[0] < 1 or dims[1] != 3:
+        raise ManifestError(f"profile {what} shape must be [N, 3, h, w] (N >= 1 images, RGB), "
+                            f"got {list(dims)}")
     if dims[2] < 1 or dims[3] < 1:
         raise ManifestError(f"profile {what} shape must have positive h and w, got {list(dims)}")
     return dims  # type: ignore[return-value]
@@ -61,7 +66,7 @@ def format_shape(shape: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile for the ``image`` input: NCHW shapes with N=1, C=3."""
+    """One optimization profile for the ``image`` input: NCHW shapes (N images, C = 3)."""
 
     min: Shape
     opt: Shape
@@ -76,8 +81,13 @@ class Profile:
                 f"profile needs min <= opt <= max in every dimension, got min {list(shapes['min'])}, "
                 f"opt {list(shapes['opt'])}, max {list(shapes['max'])}")
 
+    @property
+    def max_batch(self) -> int:
+        """The most images one run of the engine takes."""
+        return self.max[0]
+
     def contains(self, shape: Sequence[int]) -> bool:
-        """Whether an input of ``shape`` (1, 3, h, w) lies within ``min..max``."""
+        """Whether an input of ``shape`` (N, 3, h, w) lies within ``min..max``."""
         return len(shape) == 4 and all(lo <= int(v) <= hi for lo, v, hi in zip(self.min, shape, self.max))
 
     def check(self, shape: Sequence[int]) -> None:
@@ -113,38 +123,46 @@ def pyramid_shapes(height: int, width: int, config: DetectorConfig) -> list[Shap
     return [(1, 3, lv.height, lv.width) for lv in plan_pyramid(height, width, config)]
 
 
-def profile_for_image_sizes(sizes: Iterable[tuple[int, int]], config: DetectorConfig) -> Profile:
-    """The smallest profile that covers every pyramid level of every image size.
+def profile_for_image_sizes(sizes: Iterable[tuple[int, int]], config: DetectorConfig,
+                            max_batch: int = 1) -> Profile:
+    """The smallest profile that covers every pyramid level of every image size, for batches
+    of 1 to ``max_batch`` images.
 
     Args:
         sizes: image sizes as ``(height, width)`` pairs (note: tf-export's ``--image-size``
             option is ``WxH`` and swaps them before calling this). The first is the typical
-            one: ``opt`` is its largest level (see the module docstring).
+            one: ``opt`` is its largest level (see the module docstring), for ``max_batch``
+            images.
         config: the detector config whose pyramid rule applies.
+        max_batch: the most images one run takes (>= 1).
 
     Raises:
-        ManifestError: ``sizes`` is empty.
+        ManifestError: ``sizes`` is empty, or ``max_batch`` < 1.
         ImageError: a size is invalid or has an empty pyramid.
     """
     sizes = list(sizes)
     if not sizes:
         raise ManifestError("profile_for_image_sizes needs at least one image size")
+    if max_batch < 1:
+        raise ManifestError(f"a profile's batch must be >= 1, got {max_batch}")
     per_size = [pyramid_shapes(h, w, config) for h, w in sizes]
     every = [s for shapes in per_size for s in shapes]
     lo = tuple(min(s[i] for s in every) for i in range(4))
-    hi = tuple(max(s[i] for s in every) for i in range(4))
-    opt = max(per_size[0], key=lambda s: (s[2] * s[3], s[2], s[3]))
+    hi = (max_batch, *(max(s[i] for s in every) for i in range(1, 4)))
+    opt = (max_batch, *max(per_size[0], key=lambda s: (s[2] * s[3], s[2], s[3]))[1:])
     return Profile(lo, opt, hi)  # type: ignore[arg-type]
 
 
-def default_profile(config: DetectorConfig, max_side: int = DEFAULT_MAX_SIDE) -> Profile:
+def default_profile(config: DetectorConfig, max_side: int = DEFAULT_MAX_SIDE,
+                    max_batch: int = 1) -> Profile:
     """A profile covering every image whose height and width are both ``<= max_side``.
 
     Built from the extreme sizes: ``max_side x max_side`` gives the largest levels, the
     thinnest runnable strips (:data:`~.pyramid.MIN_INPUT_SIDE` x ``max_side``) the smallest ones; ``opt`` is the largest level of the 16:9
-    landscape image of width ``max_side`` (1080x1920 for the default).
+    landscape image of width ``max_side`` (1080x1920 for the default); batches of 1 to
+    ``max_batch`` images.
     """
     typical = (max(1, round(max_side * 9 / 16)), max_side)
     thin = MIN_INPUT_SIDE[config.variant]  # the thinnest strip that still has a runnable level
     return profile_for_image_sizes(
-        [typical, (max_side, max_side), (thin, max_side), (max_side, thin)], config)
+        [typical, (max_side, max_side), (thin, max_side), (max_side, thin)], config, max_batch)

@@ -12,7 +12,9 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   (CUDA resize, decode, NMS) and orders the streams with CUDA events; only boxes come back.
   Host runners take and return numpy arrays.
 - ``batch``: ``run`` accepts N > 1 (``Detector.detect_batch`` runs each pyramid level once
-  for all images); otherwise the detector runs images one by one.
+  for all images); otherwise the detector runs images one by one. ``max_batch``: the most
+  images one run takes (a TensorRT engine's profile), None for any; the detector splits a
+  larger batch into runs of that many.
 
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
 memory); the detector finishes reading it first. ``warmup(shapes)`` readies input shapes
@@ -41,6 +43,13 @@ class RunnerCapabilities:
 
     device_io: bool = False
     batch: bool = False
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch is not None and (isinstance(self.max_batch, bool)
+                                           or not isinstance(self.max_batch, int)
+                                           or self.max_batch < 1):
+            raise ValueError(f"max_batch must be None or an integer >= 1, got {self.max_batch!r}")
 
 
 HOST = RunnerCapabilities()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
-                                     parse_image_size, positive_float, run_interruptible,
+                                     parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.profiles import Profile
@@ -47,10 +47,11 @@ Examples:
 
 _SHAPE_RE = re.compile(r"^(?:[A-Za-z_][\w.]*:)?(\d+)x(\d+)x(\d+)x(\d+)$")
 def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """``"1x3xHxW"`` (optionally ``"image:1x3xHxW"``, trtexec style) -> a 4-tuple."""
+    """``"NxCxHxW"`` (optionally ``"image:1x3xHxW"``, trtexec style) -> a 4-tuple."""
     m = _SHAPE_RE.match(text.strip())
     if not m:
-        raise argparse.ArgumentTypeError(f"shape must be 1x3xHEIGHTxWIDTH (NCHW), e.g. 1x3x720x1280; got {text!r}")
+        raise argparse.ArgumentTypeError(f"shape must be NxCxHEIGHTxWIDTH (NCHW, C = 3), e.g. 1x3x720x1280; "
+                                         f"got {text!r}")
     return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
@@ -99,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     prof = p.add_argument_group("profile (input shapes of the engine)")
     prof.add_argument("--image-size", metavar="WxH", action="append", type=parse_image_size, default=[],
                       help="cover every pyramid level of this image size; repeatable, the first is the typical size")
+    prof.add_argument("--max-batch", metavar="N", type=positive_int, default=1,
+                      help="the engine takes batches of 1 to N images of one size, each pyramid "
+                           "level run once for all (video frames, camera streams: "
+                           "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; more "
+                           "GPU memory (default: 1, single images)")
     for which in ("min", "opt", "max"):
-        prof.add_argument(f"--{which}-shape", metavar="1x3xHxW", type=parse_shape,
+        prof.add_argument(f"--{which}-shape", metavar="NxCxHxW", type=parse_shape,
                           help=f"explicit profile {which} shape, NCHW (all three together; "
                                f"trtexec's 'image:' prefix is accepted)")
     trt = p.add_argument_group("TensorRT")
@@ -128,6 +134,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
         p.error("--min-shape, --opt-shape and --max-shape go together: give all three")
     if all(shapes) and a.image_size:
         p.error("give either --image-size or --min/--opt/--max-shape, not both")
+    if all(shapes) and a.max_batch != 1:
+        p.error("--max-batch applies to --image-size or the default profile; with "
+                "--min/--opt/--max-shape give the batch as their first dimension")
     return Profile(*shapes) if all(shapes) else None
 
 
@@ -167,7 +176,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                                        seed=a.seed or 0)
         export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
                      image_sizes=[(s.height, s.width) for s in a.image_size] or None,
-                     profile=profile, workspace_gb=a.workspace,
+                     profile=profile, max_batch=a.max_batch, workspace_gb=a.workspace,
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
                      untrained=a.untrained, verify=not a.no_verify, log=_progress)
     except TensorRTUnavailableError as exc:

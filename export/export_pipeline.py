@@ -83,16 +83,20 @@ def _cpu_float_model(model: nn.Module) -> nn.Module:
 
 
 def resolve_profile(config: DetectorConfig, image_sizes: Iterable[tuple[int, int]] | None = None,
-                    profile: Profile | None = None) -> Profile:
+                    profile: Profile | None = None, max_batch: int = 1) -> Profile:
     """The explicit ``profile``, else one covering ``image_sizes`` ((height, width) pairs), else
-    :func:`~tinyfaces_trt.core.profiles.default_profile`."""
+    :func:`~tinyfaces_trt.core.profiles.default_profile`; the last two for batches of 1 to
+    ``max_batch`` images (an explicit profile has its own)."""
     if profile is not None and image_sizes:
         raise TinyFacesError("give either image sizes or an explicit min/opt/max profile, not both")
     if profile is not None:
+        if max_batch != 1:
+            raise TinyFacesError("an explicit min/opt/max profile carries its own batch sizes; "
+                                 "give max_batch only with image sizes or the default profile")
         return profile
     if image_sizes:
-        return profile_for_image_sizes(image_sizes, config)
-    return default_profile(config)
+        return profile_for_image_sizes(image_sizes, config, max_batch)
+    return default_profile(config, max_batch=max_batch)
 
 
 #: Names an export folder may hold besides its model files, and still be swapped whole.
@@ -143,7 +147,7 @@ def _verify(model: nn.Module, path: Path, precision: str) -> str:
 def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, *, fp16: bool = False,
                  opset: int = DEFAULT_OPSET, engine: bool | None = None,
                  image_sizes: Iterable[tuple[int, int]] | None = None, profile: Profile | None = None,
-                 workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
+                 max_batch: int = 1, workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
                  simplify: bool = False, weights_path: str | Path | None = None, untrained: bool = False,
                  verify: bool = True, hints: bool = True, log: Log | None = None) -> Path:
     """Exports ``model`` into the folder ``out_dir`` and returns the manifest path.
@@ -161,6 +165,8 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             None: build one only if ``fp16`` and TensorRT imports; False: never.
         image_sizes: (height, width) image sizes whose pyramid levels the profile covers.
         profile: explicit min/opt/max profile (exclusive with ``image_sizes``).
+        max_batch: the engine takes batches of 1 to this many images (of one size:
+            ``Detector.detect_batch``); for ``image_sizes`` or the default profile.
         workspace_gb: TensorRT WORKSPACE memory-pool limit.
         timing_cache: TensorRT timing-cache file (loaded if present, saved after the build).
         simplify: run onnxslim/onnxsim on the fp32 graph.
@@ -184,7 +190,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         raise TinyFacesError(f"--out {out} exists and is not a folder")
     if opset < 13:
         raise TinyFacesError(f"opset {opset} is too old; use 13 or newer (default {DEFAULT_OPSET})")
-    prof = resolve_profile(config, image_sizes, profile)
+    prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)

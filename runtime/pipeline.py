@@ -151,9 +151,10 @@ class Detector:
         images = validate_batch(images)
         if not images:
             return []
-        if not capabilities_of(self.runner).batch:
-            return [boxes for image in images for boxes in self._run([image], timings)]
-        return self._run(images, timings)
+        caps = capabilities_of(self.runner)
+        step = (caps.max_batch or len(images)) if caps.batch else 1
+        return [boxes for start in range(0, len(images), step)
+                for boxes in self._run(images[start:start + step], timings)]
 
     def warmup(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int] = (1,)) -> None:
         """Readies the detector for images of these sizes before the first real one (a
@@ -167,7 +168,8 @@ class Detector:
         Args:
             sizes: ``(height, width)`` image sizes.
             batch_sizes: how many images of one size :meth:`detect_batch` will be given at
-                once (1: :meth:`detect`); only 1 when the runner takes no batches. torch-cuda
+                once (1: :meth:`detect`); only 1 when the runner takes no batches, at most
+                its ``max_batch`` (a larger batch runs in parts of that size). torch-cuda
                 runs any other batch padded into the next larger warmed-up one of its size,
                 so a few cover all (``tf-serve``: 1, the powers of two, the largest).
 
@@ -184,8 +186,11 @@ class Detector:
         if not sizes or not batches or batches[0] < 1:
             raise ValueError(f"warmup needs at least one image size and batch sizes >= 1, got "
                              f"sizes {sizes}, batch sizes {batches}")
-        if not capabilities_of(self.runner).batch:
+        caps = capabilities_of(self.runner)
+        if not caps.batch:
             batches = [1]
+        elif caps.max_batch is not None and batches[-1] > caps.max_batch:
+            batches = [n for n in batches if n < caps.max_batch] + [caps.max_batch]
         plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
         for levels in plans.values():
             self.runner.check_levels(levels)

@@ -49,7 +49,10 @@ def test_help_lists_exit_codes(capsys):
     (["--untrained", "--image-size", "640x480", "--min-shape", "1x3x8x8", "--opt-shape", "1x3x8x8",
       "--max-shape", "1x3x8x8"], "either --image-size or --min/--opt/--max-shape"),
     (["--untrained", "--image-size", "640"], "WIDTHxHEIGHT"),
-    (["--untrained", "--min-shape", "8x8"], "1x3xHEIGHTxWIDTH"),
+    (["--untrained", "--min-shape", "8x8"], "NxCxHEIGHTxWIDTH"),
+    (["--untrained", "--max-batch", "0"], "argument --max-batch: 0 must be >= 1"),
+    (["--untrained", "--max-batch", "4", "--min-shape", "1x3x8x8", "--opt-shape", "4x3x8x8",
+      "--max-shape", "4x3x8x8"], "--max-batch applies to --image-size or the default profile"),
     (["--untrained", "--workspace", "0"], "argument --workspace: 0.0 must be > 0"),
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
     (["--untrained", "--seed", "-3"], "argument --seed: -3 must be >= 0"),
@@ -152,11 +155,13 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
 def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
     out = tmp_path / "exp"
     result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--fp16", "--image-size", "91x67",
-                      "--opset", "18", "--no-verify")
+                      "--opset", "18", "--no-verify", "--max-batch", "4")
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.strip() == str(out / "manifest.json")
     assert "NVIDIA TensorRT is not installed: wrote ONNX only" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["opset"] == 18
     assert manifest["files"] == {"onnx_fp32": "model.onnx", "onnx_fp16": "model_fp16.onnx"}
-    assert manifest["profile"] == {"min": [1, 3, 34, 46], "opt": [1, 3, 134, 182], "max": [1, 3, 134, 182]}
+    # batches of 1 to 4 images, tuned for 4
+    assert manifest["profile"] == {"min": [1, 3, 34, 46], "opt": [4, 3, 134, 182], "max": [4, 3, 134, 182]}
+    assert "--optShapes=image:4x3x134x182 --maxShapes=image:4x3x134x182 --stronglyTyped" in result.stderr

@@ -142,7 +142,8 @@ def test_manifest_of_export_round_trips(exported, model):
     assert any("exporting fp32 ONNX (opset 17): done in" in line for line in lines)
     hint = [line for line in lines if "trtexec" in line]
     assert len(hint) == 1 and "--minShapes=image:1x3x60x80 --optShapes=image:1x3x240x320 " \
-                               "--maxShapes=image:1x3x240x320 --fp16" in hint[0]
+                               "--maxShapes=image:1x3x240x320 --stronglyTyped" in hint[0]
+    assert "--onnx=" + str(out / "model_fp16.onnx") in hint[0]
 
 
 # ------------------------------------------------------------------------------------------

@@ -655,6 +655,54 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
         TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
 
 
+def test_tensorrt_runner_takes_the_batches_of_its_engines_profile(monkeypatch):
+    """An engine built with tf-export --max-batch 4: the runner takes 1 to 4 images a run
+    (the detector splits larger batches), on the device and from the host."""
+    runner, log = _trt_runner(monkeypatch)
+    assert not runner.capabilities.batch and runner.capabilities.max_batch == 1
+    runner.close()
+    engine = FakeEngine((1, 3, 8, 8), (4, 3, 64, 64), (4, 3, 128, 128))
+    runner = TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
+    assert runner.capabilities.batch and runner.capabilities.max_batch == 4
+    assert runner._output.nbytes == 4 * 125 * 16 * 16 * 4  # the largest batch's score map
+    out = runner.run(DeviceMap(0x5000, (3, 3, 40, 56)))
+    assert out.shape == (3, 125, 5, 7)
+    assert runner.run(np.zeros((2, 3, 16, 24), np.float32)).shape == (2, 125, 2, 3)
+    with pytest.raises(ManifestError, match="input shape 5x3x40x56 is outside the engine's "
+                                            "optimization profile"):
+        runner.run(DeviceMap(0x5000, (5, 3, 40, 56)))
+    runner.close()
+
+
+def test_detect_batch_runs_at_most_the_runners_max_batch_at_once():
+    class PooledBatch(RunnerBase):
+        capabilities = RunnerCapabilities(batch=True, max_batch=2)
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def run(self, x):
+            self.batches.append(x.shape[0])
+            n, _, h, w = x.shape
+            base = np.random.default_rng(h * 1000 + w).standard_normal(
+                (1, 125, -(-h // 8), -(-w // 8))).astype(np.float32)
+            return base + x.mean(axis=(1, 2, 3))[:, None, None, None]
+
+    config = DetectorConfig()
+    images = [synthetic_image(48, 64, seed=s) for s in range(5)]
+    runner = PooledBatch()
+    detector = Detector(runner, config)
+    levels = len(detector.plan(48, 64))
+    got = detector.detect_batch(images)
+    assert runner.batches == [2] * levels + [2] * levels + [1] * levels
+    singles = [Detector(PooledBatch(), config).detect(image) for image in images]
+    assert len(got) == 5 and all(len(s) > 0 for s in singles)
+    for g, s in zip(got, singles, strict=True):
+        np.testing.assert_array_equal(g, s)
+    with pytest.raises(ValueError, match="max_batch must be None or an integer >= 1, got 0"):
+        RunnerCapabilities(batch=True, max_batch=0)
+
+
 def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypatch):
     """Over cuda_device itself (host memory, tests/host_cudart.py): close() returns the
     runner's device buffers and the stream it created; a stream it was given stays."""

@@ -82,14 +82,30 @@ def test_default_profile_covers_every_image_up_to_1920():
 def test_profile_validation_messages():
     with pytest.raises(ManifestError, match="min <= opt <= max"):
         Profile((1, 3, 100, 100), (1, 3, 50, 100), (1, 3, 200, 200))
-    with pytest.raises(ManifestError, match=r"\[1, 3, h, w\]"):
-        Profile((2, 3, 10, 10), (2, 3, 10, 10), (2, 3, 10, 10))
+    with pytest.raises(ManifestError, match=r"^profile min shape must be \[N, 3, h, w\] \(N >= 1 "
+                                            r"images, RGB\), got \[0, 3, 10, 10\]$"):
+        Profile((0, 3, 10, 10), (2, 3, 10, 10), (2, 3, 10, 10))
+    with pytest.raises(ManifestError, match=r"\[N, 3, h, w\]"):
+        Profile((1, 4, 10, 10), (1, 4, 10, 10), (1, 4, 10, 10))
     with pytest.raises(ManifestError, match="4 integers"):
         Profile((1, 3, 10), (1, 3, 10, 10), (1, 3, 10, 10))
     with pytest.raises(ManifestError, match="positive"):
         Profile((1, 3, 0, 10), (1, 3, 10, 10), (1, 3, 10, 10))
     with pytest.raises(ManifestError, match="min, opt and max"):
         Profile.from_dict({"min": [1, 3, 1, 1], "max": [1, 3, 2, 2]})
+
+
+def test_a_batch_profile_runs_1_to_n_images_and_is_tuned_for_n():
+    single = profile_for_image_sizes([(1080, 1920)], CFG)
+    batch = profile_for_image_sizes([(1080, 1920)], CFG, max_batch=8)
+    assert single.max_batch == 1 and batch.max_batch == 8
+    assert batch.min == single.min and batch.opt == (8, *single.opt[1:])
+    assert batch.max == (8, *single.max[1:])
+    assert batch.contains((5, 3, *single.opt[2:])) and not batch.contains((9, 3, *single.opt[2:]))
+    assert default_profile(CFG, max_batch=4).max == (4, 3, 3840, 3840)
+    assert Profile.from_dict(batch.to_dict()) == batch
+    with pytest.raises(ManifestError, match="^a profile's batch must be >= 1, got 0$"):
+        profile_for_image_sizes([(1080, 1920)], CFG, max_batch=0)
 
 
 def test_profile_round_trip_contains_check_and_trtexec_args():

@@ -60,6 +60,18 @@ def test_a_runner_without_batches_warms_up_single_images_only():
     assert [c for c in runner.calls if c[0] == "run"] == [("run", s) for s in shapes]
 
 
+def test_batch_sizes_past_the_runners_max_batch_become_its_max_batch():
+    """A TensorRT engine built for batches of up to 4 warms up with 4 where 8 is asked: the
+    detector runs a batch of 8 as two of 4."""
+    runner = Recording()
+    runner.capabilities = RunnerCapabilities(batch=True, max_batch=4)
+    detector = Detector(runner, DetectorConfig())
+    detector.warmup([(48, 64)], batch_sizes=(1, 2, 8, 16))
+    levels = detector.plan(48, 64)
+    assert runner.calls[1] == ("warmup", [(n, 3, lv.height, lv.width) for n in (1, 2, 4)
+                                          for lv in levels])
+
+
 def test_a_size_the_runner_cannot_run_is_refused_before_any_work():
     detector = Detector(Recording(), DetectorConfig())
     runner = detector.runner = Recording(refuse=detector.plan(40, 56))

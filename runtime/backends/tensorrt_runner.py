@@ -105,8 +105,8 @@ def validate_engine(signature: EngineSignature, input_name: str, output_name: st
 
     Raises:
         ManifestError: unless the engine has exactly one input named ``input_name`` and an
-            output named ``output_name``, both float32; a (1, 3, h, w) input and a
-            (1, 125, h', w') output; and (when the manifest records one) an optimization
+            output named ``output_name``, both float32; an (N, 3, h, w) input and an
+            (N, 125, h', w') output (N = 1, or dynamic); and (when the manifest records one) an optimization
             profile equal to ``manifest_profile``.
     """
     inputs, outputs = signature.inputs, signature.outputs
@@ -124,10 +124,10 @@ def validate_engine(signature: EngineSignature, input_name: str, output_name: st
                                 "(fp16 engines keep float32 I/O)")
     if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[0] not in (1, -1):
         raise ManifestError(f"{source}: input {inp.name!r} has shape {list(inp.shape)}, "
-                            "expected [1, 3, h, w]")
+                            "expected [N, 3, h, w]")
     if len(out.shape) != 4 or out.shape[1] != NUM_CHANNELS:
         raise ManifestError(f"{source}: output {out.name!r} has shape {list(out.shape)}, "
-                            f"expected [1, {NUM_CHANNELS}, h, w] ({NUM_CHANNELS} channels)")
+                            f"expected [N, {NUM_CHANNELS}, h, w] ({NUM_CHANNELS} channels)")
     if not signature.profiles:
         raise ManifestError(f"{source}: engine has no optimization profile for {inp.name!r}")
     if manifest_profile is not None and manifest_profile not in signature.profiles:
@@ -172,7 +172,8 @@ class TensorRTRunner(RunnerBase):
 
     A device-I/O runner (:class:`~tinyfaces_trt.core.runner.RunnerCapabilities`): given a
     device input it returns a device score map made on :attr:`stream`, and the detector keeps
-    every stage on the GPU. Batch 1 (the engine's profile is built for one image).
+    every stage on the GPU. It takes batches of up to the largest batch of the engine's
+    profiles (``tf-export --max-batch``; 1 by default: single images).
 
     Args:
         engine_path: the ``.engine`` file (from ``tf-export --engine``).
@@ -188,8 +189,6 @@ class TensorRTRunner(RunnerBase):
         ManifestError: the engine file is missing, cannot be deserialized, or disagrees with
             the manifest.
     """
-
-    capabilities = RunnerCapabilities(device_io=True, batch=False)
 
     def __init__(self, engine_path: str | os.PathLike[str] | None = None, input_name: str = "image",
                  output_name: str = "scores", manifest_profile: Profile | None = None,
@@ -212,6 +211,9 @@ class TensorRTRunner(RunnerBase):
                         source=str(self.engine_path))
         self.input_name, self.output_name = input_name, output_name
         self.profiles = self.signature.profiles
+        max_batch = max(p.max_batch for p in self.profiles)
+        self.capabilities = RunnerCapabilities(device_io=True, batch=max_batch > 1,
+                                               max_batch=max_batch)
         self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
         try:
@@ -274,7 +276,7 @@ class TensorRTRunner(RunnerBase):
             select_profile(shape, self.profiles)
 
     def run(self, net_input: Any) -> Any:
-        """Runs the engine on one (1, 3, h, w) float32 input.
+        """Runs the engine on one (N, 3, h, w) float32 input (N within the profile).
 
         Args:
             net_input: a host numpy array, or device memory (a
@@ -290,15 +292,15 @@ class TensorRTRunner(RunnerBase):
             hasattr(net_input, "__cuda_array_interface__")
         if on_device:
             x = self._cuda.as_device_array(net_input)
-            if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[:2] != (1, 3):
-                raise TinyFacesError(f"network input must be a (1, 3, h, w) float32 array, got "
+            if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3:
+                raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
                                      f"{x.shape} {x.dtype}")
             shape, input_ptr = x.shape, x.ptr  # its producer is ordered before our stream
             if input_ptr % TENSOR_ALIGNMENT:  # TensorRT's rule for tensor addresses
                 self._input.copy_from_device(input_ptr, _volume(shape) * 4, self.cuda_stream)
                 input_ptr = self._input.ptr
         else:
-            x = validate_network_input(net_input)
+            x = validate_network_input(net_input, batch=True)
             shape, input_ptr = x.shape, self._input.ptr
         context = self._contexts[select_profile(shape, self.profiles)]
         if not context.set_input_shape(self.input_name, shape):
