@@ -56,7 +56,6 @@ class BenchContext:
     log: Callable[[str], None] = print
     torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
     cache_dir: Path | None = None    # compile cache root (None: the tinyfaces cache)
-    max_batch: int = 1               # TensorRT engines take batches up to this (the batch row)
     _folders: dict[str, Any] = field(default_factory=dict)
 
     def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
@@ -65,8 +64,7 @@ class BenchContext:
         from tinyfaces_trt.core.manifest import load_export_folder
 
         h, w = self.image_hw
-        tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}" if engine else "") \
-            + (f"-batch{self.max_batch}" if engine and self.max_batch > 1 else "")
+        tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}" if engine else "")
         if tag in self._folders:
             return self._folders[tag]
         path = self.export_root / tag
@@ -81,8 +79,7 @@ class BenchContext:
 
             self.log(f"exporting the model to {path} (one time) ...")
             export_model(self.model, self.config, path, fp16=fp16, engine=engine,
-                         image_sizes=[(h, w)] if engine else None,
-                         max_batch=self.max_batch if engine else 1, verify=False,
+                         image_sizes=[(h, w)] if engine else None, verify=False,
                          log=lambda m: self.log("  " + m))
             folder = load_export_folder(path)
         self._folders[tag] = folder

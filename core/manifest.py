@@ -206,7 +206,7 @@ class ExportFolder:
             flags = "--engine --fp16" if fp16 else "--engine"
             raise ManifestError(
                 f"export folder {self.path} has no {'fp16' if fp16 else 'fp32'} TensorRT engine; build one on "
-                f"the target machine with tf-export {flags} (needs TensorRT 10)")
+                f"the target machine with tf-export {flags} (needs TensorRT >= 10)")
         return path
 
 

@@ -50,7 +50,7 @@ def _shape(value: Any, what: str) -> Shape:
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"profile {what} shape must be 4 integers, got {value!r}") from exc
     if len(dims) != 4 or any(isinstance(v, bool) for v in value):
-        raise ManifestError(f"profile {what} shape must be 4 integers [1, 3, h, w], got {value!r}")
+        raise ManifestError(f"profile {what} shape must be 4 integers [N, 3, h, w], got {value!r}")
     if dims[0] < 1 or dims[1] != 3:
         raise ManifestError(f"profile {what} shape must be [N, 3, h, w] (N >= 1 images, RGB), "
                             f"got {list(dims)}")
@@ -76,6 +76,8 @@ class Profile:
         shapes = {k: _shape(getattr(self, k), k) for k in ("min", "opt", "max")}
         for k, v in shapes.items():
             object.__setattr__(self, k, v)
+        if shapes["min"][0] != 1:  # single images, and the rest of a split batch, run too
+            raise ManifestError(f"profile min shape must have batch 1, got {list(shapes['min'])}")
         if not all(a <= b <= c for a, b, c in zip(shapes["min"], shapes["opt"], shapes["max"])):
             raise ManifestError(
                 f"profile needs min <= opt <= max in every dimension, got min {list(shapes['min'])}, "
@@ -96,10 +98,11 @@ class Profile:
             raise ManifestError(
                 f"input shape {format_shape(shape)} is outside the engine's optimization profile "
                 f"(min {format_shape(self.min)}, max {format_shape(self.max)}); rebuild the engine "
-                f"with tf-export --image-size covering this image, or use the onnxruntime backend")
+                f"with tf-export --image-size covering this image (--max-batch for more images "
+                f"a run), or use the onnxruntime backend")
 
     def to_dict(self) -> dict[str, list[int]]:
-        """JSON form stored in the manifest: ``{"min": [1,3,h,w], "opt": [...], "max": [...]}``."""
+        """JSON form stored in the manifest: ``{"min": [1,3,h,w], "opt": [N,3,h,w], "max": [...]}``."""
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod

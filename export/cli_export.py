@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--max-batch", metavar="N", type=positive_int, default=1,
                       help="the engine takes batches of 1 to N images of one size, each pyramid "
                            "level run once for all (video frames, camera streams: "
-                           "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; more "
-                           "GPU memory (default: 1, single images)")
+                           "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; N "
+                           "times the GPU memory of the largest level, so give --image-size "
+                           "with it (default: 1, single images)")
     for which in ("min", "opt", "max"):
         prof.add_argument(f"--{which}-shape", metavar="NxCxHxW", type=parse_shape,
                           help=f"explicit profile {which} shape, NCHW (all three together; "
@@ -136,7 +137,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
         p.error("give either --image-size or --min/--opt/--max-shape, not both")
     if all(shapes) and a.max_batch != 1:
         p.error("--max-batch applies to --image-size or the default profile; with "
-                "--min/--opt/--max-shape give the batch as their first dimension")
+                "--min/--opt/--max-shape give the batch as the first dimension of --opt-shape "
+                "and --max-shape (--min-shape's is 1)")
     return Profile(*shapes) if all(shapes) else None
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -112,13 +113,37 @@ def _make_logger(trt: ModuleType, log: Log, interrupts: _Interrupts) -> Any:
 
 
 class _Interrupts:
-    """What a Ctrl-C (or SIGTERM, or SystemExit) raised inside TensorRT's callbacks became:
-    TensorRT's Python bindings catch and print every exception of a logger or progress-monitor
-    callback, so an interrupt landing there would be lost (or read as a failed build). It is
-    kept here, cancels the build at the next step, and is raised again once the build returns."""
+    """Ctrl-C (or SIGTERM in a CLI) during parsing and building. TensorRT's Python bindings
+    catch and print every exception of a logger or progress-monitor callback, the only Python
+    code that runs then, so an interrupt raised there would be lost (or read as a failed
+    build). While :meth:`deferred` holds, the signals that would raise it only mark it
+    pending; the progress monitor then cancels the build at its next step, and
+    :meth:`raise_pending` raises it once TensorRT has returned. An interrupt raised in a
+    callback anyway (another thread's handlers) is kept the same way (:meth:`caught`)."""
 
     def __init__(self) -> None:
         self.pending: BaseException | None = None
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """SIGINT and SIGTERM, where a Python handler takes them (it would raise), mark the
+        interrupt pending instead (main thread only: Python runs handlers there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig, handler in saved.items():
+            if callable(handler):
+                signal.signal(sig, self._mark)
+        try:
+            yield
+        finally:
+            for sig, handler in saved.items():
+                if callable(handler):
+                    signal.signal(sig, handler)
+
+    def _mark(self, signum: int, frame: Any) -> None:
+        self.pending = self.pending or KeyboardInterrupt()
 
     @contextlib.contextmanager
     def caught(self) -> Iterator[None]:
@@ -247,7 +272,8 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
                                    "which was not given; export with --fp16")
         source = Path(onnx_fp16)
     log(f"  TensorRT {trt.__version__}: parsing {source.name}")
-    network, _parser = _parse(trt, builder, source, fp16, logger)
+    with interrupts.deferred():
+        network, _parser = _parse(trt, builder, source, fp16, logger)
     interrupts.raise_pending()
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if input_name not in names:
@@ -271,7 +297,8 @@ def build_engine(onnx_fp32: str | Path, engine_path: str | Path, profile: Profil
 
     log(f"  building {'fp16' if fp16 else 'fp32'} engine (profile min {list(profile.min)}, "
         f"opt {list(profile.opt)}, max {list(profile.max)}); this takes minutes")
-    serialized = builder.build_serialized_network(network, config)
+    with interrupts.deferred():
+        serialized = builder.build_serialized_network(network, config)
     interrupts.raise_pending()  # the build was cancelled for it
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {source} (see the TensorRT errors above)")

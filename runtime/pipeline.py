@@ -145,7 +145,8 @@ class Detector:
         """Detects faces in several images of one size (video frames, camera streams).
 
         With a runner that takes batches (``capabilities.batch``) each pyramid level runs once
-        for all images; decode and NMS stay per image. Returns one (N_i, 5) array per image,
+        for all images (for up to ``capabilities.max_batch`` at a time); decode and NMS stay
+        per image. Returns one (N_i, 5) array per image,
         each what :meth:`detect` returns for it (up to the runner's batch-vs-single rounding).
         """
         images = validate_batch(images)
@@ -156,7 +157,8 @@ class Detector:
         return [boxes for start in range(0, len(images), step)
                 for boxes in self._run(images[start:start + step], timings)]
 
-    def warmup(self, sizes: Iterable[tuple[int, int]], batch_sizes: Iterable[int] = (1,)) -> None:
+    def warmup(self, sizes: Iterable[tuple[int, int]],
+               batch_sizes: Iterable[int] = (1,)) -> tuple[int, ...]:
         """Readies the detector for images of these sizes before the first real one (a
         service before it takes requests): the runner prepares every pyramid level's input
         shape (:meth:`NetworkRunner.warmup <tinyfaces_trt.core.runner.NetworkRunner.warmup>`;
@@ -172,6 +174,9 @@ class Detector:
                 its ``max_batch`` (a larger batch runs in parts of that size). torch-cuda
                 runs any other batch padded into the next larger warmed-up one of its size,
                 so a few cover all (``tf-serve``: 1, the powers of two, the largest).
+
+        Returns:
+            The batch sizes it warmed up with (those of ``batch_sizes`` the runner takes).
 
         Raises:
             ValueError: a size or batch size that is not a positive integer, or none.
@@ -200,6 +205,7 @@ class Detector:
             blank = np.zeros((height, width, 3), np.uint8)
             for n in batches:
                 self._run([blank] * n, None)
+        return tuple(batches)
 
     def _run(self, images: list[np.ndarray],
              timings: MutableMapping[str, float] | None) -> list[np.ndarray]:

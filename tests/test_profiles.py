@@ -87,6 +87,8 @@ def test_profile_validation_messages():
         Profile((0, 3, 10, 10), (2, 3, 10, 10), (2, 3, 10, 10))
     with pytest.raises(ManifestError, match=r"\[N, 3, h, w\]"):
         Profile((1, 4, 10, 10), (1, 4, 10, 10), (1, 4, 10, 10))
+    with pytest.raises(ManifestError, match=r"^profile min shape must have batch 1, got \[2, 3, 8, 8\]$"):
+        Profile((2, 3, 8, 8), (4, 3, 64, 64), (4, 3, 128, 128))  # single images could not run
     with pytest.raises(ManifestError, match="4 integers"):
         Profile((1, 3, 10), (1, 3, 10, 10), (1, 3, 10, 10))
     with pytest.raises(ManifestError, match="positive"):

@@ -299,7 +299,7 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     assert calls == {"start": ["start", "shutdown"], "run": ["start", "run", "shutdown"]}[during]
     assert "tf-serve: stopped" in err and "serving on" not in err
     if during == "run":
-        assert "tf-serve: each replica gets ready for 64x48 (batches of 1) before serving" in err
+        assert "tf-serve: each replica gets ready for 64x48 (batches of up to 1) before serving" in err
 
 
 def test_gpu_backends_get_gpu_workers():

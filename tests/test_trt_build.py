@@ -10,7 +10,9 @@ GPU is present.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 import types
 from pathlib import Path
@@ -104,18 +106,30 @@ class _StandInTensorRT(types.ModuleType):
     exception raised in a logger or progress-monitor callback is printed and dropped, and one
     raised in ``step_complete`` cancels the build (which then returns None)."""
 
-    def __init__(self, version: str = "11.1.0", cache_ok: bool = True) -> None:
+    def __init__(self, version: str = "11.1.0", cache_ok: bool = True,
+                 no_cache: bool = False) -> None:
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[tuple] = []
-        self.cache_ok = cache_ok
+        self.cache_ok, self.no_cache = cache_ok, no_cache
         this = self
 
+        class SeverityValue(int):
+            @property
+            def name(self) -> str:
+                return {1: "ERROR", 2: "WARNING"}[int(self)]
+
         class ILogger:
-            Severity = types.SimpleNamespace(WARNING=2)
+            Severity = types.SimpleNamespace(WARNING=SeverityValue(2), ERROR=SeverityValue(1))
 
             def __init__(self) -> None:
                 pass
+
+        def tell(logger, severity, message):  # the bindings: print and drop what log raises
+            try:
+                logger.log(severity, message)
+            except BaseException as exc:
+                print(f"[ERROR] Exception caught in log(): {exc!r}")
 
         class IProgressMonitor:
             def __init__(self) -> None:
@@ -137,7 +151,7 @@ class _StandInTensorRT(types.ModuleType):
 
             def create_timing_cache(self, blob):
                 this.calls.append(("create_cache", bytes(blob)))
-                return None if blob == b"damaged" else types.SimpleNamespace(
+                return None if blob == b"damaged" or this.no_cache else types.SimpleNamespace(
                     serialize=lambda: b"cache:" + bytes(blob))
 
             def set_timing_cache(self, cache, ignore_mismatch):
@@ -168,6 +182,7 @@ class _StandInTensorRT(types.ModuleType):
 
             def build_serialized_network(self, network, config):
                 monitor = config.progress_monitor
+                tell(self.logger, ILogger.Severity.WARNING, "building: tactics may be slow")
                 for step in range(3):
                     try:
                         monitor.phase_start("Building engine", None, 3) if step == 0 else None
@@ -187,9 +202,11 @@ class _StandInTensorRT(types.ModuleType):
         class OnnxParser:
             def __init__(self, network, logger) -> None:
                 self.num_errors = 0
+                self.logger = logger
 
             def parse_from_file(self, path):
                 this.calls.append(("parse", Path(path).name))
+                tell(self.logger, ILogger.Severity.WARNING, "parsing: an opset feature")
                 return True
 
         self.ILogger, self.IProgressMonitor, self.Builder, self.OnnxParser = (
@@ -243,20 +260,57 @@ def test_a_refused_timing_cache_is_replaced_with_a_warning(monkeypatch, tmp_path
     assert cache.read_bytes() == b"cache:good"
 
 
-@pytest.mark.parametrize("where", ["phase_start", "phase_finish"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("where, cancelled_at", [
+    ("parsing:", None),  # in the logger, while parsing: raised before the build starts
+    ("building:", 0),  # in the logger, during the build
+    ("TensorRT: Building engine (3 steps) ...", 0),  # in phase_start
+    ("TensorRT: Building engine done in", None),  # in phase_finish: the build has ended
+])
 def test_ctrl_c_during_the_build_cancels_it_and_is_an_interrupt(monkeypatch, tmp_path, capsys,
-                                                                where):
-    """An interrupt landing in a callback (the only Python code that runs during a build) would
-    be printed and dropped by TensorRT's bindings: the build is cancelled at its next step (or
-    has ended) and the interrupt raised, so tf-export ends with 130, not "failed to build"."""
+                                                                where, cancelled_at, sig):
+    """A signal arriving while TensorRT parses or builds (its handler runs in the callbacks,
+    the only Python code then; an interrupt raised there would be printed and dropped by the
+    bindings) cancels the build at its next step, or after it has ended, and is raised as an
+    interrupt, so tf-export ends with 130, not "failed to build"."""
     def log(line):
-        if ("..." if where == "phase_start" else "done in") in line and "TensorRT: " in line:
+        if where in line:
+            os.kill(os.getpid(), sig)  # the handler runs at the next bytecode, here
+
+    raised = []
+    guards = {s: signal.signal(s, lambda *a: raised.append(a)) for s in (signal.SIGINT, signal.SIGTERM)}
+    guard = {s: signal.getsignal(s) for s in guards}
+    try:
+        trt = _StandInTensorRT()
+        with pytest.raises(KeyboardInterrupt):
+            _build(monkeypatch, tmp_path, trt, log=log)
+        assert {s: signal.getsignal(s) for s in guards} == guard  # put back
+    finally:
+        for s, handler in guards.items():
+            signal.signal(s, handler)
+    assert raised == []  # the build's own handler took the signal
+    assert not (tmp_path / "model.engine").exists()
+    cancelled = [step for name, *step in trt.calls if name == "cancelled"]
+    assert cancelled == ([] if cancelled_at is None else [[cancelled_at]])
+    assert "Exception caught" not in capsys.readouterr().out  # nothing reached the bindings
+
+
+def test_an_interrupt_raised_inside_a_callback_is_kept_too(monkeypatch, tmp_path, capsys):
+    """Where the signal handler raises anyway (the build runs outside the main thread, whose
+    handlers stay as they are), an interrupt inside a callback is kept and raised after."""
+    def log(line):
+        if "TensorRT: Building engine (3 steps)" in line:
             raise KeyboardInterrupt
 
     trt = _StandInTensorRT()
     with pytest.raises(KeyboardInterrupt):
         _build(monkeypatch, tmp_path, trt, log=log)
-    assert not (tmp_path / "model.engine").exists()
-    if where == "phase_start":
-        assert ("cancelled", 0) in trt.calls
-    assert "Exception caught" not in capsys.readouterr().out  # nothing reached the bindings
+    assert ("cancelled", 0) in trt.calls and not (tmp_path / "model.engine").exists()
+    assert "Exception caught" not in capsys.readouterr().out
+
+
+def test_a_timing_cache_tensorrt_cannot_make_is_left_out_with_a_warning(monkeypatch, tmp_path):
+    cache = tmp_path / "timing.cache"
+    _, lines = _build(monkeypatch, tmp_path, _StandInTensorRT(no_cache=True), cache=cache)
+    assert "  WARNING: TensorRT made no timing cache; building without one" in lines
+    assert (tmp_path / "model.engine").read_bytes() == b"engine" and not cache.exists()

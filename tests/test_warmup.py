@@ -53,7 +53,7 @@ def test_warmup_prepares_each_level_for_each_batch_size_then_runs_a_blank_image(
 def test_a_runner_without_batches_warms_up_single_images_only():
     runner = Recording(batch=False)
     detector = Detector(runner, DetectorConfig())
-    detector.warmup([(48, 64)], batch_sizes=(1, 8))
+    assert detector.warmup([(48, 64)], batch_sizes=(1, 8)) == (1,)
     levels = detector.plan(48, 64)
     shapes = [(1, 3, lv.height, lv.width) for lv in levels]
     assert runner.calls[:2] == [("check", len(levels)), ("warmup", shapes)]
@@ -66,7 +66,7 @@ def test_batch_sizes_past_the_runners_max_batch_become_its_max_batch():
     runner = Recording()
     runner.capabilities = RunnerCapabilities(batch=True, max_batch=4)
     detector = Detector(runner, DetectorConfig())
-    detector.warmup([(48, 64)], batch_sizes=(1, 2, 8, 16))
+    assert detector.warmup([(48, 64)], batch_sizes=(1, 2, 8, 16)) == (1, 2, 4)
     levels = detector.plan(48, 64)
     assert runner.calls[1] == ("warmup", [(n, 3, lv.height, lv.width) for n in (1, 2, 4)
                                           for lv in levels])

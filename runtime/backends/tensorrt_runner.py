@@ -2,7 +2,8 @@
 
     runner = TensorRTRunner("export/model.engine", input_name="image", output_name="scores",
                             manifest_profile=folder.profile)
-    scores = runner.run(x)     # x: (1, 3, h, w) float32 numpy -> (1, 125, h', w') float32 numpy
+    scores = runner.run(x)     # x: (N, 3, h, w) float32 numpy -> (N, 125, h', w') float32 numpy
+                               # (N within the engine's profile: 1, or up to tf-export --max-batch)
     scores = runner.run(dev)   # device input (DeviceArray / __cuda_array_interface__) -> DeviceArray
 
 Loading deserializes the engine, enumerates its I/O tensors and checks them against the
@@ -296,13 +297,13 @@ class TensorRTRunner(RunnerBase):
                 raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
                                      f"{x.shape} {x.dtype}")
             shape, input_ptr = x.shape, x.ptr  # its producer is ordered before our stream
-            if input_ptr % TENSOR_ALIGNMENT:  # TensorRT's rule for tensor addresses
-                self._input.copy_from_device(input_ptr, _volume(shape) * 4, self.cuda_stream)
-                input_ptr = self._input.ptr
         else:
             x = validate_network_input(net_input, batch=True)
             shape, input_ptr = x.shape, self._input.ptr
         context = self._contexts[select_profile(shape, self.profiles)]
+        if on_device and input_ptr % TENSOR_ALIGNMENT:  # TensorRT's rule for tensor addresses
+            self._input.copy_from_device(input_ptr, _volume(shape) * 4, self.cuda_stream)
+            input_ptr = self._input.ptr
         if not context.set_input_shape(self.input_name, shape):
             raise TinyFacesError(f"TensorRT rejected input shape {format_shape(shape)}")
         out_shape = tuple(int(d) for d in context.get_tensor_shape(self.output_name))

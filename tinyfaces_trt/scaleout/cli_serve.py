@@ -156,9 +156,8 @@ def _run(args: argparse.Namespace) -> int:
                             logging_config=quiet)
                 if options.warmup:
                     stderr_line(f"{PROG}: each replica gets ready for "
-                                f"{', '.join(map(str, options.warmup))} (batches of "
-                                f"{', '.join(map(str, options.warmup_batch_sizes))}) before "
-                                "serving ...")
+                                f"{', '.join(map(str, options.warmup))} (batches of up to "
+                                f"{max(options.warmup_batch_sizes)}) before serving ...")
                 try:
                     serve.run(build_app(options), name=APP_NAME, route_prefix="/",
                               logging_config=quiet)

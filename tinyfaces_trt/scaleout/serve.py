@@ -73,8 +73,9 @@ class ServeOptions:
         other batch padded into the next one, less than twice its work, so nothing is
         compiled while serving). Other GPU backends: every size up to ``max_batch_size``
         (ONNX Runtime CUDA searches the convolution algorithms of each new shape at its first
-        run; TensorRT runs single images). On the CPU: 1 (nothing there is prepared per
-        shape; a blank batch would only cost time)."""
+        run; a TensorRT engine takes those of its profile, ``Detector.warmup`` keeps to them).
+        On the CPU: 1 (nothing there is prepared per shape; a blank batch would only cost
+        time). A replica reports the batch sizes it did warm up with (``/healthz``)."""
         if self.num_gpus == 0:
             return (1,)
         if self.spec.backend != "torch-cuda":
@@ -132,14 +133,15 @@ def build_app(options: ServeOptions) -> Any:
             self.detector = spec.create()
             self.backend = spec.backend
             self.warmed_up: list[str] = []
+            self.warmup_batch_sizes: list[int] = []
             if options.warmup:
                 start = time.perf_counter()
-                self.detector.warmup([(size.height, size.width) for size in options.warmup],
-                                     batch_sizes=options.warmup_batch_sizes)
+                ran = self.detector.warmup([(size.height, size.width) for size in options.warmup],
+                                           batch_sizes=options.warmup_batch_sizes)
                 self.warmed_up = [str(size) for size in options.warmup]
+                self.warmup_batch_sizes = list(ran)
                 log.info("replica ready for %s (batches of %s) in %.1f s",
-                         ", ".join(self.warmed_up),
-                         ", ".join(map(str, options.warmup_batch_sizes)),
+                         ", ".join(self.warmed_up), ", ".join(map(str, ran)),
                          time.perf_counter() - start)
 
         @serve.batch(max_batch_size=options.max_batch_size,
@@ -153,8 +155,7 @@ def build_app(options: ServeOptions) -> Any:
                 if route == "/healthz":
                     return JSONResponse({
                         "status": "ok", "backend": self.backend, "warmed_up": self.warmed_up,
-                        "warmup_batch_sizes": list(options.warmup_batch_sizes)
-                        if self.warmed_up else []})
+                        "warmup_batch_sizes": self.warmup_batch_sizes})
                 check_headers(request.headers, limits)
                 body = await _read_body(request, limits)
                 if route == "/anonymize":
