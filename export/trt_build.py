@@ -53,6 +53,7 @@ from typing import Any
 
 # TensorRTUnavailableError and import_tensorrt live in core (shared with the runtime's runner);
 # they are imported here for this module and its callers (tf-export maps the error to exit 3).
+from tinyfaces_trt.core.cli import interrupt_on_sigterm
 from tinyfaces_trt.core.errors import TensorRTUnavailableError, TinyFacesError
 from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.files import write_bytes_atomic
@@ -126,21 +127,22 @@ class _Interrupts:
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        """SIGINT and SIGTERM, where a Python handler takes them (it would raise), mark the
-        interrupt pending instead (main thread only: Python runs handlers there)."""
+        """SIGINT and SIGTERM, where their handler would raise a KeyboardInterrupt (Python's
+        for SIGINT, a CLI's for SIGTERM: :func:`~tinyfaces_trt.core.cli.cli_interrupts`), mark
+        it pending instead (main thread only: Python runs handlers there). Other handlers
+        stay as they are."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig, handler in saved.items():
-            if callable(handler):
-                signal.signal(sig, self._mark)
+        raising = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: interrupt_on_sigterm}
+        saved = {sig: handler for sig, handler in raising.items() if signal.getsignal(sig) is handler}
+        for sig in saved:
+            signal.signal(sig, self._mark)
         try:
             yield
         finally:
             for sig, handler in saved.items():
-                if callable(handler):
-                    signal.signal(sig, handler)
+                signal.signal(sig, handler)
 
     def _mark(self, signum: int, frame: Any) -> None:
         self.pending = self.pending or KeyboardInterrupt()

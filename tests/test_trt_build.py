@@ -21,6 +21,7 @@ import pytest
 
 from tinyfaces_trt.export.trt_build import (TensorRTUnavailableError, build_engine, import_tensorrt,
                                             tensorrt_problem, tensorrt_version, trtexec_command)
+from tinyfaces_trt.core.cli import interrupt_on_sigterm
 from tinyfaces_trt.core.errors import BackendUnavailableError
 from tinyfaces_trt.core.profiles import Profile
 
@@ -277,22 +278,41 @@ def test_ctrl_c_during_the_build_cancels_it_and_is_an_interrupt(monkeypatch, tmp
         if where in line:
             os.kill(os.getpid(), sig)  # the handler runs at the next bytecode, here
 
-    raised = []
-    guards = {s: signal.signal(s, lambda *a: raised.append(a)) for s in (signal.SIGINT, signal.SIGTERM)}
-    guard = {s: signal.getsignal(s) for s in guards}
+    # the handlers a CLI run has (cli_interrupts): both raise a KeyboardInterrupt
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: interrupt_on_sigterm}
+    saved = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         trt = _StandInTensorRT()
         with pytest.raises(KeyboardInterrupt):
             _build(monkeypatch, tmp_path, trt, log=log)
-        assert {s: signal.getsignal(s) for s in guards} == guard  # put back
+        assert {s: signal.getsignal(s) for s in handlers} == handlers  # put back
     finally:
-        for s, handler in guards.items():
+        for s, handler in saved.items():
             signal.signal(s, handler)
-    assert raised == []  # the build's own handler took the signal
     assert not (tmp_path / "model.engine").exists()
     cancelled = [step for name, *step in trt.calls if name == "cancelled"]
     assert cancelled == ([] if cancelled_at is None else [[cancelled_at]])
     assert "Exception caught" not in capsys.readouterr().out  # nothing reached the bindings
+
+
+def test_other_signal_handlers_are_left_alone_during_the_build(monkeypatch, tmp_path):
+    """A program's own SIGTERM handler (a flag for a clean stop) keeps its signal."""
+    got = []
+
+    def own(signum, frame):
+        got.append(signum)
+
+    def log(line):
+        if "building:" in line:
+            assert signal.getsignal(signal.SIGTERM) is own
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    saved = signal.signal(signal.SIGTERM, own)
+    try:
+        details, _ = _build(monkeypatch, tmp_path, _StandInTensorRT(), log=log)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert got == [signal.SIGTERM] and details["file"] == "model.engine"
 
 
 def test_an_interrupt_raised_inside_a_callback_is_kept_too(monkeypatch, tmp_path, capsys):
