@@ -37,11 +37,16 @@ def _strict(options: Any) -> bool:
 
 class GpuListingOrt:
     """onnxruntime with the GPU providers listed; sessions report ``started`` providers (those
-    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers.
+    asked for that are in it, then the CPU) and drop the stream of ``loses_stream`` providers;
+    a session asked for one of ``fails`` raises, as ONNX Runtime does with ``enable_fallback``
+    off. Provider options come back as ONNX Runtime reports them (``ToProviderOptions``): the
+    stream in decimal, "0" when it was not taken, with ``has_user_compute_stream``.
     ``sessions`` records each session asked for: its providers, options and strictness."""
 
-    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,), loses_stream=()):
+    def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,), loses_stream=(),
+                 fails=()):
         self.listed, self.started, self.loses_stream = list(listed), started, loses_stream
+        self.fails = fails
         self.sessions: list[dict] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -50,15 +55,24 @@ class GpuListingOrt:
     def get_available_providers(self) -> list[str]:
         return self.listed
 
-    def InferenceSession(self, path, sess_options=None, providers=None):  # noqa: N802 (ORT's name)
+    def InferenceSession(self, path, sess_options=None, providers=None,  # noqa: N802 (ORT's name)
+                         enable_fallback=1):
         asked = dict(p if isinstance(p, tuple) else (p, {}) for p in providers or [CPU_EP])
         self.sessions.append({"providers": list(asked), "options": asked,
-                              "strict": sess_options is not None and _strict(sess_options)})
+                              "strict": sess_options is not None and _strict(sess_options),
+                              "fallback": int(enable_fallback)})
+        failed = [p for p in asked if p in self.fails]
+        if failed:
+            raise RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : {failed[0]} could not be created")
         session = _SESSION(path, sess_options=sess_options, providers=[CPU_EP])
         return _ReportingSession(session, [p for p in asked if p in self.started] + [CPU_EP],
-                                 {p: {k: v for k, v in o.items()
-                                      if not (p in self.loses_stream and k == "user_compute_stream")}
-                                  for p, o in asked.items() if p in self.started})
+                                 {p: self._reported(p, o) for p, o in asked.items()
+                                  if p in self.started})
+
+    def _reported(self, provider: str, options: dict) -> dict:
+        stream = 0 if provider in self.loses_stream else int(options.get("user_compute_stream", 0))
+        return {**options, "user_compute_stream": str(stream),
+                "has_user_compute_stream": "1" if stream else "0"}
 
 
 class _ReportingSession:

@@ -89,6 +89,28 @@ def test_bound_input_gives_the_host_paths_scores(device, export_dir):
     assert not np.array_equal(kept[:1], second.download())
 
 
+def test_the_input_stays_alive_while_orts_queued_work_may_read_it(device, export_dir, host_cuda):
+    """With the run's synchronisation off, ORT's kernels may still read the bound input when
+    run() returns: the runner holds it until its next run, and close() waits for the stream."""
+    import gc
+    import weakref
+
+    runner = _runner(_onnx(export_dir), device)
+    x = np.random.default_rng(1).normal(size=(1, 3, 40, 56)).astype(np.float32)
+    given = _device_input(x)
+    alive = weakref.ref(given)
+    runner.run(given)
+    del given
+    gc.collect()
+    assert alive() is not None
+    runner.run(_device_input(x))
+    gc.collect()
+    assert alive() is None
+    syncs = host_cuda.calls.get("cudaStreamSynchronize", 0)
+    runner.close()
+    assert host_cuda.calls.get("cudaStreamSynchronize", 0) == syncs + 1
+
+
 def test_bound_input_of_the_wrong_layout_is_refused(device, export_dir):
     runner = _runner(_onnx(export_dir), device)
     bad = np.zeros((1, 4, 16, 16), np.float32)

@@ -16,7 +16,7 @@ import logging
 import pytest
 
 import host_cudart
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError
+from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 from tinyfaces_trt.runtime.backends import cuda_device, onnxruntime_cuda_runner, onnxruntime_runner
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
                                                                     OnnxRuntimeCudaRunner)
@@ -50,6 +50,7 @@ def test_the_cuda_provider_runs_on_our_stream(host, monkeypatch, export_dir, cap
     (session,) = fake.sessions  # no tensorrt package here: the CUDA provider alone, at once
     # the CPU provider last and allowed: ORT's CUDA provider leaves shape computations to it
     assert session["providers"] == [CUDA_EP, CPU_EP] and not session["strict"]
+    assert session["fallback"] == 0  # no silent retry elsewhere, no banner on stdout
     assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": str(stream.handle)}
     assert runner.providers == [CUDA_EP, CPU_EP]
     assert runner.capabilities.device_io
@@ -62,6 +63,31 @@ def test_a_given_stream_is_used_as_it_is(host, monkeypatch, export_dir):
     assert runner.cuda_stream is mine
     runner = _runner(monkeypatch, GpuListingOrt(), export_dir, stream=mine.handle)
     assert runner.stream == mine.handle and host.live()["streams"] == 1
+    # ORT takes stream 0 as none and runs on streams of its own: refused
+    with pytest.raises(TinyFacesError, match="^ONNX Runtime takes CUDA stream 0 .* give a created "
+                                             r"stream, or none \(the runner makes one\)$"):
+        _runner(monkeypatch, GpuListingOrt(), export_dir, stream=0)
+
+
+def test_a_tensorrt_provider_that_fails_to_start_leaves_the_cuda_provider(
+        host, monkeypatch, export_dir, caplog, capsys):
+    """With ORT's fallback off, a TensorRT provider that cannot start (libnvinfer missing) is
+    an error the runner answers with a session on CUDA alone (ORT's own fallback dropped our
+    stream, or went to the CPU, and printed a banner on stdout)."""
+    monkeypatch.setattr(onnxruntime_cuda_runner.importlib.util, "find_spec",
+                        lambda name: object() if name == "tensorrt" else None)
+    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"] for s in fake.sessions] == [[TENSORRT_EP, CUDA_EP, CPU_EP],
+                                                       [CUDA_EP, CPU_EP]]
+    assert runner.providers == [CUDA_EP, CPU_EP] and runner.stream == runner.cuda_stream.handle
+    assert ("ONNX Runtime's TensorRT provider did not start (cannot load ONNX model" in caplog.text
+            and "retrying with the CUDA provider alone" in caplog.text)
+    assert capsys.readouterr().out == ""
+    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP, CUDA_EP))
+    with pytest.raises(ManifestError, match="cannot load ONNX model"):  # CUDA alone fails too
+        _runner(monkeypatch, fake, export_dir)
 
 
 def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_stream(

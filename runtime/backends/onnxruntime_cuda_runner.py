@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, NetworkInputError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NetworkInputError,
+                                       TinyFacesError, first_line)
 from tinyfaces_trt.core.runner import RunnerCapabilities
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (OnnxRuntimeRunner,
                                                                import_onnxruntime)
@@ -70,6 +71,11 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
+        if self.cuda_stream.handle == 0:
+            raise TinyFacesError(
+                "ONNX Runtime takes CUDA stream 0 (the legacy default stream, e.g. torch's "
+                "default) as no stream and runs on streams of its own, unordered with the "
+                "stages: give a created stream, or none (the runner makes one)")
         try:
             self._open_on_stream(onnx_path, available, device_id, tensorrt)
         except BaseException:
@@ -89,7 +95,14 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         options = {CUDA_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle},
                    TENSORRT_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle}}
         for wanted in ([TENSORRT_EP, CUDA_EP], [CUDA_EP]) if use_trt else ([CUDA_EP],):
-            self._open(onnx_path, wanted, options)
+            try:
+                self._open(onnx_path, wanted, options)
+            except TinyFacesError as exc:
+                if TENSORRT_EP not in wanted:
+                    raise
+                log.warning("ONNX Runtime's TensorRT provider did not start (%s); retrying with "
+                            "the CUDA provider alone", first_line(exc))
+                continue
             if self._on_our_stream(handle):
                 break
             log.warning("ONNX Runtime dropped %s (running on %s without our CUDA stream); "
@@ -122,7 +135,10 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     def _on_our_stream(self, handle: str) -> bool:
         """Whether the session's GPU providers kept our ``user_compute_stream``."""
         used = self.session.get_provider_options()
+        # ORT reports the stream in decimal ("0" when it was not taken) and, where it says,
+        # whether it runs on it
         return all(used.get(p, {}).get("user_compute_stream") == handle
+                   and used.get(p, {}).get("has_user_compute_stream", "1") == "1"
                    for p in (TENSORRT_EP, CUDA_EP) if p in self.providers)
 
     @property
@@ -151,7 +167,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         if len(shape) != 4 or shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {shape} for input "
                                 f"{x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
-        self._last = (binding, output)  # keeps the ORT-owned output alive until the next run
+        # keeps the ORT-owned output, and the input ORT's queued work still reads, alive until
+        # the next run
+        self._last = (binding, output, net_input)
         return self._cuda.DeviceArray(output.data_ptr(), shape, np.float32, owner=self._last,
                                       stream=self.cuda_stream)
 
@@ -160,8 +178,10 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self.cuda_stream.synchronize()
 
     def close(self) -> None:
-        """Drops the last output and the session, and destroys the stream if the runner made
-        it (idempotent)."""
+        """Waits for the queued work, drops the last output and the session, and destroys the
+        stream if the runner made it (idempotent)."""
+        if getattr(self, "session", None) is not None and self.cuda_stream.handle:
+            self.cuda_stream.synchronize()
         self._last = None
         self.session = None
         if self._own_stream:

@@ -126,8 +126,10 @@ class OnnxRuntimeRunner(RunnerBase):
             options.add_session_config_entry(key, value)
         with_options = [(p, (provider_options or {}).get(p, {})) for p in chosen]
         try:
+            # no silent retry on other providers (printed to stdout, where tf-detect --json
+            # writes); a provider that fails is an error the caller sees and handles
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                providers=with_options)
+                                                providers=with_options, enable_fallback=0)
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ManifestError(f"cannot load ONNX model {self.onnx_path}: {first}") from exc
