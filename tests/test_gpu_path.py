@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import host_cudart
+from helpers_runners import PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, ManifestError,
                                        NonFiniteScoresError, StageOrderError, TinyFacesError)
@@ -675,27 +676,17 @@ def test_tensorrt_runner_takes_the_batches_of_its_engines_profile(monkeypatch):
 
 
 def test_detect_batch_runs_at_most_the_runners_max_batch_at_once():
-    class PooledBatch(RunnerBase):
-        capabilities = RunnerCapabilities(batch=True, max_batch=2)
-
-        def __init__(self) -> None:
-            self.batches: list[int] = []
-
-        def run(self, x):
-            self.batches.append(x.shape[0])
-            n, _, h, w = x.shape
-            base = np.random.default_rng(h * 1000 + w).standard_normal(
-                (1, 125, -(-h // 8), -(-w // 8))).astype(np.float32)
-            return base + x.mean(axis=(1, 2, 3))[:, None, None, None]
+    def two_at_once() -> PooledRunner:
+        return PooledRunner(RunnerCapabilities(batch=True, max_batch=2))
 
     config = DetectorConfig()
     images = [synthetic_image(48, 64, seed=s) for s in range(5)]
-    runner = PooledBatch()
+    runner = two_at_once()
     detector = Detector(runner, config)
     levels = len(detector.plan(48, 64))
     got = detector.detect_batch(images)
     assert runner.batches == [2] * levels + [2] * levels + [1] * levels
-    singles = [Detector(PooledBatch(), config).detect(image) for image in images]
+    singles = [Detector(two_at_once(), config).detect(image) for image in images]
     assert len(got) == 5 and all(len(s) > 0 for s in singles)
     for g, s in zip(got, singles, strict=True):
         np.testing.assert_array_equal(g, s)

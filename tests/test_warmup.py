@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers_runners import PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
@@ -104,17 +105,10 @@ def test_a_host_runner_warmup_prepares_nothing_and_the_detector_still_detects():
     from tinyfaces_trt.parity.images import synthetic_image
     from tinyfaces_trt.runtime.postprocess import HostPostprocessor
 
-    class Pooled(RunnerBase):
-        def run(self, x):
-            n, _, h, w = x.shape
-            rng = np.random.default_rng(h * 1000 + w)
-            base = rng.standard_normal((1, 125, -(-h // 8), -(-w // 8))).astype(np.float32)
-            return base + x.mean(axis=(1, 2, 3))[:, None, None, None]
-
     assert RunnerBase().warmup([(1, 3, 8, 8)]) is None
     image = synthetic_image(48, 64, seed=5)
-    fresh = Detector(Pooled(), DetectorConfig()).detect(image)
-    warmed = Detector(Pooled(), DetectorConfig())
+    fresh = Detector(PooledRunner(), DetectorConfig()).detect(image)
+    warmed = Detector(PooledRunner(), DetectorConfig())
     warmed.warmup([(48, 64), (32, 32)], batch_sizes=(1, 2))
     assert isinstance(warmed.postprocessor, HostPostprocessor)
     assert len(fresh) > 0
