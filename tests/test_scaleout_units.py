@@ -260,7 +260,7 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     import time
     from types import SimpleNamespace
 
-    from ray import serve
+    serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the scale extra)")
 
     from tinyfaces_trt.scaleout import cluster
     from tinyfaces_trt.scaleout import serve as serve_module
