@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 
 from tinyfaces_trt.core.errors import first_line
 from tinyfaces_trt.core.files import cache_root, remove_stale_temporaries, staging_dir
-from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, write_key
+from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, shape_lock, write_key
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class PackageCache:
     def path(self, shape: Sequence[int]) -> Path:
         """The package of one input shape."""
         return shape_file(self.folder, shape, ".pt2")
+
+    def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
+        """Held around loading or compiling the package of ``shape`` (see
+        :func:`~.compile_cache.shape_lock`)."""
+        return shape_lock(self.folder, shape, self.path(shape))
 
     def load(self, shape: Sequence[int]) -> Compiled | None:
         """The package of ``shape``, loaded; None when there is none, or when this torch

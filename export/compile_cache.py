@@ -34,18 +34,25 @@ import logging
 import os
 import platform
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tinyfaces_trt.core.files import cache_root, write_bytes_atomic, write_text_atomic
+from tinyfaces_trt.core.locks import LockWords, waiting_lock
 
 _logger = logging.getLogger(__name__)
 
 #: Sub-folder of the cache root holding compiled artefacts.
 CACHE_SUBDIR = "torch_compile"
 _KEY_CHARS = 16
+#: How often a runner waiting for another process's compile of a shape says so, and how long
+#: it waits at most before compiling itself (one shape of a 1080p pyramid: seconds on an H200,
+#: about a minute for ResNet-50 on a 2-core CPU).
+LOCK_WAIT_STEP_S = 30.0
+LOCK_WAIT_LIMIT_S = 600.0
 
 
 def device_description(device: torch.device) -> str:
@@ -96,6 +103,21 @@ def shape_file(folder: Path, shape: Sequence[int], suffix: str) -> Path:
     return folder / ("x".join(str(int(d)) for d in shape) + suffix)
 
 
+def shape_lock(folder: Path, shape: Sequence[int], file: Path) -> AbstractContextManager[bool]:
+    """Holds ``<folder>/<N>x<C>x<H>x<W>.lock`` while ``file`` (that shape's cache file) is
+    loaded or compiled and written; yields whether it waited for another process.
+
+    Processes sharing the cache (the replicas of a service warming up on the GPUs of one
+    machine) then compile each shape once: the others wait, then load what it wrote. The wait
+    is said in the log and bounded (:data:`LOCK_WAIT_LIMIT_S`); without the lock (a file
+    system that refuses it) each compiles, as the files are written atomically.
+    """
+    words = LockWords(doing=f"compiling input shape {tuple(int(d) for d in shape)} into {file}",
+                      other="the other compile", alone="compiles itself", unlocked="compiling")
+    return waiting_lock(shape_file(folder, shape, ".lock"), words, say=_logger.info,
+                        warn=_logger.warning, step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S)
+
+
 def write_key(folder: Path, key: dict[str, str] | None) -> None:
     """Writes ``key`` as ``key.json`` in the existing ``folder``, unless it is already there."""
     if key is not None and not (folder / "key.json").exists():
@@ -125,6 +147,10 @@ class CompileCache:
     def path(self, shape: Sequence[int]) -> Path:
         """The file of one input shape."""
         return shape_file(self.folder, shape, ".bin")
+
+    def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
+        """Held around loading, compiling and saving ``shape`` (see :func:`shape_lock`)."""
+        return shape_lock(self.folder, shape, self.path(shape))
 
     def load(self, shape: Sequence[int]) -> bool:
         """Hot-loads the artefacts saved for ``shape`` into Inductor's local caches.
@@ -175,5 +201,5 @@ def inductor_cache_counters() -> dict[str, int]:
             "misses": int(inductor.get("fxgraph_cache_miss", 0))}
 
 
-__all__ = ["CACHE_SUBDIR", "CompileCache", "compile_key", "device_description",
-           "inductor_cache_counters"]
+__all__ = ["CACHE_SUBDIR", "LOCK_WAIT_LIMIT_S", "LOCK_WAIT_STEP_S", "CompileCache", "compile_key",
+           "device_description", "inductor_cache_counters", "shape_lock"]

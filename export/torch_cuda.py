@@ -7,7 +7,8 @@ keeps, per input shape, a ready callable:
     BatchNorm folded into the convolutions (:func:`fold_batchnorm`), compiled by
     ``torch.compile`` (Inductor, static shapes, one compiled graph per shape), then captured
     in a CUDA graph. Compiled artefacts are cached on disk per shape
-    (:mod:`.compile_cache`), so a second process does not compile again. When compiling
+    (:mod:`.compile_cache`), so a second process does not compile again; processes sharing
+    the cache compile a shape once, the others wait for its file (a lock per shape). When compiling
     fails the runner logs a warning and falls back to ``"graphs"`` (``"eager"`` on the CPU).
 ``mode="aoti"``
     As ``"compile"``, but each shape is compiled ahead of time by AOTInductor into a ``.pt2``
@@ -520,11 +521,12 @@ class TorchCudaRunner(RunnerBase):
             self._packages = PackageCache.for_module(folded, self.device, self.dtype,
                                                      self.channels_last, self.cache_dir)
         record.cache_file = self._packages.path(shape)
-        fn = self._packages.load(shape)
-        record.cache_loaded = fn is not None
-        if fn is None:
-            _logger.info("compiling an AOTInductor package for input shape %s ...", shape)
-            fn = self._packages.compile(folded, shape)
+        with self._packages.lock(shape):  # another process may be compiling it
+            fn = self._packages.load(shape)
+            record.cache_loaded = fn is not None
+            if fn is None:
+                _logger.info("compiling an AOTInductor package for input shape %s ...", shape)
+                fn = self._packages.compile(folded, shape)
         return fn
 
     def _compile(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor],
@@ -543,17 +545,18 @@ class TorchCudaRunner(RunnerBase):
         compiled = torch.compile(per_shape, dynamic=False, fullgraph=True,
                                  options={"triton.cudagraphs": False})
         record.cache_file = cache.path(shape)
-        record.cache_loaded = cache.load(shape)
-        before = inductor_cache_counters()
-        _logger.info("compiling the network for input shape %s%s ...", shape,
-                     " (from the compile cache)" if record.cache_loaded else "")
-        x = torch.zeros(shape, device=self.device, dtype=torch.float32)
-        compiled(x)  # compiles now, not inside a later run or a CUDA-graph capture
-        after = inductor_cache_counters()
-        record.inductor_hits = after["hits"] - before["hits"]
-        record.inductor_misses = after["misses"] - before["misses"]
-        if record.inductor_misses or not record.cache_loaded:
-            cache.save(shape)
+        with cache.lock(shape):  # another process may be compiling it
+            record.cache_loaded = cache.load(shape)
+            before = inductor_cache_counters()
+            _logger.info("compiling the network for input shape %s%s ...", shape,
+                         " (from the compile cache)" if record.cache_loaded else "")
+            x = torch.zeros(shape, device=self.device, dtype=torch.float32)
+            compiled(x)  # compiles now, not inside a later run or a CUDA-graph capture
+            after = inductor_cache_counters()
+            record.inductor_hits = after["hits"] - before["hits"]
+            record.inductor_misses = after["misses"] - before["misses"]
+            if record.inductor_misses or not record.cache_loaded:
+                cache.save(shape)
         return compiled
 
 

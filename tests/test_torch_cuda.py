@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import weakref
 import zipfile
 from pathlib import Path
@@ -461,6 +462,108 @@ def test_second_process_loads_the_compile_cache(two_processes):
                                atol=1e-6, rtol=0)
 
 
+def _wait_for_log(caplog, text: str, worker: threading.Thread) -> None:
+    """Returns once a log record contains ``text`` (the worker thread logs it)."""
+    for _ in range(600):
+        if any(text in r.getMessage() for r in caplog.records):
+            return
+        assert worker.is_alive(), caplog.text
+        time.sleep(0.05)
+    raise AssertionError(f"no log record says {text!r}: {caplog.text}")
+
+
+def test_a_shape_another_process_compiles_is_waited_for_then_loaded(monkeypatch, tmp_path, caplog):
+    """Replicas sharing a cache compile a shape once: this runner finds the shape's lock held
+    (by "another process": a lock of the test's own), waits without compiling, then loads
+    the file the holder wrote; it holds the lock itself while it compiles."""
+    from filelock import FileLock, Timeout
+
+    runs, loaded = [], []
+
+    def compile_stand_in(module, **kwargs):
+        def run(x):  # a compiled module's first call compiles: it must hold the lock then
+            if runs:
+                return module(x)
+            free: list[bool] = []
+
+            def try_lock() -> None:  # from another thread: filelock lets a thread re-enter
+                try:
+                    with FileLock(lock_path).acquire(timeout=0):
+                        free.append(True)
+                except Timeout:
+                    free.append(False)
+
+            other = threading.Thread(target=try_lock)
+            other.start()
+            other.join()
+            assert free == [False], "compiling without holding the shape's lock"
+            runs.append(tuple(x.shape))
+            return module(x)
+        return run
+
+    monkeypatch.setattr(torch_cuda.torch, "compile", compile_stand_in)
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda data: loaded.append(data) or {})
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"this process's", None))
+    model, x = stand_in(), net_input()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    cache = CompileCache.for_module(runner._folded_net(), runner.device, runner.dtype,
+                                    runner.channels_last, tmp_path)
+    lock_path = cache.folder / "2x3x32x48.lock"
+    cache.folder.mkdir(parents=True)
+    holder = FileLock(lock_path)
+    holder.acquire()
+    out: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: out.append(runner.run(x)))
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
+            worker.start()
+            _wait_for_log(caplog, "waiting for it to finish", worker)
+            assert not runs and not loaded  # waits: neither compiles nor loads
+            cache.path(INPUT_SHAPE).write_bytes(b"the other process's")  # its compile lands
+    finally:
+        holder.release()
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"another process is compiling input shape {INPUT_SHAPE} into {cache.path(INPUT_SHAPE)}; "
+        f"waiting for it to finish (lock {lock_path}) ..."]
+    record = runner.records[INPUT_SHAPE]
+    assert record.mode == "compile" and record.cache_loaded and loaded == [b"the other process's"]
+    assert runs == [INPUT_SHAPE]  # compiled (from the loaded artefacts) under the lock
+    assert cache.path(INPUT_SHAPE).read_bytes() == b"the other process's"  # nothing to save
+    np.testing.assert_allclose(out[0], _reference(model, x), **FOLDED_TOL)
+
+
+def test_a_shape_waits_at_most_the_limit_then_compiles(monkeypatch, tmp_path, caplog):
+    from filelock import FileLock
+
+    from tinyfaces_trt.export import compile_cache
+
+    monkeypatch.setattr(compile_cache, "LOCK_WAIT_STEP_S", 0.3)
+    monkeypatch.setattr(compile_cache, "LOCK_WAIT_LIMIT_S", 1.0)
+    monkeypatch.setattr(torch_cuda.torch, "compile", lambda module, **kwargs: module)
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"this process's", None))
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    cache = CompileCache.for_module(runner._folded_net(), runner.device, runner.dtype,
+                                    runner.channels_last, tmp_path)
+    cache.folder.mkdir(parents=True)
+    hung = FileLock(cache.folder / "2x3x32x48.lock")  # a holder that never finishes
+    hung.acquire()
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
+            runner.run(net_input())
+    finally:
+        hung.release()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("another process is compiling input shape (2, 3, 32, 48)")
+    assert 1 <= len(lines[1:-1]) <= 3 and all(
+        line.startswith("still waiting for the other compile (")
+        and line.endswith("at 1 s this process compiles itself)") for line in lines[1:-1])
+    assert lines[-1].startswith(f"gave up waiting for the lock {hung.lock_file} after 1 s")
+    assert runner.records[INPUT_SHAPE].mode == "compile"
+    assert cache.path(INPUT_SHAPE).read_bytes() == b"this process's"
+
+
 @pytest.mark.skipif(not os.environ.get("TINYFACES_SLOW_TESTS"),
                     reason="compiles ResNet-50 on the CPU (~60 s); set TINYFACES_SLOW_TESTS=1")
 def test_compiled_resnet50_matches_eager(seeded, tmp_path):
@@ -508,7 +611,8 @@ def test_aoti_package_matches_eager_and_embeds_the_weights(aoti_package):
     np.testing.assert_allclose(out, eager.run(net_input()), atol=COMPILED_ATOL, rtol=0)
     package = record.cache_file
     assert package.parent.parent == cache / aoti.PACKAGE_SUBDIR
-    assert sorted(p.name for p in package.parent.iterdir()) == ["2x3x32x48.pt2", "key.json"]
+    assert sorted(p.name for p in package.parent.iterdir()) == ["2x3x32x48.lock", "2x3x32x48.pt2",
+                                                                "key.json"]
     key = json.loads((package.parent / "key.json").read_text())
     assert key["form"] == "aotinductor" and key["dtype"] == "torch.float32"
     assert key["weights"] == aoti.weights_digest(
@@ -532,6 +636,41 @@ def test_a_second_runner_loads_the_package_without_compiling(aoti_package, monke
     np.testing.assert_array_equal(again, out)
     gc.collect()
     assert loaded() is None, "close() left the loaded package alive"
+
+
+def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_package, tmp_path,
+                                                                      monkeypatch, caplog):
+    from filelock import FileLock
+
+    cache, out, record = aoti_package
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(aoti.torch.export, "export", no_export)
+    copy = tmp_path / "cache"
+    package = copy / record.cache_file.relative_to(cache)
+    lock_path = package.with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True)
+    holder = FileLock(lock_path)  # "another process" is compiling the package
+    holder.acquire()
+    runner = _aoti_runner(copy)
+    again: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: again.append(runner.run(net_input())))
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
+            worker.start()
+            _wait_for_log(caplog, "waiting for it to finish", worker)
+            shutil.copyfile(record.cache_file, package)  # its package lands
+    finally:
+        holder.release()
+        worker.join(timeout=60)
+    runner.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"another process is compiling input shape {INPUT_SHAPE} into {package}; waiting for it "
+        f"to finish (lock {lock_path}) ..."]
+    assert runner.records[INPUT_SHAPE].mode == "aoti" and runner.records[INPUT_SHAPE].cache_loaded
+    np.testing.assert_array_equal(again[0], out)
 
 
 def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
@@ -856,7 +995,7 @@ def test_a_killed_builds_staging_folder_is_removed(aoti_package, tmp_path, monke
                         _reuse_package(record.cache_file.read_bytes(), []))
     with _aoti_runner(copy) as runner:
         runner.run(net_input())
-    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.pt2", "key.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.lock", "2x3x32x48.pt2", "key.json"]
 
 
 def test_aoti_failure_falls_back_to_eager_leaving_no_partial_package(tmp_path, monkeypatch,
@@ -874,7 +1013,7 @@ def test_aoti_failure_falls_back_to_eager_leaving_no_partial_package(tmp_path, m
     assert runner.mode == "eager"
     np.testing.assert_allclose(out, _reference(stand_in(), net_input()), **FOLDED_TOL)
     (folder,) = (tmp_path / aoti.PACKAGE_SUBDIR).iterdir()
-    assert [p.name for p in folder.iterdir()] == ["key.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.lock", "key.json"]
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the C++ example")

@@ -22,7 +22,7 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
 from tinyfaces_trt.core.files import CACHE_ENV, cache_root, remove_stale_temporaries
 from tinyfaces_trt.core.hashing import file_sha256
+from tinyfaces_trt.core.locks import LockWords, waiting_lock
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
 
 log = logging.getLogger(__name__)
@@ -162,50 +163,19 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
         return load_export_folder(target, verify=False)  # its checksums were just computed
 
 
-@contextlib.contextmanager
-def _export_lock(root: Path, key: str, say: Progress) -> Iterator[bool]:
+def _export_lock(root: Path, key: str, say: Progress) -> contextlib.AbstractContextManager[bool]:
     """Holds ``<root>/<key>.lock``; yields whether it waited for another process.
 
     The wait is bounded: it says every :data:`LOCK_WAIT_STEP_S` that it is still waiting,
     and after :data:`LOCK_WAIT_LIMIT_S` (a holder hung, or a file system whose lock never
-    clears) it goes on without the lock, as it does where the file system refuses the lock
-    (an OSError): concurrent exports then each write a complete folder (staged and swapped in
-    whole), only duplicating the work.
+    clears) it goes on without the lock, as it does where the file system refuses the lock:
+    concurrent exports then each write a complete folder (staged and swapped in whole), only
+    duplicating the work.
     """
-    from filelock import FileLock, Timeout
-
-    path = root / f"{key}.lock"
-    lock = FileLock(path)
-    waited = locked = False
-    start = time.monotonic()
-    try:
-        try:
-            lock.acquire(timeout=0)
-            locked = True
-        except Timeout:
-            waited = True
-            say(f"another process is exporting into the cache {root / key}; waiting for it to "
-                f"finish (lock {path}) ...")
-        while not locked:
-            held = time.monotonic() - start
-            if held >= LOCK_WAIT_LIMIT_S:
-                say(f"gave up waiting for the lock {path} after {held:.0f} s (its holder may "
-                    "hang); going on without it")
-                break
-            try:
-                lock.acquire(timeout=min(LOCK_WAIT_STEP_S, LOCK_WAIT_LIMIT_S - held))
-                locked = True
-            except Timeout:
-                if time.monotonic() - start < LOCK_WAIT_LIMIT_S:
-                    say(f"still waiting for the other export ({time.monotonic() - start:.0f} s; "
-                        f"at {LOCK_WAIT_LIMIT_S:.0f} s this process exports itself)")
-    except (OSError, NotImplementedError) as exc:
-        log.warning("cannot lock %s (%s); exporting without the lock", path, exc)
-    try:
-        yield waited
-    finally:
-        if locked:
-            lock.release()
+    words = LockWords(doing=f"exporting into the cache {root / key}", other="the other export",
+                      alone="exports itself", unlocked="exporting")
+    return waiting_lock(root / f"{key}.lock", words, say=say, warn=log.warning,
+                        step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S)
 
 
 __all__ = ["CACHE_ENV", "UNTRAINED_MODEL", "Progress", "cache_key", "cache_root", "cached_export",
