@@ -1,11 +1,13 @@
 """A lock file that processes sharing a cache take around a long job (an export, a compile),
 so that one process does it and the others wait for its result instead of repeating it.
 
-The lock is an OS file lock (:mod:`filelock`, imported on use: the ``export`` extra has it),
-released when its holder exits or is killed. The wait is bounded and said as it goes; where
-the lock cannot be taken (a file system without locks) or the wait runs out (a hung holder),
-the job runs without it: the jobs this guards write their results atomically, so running one
-twice only duplicates the work.
+The lock is an OS file lock (``flock``, through :mod:`filelock`, imported on use: the
+``export`` extra and torch require it), released when its holder exits or is killed. The wait
+is bounded and said as it goes; where the lock cannot be taken (a file system without
+``flock``: filelock's marker-file fallback is refused, as a marker from a killed process on
+another host would never clear) or the wait runs out (a hung holder), the job runs without
+it: the jobs this guards write their results atomically, so running one twice only
+duplicates the work.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 Say = Callable[[str], None]
+#: Seconds between attempts while waiting (filelock's default, 0.05 s, costs many file-system
+#: calls per waiter on a network file system).
+POLL_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,10 @@ def waiting_lock(path: str | Path, words: LockWords, *, say: Say, warn: Say, ste
     lock = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
+        try:
+            lock = FileLock(path, fallback_to_soft=False)
+        except TypeError:  # filelock < 3.30 has no marker-file fallback to refuse
+            lock = FileLock(path)
         try:
             lock.acquire(timeout=0)
             locked = True
@@ -72,7 +80,7 @@ def waiting_lock(path: str | Path, words: LockWords, *, say: Say, warn: Say, ste
                     "hang); going on without it")
                 break
             try:
-                lock.acquire(timeout=min(step_s, limit_s - held))
+                lock.acquire(timeout=min(step_s, limit_s - held), poll_interval=POLL_INTERVAL_S)
                 locked = True
             except Timeout:
                 if time.monotonic() - start < limit_s:
@@ -87,4 +95,4 @@ def waiting_lock(path: str | Path, words: LockWords, *, say: Say, warn: Say, ste
             lock.release()
 
 
-__all__ = ["LockWords", "waiting_lock"]
+__all__ = ["POLL_INTERVAL_S", "LockWords", "waiting_lock"]

@@ -85,7 +85,7 @@ class PackageCache:
         return shape_file(self.folder, shape, ".pt2")
 
     def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
-        """Held around loading or compiling the package of ``shape`` (see
+        """Held around loading or compiling the package of ``shape`` while it is missing (see
         :func:`~.compile_cache.shape_lock`)."""
         return shape_lock(self.folder, shape, self.path(shape))
 

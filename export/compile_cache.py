@@ -34,7 +34,7 @@ import logging
 import os
 import platform
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -104,14 +104,19 @@ def shape_file(folder: Path, shape: Sequence[int], suffix: str) -> Path:
 
 
 def shape_lock(folder: Path, shape: Sequence[int], file: Path) -> AbstractContextManager[bool]:
-    """Holds ``<folder>/<N>x<C>x<H>x<W>.lock`` while ``file`` (that shape's cache file) is
-    loaded or compiled and written; yields whether it waited for another process.
+    """Where ``file`` (that shape's cache file) is missing, holds
+    ``<folder>/<N>x<C>x<H>x<W>.lock`` while it is loaded or compiled and written; yields
+    whether it waited for another process.
 
     Processes sharing the cache (the replicas of a service warming up on the GPUs of one
-    machine) then compile each shape once: the others wait, then load what it wrote. The wait
-    is said in the log and bounded (:data:`LOCK_WAIT_LIMIT_S`); without the lock (a file
-    system that refuses it) each compiles, as the files are written atomically.
+    machine) then compile each shape once: the others wait, then load what it wrote. A shape
+    whose file is there takes no lock (the files are replaced atomically), so processes
+    loading a warm cache, also a read-only one, never wait for each other. The wait is said in
+    the log and bounded (:data:`LOCK_WAIT_LIMIT_S`); without the lock (a file system that
+    refuses it) each compiles.
     """
+    if file.is_file():
+        return nullcontext(False)
     words = LockWords(doing=f"compiling input shape {tuple(int(d) for d in shape)} into {file}",
                       other="the other compile", alone="compiles itself", unlocked="compiling")
     return waiting_lock(shape_file(folder, shape, ".lock"), words, say=_logger.info,
@@ -149,7 +154,8 @@ class CompileCache:
         return shape_file(self.folder, shape, ".bin")
 
     def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
-        """Held around loading, compiling and saving ``shape`` (see :func:`shape_lock`)."""
+        """Held around loading, compiling and saving ``shape`` while its file is missing (see
+        :func:`shape_lock`)."""
         return shape_lock(self.folder, shape, self.path(shape))
 
     def load(self, shape: Sequence[int]) -> bool:

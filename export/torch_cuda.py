@@ -130,7 +130,10 @@ class ShapeRecord:
 
     Attributes:
         mode: ``"compile"``, ``"aoti"``, ``"graphs"`` or ``"eager"`` (after any fallback).
-        seconds: wall time to prepare it (compile or load, warm-up, capture).
+        seconds: wall time to prepare it (compile or load, warm-up, capture), including
+            ``wait_seconds``.
+        wait_seconds: of that, the time spent waiting for another process compiling this
+            shape into the shared cache (then loaded from its file).
         cache_file: the compile-cache file (compile mode) or the AOTInductor package (aoti
             mode) of this shape, else None.
         cache_loaded: that file existed and was loaded (aoti: nothing was compiled).
@@ -144,6 +147,7 @@ class ShapeRecord:
     cache_loaded: bool = False
     inductor_hits: int = 0
     inductor_misses: int = 0
+    wait_seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -480,7 +484,9 @@ class TorchCudaRunner(RunnerBase):
                     self.mode = record.mode = "eager"
         record.seconds = time.perf_counter() - start
         self.records[shape] = record
-        _logger.info("input shape %s ready (%s, %.1f s)", shape, record.mode, record.seconds)
+        _logger.info("input shape %s ready (%s, %.1f s%s)", shape, record.mode, record.seconds,
+                     f", {record.wait_seconds:.1f} s of it waiting for another process's compile"
+                     if record.wait_seconds else "")
         return fn
 
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],
@@ -521,7 +527,7 @@ class TorchCudaRunner(RunnerBase):
             self._packages = PackageCache.for_module(folded, self.device, self.dtype,
                                                      self.channels_last, self.cache_dir)
         record.cache_file = self._packages.path(shape)
-        with self._packages.lock(shape):  # another process may be compiling it
+        with _waiting(self._packages.lock(shape), record):  # another process may compile it
             fn = self._packages.load(shape)
             record.cache_loaded = fn is not None
             if fn is None:
@@ -545,7 +551,7 @@ class TorchCudaRunner(RunnerBase):
         compiled = torch.compile(per_shape, dynamic=False, fullgraph=True,
                                  options={"triton.cudagraphs": False})
         record.cache_file = cache.path(shape)
-        with cache.lock(shape):  # another process may be compiling it
+        with _waiting(cache.lock(shape), record):  # another process may be compiling it
             record.cache_loaded = cache.load(shape)
             before = inductor_cache_counters()
             _logger.info("compiling the network for input shape %s%s ...", shape,
@@ -558,6 +564,16 @@ class TorchCudaRunner(RunnerBase):
             if record.inductor_misses or not record.cache_loaded:
                 cache.save(shape)
         return compiled
+
+
+@contextlib.contextmanager
+def _waiting(lock: contextlib.AbstractContextManager[bool], record: ShapeRecord) -> Iterator[None]:
+    """Holds a shape's cache lock, the time spent waiting for it in ``record``."""
+    start = time.perf_counter()
+    with lock as waited:
+        if waited:
+            record.wait_seconds = time.perf_counter() - start
+        yield
 
 
 def _describe(exc: BaseException) -> str:

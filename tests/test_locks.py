@@ -1,0 +1,51 @@
+"""core.locks.waiting_lock: the lock file shared by processes around a long job. Its waits are
+tested through their users (tests/test_export_cache.py, the shape locks in
+tests/test_torch_cuda.py); here the paths that have no user-level trace."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+
+import pytest
+
+from tinyfaces_trt.core.locks import LockWords, waiting_lock
+
+filelock = pytest.importorskip("filelock")
+
+WORDS = LockWords(doing="testing", other="the other test", alone="tests itself", unlocked="testing")
+
+
+def _lock(path, said: list[str], warned: list[str]):
+    return waiting_lock(path, WORDS, say=said.append, warn=warned.append, step_s=0.2, limit_s=1.0)
+
+
+def test_a_file_system_without_flock_runs_the_job_unlocked_and_says_so(tmp_path, monkeypatch):
+    """filelock's own fallback there (a marker file) is refused: a marker left by a killed
+    process on another host would hold every later process for the whole wait."""
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    said: list[str] = []
+    warned: list[str] = []
+    path = tmp_path / "job.lock"
+    with _lock(path, said, warned) as waited:
+        ran = True
+    assert ran and waited is False and said == []
+    assert warned == [f"cannot lock {path} ([Errno {errno.ENOSYS}] Function not implemented); "
+                      "testing without the lock"]
+
+
+def test_the_lock_is_released_when_the_job_fails(tmp_path):
+    path = tmp_path / "sub" / "job.lock"  # the folder is made
+    said: list[str] = []
+    with pytest.raises(ValueError):
+        with _lock(path, said, said) as waited:
+            assert waited is False
+            with pytest.raises(filelock.Timeout):  # held, as another process would find it
+                filelock.FileLock(path).acquire(timeout=0)
+            raise ValueError("the job failed")
+    with filelock.FileLock(path).acquire(timeout=0):
+        pass
+    assert said == []
