@@ -14,7 +14,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                      parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.profiles import Profile
+from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
 from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET
 from tinyfaces_trt.export.trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--max-batch", metavar="N", type=positive_int, default=1,
                       help="the engine takes batches of 1 to N images of one size, each pyramid "
                            "level run once for all (video frames, camera streams: "
-                           "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; N "
-                           "times the GPU memory of the largest level, so give --image-size "
-                           "with it (default: 1, single images)")
+                           "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; "
+                           "needs --image-size (the frames' size: N times the GPU memory of "
+                           "its largest level) (default: 1, single images)")
     for which in ("min", "opt", "max"):
         prof.add_argument(f"--{which}-shape", metavar="NxCxHxW", type=parse_shape,
                           help=f"explicit profile {which} shape, NCHW (all three together; "
@@ -136,9 +136,14 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
     if all(shapes) and a.image_size:
         p.error("give either --image-size or --min/--opt/--max-shape, not both")
     if all(shapes) and a.max_batch != 1:
-        p.error("--max-batch applies to --image-size or the default profile; with "
-                "--min/--opt/--max-shape give the batch as the first dimension of --opt-shape "
-                "and --max-shape (--min-shape's is 1)")
+        p.error("--max-batch applies to --image-size; with --min/--opt/--max-shape give the "
+                "batch as the first dimension of --opt-shape and --max-shape (--min-shape's is 1)")
+    if a.max_batch != 1 and not a.image_size:
+        # the default profile's largest level is 3x3840x3840: N of them is an engine few GPUs hold
+        p.error(f"--max-batch {a.max_batch} needs --image-size: a batch is images of one size "
+                f"(video frames, a camera's); for batches of every image up to "
+                f"{DEFAULT_MAX_SIDE}x{DEFAULT_MAX_SIDE} (the default profile) the engine would need "
+                f"{a.max_batch} times the memory of the largest pyramid level")
     return Profile(*shapes) if all(shapes) else None
 
 

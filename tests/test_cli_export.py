@@ -52,7 +52,10 @@ def test_help_lists_exit_codes(capsys):
     (["--untrained", "--min-shape", "8x8"], "NxCxHEIGHTxWIDTH"),
     (["--untrained", "--max-batch", "0"], "argument --max-batch: 0 must be >= 1"),
     (["--untrained", "--max-batch", "4", "--min-shape", "1x3x8x8", "--opt-shape", "4x3x8x8",
-      "--max-shape", "4x3x8x8"], "--max-batch applies to --image-size or the default profile"),
+      "--max-shape", "4x3x8x8"], "--max-batch applies to --image-size; with --min/--opt/--max-shape"),
+    (["--untrained", "--max-batch", "8"], "--max-batch 8 needs --image-size: a batch is images of one "
+     "size (video frames, a camera's); for batches of every image up to 1920x1920 (the default "
+     "profile) the engine would need 8 times the memory of the largest pyramid level"),
     (["--untrained", "--workspace", "0"], "argument --workspace: 0.0 must be > 0"),
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
     (["--untrained", "--seed", "-3"], "argument --seed: -3 must be >= 0"),
