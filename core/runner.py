@@ -10,7 +10,11 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   ``__cuda_array_interface__``, C-contiguous float32) and returns one, produced on the CUDA
   stream :attr:`NetworkRunner.stream`. The detector then keeps every stage on the device
   (CUDA resize, decode, NMS) and orders the streams with CUDA events; only boxes come back.
-  Host runners take and return numpy arrays.
+  Host runners take and return numpy arrays. The input's producer comes first: where the
+  interface names its stream (version 3 ``stream``, :func:`producer_stream`: CuPy, Numba, the
+  runtime's own ``DeviceArray``), the runner orders its stream after that one on the GPU;
+  where it names none (a torch tensor), the caller orders it before the runner's stream. The
+  runner keeps the input alive until its next ``run`` (its queued work may still read it).
 - ``batch``: ``run`` accepts N > 1 (``Detector.detect_batch`` runs each pyramid level once
   for all images); otherwise the detector runs images one by one. ``max_batch``: the most
   images one run takes (a TensorRT engine's profile), None for any; the detector splits a
@@ -34,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from tinyfaces_trt.core.errors import NetworkInputError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
@@ -81,6 +86,30 @@ class NetworkRunner(Protocol):
 
     def close(self) -> None:
         """Releases the runner's memory; idempotent."""
+
+
+def producer_stream(device_input: Any) -> int | None:
+    """The CUDA stream a device array was produced on, as its ``__cuda_array_interface__``
+    names it (version 3 ``stream``: 1 is the legacy default stream, 2 the per-thread default
+    stream, the very values of the runtime's ``cudaStreamLegacy`` and ``cudaStreamPerThread``
+    handles; any other value a ``cudaStream_t``); None where it names none (torch tensors,
+    version 2): the caller then orders the producer.
+
+    Raises:
+        NetworkInputError: the interface names stream 0, which it disallows (ambiguous between
+            the legacy and the per-thread default stream), or something else than an integer.
+    """
+    interface = getattr(device_input, "__cuda_array_interface__", None)
+    stream = interface.get("stream") if isinstance(interface, dict) else None
+    if stream is None:
+        return None
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        raise NetworkInputError(f"__cuda_array_interface__ names stream {stream!r}; the interface "
+                                f"takes None or an integer")
+    if stream == 0:
+        raise NetworkInputError("__cuda_array_interface__ names stream 0, which the interface "
+                                "disallows: 1 is the legacy default stream, 2 the per-thread one")
+    return stream
 
 
 #: The members every runner has (:class:`NetworkRunner`).

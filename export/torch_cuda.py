@@ -75,7 +75,7 @@ from torch import nn
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
 from tinyfaces_trt.core.pyramid import PyramidLevel
-from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, producer_stream
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
@@ -279,6 +279,8 @@ class TorchCudaRunner(RunnerBase):
         self._dropped: set[Shape] = set()  # prepared, then dropped (LRU)
         self._kept: set[Shape] = set()  # prepared by warmup(): never dropped
         self._prepared_again = 0
+        self._producer_event: torch.cuda.Event | None = None
+        self._last_input: Any = None  # a device input, read by the queued work until the next run
         self._closed = False
 
     def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
@@ -307,7 +309,10 @@ class TorchCudaRunner(RunnerBase):
         """(N, 3, h, w) float32 input -> (N, 125, h', w') float32 score map.
 
         A numpy array gives a numpy array. A CUDA array (``__cuda_array_interface__``, e.g. a
-        torch tensor) gives a CUDA torch tensor on :attr:`stream`, valid until the next run.
+        torch tensor) gives a CUDA torch tensor on :attr:`stream`, valid until the next run;
+        the runner's stream waits for the stream the interface names (CuPy, Numba, the
+        runtime's ``DeviceArray``), else (a torch tensor) the caller orders its producer before
+        :attr:`stream`. The input is kept alive until the next run.
         """
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
@@ -316,13 +321,28 @@ class TorchCudaRunner(RunnerBase):
             raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream():
             if device_input:
+                self._after_producer(net_input)
                 x = torch.as_tensor(net_input, device=self.device)
             else:
                 x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
                 x = x.to(self.device)
             _check_input(x)
             out = self._run_shape(x)
+            if device_input:
+                self._last_input = net_input
             return out if device_input else out.cpu().numpy()
+
+    def _after_producer(self, net_input: Any) -> None:
+        """Queues on the runner's stream a wait for the stream ``net_input``'s CUDA Array
+        Interface names (torch reads only its pointer), with one reusable event; nothing
+        when it names none or names this stream."""
+        producer = producer_stream(net_input)
+        if producer is None or producer == self._stream.cuda_stream:
+            return
+        if self._producer_event is None:
+            self._producer_event = torch.cuda.Event()
+        self._producer_event.record(torch.cuda.ExternalStream(producer, device=self.device))
+        self._stream.wait_event(self._producer_event)
 
     def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
         """Any level runs (shapes are prepared on first use or by :meth:`warmup`; the batch
@@ -365,6 +385,8 @@ class TorchCudaRunner(RunnerBase):
         if self._stream is not None:
             self._stream.synchronize()
         self._closed = True
+        self._last_input = None
+        self._producer_event = None
         self._callables.clear()
         self._eager_runs.clear()
         self._dropped.clear()

@@ -128,7 +128,8 @@ class HostCudart:
 
     def _stream_known(self, stream: Any) -> bool:
         handle = int(stream) if stream is not None else 0
-        return handle == 0 or handle in self.streams
+        # 0 the default stream, 1 and 2 cudaStreamLegacy and cudaStreamPerThread
+        return handle in (0, 1, 2) or handle in self.streams
 
     def _on_device(self, ptr: int, nbytes: int) -> bool | None:
         """True: [ptr, ptr + nbytes) lies in one device allocation; False: in none; None: it

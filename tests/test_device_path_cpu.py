@@ -111,6 +111,41 @@ def test_the_input_stays_alive_while_orts_queued_work_may_read_it(device, export
     assert host_cuda.calls.get("cudaStreamSynchronize", 0) == syncs + 1
 
 
+class _Foreign:
+    """A device array of another library (CuPy, Numba): CUDA Array Interface version 3 over
+    ``array``'s memory, naming ``stream``."""
+
+    def __init__(self, array: cuda_device.DeviceArray, stream) -> None:
+        self.array, self.stream = array, stream
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {**self.array.__cuda_array_interface__, "stream": self.stream}
+
+
+def test_the_runner_waits_on_the_gpu_for_the_stream_an_input_names(device, export_dir, host_cuda):
+    runner = _runner(_onnx(export_dir), device)
+    host = OnnxRuntimeRunner(_onnx(export_dir))
+    producer = cuda_device.Stream()
+    x = np.random.default_rng(2).normal(size=(1, 3, 40, 56)).astype(np.float32)
+    given = _device_input(x)
+    del host_cuda.log[:]
+    out = runner.run(_Foreign(given, producer.handle))
+    assert host_cuda.log[:2] == [("cudaEventRecord", producer.handle),
+                                 ("cudaStreamWaitEvent", device.handle)]
+    np.testing.assert_array_equal(out.download(), host.run(x))
+    del host_cuda.log[:]
+    for stream in (None, device.handle):  # names none (the caller's to order), or ours
+        runner.run(_Foreign(given, stream))
+    assert not [c for c in host_cuda.log if c[0] in ("cudaEventRecord", "cudaStreamWaitEvent")]
+    with pytest.raises(NetworkInputError, match="names stream 0"):
+        runner.run(_Foreign(given, 0))
+    runner.close()
+    producer.close()
+    given.owner.free()
+    assert host_cuda.live()["events"] == 0
+
+
 def test_bound_input_of_the_wrong_layout_is_refused(device, export_dir):
     runner = _runner(_onnx(export_dir), device)
     bad = np.zeros((1, 4, 16, 16), np.float32)

@@ -21,7 +21,8 @@ import host_cudart
 from helpers_runners import PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, ManifestError,
-                                       NonFiniteScoresError, StageOrderError, TinyFacesError)
+                                       NetworkInputError, NonFiniteScoresError, StageOrderError,
+                                       TinyFacesError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
@@ -603,7 +604,8 @@ def runner_cuda() -> SimpleNamespace:
     """The CUDA layer as the runner sees it, over whatever fake_cuda installed."""
     return SimpleNamespace(Stream=cuda_device.Stream, DeviceBuffer=cuda_stages.DeviceBuffer,
                            DeviceArray=cuda_device.DeviceArray,
-                           as_device_array=cuda_device.as_device_array, gpu_available=lambda: True)
+                           as_device_array=cuda_device.as_device_array,
+                           ProducerOrder=cuda_device.ProducerOrder, gpu_available=lambda: True)
 
 
 def runner_trt() -> SimpleNamespace:
@@ -654,6 +656,36 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
     with pytest.raises(ManifestError, match="^TensorRT refused the input shape 1x3x128x128 of "
                                             "profile 0 of <injected engine>$"):
         TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
+
+
+def test_tensorrt_runner_waits_for_the_stream_an_input_names_and_keeps_the_input(monkeypatch):
+    """A CuPy or Numba array names its stream (CUDA Array Interface v3): the runner's stream
+    waits for it on the GPU before the engine reads the input, which the runner keeps alive
+    until its next run (TensorRT reads it after run() returns)."""
+    import gc
+    import weakref
+
+    runner, log = _trt_runner(monkeypatch)
+    (context,) = runner._contexts
+    given = DeviceMap(0x5000, (1, 3, 40, 56))
+    given.__cuda_array_interface__["stream"] = 77
+    alive = weakref.ref(given)
+    before = len(log.calls)
+    runner.run(given)
+    assert log.calls[before:before + 2] == [("record", 77), ("wait", 9)]
+    assert context.calls[-1] == ("execute", 9)
+    del given
+    gc.collect()
+    assert alive() is not None
+    before = len(log.calls)
+    runner.run(DeviceMap(0x5000, (1, 3, 40, 56)))  # names no stream: nothing to wait for
+    assert not [c for c in log.calls[before:] if c[0] in ("record", "wait")]
+    gc.collect()
+    assert alive() is None
+    stream_zero = DeviceMap(0x5000, (1, 3, 40, 56))
+    stream_zero.__cuda_array_interface__["stream"] = 0
+    with pytest.raises(NetworkInputError, match="names stream 0"):
+        runner.run(stream_zero)
 
 
 def test_tensorrt_runner_takes_the_batches_of_its_engines_profile(monkeypatch):

@@ -31,7 +31,7 @@ from torch import nn
 
 from helpers_torch_cuda import INPUT_SHAPE, net_input, stand_in
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.runner import NetworkRunner, RunnerBase, capabilities_of
 from tinyfaces_trt.detectors import BACKENDS, available_backends, create_detector
 from tinyfaces_trt.export import aoti, torch_cuda, torch_settings
@@ -708,6 +708,38 @@ def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_packa
         f"to finish (lock {lock_path}) ..."]
     assert runner.records[INPUT_SHAPE].mode == "aoti" and runner.records[INPUT_SHAPE].cache_loaded
     np.testing.assert_array_equal(again[0], out)
+
+
+def test_a_device_input_naming_its_stream_is_waited_for_on_the_gpu(monkeypatch):
+    """torch reads only the pointer of a CUDA Array Interface: the runner itself makes its
+    stream wait (one reusable event) for the stream a CuPy or Numba array names (CUDA
+    stand-ins record the calls; nothing runs on a GPU)."""
+    calls = []
+
+    class Event:
+        def record(self, stream):
+            calls.append(("record", stream.ptr))
+
+    class Interface:
+        def __init__(self, stream=...):
+            self.__cuda_array_interface__ = {"shape": (1, 3, 8, 8), "typestr": "<f4",
+                                             "data": (0x5000, False), "version": 3}
+            if stream is not ...:
+                self.__cuda_array_interface__["stream"] = stream
+
+    events = []
+    monkeypatch.setattr(torch_cuda.torch.cuda, "Event", lambda: events.append(Event()) or events[-1])
+    monkeypatch.setattr(torch_cuda.torch.cuda, "ExternalStream",
+                        lambda ptr, device=None: SimpleNamespace(ptr=ptr))
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner._stream = SimpleNamespace(cuda_stream=9,
+                                     wait_event=lambda event: calls.append(("wait", 9)))
+    for stream in (77, 77, 2, None, 9, ...):  # 9: the runner's; None or none: the caller's
+        runner._after_producer(Interface(stream))
+    assert calls == [("record", 77), ("wait", 9)] * 2 + [("record", 2), ("wait", 9)]
+    assert len(events) == 1
+    with pytest.raises(NetworkInputError, match="names stream 0"):
+        runner._after_producer(Interface(0))
 
 
 def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):

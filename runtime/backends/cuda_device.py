@@ -18,6 +18,7 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
+from tinyfaces_trt.core.runner import producer_stream
 
 _INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
 _runtime_module: Any = None
@@ -201,6 +202,31 @@ class StreamOrder:
             close()
 
 
+class ProducerOrder:
+    """Orders a ``consumer`` stream after the stream each device input was produced on (its
+    :attr:`DeviceArray.stream`, from the CUDA Array Interface's ``stream``), with one reusable
+    event, on the GPU; nothing for an input that names no stream or was made on ``consumer``.
+    ``event`` is injectable for tests."""
+
+    def __init__(self, consumer: Stream | int | None, event: Any = None) -> None:
+        self.consumer = consumer
+        self._event = event
+
+    def after(self, array: "DeviceArray") -> None:
+        """The consumer's next work starts after the work queued so far on ``array``'s stream."""
+        if array.stream is None or _stream_handle(array.stream) == _stream_handle(self.consumer):
+            return
+        if self._event is None:
+            self._event = Event()
+        self._event.record(array.stream)
+        self._event.make_wait(self.consumer)
+
+    def close(self) -> None:
+        close = getattr(self._event, "close", None)
+        if close is not None:
+            close()
+
+
 def _stream_handle(stream: Stream | int | None) -> int:
     if stream is None:
         return 0
@@ -322,17 +348,18 @@ class PinnedBuffer:
 class DeviceArray:
     """A typed, C-contiguous view of device memory (what the CUDA stages hand around).
 
-    Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy).
-    Nothing downloads silently: ``np.asarray(device_array)`` is a TypeError; :meth:`download`
-    is the explicit copy.
+    Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy),
+    version 3 with the producing ``stream`` where it is known, so that a consumer following
+    the interface (CuPy, Numba) waits for it. Nothing downloads silently:
+    ``np.asarray(device_array)`` is a TypeError; :meth:`download` is the explicit copy.
 
     Args:
         ptr: device address.
         shape, dtype: the array's layout (C order).
         owner: keeps the memory alive (e.g. the :class:`DeviceBuffer`).
         stream: the stream whose work produces the data; downloads synchronise it. Without
-            one (memory wrapped by :func:`as_device_array`: its producer is unknown) a
-            download synchronises the whole device first.
+            one (memory wrapped by :func:`as_device_array` whose interface names no stream:
+            its producer is unknown) a download synchronises the whole device first.
     """
 
     def __init__(self, ptr: int, shape: tuple[int, ...], dtype: Any = np.float32,
@@ -349,8 +376,11 @@ class DeviceArray:
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
-                "strides": None, "version": 3}
+        interface = {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                     "strides": None, "version": 3}
+        if self.stream is not None:  # the interface says 1 for the legacy default stream (0)
+            interface["stream"] = _stream_handle(self.stream) or 1
+        return interface
 
     def download(self, out: np.ndarray | None = None) -> np.ndarray:
         """Copies the array to the host (after the producing stream's work) and returns it."""
@@ -405,8 +435,9 @@ def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
     """Wraps device memory as a :class:`DeviceArray` (no copy).
 
     Objects with ``__cuda_array_interface__`` bring their shape and dtype and must be
-    C-contiguous; a raw int pointer (or DeviceBuffer) needs ``shape`` (``dtype`` defaults to
-    float32).
+    C-contiguous; the stream it names (version 3, :func:`~tinyfaces_trt.core.runner.producer_stream`)
+    becomes the array's :attr:`~DeviceArray.stream` (wrapped, not owned). A raw int pointer
+    (or DeviceBuffer) needs ``shape`` (``dtype`` defaults to float32).
     """
     if isinstance(obj, DeviceArray):
         return obj
@@ -417,7 +448,9 @@ def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
         strides = interface.get("strides")
         if strides is not None and not _c_contiguous(arr_shape, tuple(strides), arr_dtype.itemsize):
             raise TinyFacesError(f"device array must be C-contiguous, got strides {tuple(strides)}")
-        return DeviceArray(int(interface["data"][0]), arr_shape, arr_dtype, owner=obj)
+        producer = producer_stream(obj)
+        return DeviceArray(int(interface["data"][0]), arr_shape, arr_dtype, owner=obj,
+                           stream=None if producer is None else Stream(producer))
     if shape is None:
         raise TinyFacesError(f"a raw device pointer ({type(obj).__name__}) needs an explicit shape")
     return DeviceArray(device_pointer(obj), shape, dtype, owner=obj)

@@ -124,6 +124,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self._last: Any = None
         self._cuda = cuda_device
+        self._after_producer = cuda_device.ProducerOrder(stream)
 
     def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]]) -> None:
         """Opens the session on ``wanted``, then the CPU provider (shape computations)."""
@@ -148,8 +149,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
 
     def run(self, net_input: Any) -> Any:
         """A numpy input runs on the host path and returns numpy; a device input (any object
-        with ``__cuda_array_interface__``, its producer ordered before :attr:`stream`) returns
-        a :class:`~.cuda_device.DeviceArray` made on :attr:`stream`."""
+        with ``__cuda_array_interface__``; the runner's stream waits for the stream the
+        interface names, else its producer must be ordered before :attr:`stream`) returns a
+        :class:`~.cuda_device.DeviceArray` made on :attr:`stream`."""
         if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
             return super().run(net_input)
         x = self._cuda.as_device_array(net_input)
@@ -157,6 +159,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
                 (x.shape[0] != 1 and not self.capabilities.batch):
             raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
                                     f"got {x.shape} {x.dtype}")
+        self._after_producer.after(x)  # the stream its interface names, if any
         binding = self.session.io_binding()
         binding.bind_input(name=self.input_name, device_type=self.device_type, device_id=self.device_id,
                            element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.ptr)
@@ -184,6 +187,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             self.cuda_stream.synchronize()
         self._last = None
         self.session = None
+        after_producer = getattr(self, "_after_producer", None)
+        if after_producer is not None:
+            after_producer.close()
         if self._own_stream:
             self.cuda_stream.close()
 

@@ -217,6 +217,8 @@ class TensorRTRunner(RunnerBase):
                                                max_batch=max_batch)
         self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
+        self._after_producer = cuda.ProducerOrder(self.cuda_stream)
+        self._last_input: Any = None  # read by the queued work until the next run
         try:
             self._make_contexts(input_name, output_name)
         except BaseException:
@@ -282,7 +284,9 @@ class TensorRTRunner(RunnerBase):
         Args:
             net_input: a host numpy array, or device memory (a
                 :class:`~.cuda_device.DeviceArray` or any object with
-                ``__cuda_array_interface__``, e.g. from the CUDA preprocessor).
+                ``__cuda_array_interface__``, e.g. from the CUDA preprocessor; the runner's
+                stream waits for the stream the interface names, else the caller orders its
+                producer before :attr:`stream`). It is kept alive until the next run.
 
         Returns:
             For a host input, the score map as a numpy array. For a device input, a
@@ -296,7 +300,8 @@ class TensorRTRunner(RunnerBase):
             if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3:
                 raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
                                      f"{x.shape} {x.dtype}")
-            shape, input_ptr = x.shape, x.ptr  # its producer is ordered before our stream
+            self._after_producer.after(x)  # the stream its interface names, if any
+            shape, input_ptr = x.shape, x.ptr
         else:
             x = validate_network_input(net_input, batch=True)
             shape, input_ptr = x.shape, self._input.ptr
@@ -315,6 +320,7 @@ class TensorRTRunner(RunnerBase):
         if not context.execute_async_v3(self.stream):
             raise TinyFacesError(f"TensorRT execution failed for input {format_shape(shape)}")
         if on_device:
+            self._last_input = net_input
             return self._cuda.DeviceArray(self._output.ptr, out_shape, np.float32,
                                           owner=self._output, stream=self.cuda_stream)
         scores = np.empty(out_shape, dtype=np.float32)
@@ -335,6 +341,8 @@ class TensorRTRunner(RunnerBase):
         for buf in self._buffers:
             buf.free()
         self._buffers = []
+        self._last_input = None
+        self._after_producer.close()
         self._contexts = []
         self.engine = None
         if self._own_stream:
