@@ -12,9 +12,10 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   (CUDA resize, decode, NMS) and orders the streams with CUDA events; only boxes come back.
   Host runners take and return numpy arrays. The input's producer comes first: where the
   interface names its stream (version 3 ``stream``, :func:`producer_stream`: CuPy, Numba, the
-  runtime's own ``DeviceArray``), the runner orders its stream after that one on the GPU;
-  where it names none (a torch tensor), the caller orders it before the runner's stream. The
-  runner keeps the input alive until its next ``run`` (its queued work may still read it).
+  runtime's own ``DeviceArray``), the runner orders its stream after that one on the GPU, and
+  that stream after the runner's reads (the producer may reuse the memory once ``run``
+  returns, as the interface allows); where it names none (a torch tensor), the caller orders
+  it before the runner's stream. The runner keeps the input alive until its next ``run``.
 - ``batch``: ``run`` accepts N > 1 (``Detector.detect_batch`` runs each pyramid level once
   for all images); otherwise the detector runs images one by one. ``max_batch``: the most
   images one run takes (a TensorRT engine's profile), None for any; the detector splits a

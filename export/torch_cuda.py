@@ -45,10 +45,12 @@ folded network those modes compile (no second copy of the weights).
 
 Device I/O (``capabilities.device_io``): ``run`` takes any object with
 ``__cuda_array_interface__`` -- a float32, C-contiguous (N, 3, h, w) array on the runner's
-GPU, ready for work queued now on :attr:`TorchCudaRunner.stream` (made on that stream, or
-ordered before it with an event: the runner waits on no other stream) -- without a copy and
-returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced on that stream and valid
-until the next ``run``. A numpy input is uploaded and its score map comes back as numpy
+GPU -- without a copy and returns a contiguous float32 CUDA tensor (N, 125, h', w'), produced
+on :attr:`TorchCudaRunner.stream` and valid until the next ``run``. Where the input's interface
+names the stream it was made on (version 3: CuPy, Numba, the runtime's ``DeviceArray``), the
+runner's stream waits for it, and it for the runner's reads, with an event; a torch tensor
+names none and must be ready for work queued now on the runner's stream (made on it, or
+ordered before it by the caller); it is marked used on that stream (``record_stream``). A numpy input is uploaded and its score map comes back as numpy
 (host use, parity, tests).
 
 The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"aoti"`` / ``"eager"``) runs the
@@ -311,8 +313,9 @@ class TorchCudaRunner(RunnerBase):
         A numpy array gives a numpy array. A CUDA array (``__cuda_array_interface__``, e.g. a
         torch tensor) gives a CUDA torch tensor on :attr:`stream`, valid until the next run;
         the runner's stream waits for the stream the interface names (CuPy, Numba, the
-        runtime's ``DeviceArray``), else (a torch tensor) the caller orders its producer before
-        :attr:`stream`. The input is kept alive until the next run.
+        runtime's ``DeviceArray``) and that stream for the runner's reads; else (a torch
+        tensor) the caller orders its producer before :attr:`stream`. The input is kept alive
+        until the next run.
         """
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
@@ -320,29 +323,43 @@ class TorchCudaRunner(RunnerBase):
         if device_input and self._stream is None:
             raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream():
+            producer = self._producer(net_input) if device_input else None
+            if producer is not None:
+                self._order(producer, self._stream)  # the input is ready before we read it
             if device_input:
-                self._after_producer(net_input)
                 x = torch.as_tensor(net_input, device=self.device)
             else:
                 x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
                 x = x.to(self.device)
             _check_input(x)
             out = self._run_shape(x)
+            if producer is not None:
+                self._order(self._stream, producer)  # it may reuse the input after our reads
+            elif device_input and isinstance(net_input, torch.Tensor):
+                net_input.record_stream(self._stream)  # torch's allocator: freed after our reads
             if device_input:
                 self._last_input = net_input
             return out if device_input else out.cpu().numpy()
 
-    def _after_producer(self, net_input: Any) -> None:
-        """Queues on the runner's stream a wait for the stream ``net_input``'s CUDA Array
-        Interface names (torch reads only its pointer), with one reusable event; nothing
-        when it names none or names this stream."""
+    def _producer(self, net_input: Any) -> torch.cuda.Stream | None:
+        """The stream ``net_input``'s CUDA Array Interface names (torch reads only its
+        pointer), as a torch stream; None when it names none or this runner's stream."""
         producer = producer_stream(net_input)
-        if producer is None or producer == self._stream.cuda_stream:
-            return
+        if producer is None:
+            return None
+        if producer == 1:  # the legacy default stream is torch's default stream; an
+            stream = torch.cuda.default_stream(self.device)  # ExternalStream cannot hold 1
+        else:
+            stream = torch.cuda.ExternalStream(producer, device=self.device)
+        return None if stream.cuda_stream == self._stream.cuda_stream else stream
+
+    def _order(self, first: torch.cuda.Stream, then: torch.cuda.Stream) -> None:
+        """``then`` waits (on the GPU) for the work queued so far on ``first``, through one
+        reusable event."""
         if self._producer_event is None:
             self._producer_event = torch.cuda.Event()
-        self._producer_event.record(torch.cuda.ExternalStream(producer, device=self.device))
-        self._stream.wait_event(self._producer_event)
+        self._producer_event.record(first)
+        then.wait_event(self._producer_event)
 
     def check_levels(self, levels: Sequence[PyramidLevel]) -> None:
         """Any level runs (shapes are prepared on first use or by :meth:`warmup`; the batch

@@ -186,7 +186,7 @@ def test_device_arrays_name_their_stream_in_the_cuda_array_interface(host):
             cuda_device.as_device_array(_Foreign(buf.ptr, (4,), bad))
 
 
-def test_producer_order_waits_on_the_gpu_for_the_stream_each_input_names(host):
+def test_producer_order_waits_on_the_gpu_for_the_stream_each_input_names_and_back(host):
     producer, consumer, buf = Stream(), Stream(), DeviceBuffer(16)
     order = ProducerOrder(consumer)
     del host.log[:]
@@ -197,6 +197,10 @@ def test_producer_order_waits_on_the_gpu_for_the_stream_each_input_names(host):
     order.after(cuda_device.as_device_array(_Foreign(buf.ptr, (4,), 2)))  # per-thread default
     assert host.log == [("cudaEventRecord", producer.handle), ("cudaStreamWaitEvent", consumer.handle),
                         ("cudaEventRecord", 2), ("cudaStreamWaitEvent", consumer.handle)]
+    del host.log[:]
+    order.release(DeviceArray(buf.ptr, (4,), owner=buf, stream=producer))  # after our reads
+    order.release(DeviceArray(buf.ptr, (4,), owner=buf))
+    assert host.log == [("cudaEventRecord", consumer.handle), ("cudaStreamWaitEvent", producer.handle)]
     assert host.calls["cudaEventCreateWithFlags"] == 1  # one event, reused
     assert "cudaStreamSynchronize" not in host.calls  # the host never waits
     order.close()

@@ -658,22 +658,34 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
         TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
 
 
-def test_tensorrt_runner_waits_for_the_stream_an_input_names_and_keeps_the_input(monkeypatch):
+def test_tensorrt_runner_and_the_stream_an_input_names_wait_for_each_other(monkeypatch):
     """A CuPy or Numba array names its stream (CUDA Array Interface v3): the runner's stream
-    waits for it on the GPU before the engine reads the input, which the runner keeps alive
-    until its next run (TensorRT reads it after run() returns)."""
+    waits for it on the GPU before the engine reads the input, and that stream for the
+    engine's reads after (its producer may reuse it once run() returns); the runner keeps the
+    input alive until its next run (TensorRT reads it after run() returns)."""
     import gc
     import weakref
 
     runner, log = _trt_runner(monkeypatch)
     (context,) = runner._contexts
-    given = DeviceMap(0x5000, (1, 3, 40, 56))
-    given.__cuda_array_interface__["stream"] = 77
+    execute = context.execute_async_v3
+    context.execute_async_v3 = lambda stream: log.calls.append(("execute", stream)) or execute(stream)
+
+    def naming(ptr: int, stream: int) -> DeviceMap:
+        array = DeviceMap(ptr, (1, 3, 40, 56))
+        array.__cuda_array_interface__["stream"] = stream
+        return array
+
+    given = naming(0x5000, 77)
     alive = weakref.ref(given)
     before = len(log.calls)
-    runner.run(given)
-    assert log.calls[before:before + 2] == [("record", 77), ("wait", 9)]
-    assert context.calls[-1] == ("execute", 9)
+    runner.run(given)  # waits for stream 77, then 77 waits for the engine's reads
+    assert log.calls[before:] == [("record", 77), ("wait", 9), ("execute", 9), ("record", 9),
+                                  ("wait", 77)]
+    before = len(log.calls)
+    runner.run(naming(0x5000 + 4 * 17, 77))  # unaligned: copied in after the wait
+    assert [c[0] for c in log.calls[before:]] == ["record", "wait", "d2d", "execute", "record", "wait"]
+    runner.run(given)  # the last input again: kept until the next run
     del given
     gc.collect()
     assert alive() is not None

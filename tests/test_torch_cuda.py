@@ -710,36 +710,71 @@ def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_packa
     np.testing.assert_array_equal(again[0], out)
 
 
-def test_a_device_input_naming_its_stream_is_waited_for_on_the_gpu(monkeypatch):
+def test_a_device_input_naming_its_stream_and_the_runner_wait_for_each_other(monkeypatch):
     """torch reads only the pointer of a CUDA Array Interface: the runner itself makes its
-    stream wait (one reusable event) for the stream a CuPy or Numba array names (CUDA
-    stand-ins record the calls; nothing runs on a GPU)."""
+    stream wait for the stream a CuPy or Numba array names before reading it, and that stream
+    wait for its reads after, with one reusable event; the legacy default stream (1) is
+    torch's default stream (an ExternalStream cannot hold an odd handle); the input is kept
+    until the next run. CUDA stand-ins record the calls; the network runs on the CPU."""
+    import weakref
+
     calls = []
+
+    class TorchStream:
+        def __init__(self, handle):
+            self.cuda_stream = handle
+
+        def wait_event(self, event):
+            calls.append(("wait", self.cuda_stream))
 
     class Event:
         def record(self, stream):
-            calls.append(("record", stream.ptr))
+            calls.append(("record", stream.cuda_stream))
 
-    class Interface:
-        def __init__(self, stream=...):
-            self.__cuda_array_interface__ = {"shape": (1, 3, 8, 8), "typestr": "<f4",
+    def external_stream(ptr, device=None):
+        if ptr & 1:  # torch's stream ids: odd ones are its own pools' ("invalid StreamId")
+            raise RuntimeError(f"invalid StreamId{ptr}")
+        return TorchStream(ptr)
+
+    class Foreign:  # a CuPy array: version 3, naming its stream; its data on the CPU here
+        def __init__(self, x, stream=...):
+            self.x = x
+            self.__cuda_array_interface__ = {"shape": x.shape, "typestr": "<f4",
                                              "data": (0x5000, False), "version": 3}
             if stream is not ...:
                 self.__cuda_array_interface__["stream"] = stream
 
     events = []
     monkeypatch.setattr(torch_cuda.torch.cuda, "Event", lambda: events.append(Event()) or events[-1])
-    monkeypatch.setattr(torch_cuda.torch.cuda, "ExternalStream",
-                        lambda ptr, device=None: SimpleNamespace(ptr=ptr))
-    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
-    runner._stream = SimpleNamespace(cuda_stream=9,
-                                     wait_event=lambda event: calls.append(("wait", 9)))
-    for stream in (77, 77, 2, None, 9, ...):  # 9: the runner's; None or none: the caller's
-        runner._after_producer(Interface(stream))
-    assert calls == [("record", 77), ("wait", 9)] * 2 + [("record", 2), ("wait", 9)]
-    assert len(events) == 1
+    monkeypatch.setattr(torch_cuda.torch.cuda, "ExternalStream", external_stream)
+    monkeypatch.setattr(torch_cuda.torch.cuda, "default_stream", lambda device=None: TorchStream(0))
+    monkeypatch.setattr(torch_cuda.torch, "as_tensor",
+                        lambda obj, device=None: torch.from_numpy(obj.x))
+    model, x = stand_in(), net_input()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
+    runner._stream = TorchStream(0x900)
+    monkeypatch.setattr(runner, "_on_stream", contextlib.nullcontext)
+    run_shape = runner._run_shape
+    monkeypatch.setattr(runner, "_run_shape",
+                        lambda t: calls.append(("run", 0x900)) or run_shape(t))
+    given = Foreign(x, 0x7700)  # a cudaStream_t: an aligned pointer
+    alive = weakref.ref(given)
+    out = runner.run(given)
+    np.testing.assert_allclose(out.numpy(), _reference(model, x), **FOLDED_TOL)
+    assert calls == [("record", 0x7700), ("wait", 0x900), ("run", 0x900), ("record", 0x900), ("wait", 0x7700)]
+    del given, calls[:]
+    assert alive() is not None  # kept: the runner's queued work may still read it
+    for stream in (1, 2):  # the legacy and the per-thread default streams
+        runner.run(Foreign(x, stream))
+    assert alive() is None
+    assert calls == [("record", 0), ("wait", 0x900), ("run", 0x900), ("record", 0x900), ("wait", 0),
+                     ("record", 2), ("wait", 0x900), ("run", 0x900), ("record", 0x900), ("wait", 2)]
+    del calls[:]
+    for stream in (None, 0x900, ...):  # none named (the caller's to order), or the runner's own
+        runner.run(Foreign(x, stream))
+    assert calls == [("run", 0x900)] * 3 and len(events) == 1  # one event, reused
     with pytest.raises(NetworkInputError, match="names stream 0"):
-        runner._after_producer(Interface(0))
+        runner.run(Foreign(x, 0))
 
 
 def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):

@@ -127,6 +127,30 @@ def test_device_input_and_output(mode):
             np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("named", ["another stream", "the legacy default stream"])
+def test_a_device_input_naming_its_stream_is_read_after_its_producer(named):
+    """A CuPy-like array written on another stream that its CUDA Array Interface (v3) names:
+    the runner's stream waits for that one (the legacy default stream is named 1), so it
+    reads the written input, not the zeros before it."""
+    x = net_input((1, 3, 64, 96))
+    with TorchCudaRunner(stand_in(), mode="eager") as runner:
+        expected = runner.run(x)
+        source = torch.from_numpy(x).cuda()
+        device_x = torch.zeros_like(source)
+        torch.cuda.synchronize()
+        producer = torch.cuda.Stream() if named == "another stream" else torch.cuda.default_stream()
+        with torch.cuda.stream(producer):
+            torch.cuda._sleep(200_000_000)  # the input is written a while from now
+            device_x.copy_(source)
+        given = CudaArray(device_x)
+        given.__cuda_array_interface__ = {**given.__cuda_array_interface__, "version": 3,
+                                          "stream": producer.cuda_stream or 1}
+        out = runner.run(given)
+        runner.synchronize()
+        np.testing.assert_allclose(out.cpu().numpy(), expected, atol=1e-6)
+        torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("mode", ["eager", "graphs"])
 def test_runs_on_the_given_stream(mode):
     x = net_input((1, 3, 64, 96))

@@ -203,23 +203,37 @@ class StreamOrder:
 
 
 class ProducerOrder:
-    """Orders a ``consumer`` stream after the stream each device input was produced on (its
-    :attr:`DeviceArray.stream`, from the CUDA Array Interface's ``stream``), with one reusable
-    event, on the GPU; nothing for an input that names no stream or was made on ``consumer``.
-    ``event`` is injectable for tests."""
+    """Orders a ``consumer`` stream and the stream each device input was produced on (its
+    :attr:`DeviceArray.stream`, from the CUDA Array Interface's ``stream``) both ways, with one
+    reusable event, on the GPU: :meth:`after` before the consumer reads the input,
+    :meth:`release` once its reads are queued. Nothing for an input that names no stream or
+    was made on ``consumer``. ``event`` is injectable for tests."""
 
     def __init__(self, consumer: Stream | int | None, event: Any = None) -> None:
         self.consumer = consumer
         self._event = event
 
-    def after(self, array: "DeviceArray") -> None:
-        """The consumer's next work starts after the work queued so far on ``array``'s stream."""
-        if array.stream is None or _stream_handle(array.stream) == _stream_handle(self.consumer):
-            return
+    def _named(self, array: "DeviceArray") -> bool:
+        return array.stream is not None and \
+            _stream_handle(array.stream) != _stream_handle(self.consumer)
+
+    def _order(self, first: Stream | int | None, then: Stream | int | None) -> None:
         if self._event is None:
             self._event = Event()
-        self._event.record(array.stream)
-        self._event.make_wait(self.consumer)
+        self._event.record(first)
+        self._event.make_wait(then)
+
+    def after(self, array: "DeviceArray") -> None:
+        """The consumer's next work starts after the work queued so far on ``array``'s stream."""
+        if self._named(array):
+            self._order(array.stream, self.consumer)
+
+    def release(self, array: "DeviceArray") -> None:
+        """``array``'s stream waits for the consumer's work queued so far (its reads of
+        ``array``): its producer may then overwrite or free it right away, as the CUDA Array
+        Interface allows a producer once the consumer has returned."""
+        if self._named(array):
+            self._order(self.consumer, array.stream)
 
     def close(self) -> None:
         close = getattr(self._event, "close", None)
@@ -350,7 +364,9 @@ class DeviceArray:
 
     Exposes ``__cuda_array_interface__`` (CuPy / torch / Numba can wrap it without a copy),
     version 3 with the producing ``stream`` where it is known, so that a consumer following
-    the interface (CuPy, Numba) waits for it. Nothing downloads silently:
+    the interface waits for it (CuPy and Numba synchronise it on the host, unless
+    ``CUPY_CUDA_ARRAY_INTERFACE_SYNC=0`` / ``NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0``; torch reads
+    only the pointer). Nothing downloads silently:
     ``np.asarray(device_array)`` is a TypeError; :meth:`download` is the explicit copy.
 
     Args:
@@ -378,7 +394,7 @@ class DeviceArray:
     def __cuda_array_interface__(self) -> dict[str, Any]:
         interface = {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
                      "strides": None, "version": 3}
-        if self.stream is not None:  # the interface says 1 for the legacy default stream (0)
+        if self.stream is not None:  # cuda-python's 0 is the legacy default stream: 1 here
             interface["stream"] = _stream_handle(self.stream) or 1
         return interface
 

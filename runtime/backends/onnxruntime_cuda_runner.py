@@ -165,6 +165,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
                            element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.ptr)
         binding.bind_output(self.output_name, device_type=self.device_type, device_id=self.device_id)
         self.session.run_with_iobinding(binding, self._run_options)
+        self._after_producer.release(x)  # its producer may reuse it after ORT's reads
         (output,) = binding.get_outputs()
         shape = tuple(int(d) for d in output.shape())
         if len(shape) != 4 or shape[:2] != (x.shape[0], NUM_CHANNELS):

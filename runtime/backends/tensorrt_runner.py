@@ -320,6 +320,7 @@ class TensorRTRunner(RunnerBase):
         if not context.execute_async_v3(self.stream):
             raise TinyFacesError(f"TensorRT execution failed for input {format_shape(shape)}")
         if on_device:
+            self._after_producer.release(x)  # its producer may reuse it after our reads
             self._last_input = net_input
             return self._cuda.DeviceArray(self._output.ptr, out_shape, np.float32,
                                           owner=self._output, stream=self.cuda_stream)
