@@ -158,6 +158,10 @@ class HostCudart:
         self._validate("cudaGetDeviceCount")
         return self._ok(1)
 
+    def cudaGetDevice(self) -> tuple[Any, ...]:
+        self._validate("cudaGetDevice")
+        return self._ok(0)
+
     def cudaDeviceSynchronize(self) -> tuple[Any, ...]:
         self._validate("cudaDeviceSynchronize")
         self.log.append(("cudaDeviceSynchronize", None))

@@ -125,6 +125,9 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
     with pytest.raises(ManifestError, match="cannot load ONNX model"):
         _runner(monkeypatch, broken, tmp_path)
     assert len(broken.sessions) == 1  # not a placement problem: no retry
+    with pytest.raises(TinyFacesError, match=r"^device_id 1 is not the current CUDA device \(0\): "
+                                             r".* CUDA_VISIBLE_DEVICES=1 \(it is then device 0\)"):
+        _runner(monkeypatch, GpuListingOrt(), export_dir, device_id=1)
     monkeypatch.setattr(cuda_device, "gpu_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU; none is visible"):
         _runner(monkeypatch, GpuListingOrt(), export_dir)

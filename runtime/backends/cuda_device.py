@@ -83,6 +83,11 @@ def gpu_available() -> bool:
         return False
 
 
+def current_device() -> int:
+    """The calling thread's current CUDA device: where new streams and buffers are made."""
+    return int(check(runtime().cudaGetDevice(), "cudaGetDevice"))
+
+
 def device_name(device: int = 0) -> str:
     """The name of a CUDA device, e.g. "NVIDIA H100 80GB HBM3"."""
     props = check(runtime().cudaGetDeviceProperties(device), "cudaGetDeviceProperties")

@@ -44,7 +44,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         onnx_path: the ``.onnx`` file (fp32, or fp16 with float32 I/O).
         stream: the ``cudaStream_t`` (int) or :class:`~.cuda_device.Stream` to run on
             (default: a new stream).
-        device_id: the GPU.
+        device_id: the GPU: the current CUDA device (others are refused, as the stream and
+            the CUDA stages are made on the current one).
         tensorrt: also put ONNX Runtime's TensorRT provider first, when this build has it.
 
     Raises:
@@ -69,6 +70,12 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
 
         if not cuda_device.gpu_available():
             raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
+        current = cuda_device.current_device()
+        if int(device_id) != current:
+            raise TinyFacesError(
+                f"device_id {device_id} is not the current CUDA device ({current}): the runner's "
+                f"stream and the CUDA stages are made on the current device; choose the GPU with "
+                f"CUDA_VISIBLE_DEVICES={device_id} (it is then device 0) or make it current first")
         self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
         if self.cuda_stream.handle == 0:
