@@ -345,7 +345,7 @@ class TorchCudaRunner(RunnerBase):
         """The stream ``net_input``'s CUDA Array Interface names (torch reads only its
         pointer), as a torch stream; None when it names none or this runner's stream."""
         producer = producer_stream(net_input)
-        if producer is None:
+        if producer is None or producer == self._stream.cuda_stream:  # the detector's stages
             return None
         if producer == 1:  # the legacy default stream is torch's default stream; an
             stream = torch.cuda.default_stream(self.device)  # ExternalStream cannot hold 1
