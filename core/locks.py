@@ -28,7 +28,7 @@ POLL_INTERVAL_S = 0.25
 class LockWords:
     """How the waits for one kind of job are said.
 
-    Args:
+    Attributes:
         doing: what the holder does, after "another process is"
             ("exporting into the cache X").
         other: the holder's job, after "still waiting for" ("the other export").

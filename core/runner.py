@@ -35,6 +35,7 @@ to check, prepare, wait for or close).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -104,9 +105,13 @@ def producer_stream(device_input: Any) -> int | None:
     stream = interface.get("stream") if isinstance(interface, dict) else None
     if stream is None:
         return None
-    if isinstance(stream, bool) or not isinstance(stream, int):
+    try:
+        if isinstance(stream, bool):
+            raise TypeError
+        stream = operator.index(stream)  # numpy integers too
+    except TypeError:
         raise NetworkInputError(f"__cuda_array_interface__ names stream {stream!r}; the interface "
-                                f"takes None or an integer")
+                                f"takes None or an integer") from None
     if stream == 0:
         raise NetworkInputError("__cuda_array_interface__ names stream 0, which the interface "
                                 "disallows: 1 is the legacy default stream, 2 the per-thread one")

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the engine takes batches of 1 to N images of one size, each pyramid "
                            "level run once for all (video frames, camera streams: "
                            "Detector.detect_batch, tf-anonymize, tf-serve), tuned for N; "
-                           "needs --image-size (the frames' size: N times the GPU memory of "
-                           "its largest level) (default: 1, single images)")
+                           "needs --image-size, the frames' size (the engine takes N times the "
+                           "GPU memory of its largest level); default: 1, single images")
     for which in ("min", "opt", "max"):
         prof.add_argument(f"--{which}-shape", metavar="NxCxHxW", type=parse_shape,
                           help=f"explicit profile {which} shape, NCHW (all three together; "

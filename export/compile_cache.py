@@ -113,14 +113,15 @@ def shape_lock(folder: Path, shape: Sequence[int], file: Path) -> AbstractContex
     whose file is there takes no lock (the files are replaced atomically), so processes
     loading a warm cache, also a read-only one, never wait for each other. The wait is said in
     the log and bounded (:data:`LOCK_WAIT_LIMIT_S`); without the lock (a file system that
-    refuses it) each compiles.
+    refuses it, a read-only cache) each compiles, which the log says at INFO level.
     """
-    if file.is_file():
+    if os.path.isfile(file):  # False too where the folder cannot be read: load says why
         return nullcontext(False)
     words = LockWords(doing=f"compiling input shape {tuple(int(d) for d in shape)} into {file}",
                       other="the other compile", alone="compiles itself", unlocked="compiling")
+    # without the lock (a read-only cache: writing the file warns next) only work is duplicated
     return waiting_lock(shape_file(folder, shape, ".lock"), words, say=_logger.info,
-                        warn=_logger.warning, step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S)
+                        warn=_logger.info, step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S)
 
 
 def write_key(folder: Path, key: dict[str, str] | None) -> None:

@@ -50,8 +50,8 @@ on :attr:`TorchCudaRunner.stream` and valid until the next ``run``. Where the in
 names the stream it was made on (version 3: CuPy, Numba, the runtime's ``DeviceArray``), the
 runner's stream waits for it, and it for the runner's reads, with an event; a torch tensor
 names none and must be ready for work queued now on the runner's stream (made on it, or
-ordered before it by the caller); it is marked used on that stream (``record_stream``). A numpy input is uploaded and its score map comes back as numpy
-(host use, parity, tests).
+ordered before it by the caller); it is marked used on that stream (``record_stream``). A
+numpy input is uploaded and its score map comes back as numpy (host use, parity, tests).
 
 The CPU (``device="cpu"``, float32, modes ``"compile"`` / ``"aoti"`` / ``"eager"``) runs the
 same code paths except the CUDA graphs, so compilation and its caches are tested without a GPU.
@@ -323,23 +323,25 @@ class TorchCudaRunner(RunnerBase):
         if device_input and self._stream is None:
             raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream():
-            producer = self._producer(net_input) if device_input else None
+            if not device_input:
+                x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
+                _check_input(x)
+                scores = self._run_shape(x.to(self.device)).cpu().numpy()
+                self._last_input = None  # that run waited for the stream: nothing reads it now
+                return scores
+            producer = self._producer(net_input)
             if producer is not None:
                 self._order(producer, self._stream)  # the input is ready before we read it
-            if device_input:
+            try:
                 x = torch.as_tensor(net_input, device=self.device)
-            else:
-                x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
-                x = x.to(self.device)
-            _check_input(x)
-            out = self._run_shape(x)
-            if producer is not None:
-                self._order(self._stream, producer)  # it may reuse the input after our reads
-            elif device_input and isinstance(net_input, torch.Tensor):
-                net_input.record_stream(self._stream)  # torch's allocator: freed after our reads
-            if device_input:
+                _check_input(x)
+                return self._run_shape(x)
+            finally:  # what was queued reads the input until its producer is told
+                if producer is not None:
+                    self._order(self._stream, producer)  # it may reuse the input after our reads
+                elif isinstance(net_input, torch.Tensor):
+                    net_input.record_stream(self._stream)  # torch's allocator: freed after them
                 self._last_input = net_input
-            return out if device_input else out.cpu().numpy()
 
     def _producer(self, net_input: Any) -> torch.cuda.Stream | None:
         """The stream ``net_input``'s CUDA Array Interface names (torch reads only its

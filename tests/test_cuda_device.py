@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import host_cudart
+from helpers_cai import ForeignArray
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -148,21 +149,6 @@ def test_a_download_of_wrapped_memory_waits_for_the_whole_device_first(host):
     buf.free()
 
 
-class _Foreign:
-    """A device array of another library (CuPy, Numba): CUDA Array Interface version 3,
-    naming the stream it was made on (``stream`` left out when ``...``)."""
-
-    def __init__(self, ptr: int, shape: tuple[int, ...], stream=...) -> None:
-        self.ptr, self.shape, self.stream = ptr, shape, stream
-
-    @property
-    def __cuda_array_interface__(self) -> dict:
-        interface = {"shape": self.shape, "typestr": "<f4", "data": (self.ptr, False), "version": 3}
-        if self.stream is not ...:
-            interface["stream"] = self.stream
-        return interface
-
-
 def test_device_arrays_name_their_stream_in_the_cuda_array_interface(host):
     """Version 3: a consumer (CuPy, Numba) waits for the stream an array names; and an array
     from elsewhere brings its stream, which a download then waits for (not the device)."""
@@ -173,17 +159,19 @@ def test_device_arrays_name_their_stream_in_the_cuda_array_interface(host):
     legacy = DeviceArray(buf.ptr, (4,), owner=buf, stream=Stream(0)).__cuda_array_interface__
     assert legacy["stream"] == 1  # the interface's legacy default stream (0 is disallowed)
     buf.upload(np.arange(4, dtype=np.float32), stream)
-    wrapped = cuda_device.as_device_array(_Foreign(buf.ptr, (4,), stream.handle))
+    wrapped = cuda_device.as_device_array(ForeignArray(buf.ptr, (4,), stream.handle))
     assert wrapped.stream.handle == stream.handle
     del host.log[:]
     np.testing.assert_array_equal(wrapped.download(), np.arange(4, dtype=np.float32))
     assert host.log == [("cudaStreamSynchronize", stream.handle)]
-    assert cuda_device.as_device_array(_Foreign(buf.ptr, (4,), None)).stream is None
-    assert cuda_device.as_device_array(_Foreign(buf.ptr, (4,))).stream is None
+    numpy_int = cuda_device.as_device_array(ForeignArray(buf.ptr, (4,), np.int64(stream.handle)))
+    assert numpy_int.stream.handle == stream.handle
+    assert cuda_device.as_device_array(ForeignArray(buf.ptr, (4,), None)).stream is None
+    assert cuda_device.as_device_array(ForeignArray(buf.ptr, (4,))).stream is None
     for bad, why in ((0, "names stream 0, which the interface disallows"),
                      (1.0, "names stream 1.0; the interface takes None or an integer")):
         with pytest.raises(NetworkInputError, match=why):
-            cuda_device.as_device_array(_Foreign(buf.ptr, (4,), bad))
+            cuda_device.as_device_array(ForeignArray(buf.ptr, (4,), bad))
 
 
 def test_producer_order_waits_on_the_gpu_for_the_stream_each_input_names_and_back(host):
@@ -194,7 +182,7 @@ def test_producer_order_waits_on_the_gpu_for_the_stream_each_input_names_and_bac
     order.after(DeviceArray(buf.ptr, (4,), owner=buf, stream=Stream(consumer.handle)))
     assert host.log == [] and host.calls["cudaEventCreateWithFlags"] == 0
     order.after(DeviceArray(buf.ptr, (4,), owner=buf, stream=producer))
-    order.after(cuda_device.as_device_array(_Foreign(buf.ptr, (4,), 2)))  # per-thread default
+    order.after(cuda_device.as_device_array(ForeignArray(buf.ptr, (4,), 2)))  # per-thread default
     assert host.log == [("cudaEventRecord", producer.handle), ("cudaStreamWaitEvent", consumer.handle),
                         ("cudaEventRecord", 2), ("cudaStreamWaitEvent", consumer.handle)]
     del host.log[:]

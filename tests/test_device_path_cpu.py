@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import host_cudart
+from helpers_cai import ForeignArray
 from helpers_kernels import cpu_build_missing, cpu_library_path, use_cpu_build_for_cuda_stages
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError
@@ -111,16 +112,8 @@ def test_the_input_stays_alive_while_orts_queued_work_may_read_it(device, export
     assert host_cuda.calls.get("cudaStreamSynchronize", 0) == syncs + 1
 
 
-class _Foreign:
-    """A device array of another library (CuPy, Numba): CUDA Array Interface version 3 over
-    ``array``'s memory, naming ``stream``."""
-
-    def __init__(self, array: cuda_device.DeviceArray, stream) -> None:
-        self.array, self.stream = array, stream
-
-    @property
-    def __cuda_array_interface__(self) -> dict:
-        return {**self.array.__cuda_array_interface__, "stream": self.stream}
+def _naming(array: cuda_device.DeviceArray, stream) -> ForeignArray:
+    return ForeignArray(array.ptr, array.shape, stream)
 
 
 def test_the_runner_and_the_stream_an_input_names_wait_for_each_other(device, export_dir, host_cuda):
@@ -130,17 +123,17 @@ def test_the_runner_and_the_stream_an_input_names_wait_for_each_other(device, ex
     x = np.random.default_rng(2).normal(size=(1, 3, 40, 56)).astype(np.float32)
     given = _device_input(x)
     del host_cuda.log[:]
-    out = runner.run(_Foreign(given, producer.handle))
+    out = runner.run(_naming(given, producer.handle))
     # ours waits for the producer's stream, then it for our reads (it may reuse the input)
     assert host_cuda.log == [("cudaEventRecord", producer.handle), ("cudaStreamWaitEvent", device.handle),
                              ("cudaEventRecord", device.handle), ("cudaStreamWaitEvent", producer.handle)]
     np.testing.assert_array_equal(out.download(), host.run(x))
     del host_cuda.log[:]
     for stream in (None, device.handle):  # names none (the caller's to order), or ours
-        runner.run(_Foreign(given, stream))
+        runner.run(_naming(given, stream))
     assert not [c for c in host_cuda.log if c[0] in ("cudaEventRecord", "cudaStreamWaitEvent")]
     with pytest.raises(NetworkInputError, match="names stream 0"):
-        runner.run(_Foreign(given, 0))
+        runner.run(_naming(given, 0))
     runner.close()
     producer.close()
     given.owner.free()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import host_cudart
+from helpers_cai import ForeignArray
 from helpers_runners import PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, ManifestError,
@@ -671,10 +672,8 @@ def test_tensorrt_runner_and_the_stream_an_input_names_wait_for_each_other(monke
     execute = context.execute_async_v3
     context.execute_async_v3 = lambda stream: log.calls.append(("execute", stream)) or execute(stream)
 
-    def naming(ptr: int, stream: int) -> DeviceMap:
-        array = DeviceMap(ptr, (1, 3, 40, 56))
-        array.__cuda_array_interface__["stream"] = stream
-        return array
+    def naming(ptr: int, stream: int) -> ForeignArray:
+        return ForeignArray(ptr, (1, 3, 40, 56), stream)
 
     given = naming(0x5000, 77)
     alive = weakref.ref(given)
@@ -694,10 +693,20 @@ def test_tensorrt_runner_and_the_stream_an_input_names_wait_for_each_other(monke
     assert not [c for c in log.calls[before:] if c[0] in ("record", "wait")]
     gc.collect()
     assert alive() is None
-    stream_zero = DeviceMap(0x5000, (1, 3, 40, 56))
-    stream_zero.__cuda_array_interface__["stream"] = 0
     with pytest.raises(NetworkInputError, match="names stream 0"):
-        runner.run(stream_zero)
+        runner.run(naming(0x5000, 0))
+    # a run that fails once work is queued still tells the producer and keeps the input
+    context.execute_async_v3 = lambda stream: log.calls.append(("execute", stream)) and False
+    failing = naming(0x5000, 77)
+    before = len(log.calls)
+    with pytest.raises(TinyFacesError, match="TensorRT execution failed"):
+        runner.run(failing)
+    assert log.calls[before:] == [("record", 77), ("wait", 9), ("execute", 9), ("record", 9),
+                                  ("wait", 77)]
+    assert runner._last_input is failing
+    context.execute_async_v3 = execute
+    runner.run(np.zeros((1, 3, 16, 24), np.float32))  # synchronised: nothing reads it any more
+    assert runner._last_input is None
 
 
 def test_tensorrt_runner_takes_the_batches_of_its_engines_profile(monkeypatch):

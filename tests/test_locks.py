@@ -37,7 +37,22 @@ def test_a_file_system_without_flock_runs_the_job_unlocked_and_says_so(tmp_path,
                       "testing without the lock"]
 
 
-def test_the_lock_is_released_when_the_job_fails(tmp_path):
+def test_the_lock_is_released_when_the_job_fails(tmp_path, monkeypatch):
+    released = []
+
+    made = []
+
+    class Spy(filelock.FileLock):  # kept alive here: a release by its finalizer does not count
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def release(self, *args, **kwargs):
+            if self.is_locked:  # a release that lets the lock go (others find it unlocked)
+                released.append(str(self.lock_file))
+            return super().release(*args, **kwargs)
+
+    monkeypatch.setattr(filelock, "FileLock", Spy)
     path = tmp_path / "sub" / "job.lock"  # the folder is made
     said: list[str] = []
     with pytest.raises(ValueError):
@@ -46,6 +61,7 @@ def test_the_lock_is_released_when_the_job_fails(tmp_path):
             with pytest.raises(filelock.Timeout):  # held, as another process would find it
                 filelock.FileLock(path).acquire(timeout=0)
             raise ValueError("the job failed")
+    assert released == [str(path)]
     with filelock.FileLock(path).acquire(timeout=0):
         pass
     assert said == []

@@ -473,6 +473,32 @@ def _wait_for_log(caplog, text: str, worker: threading.Thread) -> None:
     raise AssertionError(f"no log record says {text!r}: {caplog.text}")
 
 
+def _run_while_another_holds(lock_path: Path, run, land, caplog, before_landing=lambda: None):
+    """Runs ``run()`` in a thread while "another process" (a lock of the test's own) holds
+    ``lock_path``; once the runner says it waits, ``before_landing()`` checks what it has done
+    so far, ``land()`` writes the other process's file, and the lock is released. Returns
+    ``run()``'s result and the compile cache's log messages."""
+    from filelock import FileLock
+
+    holder = FileLock(lock_path)
+    holder.acquire()
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(run()))
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export"):
+            worker.start()
+            _wait_for_log(caplog, "waiting for it to finish", worker)
+            before_landing()
+            land()
+            holder.release()
+            worker.join(timeout=60)
+    finally:
+        if holder.is_locked:
+            holder.release()
+    assert not worker.is_alive() and result, caplog.text
+    return result[0], [r.getMessage() for r in caplog.records if r.name.endswith("compile_cache")]
+
+
 def _compile_stand_ins(monkeypatch, lock_path: Path | None = None) -> tuple[list, list]:
     """torch.compile and the mega-cache stood in: returns the shapes compiled (a compiled
     module's first call; it checks that the shape's lock is held then, when ``lock_path`` is
@@ -511,30 +537,19 @@ def test_a_shape_another_process_compiles_is_waited_for_then_loaded(monkeypatch,
     """Replicas sharing a cache compile a shape once: this runner finds the shape's lock held
     (by "another process": a lock of the test's own), waits without compiling, then loads
     the file the holder wrote; it holds the lock itself while it compiles."""
-    from filelock import FileLock
-
     model, x = stand_in(), net_input()
     runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, cache_dir=tmp_path)
     cache = _cache_of(runner, tmp_path)
     lock_path = cache.folder / "2x3x32x48.lock"
     compiled, loaded = _compile_stand_ins(monkeypatch, lock_path)
-    holder = FileLock(lock_path)
-    holder.acquire()
-    out: list[np.ndarray] = []
-    worker = threading.Thread(target=lambda: out.append(runner.run(x)))
-    try:
-        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export"):
-            worker.start()
-            _wait_for_log(caplog, "waiting for it to finish", worker)
-            assert not compiled and not loaded  # waits: neither compiles nor loads
-            cache.path(INPUT_SHAPE).write_bytes(b"the other process's")  # its compile lands
-            holder.release()
-            worker.join(timeout=60)
-    finally:
-        if holder.is_locked:
-            holder.release()
-    assert not worker.is_alive()
-    messages = [r.getMessage() for r in caplog.records if r.name.endswith("compile_cache")]
+
+    def waits_without_compiling_or_loading() -> None:
+        assert not compiled and not loaded
+
+    out, messages = _run_while_another_holds(
+        lock_path, lambda: runner.run(x),
+        lambda: cache.path(INPUT_SHAPE).write_bytes(b"the other process's"), caplog,
+        before_landing=waits_without_compiling_or_loading)
     assert messages == [
         f"another process is compiling input shape {INPUT_SHAPE} into {cache.path(INPUT_SHAPE)}; "
         f"waiting for it to finish (lock {lock_path}) ..."]
@@ -544,7 +559,7 @@ def test_a_shape_another_process_compiles_is_waited_for_then_loaded(monkeypatch,
     assert "of it waiting for another process's compile" in caplog.text
     assert compiled == [INPUT_SHAPE]  # compiled (from the loaded artefacts) under the lock
     assert cache.path(INPUT_SHAPE).read_bytes() == b"the other process's"  # nothing to save
-    np.testing.assert_allclose(out[0], _reference(model, x), **FOLDED_TOL)
+    np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
 
 
 def test_a_shape_in_the_cache_is_loaded_without_the_lock(monkeypatch, tmp_path, caplog):
@@ -565,7 +580,7 @@ def test_a_shape_in_the_cache_is_loaded_without_the_lock(monkeypatch, tmp_path, 
             runner.run(net_input())
     finally:
         holder.release()
-    assert not caplog.records
+    assert not [r for r in caplog.records if r.name.endswith("compile_cache")]
     record = runner.records[INPUT_SHAPE]
     assert record.cache_loaded and loaded == [b"compiled before"] and record.wait_seconds == 0
 
@@ -587,7 +602,7 @@ def test_a_shape_waits_at_most_the_limit_then_compiles(monkeypatch, tmp_path, ca
             runner.run(net_input())
     finally:
         hung.release()
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("compile_cache")]
     assert lines[0].startswith("another process is compiling input shape (2, 3, 32, 48)")
     assert all(line.startswith("still waiting for the other compile (")  # (a loaded machine
                and line.endswith("at 1 s this process compiles itself)")  # may say none)
@@ -674,8 +689,6 @@ def test_a_second_runner_loads_the_package_without_compiling(aoti_package, monke
 
 def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_package, tmp_path,
                                                                       monkeypatch, caplog):
-    from filelock import FileLock
-
     cache, out, record = aoti_package
 
     def no_export(*args, **kwargs):
@@ -686,28 +699,16 @@ def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_packa
     package = copy / record.cache_file.relative_to(cache)
     lock_path = package.with_suffix(".lock")
     lock_path.parent.mkdir(parents=True)
-    holder = FileLock(lock_path)  # "another process" is compiling the package
-    holder.acquire()
-    runner = _aoti_runner(copy)
-    again: list[np.ndarray] = []
-    worker = threading.Thread(target=lambda: again.append(runner.run(net_input())))
-    try:
-        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
-            worker.start()
-            _wait_for_log(caplog, "waiting for it to finish", worker)
-            shutil.copyfile(record.cache_file, package)  # its package lands
-            holder.release()
-            worker.join(timeout=60)
-    finally:
-        if holder.is_locked:
-            holder.release()
-    assert not worker.is_alive()
+    runner = _aoti_runner(copy)  # "another process" is compiling the package
+    again, messages = _run_while_another_holds(
+        lock_path, lambda: runner.run(net_input()),
+        lambda: shutil.copyfile(record.cache_file, package), caplog)
     runner.close()
-    assert [r.getMessage() for r in caplog.records] == [
+    assert messages == [
         f"another process is compiling input shape {INPUT_SHAPE} into {package}; waiting for it "
         f"to finish (lock {lock_path}) ..."]
     assert runner.records[INPUT_SHAPE].mode == "aoti" and runner.records[INPUT_SHAPE].cache_loaded
-    np.testing.assert_array_equal(again[0], out)
+    np.testing.assert_array_equal(again, out)
 
 
 def test_a_device_input_naming_its_stream_and_the_runner_wait_for_each_other(monkeypatch):
@@ -775,6 +776,18 @@ def test_a_device_input_naming_its_stream_and_the_runner_wait_for_each_other(mon
     assert calls == [("run", 0x900)] * 3 and len(events) == 1  # one event, reused
     with pytest.raises(NetworkInputError, match="names stream 0"):
         runner.run(Foreign(x, 0))
+    # a run that fails once work is queued still orders the producer and keeps the input
+    del calls[:]
+    monkeypatch.setattr(runner, "_run_shape", lambda t: calls.append(("run", 0x900)) or 1 / 0)
+    failing = Foreign(x, 0x7700)
+    with pytest.raises(ZeroDivisionError):
+        runner.run(failing)
+    assert calls == [("record", 0x7700), ("wait", 0x900), ("run", 0x900), ("record", 0x900),
+                     ("wait", 0x7700)]
+    assert runner._last_input is failing
+    monkeypatch.setattr(runner, "_run_shape", run_shape)
+    runner.run(x)  # a host run waits for the stream: nothing reads the last input any more
+    assert runner._last_input is None
 
 
 def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):

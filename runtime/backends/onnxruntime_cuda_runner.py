@@ -160,19 +160,27 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         interface names, else its producer must be ordered before :attr:`stream`) returns a
         :class:`~.cuda_device.DeviceArray` made on :attr:`stream`."""
         if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
-            return super().run(net_input)
+            scores = super().run(net_input)
+            self._last = None  # that run waited for ORT's work: nothing reads the last input
+            return scores
         x = self._cuda.as_device_array(net_input)
         if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3 or \
                 (x.shape[0] != 1 and not self.capabilities.batch):
             raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
                                     f"got {x.shape} {x.dtype}")
         self._after_producer.after(x)  # the stream its interface names, if any
-        binding = self.session.io_binding()
-        binding.bind_input(name=self.input_name, device_type=self.device_type, device_id=self.device_id,
-                           element_type=np.float32, shape=tuple(x.shape), buffer_ptr=x.ptr)
-        binding.bind_output(self.output_name, device_type=self.device_type, device_id=self.device_id)
-        self.session.run_with_iobinding(binding, self._run_options)
-        self._after_producer.release(x)  # its producer may reuse it after ORT's reads
+        binding = None
+        try:
+            binding = self.session.io_binding()
+            binding.bind_input(name=self.input_name, device_type=self.device_type,
+                               device_id=self.device_id, element_type=np.float32,
+                               shape=tuple(x.shape), buffer_ptr=x.ptr)
+            binding.bind_output(self.output_name, device_type=self.device_type,
+                                device_id=self.device_id)
+            self.session.run_with_iobinding(binding, self._run_options)
+        finally:  # what was queued reads the input until its producer's stream waits for it
+            self._after_producer.release(x)
+            self._last = (binding, net_input)
         (output,) = binding.get_outputs()
         shape = tuple(int(d) for d in output.shape())
         if len(shape) != 4 or shape[:2] != (x.shape[0], NUM_CHANNELS):

@@ -295,16 +295,27 @@ class TensorRTRunner(RunnerBase):
         """
         on_device = not isinstance(net_input, np.ndarray) and \
             hasattr(net_input, "__cuda_array_interface__")
-        if on_device:
-            x = self._cuda.as_device_array(net_input)
-            if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3:
-                raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
-                                     f"{x.shape} {x.dtype}")
-            self._after_producer.after(x)  # the stream its interface names, if any
-            shape, input_ptr = x.shape, x.ptr
-        else:
-            x = validate_network_input(net_input, batch=True)
-            shape, input_ptr = x.shape, self._input.ptr
+        if not on_device:
+            scores = self._execute(validate_network_input(net_input, batch=True))
+            self._last_input = None  # the stream is synchronised: nothing reads it any more
+            return scores
+        x = self._cuda.as_device_array(net_input)
+        if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3:
+            raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
+                                 f"{x.shape} {x.dtype}")
+        self._after_producer.after(x)  # the stream its interface names, if any
+        try:
+            return self._execute(x)
+        finally:  # what was queued reads the input until its producer's stream waits for it
+            self._after_producer.release(x)
+            self._last_input = net_input
+
+    def _execute(self, x: Any) -> Any:
+        """Queues the engine on a host array (uploaded; the scores come back synchronised) or a
+        :class:`~.cuda_device.DeviceArray` (read in place, or copied in where TensorRT's
+        alignment asks; the scores stay on the device)."""
+        on_device = not isinstance(x, np.ndarray)
+        shape, input_ptr = tuple(x.shape), (x.ptr if on_device else self._input.ptr)
         context = self._contexts[select_profile(shape, self.profiles)]
         if on_device and input_ptr % TENSOR_ALIGNMENT:  # TensorRT's rule for tensor addresses
             self._input.copy_from_device(input_ptr, _volume(shape) * 4, self.cuda_stream)
@@ -320,8 +331,6 @@ class TensorRTRunner(RunnerBase):
         if not context.execute_async_v3(self.stream):
             raise TinyFacesError(f"TensorRT execution failed for input {format_shape(shape)}")
         if on_device:
-            self._after_producer.release(x)  # its producer may reuse it after our reads
-            self._last_input = net_input
             return self._cuda.DeviceArray(self._output.ptr, out_shape, np.float32,
                                           owner=self._output, stream=self.cuda_stream)
         scores = np.empty(out_shape, dtype=np.float32)
