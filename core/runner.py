@@ -101,7 +101,12 @@ def producer_stream(device_input: Any) -> int | None:
         NetworkInputError: the interface names stream 0, which it disallows (ambiguous between
             the legacy and the per-thread default stream), or something else than an integer.
     """
-    interface = getattr(device_input, "__cuda_array_interface__", None)
+    return interface_stream(getattr(device_input, "__cuda_array_interface__", None))
+
+
+def interface_stream(interface: Any) -> int | None:
+    """:func:`producer_stream` of an interface already read (the dict
+    ``__cuda_array_interface__`` gave; anything else names no stream)."""
     stream = interface.get("stream") if isinstance(interface, dict) else None
     if stream is None:
         return None

@@ -533,6 +533,21 @@ def _cache_of(runner: TorchCudaRunner, cache_dir: Path) -> CompileCache:
     return cache
 
 
+def _run_holding(lock_path: Path, runner: TorchCudaRunner, caplog) -> list[str]:
+    """Runs the runner once while "another process" (a lock of the test's own, never released
+    during the run) holds ``lock_path``; returns the compile cache's log messages."""
+    from filelock import FileLock
+
+    holder = FileLock(lock_path)
+    holder.acquire()
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
+            runner.run(net_input())
+    finally:
+        holder.release()
+    return [r.getMessage() for r in caplog.records if r.name.endswith("compile_cache")]
+
+
 def test_a_shape_another_process_compiles_is_waited_for_then_loaded(monkeypatch, tmp_path, caplog):
     """Replicas sharing a cache compile a shape once: this runner finds the shape's lock held
     (by "another process": a lock of the test's own), waits without compiling, then loads
@@ -564,8 +579,6 @@ def test_a_shape_another_process_compiles_is_waited_for_then_loaded(monkeypatch,
 
 def test_a_shape_in_the_cache_is_loaded_without_the_lock(monkeypatch, tmp_path, caplog):
     """Processes loading a warm (or read-only) cache never wait for each other."""
-    from filelock import FileLock
-
     from tinyfaces_trt.export import compile_cache
 
     monkeypatch.setattr(compile_cache, "LOCK_WAIT_LIMIT_S", 5.0)
@@ -573,21 +586,13 @@ def test_a_shape_in_the_cache_is_loaded_without_the_lock(monkeypatch, tmp_path, 
     cache = _cache_of(runner, tmp_path)
     compiled, loaded = _compile_stand_ins(monkeypatch)
     cache.path(INPUT_SHAPE).write_bytes(b"compiled before")
-    holder = FileLock(cache.folder / "2x3x32x48.lock")  # another process loading it
-    holder.acquire()
-    try:
-        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
-            runner.run(net_input())
-    finally:
-        holder.release()
-    assert not [r for r in caplog.records if r.name.endswith("compile_cache")]
+    # another process holds the lock (loading it): this one does not wait for it
+    assert _run_holding(cache.folder / "2x3x32x48.lock", runner, caplog) == []
     record = runner.records[INPUT_SHAPE]
     assert record.cache_loaded and loaded == [b"compiled before"] and record.wait_seconds == 0
 
 
 def test_a_shape_waits_at_most_the_limit_then_compiles(monkeypatch, tmp_path, caplog):
-    from filelock import FileLock
-
     from tinyfaces_trt.export import compile_cache
 
     monkeypatch.setattr(compile_cache, "LOCK_WAIT_STEP_S", 0.3)
@@ -595,19 +600,13 @@ def test_a_shape_waits_at_most_the_limit_then_compiles(monkeypatch, tmp_path, ca
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
     cache = _cache_of(runner, tmp_path)
     compiled, _ = _compile_stand_ins(monkeypatch)
-    hung = FileLock(cache.folder / "2x3x32x48.lock")  # a holder that never finishes
-    hung.acquire()
-    try:
-        with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.compile_cache"):
-            runner.run(net_input())
-    finally:
-        hung.release()
-    lines = [r.getMessage() for r in caplog.records if r.name.endswith("compile_cache")]
+    hung = cache.folder / "2x3x32x48.lock"  # its holder never finishes
+    lines = _run_holding(hung, runner, caplog)
     assert lines[0].startswith("another process is compiling input shape (2, 3, 32, 48)")
     assert all(line.startswith("still waiting for the other compile (")  # (a loaded machine
                and line.endswith("at 1 s this process compiles itself)")  # may say none)
                for line in lines[1:-1])
-    assert re.fullmatch(rf"gave up waiting for the lock {re.escape(str(hung.lock_file))} after "
+    assert re.fullmatch(rf"gave up waiting for the lock {re.escape(str(hung))} after "
                         r"\d+ s \(its holder may hang\); going on without it", lines[-1])
     assert runner.records[INPUT_SHAPE].mode == "compile" and compiled == [INPUT_SHAPE]
     assert cache.path(INPUT_SHAPE).read_bytes() == b"this process's"

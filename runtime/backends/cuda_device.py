@@ -18,7 +18,7 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
-from tinyfaces_trt.core.runner import producer_stream
+from tinyfaces_trt.core.runner import interface_stream
 
 _INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
 _runtime_module: Any = None
@@ -456,8 +456,9 @@ def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
     """Wraps device memory as a :class:`DeviceArray` (no copy).
 
     Objects with ``__cuda_array_interface__`` bring their shape and dtype and must be
-    C-contiguous; the stream it names (version 3, :func:`~tinyfaces_trt.core.runner.producer_stream`)
-    becomes the array's :attr:`~DeviceArray.stream` (wrapped, not owned). A raw int pointer
+    C-contiguous; the stream it names (version 3,
+    :func:`~tinyfaces_trt.core.runner.interface_stream`) becomes the array's
+    :attr:`~DeviceArray.stream` (wrapped, not owned). A raw int pointer
     (or DeviceBuffer) needs ``shape`` (``dtype`` defaults to float32).
     """
     if isinstance(obj, DeviceArray):
@@ -469,7 +470,7 @@ def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
         strides = interface.get("strides")
         if strides is not None and not _c_contiguous(arr_shape, tuple(strides), arr_dtype.itemsize):
             raise TinyFacesError(f"device array must be C-contiguous, got strides {tuple(strides)}")
-        producer = producer_stream(obj)
+        producer = interface_stream(interface)
         return DeviceArray(int(interface["data"][0]), arr_shape, arr_dtype, owner=obj,
                            stream=None if producer is None else Stream(producer))
     if shape is None:
