@@ -535,9 +535,13 @@ def _factory_device(backend: str) -> Callable[[BenchContext], Pipeline]:
 def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeline]:
     def build(ctx: BenchContext) -> Pipeline:
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+        from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 
-        runner = OnnxRuntimeRunner(ctx.export_folder().onnx_path(), providers=providers,
-                                   threads=ctx.threads)
+        folder = ctx.export_folder()
+        # the TensorRT EP, where asked for, builds one engine for the export's profile
+        tensorrt = TensorrtEpSettings(folder.profile, folder.input_name) if folder.profile else None
+        runner = OnnxRuntimeRunner(folder.onnx_path(), providers=providers, threads=ctx.threads,
+                                   tensorrt=tensorrt)
         if providers and runner.providers[0] != providers[0]:
             raise Skip(f"onnxruntime could not start {providers[0]} (session runs on "
                        f"{runner.providers})")
@@ -611,8 +615,9 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("onnxruntime-cuda-host", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy "
                 "stages", lambda: _ort_provider_reason("CUDAExecutionProvider"),
                 _onnxruntime(["CUDAExecutionProvider"])),
-    BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; engines "
-                "built per input shape during warm-up), numpy stages",
+    BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; one engine "
+                "for the export's profile, built with the session or loaded from the cache), "
+                "numpy stages",
                 lambda: _ort_provider_reason("TensorrtExecutionProvider"),
                 _onnxruntime(["TensorrtExecutionProvider", "CUDAExecutionProvider"])),
     BackendSpec("tensorrt", "runtime pipeline, TensorRT fp32 engine, numpy resize/decode/NMS",

@@ -41,12 +41,13 @@ class GpuListingOrt:
     a session asked for one of ``fails`` raises, as ONNX Runtime does with ``enable_fallback``
     off. Provider options come back as ONNX Runtime reports them (``ToProviderOptions``): the
     stream in decimal, "0" when it was not taken, with ``has_user_compute_stream``.
-    ``sessions`` records each session asked for: its providers, options and strictness."""
+    ``sessions`` records each session asked for: its providers, options and strictness;
+    ``on_session`` is called with that record as a session is made (a build starts)."""
 
     def __init__(self, listed=(TENSORRT_EP, CUDA_EP, CPU_EP), started=(CUDA_EP,), loses_stream=(),
-                 fails=()):
+                 fails=(), on_session=lambda record: None):
         self.listed, self.started, self.loses_stream = list(listed), started, loses_stream
-        self.fails = fails
+        self.fails, self.on_session = fails, on_session
         self.sessions: list[dict] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -61,6 +62,7 @@ class GpuListingOrt:
         self.sessions.append({"providers": list(asked), "options": asked,
                               "strict": sess_options is not None and _strict(sess_options),
                               "fallback": int(enable_fallback)})
+        self.on_session(self.sessions[-1])
         failed = [p for p in asked if p in self.fails]
         if failed:
             raise RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : {failed[0]} could not be created")

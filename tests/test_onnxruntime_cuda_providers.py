@@ -11,15 +11,24 @@ The stream comes from ``cuda_device`` over host memory (tests/host_cudart.py).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import re
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
 import host_cudart
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
-from tinyfaces_trt.runtime.backends import cuda_device, onnxruntime_cuda_runner, onnxruntime_runner
+from tinyfaces_trt.core.manifest import load_export_folder
+from tinyfaces_trt.core.runner import RunnerCapabilities
+from tinyfaces_trt.runtime.backends import (create_runner, cuda_device, onnxruntime_cuda_runner,
+                                            onnxruntime_runner)
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
                                                                     OnnxRuntimeCudaRunner)
+from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 
 pytest.importorskip("onnxruntime")
 
@@ -35,10 +44,32 @@ def host(monkeypatch):
     h.release_all()
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """The cache root (ONNX Runtime's TensorRT engines) of each test."""
+    monkeypatch.setenv("TINYFACES_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _settings(export_dir) -> TensorrtEpSettings:
+    """What create_detector gives: the export folder's profile and input name."""
+    folder = load_export_folder(export_dir)
+    return TensorrtEpSettings(folder.profile, folder.input_name)
+
+
 def _runner(monkeypatch, fake, export_dir, **kwargs):
     monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
     monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    if "tensorrt" not in kwargs:
+        kwargs["tensorrt"] = _settings(export_dir)
     return OnnxRuntimeCudaRunner(export_dir / "model.onnx", **kwargs)
+
+
+def _with_tensorrt(monkeypatch) -> None:
+    """The tensorrt package looks installed (ONNX Runtime's TensorRT provider is then tried)."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else find_spec(name, *a))
 
 
 def test_the_cuda_provider_runs_on_our_stream(host, monkeypatch, export_dir, caplog):
@@ -74,8 +105,7 @@ def test_a_tensorrt_provider_that_fails_to_start_leaves_the_cuda_provider(
     """With ORT's fallback off, a TensorRT provider that cannot start (libnvinfer missing) is
     an error the runner answers with a session on CUDA alone (ORT's own fallback dropped our
     stream, or went to the CPU, and printed a banner on stdout)."""
-    monkeypatch.setattr(onnxruntime_cuda_runner.importlib.util, "find_spec",
-                        lambda name: object() if name == "tensorrt" else None)
+    _with_tensorrt(monkeypatch)
     fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
         runner = _runner(monkeypatch, fake, export_dir)
@@ -94,8 +124,7 @@ def test_tensorrt_first_where_it_imports_then_cuda_alone_when_it_drops_the_strea
         host, monkeypatch, export_dir, caplog):
     """ORT retries a failing TensorRT provider on CUDA without our options: the runner sees
     the lost stream and opens a session on the CUDA provider alone."""
-    monkeypatch.setattr(onnxruntime_cuda_runner.importlib.util, "find_spec",
-                        lambda name: object() if name == "tensorrt" else None)
+    _with_tensorrt(monkeypatch)
     fake = GpuListingOrt(started=(CUDA_EP,), loses_stream=(CUDA_EP,))
     with pytest.raises(BackendUnavailableError,
                        match=r"did not run its CUDA provider on the given stream"):
@@ -123,7 +152,7 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     broken = GpuListingOrt()
     with pytest.raises(ManifestError, match="cannot load ONNX model"):
-        _runner(monkeypatch, broken, tmp_path)
+        _runner(monkeypatch, broken, tmp_path, tensorrt=None)
     assert len(broken.sessions) == 1  # not a placement problem: no retry
     with pytest.raises(TinyFacesError, match=r"^device_id 1 is not the current CUDA device \(0\): "
                                              r".* CUDA_VISIBLE_DEVICES=1 \(it is then device 0\)"):
@@ -132,3 +161,127 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
     with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU; none is visible"):
         _runner(monkeypatch, GpuListingOrt(), export_dir)
     assert host.calls["cudaStreamCreate"] == 2 and host.live()["streams"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime's TensorRT provider: the export's profile, the engine cache, one build at a time
+# ---------------------------------------------------------------------------------------------
+
+def _engine_folder(cache):
+    (engines,) = (cache / "ort_tensorrt").iterdir()
+    assert re.fullmatch("[0-9a-f]{16}", engines.name)
+    return engines
+
+
+def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
+        host, monkeypatch, export_dir, cache):
+    """The export's profile is the provider's explicit profile (one engine for every pyramid
+    level, built as the session is made, instead of a rebuild for each new level shape), the
+    engine and timing caches lie in a folder of the model's own, and a level outside the
+    profile is refused before TensorRT would fail on it mid-image."""
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    runner = _runner(monkeypatch, fake, export_dir)
+    (session,) = fake.sessions
+    engines, stream = _engine_folder(cache), str(runner.stream)
+    assert session["providers"] == runner.providers == [TENSORRT_EP, CUDA_EP, CPU_EP]
+    assert session["options"][TENSORRT_EP] == {
+        "device_id": "0", "user_compute_stream": stream,
+        "trt_profile_min_shapes": "image:1x3x1x1", "trt_profile_opt_shapes": "image:1x3x2160x3840",
+        "trt_profile_max_shapes": "image:1x3x3840x3840",
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(engines)}
+    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream}
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1)
+    runner.check_levels([(1, 3, 3840, 3840), SimpleNamespace(height=1, width=3840)])
+    with pytest.raises(ManifestError, match=r"^input shape 1x3x3841x8 is outside the engine's "
+                                            r"optimization profile \(min 1x3x1x1, max 1x3x3840x3840\)"):
+        runner.check_levels([(1, 3, 64, 64), SimpleNamespace(height=3841, width=8)])
+    runner.close()
+    # the CUDA provider alone takes any level and any batch
+    runner = _runner(monkeypatch, GpuListingOrt(started=(CUDA_EP,)), export_dir)
+    assert runner.providers == [CUDA_EP, CPU_EP] and runner.tensorrt is None
+    runner.check_levels([SimpleNamespace(height=3841, width=8)])
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True)
+
+
+def test_without_a_profile_the_tensorrt_provider_is_left_out(host, monkeypatch, export_dir,
+                                                              cache, caplog):
+    """Without the export's profile the provider would rebuild its engine for each new level
+    shape: the device runner leaves it out, and says so."""
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir, tensorrt=None)
+    assert [s["providers"] for s in fake.sessions] == [[CUDA_EP, CPU_EP]]
+    assert runner.providers == [CUDA_EP, CPU_EP] and not cache.exists()
+    assert "no input-shape profile given for ONNX Runtime's TensorRT provider" in caplog.text
+
+
+def test_sessions_over_one_engine_folder_are_made_one_at_a_time(host, monkeypatch, export_dir,
+                                                                cache, caplog):
+    """ONNX Runtime writes the engine file in place: a runner finding the folder's build lock
+    held (by "another process": a lock of the test's own) makes no session until it is
+    released, and holds the lock itself while its session builds or reads the engine."""
+    from filelock import FileLock, Timeout
+
+    _with_tensorrt(monkeypatch)
+    settings = _settings(export_dir)
+    lock_path = settings.cache_folder(export_dir / "model.onnx") / "build.lock"
+    held_while_made = []
+
+    def lock_held(record) -> None:
+        probe = FileLock(lock_path)
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            held_while_made.append(True)
+        else:
+            probe.release()
+            held_while_made.append(False)
+
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP), on_session=lock_held)
+    holder, made = FileLock(lock_path), []
+    holder.acquire()
+    worker = threading.Thread(
+        target=lambda: made.append(_runner(monkeypatch, fake, export_dir, tensorrt=settings)))
+    try:
+        with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+            worker.start()
+            deadline = time.monotonic() + 60
+            while "another process is building the TensorRT engine in" not in caplog.text:
+                assert worker.is_alive() and time.monotonic() < deadline, caplog.text
+                time.sleep(0.05)
+            assert fake.sessions == []
+            holder.release()
+            worker.join(timeout=60)
+    finally:
+        if holder.is_locked:
+            holder.release()
+    assert not worker.is_alive() and made and made[0].providers[0] == TENSORRT_EP
+    assert held_while_made == [True]
+
+
+def test_the_host_runner_gives_the_tensorrt_provider_the_exports_profile(monkeypatch, export_dir,
+                                                                          cache, caplog):
+    """``tf-detect --backend onnxruntime --providers tensorrt``: create_runner gives the
+    folder's profile and input name; a runner made without them warns of the rebuilds."""
+    fake = GpuListingOrt(started=(TENSORRT_EP,))
+    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    runner = create_runner("onnxruntime", load_export_folder(export_dir), providers="tensorrt")
+    (session,) = fake.sessions
+    engines = _engine_folder(cache)
+    assert session["options"][TENSORRT_EP] == {
+        "trt_profile_min_shapes": "image:1x3x1x1", "trt_profile_opt_shapes": "image:1x3x2160x3840",
+        "trt_profile_max_shapes": "image:1x3x3840x3840",
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(engines)}
+    assert runner.providers == [TENSORRT_EP, CPU_EP]
+    with pytest.raises(ManifestError, match="outside the engine's optimization profile"):
+        runner.check_levels([SimpleNamespace(height=8, width=3841)])
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = onnxruntime_runner.OnnxRuntimeRunner(export_dir / "model.onnx", providers="tensorrt")
+    assert fake.sessions[-1]["options"][TENSORRT_EP] == {}
+    assert ("ONNX Runtime's TensorRT provider without an input-shape profile builds its engine at "
+            "the first run and again for every input shape outside those seen so far") in caplog.text
+    runner.check_levels([SimpleNamespace(height=8, width=3841)])  # its engine grows instead

@@ -106,8 +106,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             for the others).
         providers, threads: ONNX Runtime options.
         depth, variant: passed to the checkpoint loader (None: detect from the file).
-        cache_dir: cache root for exports and torch-cuda's compiled code (default
-            :func:`tinyfaces_trt.core.files.cache_root`).
+        cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
+            TensorRT engines (default :func:`tinyfaces_trt.core.files.cache_root`).
         progress: called with a line of text before and after a long step (an export).
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
         torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
@@ -156,7 +156,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                                variant=variant, cache_dir=cache_dir, progress=progress)
     return folder_backends.create_detector(
         backend, model_dir, config_overrides, fp16=bool(fp16), providers=providers, threads=threads,
-        gpu_stages=gpu_stages, folder=folder)
+        gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir)
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,

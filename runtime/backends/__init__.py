@@ -30,6 +30,7 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
 from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of, close_all, require_runner
+from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def _check_backend(backend: str) -> None:
 
 def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
                   providers: str | Sequence[str] | None = None,
-                  threads: int | None = None) -> NetworkRunner:
+                  threads: int | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None) -> NetworkRunner:
     """The network runner of ``backend`` for an export folder.
 
     Args:
@@ -100,20 +102,27 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         folder: from :func:`~tinyfaces_trt.core.manifest.load_export_folder`.
         fp16: use the folder's fp16 ONNX model / engine.
         providers, threads: ONNX Runtime options (see :class:`OnnxRuntimeRunner`).
+        cache_dir: cache root for ONNX Runtime's TensorRT engines (default
+            :func:`~tinyfaces_trt.core.files.cache_root`).
 
     Raises:
         ManifestError: the folder lacks the requested file, or it disagrees with the manifest.
         BackendUnavailableError: the backend's dependency is missing.
     """
     _check_backend(backend)
+    # ONNX Runtime's TensorRT provider builds one engine for the export's profile, kept
+    # in the cache (a folder without a profile, from an old tf-export: the CUDA provider)
+    tensorrt = None if folder.profile is None else TensorrtEpSettings(
+        folder.profile, folder.input_name, cache_dir=cache_dir)
     if backend == "onnxruntime":
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(folder.onnx_path(fp16), providers=providers, threads=threads)
+        return OnnxRuntimeRunner(folder.onnx_path(fp16), providers=providers, threads=threads,
+                                 tensorrt=tensorrt)
     if backend == "onnxruntime-cuda":
         from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
 
-        return OnnxRuntimeCudaRunner(folder.onnx_path(fp16))
+        return OnnxRuntimeCudaRunner(folder.onnx_path(fp16), tensorrt=tensorrt)
     if backend == "tensorrt":
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner, import_tensorrt
 
@@ -138,7 +147,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                     config_overrides: Mapping[str, Any] | None = None, *,
                     fp16: bool = False, providers: str | Sequence[str] | None = None,
                     threads: int | None = None, gpu_stages: bool | None = None,
-                    folder: ExportFolder | None = None) -> Detector:
+                    folder: ExportFolder | None = None,
+                    cache_dir: str | os.PathLike[str] | None = None) -> Detector:
     """A ready :class:`Detector` for an export folder.
 
     Args:
@@ -151,6 +161,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         gpu_stages: device-I/O runners (onnxruntime-cuda, tensorrt): resize/normalise and
             decode/NMS on the GPU with the CUDA kernels (see :func:`detector_for`).
         folder: an already loaded export folder (instead of ``model_dir``).
+        cache_dir: cache root for ONNX Runtime's TensorRT engines (default
+            :func:`~tinyfaces_trt.core.files.cache_root`).
 
     Raises:
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
@@ -164,7 +176,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                 "the untrained default network use tinyfaces_trt.create_detector")
         folder = load_export_folder(model_dir)
     config = apply_overrides(folder.config, config_overrides)
-    runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads)
+    runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads,
+                           cache_dir=cache_dir)
     warn_if_untrained(folder.identity)
     return detector_owning(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
 

@@ -7,9 +7,11 @@ A device-I/O runner: the input is bound in place through ONNX Runtime's IOBindin
 the CUDA execution provider runs on :attr:`stream` (its ``user_compute_stream`` option) and
 the output stays on the GPU as an ORT-allocated buffer, valid until the next :meth:`run`. A
 numpy input takes the ordinary host path. Needs the ``onnxruntime-gpu`` build and cuda-python
-(for the stream). What did not run where it was asked is stated: a missing TensorRT provider
-is logged, and a TensorRT provider that ONNX Runtime dropped (it then retries on CUDA without
-our stream) is replaced by the CUDA provider alone, with a warning. The CPU provider stays in
+(for the stream). With ``tensorrt`` settings (the export's profile, :mod:`.ort_tensorrt`),
+ONNX Runtime's TensorRT provider comes first where TensorRT is installed, building one engine
+for the whole profile, kept in the cache. What did not run where it was asked is stated: a
+missing TensorRT provider is logged, and a TensorRT provider that ONNX Runtime dropped (it then
+retries on CUDA without our stream) is replaced by the CUDA provider alone, with a warning. The CPU provider stays in
 the list: ONNX Runtime's CUDA provider leaves small shape computations to it by design
 (``GetCpuPreferredNodes``), so a session refusing CPU nodes is expected to fail on this network
 (read in ORT's source; not run here, where there is no onnxruntime-gpu).
@@ -17,6 +19,7 @@ the list: ONNX Runtime's CUDA provider leaves small shape computations to it by 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -27,14 +30,13 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NetworkInputError,
                                        TinyFacesError, first_line)
-from tinyfaces_trt.core.runner import RunnerCapabilities
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (OnnxRuntimeRunner,
                                                                import_onnxruntime)
+from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings
 
 log = logging.getLogger(__name__)
 
 CUDA_EP = "CUDAExecutionProvider"
-TENSORRT_EP = "TensorrtExecutionProvider"
 
 
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
@@ -46,7 +48,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             (default: a new stream).
         device_id: the GPU: the current CUDA device (others are refused, as the stream and
             the CUDA stages are made on the current one).
-        tensorrt: also put ONNX Runtime's TensorRT provider first, when this build has it.
+        tensorrt: how ONNX Runtime's TensorRT provider builds its engine (the export's
+            profile and input name); with them it comes first where this build lists it and
+            the tensorrt package is installed. None: the CUDA provider alone.
 
     Raises:
         BackendUnavailableError: no onnxruntime-gpu (CUDA provider), cuda-python or GPU.
@@ -58,7 +62,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     device_type = "cuda"
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
-                 device_id: int = 0, tensorrt: bool = True) -> None:
+                 device_id: int = 0, tensorrt: TensorrtEpSettings | None = None) -> None:
         ort = import_onnxruntime()
         available = ort.get_available_providers()
         if CUDA_EP not in available:
@@ -90,20 +94,24 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise
 
     def _open_on_stream(self, onnx_path: Any, available: list[str], device_id: int,
-                        tensorrt: bool) -> None:
+                        tensorrt: TensorrtEpSettings | None) -> None:
         """Opens the session with the GPU providers on :attr:`cuda_stream`; device I/O."""
         # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
         # provider fails it retries on CUDA *without our provider options* (the stream): so
         # TensorRT only where the tensorrt package is there, and the stream checked below
-        use_trt = tensorrt and TENSORRT_EP in available and importlib.util.find_spec("tensorrt")
-        if tensorrt and not use_trt:
+        here = TENSORRT_EP in available and importlib.util.find_spec("tensorrt") is not None
+        use_trt = tensorrt is not None and here
+        if tensorrt is not None and not here:
             log.info("no TensorRT here for ONNX Runtime's TensorRT provider; running on CUDA")
+        elif tensorrt is None and here:
+            log.info("no input-shape profile given for ONNX Runtime's TensorRT provider "
+                     "(tensorrt=TensorrtEpSettings(...)); running on CUDA")
         handle = str(self.cuda_stream.handle)
         options = {CUDA_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle},
                    TENSORRT_EP: {"device_id": str(int(device_id)), "user_compute_stream": handle}}
         for wanted in ([TENSORRT_EP, CUDA_EP], [CUDA_EP]) if use_trt else ([CUDA_EP],):
             try:
-                self._open(onnx_path, wanted, options)
+                self._open(onnx_path, wanted, options, tensorrt)
             except TinyFacesError as exc:
                 if TENSORRT_EP not in wanted:
                     raise
@@ -125,7 +133,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         from tinyfaces_trt.runtime.backends import cuda_device
 
         self.cuda_stream, self.device_id = stream, int(device_id)
-        self.capabilities = RunnerCapabilities(device_io=True, batch=self.capabilities.batch)
+        self.capabilities = dataclasses.replace(self.capabilities, device_io=True)
         self._run_options = import_onnxruntime().RunOptions()
         # ordering is the stream's job: no host wait at the end of each run
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -133,9 +141,10 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self._cuda = cuda_device
         self._after_producer = cuda_device.ProducerOrder(stream)
 
-    def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]]) -> None:
+    def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]],
+              tensorrt: TensorrtEpSettings | None) -> None:
         """Opens the session on ``wanted``, then the CPU provider (shape computations)."""
-        super().__init__(onnx_path, providers=wanted, provider_options=options)
+        super().__init__(onnx_path, providers=wanted, provider_options=options, tensorrt=tensorrt)
         if CUDA_EP not in self.providers:
             raise BackendUnavailableError(f"ONNX Runtime could not start its CUDA provider "
                                           f"(running on {self.providers})")

@@ -22,6 +22,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import ManifestError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings, build_lock
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ CPU = "CPUExecutionProvider"
 PROVIDER_ALIASES = {
     "cpu": CPU,
     "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
+    "tensorrt": TENSORRT_EP,
+    "trt": TENSORRT_EP,
 }
 #: Preference order for ``providers="auto"``.
-AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
+AUTO_ORDER = (TENSORRT_EP, "CUDAExecutionProvider", CPU)
 
 
 def import_onnxruntime() -> Any:
@@ -97,6 +98,10 @@ class OnnxRuntimeRunner(RunnerBase):
         threads: intra-op thread count (``None``: ONNX Runtime's default, all cores).
         provider_options: options per provider name (e.g. the CUDA stream), for subclasses.
         session_config: session configuration entries (``add_session_config_entry``).
+        tensorrt: how the TensorRT provider, where it is among ``providers``, builds its
+            engine (the export's profile, the engine cache: :mod:`.ort_tensorrt`);
+            ``create_detector`` gives the export folder's. Without it that provider rebuilds
+            its engine for the input shapes as they come (warned).
 
     Raises:
         BackendUnavailableError: onnxruntime is not installed.
@@ -109,7 +114,8 @@ class OnnxRuntimeRunner(RunnerBase):
                  providers: str | Sequence[str] | None = None,
                  threads: int | None = None, *,
                  provider_options: dict[str, dict[str, str]] | None = None,
-                 session_config: dict[str, str] | None = None) -> None:
+                 session_config: dict[str, str] | None = None,
+                 tensorrt: TensorrtEpSettings | None = None) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
@@ -124,12 +130,23 @@ class OnnxRuntimeRunner(RunnerBase):
             options.intra_op_num_threads = threads
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
-        with_options = [(p, (provider_options or {}).get(p, {})) for p in chosen]
+        with_options = {p: dict((provider_options or {}).get(p, {})) for p in chosen}
+        engines = None
+        if TENSORRT_EP in chosen and tensorrt is not None:
+            engines = tensorrt.cache_folder(self.onnx_path)
+            with_options[TENSORRT_EP].update(tensorrt.provider_options(engines))
+        elif TENSORRT_EP in chosen:
+            log.warning("ONNX Runtime's TensorRT provider without an input-shape profile builds "
+                        "its engine at the first run and again for every input shape outside "
+                        "those seen so far (minutes each); give the export's profile "
+                        "(tensorrt=TensorrtEpSettings(folder.profile), as create_detector does)")
         try:
             # no silent retry on other providers (printed to stdout, where tf-detect --json
             # writes); a provider that fails is an error the caller sees and handles
-            self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                providers=with_options, enable_fallback=0)
+            with build_lock(engines):  # the TensorRT provider builds or reads its engine here
+                self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
+                                                    providers=list(with_options.items()),
+                                                    enable_fallback=0)
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ManifestError(f"cannot load ONNX model {self.onnx_path}: {first}") from exc
@@ -142,8 +159,19 @@ class OnnxRuntimeRunner(RunnerBase):
                  ort.__version__, self.onnx_path.name, self.providers)
         self.input_name, self.output_name = self._check_signature()
         batch_dim = self.session.get_inputs()[0].shape[0]
+        #: The explicit profile of the TensorRT engine running the network; None without one.
+        self.tensorrt = tensorrt if TENSORRT_EP in self.providers else None
         # an export with a dynamic batch axis runs a pyramid level for several images at once
-        self.capabilities = RunnerCapabilities(batch=not isinstance(batch_dim, int))
+        # (a TensorRT engine: as many as its profile takes)
+        batch = not isinstance(batch_dim, int)
+        self.capabilities = RunnerCapabilities(
+            batch=batch, max_batch=self.tensorrt.profile.max_batch if batch and self.tensorrt else None)
+
+    def check_levels(self, levels: Sequence[Any]) -> None:
+        """Refuses a level outside the profile of the TensorRT provider's engine (TensorRT
+        would fail on it mid-image); any level runs on the other providers."""
+        if self.tensorrt is not None:
+            self.tensorrt.check(levels)
 
     def _check_signature(self) -> tuple[str, str]:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
