@@ -6,8 +6,9 @@ The lock is an OS file lock (``flock``, through :mod:`filelock`, imported on use
 is bounded and said as it goes; where the lock cannot be taken (a file system without
 ``flock``: filelock's marker-file fallback is refused, as a marker from a killed process on
 another host would never clear) or the wait runs out (a hung holder), the job runs without
-it: the jobs this guards write their results atomically, so running one twice only
-duplicates the work.
+it, and :attr:`LockOutcome.held` tells the job so: the export and compile caches write their
+results atomically, so running one twice only duplicates the work; ONNX Runtime's TensorRT
+engine cache, written in place, is then not written (``runtime/backends/ort_tensorrt.py``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,24 @@ class LockWords:
     unlocked: str
 
 
+@dataclass(frozen=True)
+class LockOutcome:
+    """How a :func:`waiting_lock` block came to run.
+
+    Attributes:
+        waited: it waited for another process holding the lock.
+        held: it holds the lock (False: the lock could not be taken, or the wait gave up).
+    """
+
+    waited: bool
+    held: bool
+
+
 @contextlib.contextmanager
 def waiting_lock(path: str | Path, words: LockWords, *, say: Say, warn: Say, step_s: float,
-                 limit_s: float) -> Iterator[bool]:
-    """Holds the lock file ``path`` for the block; yields whether it waited for another process.
+                 limit_s: float) -> Iterator[LockOutcome]:
+    """Holds the lock file ``path`` for the block; yields whether it waited for another process
+    and whether it holds the lock.
 
     Args:
         path: the lock file (its folder is created).
@@ -89,10 +104,10 @@ def waiting_lock(path: str | Path, words: LockWords, *, say: Say, warn: Say, ste
     except (OSError, NotImplementedError) as exc:
         warn(f"cannot lock {path} ({exc}); {words.unlocked} without the lock")
     try:
-        yield waited
+        yield LockOutcome(waited=waited, held=locked)
     finally:
         if locked and lock is not None:
             lock.release()
 
 
-__all__ = ["POLL_INTERVAL_S", "LockWords", "waiting_lock"]
+__all__ = ["POLL_INTERVAL_S", "LockOutcome", "LockWords", "waiting_lock"]

@@ -35,6 +35,7 @@ from torch import nn
 
 from tinyfaces_trt.core.errors import first_line
 from tinyfaces_trt.core.files import cache_root, remove_stale_temporaries, staging_dir
+from tinyfaces_trt.core.locks import LockOutcome
 from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, shape_lock, write_key
 
 _logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class PackageCache:
         """The package of one input shape."""
         return shape_file(self.folder, shape, ".pt2")
 
-    def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
+    def lock(self, shape: Sequence[int]) -> AbstractContextManager[LockOutcome]:
         """Held around loading or compiling the package of ``shape`` while it is missing (see
         :func:`~.compile_cache.shape_lock`)."""
         return shape_lock(self.folder, shape, self.path(shape))

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from tinyfaces_trt.core.files import cache_root, write_bytes_atomic, write_text_atomic
-from tinyfaces_trt.core.locks import LockWords, waiting_lock
+from tinyfaces_trt.core.locks import LockOutcome, LockWords, waiting_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -103,10 +103,11 @@ def shape_file(folder: Path, shape: Sequence[int], suffix: str) -> Path:
     return folder / ("x".join(str(int(d)) for d in shape) + suffix)
 
 
-def shape_lock(folder: Path, shape: Sequence[int], file: Path) -> AbstractContextManager[bool]:
+def shape_lock(folder: Path, shape: Sequence[int],
+               file: Path) -> AbstractContextManager[LockOutcome]:
     """Where ``file`` (that shape's cache file) is missing, holds
     ``<folder>/<N>x<C>x<H>x<W>.lock`` while it is loaded or compiled and written; yields
-    whether it waited for another process.
+    whether it waited for another process (and holds the lock).
 
     Processes sharing the cache (the replicas of a service warming up on the GPUs of one
     machine) then compile each shape once: the others wait, then load what it wrote. A shape
@@ -116,7 +117,7 @@ def shape_lock(folder: Path, shape: Sequence[int], file: Path) -> AbstractContex
     refuses it, a read-only cache) each compiles, which the log says at INFO level.
     """
     if os.path.isfile(file):  # False too where the folder cannot be read: load says why
-        return nullcontext(False)
+        return nullcontext(LockOutcome(waited=False, held=False))
     words = LockWords(doing=f"compiling input shape {tuple(int(d) for d in shape)} into {file}",
                       other="the other compile", alone="compiles itself", unlocked="compiling")
     # without the lock (a read-only cache: writing the file warns next) only work is duplicated
@@ -154,7 +155,7 @@ class CompileCache:
         """The file of one input shape."""
         return shape_file(self.folder, shape, ".bin")
 
-    def lock(self, shape: Sequence[int]) -> AbstractContextManager[bool]:
+    def lock(self, shape: Sequence[int]) -> AbstractContextManager[LockOutcome]:
         """Held around loading, compiling and saving ``shape`` while its file is missing (see
         :func:`shape_lock`)."""
         return shape_lock(self.folder, shape, self.path(shape))

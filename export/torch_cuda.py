@@ -76,6 +76,7 @@ import torch
 from torch import nn
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
+from tinyfaces_trt.core.locks import LockOutcome
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, producer_stream
 from tinyfaces_trt.export.aoti import PackageCache
@@ -608,11 +609,12 @@ class TorchCudaRunner(RunnerBase):
 
 
 @contextlib.contextmanager
-def _waiting(lock: contextlib.AbstractContextManager[bool], record: ShapeRecord) -> Iterator[None]:
+def _waiting(lock: contextlib.AbstractContextManager[LockOutcome],
+             record: ShapeRecord) -> Iterator[None]:
     """Holds a shape's cache lock, the time spent waiting for it in ``record``."""
     start = time.perf_counter()
-    with lock as waited:
-        if waited:
+    with lock as outcome:
+        if outcome.waited:
             record.wait_seconds = time.perf_counter() - start
         yield
 

@@ -34,6 +34,12 @@ CLIS = {
     (["--prob-thresh", "1.5"], "--prob-thresh"),
     (["--torch-mode", "aoti"], "--torch-mode applies to the torch-cuda backend"),
     (["--backend", "torch-cuda", "--torch-mode", "fast"], "argument --torch-mode: invalid choice"),
+    (["--backend", "onnxruntime-cuda", "--threads", "2"],
+     "--threads applies to the onnxruntime backend (its CPU provider)"),
+    (["--backend", "onnxruntime-cuda", "--providers", "cpu"],
+     "--providers: the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its providers "
+     "are 'cuda' (that one alone) or 'tensorrt,cuda' (the default), got 'cpu'"),
+    (["--backend", "onnxruntime-cuda", "--providers", "cuda,tensorrt"], "got 'cuda,tensorrt'"),
 ])
 def test_every_cli_refuses_the_same_combinations(cli, argv, message, capsys):
     main, _, needed = CLIS[cli]

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import threading
 
 import pytest
 
-from tinyfaces_trt.core.locks import LockWords, waiting_lock
+from tinyfaces_trt.core.locks import LockOutcome, LockWords, waiting_lock
 
 filelock = pytest.importorskip("filelock")
 
@@ -30,9 +31,9 @@ def test_a_file_system_without_flock_runs_the_job_unlocked_and_says_so(tmp_path,
     said: list[str] = []
     warned: list[str] = []
     path = tmp_path / "job.lock"
-    with _lock(path, said, warned) as waited:
+    with _lock(path, said, warned) as outcome:
         ran = True
-    assert ran and waited is False and said == []
+    assert ran and outcome == LockOutcome(waited=False, held=False) and said == []
     assert warned == [f"cannot lock {path} ([Errno {errno.ENOSYS}] Function not implemented); "
                       "testing without the lock"]
 
@@ -56,8 +57,8 @@ def test_the_lock_is_released_when_the_job_fails(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "job.lock"  # the folder is made
     said: list[str] = []
     with pytest.raises(ValueError):
-        with _lock(path, said, said) as waited:
-            assert waited is False
+        with _lock(path, said, said) as outcome:
+            assert outcome == LockOutcome(waited=False, held=True)
             with pytest.raises(filelock.Timeout):  # held, as another process would find it
                 filelock.FileLock(path).acquire(timeout=0)
             raise ValueError("the job failed")
@@ -65,3 +66,27 @@ def test_the_lock_is_released_when_the_job_fails(tmp_path, monkeypatch):
     with filelock.FileLock(path).acquire(timeout=0):
         pass
     assert said == []
+
+
+def test_the_block_is_told_whether_it_waited_and_whether_it_holds_the_lock(tmp_path):
+    """A holder that lets go within the limit: waited and held; one that never does: the
+    block runs after the limit without the lock, and is told so (ONNX Runtime's engine cache,
+    written in place, is then left alone)."""
+    path = tmp_path / "job.lock"
+    holder = filelock.FileLock(path, thread_local=False)
+    holder.acquire()
+    said: list[str] = []
+    timer = threading.Timer(0.3, holder.release)
+    timer.start()
+    with _lock(path, said, said) as outcome:
+        assert outcome == LockOutcome(waited=True, held=True)
+    timer.join()
+    assert said[0].startswith("another process is testing; waiting for it to finish")
+    holder.acquire()
+    try:
+        said.clear()
+        with _lock(path, said, said) as outcome:
+            assert outcome == LockOutcome(waited=True, held=False)
+    finally:
+        holder.release()
+    assert said[-1].startswith(f"gave up waiting for the lock {path} after 1 s")

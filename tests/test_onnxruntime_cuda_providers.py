@@ -11,24 +11,31 @@ The stream comes from ``cuda_device`` over host memory (tests/host_cudart.py).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
 import logging
+import os
 import re
 import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import host_cudart
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 from tinyfaces_trt.core.manifest import load_export_folder
+from tinyfaces_trt.core.profiles import Profile
+from tinyfaces_trt.core.pyramid import plan_pyramid
 from tinyfaces_trt.core.runner import RunnerCapabilities
 from tinyfaces_trt.runtime.backends import (create_runner, cuda_device, onnxruntime_cuda_runner,
-                                            onnxruntime_runner)
+                                            onnxruntime_runner, ort_tensorrt)
 from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import (CUDA_EP, TENSORRT_EP,
                                                                     OnnxRuntimeCudaRunner)
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
+from tinyfaces_trt.runtime.pipeline import Detector
 
 pytest.importorskip("onnxruntime")
 
@@ -190,13 +197,17 @@ def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
         "trt_profile_min_shapes": "image:1x3x1x1", "trt_profile_opt_shapes": "image:1x3x2160x3840",
         "trt_profile_max_shapes": "image:1x3x3840x3840",
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
-        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(engines)}
+        "trt_timing_cache_enable": "True"}
     assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream}
     assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1)
     runner.check_levels([(1, 3, 3840, 3840), SimpleNamespace(height=1, width=3840)])
     with pytest.raises(ManifestError, match=r"^input shape 1x3x3841x8 is outside the engine's "
-                                            r"optimization profile \(min 1x3x1x1, max 1x3x3840x3840\)"):
+                                            r"optimization profile \(min 1x3x1x1, max 1x3x3840x3840\)"
+                                            r".*; or leave ONNX Runtime's TensorRT provider out "
+                                            r"\(providers 'cuda', tf-detect --providers cuda\)$"):
         runner.check_levels([(1, 3, 64, 64), SimpleNamespace(height=3841, width=8)])
+    with pytest.raises(ManifestError, match=r"^input shape 2x3x8x8 is outside"):
+        runner.run(np.zeros((2, 3, 8, 8), np.float32))  # called directly: checked too
     runner.close()
     # the CUDA provider alone takes any level and any batch
     runner = _runner(monkeypatch, GpuListingOrt(started=(CUDA_EP,)), export_dir)
@@ -249,7 +260,7 @@ def test_sessions_over_one_engine_folder_are_made_one_at_a_time(host, monkeypatc
         with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
             worker.start()
             deadline = time.monotonic() + 60
-            while "another process is building the TensorRT engine in" not in caplog.text:
+            while "another process is building or loading the TensorRT engine in" not in caplog.text:
                 assert worker.is_alive() and time.monotonic() < deadline, caplog.text
                 time.sleep(0.05)
             assert fake.sessions == []
@@ -275,7 +286,7 @@ def test_the_host_runner_gives_the_tensorrt_provider_the_exports_profile(monkeyp
         "trt_profile_min_shapes": "image:1x3x1x1", "trt_profile_opt_shapes": "image:1x3x2160x3840",
         "trt_profile_max_shapes": "image:1x3x3840x3840",
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
-        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(engines)}
+        "trt_timing_cache_enable": "True"}
     assert runner.providers == [TENSORRT_EP, CPU_EP]
     with pytest.raises(ManifestError, match="outside the engine's optimization profile"):
         runner.check_levels([SimpleNamespace(height=8, width=3841)])
@@ -285,3 +296,119 @@ def test_the_host_runner_gives_the_tensorrt_provider_the_exports_profile(monkeyp
     assert ("ONNX Runtime's TensorRT provider without an input-shape profile builds its engine at "
             "the first run and again for every input shape outside those seen so far") in caplog.text
     runner.check_levels([SimpleNamespace(height=8, width=3841)])  # its engine grows instead
+
+
+def test_providers_cuda_leaves_the_tensorrt_provider_out(host, monkeypatch, export_dir, cache):
+    """An image larger than the export's profile runs on the CUDA provider alone: providers
+    'cuda' (tf-detect --providers cuda); the old boolean parameter still reads."""
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    folder = load_export_folder(export_dir)
+    runners = [create_runner("onnxruntime-cuda", folder, providers=p)
+               for p in ("cuda", ["CUDAExecutionProvider", "cpu"], "tensorrt,cuda", None)]
+    assert [s["providers"][0] for s in fake.sessions] == [CUDA_EP, CUDA_EP, TENSORRT_EP, TENSORRT_EP]
+    assert [r.tensorrt is None for r in runners] == [True, True, False, False]
+    runners[0].check_levels([SimpleNamespace(height=3841, width=8)])
+    with pytest.raises(TinyFacesError, match=r"^threads is an option of the onnxruntime backend"):
+        create_runner("onnxruntime-cuda", folder, threads=2)
+    with pytest.raises(TinyFacesError, match=r"its providers are 'cuda' \(that one alone\) or "
+                                             r"'tensorrt,cuda' \(the default\), got 'cpu'"):
+        create_runner("onnxruntime-cuda", folder, providers="cpu")
+    assert _runner(monkeypatch, fake, export_dir, tensorrt=False).providers[0] == CUDA_EP
+    with pytest.raises(TypeError, match=r"^tensorrt must be TensorrtEpSettings"):
+        _runner(monkeypatch, fake, export_dir, tensorrt=True)
+
+
+def test_a_batch_profile_splits_a_batch_at_its_size(host, monkeypatch, export_dir, cache):
+    """A profile for batches of up to 4 images: detect_batch of 5 runs each level twice (4 + 1),
+    and the boxes are those of detect."""
+    _with_tensorrt(monkeypatch)
+    folder = load_export_folder(export_dir)
+    settings = TensorrtEpSettings(Profile((1, 3, 1, 1), (4, 3, 64, 64), (4, 3, 3840, 3840)))
+    runner = _runner(monkeypatch, GpuListingOrt(started=(TENSORRT_EP, CUDA_EP)), export_dir,
+                     tensorrt=settings)
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=4)
+    config = folder.config.with_(prob_thresh=0.05)
+    detector = Detector(runner, config)  # host stages: this checks the split, not the stages
+    batches: list[int] = []
+    run = runner.run
+    monkeypatch.setattr(runner, "run", lambda x: batches.append(len(x)) or run(x))
+    images = [np.random.default_rng(i).integers(0, 255, (40, 48, 3), np.uint8) for i in range(5)]
+    boxes = detector.detect_batch(images)
+    levels = len(plan_pyramid(40, 48, config))
+    assert sorted(batches) == [1] * levels + [4] * levels
+    assert sum(len(b) for b in boxes) > 0
+    for image, found in zip(images, boxes):
+        np.testing.assert_allclose(found, detector.detect(image), atol=1e-4)
+
+
+def test_a_failed_tensorrt_session_lets_the_engine_lock_go(host, monkeypatch, export_dir, cache):
+    """The TensorRT provider failing to build: the session on the CUDA provider alone follows,
+    without the lock, and the lock is free for other processes afterwards."""
+    from filelock import FileLock
+
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))
+    runner = _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, CUDA_EP]
+    assert runner.tensorrt is None
+    with FileLock(_engine_folder(cache) / "build.lock").acquire(timeout=0):
+        pass
+
+
+def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monkeypatch, export_dir,
+                                                                      cache, caplog):
+    """An engine a killed process left truncated fails the session that reads it: the runner
+    removes the folder's engines and makes the session again, once."""
+    _with_tensorrt(monkeypatch)
+    engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
+    for name in ("graph_fp16_sm90.engine", "graph_fp16_sm90.profile"):
+        (engines / name).write_bytes(b"trunc")
+    (engines / "TensorrtExecutionProvider_cache_sm90.timing").write_bytes(b"kept")
+
+    def unreadable(record) -> None:
+        if TENSORRT_EP in record["providers"] and any(engines.glob("*.engine")):
+            raise RuntimeError("TensorRT EP could not deserialize engine from cache")
+
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP), on_session=unreadable)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, TENSORRT_EP]
+    assert runner.providers[0] == TENSORRT_EP
+    assert sorted(p.name for p in engines.iterdir()) == ["TensorrtExecutionProvider_cache_sm90.timing",
+                                                         "build.lock"]
+    assert (f"ONNX Runtime's TensorRT provider failed over the engines cached in {engines} "
+            "(TensorRT EP could not deserialize engine from cache); removed them") in caplog.text
+    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))  # no engines: no second try
+    _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, CUDA_EP]
+
+
+def test_without_the_lock_the_engine_is_built_outside_the_cache(host, monkeypatch, export_dir,
+                                                                cache, caplog):
+    """A file system refusing the lock: the session builds without the engine cache (ONNX
+    Runtime writes in place, where another process may read), unless the folder is
+    read-only (an engine shipped in an image), which is read."""
+    _with_tensorrt(monkeypatch)
+    engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        _runner(monkeypatch, fake, export_dir)
+    options = fake.sessions[-1]["options"][TENSORRT_EP]
+    assert "trt_profile_max_shapes" in options and "trt_engine_cache_enable" not in options
+    assert (f"builds its engine without the cache {engines}: its lock is not held") in caplog.text
+    writable = os.access
+    monkeypatch.setattr(ort_tensorrt.os, "access",
+                        lambda path, mode: False if path == engines else writable(path, mode))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        _runner(monkeypatch, fake, export_dir)
+    assert fake.sessions[-1]["options"][TENSORRT_EP]["trt_engine_cache_path"] == str(engines)
+    assert f"reading the TensorRT engine cache {engines} without its lock" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from tinyfaces_trt.core.cli import fraction, positive_float, positive_int, probability
+from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detectors import BACKENDS, TORCH_CUDA_MODES
 
 
@@ -58,7 +59,10 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
     group.add_argument("--providers", metavar="LIST",
                        help="onnxruntime execution providers, comma separated (cpu, cuda, "
                             "tensorrt, or full names such as CUDAExecutionProvider) or 'auto' "
-                            "for the best available (default: cpu)")
+                            "for the best available (default: cpu). With onnxruntime-cuda: "
+                            "'cuda' leaves ONNX Runtime's TensorRT provider out (any image "
+                            "size, no engine build; default: tensorrt,cuda where TensorRT is "
+                            "installed, one engine for the export's profile)")
     group.add_argument("--threads", type=positive_int, metavar="N",
                        help=f"onnxruntime intra-op threads, at most the usable cores "
                             f"(default: {threads_default})")
@@ -67,8 +71,17 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
 def check_detector_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses the detector option combinations argparse cannot express (``parser.error``,
     exit 2)."""
-    if args.backend != "onnxruntime" and (args.providers or args.threads):
+    if args.backend not in ("onnxruntime", "onnxruntime-cuda") and (args.providers or args.threads):
         parser.error("--providers/--threads are onnxruntime options")
+    if args.backend == "onnxruntime-cuda" and args.threads:
+        parser.error("--threads applies to the onnxruntime backend (its CPU provider)")
+    if args.backend == "onnxruntime-cuda" and args.providers:
+        from tinyfaces_trt.runtime.backends import cuda_backend_uses_tensorrt
+
+        try:
+            cuda_backend_uses_tensorrt(args.providers)
+        except TinyFacesError as exc:
+            parser.error(f"--providers: {exc}")
     if args.torch_mode is not None and args.backend not in ("torch-cuda", "auto"):
         parser.error("--torch-mode applies to the torch-cuda backend")
     if args.backend == "torch" and args.fp16:

@@ -30,7 +30,7 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
 from tinyfaces_trt.core.files import CACHE_ENV, cache_root, remove_stale_temporaries
 from tinyfaces_trt.core.hashing import file_sha256
-from tinyfaces_trt.core.locks import LockWords, waiting_lock
+from tinyfaces_trt.core.locks import LockOutcome, LockWords, waiting_lock
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,11 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
         raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
                              f"(set {CACHE_ENV} to a writable folder)") from exc
     # the wait is said even without a progress callback (it may be long)
-    with _export_lock(root, key, progress or log.warning) as waited:
+    with _export_lock(root, key, progress or log.warning) as lock:
         if target.exists():  # exported by another process while this one waited
             folder = _usable(target, fp16, engine)
             if folder is not None:
-                (say if waited else log.info)(f"using the export the other process wrote: {target}")
+                (say if lock.waited else log.info)(f"using the export the other process wrote: {target}")
                 return folder
         what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
         say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"
@@ -163,8 +163,9 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
         return load_export_folder(target, verify=False)  # its checksums were just computed
 
 
-def _export_lock(root: Path, key: str, say: Progress) -> contextlib.AbstractContextManager[bool]:
-    """Holds ``<root>/<key>.lock``; yields whether it waited for another process.
+def _export_lock(root: Path, key: str,
+                 say: Progress) -> contextlib.AbstractContextManager[LockOutcome]:
+    """Holds ``<root>/<key>.lock``; yields whether it waited for another process (and holds it).
 
     The wait is bounded: it says every :data:`LOCK_WAIT_STEP_S` that it is still waiting,
     and after :data:`LOCK_WAIT_LIMIT_S` (a holder hung, or a file system whose lock never

@@ -101,7 +101,9 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         backend: one of :data:`BACKENDS`.
         folder: from :func:`~tinyfaces_trt.core.manifest.load_export_folder`.
         fp16: use the folder's fp16 ONNX model / engine.
-        providers, threads: ONNX Runtime options (see :class:`OnnxRuntimeRunner`).
+        providers, threads: ONNX Runtime options (see :class:`OnnxRuntimeRunner`); for
+            onnxruntime-cuda, providers ``"cuda"`` leaves ONNX Runtime's TensorRT provider out
+            (:func:`cuda_backend_uses_tensorrt`).
         cache_dir: cache root for ONNX Runtime's TensorRT engines (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
 
@@ -122,7 +124,11 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
     if backend == "onnxruntime-cuda":
         from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
 
-        return OnnxRuntimeCudaRunner(folder.onnx_path(fp16), tensorrt=tensorrt)
+        if threads is not None:
+            raise TinyFacesError("threads is an option of the onnxruntime backend (its CPU "
+                                 "provider), not of onnxruntime-cuda")
+        return OnnxRuntimeCudaRunner(
+            folder.onnx_path(fp16), tensorrt=tensorrt if cuda_backend_uses_tensorrt(providers) else None)
     if backend == "tensorrt":
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner, import_tensorrt
 
@@ -130,6 +136,30 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         return TensorRTRunner(folder.engine_path(fp16), input_name=folder.input_name,
                               output_name=folder.output_name, manifest_profile=folder.profile)
     raise AssertionError(backend)  # _check_backend refused it
+
+
+def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
+    """Whether the onnxruntime-cuda backend tries ONNX Runtime's TensorRT provider first (where
+    TensorRT is installed): for ``providers`` None, ``"auto"`` or TensorRT then CUDA; not for
+    ``"cuda"`` (the CUDA provider alone: any image size, no engine build). The CPU provider
+    may close either list (it is always there); a string is comma separated.
+
+    Raises:
+        TinyFacesError: any other list (the backend runs the CUDA provider).
+    """
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import CPU, PROVIDER_ALIASES
+
+    if providers is None or isinstance(providers, str) and providers.strip().lower() == "auto":
+        return True
+    names = providers.split(",") if isinstance(providers, str) else list(providers)
+    full = [PROVIDER_ALIASES.get(n.strip().lower(), n.strip()) for n in names]
+    if full and full[-1] == CPU:
+        full.pop()
+    if full in (["CUDAExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider"]):
+        return full[0] != "CUDAExecutionProvider"
+    raise TinyFacesError(f"the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its "
+                         f"providers are 'cuda' (that one alone) or 'tensorrt,cuda' (the "
+                         f"default), got {providers!r}")
 
 
 def apply_overrides(config: DetectorConfig, overrides: Mapping[str, Any] | None) -> DetectorConfig:

@@ -50,7 +50,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             the CUDA stages are made on the current one).
         tensorrt: how ONNX Runtime's TensorRT provider builds its engine (the export's
             profile and input name); with them it comes first where this build lists it and
-            the tensorrt package is installed. None: the CUDA provider alone.
+            the tensorrt package is installed. None (or False): the CUDA provider alone.
 
     Raises:
         BackendUnavailableError: no onnxruntime-gpu (CUDA provider), cuda-python or GPU.
@@ -62,7 +62,12 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     device_type = "cuda"
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
-                 device_id: int = 0, tensorrt: TensorrtEpSettings | None = None) -> None:
+                 device_id: int = 0, tensorrt: TensorrtEpSettings | bool | None = None) -> None:
+        if tensorrt is False:  # the bool this parameter once was
+            tensorrt = None
+        elif tensorrt is not None and not isinstance(tensorrt, TensorrtEpSettings):
+            raise TypeError(f"tensorrt must be TensorrtEpSettings (the export's input-shape "
+                            f"profile and input name) or None, got {tensorrt!r}")
         ort = import_onnxruntime()
         available = ort.get_available_providers()
         if CUDA_EP not in available:
@@ -177,6 +182,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
                 (x.shape[0] != 1 and not self.capabilities.batch):
             raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
                                     f"got {x.shape} {x.dtype}")
+        if self.tensorrt is not None:
+            self.tensorrt.check([x.shape])
         self._after_producer.after(x)  # the stream its interface names, if any
         binding = None
         try:

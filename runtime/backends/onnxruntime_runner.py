@@ -22,7 +22,8 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import ManifestError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
-from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings, build_lock
+from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEpSettings,
+                                                         open_with_engine_cache)
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +132,25 @@ class OnnxRuntimeRunner(RunnerBase):
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
         with_options = {p: dict((provider_options or {}).get(p, {})) for p in chosen}
-        engines = None
-        if TENSORRT_EP in chosen and tensorrt is not None:
-            engines = tensorrt.cache_folder(self.onnx_path)
-            with_options[TENSORRT_EP].update(tensorrt.provider_options(engines))
-        elif TENSORRT_EP in chosen:
+
+        def make() -> Any:
+            # no silent retry on other providers (printed to stdout, where tf-detect --json
+            # writes); a provider that fails is an error the caller sees and handles
+            return ort.InferenceSession(str(self.onnx_path), sess_options=options,
+                                        providers=list(with_options.items()), enable_fallback=0)
+
+        if TENSORRT_EP in chosen and tensorrt is None:
             log.warning("ONNX Runtime's TensorRT provider without an input-shape profile builds "
                         "its engine at the first run and again for every input shape outside "
                         "those seen so far (minutes each); give the export's profile "
                         "(tensorrt=TensorrtEpSettings(folder.profile), as create_detector does)")
         try:
-            # no silent retry on other providers (printed to stdout, where tf-detect --json
-            # writes); a provider that fails is an error the caller sees and handles
-            with build_lock(engines):  # the TensorRT provider builds or reads its engine here
-                self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                    providers=list(with_options.items()),
-                                                    enable_fallback=0)
+            if TENSORRT_EP in chosen and tensorrt is not None:
+                # the TensorRT provider builds or reads its engine as the session is made
+                self.session = open_with_engine_cache(tensorrt, self.onnx_path,
+                                                      with_options[TENSORRT_EP], make)
+            else:
+                self.session = make()
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ManifestError(f"cannot load ONNX model {self.onnx_path}: {first}") from exc
@@ -198,6 +202,8 @@ class OnnxRuntimeRunner(RunnerBase):
             variant; see ``TinyFacesNet.output_size`` for matconvnet).
         """
         x = validate_network_input(net_input, batch=self.capabilities.batch)
+        if self.tensorrt is not None:
+            self.tensorrt.check([x.shape])
         (scores,) = self.session.run([self.output_name], {self.input_name: x})
         if scores.ndim != 4 or scores.shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {scores.shape} for "

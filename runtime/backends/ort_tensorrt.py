@@ -18,11 +18,20 @@ The built engine and TensorRT's timing cache are kept in
 later process loads the engine instead of building it. ``<key>`` hashes the ONNX file's bytes,
 the profile and the input name: ONNX Runtime names its engine files after the model's file
 and tensor names, its own and TensorRT's versions and the GPU's compute capability, not after
-the weights, so two exports named ``model.onnx`` would otherwise share an engine. ONNX Runtime
-writes the engine file in place, not atomically, so sessions over one folder are created one
-at a time, under ``build.lock`` (several replicas starting together: the first builds, the
-others wait, then load). Where the folder cannot be made, the provider builds without the
-cache (said at INFO).
+the weights, so two exports named ``model.onnx`` would otherwise share an engine.
+
+ONNX Runtime writes the engine file in place, not atomically, and does not check the write, so
+(:func:`open_with_engine_cache`):
+
+- sessions over one folder are made one at a time, under its ``build.lock`` (replicas
+  starting together: the first builds, the others wait, then load);
+- a process that cannot hold the lock (a file system refusing it, a wait that gave up, no
+  filelock package) builds without the cache, unless the folder is read-only (an engine
+  shipped in an image: nobody writes there, so it is read);
+- a session that fails over a folder holding engines (one truncated by a killed process or a
+  full disk, which ONNX Runtime cannot read) is made again once, the engines removed first.
+
+Where the folder cannot be made, the provider builds without the cache (said at INFO).
 
 Precision comes from the ONNX file: without ``trt_fp16_enable`` ONNX Runtime builds a strongly
 typed network on TensorRT 10, so an fp16 export runs its fp16 layers in fp16 and an fp32 one in
@@ -37,11 +46,12 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from tinyfaces_trt.core.errors import ManifestError, TinyFacesError, first_line
 from tinyfaces_trt.core.files import cache_root
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.locks import LockWords, waiting_lock
@@ -57,6 +67,9 @@ _KEY_CHARS = 16
 #: at most before building itself (a wide dynamic profile of ResNet-101 takes minutes).
 LOCK_WAIT_STEP_S = 30.0
 LOCK_WAIT_LIMIT_S = 1800.0
+#: What ONNX Runtime writes in the folder besides the timing cache: engines and their profiles.
+ENGINE_SUFFIXES = (".engine", ".profile")
+_Session = TypeVar("_Session")
 
 
 @dataclass(frozen=True)
@@ -86,26 +99,27 @@ class TensorrtEpSettings:
         engine cache or where it cannot be made."""
         if not self.engine_cache:
             return None
-        key = {"onnx_sha256": file_sha256(onnx_path, what="ONNX model"),
-               "input_name": self.input_name, "profile": self.profile.to_dict()}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        folder = cache_root(self.cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS]
         try:
+            key = {"onnx_sha256": file_sha256(onnx_path, what="ONNX model"),
+                   "input_name": self.input_name, "profile": self.profile.to_dict()}
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+            folder = cache_root(self.cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS]
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.info("cannot make the TensorRT engine cache %s (%s); ONNX Runtime's TensorRT "
-                     "provider builds its engine in every process", folder, exc.strerror or exc)
+        except (OSError, RuntimeError, TinyFacesError) as exc:  # RuntimeError: no home folder
+            log.info("no TensorRT engine cache (%s); ONNX Runtime's TensorRT provider builds its "
+                     "engine in every process", getattr(exc, "strerror", None) or exc)
             return None
         return folder
 
     def provider_options(self, folder: Path | None) -> dict[str, str]:
         """The provider's options: the explicit profile and, with a cache ``folder``, the
         engine and timing caches in it (ONNX Runtime's Python API takes "True" for its
-        boolean options, not "1")."""
+        boolean options, not "1"; the timing cache goes where the engines go, as no
+        ``trt_timing_cache_path``, which ONNX Runtime 1.16 refuses, is given)."""
         options = self.profile_options()
         if folder is not None:
             options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(folder),
-                           trt_timing_cache_enable="True", trt_timing_cache_path=str(folder))
+                           trt_timing_cache_enable="True")
         return options
 
     def check(self, shapes: Iterable[Any]) -> None:
@@ -113,29 +127,76 @@ class TensorrtEpSettings:
         (an (N, 3, h, w) tuple, or a pyramid level: ``height`` and ``width``, N = 1) outside
         the profile, which the engine cannot run."""
         for s in shapes:
-            self.profile.check((1, 3, s.height, s.width) if hasattr(s, "height") else tuple(s))
+            try:
+                self.profile.check((1, 3, s.height, s.width) if hasattr(s, "height") else tuple(s))
+            except ManifestError as exc:
+                raise ManifestError(f"{exc}; or leave ONNX Runtime's TensorRT provider out "
+                                    f"(providers 'cuda', tf-detect --providers cuda)") from None
+
+    @contextlib.contextmanager
+    def engine_folder(self, onnx_path: str | os.PathLike[str]) -> Iterator[Path | None]:
+        """The engine folder to give ONNX Runtime while the block makes its session, held
+        under its ``build.lock``; a read-only folder unlocked; None where the session builds
+        without the cache (none can be made, or the lock cannot be held: said)."""
+        folder = self.cache_folder(onnx_path)
+        if folder is None:
+            yield None
+            return
+        if importlib.util.find_spec("filelock") is None:
+            yield _unlocked(folder, "there is no filelock package (pip install filelock)")
+            return
+        words = LockWords(doing=f"building or loading the TensorRT engine in {folder}",
+                          other="the other engine build", alone="builds without the cache",
+                          unlocked="building the engine")
+        # where the lock cannot be taken (a read-only folder) the next lines say what follows
+        with waiting_lock(folder / "build.lock", words, say=log.info, warn=log.info,
+                          step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S) as lock:
+            yield folder if lock.held else _unlocked(folder, "its lock is not held")
 
 
-@contextlib.contextmanager
-def build_lock(folder: Path | None) -> Iterator[bool]:
-    """Holds ``<folder>/build.lock`` while a session over that engine folder is created (it
-    builds and writes the engine, or reads it); yields whether it waited for another
-    process. No folder: nothing to hold."""
-    if folder is None:
-        yield False
-        return
-    if importlib.util.find_spec("filelock") is None:
-        log.warning("no filelock package (pip install filelock): sessions of several processes "
-                    "over the engine cache %s are not ordered, and one may read an engine "
-                    "another is still writing", folder)
-        yield False
-        return
-    words = LockWords(doing=f"building the TensorRT engine in {folder}",
-                      other="the other engine build", alone="builds it itself",
-                      unlocked="building the engine")
-    with waiting_lock(folder / "build.lock", words, say=log.info, warn=log.warning,
-                      step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S) as waited:
-        yield waited
+def _unlocked(folder: Path, why: str) -> Path | None:
+    """``folder`` where nobody can write in it (ONNX Runtime then only reads), else None."""
+    if not os.access(folder, os.W_OK):
+        log.info("reading the TensorRT engine cache %s without its lock (%s): it is read-only",
+                 folder, why)
+        return folder
+    log.warning("ONNX Runtime's TensorRT provider builds its engine without the cache %s: %s, "
+                "and ONNX Runtime writes engines in place, where another process may read them",
+                folder, why)
+    return None
 
 
-__all__ = ["CACHE_SUBDIR", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP", "TensorrtEpSettings", "build_lock"]
+def remove_engines(folder: Path) -> int:
+    """Removes the engines and profiles ONNX Runtime wrote in ``folder``; how many went."""
+    removed = 0
+    for path in folder.iterdir():
+        if path.suffix in ENGINE_SUFFIXES:
+            try:
+                path.unlink()
+                removed += 1
+            except OSError as exc:
+                log.info("cannot remove %s: %s", path, exc.strerror or exc)
+    return removed
+
+
+def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.PathLike[str],
+                           options: dict[str, str],
+                           make: Callable[[], _Session]) -> _Session:
+    """``make()`` (an ONNX Runtime session whose TensorRT provider takes ``options``, which
+    this completes with ``settings``' profile and engine cache) under the engine folder's
+    lock; made again once, the folder's engines removed, where it fails over cached engines
+    (ONNX Runtime cannot read an engine a killed process or a full disk left truncated)."""
+    with settings.engine_folder(onnx_path) as folder:
+        options.update(settings.provider_options(folder))
+        try:
+            return make()
+        except Exception as exc:
+            if folder is None or not remove_engines(folder):
+                raise
+            log.warning("ONNX Runtime's TensorRT provider failed over the engines cached in %s "
+                        "(%s); removed them, building the engine again", folder, first_line(exc))
+            return make()
+
+
+__all__ = ["CACHE_SUBDIR", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP", "TensorrtEpSettings",
+           "open_with_engine_cache", "remove_engines"]
