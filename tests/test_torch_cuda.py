@@ -962,6 +962,22 @@ def test_a_process_that_set_the_per_op_switches_still_runs_the_reference(conv_pr
         torch.backends.cudnn.rnn.fp32_precision = conv_precision.fp32_precision
 
 
+@pytest.mark.parametrize("wider", ["generic", "cudnn"])
+def test_a_process_wide_tf32_precision_is_overridden_for_the_convolutions(conv_precision, wider):
+    """``torch.backends.fp32_precision = "tf32"`` (or cuDNN's): clearing the legacy flag leaves
+    the convolutions' switch inheriting TF32, so the override sets that switch too."""
+    where = torch.backends if wider == "generic" else torch.backends.cudnn
+    saved = where.fp32_precision
+    where.fp32_precision = "tf32"
+    try:
+        assert conv_precision.fp32_precision == "tf32"
+        with ieee_fp32_convolutions(torch.device("cuda"), torch.float32):
+            assert conv_precision.fp32_precision == "ieee"  # what cuDNN's convolutions read
+        assert conv_precision.fp32_precision == "tf32"
+    finally:
+        where.fp32_precision = saved
+
+
 @pytest.mark.parametrize("dtype, ieee_inside", [(torch.float32, True), (torch.float16, False)])
 def test_on_its_stream_cudnn_times_its_algorithms_and_float32_is_ieee(monkeypatch, conv_precision,
                                                                       dtype, ieee_inside):
