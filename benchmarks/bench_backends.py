@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.profiles import profile_for_image_sizes
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, close_all
@@ -56,6 +57,7 @@ class BenchContext:
     log: Callable[[str], None] = print
     torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
     cache_dir: Path | None = None    # compile cache root (None: the tinyfaces cache)
+    max_batch: int = 1               # images one TensorRT engine run takes (--batch N)
     _folders: dict[str, Any] = field(default_factory=dict)
 
     def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
@@ -64,7 +66,8 @@ class BenchContext:
         from tinyfaces_trt.core.manifest import load_export_folder
 
         h, w = self.image_hw
-        tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}" if engine else "")
+        batch = f"-b{self.max_batch}" if self.max_batch > 1 else ""
+        tag = ("fp16" if fp16 else "fp32") + (f"-engine-{h}x{w}{batch}" if engine else "")
         if tag in self._folders:
             return self._folders[tag]
         path = self.export_root / tag
@@ -78,8 +81,10 @@ class BenchContext:
             from tinyfaces_trt.export.export_pipeline import export_model
 
             self.log(f"exporting the model to {path} (one time) ...")
+            # an engine for this size, taking the batch rows' batches in one run
             export_model(self.model, self.config, path, fp16=fp16, engine=engine,
-                         image_sizes=[(h, w)] if engine else None, verify=False,
+                         image_sizes=[(h, w)] if engine else None,
+                         max_batch=self.max_batch if engine else 1, verify=False,
                          log=lambda m: self.log("  " + m))
             folder = load_export_folder(path)
         self._folders[tag] = folder
@@ -538,8 +543,10 @@ def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeli
         from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 
         folder = ctx.export_folder()
-        # the TensorRT EP, where asked for, builds one engine for the export's profile
-        tensorrt = TensorrtEpSettings(folder.profile, folder.input_name) if folder.profile else None
+        # the TensorRT EP, where asked for, builds one engine for this size's levels, taking
+        # the batch rows' batches in one run (as the tensorrt rows' engines)
+        profile = profile_for_image_sizes([ctx.image_hw], ctx.config, ctx.max_batch)
+        tensorrt = TensorrtEpSettings(profile, folder.input_name, cache_dir=ctx.cache_dir)
         runner = OnnxRuntimeRunner(folder.onnx_path(), providers=providers, threads=ctx.threads,
                                    tensorrt=tensorrt)
         if providers and runner.providers[0] != providers[0]:
@@ -616,8 +623,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "stages", lambda: _ort_provider_reason("CUDAExecutionProvider"),
                 _onnxruntime(["CUDAExecutionProvider"])),
     BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; one engine "
-                "for the export's profile, built with the session or loaded from the cache), "
-                "numpy stages",
+                "for this size's levels and --batch, built with the session or loaded from the "
+                "cache), numpy stages",
                 lambda: _ort_provider_reason("TensorrtExecutionProvider"),
                 _onnxruntime(["TensorrtExecutionProvider", "CUDAExecutionProvider"])),
     BackendSpec("tensorrt", "runtime pipeline, TensorRT fp32 engine, numpy resize/decode/NMS",

@@ -553,7 +553,8 @@ def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any,
     ctx = BenchContext(model=model, config=config, levels=levels, image_hw=image.shape[:2],
                        threads=threads, export_root=export_root, log=log,
                        torch_mode=args.torch_mode,
-                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                       cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                       max_batch=max(1, args.batch))
     specs = {b.name: b for b in BACKENDS}
     benches = [_Bench(specs[name]) for name in args.backends]
     try:
