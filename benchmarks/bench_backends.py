@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.profiles import profile_for_image_sizes
+from tinyfaces_trt.core.profiles import Profile, profile_for_image_sizes
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, close_all
@@ -57,8 +57,15 @@ class BenchContext:
     log: Callable[[str], None] = print
     torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
     cache_dir: Path | None = None    # compile cache root (None: the tinyfaces cache)
-    max_batch: int = 1               # images one TensorRT engine run takes (--batch N)
+    max_batch: int = 1               # images one TensorRT engine run takes (the batch rows')
     _folders: dict[str, Any] = field(default_factory=dict)
+
+    def engine_profile(self) -> Profile:
+        """The benchmark's TensorRT profile: this size's levels, batches of 1 to
+        :attr:`max_batch` images (the batch rows run each level once per batch), tuned for one
+        image (the latency rows, comparable with engines of batch 1)."""
+        whole = profile_for_image_sizes([self.image_hw], self.config, self.max_batch)
+        return Profile(whole.min, (1, *whole.opt[1:]), whole.max)
 
     def export_folder(self, fp16: bool = False, engine: bool = False) -> Any:
         """An export folder of the model (ONNX fp32 [+ fp16] [+ engine]), cached on disk."""
@@ -81,10 +88,8 @@ class BenchContext:
             from tinyfaces_trt.export.export_pipeline import export_model
 
             self.log(f"exporting the model to {path} (one time) ...")
-            # an engine for this size, taking the batch rows' batches in one run
             export_model(self.model, self.config, path, fp16=fp16, engine=engine,
-                         image_sizes=[(h, w)] if engine else None,
-                         max_batch=self.max_batch if engine else 1, verify=False,
+                         profile=self.engine_profile() if engine else None, verify=False,
                          log=lambda m: self.log("  " + m))
             folder = load_export_folder(path)
         self._folders[tag] = folder
@@ -531,7 +536,8 @@ def _factory_device(backend: str) -> Callable[[BenchContext], Pipeline]:
         if backend not in detectors.BACKENDS:
             raise Skip(f"create_detector in this checkout has no {backend!r} backend (it has "
                        f"{', '.join(detectors.BACKENDS)})")
-        det = detectors.create_detector(backend, model_dir=ctx.export_folder().path)
+        det = detectors.create_detector(backend, model_dir=ctx.export_folder().path,
+                                        cache_dir=ctx.cache_dir)
         return DetectorBench(det, uses_gpu=True, closers=(det,),
                              copies_note=f"as create_detector({backend!r}) builds it")
     return build
@@ -543,10 +549,10 @@ def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeli
         from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 
         folder = ctx.export_folder()
-        # the TensorRT EP, where asked for, builds one engine for this size's levels, taking
-        # the batch rows' batches in one run (as the tensorrt rows' engines)
-        profile = profile_for_image_sizes([ctx.image_hw], ctx.config, ctx.max_batch)
-        tensorrt = TensorrtEpSettings(profile, folder.input_name, cache_dir=ctx.cache_dir)
+        # the TensorRT EP, where asked for, builds one engine for the profile of the
+        # tensorrt rows' engines
+        tensorrt = TensorrtEpSettings(ctx.engine_profile(), folder.input_name,
+                                      cache_dir=ctx.cache_dir)
         runner = OnnxRuntimeRunner(folder.onnx_path(), providers=providers, threads=ctx.threads,
                                    tensorrt=tensorrt)
         if providers and runner.providers[0] != providers[0]:

@@ -554,7 +554,7 @@ def run_size(size: ImageSize, first: bool, args: argparse.Namespace, model: Any,
                        threads=threads, export_root=export_root, log=log,
                        torch_mode=args.torch_mode,
                        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                       max_batch=max(1, args.batch))
+                       max_batch=max(1, args.batch) if first else 1)  # the batch rows' size
     specs = {b.name: b for b in BACKENDS}
     benches = [_Bench(specs[name]) for name in args.backends]
     try:

@@ -50,7 +50,8 @@ class LockOutcome:
 
     Attributes:
         waited: it waited for another process holding the lock.
-        held: it holds the lock (False: the lock could not be taken, or the wait gave up).
+        held: it holds the lock (False: the lock could not be taken, the wait gave up, or
+            the caller needed none).
     """
 
     waited: bool

@@ -474,13 +474,14 @@ class _Exported(Exception):
 
 def test_engines_take_the_batch_rows_batches(monkeypatch, tmp_path, export_dir):
     """With --batch N, the TensorRT rows' engine and the ONNX Runtime TensorRT row's profile
-    take N images of the benchmark's size at once, so their batch rows run each level once
-    per batch (an engine of batch 1 ran the frames one by one)."""
+    take 1 to N images of the benchmark's size at once, so their batch rows run each level
+    once per batch (an engine of batch 1 ran the frames one by one); both stay tuned for one
+    image, as the latency rows run."""
     pytest.importorskip("onnxruntime")
     from helpers_ort_gpu import GpuListingOrt
 
     from tinyfaces_trt.core.manifest import load_export_folder
-    from tinyfaces_trt.core.profiles import profile_for_image_sizes
+    from tinyfaces_trt.core.profiles import Profile, profile_for_image_sizes
     from tinyfaces_trt.export import export_pipeline
     from tinyfaces_trt.runtime.backends import onnxruntime_runner
     from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP
@@ -503,18 +504,20 @@ def test_engines_take_the_batch_rows_batches(monkeypatch, tmp_path, export_dir):
         ctx.export_folder(fp16=True, engine=True)
     with pytest.raises(_Exported):
         ctx.export_folder()
-    assert [(name, kw["image_sizes"], kw["max_batch"]) for name, kw in asked] == [
-        ("fp16-engine-72x96-b8", [(72, 96)], 8), ("fp32", None, 1)]
+    whole = profile_for_image_sizes([(72, 96)], config, 8)
+    profile = Profile(whole.min, (1, *whole.opt[1:]), whole.max)
+    assert [(name, kw["profile"]) for name, kw in asked] == [
+        ("fp16-engine-72x96-b8", profile), ("fp32", None)]
+    assert profile.max[0] == 8 and profile.min[0] == profile.opt[0] == 1
     ctx._folders["fp32"] = load_export_folder(export_dir)
     fake = GpuListingOrt(started=(TENSORRT_EP,))
     monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
     spec = next(b for b in bench_backends.BACKENDS if b.name == "onnxruntime-trt")
     bench = spec.build(ctx)
     try:
-        profile = profile_for_image_sizes([(72, 96)], config, 8)
         options = fake.sessions[-1]["options"][TENSORRT_EP]
         assert options["trt_profile_max_shapes"] == "image:8x3x%dx%d" % profile.max[2:]
-        assert options["trt_profile_opt_shapes"] == "image:8x3x%dx%d" % profile.opt[2:]
+        assert options["trt_profile_opt_shapes"] == "image:1x3x%dx%d" % profile.opt[2:]
         assert options["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "ort_tensorrt"))
     finally:
         bench.close()

@@ -311,8 +311,6 @@ def test_providers_cuda_leaves_the_tensorrt_provider_out(host, monkeypatch, expo
     assert [s["providers"][0] for s in fake.sessions] == [CUDA_EP, CUDA_EP, TENSORRT_EP, TENSORRT_EP]
     assert [r.tensorrt is None for r in runners] == [True, True, False, False]
     runners[0].check_levels([SimpleNamespace(height=3841, width=8)])
-    with pytest.raises(TinyFacesError, match=r"^threads is an option of the onnxruntime backend"):
-        create_runner("onnxruntime-cuda", folder, threads=2)
     with pytest.raises(TinyFacesError, match=r"its providers are 'cuda' \(that one alone\) or "
                                              r"'tensorrt,cuda' \(the default\), got 'cpu'"):
         create_runner("onnxruntime-cuda", folder, providers="cpu")
@@ -361,7 +359,8 @@ def test_a_failed_tensorrt_session_lets_the_engine_lock_go(host, monkeypatch, ex
 def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monkeypatch, export_dir,
                                                                       cache, caplog):
     """An engine a killed process left truncated fails the session that reads it: the runner
-    removes the folder's engines and makes the session again, once."""
+    removes what was cached before the session (engines, profiles, the timing cache) and
+    makes it again, once; what a failing session wrote itself is kept, and not retried."""
     _with_tensorrt(monkeypatch)
     engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
     for name in ("graph_fp16_sm90.engine", "graph_fp16_sm90.profile"):
@@ -377,13 +376,19 @@ def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monk
         runner = _runner(monkeypatch, fake, export_dir)
     assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, TENSORRT_EP]
     assert runner.providers[0] == TENSORRT_EP
-    assert sorted(p.name for p in engines.iterdir()) == ["TensorrtExecutionProvider_cache_sm90.timing",
-                                                         "build.lock"]
+    assert sorted(p.name for p in engines.iterdir()) == ["build.lock"]
     assert (f"ONNX Runtime's TensorRT provider failed over the engines cached in {engines} "
             "(TensorRT EP could not deserialize engine from cache); removed them") in caplog.text
-    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))  # no engines: no second try
-    _runner(monkeypatch, fake, export_dir)
+
+    def builds_then_fails(record) -> None:  # e.g. out of GPU memory after writing its engine
+        if TENSORRT_EP in record["providers"]:
+            (engines / "graph_sm90.engine").write_bytes(b"good")
+            raise RuntimeError("CUDA out of memory")
+
+    fake = GpuListingOrt(started=(CUDA_EP,), on_session=builds_then_fails)
+    _runner(monkeypatch, fake, export_dir)  # no second build: straight to the CUDA provider
     assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, CUDA_EP]
+    assert (engines / "graph_sm90.engine").read_bytes() == b"good"
 
 
 def test_without_the_lock_the_engine_is_built_outside_the_cache(host, monkeypatch, export_dir,
@@ -412,3 +417,19 @@ def test_without_the_lock_the_engine_is_built_outside_the_cache(host, monkeypatc
         _runner(monkeypatch, fake, export_dir)
     assert fake.sessions[-1]["options"][TENSORRT_EP]["trt_engine_cache_path"] == str(engines)
     assert f"reading the TensorRT engine cache {engines} without its lock" in caplog.text
+
+
+def test_auto_leaves_the_cpu_backends_options_behind(host, monkeypatch, export_dir, cache):
+    """create_detector("auto", providers=..., threads=...) where auto picks onnxruntime-cuda:
+    the options were the CPU default's, and are not used (not refused)."""
+    from tinyfaces_trt import detectors
+
+    fake = GpuListingOrt(started=(CUDA_EP,))
+    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(detectors, "resolve_backend", lambda *a, **k: "onnxruntime-cuda")
+    with detectors.create_detector("auto", model_dir=export_dir, providers="cpu", threads=2,
+                                   gpu_stages=False) as detector:
+        assert detector.runner.providers == [CUDA_EP, CPU_EP]
+    with pytest.raises(TinyFacesError, match=r"got 'cpu'"):  # asked for by name: refused
+        detectors.create_detector("onnxruntime-cuda", model_dir=export_dir, providers="cpu")

@@ -104,7 +104,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         fp16: fp16 ONNX model / engine (exported into the cache when needed), or fp16
             compute for torch-cuda. None: the backend's default (fp16 for torch-cuda, fp32
             for the others).
-        providers, threads: ONNX Runtime options.
+        providers, threads: ONNX Runtime options (not used where ``"auto"`` picks another
+            backend than onnxruntime).
         depth, variant: passed to the checkpoint loader (None: detect from the file).
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
             TensorRT engines (default :func:`tinyfaces_trt.core.files.cache_root`).
@@ -127,7 +128,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                              f"{', '.join(TORCH_CUDA_MODES)}")
     if torch_mode is not None and backend not in ("torch-cuda", "auto"):
         raise TinyFacesError(f"torch_mode applies to the torch-cuda backend, not {backend}")
-    backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
+    if backend == "auto":
+        backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
+        if backend != "onnxruntime":  # options of the CPU default, which auto did not take
+            providers = threads = None
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")

@@ -103,7 +103,7 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         fp16: use the folder's fp16 ONNX model / engine.
         providers, threads: ONNX Runtime options (see :class:`OnnxRuntimeRunner`); for
             onnxruntime-cuda, providers ``"cuda"`` leaves ONNX Runtime's TensorRT provider out
-            (:func:`cuda_backend_uses_tensorrt`).
+            (:func:`cuda_backend_uses_tensorrt`) and threads are not used.
         cache_dir: cache root for ONNX Runtime's TensorRT engines (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
 
@@ -124,9 +124,6 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
     if backend == "onnxruntime-cuda":
         from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
 
-        if threads is not None:
-            raise TinyFacesError("threads is an option of the onnxruntime backend (its CPU "
-                                 "provider), not of onnxruntime-cuda")
         return OnnxRuntimeCudaRunner(
             folder.onnx_path(fp16), tensorrt=tensorrt if cuda_backend_uses_tensorrt(providers) else None)
     if backend == "tensorrt":

@@ -28,8 +28,10 @@ ONNX Runtime writes the engine file in place, not atomically, and does not check
 - a process that cannot hold the lock (a file system refusing it, a wait that gave up, no
   filelock package) builds without the cache, unless the folder is read-only (an engine
   shipped in an image: nobody writes there, so it is read);
-- a session that fails over a folder holding engines (one truncated by a killed process or a
-  full disk, which ONNX Runtime cannot read) is made again once, the engines removed first.
+- a session that fails over a folder that held engines before it (one truncated by a killed
+  process or a full disk, which ONNX Runtime cannot read, or a truncated timing cache, which it
+  refuses) is made again once, those files removed first; files the failing session wrote
+  itself are kept (its failure was not theirs).
 
 Where the folder cannot be made, the provider builds without the cache (said at INFO).
 
@@ -67,8 +69,8 @@ _KEY_CHARS = 16
 #: at most before building itself (a wide dynamic profile of ResNet-101 takes minutes).
 LOCK_WAIT_STEP_S = 30.0
 LOCK_WAIT_LIMIT_S = 1800.0
-#: What ONNX Runtime writes in the folder besides the timing cache: engines and their profiles.
-ENGINE_SUFFIXES = (".engine", ".profile")
+#: What ONNX Runtime writes in the folder: engines, their profiles, TensorRT's timing cache.
+ENGINE_SUFFIXES = (".engine", ".profile", ".timing")
 _Session = TypeVar("_Session")
 
 
@@ -106,8 +108,9 @@ class TensorrtEpSettings:
             folder = cache_root(self.cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS]
             folder.mkdir(parents=True, exist_ok=True)
         except (OSError, RuntimeError, TinyFacesError) as exc:  # RuntimeError: no home folder
+            what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else exc
             log.info("no TensorRT engine cache (%s); ONNX Runtime's TensorRT provider builds its "
-                     "engine in every process", getattr(exc, "strerror", None) or exc)
+                     "engine in every process", what)
             return None
         return folder
 
@@ -147,7 +150,7 @@ class TensorrtEpSettings:
             return
         words = LockWords(doing=f"building or loading the TensorRT engine in {folder}",
                           other="the other engine build", alone="builds without the cache",
-                          unlocked="building the engine")
+                          unlocked="making the session")
         # where the lock cannot be taken (a read-only folder) the next lines say what follows
         with waiting_lock(folder / "build.lock", words, say=log.info, warn=log.info,
                           step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S) as lock:
@@ -166,16 +169,23 @@ def _unlocked(folder: Path, why: str) -> Path | None:
     return None
 
 
-def remove_engines(folder: Path) -> int:
-    """Removes the engines and profiles ONNX Runtime wrote in ``folder``; how many went."""
+def cached_files(folder: Path) -> list[Path]:
+    """What ONNX Runtime wrote in ``folder`` (:data:`ENGINE_SUFFIXES`)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix in ENGINE_SUFFIXES)
+    except OSError:
+        return []
+
+
+def remove_files(paths: Iterable[Path]) -> int:
+    """Removes ``paths``; how many went (one that cannot go is said at INFO)."""
     removed = 0
-    for path in folder.iterdir():
-        if path.suffix in ENGINE_SUFFIXES:
-            try:
-                path.unlink()
-                removed += 1
-            except OSError as exc:
-                log.info("cannot remove %s: %s", path, exc.strerror or exc)
+    for path in paths:
+        try:
+            path.unlink()
+            removed += 1
+        except OSError as exc:
+            log.info("cannot remove %s: %s", path, exc.strerror or exc)
     return removed
 
 
@@ -184,19 +194,21 @@ def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.Pat
                            make: Callable[[], _Session]) -> _Session:
     """``make()`` (an ONNX Runtime session whose TensorRT provider takes ``options``, which
     this completes with ``settings``' profile and engine cache) under the engine folder's
-    lock; made again once, the folder's engines removed, where it fails over cached engines
-    (ONNX Runtime cannot read an engine a killed process or a full disk left truncated)."""
+    lock; made again once where it fails over files cached before it, those removed (ONNX
+    Runtime cannot read an engine or timing cache a killed process or a full disk left
+    truncated)."""
     with settings.engine_folder(onnx_path) as folder:
         options.update(settings.provider_options(folder))
+        before = [] if folder is None else cached_files(folder)
         try:
             return make()
         except Exception as exc:
-            if folder is None or not remove_engines(folder):
+            if not remove_files(before):
                 raise
             log.warning("ONNX Runtime's TensorRT provider failed over the engines cached in %s "
                         "(%s); removed them, building the engine again", folder, first_line(exc))
             return make()
 
 
-__all__ = ["CACHE_SUBDIR", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP", "TensorrtEpSettings",
-           "open_with_engine_cache", "remove_engines"]
+__all__ = ["CACHE_SUBDIR", "ENGINE_SUFFIXES", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP",
+           "TensorrtEpSettings", "cached_files", "open_with_engine_cache", "remove_files"]
