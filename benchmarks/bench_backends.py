@@ -552,7 +552,7 @@ def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeli
         # the TensorRT EP, where asked for, builds one engine for the profile of the
         # tensorrt rows' engines
         tensorrt = TensorrtEpSettings(ctx.engine_profile(), folder.input_name,
-                                      cache_dir=ctx.cache_dir)
+                                      cache_dir=ctx.cache_dir, progress=ctx.log)
         runner = OnnxRuntimeRunner(folder.onnx_path(), providers=providers, threads=ctx.threads,
                                    tensorrt=tensorrt)
         if providers and runner.providers[0] != providers[0]:

@@ -433,3 +433,30 @@ def test_auto_leaves_the_cpu_backends_options_behind(host, monkeypatch, export_d
         assert detector.runner.providers == [CUDA_EP, CPU_EP]
     with pytest.raises(TinyFacesError, match=r"got 'cpu'"):  # asked for by name: refused
         detectors.create_detector("onnxruntime-cuda", model_dir=export_dir, providers="cpu")
+
+
+def test_an_engine_build_is_said_through_progress(host, monkeypatch, export_dir, cache):
+    """The build takes minutes: the line before and after it goes to ``progress`` (tf-detect's
+    stderr); loading an engine already built says nothing there."""
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    said: list[str] = []
+    folder = load_export_folder(export_dir)
+    create_runner("onnxruntime-cuda", folder, progress=said.append).close()
+    engines = _engine_folder(cache)
+    assert said[0] == (f"ONNX Runtime's TensorRT provider: building its engine for input shapes "
+                       f"1x3x1x1 to 1x3x3840x3840 into {engines} (one time; minutes) ...")
+    assert re.fullmatch(r"ONNX Runtime's TensorRT provider: engine ready in \d+\.\d s", said[1])
+    assert len(said) == 2
+    (engines / "graph_sm90.engine").write_bytes(b"built")  # what ONNX Runtime would write
+    said.clear()
+    create_runner("onnxruntime-cuda", folder, progress=said.append).close()
+    assert said == []
+    (engines / "graph_sm90.engine").unlink()
+    from tinyfaces_trt import detectors
+
+    with detectors.create_detector("onnxruntime-cuda", model_dir=export_dir, gpu_stages=False,
+                                   progress=said.append):  # tf-detect's way in
+        assert said[0].startswith("ONNX Runtime's TensorRT provider: building its engine")

@@ -109,7 +109,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         depth, variant: passed to the checkpoint loader (None: detect from the file).
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
             TensorRT engines (default :func:`tinyfaces_trt.core.files.cache_root`).
-        progress: called with a line of text before and after a long step (an export).
+        progress: called with a line of text before and after a long step (an export, ONNX
+            Runtime's TensorRT provider building its engine).
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
         torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
             ``"compile"`` (None: the default; torch.compile + CUDA graph, cached on disk),
@@ -160,7 +161,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                                variant=variant, cache_dir=cache_dir, progress=progress)
     return folder_backends.create_detector(
         backend, model_dir, config_overrides, fp16=bool(fp16), providers=providers, threads=threads,
-        gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir)
+        gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir, progress=progress)
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,

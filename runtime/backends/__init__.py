@@ -22,7 +22,7 @@ import contextlib
 import importlib.util
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -94,7 +94,8 @@ def _check_backend(backend: str) -> None:
 def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
                   providers: str | Sequence[str] | None = None,
                   threads: int | None = None,
-                  cache_dir: str | os.PathLike[str] | None = None) -> NetworkRunner:
+                  cache_dir: str | os.PathLike[str] | None = None,
+                  progress: Callable[[str], None] | None = None) -> NetworkRunner:
     """The network runner of ``backend`` for an export folder.
 
     Args:
@@ -106,6 +107,8 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
             (:func:`cuda_backend_uses_tensorrt`) and threads are not used.
         cache_dir: cache root for ONNX Runtime's TensorRT engines (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
+        progress: takes a line of text before and after a long step (ONNX Runtime's TensorRT
+            provider building its engine); the log where None.
 
     Raises:
         ManifestError: the folder lacks the requested file, or it disagrees with the manifest.
@@ -115,7 +118,7 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
     # ONNX Runtime's TensorRT provider builds one engine for the export's profile, kept
     # in the cache (a folder without a profile, from an old tf-export: the CUDA provider)
     tensorrt = None if folder.profile is None else TensorrtEpSettings(
-        folder.profile, folder.input_name, cache_dir=cache_dir)
+        folder.profile, folder.input_name, cache_dir=cache_dir, progress=progress)
     if backend == "onnxruntime":
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 
@@ -175,7 +178,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                     fp16: bool = False, providers: str | Sequence[str] | None = None,
                     threads: int | None = None, gpu_stages: bool | None = None,
                     folder: ExportFolder | None = None,
-                    cache_dir: str | os.PathLike[str] | None = None) -> Detector:
+                    cache_dir: str | os.PathLike[str] | None = None,
+                    progress: Callable[[str], None] | None = None) -> Detector:
     """A ready :class:`Detector` for an export folder.
 
     Args:
@@ -190,6 +194,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         folder: an already loaded export folder (instead of ``model_dir``).
         cache_dir: cache root for ONNX Runtime's TensorRT engines (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
+        progress: takes a line of text before and after a long step (an engine build).
 
     Raises:
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
@@ -204,7 +209,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         folder = load_export_folder(model_dir)
     config = apply_overrides(folder.config, config_overrides)
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads,
-                           cache_dir=cache_dir)
+                           cache_dir=cache_dir, progress=progress)
     warn_if_untrained(folder.identity)
     return detector_owning(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
 

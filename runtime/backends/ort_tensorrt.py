@@ -48,8 +48,9 @@ import importlib.util
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,12 +84,15 @@ class TensorrtEpSettings:
         input_name: the network's input tensor (the export folder's ``input_name``).
         cache_dir: the cache root (None: :func:`~tinyfaces_trt.core.files.cache_root`).
         engine_cache: keep the built engine for later processes.
+        progress: takes a line of text before and after an engine build (minutes); the log
+            (INFO) where None.
     """
 
     profile: Profile
     input_name: str = "image"
     cache_dir: str | os.PathLike[str] | None = None
     engine_cache: bool = True
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def profile_options(self) -> dict[str, str]:
         """The explicit profile as the provider's ``trt_profile_{min,opt,max}_shapes``
@@ -197,17 +201,31 @@ def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.Pat
     lock; made again once where it fails over files cached before it, those removed (ONNX
     Runtime cannot read an engine or timing cache a killed process or a full disk left
     truncated)."""
+    say = settings.progress or log.info
     with settings.engine_folder(onnx_path) as folder:
         options.update(settings.provider_options(folder))
         before = [] if folder is None else cached_files(folder)
+        building = not any(f.suffix == ".engine" for f in before)  # else it loads one
+        if building:
+            say(f"ONNX Runtime's TensorRT provider: building its engine for input shapes "
+                f"{format_shape(settings.profile.min)} to {format_shape(settings.profile.max)}"
+                + (f" into {folder} (one time; minutes) ..." if folder else " (minutes) ..."))
+        else:
+            log.info("ONNX Runtime's TensorRT provider: loading its engine from %s (built again "
+                     "there if it was made for another GPU or version)", folder)
+        start = time.perf_counter()
         try:
-            return make()
+            session = make()
         except Exception as exc:
             if not remove_files(before):
                 raise
             log.warning("ONNX Runtime's TensorRT provider failed over the engines cached in %s "
                         "(%s); removed them, building the engine again", folder, first_line(exc))
-            return make()
+            building, start = True, time.perf_counter()
+            session = make()
+        if building:
+            say(f"ONNX Runtime's TensorRT provider: engine ready in {time.perf_counter() - start:.1f} s")
+        return session
 
 
 __all__ = ["CACHE_SUBDIR", "ENGINE_SUFFIXES", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP",
