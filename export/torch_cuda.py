@@ -171,6 +171,8 @@ PREPARE_AFTER_RUNS = 2
 #: Prepared shapes a runner keeps (4 image sizes of 8 pyramid levels); beyond, the least
 #: recently used is dropped (prepared again at once, from the disk caches, if it comes back).
 MAX_PREPARED_SHAPES = 32
+#: A shape whose preparing took at least this long is said through ``progress``.
+PROGRESS_MIN_S = 1.0
 #: New shapes whose eager runs a runner counts (the oldest forgotten first).
 MAX_COUNTED_SHAPES = 4096
 
@@ -232,6 +234,9 @@ class TorchCudaRunner(RunnerBase):
             the detector hands its stream this way).
         prepare_after: runs of a new input shape in plain eager before it is prepared in
             ``mode`` (0: at its first run; the detector uses :data:`PREPARE_AFTER_RUNS`).
+        progress: takes a line of text for each shape whose preparing took seconds (at least
+            :data:`PROGRESS_MIN_S`: a compile, a graph capture; tf-detect prints it); the log
+            (INFO) says every shape either way.
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -241,7 +246,8 @@ class TorchCudaRunner(RunnerBase):
     def __init__(self, model: nn.Module, *, device: str | torch.device = "cuda",
                  dtype: torch.dtype = torch.float16, channels_last: bool = True,
                  mode: str = "compile", cache_dir: str | os.PathLike[str] | None = None,
-                 stream: int | torch.cuda.Stream | None = None, prepare_after: int = 0) -> None:
+                 stream: int | torch.cuda.Stream | None = None, prepare_after: int = 0,
+                 progress: Callable[[str], None] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if prepare_after < 0:
@@ -273,6 +279,7 @@ class TorchCudaRunner(RunnerBase):
         self._compile_cache: CompileCache | None = None
         self._packages: PackageCache | None = None
         self.prepare_after = prepare_after
+        self._progress = progress
         #: The prepared shapes' callables, least recently used first.
         self._callables: OrderedDict[Shape, Callable[[torch.Tensor], torch.Tensor]] = OrderedDict()
         #: How each shape was prepared (mode after fallback, time, compile-cache use).
@@ -529,6 +536,10 @@ class TorchCudaRunner(RunnerBase):
         _logger.info("input shape %s ready (%s, %.1f s%s)", shape, record.mode, record.seconds,
                      f", {record.wait_seconds:.1f} s of it waiting for another process's compile"
                      if record.wait_seconds else "")
+        if self._progress is not None and record.seconds >= PROGRESS_MIN_S:
+            self._progress(f"torch-cuda: input shape {'x'.join(map(str, shape))} ready in "
+                           f"{record.seconds:.1f} s ({record.mode}"
+                           f"{', from the compile cache' if record.cache_loaded else ''})")
         return fn
 
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],

@@ -53,9 +53,12 @@ def compile_worker(cache_dir: str, out_prefix: str) -> None:
     from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
 
     model, x = stand_in(), net_input()
-    eager = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager").run(x)
+    said: list[str] = []
+    said_eager: list[str] = []
+    eager = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager",
+                            progress=said_eager.append).run(x)
     runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="compile",
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, progress=said.append)
     out = runner.run(x)
     again = runner.run(x)
     record = runner.records[tuple(x.shape)]
@@ -68,7 +71,7 @@ def compile_worker(cache_dir: str, out_prefix: str) -> None:
         json.dump({"mode": record.mode, "cache_file": str(record.cache_file),
                    "cache_loaded": record.cache_loaded, "hits": record.inductor_hits,
                    "misses": record.inductor_misses, "repeat_equal": bool((out == again).all()),
-                   "released": folded() is None}, f)
+                   "released": folded() is None, "said": said, "said_eager": said_eager}, f)
 
 
 if __name__ == "__main__":

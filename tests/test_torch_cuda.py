@@ -450,6 +450,10 @@ def test_compiled_matches_eager_on_the_cpu(two_processes):
     np.testing.assert_allclose(compiled, eager, atol=COMPILED_ATOL, rtol=0)
     assert first["repeat_equal"]
     assert first["released"], "close() left the compiled model alive"
+    # a compile takes seconds: said through progress (tf-detect prints it); eager is not
+    (line,) = first["said"]
+    assert re.fullmatch(r"torch-cuda: input shape 2x3x32x48 ready in \d+\.\d s \(compile\)", line)
+    assert first["said_eager"] == []
 
 
 def test_second_process_loads_the_compile_cache(two_processes):
@@ -459,6 +463,7 @@ def test_second_process_loads_the_compile_cache(two_processes):
     assert (cache_file.parent / "key.json").is_file()
     assert second["cache_file"] == first["cache_file"]
     assert second["cache_loaded"] and second["hits"] >= 1 and second["misses"] == 0
+    assert all(line.endswith("(compile, from the compile cache)") for line in second["said"])
     np.testing.assert_allclose(np.load(work / "second.npy"), np.load(work / "first.npy"),
                                atol=1e-6, rtol=0)
 

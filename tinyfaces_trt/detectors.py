@@ -110,7 +110,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
             TensorRT engines (default :func:`tinyfaces_trt.core.files.cache_root`).
         progress: called with a line of text before and after a long step (an export, ONNX
-            Runtime's TensorRT provider building its engine).
+            Runtime's TensorRT provider building its engine), and for each input shape
+            torch-cuda took seconds to prepare.
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
         torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
             ``"compile"`` (None: the default; torch.compile + CUDA graph, cached on disk),
@@ -143,7 +144,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         if backend == "torch-cuda":
             return _torch_cuda_detector(weights, config_overrides, fp16=fp16 is not False,
                                         depth=depth, variant=variant, cache_dir=cache_dir,
-                                        gpu_stages=gpu_stages, mode=torch_mode or "compile")
+                                        gpu_stages=gpu_stages, mode=torch_mode or "compile",
+                                        progress=progress)
         model, config = reference_model(weights, depth, variant)
         from tinyfaces_trt.export.torch_runner import TorchRunner
 
@@ -168,7 +170,8 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
                          config_overrides: Mapping[str, Any] | None, *, fp16: bool,
                          depth: int | None, variant: str | None,
                          cache_dir: str | os.PathLike[str] | None,
-                         gpu_stages: bool | None, mode: str) -> Detector:
+                         gpu_stages: bool | None, mode: str,
+                         progress: Progress | None = None) -> Detector:
     if importlib.util.find_spec("torch") is None:
         raise BackendUnavailableError("torch-cuda needs PyTorch built with CUDA: "
                                       "pip install 'tinyfaces-trt[export]' on a GPU machine")
@@ -183,7 +186,8 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     # a new image size runs eager until it recurs: a folder of photos of every size would
     # otherwise compile its pyramid's shapes for each photo
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
-                             mode=mode, cache_dir=cache_dir, prepare_after=PREPARE_AFTER_RUNS)
+                             mode=mode, cache_dir=cache_dir, prepare_after=PREPARE_AFTER_RUNS,
+                             progress=progress)
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
