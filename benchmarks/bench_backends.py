@@ -56,7 +56,7 @@ class BenchContext:
     export_root: Path
     log: Callable[[str], None] = print
     torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
-    cache_dir: Path | None = None    # compile cache root (None: the tinyfaces cache)
+    cache_dir: Path | None = None    # compile / ORT engine cache root (None: the tinyfaces cache)
     max_batch: int = 1               # images one TensorRT engine run takes (the batch rows')
     _folders: dict[str, Any] = field(default_factory=dict)
 

@@ -112,9 +112,22 @@ class Profile:
             raise ManifestError(f"profile must be an object with min, opt and max shapes, got {d!r}")
         return cls(d["min"], d["opt"], d["max"])
 
+    def shape_specs(self, input_name: str = "image") -> dict[str, str]:
+        """``{"min": "image:1x3x1x1", "opt": ..., "max": ...}``: the shapes in trtexec's
+        notation (also that of ONNX Runtime's ``trt_profile_*_shapes`` options)."""
+        return {k: f"{input_name}:{format_shape(getattr(self, k))}" for k in ("min", "opt", "max")}
+
     def trtexec_args(self, input_name: str = "image") -> list[str]:
         """The ``--minShapes/--optShapes/--maxShapes`` arguments of trtexec for this profile."""
-        return [f"--{k}Shapes={input_name}:{format_shape(getattr(self, k))}" for k in ("min", "opt", "max")]
+        return [f"--{k}Shapes={spec}" for k, spec in self.shape_specs(input_name).items()]
+
+
+def input_shape(level_or_shape: Any) -> tuple[int, ...]:
+    """The network input shape of a pyramid level (``height`` and ``width``: (1, 3, h, w)), or
+    the (N, 3, h, w) shape given."""
+    if hasattr(level_or_shape, "height"):
+        return (1, 3, level_or_shape.height, level_or_shape.width)
+    return tuple(level_or_shape)
 
 
 def pyramid_shapes(height: int, width: int, config: DetectorConfig) -> list[Shape]:

@@ -69,12 +69,12 @@ def _ieee_fp32() -> Restore:
 
         return restore_precision
     cudnn.allow_tf32 = False
-    conv = getattr(cudnn, "conv", None)
-    if conv is not None and conv.fp32_precision == "tf32":
-        # the flag left the convolutions' switch inheriting a process-wide "tf32"
-        # (torch.backends.fp32_precision or cuDNN's): that switch is set too; putting the
-        # flag back sets it again (torch >= 2.9)
-        conv.fp32_precision = "ieee"
+    conv, rnn = getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)
+    if conv is not None and rnn is not None and conv.fp32_precision == "tf32":
+        # the flag left cuDNN's switches inheriting a process-wide "tf32"
+        # (torch.backends.fp32_precision or cuDNN's): both are set (one alone would make the
+        # flag unreadable for torch.export); putting the flag back sets them again
+        conv.fp32_precision = rnn.fp32_precision = "ieee"
 
     def restore_flag() -> None:
         cudnn.allow_tf32 = saved
@@ -107,9 +107,9 @@ def ieee_fp32_convolutions(device: torch.device, dtype: torch.dtype) -> Iterator
     torch's per-op precisions (torch >= 2.9) apart: then reading that flag raises, and the
     convolutions' own switch is used. (Setting the per-op switch here instead would make
     the legacy flag raise for torch itself: ``torch.export`` reads it.) Where the process set
-    a wider precision to "tf32" (``torch.backends.fp32_precision``, cuDNN's), which the
-    convolutions inherit once the flag is cleared, their own switch is set as well (the legacy
-    flag then raises as it already did).
+    a wider precision to "tf32" (``torch.backends.fp32_precision``, cuDNN's), which cuDNN's
+    convolutions (and RNNs) inherit once the flag is cleared, their own switches are set as
+    well, both, so that the flag still reads False.
     """
     if device.type != "cuda" or dtype != torch.float32:
         yield

@@ -201,10 +201,13 @@ def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
     assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream}
     assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1)
     runner.check_levels([(1, 3, 3840, 3840), SimpleNamespace(height=1, width=3840)])
-    with pytest.raises(ManifestError, match=r"^input shape 1x3x3841x8 is outside the engine's "
-                                            r"optimization profile \(min 1x3x1x1, max 1x3x3840x3840\)"
-                                            r".*; or leave ONNX Runtime's TensorRT provider out "
-                                            r"\(providers 'cuda', tf-detect --providers cuda\)$"):
+    with pytest.raises(ManifestError, match=r"^input shape 1x3x3841x8 is outside the input-shape "
+                                            r"profile of ONNX Runtime's TensorRT engine \(min "
+                                            r"1x3x1x1, max 1x3x3840x3840\); re-export with tf-export "
+                                            r"--image-size covering this image \(--max-batch for "
+                                            r"more images a run\), or run without the TensorRT "
+                                            r"provider \(providers 'cuda', tf-detect --providers "
+                                            r"cuda\)$"):
         runner.check_levels([(1, 3, 64, 64), SimpleNamespace(height=3841, width=8)])
     with pytest.raises(ManifestError, match=r"^input shape 2x3x8x8 is outside"):
         runner.run(np.zeros((2, 3, 8, 8), np.float32))  # called directly: checked too
@@ -288,7 +291,7 @@ def test_the_host_runner_gives_the_tensorrt_provider_the_exports_profile(monkeyp
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True"}
     assert runner.providers == [TENSORRT_EP, CPU_EP]
-    with pytest.raises(ManifestError, match="outside the engine's optimization profile"):
+    with pytest.raises(ManifestError, match="outside the input-shape profile of ONNX Runtime's"):
         runner.check_levels([SimpleNamespace(height=8, width=3841)])
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
         runner = onnxruntime_runner.OnnxRuntimeRunner(export_dir / "model.onnx", providers="tensorrt")
@@ -460,3 +463,31 @@ def test_an_engine_build_is_said_through_progress(host, monkeypatch, export_dir,
     with detectors.create_detector("onnxruntime-cuda", model_dir=export_dir, gpu_stages=False,
                                    progress=said.append):  # tf-detect's way in
         assert said[0].startswith("ONNX Runtime's TensorRT provider: building its engine")
+
+
+def test_a_wait_for_another_processs_build_is_said_through_progress(host, monkeypatch, export_dir,
+                                                                    cache):
+    """Waiting for another process's engine build takes as long as the build: said where the
+    build would be (tf-detect's stderr)."""
+    from filelock import FileLock
+
+    _with_tensorrt(monkeypatch)
+    said: list[str] = []
+    settings = TensorrtEpSettings(load_export_folder(export_dir).profile, progress=said.append)
+    engines = settings.cache_folder(export_dir / "model.onnx")
+    holder = FileLock(engines / "build.lock")
+    holder.acquire()
+    try:
+        fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+        worker = threading.Thread(target=lambda: _runner(monkeypatch, fake, export_dir,
+                                                         tensorrt=settings).close())
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        holder.release()
+    worker.join(timeout=60)
+    assert said[0].startswith(f"another process is building or loading the TensorRT engine in "
+                              f"{engines}; waiting for it to finish")
+    assert said[1].startswith("ONNX Runtime's TensorRT provider: building its engine")

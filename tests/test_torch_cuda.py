@@ -978,7 +978,9 @@ def test_a_process_wide_tf32_precision_is_overridden_for_the_convolutions(conv_p
         assert conv_precision.fp32_precision == "tf32"
         with ieee_fp32_convolutions(torch.device("cuda"), torch.float32):
             assert conv_precision.fp32_precision == "ieee"  # what cuDNN's convolutions read
-        assert conv_precision.fp32_precision == "tf32"
+            assert torch.backends.cudnn.allow_tf32 is False  # readable (torch.export reads it)
+            torch.backends.cudnn.set_flags(False)  # what torch.export does: no raise
+        assert conv_precision.fp32_precision == "tf32" and torch.backends.cudnn.allow_tf32
     finally:
         where.fp32_precision = saved
 

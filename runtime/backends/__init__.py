@@ -156,7 +156,7 @@ def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
     if full and full[-1] == CPU:
         full.pop()
     if full in (["CUDAExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider"]):
-        return full[0] != "CUDAExecutionProvider"
+        return len(full) == 2
     raise TinyFacesError(f"the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its "
                          f"providers are 'cuda' (that one alone) or 'tensorrt,cuda' (the "
                          f"default), got {providers!r}")
@@ -268,6 +268,7 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
 
 __all__ = [
     "BACKENDS", "apply_overrides", "available_backends", "create_detector",
-    "create_runner", "detector_for", "detector_owning", "warn_if_untrained",
+    "create_runner", "cuda_backend_uses_tensorrt", "detector_for", "detector_owning",
+    "warn_if_untrained",
 ]
 

@@ -11,10 +11,10 @@ numpy input takes the ordinary host path. Needs the ``onnxruntime-gpu`` build an
 ONNX Runtime's TensorRT provider comes first where TensorRT is installed, building one engine
 for the whole profile, kept in the cache. What did not run where it was asked is stated: a
 missing TensorRT provider is logged, and a TensorRT provider that ONNX Runtime dropped (it then
-retries on CUDA without our stream) is replaced by the CUDA provider alone, with a warning. The CPU provider stays in
-the list: ONNX Runtime's CUDA provider leaves small shape computations to it by design
-(``GetCpuPreferredNodes``), so a session refusing CPU nodes is expected to fail on this network
-(read in ORT's source; not run here, where there is no onnxruntime-gpu).
+retries on CUDA without our stream) is replaced by the CUDA provider alone, with a warning. The
+CPU provider stays in the list: ONNX Runtime's CUDA provider leaves small shape computations to
+it by design (``GetCpuPreferredNodes``), so a session refusing CPU nodes is expected to fail on
+this network (read in ORT's source; not run here, where there is no onnxruntime-gpu).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """ONNX Runtime network runner (the embedded default backend, CPU unless asked otherwise).
 
     runner = OnnxRuntimeRunner("export/model.onnx")                 # CPUExecutionProvider
-    runner = OnnxRuntimeRunner("export/model.onnx", providers="auto")  # TensorRT > CUDA > CPU
+    runner = OnnxRuntimeRunner("export/model.onnx", providers="auto",  # TensorRT > CUDA > CPU
+                               tensorrt=TensorrtEpSettings(folder.profile))  # its engine's shapes
     scores = runner.run(x)     # x: (1, 3, h, w) float32 -> (1, 125, ceil(h/8), ceil(w/8)) float32
 
 The providers actually in use, and any fallback from the ones asked for, are logged on the

@@ -58,7 +58,7 @@ from tinyfaces_trt.core.errors import ManifestError, TinyFacesError, first_line
 from tinyfaces_trt.core.files import cache_root
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.locks import LockWords, waiting_lock
-from tinyfaces_trt.core.profiles import Profile, format_shape
+from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,12 @@ class TensorrtEpSettings:
     def profile_options(self) -> dict[str, str]:
         """The explicit profile as the provider's ``trt_profile_{min,opt,max}_shapes``
         options (``"image:1x3x1x1"``, trtexec's notation)."""
-        return {f"trt_profile_{k}_shapes": f"{self.input_name}:{format_shape(getattr(self.profile, k))}"
-                for k in ("min", "opt", "max")}
+        return {f"trt_profile_{k}_shapes": spec
+                for k, spec in self.profile.shape_specs(self.input_name).items()}
 
     def cache_folder(self, onnx_path: str | os.PathLike[str]) -> Path | None:
-        """This model's engine folder, made if missing; None (said at INFO) without the
-        engine cache or where it cannot be made."""
+        """This model's engine folder, made if missing; None with ``engine_cache`` off, or
+        (said at INFO) where it cannot be made."""
         if not self.engine_cache:
             return None
         try:
@@ -112,7 +112,8 @@ class TensorrtEpSettings:
             folder = cache_root(self.cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS]
             folder.mkdir(parents=True, exist_ok=True)
         except (OSError, RuntimeError, TinyFacesError) as exc:  # RuntimeError: no home folder
-            what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else exc
+            what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror \
+                else exc
             log.info("no TensorRT engine cache (%s); ONNX Runtime's TensorRT provider builds its "
                      "engine in every process", what)
             return None
@@ -133,12 +134,16 @@ class TensorrtEpSettings:
         """Raises :class:`~tinyfaces_trt.core.errors.ManifestError` for the first input shape
         (an (N, 3, h, w) tuple, or a pyramid level: ``height`` and ``width``, N = 1) outside
         the profile, which the engine cannot run."""
+        p = self.profile
         for s in shapes:
-            try:
-                self.profile.check((1, 3, s.height, s.width) if hasattr(s, "height") else tuple(s))
-            except ManifestError as exc:
-                raise ManifestError(f"{exc}; or leave ONNX Runtime's TensorRT provider out "
-                                    f"(providers 'cuda', tf-detect --providers cuda)") from None
+            shape = input_shape(s)
+            if not p.contains(shape):
+                raise ManifestError(
+                    f"input shape {format_shape(shape)} is outside the input-shape profile of "
+                    f"ONNX Runtime's TensorRT engine (min {format_shape(p.min)}, max "
+                    f"{format_shape(p.max)}); re-export with tf-export --image-size covering "
+                    f"this image (--max-batch for more images a run), or run without the "
+                    f"TensorRT provider (providers 'cuda', tf-detect --providers cuda)")
 
     @contextlib.contextmanager
     def engine_folder(self, onnx_path: str | os.PathLike[str]) -> Iterator[Path | None]:
@@ -155,8 +160,9 @@ class TensorrtEpSettings:
         words = LockWords(doing=f"building or loading the TensorRT engine in {folder}",
                           other="the other engine build", alone="builds without the cache",
                           unlocked="making the session")
-        # where the lock cannot be taken (a read-only folder) the next lines say what follows
-        with waiting_lock(folder / "build.lock", words, say=log.info, warn=log.info,
+        # where the lock cannot be taken (a read-only folder) the next lines say what follows;
+        # a wait (as long as another process's build) is said where the build would be
+        with waiting_lock(folder / "build.lock", words, say=self.progress or log.info, warn=log.info,
                           step_s=LOCK_WAIT_STEP_S, limit_s=LOCK_WAIT_LIMIT_S) as lock:
             yield folder if lock.held else _unlocked(folder, "its lock is not held")
 

@@ -36,7 +36,7 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 from tinyfaces_trt.core.optional import import_tensorrt
-from tinyfaces_trt.core.profiles import Profile, format_shape
+from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_input
 
@@ -275,8 +275,7 @@ class TensorRTRunner(RunnerBase):
         levels). Raises :class:`ManifestError` for the first that does not fit.
         """
         for s in shapes:
-            shape = (1, 3, s.height, s.width) if hasattr(s, "height") else tuple(s)
-            select_profile(shape, self.profiles)
+            select_profile(input_shape(s), self.profiles)
 
     def run(self, net_input: Any) -> Any:
         """Runs the engine on one (N, 3, h, w) float32 input (N within the profile).
