@@ -77,6 +77,7 @@ from torch import nn
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
 from tinyfaces_trt.core.locks import LockOutcome
+from tinyfaces_trt.core.profiles import format_shape
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, producer_stream
 from tinyfaces_trt.export.aoti import PackageCache
@@ -537,7 +538,7 @@ class TorchCudaRunner(RunnerBase):
                      f", {record.wait_seconds:.1f} s of it waiting for another process's compile"
                      if record.wait_seconds else "")
         if self._progress is not None and record.seconds >= PROGRESS_MIN_S:
-            self._progress(f"torch-cuda: input shape {'x'.join(map(str, shape))} ready in "
+            self._progress(f"torch-cuda: input shape {format_shape(shape)} ready in "
                            f"{record.seconds:.1f} s ({record.mode}"
                            f"{', from the compile cache' if record.cache_loaded else ''})")
         return fn

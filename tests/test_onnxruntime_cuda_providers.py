@@ -64,9 +64,14 @@ def _settings(export_dir) -> TensorrtEpSettings:
     return TensorrtEpSettings(folder.profile, folder.input_name)
 
 
-def _runner(monkeypatch, fake, export_dir, **kwargs):
+def _use_ort(monkeypatch, fake) -> None:
+    """Both ORT runner modules import the stand-in ``fake``."""
     monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
     monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+
+
+def _runner(monkeypatch, fake, export_dir, **kwargs):
+    _use_ort(monkeypatch, fake)
     if "tensorrt" not in kwargs:
         kwargs["tensorrt"] = _settings(export_dir)
     return OnnxRuntimeCudaRunner(export_dir / "model.onnx", **kwargs)
@@ -306,8 +311,7 @@ def test_providers_cuda_leaves_the_tensorrt_provider_out(host, monkeypatch, expo
     'cuda' (tf-detect --providers cuda); the old boolean parameter still reads."""
     _with_tensorrt(monkeypatch)
     fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
-    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
-    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    _use_ort(monkeypatch, fake)
     folder = load_export_folder(export_dir)
     runners = [create_runner("onnxruntime-cuda", folder, providers=p)
                for p in ("cuda", ["CUDAExecutionProvider", "cpu"], "tensorrt,cuda", None)]
@@ -428,8 +432,7 @@ def test_auto_leaves_the_cpu_backends_options_behind(host, monkeypatch, export_d
     from tinyfaces_trt import detectors
 
     fake = GpuListingOrt(started=(CUDA_EP,))
-    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
-    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    _use_ort(monkeypatch, fake)
     monkeypatch.setattr(detectors, "resolve_backend", lambda *a, **k: "onnxruntime-cuda")
     with detectors.create_detector("auto", model_dir=export_dir, providers="cpu", threads=2,
                                    gpu_stages=False) as detector:
@@ -443,8 +446,7 @@ def test_an_engine_build_is_said_through_progress(host, monkeypatch, export_dir,
     stderr); loading an engine already built says nothing there."""
     _with_tensorrt(monkeypatch)
     fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
-    monkeypatch.setattr(onnxruntime_cuda_runner, "import_onnxruntime", lambda: fake)
-    monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+    _use_ort(monkeypatch, fake)
     said: list[str] = []
     folder = load_export_folder(export_dir)
     create_runner("onnxruntime-cuda", folder, progress=said.append).close()

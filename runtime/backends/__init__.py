@@ -155,7 +155,8 @@ def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
     full = [PROVIDER_ALIASES.get(n.strip().lower(), n.strip()) for n in names]
     if full and full[-1] == CPU:
         full.pop()
-    if full in (["CUDAExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider"]):
+    cuda, tensorrt = PROVIDER_ALIASES["cuda"], PROVIDER_ALIASES["tensorrt"]
+    if full in ([cuda], [tensorrt, cuda]):
         return len(full) == 2
     raise TinyFacesError(f"the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its "
                          f"providers are 'cuda' (that one alone) or 'tensorrt,cuda' (the "
