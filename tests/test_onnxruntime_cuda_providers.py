@@ -366,13 +366,15 @@ def test_a_failed_tensorrt_session_lets_the_engine_lock_go(host, monkeypatch, ex
 def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monkeypatch, export_dir,
                                                                       cache, caplog):
     """An engine a killed process left truncated fails the session that reads it: the runner
-    removes what was cached before the session (engines, profiles, the timing cache) and
-    makes it again, once; what a failing session wrote itself is kept, and not retried."""
+    sets aside what was cached before the session (engines, profiles, the timing cache),
+    makes it again, once, and removes them when that succeeds; what a failing session wrote
+    itself is kept, and not retried. A set-aside file a killed retry left is removed."""
     _with_tensorrt(monkeypatch)
     engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
     for name in ("graph_fp16_sm90.engine", "graph_fp16_sm90.profile"):
         (engines / name).write_bytes(b"trunc")
     (engines / "TensorrtExecutionProvider_cache_sm90.timing").write_bytes(b"kept")
+    (engines / "graph_fp16_sm80.engine.aside").write_bytes(b"left by a killed retry")
 
     def unreadable(record) -> None:
         if TENSORRT_EP in record["providers"] and any(engines.glob("*.engine")):
@@ -385,7 +387,10 @@ def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monk
     assert runner.providers[0] == TENSORRT_EP
     assert sorted(p.name for p in engines.iterdir()) == ["build.lock"]
     assert (f"ONNX Runtime's TensorRT provider failed over the engines cached in {engines} "
-            "(TensorRT EP could not deserialize engine from cache); removed them") in caplog.text
+            "(TensorRT EP could not deserialize engine from cache); building the engine again "
+            "without them") in caplog.text
+    assert ("removed the cached engines ONNX Runtime's TensorRT provider could not use from "
+            f"{engines}") in caplog.text
 
     def builds_then_fails(record) -> None:  # e.g. out of GPU memory after writing its engine
         if TENSORRT_EP in record["providers"]:
@@ -396,6 +401,36 @@ def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monk
     _runner(monkeypatch, fake, export_dir)  # no second build: straight to the CUDA provider
     assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, CUDA_EP]
     assert (engines / "graph_sm90.engine").read_bytes() == b"good"
+
+
+def test_engines_are_put_back_when_the_session_fails_without_them_too(host, monkeypatch, export_dir,
+                                                                      cache, caplog):
+    """A session failing for a cause other than its cached files (out of GPU memory, say) fails
+    again without them: they are put back as they were, over what the second attempt wrote,
+    and the runner goes on with the CUDA provider alone."""
+    _with_tensorrt(monkeypatch)
+    engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
+    cached = {"graph_sm90.engine": b"good engine", "graph_sm90.profile": b"good profile",
+              "TensorrtExecutionProvider_cache_sm90.timing": b"good timing"}
+    for name, data in cached.items():
+        (engines / name).write_bytes(data)
+    seen: list[list[str]] = []
+
+    def out_of_memory(record) -> None:  # loading the engine, or building one (which writes it)
+        if TENSORRT_EP in record["providers"]:
+            seen.append(sorted(p.name for p in engines.iterdir()))
+            if not (engines / "graph_sm90.engine").exists():
+                (engines / "graph_sm90.engine").write_bytes(b"half written")
+            raise RuntimeError("CUDA out of memory")
+
+    fake = GpuListingOrt(started=(CUDA_EP,), on_session=out_of_memory)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    assert [s["providers"][0] for s in fake.sessions] == [TENSORRT_EP, TENSORRT_EP, CUDA_EP]
+    assert runner.tensorrt is None
+    assert set(seen[1]) == {"build.lock", *(f"{n}.aside" for n in cached)}
+    assert {p.name: p.read_bytes() for p in engines.iterdir() if p.name != "build.lock"} == cached
+    assert (f"failed without the cached engines too; they are kept in {engines}") in caplog.text
 
 
 def test_without_the_lock_the_engine_is_built_outside_the_cache(host, monkeypatch, export_dir,

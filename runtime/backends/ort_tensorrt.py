@@ -30,8 +30,9 @@ ONNX Runtime writes the engine file in place, not atomically, and does not check
   shipped in an image: nobody writes there, so it is read);
 - a session that fails over a folder that held engines before it (one truncated by a killed
   process or a full disk, which ONNX Runtime cannot read, or a truncated timing cache, which it
-  refuses) is made again once, those files removed first; files the failing session wrote
-  itself are kept (its failure was not theirs).
+  refuses) is made again once with those files set aside: removed when it then succeeds, put
+  back when it fails again (the failure was not theirs: out of GPU memory, say); files the
+  first failing session wrote itself are kept.
 
 Where the folder cannot be made, the provider builds without the cache (said at INFO).
 
@@ -72,6 +73,8 @@ LOCK_WAIT_STEP_S = 30.0
 LOCK_WAIT_LIMIT_S = 1800.0
 #: What ONNX Runtime writes in the folder: engines, their profiles, TensorRT's timing cache.
 ENGINE_SUFFIXES = (".engine", ".profile", ".timing")
+#: Appended to a cached file's name while a session is made again without it.
+ASIDE_SUFFIX = ".aside"
 _Session = TypeVar("_Session")
 
 
@@ -199,17 +202,42 @@ def remove_files(paths: Iterable[Path]) -> int:
     return removed
 
 
+def set_aside(paths: Iterable[Path]) -> dict[Path, Path]:
+    """Renames ``paths`` with :data:`ASIDE_SUFFIX` (ONNX Runtime no longer finds them); the
+    renamed ones, each to its new path (one that cannot be renamed is said at INFO)."""
+    aside = {}
+    for path in paths:
+        target = path.with_name(path.name + ASIDE_SUFFIX)
+        try:
+            os.replace(path, target)
+            aside[path] = target
+        except OSError as exc:
+            log.info("cannot rename %s: %s", path, exc.strerror or exc)
+    return aside
+
+
+def put_back(aside: dict[Path, Path]) -> None:
+    """Undoes :func:`set_aside`, over any file of the same name written since."""
+    for path, target in aside.items():
+        try:
+            os.replace(target, path)
+        except OSError as exc:
+            log.info("cannot put %s back: %s", path, exc.strerror or exc)
+
+
 def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.PathLike[str],
                            options: dict[str, str],
                            make: Callable[[], _Session]) -> _Session:
     """``make()`` (an ONNX Runtime session whose TensorRT provider takes ``options``, which
     this completes with ``settings``' profile and engine cache) under the engine folder's
-    lock; made again once where it fails over files cached before it, those removed (ONNX
-    Runtime cannot read an engine or timing cache a killed process or a full disk left
-    truncated)."""
+    lock. Where it fails over files cached before it, it is made again once without them
+    (ONNX Runtime cannot read an engine or timing cache a killed process or a full disk left
+    truncated): they are removed if it then succeeds, put back if it fails again."""
     say = settings.progress or log.info
     with settings.engine_folder(onnx_path) as folder:
         options.update(settings.provider_options(folder))
+        if folder is not None:  # a process killed while retrying: those failed it
+            remove_files(folder.glob(f"*{ASIDE_SUFFIX}"))
         before = [] if folder is None else cached_files(folder)
         building = not any(f.suffix == ".engine" for f in before)  # else it loads one
         if building:
@@ -223,16 +251,27 @@ def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.Pat
         try:
             session = make()
         except Exception as exc:
-            if not remove_files(before):
+            aside = set_aside(before)
+            if not aside:
                 raise
             log.warning("ONNX Runtime's TensorRT provider failed over the engines cached in %s "
-                        "(%s); removed them, building the engine again", folder, first_line(exc))
+                        "(%s); building the engine again without them", folder, first_line(exc))
             building, start = True, time.perf_counter()
-            session = make()
+            try:
+                session = make()
+            except Exception:
+                put_back(aside)
+                log.warning("ONNX Runtime's TensorRT provider failed without the cached engines "
+                            "too; they are kept in %s", folder)
+                raise
+            remove_files(aside.values())
+            log.warning("removed the cached engines ONNX Runtime's TensorRT provider could not "
+                        "use from %s", folder)
         if building:
             say(f"ONNX Runtime's TensorRT provider: engine ready in {time.perf_counter() - start:.1f} s")
         return session
 
 
-__all__ = ["CACHE_SUBDIR", "ENGINE_SUFFIXES", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP",
-           "TensorrtEpSettings", "cached_files", "open_with_engine_cache", "remove_files"]
+__all__ = ["ASIDE_SUFFIX", "CACHE_SUBDIR", "ENGINE_SUFFIXES", "LOCK_WAIT_LIMIT_S", "TENSORRT_EP",
+           "TensorrtEpSettings", "cached_files", "open_with_engine_cache", "put_back",
+           "remove_files", "set_aside"]
