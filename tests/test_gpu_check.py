@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,13 @@ ptxas info    : Used 32 registers, used 0 barriers, 432 bytes cmem[0]
 def test_ptxas_rows_name_our_kernels_and_their_spills():
     assert g.parse_ptxas(PTXAS) == [("decode_level_kernel", "sm_90", 25, 0, 0),
                                     ("resize_vertical_kernel", "sm_80", 32, 8, 12)]
+    assert g.parse_ptxas(PTXAS + PTXAS) == g.parse_ptxas(PTXAS)  # one row per kernel alike
     assert g.kernel_name("plain_c_kernel") == "plain_c_kernel"
+    # nvcc 13.0's names of both instances of a template kernel, and an integer argument
+    assert [g.kernel_name(f"_ZN38_GLOBAL__N__114953e1_6_nms_cu_1c59b73f18nms_resolve_kernelILb{b}"
+                          "EEEvPNS_7ControlEPKjS4_PK6float4S7_NS_9NmsConfigEPVhPj")
+            for b in (0, 1)] == ["nms_resolve_kernel<false>", "nms_resolve_kernel<true>"]
+    assert g.kernel_name("_Z8a_kernelILi4ELin2EEvPf") == "a_kernel<4, -2>"
     assert g.kernel_name("_ZN3cub6detail4scan10ScanKernelEv") is None
 
 
@@ -190,6 +197,10 @@ def test_benchmark_and_parity_steps_from_a_gpu_run():
     assert (bench.name, bench.status) == ("benchmark", "pass")
     assert "ran reference, torch-cuda" in bench.summary
     assert "1280x720: time budget: about 66 s needed" in bench.summary
+    # a size left out for time: what ran passed, the check is not complete
+    assert report.result == "INCOMPLETE"
+    assert ("**Result: INCOMPLETE** (left out for time: 1280x720 (benchmark); a larger "
+            "--budget-s runs them)") in g.render_markdown(report)
     assert (parity.name, parity.status) == ("parity", "pass")
     assert parity.summary.startswith("1 of 1 backend/size pairs match the CPU reference")
     assert report.parity[0]["size"] == "1920x1080"
@@ -400,6 +411,70 @@ def test_a_sanitizer_subset_killed_after_a_failed_test_fails(monkeypatch):
     assert report.steps[0].status == "fail"
 
 
+def test_batch_rows_the_profile_or_parity_left_out_for_time_make_the_check_incomplete():
+    result = _bench_result()
+    del result["sizes"][1]  # every size measured
+    size = result["sizes"][0]
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "done")
+    assert report.result == "PASS"
+    budget = "time budget: 3 s left of --budget-s 195 before "
+    size["batch"] = {"batch": 8, "rows": [{"backend": "torch-cuda", "batch": 8,
+                                           "status": "skipped",
+                                           "reason": budget + "the batch rows of torch-cuda"}]}
+    size["profile"] = {"backend": "torch-cuda", "status": "skipped", "reason": budget + "the profile"}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "done")
+    bench = report.steps[0]
+    assert bench.status == "pass" and report.result == "INCOMPLETE"
+    assert bench.left_for_time == ["1920x1080 batch torch-cuda", "the profile"]
+    assert f"not measured: 1920x1080 batch torch-cuda: {budget}" in bench.summary
+    assert f"the profile: {budget}the profile" in bench.summary
+    del size["batch"], size["profile"]
+    size["parity"] = {"status": "skipped", "reason": budget + "the parity check", "rows": []}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "done")
+    assert report.steps[1].left_for_time == ["parity at 1920x1080"]
+    assert report.result == "INCOMPLETE"
+    size["profile"] = {"status": "skipped", "reason": "torch profiler: RuntimeError: x"}
+    del size["parity"]
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 1.0, "c", "done")
+    assert "not measured: the profile: torch profiler: RuntimeError: x" in report.steps[0].summary
+    assert report.result == "PASS"  # a profiler that cannot run is no lack of time
+
+
+def test_the_compute_capability_is_nvidia_smis_third_field():
+    assert g.smi_compute_capability("NVIDIA H200, 580.159.04, 9.0, 143771 MiB") == "90"
+    assert g.smi_compute_capability("NVIDIA H100 80GB HBM3, 580.95, 9.0, 81559 MiB") == "90"
+    assert g.smi_compute_capability("NVIDIA H200, 580.95, [N/A], 143771 MiB") is None
+    assert g.smi_compute_capability("garbled") is None
+
+
+def test_the_registers_come_from_the_builds_compile(monkeypatch, tmp_path):
+    """The build compiles with -Xptxas -v (the Makefile's EXTRA_NVCCFLAGS): its output gives
+    the registers table, and no second compile is needed."""
+    (tmp_path / "libtinyfaces_kernels.so").write_bytes(b"")
+    (tmp_path / "decode_nms_demo").write_bytes(b"")
+    seen = {}
+
+    def build(cmd, env, timeout, log=None):
+        seen.update(cmd=cmd, env=env)
+        return _ran(output="tf-build-kernels: building ...\n" + PTXAS)
+
+    monkeypatch.setattr(g, "run", build)
+    report = g.Report([], 270.0, gpu=True)
+    assert g.build_step(report, {"PATH": "/bin"}, tmp_path, "90", 100.0, None) == \
+        tmp_path / "libtinyfaces_kernels.so"
+    assert seen["env"] == {"PATH": "/bin", "EXTRA_NVCCFLAGS": "-Xptxas -v"}
+    assert seen["cmd"][-2:] == ["--arch", "90"]
+    assert len(report.registers) == 2
+    assert report.steps[0].status == "pass"
+    makefile = (ROOT / "kernels" / "Makefile").read_text()
+    assert "$(NVCC) $(NVCCFLAGS) $(EXTRA_NVCCFLAGS) $(GENCODE) $(LIB_FLAGS) $(SOURCES) -o $@" \
+        in makefile
+
+
 def test_a_gpu_run_with_steps_skipped_for_time_is_incomplete():
     report = g.Report([], 100.0, gpu=True)
     report.add(g.Step("build", "pass", 1.0, "built"))
@@ -440,6 +515,37 @@ def test_the_final_report_is_written_when_the_steps_are_interrupted(monkeypatch,
         g.main(["--out", str(tmp_path)])
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["result"] == "incomplete" and report["steps"] == []
+
+
+def test_a_sigterm_ends_the_running_step_and_saves_the_report(monkeypatch, tmp_path, capsys):
+    """A time limit from outside (SIGTERM): the running step's process group is killed, the
+    report and the log are written, the steps are summed up at the end of stderr, and the
+    steps' processes import this checkout (PYTHONPATH)."""
+    import signal
+
+    seen = {}
+
+    def steps(report, args, skip, out, budget, env, log):
+        seen["pythonpath"] = env["PYTHONPATH"].split(os.pathsep)[0]
+        report.add(g.Step("build", "pass", 1.0, "built"))
+        code = ("import os, signal, time; print('child', os.getpid(), flush=True); "
+                "os.kill(os.getppid(), signal.SIGTERM); time.sleep(60)")
+        g.run([sys.executable, "-c", code], env, 120, log=log)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(g, "run_steps", steps)
+    with pytest.raises(KeyboardInterrupt):
+        g.main(["--out", str(tmp_path)])
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    assert seen["pythonpath"] == str(ROOT)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["result"] == "incomplete" and [s["name"] for s in report["steps"]] == ["build"]
+    child = int(re.search(r"^child (\d+)$", (tmp_path / "gpu_check.log").read_text(), re.M)[1])
+    status = Path(f"/proc/{child}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()  # killed
+    err = capsys.readouterr().err
+    assert "gpu_check: steps\n  ok   build (1.0 s): built\ngpu_check: INCOMPLETE (the check has " \
+        "not finished" in err
 
 
 def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):

@@ -23,8 +23,11 @@ Steps, in order, with their time on an H200 (whole run about 4 to 4.5 minutes wi
 default --budget-s 270; each step gets what is left, a step that cannot fit is skipped):
 
   environment     ~3 s   GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
-  build          ~10 s   tf-build-kernels for this GPU's architecture (+ the C example)
-  ptxas           ~6 s   registers / spills per kernel (-Xptxas -v)
+  build          ~15 s   the kernels (python -m tinyfaces_trt.kernels.build, which
+                         tf-build-kernels runs) for this GPU's architecture, with the C
+                         example
+  ptxas           (in the build) registers / spills per kernel, read off the build's
+                         -Xptxas -v (a library already up to date is compiled again, ~6 s)
   GPU tests    ~30-110 s every test marked `gpu` (tests/*_gpu.py must not skip; the
                          torch-cuda tests compile small networks, one of them into an
                          AOTInductor package: ~10-20 s more, an estimate); in 4
@@ -66,7 +69,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # a plain checkout: tinyfaces_trt imports from here
@@ -146,6 +149,12 @@ def kernel_name(symbol: str) -> str | None:
     for m in re.finditer(r"(?<!\d)(\d+)(?=[A-Za-z_])", symbol):
         ident = symbol[m.end():m.end() + int(m[1])]
         if ident.endswith("_kernel") and re.fullmatch(r"[A-Za-z_]\w*", ident):
+            # template arguments that are literals (<true>, <4>): I L<type><value>E ... E
+            args = re.match(r"I((?:L[a-z]n?\d+E)+)E", symbol[m.end() + int(m[1]):])
+            if args:
+                values = [("false", "true")[int(v)] if t == "b" else v.replace("n", "-")
+                          for t, v in re.findall(r"L([a-z])(n?\d+)E", args[1])]
+                ident += f"<{', '.join(values)}>"
             return ident
     return None
 
@@ -172,7 +181,7 @@ def parse_ptxas(text: str) -> list[tuple[str, str, int, int, int]]:
         if used:
             rows.append((current[0], current[1], int(used[1]), *spills))
             current = None
-    return rows
+    return list(dict.fromkeys(rows))  # a kernel compiled twice for one arch: once
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,8 @@ class Step:
     summary: str
     command: str = ""
     details: str = ""
+    #: What a step that ran left out for lack of time (a benchmark's image size, say).
+    left_for_time: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -350,7 +361,7 @@ class Report:
         if any(s.status == "fail" for s in self.steps):
             return "FAIL"
         if not self.finished or any(s.status == "timeout" for s in self.steps) or \
-                (self.gpu and any(_for_time(s) for s in self.steps)):
+                (self.gpu and any(_for_time(s) or s.left_for_time for s in self.steps)):
             return "INCOMPLETE"
         if not any(s.status == "pass" for s in self.steps if s.name != "environment"):
             return "SKIPPED"
@@ -389,9 +400,16 @@ def _result_note(report: Report) -> str:
         return " (no CUDA GPU visible: nothing was verified)"
     timed_out = [s.name for s in report.steps if s.status == "timeout"]
     for_time = [s.name for s in report.steps if _for_time(s)]
+    parts = [f"{', '.join(s.left_for_time)} ({s.name})" for s in report.steps if s.left_for_time]
     notes = ([f"killed at their time limit: {', '.join(timed_out)}"] if timed_out else []) + \
-        ([f"skipped for time: {', '.join(for_time)}"] if for_time else [])
+        ([f"skipped for time: {', '.join(for_time)}"] if for_time else []) + \
+        ([f"left out for time: {'; '.join(parts)}"] if parts else [])
     return f" ({'; '.join(notes)}; a larger --budget-s runs them)" if notes else ""
+
+
+def _cell(value: Any) -> str:
+    """``value`` as one Markdown table cell (a probe's error may span lines)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def render_markdown(report: Report) -> str:
@@ -399,7 +417,7 @@ def render_markdown(report: Report) -> str:
         f"Command: `python3 tools/gpu_check.py {' '.join(report.argv)}` (time budget "
         f"{report.budget_s:g} s; this run took {sum(s.seconds for s in report.steps):.0f} s)", "",
         "| fact | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in report.facts.items()]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in report.facts.items()]
     lines += ["", "## Steps", "", "| step | result | time | summary |", "| --- | --- | --- | --- |"]
     for s in report.steps:
         result = STATUS[s.status][1]
@@ -545,6 +563,13 @@ print("GPU_CHECK_FACTS " + json.dumps(facts))
 """
 
 
+def smi_compute_capability(line: str) -> str | None:
+    """"90" from nvidia-smi's ``name,driver_version,compute_cap,...`` line, else None."""
+    fields = [f.strip() for f in line.split(",")]
+    m = re.fullmatch(r"(\d+)\.(\d+)", fields[2]) if len(fields) > 2 else None
+    return f"{m[1]}{m[2]}" if m else None
+
+
 def environment_step(report: Report, env: dict[str, str], log: Any) -> str | None:
     """Fills ``report.facts``; returns this GPU's architecture for nvcc ("90"), or None."""
     start = time.perf_counter()
@@ -561,8 +586,7 @@ def environment_step(report: Report, env: dict[str, str], log: Any) -> str | Non
     probed = json.loads(found[1]) if found else {"probe": f"failed: {tail(probe.output, 3)}"}
     cc = probed.pop("_cc", None)
     if cc is None and smi_line:
-        m = re.search(r",\s*(\d+)\.(\d+)\s*,", smi_line)
-        cc = f"{m[1]}{m[2]}" if m else None
+        cc = smi_compute_capability(smi_line)
     facts.update(probed)
     for tool, args in (("nvcc", ["--version"]), ("compute-sanitizer", ["--version"]),
                        ("ncu", ["--version"])):
@@ -573,6 +597,7 @@ def environment_step(report: Report, env: dict[str, str], log: Any) -> str | Non
         out = run([path, *args], env, 30, log=log).output
         version = [ln.strip() for ln in out.splitlines() if re.search(r"release|[Vv]ersion", ln)]
         facts[tool] = version[-1] if version else path
+    facts["make"] = shutil.which("make") or "not found (the kernels' build needs it)"
     report.facts = facts
     report.gpu = bool(smi_line) or "compute capability" in str(facts.get("torch device")) or \
         not str(facts.get("cuda-python device", "none")).startswith(("none", "unavailable"))
@@ -583,10 +608,13 @@ def environment_step(report: Report, env: dict[str, str], log: Any) -> str | Non
 
 def build_step(report: Report, env: dict[str, str], build_dir: Path, arch: str | None,
                timeout: float, log: Any) -> Path | None:
+    """Builds the kernels; fills ``report.registers`` from the compile's ``-Xptxas -v``
+    (nothing where make found the library up to date)."""
     cmd = [sys.executable, "-m", "tinyfaces_trt.kernels.build", "--out", str(build_dir)]
     if arch:
         cmd += ["--arch", arch]
-    ran = run(cmd, env, timeout, log=log)
+    ran = run(cmd, dict(env, EXTRA_NVCCFLAGS="-Xptxas -v"), timeout, log=log)
+    report.registers = parse_ptxas(ran.output)
     lib = build_dir / "libtinyfaces_kernels.so"
     ok = ran.code == 0 and lib.is_file() and (build_dir / "decode_nms_demo").is_file()
     report.add(Step("build", status_of(ok, ran), ran.seconds,
@@ -607,13 +635,17 @@ def ptxas_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     cmd.append("ptxas")
     ran = run(cmd, env, timeout, log=log)
     report.registers = parse_ptxas(ran.output)
-    spills = [r for r in report.registers if r[3] or r[4]]
     ok = ran.code == 0 and bool(report.registers)
-    summary = (f"{len(report.registers)} kernel/arch entries, "
-               + (f"SPILLS in {', '.join(sorted({r[0] for r in spills}))}" if spills else "no spills")
-               if ok else f"{_failure_text(ran, timeout)}; {len(report.registers)} entries parsed")
+    summary = (registers_summary(report.registers) if ok else
+               f"{_failure_text(ran, timeout)}; {len(report.registers)} entries parsed")
     report.add(Step("ptxas -v", status_of(ok, ran), ran.seconds, summary,
                     _command_text(cmd), "" if ok else tail(ran.output, 40)))
+
+
+def registers_summary(rows: list[tuple[str, str, int, int, int]]) -> str:
+    spills = sorted({r[0] for r in rows if r[3] or r[4]})
+    return (f"{len(rows)} kernel/arch entries, "
+            + (f"SPILLS in {', '.join(spills)}" if spills else "no spills"))
 
 
 def gpu_test_files() -> list[str]:
@@ -727,11 +759,14 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
     problems, ran_names, absent = [], set(), set()
     stopped = None
     sizes = result["sizes"]
-    if result.get("complete") and sizes and (sizes[0].get("profile") or {}).get("status") == \
-            "running":  # saved complete just before the profile, which then hung or crashed
+    profile = (sizes[0].get("profile") or {}) if sizes else {}
+    if result.get("complete") and profile.get("status") == "running":
+        # saved complete just before the profile, which then hung or crashed
         absent.add(f"the profile: did not finish ({died or 'the run ended during it'}); "
                    "everything else was saved before it")
         died = None
+    elif profile.get("status") == "skipped":
+        absent.add(f"the profile: {profile.get('reason')}")
     if died or not result.get("complete"):
         last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
         stopped = (f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
@@ -780,8 +815,15 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                + (f"; not measured: {'; '.join(sorted(absent))}" if absent else "")
                + "; see latency.md")
     report.add(Step("benchmark", status, seconds, summary, command,
-                    output_tail if problems else tail(output_tail, 30)))
+                    output_tail if problems else tail(output_tail, 30),
+                    left_for_time=left_for_time(absent)))
     _parity_step(report, result)
+
+
+def left_for_time(notes: Iterable[str]) -> list[str]:
+    """What of ``notes`` ("what: [status: ]reason") was left out for time (latency.py's
+    reason starts "time budget:"), named by its "what"."""
+    return sorted(n.split(":")[0] for n in notes if ": time budget:" in n)
 
 
 def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -832,7 +874,8 @@ def _parity_step(report: Report, result: dict[str, Any]) -> None:
         text += f"; FAILED: {', '.join(failed)}"
     if notes:
         text += f"; {'; '.join(notes)}"
-    report.add(Step("parity", status, 0.0, text + " (computed in the benchmark step)"))
+    report.add(Step("parity", status, 0.0, text + " (computed in the benchmark step)",
+                    left_for_time=[f"parity at {n}" for n in left_for_time(notes)]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,7 +992,10 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
     reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
     if reason:
         report.skip("ptxas -v", reason)
-    else:
+    elif report.registers:
+        report.add(Step("ptxas -v", "pass", 0.0, registers_summary(report.registers)
+                        + " (read off the build's compile)"))
+    else:  # the library was up to date: compiled again for -Xptxas -v alone
         guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
                 min(120, left_before_bench()), log)
     reason = refuse("tests", MIN_TESTS_S)
@@ -1001,17 +1047,39 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(args.budget_s)
     report = Report(argv, args.budget_s, finished=False)
     report.on_step = lambda: save_report(report, out)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # the log is written as the steps run: a run killed from outside leaves what it had done
+    # the steps' processes import tinyfaces_trt from this checkout, not from an install
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                          if p))
+    # a SIGTERM from outside (a time limit) ends like Ctrl-C: the running step's processes
+    # are killed and the report is saved
+    on_sigterm = signal.signal(signal.SIGTERM, _terminated)
+    # the log is written line by line as the steps run: a run killed from outside leaves
+    # what it had done
     try:
-        with open(out / "gpu_check.log", "w", encoding="utf-8") as log:
+        with open(out / "gpu_check.log", "w", encoding="utf-8", buffering=1) as log:
             run_steps(report, args, skip, out, budget, env, log)
         report.finished = True
     finally:  # Ctrl-C or an error outside the steps: what was done is still reported
+        signal.signal(signal.SIGTERM, on_sigterm)
         save_report(report, out, plot=True)
-    print(f"gpu_check: {report.result} in {budget.elapsed():.0f} s -> {out / 'gpu_check.md'}",
-          file=sys.stderr, flush=True)
+        print_summary(report, budget, out)
     return 0 if report.result in ("PASS", "SKIPPED") else 1
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def print_summary(report: Report, budget: Budget, out: Path) -> None:
+    """Every step in one line each, then the result, at the end of stderr (what a console
+    tail keeps)."""
+    lines = [f"  {STATUS[s.status][0]} {s.name} ({s.seconds:.1f} s): {s.summary}"
+             for s in report.steps]
+    print("\n".join(["gpu_check: steps", *lines,
+                     f"gpu_check: {report.result}{_result_note(report)} in "
+                     f"{budget.elapsed():.0f} s -> {out / 'gpu_check.md'}"]),
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
