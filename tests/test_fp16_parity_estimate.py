@@ -42,8 +42,9 @@ def test_the_emulation_rounds_to_fp16_within_its_tolerances_and_leaves_the_model
 
 
 def test_the_estimate_is_the_parity_row_of_the_gpu_check(capsys):
-    assert _tool().main(["--image-size", "96x64", "--depth", "50"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert row["passed"] is True and row["precision"] == "fp16"
-    assert row["image_size"] == [96, 64] and row["depth"] == 50
-    assert row["reference"] > 0 and row["matched"] > 0 and row["max_score_diff"] > 0
+    assert _tool().main(["--image-size", "96x64,64x48", "--depth", "50"]) == 0
+    small, smaller = json.loads(capsys.readouterr().out)
+    assert small["passed"] is True and small["precision"] == "fp16"
+    assert small["image_size"] == [96, 64] and small["depth"] == 50
+    assert small["reference"] > 0 and small["matched"] > 0 and small["max_score_diff"] > 0
+    assert smaller["image_size"] == [64, 48]

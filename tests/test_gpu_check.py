@@ -534,7 +534,7 @@ def test_a_sigterm_ends_the_running_step_and_saves_the_report(monkeypatch, tmp_p
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(g, "run_steps", steps)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(g.Terminated):
         g.main(["--out", str(tmp_path)])
     assert signal.getsignal(signal.SIGTERM) is before  # put back
     assert seen["pythonpath"] == str(ROOT)
@@ -559,6 +559,59 @@ def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):
     assert g.find_tool("nvcc") == str(nvcc)
     assert g.find_tool("compute-sanitizer") == str(tmp_path / "compute-sanitizer")
     assert g.find_tool("ncu") is None
+
+
+def test_main_runs_outside_the_main_thread_without_its_sigterm_handler(monkeypatch, tmp_path):
+    import threading
+
+    monkeypatch.setattr(g, "run_steps", lambda *a: None)
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(g.main(["--out", str(tmp_path)])))
+    thread.start()
+    thread.join(60)
+    assert codes == [0]  # SKIPPED: no step ran; no "signal only works in main thread"
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["result"] == "skipped"
+
+
+def _gpu_run_steps(monkeypatch, tmp_path, skip, build_output):
+    """run_steps on a stand-in GPU machine whose build prints ``build_output``; the steps
+    after the build are left out."""
+    def environment(report, env, log):
+        report.gpu = True
+        return "90"
+
+    def fake_run(cmd, env, timeout, echo=False, log=None):
+        (tmp_path / "libtinyfaces_kernels.so").write_bytes(b"")
+        (tmp_path / "decode_nms_demo").write_bytes(b"")
+        return _ran(output=build_output)
+
+    compiled = []
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: f"/usr/local/cuda/bin/{name}")
+    monkeypatch.setattr(g, "run", fake_run)
+    monkeypatch.setattr(g, "ptxas_step", lambda report, *a: compiled.append(a) or
+                        report.add(g.Step("ptxas -v", "pass", 6.0, "compiled again")))
+    report = g.Report([], 450.0)
+    args = g.build_parser().parse_args(["--out", str(tmp_path), "--build-dir", str(tmp_path)])
+    g.run_steps(report, args, {"tests", "sanitizers", "benchmark", *skip}, tmp_path,
+                g.Budget(450.0), {"PATH": "/bin"}, None)
+    steps = {s.name: s for s in report.steps}
+    return report, steps["ptxas -v"], compiled
+
+
+def test_the_ptxas_step_reads_the_build_and_compiles_again_only_when_it_must(monkeypatch,
+                                                                             tmp_path):
+    report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, (), PTXAS)
+    assert (step.status, step.seconds, compiled) == ("pass", 0.0, [])
+    assert step.summary == "2 kernel/arch entries, SPILLS in resize_vertical_kernel (read off " \
+        "the build's compile)"
+    assert report.result == "PASS" and len(report.registers) == 2
+    # make found the library up to date: nothing compiled, so make ptxas compiles it
+    report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, (), "make: nothing to do\n")
+    assert step.summary == "compiled again" and len(compiled) == 1
+    report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, ("ptxas",), PTXAS)
+    assert (step.status, step.summary) == ("skipped", "left out (--skip)")
+    assert report.registers == [] and compiled == []
 
 
 def test_a_timed_out_benchmark_that_measured_a_size_says_parity_did_not_finish():

@@ -406,8 +406,9 @@ def test_engines_onnx_runtime_cannot_read_are_removed_and_built_again(host, monk
 def test_engines_are_put_back_when_the_session_fails_without_them_too(host, monkeypatch, export_dir,
                                                                       cache, caplog):
     """A session failing for a cause other than its cached files (out of GPU memory, say) fails
-    again without them: they are put back as they were, over what the second attempt wrote,
-    and the runner goes on with the CUDA provider alone."""
+    again without them: they are put back as they were, and the runner goes on with the CUDA
+    provider alone. Where the second session wrote a file before failing (an engine it built),
+    that newer file stays."""
     _with_tensorrt(monkeypatch)
     engines = _settings(export_dir).cache_folder(export_dir / "model.onnx")
     cached = {"graph_sm90.engine": b"good engine", "graph_sm90.profile": b"good profile",
@@ -416,11 +417,9 @@ def test_engines_are_put_back_when_the_session_fails_without_them_too(host, monk
         (engines / name).write_bytes(data)
     seen: list[list[str]] = []
 
-    def out_of_memory(record) -> None:  # loading the engine, or building one (which writes it)
+    def out_of_memory(record) -> None:  # loading the engine, or building one
         if TENSORRT_EP in record["providers"]:
             seen.append(sorted(p.name for p in engines.iterdir()))
-            if not (engines / "graph_sm90.engine").exists():
-                (engines / "graph_sm90.engine").write_bytes(b"half written")
             raise RuntimeError("CUDA out of memory")
 
     fake = GpuListingOrt(started=(CUDA_EP,), on_session=out_of_memory)
@@ -431,6 +430,18 @@ def test_engines_are_put_back_when_the_session_fails_without_them_too(host, monk
     assert set(seen[1]) == {"build.lock", *(f"{n}.aside" for n in cached)}
     assert {p.name: p.read_bytes() for p in engines.iterdir() if p.name != "build.lock"} == cached
     assert (f"failed without the cached engines too; they are kept in {engines}") in caplog.text
+
+    def built_then_out_of_memory(record) -> None:
+        if TENSORRT_EP in record["providers"]:
+            if (engines / "graph_sm90.engine").exists():
+                raise RuntimeError("TensorRT EP could not deserialize engine from cache")
+            (engines / "graph_sm90.engine").write_bytes(b"built again")
+            raise RuntimeError("CUDA out of memory")
+
+    _runner(monkeypatch, GpuListingOrt(started=(CUDA_EP,), on_session=built_then_out_of_memory),
+            export_dir)
+    assert {p.name: p.read_bytes() for p in engines.iterdir() if p.name != "build.lock"} == \
+        {**cached, "graph_sm90.engine": b"built again"}  # the rest put back, nothing set aside
 
 
 def test_without_the_lock_the_engine_is_built_outside_the_cache(host, monkeypatch, export_dir,

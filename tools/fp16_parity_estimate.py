@@ -8,9 +8,10 @@ fp16, and every layer's output rounded to fp16, the storage rounding of fp16 ker
 accumulate in fp32 (cuDNN, Inductor's fused kernels). The GPU's own accumulation order
 differs, so this estimates the size of the differences, not their exact values.
 
-    python tools/fp16_parity_estimate.py --image-size 1920x1080     # ~4 minutes on 2 cores
+    python tools/fp16_parity_estimate.py --image-size 1920x1080,1280x720   # ~6 min, 2 cores
 
-prints the comparison as JSON (the GPU check's parity row) and exits 1 when it fails.
+prints the comparisons as JSON (the GPU check's parity rows, one per size) and exits 1 when
+one fails. A manual estimate with the runtime's numpy stages; the GPU check does not run it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_parity import compare_with_reference, reference_detections  # noqa: E402
-from tinyfaces_trt.core.cli import parse_image_size  # noqa: E402
+from tinyfaces_trt.core.cli import parse_image_sizes  # noqa: E402
 from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
 from tinyfaces_trt.export.batchnorm import fold_batchnorm  # noqa: E402
 from tinyfaces_trt.export.model import build_model  # noqa: E402
@@ -78,18 +79,21 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image-size", type=parse_image_size, default=parse_image_size("1920x1080"),
-                   metavar="WxH", help="the synthetic image's size (default 1920x1080)")
+    p.add_argument("--image-size", type=parse_image_sizes, default=parse_image_sizes("1920x1080"),
+                   metavar="WxH[,WxH]", help="the synthetic image's sizes (default 1920x1080)")
     p.add_argument("--depth", type=int, choices=(50, 101), default=DEFAULT_DEPTH,
                    help=f"ResNet depth (default {DEFAULT_DEPTH}, the benchmark's)")
     p.add_argument("--variant", choices=("pytorch", "matconvnet"), default=DEFAULT_VARIANT,
                    help=f"network variant (default {DEFAULT_VARIANT}, the benchmark's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     args = p.parse_args(argv)
-    width, height = args.image_size
-    result = estimate(width, height, args.depth, args.variant, args.seed)
-    print(json.dumps(result, indent=1))
-    return 0 if result["passed"] else 1
+    rows = []
+    for width, height in args.image_size:
+        rows.append(estimate(width, height, args.depth, args.variant, args.seed))
+        print(f"{width}x{height}: {'passed' if rows[-1]['passed'] else 'FAILED'} in "
+              f"{rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    print(json.dumps(rows, indent=1))
+    return 0 if all(r["passed"] for r in rows) else 1
 
 
 if __name__ == "__main__":

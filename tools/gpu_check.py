@@ -266,16 +266,18 @@ def run(cmd: list[str], env: dict[str, str], timeout: float, echo: bool = False,
                 sys.stderr.flush()
 
     reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
     timed_out = False
     try:
+        reader.start()
         code = proc.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
         code = proc.wait()
-    except BaseException:  # Ctrl-C: take the children down too
+    except BaseException:  # Ctrl-C, a SIGTERM: take the children down too
         _kill_group(proc)
+        if reader.is_alive():  # their last lines reach the log before it is closed
+            reader.join(timeout=5)
         raise
     reader.join(timeout=10)
     output = "".join(lines)
@@ -614,9 +616,9 @@ def build_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
     if arch:
         cmd += ["--arch", arch]
     ran = run(cmd, dict(env, EXTRA_NVCCFLAGS="-Xptxas -v"), timeout, log=log)
-    report.registers = parse_ptxas(ran.output)
     lib = build_dir / "libtinyfaces_kernels.so"
     ok = ran.code == 0 and lib.is_file() and (build_dir / "decode_nms_demo").is_file()
+    report.registers = parse_ptxas(ran.output) if ok else []
     report.add(Step("build", status_of(ok, ran), ran.seconds,
                     f"built {lib.relative_to(REPO) if lib.is_relative_to(REPO) else lib}"
                     + (f" for sm_{arch}" if arch else "") if ok else
@@ -989,15 +991,19 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
                       min(300, left_before_bench()), log)
     if lib is not None:
         env["TINYFACES_KERNELS_LIB"] = str(lib)
-    reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
-    if reason:
-        report.skip("ptxas -v", reason)
+    if "ptxas" in skip:
+        report.registers = []
+        report.skip("ptxas -v", "left out (--skip)")
     elif report.registers:
         report.add(Step("ptxas -v", "pass", 0.0, registers_summary(report.registers)
                         + " (read off the build's compile)"))
-    else:  # the library was up to date: compiled again for -Xptxas -v alone
-        guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
-                min(120, left_before_bench()), log)
+    else:
+        reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
+        if reason:
+            report.skip("ptxas -v", reason)
+        else:  # the library was up to date: compiled again for -Xptxas -v alone
+            guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
+                    min(120, left_before_bench()), log)
     reason = refuse("tests", MIN_TESTS_S)
     if reason:
         report.skip("GPU tests", reason)
@@ -1053,22 +1059,30 @@ def main(argv: list[str] | None = None) -> int:
                                           if p))
     # a SIGTERM from outside (a time limit) ends like Ctrl-C: the running step's processes
     # are killed and the report is saved
-    on_sigterm = signal.signal(signal.SIGTERM, _terminated)
+    on_sigterm = None
     # the log is written line by line as the steps run: a run killed from outside leaves
     # what it had done
     try:
+        if threading.current_thread() is threading.main_thread():  # where Python allows it
+            on_sigterm = signal.signal(signal.SIGTERM, _terminated)
         with open(out / "gpu_check.log", "w", encoding="utf-8", buffering=1) as log:
             run_steps(report, args, skip, out, budget, env, log)
         report.finished = True
-    finally:  # Ctrl-C or an error outside the steps: what was done is still reported
-        signal.signal(signal.SIGTERM, on_sigterm)
+    finally:  # Ctrl-C, a SIGTERM or an error outside the steps: what was done is still reported
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
         save_report(report, out, plot=True)
         print_summary(report, budget, out)
     return 0 if report.result in ("PASS", "SKIPPED") else 1
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where the main thread is (as Ctrl-C would be)."""
+
+
 def _terminated(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signum, signal.SIG_IGN)  # once: the unwinding that follows is not interrupted
+    raise Terminated(f"signal {signum}")
 
 
 def print_summary(report: Report, budget: Budget, out: Path) -> None:
@@ -1083,4 +1097,9 @@ def print_summary(report: Report, budget: Budget, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Terminated:  # the report is saved; the conventional status of a SIGTERM
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)

@@ -31,8 +31,9 @@ ONNX Runtime writes the engine file in place, not atomically, and does not check
 - a session that fails over a folder that held engines before it (one truncated by a killed
   process or a full disk, which ONNX Runtime cannot read, or a truncated timing cache, which it
   refuses) is made again once with those files set aside: removed when it then succeeds, put
-  back when it fails again (the failure was not theirs: out of GPU memory, say); files the
-  first failing session wrote itself are kept.
+  back when it fails again (the failure was not theirs: out of GPU memory, say), except
+  where the second session wrote a file of that name (an engine it built before failing:
+  the newer one stays); files the first failing session wrote itself are kept.
 
 Where the folder cannot be made, the provider builds without the cache (said at INFO).
 
@@ -217,10 +218,14 @@ def set_aside(paths: Iterable[Path]) -> dict[Path, Path]:
 
 
 def put_back(aside: dict[Path, Path]) -> None:
-    """Undoes :func:`set_aside`, over any file of the same name written since."""
+    """Undoes :func:`set_aside` where no file of the same name was written since (that one,
+    newer, stays; the set-aside one is removed)."""
     for path, target in aside.items():
         try:
-            os.replace(target, path)
+            if path.exists():
+                target.unlink()
+            else:
+                os.replace(target, path)
         except OSError as exc:
             log.info("cannot put %s back: %s", path, exc.strerror or exc)
 
@@ -262,7 +267,7 @@ def open_with_engine_cache(settings: TensorrtEpSettings, onnx_path: str | os.Pat
             except Exception:
                 put_back(aside)
                 log.warning("ONNX Runtime's TensorRT provider failed without the cached engines "
-                            "too; they are kept in %s", folder)
+                            "too; they are kept in %s (but for any it built again)", folder)
                 raise
             remove_files(aside.values())
             log.warning("removed the cached engines ONNX Runtime's TensorRT provider could not "
