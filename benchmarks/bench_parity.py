@@ -43,7 +43,9 @@ def compare_with_reference(reference: np.ndarray, boxes: np.ndarray, config: Det
     Keys: ``passed``, ``precision``, ``reference`` / ``test`` (detection counts),
     ``matched``, ``missing_firm`` / ``extra_firm`` (unexplained differences, each must be 0),
     ``nms_ambiguous`` (excused NMS flips), ``max_score_diff``, ``min_iou``, ``tolerance``,
-    ``failures`` (why it failed, when the parity package says).
+    ``failures`` (why it failed, when the parity package says), ``missing_examples`` /
+    ``extra_examples`` (the first few missing / extra detections with their best IoU on the
+    other side, where the parity package lists them).
     """
     compare = _compare_module()
     tolerance = compare.TOLERANCES[precision].detections
@@ -57,6 +59,8 @@ def compare_with_reference(reference: np.ndarray, boxes: np.ndarray, config: Det
         "min_iou": float(c.min_iou),
         "tolerance": {"iou": tolerance.iou, "score": tolerance.score, "margin": tolerance.margin},
         "failures": [str(f) for f in getattr(c, "failures", ())],
+        "missing_examples": [list(e) for e in getattr(c, "missing_examples", ())],
+        "extra_examples": [list(e) for e in getattr(c, "extra_examples", ())],
     }
 
 
@@ -65,3 +69,15 @@ def comparison_failure(c: dict[str, Any]) -> str:
     else the unexplained missing and extra counts."""
     return ("; ".join(c.get("failures") or ())
             or f"{c['missing_firm']} missing, {c['extra_firm']} extra of {c['reference']}")
+
+
+def examples_text(c: dict[str, Any]) -> str:
+    """The missing / extra detections a :func:`compare_with_reference` row lists, one line
+    ("" where none): size, place, prob and best IoU on the other side of each."""
+    parts = []
+    for key, what in (("missing_examples", "missing"), ("extra_examples", "extra")):
+        boxes = [f"{x2 - x1:.0f}x{y2 - y1:.0f} px at ({x1:.0f}, {y1:.0f}) prob {p:.2f} "
+                 f"(best IoU {iou:.2f})" for x1, y1, x2, y2, p, iou in c.get(key) or ()]
+        if boxes:
+            parts.append(f"{what}: {'; '.join(boxes)}")
+    return " | ".join(parts)

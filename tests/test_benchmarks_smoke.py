@@ -521,3 +521,23 @@ def test_engines_take_the_batch_rows_batches(monkeypatch, tmp_path, export_dir):
         assert options["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "ort_tensorrt"))
     finally:
         bench.close()
+
+
+def test_a_failed_parity_row_lists_the_boxes_that_moved():
+    """latency.md under the parity table: which detections are missing or extra, with their
+    size, place, prob and best IoU on the other side (the comparison's examples)."""
+    compare = _bench_module("bench_parity").compare_with_reference
+    config = DetectorConfig(prob_thresh=0.5, nms_thresh=0.3)
+    ref = np.array([[0, 0, 10, 10, 0.9], [40, 40, 50, 50, 0.8]])
+    row = {"backend": "torch-cuda", **compare(ref, ref + [7, 0, 7, 0, 0], config, "fp16")}
+    assert not row["passed"]
+    parity = {"status": "ok", "reference": "cpu", "reference_detections": 2,
+              "reference_seconds": 0.1, "rows": [row]}
+    lines = _bench_module("bench_report")._parity_lines(parity)
+    assert lines[-1] == ("- `torch-cuda`: missing: 10x10 px at (0, 0) prob 0.90 (best IoU 0.18); "
+                         "10x10 px at (40, 40) prob 0.80 (best IoU 0.18) | extra: 10x10 px at "
+                         "(7, 0) prob 0.90 (best IoU 0.18); 10x10 px at (47, 40) prob 0.80 "
+                         "(best IoU 0.18)")
+    row = {"backend": "torch-cuda", **compare(ref, ref, config, "fp16")}
+    assert "Missing and extra" not in "\n".join(
+        _bench_module("bench_report")._parity_lines({**parity, "rows": [row]}))

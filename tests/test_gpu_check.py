@@ -178,7 +178,9 @@ def _bench_result(parity_passed=True, backend_status="ok", complete=True):
            "reference": 10, "test": 10, "matched": 9 if not parity_passed else 10,
            "missing_firm": 0 if parity_passed else 1, "extra_firm": 0, "nms_ambiguous": 0,
            "max_score_diff": 0.01, "min_iou": 0.95, "failures": [] if parity_passed else
-           ["missing 1 > 0 (firm reference detections without a test match at IoU >= 0.8)"]}
+           ["missing 1 > 0 (firm reference detections without a test match at IoU >= 0.8)"],
+           "missing_examples": [] if parity_passed else [[100.0, 40.0, 112.5, 55.0, 0.9, 0.62]],
+           "extra_examples": []}
     sizes = [{"image_size": [1920, 1080], "status": "ok", "levels": [], "flop_per_image": None,
               "backends": [ref, gpu],
               "parity": {"status": "ok", "reference": "cpu", "reference_detections": 10,
@@ -228,6 +230,12 @@ def test_a_profile_that_hangs_or_crashes_costs_only_itself(died):
     assert report.steps[0].status == "timeout"
 
 
+def _passed_report():
+    report = g.Report([], 270.0)
+    g.summarize_benchmark(report, _bench_result(), 1.0, "c", "")
+    return report
+
+
 def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
     report = g.Report([], 270.0)
     g.summarize_benchmark(report, _bench_result(parity_passed=False), 1.0, "c", "")
@@ -236,6 +244,9 @@ def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
     assert report.result == "FAIL"
     md = g.render_markdown(report)
     assert "| 1920x1080 | `torch-cuda` | **FAIL** |" in md and "missing 1 > 0" in md
+    assert ("- 1920x1080 `torch-cuda`: missing: 12x15 px at (100, 40) prob 0.90 (best IoU 0.62)"
+            in md)
+    assert "Missing and extra" not in g.render_markdown(_passed_report())
 
     report = g.Report([], 270.0, gpu=True)
     g.summarize_benchmark(report, _bench_result(backend_status="failed"), 1.0, "c", "")

@@ -200,6 +200,11 @@ def test_compare_detections_firm_and_borderline():
     assert drift.failures == ("dprob 6.0e-02 > 0.05",)
     moved = compare_detections(ref, ref + [7, 0, 7, 0, 0], 0.5, 0.3, TOL)  # IoU 3/17
     assert not moved.passed and moved.n_matched == 0 and moved.missing_firm == 1
+    # which box moved, and how far: the missing firm one and its new place, the borderline
+    # ones left out
+    assert moved.missing_examples == ((0, 0, 10, 10, 0.9, round(3 / 17, 4)),)
+    assert moved.extra_examples == ((7, 0, 17, 10, 0.9, round(3 / 17, 4)),)
+    assert ok.missing_examples == () and missing.missing_examples == ((0, 0, 10, 10, 0.9, 0.0),)
     # A box moved so that its old and new place overlap like two NMS rivals with tied scores
     # cannot be told from an NMS flip by the detections alone (the maps comparison catches it).
     rivals = compare_detections(ref, ref + [3, 0, 3, 0, 0], 0.5, 0.3, TOL)  # IoU 7/13

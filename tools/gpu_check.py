@@ -450,6 +450,7 @@ def render_markdown(report: Report) -> str:
                 f"{r['reference']} / {r['test']} | {r['matched']} | {r['min_iou']:.4f} | "
                 f"{r['max_score_diff']:.2e} | {r['missing_firm']} | {r['extra_firm']} | "
                 f"{'; '.join(r['failures'])} |")
+        lines += _parity_examples(report.parity)
     if report.registers:
         lines += ["", "## Registers and spills (`-Xptxas -v`)", "",
                   "| kernel | arch | registers | spill stores (B) | spill loads (B) |",
@@ -826,6 +827,17 @@ def left_for_time(notes: Iterable[str]) -> list[str]:
     """What of ``notes`` ("what: [status: ]reason") was left out for time (latency.py's
     reason starts "time budget:"), named by its "what"."""
     return sorted(n.split(":")[0] for n in notes if ": time budget:" in n)
+
+
+def _parity_examples(rows: list[dict[str, Any]]) -> list[str]:
+    """A line per parity row that lists missing or extra detections (which boxes moved)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_parity import examples_text
+
+    lines = [f"- {r['size']} `{r['backend']}`: {examples_text(r)}" for r in rows
+             if examples_text(r)]
+    return ["", "Missing and extra detections (the first few, highest prob first):", "", *lines] \
+        if lines else []
 
 
 def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -36,8 +36,8 @@ fp16 (fp16 weights and activations, float32 I/O; Polygraphy's fp32 defaults do n
     A real bug (wrong crop, normalisation, layer) moves logits by O(1) and still fails.
     Detections: IoU >= 0.8 (measured >= 0.989), ``|dprob| <= 0.05`` (measured 0.012),
     threshold margin 0.05 prob (estimated for a GPU fp16 network at 1920x1080, ResNet-101,
-    by an fp32 emulation of fp16 rounding, ``tools/fp16_parity_estimate.py``: IoU >= 0.842,
-    ``|dprob|`` 0.024: little room on IoU); NMS flips between near-tied boxes happen (a few per image on
+    by an fp32 emulation of fp16 rounding, ``tools/fp16_parity_estimate.py``: matched IoU
+    >= 0.842, ``|dprob|`` 0.024, 36 firm detections excused as NMS flips, none missing); NMS flips between near-tied boxes happen (a few per image on
     untrained weights, whose scores are flat) and are reported as NMS-ambiguous.
 
 Non-finite values (NaN, inf) in a test or reference map, or in a detection, always fail the
@@ -348,6 +348,9 @@ class DetectionComparison:
         tolerance: the limits applied.
         n_nonfinite_ref, n_nonfinite_test: detections holding NaN / inf (each must be 0);
             they take no part in the matching.
+        missing_examples, extra_examples: up to :data:`EXAMPLES` of the missing / extra
+            detections, highest prob first, each ``(x1, y1, x2, y2, prob, iou)`` with ``iou``
+            its largest IoU with a detection of the other side (which boxes moved, and how far).
         failures: every failed criterion, with the measured value and its limit.
         passed: no criterion failed.
     """
@@ -365,6 +368,8 @@ class DetectionComparison:
     tolerance: DetectionTolerance
     n_nonfinite_ref: int = 0
     n_nonfinite_test: int = 0
+    missing_examples: tuple[tuple[float, ...], ...] = ()
+    extra_examples: tuple[tuple[float, ...], ...] = ()
     failures: tuple[str, ...] = field(init=False)
     passed: bool = field(init=False)
 
@@ -384,6 +389,18 @@ class DetectionComparison:
             failures.append(f"dprob {format_stat(self.max_score_diff, 1)} > {tol.score:g}")
         self.failures = tuple(failures)
         self.passed = not failures
+
+
+#: Missing and extra detections :func:`compare_detections` lists, each side.
+EXAMPLES = 5
+
+
+def _examples(unmatched: np.ndarray, other: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """The :data:`EXAMPLES` highest-prob of ``unmatched`` (N, 5) with their best IoU against
+    ``other``."""
+    top = unmatched[np.argsort(-unmatched[:, 4], kind="stable")[:EXAMPLES]]
+    best = box_iou(top, other).max(axis=1) if len(other) else np.zeros(len(top))
+    return tuple(tuple(round(float(v), 4) for v in (*row, b)) for row, b in zip(top, best))
 
 
 def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: float,
@@ -409,8 +426,9 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
     ok_ref, ok_test = nms_ambiguous(ref, tst, m, prob_thresh, nms_thresh, tolerance)
     firm_ref = firm(ref[m.unmatched_ref]) if len(m.unmatched_ref) else np.zeros(0, bool)
     firm_test = firm(tst[m.unmatched_test]) if len(m.unmatched_test) else np.zeros(0, bool)
-    missing = int(np.count_nonzero(firm_ref & ~ok_ref))
-    extra = int(np.count_nonzero(firm_test & ~ok_test))
+    missing_rows = ref[m.unmatched_ref][firm_ref & ~ok_ref] if len(m.unmatched_ref) else ref[:0]
+    extra_rows = tst[m.unmatched_test][firm_test & ~ok_test] if len(m.unmatched_test) else tst[:0]
+    missing, extra = len(missing_rows), len(extra_rows)
     ambiguous = int(np.count_nonzero(firm_ref & ok_ref) + np.count_nonzero(firm_test & ok_test))
     diffs = np.abs(ref[m.ref_index, 4] - tst[m.test_index, 4])
     max_diff = float(diffs.max()) if len(diffs) else 0.0
@@ -420,7 +438,8 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
         missing_firm=missing, extra_firm=extra, nms_ambiguous=ambiguous,
         max_score_diff=max_diff, min_iou=float(m.iou.min()) if len(m.iou) else 1.0,
         tolerance=tolerance, n_nonfinite_ref=int(n_ref - len(ref)),
-        n_nonfinite_test=int(n_tst - len(tst)))
+        n_nonfinite_test=int(n_tst - len(tst)),
+        missing_examples=_examples(missing_rows, tst), extra_examples=_examples(extra_rows, ref))
 
 
 def format_stat(value: float, digits: int = 2) -> str:
