@@ -545,8 +545,13 @@ def test_a_sigterm_ends_the_running_step_and_saves_the_report(monkeypatch, tmp_p
 
     before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(g, "run_steps", steps)
+    handlers = []
+    save = g.save_report
+    monkeypatch.setattr(g, "save_report", lambda *a, **k: handlers.append(
+        signal.getsignal(signal.SIGTERM)) or save(*a, **k))
     with pytest.raises(g.Terminated):
         g.main(["--out", str(tmp_path)])
+    assert handlers[-1] == signal.SIG_IGN  # the final save is not cut short by another SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before  # put back
     assert seen["pythonpath"] == str(ROOT)
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -572,6 +577,18 @@ def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):
     assert g.find_tool("ncu") is None
 
 
+def test_the_sigterm_handler_fires_once():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(g.Terminated):
+            g._terminated(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # unwinding, not again
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_main_runs_outside_the_main_thread_without_its_sigterm_handler(monkeypatch, tmp_path):
     import threading
 
@@ -584,7 +601,7 @@ def test_main_runs_outside_the_main_thread_without_its_sigterm_handler(monkeypat
     assert json.loads((tmp_path / "gpu_check.json").read_text())["result"] == "skipped"
 
 
-def _gpu_run_steps(monkeypatch, tmp_path, skip, build_output):
+def _gpu_run_steps(monkeypatch, tmp_path, skip, build_output, code=0):
     """run_steps on a stand-in GPU machine whose build prints ``build_output``; the steps
     after the build are left out."""
     def environment(report, env, log):
@@ -594,7 +611,7 @@ def _gpu_run_steps(monkeypatch, tmp_path, skip, build_output):
     def fake_run(cmd, env, timeout, echo=False, log=None):
         (tmp_path / "libtinyfaces_kernels.so").write_bytes(b"")
         (tmp_path / "decode_nms_demo").write_bytes(b"")
-        return _ran(output=build_output)
+        return _ran(code, output=build_output)
 
     compiled = []
     monkeypatch.setattr(g, "environment_step", environment)
@@ -623,6 +640,9 @@ def test_the_ptxas_step_reads_the_build_and_compiles_again_only_when_it_must(mon
     report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, ("ptxas",), PTXAS)
     assert (step.status, step.summary) == ("skipped", "left out (--skip)")
     assert report.registers == [] and compiled == []
+    report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, (), PTXAS + "error\n", code=2)
+    assert report.registers == [] and compiled == []  # a failed build's rows are not reported
+    assert (step.status, step.summary) == ("skipped", "the build did not run or failed")
 
 
 def test_a_timed_out_benchmark_that_measured_a_size_says_parity_did_not_finish():

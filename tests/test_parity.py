@@ -205,6 +205,12 @@ def test_compare_detections_firm_and_borderline():
     assert moved.missing_examples == ((0, 0, 10, 10, 0.9, round(3 / 17, 4)),)
     assert moved.extra_examples == ((7, 0, 17, 10, 0.9, round(3 / 17, 4)),)
     assert ok.missing_examples == () and missing.missing_examples == ((0, 0, 10, 10, 0.9, 0.0),)
+    # at most EXAMPLES of them, highest prob first
+    many = np.array([_det(20 * i, 0, 20 * i + 10, 10, p) for i, p in
+                     enumerate((0.6, 0.9, 0.7, 0.95, 0.8, 0.65, 0.85))])
+    listed = compare_detections(many, many[:0], 0.5, 0.3, TOL)
+    assert listed.missing_firm == 7
+    assert [e[4] for e in listed.missing_examples] == [0.95, 0.9, 0.85, 0.8, 0.7]
     # A box moved so that its old and new place overlap like two NMS rivals with tied scores
     # cannot be told from an NMS flip by the detections alone (the maps comparison catches it).
     rivals = compare_detections(ref, ref + [3, 0, 3, 0, 0], 0.5, 0.3, TOL)  # IoU 7/13

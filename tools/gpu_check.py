@@ -1081,10 +1081,14 @@ def main(argv: list[str] | None = None) -> int:
             run_steps(report, args, skip, out, budget, env, log)
         report.finished = True
     finally:  # Ctrl-C, a SIGTERM or an error outside the steps: what was done is still reported
-        if on_sigterm is not None:
-            signal.signal(signal.SIGTERM, on_sigterm)
-        save_report(report, out, plot=True)
-        print_summary(report, budget, out)
+        try:
+            if on_sigterm is not None:  # a (second) SIGTERM does not cut the final save short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            save_report(report, out, plot=True)
+            print_summary(report, budget, out)
+        finally:
+            if on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
     return 0 if report.result in ("PASS", "SKIPPED") else 1
 
 
