@@ -37,8 +37,9 @@ fp16 (fp16 weights and activations, float32 I/O; Polygraphy's fp32 defaults do n
     Detections: IoU >= 0.8 (measured >= 0.989), ``|dprob| <= 0.05`` (measured 0.012),
     threshold margin 0.05 prob (estimated for a GPU fp16 network at 1920x1080, ResNet-101,
     by an fp32 emulation of fp16 rounding, ``tools/fp16_parity_estimate.py``: matched IoU
-    >= 0.842, ``|dprob|`` 0.024, 36 firm detections excused as NMS flips, none missing); NMS flips between near-tied boxes happen (a few per image on
-    untrained weights, whose scores are flat) and are reported as NMS-ambiguous.
+    >= 0.842, ``|dprob|`` 0.024, 36 firm detections excused as NMS flips, none missing);
+    NMS flips between near-tied boxes happen (a few per image on untrained weights, whose
+    scores are flat) and are reported as NMS-ambiguous.
 
 Non-finite values (NaN, inf) in a test or reference map, or in a detection, always fail the
 comparison, with a criterion saying how many were found; every failed criterion is named in
