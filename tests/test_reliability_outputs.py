@@ -99,7 +99,14 @@ def _batch(photos: Path, export_dir: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tinyfaces_trt.cli.detect", str(photos), "--model", str(export_dir),
          "--out", str(out), "--blur", "--draw"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_by_default)
+
+
+def _sigint_by_default() -> None:
+    # a suite started in the background of a script (`... &`) inherits SIGINT ignored, and so
+    # would the batch (tf-detect keeps an ignored SIGINT ignored: test_cli_interrupts.py)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
