@@ -194,7 +194,7 @@ def _parity_lines(parity: dict[str, Any]) -> list[str]:
             f"dprob <= {tol['score']:g}) | {r['reference']} / {r['test']} | {r['matched']} | "
             f"{r['min_iou']:.4f} | {r['max_score_diff']:.2e} | {r['missing_firm']} | "
             f"{r['extra_firm']} | {r['nms_ambiguous']} | {'; '.join(r['failures'])} |")
-    listed = [f"- `{r['backend']}`: {examples_text(r)}" for r in parity["rows"] if examples_text(r)]
+    listed = [f"- `{r['backend']}`: {text}" for r in parity["rows"] if (text := examples_text(r))]
     if listed:
         lines += ["", "Missing and extra detections (the first few, highest prob first):", "",
                   *listed]

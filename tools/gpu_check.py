@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.util
 import json
 import os
@@ -802,11 +803,9 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
             if impl["status"] == "failed":
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: {impl['reason']}")
             elif not vs["passed"]:
-                sys.path.insert(0, str(REPO / "benchmarks"))
-                from bench_parity import comparison_failure
-
+                failure = _bench("bench_parity").comparison_failure(vs)
                 problems.append(f"decode/NMS {row['target']} {impl['name']}: kept boxes are not "
-                                f"the numpy path's ({comparison_failure(vs)})")
+                                f"the numpy path's ({failure})")
     if died == "timed out" and not problems:
         status = "timeout"  # killed at its time limit with nothing failed so far
         problems.append(stopped)
@@ -830,21 +829,24 @@ def left_for_time(notes: Iterable[str]) -> list[str]:
     return sorted(n.split(":")[0] for n in notes if ": time budget:" in n)
 
 
+def _bench(name: str) -> Any:
+    """A module of benchmarks/ (latency.py's helpers), imported from this checkout."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 def _parity_examples(rows: list[dict[str, Any]]) -> list[str]:
     """A line per parity row that lists missing or extra detections (which boxes moved)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_parity import examples_text
-
-    lines = [f"- {r['size']} `{r['backend']}`: {examples_text(r)}" for r in rows
-             if examples_text(r)]
+    examples_text = _bench("bench_parity").examples_text
+    lines = [f"- {r['size']} `{r['backend']}`: {text}" for r in rows if (text := examples_text(r))]
     return ["", "Missing and extra detections (the first few, highest prob first):", "", *lines] \
         if lines else []
 
 
 def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_targets import format_value
-
+    format_value = _bench("bench_targets").format_value
     rows = []
     for t in result.get("targets", []):
         row = dict(t)

@@ -157,7 +157,7 @@ def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
         full.pop()
     cuda, tensorrt = PROVIDER_ALIASES["cuda"], PROVIDER_ALIASES["tensorrt"]
     if full in ([cuda], [tensorrt, cuda]):
-        return len(full) == 2
+        return full == [tensorrt, cuda]
     raise TinyFacesError(f"the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its "
                          f"providers are 'cuda' (that one alone) or 'tensorrt,cuda' (the "
                          f"default), got {providers!r}")
