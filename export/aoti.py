@@ -9,8 +9,8 @@ device), in Python (``torch._inductor.aoti_load_package``) or in C++ without Pyt
 of what ``torch.compile`` builds per shape.
 
 The price of self-contained packages: each holds, on disk and once loaded on the device, its own
-copy of the weights (about 85 MB per input shape for the ResNet-101 trunk in fp16, so about
-0.7 GB for the 8 shapes of a 1080p pyramid), where ``torch.compile`` shares one.
+copy of the weights (about 56 MB per input shape for the ResNet-101 trunk in fp16, so about
+0.45 GB for the 8 shapes of a 1080p pyramid), where ``torch.compile`` shares one.
 
 :class:`PackageCache` keeps them under
 ``<cache root>/torch_aoti/<key>/<N>x<C>x<H>x<W>.pt2`` (written atomically, ``key.json``

@@ -326,7 +326,8 @@ def test_targets_fall_back_to_the_fastest_gpu_backend_and_explain_gaps():
 
 
 def test_report_only_renders_a_committed_run(tmp_path):
-    source = ROOT / "benchmarks" / "results" / "cpu-2026-11-24.json"
+    source = ROOT / "benchmarks" / "results" / "cpu-2026-11-24-1080p.json"
+    assert json.loads(source.read_text())["schema"] == "tinyfaces-trt-latency/1"  # converted here
     path = tmp_path / source.name
     shutil.copy(source, path)
     latency = _load_latency()
@@ -334,8 +335,8 @@ def test_report_only_renders_a_committed_run(tmp_path):
     md = path.with_suffix(".md").read_text()
     upgraded = json.loads(path.read_text())
     assert upgraded["schema"] == "tinyfaces-trt-latency/2"
-    assert [s["image_size"] for s in upgraded["sizes"]] == [[640, 480]]
-    assert "## 640x480" in md and "| `onnxruntime` |" in md and "## Targets" in md
+    assert [s["image_size"] for s in upgraded["sizes"]] == [[1920, 1080]]
+    assert "## 1920x1080" in md and "| `onnxruntime` |" in md and "## Targets" in md
     assert not re.search(r"(?<![\d.])0\.0+ ms", md)
 
 

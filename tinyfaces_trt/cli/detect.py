@@ -83,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
             "result files.", 88),
         epilog="""\
 network source (pick one; the default is loud about being useless):
-  --model DIR     an export folder written by tf-export (any backend but torch)
-  --weights F     a checkpoint: torch runs it directly; onnxruntime (and tensorrt, which
-                  also builds an engine) export it once into the cache $TINYFACES_CACHE
-                  (default ~/.cache/tinyfaces_trt/<sha256 prefix>/) and reuse it later
+  --model DIR     an export folder written by tf-export (any backend but torch and
+                  torch-cuda)
+  --weights F     a checkpoint: torch and torch-cuda run it directly; the other backends
+                  export it once into the cache $TINYFACES_CACHE (default
+                  ~/.cache/tinyfaces_trt/<sha256 prefix>/; tensorrt also builds an engine
+                  there) and reuse it later
   (neither)       the seeded UNTRAINED network: detections are meaningless
 
 examples:

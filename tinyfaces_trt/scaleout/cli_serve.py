@@ -2,7 +2,7 @@
 
     tf-serve --model export/                          # http://127.0.0.1:8000, one replica
     tf-serve --model export/ --min-replicas 1 --max-replicas 4 --host 0.0.0.0
-    tf-serve --model export/ --backend torch-cuda --warmup 1920x1080   # compiled before serving
+    tf-serve --weights checkpoint_50.pth --backend torch-cuda --warmup 1920x1080   # compiled first
     curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
 """
 
@@ -43,7 +43,7 @@ endpoints:
 
 examples:
   {PROG} --model export/
-  {PROG} --model export/ --backend torch-cuda --warmup 1920x1080,1280x720
+  {PROG} --weights checkpoint_50.pth --backend torch-cuda --warmup 1920x1080,1280x720
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
   curl --data-binary @photo.jpg 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
 
