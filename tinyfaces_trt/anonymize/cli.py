@@ -54,8 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="""\
 network source (pick one):
   --model DIR     an export folder written by tf-export
-  --weights F     a checkpoint (exported once into the cache for onnxruntime/tensorrt)
+  --weights F     a checkpoint: torch and torch-cuda run it directly; the other backends
+                  export it once into the cache and reuse it
   (neither)       the seeded UNTRAINED network: its masks are meaningless (plumbing only)
+
+examples:
+  tf-anonymize dashcam.mp4 --model export/ --out anonymised/
+  tf-anonymize archive/ --weights checkpoint.pth --out anonymised/ --mode pixelate
+  tf-anonymize clip.mov --model export/ --out check/ --mode none --draw   # review boxes only
+  tf-anonymize frames/ --model export/ --out anonymised/ --ray --workers 4
 
 video: frames are decoded ahead and encoded on threads and detected in batches; output
 keeps each frame's timestamp, the resolution, rotation metadata, audio/subtitle streams
