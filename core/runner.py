@@ -20,6 +20,8 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   for all images); otherwise the detector runs images one by one. ``max_batch``: the most
   images one run takes (a TensorRT engine's profile), None for any; the detector splits a
   larger batch into runs of that many.
+- ``device``: the CUDA device a device-I/O runner works on; None for the current one. The
+  detector makes its CUDA stages on the current device and refuses a runner on another.
 
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
 memory); the detector finishes reading it first. ``warmup(shapes)`` readies input shapes
@@ -51,6 +53,7 @@ class RunnerCapabilities:
     device_io: bool = False
     batch: bool = False
     max_batch: int | None = None
+    device: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and (isinstance(self.max_batch, bool)

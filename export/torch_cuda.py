@@ -62,9 +62,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import importlib
 import logging
 import os
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -111,6 +114,12 @@ def require_cuda(device: torch.device | str = "cuda") -> torch.device:
         raise BackendUnavailableError(f"torch sees {count} CUDA device(s); {device} does not "
                                       "exist")
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def _give_back_all(leases: list[tuple[torch.device, tuple[Any, torch.cuda.Stream]]]) -> None:
+    for device, lease in leases:
+        _LEASES.give_back(device, lease)
+    leases.clear()
 
 
 class _Forward(nn.Module):
@@ -178,16 +187,67 @@ PROGRESS_MIN_S = 1.0
 MAX_COUNTED_SHAPES = 4096
 
 
+class _StreamLeases:
+    """CUDA streams of the runners' own, each lent to one runner at a time (per device).
+
+    ``torch.cuda.Stream()`` hands out torch's 32 pool streams per device in turn, so another
+    runner, another detector's CUDA stages or the caller's own torch code may get the stream a
+    CUDA graph is being captured on, and its work would be captured into the graph (or break
+    the capture). Streams made here (cuda-python, ``cudaStreamNonBlocking`` as torch's) belong
+    to the runner that took them until it gives them back (``close()``, or when it is
+    collected); they are never destroyed (torch's allocator may still record events on a
+    stream a tensor was used on), only lent again. Without cuda-python a runner takes a pool
+    stream, as before.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[tuple[Any, torch.cuda.Stream]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, device: torch.device) -> tuple[Any, torch.cuda.Stream]:
+        """(the ``cudaStream_t``, or None for a pool stream; the stream as a torch object)
+        for one runner on ``device``."""
+        with self._lock:
+            free = self._free.get(device.index)
+            if free:
+                return free.pop()
+        rt = _cuda_runtime()
+        if rt is None:
+            return None, torch.cuda.Stream(device)
+        with torch.cuda.device(device):
+            err, handle = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
+        if err != rt.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"cudaStreamCreateWithFlags on {device} failed: {err}")
+        return handle, torch.cuda.ExternalStream(int(handle), device=device)
+
+    def give_back(self, device: torch.device, lease: tuple[Any, torch.cuda.Stream]) -> None:
+        if lease[0] is not None:  # a pool stream is torch's: nothing to lend again
+            with self._lock:
+                self._free.setdefault(device.index, []).append(lease)
+
+
+_LEASES = _StreamLeases()
+
+
+def _cuda_runtime() -> Any:
+    """cuda-python's runtime API module; None where cuda-python is not installed."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.3, older
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
 class _Captured:
     """One CUDA graph with its static input and output tensors, and the callable it was
     captured from (kept: an AOTInductor model owns the weights its graph reads)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: Shape,
-                 device: torch.device, stream: torch.cuda.Stream) -> None:
+                 device: torch.device, stream: torch.cuda.Stream, side: torch.cuda.Stream) -> None:
         self.fn = fn
         self.static_in = torch.zeros(shape, device=device, dtype=torch.float32)
         # warm-up off the capture stream (compiles, picks cuDNN algorithms), as torch advises
-        side = torch.cuda.Stream(device)
         side.wait_stream(stream)
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -199,10 +259,10 @@ class _Captured:
         # stay legal ("thread_local"): only this thread's would break the capture.
         # The outer stream block puts `stream` back as the current stream even when the
         # capture fails: torch's graph context then raises before restoring it, which left
-        # its capture stream current for whatever ran next. The capture runs on the side
-        # stream, made on this runner's device: torch's own capture stream is made once, on
-        # whichever device was current at its first use (a runner on cuda:1 after one on
-        # cuda:0 could not capture).
+        # its capture stream current for whatever ran next. The capture runs on the runner's
+        # side stream (its own: nothing else queues work there), on the runner's device:
+        # torch's own capture stream is made once, on whichever device was current at its
+        # first use (a runner on cuda:1 after one on cuda:0 could not capture).
         with _no_cycle_collection(), torch.cuda.stream(stream), \
                 torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
@@ -230,9 +290,10 @@ class TorchCudaRunner(RunnerBase):
         mode: ``"compile"``, ``"aoti"``, ``"graphs"`` or ``"eager"`` (module docstring).
         cache_dir: cache root for compiled artefacts and packages (default
             :func:`~tinyfaces_trt.core.files.cache_root`).
-        stream: the CUDA stream to run on: None (a new stream), a ``torch.cuda.Stream``, or a
-            ``cudaStream_t`` handle as an int (wrapped with ``torch.cuda.ExternalStream``;
-            the detector hands its stream this way).
+        stream: the CUDA stream to run on: None (one of the runner's own, as the CUDA graph
+            captures' side stream, lent to it until :meth:`close`: :class:`_StreamLeases`), a
+            ``torch.cuda.Stream``, or a ``cudaStream_t`` handle as an int (wrapped with
+            ``torch.cuda.ExternalStream``).
         prepare_after: runs of a new input shape in plain eager before it is prepared in
             ``mode`` (0: at its first run; the detector uses :data:`PREPARE_AFTER_RUNS`).
         progress: takes a line of text for each shape whose preparing took seconds (at least
@@ -272,8 +333,12 @@ class TorchCudaRunner(RunnerBase):
         self.channels_last = channels_last
         self.mode = mode
         self.cache_dir = cache_dir
-        self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True)
+        self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True,
+                                               device=device.index)
+        self._leases: list[tuple[torch.device, tuple[Any, torch.cuda.Stream]]] = []
+        self._give_back = weakref.finalize(self, _give_back_all, self._leases)  # or at close()
         self._stream = self._make_stream(stream) if device.type == "cuda" else None
+        self._side: torch.cuda.Stream | None = None  # the captures', taken at the first one
         self._model = model
         self._eager: _Forward | None = None
         self._folded: torch.fx.GraphModule | None = None
@@ -296,13 +361,18 @@ class TorchCudaRunner(RunnerBase):
 
     def _make_stream(self, stream: int | torch.cuda.Stream | None) -> torch.cuda.Stream:
         if stream is None:
-            return torch.cuda.Stream(self.device)
+            return self._lease()
         if isinstance(stream, torch.cuda.Stream):
             return stream
         if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
             return torch.cuda.ExternalStream(int(stream), device=self.device)
         raise TypeError(f"stream must be None, a torch.cuda.Stream or a cudaStream_t int, "
                         f"got {type(stream).__name__}")
+
+    def _lease(self) -> torch.cuda.Stream:
+        lease = _LEASES.take(self.device)
+        self._leases.append((self.device, lease))
+        return lease[1]
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -412,7 +482,10 @@ class TorchCudaRunner(RunnerBase):
             return
         if self._stream is not None:
             self._stream.synchronize()
+        if self._side is not None:
+            self._side.synchronize()
         self._closed = True
+        self._give_back()  # the streams are lent to the next runner
         self._last_input = None
         self._producer_event = None
         self._callables.clear()
@@ -546,7 +619,11 @@ class TorchCudaRunner(RunnerBase):
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],
                  shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself)."""
-        return fn if self._stream is None else _Captured(fn, shape, self.device, self._stream)
+        if self._stream is None:
+            return fn
+        if self._side is None:
+            self._side = self._lease()
+        return _Captured(fn, shape, self.device, self._stream, self._side)
 
     def _unprepared_forward(self) -> nn.Module:
         """What a shape runs before it is prepared: where the mode compiles, the folded

@@ -11,6 +11,7 @@ stages for their CUDA versions (device-resident buffers). Everything else is sha
 from __future__ import annotations
 
 import operator
+import threading
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -18,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ImageError
+from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import (
@@ -81,6 +82,10 @@ def _require_stage(stage: object, protocol: type) -> Any:
 class Detector:
     """The Tiny Faces detector over a pluggable network runner.
 
+    One image (or batch) at a time: the stages keep per-image state and reuse their buffers,
+    so calls from several threads take turns (a lock), and ``close()`` waits for the one
+    running. For images in parallel, use one detector per thread or GPU.
+
     Args:
         runner: the network (ONNX Runtime, TensorRT, torch reference, ...): a
             :class:`~tinyfaces_trt.core.runner.NetworkRunner`, e.g. a ``RunnerBase`` subclass.
@@ -108,6 +113,8 @@ class Detector:
         self.postprocessor: Postprocessor = _require_stage(
             postprocessor or HostPostprocessor(self.config), Postprocessor)
         self._identity = identity
+        self._lock = threading.RLock()  # reentrant: close() from a finalizer mid-detect
+        self._closed = False
 
     @property
     def identity(self) -> ModelIdentity | None:
@@ -197,10 +204,12 @@ class Detector:
         elif caps.max_batch is not None and batches[-1] > caps.max_batch:
             batches = [n for n in batches if n < caps.max_batch] + [caps.max_batch]
         plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
-        for levels in plans.values():
-            self.runner.check_levels(levels)
-        self.runner.warmup([(n, 3, level.height, level.width)
-                            for levels in plans.values() for n in batches for level in levels])
+        with self._lock:
+            self._check_open()
+            for levels in plans.values():
+                self.runner.check_levels(levels)
+            self.runner.warmup([(n, 3, level.height, level.width)
+                                for levels in plans.values() for n in batches for level in levels])
         for height, width in plans:
             blank = np.zeros((height, width, 3), np.uint8)
             for n in batches:
@@ -211,28 +220,37 @@ class Detector:
              timings: MutableMapping[str, float] | None) -> list[np.ndarray]:
         """The data flow for validated images of one size, all levels batched."""
         height, width = images[0].shape[:2]
-        clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
         levels = self.plan(height, width)
-        self.runner.check_levels(levels)  # refuse the whole image before running any level
-        self.postprocessor.reset(height, width, len(images))
-        for level in levels:
-            if len(images) == 1:
-                net_input = self.preprocessor.prepare(images[0], level)
-            else:
-                net_input = self.preprocessor.prepare_batch(images, level)
-            clock.lap("preprocess")
-            score_map = self.runner.run(net_input)
-            clock.lap("network")
-            self.postprocessor.add_level(score_map, level)
-            clock.lap("decode")
-        boxes = self.postprocessor.finish_all()
-        clock.lap("nms")
+        with self._lock:
+            self._check_open()
+            self.runner.check_levels(levels)  # refuse the whole image before running any level
+            clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
+            self.postprocessor.reset(height, width, len(images))
+            for level in levels:
+                if len(images) == 1:
+                    net_input = self.preprocessor.prepare(images[0], level)
+                else:
+                    net_input = self.preprocessor.prepare_batch(images, level)
+                clock.lap("preprocess")
+                score_map = self.runner.run(net_input)
+                clock.lap("network")
+                self.postprocessor.add_level(score_map, level)
+                clock.lap("decode")
+            boxes = self.postprocessor.finish_all()
+            clock.lap("nms")
         return boxes
 
     def close(self) -> None:
-        """Releases the stages' and the runner's memory (device buffers); idempotent. Every
-        part is closed even when one fails; the first failure is raised afterwards."""
-        close_all((self.preprocessor, self.postprocessor, self.runner))
+        """Releases the stages' and the runner's memory (device buffers), once the image
+        another thread may be detecting is done; idempotent. Every part is closed even when
+        one fails; the first failure is raised afterwards."""
+        with self._lock:
+            self._closed = True
+            close_all((self.preprocessor, self.postprocessor, self.runner))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TinyFacesError("this detector is closed")
 
     def __enter__(self) -> "Detector":
         return self

@@ -73,6 +73,7 @@ class HostCudart:
         self.pinned: dict[int, int] = {}
         self.foreign: dict[Any, tuple[int, int]] = {}
         self.streams: set[int] = set()
+        self.non_blocking: set[int] = set()  # of the streams: those made cudaStreamNonBlocking
         self.events: set[int] = set()
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, int]] = []
@@ -103,6 +104,7 @@ class HostCudart:
         self.pinned.clear()
         self.foreign.clear()
         self.streams.clear()
+        self.non_blocking.clear()
         self.events.clear()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -231,11 +233,22 @@ class HostCudart:
         self.streams.add(handle)
         return self._ok(self._real.cudaStream_t(handle))
 
+    def cudaStreamCreateWithFlags(self, flags: Any) -> tuple[Any, ...]:
+        self._validate("cudaStreamCreateWithFlags", flags)
+        if int(flags) not in (int(self._real.cudaStreamDefault), int(self._real.cudaStreamNonBlocking)):
+            return self._error("cudaErrorInvalidValue")
+        handle = self._handle()
+        self.streams.add(handle)
+        if int(flags):
+            self.non_blocking.add(handle)
+        return self._ok(self._real.cudaStream_t(handle))
+
     def cudaStreamDestroy(self, stream: Any) -> tuple[Any, ...]:
         self._validate("cudaStreamDestroy", stream)
         if int(stream) not in self.streams:
             return self._error("cudaErrorInvalidResourceHandle")
         self.streams.discard(int(stream))
+        self.non_blocking.discard(int(stream))
         return self._ok()
 
     def cudaStreamSynchronize(self, stream: Any) -> tuple[Any, ...]:

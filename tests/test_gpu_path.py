@@ -43,6 +43,7 @@ from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 class CudaLog:
     calls: list[tuple] = field(default_factory=list)
     next_ptr: int = 0x1000
+    device: int = 0  # the calling thread's current CUDA device
     memory: dict[int, bytes] = field(default_factory=dict)  # what a download of a pointer gets
 
     def alloc(self, nbytes: int) -> int:
@@ -53,6 +54,7 @@ class CudaLog:
 def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
     class Stream:
         created = 100
+        live = True
 
         def __init__(self, handle: int | None = None) -> None:
             if handle is None:
@@ -112,7 +114,8 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
     monkeypatch.setattr(cuda_stages, "DeviceBuffer", DeviceBuffer)
     monkeypatch.setattr(cuda_stages, "PinnedBuffer", PinnedBuffer)
     monkeypatch.setattr(cuda_stages, "_require_gpu", lambda: None)
-    monkeypatch.setattr(cuda_stages._Scratch.__init__, "__defaults__", (DeviceBuffer,))
+    monkeypatch.setattr(cuda_device, "current_device", lambda: log.device)
+    monkeypatch.setattr(cuda_stages._Scratch.__init__, "__defaults__", (DeviceBuffer, None))
 
 
 class FakeKernels:
@@ -126,7 +129,8 @@ class FakeKernels:
         return 64
 
     def resize_normalize(self, src: int, h: int, w: int, dst: int, oh: int, ow: int, *rest: Any) -> None:
-        self.log.calls.append(("resize", src, dst, oh, ow, cuda_device._stream_handle(rest[-1])))
+        workspace = rest[2].ptr
+        self.log.calls.append(("resize", src, dst, oh, ow, workspace, cuda_device._stream_handle(rest[-1])))
 
     def candidates_size(self, capacity: int) -> int:
         return 16 * capacity + 64
@@ -212,6 +216,41 @@ def test_device_runner_gets_cuda_stages_on_its_own_stream(monkeypatch):
     assert isinstance(detector.preprocessor, cuda_stages.CudaPreprocessor)
     assert isinstance(detector.postprocessor, cuda_stages.CudaPostprocessor)
     assert detector.preprocessor.stream.handle == detector.postprocessor.stream.handle == 7
+
+
+def test_stages_are_made_and_run_only_on_the_runners_device(monkeypatch):
+    """The CUDA stages allocate and launch on the thread's current device: a runner on another
+    device (torch-cuda on cuda:1) is refused at build, and a detector called from a thread
+    whose current device is another (a new thread starts on device 0) fails before any work,
+    each naming the fix (not a kernel launch error per image)."""
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    monkeypatch.setattr(cuda_stages, "_load", lambda library: FakeKernels(log))
+    runner = FakeDeviceRunner(log, handle=7)
+    runner.capabilities = RunnerCapabilities(device_io=True, batch=True, device=1)
+    with pytest.raises(TinyFacesError) as refused:
+        detector_for(runner, DetectorConfig())
+    assert str(refused.value) == (
+        "the runner (FakeDeviceRunner) is on CUDA device 1, but this thread's current CUDA device "
+        "is 0: make device 1 current in this thread first (torch.cuda.set_device(1), "
+        "cudaSetDevice), or run the process with CUDA_VISIBLE_DEVICES=1 (it is then device 0)")
+    assert not [c for c in log.calls if c[0] in ("resize", "run")]
+    log.device = 1
+    detector = detector_for(runner, DetectorConfig())
+    image = synthetic_image(40, 56)
+    detector.detect(image)
+    launches = len(log.calls)
+    log.device = 0  # another thread
+    with pytest.raises(TinyFacesError, match=r"^this detector \(its CUDA decode and NMS\) is on "
+                                             r"CUDA device 1, but this thread's current CUDA "
+                                             r"device is 0: make device 1 current"):
+        detector.detect(image)
+    level = detector.plan(40, 56)[0]
+    with pytest.raises(TinyFacesError, match=r"^this detector \(its CUDA resize\) is on CUDA device 1"):
+        detector.preprocessor.prepare(image, level)
+    assert len(log.calls) == launches  # nothing was queued
+    log.device = 1
+    assert len(detector.detect(image)) == 0
 
 
 def test_device_runner_without_cuda_stages_falls_back_loudly_or_fails_when_required(monkeypatch, caplog):
@@ -313,6 +352,64 @@ def test_timed_detection_waits_for_every_part_and_close_closes_each_once():
     assert [p.closes for p in parts] == [1, 1, 1]
 
 
+def test_threads_sharing_a_detector_take_turns_and_get_their_own_boxes():
+    """The stages keep one image's state between reset and finish: detect from several threads
+    (a web service's thread pool) runs one image at a time, each thread gets its image's boxes,
+    close() waits for the image in flight, and the images after it are refused."""
+    import threading
+    import time
+
+    class SlowRunner(HostRunner):
+        inside = most = 0
+        closed_while_running = False
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            SlowRunner.inside += 1
+            SlowRunner.most = max(SlowRunner.most, SlowRunner.inside)
+            time.sleep(0.002)
+            SlowRunner.inside -= 1
+            # a score map that depends on the input: each image gets its own boxes
+            scores = np.zeros((x.shape[0], 125, -(-x.shape[2] // 8), -(-x.shape[3] // 8)),
+                              np.float32)
+            scores[:, :25] = -9.0  # the templates' scores; no box regression
+            scores[:, 4, 1, 1] = 3.0 + x[:, 0, 0, 0]
+            return scores
+
+        def close(self) -> None:
+            SlowRunner.closed_while_running |= SlowRunner.inside > 0
+
+    config = DetectorConfig()
+    detector = Detector(SlowRunner(), config)
+    images = [synthetic_image(40, 56, seed=seed) for seed in range(6)]
+    expected = [detector.detect(image) for image in images]
+    assert len({e.tobytes() for e in expected}) > 1  # the images' boxes differ
+    got: dict[int, Any] = {}
+
+    def detect(i: int) -> None:
+        try:
+            got[i] = detector.detect(images[i])
+        except TinyFacesError as exc:
+            got[i] = exc
+
+    threads = [threading.Thread(target=detect, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.005)
+    detector.close()  # while they run: waits for the image in flight
+    for thread in threads:
+        thread.join()
+    assert SlowRunner.most == 1 and not SlowRunner.closed_while_running
+    done = [i for i, boxes in got.items() if isinstance(boxes, np.ndarray)]
+    assert done and len(got) == len(images)
+    for i in done:
+        np.testing.assert_array_equal(got[i], expected[i])
+    assert all(str(got[i]) == "this detector is closed" for i in got if i not in done)
+    with pytest.raises(TinyFacesError, match="this detector is closed"):
+        detector.detect(images[0])
+    with pytest.raises(TinyFacesError, match="this detector is closed"):
+        detector.warmup([(40, 56)])
+
+
 def test_detector_for_closes_the_stages_it_made_when_the_detector_fails(monkeypatch):
     import tinyfaces_trt.runtime.backends as backends
 
@@ -394,6 +491,58 @@ def test_levels_of_one_shape_get_their_own_input_buffers(monkeypatch):
     inputs = [detector.preprocessor.prepare(image, lv).ptr for lv in levels]
     assert inputs[0] != inputs[1]
     assert [c[2] for c in log.calls if c[0] == "resize"] == inputs
+
+
+def _frees_of_busy_memory(calls: list[tuple]) -> list[int]:
+    """The pointers freed while a resize or a network run that used them may still be queued:
+    a launch is known done once a host wait (sync) covers its stream, or a stream that waited
+    (an event recorded right before the wait) for it."""
+    covered: dict[int, set[int]] = {}  # per stream: the launches its queue comes after
+    done: set[int] = set()
+    uses: dict[int, set[int]] = {}  # per pointer: the launches that used it
+    recorded: set[int] = set()
+    busy = []
+    for i, call in enumerate(calls):
+        kind, stream = call[0], call[-1]
+        if kind in ("resize", "run"):
+            covered.setdefault(stream, set()).add(i)
+            pointers = (call[1], call[2], call[5]) if kind == "resize" else (call[1],)
+            for ptr in pointers:
+                uses.setdefault(ptr, set()).add(i)
+        elif kind == "record":
+            recorded = set(covered.get(stream, ()))
+        elif kind == "wait":
+            covered.setdefault(stream, set()).update(recorded)
+        elif kind == "sync":
+            done |= covered.get(stream, set())
+        elif kind == "free" and not uses.get(call[1], set()) <= done:
+            busy.append(call[1])
+    return busy
+
+
+def test_memory_is_freed_only_once_the_work_queued_on_it_is_done(monkeypatch):
+    """The resize workspace grows level by level (levels are resized small to large) while the
+    earlier levels' resizes may still be queued; closing a detector whose detect was cut short
+    frees what queued resizes and the network may still read. Neither may count on cudaFree
+    waiting for the device (it only "may"): the stream is waited for first, after the
+    runner's work."""
+    detector, log = _device_detector(monkeypatch, stage_stream=3)
+    detector.preprocessor.lib.resize_workspace_size = lambda h, w, oh, ow: 4 * oh * ow
+    detector.detect(synthetic_image(40, 56))
+    assert sum(c[0] == "free" for c in log.calls) >= 2  # the workspace grew, level by level
+    assert _frees_of_busy_memory(log.calls) == []
+    image = synthetic_image(60, 84)  # larger: the input buffers grow too
+    levels = detector.plan(60, 84)
+    detector.postprocessor.reset(60, 84)
+    for level in levels[:2]:
+        detector.postprocessor.add_level(detector.runner.run(detector.preprocessor.prepare(image, level)),
+                                         level)
+    detector.runner.run(detector.preprocessor.prepare(image, levels[2]))  # then Ctrl-C
+    detector.close()
+    assert _frees_of_busy_memory(log.calls) == []
+    assert [c for c in log.calls if c[0] == "free"], "close() freed nothing"
+    detector.close()  # idempotent: nothing queued or freed twice
+    assert _frees_of_busy_memory(log.calls) == []
 
 
 def test_per_image_host_work_is_done_once_per_size_and_scale(monkeypatch):

@@ -815,7 +815,7 @@ def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):
 
     model = Model()
     alive = weakref.ref(model)
-    captured = torch_cuda._Captured(model, (1, 3, 4, 4), torch.device("cpu"), Stream())
+    captured = torch_cuda._Captured(model, (1, 3, 4, 4), torch.device("cpu"), Stream(), Stream())
     del model
     gc.collect()
     assert alive() is not None, "the captured model was collected while its graph lives"
@@ -881,18 +881,17 @@ def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(mo
     capturing); other threads' CUDA calls must not break it."""
     stand_ins = _CaptureStandIns(monkeypatch)
     assert gc.isenabled()
-    runner_stream = stand_ins.stream()
-    torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), runner_stream)
+    runner_stream, side = stand_ins.stream(), stand_ins.stream()
+    torch_cuda._Captured(lambda x: x * 2, (1, 3, 4, 4), torch.device("cpu"), runner_stream, side)
     (capture,) = stand_ins.captures
-    side = capture.pop("stream")  # made on the runner's device, not torch's shared one
-    assert side is not runner_stream and side.device == torch.device("cpu")
+    assert capture.pop("stream") is side  # the runner's side stream, not torch's shared one
     assert capture == {"gc_enabled": False, "capture_error_mode": "thread_local"}
     assert gc.isenabled()
     assert stand_ins.current == "the caller's stream"
     stand_ins.fail_capture = True
     runner_stream = stand_ins.stream()
     with pytest.raises(RuntimeError, match="during capture"):
-        torch_cuda._Captured(lambda x: x, (1, 3, 4, 4), torch.device("cpu"), runner_stream)
+        torch_cuda._Captured(lambda x: x, (1, 3, 4, 4), torch.device("cpu"), runner_stream, side)
     assert gc.isenabled(), "a failed capture left cycle collection off"
     assert stand_ins.current == "the caller's stream", \
         "a failed capture left torch's capture stream current"
@@ -903,7 +902,8 @@ def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
     model, x = stand_in(), net_input()
     runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
     runner.mode = "graphs"  # as on a GPU (a CPU runner refuses it) ...
-    runner._stream = stand_ins.stream()  # ... where the runner has a stream to capture on
+    runner._stream = stand_ins.stream()  # ... where the runner has streams to capture on
+    runner._side = stand_ins.stream()
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
         fn = runner._callable(INPUT_SHAPE)
     assert "capturing a CUDA graph failed for input shape (2, 3, 32, 48) (RuntimeError: CUDA " \
@@ -914,6 +914,87 @@ def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
     with torch.no_grad():
         out = fn(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
+
+
+class _ExternalStream(SimpleNamespace):
+    """torch.cuda.ExternalStream's stand-in: the handle it wraps, nothing run."""
+
+    def __init__(self, handle, device=None):
+        super().__init__(cuda_stream=handle, device=device)
+
+    def synchronize(self):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def own_streams(monkeypatch):
+    """torch_cuda's stream leases over the host CUDA runtime (tests/host_cudart.py: the
+    streams are made for real, on the host) with torch's CUDA calls stood in; a fresh set of
+    leases per test."""
+    import host_cudart
+
+    if host_cudart.missing():
+        pytest.skip(host_cudart.missing())
+    cudart = host_cudart.install(monkeypatch)
+    monkeypatch.setattr(torch_cuda, "_cuda_runtime", lambda: cudart)
+    monkeypatch.setattr(torch_cuda.torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch_cuda.torch.cuda, "ExternalStream", _ExternalStream)
+    monkeypatch.setattr(torch_cuda, "_LEASES", torch_cuda._StreamLeases())
+    return cudart
+
+
+def test_streams_of_its_own_are_lent_to_one_runner_at_a_time(own_streams):
+    """torch's pool hands its 32 streams per device out in turn (another runner or the
+    caller's torch code would get the one a graph is being captured on): a runner takes
+    non-blocking streams of its own, which no other runner gets until it is closed or
+    collected; they are then lent again, never destroyed."""
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    a, b, c = (TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+               for _ in range(3))
+    for r in (a, b, c):
+        r.device = cuda0  # as on a GPU, where __init__ leases the runner's stream
+    first = a._lease(), a._lease()  # its stream and its captures' side stream
+    second = b._lease()
+    handles = {s.cuda_stream for s in (*first, second)}
+    assert len(handles) == 3 and handles <= own_streams.non_blocking
+    a.close()
+    again = c._lease(), c._lease(), c._lease()
+    assert {s.cuda_stream for s in again[:2]} == {s.cuda_stream for s in first}  # lent again
+    assert again[2].cuda_stream not in handles
+    del b
+    gc.collect()  # collected without close(): its stream comes back too
+    c.device = cuda1
+    assert c._lease().cuda_stream not in handles  # per device
+    c.device = cuda0
+    assert c._lease().cuda_stream == second.cuda_stream
+    assert len(own_streams.non_blocking) == len(own_streams.streams) == 5  # none destroyed
+
+
+def test_without_cuda_python_a_runner_takes_torchs_pool_stream(own_streams, monkeypatch):
+    monkeypatch.setattr(torch_cuda, "_cuda_runtime", lambda: None)  # no cuda-python
+    monkeypatch.setattr(torch_cuda.torch.cuda, "Stream", lambda device=None: ("pool", device))
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.device = torch.device("cuda", 0)
+    assert runner._lease() == ("pool", torch.device("cuda", 0))
+    runner.close()
+    assert torch_cuda._LEASES._free == {}  # torch's own: nothing to lend again
+
+
+def test_captures_run_on_the_runners_one_side_stream(own_streams, monkeypatch):
+    stand_ins = _CaptureStandIns(monkeypatch)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.mode, runner.device = "graphs", torch.device("cuda", 0)
+    runner._stream = runner._lease()
+    runner.device = torch.device("cpu")  # the stand-in tensors stay on the CPU
+    runner._callable((1, 3, 32, 48))
+    runner._callable((1, 3, 16, 24))
+    sides = [capture["stream"] for capture in stand_ins.captures]
+    assert len(sides) == 2 and sides[0] is sides[1] is runner._side
+    assert runner._side.cuda_stream in own_streams.non_blocking
+    assert runner._side.cuda_stream != runner._stream.cuda_stream
 
 
 @pytest.fixture

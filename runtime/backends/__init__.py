@@ -243,14 +243,17 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
             False: host stages.
         identity: the model's identity (weights hash, untrained flag) the detector reports.
     """
-    if not capabilities_of(require_runner(runner)).device_io or gpu_stages is False:
+    caps = capabilities_of(require_runner(runner))
+    if not caps.device_io or gpu_stages is False:
         if gpu_stages:
             raise BackendUnavailableError(
                 f"{type(runner).__name__} is not a device-I/O runner: the CUDA stages need one")
         return Detector(runner, config, identity=identity)
     try:
-        from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
+        from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages, require_current_device
 
+        if caps.device is not None:  # the stages are made on the current device
+            require_current_device(caps.device, f"the runner ({type(runner).__name__})")
         pre, post = cuda_stages(config, runner_stream=runner.stream)
     except BackendUnavailableError as exc:
         if gpu_stages:

@@ -117,6 +117,11 @@ class Stream:
         """The ``cudaStream_t`` as an int (0 only for the legacy default stream)."""
         return int(self._live())
 
+    @property
+    def live(self) -> bool:
+        """False once closed."""
+        return self._stream is not None
+
     def synchronize(self) -> None:
         """Waits until every operation queued on the stream has finished."""
         check(self._rt.cudaStreamSynchronize(self._live()), "cudaStreamSynchronize")

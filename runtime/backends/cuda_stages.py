@@ -33,7 +33,7 @@ import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, NonFiniteScoresError, ScoreMapError,
-                                       StageOrderError)
+                                       StageOrderError, TinyFacesError)
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
@@ -60,6 +60,19 @@ def _require_gpu() -> None:
         raise BackendUnavailableError("the CUDA stages need a CUDA GPU and driver; none is visible")
 
 
+def require_current_device(device: int, who: str) -> None:
+    """Raises :class:`TinyFacesError` where ``device`` is not this thread's current CUDA device
+    (the current device is per thread: a new thread starts on device 0), on which the CUDA
+    stages allocate and launch."""
+    current = cuda_device.current_device()
+    if current != device:
+        raise TinyFacesError(
+            f"{who} is on CUDA device {device}, but this thread's current CUDA device is "
+            f"{current}: make device {device} current in this thread first "
+            f"(torch.cuda.set_device({device}), cudaSetDevice), or run the process with "
+            f"CUDA_VISIBLE_DEVICES={device} (it is then device 0)")
+
+
 def _as_stream(stream: Stream | int | None) -> Stream:
     if isinstance(stream, Stream):
         return stream
@@ -67,14 +80,19 @@ def _as_stream(stream: Stream | int | None) -> Stream:
 
 
 class _Scratch:
-    """A buffer that grows on demand (contents are not kept when it grows)."""
+    """A buffer that grows on demand (contents are not kept when it grows). Work queued on
+    ``stream`` may still use the old buffer: the stream is waited for before it is freed
+    (cudaFree only "may" synchronise)."""
 
-    def __init__(self, factory: Any = DeviceBuffer) -> None:
+    def __init__(self, factory: Any = DeviceBuffer, stream: Stream | None = None) -> None:
         self.factory = factory
+        self.stream = stream
         self.buffer: Any = None
 
     def get(self, nbytes: int) -> Any:
         if self.buffer is None or self.buffer.nbytes < nbytes:
+            if self.buffer is not None and self.stream is not None:
+                self.stream.synchronize()
             self.free()
             self.buffer = self.factory(max(int(nbytes), 1))
         return self.buffer
@@ -113,10 +131,12 @@ class CudaPreprocessor:
         self._scale, self._bias = config.normalization.scale_and_bias()
         self._staging = _Scratch(PinnedBuffer)
         self._uploaded: cuda_device.Event | None = None
-        self._images = _Scratch()
-        self._workspace = _Scratch()
+        self._images = _Scratch(stream=self.stream)
+        self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._sources: list[np.ndarray] = []
+        self._closed = False
+        self.device = cuda_device.current_device()  # where the buffers are made
 
     def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
         """Stages the images in pinned memory and queues one async upload of all of them
@@ -147,6 +167,8 @@ class CudaPreprocessor:
         """N (H, W, 3) uint8 RGB images of one size -> the level's (N, 3, h, w) float32 input."""
         images = validate_batch(images)
         height, width = images[0].shape[:2]
+        if level.index == 0:
+            require_current_device(self.device, "this detector (its CUDA resize)")
         self._upload(images, level.index == 0)
         if level.index == 0:
             self._from_runner.after()
@@ -180,8 +202,14 @@ class CudaPreprocessor:
         self._levels = {}
 
     def close(self) -> None:
-        """Frees the device and pinned buffers and the event, and destroys the stream if it
-        was made here (idempotent)."""
+        """Waits for the work queued on the buffers (the runner's too: it reads the levels),
+        frees the device and pinned buffers and the event, and destroys the stream if it was
+        made here (idempotent)."""
+        if self._closed:
+            return
+        if self.stream.live:  # an interrupted detect leaves work queued
+            self._from_runner.after()
+            self.stream.synchronize()
         if self._uploaded is not None:
             self._uploaded.synchronize()
             self._uploaded.close()
@@ -194,6 +222,7 @@ class CudaPreprocessor:
         self._sources = []
         if self._own_stream:
             self.stream.close()
+        self._closed = True
 
 
 def _remember(cache: dict, key: Any, value: Any, limit: int = 256) -> None:
@@ -206,8 +235,8 @@ def _remember(cache: dict, key: Any, value: Any, limit: int = 256) -> None:
 class _ImageCandidates:
     """One image's device candidate buffer and the key base of its next level."""
 
-    def __init__(self) -> None:
-        self.buffer = _Scratch()
+    def __init__(self, stream: Stream) -> None:
+        self.buffer = _Scratch(stream=stream)
         self.capacity = 0
         self.key_base = 0
 
@@ -259,15 +288,17 @@ class CudaPostprocessor:
         self._templates = np.asarray(config.templates, dtype=np.float64)[:, :4]
         self._images: list[_ImageCandidates] = []
         self._count = 0
-        self._scores = _Scratch()
-        self._workspace = _Scratch()
-        self._out = _Scratch()
-        self._stats = _Scratch()
+        self._scores = _Scratch(stream=self.stream)
+        self._workspace = _Scratch(stream=self.stream)
+        self._out = _Scratch(stream=self.stream)
+        self._stats = _Scratch(stream=self.stream)
         self._image_hw: tuple[int, int] | None = None
         self.last_stats: dict[str, int] = {}
         # host work done once per image size / level scale, not per image (~0.2 ms each)
         self._capacities: dict[tuple[int, int], int] = {}
         self._decode_params: dict[float, Any] = {}
+        self._closed = False
+        self.device = cuda_device.current_device()  # where the buffers are made
 
     def _capacity_bound(self, height: int, width: int) -> int:
         """Most candidates the planned pyramid can produce: active templates x cells per level."""
@@ -280,13 +311,14 @@ class CudaPostprocessor:
 
     def reset(self, image_height: int, image_width: int, count: int = 1) -> None:
         """Starts ``count`` new images of one size; sizes each candidate buffer for its pyramid."""
+        require_current_device(self.device, "this detector (its CUDA decode and NMS)")
         self._image_hw = (int(image_height), int(image_width))
         capacity = self._capacities.get(self._image_hw)
         if capacity is None:
             capacity = min(self._capacity_bound(*self._image_hw), self._binding.MAX_CAPACITY)
             _remember(self._capacities, self._image_hw, capacity)
         while len(self._images) < count:
-            self._images.append(_ImageCandidates())
+            self._images.append(_ImageCandidates(self.stream))
         self._count = int(count)
         for image in self._images[:count]:
             image.reset(self.lib, capacity, self.stream)
@@ -397,8 +429,14 @@ class CudaPostprocessor:
         self.stream.synchronize()
 
     def close(self) -> None:
-        """Frees the device buffers and the events, and destroys the stream if it was made
-        here (idempotent)."""
+        """Waits for the work queued on the buffers (and for the runner's score maps it
+        decodes), frees the device buffers and the events, and destroys the stream if it was
+        made here (idempotent)."""
+        if self._closed:
+            return
+        if self.stream.live:  # an interrupted detect leaves work queued
+            self._after_runner.after()
+            self.stream.synchronize()
         for image in self._images:
             image.buffer.free()
         self._images = []
@@ -408,6 +446,7 @@ class CudaPostprocessor:
         self._before_runner.close()
         if self._own_stream:
             self.stream.close()
+        self._closed = True
 
 
 def cuda_stages(config: DetectorConfig, stream: Stream | int | None = None, library: Any = None,

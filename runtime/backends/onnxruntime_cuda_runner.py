@@ -171,8 +171,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     def run(self, net_input: Any) -> Any:
         """A numpy input runs on the host path and returns numpy; a device input (any object
         with ``__cuda_array_interface__``; the runner's stream waits for the stream the
-        interface names, else its producer must be ordered before :attr:`stream`) returns a
-        :class:`~.cuda_device.DeviceArray` made on :attr:`stream`."""
+        interface names, else its producer must be ordered before :attr:`stream`, and a torch
+        tensor ``record_stream``-ed on it) returns a :class:`~.cuda_device.DeviceArray` made on
+        :attr:`stream`."""
         if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
             scores = super().run(net_input)
             self._last = None  # that run waited for ORT's work: nothing reads the last input

@@ -285,7 +285,8 @@ class TensorRTRunner(RunnerBase):
                 :class:`~.cuda_device.DeviceArray` or any object with
                 ``__cuda_array_interface__``, e.g. from the CUDA preprocessor; the runner's
                 stream waits for the stream the interface names, else the caller orders its
-                producer before :attr:`stream`). It is kept alive until the next run.
+                producer before :attr:`stream`, and ``record_stream``-s a torch tensor on it:
+                keeping it alive until the next run does not stop torch's allocator reusing it).
 
         Returns:
             For a host input, the score map as a numpy array. For a device input, a
