@@ -62,6 +62,23 @@ class TensorRTUnavailableError(BackendUnavailableError):
     than TensorRT 10)."""
 
 
+def reraise_interrupt(exc: BaseException) -> None:
+    """Raises the KeyboardInterrupt ``exc`` was caused by, if any, before a fallback treats
+    ``exc`` as an ordinary failure: libraries wrap an interrupt (torch.export raised an
+    AttributeError while handling one, then its own error), and a Ctrl-C answered by "trying
+    the other exporter" would finish the job it was to stop."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): what a
     one-line warning or error quotes of a library's exception."""

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
+from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, first_line,
+                                       reraise_interrupt)
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
@@ -113,6 +114,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
     try:
         model = fold_batchnorm(model)
     except Exception as exc:  # fx cannot trace every module; the exporter folds it then
+        reraise_interrupt(exc)
         if log:
             log(f"  BatchNorm not folded before the export ({type(exc).__name__}: "
                 f"{first_line(exc)}); exporting the model as it is")
@@ -123,6 +125,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
         with _quiet_exporter(), torch.no_grad():
             proto = _export_dynamo(model, sample, opset)
     except Exception as first:  # the exporter raises many unrelated types
+        reraise_interrupt(first)
         if log:
             log(f"  torch.export-based exporter failed ({type(first).__name__}: "
                 f"{str(first).splitlines()[0] if str(first) else ''}); trying the TorchScript exporter")
@@ -130,6 +133,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
             with _quiet_exporter(), torch.no_grad():
                 proto = _export_torchscript(model, sample, opset)
         except Exception as second:
+            reraise_interrupt(second)
             raise TinyFacesError(f"ONNX export failed with both torch exporters: {first!r}; {second!r}") from second
     _name_dims(proto)
     proto.producer_name = "tinyfaces-trt"

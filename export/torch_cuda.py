@@ -78,7 +78,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, first_line
+from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, first_line,
+                                       reraise_interrupt)
 from tinyfaces_trt.core.locks import LockOutcome
 from tinyfaces_trt.core.profiles import format_shape
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -591,6 +592,7 @@ class TorchCudaRunner(RunnerBase):
                          else self._aoti(shape, record))
                 fn = self._capture(built, shape)
             except Exception as exc:  # export, Inductor, Triton, the C++ compiler, the capture
+                reraise_interrupt(exc)
                 fallback = "graphs" if self._stream is not None else "eager"
                 what = "torch.compile" if self.mode == "compile" else "AOTInductor"
                 _logger.warning("%s failed for input shape %s (%s); falling back to mode %r",
@@ -602,6 +604,7 @@ class TorchCudaRunner(RunnerBase):
                 try:
                     fn = self._capture(fn, shape)
                 except Exception as exc:  # an operation a CUDA graph cannot hold
+                    reraise_interrupt(exc)
                     _logger.warning("capturing a CUDA graph failed for input shape %s (%s); "
                                     "falling back to mode 'eager'", shape, _describe(exc))
                     self.mode = record.mode = "eager"

@@ -84,6 +84,51 @@ def test_a_model_fx_cannot_trace_is_exported_unfolded(monkeypatch):
                                    rtol=1e-5, atol=1e-5)
 
 
+def _wrapped_interrupt() -> RuntimeError:
+    """What torch.export raised for a Ctrl-C: its own error, raised while handling an
+    AttributeError raised while handling the KeyboardInterrupt."""
+    try:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+        except AttributeError as exc:
+            raise RuntimeError("Failed to export the model with torch.export") from exc
+    except RuntimeError as exc:
+        return exc
+
+
+def test_an_interrupt_wrapped_by_a_library_is_raised_again():
+    from tinyfaces_trt.core.errors import reraise_interrupt
+
+    wrapped = _wrapped_interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        reraise_interrupt(wrapped)
+    plain = RuntimeError("no interrupt here")
+    plain.__context__ = ValueError("nor here")
+    plain.__context__.__context__ = plain  # a cycle ends the walk too
+    reraise_interrupt(plain)
+
+
+def test_ctrl_c_in_the_first_exporter_is_not_answered_by_the_second(monkeypatch):
+    """A Ctrl-C that torch.export wrapped in its own error must stop the export, not make it
+    try the TorchScript exporter and finish (tf-export exited 0 after an interrupt)."""
+    from tinyfaces_trt.export import onnx_export
+
+    def interrupted(*args, **kwargs):
+        raise _wrapped_interrupt()
+
+    def second(*args, **kwargs):
+        raise AssertionError("the second exporter ran after an interrupt")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", interrupted)
+    monkeypatch.setattr(onnx_export, "_export_torchscript", second)
+    net = torch.nn.Conv2d(3, 125, 3, stride=8).eval()
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.torch_to_onnx(net, log=lambda line: None)
+
+
 def test_fp32_onnxruntime_matches_torch_on_odd_sizes(exported, model):
     out, _, _ = exported
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -185,6 +185,8 @@ def test_ray_options_on_the_detect_parser(capsys):
     (["--min-replicas", "3", "--max-replicas", "2"], "larger than"),
     (["--backend", "torch", "--model", "x"], "checkpoint"),
     (["--port", "0"], "--port"),
+    (["--port", "65536"], "argument --port: 65536 must be 1 to 65535"),
+    (["--batch-wait-ms", "100000"], "argument --batch-wait-ms: 100000.0 must be > 0 and at most 1000"),
 ])
 def test_serve_argument_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -281,6 +283,7 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     monkeypatch.setattr(cluster, "connect", lambda address: contextlib.nullcontext())
     monkeypatch.setattr(cluster, "cluster_resources", lambda: SimpleNamespace(gpus=0))
     monkeypatch.setattr(serve_module, "build_app", lambda options: "app")
+    monkeypatch.setattr(cli_serve, "check_port_free", lambda host, port: None)
     for name in ("start", "run", "shutdown"):
         monkeypatch.setattr(serve, name, step(name))
     guard = []  # where the CLI failed to take SIGTERM over, this pytest process lives on
@@ -300,6 +303,33 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     assert "tf-serve: stopped" in err and "serving on" not in err
     if during == "run":
         assert "tf-serve: each replica gets ready for 64x48 (batches of up to 1) before serving" in err
+
+
+def test_serve_refuses_a_busy_port_and_an_unreadable_model_before_starting_ray(
+        monkeypatch, capsys, export_dir, tmp_path):
+    """Each was found only after Ray had started (seconds), and said in Ray's tracebacks."""
+    import socket
+
+    from tinyfaces_trt.scaleout import cluster
+
+    def no_cluster(address):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(cluster, "connect", no_cluster)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert cli_serve.main(["--model", str(export_dir), "--port", str(port)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tf-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use (another "
+        f"server there? give another --port)")
+    assert cli_serve.main(["--model", str(tmp_path / "nope")]) == 1
+    assert "export folder" in capsys.readouterr().err
+    assert cli_serve.main(["--weights", str(tmp_path / "w.pth")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tf-serve: error: weights file not found: {tmp_path / 'w.pth'}")
 
 
 def test_gpu_backends_get_gpu_workers():

@@ -416,6 +416,24 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog, tmp_path):
     np.testing.assert_allclose(out, _reference(model, x), **FOLDED_TOL)
 
 
+def test_ctrl_c_while_compiling_is_not_a_compile_failure(monkeypatch, tmp_path):
+    """Inductor wraps what it catches: a Ctrl-C inside it must stop the run, not fall back to
+    eager and go on."""
+    def interrupted(module, **kwargs):
+        def run(x):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("compilation failed")
+        return run
+
+    monkeypatch.setattr(torch_cuda.torch, "compile", interrupted)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(net_input())
+    assert runner.mode == "compile" and INPUT_SHAPE not in runner.records
+
+
 def _compile_in_fresh_process(cache_dir: Path, inductor_dir: Path, prefix: Path) -> dict:
     code = ("import sys; sys.path.insert(0, 'tests'); "
             "from helpers_torch_cuda import compile_worker; "

@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 import sys
 import textwrap
 import threading
 from collections.abc import Sequence
 
-from tinyfaces_trt.core.cli import (add_version_argument, parse_image_sizes, positive_float,
+from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_sizes, positive_float,
                                     positive_int, run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
@@ -56,7 +58,7 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default: 127.0.0.1, this machine only)")
-    http.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    http.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     http.add_argument("--max-request-mb", type=positive_float, default=DEFAULT_MAX_REQUEST_BYTES
                       / 2 ** 20, metavar="MB",
                       help="largest request body; larger ones get 413 (default: %(default)g)")
@@ -77,8 +79,9 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                                            "providers when the cluster has GPUs, else 0)")
     scale.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
                        help="images detected together per batch (default: 8)")
-    scale.add_argument("--batch-wait-ms", type=positive_float, default=10.0, metavar="MS",
-                       help="longest wait for a batch to fill (default: 10)")
+    scale.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=10.0, metavar="MS",
+                       help=f"longest wait for a batch to fill, at most {MAX_BATCH_WAIT_MS:g} "
+                            "(every request waits up to that long; default: 10)")
     scale.add_argument("--warmup", type=parse_image_sizes, default=[], metavar="WxH[,WxH...]",
                        help="image sizes each replica gets ready for before it takes "
                             "requests (also a replica that autoscaling starts): it detects a "
@@ -96,6 +99,47 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     add_version_argument(parser)
     return parser
+
+
+#: Longest --batch-wait-ms: a lone request waits that long for others to join its batch.
+MAX_BATCH_WAIT_MS = 1000.0
+
+
+def _port(text: str) -> int:
+    return checked(text, int, lambda v: 1 <= v <= 65535, "a port number", "1 to 65535")
+
+
+def _batch_wait_ms(text: str) -> float:
+    return checked(text, float, lambda v: 0 < v <= MAX_BATCH_WAIT_MS, "a number",
+                   f"> 0 and at most {MAX_BATCH_WAIT_MS:g}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises :class:`TinyFacesError` where nothing can listen on ``host:port`` here (a server
+    is there already, or the address is not this machine's), before a cluster starts."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise TinyFacesError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise TinyFacesError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another "
+                                 f"server there? give another --port)") from None
+
+
+def check_network_source(args: argparse.Namespace) -> None:
+    """Raises :class:`TinyFacesError` for a --model or --weights that cannot be read, before a
+    cluster starts (its replicas would each fail, after seconds, in Ray's logs)."""
+    from tinyfaces_trt.core.manifest import load_export_folder
+
+    if args.model:
+        load_export_folder(args.model, verify=False)
+    if args.weights and not os.path.isfile(args.weights):
+        raise TinyFacesError(f"weights file not found: {args.weights}")
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -146,14 +190,22 @@ def _run(args: argparse.Namespace) -> int:
     from tinyfaces_trt.scaleout.serve import APP_NAME, build_app
 
     try:
+        check_network_source(args)
+        if args.address is None and not os.environ.get("RAY_ADDRESS"):
+            check_port_free(args.host, args.port)  # the HTTP proxy will listen on this machine
         with connect(args.address) as ray:  # noqa: F841
             from ray import serve
 
             options = serve_options(args, cluster_resources().gpus)
             quiet = None if args.verbose else {"log_level": "WARNING"}
             try:
-                serve.start(http_options={"host": args.host, "port": args.port},
-                            logging_config=quiet)
+                try:
+                    serve.start(http_options={"host": args.host, "port": args.port},
+                                logging_config=quiet)
+                except (RuntimeError, OSError) as exc:  # the port was taken meanwhile, ...
+                    lines = [line for line in str(exc).splitlines() if line.strip()]
+                    raise TinyFacesError(f"cannot serve on {args.host}:{args.port}: "
+                                         + (lines[-1] if lines else type(exc).__name__)) from None
                 if options.warmup:
                     stderr_line(f"{PROG}: each replica gets ready for "
                                 f"{', '.join(map(str, options.warmup))} (batches of up to "
