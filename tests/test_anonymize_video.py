@@ -325,6 +325,7 @@ def test_plan_skips_existing_and_numbers_clashes(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x.mp4").write_bytes(b"done before")
+    (out / "x.mp4.json").write_text("{}")
     tasks, skipped, errors = plan_tasks([tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mp4",
                                          tmp_path / "nope.mp4", tmp_path / "a.txt"], out)
     assert [Path(t.output).name for t in tasks] == ["x_2.mp4"]
@@ -332,6 +333,24 @@ def test_plan_skips_existing_and_numbers_clashes(tmp_path):
     assert [e[0] for e in errors] == [str(tmp_path / "nope.mp4"), str(tmp_path / "a.txt")]
     tasks, skipped, _ = plan_tasks([tmp_path / "a"], out, overwrite=True)
     assert len(tasks) == 1 and not skipped
+    (out / "x.mp4.json").unlink()  # a crash between the copy and its sidecar: done again
+    tasks, skipped, _ = plan_tasks([tmp_path / "a"], out)
+    assert len(tasks) == 1 and not skipped
+
+
+def test_images_of_other_formats_in_a_folder_are_errors_not_left_alone(tmp_path):
+    """A GIF or PNM in a folder would keep its faces: each is listed as an error (exit 1); other
+    files (notes, sidecars) are still ignored."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.png", "anim.GIF", "sub/im.ppm", "notes.txt"):
+        (src / name).write_bytes(b"")
+    tasks, _, errors = plan_tasks([src, tmp_path / "in" / "anim.GIF"], tmp_path / "out")
+    assert [Path(t.source).name for t in tasks] == ["a.png"]
+    assert errors == [(str(src / name), f"{src / name}: not anonymised: {suffix} files are not "
+                       f"supported; convert it to one of .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp")
+                      for name, suffix in (("anim.GIF", ".gif"), ("sub/im.ppm", ".ppm"),
+                                           ("anim.GIF", ".gif"))]
 
 
 def test_cli_end_to_end_on_the_real_network(tmp_path, export_dir, capsys):

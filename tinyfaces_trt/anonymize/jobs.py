@@ -36,6 +36,10 @@ log = logging.getLogger("tinyfaces_trt.anonymize")
 
 #: Image suffixes picked up in folders (formats Pillow both reads and writes as RGB).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Images of other formats: one in a folder is an error (it would be left with its faces
+#: visible), not ignored as other files are (GIF: animated frames; PNM: no RGB copy as such).
+OTHER_IMAGE_SUFFIXES = (".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif",
+                        ".jp2", ".jxl", ".tga", ".ico", ".dng")
 
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
@@ -136,12 +140,20 @@ def media_kind(path: Path) -> str | None:
 
 
 def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
+    """The folder's image and video files, and its images of :data:`OTHER_IMAGE_SUFFIXES`."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (Path(root) / d).resolve() != exclude)
         for name in sorted(files):
-            if not name.startswith(".") and media_kind(Path(name)):
-                yield Path(root) / name
+            path = Path(root) / name
+            if not name.startswith(".") and (media_kind(path)
+                                             or path.suffix.lower() in OTHER_IMAGE_SUFFIXES):
+                yield path
+
+
+def _unsupported(path: Path) -> str:
+    return (f"{path}: not anonymised: {path.suffix.lower()} files are not supported; convert it "
+            f"to one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
@@ -153,8 +165,9 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     its name. Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes.
 
     Returns:
-        (tasks to run, skipped results for outputs that exist when not ``overwrite``,
-        [(argument, error)] for missing paths, unknown suffixes and empty folders).
+        (tasks to run, skipped results for inputs whose output and sidecar both exist when
+        not ``overwrite``, [(argument, error)] for missing paths, unknown suffixes, images
+        of other formats (also in folders) and empty folders).
     """
     out = Path(out_dir)
     exclude = out.resolve()
@@ -166,9 +179,12 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             files = list(_walk(path, exclude))
             if not files:
                 errors.append((str(path), f"{path}: folder holds no image or video files"))
-            found.extend((f, f.relative_to(path)) for f in files)
+            errors.extend((str(f), _unsupported(f)) for f in files if media_kind(f) is None)
+            found.extend((f, f.relative_to(path)) for f in files if media_kind(f))
         elif not path.exists():
             errors.append((str(path), f"{path}: no such file or folder"))
+        elif path.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+            errors.append((str(path), _unsupported(path)))
         elif media_kind(path) is None:
             errors.append((str(path), f"{path}: unknown file type {path.suffix or '(none)'}; "
                            f"expected {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}"))
@@ -183,8 +199,8 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         used.add(target.as_posix().lower())
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
-        if output.exists() and not overwrite:
-            skipped.append(Result(task, "skipped"))
+        if output.exists() and Path(task.sidecar).exists() and not overwrite:
+            skipped.append(Result(task, "skipped"))  # both: a crash between them redoes it
         else:
             tasks.append(task)
     return tasks, skipped, errors
