@@ -56,7 +56,7 @@ def gencode_for(arch: str | None) -> str | None:
         return "-arch=native"
     flags = []
     for a in (x.strip() for x in arch.split(",") if x.strip()):
-        if not a.isdigit():
+        if not a.isdigit() or int(a) < 50:
             raise TinyFacesError(f"--arch takes compute capabilities like 80,86,90 or 'native', got {a!r}")
         flags.append(f"-gencode arch=compute_{a},code=sm_{a}")
     if not flags:

@@ -462,8 +462,36 @@ def test_arch_option() -> None:
     assert build.gencode_for("native") == "-arch=native"
     assert build.gencode_for("80,86") == ("-gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,"
                                           "code=sm_86 -gencode arch=compute_86,code=compute_86")
-    with pytest.raises(TinyFacesError, match="compute capabilities"):
-        build.gencode_for("sm_80")
+    for bad in ("sm_80", "0", "80,7"):
+        with pytest.raises(TinyFacesError, match="compute capabilities"):
+            build.gencode_for(bad)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_another_arch_or_compiler_rebuilds_the_library(tmp_path: Path) -> None:
+    """make compared only file times: after a build, ``tf-build-kernels --arch 75`` (or another
+    nvcc) said "Nothing to be done" and kept sm_80/sm_90 code. A stand-in nvcc records its
+    calls and writes the library (nothing is compiled)."""
+    calls = tmp_path / "calls"
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text('#!/bin/sh\necho "$@" >> ' + str(calls) + '\n'
+                    'while [ $# -gt 1 ]; do [ "$1" = -o ] && : > "$2"; shift; done\n')
+    nvcc.chmod(0o755)
+
+    def make(*variables: str) -> list[str]:
+        before = calls.read_text().splitlines() if calls.exists() else []
+        subprocess.run(["make", "-s", "-C", str(binding.package_dir()), "lib",
+                        f"BUILD={tmp_path / 'build'}", f"NVCC={nvcc}", *variables],
+                       check=True, capture_output=True, text=True)
+        return calls.read_text().splitlines()[len(before):] if calls.exists() else []
+
+    assert len(make()) == 1  # built
+    assert make() == []  # up to date
+    (rebuilt,) = make("GENCODE=-gencode arch=compute_75,code=sm_75")
+    assert "arch=compute_75,code=sm_75" in rebuilt
+    assert make("GENCODE=-gencode arch=compute_75,code=sm_75") == []
+    assert make("GENCODE=-gencode arch=compute_75,code=sm_75", "EXTRA_NVCCFLAGS=-Xptxas -v") == []
+    assert len(make()) == 1  # back to the default architectures
 
 
 # --- host side of the CUDA stages without cuda-python ------------------------------------------
