@@ -140,9 +140,13 @@ def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
     """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>.<host>-<tag>-XXXX``.
 
     Build a folder's content there, then move it into place with :func:`replace_folder`;
-    remove it (``shutil.rmtree``) when the work fails.
+    remove it (``shutil.rmtree``) when the work fails. It gets a new folder's usual mode
+    (mkdtemp makes 0700: an export folder others on shared storage, or a service's account,
+    could not read).
     """
-    return Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}{tag}-", dir=parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}{tag}-", dir=parent))
+    os.chmod(staging, 0o777 & ~_UMASK)
+    return staging
 
 
 def _pid_alive(pid: int) -> bool:

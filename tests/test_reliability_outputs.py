@@ -332,6 +332,20 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode
 
 
+def test_staged_folders_get_the_usual_folder_mode(tmp_path, export_dir):
+    """An export folder is built in a staging folder (mkdtemp: 0700) and swapped in: it must get
+    the mode a new folder gets, or a service's account or another user on shared storage could
+    not read the model."""
+    from tinyfaces_trt.core import files
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    usual = plain.stat().st_mode & 0o777
+    assert usual == 0o777 & ~files._UMASK
+    assert files.staging_dir(tmp_path, "x").stat().st_mode & 0o777 == usual
+    assert export_dir.stat().st_mode & 0o777 == usual  # the export cache's folder, swapped in
+
+
 def test_stale_temporaries_are_judged_only_for_this_machine(tmp_path):
     """A folder shared by machines (an NFS home holding the cache): the leftovers of this
     machine's dead processes are removed; another machine's temporaries are kept, whatever
