@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -213,6 +214,23 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
         os.replace(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def written_for_another(record: str | os.PathLike[str], key: str,
+                        source: str | os.PathLike[str]) -> bool:
+    """Whether the output JSON ``record`` exists and names (under ``key``) another input than
+    ``source`` (compared as absolute paths), or cannot be read: outputs named after a file
+    (``a.jpg`` and ``a.png``, or two folders' ``p.jpg``) must neither be skipped as done nor
+    overwritten for another input in a later run."""
+    path = Path(record)
+    if not path.exists():
+        return False
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return True
+    return not isinstance(recorded, str) or (recorded != str(source)
+                                             and os.path.abspath(recorded) != os.path.abspath(source))
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:

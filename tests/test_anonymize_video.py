@@ -325,7 +325,7 @@ def test_plan_skips_existing_and_numbers_clashes(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "x.mp4").write_bytes(b"done before")
-    (out / "x.mp4.json").write_text("{}")
+    (out / "x.mp4.json").write_text(json.dumps({"input": str(tmp_path / "a" / "x.mp4")}))
     tasks, skipped, errors = plan_tasks([tmp_path / "a" / "x.mp4", tmp_path / "b" / "x.mp4",
                                          tmp_path / "nope.mp4", tmp_path / "a.txt"], out)
     assert [Path(t.output).name for t in tasks] == ["x_2.mp4"]
@@ -333,9 +333,12 @@ def test_plan_skips_existing_and_numbers_clashes(tmp_path):
     assert [e[0] for e in errors] == [str(tmp_path / "nope.mp4"), str(tmp_path / "a.txt")]
     tasks, skipped, _ = plan_tasks([tmp_path / "a"], out, overwrite=True)
     assert len(tasks) == 1 and not skipped
+    # a later run of the other folder's x.mp4: the next name, not a skip or an overwrite
+    tasks, skipped, _ = plan_tasks([tmp_path / "b" / "x.mp4"], out)
+    assert [Path(t.output).name for t in tasks] == ["x_2.mp4"] and not skipped
     (out / "x.mp4.json").unlink()  # a crash between the copy and its sidecar: done again
     tasks, skipped, _ = plan_tasks([tmp_path / "a"], out)
-    assert len(tasks) == 1 and not skipped
+    assert [Path(t.output).name for t in tasks] == ["x.mp4"] and not skipped
 
 
 def test_images_of_other_formats_in_a_folder_are_errors_not_left_alone(tmp_path):

@@ -181,16 +181,42 @@ def test_rerun_skips_done_images_and_overwrite_replaces(capsys, photos, export_d
     out = tmp_path / "out"
     assert _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)[0] == 0
     json_path = out / "p0.json"
-    json_path.write_text('{"marker": 1}')
+    marked = {"image": str(photos / "p0.jpg"), "marker": 1}  # still this image's record
+    json_path.write_text(json.dumps(marked))
     code, stdout, err = _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)
     assert code == 0 and stdout == "" and "skipped, its outputs exist" in err
-    assert json.loads(json_path.read_text()) == {"marker": 1}
+    assert json.loads(json_path.read_text()) == marked
     (out / "p0_boxes.jpg").unlink()  # partial: the missing file is written, the others kept
     _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)
-    assert (out / "p0_boxes.jpg").is_file() and json.loads(json_path.read_text()) == {"marker": 1}
+    assert (out / "p0_boxes.jpg").is_file() and json.loads(json_path.read_text()) == marked
     code, _, _ = _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out,
                       "--overwrite")
     assert code == 0 and "detections" in json.loads(json_path.read_text())
+
+
+def test_a_later_run_never_takes_another_images_outputs_for_its_own(capsys, photos, export_dir,
+                                                                    tmp_path):
+    """Outputs are named after the file: a.jpg then a.png, or two folders' p.jpg, in two runs.
+    The second was skipped as done, or lost its JSON (the first's was kept): it now gets the
+    next name, as within one run; a rerun of either finds its own files and skips."""
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(photos / "p0.jpg", tmp_path / "x" / "p.jpg")
+    shutil.copy(photos / "p1.png", tmp_path / "y" / "p.png")
+    shutil.copy(photos / "p2.jpg", tmp_path / "y" / "p.jpg")
+    out = tmp_path / "out"
+    runs = [tmp_path / "x" / "p.jpg", tmp_path / "y" / "p.png", tmp_path / "y" / "p.jpg"]
+    for image in runs:
+        code, stdout, _ = _run(capsys, image, "--model", export_dir, "--out", out, "--blur")
+        assert code == 0 and stdout.startswith(f"{image}: ")
+    records = {name: json.loads((out / name).read_text())["image"]
+               for name in ("p.json", "p_2.json", "p_3.json")}
+    assert records == {"p.json": str(runs[0]), "p_2.json": str(runs[1]), "p_3.json": str(runs[2])}
+    assert sorted(f.name for f in out.iterdir()) == [
+        "p.json", "p_2.json", "p_2_blurred.png", "p_3.json", "p_3_blurred.jpg", "p_blurred.jpg"]
+    for image in runs:  # each finds its own files
+        code, stdout, err = _run(capsys, image, "--model", export_dir, "--out", out, "--blur")
+        assert code == 0 and stdout == "" and "skipped, its outputs exist" in err
 
 
 def test_jpeg_quality_option(capsys, photos, export_dir, tmp_path):
@@ -307,9 +333,9 @@ def test_build_kernels_prints_the_compiler_error_once(tmp_path, capsys):
 
     nvcc = tmp_path / "nvcc"
     nvcc.write_text("#!/bin/sh\necho \"nvcc fatal   : Unsupported gpu architecture "
-                    "'compute_12'\" >&2\nexit 1\n")
+                    "'compute_99'\" >&2\nexit 1\n")
     nvcc.chmod(0o755)
-    code = build.main(["--nvcc", str(nvcc), "--arch", "12", "--out", str(tmp_path / "b")])
+    code = build.main(["--nvcc", str(nvcc), "--arch", "99", "--out", str(tmp_path / "b")])
     out, err = capsys.readouterr()
     assert code == 1 and (out + err).count("Unsupported gpu architecture") == 1
 

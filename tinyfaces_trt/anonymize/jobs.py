@@ -29,7 +29,7 @@ from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output
+from tinyfaces_trt.core.files import atomic_output, written_for_another
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
@@ -162,7 +162,8 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
 
     A folder is walked recursively (sorted, hidden entries and ``out_dir`` skipped) for
     image and video suffixes; outputs keep the path relative to it. A file argument keeps
-    its name. Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes.
+    its name. Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes,
+    in one run or across runs (the sidecar names its input).
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
@@ -193,7 +194,10 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     tasks, skipped, used = [], [], set()
     for source, rel in found:
         target, k = rel, 1
-        while target.as_posix().lower() in used:
+        # a name another input of this run took, or whose sidecar an earlier run wrote for
+        # another input: the next one
+        while target.as_posix().lower() in used or written_for_another(
+                f"{out / target}.json", "input", source):
             k += 1
             target = rel.with_name(f"{rel.stem}_{k}{rel.suffix}")
         used.add(target.as_posix().lower())

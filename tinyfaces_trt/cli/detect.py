@@ -38,7 +38,8 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
-from tinyfaces_trt.core.files import prepare_output_dir, remove_empty_dirs, write_text_atomic
+from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs, write_text_atomic,
+                                      written_for_another)
 
 PROG = "tf-detect"
 log = logging.getLogger(__name__)
@@ -254,6 +255,16 @@ class OutputNames:
             candidate = base.with_name(f"{base.name}_{k}")
         self._used.add(candidate.as_posix().lower())
         return candidate
+
+
+def output_stem(names: OutputNames, out_dir: Path, job: ImageJob) -> Path:
+    """``job``'s output stem: the next one of :class:`OutputNames` whose detections JSON, where
+    an earlier run wrote one, is this image's (``a.jpg`` then ``a.png``, or two folders'
+    ``p.jpg``, must neither skip nor overwrite each other's files)."""
+    stem = names.stem(job)
+    while written_for_another(out_dir / stem.parent / f"{stem.name}.json", "image", job.path):
+        stem = names.stem(job)
+    return stem
 
 
 @dataclass(frozen=True)
@@ -554,7 +565,7 @@ def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: Outp
              model: dict[str, Any] | None, console: _Console) -> dict[str, Any]:
     """Detects one image, prints its line, writes its files; returns its JSON record
     (``{"image", "skipped"}`` when all its outputs exist and ``--overwrite`` is not given)."""
-    plan = plan_outputs(out_dir, names.stem(job), job, anonymise,
+    plan = plan_outputs(out_dir, output_stem(names, out_dir, job), job, anonymise,
                         draw=args.draw or anonymise is None) if out_dir is not None else None
     wider_target = wider.claim(job) if wider is not None else None
     targets = (plan.paths() if plan else []) + ([wider_target] if wider_target else [])

@@ -29,7 +29,7 @@ from typing import Any
 
 from tinyfaces_trt.cli.detect import (
     PROG, ImageJob, OutputNames, _check_weights_path, collect_images, format_line,
-    plan_outputs, write_outputs)
+    output_stem, plan_outputs, write_outputs)
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, temporaries_of
@@ -101,7 +101,7 @@ def plan_tasks(jobs: Sequence[ImageJob], options: DetectOptions
                                      f"written for {other} (same event and name); rename one "
                                      "of the two images"))
                 continue
-        stem = names.stem(job) if options.out_dir is not None else None
+        stem = output_stem(names, options.out_dir, job) if options.out_dir is not None else None
         tasks.append(DetectTask(job, stem, wider_file))
     return tasks, refused
 
