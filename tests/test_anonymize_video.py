@@ -397,3 +397,49 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
         assert err.splitlines()[-1] == f"tf-anonymize: error: {message}" or \
             err.splitlines()[-1].startswith(f"tf-anonymize: error: {message}"), err
         assert "Traceback" not in err
+
+
+def test_an_odd_sized_clip_is_encoded_at_its_size(tmp_path, export_dir):
+    """libx264 refuses 4:2:0 at an odd size (FFmpeg's "Generic error in an external library",
+    which named the temporary file): such a clip is encoded without chroma subsampling, at
+    its own size."""
+    src = tmp_path / "odd.avi"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("mpeg4", rate=25)
+        v.width, v.height, v.pix_fmt = 127, 95, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((95, 127, 3), 90 + 10 * i, np.uint8),
+                                               format="rgb24")
+            for packet in v.encode(frame):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+    assert main([str(src), "--out", str(tmp_path / "out"), "--model", str(export_dir),
+                 "--quiet"]) == 0
+    with av.open(str(tmp_path / "out" / "odd.avi")) as done:
+        stream = done.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 127, 95)
+        assert stream.codec_context.pix_fmt == "yuv444p"
+        assert sum(1 for _ in done.decode(stream)) == 5
+
+
+def test_pixel_format_and_encoder_checks():
+    from tinyfaces_trt.anonymize.video import encoder_problem, output_pixel_format
+
+    x264 = ["yuv420p", "yuvj420p", "yuv422p", "yuv444p"]
+    assert output_pixel_format("yuv420p", 96, 64, x264) == "yuv420p"
+    assert output_pixel_format("yuv420p", 127, 95, x264) == "yuv444p"
+    assert output_pixel_format("yuv422p", 96, 63, x264) == "yuv444p"
+    assert output_pixel_format("rgb24", 96, 64, x264) == "yuv420p"  # not the encoder's: 4:2:0
+    assert output_pixel_format("yuv420p", 127, 95, ["yuv420p"]) == "yuv420p"  # mpeg4: it copes
+    assert encoder_problem("libx264") is None and encoder_problem("mpeg4") is None
+    assert encoder_problem("bogus") == "no such encoder in this FFmpeg build (PyAV's)"
+    assert encoder_problem("aac") == "not a video encoder (it encodes audio)"
+
+
+def test_a_bad_codec_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"), "--codec", "bogus"])
+    assert info.value.code == 2
+    assert "--codec bogus: no such encoder in this FFmpeg build" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -67,7 +67,9 @@ examples:
 video: frames are decoded ahead and encoded on threads and detected in batches; output
 keeps each frame's timestamp, the resolution, rotation metadata, audio/subtitle streams
 (copied) and container metadata. Default encoders: libx264 (mp4, mov, mkv, avi, m4v),
-libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9).
+libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9). The source's pixel format is kept
+where the encoder takes it (else 4:2:0); at an odd width or height 4:4:4, which libx264
+needs there (fewer players decode it: --codec mpeg4 keeps 4:2:0).
 
 temporal hold: a face's mask stays --hold frames after its last detection (interpolated
 between two detections of one track) and is back-filled --hold frames before its first,
@@ -132,6 +134,12 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     check_detector_arguments(parser, args)
+    if args.codec is not None:
+        from tinyfaces_trt.anonymize.video import encoder_problem
+
+        problem = encoder_problem(args.codec)
+        if problem:
+            parser.error(f"--codec {args.codec}: {problem}")
     check_ray_arguments(parser, args)
     out = Path(args.out).resolve()
     for item in args.inputs:

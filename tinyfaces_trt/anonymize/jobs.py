@@ -312,7 +312,7 @@ def _process_video(detector: Any, task: Task, options: Options
 
     audit = _audit(detector, options)
     with VideoReader(task.source) as reader, atomic_output(task.output) as tmp:
-        writer = VideoWriter(tmp, reader, options.codec, options.crf)
+        writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output)
         bar = _progress_bar(task, reader.info.frames, options)
         try:
             _anonymise_frames(detector, reader, writer, audit, options, bar)

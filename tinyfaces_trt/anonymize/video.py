@@ -246,6 +246,38 @@ class VideoReader:
         self.close()
 
 
+def encoder_problem(codec: str) -> str | None:
+    """Why ``codec`` cannot encode this tool's video (not in this FFmpeg build, not a video
+    encoder); None when it can, or when PyAV is not installed (said where a video is read)."""
+    try:
+        av = av_module()
+    except TinyFacesError:
+        return None
+    try:
+        found = av.codec.Codec(codec, "w")
+    except Exception:  # noqa: BLE001 (UnknownCodecError, or not an encoder)
+        return "no such encoder in this FFmpeg build (PyAV's)"
+    return None if found.type == "video" else f"not a video encoder (it encodes {found.type})"
+
+
+#: Pixel formats that keep one colour sample per 2 pixels across (or down): an odd width
+#: (height) cannot be encoded in them.
+_SUBSAMPLED = ("420", "422", "411", "410", "440", "nv12", "nv21", "nv16")
+
+
+def output_pixel_format(source: str | None, width: int, height: int, formats: list[str]) -> str:
+    """The encoder's pixel format: the source's where the encoder takes it, else yuv420p (or
+    the encoder's first); at an odd size one without chroma subsampling (yuv444p) where the
+    encoder has one, as libx264 refuses 4:2:0 at odd sizes."""
+    choice = source if source in formats else (
+        "yuv420p" if "yuv420p" in formats or not formats else formats[0])
+    if (width % 2 or height % 2) and any(s in choice for s in _SUBSAMPLED):
+        full = [f for f in ("yuv444p", "gbrp", "rgb24") if f in formats]
+        if full:
+            return full[0]
+    return choice
+
+
 class VideoWriter:
     """Encodes frames into ``path`` on a thread, remuxing ``reader``'s other streams.
 
@@ -254,12 +286,14 @@ class VideoWriter:
         reader: the input (stream info, rotation, pass-through packets, metadata).
         codec: encoder name (default: :func:`default_codec` of the suffix).
         crf: constant rate factor (default: :data:`DEFAULT_CRF` of the codec, if it has one).
+        name: the output as errors name it (default ``path``; a temporary file's final name).
     """
 
     def __init__(self, path: str | Path, reader: VideoReader, codec: str | None = None,
-                 crf: int | None = None) -> None:
+                 crf: int | None = None, name: str | Path | None = None) -> None:
         av = av_module()
         self.path = Path(path)
+        self.name = Path(name) if name is not None else self.path
         self.reader = reader
         self.dropped: list[str] = []
         info = reader.info
@@ -267,7 +301,7 @@ class VideoWriter:
         try:
             self.container = av.open(str(self.path), "w")
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.path, "create the output")
+            _raise_from(exc, self.name, "create the output")
         try:
             self._add_video_stream(av, info, crf)
             self._add_copied_streams()
@@ -283,15 +317,14 @@ class VideoWriter:
 
     def _add_video_stream(self, av: Any, info: StreamInfo, crf: int | None) -> None:
         if self.codec not in av.codecs_available:
-            raise VideoError(f"{self.path}: encoder {self.codec!r} is not in this FFmpeg build")
+            raise VideoError(f"{self.name}: encoder {self.codec!r} is not in this FFmpeg build")
         try:
             stream = self.container.add_stream(self.codec, rate=info.rate or Fraction(25))
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.path, f"add a {self.codec} video stream")
+            _raise_from(exc, self.name, f"add a {self.codec} video stream")
         stream.width, stream.height = info.width, info.height
         formats = [f.name for f in (stream.codec_context.codec.video_formats or [])]
-        stream.pix_fmt = info.pix_fmt if info.pix_fmt in formats else (
-            "yuv420p" if "yuv420p" in formats or not formats else formats[0])
+        stream.pix_fmt = output_pixel_format(info.pix_fmt, info.width, info.height, formats)
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         options: dict[str, str] = {}
@@ -390,7 +423,9 @@ class VideoWriter:
         exc = self._error
         av = av_module()
         if isinstance(exc, (av.FFmpegError, OSError, ValueError)):
-            return VideoError(f"{self.path}: cannot encode: {exc}")
+            return VideoError(f"{self.name}: cannot encode with {self.codec} "
+                              f"({self.stream.pix_fmt}, {self.stream.width}x{self.stream.height}): "
+                              f"{exc}")
         return exc  # type: ignore[return-value]
 
     def finish(self) -> None:
@@ -408,7 +443,7 @@ class VideoWriter:
         try:
             self.container.close()
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.path, "finish the output")
+            _raise_from(exc, self.name, "finish the output")
 
     def abort(self) -> None:
         """Stops the encoder thread and closes the file without finishing it."""
