@@ -276,6 +276,8 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     build_now = want_engine and trt_problem is None
 
     extra = {"model": {"depth": getattr(model, "depth", None), "variant": getattr(model, "variant", None)}}
+    if untrained and getattr(model, "seed", None) is not None:
+        extra["model"]["seed"] = model.seed
     manifest_args: dict[str, Any] = dict(config=config, opset=opset, weights=weights, profile=prof, tools=tools,
                                          untrained=untrained, extra=extra)
     manifest = write_manifest(out, files=files, **manifest_args)

@@ -175,6 +175,7 @@ def build_model(depth: int = 101, variant: str = "pytorch", seed: int = 0) -> Ti
     with torch.no_grad():
         features = _calibrate_batchnorm(model, calib)
         _fit_heads(model, features, gen)
+    model.seed = int(seed)  # recorded in an export's manifest: tf-parity compares it
     return model.float().eval()
 
 

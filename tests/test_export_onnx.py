@@ -178,7 +178,7 @@ def test_manifest_of_export_round_trips(exported, model):
     # = -1, so levels 2^-1, 2^0, 2^0.5, 2^1: 60x80 .. 240x320
     assert folder.profile == Profile((1, 3, 60, 80), (1, 3, 240, 320), (1, 3, 240, 320))
     raw = folder.manifest
-    assert raw["weights"] is None and raw["model"] == {"depth": 50, "variant": "pytorch"}
+    assert raw["weights"] is None and raw["model"] == {"depth": 50, "variant": "pytorch", "seed": 0}
     assert {"torch", "onnx", "python"} <= set(raw["tools"])
     with pytest.raises(ManifestError, match="no fp16 TensorRT engine.*--engine --fp16"):
         folder.engine_path(fp16=True)

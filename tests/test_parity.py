@@ -323,6 +323,32 @@ def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, chec
         in capsys.readouterr().err
 
 
+def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_first(
+        capsys, tmp_path):
+    """Another seed's network failed every comparison (max abs error 5) as if a backend were
+    wrong; a --json that cannot be written was found after the whole run."""
+    from tinyfaces_trt.core.manifest import write_manifest
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "model.onnx").write_bytes(b"never loaded")
+    write_manifest(untrained, config=build_model(depth=50, seed=0).detector_config(),
+                   files={"onnx_fp32": "model.onnx"}, opset=17, untrained=True,
+                   extra={"model": {"depth": 50, "variant": "pytorch", "seed": 0}})
+    code = main(["--untrained", "--depth", "50", "--seed", "3", "--model", str(untrained),
+                 "--sizes", "33x47"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tf-parity: error: export folder {untrained} does not hold the untrained ResNet-50 "
+        f"network of seed 3 (untrained=True, depth=50, seed=0)")
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code = main(["--untrained", "--depth", "50", "--json", str(blocker / "x.json")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tf-parity: error: cannot write --json {blocker / 'x.json'}: {blocker} is not a folder")
+
+
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
 def test_cli_requested_but_unavailable_tensorrt_fails_unless_allowed(capsys, tmp_path, checkpoint,
                                                                      folder):

@@ -128,10 +128,11 @@ def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
                                  f"but from {made_from}; compare like with like")
     else:
         depth = (manifest.get("model") or {}).get("depth")
-        if not folder.untrained or depth not in (None, args.depth):
+        seed = (manifest.get("model") or {}).get("seed")  # None: a folder made before it was kept
+        if not folder.untrained or depth not in (None, args.depth) or seed not in (None, args.seed):
             raise TinyFacesError(f"export folder {folder.path} does not hold the untrained "
-                                 f"ResNet-{args.depth} network (untrained={folder.untrained}, "
-                                 f"depth={depth})")
+                                 f"ResNet-{args.depth} network of seed {args.seed} "
+                                 f"(untrained={folder.untrained}, depth={depth}, seed={seed})")
 
 
 def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str], work: Path,
@@ -190,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = args.backends is not None
     backends = args.backends or default_backends()
     try:
+        if args.json and not Path(args.json).resolve().parent.is_dir():  # before minutes of work
+            raise TinyFacesError(f"cannot write --json {args.json}: "
+                                 f"{Path(args.json).resolve().parent} is not a folder")
         from tinyfaces_trt.core.manifest import load_export_folder
         from tinyfaces_trt.export.weights import load_model
 
