@@ -88,6 +88,43 @@ def test_ort_runner_accepts_non_contiguous_input(tiny):
     np.testing.assert_array_equal(runner.run(transposed), runner.run(x))
 
 
+def test_ctrl_c_stops_a_long_onnxruntime_run(tiny, monkeypatch):
+    """Python runs a signal handler between bytecodes, never inside ONNX Runtime's run: a large
+    photo's level on a CPU took a minute to answer Ctrl-C. The run is told to terminate, and
+    the interrupt is raised as soon as it has."""
+    import signal
+    import threading
+    import time
+
+    runner = OnnxRuntimeRunner(tiny[0], threads=1)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    expected = runner.run(x)
+    real, seen = runner.session, []
+
+    class Long:  # what ONNX Runtime does with its terminate flag, on a run of 10 s
+        def run(self, names, feeds, options=None):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if options is not None and options.terminate:
+                    seen.append(threading.current_thread().name)
+                    raise RuntimeError("Exiting due to terminate flag being set to true.")
+                time.sleep(0.01)
+            return real.run(names, feeds)
+
+    runner.session = Long()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(x)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 3 and seen == ["tf-onnxruntime-run"]
+    runner.session = real
+    np.testing.assert_array_equal(runner.run(x), expected)  # and the runner goes on
+
+
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((1, 3, 16, 16), np.float64), "float32"),
     (np.zeros((1, 4, 16, 16), np.float32), "(1, 3, h, w)"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,39 @@ def resolve_providers(requested: str | Sequence[str] | None,
         log.info("ONNX Runtime 'auto': %s not available, using %s", missing, chosen)
     return chosen
 
+
+def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, Any]) -> list[Any]:
+    """``session.run``, stoppable by Ctrl-C: Python runs signal handlers in the main thread
+    between bytecodes, never inside ONNX Runtime's run (a large image's level takes minutes
+    on a CPU), so there the run goes on a helper thread while the main thread waits; an
+    interrupt sets the run's ``terminate`` flag, waits for it to stop and is raised. In other
+    threads (no signal arrives there) it runs directly."""
+    if threading.current_thread() is not threading.main_thread():
+        return session.run(output_names, feeds)
+    options = import_onnxruntime().RunOptions()
+    result: list[Any] = []
+    failure: list[BaseException] = []
+    done = threading.Event()  # not Thread.join: an interrupted join marks the thread stopped
+
+    def work() -> None:
+        try:
+            result.append(session.run(output_names, feeds, options))
+        except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="tf-onnxruntime-run", daemon=True).start()
+    try:
+        while not done.wait(0.25):
+            pass
+    except KeyboardInterrupt:
+        options.terminate = True
+        done.wait()
+        raise
+    if failure:
+        raise failure[0]
+    return result[0]
 
 class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
@@ -205,7 +239,7 @@ class OnnxRuntimeRunner(RunnerBase):
         x = validate_network_input(net_input, batch=self.capabilities.batch)
         if self.tensorrt is not None:
             self.tensorrt.check([x.shape])
-        (scores,) = self.session.run([self.output_name], {self.input_name: x})
+        (scores,) = interruptible_run(self.session, [self.output_name], {self.input_name: x})
         if scores.ndim != 4 or scores.shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {scores.shape} for "
                                 f"input {x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
