@@ -192,6 +192,16 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_under(root: str | os.PathLike[str]) -> list[Path]:
+    """:func:`remove_stale_temporaries` in ``root`` and every folder below it (an output
+    folder a killed run wrote into: once at the start of the next run, not per file)."""
+    removed: list[Path] = []
+    for folder, dirs, _ in os.walk(root):
+        dirs[:] = [d for d in dirs if not _TEMP_OWNER.match(d)]  # staging folders go whole
+        removed += remove_stale_temporaries(folder)
+    return removed
+
+
 def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Moves the complete folder ``staging`` to ``target``, replacing what was there.
 

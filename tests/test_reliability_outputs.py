@@ -372,6 +372,49 @@ def test_staged_folders_get_the_usual_folder_mode(tmp_path, export_dir):
     assert export_dir.stat().st_mode & 0o777 == usual  # the export cache's folder, swapped in
 
 
+def test_a_run_removes_what_killed_runs_left_in_its_out_folder(capsys, photos, export_dir,
+                                                               tmp_path):
+    """A run killed mid-write (SIGKILL: no clean-up) leaves ``.tf-tmp-*`` files in --out, in
+    any subfolder; the next tf-detect or tf-anonymize run over that folder removes those of
+    dead processes of this machine, and keeps a live writer's."""
+    from tinyfaces_trt.anonymize.cli import main as anonymize
+    from tinyfaces_trt.core import files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for run, out in ((lambda o: main([str(photos / "p0.jpg"), "--model", str(export_dir),
+                                      "--out", str(o)]), tmp_path / "detect"),
+                     (lambda o: anonymize([str(photos / "p0.jpg"), "--model", str(export_dir),
+                                           "--out", str(o), "--quiet"]), tmp_path / "anon")):
+        (out / "sub").mkdir(parents=True)
+        stale = [out / f".tf-tmp-{dead}.{files.HOST_TAG}-abcd1234-clip.mp4",
+                 out / "sub" / f".tf-tmp-{dead}.{files.HOST_TAG}-efgh5678-p.json"]
+        live = out / f".tf-tmp-{os.getpid()}.{files.HOST_TAG}-ijkl9012-x.json"
+        for path in stale + [live]:
+            path.write_bytes(b"half")
+        assert run(out) == 0
+        capsys.readouterr()
+        assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_anonymize_leaves_no_empty_out_and_names_every_skip(capsys, photos, export_dir, tmp_path):
+    """A run that fails before writing anything (no usable backend) leaves no new empty --out;
+    a run that skips every input says which."""
+    from tinyfaces_trt.anonymize.cli import main as anonymize
+
+    out = tmp_path / "new" / "out"
+    assert anonymize([str(photos / "p0.jpg"), "--out", str(out), "--backend", "tensorrt",
+                      "--model", str(export_dir)]) == 1
+    assert not out.exists()
+    capsys.readouterr()
+    argv = [str(photos / "p0.jpg"), "--out", str(out), "--model", str(export_dir)]
+    assert anonymize(argv) == 0
+    capsys.readouterr()
+    assert anonymize(argv) == 0
+    assert f"tf-anonymize: {photos / 'p0.jpg'}: skipped, {out / 'p0.jpg'} exists" \
+        in capsys.readouterr().err
+
+
 def test_stale_temporaries_are_judged_only_for_this_machine(tmp_path):
     """A folder shared by machines (an NFS home holding the cache): the leftovers of this
     machine's dead processes are removed; another machine's temporaries are kept, whatever

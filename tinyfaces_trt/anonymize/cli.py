@@ -14,6 +14,8 @@ metadata. A bad file is reported and skipped; the others finish.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import textwrap
 import time
@@ -28,8 +30,11 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, c
                                     is_untrained, positive_float, positive_int, probability,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import prepare_output_dir
+from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs,
+                                      remove_stale_temporaries_under)
 from tinyfaces_trt.runtime.masks import MODES, SHAPES
+
+log = logging.getLogger("tinyfaces_trt.anonymize")
 
 PROG = "tf-anonymize"
 
@@ -178,15 +183,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    new_out = not os.path.lexists(Path(args.out).expanduser())
+    try:
+        return _run_in(args)
+    finally:
+        if new_out and remove_empty_dirs(Path(args.out).expanduser()):  # nothing written
+            log.info("removed %s: nothing was written into it", args.out)
+
+
+def _run_in(args: argparse.Namespace) -> int:
     from tinyfaces_trt.anonymize.jobs import plan_tasks, process_file
 
     start = time.perf_counter()
     try:
         options = options_from(args)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}")
+        remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite)
         for _, message in errors:
             stderr_line(f"{PROG}: error: {message}")
+        for skipped in results:
+            if not args.quiet:
+                stderr_line(f"{PROG}: {skipped.task.source}: skipped, {skipped.task.output} "
+                            "exists (--overwrite replaces it)")
         if not tasks:
             return _summary(results, errors, start)
         if is_untrained(args.model, args.weights):
@@ -195,10 +214,6 @@ def _run(args: argparse.Namespace) -> int:
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR
-    for skipped in results:
-        if not args.quiet:
-            stderr_line(f"{PROG}: {skipped.task.source}: skipped, {skipped.task.output} exists "
-                        "(--overwrite replaces it)")
     if detector is None:
         return _run_on_ray(args, tasks, options, results, errors, start)
     with detector:

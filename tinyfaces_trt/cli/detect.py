@@ -38,7 +38,8 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
-from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs, write_text_atomic,
+from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs,
+                                      remove_stale_temporaries_under, write_text_atomic,
                                       written_for_another)
 
 PROG = "tf-detect"
@@ -495,6 +496,8 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
                         f"usable core(s); using {usable_cores()}")
             args.threads = usable_cores()
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
+        if out_dir is not None:
+            remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
             if args.wider_dir else None
         untrained = is_untrained(args.model, args.weights)
