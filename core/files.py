@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,7 +147,8 @@ def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
     could not read).
     """
     staging = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}{tag}-", dir=parent))
-    os.chmod(staging, 0o777 & ~_UMASK)
+    setgid = staging.stat().st_mode & stat.S_ISGID  # a shared group's folder passes it on
+    os.chmod(staging, (0o777 & ~_UMASK) | setgid)
     return staging
 
 
@@ -228,19 +230,26 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
 
 def written_for_another(record: str | os.PathLike[str], key: str,
                         source: str | os.PathLike[str]) -> bool:
-    """Whether the output JSON ``record`` exists and names (under ``key``) another input than
-    ``source`` (compared as absolute paths), or cannot be read: outputs named after a file
-    (``a.jpg`` and ``a.png``, or two folders' ``p.jpg``) must neither be skipped as done nor
-    overwritten for another input in a later run."""
+    """Whether the output JSON ``record`` exists and names another input than ``source``, or
+    cannot be read: outputs named after a file (``a.jpg`` and ``a.png``, or two folders'
+    ``p.jpg``) must neither be skipped as done nor overwritten for another input in a later
+    run. The input is the one ``key`` names as given, else the one its ``"resolved"`` path
+    (:func:`os.path.realpath` when written: another working folder, a symbolic link) is."""
     path = Path(record)
     if not path.exists():
         return False
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get(key)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        recorded, resolved = data.get(key), data.get("resolved")
     except (OSError, ValueError, AttributeError):
         return True
-    return not isinstance(recorded, str) or (recorded != str(source)
-                                             and os.path.abspath(recorded) != os.path.abspath(source))
+    if not isinstance(recorded, str):
+        return True
+    if recorded == str(source):
+        return False
+    if isinstance(resolved, str):
+        return resolved != os.path.realpath(source)
+    return os.path.abspath(recorded) != os.path.abspath(source)
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:

@@ -197,13 +197,15 @@ class _StreamLeases:
     the capture). Streams made here (cuda-python, ``cudaStreamNonBlocking`` as torch's) belong
     to the runner that took them until it gives them back (``close()``, or when it is
     collected); they are never destroyed (torch's allocator may still record events on a
-    stream a tensor was used on), only lent again. Without cuda-python a runner takes a pool
-    stream, as before.
+    stream a tensor was used on), only lent again. Without cuda-python, or where it cannot
+    make a stream, a runner takes a pool stream, as before.
     """
 
     def __init__(self) -> None:
         self._free: dict[int, list[tuple[Any, torch.cuda.Stream]]] = {}
-        self._lock = threading.Lock()
+        # reentrant: a runner collected while this thread holds it gives its streams back
+        # (weakref.finalize) in the same thread
+        self._lock = threading.RLock()
 
     def take(self, device: torch.device) -> tuple[Any, torch.cuda.Stream]:
         """(the ``cudaStream_t``, or None for a pool stream; the stream as a torch object)
@@ -215,10 +217,15 @@ class _StreamLeases:
         rt = _cuda_runtime()
         if rt is None:
             return None, torch.cuda.Stream(device)
-        with torch.cuda.device(device):
-            err, handle = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
-        if err != rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"cudaStreamCreateWithFlags on {device} failed: {err}")
+        try:
+            with torch.cuda.device(device):
+                err, handle = rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking)
+            if err != rt.cudaError_t.cudaSuccess:
+                raise RuntimeError(f"cudaStreamCreateWithFlags: {err}")
+        except Exception as exc:  # e.g. cuda-python 13 on a CUDA 12 driver, which torch uses
+            _logger.info("no stream of the runner's own on %s (%s); taking one of torch's pool",
+                         device, first_line(exc))
+            return None, torch.cuda.Stream(device)
         return handle, torch.cuda.ExternalStream(int(handle), device=device)
 
     def give_back(self, device: torch.device, lease: tuple[Any, torch.cuda.Stream]) -> None:

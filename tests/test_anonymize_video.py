@@ -429,9 +429,13 @@ def test_pixel_format_and_encoder_checks():
     x264 = ["yuv420p", "yuvj420p", "yuv422p", "yuv444p"]
     assert output_pixel_format("yuv420p", 96, 64, x264) == "yuv420p"
     assert output_pixel_format("yuv420p", 127, 95, x264) == "yuv444p"
-    assert output_pixel_format("yuv422p", 96, 63, x264) == "yuv444p"
+    assert output_pixel_format("yuv420p", 96, 63, x264) == "yuv444p"
+    assert output_pixel_format("yuv422p", 96, 63, x264) == "yuv422p"  # full height: it copes
+    assert output_pixel_format("yuv422p", 97, 64, x264) == "yuv444p"
     assert output_pixel_format("rgb24", 96, 64, x264) == "yuv420p"  # not the encoder's: 4:2:0
-    assert output_pixel_format("yuv420p", 127, 95, ["yuv420p"]) == "yuv420p"  # mpeg4: it copes
+    assert output_pixel_format("yuv420p", 127, 95, ["yuv420p"], "mpeg4") == "yuv420p"
+    vp9 = ["yuv420p", "yuv422p", "yuv444p"]  # libvpx-vp9 encodes 4:2:0 at odd sizes
+    assert output_pixel_format("yuv420p", 127, 95, vp9, "libvpx-vp9") == "yuv420p"
     assert encoder_problem("libx264") is None and encoder_problem("mpeg4") is None
     assert encoder_problem("bogus") == "no such encoder in this FFmpeg build (PyAV's)"
     assert encoder_problem("aac") == "not a video encoder (it encodes audio)"

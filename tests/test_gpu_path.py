@@ -538,6 +538,10 @@ def test_memory_is_freed_only_once_the_work_queued_on_it_is_done(monkeypatch):
         detector.postprocessor.add_level(detector.runner.run(detector.preprocessor.prepare(image, level)),
                                          level)
     detector.runner.run(detector.preprocessor.prepare(image, levels[2]))  # then Ctrl-C
+    detector.detect(synthetic_image(80, 112))  # a larger one: the level buffers grow
+    assert _frees_of_busy_memory(log.calls) == []
+    detector.postprocessor.reset(60, 84)
+    detector.runner.run(detector.preprocessor.prepare(image, levels[0]))  # Ctrl-C again
     detector.close()
     assert _frees_of_busy_memory(log.calls) == []
     assert [c for c in log.calls if c[0] == "free"], "close() freed nothing"

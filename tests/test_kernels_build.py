@@ -492,6 +492,8 @@ def test_another_arch_or_compiler_rebuilds_the_library(tmp_path: Path) -> None:
     assert make("GENCODE=-gencode arch=compute_75,code=sm_75") == []
     assert make("GENCODE=-gencode arch=compute_75,code=sm_75", "EXTRA_NVCCFLAGS=-Xptxas -v") == []
     assert len(make()) == 1  # back to the default architectures
+    quoted = "NVCCFLAGS=-O3 -Xcompiler '-DNAME=\"a b\"'"  # quotes in a flag: written as given
+    assert len(make(quoted)) == 1 and make(quoted) == []
 
 
 # --- host side of the CUDA stages without cuda-python ------------------------------------------

@@ -347,6 +347,9 @@ def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_
     assert code == 2
     assert capsys.readouterr().err.strip() == (
         f"tf-parity: error: cannot write --json {blocker / 'x.json'}: {blocker} is not a folder")
+    assert main(["--untrained", "--depth", "50", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tf-parity: error: cannot write --json {tmp_path}: {tmp_path} is a folder")
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")

@@ -195,7 +195,7 @@ def test_rerun_skips_done_images_and_overwrite_replaces(capsys, photos, export_d
 
 
 def test_a_later_run_never_takes_another_images_outputs_for_its_own(capsys, photos, export_dir,
-                                                                    tmp_path):
+                                                                    tmp_path, monkeypatch):
     """Outputs are named after the file: a.jpg then a.png, or two folders' p.jpg, in two runs.
     The second was skipped as done, or lost its JSON (the first's was kept): it now gets the
     next name, as within one run; a rerun of either finds its own files and skips."""
@@ -217,6 +217,13 @@ def test_a_later_run_never_takes_another_images_outputs_for_its_own(capsys, phot
     for image in runs:  # each finds its own files
         code, stdout, err = _run(capsys, image, "--model", export_dir, "--out", out, "--blur")
         assert code == 0 and stdout == "" and "skipped, its outputs exist" in err
+    # together, in another order: a name refused to one is still the other's own
+    code, stdout, err = _run(capsys, runs[2], runs[0], "--model", export_dir, "--out", out, "--blur")
+    assert code == 0 and stdout == "" and err.count("skipped, its outputs exist") == 2
+    # given relatively, from another working folder: still its own files
+    monkeypatch.chdir(tmp_path / "y")
+    code, stdout, err = _run(capsys, "p.jpg", "--model", export_dir, "--out", out, "--blur")
+    assert code == 0 and stdout == "" and "skipped, its outputs exist" in err
 
 
 def test_jpeg_quality_option(capsys, photos, export_dir, tmp_path):
@@ -370,6 +377,12 @@ def test_staged_folders_get_the_usual_folder_mode(tmp_path, export_dir):
     assert usual == 0o777 & ~files._UMASK
     assert files.staging_dir(tmp_path, "x").stat().st_mode & 0o777 == usual
     assert export_dir.stat().st_mode & 0o777 == usual  # the export cache's folder, swapped in
+    shared = tmp_path / "shared"  # a group's folder: new folders keep its group (setgid)
+    shared.mkdir()
+    shared.chmod(0o2775)
+    (shared / "plain").mkdir()
+    assert files.staging_dir(shared, "x").stat().st_mode & 0o7777 == \
+        (shared / "plain").stat().st_mode & 0o7777 == 0o2000 | usual
 
 
 def test_a_run_removes_what_killed_runs_left_in_its_out_folder(capsys, photos, export_dir,

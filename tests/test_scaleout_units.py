@@ -325,6 +325,10 @@ def test_serve_refuses_a_busy_port_and_an_unreadable_model_before_starting_ray(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"tf-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use (another "
         f"server there? give another --port)")
+    with pytest.raises(TinyFacesError) as elsewhere:  # not this machine's address: no port hint
+        cli_serve.check_port_free("192.0.2.1", port)
+    assert str(elsewhere.value).startswith(f"cannot listen on 192.0.2.1:{port}: ") and \
+        "--port" not in str(elsewhere.value)
     assert cli_serve.main(["--model", str(tmp_path / "nope")]) == 1
     assert "export folder" in capsys.readouterr().err
     assert cli_serve.main(["--weights", str(tmp_path / "w.pth")]) == 1

@@ -991,6 +991,41 @@ def test_streams_of_its_own_are_lent_to_one_runner_at_a_time(own_streams):
     assert len(own_streams.non_blocking) == len(own_streams.streams) == 5  # none destroyed
 
 
+def test_a_runner_collected_while_the_leases_are_busy_gives_its_streams_back(own_streams):
+    """weakref.finalize runs in whatever thread collects the runner, also one holding the
+    leases' lock (inside take or give_back): the lock is reentrant, so that thread does not
+    wait for itself (Python 3.12 and later collect there)."""
+    import threading
+
+    def collect_under_the_lock():
+        runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+        runner.device = torch.device("cuda", 0)
+        handle = runner._lease().cuda_stream
+        with torch_cuda._LEASES._lock:
+            del runner
+            gc.collect()
+        assert torch_cuda._LEASES.take(torch.device("cuda", 0))[1].cuda_stream == handle
+
+    worker = threading.Thread(target=collect_under_the_lock, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "a runner collected under the leases' lock deadlocked"
+
+
+def test_a_stream_cuda_python_cannot_make_is_taken_from_torchs_pool(own_streams, monkeypatch,
+                                                                   caplog):
+    """cuda-python 13 on a CUDA 12 driver (which torch cu12x uses) cannot make a stream:
+    torch-cuda takes a pool stream, as before, instead of failing."""
+    monkeypatch.setattr(own_streams, "cudaStreamCreateWithFlags",
+                        lambda flags: (own_streams.cudaError_t.cudaErrorInsufficientDriver, None))
+    monkeypatch.setattr(torch_cuda.torch.cuda, "Stream", lambda device=None: ("pool", device))
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner.device = torch.device("cuda", 0)
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export.torch_cuda"):
+        assert runner._lease() == ("pool", torch.device("cuda", 0))
+    assert "no stream of the runner's own on cuda:0 (cudaStreamCreateWithFlags: " in caplog.text
+
+
 def test_without_cuda_python_a_runner_takes_torchs_pool_stream(own_streams, monkeypatch):
     monkeypatch.setattr(torch_cuda, "_cuda_runtime", lambda: None)  # no cuda-python
     monkeypatch.setattr(torch_cuda.torch.cuda, "Stream", lambda device=None: ("pool", device))

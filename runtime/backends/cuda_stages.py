@@ -181,7 +181,10 @@ class CudaPreprocessor:
         if out is None or out.nbytes < n * 3 * h * w * 4:
             if out is not None:
                 del self._levels[level.index]  # gone even when the larger one cannot be had
-                out.free()  # the previous image's work is done: its boxes were downloaded
+                # an interrupted image's work may still read it (the runner's too: this
+                # stream waits for it since this image's first level)
+                self.stream.synchronize()
+                out.free()
             out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)

@@ -73,8 +73,8 @@ video: frames are decoded ahead and encoded on threads and detected in batches; 
 keeps each frame's timestamp, the resolution, rotation metadata, audio/subtitle streams
 (copied) and container metadata. Default encoders: libx264 (mp4, mov, mkv, avi, m4v),
 libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9). The source's pixel format is kept
-where the encoder takes it (else 4:2:0); at an odd width or height 4:4:4, which libx264
-needs there (fewer players decode it: --codec mpeg4 keeps 4:2:0).
+where the encoder takes it (else 4:2:0); libx264 at an odd width or height gets 4:4:4,
+as it cannot encode 4:2:0 there (fewer players decode it: --codec mpeg4 keeps 4:2:0).
 
 temporal hold: a face's mask stays --hold frames after its last detection (interpolated
 between two detections of one track) and is back-filled --hold frames before its first,

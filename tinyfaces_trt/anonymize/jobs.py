@@ -265,7 +265,8 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray
 def _header(detector: Any, task: Task, options: Options) -> dict[str, Any]:
     config = getattr(detector, "config", None)
     fields = ("variant", "prob_thresh", "nms_thresh", "min_face", "max_face", "size_refinement")
-    return {"input": task.source, "output": task.output, "kind": task.kind,
+    return {"input": task.source, "resolved": os.path.realpath(task.source),
+            "output": task.output, "kind": task.kind,
             "model": model_identity(detector),
             "config": {f: getattr(config, f, None) for f in fields},
             "options": _jsonable(dataclasses.asdict(options))}

@@ -7,7 +7,8 @@ within ``band`` above the threshold, where a face was nearly missed and a human 
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 
-    {"format", "input", "output", "kind": "video"|"image", "model", "config", "options",
+    {"format", "input", "resolved" (the input's real path), "output", "kind": "video"|"image",
+     "model", "config", "options",
      "video": {...stream info...} | null, "dropped_streams": [...],
      "summary": {"frames", "frames_with_masks", "detections", "held", "filled", "tracks"},
      "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},

@@ -260,21 +260,25 @@ def encoder_problem(codec: str) -> str | None:
     return None if found.type == "video" else f"not a video encoder (it encodes {found.type})"
 
 
-#: Pixel formats that keep one colour sample per 2 pixels across (or down): an odd width
-#: (height) cannot be encoded in them.
-_SUBSAMPLED = ("420", "422", "411", "410", "440", "nv12", "nv21", "nv16")
+#: Encoders that refuse an odd width (height) in a pixel format with one colour sample per
+#: 2 pixels across (down); libvpx-vp9 and mpeg4 encode those.
+_EVEN_CHROMA_ENCODERS = ("libx264", "libx265")
+_HALF_ACROSS = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
+_HALF_DOWN = ("420", "440", "410", "nv12", "nv21")
 
 
-def output_pixel_format(source: str | None, width: int, height: int, formats: list[str]) -> str:
+def output_pixel_format(source: str | None, width: int, height: int, formats: list[str],
+                        codec: str = "libx264") -> str:
     """The encoder's pixel format: the source's where the encoder takes it, else yuv420p (or
-    the encoder's first); at an odd size one without chroma subsampling (yuv444p) where the
-    encoder has one, as libx264 refuses 4:2:0 at odd sizes."""
+    the encoder's first); for libx264/libx265 at an odd width or height that format's chroma
+    cannot hold, yuv444p where the encoder has it (it refused with "Generic error in an
+    external library")."""
     choice = source if source in formats else (
         "yuv420p" if "yuv420p" in formats or not formats else formats[0])
-    if (width % 2 or height % 2) and any(s in choice for s in _SUBSAMPLED):
-        full = [f for f in ("yuv444p", "gbrp", "rgb24") if f in formats]
-        if full:
-            return full[0]
+    odd = (width % 2 and any(s in choice for s in _HALF_ACROSS)) or \
+        (height % 2 and any(s in choice for s in _HALF_DOWN))
+    if odd and codec in _EVEN_CHROMA_ENCODERS and "yuv444p" in formats:
+        return "yuv444p"
     return choice
 
 
@@ -324,7 +328,8 @@ class VideoWriter:
             _raise_from(exc, self.name, f"add a {self.codec} video stream")
         stream.width, stream.height = info.width, info.height
         formats = [f.name for f in (stream.codec_context.codec.video_formats or [])]
-        stream.pix_fmt = output_pixel_format(info.pix_fmt, info.width, info.height, formats)
+        stream.pix_fmt = output_pixel_format(info.pix_fmt, info.width, info.height, formats,
+                                             self.codec)
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         options: dict[str, str] = {}

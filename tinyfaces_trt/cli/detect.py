@@ -248,10 +248,12 @@ class OutputNames:
     def __init__(self) -> None:
         self._used: set[str] = set()
 
-    def stem(self, job: ImageJob) -> Path:
+    def stem(self, job: ImageJob, taken: Callable[[Path], bool] = lambda stem: False) -> Path:
+        """The first stem no other input of this run has and ``taken`` does not refuse
+        (reserved: only that one)."""
         base = job.rel.with_suffix("")
         candidate, k = base, 1
-        while candidate.as_posix().lower() in self._used:
+        while candidate.as_posix().lower() in self._used or taken(candidate):
             k += 1
             candidate = base.with_name(f"{base.name}_{k}")
         self._used.add(candidate.as_posix().lower())
@@ -262,10 +264,8 @@ def output_stem(names: OutputNames, out_dir: Path, job: ImageJob) -> Path:
     """``job``'s output stem: the next one of :class:`OutputNames` whose detections JSON, where
     an earlier run wrote one, is this image's (``a.jpg`` then ``a.png``, or two folders'
     ``p.jpg``, must neither skip nor overwrite each other's files)."""
-    stem = names.stem(job)
-    while written_for_another(out_dir / stem.parent / f"{stem.name}.json", "image", job.path):
-        stem = names.stem(job)
-    return stem
+    return names.stem(job, lambda stem: written_for_another(
+        out_dir / stem.parent / f"{stem.name}.json", "image", job.path))
 
 
 @dataclass(frozen=True)
@@ -311,11 +311,11 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     except OSError as exc:
         raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
                              f"{exc.strerror or exc}") from exc
-    makers: list[tuple[Path | None, Callable[[Path], None]]] = [
+    makers: list[tuple[Path | None, Callable[[Path], None]]] = [  # the JSON first: it names the input
+        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.anonymised, lambda path: save_image(
             path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
             jpeg_quality=jpeg_quality)),
-        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes),
                                              jpeg_quality=jpeg_quality)),
     ]
@@ -563,6 +563,12 @@ def _load(job: ImageJob) -> np.ndarray:
     return load_image(job.path)
 
 
+def _resolved(job: ImageJob) -> dict[str, str]:
+    """``{"resolved": the image's real path}`` for its record (none for standard input):
+    the input a later run's :func:`output_stem` recognises, from any working folder."""
+    return {} if job.is_stdin else {"resolved": os.path.realpath(job.path)}
+
+
 #: Pixels over a pyramid's levels from which tf-detect says, on a CPU, that an image will take
 #: a while (a 1080p photo's adaptive pyramid, about 17 million: 15 s for ResNet-101 in ONNX
 #: Runtime on 2 cores); otherwise nothing shows for minutes on a large photo.
@@ -572,8 +578,9 @@ SLOW_PYRAMID_PIXELS = 16_000_000
 def _say_if_slow(detector: Any, job: ImageJob, image: np.ndarray, console: _Console) -> None:
     from tinyfaces_trt.core.runner import capabilities_of
 
-    if capabilities_of(detector.runner).device_io:
-        return
+    providers = getattr(detector.runner, "providers", None) or ["CPUExecutionProvider"]
+    if capabilities_of(detector.runner).device_io or providers != ["CPUExecutionProvider"]:
+        return  # on a GPU
     levels = detector.plan(*image.shape[:2])
     pixels = sum(level.height * level.width for level in levels)
     if pixels >= SLOW_PYRAMID_PIXELS:
@@ -599,7 +606,8 @@ def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: Outp
     image = _load(job)
     _say_if_slow(detector, job, image, console)
     boxes = detector.detect(image)
-    record = {"image": str(job.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+    record = {"image": str(job.path), **_resolved(job),
+              "width": int(image.shape[1]), "height": int(image.shape[0]),
               "backend": args.backend, "model": model, "detections": detections_to_list(boxes)}
     if plan is not None:
         write_outputs(plan, image, boxes, record, anonymise, jpeg_quality=args.jpeg_quality,

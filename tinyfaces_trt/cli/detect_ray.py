@@ -29,10 +29,11 @@ from typing import Any
 
 from tinyfaces_trt.cli.detect import (
     PROG, ImageJob, OutputNames, _check_weights_path, collect_images, format_line,
-    output_stem, plan_outputs, write_outputs)
+    _resolved, output_stem, plan_outputs, write_outputs)
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, temporaries_of
+from tinyfaces_trt.core.files import (atomic_output, prepare_output_dir,
+                                      remove_stale_temporaries_under, temporaries_of)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.detectors import spec_from_arguments
@@ -137,7 +138,8 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     job = task.job
     image = load_image(job.path)
     boxes = detector.detect(image)
-    record = {"image": str(job.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+    record = {"image": str(job.path), **_resolved(job),
+              "width": int(image.shape[1]), "height": int(image.shape[0]),
               "backend": options.backend, "model": options.model,
               "detections": detections_to_list(boxes)}
     plan = _plan(task, options)
@@ -178,6 +180,8 @@ def run_detect(args: argparse.Namespace) -> int:
     try:
         _check_weights_path(args.weights)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
+        if out_dir is not None:
+            remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
             if args.wider_dir else None
         untrained = is_untrained(args.model, args.weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import textwrap
@@ -114,6 +115,16 @@ example:
     return parser
 
 
+def _check_writable(path: Path) -> None:
+    """Raises :class:`TinyFacesError` where ``path`` cannot be written (checked again when it is)."""
+    parent = path.resolve().parent
+    problem = (f"{parent} is not a folder" if not parent.is_dir()
+               else f"{path} is a folder" if path.is_dir()
+               else f"{parent} is not writable" if not os.access(parent, os.W_OK) else None)
+    if problem:
+        raise TinyFacesError(f"cannot write --json {path}: {problem}")
+
+
 def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
     """Refuses an export folder made from other weights than the reference's."""
     manifest = folder.manifest
@@ -191,9 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = args.backends is not None
     backends = args.backends or default_backends()
     try:
-        if args.json and not Path(args.json).resolve().parent.is_dir():  # before minutes of work
-            raise TinyFacesError(f"cannot write --json {args.json}: "
-                                 f"{Path(args.json).resolve().parent} is not a folder")
+        if args.json:
+            _check_writable(Path(args.json))  # before minutes of work
         from tinyfaces_trt.core.manifest import load_export_folder
         from tinyfaces_trt.export.weights import load_model
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -127,8 +128,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise TinyFacesError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another "
-                                 f"server there? give another --port)") from None
+            hint = " (another server there? give another --port)" \
+                if exc.errno == errno.EADDRINUSE else ""
+            raise TinyFacesError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") \
+                from None
 
 
 def check_network_source(args: argparse.Namespace) -> None:
