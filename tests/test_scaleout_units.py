@@ -183,6 +183,7 @@ def test_ray_options_on_the_detect_parser(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--min-replicas", "1"], "needs both"),
     (["--min-replicas", "3", "--max-replicas", "2"], "larger than"),
+    (["--replicas", "2", "--min-replicas", "1", "--max-replicas", "2"], "exclude each other"),
     (["--backend", "torch", "--model", "x"], "checkpoint"),
     (["--port", "0"], "--port"),
     (["--port", "65536"], "argument --port: 65536 must be 1 to 65535"),

@@ -67,8 +67,9 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                       help="largest image, width x height; larger ones (decompression bombs) "
                            "get 413 before decoding (default: %(default)d)")
     scale = parser.add_argument_group("scaling")
-    scale.add_argument("--replicas", type=positive_int, default=1, metavar="N",
-                       help="fixed number of replicas (default: 1)")
+    scale.add_argument("--replicas", type=positive_int, metavar="N",
+                       help="fixed number of replicas (default: 1; or autoscaling with "
+                            "--min-replicas/--max-replicas)")
     scale.add_argument("--min-replicas", type=int, metavar="N",
                        help="autoscale: fewest replicas (0 allowed; default: off)")
     scale.add_argument("--max-replicas", type=positive_int, metavar="N",
@@ -150,6 +151,9 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--min-replicas must be >= 0")
     if (args.min_replicas is None) != (args.max_replicas is None):
         parser.error("autoscaling needs both --min-replicas and --max-replicas")
+    if args.replicas is not None and args.min_replicas is not None:
+        parser.error("--replicas (a fixed number) and --min/--max-replicas (autoscaling) "
+                     "exclude each other")
     if args.max_replicas is not None and args.min_replicas > args.max_replicas:
         parser.error("--min-replicas is larger than --max-replicas")
     for size in args.warmup:
@@ -171,7 +175,7 @@ def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptio
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if gpus_in_cluster and spec_uses_gpu(spec) else 0.0
-    return ServeOptions(spec, replicas=args.replicas, min_replicas=args.min_replicas,
+    return ServeOptions(spec, replicas=args.replicas or 1, min_replicas=args.min_replicas,
                         max_replicas=args.max_replicas, max_batch_size=args.max_batch_size,
                         batch_wait_ms=args.batch_wait_ms,
                         max_request_bytes=int(args.max_request_mb * 2 ** 20),
