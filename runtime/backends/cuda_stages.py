@@ -73,6 +73,14 @@ def require_current_device(device: int, who: str) -> None:
             f"CUDA_VISIBLE_DEVICES={device} (it is then device 0)")
 
 
+def _wait_for_queued_work(stream: Stream, runner_order: StreamOrder) -> None:
+    """Before a stage frees its buffers: the work queued on its stream and, through
+    ``runner_order``, the runner's (an interrupted detect leaves some)."""
+    if stream.live:
+        runner_order.after()
+        stream.synchronize()
+
+
 def _as_stream(stream: Stream | int | None) -> Stream:
     if isinstance(stream, Stream):
         return stream
@@ -210,9 +218,7 @@ class CudaPreprocessor:
         made here (idempotent)."""
         if self._closed:
             return
-        if self.stream.live:  # an interrupted detect leaves work queued
-            self._from_runner.after()
-            self.stream.synchronize()
+        _wait_for_queued_work(self.stream, self._from_runner)
         if self._uploaded is not None:
             self._uploaded.synchronize()
             self._uploaded.close()
@@ -437,9 +443,7 @@ class CudaPostprocessor:
         made here (idempotent)."""
         if self._closed:
             return
-        if self.stream.live:  # an interrupted detect leaves work queued
-            self._after_runner.after()
-            self.stream.synchronize()
+        _wait_for_queued_work(self.stream, self._after_runner)
         for image in self._images:
             image.buffer.free()
         self._images = []
