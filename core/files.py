@@ -233,8 +233,9 @@ def written_for_another(record: str | os.PathLike[str], key: str,
     """Whether the output JSON ``record`` exists and names another input than ``source``, or
     cannot be read: outputs named after a file (``a.jpg`` and ``a.png``, or two folders'
     ``p.jpg``) must neither be skipped as done nor overwritten for another input in a later
-    run. The input is the one ``key`` names as given, else the one its ``"resolved"`` path
-    (:func:`os.path.realpath` when written: another working folder, a symbolic link) is."""
+    run. The input is the one its ``"resolved"`` path names (:func:`os.path.realpath` when
+    written: another working folder, a symbolic link), else (standard input) the one ``key``
+    names."""
     path = Path(record)
     if not path.exists():
         return False
@@ -243,13 +244,11 @@ def written_for_another(record: str | os.PathLike[str], key: str,
         recorded, resolved = data.get(key), data.get("resolved")
     except (OSError, ValueError, AttributeError):
         return True
-    if not isinstance(recorded, str):
-        return True
-    if recorded == str(source):
-        return False
     if isinstance(resolved, str):
         return resolved != os.path.realpath(source)
-    return os.path.abspath(recorded) != os.path.abspath(source)
+    if not isinstance(recorded, str):
+        return True
+    return recorded != str(source) and os.path.abspath(recorded) != os.path.abspath(source)
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:

@@ -493,7 +493,6 @@ class TorchCudaRunner(RunnerBase):
         if self._side is not None:
             self._side.synchronize()
         self._closed = True
-        self._give_back()  # the streams are lent to the next runner
         self._last_input = None
         self._producer_event = None
         self._callables.clear()
@@ -505,6 +504,7 @@ class TorchCudaRunner(RunnerBase):
         self._compile_cache = None
         self._packages = None
         self._model = None
+        self._give_back()  # the streams, their graphs gone, are lent to the next runner
 
     # -- preparing shapes --------------------------------------------------------------------
 

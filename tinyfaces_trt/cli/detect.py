@@ -311,7 +311,8 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     except OSError as exc:
         raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
                              f"{exc.strerror or exc}") from exc
-    makers: list[tuple[Path | None, Callable[[Path], None]]] = [  # the JSON first: it names the input
+    # the JSON first: it names the input, claiming the file names for it in later runs
+    makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.anonymised, lambda path: save_image(
             path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
