@@ -9,6 +9,7 @@ excuses) with its tolerances for the backend's precision; this module only adapt
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,12 @@ def examples_text(c: dict[str, Any]) -> str:
         if boxes:
             parts.append(f"{what}: {'; '.join(boxes)}")
     return " | ".join(parts)
+
+
+def examples_section(rows: Iterable[dict[str, Any]], label: Callable[[dict[str, Any]], str]
+                     ) -> list[str]:
+    """Markdown lines listing, per row with any (named by ``label``), its missing and extra
+    detections (:func:`examples_text`); none where no row has them."""
+    listed = [f"- {label(r)}: {text}" for r in rows if (text := examples_text(r))]
+    return ["", "Missing and extra detections (the first few, highest prob first):", "",
+            *listed] if listed else []

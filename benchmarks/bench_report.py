@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import emulated_work_text, format_duration
-from bench_parity import comparison_failure, examples_text
+from bench_parity import comparison_failure, examples_section
 from bench_targets import format_value
 
 #: Stage columns of the end-to-end table, in pipeline order ("other" = total - stages).
@@ -194,11 +194,7 @@ def _parity_lines(parity: dict[str, Any]) -> list[str]:
             f"dprob <= {tol['score']:g}) | {r['reference']} / {r['test']} | {r['matched']} | "
             f"{r['min_iou']:.4f} | {r['max_score_diff']:.2e} | {r['missing_firm']} | "
             f"{r['extra_firm']} | {r['nms_ambiguous']} | {'; '.join(r['failures'])} |")
-    listed = [f"- `{r['backend']}`: {text}" for r in parity["rows"] if (text := examples_text(r))]
-    if listed:
-        lines += ["", "Missing and extra detections (the first few, highest prob first):", "",
-                  *listed]
-    return lines
+    return lines + examples_section(parity["rows"], lambda r: f"`{r['backend']}`")
 
 
 def _profile_lines(profile: dict[str, Any]) -> list[str]:

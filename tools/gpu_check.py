@@ -452,7 +452,8 @@ def render_markdown(report: Report) -> str:
                 f"{r['reference']} / {r['test']} | {r['matched']} | {r['min_iou']:.4f} | "
                 f"{r['max_score_diff']:.2e} | {r['missing_firm']} | {r['extra_firm']} | "
                 f"{'; '.join(r['failures'])} |")
-        lines += _parity_examples(report.parity)
+        lines += _bench("bench_parity").examples_section(
+            report.parity, lambda r: f"{r['size']} `{r['backend']}`")
     if report.registers:
         lines += ["", "## Registers and spills (`-Xptxas -v`)", "",
                   "| kernel | arch | registers | spill stores (B) | spill loads (B) |",
@@ -835,14 +836,6 @@ def _bench(name: str) -> Any:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module(name)
-
-
-def _parity_examples(rows: list[dict[str, Any]]) -> list[str]:
-    """A line per parity row that lists missing or extra detections (which boxes moved)."""
-    examples_text = _bench("bench_parity").examples_text
-    lines = [f"- {r['size']} `{r['backend']}`: {text}" for r in rows if (text := examples_text(r))]
-    return ["", "Missing and extra detections (the first few, highest prob first):", "", *lines] \
-        if lines else []
 
 
 def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
