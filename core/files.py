@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
-    """Creates ``folder`` if needed and checks that it is a writable folder.
+    """Creates ``folder`` if needed, checks that it is a writable folder, and removes what
+    runs killed mid-write left in it (:func:`remove_stale_temporaries_under`).
 
     Args:
         folder: the folder.
@@ -46,6 +47,7 @@ def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
                              "give a writable folder") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise TinyFacesError(f"{what} is not writable; give a writable folder")
+    remove_stale_temporaries_under(path)
     return path
 
 
@@ -249,6 +251,20 @@ def written_for_another(record: str | os.PathLike[str], key: str,
     if not isinstance(recorded, str):
         return True
     return recorded != str(source) and os.path.abspath(recorded) != os.path.abspath(source)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(*folders: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Those of ``folders`` (None: none) that do not exist yet are removed after the block,
+    also when it fails, where nothing was written into them (:func:`remove_empty_dirs`)."""
+    paths = [Path(f).expanduser() for f in folders if f]
+    new = [path for path in paths if not os.path.lexists(path)]
+    try:
+        yield
+    finally:
+        for folder in new:
+            if remove_empty_dirs(folder):
+                log.info("removed %s: nothing was written into it", folder)
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:

@@ -14,8 +14,6 @@ metadata. A bad file is reported and skipped; the others finish.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import textwrap
 import time
@@ -30,11 +28,8 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, c
                                     is_untrained, positive_float, positive_int, probability,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs,
-                                      remove_stale_temporaries_under)
+from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.masks import MODES, SHAPES
-
-log = logging.getLogger("tinyfaces_trt.anonymize")
 
 PROG = "tf-anonymize"
 
@@ -183,12 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    new_out = not os.path.lexists(Path(args.out).expanduser())
-    try:
+    with removed_if_left_empty(args.out):
         return _run_in(args)
-    finally:
-        if new_out and remove_empty_dirs(Path(args.out).expanduser()):  # nothing written
-            log.info("removed %s: nothing was written into it", args.out)
 
 
 def _run_in(args: argparse.Namespace) -> int:
@@ -198,7 +189,6 @@ def _run_in(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}")
-        remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite)
         for _, message in errors:
             stderr_line(f"{PROG}: error: {message}")

@@ -38,9 +38,8 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
-from tinyfaces_trt.core.files import (prepare_output_dir, remove_empty_dirs,
-                                      remove_stale_temporaries_under, write_text_atomic,
-                                      written_for_another)
+from tinyfaces_trt.core.files import (prepare_output_dir, removed_if_left_empty,
+                                      write_text_atomic, written_for_another)
 
 PROG = "tf-detect"
 log = logging.getLogger(__name__)
@@ -470,23 +469,14 @@ def _progress_bar(jobs: list[ImageJob], args: argparse.Namespace) -> Any:
     return tqdm(total=len(jobs), desc=PROG, unit="image", file=sys.stderr, dynamic_ncols=True)
 
 
-def _created_folder(folder: str | None) -> bool:
-    return bool(folder) and not os.path.lexists(Path(folder).expanduser())
-
-
 def _run(args: argparse.Namespace) -> int:
     if ray_requested(args):
         from tinyfaces_trt.cli.detect_ray import run_detect
 
         return run_detect(args)
     start = time.perf_counter()
-    new_folders = [Path(f).expanduser() for f in (args.out, args.wider_dir) if _created_folder(f)]
-    try:
+    with removed_if_left_empty(args.out, args.wider_dir):
         return _run_in(args, start)
-    finally:
-        for folder in new_folders:  # nothing written: leave no empty folder behind
-            if remove_empty_dirs(folder):
-                log.info("removed %s: nothing was written into it", folder)
 
 
 def _run_in(args: argparse.Namespace, start: float) -> int:
@@ -497,8 +487,6 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
                         f"usable core(s); using {usable_cores()}")
             args.threads = usable_cores()
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
-        if out_dir is not None:
-            remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
             if args.wider_dir else None
         untrained = is_untrained(args.model, args.weights)

@@ -32,8 +32,7 @@ from tinyfaces_trt.cli.detect import (
     _resolved, output_stem, plan_outputs, write_outputs)
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import (atomic_output, prepare_output_dir,
-                                      remove_stale_temporaries_under, temporaries_of)
+from tinyfaces_trt.core.files import atomic_output, prepare_output_dir, temporaries_of
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.detectors import spec_from_arguments
@@ -180,8 +179,6 @@ def run_detect(args: argparse.Namespace) -> int:
     try:
         _check_weights_path(args.weights)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
-        if out_dir is not None:
-            remove_stale_temporaries_under(out_dir)  # what runs killed mid-write left
         wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
             if args.wider_dir else None
         untrained = is_untrained(args.model, args.weights)
