@@ -320,8 +320,9 @@ class VideoWriter:
         self._thread.start()
 
     def _add_video_stream(self, av: Any, info: StreamInfo, crf: int | None) -> None:
-        if self.codec not in av.codecs_available:
-            raise VideoError(f"{self.name}: encoder {self.codec!r} is not in this FFmpeg build")
+        problem = encoder_problem(self.codec)  # the default of a container, or --codec
+        if problem:
+            raise VideoError(f"{self.name}: encoder {self.codec!r}: {problem}")
         try:
             stream = self.container.add_stream(self.codec, rate=info.rate or Fraction(25))
         except Exception as exc:  # noqa: BLE001
