@@ -141,7 +141,7 @@ class CudaPreprocessor:
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
-        self._levels: dict[int, _Scratch] = {}  # by level index, grown on demand
+        self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._sources: list[np.ndarray] = []
         self._closed = False
         self.device = cuda_device.current_device()  # where the buffers are made
@@ -184,13 +184,16 @@ class CudaPreprocessor:
         # One buffer per level index, even where two levels' shapes coincide (the network may
         # still read one level while the next is resized), kept across image sizes and grown
         # to the largest seen: a service alternating sizes allocates nothing after the first
-        # of each (a cudaFree waits for the whole device). Growing waits for the stream: an
-        # interrupted image's work may still read the old one (the runner's too: this stream
-        # waits for it since this image's first level).
-        scratch = self._levels.get(level.index)
-        if scratch is None:
-            scratch = self._levels[level.index] = _Scratch(stream=self.stream)
-        out = scratch.get(n * 3 * h * w * 4)
+        # of each (a cudaFree waits for the whole device).
+        out = self._levels.get(level.index)
+        if out is None or out.nbytes < n * 3 * h * w * 4:
+            if out is not None:
+                del self._levels[level.index]  # gone even when the larger one cannot be had
+                # an interrupted image's work may still read it (the runner's too: this
+                # stream waits for it since this image's first level)
+                self.stream.synchronize()
+                out.free()
+            out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
         ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
         for i in range(n):
@@ -205,8 +208,8 @@ class CudaPreprocessor:
         self.stream.synchronize()
 
     def _free_levels(self) -> None:
-        for scratch in self._levels.values():
-            scratch.free()
+        for buf in self._levels.values():
+            buf.free()
         self._levels = {}
 
     def close(self) -> None:
