@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -123,6 +124,81 @@ def test_ctrl_c_stops_a_long_onnxruntime_run(tiny, monkeypatch):
     assert time.monotonic() - start < 3 and seen == ["tf-onnxruntime-run"]
     runner.session = real
     np.testing.assert_array_equal(runner.run(x), expected)  # and the runner goes on
+
+
+class _Blocking:
+    """A session whose run lasts until told to terminate (``linger_s`` later), as ONNX
+    Runtime's does, recording when it began and ended."""
+
+    def __init__(self, linger_s: float = 0.0) -> None:
+        import threading
+
+        self.began, self.ended = threading.Event(), threading.Event()
+        self.linger_s = linger_s
+
+    def run(self, names, feeds, options=None):
+        import time
+
+        self.began.set()
+        try:
+            while not options.terminate:
+                time.sleep(0.005)
+            time.sleep(self.linger_s)
+            raise RuntimeError("Exiting due to terminate flag being set to true.")
+        finally:
+            self.ended.set()
+
+
+@pytest.mark.parametrize("lands", ["before the thread starts", "after the run began"])
+def test_no_onnxruntime_run_outlives_an_interrupt_in_thread_start(tiny, monkeypatch, lands):
+    """A signal breaks Thread.start's wait for the new thread: an interrupt landing there left
+    the run going on its thread, and the CLI's exit then aborted in ONNX Runtime's C++
+    teardown ("terminate called without an active exception", exit -6; seen in CI)."""
+    import threading
+
+    from tinyfaces_trt.runtime.backends import onnxruntime_runner
+
+    runner = OnnxRuntimeRunner(tiny[0], threads=1)
+    session = runner.session = _Blocking()
+
+    class InterruptedStart(threading.Thread):
+        def start(self) -> None:
+            if lands == "after the run began":
+                super().start()
+                assert session.began.wait(5)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnxruntime_runner.threading, "Thread", InterruptedStart)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(np.zeros((1, 3, 16, 16), np.float32))
+    monkeypatch.undo()
+    if lands == "after the run began":
+        assert session.ended.is_set()  # told to stop and waited for
+    else:
+        time.sleep(0.1)
+        assert not session.began.is_set()  # never began
+
+
+def test_a_second_ctrl_c_waits_for_the_run_to_stop(tiny):
+    """Ctrl-C twice: the second lands while the run, told to stop, finishes its node; raising
+    it then left the run going (the abort above)."""
+    import signal
+    import threading
+
+    runner = OnnxRuntimeRunner(tiny[0], threads=1)
+    session = runner.session = _Blocking(linger_s=0.6)
+    timers = [threading.Timer(t, os.kill, (os.getpid(), signal.SIGINT)) for t in (0.2, 0.4)]
+    for timer in timers:
+        timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(np.zeros((1, 3, 16, 16), np.float32))
+        ended_when_raised = session.ended.is_set()
+    finally:
+        for timer in timers:
+            timer.cancel()
+            timer.join()
+    assert ended_when_raised
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -96,15 +96,23 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     between bytecodes, never inside ONNX Runtime's run (a large image's level takes minutes
     on a CPU), so there the run goes on a helper thread while the main thread waits; an
     interrupt sets the run's ``terminate`` flag, waits for it to stop and is raised. In other
-    threads (no signal arrives there) it runs directly."""
+    threads (no signal arrives there) it runs directly.
+
+    No run outlives the interrupt, wherever it lands (in ``Thread.start`` too, whose wait a
+    signal breaks, or a second Ctrl-C during the wait): a process that exits while ONNX
+    Runtime runs on another thread aborts in its C++ teardown ("terminate called without an
+    active exception", exit -6 instead of 130)."""
     if threading.current_thread() is not threading.main_thread():
         return session.run(output_names, feeds)
     options = import_onnxruntime().RunOptions()
     result: list[Any] = []
     failure: list[BaseException] = []
     done = threading.Event()  # not Thread.join: an interrupted join marks the thread stopped
+    claim: dict[str, str] = {}  # who came first, the run or the interrupt (setdefault is atomic)
 
     def work() -> None:
+        if claim.setdefault("by", "run") != "run":
+            return  # interrupted before it began
         try:
             result.append(session.run(output_names, feeds, options))
         except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
@@ -112,17 +120,30 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
         finally:
             done.set()
 
-    threading.Thread(target=work, name="tf-onnxruntime-run", daemon=True).start()
     try:
+        threading.Thread(target=work, name="tf-onnxruntime-run", daemon=True).start()
         while not done.wait(0.25):
             pass
     except KeyboardInterrupt:
-        options.terminate = True
-        done.wait()
+        _stop_run(options, claim, done)
         raise
     if failure:
         raise failure[0]
     return result[0]
+
+
+def _stop_run(options: Any, claim: dict[str, str], done: threading.Event) -> None:
+    """Tells an interrupted run to stop and waits until it has (a further Ctrl-C meanwhile
+    only waits again: the run is already told to stop)."""
+    while True:
+        try:
+            options.terminate = True
+            if claim.setdefault("by", "interrupt") == "run":
+                done.wait()
+            return
+        except KeyboardInterrupt:
+            continue
+
 
 class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
