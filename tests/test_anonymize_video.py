@@ -447,3 +447,46 @@ def test_a_bad_codec_is_refused_before_any_work(tmp_path, capsys):
     assert info.value.code == 2
     assert "--codec bogus: no such encoder in this FFmpeg build" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_open_leaves_no_decode_thread(tmp_path, monkeypatch):
+    """Ctrl-C while the reader waits for the first frame: its decode thread, blocked on a
+    full queue, and the open file were left behind."""
+    import threading
+
+    from tinyfaces_trt.anonymize import video
+
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=6)
+    monkeypatch.setattr(video, "_QUEUE_FRAMES", 1)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video.VideoReader, "_get", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        video.VideoReader(src)
+    assert [t for t in threading.enumerate() if t.name == "tf-decode"] == []
+
+
+def test_an_interrupted_writer_start_leaves_no_encode_thread(tmp_path, monkeypatch):
+    """Ctrl-C inside Thread.start (a signal breaks its wait) once the encode thread runs:
+    the thread, which muxes into the open file, was left behind."""
+    import threading
+
+    from tinyfaces_trt.anonymize import video
+
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=2)
+
+    class InterruptedStart(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            raise KeyboardInterrupt
+
+    with video.VideoReader(src) as reader:
+        monkeypatch.setattr(video.threading, "Thread", InterruptedStart)
+        with pytest.raises(KeyboardInterrupt):
+            video.VideoWriter(tmp_path / "out.mp4", reader)
+        monkeypatch.undo()
+    assert [t for t in threading.enumerate() if t.name == "tf-encode"] == []

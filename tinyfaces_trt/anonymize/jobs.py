@@ -314,15 +314,17 @@ def _process_video(detector: Any, task: Task, options: Options
     audit = _audit(detector, options)
     with VideoReader(task.source) as reader, atomic_output(task.output) as tmp:
         writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output)
-        bar = _progress_bar(task, reader.info.frames, options)
+        bar = None
         try:
+            bar = _progress_bar(task, reader.info.frames, options)
             _anonymise_frames(detector, reader, writer, audit, options, bar)
             writer.finish()
         except BaseException:
             writer.abort()
             raise
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
     header = _header(detector, task, options)
     header["video"] = reader.info.to_dict()
     header["dropped_streams"] = writer.dropped

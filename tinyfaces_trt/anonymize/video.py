@@ -146,7 +146,11 @@ class VideoReader:
         self._first: Frame | None = None
         self._rotation = 0
         self._turns = 0
-        self.info = self._probe()
+        try:
+            self.info = self._probe()
+        except BaseException:  # no decode thread or open file outlives a failed open
+            self.close()
+            raise
 
     def _probe(self) -> StreamInfo:
         s = self.stream
@@ -236,7 +240,8 @@ class VideoReader:
     def close(self) -> None:
         """Stops the decode thread and closes the file; idempotent."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         self.container.close()
 
     def __enter__(self) -> "VideoReader":
@@ -317,7 +322,11 @@ class VideoWriter:
         self._error: BaseException | None = None
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tf-encode", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:  # Ctrl-C in start(): no encode thread or open file left
+            self.abort()
+            raise
 
     def _add_video_stream(self, av: Any, info: StreamInfo, crf: int | None) -> None:
         problem = encoder_problem(self.codec)  # the default of a container, or --codec
@@ -454,7 +463,8 @@ class VideoWriter:
     def abort(self) -> None:
         """Stops the encoder thread and closes the file without finishing it."""
         self._abort.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         try:
             self.container.close()
         except Exception:  # noqa: BLE001 (the file is removed anyway)
