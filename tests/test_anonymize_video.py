@@ -490,3 +490,65 @@ def test_an_interrupted_writer_start_leaves_no_encode_thread(tmp_path, monkeypat
             video.VideoWriter(tmp_path / "out.mp4", reader)
         monkeypatch.undo()
     assert [t for t in threading.enumerate() if t.name == "tf-encode"] == []
+
+
+def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp_path):
+    """Ctrl-C while finish() waits for the encoder's flush: the interrupted Thread.join marked
+    the encode thread stopped, abort() then closed the container under the running encode
+    and the process crashed (SIGSEGV)."""
+    import signal
+    import threading
+    import time
+
+    from tinyfaces_trt.anonymize import video
+
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=3)
+    closed_while_encoding = []
+
+    class SlowFlush:
+        def __init__(self, stream):
+            self._stream, self.busy = stream, False
+
+        def encode(self, frame=None):
+            if frame is None:
+                self.busy = True
+                time.sleep(0.6)  # a long flush (x264's lookahead on a large clip)
+            try:
+                return self._stream.encode(frame)
+            finally:
+                self.busy = False
+
+        def __getattr__(self, name):
+            return getattr(self._stream, name)
+
+    class WatchedClose:
+        def __init__(self, container, flush):
+            self._container, self._flush = container, flush
+
+        def close(self):
+            encoding = self._flush.busy
+            closed_while_encoding.append(encoding)
+            if not encoding:  # closing under the encode would crash this test's process
+                self._container.close()
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+    with video.VideoReader(src) as reader:
+        writer = video.VideoWriter(tmp_path / "out.mp4", reader)
+        writer.stream = flush = SlowFlush(writer.stream)
+        writer.container = WatchedClose(writer.container, flush)
+        for frame in reader.frames():
+            writer.write(frame.image, frame.pts)
+        timer = threading.Timer(0.2, signal.pthread_kill,
+                                (threading.main_thread().ident, signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                writer.finish()
+            writer.abort()  # as process_file does
+        finally:
+            timer.cancel()
+            timer.join()
+    assert closed_while_encoding == [False]

@@ -24,6 +24,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import ManifestError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEpSettings,
                                                          open_with_engine_cache)
 
@@ -105,44 +106,14 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     if threading.current_thread() is not threading.main_thread():
         return session.run(output_names, feeds)
     options = import_onnxruntime().RunOptions()
-    result: list[Any] = []
-    failure: list[BaseException] = []
-    done = threading.Event()  # not Thread.join: an interrupted join marks the thread stopped
-    claim: dict[str, str] = {}  # who came first, the run or the interrupt (setdefault is atomic)
-
-    def work() -> None:
-        if claim.setdefault("by", "run") != "run":
-            return  # interrupted before it began
-        try:
-            result.append(session.run(output_names, feeds, options))
-        except BaseException as exc:  # noqa: BLE001 (raised in the caller's thread)
-            failure.append(exc)
-        finally:
-            done.set()
-
+    worker = Worker(lambda: session.run(output_names, feeds, options), "tf-onnxruntime-run")
     try:
-        threading.Thread(target=work, name="tf-onnxruntime-run", daemon=True).start()
-        while not done.wait(0.25):
-            pass
+        worker.start()
+        worker.wait()
     except KeyboardInterrupt:
-        _stop_run(options, claim, done)
+        worker.stop(ask=lambda: setattr(options, "terminate", True))
         raise
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def _stop_run(options: Any, claim: dict[str, str], done: threading.Event) -> None:
-    """Tells an interrupted run to stop and waits until it has (a further Ctrl-C meanwhile
-    only waits again: the run is already told to stop)."""
-    while True:
-        try:
-            options.terminate = True
-            if claim.setdefault("by", "interrupt") == "run":
-                done.wait()
-            return
-        except KeyboardInterrupt:
-            continue
+    return worker.result()
 
 
 class OnnxRuntimeRunner(RunnerBase):

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import version_tuple
+from tinyfaces_trt.core.threads import Worker
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
@@ -142,7 +143,7 @@ class VideoReader:
         self.passthrough: queue.Queue[Any] = queue.Queue()
         self._frames: queue.Queue[Any] = queue.Queue(_QUEUE_FRAMES)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tf-decode", daemon=True)
+        self._worker = Worker(self._run, "tf-decode")
         self._first: Frame | None = None
         self._rotation = 0
         self._turns = 0
@@ -154,7 +155,7 @@ class VideoReader:
 
     def _probe(self) -> StreamInfo:
         s = self.stream
-        self._thread.start()
+        self._worker.start()
         first = self._get()
         if first is _END:
             raise VideoError(f"{self.path}: its video stream holds no decodable frame")
@@ -240,9 +241,8 @@ class VideoReader:
     def close(self) -> None:
         """Stops the decode thread and closes the file; idempotent."""
         self._stop.set()
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=10)
-        self.container.close()
+        if self._worker.stop(timeout=10):  # else a decode call still runs in the container
+            self.container.close()
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -321,9 +321,9 @@ class VideoWriter:
         self._frames: queue.Queue[Any] = queue.Queue(_QUEUE_FRAMES)
         self._error: BaseException | None = None
         self._abort = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tf-encode", daemon=True)
+        self._worker = Worker(self._run, "tf-encode")
         try:
-            self._thread.start()
+            self._worker.start()
         except BaseException:  # Ctrl-C in start(): no encode thread or open file left
             self.abort()
             raise
@@ -451,7 +451,7 @@ class VideoWriter:
                 break
             except queue.Full:
                 continue
-        self._thread.join()
+        self._worker.wait()
         if self._error is not None:
             self.container.close()
             raise self._error_as_video()
@@ -463,8 +463,8 @@ class VideoWriter:
     def abort(self) -> None:
         """Stops the encoder thread and closes the file without finishing it."""
         self._abort.set()
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=10)
+        if not self._worker.stop(timeout=10):
+            return  # an encode call still runs in the container: closing it would crash
         try:
             self.container.close()
         except Exception:  # noqa: BLE001 (the file is removed anyway)

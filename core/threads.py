@@ -1,0 +1,98 @@
+"""A helper thread whose end its owner knows for sure, even after Ctrl-C.
+
+Two CPython behaviours make ``Thread.start`` / ``Thread.join`` unsafe around native work
+(an ONNX Runtime run, an FFmpeg encode) that an interrupt must not outlive:
+
+- a KeyboardInterrupt that breaks ``Thread.join`` marks the thread as stopped while it still
+  runs, so a later ``join`` returns at once (closing an FFmpeg container under the running
+  encode then crashed the process);
+- a signal breaks ``Thread.start``'s wait for the new thread, so an interrupt can land after
+  the thread began but before the caller's ``try`` (a process that exits while ONNX Runtime
+  runs on another thread aborts in its C++ teardown).
+
+:class:`Worker` ends on an :class:`threading.Event` instead, and :meth:`Worker.cancel` settles
+atomically with the thread's first step whether the work runs at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+WAIT_SLICE_S = 0.25
+
+
+class Worker:
+    """Runs ``fn()`` once on a daemon thread named ``name``.
+
+    After :meth:`cancel`, either ``fn`` never runs or :meth:`stop` waits for its end; in
+    between, :meth:`wait` reports the end and :meth:`result` gives ``fn``'s value or raises
+    its exception.
+    """
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        self._fn = fn
+        self._done = threading.Event()
+        self._claim: dict[str, str] = {}  # who came first, the thread or cancel (setdefault is atomic)
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Starts the thread (an interrupt may land in here: :meth:`stop` still knows)."""
+        self.thread.start()
+
+    def _run(self) -> None:
+        if self._claim.setdefault("by", "thread") != "thread":
+            return  # cancelled before it began
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 (raised by result())
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def cancel(self) -> bool:
+        """Keeps ``fn`` from beginning if it has not yet; True when it had begun."""
+        return self._claim.setdefault("by", "cancel") == "thread"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once ``fn`` has ended, or was cancelled before it began; False on timeout.
+        Ctrl-C raises here as usual."""
+        if self._claim.get("by") == "cancel":
+            return True
+        return self._wait_until(None if timeout is None else time.monotonic() + timeout)
+
+    def stop(self, timeout: float | None = None, ask: Callable[[], object] | None = None) -> bool:
+        """:meth:`cancel`, then waits for ``fn``'s end, through any further Ctrl-C (the stop
+        is under way). ``ask`` tells ``fn`` to stop; it is called first, and again after each
+        further Ctrl-C. True once ended or never begun, False when ``timeout`` (seconds) ran
+        out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                if ask is not None:
+                    ask()
+                return not self.cancel() or self._wait_until(deadline)
+            except KeyboardInterrupt:
+                continue
+
+    def _wait_until(self, deadline: float | None) -> bool:
+        # in slices: a signal the kernel hands to another thread does not break this
+        # thread's wait, and Python raises it here only at the next slice
+        while True:
+            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S,
+                                                             deadline - time.monotonic())
+            if self._done.wait(max(0.0, left)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def result(self) -> Any:
+        """``fn``'s value, or its exception raised; call once :meth:`wait` is True."""
+        if self._error is not None:
+            raise self._error
+        return self._value

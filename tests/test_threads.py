@@ -1,0 +1,137 @@
+"""core.threads.Worker: its owner knows when the work has ended, wherever Ctrl-C lands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tinyfaces_trt.core import threads
+from tinyfaces_trt.core.threads import Worker
+
+
+class Job:
+    """Work that runs until asked to stop, then takes ``linger_s`` more to end."""
+
+    def __init__(self, linger_s: float = 0.0) -> None:
+        self.began, self.asked, self.ended = threading.Event(), threading.Event(), threading.Event()
+        self.linger_s = linger_s
+
+    def __call__(self) -> str:
+        self.began.set()
+        self.asked.wait(10)
+        time.sleep(self.linger_s)
+        self.ended.set()
+        return "done"
+
+
+def _sigint_after(*delays: float) -> list[threading.Timer]:
+    """Ctrl-C for the main thread (as the terminal's, which the kernel may hand to any thread)."""
+    main = threading.main_thread().ident
+    timers = [threading.Timer(d, signal.pthread_kill, (main, signal.SIGINT)) for d in delays]
+    for timer in timers:
+        timer.start()
+    return timers
+
+
+def _cancel(timers: list[threading.Timer]) -> None:
+    for timer in timers:
+        timer.cancel()
+        timer.join()
+
+
+def test_result_and_exception_come_back():
+    worker = Worker(lambda: 42, "t")
+    worker.start()
+    assert worker.wait(5) and worker.result() == 42
+
+    def fails():
+        raise ValueError("no")
+
+    worker = Worker(fails, "t")
+    worker.start()
+    assert worker.wait(5)
+    with pytest.raises(ValueError, match="no"):
+        worker.result()
+
+
+def test_an_interrupted_wait_still_knows_the_work_runs():
+    """Thread.join broken by Ctrl-C marks the thread stopped while it runs (a later join
+    returned at once; closing the video container under the encode crashed the process)."""
+    job = Job(linger_s=0.3)
+    worker = Worker(job, "t")
+    worker.start()
+    timers = _sigint_after(0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker.wait()
+    finally:
+        _cancel(timers)
+    assert worker.stop(timeout=10, ask=job.asked.set) and job.ended.is_set()
+
+
+def test_cancelled_before_it_began_the_work_never_runs():
+    job = Job()
+    worker = Worker(job, "t")
+    assert worker.stop(timeout=0) and worker.wait(0)  # never started: nothing to wait for
+    worker.start()
+    worker.thread.join(5)
+    assert not job.began.is_set()
+
+
+def test_an_interrupt_in_thread_start_after_the_work_began(monkeypatch):
+    """A signal breaks Thread.start's wait: the work may have begun before the caller's try."""
+    job = Job(linger_s=0.2)
+
+    class InterruptedStart(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            assert job.began.wait(5)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threads.threading, "Thread", InterruptedStart)
+    worker = Worker(job, "t")
+    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt):
+        worker.start()
+    assert worker.stop(timeout=10, ask=job.asked.set) and job.ended.is_set()
+
+
+def test_stop_waits_through_further_interrupts_and_asks_again():
+    """Ctrl-C twice: the second lands while the work, asked to stop, finishes (raising it
+    then left ONNX Runtime running at exit)."""
+    job = Job()
+    asked, interrupted = [], threading.Event()
+
+    def ask() -> None:
+        asked.append(1)
+        if len(asked) == 1:  # the first ask: a further Ctrl-C comes while the work ends
+            threading.Timer(0.05, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT)).start()
+        else:
+            interrupted.set()
+
+    def work() -> str:
+        job.began.set()
+        interrupted.wait(10)  # ends only once stop() has taken the second Ctrl-C
+        job.ended.set()
+        return "done"
+
+    worker = Worker(work, "t")
+    worker.start()
+    assert job.began.wait(5)
+    assert worker.stop(timeout=20, ask=ask)
+    assert job.ended.is_set() and len(asked) == 2  # first, then after the Ctrl-C
+
+
+def test_stop_says_when_the_work_outlasts_the_timeout():
+    job = Job()
+    worker = Worker(job, "t")
+    worker.start()
+    assert job.began.wait(5)
+    assert worker.stop(timeout=0.1) is False and not job.ended.is_set()
+    job.asked.set()
+    assert worker.wait(5)
