@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from tinyfaces_trt.core.errors import (BackendUnavailableError, TensorRTUnavailableError,
-                                       first_line)
+                                       first_line, reraise_interrupt)
 
 #: The oldest TensorRT the toolkit supports (named-tensor API, ``execute_async_v3``).
 MIN_TENSORRT_VERSION = "10"
@@ -78,6 +78,9 @@ def import_optional(module: str | Sequence[str], *, purpose: str, extra_hint: st
         try:
             imported = importlib.import_module(candidate)
         except ImportError as exc:
+            # a pybind11 module (ONNX Runtime's, torch's) turns Ctrl-C during its
+            # initialisation into ImportError("initialization failed") caused by it
+            reraise_interrupt(exc)
             if _not_installed(exc, candidate):
                 failure = failure or ("is not installed", exc)
             else:

@@ -504,16 +504,18 @@ def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp
 
     src = tmp_path / "clip.mp4"
     make_video(src, n=3)
-    closed_while_encoding = []
+    closed_while_encoding, interrupted = [], threading.Event()
 
-    class SlowFlush:
+    class SlowFlush:  # a long flush (x264's lookahead on a large clip), Ctrl-C meanwhile
         def __init__(self, stream):
             self._stream, self.busy = stream, False
 
         def encode(self, frame=None):
             if frame is None:
                 self.busy = True
-                time.sleep(0.6)  # a long flush (x264's lookahead on a large clip)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                interrupted.wait(10)
+                time.sleep(0.3)
             try:
                 return self._stream.encode(frame)
             finally:
@@ -541,14 +543,8 @@ def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp
         writer.container = WatchedClose(writer.container, flush)
         for frame in reader.frames():
             writer.write(frame.image, frame.pts)
-        timer = threading.Timer(0.2, signal.pthread_kill,
-                                (threading.main_thread().ident, signal.SIGINT))
-        timer.start()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                writer.finish()
-            writer.abort()  # as process_file does
-        finally:
-            timer.cancel()
-            timer.join()
+        with pytest.raises(KeyboardInterrupt):
+            writer.finish()
+        interrupted.set()
+        writer.abort()  # as process_file does
     assert closed_while_encoding == [False]

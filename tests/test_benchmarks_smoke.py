@@ -452,7 +452,7 @@ def test_a_hung_profile_ends_the_run_rather_than_hold_the_machine(monkeypatch):
                                close=lambda: closed.append(True))
 
     def slow_profile(b, image, log):
-        time.sleep(1.0)  # "hangs" past the watchdog
+        gave_up.wait(30)  # "hangs" until the watchdog gives up
         return {"status": "ok"}
 
     monkeypatch.setattr(latency, "profile_detect", slow_profile)
@@ -462,10 +462,20 @@ def test_a_hung_profile_ends_the_run_rather_than_hold_the_machine(monkeypatch):
     assert gave_up.is_set() and closed == [True]
     assert "the profile is still running after 0 s (a hang under the profiler)" in lines[0]
     monkeypatch.setattr(latency, "profile_detect", lambda b, image, log: {"status": "ok"})
+    monkeypatch.setattr(latency, "PROFILE_HANG_S", 30.0)  # no stall of this machine fires it
+    watchdogs = []
+
+    class Recorded(threading.Timer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            watchdogs.append(self)
+
+    monkeypatch.setattr(latency.threading, "Timer", Recorded)
     again = threading.Event()
     latency.profile_last([(bench(), None)], entry, Deadline(None), lines.append,
                          give_up=again.set)
-    time.sleep(0.5)
+    monkeypatch.undo()
+    assert len(watchdogs) == 1 and watchdogs[0].finished.is_set()  # cancelled
     assert not again.is_set() and entry["profile"] == {"status": "ok"}
 
 

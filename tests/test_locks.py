@@ -76,12 +76,15 @@ def test_the_block_is_told_whether_it_waited_and_whether_it_holds_the_lock(tmp_p
     holder = filelock.FileLock(path, thread_local=False)
     holder.acquire()
     said: list[str] = []
-    timer = threading.Timer(0.3, holder.release)
-    timer.start()
-    with waiting_lock(path, WORDS, say=said.append, warn=said.append, step_s=1.0,
+
+    def say(message: str) -> None:  # the holder lets go once the wait has begun
+        said.append(message)
+        if len(said) == 1:
+            holder.release()
+
+    with waiting_lock(path, WORDS, say=say, warn=said.append, step_s=1.0,
                       limit_s=30.0) as outcome:  # a margin for a loaded machine
         assert outcome == LockOutcome(waited=True, held=True)
-    timer.join()
     assert said[0].startswith("another process is testing; waiting for it to finish")
     holder.acquire()
     try:

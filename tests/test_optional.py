@@ -52,6 +52,16 @@ def test_broken_shared_library_and_broken_import_are_not_called_missing(fake_pac
            "'tf_fake_missing_dependency')" in _message(module="tf_fake_inner")
 
 
+def test_ctrl_c_during_a_native_module_s_initialisation_stays_an_interrupt(fake_packages):
+    """pybind11 (ONNX Runtime, torch) turns a KeyboardInterrupt while its module initialises
+    into ImportError("initialization failed") caused by it: tf-detect said the package was
+    broken and exited 1 instead of 130 (1 of 55 random Ctrl-Cs)."""
+    fake_packages("tf_fake_pybind", "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as e:\n"
+                  "    raise ImportError('initialization failed') from e\n")
+    with pytest.raises(KeyboardInterrupt):
+        import_optional("tf_fake_pybind", purpose="the fake backend", extra_hint="pip install fake")
+
+
 def test_minimum_version(fake_packages):
     fake_packages("tf_fake_old", "__version__ = '8.6.1'")
     assert _message(module="tf_fake_old", min_version="10") == (

@@ -42,19 +42,26 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local 2-CPU cluster on 127.0.0.1; its workers import this checkout and tests/."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "tests"), saved) if p)
+    """A local 2-CPU cluster on 127.0.0.1; its workers import this checkout and tests/.
+
+    Its processes keep the usual priority: Ray starts workers at nice 15, and with the other
+    test process busy on both cores Serve's HTTP proxy then failed its readiness checks (5 s
+    each, 3 tries) and every served test errored (2 of 2 runs with both cores loaded)."""
+    env = {"PYTHONPATH": os.pathsep.join(
+               p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p),
+           "RAY_worker_niceness": "0"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
                  _node_ip_address="127.0.0.1", object_store_memory=100 * 2 ** 20,
                  logging_level=logging.WARNING)
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     yield ray
     ray.shutdown()
 

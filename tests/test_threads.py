@@ -64,9 +64,10 @@ def test_an_interrupted_wait_still_knows_the_work_runs():
     job = Job(linger_s=0.3)
     worker = Worker(job, "t")
     worker.start()
-    timers = _sigint_after(0.2)
+    timers: list[threading.Timer] = []
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # the work waits to be asked: no race
+            timers += _sigint_after(0.2)
             worker.wait()
     finally:
         _cancel(timers)
