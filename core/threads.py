@@ -66,19 +66,40 @@ class Worker:
             return True
         return self._wait_until(None if timeout is None else time.monotonic() + timeout)
 
-    def stop(self, timeout: float | None = None, ask: Callable[[], object] | None = None) -> bool:
-        """:meth:`cancel`, then waits for ``fn``'s end, through any further Ctrl-C (the stop
-        is under way). ``ask`` tells ``fn`` to stop; it is called first, and again after each
-        further Ctrl-C. True once ended or never begun, False when ``timeout`` (seconds) ran
-        out first."""
+    def stop(self, timeout: float | None = None, ask: Callable[[], object] | None = None,
+             then: Callable[[], object] | None = None) -> bool:
+        """:meth:`cancel`, then waits for ``fn``'s end through any further Ctrl-C (the stop
+        is under way), then runs ``then`` (closing what ``fn`` used) if it has ended.
+
+        Args:
+            timeout: seconds to wait at most (None: until it ends).
+            ask: tells ``fn`` to stop; called first, and again after each further Ctrl-C.
+            then: runs once ``fn`` has ended or never began, not after a timeout.
+
+        Returns:
+            True once ended or never begun, False when ``timeout`` ran out first.
+
+        Raises:
+            KeyboardInterrupt: a Ctrl-C that came while it waited, once ``then`` has run (so
+                a caller that does not re-raise still stops).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        interrupted = False
         while True:
             try:
                 if ask is not None:
                     ask()
-                return not self.cancel() or self._wait_until(deadline)
+                ended = not self.cancel() or self._wait_until(deadline)
+                break
             except KeyboardInterrupt:
-                continue
+                interrupted = True
+        try:
+            if ended and then is not None:
+                then()
+        finally:
+            if interrupted:
+                raise KeyboardInterrupt
+        return ended
 
     def _wait_until(self, deadline: float | None) -> bool:
         # in slices: a signal the kernel hands to another thread does not break this

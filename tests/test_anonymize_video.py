@@ -466,7 +466,10 @@ def test_an_interrupted_open_leaves_no_decode_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(video.VideoReader, "_get", interrupted)
     with pytest.raises(KeyboardInterrupt):
         video.VideoReader(src)
-    assert [t for t in threading.enumerate() if t.name == "tf-decode"] == []
+    left = [t for t in threading.enumerate() if t.name == "tf-decode"]
+    for thread in left:  # one may still be on its way out
+        thread.join(2)
+    assert not any(thread.is_alive() for thread in left)
 
 
 def test_an_interrupted_writer_start_leaves_no_encode_thread(tmp_path, monkeypatch):
@@ -489,62 +492,97 @@ def test_an_interrupted_writer_start_leaves_no_encode_thread(tmp_path, monkeypat
         with pytest.raises(KeyboardInterrupt):
             video.VideoWriter(tmp_path / "out.mp4", reader)
         monkeypatch.undo()
-    assert [t for t in threading.enumerate() if t.name == "tf-encode"] == []
+    left = [t for t in threading.enumerate() if t.name == "tf-encode"]
+    for thread in left:  # one may still be on its way out
+        thread.join(2)
+    assert not any(thread.is_alive() for thread in left)
+
+
+class _SlowFlush:
+    """A writer whose encoder's final flush (x264's lookahead on a large clip: seconds, one
+    call) gets Ctrl-C, then lasts until ``release`` is set and ``linger_s`` more; its
+    container records whether each close came while that flush ran."""
+
+    def __init__(self, writer, linger_s: float) -> None:
+        import threading
+
+        self.stream, self.container = writer.stream, writer.container
+        self.release, self.linger_s = threading.Event(), linger_s
+        self.busy, self.closes = False, []
+        writer.stream, writer.container = self, self  # encode() and close() come here
+
+    def encode(self, frame=None):
+        import signal
+        import threading
+        import time
+
+        if frame is None:
+            self.busy = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            self.release.wait(10)
+            time.sleep(self.linger_s)
+        try:
+            return self.stream.encode(frame)
+        finally:
+            self.busy = False
+
+    def close(self):
+        self.closes.append("under the encode" if self.busy else "after it")
+        if not self.busy:  # closing under the encode would crash this test's process
+            self.container.close()
+
+    def __getattr__(self, name):
+        return getattr(self.stream if name in ("pix_fmt", "width", "height", "codec_context")
+                       else self.container, name)
 
 
 def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp_path):
     """Ctrl-C while finish() waits for the encoder's flush: the interrupted Thread.join marked
     the encode thread stopped, abort() then closed the container under the running encode
     and the process crashed (SIGSEGV)."""
-    import signal
-    import threading
-    import time
-
     from tinyfaces_trt.anonymize import video
 
     src = tmp_path / "clip.mp4"
     make_video(src, n=3)
-    closed_while_encoding, interrupted = [], threading.Event()
-
-    class SlowFlush:  # a long flush (x264's lookahead on a large clip), Ctrl-C meanwhile
-        def __init__(self, stream):
-            self._stream, self.busy = stream, False
-
-        def encode(self, frame=None):
-            if frame is None:
-                self.busy = True
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                interrupted.wait(10)
-                time.sleep(0.3)
-            try:
-                return self._stream.encode(frame)
-            finally:
-                self.busy = False
-
-        def __getattr__(self, name):
-            return getattr(self._stream, name)
-
-    class WatchedClose:
-        def __init__(self, container, flush):
-            self._container, self._flush = container, flush
-
-        def close(self):
-            encoding = self._flush.busy
-            closed_while_encoding.append(encoding)
-            if not encoding:  # closing under the encode would crash this test's process
-                self._container.close()
-
-        def __getattr__(self, name):
-            return getattr(self._container, name)
-
     with video.VideoReader(src) as reader:
         writer = video.VideoWriter(tmp_path / "out.mp4", reader)
-        writer.stream = flush = SlowFlush(writer.stream)
-        writer.container = WatchedClose(writer.container, flush)
+        flush = _SlowFlush(writer, linger_s=0.3)
         for frame in reader.frames():
             writer.write(frame.image, frame.pts)
         with pytest.raises(KeyboardInterrupt):
             writer.finish()
-        interrupted.set()
+        flush.release.set()
         writer.abort()  # as process_file does
-    assert closed_while_encoding == [False]
+    assert flush.closes == ["after it"]
+
+
+def test_a_flush_that_outlasts_the_stop_is_announced_and_left_alone(tmp_path, monkeypatch,
+                                                                    caplog):
+    """A flush still running after the wait: abort() says so and leaves the file open, and
+    the encode thread, once its flush ends, no longer touches the reader's packets (the reader
+    closes meanwhile, which frees them)."""
+    import logging
+
+    from tinyfaces_trt.anonymize import video
+
+    monkeypatch.setattr(video, "ENCODER_STOP_NOTICE_S", 0.05)
+    monkeypatch.setattr(video, "ENCODER_STOP_S", 0.1)
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=3)
+    with video.VideoReader(src) as reader:
+        writer = video.VideoWriter(tmp_path / "out.mp4", reader)
+        flush = _SlowFlush(writer, linger_s=0.0)
+        for frame in reader.frames():
+            writer.write(frame.image, frame.pts)
+        with pytest.raises(KeyboardInterrupt):
+            writer.finish()
+        with caplog.at_level(logging.WARNING, logger=video.log.name):
+            writer.abort()
+        freed = object()  # stands for a packet of the closed reader
+        reader.passthrough.put(freed)
+        flush.release.set()
+        assert writer._worker.wait(10)
+        assert reader.passthrough.get_nowait() is freed and writer._error is None
+    assert flush.closes == []
+    assert "out.mp4: waiting for the encoder to finish its last frames" in caplog.text
+    flush.container.close()

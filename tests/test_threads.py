@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -29,7 +28,7 @@ class Job:
 
 
 def _sigint_after(*delays: float) -> list[threading.Timer]:
-    """Ctrl-C for the main thread (as the terminal's, which the kernel may hand to any thread)."""
+    """Ctrl-C sent to the main thread, ``delays`` seconds from now."""
     main = threading.main_thread().ident
     timers = [threading.Timer(d, signal.pthread_kill, (main, signal.SIGINT)) for d in delays]
     for timer in timers:
@@ -124,8 +123,43 @@ def test_stop_waits_through_further_interrupts_and_asks_again():
     worker = Worker(work, "t")
     worker.start()
     assert job.began.wait(5)
-    assert worker.stop(timeout=20, ask=ask)
-    assert job.ended.is_set() and len(asked) == 2  # first, then after the Ctrl-C
+    closed = []
+    with pytest.raises(KeyboardInterrupt):  # raised once the work has ended, not dropped
+        worker.stop(timeout=20, ask=ask, then=lambda: closed.append(job.ended.is_set()))
+    assert closed == [True] and len(asked) == 2  # first, then after the Ctrl-C
+
+
+def test_then_runs_only_once_the_work_has_ended():
+    job = Job()
+    worker = Worker(job, "t")
+    worker.start()
+    assert job.began.wait(5)
+    closed = []
+    assert worker.stop(timeout=0.1, then=lambda: closed.append(1)) is False and closed == []
+    assert worker.stop(timeout=10, ask=job.asked.set, then=lambda: closed.append(1))
+    assert closed == [1] and job.ended.is_set()
+
+
+def test_ctrl_c_handed_to_another_thread_still_ends_the_wait():
+    """The kernel may deliver the terminal's SIGINT to any thread; Python then raises it in
+    the main thread only when that thread next runs bytecode: an unbroken wait for the work
+    (minutes for a large ONNX Runtime run) ignored Ctrl-C that long."""
+    job = Job()
+    worker = Worker(job, "t")
+    worker.start()
+    assert job.began.wait(5)
+    # sent from a third thread: signal.pthread_kill checks for signals in its caller
+    sender = threading.Timer(0.05, signal.pthread_kill, (worker.thread.ident, signal.SIGINT))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sender.start()
+            worker.wait()
+        still_running = not job.ended.is_set()
+    finally:
+        sender.join()
+        job.asked.set()
+        worker.wait(10)
+    assert still_running  # raised while the work went on, not after it
 
 
 def test_stop_says_when_the_work_outlasts_the_timeout():
