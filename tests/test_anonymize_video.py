@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -536,21 +537,29 @@ class _SlowFlush:
                        else self.container, name)
 
 
-def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp_path):
-    """Ctrl-C while finish() waits for the encoder's flush: the interrupted Thread.join marked
-    the encode thread stopped, abort() then closed the container under the running encode
-    and the process crashed (SIGSEGV)."""
+@contextlib.contextmanager
+def _interrupted_in_flush(tmp_path: Path, linger_s: float):
+    """``(writer, flush)``, inside an open reader: a 3-frame clip written, then Ctrl-C during
+    the :class:`_SlowFlush` of ``writer.finish()``."""
     from tinyfaces_trt.anonymize import video
 
     src = tmp_path / "clip.mp4"
     make_video(src, n=3)
     with video.VideoReader(src) as reader:
         writer = video.VideoWriter(tmp_path / "out.mp4", reader)
-        flush = _SlowFlush(writer, linger_s=0.3)
+        flush = _SlowFlush(writer, linger_s)
         for frame in reader.frames():
             writer.write(frame.image, frame.pts)
         with pytest.raises(KeyboardInterrupt):
             writer.finish()
+        yield writer, flush
+
+
+def test_ctrl_c_during_the_final_flush_closes_the_file_only_after_the_encode(tmp_path):
+    """Ctrl-C while finish() waits for the encoder's flush: the interrupted Thread.join marked
+    the encode thread stopped, abort() then closed the container under the running encode
+    and the process crashed (SIGSEGV)."""
+    with _interrupted_in_flush(tmp_path, linger_s=0.3) as (writer, flush):
         flush.release.set()
         writer.abort()  # as process_file does
     assert flush.closes == ["after it"]
@@ -567,15 +576,8 @@ def test_a_flush_that_outlasts_the_stop_is_announced_and_left_alone(tmp_path, mo
 
     monkeypatch.setattr(video, "ENCODER_STOP_NOTICE_S", 0.05)
     monkeypatch.setattr(video, "ENCODER_STOP_S", 0.1)
-    src = tmp_path / "clip.mp4"
-    make_video(src, n=3)
-    with video.VideoReader(src) as reader:
-        writer = video.VideoWriter(tmp_path / "out.mp4", reader)
-        flush = _SlowFlush(writer, linger_s=0.0)
-        for frame in reader.frames():
-            writer.write(frame.image, frame.pts)
-        with pytest.raises(KeyboardInterrupt):
-            writer.finish()
+    with _interrupted_in_flush(tmp_path, linger_s=0.0) as (writer, flush):
+        reader = writer.reader
         with caplog.at_level(logging.WARNING, logger=video.log.name):
             writer.abort()
         freed = object()  # stands for a packet of the closed reader

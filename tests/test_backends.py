@@ -20,6 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers_threads import interrupted_thread_start
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.detectors import available_backends, create_detector
@@ -145,20 +146,12 @@ def test_no_onnxruntime_run_outlives_an_interrupt_in_thread_start(tiny, monkeypa
     """A signal breaks Thread.start's wait for the new thread: an interrupt landing there left
     the run going on its thread, and the CLI's exit then aborted in ONNX Runtime's C++
     teardown ("terminate called without an active exception", exit -6; seen in CI)."""
-    import threading
-
     from tinyfaces_trt.core import threads
 
     runner = OnnxRuntimeRunner(tiny[0], threads=1)
     session = runner.session = _Blocking()
 
-    class InterruptedStart(threading.Thread):
-        def start(self) -> None:
-            super().start()
-            assert session.began.wait(5)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(threads.threading, "Thread", InterruptedStart)
+    monkeypatch.setattr(threads.threading, "Thread", interrupted_thread_start(session.began))
     with pytest.raises(KeyboardInterrupt):
         runner.run(np.zeros((1, 3, 16, 16), np.float32))
     monkeypatch.undo()

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from helpers_threads import interrupted_thread_start
 
 from tinyfaces_trt.core import threads
 from tinyfaces_trt.core.threads import Worker
@@ -86,13 +87,7 @@ def test_an_interrupt_in_thread_start_after_the_work_began(monkeypatch):
     """A signal breaks Thread.start's wait: the work may have begun before the caller's try."""
     job = Job(linger_s=0.2)
 
-    class InterruptedStart(threading.Thread):
-        def start(self) -> None:
-            super().start()
-            assert job.began.wait(5)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(threads.threading, "Thread", InterruptedStart)
+    monkeypatch.setattr(threads.threading, "Thread", interrupted_thread_start(job.began))
     worker = Worker(job, "t")
     monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt):
