@@ -29,6 +29,8 @@ MIN_TENSORRT_VERSION = "10"
 
 TENSORRT_HINT = "install it on a machine with a CUDA GPU: pip install tensorrt"
 
+CUDA_PYTHON_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
+
 
 def version_tuple(version: str) -> tuple[int, ...]:
     """The leading dotted integers of a version string: ``"10.3.0.post1"`` -> ``(10, 3, 0)``."""
@@ -125,3 +127,14 @@ def import_tensorrt() -> ModuleType:
     return import_optional("tensorrt", purpose="TensorRT support (engine builds, the tensorrt "
                            "backend)", name="NVIDIA TensorRT", min_version=MIN_TENSORRT_VERSION,
                            extra_hint=TENSORRT_HINT, error=TensorRTUnavailableError)
+
+
+def import_cuda_runtime() -> ModuleType:
+    """Imports cuda-python's runtime API module: ``cuda.bindings.runtime`` (cuda-python
+    >= 12.3), else the older ``cuda.cudart``.
+
+    Raises:
+        BackendUnavailableError: cuda-python is not installed or does not load.
+    """
+    return import_optional(("cuda.bindings.runtime", "cuda.cudart"), purpose="CUDA device support",
+                           name="cuda-python", extra_hint=CUDA_PYTHON_HINT)

@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import importlib
 import logging
 import os
 import threading
@@ -81,6 +80,7 @@ from torch import nn
 from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, first_line,
                                        reraise_interrupt)
 from tinyfaces_trt.core.locks import LockOutcome
+from tinyfaces_trt.core.optional import import_cuda_runtime
 from tinyfaces_trt.core.profiles import format_shape
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, producer_stream
@@ -238,13 +238,12 @@ _LEASES = _StreamLeases()
 
 
 def _cuda_runtime() -> Any:
-    """cuda-python's runtime API module; None where cuda-python is not installed."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.3, older
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
+    """cuda-python's runtime API module; None where cuda-python is not installed or does not
+    load."""
+    try:
+        return import_cuda_runtime()
+    except BackendUnavailableError:
+        return None
 
 
 class _Captured:

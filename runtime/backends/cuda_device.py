@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.optional import import_optional
+from tinyfaces_trt.core.optional import import_cuda_runtime
 from tinyfaces_trt.core.runner import interface_stream
 
-_INSTALL_HINT = 'install cuda-python (pip install "tinyfaces-trt[gpu]" or pip install cuda-python)'
 _runtime_module: Any = None
 
 
@@ -40,9 +39,7 @@ def runtime() -> Any:
     """
     global _runtime_module
     if _runtime_module is None:
-        _runtime_module = import_optional(
-            ("cuda.bindings.runtime", "cuda.cudart"),  # cuda-python >= 12.3, older
-            purpose="CUDA device support", name="cuda-python", extra_hint=_INSTALL_HINT)
+        _runtime_module = import_cuda_runtime()
     return _runtime_module
 
 
