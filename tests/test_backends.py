@@ -424,7 +424,11 @@ def test_cache_location_and_keys(monkeypatch, tmp_path, checkpoint):
     monkeypatch.setenv("TINYFACES_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv("TINYFACES_CACHE")
-    assert cache_root().parts[-2:] == (".cache", "tinyfaces_trt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "tinyfaces_trt"
+    monkeypatch.delenv("XDG_CACHE_HOME")  # the default, whatever the tester's environment
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "tinyfaces_trt"
     assert cache_key(checkpoint) != cache_key(checkpoint, depth=50)
     assert cache_key(None).startswith("untrained-")
     with pytest.raises(WeightsError, match="weights file not found"):
