@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import threading
 import time
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -132,19 +132,23 @@ class Detector:
         return plan_pyramid(height, width, self.config)
 
     def detect(self, image: np.ndarray,
-               timings: MutableMapping[str, float] | None = None) -> np.ndarray:
+               timings: MutableMapping[str, float] | None = None, *,
+               on_level: Callable[[PyramidLevel], None] | None = None) -> np.ndarray:
         """Detects faces in one (H, W, 3) uint8 RGB image.
 
         Args:
             image: the image, uint8 RGB, height x width x 3.
             timings: if given, seconds spent per stage are added under ``"preprocess"``,
                 ``"network"``, ``"decode"`` and ``"nms"`` (stages are synchronised first).
+            on_level: if given, called with each pyramid level of :meth:`plan` once it has run
+                (on the device path: once it is queued), smallest first: progress for the
+                seconds a large image takes on a CPU.
 
         Returns:
             (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
             sorted by descending score.
         """
-        (boxes,) = self._run([validate_image(image)], timings)
+        (boxes,) = self._run([validate_image(image)], timings, on_level)
         return boxes
 
     def detect_batch(self, images: Sequence[np.ndarray],
@@ -216,8 +220,8 @@ class Detector:
                 self._run([blank] * n, None)
         return tuple(batches)
 
-    def _run(self, images: list[np.ndarray],
-             timings: MutableMapping[str, float] | None) -> list[np.ndarray]:
+    def _run(self, images: list[np.ndarray], timings: MutableMapping[str, float] | None,
+             on_level: Callable[[PyramidLevel], None] | None = None) -> list[np.ndarray]:
         """The data flow for validated images of one size, all levels batched."""
         height, width = images[0].shape[:2]
         levels = self.plan(height, width)
@@ -236,6 +240,8 @@ class Detector:
                 clock.lap("network")
                 self.postprocessor.add_level(score_map, level)
                 clock.lap("decode")
+                if on_level is not None:
+                    on_level(level)
             boxes = self.postprocessor.finish_all()
             clock.lap("nms")
         return boxes

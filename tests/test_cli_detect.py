@@ -313,20 +313,3 @@ def test_unknown_provider_is_a_usage_error(capsys, photos, export_dir):
     assert info.value.code == 2  # as --help documents for bad arguments (issue 10, item 7)
     assert "unknown ONNX Runtime provider(s) ['cdua']" in capsys.readouterr().err
 
-
-def test_a_large_image_on_a_cpu_is_said_before_its_long_detection(capsys, photos, export_dir,
-                                                                  monkeypatch):
-    """A 3000x3500 photo ran over a minute on a CPU with nothing on the screen."""
-    from tinyfaces_trt.cli import detect
-
-    image = photos / "1--Event" / "a.jpg"
-    code, _, err = _run(capsys, image, "--model", export_dir)
-    assert code == 0 and "takes a while" not in err
-    monkeypatch.setattr(detect, "SLOW_PYRAMID_PIXELS", 1)  # every image is "large" now
-    code, _, err = _run(capsys, image, "--model", export_dir, "--overwrite")
-    levels = Detector(OnnxRuntimeRunner(export_dir / "model.onnx"),
-                      load_export_folder(export_dir).config).plan(47, 63)
-    top = levels[-1]
-    assert code == 0 and (f"tf-detect: {image}: 63x47, {len(levels)} pyramid levels up to "
-                          f"{top.width}x{top.height} (0 megapixels in all): this takes a while "
-                          f"on a CPU ...") in err

@@ -30,6 +30,7 @@ from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks,
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, written_for_another
+from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
@@ -290,7 +291,8 @@ def _process_image(detector: Any, task: Task, options: Options
     from tinyfaces_trt.runtime.imageio import load_image, save_image
 
     image = load_image(task.source)  # EXIF orientation applied: the output is upright
-    frames = TemporalMasker(hold=0, iou=options.iou).push(0, detector.detect(image))
+    boxes = detect_with_progress(detector, image, Path(task.source).name, options.progress)
+    frames = TemporalMasker(hold=0, iou=options.iou).push(0, boxes)
     audit = _audit(detector, options)
     with atomic_output(task.output) as tmp:
         save_image(tmp, render(image, frames[0], options))

@@ -35,6 +35,7 @@ import numpy as np
 from tinyfaces_trt.core.cli import (add_version_argument, checked, is_untrained,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
@@ -558,27 +559,6 @@ def _resolved(job: ImageJob) -> dict[str, str]:
     return {} if job.is_stdin else {"resolved": os.path.realpath(job.path)}
 
 
-#: Pixels over a pyramid's levels from which tf-detect says, on a CPU, that an image will take
-#: a while (a 1080p photo's adaptive pyramid, about 17 million: 15 s for ResNet-101 in ONNX
-#: Runtime on 2 cores); otherwise nothing shows for minutes on a large photo.
-SLOW_PYRAMID_PIXELS = 16_000_000
-
-
-def _say_if_slow(detector: Any, job: ImageJob, image: np.ndarray, console: _Console) -> None:
-    from tinyfaces_trt.core.runner import capabilities_of
-
-    providers = getattr(detector.runner, "providers", None) or ["CPUExecutionProvider"]
-    if capabilities_of(detector.runner).device_io or providers != ["CPUExecutionProvider"]:
-        return  # on a GPU
-    levels = detector.plan(*image.shape[:2])
-    pixels = sum(level.height * level.width for level in levels)
-    if pixels >= SLOW_PYRAMID_PIXELS:
-        top = max(levels, key=lambda level: level.height * level.width)
-        console.err(f"{PROG}: {job.path}: {image.shape[1]}x{image.shape[0]}, {len(levels)} "
-                    f"pyramid levels up to {top.width}x{top.height} ({pixels / 1e6:.0f} "
-                    f"megapixels in all): this takes a while on a CPU ...")
-
-
 def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: OutputNames,
              out_dir: Path | None, wider: WiderWriter | None, anonymise: str | None,
              model: dict[str, Any] | None, console: _Console) -> dict[str, Any]:
@@ -593,8 +573,7 @@ def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: Outp
         console.err(f"{PROG}: {job.path}: skipped, its outputs exist (--overwrite replaces them)")
         return {"image": str(job.path), "skipped": True}
     image = _load(job)
-    _say_if_slow(detector, job, image, console)
-    boxes = detector.detect(image)
+    boxes = detect_with_progress(detector, image, str(job.rel))
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
               "backend": args.backend, "model": model, "detections": detections_to_list(boxes)}

@@ -1,0 +1,49 @@
+"""A progress bar over one image's pyramid levels, for the command-line tools.
+
+On a CPU one photo takes seconds to minutes (a 1080p photo's adaptive pyramid is 15 million
+pixels: about 15-50 s for ResNet-101 in ONNX Runtime on 2 cores), most of it in the last,
+largest levels. :func:`detect_with_progress` shows how far the image is, in pixels of its
+pyramid, on a terminal's stderr once an image has taken a second; it shows nothing for quick
+images, off a terminal (logs), or on a GPU (where a compile or engine build prints its own lines).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+#: Seconds an image runs before its bar shows (tqdm's ``delay``).
+LEVEL_BAR_DELAY_S = 1.0
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _runs_on_the_cpu(detector: Any) -> bool:
+    from tinyfaces_trt.core.runner import capabilities_of
+
+    runner = getattr(detector, "runner", None)
+    if runner is None or capabilities_of(runner).device_io:
+        return False
+    providers = getattr(runner, "providers", None) or ["CPUExecutionProvider"]
+    return list(providers) == ["CPUExecutionProvider"]
+
+
+def detect_with_progress(detector: Any, image: np.ndarray, label: str,
+                         enabled: bool = True) -> np.ndarray:
+    """``detector.detect(image)``, with a bar of its pyramid levels on stderr where it helps:
+    ``enabled``, stderr a terminal, a detector on the CPU, and the image still running after
+    :data:`LEVEL_BAR_DELAY_S`. The bar is cleared when the image is done."""
+    if not (enabled and _on_terminal() and _runs_on_the_cpu(detector)):
+        return detector.detect(image)
+    from tqdm import tqdm
+
+    levels = detector.plan(*image.shape[:2])
+    with tqdm(total=sum(level.height * level.width for level in levels), desc=label,
+              unit="px", unit_scale=True, leave=False, delay=LEVEL_BAR_DELAY_S,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        return detector.detect(image,
+                               on_level=lambda level: bar.update(level.height * level.width))
