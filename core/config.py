@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -38,6 +39,8 @@ from tinyfaces_trt.core.errors import ConfigError
 NUM_TEMPLATES = 25
 NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th blocks)
 VARIANTS = ("pytorch", "matconvnet")
+#: ResNet trunk depths of the detector (export/resnet.py builds these; the released one is 101).
+DEPTHS = (50, 101)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,6 +122,7 @@ class DetectorConfig:
     size_refinement: float = 2.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         t = np.asarray(self.templates, dtype=np.float64)
         if t.shape != (NUM_TEMPLATES, 5):
             raise ConfigError(f"templates must have shape (25, 5), got {t.shape}")
@@ -144,6 +148,33 @@ class DetectorConfig:
         if 0.0 in n.std:
             raise ConfigError("normalization std must not be 0")
         self._check_face_sizes()
+
+    def _check_types(self) -> None:
+        """A field of the wrong type is a ConfigError naming it (a string threshold from a
+        config file reached the range checks as a bare TypeError)."""
+        def wrong(name: str, what: str, value: Any) -> ConfigError:
+            return ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+        for name in ("offset", "prob_thresh", "nms_thresh", "box_pixel_offset", "size_refinement"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise wrong(name, "a number", value)
+        for name in ("stride", "max_input_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise wrong(name, "an integer", value)
+        for name in ("variant", "template_policy", "pyramid"):
+            if not isinstance(getattr(self, name), str):
+                raise wrong(name, "a string", getattr(self, name))
+        if not isinstance(self.clip_boxes, (bool, np.bool_)):
+            raise wrong("clip_boxes", "True or False", self.clip_boxes)
+        if not isinstance(self.normalization, Normalization):
+            raise wrong("normalization", "a Normalization", self.normalization)
+        scales = self.fixed_scales
+        if not isinstance(scales, (tuple, list)) or \
+                not all(isinstance(k, numbers.Real) and not isinstance(k, bool) for k in scales):
+            raise wrong("fixed_scales", "a tuple of numbers", scales)
+        object.__setattr__(self, "fixed_scales", tuple(scales))
 
     def _check_face_sizes(self) -> None:
         for name in ("min_face", "max_face"):

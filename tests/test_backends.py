@@ -377,6 +377,16 @@ def test_config_overrides(export_dir):
         create_detector(model_dir=export_dir, config_overrides={"prob": 0.7})
     with pytest.raises(ConfigError, match="prob_thresh must be in \\(0, 1\\)"):
         create_detector(model_dir=export_dir, config_overrides={"prob_thresh": 1.5})
+    with pytest.raises(ConfigError, match="^prob_thresh must be a number, got '0.7' \\(str\\)$"):
+        create_detector(model_dir=export_dir, config_overrides={"prob_thresh": "0.7"})
+    # what the network was trained with comes with it: a stride-16 override changed the boxes
+    for field, value in (("stride", 16), ("variant", "matconvnet"), ("offset", 0.0)):
+        with pytest.raises(TinyFacesError) as info:
+            create_detector(model_dir=export_dir, config_overrides={field: value})
+        assert str(info.value).startswith(f"detector config field(s) ['{field}'] describe the "
+                                          f"network and come with it")
+        assert "'prob_thresh'" in str(info.value) and "'stride'" not in str(info.value).split(
+            "changed: ")[1]
 
 
 def test_create_detector_argument_errors(export_dir, checkpoint):
@@ -386,6 +396,40 @@ def test_create_detector_argument_errors(export_dir, checkpoint):
         create_detector("torch", model_dir=export_dir)
     with pytest.raises(ManifestError, match="does not exist"):
         create_detector(model_dir=export_dir / "nope")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"depth": 34}, "depth must be one of 50, 101 or None, got 34"),
+    ({"depth": "50"}, "depth must be one of 50, 101 or None, got '50'"),
+    ({"depth": True}, "depth must be one of 50, 101 or None, got True"),
+    ({"variant": "caffe"}, "variant must be one of pytorch, matconvnet or None, got 'caffe'"),
+    ({"threads": "2"}, "threads must be an integer >= 1 or None, got '2'"),
+    ({"threads": 0}, "threads must be an integer >= 1 or None, got 0"),
+])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_create_detector_checks_its_options_before_any_work(backend, kwargs, message, checkpoint,
+                                                            monkeypatch):
+    """They reached torch or ONNX Runtime as a bare ValueError or TypeError."""
+    from tinyfaces_trt import detectors
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("loaded or exported before checking the options")
+
+    monkeypatch.setattr(detectors, "reference_model", no_work)
+    monkeypatch.setattr(detectors, "cached_export", no_work)
+    with pytest.raises(ConfigError) as info:
+        create_detector(backend, weights=checkpoint, **kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_loader_options_without_a_checkpoint_are_refused_not_ignored(backend, export_dir):
+    folder = {"model_dir": export_dir} if backend == "onnxruntime" else {}
+    for options in ({"depth": 50}, {"variant": "matconvnet"}):
+        with pytest.raises(TinyFacesError, match="^depth and variant tell the checkpoint loader "
+                                                 "how to read weights=...; an export folder and "
+                                                 "the untrained default network bring their own$"):
+            create_detector(backend, **folder, **options)
 
 
 def test_torch_backend_runs_checkpoint(checkpoint, seeded):

@@ -42,6 +42,27 @@ def test_invalid_values_are_refused(field, value, message):
     assert isinstance(info.value, TinyFacesError) and isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("prob_thresh", "0.3", "prob_thresh must be a number, got '0.3' (str)"),
+    ("nms_thresh", None, "nms_thresh must be a number, got None (NoneType)"),
+    ("size_refinement", True, "size_refinement must be a number, got True (bool)"),
+    ("stride", 8.0, "stride must be an integer, got 8.0 (float)"),
+    ("max_input_dim", "5000", "max_input_dim must be an integer, got '5000' (str)"),
+    ("pyramid", ["fixed"], "pyramid must be a string, got ['fixed'] (list)"),
+    ("clip_boxes", "no", "clip_boxes must be True or False, got 'no' (str)"),
+    ("normalization", "imagenet", "normalization must be a Normalization, got 'imagenet' (str)"),
+    ("fixed_scales", (0.0, "1"), "fixed_scales must be a tuple of numbers, got (0.0, '1') (tuple)"),
+])
+def test_values_of_the_wrong_type_are_config_errors_naming_the_field(field, value, message):
+    """They reached the range checks as a bare TypeError or AttributeError."""
+    with pytest.raises(ConfigError) as info:
+        DetectorConfig(**{field: value})
+    assert str(info.value) == message
+    c = DetectorConfig(prob_thresh=np.float32(0.25), stride=np.int64(8), fixed_scales=[0, 1.5],
+                       clip_boxes=np.bool_(False))
+    assert c.fixed_scales == (0, 1.5) and float(c.prob_thresh) == 0.25
+
+
 def test_bad_overrides_and_malformed_dicts_are_config_errors():
     with pytest.raises(ConfigError, match="unknown variant 'caffe'"):
         DetectorConfig.for_variant("caffe")

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.config import DEPTHS, VARIANTS
+from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export, reference_model,
                                         weights_sha256)
@@ -100,13 +102,15 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         weights: a checkpoint; torch and torch-cuda run it directly, the others export it
             once into the cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
         config_overrides: :class:`~tinyfaces_trt.core.config.DetectorConfig` fields to
-            replace, e.g. ``{"prob_thresh": 0.8}`` (None values are ignored).
+            replace, e.g. ``{"prob_thresh": 0.8}`` (None values are ignored); not those the
+            network brings (:data:`~tinyfaces_trt.runtime.backends.NETWORK_FIELDS`).
         fp16: fp16 ONNX model / engine (exported into the cache when needed), or fp16
             compute for torch-cuda. None: the backend's default (fp16 for torch-cuda, fp32
             for the others).
         providers, threads: ONNX Runtime options (not used where ``"auto"`` picks another
             backend than onnxruntime).
-        depth, variant: passed to the checkpoint loader (None: detect from the file).
+        depth, variant: passed to the checkpoint loader (None: detect from the file); only
+            with ``weights``.
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
             TensorRT engines (default :func:`tinyfaces_trt.core.files.cache_root`).
         progress: called with a line of text before and after a long step (an export, ONNX
@@ -125,6 +129,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """
     if backend not in BACKENDS:
         raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    _check_arguments(weights, depth, variant, threads)
     if torch_mode is not None and torch_mode not in TORCH_CUDA_MODES:
         raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
                              f"{', '.join(TORCH_CUDA_MODES)}")
@@ -164,6 +169,24 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     return folder_backends.create_detector(
         backend, model_dir, config_overrides, fp16=bool(fp16), providers=providers, threads=threads,
         gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir, progress=progress)
+
+
+def _check_arguments(weights: object, depth: object, variant: object, threads: object) -> None:
+    """create_detector's own options, checked before any work (a wrong one reached torch or
+    ONNX Runtime as a bare TypeError, or was ignored)."""
+    if depth is not None and (isinstance(depth, bool) or depth not in DEPTHS
+                              or not isinstance(depth, numbers.Integral)):
+        raise ConfigError(f"depth must be one of {', '.join(map(str, DEPTHS))} or None, "
+                          f"got {depth!r}")
+    if variant is not None and (not isinstance(variant, str) or variant not in VARIANTS):
+        raise ConfigError(f"variant must be one of {', '.join(VARIANTS)} or None, got {variant!r}")
+    if weights is None and (depth is not None or variant is not None):
+        raise TinyFacesError("depth and variant tell the checkpoint loader how to read "
+                             "weights=...; an export folder and the untrained default network "
+                             "bring their own")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or threads < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,

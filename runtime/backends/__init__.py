@@ -163,14 +163,26 @@ def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
                          f"default), got {providers!r}")
 
 
+#: DetectorConfig fields that describe the network itself (how it was trained: its input
+#: normalisation, score-map geometry and templates); overriding them gives wrong boxes.
+NETWORK_FIELDS = ("variant", "templates", "normalization", "stride", "offset", "template_policy")
+
+
 def apply_overrides(config: DetectorConfig, overrides: Mapping[str, Any] | None) -> DetectorConfig:
-    """``config`` with some fields replaced (None values are ignored); unknown names are an error."""
+    """``config`` with some fields replaced (None values are ignored); unknown names, and the
+    :data:`NETWORK_FIELDS` that the export or checkpoint fixes, are an error."""
     if not overrides:
         return config
     known = {f.name for f in fields(DetectorConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise TinyFacesError(f"unknown detector config field(s) {unknown}; known: {sorted(known)}")
+    fixed = [name for name in NETWORK_FIELDS if overrides.get(name) is not None]
+    if fixed:
+        raise TinyFacesError(f"detector config field(s) {fixed} describe the network and come "
+                             f"with it (its export folder or checkpoint); overriding them gives "
+                             f"wrong boxes. Fields that can be changed: "
+                             f"{sorted(known - set(NETWORK_FIELDS))}")
     return config.with_(**{k: v for k, v in overrides.items() if v is not None})
 
 
