@@ -301,6 +301,27 @@ def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
     assert all(r["maps"]["max_abs"] < 0.1 for r in report["results"])
 
 
+def test_cli_exports_into_a_temporary_folder_when_no_model_is_given(capsys, tmp_path,
+                                                                    monkeypatch):
+    """--help's first example (without --model) end to end: no trtexec hint naming a file of
+    the temporary folder, which is gone afterwards."""
+    import tempfile
+
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    out = tmp_path / "parity.json"
+    code = main(["--untrained", "--depth", "50", "--sizes", "33x47", "--backends", "onnxruntime",
+                 "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 passed, 0 failed, 0 skipped" in captured.out
+    assert "tf-parity: exporting fp32 ONNX (opset 17): done in" in captured.err
+    assert "trtexec" not in captured.err
+    assert json.loads(out.read_text())["passed"] is True
+    assert list(work.glob("tf-parity-*")) == []  # (torch keeps its own caches there)
+
+
 def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder):
     other = tmp_path / "other.pth"
     torch.save({"model": build_model(depth=50, seed=1).state_dict()}, other)
@@ -350,6 +371,31 @@ def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_
     assert main(["--untrained", "--depth", "50", "--json", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"tf-parity: error: cannot write --json {tmp_path}: {tmp_path} is a folder")
+
+
+def test_cli_refuses_an_export_of_another_variant_and_takes_variant(capsys, tmp_path):
+    """A matconvnet export compared with the pytorch reference failed on the maps' shapes
+    (exit 1, as if a backend were wrong), and an untrained matconvnet export could not be
+    tested at all."""
+    from tinyfaces_trt.core.manifest import write_manifest
+
+    mcn = tmp_path / "mcn"
+    mcn.mkdir()
+    (mcn / "model.onnx").write_bytes(b"not an ONNX model")
+    model = build_model(depth=50, variant="matconvnet", seed=0)
+    write_manifest(mcn, config=model.detector_config(), files={"onnx_fp32": "model.onnx"},
+                   opset=17, untrained=True,
+                   extra={"model": {"depth": 50, "variant": "matconvnet", "seed": 0}})
+    argv = ["--untrained", "--depth", "50", "--model", str(mcn), "--sizes", "33x47",
+            "--backends", "onnxruntime"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"tf-parity: error: export folder {mcn} holds the 'matconvnet' variant of the network, "
+        f"the reference is the 'pytorch' one; give --variant matconvnet to compare like with like")
+    code = main(argv + ["--variant", "matconvnet"])  # like with like: on to running the model
+    err = capsys.readouterr().err
+    assert code == EXIT_SKIPPED and "variant" not in err
+    assert f"requested backend onnxruntime was skipped: cannot load ONNX model {mcn}" in err
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")

@@ -22,7 +22,7 @@ from typing import Any
 
 from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, parse_image_sizes,
                                     seed_argument, stderr_line)
-from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
 from tinyfaces_trt.parity.compare import TOLERANCES
@@ -97,6 +97,10 @@ example:
                         help="ResNet depth of the --untrained network (default: 101)")
     parser.add_argument("--seed", type=seed_argument, default=0,
                         help="seed of the --untrained network (default: 0)")
+    parser.add_argument("--variant", choices=VARIANTS, default=None,
+                        help="variant of the --untrained network (default: pytorch), or how to "
+                             "read --weights, as tf-export --variant did for the --model folder "
+                             "(default: the checkpoint's own)")
     parser.add_argument("--model", metavar="EXPORT_DIR",
                         help="export folder to test (must come from the same weights); default: "
                              "export into a temporary folder first")
@@ -125,9 +129,15 @@ def _check_writable(path: Path) -> None:
         raise TinyFacesError(f"cannot write --json {path}: {problem}")
 
 
-def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
-    """Refuses an export folder made from other weights than the reference's."""
+def _check_folder_source(folder: Any, args: argparse.Namespace, reference: DetectorConfig) -> None:
+    """Refuses an export folder made from other weights than the reference's, or read as
+    another variant (its score maps would differ in shape: a setup error, not a failure)."""
     manifest = folder.manifest
+    variant = (manifest.get("model") or {}).get("variant") or folder.config.variant
+    if variant != reference.variant:
+        raise TinyFacesError(f"export folder {folder.path} holds the {variant!r} variant of the "
+                             f"network, the reference is the {reference.variant!r} one; give "
+                             f"--variant {variant} to compare like with like")
     if args.weights:
         from tinyfaces_trt.export_cache import file_sha256
 
@@ -162,8 +172,10 @@ def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str],
             continue
         engine = trt and any(PARITY_BACKENDS[b][0] == "tensorrt" for b in names)
         out = work / ("fp16" if fp16 else "fp32")
+        # no trtexec hint: it would name a file of this temporary folder
         export_model(model, config, out, fp16=fp16, engine=engine, weights_path=weights,
-                     untrained=weights is None, verify=False, log=lambda line: stderr_line(f"tf-parity: {line}"))
+                     untrained=weights is None, verify=False, hints=False,
+                     log=lambda line: stderr_line(f"tf-parity: {line}"))
         folder = load_export_folder(out)
         folders.update({b: folder for b in names})
     return folders
@@ -209,11 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # --depth and --seed describe the --untrained network only
         model, config = load_model(args.weights, depth=None if args.weights else args.depth,
-                                   seed=args.seed)
+                                   variant=args.variant, seed=args.seed)
         with tempfile.TemporaryDirectory(prefix="tf-parity-") as work:
             if args.model:
                 folder = load_export_folder(args.model)
-                _check_folder_source(folder, args)
+                _check_folder_source(folder, args, config)
                 config = folder.config
                 folders: dict[str, Any] = {b: folder for b in backends}
             else:
