@@ -11,6 +11,7 @@ cases here were also run through the official .m files under GNU Octave 7.3: sam
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,13 @@ import pytest
 from tinyfaces_trt.wider import cli as cli_eval
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.wider.evaluate import (
-    WiderEvalError, box_overlaps, evaluate_folder, image_evaluation, image_pr_info,
-    load_ground_truth, normalize_scores, voc_ap)
+    MissingPredictionsError, WiderEvalError, box_overlaps, evaluate_folder, image_evaluation,
+    image_pr_info, load_ground_truth, normalize_scores, voc_ap)
 from tinyfaces_trt.wider.format import (
     PredictionFormatError, format_detections, matlab_round, parse_detections,
     read_detection_file, to_official_boxes, write_image_detections)
 
-from wider_synthetic import SynthImage, write_ground_truth
+from wider_synthetic import SynthImage, cells, replace_variables, write_ground_truth
 
 # Faces [x, y, w, h]. easy: 5 faces, medium: 6 (+A2), hard: 8 (+B1, D0).
 A0, A1, A2 = [10, 10, 20, 20], [100, 10, 20, 20], [200, 10, 8, 8]
@@ -113,6 +114,30 @@ def test_keep_index_out_of_range_is_rejected(tmp_path):
     with pytest.raises(WiderEvalError, match=r"gt_list of 0--E/x must hold 1-based face indices"
                                               r" in 1..1"):
         load_ground_truth(tmp_path)
+
+
+@pytest.mark.parametrize("variable, cell, got", [
+    ("gt_list", "ab", "got text 'ab'"),
+    ("gt_list", cells([1.0]), "got a cell array (1, 1)"),
+    ("face_bbx_list", "ab", "got text 'ab'"),
+    ("face_bbx_list", cells([np.array([[1, 2, 3, 4]], np.int32)]), "got a cell array (1, 1)"),
+])
+def test_malformed_ground_truth_cells_are_errors_naming_file_and_image(tmp_path, capsys,
+                                                                      variable, cell, got):
+    write_ground_truth(tmp_path / "gt", {"0--E": [SynthImage("x", [A0]), SynthImage("y", [A1])]})
+    good = np.array([[1.0]]) if variable == "gt_list" else np.array([[1, 2, 3, 4]], np.int32)
+    mat = replace_variables(tmp_path / "gt" / "wider_easy_val.mat",
+                            **{variable: cells([cells([cell, good])])})
+    expected = {"gt_list": f"{mat}: gt_list of 0--E/x must be a numeric vector of 1-based face "
+                           f"indices in 1..1, {got}",
+                "face_bbx_list": f"{mat}: boxes of 0--E/x must be a numeric (G, 4) [x y w h] "
+                                 f"matrix, {got}"}[variable]
+    with pytest.raises(WiderEvalError) as exc:
+        load_ground_truth(tmp_path / "gt")
+    assert str(exc.value) == expected
+    pred = write_preds(tmp_path / "pred", {})
+    assert cli_eval.main(["--gt", str(tmp_path / "gt"), "--pred", str(pred)]) == 1
+    assert capsys.readouterr().err == f"tf-eval: error: {expected}\n"
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -248,6 +273,20 @@ def test_missing_prediction_file_counts_as_no_detections(gt_dir, tmp_path):
         evaluate_folder(gt_dir, tmp_path, on_missing="error")
 
 
+def test_refused_missing_files_are_not_said_to_count(gt_dir, tmp_path):
+    write_preds(tmp_path, perfect_preds(), skip=(("1--Handshaking", "1_Handshaking_c"),
+                                                 ("0--Parade", "0_Parade_a")))
+    with pytest.raises(MissingPredictionsError) as exc:
+        evaluate_folder(gt_dir, tmp_path, on_missing="error")
+    first = tmp_path / "0--Parade" / "0_Parade_a.txt"
+    assert str(exc.value) == (
+        f"2 of 4 prediction files are missing (on_missing='error' refuses that), e.g. {first}; "
+        f"write one for every ground-truth image (box count 0 for an image without detections) "
+        f"or pass on_missing='warn' to count them as images without detections")
+    assert [p.name for p in exc.value.missing] == ["0_Parade_a.txt", "1_Handshaking_c.txt"]
+    assert exc.value.total == 4
+
+
 def test_prediction_folder_errors(gt_dir, tmp_path):
     with pytest.raises(WiderEvalError, match="prediction folder not found"):
         evaluate_folder(gt_dir, tmp_path / "nope")
@@ -299,6 +338,12 @@ def test_reader_accepts_official_variants():
     # Six columns: the last one is the score (read_pred.m's raw_info(end)).
     assert parsed.boxes.tolist() == [[1, 2, 3, 4, 0.7], [5, 6, 7, 8, 0.5], [9, 10, 11, 12, -0.15]]
     assert parse_detections("\n0\n").boxes.shape == (0, 5)
+    # str2num reads a count written as a float; "1_0" would be 10 for Python, an error for it.
+    for count in ("1.0", "1.", "+1", "1e0", " 0.1E1 "):
+        parsed = parse_detections(f"img\n{count}\n1 2 3 4 0.5\n")
+        assert parsed.boxes.tolist() == [[1, 2, 3, 4, 0.5]]
+    assert parse_detections("img\n2e0\n1 2 3 4 0.5\n5 6 7 8 0.25\n").boxes.shape == (2, 5)
+    assert parse_detections("img\n0.0\n").boxes.shape == (0, 5)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -309,6 +354,11 @@ def test_reader_accepts_official_variants():
     ("img\n1\n1 2 3 4 0.5\n1 2 3 4 0.5\n", r"declares 1 box\(es\) but 2"),
     ("img\n1\n1 2 3 nan 0.5\n", r"f.txt:3: non-finite value"),
     ("img\n1\n1 2 x 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 x 4 0.5'"),
+    ("img\n1_0\n" + "1 2 3 4 0.5\n" * 10, r"f.txt:2: expected the number of boxes, got '1_0'"),
+    ("img\n1.5\n1 2 3 4 0.5\n", r"f.txt:2: expected a whole number of boxes, got '1.5'"),
+    ("img\ninf\n", r"f.txt:2: expected a whole number of boxes, got 'inf'"),
+    ("img\n1\n1 2 3_0 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 3_0 4 0.5'"),
+    ("img\n1\n1 2 30 4 0.5_0\n", r"f.txt:3: expected numbers, got '1 2 30 4 0.5_0'"),
 ])
 def test_reader_errors_name_file_and_line(text, message):
     with pytest.raises(PredictionFormatError, match=message):
@@ -351,6 +401,16 @@ def test_cli_missing_file_warns_or_fails_with_strict(gt_dir, tmp_path, capsys):
     assert "tf-eval: error: 1 of 4 prediction files are missing" in capsys.readouterr().err
 
 
+def test_cli_strict_says_missing_files_are_refused(gt_dir, tmp_path, capsys):
+    pred = write_preds(tmp_path, perfect_preds(), skip=(("0--Parade", "0_Parade_b"),))
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--strict"]) == 1
+    assert capsys.readouterr().err == (
+        f"tf-eval: error: 1 of 4 prediction files are missing (--strict refuses that), e.g. "
+        f"{pred / '0--Parade' / '0_Parade_b.txt'}; write one for every ground-truth image (box "
+        f"count 0 for an image without detections) or drop --strict to count them as images "
+        f"without detections\n")
+
+
 def test_cli_errors_are_messages_with_exit_code_1(gt_dir, tmp_path, capsys):
     assert cli_eval.main(["--gt", str(tmp_path / "nogt"), "--pred", str(tmp_path)]) == 1
     assert "tf-eval: error: ground-truth folder not found" in capsys.readouterr().err
@@ -378,6 +438,67 @@ def test_cli_plot(gt_dir, tmp_path, capsys):
     else:
         assert code == 0
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_name_without_suffix_is_refused_before_evaluating(gt_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    pytest.importorskip("matplotlib")
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    out = tmp_path / "out"
+    out.mkdir()
+    ran = []
+    monkeypatch.setattr(cli_eval, "evaluate_folder", lambda *a, **k: ran.append(a))
+    code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--json",
+                          str(out / "ap.json"), "--plot", str(out / "pr")])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert code == 1 and ran == [] and list(out.iterdir()) == []
+    assert line.startswith(f"tf-eval: error: --plot {out / 'pr'}: the name has no image suffix "
+                           f"to choose the format; end it with one of ")
+    assert ".pdf" in line and ".png" in line and ".svg" in line
+    # save_pr_plot itself: the suffix, never the temporary file's name, picks the format.
+    result = evaluate_folder(gt_dir, pred)
+    with pytest.raises(TinyFacesError, match=r"the name has no image suffix"):
+        cli_eval.save_pr_plot(result, out / "pr")
+    assert list(out.iterdir()) == []
+    cli_eval.save_pr_plot(result, out / "PR.SVG")
+    assert b"<svg" in (out / "PR.SVG").read_bytes()[:500]
+
+
+def test_cli_creates_output_folders_only_when_writing(gt_dir, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    out_json, out_png = tmp_path / "new" / "sub" / "ap.json", tmp_path / "new2" / "pr.png"
+    outputs = ["--json", str(out_json), "--plot", str(out_png)]
+    assert cli_eval.main(["--gt", str(tmp_path / "nothere"), "--pred", str(pred), *outputs]) == 1
+    assert "ground-truth folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new2").exists()
+
+    def failing_plot(result, path):
+        path.parent.mkdir(parents=True)
+        raise TinyFacesError("plot failed")
+    monkeypatch.setattr(cli_eval, "save_pr_plot", failing_plot)
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--plot", str(out_png)]) == 1
+    assert capsys.readouterr().err == "tf-eval: error: plot failed\n"
+    assert not (tmp_path / "new2").exists()
+    monkeypatch.undo()
+
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), *outputs]) == 0, \
+        capsys.readouterr().err
+    assert json.loads(out_json.read_text())["ap"]["easy"] == 1.0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_refuses_an_output_folder_it_cannot_write(gt_dir, tmp_path, capsys, monkeypatch):
+    pred = write_preds(tmp_path / "pred", perfect_preds())
+    ran = []
+    monkeypatch.setattr(cli_eval, "evaluate_folder", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # root passes
+    out_json = tmp_path / "new" / "ap.json"
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--json", str(out_json)]) == 1
+    assert capsys.readouterr().err == (
+        f"tf-eval: error: cannot write --json {out_json}: the folder {tmp_path} is not "
+        f"writable; give a writable folder\n")
+    assert ran == [] and not (tmp_path / "new").exists()
 
 
 def test_cli_output_and_path_mistakes_fail_before_evaluating(gt_dir, tmp_path, capsys,

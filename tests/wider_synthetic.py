@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 LABELS = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 SETTINGS = ("easy", "medium", "hard")
@@ -43,11 +43,20 @@ class SynthImage:
         return list(range(len(self.boxes)))
 
 
-def _cells(items: Sequence[object]) -> np.ndarray:
+def cells(items: Sequence[object]) -> np.ndarray:
+    """An (N, 1) MATLAB cell array holding ``items``."""
     out = np.empty((len(items), 1), dtype=object)
     for i, item in enumerate(items):  # element-wise, so numpy never merges equal shapes
         out[i, 0] = item
     return out
+
+
+def replace_variables(path: str | Path, **variables: object) -> Path:
+    """Rewrites the .mat file ``path`` with ``variables`` replaced (malformed-file tests)."""
+    mat = {k: v for k, v in loadmat(str(path)).items() if not k.startswith("__")}
+    mat.update(variables)
+    savemat(str(path), mat, format="5")
+    return Path(path)
 
 
 def write_ground_truth(directory: str | Path, events: Mapping[str, Sequence[SynthImage]],
@@ -61,17 +70,17 @@ def write_ground_truth(directory: str | Path, events: Mapping[str, Sequence[Synt
     names = list(events)
     images = [list(events[e]) for e in names]
     base = {
-        "event_list": _cells(names),
-        "file_list": _cells([_cells([im.name for im in ims]) for ims in images]),
-        "face_bbx_list": _cells([_cells([np.asarray(im.boxes, dtype=box_dtype).reshape(-1, 4)
+        "event_list": cells(names),
+        "file_list": cells([cells([im.name for im in ims]) for ims in images]),
+        "face_bbx_list": cells([cells([np.asarray(im.boxes, dtype=box_dtype).reshape(-1, 4)
                                          for im in ims]) for ims in images]),
     }
     for label in LABELS:
-        base[f"{label}_label_list"] = _cells([_cells([np.zeros((len(im.boxes), 1), np.uint8)
+        base[f"{label}_label_list"] = cells([cells([np.zeros((len(im.boxes), 1), np.uint8)
                                                       for im in ims]) for ims in images])
     savemat(str(directory / "wider_face_val.mat"), base, format="5")
     for setting in SETTINGS:
-        gt_list = _cells([_cells([np.asarray(im.kept(setting), dtype=np.float64).reshape(-1, 1) + 1
+        gt_list = cells([cells([np.asarray(im.kept(setting), dtype=np.float64).reshape(-1, 1) + 1
                                   for im in ims]) for ims in images])
         savemat(str(directory / f"wider_{setting}_val.mat"), {**base, "gt_list": gt_list},
                 format="5")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output, write_text_atomic
-from tinyfaces_trt.wider.evaluate import SETTINGS, WiderEvalResult, evaluate_folder
+from tinyfaces_trt.core.files import atomic_output, removed_if_left_empty, write_text_atomic
+from tinyfaces_trt.wider.evaluate import (
+    SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
 
 
 class PlotUnavailableError(TinyFacesError):
@@ -58,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="FILE",
                    help="write AP and PR curves to this JSON file (default: none)")
     p.add_argument("--plot", type=Path, metavar="FILE",
-                   help="save the PR curves to this image, e.g. pr.png (needs matplotlib; "
-                        "default: none)")
+                   help="save the PR curves to this image; its suffix picks the format "
+                        "(.png, .pdf, .svg, ...), a name without one is refused (needs "
+                        "matplotlib; default: none)")
     p.add_argument("--strict", action="store_true",
                    help="fail when a ground-truth image has no prediction file (default: count "
                         "it as an image without detections)")
@@ -67,31 +70,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    """Input folders and output files, checked before the (long) evaluation."""
+def _check_output_file(option: str, path: Path) -> Path | None:
+    """Checks, creating nothing, that ``path`` can be written: not a folder, and the nearest
+    existing folder above it writable. Returns the top folder that writing it will create
+    (None when its folder exists)."""
+    if path.is_dir():
+        raise TinyFacesError(f"{option} {path} is a folder; give a file name")
+    folder, to_create = path.parent, None
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder, to_create = folder.parent, folder
+    if not folder.is_dir():
+        raise TinyFacesError(f"cannot create the folder of {option} {path}: {folder} is not a "
+                             f"folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"cannot write {option} {path}: the folder {folder} is not "
+                             f"writable; give a writable folder")
+    return to_create
+
+
+def _check_paths(args: argparse.Namespace) -> list[Path]:
+    """Input folders and output files, checked before the (long) evaluation; creates nothing.
+    Returns the folders that writing the outputs will create."""
     for option, folder in (("--gt", args.gt), ("--pred", args.pred)):
         if folder.is_file():
             raise TinyFacesError(f"{option} {folder} is a file; pass the folder that holds it "
                                  f"({folder.parent})")
+    new_folders = []
     for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is None:
-            continue
-        if path.is_dir():
-            raise TinyFacesError(f"{option} {path} is a folder; give a file name")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TinyFacesError(f"cannot create the folder of {option} {path}: "
-                                 f"{exc.strerror or exc}") from exc
+        if path is not None:
+            new_folders.append(_check_output_file(option, path))
     if args.plot is not None:
-        _require_matplotlib()
-        from matplotlib.figure import Figure
-
-        formats = Figure().canvas.get_supported_filetypes()
-        suffix = args.plot.suffix.lower().lstrip(".")
-        if suffix and suffix not in formats:
-            raise TinyFacesError(f"--plot {args.plot}: unknown image format {suffix!r}; end the "
-                                 f"name with one of {', '.join('.' + f for f in sorted(formats))}")
+        plot_format(args.plot)
+    return [f for f in new_folders if f is not None]
 
 
 def format_table(result: WiderEvalResult) -> str:
@@ -111,9 +121,28 @@ def _require_matplotlib() -> None:
             "--plot needs matplotlib: pip install 'tinyfaces-trt[plot]'") from None
 
 
-def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
-    """One precision/recall panel per setting, AP in the legend (like ``wider_plot.m``)."""
+def plot_format(path: Path) -> str:
+    """The image format ``path`` is saved in: its suffix, lower case, one that matplotlib
+    writes (a name without a suffix is refused rather than guessed)."""
     _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    choices = ", ".join("." + f for f in sorted(formats))
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        raise TinyFacesError(f"--plot {path}: the name has no image suffix to choose the "
+                             f"format; end it with one of {choices}")
+    if suffix not in formats:
+        raise TinyFacesError(f"--plot {path}: unknown image format {suffix!r}; end the name "
+                             f"with one of {choices}")
+    return suffix
+
+
+def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
+    """One precision/recall panel per setting, AP in the legend (like ``wider_plot.m``);
+    the format is ``path``'s suffix (:func:`plot_format`), never the temporary name's."""
+    fmt = plot_format(path)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -129,7 +158,7 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or None)
+            fig.savefig(tmp, dpi=100, format=fmt)
     except ValueError as exc:  # matplotlib: unknown format
         raise TinyFacesError(f"cannot save the plot {path}: {exc}") from exc
     finally:
@@ -140,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        _check_paths(args)  # fail before the evaluation, not after
+        new_folders = _check_paths(args)  # fail before the evaluation, not after
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_folder(args.gt, args.pred, SETTINGS,
@@ -152,13 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"no prediction file and count as images without detections "
                   f"(first: {result.missing[0]})", file=sys.stderr)
         print(format_table(result))
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            payload = result.to_dict()
-            payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred))
-            write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
-        if args.plot is not None:
-            save_pr_plot(result, args.plot)
+        with removed_if_left_empty(*new_folders):  # created here, removed if nothing lands
+            if args.json is not None:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                payload = result.to_dict()
+                payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred))
+                write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
+            if args.plot is not None:
+                save_pr_plot(result, args.plot)
+    except MissingPredictionsError as exc:  # only with --strict
+        print(f"tf-eval: error: {len(exc.missing)} of {exc.total} prediction files are missing "
+              f"(--strict refuses that), e.g. {exc.missing[0]}; write one for every "
+              f"ground-truth image (box count 0 for an image without detections) or drop "
+              f"--strict to count them as images without detections", file=sys.stderr)
+        return 1
     except TinyFacesError as exc:
         print(f"tf-eval: error: {exc}", file=sys.stderr)
         return 1

@@ -73,6 +73,20 @@ class WiderEvalError(TinyFacesError):
     """Ground-truth files or a prediction folder are missing or unusable."""
 
 
+class MissingPredictionsError(WiderEvalError):
+    """``on_missing="error"``: some ground-truth images have no prediction file.
+
+    Attributes:
+        missing: the paths that were not found.
+        total: the number of ground-truth images.
+    """
+
+    def __init__(self, message: str, missing: Sequence[Path], total: int) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.total = total
+
+
 # --------------------------------------------------------------------------- ground truth
 
 
@@ -180,12 +194,25 @@ def _box_array(value: Any, path: Path, event: str, image: str) -> np.ndarray:
         return arr.reshape(0, 4)
     if arr.ndim != 2 or arr.shape[1] != 4 or arr.dtype.kind not in "iuf":
         raise WiderEvalError(f"{path}: boxes of {event}/{image} must be a numeric (G, 4) "
-                             f"[x y w h] matrix, got {arr.dtype} {arr.shape}")
+                             f"[x y w h] matrix, got {_describe(arr)}")
     return arr
 
 
+def _describe(arr: np.ndarray) -> str:
+    """How an error message names a MATLAB value that is not a numeric array."""
+    if arr.dtype == object:
+        return f"a cell array {arr.shape}"
+    if arr.dtype.kind in "US":
+        return f"text {''.join(str(s) for s in arr.reshape(-1))!r}"
+    return f"{arr.dtype} {arr.shape}"
+
+
 def _keep_array(value: Any, num_boxes: int, path: Path, event: str, image: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    arr = np.asarray(value)
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise WiderEvalError(f"{path}: gt_list of {event}/{image} must be a numeric vector of "
+                             f"1-based face indices in 1..{num_boxes}, got {_describe(arr)}")
+    arr = arr.astype(np.float64).reshape(-1)  # numeric, or empty (of any class)
     if arr.size and (np.any(arr != np.round(arr)) or arr.min() < 1 or arr.max() > num_boxes):
         raise WiderEvalError(f"{path}: gt_list of {event}/{image} must hold 1-based face "
                              f"indices in 1..{num_boxes}, got {arr.tolist()}")
@@ -266,13 +293,15 @@ def read_predictions(pred_dir: str | Path, index: WiderGroundTruth,
         raise WiderEvalError(
             f"{pred_dir}: no prediction file for any of the {total} ground-truth images "
             f"(expected e.g. {missing[0]}; layout is <pred>/<event>/<image>.txt)")
-    if missing:
-        msg = (f"{len(missing)} of {total} prediction files are missing and count as images "
-               f"without detections, e.g. {missing[0]}")
-        if on_missing == "error":
-            raise WiderEvalError(msg)
-        if on_missing == "warn":
-            warnings.warn(msg, stacklevel=2)
+    if missing and on_missing == "error":
+        raise MissingPredictionsError(
+            f"{len(missing)} of {total} prediction files are missing (on_missing='error' "
+            f"refuses that), e.g. {missing[0]}; write one for every ground-truth image (box "
+            f"count 0 for an image without detections) or pass on_missing='warn' to count "
+            f"them as images without detections", missing, total)
+    if missing and on_missing == "warn":
+        warnings.warn(f"{len(missing)} of {total} prediction files are missing and count as "
+                      f"images without detections, e.g. {missing[0]}", stacklevel=2)
     return PredictionSet(boxes, missing)
 
 

@@ -15,10 +15,14 @@ can differ by one pixel; we follow the authors. Coordinates are written as given
 (``event/name.jpg``), as the authors write it.
 
 Reading follows the official ``read_pred.m``: each box line yields its first four numbers
-and its *last* number as the score (so the older 6-column files read too). Unlike the
+and its *last* number as the score (so the older 6-column files read too). Numbers are
+decimal literals as MATLAB's ``str2num`` reads them, so the box count may be written ``1.0``
+or ``2e0`` (a whole number); a count like ``1.5`` and any token with ``_`` (which Python's
+``float`` would accept, ``1_0`` as 10, and ``str2num`` rejects) are malformed. Unlike the
 official reader, which prints "Invalid format" and silently drops the whole image, a
 malformed file raises :class:`PredictionFormatError` naming the file and line; blank lines
-after the count line are skipped.
+after the count line are skipped. Deviation (documented): ``str2num`` also evaluates
+MATLAB expressions (``1+1``, ``pi``); those are malformed here.
 """
 
 from __future__ import annotations
@@ -116,9 +120,17 @@ def write_image_detections(root: str | Path, image_relpath: str, boxes: np.ndarr
                                 rel.as_posix(), boxes)
 
 
+def _number(token: str) -> float:
+    """``float(token)`` for a plain decimal literal; ValueError also for what ``float`` reads
+    and MATLAB's ``str2num`` does not: ``_`` digit separators and non-ASCII digits."""
+    if "_" in token or not token.isascii():
+        raise ValueError(f"not a number: {token!r}")
+    return float(token)
+
+
 def _numbers(text: str, where: str) -> list[float]:
     try:
-        values = [float(tok) for tok in _SEPARATORS.split(text.strip()) if tok]
+        values = [_number(tok) for tok in _SEPARATORS.split(text.strip()) if tok]
     except ValueError:
         raise PredictionFormatError(f"{where}: expected numbers, got {text.strip()!r}") from None
     if not all(math.isfinite(v) for v in values):
@@ -134,11 +146,15 @@ def parse_detections(text: str, source: str = "<text>") -> DetectionFile:
             f"{source}: expected the image name on line 1 and the box count on line 2, "
             f"got {len(lines)} line(s)")
     count_text = lines[1].strip()
-    try:
-        count = int(count_text)
+    try:  # str2num: "1.0" and "2e0" are counts too
+        count_value = _number(count_text)
     except ValueError:
         raise PredictionFormatError(
             f"{source}:2: expected the number of boxes, got {count_text!r}") from None
+    if not count_value.is_integer():  # "1.5", "inf", "nan"
+        raise PredictionFormatError(
+            f"{source}:2: expected a whole number of boxes, got {count_text!r}")
+    count = int(count_value)
     if count < 0:
         raise PredictionFormatError(f"{source}:2: negative box count {count}")
     rows = [(no, line) for no, line in enumerate(lines[2:], start=3) if line.strip()]
