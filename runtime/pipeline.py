@@ -309,6 +309,10 @@ def validate_image(image: np.ndarray) -> np.ndarray:
 
 def validate_batch(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Checks every image (:func:`validate_image`) and that all have one size."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ImageError(f"detect_batch takes a sequence of images (a list, or an (N, H, W, 3) "
+                         f"array), got an array of shape {images.shape}; for one image use "
+                         f"detect(image)")
     checked = [validate_image(image) for image in images]
     sizes = {image.shape for image in checked}
     if len(sizes) > 1:

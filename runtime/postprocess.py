@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
-from tinyfaces_trt.core.errors import ScoreMapError, StageOrderError
+from tinyfaces_trt.core.errors import NonFiniteScoresError, ScoreMapError, StageOrderError
 from tinyfaces_trt.runtime.decode import Candidates, decode_level
 from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -96,7 +96,13 @@ class HostPostprocessor:
             raise ScoreMapError(f"score map must have shape ({len(self._parts)}, 125, h, w) for "
                                 f"{len(self._parts)} image(s), got {score_map.shape}")
         for i, parts in enumerate(self._parts):
-            parts.append(decode_level(score_map[i:i + 1], level, self.config, self._level_base))
+            try:
+                parts.append(decode_level(score_map[i:i + 1], level, self.config, self._level_base))
+            except NonFiniteScoresError as exc:
+                if len(self._parts) == 1:
+                    raise
+                raise NonFiniteScoresError(f"image {i + 1} of a batch of {len(self._parts)}: "
+                                           f"{exc}") from None
         self._level_base += _score_map_cells(score_map)
 
     def finish_all(self) -> list[np.ndarray]:

@@ -628,6 +628,40 @@ def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
     assert post.last_stats == {"num_candidates": 4, "num_kept": 0, "nonfinite": 0}
 
 
+def test_the_host_path_names_the_image_of_a_batch_with_non_finite_scores():
+    """As the device path does: the message said "this image" without saying which."""
+    class NanInSecondImage(HostRunner):
+        capabilities = RunnerCapabilities(batch=True)
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            maps = super().run(x)
+            maps[min(1, len(maps) - 1), 3, 0, 0] = np.nan
+            return maps
+
+    detector = Detector(NanInSecondImage(), DetectorConfig())
+    images = [synthetic_image(40, 56, seed) for seed in range(3)]
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect_batch(images)
+    message = str(info.value)
+    assert message.startswith("image 2 of a batch of 3: the network's score map of pyramid level 0 ")
+    assert message.endswith("no detections were produced for this image")
+    with pytest.raises(NonFiniteScoresError) as info:
+        detector.detect(images[0])
+    assert str(info.value).startswith("the network's score map of pyramid level 0 ")
+
+
+def test_detect_batch_of_one_image_array_says_to_use_detect():
+    detector = Detector(HostRunner(), DetectorConfig())
+    image = synthetic_image(40, 56)
+    with pytest.raises(ImageError) as info:
+        detector.detect_batch(image)
+    assert str(info.value) == ("detect_batch takes a sequence of images (a list, or an (N, H, W, "
+                               "3) array), got an array of shape (40, 56, 3); for one image use "
+                               "detect(image)")
+    stacked = detector.detect_batch(np.stack([image, image]))
+    assert len(stacked) == 2 and all(b.shape == (0, 5) for b in stacked)
+
+
 def test_stages_refuse_work_before_reset(monkeypatch):
     log = CudaLog()
     fake_cuda(monkeypatch, log)
