@@ -256,15 +256,24 @@ def written_for_another(record: str | os.PathLike[str], key: str,
 @contextlib.contextmanager
 def removed_if_left_empty(*folders: str | os.PathLike[str] | None) -> Iterator[None]:
     """Those of ``folders`` (None: none) that do not exist yet are removed after the block,
-    also when it fails, where nothing was written into them (:func:`remove_empty_dirs`)."""
+    also when it fails, where nothing was written into them (:func:`remove_empty_dirs`), with
+    the folders above them that the block created (``--out a/b/c`` where ``a`` is new)."""
     paths = [Path(f).expanduser() for f in folders if f]
-    new = [path for path in paths if not os.path.lexists(path)]
+    new = [_first_missing(path) for path in paths if not os.path.lexists(path)]
     try:
         yield
     finally:
         for folder in new:
             if remove_empty_dirs(folder):
                 log.info("removed %s: nothing was written into it", folder)
+
+
+def _first_missing(path: Path) -> Path:
+    """The topmost folder of the missing ``path`` that does not exist either: the first one
+    that creating ``path`` creates."""
+    while not os.path.lexists(path.parent) and path.parent != path:
+        path = path.parent
+    return path
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:
