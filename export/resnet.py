@@ -2,7 +2,8 @@
 
 The module tree (``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1`` .. ``layer3``, blocks with
 ``conv1..3``, ``bn1..3``, ``downsample.0/1``) reproduces torchvision's ``resnet50``/``resnet101``
-exactly, so a torchvision-derived ``state_dict`` (minus ``layer4``/``fc``) loads unchanged.
+exactly, so a torchvision-derived ``state_dict`` (minus ``layer4``; tiny-faces-pytorch's
+``fc``, which it keeps but never runs, is left out by ``export.weights``) loads unchanged.
 
 Two Caffe-isms of the authors' MatConvNet network (imported from the original Caffe ResNet)
 are switchable:

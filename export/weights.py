@@ -166,9 +166,17 @@ def infer_depth(state: Mapping[str, Any], source: str = "state_dict") -> int:
                        f"found, expected {options}")
 
 
+#: torchvision's ResNet classifier: tiny-faces-pytorch's DetectionModel deletes only
+#: ``layer4``, so its checkpoints keep ``fc``, which the detector never runs.
+UNUSED_PORT_KEYS = {"model.fc.weight": (1000, 2048), "model.fc.bias": (1000,)}
+
+
 def model_from_state_dict(state: Mapping[str, torch.Tensor], depth: int | None = None,
                           variant: str = "pytorch", source: str = "state_dict") -> TinyFacesNet:
-    """A TinyFacesNet (eval mode) holding ``state``; any key/shape mismatch is a WeightsError."""
+    """A TinyFacesNet (eval mode) holding ``state`` (the port's unused ``model.fc`` entries,
+    :data:`UNUSED_PORT_KEYS`, are left out); any other key/shape mismatch is a WeightsError."""
+    state = {k: v for k, v in state.items()
+             if not (k in UNUSED_PORT_KEYS and tuple(v.shape) == UNUSED_PORT_KEYS[k])}
     found = infer_depth(state, source)
     if depth is not None and depth != found:
         raise WeightsError(f"{source}: checkpoint is ResNet-{found} "

@@ -2,7 +2,8 @@
 
 * :func:`write_fake_pytorch_checkpoint`: ``torch.save({"model": state_dict, "epoch", ...})``
   as tiny-faces-pytorch's ``main.py`` writes it, keys of its ``DetectionModel`` (torchvision
-  ResNet without layer4/fc as ``model.*``, plus the score heads).
+  ResNet without layer4 as ``model.*``: it deletes ``layer4`` only, so its never-run ``fc``
+  stays in every checkpoint; plus the score heads).
 * :func:`write_fake_hr_res101_mat`: a MATLAB v5 ``.mat`` with one variable ``net`` laid out as
   ``dagnn.DagNN.saveobj`` writes it (struct with ``vars``, ``params``, ``layers``, ``meta``;
   ``params`` entries ``name, value, learningRate, weightDecay``; ``layers`` entries ``name,
@@ -59,6 +60,8 @@ def port_state_dict_shapes(depth: int = 101) -> dict[str, tuple[int, ...]]:
                 shapes[f"{p}.downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
                 bn(f"{p}.downsample.1", planes * 4)
             inplanes = planes * 4
+    shapes["model.fc.weight"] = (1000, 2048)  # torchvision's classifier, kept by the port
+    shapes["model.fc.bias"] = (1000,)
     for head, channels in (("score_res3", 512), ("score_res4", 1024)):
         shapes[f"{head}.weight"] = (125, channels, 1, 1)
         shapes[f"{head}.bias"] = (125,)

@@ -38,9 +38,12 @@ def _image_input(height: int, width: int, variant: str, seed: int) -> torch.Tens
 @pytest.mark.parametrize("depth,num_keys", [(50, 263), (101, 569)])
 def test_state_dict_matches_port_layout(depth, num_keys):
     # torchvision resnet50/101 state_dicts have 320/626 keys; minus layer4 (60) and fc (2),
-    # plus the port's 5 head tensors.
+    # plus the port's 5 head tensors. The port's own state_dict keeps fc (it deletes only
+    # layer4): the loader leaves those 2 out.
     state = TinyFacesNet(depth).state_dict()
     expected = port_state_dict_shapes(depth)
+    assert {k: expected.pop(k) for k in ("model.fc.weight", "model.fc.bias")} == {
+        "model.fc.weight": (1000, 2048), "model.fc.bias": (1000,)}
     assert len(state) == num_keys == len(expected)
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
 

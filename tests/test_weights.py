@@ -28,9 +28,22 @@ def test_pytorch_checkpoint_round_trip(tmp_path, depth, bare):
     assert (model.depth, model.variant, config.variant) == (depth, "pytorch", "pytorch")
     assert not model.training
     state = model.state_dict()
-    assert state.keys() == saved.keys()
-    for key, value in saved.items():
-        assert torch.equal(state[key], value), key
+    # every tensor but the port's never-run classifier, which its checkpoints keep
+    assert set(saved) - set(state) == {"model.fc.weight", "model.fc.bias"}
+    assert set(state) < set(saved)
+    for key, value in state.items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_a_checkpoint_without_the_ports_classifier_loads_too(tmp_path):
+    """A state_dict taken from TinyFacesNet itself (or cleaned by hand) has no model.fc; one
+    whose model.fc is not torchvision's 1000-class classifier is not silently dropped."""
+    path = tmp_path / "c.pth"
+    write_fake_pytorch_checkpoint(path, depth=50, drop=("model.fc.weight", "model.fc.bias"))
+    assert load_weights(path)[0].depth == 50
+    write_fake_pytorch_checkpoint(path, depth=50, override={"model.fc.bias": torch.zeros(2)})
+    with pytest.raises(WeightsError, match=r"unexpected keys: model\.fc\.bias"):
+        load_weights(path)
 
 
 def test_pytorch_checkpoint_as_matconvnet_variant_is_loaded_with_a_warning(tmp_path, caplog):
