@@ -231,6 +231,82 @@ def test_results_are_deterministic(kh, lookahead):
     assert_same_detections(runs[0], nms_rows_reference(maps, levels, (200, 260), config))
 
 
+# --- sizes out of range: refused before any work -------------------------------------------------
+
+def _sentinel(kh, nbytes):
+    """A buffer of ``nbytes`` 0xAB bytes and its host image (to see that nothing wrote it)."""
+    host = np.full(nbytes, 0xAB, np.uint8)
+    buf = kh.buffer(nbytes)
+    buf.upload(host, kh.stream)
+    return buf, host
+
+
+def _untouched(kh, buf, host):
+    got = np.zeros_like(host)
+    buf.download(got, kh.stream)
+    kh.stream.synchronize()
+    return got.tobytes() == host.tobytes()
+
+
+@pytest.mark.parametrize("key_base", [2**63 - 1, 2**63 - 100, 2**32 - 25 * 2 * 3])
+def test_decode_refuses_a_key_base_past_the_key_space(kh, key_base):
+    """key_base + 25*h*w > 2^32 - 1 is refused, also where key_base + 25*h*w overflows int64
+    (it passed the check, and the keys wrapped around to 0)."""
+    config = DetectorConfig()
+    score_map = np.ones((1, 125, 2, 3), np.float32)  # every active cell a candidate
+    params = binding.decode_params(config.templates[:, :4], np.ones(NUM_TEMPLATES, bool),
+                                   config.logit_thresh, config.stride, config.offset, 1.0)
+    cand, host = _sentinel(kh, kh.lib.candidates_size(16))
+    with kh.buffer(score_map.nbytes) as scores, cand:
+        scores.upload(score_map, kh.stream)
+        with pytest.raises(binding.KernelError, match="32-bit key space") as info:
+            kh.lib.decode_level(scores, 2, 3, params, key_base, cand, 16, kh.stream)
+        assert info.value.status == binding.Status.INVALID_SIZE
+        assert _untouched(kh, cand, host)
+        kh.lib.candidates_reset(cand, kh.stream)  # the last key 2^32 - 1 is accepted
+        kh.lib.decode_level(scores, 2, 3, params, 2**32 - 1 - 25 * 2 * 3, cand, 16, kh.stream)
+        counters = np.zeros(2, np.uint32)
+        cand.download(counters, kh.stream)
+        kh.stream.synchronize()
+    assert counters.tolist() == [25 * 2 * 3, 0]
+
+
+def test_resize_refuses_a_row_pitch_whose_rows_overflow(kh):
+    """(src_height - 1) * src_row_bytes past 2^63 - 1: refused (it was accepted, and the
+    kernel read at a wrapped-around address)."""
+    h, w = 3, 2
+    ws_bytes = kh.lib.resize_workspace_size(h, w, 2, 2)
+    dst, host = _sentinel(kh, 3 * 2 * 2 * 4)
+    with kh.buffer(3 * h * w) as src, kh.buffer(ws_bytes) as ws, dst:
+        for pitch in (2**62, (2**63 - 1 - 3 * w) // (h - 1) + 1, 2**63 - 1):
+            with pytest.raises(binding.KernelError, match="src_row_bytes") as info:
+                kh.lib.resize_normalize(src, h, w, dst, 2, 2, (1, 1, 1), (0, 0, 0), ws, ws_bytes,
+                                        kh.stream, src_row_bytes=pitch)
+            assert info.value.status == binding.Status.INVALID_SIZE
+        assert _untouched(kh, dst, host)
+
+
+@pytest.mark.parametrize("image_hw", [(binding.MAX_DIM + 1, 10), (10, binding.MAX_DIM + 1),
+                                      (100000, 2_000_000_000)])
+def test_nms_refuses_an_image_side_above_max_dim(kh, image_hw):
+    """TF_MAX_DIM bounds every image side, tf_nms's too (it checked only >= 1)."""
+    cand_host = kh.candidate_buffer(np.float32([[1, 2, 30, 40]]), np.float32([1.0]),
+                                    np.uint32([0]), 4)
+    ws_bytes = kh.lib.nms_workspace_size(4)
+    stats, host = _sentinel(kh, 16)
+    with kh.buffer(cand_host.nbytes) as cand, kh.buffer(ws_bytes) as ws, kh.buffer(80) as out, stats:
+        cand.upload(cand_host, kh.stream)
+        params = binding.nms_params(0.3, 1.0, True, *image_hw)
+        with pytest.raises(binding.KernelError, match="image size") as info:
+            kh.lib.nms(cand, 4, params, 4, ws, ws_bytes, out, stats, kh.stream)
+        assert info.value.status == binding.Status.INVALID_SIZE
+        assert _untouched(kh, stats, host)
+        edge = binding.nms_params(0.3, 1.0, True, binding.MAX_DIM, binding.MAX_DIM)
+        rows, got = kh.nms(cand, 4, edge, 4)  # TF_MAX_DIM itself is accepted
+    assert got["num_kept"] == 1
+    np.testing.assert_array_equal(rows[:, :4], [[1, 2, 30, 40]])
+
+
 # --- resize -------------------------------------------------------------------------------------
 
 RESIZES = [((61, 83), (31, 42)), ((61, 83), (17, 22)), ((61, 83), (87, 118)), ((61, 83), (122, 166)),

@@ -93,6 +93,28 @@ def test_library_exports_exactly_the_header_api(built: Path) -> None:
     assert not [s for s in exported if s.startswith("cuda")]
 
 
+def test_library_soname_carries_the_abi_version(built: Path) -> None:
+    """The library is libtinyfaces_kernels.so.<TF_KERNELS_ABI_VERSION> (its SONAME), the
+    unversioned name a symlink to it: a C program linked with -ltinyfaces_kernels (the
+    example) records the versioned name, so a rebuilt library of another ABI is not loaded
+    in its place. It had no SONAME: the program recorded libtinyfaces_kernels.so."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("binutils readelf not found")
+    versioned = f"{binding.LIBRARY_NAME}.{header_defines()['TF_KERNELS_ABI_VERSION']}"
+
+    def dynamic(path: Path, tag: str) -> list[str]:
+        out = subprocess.run([readelf, "-d", str(path)], capture_output=True, text=True, check=True).stdout
+        return re.findall(rf"\({tag}\)\s+.*\[(.+?)\]", out)
+
+    assert (built / versioned).is_file() and not (built / versioned).is_symlink()
+    assert (built / binding.LIBRARY_NAME).is_symlink()
+    assert (built / binding.LIBRARY_NAME).readlink() == Path(versioned)
+    assert dynamic(built / versioned, "SONAME") == [versioned]
+    needed = dynamic(built / "decode_nms_demo", "NEEDED")
+    assert versioned in needed and binding.LIBRARY_NAME not in needed
+
+
 def test_header_constants_match_the_binding() -> None:
     d = header_defines()
     assert d["TF_KERNELS_ABI_VERSION"] == binding.ABI_VERSION
@@ -257,6 +279,8 @@ INF = float("inf")
     (dict(h=binding.MAX_DIM + 1), Status.INVALID_SIZE, "score map"),
     (dict(key_base=-1), Status.INVALID_SIZE, "key"),
     (dict(key_base=2**32 - 1 - 25 * 10 * 12 + 1), Status.INVALID_SIZE, "key"),
+    (dict(key_base=2**63 - 1), Status.INVALID_SIZE, "key"),  # key_base + 25*h*w overflows int64
+    (dict(key_base=2**63 - 1000), Status.INVALID_SIZE, "key"),
     (dict(capacity=0), Status.INVALID_CAPACITY, "capacity"),
     (dict(capacity=-1), Status.INVALID_CAPACITY, "capacity"),
     (dict(params=_decode_params(logit_thresh=NAN)), Status.INVALID_VALUE, "logit_thresh"),
@@ -296,6 +320,10 @@ def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary
     (dict(params=binding.nms_params(0.3, -1.0, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
     (dict(params=binding.nms_params(0.3, INF, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
     (dict(params=binding.nms_params(0.3, 1.0, True, 0, 10)), Status.INVALID_SIZE, "image size"),
+    (dict(params=binding.nms_params(0.3, 1.0, True, binding.MAX_DIM + 1, 10)), Status.INVALID_SIZE,
+     "image size"),
+    (dict(params=binding.nms_params(0.3, 1.0, True, 10, binding.MAX_DIM + 1)), Status.INVALID_SIZE,
+     "image size"),
     (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 2)), Status.INVALID_VALUE,
      "lookahead = 2 must be 0 or 1"),
     (dict(cand=FAKE + 4), Status.MISALIGNED, "candidates"),
@@ -323,6 +351,8 @@ def test_nms_workspace_check_uses_the_queried_size(lib: binding.KernelLibrary) -
     (dict(sh=0), Status.INVALID_SIZE, "src_height"),
     (dict(dw=binding.MAX_DIM + 1), Status.INVALID_SIZE, "dst_width"),
     (dict(row=149), Status.INVALID_SIZE, "src_row_bytes"),
+    (dict(row=2**62), Status.INVALID_SIZE, "src_row_bytes"),  # 39 rows of it overflow int64
+    (dict(row=(2**63 - 1 - 150) // 39 + 1), Status.INVALID_SIZE, "src_row_bytes"),
     (dict(scale=(1, NAN, 1)), Status.INVALID_VALUE, "channel 1"),
     (dict(bias=(0, 0, INF)), Status.INVALID_VALUE, "channel 2"),
     (dict(dst=FAKE + 2), Status.MISALIGNED, "dst"),
@@ -357,14 +387,20 @@ def test_launches_without_gpu_return_cuda_error(lib: binding.KernelLibrary, has_
     if has_gpu:
         pytest.skip("a GPU is present (these calls would run on fake pointers)")
     raw = lib.raw
-    calls = {  # each call's first CUDA call fails; the detail names it
-        "cudaGetDeviceCount": lambda: raw.tf_get_device_count(ctypes.byref(ctypes.c_int())),
-        "cudaMemsetAsync(candidate counters)": lambda: raw.tf_candidates_reset(FAKE, None),
-        "decode kernel launch": lambda: _decode(raw),
-        "nms prepare kernel launch": lambda: _nms(raw),
-        "resize coefficients kernel launch": lambda: _resize(raw),
-    }
-    for what, call in calls.items():
+    calls = [  # each call's first CUDA call fails; the detail names it
+        ("cudaGetDeviceCount", lambda: raw.tf_get_device_count(ctypes.byref(ctypes.c_int()))),
+        ("cudaMemsetAsync(candidate counters)", lambda: raw.tf_candidates_reset(FAKE, None)),
+        ("decode kernel launch", lambda: _decode(raw)),
+        ("decode kernel launch", lambda: _decode(raw, key_base=2**32 - 1 - 25 * 10 * 12)),  # last key
+        # CUB's size queries (they ask the device) come before the first launch
+        ("cub::DeviceRadixSort::SortPairs (size query)", lambda: _nms(raw)),
+        ("cub::DeviceRadixSort::SortPairs (size query)",
+         lambda: _nms(raw, params=binding.nms_params(0.3, 1.0, True, binding.MAX_DIM, binding.MAX_DIM))),
+        ("resize coefficients kernel launch", lambda: _resize(raw)),
+        # the largest row pitch whose 40 rows still fit in int64 passes the checks
+        ("resize coefficients kernel launch", lambda: _resize(raw, row=(2**63 - 1 - 150) // 39)),
+    ]
+    for what, call in calls:
         assert raw.tf_candidates_size(10, ctypes.byref(ctypes.c_size_t())) == Status.SUCCESS
         assert raw.tf_last_cuda_error() == 0 and lib.last_error_message() == ""
         assert call() == Status.CUDA_ERROR, what
@@ -576,6 +612,7 @@ def test_nms_host_checks_accept_any_count_up_to_the_limit(lib: binding.KernelLib
         pytest.skip("a GPU is present (a launch on fake pointers would run)")
     status = raw.tf_nms(FAKE, 650_000, ctypes.byref(params), 650_000, FAKE, need, FAKE, FAKE, None)
     assert status == Status.CUDA_ERROR
-    assert lib.last_error_message().startswith("nms prepare kernel launch: ")
+    # the first CUDA call: CUB's size query, before any launch
+    assert lib.last_error_message().startswith("cub::DeviceRadixSort::SortPairs (size query): ")
     with pytest.raises(KernelError, match="max_candidates = 0"):
         lib.nms(FAKE, 10, params, 0, FAKE, need, FAKE, FAKE)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,110 @@ def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypa
     kh.assert_kept(boxes, logits, rng.permutation(n), 0.3, 1.0)
 
 
+def test_a_cub_request_over_the_bound_fails_before_any_work(kh, monkeypatch):
+    """tf_nms checks CUB's storage requests against the workspace's bound before its first
+    launch: when one is over (here a stand-in CUB asking for 1 GiB more), it returns
+    WORKSPACE_TOO_SMALL with nothing enqueued: out_stats keeps what it held (the prepare
+    kernel, launched before the checks, had overwritten it)."""
+    cand_host = kh.candidate_buffer(np.float32([[1, 2, 30, 40]]), np.float32([1.0]), np.uint32([0]), 4)
+    ws_bytes = kh.lib.nms_workspace_size(4)
+    sentinel = np.full(16, 0xAB, np.uint8)
+    with (cuda_device.DeviceBuffer(cand_host.nbytes) as cand, cuda_device.DeviceBuffer(ws_bytes) as ws,
+          cuda_device.DeviceBuffer(80) as out, cuda_device.DeviceBuffer(16) as stats):
+        cand.upload(cand_host, kh.stream)
+        stats.upload(sentinel, kh.stream)
+        params = binding.nms_params(0.3, 1.0, True, 64, 64)
+        monkeypatch.setenv("TF_CPU_CUB_EXTRA_BYTES", str(1 << 30))
+        with pytest.raises(binding.KernelError, match="internal: cub::DeviceRadixSort") as info:
+            kh.lib.nms(cand, 4, params, 4, ws, ws_bytes, out, stats, kh.stream)
+        assert info.value.status == binding.Status.WORKSPACE_TOO_SMALL
+        got = np.zeros_like(sentinel)
+        stats.download(got, kh.stream)
+        kh.stream.synchronize()
+        assert got.tobytes() == sentinel.tobytes()
+        monkeypatch.delenv("TF_CPU_CUB_EXTRA_BYTES")
+        _, result = kh.nms(cand, 4, params, 4)
+    assert result == {"num_kept": 1, "num_candidates": 1, "overflow": 0, "nonfinite": 0}
+
+
+# Host-memory stand-ins for the cudart calls decode_nms_demo.c makes, so that it runs over the
+# CPU build. $STUB_FAIL_MALLOC=N fails the N-th cudaMalloc, $STUB_FAIL_SYNC the synchronisation.
+_DEMO_CUDART_STUB = r"""
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tinyfaces_kernels.h"
+static int mallocs;
+cudaError_t cudaMalloc(void** p, size_t n) {
+  const char* fail = getenv("STUB_FAIL_MALLOC");
+  if (fail && atoi(fail) == ++mallocs) return cudaErrorMemoryAllocation;
+  *p = aligned_alloc(256, (n + 255) / 256 * 256);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
+cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = (cudaStream_t)malloc(8); return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  (void)s;
+  return getenv("STUB_FAIL_SYNC") ? cudaErrorLaunchFailure : cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind k, cudaStream_t st) {
+  (void)k; (void)st; memcpy(d, s, n); return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind k) {
+  (void)k; memcpy(d, s, n); return cudaSuccess;
+}
+const char* cudaGetErrorString(cudaError_t e) { return e ? "stub failure" : "no error"; }
+tf_status tf_get_device_count(int* n) { *n = 1; return TF_STATUS_SUCCESS; } /* the CPU build has 0 */
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AddressSanitizer's leak check: Linux")
+def test_c_example_releases_everything_on_every_path(cpu_library, tmp_path):
+    """kernels/examples/decode_nms_demo.c over the CPU build (cudart stand-ins on host memory),
+    built with AddressSanitizer: it prints its boxes, and when a cudaMalloc or the
+    synchronisation fails it exits 1 having freed every buffer and the stream (its early
+    returns leaked them)."""
+    cc = os.environ.get("CC", "cc")
+    include = [d for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")
+               if d and (Path(d) / "include" / "cuda_runtime_api.h").is_file()]
+    if shutil.which(cc) is None or not include:
+        pytest.skip("needs a C compiler and the CUDA toolkit's cuda_runtime_api.h")
+    (tmp_path / "stub.c").write_text(_DEMO_CUDART_STUB)
+    lib_dir = cpu_library.path.parent
+    flags = [f"-I{REPO / 'kernels' / 'include'}", f"-I{Path(include[0]) / 'include'}", "-g",
+             "-fsanitize=address", "-Wall", "-Wextra", "-Werror"]
+    demo = tmp_path / "demo"
+    steps = [[cc, "-std=c99", *flags, "-c", str(REPO / "kernels" / "examples" / "decode_nms_demo.c"),
+              "-o", str(tmp_path / "demo.o")],  # C99, as the Makefile builds it
+             [cc, "-std=c11", *flags, str(tmp_path / "demo.o"), str(tmp_path / "stub.c"), "-o", str(demo),
+              f"-L{lib_dir}", f"-l:{cpu_library.path.name}", f"-Wl,-rpath,{lib_dir}", "-lm"]]
+    for step in steps:
+        build = subprocess.run(step, capture_output=True, text=True)
+        if build.returncode != 0:
+            break
+    if build.returncode != 0 and "asan" in build.stderr:
+        pytest.skip(f"{cc} cannot link AddressSanitizer: {build.stderr[-300:]}")
+    assert build.returncode == 0, build.stderr
+
+    def run(**env):
+        return subprocess.run([str(demo)], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1", **env))
+
+    ok = run()
+    if "LeakSanitizer has encountered a fatal error" in ok.stderr:  # e.g. under ptrace
+        pytest.skip("LeakSanitizer cannot run here")
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"^\d+ candidates, [1-9]\d* kept$", ok.stdout, flags=re.M), ok.stdout
+    for env, failed in [*[({"STUB_FAIL_MALLOC": str(k)}, "cudaMalloc") for k in range(1, 6)],
+                        ({"STUB_FAIL_SYNC": "1"}, "cudaStreamSynchronize")]:
+        proc = run(**env)
+        assert proc.returncode == 1, (env, proc.stderr[-3000:])
+        assert f"decode_nms_demo: {failed}" in proc.stderr, proc.stderr[-3000:]
+        assert "LeakSanitizer" not in proc.stderr and "AddressSanitizer" not in proc.stderr, \
+            (env, proc.stderr[-3000:])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of libasan: Linux")
 def test_kernels_under_address_sanitizer(tmp_path):
     """The cases again with the library built with -fsanitize=address: the CPU analogue of
@@ -118,7 +224,7 @@ def test_kernels_under_address_sanitizer(tmp_path):
     env = dict(os.environ, LD_PRELOAD=asan, TINYFACES_KERNELS_CPU_LIB=str(lib),
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
     subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
-              "or resize or uncapped_nested or uncapped_border or window_bounds and 12345")
+              "or resize or refuses or uncapped_nested or uncapped_border or window_bounds and 12345")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                            "--noconftest", str(Path(__file__)), "-k", subset],
                           capture_output=True, text=True, timeout=600, env=env, cwd=REPO)

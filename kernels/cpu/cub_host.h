@@ -5,6 +5,7 @@
 // buffer it came from, anything else (the default) moves it to the other one. What CUB may
 // scribble on is scribbled on (0xFF): the whole temporary buffer, and the double buffers'
 // other halves, so that a caller relying on them keeping data fails here too.
+// $TF_CPU_CUB_EXTRA_BYTES=N makes every storage request N bytes larger (see temp_bytes).
 #pragma once
 
 #include <algorithm>
@@ -29,8 +30,14 @@ struct DoubleBuffer {
 namespace detail {
 
 // Temporary bytes the CPU build asks for: the same order of magnitude as CUB (so that the
-// callers' bound checks are exercised), never touched.
-inline size_t temp_bytes(long long items) { return 1024 + 4 * static_cast<size_t>(items); }
+// callers' bound checks are exercised), never touched. $TF_CPU_CUB_EXTRA_BYTES adds that
+// many bytes to every request: a test asks for more than a caller reserved, as a CUB
+// release might.
+inline size_t temp_bytes(long long items) {
+  const char* extra = std::getenv("TF_CPU_CUB_EXTRA_BYTES");
+  return 1024 + 4 * static_cast<size_t>(items) +
+         (extra != nullptr ? static_cast<size_t>(std::strtoull(extra, nullptr, 0)) : 0);
+}
 
 inline cudaError_t check_temp(void* temp, size_t& bytes, long long items, bool& query) {
   query = temp == nullptr;

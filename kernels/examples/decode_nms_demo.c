@@ -19,26 +19,25 @@
 
 enum { MAP_H = 24, MAP_W = 32, CAPACITY = 4096, MAX_NMS = 1024 };
 
-static int fail_tf(const char* what, tf_status status) {
+static void report_tf(const char* what, tf_status status) {
   fprintf(stderr, "decode_nms_demo: %s failed: %s (%s)\n", what, tf_status_string(status),
           tf_last_error_message());
-  return 1;
 }
 
-static int fail_cuda(const char* what, cudaError_t err) {
+static void report_cuda(const char* what, cudaError_t err) {
   fprintf(stderr, "decode_nms_demo: %s failed: %s\n", what, cudaGetErrorString(err));
-  return 1;
 }
 
-#define TF_CHECK(call)                               \
-  do {                                               \
-    tf_status s_ = (call);                           \
-    if (s_ != TF_STATUS_SUCCESS) return fail_tf(#call, s_); \
+/* On failure: print, then release everything through run()'s `cleanup:` (rc stays 1). */
+#define TF_CHECK(call)                                                     \
+  do {                                                                     \
+    tf_status s_ = (call);                                                 \
+    if (s_ != TF_STATUS_SUCCESS) { report_tf(#call, s_); goto cleanup; }   \
   } while (0)
-#define CUDA_CHECK(call)                             \
-  do {                                               \
-    cudaError_t e_ = (call);                         \
-    if (e_ != cudaSuccess) return fail_cuda(#call, e_); \
+#define CUDA_CHECK(call)                                                   \
+  do {                                                                     \
+    cudaError_t e_ = (call);                                               \
+    if (e_ != cudaSuccess) { report_cuda(#call, e_); goto cleanup; }       \
   } while (0)
 
 /* Deterministic score map: cls logits strongly positive on a sparse lattice, mildly
@@ -63,14 +62,26 @@ static void fill_score_map(float* map) {
 }
 
 static int run(void) {
+  int rc = 1;
+  /* Everything run() acquires, NULL until it is: `cleanup:` releases whatever is set. */
+  float* host_map = NULL;
+  float* host_out = NULL;
+  cudaStream_t stream = NULL;
+  float* d_map = NULL;
+  float* d_out = NULL;
+  void* d_cand = NULL;
+  void* d_ws = NULL;
+  tf_nms_stats* d_stats = NULL;
+
+  /* First: this program and the library agree on the ABI (version and struct sizes). */
+  TF_CHECK(tf_check_abi(TF_KERNELS_ABI_VERSION, sizeof(tf_decode_params),
+                        sizeof(tf_nms_params), sizeof(tf_nms_stats)));
   int devices = 0;
   TF_CHECK(tf_get_device_count(&devices));
   if (devices == 0) {
     fprintf(stderr, "decode_nms_demo: no CUDA device found\n");
-    return 1;
+    goto cleanup;
   }
-  TF_CHECK(tf_check_abi(TF_KERNELS_ABI_VERSION, sizeof(tf_decode_params),
-                        sizeof(tf_nms_params), sizeof(tf_nms_stats)));
 
   /* One level at scale 1 of a 190x250 image (score map = ceil(size / 8)). */
   tf_decode_params dp;
@@ -90,11 +101,11 @@ static int run(void) {
   tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0};
 
   const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
-  float* host_map = (float*)malloc(map_floats * sizeof(float));
-  float* host_out = (float*)malloc((size_t)MAX_NMS * 5 * sizeof(float));
+  host_map = (float*)malloc(map_floats * sizeof(float));
+  host_out = (float*)malloc((size_t)MAX_NMS * 5 * sizeof(float));
   if (!host_map || !host_out) {
     fprintf(stderr, "decode_nms_demo: out of host memory\n");
-    return 1;
+    goto cleanup;
   }
   fill_score_map(host_map);
 
@@ -103,10 +114,6 @@ static int run(void) {
   TF_CHECK(tf_nms_workspace_size(MAX_NMS, &ws_bytes));
   printf("candidate buffer %zu bytes, NMS workspace %zu bytes\n", cand_bytes, ws_bytes);
 
-  cudaStream_t stream;
-  float *d_map, *d_out;
-  void *d_cand, *d_ws;
-  tf_nms_stats* d_stats;
   CUDA_CHECK(cudaStreamCreate(&stream));
   CUDA_CHECK(cudaMalloc((void**)&d_map, map_floats * sizeof(float)));
   CUDA_CHECK(cudaMalloc(&d_cand, cand_bytes));
@@ -127,12 +134,12 @@ static int run(void) {
   if (stats.nonfinite) { /* a broken network: a failed image, never "no faces" */
     fprintf(stderr, "decode_nms_demo: the score map held %u NaN or infinite values; "
             "no detections for this image\n", stats.nonfinite);
-    return 1;
+    goto cleanup;
   }
   if (stats.overflow) {
     fprintf(stderr, "decode_nms_demo: %u candidates overflow the buffers (flags %u)\n",
             stats.num_candidates, stats.overflow);
-    return 1;
+    goto cleanup;
   }
   CUDA_CHECK(cudaMemcpy(host_out, d_out, (size_t)stats.num_kept * 5 * sizeof(float),
                         cudaMemcpyDeviceToHost));
@@ -142,16 +149,18 @@ static int run(void) {
     const float* r = host_out + 5 * (size_t)i;
     printf("%3u: [%8.2f %8.2f %8.2f %8.2f] p=%.4f\n", i, r[0], r[1], r[2], r[3], r[4]);
   }
+  rc = 0;
 
+cleanup: /* every path ends here; cudaFree(NULL) and free(NULL) do nothing */
   cudaFree(d_map);
   cudaFree(d_cand);
   cudaFree(d_ws);
   cudaFree(d_out);
   cudaFree(d_stats);
-  cudaStreamDestroy(stream);
+  if (stream) cudaStreamDestroy(stream);
   free(host_map);
   free(host_out);
-  return 0;
+  return rc;
 }
 
 int main(void) { return run(); }

@@ -12,6 +12,8 @@
  * Conventions (every function):
  *   - Returns a tf_status. Arguments are validated on the host BEFORE any CUDA call, so a
  *     bad argument never reaches the GPU and is reported even on a machine without one.
+ *     Every check (tf_nms's of CUB's storage requests too) comes before the first work is
+ *     enqueued: a call that returns any status but TF_STATUS_CUDA_ERROR enqueued nothing.
  *   - Work is enqueued on the caller's stream (a cudaStream_t; NULL = legacy default
  *     stream). No function synchronises, allocates or copies to the host; everything is
  *     capturable in a CUDA graph. Results and counters are written to device memory.
@@ -39,12 +41,15 @@
 extern "C" {
 #endif
 
+/* The shared library's SONAME is libtinyfaces_kernels.so.<TF_KERNELS_ABI_VERSION>
+ * (kernels/Makefile reads the number from here); libtinyfaces_kernels.so links to it. */
 #define TF_KERNELS_ABI_VERSION 3u
 
 #define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
 #define TF_NUM_CHANNELS 125
 
-/* Largest image / score-map side accepted by any function. */
+/* Largest image / score-map side accepted by any function (resize source and target,
+ * decode score map, tf_nms_params' image size). */
 #define TF_MAX_DIM 32768
 
 /* Largest candidate-buffer capacity (candidates per image). */
@@ -61,8 +66,10 @@ typedef struct CUstream_st* tf_stream_t;
 typedef enum tf_status {
   TF_STATUS_SUCCESS = 0,
   TF_STATUS_NULL_POINTER = 1,           /* a required pointer argument is NULL */
-  TF_STATUS_INVALID_SIZE = 2,           /* a height/width/row pitch is < 1, > TF_MAX_DIM, or
-                                           the keys of a level would pass 2^32 - 1 */
+  TF_STATUS_INVALID_SIZE = 2,           /* a height or width is < 1 or > TF_MAX_DIM; a row
+                                           pitch is below 3 * width or its rows would span
+                                           more than 2^63 - 1 bytes; or the keys of a level
+                                           would pass 2^32 - 1 (see tf_decode_level) */
   TF_STATUS_INVALID_CAPACITY = 3,       /* capacity not in [1, TF_MAX_CAPACITY] or
                                            max_candidates not in [1, TF_MAX_NMS_CANDIDATES] */
   TF_STATUS_INVALID_VALUE = 4,          /* a threshold or parameter is NaN / out of range */
@@ -103,7 +110,9 @@ TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst
                                           int dst_width, size_t* bytes);
 
 /* src: device pointer to src_height rows of src_width RGB uint8 pixels, rows
- * src_row_bytes apart (0 = tightly packed, 3 * src_width). dst: device (1,3,h,w) float32.
+ * src_row_bytes apart (0 = tightly packed, 3 * src_width). The pitch has no upper bound of
+ * its own: it must be >= 3 * src_width, and (src_height - 1) * src_row_bytes + 3 * src_width
+ * must not exceed 2^63 - 1 (else INVALID_SIZE). dst: device (1,3,h,w) float32.
  * channel_scale / channel_bias: HOST arrays of 3 floats (finite). */
 TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
                                      int64_t src_row_bytes, float* dst, int dst_height,
@@ -139,8 +148,8 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
 /* Appends the candidates of one level: cell (c, y, x) of the (1,125,height,width) float32
  * score_map is a candidate when bit c of active_mask is set and cls[c,y,x] > logit_thresh
  * and its decoded box is finite. Its canonical key is key_base + (c*height + y)*width + x
- * (key_base = sum of 25*h*w over the image's earlier levels; key_base + 25*h*w must not
- * exceed 2^32 - 1). Box (float32): cx = x*stride + offset, cw = T[c][2] - T[c][0] + 1,
+ * (key_base = sum of 25*h*w over the image's earlier levels; key_base >= 0 and
+ * key_base + 25*h*w <= 2^32 - 1, else INVALID_SIZE, for any int64 key_base). Box (float32): cx = x*stride + offset, cw = T[c][2] - T[c][0] + 1,
  * rcx = cx + cw*tx, rcw = cw*exp(tw) (same for y/h), box = [rcx - rcw/2, rcy - rch/2,
  * rcx + rcw/2, rcy + rch/2] / scale. Slots are taken with an atomic counter; the order of
  * slots is arbitrary, the keys make every later result deterministic.
@@ -184,7 +193,7 @@ typedef struct tf_nms_params {
   float nms_thresh;       /* in [0, 1] */
   float pixel_offset;     /* >= 0 and finite: 1 for the reference "+1" widths, 0 for none */
   int32_t clip;           /* nonzero: clip the kept boxes to the image */
-  int32_t image_height;   /* original image size (>= 1) */
+  int32_t image_height;   /* original image size, each side in [1, TF_MAX_DIM] */
   int32_t image_width;
   int32_t lookahead;      /* resolve rule, 0 or 1 (the same result): 0 = a box waits at the
                              first undecided overlapping box of its walk; 1 = it walks on past
@@ -220,7 +229,10 @@ TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
  * room for max_candidates rows of 5. out_stats: device tf_nms_stats. Sorting costs time in
  * proportion to max_candidates, the resolve in proportion to the actual count (and the
  * overlap structure, see above). The simplest caller sizes max_candidates = capacity of the
- * candidate buffer once; then TF_OVERFLOW_NMS cannot occur. */
+ * candidate buffer once; then TF_OVERFLOW_NMS cannot occur. Before enqueueing anything it
+ * asks CUB for its storage sizes (host-side queries that read the device's properties: the
+ * first CUDA calls) and returns WORKSPACE_TOO_SMALL ("internal: ...") if one is above the
+ * workspace's bound, which the current CUB never is. */
 TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
                         int64_t max_candidates, void* workspace, size_t workspace_bytes,
                         float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);

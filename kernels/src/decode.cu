@@ -123,7 +123,9 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
     return tf::fail(TF_STATUS_INVALID_SIZE, "score map %dx%d is outside [1, %d]", height, width,
                     TF_MAX_DIM);
   const int64_t keys = static_cast<int64_t>(TF_NUM_TEMPLATES) * height * width;
-  if (key_base < 0 || key_base + keys > static_cast<int64_t>(UINT32_MAX))
+  // key_base > UINT32_MAX - keys, not key_base + keys > UINT32_MAX: no signed overflow for a
+  // key_base near INT64_MAX
+  if (key_base < 0 || key_base > static_cast<int64_t>(UINT32_MAX) - keys)
     return tf::fail(TF_STATUS_INVALID_SIZE,
                     "key_base = %lld + 25*h*w = %lld passes the 32-bit key space (2^32 - 1)",
                     static_cast<long long>(key_base), static_cast<long long>(keys));

@@ -432,9 +432,10 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_offset = %g must be finite and >= 0",
                     p.pixel_offset);
-  if (p.image_height < 1 || p.image_width < 1)
-    return tf::fail(TF_STATUS_INVALID_SIZE, "image size %dx%d must be >= 1", p.image_height,
-                    p.image_width);
+  if (p.image_height < 1 || p.image_height > TF_MAX_DIM || p.image_width < 1 ||
+      p.image_width > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "image size %dx%d is outside [1, %d]", p.image_height,
+                    p.image_width, TF_MAX_DIM);
   if (!tf::aligned(candidates, 16))
     return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
   if (!tf::aligned(workspace, 16))
@@ -511,12 +512,8 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   const unsigned int resolve_blocks =
       static_cast<unsigned int>(chunks < kMaxResolveBlocks ? chunks : kMaxResolveBlocks);
 
-  TF_RETURN_IF_ERROR(tf::launch("nms prepare kernel launch", nms_prepare_kernel, dim3(item_blocks),
-                                dim3(kPrepareThreads), 0, s, static_cast<const uint32_t*>(cand.count),
-                                static_cast<const unsigned long long*>(cand.keys),
-                                static_cast<uint32_t>(capacity),
-                                m, keys.Current(), slots.Current(), ctrl, out_stats));
-  // CUB's storage requests (host-side queries) against the reserved bound.
+  // CUB's storage requests (host-side queries) against the reserved bound, all before the
+  // first launch: a failed check returns with nothing enqueued (out_stats untouched).
   size_t sort_bytes = 0, cell_sort_bytes = 0, scan_bytes = 0;
   TF_RETURN_IF_ERROR(tf::check_cuda(
       cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys, slots, items, 0, 64, s),
@@ -532,6 +529,11 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   TF_RETURN_IF_ERROR(check_cub_bytes(scan_bytes, max_candidates, "cub::DeviceScan"));
   size_t temp_bytes = sort_temp_bound(max_candidates);
 
+  TF_RETURN_IF_ERROR(tf::launch("nms prepare kernel launch", nms_prepare_kernel, dim3(item_blocks),
+                                dim3(kPrepareThreads), 0, s, static_cast<const uint32_t*>(cand.count),
+                                static_cast<const unsigned long long*>(cand.keys),
+                                static_cast<uint32_t>(capacity),
+                                m, keys.Current(), slots.Current(), ctrl, out_stats));
   TF_RETURN_IF_ERROR(tf::check_cuda(
       cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, slots, items, 0, 64, s),
       "cub::DeviceRadixSort::SortPairs"));

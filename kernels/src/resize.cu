@@ -162,6 +162,12 @@ TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src
   if (src_row_bytes < tight)
     return tf::fail(TF_STATUS_INVALID_SIZE, "src_row_bytes = %lld is below 3 * src_width = %lld",
                     static_cast<long long>(src_row_bytes), static_cast<long long>(tight));
+  // The kernel addresses src + y * src_row_bytes + x in int64: the image's span,
+  // (src_height - 1) * src_row_bytes + 3 * src_width bytes, must fit (no overflow to wrap).
+  if (src_height > 1 && src_row_bytes > (INT64_MAX - tight) / (src_height - 1))
+    return tf::fail(TF_STATUS_INVALID_SIZE,
+                    "src_row_bytes = %lld: %d rows that far apart span more than 2^63 - 1 bytes",
+                    static_cast<long long>(src_row_bytes), src_height);
   Normalise norm;
   for (int c = 0; c < 3; ++c) {
     if (!tf::finite(channel_scale[c]) || !tf::finite(channel_bias[c]))
