@@ -184,7 +184,9 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  *     walked and with the longest chain of boxes that each wait on the previous one
  *     (kernels/nms_emulation.py reports both for a given input).
  * Kept boxes are clipped to [0, W-1] x [0, H-1] if clip != 0 and written as rows
- * [x1, y1, x2, y2, sigmoid(logit)], best first.
+ * [x1, y1, x2, y2, sigmoid(logit)], best first. clip != 0 clips every kept box, one lying
+ * entirely outside the image too (onto its border); the Python runtime passes clip = 0 and
+ * drops those boxes before clipping on the host (docs/DESIGN.md, "NMS").
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
  * max_candidates), so a tf_nms call captures and replays; nothing is read back to the host.
  * ------------------------------------------------------------------------------------- */
@@ -225,7 +227,9 @@ typedef struct tf_nms_stats {
  * candidates. */
 TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
 
-/* candidates/capacity: the buffer decoded into (read only). out_boxes: device float32 with
+/* candidates/capacity: the buffer decoded into (read only), with the capacity it was sized
+ * and decoded with (the boxes lie past the keys at an offset that depends on it: another
+ * value reads other memory as boxes). out_boxes: device float32 with
  * room for max_candidates rows of 5. out_stats: device tf_nms_stats. Sorting costs time in
  * proportion to max_candidates, the resolve in proportion to the actual count (and the
  * overlap structure, see above). The simplest caller sizes max_candidates = capacity of the
