@@ -3,8 +3,9 @@
  *   cc serve_client.c -o serve_client -lcurl
  *   ./serve_client photo.jpg [http://127.0.0.1:8000]
  *
- * Exit status: 0 success; 1 the server refused the image (4xx/5xx: its JSON error is printed
- * on stderr), the server could not be reached, or the file could not be read.
+ * Exit status: 0 success (HTTP 200: the JSON answer on stdout); 1 the server refused the image
+ * (4xx/5xx: its JSON error is printed on stderr) or answered anything but 200, the server
+ * could not be reached, or the file could not be read; 2 bad arguments.
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -54,8 +55,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "serve_client: cannot read %s\n", argv[1]);
         return 1;
     }
-    char url[1024];
-    snprintf(url, sizeof url, "%s/detect", argc == 3 ? argv[2] : "http://127.0.0.1:8000");
+    char url[2048];
+    int length = snprintf(url, sizeof url, "%s/detect", argc == 3 ? argv[2] : "http://127.0.0.1:8000");
+    if (length < 0 || (size_t)length >= sizeof url) {
+        fprintf(stderr, "serve_client: the server URL is longer than %zu characters\n", sizeof url - 8);
+        free(image);
+        return 2;
+    }
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
     CURL *curl = curl_easy_init();
@@ -78,7 +84,7 @@ int main(int argc, char **argv) {
     if (rc != CURLE_OK) {
         fprintf(stderr, "serve_client: %s: %s\n", url, curl_easy_strerror(rc));
         exit_code = 1;
-    } else if (status >= 400) {
+    } else if (status != 200) { /* an error, or a redirect or other answer that is no result */
         fprintf(stderr, "serve_client: HTTP %ld: %s\n", status, answer.data ? answer.data : "");
         exit_code = 1;
     } else {

@@ -375,4 +375,12 @@ def test_c_client_example(server, tmp_path):
     run = subprocess.run([str(binary), str(tmp_path / "bad.png"), f"http://127.0.0.1:{server}"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "HTTP 400" in run.stderr
+    # a page that is no result (404 here) is not printed as one; a URL it would cut is refused
+    run = subprocess.run([str(binary), str(photo), f"http://127.0.0.1:{server}/nowhere"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == "" and "HTTP 404" in run.stderr
+    run = subprocess.run([str(binary), str(photo), f"http://127.0.0.1:{server}/" + "a" * 3000],
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stderr) == (2, "serve_client: the server URL is longer than 2040 "
+                                               "characters\n")
 
