@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
+import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +69,22 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def build_c_client(out: Path) -> Path:
+    """examples/serve_client.c compiled into ``out``; pytest.skip without a C compiler or
+    libcurl's development files."""
+    import pytest
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    binary = out / "serve_client"
+    source = Path(__file__).resolve().parents[1] / "examples" / "serve_client.c"
+    build = subprocess.run([compiler, str(source), "-o", str(binary), "-lcurl"],
+                           capture_output=True, text=True, timeout=120)
+    missing = ("curl/curl.h: No such file", "cannot find -lcurl")  # not a compile error
+    if build.returncode != 0 and any(m in build.stderr for m in missing):
+        pytest.skip("libcurl development files are not installed (libcurl4-openssl-dev)")
+    assert build.returncode == 0, build.stderr
+    return binary

@@ -1,0 +1,62 @@
+"""examples/serve_client.c against a stand-in server on 127.0.0.1 (no Ray): which answers it
+prints as a result, which it reports as errors, and the URLs it refuses."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from helpers_scaleout import build_c_client
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers POST /detect/<code> with that HTTP status and a JSON body."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        code = int(self.path.strip("/").split("/")[0])
+        body = b'{"faces": []}'
+        self.send_response(code)
+        if code not in (204, 304):
+            self.send_header("Content-Length", str(len(body)))
+        if 300 <= code < 400:
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+        self.end_headers()
+        if code not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_only_a_200_answer_is_a_result(stand_in, tmp_path):
+    binary = build_c_client(tmp_path)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"any bytes: the stand-in does not decode them")
+
+    def run(url: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binary), str(photo), url], capture_output=True, text=True,
+                              timeout=60)
+
+    ok = run(f"{stand_in}/200")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, '{"faces": []}\n', "")
+    for code in (204, 302, 404, 503):  # no result: a redirect is not followed as a result either
+        answer = run(f"{stand_in}/{code}")
+        assert answer.returncode == 1 and answer.stdout == "", (code, answer)
+        assert answer.stderr.startswith(f"serve_client: HTTP {code}: "), (code, answer.stderr)
+    cut = run(f"{stand_in}/200/" + "a" * 3000)  # it would have been cut short
+    assert (cut.returncode, cut.stdout, cut.stderr) == (
+        2, "", "serve_client: the server URL is longer than 2040 characters\n")
