@@ -259,13 +259,25 @@ def removed_if_left_empty(*folders: str | os.PathLike[str] | None) -> Iterator[N
     also when it fails, where nothing was written into them (:func:`remove_empty_dirs`), with
     the folders above them that the block created (``--out a/b/c`` where ``a`` is new)."""
     paths = [Path(f).expanduser() for f in folders if f]
-    new = [_first_missing(path) for path in paths if not os.path.lexists(path)]
+    new = [(path, _first_missing(path)) for path in paths if not os.path.lexists(path)]
     try:
         yield
     finally:
-        for folder in new:
+        for folder, top in new:
             if remove_empty_dirs(folder):
                 log.info("removed %s: nothing was written into it", folder)
+                _remove_empty_parents(folder, top)
+
+
+def _remove_empty_parents(folder: Path, top: Path) -> None:
+    """Removes the now empty folders above ``folder`` up to ``top``, its first one that this
+    run created; stops at the first that holds anything (another run's folder, a file)."""
+    while folder != top and top in folder.parents:
+        folder = folder.parent
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _first_missing(path: Path) -> Path:

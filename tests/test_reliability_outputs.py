@@ -257,6 +257,27 @@ def test_empty_out_folder_is_removed_when_nothing_was_written(capsys, tmp_path, 
     assert existing.is_dir()  # the user's folder stays
 
 
+def test_only_the_folders_a_run_created_for_itself_are_removed(tmp_path):
+    """Two runs with --out results/a and results/b, results/ new: the run that ends first
+    removed the other's still empty --out with the shared parent's empty sub-folders."""
+    from tinyfaces_trt.core.files import removed_if_left_empty
+
+    results = tmp_path / "results"
+    with removed_if_left_empty(results / "a" / "out"):
+        (results / "a" / "out").mkdir(parents=True)
+        (results / "b").mkdir()  # the other run's --out, nothing in it yet
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "results", "results/b"]
+    with removed_if_left_empty(results / "b", results / "c" / "d"):
+        (results / "c" / "d").mkdir(parents=True)
+        (results / "c" / "d" / "boxes.json").write_text("{}")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "results", "results/b", "results/c", "results/c/d", "results/c/d/boxes.json"]
+    with removed_if_left_empty(tmp_path / "x" / "y" / "z"):  # nothing else: all three go
+        (tmp_path / "x" / "y" / "z").mkdir(parents=True)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("argument", ["-", "/dev/stdin"])
 def test_image_from_standard_input(photos, export_dir, tmp_path, argument):
     data = (photos / "p1.png").read_bytes()
