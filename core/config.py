@@ -151,37 +151,45 @@ class DetectorConfig:
 
     def _check_types(self) -> None:
         """A field of the wrong type is a ConfigError naming it (a string threshold from a
-        config file reached the range checks as a bare TypeError)."""
+        config file reached the range checks as a bare TypeError). Numbers are stored as
+        Python's float and int (numpy scalars too: the config goes into JSON files)."""
         def wrong(name: str, what: str, value: Any) -> ConfigError:
             return ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
+        def is_real(value: Any) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
         for name in ("offset", "prob_thresh", "nms_thresh", "box_pixel_offset", "size_refinement"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            if not is_real(value):
                 raise wrong(name, "a number", value)
-        for name in ("stride", "max_input_dim"):
+            object.__setattr__(self, name, float(value))
+        for name in ("stride", "max_input_dim"):  # 4000.0 is 4000; 4000.5 is refused
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_real(value) or not float(value).is_integer():
                 raise wrong(name, "an integer", value)
+            object.__setattr__(self, name, int(value))
         for name in ("variant", "template_policy", "pyramid"):
             if not isinstance(getattr(self, name), str):
                 raise wrong(name, "a string", getattr(self, name))
         if not isinstance(self.clip_boxes, (bool, np.bool_)):
             raise wrong("clip_boxes", "True or False", self.clip_boxes)
+        object.__setattr__(self, "clip_boxes", bool(self.clip_boxes))
         if not isinstance(self.normalization, Normalization):
             raise wrong("normalization", "a Normalization", self.normalization)
         scales = self.fixed_scales
-        if not isinstance(scales, (tuple, list)) or \
-                not all(isinstance(k, numbers.Real) and not isinstance(k, bool) for k in scales):
-            raise wrong("fixed_scales", "a tuple of numbers", scales)
-        object.__setattr__(self, "fixed_scales", tuple(scales))
+        if isinstance(scales, np.ndarray) and scales.ndim == 1:
+            scales = scales.tolist()
+        if not isinstance(scales, (tuple, list)) or not all(map(is_real, scales)):
+            raise wrong("fixed_scales", "a sequence of numbers", self.fixed_scales)
+        object.__setattr__(self, "fixed_scales", tuple(float(k) for k in scales))
 
     def _check_face_sizes(self) -> None:
         for name in ("min_face", "max_face"):
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
                     or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of pixels or None, "
                                     f"got {value!r}")

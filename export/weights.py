@@ -5,7 +5,9 @@
 
 * A ``torch.save`` file (read with ``weights_only=True``) holding ``{"model": state_dict}`` as
   written by the port's ``main.py`` (other entries such as ``optimizer`` are ignored), or a bare
-  state_dict. Keys must match :class:`TinyFacesNet` exactly. Variant ``"pytorch"`` by default;
+  state_dict. Keys must match :class:`TinyFacesNet` exactly, but for the torchvision classifier
+  ``model.fc`` that the port's model keeps and never runs (:data:`UNUSED_PORT_KEYS`, left
+  out). Variant ``"pytorch"`` by default;
   ``variant="matconvnet"`` is accepted with a logged WARNING (the state_dict cannot show it).
 * A MATLAB v5/v7 ``.mat`` with a ``net`` variable saved by ``dagnn.DagNN.saveobj`` (fields
   ``vars``, ``params``, ``layers``, ``meta``; ``params`` entries ``(name, value, ...)``), as

@@ -189,8 +189,10 @@ def test_ort_runner_rejects_wrong_channel_count(tmp_path):
 
 
 def test_ort_runner_rejects_bad_thread_count(tiny):
-    with pytest.raises(TinyFacesError, match="threads must be >= 1"):
-        OnnxRuntimeRunner(tiny[0], threads=0)
+    for threads in (0, "2", 1.5, True):
+        with pytest.raises(ConfigError) as info:
+            OnnxRuntimeRunner(tiny[0], threads=threads)
+        assert str(info.value) == f"threads must be an integer >= 1 or None, got {threads!r}"
 
 
 def test_resolve_providers_order_aliases_and_fallback(caplog):
@@ -381,7 +383,7 @@ def test_config_overrides(export_dir):
         create_detector(model_dir=export_dir, config_overrides={"prob_thresh": "0.7"})
     # what the network was trained with comes with it: a stride-16 override changed the boxes
     for field, value in (("stride", 16), ("variant", "matconvnet"), ("offset", 0.0)):
-        with pytest.raises(TinyFacesError) as info:
+        with pytest.raises(ConfigError) as info:
             create_detector(model_dir=export_dir, config_overrides={field: value})
         assert str(info.value).startswith(f"detector config field(s) ['{field}'] describe the "
                                           f"network and come with it")
@@ -426,7 +428,7 @@ def test_create_detector_checks_its_options_before_any_work(backend, kwargs, mes
 def test_loader_options_without_a_checkpoint_are_refused_not_ignored(backend, export_dir):
     folder = {"model_dir": export_dir} if backend == "onnxruntime" else {}
     for options in ({"depth": 50}, {"variant": "matconvnet"}):
-        with pytest.raises(TinyFacesError, match="^depth and variant tell the checkpoint loader "
+        with pytest.raises(ConfigError, match="^depth and variant tell the checkpoint loader "
                                                  "how to read weights=...; an export folder and "
                                                  "the untrained default network bring their own$"):
             create_detector(backend, **folder, **options)

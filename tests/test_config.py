@@ -46,21 +46,35 @@ def test_invalid_values_are_refused(field, value, message):
     ("prob_thresh", "0.3", "prob_thresh must be a number, got '0.3' (str)"),
     ("nms_thresh", None, "nms_thresh must be a number, got None (NoneType)"),
     ("size_refinement", True, "size_refinement must be a number, got True (bool)"),
-    ("stride", 8.0, "stride must be an integer, got 8.0 (float)"),
+    ("stride", 8.5, "stride must be an integer, got 8.5 (float)"),
     ("max_input_dim", "5000", "max_input_dim must be an integer, got '5000' (str)"),
     ("pyramid", ["fixed"], "pyramid must be a string, got ['fixed'] (list)"),
     ("clip_boxes", "no", "clip_boxes must be True or False, got 'no' (str)"),
     ("normalization", "imagenet", "normalization must be a Normalization, got 'imagenet' (str)"),
-    ("fixed_scales", (0.0, "1"), "fixed_scales must be a tuple of numbers, got (0.0, '1') (tuple)"),
+    ("fixed_scales", (0.0, "1"), "fixed_scales must be a sequence of numbers, got (0.0, '1') (tuple)"),
 ])
 def test_values_of_the_wrong_type_are_config_errors_naming_the_field(field, value, message):
     """They reached the range checks as a bare TypeError or AttributeError."""
     with pytest.raises(ConfigError) as info:
         DetectorConfig(**{field: value})
     assert str(info.value) == message
-    c = DetectorConfig(prob_thresh=np.float32(0.25), stride=np.int64(8), fixed_scales=[0, 1.5],
-                       clip_boxes=np.bool_(False))
-    assert c.fixed_scales == (0, 1.5) and float(c.prob_thresh) == 0.25
+
+
+
+def test_numbers_of_any_numeric_type_are_stored_as_python_numbers():
+    """numpy scalars (a threshold computed with numpy) were kept as they came, and the
+    config then failed to go into a manifest or a sidecar ("float32 is not JSON
+    serializable"); an integral float is an integer."""
+    import json
+
+    c = DetectorConfig(prob_thresh=np.float32(0.25), stride=np.int64(8), max_input_dim=4000.0,
+                       fixed_scales=np.array([0, 1.5]), clip_boxes=np.bool_(False),
+                       min_face=np.float32(20), pyramid="fixed")
+    assert (c.prob_thresh, c.stride, c.max_input_dim, c.fixed_scales, c.clip_boxes, c.min_face) \
+        == (0.25, 8, 4000, (0.0, 1.5), False, 20.0)
+    assert [type(v) for v in (c.prob_thresh, c.stride, c.max_input_dim, c.clip_boxes, c.min_face,
+                              *c.fixed_scales)] == [float, int, int, bool, float, float, float]
+    assert DetectorConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
 def test_bad_overrides_and_malformed_dicts_are_config_errors():

@@ -32,6 +32,7 @@ from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export
                                         weights_sha256)
 from tinyfaces_trt.runtime import backends as folder_backends
 from tinyfaces_trt.runtime.backends import apply_overrides, warn_if_untrained
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads
 from tinyfaces_trt.runtime.pipeline import Detector
 
 BACKENDS = (*folder_backends.BACKENDS, "torch", "torch-cuda", "auto")
@@ -181,12 +182,10 @@ def _check_arguments(weights: object, depth: object, variant: object, threads: o
     if variant is not None and (not isinstance(variant, str) or variant not in VARIANTS):
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)} or None, got {variant!r}")
     if weights is None and (depth is not None or variant is not None):
-        raise TinyFacesError("depth and variant tell the checkpoint loader how to read "
-                             "weights=...; an export folder and the untrained default network "
-                             "bring their own")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
-                                or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
+        raise ConfigError("depth and variant tell the checkpoint loader how to read "
+                          "weights=...; an export folder and the untrained default network "
+                          "bring their own")
+    check_threads(threads)
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,

@@ -27,7 +27,7 @@ from dataclasses import fields
 from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError
 from tinyfaces_trt.core.manifest import ExportFolder, ModelIdentity, load_export_folder
 from tinyfaces_trt.core.runner import NetworkRunner, capabilities_of, close_all, require_runner
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
@@ -179,10 +179,10 @@ def apply_overrides(config: DetectorConfig, overrides: Mapping[str, Any] | None)
         raise TinyFacesError(f"unknown detector config field(s) {unknown}; known: {sorted(known)}")
     fixed = [name for name in NETWORK_FIELDS if overrides.get(name) is not None]
     if fixed:
-        raise TinyFacesError(f"detector config field(s) {fixed} describe the network and come "
-                             f"with it (its export folder or checkpoint); overriding them gives "
-                             f"wrong boxes. Fields that can be changed: "
-                             f"{sorted(known - set(NETWORK_FIELDS))}")
+        raise ConfigError(f"detector config field(s) {fixed} describe the network and come "
+                          f"with it (its export folder or checkpoint); overriding them gives "
+                          f"wrong boxes. Fields that can be changed: "
+                          f"{sorted(known - set(NETWORK_FIELDS))}")
     return config.with_(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -199,9 +199,9 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         backend: one of :data:`BACKENDS` (default ``"onnxruntime"``).
         model_dir: an export folder (``tf-export`` output).
         config_overrides: :class:`DetectorConfig` fields to replace, e.g.
-            ``{"prob_thresh": 0.8}`` (None values are ignored).
+            ``{"prob_thresh": 0.8}`` (None values are ignored); not :data:`NETWORK_FIELDS`.
         fp16: the folder's fp16 ONNX model / engine.
-        providers, threads: ONNX Runtime options.
+        providers, threads: ONNX Runtime options (``threads``: an integer >= 1, or None).
         gpu_stages: device-I/O runners (onnxruntime-cuda, tensorrt): resize/normalise and
             decode/NMS on the GPU with the CUDA kernels (see :func:`detector_for`).
         folder: an already loaded export folder (instead of ``model_dir``).
@@ -213,7 +213,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
         a missing optional dependency, conflicting arguments.
     """
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads
+
     _check_backend(backend)
+    check_threads(threads)
     if folder is None:
         if model_dir is None:
             raise TinyFacesError(

@@ -12,6 +12,7 @@ The providers actually in use, and any fallback from the ones asked for, are log
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import ManifestError, NetworkInputError, TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, ManifestError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.core.threads import Worker
@@ -116,6 +117,14 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     return worker.result()
 
 
+
+def check_threads(threads: object) -> None:
+    """Raises :class:`ConfigError` unless ``threads`` (intra-op threads) is None or an
+    integer >= 1."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or threads < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
+
 class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
 
@@ -148,8 +157,7 @@ class OnnxRuntimeRunner(RunnerBase):
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise ManifestError(f"ONNX model not found: {self.onnx_path}")
-        if threads is not None and threads < 1:
-            raise TinyFacesError(f"threads must be >= 1, got {threads}")
+        check_threads(threads)
         chosen = resolve_providers(providers, ort.get_available_providers(),
                                    ort.get_all_providers())
         options = ort.SessionOptions()
