@@ -11,6 +11,7 @@ stderr) or could not be reached.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import mimetypes
 import sys
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except urllib.error.URLError as exc:
         print(f"serve_client: cannot reach {base}: {exc.reason}", file=sys.stderr)
+        return 1
+    except (OSError, http.client.HTTPException) as exc:  # a read timeout, a dropped connection
+        print(f"serve_client: {base}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     if args.anonymize:
         with open(args.anonymize, "wb") as f:

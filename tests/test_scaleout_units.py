@@ -128,6 +128,79 @@ def test_headers_are_checked_before_reading_the_body(headers, status):
         check_headers(fine, Limits(max_request_bytes=1000))
 
 
+def test_a_form_upload_is_told_to_send_the_bytes():
+    """The 415 hint said to add a Content-Type header, which with curl -F gave a 400."""
+    with pytest.raises(RequestError) as info:
+        check_headers({"content-type": "multipart/form-data; boundary=x"}, Limits())
+    assert (info.value.status, str(info.value)) == (415, (
+        "the body must be the image file's bytes, not a form upload (curl: --data-binary "
+        "@photo.jpg -H 'Content-Type: image/jpeg' instead of -F)"))
+
+
+class _Upload:
+    """A request whose body comes in the given chunks; None stalls, an exception is raised."""
+
+    def __init__(self, *chunks):
+        self.chunks = chunks
+
+    async def stream(self):
+        import asyncio
+
+        for chunk in self.chunks:
+            if chunk is None:  # longer than the test's timeout; then the body would end
+                await asyncio.sleep(3)
+                continue
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+
+def test_a_body_is_read_whole_within_its_time_and_limit():
+    """16 uploads that stalled after their headers held every request slot of a replica
+    (/healthz included) for as long as their clients liked; a client that hung up left a
+    traceback in the server's log."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from tinyfaces_trt.scaleout.serve import _read_body
+
+    def read(request, limits=Limits(max_request_bytes=10), timeout_s=0.2):
+        return asyncio.run(_read_body(request, limits, timeout_s))
+
+    assert read(_Upload(b"abc", b"def")) == b"abcdef"
+    outcomes = []
+    for request in (_Upload(b"abc", None), _Upload(b"abcdef", b"ghijk"),
+                    _Upload(b"ab", ClientDisconnect())):
+        with pytest.raises(RequestError) as info:
+            read(request)
+        outcomes.append((info.value.status, str(info.value)))
+    assert outcomes[0] == (408, "the request body did not arrive within 0.2 s (3 bytes came); "
+                                "send it whole")
+    assert outcomes[1][0] == 413
+    assert outcomes[2] == (400, "the client closed the connection before the body was complete")
+
+
+@pytest.mark.parametrize("failure", [TimeoutError("timed out"), ConnectionResetError(104, "reset")])
+def test_the_python_client_reports_a_read_timeout_without_a_traceback(failure, monkeypatch,
+                                                                       capsys, tmp_path):
+    """A 3000x3000 photo on a CPU replica outlasted its 60 s: TimeoutError traceback."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "serve_client.py"
+    spec = importlib.util.spec_from_file_location("serve_client_example", path)
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(client, "post_image", fail)
+    (tmp_path / "p.jpg").write_bytes(b"jpeg")
+    assert client.main([str(tmp_path / "p.jpg"), "--url", "http://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == f"serve_client: http://127.0.0.1:9: {failure}\n"
+
+
 def test_decode_body_statuses():
     limits = Limits(max_request_bytes=10_000, max_pixels=400)
     for body, status in ((b"x" * 10_001, 413), (png_header_only(30, 30), 413), (b"junk", 400),
@@ -200,6 +273,9 @@ def test_serve_help_documents_endpoints_and_defaults():
     for word in ("POST /detect", "POST /anonymize", "/healthz", "--max-batch-size",
                  "--max-pixels", "--min-replicas", "default: 127.0.0.1", "Content-Type"):
         assert word in text
+    # every curl example sends a Content-Type (without one curl sends a form type: 415)
+    curls = [line for line in text.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 2 and all("-H 'Content-Type: image/jpeg'" in c for c in curls)
 
 
 def test_serve_options_from_arguments(export_dir):
@@ -332,6 +408,16 @@ def test_serve_refuses_a_busy_port_and_an_unreadable_model_before_starting_ray(
         "--port" not in str(elsewhere.value)
     assert cli_serve.main(["--model", str(tmp_path / "nope")]) == 1
     assert "export folder" in capsys.readouterr().err
+    import shutil
+
+    cut = tmp_path / "cut"  # a truncated model failed every replica, the cause in Ray's logs
+    shutil.copytree(export_dir, cut)
+    with open(cut / "model.onnx", "r+b") as f:
+        f.truncate(1000)
+    assert cli_serve.main(["--model", str(cut)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tf-serve: error: ") and "model.onnx is 1000 bytes but the manifest " \
+        "records" in err
     assert cli_serve.main(["--weights", str(tmp_path / "w.pth")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"tf-serve: error: weights file not found: {tmp_path / 'w.pth'}")

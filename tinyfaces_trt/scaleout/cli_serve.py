@@ -48,7 +48,7 @@ examples:
   {PROG} --model export/
   {PROG} --weights checkpoint_50.pth --backend torch-cuda --warmup 1920x1080,1280x720
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
-  curl --data-binary @photo.jpg 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
+  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
 
 It listens on 127.0.0.1 unless --host says otherwise: the service has no authentication,
 put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
@@ -141,7 +141,8 @@ def check_network_source(args: argparse.Namespace) -> None:
     from tinyfaces_trt.core.manifest import load_export_folder
 
     if args.model:
-        load_export_folder(args.model, verify=False)
+        load_export_folder(args.model)  # sizes and sha256 too: a truncated model.onnx failed
+        # every replica, the cause buried in Ray's logs
     if args.weights and not os.path.isfile(args.weights):
         raise TinyFacesError(f"weights file not found: {args.weights}")
 

@@ -105,13 +105,34 @@ class ServeOptions:
         return options
 
 
-async def _read_body(request: Any, limits: Limits) -> bytes:
-    """The request body, refused (413) as soon as it passes the limit."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        check_body_size(size, limits)
-        chunks.append(chunk)
+#: Seconds a client has to send its whole body: a stalled upload holds one of the replica's
+#: request slots (16 of them blocked every request, /healthz included).
+BODY_TIMEOUT_S = 30.0
+
+
+async def _read_body(request: Any, limits: Limits, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The request body, refused (413) as soon as it passes the limit, or (408) when it has
+    not arrived within ``timeout_s``; a client that hung up gets a 400 nobody reads (not a
+    traceback in the server's log)."""
+    from starlette.requests import ClientDisconnect
+
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            check_body_size(size, limits)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout_s:g} s "
+                                f"({sum(map(len, chunks))} bytes came); send it whole") from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client closed the connection before the body was "
+                                "complete") from None
     return b"".join(chunks)
 
 

@@ -12,8 +12,8 @@ sees, so they are tested without a server:
 - ``GET /healthz`` -> ``{"status": "ok", ...}``.
 
 Bad input gets a 4xx status and ``{"error": {"status": N, "message": "..."}}``: 400 bad or
-corrupt image or query, 404 unknown path, 405 wrong method, 411/413 body length missing when
-required / too large, 413 too many pixels (decompression bombs are refused from the header,
+corrupt image or query (or a client gone before its body was complete), 404 unknown path,
+405 wrong method, 408 a body that did not arrive in time, 413 body too large, 413 too many pixels (decompression bombs are refused from the header,
 before any pixel is decoded), 415 a body that is not an image type.
 """
 
@@ -82,6 +82,10 @@ def check_headers(headers: Mapping[str, str], limits: Limits) -> None:
         RequestError: 400 bad Content-Length, 413 too large, 415 not an image type.
     """
     content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        raise RequestError(415, "the body must be the image file's bytes, not a form upload "
+                                "(curl: --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+                                "instead of -F)")
     if content_type and not (content_type.startswith("image/") or content_type in _BODY_TYPES):
         raise RequestError(415, f"the body must be an encoded image (Content-Type image/* or "
                                 f"application/octet-stream), got {content_type!r} (curl: add "
