@@ -259,33 +259,33 @@ def removed_if_left_empty(*folders: str | os.PathLike[str] | None) -> Iterator[N
     also when it fails, where nothing was written into them (:func:`remove_empty_dirs`), with
     the folders above them that the block created (``--out a/b/c`` where ``a`` is new)."""
     paths = [Path(f).expanduser() for f in folders if f]
-    new = [(path, _first_missing(path)) for path in paths if not os.path.lexists(path)]
+    new = [(path, nearest_existing(path)) for path in paths if not os.path.lexists(path)]
     try:
         yield
     finally:
-        for folder, top in new:
+        for folder, existed in new:
             if remove_empty_dirs(folder):
                 log.info("removed %s: nothing was written into it", folder)
-                _remove_empty_parents(folder, top)
+                _remove_empty_parents(folder, existed)
 
 
-def _remove_empty_parents(folder: Path, top: Path) -> None:
-    """Removes the now empty folders above ``folder`` up to ``top``, its first one that this
-    run created; stops at the first that holds anything (another run's folder, a file)."""
-    while folder != top and top in folder.parents:
-        folder = folder.parent
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-
-
-def _first_missing(path: Path) -> Path:
-    """The topmost folder of the missing ``path`` that does not exist either: the first one
-    that creating ``path`` creates."""
-    while not os.path.lexists(path.parent) and path.parent != path:
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else its nearest ancestor that does (where creating it starts)."""
+    while not os.path.lexists(path) and path.parent != path:
         path = path.parent
     return path
+
+
+def _remove_empty_parents(folder: Path, existed: Path) -> None:
+    """Removes the now empty folders above ``folder`` below ``existed`` (those the run
+    created); stops at the first that holds anything (another run's folder, a file)."""
+    for parent in folder.parents:
+        if parent == existed:
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return
 
 
 def remove_empty_dirs(root: str | os.PathLike[str]) -> bool:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output, removed_if_left_empty, write_text_atomic
+from tinyfaces_trt.core.files import (atomic_output, nearest_existing, removed_if_left_empty,
+                                     write_text_atomic)
 from tinyfaces_trt.wider.evaluate import (
     SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
 
@@ -70,38 +71,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output_file(option: str, path: Path) -> Path | None:
+def _check_output_file(option: str, path: Path) -> None:
     """Checks, creating nothing, that ``path`` can be written: not a folder, and the nearest
-    existing folder above it writable. Returns the top folder that writing it will create
-    (None when its folder exists)."""
+    existing folder above it writable."""
     if path.is_dir():
         raise TinyFacesError(f"{option} {path} is a folder; give a file name")
-    folder, to_create = path.parent, None
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder, to_create = folder.parent, folder
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise TinyFacesError(f"cannot create the folder of {option} {path}: {folder} is not a "
                              f"folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise TinyFacesError(f"cannot write {option} {path}: the folder {folder} is not "
                              f"writable; give a writable folder")
-    return to_create
 
 
-def _check_paths(args: argparse.Namespace) -> list[Path]:
-    """Input folders and output files, checked before the (long) evaluation; creates nothing.
-    Returns the folders that writing the outputs will create."""
+def _check_paths(args: argparse.Namespace) -> None:
+    """Input folders and output files, checked before the (long) evaluation; creates nothing."""
     for option, folder in (("--gt", args.gt), ("--pred", args.pred)):
         if folder.is_file():
             raise TinyFacesError(f"{option} {folder} is a file; pass the folder that holds it "
                                  f"({folder.parent})")
-    new_folders = []
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
-            new_folders.append(_check_output_file(option, path))
+            _check_output_file(option, path)
     if args.plot is not None:
         plot_format(args.plot)
-    return [f for f in new_folders if f is not None]
 
 
 def format_table(result: WiderEvalResult) -> str:
@@ -169,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        new_folders = _check_paths(args)  # fail before the evaluation, not after
+        _check_paths(args)  # fail before the evaluation, not after
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_folder(args.gt, args.pred, SETTINGS,
@@ -181,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"no prediction file and count as images without detections "
                   f"(first: {result.missing[0]})", file=sys.stderr)
         print(format_table(result))
-        with removed_if_left_empty(*new_folders):  # created here, removed if nothing lands
+        outputs = [path.parent for path in (args.json, args.plot) if path is not None]
+        with removed_if_left_empty(*outputs):  # created here, removed if nothing lands
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 payload = result.to_dict()
