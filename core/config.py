@@ -42,6 +42,11 @@ VARIANTS = ("pytorch", "matconvnet")
 #: ResNet trunk depths of the detector (export/resnet.py builds these; the released one is 101).
 DEPTHS = (50, 101)
 
+
+def is_integer(value: object) -> bool:
+    """An integer of any integral type (numpy's too), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

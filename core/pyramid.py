@@ -41,12 +41,11 @@ references do, not by the exact ratio of resized to original size.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
+from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig, is_integer
 from tinyfaces_trt.core.errors import ImageError
 
 
@@ -122,7 +121,7 @@ def active_templates(scale: float, config: DetectorConfig) -> np.ndarray:
 
 def _check_size(height: object, width: object) -> tuple[int, int]:
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_integer(value):
             raise ImageError(f"image {name} must be an integer, got {value!r}")
         if value < 1:
             raise ImageError(f"image {name} must be >= 1, got {value}")

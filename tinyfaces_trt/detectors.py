@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyfaces_trt.core.config import DEPTHS, VARIANTS
+from tinyfaces_trt.core.config import DEPTHS, VARIANTS, is_integer
 from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export, reference_model,
@@ -175,8 +174,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
 def _check_arguments(weights: object, depth: object, variant: object, threads: object) -> None:
     """create_detector's own options, checked before any work (a wrong one reached torch or
     ONNX Runtime as a bare TypeError, or was ignored)."""
-    if depth is not None and (isinstance(depth, bool) or depth not in DEPTHS
-                              or not isinstance(depth, numbers.Integral)):
+    if depth is not None and not (is_integer(depth) and depth in DEPTHS):
         raise ConfigError(f"depth must be one of {', '.join(map(str, DEPTHS))} or None, "
                           f"got {depth!r}")
     if variant is not None and (not isinstance(variant, str) or variant not in VARIANTS):

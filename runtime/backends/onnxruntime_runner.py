@@ -12,7 +12,6 @@ The providers actually in use, and any fallback from the ones asked for, are log
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import threading
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.config import NUM_CHANNELS
+from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
 from tinyfaces_trt.core.errors import ConfigError, ManifestError, NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
@@ -117,13 +116,12 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     return worker.result()
 
 
-
 def check_threads(threads: object) -> None:
     """Raises :class:`ConfigError` unless ``threads`` (intra-op threads) is None or an
     integer >= 1."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
-                                or threads < 1):
+    if threads is not None and not (is_integer(threads) and threads >= 1):
         raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
+
 
 class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
