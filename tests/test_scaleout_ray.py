@@ -314,6 +314,7 @@ def test_bad_requests_get_a_json_4xx_and_the_server_goes_on(server, method, path
     got, answer, headers = _request(server, method, path, body, content_type)
     assert got == status, answer
     assert headers["content-type"] == "application/json"
+    assert headers.get("allow") == ("POST" if status == 405 else None)
     error = json.loads(answer)["error"]
     assert error["status"] == status and message in error["message"]
     good, answer, _ = _request(server, "POST", "/detect", _png(synthetic_image(24, 32, seed=1)))

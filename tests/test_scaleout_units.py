@@ -113,6 +113,9 @@ def test_routes(path, method, status):
     with pytest.raises(RequestError) as info:
         check_route(path, method)
     assert info.value.status == status
+    # RFC 9110: a 405 names the methods the resource takes
+    assert info.value.headers == ({"Allow": "GET" if path == "/healthz" else "POST"}
+                                  if status == 405 else {})
     assert check_route("/detect/", "post") == "/detect"
 
 
@@ -261,6 +264,11 @@ def test_ray_options_on_the_detect_parser(capsys):
     (["--port", "0"], "--port"),
     (["--port", "65536"], "argument --port: 65536 must be 1 to 65535"),
     (["--batch-wait-ms", "100000"], "argument --batch-wait-ms: 100000.0 must be > 0 and at most 1000"),
+    # Pillow refuses more than 2 x 89478485 pixels whatever --max-pixels says
+    (["--max-pixels", "178956971"], "argument --max-pixels: 178956971 must be 1 to 178956970 (the "
+     "image decoder refuses larger images)"),
+    (["--max-queued", "0"], "argument --max-queued: 0 must be >= 1"),
+    (["--request-timeout", "0"], "argument --request-timeout: 0.0 must be > 0"),
 ])
 def test_serve_argument_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -290,6 +298,19 @@ def test_serve_options_from_arguments(export_dir):
     assert deployment["autoscaling_config"]["min_replicas"] == 0
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8
+    assert deployment["max_queued_requests"] == 64  # bounded by default
+    assert cli_serve.http_options(args) == {"host": "127.0.0.1", "port": 8000}
+
+
+def test_serve_queue_bound_and_request_timeout(export_dir):
+    args = cli_serve.build_parser().parse_args(
+        ["--model", str(export_dir), "--max-queued", "5", "--request-timeout", "90",
+         "--max-pixels", "178956970", "--port", "8080"])
+    options = cli_serve.serve_options(args, gpus_in_cluster=0)
+    assert options.deployment_options()["max_queued_requests"] == 5
+    assert options.max_pixels == 178956970
+    assert cli_serve.http_options(args) == {"host": "127.0.0.1", "port": 8080,
+                                            "request_timeout_s": 90.0}
 
 
 def test_serve_warmup_sizes(capsys, export_dir):

@@ -22,6 +22,8 @@ from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_s
                                     positive_int, run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
+from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS as DECODER_MAX_PIXELS
+from tinyfaces_trt.scaleout.serve import DEFAULT_MAX_QUEUED_REQUESTS
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 PROG = "tf-serve"
@@ -63,9 +65,19 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     http.add_argument("--max-request-mb", type=positive_float, default=DEFAULT_MAX_REQUEST_BYTES
                       / 2 ** 20, metavar="MB",
                       help="largest request body; larger ones get 413 (default: %(default)g)")
-    http.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    http.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                       help="largest image, width x height; larger ones (decompression bombs) "
-                           "get 413 before decoding (default: %(default)d)")
+                           f"get 413 before decoding (at most {DECODER_MAX_PIXELS}, the "
+                           "image decoder's own limit; default: %(default)d)")
+    http.add_argument("--max-queued", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS,
+                      metavar="N",
+                      help="requests waiting for a free replica beyond N get 503 at once, "
+                           "so a burst cannot queue without bound "
+                           "(default: %(default)d)")
+    http.add_argument("--request-timeout", type=positive_float, metavar="S",
+                      help="a request not answered within S seconds gets 408; its replica "
+                           "still finishes the batch it is in (default: no limit; a large "
+                           "photo on a CPU replica can take minutes)")
     scale = parser.add_argument_group("scaling")
     scale.add_argument("--replicas", type=positive_int, metavar="N",
                        help="fixed number of replicas (default: 1; or autoscaling with "
@@ -109,6 +121,11 @@ MAX_BATCH_WAIT_MS = 1000.0
 
 def _port(text: str) -> int:
     return checked(text, int, lambda v: 1 <= v <= 65535, "a port number", "1 to 65535")
+
+
+def _max_pixels(text: str) -> int:
+    return checked(text, int, lambda v: 1 <= v <= DECODER_MAX_PIXELS, "an integer",
+                   f"1 to {DECODER_MAX_PIXELS} (the image decoder refuses larger images)")
 
 
 def _batch_wait_ms(text: str) -> float:
@@ -180,8 +197,17 @@ def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptio
                         max_replicas=args.max_replicas, max_batch_size=args.max_batch_size,
                         batch_wait_ms=args.batch_wait_ms,
                         max_request_bytes=int(args.max_request_mb * 2 ** 20),
-                        max_pixels=args.max_pixels, num_cpus=args.cpus_per_replica,
+                        max_pixels=args.max_pixels, max_queued_requests=args.max_queued,
+                        num_cpus=args.cpus_per_replica,
                         num_gpus=gpus, warmup=tuple(dict.fromkeys(args.warmup)))
+
+
+def http_options(args: argparse.Namespace) -> dict[str, object]:
+    """Ray Serve's HTTP options (``serve.start``) the arguments ask for."""
+    options: dict[str, object] = {"host": args.host, "port": args.port}
+    if args.request_timeout is not None:
+        options["request_timeout_s"] = args.request_timeout
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,8 +234,7 @@ def _run(args: argparse.Namespace) -> int:
             quiet = None if args.verbose else {"log_level": "WARNING"}
             try:
                 try:
-                    serve.start(http_options={"host": args.host, "port": args.port},
-                                logging_config=quiet)
+                    serve.start(http_options=http_options(args), logging_config=quiet)
                 except (RuntimeError, OSError) as exc:  # the port was taken meanwhile, ...
                     lines = [line for line in str(exc).splitlines() if line.strip()]
                     raise TinyFacesError(f"cannot serve on {args.host}:{args.port}: "

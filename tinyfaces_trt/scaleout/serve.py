@@ -31,6 +31,10 @@ log = logging.getLogger("tinyfaces_trt.scaleout")
 
 APP_NAME = "tinyfaces"
 
+#: Default bound on the requests waiting for a replica: each holds its body (up to
+#: ``max_request_bytes``) and, behind a CPU replica's seconds per photo, a client's patience.
+DEFAULT_MAX_QUEUED_REQUESTS = 64
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -43,6 +47,8 @@ class ServeOptions:
         max_batch_size: largest batch of images detected together.
         batch_wait_ms: longest wait for a batch to fill.
         max_request_bytes, max_pixels: request limits.
+        max_queued_requests: requests waiting for a replica beyond this many (at each HTTP
+            proxy) get 503 at once instead of queueing without bound.
         num_cpus, num_gpus: resources per replica; a CPU replica's ONNX Runtime uses
             ``num_cpus`` threads unless the spec sets ``threads``.
         warmup: image sizes (:class:`~tinyfaces_trt.core.cli.ImageSize`, width x height)
@@ -58,6 +64,7 @@ class ServeOptions:
     batch_wait_ms: float = 10.0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     num_cpus: float = 1
     num_gpus: float = 0
     warmup: tuple[ImageSize, ...] = ()
@@ -93,6 +100,7 @@ class ServeOptions:
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             # room for a full batch plus the next one being decoded
             "max_ongoing_requests": max(2 * self.max_batch_size, 8),
+            "max_queued_requests": self.max_queued_requests,
         }
         if self.min_replicas is not None or self.max_replicas is not None:
             low = self.min_replicas if self.min_replicas is not None else 1
@@ -189,7 +197,8 @@ def build_app(options: ServeOptions) -> Any:
                 return Response(data, media_type=wanted.media_type,
                                 headers={"X-Faces": str(len(boxes))})
             except RequestError as exc:
-                return JSONResponse(error_body(exc.status, str(exc)), status_code=exc.status)
+                return JSONResponse(error_body(exc.status, str(exc)), status_code=exc.status,
+                                    headers=exc.headers)
 
         def check_health(self) -> None:
             if self.detector is None:

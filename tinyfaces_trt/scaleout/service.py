@@ -40,11 +40,13 @@ _BODY_TYPES = ("application/octet-stream",)
 
 
 class RequestError(TinyFacesError):
-    """A request the service refuses, with its HTTP status."""
+    """A request the service refuses, with its HTTP status and any headers the status calls
+    for (a 405's ``Allow``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def check_route(path: str, method: str) -> str:
         raise RequestError(404, f"no such endpoint {path!r}; endpoints: "
                                 + ", ".join(f"{m} {r}" for r, m in ROUTES.items()))
     if method.upper() != ROUTES[route]:
-        raise RequestError(405, f"{route} takes {ROUTES[route]}, not {method.upper()}")
+        raise RequestError(405, f"{route} takes {ROUTES[route]}, not {method.upper()}",
+                           headers={"Allow": ROUTES[route]})
     return route
 
 
