@@ -425,7 +425,8 @@ def test_an_odd_sized_clip_is_encoded_at_its_size(tmp_path, export_dir):
 
 
 def test_pixel_format_and_encoder_checks():
-    from tinyfaces_trt.anonymize.video import encoder_problem, output_pixel_format
+    from tinyfaces_trt.anonymize.video import encoder_problem
+    from tinyfaces_trt.anonymize.video_formats import output_pixel_format
 
     x264 = ["yuv420p", "yuvj420p", "yuv422p", "yuv444p"]
     assert output_pixel_format("yuv420p", 96, 64, x264) == "yuv420p"
@@ -447,6 +448,16 @@ def test_a_bad_codec_is_refused_before_any_work(tmp_path, capsys):
         main([str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"), "--codec", "bogus"])
     assert info.value.code == 2
     assert "--codec bogus: no such encoder in this FFmpeg build" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_crf_with_an_encoder_without_one_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"), "--codec", "mpeg4",
+              "--crf", "2"])
+    assert info.value.code == 2
+    assert ("--crf 2: encoder 'mpeg4' has no constant rate factor: leave out --crf, or use one "
+            "of libx264,") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

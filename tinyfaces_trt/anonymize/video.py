@@ -3,17 +3,22 @@
 :class:`VideoReader` demuxes and decodes the first video stream on a thread, handing over RGB
 frames (with their pts) and the packets of the other streams. :class:`VideoWriter` encodes the
 processed frames on a thread with the input's time base and each frame's own pts (variable
-frame rate kept), at the input's resolution and rotation, and remuxes the audio, subtitle and
-data packets unchanged (codec copy); container and stream metadata are copied.
+frame rate kept), at the input's resolution, rotation, sample aspect ratio and colour tags
+(the RGB <-> YUV conversions use the input's matrix and range), and remuxes the audio, subtitle
+and data packets unchanged (codec copy); container and stream metadata, chapters and Matroska
+attachments are copied. What is not carried over is named in :attr:`VideoWriter.dropped`; what
+was wrong with the input (undecodable packets, missing frames) in :attr:`VideoReader.problems`.
 
 Only this module imports :mod:`av`; it is imported lazily by the application.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -25,18 +30,25 @@ import numpy as np
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import version_tuple
 from tinyfaces_trt.core.threads import WAIT_SLICE_S, Worker
+from tinyfaces_trt.anonymize.video_formats import (
+    DEFAULT_CRF, convert, crf_problem, default_codec, encoder_time_base, is_yuv,
+    output_colour, output_pixel_format, stream_colour)
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
-#: Encoder used when ``--codec`` is not given, by output suffix.
-DEFAULT_CODECS = {".webm": "libvpx-vp9"}
-DEFAULT_CODEC = "libx264"
-#: Constant rate factor when ``--crf`` is not given (visually lossless for x264/x265).
-DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libvpx": 10, "libsvtav1": 28}
-
+#: Output formats (FFmpeg muxer names) that hold chapters, and Matroska attachments.
+_CHAPTER_FORMATS = ("matroska", "webm", "mov", "mp4", "ipod")
+_ATTACHMENT_FORMATS = ("matroska",)
+#: Muxers that write a timecode (tmcd) track from the video stream's ``timecode`` tag.
+_TIMECODE_FORMATS = ("mov", "mp4", "ipod")
+#: Reorder depth assumed for a decoder with B-frames when PyAV does not say (before 18):
+#: x264's B-pyramids need 2.
+_MAX_REORDER = 2
 _QUEUE_FRAMES = 8
+#: pts steps between the first frames kept to find the usual frame interval
+_STEPS_KEPT = 500
 #: An aborted encode (Ctrl-C) ends within one frame, except in the encoder's final flush, one
 #: call that cannot be stopped (11 s for a 45-frame 4K clip with libx264 on 2 cores): after
 #: ENCODER_STOP_NOTICE_S seconds the wait is announced, after ENCODER_STOP_S more the output is
@@ -64,11 +76,6 @@ def _lenient_metadata(av: Any) -> dict[str, str]:
     before 19 decodes it strictly unless ``metadata_errors`` says otherwise; 19 removed that
     option and always decodes with ``surrogateescape``."""
     return {"metadata_errors": "replace"} if version_tuple(av.__version__) < (19,) else {}
-
-
-def default_codec(suffix: str) -> str:
-    """The encoder for an output file suffix."""
-    return DEFAULT_CODECS.get(suffix.lower(), DEFAULT_CODEC)
 
 
 def rotation_turns(rotation: float) -> int:
@@ -108,6 +115,11 @@ class StreamInfo:
     codec: str
     pix_fmt: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: pixel aspect ratio when not square (anamorphic video), else None
+    sample_aspect_ratio: Fraction | None = None
+    #: the input's colour tags that are specified: ``colorspace``, ``color_primaries``,
+    #: ``color_trc``, ``color_range`` (FFmpeg's enum values)
+    colour: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for the audit sidecar)."""
@@ -118,23 +130,101 @@ class StreamInfo:
                 "pix_fmt": self.pix_fmt}
 
 
-def _raise_from(exc: Exception, path: Path, what: str) -> None:
+def _error_text(exc: Exception, temp: Path | None = None, name: Path | None = None) -> str:
+    """``exc`` as one line, a temporary file's path in it replaced by the output's name."""
+    text = str(exc)
+    return text.replace(str(temp), str(name)) if temp is not None and name is not None else text
+
+
+def _raise_from(exc: Exception, path: Path, what: str, temp: Path | None = None) -> None:
     av = av_module()
     if isinstance(exc, (av.FFmpegError, OSError, ValueError, EOFError)):
-        raise VideoError(f"{path}: cannot {what}: {exc}") from exc
+        raise VideoError(f"{path}: cannot {what}: {_error_text(exc, temp, path)}") from exc
     raise exc
+
+
+def _clock(seconds: float | None) -> str:
+    """``H:MM:SS.s`` for messages (``an unknown time`` without a timestamp)."""
+    if seconds is None:
+        return "an unknown time"
+    minutes, secs = divmod(max(0.0, seconds), 60)
+    return f"{int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _video_duration(stream: Any, start: float | None) -> float | None:
+    """The video stream's own duration in seconds: its header's, else from Matroska's
+    DURATION tag, the end time of its last frame (``start``: the first's); the container's
+    includes the other streams, audio often longer, and FFmpeg gives that to a Matroska
+    stream as its own."""
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    try:
+        h, m, sec = str(tag).split(":")
+        end = int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return float(stream.duration * stream.time_base) \
+            if stream.duration and stream.time_base else None
+    return end - start if start and end > start else end
+
+
+def _estimate_frames(duration: float | None, rate: Fraction | None) -> int:
+    return int(round(duration * float(rate))) if duration and rate else 0
+
+
+class _Reorder:
+    """Pairs decoded frames with their timestamps in presentation order.
+
+    A decoder that reorders (B-frames) hands frames over in presentation order with the
+    pts of the packet that completed them, permuted where the container stores only decode
+    times (AVI): holding ``depth`` frames (the decoder's reorder delay) lets the smallest pts
+    held go with the oldest frame. A missing or repeated pts follows the previous by ``step``.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.frames: deque[Any] = deque()
+        self.pts: list[int] = []
+        self.last: int | None = None
+
+    def push(self, frame: Any, depth: int) -> Iterator[tuple[Any, int]]:
+        """Adds a decoded frame; yields the (frame, pts) pairs now settled."""
+        self.frames.append(frame)
+        if frame.pts is not None:
+            heapq.heappush(self.pts, frame.pts)
+        while len(self.frames) > depth:
+            yield self._pop()
+
+    def drain(self) -> Iterator[tuple[Any, int]]:
+        """The frames still held, at the end of the stream."""
+        while self.frames:
+            yield self._pop()
+
+    def _pop(self) -> tuple[Any, int]:
+        frame = self.frames.popleft()
+        pts = heapq.heappop(self.pts) if self.pts else None
+        if pts is None or (self.last is not None and pts <= self.last):
+            pts = 0 if self.last is None else self.last + self.step
+        self.last = pts
+        return frame, pts
 
 
 class VideoReader:
     """Decodes the first video stream of ``path`` ahead of use on a thread.
 
     Use as a context manager; iterate :meth:`frames`. Packets of the other streams are
-    collected in :attr:`passthrough` for :class:`VideoWriter`.
+    collected in :attr:`passthrough` for :class:`VideoWriter`. A packet the decoder rejects
+    as invalid data is skipped (its frames are lost) and counted; once :meth:`frames` is
+    exhausted, :attr:`problems` holds one-line warnings about the input (skipped packets,
+    frames missing against what the container announces), empty when nothing was wrong.
     """
 
     def __init__(self, path: str | Path) -> None:
         av = av_module()
         self.path = Path(path)
+        self.problems: list[str] = []
         try:
             self.container = av.open(str(self.path), "r", **_lenient_metadata(av))
         except Exception as exc:  # noqa: BLE001 (translated or re-raised)
@@ -153,6 +243,14 @@ class VideoReader:
         self._first: Frame | None = None
         self._rotation = 0
         self._turns = 0
+        self._colour: dict[str, int] = {}
+        self._size = (0, 0)
+        self._last_pts = 0
+        self._counted = 0  # frames the container counts in the video stream (0: unknown)
+        self._own_duration: float | None = None  # the video stream's (seconds)
+        self._steps: list[int] = []  # pts steps between the first frames
+        self._bad_packets: list[float | None] = []  # times of the packets skipped
+        self._decoded = 0
         try:
             self.info = self._probe()
         except BaseException:  # no decode thread or open file outlives a failed open
@@ -161,57 +259,126 @@ class VideoReader:
 
     def _probe(self) -> StreamInfo:
         s = self.stream
+        rate = s.average_rate or s.guessed_rate
         self._worker.start()
         first = self._get()
         if first is _END:
             raise VideoError(f"{self.path}: its video stream holds no decodable frame")
         self._first = first
-        rate = s.average_rate or s.guessed_rate
-        duration = float(s.duration * s.time_base) if s.duration and s.time_base else (
+        self._own_duration = _video_duration(s, first.time)
+        self._counted = int(s.frames or 0)
+        duration = self._own_duration or (
             self.container.duration / 1e6 if self.container.duration else None)
-        frames = int(s.frames or 0)
-        if not frames and duration and rate:
-            frames = int(round(duration * float(rate)))
+        frames = self._counted or _estimate_frames(duration, rate)
         height, width = first.image.shape[:2]
         if self._turns % 2:
             height, width = width, height
+        sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio
         return StreamInfo(width, height, self._rotation, s.time_base or Fraction(1, 1000),
                           rate, frames, duration, s.codec_context.name,
-                          s.codec_context.pix_fmt, dict(s.metadata))
+                          s.codec_context.pix_fmt, dict(s.metadata),
+                          Fraction(sar) if sar and sar != 1 else None, dict(self._colour))
 
     def _run(self) -> None:
-        index = 0
-        last_pts: int | None = None
         try:
-            tb = self.stream.time_base
-            step = max(1, int(round(1 / (float(self.stream.average_rate or 25) * float(tb))))) \
-                if tb else 1
-            for packet in self.container.demux(self.stream, *self.others):
-                if self._stop.is_set():
-                    return
-                if packet.stream.index != self.stream.index:
-                    if packet.size and packet.dts is not None:
-                        self.passthrough.put(packet)
-                    continue
-                for frame in packet.decode():
-                    if index == 0:
-                        self._rotation = int(round(frame.rotation))
-                        self._turns = rotation_turns(self._rotation)
-                    pts = frame.pts
-                    if pts is None or (last_pts is not None and pts <= last_pts):
-                        pts = 0 if last_pts is None else last_pts + step
-                    last_pts = pts
-                    image = frame.to_ndarray(format="rgb24")
-                    if self._turns:
-                        image = np.ascontiguousarray(np.rot90(image, self._turns))
-                    time = float(pts * tb) if tb else None
-                    if not self._put(Frame(index, pts, time, image)):
-                        return
-                    index += 1
+            count = self._decode()
         except Exception as exc:  # noqa: BLE001 (handed to the consumer)
             self._put(exc)
             return
-        self._put(_END)
+        if count is not None:
+            self._decoded = count
+            self._put(_END)
+
+    def _decode(self) -> int | None:
+        """Decodes and hands over every frame; the number handed over, None when stopped."""
+        av = av_module()
+        tb = self.stream.time_base
+        step = max(1, int(round(1 / (float(self.stream.average_rate or 25) * float(tb))))) \
+            if tb else 1
+        order = _Reorder(step)
+        decoded, index = 0, 0
+        for packet in self.container.demux(self.stream, *self.others):
+            if self._stop.is_set():
+                return None
+            if packet.stream.index != self.stream.index:
+                if packet.size and packet.dts is not None:
+                    self.passthrough.put(packet)
+                continue
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                self._bad_packets.append(None if stamp is None or not tb else float(stamp * tb))
+                continue
+            for frame in frames:
+                self._check_size(frame, decoded)
+                decoded += 1
+                # AVI's guessed B-frame pts stray up to twice the decoder's delay
+                for settled, pts in order.push(frame, 2 * self._reorder_depth()):
+                    if not self._hand_over(settled, pts, index, tb):
+                        return None
+                    index += 1
+        for settled, pts in order.drain():
+            if not self._hand_over(settled, pts, index, tb):
+                return None
+            index += 1
+        return index
+
+    def _reorder_depth(self) -> int:
+        context = self.stream.codec_context
+        depth = getattr(context, "reorder_depth", None)  # PyAV 18: the decoder's has_b_frames
+        if depth is None:
+            return _MAX_REORDER if context.has_b_frames else 0
+        return int(depth)
+
+    def _check_size(self, frame: Any, index: int) -> None:
+        """Notes the first frame's rotation and colour; refuses a later change of size."""
+        if index == 0:
+            self._rotation = int(round(getattr(frame, "rotation", 0) or 0))
+            self._turns = rotation_turns(self._rotation)
+            self._colour = {**stream_colour(self.stream.codec_context), **stream_colour(frame)}
+            if not is_yuv(frame.format.name):  # (PNG says full range of its RGB)
+                self._colour.pop("color_range", None)
+            self._size = (frame.width, frame.height)
+        elif (frame.width, frame.height) != self._size:
+            (w0, h0), (w, h) = self._size, (frame.width, frame.height)
+            raise VideoError(f"{self.path}: the frame size changed at frame {index} from "
+                             f"{w0}x{h0} to {w}x{h}; such a file cannot be anonymised as one "
+                             f"video (cut it where the size changes)")
+
+    def _hand_over(self, frame: Any, pts: int, index: int, tb: Fraction | None) -> bool:
+        """Converts a decoded frame to upright RGB with the input's matrix and range and
+        queues it; False when the reader is stopped."""
+        image = convert(frame, "rgb24", self._colour, frame.format.name, "src").to_ndarray()
+        if self._turns:
+            image = np.ascontiguousarray(np.rot90(image, self._turns))
+        time = float(pts * tb) if tb else None
+        if index and len(self._steps) < _STEPS_KEPT:
+            self._steps.append(pts - self._last_pts)
+        self._last_pts = pts
+        return self._put(Frame(index, pts, time, image))
+
+    def _note_problems(self) -> None:
+        """Fills :attr:`problems` at the end of the stream."""
+        bad, count = self._bad_packets, self._decoded
+        if bad:
+            near = ", ".join(_clock(t) for t in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            self.problems.append(f"skipped {_plural(len(bad), 'undecodable packet')} "
+                                 f"(frames near {near} lost)")
+        announced = self._counted or self._frames_in_duration()
+        # the count from a duration can be one off: only a clear shortfall is reported
+        if announced and count + len(bad) < announced - max(2, announced // 50):
+            self.problems.append(f"decoded {count} frames where the container announces "
+                                 f"{announced}: the file may be truncated or damaged")
+
+    def _frames_in_duration(self) -> int:
+        """The frames the video stream's duration holds at its usual frame interval (the
+        median of the first pts steps: the announced rate can be wrong), 0 when unknown."""
+        tb = self.stream.time_base
+        if not (self._own_duration and self._steps and tb):
+            return 0
+        step = sorted(self._steps)[len(self._steps) // 2] * tb
+        return int(round(self._own_duration / float(step))) if step > 0 else 0
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -243,6 +410,7 @@ class VideoReader:
         while True:
             item = self._get()
             if item is _END:
+                self._note_problems()
                 return
             yield item
 
@@ -279,36 +447,36 @@ def encoder_problem(codec: str) -> str | None:
     return None if found.type == "video" else f"not a video encoder (it encodes {found.type})"
 
 
-#: Encoders that refuse an odd width (height) in a pixel format with one colour sample per
-#: 2 pixels across (down); libvpx-vp9 and mpeg4 encode those.
-_EVEN_CHROMA_ENCODERS = ("libx264", "libx265")
-_HALF_ACROSS = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
-_HALF_DOWN = ("420", "440", "410", "nv12", "nv21")
+def _stream_codec(stream: Any) -> str:
+    """The codec of an input stream, for messages (an attachment's file name; the type where
+    it has neither)."""
+    if stream.type == "attachment":
+        return getattr(stream, "name", None) or stream.type
+    context = getattr(stream, "codec_context", None)
+    return (context.name if context is not None else None) or stream.type
 
 
-def output_pixel_format(source: str | None, width: int, height: int, formats: list[str],
-                        codec: str = "libx264") -> str:
-    """The encoder's pixel format: the source's where the encoder takes it, else yuv420p (or
-    the encoder's first); for libx264/libx265 at an odd width or height that format's chroma
-    cannot hold, yuv444p where the encoder has it (it refused with "Generic error in an
-    external library")."""
-    choice = source if source in formats else (
-        "yuv420p" if "yuv420p" in formats or not formats else formats[0])
-    odd = (width % 2 and any(s in choice for s in _HALF_ACROSS)) or \
-        (height % 2 and any(s in choice for s in _HALF_DOWN))
-    if odd and codec in _EVEN_CHROMA_ENCODERS and "yuv444p" in formats:
-        return "yuv444p"
-    return choice
+def _set_tags(target: Any, values: dict[str, Any]) -> None:
+    """Sets attributes this PyAV has (colour tags came in 12, frame tags later)."""
+    for name, value in values.items():
+        try:
+            setattr(target, name, value)
+        except (AttributeError, TypeError, ValueError):
+            pass
 
 
 class VideoWriter:
     """Encodes frames into ``path`` on a thread, remuxing ``reader``'s other streams.
 
+    What is not carried over (a stream the container cannot hold, a second video stream,
+    chapters...) is named, with the reason, in :attr:`dropped`.
+
     Args:
         path: output file; its suffix chooses the container.
         reader: the input (stream info, rotation, pass-through packets, metadata).
         codec: encoder name (default: :func:`default_codec` of the suffix).
-        crf: constant rate factor (default: :data:`DEFAULT_CRF` of the codec, if it has one).
+        crf: constant rate factor (default: :data:`DEFAULT_CRF` of the codec, if it has one;
+            refused for an encoder without one, see :func:`crf_problem`).
         name: the output as errors name it (default ``path``; a temporary file's final name).
     """
 
@@ -324,10 +492,13 @@ class VideoWriter:
         try:
             self.container = av.open(str(self.path), "w")
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.name, "create the output")
+            _raise_from(exc, self.name, "create the output", self.path)
         try:
             self._add_video_stream(av, info, crf)
-            self._add_copied_streams()
+            listed = getattr(reader.container, "chapters", None)  # PyAV 12 lists none
+            self._chapters: list[dict[str, Any]] = listed() if listed else []
+            self._add_other_streams()
+            self._copy_chapters()
             self.container.metadata.update(reader.container.metadata)
         except Exception:
             self.container.close()
@@ -346,47 +517,117 @@ class VideoWriter:
         problem = encoder_problem(self.codec)  # the default of a container, or --codec
         if problem:
             raise VideoError(f"{self.name}: encoder {self.codec!r}: {problem}")
+        if crf is not None and crf_problem(self.codec):
+            raise VideoError(f"{self.name}: --crf {crf}: {crf_problem(self.codec)}")
         try:
             stream = self.container.add_stream(self.codec, rate=info.rate or Fraction(25))
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.name, f"add a {self.codec} video stream")
+            _raise_from(exc, self.name, f"add a {self.codec} video stream", self.path)
+        context = stream.codec_context
         stream.width, stream.height = info.width, info.height
-        formats = [f.name for f in (stream.codec_context.codec.video_formats or [])]
+        formats = [f.name for f in (context.codec.video_formats or [])]
         stream.pix_fmt = output_pixel_format(info.pix_fmt, info.width, info.height, formats,
                                              self.codec)
-        stream.time_base = info.time_base
-        stream.codec_context.time_base = info.time_base
+        time_base = encoder_time_base(info.time_base, self.codec)
+        self._pts_scale = info.time_base / time_base
+        stream.time_base = context.time_base = time_base
+        context.options = self._encoder_options(crf)
+        self._colour = output_colour(info.colour, info.pix_fmt, stream.pix_fmt)
+        _set_tags(context, self._colour)
+        if info.sample_aspect_ratio:
+            context.sample_aspect_ratio = info.sample_aspect_ratio
+        if self.codec == "libx265" and self.container.format.name in _TIMECODE_FORMATS:
+            context.codec_tag = "hvc1"  # Apple's players refuse hev1, FFmpeg's default
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        stream.metadata.update({k: v for k, v in info.metadata.items()
+                                if k.lower() not in ("encoder", "rotate")})
+        self.stream = stream
+        self._last_pts: int | None = None
+
+    def _encoder_options(self, crf: int | None) -> dict[str, str]:
         options: dict[str, str] = {}
         crf = DEFAULT_CRF.get(self.codec) if crf is None else crf
         if crf is not None:
             options["crf"] = str(crf)
             if self.codec.startswith("libvpx"):
                 options["b"] = "0"  # constant quality mode
-        stream.codec_context.options = options
-        if info.rotation:
-            stream.set_display_rotation(info.rotation)
-        stream.metadata.update({k: v for k, v in info.metadata.items()
-                                if k.lower() not in ("encoder", "rotate")})
-        self.stream = stream
+        if self.codec == "libx265":
+            options["x265-params"] = "log-level=error"  # else ~25 info lines a file
+        if self.container.format.name == "avi":
+            options["bf"] = "0"  # AVI stores no pts: B-frames would read back out of order
+        return options
 
-    def _add_copied_streams(self) -> None:
-        supported = self.container.supported_codecs
+    def _add_other_streams(self) -> None:
+        """Copies the input's other streams the output can hold; names the rest in
+        :attr:`dropped`."""
         self._copies: dict[int, Any] = {}
-        for source in self.reader.others:
-            name = source.codec_context.name if source.codec_context else source.type
-            if source.type != "data" and name not in supported:
-                self._drop(source, name, f"the {self.path.suffix} container cannot hold it")
-                continue
-            try:
-                copy = self.container.add_stream_from_template(source)
-            except Exception as exc:  # noqa: BLE001 (reported, the rest goes on)
-                self._drop(source, name, str(exc))
-                continue
-            copy.metadata.update(source.metadata)
-            self._copies[source.index] = copy
+        for source in self.reader.container.streams:
+            if source.index != self.reader.stream.index:
+                why = self._add_copy(source)
+                if why:
+                    self._drop(source, why)
 
-    def _drop(self, source: Any, name: str, why: str) -> None:
-        message = f"stream #{source.index} ({source.type}, {name}) not copied: {why}"
+    def _add_copy(self, source: Any) -> str | None:
+        """Adds a copy of ``source``; why it is not copied, None when it is (or rewritten)."""
+        suffix = self.path.suffix.lower()
+        if source.type == "video":
+            return ("only the first video stream is anonymised: copying this one would keep "
+                    "its faces visible")
+        if source.type == "attachment":
+            return self._add_attachment(source)
+        if source.type == "data" and "timecode" in source.metadata:
+            return self._keep_timecode(source)
+        if source.type == "data" and source.frames and source.frames == len(self._chapters):
+            return None  # QuickTime's chapter track (FFmpeg cannot copy it): see _copy_chapters
+        if source.type not in ("audio", "subtitle", "data"):
+            return f"{source.type} streams are not copied"
+        if source.type != "data" and _stream_codec(source) not in self.container.supported_codecs:
+            return f"the {suffix} container cannot hold it"
+        try:
+            copy = self.container.add_stream_from_template(source)
+        except Exception as exc:  # noqa: BLE001 (reported, the rest goes on)
+            return str(exc)
+        copy.metadata.update(source.metadata)
+        self._copies[source.index] = copy
+        return None
+
+    def _add_attachment(self, source: Any) -> str | None:
+        data = getattr(source, "data", None)
+        if self.container.format.name not in _ATTACHMENT_FORMATS:
+            return f"the {self.path.suffix.lower()} container cannot hold attachments"
+        if data is None or not hasattr(self.container, "add_attachment"):
+            return "this PyAV cannot copy attachments (PyAV 15 or later can)"
+        self.container.add_attachment(source.name, source.mimetype, data)
+        return None
+
+    def _keep_timecode(self, source: Any) -> str | None:
+        """A timecode (tmcd) track is not copied (FFmpeg refuses its template): its
+        ``timecode`` tag goes on the video stream, from which mov/mp4 write a new track."""
+        self.stream.metadata.setdefault("timecode", source.metadata["timecode"])
+        if self.container.format.name in _TIMECODE_FORMATS:
+            return None
+        return (f"the {self.path.suffix.lower()} container holds no timecode track; the "
+                f"timecode {source.metadata['timecode']} is kept as a tag of the video stream")
+
+    def _copy_chapters(self) -> None:
+        chapters = self._chapters
+        if not chapters:
+            return
+        if self.container.format.name not in _CHAPTER_FORMATS:
+            why = f"the {self.path.suffix.lower()} container cannot hold them"
+        elif not hasattr(self.container, "set_chapters"):
+            why = "this PyAV cannot write them"
+        else:
+            self.container.set_chapters(chapters)
+            return
+        self._report(f"{_plural(len(chapters), 'chapter')} not copied: {why}")
+
+    def _drop(self, source: Any, why: str) -> None:
+        self._report(f"stream #{source.index} ({source.type}, {_stream_codec(source)}) "
+                     f"not copied: {why}")
+
+    def _report(self, message: str) -> None:
         self.dropped.append(message)
         # the caller reports ``dropped`` (tf-anonymize prints it as a warning on the input)
         log.info("%s: %s", self.reader.path.name, message)
@@ -403,8 +644,6 @@ class VideoWriter:
                 continue
 
     def _run(self) -> None:
-        av = av_module()
-        turns = self.reader.turns
         try:
             while True:
                 self._mux_passthrough()
@@ -418,13 +657,7 @@ class VideoWriter:
                     if self._abort.is_set():
                         return
                     break
-                image, pts = item
-                if turns:
-                    image = np.ascontiguousarray(np.rot90(image, -turns))
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts = pts
-                frame.time_base = self.stream.codec_context.time_base
-                for packet in self.stream.encode(frame):
+                for packet in self.stream.encode(self._frame(*item)):
                     self.container.mux(packet)
             for packet in self.stream.encode(None):
                 self.container.mux(packet)
@@ -436,6 +669,24 @@ class VideoWriter:
                     self._frames.get_nowait()
                 except queue.Empty:
                     break
+
+    def _frame(self, image: np.ndarray, pts: int) -> Any:
+        """The encoder's frame: turned back to the stored orientation, converted to its
+        pixel format with the input's matrix and range, on its time base."""
+        av = av_module()
+        if self.reader.turns:
+            image = np.ascontiguousarray(np.rot90(image, -self.reader.turns))
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        if is_yuv(self.stream.pix_fmt):
+            frame = convert(frame, self.stream.pix_fmt, self._colour, self.stream.pix_fmt, "dst")
+            _set_tags(frame, {k: v for k, v in self._colour.items()
+                              if k in ("colorspace", "color_range")})
+        pts = int(round(pts * self._pts_scale))
+        if self._last_pts is not None and pts <= self._last_pts:  # a coarser time base
+            pts = self._last_pts + 1
+        frame.pts = self._last_pts = pts
+        frame.time_base = self.stream.codec_context.time_base
+        return frame
 
     def _mux_passthrough(self) -> None:
         while not self._abort.is_set():  # aborted: the reader's packets may be freed soon
@@ -454,7 +705,7 @@ class VideoWriter:
         if isinstance(exc, (av.FFmpegError, OSError, ValueError)):
             return VideoError(f"{self.name}: cannot encode with {self.codec} "
                               f"({self.stream.pix_fmt}, {self.stream.width}x{self.stream.height}): "
-                              f"{exc}")
+                              f"{_error_text(exc, self.path, self.name)}")
         return exc  # type: ignore[return-value]
 
     def finish(self) -> None:
@@ -472,7 +723,7 @@ class VideoWriter:
         try:
             self.container.close()
         except Exception as exc:  # noqa: BLE001
-            _raise_from(exc, self.name, "finish the output")
+            _raise_from(exc, self.name, "finish the output", self.path)
 
     def abort(self) -> None:
         """Stops the encoder thread and closes the file without finishing it."""

@@ -1,0 +1,394 @@
+"""The video reader/writer on inputs as cameras write them: timecode tracks, damaged packets,
+truncation, colour tags and ranges, anamorphic pixels, extra tracks, attachments, chapters,
+B-frames in AVI, size changes, encoder quirks. Clips are tiny and made here with PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from tinyfaces_trt.anonymize import video  # noqa: E402
+from tinyfaces_trt.anonymize.video import VideoError, VideoReader, VideoWriter  # noqa: E402
+from tinyfaces_trt.anonymize.video_formats import (crf_problem, encoder_time_base,  # noqa: E402
+                                                   output_pixel_format)
+
+W, H = 64, 48
+
+
+def image(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """Frame ``i``: a grey level ramp across with a bright block moving down."""
+    img = np.repeat(np.linspace(20, 220, w).astype(np.uint8)[None, :, None], h, 0)
+    img = np.repeat(img, 3, 2)
+    img[(2 * i) % (h - 8):(2 * i) % (h - 8) + 8, :8] = 240
+    return img
+
+
+def make(path: Path, n: int = 6, *, codec: str = "libx264", pix_fmt: str = "yuv420p",
+         w: int = W, h: int = H, tb: Fraction | None = Fraction(1, 1000), rate=25,
+         options: dict | None = None, tags: dict | None = None, sar: Fraction | None = None,
+         metadata: dict | None = None, audio: bool = False, second_video: bool = False,
+         attachment: bool = False, chapters: list | None = None, frames=None) -> None:
+    """A clip of ``n`` frames (``frames``: the RGB images, default :func:`image`)."""
+    out = av.open(str(path), "w")
+    streams = []
+    for k in range(2 if second_video else 1):
+        v = out.add_stream(codec, rate=rate)
+        v.width, v.height, v.pix_fmt = w, h, pix_fmt
+        if tb is not None:
+            v.time_base = v.codec_context.time_base = tb
+        v.codec_context.options = options if options is not None else (
+            {"crf": "0"} if codec == "libx264" else {})
+        for key, value in (tags or {}).items():
+            setattr(v.codec_context, key, value)
+        if sar:
+            v.codec_context.sample_aspect_ratio = sar
+        v.metadata.update(metadata or {})
+        streams.append(v)
+    a = out.add_stream("aac", rate=48000) if audio else None
+    if attachment:
+        out.add_attachment("font.ttf", "application/x-truetype-font", b"\0font" * 20)
+    if chapters:
+        out.set_chapters(chapters)
+    step = Fraction(1, rate) / (tb or Fraction(1, rate))
+    for i in range(n):
+        rgb = frames[i] if frames is not None else image(i, w, h)
+        for v in streams:
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if tags:  # converted as tagged, as a camera does
+                f = f.reformat(format=pix_fmt, dst_colorspace=tags.get("colorspace", 5) or 5,
+                               dst_color_range="JPEG" if tags.get("color_range") == 2 else
+                               "MPEG")
+            f.pts, f.time_base = int(i * step), v.codec_context.time_base or Fraction(1, rate)
+            for p in v.encode(f):
+                out.mux(p)
+    for v in streams:
+        for p in v.encode():
+            out.mux(p)
+    if a is not None:  # 0.2 s longer than the video (Matroska's duration includes it)
+        total = int(48000 * (n / rate + 0.2))
+        for t in range(0, total, 1024):
+            k = min(1024, total - t)
+            af = av.AudioFrame.from_ndarray(np.zeros((1, k), np.float32), format="fltp",
+                                            layout="mono")
+            af.sample_rate, af.pts = 48000, t
+            for p in a.encode(af):
+                out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+    out.close()
+
+
+def through(src: Path, out: Path, **writer_args) -> tuple[VideoReader, VideoWriter, list]:
+    """Copies ``src`` to ``out`` through the reader and writer, frames unchanged; returns
+    them (closed) and the frames read."""
+    with VideoReader(src) as reader:
+        writer = VideoWriter(out, reader, **writer_args)
+        try:
+            frames = list(reader.frames())
+            for frame in frames:
+                writer.write(frame.image, frame.pts)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+    return reader, writer, frames
+
+
+def first_rgb(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        # converted as the stream is tagged (what a tag-aware player shows)
+        return frame.reformat(format="rgb24", src_colorspace=_matrix(frame),
+                              src_color_range="JPEG" if frame.color_range == 2 else "MPEG"
+                              ).to_ndarray()
+
+
+def _matrix(frame) -> int:
+    return {1: 1, 9: 9}.get(frame.colorspace, 5)
+
+
+def stream_tags(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        cc = c.streams.video[0].codec_context
+        return {"pix_fmt": cc.pix_fmt, "profile": cc.profile, "colorspace": cc.colorspace,
+                "color_primaries": cc.color_primaries, "color_trc": cc.color_trc,
+                "color_range": cc.color_range}
+
+
+# -- 2: timecode tracks, temporary names -------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4"])
+def test_a_timecode_track_is_written_anew_from_the_tag(tmp_path, suffix):
+    """Copying the tmcd data stream failed in the trailer ("returned 22")."""
+    src = tmp_path / f"tc{suffix}"
+    make(src, n=4, tb=None, metadata={"timecode": "10:00:00:00"})
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams] == ["video", "data"]  # the muxer wrote a tmcd
+    _, writer, _ = through(src, tmp_path / f"out{suffix}")
+    assert writer.dropped == []
+    with av.open(str(tmp_path / f"out{suffix}")) as c:
+        assert [s.type for s in c.streams] == ["video", "data"]
+        assert [s.metadata.get("timecode") for s in c.streams] == ["10:00:00:00"] * 2
+        assert sum(1 for _ in c.decode(video=0)) == 4
+
+
+def test_a_timecode_track_in_mkv_is_named_and_kept_as_a_tag(tmp_path):
+    src = tmp_path / "tc.mov"
+    make(src, n=3, tb=None, metadata={"timecode": "01:02:03:04"})
+    _, writer, _ = through(src, tmp_path / "out.mkv")
+    assert writer.dropped == ["stream #1 (data, data) not copied: the .mkv container holds no "
+                              "timecode track; the timecode 01:02:03:04 is kept as a tag of "
+                              "the video stream"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.streams.video[0].metadata.get("TIMECODE") == "01:02:03:04"
+
+
+def test_errors_name_the_output_not_its_temporary_file(tmp_path):
+    temp, final = tmp_path / ".tf-tmp-1-x-out.mov", tmp_path / "out.mov"
+    exc = OSError(22, "Invalid argument", str(temp))
+    with pytest.raises(VideoError) as info:
+        video._raise_from(exc, final, "finish the output", temp)
+    assert str(info.value) == f"{final}: cannot finish the output: [Errno 22] Invalid argument: " \
+                              f"'{final}'"
+
+
+# -- 5, 6: damaged and truncated inputs ------------------------------------------------------
+
+def _damage(src: Path, dst: Path, packet: int) -> None:
+    """Overwrites the payload of the video packet ``packet`` with noise."""
+    with av.open(str(src)) as c:
+        pos, size = [(p.pos, p.size) for p in c.demux(video=0) if p.size][packet]
+    data = bytearray(src.read_bytes())
+    data[pos:pos + size] = np.random.default_rng(0).integers(0, 256, size, np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+
+
+def test_an_undecodable_packet_is_skipped_and_reported(tmp_path):
+    good, bad = tmp_path / "cctv.avi", tmp_path / "bad.avi"
+    make(good, n=10, codec="mjpeg", pix_fmt="yuvj420p", tb=None)
+    _damage(good, bad, 5)
+    with av.open(str(bad)) as c:  # FFmpeg's decoder refuses that packet
+        with pytest.raises(av.error.InvalidDataError):
+            for p in c.demux(video=0):
+                p.decode()
+    reader, _, frames = through(bad, tmp_path / "out.mp4")
+    assert len(frames) == 9 and [f.pts for f in frames] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert reader.problems == ["skipped 1 undecodable packet (frames near 0:00:00.2 lost)"]
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 9
+
+
+def test_a_truncated_file_is_reported_and_a_whole_one_not(tmp_path):
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    make(whole, n=40, audio=True, options={"crf": "30"})
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    reader, _, frames = through(whole, tmp_path / "whole_out.mkv")
+    # the frame total from the video's own duration, not the container's (audio: 0.2 s more)
+    assert len(frames) == 40 and reader.info.frames == 40 and reader.problems == []
+    reader, _, frames = through(cut, tmp_path / "cut_out.mkv")
+    assert 0 < len(frames) < 38
+    assert reader.problems == [f"decoded {len(frames)} frames where the container announces 40: "
+                               f"the file may be truncated or damaged"]
+
+
+# -- 7, 12: colour ----------------------------------------------------------------------------
+
+def _patches(w: int = W, h: int = H) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    for k, colour in enumerate([(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 190, 140)]):
+        img[:, k * w // 4:(k + 1) * w // 4] = colour
+    return img
+
+
+def test_bt709_video_keeps_its_colours_and_tags(tmp_path):
+    """The output was converted with BT.601 and left untagged: green (30, 200, 40) came out
+    as (17, 172, 34) on a player."""
+    src = tmp_path / "hd.mp4"
+    tags = {"colorspace": 1, "color_primaries": 1, "color_trc": 1, "color_range": 1}
+    make(src, n=2, tags=tags, frames=[_patches()] * 2)
+    reader, _, frames = through(src, tmp_path / "out.mp4", crf=0)
+    assert reader.info.colour == tags
+    green = (slice(10, 40), slice(20, 28))
+    assert np.abs(frames[0].image[green].astype(int) - (30, 200, 40)).max() <= 3
+    assert stream_tags(tmp_path / "out.mp4") | {"profile": None} == {
+        "pix_fmt": "yuv420p", "profile": None, **tags}
+    shown = first_rgb(tmp_path / "out.mp4")
+    assert np.abs(shown.astype(int) - _patches()).reshape(-1, 3)[:, 1].max() <= 4
+    assert np.abs(shown[green].astype(int) - (30, 200, 40)).max() <= 3
+
+
+def test_full_range_mjpeg_becomes_full_range_4_2_0_high(tmp_path):
+    """yuvj422p became "High 4:2:2" (no browser plays it); the range must stay full."""
+    src = tmp_path / "cctv.avi"
+    make(src, n=2, codec="mjpeg", pix_fmt="yuvj422p", tb=None,
+         options={"q:v": "1", "qmin": "1", "qmax": "1"})
+    reader, _, frames = through(src, tmp_path / "out.mp4", crf=1)  # (0: lossless: High 4:4:4)
+    tags = stream_tags(tmp_path / "out.mp4")
+    assert (tags["pix_fmt"], tags["profile"], tags["color_range"]) == ("yuvj420p", "High", 2)
+    back = first_rgb(tmp_path / "out.mp4").astype(int)
+    assert np.abs(back - frames[0].image.astype(int))[8:, 10:].max() <= 3
+    assert back[20, 0, 0] <= 24 and back[20, -1, 0] >= 216  # the ramp's ends: not squeezed
+
+
+def test_full_range_yuv420p_is_read_and_written_as_full_range(tmp_path):
+    """yuv420p tagged full range (not a ``yuvj`` format): converted as limited range, its
+    darks and lights were clipped."""
+    src = tmp_path / "full.mkv"
+    make(src, n=2, codec="ffv1", tags={"color_range": 2})
+    reader, _, frames = through(src, tmp_path / "out.mp4", crf=1)
+    assert (reader.info.pix_fmt, reader.info.colour) == ("yuv420p", {"color_range": 2})
+    assert np.abs(frames[0].image.astype(int) - image(0).astype(int))[8:].max() <= 2
+    assert stream_tags(tmp_path / "out.mp4")["color_range"] == 2
+    back = first_rgb(tmp_path / "out.mp4").astype(int)
+    assert np.abs(back - image(0).astype(int))[8:, 10:].max() <= 5  # (swscale's rounding)
+    assert back[20, 0, 1] <= 22 and back[20, -1, 1] >= 218  # as limited range: 5 and 237
+
+
+def test_ten_bit_hlg_becomes_8_bit_high_with_its_tags(tmp_path):
+    src = tmp_path / "hlg.mov"
+    tags = {"colorspace": 9, "color_primaries": 9, "color_trc": 18, "color_range": 1}
+    make(src, n=2, pix_fmt="yuv420p10le", tags=tags)
+    through(src, tmp_path / "out.mov")
+    assert stream_tags(tmp_path / "out.mov") == {"pix_fmt": "yuv420p", "profile": "High", **tags}
+
+
+def test_output_pixel_formats_are_8_bit_4_2_0():
+    x264 = ["yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuv420p10le", "gray"]
+    assert output_pixel_format("yuv420p10le", 96, 64, x264) == "yuv420p"
+    assert output_pixel_format("yuvj422p", 96, 64, x264) == "yuvj420p"
+    assert output_pixel_format("yuv444p", 96, 64, x264) == "yuv420p"
+    assert output_pixel_format("gray", 96, 64, x264) == "yuv420p"
+    assert output_pixel_format("yuv420p10le", 97, 64, x264) == "yuv444p"  # odd: 8-bit 4:4:4
+    mjpeg = ["yuvj420p", "yuvj422p", "yuvj444p", "yuv420p"]
+    assert output_pixel_format("yuv420p", 96, 64, mjpeg, "mjpeg") == "yuvj420p"
+    assert output_pixel_format("rgb24", 9, 9, ["rgb24", "pal8"], "png") == "rgb24"
+
+
+# -- 3, 14: extra tracks, attachments, chapters -------------------------------------------
+
+def test_a_second_video_track_is_named_and_an_attachment_copied(tmp_path):
+    src = tmp_path / "dual.mkv"
+    make(src, n=3, second_video=True, attachment=True)
+    _, writer, _ = through(src, tmp_path / "out.mkv")
+    assert writer.dropped == ["stream #1 (video, h264) not copied: only the first video stream "
+                              "is anonymised: copying this one would keep its faces visible"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video", "attachment"]
+        assert (c.streams[1].name, bytes(c.streams[1].data)) == ("font.ttf", b"\0font" * 20)
+    _, writer, _ = through(src, tmp_path / "out.mp4")
+    assert writer.dropped[1:] == ["stream #2 (attachment, font.ttf) not copied: the .mp4 container "
+                                  "cannot hold attachments"]
+
+
+def test_chapters_are_copied_or_named(tmp_path):
+    src = tmp_path / "chap.mkv"
+    chapters = [{"id": 1, "start": 0, "end": 80, "time_base": Fraction(1, 1000),
+                 "metadata": {"title": "Incident"}},
+                {"id": 2, "start": 80, "end": 160, "time_base": Fraction(1, 1000),
+                 "metadata": {"title": "After"}}]
+    make(src, n=4, chapters=chapters)
+    for suffix in (".mkv", ".mp4"):
+        _, writer, _ = through(src, tmp_path / f"out{suffix}")
+        assert writer.dropped == []
+        with av.open(str(tmp_path / f"out{suffix}")) as c:
+            assert [ch["metadata"]["title"] for ch in c.chapters()] == ["Incident", "After"]
+    # an mp4's chapter track is not copied as a data stream (FFmpeg cannot): rewritten
+    _, writer, _ = through(tmp_path / "out.mp4", tmp_path / "again.mp4")
+    assert writer.dropped == []
+    with av.open(str(tmp_path / "again.mp4")) as c:
+        assert len(c.chapters()) == 2
+    _, writer, _ = through(src, tmp_path / "out.avi")
+    assert writer.dropped == ["2 chapters not copied: the .avi container cannot hold them"]
+
+
+# -- 8: anamorphic pixels -------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_the_sample_aspect_ratio_is_kept(tmp_path, suffix):
+    src = tmp_path / f"pal{suffix}"
+    make(src, n=2, w=88, h=72, sar=Fraction(12, 11))
+    through(src, tmp_path / f"out{suffix}")
+    with av.open(str(tmp_path / f"out{suffix}")) as c:
+        stream = c.streams.video[0]
+        assert (stream.sample_aspect_ratio, stream.display_aspect_ratio) == (
+            Fraction(12, 11), Fraction(4, 3))
+
+
+# -- 13: encoders ----------------------------------------------------------------------------
+
+def test_mpeg4_gets_a_time_base_it_accepts_and_refuses_crf(tmp_path):
+    src = tmp_path / "cam.mp4"
+    make(src, n=4, tb=Fraction(1, 90000), rate=30)
+    assert encoder_time_base(Fraction(1, 90000), "mpeg4") == Fraction(1, 45000)
+    assert encoder_time_base(Fraction(1, 90000), "libx264") == Fraction(1, 90000)
+    assert encoder_time_base(Fraction(1, 1000), "mpeg4") == Fraction(1, 1000)
+    # no divisor of 2 x 65537 fits but 2: not half-second ticks, 1/65535 with pts rounded
+    assert encoder_time_base(Fraction(1, 131074), "mpeg4") == Fraction(1, 65535)
+    _, writer, frames = through(src, tmp_path / "out.mp4", codec="mpeg4")
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    assert times == pytest.approx([i / 30 for i in range(4)], abs=1e-4)
+    with pytest.raises(VideoError) as info:
+        through(src, tmp_path / "q.mp4", codec="mpeg4", crf=20)
+    assert str(info.value) == f"{tmp_path / 'q.mp4'}: --crf 20: {crf_problem('mpeg4')}"
+    assert crf_problem("mpeg4").startswith("encoder 'mpeg4' has no constant rate factor")
+    assert crf_problem("libx264") is None
+
+
+def test_libx265_in_mov_is_tagged_hvc1_and_quiet(tmp_path, capfd):
+    src = tmp_path / "clip.mov"
+    make(src, n=2)
+    capfd.readouterr()
+    through(src, tmp_path / "out.mov", codec="libx265")
+    assert "x265 [info]" not in capfd.readouterr().err
+    with av.open(str(tmp_path / "out.mov")) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+
+
+# -- 9, 10: timing and sizes --------------------------------------------------------------
+
+def test_b_frames_in_avi_keep_their_timeline(tmp_path):
+    """AVI stores no pts: FFmpeg hands B-frames' timestamps over permuted, and the repair
+    (pts <= last: last + step) shifted the timeline (the last frame a tick late)."""
+    src = tmp_path / "dvr.avi"
+    make(src, n=30, w=32, h=32, tb=Fraction(1, 25), options={"crf": "20", "bf": "3"},
+         frames=[np.random.default_rng(i).integers(0, 255, (32, 32, 3), np.uint8)
+                 for i in range(30)])
+    with av.open(str(src)) as c:
+        raw = [f.pts for f in c.decode(video=0)]
+    assert raw != sorted(raw)  # the input has permuted pts
+    _, writer, frames = through(src, tmp_path / "out.avi")
+    assert [f.pts for f in frames] == sorted(raw)
+    with av.open(str(tmp_path / "out.avi")) as c:
+        back = [f.pts for f in c.decode(video=0)]
+    assert back == sorted(back) and len(back) == 30  # its own AVI reads back in order
+
+
+def test_a_frame_size_change_fails_clearly(tmp_path):
+    src = tmp_path / "res.avi"
+    out = av.open(str(src), "w")
+    v = out.add_stream("mjpeg", rate=25)
+    v.width, v.height, v.pix_fmt = 64, 48, "yuvj420p"
+    other = av.CodecContext.create("mjpeg", "w")
+    other.width, other.height, other.pix_fmt = 96, 48, "yuvj420p"
+    other.time_base = Fraction(1, 25)
+    for i in range(6):
+        w = 64 if i < 3 else 96
+        frame = av.VideoFrame.from_ndarray(image(i, w, 48), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        packets = v.encode(frame) if i < 3 else other.encode(frame.reformat(format="yuvj420p"))
+        for p in packets:
+            p.stream, p.pts, p.dts, p.time_base = v, i, i, Fraction(1, 25)
+            out.mux(p)
+    out.close()
+    with pytest.raises(VideoError) as info:
+        through(src, tmp_path / "out.mp4")
+    assert str(info.value) == (f"{src}: the frame size changed at frame 3 from 64x48 to 96x48; "
+                               f"such a file cannot be anonymised as one video (cut it where "
+                               f"the size changes)")
