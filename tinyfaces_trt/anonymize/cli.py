@@ -8,7 +8,8 @@ Per input it writes the anonymised copy under ``--out`` (same relative path and 
 ``<output>.json``, the audit sidecar (every mask per frame, the model, a review list of
 near-threshold frames). Videos keep their frame rate and timestamps (variable frame rate
 included), resolution, rotation, audio and subtitle streams (copied, not re-encoded) and
-metadata. A bad file is reported and skipped; the others finish.
+metadata. A bad file is reported and skipped; the others finish. An output that would
+replace an input file (``--out`` holds it) is refused before any work (exit 2).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
                                            ray_requested)
-from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, add_version_argument, checked, fraction,
-                                    is_untrained, positive_float, positive_int, probability,
-                                    run_interruptible, stderr_line, untrained_banner)
+from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
+                                    fraction, is_untrained, positive_float, positive_int,
+                                    probability, run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.masks import MODES, SHAPES
@@ -65,11 +66,16 @@ examples:
   tf-anonymize frames/ --model export/ --out anonymised/ --ray --workers 4
 
 video: frames are decoded ahead and encoded on threads and detected in batches; output
-keeps each frame's timestamp, the resolution, rotation metadata, audio/subtitle streams
-(copied) and container metadata. Default encoders: libx264 (mp4, mov, mkv, avi, m4v),
-libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9). The source's pixel format is kept
-where the encoder takes it (else 4:2:0); libx264 at an odd width or height gets 4:4:4,
-as it cannot encode 4:2:0 there (fewer players decode it: --codec mpeg4 keeps 4:2:0).
+keeps each frame's timestamp, the resolution, rotation metadata, colour tags (matrix,
+primaries, transfer, range), sample aspect ratio, audio/subtitle streams (copied),
+chapters, Matroska attachments and container metadata; a timecode track is written anew
+(mov, mp4). A second video track is not copied (its faces would stay visible): it and any
+other stream left out are named in a warning. Damaged packets are skipped with a warning;
+a frame size that changes mid-file is an error. Default encoders: libx264 (mp4, mov, mkv,
+avi, m4v), libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9); --crf only for encoders
+with a constant rate factor. Output is 8-bit 4:2:0, as players expect; libx264/libx265 at
+an odd width or height keep the source's format where it fits, else 4:4:4, as they cannot
+encode 4:2:0 there (fewer players decode it: --codec mpeg4 keeps 4:2:0).
 
 temporal hold: a face's mask stays --hold frames after its last detection (interpolated
 between two detections of one track) and is back-filled --hold frames before its first,
@@ -80,13 +86,19 @@ that size (box longer side, assuming the box regression stays within 2x of a tem
 The 2x level (over half the work) produces faces up to 110 px this way, so only
 --min-face above 110 removes it; faces smaller than --min-face may then be missed.
 
+reruns: an input whose output and audit JSON exist is skipped, unless the JSON records
+other mask or video options (--mode, --shape, --mask-scale, --blur-strength, --cells,
+--draw, --hold, --iou, --codec, --crf): then it is made again with the new ones.
+
 exit status: 0 every input done (or skipped: output exists), 1 some input failed (each
-failure listed on stderr, the others finish), 2 bad command-line arguments.""",
+failure listed on stderr, the others finish), 2 bad command-line arguments or an --out
+where an output would replace an input file.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image or video files, or folders (walked recursively)")
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (created if needed; must not be an input folder)")
+                        help="output folder (created if needed; neither an input folder nor "
+                             "the folder of an input file)")
     masks = parser.add_argument_group("masks")
     masks.add_argument("--mode", choices=MODES, default="blur",
                        help="blur (strength scaled to the face), pixelate (a fixed grid of "
@@ -123,7 +135,8 @@ failure listed on stderr, the others finish), 2 bad command-line arguments.""",
                      help="list frames with a detection scoring within B above the threshold "
                           "for human review in the sidecar (default: 0.1)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace existing outputs (default: skip inputs whose output exists)")
+                     help="replace existing outputs (default: skip inputs whose output "
+                          "exists, made with the same mask and video options)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bars or per-file lines (errors are still printed)")
     out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
@@ -136,10 +149,14 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     check_detector_arguments(parser, args)
     if args.codec is not None:
         from tinyfaces_trt.anonymize.video import encoder_problem
+        from tinyfaces_trt.anonymize.video_formats import crf_problem
 
         problem = encoder_problem(args.codec)
         if problem:
             parser.error(f"--codec {args.codec}: {problem}")
+        problem = crf_problem(args.codec) if args.crf is not None else None
+        if problem:
+            parser.error(f"--crf {args.crf}: {problem}")
     check_ray_arguments(parser, args)
     out = Path(args.out).resolve()
     for item in args.inputs:
@@ -183,24 +200,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_in(args: argparse.Namespace) -> int:
-    from tinyfaces_trt.anonymize.jobs import plan_tasks, process_file
+    from tinyfaces_trt.anonymize.jobs import InputOverwriteError, plan_tasks, process_file
 
     start = time.perf_counter()
     try:
         options = options_from(args)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}")
-        tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite)
-        for _, message in errors:
-            stderr_line(f"{PROG}: error: {message}")
-        for skipped in results:
-            if not args.quiet:
-                stderr_line(f"{PROG}: {skipped.task.source}: skipped, {skipped.task.output} "
-                            "exists (--overwrite replaces it)")
+        tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite, options)
+        _report_plan(tasks, results, errors, args.quiet)
         if not tasks:
             return _summary(results, errors, start)
         if is_untrained(args.model, args.weights):
             stderr_line(untrained_banner(PROG, args.model))
         detector = None if ray_requested(args) else _make_detector(args)
+    except InputOverwriteError as exc:
+        stderr_line(f"{PROG}: error: {exc}; give another --out")
+        return EXIT_USAGE
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR
@@ -214,21 +229,37 @@ def _run_in(args: argparse.Namespace) -> int:
     return _summary(results, errors, start)
 
 
+def _report_plan(tasks: list[Any], skipped: list[Any], errors: list[tuple[str, str]],
+                 quiet: bool) -> None:
+    """The planning's errors, and (unless ``quiet``) its skips and redone outputs."""
+    for _, message in errors:
+        stderr_line(f"{PROG}: error: {message}")
+    if quiet:
+        return
+    for result in skipped:
+        stderr_line(f"{PROG}: {result.task.source}: skipped, {result.task.output} exists "
+                    "(--overwrite replaces it)")
+    for task in tasks:
+        if task.redo:
+            stderr_line(f"{PROG}: {task.source}: making {task.output} again: {task.redo}")
+
+
 def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, results: list[Any],
                 errors: list[tuple[str, str]], start: float) -> int:
     """The same files on a Ray cluster's worker pool (``--ray``): one detector per worker,
     outputs where the single-process run writes them, failures reported per file, finished
     outputs skipped on a rerun."""
-    from tinyfaces_trt.anonymize.jobs import Result, process_file
+    from tinyfaces_trt.anonymize.jobs import Result, is_done, naming, process_file
     from tinyfaces_trt.detectors import spec_from_arguments
     from tinyfaces_trt.scaleout.pool import run_tasks
 
-    def done(task: Any, _options: Any) -> bool:
-        return not args.overwrite and Path(task.output).is_file()
+    def done(task: Any, options: Any) -> bool:
+        return not args.overwrite and is_done(task, options)
 
     def as_result(pooled: Any) -> Any:
+        error = None if pooled.error is None else naming(pooled.task.source, pooled.error)
         return pooled.value if pooled.status == "done" else \
-            Result(pooled.task, pooled.status, error=pooled.error)
+            Result(pooled.task, pooled.status, error=error)
 
     try:
         spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
@@ -260,8 +291,10 @@ def _report(result: Any, quiet: bool) -> None:
 def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) -> int:
     failed = sum(r.status == "failed" for r in results) + len(errors)
     done = sum(r.status == "done" for r in results)
+    warned = sum(r.status == "done" and bool(r.warnings) for r in results)
     skipped = sum(r.status == "skipped" for r in results)
-    stderr_line(f"{PROG}: {done} done, {skipped} skipped, {failed} failed in "
+    with_warnings = f" ({warned} with warnings)" if warned else ""
+    stderr_line(f"{PROG}: {done} done{with_warnings}, {skipped} skipped, {failed} failed in "
                 f"{time.perf_counter() - start:.1f} s")
     return EXIT_ERROR if failed else EXIT_OK
 

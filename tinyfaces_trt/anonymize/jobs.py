@@ -1,7 +1,8 @@
 """Anonymisation jobs: inputs planned into tasks, and one task processed.
 
 :func:`plan_tasks` expands files and folders into :class:`Task` objects with their output
-and sidecar paths (existing outputs skipped unless ``overwrite``). :func:`process_file` runs
+and sidecar paths (existing outputs made with the same options skipped unless ``overwrite``;
+an output that would replace an input is refused). :func:`process_file` runs
 one task and returns a :class:`Result`; it is a pure function of (detector, task, options),
 all three picklable but the detector, so tasks can be spread over processes or a Ray cluster
 where each worker builds its own detector (:class:`tinyfaces_trt.detectors.DetectorSpec`).
@@ -14,8 +15,10 @@ under its final name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +44,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: visible), not ignored as other files are (GIF: animated frames; PNM: no RGB copy as such).
 OTHER_IMAGE_SUFFIXES = (".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif",
                         ".jp2", ".jxl", ".tga", ".ico", ".dng")
+#: Videos in containers it does not write: an error too, given or in a folder (dashcam .ts,
+#: camcorder .MTS, phone .3gp, DVR .dav...); their streams usually remux into .mkv as they are.
+OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob",
+                        ".3gp", ".3g2", ".flv", ".f4v", ".wmv", ".asf", ".ogv", ".mxf", ".dv",
+                        ".dav", ".mod", ".tod", ".rm", ".rmvb", ".divx", ".264", ".h264", ".265",
+                        ".h265", ".hevc")
+#: Options that change an output's pixels, per kind (``style``: each mask field): an output
+#: whose sidecar records other values is not skipped as done.
+PIXEL_OPTIONS = {"image": ("style", "draw"),
+                 "video": ("style", "draw", "hold", "iou", "codec", "crf")}
 
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
@@ -89,12 +102,19 @@ class Task:
         output: the anonymised copy (same format as the input).
         sidecar: the audit JSON.
         kind: ``"image"`` or ``"video"``.
+        redo: why an existing output with its sidecar is made again (it was made with other
+            options), else None.
     """
 
     source: str
     output: str
     sidecar: str
     kind: str
+    redo: str | None = None
+
+
+class InputOverwriteError(TinyFacesError):
+    """An output would replace an input file of the same run (the output folder holds it)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +126,8 @@ class Result:
         error: the reason, for a failure.
         frames: frames written; detections, held, filled: mask counts; review_frames:
             frames listed for review.
-        seconds: wall time; warnings: e.g. streams the output container could not hold.
+        seconds: wall time; warnings: e.g. streams the output container could not hold,
+            undecodable packets of the input skipped.
     """
 
     task: Task
@@ -140,25 +161,37 @@ def media_kind(path: Path) -> str | None:
     return None
 
 
+def _other_format(path: Path) -> bool:
+    """An image or video of a format it does not write (:data:`OTHER_IMAGE_SUFFIXES`,
+    :data:`OTHER_VIDEO_SUFFIXES`)."""
+    return path.suffix.lower() in OTHER_IMAGE_SUFFIXES + OTHER_VIDEO_SUFFIXES
+
+
 def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
-    """The folder's image and video files, and its images of :data:`OTHER_IMAGE_SUFFIXES`."""
+    """The folder's image and video files, and those of other formats (:func:`_other_format`)."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (Path(root) / d).resolve() != exclude)
         for name in sorted(files):
             path = Path(root) / name
-            if not name.startswith(".") and (media_kind(path)
-                                             or path.suffix.lower() in OTHER_IMAGE_SUFFIXES):
+            if not name.startswith(".") and (media_kind(path) or _other_format(path)):
                 yield path
 
 
 def _unsupported(path: Path) -> str:
-    return (f"{path}: not anonymised: {path.suffix.lower()} files are not supported; convert it "
+    """The error for a file of another format, saying what to do with it."""
+    suffix = path.suffix.lower()
+    if suffix in OTHER_VIDEO_SUFFIXES:
+        remux = f"ffmpeg -i {shlex.quote(path.name)} -c copy {shlex.quote(path.stem + '.mkv')}"
+        return (f"{path}: not anonymised: {suffix} videos are not supported; remux it to .mkv "
+                f"({remux}) or convert it to one of {', '.join(VIDEO_SUFFIXES)}")
+    return (f"{path}: not anonymised: {suffix} files are not supported; convert it "
             f"to one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-               overwrite: bool = False) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
+               overwrite: bool = False, options: Options | None = None
+               ) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
     """Expands INPUT arguments into tasks.
 
     A folder is walked recursively (sorted, hidden entries and ``out_dir`` skipped) for
@@ -168,8 +201,13 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
-        not ``overwrite``, [(argument, error)] for missing paths, unknown suffixes, images
-        of other formats (also in folders) and empty folders).
+        not ``overwrite`` and the sidecar records ``options``' pixel-changing options
+        (:func:`is_done`; None: not compared), [(argument, error)] for missing paths,
+        unknown suffixes, images and videos of other formats (also in folders) and empty
+        folders).
+
+    Raises:
+        InputOverwriteError: an output would replace an input file (the first named).
     """
     out = Path(out_dir)
     exclude = out.resolve()
@@ -185,7 +223,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             found.extend((f, f.relative_to(path)) for f in files if media_kind(f))
         elif not path.exists():
             errors.append((str(path), f"{path}: no such file or folder"))
-        elif path.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        elif _other_format(path):
             errors.append((str(path), _unsupported(path)))
         elif media_kind(path) is None:
             errors.append((str(path), f"{path}: unknown file type {path.suffix or '(none)'}; "
@@ -204,11 +242,79 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         used.add(target.as_posix().lower())
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
-        if output.exists() and Path(task.sidecar).exists() and not overwrite:
-            skipped.append(Result(task, "skipped"))  # both: a crash between them redoes it
+        exists = not overwrite and _outputs_exist(task)
+        redo = _redo_reason(task, options) if exists else None
+        if exists and redo is None:
+            skipped.append(Result(task, "skipped"))
         else:
-            tasks.append(task)
+            tasks.append(dataclasses.replace(task, redo=redo))
+    _refuse_replacing_inputs(tasks, [source for source, _ in found], out)
     return tasks, skipped, errors
+
+
+def _outputs_exist(task: Task) -> bool:
+    # both: a crash between the copy and its sidecar redoes it
+    return Path(task.output).exists() and Path(task.sidecar).exists()
+
+
+def is_done(task: Task, options: Options | None = None) -> bool:
+    """Whether ``task``'s output and sidecar exist and the sidecar records ``options``'
+    pixel-changing options (:data:`PIXEL_OPTIONS`; None: not compared)."""
+    return _outputs_exist(task) and _redo_reason(task, options) is None
+
+
+def _pixel_options(options: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The :data:`PIXEL_OPTIONS` of a JSON options record, the mask style's fields flattened."""
+    flat: dict[str, Any] = {}
+    for key in PIXEL_OPTIONS.get(kind, PIXEL_OPTIONS["video"]):
+        value = options.get(key)
+        flat.update(value if key == "style" and isinstance(value, dict) else {key: value})
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return "default" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _redo_reason(task: Task, options: Options | None) -> str | None:
+    """Why ``task``'s existing output is not what ``options`` would make (its sidecar records
+    other pixel-changing options, or none), else None; None too without ``options``."""
+    if options is None:
+        return None
+    try:
+        recorded = json.loads(Path(task.sidecar).read_text(encoding="utf-8"))["options"]
+        before = _pixel_options(recorded, task.kind)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its sidecar {task.sidecar} records no options"
+    now = _pixel_options(_jsonable(dataclasses.asdict(options)), task.kind)
+    changed = [f"{key} {_shown(before.get(key))} (now {_shown(value)})"
+               for key, value in now.items() if before.get(key) != value]
+    return f"it was made with {', '.join(changed)}" if changed else None
+
+
+def _entry(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """The identity of the directory entry ``path`` (device, inode; a link not followed),
+    None where there is none."""
+    try:
+        stat = os.lstat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out: Path) -> None:
+    """Raises :class:`InputOverwriteError` where a task's output is an input file (itself or
+    another input of the run: the output folder holds inputs)."""
+    inputs = {_entry(source): source for source in sources}
+    clashes = [(task, inputs[entry]) for task in tasks
+               if (entry := _entry(task.output)) is not None and entry in inputs]
+    if not clashes:
+        return
+    task, victim = clashes[0]
+    by = "its anonymised copy" if victim == Path(task.source) else \
+        f"the anonymised copy of {task.source}"
+    more = f" (and {len(clashes) - 1} more input(s))" if len(clashes) > 1 else ""
+    raise InputOverwriteError(f"{victim} would be replaced by {by} in {out}{more}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,15 +335,25 @@ def process_file(detector: Any, task: Task, options: Options) -> Result:
         else:
             audit, warnings, header = _process_image(detector, task, options)
         audit.write(task.sidecar, **header)
-    except (TinyFacesError, OSError) as exc:
-        message = str(exc) if isinstance(exc, TinyFacesError) else \
-            f"{task.source}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-        return Result(task, "failed", error=message, seconds=time.perf_counter() - start)
+    except TinyFacesError as exc:
+        return Result(task, "failed", error=naming(task.source, str(exc)),
+                      seconds=time.perf_counter() - start)
+    except OSError as exc:
+        message = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        return Result(task, "failed", error=naming(task.source, message),
+                      seconds=time.perf_counter() - start)
     counts = audit.summary()
     return Result(task, "done", frames=counts["frames"], detections=counts["detections"],
                   held=counts["held"], filled=counts["filled"],
                   review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
                   warnings=tuple(warnings))
+
+
+def naming(source: str, message: str) -> str:
+    """``message`` about the input ``source``, prefixed with it unless it starts with it."""
+    if message.startswith((f"{source}:", f"{Path(source)}:")):
+        return message
+    return f"{source}: {message}"
 
 
 def detect_frames(detector: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -305,8 +421,10 @@ def _process_image(detector: Any, task: Task, options: Options
 def _progress_bar(task: Task, total: int, options: Options) -> Any:
     from tqdm import tqdm
 
+    # on a terminal only, as the other bars: no carriage-return updates in a log file
     return tqdm(total=total or None, unit="frame", desc=Path(task.source).name, leave=False,
-                disable=not options.progress, file=sys.stderr, dynamic_ncols=True)
+                disable=not (options.progress and sys.stderr.isatty()), file=sys.stderr,
+                dynamic_ncols=True)
 
 
 def _process_video(detector: Any, task: Task, options: Options
@@ -327,10 +445,12 @@ def _process_video(detector: Any, task: Task, options: Options
         finally:
             if bar is not None:
                 bar.close()
+    problems = list(reader.problems)  # complete once the frames are read
     header = _header(detector, task, options)
     header["video"] = reader.info.to_dict()
     header["dropped_streams"] = writer.dropped
-    return audit, writer.dropped, header
+    header["input_problems"] = problems
+    return audit, writer.dropped + problems, header
 
 
 def _anonymise_frames(detector: Any, reader: Any, writer: Any, audit: AuditLog,
@@ -362,5 +482,5 @@ def _anonymise_frames(detector: Any, reader: Any, writer: Any, audit: AuditLog,
     emit(masker.flush())
 
 
-__all__ = ["IMAGE_SUFFIXES", "Options", "Result", "Task", "detect_frames", "plan_tasks",
-           "process_file", "render"]
+__all__ = ["IMAGE_SUFFIXES", "InputOverwriteError", "Options", "Result", "Task", "detect_frames",
+           "is_done", "naming", "plan_tasks", "process_file", "render"]

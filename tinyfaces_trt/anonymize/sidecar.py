@@ -4,12 +4,16 @@ It records, per frame, every mask (box, detection score, track id and whether it
 detected, held after the last detection or back-filled before the first), the model and
 settings that produced it, and a review list: the frames with a detection whose score lies
 within ``band`` above the threshold, where a face was nearly missed and a human should look.
+A video's ``dropped_streams`` names the streams its output could not hold, and
+``input_problems`` what went wrong reading the input (undecodable packets skipped, fewer
+frames than announced): the same lines tf-anonymize prints as warnings.
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 
     {"format", "input", "resolved" (the input's real path), "output", "kind": "video"|"image",
-     "model", "config", "options",
-     "video": {...stream info...} | null, "dropped_streams": [...],
+     "model", "config", "options" (a rerun redoes an output whose options differ),
+     "image": {"width", "height"} (image) |
+     "video": {...stream info...}, "dropped_streams": [...], "input_problems": [...] (video),
      "summary": {"frames", "frames_with_masks", "detections", "held", "filled", "tracks"},
      "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},
      "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}

@@ -1,0 +1,337 @@
+"""tf-anonymize's planning and reporting without a network or real video: outputs that would
+replace inputs, videos of other containers, reruns after other options, per-file errors that
+name the file, input problems as warnings, and the frame bar off a terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tinyfaces_trt.anonymize import cli, jobs
+from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is_done, naming,
+                                          plan_tasks, process_file)
+from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.runtime.masks import MaskStyle
+
+FACE = (8, 8, 40, 40)
+
+
+class BoxDetector:
+    """Finds one fixed face in every image; usable as the CLI's detector (a context manager)."""
+
+    config = DetectorConfig()
+    identity = {"weights_sha256": "0" * 64, "untrained": False}
+
+    def detect(self, image):
+        return np.array([[*FACE, 0.9]], np.float32)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class FailingDetector(BoxDetector):
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def detect(self, image):
+        raise TinyFacesError(self.message)
+
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run_cli(argv, monkeypatch, capsys, detector=None):
+    monkeypatch.setattr(cli, "_make_detector", lambda args: detector or BoxDetector())
+    status = cli.main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+# --- 1: an output that would replace an input ------------------------------------------------
+
+def test_an_output_over_its_own_input_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """``--out`` the folder of the input file (video or image): exit 2, the originals untouched,
+    no sidecar written, and the message says what to do."""
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    for name in ("clip.mp4", "b.mp4", "c.mp4"):
+        (footage / name).write_bytes(b"original " + name.encode())
+    photo = _photo(footage / "p.jpg")
+    before = {p.name: _sha(p) for p in footage.iterdir()}
+    status, err = _run_cli([footage / "clip.mp4", "--out", footage], monkeypatch, capsys)
+    assert status == 2
+    assert err.splitlines()[-1] == (f"tf-anonymize: error: {footage / 'clip.mp4'} would be "
+                                    f"replaced by its anonymised copy in {footage}; give another --out")
+    status, err = _run_cli([photo, "--out", footage], monkeypatch, capsys)
+    assert status == 2 and f"{photo} would be replaced by its anonymised copy" in err
+    # footage/*.mp4 --out footage: the first named, the others counted
+    status, err = _run_cli([*sorted(footage.glob("*.mp4")), "--out", footage], monkeypatch, capsys)
+    assert status == 2
+    assert err.splitlines()[-1] == (f"tf-anonymize: error: {footage / 'b.mp4'} would be "
+                                    f"replaced by its anonymised copy in {footage} (and 2 more "
+                                    "input(s)); give another --out")
+    assert {p.name: _sha(p) for p in footage.iterdir()} == before  # nothing written, no sidecar
+
+
+def test_an_output_over_another_input_or_through_a_linked_out_is_refused(tmp_path):
+    """The output of one input landing on another input of the run, and an --out reached through
+    a symbolic link to the inputs' folder, are both refused; a distinct --out is not."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "src" / "a.mp4").write_bytes(b"src")
+    (tmp_path / "out" / "a.mp4").write_bytes(b"kept original")
+    with pytest.raises(InputOverwriteError) as exc:
+        plan_tasks([tmp_path / "src" / "a.mp4", tmp_path / "out" / "a.mp4"], tmp_path / "out")
+    assert str(exc.value) == (f"{tmp_path / 'out' / 'a.mp4'} would be replaced by the anonymised "
+                              f"copy of {tmp_path / 'src' / 'a.mp4'} in {tmp_path / 'out'}")
+    # a folder input whose relative path lands on a file input
+    (tmp_path / "src" / "cam").mkdir()
+    (tmp_path / "src" / "cam" / "a.mp4").write_bytes(b"cam")
+    with pytest.raises(InputOverwriteError, match="the anonymised copy of .*cam/a.mp4"):
+        plan_tasks([tmp_path / "src" / "cam", tmp_path / "src" / "a.mp4"], tmp_path / "src")
+    (tmp_path / "link").symlink_to(tmp_path / "src", target_is_directory=True)
+    with pytest.raises(InputOverwriteError, match="replaced by its anonymised copy"):
+        plan_tasks([tmp_path / "src" / "a.mp4"], tmp_path / "link", overwrite=True)
+    tasks, _, _ = plan_tasks([tmp_path / "src" / "a.mp4"], tmp_path / "elsewhere")
+    assert [Path(t.output) for t in tasks] == [tmp_path / "elsewhere" / "a.mp4"]
+
+
+# --- 4: videos of other containers ---------------------------------------------------------
+
+def test_videos_of_other_containers_are_errors_not_left_alone(tmp_path):
+    src = tmp_path / "walk"
+    src.mkdir()
+    names = ("a.mp4", "camcorder.MTS", "dashcam.ts", "notes.txt", "old.mpg", "phone.3gp")
+    for name in names:
+        (src / name).write_bytes(b"")
+    tasks, _, errors = plan_tasks([src, src / "dashcam.ts"], tmp_path / "out")
+    assert [Path(t.source).name for t in tasks] == ["a.mp4"]
+
+    def refused(name: str, suffix: str) -> tuple[str, str]:
+        stem = Path(name).stem
+        return (str(src / name), f"{src / name}: not anonymised: {suffix} videos are not "
+                f"supported; remux it to .mkv (ffmpeg -i {name} -c copy {stem}.mkv) or convert "
+                "it to one of .mp4, .mov, .mkv, .webm, .avi, .m4v")
+
+    assert errors == [refused("camcorder.MTS", ".mts"), refused("dashcam.ts", ".ts"),
+                      refused("old.mpg", ".mpg"), refused("phone.3gp", ".3gp"),
+                      refused("dashcam.ts", ".ts")]
+
+
+def test_a_folder_with_other_videos_exits_1_and_names_each(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "walk"
+    src.mkdir()
+    _photo(src / "a.png")
+    (src / "dash cam.ts").write_bytes(b"")
+    status, err = _run_cli([src, "--out", tmp_path / "out", "-q"], monkeypatch, capsys)
+    assert status == 1
+    assert f"tf-anonymize: error: {src / 'dash cam.ts'}: not anonymised: .ts videos are not " \
+        "supported; remux it to .mkv (ffmpeg -i 'dash cam.ts' -c copy 'dash cam.mkv')" in err
+    assert "1 done, 0 skipped, 1 failed" in err
+
+
+# --- 11: an output made with other options is not skipped as done ----------------------------
+
+def test_a_review_output_is_made_again_by_an_anonymising_run(tmp_path, monkeypatch, capsys):
+    """--mode none --draw, then --mode blur into the same --out: the review copy (faces visible)
+    is replaced by a blurred one, not skipped; a third identical run skips it."""
+    photo = _photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    status, _ = _run_cli([photo, "--out", out, "--mode", "none", "--draw"], monkeypatch, capsys)
+    assert status == 0
+    from PIL import Image
+
+    x1, y1, x2, y2 = FACE
+    original = np.asarray(Image.open(photo))[y1 + 6:y2 - 6, x1 + 6:x2 - 6]
+    assert np.array_equal(np.asarray(Image.open(out / "p.png"))[y1 + 6:y2 - 6, x1 + 6:x2 - 6],
+                          original)  # the face left as it is (inside the drawn box)
+    status, err = _run_cli([photo, "--out", out, "--mode", "blur"], monkeypatch, capsys)
+    assert status == 0
+    assert (f"tf-anonymize: {photo}: making {out / 'p.png'} again: it was made with mode none "
+            "(now blur), draw true (now false)") in err.splitlines()
+    assert "1 done, 0 skipped, 0 failed" in err
+    blurred = np.asarray(Image.open(out / "p.png"))[y1 + 6:y2 - 6, x1 + 6:x2 - 6]
+    assert np.abs(blurred.astype(int) - original).mean() > 20
+    assert json.loads((out / "p.png.json").read_text())["options"]["style"]["mode"] == "blur"
+    status, err = _run_cli([photo, "--out", out, "--mode", "blur"], monkeypatch, capsys)
+    assert status == 0 and "0 done, 1 skipped, 0 failed" in err
+
+
+def _sidecar(path: Path, source: Path, options: Options | None) -> None:
+    record = {"input": str(source), "resolved": str(source.resolve())}
+    if options is not None:
+        record["options"] = jobs._jsonable(dataclasses.asdict(options))
+    path.write_text(json.dumps(record))
+
+
+def test_which_options_redo_an_existing_output(tmp_path):
+    """Pixel-changing options per kind redo; others (batch, review band, progress) and, for an
+    image, the video-only ones do not; a sidecar recording no options redoes."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("v.mp4", "p.jpg"):
+        (src / name).write_bytes(b"in")
+        (out / name).write_bytes(b"made before")
+    made = Options(hold=5, crf=20)
+
+    def plan(options: Options) -> dict[str, str | None]:
+        tasks, skipped, _ = plan_tasks([src / "v.mp4", src / "p.jpg"], out, options=options)
+        assert all(s.status == "skipped" for s in skipped)
+        return {Path(t.source).name: t.redo for t in tasks}
+
+    for name in ("v.mp4", "p.jpg"):
+        _sidecar(out / f"{name}.json", src / name, made)
+    assert plan(made) == {}
+    assert plan(dataclasses.replace(made, batch=8, review_band=0.3, progress=True)) == {}
+    assert plan(dataclasses.replace(made, hold=3, crf=None)) == {
+        "v.mp4": "it was made with hold 5 (now 3), crf 20 (now default)"}
+    pixelate = dataclasses.replace(made, style=MaskStyle(mode="pixelate", scale=1.3, cells=8))
+    assert plan(pixelate) == {
+        "v.mp4": "it was made with mode blur (now pixelate), cells 5 (now 8)",
+        "p.jpg": "it was made with mode blur (now pixelate), cells 5 (now 8)"}
+    task = Task(str(src / "v.mp4"), str(out / "v.mp4"), str(out / "v.mp4.json"), "video")
+    assert is_done(task, made) and not is_done(task, pixelate) and is_done(task)
+    _sidecar(out / "v.mp4.json", src / "v.mp4", None)
+    assert plan(made) == {"v.mp4": f"its sidecar {out / 'v.mp4.json'} records no options"}
+    assert not is_done(task, made)
+    assert plan_tasks([src / "v.mp4"], out, overwrite=True, options=made)[0][0].redo is None
+
+
+# --- 10: errors name the file -------------------------------------------------------------
+
+def test_a_file_error_names_the_input(tmp_path):
+    photo = _photo(tmp_path / "p.png")
+    task = plan_tasks([photo], tmp_path / "out")[0][0]
+    message = "a batch takes images of one size, got [(48, 64, 3), (48, 96, 3)]"
+    result = process_file(FailingDetector(message), task, Options())
+    assert (result.status, result.error) == ("failed", f"{photo}: {message}")
+    result = process_file(FailingDetector(f"{photo}: cannot read"), task, Options())
+    assert result.error == f"{photo}: cannot read"  # named already: not twice
+    assert naming("./a.mp4", "a.mp4: holds no video stream") == "a.mp4: holds no video stream"
+    assert naming("a.mp4", "out/a.mp4: encoder 'x': gone") == "a.mp4: out/a.mp4: encoder 'x': gone"
+    assert not (tmp_path / "out" / "p.png").exists()
+
+
+# --- 6 and 15c: the reader's problems as warnings; the frame bar off a terminal --------------
+
+class StubReader:
+    """Three 48 x 64 frames; ``problems`` known once they are read, as VideoReader's."""
+
+    def __init__(self, path) -> None:
+        self.info = SimpleNamespace(frames=4, to_dict=lambda: {"frames": 4})
+        self.problems: list[str] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def frames(self):
+        for i in range(3):
+            yield SimpleNamespace(index=i, pts=i, time=i / 25, image=np.zeros((48, 64, 3), np.uint8))
+        self.problems.extend(["1 undecodable packet skipped", "3 frames decoded, 4 announced"])
+
+
+class StubWriter:
+    def __init__(self, path, reader, codec, crf, name) -> None:
+        self.path, self.frames, self.dropped = Path(path), 0, ["stream 2 (data) not copied"]
+
+    def write(self, image, pts) -> None:
+        self.frames += 1
+
+    def finish(self) -> None:
+        self.path.write_bytes(b"%d frames" % self.frames)
+
+    def abort(self) -> None:
+        pass
+
+
+def test_input_problems_are_warned_counted_and_kept_in_the_sidecar(tmp_path, monkeypatch, capsys):
+    from tinyfaces_trt.anonymize import video
+
+    monkeypatch.setattr(video, "VideoReader", StubReader)
+    monkeypatch.setattr(video, "VideoWriter", StubWriter)
+    (tmp_path / "cctv.avi").write_bytes(b"")
+    task = plan_tasks([tmp_path / "cctv.avi"], tmp_path / "out")[0][0]
+    result = process_file(BoxDetector(), task, Options(progress=True))
+    assert result.status == "done" and result.frames == 3
+    assert result.warnings == ("stream 2 (data) not copied", "1 undecodable packet skipped",
+                               "3 frames decoded, 4 announced")
+    side = json.loads(Path(task.sidecar).read_text())
+    assert side["input_problems"] == ["1 undecodable packet skipped", "3 frames decoded, 4 announced"]
+    assert side["dropped_streams"] == ["stream 2 (data) not copied"]
+    assert "\r" not in capsys.readouterr().err  # stderr is no terminal here: no frame bar
+    cli._report(result, quiet=True)
+    assert cli._summary([result], [], 0.0) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [f"tf-anonymize: warning: {task.source}: {w}" for w in result.warnings]
+    assert err[3].startswith("tf-anonymize: 1 done (1 with warnings), 0 skipped, 0 failed in ")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_frame_bar_shows_on_a_terminal_only(monkeypatch):
+    task = Task("a.mp4", "out/a.mp4", "out/a.mp4.json", "video")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert jobs._progress_bar(task, 10, Options(progress=True)).disable
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = jobs._progress_bar(task, 10, Options(progress=True))
+    assert not bar.disable
+    bar.close()
+    assert jobs._progress_bar(task, 10, Options(progress=False)).disable
+
+
+def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_path, monkeypatch,
+                                                                           capsys):
+    """--ray's resume check is the planner's (an output made with --mode none is not done),
+    and a failure the pool reports (a lost worker) names its file."""
+    from tinyfaces_trt import detectors
+    from tinyfaces_trt.scaleout import pool
+
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+    review = Options(style=MaskStyle(mode="none"), draw=True)
+    assert process_file(BoxDetector(), plan_tasks([photo], out)[0][0], review).status == "done"
+    seen = []
+
+    def run_tasks(tasks, spec, process, options, *, is_done, on_result, **_):
+        seen.extend(is_done(task, options) for task in tasks)
+        pooled = [SimpleNamespace(task=task, status="failed", value=None,
+                                  error="worker lost 3 time(s)") for task in tasks]
+        for result in pooled:
+            on_result(result)
+        return pooled
+
+    monkeypatch.setattr(pool, "run_tasks", run_tasks)
+    monkeypatch.setattr(detectors, "spec_from_arguments", lambda *a, **k: None)
+    args = SimpleNamespace(overwrite=False, quiet=True, ray="", workers=None)
+    for options, done in ((Options(), False), (review, True)):
+        seen.clear()
+        assert cli._run_on_ray(args, plan_tasks([photo], out, overwrite=True)[0], options,
+                               [], [], 0.0) == 1
+        assert seen == [done]
+    assert f"tf-anonymize: error: {photo}: worker lost 3 time(s)" in capsys.readouterr().err
