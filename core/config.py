@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from typing import Any
 
@@ -41,11 +41,19 @@ NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th
 VARIANTS = ("pytorch", "matconvnet")
 #: ResNet trunk depths of the detector (export/resnet.py builds these; the released one is 101).
 DEPTHS = (50, 101)
+#: Largest ``abs(k)`` of the ``fixed_scales`` exponents (no level comes from a larger one).
+MAX_FIXED_EXPONENT = 64
 
 
 def is_integer(value: object) -> bool:
     """An integer of any integral type (numpy's too), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number of any type (numpy's too), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,11 +70,41 @@ def load_default_templates() -> np.ndarray:
 
 @dataclass(frozen=True)
 class Normalization:
-    """``x = (pixel * input_scale - mean) / std`` per RGB channel, pixel in 0..255."""
+    """``x = (pixel * input_scale - mean) / std`` per RGB channel, pixel in 0..255.
+
+    ``input_scale`` is a number and ``mean`` and ``std`` three numbers each (any sequence;
+    stored as a float and tuples of floats), else a :class:`ConfigError` naming the field.
+    A :class:`DetectorConfig` taking it checks the values: finite, ``input_scale`` and
+    ``std`` positive.
+    """
 
     input_scale: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if not is_real(self.input_scale):
+            raise ConfigError(f"normalization.input_scale must be a number, got "
+                              f"{self.input_scale!r} ({type(self.input_scale).__name__})")
+        object.__setattr__(self, "input_scale", float(self.input_scale))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            items = value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+            if not isinstance(items, (tuple, list)) or len(items) != 3 \
+                    or not all(map(is_real, items)):
+                raise ConfigError(f"normalization.{name} must be three numbers (R, G, B), got "
+                                  f"{value!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in items))
+
+    def check_values(self) -> None:
+        """Raises a :class:`ConfigError` naming the field unless every number is finite and
+        ``input_scale`` and ``std`` are positive."""
+        if not all(map(math.isfinite, (self.input_scale, *self.mean, *self.std))):
+            raise ConfigError(f"normalization holds a non-finite number: {self}")
+        if self.input_scale <= 0:
+            raise ConfigError(f"normalization.input_scale must be > 0, got {self.input_scale}")
+        if min(self.std) <= 0:
+            raise ConfigError(f"normalization std must not be 0 or negative, got {self.std}")
 
     @classmethod
     def imagenet(cls) -> "Normalization":
@@ -99,7 +137,8 @@ class DetectorConfig:
         clip_boxes: clip final boxes to [0, W-1] x [0, H-1] (the authors clip to [1, W] 1-based).
         pyramid: ``"adaptive"`` (authors' demo rule) or ``"fixed"`` (port: fixed exponents,
             short side resized to ``int(min_side * 2**k)``).
-        fixed_scales: exponents k for ``pyramid="fixed"``.
+        fixed_scales: exponents k for ``pyramid="fixed"`` (not empty with it; each within
+            +-:data:`MAX_FIXED_EXPONENT`).
         max_input_dim: no pyramid level's longer side exceeds this (the authors' MAX_INPUT_DIM).
         min_face, max_face: face sizes (longer box side, original-image pixels) the caller
             needs; None: no limit. Pyramid levels and templates that cannot produce a face in
@@ -110,6 +149,7 @@ class DetectorConfig:
     """
 
     variant: str = "pytorch"
+    # compared by value in __eq__/__hash__ (an array's == is not a bool)
     templates: np.ndarray = field(default_factory=load_default_templates, compare=False)
     normalization: Normalization = field(default_factory=Normalization.imagenet)
     stride: int = 8
@@ -128,10 +168,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        t = np.asarray(self.templates, dtype=np.float64)
-        if t.shape != (NUM_TEMPLATES, 5):
-            raise ConfigError(f"templates must have shape (25, 5), got {t.shape}")
-        object.__setattr__(self, "templates", t)
+        object.__setattr__(self, "templates", _frozen_templates(self.templates))
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.template_policy not in VARIANTS:
@@ -145,14 +182,30 @@ class DetectorConfig:
         if self.stride < 1 or self.max_input_dim < 1:
             raise ConfigError(f"stride ({self.stride}) and max_input_dim ({self.max_input_dim}) "
                               "must be >= 1")
-        n = self.normalization
-        numbers = [self.offset, self.box_pixel_offset, n.input_scale, *n.mean, *n.std,
-                   *self.fixed_scales]
-        if not np.all(np.isfinite(t)) or not all(map(math.isfinite, numbers)):
+        values = [self.offset, self.box_pixel_offset, *self.fixed_scales]
+        if not np.all(np.isfinite(self.templates)) or not all(map(math.isfinite, values)):
             raise ConfigError("config holds a non-finite number")
-        if 0.0 in n.std:
-            raise ConfigError("normalization std must not be 0")
+        self.normalization.check_values()
+        self._check_fixed_scales()
         self._check_face_sizes()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # through __init__: an unpickled or deep-copied config gets read-only templates too
+        return self.__class__, tuple(getattr(self, f.name) for f in fields(self))
+
+    def _key(self) -> tuple[Any, ...]:
+        """Every field's value, the templates as (shape, dtype, bytes): what == and hash use."""
+        t = self.templates
+        return tuple((t.shape, t.dtype.str, t.tobytes()) if f.name == "templates"
+                     else getattr(self, f.name) for f in fields(self))
 
     def _check_types(self) -> None:
         """A field of the wrong type is a ConfigError naming it (a string threshold from a
@@ -160,9 +213,6 @@ class DetectorConfig:
         Python's float and int (numpy scalars too: the config goes into JSON files)."""
         def wrong(name: str, what: str, value: Any) -> ConfigError:
             return ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
-
-        def is_real(value: Any) -> bool:
-            return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
         for name in ("offset", "prob_thresh", "nms_thresh", "box_pixel_offset", "size_refinement"):
             value = getattr(self, name)
@@ -188,6 +238,19 @@ class DetectorConfig:
         if not isinstance(scales, (tuple, list)) or not all(map(is_real, scales)):
             raise wrong("fixed_scales", "a sequence of numbers", self.fixed_scales)
         object.__setattr__(self, "fixed_scales", tuple(float(k) for k in scales))
+
+    def _check_fixed_scales(self) -> None:
+        """The fixed rule needs exponents, each within what a level can use (2**64 is beyond
+        any image; 2.0**1024 is not even a float)."""
+        if self.pyramid != "fixed":
+            return
+        if not self.fixed_scales:
+            raise ConfigError('fixed_scales must not be empty with pyramid="fixed"; give the '
+                              "exponents k of its levels, e.g. (-1.0, 0.0, 1.0)")
+        wild = [k for k in self.fixed_scales if abs(k) > MAX_FIXED_EXPONENT]
+        if wild:
+            raise ConfigError(f"fixed_scales are exponents k (a level is 2**k times the image), "
+                              f"each within +-{MAX_FIXED_EXPONENT}; got {wild[0]:g}")
 
     def _check_face_sizes(self) -> None:
         for name in ("min_face", "max_face"):
@@ -217,11 +280,13 @@ class DetectorConfig:
             base = dict(variant="pytorch", template_policy="pytorch")
         else:
             raise ConfigError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        check_field_names(overrides)
         base.update(overrides)
         return cls(**base)
 
     def with_(self, **overrides: Any) -> "DetectorConfig":
-        """A copy with some fields replaced."""
+        """A copy with some fields replaced (an unknown name is a :class:`ConfigError`)."""
+        check_field_names(overrides)
         return replace(self, **overrides)
 
     @property
@@ -264,9 +329,8 @@ class DetectorConfig:
             n = d["normalization"]
             return cls(
                 variant=d["variant"],
-                templates=np.asarray(d["templates"], dtype=np.float64),
-                normalization=Normalization(float(n["input_scale"]), tuple(map(float, n["mean"])),
-                                            tuple(map(float, n["std"]))),
+                templates=d["templates"],
+                normalization=Normalization(float(n["input_scale"]), n["mean"], n["std"]),
                 stride=int(d["stride"]),
                 offset=float(d["offset"]),
                 template_policy=d["template_policy"],
@@ -286,6 +350,30 @@ class DetectorConfig:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"detector config is incomplete or malformed: {exc!r}") from exc
+
+
+def check_field_names(names: Any) -> None:
+    """Raises a :class:`ConfigError` naming those of ``names`` that are no
+    :class:`DetectorConfig` field."""
+    known = [f.name for f in fields(DetectorConfig)]
+    unknown = sorted(str(n) for n in names if n not in known)
+    if unknown:
+        raise ConfigError(f"unknown detector config field(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(known)}")
+
+
+def _frozen_templates(templates: Any) -> np.ndarray:
+    """A read-only (25, 5) float64 copy of ``templates``: a config's own, which neither the
+    caller's array nor a write through ``config.templates`` can change."""
+    try:
+        t = np.array(templates, dtype=np.float64)  # always a copy
+    except (TypeError, ValueError):
+        raise ConfigError(f"templates must be a (25, 5) array of numbers, got "
+                          f"{type(templates).__name__}") from None
+    if t.shape != (NUM_TEMPLATES, 5):
+        raise ConfigError(f"templates must have shape (25, 5), got {t.shape}")
+    t.setflags(write=False)
+    return t
 
 
 def _optional_float(value: Any) -> float | None:

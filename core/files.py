@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
-import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -55,6 +55,13 @@ def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
 CACHE_ENV = "TINYFACES_CACHE"
 
 
+def is_text_path(value: object) -> bool:
+    """Whether ``value`` is a path the toolkit takes: a str or an os.PathLike of str (bytes
+    paths are not: names, cache keys and messages are text)."""
+    return isinstance(value, str) or (isinstance(value, os.PathLike)
+                                      and isinstance(os.fspath(value), str))
+
+
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder: ``cache_dir``, else ``$TINYFACES_CACHE``, else
     ``$XDG_CACHE_HOME/tinyfaces_trt``, else ``~/.cache/tinyfaces_trt``."""
@@ -74,8 +81,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 TEMP_PREFIX = ".tf-tmp-"
 #: This machine in temporary names: the first 8 hex digits of its host name's sha1.
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-_UMASK = os.umask(0o022)  # read once, at import (reading it means setting it)
-os.umask(_UMASK)
 #: ``.tf-tmp-<pid>[.<host>]-`` (groups: pid, host): names written before the host was
 #: recorded have none.
 _OWNER = re.escape(TEMP_PREFIX) + r"(\d+)(?:\.([0-9a-f]{8}))?-"
@@ -85,6 +90,49 @@ _TEMP_OWNER = re.compile(_OWNER)
 def _owner_prefix() -> str:
     """``.tf-tmp-<pid>.<host>-``: how this process's temporary names start."""
     return f"{TEMP_PREFIX}{os.getpid()}.{HOST_TAG}-"
+
+
+#: Characters of the 8 random ones in a temporary name (those :func:`tempfile.mkstemp` uses).
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """``parent/<prefix><8 random characters><suffix>``, made by ``create`` (which raises
+    FileExistsError when the name is taken: another name is then tried)."""
+    for _ in range(tempfile.TMP_MAX):
+        random = "".join(secrets.choice(_NAME_CHARS) for _ in range(8))
+        path = parent / f"{prefix}{random}{suffix}"
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def _new_file(path: Path) -> None:
+    # mode 0666: the kernel applies the process's umask (or the folder's default ACL) as it
+    # does for any new file, at the moment of writing
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0),
+                     0o666))
+
+
+def _new_folder(path: Path) -> None:
+    os.mkdir(path, 0o777)  # the umask applies; a setgid parent passes its group and bit on
+
+
+def _current_umask() -> int:
+    """The process's umask now, read without setting it (Linux: ``/proc/self/status``; where
+    that does not tell, the usual 022). Only tests need it: the writers let the kernel apply
+    the umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
@@ -110,18 +158,15 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     either the complete new file or whatever was there before.
 
     The temporary name keeps the final suffix (``.tf-tmp-XXXX-name.jpg``) so that writers
-    choosing a format by extension still do.
+    choosing a format by extension still do. The file gets the mode a plain ``open()`` would
+    give a new file now (0666 less the process's current umask), also when it replaces one.
     """
     final = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=_owner_prefix(), suffix=f"-{final.name}",
-                                    dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_unique(final.parent, _owner_prefix(), f"-{final.name}", _new_file)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a new file gets the usual mode
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -144,14 +189,11 @@ def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
     """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>.<host>-<tag>-XXXX``.
 
     Build a folder's content there, then move it into place with :func:`replace_folder`;
-    remove it (``shutil.rmtree``) when the work fails. It gets a new folder's usual mode
-    (mkdtemp makes 0700: an export folder others on shared storage, or a service's account,
-    could not read).
+    remove it (``shutil.rmtree``) when the work fails. It gets a new folder's usual mode, the
+    process's umask applied when it is made (not mkdtemp's 0700: an export folder others on
+    shared storage, or a service's account, could not read).
     """
-    staging = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}{tag}-", dir=parent))
-    setgid = staging.stat().st_mode & stat.S_ISGID  # a shared group's folder passes it on
-    os.chmod(staging, (0o777 & ~_UMASK) | setgid)
-    return staging
+    return _create_unique(Path(parent), f"{_owner_prefix()}{tag}-", "", _new_folder)
 
 
 def _pid_alive(pid: int) -> bool:

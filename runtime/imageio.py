@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError
-from tinyfaces_trt.core.files import atomic_output
+from tinyfaces_trt.core.files import atomic_output, is_text_path
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     Raises:
         ImageError: naming the path and the reason: missing file, directory, empty file,
             not an image, truncated or corrupt data, or more than ``max_pixels`` pixels
-            (:class:`ImageTooLargeError`).
+            (:class:`ImageTooLargeError`); or ``path`` is no path (e.g. bytes or a file
+            object: :func:`decode_image` and :func:`load_image_stream` take those).
     """
-    path = Path(path)
+    path = Path(_check_path_argument(path))
     if _check_file(path):
         return _decode(path, str(path), max_pixels)
     try:
@@ -108,6 +109,25 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             return load_image_stream(f, str(path), max_pixels)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+
+
+def _check_path_argument(path: object) -> str | os.PathLike:
+    """``path`` if it is a str or an os.PathLike of str, else an :class:`ImageError` saying
+    what :func:`load_image` takes (and what takes the object given)."""
+    if is_text_path(path):
+        return path
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        hint = "; for encoded image bytes in memory use tinyfaces_trt.runtime.imageio.decode_image"
+    elif hasattr(path, "read"):
+        hint = "; for an open binary file use tinyfaces_trt.runtime.imageio.load_image_stream"
+    elif isinstance(path, Image.Image):
+        hint = "; a Pillow image needs no loading: np.asarray(image.convert('RGB'))"
+    elif isinstance(path, np.ndarray):
+        hint = "; an (H, W, 3) uint8 RGB array needs no loading"
+    else:
+        hint = ""
+    raise ImageError(f"load_image takes a file path (str or os.PathLike), got "
+                     f"{type(path).__name__}{hint}")
 
 
 def load_image_stream(stream: IO[bytes], name: str = "<stdin>",
@@ -133,10 +153,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         name: how error messages name the data.
 
     Raises:
-        ImageError: empty, not an image, truncated or corrupt;
+        ImageError: empty, not an image, truncated or corrupt, or ``data`` is no bytes (a
+            path: :func:`load_image` reads files);
             :class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels.
     """
-    if not data:
+    try:
+        size = memoryview(data).nbytes  # bytes, bytearray, memoryview, a uint8 array
+    except TypeError:
+        hint = "; for a file path use load_image" if is_text_path(data) else ""
+        raise ImageError(f"decode_image takes the encoded image's bytes, got "
+                         f"{type(data).__name__}{hint}") from None
+    if not size:
         raise ImageError(f"{name}: image data is empty (0 bytes)")
     return _decode(io.BytesIO(data), name, max_pixels)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from tinyfaces_trt.core.config import is_real
 from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 
 MODES = ("blur", "pixelate", "solid", "none")
@@ -81,20 +82,34 @@ class MaskStyle:
     color: tuple[int, int, int] = (0, 0, 0)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        """Checks every field (a wrong type is refused here, not deep inside
+        :func:`apply_masks`); numbers are stored as float and int, ``color`` as a tuple."""
+        if not isinstance(self.mode, str) or self.mode not in MODES:
             raise TinyFacesError(f"unknown mask mode {self.mode!r}; expected one of {MODES}")
-        if self.shape not in SHAPES:
+        if not isinstance(self.shape, str) or self.shape not in SHAPES:
             raise TinyFacesError(f"unknown mask shape {self.shape!r}; expected one of {SHAPES}")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise TinyFacesError(f"mask scale must be > 0, got {self.scale}")
-        if not (math.isfinite(self.blur_strength) and self.blur_strength > 0):
-            raise TinyFacesError(f"blur strength must be > 0, got {self.blur_strength}")
-        if self.cells is not None and self.cells < 1:
-            raise TinyFacesError(f"pixelation grid must have >= 1 cell, got {self.cells}")
-        if self.block is not None and self.block < 1:
-            raise TinyFacesError(f"pixelation block must be >= 1 pixel, got {self.block}")
-        if len(self.color) != 3 or not all(0 <= int(c) <= 255 for c in self.color):
-            raise TinyFacesError(f"solid colour must be three values 0..255, got {self.color}")
+        for name, what in (("scale", "mask scale"), ("blur_strength", "blur strength")):
+            value = getattr(self, name)
+            if not (is_real(value) and math.isfinite(value) and value > 0):
+                raise TinyFacesError(f"{what} must be a number > 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name, what in (("cells", "pixelation grid must have a whole number >= 1 of cells"),
+                           ("block", "pixelation block must be a whole number >= 1 of pixels")):
+            value = getattr(self, name)
+            if value is not None and not (_is_whole(value) and value >= 1):
+                raise TinyFacesError(f"{what}, got {value!r}")
+            object.__setattr__(self, name, None if value is None else int(value))
+        color = self.color.tolist() if isinstance(self.color, np.ndarray) else self.color
+        if not isinstance(color, (tuple, list)) or len(color) != 3 \
+                or not all(_is_whole(c) and 0 <= c <= 255 for c in color):
+            raise TinyFacesError(f"solid colour must be three whole numbers 0..255, got "
+                                 f"{self.color!r}")
+        object.__setattr__(self, "color", tuple(int(c) for c in color))
+
+
+def _is_whole(value: object) -> bool:
+    """A number with no fractional part (5, np.int64(5), 5.0), not a bool."""
+    return is_real(value) and float(value).is_integer()
 
 
 def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:

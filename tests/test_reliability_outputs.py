@@ -379,13 +379,13 @@ def test_latency_help_has_no_issue_reference():
 
 
 def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
-    """The temporary file is private while written (mkstemp: 0600); the finished file gets
-    the mode any new file gets (0666 less the process's umask), not 0600."""
+    """The finished file gets the mode any new file gets (0666 less the process's current
+    umask), as does the temporary while written; not mkstemp's 0600."""
     from tinyfaces_trt.core import files
 
     files.write_text_atomic(tmp_path / "a.json", "{}")
     (tmp_path / "b.json").write_text("{}")  # what a plain open() makes here
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~files._current_umask()
     assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode
 
 
@@ -398,7 +398,7 @@ def test_staged_folders_get_the_usual_folder_mode(tmp_path, export_dir):
     plain = tmp_path / "plain"
     plain.mkdir()
     usual = plain.stat().st_mode & 0o777
-    assert usual == 0o777 & ~files._UMASK
+    assert usual == 0o777 & ~files._current_umask()
     assert files.staging_dir(tmp_path, "x").stat().st_mode & 0o777 == usual
     assert export_dir.stat().st_mode & 0o777 == usual  # the export cache's folder, swapped in
     shared = tmp_path / "shared"  # a group's folder: new folders keep its group (setgid)

@@ -26,6 +26,7 @@ from typing import Any
 
 from tinyfaces_trt.core.config import DEPTHS, VARIANTS, is_integer
 from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError
+from tinyfaces_trt.core.files import is_text_path
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export, reference_model,
                                         weights_sha256)
@@ -67,9 +68,10 @@ def resolve_backend(backend: str, model_dir: str | os.PathLike[str] | None = Non
     torch backends, which need the checkpoint)."""
     if backend != "auto":
         return backend
-    present = set(available_backends())
-    if model_dir is not None:
-        present -= {"torch-cuda", "torch"}
+    if model_dir is None:
+        present = set(available_backends())
+    else:  # the torch backends need the checkpoint: not even torch's import is needed
+        present = set(folder_backends.available_backends())
         try:
             from tinyfaces_trt.core.manifest import load_export_folder
 
@@ -129,7 +131,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     """
     if backend not in BACKENDS:
         raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    _check_arguments(weights, depth, variant, threads)
+    _check_arguments(model_dir=model_dir, weights=weights, config_overrides=config_overrides,
+                     fp16=fp16, providers=providers, threads=threads, depth=depth,
+                     variant=variant, cache_dir=cache_dir, progress=progress,
+                     gpu_stages=gpu_stages)
     if torch_mode is not None and torch_mode not in TORCH_CUDA_MODES:
         raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
                              f"{', '.join(TORCH_CUDA_MODES)}")
@@ -171,9 +176,27 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir, progress=progress)
 
 
-def _check_arguments(weights: object, depth: object, variant: object, threads: object) -> None:
+def _check_arguments(*, model_dir: object, weights: object, config_overrides: object,
+                     fp16: object, providers: object, threads: object, depth: object,
+                     variant: object, cache_dir: object, progress: object,
+                     gpu_stages: object) -> None:
     """create_detector's own options, checked before any work (a wrong one reached torch or
-    ONNX Runtime as a bare TypeError, or was ignored)."""
+    ONNX Runtime as a bare TypeError, or was taken by its truth value: ``fp16="false"``
+    exported fp16)."""
+    for name, value in (("model_dir", model_dir), ("weights", weights), ("cache_dir", cache_dir)):
+        _check_path(name, value)
+    for name, value in (("fp16", fp16), ("gpu_stages", gpu_stages)):
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True, False or None, got {value!r} "
+                              f"({type(value).__name__})")
+    _check_providers(providers)
+    if config_overrides is not None and not isinstance(config_overrides, Mapping):
+        raise ConfigError(f"config_overrides must be a mapping of config fields to values, "
+                          f"e.g. {{'prob_thresh': 0.8}}, or None; got {config_overrides!r} "
+                          f"({type(config_overrides).__name__})")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a function taking a line of text, or None; got "
+                          f"{progress!r}")
     if depth is not None and not (is_integer(depth) and depth in DEPTHS):
         raise ConfigError(f"depth must be one of {', '.join(map(str, DEPTHS))} or None, "
                           f"got {depth!r}")
@@ -184,6 +207,27 @@ def _check_arguments(weights: object, depth: object, variant: object, threads: o
                           "weights=...; an export folder and the untrained default network "
                           "bring their own")
     check_threads(threads)
+
+
+def _check_path(name: str, value: object) -> None:
+    """Raises :class:`ConfigError` unless ``value`` is None or a path
+    (:func:`~tinyfaces_trt.core.files.is_text_path`: bytes are refused)."""
+    if value is None or is_text_path(value):
+        return
+    hint = " (decode a bytes path with os.fsdecode)" if isinstance(value, bytes) else ""
+    raise ConfigError(f"{name} must be a path (str or os.PathLike) or None, got {value!r} "
+                      f"({type(value).__name__}){hint}")
+
+
+def _check_providers(providers: object) -> None:
+    """Raises :class:`ConfigError` unless ``providers`` is None, a provider name (or
+    ``"auto"``) or a sequence of names."""
+    if providers is None or isinstance(providers, str):
+        return
+    if isinstance(providers, Sequence) and all(isinstance(p, str) for p in providers):
+        return
+    raise ConfigError(f"providers must be a provider name, 'auto', a list of names such as "
+                      f"['cuda', 'cpu'], or None; got {providers!r}")
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
