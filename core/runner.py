@@ -40,9 +40,9 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from tinyfaces_trt.core.errors import NetworkInputError
+from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
@@ -131,6 +131,9 @@ RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "warmup", "sy
                   "close")
 
 
+_Held = TypeVar("_Held")
+
+
 class RunnerBase:
     """Defaults of the :class:`NetworkRunner` protocol for a host runner; subclasses override."""
 
@@ -154,6 +157,15 @@ class RunnerBase:
 
     def close(self) -> None:
         return None
+
+    def _require_open(self, held: _Held | None) -> _Held:
+        """``held``, what the runner's :meth:`close` drops to free its memory (a session, a
+        model); once dropped, raises :class:`~tinyfaces_trt.core.errors.TinyFacesError`: a
+        closed runner may not run again."""
+        if held is None:
+            raise TinyFacesError(f"this {type(self).__name__} is closed: a closed runner "
+                                 f"may not run again (create a new one)")
+        return held
 
     def __enter__(self) -> "RunnerBase":
         return self

@@ -68,37 +68,47 @@ class Worker:
 
     def stop(self, timeout: float | None = None, ask: Callable[[], object] | None = None,
              then: Callable[[], object] | None = None) -> bool:
-        """:meth:`cancel`, then waits for ``fn``'s end through any further Ctrl-C (the stop
-        is under way), then runs ``then`` (closing what ``fn`` used) if it has ended.
+        """:meth:`cancel`, then waits for ``fn``'s end through any further interruption (the
+        stop is under way), then runs ``then`` (closing what ``fn`` used) if it has ended.
+
+        An interruption is any exception raised while it waits: Ctrl-C, and what a signal
+        handler raises between bytecodes (``sys.exit`` in a SIGTERM handler, a request
+        timeout's ``TimeoutError``).
 
         Args:
             timeout: seconds to wait at most (None: until it ends).
-            ask: tells ``fn`` to stop; called first, and again after each further Ctrl-C.
+            ask: tells ``fn`` to stop; called first, and again after each further
+                interruption (one may land inside it); an ``ask`` that fails twice running
+                is not called again (the wait goes on).
             then: runs once ``fn`` has ended or never began, not after a timeout.
 
         Returns:
             True once ended or never begun, False when ``timeout`` ran out first.
 
         Raises:
-            KeyboardInterrupt: a Ctrl-C that came while it waited, once ``then`` has run (so
-                a caller that does not re-raise still stops).
+            BaseException: the first interruption that came while it waited, once ``then``
+                has run (so a caller that does not re-raise still stops).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interrupted = False
+        interruption: BaseException | None = None
+        failed_asks = 0
         while True:
             try:
-                if ask is not None:
+                if ask is not None and failed_asks < 2:
+                    failed_asks += 1
                     ask()
+                    failed_asks = 0
                 ended = not self.cancel() or self._wait_until(deadline)
                 break
-            except KeyboardInterrupt:
-                interrupted = True
+            except BaseException as exc:  # noqa: BLE001 (raised once the work has ended)
+                if interruption is None:
+                    interruption = exc
         try:
             if ended and then is not None:
                 then()
         finally:
-            if interrupted:
-                raise KeyboardInterrupt
+            if interruption is not None:
+                raise interruption
         return ended
 
     def _wait_until(self, deadline: float | None) -> bool:

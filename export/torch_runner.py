@@ -40,19 +40,25 @@ class TorchRunner(RunnerBase):
         first = next(model.parameters(), None)
         if first is not None and (first.device != self.device or first.dtype != dtype):
             model = copy.deepcopy(model).to(device=self.device, dtype=dtype)
-        self.model = model.eval()
+        self.model: nn.Module | None = model.eval()
 
     def run(self, net_input: np.ndarray) -> np.ndarray:
         """(N, 3, h, w) float32 array -> (N, 125, h', w') float32 array (C-contiguous)."""
         x = np.asarray(net_input)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, h, w) input, got shape {x.shape}")
+        model = self._require_open(self.model)
         with torch.inference_mode(), ieee_fp32_convolutions(self.device, self.dtype):
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            y = self.model(t.to(device=self.device, dtype=self.dtype))
+            y = model(t.to(device=self.device, dtype=self.dtype))
             return np.ascontiguousarray(y.float().cpu().numpy())
 
     def synchronize(self) -> None:
         """Waits for queued CUDA work (used by the pipeline's per-stage timing)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        """Drops the model (the converted copy's memory, or this runner's hold on the caller's
+        model); idempotent. A closed runner may not run again."""
+        self.model = None

@@ -10,10 +10,11 @@ stages for their CUDA versions (device-resident buffers). Everything else is sha
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -84,7 +85,14 @@ class Detector:
 
     One image (or batch) at a time: the stages keep per-image state and reuse their buffers,
     so calls from several threads take turns (a lock), and ``close()`` waits for the one
-    running. For images in parallel, use one detector per thread or GPU.
+    running. A call made on the thread of a running one (from ``on_level``, a signal handler,
+    a finalizer) cannot wait for it: :meth:`detect`, :meth:`detect_batch` and :meth:`warmup`
+    raise :class:`~tinyfaces_trt.core.errors.TinyFacesError` there, and ``close()`` is done
+    as soon as the running call ends. For images in parallel, use one detector per thread or
+    GPU.
+
+    ``config`` is read-only: the stages were built from it. For other settings create another
+    detector (``create_detector(..., config_overrides=...)``, ``Detector(runner, config)``).
 
     Args:
         runner: the network (ONNX Runtime, TensorRT, torch reference, ...): a
@@ -106,15 +114,31 @@ class Detector:
         from tinyfaces_trt.runtime.postprocess import HostPostprocessor
         from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
-        self.config = config or DetectorConfig()
+        self._config = config or DetectorConfig()
         self.runner = require_runner(runner)
         self.preprocessor: Preprocessor = _require_stage(
-            preprocessor or HostPreprocessor(self.config), Preprocessor)
+            preprocessor or HostPreprocessor(self._config), Preprocessor)
         self.postprocessor: Postprocessor = _require_stage(
-            postprocessor or HostPostprocessor(self.config), Postprocessor)
+            postprocessor or HostPostprocessor(self._config), Postprocessor)
         self._identity = identity
-        self._lock = threading.RLock()  # reentrant: close() from a finalizer mid-detect
+        # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
+        # must not deadlock (it is deferred to the run's end: _running)
+        self._lock = threading.RLock()
+        self._running = False  # a run holds the stages: only its own thread can see this True
+        self._close_deferred = False
         self._closed = False
+
+    @property
+    def config(self) -> DetectorConfig:
+        """The detector's :class:`~tinyfaces_trt.core.config.DetectorConfig` (read-only)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: DetectorConfig) -> None:
+        # the stages were built from the config: a new one would apply only in part
+        raise AttributeError("Detector.config is read-only (its stages were built from it); "
+                             "create a new detector with the config: create_detector(..., "
+                             "config_overrides={...}) or Detector(runner, config)")
 
     @property
     def identity(self) -> ModelIdentity | None:
@@ -148,7 +172,7 @@ class Detector:
             (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
             sorted by descending score.
         """
-        (boxes,) = self._run([validate_image(image)], timings, on_level)
+        (boxes,) = self._run([validate_image(image)], timings, on_level, call="detect()")
         return boxes
 
     def detect_batch(self, images: Sequence[np.ndarray],
@@ -166,7 +190,8 @@ class Detector:
         caps = capabilities_of(self.runner)
         step = (caps.max_batch or len(images)) if caps.batch else 1
         return [boxes for start in range(0, len(images), step)
-                for boxes in self._run(images[start:start + step], timings)]
+                for boxes in self._run(images[start:start + step], timings,
+                                       call="detect_batch()")]
 
     def warmup(self, sizes: Iterable[tuple[int, int]],
                batch_sizes: Iterable[int] = (1,)) -> tuple[int, ...]:
@@ -208,8 +233,7 @@ class Detector:
         elif caps.max_batch is not None and batches[-1] > caps.max_batch:
             batches = [n for n in batches if n < caps.max_batch] + [caps.max_batch]
         plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
-        with self._lock:
-            self._check_open()
+        with self._using("warmup()"):
             for levels in plans.values():
                 self.runner.check_levels(levels)
             self.runner.warmup([(n, 3, level.height, level.width)
@@ -217,16 +241,17 @@ class Detector:
         for height, width in plans:
             blank = np.zeros((height, width, 3), np.uint8)
             for n in batches:
-                self._run([blank] * n, None)
+                self._run([blank] * n, None, call="warmup()")
         return tuple(batches)
 
     def _run(self, images: list[np.ndarray], timings: MutableMapping[str, float] | None,
-             on_level: Callable[[PyramidLevel], None] | None = None) -> list[np.ndarray]:
-        """The data flow for validated images of one size, all levels batched."""
+             on_level: Callable[[PyramidLevel], None] | None = None, *,
+             call: str) -> list[np.ndarray]:
+        """The data flow for validated images of one size, all levels batched (for ``call``,
+        the public method, named in errors)."""
         height, width = images[0].shape[:2]
         levels = self.plan(height, width)
-        with self._lock:
-            self._check_open()
+        with self._using(call):
             self.runner.check_levels(levels)  # refuse the whole image before running any level
             clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
             self.postprocessor.reset(height, width, len(images))
@@ -247,16 +272,41 @@ class Detector:
         return boxes
 
     def close(self) -> None:
-        """Releases the stages' and the runner's memory (device buffers), once the image
-        another thread may be detecting is done; idempotent. Every part is closed even when
-        one fails; the first failure is raised afterwards."""
+        """Releases the stages' and the runner's memory (device buffers, sessions), once the
+        image another thread may be detecting is done; idempotent. Called on the thread of a
+        running detect (from ``on_level``, a signal handler, a finalizer), it is done as soon
+        as that call ends, and no call starts after it. Every part is closed even when one
+        fails; the first failure is raised afterwards."""
         with self._lock:
-            self._closed = True
-            close_all((self.preprocessor, self.postprocessor, self.runner))
+            if self._running:
+                self._close_deferred = True
+                return
+            self._close_now()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TinyFacesError("this detector is closed")
+    def _close_now(self) -> None:
+        self._closed = True
+        self._close_deferred = False
+        close_all((self.preprocessor, self.postprocessor, self.runner))
+
+    @contextlib.contextmanager
+    def _using(self, call: str) -> Iterator[None]:
+        """Holds the stages for one call: waits for another thread's, refuses a call nested in
+        this thread's own, and does a close() asked for meanwhile once the call ends."""
+        with self._lock:
+            if self._closed or self._close_deferred:
+                raise TinyFacesError("this detector is closed")
+            if self._running:  # only the running call's own thread gets here
+                raise TinyFacesError(
+                    f"{call} was called inside a running detect of the same detector (from "
+                    f"on_level, a signal handler or a finalizer): a detector runs one image at "
+                    f"a time; use another detector, or call it once the running one returns")
+            try:
+                self._running = True
+                yield
+            finally:
+                self._running = False
+                if self._close_deferred:
+                    self._close_now()
 
     def __enter__(self) -> "Detector":
         return self

@@ -175,6 +175,16 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
         np.testing.assert_allclose(g[:, 4], w[:, 4], rtol=0, atol=1e-5)
 
 
+def test_a_closed_iobinding_runner_runs_no_more_on_either_path(device, export_dir):
+    runner = _runner(_onnx(export_dir), device)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    runner.close()
+    for net_input in (x, _device_input(x)):  # the device path called io_binding() on None
+        with pytest.raises(TinyFacesError, match="this OnnxRuntimeCudaRunner is closed: a "
+                                                 "closed runner may not run again"):
+            runner.run(net_input)
+
+
 def test_closing_the_detector_releases_its_device_memory_and_events(host_cuda, device, export_dir):
     """Detector.close() (the ``with`` block's end) frees every buffer and event the stages
     made, while the detector object is still referenced: nothing waits for the garbage

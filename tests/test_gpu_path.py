@@ -949,6 +949,8 @@ def test_tensorrt_runner_close_frees_its_buffers_and_the_stream_it_made(monkeypa
     assert host.live() == {"device": 2, "pinned": 0, "streams": 1, "events": 0}
     runner.close()
     runner.close()
+    with pytest.raises(TinyFacesError, match="this TensorRTRunner is closed: a closed runner"):
+        runner.run(np.zeros((1, 3, 64, 64), np.float32))
     assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
     mine = cuda_device.Stream()
     TensorRTRunner(engine=engine(), trt=trt, stream=mine).close()

@@ -178,6 +178,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             scores = super().run(net_input)
             self._last = None  # that run waited for ORT's work: nothing reads the last input
             return scores
+        session = self._require_open(self.session)
         x = self._cuda.as_device_array(net_input)
         if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3 or \
                 (x.shape[0] != 1 and not self.capabilities.batch):
@@ -188,13 +189,13 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         self._after_producer.after(x)  # the stream its interface names, if any
         binding = None
         try:
-            binding = self.session.io_binding()
+            binding = session.io_binding()
             binding.bind_input(name=self.input_name, device_type=self.device_type,
                                device_id=self.device_id, element_type=np.float32,
                                shape=tuple(x.shape), buffer_ptr=x.ptr)
             binding.bind_output(self.output_name, device_type=self.device_type,
                                 device_id=self.device_id)
-            self.session.run_with_iobinding(binding, self._run_options)
+            session.run_with_iobinding(binding, self._run_options)
         finally:  # what was queued reads the input until its producer's stream waits for it
             self._after_producer.release(x)
             self._last = (binding, net_input)

@@ -40,6 +40,13 @@ PROVIDER_ALIASES = {
 }
 #: Preference order for ``providers="auto"``.
 AUTO_ORDER = (TENSORRT_EP, "CUDAExecutionProvider", CPU)
+#: The most images one run takes on the CPU provider (``capabilities.max_batch``; the detector
+#: runs a larger batch in parts): a run's memory grows with its batch (about 18 MiB per 120x160
+#: frame, GBs per 1080p frame) while batching saves a CPU no work. Measured on 2 cores, 8
+#: frames of 320x240 (levels up to 240 px) run 1 / 2 / 4 / 8 at a time: the same CPU time per
+#: frame (2.2 frames per CPU-second); 3.6 / 3.7 / 3.9 / 4.2 frames/s wall with 2 intra-op
+#: threads (a small level fills them better in a batch). 2 keeps all but ~10% of that.
+HOST_MAX_BATCH = 2
 
 
 def import_onnxruntime() -> Any:
@@ -93,16 +100,19 @@ def resolve_providers(requested: str | Sequence[str] | None,
 
 
 def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, Any]) -> list[Any]:
-    """``session.run``, stoppable by Ctrl-C: Python runs signal handlers in the main thread
-    between bytecodes, never inside ONNX Runtime's run (a large image's level takes minutes
-    on a CPU), so there the run goes on a helper thread while the main thread waits; an
-    interrupt sets the run's ``terminate`` flag, waits for it to stop and is raised. In other
-    threads (no signal arrives there) it runs directly.
+    """``session.run``, stoppable by Ctrl-C and by what signal handlers raise: Python runs
+    signal handlers in the main thread between bytecodes, never inside ONNX Runtime's run (a
+    large image's level takes minutes on a CPU), so there the run goes on a helper thread
+    while the main thread waits; an exception while it waits (KeyboardInterrupt, a SIGTERM
+    handler's ``sys.exit``, a request timeout's ``TimeoutError``) sets the run's
+    ``terminate`` flag, waits for it to stop and is raised. In other threads (no signal
+    arrives there) it runs directly.
 
-    No run outlives the interrupt, wherever it lands (in ``Thread.start`` too, whose wait a
-    signal breaks, or a second Ctrl-C during the wait): a process that exits while ONNX
+    No run outlives the exception, wherever it lands (in ``Thread.start`` too, whose wait a
+    signal breaks, or a second signal during the wait): a process that exits while ONNX
     Runtime runs on another thread aborts in its C++ teardown ("terminate called without an
-    active exception", exit -6 instead of 130)."""
+    active exception", exit 134 instead of the handler's), and a caller whose lock is released
+    could start a second run alongside it."""
     if threading.current_thread() is not threading.main_thread():
         return session.run(output_names, feeds)
     options = import_onnxruntime().RunOptions()
@@ -110,7 +120,7 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     try:
         worker.start()
         worker.wait()
-    except KeyboardInterrupt:
+    except BaseException:
         worker.stop(ask=lambda: setattr(options, "terminate", True))
         raise
     return worker.result()
@@ -199,10 +209,16 @@ class OnnxRuntimeRunner(RunnerBase):
         #: The explicit profile of the TensorRT engine running the network; None without one.
         self.tensorrt = tensorrt if TENSORRT_EP in self.providers else None
         # an export with a dynamic batch axis runs a pyramid level for several images at once
-        # (a TensorRT engine: as many as its profile takes)
         batch = not isinstance(batch_dim, int)
         self.capabilities = RunnerCapabilities(
-            batch=batch, max_batch=self.tensorrt.profile.max_batch if batch and self.tensorrt else None)
+            batch=batch, max_batch=self._max_batch() if batch else None)
+
+    def _max_batch(self) -> int | None:
+        """The most images one run takes: a TensorRT engine's profile; on the CPU alone
+        :data:`HOST_MAX_BATCH`; elsewhere (CUDA) no cap."""
+        if self.tensorrt is not None:
+            return self.tensorrt.profile.max_batch
+        return HOST_MAX_BATCH if self.providers == [CPU] else None
 
     def check_levels(self, levels: Sequence[Any]) -> None:
         """Refuses a level outside the profile of the TensorRT provider's engine (TensorRT
@@ -237,11 +253,17 @@ class OnnxRuntimeRunner(RunnerBase):
         x = validate_network_input(net_input, batch=self.capabilities.batch)
         if self.tensorrt is not None:
             self.tensorrt.check([x.shape])
-        (scores,) = interruptible_run(self.session, [self.output_name], {self.input_name: x})
+        session = self._require_open(self.session)
+        (scores,) = interruptible_run(session, [self.output_name], {self.input_name: x})
         if scores.ndim != 4 or scores.shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {scores.shape} for "
                                 f"input {x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
         return np.asarray(scores, dtype=np.float32)
+
+    def close(self) -> None:
+        """Drops the session (ONNX Runtime frees its memory once no run holds it any more);
+        idempotent. A closed runner may not run again."""
+        self.session = None
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({str(self.onnx_path)!r}, providers={self.providers})"

@@ -314,6 +314,7 @@ class TensorRTRunner(RunnerBase):
         """Queues the engine on a host array (uploaded; the scores come back synchronised) or a
         :class:`~.cuda_device.DeviceArray` (read in place, or copied in where TensorRT's
         alignment asks; the scores stay on the device)."""
+        self._require_open(self.engine)
         on_device = not isinstance(x, np.ndarray)
         shape, input_ptr = tuple(x.shape), (x.ptr if on_device else self._input.ptr)
         context = self._contexts[select_profile(shape, self.profiles)]
