@@ -193,8 +193,28 @@ def test_a_truncated_file_is_reported_and_a_whole_one_not(tmp_path):
     assert len(frames) == 40 and reader.info.frames == 40 and reader.problems == []
     reader, _, frames = through(cut, tmp_path / "cut_out.mkv")
     assert 0 < len(frames) < 38
-    assert reader.problems == [f"decoded {len(frames)} frames where the container announces 40: "
-                               f"the file may be truncated or damaged"]
+    end = (frames[-1].pts + 40) / 1000  # (1/1000 time base, 25 fps)
+    assert reader.problems == [f"the frames decoded end at 0:00:{end:04.1f} where the video "
+                               f"stream lasts 0:00:01.6: the file may be truncated or damaged"]
+
+
+def test_a_whole_variable_frame_rate_mkv_is_not_reported(tmp_path):
+    """30 frames at 30 fps, then one a second: a frame count from the duration (304) made
+    this complete file 'truncated'."""
+    path = tmp_path / "screen.mkv"
+    pts = [int(i * 1000 / 30) for i in range(30)] + [1000 + 1000 * k for k in range(10)]
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        v.codec_context.options = {"bf": "0"}
+        for i, p in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(image(i), format="rgb24")
+            f.pts, f.time_base = p, Fraction(1, 1000)
+            out.mux(v.encode(f))
+        out.mux(v.encode())
+    reader, _, frames = through(path, tmp_path / "out.mkv")
+    assert [f.pts for f in frames] == pts and reader.problems == []
 
 
 # -- 7, 12: colour ----------------------------------------------------------------------------
@@ -236,6 +256,21 @@ def test_full_range_mjpeg_becomes_full_range_4_2_0_high(tmp_path):
     assert back[20, 0, 0] <= 24 and back[20, -1, 0] >= 216  # the ramp's ends: not squeezed
 
 
+@pytest.mark.parametrize("name, codec", [("out.avi", "mpeg4"), ("out.mkv", "libvpx")])
+def test_an_encoder_without_colour_tags_gets_frames_as_untagged_video_is_read(tmp_path, name,
+                                                                             codec):
+    """mpeg4 and VP8 streams carry no range or matrix: converting to the input's full range
+    there crushed blacks and clipped whites (mean error 9.4 against 1.7) on every player."""
+    src = tmp_path / "cam.avi"
+    make(src, n=2, codec="mjpeg", pix_fmt="yuvj420p", tb=None, frames=[_patches()] * 2,
+         options={"q:v": "1", "qmin": "1", "qmax": "1"})
+    through(src, tmp_path / name, codec=codec)
+    tags = stream_tags(tmp_path / name)
+    assert tags["pix_fmt"] == "yuv420p" and tags.get("color_range") != 2
+    shown = first_rgb(tmp_path / name).astype(int)
+    assert np.abs(shown - _patches().astype(int))[:, 4:-4].mean() <= 3
+
+
 def test_full_range_yuv420p_is_read_and_written_as_full_range(tmp_path):
     """yuv420p tagged full range (not a ``yuvj`` format): converted as limited range, its
     darks and lights were clipped."""
@@ -265,6 +300,12 @@ def test_output_pixel_formats_are_8_bit_4_2_0():
     assert output_pixel_format("yuv444p", 96, 64, x264) == "yuv420p"
     assert output_pixel_format("gray", 96, 64, x264) == "yuv420p"
     assert output_pixel_format("yuv420p10le", 97, 64, x264) == "yuv444p"  # odd: 8-bit 4:4:4
+    # odd sizes keep only 8-bit YUV that fits: 10-bit grey, 10-bit 4:2:2 (nv20le, which did
+    # not even fit the odd width) and 8-bit grey (colour lost) become 8-bit 4:4:4
+    odd = x264 + ["gray10le", "nv20le"]
+    assert [output_pixel_format(f, 97, 63, odd) for f in ("gray10le", "nv20le", "gray")] \
+        == ["yuv444p"] * 3
+    assert output_pixel_format("yuv422p", 96, 63, x264) == "yuv422p"
     mjpeg = ["yuvj420p", "yuvj422p", "yuvj444p", "yuv420p"]
     assert output_pixel_format("yuv420p", 96, 64, mjpeg, "mjpeg") == "yuvj420p"
     assert output_pixel_format("rgb24", 9, 9, ["rgb24", "pal8"], "png") == "rgb24"
@@ -330,6 +371,7 @@ def test_mpeg4_gets_a_time_base_it_accepts_and_refuses_crf(tmp_path):
     assert encoder_time_base(Fraction(1, 1000), "mpeg4") == Fraction(1, 1000)
     # no divisor of 2 x 65537 fits but 2: not half-second ticks, 1/65535 with pts rounded
     assert encoder_time_base(Fraction(1, 131074), "mpeg4") == Fraction(1, 65535)
+    assert encoder_time_base(Fraction(1, 10_000_019), "mpeg4") == Fraction(1, 65535)  # prime
     _, writer, frames = through(src, tmp_path / "out.mp4", codec="mpeg4")
     with av.open(str(tmp_path / "out.mp4")) as c:
         times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
@@ -352,6 +394,19 @@ def test_libx265_in_mov_is_tagged_hvc1_and_quiet(tmp_path, capfd):
 
 
 # -- 9, 10: timing and sizes --------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [0, 2, 4])
+def test_a_frame_without_a_timestamp_shifts_no_other(depth):
+    """The frame gets the previous pts plus a step; at a reorder depth it took its
+    successor's pts, and every later frame the next one's."""
+    from types import SimpleNamespace
+
+    order = video._Reorder(step=1)
+    frames = [SimpleNamespace(n=i, pts=p) for i, p in enumerate([0, 1, None, 3, 4, 5, 6, 7])]
+    got = [(f.n, pts) for frame in frames for f, pts in order.push(frame, depth)]
+    got += [(f.n, pts) for f, pts in order.drain()]
+    assert got == [(i, i) for i in range(8)]
+
 
 def test_b_frames_in_avi_keep_their_timeline(tmp_path):
     """AVI stores no pts: FFmpeg hands B-frames' timestamps over permuted, and the repair

@@ -180,18 +180,19 @@ class _Reorder:
     A decoder that reorders (B-frames) hands frames over in presentation order with the
     pts of the packet that completed them, permuted where the container stores only decode
     times (AVI): holding ``depth`` frames (the decoder's reorder delay) lets the smallest pts
-    held go with the oldest frame. A missing or repeated pts follows the previous by ``step``.
+    held go with the oldest frame. A frame without a pts, or whose pts is not past the
+    previous one, follows the previous by ``step`` (the others keep theirs).
     """
 
     def __init__(self, step: int) -> None:
         self.step = step
-        self.frames: deque[Any] = deque()
+        self.frames: deque[tuple[Any, bool]] = deque()  # (frame, whether it has a pts)
         self.pts: list[int] = []
         self.last: int | None = None
 
     def push(self, frame: Any, depth: int) -> Iterator[tuple[Any, int]]:
         """Adds a decoded frame; yields the (frame, pts) pairs now settled."""
-        self.frames.append(frame)
+        self.frames.append((frame, frame.pts is not None))
         if frame.pts is not None:
             heapq.heappush(self.pts, frame.pts)
         while len(self.frames) > depth:
@@ -203,8 +204,8 @@ class _Reorder:
             yield self._pop()
 
     def _pop(self) -> tuple[Any, int]:
-        frame = self.frames.popleft()
-        pts = heapq.heappop(self.pts) if self.pts else None
+        frame, has_pts = self.frames.popleft()
+        pts = heapq.heappop(self.pts) if has_pts else None
         if pts is None or (self.last is not None and pts <= self.last):
             pts = 0 if self.last is None else self.last + self.step
         self.last = pts
@@ -245,6 +246,7 @@ class VideoReader:
         self._turns = 0
         self._colour: dict[str, int] = {}
         self._size = (0, 0)
+        self._first_pts: int | None = None
         self._last_pts = 0
         self._counted = 0  # frames the container counts in the video stream (0: unknown)
         self._own_duration: float | None = None  # the video stream's (seconds)
@@ -355,6 +357,8 @@ class VideoReader:
         time = float(pts * tb) if tb else None
         if index and len(self._steps) < _STEPS_KEPT:
             self._steps.append(pts - self._last_pts)
+        if index == 0:
+            self._first_pts = pts
         self._last_pts = pts
         return self._put(Frame(index, pts, time, image))
 
@@ -365,20 +369,28 @@ class VideoReader:
             near = ", ".join(_clock(t) for t in bad[:3]) + (", ..." if len(bad) > 3 else "")
             self.problems.append(f"skipped {_plural(len(bad), 'undecodable packet')} "
                                  f"(frames near {near} lost)")
-        announced = self._counted or self._frames_in_duration()
-        # the count from a duration can be one off: only a clear shortfall is reported
-        if announced and count + len(bad) < announced - max(2, announced // 50):
-            self.problems.append(f"decoded {count} frames where the container announces "
-                                 f"{announced}: the file may be truncated or damaged")
+        announced = self._counted
+        if announced:
+            if count + len(bad) < announced - max(2, announced // 50):
+                self.problems.append(f"decoded {count} frames where the container announces "
+                                     f"{announced}: the file may be truncated or damaged")
+            return
+        # no count (Matroska, WebM): the frames' time span against the stream's duration, not
+        # a count from it (a variable frame rate makes any such count meaningless)
+        duration, covered = self._own_duration, self._covered_seconds()
+        if duration and covered is not None and covered < duration - max(0.5, duration / 50):
+            self.problems.append(f"the frames decoded end at {_clock(covered)} where the video "
+                                 f"stream lasts {_clock(duration)}: the file may be truncated "
+                                 f"or damaged")
 
-    def _frames_in_duration(self) -> int:
-        """The frames the video stream's duration holds at its usual frame interval (the
-        median of the first pts steps: the announced rate can be wrong), 0 when unknown."""
+    def _covered_seconds(self) -> float | None:
+        """Seconds from the first frame to the end of the last (its usual interval: the
+        median of the first pts steps), None without timestamps."""
         tb = self.stream.time_base
-        if not (self._own_duration and self._steps and tb):
-            return 0
-        step = sorted(self._steps)[len(self._steps) // 2] * tb
-        return int(round(self._own_duration / float(step))) if step > 0 else 0
+        if not (tb and self._decoded and self._first_pts is not None):
+            return None
+        step = sorted(self._steps)[len(self._steps) // 2] if self._steps else 0
+        return float((self._last_pts - self._first_pts + max(step, 0)) * tb)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -532,7 +544,7 @@ class VideoWriter:
         self._pts_scale = info.time_base / time_base
         stream.time_base = context.time_base = time_base
         context.options = self._encoder_options(crf)
-        self._colour = output_colour(info.colour, info.pix_fmt, stream.pix_fmt)
+        self._colour = output_colour(info.colour, info.pix_fmt, stream.pix_fmt, self.codec)
         _set_tags(context, self._colour)
         if info.sample_aspect_ratio:
             context.sample_aspect_ratio = info.sample_aspect_ratio

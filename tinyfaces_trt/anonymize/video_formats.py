@@ -28,7 +28,14 @@ _FINEST_TICKS = 1000
 _EVEN_CHROMA_ENCODERS = ("libx264", "libx265")
 _HALF_ACROSS = ("420", "422", "411", "410", "nv12", "nv21", "nv16")
 _HALF_DOWN = ("420", "440", "410", "nv12", "nv21")
+#: Source formats kept at an odd size where they fit: 8-bit planar YUV (the frames come as
+#: RGB24; grey would keep no colour, 10-bit formats no more precision than 8-bit).
+_KEPT_AT_ODD_SIZES = ("yuv422p", "yuvj422p", "yuv440p", "yuvj440p", "yuv444p", "yuvj444p")
 
+#: Encoders whose bitstream carries the colour tags (matrix, range, ...) that players read;
+#: the others' frames are converted as an untagged stream is decoded.
+TAGGING_ENCODERS = ("libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1",
+                    "libaom-av1")
 #: FFmpeg colour matrix (AVColorSpace) -> swscale's (SWS_CS_*); others: swscale's default
 #: (BT.601), which is also what an untagged stream is decoded with.
 _SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
@@ -65,8 +72,8 @@ def output_pixel_format(source: str | None, width: int, height: int, formats: li
         source if source in formats else formats[0] if formats else "yuv420p")
     if codec not in _EVEN_CHROMA_ENCODERS or _holds(choice, width, height):
         return choice
-    if source in formats and _holds(str(source), width, height) and "p1" not in str(source):
-        return str(source)  # (8-bit: the frames come as RGB24)
+    if source in _KEPT_AT_ODD_SIZES and source in formats and _holds(str(source), width, height):
+        return str(source)
     return "yuv444p" if "yuv444p" in formats else choice
 
 
@@ -78,14 +85,16 @@ def _holds(pix_fmt: str, width: int, height: int) -> bool:
 
 def encoder_time_base(time_base: Fraction, codec: str) -> Fraction:
     """A time base ``codec`` accepts: the input's, or for an encoder that limits the
-    denominator (mpeg4: 65535; 1/90000 is common) the finest whole multiple of it within
-    (pts stay exact), else ``1/limit`` (pts rounded)."""
+    denominator (mpeg4: 65535; 1/90000 is common) the finest whole multiple of it within,
+    else ``1/limit``; the pts are rescaled (rounded where a frame step does not divide)."""
     limit = _TIME_BASE_LIMITS.get(codec)
     if limit is None or time_base.denominator <= limit:
         return time_base
     den = time_base.denominator
-    factor = next((k for k in range(2, den) if den % k == 0 and den // k <= limit), den)
-    if den // factor < _FINEST_TICKS:
+    # only factors leaving at least _FINEST_TICKS ticks a second: a bounded search
+    factor = next((k for k in range(2, den // _FINEST_TICKS + 1)
+                   if den % k == 0 and den // k <= limit), None)
+    if factor is None:
         return Fraction(1, limit)
     return Fraction(time_base.numerator, den // factor)
 
@@ -112,10 +121,14 @@ def stream_colour(source: Any) -> dict[str, int]:
     return tags
 
 
-def output_colour(colour: dict[str, int], source_pix_fmt: str | None,
-                  pix_fmt: str) -> dict[str, int]:
-    """The output's colour tags: the input's ``colour``; full range for a full-range input
-    or a ``yuvj`` output; no RGB matrix (nor any matrix on a non-YUV output)."""
+def output_colour(colour: dict[str, int], source_pix_fmt: str | None, pix_fmt: str,
+                  codec: str) -> dict[str, int]:
+    """The output's colour tags, which its frames are converted with: the input's ``colour``;
+    full range for a full-range input or a ``yuvj`` output; no RGB matrix (nor any matrix on
+    a non-YUV output). None (empty) for an encoder whose stream cannot carry them (mpeg4, VP8, ...):
+    its frames are converted as an untagged stream is read (BT.601, range by format)."""
+    if codec not in TAGGING_ENCODERS:
+        return {}
     tags = dict(colour)
     if full_range(colour, source_pix_fmt) or pix_fmt.startswith("yuvj"):
         tags["color_range"] = FULL_RANGE
