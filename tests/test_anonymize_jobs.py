@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tinyfaces_trt.anonymize import cli, jobs
+from tinyfaces_trt.anonymize import cli, jobs, reruns
 from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is_done, naming,
                                           plan_tasks, process_file)
 from tinyfaces_trt.core.config import DetectorConfig
@@ -26,10 +26,11 @@ FACE = (8, 8, 40, 40)
 
 
 class BoxDetector:
-    """Finds one fixed face in every image; usable as the CLI's detector (a context manager)."""
+    """Finds one fixed face in every image; usable as the CLI's detector (a context manager).
+    It reports the network the CLI's arguments name: the untrained one without --weights."""
 
     config = DetectorConfig()
-    identity = {"weights_sha256": "0" * 64, "untrained": False}
+    identity = {"weights_sha256": None, "untrained": True}
 
     def detect(self, image):
         return np.array([[*FACE, 0.9]], np.float32)
@@ -116,14 +117,76 @@ def test_an_output_over_another_input_or_through_a_linked_out_is_refused(tmp_pat
     assert [Path(t.output) for t in tasks] == [tmp_path / "elsewhere" / "a.mp4"]
 
 
+def test_an_input_linked_to_a_file_its_output_would_replace_is_refused(tmp_path, monkeypatch,
+                                                                         capsys):
+    """album/a.jpg -> ../photos/a.jpg with --out photos (folder walked, or the link given): the
+    only real copy would be replaced by its anonymised copy: exit 2, nothing written."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "album").mkdir()
+    photo = _photo(tmp_path / "photos" / "a.jpg")
+    link = tmp_path / "album" / "a.jpg"
+    link.symlink_to("../photos/a.jpg")
+    before = _sha(photo)
+    for given in (tmp_path / "album", link):
+        status, err = _run_cli([given, "--out", tmp_path / "photos"], monkeypatch, capsys)
+        assert status == 2
+        assert err.splitlines()[-1] == (
+            f"tf-anonymize: error: {link} links to {photo}, which would be replaced by its "
+            f"anonymised copy in {tmp_path / 'photos'}; give another --out")
+        assert _sha(photo) == before and sorted(p.name for p in photo.parent.iterdir()) == ["a.jpg"]
+
+
+def test_hard_and_symbolic_links_in_out_are_replaced_without_touching_the_input(
+        tmp_path, monkeypatch, capsys):
+    """An output entry that is a hard link to an input (the input keeps its own name) or a
+    symbolic link to it (os.replace swaps the link) is no clash: the run anonymises, and the
+    input's bytes are unchanged."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    hard, soft = _photo(src / "hard.png"), _photo(src / "soft.png")
+    (out / "hard.png").hardlink_to(hard)
+    (out / "soft.png").symlink_to(soft)
+    before = {p: _sha(p) for p in (hard, soft)}
+    status, err = _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 0 and "2 done, 0 skipped, 0 failed" in err
+    assert {p: _sha(p) for p in (hard, soft)} == before
+    for name in ("hard.png", "soft.png"):
+        made = out / name
+        assert not made.is_symlink() and made.stat().st_nlink == 1
+        assert _sha(made) != before[src / name]  # the face blurred
+    # a hard-linked input whose output would be its own entry still is one
+    (src / "linked.png").hardlink_to(src / "soft.png")
+    with pytest.raises(InputOverwriteError, match="soft.png would be replaced by its"):
+        plan_tasks([src / "soft.png"], src, overwrite=True)
+
+
 # --- 4: videos of other containers ---------------------------------------------------------
 
-def test_videos_of_other_containers_are_errors_not_left_alone(tmp_path):
+@pytest.fixture(scope="module")
+def mpegts() -> bytes:
+    """A real MPEG-TS file: three 32 x 32 mpeg2video frames written by PyAV."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def test_videos_of_other_containers_are_errors_not_left_alone(tmp_path, mpegts):
     src = tmp_path / "walk"
     src.mkdir()
-    names = ("a.mp4", "camcorder.MTS", "dashcam.ts", "notes.txt", "old.mpg", "phone.3gp")
+    names = ("a.mp4", "camcorder.MTS", "notes.txt", "old.mpg", "phone.3gp")
     for name in names:
         (src / name).write_bytes(b"")
+    (src / "dashcam.ts").write_bytes(mpegts)
     tasks, _, errors = plan_tasks([src, src / "dashcam.ts"], tmp_path / "out")
     assert [Path(t.source).name for t in tasks] == ["a.mp4"]
 
@@ -138,16 +201,44 @@ def test_videos_of_other_containers_are_errors_not_left_alone(tmp_path):
                       refused("dashcam.ts", ".ts")]
 
 
-def test_a_folder_with_other_videos_exits_1_and_names_each(tmp_path, monkeypatch, capsys):
+def test_a_folder_with_other_videos_exits_1_and_names_each(tmp_path, monkeypatch, capsys, mpegts):
     src = tmp_path / "walk"
     src.mkdir()
     _photo(src / "a.png")
-    (src / "dash cam.ts").write_bytes(b"")
+    (src / "dash cam.ts").write_bytes(mpegts)
     status, err = _run_cli([src, "--out", tmp_path / "out", "-q"], monkeypatch, capsys)
     assert status == 1
     assert f"tf-anonymize: error: {src / 'dash cam.ts'}: not anonymised: .ts videos are not " \
         "supported; remux it to .mkv (ffmpeg -i 'dash cam.ts' -c copy 'dash cam.mkv')" in err
     assert "1 done, 0 skipped, 1 failed" in err
+
+
+def test_code_and_music_files_sharing_a_video_suffix_are_not_videos(tmp_path, monkeypatch,
+                                                                      capsys):
+    """TypeScript app.ts, Go's go.mod, a tracker .mod song: left alone in a folder (exit 0),
+    an unknown file type when named; MPEG-PS, RealMedia and 192-byte-packet M2TS heads are
+    videos, also under those suffixes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    _photo(site / "logo.png")
+    (site / "app.ts").write_text("export const answer = 42;\n")
+    (site / "go.mod").write_text("module example.com/site\n\ngo 1.22\n")
+    (site / "song.mod").write_bytes(b"space debris" + bytes(1068) + b"M.K." + bytes(600))
+    status, err = _run_cli([site, "--out", tmp_path / "out", "-q"], monkeypatch, capsys)
+    assert status == 0
+    assert "error" not in err and "1 done, 0 skipped, 0 failed" in err
+    assert plan_tasks([site / "app.ts"], tmp_path / "out")[2] == [
+        (str(site / "app.ts"), f"{site / 'app.ts'}: unknown file type .ts; expected .jpg, .jpeg, "
+         ".png, .bmp, .tif, .tiff, .webp, .mp4, .mov, .mkv, .webm, .avi, .m4v")]
+    m2ts = bytearray(600)
+    m2ts[4::192] = b"G" * len(m2ts[4::192])
+    heads = {"camcorder.mod": b"\x00\x00\x01\xba" + bytes(60), "movie.rm": b".RMF" + bytes(60),
+             "camcorder.ts": bytes(m2ts)}
+    for name, head in heads.items():
+        (site / name).write_bytes(head)
+    errors = plan_tasks([site], tmp_path / "out")[2]
+    assert [(Path(path).name, "videos are not supported" in message) for path, message in errors] \
+        == [("camcorder.mod", True), ("camcorder.ts", True), ("movie.rm", True)]
 
 
 # --- 11: an output made with other options is not skipped as done ----------------------------
@@ -216,6 +307,81 @@ def test_which_options_redo_an_existing_output(tmp_path):
     assert plan(made) == {"v.mp4": f"its sidecar {out / 'v.mp4.json'} records no options"}
     assert not is_done(task, made)
     assert plan_tasks([src / "v.mp4"], out, overwrite=True, options=made)[0][0].redo is None
+
+
+class WeightsDetector(BoxDetector):
+    """The detector --weights F and --min-face/--prob-thresh build (as the sidecar records it)."""
+
+    def __init__(self, weights: Path, **config) -> None:
+        self.identity = {"weights_sha256": _sha(weights), "untrained": False,
+                         "source": f"checkpoint {weights}"}
+        self.config = DetectorConfig(**config)
+
+
+def test_another_network_or_detector_setting_redoes_an_output(tmp_path, monkeypatch, capsys):
+    """An output made by the untrained network with --min-face 200 (faces missed) is made again
+    by a run with trained weights and no --min-face, and by other weights or thresholds; the
+    same network and settings skip it."""
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+    first, second = tmp_path / "first.pth", tmp_path / "second.pth"
+    first.write_bytes(b"trained weights")
+    second.write_bytes(b"other weights")
+    runs = [([], BoxDetector(), "done"),  # untrained, then --min-face 200 on it
+            (["--min-face", "200"], None, "min_face default (now 200.0)"),
+            (["--weights", first], WeightsDetector(first),
+             f"model untrained (now sha256 {_sha(first)[:12]}), min_face 200.0 (now default)"),
+            (["--weights", first], WeightsDetector(first), "skipped"),
+            (["--weights", second, "--prob-thresh", "0.7"],
+             WeightsDetector(second, prob_thresh=0.7),
+             f"model sha256 {_sha(first)[:12]} (now sha256 {_sha(second)[:12]}), "
+             "prob_thresh 0.5 (now 0.7)"),
+            ([], BoxDetector(), f"model sha256 {_sha(second)[:12]} (now untrained), "
+             "prob_thresh 0.7 (now 0.5)")]
+    for argv, detector, expected in runs:
+        if detector is None:
+            detector = BoxDetector()
+            detector.config = DetectorConfig(min_face=200.0)
+        status, err = _run_cli([photo, "--out", out, *argv], monkeypatch, capsys, detector)
+        assert status == 0
+        if expected == "skipped":
+            assert "0 done, 1 skipped, 0 failed" in err
+        elif expected != "done":
+            assert (f"tf-anonymize: {photo}: making {out / 'p.png'} again: it was made with "
+                    f"{expected}") in err.splitlines(), err
+            assert "1 done, 0 skipped, 0 failed" in err
+    side = json.loads((out / "p.png.json").read_text())
+    assert (side["model"]["untrained"], side["config"]["prob_thresh"]) == (True, 0.5)
+
+
+def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_path):
+    """--model DIR: the manifest's weights sha256 and config (its thresholds, overridden by the
+    options); a folder recording no weights sha256 is unknown: its outputs are made again."""
+    from tinyfaces_trt.core.manifest import write_manifest
+
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    write_manifest(tmp_path, config=DetectorConfig(prob_thresh=0.7),
+                   files={"onnx_fp32": "model.onnx"}, opset=18,
+                   weights={"path": "/w.pth", "sha256": "ab" * 32})
+    record = reruns.detector_record(tmp_path, None, {"min_face": 24.0, "nms_thresh": None})
+    assert record == reruns.DetectorRecord(
+        {"weights_sha256": "ab" * 32, "untrained": False},
+        {"prob_thresh": 0.7, "nms_thresh": 0.3, "min_face": 24.0, "max_face": None})
+    assert reruns.detector_record(None, None).model == {"weights_sha256": None, "untrained": True}
+    write_manifest(tmp_path, config=DetectorConfig(), files={"onnx_fp32": "model.onnx"}, opset=18)
+    unknown = reruns.detector_record(tmp_path, None)
+    assert unknown.model is None
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    _photo(src / "p.png")
+    (out / "p.png").write_bytes(b"made before")
+    record = {"input": str(src / "p.png"), "resolved": str((src / "p.png").resolve()),
+              "model": {"weights_sha256": None, "untrained": False, "source": "export folder"},
+              "config": unknown.config, "options": jobs._jsonable(dataclasses.asdict(Options()))}
+    (out / "p.png.json").write_text(json.dumps(record))
+    task = plan_tasks([src / "p.png"], out, options=Options(), detector=unknown)[0][0]
+    assert task.redo == "it was made with model unknown (now unknown)"
+    assert not is_done(task, Options(), unknown) and is_done(task, Options())
 
 
 # --- 10: errors name the file -------------------------------------------------------------
@@ -333,5 +499,12 @@ def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_
         seen.clear()
         assert cli._run_on_ray(args, plan_tasks([photo], out, overwrite=True)[0], options,
                                [], [], 0.0) == 1
+        assert seen == [done]
+    # and the planner's detector rule: the same options by another network are not done
+    for expected, done in ((reruns.detector_record(None, None), True),
+                           (reruns.detector_record(None, None, {"min_face": 200.0}), False)):
+        seen.clear()
+        cli._run_on_ray(args, plan_tasks([photo], out, overwrite=True)[0], review, [], [], 0.0,
+                        expected)
         assert seen == [done]
     assert f"tf-anonymize: error: {photo}: worker lost 3 time(s)" in capsys.readouterr().err

@@ -67,11 +67,12 @@ examples:
 
 video: frames are decoded ahead and encoded on threads and detected in batches; output
 keeps each frame's timestamp, the resolution, rotation metadata, colour tags (matrix,
-primaries, transfer, range), sample aspect ratio, audio/subtitle streams (copied),
-chapters, Matroska attachments and container metadata; a timecode track is written anew
-(mov, mp4). A second video track is not copied (its faces would stay visible): it and any
-other stream left out are named in a warning. Damaged packets are skipped with a warning;
-a frame size that changes mid-file is an error. Default encoders: libx264 (mp4, mov, mkv,
+primaries, transfer, range; with x264, x265, VP9, AV1), sample aspect ratio,
+audio/subtitle streams (copied), chapters, Matroska attachments and container metadata;
+a timecode track is written anew (mov, mp4). A second video track is not copied (its
+faces would stay visible): it and any other stream left out are named in a warning.
+Damaged packets are skipped with a warning; a frame size that changes mid-file is an
+error. Default encoders: libx264 (mp4, mov, mkv,
 avi, m4v), libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9); --crf only for encoders
 with a constant rate factor. Output is 8-bit 4:2:0, as players expect; libx264/libx265 at
 an odd width or height keep the source's format where it fits, else 4:4:4, as they cannot
@@ -88,7 +89,9 @@ The 2x level (over half the work) produces faces up to 110 px this way, so only
 
 reruns: an input whose output and audit JSON exist is skipped, unless the JSON records
 other mask or video options (--mode, --shape, --mask-scale, --blur-strength, --cells,
---draw, --hold, --iou, --codec, --crf): then it is made again with the new ones.
+--draw, --hold, --iou, --codec, --crf), another network (--model, --weights: the weights'
+sha256, or the untrained one) or other detector settings (--prob-thresh, --nms-thresh,
+--min-face, --max-face): then it is made again with the new ones.
 
 exit status: 0 every input done (or skipped: output exists), 1 some input failed (each
 failure listed on stderr, the others finish), 2 bad command-line arguments or an --out
@@ -136,7 +139,8 @@ where an output would replace an input file.""",
                           "for human review in the sidecar (default: 0.1)")
     out.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs (default: skip inputs whose output "
-                          "exists, made with the same mask and video options)")
+                          "exists, made with the same mask and video options, network and "
+                          "detector settings)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bars or per-file lines (errors are still printed)")
     out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
@@ -176,6 +180,17 @@ def options_from(args: argparse.Namespace) -> Any:
                    progress=not args.quiet)
 
 
+def expected_detector(args: argparse.Namespace) -> Any:
+    """The :class:`~.reruns.DetectorRecord` of the detector the arguments ask for (a rerun
+    redoes outputs made by another), None with ``--overwrite`` (nothing is compared)."""
+    from tinyfaces_trt.anonymize.reruns import DETECTION_FIELDS, detector_record
+
+    if args.overwrite:
+        return None
+    return detector_record(args.model, args.weights,
+                           {f: getattr(args, f, None) for f in DETECTION_FIELDS})
+
+
 def _make_detector(args: argparse.Namespace) -> Any:
     from tinyfaces_trt.detectors import spec_from_arguments
 
@@ -206,7 +221,9 @@ def _run_in(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}")
-        tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite, options)
+        expected = expected_detector(args)
+        tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite, options,
+                                            expected)
         _report_plan(tasks, results, errors, args.quiet)
         if not tasks:
             return _summary(results, errors, start)
@@ -220,7 +237,7 @@ def _run_in(args: argparse.Namespace) -> int:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR
     if detector is None:
-        return _run_on_ray(args, tasks, options, results, errors, start)
+        return _run_on_ray(args, tasks, options, results, errors, start, expected)
     with detector:
         for task in tasks:
             result = process_file(detector, task, options)
@@ -245,16 +262,16 @@ def _report_plan(tasks: list[Any], skipped: list[Any], errors: list[tuple[str, s
 
 
 def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, results: list[Any],
-                errors: list[tuple[str, str]], start: float) -> int:
+                errors: list[tuple[str, str]], start: float, expected: Any = None) -> int:
     """The same files on a Ray cluster's worker pool (``--ray``): one detector per worker,
     outputs where the single-process run writes them, failures reported per file, finished
-    outputs skipped on a rerun."""
+    outputs skipped on a rerun (the planner's rule: same options and ``expected`` detector)."""
     from tinyfaces_trt.anonymize.jobs import Result, is_done, naming, process_file
     from tinyfaces_trt.detectors import spec_from_arguments
     from tinyfaces_trt.scaleout.pool import run_tasks
 
     def done(task: Any, options: Any) -> bool:
-        return not args.overwrite and is_done(task, options)
+        return not args.overwrite and is_done(task, options, expected)
 
     def as_result(pooled: Any) -> Any:
         error = None if pooled.error is None else naming(pooled.task.source, pooled.error)

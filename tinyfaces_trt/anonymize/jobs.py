@@ -15,7 +15,6 @@ under its final name.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shlex
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyfaces_trt.anonymize.reruns import DetectorRecord, redo_reason
 from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
@@ -50,11 +50,15 @@ OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v",
                         ".3gp", ".3g2", ".flv", ".f4v", ".wmv", ".asf", ".ogv", ".mxf", ".dv",
                         ".dav", ".mod", ".tod", ".rm", ".rmvb", ".divx", ".264", ".h264", ".265",
                         ".h265", ".hevc")
-#: Options that change an output's pixels, per kind (``style``: each mask field): an output
-#: whose sidecar records other values is not skipped as done.
-PIXEL_OPTIONS = {"image": ("style", "draw"),
-                 "video": ("style", "draw", "hold", "iou", "codec", "crf")}
-
+#: Of those, the suffixes other common files share (TypeScript and Qt .ts, Go's go.mod and
+#: tracker .mod music, ...): such a file is a video only when its first bytes say so
+#: (:func:`_looks_like_video`), else it is left alone as any unknown file.
+SHARED_VIDEO_SUFFIXES = (".ts", ".mod", ".rm", ".dav", ".asf")
+#: How much of a file's head :func:`_looks_like_video` reads (an M2TS packet's third sync byte).
+_HEAD_BYTES = 512
+#: Signatures at offset 0: MPEG-PS pack header, RealMedia, Dahua DVR, ASF header object.
+_VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA",
+                bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"))
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
 
@@ -163,8 +167,28 @@ def media_kind(path: Path) -> str | None:
 
 def _other_format(path: Path) -> bool:
     """An image or video of a format it does not write (:data:`OTHER_IMAGE_SUFFIXES`,
-    :data:`OTHER_VIDEO_SUFFIXES`)."""
-    return path.suffix.lower() in OTHER_IMAGE_SUFFIXES + OTHER_VIDEO_SUFFIXES
+    :data:`OTHER_VIDEO_SUFFIXES`; one of :data:`SHARED_VIDEO_SUFFIXES` only when its head
+    looks like a video)."""
+    suffix = path.suffix.lower()
+    if suffix in SHARED_VIDEO_SUFFIXES:
+        return _looks_like_video(path)
+    return suffix in OTHER_IMAGE_SUFFIXES + OTHER_VIDEO_SUFFIXES
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Whether the file starts as a video container does (:data:`_VIDEO_MAGIC`, or MPEG-TS
+    sync bytes 0x47 every 188 bytes, or every 192 after a 4-byte M2TS timestamp); a file that
+    cannot be read is not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    if head.startswith(_VIDEO_MAGIC):
+        return True
+    return any(len(head) > start + 2 * step and
+               all(head[start + k * step] == 0x47 for k in range(3))
+               for start, step in ((0, 188), (4, 192)))
 
 
 def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
@@ -190,7 +214,8 @@ def _unsupported(path: Path) -> str:
 
 
 def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-               overwrite: bool = False, options: Options | None = None
+               overwrite: bool = False, options: Options | None = None,
+               detector: DetectorRecord | None = None
                ) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
     """Expands INPUT arguments into tasks.
 
@@ -201,8 +226,9 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
-        not ``overwrite`` and the sidecar records ``options``' pixel-changing options
-        (:func:`is_done`; None: not compared), [(argument, error)] for missing paths,
+        not ``overwrite`` and the sidecar records ``options``' pixel-changing options and
+        ``detector``'s network and settings (:func:`is_done`; None: not compared),
+        [(argument, error)] for missing paths,
         unknown suffixes, images and videos of other formats (also in folders) and empty
         folders).
 
@@ -243,7 +269,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
         exists = not overwrite and _outputs_exist(task)
-        redo = _redo_reason(task, options) if exists else None
+        redo = _redo_reason(task, options, detector) if exists else None
         if exists and redo is None:
             skipped.append(Result(task, "skipped"))
         else:
@@ -257,64 +283,70 @@ def _outputs_exist(task: Task) -> bool:
     return Path(task.output).exists() and Path(task.sidecar).exists()
 
 
-def is_done(task: Task, options: Options | None = None) -> bool:
+def is_done(task: Task, options: Options | None = None,
+            detector: DetectorRecord | None = None) -> bool:
     """Whether ``task``'s output and sidecar exist and the sidecar records ``options``'
-    pixel-changing options (:data:`PIXEL_OPTIONS`; None: not compared)."""
-    return _outputs_exist(task) and _redo_reason(task, options) is None
+    pixel-changing options and ``detector``'s network and settings
+    (:func:`~.reruns.redo_reason`; None: not compared)."""
+    return _outputs_exist(task) and _redo_reason(task, options, detector) is None
 
 
-def _pixel_options(options: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The :data:`PIXEL_OPTIONS` of a JSON options record, the mask style's fields flattened."""
-    flat: dict[str, Any] = {}
-    for key in PIXEL_OPTIONS.get(kind, PIXEL_OPTIONS["video"]):
-        value = options.get(key)
-        flat.update(value if key == "style" and isinstance(value, dict) else {key: value})
-    return flat
-
-
-def _shown(value: Any) -> str:
-    return "default" if value is None else value if isinstance(value, str) else json.dumps(value)
-
-
-def _redo_reason(task: Task, options: Options | None) -> str | None:
-    """Why ``task``'s existing output is not what ``options`` would make (its sidecar records
-    other pixel-changing options, or none), else None; None too without ``options``."""
+def _redo_reason(task: Task, options: Options | None,
+                 detector: DetectorRecord | None) -> str | None:
     if options is None:
         return None
-    try:
-        recorded = json.loads(Path(task.sidecar).read_text(encoding="utf-8"))["options"]
-        before = _pixel_options(recorded, task.kind)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"its sidecar {task.sidecar} records no options"
-    now = _pixel_options(_jsonable(dataclasses.asdict(options)), task.kind)
-    changed = [f"{key} {_shown(before.get(key))} (now {_shown(value)})"
-               for key, value in now.items() if before.get(key) != value]
-    return f"it was made with {', '.join(changed)}" if changed else None
+    return redo_reason(task.sidecar, task.kind, _options_record(options), detector)
 
 
-def _entry(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """The identity of the directory entry ``path`` (device, inode; a link not followed),
-    None where there is none."""
+def _identity(path: str | os.PathLike[str], follow: bool) -> tuple[tuple[int, int], int] | None:
+    """((device, inode), link count) of ``path``, a symbolic link followed or not; None where
+    there is none."""
     try:
-        stat = os.lstat(path)
+        stat = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
-    return stat.st_dev, stat.st_ino
+    return (stat.st_dev, stat.st_ino), stat.st_nlink
+
+
+def _is_entry_of(output: str, source: Path) -> bool:
+    """Whether ``output`` names the directory entry that ``source`` resolves to."""
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    return os.path.realpath(source) == os.path.join(parent, os.path.basename(output))
+
+
+def _victim(output: str, inputs: dict[tuple[int, int], list[Path]]) -> Path | None:
+    """The input whose data renaming over ``output`` would destroy, else None.
+
+    ``inputs`` are keyed by the file they resolve to (a symbolic link followed: the data a
+    replaced entry loses); the output by its own entry, which :func:`os.replace` replaces (a
+    symbolic link there is swapped, not followed). A hard-linked output is repointed while the
+    input's own entry keeps the data, unless the output's entry is that one.
+    """
+    found = _identity(output, follow=False)
+    if found is None:
+        return None
+    key, links = found
+    return next((source for source in inputs.get(key, ())
+                 if links == 1 or _is_entry_of(output, source)), None)
 
 
 def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out: Path) -> None:
-    """Raises :class:`InputOverwriteError` where a task's output is an input file (itself or
-    another input of the run: the output folder holds inputs)."""
-    inputs = {_entry(source): source for source in sources}
-    clashes = [(task, inputs[entry]) for task in tasks
-               if (entry := _entry(task.output)) is not None and entry in inputs]
+    """Raises :class:`InputOverwriteError` where a task's output would replace an input file's
+    data (itself, another input of the run, or the file a linked input points to)."""
+    inputs: dict[tuple[int, int], list[Path]] = {}
+    for source in sources:
+        if (found := _identity(source, follow=True)) is not None:
+            inputs.setdefault(found[0], []).append(source)
+    clashes = [(task, victim) for task in tasks
+               if (victim := _victim(task.output, inputs)) is not None]
     if not clashes:
         return
     task, victim = clashes[0]
     by = "its anonymised copy" if victim == Path(task.source) else \
         f"the anonymised copy of {task.source}"
+    what = f"{victim} links to {task.output}, which" if victim.is_symlink() else f"{victim}"
     more = f" (and {len(clashes) - 1} more input(s))" if len(clashes) > 1 else ""
-    raise InputOverwriteError(f"{victim} would be replaced by {by} in {out}{more}")
+    raise InputOverwriteError(f"{what} would be replaced by {by} in {out}{more}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +418,12 @@ def _header(detector: Any, task: Task, options: Options) -> dict[str, Any]:
             "output": task.output, "kind": task.kind,
             "model": model_identity(detector),
             "config": {f: getattr(config, f, None) for f in fields},
-            "options": _jsonable(dataclasses.asdict(options))}
+            "options": _options_record(options)}
+
+
+def _options_record(options: Options) -> dict[str, Any]:
+    """``options`` as the sidecar records them (JSON types)."""
+    return _jsonable(dataclasses.asdict(options))
 
 
 def _jsonable(value: Any) -> Any:
