@@ -17,7 +17,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -133,6 +133,51 @@ def _current_umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
+
+
+def inputs_replaced_by(outputs: Iterable[str | os.PathLike[str]],
+                       inputs: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+    """{output: input} for each of ``outputs`` whose writing (a rename over its name, as
+    :func:`atomic_output` does) would destroy the data of one of ``inputs``: the output's
+    entry is the input file, or the file a linked input points to.
+
+    Inputs are identified by the file they resolve to (a symbolic link followed: the data a
+    replaced entry loses); outputs by their own entry, which :func:`os.replace` replaces (a
+    symbolic link there is swapped, not followed). A hard-linked output is repointed while the
+    input's own entry keeps the data, unless the output's entry is that one.
+    """
+    by_file: dict[tuple[int, int], list[str]] = {}
+    for source in inputs:
+        if (found := _file_identity(source, follow=True)) is not None:
+            by_file.setdefault(found[0], []).append(str(source))
+    replaced = {}
+    for output in outputs:
+        found = _file_identity(output, follow=False)
+        if found is None:
+            continue
+        key, links = found
+        victim = next((source for source in by_file.get(key, ())
+                       if links == 1 or _is_entry_of(str(output), source)), None)
+        if victim is not None:
+            replaced[str(output)] = victim
+    return replaced
+
+
+def _file_identity(path: str | os.PathLike[str],
+                   follow: bool) -> tuple[tuple[int, int], int] | None:
+    """((device, inode), link count) of ``path``, a symbolic link followed or not; None where
+    there is none."""
+    try:
+        stat = os.stat(path, follow_symlinks=follow)
+    except (OSError, ValueError):
+        return None
+    return (stat.st_dev, stat.st_ino), stat.st_nlink
+
+
+def _is_entry_of(output: str, source: str) -> bool:
+    """Whether ``output`` names the directory entry that ``source`` resolves to."""
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    return os.path.realpath(source) == os.path.join(parent, os.path.basename(output))
 
 
 def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:

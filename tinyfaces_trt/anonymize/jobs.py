@@ -32,7 +32,7 @@ from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output, written_for_another
+from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
 
@@ -298,53 +298,17 @@ def _redo_reason(task: Task, options: Options | None,
     return redo_reason(task.sidecar, task.kind, _options_record(options), detector)
 
 
-def _identity(path: str | os.PathLike[str], follow: bool) -> tuple[tuple[int, int], int] | None:
-    """((device, inode), link count) of ``path``, a symbolic link followed or not; None where
-    there is none."""
-    try:
-        stat = os.stat(path, follow_symlinks=follow)
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino), stat.st_nlink
-
-
-def _is_entry_of(output: str, source: Path) -> bool:
-    """Whether ``output`` names the directory entry that ``source`` resolves to."""
-    parent = os.path.realpath(os.path.dirname(os.path.abspath(output)))
-    return os.path.realpath(source) == os.path.join(parent, os.path.basename(output))
-
-
-def _victim(output: str, inputs: dict[tuple[int, int], list[Path]]) -> Path | None:
-    """The input whose data renaming over ``output`` would destroy, else None.
-
-    ``inputs`` are keyed by the file they resolve to (a symbolic link followed: the data a
-    replaced entry loses); the output by its own entry, which :func:`os.replace` replaces (a
-    symbolic link there is swapped, not followed). A hard-linked output is repointed while the
-    input's own entry keeps the data, unless the output's entry is that one.
-    """
-    found = _identity(output, follow=False)
-    if found is None:
-        return None
-    key, links = found
-    return next((source for source in inputs.get(key, ())
-                 if links == 1 or _is_entry_of(output, source)), None)
-
-
 def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out: Path) -> None:
     """Raises :class:`InputOverwriteError` where a task's output would replace an input file's
     data (itself, another input of the run, or the file a linked input points to)."""
-    inputs: dict[tuple[int, int], list[Path]] = {}
-    for source in sources:
-        if (found := _identity(source, follow=True)) is not None:
-            inputs.setdefault(found[0], []).append(source)
-    clashes = [(task, victim) for task in tasks
-               if (victim := _victim(task.output, inputs)) is not None]
+    victims = inputs_replaced_by([task.output for task in tasks], sources)
+    clashes = [(task, victims[task.output]) for task in tasks if task.output in victims]
     if not clashes:
         return
     task, victim = clashes[0]
-    by = "its anonymised copy" if victim == Path(task.source) else \
+    by = "its anonymised copy" if Path(victim) == Path(task.source) else \
         f"the anonymised copy of {task.source}"
-    what = f"{victim} links to {task.output}, which" if victim.is_symlink() else f"{victim}"
+    what = f"{victim} links to {task.output}, which" if Path(victim).is_symlink() else f"{victim}"
     more = f" (and {len(clashes) - 1} more input(s))" if len(clashes) > 1 else ""
     raise InputOverwriteError(f"{what} would be replaced by {by} in {out}{more}")
 
