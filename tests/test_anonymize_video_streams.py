@@ -385,7 +385,7 @@ def test_mpeg4_gets_a_time_base_it_accepts_and_refuses_crf(tmp_path):
 
 def test_libx265_in_mov_is_tagged_hvc1_and_quiet(tmp_path, capfd):
     src = tmp_path / "clip.mov"
-    make(src, n=2)
+    make(src, n=6)  # (x265 clips of 1 or 2 frames fail in the mov muxer now and then: pts < dts)
     capfd.readouterr()
     through(src, tmp_path / "out.mov", codec="libx265")
     assert "x265 [info]" not in capfd.readouterr().err
