@@ -52,7 +52,7 @@ def _images(folder: Path, count: int, width: int, height: int) -> None:
 def _batch(spec: Any, images: Path, work: Path, repeat: int, cores: int) -> list[dict[str, Any]]:
     import dataclasses
 
-    from tinyfaces_trt.cli.detect import collect_images
+    from tinyfaces_trt.cli.detect_plan import collect_images
     from tinyfaces_trt.cli.detect_ray import (
         DetectOptions, outputs_exist, plan_tasks, process_detect_task)
     from tinyfaces_trt.scaleout.pool import run_serial, run_tasks

@@ -318,16 +318,19 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
 
 
 def written_for_another(record: str | os.PathLike[str], key: str,
-                        source: str | os.PathLike[str]) -> bool:
+                        source: str | os.PathLike[str] | None) -> bool:
     """Whether the output JSON ``record`` exists and names another input than ``source``, or
     cannot be read: outputs named after a file (``a.jpg`` and ``a.png``, or two folders'
     ``p.jpg``) must neither be skipped as done nor overwritten for another input in a later
     run. The input is the one its ``"resolved"`` path names (:func:`os.path.realpath` when
-    written: another working folder, a symbolic link), else (standard input) the one ``key``
-    names."""
+    written: another working folder, a symbolic link), else the one ``key`` names. A
+    ``source`` of None is an input nothing identifies (standard input: one piped image cannot
+    be told from the next): every existing record is another's."""
     path = Path(record)
     if not path.exists():
         return False
+    if source is None:
+        return True
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         recorded, resolved = data.get(key), data.get("resolved")

@@ -299,10 +299,41 @@ def test_threads_are_capped_at_the_usable_cores(capsys, photos, export_dir):
     assert f"--threads 1000 is more than the {cores} usable core(s); using {cores}" in err
 
 
-def test_json_batch_shows_progress_on_stderr(capsys, photos, export_dir):
+def _stderr_on_a_terminal(argv: list[str], stdout: Path) -> tuple[int, str]:
+    """Runs tf-detect with stderr on a pseudo-terminal; (exit status, what it showed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 cols: no bar
+    with open(stdout, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tinyfaces_trt.cli.detect", *argv],
+                                stdout=out, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    shown = b""
+    try:
+        while select.select([master], [], [], 60)[0]:
+            shown += os.read(master, 4096)  # OSError (EIO) once the process is gone
+    except OSError:
+        pass
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), shown.decode()
+
+
+def test_json_batch_shows_progress_on_stderr(capsys, photos, export_dir, tmp_path):
+    """The folder bar is drawn on a terminal only: a log file gets no \\r frames."""
     code, stdout, err = _run(capsys, photos, "--model", export_dir, "--json")
     assert code == 0 and len(json.loads(stdout)["images"]) == 4
-    assert "tf-detect: " in err and "4/4" in err and "image" in err  # tqdm's bar
+    assert "\r" not in err and "4/4" not in err
+    assert err.startswith("tf-detect: 4 image(s), ")
+    code, shown = _stderr_on_a_terminal([str(photos), "--model", str(export_dir), "--json"],
+                                        tmp_path / "stdout.json")
+    assert code == 0 and len(json.loads((tmp_path / "stdout.json").read_text())["images"]) == 4
+    assert "\rtf-detect: 100%" in shown and "4/4" in shown and "image/s" in shown  # tqdm's bar
 
 
 def test_symlinked_folders_are_followed_and_loops_reported(capsys, photos, export_dir, tmp_path):

@@ -110,9 +110,10 @@ def test_distributed_detect_writes_what_the_single_process_run_writes(cluster, e
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "dist").rglob("*") if p.is_file()}
     assert ray_detect_main([*argv, "--json"]) == 1
     out, err = capsys.readouterr()
-    assert "6 already done (skipped)" in err
+    assert "0 image(s), 0 face(s), 6 skipped (outputs exist), 1 error(s)" in err
     document = json.loads(out)
-    assert len(document["images"]) == 6 and len(document["errors"]) == 1
+    assert document["images"] == [] and len(document["errors"]) == 1
+    assert len(document["skipped"]) == 6 and document["model"] is not None
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
     # WIDER result files (p2.png would clash with p2.jpg there: leave it out).
@@ -158,7 +159,7 @@ def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, t
     photos = _photos(tmp_path / "images", 6)
     (photos / "1--Event" / "broken.jpg").unlink()
     (photos / "2--Other" / ".victim").write_text("p4.jpg")
-    from tinyfaces_trt.cli.detect import collect_images
+    from tinyfaces_trt.cli.detect_plan import collect_images
 
     jobs, _ = collect_images([str(photos)])
     options = DetectOptions("onnxruntime", out_dir=tmp_path / "out")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers_scaleout import png_header_only
-from tinyfaces_trt.cli.detect import ImageJob, plan_outputs, write_outputs
+from tinyfaces_trt.cli.detect_plan import ImageJob, plan_outputs, write_outputs
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.detectors import DetectorSpec
 from tinyfaces_trt.parity.images import synthetic_image

@@ -10,9 +10,12 @@ Per image it prints one line (or, with ``--json``, one JSON document for the run
 ``<name>_blurred|_pixelated.jpg|png`` and NO copy with the faces visible unless ``--draw``
 asks for one. Every file is written atomically (complete or absent); a write error is
 reported for that image and counted in the exit status. Outputs that exist already are kept
-(an image whose outputs all exist is skipped) unless ``--overwrite``. A bad image is
-reported on stderr and skipped; the exit status is then 1. User mistakes never give a
-traceback (:class:`TinyFacesError` is caught); argument errors exit with 2.
+(an image whose outputs all exist is skipped) unless ``--overwrite``; an output that would
+replace an input file of the run is refused before any work (exit 2), and a WIDER file that
+is not the image's own result is neither skipped as done nor replaced (that image fails).
+Output folders are never read as inputs. A bad image is reported on stderr and skipped; the
+exit status is then 1. User mistakes never give a traceback (:class:`TinyFacesError` is
+caught); argument errors exit with 2.
 """
 
 from __future__ import annotations
@@ -25,55 +28,29 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.core.cli import (add_version_argument, checked, is_untrained,
+from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
-from tinyfaces_trt.core.files import (prepare_output_dir, removed_if_left_empty,
-                                      write_text_atomic, written_for_another)
+from tinyfaces_trt.cli.detect_plan import (
+    IMAGE_SUFFIXES, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
+    expected_outputs, find_inputs, plan_tasks, refuse_replacing_inputs, task_plan,
+    write_outputs, write_wider_result)
+from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
+from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 
 PROG = "tf-detect"
 log = logging.getLogger(__name__)
-#: IMAGE arguments that mean "read one image from standard input".
-STDIN_ARGUMENTS = ("-",)
-DEFAULT_JPEG_QUALITY = 95
-#: Suffixes picked up when an IMAGE argument is a folder.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-_JPEG = (".jpg", ".jpeg")
-
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One image to process.
-
-    Attributes:
-        path: the image file.
-        rel: its path relative to the folder argument it was found in (for a file argument:
-            just its name); output names and WIDER event folders follow it.
-        event: the WIDER event folder its detections go to.
-    """
-
-    path: Path
-    rel: Path
-    event: str
-
-    @property
-    def is_stdin(self) -> bool:
-        """The image comes from standard input (argument ``-``)."""
-        return str(self.path) in STDIN_ARGUMENTS
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents every option)."""
     parser = argparse.ArgumentParser(
@@ -101,12 +78,15 @@ examples:
 
 outputs: with --blur/--pixelate, --out holds only anonymised images and the
 detections JSON (add --draw for copies with boxes drawn, faces visible). Every
-file is written to a temporary name and renamed when complete. Progress of
-folder runs goes to stderr.
+file is written to a temporary name and renamed when complete; a run whose
+output would replace one of its input files is refused before any work.
+Images inside --out/--wider-dir are not read as inputs (a line says how many
+were left out). Progress of folder runs goes to stderr when it is a terminal.
 
 exit status: 0 all images processed, 1 an image, one of its output files or the
 setup failed (errors are listed on stderr, other images are still processed),
-2 bad command-line arguments, 130 interrupted (Ctrl-C or SIGTERM).""",
+2 bad command-line arguments or an output that would replace an input file,
+130 interrupted (Ctrl-C or SIGTERM).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders (walked recursively, following symbolic "
@@ -136,11 +116,15 @@ setup failed (errors are listed on stderr, other images are still processed),
                                           "inputs (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that exist (default: keep them; an image "
-                             "whose outputs all exist is skipped, so a re-run resumes)")
+                             "whose outputs all exist is skipped, so a re-run resumes; an image "
+                             "on standard input is never taken as done: it gets the next free "
+                             "name, stdin_2, ...)")
     parser.add_argument("--wider-dir", metavar="DIR",
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
-                             "are kept (default: none)")
+                             "are kept; a .txt there whose first line is not <event>/<image> "
+                             "(another image's, a label file) is never skipped nor replaced: "
+                             "that image fails (default: none)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log backend details (providers in use, cache hits)")
     add_ray_arguments(parser)
@@ -151,79 +135,6 @@ setup failed (errors are listed on stderr, other images are still processed),
 def _jpeg_quality(text: str) -> int:
     return checked(text, int, lambda v: 1 <= v <= 100, "an integer", "between 1 and 100")
 
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-def _inside(path: Path, folders: Sequence[Path]) -> bool:
-    resolved = path.resolve()
-    return any(resolved == f or f in resolved.parents for f in folders)
-
-
-def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
-                   ) -> tuple[list[ImageJob], list[tuple[str, str]]]:
-    """Expands IMAGE arguments into jobs; returns (jobs, [(argument, error message)]).
-
-    A folder is walked recursively (sorted, hidden entries skipped) for image suffixes,
-    skipping anything inside those ``exclude`` folders (the output folders) that lie inside
-    it, so a re-run does not read its own drawn copies. A file is taken as is, so a
-    non-image file gives a clear error when it is loaded. A missing path or a folder without
-    images is an error.
-    """
-    excluded = [Path(e).resolve() for e in exclude]
-    jobs: list[ImageJob] = []
-    errors: list[tuple[str, str]] = []
-    for arg in arguments:
-        path = Path(arg)
-        if arg in STDIN_ARGUMENTS:
-            jobs.append(ImageJob(path, Path("stdin"), "stdin"))
-        elif path.is_dir():
-            root = path.resolve()
-            below = [e for e in excluded if root in e.parents]
-            found = sorted(p for p in _walk(path) if not _inside(p, below))
-            if not found:
-                errors.append((str(path), f"{path}: folder holds no image files "
-                                          f"({', '.join(IMAGE_SUFFIXES)})"))
-            for p in found:
-                rel = p.relative_to(path)
-                event = rel.parent.as_posix() if rel.parent != Path(".") else root.name
-                jobs.append(ImageJob(p, rel, event))
-        else:
-            jobs.append(ImageJob(path, Path(path.name), path.resolve().parent.name or "images"))
-    return jobs, errors
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Image files below ``folder``, following symbolic links to folders; a link back to a
-    folder already walked (a loop, or the same folder twice) is skipped with a warning."""
-    seen: set[tuple[int, int]] = set()
-    def unreadable(exc: OSError) -> None:
-        log.warning("%s: cannot read the folder (%s); skipped", exc.filename,
-                    exc.strerror or exc)
-
-    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
-        try:
-            info = os.stat(root)
-        except OSError as exc:
-            log.warning("%s: cannot read the folder (%s); skipped", root, exc.strerror or exc)
-            dirs[:] = []
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            log.warning("%s: links to a folder already searched (a symbolic-link loop or "
-                        "a second link); skipped", root)
-            dirs[:] = []
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------
 
 def format_line(path: Path, boxes: np.ndarray, shown: int = 5) -> str:
     """``photo.jpg: 7 faces: 10,12,40,52 0.981; 60,8,90,47 0.734; ... (+5 more)``.
@@ -239,141 +150,6 @@ def format_line(path: Path, boxes: np.ndarray, shown: int = 5) -> str:
         if n > shown:
             text += f"; ... (+{n - shown} more)"
     return text
-
-
-class OutputNames:
-    """Unique output stems under ``--out``: the image's relative path without its suffix,
-    with ``_2``, ``_3``, ... appended when two inputs would write the same files."""
-
-    def __init__(self) -> None:
-        self._used: set[str] = set()
-
-    def stem(self, job: ImageJob, taken: Callable[[Path], bool] = lambda stem: False) -> Path:
-        """The first stem no other input of this run has and ``taken`` does not refuse
-        (reserved: only that one)."""
-        base = job.rel.with_suffix("")
-        candidate, k = base, 1
-        while candidate.as_posix().lower() in self._used or taken(candidate):
-            k += 1
-            candidate = base.with_name(f"{base.name}_{k}")
-        self._used.add(candidate.as_posix().lower())
-        return candidate
-
-
-def output_stem(names: OutputNames, out_dir: Path, job: ImageJob) -> Path:
-    """``job``'s output stem: the next one of :class:`OutputNames` whose detections JSON, where
-    an earlier run wrote one, is this image's (``a.jpg`` then ``a.png``, or two folders'
-    ``p.jpg``, must neither skip nor overwrite each other's files)."""
-    return names.stem(job, lambda stem: written_for_another(
-        out_dir / stem.parent / f"{stem.name}.json", "image", job.path))
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """The files ``--out`` gets for one image (None: not written)."""
-
-    drawn: Path | None
-    anonymised: Path | None
-    detections: Path
-
-    def paths(self) -> list[Path]:
-        return [p for p in (self.anonymised, self.detections, self.drawn) if p is not None]
-
-
-def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None,
-                 draw: bool) -> OutputPlan:
-    """Where the outputs of ``job`` go: the drawn copy only when ``draw`` (an anonymised
-    folder must not hold the faces), the anonymised copy when ``anonymise``."""
-    ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
-    base = out_dir / stem
-    suffix = {"blur": "_blurred", "pixelate": "_pixelated"}.get(anonymise or "")
-    return OutputPlan(drawn=base.with_name(base.name + "_boxes" + ext) if draw else None,
-                      anonymised=base.with_name(base.name + suffix + ext) if suffix else None,
-                      detections=base.with_name(base.name + ".json"))
-
-
-def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
-                  record: dict[str, Any], anonymise: str | None, *,
-                  jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                  keep: Sequence[Path] = ()) -> list[Path]:
-    """Writes the planned files (each atomically), except those in ``keep``; returns the
-    paths written.
-
-    Raises:
-        TinyFacesError: naming every file that could not be written (the others are
-            written; none is left truncated).
-    """
-    from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
-    from tinyfaces_trt.runtime.imageio import save_image
-
-    try:
-        plan.detections.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
-                             f"{exc.strerror or exc}") from exc
-    # the JSON first: it names the input, claiming the file names for it in later runs
-    makers: list[tuple[Path | None, Callable[[Path], None]]] = [
-        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
-        (plan.anonymised, lambda path: save_image(
-            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
-            jpeg_quality=jpeg_quality)),
-        (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes),
-                                             jpeg_quality=jpeg_quality)),
-    ]
-    written: list[Path] = []
-    failed: list[str] = []
-    for path, make in makers:
-        if path is None or path in keep:
-            continue
-        try:
-            make(path)
-        except TinyFacesError as exc:
-            failed.append(str(exc))
-        except OSError as exc:
-            failed.append(f"{path}: cannot write ({exc.strerror or exc})")
-        else:
-            written.append(path)
-    if failed:
-        raise TinyFacesError("; ".join(failed))
-    return written
-
-
-class WiderWriter:
-    """Writes the official WIDER FACE result file of each image, ``<dir>/<event>/<stem>.txt``,
-    refusing to overwrite the file of another image of this run (``a.jpg`` and ``a.png`` of
-    one event would share it)."""
-
-    def __init__(self, wider_dir: Path) -> None:
-        self.wider_dir = wider_dir
-        self._written: dict[Path, Path] = {}
-
-    def claim(self, job: ImageJob) -> Path:
-        """The result file of ``job``, reserved for it in this run.
-
-        Raises:
-            TinyFacesError: another image of this run has that file.
-        """
-        from tinyfaces_trt.wider.format import detection_path
-
-        target = detection_path(self.wider_dir, job.event, Path(job.rel.name).stem)
-        other = self._written.get(target)
-        if other is not None and other != job.path:
-            raise TinyFacesError(f"{job.path}: its WIDER result {target} was already written for "
-                                 f"{other} (same event and name); rename one of the two images")
-        self._written[target] = job.path
-        return target
-
-    def write(self, job: ImageJob, boxes: np.ndarray) -> Path:
-        """Writes the result file of ``job`` (atomically); returns its path."""
-        from tinyfaces_trt.wider.format import write_detection_file
-
-        target = self.claim(job)
-        try:
-            write_detection_file(target, f"{job.event}/{job.rel.name}", boxes)
-        except OSError as exc:
-            raise TinyFacesError(f"cannot write WIDER result {target} for {job.path}: "
-                                 f"{exc.strerror or exc}") from exc
-        return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,9 +237,11 @@ class _Console:
             print(line, file=stream, flush=True)
 
 
-def _progress_bar(jobs: list[ImageJob], args: argparse.Namespace) -> Any:
-    """tqdm on stderr for folder inputs (several images), else None."""
-    if len(jobs) < 2 or not any(Path(a).is_dir() for a in args.images):
+def _progress_bar(jobs: Sequence[Any], args: argparse.Namespace) -> Any:
+    """tqdm on stderr for folder inputs (several images) when stderr is a terminal (a log
+    file gets no bar frames), else None."""
+    if len(jobs) < 2 or not any(Path(a).is_dir() for a in args.images) \
+            or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
@@ -480,6 +258,48 @@ def _run(args: argparse.Namespace) -> int:
         return _run_in(args, start)
 
 
+@dataclass
+class RunPlan:
+    """A run's images with their output names, before any is processed.
+
+    Attributes:
+        tasks: the images to process, in order.
+        options: what they share (``backend`` and ``model`` still as given).
+        failures: ``{"image", "error"}`` of the arguments and images refused (reported).
+    """
+
+    tasks: list[DetectTask]
+    options: DetectOptions
+    failures: list[dict[str, str]]
+
+
+def plan_run(args: argparse.Namespace, out_dir: Path | None,
+             wider_dir: Path | None) -> RunPlan:
+    """Finds the images, names their outputs, and reports on stderr the arguments and
+    images refused and the images left out in output folders.
+
+    Raises:
+        InputOverwriteError: an output would replace an input file (nothing is reported).
+    """
+    outputs = {d.resolve(): f"{option} {d}"
+               for option, d in (("--wider-dir", wider_dir), ("--out", out_dir)) if d}
+    found = find_inputs(args.images, list(outputs))
+    options = DetectOptions(args.backend, out_dir, wider_dir,
+                            "blur" if args.blur else "pixelate" if args.pixelate else None,
+                            draw=args.draw, jpeg_quality=args.jpeg_quality,
+                            overwrite=args.overwrite)
+    tasks, refused = plan_tasks(found.jobs, options)
+    refuse_replacing_inputs(tasks, options, found.jobs)
+    failures = [{"image": arg, "error": message} for arg, message in found.errors]
+    failures += [{"image": str(job.path), "error": message} for job, message in refused]
+    for failure in failures:
+        _error(failure["error"])
+    for folder, count in found.left_out.items():
+        stderr_line(f"{PROG}: left out {count} image file(s) in {outputs[folder]}: an output "
+                    "folder is not read as input (move them elsewhere to detect them)")
+    return RunPlan(tasks, options, failures)
+
+
 def _run_in(args: argparse.Namespace, start: float) -> int:
     try:
         _check_weights_path(args.weights)
@@ -488,28 +308,26 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
                         f"usable core(s); using {usable_cores()}")
             args.threads = usable_cores()
         out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
-        wider = WiderWriter(prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}")) \
+        wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
             if args.wider_dir else None
+        run = plan_run(args, out_dir, wider_dir)
         untrained = is_untrained(args.model, args.weights)
         if untrained:
             stderr_line(untrained_banner(PROG, args.model))
         detector = _make_detector(args)
+    except InputOverwriteError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     except TinyFacesError as exc:
         _error(str(exc))
         return 1
     identity = getattr(detector, "identity", None)
-    model = identity.to_dict() if identity is not None else None
-    jobs, errors = collect_images(
-        args.images, [d for d in (out_dir, wider and wider.wider_dir) if d])
-    failures = [{"image": arg, "error": message} for arg, message in errors]
-    for _, message in errors:
-        _error(message)
-    anonymise = "blur" if args.blur else "pixelate" if args.pixelate else None
-    names = OutputNames()
+    options = replace(run.options, backend=args.backend,
+                      model=identity.to_dict() if identity is not None else None)
+    failures = run.failures
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    faces = 0
-    bar = _progress_bar(jobs, args)
+    bar = _progress_bar(run.tasks, args)
     console = _Console(bar)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -517,32 +335,35 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
         else contextlib.nullcontext()
     try:
         with redirect:
-            for job in jobs:
+            for task in run.tasks:
                 try:
-                    record = _process(detector, job, args, names, out_dir, wider, anonymise,
-                                      model, console)
+                    record = _process(detector, task, options, args.json, console)
                 except TinyFacesError as exc:
                     console.err(f"{PROG}: error: {exc}")
-                    failures.append({"image": str(job.path), "error": str(exc)})
+                    failures.append({"image": str(task.job.path), "error": str(exc)})
                 else:
-                    if record.get("skipped"):
-                        skipped.append(record)
-                    else:
-                        faces += len(record["detections"])
-                        records.append(record)
+                    (skipped if record.get("skipped") else records).append(record)
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
         detector.close()  # device memory and streams back before the summary
+    finish_run(args, untrained, options.model, records, skipped, failures, start)
+    return 1 if failures else 0
+
+
+def finish_run(args: argparse.Namespace, untrained: bool, model: dict[str, Any] | None,
+               records: list[dict[str, Any]], skipped: list[dict[str, Any]],
+               failures: list[dict[str, str]], start: float) -> None:
+    """Prints the run's JSON document (with ``--json``) and its summary line on stderr."""
     if args.json:
         print(json.dumps({"backend": args.backend, "untrained": untrained, "model": model,
                           "images": records, "skipped": skipped, "errors": failures}, indent=2))
+    faces = sum(len(record["detections"]) for record in records)
     stderr_line(f"{PROG}: {len(records)} image(s), {faces} face(s), "
                 + (f"{len(skipped)} skipped (outputs exist), " if skipped else "")
                 + f"{len(failures)} error(s) in {time.perf_counter() - start:.1f} s")
-    return 1 if failures else 0
 
 
 def _load(job: ImageJob) -> np.ndarray:
@@ -559,30 +380,39 @@ def _resolved(job: ImageJob) -> dict[str, str]:
     return {} if job.is_stdin else {"resolved": os.path.realpath(job.path)}
 
 
-def _process(detector: Any, job: ImageJob, args: argparse.Namespace, names: OutputNames,
-             out_dir: Path | None, wider: WiderWriter | None, anonymise: str | None,
-             model: dict[str, Any] | None, console: _Console) -> dict[str, Any]:
-    """Detects one image, prints its line, writes its files; returns its JSON record
-    (``{"image", "skipped"}`` when all its outputs exist and ``--overwrite`` is not given)."""
-    plan = plan_outputs(out_dir, output_stem(names, out_dir, job), job, anonymise,
-                        draw=args.draw or anonymise is None) if out_dir is not None else None
-    wider_target = wider.claim(job) if wider is not None else None
-    targets = (plan.paths() if plan else []) + ([wider_target] if wider_target else [])
-    present = [t for t in targets if t.exists()] if not args.overwrite else []
+def skipped_record(job: ImageJob) -> dict[str, Any]:
+    """The JSON record of an image skipped because its outputs exist."""
+    return {"image": str(job.path), "skipped": True}
+
+
+def skipped_line(job: ImageJob) -> str:
+    """The stderr line of an image skipped because its outputs exist."""
+    return f"{PROG}: {job.path}: skipped, its outputs exist (--overwrite replaces them)"
+
+
+def _process(detector: Any, task: DetectTask, options: DetectOptions, quiet: bool,
+             console: _Console) -> dict[str, Any]:
+    """Detects one image, prints its line (unless ``quiet``), writes its files; returns its
+    JSON record (:func:`skipped_record` when all its outputs exist and ``--overwrite`` is
+    not given: outputs that exist are kept)."""
+    job, plan = task.job, task_plan(task, options)
+    targets = expected_outputs(task, options)
+    present = [t for t in targets if t.exists()] if not options.overwrite else []
     if targets and len(present) == len(targets):
-        console.err(f"{PROG}: {job.path}: skipped, its outputs exist (--overwrite replaces them)")
-        return {"image": str(job.path), "skipped": True}
+        console.err(skipped_line(job))
+        return skipped_record(job)
     image = _load(job)
     boxes = detect_with_progress(detector, image, str(job.rel))
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "backend": args.backend, "model": model, "detections": detections_to_list(boxes)}
+              "backend": options.backend, "model": options.model,
+              "detections": detections_to_list(boxes)}
     if plan is not None:
-        write_outputs(plan, image, boxes, record, anonymise, jpeg_quality=args.jpeg_quality,
-                      keep=present)
-    if wider is not None and wider_target not in present:
-        wider.write(job, boxes)
-    if not args.json:
+        write_outputs(plan, image, boxes, record, options.anonymise,
+                      jpeg_quality=options.jpeg_quality, keep=present)
+    if task.wider_file is not None and task.wider_file not in present:
+        write_wider_result(task.wider_file, job, boxes)
+    if not quiet:
         console.out(format_line(job.path, boxes))
     return record
 

@@ -1,0 +1,232 @@
+"""tf-detect never destroys or mistakes the user's files for its outputs: an output that would
+replace an input, WIDER files it did not write, piped images, output folders reached from an
+input folder (seeded ResNet-50 export, ONNX Runtime CPU, in-process)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tinyfaces_trt.cli.detect import main
+from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, plan_tasks
+from tinyfaces_trt.cli.detect_ray import main as ray_main
+from tinyfaces_trt.core.files import written_for_another
+from tinyfaces_trt.parity.images import synthetic_image
+
+
+def _image(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(synthetic_image(40, 52, seed=seed)).save(path)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("tf-detect: error: ")]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------ 1: an output replacing an input
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("ray", [[], ["--ray"]])
+def test_an_output_that_would_replace_an_input_is_refused_before_any_work(
+        capsys, export_dir, tmp_path, overwrite, ray):
+    """--out is the inputs' folder through a link: IMG_001's blurred copy would replace the
+    user's own IMG_001_blurred.jpg (it was replaced, or taken for IMG_001's output)."""
+    photos = tmp_path / "photos"
+    mine = _image(photos / "IMG_001_blurred.jpg", 2)
+    _image(photos / "IMG_001.jpg", 1)
+    before = mine.read_bytes()
+    (tmp_path / "anon").symlink_to(photos, target_is_directory=True)
+    argv = [photos / "IMG_001.jpg", mine, "--model", export_dir, "--out", tmp_path / "anon",
+            "--blur", *overwrite, *ray]
+    code, out, err = _run(capsys, *argv) if not ray else (ray_main([str(a) for a in argv]),
+                                                          *capsys.readouterr())
+    assert code == 2 and out == ""
+    assert _errors(err) == [
+        f"tf-detect: error: {mine} would be replaced by the blurred copy of "
+        f"{photos / 'IMG_001.jpg'} written to {tmp_path / 'anon' / 'IMG_001_blurred.jpg'}; "
+        "choose another --out"]
+    assert mine.read_bytes() == before
+    assert _files(photos) == ["IMG_001.jpg", "IMG_001_blurred.jpg"]
+
+
+def test_an_output_replacing_the_file_a_linked_input_points_to_is_refused(capsys, export_dir,
+                                                                          tmp_path):
+    """album/pic.jpg links to photos/a_boxes.jpg: a.jpg's drawn copy in --out photos/ would
+    replace the only copy of the picture."""
+    photos = tmp_path / "photos"
+    _image(photos / "a.jpg", 1)
+    before = _image(photos / "a_boxes.jpg", 2).read_bytes()
+    (tmp_path / "album").mkdir()
+    (tmp_path / "album" / "pic.jpg").symlink_to(photos / "a_boxes.jpg")
+    code, out, err = _run(capsys, photos / "a.jpg", tmp_path / "album" / "pic.jpg",
+                          "--model", export_dir, "--out", photos)
+    assert code == 2 and out == ""
+    assert _errors(err) == [
+        f"tf-detect: error: {tmp_path / 'album' / 'pic.jpg'} links to {photos / 'a_boxes.jpg'}, "
+        f"which would be replaced by the copy with boxes drawn of {photos / 'a.jpg'}; choose "
+        "another --out"]
+    assert (photos / "a_boxes.jpg").read_bytes() == before
+    assert _files(photos) == ["a.jpg", "a_boxes.jpg"]
+
+
+# ----------------------------------------------- 2: WIDER files that are not this image's result
+
+def _labelled_frames(root: Path) -> Path:
+    """data/frames/f001.jpg, f002.jpg with YOLO labels f001.txt, f002.txt beside them."""
+    for k, name in enumerate(("f001", "f002")):
+        _image(root / "frames" / f"{name}.jpg", k)
+        (root / "frames" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.3\n")
+    return root
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_wider_dir_into_an_input_folder_neither_skips_nor_replaces_labels(
+        capsys, export_dir, tmp_path, monkeypatch, overwrite):
+    monkeypatch.chdir(_labelled_frames(tmp_path / "data"))
+    code, out, err = _run(capsys, "frames", "--model", export_dir, "--wider-dir", ".", *overwrite)
+    assert code == 1 and out == "" and "skipped, its outputs exist" not in err
+    assert _errors(err) == [
+        f"tf-detect: error: frames/{name}.txt exists and is not the WIDER result of "
+        f"frames/{name}.jpg (its first line is not frames/{name}.jpg); it is neither skipped "
+        "nor replaced: move it away or give another --wider-dir" for name in ("f001", "f002")]
+    assert err.splitlines()[-1].startswith("tf-detect: 0 image(s), 0 face(s), 2 error(s) in ")
+    for name in ("f001", "f002"):
+        assert Path(f"frames/{name}.txt").read_text() == "0 0.5 0.5 0.2 0.3\n"
+
+
+def test_wider_results_of_same_named_images_in_two_runs_stay_apart(capsys, export_dir,
+                                                                    tmp_path):
+    a_jpg, a_png = _image(tmp_path / "ev" / "a.jpg", 1), _image(tmp_path / "ev" / "a.png", 2)
+    pred = tmp_path / "pred"
+    assert _run(capsys, a_jpg, "--model", export_dir, "--wider-dir", pred)[0] == 0
+    result = (pred / "ev" / "a.txt").read_text()
+    assert result.startswith("ev/a.jpg\n")
+    for overwrite in ([], ["--overwrite"]):
+        code, out, err = _run(capsys, a_png, "--model", export_dir, "--wider-dir", pred,
+                              *overwrite)
+        assert code == 1 and out == ""
+        assert _errors(err) == [
+            f"tf-detect: error: {pred / 'ev' / 'a.txt'} exists and is not the WIDER result of "
+            f"{a_png} (its first line is not ev/a.png); it is neither skipped nor replaced: "
+            "move it away or give another --wider-dir"]
+        assert (pred / "ev" / "a.txt").read_text() == result
+    code, out, err = _run(capsys, a_jpg, "--model", export_dir, "--wider-dir", pred)
+    assert code == 0 and out == "" and f"{a_jpg}: skipped, its outputs exist" in err
+
+
+def test_the_distributed_plan_refuses_a_foreign_wider_file_too(tmp_path):
+    job = ImageJob(tmp_path / "ev" / "a.png", Path("a.png"), "ev")
+    (tmp_path / "pred" / "ev").mkdir(parents=True)
+    (tmp_path / "pred" / "ev" / "a.txt").write_text("ev/a.jpg\n0\n")
+    tasks, refused = plan_tasks([job], DetectOptions("onnxruntime", wider_dir=tmp_path / "pred"))
+    assert tasks == [] and [j for j, _ in refused] == [job]
+    assert refused[0][1].startswith(f"{tmp_path / 'pred' / 'ev' / 'a.txt'} exists and is not "
+                                    f"the WIDER result of {job.path} ")
+    (tmp_path / "pred" / "ev" / "a.txt").write_text("ev/a.png\n0\n")  # its own: planned
+    assert plan_tasks([job], DetectOptions("onnxruntime", wider_dir=tmp_path / "pred"))[1] == []
+
+
+# --------------------------------------------------------------------- 4: standard input
+
+def test_each_image_on_standard_input_is_processed_under_the_next_free_name(
+        capsys, export_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    for k in (1, 2):
+        data = _image(tmp_path / f"f{k}.png", k).read_bytes()
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code, stdout, err = _run(capsys, "-", "--model", export_dir, "--out", out)
+        assert code == 0 and stdout.startswith("-: ") and "skipped" not in err
+    assert _files(out) == ["stdin.json", "stdin_2.json", "stdin_2_boxes.png", "stdin_boxes.png"]
+    assert json.loads((out / "stdin_2.json").read_text())["image"] == "-"
+
+
+def test_a_record_of_standard_input_is_never_an_inputs_own(tmp_path):
+    record = tmp_path / "stdin.json"
+    assert written_for_another(record, "image", None) is False  # absent: free
+    record.write_text(json.dumps({"image": "-"}))
+    assert written_for_another(record, "image", None) is True
+    assert written_for_another(record, "image", "-") is False  # a path named "-" is still one
+
+
+# ----------------------------------------------- 5, 6: output folders reached from the inputs
+
+def test_a_link_to_the_out_folder_inside_the_input_folder_is_not_read(capsys, export_dir,
+                                                                      tmp_path):
+    photos, results = tmp_path / "photos", tmp_path / "results"
+    _image(photos / "a.jpg", 1)
+    results.mkdir()
+    (photos / "results").symlink_to(Path("..") / "results", target_is_directory=True)
+    for run in range(3):
+        code, out, err = _run(capsys, photos, "--model", export_dir, "--out", results)
+        assert code == 0
+        assert out.startswith(f"{photos / 'a.jpg'}: ") if run == 0 else out == ""
+        left_out = [line for line in err.splitlines() if "left out" in line]
+        assert left_out == ([] if run == 0 else [
+            f"tf-detect: left out 1 image file(s) in --out {results}: an output folder is not "
+            "read as input (move them elsewhere to detect them)"])
+    assert _files(results) == ["a.json", "a_boxes.jpg"]
+
+
+def test_images_already_in_an_out_folder_inside_the_input_folder_are_reported(
+        capsys, export_dir, tmp_path):
+    archive = tmp_path / "archive"
+    for k, rel in enumerate(("2019/a.jpg", "2020/b.jpg", "2020/c.jpg")):
+        _image(archive / rel, k)
+    code, out, err = _run(capsys, archive, "--model", export_dir, "--out", archive / "2020")
+    assert code == 0 and out.startswith(f"{archive / '2019' / 'a.jpg'}: ")
+    assert (f"tf-detect: left out 2 image file(s) in --out {archive / '2020'}: an output folder "
+            "is not read as input (move them elsewhere to detect them)") in err.splitlines()
+    assert err.splitlines()[-1].startswith("tf-detect: 1 image(s), ")
+
+
+# ------------------------------------------------------- 7: the distributed run reports the same
+
+def test_the_distributed_run_reports_what_the_single_process_run_reports(capsys, export_dir,
+                                                                         tmp_path):
+    """Its --json had no "model" nor "skipped", and counted skipped images as processed (their
+    old records read back). Run through the pool's serial runner: no cluster needed."""
+    from tinyfaces_trt.cli.detect import build_parser
+    from tinyfaces_trt.cli.detect_ray import run_detect
+
+    photos = tmp_path / "photos"
+    for k in range(2):
+        _image(photos / f"p{k}.png", k)
+
+    def both(out: Path) -> tuple[list[dict], list[list[str]]]:
+        argv = [str(photos), "--model", str(export_dir), "--out", str(out), "--json"]
+        documents, lines = [], []
+        for run in (main, lambda a: run_detect(build_parser().parse_args(a))):
+            assert run(argv) == 0
+            stdout, err = capsys.readouterr()
+            documents.append(json.loads(stdout))
+            lines.append([line.rsplit(" in ", 1)[0] for line in err.splitlines()])
+        return documents, lines
+
+    (single, dist), _ = both(tmp_path / "out")  # the second run finds the first's files
+    assert single["images"] and len(single["images"]) == 2 and dist["images"] == []
+    assert dist["skipped"] == [{"image": str(photos / f"p{k}.png"), "skipped": True}
+                               for k in range(2)]
+    assert set(dist) == set(single) and dist["model"] == single["model"] is not None
+    (single, dist), (single_err, dist_err) = both(tmp_path / "out")  # both skip everything
+    assert single == dist and single["images"] == [] and len(single["skipped"]) == 2
+    assert single_err == dist_err == [
+        *(f"tf-detect: {photos / f'p{k}.png'}: skipped, its outputs exist (--overwrite "
+          "replaces them)" for k in range(2)),
+        "tf-detect: 0 image(s), 0 face(s), 2 skipped (outputs exist), 0 error(s)"]

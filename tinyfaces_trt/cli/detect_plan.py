@@ -1,0 +1,423 @@
+"""What a tf-detect run reads and writes: the images its arguments name, the outputs each
+gets, and the checks of that plan before any work.
+
+:func:`find_inputs` walks the IMAGE arguments (output folders are never read as inputs);
+:func:`plan_outputs` names an image's outputs under ``--out`` and :func:`write_outputs`
+writes them atomically; :func:`plan_tasks` pairs each image with its outputs (WIDER results
+too), skipping those done, and :func:`refuse_replacing_inputs` refuses outputs that would
+replace an input file. The single-process run and ``--ray`` share all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
+from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+
+log = logging.getLogger("tinyfaces_trt.cli.detect")
+
+#: IMAGE arguments that mean "read one image from standard input".
+STDIN_ARGUMENTS = ("-",)
+#: Suffixes picked up when an IMAGE argument is a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_JPEG = (".jpg", ".jpeg")
+
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to process.
+
+    Attributes:
+        path: the image file.
+        rel: its path relative to the folder argument it was found in (for a file argument:
+            just its name); output names and WIDER event folders follow it.
+        event: the WIDER event folder its detections go to.
+    """
+
+    path: Path
+    rel: Path
+    event: str
+
+    @property
+    def is_stdin(self) -> bool:
+        """The image comes from standard input (argument ``-``)."""
+        return str(self.path) in STDIN_ARGUMENTS
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether the resolved ``path`` is ``folder`` or lies below it."""
+    return path == folder or folder in path.parents
+
+
+def _output_holding(path: Path, root: Path, outputs: Sequence[Path]) -> Path | None:
+    """The output folder that holds the walked file ``path`` (its real path, so also through a
+    symbolic link in the input folder ``root``), which then is no input; None: an input. An
+    output folder around ``root`` holds the inputs themselves: only what lies outside ``root``
+    is left out there."""
+    resolved = path.resolve()
+    return next((folder for folder in outputs if _within(resolved, folder)
+                 and not (folder in root.parents and _within(resolved, root))), None)
+
+
+@dataclass
+class Inputs:
+    """The IMAGE arguments expanded.
+
+    Attributes:
+        jobs: the images, in order.
+        errors: (argument, error message) for each argument that gave none.
+        left_out: output folder (resolved) -> how many image files walked there were left out.
+    """
+
+    jobs: list[ImageJob] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    left_out: dict[Path, int] = field(default_factory=dict)
+
+
+def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Inputs:
+    """Expands IMAGE arguments into jobs.
+
+    A folder is walked recursively (sorted, hidden entries skipped) for image suffixes,
+    leaving out the files inside those ``exclude`` folders (the output folders, also reached
+    through a symbolic link), so a run never reads its own outputs. A file is taken as is, so
+    a non-image file gives a clear error when it is loaded. A missing path or a folder without
+    images is an error.
+    """
+    excluded = [Path(e).resolve() for e in exclude]
+    found = Inputs()
+    for arg in arguments:
+        path = Path(arg)
+        if arg in STDIN_ARGUMENTS:
+            found.jobs.append(ImageJob(path, Path("stdin"), "stdin"))
+        elif path.is_dir():
+            _add_folder(found, path, excluded)
+        else:
+            found.jobs.append(ImageJob(path, Path(path.name),
+                                       path.resolve().parent.name or "images"))
+    return found
+
+
+def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
+    """Adds the images of the folder argument ``path`` to ``found``."""
+    root = path.resolve()
+    images = []
+    for p in _walk(path):
+        holder = _output_holding(p, root, excluded)
+        if holder is None:
+            images.append(p)
+        else:
+            found.left_out[holder] = found.left_out.get(holder, 0) + 1
+    if not images:
+        found.errors.append((str(path), f"{path}: folder holds no image files "
+                                        f"({', '.join(IMAGE_SUFFIXES)})"))
+    for p in sorted(images):
+        rel = p.relative_to(path)
+        event = rel.parent.as_posix() if rel.parent != Path(".") else root.name
+        found.jobs.append(ImageJob(p, rel, event))
+
+
+def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
+                   ) -> tuple[list[ImageJob], list[tuple[str, str]]]:
+    """:func:`find_inputs`' (jobs, [(argument, error message)])."""
+    found = find_inputs(arguments, exclude)
+    return found.jobs, found.errors
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Image files below ``folder``, following symbolic links to folders; a link back to a
+    folder already walked (a loop, or the same folder twice) is skipped with a warning."""
+    seen: set[tuple[int, int]] = set()
+    def unreadable(exc: OSError) -> None:
+        log.warning("%s: cannot read the folder (%s); skipped", exc.filename,
+                    exc.strerror or exc)
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        try:
+            info = os.stat(root)
+        except OSError as exc:
+            log.warning("%s: cannot read the folder (%s); skipped", root, exc.strerror or exc)
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            log.warning("%s: links to a folder already searched (a symbolic-link loop or "
+                        "a second link); skipped", root)
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+class OutputNames:
+    """Unique output stems under ``--out``: the image's relative path without its suffix,
+    with ``_2``, ``_3``, ... appended when two inputs would write the same files."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def stem(self, job: ImageJob, taken: Callable[[Path], bool] = lambda stem: False) -> Path:
+        """The first stem no other input of this run has and ``taken`` does not refuse
+        (reserved: only that one)."""
+        base = job.rel.with_suffix("")
+        candidate, k = base, 1
+        while candidate.as_posix().lower() in self._used or taken(candidate):
+            k += 1
+            candidate = base.with_name(f"{base.name}_{k}")
+        self._used.add(candidate.as_posix().lower())
+        return candidate
+
+
+def output_stem(names: OutputNames, out_dir: Path, job: ImageJob) -> Path:
+    """``job``'s output stem: the next one of :class:`OutputNames` whose detections JSON, where
+    an earlier run wrote one, is this image's (``a.jpg`` then ``a.png``, or two folders'
+    ``p.jpg``, must neither skip nor overwrite each other's files)."""
+    source = None if job.is_stdin else job.path  # a piped image is never recognised
+    return names.stem(job, lambda stem: written_for_another(
+        out_dir / stem.parent / f"{stem.name}.json", "image", source))
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The files ``--out`` gets for one image (None: not written)."""
+
+    drawn: Path | None
+    anonymised: Path | None
+    detections: Path
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.anonymised, self.detections, self.drawn) if p is not None]
+
+
+def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None,
+                 draw: bool) -> OutputPlan:
+    """Where the outputs of ``job`` go: the drawn copy only when ``draw`` (an anonymised
+    folder must not hold the faces), the anonymised copy when ``anonymise``."""
+    ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
+    base = out_dir / stem
+    suffix = {"blur": "_blurred", "pixelate": "_pixelated"}.get(anonymise or "")
+    return OutputPlan(drawn=base.with_name(base.name + "_boxes" + ext) if draw else None,
+                      anonymised=base.with_name(base.name + suffix + ext) if suffix else None,
+                      detections=base.with_name(base.name + ".json"))
+
+
+def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
+                  record: dict[str, Any], anonymise: str | None, *,
+                  jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                  keep: Sequence[Path] = ()) -> list[Path]:
+    """Writes the planned files (each atomically), except those in ``keep``; returns the
+    paths written.
+
+    Raises:
+        TinyFacesError: naming every file that could not be written (the others are
+            written; none is left truncated).
+    """
+    from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
+    from tinyfaces_trt.runtime.imageio import save_image
+
+    try:
+        plan.detections.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
+                             f"{exc.strerror or exc}") from exc
+    # the JSON first: it names the input, claiming the file names for it in later runs
+    makers: list[tuple[Path | None, Callable[[Path], None]]] = [
+        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
+        (plan.anonymised, lambda path: save_image(
+            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
+            jpeg_quality=jpeg_quality)),
+        (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes),
+                                             jpeg_quality=jpeg_quality)),
+    ]
+    written: list[Path] = []
+    failed: list[str] = []
+    for path, make in makers:
+        if path is None or path in keep:
+            continue
+        try:
+            make(path)
+        except TinyFacesError as exc:
+            failed.append(str(exc))
+        except OSError as exc:
+            failed.append(f"{path}: cannot write ({exc.strerror or exc})")
+        else:
+            written.append(path)
+    if failed:
+        raise TinyFacesError("; ".join(failed))
+    return written
+
+
+def wider_name(job: ImageJob) -> str:
+    """Line 1 of ``job``'s WIDER result file: ``<event>/<image file name>``."""
+    return f"{job.event}/{job.rel.name}"
+
+
+def is_wider_result_of(path: Path, job: ImageJob) -> bool:
+    """Whether the existing file ``path`` is ``job``'s WIDER result (its first line is
+    :func:`wider_name`); never for an image on standard input (nothing tells two apart)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            first = file.readline(4096)
+    except OSError:
+        return False
+    return not job.is_stdin and first.strip() == wider_name(job)
+
+
+def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray) -> None:
+    """Writes ``job``'s WIDER result file ``path`` (atomically, creating its folder)."""
+    from tinyfaces_trt.wider.format import write_detection_file
+
+    try:
+        write_detection_file(path, wider_name(job), boxes)
+    except OSError as exc:
+        raise TinyFacesError(f"cannot write WIDER result {path} for {job.path}: "
+                             f"{exc.strerror or exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan of a run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """What every image of a tf-detect run shares (picklable, sent to each --ray worker once)."""
+
+    backend: str
+    out_dir: Path | None = None
+    wider_dir: Path | None = None
+    anonymise: str | None = None  # "blur", "pixelate" or None
+    draw: bool = False  # with anonymise: also the copy with the faces visible (--draw)
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    overwrite: bool = False
+    model: dict[str, Any] | None = None  # the detector's identity, recorded in every JSON
+
+
+@dataclass(frozen=True)
+class DetectTask:
+    """One image and the output names the plan gave it.
+
+    Attributes:
+        job: the image job.
+        stem: its output name under ``--out`` (None without ``--out``).
+        wider_file: its WIDER result file (None without ``--wider-dir``).
+    """
+
+    job: ImageJob
+    stem: Path | None = None
+    wider_file: Path | None = None
+
+
+class InputOverwriteError(TinyFacesError):
+    """A planned output would replace an input file of the run (a usage error)."""
+
+
+def plan_tasks(jobs: Sequence[ImageJob], options: DetectOptions
+               ) -> tuple[list[DetectTask], list[tuple[ImageJob, str]]]:
+    """Fixes every image's output names, in input order.
+
+    Returns:
+        (tasks, refused): refused images would overwrite the WIDER result of an earlier
+        image of the run (same event and name), or a file under ``--wider-dir`` that is not
+        their own WIDER result (another image's, a label file), with the message saying so.
+    """
+    from tinyfaces_trt.wider.format import detection_path
+
+    names = OutputNames()
+    wider_owner: dict[Path, Path] = {}
+    tasks: list[DetectTask] = []
+    refused: list[tuple[ImageJob, str]] = []
+    for job in jobs:
+        wider_file = None
+        if options.wider_dir is not None:
+            wider_file = detection_path(options.wider_dir, job.event, Path(job.rel.name).stem)
+            problem = _wider_problem(wider_file, job, wider_owner.setdefault(wider_file, job.path))
+            if problem:
+                refused.append((job, problem))
+                continue
+        stem = output_stem(names, options.out_dir, job) if options.out_dir is not None else None
+        tasks.append(DetectTask(job, stem, wider_file))
+    return tasks, refused
+
+
+def _wider_problem(wider_file: Path, job: ImageJob, owner: Path) -> str | None:
+    """Why ``job`` may not write ``wider_file`` (``owner``: the image of this run that has
+    it); None when it may."""
+    if owner != job.path:
+        return (f"{job.path}: its WIDER result {wider_file} was already written for {owner} "
+                "(same event and name); rename one of the two images")
+    if os.path.lexists(wider_file) and not is_wider_result_of(wider_file, job):
+        return (f"{wider_file} exists and is not the WIDER result of {job.path} (its first "
+                f"line is not {wider_name(job)}); it is neither skipped nor replaced: move it "
+                "away or give another --wider-dir")
+    return None
+
+
+def task_plan(task: DetectTask, options: DetectOptions) -> OutputPlan | None:
+    """The ``--out`` files of one task (None without ``--out``)."""
+    if options.out_dir is None or task.stem is None:
+        return None
+    return plan_outputs(options.out_dir, task.stem, task.job, options.anonymise,
+                        draw=options.draw or options.anonymise is None)
+
+
+def expected_outputs(task: DetectTask, options: DetectOptions) -> list[Path]:
+    """The final files of one image, exactly as they are written, then its WIDER file."""
+    plan = task_plan(task, options)
+    return (plan.paths() if plan else []) + ([task.wider_file] if task.wider_file else [])
+
+
+def _described_outputs(task: DetectTask, options: DetectOptions) -> list[tuple[Path, str, str]]:
+    """(file, option that places it, what it is) for each output of ``task``."""
+    plan = task_plan(task, options)
+    found = []
+    if plan is not None:
+        hidden = f"{'blurred' if options.anonymise == 'blur' else 'pixelated'} copy"
+        found = [(path, "--out", what) for path, what in (
+            (plan.detections, "detections JSON"), (plan.anonymised, hidden),
+            (plan.drawn, "copy with boxes drawn")) if path is not None]
+    if task.wider_file is not None:
+        found.append((task.wider_file, "--wider-dir", "WIDER result"))
+    return found
+
+
+def refuse_replacing_inputs(tasks: Sequence[DetectTask], options: DetectOptions,
+                            jobs: Sequence[ImageJob]) -> None:
+    """Raises :class:`InputOverwriteError` where an output of ``tasks`` would replace the
+    data of an input file of the run (``jobs``: itself, another input, or the file a linked
+    input points to), ``--overwrite`` or not: kept, it would be taken for that output."""
+    owners = {str(path): (task.job, option, what)
+              for task in tasks for path, option, what in _described_outputs(task, options)}
+    victims = inputs_replaced_by(owners, [str(job.path) for job in jobs if not job.is_stdin])
+    if not victims:
+        return
+    output, victim = next(iter(victims.items()))
+    job, option, what = owners[output]
+    by = f"its {what}" if Path(victim) == job.path else f"the {what} of {job.path}"
+    if Path(victim).is_symlink():
+        subject, written = f"{victim} links to {output}, which", ""
+    else:
+        subject, written = victim, "" if output == victim else f" written to {output}"
+    more = f" (and {len(victims) - 1} more)" if len(victims) > 1 else ""
+    raise InputOverwriteError(f"{subject} would be replaced by {by}{written}{more}; choose "
+                              f"another {option}")
