@@ -18,7 +18,9 @@ import numpy as np
 LEVEL_BAR_DELAY_S = 1.0
 
 
-def _on_terminal() -> bool:
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars are drawn there only (a log file gets no
+    carriage-return frames)."""
     return sys.stderr.isatty()
 
 
@@ -37,7 +39,7 @@ def detect_with_progress(detector: Any, image: np.ndarray, label: str,
     """``detector.detect(image)``, with a bar of its pyramid levels on stderr where it helps:
     ``enabled``, stderr a terminal, a detector on the CPU, and the image still running after
     :data:`LEVEL_BAR_DELAY_S`. The bar is cleared when the image is done."""
-    if not (enabled and _on_terminal() and _runs_on_the_cpu(detector)):
+    if not (enabled and on_terminal() and _runs_on_the_cpu(detector)):
         return detector.detect(image)
     from tqdm import tqdm
 

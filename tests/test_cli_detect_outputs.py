@@ -59,7 +59,7 @@ def test_an_output_that_would_replace_an_input_is_refused_before_any_work(
                                                           *capsys.readouterr())
     assert code == 2 and out == ""
     assert _errors(err) == [
-        f"tf-detect: error: {mine} would be replaced by the blurred copy of "
+        f"tf-detect: error: {mine} is an input of this run and the path of the blurred copy of "
         f"{photos / 'IMG_001.jpg'} written to {tmp_path / 'anon' / 'IMG_001_blurred.jpg'}; "
         "choose another --out"]
     assert mine.read_bytes() == before
@@ -80,7 +80,8 @@ def test_an_output_replacing_the_file_a_linked_input_points_to_is_refused(capsys
     assert code == 2 and out == ""
     assert _errors(err) == [
         f"tf-detect: error: {tmp_path / 'album' / 'pic.jpg'} links to {photos / 'a_boxes.jpg'}, "
-        f"which would be replaced by the copy with boxes drawn of {photos / 'a.jpg'}; choose "
+        f"which is an input of this run and the path of the copy with boxes drawn of "
+        f"{photos / 'a.jpg'}; choose "
         "another --out"]
     assert (photos / "a_boxes.jpg").read_bytes() == before
     assert _files(photos) == ["a.jpg", "a_boxes.jpg"]
@@ -230,3 +231,31 @@ def test_the_distributed_run_reports_what_the_single_process_run_reports(capsys,
         *(f"tf-detect: {photos / f'p{k}.png'}: skipped, its outputs exist (--overwrite "
           "replaces them)" for k in range(2)),
         "tf-detect: 0 image(s), 0 face(s), 2 skipped (outputs exist), 0 error(s)"]
+
+
+def test_an_image_on_standard_input_rewrites_its_wider_result_each_run(capsys, export_dir,
+                                                                        tmp_path, monkeypatch):
+    """Its WIDER file has a fixed name (stdin/stdin.txt): the second run failed, 'not the WIDER
+    result of -', though its first line was stdin/stdin."""
+    data = _image(tmp_path / "a.png", 1).read_bytes()
+    pred = tmp_path / "pred" / "stdin" / "stdin.txt"
+    for run in range(2):
+        pred.parent.mkdir(parents=True, exist_ok=True)
+        if run:
+            pred.write_text("stdin/stdin\n0\n")  # an earlier result, with no faces
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code, _, err = _run(capsys, "-", "--model", export_dir, "--wider-dir", tmp_path / "pred")
+        assert code == 0, err
+        assert pred.read_text().splitlines()[0] == "stdin/stdin"
+    assert pred.read_text() != "stdin/stdin\n0\n"  # rewritten, not kept as done
+
+
+def test_a_link_loop_in_a_folder_is_an_error_of_that_file(capsys, export_dir, tmp_path):
+    """resolve() of a link to itself raised RuntimeError: a traceback, the run lost."""
+    photos = tmp_path / "photos"
+    _image(photos / "a.png", 1)
+    (photos / "loop.jpg").symlink_to("loop.jpg")
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert any("loop.jpg" in line and "error" in line for line in err.splitlines()), err
+    assert (tmp_path / "out" / "a.json").exists()

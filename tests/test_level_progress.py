@@ -42,7 +42,7 @@ def _detector() -> Detector:
 def terminal(monkeypatch):
     """stderr taken for a terminal, and bars shown from the start and at every level (a level
     takes milliseconds here)."""
-    monkeypatch.setattr(progress, "_on_terminal", lambda: True)
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
     monkeypatch.setattr(progress, "LEVEL_BAR_DELAY_S", 0.0)
     monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0))
 
@@ -80,7 +80,7 @@ def test_no_bar_off_a_terminal_when_disabled_or_on_a_gpu(terminal, capsys, monke
         detector = SimpleNamespace(runner=runner, detect=lambda image: "boxes")  # no on_level
         assert progress.detect_with_progress(detector, IMAGE, "photo.jpg") == "boxes"
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(progress, "_on_terminal", lambda: False)
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
     progress.detect_with_progress(_detector(), IMAGE, "photo.jpg")
     assert capsys.readouterr().err == ""
 

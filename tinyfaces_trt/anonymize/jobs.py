@@ -33,6 +33,7 @@ from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks,
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
+from tinyfaces_trt.core import progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
 
@@ -424,7 +425,7 @@ def _progress_bar(task: Task, total: int, options: Options) -> Any:
 
     # on a terminal only, as the other bars: no carriage-return updates in a log file
     return tqdm(total=total or None, unit="frame", desc=Path(task.source).name, leave=False,
-                disable=not (options.progress and sys.stderr.isatty()), file=sys.stderr,
+                disable=not (options.progress and progress.on_terminal()), file=sys.stderr,
                 dynamic_ncols=True)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core import progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
@@ -179,12 +180,12 @@ def usable_cores() -> int:
 def _make_detector(args: argparse.Namespace) -> Any:
     from tinyfaces_trt.detectors import spec_from_arguments
 
-    def progress(line: str) -> None:
+    def say(line: str) -> None:
         stderr_line(f"{PROG}: {line}")
 
-    spec = spec_from_arguments(args, progress)
+    spec = spec_from_arguments(args, say)
     args.backend = spec.backend  # "auto" resolved: the JSON records what ran
-    return spec.create(progress)
+    return spec.create(say)
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -241,7 +242,7 @@ def _progress_bar(jobs: Sequence[Any], args: argparse.Namespace) -> Any:
     """tqdm on stderr for folder inputs (several images) when stderr is a terminal (a log
     file gets no bar frames), else None."""
     if len(jobs) < 2 or not any(Path(a).is_dir() for a in args.images) \
-            or not sys.stderr.isatty():
+            or not progress.on_terminal():
         return None
     from tqdm import tqdm
 
@@ -397,7 +398,9 @@ def _process(detector: Any, task: DetectTask, options: DetectOptions, quiet: boo
     not given: outputs that exist are kept)."""
     job, plan = task.job, task_plan(task, options)
     targets = expected_outputs(task, options)
-    present = [t for t in targets if t.exists()] if not options.overwrite else []
+    # an image on standard input is never done (one piped image cannot be told from the next)
+    done = not (options.overwrite or job.is_stdin)
+    present = [t for t in targets if t.exists()] if done else []
     if targets and len(present) == len(targets):
         console.err(skipped_line(job))
         return skipped_record(job)

@@ -4,8 +4,8 @@ gets, and the checks of that plan before any work.
 :func:`find_inputs` walks the IMAGE arguments (output folders are never read as inputs);
 :func:`plan_outputs` names an image's outputs under ``--out`` and :func:`write_outputs`
 writes them atomically; :func:`plan_tasks` pairs each image with its outputs (WIDER results
-too), skipping those done, and :func:`refuse_replacing_inputs` refuses outputs that would
-replace an input file. The single-process run and ``--ray`` share all of it.
+too) and refuses a WIDER file that is not the image's own result, and
+:func:`refuse_replacing_inputs` refuses outputs at the path of an input file. The single-process run and ``--ray`` share all of it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ def _output_holding(path: Path, root: Path, outputs: Sequence[Path]) -> Path | N
     symbolic link in the input folder ``root``), which then is no input; None: an input. An
     output folder around ``root`` holds the inputs themselves: only what lies outside ``root``
     is left out there."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: its read reports it
+        return None
     return next((folder for folder in outputs if _within(resolved, folder)
                  and not (folder in root.parents and _within(resolved, root))), None)
 
@@ -275,13 +278,13 @@ def wider_name(job: ImageJob) -> str:
 
 def is_wider_result_of(path: Path, job: ImageJob) -> bool:
     """Whether the existing file ``path`` is ``job``'s WIDER result (its first line is
-    :func:`wider_name`); never for an image on standard input (nothing tells two apart)."""
+    :func:`wider_name`)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
             first = file.readline(4096)
     except OSError:
         return False
-    return not job.is_stdin and first.strip() == wider_name(job)
+    return first.strip() == wider_name(job)
 
 
 def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray) -> None:
@@ -415,9 +418,10 @@ def refuse_replacing_inputs(tasks: Sequence[DetectTask], options: DetectOptions,
     job, option, what = owners[output]
     by = f"its {what}" if Path(victim) == job.path else f"the {what} of {job.path}"
     if Path(victim).is_symlink():
-        subject, written = f"{victim} links to {output}, which", ""
+        subject, written = f"{victim} links to {output}, which", ""  # (is ... the path)
     else:
         subject, written = victim, "" if output == victim else f" written to {output}"
     more = f" (and {len(victims) - 1} more)" if len(victims) > 1 else ""
-    raise InputOverwriteError(f"{subject} would be replaced by {by}{written}{more}; choose "
-                              f"another {option}")
+    # (without --overwrite a done image's output is kept, and would then be read as an input)
+    raise InputOverwriteError(f"{subject} is an input of this run and the path of {by}"
+                              f"{written}{more}; choose another {option}")

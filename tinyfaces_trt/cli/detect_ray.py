@@ -33,6 +33,7 @@ from tinyfaces_trt.cli.detect import (
 from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, task_plan,
     write_outputs, write_wider_result)
+from tinyfaces_trt.core import progress
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, temporaries_of
@@ -124,7 +125,7 @@ def run_detect(args: argparse.Namespace) -> int:
     where = {"address": ray_address(args), "workers": args.workers} if ray_requested(args) else {}
     try:
         results = pool(tasks, spec, process_detect_task, options, is_done=outputs_exist,
-                       progress=sys.stderr.isatty(), on_result=on_result, desc=PROG, **where)
+                       progress=progress.on_terminal(), on_result=on_result, desc=PROG, **where)
     except TinyFacesError as exc:
         say(f"error: {exc}")
         return 1
