@@ -33,7 +33,7 @@ from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks,
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
-from tinyfaces_trt.core import progress
+import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
 

@@ -38,7 +38,7 @@ import numpy as np
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
                                     run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core import progress
+import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.results import detections_to_list

@@ -33,7 +33,7 @@ from tinyfaces_trt.cli.detect import (
 from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, task_plan,
     write_outputs, write_wider_result)
-from tinyfaces_trt.core import progress
+import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, temporaries_of
