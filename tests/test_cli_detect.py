@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
@@ -43,13 +44,6 @@ def photos(tmp_path):
     Image.fromarray(synthetic_image(64, 48, seed=2)).save(root / "2--Other" / "b.png")
     (root / "2--Other" / "broken.jpg").write_text("not an image")
     return root
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def test_console_script_is_wired():

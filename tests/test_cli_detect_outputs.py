@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import main
 from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, plan_tasks
 from tinyfaces_trt.cli.detect_ray import main as ray_main
@@ -23,13 +24,6 @@ def _image(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(synthetic_image(40, 52, seed=seed)).save(path)
     return path
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def _errors(err: str) -> list[str]:

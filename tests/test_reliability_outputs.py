@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from faults import assert_no_truncated_outputs, enospc, failing_save, temporaries
+from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import main
 from tinyfaces_trt.parity.images import synthetic_image
 
@@ -32,13 +33,6 @@ def photos(tmp_path):
         ext = ".jpg" if k % 2 == 0 else ".png"
         Image.fromarray(synthetic_image(40 + k, 56, seed=k)).save(folder / f"p{k}{ext}")
     return folder
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 # ------------------------------------------------------------------ item 1: atomic outputs
