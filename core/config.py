@@ -55,6 +55,11 @@ def is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def is_whole(value: object) -> bool:
+    """A real number with no fractional part (5, np.int64(5), 5.0), not a bool."""
+    return is_real(value) and float(value).is_integer()
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -221,7 +226,7 @@ class DetectorConfig:
             object.__setattr__(self, name, float(value))
         for name in ("stride", "max_input_dim"):  # 4000.0 is 4000; 4000.5 is refused
             value = getattr(self, name)
-            if not is_real(value) or not float(value).is_integer():
+            if not is_whole(value):
                 raise wrong(name, "an integer", value)
             object.__setattr__(self, name, int(value))
         for name in ("variant", "template_policy", "pyramid"):

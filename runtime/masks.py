@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from tinyfaces_trt.core.config import is_real
+from tinyfaces_trt.core.config import is_real, is_whole
 from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 
 MODES = ("blur", "pixelate", "solid", "none")
@@ -96,20 +96,15 @@ class MaskStyle:
         for name, what in (("cells", "pixelation grid must have a whole number >= 1 of cells"),
                            ("block", "pixelation block must be a whole number >= 1 of pixels")):
             value = getattr(self, name)
-            if value is not None and not (_is_whole(value) and value >= 1):
+            if value is not None and not (is_whole(value) and value >= 1):
                 raise TinyFacesError(f"{what}, got {value!r}")
             object.__setattr__(self, name, None if value is None else int(value))
         color = self.color.tolist() if isinstance(self.color, np.ndarray) else self.color
         if not isinstance(color, (tuple, list)) or len(color) != 3 \
-                or not all(_is_whole(c) and 0 <= c <= 255 for c in color):
+                or not all(is_whole(c) and 0 <= c <= 255 for c in color):
             raise TinyFacesError(f"solid colour must be three whole numbers 0..255, got "
                                  f"{self.color!r}")
         object.__setattr__(self, "color", tuple(int(c) for c in color))
-
-
-def _is_whole(value: object) -> bool:
-    """A number with no fractional part (5, np.int64(5), 5.0), not a bool."""
-    return is_real(value) and float(value).is_integer()
 
 
 def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
