@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tinyfaces_trt.anonymize import cli, jobs, reruns
+from tinyfaces_trt import detector_record
+from tinyfaces_trt.anonymize import cli, jobs
 from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is_done, naming,
                                           plan_tasks, process_file)
 from tinyfaces_trt.core.config import DetectorConfig
@@ -362,13 +363,13 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
     write_manifest(tmp_path, config=DetectorConfig(prob_thresh=0.7),
                    files={"onnx_fp32": "model.onnx"}, opset=18,
                    weights={"path": "/w.pth", "sha256": "ab" * 32})
-    record = reruns.detector_record(tmp_path, None, {"min_face": 24.0, "nms_thresh": None})
-    assert record == reruns.DetectorRecord(
+    record = detector_record.detector_record(tmp_path, None, {"min_face": 24.0, "nms_thresh": None})
+    assert record == detector_record.DetectorRecord(
         {"weights_sha256": "ab" * 32, "untrained": False},
         {"prob_thresh": 0.7, "nms_thresh": 0.3, "min_face": 24.0, "max_face": None})
-    assert reruns.detector_record(None, None).model == {"weights_sha256": None, "untrained": True}
+    assert detector_record.detector_record(None, None).model == {"weights_sha256": None, "untrained": True}
     write_manifest(tmp_path, config=DetectorConfig(), files={"onnx_fp32": "model.onnx"}, opset=18)
-    unknown = reruns.detector_record(tmp_path, None)
+    unknown = detector_record.detector_record(tmp_path, None)
     assert unknown.model is None
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -501,8 +502,8 @@ def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_
                                [], [], 0.0) == 1
         assert seen == [done]
     # and the planner's detector rule: the same options by another network are not done
-    for expected, done in ((reruns.detector_record(None, None), True),
-                           (reruns.detector_record(None, None, {"min_face": 200.0}), False)):
+    for expected, done in ((detector_record.detector_record(None, None), True),
+                           (detector_record.detector_record(None, None, {"min_face": 200.0}), False)):
         seen.clear()
         cli._run_on_ray(args, plan_tasks([photo], out, overwrite=True)[0], review, [], [], 0.0,
                         expected)

@@ -178,7 +178,8 @@ def test_rerun_skips_done_images_and_overwrite_replaces(capsys, photos, export_d
     out = tmp_path / "out"
     assert _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)[0] == 0
     json_path = out / "p0.json"
-    marked = {"image": str(photos / "p0.jpg"), "marker": 1}  # still this image's record
+    # still this image's record, of this run's detector
+    marked = {**json.loads(json_path.read_text()), "marker": 1}
     json_path.write_text(json.dumps(marked))
     code, stdout, err = _run(capsys, photos / "p0.jpg", "--model", export_dir, "--out", out)
     assert code == 0 and stdout == "" and "skipped, its outputs exist" in err

@@ -181,14 +181,12 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def expected_detector(args: argparse.Namespace) -> Any:
-    """The :class:`~.reruns.DetectorRecord` of the detector the arguments ask for (a rerun
-    redoes outputs made by another), None with ``--overwrite`` (nothing is compared)."""
-    from tinyfaces_trt.anonymize.reruns import DETECTION_FIELDS, detector_record
+    """The :class:`~tinyfaces_trt.detector_record.DetectorRecord` of the detector the
+    arguments ask for (a rerun redoes outputs made by another), None with ``--overwrite``
+    (nothing is compared)."""
+    from tinyfaces_trt.detector_record import record_from_arguments
 
-    if args.overwrite:
-        return None
-    return detector_record(args.model, args.weights,
-                           {f: getattr(args, f, None) for f in DETECTION_FIELDS})
+    return None if args.overwrite else record_from_arguments(args)
 
 
 def _make_detector(args: argparse.Namespace) -> Any:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from tinyfaces_trt.anonymize.reruns import DetectorRecord, redo_reason
+from tinyfaces_trt.anonymize.reruns import redo_reason
+from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES

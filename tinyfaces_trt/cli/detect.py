@@ -10,7 +10,9 @@ Per image it prints one line (or, with ``--json``, one JSON document for the run
 ``<name>_blurred|_pixelated.jpg|png`` and NO copy with the faces visible unless ``--draw``
 asks for one. Every file is written atomically (complete or absent); a write error is
 reported for that image and counted in the exit status. Outputs that exist already are kept
-(an image whose outputs all exist is skipped) unless ``--overwrite``; an output that would
+(an image whose outputs all exist is skipped) unless ``--overwrite``, or unless they were made
+by another network or with other detection settings than this run's (the JSON records both; a
+WIDER result's are in ``--wider-dir``'s ``.tf-detect/``): those are made again. An output that would
 replace an input file of the run is refused before any work (exit 2), and a WIDER file that
 is not the image's own result is neither skipped as done nor replaced (that image fails).
 Output folders are never read as inputs. A bad image is reported on stderr and skipped; the
@@ -41,12 +43,13 @@ from tinyfaces_trt.core.errors import TinyFacesError
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
+from tinyfaces_trt.detector_record import record_from_arguments
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
     IMAGE_SUFFIXES, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
-    expected_outputs, find_inputs, plan_tasks, refuse_replacing_inputs, task_plan,
-    write_outputs, write_wider_result)
+    find_inputs, plan_tasks, refuse_replacing_inputs, resume_state, task_plan, write_outputs,
+    write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 
@@ -117,9 +120,11 @@ setup failed (errors are listed on stderr, other images are still processed),
                                           "inputs (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that exist (default: keep them; an image "
-                             "whose outputs all exist is skipped, so a re-run resumes; an image "
-                             "on standard input is never taken as done: it gets the next free "
-                             "name, stdin_2, ...)")
+                             "whose outputs all exist is skipped, so a re-run resumes, unless "
+                             "another network or other --prob-thresh/--nms-thresh/--min-face/"
+                             "--max-face made them: those are made again; an image on standard "
+                             "input is never taken as done: it gets the next free name, "
+                             "stdin_2, ...)")
     parser.add_argument("--wider-dir", metavar="DIR",
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
@@ -288,7 +293,7 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
     options = DetectOptions(args.backend, out_dir, wider_dir,
                             "blur" if args.blur else "pixelate" if args.pixelate else None,
                             draw=args.draw, jpeg_quality=args.jpeg_quality,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, detector=record_from_arguments(args))
     tasks, refused = plan_tasks(found.jobs, options)
     refuse_replacing_inputs(tasks, options, found.jobs)
     failures = [{"image": arg, "error": message} for arg, message in found.errors]
@@ -391,30 +396,40 @@ def skipped_line(job: ImageJob) -> str:
     return f"{PROG}: {job.path}: skipped, its outputs exist (--overwrite replaces them)"
 
 
+def redo_line(job: ImageJob, reason: str) -> str:
+    """The stderr line of an image whose existing outputs are made again (``reason``: why)."""
+    return f"{PROG}: {job.path}: making its outputs again: {reason}"
+
+
+def detector_fields(options: DetectOptions) -> dict[str, Any]:
+    """An image's JSON record of the detector: ``backend``, ``model`` (the network) and
+    ``config`` (the detection settings a rerun compares)."""
+    return {"backend": options.backend, "model": options.model,
+            "config": options.detector.config if options.detector is not None else None}
+
+
 def _process(detector: Any, task: DetectTask, options: DetectOptions, quiet: bool,
              console: _Console) -> dict[str, Any]:
     """Detects one image, prints its line (unless ``quiet``), writes its files; returns its
     JSON record (:func:`skipped_record` when all its outputs exist and ``--overwrite`` is
     not given: outputs that exist are kept)."""
     job, plan = task.job, task_plan(task, options)
-    targets = expected_outputs(task, options)
-    # an image on standard input is never done (one piped image cannot be told from the next)
-    done = not (options.overwrite or job.is_stdin)
-    present = [t for t in targets if t.exists()] if done else []
-    if targets and len(present) == len(targets):
+    state = resume_state(task, options)
+    if state.done:
         console.err(skipped_line(job))
         return skipped_record(job)
+    if state.reason is not None:
+        console.err(redo_line(job, state.reason))
     image = _load(job)
     boxes = detect_with_progress(detector, image, str(job.rel))
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "backend": options.backend, "model": options.model,
-              "detections": detections_to_list(boxes)}
+              **detector_fields(options), "detections": detections_to_list(boxes)}
     if plan is not None:
         write_outputs(plan, image, boxes, record, options.anonymise,
-                      jpeg_quality=options.jpeg_quality, keep=present)
-    if task.wider_file is not None and task.wider_file not in present:
-        write_wider_result(task.wider_file, job, boxes)
+                      jpeg_quality=options.jpeg_quality, keep=state.keep)
+    if task.wider_file is not None and task.wider_file not in state.keep:
+        write_wider_result(task.wider_file, job, boxes, options)
     if not quiet:
         console.out(format_line(job.path, boxes))
     return record

@@ -22,6 +22,7 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
+from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 
 log = logging.getLogger("tinyfaces_trt.cli.detect")
@@ -287,15 +288,86 @@ def is_wider_result_of(path: Path, job: ImageJob) -> bool:
     return first.strip() == wider_name(job)
 
 
-def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray) -> None:
-    """Writes ``job``'s WIDER result file ``path`` (atomically, creating its folder)."""
+def wider_record_path(wider_dir: Path, wider_file: Path) -> Path:
+    """Where the record of the detector that wrote ``wider_file`` lies: ``<wider_dir>/
+    .tf-detect/<event>/<name>.json`` (the WIDER reader looks only at ``<event>/<name>.txt``)."""
+    return wider_dir / WIDER_RECORDS / wider_file.relative_to(wider_dir).with_suffix(".json")
+
+
+#: The hidden folder under ``--wider-dir`` holding which detector wrote each result file.
+WIDER_RECORDS = ".tf-detect"
+
+
+def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
+                       options: DetectOptions) -> None:
+    """Writes ``job``'s WIDER result file ``path`` (atomically, creating its folder), then the
+    record of the detector that made it (:func:`wider_record_path`; after the result: a run
+    stopped between the two leaves a result without a record, made again by the next run)."""
     from tinyfaces_trt.wider.format import write_detection_file
 
     try:
         write_detection_file(path, wider_name(job), boxes)
+        if options.wider_dir is not None:
+            record = wider_record_path(options.wider_dir, path)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(record, json.dumps(
+                {"image": str(job.path), "model": options.model,
+                 "config": options.detector.config if options.detector else None}) + "\n")
     except OSError as exc:
         raise TinyFacesError(f"cannot write WIDER result {path} for {job.path}: "
                              f"{exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a rerun keeps of an image's outputs.
+
+    Attributes:
+        keep: the outputs that exist and are kept as they are.
+        done: every output is kept (the image is skipped).
+        reason: why outputs that exist are made again (another network or other detection
+            settings made them, or nothing records which); None when none is.
+    """
+
+    keep: list[Path]
+    done: bool
+    reason: str | None = None
+
+
+def resume_state(task: DetectTask, options: DetectOptions) -> Resume:
+    """What this run keeps of ``task``'s existing outputs: nothing with ``--overwrite`` or for
+    standard input; nothing either when its detections JSON (``--out``) or its WIDER record
+    (``--wider-dir``) records another network or other detection settings than
+    ``options.detector``, or is missing while outputs exist; else every output that exists."""
+    targets = expected_outputs(task, options)
+    if options.overwrite or task.job.is_stdin:
+        return Resume([], False)
+    present = [path for path in targets if path.is_file()]
+    if not present:
+        return Resume([], False)
+    reason = _made_by_another(task, options)
+    if reason is not None:
+        return Resume([], False, reason)
+    return Resume(present, len(present) == len(targets))
+
+
+def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
+    """Why ``task``'s existing outputs may not be this run's detector's (None: they are)."""
+    plan = task_plan(task, options)
+    records = ([plan.detections] if plan is not None and any(
+        path.is_file() for path in plan.paths()) else [])
+    if task.wider_file is not None and options.wider_dir is not None and task.wider_file.is_file():
+        records.append(wider_record_path(options.wider_dir, task.wider_file))
+    changed: list[str] = []
+    for record in records:
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{record}, which records the detector that made them, is missing or unreadable"
+        if options.detector is None:
+            return "the detector of this run is not known"
+        changed += [c for c in options.detector.changes(recorded) if c not in changed]
+    return f"they were made with {', '.join(changed)}" if changed else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +386,8 @@ class DetectOptions:
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     overwrite: bool = False
     model: dict[str, Any] | None = None  # the detector's identity, recorded in every JSON
+    # the run's network and detection settings: outputs recorded with others are made again
+    detector: DetectorRecord | None = None
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ single-process run writes, under the same names. What has to differ:
 - Each worker writes an image's files with tf-detect's ``write_outputs``, each one atomically
   (a temporary name renamed when complete): a worker killed mid-image leaves no half-written
   file under a final name, and an image whose outputs are not all there is run again.
-- An image whose outputs all exist is skipped (resume), reported as tf-detect does: under
-  ``"skipped"`` in ``--json``, and in the summary line.
+- An image whose outputs all exist, made by this run's network and detection settings, is
+  skipped (resume: :func:`~tinyfaces_trt.cli.detect_plan.resume_state`), reported as
+  tf-detect does: under ``"skipped"`` in ``--json``, and in the summary line.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    EXIT_USAGE, PROG, _check_weights_path, _resolved, finish_run, format_line, plan_run,
-    skipped_line, skipped_record)
+    EXIT_USAGE, PROG, _check_weights_path, _resolved, detector_fields, finish_run, format_line,
+    plan_run, redo_line, skipped_line, skipped_record)
 from tinyfaces_trt.cli.detect_plan import (
-    DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, task_plan,
-    write_outputs, write_wider_result)
+    DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, resume_state,
+    task_plan, write_outputs, write_wider_result)
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -45,17 +46,18 @@ from tinyfaces_trt.scaleout.pool import TaskResult, run_serial, run_tasks
 
 @dataclass(frozen=True)
 class DetectValue:
-    """What a worker returns for one image: its JSON record and its console line."""
+    """What a worker returns for one image: its JSON record, its console line and why its
+    existing outputs were made again (None: none was)."""
 
     record: dict[str, Any]
     line: str
+    redone: str | None = None
 
 
 def outputs_exist(task: DetectTask, options: DetectOptions) -> bool:
-    """True when the image has outputs, all of them exist and ``--overwrite`` is not given
-    (the pool then skips it: a rerun resumes)."""
-    paths = expected_outputs(task, options)
-    return not options.overwrite and bool(paths) and all(p.is_file() for p in paths)
+    """True when the image has outputs, all of them exist, made by this run's detector, and
+    ``--overwrite`` is not given (the pool then skips it: a rerun resumes)."""
+    return resume_state(task, options).done
 
 
 def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions) -> DetectValue:
@@ -65,21 +67,20 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     from tinyfaces_trt.runtime.imageio import load_image
 
     job = task.job
+    state = resume_state(task, options)
     image = load_image(job.path)
     boxes = detector.detect(image)
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
-              "backend": options.backend, "model": options.model,
-              "detections": detections_to_list(boxes)}
+              **detector_fields(options), "detections": detections_to_list(boxes)}
     plan = task_plan(task, options)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
-        keep = [] if options.overwrite else [p for p in plan.paths() if p.exists()]
         write_outputs(plan, image, boxes, record, options.anonymise,
-                      jpeg_quality=options.jpeg_quality, keep=keep)
-    if task.wider_file is not None and (options.overwrite or not task.wider_file.exists()):
-        write_wider_result(task.wider_file, job, boxes)
-    return DetectValue(record, format_line(job.path, boxes))
+                      jpeg_quality=options.jpeg_quality, keep=state.keep)
+    if task.wider_file is not None and task.wider_file not in state.keep:
+        write_wider_result(task.wider_file, job, boxes, options)
+    return DetectValue(record, format_line(job.path, boxes), state.reason)
 
 
 def _remove_stale_temporaries(paths: Sequence[Path]) -> None:
@@ -116,6 +117,8 @@ def run_detect(args: argparse.Namespace) -> int:
     tasks = run.tasks
 
     def on_result(result: TaskResult) -> None:
+        if result.status == "done" and result.value.redone is not None:
+            stderr_line(redo_line(result.task.job, result.value.redone))
         if result.status == "done" and not args.json:
             print(result.value.line, flush=True)
         elif result.status == "failed":

@@ -1,0 +1,147 @@
+"""A tf-detect rerun keeps an image's outputs only when the same network with the same detection
+settings made them: results of another checkpoint or threshold are made again, never kept as done
+(seeded ResNet-50 export, ONNX Runtime CPU, in-process; ``--ray``'s logic through the serial pool)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers_cli import run_tf_detect as _run
+from tinyfaces_trt.cli.detect import build_parser
+from tinyfaces_trt.cli.detect_plan import WIDER_RECORDS
+from tinyfaces_trt.cli.detect_ray import run_detect
+from tinyfaces_trt.detector_record import DetectorRecord
+from tinyfaces_trt.parity.images import synthetic_image
+
+
+def _photos(folder: Path, count: int = 2) -> Path:
+    for k in range(count):
+        (folder / "ev").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_image(40, 52, seed=k)).save(folder / "ev" / f"p{k}.png")
+    return folder
+
+
+def _lines(err: str, photos: Path) -> list[str]:
+    """stderr's per-image lines, paths relative to ``photos``, the summary cut before its time."""
+    return [line.replace(f"{photos}/", "").rsplit(" in ", 1)[0] for line in err.splitlines()
+            if line.startswith("tf-detect: ") and "UNTRAINED" not in line]
+
+
+def _ray(capsys, *argv) -> tuple[int, str, str]:
+    """tf-detect --ray's own run (plan, per-task work, reports) through the serial pool."""
+    code = run_detect(build_parser().parse_args([str(a) for a in argv]))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("run", [_run, _ray], ids=["single", "ray"])
+def test_outputs_of_another_threshold_are_made_again_then_resumed(capsys, export_dir, tmp_path,
+                                                                  run):
+    photos = _photos(tmp_path / "photos")
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    argv = [photos, "--model", export_dir, "--out", out, "--wider-dir", pred]
+    assert run(capsys, *argv)[0] == 0
+    before = json.loads((out / "ev" / "p0.json").read_text())
+    assert before["config"] == {"prob_thresh": 0.5, "nms_thresh": 0.3, "min_face": None,
+                                "max_face": None}
+    wider = (pred / "ev" / "p0.txt").read_text()
+
+    code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")
+    assert code == 0
+    assert _lines(err, photos) == [
+        *(f"tf-detect: ev/p{k}.png: making its outputs again: they were made with prob_thresh "
+          "0.5 (now 0.9)" for k in range(2)),
+        "tf-detect: 2 image(s), 0 face(s), 0 error(s)"]  # (no score of this map reaches 0.9)
+    after = json.loads((out / "ev" / "p0.json").read_text())
+    assert after["config"]["prob_thresh"] == 0.9 and after["detections"] == []
+    assert before["detections"] and (pred / "ev" / "p0.txt").read_text() != wider
+    record = json.loads((pred / WIDER_RECORDS / "ev" / "p0.json").read_text())
+    assert record["config"] == after["config"] and record["model"] == after["model"]
+
+    code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")  # the same settings: resumed
+    assert code == 0 and _lines(err, photos) == [
+        *(f"tf-detect: ev/p{k}.png: skipped, its outputs exist (--overwrite replaces them)"
+          for k in range(2)),
+        "tf-detect: 0 image(s), 0 face(s), 2 skipped (outputs exist), 0 error(s)"]
+
+
+def test_outputs_of_the_untrained_network_are_made_again_by_trained_weights(capsys, export_dir,
+                                                                            tmp_path):
+    photos = _photos(tmp_path / "photos", count=1)
+    out = tmp_path / "out"
+    assert _run(capsys, photos, "--model", export_dir, "--out", out)[0] == 0
+    detections = out / "ev" / "p0.json"
+    trained = json.loads(detections.read_text())
+    sha = trained["model"]["weights_sha256"]
+    assert isinstance(sha, str) and trained["model"]["untrained"] is False
+    earlier = {**trained, "model": {"weights_sha256": None, "untrained": True}, "detections": []}
+    detections.write_text(json.dumps(earlier))
+    drawn = out / "ev" / "p0_boxes.png"
+    drawn.write_bytes(b"the untrained network's boxes")
+
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out)
+    assert code == 0
+    assert _lines(err, photos)[0] == ("tf-detect: ev/p0.png: making its outputs again: they were "
+                                      f"made with model untrained (now sha256 {sha[:12]})")
+    assert json.loads(detections.read_text()) == trained
+    assert drawn.read_bytes() != b"the untrained network's boxes"
+
+
+def test_a_missing_output_is_added_beside_the_kept_ones_of_the_same_detector(capsys, export_dir,
+                                                                           tmp_path):
+    photos = _photos(tmp_path / "photos", count=1)
+    out = tmp_path / "out"
+    assert _run(capsys, photos, "--model", export_dir, "--out", out)[0] == 0
+    detections = out / "ev" / "p0.json"
+    kept = detections.read_text().replace('"height"', '"height" ')  # marks the file as kept
+    detections.write_text(kept)
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--blur", "--draw")
+    assert code == 0 and "making its outputs again" not in err
+    assert detections.read_text() == kept and (out / "ev" / "p0_blurred.png").is_file()
+
+
+@pytest.mark.parametrize("record", [None, "not json", '{"model": {"untrained": true}}'],
+                         ids=["missing", "unreadable", "another"])
+def test_a_wider_result_whose_detector_is_not_recorded_is_made_again(capsys, export_dir,
+                                                                     tmp_path, record):
+    """Results in --wider-dir from an older tf-detect, or another tool, carry no record: they
+    may be any detector's, so none is kept as this run's result."""
+    photos = _photos(tmp_path / "photos", count=1)
+    pred = tmp_path / "pred"
+    (pred / "ev").mkdir(parents=True)
+    (pred / "ev" / "p0.txt").write_text("ev/p0.png\n0\n")  # another run's: no face
+    path = pred / WIDER_RECORDS / "ev" / "p0.json"
+    if record is not None:
+        path.parent.mkdir(parents=True)
+        path.write_text(record)
+    code, _, err = _run(capsys, photos, "--model", export_dir, "--wider-dir", pred)
+    assert code == 0
+    reason = (f"{path}, which records the detector that made them, is missing or unreadable"
+              if record != '{"model": {"untrained": true}}' else
+              "they were made with model untrained (now sha256 ")
+    assert _lines(err, photos)[0].startswith(f"tf-detect: ev/p0.png: making its outputs again: "
+                                             f"{reason}")
+    assert (pred / "ev" / "p0.txt").read_text() != "ev/p0.png\n0\n"
+    assert json.loads(path.read_text())["model"]["untrained"] is False
+
+
+def test_record_changes_name_each_difference_and_distrust_unknown_networks():
+    trained = DetectorRecord({"weights_sha256": "ab" * 32, "untrained": False},
+                             {"prob_thresh": 0.5, "nms_thresh": 0.3})
+    same = {"model": {"weights_sha256": "ab" * 32, "untrained": False, "source": "x"},
+            "config": {"prob_thresh": 0.5, "nms_thresh": 0.3, "min_face": 10}}
+    assert trained.changes(same) == []
+    assert trained.changes({**same, "config": {"prob_thresh": 0.03}}) == [
+        "prob_thresh 0.03 (now 0.5)", "nms_thresh default (now 0.3)"]
+    assert trained.changes({**same, "model": {"weights_sha256": "cd" * 32, "untrained": False}}
+                           ) == [f"model sha256 {'cd' * 6} (now sha256 {'ab' * 6})"]
+    assert trained.changes(["not", "a", "record"])[0] == f"model unknown (now sha256 {'ab' * 6})"
+    unknown = DetectorRecord(None, {})
+    assert unknown.changes(same) == ["model sha256 ababababab (now unknown)".replace(
+        "ababababab", "ab" * 6)]
+    untrained = DetectorRecord({"weights_sha256": None, "untrained": True}, {})
+    assert untrained.changes({"model": {"untrained": True}}) == []

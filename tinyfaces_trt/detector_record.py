@@ -1,0 +1,106 @@
+"""What an output records of the detector that made it, and how a rerun's detector differs.
+
+tf-detect's detections JSON and tf-anonymize's sidecar record the network (``model``) and the
+detection settings (``config``) of the detector that made them; a rerun keeps an output as
+done only when this run's :class:`DetectorRecord` is the same (:meth:`DetectorRecord.changes`
+is empty): results of the untrained network, or made with another threshold, are made again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+#: Detector settings that change detections (the flags --prob-thresh, --nms-thresh,
+#: --min-face, --max-face set them): an output recorded with other values is made again.
+DETECTION_FIELDS = ("prob_thresh", "nms_thresh", "min_face", "max_face")
+
+
+@dataclass(frozen=True)
+class DetectorRecord:
+    """What an output records of the detector that decides where the faces are.
+
+    Attributes:
+        model: the network as a detector's ``identity.to_dict()`` gives it (``weights_sha256``,
+            ``untrained``); None where it cannot be known (every output is then made again).
+        config: the :data:`DETECTION_FIELDS` of its config.
+    """
+
+    model: dict[str, Any] | None
+    config: dict[str, Any]
+
+    def changes(self, recorded: Any) -> list[str]:
+        """How an output's JSON ``recorded`` (its ``model`` and ``config``) differs from this
+        detector, one phrase per difference (``"prob_thresh 0.5 (now 0.03)"``); empty when
+        it is the same. An unknown network on either side differs."""
+        recorded = recorded if isinstance(recorded, dict) else {}
+        model = recorded.get("model")
+        model = model if isinstance(model, dict) else {}
+        changed = [] if _same_network(model, self.model) else \
+            [f"model {_network(model)} (now {_network(self.model or {})})"]
+        config = recorded.get("config")
+        config = config if isinstance(config, dict) else {}
+        return changed + [f"{key} {shown(config.get(key))} (now {shown(value)})"
+                          for key, value in self.config.items() if config.get(key) != value]
+
+
+def detector_record(model_dir: str | os.PathLike[str] | None,
+                    weights: str | os.PathLike[str] | None,
+                    overrides: dict[str, Any] | None = None) -> DetectorRecord:
+    """The :class:`DetectorRecord` of the detector these arguments build (an export folder, a
+    checkpoint or, with neither, the untrained default network; config ``overrides`` as
+    ``--prob-thresh`` ...), without building it: planning comes first, and under ``--ray``
+    only the workers build one. A checkpoint is hashed here (once per run: its sha256 is what
+    the detector records); an export folder's manifest gives its identity and config.
+
+    Raises:
+        TinyFacesError: the export folder's manifest or the checkpoint cannot be read.
+    """
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.runtime.backends import apply_overrides
+
+    if model_dir is not None:
+        from tinyfaces_trt.core.manifest import load_export_folder
+
+        folder = load_export_folder(model_dir, verify=False)
+        identity, config = folder.identity, folder.config
+    else:
+        from tinyfaces_trt.detectors import torch_identity
+
+        # a checkpoint's config is its variant's defaults, where these fields are the same
+        identity, config = torch_identity(weights), DetectorConfig()
+    config = apply_overrides(config, overrides)
+    known = identity.untrained or identity.weights_sha256 is not None
+    return DetectorRecord({"weights_sha256": identity.weights_sha256,
+                           "untrained": identity.untrained} if known else None,
+                          {f: getattr(config, f) for f in DETECTION_FIELDS})
+
+
+def record_from_arguments(args: argparse.Namespace) -> DetectorRecord:
+    """:func:`detector_record` of a tool's ``--model``/``--weights`` and detection flags."""
+    return detector_record(args.model, args.weights,
+                           {f: getattr(args, f, None) for f in DETECTION_FIELDS})
+
+
+def shown(value: Any) -> str:
+    """A recorded value as a message shows it (``default`` for None)."""
+    return "default" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _same_network(model: dict[str, Any], expected: dict[str, Any] | None) -> bool:
+    if expected is None:
+        return False
+    if expected["untrained"]:  # the seeded default network is always the same one
+        return model.get("untrained") is True
+    return model.get("untrained") is False and model.get("weights_sha256") == \
+        expected["weights_sha256"]
+
+
+def _network(model: dict[str, Any]) -> str:
+    if model.get("untrained") is True:
+        return "untrained"
+    sha = model.get("weights_sha256")
+    return f"sha256 {sha[:12]}" if isinstance(sha, str) else "unknown"
