@@ -209,11 +209,30 @@ def run_interruptible(prog: str, run: Callable[[], int], *, interrupted: str,
     and gives ``status`` (:func:`interrupt_handled`), also one that lands while the context
     closes."""
     try:
-        with logging_to_stderr(prog, verbose), cli_interrupts():
+        with logging_to_stderr(prog, verbose), cli_interrupts(), file_names_printable():
             return run()
     except KeyboardInterrupt:
         stderr_line(f"{prog}: {interrupted}")
         return interrupt_handled(status)
+
+
+@contextlib.contextmanager
+def file_names_printable() -> Iterator[None]:
+    """While a CLI runs, standard output writes a file name that its encoding cannot hold (the
+    bytes of a Latin-1 name under a UTF-8 locale, which Python reads as surrogate escapes) back
+    as those bytes, as ``ls`` does, instead of failing mid-run with UnicodeEncodeError; stderr
+    already shows them escaped (``backslashreplace``)."""
+    stream = sys.stdout
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not callable(getattr(stream, "reconfigure", None)):
+        yield
+        return
+    stream.reconfigure(errors="surrogateescape")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # (closed meanwhile)
+            stream.reconfigure(errors=errors)
 
 
 def interrupt_handled(status: int) -> int:

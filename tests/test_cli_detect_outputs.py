@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -253,3 +254,23 @@ def test_a_link_loop_in_a_folder_is_an_error_of_that_file(capsys, export_dir, tm
     assert code == 1 and "Traceback" not in err
     assert any("loop.jpg" in line and "error" in line for line in err.splitlines()), err
     assert (tmp_path / "out" / "a.json").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes(capsys, export_dir, tmp_path,
+                                                               monkeypatch):
+    """An archive's Latin-1 name under a UTF-8 locale (stdout 'strict', as on most desktops)
+    ended the run with UnicodeEncodeError once the first such image was done."""
+    photos = tmp_path / "photos"
+    name = os.fsdecode(b"caf\xe9.png")  # a surrogate escape in Python
+    _image(photos / name, 1)
+    _image(photos / "z.png", 2)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict",
+                              write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main([str(photos), "--model", str(export_dir), "--out", str(tmp_path / "out")]) == 0
+    lines = stdout.buffer.getvalue().splitlines()
+    assert [line.split(b":")[0] for line in lines] == [
+        os.fsencode(photos / name), os.fsencode(photos / "z.png")]
+    assert stdout.errors == "strict"  # as it was
+    assert "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "out" / os.fsdecode(b"caf\xe9.json")).is_file()
