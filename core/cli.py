@@ -218,21 +218,22 @@ def run_interruptible(prog: str, run: Callable[[], int], *, interrupted: str,
 
 @contextlib.contextmanager
 def file_names_printable() -> Iterator[None]:
-    """While a CLI runs, standard output writes a file name that its encoding cannot hold (the
-    bytes of a Latin-1 name under a UTF-8 locale, which Python reads as surrogate escapes) back
-    as those bytes, as ``ls`` does, instead of failing mid-run with UnicodeEncodeError; stderr
-    already shows them escaped (``backslashreplace``)."""
-    stream = sys.stdout
-    errors = getattr(stream, "errors", None)
-    if errors != "strict" or not callable(getattr(stream, "reconfigure", None)):
+    """While a CLI runs, a file name that the output encoding cannot hold (the bytes of a
+    Latin-1 name under a UTF-8 locale, which Python reads as surrogate escapes) is written to
+    standard output as those bytes, as ``ls`` does, and to standard error escaped (Python's own
+    stderr default), instead of failing mid-run with UnicodeEncodeError."""
+    with contextlib.ExitStack() as stack:
+        for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+            if getattr(stream, "errors", None) == "strict" and \
+                    callable(getattr(stream, "reconfigure", None)):
+                stream.reconfigure(errors=errors)
+                stack.callback(_reconfigured, stream, "strict")
         yield
-        return
-    stream.reconfigure(errors="surrogateescape")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):  # (closed meanwhile)
-            stream.reconfigure(errors=errors)
+
+
+def _reconfigured(stream: Any, errors: str) -> None:
+    with contextlib.suppress(ValueError):  # (closed meanwhile)
+        stream.reconfigure(errors=errors)
 
 
 def interrupt_handled(status: int) -> int:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import main
-from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, plan_tasks
+from tinyfaces_trt.cli.detect_plan import WIDER_RECORDS, DetectOptions, ImageJob, plan_tasks
 from tinyfaces_trt.cli.detect_ray import main as ray_main
 from tinyfaces_trt.core.files import written_for_another
 from tinyfaces_trt.parity.images import synthetic_image
@@ -274,3 +274,39 @@ def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes(capsys, export_dir
     assert stdout.errors == "strict"  # as it was
     assert "Traceback" not in capsys.readouterr().err
     assert (tmp_path / "out" / os.fsdecode(b"caf\xe9.json")).is_file()
+
+
+def test_wider_results_of_a_non_utf8_name_are_written_read_and_resumed(capsys, export_dir,
+                                                                      tmp_path):
+    """Writing its first line failed with UnicodeEncodeError and ended the whole run."""
+    from tinyfaces_trt.wider.format import read_detection_file
+
+    name = os.fsdecode(b"caf\xe9")
+    _image(tmp_path / "images" / "ev" / f"{name}.png", 1)
+    _image(tmp_path / "images" / "ev" / "z.png", 2)
+    pred = tmp_path / "pred"
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    argv = [str(tmp_path / "images"), "--model", str(export_dir), "--wider-dir", str(pred)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", stdout)
+        assert main(argv) == 0
+    result = pred / "ev" / f"{name}.txt"
+    assert result.read_bytes().startswith(b"ev/caf\xe9.png\n")
+    assert read_detection_file(result).image_name == f"ev/{name}.png"
+    assert (pred / "ev" / "z.txt").is_file()
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and err.count("skipped, its outputs exist") == 2
+
+
+def test_a_linked_image_argument_keeps_the_event_folder_of_its_path(capsys, export_dir,
+                                                                    tmp_path):
+    """A WIDER layout of links into a flat store (git-annex): the event came from the link
+    target's folder (store/), so tf-eval found no prediction for any image."""
+    stored = _image(tmp_path / "store" / "0_Parade_a.png", 1)
+    link = tmp_path / "images" / "0--Parade" / "0_Parade_a.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(stored)
+    pred = tmp_path / "pred"
+    assert _run(capsys, link, "--model", export_dir, "--wider-dir", pred)[0] == 0
+    assert _files(pred) == [f"{WIDER_RECORDS}/0--Parade/0_Parade_a.json", "0--Parade/0_Parade_a.txt"]
+    assert (pred / "0--Parade" / "0_Parade_a.txt").read_text().startswith("0--Parade/0_Parade_a.png\n")

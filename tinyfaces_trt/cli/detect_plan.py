@@ -112,8 +112,10 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
         elif path.is_dir():
             _add_folder(found, path, excluded)
         else:
+            # the event is the folder named in the path, not a link target's (git-annex, a
+            # WIDER layout of links into a flat store)
             found.jobs.append(ImageJob(path, Path(path.name),
-                                       path.resolve().parent.name or "images"))
+                                       Path(os.path.abspath(path)).parent.name or "images"))
     return found
 
 
@@ -281,7 +283,7 @@ def is_wider_result_of(path: Path, job: ImageJob) -> bool:
     """Whether the existing file ``path`` is ``job``'s WIDER result (its first line is
     :func:`wider_name`)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as file:
+        with open(path, encoding="utf-8", errors="surrogateescape") as file:
             first = file.readline(4096)
     except OSError:
         return False

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.files import write_bytes_atomic
 
 _SEPARATORS = re.compile(r"[\s,]+")
 
@@ -102,7 +102,8 @@ def write_detection_file(path: str | Path, image_name: str, boxes: np.ndarray) -
     path = Path(path)
     text = format_detections(image_name, boxes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
+    # a file name that is not UTF-8 (surrogate escapes) is written back as its own bytes
+    write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -176,7 +177,8 @@ def read_detection_file(path: str | Path) -> DetectionFile:
     """Reads and parses one detection file."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        # line 1 names the image: its bytes as they are (the official reader ignores it)
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
         raise PredictionFormatError(f"{path}: cannot read detection file ({exc})") from None
     return parse_detections(text, str(path))
