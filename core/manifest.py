@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +56,30 @@ class ModelIdentity:
         untrained: the network has seeded RANDOM weights: its detections are meaningless.
         source: where it came from (an export folder, a checkpoint path, or the untrained
             default network), for people reading the output.
+        variant, depth: the network's variant and ResNet depth (None: not known before the
+            checkpoint is read).
+        seed: an untrained network's seed (None otherwise, or unknown).
+        precision: ``"fp32"`` or ``"fp16"``, as the detector runs it (None: not stated).
     """
 
     weights_sha256: str | None
     untrained: bool
     source: str
+    variant: str | None = None
+    depth: int | None = None
+    seed: int | None = None
+    precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready ``{"weights_sha256", "untrained", "source"}``."""
+        """JSON-ready ``{"weights_sha256", "untrained", "source", "variant", "depth", "seed",
+        "precision"}``."""
         return {"weights_sha256": self.weights_sha256, "untrained": self.untrained,
-                "source": self.source}
+                "source": self.source, "variant": self.variant, "depth": self.depth,
+                "seed": self.seed, "precision": self.precision}
+
+    def running(self, fp16: bool) -> "ModelIdentity":
+        """This identity with the precision a detector runs it at."""
+        return replace(self, precision="fp16" if fp16 else "fp32")
 
 
 def file_checksum(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -172,8 +186,13 @@ class ExportFolder:
         """The network's identity: the source checkpoint's sha256 and the untrained flag."""
         weights = self.manifest.get("weights")
         sha = weights.get("sha256") if isinstance(weights, dict) else None
+        model = self.manifest.get("model")
+        model = model if isinstance(model, dict) else {}
+        depth, seed = model.get("depth"), model.get("seed")
         return ModelIdentity(sha if isinstance(sha, str) else None, self.untrained,
-                             f"export folder {self.path}")
+                             f"export folder {self.path}", variant=self.config.variant,
+                             depth=depth if isinstance(depth, int) else None,
+                             seed=seed if self.untrained and isinstance(seed, int) else None)
 
     def verify(self) -> None:
         """Checks every listed file's size and sha256 against the manifest.

@@ -31,7 +31,8 @@ class BoxDetector:
     It reports the network the CLI's arguments name: the untrained one without --weights."""
 
     config = DetectorConfig()
-    identity = {"weights_sha256": None, "untrained": True}
+    identity = {"weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101,
+                "seed": 0, "precision": "fp32"}
 
     def detect(self, image):
         return np.array([[*FACE, 0.9]], np.float32)
@@ -315,7 +316,7 @@ class WeightsDetector(BoxDetector):
 
     def __init__(self, weights: Path, **config) -> None:
         self.identity = {"weights_sha256": _sha(weights), "untrained": False,
-                         "source": f"checkpoint {weights}"}
+                         "source": f"checkpoint {weights}", "precision": "fp32"}
         self.config = DetectorConfig(**config)
 
 
@@ -365,9 +366,12 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
                    weights={"path": "/w.pth", "sha256": "ab" * 32})
     record = detector_record.detector_record(tmp_path, None, {"min_face": 24.0, "nms_thresh": None})
     assert record == detector_record.DetectorRecord(
-        {"weights_sha256": "ab" * 32, "untrained": False},
+        {"weights_sha256": "ab" * 32, "untrained": False, "variant": "pytorch", "depth": None,
+         "seed": None, "precision": None},
         {"prob_thresh": 0.7, "nms_thresh": 0.3, "min_face": 24.0, "max_face": None})
-    assert detector_record.detector_record(None, None).model == {"weights_sha256": None, "untrained": True}
+    assert detector_record.detector_record(None, None, precision="fp32").model == {
+        "weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101, "seed": 0,
+        "precision": "fp32"}
     write_manifest(tmp_path, config=DetectorConfig(), files={"onnx_fp32": "model.onnx"}, opset=18)
     unknown = detector_record.detector_record(tmp_path, None)
     assert unknown.model is None

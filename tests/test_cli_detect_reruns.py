@@ -91,6 +91,31 @@ def test_outputs_of_the_untrained_network_are_made_again_by_trained_weights(caps
     assert drawn.read_bytes() != b"the untrained network's boxes"
 
 
+def test_outputs_of_another_precision_or_variant_of_the_same_weights_are_made_again(
+        capsys, export_dir, tmp_path):
+    """The review's case: fp16 after fp32 (or another variant's export of one checkpoint) was
+    skipped as done, so both AP figures were the first one's."""
+    photos = _photos(tmp_path / "photos", count=1)
+    pred = tmp_path / "pred"
+    argv = [photos, "--model", export_dir, "--wider-dir", pred]
+    assert _run(capsys, *argv)[0] == 0
+    record = pred / WIDER_RECORDS / "ev" / "p0.json"
+    fp32 = json.loads(record.read_text())["model"]
+    assert (fp32["precision"], fp32["variant"], fp32["depth"], fp32["seed"]) == \
+        ("fp32", "pytorch", 50, None)
+    code, _, err = _run(capsys, *argv, "--fp16")
+    assert code == 0 and _lines(err, photos)[0] == (
+        "tf-detect: ev/p0.png: making its outputs again: they were made with precision fp32 "
+        "(now fp16)")
+    assert json.loads(record.read_text())["model"]["precision"] == "fp16"
+    record.write_text(json.dumps({"model": {**fp32, "precision": "fp16",
+                                            "variant": "matconvnet"}}))
+    code, _, err = _run(capsys, *argv, "--fp16")
+    assert code == 0 and _lines(err, photos)[0] == (
+        "tf-detect: ev/p0.png: making its outputs again: they were made with variant matconvnet "
+        "(now pytorch), prob_thresh default (now 0.5), nms_thresh default (now 0.3)")
+
+
 def test_a_missing_output_is_added_beside_the_kept_ones_of_the_same_detector(capsys, export_dir,
                                                                            tmp_path):
     photos = _photos(tmp_path / "photos", count=1)
@@ -143,5 +168,14 @@ def test_record_changes_name_each_difference_and_distrust_unknown_networks():
     unknown = DetectorRecord(None, {})
     assert unknown.changes(same) == ["model sha256 ababababab (now unknown)".replace(
         "ababababab", "ab" * 6)]
-    untrained = DetectorRecord({"weights_sha256": None, "untrained": True}, {})
-    assert untrained.changes({"model": {"untrained": True}}) == []
+    assert trained.changes({**same, "model": {**same["model"], "variant": "matconvnet",
+                                              "precision": "fp16"}}) == []  # not known now
+    untrained = DetectorRecord({"weights_sha256": None, "untrained": True, "variant": "pytorch",
+                                "depth": 101, "seed": 0, "precision": "fp32"}, {})
+    recorded = {"weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101,
+                "seed": 0, "precision": None}
+    assert untrained.changes({"model": recorded}) == []
+    assert untrained.changes({"model": {**recorded, "seed": 1, "precision": "fp16"}}) == [
+        "seed 1 (now 0)", "precision fp16 (now fp32)"]
+    assert untrained.changes({"model": {"untrained": True}}) == [  # which seed is not known
+        "variant unknown (now pytorch)", "depth unknown (now 101)", "seed unknown (now 0)"]

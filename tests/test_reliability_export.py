@@ -274,6 +274,7 @@ def test_every_output_records_the_model_identity(old_export, checkpoint, tmp_pat
     assert main([str(image), "--model", str(old_export), "--out", str(tmp_path / "o"),
                  "--json"]) == 0
     expected = {"weights_sha256": weights_sha256(checkpoint), "untrained": True,
-                "source": f"export folder {old_export}"}
+                "source": f"export folder {old_export}", "variant": "pytorch", "depth": 50,
+                "seed": None, "precision": "fp32"}
     assert json.loads(capsys.readouterr().out)["model"] == expected
     assert json.loads((tmp_path / "o" / "x.json").read_text())["model"] == expected

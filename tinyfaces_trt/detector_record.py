@@ -14,6 +14,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+#: What tells networks of the same weights apart (an untrained one's seed): a detail recorded
+#: on both sides and different there makes an output again; one not known on a side (a
+#: checkpoint's variant before it is read) is not compared, except an untrained network's.
+NETWORK_DETAILS = ("variant", "depth", "seed", "precision")
+
 #: Detector settings that change detections (the flags --prob-thresh, --nms-thresh,
 #: --min-face, --max-face set them): an output recorded with other values is made again.
 DETECTION_FIELDS = ("prob_thresh", "nms_thresh", "min_face", "max_face")
@@ -25,7 +30,8 @@ class DetectorRecord:
 
     Attributes:
         model: the network as a detector's ``identity.to_dict()`` gives it (``weights_sha256``,
-            ``untrained``); None where it cannot be known (every output is then made again).
+            ``untrained``, :data:`NETWORK_DETAILS`); None where it cannot be known (every
+            output is then made again).
         config: the :data:`DETECTION_FIELDS` of its config.
     """
 
@@ -39,8 +45,7 @@ class DetectorRecord:
         recorded = recorded if isinstance(recorded, dict) else {}
         model = recorded.get("model")
         model = model if isinstance(model, dict) else {}
-        changed = [] if _same_network(model, self.model) else \
-            [f"model {_network(model)} (now {_network(self.model or {})})"]
+        changed = _network_changes(model, self.model)
         config = recorded.get("config")
         config = config if isinstance(config, dict) else {}
         return changed + [f"{key} {shown(config.get(key))} (now {shown(value)})"
@@ -49,12 +54,14 @@ class DetectorRecord:
 
 def detector_record(model_dir: str | os.PathLike[str] | None,
                     weights: str | os.PathLike[str] | None,
-                    overrides: dict[str, Any] | None = None) -> DetectorRecord:
+                    overrides: dict[str, Any] | None = None,
+                    precision: str | None = None) -> DetectorRecord:
     """The :class:`DetectorRecord` of the detector these arguments build (an export folder, a
     checkpoint or, with neither, the untrained default network; config ``overrides`` as
-    ``--prob-thresh`` ...), without building it: planning comes first, and under ``--ray``
-    only the workers build one. A checkpoint is hashed here (once per run: its sha256 is what
-    the detector records); an export folder's manifest gives its identity and config.
+    ``--prob-thresh`` ...; ``precision`` as :func:`precision_of` gives it), without building
+    it: planning comes first, and under ``--ray`` only the workers build one. A checkpoint is
+    hashed here (once per run: its sha256 is what the detector records); an export folder's
+    manifest gives its identity and config.
 
     Raises:
         TinyFacesError: the export folder's manifest or the checkpoint cannot be read.
@@ -74,15 +81,25 @@ def detector_record(model_dir: str | os.PathLike[str] | None,
         identity, config = torch_identity(weights), DetectorConfig()
     config = apply_overrides(config, overrides)
     known = identity.untrained or identity.weights_sha256 is not None
-    return DetectorRecord({"weights_sha256": identity.weights_sha256,
-                           "untrained": identity.untrained} if known else None,
+    model = {key: value for key, value in identity.to_dict().items() if key != "source"}
+    return DetectorRecord({**model, "precision": precision} if known else None,
                           {f: getattr(config, f) for f in DETECTION_FIELDS})
 
 
+def precision_of(backend: str, fp16: bool | None) -> str | None:
+    """The precision ``create_detector(backend, fp16=fp16)`` runs at: fp16 where asked for,
+    or by default on torch-cuda; None where ``"auto"`` leaves it to the backend it picks."""
+    if fp16 is None:
+        return None if backend == "auto" else "fp16" if backend == "torch-cuda" else "fp32"
+    return "fp16" if fp16 else "fp32"
+
+
 def record_from_arguments(args: argparse.Namespace) -> DetectorRecord:
-    """:func:`detector_record` of a tool's ``--model``/``--weights`` and detection flags."""
+    """:func:`detector_record` of a tool's ``--model``/``--weights``, ``--backend``/``--fp16``
+    and detection flags."""
     return detector_record(args.model, args.weights,
-                           {f: getattr(args, f, None) for f in DETECTION_FIELDS})
+                           {f: getattr(args, f, None) for f in DETECTION_FIELDS},
+                           precision_of(args.backend, args.fp16))
 
 
 def shown(value: Any) -> str:
@@ -90,13 +107,23 @@ def shown(value: Any) -> str:
     return "default" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
-def _same_network(model: dict[str, Any], expected: dict[str, Any] | None) -> bool:
-    if expected is None:
-        return False
-    if expected["untrained"]:  # the seeded default network is always the same one
-        return model.get("untrained") is True
-    return model.get("untrained") is False and model.get("weights_sha256") == \
-        expected["weights_sha256"]
+def _network_changes(model: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
+    """How the recorded network ``model`` differs from ``expected`` (None: not known, so it
+    differs), one phrase per difference."""
+    if expected is None or model.get("untrained") is not expected["untrained"] or (
+            not expected["untrained"] and model.get("weights_sha256") != expected["weights_sha256"]):
+        return [f"model {_network(model)} (now {_network(expected or {})})"]
+    changed = []
+    for key in NETWORK_DETAILS:
+        before, now = model.get(key), expected.get(key)
+        unknown = before is None or now is None
+        if before != now and (not unknown or (expected["untrained"] and key != "precision")):
+            changed.append(f"{key} {_detail(before)} (now {_detail(now)})")
+    return changed
+
+
+def _detail(value: Any) -> str:
+    return "unknown" if value is None else shown(value)
 
 
 def _network(model: dict[str, Any]) -> str:

@@ -159,7 +159,7 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         model, config = reference_model(weights, depth, variant)
         from tinyfaces_trt.export.torch_runner import TorchRunner
 
-        identity = torch_identity(weights)
+        identity = torch_identity(weights, model).running(fp16=False)
         warn_if_untrained(identity)
         return Detector(TorchRunner(model), apply_overrides(config, config_overrides),
                         identity=identity)
@@ -246,7 +246,7 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     require_cuda()  # before loading (or building) the model
     model, config = reference_model(weights, depth, variant)
     config = apply_overrides(config, config_overrides)
-    identity = torch_identity(weights)
+    identity = torch_identity(weights, model).running(fp16)
     # a new image size runs eager until it recurs: a folder of photos of every size would
     # otherwise compile its pyramid's shapes for each photo
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
@@ -258,12 +258,15 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
                                            identity=identity)
 
 
-def torch_identity(weights: str | os.PathLike[str] | None) -> ModelIdentity:
-    """The identity of a checkpoint run by torch (None: the untrained default network)."""
+def torch_identity(weights: str | os.PathLike[str] | None, model: Any = None) -> ModelIdentity:
+    """The identity of a checkpoint run by torch (None: the untrained default network);
+    its variant and depth are known once ``model``, the loaded network, is given."""
     if weights is None:
         spec = ", ".join(f"{k} {v}" for k, v in UNTRAINED_MODEL.items())
-        return ModelIdentity(None, True, f"the default network ({spec})")
-    return ModelIdentity(weights_sha256(weights), False, f"checkpoint {weights}")
+        return ModelIdentity(None, True, f"the default network ({spec})", **UNTRAINED_MODEL)
+    return ModelIdentity(weights_sha256(weights), False, f"checkpoint {weights}",
+                         variant=getattr(model, "variant", None),
+                         depth=getattr(model, "depth", None))
 
 
 @dataclass(frozen=True)

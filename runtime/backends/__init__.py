@@ -227,7 +227,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     runner = create_runner(backend, folder, fp16=fp16, providers=providers, threads=threads,
                            cache_dir=cache_dir, progress=progress)
     warn_if_untrained(folder.identity)
-    return detector_owning(runner, config, gpu_stages=gpu_stages, identity=folder.identity)
+    return detector_owning(runner, config, gpu_stages=gpu_stages,
+                           identity=folder.identity.running(fp16))
 
 
 def detector_owning(runner: NetworkRunner, config: DetectorConfig,
