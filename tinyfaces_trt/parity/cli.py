@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, parse_image_sizes,
-                                    seed_argument, stderr_line)
+                                    run_interruptible, seed_argument, stderr_line)
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
@@ -33,6 +33,9 @@ from tinyfaces_trt.parity.report import json_report, markdown_table, summary_lin
 EXIT_FAILED = 1   # a comparison was out of tolerance
 EXIT_SETUP = EXIT_USAGE  # bad arguments, or a setup error (missing file, export of other weights)
 EXIT_SKIPPED = 3  # a requested backend could not run here, or nothing was compared
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+PROG = "tf-parity"
 
 DEFAULT_SIZES = "33x47,64x64,131x97,160x120"
 
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         f" may differ within {v.detections.margin:g} of the threshold"
         for k, v in TOLERANCES.items()) + "\n  any NaN or inf in a map or a detection fails"
     parser = argparse.ArgumentParser(
-        prog="tf-parity",
+        prog=PROG,
         description=textwrap.fill(
             "Compare the deployed backends (ONNX Runtime fp32/fp16, TensorRT fp32/fp16) with the "
             "torch reference: the raw 125-channel score maps of every pyramid level, and the "
@@ -84,6 +87,8 @@ exit status:
      other weights, a file that cannot be written)
   {EXIT_SKIPPED}  a backend named in --backends was skipped (cannot run here), or nothing at
      all was compared; --allow-skip turns this into {EXIT_OK}
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C or SIGTERM); no --json report is written and the
+       temporary export folder is removed
 
 example:
   tf-parity --untrained --depth 50 --sizes 33x47,64x64 --json parity.json
@@ -209,8 +214,16 @@ def _explain_skips(results: Sequence[ParityResult], requested: bool, code: int) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tf-parity`` entry point; returns the exit status."""
+    """``tf-parity`` entry point; returns the exit status (see ``--help``)."""
     args = build_parser().parse_args(argv)
+    return run_interruptible(PROG, lambda: _run(args),
+                             interrupted="interrupted (no report was written; the temporary "
+                                         "export folder was removed)",
+                             status=EXIT_INTERRUPTED)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The run of :func:`main` once the arguments are parsed."""
     requested = args.backends is not None
     backends = args.backends or default_backends()
     try:

@@ -16,6 +16,10 @@ final detections
     IoU is at the NMS threshold or whose scores are tied; so (:func:`compare_detections`)
     every detection whose prob is more than ``margin`` away from ``prob_thresh`` must be
     matched unless it is *NMS-ambiguous*, and matched probs must agree within ``score``.
+    A flip can also leave two *different* boxes overlapping at IoU >= ``iou``, one kept on
+    each side, which the matching pairs; such a pair whose probs differ by more than
+    ``score`` and whose difference an NMS near-tie explains (:func:`nms_swapped`) counts as
+    two unmatched, NMS-ambiguous detections instead.
 
 Tolerances (:data:`TOLERANCES`), measured with seeded ResNet-50/101 weights (``build_model``)
 on ONNX Runtime 1.32 CPU, synthetic images 33x47 .. 640x480 (all pyramid levels, up to
@@ -275,6 +279,49 @@ def match_detections(reference: np.ndarray, test: np.ndarray, iou_thresh: float 
                     np.setdiff1d(np.arange(len(ref)), ri), np.setdiff1d(np.arange(len(tst)), ti))
 
 
+def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms_thresh: float,
+                tolerance: DetectionTolerance) -> np.ndarray:
+    """Which matched pairs are two different boxes, each kept on one side only by an NMS flip.
+
+    When two overlapping boxes ``h`` and ``x`` with near-tied probs swap their NMS order,
+    ``x`` is kept on one side and ``h`` on the other, each suppressing the other's
+    counterpart; ``h`` may also suppress a box ``l`` of lower prob that the side keeping
+    ``x`` keeps. Where ``l`` overlaps ``h`` at IoU >= ``iou``, the matching pairs ``l`` with
+    ``h``, two different boxes whose probs differ by more than the rounding.
+
+    So a pair whose probs differ by more than ``score`` is taken for such a swap when its
+    higher-prob box ``h`` has on the other side an *unmatched* detection ``x`` that overlaps
+    it above ``nms_thresh - nms_iou_margin`` with a prob within ``margin`` of its own (the
+    near-tie that :func:`nms_ambiguous` calls fragile), and ``h`` overlaps its partner ``l``
+    above ``nms_thresh - nms_iou_margin`` too (so that it suppresses ``l`` on its side). A
+    pair of the same box with a wrong prob is not excused unless such an unmatched near-tied
+    rival lies next to it: as for unmatched detections, the detections alone cannot tell that
+    case from a swap; the score maps' comparison catches a network whose scores are off.
+
+    Returns:
+        bool array over the matched pairs (``matching.ref_index``).
+    """
+    swapped = np.zeros(len(matching.ref_index), dtype=bool)
+    overlap = nms_thresh - tolerance.nms_iou_margin
+    for k, (i, j) in enumerate(zip(matching.ref_index, matching.test_index)):
+        gap = test[j, 4] - reference[i, 4]
+        if abs(gap) <= tolerance.score or matching.iou[k] <= overlap:
+            continue
+        high, others = (test[j], reference[matching.unmatched_ref]) if gap > 0 else \
+            (reference[i], test[matching.unmatched_test])
+        tied = np.abs(others[:, 4] - high[4]) <= tolerance.margin
+        swapped[k] = bool(np.any(tied & (box_iou(high[None], others)[0] > overlap)))
+    return swapped
+
+
+def _unpair(matching: Matching, drop: np.ndarray) -> Matching:
+    """``matching`` without the pairs flagged in ``drop``; their detections become unmatched."""
+    keep = ~drop
+    return Matching(matching.ref_index[keep], matching.test_index[keep], matching.iou[keep],
+                    np.union1d(matching.unmatched_ref, matching.ref_index[drop]),
+                    np.union1d(matching.unmatched_test, matching.test_index[drop]))
+
+
 def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, prob_thresh: float,
                   nms_thresh: float, tolerance: DetectionTolerance) -> tuple[np.ndarray, np.ndarray]:
     """Which unmatched detections may differ legitimately through NMS.
@@ -344,6 +391,9 @@ class DetectionComparison:
         missing_firm, extra_firm: firm reference / test detections left unmatched and not
             NMS-ambiguous (each must be 0).
         nms_ambiguous: firm unmatched detections excused as NMS flips.
+        nms_swapped: matched pairs of two different boxes undone as NMS flips
+            (:func:`nms_swapped`); their detections count as unmatched (``n_matched`` leaves
+            them out) and, firm ones, in ``nms_ambiguous``.
         max_score_diff: max ``|dprob|`` of the matched pairs (limit ``tolerance.score``).
         min_iou: the smallest IoU of a matched pair.
         tolerance: the limits applied.
@@ -369,6 +419,7 @@ class DetectionComparison:
     tolerance: DetectionTolerance
     n_nonfinite_ref: int = 0
     n_nonfinite_test: int = 0
+    nms_swapped: int = 0
     missing_examples: tuple[tuple[float, ...], ...] = ()
     extra_examples: tuple[tuple[float, ...], ...] = ()
     failures: tuple[str, ...] = field(init=False)
@@ -411,8 +462,10 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
     Passes when every *firm* detection (prob farther than ``margin`` from ``prob_thresh``)
     on either side is matched or NMS-ambiguous (:func:`nms_ambiguous`), matched probs
     differ by at most ``score``, and no detection holds a non-finite value (those are
-    counted and left out of the matching). ``nms_ambiguous`` counts the firm unmatched
-    detections that were excused.
+    counted and left out of the matching). A matched pair of two boxes swapped by an NMS
+    flip (:func:`nms_swapped`) is undone first: its detections are unmatched, and
+    NMS-ambiguous (the rival that makes it a swap seeds their group). ``nms_ambiguous``
+    counts the firm unmatched detections that were excused.
     """
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 5)
     tst = np.asarray(test, dtype=np.float64).reshape(-1, 5)
@@ -420,6 +473,8 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
     n_ref, n_tst = len(ref), len(tst)
     ref, tst = ref[finite_ref], tst[finite_tst]
     m = match_detections(ref, tst, tolerance.iou)
+    swapped = nms_swapped(ref, tst, m, nms_thresh, tolerance)
+    m = _unpair(m, swapped)
 
     def firm(d: np.ndarray) -> np.ndarray:
         return np.abs(d[:, 4] - prob_thresh) > tolerance.margin
@@ -439,7 +494,7 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
         missing_firm=missing, extra_firm=extra, nms_ambiguous=ambiguous,
         max_score_diff=max_diff, min_iou=float(m.iou.min()) if len(m.iou) else 1.0,
         tolerance=tolerance, n_nonfinite_ref=int(n_ref - len(ref)),
-        n_nonfinite_test=int(n_tst - len(tst)),
+        n_nonfinite_test=int(n_tst - len(tst)), nms_swapped=int(swapped.sum()),
         missing_examples=_examples(missing_rows, tst), extra_examples=_examples(extra_rows, ref))
 
 
