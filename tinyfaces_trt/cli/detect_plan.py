@@ -5,7 +5,9 @@ gets, and the checks of that plan before any work.
 :func:`plan_outputs` names an image's outputs under ``--out`` and :func:`write_outputs`
 writes them atomically; :func:`plan_tasks` pairs each image with its outputs (WIDER results
 too) and refuses a WIDER file that is not the image's own result, and
-:func:`refuse_replacing_inputs` refuses outputs at the path of an input file. The single-process run and ``--ray`` share all of it.
+:func:`refuse_replacing_inputs` refuses outputs at the path of an input file;
+:func:`resume_state` decides what a rerun keeps (outputs whose records name this run's network
+and detection settings). The single-process run and ``--ray`` share all of it.
 """
 
 from __future__ import annotations
@@ -290,14 +292,14 @@ def is_wider_result_of(path: Path, job: ImageJob) -> bool:
     return first.strip() == wider_name(job)
 
 
+#: The hidden folder under ``--wider-dir`` holding which detector wrote each result file.
+WIDER_RECORDS = ".tf-detect"
+
+
 def wider_record_path(wider_dir: Path, wider_file: Path) -> Path:
     """Where the record of the detector that wrote ``wider_file`` lies: ``<wider_dir>/
     .tf-detect/<event>/<name>.json`` (the WIDER reader looks only at ``<event>/<name>.txt``)."""
     return wider_dir / WIDER_RECORDS / wider_file.relative_to(wider_dir).with_suffix(".json")
-
-
-#: The hidden folder under ``--wider-dir`` holding which detector wrote each result file.
-WIDER_RECORDS = ".tf-detect"
 
 
 def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
