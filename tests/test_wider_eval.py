@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from tinyfaces_trt.wider import cli as cli_eval
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.wider.evaluate import (
     MissingPredictionsError, WiderEvalError, box_overlaps, evaluate_folder, image_evaluation,
-    image_pr_info, load_ground_truth, normalize_scores, voc_ap)
+    image_pr_info, load_ground_truth, normalize_scores, sort_predictions, voc_ap)
 from tinyfaces_trt.wider.format import (
     PredictionFormatError, format_detections, matlab_round, parse_detections,
     read_detection_file, to_official_boxes, write_image_detections)
@@ -165,6 +166,42 @@ def test_image_evaluation_greedy_matching_and_ignores():
     assert info[248].tolist() == [1, 1]    # t=249, thresh 0.751: only the first passes
     assert info[249].tolist() == [2, 1]    # t=250, thresh 0.75: the duplicate joins (>=)
     assert info[999].tolist() == [4, 2]    # t=1000, thresh 0: all five, four proposals
+
+
+def _random_image(rng, dtype, faces=40, preds=300):
+    """Faces (some of zero or negative size) and predictions jittered around them (many
+    matches, duplicates included), sorted best first; about half the faces kept."""
+    gt = np.c_[rng.integers(0, 200, (faces, 2)), rng.integers(-2, 30, (faces, 2))]
+    near = gt[rng.integers(0, faces, preds)] + rng.normal(0, 2, (preds, 4))
+    pred = sort_predictions(np.c_[near, rng.random(preds)])
+    if dtype == np.int32:
+        return gt.astype(np.int32), pred, rng.random(faces) < 0.5
+    return gt + rng.choice([0, 0.5, 0.25], gt.shape), pred, rng.random(faces) < 0.5
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float64])
+def test_image_evaluation_in_blocks_equals_the_whole_matrix(dtype):
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        gt, pred, keep = _random_image(rng, dtype, preds=200)
+        whole = image_evaluation(pred, gt, keep, block_pairs=len(pred) * len(gt))
+        assert whole[0][-1] > 5 and (whole[1] == -1).sum() > 5  # kept and ignored matches
+        for block_pairs in (1, 7, len(gt), 3 * len(gt) + 1, 5000):
+            rows = image_evaluation(pred, gt, keep, block_pairs=block_pairs)
+            assert np.array_equal(rows[0], whole[0]) and np.array_equal(rows[1], whole[1])
+
+
+def test_image_evaluation_memory_stays_bounded():
+    """The (predictions, faces) overlap matrix is made a block of rows at a time: the whole
+    2000 x 300 one took 68 MB of temporary arrays, the blocks about 1 MB."""
+    gt, pred, keep = _random_image(np.random.default_rng(0), np.int32, faces=300, preds=2000)
+    tracemalloc.start()
+    try:
+        image_evaluation(pred, gt, keep)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000
 
 
 def test_voc_ap_interpolates_and_skips_nan_precision():

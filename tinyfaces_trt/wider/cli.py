@@ -7,8 +7,13 @@
 them). A missing prediction file counts as an image without detections, as the official
 ``read_pred.m`` does, with a warning on stderr; ``--strict`` makes it an error.
 
+``--json`` and ``--plot`` may name neither a file under ``--gt`` or ``--pred`` (nor the file
+a link there points to) nor each other: such a run is refused before any work. Each is
+written whole or not at all, also when the run is interrupted.
+
 Exit codes: 0 success, 1 a problem with the inputs (message on stderr, no traceback),
-2 bad command line.
+2 bad command line or an output that would replace an input, 130 interrupted (Ctrl-C or
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyfaces_trt.core.cli import add_version_argument
+from tinyfaces_trt.core.cli import EXIT_USAGE, add_version_argument, run_interruptible
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import (atomic_output, nearest_existing, removed_if_left_empty,
-                                     write_text_atomic)
+from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest_existing,
+                                     removed_if_left_empty, write_text_atomic)
 from tinyfaces_trt.wider.evaluate import (
     SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
 
 
+PROG = "tf-eval"
+
+
 class PlotUnavailableError(TinyFacesError):
     """``--plot`` needs matplotlib, which is not installed."""
+
+
+class OutputReplacesInputError(TinyFacesError):
+    """``--json`` or ``--plot`` would replace an input of the evaluation or the other output
+    (a usage error)."""
 
 
 EPILOG = """\
@@ -43,12 +56,16 @@ examples:
 A ground-truth image without a prediction file counts as an image without detections
 (as the official read_pred.m does), with a warning; --strict makes it an error.
 
-exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line."""
+--json and --plot may not name a file under --gt or --pred, nor the same file: such a
+run is refused before any work (exit 2).
+
+exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line or an
+output that would replace an input, 130 interrupted (Ctrl-C or SIGTERM)."""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tf-eval",
+        prog=PROG,
         description="WIDER FACE val AP with the official protocol (eval_tools/evaluation.m: "
                     "IoU 0.5, ignored faces, 1000 score thresholds, VOC AP).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,12 +102,70 @@ def _check_output_file(option: str, path: Path) -> None:
                              f"writable; give a writable folder")
 
 
+def _entry(path: Path) -> Path:
+    """The directory entry that writing ``path`` replaces, its folder resolved as the system
+    does (symbolic links, then ``..``); a link at ``path`` itself is the entry, not followed."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(folder or ".")) / name
+
+
+def _input_tree(folder: Path) -> tuple[set[Path], list[str]]:
+    """The folders (resolved) and the files of the tree below ``folder``, symbolic links to
+    folders followed, each folder once (a link loop ends)."""
+    folders: set[Path] = set()
+    files: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = Path(os.path.realpath(root))
+        if real in folders:
+            dirs[:] = []
+            continue
+        folders.add(real)
+        files += [os.path.join(root, name) for name in names]
+    return folders, files
+
+
+def _harm_to_inputs(path: Path, victim: str | None, folders: set[Path]) -> str | None:
+    """How writing ``path`` would harm an input, or None: ``victim`` is the input file it would
+    replace (:func:`inputs_replaced_by`), ``folders`` the input folders (resolved)."""
+    if victim is not None and _entry(Path(victim)) == _entry(path):
+        return "is an input file of the evaluation"
+    if victim is not None:
+        return f"would replace the data of {victim}, an input file of the evaluation"
+    if not folders.isdisjoint(_entry(path).parents):
+        return "is inside an input folder of the evaluation"
+    return None
+
+
+def _refuse_replacing_inputs(args: argparse.Namespace) -> None:
+    """Raises :class:`OutputReplacesInputError` where ``--json`` or ``--plot`` would replace a
+    file under ``--gt`` or ``--pred`` (or the file a link there points to), would land inside
+    one of those folders, or where both name the same file."""
+    outputs = [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot))
+               if path is not None]
+    if not outputs:
+        return
+    if len(outputs) == 2 and _entry(args.json) == _entry(args.plot):
+        raise OutputReplacesInputError(f"--json {args.json} and --plot {args.plot} are the same "
+                                       f"file; give them different names")
+    for input_option, folder in (("--gt", args.gt), ("--pred", args.pred)):
+        folders, files = _input_tree(folder)
+        victims = inputs_replaced_by([path for _, path in outputs], files)
+        for option, path in outputs:
+            harm = _harm_to_inputs(path, victims.get(str(path)), folders)
+            if harm is not None:
+                raise OutputReplacesInputError(f"{option} {path} {harm} ({input_option} "
+                                               f"{folder}); choose another {option}")
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """Input folders and output files, checked before the (long) evaluation; creates nothing."""
     for option, folder in (("--gt", args.gt), ("--pred", args.pred)):
         if folder.is_file():
             raise TinyFacesError(f"{option} {folder} is a file; pass the folder that holds it "
                                  f"({folder.parent})")
+    _refuse_replacing_inputs(args)
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
             _check_output_file(option, path)
@@ -162,6 +237,12 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = _parser().parse_args(argv)
+    return run_interruptible(PROG, lambda: _run(args),
+                             interrupted="interrupted (no partial --json/--plot file was left)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The evaluation of parsed arguments; returns the exit code."""
     try:
         _check_paths(args)  # fail before the evaluation, not after
         with warnings.catch_warnings(record=True) as caught:
@@ -190,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"ground-truth image (box count 0 for an image without detections) or drop "
               f"--strict to count them as images without detections", file=sys.stderr)
         return 1
+    except OutputReplacesInputError as exc:
+        print(f"tf-eval: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TinyFacesError as exc:
         print(f"tf-eval: error: {exc}", file=sys.stderr)
         return 1
