@@ -15,7 +15,8 @@ from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import main
-from tinyfaces_trt.cli.detect_plan import WIDER_RECORDS, DetectOptions, ImageJob, plan_tasks
+from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, plan_tasks
+from tinyfaces_trt.wider.records import RECORDS_FOLDER as WIDER_RECORDS
 from tinyfaces_trt.cli.detect_ray import main as ray_main
 from tinyfaces_trt.core.files import written_for_another
 from tinyfaces_trt.parity.images import synthetic_image

@@ -12,7 +12,7 @@ from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import build_parser
-from tinyfaces_trt.cli.detect_plan import WIDER_RECORDS
+from tinyfaces_trt.wider.records import RECORDS_FOLDER as WIDER_RECORDS
 from tinyfaces_trt.cli.detect_ray import run_detect
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.parity.images import synthetic_image

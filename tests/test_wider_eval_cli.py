@@ -187,3 +187,39 @@ def test_an_interrupt_while_writing_leaves_no_partial_file(tree, monkeypatch, ca
     assert (code, capsys.readouterr().err.splitlines()[-1]) == (130, INTERRUPTED)
     assert os.listdir(out) == ["ap.json"]
     assert json.loads((out / "ap.json").read_text())["ap"]["hard"] == 0.75
+
+
+def test_results_of_several_detectors_or_the_untrained_one_are_named(tmp_path, capsys):
+    """tf-detect records which detector wrote each result (pred/.tf-detect/); one AP over a
+    folder mixing two detectors' results, or the untrained network's, was printed silently."""
+    from tinyfaces_trt.wider.records import RECORDS_FOLDER
+
+    gt = write_ground_truth(tmp_path / "gt", {"0--Parade": [SynthImage("a", FACES),
+                                                            SynthImage("b", FACES[:1])]})
+    pred = tmp_path / "pred"
+    trained = {"weights_sha256": "ab" * 32, "untrained": False, "precision": "fp32"}
+    for name, model, thresh in (("a", trained, 0.03), ("b", {"untrained": True, "seed": 0}, 0.5)):
+        write_detection_file(pred / "0--Parade" / f"{name}.txt", f"0--Parade/{name}.jpg",
+                             np.array([[10, 10, 29, 29, 0.9 if name == "a" else 0.7]]))
+        record = pred / RECORDS_FOLDER / "0--Parade" / f"{name}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"model": model, "config": {"prob_thresh": thresh,
+                                                                 "min_face": None}}))
+    (pred / RECORDS_FOLDER / "0--Parade" / "gone.json").write_text("{}")  # its result is gone
+    out = tmp_path / "ap.json"
+    assert cli_eval.main(["--gt", str(gt), "--pred", str(pred), "--json", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    mine = f"weights sha256 {'ab' * 6}, precision fp32, prob_thresh 0.03"
+    assert warnings == [
+        f"tf-eval: warning: the results in {pred} were made by 2 different detectors (their "
+        f"records in {pred / RECORDS_FOLDER}): 1 by {mine}; 1 by untrained network, seed 0, "
+        "prob_thresh 0.5; an AP of one detector needs results of that detector only",
+        f"tf-eval: warning: 1 result file(s) in {pred} were made by the UNTRAINED network "
+        "(seeded random weights): their AP is meaningless"]
+    assert json.loads(out.read_text())["detectors"] == [
+        {"detector": mine, "files": 1},
+        {"detector": "untrained network, seed 0, prob_thresh 0.5", "files": 1}]
+    (pred / RECORDS_FOLDER / "0--Parade" / "b.json").write_text(
+        json.dumps({"model": trained, "config": {"prob_thresh": 0.03}}))
+    assert cli_eval.main(["--gt", str(gt), "--pred", str(pred)]) == 0
+    assert "warning" not in capsys.readouterr().err  # one detector: nothing to say

@@ -26,6 +26,7 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+from tinyfaces_trt.wider.records import record_path
 
 log = logging.getLogger("tinyfaces_trt.cli.detect")
 
@@ -292,27 +293,18 @@ def is_wider_result_of(path: Path, job: ImageJob) -> bool:
     return first.strip() == wider_name(job)
 
 
-#: The hidden folder under ``--wider-dir`` holding which detector wrote each result file.
-WIDER_RECORDS = ".tf-detect"
-
-
-def wider_record_path(wider_dir: Path, wider_file: Path) -> Path:
-    """Where the record of the detector that wrote ``wider_file`` lies: ``<wider_dir>/
-    .tf-detect/<event>/<name>.json`` (the WIDER reader looks only at ``<event>/<name>.txt``)."""
-    return wider_dir / WIDER_RECORDS / wider_file.relative_to(wider_dir).with_suffix(".json")
-
-
 def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
                        options: DetectOptions) -> None:
     """Writes ``job``'s WIDER result file ``path`` (atomically, creating its folder), then the
-    record of the detector that made it (:func:`wider_record_path`; after the result: a run
-    stopped between the two leaves a result without a record, made again by the next run)."""
+    record of the detector that made it (:func:`~tinyfaces_trt.wider.records.record_path`;
+    after the result: a run stopped between the two leaves a result without a record, made
+    again by the next run)."""
     from tinyfaces_trt.wider.format import write_detection_file
 
     try:
         write_detection_file(path, wider_name(job), boxes)
         if options.wider_dir is not None:
-            record = wider_record_path(options.wider_dir, path)
+            record = record_path(options.wider_dir, path)
             record.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(record, json.dumps(
                 {"image": str(job.path), "model": options.model,
@@ -361,7 +353,7 @@ def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
     records = ([plan.detections] if plan is not None and any(
         path.is_file() for path in plan.paths()) else [])
     if task.wider_file is not None and options.wider_dir is not None and task.wider_file.is_file():
-        records.append(wider_record_path(options.wider_dir, task.wider_file))
+        records.append(record_path(options.wider_dir, task.wider_file))
     changed: list[str] = []
     for record in records:
         try:

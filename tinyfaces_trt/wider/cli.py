@@ -31,6 +31,7 @@ from tinyfaces_trt.core.cli import EXIT_USAGE, add_version_argument, run_interru
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest_existing,
                                      removed_if_left_empty, write_text_atomic)
+from tinyfaces_trt.wider.records import RECORDS_FOLDER, Detectors, detectors_of
 from tinyfaces_trt.wider.evaluate import (
     SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
 
@@ -234,6 +235,21 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
         plt.close(fig)
 
 
+def detector_warnings(detectors: Detectors, pred_dir: Path) -> list[str]:
+    """What tf-eval says of the detectors that made the results (tf-detect's records in
+    ``<pred_dir>/.tf-detect/``): several of them in one AP, or the untrained network."""
+    lines = []
+    if len(detectors.counts) > 1:
+        made = "; ".join(f"{count} by {name}" for name, count in detectors.counts)
+        lines.append(f"the results in {pred_dir} were made by {len(detectors.counts)} different "
+                     f"detectors (their records in {pred_dir / RECORDS_FOLDER}): {made}; an AP "
+                     "of one detector needs results of that detector only")
+    if detectors.untrained:
+        lines.append(f"{detectors.untrained} result file(s) in {pred_dir} were made by the "
+                     "UNTRAINED network (seeded random weights): their AP is meaningless")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -251,6 +267,9 @@ def _run(args: argparse.Namespace) -> int:
                                      on_missing="error" if args.strict else "ignore")
         for w in caught:
             print(f"tf-eval: warning: {w.message}", file=sys.stderr)
+        detectors = detectors_of(args.pred)
+        for line in detector_warnings(detectors, args.pred):
+            print(f"tf-eval: warning: {line}", file=sys.stderr)
         if result.missing:
             print(f"tf-eval: warning: {len(result.missing)} of {result.num_images} images have "
                   f"no prediction file and count as images without detections "
@@ -261,7 +280,9 @@ def _run(args: argparse.Namespace) -> int:
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 payload = result.to_dict()
-                payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred))
+                payload.update(gt_dir=str(args.gt), pred_dir=str(args.pred),
+                               detectors=[{"detector": name, "files": count}
+                                          for name, count in detectors.counts])
                 write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
             if args.plot is not None:
                 save_pr_plot(result, args.plot)
