@@ -586,3 +586,17 @@ def test_console_module_runs_end_to_end(gt_dir, tmp_path):
 def test_errors_are_tinyfaces_errors():
     assert issubclass(WiderEvalError, TinyFacesError)
     assert issubclass(PredictionFormatError, TinyFacesError)
+
+
+def test_result_files_carry_the_logit_behind_each_float32_probability():
+    """The authors write score_cls (the logit); the official min-max normalisation makes the AP
+    depend on the scores' spread, so probabilities gave other AP figures for the same boxes."""
+    from tinyfaces_trt.wider.format import MAX_FLOAT32_LOGIT, logits_of
+
+    logits = np.array([-3.5, -0.25, 0.0, 2.0, 5.0, 8.0, 12.0, 16.0, 25.0])
+    probs = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    back = logits_of(probs)
+    np.testing.assert_allclose(back[:4], logits[:4], atol=5e-7)  # the printed %f digits
+    assert np.all(np.abs(back[4:8] - logits[4:8]) <= 3e-8 * np.exp(logits[4:8]))  # float32's p
+    assert probs[8] == 1.0 and back[8] == MAX_FLOAT32_LOGIT == pytest.approx(16.6355, abs=1e-4)
+    assert np.all(np.diff(back) >= 0)  # the order is kept

@@ -299,10 +299,12 @@ def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
     record of the detector that made it (:func:`~tinyfaces_trt.wider.records.record_path`;
     after the result: a run stopped between the two leaves a result without a record, made
     again by the next run)."""
-    from tinyfaces_trt.wider.format import write_detection_file
+    from tinyfaces_trt.wider.format import logits_of, write_detection_file
 
+    scored = np.array(boxes, dtype=np.float64).reshape(-1, 5)
+    scored[:, 4] = logits_of(scored[:, 4])  # the logit, as the authors' result files hold
     try:
-        write_detection_file(path, wider_name(job), boxes)
+        write_detection_file(path, wider_name(job), scored)
         if options.wider_dir is not None:
             record = record_path(options.wider_dir, path)
             record.parent.mkdir(parents=True, exist_ok=True)
