@@ -301,6 +301,8 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
     deleted; if the second rename fails the old folder is put back. At every instant
     ``target`` is the old folder, the new one, or (for the moment between two renames)
     absent: never a mix of both. Both must be on one file system (stage beside the target).
+    A symbolic link at ``target`` is replaced itself (the folder it points to is kept); to
+    replace that folder, pass its real path.
     """
     staging, target = Path(staging), Path(target)
     if not target.exists() and not target.is_symlink():
@@ -314,7 +316,10 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
     except BaseException:
         os.replace(aside, target)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_symlink():  # rmtree refuses a link (and ignore_errors left it behind)
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def written_for_another(record: str | os.PathLike[str], key: str,

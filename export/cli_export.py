@@ -36,8 +36,12 @@ Exit codes:
   {EXIT_OK}  success (also: --fp16 without TensorRT, ONNX written)
   {EXIT_ERROR}  error: bad or missing weights, invalid shapes, export or check failure
   {EXIT_USAGE}  invalid command line
-  {EXIT_NO_TENSORRT}  --engine given but no usable TensorRT (>= 10) here (ONNX files and manifest written)
-  {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (ONNX files and manifest written)
+  {EXIT_NO_TENSORRT}  --engine given but no usable TensorRT (>= 10) here (ONNX files and manifest written
+     into a new or empty --out; one holding files is left as it was)
+  {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (likewise)
+
+A failed or interrupted export leaves the previous --out folder as it was. An --out that is a
+symbolic link is followed: the folder it points to is replaced, the link kept.
 
 Examples:
   tf-export --weights checkpoint_50.pth --out out/ --fp16
@@ -175,9 +179,11 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     try:
         profile = _check_args(p, a)
         check_out_dir(a.out)
-        from tinyfaces_trt.export.export_pipeline import export_model, step
+        from tinyfaces_trt.export.export_pipeline import checkpoint_sha256, export_model, step
         from tinyfaces_trt.export.weights import load_model
 
+        # hashed before the load: export_model checks that the file still has that hash
+        sha256 = None if a.weights is None else checkpoint_sha256(a.weights, _progress)
         with step(_progress, f"loading {'an untrained network' if a.untrained else a.weights}"):
             model, config = load_model(a.weights, depth=a.depth, variant=a.variant,
                                        seed=a.seed or 0)
@@ -185,7 +191,8 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                      image_sizes=[(s.height, s.width) for s in a.image_size] or None,
                      profile=profile, max_batch=a.max_batch, workspace_gb=a.workspace,
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
-                     untrained=a.untrained, verify=not a.no_verify, log=_progress)
+                     weights_sha256=sha256, untrained=a.untrained, verify=not a.no_verify,
+                     log=_progress)
     except TensorRTUnavailableError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_NO_TENSORRT

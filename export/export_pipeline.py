@@ -7,8 +7,10 @@ duration when it ends.
 Everything is written into a hidden staging folder beside ``out_dir`` and swapped in whole
 when complete (:func:`~tinyfaces_trt.core.files.replace_folder`), so an interrupted export or
 a full disk leaves the previous folder untouched, never a mix of old and new files. A failed
-or impossible engine build still swaps in the complete ONNX folder before raising. The
-manifest records each file's sha256 and size, which loading checks.
+or impossible engine build leaves a previous folder as it was too (its engine may be hours
+of work); only a new (or empty) ``out_dir`` gets the complete ONNX folder before the error.
+An ``out_dir`` that is a symbolic link is followed: the folder it points to is replaced, the
+link kept. The manifest records each file's sha256 and size, which loading checks.
 """
 
 from __future__ import annotations
@@ -131,6 +133,48 @@ def _commit(staging: Path, out: Path, log: Log) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` is a folder with something in it (a previous export, the user's files)."""
+    return folder.is_dir() and next(folder.iterdir(), None) is not None
+
+
+def _export_folder(given: Path, log: Log) -> Path:
+    """The absolute folder to replace: ``given``, or the folder it links to (the link is kept,
+    as a blue/green ``current -> v1`` layout needs; replacing the link would leave ``v1`` stale)."""
+    if not given.is_symlink():
+        return given.absolute()
+    real = Path(os.path.realpath(given))
+    log(f"{given} is a symbolic link: exporting into the folder it points to, {real}")
+    return real
+
+
+def checkpoint_sha256(path: str | Path, log: Log, what: str | None = None) -> str:
+    """Hex sha256 of a checkpoint, logged as a step (``what``, default ``hashing <path>``);
+    :class:`WeightsError` when it cannot be read."""
+    with step(log, what or f"hashing {path}") as info:
+        sha256 = file_sha256(path, what="weights file", error=WeightsError)
+        info["detail"] = f"sha256 {sha256[:16]}..."
+    return sha256
+
+
+def _weights_record(path: str | Path, sha256_before: str | None, log: Log) -> dict[str, str]:
+    """The manifest's ``weights`` entry of the checkpoint the model was loaded from.
+
+    With ``sha256_before`` (the file's hash taken before the model was loaded) the file is
+    hashed again and must still match: a checkpoint replaced while it was loaded (a training
+    run saving ``latest.pth``) would otherwise be recorded, and cached, as weights it does not
+    hold. The model was read between the two hashes, so equal hashes mean it is of those bytes.
+    """
+    sha256 = checkpoint_sha256(path, log, None if sha256_before is None
+                               else f"checking that {path} is unchanged")
+    if sha256_before is not None and sha256 != sha256_before:
+        raise WeightsError(
+            f"{path} changed while it was being read (sha256 {sha256_before[:16]}... before "
+            f"loading, {sha256[:16]}... now): is a training run writing it? Nothing was "
+            f"exported; run again once the file is complete")
+    return {"path": str(Path(path).resolve()), "sha256": sha256}
+
+
 def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
     with atomic_output(path) as tmp:
         onnx.save(proto, str(tmp))
@@ -148,7 +192,8 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
                  opset: int = DEFAULT_OPSET, engine: bool | None = None,
                  image_sizes: Iterable[tuple[int, int]] | None = None, profile: Profile | None = None,
                  max_batch: int = 1, workspace_gb: float = DEFAULT_WORKSPACE_GB, timing_cache: str | Path | None = None,
-                 simplify: bool = False, weights_path: str | Path | None = None, untrained: bool = False,
+                 simplify: bool = False, weights_path: str | Path | None = None,
+                 weights_sha256: str | None = None, untrained: bool = False,
                  verify: bool = True, hints: bool = True, log: Log | None = None) -> Path:
     """Exports ``model`` into the folder ``out_dir`` and returns the manifest path.
 
@@ -156,12 +201,13 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         model: the torch network (TinyFacesNet); exported from CPU float32 (a copy is made
             if it lives elsewhere).
         config: detector config stored in the manifest.
-        out_dir: export folder (created if missing).
+        out_dir: export folder (created if missing; a symbolic link: the folder it points to).
         fp16: also write ``model_fp16.onnx`` (float32 I/O); implies an fp16 engine build
             when TensorRT imports.
         opset: ONNX opset.
         engine: True: build a TensorRT engine, raising :class:`TensorRTUnavailableError`
-            (after writing the ONNX files and manifest) when TensorRT is missing;
+            when TensorRT is missing (after writing the ONNX files and manifest into a new
+            ``out_dir``; at once, writing nothing, where ``out_dir`` holds a previous export);
             None: build one only if ``fp16`` and TensorRT imports; False: never.
         image_sizes: (height, width) image sizes whose pyramid levels the profile covers.
         profile: explicit min/opt/max profile (exclusive with ``image_sizes``).
@@ -171,6 +217,9 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         timing_cache: TensorRT timing-cache file (loaded if present, saved after the build).
         simplify: run onnxslim/onnxsim on the fp32 graph.
         weights_path: source checkpoint; its path and SHA-256 go into the manifest.
+        weights_sha256: the checkpoint's SHA-256 taken before ``model`` was loaded from it:
+            the file must still have it (else :class:`WeightsError`, nothing exported), so the
+            manifest records the bytes the model holds. None: the file is only hashed.
         untrained: the weights are random (loud warning; ``"untrained": true`` in the manifest).
         verify: compare ONNX Runtime with torch on two small odd-sized inputs after each export.
         hints: for a user running the export (``tf-export``): repeat the untrained warning at
@@ -181,18 +230,26 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
 
     Raises:
         TinyFacesError: invalid arguments, export or check failure, numeric mismatch.
-        TensorRTUnavailableError: ``engine=True`` without TensorRT (the ONNX folder is complete).
-        EngineBuildError: TensorRT failed (the ONNX folder is complete).
+        WeightsError: the checkpoint changed since ``weights_sha256`` was taken.
+        TensorRTUnavailableError: ``engine=True`` without TensorRT (a new ``out_dir`` holds
+            the complete ONNX folder; an existing one is left as it was).
+        EngineBuildError: TensorRT failed (likewise).
     """
     log = log or _logger.info
-    given = out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TinyFacesError(f"--out {out} exists and is not a folder")
+    given = Path(out_dir)
+    if given.exists() and not given.is_dir():
+        raise TinyFacesError(f"--out {given} exists and is not a folder")
     if opset < 13:
         raise TinyFacesError(f"opset {opset} is too old; use 13 or newer (default {DEFAULT_OPSET})")
     prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
-    out = out.absolute()
+    out = _export_folder(given, log)
+    previous = _holds_anything(out)
+    if engine and previous and (problem := tensorrt_problem()) is not None:
+        raise TensorRTUnavailableError(  # an export without the engine may not replace one
+            f"{problem}: no engine can be built here, so {out} is left as it was (nothing "
+            f"exported); re-run with --engine on a machine with TensorRT >= 10, or without "
+            f"--engine to replace its ONNX files")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(out.parent):
         log(f"removed {stale} left by an interrupted run")
@@ -202,7 +259,12 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         manifest, pending = _export_into(
             model, config, staging, out, fp16=fp16, opset=opset, engine=engine, prof=prof,
             workspace_gb=workspace_gb, timing_cache=timing_cache, simplify=simplify,
-            weights_path=weights_path, untrained=untrained, verify=verify, hints=hints, log=say)
+            weights_path=weights_path, weights_sha256=weights_sha256, untrained=untrained,
+            verify=verify, hints=hints, log=say)
+        if pending is not None and previous:  # keep the previous folder (and any engine in it)
+            pending.args = (f"{pending.args[0]}; {out} is left as it was (the previous export: "
+                            f"the new ONNX files were not written)", *pending.args[1:])
+            raise pending
         _commit(staging, out, log)
     except TinyFacesError as exc:  # its message may name the staging folder
         shutil.rmtree(staging, ignore_errors=True)
@@ -225,19 +287,14 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
 def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Path, *, fp16: bool,
                  opset: int, engine: bool | None, prof: Profile, workspace_gb: float,
                  timing_cache: str | Path | None, simplify: bool,
-                 weights_path: str | Path | None, untrained: bool, verify: bool, hints: bool,
-                 log: Log) -> tuple[Path, TinyFacesError | None]:
+                 weights_path: str | Path | None, weights_sha256: str | None, untrained: bool,
+                 verify: bool, hints: bool, log: Log) -> tuple[Path, TinyFacesError | None]:
     """Writes the export into the staging folder ``out`` (``final`` is where it will live);
     returns the manifest path and the engine error to raise once the folder is in place."""
     if untrained:
         log(UNTRAINED_WARNING)
 
-    weights = None
-    if weights_path is not None:
-        with step(log, f"hashing {weights_path}") as info:
-            sha256 = file_sha256(weights_path, what="weights file", error=WeightsError)
-            weights = {"path": str(Path(weights_path).resolve()), "sha256": sha256}
-            info["detail"] = f"sha256 {weights['sha256'][:16]}..."
+    weights = None if weights_path is None else _weights_record(weights_path, weights_sha256, log)
     tools = _tool_versions()
     files: dict[str, str] = {}
 

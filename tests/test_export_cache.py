@@ -1,21 +1,31 @@
 """The export cache shared by processes: one export per key; a process that finds the key
 being exported waits (saying so, for a bounded time) and reuses it; a holder killed
-mid-export blocks no one; a file system without locks exports unlocked."""
+mid-export blocks no one; a file system without locks exports unlocked. An entry holds the
+weights its key and manifest name (a checkpoint replaced while it loads is refused); a cache
+that cannot be written is one clear error, leaving nothing behind."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
+from faults import enospc, temporaries
 from tinyfaces_trt import export_cache
+from tinyfaces_trt.core.errors import TinyFacesError, WeightsError
+from tinyfaces_trt.core.manifest import MANIFEST_NAME
+from tinyfaces_trt.detectors import create_detector
 from tinyfaces_trt.export import export_pipeline
 from tinyfaces_trt.export_cache import cache_key, cached_export
 
@@ -59,7 +69,7 @@ def fake_export(monkeypatch, export_dir):
 
     def export(model, config, out, **kwargs):
         exports.append(out)
-        shutil.copytree(export_dir, out)
+        shutil.copytree(export_dir, out, dirs_exist_ok=True)
 
     monkeypatch.setattr(export_cache, "reference_model", lambda *args, **kwargs: (None, None))
     monkeypatch.setattr(export_pipeline, "export_model", export)
@@ -151,3 +161,103 @@ def test_a_file_system_without_locks_exports_unlocked(checkpoint, tmp_path, fake
         f"cannot lock {target}.lock ([Errno {errno.ENOLCK}] No locks available); exporting "
         "without the lock"]
     assert not [line for line in lines if "waiting" in line]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_entry_recording_other_weights_is_exported_again(checkpoint, export_dir, tmp_path,
+                                                            fake_export, caplog):
+    """What the race of a replaced checkpoint used to leave: the key of one checkpoint, the
+    manifest (and weights) of another."""
+    cache = tmp_path / "cache"
+    target = cache / cache_key(checkpoint)
+    shutil.copytree(export_dir, target)
+    manifest = json.loads((target / MANIFEST_NAME).read_text())
+    other = "ab" * 32
+    manifest["weights"]["sha256"] = other
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export_cache"):
+        folder = cached_export(checkpoint, cache_dir=cache, progress=lambda _: None)
+    assert fake_export == [target]
+    assert {r.getMessage() for r in caplog.records} == {  # before the lock and under it
+        f"export cache {target} holds the export of other weights (sha256 {other}, not "
+        f"{_sha256(checkpoint)}); exporting it again"}
+    assert folder.identity.weights_sha256 == _sha256(checkpoint)
+
+
+def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, seeded, tmp_path,
+                                                         monkeypatch):
+    """A training run saves latest.pth (atomically) while the cache loads it: nothing is
+    exported under the key of the bytes hashed first."""
+    latest = tmp_path / "latest.pth"
+    shutil.copy(checkpoint, latest)
+    first = _sha256(latest)
+
+    def load_then_replaced(weights, depth=None, variant=None):
+        newer = tmp_path / ".latest.pth.tmp"
+        newer.write_bytes(latest.read_bytes() + b"another epoch")
+        os.replace(newer, latest)
+        return seeded
+
+    monkeypatch.setattr(export_cache, "reference_model", load_then_replaced)
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsError) as info:
+        cached_export(latest, cache_dir=cache, progress=lambda _: None)
+    assert str(info.value) == (
+        f"{latest} changed while it was being read (sha256 {first[:16]}... before loading, "
+        f"{_sha256(latest)[:16]}... now): is a training run writing it? Nothing was exported; "
+        f"run again once the file is complete")
+    assert [p.name for p in cache.iterdir()] == [f"{first[:16]}.lock"]
+
+
+def test_a_full_cache_is_one_clear_error_leaving_nothing(checkpoint, seeded, export_dir, tmp_path,
+                                                         monkeypatch):
+    import onnx
+
+    proto = onnx.load(str(export_dir / "model.onnx"))
+    monkeypatch.setattr(export_cache, "reference_model", lambda *args, **kwargs: seeded)
+    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *args, **kwargs: proto)
+
+    def full(model, path):
+        Path(path).write_bytes(b"\0" * 1000)  # a part of the model, then the disk is full
+        raise enospc()
+
+    monkeypatch.setattr(export_pipeline.onnx, "save", full)
+    cache = tmp_path / "cache"
+    with pytest.raises(TinyFacesError) as info:
+        create_detector("onnxruntime", weights=checkpoint, cache_dir=cache, progress=lambda _: None)
+    assert str(info.value) == (f"cannot write the export cache {cache}: No space left on device "
+                               f"(set TINYFACES_CACHE to a writable folder with free space)")
+    assert [p.name for p in cache.iterdir()] == [f"{cache_key(checkpoint)}.lock"]
+
+
+#: create_detector on a read-only cache; prints the error it raises.
+READ_ONLY = textwrap.dedent("""
+    import sys
+    from tinyfaces_trt import create_detector
+    try:
+        create_detector("onnxruntime", weights=sys.argv[1], cache_dir=sys.argv[2])
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+""")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare for a read-only mount")
+def test_a_read_only_cache_is_one_clear_error(checkpoint, tmp_path):
+    probe = subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("this machine does not allow user mount namespaces")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && '
+              'exec "$2" -c "$3" "$4" "$1"')
+    done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script, "sh", str(cache),
+                           sys.executable, READ_ONLY, str(checkpoint)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cannot lock" not in done.stderr  # refused before the lock, the load, the export
+    assert done.stdout == (f"TinyFacesError cannot write the export cache {cache}: Read-only file "
+                           f"system (set TINYFACES_CACHE to a writable folder with free space)\n")
+    assert list(cache.iterdir()) == [] and temporaries(tmp_path) == []

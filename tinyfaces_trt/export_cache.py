@@ -10,6 +10,12 @@ OS file lock, released when its holder exits or is killed); a process that finds
 exported says so, waits (at most :data:`LOCK_WAIT_LIMIT_S`), then uses what the other one
 wrote when it holds what this one asks for (the precision, an engine), else exports itself.
 
+An entry is used only when its manifest records the sha256 its key was made from; a checkpoint
+that changes between that hash and the end of its loading (a training run saving
+``latest.pth`` meanwhile) is refused (:class:`WeightsError`), so an entry never holds other
+weights than its key and manifest say. A cache that cannot be written (read-only, full) is a
+:class:`TinyFacesError` naming it and :data:`CACHE_ENV`.
+
 Exporting needs the ``export`` extra (PyTorch), imported only when an export is due; reusing a
 complete cache entry does not.
 """
@@ -28,7 +34,7 @@ from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError, WeightsError
-from tinyfaces_trt.core.files import CACHE_ENV, cache_root, remove_stale_temporaries
+from tinyfaces_trt.core.files import CACHE_ENV, cache_root, remove_stale_temporaries, staging_dir
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.locks import LockOutcome, LockWords, waiting_lock
 from tinyfaces_trt.core.manifest import ExportFolder, load_export_folder
@@ -79,18 +85,24 @@ def cache_key(weights: str | os.PathLike[str] | None, depth: int | None = None,
               variant: str | None = None) -> str:
     """The cache folder name: a prefix of the checkpoint's sha256 (with the loader options
     folded in when given), or of the untrained model's description."""
-    if weights is None:
+    return _key(None if weights is None else weights_sha256(weights), depth, variant)
+
+
+def _key(digest: str | None, depth: int | None, variant: str | None) -> str:
+    """:func:`cache_key` of a checkpoint whose sha256 is ``digest`` (None: untrained)."""
+    if digest is None:
         text = "untrained:" + ",".join(f"{k}={v}" for k, v in sorted(UNTRAINED_MODEL.items()))
         return "untrained-" + hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
-    digest = weights_sha256(weights)
     if depth is not None or variant is not None:
         digest = hashlib.sha256(f"{digest}:depth={depth}:variant={variant}".encode()).hexdigest()
     return digest[:_KEY_CHARS]
 
 
-def _usable(folder_path: Path, fp16: bool, engine: bool) -> ExportFolder | None:
-    """The cached folder if it is complete for this request and its files match the
-    checksums its manifest records, else None (a damaged entry is logged as a warning)."""
+def _usable(folder_path: Path, digest: str | None, fp16: bool, engine: bool) -> ExportFolder | None:
+    """The cached folder if it is complete for this request, its manifest records the
+    checkpoint sha256 ``digest`` its key was made from (None: the untrained network, whose key
+    names no file), and its files match the checksums the manifest records; else None (a
+    damaged entry, or one of other weights, is logged as a warning)."""
     try:
         folder = load_export_folder(folder_path, verify=False)
         folder.onnx_path(fp16)
@@ -101,6 +113,11 @@ def _usable(folder_path: Path, fp16: bool, engine: bool) -> ExportFolder | None:
         return None
     if not folder.has_checksums:
         log.info("export cache %s predates file checksums; exporting again", folder_path)
+        return None
+    recorded = folder.identity.weights_sha256
+    if digest is not None and recorded != digest:
+        log.warning("export cache %s holds the export of other weights (sha256 %s, not %s); "
+                    "exporting it again", folder_path, recorded, digest)
         return None
     try:
         folder.verify()
@@ -124,30 +141,31 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
     others wait on its lock (saying so through ``progress``, else a logged warning), then
     reuse the folder. ``verify`` checks each new ONNX file against torch (see
     ``export_model``).
+
+    Raises:
+        WeightsError: the checkpoint is missing, does not load, or changed while it was read.
+        TinyFacesError: the cache cannot be written (naming it and :data:`CACHE_ENV`).
     """
     say = progress or log.info
     root = cache_root(cache_dir)
     for stale in remove_stale_temporaries(root):
         log.info("removed %s left in the export cache by an interrupted run", stale)
-    key = cache_key(weights, depth, variant)
+    digest = None if weights is None else weights_sha256(weights)
+    key = _key(digest, depth, variant)
     target = root / key
     if target.exists():
-        folder = _usable(target, fp16, engine)
+        folder = _usable(target, digest, fp16, engine)
         if folder is not None:
             log.info("using cached export %s", target)
             return folder
     _require_export_extra()
+    _check_writable(root)
     from tinyfaces_trt.export.export_pipeline import export_model
 
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TinyFacesError(f"cannot create the export cache folder {root}: {exc} "
-                             f"(set {CACHE_ENV} to a writable folder)") from exc
     # the wait is said even without a progress callback (it may be long)
     with _export_lock(root, key, progress or log.warning) as lock:
         if target.exists():  # exported by another process while this one waited
-            folder = _usable(target, fp16, engine)
+            folder = _usable(target, digest, fp16, engine)
             if folder is not None:
                 (say if lock.waited else log.info)(f"using the export the other process wrote: {target}")
                 return folder
@@ -156,11 +174,30 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
             f"{' and a TensorRT engine' if engine else ''} into the cache {target} (one time) ...")
         start = time.perf_counter()
         model, config = reference_model(weights, depth, variant)
-        # export_model stages beside the target and swaps the finished folder in whole
-        export_model(model, config, target, fp16=fp16, engine=engine, weights_path=weights,
-                     untrained=weights is None, verify=verify, hints=False, log=say)
+        try:  # staged beside the target, swapped in whole; the weights' hash checked again
+            export_model(model, config, target, fp16=fp16, engine=engine, weights_path=weights,
+                         weights_sha256=digest, untrained=weights is None, verify=verify,
+                         hints=False, log=say)
+        except OSError as exc:  # export_model removed what it had written
+            raise _cache_error(root, exc) from exc
         say(f"export done in {time.perf_counter() - start:.1f} s: {target}")
         return load_export_folder(target, verify=False)  # its checksums were just computed
+
+
+def _cache_error(root: Path, exc: OSError) -> TinyFacesError:
+    """The one-line error of a cache that cannot be written (read-only, full, not a folder)."""
+    return TinyFacesError(f"cannot write the export cache {root}: {exc.strerror or exc} "
+                          f"(set {CACHE_ENV} to a writable folder with free space)")
+
+
+def _check_writable(root: Path) -> None:
+    """Creates the cache folder if needed and a staging folder in it (removed at once), so a
+    read-only cache fails before the weights are loaded; :func:`_cache_error` when it cannot."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging_dir(root, "probe").rmdir()
+    except OSError as exc:
+        raise _cache_error(root, exc) from exc
 
 
 def _export_lock(root: Path, key: str,

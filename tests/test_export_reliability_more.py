@@ -1,0 +1,138 @@
+"""``tf-export`` when things go wrong around it: the checkpoint replaced while it loads (a
+training run saving ``latest.pth``), an engine that cannot be built over a previous folder
+holding one, and an --out that is a symbolic link (a blue/green layout)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from faults import temporaries
+from tinyfaces_trt.core.files import replace_folder, staging_dir
+from tinyfaces_trt.core.manifest import MANIFEST_NAME, load_export_folder
+from tinyfaces_trt.export import export_pipeline
+from tinyfaces_trt.export.cli_export import EXIT_ENGINE_FAILED, EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_OK, main
+from tinyfaces_trt.export.trt_build import EngineBuildError
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def fast_onnx(export_dir, monkeypatch):
+    """The torch -> ONNX step (the slow part) replaced by the shared export's graph."""
+    import onnx
+
+    proto = onnx.load(str(export_dir / "model.onnx"))
+    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
+
+
+def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, tmp_path, capsys,
+                                                         monkeypatch):
+    """The manifest would record the new file's sha256 beside the old file's weights."""
+    from tinyfaces_trt.export import weights
+
+    latest = tmp_path / "latest.pth"
+    shutil.copy(checkpoint, latest)
+    first = _sha256(latest)
+    load = weights.load_model
+
+    def load_then_replaced(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        newer = tmp_path / ".latest.pth.tmp"
+        newer.write_bytes(latest.read_bytes() + b"another epoch")
+        os.replace(newer, latest)
+        return loaded
+
+    monkeypatch.setattr(weights, "load_model", load_then_replaced)
+    out = tmp_path / "exp"
+    assert main(["--weights", str(latest), "--out", str(out), "--no-verify"]) == EXIT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"tf-export: error: {latest} changed while it was being read (sha256 {first[:16]}... "
+        f"before loading, {_sha256(latest)[:16]}... now): is a training run writing it? Nothing "
+        f"was exported; run again once the file is complete")
+    assert not out.exists() and temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("tensorrt", ["missing", "build fails"])
+def test_a_failed_engine_leaves_the_previous_folder_and_its_engine(tensorrt, checkpoint, export_dir,
+                                                                   tmp_path, capsys, monkeypatch,
+                                                                   fast_onnx):
+    previous = tmp_path / "exp"  # its engine was built earlier, on the GPU machine
+    shutil.copytree(export_dir, previous)
+    engine = previous / "model.engine"
+    engine.write_bytes(b"an engine" * 1000)
+    manifest = json.loads((previous / MANIFEST_NAME).read_text())
+    manifest["files"]["engine_fp32"] = engine.name
+    manifest["checksums"][engine.name] = {"sha256": _sha256(engine), "bytes": engine.stat().st_size}
+    (previous / MANIFEST_NAME).write_text(json.dumps(manifest))
+    before = _snapshot(previous)
+    if tensorrt == "missing":
+        monkeypatch.setattr(export_pipeline, "tensorrt_problem",
+                            lambda: "NVIDIA TensorRT is not installed")
+    else:
+        def failed(onnx_fp32, *args, **kwargs):
+            raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_fp32} (see the "
+                                   f"TensorRT errors above)")
+
+        monkeypatch.setattr(export_pipeline, "tensorrt_problem", lambda: None)
+        monkeypatch.setattr(export_pipeline, "build_engine", failed)
+    code = main(["--weights", str(checkpoint), "--out", str(previous), "--engine", "--no-verify"])
+    last = capsys.readouterr().err.splitlines()[-1]
+    if tensorrt == "missing":
+        assert code == EXIT_NO_TENSORRT
+        assert last == (f"NVIDIA TensorRT is not installed: no engine can be built here, so "
+                        f"{previous} is left as it was (nothing exported); re-run with --engine on "
+                        f"a machine with TensorRT >= 10, or without --engine to replace its ONNX "
+                        f"files")
+    else:
+        assert code == EXIT_ENGINE_FAILED
+        assert last == (f"tf-export: error: TensorRT failed to build an engine from "
+                        f"{previous / 'model.onnx'} (see the TensorRT errors above); {previous} is "
+                        f"left as it was (the previous export: the new ONNX files were not written)")
+    assert _snapshot(previous) == before and load_export_folder(previous).engine_fp32 == engine
+    assert temporaries(tmp_path) == []
+
+
+def test_out_a_symbolic_link_replaces_the_folder_it_points_to(checkpoint, export_dir, tmp_path,
+                                                              capsys, fast_onnx):
+    """current -> v1: the link stays, v1 gets the new export, nothing is left aside."""
+    v1, current = tmp_path / "v1", tmp_path / "current"
+    shutil.copytree(export_dir, v1)
+    manifest = json.loads((v1 / MANIFEST_NAME).read_text())
+    manifest["weights"]["sha256"] = "ab" * 32  # another checkpoint's export
+    (v1 / MANIFEST_NAME).write_text(json.dumps(manifest))
+    current.symlink_to("v1")
+    assert main(["--weights", str(checkpoint), "--out", str(current), "--no-verify",
+                 "--no-engine"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.out == f"{current / MANIFEST_NAME}\n"
+    assert f"tf-export: {current} is a symbolic link: exporting into the folder it points to, {v1}" \
+        in captured.err.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]
+    assert os.readlink(current) == "v1"
+    assert load_export_folder(v1).identity.weights_sha256 == _sha256(checkpoint)
+
+
+def test_replace_folder_replaces_a_link_leaving_nothing_aside(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "model.onnx").write_text("old")
+    (tmp_path / "current").symlink_to("v1")
+    staging = staging_dir(tmp_path, "export")
+    (staging / "model.onnx").write_text("new")
+    replace_folder(staging, tmp_path / "current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1"]
+    assert not (tmp_path / "current").is_symlink()
+    assert (tmp_path / "current" / "model.onnx").read_text() == "new"
+    assert (tmp_path / "v1" / "model.onnx").read_text() == "old"
