@@ -51,7 +51,7 @@ def compare_with_reference(reference: np.ndarray, boxes: np.ndarray, config: Det
     compare = _compare_module()
     tolerance = compare.TOLERANCES[precision].detections
     c = compare.compare_detections(reference, boxes, config.prob_thresh, config.nms_thresh,
-                                   tolerance)
+                                   tolerance, config.box_pixel_offset)
     return {
         "passed": bool(c.passed), "precision": precision,
         "reference": int(c.n_ref), "test": int(c.n_test), "matched": int(c.n_matched),

@@ -254,5 +254,5 @@ def test_detector_warmup_captures_the_pyramid_before_the_first_image(checkpoint,
         assert len(pair) == 2
         config = detector.config
         same = compare_detections(single, pair[0], config.prob_thresh, config.nms_thresh,
-                                  TOLERANCES["fp16"].detections)
+                                  TOLERANCES["fp16"].detections, config.box_pixel_offset)
         assert same.passed, same

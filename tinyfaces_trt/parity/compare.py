@@ -13,7 +13,8 @@ final detections
     The whole pipeline (decode + NMS) on each set of maps, matched greedily by score at
     IoU >= ``iou`` (:func:`match_detections`). A reduced-precision network legitimately
     moves a logit across the threshold, or flips an NMS decision between two boxes whose
-    IoU is at the NMS threshold or whose scores are tied; so (:func:`compare_detections`)
+    IoU (as the NMS measures it: its "+1" pixel convention, boxes before clipping) is at
+    the NMS threshold or whose scores are tied; so (:func:`compare_detections`)
     every detection whose prob is more than ``margin`` away from ``prob_thresh`` must be
     matched unless it is *NMS-ambiguous*, and matched probs must agree within ``score``.
     A flip can also leave two *different* boxes overlapping at IoU >= ``iou``, one kept on
@@ -225,15 +226,20 @@ def compare_maps(reference: np.ndarray, test: np.ndarray,
 # Detections
 # ---------------------------------------------------------------------------------------------
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU matrix of [x1, y1, x2, y2] boxes (continuous areas, no +1)."""
+def box_iou(a: np.ndarray, b: np.ndarray, pixel_offset: float = 0.0) -> np.ndarray:
+    """(len(a), len(b)) IoU matrix of [x1, y1, x2, y2] boxes.
+
+    Widths and heights are ``x2 - x1 + pixel_offset``: 0 gives continuous areas (the
+    matching's), 1 the inclusive "+1" pixels of the NMS (:func:`~tinyfaces_trt.runtime.nms.nms`
+    with ``config.box_pixel_offset``).
+    """
     a = np.asarray(a, dtype=np.float64)[:, :4].reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64)[:, :4].reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    o = float(pixel_offset)
+    wh = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]) + o
+    inter = np.prod(np.clip(wh, 0, None), axis=2)
+    area_a = (a[:, 2] - a[:, 0] + o) * (a[:, 3] - a[:, 1] + o)
+    area_b = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
     union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
@@ -280,7 +286,7 @@ def match_detections(reference: np.ndarray, test: np.ndarray, iou_thresh: float 
 
 
 def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms_thresh: float,
-                tolerance: DetectionTolerance) -> np.ndarray:
+                tolerance: DetectionTolerance, pixel_offset: float = 0.0) -> np.ndarray:
     """Which matched pairs are two different boxes, each kept on one side only by an NMS flip.
 
     When two overlapping boxes ``h`` and ``x`` with near-tied probs swap their NMS order,
@@ -298,6 +304,9 @@ def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms
     rival lies next to it: as for unmatched detections, the detections alone cannot tell that
     case from a swap; the score maps' comparison catches a network whose scores are off.
 
+    These overlaps are the NMS's: give the boxes as the NMS saw them (before clipping) and
+    its ``pixel_offset`` (see :func:`box_iou`).
+
     Returns:
         bool array over the matched pairs (``matching.ref_index``).
     """
@@ -305,12 +314,13 @@ def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms
     overlap = nms_thresh - tolerance.nms_iou_margin
     for k, (i, j) in enumerate(zip(matching.ref_index, matching.test_index)):
         gap = test[j, 4] - reference[i, 4]
-        if abs(gap) <= tolerance.score or matching.iou[k] <= overlap:
+        if abs(gap) <= tolerance.score or \
+                box_iou(reference[i][None], test[j][None], pixel_offset)[0, 0] <= overlap:
             continue
         high, others = (test[j], reference[matching.unmatched_ref]) if gap > 0 else \
             (reference[i], test[matching.unmatched_test])
         tied = np.abs(others[:, 4] - high[4]) <= tolerance.margin
-        swapped[k] = bool(np.any(tied & (box_iou(high[None], others)[0] > overlap)))
+        swapped[k] = bool(np.any(tied & (box_iou(high[None], others, pixel_offset)[0] > overlap)))
     return swapped
 
 
@@ -323,7 +333,8 @@ def _unpair(matching: Matching, drop: np.ndarray) -> Matching:
 
 
 def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, prob_thresh: float,
-                  nms_thresh: float, tolerance: DetectionTolerance) -> tuple[np.ndarray, np.ndarray]:
+                  nms_thresh: float, tolerance: DetectionTolerance,
+                  pixel_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Which unmatched detections may differ legitimately through NMS.
 
     A detection present on one side only was either near the probability threshold, or
@@ -337,6 +348,9 @@ def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, p
     and a test detection whose IoU exceeds ``nms_thresh - nms_iou_margin``. A connected group
     is *ambiguous* when it contains a fragile edge, a detection near the probability
     threshold, or a detection in a fragile relation to a matched detection of the other side.
+    IoUs here are the NMS's: give the boxes as the NMS saw them (before clipping) and its
+    ``pixel_offset`` (see :func:`box_iou`); a link of IoU 0.314 under the "+1" convention
+    is only 0.283 in continuous areas.
 
     Returns:
         Two bool arrays over ``matching.unmatched_ref`` and ``matching.unmatched_test``.
@@ -361,7 +375,7 @@ def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, p
     seed[:len(ur)] = np.abs(a[:, 4] - prob_thresh) <= tolerance.margin
     seed[len(ur):] = np.abs(b[:, 4] - prob_thresh) <= tolerance.margin
     if len(ur) and len(ut):
-        iou = box_iou(a, b)
+        iou = box_iou(a, b, pixel_offset)
         weak = fragile(iou, a[:, 4], b[:, 4])
         for i, j in zip(*np.nonzero(iou > nms_thresh - tolerance.nms_iou_margin)):
             root_i, root_j = find(int(i)), find(len(ur) + int(j))
@@ -370,7 +384,8 @@ def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, p
     for rows, offset, other, matched in ((a, 0, test, matching.test_index),
                                          (b, len(ur), reference, matching.ref_index)):
         if len(rows) and len(matched):
-            hit = fragile(box_iou(rows, other[matched]), rows[:, 4], other[matched, 4]).any(axis=1)
+            near = box_iou(rows, other[matched], pixel_offset)
+            hit = fragile(near, rows[:, 4], other[matched, 4]).any(axis=1)
             for k in np.flatnonzero(hit):
                 seed[find(offset + int(k))] = True
     roots = np.array([find(i) for i in range(n)], dtype=np.int64)
@@ -455,8 +470,15 @@ def _examples(unmatched: np.ndarray, other: np.ndarray) -> tuple[tuple[float, ..
     return tuple(tuple(round(float(v), 4) for v in (*row, b)) for row, b in zip(top, best))
 
 
+def _rows(detections: np.ndarray) -> np.ndarray:
+    """(N, 5) float64 [x1, y1, x2, y2, prob] rows."""
+    return np.asarray(detections, dtype=np.float64).reshape(-1, 5)
+
+
 def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: float,
-                       nms_thresh: float, tolerance: DetectionTolerance) -> DetectionComparison:
+                       nms_thresh: float, tolerance: DetectionTolerance, pixel_offset: float = 0.0,
+                       nms_boxes: tuple[np.ndarray, np.ndarray] | None = None,
+                       ) -> DetectionComparison:
     """Compares final (N, 5) detections of a backend with the reference's.
 
     Passes when every *firm* detection (prob farther than ``margin`` from ``prob_thresh``)
@@ -466,20 +488,35 @@ def compare_detections(reference: np.ndarray, test: np.ndarray, prob_thresh: flo
     flip (:func:`nms_swapped`) is undone first: its detections are unmatched, and
     NMS-ambiguous (the rival that makes it a swap seeds their group). ``nms_ambiguous``
     counts the firm unmatched detections that were excused.
+
+    The NMS-flip checks measure overlaps as the NMS did: with ``pixel_offset``, its IoU
+    convention (``config.box_pixel_offset``, 1.0 in the default config; the default 0.0,
+    continuous areas, suits boxes compared without the pipeline's NMS), and on
+    ``nms_boxes``, the same detections row for row as the NMS saw them, where the pipeline
+    changed them afterwards: it clips its final boxes to the image (``config.clip_boxes``),
+    which squeezes boxes that cross a border together or apart (IoUs of such kept pairs
+    move by up to 0.7 on small images). The matching uses continuous areas on the final boxes:
+    how closely the two sides agree, whatever the NMS.
     """
-    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 5)
-    tst = np.asarray(test, dtype=np.float64).reshape(-1, 5)
-    finite_ref, finite_tst = np.isfinite(ref).all(axis=1), np.isfinite(tst).all(axis=1)
+    ref, tst = _rows(reference), _rows(test)
+    nms_ref, nms_tst = (ref, tst) if nms_boxes is None else (_rows(d) for d in nms_boxes)
+    if (nms_ref.shape, nms_tst.shape) != (ref.shape, tst.shape):
+        raise ValueError(f"nms_boxes must hold the detections row for row: shapes "
+                         f"{nms_ref.shape}, {nms_tst.shape} for {ref.shape}, {tst.shape}")
+    finite_ref = np.isfinite(ref).all(axis=1) & np.isfinite(nms_ref).all(axis=1)
+    finite_tst = np.isfinite(tst).all(axis=1) & np.isfinite(nms_tst).all(axis=1)
     n_ref, n_tst = len(ref), len(tst)
-    ref, tst = ref[finite_ref], tst[finite_tst]
+    ref, nms_ref = ref[finite_ref], nms_ref[finite_ref]
+    tst, nms_tst = tst[finite_tst], nms_tst[finite_tst]
     m = match_detections(ref, tst, tolerance.iou)
-    swapped = nms_swapped(ref, tst, m, nms_thresh, tolerance)
+    swapped = nms_swapped(nms_ref, nms_tst, m, nms_thresh, tolerance, pixel_offset)
     m = _unpair(m, swapped)
 
     def firm(d: np.ndarray) -> np.ndarray:
         return np.abs(d[:, 4] - prob_thresh) > tolerance.margin
 
-    ok_ref, ok_test = nms_ambiguous(ref, tst, m, prob_thresh, nms_thresh, tolerance)
+    ok_ref, ok_test = nms_ambiguous(nms_ref, nms_tst, m, prob_thresh, nms_thresh, tolerance,
+                                    pixel_offset)
     firm_ref = firm(ref[m.unmatched_ref]) if len(m.unmatched_ref) else np.zeros(0, bool)
     firm_test = firm(tst[m.unmatched_test]) if len(m.unmatched_test) else np.zeros(0, bool)
     missing_rows = ref[m.unmatched_ref][firm_ref & ~ok_ref] if len(m.unmatched_ref) else ref[:0]

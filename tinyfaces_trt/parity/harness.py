@@ -15,19 +15,19 @@ caller decides whether a skip is acceptable (``tf-parity --allow-skip``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.pyramid import plan_pyramid
+from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import NetworkRunner, close_all
 from tinyfaces_trt.parity.compare import (TOLERANCES, DetectionComparison, MapComparison, Tolerances,
                                          compare_detections, compare_maps)
 from tinyfaces_trt.parity.images import synthetic_image
-from tinyfaces_trt.runtime.postprocess import postprocess_levels
+from tinyfaces_trt.runtime.postprocess import finish_boxes, postprocess_levels
 from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -93,10 +93,21 @@ class ParityResult:
         return self.status == PASSED
 
 
+def detections_of(maps: Sequence[np.ndarray], levels: Sequence[PyramidLevel],
+                  image_hw: tuple[int, int], config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's final detections of one image's score maps, and the same rows as the
+    NMS kept them, before ``config.clip_boxes`` clipped them to the image (what the
+    NMS-flip checks of :func:`~.compare.compare_detections` measure)."""
+    kept = postprocess_levels(maps, levels, image_hw, replace(config, clip_boxes=False))
+    return finish_boxes(kept.copy(), image_hw, config), kept
+
+
 class ReferenceCase:
     """One synthetic test image with its pyramid, network inputs and reference score maps.
 
     Computed once per image size and shared by every backend compared on it.
+    ``detections`` are the pipeline's final ones; ``nms_detections`` the same rows before
+    clipping (:func:`detections_of`).
     """
 
     def __init__(self, reference: NetworkRunner, config: DetectorConfig, height: int, width: int,
@@ -107,7 +118,8 @@ class ReferenceCase:
         image = synthetic_image(height, width, seed)
         self.inputs = [prep.prepare(image, level) for level in self.levels]
         self.maps = [np.asarray(reference.run(x)) for x in self.inputs]
-        self.detections = postprocess_levels(self.maps, self.levels, (height, width), config)
+        self.detections, self.nms_detections = detections_of(self.maps, self.levels,
+                                                             (height, width), config)
 
 
 def compare_runner(reference: NetworkRunner | ReferenceCase, runner: NetworkRunner,
@@ -128,9 +140,10 @@ def compare_runner(reference: NetworkRunner | ReferenceCase, runner: NetworkRunn
     result = ParityResult(backend, precision, width, height, len(case.levels), maps=maps)
     finite = maps is not None and not (maps.n_nonfinite_test or maps.n_nonfinite_ref)
     if maps is not None and maps.shape_ok and finite:  # NaN maps already failed; no decode
-        test_dets = postprocess_levels(test_maps, case.levels, (height, width), config)
-        result.detections = compare_detections(case.detections, test_dets, config.prob_thresh,
-                                               config.nms_thresh, tol.detections)
+        test_dets, test_nms = detections_of(test_maps, case.levels, (height, width), config)
+        result.detections = compare_detections(
+            case.detections, test_dets, config.prob_thresh, config.nms_thresh, tol.detections,
+            config.box_pixel_offset, (case.nms_detections, test_nms))
     return result
 
 
