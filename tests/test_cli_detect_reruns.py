@@ -113,7 +113,37 @@ def test_outputs_of_another_precision_or_variant_of_the_same_weights_are_made_ag
     code, _, err = _run(capsys, *argv, "--fp16")
     assert code == 0 and _lines(err, photos)[0] == (
         "tf-detect: ev/p0.png: making its outputs again: they were made with variant matconvnet "
-        "(now pytorch), prob_thresh default (now 0.5), nms_thresh default (now 0.3)")
+        "(now pytorch), no recorded detection settings (an older version wrote it)")
+
+
+def test_backend_auto_compares_the_precision_of_the_backend_it_picks(capsys, export_dir,
+                                                                     tmp_path):
+    """auto recorded no precision, so fp16 outputs were kept by its fp32 run."""
+    photos = _photos(tmp_path / "photos", count=1)
+    argv = [photos, "--model", export_dir, "--out", tmp_path / "out"]
+    assert _run(capsys, *argv, "--fp16")[0] == 0
+    code, _, err = _run(capsys, *argv, "--backend", "auto")
+    assert code == 0 and (
+        "tf-detect: ev/p0.png: making its outputs again: they were made with precision fp16 "
+        "(now fp32)") in _lines(err, photos)
+    code, _, err = _run(capsys, *argv, "--backend", "auto")
+    assert code == 0 and "skipped, its outputs exist" in err
+
+
+def test_a_checkpoint_run_knows_its_variant_before_it_is_loaded(tmp_path):
+    """--weights compared no variant (unknown until loaded): outputs of a matconvnet export of
+    the same checkpoint were kept by a run that reads it as pytorch."""
+    from tinyfaces_trt.detector_record import detector_record
+
+    pth, mat = tmp_path / "w.pth", tmp_path / "w.mat"
+    pth.write_bytes(b"PK\x03\x04 a torch zip")
+    mat.write_bytes(b"MATLAB 5.0 MAT-file, a DagNN")
+    assert detector_record(None, pth).model["variant"] == "pytorch"
+    assert detector_record(None, mat).model["variant"] == "matconvnet"
+    recorded = {"model": {**detector_record(None, pth).model, "variant": "matconvnet"},
+                "config": detector_record(None, pth).config}
+    assert detector_record(None, pth).changes(recorded) == [
+        "variant matconvnet (now pytorch)"]
 
 
 def test_a_missing_output_is_added_beside_the_kept_ones_of_the_same_detector(capsys, export_dir,
@@ -170,12 +200,14 @@ def test_record_changes_name_each_difference_and_distrust_unknown_networks():
         "ababababab", "ab" * 6)]
     assert trained.changes({**same, "model": {**same["model"], "variant": "matconvnet",
                                               "precision": "fp16"}}) == []  # not known now
+    assert trained.changes({"model": same["model"]}) == [  # an older tf-detect's JSON
+        "no recorded detection settings (an older version wrote it)"]
     untrained = DetectorRecord({"weights_sha256": None, "untrained": True, "variant": "pytorch",
                                 "depth": 101, "seed": 0, "precision": "fp32"}, {})
     recorded = {"weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101,
                 "seed": 0, "precision": None}
-    assert untrained.changes({"model": recorded}) == []
-    assert untrained.changes({"model": {**recorded, "seed": 1, "precision": "fp16"}}) == [
+    assert untrained.changes({"model": recorded, "config": {}}) == []
+    assert untrained.changes({"model": {**recorded, "seed": 1, "precision": "fp16"}, "config": {}}) == [
         "seed 1 (now 0)", "precision fp16 (now fp32)"]
-    assert untrained.changes({"model": {"untrained": True}}) == [  # which seed is not known
+    assert untrained.changes({"model": {"untrained": True}, "config": {}}) == [  # which seed is not known
         "variant unknown (now pytorch)", "depth unknown (now 101)", "seed unknown (now 0)"]

@@ -133,6 +133,22 @@ def test_outputs_are_placed_as_the_system_resolves_them(tree, monkeypatch, capsy
     assert Path("gt/wider_hard_val.mat").read_bytes() == mat
 
 
+def test_outputs_beside_the_ground_truth_are_fine_but_never_over_it(tree, monkeypatch, capsys):
+    """tf-eval reads four .mat files of --gt: a run from the ground truth's own folder (--gt .)
+    was refused for any output there; the .mat files themselves stay refused."""
+    monkeypatch.chdir(tree / "gt")
+    mat = Path("wider_hard_val.mat").read_bytes()
+    assert cli_eval.main(["--gt", ".", "--pred", "../pred", "--json", "results/ap.json",
+                          "--plot", "pr.png"]) == 0, capsys.readouterr().err
+    assert json.loads(Path("results/ap.json").read_text())["ap"]["hard"] == 0.75
+    capsys.readouterr()
+    assert cli_eval.main(["--gt", ".", "--pred", "../pred", "--json", "wider_hard_val.mat"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tf-eval: error: --json wider_hard_val.mat is an input file of the evaluation (--gt .); "
+        "choose another --json")
+    assert Path("wider_hard_val.mat").read_bytes() == mat
+
+
 DRIVER = textwrap.dedent('''
     import sys
     import time

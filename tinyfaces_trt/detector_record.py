@@ -47,7 +47,8 @@ class DetectorRecord:
         model = model if isinstance(model, dict) else {}
         changed = _network_changes(model, self.model)
         config = recorded.get("config")
-        config = config if isinstance(config, dict) else {}
+        if not isinstance(config, dict):  # written before outputs recorded their settings
+            return changed + ["no recorded detection settings (an older version wrote it)"]
         return changed + [f"{key} {shown(config.get(key))} (now {shown(value)})"
                           for key, value in self.config.items() if config.get(key) != value]
 
@@ -86,20 +87,23 @@ def detector_record(model_dir: str | os.PathLike[str] | None,
                           {f: getattr(config, f) for f in DETECTION_FIELDS})
 
 
-def precision_of(backend: str, fp16: bool | None) -> str | None:
-    """The precision ``create_detector(backend, fp16=fp16)`` runs at: fp16 where asked for,
-    or by default on torch-cuda; None where ``"auto"`` leaves it to the backend it picks."""
+def precision_of(backend: str, fp16: bool | None) -> str:
+    """The precision ``create_detector(backend, fp16=fp16)`` runs at (``backend`` resolved:
+    not ``"auto"``): fp16 where asked for, or by default on torch-cuda."""
     if fp16 is None:
-        return None if backend == "auto" else "fp16" if backend == "torch-cuda" else "fp32"
+        return "fp16" if backend == "torch-cuda" else "fp32"
     return "fp16" if fp16 else "fp32"
 
 
 def record_from_arguments(args: argparse.Namespace) -> DetectorRecord:
     """:func:`detector_record` of a tool's ``--model``/``--weights``, ``--backend``/``--fp16``
-    and detection flags."""
+    (``auto`` resolved as the detector will resolve it) and detection flags."""
+    from tinyfaces_trt.detectors import resolve_backend
+
+    backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
     return detector_record(args.model, args.weights,
                            {f: getattr(args, f, None) for f in DETECTION_FIELDS},
-                           precision_of(args.backend, args.fp16))
+                           precision_of(backend, args.fp16))
 
 
 def shown(value: Any) -> str:

@@ -259,14 +259,25 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
 
 
 def torch_identity(weights: str | os.PathLike[str] | None, model: Any = None) -> ModelIdentity:
-    """The identity of a checkpoint run by torch (None: the untrained default network);
-    its variant and depth are known once ``model``, the loaded network, is given."""
+    """The identity of a checkpoint run by torch (None: the untrained default network); its
+    depth is known once ``model``, the loaded network, is given, its variant from the file
+    (the loader's default for it: a MAT-file is read as matconvnet) until then."""
     if weights is None:
         spec = ", ".join(f"{k} {v}" for k, v in UNTRAINED_MODEL.items())
         return ModelIdentity(None, True, f"the default network ({spec})", **UNTRAINED_MODEL)
     return ModelIdentity(weights_sha256(weights), False, f"checkpoint {weights}",
-                         variant=getattr(model, "variant", None),
+                         variant=getattr(model, "variant", None) or _file_variant(weights),
                          depth=getattr(model, "depth", None))
+
+
+def _file_variant(weights: str | os.PathLike[str]) -> str:
+    """The variant the loader reads ``weights`` as by default: matconvnet for a MAT-file (its
+    header starts with ``MATLAB``), pytorch for a checkpoint."""
+    try:
+        with open(weights, "rb") as file:
+            return "matconvnet" if file.read(6) == b"MATLAB" else "pytorch"
+    except OSError:
+        return "pytorch"  # (hashing it above has already said why it cannot be read)
 
 
 @dataclass(frozen=True)

@@ -149,16 +149,16 @@ def run_detect(args: argparse.Namespace) -> int:
 def _model_identity(spec: Any) -> dict[str, Any]:
     """The model identity every JSON records, as the workers' detectors will report it."""
     from tinyfaces_trt.detector_record import precision_of
+    from tinyfaces_trt.detectors import resolve_backend, torch_identity
 
     if spec.model_dir is not None:
         from tinyfaces_trt.core.manifest import load_export_folder
 
         identity = load_export_folder(spec.model_dir, verify=False).identity
     else:
-        from tinyfaces_trt.detectors import torch_identity
-
         identity = torch_identity(spec.weights)
-    return {**identity.to_dict(), "precision": precision_of(spec.backend, spec.fp16)}
+    backend = resolve_backend(spec.backend, spec.model_dir, fp16=bool(spec.fp16))
+    return {**identity.to_dict(), "precision": precision_of(backend, spec.fp16)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

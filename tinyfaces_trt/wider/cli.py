@@ -33,7 +33,7 @@ from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest
                                      removed_if_left_empty, write_text_atomic)
 from tinyfaces_trt.wider.records import RECORDS_FOLDER, Detectors, detectors_of
 from tinyfaces_trt.wider.evaluate import (
-    SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
+    INDEX_FILE, SETTING_FILES, SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
 
 
 PROG = "tf-eval"
@@ -141,8 +141,8 @@ def _harm_to_inputs(path: Path, victim: str | None, folders: set[Path]) -> str |
 
 def _refuse_replacing_inputs(args: argparse.Namespace) -> None:
     """Raises :class:`OutputReplacesInputError` where ``--json`` or ``--plot`` would replace a
-    file under ``--gt`` or ``--pred`` (or the file a link there points to), would land inside
-    one of those folders, or where both name the same file."""
+    ground-truth file of ``--gt`` or a file under ``--pred`` (or the file a link there points
+    to), would land inside ``--pred``, or where both name the same file."""
     outputs = [(option, path) for option, path in (("--json", args.json), ("--plot", args.plot))
                if path is not None]
     if not outputs:
@@ -151,7 +151,11 @@ def _refuse_replacing_inputs(args: argparse.Namespace) -> None:
         raise OutputReplacesInputError(f"--json {args.json} and --plot {args.plot} are the same "
                                        f"file; give them different names")
     for input_option, folder in (("--gt", args.gt), ("--pred", args.pred)):
-        folders, files = _input_tree(folder)
+        # of --gt only the .mat files are read (an output beside them, as with --gt ., is fine);
+        # --pred's whole tree is read
+        folders, files = (set(), [str(folder / name) for name in (INDEX_FILE,
+                                                                  *SETTING_FILES.values())]) \
+            if input_option == "--gt" else _input_tree(folder)
         victims = inputs_replaced_by([path for _, path in outputs], files)
         for option, path in outputs:
             harm = _harm_to_inputs(path, victims.get(str(path)), folders)
