@@ -226,3 +226,15 @@ def test_help_documents_the_interrupt_status(capsys):
     assert ("130 interrupted (Ctrl-C or SIGTERM); no --json report is written and the "
             "temporary export folder is removed") in text
 
+
+
+def test_one_box_with_a_wrong_prob_is_no_swap_even_beside_a_near_tied_box():
+    """The review of the swap rule: the same box at 0.90 and 0.60 (dprob six times the fp16
+    limit) passed because the test also held a box near-tied to 0.90 beside it."""
+    from tinyfaces_trt.parity.compare import TOLERANCES, compare_detections
+
+    reference = np.array([[100, 100, 140, 140, 0.90]])
+    test = np.array([[100, 100, 140, 140, 0.60], [123, 100, 163, 140, 0.88]])
+    result = compare_detections(reference, test, 0.5, 0.3, TOLERANCES["fp16"].detections, 1.0)
+    assert result.nms_swapped == 0 and not result.passed
+    assert any(f.startswith("dprob 3.0e-01 > 0.05") for f in result.failures), result.failures

@@ -285,6 +285,11 @@ def match_detections(reference: np.ndarray, test: np.ndarray, iou_thresh: float 
                     np.setdiff1d(np.arange(len(ref)), ri), np.setdiff1d(np.arange(len(tst)), ti))
 
 
+#: Two detections overlapping this much are one box (fp16 rounding measured >= 0.989): a pair
+#: of them with different probs is a wrong score, never an NMS swap of two boxes.
+SAME_BOX_IOU = 0.98
+
+
 def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms_thresh: float,
                 tolerance: DetectionTolerance, pixel_offset: float = 0.0) -> np.ndarray:
     """Which matched pairs are two different boxes, each kept on one side only by an NMS flip.
@@ -314,7 +319,7 @@ def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms
     overlap = nms_thresh - tolerance.nms_iou_margin
     for k, (i, j) in enumerate(zip(matching.ref_index, matching.test_index)):
         gap = test[j, 4] - reference[i, 4]
-        if abs(gap) <= tolerance.score or \
+        if abs(gap) <= tolerance.score or matching.iou[k] >= SAME_BOX_IOU or \
                 box_iou(reference[i][None], test[j][None], pixel_offset)[0, 0] <= overlap:
             continue
         high, others = (test[j], reference[matching.unmatched_ref]) if gap > 0 else \
