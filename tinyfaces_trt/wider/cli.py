@@ -7,8 +7,9 @@
 them). A missing prediction file counts as an image without detections, as the official
 ``read_pred.m`` does, with a warning on stderr; ``--strict`` makes it an error.
 
-``--json`` and ``--plot`` may name neither a file under ``--gt`` or ``--pred`` (nor the file
-a link there points to) nor each other: such a run is refused before any work. Each is
+``--json`` and ``--plot`` may name neither a ground-truth ``.mat`` file of ``--gt``, a file or
+folder under ``--pred`` (nor the file a link there points to) nor each other: such a run is
+refused before any work. Each is
 written whole or not at all, also when the run is interrupted.
 
 Exit codes: 0 success, 1 a problem with the inputs (message on stderr, no traceback),
@@ -57,8 +58,10 @@ examples:
 A ground-truth image without a prediction file counts as an image without detections
 (as the official read_pred.m does), with a warning; --strict makes it an error.
 
---json and --plot may not name a file under --gt or --pred, nor the same file: such a
-run is refused before any work (exit 2).
+--json and --plot may not name a ground-truth .mat file of --gt, a file or folder under
+--pred, nor the same file: such a run is refused before any work (exit 2). Where
+tf-detect's records (<pred>/.tf-detect/) show results of several detectors, or of the
+untrained network, a warning says so.
 
 exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line or an
 output that would replace an input, 130 interrupted (Ctrl-C or SIGTERM)."""
