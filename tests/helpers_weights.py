@@ -278,3 +278,11 @@ def write_fake_hr_res101_mat(path: str | Path, depth: int = 101, seed: int = 0, 
     }
     scipy.io.savemat(str(path), {"net": net}, format="5", do_compression=False)
     return params
+
+
+def save_another_epoch(checkpoint: Path) -> None:
+    """Replaces ``checkpoint`` atomically with other bytes, as a training run saving
+    ``latest.pth`` does (a temporary file renamed over it)."""
+    newer = checkpoint.with_name(f".{checkpoint.name}.tmp")
+    newer.write_bytes(checkpoint.read_bytes() + b"another epoch")
+    newer.replace(checkpoint)

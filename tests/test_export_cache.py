@@ -10,7 +10,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from faults import enospc, temporaries
+from helpers_weights import save_another_epoch
 from tinyfaces_trt import export_cache
 from tinyfaces_trt.core.errors import TinyFacesError, WeightsError
 from tinyfaces_trt.core.manifest import MANIFEST_NAME
@@ -196,9 +196,7 @@ def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, seeded, tmp
     first = _sha256(latest)
 
     def load_then_replaced(weights, depth=None, variant=None):
-        newer = tmp_path / ".latest.pth.tmp"
-        newer.write_bytes(latest.read_bytes() + b"another epoch")
-        os.replace(newer, latest)
+        save_another_epoch(latest)
         return seeded
 
     monkeypatch.setattr(export_cache, "reference_model", load_then_replaced)

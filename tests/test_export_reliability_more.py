@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from faults import temporaries
+from helpers_weights import save_another_epoch
 from tinyfaces_trt.core.files import replace_folder, staging_dir
 from tinyfaces_trt.core.manifest import MANIFEST_NAME, load_export_folder
 from tinyfaces_trt.export import export_pipeline
@@ -50,9 +51,7 @@ def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, tmp_path, c
 
     def load_then_replaced(*args, **kwargs):
         loaded = load(*args, **kwargs)
-        newer = tmp_path / ".latest.pth.tmp"
-        newer.write_bytes(latest.read_bytes() + b"another epoch")
-        os.replace(newer, latest)
+        save_another_epoch(latest)
         return loaded
 
     monkeypatch.setattr(weights, "load_model", load_then_replaced)
