@@ -12,7 +12,11 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.manifest import ModelIdentity
 
 #: What tells networks of the same weights apart (an untrained one's seed): a detail recorded
 #: on both sides and different there makes an output again; one not known on a side (a
@@ -67,24 +71,51 @@ def detector_record(model_dir: str | os.PathLike[str] | None,
     Raises:
         TinyFacesError: the export folder's manifest or the checkpoint cannot be read.
     """
-    from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.runtime.backends import apply_overrides
 
-    if model_dir is not None:
-        from tinyfaces_trt.core.manifest import load_export_folder
-
-        folder = load_export_folder(model_dir, verify=False)
-        identity, config = folder.identity, folder.config
-    else:
-        from tinyfaces_trt.detectors import torch_identity
-
-        # a checkpoint's config is its variant's defaults, where these fields are the same
-        identity, config = torch_identity(weights), DetectorConfig()
+    identity, config = _identity_and_config(model_dir, weights)
     config = apply_overrides(config, overrides)
     known = identity.untrained or identity.weights_sha256 is not None
     model = {key: value for key, value in identity.to_dict().items() if key != "source"}
     return DetectorRecord({**model, "precision": precision} if known else None,
                           {f: getattr(config, f) for f in DETECTION_FIELDS})
+
+
+def expected_identity(model_dir: str | os.PathLike[str] | None,
+                      weights: str | os.PathLike[str] | None, backend: str,
+                      fp16: bool | None) -> dict[str, Any]:
+    """The identity (``identity.to_dict()``) that ``create_detector(backend, model_dir,
+    weights, fp16=fp16)`` will report, without building it (``--ray`` records it for the
+    workers' detectors)."""
+    identity, _ = _identity_and_config(model_dir, weights)
+    return {**identity.to_dict(), "precision": run_precision(backend, model_dir, fp16)}
+
+
+def _identity_and_config(model_dir: str | os.PathLike[str] | None,
+                         weights: str | os.PathLike[str] | None
+                         ) -> tuple[ModelIdentity, DetectorConfig]:
+    """The identity and config of an export folder's manifest, or of a checkpoint (or
+    the untrained default network, with neither) before it is loaded."""
+    from tinyfaces_trt.core.config import DetectorConfig
+
+    if model_dir is not None:
+        from tinyfaces_trt.core.manifest import load_export_folder
+
+        folder = load_export_folder(model_dir, verify=False)
+        return folder.identity, folder.config
+    from tinyfaces_trt.detectors import torch_identity
+
+    # a checkpoint's config is its variant's defaults, where these fields are the same
+    return torch_identity(weights), DetectorConfig()
+
+
+def run_precision(backend: str, model_dir: str | os.PathLike[str] | None,
+                  fp16: bool | None) -> str:
+    """:func:`precision_of` the backend a detector of these arguments runs on (``"auto"``
+    resolved as :func:`~tinyfaces_trt.detectors.create_detector` resolves it)."""
+    from tinyfaces_trt.detectors import resolve_backend
+
+    return precision_of(resolve_backend(backend, model_dir, fp16=bool(fp16)), fp16)
 
 
 def precision_of(backend: str, fp16: bool | None) -> str:
@@ -98,12 +129,9 @@ def precision_of(backend: str, fp16: bool | None) -> str:
 def record_from_arguments(args: argparse.Namespace) -> DetectorRecord:
     """:func:`detector_record` of a tool's ``--model``/``--weights``, ``--backend``/``--fp16``
     (``auto`` resolved as the detector will resolve it) and detection flags."""
-    from tinyfaces_trt.detectors import resolve_backend
-
-    backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
     return detector_record(args.model, args.weights,
                            {f: getattr(args, f, None) for f in DETECTION_FIELDS},
-                           precision_of(backend, args.fp16))
+                           run_precision(args.backend, args.model, args.fp16))
 
 
 def shown(value: Any) -> str:

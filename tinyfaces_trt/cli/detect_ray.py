@@ -39,6 +39,7 @@ from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, temporaries_of
 from tinyfaces_trt.runtime.results import detections_to_list
+from tinyfaces_trt.detector_record import expected_identity
 from tinyfaces_trt.detectors import spec_from_arguments
 from tinyfaces_trt.scaleout.options import ray_address, ray_requested
 from tinyfaces_trt.scaleout.pool import TaskResult, run_serial, run_tasks
@@ -106,7 +107,8 @@ def run_detect(args: argparse.Namespace) -> int:
         if untrained:
             stderr_line(untrained_banner(PROG, args.model))
         spec = spec_from_arguments(args, say, for_workers=True)
-        options = replace(run.options, backend=args.backend, model=_model_identity(spec))
+        model = expected_identity(spec.model_dir, spec.weights, spec.backend, spec.fp16)
+        options = replace(run.options, backend=args.backend, model=model)
     except InputOverwriteError as exc:
         say(f"error: {exc}")
         return EXIT_USAGE
@@ -144,21 +146,6 @@ def run_detect(args: argparse.Namespace) -> int:
             skipped.append(skipped_record(result.task.job))
     finish_run(args, untrained, options.model, records, skipped, failures, start)
     return 1 if failures else 0
-
-
-def _model_identity(spec: Any) -> dict[str, Any]:
-    """The model identity every JSON records, as the workers' detectors will report it."""
-    from tinyfaces_trt.detector_record import precision_of
-    from tinyfaces_trt.detectors import resolve_backend, torch_identity
-
-    if spec.model_dir is not None:
-        from tinyfaces_trt.core.manifest import load_export_folder
-
-        identity = load_export_folder(spec.model_dir, verify=False).identity
-    else:
-        identity = torch_identity(spec.weights)
-    backend = resolve_backend(spec.backend, spec.model_dir, fp16=bool(spec.fp16))
-    return {**identity.to_dict(), "precision": precision_of(backend, spec.fp16)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
