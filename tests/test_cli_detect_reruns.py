@@ -69,12 +69,17 @@ def test_outputs_of_another_threshold_are_made_again_then_resumed(capsys, export
         "tf-detect: 0 image(s), 0 face(s), 2 skipped (outputs exist), 0 error(s)"]
 
 
-def test_outputs_of_the_untrained_network_are_made_again_by_trained_weights(capsys, export_dir,
-                                                                            tmp_path):
+def _first_run(capsys, export_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(photos, --out, one image's detections JSON) of a first run over one photo."""
     photos = _photos(tmp_path / "photos", count=1)
     out = tmp_path / "out"
     assert _run(capsys, photos, "--model", export_dir, "--out", out)[0] == 0
-    detections = out / "ev" / "p0.json"
+    return photos, out, out / "ev" / "p0.json"
+
+
+def test_outputs_of_the_untrained_network_are_made_again_by_trained_weights(capsys, export_dir,
+                                                                            tmp_path):
+    photos, out, detections = _first_run(capsys, export_dir, tmp_path)
     trained = json.loads(detections.read_text())
     sha = trained["model"]["weights_sha256"]
     assert isinstance(sha, str) and trained["model"]["untrained"] is False
@@ -148,10 +153,7 @@ def test_a_checkpoint_run_knows_its_variant_before_it_is_loaded(tmp_path):
 
 def test_a_missing_output_is_added_beside_the_kept_ones_of_the_same_detector(capsys, export_dir,
                                                                            tmp_path):
-    photos = _photos(tmp_path / "photos", count=1)
-    out = tmp_path / "out"
-    assert _run(capsys, photos, "--model", export_dir, "--out", out)[0] == 0
-    detections = out / "ev" / "p0.json"
+    photos, out, detections = _first_run(capsys, export_dir, tmp_path)
     kept = detections.read_text().replace('"height"', '"height" ')  # marks the file as kept
     detections.write_text(kept)
     code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--blur", "--draw")
