@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -24,6 +25,14 @@ SLOW_FILES = {"test_kernels_cpu.py": 82, "test_torch_cuda.py": 64, "test_cli_exp
               "test_scaleout_ray.py": 43, "test_anonymize_benchmark_smoke.py": 30,
               "test_kernels_build.py": 22, "test_benchmarks_device_path.py": 21,
               "test_backends.py": 21, "test_nms_uncapped.py": 17, "test_export_onnx.py": 14}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Python's Ctrl-C handler, where the run was started with SIGINT ignored: a shell starts a
+    background job (``pytest ... &`` in a script, nohup) that way, and Python then never raises
+    KeyboardInterrupt, which the tests of what Ctrl-C does send themselves."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: ignored where xdist is absent
