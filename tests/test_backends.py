@@ -24,7 +24,7 @@ from helpers_threads import interrupted_thread_start
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export.torch_runner import TorchRunner
 from tinyfaces_trt.detectors import available_backends, create_detector
-from tinyfaces_trt.runtime.backends import create_runner
+from tinyfaces_trt.runtime.backends import create_detector as runtime_create_detector, create_runner
 from tinyfaces_trt.export_cache import cache_key, cache_root
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner, resolve_providers
 from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, TensorInfo,
@@ -349,6 +349,14 @@ def test_create_runner_onnxruntime_and_missing_files(export_dir, tmp_path):
         create_runner("onnx", folder)
     with pytest.raises(TinyFacesError, match="unknown backend 'torch'; expected one of onnxruntime, onnxruntime-cuda, tensorrt"):
         create_runner("torch", folder)  # the runtime runs export folders; torch is the factory's
+    with pytest.raises(TinyFacesError) as refused:
+        runtime_create_detector("auto", model_dir=export_dir)
+    assert str(refused.value) == ("unknown backend 'auto'; expected one of onnxruntime, "
+                                  "onnxruntime-cuda, tensorrt; 'auto' is "
+                                  "tinyfaces_trt.create_detector's")
+    with pytest.raises(TinyFacesError) as refused:
+        create_runner("onnx", folder)
+    assert str(refused.value).endswith("tensorrt")  # no pointer for a name no layer has
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")

@@ -35,7 +35,7 @@ from tinyfaces_trt.runtime.backends import apply_overrides, warn_if_untrained
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads
 from tinyfaces_trt.runtime.pipeline import Detector
 
-BACKENDS = (*folder_backends.BACKENDS, "torch", "torch-cuda", "auto")
+BACKENDS = (*folder_backends.BACKENDS, *folder_backends.APP_BACKENDS)
 #: How torch-cuda prepares each input shape (``TorchCudaRunner``'s modes; kept here, torch-free,
 #: for the command lines): compile (default), aoti, graphs, eager.
 TORCH_CUDA_MODES = ("compile", "aoti", "graphs", "eager")

@@ -36,6 +36,8 @@ from tinyfaces_trt.runtime.pipeline import Detector
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
+#: The backends only the app layer's create_detector makes (torch's, and the choice among all).
+APP_BACKENDS = ("torch", "torch-cuda", "auto")
 
 
 def available_backends() -> list[str]:
@@ -88,7 +90,10 @@ def warn_if_untrained(identity: ModelIdentity) -> None:
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        raise TinyFacesError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        also = (f"; {backend!r} is tinyfaces_trt.create_detector's" if backend in APP_BACKENDS
+                else "")
+        raise TinyFacesError(
+            f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}{also}")
 
 
 def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
