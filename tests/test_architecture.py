@@ -50,6 +50,9 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"runtime/pipeline.py": "from tinyfaces_trt.export.model import build_model\n",
       "export/model.py": ""},
      "tinyfaces_trt.runtime.pipeline imports tinyfaces_trt.export.model: runtime may not import export"),
+    ({"core/progress.py": "import numpy, tqdm, os\ndef f():\n    import scipy.ndimage\n"},
+     "tinyfaces_trt.core.progress imports scipy: core imports only the standard library and "
+     "filelock, numpy, tqdm"),
     ({"core/config.py": "from ..runtime import pipeline\n", "runtime/pipeline.py": ""},
      "tinyfaces_trt.core.config imports tinyfaces_trt.runtime.pipeline: core may not import runtime"),
     ({"runtime/decode.py": "from tinyfaces_trt.kernels.binding import load_library\n",

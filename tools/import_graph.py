@@ -6,7 +6,7 @@
 Every ``import`` / ``from ... import`` in the project's Python files counts, lazy ones inside
 functions included. Modules are grouped into packages (the nodes of the picture); the rules:
 
-- ``core`` imports nothing else of ours;
+- ``core`` imports nothing else of ours, and of third-party modules only numpy, tqdm and filelock;
 - ``kernels`` imports only ``core``;
 - ``runtime`` imports ``core``, and ``kernels`` only through the declared seam
   ``runtime/backends/cuda_stages.py``; never ``export``, the app layer, or torch;
@@ -41,6 +41,8 @@ ALLOWED = {
 SEAMS = {("runtime", "kernels"): {f"{PACKAGE}.runtime.backends.cuda_stages"}}
 FORBIDDEN_THIRD_PARTY = {"runtime": {"torch", "torchvision"}, "core": {"torch", "torchvision"},
                          "kernels": {"torch", "torchvision"}}
+#: The only third-party modules a layer may import at all (beyond the standard library).
+THIRD_PARTY_ONLY = {"core": {"numpy", "tqdm", "filelock"}}
 BEGIN, END = "<!-- import-graph:begin -->", "<!-- import-graph:end -->"
 
 
@@ -143,6 +145,10 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                                     f"through {', '.join(sorted(seam))}")
             elif target in FORBIDDEN_THIRD_PARTY.get(layer, ()):
                 problems.append(f"{module} imports {target}: {layer} never imports {target}")
+            elif (layer in THIRD_PARTY_ONLY and target not in sys.stdlib_module_names
+                  and target not in THIRD_PARTY_ONLY[layer]):
+                problems.append(f"{module} imports {target}: {layer} imports only the standard "
+                                f"library and {', '.join(sorted(THIRD_PARTY_ONLY[layer]))}")
     problems += [f"import cycle between packages: {' -> '.join(c)}" for c in cycles(package_graph(graph))]
     return problems
 
