@@ -142,6 +142,11 @@ class Pipeline:
         runner keeps no per-shape record (only torch-cuda does)."""
         return ""
 
+    def fallbacks(self) -> str:
+        """The input shapes prepared in another mode than asked (torch-cuda after a failed
+        compile or capture), e.g. ``"1x3x1080x1920: graphs"``; "" where none."""
+        return ""
+
     def synchronize(self) -> None:
         pass
 
@@ -219,8 +224,9 @@ class DetectorBench(Pipeline):
 
     def __init__(self, detector: Detector, uses_gpu: bool = False, copies_note: str = "",
                  timed: tuple[Any, ...] = (), closers: tuple[Any, ...] = (),
-                 prepare_seconds: float = 0.0) -> None:
+                 prepare_seconds: float = 0.0, asked_mode: str | None = None) -> None:
         self.prepare_seconds = prepare_seconds
+        self.asked_mode = asked_mode  # the TorchCudaRunner mode asked for, where one runs
         self.level_runner = LevelTimedRunner(detector.runner)
         detector.runner = self.level_runner
         self.detector = detector
@@ -249,12 +255,21 @@ class DetectorBench(Pipeline):
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.detector.postprocessor, "last_stats", None) or {})
 
-    def shape_modes(self, batch: int) -> str:
+    def _records(self) -> dict[tuple[int, ...], Any]:
+        """TorchCudaRunner's ShapeRecord per input shape; {} for other runners."""
         runner = self.level_runner.inner  # or a wrapper feeding it from the host
-        records = getattr(runner, "records", None) or getattr(
+        return getattr(runner, "records", None) or getattr(
             getattr(runner, "inner", None), "records", None) or {}
-        modes = Counter(r.mode for shape, r in records.items() if shape[0] == batch)
+
+    def shape_modes(self, batch: int) -> str:
+        modes = Counter(r.mode for shape, r in self._records().items() if shape[0] == batch)
         return ", ".join(f"{mode} x{count}" for mode, count in sorted(modes.items()))
+
+    def fallbacks(self) -> str:
+        if self.asked_mode is None:
+            return ""
+        return ", ".join(f"{'x'.join(map(str, shape))}: {r.mode}"
+                         for shape, r in self._records().items() if r.mode != self.asked_mode)
 
     def runner_calls(self) -> int:
         return self.level_runner.index
@@ -519,7 +534,7 @@ def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
                 + "; image upload inside preprocess, box download inside NMS")
         det = Detector(runner, ctx.config, preprocessor=pre, postprocessor=post)
         return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),
-                             prepare_seconds=prepared)
+                             prepare_seconds=prepared, asked_mode=ctx.torch_mode)
     return build
 
 

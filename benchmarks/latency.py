@@ -201,6 +201,7 @@ class _Bench:
         self.samples: list[dict[str, float]] = []
         self.boxes: np.ndarray | None = None
         self.copies_note = ""
+        self.fell_back = ""  # the pipeline's fallbacks(), kept when it closes
         self.contention: list[float] = []
         self.discarded = 0
 
@@ -273,6 +274,7 @@ class _Bench:
     def close(self) -> None:
         if self.pipe is not None:
             pipe, self.pipe = self.pipe, None
+            self.fell_back = pipe.fallbacks()
             try:
                 pipe.close()
             except Exception as exc:  # report, keep going
@@ -285,6 +287,9 @@ class _Bench:
                               detections=int(len(self.boxes)))
             if self.copies_note:
                 self.entry["copies_note"] = self.copies_note
+            fell_back = self.pipe.fallbacks() if self.pipe is not None else self.fell_back
+            if fell_back:  # measured in another mode than asked: gpu_check fails on it
+                self.entry["fell_back"] = fell_back
             self.entry["contention"] = {
                 "others_cpu_share_median": (float(np.median(self.contention))
                                             if self.contention else None),

@@ -10,7 +10,6 @@ ABI must return live here too.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit  # the sigmoid, without overflow warnings at large |logit|
+
+from helpers_run import load_script
 
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -121,10 +122,7 @@ def emulation() -> Any:
     """kernels/nms_emulation.py (a file of the checkout, not of the package)."""
     name = "tinyfaces_nms_emulation"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "kernels" / "nms_emulation.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        load_script("kernels/nms_emulation.py", name)
     return sys.modules[name]
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from filelock import FileLock
@@ -18,3 +21,17 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Pat
     if worker and root.name == f"popen-{worker}":  # not a pytest run nested in a worker
         root = root.parent
     return root / name, FileLock(root / f"{name}.lock")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(path: str, name: str) -> ModuleType:
+    """A script of the checkout that is no module of the package (``tools/gpu_check.py``,
+    ``benchmarks/bench_latency.py``), loaded afresh by its path under ``name``, which
+    ``sys.modules`` then holds (dataclasses look their module up while it loads)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

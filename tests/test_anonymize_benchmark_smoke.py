@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("av")
+from helpers_run import load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "anonymize_video.py"
+pytest.importorskip("av")
 
 
 def test_tiny_run_writes_json_and_markdown(tmp_path, export_dir, capsys):
-    spec = importlib.util.spec_from_file_location("anonymize_video", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/anonymize_video.py", "anonymize_video")
     assert module.main(["--sizes", "96x64", "--frames", "2", "--min-face", "none,60",
                         "--model", str(export_dir), "--out", str(tmp_path), "--name", "t"]) == 0
     doc = json.loads((tmp_path / "t.json").read_text())

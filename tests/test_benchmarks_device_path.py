@@ -23,6 +23,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import helpers_ort_gpu  # noqa: E402
+from helpers_run import load_script  # noqa: E402
 import host_cudart  # noqa: E402
 from helpers_kernels import (cpu_build_missing, cpu_library_path,  # noqa: E402
                              use_cpu_build_for_cuda_stages)
@@ -43,9 +44,7 @@ def run(tmp_path_factory, export_dir):
         host = use_cpu_build_for_cuda_stages(mp, cpu_library_path(tmp_path_factory),
                                              finalizers=False)  # close() must release all
         helpers_ort_gpu.install(mp)
-        spec = importlib.util.spec_from_file_location("tinyfaces_bench_latency_device", LATENCY)
-        latency = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(latency)
+        latency = load_script("benchmarks/latency.py", "tinyfaces_bench_latency_device")
         on_disk_at_profile = []
         real_profile = latency.profile_detect
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_run import load_script
+
 pytest.importorskip("torch")
 
 from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
@@ -21,17 +23,14 @@ from tinyfaces_trt.core.errors import WeightsError  # noqa: E402
 from tinyfaces_trt.core.pyramid import plan_pyramid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LATENCY = ROOT / "benchmarks" / "latency.py"
 STAGES = {"total", "preprocess", "network", "decode", "nms", "other"}
 SIZES = [(64, 48), (40, 30)]
 DURATION = r"-?\d+(?:\.\d+)? (?:ns|µs|ms|s)"
 
 
 def _load_latency():
-    spec = importlib.util.spec_from_file_location("tinyfaces_bench_latency", LATENCY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for the bench_* modules
-    return module
+    # puts benchmarks/ on sys.path for the bench_* modules
+    return load_script("benchmarks/latency.py", "tinyfaces_bench_latency")
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +401,18 @@ def test_batch_rows_say_how_the_batch_shapes_were_prepared():
     fed.inner = runner
     assert backends.DetectorBench(Detector(fed, DetectorConfig())).shape_modes(2) == \
         "compile x1, eager x1"
+    # the shapes prepared in another mode than asked, which the entry and gpu_check name
+    assert bench.fallbacks() == ""  # no mode asked: not torch-cuda's bench
+    asked = backends.DetectorBench(Detector(fed, DetectorConfig()), asked_mode="compile")
+    assert asked.fallbacks() == "2x3x4x4: eager"
+    entry = _load_latency()._Bench(SimpleNamespace(
+        name="torch-cuda", description="", precision="fp16"))
+    entry.pipe, entry.boxes = asked, np.zeros((0, 5), np.float32)
+    entry.samples = [{"total": 0.04}]
+    assert entry.finish()["fell_back"] == "2x3x4x4: eager"
+    entry.entry.pop("status")
+    entry.close()  # kept once the pipeline is closed
+    assert entry.pipe is None and entry.finish()["fell_back"] == "2x3x4x4: eager"
 
     row = {"backend": "torch-cuda", "status": "ok", "batch": 2, "levels": 2, "runner_calls": 2,
            "single": {"median_ms": 40.0, "p90_ms": 41.0},
@@ -438,7 +449,6 @@ def test_a_hung_profile_ends_the_run_rather_than_hold_the_machine(monkeypatch):
     """The profile comes last, its run's results already saved: one still running after
     PROFILE_HANG_S gives up (the process ends); a finished one cancels the watchdog."""
     import threading
-    import time
     from types import SimpleNamespace
 
     latency = _load_latency()

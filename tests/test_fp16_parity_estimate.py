@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyfaces_trt.parity.compare import TOLERANCES, compare_maps
+from helpers_run import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
+from tinyfaces_trt.parity.compare import TOLERANCES, compare_maps
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("fp16_parity_estimate",
-                                                  ROOT / "tools" / "fp16_parity_estimate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/fp16_parity_estimate.py", "fp16_parity_estimate")
 
 
 def test_the_emulation_rounds_to_fp16_within_its_tolerances_and_leaves_the_model(seeded):

@@ -7,7 +7,9 @@ Everything here runs on the host: no test launches work on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import re
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 import helpers_kernels
+from helpers_run import REPO, load_script
 from tinyfaces_trt.kernels import binding, build
 from tinyfaces_trt.kernels.binding import KernelError, Status
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -35,13 +38,39 @@ def _nvcc_or_none() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The build folder (library + C example), built once per session."""
+def built_and_said(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The build folder (library + C example), built once per session as tools/gpu_check.py
+    builds (``-Xptxas -v``), and what the build printed."""
     if _nvcc_or_none() is None:
         pytest.skip("nvcc (CUDA toolkit) not found: cannot build the kernel library")
     out = tmp_path_factory.mktemp("kernels_build")
-    build.build(out=out, verbose=False)
-    return out
+    said = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(said):
+        mp.setenv("EXTRA_NVCCFLAGS", "-Xptxas -v")
+        build.build(out=out, verbose=True)
+    return out, said.getvalue()
+
+
+@pytest.fixture(scope="session")
+def built(built_and_said: tuple[Path, str]) -> Path:
+    return built_and_said[0]
+
+
+def test_gpu_checks_register_table_names_every_kernel_of_this_build(built_and_said):
+    """tools/gpu_check.py's registers-and-spills table, read off this build's real
+    ``-Xptxas -v``: every ``__global__`` function of kernels/src, for each SASS architecture
+    the Makefile builds (a name the parser missed would be reported as spill-free)."""
+    gpu_check = load_script("tools/gpu_check.py", "tinyfaces_gpu_check")
+    rows = gpu_check.parse_ptxas(built_and_said[1])
+    default = re.search(r"^GENCODE\s*\?=((?:.*\\\n)*.*)", (REPO / "kernels" / "Makefile").read_text(),
+                        flags=re.M)[1]
+    archs = set(re.findall(r"code=(sm_\d+)", default))
+    assert archs and {r[1] for r in rows} == archs
+    kernels = gpu_check.source_kernels()
+    assert {"decode_level_kernel", "nms_resolve_kernel", "resize_vertical_kernel"} <= kernels
+    for arch in archs:
+        assert {r[0].split("<")[0] for r in rows if r[1] == arch} == kernels, arch
+    assert "NOT IN THE TABLE" not in gpu_check.registers_summary(rows)
 
 
 @pytest.fixture(scope="session")

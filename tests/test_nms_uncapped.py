@@ -11,26 +11,18 @@ builds from this checkout.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinyfaces_trt.runtime.nms import nms
+from helpers_run import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
+from tinyfaces_trt.runtime.nms import nms
 
 
 def _load_emulation():
     """kernels/nms_emulation.py of this checkout, by path (whatever tinyfaces_trt resolves to)."""
-    path = ROOT / "kernels" / "nms_emulation.py"
-    spec = importlib.util.spec_from_file_location("tinyfaces_nms_emulation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("kernels/nms_emulation.py", "tinyfaces_nms_emulation")
 
 
 E = _load_emulation()

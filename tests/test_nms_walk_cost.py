@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers_run import load_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("nms_walk_cost", ROOT / "tools" / "nms_walk_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/nms_walk_cost.py", "nms_walk_cost")
 
 
 def test_reads_stop_at_the_kept_suppressor_and_kept_boxes_read_their_whole_walk():

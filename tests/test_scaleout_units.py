@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_run import load_script
 from helpers_scaleout import png_header_only
 from tinyfaces_trt.cli.detect_plan import ImageJob, plan_outputs, write_outputs
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
@@ -188,12 +189,7 @@ def test_a_body_is_read_whole_within_its_time_and_limit():
 def test_the_python_client_reports_a_read_timeout_without_a_traceback(failure, monkeypatch,
                                                                        capsys, tmp_path):
     """A 3000x3000 photo on a CPU replica outlasted its 60 s: TimeoutError traceback."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "serve_client.py"
-    spec = importlib.util.spec_from_file_location("serve_client_example", path)
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
+    client = load_script("examples/serve_client.py", "serve_client_example")
 
     def fail(*args, **kwargs):
         raise failure

@@ -148,11 +148,16 @@ def kernel_name(symbol: str) -> str | None:
     helpers): the length-prefixed identifiers of the mangling are read one by one."""
     if not symbol.startswith("_Z"):
         return symbol if symbol.endswith("_kernel") else None
-    for m in re.finditer(r"(?<!\d)(\d+)(?=[A-Za-z_])", symbol):
-        ident = symbol[m.end():m.end() + int(m[1])]
-        if ident.endswith("_kernel") and re.fullmatch(r"[A-Za-z_]\w*", ident):
+    # _Z<name> or _ZN<name><name>...: each name is its length then its characters (an
+    # anonymous namespace's ends in nvcc's hash, which may end in a digit: 3c19decode_...)
+    at = 3 if symbol.startswith("_ZN") else 2
+    while (length := re.match(r"\d+", symbol[at:])) is not None:
+        start = at + length.end()
+        at = start + int(length[0])
+        ident = symbol[start:at]
+        if ident.endswith("_kernel"):
             # template arguments that are literals (<true>, <4>): I L<type><value>E ... E
-            args = re.match(r"I((?:L[a-z]n?\d+E)+)E", symbol[m.end() + int(m[1]):])
+            args = re.match(r"I((?:L[a-z]n?\d+E)+)E", symbol[at:])
             if args:
                 values = [("false", "true")[int(v)] if t == "b" else v.replace("n", "-")
                           for t, v in re.findall(r"L([a-z])(n?\d+)E", args[1])]
@@ -648,10 +653,19 @@ def ptxas_step(report: Report, env: dict[str, str], build_dir: Path, arch: str |
                     _command_text(cmd), "" if ok else tail(ran.output, 40)))
 
 
+def source_kernels() -> set[str]:
+    """The ``__global__`` functions of kernels/src (what ``-Xptxas -v`` must list)."""
+    text = "".join(p.read_text() for p in sorted((REPO / "kernels" / "src").glob("*.cu*")))
+    return set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+                          text))
+
+
 def registers_summary(rows: list[tuple[str, str, int, int, int]]) -> str:
     spills = sorted({r[0] for r in rows if r[3] or r[4]})
+    missing = sorted(source_kernels() - {r[0].split("<")[0] for r in rows})
     return (f"{len(rows)} kernel/arch entries, "
-            + (f"SPILLS in {', '.join(spills)}" if spills else "no spills"))
+            + (f"SPILLS in {', '.join(spills)}" if spills else "no spills")
+            + (f"; NOT IN THE TABLE (spills unknown): {', '.join(missing)}" if missing else ""))
 
 
 def gpu_test_files() -> list[str]:
@@ -756,7 +770,8 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                         output_tail: str, died: str | None = None) -> None:
     """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
     benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed (or kept
-    other boxes than numpy), or the run stopped early; parity fails when a GPU backend's
+    other boxes than numpy), torch-cuda fell back from the mode asked for (its numbers are
+    another mode's), or the run stopped early; parity fails when a GPU backend's
     detections do not match the CPU reference (or the comparison could not run) at some size."""
     report.benchmark = {"json": "latency.json", "markdown": "latency.md",
                         "png": result.get("plot"), "seconds": result.get("seconds"),
@@ -785,6 +800,10 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
         for b in size["backends"]:
             if b["status"] == "ok":
                 ran_names.add(b["name"])
+                if b.get("fell_back"):
+                    problems.append(f"{label} {b['name']}: measured after falling back from "
+                                    f"the mode asked for ({b['fell_back']}; gpu_check.log says "
+                                    "why)")
             elif b["status"] == "failed":
                 problems.append(f"{label} {b['name']}: {b['reason']}")
             else:
@@ -971,9 +990,12 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
     """Every step after the environment, each given what the budget leaves."""
     arch = guarded(report, "environment", environment_step, report, env, log)
     no_gpu = None if report.gpu else "no CUDA GPU visible (nvidia-smi, torch and cuda-python see none)"
-    nvcc, sanitizer = find_tool("nvcc"), find_tool("compute-sanitizer")
+    nvcc, sanitizer = guarded(report, "finding nvcc", lambda: (
+        find_tool("nvcc"), find_tool("compute-sanitizer"))) or (None, None)
     if nvcc:  # the Makefile and the build find nvcc (and its neighbours) on the PATH
         env["PATH"] = os.pathsep.join([str(Path(nvcc).parent), env.get("PATH", "")])
+        # AOTInductor links -lcuda from the toolkit's lib64/stubs only where $CUDA_HOME is set
+        env.setdefault("CUDA_HOME", str(Path(nvcc).parent.parent))  # as torch derives it
     build_dir = Path(args.build_dir).resolve()
 
     def left_before_bench() -> float:
