@@ -14,9 +14,10 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                      parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
-from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET
+from tinyfaces_trt.export.opset import DEFAULT_OPSET, MIN_OPSET
 from tinyfaces_trt.export.trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
 
 EXIT_NO_TENSORRT = 3
@@ -60,8 +61,6 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 PROG = "tf-export"
-#: Oldest ONNX opset the exported graph (dynamic crop, ConvTranspose) is written for.
-MIN_OPSET = 13
 
 
 def opset_argument(text: str) -> int:
@@ -179,6 +178,9 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     try:
         profile = _check_args(p, a)
         check_out_dir(a.out)
+        for module in ("torch", "onnx"):  # one line, not a traceback, without the export extra
+            import_optional(module, purpose="tf-export",
+                            extra_hint="pip install 'tinyfaces-trt[export]'")
         from tinyfaces_trt.export.export_pipeline import checkpoint_sha256, export_model, step
         from tinyfaces_trt.export.weights import load_model
 

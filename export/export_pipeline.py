@@ -38,7 +38,8 @@ from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, W
 from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME, write_manifest
 from tinyfaces_trt.core.profiles import Profile, default_profile, profile_for_image_sizes
 
-from tinyfaces_trt.export.onnx_export import DEFAULT_OPSET, check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
+from tinyfaces_trt.export.opset import DEFAULT_OPSET, MIN_OPSET
+from tinyfaces_trt.export.onnx_export import check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
 from tinyfaces_trt.export.onnx_fp16 import convert_to_fp16
 from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError, build_engine,
                         tensorrt_problem, trtexec_command)
@@ -239,8 +240,9 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     given = Path(out_dir)
     if given.exists() and not given.is_dir():
         raise TinyFacesError(f"--out {given} exists and is not a folder")
-    if opset < 13:
-        raise TinyFacesError(f"opset {opset} is too old; use 13 or newer (default {DEFAULT_OPSET})")
+    if opset < MIN_OPSET:
+        raise TinyFacesError(f"opset {opset} is too old; use {MIN_OPSET} or newer (default "
+                             f"{DEFAULT_OPSET})")
     prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
     out = _export_folder(given, log)

@@ -41,8 +41,8 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, 
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
+from tinyfaces_trt.export.opset import DEFAULT_OPSET
 
-DEFAULT_OPSET = 17
 #: Sample input size used to trace the network; odd sizes so no dimension is specialised.
 TRACE_SIZE = (67, 91)
 #: Sizes of the torch-vs-ONNX Runtime check run after each export (odd on purpose).

@@ -94,6 +94,24 @@ def test_argument_parsers():
     assert parse_shape("1x3x5x7") == (1, 3, 5, 7)
 
 
+def test_without_the_export_extra_one_line_and_exit_1(tmp_path):
+    """The base install has the tf-export command but not torch/onnx: --help works, a run
+    says what to install (it was a ModuleNotFoundError traceback)."""
+    code = ("import sys; sys.modules['torch'] = None; "
+            "from tinyfaces_trt.export.cli_export import main; sys.exit(main(sys.argv[1:]))")
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert helped.returncode == 0 and "--opset OPSET" in helped.stdout
+    out = tmp_path / "exp"
+    ran = subprocess.run([sys.executable, "-c", code, "--untrained", "--out", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == EXIT_ERROR and "Traceback" not in ran.stderr
+    assert ran.stderr.strip().splitlines()[-1].startswith("tf-export: error: tf-export needs "
+                                                         "torch, which is not installed")
+    assert ran.stderr.rstrip().endswith("pip install 'tinyfaces-trt[export]'")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "weights file not found"),
     (b"this is not a checkpoint", "not a readable PyTorch checkpoint"),
