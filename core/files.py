@@ -121,20 +121,6 @@ def _new_folder(path: Path) -> None:
     os.mkdir(path, 0o777)  # the umask applies; a setgid parent passes its group and bit on
 
 
-def _current_umask() -> int:
-    """The process's umask now, read without setting it (Linux: ``/proc/self/status``; where
-    that does not tell, the usual 022). Only tests need it: the writers let the kernel apply
-    the umask."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def inputs_replaced_by(outputs: Iterable[str | os.PathLike[str]],
                        inputs: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
     """{output: input} for each of ``outputs`` whose writing (a rename over its name, as

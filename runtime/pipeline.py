@@ -1,7 +1,7 @@
 """The detector pipeline: image -> pyramid -> network -> decode -> NMS -> boxes.
 
-This is the only place that loops over pyramid levels. A backend swaps the
-:class:`NetworkRunner`; the GPU fast path additionally swaps the pre- and post-processing
+This is where detection loops over pyramid levels (the parity harness runs the same levels
+one by one to compare score maps). A backend swaps the :class:`NetworkRunner`; the GPU fast path additionally swaps the pre- and post-processing
 stages for their CUDA versions (device-resident buffers). Everything else is shared.
 
     detector = Detector(runner, config)

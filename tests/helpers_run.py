@@ -35,3 +35,17 @@ def load_script(path: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def current_umask() -> int:
+    """The process's umask now, read without setting it (Linux: ``/proc/self/status``; where
+    that does not tell, the usual 022): what the writers' files get (they let the kernel apply
+    it) is compared with it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

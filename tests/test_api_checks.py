@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers_run import current_umask
+
 import tinyfaces_trt
 from tinyfaces_trt.core import files
 from tinyfaces_trt.core.config import DetectorConfig, Normalization
@@ -73,7 +75,7 @@ def test_replacing_a_private_output_keeps_it_private(tmp_path, umask):
 
 def test_the_umask_is_read_without_setting_it(umask):
     umask(0o077)
-    assert files._current_umask() == 0o077  # what tests of the usual mode compare with
+    assert current_umask() == 0o077  # what tests of the usual mode compare with
 
 
 def test_importing_the_files_module_does_not_touch_the_umask():

@@ -11,11 +11,13 @@ builds from this checkout.
 
 from __future__ import annotations
 
+import re
+
 
 import numpy as np
 import pytest
 
-from helpers_run import load_script
+from helpers_run import REPO, load_script
 
 from tinyfaces_trt.runtime.nms import nms
 
@@ -26,6 +28,39 @@ def _load_emulation():
 
 
 E = _load_emulation()
+
+
+def _kernel_constants(*sources: str) -> dict[str, object]:
+    """The ``constexpr`` constants of kernels/src files, evaluated (float ones as float32)."""
+    values: dict[str, object] = {}
+    for source in sources:
+        text = (REPO / "kernels" / "src" / source).read_text()
+        for type_, body in re.findall(r"constexpr\s+(int|uint8_t|uint32_t|float|size_t)\s+([^;]+);",
+                                      text):
+            for declaration in body.split(","):
+                name, expr = (part.strip() for part in declaration.split("=", 1))
+                expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+(?:\.\d+)?)(?:f|u)\b", r"\1", expr)
+                value = eval(expr, {"__builtins__": {}}, dict(values))  # noqa: S307 (our source)
+                bits = {"uint8_t": 8, "uint32_t": 32}.get(type_)
+                values[name] = (np.float32(value) if type_ == "float" else
+                                value & ((1 << bits) - 1) if bits else value)
+    return values
+
+
+def test_the_emulation_uses_the_kernels_constants():
+    """The emulation is the kernel's model: its grid, window and resolve constants are
+    kernels/src/nms.cu's (and the workspace alignment common.cuh's)."""
+    k = _kernel_constants("nms.cu", "common.cuh")
+    assert k["kIsolatedCell"] == 0xFFFFFFFF and k["kPositionMargin"] == np.float32(2.0 ** -16)
+    pairs = {"kXBits": E.X_BITS, "kYBits": E.Y_BITS, "kClassShift": E.CLASS_SHIFT,
+             "kXGrain": E.X_GRAIN, "kYGrain": E.Y_GRAIN, "kXBias": E.X_BIAS, "kYBias": E.Y_BIAS,
+             "kTopClass": E.TOP_CLASS, "kIsolatedCell": E.ISOLATED_CELL,
+             "kWindowMargin": E.WINDOW_MARGIN, "kPositionMargin": E.POSITION_MARGIN,
+             "kResolveThreads": E.RESOLVE_THREADS, "kAlign": E.ALIGN,
+             "kUndecided": E.UNDECIDED, "kKept": E.KEPT, "kSuppressed": E.SUPPRESSED}
+    assert {name: k[name] for name in pairs} == pairs
+    assert all(type(k[name]) is type(value) for name, value in pairs.items()
+               if isinstance(value, np.floating))
 
 
 def _boxes(centres, sizes, aspect=None):

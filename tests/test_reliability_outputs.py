@@ -18,6 +18,7 @@ from PIL import Image
 
 from faults import assert_no_truncated_outputs, enospc, failing_save, temporaries
 from helpers_cli import run_tf_detect as _run
+from helpers_run import current_umask
 from tinyfaces_trt.cli.detect import main
 from tinyfaces_trt.parity.images import synthetic_image
 
@@ -411,7 +412,7 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
 
     files.write_text_atomic(tmp_path / "a.json", "{}")
     (tmp_path / "b.json").write_text("{}")  # what a plain open() makes here
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~files._current_umask()
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()
     assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "b.json").stat().st_mode
 
 
@@ -424,7 +425,7 @@ def test_staged_folders_get_the_usual_folder_mode(tmp_path, export_dir):
     plain = tmp_path / "plain"
     plain.mkdir()
     usual = plain.stat().st_mode & 0o777
-    assert usual == 0o777 & ~files._current_umask()
+    assert usual == 0o777 & ~current_umask()
     assert files.staging_dir(tmp_path, "x").stat().st_mode & 0o777 == usual
     assert export_dir.stat().st_mode & 0o777 == usual  # the export cache's folder, swapped in
     shared = tmp_path / "shared"  # a group's folder: new folders keep its group (setgid)

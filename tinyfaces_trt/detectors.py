@@ -6,7 +6,7 @@
     detector = create_detector("torch-cuda", weights="checkpoint.pth")    # torch on a GPU, fast
     boxes = detector.detect(rgb_uint8_image)
 
-Export-folder backends (``"onnxruntime"``, ``"tensorrt"``) come from
+Export-folder backends (``"onnxruntime"``, ``"onnxruntime-cuda"``, ``"tensorrt"``) come from
 :mod:`tinyfaces_trt.runtime.backends`, which never imports torch; ``weights=`` with them goes
 through the export cache (:mod:`tinyfaces_trt.export_cache`). ``"torch"`` runs the reference
 model (needs the ``export`` extra); ``"torch-cuda"`` runs it on a CUDA GPU, fp16, compiled by
@@ -100,7 +100,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         backend: ``"onnxruntime"`` (default, CPU), ``"onnxruntime-cuda"``, ``"tensorrt"``,
             ``"torch"`` (the CPU reference), ``"torch-cuda"`` (compiled torch on a GPU) or
             ``"auto"`` (the fastest present here, see :func:`resolve_backend`; logged).
-        model_dir: an export folder (``tf-export`` output); onnxruntime / tensorrt only.
+        model_dir: an export folder (``tf-export`` output); onnxruntime, onnxruntime-cuda and
+            tensorrt only.
         weights: a checkpoint; torch and torch-cuda run it directly, the others export it
             once into the cache. With neither ``model_dir`` nor ``weights``: the UNTRAINED seeded network.
         config_overrides: :class:`~tinyfaces_trt.core.config.DetectorConfig` fields to
@@ -150,7 +151,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     if backend in ("torch", "torch-cuda"):
         if model_dir is not None:
             raise TinyFacesError(f"the {backend} backend runs a checkpoint (weights=...), not "
-                                 "an export folder; use onnxruntime or tensorrt with model_dir")
+                                 "an export folder; use onnxruntime, onnxruntime-cuda or tensorrt "
+                                 "with model_dir")
         if backend == "torch-cuda":
             return _torch_cuda_detector(weights, config_overrides, fp16=fp16 is not False,
                                         depth=depth, variant=variant, cache_dir=cache_dir,
