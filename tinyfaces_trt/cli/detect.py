@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,10 +48,13 @@ from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
     IMAGE_SUFFIXES, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
-    find_inputs, plan_tasks, refuse_replacing_inputs, resume_state, task_plan, write_outputs,
-    write_wider_result)
+    Resume, find_inputs, plan_tasks, refuse_replacing_inputs, resume_state, task_plan,
+    write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+
+if TYPE_CHECKING:
+    from tinyfaces_trt.runtime.pipeline import Detector
 
 PROG = "tf-detect"
 log = logging.getLogger(__name__)
@@ -182,7 +185,7 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _make_detector(args: argparse.Namespace) -> Any:
+def _make_detector(args: argparse.Namespace) -> Detector:
     from tinyfaces_trt.detectors import spec_from_arguments
 
     def say(line: str) -> None:
@@ -306,20 +309,34 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
     return RunPlan(tasks, options, failures)
 
 
+def prepare_run(args: argparse.Namespace) -> tuple[RunPlan, bool]:
+    """What a run does before its detector is made, in one process or with ``--ray``: the
+    weights path checked, ``--out``/``--wider-dir`` prepared, the images planned
+    (:func:`plan_run`) and the untrained banner printed. Returns the plan and whether the
+    network is untrained.
+
+    Raises:
+        InputOverwriteError: an output would replace an input file.
+        TinyFacesError: any other problem found before detecting.
+    """
+    _check_weights_path(args.weights)
+    out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
+    wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
+        if args.wider_dir else None
+    run = plan_run(args, out_dir, wider_dir)
+    untrained = is_untrained(args.model, args.weights)
+    if untrained:
+        stderr_line(untrained_banner(PROG, args.model))
+    return run, untrained
+
+
 def _run_in(args: argparse.Namespace, start: float) -> int:
     try:
-        _check_weights_path(args.weights)
         if args.threads is not None and args.threads > usable_cores():
             stderr_line(f"{PROG}: --threads {args.threads} is more than the {usable_cores()} "
                         f"usable core(s); using {usable_cores()}")
             args.threads = usable_cores()
-        out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
-        wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
-            if args.wider_dir else None
-        run = plan_run(args, out_dir, wider_dir)
-        untrained = is_untrained(args.model, args.weights)
-        if untrained:
-            stderr_line(untrained_banner(PROG, args.model))
+        run, untrained = prepare_run(args)
         detector = _make_detector(args)
     except InputOverwriteError as exc:
         _error(str(exc))
@@ -327,7 +344,7 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
     except TinyFacesError as exc:
         _error(str(exc))
         return 1
-    identity = getattr(detector, "identity", None)
+    identity = detector.identity
     options = replace(run.options, backend=args.backend,
                       model=identity.to_dict() if identity is not None else None)
     failures = run.failures
@@ -408,12 +425,12 @@ def detector_fields(options: DetectOptions) -> dict[str, Any]:
             "config": options.detector.config if options.detector is not None else None}
 
 
-def _process(detector: Any, task: DetectTask, options: DetectOptions, quiet: bool,
+def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet: bool,
              console: _Console) -> dict[str, Any]:
     """Detects one image, prints its line (unless ``quiet``), writes its files; returns its
     JSON record (:func:`skipped_record` when all its outputs exist and ``--overwrite`` is
     not given: outputs that exist are kept)."""
-    job, plan = task.job, task_plan(task, options)
+    job = task.job
     state = resume_state(task, options)
     if state.done:
         console.err(skipped_line(job))
@@ -422,16 +439,26 @@ def _process(detector: Any, task: DetectTask, options: DetectOptions, quiet: boo
         console.err(redo_line(job, state.reason))
     image = _load(job)
     boxes = detect_with_progress(detector, image, str(job.rel))
+    record = write_image_outputs(task, options, state, image, boxes)
+    if not quiet:
+        console.out(format_line(job.path, boxes))
+    return record
+
+
+def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
+                        image: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
+    """Writes an image's outputs but those ``state`` keeps (each atomically under its final
+    name) and returns its JSON record; the same in one process and on a Ray worker."""
+    job = task.job
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
               **detector_fields(options), "detections": detections_to_list(boxes)}
+    plan = task_plan(task, options)
     if plan is not None:
         write_outputs(plan, image, boxes, record, options.anonymise,
                       jpeg_quality=options.jpeg_quality, keep=state.keep)
     if task.wider_file is not None and task.wider_file not in state.keep:
         write_wider_result(task.wider_file, job, boxes, options)
-    if not quiet:
-        console.out(format_line(job.path, boxes))
     return record
 
 

@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    EXIT_USAGE, PROG, _check_weights_path, _resolved, detector_fields, finish_run, format_line,
-    plan_run, redo_line, skipped_line, skipped_record)
+    EXIT_USAGE, PROG, finish_run, format_line, prepare_run, redo_line, skipped_line,
+    skipped_record, write_image_outputs)
 from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, resume_state,
-    task_plan, write_outputs, write_wider_result)
+    task_plan)
 import tinyfaces_trt.core.progress as progress
-from tinyfaces_trt.core.cli import is_untrained, stderr_line, untrained_banner
+from tinyfaces_trt.core.cli import stderr_line
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import prepare_output_dir, temporaries_of
-from tinyfaces_trt.runtime.results import detections_to_list
+from tinyfaces_trt.core.files import temporaries_of
 from tinyfaces_trt.detector_record import expected_identity
 from tinyfaces_trt.detectors import spec_from_arguments
 from tinyfaces_trt.scaleout.options import ray_address, ray_requested
@@ -69,18 +68,12 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
 
     job = task.job
     state = resume_state(task, options)
-    image = load_image(job.path)
-    boxes = detector.detect(image)
-    record = {"image": str(job.path), **_resolved(job),
-              "width": int(image.shape[1]), "height": int(image.shape[0]),
-              **detector_fields(options), "detections": detections_to_list(boxes)}
     plan = task_plan(task, options)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
-        write_outputs(plan, image, boxes, record, options.anonymise,
-                      jpeg_quality=options.jpeg_quality, keep=state.keep)
-    if task.wider_file is not None and task.wider_file not in state.keep:
-        write_wider_result(task.wider_file, job, boxes, options)
+    image = load_image(job.path)
+    boxes = detector.detect(image)
+    record = write_image_outputs(task, options, state, image, boxes)
     return DetectValue(record, format_line(job.path, boxes), state.reason)
 
 
@@ -98,14 +91,7 @@ def run_detect(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say = lambda line: stderr_line(f"{PROG}: {line}")  # noqa: E731
     try:
-        _check_weights_path(args.weights)
-        out_dir = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
-        wider_dir = prepare_output_dir(args.wider_dir, f"--wider-dir {args.wider_dir}") \
-            if args.wider_dir else None
-        run = plan_run(args, out_dir, wider_dir)
-        untrained = is_untrained(args.model, args.weights)
-        if untrained:
-            stderr_line(untrained_banner(PROG, args.model))
+        run, untrained = prepare_run(args)
         spec = spec_from_arguments(args, say, for_workers=True)
         model = expected_identity(spec.model_dir, spec.weights, spec.backend, spec.fp16)
         options = replace(run.options, backend=args.backend, model=model)
