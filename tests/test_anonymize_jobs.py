@@ -21,21 +21,26 @@ from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is
                                           plan_tasks, process_file)
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.runtime.masks import MaskStyle
 
 FACE = (8, 8, 40, 40)
 
 
 class BoxDetector:
-    """Finds one fixed face in every image; usable as the CLI's detector (a context manager).
-    It reports the network the CLI's arguments name: the untrained one without --weights."""
+    """Finds one fixed face in every image; usable as the CLI's detector (a context manager),
+    with the members of a Detector that tf-anonymize uses. It reports the network the CLI's
+    arguments name: the untrained one without --weights."""
 
     config = DetectorConfig()
-    identity = {"weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101,
-                "seed": 0, "precision": "fp32"}
+    identity = ModelIdentity(None, True, "the default network", variant="pytorch", depth=101,
+                             seed=0, precision="fp32")
 
     def detect(self, image):
         return np.array([[*FACE, 0.9]], np.float32)
+
+    def detect_batch(self, images):
+        return [self.detect(image) for image in images]
 
     def __enter__(self):
         return self
@@ -315,8 +320,8 @@ class WeightsDetector(BoxDetector):
     """The detector --weights F and --min-face/--prob-thresh build (as the sidecar records it)."""
 
     def __init__(self, weights: Path, **config) -> None:
-        self.identity = {"weights_sha256": _sha(weights), "untrained": False,
-                         "source": f"checkpoint {weights}", "precision": "fp32"}
+        self.identity = ModelIdentity(_sha(weights), False, f"checkpoint {weights}",
+                                      precision="fp32")
         self.config = DetectorConfig(**config)
 
 
@@ -387,6 +392,31 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
     task = plan_tasks([src / "p.png"], out, options=Options(), detector=unknown)[0][0]
     assert task.redo == "it was made with model unknown (now unknown)"
     assert not is_done(task, Options(), unknown) and is_done(task, Options())
+
+
+def test_a_real_detector_of_a_bare_runner_records_no_model_and_its_own_settings(tmp_path):
+    """The fakes above stand for a Detector: it has every member they give tf-anonymize. One
+    built from a bare runner has no identity (the sidecar's model is null); the sidecar records
+    its config, and the review band starts at its threshold."""
+    from tinyfaces_trt.core.runner import RunnerBase
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    class Silent(RunnerBase):  # logits far below any threshold: no detections
+        def run(self, x):
+            return np.full((x.shape[0], 125, -(-x.shape[2] // 8), -(-x.shape[3] // 8)), -20.0,
+                           np.float32)
+
+    for member in ("detect", "detect_batch", "config", "identity"):
+        assert hasattr(Detector, member), member
+    detector = Detector(Silent(), DetectorConfig(prob_thresh=0.25, min_face=10.0))
+    task = plan_tasks([_photo(tmp_path / "p.png")], tmp_path / "out")[0][0]
+    assert process_file(detector, task, Options(review_band=0.5)).status == "done"
+    side = json.loads(Path(task.sidecar).read_text())
+    assert side["model"] is None
+    assert side["config"] == {"variant": "pytorch", "prob_thresh": 0.25, "nms_thresh": 0.3,
+                              "min_face": 10.0, "max_face": None, "size_refinement": 2.0}
+    assert side["review"] == {"band": [0.25, 0.75], "frames": []}
+    assert side["frames"] == [{"index": 0, "time": None, "faces": []}]
 
 
 # --- 10: errors name the file -------------------------------------------------------------

@@ -16,6 +16,7 @@ from tinyfaces_trt.anonymize.cli import main  # noqa: E402
 from tinyfaces_trt.anonymize.jobs import Options, Task, plan_tasks, process_file  # noqa: E402
 from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
+from tinyfaces_trt.core.manifest import ModelIdentity  # noqa: E402
 from tinyfaces_trt.runtime.masks import MaskStyle  # noqa: E402
 
 W, H = 96, 64
@@ -108,13 +109,18 @@ def read_video(path: Path) -> dict:
 
 class FakeDetector:
     """Finds the face by thresholding, misses the frames in ``drop``, and records
-    the images it was shown."""
+    the images it was shown (and the size of each batch), with the members of a Detector
+    that tf-anonymize uses."""
 
     config = DetectorConfig()
-    identity = {"weights_sha256": "0" * 64, "untrained": False}
+    identity = ModelIdentity("0" * 64, False, "checkpoint w.pth", variant="pytorch", depth=101)
 
     def __init__(self, drop=(), score=0.9):
-        self.drop, self.score, self.seen = set(drop), score, []
+        self.drop, self.score, self.seen, self.batches = set(drop), score, [], []
+
+    def detect_batch(self, images):
+        self.batches.append(len(images))
+        return [self.detect(image) for image in images]
 
     def detect(self, image):
         index = len(self.seen)
@@ -164,7 +170,10 @@ def test_video_keeps_timing_audio_metadata_and_masks_only_faces(tmp_path):
         assert diff.max() <= 8 and diff.mean() < 1.5, i
     assert not list(Path(task.output).parent.glob(f"{TEMP_PREFIX}*"))
     side = json.loads(Path(task.sidecar).read_text())
-    assert side["model"] == FakeDetector.identity and side["video"]["frames"] == 16
+    assert side["model"] == {"weights_sha256": "0" * 64, "untrained": False,
+                             "source": "checkpoint w.pth", "variant": "pytorch", "depth": 101,
+                             "seed": None, "precision": None}
+    assert side["video"]["frames"] == 16
     assert side["summary"]["detections"] == 16 and len(side["frames"]) == 16
     face = side["frames"][3]["faces"][0]
     assert face["kind"] == "detected" and face["track"] == 0 and face["score"] == 0.9
@@ -317,6 +326,42 @@ def test_review_band_lists_near_threshold_frames(tmp_path):
     assert review["band"] == [0.5, 0.6] and [f["index"] for f in review["frames"]] == [0, 1, 2, 3]
     process_file(FakeDetector(score=0.8), task, Options(review_band=0.1))
     assert json.loads(Path(task.sidecar).read_text())["review"]["frames"] == []
+
+
+class FractionalDetector(FakeDetector):
+    """Boxes off the pixel grid and a score of many digits, under a threshold of 0.25."""
+
+    config = DetectorConfig(prob_thresh=0.25)
+
+    def detect(self, image):
+        boxes = super().detect(image)
+        boxes[:, :4] += 0.123456
+        boxes[:, 4] = 0.3123456789
+        return boxes
+
+
+def test_sidecar_rounds_as_the_detections_json_and_bands_at_the_detector_threshold(tmp_path):
+    """Frames go to detect_batch in batches of Options.batch; the sidecar's boxes and scores
+    are rounded as tf-detect's JSON rounds them (runtime.results), and its review band starts
+    at the detector's own threshold."""
+    from tinyfaces_trt.runtime.results import detections_to_list
+
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=10, audio=False)
+    task = _task(src, tmp_path / "out")
+    detector = FractionalDetector()
+    assert process_file(detector, task, Options(batch=4, review_band=0.25)).status == "done"
+    assert detector.batches == [4, 4, 2]
+    side = json.loads(Path(task.sidecar).read_text())
+    assert side["config"] == {"variant": "pytorch", "prob_thresh": 0.25, "nms_thresh": 0.3,
+                              "min_face": None, "max_face": None, "size_refinement": 2.0}
+    assert side["frames"][0]["faces"] == [{"track": 0, "box": [4.12, 20.12, 27.12, 43.12],
+                                           "score": 0.31235, "kind": "detected"}]
+    expected = detections_to_list(FractionalDetector().detect(read_video(src)["images"][0]))
+    assert [{"box": f["box"], "score": f["score"]} for f in side["frames"][0]["faces"]] == expected
+    assert side["review"]["band"] == [0.25, 0.5]
+    assert side["review"]["frames"][0] == {"index": 0, "time": 0.0, "scores": [0.31235]}
+    assert len(side["review"]["frames"]) == 10
 
 
 def test_plan_skips_existing_and_numbers_clashes(tmp_path):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
+
+if TYPE_CHECKING:
+    from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
@@ -319,7 +322,7 @@ def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out
 # Processing
 # ---------------------------------------------------------------------------------------------
 
-def process_file(detector: Any, task: Task, options: Options) -> Result:
+def process_file(detector: Detector, task: Task, options: Options) -> Result:
     """Anonymises one file and writes its sidecar; never raises for a bad file.
 
     Returns a ``"failed"`` :class:`Result` naming the problem for unreadable, corrupt or
@@ -354,12 +357,10 @@ def naming(source: str, message: str) -> str:
     return f"{source}: {message}"
 
 
-def detect_frames(detector: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Detections of same-size images, batched where the detector can."""
-    batch = getattr(detector, "detect_batch", None)
-    if batch is not None:
-        return list(batch(list(images)))
-    return [detector.detect(image) for image in images]
+def detect_frames(detector: Detector, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Detections of same-size images (:meth:`Detector.detect_batch`: batched where its
+    runner takes batches)."""
+    return list(detector.detect_batch(list(images)))
 
 
 def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray:
@@ -377,13 +378,14 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray
     return out
 
 
-def _header(detector: Any, task: Task, options: Options) -> dict[str, Any]:
-    config = getattr(detector, "config", None)
-    fields = ("variant", "prob_thresh", "nms_thresh", "min_face", "max_face", "size_refinement")
+def _header(detector: Detector, task: Task, options: Options) -> dict[str, Any]:
+    config = detector.config
     return {"input": task.source, "resolved": os.path.realpath(task.source),
             "output": task.output, "kind": task.kind,
             "model": model_identity(detector),
-            "config": {f: getattr(config, f, None) for f in fields},
+            "config": {"variant": config.variant, "prob_thresh": config.prob_thresh,
+                       "nms_thresh": config.nms_thresh, "min_face": config.min_face,
+                       "max_face": config.max_face, "size_refinement": config.size_refinement},
             "options": _options_record(options)}
 
 
@@ -400,12 +402,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _audit(detector: Any, options: Options) -> AuditLog:
-    config = getattr(detector, "config", None)
-    return AuditLog(getattr(config, "prob_thresh", 0.5), options.review_band)
+def _audit(detector: Detector, options: Options) -> AuditLog:
+    return AuditLog(detector.config.prob_thresh, options.review_band)
 
 
-def _process_image(detector: Any, task: Task, options: Options
+def _process_image(detector: Detector, task: Task, options: Options
                    ) -> tuple[AuditLog, list[str], dict[str, Any]]:
     from tinyfaces_trt.runtime.imageio import load_image, save_image
 
@@ -430,7 +431,7 @@ def _progress_bar(task: Task, total: int, options: Options) -> Any:
                 dynamic_ncols=True)
 
 
-def _process_video(detector: Any, task: Task, options: Options
+def _process_video(detector: Detector, task: Task, options: Options
                    ) -> tuple[AuditLog, list[str], dict[str, Any]]:
     from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
 
@@ -456,7 +457,7 @@ def _process_video(detector: Any, task: Task, options: Options
     return audit, writer.dropped + problems, header
 
 
-def _anonymise_frames(detector: Any, reader: Any, writer: Any, audit: AuditLog,
+def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: AuditLog,
                       options: Options, bar: Any) -> None:
     """Detect in batches, track, mask, hand to the encoder, in frame order."""
     masker = TemporalMasker(options.hold, options.iou)

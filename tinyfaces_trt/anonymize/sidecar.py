@@ -21,30 +21,25 @@ Layout (``format: "tinyfaces-anonymize/1"``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
 from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.runtime.results import rounded_box, rounded_score
+
+if TYPE_CHECKING:
+    from tinyfaces_trt.runtime.pipeline import Detector
 
 FORMAT = "tinyfaces-anonymize/1"
 
 
-def model_identity(detector: Any) -> Any:
-    """The detector's model identity (weights sha256, untrained flag...) as JSON, or None."""
-    identity = getattr(detector, "identity", None)
-    if identity is None:
-        return None
-    for method in ("to_dict", "as_dict"):
-        if callable(getattr(identity, method, None)):
-            return getattr(identity, method)()
-    if dataclasses.is_dataclass(identity) and not isinstance(identity, type):
-        return dataclasses.asdict(identity)
-    if isinstance(identity, (dict, str, int, float, bool)):
-        return identity
-    return str(identity)
+def model_identity(detector: Detector) -> dict[str, Any] | None:
+    """The detector's model identity (weights sha256, untrained flag...) as JSON; None for a
+    detector built from a bare runner (no identity)."""
+    identity = detector.identity
+    return None if identity is None else identity.to_dict()
 
 
 class AuditLog:
@@ -67,13 +62,13 @@ class AuditLog:
         faces = []
         near = []
         for m in frame.masks:
-            faces.append({"track": m.track, "box": [round(v, 2) for v in m.box],
-                          "score": None if m.score is None else round(m.score, 5),
+            score = None if m.score is None else rounded_score(m.score)
+            faces.append({"track": m.track, "box": rounded_box(m.box), "score": score,
                           "kind": m.kind})
             self.counts[m.kind] += 1
             self.tracks.add(m.track)
             if m.score is not None and self.low < m.score <= self.high:
-                near.append(round(m.score, 5))
+                near.append(score)
         record = {"index": frame.index, "time": None if time is None else round(time, 6),
                   "faces": faces}
         self.frames.append(record)
