@@ -23,6 +23,10 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
 - ``device``: the CUDA device a device-I/O runner works on; None for the current one. The
   detector makes its CUDA stages on the current device and refuses a runner on another.
 
+Every runner refuses another input with the same :class:`NetworkInputError`: a host array
+through :func:`check_network_input`, a device array or tensor through
+:func:`check_network_shape`.
+
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
 memory); the detector finishes reading it first. ``warmup(shapes)`` readies input shapes
 ahead of use (torch-cuda compiles and captures them; a runner whose first run of a shape
@@ -41,6 +45,8 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
 
 from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError
 from tinyfaces_trt.core.pyramid import PyramidLevel
@@ -124,6 +130,48 @@ def interface_stream(interface: Any) -> int | None:
         raise NetworkInputError("__cuda_array_interface__ names stream 0, which the interface "
                                 "disallows: 1 is the legacy default stream, 2 the per-thread one")
     return stream
+
+
+def check_network_shape(shape: Sequence[int], dtype: str, batch: bool, *,
+                        contiguous: bool = True) -> tuple[int, ...]:
+    """The input contract of every runner's ``run``, for any array (a device array's interface,
+    a torch tensor): returns ``shape`` as a tuple of ints.
+
+    Args:
+        shape, dtype: the input's, the dtype by numpy's name (``"float32"``; a torch dtype
+            without its ``torch.`` prefix).
+        batch: the runner takes N > 1 (``capabilities.batch``); else N must be 1.
+        contiguous: whether the input is C-contiguous (a runner reading it in place needs it).
+
+    Raises:
+        NetworkInputError: "network input must be a (N, 3, h, w) float32 array, got <shape>
+            <dtype>" (``(1, 3, h, w)`` without ``batch``) unless ``shape`` is four dimensions
+            of at least 1, 3 channels, N = 1 without ``batch``, and ``dtype`` float32; "network
+            input must be C-contiguous" unless ``contiguous``.
+    """
+    got = tuple(int(d) for d in shape)
+    if len(got) != 4 or got[1] != 3 or min(got) < 1 or (not batch and got[0] != 1) or \
+            dtype != "float32":
+        raise NetworkInputError(f"network input must be a ({'N' if batch else '1'}, 3, h, w) "
+                                f"float32 array, got {got} {dtype}")
+    if not contiguous:
+        raise NetworkInputError(f"network input must be C-contiguous, got a {got} array with "
+                                f"other strides")
+    return got
+
+
+def check_network_input(net_input: Any, batch: bool) -> np.ndarray:
+    """A host runner's input, checked by :func:`check_network_shape` (any layout in memory)
+    and returned C-contiguous.
+
+    Raises:
+        NetworkInputError: ``net_input`` is not a numpy array, or breaks the contract.
+    """
+    if not isinstance(net_input, np.ndarray):
+        raise NetworkInputError(f"network input must be a numpy array, got "
+                                f"{type(net_input).__name__}")
+    check_network_shape(net_input.shape, str(net_input.dtype), batch)
+    return np.ascontiguousarray(net_input)
 
 
 #: The members every runner has (:class:`NetworkRunner`).

@@ -77,13 +77,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, first_line,
-                                       reraise_interrupt)
+from tinyfaces_trt.core.errors import (BackendUnavailableError, NetworkInputError,
+                                       TinyFacesError, first_line, reraise_interrupt)
 from tinyfaces_trt.core.locks import LockOutcome
 from tinyfaces_trt.core.optional import import_cuda_runtime
 from tinyfaces_trt.core.profiles import format_shape
 from tinyfaces_trt.core.pyramid import PyramidLevel
-from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, producer_stream
+from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
+                                       check_network_shape, producer_stream)
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
@@ -388,11 +389,6 @@ class TorchCudaRunner(RunnerBase):
         """The ``cudaStream_t`` handle the runner works on (None on the CPU)."""
         return None if self._stream is None else int(self._stream.cuda_stream)
 
-    @property
-    def torch_stream(self) -> torch.cuda.Stream | None:
-        """The same stream as a torch object."""
-        return self._stream
-
     def run(self, net_input: Any) -> Any:
         """(N, 3, h, w) float32 input -> (N, 125, h', w') float32 score map.
 
@@ -402,16 +398,19 @@ class TorchCudaRunner(RunnerBase):
         runtime's ``DeviceArray``) and that stream for the runner's reads; else (a torch
         tensor) the caller orders its producer before :attr:`stream`. The input is kept alive
         until the next run.
+
+        Raises:
+            NetworkInputError: another input (:mod:`tinyfaces_trt.core.runner`'s contract), or
+                a CUDA array given to a CPU runner.
         """
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
         device_input = hasattr(net_input, "__cuda_array_interface__")
         if device_input and self._stream is None:
-            raise ValueError("a CUDA array was given to a CPU runner; give a numpy array")
+            raise NetworkInputError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream():
             if not device_input:
-                x = torch.from_numpy(np.ascontiguousarray(net_input, dtype=np.float32))
-                _check_input(x)
+                x = torch.from_numpy(check_network_input(net_input, self.capabilities.batch))
                 scores = self._run_shape(x.to(self.device)).cpu().numpy()
                 self._last_input = None  # that run waited for the stream: nothing reads it now
                 return scores
@@ -420,7 +419,8 @@ class TorchCudaRunner(RunnerBase):
                 self._order(producer, self._stream)  # the input is ready before we read it
             try:
                 x = torch.as_tensor(net_input, device=self.device)
-                _check_input(x)
+                check_network_shape(x.shape, str(x.dtype).removeprefix("torch."),
+                                    self.capabilities.batch, contiguous=x.is_contiguous())
                 return self._run_shape(x)
             finally:  # what was queued reads the input until its producer is told
                 if producer is not None:
@@ -723,15 +723,6 @@ def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {first_line(exc)}"
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return text if cause is None else f"{text}; after {type(cause).__name__}: {first_line(cause)}"
-
-
-def _check_input(x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an (N, 3, h, w) input, got shape {tuple(x.shape)}")
-    if x.dtype != torch.float32:
-        raise ValueError(f"expected a float32 input, got {x.dtype}")
-    if not x.is_contiguous():
-        raise ValueError("expected a C-contiguous input")
 
 
 __all__ = ["MAX_PREPARED_SHAPES", "MODES", "PREPARE_AFTER_RUNS", "ShapeRecord", "TorchCudaRunner",

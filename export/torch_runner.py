@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
 from tinyfaces_trt.export.torch_settings import ieee_fp32_convolutions
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -43,13 +43,15 @@ class TorchRunner(RunnerBase):
         self.model: nn.Module | None = model.eval()
 
     def run(self, net_input: np.ndarray) -> np.ndarray:
-        """(N, 3, h, w) float32 array -> (N, 125, h', w') float32 array (C-contiguous)."""
-        x = np.asarray(net_input)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an (N, 3, h, w) input, got shape {x.shape}")
+        """(N, 3, h, w) float32 array -> (N, 125, h', w') float32 array (C-contiguous).
+
+        Raises:
+            NetworkInputError: another input (``core.runner.check_network_input``).
+        """
+        x = check_network_input(net_input, batch=self.capabilities.batch)
         model = self._require_open(self.model)
         with torch.inference_mode(), ieee_fp32_convolutions(self.device, self.dtype):
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            t = torch.from_numpy(x)
             y = model(t.to(device=self.device, dtype=self.dtype))
             return np.ascontiguousarray(y.float().cpu().numpy())
 

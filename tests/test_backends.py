@@ -31,8 +31,8 @@ from tinyfaces_trt.runtime.backends.tensorrt_runner import (EngineSignature, Ten
                                                             TensorRTRunner, select_profile,
                                                             validate_engine)
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, ManifestError, TinyFacesError,
-                                          WeightsError)
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, ManifestError,
+                                       NetworkInputError, TinyFacesError, WeightsError)
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.profiles import Profile
@@ -168,7 +168,7 @@ def test_no_onnxruntime_run_outlives_an_interrupt_in_thread_start(tiny, monkeypa
 ])
 def test_ort_runner_validates_input(tiny, bad, message):
     runner = OnnxRuntimeRunner(tiny[0])
-    with pytest.raises(TinyFacesError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(NetworkInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         runner.run(bad)
 
 
@@ -219,6 +219,33 @@ def test_unknown_provider_name_is_an_error_not_a_silent_cpu_fallback(tiny):
         resolve_providers(["cdua"], [CPU], known)
     with pytest.raises(TinyFacesError, match="unknown ONNX Runtime provider"):
         OnnxRuntimeRunner(tiny[0], providers=["bogus"])
+
+
+def test_the_clis_and_the_runtime_say_the_same_of_unknown_providers(capsys):
+    """One check and one message (onnxruntime_runner) for resolve_providers and --providers,
+    which lists one alias per provider; aliases are checked without onnxruntime."""
+    import argparse
+
+    import onnxruntime
+
+    from tinyfaces_trt.detector_options import (add_detector_arguments,
+                                                check_detector_arguments, unknown_providers)
+
+    message = ("unknown ONNX Runtime provider(s) ['cdua']; use cpu, cuda, tensorrt, 'auto', or a "
+               "full provider name such as CUDAExecutionProvider")
+    with pytest.raises(TinyFacesError) as refused:
+        resolve_providers(["cpu", "cdua"], [CPU], onnxruntime.get_all_providers())
+    assert str(refused.value) == message
+    parser = argparse.ArgumentParser(prog="tf-x")
+    add_detector_arguments(parser)
+    with pytest.raises(SystemExit) as stop:
+        check_detector_arguments(parser, parser.parse_args(["--providers", "cpu, cdua"]))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(f"tf-x: error: --providers: {message}\n")
+    assert unknown_providers("TRT, CUDAExecutionProvider,cuda") == []
+    assert unknown_providers("cpu,,cuda") == [""]
+    assert unknown_providers("cdua,TensorrtExecutionProvider, MIGraphXExecutionProvider") == ["cdua"]
+    assert unknown_providers(" Auto ") == []
 
 
 def test_ort_runner_logs_actual_providers_and_fallback(tiny, caplog):

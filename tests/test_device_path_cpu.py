@@ -143,8 +143,11 @@ def test_the_runner_and_the_stream_an_input_names_wait_for_each_other(device, ex
 def test_bound_input_of_the_wrong_layout_is_refused(device, export_dir):
     runner = _runner(_onnx(export_dir), device)
     bad = np.zeros((1, 4, 16, 16), np.float32)
-    with pytest.raises(NetworkInputError, match=r"\(N, 3, h, w\) float32 array, got \(1, 4, 16, 16\)"):
+    with pytest.raises(NetworkInputError, match=r"^network input must be a \(N, 3, h, w\) "
+                                                r"float32 array, got \(1, 4, 16, 16\) float32$"):
         runner.run(_device_input(bad))
+    with pytest.raises(NetworkInputError, match=r"got \(1, 3, 0, 16\) float32$"):  # no rows
+        runner.run(ForeignArray(0x5000, (1, 3, 0, 16)))  # refused before it is read
 
 
 @pytest.mark.parametrize("fp16", [False, True])

@@ -327,14 +327,18 @@ def test_detector_warmup_prepares_every_level_before_the_first_image():
 
 def test_bad_inputs_and_closed_runner():
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
-    with pytest.raises(ValueError, match=r"\(N, 3, h, w\)"):
+    with pytest.raises(NetworkInputError, match=r"^network input must be a \(N, 3, h, w\) float32 "
+                                                r"array, got \(1, 4, 16, 16\) float32$"):
         runner.run(np.zeros((1, 4, 16, 16), np.float32))
+    with pytest.raises(NetworkInputError, match=r"got \(1, 3, 16, 16\) float64$"):  # not cast
+        runner.run(np.zeros((1, 3, 16, 16), np.float64))
 
     class DeviceArrayLike:  # refused before it is touched: a CPU runner takes numpy only
         __cuda_array_interface__ = {"shape": (1, 3, 8, 8), "typestr": "<f4", "data": (0, False),
                                     "version": 3}
 
-    with pytest.raises(ValueError, match="CPU runner"):
+    with pytest.raises(NetworkInputError, match="^a CUDA array was given to a CPU runner; give "
+                                                "a numpy array$"):
         runner.run(DeviceArrayLike())
     runner.close()
     runner.close()  # idempotent

@@ -95,27 +95,27 @@ def check_detector_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
     if args.providers is not None:
         unknown = unknown_providers(args.providers)
         if unknown:
-            parser.error(f"--providers: unknown ONNX Runtime provider(s) {unknown}; use cpu, "
-                         "cuda, tensorrt, 'auto', or a full provider name such as "
-                         "CUDAExecutionProvider")
+            from tinyfaces_trt.runtime.backends.onnxruntime_runner import unknown_providers_message
+
+            parser.error(f"--providers: {unknown_providers_message(unknown)}")
 
 
 def unknown_providers(text: str) -> list[str]:
     """Names in ``--providers`` that are neither an alias nor a provider of the installed
     onnxruntime (empty when onnxruntime is missing: its backend then says so)."""
-    from tinyfaces_trt.runtime.backends.onnxruntime_runner import PROVIDER_ALIASES
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import (PROVIDER_ALIASES,
+                                                                   unknown_providers as unknown_of)
 
     if text.strip().lower() == "auto":
         return []
     names = [n.strip() for n in text.split(",")]
     if any(not n for n in names):
-        return [n for n in names if not n] or [""]
-    full = [n for n in names if n.lower() not in PROVIDER_ALIASES]
+        return [n for n in names if not n]
+    full = unknown_of(names, PROVIDER_ALIASES.values())  # aliases need no onnxruntime
     if not full:
         return []
     try:
         import onnxruntime
     except ImportError:
         return []
-    known = set(onnxruntime.get_all_providers())
-    return [n for n in full if n not in known]
+    return unknown_of(full, onnxruntime.get_all_providers())

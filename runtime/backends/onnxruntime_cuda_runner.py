@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, NetworkInputError,
-                                       TinyFacesError, first_line)
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
+                                       first_line)
+from tinyfaces_trt.core.runner import check_network_shape
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (OnnxRuntimeRunner,
                                                                import_onnxruntime)
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings
@@ -180,10 +181,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             return scores
         session = self._require_open(self.session)
         x = self._cuda.as_device_array(net_input)
-        if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3 or \
-                (x.shape[0] != 1 and not self.capabilities.batch):
-            raise NetworkInputError(f"network input must be an (N, 3, h, w) float32 array, "
-                                    f"got {x.shape} {x.dtype}")
+        check_network_shape(x.shape, str(x.dtype), self.capabilities.batch)
         if self.tensorrt is not None:
             self.tensorrt.check([x.shape])
         self._after_producer.after(x)  # the stream its interface names, if any

@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
-from tinyfaces_trt.core.errors import ConfigError, ManifestError, NetworkInputError, TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, ManifestError, TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
-from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
 from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEpSettings,
                                                          open_with_engine_cache)
@@ -56,6 +56,27 @@ def import_onnxruntime() -> Any:
                            extra_hint="pip install 'tinyfaces-trt[onnxruntime]'")
 
 
+def provider_name(name: str) -> str:
+    """The full ONNX Runtime provider name of a name or alias (:data:`PROVIDER_ALIASES`)."""
+    return PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
+
+
+def unknown_providers(names: Sequence[str], known: Iterable[str]) -> list[str]:
+    """The ``names`` (as given) that are neither an alias nor one of ``known``
+    (``onnxruntime.get_all_providers()``): typos."""
+    have = set(known)
+    return [n for n in names if provider_name(n) not in have]
+
+
+def unknown_providers_message(unknown: Sequence[str]) -> str:
+    """What :func:`resolve_providers` and the CLIs' ``--providers`` say of unknown names."""
+    aliases: dict[str, str] = {}  # one alias per provider
+    for alias, full in PROVIDER_ALIASES.items():
+        aliases.setdefault(full, alias)
+    return (f"unknown ONNX Runtime provider(s) {list(unknown)}; use {', '.join(aliases.values())}, "
+            f"'auto', or a full provider name such as CUDAExecutionProvider")
+
+
 def resolve_providers(requested: str | Sequence[str] | None,
                       available: Sequence[str], known: Sequence[str] | None = None) -> list[str]:
     """The provider list to open a session with.
@@ -80,12 +101,10 @@ def resolve_providers(requested: str | Sequence[str] | None,
         names = [requested] if isinstance(requested, str) else list(requested)
         if not names:
             raise TinyFacesError("providers must not be empty (use None for CPU or 'auto')")
-        wanted = [PROVIDER_ALIASES.get(n.strip().lower(), n.strip()) for n in names]
-        unknown = [n for n, w in zip(names, wanted) if known is not None and w not in known]
+        wanted = [provider_name(n) for n in names]
+        unknown = unknown_providers(names, known) if known is not None else []
         if unknown:
-            raise TinyFacesError(
-                f"unknown ONNX Runtime provider(s) {unknown}; use {', '.join(PROVIDER_ALIASES)}, "
-                f"'auto', or a full provider name such as CUDAExecutionProvider")
+            raise TinyFacesError(unknown_providers_message(unknown))
     chosen = [p for p in dict.fromkeys(wanted) if p in available]
     missing = [p for p in dict.fromkeys(wanted) if p not in available]
     if CPU not in chosen:
@@ -142,7 +161,6 @@ class OnnxRuntimeRunner(RunnerBase):
             or a list of provider names / aliases in priority order.
         threads: intra-op thread count (``None``: ONNX Runtime's default, all cores).
         provider_options: options per provider name (e.g. the CUDA stream), for subclasses.
-        session_config: session configuration entries (``add_session_config_entry``).
         tensorrt: how the TensorRT provider, where it is among ``providers``, builds its
             engine (the export's profile, the engine cache: :mod:`.ort_tensorrt`);
             ``create_detector`` gives the export folder's. Without it that provider rebuilds
@@ -159,7 +177,6 @@ class OnnxRuntimeRunner(RunnerBase):
                  providers: str | Sequence[str] | None = None,
                  threads: int | None = None, *,
                  provider_options: dict[str, dict[str, str]] | None = None,
-                 session_config: dict[str, str] | None = None,
                  tensorrt: TensorrtEpSettings | None = None) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
@@ -172,8 +189,6 @@ class OnnxRuntimeRunner(RunnerBase):
         options.log_severity_level = 3  # ORT's own warnings go to stderr; ours go to logging
         if threads is not None:
             options.intra_op_num_threads = threads
-        for key, value in (session_config or {}).items():
-            options.add_session_config_entry(key, value)
         with_options = {p: dict((provider_options or {}).get(p, {})) for p in chosen}
 
         def make() -> Any:
@@ -250,7 +265,7 @@ class OnnxRuntimeRunner(RunnerBase):
             The (N, 125, h', w') float32 score map (``h' = ceil(h/8)`` for the pytorch
             variant; see ``TinyFacesNet.output_size`` for matconvnet).
         """
-        x = validate_network_input(net_input, batch=self.capabilities.batch)
+        x = check_network_input(net_input, batch=self.capabilities.batch)
         if self.tensorrt is not None:
             self.tensorrt.check([x.shape])
         session = self._require_open(self.session)
@@ -267,17 +282,3 @@ class OnnxRuntimeRunner(RunnerBase):
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeRunner({str(self.onnx_path)!r}, providers={self.providers})"
-
-
-def validate_network_input(net_input: Any, batch: bool = False) -> np.ndarray:
-    """Checks that the network input is an (N, 3, h, w) float32 array (N = 1 unless ``batch``);
-    returns it C-contiguous."""
-    if not isinstance(net_input, np.ndarray):
-        raise NetworkInputError(f"network input must be a numpy array, got {type(net_input).__name__}")
-    n = "N" if batch else "1"
-    if net_input.ndim != 4 or net_input.shape[1] != 3 or min(net_input.shape) < 1 or \
-            (not batch and net_input.shape[0] != 1):
-        raise NetworkInputError(f"network input must have shape ({n}, 3, h, w), got {net_input.shape}")
-    if net_input.dtype != np.float32:
-        raise NetworkInputError(f"network input must be float32, got {net_input.dtype}")
-    return np.ascontiguousarray(net_input)

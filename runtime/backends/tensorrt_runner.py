@@ -37,8 +37,8 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
 from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
-from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
-from tinyfaces_trt.runtime.backends.onnxruntime_runner import validate_network_input
+from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
+                                       check_network_shape)
 
 log = logging.getLogger(__name__)
 
@@ -292,17 +292,20 @@ class TensorRTRunner(RunnerBase):
             For a host input, the score map as a numpy array. For a device input, a
             :class:`~.cuda_device.DeviceArray` over the runner's output buffer, ordered on
             :attr:`stream`: valid until the next :meth:`run` (consume it on the same stream).
+
+        Raises:
+            NetworkInputError: another input, host or device (N > 1 only where the engine's
+                profiles take batches: ``capabilities.batch``).
+            ManifestError: a shape outside every profile of the engine.
         """
         on_device = not isinstance(net_input, np.ndarray) and \
             hasattr(net_input, "__cuda_array_interface__")
         if not on_device:
-            scores = self._execute(validate_network_input(net_input, batch=True))
+            scores = self._execute(check_network_input(net_input, self.capabilities.batch))
             self._last_input = None  # the stream is synchronised: nothing reads it any more
             return scores
         x = self._cuda.as_device_array(net_input)
-        if x.dtype != np.float32 or len(x.shape) != 4 or x.shape[1] != 3:
-            raise TinyFacesError(f"network input must be an (N, 3, h, w) float32 array, got "
-                                 f"{x.shape} {x.dtype}")
+        check_network_shape(x.shape, str(x.dtype), self.capabilities.batch)
         self._after_producer.after(x)  # the stream its interface names, if any
         try:
             return self._execute(x)
