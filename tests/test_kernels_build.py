@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -54,6 +55,15 @@ def built_and_said(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 @pytest.fixture(scope="session")
 def built(built_and_said: tuple[Path, str]) -> Path:
     return built_and_said[0]
+
+
+def test_build_names_the_architectures_it_builds_for(built_and_said) -> None:
+    """The Makefile default too: before the build and on the "done" line (it said neither, so
+    an ``--arch native`` build that fell back to nvcc's sm_75 went unnoticed)."""
+    said = built_and_said[1]
+    assert f"tf-build-kernels: building sm_80, sm_90 SASS + compute_90 PTX into {built_and_said[0]} " in said
+    assert re.search(r"^tf-build-kernels: done in \d+ s: .*libtinyfaces_kernels\.so "
+                     r"\(built for sm_80, sm_90 SASS \+ compute_90 PTX\)$", said, flags=re.M), said
 
 
 def test_gpu_checks_register_table_names_every_kernel_of_this_build(built_and_said):
@@ -510,6 +520,11 @@ def test_build_cli_help_is_plain_text_with_examples_and_defaults(
     assert "tf-build-kernels --arch 86 --out ./build" in text
     assert f"(default: {binding.cache_dir()})" in " ".join(text.split())
     assert "default: sm_80 + sm_90 SASS and compute_90 PTX" in " ".join(text.split())
+    # the search order, not "the default output folder is where the binding looks"
+    assert ("load_library() looks for the library in this order: $TINYFACES_KERNELS_LIB, "
+            "kernels/build/ next to the package (make -C kernels), then the default output "
+            "folder.") in " ".join(text.split())
+    assert "is where the Python binding looks" not in " ".join(text.split())
 
 
 def test_find_nvcc_reports_missing_toolkit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -520,16 +535,211 @@ def test_find_nvcc_reports_missing_toolkit(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(build, "DEFAULT_CUDA_HOMES", (str(tmp_path / "cuda"),))
     with pytest.raises(TinyFacesError, match="nvcc .* was not found .* Install the CUDA toolkit"):
         build.find_nvcc()
+    # a $NVCC that is set but unusable is named (it was skipped silently)
+    monkeypatch.setenv("NVCC", str(tmp_path / "missing-nvcc"))
+    with pytest.raises(TinyFacesError) as info:
+        build.find_nvcc()
+    assert str(info.value).startswith(f"$NVCC is set to {tmp_path / 'missing-nvcc'}, which is not "
+                                      "an executable file; nvcc (the CUDA compiler) was not found")
 
 
-def test_arch_option() -> None:
+def _script(path: Path, body: str) -> Path:
+    """An executable shell script."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _fake_nvidia_smi(monkeypatch: pytest.MonkeyPatch, folder: Path, body: str, keep_path: bool = True) -> None:
+    """An ``nvidia-smi`` running ``body``, first on the PATH (alone on it: ``keep_path=False``)."""
+    _script(folder / "nvidia-smi", body)
+    monkeypatch.setenv("PATH", str(folder) + (os.pathsep + os.environ["PATH"] if keep_path else ""))
+
+
+def test_arch_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert build.gencode_for(None) is None
-    assert build.gencode_for("native") == "-arch=native"
     assert build.gencode_for("80,86") == ("-gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,"
                                           "code=sm_86 -gencode arch=compute_86,code=compute_86")
+    assert build.gencode_for("80,86,") == build.gencode_for("80,86")  # PTX of 86, not of ""
     for bad in ("sm_80", "0", "80,7"):
         with pytest.raises(TinyFacesError, match="compute capabilities"):
             build.gencode_for(bad)
+    # native: each distinct GPU's compute capability, as explicit archs (was "-arch=native",
+    # which nvcc turns into its default sm_75 where it sees no GPU)
+    _fake_nvidia_smi(monkeypatch, tmp_path, 'echo "$@" > ' + str(tmp_path / "args") +
+                     '\nprintf "9.0\\n8.6\\n9.0\\n"\n', keep_path=False)
+    assert build.native_archs() == ["86", "90"]
+    assert build.gencode_for("native") == build.gencode_for("86,90")
+    assert (tmp_path / "args").read_text() == "--query-gpu=compute_cap --format=csv,noheader\n"
+
+
+def test_arch_summary() -> None:
+    assert build.arch_summary(build.default_gencode()) == "sm_80, sm_90 SASS + compute_90 PTX"
+    assert build.arch_summary(build.gencode_for("75,120")) == "sm_75, sm_120 SASS + compute_120 PTX"
+    assert build.arch_summary("-gencode arch=compute_86,code=[sm_86,compute_86]") == \
+        "sm_86 SASS + compute_86 PTX"
+    assert build.arch_summary("-arch=sm_86") == "GENCODE '-arch=sm_86'"
+
+
+HINT = ("pass the target GPUs' compute capabilities instead, e.g. --arch 90 (H100/H200), "
+        "--arch 80 (A100), --arch 86 (A10, RTX 30xx), --arch 89 (L4, RTX 40xx)")
+
+
+@pytest.mark.parametrize("smi, reason", [
+    (None, "nvidia-smi not found"),
+    ('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver." >&2\n'
+     "exit 9\n",
+     "nvidia-smi: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
+    ('echo "No devices were found"\nexit 6\n', "nvidia-smi: No devices were found"),
+    ("exit 0\n", "nvidia-smi: exit 0"),
+], ids=["no-nvidia-smi", "no-driver", "no-device", "empty"])
+def test_arch_native_without_a_gpu_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        smi: str | None, reason: str) -> None:
+    """No GPU visible: exit 1 before anything is created (it built nvcc's default sm_75 and
+    said "done")."""
+    if smi is None:
+        monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    else:
+        _fake_nvidia_smi(monkeypatch, tmp_path / "bin", smi, keep_path=False)
+    out = tmp_path / "out"
+    assert build.main(["--arch", "native", "--out", str(out), "--nvcc", str(tmp_path / "nvcc")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"tf-build-kernels: error: --arch native: no GPU is visible ({reason}); {HINT}\n"
+    assert not out.exists()
+
+
+def test_arch_native_unreadable_compute_capability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_nvidia_smi(monkeypatch, tmp_path, 'echo "[N/A]"\n', keep_path=False)
+    with pytest.raises(TinyFacesError) as info:
+        build.gencode_for("native")
+    assert str(info.value) == ("--arch native: cannot read a compute capability from nvidia-smi's "
+                               f"'[N/A]'; {HINT}")
+
+
+def _stand_in_nvcc(path: Path, write: str = "elf") -> Path:
+    """An nvcc that compiles nothing: records its arguments in ``calls`` beside it and writes
+    the ``-o`` file as ``write`` says: "elf" (an ELF shared-object header), "text", or nothing
+    ("none", as ``--nvcc /usr/bin/true``)."""
+    content = {"elf": r"\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\3\0", "text": "not a library"}.get(write)
+    out = f'printf \'{content}\' > "$2"' if content else ":"
+    return _script(path, f'echo "$@" >> {path.parent / "calls"}\n'
+                         f'while [ $# -gt 1 ]; do [ "$1" = -o ] && {out}; shift; done\n')
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_arch_native_builds_for_the_gpus_and_records_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The build record (.lib-config) names the resolved architectures, so a later
+    ``--arch native`` on another GPU rebuilds (it held "-arch=native": "done in 0 s")."""
+    nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    _fake_nvidia_smi(monkeypatch, tmp_path / "bin", 'printf "9.0\\n"\n')
+    out = tmp_path / "out"
+    argv = ["--arch", "native", "--nvcc", str(nvcc), "--out", str(out), "--no-example"]
+    assert build.main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"tf-build-kernels: building sm_90 SASS + compute_90 PTX into {out} (a minute or two) ..." in said
+    assert f"{out / binding.LIBRARY_NAME} (built for sm_90 SASS + compute_90 PTX)\n" in said
+    gencode = "-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90"
+    stamp = (out / ".lib-config").read_text()
+    assert gencode in stamp and "-arch=native" not in stamp
+    (call,) = [c for c in (tmp_path / "tools" / "calls").read_text().splitlines() if "-o" in c.split()]
+    assert gencode in call and "-arch=native" not in call
+    _fake_nvidia_smi(monkeypatch, tmp_path / "bin", 'printf "8.0\\n"\n')  # another machine
+    assert build.main(argv) == 0
+    assert "arch=compute_80,code=sm_80" in (out / ".lib-config").read_text()
+    assert len((tmp_path / "tools" / "calls").read_text().splitlines()) == 4  # 2x --version, 2 builds
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_build_that_writes_no_library_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--nvcc /usr/bin/true`` exited 0 and said "done", leaving a dangling .so link."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(write: str) -> str:
+        nvcc = _stand_in_nvcc(tmp_path / write / "nvcc", write)
+        assert build.main(["--nvcc", str(nvcc), "--arch", "90", "--out", str(out), "-q"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        (line,) = captured.err.splitlines()
+        prefix = "tf-build-kernels: error: the build ended without error but produced no library: "
+        assert line.startswith(prefix) and line.endswith("; is --nvcc / $NVCC the CUDA toolkit's nvcc?")
+        return line[len(prefix):].split(";")[0]
+
+    versioned = out / f"{binding.LIBRARY_NAME}.{binding.ABI_VERSION}"
+    assert run("none") == f"{out / binding.LIBRARY_NAME} is a link to the missing {versioned}"
+    assert out.is_dir()  # it existed before: kept
+    assert run("text") == f"{versioned} is not an ELF shared library"
+    versioned.write_bytes(b"")
+    assert run("none") == f"{versioned} is empty"
+    good = _stand_in_nvcc(tmp_path / "good" / "nvcc")
+    assert build.main(["--nvcc", str(good), "--arch", "90", "--out", str(out), "-q"]) == 0
+    # another nvcc that writes nothing leaves the earlier library, older than the new record
+    assert run("none") == f"{versioned} was not rewritten (it is older than .lib-config)"
+
+
+def test_failed_build_removes_only_the_folders_it_created(tmp_path: Path) -> None:
+    """The output folder was created before nvcc was looked for and left behind empty."""
+    missing = str(tmp_path / "no-nvcc")
+    assert build.main(["--nvcc", missing, "--out", str(tmp_path / "a" / "b"), "-q"]) == 1
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    assert build.main(["--nvcc", missing, "--out", str(tmp_path / "kept" / "new"), "-q"]) == 1
+    assert build.main(["--nvcc", missing, "--out", str(tmp_path / "kept"), "-q"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_build_says_when_load_library_would_load_another_library(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A build into the default folder (the cache) is shadowed by ``kernels/build/`` next to the
+    package or by $TINYFACES_KERNELS_LIB: it said "done" and load_library() kept the other."""
+    nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    package = tmp_path / "package"
+    monkeypatch.setattr(binding, "package_dir", lambda: package)
+    monkeypatch.setenv(binding.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(binding.ENV_LIBRARY, raising=False)
+    new = tmp_path / "cache" / "kernels" / binding.LIBRARY_NAME
+    old = package / "build" / binding.LIBRARY_NAME
+    old.parent.mkdir(parents=True)
+    old.write_text("the make -C kernels build")
+    argv = ["--nvcc", str(nvcc), "--arch", "90", "--no-example", "-q"]
+
+    def warning(*extra: str) -> str:
+        assert build.main(argv + list(extra)) == 0
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        return captured.err
+
+    assert warning() == (f"tf-build-kernels: warning: load_library() will load {old}, not this build "
+                         f"(it comes first in its search order); set TINYFACES_KERNELS_LIB={new} or "
+                         f"remove {old} to use this build\n")
+    assert [p for p in binding.library_candidates() if p.is_file()][0] == old  # what load_library takes
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(new))
+    assert warning() == ""
+    other = tmp_path / "other.so"
+    other.write_text("x")
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(other))
+    assert warning() == (f"tf-build-kernels: warning: load_library() will load {other}, which "
+                         f"$TINYFACES_KERNELS_LIB names; set TINYFACES_KERNELS_LIB={new} to use this build\n")
+    monkeypatch.setenv(binding.ENV_LIBRARY, str(tmp_path / "gone.so"))
+    assert warning() == (f"tf-build-kernels: warning: $TINYFACES_KERNELS_LIB is set to {tmp_path / 'gone.so'}, "
+                         "which does not exist, so load_library() fails; set "
+                         f"TINYFACES_KERNELS_LIB={new} or unset it\n")
+    monkeypatch.delenv(binding.ENV_LIBRARY)
+    assert warning("--out", str(old.parent)) == ""  # into kernels/build/: it is the one loaded
+    old.unlink()
+    old.parent.joinpath(f"{binding.LIBRARY_NAME}.{binding.ABI_VERSION}").unlink()
+    assert warning() == ""
+    # verbose, and a folder the binding does not search: how to load it
+    assert build.main(argv[:-1] + ["--out", str(tmp_path / "elsewhere")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.endswith(f"tf-build-kernels: load it with TINYFACES_KERNELS_LIB="
+                                 f"{tmp_path / 'elsewhere' / binding.LIBRARY_NAME} (or load_library(path))\n")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
