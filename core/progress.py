@@ -27,11 +27,7 @@ def on_terminal() -> bool:
 def _runs_on_the_cpu(detector: Any) -> bool:
     from tinyfaces_trt.core.runner import capabilities_of
 
-    runner = getattr(detector, "runner", None)
-    if runner is None or capabilities_of(runner).device_io:
-        return False
-    providers = getattr(runner, "providers", None) or ["CPUExecutionProvider"]
-    return list(providers) == ["CPUExecutionProvider"]
+    return not capabilities_of(detector.runner).on_gpu
 
 
 def detect_with_progress(detector: Any, image: np.ndarray, label: str,

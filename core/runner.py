@@ -22,6 +22,9 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   larger batch into runs of that many.
 - ``device``: the CUDA device a device-I/O runner works on; None for the current one. The
   detector makes its CUDA stages on the current device and refuses a runner on another.
+- ``gpu``: a host runner whose network runs on a GPU all the same (ONNX Runtime's CUDA
+  provider fed host arrays, torch on ``cuda``); :attr:`RunnerCapabilities.on_gpu` is that or
+  device I/O. The command lines show a bar of an image's pyramid levels only off the GPU.
 
 Every runner refuses another input with the same :class:`NetworkInputError`: a host array
 through :func:`check_network_input`, a device array or tensor through
@@ -60,6 +63,12 @@ class RunnerCapabilities:
     batch: bool = False
     max_batch: int | None = None
     device: int | None = None
+    gpu: bool = False
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the network runs on a GPU (device I/O, or ``gpu``)."""
+        return self.device_io or self.gpu
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and (isinstance(self.max_batch, bool)

@@ -27,11 +27,10 @@ class TorchRunner(RunnerBase):
             (CUDA only). Inputs are cast to it; outputs are always returned as float32.
     """
 
-    capabilities = RunnerCapabilities(batch=True)
-
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)
+        self.capabilities = RunnerCapabilities(batch=True, gpu=self.device.type == "cuda")
         if dtype not in (torch.float32,) + _HALF_TYPES:
             raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
         if dtype in _HALF_TYPES and self.device.type != "cuda":

@@ -74,15 +74,28 @@ def test_a_bar_in_pyramid_pixels_on_a_terminal(terminal, capsys):
 def test_no_bar_off_a_terminal_when_disabled_or_on_a_gpu(terminal, capsys, monkeypatch):
     progress.detect_with_progress(_detector(), IMAGE, "photo.jpg", enabled=False)
     assert capsys.readouterr().err == ""
-    on_gpu = [RunnerCapabilities(device_io=True), RunnerCapabilities()]
-    for caps, providers in zip(on_gpu, (None, ["CUDAExecutionProvider", "CPUExecutionProvider"])):
-        runner = SimpleNamespace(capabilities=caps, providers=providers)
-        detector = SimpleNamespace(runner=runner, detect=lambda image: "boxes")  # no on_level
+    for caps in (RunnerCapabilities(device_io=True), RunnerCapabilities(gpu=True)):
+        detector = SimpleNamespace(runner=SimpleNamespace(capabilities=caps),
+                                   detect=lambda image: "boxes")  # no on_level
         assert progress.detect_with_progress(detector, IMAGE, "photo.jpg") == "boxes"
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     progress.detect_with_progress(_detector(), IMAGE, "photo.jpg")
     assert capsys.readouterr().err == ""
+
+
+def test_runners_say_whether_they_run_on_a_gpu(export_dir):
+    """What decides the bar: ONNX Runtime from its providers, torch from its device (torch on
+    cuda fed host arrays had no ``providers`` and was taken for ONNX Runtime on the CPU)."""
+    import torch
+
+    from tinyfaces_trt.export.torch_runner import TorchRunner
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
+
+    assert not TorchRunner(torch.nn.Conv2d(3, 125, 1)).capabilities.on_gpu
+    assert RunnerCapabilities(gpu=True).on_gpu and RunnerCapabilities(device_io=True).on_gpu
+    assert not RunnerCapabilities().on_gpu
+    assert not OnnxRuntimeRunner(export_dir / "model.onnx", threads=1).capabilities.on_gpu
 
 
 def test_tf_anonymize_shows_the_bar_for_an_image_unless_quiet(terminal, capsys, tmp_path):

@@ -204,7 +204,8 @@ def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True"}
     assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream}
-    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1)
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1,
+                                                   gpu=True)
     runner.check_levels([(1, 3, 3840, 3840), SimpleNamespace(height=1, width=3840)])
     with pytest.raises(ManifestError, match=r"^input shape 1x3x3841x8 is outside the input-shape "
                                             r"profile of ONNX Runtime's TensorRT engine \(min "
@@ -221,7 +222,7 @@ def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
     runner = _runner(monkeypatch, GpuListingOrt(started=(CUDA_EP,)), export_dir)
     assert runner.providers == [CUDA_EP, CPU_EP] and runner.tensorrt is None
     runner.check_levels([SimpleNamespace(height=3841, width=8)])
-    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True)
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, gpu=True)
 
 
 def test_without_a_profile_the_tensorrt_provider_is_left_out(host, monkeypatch, export_dir,
@@ -334,7 +335,8 @@ def test_a_batch_profile_splits_a_batch_at_its_size(host, monkeypatch, export_di
     settings = TensorrtEpSettings(Profile((1, 3, 1, 1), (4, 3, 64, 64), (4, 3, 3840, 3840)))
     runner = _runner(monkeypatch, GpuListingOrt(started=(TENSORRT_EP, CUDA_EP)), export_dir,
                      tensorrt=settings)
-    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=4)
+    assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=4,
+                                                   gpu=True)
     config = folder.config.with_(prob_thresh=0.05)
     detector = Detector(runner, config)  # host stages: this checks the split, not the stages
     batches: list[int] = []

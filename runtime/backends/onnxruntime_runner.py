@@ -226,7 +226,8 @@ class OnnxRuntimeRunner(RunnerBase):
         # an export with a dynamic batch axis runs a pyramid level for several images at once
         batch = not isinstance(batch_dim, int)
         self.capabilities = RunnerCapabilities(
-            batch=batch, max_batch=self._max_batch() if batch else None)
+            batch=batch, max_batch=self._max_batch() if batch else None,
+            gpu=self.providers != [CPU])
 
     def _max_batch(self) -> int | None:
         """The most images one run takes: a TensorRT engine's profile; on the CPU alone
