@@ -483,8 +483,9 @@ class TorchCudaRunner(RunnerBase):
             self._stream.synchronize()
 
     def close(self) -> None:
-        """Releases the CUDA graphs, static buffers, compiled callables and the model copy;
-        idempotent. A closed runner may not run again."""
+        """Releases the CUDA graphs, static buffers, compiled callables and the model copy,
+        and hands torch's cached blocks back to the driver (ONNX Runtime, TensorRT or another
+        process can then use the memory); idempotent. A closed runner may not run again."""
         if self._closed:
             return
         if self._stream is not None:
@@ -504,6 +505,8 @@ class TorchCudaRunner(RunnerBase):
         self._packages = None
         self._model = None
         self._give_back()  # the streams, their graphs gone, are lent to the next runner
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- preparing shapes --------------------------------------------------------------------
 
