@@ -20,6 +20,7 @@ import pytest
 import host_cudart
 from helpers_cai import ForeignArray
 from helpers_runners import PooledRunner
+from helpers_tensorrt import FakeContext, FakeEngine
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, ManifestError,
                                        NetworkInputError, NonFiniteScoresError, StageOrderError,
@@ -730,63 +731,6 @@ def test_auto_takes_the_fastest_backend_present_and_says_so(export_dir, caplog):
 # ---------------------------------------------------------------------------------------------
 # The TensorRT runner's logic over an injected engine (TensorRT itself stays unverified here)
 # ---------------------------------------------------------------------------------------------
-
-class FakeEngine:
-    """The TensorRT 10 engine surface the runner uses: one dynamic input, one output."""
-
-    def __init__(self, lo: tuple, opt: tuple, hi: tuple) -> None:
-        self.profile = (lo, opt, hi)
-        self.num_io_tensors = 2
-        self.num_optimization_profiles = 1
-
-    def get_tensor_name(self, i: int) -> str:
-        return ("image", "scores")[i]
-
-    def get_tensor_mode(self, name: str) -> str:
-        return "in" if name == "image" else "out"
-
-    def get_tensor_dtype(self, name: str) -> Any:
-        return SimpleNamespace(name="FLOAT")
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        return (1, 3, -1, -1) if name == "image" else (1, 125, -1, -1)
-
-    def get_tensor_profile_shape(self, name: str, index: int) -> tuple:
-        return self.profile
-
-    def create_execution_context(self) -> "FakeContext":
-        return FakeContext()
-
-
-class FakeContext:
-    """Returns what TensorRT 10/11 return: True on success, False when a shape or address is
-    refused (here: ``refuse`` names what to refuse)."""
-
-    def __init__(self, refuse: tuple = ()) -> None:
-        self.calls: list[tuple] = []
-        self.shape = (1, 3, 1, 1)
-        self.refuse = refuse
-
-    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
-        self.calls.append(("profile", index, stream))
-        return True
-
-    def set_input_shape(self, name: str, shape: tuple) -> bool:
-        self.shape = tuple(shape)
-        return "shape" not in self.refuse
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        n, _, h, w = self.shape
-        return (n, 125, -(-h // 8), -(-w // 8))
-
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        self.calls.append(("address", name, ptr))
-        return ("address", name) not in self.refuse
-
-    def execute_async_v3(self, stream: int) -> bool:
-        self.calls.append(("execute", stream))
-        return True
-
 
 def runner_cuda() -> SimpleNamespace:
     """The CUDA layer as the runner sees it, over whatever fake_cuda installed."""

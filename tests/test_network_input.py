@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import host_cudart
+from helpers_tensorrt import FakeEngine
 from helpers_torch_cuda import stand_in
 from tinyfaces_trt.core.errors import NetworkInputError
 from tinyfaces_trt.core.runner import check_network_input, check_network_shape
@@ -92,42 +93,6 @@ def models(tmp_path_factory) -> dict[bool, Any]:
     return paths
 
 
-class FakeEngine:
-    """The TensorRT 10 engine surface the runner uses (tests/test_gpu_path.py's), one profile
-    of up to ``max_batch`` images of 8..128 px."""
-
-    num_io_tensors = 2
-    num_optimization_profiles = 1
-
-    def __init__(self, max_batch: int) -> None:
-        self.profile = ((1, 3, 8, 8), (1, 3, 64, 64), (max_batch, 3, 128, 128))
-
-    def get_tensor_name(self, i: int) -> str:
-        return ("image", "scores")[i]
-
-    def get_tensor_mode(self, name: str) -> str:
-        return "in" if name == "image" else "out"
-
-    def get_tensor_dtype(self, name: str) -> Any:
-        return SimpleNamespace(name="FLOAT")
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        return (-1, 3, -1, -1) if name == "image" else (-1, 125, -1, -1)
-
-    def get_tensor_profile_shape(self, name: str, index: int) -> tuple:
-        return self.profile
-
-    def create_execution_context(self) -> Any:
-        context = SimpleNamespace(shape=(1, 3, 8, 8))
-        context.set_optimization_profile_async = lambda index, stream: True
-        context.set_input_shape = lambda name, shape: setattr(context, "shape", shape) or True
-        context.get_tensor_shape = lambda name: (context.shape[0], 125, -(-context.shape[2] // 8),
-                                                 -(-context.shape[3] // 8))
-        context.set_tensor_address = lambda name, ptr: True
-        context.execute_async_v3 = lambda stream: True
-        return context
-
-
 def _host_cuda(monkeypatch) -> None:
     if host_cudart.missing():
         pytest.skip(host_cudart.missing())
@@ -151,7 +116,8 @@ def _onnxruntime_cuda_host(monkeypatch, models, batch):
 def _tensorrt(monkeypatch, batch: bool) -> TensorRTRunner:
     _host_cuda(monkeypatch)
     trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), __version__="10.9.0")
-    return TensorRTRunner(engine=FakeEngine(4 if batch else 1), trt=trt)
+    return TensorRTRunner(engine=FakeEngine((1, 3, 8, 8), (1, 3, 64, 64),
+                                         (4 if batch else 1, 3, 128, 128)), trt=trt)
 
 
 def _tensorrt_device(monkeypatch, models, batch):
