@@ -234,7 +234,7 @@ def _backend_note(b: dict[str, Any]) -> str:
     if b.get("copies_note"):
         note += f"; {b['copies_note']}"
     if b.get("build_s") is not None:
-        note += f"; built in {b['build_s']:.1f} s"
+        note += f"; built in {format_duration(b['build_s'] * 1e3)}"
     if b.get("rounds_note"):
         note += f"; {b['rounds_note']}"
     if b.get("end_to_end_note"):
@@ -265,8 +265,11 @@ def _size_lines(size: dict[str, Any]) -> list[str]:
               "reference` = reference total median / backend total median, both from this "
               "run.", ""]
     backends = size["backends"]
-    lines += _backend_table(backends)
-    lines += [""] + [_backend_note(b) for b in backends if b["status"] == "ok"] + [""]
+    if any(b["status"] == "ok" for b in backends):
+        lines += _backend_table(backends)
+        lines += [""] + [_backend_note(b) for b in backends if b["status"] == "ok"] + [""]
+    else:
+        lines += ["No backend ran at this size.", ""]
     absent = [b for b in backends if b["status"] != "ok"]
     if absent:
         lines += ["Not measured:", ""]
@@ -331,7 +334,8 @@ def write_plot(result: dict[str, Any], path: Path) -> str | None:
         return "matplotlib is not installed (pip install 'tinyfaces-trt[plot]')"
     from tinyfaces_trt.core.files import atomic_output
 
-    sizes = [s for s in result["sizes"] if s.get("status", "ok") == "ok"]
+    sizes = [s for s in result["sizes"] if s.get("status", "ok") == "ok"
+             and any(b["status"] == "ok" for b in s["backends"])]  # no empty panel
     dn = result.get("decode_nms")
     batch = next((s["batch"] for s in sizes if s.get("batch", {}).get("rows")), None)
     panels = [("size", s) for s in sizes] + ([("dn", dn)] if dn else []) + \

@@ -16,7 +16,9 @@ key                     what                                                   t
 They are evaluated for one backend (the first of :data:`PRIMARY` that ran, else the
 fastest GPU backend) at 1920x1080 when the run has it (else its first image size, said in
 the table). End-to-end times are those measured without per-stage synchronisation where
-the backend has them (GPU backends), else the per-stage-timed totals. A missed target says
+the backend has them (GPU backends), else the per-stage-timed totals; the speed-up only
+counts where the reference ran on the GPU too. The batch target is read where the batch ran
+(``--batch`` measures the first image size), said in the table. A missed target says
 by how much, and why as far as the run's own numbers tell (the stage, level or kernel
 that takes the time); a profile (``--profile``) adds the top GPU kernels.
 """
@@ -129,6 +131,8 @@ def _stage_list(backend: dict[str, Any], skip: tuple[str, ...] = ("network",)) -
 def _speedup(size, backend, ref) -> tuple[float | None, str, str]:
     if ref is None:
         return None, "the reference did not run at this size", ""
+    if not ref.get("uses_gpu"):
+        return None, "the reference ran on the CPU here, not on the GPU (same GPU, same run)", ""
     # A GPU backend's per-stage total includes a sync per stage; its latency is the no-sync
     # pass, which a run out of time may lack: then both per-stage totals, like with like.
     if all(b.get("end_to_end") or not b.get("uses_gpu") for b in (backend, ref)):
@@ -198,11 +202,23 @@ def _decode_nms(count: int):
     return measure
 
 
+def batch_size_entry(result: dict[str, Any], size: dict[str, Any]) -> dict[str, Any] | None:
+    """The image size the batch target is read at: ``size`` when its batch was measured,
+    else the one that was (``--batch`` measures the first image size only); None: no batch."""
+    if size.get("batch"):
+        return size
+    return next((s for s in result.get("sizes", [])
+                 if s.get("status", "ok") == "ok" and s.get("batch")), None)
+
+
 def _batch_gain(size, backend, ref) -> tuple[float | None, str, str]:
-    rows = [r for s in [size] for r in (s.get("batch") or {}).get("rows", [])]
-    row = next((r for r in rows if r["backend"] == backend["name"]), None)
+    if not size.get("batch"):
+        return None, "no batch rows in this run (--batch N)", ""
+    row = next((r for r in size["batch"].get("rows", []) if r["backend"] == backend["name"]),
+               None)
     if row is None:
-        return None, "no batch row for this backend at this size (--batch)", ""
+        return None, (f"the batch rows at {size['image_size'][0]}x{size['image_size'][1]} have "
+                      f"none of `{backend['name']}` (it takes no batches there)"), ""
     if row.get("status") != "ok":
         return None, f"batch {row.get('status')}: {row.get('reason')}", ""
     detail = (f"{row['batched_images_per_s']:.1f} vs {row['single_images_per_s']:.1f} images/s "
@@ -239,9 +255,16 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             row["where"] = "synthetic clustered score map (decode/NMS table)"
         elif backend is None:
             value, detail, why = None, ("no GPU backend ran" if size else "no image size ran"), ""
+        elif t.key == "batch_gain":
+            batched = batch_size_entry(result, size) or size
+            value, detail, why = _batch_gain(batched, backend, None)
+            if batched is not size:
+                w, h = batched["image_size"]
+                row["where"] = (f"`{backend['name']}` at {w}x{h} (where the batch ran: "
+                                "--batch measures the first image size)")
         else:
-            measure = {"speedup": _speedup, "overhead": _overhead, "network_tflops": _tflops,
-                       "batch_gain": _batch_gain}[t.key]
+            measure = {"speedup": _speedup, "overhead": _overhead,
+                       "network_tflops": _tflops}[t.key]
             value, detail, why = measure(size, backend, ref)
         if value is None:
             row["verdict"] = f"not measured: {detail}"

@@ -46,10 +46,14 @@ import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
                           now_iso, one_line, summarize, today, wait_until_quiet)
-from tinyfaces_trt.core.cli import ImageSize, parse_image_sizes  # noqa: E402
+from tinyfaces_trt.core.cli import (EXIT_ERROR, ImageSize, fraction, parse_image_sizes,  # noqa: E402
+                                    positive_float, positive_int, seed_argument)
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 
 SCHEMA = "tinyfaces-trt-latency/2"
+PROG = "latency.py"
+#: The files of one result, ``<name><suffix>``: written, and replaced, together.
+RESULT_SUFFIXES = (".json", ".md", ".png")
 DEFAULT_OUT = HERE / "results"
 DEFAULT_CANDIDATES = "1000,10000,50000"
 DEFAULT_DEPTH = 101
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench_backends import BACKENDS
 
     names = [b.name for b in BACKENDS]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="all",
                    help=f"comma-separated backends, or 'all' (default). Known: {', '.join(names)}")
@@ -112,26 +116,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="profile one detect of the main GPU backend at the first size with "
                         "the torch profiler (top GPU kernels in the report)")
-    p.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
                    help="time budget of the whole run: work that would start after it is "
                         "spent (or is estimated not to fit) is listed as skipped with the "
                         "reason (default: no limit)")
-    p.add_argument("--max-contention", type=float, default=None, metavar="SHARE",
+    p.add_argument("--max-contention", type=fraction, default=None, metavar="SHARE",
                    help="shared machines: before each timed run wait until other processes use "
                         "at most SHARE (0..1) of the CPUs, and redo a run during which they used "
                         "more (default: off)")
-    p.add_argument("--retries", type=int, default=3,
+    p.add_argument("--retries", type=seed_argument, default=3,
                    help="with --max-contention: redos per run at most (default 3)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: all usable cores)")
     p.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                    help="decode/NMS micro-benchmark candidate counts, comma-separated "
                         f"(default {DEFAULT_CANDIDATES}; 'none' to skip it)")
-    p.add_argument("--candidates-repeat", type=int, default=None,
+    p.add_argument("--candidates-repeat", type=positive_int, default=None,
                    help="timed runs of the decode/NMS micro-benchmark (default: --repeat)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
                    help="results folder (default benchmarks/results)")
-    p.add_argument("--name", default=None, help="file name stem (default cpu-<date> / gpu-<date>)")
+    p.add_argument("--name", default=None,
+                   help="file name stem: its .json, .md and .png are replaced together (default "
+                        "cpu-<date> / gpu-<date>, or the first of <that>-2, -3, ... whose files "
+                        "do not exist yet)")
     p.add_argument("--export-dir", default=None,
                    help="where ONNX/TensorRT exports of the model are cached (default: "
                         "<tinyfaces cache>/bench/<model digest>)")
@@ -157,7 +164,87 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  [int(v) for v in args.candidates.split(",")])
     except ValueError:
         p.error(f"--candidates must be comma-separated integers, got {args.candidates!r}")
+    if any(n < 1 for n in args.candidate_counts):
+        p.error(f"--candidates must be positive integers (or 'none'), got {args.candidates!r}")
+    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
+                                  or args.name in (".", "..")):
+        p.error(f"--name is a file name stem without a folder, got {args.name!r}")
     return args
+
+
+def check_files(args: argparse.Namespace) -> str | None:
+    """The problem with the files the arguments name (``--report-only``, ``--image``,
+    ``--weights``), in one line, or None: checked before any work."""
+    if args.report_only:
+        import json
+
+        try:
+            result = json.loads(Path(args.report_only).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"--report-only {args.report_only}: {_reason(exc)}"
+        if not (isinstance(result, dict)
+                and str(result.get("schema", "")).startswith("tinyfaces-trt-latency/")):
+            return f"--report-only {args.report_only}: not a latency.py result (no schema " \
+                   f"tinyfaces-trt-latency/N)"
+        return None
+    if args.image is not None:
+        try:
+            from PIL import Image
+
+            with Image.open(args.image) as im:
+                im.convert("RGB")
+        except Exception as exc:  # missing, unreadable or no image: say which
+            return f"--image {args.image}: {_reason(exc)}"
+    if args.weights is not None and not Path(args.weights).is_file():
+        return f"--weights {args.weights}: no such file"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short reason (an OSError's strerror, else its first line)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return one_line(exc, with_type=True)
+
+
+def unavailable(backends: list[str]) -> str | None:
+    """None when at least one of ``backends`` may run here, else why each cannot (its
+    probe: a missing dependency, no GPU)."""
+    from bench_backends import BACKENDS
+
+    specs = {b.name: b for b in BACKENDS}
+    reasons = []
+    for name in backends:
+        reason = specs[name].probe()
+        if not reason:
+            return None
+        reasons.append(f"{name}: {reason}")
+    return "; ".join(reasons)
+
+
+def free_name(out: Path, stem: str) -> str:
+    """``stem``, or the first of ``stem-2``, ``stem-3``, ... none of whose result files
+    (:data:`RESULT_SUFFIXES`) exist in ``out``: a default name never replaces another run."""
+    name, k = stem, 1
+    while any((out / f"{name}{suffix}").exists() for suffix in RESULT_SUFFIXES):
+        k += 1
+        name = f"{stem}-{k}"
+    return name
+
+
+def not_run(sizes: list[dict[str, Any]]) -> str | None:
+    """None when some backend ran at some size, else why none did: per backend its first
+    reason (per size when the size itself was skipped)."""
+    if any(b.get("status") == "ok" for s in sizes for b in s.get("backends", [])):
+        return None
+    reasons: dict[str, str] = {}
+    for s in sizes:
+        if s.get("status", "ok") != "ok":
+            reasons.setdefault(f"image size {s['image_size'][0]}x{s['image_size'][1]}",
+                               f"skipped: {s.get('reason')}")
+        for b in s.get("backends", []):
+            reasons.setdefault(b["name"], f"{b.get('status')}: {b.get('reason')}")
+    return "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no image size ran"
 
 
 def _load_image(args: argparse.Namespace, size: ImageSize, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -230,7 +317,7 @@ class _Bench:
             self.entry["uses_gpu"] = bool(self.pipe.uses_gpu)
             if self.pipe.prepare_seconds:  # compiling / capturing, inside build_s
                 self.entry["prepare_s"] = round(self.pipe.prepare_seconds, 3)
-            log(f"[{self.spec.name}] ready in {self.entry['build_s']:.1f} s")
+            log(f"[{self.spec.name}] ready in {format_duration(self.entry['build_s'] * 1e3)}")
 
     def timed_run(self, image: np.ndarray, label: str,
                   log) -> tuple[dict[str, float] | None, float | None]:
@@ -687,27 +774,61 @@ def upgrade(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark: 0 when done, 1 (one line on stderr, nothing written) when a file
+    the arguments name is unusable or no requested backend can run, 2 on bad arguments."""
     args = parse_args(argv)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    def error(msg: str) -> int:
+        log(f"{PROG}: error: {msg}")
+        return EXIT_ERROR
+
+    problem = check_files(args)
+    if problem:
+        return error(problem)
     if args.report_only:
         import json
 
         path = Path(args.report_only)
-        write_reports(upgrade(json.loads(path.read_text())), path.parent, not args.no_plot, log)
+        try:
+            write_reports(upgrade(json.loads(path.read_text())), path.parent, not args.no_plot,
+                          log)
+        except OSError as exc:
+            return error(f"cannot rewrite the reports of {path}: {_reason(exc)}")
         return 0
+    reasons = unavailable(args.backends)
+    if reasons:
+        return error(f"no requested backend can run here: {reasons}")
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
+
+    with removed_if_left_empty(args.out):  # a run that writes nothing leaves no new folder
+        try:
+            out = prepare_output_dir(args.out, f"--out {args.out}")
+        except TinyFacesError as exc:
+            return error(str(exc))
+        return _run(args, argv, out, log, error)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
+         error: Callable[[str], int]) -> int:
+    """:func:`main` once the arguments, files and ``out`` folder are checked."""
     deadline = Deadline(args.budget_s)
     import torch
 
     from bench_backends import model_digest
     from bench_scores import run_decode_nms
     from bench_targets import evaluate_targets
+    from tinyfaces_trt.core.errors import TinyFacesError
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    model, config, weights_what = _load_model(args)
+    try:
+        model, config, weights_what = _load_model(args)
+    except TinyFacesError as exc:  # a checkpoint that does not load: its own one line
+        return error(one_line(exc))
     if args.export_dir:
         export_root = Path(args.export_dir)
     else:
@@ -716,29 +837,39 @@ def main(argv: list[str] | None = None) -> int:
         export_root = cache_root() / "bench" / f"r{args.depth}-{args.variant}-{model_digest(model)}"
 
     words = sys.argv[1:] if argv is None else argv
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_description(threads)
+    name = args.name
+    if name is None:
+        stem = f"{'gpu' if machine['gpu'] else 'cpu'}-{today()}"
+        name = free_name(out, stem)
+        if name != stem:
+            log(f"{out / stem}.* exist (another run): this run writes {name}.* "
+                "(--name NAME to choose, or to replace a result)")
     result: dict[str, Any] = {
         "schema": SCHEMA,
-        "name": args.name or f"cpu-{today()}",
+        "name": name,
         "complete": False,
         "created": now_iso(),
         "command": "python benchmarks/latency.py " + " ".join(shlex.quote(a) for a in words),
-        "machine": machine_description(threads),
+        "machine": machine,
         "settings": _settings(args, threads, weights_what, config),
         "sizes": [],
         "decode_nms": None,
     }
-    if args.name is None and result["machine"]["gpu"]:
-        result["name"] = f"gpu-{today()}"
+    saved: list[bool] = []
 
     def save(final: bool = False) -> None:
         """Writes the reports; before the end without the PNG and marked incomplete, so a
-        run that dies later (a crash in a GPU library, a kill) still leaves its numbers."""
+        run that dies later (a crash in a GPU library, a kill) still leaves its numbers.
+        The name's files are this run's from the first save on: a PNG not written is
+        removed (an earlier run's)."""
         result["seconds"] = deadline.elapsed()
         result["complete"] = final
         result["targets"] = evaluate_targets(result)
         write_reports(result, out, final and not args.no_plot, log if final else (lambda _: None))
+        if "plot" not in result:
+            (out / f"{name}.png").unlink(missing_ok=True)
+        saved.append(final)
 
     refused = deadline.refuse("the decode/NMS micro-benchmark")
     if args.candidate_counts and refused:
@@ -787,6 +918,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for bench, _ in to_profile:  # a later size failed: the kept backend is closed too
             bench.close()
+    why = not_run(sizes)
+    if why:  # nothing to report: no result, and this run's partial files go
+        if saved:
+            for suffix in RESULT_SUFFIXES:
+                (out / f"{name}{suffix}").unlink(missing_ok=True)
+        return error(f"no requested backend ran: {why}")
     save(final=True)
     return 0
 

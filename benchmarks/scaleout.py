@@ -36,8 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout first
 
-from bench_common import machine_description, now_iso, today  # noqa: E402
+from bench_common import machine_description, now_iso, one_line, today  # noqa: E402
+from tinyfaces_trt.core.cli import EXIT_ERROR, parse_image_size, positive_int  # noqa: E402
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
+
+PROG = "scaleout.py"
 
 
 def _images(folder: Path, count: int, width: int, height: int) -> None:
@@ -144,8 +147,16 @@ def _serving(spec: Any, replica_counts: list[int], requests: int, concurrency: i
 
 def _markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
+    gpu = m.get("gpu")
+    if report["ran_on"] == "gpu":
+        gpu_text = f"GPU {gpu['name'] if gpu else '(unnamed)'}"
+    else:
+        gpu_text = "no GPU used" + (f" ({gpu['name']} idle)" if gpu else "")
+    network = ("the seeded UNTRAINED default network (timings are the real network's, "
+               "detections meaningless)" if report["untrained"] else f"`{report['model']}`")
     lines = [f"# Scale-out on {m['cpu_model']} ({m['usable_cores']} cores, "
-             f"{m['memory_gib']} GiB, no GPU), {report['date']}", "",
+             f"{m['memory_gib']} GiB, {gpu_text}), {report['date']}", "",
+             f"Detector: {report['backend']} on the {report['ran_on'].upper()}, {network}.", "",
              f"Batch: {report['batch_images']} images of {report['batch_size']}, tf-detect job "
              f"(detect + drawn copy + JSON), median of {report['repeat']} runs, start-up included.",
              "", "| configuration | threads per detector | images/s (median) |", "|---|---|---|"]
@@ -162,29 +173,53 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="export folder (default: the untrained default export)")
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--size", default="128x96", help="batch image WxH (default: 128x96)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--serve-size", default="64x48")
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--out", type=Path, help="write scaleout JSON + Markdown here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--images", type=positive_int, default=32,
+                        help="generated images of the batch job")
+    parser.add_argument("--size", type=parse_image_size, default="128x96",
+                        help="batch image size WxH")
+    parser.add_argument("--repeat", type=positive_int, default=3,
+                        help="runs of the batch job per configuration (images/s: their median)")
+    parser.add_argument("--requests", type=positive_int, default=200,
+                        help="POST /detect requests per replica count")
+    parser.add_argument("--concurrency", type=positive_int, default=8,
+                        help="client threads sending the requests")
+    parser.add_argument("--serve-size", type=parse_image_size, default="64x48",
+                        help="size WxH of the JPEGs sent to the service")
+    parser.add_argument("--max-batch", type=positive_int, default=8,
+                        help="the service's max batch size")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write <cpu|gpu>-<date>-scaleout.json and .md here (default: "
+                             "print the Markdown only)")
+    return parser.parse_args(argv)
 
-    import ray
 
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark: 0 when done, 1 (one line on stderr) when the output folder or the
+    detector is unusable, 2 on bad arguments."""
+    args = parse_args(argv)
+
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.core.files import prepare_output_dir, write_text_atomic
     from tinyfaces_trt.detectors import DetectorSpec
     from tinyfaces_trt.export_cache import cached_export
+    from tinyfaces_trt.scaleout.cluster import import_ray, spec_uses_gpu
 
+    try:
+        out = prepare_output_dir(args.out, f"--out {args.out}") if args.out else None
+        ray = import_ray()
+        model = args.model or str(cached_export(None).path)
+    except TinyFacesError as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     cores = len(os.sched_getaffinity(0))
-    model = args.model or str(cached_export(None).path)
     spec = DetectorSpec(model_dir=model)
-    width, height = (int(v) for v in args.size.split("x"))
-    sw, sh = (int(v) for v in args.serve_size.split("x"))
+    kind = "gpu" if spec_uses_gpu(spec) else "cpu"
+    width, height = args.size
+    sw, sh = args.serve_size
     ray.init(address="local", num_cpus=cores, include_dashboard=False,
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     try:
@@ -198,18 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     report = {"date": now_iso(), "machine": machine_description(cores), "model": model,
-              "untrained": args.model is None, "batch_images": args.images,
-              "batch_size": args.size, "repeat": args.repeat, "batch": batch,
-              "serve_requests": args.requests, "serve_concurrency": args.concurrency,
-              "serve_size": args.serve_size, "serve_max_batch": args.max_batch,
-              "serve": serving}
+              "untrained": args.model is None, "backend": spec.backend, "ran_on": kind,
+              "batch_images": args.images, "batch_size": str(args.size), "repeat": args.repeat,
+              "batch": batch, "serve_requests": args.requests,
+              "serve_concurrency": args.concurrency, "serve_size": str(args.serve_size),
+              "serve_max_batch": args.max_batch, "serve": serving}
     text = _markdown(report)
     print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"cpu-{today()}-scaleout"
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(text)
+    if out is not None:
+        stem = f"{kind}-{today()}-scaleout"
+        write_text_atomic(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / f"{stem}.md", text)
     return 0
 
 

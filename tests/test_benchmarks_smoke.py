@@ -321,7 +321,44 @@ def test_targets_fall_back_to_the_fastest_gpu_backend_and_explain_gaps():
     assert rows["speedup"]["verdict"] == "not measured: the reference did not run at this size"
     assert rows["overhead"]["where"] == "`tensorrt-fp16` at 1920x1080"
     assert rows["decode_nms_10k"]["verdict"].startswith("not measured: no 10000-candidate row")
-    assert rows["batch_gain"]["verdict"].startswith("not measured: no batch row")
+    assert rows["batch_gain"]["verdict"] == "not measured: no batch rows in this run (--batch N)"
+
+
+def test_targets_read_the_batch_where_it_ran_and_the_speedup_on_a_gpu_reference():
+    """--batch measures the first image size; the targets are read at 1920x1080: the batch
+    target is read where the batch ran (said), not "not measured, pass --batch". The
+    speed-up ("same GPU, same run") is not measured against a reference that ran on the CPU."""
+    evaluate = _bench_module("bench_targets").evaluate_targets
+    row = {"backend": "torch-cuda", "status": "ok", "batch": 8, "levels": 6, "runner_calls": 6,
+           "single": {"median_ms": 20.0}, "batched": {"median_ms": 10.0},
+           "single_images_per_s": 50.0, "batched_images_per_s": 100.0}
+    small = {**_size([_backend("reference", 500.0, 100.0, e2e=480.0),
+                      _backend("torch-cuda", 21.0, 15.0, e2e=20.0)],
+                     batch={"batch": 8, "rows": [row]}), "image_size": [1280, 720]}
+    full = _size([_backend("reference", 950.0, 126.0, e2e=932.0),
+                  _backend("torch-cuda", 41.5, 35.5, e2e=40.9)])
+    rows = {t["key"]: t for t in evaluate({"sizes": [small, full]})}
+    gain = rows["batch_gain"]
+    assert gain["measured"] == pytest.approx(2.0) and gain["verdict"] == "met (1.54x better)"
+    assert gain["where"] == ("`torch-cuda` at 1280x720 (where the batch ran: --batch measures "
+                             "the first image size)")
+    assert rows["speedup"]["where"] == "`torch-cuda` at 1920x1080"
+    small["batch"]["rows"] = []
+    assert {t["key"]: t for t in evaluate({"sizes": [small, full]})}["batch_gain"]["verdict"] == (
+        "not measured: the batch rows at 1280x720 have none of `torch-cuda` (it takes no "
+        "batches there)")
+    full["backends"][0]["uses_gpu"] = False  # a CPU-only torch beside a GPU backend
+    speed = {t["key"]: t for t in evaluate({"sizes": [full]})}["speedup"]
+    assert speed["measured"] is None and speed["verdict"] == (
+        "not measured: the reference ran on the CPU here, not on the GPU (same GPU, same run)")
+
+
+def test_build_time_note_uses_the_duration_unit():
+    note = _bench_module("bench_report")._backend_note
+    assert note({"name": "torch", "description": "d", "build_s": 0.0123}) == \
+        "- `torch`: d; built in 12.3 ms"
+    assert note({"name": "torch", "description": "d", "build_s": 41.0}) == \
+        "- `torch`: d; built in 41.0 s"
 
 
 def test_report_only_renders_a_committed_run(tmp_path):
