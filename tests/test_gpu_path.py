@@ -720,6 +720,18 @@ def test_gpu_backends_absent_are_clear_errors(export_dir):
         create_runner("onnxruntime-cuda", load_export_folder(export_dir))
 
 
+def test_an_absent_gpu_backend_is_refused_before_exporting_a_checkpoint(checkpoint, tmp_path):
+    """create_detector("onnxruntime-cuda", weights=...) exported the checkpoint into the cache
+    (40 s for ResNet-101 on a CPU) before saying the backend cannot run here."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+        create_detector("onnxruntime-cuda", weights=checkpoint, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_auto_takes_the_fastest_backend_present_and_says_so(export_dir, caplog):
     with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
         chosen = resolve_backend("auto", export_dir)

@@ -169,6 +169,10 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         from tinyfaces_trt.runtime.backends.tensorrt_runner import import_tensorrt
 
         import_tensorrt()  # before any export into the cache
+    if backend == "onnxruntime-cuda":
+        from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import require_onnxruntime_cuda
+
+        require_onnxruntime_cuda()  # before any export into the cache
     folder = None
     if model_dir is None:
         folder = cached_export(weights, fp16=bool(fp16), engine=backend == "tensorrt", depth=depth,

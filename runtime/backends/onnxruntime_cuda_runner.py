@@ -40,6 +40,27 @@ log = logging.getLogger(__name__)
 CUDA_EP = "CUDAExecutionProvider"
 
 
+def require_onnxruntime_cuda() -> list[str]:
+    """ONNX Runtime's available providers, where the onnxruntime-cuda backend can run here.
+
+    Raises:
+        BackendUnavailableError: onnxruntime is missing or not the onnxruntime-gpu build (no
+            CUDA execution provider), or no CUDA GPU is visible.
+    """
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    if CUDA_EP not in available:
+        raise BackendUnavailableError(
+            f"the onnxruntime-cuda backend needs the onnxruntime-gpu build (its CUDA execution "
+            f"provider); this onnxruntime {ort.__version__} has {available}: "
+            f"pip install onnxruntime-gpu")
+    from tinyfaces_trt.runtime.backends import cuda_device
+
+    if not cuda_device.gpu_available():
+        raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
+    return available
+
+
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     """The exported ONNX model on ONNX Runtime's CUDA execution provider, device in and out.
 
@@ -69,17 +90,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         elif tensorrt is not None and not isinstance(tensorrt, TensorrtEpSettings):
             raise TypeError(f"tensorrt must be TensorrtEpSettings (the export's input-shape "
                             f"profile and input name) or None, got {tensorrt!r}")
-        ort = import_onnxruntime()
-        available = ort.get_available_providers()
-        if CUDA_EP not in available:
-            raise BackendUnavailableError(
-                f"the onnxruntime-cuda backend needs the onnxruntime-gpu build (its CUDA execution "
-                f"provider); this onnxruntime {ort.__version__} has {available}: "
-                f"pip install onnxruntime-gpu")
+        available = require_onnxruntime_cuda()
         from tinyfaces_trt.runtime.backends import cuda_device
 
-        if not cuda_device.gpu_available():
-            raise BackendUnavailableError("the onnxruntime-cuda backend needs a CUDA GPU; none is visible")
         current = cuda_device.current_device()
         if int(device_id) != current:
             raise TinyFacesError(
