@@ -20,9 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ImageError, TinyFacesError
+from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 from tinyfaces_trt.core.runner import (
     NetworkRunner, capabilities_of, close_all, require_members, require_runner)
 
@@ -123,6 +124,9 @@ class Detector:
         self._identity = identity
         # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
         # must not deadlock (it is deferred to the run's end: _running)
+        #: The largest image (width x height) detect() takes: load_image's limit by default
+        #: (a 20000x20000 array ran for a minute, then failed in numpy); None for any.
+        self.max_pixels: int | None = DEFAULT_MAX_PIXELS
         self._lock = threading.RLock()
         self._running = False  # a run holds the stages: only its own thread can see this True
         self._close_deferred = False
@@ -172,7 +176,9 @@ class Detector:
             (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
             sorted by descending score.
         """
-        (boxes,) = self._run([validate_image(image)], timings, on_level, call="detect()")
+        image = validate_image(image, self.max_pixels)
+        with self._using("detect()"):
+            (boxes,) = self._run([image], timings, on_level)
         return boxes
 
     def detect_batch(self, images: Sequence[np.ndarray],
@@ -183,15 +189,16 @@ class Detector:
         for all images (for up to ``capabilities.max_batch`` at a time); decode and NMS stay
         per image. Returns one (N_i, 5) array per image,
         each what :meth:`detect` returns for it (up to the runner's batch-vs-single rounding).
+        The whole call holds the detector: another thread's call or ``close()`` waits for it.
         """
-        images = validate_batch(images)
+        images = validate_batch(images, self.max_pixels)
         if not images:
             return []
         caps = capabilities_of(self.runner)
         step = (caps.max_batch or len(images)) if caps.batch else 1
-        return [boxes for start in range(0, len(images), step)
-                for boxes in self._run(images[start:start + step], timings,
-                                       call="detect_batch()")]
+        with self._using("detect_batch()"):
+            return [boxes for start in range(0, len(images), step)
+                    for boxes in self._run(images[start:start + step], timings)]
 
     def warmup(self, sizes: Iterable[tuple[int, int]],
                batch_sizes: Iterable[int] = (1,)) -> tuple[int, ...]:
@@ -241,34 +248,33 @@ class Detector:
         for height, width in plans:
             blank = np.zeros((height, width, 3), np.uint8)
             for n in batches:
-                self._run([blank] * n, None, call="warmup()")
+                with self._using("warmup()"):
+                    self._run([blank] * n, None)
         return tuple(batches)
 
     def _run(self, images: list[np.ndarray], timings: MutableMapping[str, float] | None,
-             on_level: Callable[[PyramidLevel], None] | None = None, *,
-             call: str) -> list[np.ndarray]:
-        """The data flow for validated images of one size, all levels batched (for ``call``,
-        the public method, named in errors)."""
+             on_level: Callable[[PyramidLevel], None] | None = None) -> list[np.ndarray]:
+        """The data flow for validated images of one size, all levels batched; the caller
+        holds the stages (:meth:`_using`)."""
         height, width = images[0].shape[:2]
         levels = self.plan(height, width)
-        with self._using(call):
-            self.runner.check_levels(levels)  # refuse the whole image before running any level
-            clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
-            self.postprocessor.reset(height, width, len(images))
-            for level in levels:
-                if len(images) == 1:
-                    net_input = self.preprocessor.prepare(images[0], level)
-                else:
-                    net_input = self.preprocessor.prepare_batch(images, level)
-                clock.lap("preprocess")
-                score_map = self.runner.run(net_input)
-                clock.lap("network")
-                self.postprocessor.add_level(score_map, level)
-                clock.lap("decode")
-                if on_level is not None:
-                    on_level(level)
-            boxes = self.postprocessor.finish_all()
-            clock.lap("nms")
+        self.runner.check_levels(levels)  # refuse the whole image before running any level
+        clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
+        self.postprocessor.reset(height, width, len(images))
+        for level in levels:
+            if len(images) == 1:
+                net_input = self.preprocessor.prepare(images[0], level)
+            else:
+                net_input = self.preprocessor.prepare_batch(images, level)
+            clock.lap("preprocess")
+            score_map = self.runner.run(net_input)
+            clock.lap("network")
+            self.postprocessor.add_level(score_map, level)
+            clock.lap("decode")
+            if on_level is not None:
+                on_level(level)
+        boxes = self.postprocessor.finish_all()
+        clock.lap("nms")
         return boxes
 
     def close(self) -> None:
@@ -344,8 +350,9 @@ def _positive_size(size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def validate_image(image: np.ndarray) -> np.ndarray:
-    """Checks that ``image`` is (H, W, 3) uint8 and returns it C-contiguous."""
+def validate_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    """Checks that ``image`` is (H, W, 3) uint8, of at most ``max_pixels`` pixels (None: any
+    size), and returns it C-contiguous."""
     if not isinstance(image, np.ndarray):
         raise ImageError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -354,16 +361,23 @@ def validate_image(image: np.ndarray) -> np.ndarray:
         raise ImageError(f"expected a uint8 image, got dtype {image.dtype}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"image is empty: shape {image.shape}")
+    height, width = image.shape[:2]
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"image of {width}x{height} ({height * width / 1e6:.0f} megapixels) is larger than "
+            f"the detector takes ({max_pixels / 1e6:.0f} megapixels, Detector.max_pixels); "
+            f"detect a downscaled copy or tiles of it")
     return np.ascontiguousarray(image)
 
 
-def validate_batch(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+def validate_batch(images: Sequence[np.ndarray], max_pixels: int | None = None
+                   ) -> list[np.ndarray]:
     """Checks every image (:func:`validate_image`) and that all have one size."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise ImageError(f"detect_batch takes a sequence of images (a list, or an (N, H, W, 3) "
                          f"array), got an array of shape {images.shape}; for one image use "
                          f"detect(image)")
-    checked = [validate_image(image) for image in images]
+    checked = [validate_image(image, max_pixels) for image in images]
     sizes = {image.shape for image in checked}
     if len(sizes) > 1:
         raise ImageError(f"a batch takes images of one size, got {sorted(sizes)}; "

@@ -361,3 +361,68 @@ def test_a_batch_over_the_cap_runs_in_parts_with_the_boxes_of_single_images(batc
         single = detector.detect(frame)
         assert len(single) > 0
         np.testing.assert_allclose(boxes, single, rtol=1e-5, atol=1e-4)
+
+
+def test_close_from_another_thread_waits_for_the_whole_detect_batch():
+    """detect_batch runs a runner's max_batch at a time: close() from a shutdown hook got in
+    between two parts, and the call failed ('this detector is closed') with work done."""
+    from helpers_runners import PooledRunner
+    from tinyfaces_trt.core.runner import RunnerCapabilities
+
+    class FairLock:  # lets a waiting thread in whenever the detector lets go of its lock
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+            time.sleep(0.05)
+
+    runner = PooledRunner(RunnerCapabilities(batch=True, max_batch=2))
+    detector = Detector(runner, DetectorConfig(prob_thresh=0.3))
+    detector._lock = FairLock()
+    frames = [np.full((40, 48, 3), 20 * i, np.uint8) for i in range(6)]
+    expected = [detector.detect(f) for f in frames]
+    real_run, closer = runner.run, []
+
+    def run(x):
+        if not closer:  # the first part: another thread closes the detector meanwhile
+            closer.append(threading.Thread(target=detector.close))
+            closer[0].start()
+            time.sleep(0.2)
+        return real_run(x)
+
+    runner.run = run
+    got = detector.detect_batch(frames)
+    closer[0].join(10)
+    assert not closer[0].is_alive()
+    assert len(got) == 6 and set(runner.batches[-3:]) == {2}
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+    with pytest.raises(TinyFacesError, match="this detector is closed"):
+        detector.detect(frames[0])
+
+
+def test_an_image_larger_than_max_pixels_is_refused_before_any_work():
+    """A 20000x20000 array ran for a minute, then failed with numpy's MemoryError."""
+    from helpers_runners import PooledRunner
+    from tinyfaces_trt.core.errors import ImageTooLargeError
+    from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
+
+    runner = PooledRunner()
+    detector = Detector(runner)
+    assert detector.max_pixels == DEFAULT_MAX_PIXELS
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20000, 20000, 3))  # no memory
+    with pytest.raises(ImageTooLargeError) as refused:
+        detector.detect(huge)
+    assert str(refused.value) == (
+        "image of 20000x20000 (400 megapixels) is larger than the detector takes (179 "
+        "megapixels, Detector.max_pixels); detect a downscaled copy or tiles of it")
+    detector.max_pixels = 40 * 30
+    with pytest.raises(ImageTooLargeError, match="image of 48x40"):
+        detector.detect_batch([np.zeros((40, 48, 3), np.uint8)] * 2)
+    assert runner.batches == []  # nothing ran
+    detector.max_pixels = None
+    assert detector.detect(np.zeros((40, 48, 3), np.uint8)).shape[1] == 5
