@@ -506,7 +506,10 @@ class TorchCudaRunner(RunnerBase):
         self._model = None
         self._give_back()  # the streams, their graphs gone, are lent to the next runner
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError as exc:  # torch refuses while any thread captures a CUDA graph
+                _logger.info("torch kept its cached GPU memory (%s)", first_line(exc))
 
     # -- preparing shapes --------------------------------------------------------------------
 

@@ -239,6 +239,8 @@ class Detector:
             batches = [1]
         elif caps.max_batch is not None and batches[-1] > caps.max_batch:
             batches = [n for n in batches if n < caps.max_batch] + [caps.max_batch]
+        for height, width in sizes:
+            check_image_size(height, width, self.max_pixels)
         plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
         with self._using("warmup()"):
             for levels in plans.values():
@@ -361,13 +363,18 @@ def validate_image(image: np.ndarray, max_pixels: int | None = None) -> np.ndarr
         raise ImageError(f"expected a uint8 image, got dtype {image.dtype}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"image is empty: shape {image.shape}")
-    height, width = image.shape[:2]
+    check_image_size(*image.shape[:2], max_pixels)
+    return np.ascontiguousarray(image)
+
+
+def check_image_size(height: int, width: int, max_pixels: int | None) -> None:
+    """Raises :class:`ImageTooLargeError` for an image of more than ``max_pixels`` pixels
+    (None: any size)."""
     if max_pixels is not None and height * width > max_pixels:
         raise ImageTooLargeError(
-            f"image of {width}x{height} ({height * width / 1e6:.0f} megapixels) is larger than "
-            f"the detector takes ({max_pixels / 1e6:.0f} megapixels, Detector.max_pixels); "
-            f"detect a downscaled copy or tiles of it")
-    return np.ascontiguousarray(image)
+            f"image of {width}x{height} ({height * width} pixels) is larger than the detector "
+            f"takes ({max_pixels} pixels, Detector.max_pixels); detect a downscaled copy or "
+            f"tiles of it")
 
 
 def validate_batch(images: Sequence[np.ndarray], max_pixels: int | None = None

@@ -194,6 +194,24 @@ def test_latency_run_where_no_backend_ran_leaves_no_result(latency, tmp_path, ca
     assert _files(out) == {f"cpu-{today()}.json": b"{}"}
 
 
+def test_latency_run_cut_by_its_budget_keeps_what_it_measured(latency, tmp_path, capsys,
+                                                             monkeypatch, fake_run):
+    """The decode/NMS rows ran, then the time budget left the image size out: the GPU check
+    reads both (a size left out for time, CUDA decode/NMS against numpy), so the run keeps
+    them (it deleted them and exited 1)."""
+    out = tmp_path / "results"
+    monkeypatch.setattr(latency, "run_size", lambda size, *a, **k: {
+        "image_size": [size.width, size.height], "status": "skipped", "backends": [],
+        "reason": "time budget: about 66 s needed, 4 s left"})
+    assert latency.main(["--backend", "torch", "--candidates", "1000", "--candidates-repeat",
+                         "1", "--warmup", "0", "--out", str(out), "--name", "latency", "--no-plot",
+                         "--export-dir", str(tmp_path / "export")]) == 0
+    result = json.loads((out / "latency.json").read_text())
+    assert result["complete"] and [r["target"] for r in result["decode_nms"]["rows"]] == [1000]
+    assert result["sizes"][0]["reason"].startswith("time budget")
+    assert "no requested backend ran: image size" in capsys.readouterr().err
+
+
 def test_anonymize_bad_arguments_and_backends(tmp_path, capsys):
     pytest.importorskip("torch")
     anonymize = load_script("benchmarks/anonymize_video.py", "anonymize_video_cli")

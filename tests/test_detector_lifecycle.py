@@ -418,11 +418,13 @@ def test_an_image_larger_than_max_pixels_is_refused_before_any_work():
     with pytest.raises(ImageTooLargeError) as refused:
         detector.detect(huge)
     assert str(refused.value) == (
-        "image of 20000x20000 (400 megapixels) is larger than the detector takes (179 "
-        "megapixels, Detector.max_pixels); detect a downscaled copy or tiles of it")
+        "image of 20000x20000 (400000000 pixels) is larger than the detector takes (178956970 "
+        "pixels, Detector.max_pixels); detect a downscaled copy or tiles of it")
     detector.max_pixels = 40 * 30
-    with pytest.raises(ImageTooLargeError, match="image of 48x40"):
+    with pytest.raises(ImageTooLargeError, match=r"image of 48x40 \(1920 pixels\)"):
         detector.detect_batch([np.zeros((40, 48, 3), np.uint8)] * 2)
+    with pytest.raises(ImageTooLargeError, match="image of 48x40"):
+        detector.warmup([(30, 40), (40, 48)])  # a size detect() would refuse is not prepared
     assert runner.batches == []  # nothing ran
     detector.max_pixels = None
     assert detector.detect(np.zeros((40, 48, 3), np.uint8)).shape[1] == 5

@@ -96,6 +96,12 @@ def test_runners_say_whether_they_run_on_a_gpu(export_dir):
     assert RunnerCapabilities(gpu=True).on_gpu and RunnerCapabilities(device_io=True).on_gpu
     assert not RunnerCapabilities().on_gpu
     assert not OnnxRuntimeRunner(export_dir / "model.onnx", threads=1).capabilities.on_gpu
+    import onnxruntime
+
+    if "AzureExecutionProvider" in onnxruntime.get_available_providers():  # not a GPU one
+        azure = OnnxRuntimeRunner(export_dir / "model.onnx", threads=1,
+                                  providers=["AzureExecutionProvider"])
+        assert azure.providers[0] == "AzureExecutionProvider" and not azure.capabilities.on_gpu
 
 
 def test_tf_anonymize_shows_the_bar_for_an_image_unless_quiet(terminal, capsys, tmp_path):

@@ -38,6 +38,9 @@ PROVIDER_ALIASES = {
     "tensorrt": TENSORRT_EP,
     "trt": TENSORRT_EP,
 }
+#: The providers whose work runs on an (NVIDIA) GPU; the others (OpenVINO, DNNL, XNNPACK,
+#: ...) run on the CPU.
+GPU_PROVIDERS = ("CUDAExecutionProvider", TENSORRT_EP)
 #: Preference order for ``providers="auto"``.
 AUTO_ORDER = (TENSORRT_EP, "CUDAExecutionProvider", CPU)
 #: The most images one run takes on the CPU provider (``capabilities.max_batch``; the detector
@@ -227,7 +230,7 @@ class OnnxRuntimeRunner(RunnerBase):
         batch = not isinstance(batch_dim, int)
         self.capabilities = RunnerCapabilities(
             batch=batch, max_batch=self._max_batch() if batch else None,
-            gpu=self.providers != [CPU])
+            gpu=any(p in GPU_PROVIDERS for p in self.providers))
 
     def _max_batch(self) -> int | None:
         """The most images one run takes: a TensorRT engine's profile; on the CPU alone

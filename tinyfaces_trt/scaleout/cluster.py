@@ -20,11 +20,14 @@ from types import ModuleType
 from typing import Any
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import GPU_PROVIDERS, PROVIDER_ALIASES
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
 
 #: Providers / backends that run the network on a GPU (their actors ask Ray for one).
-_GPU_PROVIDERS = ("cuda", "tensorrt", "auto", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+#: ``providers`` (names and aliases; "auto" may pick a GPU) whose network runs on a GPU.
+_GPU_PROVIDERS = ("auto", *GPU_PROVIDERS,
+                  *(alias for alias, name in PROVIDER_ALIASES.items() if name in GPU_PROVIDERS))
 
 
 def import_ray() -> ModuleType:
