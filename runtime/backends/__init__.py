@@ -49,7 +49,7 @@ def available_backends() -> list[str]:
     found = []
     if importlib.util.find_spec("onnxruntime") is not None:
         found.append("onnxruntime")
-        if _gpu_visible() and _ort_has_cuda():
+        if _ort_cuda_usable():
             found.append("onnxruntime-cuda")
     if importlib.util.find_spec("tensorrt") is not None and _gpu_visible():
         found.append("tensorrt")
@@ -66,13 +66,14 @@ def _gpu_visible() -> bool:
         return False
 
 
-def _ort_has_cuda() -> bool:
+def _ort_cuda_usable() -> bool:
     try:
-        import onnxruntime
+        from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import require_onnxruntime_cuda
 
-        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    except Exception as exc:
-        log.debug("onnxruntime has no CUDA provider: %s", exc)
+        require_onnxruntime_cuda()
+        return True
+    except Exception as exc:  # any failure means "not available", never an error here
+        log.debug("the onnxruntime-cuda backend cannot run here: %s", exc)
         return False
 
 

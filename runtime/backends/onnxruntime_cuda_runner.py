@@ -31,13 +31,11 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
                                        first_line)
 from tinyfaces_trt.core.runner import check_network_shape
-from tinyfaces_trt.runtime.backends.onnxruntime_runner import (OnnxRuntimeRunner,
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import (CUDA_EP, OnnxRuntimeRunner,
                                                                import_onnxruntime)
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings
 
 log = logging.getLogger(__name__)
-
-CUDA_EP = "CUDAExecutionProvider"
 
 
 def require_onnxruntime_cuda() -> list[str]:

@@ -31,18 +31,19 @@ from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEp
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
 #: Short names accepted in ``providers`` besides ONNX Runtime's full provider names.
 PROVIDER_ALIASES = {
     "cpu": CPU,
-    "cuda": "CUDAExecutionProvider",
+    "cuda": CUDA_EP,
     "tensorrt": TENSORRT_EP,
     "trt": TENSORRT_EP,
 }
 #: The providers whose work runs on an (NVIDIA) GPU; the others (OpenVINO, DNNL, XNNPACK,
 #: ...) run on the CPU.
-GPU_PROVIDERS = ("CUDAExecutionProvider", TENSORRT_EP)
+GPU_PROVIDERS = (CUDA_EP, TENSORRT_EP)
 #: Preference order for ``providers="auto"``.
-AUTO_ORDER = (TENSORRT_EP, "CUDAExecutionProvider", CPU)
+AUTO_ORDER = (TENSORRT_EP, CUDA_EP, CPU)
 #: The most images one run takes on the CPU provider (``capabilities.max_batch``; the detector
 #: runs a larger batch in parts): a run's memory grows with its batch (about 18 MiB per 120x160
 #: frame, GBs per 1080p frame) while batching saves a CPU no work. Measured on 2 cores, 8
