@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.profiles import Profile, profile_for_image_sizes
+from tinyfaces_trt.core.profiles import Profile, format_shape, profile_for_image_sizes
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, close_all
@@ -268,7 +268,7 @@ class DetectorBench(Pipeline):
     def fallbacks(self) -> str:
         if self.asked_mode is None:
             return ""
-        return ", ".join(f"{'x'.join(map(str, shape))}: {r.mode}"
+        return ", ".join(f"{format_shape(shape)}: {r.mode}"
                          for shape, r in self._records().items() if r.mode != self.asked_mode)
 
     def runner_calls(self) -> int:

@@ -1,8 +1,9 @@
 """The detector pipeline: image -> pyramid -> network -> decode -> NMS -> boxes.
 
 This is where detection loops over pyramid levels (the parity harness runs the same levels
-one by one to compare score maps). A backend swaps the :class:`NetworkRunner`; the GPU fast path additionally swaps the pre- and post-processing
-stages for their CUDA versions (device-resident buffers). Everything else is shared.
+one by one to compare score maps). A backend swaps the :class:`NetworkRunner`; the GPU fast
+path additionally swaps the pre- and post-processing stages for their CUDA versions
+(device-resident buffers). Everything else is shared.
 
     detector = Detector(runner, config)
     boxes = detector.detect(rgb_uint8_image)      # (N, 5) float32: x1, y1, x2, y2, prob
@@ -23,9 +24,9 @@ from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
-from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 from tinyfaces_trt.core.runner import (
     NetworkRunner, capabilities_of, close_all, require_members, require_runner)
+from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 
 
 @runtime_checkable
@@ -122,11 +123,11 @@ class Detector:
         self.postprocessor: Postprocessor = _require_stage(
             postprocessor or HostPostprocessor(self._config), Postprocessor)
         self._identity = identity
-        # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
-        # must not deadlock (it is deferred to the run's end: _running)
         #: The largest image (width x height) detect() takes: load_image's limit by default
         #: (a 20000x20000 array ran for a minute, then failed in numpy); None for any.
         self.max_pixels: int | None = DEFAULT_MAX_PIXELS
+        # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
+        # must not deadlock (it is deferred to the run's end: _running)
         self._lock = threading.RLock()
         self._running = False  # a run holds the stages: only its own thread can see this True
         self._close_deferred = False

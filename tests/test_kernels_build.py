@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import helpers_kernels
-from helpers_run import REPO, load_script
+from helpers_run import load_script
 from tinyfaces_trt.kernels import binding, build
 from tinyfaces_trt.kernels.binding import KernelError, Status
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -72,9 +72,7 @@ def test_gpu_checks_register_table_names_every_kernel_of_this_build(built_and_sa
     the Makefile builds (a name the parser missed would be reported as spill-free)."""
     gpu_check = load_script("tools/gpu_check.py", "tinyfaces_gpu_check")
     rows = gpu_check.parse_ptxas(built_and_said[1])
-    default = re.search(r"^GENCODE\s*\?=((?:.*\\\n)*.*)", (REPO / "kernels" / "Makefile").read_text(),
-                        flags=re.M)[1]
-    archs = set(re.findall(r"code=(sm_\d+)", default))
+    archs = set(re.findall(r"code=(sm_\d+)", build.default_gencode()))
     assert archs and {r[1] for r in rows} == archs
     kernels = gpu_check.source_kernels()
     assert {"decode_level_kernel", "nms_resolve_kernel", "resize_vertical_kernel"} <= kernels

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 PROG = "tf-detect"
 log = logging.getLogger(__name__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents every option)."""
     parser = argparse.ArgumentParser(

@@ -24,8 +24,8 @@ from tinyfaces_trt.runtime.backends.onnxruntime_runner import GPU_PROVIDERS, PRO
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
 
-#: Providers / backends that run the network on a GPU (their actors ask Ray for one).
-#: ``providers`` (names and aliases; "auto" may pick a GPU) whose network runs on a GPU.
+#: ``providers`` (names and aliases; "auto" may pick a GPU) that run the network on a GPU (their
+#: actors ask Ray for one).
 _GPU_PROVIDERS = ("auto", *GPU_PROVIDERS,
                   *(alias for alias, name in PROVIDER_ALIASES.items() if name in GPU_PROVIDERS))
 
