@@ -36,7 +36,8 @@ class FakeEngine:
 
 class FakeContext:
     """Returns what TensorRT 10/11 return: True on success, False when a shape or address is
-    refused (here: ``refuse`` names what to refuse)."""
+    refused; a refused optimization profile raises RuntimeError, as TensorRT's binding does
+    (here: ``refuse`` names what to refuse)."""
 
     def __init__(self, refuse: tuple = ()) -> None:
         self.calls: list[tuple] = []
@@ -45,6 +46,8 @@ class FakeContext:
 
     def set_optimization_profile_async(self, index: int, stream: int) -> bool:
         self.calls.append(("profile", index, stream))
+        if "profile" in self.refuse:
+            raise RuntimeError("Error in set optimization profile async.")
         return True
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:

@@ -97,7 +97,7 @@ def test_a_process_waits_for_the_export_another_holds_then_reuses_it(checkpoint,
         child.kill()
     assert child.returncode == 0, err
     assert "EXPORTING" not in err
-    assert err.splitlines()[-1] == f"using the export the other process wrote: {target}"
+    assert err.splitlines()[-1] == f"using the export another run wrote: {target}"
     assert out == f"{target}\n"
 
 

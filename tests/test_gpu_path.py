@@ -800,6 +800,11 @@ def test_tensorrt_runner_logic_over_an_injected_engine(monkeypatch):
     with pytest.raises(ManifestError, match="^TensorRT refused the input shape 1x3x128x128 of "
                                             "profile 0 of <injected engine>$"):
         TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
+    engine.create_execution_context = lambda: FakeContext(refuse=("profile",))
+    with pytest.raises(ManifestError, match="^TensorRT refused optimization profile 0 of "
+                                            "<injected engine>: Error in set optimization "
+                                            "profile async.$"):
+        TensorRTRunner(engine=engine, trt=runner_trt(), cuda=runner_cuda(), stream=9)
 
 
 def test_tensorrt_runner_and_the_stream_an_input_names_wait_for_each_other(monkeypatch):

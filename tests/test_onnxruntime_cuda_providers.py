@@ -161,6 +161,13 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
     with pytest.raises(BackendUnavailableError, match=r"needs the onnxruntime-gpu build .* "
                                                       r"pip install onnxruntime-gpu"):
         _runner(monkeypatch, GpuListingOrt(listed=(CPU_EP,)), export_dir)
+    old = GpuListingOrt()
+    old.__version__ = "1.17.3"  # its providers refuse user_compute_stream
+    with pytest.raises(BackendUnavailableError, match=r"^the onnxruntime-cuda backend needs "
+                                                      r"onnxruntime-gpu >= 1.18 .*; this is 1.17.3: "
+                                                      r"pip install -U onnxruntime-gpu$"):
+        _runner(monkeypatch, old, export_dir)
+    assert old.sessions == []
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     broken = GpuListingOrt()
     with pytest.raises(ManifestError, match="cannot load ONNX model"):

@@ -164,10 +164,10 @@ def cached_export(weights: str | os.PathLike[str] | None, *, fp16: bool = False,
 
     # the wait is said even without a progress callback (it may be long)
     with _export_lock(root, key, progress or log.warning) as lock:
-        if target.exists():  # exported by another process while this one waited
+        if target.exists():  # exported by another run (process or thread) while this one waited
             folder = _usable(target, digest, fp16, engine)
             if folder is not None:
-                (say if lock.waited else log.info)(f"using the export the other process wrote: {target}")
+                (say if lock.waited else log.info)(f"using the export another run wrote: {target}")
                 return folder
         what = f"weights {weights}" if weights is not None else "the UNTRAINED default network"
         say(f"exporting {what} to ONNX{' (fp32 + fp16)' if fp16 else ''}"

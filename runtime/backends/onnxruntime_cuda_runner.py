@@ -30,6 +30,7 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
                                        first_line)
+from tinyfaces_trt.core.optional import version_tuple
 from tinyfaces_trt.core.runner import check_network_shape
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (CUDA_EP, OnnxRuntimeRunner,
                                                                import_onnxruntime)
@@ -37,13 +38,18 @@ from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpS
 
 log = logging.getLogger(__name__)
 
+#: The oldest onnxruntime-gpu whose CUDA and TensorRT providers take ``user_compute_stream``
+#: from Python (onnxruntime PRs #19229 and #20168); older ones refuse the session.
+MIN_ONNXRUNTIME_GPU_VERSION = "1.18"
+
 
 def require_onnxruntime_cuda() -> list[str]:
     """ONNX Runtime's available providers, where the onnxruntime-cuda backend can run here.
 
     Raises:
-        BackendUnavailableError: onnxruntime is missing or not the onnxruntime-gpu build (no
-            CUDA execution provider), or no CUDA GPU is visible.
+        BackendUnavailableError: onnxruntime is missing, not the onnxruntime-gpu build (no
+            CUDA execution provider) or older than :data:`MIN_ONNXRUNTIME_GPU_VERSION`, or no
+            CUDA GPU is visible.
     """
     ort = import_onnxruntime()
     available = ort.get_available_providers()
@@ -52,6 +58,11 @@ def require_onnxruntime_cuda() -> list[str]:
             f"the onnxruntime-cuda backend needs the onnxruntime-gpu build (its CUDA execution "
             f"provider); this onnxruntime {ort.__version__} has {available}: "
             f"pip install onnxruntime-gpu")
+    if version_tuple(ort.__version__) < version_tuple(MIN_ONNXRUNTIME_GPU_VERSION):
+        raise BackendUnavailableError(
+            f"the onnxruntime-cuda backend needs onnxruntime-gpu >= {MIN_ONNXRUNTIME_GPU_VERSION} "
+            f"(it runs on the pipeline's CUDA stream); this is {ort.__version__}: "
+            f"pip install -U onnxruntime-gpu")
     from tinyfaces_trt.runtime.backends import cuda_device
 
     if not cuda_device.gpu_available():

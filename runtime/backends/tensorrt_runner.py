@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS
-from tinyfaces_trt.core.errors import BackendUnavailableError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
+                                       first_line)
 from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
 from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
@@ -235,7 +236,11 @@ class TensorRTRunner(RunnerBase):
             if context is None:
                 raise TinyFacesError(f"TensorRT could not create an execution context for "
                                      f"profile {index} of {self.engine_path} (out of GPU memory?)")
-            context.set_optimization_profile_async(index, self.stream)
+            try:  # TensorRT raises where it refuses (it never returns False here)
+                context.set_optimization_profile_async(index, self.stream)
+            except RuntimeError as exc:
+                raise ManifestError(f"TensorRT refused optimization profile {index} of "
+                                    f"{self.engine_path}: {first_line(exc)}") from None
             if not context.set_input_shape(input_name, profile.max):
                 raise ManifestError(f"TensorRT refused the input shape {format_shape(profile.max)} "
                                     f"of profile {index} of {self.engine_path}")
