@@ -1,7 +1,10 @@
 /* Client for tf-serve in C with libcurl: POST an image to /detect, print the JSON answer.
  *
  *   cc serve_client.c -o serve_client -lcurl
- *   ./serve_client photo.jpg [http://127.0.0.1:8000]
+ *   ./serve_client photo.jpg [http://127.0.0.1:8000 [TIMEOUT_S]]
+ *
+ * TIMEOUT_S bounds the whole request (default 600: a large photo on a CPU replica takes
+ * minutes; 0 waits as long as the server works). Connecting gives up after 10 s.
  *
  * Exit status: 0 success (HTTP 200: the JSON answer on stdout); 1 the server refused the image
  * (4xx/5xx: its JSON error is printed on stderr) or answered anything but 200, the server
@@ -45,10 +48,25 @@ static char *read_file(const char *path, long *size) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s IMAGE [SERVER_URL (default http://127.0.0.1:8000)]\n", argv[0]);
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: %s IMAGE [SERVER_URL (default http://127.0.0.1:8000) "
+                        "[TIMEOUT_S (default 600, 0: none)]]\n", argv[0]);
         return 2;
     }
+    long timeout_s = 600;
+    if (argc == 4) {
+        char *end = NULL;
+        timeout_s = strtol(argv[3], &end, 10);
+        if (end == argv[3] || *end != '\0' || timeout_s < 0) {
+            fprintf(stderr, "serve_client: TIMEOUT_S must be a whole number of seconds >= 0, got '%s'\n",
+                    argv[3]);
+            return 2;
+        }
+    }
+    /* the server's routes are /detect and /anonymize: a base URL's trailing '/' is dropped */
+    const char *base = argc >= 3 ? argv[2] : "http://127.0.0.1:8000";
+    size_t base_length = strlen(base);
+    while (base_length > 0 && base[base_length - 1] == '/') base_length--;
     long size = 0;
     char *image = read_file(argv[1], &size);
     if (image == NULL) {
@@ -56,7 +74,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     char url[2048];
-    int length = snprintf(url, sizeof url, "%s/detect", argc == 3 ? argv[2] : "http://127.0.0.1:8000");
+    if (base_length > sizeof url) base_length = sizeof url; /* refused below */
+    int length = snprintf(url, sizeof url, "%.*s/detect", (int)base_length, base);
     if (length < 0 || (size_t)length >= sizeof url) {
         fprintf(stderr, "serve_client: the server URL is longer than %zu characters\n", sizeof url - 8);
         free(image);
@@ -76,7 +95,8 @@ int main(int argc, char **argv) {
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)size);
         curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append);
         curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
-        curl_easy_setopt(curl, CURLOPT_TIMEOUT, 60L);
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT, timeout_s);
         rc = curl_easy_perform(curl);
         curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     }

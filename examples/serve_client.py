@@ -2,7 +2,7 @@
 
     python examples/serve_client.py photo.jpg                                  # faces as JSON
     python examples/serve_client.py photo.jpg --anonymize anon.jpg --mode pixelate
-    python examples/serve_client.py photo.jpg --url http://10.0.0.5:8000
+    python examples/serve_client.py photo.jpg --url http://10.0.0.5:8000 --timeout 900
 
 Exit status: 0 success, 1 the server refused the request (its JSON error is printed on
 stderr) or could not be reached.
@@ -20,9 +20,11 @@ import urllib.parse
 import urllib.request
 
 
-def post_image(url: str, data: bytes, content_type: str, timeout: float = 60.0
+def post_image(url: str, data: bytes, content_type: str, timeout: float | None = 600.0
                ) -> tuple[bytes, dict[str, str]]:
-    """POSTs image bytes; returns (body, headers). Raises urllib.error.HTTPError on 4xx/5xx."""
+    """POSTs image bytes; returns (body, headers). Raises urllib.error.HTTPError on 4xx/5xx.
+
+    ``timeout`` bounds each wait on the socket (None: no bound)."""
     request = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the anonymised image to OUT instead of printing the faces")
     parser.add_argument("--mode", choices=("blur", "pixelate"), default="blur",
                         help="how /anonymize hides faces (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                        help="give up after S seconds without an answer; a large photo on a CPU "
+                             "replica takes minutes (default: %(default)s; 0: wait as long as "
+                             "the server works)")
     args = parser.parse_args(argv)
+    if args.timeout < 0:
+        parser.error(f"--timeout must be >= 0, got {args.timeout}")
     with open(args.image, "rb") as f:
         data = f.read()
     content_type = mimetypes.guess_type(args.image)[0] or "application/octet-stream"
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     url = (f"{base}/anonymize?{urllib.parse.urlencode({'mode': args.mode})}"
            if args.anonymize else f"{base}/detect")
     try:
-        body, headers = post_image(url, data, content_type)
+        body, headers = post_image(url, data, content_type, args.timeout or None)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
         try:

@@ -81,7 +81,9 @@ def build_c_client(out: Path) -> Path:
         pytest.skip("no C compiler")
     binary = out / "serve_client"
     source = Path(__file__).resolve().parents[1] / "examples" / "serve_client.c"
-    build = subprocess.run([compiler, str(source), "-o", str(binary), "-lcurl"],
+    flags = [*os.environ.get("CFLAGS", "").split(), str(source), "-o", str(binary),
+             *os.environ.get("LDFLAGS", "").split(), "-lcurl"]  # e.g. a libcurl of one's own
+    build = subprocess.run([compiler, "-Wall", "-Wextra", "-Werror", *flags],
                            capture_output=True, text=True, timeout=120)
     missing = ("curl/curl.h: No such file", "cannot find -lcurl")  # not a compile error
     if build.returncode != 0 and any(m in build.stderr for m in missing):

@@ -743,17 +743,18 @@ def test_build_says_when_load_library_would_load_another_library(
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_another_arch_or_compiler_rebuilds_the_library(tmp_path: Path) -> None:
     """make compared only file times: after a build, ``tf-build-kernels --arch 75`` (or another
-    nvcc) said "Nothing to be done" and kept sm_80/sm_90 code. A stand-in nvcc records its
-    calls and writes the library (nothing is compiled)."""
+    nvcc) said "Nothing to be done" and kept sm_80/sm_90 code, and ``make cpu
+    CPU_SANITIZE=address`` the plain CPU build. A stand-in compiler records its calls and
+    writes the library (nothing is compiled)."""
     calls = tmp_path / "calls"
     nvcc = tmp_path / "nvcc"
     nvcc.write_text('#!/bin/sh\necho "$@" >> ' + str(calls) + '\n'
                     'while [ $# -gt 1 ]; do [ "$1" = -o ] && : > "$2"; shift; done\n')
     nvcc.chmod(0o755)
 
-    def make(*variables: str) -> list[str]:
+    def make(*variables: str, target: str = "lib") -> list[str]:
         before = calls.read_text().splitlines() if calls.exists() else []
-        subprocess.run(["make", "-s", "-C", str(binding.package_dir()), "lib",
+        subprocess.run(["make", "-s", "-C", str(binding.package_dir()), target,
                         f"BUILD={tmp_path / 'build'}", f"NVCC={nvcc}", *variables],
                        check=True, capture_output=True, text=True)
         return calls.read_text().splitlines()[len(before):] if calls.exists() else []
@@ -767,6 +768,12 @@ def test_another_arch_or_compiler_rebuilds_the_library(tmp_path: Path) -> None:
     assert len(make()) == 1  # back to the default architectures
     quoted = "NVCCFLAGS=-O3 -Xcompiler '-DNAME=\"a b\"'"  # quotes in a flag: written as given
     assert len(make(quoted)) == 1 and make(quoted) == []
+    # the CPU build too: `make cpu CPU_SANITIZE=address` after `make cpu` kept the plain one
+    assert len(make("CXX=" + str(nvcc), target="cpu")) == 1
+    assert make("CXX=" + str(nvcc), target="cpu") == []
+    (rebuilt,) = make("CXX=" + str(nvcc), "CPU_SANITIZE=address", target="cpu")
+    assert "-fsanitize=address" in rebuilt
+    assert make("CXX=" + str(nvcc), "CPU_SANITIZE=address", target="cpu") == []
 
 
 # --- host side of the CUDA stages without cuda-python ------------------------------------------

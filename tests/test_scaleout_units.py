@@ -188,16 +188,27 @@ def test_a_body_is_read_whole_within_its_time_and_limit():
 @pytest.mark.parametrize("failure", [TimeoutError("timed out"), ConnectionResetError(104, "reset")])
 def test_the_python_client_reports_a_read_timeout_without_a_traceback(failure, monkeypatch,
                                                                        capsys, tmp_path):
-    """A 3000x3000 photo on a CPU replica outlasted its 60 s: TimeoutError traceback."""
+    """A 3000x3000 photo on a CPU replica outlasted its 60 s: TimeoutError traceback (and
+    the wait is now minutes by default, --timeout to change)."""
     client = load_script("examples/serve_client.py", "serve_client_example")
 
-    def fail(*args, **kwargs):
+    waits = []
+
+    def fail(url, data, content_type, timeout):
+        waits.append(timeout)
         raise failure
 
     monkeypatch.setattr(client, "post_image", fail)
     (tmp_path / "p.jpg").write_bytes(b"jpeg")
     assert client.main([str(tmp_path / "p.jpg"), "--url", "http://127.0.0.1:9"]) == 1
     assert capsys.readouterr().err == f"serve_client: http://127.0.0.1:9: {failure}\n"
+    assert client.main([str(tmp_path / "p.jpg"), "--url", "http://127.0.0.1:9/", "--timeout",
+                        "0"]) == 1
+    assert capsys.readouterr().err == f"serve_client: http://127.0.0.1:9: {failure}\n"
+    assert waits == [600.0, None]  # minutes by default (60 s cut large photos short); 0: none
+    with pytest.raises(SystemExit) as refused:
+        client.main([str(tmp_path / "p.jpg"), "--timeout", "-1"])
+    assert refused.value.code == 2 and "--timeout must be >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_decode_body_statuses():

@@ -20,9 +20,19 @@
  *   - Device memory is caller-owned: query its size (tf_*_size), allocate, pass it in.
  *     Candidate buffers and workspaces must be 16-byte aligned (cudaMalloc gives 256);
  *     float arrays 4-byte aligned.
+ *   - The GPU is the calling thread's current device (cudaSetDevice): the stream and every
+ *     device pointer must belong to it.
+ *   - Host arguments (params structs, channel_scale/channel_bias) are read during the call;
+ *     they may be freed or changed as soon as it returns.
+ *   - Threads: the functions keep no shared state, so threads may call them at once on
+ *     their own buffers. A buffer passed in (workspace, candidates, output) belongs to the
+ *     enqueued work until it has run: work on another stream must not use it meanwhile.
+ *     A candidate buffer and an NMS workspace hold device-side counters: one image's work
+ *     uses them in stream order (reset, decode each level, NMS).
  *   - TF_STATUS_CUDA_ERROR: a CUDA runtime call failed; tf_last_cuda_error() gives its
  *     cudaError_t and tf_last_error_message() a readable detail (both per calling thread,
- *     describing its last call).
+ *     describing its last call; the message's storage belongs to the thread and is
+ *     rewritten by its next call: copy it to keep it).
  *     Kernel faults surface asynchronously, at the caller's next synchronisation.
  */
 #ifndef TINYFACES_KERNELS_H
