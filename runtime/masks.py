@@ -3,7 +3,7 @@
 One implementation serves ``tf-detect --blur/--pixelate`` (through :mod:`.draw`) and
 ``tf-anonymize``. A box covers the pixels ``floor(x1)..ceil(x2)`` x ``floor(y1)..ceil(y2)``
 clipped to the image (:func:`box_regions`); ``shape="ellipse"`` limits the mask to the
-ellipse inscribed in that region. Only pixels inside a mask change.
+ellipse inscribed in the box's whole region (cut where the box runs past the border). Only pixels inside a mask change.
 
     style = MaskStyle(mode="pixelate", cells=5, scale=1.3)
     anonymised = apply_masks(image, boxes, style)
@@ -44,17 +44,29 @@ def check_boxes(boxes: np.ndarray) -> np.ndarray:
     return b
 
 
-def box_regions(boxes: np.ndarray, height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
-    """Pixel regions ``(y0, y1, x0, x1)`` (end exclusive) fully covering each box, clipped."""
+Region = tuple[int, int, int, int]
+
+
+def _box_extents(boxes: np.ndarray, height: int, width: int) -> Iterator[tuple[Region, Region]]:
+    """``(whole, clipped)`` pixel regions ``(y0, y1, x0, x1)`` (end exclusive) of each box
+    that reaches into the image: ``whole`` covers the box, also where it runs past the
+    border; ``clipped`` is its part inside the image."""
     for x1, y1, x2, y2 in check_boxes(boxes)[:, :4]:
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
             continue
         xa, xb = sorted((x1, x2))
         ya, yb = sorted((y1, y2))
-        c0, c1 = max(math.floor(xa), 0), min(math.ceil(xb), width - 1) + 1
-        r0, r1 = max(math.floor(ya), 0), min(math.ceil(yb), height - 1) + 1
+        whole = (math.floor(ya), math.ceil(yb) + 1, math.floor(xa), math.ceil(xb) + 1)
+        r0, r1 = max(whole[0], 0), min(whole[1], height)
+        c0, c1 = max(whole[2], 0), min(whole[3], width)
         if c0 < c1 and r0 < r1:
-            yield r0, r1, c0, c1
+            yield whole, (r0, r1, c0, c1)
+
+
+def box_regions(boxes: np.ndarray, height: int, width: int) -> Iterator[Region]:
+    """Pixel regions ``(y0, y1, x0, x1)`` (end exclusive) fully covering each box, clipped."""
+    for _, clipped in _box_extents(boxes, height, width):
+        yield clipped
 
 
 @dataclass(frozen=True)
@@ -157,10 +169,21 @@ def pixelate_region(region: np.ndarray, cells: int | None = 5, block: int | None
 def ellipse_mask(height: int, width: int) -> np.ndarray:
     """bool (height, width): the pixels whose centres lie in the inscribed ellipse (never
     empty: the centre pixel is always in)."""
-    y = (np.arange(height) + 0.5 - height / 2) / (height / 2)
-    x = (np.arange(width) + 0.5 - width / 2) / (width / 2)
+    return _ellipse_part((0, height, 0, width), (0, height, 0, width))
+
+
+def _ellipse_part(whole: Region, part: Region) -> np.ndarray:
+    """bool, the shape of ``part``: :func:`ellipse_mask` of the region ``whole``, read over
+    ``part`` (a region inside it), without making the whole one (a box may run far past
+    the border)."""
+    (w0, w1, v0, v1), (r0, r1, c0, c1) = whole, part
+    height, width = w1 - w0, v1 - v0
+    y = (np.arange(r0 - w0, r1 - w0) + 0.5 - height / 2) / (height / 2)
+    x = (np.arange(c0 - v0, c1 - v0) + 0.5 - width / 2) / (width / 2)
     inside = y[:, None] ** 2 + x[None, :] ** 2 <= 1.0
-    inside[height // 2, width // 2] = True
+    cy, cx = w0 + height // 2, v0 + width // 2
+    if r0 <= cy < r1 and c0 <= cx < c1:
+        inside[cy - r0, cx - c0] = True
     return inside
 
 
@@ -189,11 +212,14 @@ def apply_masks(image: np.ndarray, boxes: np.ndarray, style: MaskStyle = MaskSty
     both hidden. Rows with a non-finite coordinate or outside the image are skipped.
     """
     out = check_image(image).copy()
-    for r0, r1, c0, c1 in mask_regions(boxes, *out.shape[:2], style):
+    if style.mode == "none":
+        return out
+    scaled = scale_boxes(boxes, style.scale)[:, :4]
+    for (w0, w1, v0, v1), (r0, r1, c0, c1) in _box_extents(scaled, *out.shape[:2]):
         region = out[r0:r1, c0:c1]
         masked = _masked_region(region, style)
-        if style.shape == "ellipse":
-            inside = ellipse_mask(r1 - r0, c1 - c0)
+        if style.shape == "ellipse":  # the whole box's ellipse, cut at the border
+            inside = _ellipse_part((w0, w1, v0, v1), (r0, r1, c0, c1))
             region[inside] = masked[inside]
         else:
             region[...] = masked

@@ -132,6 +132,9 @@ class Detector:
         self._running = False  # a run holds the stages: only its own thread can see this True
         self._close_deferred = False
         self._closed = False
+        # close() was called: calls that start from then on are refused at once (they would
+        # otherwise wait on the lock with close() and could get it first, again and again)
+        self._closing = False
 
     @property
     def config(self) -> DetectorConfig:
@@ -194,6 +197,7 @@ class Detector:
         """
         images = validate_batch(images, self.max_pixels)
         if not images:
+            self._check_open()
             return []
         caps = capabilities_of(self.runner)
         step = (caps.max_batch or len(images)) if caps.batch else 1
@@ -286,6 +290,7 @@ class Detector:
         running detect (from ``on_level``, a signal handler, a finalizer), it is done as soon
         as that call ends, and no call starts after it. Every part is closed even when one
         fails; the first failure is raised afterwards."""
+        self._closing = True
         with self._lock:
             if self._running:
                 self._close_deferred = True
@@ -301,9 +306,9 @@ class Detector:
     def _using(self, call: str) -> Iterator[None]:
         """Holds the stages for one call: waits for another thread's, refuses a call nested in
         this thread's own, and does a close() asked for meanwhile once the call ends."""
+        self._check_open()  # before the wait: a call after close() does not delay it
         with self._lock:
-            if self._closed or self._close_deferred:
-                raise TinyFacesError("this detector is closed")
+            self._check_open()
             if self._running:  # only the running call's own thread gets here
                 raise TinyFacesError(
                     f"{call} was called inside a running detect of the same detector (from "
@@ -317,6 +322,10 @@ class Detector:
                 if self._close_deferred:
                     self._close_now()
 
+    def _check_open(self) -> None:
+        if self._closing or self._closed or self._close_deferred:
+            raise TinyFacesError("this detector is closed")
+
     def __enter__(self) -> "Detector":
         return self
 
@@ -329,6 +338,9 @@ class _StageClock:
 
     def __init__(self, timings: MutableMapping[str, float] | None,
                  stages: tuple[Preprocessor | NetworkRunner | Postprocessor, ...]):
+        if timings is not None and not isinstance(timings, MutableMapping):
+            raise TypeError(f"timings must be a dict (stage name -> seconds, added to) or "
+                            f"None, got {type(timings).__name__}")
         self.timings = timings
         self.stages = stages
         self.last = time.perf_counter()
@@ -385,7 +397,12 @@ def validate_batch(images: Sequence[np.ndarray], max_pixels: int | None = None
         raise ImageError(f"detect_batch takes a sequence of images (a list, or an (N, H, W, 3) "
                          f"array), got an array of shape {images.shape}; for one image use "
                          f"detect(image)")
-    checked = [validate_image(image, max_pixels) for image in images]
+    try:
+        given = iter(images)
+    except TypeError:
+        raise ImageError(f"detect_batch takes a sequence of images, got "
+                         f"{type(images).__name__}") from None
+    checked = [validate_image(image, max_pixels) for image in given]
     sizes = {image.shape for image in checked}
     if len(sizes) > 1:
         raise ImageError(f"a batch takes images of one size, got {sorted(sizes)}; "

@@ -49,6 +49,40 @@ def test_gap_is_held_by_interpolation_and_new_track_back_filled():
                                               None]
 
 
+def _covered(frames, truth):
+    """Per frame, whether some mask contains the true box ``truth[i]`` whole."""
+    return [any(m.box[0] <= t[0] and m.box[1] <= t[1] and m.box[2] >= t[2] and m.box[3] >= t[3]
+                for m in f.masks) for f, t in zip(frames, truth)]
+
+
+@pytest.mark.parametrize("speed, missed", [(30, (3, 4)), (45, (3,)), (45, (1,)), (30, (1, 2))])
+def test_a_fast_face_missed_for_frames_stays_covered(speed, missed):
+    """A 48 px face moving more than half its width per frame overlapped its last box by
+    IoU < 0.3: each detection began a track of its own, held where the face had been, and
+    a missed frame left half the face visible."""
+    truth = [(100 + speed * i, 100, 148 + speed * i, 148) for i in range(8)]
+    per_frame = [[] if i in missed else [[*box, 0.9]] for i, box in enumerate(truth)]
+    frames = _run(TemporalMasker(hold=5, iou=0.3), per_frame)
+    assert _covered(frames, [np.array(t) + (0.001, 0.001, -0.001, -0.001) for t in truth]) \
+        == [True] * 8
+    assert {m.track for f in frames for m in f.masks} == {0}
+
+
+def test_reach_joins_only_a_near_detection_of_a_similar_size():
+    track = np.array([[0, 0, 40, 40]])
+    assert associate(track, np.array([[35, 0, 75, 40]]), 0.3) == []  # IoU 5/75
+    assert associate(track, np.array([[35, 0, 75, 40]]), 0.3, np.array([1.0])) == [(0, 0)]
+    assert associate(track, np.array([[41, 0, 81, 40]]), 0.3, np.array([1.0])) == []  # 41 px
+    assert associate(track, np.array([[41, 0, 81, 40]]), 0.3, np.array([2.0])) == [(0, 0)]
+    assert associate(track, np.array([[30, 0, 110, 80]]), 0.3, np.array([2.0])) == [(0, 0)]
+    assert associate(track, np.array([[30, 0, 115, 85]]), 0.3, np.array([2.0])) == []  # > 2x
+    assert associate(track, np.array([[35, 0, 75, 40]]), 0.3, np.array([0.0])) == []
+    # IoU pairs come first, the nearest of the rest next
+    tracks = np.array([[0, 0, 40, 40], [200, 0, 240, 40]])
+    dets = np.array([[230, 0, 270, 40], [205, 0, 245, 40], [30, 0, 70, 40]])
+    assert associate(tracks, dets, 0.3, np.array([1.0, 1.0])) == [(1, 1), (0, 2)]
+
+
 def test_gap_longer_than_hold_starts_a_new_track():
     face = [10, 10, 30, 30, 0.9]
     frames = _run(TemporalMasker(hold=1), [[face], [], [], [], [face]])

@@ -428,3 +428,64 @@ def test_an_image_larger_than_max_pixels_is_refused_before_any_work():
     assert runner.batches == []  # nothing ran
     detector.max_pixels = None
     assert detector.detect(np.zeros((40, 48, 3), np.uint8)).shape[1] == 5
+
+
+def test_a_call_made_after_close_is_refused_at_once_not_run_before_it():
+    """close() and new calls waited on one lock, which serves waiters in no order: calls
+    looping on other threads kept getting it first (a shutdown hook waited 18 s for six more
+    images on a CPU, minutes with photos). A call that starts once close() was called is
+    refused at once; the call already running finishes."""
+    from helpers_runners import PooledRunner
+
+    runner = PooledRunner()
+    detector = Detector(runner, DetectorConfig(prob_thresh=0.3))
+    image = np.full((40, 48, 3), 50, np.uint8)
+    expected = detector.detect(image)
+    inside, release = threading.Event(), threading.Event()
+    real_run = runner.run
+
+    def run(x):
+        inside.set()
+        release.wait(10)
+        return real_run(x)
+
+    runner.run = run
+    got = []
+    running = threading.Thread(target=lambda: got.append(detector.detect(image)))
+    running.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=detector.close)
+    closer.start()
+    deadline = time.monotonic() + 10
+    while not detector._closing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for call in (lambda: detector.detect(image), lambda: detector.detect_batch([image]),
+                 lambda: detector.detect_batch([]), lambda: detector.warmup([(40, 48)])):
+        with pytest.raises(TinyFacesError, match="^this detector is closed$"):
+            call()  # at once: the running call still holds the detector
+    assert running.is_alive() and closer.is_alive()
+    release.set()
+    running.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
+    np.testing.assert_array_equal(got[0], expected)
+    with pytest.raises(TinyFacesError, match="^this detector is closed$"):
+        detector.detect_batch([])
+
+
+def test_wrong_argument_types_are_refused_before_any_level_runs():
+    from helpers_runners import PooledRunner
+    from tinyfaces_trt.core.errors import ImageError
+
+    runner = PooledRunner()
+    detector = Detector(runner)
+    image = np.zeros((40, 48, 3), np.uint8)
+    with pytest.raises(ImageError, match="^detect_batch takes a sequence of images, got NoneType$"):
+        detector.detect_batch(None)
+    with pytest.raises(TypeError, match=r"^timings must be a dict \(stage name -> seconds, added "
+                                        r"to\) or None, got list$"):
+        detector.detect(image, timings=[])
+    assert runner.batches == []
+    timings = {}
+    detector.detect_batch(iter([image, image]), timings)  # any iterable of images
+    assert set(timings) == {"preprocess", "network", "decode", "nms"}

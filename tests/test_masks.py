@@ -62,6 +62,22 @@ def test_ellipse_keeps_the_corners(noise):
     assert ellipse_mask(1, 1).all()
 
 
+def test_an_ellipse_past_the_border_is_the_whole_boxs_ellipse_cut_there(noise):
+    """A face centred on the left edge: the ellipse was inscribed in the box's part inside
+    the image, leaving pixels of the face's centre line (by the border) unmasked."""
+    style = MaskStyle(mode="solid", shape="ellipse")
+    box = np.array([[-15, 10, 14, 29]])  # 30 x 20 pixels, centred on column 0
+    out = apply_masks(noise, box, style)
+    whole = np.zeros((40, 80), bool)  # the same box drawn 20 px further right, then shifted
+    whole[10:30, 5:35] = ellipse_mask(20, 30)
+    expected = whole[:, 20:70][:, :50]
+    changed = (out != noise).any(axis=2)
+    np.testing.assert_array_equal(changed, expected)
+    assert changed[10:30, 0].sum() == 20  # the centre line, top to bottom
+    far = np.array([[-1e12, -1e12, 30, 20]])  # no (1e12 x 1e12) mask is made for this:
+    np.testing.assert_array_equal(apply_masks(noise, far, style), noise)  # a corner, outside
+
+
 def test_blur_strength_scales_with_the_face():
     spot = np.zeros((81, 81, 3), np.uint8)
     spot[38:43, 38:43] = 255

@@ -122,8 +122,23 @@ def resolve_providers(requested: str | Sequence[str] | None,
     return chosen
 
 
+#: ONNX Runtime's run option that returns the CPU arena's unused memory at the end of each
+#: run: without it, one large image's peak (gigabytes for a photo of several megapixels)
+#: stayed held by a long-lived detector until it was closed (about 1% slower per run).
+ARENA_SHRINKAGE = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def run_options() -> Any:
+    """New ``RunOptions`` of one run: the CPU arena shrinks back after it
+    (:data:`ARENA_SHRINKAGE`)."""
+    options = import_onnxruntime().RunOptions()
+    options.add_run_config_entry(*ARENA_SHRINKAGE)
+    return options
+
+
 def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, Any]) -> list[Any]:
-    """``session.run``, stoppable by Ctrl-C and by what signal handlers raise: Python runs
+    """``session.run`` with :func:`run_options`, stoppable by Ctrl-C and by what signal
+    handlers raise: Python runs
     signal handlers in the main thread between bytecodes, never inside ONNX Runtime's run (a
     large image's level takes minutes on a CPU), so there the run goes on a helper thread
     while the main thread waits; an exception while it waits (KeyboardInterrupt, a SIGTERM
@@ -136,9 +151,9 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     Runtime runs on another thread aborts in its C++ teardown ("terminate called without an
     active exception", exit 134 instead of the handler's), and a caller whose lock is released
     could start a second run alongside it."""
+    options = run_options()
     if threading.current_thread() is not threading.main_thread():
-        return session.run(output_names, feeds)
-    options = import_onnxruntime().RunOptions()
+        return session.run(output_names, feeds, options)
     worker = Worker(lambda: session.run(output_names, feeds, options), "tf-onnxruntime-run")
     try:
         worker.start()

@@ -6,7 +6,9 @@ frames later, the masks of every frame:
 
 * detections are associated with tracks by IoU (greedy, best pairs first, IoU >= ``iou``)
   against each track's box predicted at constant velocity, a track staying open while it
-  was last detected at most ``hold + 1`` frames ago;
+  was last detected at most ``hold + 1`` frames ago; a track of a single detection (no
+  velocity yet) also takes the nearest detection of a similar size within :data:`REACH` of
+  its size per frame, so that a fast face's second detection continues its track;
 * a track's mask is **held** for up to ``hold`` frames after a detection: a gap between two
   detections of one track is filled by linear interpolation of the two boxes, so a moving
   face stays covered; after the last detection the box moves on at the track's velocity;
@@ -30,6 +32,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
+#: How far (in the box's longer side per frame) a track of one detection reaches for its
+#: next detection when they overlap too little (:meth:`TemporalMasker.push`).
+REACH = 1.0
 
 DETECTED = "detected"
 HELD = "held"
@@ -81,26 +87,65 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def associate(track_boxes: np.ndarray, detections: np.ndarray, iou: float
-              ) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching, best IoU first: ``[(track_row, detection_row)]`` with
-    IoU >= ``iou`` (> 0)."""
+#: A face's size may change by at most this factor between two detections of one track
+#: joined by distance (:func:`associate`'s ``reach``).
+SIZE_CHANGE = 2.0
+
+
+def associate(track_boxes: np.ndarray, detections: np.ndarray, iou: float,
+              reach: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching: ``[(track_row, detection_row)]``.
+
+    First by IoU, best first, IoU >= ``iou`` (> 0). Then, where ``reach`` (one value per
+    track, 0: none) is given, the tracks and detections left are matched by distance,
+    nearest first: a detection whose centre lies within ``reach`` x the track box's longer
+    side of the track box's centre, and whose size is within :data:`SIZE_CHANGE` of it.
+    """
     if len(track_boxes) == 0 or len(detections) == 0:
         return []
+    pairs: list[tuple[int, int]] = []
+    used_t: set[int] = set()
+    used_d: set[int] = set()
     overlaps = iou_matrix(track_boxes, detections)
-    pairs = []
-    used_t, used_d = set(), set()
-    order = np.argsort(-overlaps, axis=None, kind="stable")
-    for flat in order:
-        t, d = divmod(int(flat), overlaps.shape[1])
-        if overlaps[t, d] < iou or overlaps[t, d] <= 0:
+    _greedy(-overlaps, (overlaps >= iou) & (overlaps > 0), pairs, used_t, used_d)
+    if reach is not None:
+        distance, near = _centre_distances(np.asarray(track_boxes, np.float64)[:, :4],
+                                           np.asarray(detections, np.float64)[:, :4])
+        _greedy(distance, near & (distance <= np.asarray(reach, np.float64)[:, None]),
+                pairs, used_t, used_d)
+    return pairs
+
+
+def _greedy(cost: np.ndarray, allowed: np.ndarray, pairs: list[tuple[int, int]],
+            used_t: set[int], used_d: set[int]) -> None:
+    """Appends the allowed pairs of unused rows and columns to ``pairs``, lowest cost first."""
+    for flat in np.argsort(np.where(allowed, cost, np.inf), axis=None, kind="stable"):
+        t, d = divmod(int(flat), cost.shape[1])
+        if not allowed[t, d]:
             break
         if t in used_t or d in used_d:
             continue
         used_t.add(t)
         used_d.add(d)
         pairs.append((t, d))
-    return pairs
+
+
+def _centre_distances(tracks: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, D) centre distances in units of the track box's longer side, and where the two
+    sizes (square roots of the areas) are within :data:`SIZE_CHANGE` of each other."""
+    def centres(b: np.ndarray) -> np.ndarray:
+        return (b[:, :2] + b[:, 2:4]) / 2
+
+    def sizes(b: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+
+    side = np.maximum(tracks[:, 2] - tracks[:, 0], tracks[:, 3] - tracks[:, 1])
+    gap = np.linalg.norm(centres(tracks)[:, None, :] - centres(dets)[None, :, :], axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.where(side[:, None] > 0, gap / side[:, None], np.inf)
+        ratio = sizes(dets)[None, :] / sizes(tracks)[:, None]
+    similar = (ratio >= 1 / SIZE_CHANGE) & (ratio <= SIZE_CHANGE)
+    return distance, similar
 
 
 @dataclass
@@ -154,8 +199,13 @@ class TemporalMasker:
         dets = np.asarray(detections, np.float64).reshape(-1, 5) if np.size(detections) \
             else np.zeros((0, 5))
         open_tracks = [t for t in self._tracks if index - t.last <= self.hold + 1]
+        # a track of one detection has no velocity yet: a fast face (moving more than about
+        # half its width per frame) overlaps its last box too little, so it may also be
+        # joined by distance, REACH of its size per frame since that detection
+        reach = np.array([REACH * (index - t.last) if t.first == t.last
+                          else 0.0 for t in open_tracks])
         pairs = associate(np.array([t.box_at(index) for t in open_tracks]).reshape(-1, 4),
-                          dets, self.iou)
+                          dets, self.iou, reach)
         matched = set()
         for t_row, d_row in pairs:
             open_tracks[t_row].add(index, dets[d_row, :4].copy(), float(dets[d_row, 4]))
