@@ -146,8 +146,9 @@ def test_an_input_linked_to_a_file_its_output_would_replace_is_refused(tmp_path,
 def test_hard_and_symbolic_links_in_out_are_replaced_without_touching_the_input(
         tmp_path, monkeypatch, capsys):
     """An output entry that is a hard link to an input (the input keeps its own name) or a
-    symbolic link to it (os.replace swaps the link) is no clash: the run anonymises, and the
-    input's bytes are unchanged."""
+    symbolic link to it (os.replace swaps the link) is no clash: not tf-anonymize's (no
+    sidecar), it is left as it is, and --overwrite anonymises over it; the input's bytes are
+    unchanged."""
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     out.mkdir()
@@ -156,6 +157,9 @@ def test_hard_and_symbolic_links_in_out_are_replaced_without_touching_the_input(
     (out / "soft.png").symlink_to(soft)
     before = {p: _sha(p) for p in (hard, soft)}
     status, err = _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 1 and "0 done, 0 skipped, 2 failed" in err
+    assert (out / "soft.png").is_symlink() and (out / "hard.png").stat().st_nlink == 2
+    status, err = _run_cli([src, "--out", out, "-q", "--overwrite"], monkeypatch, capsys)
     assert status == 0 and "2 done, 0 skipped, 0 failed" in err
     assert {p: _sha(p) for p in (hard, soft)} == before
     for name in ("hard.png", "soft.png"):
@@ -276,7 +280,8 @@ def test_a_review_output_is_made_again_by_an_anonymising_run(tmp_path, monkeypat
 
 
 def _sidecar(path: Path, source: Path, options: Options | None) -> None:
-    record = {"input": str(source), "resolved": str(source.resolve())}
+    record = {"input": str(source), "resolved": str(source.resolve()),
+              "input_identity": jobs.input_identity(source)}
     if options is not None:
         record["options"] = jobs._jsonable(dataclasses.asdict(options))
     path.write_text(json.dumps(record))
@@ -386,6 +391,7 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
     _photo(src / "p.png")
     (out / "p.png").write_bytes(b"made before")
     record = {"input": str(src / "p.png"), "resolved": str((src / "p.png").resolve()),
+              "input_identity": jobs.input_identity(src / "p.png"),
               "model": {"weights_sha256": None, "untrained": False, "source": "export folder"},
               "config": unknown.config, "options": jobs._jsonable(dataclasses.asdict(Options()))}
     (out / "p.png.json").write_text(json.dumps(record))
@@ -456,7 +462,8 @@ class StubReader:
 
 
 class StubWriter:
-    def __init__(self, path, reader, codec, crf, name) -> None:
+    def __init__(self, path, reader, codec, crf, name, keep_audio=False,
+                 keep_metadata=False) -> None:
         self.path, self.frames, self.dropped = Path(path), 0, ["stream 2 (data) not copied"]
 
     def write(self, image, pts) -> None:

@@ -1,6 +1,7 @@
 """The video reader/writer on inputs as cameras write them: timecode tracks, damaged packets,
 truncation, colour tags and ranges, anamorphic pixels, extra tracks, attachments, chapters,
-B-frames in AVI, size changes, encoder quirks. Clips are tiny and made here with PyAV."""
+B-frames and timestamps in AVI, size changes, encoder quirks. Clips are tiny and made here with
+PyAV. (What is left out as personal data: test_anonymize_video_privacy.py.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tinyfaces_trt.anonymize.video_formats import (crf_problem, encoder_time_bas
                                                    output_pixel_format)
 
 W, H = 64, 48
+#: A TrueType font's first bytes (sfnt version 1.0), as an attachment's data.
+FONT = b"\x00\x01\x00\x00" + b"\0font" * 20
 
 
 def image(i: int, w: int = W, h: int = H) -> np.ndarray:
@@ -51,7 +54,7 @@ def make(path: Path, n: int = 6, *, codec: str = "libx264", pix_fmt: str = "yuv4
         streams.append(v)
     a = out.add_stream("aac", rate=48000) if audio else None
     if attachment:
-        out.add_attachment("font.ttf", "application/x-truetype-font", b"\0font" * 20)
+        out.add_attachment("font.ttf", "application/x-truetype-font", FONT)
     if chapters:
         out.set_chapters(chapters)
     step = Fraction(1, rate) / (tb or Fraction(1, rate))
@@ -129,19 +132,27 @@ def test_a_timecode_track_is_written_anew_from_the_tag(tmp_path, suffix):
     make(src, n=4, tb=None, metadata={"timecode": "10:00:00:00"})
     with av.open(str(src)) as c:
         assert [s.type for s in c.streams] == ["video", "data"]  # the muxer wrote a tmcd
-    _, writer, _ = through(src, tmp_path / f"out{suffix}")
+    _, writer, _ = through(src, tmp_path / f"out{suffix}", keep_metadata=True)
     assert writer.dropped == []
     with av.open(str(tmp_path / f"out{suffix}")) as c:
         assert [s.type for s in c.streams] == ["video", "data"]
         assert [s.metadata.get("timecode") for s in c.streams] == ["10:00:00:00"] * 2
         assert sum(1 for _ in c.decode(video=0)) == 4
+    # a time of day: metadata, left out by default and said so
+    _, writer, _ = through(src, tmp_path / f"bare{suffix}")
+    assert len(writer.dropped) == 1
+    assert writer.dropped[0].startswith("not copied, as it can identify people or places: "
+                                        "stream #1 (data, timecode), tags ")
+    with av.open(str(tmp_path / f"bare{suffix}")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+        assert "timecode" not in c.streams.video[0].metadata
 
 
 def test_a_timecode_track_in_mkv_is_named_and_kept_as_a_tag(tmp_path):
     src = tmp_path / "tc.mov"
     make(src, n=3, tb=None, metadata={"timecode": "01:02:03:04"})
-    _, writer, _ = through(src, tmp_path / "out.mkv")
-    assert writer.dropped == ["stream #1 (data, data) not copied: the .mkv container holds no "
+    _, writer, _ = through(src, tmp_path / "out.mkv", keep_metadata=True)
+    assert writer.dropped == ["stream #1 (data, timecode) not copied: the .mkv container holds no "
                               "timecode track; the timecode 01:02:03:04 is kept as a tag of "
                               "the video stream"]
     with av.open(str(tmp_path / "out.mkv")) as c:
@@ -313,7 +324,7 @@ def test_output_pixel_formats_are_8_bit_4_2_0():
 
 # -- 3, 14: extra tracks, attachments, chapters -------------------------------------------
 
-def test_a_second_video_track_is_named_and_an_attachment_copied(tmp_path):
+def test_a_second_video_track_is_named_and_a_font_attachment_copied(tmp_path):
     src = tmp_path / "dual.mkv"
     make(src, n=3, second_video=True, attachment=True)
     _, writer, _ = through(src, tmp_path / "out.mkv")
@@ -321,7 +332,7 @@ def test_a_second_video_track_is_named_and_an_attachment_copied(tmp_path):
                               "is anonymised: copying this one would keep its faces visible"]
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert [s.type for s in c.streams] == ["video", "attachment"]
-        assert (c.streams[1].name, bytes(c.streams[1].data)) == ("font.ttf", b"\0font" * 20)
+        assert (c.streams[1].name, bytes(c.streams[1].data)) == ("font.ttf", FONT)
     _, writer, _ = through(src, tmp_path / "out.mp4")
     assert writer.dropped[1:] == ["stream #2 (attachment, font.ttf) not copied: the .mp4 container "
                                   "cannot hold attachments"]
@@ -335,17 +346,23 @@ def test_chapters_are_copied_or_named(tmp_path):
                  "metadata": {"title": "After"}}]
     make(src, n=4, chapters=chapters)
     for suffix in (".mkv", ".mp4"):
-        _, writer, _ = through(src, tmp_path / f"out{suffix}")
+        _, writer, _ = through(src, tmp_path / f"out{suffix}", keep_metadata=True)
         assert writer.dropped == []
         with av.open(str(tmp_path / f"out{suffix}")) as c:
             assert [ch["metadata"]["title"] for ch in c.chapters()] == ["Incident", "After"]
     # an mp4's chapter track is not copied as a data stream (FFmpeg cannot): rewritten
-    _, writer, _ = through(tmp_path / "out.mp4", tmp_path / "again.mp4")
+    _, writer, _ = through(tmp_path / "out.mp4", tmp_path / "again.mp4", keep_metadata=True)
     assert writer.dropped == []
     with av.open(str(tmp_path / "again.mp4")) as c:
         assert len(c.chapters()) == 2
-    _, writer, _ = through(src, tmp_path / "out.avi")
+    _, writer, _ = through(src, tmp_path / "out.avi", keep_metadata=True)
     assert writer.dropped == ["2 chapters not copied: the .avi container cannot hold them"]
+    # by default the chapters keep their times, not their titles (metadata)
+    _, writer, _ = through(src, tmp_path / "bare.mkv")
+    with av.open(str(tmp_path / "bare.mkv")) as c:
+        assert [(ch["start"] * ch["time_base"], ch["metadata"].get("title"))
+                for ch in c.chapters()] == [(0, None), (Fraction(80, 1000), None)]
+    assert "title" in writer.dropped[-1].split("tags ")[1].split(" (--keep-metadata")[0]
 
 
 # -- 8: anamorphic pixels -------------------------------------------------------------------
@@ -422,7 +439,54 @@ def test_b_frames_in_avi_keep_their_timeline(tmp_path):
     assert [f.pts for f in frames] == sorted(raw)
     with av.open(str(tmp_path / "out.avi")) as c:
         back = [f.pts for f in c.decode(video=0)]
-    assert back == sorted(back) and len(back) == 30  # its own AVI reads back in order
+    # its own AVI reads back with the input's timestamps (FFmpeg reads this input's from 1:
+    # the output starts with an empty frame, as AVI puts its first frame at 0)
+    assert back == sorted(raw) == list(range(1, 31))
+
+
+def _dvr_clip(path: Path, n: int = 20, flash: int = 10) -> None:
+    """A DVR-style AVI: MJPEG at 25 fps, a white frame at ``flash``; 16-bit PCM, silent but a
+    click at the flash's time (0.4 s)."""
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mjpeg", rate=25)
+        v.width, v.height, v.pix_fmt = W, H, "yuvj420p"
+        a = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((H, W, 3), 255 if i == flash else 40, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(v.encode(frame))
+        out.mux(v.encode())
+        samples = np.zeros((1, 8000 * n // 25), np.int16)
+        samples[0, 8000 * flash // 25] = 30000
+        sound = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        sound.sample_rate, sound.pts = 8000, 0
+        out.mux(a.encode(sound))
+        out.mux(a.encode())
+
+
+def _flash_and_click(path: Path) -> tuple[list[int], float, float]:
+    """The video's pts, the flash frame's time and the audio click's time (seconds)."""
+    with av.open(str(path)) as c:
+        frames = [(f.pts, f.time, f.to_ndarray(format="gray").mean()) for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        sound = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
+        rate = c.streams.audio[0].rate
+    flash = next(time for _, time, level in frames if level > 200)
+    return [pts for pts, _, _ in frames], flash, int(np.argmax(np.abs(sound))) / rate
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_avi_output_keeps_the_input_timestamps_and_sync(tmp_path, codec):
+    """libx264 in AVI read back one frame late (FFmpeg reads an H.264 frame in AVI at the next
+    packet's dts unless the stream carries HRD timing): the flash at 0.44 s, its click at 0.40."""
+    src = tmp_path / "dvr.avi"
+    _dvr_clip(src)
+    pts, flash, click = _flash_and_click(src)
+    assert pts == list(range(20)) and flash == click == 0.4
+    _, writer, _ = through(src, tmp_path / "out.avi", codec=codec, keep_audio=True)
+    assert writer.dropped == []
+    assert _flash_and_click(tmp_path / "out.avi") == (pts, 0.4, 0.4)
 
 
 def test_a_frame_size_change_fails_clearly(tmp_path):

@@ -317,7 +317,8 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
     ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``,
-    ``--nms-thresh``, ``--min-face``, ``--max-face``), as a :class:`DetectorSpec`:
+    ``--nms-thresh``, ``--min-face``, ``--max-face``; a tool's ``clip_boxes`` default), as a
+    :class:`DetectorSpec`:
     ``.create()`` builds it here, and Ray workers and Serve replicas build their own from it.
 
     ``auto`` is resolved here (said through ``progress``). With ``for_workers``, an ONNX
@@ -336,7 +337,7 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
         folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
         model_dir, weights = str(folder.path), None
     overrides = tuple((k, getattr(args, k, None)) for k in
-                      ("prob_thresh", "nms_thresh", "min_face", "max_face")
+                      ("prob_thresh", "nms_thresh", "min_face", "max_face", "clip_boxes")
                       if getattr(args, k, None) is not None)
     torch_mode = args.torch_mode if backend == "torch-cuda" else None
     return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,

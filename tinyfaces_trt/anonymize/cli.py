@@ -7,9 +7,11 @@
 Per input it writes the anonymised copy under ``--out`` (same relative path and format) and
 ``<output>.json``, the audit sidecar (every mask per frame, the model, a review list of
 near-threshold frames). Videos keep their frame rate and timestamps (variable frame rate
-included), resolution, rotation, audio and subtitle streams (copied, not re-encoded) and
-metadata. A bad file is reported and skipped; the others finish. An output that would
-replace an input file (``--out`` holds it) is refused before any work (exit 2).
+included), resolution and rotation; what can identify people or places is left out and named
+in a warning: audio (``--keep-audio`` copies it), metadata tags, subtitle and data streams
+(``--keep-metadata`` copies them), attachments that are not fonts (always). A bad file is
+reported and skipped; the others finish. An output that would replace an input file
+(``--out`` holds it) is refused before any work (exit 2).
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ examples:
   tf-anonymize frames/ --model export/ --out anonymised/ --ray --workers 4
 
 video: frames are decoded ahead and encoded on threads and detected in batches; output
-keeps each frame's timestamp, the resolution, rotation metadata, colour tags (matrix,
-primaries, transfer, range; with x264, x265, VP9, AV1), sample aspect ratio,
-audio/subtitle streams (copied), chapters, Matroska attachments and container metadata;
-a timecode track is written anew (mov, mp4). A second video track is not copied (its
-faces would stay visible): it and any other stream left out are named in a warning.
+keeps each frame's timestamp, the resolution, rotation (display matrix), colour tags
+(matrix, primaries, transfer, range; with x264, x265, VP9, AV1), sample aspect ratio,
+chapters and Matroska font attachments. Left out as personal data, in one warning line
+per file and the audit JSON: audio (--keep-audio copies it), the container's, streams'
+and chapters' metadata tags but a stream's language, subtitle and data streams (GPS
+text, GoPro telemetry, timecode) (--keep-metadata copies them, unchanged; a timecode
+track is written anew in mov, mp4). Never copied: attachments that are not fonts and a
+second video track (their faces would stay visible), named in a warning with any other
+stream the output container cannot hold.
 Damaged packets are skipped with a warning; a frame size that changes mid-file is an
 error. Default encoders: libx264 (mp4, mov, mkv,
 avi, m4v), libvpx-vp9 (webm); default --crf 18 (x264), 24 (vp9); --crf only for encoders
@@ -88,13 +94,18 @@ The 2x level (over half the work) produces faces up to 110 px this way, so only
 --min-face above 110 removes it; faces smaller than --min-face may then be missed.
 
 reruns: an input whose output and audit JSON exist is skipped, unless the JSON records
-other mask or video options (--mode, --shape, --mask-scale, --blur-strength, --cells,
---draw, --hold, --iou, --codec, --crf), another network (--model, --weights: the weights'
-sha256, or the untrained one) or other detector settings (--prob-thresh, --nms-thresh,
---min-face, --max-face): then it is made again with the new ones.
+another input file (its size, sampled sha256 and, over 2 MiB, modification time: a card
+dump's new FILE0001.MP4; JSONs of older versions record none, so their outputs are made
+again once) or other mask or video options (--mode, --shape, --mask-scale, --blur-strength, --cells,
+--draw, --hold, --iou, --codec, --crf, --keep-audio, --keep-metadata), another network
+(--model, --weights: the weights' sha256, or the untrained one) or other detector
+settings (--prob-thresh, --nms-thresh, --min-face, --max-face): then it is made again
+with the new ones. A file at an output path without its audit JSON was not written by
+tf-anonymize: it is left as it is and reported (exit 1) unless --overwrite.
 
-exit status: 0 every input done (or skipped: output exists), 1 some input failed (each
-failure listed on stderr, the others finish), 2 bad command-line arguments or an --out
+exit status: 0 every input done (or skipped: output exists), 1 some input failed or was not
+anonymised (each listed on stderr: an unreadable file, an image or video of a format it
+does not read, a file at its output path it did not write; the others finish), 2 bad command-line arguments or an --out
 where an output would replace an input file.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -110,7 +121,9 @@ where an output would replace an input file.""",
     masks.add_argument("--shape", choices=SHAPES, default="box",
                        help="mask the whole box or its inscribed ellipse (default: box)")
     masks.add_argument("--mask-scale", type=positive_float, default=1.3, metavar="F",
-                       help="enlarge boxes by F about their centre before masking (default: 1.3)")
+                       help="enlarge boxes by F about their centre before masking (default: "
+                            "1.3); a face cut by the image border is enlarged as detected, "
+                            "beyond the border, then cut")
     masks.add_argument("--blur-strength", type=positive_float, default=0.25, metavar="F",
                        help="Gaussian radius as a fraction of the face's longer side "
                             "(default: 0.25)")
@@ -132,15 +145,28 @@ where an output would replace an input file.""",
                             "(default: by container, see below)")
     track.add_argument("--crf", type=_crf, metavar="N",
                        help="constant rate factor, lower is better quality (default: by codec)")
+    track.add_argument("--keep-audio", action="store_true",
+                       help="copy the audio streams (default: left out: voices are personal "
+                            "data)")
+    track.add_argument("--keep-metadata", action="store_true",
+                       help="copy the container's and streams' metadata tags (GPS location, "
+                            "recording time, device make, model and serial number, comments), "
+                            "chapter titles, and the subtitle and data streams (dashcam GPS "
+                            "text, GoPro telemetry, timecode) (default: left out, but for what "
+                            "playback needs: rotation, a stream's language)")
     add_detector_arguments(parser, title="detector (as tf-detect)")
+    # boxes as the network found them, past the border: --mask-scale and --shape ellipse work
+    # on the whole face (the detector's own output is cut at the border, as the reference's)
+    parser.set_defaults(clip_boxes=False)
     out = parser.add_argument_group("outputs")
     out.add_argument("--review-band", type=fraction, default=0.1, metavar="B",
                      help="list frames with a detection scoring within B above the threshold "
                           "for human review in the sidecar (default: 0.1)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace existing outputs (default: skip inputs whose output "
-                          "exists, made with the same mask and video options, network and "
-                          "detector settings)")
+                     help="replace existing outputs, also files tf-anonymize did not write "
+                          "(default: skip inputs whose output exists, made of the same input "
+                          "file with the same mask and video options, network and detector "
+                          "settings; leave files without an audit JSON alone)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bars or per-file lines (errors are still printed)")
     out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
@@ -176,7 +202,8 @@ def options_from(args: argparse.Namespace) -> Any:
     style = MaskStyle(mode=args.mode, shape=args.shape, scale=args.mask_scale,
                       blur_strength=args.blur_strength, cells=args.cells)
     return Options(style=style, draw=args.draw, hold=args.hold, iou=args.iou, batch=args.batch,
-                   codec=args.codec, crf=args.crf, review_band=args.review_band,
+                   codec=args.codec, crf=args.crf, keep_audio=args.keep_audio,
+                   keep_metadata=args.keep_metadata, review_band=args.review_band,
                    progress=not args.quiet)
 
 

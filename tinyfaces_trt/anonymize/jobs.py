@@ -1,19 +1,22 @@
 """Anonymisation jobs: inputs planned into tasks, and one task processed.
 
 :func:`plan_tasks` expands files and folders into :class:`Task` objects with their output
-and sidecar paths (existing outputs made with the same options skipped unless ``overwrite``;
-an output that would replace an input is refused). :func:`process_file` runs
+and sidecar paths (existing outputs made of the same input with the same options skipped
+unless ``overwrite``; a file at an output path that tf-anonymize did not write, and an output
+that would replace an input, are refused). :func:`process_file` runs
 one task and returns a :class:`Result`; it is a pure function of (detector, task, options),
 all three picklable but the detector, so tasks can be spread over processes or a Ray cluster
 where each worker builds its own detector (:class:`tinyfaces_trt.detectors.DetectorSpec`).
 
 Every output is written to a temporary name and renamed when complete
 (:func:`tinyfaces_trt.core.files.atomic_output`): a failed or interrupted file leaves nothing
-under its final name.
+under its final name. A provisional sidecar claims it just before that rename
+(:func:`~.sidecar.write_claim`), so that every output under its final name has a sidecar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +32,7 @@ import numpy as np
 
 from tinyfaces_trt.anonymize.reruns import redo_reason
 from tinyfaces_trt.detector_record import DetectorRecord
-from tinyfaces_trt.anonymize.sidecar import AuditLog, model_identity
+from tinyfaces_trt.anonymize.sidecar import AuditLog, input_identity, model_identity, write_claim
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -45,6 +48,11 @@ log = logging.getLogger("tinyfaces_trt.anonymize")
 
 #: Image suffixes picked up in folders (formats Pillow both reads and writes as RGB).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Other suffixes of those formats, picked up too; the output keeps its name and is written in
+#: the format of the suffix given here: .jfif and .jpe (JPEG), a GoPro's .THM thumbnail (JPEG)
+#: and .LRV low-resolution copy (MP4), QuickTime's .qt, MPEG-4's .mp4v.
+WRITTEN_AS = {".jfif": ".jpg", ".jpe": ".jpg", ".thm": ".jpg", ".lrv": ".mp4", ".mp4v": ".mp4",
+              ".qt": ".mov"}
 #: Images of other formats: one in a folder is an error (it would be left with its faces
 #: visible), not ignored as other files are (GIF: animated frames; PNM: no RGB copy as such).
 OTHER_IMAGE_SUFFIXES = (".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif",
@@ -59,11 +67,30 @@ OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v",
 #: tracker .mod music, ...): such a file is a video only when its first bytes say so
 #: (:func:`_looks_like_video`), else it is left alone as any unknown file.
 SHARED_VIDEO_SUFFIXES = (".ts", ".mod", ".rm", ".dav", ".asf")
-#: How much of a file's head :func:`_looks_like_video` reads (an M2TS packet's third sync byte).
+#: How much of a file's head :func:`_head` reads (an M2TS packet's third sync byte).
 _HEAD_BYTES = 512
+#: ASF header object (WMV video, but also WMA audio).
+_ASF_MAGIC = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 #: Signatures at offset 0: MPEG-PS pack header, RealMedia, Dahua DVR, ASF header object.
-_VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA",
-                bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"))
+_VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA", _ASF_MAGIC)
+#: Image and video signatures at offset 0 of a file whose suffix says nothing
+#: (:func:`_media_in`), with what they are; those of :data:`_VIDEO_MAGIC` too.
+_MEDIA_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+                (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
+                (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+                (b"\x00\x00\x00\x0cjP  \r\n", "a JPEG 2000 image"),
+                (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+                (b"\xff\x0a", "a JPEG XL image"), (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
+                (b"\x1a\x45\xdf\xa3", "a Matroska or WebM video"), (b"FLV\x01", "an FLV video"),
+                (b"\x00\x00\x01\xb3", "an MPEG video"), (b"\x00\x00\x01\xb0", "an MPEG-4 video"))
+#: ISO media (``ftyp``) brands of audio files and of still images, at offset 8.
+_AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
+_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                 b"avif", b"avis")
+#: Sizes of a BMP's info header (offset 14), which tell "BM" files from text starting so.
+_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
+#: Names a folder's other files are listed by in the warning, at most.
+_NAMES_LISTED = 10
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
 
@@ -80,6 +107,11 @@ class Options:
         iou: smallest IoU that continues a face track.
         batch: frames detected per :meth:`Detector.detect_batch` call.
         codec, crf: video encoder and quality (None: per-container defaults).
+        keep_audio: copy a video's audio streams (default: left out, voices are personal
+            data).
+        keep_metadata: copy a video's metadata tags, chapter titles, subtitle and data
+            streams (default: left out but for what playback needs: rotation, a stream's
+            language).
         review_band: detections scoring within this band above the threshold are listed
             for human review in the sidecar.
         progress: show a progress bar on stderr.
@@ -92,6 +124,8 @@ class Options:
     batch: int = 4
     codec: str | None = None
     crf: int | None = None
+    keep_audio: bool = False
+    keep_metadata: bool = False
     review_band: float = 0.1
     progress: bool = False
 
@@ -161,8 +195,9 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 def media_kind(path: Path) -> str | None:
-    """``"image"``, ``"video"`` or None, from the suffix."""
+    """``"image"``, ``"video"`` or None, from the suffix (:data:`WRITTEN_AS` included)."""
     suffix = path.suffix.lower()
+    suffix = WRITTEN_AS.get(suffix, suffix)
     if suffix in IMAGE_SUFFIXES:
         return "image"
     if suffix in VIDEO_SUFFIXES:
@@ -180,15 +215,23 @@ def _other_format(path: Path) -> bool:
     return suffix in OTHER_IMAGE_SUFFIXES + OTHER_VIDEO_SUFFIXES
 
 
-def _looks_like_video(path: Path) -> bool:
-    """Whether the file starts as a video container does (:data:`_VIDEO_MAGIC`, or MPEG-TS
-    sync bytes 0x47 every 188 bytes, or every 192 after a 4-byte M2TS timestamp); a file that
-    cannot be read is not."""
+def _head(path: Path) -> bytes:
+    """The first :data:`_HEAD_BYTES` of the file; none for a file that cannot be read."""
     try:
         with open(path, "rb") as f:
-            head = f.read(_HEAD_BYTES)
+            return f.read(_HEAD_BYTES)
     except OSError:
-        return False
+        return b""
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Whether the file starts as a video container does (:func:`_video_head`)."""
+    return _video_head(_head(path))
+
+
+def _video_head(head: bytes) -> bool:
+    """Whether ``head`` starts as a video container does (:data:`_VIDEO_MAGIC`, or MPEG-TS
+    sync bytes 0x47 every 188 bytes, or every 192 after a 4-byte M2TS timestamp)."""
     if head.startswith(_VIDEO_MAGIC):
         return True
     return any(len(head) > start + 2 * step and
@@ -196,15 +239,78 @@ def _looks_like_video(path: Path) -> bool:
                for start, step in ((0, 188), (4, 192)))
 
 
+def _media_in(head: bytes) -> tuple[str, str] | None:
+    """(what it is, ``"image"`` or ``"video"``) where ``head``, the start of a file whose suffix
+    is none tf-anonymize knows, is that of an image or video format, else None (text, audio,
+    ASF: WMA audio shares its header)."""
+    if head.startswith(_ASF_MAGIC):
+        return None
+    for magic, what in _MEDIA_MAGIC:
+        if head.startswith(magic):
+            return what, "video" if what.endswith("video") else "image"
+    if head[4:8] == b"ftyp" and head[8:12] not in _AUDIO_BRANDS:
+        return ("a HEIF or AVIF image", "image") if head[8:12] in _IMAGE_BRANDS else \
+            ("an MP4 or QuickTime video", "video")
+    if head[4:8] in (b"moov", b"mdat", b"wide"):
+        return "a QuickTime video", "video"
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return ("a WebP image", "image") if head[8:12] == b"WEBP" else ("an AVI video", "video")
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+        return "a BMP image", "image"
+    if _video_head(head):
+        return "a video", "video"
+    return None
+
+
+def _unknown_suffix(path: Path, what: str, kind: str) -> str:
+    """The error for a file of unknown suffix that holds ``what``, an image or video."""
+    name = f"its suffix {path.suffix} is not one tf-anonymize reads" if path.suffix else \
+        "its name has no suffix"
+    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+    return (f"{path}: not anonymised: the file holds {what} but {name}; rename or convert it "
+            f"to one of {', '.join(suffixes)}")
+
+
+def _is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is named as tf-anonymize names a sidecar (``<output>.json``)."""
+    return path.suffix.lower() == ".json" and media_kind(Path(path.stem)) is not None
+
+
 def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
-    """The folder's image and video files, and those of other formats (:func:`_other_format`)."""
+    """The folder's files, sorted, hidden ones (tf-anonymize's temporary files among them) and
+    ``exclude`` left out."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (Path(root) / d).resolve() != exclude)
-        for name in sorted(files):
-            path = Path(root) / name
-            if not name.startswith(".") and (media_kind(path) or _other_format(path)):
-                yield path
+        yield from (Path(root) / name for name in sorted(files) if not name.startswith("."))
+
+
+def _plan_folder(folder: Path, exclude: Path
+                 ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """The folder's inputs ([(file, its path relative to ``folder``)]) and [(file, error)] for
+    its images and videos of other formats (:func:`_other_format`) and its files of unknown
+    suffixes that hold one (:func:`_media_in`); its other files, sidecars aside, are named in
+    one warning: each file is anonymised or mentioned."""
+    found: list[tuple[Path, Path]] = []
+    errors: list[tuple[str, str]] = []
+    others: list[str] = []
+    for path in _walk(folder, exclude):
+        if media_kind(path):
+            found.append((path, path.relative_to(folder)))
+        elif _other_format(path):
+            errors.append((str(path), _unsupported(path)))
+        elif (media := _media_in(_head(path))) is not None:
+            errors.append((str(path), _unknown_suffix(path, *media)))
+        elif not _is_sidecar(path):
+            others.append(path.relative_to(folder).as_posix())
+    if not found and not errors:
+        errors.append((str(folder), f"{folder}: folder holds no image or video files"))
+    if others:
+        more = len(others) - _NAMES_LISTED
+        log.warning("%s: %d other file(s) left as they are (not images or videos): %s%s",
+                    folder, len(others), ", ".join(others[:_NAMES_LISTED]),
+                    f" and {more} more" if more > 0 else "")
+    return found, errors
 
 
 def _unsupported(path: Path) -> str:
@@ -231,11 +337,13 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
-        not ``overwrite`` and the sidecar records ``options``' pixel-changing options and
-        ``detector``'s network and settings (:func:`is_done`; None: not compared),
-        [(argument, error)] for missing paths,
-        unknown suffixes, images and videos of other formats (also in folders) and empty
-        folders).
+        not ``overwrite`` and the sidecar records the input file as it is now, ``options``'
+        pixel-changing options and ``detector``'s network and settings (:func:`is_done`;
+        None: not compared),
+        [(argument, error)] for missing paths, unknown suffixes, images and videos of other
+        formats and files of unknown suffixes holding one in folders (:func:`_plan_folder`),
+        empty folders, and, unless ``overwrite``, outputs that exist without a sidecar (not
+        written by tf-anonymize: left as they are)).
 
     Raises:
         InputOverwriteError: an output would replace an input file (the first named).
@@ -247,11 +355,9 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            files = list(_walk(path, exclude))
-            if not files:
-                errors.append((str(path), f"{path}: folder holds no image or video files"))
-            errors.extend((str(f), _unsupported(f)) for f in files if media_kind(f) is None)
-            found.extend((f, f.relative_to(path)) for f in files if media_kind(f))
+            in_folder, refused = _plan_folder(path, exclude)
+            found.extend(in_folder)
+            errors.extend(refused)
         elif not path.exists():
             errors.append((str(path), f"{path}: no such file or folder"))
         elif _other_format(path):
@@ -261,7 +367,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
                            f"expected {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}"))
         else:
             found.append((path, Path(path.name)))
-    tasks, skipped, used = [], [], set()
+    tasks, skipped, foreign, used = [], [], [], set()
     for source, rel in found:
         target, k = rel, 1
         # a name another input of this run took, or whose sidecar an earlier run wrote for
@@ -273,26 +379,37 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         used.add(target.as_posix().lower())
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
-        exists = not overwrite and _outputs_exist(task)
-        redo = _redo_reason(task, options, detector) if exists else None
-        if exists and redo is None:
+        if overwrite or not Path(task.output).exists():
+            tasks.append(task)
+        elif not Path(task.sidecar).exists():
+            foreign.append(task)
+            errors.append((task.source, _not_ours(task)))
+        elif (redo := _redo_reason(task, options, detector)) is None:
             skipped.append(Result(task, "skipped"))
         else:
             tasks.append(dataclasses.replace(task, redo=redo))
-    _refuse_replacing_inputs(tasks, [source for source, _ in found], out)
+    # an --out holding the inputs is refused as such, before its files are taken for foreign ones
+    _refuse_replacing_inputs(tasks + foreign, [source for source, _ in found], out)
     return tasks, skipped, errors
 
 
+def _not_ours(task: Task) -> str:
+    """The error for an output path holding a file without a sidecar: not tf-anonymize's
+    (every output of its own gets a sidecar before its final name: :func:`_output_file`)."""
+    return (f"{task.source}: not anonymised: {task.output} exists and was not written by "
+            f"tf-anonymize (no sidecar {Path(task.sidecar).name}); move it away, or --overwrite "
+            "replaces it (and redoes every output)")
+
+
 def _outputs_exist(task: Task) -> bool:
-    # both: a crash between the copy and its sidecar redoes it
     return Path(task.output).exists() and Path(task.sidecar).exists()
 
 
 def is_done(task: Task, options: Options | None = None,
             detector: DetectorRecord | None = None) -> bool:
-    """Whether ``task``'s output and sidecar exist and the sidecar records ``options``'
-    pixel-changing options and ``detector``'s network and settings
-    (:func:`~.reruns.redo_reason`; None: not compared)."""
+    """Whether ``task``'s output and sidecar exist and the sidecar records the input file as
+    it is now, ``options``' pixel-changing options (None: nothing compared) and ``detector``'s
+    network and settings (:func:`~.reruns.redo_reason`; None: not compared)."""
     return _outputs_exist(task) and _redo_reason(task, options, detector) is None
 
 
@@ -300,7 +417,8 @@ def _redo_reason(task: Task, options: Options | None,
                  detector: DetectorRecord | None) -> str | None:
     if options is None:
         return None
-    return redo_reason(task.sidecar, task.kind, _options_record(options), detector)
+    return redo_reason(task.sidecar, task.kind, _options_record(options), detector,
+                       task.source)
 
 
 def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out: Path) -> None:
@@ -330,11 +448,12 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     """
     start = time.perf_counter()
     try:
+        identity = input_identity(task.source)  # before reading: a file changed meanwhile is redone
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
         if task.kind == "video":
-            audit, warnings, header = _process_video(detector, task, options)
+            audit, warnings, header = _process_video(detector, task, options, identity)
         else:
-            audit, warnings, header = _process_image(detector, task, options)
+            audit, warnings, header = _process_image(detector, task, options, identity)
         audit.write(task.sidecar, **header)
     except TinyFacesError as exc:
         return Result(task, "failed", error=naming(task.source, str(exc)),
@@ -378,10 +497,11 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray
     return out
 
 
-def _header(detector: Detector, task: Task, options: Options) -> dict[str, Any]:
+def _header(detector: Detector, task: Task, options: Options,
+            identity: dict[str, Any]) -> dict[str, Any]:
     config = detector.config
     return {"input": task.source, "resolved": os.path.realpath(task.source),
-            "output": task.output, "kind": task.kind,
+            "input_identity": identity, "output": task.output, "kind": task.kind,
             "model": model_identity(detector),
             "config": {"variant": config.variant, "prob_thresh": config.prob_thresh,
                        "nms_thresh": config.nms_thresh, "min_face": config.min_face,
@@ -406,7 +526,26 @@ def _audit(detector: Detector, options: Options) -> AuditLog:
     return AuditLog(detector.config.prob_thresh, options.review_band)
 
 
-def _process_image(detector: Detector, task: Task, options: Options
+@contextlib.contextmanager
+def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
+    """A temporary path to write ``task``'s output to, renamed to ``task.output`` when the
+    block succeeds, after a provisional sidecar of ``header`` (:func:`~.sidecar.write_claim`)
+    claims it; removed when the block fails. Its suffix is that of the output's format
+    (:data:`WRITTEN_AS`: ``.mp4`` for a ``.LRV`` output), as the writers pick formats by it."""
+    with atomic_output(task.output) as tmp:
+        alias = WRITTEN_AS.get(tmp.suffix.lower())
+        staged = tmp.with_name(tmp.name + alias) if alias else tmp  # hidden and temporary too
+        try:
+            yield staged
+            if staged != tmp:
+                os.replace(staged, tmp)
+        finally:
+            if staged != tmp:
+                staged.unlink(missing_ok=True)
+        write_claim(task.sidecar, **header)
+
+
+def _process_image(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
                    ) -> tuple[AuditLog, list[str], dict[str, Any]]:
     from tinyfaces_trt.runtime.imageio import load_image, save_image
 
@@ -414,10 +553,10 @@ def _process_image(detector: Detector, task: Task, options: Options
     boxes = detect_with_progress(detector, image, Path(task.source).name, options.progress)
     frames = TemporalMasker(hold=0, iou=options.iou).push(0, boxes)
     audit = _audit(detector, options)
-    with atomic_output(task.output) as tmp:
+    header = _header(detector, task, options, identity)
+    with _output_file(task, header) as tmp:
         save_image(tmp, render(image, frames[0], options))
     audit.add(frames[0], None)
-    header = _header(detector, task, options)
     header["image"] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
     return audit, [], header
 
@@ -431,13 +570,15 @@ def _progress_bar(task: Task, total: int, options: Options) -> Any:
                 dynamic_ncols=True)
 
 
-def _process_video(detector: Detector, task: Task, options: Options
+def _process_video(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
                    ) -> tuple[AuditLog, list[str], dict[str, Any]]:
     from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
 
     audit = _audit(detector, options)
-    with VideoReader(task.source) as reader, atomic_output(task.output) as tmp:
-        writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output)
+    header = _header(detector, task, options, identity)
+    with VideoReader(task.source) as reader, _output_file(task, header) as tmp:
+        writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output,
+                             keep_audio=options.keep_audio, keep_metadata=options.keep_metadata)
         bar = None
         try:
             bar = _progress_bar(task, reader.info.frames, options)
@@ -450,7 +591,6 @@ def _process_video(detector: Detector, task: Task, options: Options
             if bar is not None:
                 bar.close()
     problems = list(reader.problems)  # complete once the frames are read
-    header = _header(detector, task, options)
     header["video"] = reader.info.to_dict()
     header["dropped_streams"] = writer.dropped
     header["input_problems"] = problems

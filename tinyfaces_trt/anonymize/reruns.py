@@ -1,24 +1,30 @@
 """Reruns of tf-anonymize: whether an existing output is what this run would make.
 
-An output is skipped as done only when its sidecar records the same pixel-changing options
-(:data:`PIXEL_OPTIONS`), the same network and the same detection settings (a
-:class:`~tinyfaces_trt.detector_record.DetectorRecord`) as the run: a ``--mode none`` review
-copy, or one the untrained network made, is made again.
+An output is skipped as done only when its sidecar records the same input file (size,
+modification time and sampled sha256: :func:`~.sidecar.input_identity`), the same
+pixel-changing options (:data:`PIXEL_OPTIONS`), the same network and the same detection
+settings (a :class:`~tinyfaces_trt.detector_record.DetectorRecord`) as the run: a clip a card
+dump replaced under the same name, a ``--mode none`` review copy, or one the untrained
+network made, is made again.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from tinyfaces_trt.anonymize.sidecar import input_identity, sampled
 from tinyfaces_trt.detector_record import DetectorRecord, shown
 
-#: Options that change an output's pixels, per kind (``style``: each mask field): an output
-#: whose sidecar records other values is not skipped as done.
+#: Options that change an output (its pixels, or what it carries: audio, metadata), per kind
+#: (``style``: each mask field): an output whose sidecar records other values is not skipped
+#: as done.
 PIXEL_OPTIONS = {"image": ("style", "draw"),
-                 "video": ("style", "draw", "hold", "iou", "codec", "crf")}
+                 "video": ("style", "draw", "hold", "iou", "codec", "crf", "keep_audio",
+                           "keep_metadata")}
 
 
 def _pixel_options(options: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -31,19 +37,64 @@ def _pixel_options(options: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def redo_reason(sidecar: str | os.PathLike[str], kind: str, options: dict[str, Any],
-                detector: DetectorRecord | None = None) -> str | None:
+                detector: DetectorRecord | None = None,
+                source: str | os.PathLike[str] | None = None) -> str | None:
     """Why the existing output of ``sidecar`` (an ``kind`` input's) is not what a run with
-    ``options`` (as the sidecar records options) and ``detector`` would make: its sidecar
-    records other pixel-changing options, another network or other detection settings (None:
-    not compared), or none at all; None when it is the same."""
+    ``options`` (as the sidecar records options) and ``detector`` would make of ``source``:
+    its sidecar is a run's unfinished claim, or records another input file (None: not
+    compared), other pixel-changing options, another network or other detection settings
+    (None: not compared), or none at all; None when it is the same."""
     try:
         recorded = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+        if recorded.get("incomplete") is True:
+            return "an earlier run stopped before its sidecar was written"
         before = _pixel_options(recorded["options"], kind)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"its sidecar {sidecar} records no options"
+    if source is not None:
+        changed_input = input_change(recorded.get("input_identity"), source)
+        if changed_input:
+            return changed_input
     now = _pixel_options(options, kind)
     changed = [f"{key} {shown(before.get(key))} (now {shown(value)})"
                for key, value in now.items() if before.get(key) != value]
     if detector is not None:
         changed.extend(detector.changes(recorded))
     return f"it was made with {', '.join(changed)}" if changed else None
+
+
+def input_change(recorded: Any, source: str | os.PathLike[str]) -> str | None:
+    """Why ``source`` may not be the file whose identity a sidecar ``recorded``
+    (its ``input_identity``); None when it is.
+
+    It is when the size and sampled sha256 match and, for a file hashed only at its ends
+    (over 2 MiB), the modification time too: a photo copied again with a new time is the same,
+    a video copied again without its time (``cp`` without ``-p``) is made again.
+    """
+    # Sidecars written before the input's identity was recorded cannot show that the file under
+    # that name is still the one anonymised (dashcams reuse FILE0001.MP4 on every card): their
+    # outputs are made again, once.
+    if not isinstance(recorded, dict):
+        return ("its sidecar records no input size, time or hash (an older tf-anonymize wrote "
+                "it), so the input may have changed since")
+    try:
+        now = input_identity(source)
+    except OSError as exc:
+        return f"its input cannot be read ({exc.strerror or exc})"
+    if recorded.get("size") != now["size"]:
+        return (f"its input changed since it was made (size {now['size']} bytes, was "
+                f"{shown(recorded.get('size'))})")
+    if recorded.get("sample_sha256") != now["sample_sha256"]:
+        return "its input changed since it was made (same size, other content)"
+    if recorded.get("mtime_ns") != now["mtime_ns"] and sampled(now["size"]) == "ends":
+        return (f"its input was modified since it was made (modified {_when(now['mtime_ns'])}, "
+                f"was {_when(recorded.get('mtime_ns'))})")
+    return None
+
+
+def _when(mtime_ns: Any) -> str:
+    """A recorded modification time as a message shows it (local time)."""
+    if not isinstance(mtime_ns, int):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ",
+                                                                       timespec="seconds")

@@ -4,24 +4,35 @@ It records, per frame, every mask (box, detection score, track id and whether it
 detected, held after the last detection or back-filled before the first), the model and
 settings that produced it, and a review list: the frames with a detection whose score lies
 within ``band`` above the threshold, where a face was nearly missed and a human should look.
-A video's ``dropped_streams`` names the streams its output could not hold, and
+A video's ``dropped_streams`` names what its output does not carry over: streams the
+container cannot hold, a second video track, attachments that are not fonts, and in one line
+what the privacy defaults left out (audio, metadata tags, subtitle and data streams); and
 ``input_problems`` what went wrong reading the input (undecodable packets skipped, fewer
 frames than announced): the same lines tf-anonymize prints as warnings.
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 
-    {"format", "input", "resolved" (the input's real path), "output", "kind": "video"|"image",
+    {"format", "input", "resolved" (the input's real path),
+     "input_identity": {"size", "mtime_ns", "sample_sha256"} (the input as it was read: a rerun
+     redoes an output whose input changed since), "output", "kind": "video"|"image",
      "model", "config", "options" (a rerun redoes an output whose options differ),
      "image": {"width", "height"} (image) |
      "video": {...stream info...}, "dropped_streams": [...], "input_problems": [...] (video),
      "summary": {"frames", "frames_with_masks", "detections", "held", "filled", "tracks"},
      "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},
      "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}
+
+Just before an output is renamed into place, :func:`write_claim` writes a provisional sidecar
+(the header's input fields and ``"incomplete": true``) that the full one then replaces: an
+output a run stopped before its sidecar was written is still known as tf-anonymize's own, and
+is made again, not taken for a user's file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +44,44 @@ if TYPE_CHECKING:
     from tinyfaces_trt.runtime.pipeline import Detector
 
 FORMAT = "tinyfaces-anonymize/1"
+#: Bytes of each end of an input hashed for its identity: the whole file when it is at most
+#: twice as long (photos), else its first and last MiB (a video's header, index and frames).
+SAMPLE_BYTES = 1 << 20
+#: Header fields a provisional sidecar (:func:`write_claim`) keeps.
+CLAIM_FIELDS = ("input", "resolved", "input_identity", "output", "kind")
+
+
+def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The identity of the input file ``path`` as the sidecar records it: its size, its
+    modification time (ns) and the sha256 of :func:`sampled` bytes (a symbolic link followed).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        stat = os.fstat(f.fileno())
+        digest = hashlib.sha256()
+        if sampled(stat.st_size) == "whole":
+            digest.update(f.read())
+        else:
+            digest.update(f.read(SAMPLE_BYTES))
+            f.seek(-SAMPLE_BYTES, os.SEEK_END)
+            digest.update(f.read(SAMPLE_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sample_sha256": digest.hexdigest()}
+
+
+def sampled(size: int) -> str:
+    """Which bytes of a ``size``-byte input its identity hashes: ``"whole"`` or ``"ends"``."""
+    return "whole" if size <= 2 * SAMPLE_BYTES else "ends"
+
+
+def write_claim(path: str | Path, **header: Any) -> None:
+    """Writes the provisional sidecar of an output about to be renamed into place: the
+    :data:`CLAIM_FIELDS` of ``header`` and ``"incomplete": true`` (atomically)."""
+    claim = {"format": FORMAT, **{k: header[k] for k in CLAIM_FIELDS if k in header},
+             "incomplete": True}
+    write_text_atomic(path, json.dumps(claim, indent=1) + "\n")
 
 
 def model_identity(detector: Detector) -> dict[str, Any] | None:

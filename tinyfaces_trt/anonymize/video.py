@@ -4,10 +4,14 @@
 frames (with their pts) and the packets of the other streams. :class:`VideoWriter` encodes the
 processed frames on a thread with the input's time base and each frame's own pts (variable
 frame rate kept), at the input's resolution, rotation, sample aspect ratio and colour tags
-(the RGB <-> YUV conversions use the input's matrix and range), and remuxes the audio, subtitle
-and data packets unchanged (codec copy); container and stream metadata, chapters and Matroska
-attachments are copied. What is not carried over is named in :attr:`VideoWriter.dropped`; what
-was wrong with the input (undecodable packets, missing frames) in :attr:`VideoReader.problems`.
+(the RGB <-> YUV conversions use the input's matrix and range), with the chapters and Matroska
+font attachments. What can identify people or places is left out unless asked for: the audio
+streams (``keep_audio``); the container's, the streams' and the chapters' metadata tags but a
+stream's language, and the subtitle and data streams (dashcam GPS text, GoPro telemetry,
+timecode) (``keep_metadata``); those kept are remuxed unchanged (codec copy). An attachment that
+is not a font (a picture would keep its faces) is never copied. What is not carried over is
+named in :attr:`VideoWriter.dropped`; what was wrong with the input (undecodable packets,
+missing frames) in :attr:`VideoReader.problems`.
 
 Only this module imports :mod:`av`; it is imported lazily by the application.
 """
@@ -31,8 +35,8 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import version_tuple
 from tinyfaces_trt.core.threads import WAIT_SLICE_S, Worker
 from tinyfaces_trt.anonymize.video_formats import (
-    DEFAULT_CRF, convert, crf_problem, default_codec, encoder_time_base, is_yuv,
-    output_colour, output_pixel_format, stream_colour)
+    DEFAULT_CRF, avi_timing_params, convert, crf_problem, default_codec, encoder_time_base,
+    is_yuv, output_colour, output_pixel_format, stream_colour)
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
@@ -41,8 +45,24 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 #: Output formats (FFmpeg muxer names) that hold chapters, and Matroska attachments.
 _CHAPTER_FORMATS = ("matroska", "webm", "mov", "mp4", "ipod")
 _ATTACHMENT_FORMATS = ("matroska",)
-#: Muxers that write a timecode (tmcd) track from the video stream's ``timecode`` tag.
+#: Muxers that write a timecode (tmcd) track from the video stream's ``timecode`` tag, and that
+#: hold data streams (GoPro telemetry...).
 _TIMECODE_FORMATS = ("mov", "mp4", "ipod")
+#: Attachments copied: fonts (for subtitles), by mimetype or file suffix, whose data starts as a
+#: font does (TrueType, OpenType, a collection, Type 1, WOFF); any other file could hold a picture.
+_FONT_MIMETYPES = ("application/x-truetype-font", "application/vnd.ms-opentype",
+                   "application/font-sfnt", "application/x-font-ttf", "application/x-font-otf",
+                   "application/x-font-truetype", "application/x-font-opentype",
+                   "application/font-woff")
+_FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
+_FONT_SIGNATURES = (b"\x00\x01\x00\x00", b"OTTO", b"true", b"ttcf", b"typ1", b"wOFF", b"wOF2")
+#: Metadata tags copied without ``keep_metadata``: what playback needs (the display matrix is
+#: side data, kept; the muxer writes its own encoder, handler and duration tags).
+_PLAYBACK_TAGS = ("language",)
+#: Tags the muxer writes anew (the file format's, the writing software's, a track's handler),
+#: left out without being named.
+_FORMAT_TAGS = ("major_brand", "minor_version", "compatible_brands", "duration", "encoder",
+                "software", "handler_name", "vendor_id")
 #: Reorder depth assumed for a decoder with B-frames when PyAV does not say (before 18):
 #: x264's B-pyramids need 2.
 _MAX_REORDER = 2
@@ -460,12 +480,56 @@ def encoder_problem(codec: str) -> str | None:
 
 
 def _stream_codec(stream: Any) -> str:
-    """The codec of an input stream, for messages (an attachment's file name; the type where
-    it has neither)."""
+    """The codec of an input stream, for messages (an attachment's file name; a data stream's
+    ``timecode`` or handler name, e.g. GoPro's "GoPro MET"; the type where it has neither)."""
     if stream.type == "attachment":
         return getattr(stream, "name", None) or stream.type
+    if stream.type == "data":
+        return "timecode" if "timecode" in stream.metadata else \
+            stream.metadata.get("handler_name") or stream.type
     context = getattr(stream, "codec_context", None)
     return (context.name if context is not None else None) or stream.type
+
+
+def attachment_problem(name: str, mimetype: str, data: bytes) -> str | None:
+    """Why an attachment is not copied: it is not a font (by mimetype or suffix, and by its
+    first bytes), so it could hold a picture, whose faces would stay visible; None for a font."""
+    kind = (mimetype or "").lower()
+    if not (kind.startswith("font/") or kind in _FONT_MIMETYPES
+            or Path(name or "").suffix.lower() in _FONT_SUFFIXES):
+        return (f"only fonts are copied: this {mimetype or 'untyped'} file is not anonymised "
+                f"(a picture in it would keep its faces)")
+    if bytes(data[:4]) not in _FONT_SIGNATURES:
+        return ("its data is not a font, whatever its name and type say: it is not anonymised "
+                "(a picture in it would keep its faces)")
+    return None
+
+
+@dataclass
+class _Withheld:
+    """What the privacy defaults left out of one output, said in one line (:meth:`line`)."""
+
+    audio: list[str] = field(default_factory=list)  # streams, as "stream #1 (audio, aac)"
+    streams: list[str] = field(default_factory=list)  # subtitle and data streams
+    tags: set[str] = field(default_factory=set)  # metadata tag names (lower case)
+
+    def line(self) -> str | None:
+        """The warning naming all of it (and the options that keep it), None when nothing."""
+        parts = []
+        if self.audio:
+            parts.append(f"{', '.join(self.audio)} (--keep-audio keeps "
+                         f"{'it' if len(self.audio) == 1 else 'them'})")
+        metadata = self.streams + ([f"tags {', '.join(sorted(self.tags))}"] if self.tags else [])
+        if metadata:
+            parts.append(f"{', '.join(metadata)} (--keep-metadata keeps them)")
+        if not parts:
+            return None
+        return f"not copied, as it can identify people or places: {'; '.join(parts)}"
+
+
+def _describe(stream: Any) -> str:
+    """An input stream for messages: ``stream #1 (audio, aac)``."""
+    return f"stream #{stream.index} ({stream.type}, {_stream_codec(stream)})"
 
 
 def _set_tags(target: Any, values: dict[str, Any]) -> None:
@@ -480,8 +544,9 @@ def _set_tags(target: Any, values: dict[str, Any]) -> None:
 class VideoWriter:
     """Encodes frames into ``path`` on a thread, remuxing ``reader``'s other streams.
 
-    What is not carried over (a stream the container cannot hold, a second video stream,
-    chapters...) is named, with the reason, in :attr:`dropped`.
+    What is not carried over (a stream the container cannot hold, a second video stream, an
+    attachment that is not a font, chapters...) is named, with the reason, in :attr:`dropped`;
+    what ``keep_audio`` and ``keep_metadata`` would have kept, in one line there.
 
     Args:
         path: output file; its suffix chooses the container.
@@ -490,15 +555,22 @@ class VideoWriter:
         crf: constant rate factor (default: :data:`DEFAULT_CRF` of the codec, if it has one;
             refused for an encoder without one, see :func:`crf_problem`).
         name: the output as errors name it (default ``path``; a temporary file's final name).
+        keep_audio: copy the audio streams (default: left out, voices are personal data).
+        keep_metadata: copy the metadata tags of the container, streams and chapters, and the
+            subtitle and data streams (GPS text and telemetry, timecode) (default: left out,
+            but for each stream's language).
     """
 
     def __init__(self, path: str | Path, reader: VideoReader, codec: str | None = None,
-                 crf: int | None = None, name: str | Path | None = None) -> None:
+                 crf: int | None = None, name: str | Path | None = None,
+                 keep_audio: bool = False, keep_metadata: bool = False) -> None:
         av = av_module()
         self.path = Path(path)
         self.name = Path(name) if name is not None else self.path
         self.reader = reader
+        self.keep_audio, self.keep_metadata = keep_audio, keep_metadata
         self.dropped: list[str] = []
+        self._withheld = _Withheld()
         info = reader.info
         self.codec = codec or default_codec(self.path.suffix)
         try:
@@ -511,7 +583,10 @@ class VideoWriter:
             self._chapters: list[dict[str, Any]] = listed() if listed else []
             self._add_other_streams()
             self._copy_chapters()
-            self.container.metadata.update(reader.container.metadata)
+            self.container.metadata.update(self._kept_tags(reader.container.metadata))
+            withheld = self._withheld.line()
+            if withheld:
+                self._report(withheld)
         except Exception:
             self.container.close()
             raise
@@ -552,10 +627,12 @@ class VideoWriter:
             context.codec_tag = "hvc1"  # Apple's players refuse hev1, FFmpeg's default
         if info.rotation:
             stream.set_display_rotation(info.rotation)
-        stream.metadata.update({k: v for k, v in info.metadata.items()
-                                if k.lower() not in ("encoder", "rotate")})
         self.stream = stream
+        stream.metadata.update(self._kept_tags({k: v for k, v in info.metadata.items()
+                                                if k.lower() not in ("encoder", "rotate")}))
         self._last_pts: int | None = None
+        # AVI places its first frame at 0: a later start needs an empty frame there first
+        self._lead_in = self.container.format.name == "avi"
 
     def _encoder_options(self, crf: int | None) -> dict[str, str]:
         options: dict[str, str] = {}
@@ -568,7 +645,19 @@ class VideoWriter:
             options["x265-params"] = "log-level=error"  # else ~25 info lines a file
         if self.container.format.name == "avi":
             options["bf"] = "0"  # AVI stores no pts: B-frames would read back out of order
+            if self.codec == "libx264":
+                info = self.reader.info
+                options["x264-params"] = avi_timing_params(info.width, info.height, info.rate)
         return options
+
+    def _kept_tags(self, tags: Any) -> dict[str, str]:
+        """The metadata ``tags`` to copy: all with ``keep_metadata``, else those playback needs
+        (:data:`_PLAYBACK_TAGS`); the others are noted for the warning."""
+        if self.keep_metadata:
+            return dict(tags)
+        names = {k.lower() for k in tags}
+        self._withheld.tags.update(names.difference(_PLAYBACK_TAGS, _FORMAT_TAGS))
+        return {k: v for k, v in tags.items() if k.lower() in _PLAYBACK_TAGS}
 
     def _add_other_streams(self) -> None:
         """Copies the input's other streams the output can hold; names the rest in
@@ -588,21 +677,36 @@ class VideoWriter:
                     "its faces visible")
         if source.type == "attachment":
             return self._add_attachment(source)
-        if source.type == "data" and "timecode" in source.metadata:
-            return self._keep_timecode(source)
         if source.type == "data" and source.frames and source.frames == len(self._chapters):
             return None  # QuickTime's chapter track (FFmpeg cannot copy it): see _copy_chapters
+        if self._withhold(source):
+            return None  # named in the one line of what the privacy defaults left out
+        if source.type == "data" and "timecode" in source.metadata:
+            return self._keep_timecode(source)
         if source.type not in ("audio", "subtitle", "data"):
             return f"{source.type} streams are not copied"
+        if source.type == "data" and self.container.format.name not in _TIMECODE_FORMATS:
+            return f"the {suffix} container cannot hold data streams"
         if source.type != "data" and _stream_codec(source) not in self.container.supported_codecs:
             return f"the {suffix} container cannot hold it"
         try:
             copy = self.container.add_stream_from_template(source)
         except Exception as exc:  # noqa: BLE001 (reported, the rest goes on)
             return str(exc)
-        copy.metadata.update(source.metadata)
+        copy.metadata.update(self._kept_tags(source.metadata))
         self._copies[source.index] = copy
         return None
+
+    def _withhold(self, source: Any) -> bool:
+        """Notes an audio stream left out without ``keep_audio``, a subtitle or data stream
+        without ``keep_metadata``; False when ``source`` is not one."""
+        if source.type == "audio" and not self.keep_audio:
+            self._withheld.audio.append(_describe(source))
+        elif source.type in ("subtitle", "data") and not self.keep_metadata:
+            self._withheld.streams.append(_describe(source))
+        else:
+            return False
+        return True
 
     def _add_attachment(self, source: Any) -> str | None:
         data = getattr(source, "data", None)
@@ -610,6 +714,9 @@ class VideoWriter:
             return f"the {self.path.suffix.lower()} container cannot hold attachments"
         if data is None or not hasattr(self.container, "add_attachment"):
             return "this PyAV cannot copy attachments (PyAV 15 or later can)"
+        problem = attachment_problem(source.name, source.mimetype, bytes(data))
+        if problem:
+            return problem
         self.container.add_attachment(source.name, source.mimetype, data)
         return None
 
@@ -631,13 +738,13 @@ class VideoWriter:
         elif not hasattr(self.container, "set_chapters"):
             why = "this PyAV cannot write them"
         else:
-            self.container.set_chapters(chapters)
+            self.container.set_chapters([{**chapter, "metadata": self._kept_tags(
+                chapter.get("metadata") or {})} for chapter in chapters])
             return
         self._report(f"{_plural(len(chapters), 'chapter')} not copied: {why}")
 
     def _drop(self, source: Any, why: str) -> None:
-        self._report(f"stream #{source.index} ({source.type}, {_stream_codec(source)}) "
-                     f"not copied: {why}")
+        self._report(f"{_describe(source)} not copied: {why}")
 
     def _report(self, message: str) -> None:
         self.dropped.append(message)
@@ -669,10 +776,8 @@ class VideoWriter:
                     if self._abort.is_set():
                         return
                     break
-                for packet in self.stream.encode(self._frame(*item)):
-                    self.container.mux(packet)
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
+                self._mux_video(self.stream.encode(self._frame(*item)))
+            self._mux_video(self.stream.encode(None))
             self._mux_passthrough()
         except BaseException as exc:  # noqa: BLE001 (re-raised by write/close)
             self._error = exc
@@ -681,6 +786,18 @@ class VideoWriter:
                     self._frames.get_nowait()
                 except queue.Empty:
                     break
+
+    def _mux_video(self, packets: Any) -> None:
+        """Muxes encoded packets; in AVI, whose first frame is read at 0 whatever its time,
+        an empty frame at 0 first when the video starts later (avienc fills later gaps)."""
+        for packet in packets:
+            if self._lead_in and packet.dts is not None and packet.dts > 0:
+                blank = av_module().Packet(0)
+                blank.stream, blank.pts, blank.dts = self.stream, 0, 0
+                blank.time_base = self.stream.time_base
+                self.container.mux(blank)
+            self._lead_in = False
+            self.container.mux(packet)
 
     def _frame(self, image: np.ndarray, pts: int) -> Any:
         """The encoder's frame: turned back to the stored orientation, converted to its

@@ -23,6 +23,14 @@ _TIME_BASE_LIMITS = {"mpeg4": 65535}
 #: Coarsest time base kept from dividing the input's: 1 ms (else 1/limit, pts rounded).
 _FINEST_TICKS = 1000
 
+#: libx264 into AVI (which stores no pts): an HRD, with which x264 writes buffering-period and
+#: picture-timing SEI, from which FFmpeg reads each frame at its own time (without them it reads
+#: an H.264 frame in AVI one frame late, at the next packet's dts). The VBV (kbit/s, kbit) is
+#: sized not to limit a crf encode: H.264 level 4.1's High-profile limits up to that level's pixel
+#: rate (1080p30), level 5.1's above; x264 declares at least that level.
+_AVI_HRD_PIXEL_RATE = 245760 * 256
+_AVI_HRD_VBV = ((62500, 78125), (300000, 300000))
+
 #: Encoders that refuse an odd width (height) in a pixel format with one colour sample per
 #: 2 pixels across (down); libvpx-vp9 and mpeg4 encode those.
 _EVEN_CHROMA_ENCODERS = ("libx264", "libx265")
@@ -97,6 +105,15 @@ def encoder_time_base(time_base: Fraction, codec: str) -> Fraction:
     if factor is None:
         return Fraction(1, limit)
     return Fraction(time_base.numerator, den // factor)
+
+
+def avi_timing_params(width: int, height: int, rate: Fraction | None) -> str:
+    """libx264's ``x264-params`` for AVI: an HRD (VBV) that does not limit a crf encode, so
+    that x264 writes the timing SEI from which FFmpeg reads each frame at its own time (see
+    :data:`_AVI_HRD_VBV`). Lossless x264 (crf 0) writes none."""
+    pixel_rate = width * height * float(rate or 25)
+    maxrate, bufsize = _AVI_HRD_VBV[pixel_rate > _AVI_HRD_PIXEL_RATE]
+    return f"nal-hrd=vbr:vbv-maxrate={maxrate}:vbv-bufsize={bufsize}"
 
 
 def is_yuv(pix_fmt: str | None) -> bool:

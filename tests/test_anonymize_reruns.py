@@ -1,0 +1,305 @@
+"""tf-anonymize reruns and folders, with the CLI's own planning and writers (a fixed-box
+detector, real PyAV and Pillow files): an input replaced under the same name is made again,
+a file at an output path without a sidecar is not tf-anonymize's and is left as it is, and
+every file of a folder is anonymised or mentioned (camera names such as .LRV and .THM read)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_anonymize_jobs import FACE, BoxDetector, _photo, _run_cli, _sha
+from tinyfaces_trt.anonymize import jobs
+from tinyfaces_trt.anonymize.jobs import Options, is_done, plan_tasks
+
+av = pytest.importorskip("av")
+
+
+def _clip(path: Path, frames: int, rate: int = 25, fmt: str | None = None) -> Path:
+    """A ``frames``-frame 64 x 48 H.264 clip (MP4 unless ``fmt`` names another muxer)."""
+    with av.open(str(path), "w", format=fmt or "mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(frames)
+        for _ in range(frames):
+            image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _blurred(output: Path, source: Path) -> bool:
+    """Whether ``output`` is the image ``source`` with its face (:data:`FACE`) blurred."""
+    from PIL import Image
+
+    x1, y1, x2, y2 = FACE
+    inner = np.s_[y1 + 6:y2 - 6, x1 + 6:x2 - 6]
+    made, original = (np.asarray(Image.open(p).convert("RGB")).astype(int)
+                      for p in (output, source))
+    return made.shape == original.shape and np.abs(made[inner] - original[inner]).mean() > 20
+
+
+# --- 1: an input replaced under the same name --------------------------------------------------
+
+def test_a_clip_replaced_under_its_name_is_made_again(tmp_path, monkeypatch, capsys):
+    """A card dump reuses FILE0001.MP4: the 5-frame clip that replaced the 3-frame one is
+    anonymised (the run says why), and a third run skips it."""
+    card, out = tmp_path / "sd", tmp_path / "out"
+    card.mkdir()
+    clip = _clip(card / "FILE0001.MP4", 3)
+    status, err = _run_cli([card, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    old_size = clip.stat().st_size
+    _clip(clip, 5, rate=10)
+    status, err = _run_cli([card, "--out", out], monkeypatch, capsys)
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    size = clip.stat().st_size
+    assert (f"tf-anonymize: {clip}: making {out / 'FILE0001.MP4'} again: its input changed "
+            f"since it was made (size {size} bytes, was {old_size})") in err.splitlines()
+    assert _frames(out / "FILE0001.MP4") == 5
+    side = json.loads((out / "FILE0001.MP4.json").read_text())
+    assert side["summary"]["frames"] == 5 and side["input_identity"]["size"] == size
+    status, err = _run_cli([card, "--out", out], monkeypatch, capsys)
+    assert status == 0 and "0 done, 1 skipped, 0 failed" in err
+
+
+def _made(tmp_path: Path, data: bytes, name: str = "v.mp4") -> tuple[Path, jobs.Task]:
+    """An input of ``data`` whose output and sidecar (input identity recorded) exist."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir(exist_ok=True)
+    source = src / name
+    source.write_bytes(data)
+    task = plan_tasks([source], out, overwrite=True)[0][0]
+    Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(task.output).write_bytes(b"made before")
+    header = jobs._header(BoxDetector(), task, Options(), jobs.input_identity(task.source))
+    Path(task.sidecar).write_text(json.dumps(header))
+    return source, task
+
+
+def _redo(task: jobs.Task) -> str | None:
+    """The planner's reason to make ``task`` again ("skipped": it is not)."""
+    tasks, skipped, errors = plan_tasks([task.source], Path(task.output).parent, options=Options())
+    assert not errors and len(tasks) + len(skipped) == 1
+    assert is_done(task, Options()) == bool(skipped)  # --ray's resume check agrees
+    return tasks[0].redo if tasks else "skipped"
+
+
+def test_what_counts_as_the_same_input(tmp_path):
+    """Size, then the sha256 of the whole file (up to 2 MiB) or of its first and last MiB, then,
+    for such a large file, its modification time: a photo copied again with a new time is the
+    same, a video is not; the middle of a large file is not read."""
+    photo, task = _made(tmp_path, b"a" * 1000, "p.jpg")
+    assert _redo(task) == "skipped"
+    os.utime(photo, ns=(0, 10**18))  # copied again without its time: same bytes
+    assert _redo(task) == "skipped"
+    photo.write_bytes(b"b" * 1000)
+    assert _redo(task) == "its input changed since it was made (same size, other content)"
+    big = 3 << 20
+    video, task = _made(tmp_path, bytes(big))
+    assert _redo(task) == "skipped"
+    stat = video.stat()
+    with open(video, "r+b") as f:  # rewritten in the middle, its time put back
+        f.seek(big // 2)
+        f.write(b"x")
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _redo(task) == "skipped"
+    with open(video, "r+b") as f:
+        f.seek(big - 1)
+        f.write(b"x")
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _redo(task) == "its input changed since it was made (same size, other content)"
+    video, task = _made(tmp_path, bytes(big))
+    os.utime(video, ns=(0, 1_700_000_000 * 10**9))
+    assert _redo(task).startswith("its input was modified since it was made (modified 2023-11-1")
+    video.write_bytes(bytes(big + 1))
+    assert _redo(task) == f"its input changed since it was made (size {big + 1} bytes, was {big})"
+
+
+def test_a_sidecar_of_an_older_version_or_an_unfinished_run_is_made_again(tmp_path):
+    """A sidecar recording no input identity cannot show the input unchanged, and a run's
+    provisional claim is no finished output: both are made again, saying why."""
+    _, task = _made(tmp_path, b"photo", "p.jpg")
+    side = json.loads(Path(task.sidecar).read_text())
+    del side["input_identity"]
+    Path(task.sidecar).write_text(json.dumps(side))
+    assert _redo(task) == ("its sidecar records no input size, time or hash (an older "
+                           "tf-anonymize wrote it), so the input may have changed since")
+    Path(task.sidecar).write_text(json.dumps({"format": "tinyfaces-anonymize/1",
+                                              "input": task.source, "incomplete": True}))
+    assert _redo(task) == "an earlier run stopped before its sidecar was written"
+
+
+def test_a_run_stopped_before_the_sidecar_leaves_its_claim_and_the_next_run_redoes(
+        tmp_path, monkeypatch, capsys):
+    """Every output tf-anonymize renames into place has a sidecar first (a provisional one):
+    a run killed before the full sidecar leaves the output as its own, made again next time."""
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+
+    def killed(self, path, **header):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(jobs.AuditLog, "write", killed)
+        status, _ = _run_cli([photo, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 130 and (out / "p.png").exists()
+    claim = json.loads((out / "p.png.json").read_text())
+    assert claim["incomplete"] is True and claim["input"] == str(photo)
+    assert claim["input_identity"]["size"] == photo.stat().st_size
+    status, err = _run_cli([photo, "--out", out], monkeypatch, capsys)
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    assert (f"tf-anonymize: {photo}: making {out / 'p.png'} again: an earlier run stopped "
+            "before its sidecar was written") in err.splitlines()
+    assert "incomplete" not in json.loads((out / "p.png.json").read_text())
+
+
+# --- 2: a file at an output path that tf-anonymize did not write ------------------------------
+
+def test_a_file_without_a_sidecar_at_an_output_path_is_left_as_it_is(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Without --overwrite: untouched, one error line saying why and what to do, counted as
+    failed (exit 1), the other inputs done; --overwrite replaces it."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    first, second = _photo(src / "a.png"), _photo(src / "b.png")
+    (out / "a.png").write_bytes(b"precious edited version")
+    status, err = _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 1
+    assert err.splitlines()[0] == (
+        f"tf-anonymize: error: {first}: not anonymised: {out / 'a.png'} exists and was not "
+        "written by tf-anonymize (no sidecar a.png.json); move it away, or --overwrite replaces "
+        "it (and redoes every output)")
+    assert "1 done, 0 skipped, 1 failed" in err
+    assert (out / "a.png").read_bytes() == b"precious edited version"
+    assert not (out / "a.png.json").exists() and _blurred(out / "b.png", second)
+    status, err = _run_cli([src, "--out", out, "-q", "--overwrite"], monkeypatch, capsys)
+    assert status == 0 and "2 done, 0 skipped, 0 failed" in err
+    assert _blurred(out / "a.png", first) and (out / "a.png.json").exists()
+
+
+# --- 3: every file of a folder anonymised or mentioned -----------------------------------------
+
+def _jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    _photo(path.with_suffix(".png"))
+    Image.open(path.with_suffix(".png")).save(path, format="JPEG", quality=95)
+    path.with_suffix(".png").unlink()
+    return path
+
+
+@pytest.fixture()
+def gopro(tmp_path) -> Path:
+    """A camera card's folder: GoPro's clip, low-resolution copy (.LRV, an MP4) and thumbnail
+    (.THM, a JPEG), JPEGs named .jfif and .jpe, QuickTime and MPEG-4 names, an Insta360 clip
+    (.insv, an MP4), media with a suffix none reads or none, a note, a hidden file and a
+    sidecar of an earlier run."""
+    card = tmp_path / "DCIM"
+    card.mkdir()
+    for name in ("GOPR0001.MP4", "GOPR0001.LRV", "clip.mp4v", "clip.insv"):
+        _clip(card / name, 3)
+    _clip(card / "clip.qt", 3, fmt="mov")
+    for name in ("GOPR0001.THM", "photo.jfif", "photo2.jpe", "IMG_0001", "old.jpg.bak"):
+        _jpeg(card / name)
+    (card / "notes.txt").write_text("card 3, 2024-05-01\n")
+    _jpeg(card / ".hidden.jpg")
+    (card / "GOPR0001.MP4.json").write_text("{}")
+    return card
+
+
+def test_camera_and_jpeg_names_are_anonymised_in_their_own_format(gopro, tmp_path, monkeypatch,
+                                                                  capsys):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    status, err = _run_cli([gopro, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 1 and "7 done, 0 skipped, 3 failed" in err
+    for name in ("GOPR0001.THM", "photo.jfif", "photo2.jpe"):
+        assert Image.open(out / name).format == "JPEG" and _blurred(out / name, gopro / name)
+        assert json.loads((out / f"{name}.json").read_text())["kind"] == "image"
+    for name, brand in (("GOPR0001.MP4", b"isom"), ("GOPR0001.LRV", b"isom"),
+                        ("clip.mp4v", b"isom"), ("clip.qt", b"qt  ")):
+        assert (out / name).read_bytes()[8:12] == brand and _frames(out / name) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        n for m in ("GOPR0001.MP4", "GOPR0001.LRV", "GOPR0001.THM", "clip.mp4v", "clip.qt",
+                    "photo.jfif", "photo2.jpe") for n in (m, f"{m}.json"))  # no temporaries
+
+
+def test_every_file_of_a_folder_is_anonymised_or_mentioned(gopro, tmp_path, caplog):
+    """Media of a suffix none reads (or none) are errors naming what they hold; other files
+    are named in one warning; hidden files and sidecars are not mentioned."""
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="tinyfaces_trt.anonymize"):
+        tasks, _, errors = plan_tasks([gopro], out)
+    assert sorted(Path(t.source).name for t in tasks) == [
+        "GOPR0001.LRV", "GOPR0001.MP4", "GOPR0001.THM", "clip.mp4v", "clip.qt", "photo.jfif",
+        "photo2.jpe"]
+    videos = ".mp4, .mov, .mkv, .webm, .avi, .m4v"
+    images = ".jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp"
+    assert errors == [
+        (str(gopro / "IMG_0001"), f"{gopro / 'IMG_0001'}: not anonymised: the file holds a JPEG "
+         f"image but its name has no suffix; rename or convert it to one of {images}"),
+        (str(gopro / "clip.insv"), f"{gopro / 'clip.insv'}: not anonymised: the file holds an "
+         "MP4 or QuickTime video but its suffix .insv is not one tf-anonymize reads; rename or "
+         f"convert it to one of {videos}"),
+        (str(gopro / "old.jpg.bak"), f"{gopro / 'old.jpg.bak'}: not anonymised: the file holds "
+         "a JPEG image but its suffix .bak is not one tf-anonymize reads; rename or convert it "
+         f"to one of {images}")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{gopro}: 1 other file(s) left as they are (not images or videos): notes.txt"]
+
+
+def test_a_long_list_of_other_files_is_cut_short(tmp_path, caplog):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    _photo(folder / "a.png")
+    for i in range(12):
+        (folder / f"trip{i:02}.gpx").write_text("<gpx/>")
+    with caplog.at_level("WARNING", logger="tinyfaces_trt.anonymize"):
+        assert plan_tasks([folder], tmp_path / "out")[2] == []
+    names = ", ".join(f"trip{i:02}.gpx" for i in range(10))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: 12 other file(s) left as they are (not images or videos): {names} and 2 more"]
+
+
+def test_media_signatures_of_unknown_suffixes(tmp_path):
+    """What :func:`jobs._media_in` tells apart: image and video containers, not audio or text."""
+    heads = {b"\x89PNG\r\n\x1a\n": ("a PNG image", "image"),
+             b"\x00\x00\x00\x18ftypheic": ("a HEIF or AVIF image", "image"),
+             b"\x00\x00\x00\x18ftypqt  ": ("an MP4 or QuickTime video", "video"),
+             b"\x00\x00\x00\x18ftypM4A ": None,
+             b"RIFF\x00\x00\x00\x00WEBPVP8 ": ("a WebP image", "image"),
+             b"RIFF\x00\x00\x00\x00AVI LIST": ("an AVI video", "video"),
+             b"RIFF\x00\x00\x00\x00WAVEfmt ": None,
+             b"\x1a\x45\xdf\xa3\x01": ("a Matroska or WebM video", "video"),
+             b"BM\x00\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\x00\x00\x00":
+                 ("a BMP image", "image"),
+             b"BMW service 2024\n": None,
+             b"\x00\x00\x01\xba\x44": ("a video", "video"),
+             bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"): None,  # ASF: WMA audio too
+             b"ID3\x04\x00": None, b"": None}
+    assert {head: jobs._media_in(head) for head in heads} == heads
+
+
+def test_an_unchanged_folder_is_skipped_whole(tmp_path, monkeypatch, capsys):
+    """The identity recorded is the one a rerun finds: an unchanged folder's outputs are all
+    skipped, and they and their sidecars keep their bytes."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    _photo(src / "a.png")
+    _clip(src / "b.mp4", 3)
+    assert _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)[0] == 0
+    before = {p.name: _sha(p) for p in out.iterdir()}
+    status, err = _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)
+    assert status == 0 and "0 done, 2 skipped, 0 failed" in err
+    assert {p.name: _sha(p) for p in out.iterdir()} == before
