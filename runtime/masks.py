@@ -130,34 +130,49 @@ def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
     return b
 
 
-def blur_region(region: np.ndarray, strength: float) -> np.ndarray:
-    """Gaussian blur of one (h, w, 3) region with radius ``strength`` x its longer side
-    (at least 1 px); only the region's own pixels are used."""
-    radius = max(1.0, strength * max(region.shape[:2]))
+def blur_region(region: np.ndarray, strength: float, side: int | None = None) -> np.ndarray:
+    """Gaussian blur of one (h, w, 3) region with radius ``strength`` x ``side`` (default:
+    its longer side; the whole face's where the region is the part of it inside the image),
+    at least 1 px; only the region's own pixels are used."""
+    radius = max(1.0, strength * (side or max(region.shape[:2])))
     return np.asarray(Image.fromarray(np.ascontiguousarray(region))
                       .filter(ImageFilter.GaussianBlur(radius)))
 
 
-def _cell_starts(length: int, cells: int | None, block: int | None) -> np.ndarray:
+def _cell_starts(length: int, cells: int | None, block: int | None, whole: int | None = None,
+                 offset: int = 0) -> np.ndarray:
+    """Where the cells start along a region of ``length`` pixels that begins ``offset``
+    pixels into a face's ``whole`` extent (default: the region itself): the whole face's
+    grid, read over the region (a new cell at its start where one was cut)."""
+    whole = length if whole is None else whole
     if block is not None:
-        return np.arange(0, length, block)
-    n = min(cells, length)
-    return np.unique(np.floor(np.arange(n) * length / n).astype(np.int64))
+        first = -(-offset // block) * block
+        starts = np.arange(first, offset + length, block) - offset
+    else:
+        n = min(cells, whole)
+        grid = np.unique(np.floor(np.arange(n) * whole / n).astype(np.int64)) - offset
+        starts = grid[(grid >= 0) & (grid < length)]
+    return starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts])
 
 
-def pixelate_region(region: np.ndarray, cells: int | None = 5, block: int | None = None
-                    ) -> np.ndarray:
+def pixelate_region(region: np.ndarray, cells: int | None = 5, block: int | None = None,
+                    whole: Region | None = None) -> np.ndarray:
     """One (h, w, 3) region as a mosaic, each cell its mean colour (rounded).
 
     Args:
         cells: a fixed grid of ``cells`` x ``cells`` (at most one cell per pixel).
         block: square cells of ``block`` pixels instead (the last row/column may be smaller).
             With neither: about 8 cells across the longer side, cells of at least 4 px.
+        whole: ``(y0, y1, x0, x1)`` of the face's whole extent, relative to the region's
+            first pixel, where the region is its part inside the image: the grid is the
+            whole face's, cut with it (default: the region itself).
     """
     h, w = region.shape[:2]
+    y0, y1, x0, x1 = whole if whole is not None else (0, h, 0, w)
     if cells is None and block is None:
-        block = max(4, math.ceil(max(h, w) / 8))
-    ys, xs = _cell_starts(h, cells, block), _cell_starts(w, cells, block)
+        block = max(4, math.ceil(max(y1 - y0, x1 - x0) / 8))
+    ys = _cell_starts(h, cells, block, y1 - y0, -y0)
+    xs = _cell_starts(w, cells, block, x1 - x0, -x0)
     data = region.astype(np.float64)
     sums = np.add.reduceat(np.add.reduceat(data, ys, axis=0), xs, axis=1)
     heights = np.diff(np.append(ys, h))
@@ -187,11 +202,15 @@ def _ellipse_part(whole: Region, part: Region) -> np.ndarray:
     return inside
 
 
-def _masked_region(region: np.ndarray, style: MaskStyle) -> np.ndarray:
-    if style.mode == "blur":
-        return blur_region(region, style.blur_strength)
+def _masked_region(region: np.ndarray, style: MaskStyle, whole: Region) -> np.ndarray:
+    """The masked pixels of ``region``, the part inside the image of a face whose ``whole``
+    extent is given relative to the region's first pixel (the grid and the blur radius are
+    the whole face's)."""
+    if style.mode == "blur":  # a radius past 4x the part seen only spreads its mean further
+        side = min(max(whole[1] - whole[0], whole[3] - whole[2]), 4 * max(region.shape[:2]))
+        return blur_region(region, style.blur_strength, side)
     if style.mode == "pixelate":
-        return pixelate_region(region, style.cells, style.block)
+        return pixelate_region(region, style.cells, style.block, whole)
     return np.broadcast_to(np.asarray(style.color, np.uint8), region.shape)
 
 
@@ -217,7 +236,7 @@ def apply_masks(image: np.ndarray, boxes: np.ndarray, style: MaskStyle = MaskSty
     scaled = scale_boxes(boxes, style.scale)[:, :4]
     for (w0, w1, v0, v1), (r0, r1, c0, c1) in _box_extents(scaled, *out.shape[:2]):
         region = out[r0:r1, c0:c1]
-        masked = _masked_region(region, style)
+        masked = _masked_region(region, style, (w0 - r0, w1 - r0, v0 - c0, v1 - c0))
         if style.shape == "ellipse":  # the whole box's ellipse, cut at the border
             inside = _ellipse_part((w0, w1, v0, v1), (r0, r1, c0, c1))
             region[inside] = masked[inside]

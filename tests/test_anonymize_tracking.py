@@ -65,7 +65,24 @@ def test_a_fast_face_missed_for_frames_stays_covered(speed, missed):
     frames = _run(TemporalMasker(hold=5, iou=0.3), per_frame)
     assert _covered(frames, [np.array(t) + (0.001, 0.001, -0.001, -0.001) for t in truth]) \
         == [True] * 8
-    assert {m.track for f in frames for m in f.masks} == {0}
+
+
+@pytest.mark.parametrize("gap", [8, 24])
+def test_two_people_side_by_side_stay_covered_when_one_is_missed(gap):
+    """Joining a track of one detection by distance took the neighbour's first detection:
+    the held mask slid between the two faces and the neighbour lost its back-fill (left
+    fully visible). A join by distance only adds masks to those of the IoU tracks."""
+    right = (100 + 48 + gap, 100, 148 + 48 + gap, 160)
+    left = (100, 100, 148, 160)
+    per_frame = [[[*right, 0.9]] if i in (0, 4, 5, 6, 7) else [] for i in range(8)]
+    for i in range(3, 8):
+        per_frame[i].append([*left, 0.8])
+    frames = _run(TemporalMasker(hold=5, iou=0.3), per_frame)
+    inner = (0.001, 0.001, -0.001, -0.001)
+    assert _covered(frames, [np.array(right) + inner] * 8) == [True] * 8
+    assert _covered(frames, [np.array(left) + inner] * 8) == [True] * 8
+    tracks = {m.track for f in frames for m in f.masks}
+    assert tracks == {0, 1}  # the IoU tracks' ids, also on masks the distance join added
 
 
 def test_reach_joins_only_a_near_detection_of_a_similar_size():
@@ -133,5 +150,7 @@ def test_memory_is_bounded_on_long_runs():
     masker = TemporalMasker(hold=2)
     for i in range(500):
         masker.push(i, np.array([[i, 0, i + 10, 10, 0.9], [1000 + 50 * (i % 7), 0, 1010 + 50 * (i % 7), 10, 0.9]]))
-    assert len(masker._tracks) <= 10
-    assert all(len(t.detections) <= 6 for t in masker._tracks)
+    for tracker in (masker._steady, masker._moving):
+        assert len(tracker.tracks) <= 10
+        assert all(len(t.detections) <= 6 for t in tracker.tracks)
+    assert len(masker._owner) <= 2 * 6

@@ -78,6 +78,35 @@ def test_an_ellipse_past_the_border_is_the_whole_boxs_ellipse_cut_there(noise):
     np.testing.assert_array_equal(apply_masks(noise, far, style), noise)  # a corner, outside
 
 
+def test_a_face_cut_by_the_border_keeps_its_whole_grid_and_blur(noise):
+    """Pixelate laid its 5x5 grid over the part of a face inside the image (cells of 7-8 px
+    for a 96 px face three quarters outside, 22 px when whole), and blur took its radius from
+    that part: the cut face was hidden less than the whole one."""
+    from tinyfaces_trt.runtime.masks import pixelate_region
+
+    wide = np.random.default_rng(3).integers(0, 256, (40, 100, 3), dtype=np.uint8)
+    box = np.array([[-75, 0, 24, 39]])  # 100 x 40 px, 25 px of its width inside
+    out = apply_masks(wide, box, MaskStyle(mode="pixelate", cells=5))
+    whole = np.zeros((40, 200, 3), np.uint8)  # the same face whole, drawn 100 px right
+    whole[:, 25:125] = wide[:, :100]
+    grid = pixelate_region(whole[:, 25:125], cells=5)
+    # the whole face's grid: cells 20 px wide at x = 0, 20, ...; inside: 5 px of one, then 20
+    np.testing.assert_array_equal(
+        out[:, :25], pixelate_region(wide[:, :25], cells=5, whole=(0, 40, -75, 25)))
+    assert len(np.unique(out[0, :25], axis=0)) == 2  # columns 0..4 and 5..24
+    assert (out[:, 5:25] == out[:, 5:6]).all()
+    assert grid.shape == (40, 100, 3)
+    with pytest.raises(AssertionError):  # not the old 5 cells over the 25 px seen
+        np.testing.assert_array_equal(out[:, :25], pixelate_region(wide[:, :25], cells=5))
+    # blur: the radius of the whole face (0.25 x 100 px), not of the 25 px seen
+    blurred = apply_masks(wide, box, MaskStyle(mode="blur"))
+    np.testing.assert_array_equal(blurred[:, :25], blur_region(wide[:, :25], 0.25, 100))
+    assert not np.array_equal(blurred[:, :25], blur_region(wide[:, :25], 0.25))
+    far = np.array([[-1e12, 0, 24, 39]])  # no 1e12-wide grid or radius is made for this
+    apply_masks(wide, far, MaskStyle(mode="pixelate", block=4))
+    apply_masks(wide, far, MaskStyle(mode="blur"))
+
+
 def test_blur_strength_scales_with_the_face():
     spot = np.zeros((81, 81, 3), np.uint8)
     spot[38:43, 38:43] = 255

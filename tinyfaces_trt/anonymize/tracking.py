@@ -28,6 +28,7 @@ Pure logic (no images): unit-tested with known detections.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -154,6 +155,7 @@ class _Track:
     first: int
     last: int
     detections: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)  # frame -> its detection's row there
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per frame, latest
     first_velocity: np.ndarray | None = None  # of the first two detections
 
@@ -161,16 +163,101 @@ class _Track:
         """The last box moved on to frame ``index`` at the latest velocity."""
         return self.detections[self.last][0] + self.velocity * (index - self.last)
 
-    def add(self, index: int, box: np.ndarray, score: float) -> None:
+    def add(self, index: int, box: np.ndarray, score: float, row: int) -> None:
         self.velocity = (box - self.detections[self.last][0]) / (index - self.last)
         if self.first_velocity is None:
             self.first_velocity = self.velocity
         self.detections[index] = (box, score)
+        self.rows[index] = row
         self.last = index
+
+
+class _Tracker:
+    """One set of tracks: detections associated by IoU, and with ``reach`` also a track of
+    one detection by distance (:data:`REACH`); the masks of any frame still pending."""
+
+    def __init__(self, hold: int, iou: float, reach: bool) -> None:
+        self.hold, self.iou, self.reach = hold, iou, reach
+        self.tracks: list[_Track] = []
+        self._next_id = 0
+
+    def push(self, index: int, dets: np.ndarray) -> None:
+        open_tracks = [t for t in self.tracks if index - t.last <= self.hold + 1]
+        reach = np.array([REACH * (index - t.last) if self.reach and t.first == t.last else 0.0
+                          for t in open_tracks])
+        pairs = associate(np.array([t.box_at(index) for t in open_tracks]).reshape(-1, 4),
+                          dets, self.iou, reach)
+        matched = set()
+        for t_row, d_row in pairs:
+            open_tracks[t_row].add(index, dets[d_row, :4].copy(), float(dets[d_row, 4]), d_row)
+            matched.add(d_row)
+        for d_row in range(len(dets)):
+            if d_row not in matched:
+                self.tracks.append(_Track(self._next_id, index, index,
+                                          {index: (dets[d_row, :4].copy(), float(dets[d_row, 4]))},
+                                          {index: d_row}))
+                self._next_id += 1
+
+    def masks(self, index: int) -> list[tuple[FaceMask, tuple[int, int]]]:
+        """Frame ``index``'s masks, each with the detection ``(frame, row)`` it comes from
+        (for a held mask the last one before, for a back-filled one the first after)."""
+        found = []
+        for track in self.tracks:
+            mask = self._mask_of(track, index)
+            if mask is not None:
+                found.append(mask)
+        return found
+
+    def _mask_of(self, track: _Track, index: int
+                 ) -> tuple[FaceMask, tuple[int, int]] | None:
+        if index in track.detections:
+            box, score = track.detections[index]
+            return FaceMask(track.id, _tuple(box), score, DETECTED), (index, track.rows[index])
+        if index < track.first:
+            if track.first - index > self.hold:
+                return None
+            box = track.detections[track.first][0]
+            if track.first_velocity is not None:
+                box = box - track.first_velocity * (track.first - index)
+            return (FaceMask(track.id, _tuple(box), None, FILLED),
+                    (track.first, track.rows[track.first]))
+        before = max((f for f in track.detections if f < index), default=None)
+        if before is None or index - before > self.hold:
+            return None
+        after = min((f for f in track.detections if f > index), default=None)
+        if after is not None:
+            w = (index - before) / (after - before)
+            box = (1 - w) * track.detections[before][0] + w * track.detections[after][0]
+        else:
+            box = track.box_at(index)
+        return FaceMask(track.id, _tuple(box), None, HELD), (before, track.rows[before])
+
+    def forget(self, index: int, oldest: int) -> None:
+        """Drops what no pending or future frame can need: closed tracks whose masks are all
+        emitted, and detections older than the latest one before the oldest pending frame
+        (a pending frame interpolates or holds from at most that one)."""
+        keep = []
+        for track in self.tracks:
+            if track.last + self.hold < oldest and index + 1 - track.last > self.hold + 1:
+                continue
+            older = [f for f in track.detections if f < oldest]
+            for f in sorted(older)[:-1]:
+                if f != track.first:
+                    del track.detections[f]
+                    del track.rows[f]
+            keep.append(track)
+        self.tracks = keep
 
 
 class TemporalMasker:
     """Tracks faces over frames and emits each frame's masks ``hold`` frames late.
+
+    Two trackers run side by side: one by IoU only, and one that also joins a track of a
+    single detection to the nearest detection within reach (a fast face). A frame's masks
+    are the first's, plus the second's where they differ: joining by distance may bridge a
+    fast face's missed frames, but a wrong join (two people side by side) never takes away
+    a mask the IoU tracks give. An added mask carries the IoU track id of the detection it
+    comes from.
 
     Args:
         hold: frames a mask is held after a track's last detection and back-filled before
@@ -185,8 +272,9 @@ class TemporalMasker:
             raise ValueError(f"iou must be in (0, 1], got {iou}")
         self.hold = int(hold)
         self.iou = float(iou)
-        self._tracks: list[_Track] = []
-        self._next_id = 0
+        self._steady = _Tracker(self.hold, self.iou, reach=False)
+        self._moving = _Tracker(self.hold, self.iou, reach=True)
+        self._owner: dict[tuple[int, int], int] = {}  # (frame, row) -> its IoU track's id
         self._pending: deque[int] = deque()  # frame indices pushed, not yet emitted
         self._last_index: int | None = None
 
@@ -198,29 +286,21 @@ class TemporalMasker:
         self._last_index = index
         dets = np.asarray(detections, np.float64).reshape(-1, 5) if np.size(detections) \
             else np.zeros((0, 5))
-        open_tracks = [t for t in self._tracks if index - t.last <= self.hold + 1]
-        # a track of one detection has no velocity yet: a fast face (moving more than about
-        # half its width per frame) overlaps its last box too little, so it may also be
-        # joined by distance, REACH of its size per frame since that detection
-        reach = np.array([REACH * (index - t.last) if t.first == t.last
-                          else 0.0 for t in open_tracks])
-        pairs = associate(np.array([t.box_at(index) for t in open_tracks]).reshape(-1, 4),
-                          dets, self.iou, reach)
-        matched = set()
-        for t_row, d_row in pairs:
-            open_tracks[t_row].add(index, dets[d_row, :4].copy(), float(dets[d_row, 4]))
-            matched.add(d_row)
-        for d_row in range(len(dets)):
-            if d_row not in matched:
-                track = _Track(self._next_id, index, index,
-                               {index: (dets[d_row, :4].copy(), float(dets[d_row, 4]))})
-                self._next_id += 1
-                self._tracks.append(track)
+        self._steady.push(index, dets)
+        self._moving.push(index, dets)
+        for track in self._steady.tracks:
+            if track.last == index:
+                self._owner[(index, track.rows[index])] = track.id
         self._pending.append(index)
         ready = []
         while self._pending and self._pending[0] <= index - self.hold:
             ready.append(self._emit(self._pending.popleft()))
-        self._forget(index)
+        oldest = self._pending[0] if self._pending else index + 1
+        self._steady.forget(index, oldest)
+        self._moving.forget(index, oldest)
+        # a pending frame's masks come from detections at most hold + 1 frames before it
+        for key in [k for k in self._owner if k[0] < oldest - self.hold - 1]:
+            del self._owner[key]
         return ready
 
     def flush(self) -> list[FrameMasks]:
@@ -231,49 +311,14 @@ class TemporalMasker:
 
     def _emit(self, index: int) -> FrameMasks:
         frame = FrameMasks(index)
-        for track in self._tracks:
-            mask = self._mask_of(track, index)
-            if mask is not None:
-                frame.masks.append(mask)
+        frame.masks = [mask for mask, _ in self._steady.masks(index)]
+        given = {mask.box for mask in frame.masks}
+        for mask, source in self._moving.masks(index):
+            if mask.box not in given:
+                frame.masks.append(dataclasses.replace(mask, track=self._owner[source]))
+                given.add(mask.box)
+        frame.masks.sort(key=lambda m: m.track)
         return frame
-
-    def _mask_of(self, track: _Track, index: int) -> FaceMask | None:
-        if index in track.detections:
-            box, score = track.detections[index]
-            return FaceMask(track.id, _tuple(box), score, DETECTED)
-        if index < track.first:
-            if track.first - index > self.hold:
-                return None
-            box = track.detections[track.first][0]
-            if track.first_velocity is not None:
-                box = box - track.first_velocity * (track.first - index)
-            return FaceMask(track.id, _tuple(box), None, FILLED)
-        before = max((f for f in track.detections if f < index), default=None)
-        if before is None or index - before > self.hold:
-            return None
-        after = min((f for f in track.detections if f > index), default=None)
-        if after is not None:
-            w = (index - before) / (after - before)
-            box = (1 - w) * track.detections[before][0] + w * track.detections[after][0]
-        else:
-            box = track.box_at(index)
-        return FaceMask(track.id, _tuple(box), None, HELD)
-
-    def _forget(self, index: int) -> None:
-        """Drops what no pending or future frame can need: closed tracks whose masks are all
-        emitted, and detections older than the latest one before the oldest pending frame
-        (a pending frame interpolates or holds from at most that one)."""
-        oldest = self._pending[0] if self._pending else index + 1
-        keep = []
-        for track in self._tracks:
-            if track.last + self.hold < oldest and index + 1 - track.last > self.hold + 1:
-                continue
-            older = [f for f in track.detections if f < oldest]
-            for f in sorted(older)[:-1]:
-                if f != track.first:
-                    del track.detections[f]
-            keep.append(track)
-        self._tracks = keep
 
 
 def _tuple(box: np.ndarray) -> tuple[float, float, float, float]:
