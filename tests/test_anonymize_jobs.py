@@ -465,6 +465,7 @@ class StubWriter:
     def __init__(self, path, reader, codec, crf, name, keep_audio=False,
                  keep_metadata=False) -> None:
         self.path, self.frames, self.dropped = Path(path), 0, ["stream 2 (data) not copied"]
+        self.withheld = None
 
     def write(self, image, pts) -> None:
         self.frames += 1

@@ -143,10 +143,11 @@ def test_audio_is_left_out_unless_kept(tmp_path):
     src = tmp_path / "cctv.mp4"
     clip(src, audio=True)
     _, writer, _ = through(src, tmp_path / "out.mp4")
-    assert writer.dropped == [PRIVATE + "stream #1 (audio, aac) (--keep-audio keeps it)"]
+    assert writer.dropped == [] and writer.withheld == (
+        PRIVATE + "stream #1 (audio, aac) (--keep-audio keeps it)")
     assert packets(tmp_path / "out.mp4", "audio") == []
     _, writer, _ = through(src, tmp_path / "kept.mp4", keep_audio=True)
-    assert writer.dropped == []
+    assert writer.dropped == [] and writer.withheld is None
     assert packets(tmp_path / "kept.mp4", "audio") == packets(src, "audio") != []
 
 
@@ -157,8 +158,9 @@ def test_metadata_is_left_out_unless_kept_but_what_playback_needs(tmp_path):
     clip(src, tags=TAGS, stream_tags=STREAM_TAGS, rotation=-90)
     _, writer, _ = through(src, tmp_path / "out.mov")
     # the stream's title is read back as "name"; the muxer's own tags are not named
-    assert writer.dropped == [PRIVATE + "tags comment, creation_time, location, make, model, "
-                                        "name (--keep-metadata keeps them)"]
+    assert writer.dropped == [] and writer.withheld == (
+        PRIVATE + "tags comment, creation_time, location, make, model, "
+        "name (--keep-metadata keeps them)")
     with av.open(str(tmp_path / "out.mov")) as c:
         video = c.streams.video[0]
         assert set(c.metadata) <= {"major_brand", "minor_version", "compatible_brands",
@@ -167,7 +169,7 @@ def test_metadata_is_left_out_unless_kept_but_what_playback_needs(tmp_path):
             "language": "eng", "handler_name": None, "vendor_id": None}
         assert next(c.decode(video)).rotation == -90  # (display matrix: side data, kept)
     _, writer, _ = through(src, tmp_path / "kept.mov", keep_metadata=True)
-    assert writer.dropped == []
+    assert writer.dropped == [] and writer.withheld is None
     with av.open(str(tmp_path / "kept.mov")) as c:
         assert {k: c.metadata.get(k) for k in TAGS} == TAGS
 
@@ -181,8 +183,9 @@ def test_gps_telemetry_and_gps_subtitles_are_left_out_unless_kept(tmp_path):
         assert c.streams[1].metadata["handler_name"] == "GoPro MET (GPS)"
     telemetry = packets(gopro, "data")
     _, writer, _ = through(gopro, tmp_path / "out.mov")
-    assert writer.dropped == [PRIVATE + "stream #1 (data, GoPro MET (GPS)) (--keep-metadata "
-                                        "keeps them)"]
+    assert writer.dropped == [] and writer.withheld == (
+        PRIVATE + "stream #1 (data, GoPro MET (GPS)) (--keep-metadata "
+        "keeps them)")
     assert packets(tmp_path / "out.mov", "data") == []
     _, writer, _ = through(gopro, tmp_path / "kept.mp4", keep_metadata=True)  # copied as it is
     assert writer.dropped == [] and packets(tmp_path / "kept.mp4", "data") == telemetry != []
@@ -193,7 +196,8 @@ def test_gps_telemetry_and_gps_subtitles_are_left_out_unless_kept(tmp_path):
 
     dashcam = gps_subtitles(tmp_path)
     _, writer, _ = through(dashcam, tmp_path / "out.mkv")
-    assert writer.dropped == [PRIVATE + "stream #1 (subtitle, srt) (--keep-metadata keeps them)"]
+    assert writer.dropped == [] and writer.withheld == (
+        PRIVATE + "stream #1 (subtitle, srt) (--keep-metadata keeps them)")
     assert packets(tmp_path / "out.mkv", "subtitle") == []
     through(dashcam, tmp_path / "kept_gps.mkv", keep_metadata=True)
     assert packets(tmp_path / "kept_gps.mkv", "subtitle") == [GPS_TEXT.encode()]
@@ -220,13 +224,13 @@ def test_one_warning_line_and_the_sidecar_say_what_was_left_out(tmp_path):
     clip(src, audio=True, tags=TAGS, timecode="10:00:00:00")
     task = plan_tasks([src], tmp_path / "out", overwrite=True)[0][0]
     result = process_file(BoxDetector(), task, Options())
-    assert result.status == "done" and len(result.warnings) == 1
-    assert result.warnings[0] == (
+    assert result.status == "done" and result.warnings == () and len(result.notes) == 1
+    assert result.notes[0] == (
         PRIVATE + "stream #1 (audio, aac) (--keep-audio keeps it); stream #2 (data, timecode), "
                   "tags comment, creation_time, location, make, model, timecode "
                   "(--keep-metadata keeps them)")
     side = json.loads(Path(task.sidecar).read_text())
-    assert side["dropped_streams"] == list(result.warnings)
+    assert side["dropped_streams"] == list(result.notes)
     with av.open(task.output) as c:
         assert [s.type for s in c.streams] == ["video"] and "location" not in c.metadata
 
@@ -259,8 +263,9 @@ def test_the_keep_options_reach_the_output_and_a_rerun_redoes_other_ones(tmp_pat
     src = tmp_path / "clip.mov"
     clip(src, audio=True, tags=TAGS)
     out = tmp_path / "out"
-    status, err = _run([src, "--out", out, "--quiet"], monkeypatch, capsys)
-    assert status == 0 and "not copied, as it can identify people or places" in err
+    status, err = _run([src, "--out", out], monkeypatch, capsys)
+    assert status == 0 and f"tf-anonymize: {src}: not copied, as it can identify people or " \
+        "places" in err and "1 done, 0 skipped" in err  # a note, not a warning
     assert packets(out / "clip.mov", "audio") == []
     status, err = _run([src, "--out", out, "--keep-audio", "--keep-metadata"], monkeypatch,
                        capsys)

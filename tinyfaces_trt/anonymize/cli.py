@@ -324,6 +324,8 @@ def _report(result: Any, quiet: bool) -> None:
     for warning in result.warnings:
         stderr_line(f"{PROG}: warning: {result.task.source}: {warning}")
     if not quiet:
+        for note in result.notes:
+            stderr_line(f"{PROG}: {result.task.source}: {note}")
         rate = f", {result.fps:.1f} frames/s" if result.task.kind == "video" else ""
         print(f"{result.task.source} -> {result.task.output}: {result.frames} frame(s), "
               f"{result.detections} detection(s), {result.held} held, {result.filled} "

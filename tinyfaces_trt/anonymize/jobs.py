@@ -170,7 +170,8 @@ class Result:
         frames: frames written; detections, held, filled: mask counts; review_frames:
             frames listed for review.
         seconds: wall time; warnings: e.g. streams the output container could not hold,
-            undecodable packets of the input skipped.
+            undecodable packets of the input skipped; notes: what the privacy defaults left
+            out (audio, metadata), as asked.
     """
 
     task: Task
@@ -183,6 +184,7 @@ class Result:
     review_frames: int = 0
     seconds: float = 0.0
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def fps(self) -> float:
@@ -454,6 +456,7 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
             audit, warnings, header = _process_video(detector, task, options, identity)
         else:
             audit, warnings, header = _process_image(detector, task, options, identity)
+        notes = header.pop("notes", [])
         audit.write(task.sidecar, **header)
     except TinyFacesError as exc:
         return Result(task, "failed", error=naming(task.source, str(exc)),
@@ -466,7 +469,7 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     return Result(task, "done", frames=counts["frames"], detections=counts["detections"],
                   held=counts["held"], filled=counts["filled"],
                   review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
-                  warnings=tuple(warnings))
+                  warnings=tuple(warnings), notes=tuple(notes))
 
 
 def naming(source: str, message: str) -> str:
@@ -592,7 +595,9 @@ def _process_video(detector: Detector, task: Task, options: Options, identity: d
                 bar.close()
     problems = list(reader.problems)  # complete once the frames are read
     header["video"] = reader.info.to_dict()
-    header["dropped_streams"] = writer.dropped
+    notes = [writer.withheld] if writer.withheld else []
+    header["dropped_streams"] = writer.dropped + notes
+    header["notes"] = notes  # process_file's, not the sidecar's
     header["input_problems"] = problems
     return audit, writer.dropped + problems, header
 

@@ -546,7 +546,7 @@ class VideoWriter:
 
     What is not carried over (a stream the container cannot hold, a second video stream, an
     attachment that is not a font, chapters...) is named, with the reason, in :attr:`dropped`;
-    what ``keep_audio`` and ``keep_metadata`` would have kept, in one line there.
+    what ``keep_audio`` and ``keep_metadata`` would have kept, in one line in :attr:`withheld`.
 
     Args:
         path: output file; its suffix chooses the container.
@@ -584,9 +584,9 @@ class VideoWriter:
             self._add_other_streams()
             self._copy_chapters()
             self.container.metadata.update(self._kept_tags(reader.container.metadata))
-            withheld = self._withheld.line()
-            if withheld:
-                self._report(withheld)
+            #: what the privacy defaults left out, in one line (None: nothing); a note, not
+            #: a warning: it is what was asked for
+            self.withheld: str | None = self._withheld.line()
         except Exception:
             self.container.close()
             raise
