@@ -18,9 +18,11 @@ constants, template-selection and pyramid rules, and thresholds. Two variants ex
 Both use stride 8 and offset -1: ``cy = fy*8 - 1`` with 0-based cell indices. The MATLAB code's
 ``(fy-1)*8 - 1`` on 1-based indices gives the same number, but MATLAB reads it as a 1-based pixel
 coordinate, so the release's boxes sit 1 px right/down of the port's in 0-based pixels. We keep the
-numbers as both codes compute them (boxes of the matconvnet variant are in the release's 1-based
-convention). The pyramid rule is the authors' adaptive demo rule by default (see :mod:`.pyramid`),
-or the port's fixed exponents with ``pyramid="fixed"``.
+numbers as both codes compute them: boxes of the matconvnet variant are in the release's 1-based
+convention (:attr:`DetectorConfig.coordinate_base`) and clipped as the release clips them, to
+``[1, W] x [1, H]``; the port's to ``[0, W-1] x [0, H-1]``. The pyramid rule is the authors'
+adaptive demo rule by default (see :mod:`.pyramid`), or the port's fixed exponents with
+``pyramid="fixed"``.
 """
 
 from __future__ import annotations
@@ -136,10 +138,20 @@ class DetectorConfig:
         normalization: input normalisation.
         stride, offset: receptive-field stride and offset of the score map, pixels.
         template_policy: ``"pytorch"`` or ``"matconvnet"``, which templates run at which scale.
-        prob_thresh: keep a cell when sigmoid(score_cls) > prob_thresh.
-        nms_thresh: suppress a box whose IoU with a kept box is > nms_thresh.
+        prob_thresh: keep a cell when sigmoid(score_cls) > prob_thresh. 0.5 in both variants:
+            the release demo's (``tiny_face_detector.m``: ``if nargin < 3, prob_thresh =
+            0.5``); the port's ``get_detections`` defaults to 0.65, its ``detect_image.py`` to
+            0.6, and both WIDER FACE evaluations use 0.03.
+        nms_thresh: suppress a box whose IoU with a kept box is > nms_thresh. 0.3 by default:
+            the port's (``get_detections``, ``detect_image.py``) and the authors' WIDER FACE
+            script's (``scripts/hr_res101.m``: ``nmsThresh = 0.3``). :meth:`for_variant`
+            gives ``"matconvnet"`` the release demo's 0.1 (``tiny_face_detector.m``:
+            ``if nargin < 4, nms_thresh = 0.1``).
         box_pixel_offset: 1.0 for the reference's inclusive "+1" widths in NMS IoU, 0.0 for none.
-        clip_boxes: clip final boxes to [0, W-1] x [0, H-1] (the authors clip to [1, W] 1-based).
+        clip_boxes: clip final boxes to the image's pixel area in the variant's coordinates
+            (:attr:`coordinate_base`): ``[0, W-1] x [0, H-1]`` for ``"pytorch"``,
+            ``[1, W] x [1, H]`` for ``"matconvnet"`` (``tiny_face_detector.m``:
+            ``bboxes(:,[1 3]) = max(1, min(raw_w, ...))``, rows likewise with ``raw_h``).
         pyramid: ``"adaptive"`` (authors' demo rule) or ``"fixed"`` (port: fixed exponents,
             short side resized to ``int(min_side * 2**k)``).
         fixed_scales: exponents k for ``pyramid="fixed"`` (not empty with it; each within
@@ -277,10 +289,15 @@ class DetectorConfig:
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":
-        """Defaults of one variant; ``overrides`` replace single fields."""
+        """Defaults of one variant; ``overrides`` replace single fields.
+
+        ``"matconvnet"`` takes the release's demo defaults (``tiny_face_detector.m``): its
+        template policy, ``averageImage`` normalisation and ``nms_thresh`` 0.1.
+        """
         if variant == "matconvnet":
             base = dict(variant="matconvnet", template_policy="matconvnet",
-                        normalization=Normalization.average_image((123.68, 116.779, 103.939)))
+                        normalization=Normalization.average_image((123.68, 116.779, 103.939)),
+                        nms_thresh=0.1)
         elif variant == "pytorch":
             base = dict(variant="pytorch", template_policy="pytorch")
         else:
@@ -293,6 +310,14 @@ class DetectorConfig:
         """A copy with some fields replaced (an unknown name is a :class:`ConfigError`)."""
         check_field_names(overrides)
         return replace(self, **overrides)
+
+    @property
+    def coordinate_base(self) -> float:
+        """Coordinate of the image's first pixel in this variant's boxes: 0.0 for
+        ``"pytorch"`` (0-based), 1.0 for ``"matconvnet"`` (the release's 1-based convention,
+        see the module docstring). The image's pixel area is ``[base, base + W - 1] x
+        [base, base + H - 1]``: what the final boxes are clipped to and tested against."""
+        return 1.0 if self.variant == "matconvnet" else 0.0
 
     @property
     def logit_thresh(self) -> np.float32:

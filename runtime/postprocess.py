@@ -2,7 +2,10 @@
 
 Boxes lying entirely outside the image are dropped after NMS (:func:`inside_image`): a
 broken or mismatched network can emit thousands of them, and clipped they become
-zero-area boxes on the border that hide nothing.
+zero-area boxes on the border that hide nothing. The image's pixel area is taken in the
+variant's coordinates (:attr:`~tinyfaces_trt.core.config.DetectorConfig.coordinate_base`):
+``[0, W-1] x [0, H-1]`` for the port's 0-based boxes, ``[1, W] x [1, H]`` for the authors'
+1-based ones, where ``tiny_face_detector.m`` clips them.
 """
 
 from __future__ import annotations
@@ -18,23 +21,29 @@ from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
-def inside_image(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+def inside_image(boxes: np.ndarray, image_hw: tuple[int, int], base: float) -> np.ndarray:
     """bool (N,): the (N, 4+) ``[x1, y1, x2, y2]`` boxes that overlap the image's pixel
-    area ``[0, width-1] x [0, height-1]`` (a box touching its border counts as inside)."""
+    area ``[base, base + width - 1] x [base, base + height - 1]`` (a box touching its border
+    counts as inside); ``base``: the coordinate of the first pixel
+    (``DetectorConfig.coordinate_base``)."""
     height, width = image_hw
     b = np.asarray(boxes, dtype=np.float64)
-    return (b[:, 2] >= 0) & (b[:, 3] >= 0) & (b[:, 0] <= width - 1) & (b[:, 1] <= height - 1)
+    return ((b[:, 2] >= base) & (b[:, 3] >= base)
+            & (b[:, 0] <= base + width - 1) & (b[:, 1] <= base + height - 1))
 
 
 def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
     """(N, 5) [x1, y1, x2, y2, prob] rows in NMS order, as the GPU NMS returns them unclipped
     -> the rows of boxes that overlap the image, clipped when ``config.clip_boxes``: the
-    numpy path's last two steps (:func:`select_detections`)."""
-    rows = rows[inside_image(rows, image_hw)]
+    numpy path's last two steps (:func:`select_detections`). Both take the image's pixel area
+    in the variant's coordinates (``config.coordinate_base``): x in ``[0, W-1]`` for
+    ``"pytorch"``, ``[1, W]`` for ``"matconvnet"``, y likewise."""
+    base = config.coordinate_base
+    rows = rows[inside_image(rows, image_hw, base)]
     if config.clip_boxes:
         height, width = image_hw
-        np.clip(rows[:, 0:4:2], 0, width - 1, out=rows[:, 0:4:2])
-        np.clip(rows[:, 1:4:2], 0, height - 1, out=rows[:, 1:4:2])
+        np.clip(rows[:, 0:4:2], base, base + width - 1, out=rows[:, 0:4:2])
+        np.clip(rows[:, 1:4:2], base, base + height - 1, out=rows[:, 1:4:2])
     return rows
 
 

@@ -131,8 +131,10 @@ def emulation() -> Any:
 def nms_rows_reference(maps: list[np.ndarray], levels: list[PyramidLevel], image_hw: tuple[int, int],
                        config: DetectorConfig) -> np.ndarray:
     """What ``tf_nms`` writes for these maps: numpy's kept rows in NMS order, clipped when
-    ``config.clip_boxes``. Boxes entirely outside the image are kept (the CUDA postprocessor
-    drops them on the host, as ``runtime.postprocess.finish_boxes``)."""
+    ``config.clip_boxes`` to ``[0, W-1] x [0, H-1]`` whatever the variant (the C ABI knows
+    none). Boxes entirely outside the image are kept (the CUDA postprocessor runs it
+    unclipped and drops and clips on the host in the variant's pixels, as
+    ``runtime.postprocess.finish_boxes``)."""
     parts, base = [], 0
     for m, level in zip(maps, levels):
         parts.append(decode_level(m, level, config, base))

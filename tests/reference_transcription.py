@@ -13,7 +13,9 @@ enumeration order, so that the runtime can be checked against what the reference
 - ``get_bboxes``: the port's get_bboxes on NHWC arrays (enumeration order (y, x, c)).
 - ``py_cpu_nms``: the port's old ``tinyfaces/utils/nms.py`` (Girshick, +1 areas).
 - ``nms_mex``: peiyunh/tiny ``toolbox/nms/nms_mex.cpp`` (std::multimap on score).
-- ``reference_detections``: get_detections' loop + NMS + the authors' clipping.
+- ``reference_detections``: get_detections' loop + NMS + the clipping of
+  ``tiny_face_detector.m`` (1-based) for the matconvnet policy, its 0-based translation
+  for the port's (which does not clip).
 """
 
 from __future__ import annotations
@@ -200,15 +202,16 @@ def nms_mex(boxes: np.ndarray, overlap: float) -> list[int]:
 # ---------------------------------------------------------------- whole post-processing
 def reference_detections(score_maps, scales, templates, prob_thresh, nms_thresh, policy,
                          image_hw, use_nms_mex=False, drop_outside=True):
-    """get_detections' per-scale loop, one NMS, then the authors' clipping (0-based).
+    """get_detections' per-scale loop, one NMS, then the clipping of the policy's pixel
+    convention (:func:`image_pixel_area`).
 
     ``drop_outside``: our one deliberate deviation from the reference, on by default: kept
     boxes lying entirely outside the image are dropped before clipping (the reference clips
     them into zero-area boxes on the border; issue 10 item 6).
 
     ``score_maps``: list of (1, 125, h, w) network outputs; ``policy``: "pytorch" or
-    "matconvnet" template selection. Returns (N, 5) float64 [x1, y1, x2, y2, logit] in NMS
-    order, plus the pre-NMS (N, 5) stack.
+    "matconvnet" template selection and pixel convention. Returns (N, 5) float64
+    [x1, y1, x2, y2, logit] in NMS order, plus the pre-NMS (N, 5) stack.
     """
     rf = {"stride": [8, 8], "offset": [-1, -1]}
     num_templates = templates.shape[0]
@@ -229,11 +232,26 @@ def reference_detections(score_maps, scales, templates, prob_thresh, nms_thresh,
         dets = np.vstack((dets, np.hstack((t_bboxes, scores))))
     keep = nms_mex(dets, nms_thresh) if use_nms_mex else py_cpu_nms(dets, nms_thresh)
     out = dets[np.asarray(keep, dtype=int)].reshape(-1, 5)
-    raw_h, raw_w = image_hw
+    lo, max_h, max_w = image_pixel_area(policy, image_hw)
     if drop_outside:
-        out = out[(out[:, 2] >= 0) & (out[:, 3] >= 0) & (out[:, 0] <= raw_w - 1)
-                  & (out[:, 1] <= raw_h - 1)]
-    # tiny_face_detector.m: bboxes(:,[2 4]) = max(1, min(raw_h, ...)) in 1-based pixels
-    out[:, [1, 3]] = np.maximum(0, np.minimum(raw_h - 1, out[:, [1, 3]]))
-    out[:, [0, 2]] = np.maximum(0, np.minimum(raw_w - 1, out[:, [0, 2]]))
+        out = out[(out[:, 2] >= lo) & (out[:, 3] >= lo) & (out[:, 0] <= max_w)
+                  & (out[:, 1] <= max_h)]
+    # tiny_face_detector.m, after its NMS:
+    #   bboxes(:,[2 4]) = max(1, min(raw_h, bboxes(:,[2 4])));
+    #   bboxes(:,[1 3]) = max(1, min(raw_w, bboxes(:,[1 3])));
+    out[:, [1, 3]] = np.maximum(lo, np.minimum(max_h, out[:, [1, 3]]))
+    out[:, [0, 2]] = np.maximum(lo, np.minimum(max_w, out[:, [0, 2]]))
     return out, dets
+
+
+def image_pixel_area(policy, image_hw):
+    """``(lo, max_h, max_w)``: first and last pixel coordinates of a ``(raw_h, raw_w)`` image.
+
+    "matconvnet": the release's 1-based pixels, ``(1, raw_h, raw_w)``, the bounds
+    tiny_face_detector.m clips to. "pytorch": the port does not clip; its 0-based boxes
+    cover the same pixels at ``(0, raw_h - 1, raw_w - 1)``.
+    """
+    raw_h, raw_w = image_hw
+    if policy == "matconvnet":
+        return 1, raw_h, raw_w
+    return 0, raw_h - 1, raw_w - 1

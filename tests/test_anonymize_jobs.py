@@ -378,7 +378,8 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
     assert record == detector_record.DetectorRecord(
         {"weights_sha256": "ab" * 32, "untrained": False, "variant": "pytorch", "depth": None,
          "seed": None, "precision": None},
-        {"prob_thresh": 0.7, "nms_thresh": 0.3, "min_face": 24.0, "max_face": None})
+        {"prob_thresh": 0.7, "nms_thresh": 0.3, "min_face": 24.0, "max_face": None,
+         "pyramid": "adaptive"}, {"pyramid": "adaptive"})
     assert detector_record.detector_record(None, None, precision="fp32").model == {
         "weights_sha256": None, "untrained": True, "variant": "pytorch", "depth": 101, "seed": 0,
         "precision": "fp32"}
@@ -420,7 +421,8 @@ def test_a_real_detector_of_a_bare_runner_records_no_model_and_its_own_settings(
     side = json.loads(Path(task.sidecar).read_text())
     assert side["model"] is None
     assert side["config"] == {"variant": "pytorch", "prob_thresh": 0.25, "nms_thresh": 0.3,
-                              "min_face": 10.0, "max_face": None, "size_refinement": 2.0}
+                              "min_face": 10.0, "max_face": None, "pyramid": "adaptive",
+                              "size_refinement": 2.0}
     assert side["review"] == {"band": [0.25, 0.75], "frames": []}
     assert side["frames"] == [{"index": 0, "time": None, "faces": []}]
 

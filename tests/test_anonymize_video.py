@@ -369,7 +369,8 @@ def test_sidecar_rounds_as_the_detections_json_and_bands_at_the_detector_thresho
     assert detector.batches == [4, 4, 2]
     side = json.loads(Path(task.sidecar).read_text())
     assert side["config"] == {"variant": "pytorch", "prob_thresh": 0.25, "nms_thresh": 0.3,
-                              "min_face": None, "max_face": None, "size_refinement": 2.0}
+                              "min_face": None, "max_face": None, "pyramid": "adaptive",
+                              "size_refinement": 2.0}
     assert side["frames"][0]["faces"] == [{"track": 0, "box": [4.12, 20.12, 27.12, 43.12],
                                            "score": 0.31235, "kind": "detected"}]
     expected = detections_to_list(FractionalDetector().detect(read_video(src)["images"][0]))

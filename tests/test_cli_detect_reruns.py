@@ -47,7 +47,7 @@ def test_outputs_of_another_threshold_are_made_again_then_resumed(capsys, export
     assert run(capsys, *argv)[0] == 0
     before = json.loads((out / "ev" / "p0.json").read_text())
     assert before["config"] == {"prob_thresh": 0.5, "nms_thresh": 0.3, "min_face": None,
-                                "max_face": None}
+                                "max_face": None, "pyramid": "adaptive"}
     wider = (pred / "ev" / "p0.txt").read_text()
 
     code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")

@@ -18,6 +18,16 @@ def test_defaults_follow_the_pytorch_port():
     assert math.isclose(float(c.with_(prob_thresh=0.9).logit_thresh), math.log(9), rel_tol=1e-6)
 
 
+
+def test_matconvnet_defaults_follow_the_release_demo():
+    """tiny_face_detector.m: ``if nargin < 4, nms_thresh = 0.1``, prob_thresh 0.5, boxes in
+    1-based pixels; the port (and the authors' WIDER scripts) use nms_thresh 0.3."""
+    mcn, port = DetectorConfig.for_variant("matconvnet"), DetectorConfig.for_variant("pytorch")
+    assert (mcn.prob_thresh, mcn.nms_thresh, mcn.coordinate_base) == (0.5, 0.1, 1.0)
+    assert (port.prob_thresh, port.nms_thresh, port.coordinate_base) == (0.5, 0.3, 0.0)
+    assert DetectorConfig.for_variant("matconvnet", nms_thresh=0.3).nms_thresh == 0.3
+    assert DetectorConfig.from_dict(mcn.to_dict()).nms_thresh == 0.1
+
 def test_round_trip_through_a_manifest_dict():
     c = DetectorConfig.for_variant("matconvnet", prob_thresh=0.03, pyramid="fixed")
     back = DetectorConfig.from_dict(c.to_dict())

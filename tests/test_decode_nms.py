@@ -10,8 +10,8 @@ from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
 from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.runtime.nms import nms
-from tinyfaces_trt.runtime.postprocess import (HostPostprocessor, postprocess_levels,
-                                                select_detections)
+from tinyfaces_trt.runtime.postprocess import (HostPostprocessor, finish_boxes,
+                                                postprocess_levels, select_detections)
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 IMAGE_HW = (70, 90)
@@ -221,6 +221,34 @@ def test_border_box_is_clipped():
     np.testing.assert_array_equal(out, np.array([[0, 0, 39, 29, 1 / (1 + math.exp(-3.0))]], np.float32))
     unclipped = postprocess_levels([sm], [level], (30, 40), DetectorConfig(clip_boxes=False))
     np.testing.assert_array_equal(unclipped[:, :4], [[-42, -56, 40, 54]])
+
+
+
+def test_matconvnet_box_is_clipped_to_the_release_pixels():
+    """tiny_face_detector.m clips to [1, W] x [1, H] (1-based): the same cell on a 64x64
+    image is [1, 1, 40, 54] there, [0, 0, 40, 54] in the port's 0-based pixels."""
+    sm = _blank_map(8, 8)
+    sm[0, 4, 0, 0] = 3.0  # template 4, cell (0, 0): [-42, -56, 40, 54] unclipped
+    level = PyramidLevel(0, 0.0, 1.0, 64, 64)
+    boxes = {v: postprocess_levels([sm], [level], (64, 64), DetectorConfig.for_variant(v))[:, :4]
+             for v in ("pytorch", "matconvnet")}
+    np.testing.assert_array_equal(boxes["matconvnet"], [[1, 1, 40, 54]])
+    np.testing.assert_array_equal(boxes["pytorch"], [[0, 0, 40, 54]])
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("pytorch", [[0, 0, 40, 54, 0.9], [14, 0, 63, 63, 0.8], [0, 10, 0.5, 20, 0.7]]),
+    ("matconvnet", [[1, 1, 40, 54, 0.9], [14, 1, 64, 64, 0.8], [63.5, 10, 64, 20, 0.6]]),
+])
+def test_finish_boxes_clips_to_the_variants_pixels(variant, expected):
+    """The reviewer's 64x64 case (MATLAB gives [1, 1, 40, 54] and [14, 1, 64, 64]); a box
+    ending at x 0.5 overlaps the port's first pixel column (0) but lies left of the
+    release's (1); one starting at x 63.5 lies right of the port's last column (63) but
+    overlaps the release's (64)."""
+    rows = np.array([[-42, -56, 40, 54, 0.9], [14, -3, 70.5, 66, 0.8],
+                     [-3, 10, 0.5, 20, 0.7], [63.5, 10, 70, 20, 0.6]])
+    got = finish_boxes(rows, (64, 64), DetectorConfig.for_variant(variant))
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_scale_divides_boxes_and_offset_stride():

@@ -42,6 +42,7 @@ CLIS = {
      "--providers: the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its providers "
      "are 'cuda' (that one alone) or 'tensorrt,cuda' (the default), got 'cpu'"),
     (["--backend", "onnxruntime-cuda", "--providers", "cuda,tensorrt"], "got 'cuda,tensorrt'"),
+    (["--pyramid", "octaves"], "argument --pyramid: invalid choice: 'octaves' (choose from "),
 ])
 def test_every_cli_refuses_the_same_combinations(cli, argv, message, capsys):
     main, _, needed = CLIS[cli]
@@ -53,7 +54,8 @@ def test_every_cli_refuses_the_same_combinations(cli, argv, message, capsys):
 
 def test_every_cli_turns_the_same_flags_into_the_same_detector():
     flags = ["--prob-thresh", "0.7", "--nms-thresh", "0.4", "--min-face", "12",
-             "--max-face", "300", "--no-fp16", "--providers", "cpu", "--threads", "1"]
+             "--max-face", "300", "--pyramid", "fixed", "--no-fp16", "--providers", "cpu",
+             "--threads", "1"]
     specs = {}
     for name, (_, build_parser, needed) in CLIS.items():
         args = build_parser().parse_args(needed + flags)
@@ -64,9 +66,23 @@ def test_every_cli_turns_the_same_flags_into_the_same_detector():
     spec = specs["tf-serve"]
     assert spec.backend == "onnxruntime" and spec.providers == ("cpu",) and spec.threads == 1
     assert dict(spec.config_overrides) == {"prob_thresh": 0.7, "nms_thresh": 0.4, "min_face": 12.0,
-                                           "max_face": 300.0}
+                                           "max_face": 300.0, "pyramid": "fixed"}
     assert anonymize == dataclasses.replace(
         spec, config_overrides=spec.config_overrides + (("clip_boxes", False),))
+
+
+@pytest.mark.parametrize("cli", sorted(CLIS))
+def test_pyramid_reaches_the_detector_config_of_every_cli(cli, export_dir):
+    """--pyramid fixed gives the detector the port's fixed exponents; without it the model's
+    own rule (adaptive) stays."""
+    _, build_parser, needed = CLIS[cli]
+    for flags, rule in ((["--pyramid", "fixed"], "fixed"), (["--pyramid", "adaptive"], "adaptive"),
+                        ([], "adaptive")):
+        args = build_parser().parse_args(needed + ["--model", str(export_dir), *flags])
+        with spec_from_arguments(args).create() as detector:
+            assert detector.config.pyramid == rule, flags
+            assert [lv.exponent for lv in detector.plan(480, 640)] == (
+                [-2.0, -1.0, 0.0, 1.0] if rule == "fixed" else [-3.0, -2.0, -1.0, 0.0, 0.5, 1.0])
 
 
 def test_torch_mode_reaches_the_detector_spec_of_every_cli():
@@ -90,5 +106,12 @@ def test_help_describes_the_options_once_for_all_clis():
         assert "--backend {onnxruntime,onnxruntime-cuda,tensorrt,torch,torch-cuda,auto}" in text
         assert "look only for faces at least PIXELS long" in text
         assert "--torch-mode MODE how torch-cuda prepares each input shape" in text
+        assert ("--pyramid {adaptive,fixed} pyramid rule: adaptive (the authors' demo: levels "
+                "chosen from the image and template sizes, from where the largest template "
+                "covers the image up to 2x) or fixed (the port's and both references' WIDER "
+                "protocol: the short side times 2^-2, 2^-1, 1, 2; use it for WIDER results). "
+                "fixed goes no lower than 1/4") in text
+        assert "the face size limits prune the levels of both (default: the model's, adaptive)" \
+            in text
     assert "GPU backends get one GPU per replica" in helps["tf-serve"]
     assert "(default: --cpus-per-replica, per replica)" in helps["tf-serve"]

@@ -187,6 +187,24 @@ def test_an_entry_recording_other_weights_is_exported_again(checkpoint, export_d
     assert folder.identity.weights_sha256 == _sha256(checkpoint)
 
 
+def test_an_entry_of_older_default_thresholds_is_exported_again(checkpoint, export_dir, tmp_path,
+                                                                fake_export, caplog):
+    """The cache exports with the variant's defaults; the matconvnet variant's NMS threshold
+    became the release demo's 0.1 (it was 0.3): an entry written before kept running 0.3."""
+    cache = tmp_path / "cache"
+    target = cache / cache_key(checkpoint)
+    shutil.copytree(export_dir, target)
+    assert cached_export(checkpoint, cache_dir=cache).path == target and fake_export == []
+    manifest = json.loads((target / MANIFEST_NAME).read_text())
+    manifest["config"]["nms_thresh"] = 0.4
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt.export_cache"):
+        cached_export(checkpoint, cache_dir=cache, progress=lambda _: None)
+    assert fake_export == [target]
+    assert f"export cache {target} records nms_thresh 0.4 (now 0.3); exporting again" in {
+        r.getMessage() for r in caplog.records}
+
+
 def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, seeded, tmp_path,
                                                          monkeypatch):
     """A training run saves latest.pth (atomically) while the cache loads it: nothing is

@@ -35,7 +35,28 @@ def test_boxes_entirely_outside_the_image_are_dropped():
 
 def test_inside_image_counts_border_touching_boxes():
     boxes = np.array([[-5, -5, 0, 0], [31, 31, 40, 40], [-3, 2, -0.5, 9], [32, 0, 35, 5]])
-    assert inside_image(boxes, (32, 32)).tolist() == [True, True, False, False]
+    assert inside_image(boxes, (32, 32), 0.0).tolist() == [True, True, False, False]
+
+
+def test_inside_image_of_one_based_pixels():
+    """The release's 1-based pixel area [1, 32] x [1, 32] (tiny_face_detector.m clips to it)."""
+    boxes = np.array([[-5, -5, 1, 1], [32, 32, 40, 40], [-3, 2, 0.5, 9], [32.5, 1, 35, 5],
+                      [2, -9, 9, 0.5]])
+    assert inside_image(boxes, (32, 32), 1.0).tolist() == [True, True, False, False, False]
+    assert inside_image(boxes, (32, 32), 0.0).tolist() == [True, False, True, False, True]
+
+
+def test_matconvnet_boxes_outside_the_release_pixels_are_dropped():
+    """A box ending left of the release's first pixel column (x2 < 1) is dropped in the
+    matconvnet variant, not clipped onto the border; the port's 0-based area keeps it."""
+    sm = _blank(4, 4)
+    sm[0, 9, 0, 0] = 3.0                  # template 9 (41 x 46), centre (-1, -1)
+    sm[0, 25 + 9, 0, 0] = -0.46           # tx: x2 = -1 - 0.46 * 41 + 20.5 = 0.64
+    level = PyramidLevel(0, 0.0, 1.0, 32, 32)
+    mcn = postprocess_levels([sm], [level], (32, 32), DetectorConfig.for_variant("matconvnet"))
+    port = postprocess_levels([sm], [level], (32, 32), DetectorConfig.for_variant("pytorch"))
+    assert mcn.shape == (0, 5)
+    np.testing.assert_allclose(port[:, :4], [[0, 0, 0.64, 22]], rtol=0, atol=1e-5)
 
 
 def test_garbage_network_output_gives_no_zero_area_border_boxes_and_no_warnings():

@@ -1,7 +1,7 @@
 """The detector's command-line options, one definition for tf-detect, tf-anonymize and tf-serve.
 
 :func:`add_detector_arguments` declares ``--backend``, ``--model`` / ``--weights``,
-``--prob-thresh``, ``--nms-thresh``, ``--min-face``, ``--max-face``, ``--fp16``,
+``--prob-thresh``, ``--nms-thresh``, ``--min-face``, ``--max-face``, ``--pyramid``, ``--fp16``,
 ``--torch-mode``, ``--providers`` and ``--threads``; :func:`check_detector_arguments` refuses
 the combinations argparse cannot express (exit 2); :func:`tinyfaces_trt.detectors.spec_from_arguments` turns
 the parsed options into a detector.
@@ -14,6 +14,9 @@ import argparse
 from tinyfaces_trt.core.cli import fraction, positive_float, positive_int, probability
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detectors import BACKENDS, TORCH_CUDA_MODES
+
+#: ``--pyramid``'s choices (``DetectorConfig.pyramid``).
+PYRAMID_RULES = ("adaptive", "fixed")
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None = None,
@@ -41,13 +44,24 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
                        help="keep detections with probability > P (default: the model's, 0.5)")
     group.add_argument("--nms-thresh", type=fraction, metavar="T",
                        help="suppress boxes overlapping a better one with IoU > T "
-                            "(default: the model's, 0.3)")
+                            "(default: the model's: 0.3, 0.1 for the authors' hr_res101.mat "
+                            "as in their demo)")
     group.add_argument("--min-face", type=positive_float, metavar="PIXELS",
                        help="look only for faces at least PIXELS long: skips the pyramid "
                             "levels/templates that can only find smaller ones; smaller faces "
                             "may be missed (default: none; see tf-anonymize --help)")
     group.add_argument("--max-face", type=positive_float, metavar="PIXELS",
                        help="look only for faces at most PIXELS long (default: none)")
+    group.add_argument("--pyramid", choices=PYRAMID_RULES,
+                       help="pyramid rule: adaptive (the authors' demo: levels chosen from the "
+                            "image and template sizes, from where the largest template covers "
+                            "the image up to 2x) or fixed (the port's and both references' WIDER "
+                            "protocol: the short side times 2^-2, 2^-1, 1, 2; use it for WIDER "
+                            "results). fixed goes no lower than 1/4 (faces much over 440 px may "
+                            "be missed) and drops a level longer than max_input_dim (5000 px: no "
+                            "2x level past 2500 px) where adaptive takes a smaller one; the "
+                            "face size limits prune the levels of both (default: the model's, "
+                            "adaptive)")
     group.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
                        help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
                             "for torch-cuda (default: fp32, but fp16 for torch-cuda)")

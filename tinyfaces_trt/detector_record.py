@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,8 +24,13 @@ if TYPE_CHECKING:
 NETWORK_DETAILS = ("variant", "depth", "seed", "precision")
 
 #: Detector settings that change detections (the flags --prob-thresh, --nms-thresh,
-#: --min-face, --max-face set them): an output recorded with other values is made again.
-DETECTION_FIELDS = ("prob_thresh", "nms_thresh", "min_face", "max_face")
+#: --min-face, --max-face, --pyramid set them): an output recorded with other values is made
+#: again.
+DETECTION_FIELDS = ("prob_thresh", "nms_thresh", "min_face", "max_face", "pyramid")
+
+#: Detection fields that outputs of older versions do not record: no option changed them then,
+#: so such an output ran the network's own value (its export's or checkpoint's config).
+LATER_FIELDS = ("pyramid",)
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,13 @@ class DetectorRecord:
             ``untrained``, :data:`NETWORK_DETAILS`); None where it cannot be known (every
             output is then made again).
         config: the :data:`DETECTION_FIELDS` of its config.
+        own: the network's own values of :data:`LATER_FIELDS` (before the flags): what an
+            output that does not record one of them ran.
     """
 
     model: dict[str, Any] | None
     config: dict[str, Any]
+    own: dict[str, Any] = field(default_factory=dict)
 
     def changes(self, recorded: Any) -> list[str]:
         """How an output's JSON ``recorded`` (its ``model`` and ``config``) differs from this
@@ -53,8 +61,11 @@ class DetectorRecord:
         config = recorded.get("config")
         if not isinstance(config, dict):  # written before outputs recorded their settings
             return changed + ["no recorded detection settings (an older version wrote it)"]
-        return changed + [f"{key} {shown(config.get(key))} (now {shown(value)})"
-                          for key, value in self.config.items() if config.get(key) != value]
+        for key, value in self.config.items():
+            before = config.get(key, self.own.get(key))
+            if before != value:
+                changed.append(f"{key} {shown(before)} (now {shown(value)})")
+        return changed
 
 
 def detector_record(model_dir: str | os.PathLike[str] | None,
@@ -73,12 +84,13 @@ def detector_record(model_dir: str | os.PathLike[str] | None,
     """
     from tinyfaces_trt.runtime.backends import apply_overrides
 
-    identity, config = _identity_and_config(model_dir, weights)
-    config = apply_overrides(config, overrides)
+    identity, own = _identity_and_config(model_dir, weights)
+    config = apply_overrides(own, overrides)
     known = identity.untrained or identity.weights_sha256 is not None
     model = {key: value for key, value in identity.to_dict().items() if key != "source"}
     return DetectorRecord({**model, "precision": precision} if known else None,
-                          {f: getattr(config, f) for f in DETECTION_FIELDS})
+                          {f: getattr(config, f) for f in DETECTION_FIELDS},
+                          {f: getattr(own, f) for f in LATER_FIELDS})
 
 
 def expected_identity(model_dir: str | os.PathLike[str] | None,
@@ -105,8 +117,8 @@ def _identity_and_config(model_dir: str | os.PathLike[str] | None,
         return folder.identity, folder.config
     from tinyfaces_trt.detectors import torch_identity
 
-    # a checkpoint's config is its variant's defaults, where these fields are the same
-    return torch_identity(weights), DetectorConfig()
+    identity = torch_identity(weights)  # the variant the loader reads the file as
+    return identity, DetectorConfig.for_variant(identity.variant or "pytorch")
 
 
 def run_precision(backend: str, model_dir: str | os.PathLike[str] | None,

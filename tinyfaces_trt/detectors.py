@@ -28,6 +28,7 @@ from tinyfaces_trt.core.config import DEPTHS, VARIANTS, is_integer
 from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError
 from tinyfaces_trt.core.files import is_text_path
 from tinyfaces_trt.core.manifest import ModelIdentity
+from tinyfaces_trt.detector_record import DETECTION_FIELDS
 from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export, reference_model,
                                         weights_sha256)
 from tinyfaces_trt.runtime import backends as folder_backends
@@ -316,8 +317,9 @@ class DetectorSpec:
 def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = None, *,
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,
-    ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, ``--prob-thresh``,
-    ``--nms-thresh``, ``--min-face``, ``--max-face``; a tool's ``clip_boxes`` default), as a
+    ``--fp16``, ``--torch-mode``, ``--providers``, ``--threads``, and the detection flags of
+    :data:`~tinyfaces_trt.detector_record.DETECTION_FIELDS`: ``--prob-thresh``, ``--nms-thresh``,
+    ``--min-face``, ``--max-face``, ``--pyramid``; a tool's ``clip_boxes`` default), as a
     :class:`DetectorSpec`:
     ``.create()`` builds it here, and Ray workers and Serve replicas build their own from it.
 
@@ -336,8 +338,7 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
     if for_workers and backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
         folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
         model_dir, weights = str(folder.path), None
-    overrides = tuple((k, getattr(args, k, None)) for k in
-                      ("prob_thresh", "nms_thresh", "min_face", "max_face", "clip_boxes")
+    overrides = tuple((k, getattr(args, k, None)) for k in (*DETECTION_FIELDS, "clip_boxes")
                       if getattr(args, k, None) is not None)
     torch_mode = args.torch_mode if backend == "torch-cuda" else None
     return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,

@@ -101,8 +101,10 @@ def _key(digest: str | None, depth: int | None, variant: str | None) -> str:
 def _usable(folder_path: Path, digest: str | None, fp16: bool, engine: bool) -> ExportFolder | None:
     """The cached folder if it is complete for this request, its manifest records the
     checkpoint sha256 ``digest`` its key was made from (None: the untrained network, whose key
-    names no file), and its files match the checksums the manifest records; else None (a
-    damaged entry, or one of other weights, is logged as a warning)."""
+    names no file), its thresholds are the variant's current defaults (the matconvnet
+    variant's NMS threshold was 0.3, the release demo's is 0.1), and its files match the
+    checksums the manifest records; else None (a damaged entry, or one of other weights, is
+    logged as a warning)."""
     try:
         folder = load_export_folder(folder_path, verify=False)
         folder.onnx_path(fp16)
@@ -118,6 +120,13 @@ def _usable(folder_path: Path, digest: str | None, fp16: bool, engine: bool) -> 
     if digest is not None and recorded != digest:
         log.warning("export cache %s holds the export of other weights (sha256 %s, not %s); "
                     "exporting it again", folder_path, recorded, digest)
+        return None
+    defaults = DetectorConfig.for_variant(folder.config.variant)
+    stale = [f"{name} {getattr(folder.config, name)} (now {getattr(defaults, name)})"
+             for name in ("prob_thresh", "nms_thresh")
+             if getattr(folder.config, name) != getattr(defaults, name)]
+    if stale:  # the cache exports with the variant's defaults: an older version's differed
+        log.info("export cache %s records %s; exporting again", folder_path, ", ".join(stale))
         return None
     try:
         folder.verify()

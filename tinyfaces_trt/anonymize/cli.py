@@ -99,8 +99,8 @@ dump's new FILE0001.MP4; JSONs of older versions record none, so their outputs a
 again once) or other mask or video options (--mode, --shape, --mask-scale, --blur-strength, --cells,
 --draw, --hold, --iou, --codec, --crf, --keep-audio, --keep-metadata), another network
 (--model, --weights: the weights' sha256, or the untrained one) or other detector
-settings (--prob-thresh, --nms-thresh, --min-face, --max-face): then it is made again
-with the new ones. A file at an output path without its audit JSON was not written by
+settings (--prob-thresh, --nms-thresh, --min-face, --max-face, --pyramid): then it is made
+again with the new ones. A file at an output path without its audit JSON was not written by
 tf-anonymize: it is left as it is and reported (exit 1) unless --overwrite.
 
 exit status: 0 every input done (or skipped: output exists), 1 some input failed or was not

@@ -508,7 +508,8 @@ def _header(detector: Detector, task: Task, options: Options,
             "model": model_identity(detector),
             "config": {"variant": config.variant, "prob_thresh": config.prob_thresh,
                        "nms_thresh": config.nms_thresh, "min_face": config.min_face,
-                       "max_face": config.max_face, "size_refinement": config.size_refinement},
+                       "max_face": config.max_face, "pyramid": config.pyramid,
+                       "size_refinement": config.size_refinement},
             "options": _options_record(options)}
 
 

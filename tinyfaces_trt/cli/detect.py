@@ -2,7 +2,7 @@
 
     tf-detect photo.jpg --model export/ --out results/
     tf-detect photos/ --weights checkpoint.pth --out results/ --blur
-    tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
+    tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03 --pyramid fixed
 
 Per image it prints one line (or, with ``--json``, one JSON document for the run), and with
 ``--out`` writes ``<name>.json`` (detections and the model's identity) and
@@ -83,7 +83,7 @@ examples:
   tf-detect photo.jpg --model export/ --out results/
   tf-detect photos/ --weights checkpoint.pth --out anonymised/ --blur
   tf-detect photo.jpg --model export/ --json --prob-thresh 0.8
-  tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
+  tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03 --pyramid fixed
 
 outputs: with --blur/--pixelate, --out holds only anonymised images and the
 detections JSON (add --draw for copies with boxes drawn, faces visible). Every
@@ -127,7 +127,7 @@ setup failed (errors are listed on stderr, other images are still processed),
                         help="replace output files that exist (default: keep them; an image "
                              "whose outputs all exist is skipped, so a re-run resumes, unless "
                              "another network or other --prob-thresh/--nms-thresh/--min-face/"
-                             "--max-face made them: those are made again; an image on standard "
+                             "--max-face/--pyramid made them: those are made again; an image on standard "
                              "input is never taken as done: it gets the next free name, "
                              "stdin_2, ...)")
     parser.add_argument("--wider-dir", metavar="DIR",
