@@ -156,6 +156,25 @@ def test_whole_videos_on_the_pool_match_the_serial_run(cluster, spec, tmp_path):
     assert _tree(tmp_path / "pool") == _tree(tmp_path / "serial")
 
 
+def test_more_workers_than_free_cpus_finish_the_job(cluster, spec, tmp_path):
+    """Tasks were queued on every actor, also on those the cluster had no CPU for: they never
+    ran and the job never ended (4 workers on 2 CPUs: 17 of 21 images, then silence)."""
+    import threading
+
+    videos = [_video(tmp_path / f"clip{i}.mp4", 2, seed=10 * i) for i in range(6)]
+    (tmp_path / "pool").mkdir()
+    outcome = []
+    job = threading.Thread(target=lambda: outcome.append(run_tasks(
+        [VideoTask(v, tmp_path / "pool" / f"{v.stem}.json") for v in videos], spec,
+        detect_video, is_done=video_done, workers=4, progress=False)), daemon=True)
+    job.start()
+    job.join(180)
+    assert not job.is_alive(), "the job waited for workers the cluster cannot place"
+    (results,) = outcome
+    assert [r.status for r in results] == ["done"] * 6
+    assert len({r.worker for r in results}) <= 2  # only the placed workers ran
+
+
 def test_a_worker_killed_mid_image_loses_and_duplicates_nothing(cluster, spec, tmp_path):
     photos = _photos(tmp_path / "images", 6)
     (photos / "1--Event" / "broken.jpg").unlink()

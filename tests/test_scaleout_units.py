@@ -389,6 +389,8 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     monkeypatch.setattr(cluster, "cluster_resources", lambda: SimpleNamespace(gpus=0))
     monkeypatch.setattr(serve_module, "build_app", lambda options: "app")
     monkeypatch.setattr(cli_serve, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(serve_module, "running_serve", lambda: None)
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={}))
     for name in ("start", "run", "shutdown"):
         monkeypatch.setattr(serve, name, step(name))
     guard = []  # where the CLI failed to take SIGTERM over, this pytest process lives on
@@ -408,6 +410,74 @@ def test_sigterm_while_the_service_starts_stops_it(monkeypatch, capsys, export_d
     assert "tf-serve: stopped" in err and "serving on" not in err
     if during == "run":
         assert "tf-serve: each replica gets ready for 64x48 (batches of up to 1) before serving" in err
+
+
+def _serve_args(*argv: str):
+    return cli_serve.build_parser().parse_args(["--model", "m", *argv])
+
+
+@pytest.mark.parametrize("routes, argv, message", [
+    ({"tinyfaces": "/"}, ["--port", "8012"],
+     "Ray Serve on this cluster already serves 'tinyfaces' at / on http://127.0.0.1:8011: "
+     "stop that service first, or run tf-serve on another Ray cluster (--address)"),
+    ({"shop": "/", "tinyfaces": "/faces", "x": "/x"}, ["--port", "8011"],
+     "Ray Serve on this cluster already serves 'shop' at /, 'tinyfaces' at /faces on "
+     "http://127.0.0.1:8011: stop that service first, or run tf-serve on another Ray cluster "
+     "(--address)"),
+    ({"shop": "/shop"}, ["--port", "8012"],
+     "Ray Serve on this cluster already listens on http://127.0.0.1:8011, not on "
+     "127.0.0.1:8012 (one HTTP address per cluster): give --host 127.0.0.1 --port 8011, or "
+     "run tf-serve on another Ray cluster (--address)"),
+    ({}, ["--port", "8011", "--host", "0.0.0.0"],
+     "Ray Serve on this cluster already listens on http://127.0.0.1:8011, not on "
+     "0.0.0.0:8011 (one HTTP address per cluster): give --host 127.0.0.1 --port 8011, or "
+     "run tf-serve on another Ray cluster (--address)"),
+    ({}, ["--port", "8011", "--request-timeout", "4"],
+     "Ray Serve on this cluster already runs with request timeout none, not 4 s (one per "
+     "cluster): give --request-timeout to match, or run tf-serve on another Ray cluster "
+     "(--address)"),
+])
+def test_serve_refuses_to_take_over_a_running_serve(routes, argv, message):
+    """A second tf-serve on a cluster replaced the first one's application (fixed name, route
+    "/"), and claimed a port that Ray ignored (Serve has one HTTP config per cluster)."""
+    from tinyfaces_trt.scaleout.serve import APP_NAME, RunningServe
+
+    running = RunningServe(host="127.0.0.1", port=8011, request_timeout_s=None, routes=routes)
+    with pytest.raises(TinyFacesError) as info:
+        cli_serve.check_running_serve(running, _serve_args(*argv), APP_NAME)
+    assert str(info.value) == message
+
+
+def test_serve_joins_a_compatible_serve_or_none():
+    from tinyfaces_trt.scaleout.serve import APP_NAME, RunningServe
+
+    cli_serve.check_running_serve(None, _serve_args(), APP_NAME)
+    running = RunningServe(host="0.0.0.0", port=9000, request_timeout_s=4.0,
+                           routes={"shop": "/shop", "internal": None})
+    cli_serve.check_running_serve(running, _serve_args("--host", "0.0.0.0", "--port", "9000",
+                                                       "--request-timeout", "4"), APP_NAME)
+
+
+@pytest.mark.parametrize("before, calls", [
+    ({"tinyfaces": 1, "shop": 1}, ["delete tinyfaces"]),  # the other team's app stays
+    ({"tinyfaces": 1}, ["delete tinyfaces", "shutdown"]),
+    ({}, ["shutdown"]),  # stopped before it deployed: the Serve it started goes
+    ({"shop": 1}, []),
+])
+def test_serve_stops_only_its_own_application(monkeypatch, before, calls):
+    """serve.shutdown() deletes every application on the cluster: a second tf-serve's SIGTERM
+    took the first one's service down."""
+    from types import SimpleNamespace
+
+    serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the scale extra)")
+    from tinyfaces_trt.scaleout.serve import stop_app
+
+    apps, done = dict(before), []
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications=dict(apps)))
+    monkeypatch.setattr(serve, "delete", lambda name: (apps.pop(name), done.append(f"delete {name}")))
+    monkeypatch.setattr(serve, "shutdown", lambda: done.append("shutdown"))
+    stop_app("tinyfaces")
+    assert done == calls
 
 
 def test_serve_refuses_a_busy_port_and_an_unreadable_model_before_starting_ray(
@@ -501,3 +571,49 @@ def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
             assert signal.getsignal(signal.SIGTERM) is ray_exit
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_what_ray_prints_on_the_driver_goes_to_stderr_while_connected(monkeypatch, capfd):
+    """Ray printed "(raylet) A worker died ..." on stdout, before tf-detect --ray --json's
+    document: json.load of the output failed. A failed connection names the address asked
+    (RAY_ADDRESS; it said "auto") and Ray's token authentication."""
+    pytest.importorskip("ray")
+    from ray._private import worker as ray_worker
+    from tinyfaces_trt.scaleout import cluster
+
+    original = ray_worker.print_to_stdstream
+    events = []
+
+    class FakeRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            events.append("init")
+            if kwargs["address"] != "127.0.0.1:6379":
+                raise ConnectionError("Failed to connect to GCS")
+            ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet",
+                                           "is_err": False}, ignore_prefix=False)
+
+        def shutdown(self):
+            events.append("shutdown")
+
+    monkeypatch.setattr(cluster, "import_ray", FakeRay)
+    with cluster.connect("127.0.0.1:6379"):
+        assert ray_worker.print_to_stdstream is not original
+    assert ray_worker.print_to_stdstream is original and events == ["init", "shutdown"]
+    out, err = capfd.readouterr()
+    assert out == "" and "A worker died" in err
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    with pytest.raises(TinyFacesError) as refused:
+        with cluster.connect(None):
+            pass
+    assert str(refused.value).startswith("cannot connect to the Ray cluster at 10.0.0.5:6379: ")
+    with pytest.raises(TinyFacesError) as refused:
+        with cluster.connect("fail"):
+            pass
+    assert str(refused.value) == (
+        "cannot connect to the Ray cluster at fail: Failed to connect to GCS (a cluster with "
+        "Ray's token authentication needs the same token here: RAY_AUTH_MODE=token and the "
+        "cluster's ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+    assert ray_worker.print_to_stdstream is original

@@ -23,7 +23,7 @@ from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_s
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS as DECODER_MAX_PIXELS
-from tinyfaces_trt.scaleout.serve import DEFAULT_MAX_QUEUED_REQUESTS
+from tinyfaces_trt.scaleout.serve import DEFAULT_MAX_QUEUED_REQUESTS, RunningServe
 from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 
 PROG = "tf-serve"
@@ -210,6 +210,39 @@ def http_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+def check_running_serve(running: RunningServe | None, args: argparse.Namespace,
+                        app_name: str) -> None:
+    """Raises :class:`TinyFacesError` where Ray Serve already runs on the cluster in a way
+    this service cannot join: an application at route "/" or named ``app_name`` (it would be
+    replaced), or HTTP proxies on another address or request timeout than asked (Ray would
+    ignore ours)."""
+    if running is None:
+        return
+    where = f"http://{running.host}:{running.port}"
+    taken = [f"'{name}' at {route}" for name, route in sorted(running.routes.items())
+             if name == app_name or route == "/"]
+    if taken:
+        raise TinyFacesError(
+            f"Ray Serve on this cluster already serves {', '.join(taken)} on {where}: stop "
+            "that service first, or run tf-serve on another Ray cluster (--address)")
+    if (running.host, running.port) != (args.host, args.port):
+        raise TinyFacesError(
+            f"Ray Serve on this cluster already listens on {where}, not on "
+            f"{args.host}:{args.port} (one HTTP address per cluster): give --host "
+            f"{running.host} --port {running.port}, or run tf-serve on another Ray cluster "
+            "(--address)")
+    if running.request_timeout_s != args.request_timeout:
+        raise TinyFacesError(
+            f"Ray Serve on this cluster already runs with request timeout "
+            f"{_timeout_text(running.request_timeout_s)}, not "
+            f"{_timeout_text(args.request_timeout)} (one per cluster): give --request-timeout "
+            "to match, or run tf-serve on another Ray cluster (--address)")
+
+
+def _timeout_text(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds:g} s"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``tf-serve`` entry point: serves until Ctrl-C or SIGTERM; returns the exit status."""
     parser = build_parser()
@@ -221,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from tinyfaces_trt.scaleout.cluster import cluster_resources, connect
-    from tinyfaces_trt.scaleout.serve import APP_NAME, build_app
+    from tinyfaces_trt.scaleout.serve import APP_NAME, build_app, running_serve, stop_app
 
     try:
         check_network_source(args)
@@ -231,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
             from ray import serve
 
             options = serve_options(args, cluster_resources().gpus)
+            check_running_serve(running_serve(), args, APP_NAME)  # before anything is deployed
             quiet = None if args.verbose else {"log_level": "WARNING"}
             try:
                 try:
@@ -260,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
                     pass
                 stderr_line(f"{PROG}: stopping")
             finally:
-                serve.shutdown()
+                stop_app(APP_NAME)  # other applications on the cluster keep running
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return 1

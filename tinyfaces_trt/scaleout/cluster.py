@@ -4,7 +4,9 @@
         plan = plan_pool(cluster_resources(), spec, workers=None, num_gpus=None)
 
 A cluster this module starts is shut down when the block ends; one it connected to is only
-disconnected from (and a Ray session already open in this process is left open).
+disconnected from (and a Ray session already open in this process is left open). While
+connected, what Ray prints on the driver (its workers' output, the cluster's error messages
+such as "A worker died") goes to stderr: the CLIs' stdout holds their results (``--json``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -64,17 +67,45 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if _starts_local(address):
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
     sigterm = _python_sigterm_handler()
+    restore_output = _ray_output_to_stderr()
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise TinyFacesError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
-                             f"{exc}") from None
+        restore_output()
+        where = address or os.environ.get("RAY_ADDRESS") or "auto"
+        raise TinyFacesError(f"cannot connect to the Ray cluster at {where}: {exc}{_AUTH_HINT}"
+                             ) from None
     if sigterm is not None:  # ray.init sets sys.exit(15); the caller's choice stands (a CLI's
         signal.signal(signal.SIGTERM, sigterm)  # interrupt: exit 130, as without --ray)
     try:
         yield ray
     finally:
         ray.shutdown()
+        restore_output()
+
+
+#: Said with a failed connection: Ray 2.5x clusters may require its token authentication.
+_AUTH_HINT = (" (a cluster with Ray's token authentication needs the same token here: "
+              "RAY_AUTH_MODE=token and the cluster's ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+
+
+def _ray_output_to_stderr() -> Callable[[], None]:
+    """Sends what Ray prints on the driver's stdout to stderr instead (Ray's private
+    ``print_to_stdstream``, looked up when it prints; left as it is where a Ray version has
+    none); returns the function that puts it back."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return lambda: None
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        return lambda: None
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    ray_worker.print_to_stdstream = to_stderr
+    return lambda: setattr(ray_worker, "print_to_stdstream", original)
 
 
 def _python_sigterm_handler() -> Any:

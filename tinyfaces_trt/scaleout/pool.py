@@ -251,7 +251,11 @@ def run_tasks(tasks: Iterable[Any], spec: Any, process: Process, options: Any = 
 
 
 class _Dispatcher:
-    """Keeps every live actor fed with a bounded number of tasks and books their results."""
+    """Keeps every live actor fed with a bounded number of tasks and books their results.
+
+    An actor gets tasks once it is placed and has built its detector (its ``ready()`` call
+    answered): tasks queued on an actor the cluster has no free CPUs/GPUs for would wait
+    forever while the placed ones ran out of work."""
 
     def __init__(self, ray: Any, actors: list[Any], tasks: Sequence[Any], pending: list[int],
                  results: list[TaskResult | None], max_attempts: int,
@@ -266,6 +270,9 @@ class _Dispatcher:
         self.live: dict[int, Any] = dict(enumerate(actors))
         self.losses: collections.Counter[int] = collections.Counter()
         self.in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (task index, actor key)
+        self.starting: dict[Any, int] = {actor.ready.remote(): key for key, actor in
+                                         self.live.items()}  # ready() ref -> actor key
+        self.ready: set[int] = set()
         self.setup_errors: list[str] = []
         self.stall_warned = False
 
@@ -274,6 +281,8 @@ class _Dispatcher:
 
     def _fill(self) -> None:
         for key, actor in list(self.live.items()):
+            if key not in self.ready:
+                continue
             for _ in range(_IN_FLIGHT_PER_ACTOR - self._load(key)):
                 if not self.queue:
                     return
@@ -297,7 +306,7 @@ class _Dispatcher:
 
         while self.queue or self.in_flight:
             self._fill()
-            if not self.in_flight:  # every actor is gone and tasks remain
+            if not self.in_flight and not self.starting:  # every actor is gone, tasks remain
                 why = "; ".join(dict.fromkeys(self.setup_errors)) or "every worker was lost"
                 if self.setup_errors and not any(r and r.status != "skipped"
                                                  for r in self.results):
@@ -305,7 +314,7 @@ class _Dispatcher:
                 while self.queue:
                     self._finish(self.queue.popleft(), "failed", error=f"not run: {why}")
                 return
-            ready, _ = self.ray.wait(list(self.in_flight), num_returns=1,
+            ready, _ = self.ray.wait(list(self.in_flight) + list(self.starting), num_returns=1,
                                      timeout=STALL_WARNING_S)
             if not ready and not any(self.results):
                 # nothing has come back yet: say why the job may be waiting, once
@@ -316,6 +325,9 @@ class _Dispatcher:
                     self.stall_warned = True
                 continue
             for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                    continue
                 i, key = self.in_flight.pop(ref)
                 try:
                     _, status, value, error, worker = self.ray.get(ref)
@@ -332,6 +344,27 @@ class _Dispatcher:
                     self.queue.appendleft(i)
                     continue
                 self._finish(i, status, value, error, worker)
+
+    def _started(self, ref: Any) -> None:
+        """An actor's ready() answered: it takes tasks, or it is dropped (no detector), or
+        asked again after Ray restarted it."""
+        from ray.exceptions import RayActorError
+
+        key = self.starting.pop(ref)
+        try:
+            error = self.ray.get(ref)
+        except RayActorError:
+            self.losses[key] += 1
+            if self.losses[key] > _ACTOR_RESTARTS:
+                self._drop(key)
+            elif key in self.live:
+                self.starting[self.live[key].ready.remote()] = key
+            return
+        if error is not None:
+            self.setup_errors.append(error)
+            self._drop(key)
+        elif key in self.live:
+            self.ready.add(key)
 
     def _lost(self, i: int, key: int, exc: Exception) -> None:
         """Ray gave up on a call (its actor died, restarts and retries spent or under way)."""

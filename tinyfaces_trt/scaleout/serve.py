@@ -205,3 +205,44 @@ def build_app(options: ServeOptions) -> Any:
                 raise RuntimeError("the replica has no detector")
 
     return TinyFaces.options(**options.deployment_options()).bind()
+
+
+@dataclass(frozen=True)
+class RunningServe:
+    """Ray Serve as it already runs on a cluster.
+
+    Attributes:
+        host, port: where its HTTP proxies listen.
+        request_timeout_s: its HTTP request timeout (None: no limit).
+        routes: each application's name and route prefix (None: no HTTP route).
+    """
+
+    host: str
+    port: int
+    request_timeout_s: float | None
+    routes: dict[str, str | None]
+
+
+def running_serve() -> RunningServe | None:
+    """Ray Serve on the connected cluster, or None where it does not run there."""
+    from ray.serve.context import _get_global_client  # Serve's HTTP options have no public getter
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    http = client.http_config
+    applications = client.get_serve_details().get("applications") or {}
+    return RunningServe(host=http.host, port=http.port, request_timeout_s=http.request_timeout_s,
+                        routes={name: app.get("route_prefix")
+                                for name, app in applications.items()})
+
+
+def stop_app(name: str) -> None:
+    """Deletes the application ``name``, and shuts Serve down only when no other application
+    remains (``serve.shutdown`` deletes every application on the cluster)."""
+    from ray import serve
+
+    if name in serve.status().applications:
+        serve.delete(name)
+    if not serve.status().applications:
+        serve.shutdown()
