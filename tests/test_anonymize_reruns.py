@@ -291,6 +291,27 @@ def test_media_signatures_of_unknown_suffixes(tmp_path):
     assert {head: jobs._media_in(head) for head in heads} == heads
 
 
+def test_a_named_pipe_in_a_folder_does_not_block_the_plan(tmp_path):
+    """Reading the first bytes of every file of unknown suffix opened a named pipe, which
+    waits for a writer for ever."""
+    import threading
+
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    os.mkfifo(folder / "pipe")
+    planned = []
+    worker = threading.Thread(target=lambda: planned.append(plan_tasks([folder], tmp_path / "out")),
+                              daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "planning blocked on the named pipe"
+    tasks, skipped, errors = planned[0]
+    assert [Path(t.source).name for t in tasks] == ["a.png"] and not errors
+
+
 def test_an_unchanged_folder_is_skipped_whole(tmp_path, monkeypatch, capsys):
     """The identity recorded is the one a rerun finds: an unchanged folder's outputs are all
     skipped, and they and their sidecars keep their bytes."""

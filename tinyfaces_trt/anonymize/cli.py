@@ -7,9 +7,10 @@
 Per input it writes the anonymised copy under ``--out`` (same relative path and format) and
 ``<output>.json``, the audit sidecar (every mask per frame, the model, a review list of
 near-threshold frames). Videos keep their frame rate and timestamps (variable frame rate
-included), resolution and rotation; what can identify people or places is left out and named
-in a warning: audio (``--keep-audio`` copies it), metadata tags, subtitle and data streams
-(``--keep-metadata`` copies them), attachments that are not fonts (always). A bad file is
+included), resolution and rotation; what can identify people or places is left out, said in a
+note (hidden by ``--quiet``): audio (``--keep-audio`` copies it), metadata tags, subtitle and
+data streams (``--keep-metadata`` copies them); attachments that are not fonts are never
+copied (a warning). A bad file is
 reported and skipped; the others finish. An output that would replace an input file
 (``--out`` holds it) is refused before any work (exit 2).
 """
@@ -70,8 +71,8 @@ examples:
 video: frames are decoded ahead and encoded on threads and detected in batches; output
 keeps each frame's timestamp, the resolution, rotation (display matrix), colour tags
 (matrix, primaries, transfer, range; with x264, x265, VP9, AV1), sample aspect ratio,
-chapters and Matroska font attachments. Left out as personal data, in one warning line
-per file and the audit JSON: audio (--keep-audio copies it), the container's, streams'
+chapters and Matroska font attachments. Left out as personal data, in one note line per
+file (hidden by --quiet, not counted as a warning) and the audit JSON: audio (--keep-audio copies it), the container's, streams'
 and chapters' metadata tags but a stream's language, subtitle and data streams (GPS
 text, GoPro telemetry, timecode) (--keep-metadata copies them, unchanged; a timecode
 track is written anew in mov, mp4). Never copied: attachments that are not fonts and a

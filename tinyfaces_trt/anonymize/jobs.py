@@ -279,12 +279,19 @@ def _is_sidecar(path: Path) -> bool:
 
 
 def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
-    """The folder's files, sorted, hidden ones (tf-anonymize's temporary files among them) and
-    ``exclude`` left out."""
+    """The folder's files, sorted, hidden ones (tf-anonymize's temporary files among them),
+    ``exclude``, and named pipes, sockets and devices (reading their first bytes would block
+    or never end) left out."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and (Path(root) / d).resolve() != exclude)
-        yield from (Path(root) / name for name in sorted(files) if not name.startswith("."))
+        yield from (Path(root) / name for name in sorted(files)
+                    if not name.startswith(".") and not _special(Path(root) / name))
+
+
+def _special(path: Path) -> bool:
+    """A named pipe, socket or device (through a link too), not a file with data."""
+    return path.is_fifo() or path.is_socket() or path.is_block_device() or path.is_char_device()
 
 
 def _plan_folder(folder: Path, exclude: Path

@@ -8,7 +8,8 @@ A video's ``dropped_streams`` names what its output does not carry over: streams
 container cannot hold, a second video track, attachments that are not fonts, and in one line
 what the privacy defaults left out (audio, metadata tags, subtitle and data streams); and
 ``input_problems`` what went wrong reading the input (undecodable packets skipped, fewer
-frames than announced): the same lines tf-anonymize prints as warnings.
+frames than announced): the same lines tf-anonymize prints as warnings (and as a note, the
+privacy defaults' line).
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 

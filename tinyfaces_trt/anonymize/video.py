@@ -514,7 +514,7 @@ class _Withheld:
     tags: set[str] = field(default_factory=set)  # metadata tag names (lower case)
 
     def line(self) -> str | None:
-        """The warning naming all of it (and the options that keep it), None when nothing."""
+        """The note naming all of it (and the options that keep it), None when nothing."""
         parts = []
         if self.audio:
             parts.append(f"{', '.join(self.audio)} (--keep-audio keeps "

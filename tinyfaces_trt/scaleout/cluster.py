@@ -75,6 +75,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         where = address or os.environ.get("RAY_ADDRESS") or "auto"
         raise TinyFacesError(f"cannot connect to the Ray cluster at {where}: {exc}{_AUTH_HINT}"
                              ) from None
+    except BaseException:  # Ctrl-C during a long ray.init, or any other failure
+        restore_output()
+        raise
     if sigterm is not None:  # ray.init sets sys.exit(15); the caller's choice stands (a CLI's
         signal.signal(signal.SIGTERM, sigterm)  # interrupt: exit 130, as without --ray)
     try:
@@ -91,8 +94,9 @@ _AUTH_HINT = (" (a cluster with Ray's token authentication needs the same token 
 
 def _ray_output_to_stderr() -> Callable[[], None]:
     """Sends what Ray prints on the driver's stdout to stderr instead (Ray's private
-    ``print_to_stdstream``, looked up when it prints; left as it is where a Ray version has
-    none); returns the function that puts it back."""
+    ``print_to_stdstream``; ``ray.init`` binds its log handler to it, so this must run before
+    ``ray.init``; left as it is where a Ray version has none; Ray Client's ``ray://`` prints
+    through its own stream, not covered); returns the function that puts it back."""
     try:
         from ray._private import worker as ray_worker
     except ImportError:

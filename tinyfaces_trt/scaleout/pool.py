@@ -348,7 +348,7 @@ class _Dispatcher:
     def _started(self, ref: Any) -> None:
         """An actor's ready() answered: it takes tasks, or it is dropped (no detector), or
         asked again after Ray restarted it."""
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayError
 
         key = self.starting.pop(ref)
         try:
@@ -359,6 +359,10 @@ class _Dispatcher:
                 self._drop(key)
             elif key in self.live:
                 self.starting[self.live[key].ready.remote()] = key
+            return
+        except RayError as exc:  # e.g. ActorUnschedulableError: this worker only
+            self.setup_errors.append(describe_error(exc).splitlines()[0])
+            self._drop(key)
             return
         if error is not None:
             self.setup_errors.append(error)

@@ -224,17 +224,25 @@ class RunningServe:
 
 
 def running_serve() -> RunningServe | None:
-    """Ray Serve on the connected cluster, or None where it does not run there."""
-    from ray.serve.context import _get_global_client  # Serve's HTTP options have no public getter
+    """Ray Serve on the connected cluster, or None where it does not run there (or where this
+    Ray's private client API, read here, has changed: the check is then skipped, said in a
+    warning)."""
+    try:
+        from ray.serve.context import _get_global_client  # no public getter of HTTP options
 
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is None:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return None
+        http = client.http_config
+        applications = client.get_serve_details().get("applications") or {}
+        return RunningServe(host=http.host, port=http.port,
+                            request_timeout_s=http.request_timeout_s,
+                            routes={name: app.get("route_prefix")
+                                    for name, app in applications.items()})
+    except (ImportError, AttributeError, TypeError, KeyError) as exc:
+        log.warning("cannot tell what Ray Serve already runs on this cluster (%s: %s); "
+                    "not checked", type(exc).__name__, exc)
         return None
-    http = client.http_config
-    applications = client.get_serve_details().get("applications") or {}
-    return RunningServe(host=http.host, port=http.port, request_timeout_s=http.request_timeout_s,
-                        routes={name: app.get("route_prefix")
-                                for name, app in applications.items()})
 
 
 def stop_app(name: str) -> None:
