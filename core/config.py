@@ -47,6 +47,11 @@ DEPTHS = (50, 101)
 MAX_FIXED_EXPONENT = 64
 
 
+def coordinate_base_of(variant: str | None) -> float:
+    """:attr:`DetectorConfig.coordinate_base` of a variant (None: unknown, taken as 0-based)."""
+    return 1.0 if variant == "matconvnet" else 0.0
+
+
 def is_integer(value: object) -> bool:
     """An integer of any integral type (numpy's too), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -317,7 +322,7 @@ class DetectorConfig:
         ``"pytorch"`` (0-based), 1.0 for ``"matconvnet"`` (the release's 1-based convention,
         see the module docstring). The image's pixel area is ``[base, base + W - 1] x
         [base, base + H - 1]``: what the final boxes are clipped to and tested against."""
-        return 1.0 if self.variant == "matconvnet" else 0.0
+        return coordinate_base_of(self.variant)
 
     @property
     def logit_thresh(self) -> np.float32:

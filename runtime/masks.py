@@ -119,6 +119,16 @@ class MaskStyle:
         object.__setattr__(self, "color", tuple(int(c) for c in color))
 
 
+def pixel_boxes(boxes: np.ndarray, base: float) -> np.ndarray:
+    """Boxes (N, 4+) of a variant whose first pixel is at ``base`` (1.0: the matconvnet
+    variant's 1-based boxes, ``DetectorConfig.coordinate_base``) as the 0-based pixel
+    coordinates masks and drawings take (extra columns kept)."""
+    b = check_boxes(boxes).copy()
+    if base and b.size:
+        b[:, :4] -= base
+    return b
+
+
 def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
     """Boxes (N, 4+) enlarged by ``factor`` about their centres (extra columns kept)."""
     b = check_boxes(boxes).copy()

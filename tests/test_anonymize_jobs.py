@@ -18,7 +18,7 @@ import pytest
 from tinyfaces_trt import detector_record
 from tinyfaces_trt.anonymize import cli, jobs
 from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is_done, naming,
-                                          plan_tasks, process_file)
+                                          plan_tasks, process_file, render)
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
@@ -553,3 +553,22 @@ def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_
                         expected)
         assert seen == [done]
     assert f"tf-anonymize: error: {photo}: worker lost 3 time(s)" in capsys.readouterr().err
+
+
+def test_masks_of_one_based_boxes_cover_the_face_pixels():
+    """The matconvnet variant's boxes are 1-based (the release's convention): masks placed
+    them as 0-based, 1 px right/down of the face, whose left column and top row stayed
+    visible (and at the border, where its boxes are clipped to 1, the whole first row)."""
+    from tinyfaces_trt.anonymize.tracking import FaceMask, FrameMasks
+    from tinyfaces_trt.runtime.masks import pixel_boxes
+
+    np.testing.assert_array_equal(pixel_boxes(np.array([[1, 1, 20, 30, 0.9]]), 1.0),
+                                  [[0, 0, 19, 29, 0.9]])
+    image = np.full((40, 40, 3), 255, np.uint8)
+    frame = FrameMasks(0, [FaceMask(0, (1.0, 1.0, 20.0, 20.0), 0.9, "detected")])
+    solid = Options(style=MaskStyle(mode="solid", scale=1.0))
+    out = render(image, frame, solid, base=1.0)  # pixels 0..19 of the face
+    changed = (out != image).any(axis=2)
+    assert changed[0, 0] and changed[19, 19] and not changed[20, 20]
+    assert changed.sum() == 20 * 20
+    assert (render(image, frame, solid) != image).any(axis=2)[20, 20]  # 0-based: 1..20

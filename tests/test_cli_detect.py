@@ -309,3 +309,18 @@ def test_unknown_provider_is_a_usage_error(capsys, photos, export_dir):
     assert info.value.code == 2  # as --help documents for bad arguments (issue 10, item 7)
     assert "unknown ONNX Runtime provider(s) ['cdua']" in capsys.readouterr().err
 
+
+
+def test_blurred_and_drawn_copies_place_one_based_boxes_on_their_pixels(tmp_path):
+    """tf-detect --blur of the matconvnet variant's boxes (1-based) left the face's left
+    column and top row unblurred."""
+    from tinyfaces_trt.cli.detect_plan import OutputPlan, write_outputs
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    plan = OutputPlan(drawn=None, anonymised=tmp_path / "p_pixelated.png",
+                      detections=tmp_path / "p.json")
+    boxes = np.array([[1, 1, 20, 20, 0.9]], np.float32)
+    write_outputs(plan, image, boxes, {}, "pixelate", base=1.0)
+    changed = (np.asarray(Image.open(plan.anonymised)) != image).any(axis=2)
+    assert changed[0, :20].any() and changed[:20, 0].any()  # the face's first row and column
+    assert not changed[20:, :].any() and not changed[:, 20:].any()

@@ -617,3 +617,17 @@ def test_what_ray_prints_on_the_driver_goes_to_stderr_while_connected(monkeypatc
         "Ray's token authentication needs the same token here: RAY_AUTH_MODE=token and the "
         "cluster's ~/.ray/auth_token or RAY_AUTH_TOKEN)")
     assert ray_worker.print_to_stdstream is original
+
+
+def test_anonymize_places_one_based_boxes_on_their_pixels():
+    """/anonymize of the matconvnet variant's 1-based boxes left the face's first row and
+    column unmasked (the replica passes its config's coordinate base)."""
+    from tinyfaces_trt.scaleout.service import anonymise
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    request = parse_anonymise_query({"mode": "pixelate", "format": "png"}, b"")
+    boxes = np.array([[1, 1, 20, 20, 0.9]], np.float32)
+    for base, first in ((1.0, 0), (0.0, 1)):
+        changed = (decode_image(anonymise(image, boxes, request, base)) != image).any(axis=2)
+        assert changed[first, first:20].any() and not changed[:first, :].any()
+        assert not changed[20 + first + 1:, :].any()

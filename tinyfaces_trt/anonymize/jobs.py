@@ -39,7 +39,7 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
-from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, scale_boxes
+from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, pixel_boxes, scale_boxes
 
 if TYPE_CHECKING:
     from tinyfaces_trt.runtime.pipeline import Detector
@@ -492,9 +492,11 @@ def detect_frames(detector: Detector, images: Sequence[np.ndarray]) -> list[np.n
     return list(detector.detect_batch(list(images)))
 
 
-def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray:
-    """``image`` with ``frame``'s masks applied (and the ``--draw`` overlay)."""
-    out = apply_masks(image, frame.boxes(), options.style)
+def render(image: np.ndarray, frame: FrameMasks, options: Options, base: float = 0.0
+           ) -> np.ndarray:
+    """``image`` with ``frame``'s masks applied (and the ``--draw`` overlay); ``base``: the
+    first pixel's coordinate in the boxes (1.0 for the matconvnet variant's)."""
+    out = apply_masks(image, pixel_boxes(frame.boxes(), base), options.style)
     if options.draw and frame.masks:
         from tinyfaces_trt.runtime.draw import draw_boxes
 
@@ -502,7 +504,7 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options) -> np.ndarray
             rows = [(*m.box, m.score if m.score is not None else np.nan)
                     for m in frame.masks if m.kind == kind]
             if rows:
-                boxes = scale_boxes(np.array(rows), options.style.scale)
+                boxes = scale_boxes(pixel_boxes(np.array(rows), base), options.style.scale)
                 out = draw_boxes(out, boxes if kind == DETECTED else boxes[:, :4], color=color)
     return out
 
@@ -566,7 +568,7 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
     audit = _audit(detector, options)
     header = _header(detector, task, options, identity)
     with _output_file(task, header) as tmp:
-        save_image(tmp, render(image, frames[0], options))
+        save_image(tmp, render(image, frames[0], options, detector.config.coordinate_base))
     audit.add(frames[0], None)
     header["image"] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
     return audit, [], header
@@ -620,7 +622,8 @@ def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: Audit
     def emit(ready: list[FrameMasks]) -> None:
         for masks in ready:
             frame = pending.pop(masks.index)
-            writer.write(render(frame.image, masks, options), frame.pts)
+            writer.write(render(frame.image, masks, options, detector.config.coordinate_base),
+                         frame.pts)
             audit.add(masks, frame.time)
             bar.update(1)
 

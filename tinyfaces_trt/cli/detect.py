@@ -39,6 +39,7 @@ import numpy as np
 
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
                                     run_interruptible, stderr_line, untrained_banner)
+from tinyfaces_trt.core.config import coordinate_base_of
 from tinyfaces_trt.core.errors import TinyFacesError
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
@@ -458,7 +459,8 @@ def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
     plan = task_plan(task, options)
     if plan is not None:
         write_outputs(plan, image, boxes, record, options.anonymise,
-                      jpeg_quality=options.jpeg_quality, keep=state.keep)
+                      jpeg_quality=options.jpeg_quality, keep=state.keep,
+                      base=coordinate_base_of((options.model or {}).get("variant")))
     if task.wider_file is not None and task.wider_file not in state.keep:
         write_wider_result(task.wider_file, job, boxes, options)
     return record

@@ -234,9 +234,10 @@ def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None
 def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None, *,
                   jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                  keep: Sequence[Path] = ()) -> list[Path]:
+                  keep: Sequence[Path] = (), base: float = 0.0) -> list[Path]:
     """Writes the planned files (each atomically), except those in ``keep``; returns the
-    paths written.
+    paths written. ``base``: the first pixel's coordinate in ``boxes`` (1.0 for the
+    matconvnet variant's 1-based boxes; masks and drawings are placed in 0-based pixels).
 
     Raises:
         TinyFacesError: naming every file that could not be written (the others are
@@ -244,7 +245,9 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     """
     from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import save_image
+    from tinyfaces_trt.runtime.masks import pixel_boxes
 
+    pixels = pixel_boxes(boxes, base)
     try:
         plan.detections.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -254,9 +257,9 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.anonymised, lambda path: save_image(
-            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, boxes),
+            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, pixels),
             jpeg_quality=jpeg_quality)),
-        (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes),
+        (plan.drawn, lambda path: save_image(path, draw_boxes(image, pixels),
                                              jpeg_quality=jpeg_quality)),
     ]
     written: list[Path] = []

@@ -193,7 +193,8 @@ def build_app(options: ServeOptions) -> Any:
                 boxes = await self.detect_batch(image)
                 if route == "/detect":
                     return JSONResponse(detection_body(image, boxes))
-                data = await asyncio.to_thread(anonymise, image, boxes, wanted)
+                data = await asyncio.to_thread(anonymise, image, boxes, wanted,
+                                               self.detector.config.coordinate_base)
                 return Response(data, media_type=wanted.media_type,
                                 headers={"X-Faces": str(len(boxes))})
             except RequestError as exc:

@@ -173,10 +173,13 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
     return AnonymiseRequest(mode, *_FORMATS[name])
 
 
-def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest) -> bytes:
-    """The image with every box hidden, encoded as the request asks."""
+def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest,
+              base: float = 0.0) -> bytes:
+    """The image with every box hidden, encoded as the request asks (``base``: the first
+    pixel's coordinate in ``boxes``, 1.0 for the matconvnet variant's)."""
     from tinyfaces_trt.runtime.draw import blur_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import encode_image
+    from tinyfaces_trt.runtime.masks import pixel_boxes
 
     hide = blur_boxes if request.mode == "blur" else pixelate_boxes
-    return encode_image(hide(image, boxes), request.format)
+    return encode_image(hide(image, pixel_boxes(boxes, base)), request.format)
