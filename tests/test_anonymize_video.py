@@ -84,13 +84,18 @@ def make_video(path: Path, n: int = 16, *, pts_steps=None, rotation: int = 0, au
         for p in a.encode():
             out.mux(p)
     if s_in is not None:
-        for p in s_in.demux(s_in.streams.subtitles[0]):
-            if p.size:
-                p.stream = s_out
-                out.mux(p)
+        mux_subtitles(out, s_in, s_out)
         s_in.close()
     out.close()
     return frames
+
+
+def mux_subtitles(out, source, stream) -> None:
+    """Muxes the packets of ``source``'s (an opened .srt) subtitle stream into ``stream``."""
+    for packet in source.demux(source.streams.subtitles[0]):
+        if packet.size:
+            packet.stream = stream
+            out.mux(packet)
 
 
 def read_video(path: Path) -> dict:

@@ -19,6 +19,7 @@ from tinyfaces_trt.anonymize import cli  # noqa: E402
 from tinyfaces_trt.anonymize.jobs import Options, plan_tasks, process_file  # noqa: E402
 from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
 from tinyfaces_trt.core.manifest import ModelIdentity  # noqa: E402
+from test_anonymize_video import mux_subtitles  # noqa: E402
 from test_anonymize_video_streams import through  # noqa: E402
 
 W, H = 64, 48
@@ -72,10 +73,7 @@ def clip(path: Path, n: int = 4, *, audio: bool = False, tags: dict | None = Non
             out.mux(a.encode(sound))
             out.mux(a.encode())
         if srt is not None:
-            for packet in srt.demux(srt.streams.subtitles[0]):
-                if packet.size:
-                    packet.stream = s
-                    out.mux(packet)
+            mux_subtitles(out, srt, s)
             srt.close()
 
 

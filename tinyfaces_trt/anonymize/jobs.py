@@ -459,11 +459,8 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     try:
         identity = input_identity(task.source)  # before reading: a file changed meanwhile is redone
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        if task.kind == "video":
-            audit, warnings, header = _process_video(detector, task, options, identity)
-        else:
-            audit, warnings, header = _process_image(detector, task, options, identity)
-        notes = header.pop("notes", [])
+        process = _process_video if task.kind == "video" else _process_image
+        audit, header, warnings, notes = process(detector, task, options, identity)
         audit.write(task.sidecar, **header)
     except TinyFacesError as exc:
         return Result(task, "failed", error=naming(task.source, str(exc)),
@@ -558,8 +555,12 @@ def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
         write_claim(task.sidecar, **header)
 
 
+#: What processing one input gives: its audit log, its sidecar header, its warnings and notes.
+Processed = tuple[AuditLog, dict[str, Any], list[str], list[str]]
+
+
 def _process_image(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
-                   ) -> tuple[AuditLog, list[str], dict[str, Any]]:
+                   ) -> Processed:
     from tinyfaces_trt.runtime.imageio import load_image, save_image
 
     image = load_image(task.source)  # EXIF orientation applied: the output is upright
@@ -571,7 +572,7 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
         save_image(tmp, render(image, frames[0], options, detector.config.coordinate_base))
     audit.add(frames[0], None)
     header["image"] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
-    return audit, [], header
+    return audit, header, [], []
 
 
 def _progress_bar(task: Task, total: int, options: Options) -> Any:
@@ -584,7 +585,7 @@ def _progress_bar(task: Task, total: int, options: Options) -> Any:
 
 
 def _process_video(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
-                   ) -> tuple[AuditLog, list[str], dict[str, Any]]:
+                   ) -> Processed:
     from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
 
     audit = _audit(detector, options)
@@ -607,9 +608,8 @@ def _process_video(detector: Detector, task: Task, options: Options, identity: d
     header["video"] = reader.info.to_dict()
     notes = [writer.withheld] if writer.withheld else []
     header["dropped_streams"] = writer.dropped + notes
-    header["notes"] = notes  # process_file's, not the sidecar's
     header["input_problems"] = problems
-    return audit, writer.dropped + problems, header
+    return audit, header, writer.dropped + problems, notes
 
 
 def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: AuditLog,

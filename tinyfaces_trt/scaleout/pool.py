@@ -338,8 +338,7 @@ class _Dispatcher:
                     self._finish(i, "failed", error=describe_error(exc).splitlines()[0])
                     continue
                 if status == "setup":  # this actor has no detector: move the task elsewhere
-                    self.setup_errors.append(error or "unknown error")
-                    self._drop(key)
+                    self._setup_failed(key, error or "unknown error")
                     self.attempts[i] -= 1
                     self.queue.appendleft(i)
                     continue
@@ -354,27 +353,33 @@ class _Dispatcher:
         try:
             error = self.ray.get(ref)
         except RayActorError:
-            self.losses[key] += 1
-            if self.losses[key] > _ACTOR_RESTARTS:
-                self._drop(key)
-            elif key in self.live:
+            if self._count_loss(key):
                 self.starting[self.live[key].ready.remote()] = key
             return
         except RayError as exc:  # e.g. ActorUnschedulableError: this worker only
-            self.setup_errors.append(describe_error(exc).splitlines()[0])
-            self._drop(key)
+            self._setup_failed(key, describe_error(exc).splitlines()[0])
             return
         if error is not None:
-            self.setup_errors.append(error)
-            self._drop(key)
+            self._setup_failed(key, error)
         elif key in self.live:
             self.ready.add(key)
 
-    def _lost(self, i: int, key: int, exc: Exception) -> None:
-        """Ray gave up on a call (its actor died, restarts and retries spent or under way)."""
+    def _setup_failed(self, key: int, why: str) -> None:
+        """The actor ``key`` has no detector: noted, and dropped."""
+        self.setup_errors.append(why)
+        self._drop(key)
+
+    def _count_loss(self, key: int) -> bool:
+        """Counts a death of the actor ``key``, dropped once past its restarts; whether it is
+        still in the pool."""
         self.losses[key] += 1
         if self.losses[key] > _ACTOR_RESTARTS:
             self._drop(key)
+        return key in self.live
+
+    def _lost(self, i: int, key: int, exc: Exception) -> None:
+        """Ray gave up on a call (its actor died, restarts and retries spent or under way)."""
+        self._count_loss(key)
         if self.attempts[i] < self.max_attempts:
             log.warning("worker lost while processing task %d; running it again", i)
             self.queue.appendleft(i)
