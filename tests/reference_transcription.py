@@ -117,6 +117,8 @@ def get_bboxes(score_cls, score_reg, prob_cls, templates, prob_thresh, rf, scale
     """
     num_templates = templates.shape[0]
     prob_cls = prob_cls.copy()
+    # The port writes prob_cls[:, :, invalid_template_id] on this NHWC array, which indexes x, not the
+    # template axis (README, "Which reference is the default"); transcribed here as the port means it.
     prob_cls[:, :, :, invalid_template_id] = 0.0
     indices = np.where(prob_cls > prob_thresh)
     fb, fy, fx, fc = indices
