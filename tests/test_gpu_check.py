@@ -681,3 +681,23 @@ def test_a_timed_out_benchmark_that_measured_a_size_says_parity_did_not_finish()
     assert parity.status == "skipped"
     assert parity.summary.startswith("no comparison finished; 1920x1080: not run (the benchmark "
                                      "stopped before it)")
+
+
+def test_a_failing_tool_probe_keeps_the_gpu_the_environment_found(monkeypatch):
+    smi = "NVIDIA H200, 580.159.04, 9.0, 143771 MiB"
+
+    def run(cmd, env, timeout, echo=False, log=None):
+        if cmd[0] == "nvidia-smi":
+            return g.Ran(0, smi + "\n", 0.1)
+        return g.Ran(0, 'GPU_CHECK_FACTS {"torch device": "none"}\n', 0.1)
+
+    def find_tool(name):
+        raise ImportError("No module named 'numpy'")
+
+    monkeypatch.setattr(g, "run", run)
+    monkeypatch.setattr(g, "find_tool", find_tool)
+    report = g.Report(["--out", "x"], 450.0)
+    assert g.environment_step(report, {}, None) == "90"
+    assert report.gpu
+    assert report.facts["nvcc"] == "probe failed: ImportError: No module named 'numpy'"
+    assert report.facts["nvidia-smi"] == smi

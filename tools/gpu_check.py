@@ -46,8 +46,9 @@ default --budget-s 270; each step gets what is left, a step that cannot fit is s
 
 Estimates from the 2026-11-30 H200 measurements, not yet a run of this script: on a fresh
 machine the default budget may have to skip a sanitizer subset (a step starts only with 60 s
-left before the benchmark's 120 s), the 1280x720 size and/or the batch rows (about a minute
-of torch.compile each), saying so in the report (result INCOMPLETE). A second run on the
+left before the benchmark's 160 s, which the first 1080p size needs for its compile,
+reference runs and CPU parity reference), the 1280x720 size and/or the batch rows (about a
+minute of torch.compile each), saying so in the report (result INCOMPLETE). A second run on the
 same machine finds the compiled code in the cache; --budget-s 450 fits everything. Without a
 GPU every step is skipped with the reason, in a few seconds.
 """
@@ -81,7 +82,7 @@ DEFAULT_BUDGET_S = 270.0
 DEFAULT_SIZES = "1920x1080,1280x720"
 DEFAULT_BACKENDS = "reference,torch-cuda,onnxruntime-cuda,tensorrt-fp16-cuda"
 #: Seconds the steps before the benchmark leave to it (its first image size needs this).
-BENCHMARK_RESERVE_S = 120.0
+BENCHMARK_RESERVE_S = 160.0
 #: GPU-test subsets run under compute-sanitizer (memcheck and racecheck are 10-100x slower).
 SANITIZER_TESTS = {
     "memcheck": "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages "
@@ -599,19 +600,24 @@ def environment_step(report: Report, env: dict[str, str], log: Any) -> str | Non
     if cc is None and smi_line:
         cc = smi_compute_capability(smi_line)
     facts.update(probed)
-    for tool, args in (("nvcc", ["--version"]), ("compute-sanitizer", ["--version"]),
-                       ("ncu", ["--version"])):
-        path = find_tool(tool)
-        if path is None:
-            facts[tool] = "not found"
-            continue
-        out = run([path, *args], env, 30, log=log).output
-        version = [ln.strip() for ln in out.splitlines() if re.search(r"release|[Vv]ersion", ln)]
-        facts[tool] = version[-1] if version else path
-    facts["make"] = shutil.which("make") or "not found (the kernels' build needs it)"
+    # What the GPU is, settled before the tool probes: a failing probe must not hide it.
     report.facts = facts
     report.gpu = bool(smi_line) or "compute capability" in str(facts.get("torch device")) or \
         not str(facts.get("cuda-python device", "none")).startswith(("none", "unavailable"))
+    for tool, args in (("nvcc", ["--version"]), ("compute-sanitizer", ["--version"]),
+                       ("ncu", ["--version"])):
+        try:
+            path = find_tool(tool)
+            if path is None:
+                facts[tool] = "not found"
+                continue
+            out = run([path, *args], env, 30, log=log).output
+        except Exception as exc:  # noqa: BLE001 - a fact, not a reason to lose the run
+            facts[tool] = f"probe failed: {type(exc).__name__}: {exc}"
+            continue
+        version = [ln.strip() for ln in out.splitlines() if re.search(r"release|[Vv]ersion", ln)]
+        facts[tool] = version[-1] if version else path
+    facts["make"] = shutil.which("make") or "not found (the kernels' build needs it)"
     report.add(Step("environment", "pass", time.perf_counter() - start,
                     f"GPU: {smi_line or facts.get('torch device') or 'none'}"))
     return cc if report.gpu else None
