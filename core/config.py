@@ -6,9 +6,10 @@ constants, template-selection and pyramid rules, and thresholds. Two variants ex
 ``"pytorch"`` (the default)
     The public PyTorch port (github varunagrawal/tiny-faces-pytorch, commit a07e5da):
     RGB/255 normalised with ImageNet mean/std, ConvTranspose x2 upsampling of the res4 score
-    (cropped at the end to the res3 size), template policy of ``tinyfaces/models/utils.py``
-    (Type A templates 4..11 at every scale; Type B 18..24 only where their scale column is
-    1.0, i.e. never with the shipped templates).
+    (cropped at the end to the res3 size), the template policy ``tinyfaces/models/utils.py``
+    means (Type A templates 4..11 at every scale; Type B 18..24 only where their scale column
+    is 1.0, i.e. never with the shipped templates; its code indexes the x axis of an NHWC
+    array instead of the templates, an indexing slip not reproduced).
 
 ``"matconvnet"``
     The authors' release (github peiyunh/tiny, ``tiny_face_detector.m``):
