@@ -29,8 +29,10 @@ def _levels(image_hw, exponents):
 def _random_case(seed, config, image_hw=IMAGE_HW, exponents=EXPONENTS):
     """Levels and (1, 125, h, w) float32 maps. Passing logits are distinct across all levels
     (so the references' unspecified tie order cannot matter) and none lies within 1e-5 of the
-    threshold (the references threshold sigmoid(logit) in float64, the runtime the float32
-    logit; the two agree away from the threshold, which has its own hand-made test)."""
+    threshold (the transcriptions threshold sigmoid(logit) in float64, the references in
+    float32, the runtime the float32 logit; all agree away from the threshold, which has its
+    own hand-made test: at prob_thresh 0.5 a logit below about 1.2e-7 rounds to exactly 0.5 in
+    the references' float32 sigmoid and fails there, while the runtime keeps it)."""
     rng = np.random.default_rng(seed)
     levels = _levels(image_hw, exponents)
     sizes = [(math.ceil(lv.height / 8), math.ceil(lv.width / 8)) for lv in levels]
