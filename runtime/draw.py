@@ -1,10 +1,12 @@
 """Drawing detections and anonymising faces on (H, W, 3) uint8 RGB images.
 
 Every function returns a modified copy. Boxes are (N, 4) or (N, 5) [x1, y1, x2, y2(, prob)]
-in pixel coordinates; rows with a non-finite coordinate or lying outside the image are
-skipped. Anonymisation is :mod:`.masks` (one implementation for every tool); a box covers the
-pixels ``floor(x1)..ceil(x2)`` and ``floor(y1)..ceil(y2)`` (clipped to the image): generous
-under any pixel convention, and at least one pixel even for a box smaller than a pixel.
+in pixel coordinates, 0-based unless ``base=1.0`` says they are 1-based (the matconvnet
+variant's: pass the detector's ``coordinate_base`` with its boxes); rows with a non-finite
+coordinate or lying outside the image are skipped. Anonymisation is :mod:`.masks` (one
+implementation for every tool); a box covers the pixels ``floor(x1)..ceil(x2)`` and
+``floor(y1)..ceil(y2)`` of its 0-based coordinates (clipped to the image), and at least one
+pixel even for a box smaller than a pixel.
 """
 
 from __future__ import annotations
@@ -16,32 +18,49 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.runtime.masks import (  # noqa: F401 (box_regions is part of this API)
-    MaskStyle, apply_masks, box_regions, check_boxes, check_image)
+    MaskStyle, apply_masks, box_regions, check_image, pixel_boxes)
 
 
-def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25) -> np.ndarray:
+def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25, *,
+               base: float = 0.0) -> np.ndarray:
     """Gaussian-blurs each box region (:func:`.masks.apply_masks` with ``mode="blur"``).
 
     Args:
         strength: blur radius as a fraction of the region's longer side (at least 1 pixel).
             Only pixels inside the region are blurred and used.
+        base: the boxes' coordinate convention, the coordinate of the image's first pixel:
+            0.0 (0-based, the pytorch variant's) or 1.0 (1-based, the matconvnet variant's).
+            Pass the detector's ``coordinate_base`` with its boxes
+            (``blur_boxes(image, boxes, base=detector.coordinate_base)``): 1-based boxes
+            taken as 0-based leave the face's first column and top row visible.
+
+    Raises:
+        TinyFacesError: ``base`` is neither 0.0 nor 1.0.
     """
-    return apply_masks(image, boxes, MaskStyle(mode="blur", blur_strength=strength))
+    return apply_masks(image, boxes, MaskStyle(mode="blur", blur_strength=strength), base=base)
 
 
 def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = None,
-                   cells: int | None = None) -> np.ndarray:
+                   cells: int | None = None, *, base: float = 0.0) -> np.ndarray:
     """Replaces each box region by a mosaic of cells of its mean colour
     (:func:`.masks.apply_masks` with ``mode="pixelate"``).
 
     Args:
         block: cell size in pixels.
         cells: a fixed grid of ``cells`` x ``cells`` per face instead (e.g. 5: Argoverse).
-        With neither: about 8 cells across the region's longer side, cells of at least 4 px.
+            With neither: about 8 cells across the region's longer side, cells of at least 4 px.
+        base: the boxes' coordinate convention, the coordinate of the image's first pixel:
+            0.0 (0-based, the pytorch variant's) or 1.0 (1-based, the matconvnet variant's).
+            Pass the detector's ``coordinate_base`` with its boxes: 1-based boxes taken as
+            0-based leave the face's first column and top row visible.
+
+    Raises:
+        TinyFacesError: both ``block`` and ``cells``, or ``base`` neither 0.0 nor 1.0.
     """
     if block is not None and cells is not None:
         raise TinyFacesError("give a pixelation block size or a cell count, not both")
-    return apply_masks(image, boxes, MaskStyle(mode="pixelate", block=block, cells=cells))
+    return apply_masks(image, boxes, MaskStyle(mode="pixelate", block=block, cells=cells),
+                       base=base)
 
 
 def line_width(height: int, width: int) -> int:
@@ -60,16 +79,24 @@ def _label_font(line: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, color: tuple[int, int, int] = (0, 255, 0),
-               width: int | None = None, show_scores: bool = True) -> np.ndarray:
+               width: int | None = None, show_scores: bool = True, *,
+               base: float = 0.0) -> np.ndarray:
     """Draws each box as a rectangle, with its score (column 5, if any) as a label.
 
     Args:
         width: outline width in pixels; None: :func:`line_width` of the image (labels grow
             with it).
+        base: the boxes' coordinate convention, the coordinate of the image's first pixel:
+            0.0 (0-based, the pytorch variant's) or 1.0 (1-based, the matconvnet variant's).
+            Pass the detector's ``coordinate_base`` with its boxes: 1-based boxes taken as
+            0-based are drawn 1 px right of and below the face.
+
+    Raises:
+        TinyFacesError: ``base`` is neither 0.0 nor 1.0.
     """
     canvas = Image.fromarray(check_image(image).copy())
     draw = ImageDraw.Draw(canvas)
-    b = check_boxes(boxes)
+    b = pixel_boxes(boxes, base)
     height, width_px = image.shape[:2]
     width = line_width(height, width_px) if width is None else width
     font = _label_font(width)

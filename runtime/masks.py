@@ -5,8 +5,14 @@ One implementation serves ``tf-detect --blur/--pixelate`` (through :mod:`.draw`)
 clipped to the image (:func:`box_regions`); ``shape="ellipse"`` limits the mask to the
 ellipse inscribed in the box's whole region (cut where the box runs past the border). Only pixels inside a mask change.
 
+Boxes are taken as 0-based pixel coordinates unless ``base=1.0`` says they are 1-based (the
+matconvnet variant's): pass the detector's
+:attr:`~tinyfaces_trt.runtime.pipeline.Detector.coordinate_base` with its boxes, or the face's
+first column and top row stay visible.
+
     style = MaskStyle(mode="pixelate", cells=5, scale=1.3)
-    anonymised = apply_masks(image, boxes, style)
+    anonymised = apply_masks(image, detector.detect(image), style,
+                             base=detector.coordinate_base)
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 
 MODES = ("blur", "pixelate", "solid", "none")
 SHAPES = ("box", "ellipse")
+#: Coordinate of the image's first pixel in boxes: 0.0 pytorch (0-based), 1.0 matconvnet.
+BASES = (0.0, 1.0)
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -42,6 +50,17 @@ def check_boxes(boxes: np.ndarray) -> np.ndarray:
     if b.ndim != 2 or b.shape[1] not in (4, 5):
         raise TinyFacesError(f"boxes must be (N, 4) or (N, 5), got shape {b.shape}")
     return b
+
+
+def check_base(base: float) -> float:
+    """``base`` as a float if it is a coordinate convention of :data:`BASES` (0.0: 0-based
+    boxes, the pytorch variant's; 1.0: 1-based, the matconvnet variant's), else
+    :class:`TinyFacesError`."""
+    if not (is_real(base) and base in BASES):
+        raise TinyFacesError(f"coordinate base must be 0.0 (0-based boxes, pytorch) or 1.0 "
+                             f"(1-based, matconvnet): the detector's coordinate_base, "
+                             f"got {base!r}")
+    return float(base)
 
 
 Region = tuple[int, int, int, int]
@@ -121,8 +140,14 @@ class MaskStyle:
 
 def pixel_boxes(boxes: np.ndarray, base: float) -> np.ndarray:
     """Boxes (N, 4+) of a variant whose first pixel is at ``base`` (1.0: the matconvnet
-    variant's 1-based boxes, ``DetectorConfig.coordinate_base``) as the 0-based pixel
-    coordinates masks and drawings take (extra columns kept)."""
+    variant's 1-based boxes, ``DetectorConfig.coordinate_base``) as 0-based pixel
+    coordinates (extra columns kept). :func:`apply_masks` and the functions of
+    :mod:`.draw` do this themselves when given ``base=``.
+
+    Raises:
+        TinyFacesError: ``base`` is neither 0.0 nor 1.0 (:func:`check_base`).
+    """
+    base = check_base(base)
     b = check_boxes(boxes).copy()
     if base and b.size:
         b[:, :4] -= base
@@ -224,26 +249,40 @@ def _masked_region(region: np.ndarray, style: MaskStyle, whole: Region) -> np.nd
     return np.broadcast_to(np.asarray(style.color, np.uint8), region.shape)
 
 
-def mask_regions(boxes: np.ndarray, height: int, width: int, style: MaskStyle
-                 ) -> list[tuple[int, int, int, int]]:
+def mask_regions(boxes: np.ndarray, height: int, width: int, style: MaskStyle, *,
+                 base: float = 0.0) -> list[tuple[int, int, int, int]]:
     """The pixel regions ``(y0, y1, x0, x1)`` that :func:`apply_masks` changes for ``boxes``
-    (after ``style.scale``); empty for ``mode="none"``."""
+    of coordinate ``base`` (after ``style.scale``); empty for ``mode="none"``."""
+    base = check_base(base)
     if style.mode == "none":
         return []
-    return list(box_regions(scale_boxes(boxes, style.scale)[:, :4], height, width))
+    return list(box_regions(scale_boxes(pixel_boxes(boxes, base), style.scale)[:, :4],
+                            height, width))
 
 
-def apply_masks(image: np.ndarray, boxes: np.ndarray, style: MaskStyle = MaskStyle()
-                ) -> np.ndarray:
+def apply_masks(image: np.ndarray, boxes: np.ndarray, style: MaskStyle = MaskStyle(), *,
+                base: float = 0.0) -> np.ndarray:
     """A copy of ``image`` with every box of ``boxes`` ((N, 4) or (N, 5)) hidden per ``style``.
 
     Boxes are masked in order on the progressively masked image, so overlapping faces are
     both hidden. Rows with a non-finite coordinate or outside the image are skipped.
+
+    Args:
+        base: the boxes' coordinate convention, the coordinate of the image's first pixel:
+            0.0 (0-based, the pytorch variant's) or 1.0 (1-based, the matconvnet variant's).
+            Pass the detector's ``coordinate_base`` with its boxes
+            (``apply_masks(image, boxes, style, base=detector.coordinate_base)``): 1-based
+            boxes taken as 0-based leave the face's first column and top row visible.
+
+    Raises:
+        TinyFacesError: ``base`` is neither 0.0 nor 1.0, or ``boxes`` is not (N, 4) or (N, 5).
+        ImageError: ``image`` is not (H, W, 3) uint8.
     """
     out = check_image(image).copy()
+    base = check_base(base)
     if style.mode == "none":
         return out
-    scaled = scale_boxes(boxes, style.scale)[:, :4]
+    scaled = scale_boxes(pixel_boxes(boxes, base), style.scale)[:, :4]
     for (w0, w1, v0, v1), (r0, r1, c0, c1) in _box_extents(scaled, *out.shape[:2]):
         region = out[r0:r1, c0:c1]
         masked = _masked_region(region, style, (w0 - r0, w1 - r0, v0 - c0, v1 - c0))

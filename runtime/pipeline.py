@@ -149,6 +149,15 @@ class Detector:
                              "config_overrides={...}) or Detector(runner, config)")
 
     @property
+    def coordinate_base(self) -> float:
+        """Coordinate of the image's first pixel in this detector's boxes (read-only,
+        :attr:`~tinyfaces_trt.core.config.DetectorConfig.coordinate_base` of its config): 0.0
+        for the pytorch variant (0-based boxes), 1.0 for matconvnet (1-based). Pass it as
+        ``base=`` to :func:`~tinyfaces_trt.runtime.masks.apply_masks` and the functions of
+        :mod:`~tinyfaces_trt.runtime.draw` with this detector's boxes."""
+        return self._config.coordinate_base
+
+    @property
     def identity(self) -> ModelIdentity | None:
         """The network's :class:`~tinyfaces_trt.core.manifest.ModelIdentity`, or None when
         the detector was built from a bare runner."""

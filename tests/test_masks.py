@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.runtime.draw import blur_boxes, pixelate_boxes
+from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
 from tinyfaces_trt.runtime.masks import (MaskStyle, apply_masks, blur_region, ellipse_mask,
-                                         mask_regions, pixelate_region, scale_boxes)
+                                         mask_regions, pixel_boxes, pixelate_region,
+                                         scale_boxes)
 
 
 @pytest.fixture
@@ -136,3 +137,106 @@ def test_tf_detect_api_is_the_same_code(noise):
 def test_bad_styles_are_refused(kwargs, message):
     with pytest.raises(TinyFacesError, match=message):
         MaskStyle(**kwargs)
+
+
+# The face of these tests: 0-based pixels x 10..20, y 10..18; as a 1-based box, 11..21 x 11..19.
+FACE0 = np.array([[10, 10, 20, 18, 0.9]])
+FACE1 = FACE0 + [1, 1, 1, 1, 0]
+HIDERS = {
+    "solid": lambda image, boxes, **kw: apply_masks(image, boxes, MaskStyle(mode="solid"), **kw),
+    "ellipse": lambda image, boxes, **kw: apply_masks(
+        image, boxes, MaskStyle(mode="pixelate", shape="ellipse"), **kw),
+    "blur_boxes": blur_boxes,
+    "pixelate_boxes": lambda image, boxes, **kw: pixelate_boxes(image, boxes, cells=5, **kw),
+}
+
+
+@pytest.mark.parametrize("name", HIDERS)
+def test_one_based_boxes_with_base_1_hide_the_faces_first_column_and_top_row(noise, name):
+    """1-based boxes (the matconvnet variant's) were taken as 0-based: the mask sat 1 px right
+    of and below the face, whose first column and top row stayed visible."""
+    hide = HIDERS[name]
+    out = hide(noise, FACE1, base=1.0)
+    np.testing.assert_array_equal(out, hide(noise, FACE0))  # the same pixels as 0-based
+    changed = (out != noise).any(axis=2)
+    if name != "ellipse":
+        assert changed[10:19, 10].any() and changed[10, 10:21].any()  # first column, top row
+        assert changed[10:19, 10:21].mean() > 0.9
+        expected = np.zeros_like(changed)
+        expected[10:19, 10:21] = changed[10:19, 10:21]
+        np.testing.assert_array_equal(changed, expected)  # nothing left of or above it, ...
+    assert not changed[:, 9].any() and not changed[9].any()
+    assert not changed[:, 21].any() and not changed[19].any()  # ... nor right of or below
+    np.testing.assert_array_equal(hide(noise, FACE1, base=0.0), hide(noise, FACE1))
+
+
+def test_base_is_applied_before_the_mask_scale(noise):
+    """``scale`` enlarges the face about its centre in pixels: the same mask either way."""
+    style = MaskStyle(mode="solid", scale=1.3)
+    out = apply_masks(noise, FACE1, style, base=1.0)
+    np.testing.assert_array_equal(out, apply_masks(noise, FACE0, style))
+    assert mask_regions(FACE1, 40, 50, style, base=1.0) == mask_regions(FACE0, 40, 50, style)
+
+
+def test_base_0_leaves_boxes_as_they_were(noise):
+    """0-based boxes (the default, the pytorch variant's): unchanged by ``base=0.0``."""
+    solid = apply_masks(noise, FACE0, MaskStyle(mode="solid"), base=0.0)
+    changed = (solid != noise).any(axis=2)
+    assert changed[10:19, 10:21].all() and changed.sum() == 9 * 11
+    for name, hide in HIDERS.items():
+        np.testing.assert_array_equal(hide(noise, FACE0, base=0.0), hide(noise, FACE0), name)
+    np.testing.assert_array_equal(draw_boxes(noise, FACE0, base=0.0), draw_boxes(noise, FACE0))
+    assert mask_regions(FACE0, 40, 50, MaskStyle(), base=0.0) == [(10, 19, 10, 21)]
+    assert mask_regions(FACE1, 40, 50, MaskStyle(), base=1.0) == [(10, 19, 10, 21)]
+
+
+def test_draw_boxes_with_base_1_outlines_the_face():
+    black = np.zeros((40, 50, 3), np.uint8)
+    drawn = draw_boxes(black, FACE1, width=1, show_scores=False, base=1.0)
+    np.testing.assert_array_equal(drawn, draw_boxes(black, FACE0, width=1, show_scores=False))
+    lit = (drawn != 0).any(axis=2)
+    assert lit[10:19, 10].all() and lit[10, 10:21].all()  # the face's first column and top row
+    assert lit[10:19, 20].all() and lit[18, 10:21].all()
+    assert lit.sum() == 2 * 11 + 2 * 7 and not lit[:, 21].any() and not lit[19].any()
+    # the score label is placed from the same corner
+    labelled = draw_boxes(np.zeros((60, 60, 3), np.uint8), FACE1 + [0, 20, 0, 20, 0], base=1.0)
+    np.testing.assert_array_equal(
+        labelled, draw_boxes(np.zeros((60, 60, 3), np.uint8), FACE0 + [0, 20, 0, 20, 0]))
+
+
+@pytest.mark.parametrize("base", [2, -1, 0.5, float("nan"), True, "1", None])
+def test_a_base_other_than_0_or_1_is_refused(noise, base):
+    functions = [lambda: apply_masks(noise, FACE1, MaskStyle(), base=base),
+                 lambda: apply_masks(noise, FACE1, MaskStyle(mode="none"), base=base),
+                 lambda: blur_boxes(noise, FACE1, base=base),
+                 lambda: pixelate_boxes(noise, FACE1, base=base),
+                 lambda: draw_boxes(noise, FACE1, base=base),
+                 lambda: mask_regions(FACE1, 40, 50, MaskStyle(), base=base),
+                 lambda: pixel_boxes(FACE1, base)]
+    for call in functions:
+        with pytest.raises(TinyFacesError, match=r"coordinate base must be 0\.0 .* or 1\.0"):
+            call()
+    for good in (0, 1, np.float64(1.0), np.int64(0)):
+        apply_masks(noise, FACE1, base=good)
+
+
+def test_a_matconvnet_detectors_boxes_masked_with_its_coordinate_base():
+    """End to end: a matconvnet detector's box clipped to the image's corner (1, 1) left
+    the image's first column and top row of the face visible."""
+    from helpers_runners import PooledRunner
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    pytorch = Detector(PooledRunner(), DetectorConfig(variant="pytorch"))
+    detector = Detector(PooledRunner(), DetectorConfig(variant="matconvnet"))
+    assert (pytorch.coordinate_base, detector.coordinate_base) == (0.0, 1.0)
+    with pytest.raises(AttributeError):
+        detector.coordinate_base = 0.0
+    boxes = detector.detect(image)[:1]
+    assert boxes[0, 0] == boxes[0, 1] == 1.0  # the face at the image's corner, 1-based
+    style = MaskStyle(mode="solid")
+    out = apply_masks(image, boxes, style, base=detector.coordinate_base)
+    np.testing.assert_array_equal(out, apply_masks(image, boxes - [1, 1, 1, 1, 0], style))
+    assert (out[0, 0] == 0).all() and (out[:int(boxes[0, 3]), 0] == 0).all()
+    assert (apply_masks(image, boxes, style)[0, 0] == image[0, 0]).all()  # the leak

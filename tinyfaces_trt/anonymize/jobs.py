@@ -493,7 +493,7 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options, base: float =
            ) -> np.ndarray:
     """``image`` with ``frame``'s masks applied (and the ``--draw`` overlay); ``base``: the
     first pixel's coordinate in the boxes (1.0 for the matconvnet variant's)."""
-    out = apply_masks(image, pixel_boxes(frame.boxes(), base), options.style)
+    out = apply_masks(image, frame.boxes(), options.style, base=base)
     if options.draw and frame.masks:
         from tinyfaces_trt.runtime.draw import draw_boxes
 

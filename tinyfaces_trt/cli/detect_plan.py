@@ -245,21 +245,19 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     """
     from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import save_image
-    from tinyfaces_trt.runtime.masks import pixel_boxes
 
-    pixels = pixel_boxes(boxes, base)
     try:
         plan.detections.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
                              f"{exc.strerror or exc}") from exc
+    hide = blur_boxes if anonymise == "blur" else pixelate_boxes
     # the JSON first: it names the input, claiming the file names for it in later runs
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.anonymised, lambda path: save_image(
-            path, (blur_boxes if anonymise == "blur" else pixelate_boxes)(image, pixels),
-            jpeg_quality=jpeg_quality)),
-        (plan.drawn, lambda path: save_image(path, draw_boxes(image, pixels),
+            path, hide(image, boxes, base=base), jpeg_quality=jpeg_quality)),
+        (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes, base=base),
                                              jpeg_quality=jpeg_quality)),
     ]
     written: list[Path] = []

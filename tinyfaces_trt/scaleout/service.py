@@ -179,7 +179,6 @@ def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest,
     pixel's coordinate in ``boxes``, 1.0 for the matconvnet variant's)."""
     from tinyfaces_trt.runtime.draw import blur_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import encode_image
-    from tinyfaces_trt.runtime.masks import pixel_boxes
 
     hide = blur_boxes if request.mode == "blur" else pixelate_boxes
-    return encode_image(hide(image, pixel_boxes(boxes, base)), request.format)
+    return encode_image(hide(image, boxes, base=base), request.format)
