@@ -8,18 +8,20 @@ complete under its final name or not there.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import os
 import stat
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError
+from tinyfaces_trt.core.config import is_integer
+from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError
 from tinyfaces_trt.core.files import atomic_output, is_text_path
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,47 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 #: JPEG quality :func:`save_image` uses unless told otherwise (Pillow's own default is 75).
 DEFAULT_JPEG_QUALITY = 95
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+#: (how messages name the image, its pixel limit or None) of the decode running in this
+#: context (thread); unset outside one.
+_PIXEL_LIMIT: contextvars.ContextVar[tuple[str, int | None]] = contextvars.ContextVar(
+    "tinyfaces_pixel_limit")
+
+
+def _install_pixel_limit() -> None:
+    """Makes Pillow's decompression-bomb check (``Image.MAX_IMAGE_PIXELS``, applied at open
+    and by some decoders while loading) apply our ``max_pixels`` instead during a decode here.
+
+    Pillow has no per-call limit, and changing ``MAX_IMAGE_PIXELS`` would change every other
+    thread's decodes; its check is wrapped once instead, per context (so per thread): outside
+    :func:`_decode` it is Pillow's own, unchanged. Where a Pillow lacks the function, its own
+    limit stays in force above ours.
+    """
+    original = getattr(Image, "_decompression_bomb_check", None)
+    if original is None or getattr(original, "_tinyfaces_pixel_limit", False):
+        return
+
+    def check(size: tuple[int, int], *args: Any, **kwargs: Any) -> None:
+        current = _PIXEL_LIMIT.get(None)
+        if current is None:
+            return original(size, *args, **kwargs)
+        name, limit = current
+        _check_pixels(name, size[0], size[1], limit)
+        return None
+
+    check._tinyfaces_pixel_limit = True  # type: ignore[attr-defined]
+    Image._decompression_bomb_check = check  # type: ignore[attr-defined]
+
+
+def _check_pixels(name: str, width: int, height: int, limit: int | None) -> None:
+    """Raises :class:`ImageTooLargeError` for more than ``limit`` pixels (None: any)."""
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(
+            f"{name}: image is too large ({width}x{height} = {width * height} pixels, limit "
+            f"{limit}); refusing to decode a possible decompression bomb")
+
+
+_install_pixel_limit()
 
 
 def _check_file(path: Path) -> bool:
@@ -85,7 +128,8 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Loads an image file as (H, W, 3) uint8 RGB.
 
     EXIF orientation is applied; grayscale, palette, CMYK and alpha images are converted to
@@ -95,12 +139,18 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     (animated GIF/PNG/WebP, multi-page TIFF) give their first frame, with a logged warning.
     A pipe or device (``/dev/stdin``) is read as a stream.
 
+    ``max_pixels`` (width x height, checked from the header before any pixel is decoded; None:
+    no limit) is the only size limit: Pillow's own (``Image.MAX_IMAGE_PIXELS``) does not apply
+    here, above or below it.
+
     Raises:
         ImageError: naming the path and the reason: missing file, directory, empty file,
             not an image, truncated or corrupt data, or more than ``max_pixels`` pixels
             (:class:`ImageTooLargeError`); or ``path`` is no path (e.g. bytes or a file
             object: :func:`decode_image` and :func:`load_image_stream` take those).
+        ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
+    _check_max_pixels(max_pixels)
     path = Path(_check_path_argument(path))
     if _check_file(path):
         return _decode(path, str(path), max_pixels)
@@ -131,16 +181,17 @@ def _check_path_argument(path: object) -> str | os.PathLike:
 
 
 def load_image_stream(stream: IO[bytes], name: str = "<stdin>",
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Reads a whole binary stream (standard input, a pipe) and decodes it like
     :func:`load_image`; ``name`` is how messages call it."""
+    _check_max_pixels(max_pixels)
     data = stream.read()
     if not data:
         raise ImageError(f"{name}: no image data (0 bytes read)")
     return decode_image(data, max_pixels, name)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  name: str = "image data") -> np.ndarray:
     """Decodes an encoded image held in memory (an HTTP request body) like :func:`load_image`.
 
@@ -149,14 +200,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Args:
         data: the encoded file (JPEG, PNG, ...).
-        max_pixels: the largest width x height accepted.
+        max_pixels: the largest width x height accepted (None: any); the only limit, as
+            in :func:`load_image`.
         name: how error messages name the data.
 
     Raises:
         ImageError: empty, not an image, truncated or corrupt, or ``data`` is no bytes (a
             path: :func:`load_image` reads files);
             :class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels.
+        ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
+    _check_max_pixels(max_pixels)
     try:
         size = memoryview(data).nbytes  # bytes, bytearray, memoryview, a uint8 array
     except TypeError:
@@ -168,19 +222,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(source: Path | IO[bytes], name: str, max_pixels: int) -> np.ndarray:
+def _check_max_pixels(max_pixels: object) -> None:
+    if max_pixels is not None and not (is_integer(max_pixels) and max_pixels >= 1):
+        raise ConfigError(f"max_pixels must be an integer >= 1 or None (no limit), "
+                          f"got {max_pixels!r}")
+
+
+def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+    # our limit replaces Pillow's bomb check, for this context (thread) only
+    token = _PIXEL_LIMIT.set((name, max_pixels))
     try:
         with warnings.catch_warnings():
-            # Pillow warns about bomb sizes (checked below) and damaged metadata (the decode
-            # then succeeds or raises): neither is for the user's stderr
+            # Pillow warns about damaged metadata (the decode then succeeds or raises): not
+            # for the user's stderr
             warnings.simplefilter("ignore")
             with Image.open(source) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise ImageTooLargeError(
-                        f"{name}: image is too large ({width}x{height} = {width * height} "
-                        f"pixels, limit {max_pixels}); refusing to decode a possible "
-                        "decompression bomb")
+                _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     log.warning("%s: has %d frames (animated or multi-page %s); using the "
@@ -202,22 +259,35 @@ def _decode(source: Path | IO[bytes], name: str, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # decoders raise many types on malformed data (fuzz-tested)
         raise ImageError(f"{name}: image data is truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from exc
+    finally:
+        _PIXEL_LIMIT.reset(token)
 
 
 def encode_image(image: np.ndarray, format: str = "PNG", quality: int = 95) -> bytes:
     """Encodes an (H, W, 3) or (H, W) uint8 array as ``format`` (``"PNG"``, ``"JPEG"``, ...).
 
+    Args:
+        quality: 1..100, for JPEG and WebP (as :func:`save_image`'s ``jpeg_quality``).
+
     Raises:
-        ImageError: a bad array or a format Pillow cannot write.
+        ImageError: a bad array, a quality outside 1..100 or a format Pillow cannot write.
     """
     arr = _check_savable(image, "image")
+    _check_quality(quality, "quality")
     buffer = io.BytesIO()
-    options = {"quality": quality} if format.upper() in ("JPEG", "JPG", "WEBP") else {}
+    options = {"quality": int(quality)} if format.upper() in ("JPEG", "JPG", "WEBP") else {}
     try:
         Image.fromarray(np.ascontiguousarray(arr)).save(buffer, format=format, **options)
     except (KeyError, ValueError, OSError) as exc:
         raise ImageError(f"cannot encode the image as {format} ({exc})") from exc
     return buffer.getvalue()
+
+
+def _check_quality(quality: object, name: str) -> None:
+    """JPEG/WebP quality: an integer 1..100 (Pillow takes more, but libjpeg reads 0 as 1 and
+    clamps above 100, and WebP refuses anything outside 0..100)."""
+    if not (is_integer(quality) and 1 <= quality <= 100):
+        raise ImageError(f"{name} must be an integer 1..100, got {quality!r}")
 
 
 def _check_savable(image: np.ndarray, name: str) -> np.ndarray:
@@ -241,20 +311,29 @@ def save_image(path: str | os.PathLike, image: np.ndarray,
         jpeg_quality: 1..100, for ``.jpg``/``.jpeg`` (default 95; Pillow's own is 75).
 
     Raises:
-        ImageError: bad array, missing folder, unknown extension or a write failure (a full
-            disk included).
+        ImageError: bad array, bad ``jpeg_quality``, missing folder, missing or unknown
+            extension, or a write failure (a full disk included).
     """
     path = Path(path)
     arr = _check_savable(image, str(path))
+    _check_quality(jpeg_quality, "JPEG quality (jpeg_quality)")
     if not path.parent.is_dir():
         raise ImageError(f"{path}: folder {path.parent} does not exist")
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise ImageError(f"JPEG quality must be 1..100, got {jpeg_quality}")
-    options = {"quality": int(jpeg_quality)} if path.suffix.lower() in _JPEG_SUFFIXES else {}
+    suffix = path.suffix.lower()
+    # the format comes from the user's name: the temporary file's name ends otherwise
+    image_format = Image.registered_extensions().get(suffix) if suffix else None
+    if image_format is None:
+        what = f"unknown file extension {path.suffix!r}" if suffix else "no file extension"
+        raise ImageError(f"{path}: cannot save: {what} to choose the image format from; use an "
+                         "extension such as .png or .jpg")
+    options = {"quality": int(jpeg_quality)} if suffix in _JPEG_SUFFIXES else {}
     try:
         with atomic_output(path) as tmp:
-            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, **options)
-    except ValueError as exc:  # Pillow: unknown file extension
-        raise ImageError(f"{path}: cannot save ({exc}); use an extension such as .png or .jpg") from exc
+            Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=image_format, **options)
+    except KeyError as exc:  # a format Pillow reads but cannot write
+        raise ImageError(f"{path}: cannot save: Pillow does not write {image_format} files; use "
+                         "an extension such as .png or .jpg") from exc
+    except ValueError as exc:
+        raise ImageError(f"{path}: cannot save as {image_format} ({exc})") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot save ({exc.strerror or exc})") from exc

@@ -1,16 +1,20 @@
 """The detector options are one definition (tinyfaces_trt.detector_options): tf-detect,
 tf-anonymize and tf-serve accept the same flags, refuse the same combinations with the same
-message (exit 2), and turn the same flags into the same detector."""
+message (exit 2), and turn the same flags into the same detector; create_detector refuses
+what a backend would ignore, and warns about more threads than cores."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 
 import pytest
 
 from tinyfaces_trt.anonymize import cli as anonymize_cli
 from tinyfaces_trt.cli import detect as detect_cli
-from tinyfaces_trt.detectors import spec_from_arguments
+from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.detectors import create_detector, spec_from_arguments
 from tinyfaces_trt.scaleout import cli_serve
 
 # each CLI's main, and the arguments it needs besides the detector's
@@ -115,3 +119,47 @@ def test_help_describes_the_options_once_for_all_clis():
             in text
     assert "GPU backends get one GPU per replica" in helps["tf-serve"]
     assert "(default: --cpus-per-replica, per replica)" in helps["tf-serve"]
+
+
+# ------------------------------------------------ create_detector: what a backend does not use
+TORCH_REFUSALS = [
+    ({"fp16": True}, "fp16=True applies to the onnxruntime, onnxruntime-cuda, tensorrt and "
+                     "torch-cuda backends, not torch (the float32 reference)"),
+    ({"gpu_stages": True}, "gpu_stages=True applies to the onnxruntime-cuda, tensorrt and "
+                           "torch-cuda backends, not torch (host stages)"),
+    ({"providers": "cuda"}, "providers applies to the onnxruntime and onnxruntime-cuda backends, "
+                            "not torch"),
+    ({"threads": 1}, "threads applies to the onnxruntime backend, not torch (its CPU threads "
+                     "are process-wide: torch.set_num_threads)"),
+]
+
+
+def test_torch_backend_refuses_the_options_it_would_ignore():
+    for option, message in TORCH_REFUSALS:
+        # refused before any work: the checkpoint is not even looked for
+        with pytest.raises(TinyFacesError) as refused:
+            create_detector("torch", weights="no_such_checkpoint.pth", **option)
+        assert str(refused.value) == message, option
+    pytest.importorskip("torch")
+    detector = create_detector("torch", fp16=False, gpu_stages=False)  # what it honours
+    try:
+        assert detector.identity.precision == "fp32"
+        assert type(detector.preprocessor).__name__ == "HostPreprocessor"
+    finally:
+        detector.close()
+
+
+def test_more_threads_than_cores_is_accepted_with_one_warning(export_dir):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with pytest.warns(RuntimeWarning) as caught:
+        detector = create_detector(model_dir=export_dir, threads=cores + 1)
+    detector.close()
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert messages == [f"threads={cores + 1} is more than the {cores} core(s) this process may "
+                        f"use (os.cpu_count(): {os.cpu_count()}); ONNX Runtime's threads will "
+                        f"wait for one another and each detect runs slower; threads={cores} or "
+                        f"None (all cores) is faster"]
+    assert caught[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        create_detector(model_dir=export_dir, threads=cores).close()

@@ -1,12 +1,16 @@
 """Image loading/saving (conversions, error messages) and drawing / anonymisation."""
 
+import io
+import threading
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tinyfaces_trt.runtime.draw import blur_boxes, box_regions, draw_boxes, pixelate_boxes
-from tinyfaces_trt.core.errors import ImageError, TinyFacesError
-from tinyfaces_trt.runtime.imageio import load_image, save_image
+from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError, TinyFacesError
+from tinyfaces_trt.runtime import imageio
+from tinyfaces_trt.runtime.imageio import decode_image, encode_image, load_image, save_image
 
 
 @pytest.fixture
@@ -116,6 +120,110 @@ def test_too_large_image(tmp_path, rgb):
     with pytest.raises(ImageError, match=r"big\.png: image is too large \(32x24 = 768 pixels"):
         load_image(tmp_path / "big.png", max_pixels=700)
     assert load_image(tmp_path / "big.png", max_pixels=768).shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize("ext", ["png", "tif", "gif", "jpg"])
+def test_max_pixels_is_the_only_limit_not_pillows(tmp_path, monkeypatch, ext):
+    # Pillow refuses over 2 * MAX_IMAGE_PIXELS (179 MP by default; 200 here, so that the
+    # image stays small): max_pixels above it, or None, must still decode
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / f"x.{ext}"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    for limit in (None, 1200, 10**9):
+        assert load_image(path, max_pixels=limit).shape == (30, 40, 3)
+        assert decode_image(path.read_bytes(), max_pixels=limit).shape == (30, 40, 3)
+    with pytest.raises(ImageTooLargeError) as refused:
+        load_image(path, max_pixels=1199)
+    assert str(refused.value) == (f"{path}: image is too large (40x30 = 1200 pixels, limit "
+                                  "1199); refusing to decode a possible decompression bomb")
+    with pytest.raises(Image.DecompressionBombError):  # Pillow's own check is left as it was
+        Image.open(path)
+
+
+def test_max_pixels_above_pillows_default_limit_at_real_size():
+    # 13400 x 13400 = 179.56 MP, just over Pillow's 178956970: a 1-bit PNG of 22 KB, cut
+    # short inside its pixel data so that nothing near that size is decoded
+    buffer = io.BytesIO()
+    Image.new("1", (13400, 13400)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    data = data[:data.index(b"IDAT") + 200]
+    for limit in (None, 300_000_000):  # past the size checks, to the (truncated) pixels
+        with pytest.raises(ImageError) as failed:
+            decode_image(data, max_pixels=limit)
+        assert type(failed.value) is ImageError
+        assert "image data: image data is truncated or corrupt" in str(failed.value)
+    with pytest.raises(ImageTooLargeError) as refused:
+        decode_image(data, max_pixels=1_000_000)
+    assert str(refused.value) == ("image data: image is too large (13400x13400 = 179560000 "
+                                  "pixels, limit 1000000); refusing to decode a possible "
+                                  "decompression bomb")
+
+
+def test_other_threads_keep_pillows_limit_during_a_decode(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "x.png"
+    Image.new("RGB", (40, 30)).save(path)
+    seen = []
+
+    def open_elsewhere(im, *args, **kwargs):  # runs in the middle of load_image's decode
+        def open_it():
+            try:
+                Image.open(path).close()
+                seen.append("opened")
+            except Image.DecompressionBombError:
+                seen.append("refused")
+        other = threading.Thread(target=open_it)
+        other.start()
+        other.join()
+        return exif_transpose(im, *args, **kwargs)
+
+    exif_transpose = ImageOps.exif_transpose
+    monkeypatch.setattr(imageio.ImageOps, "exif_transpose", open_elsewhere)
+    assert load_image(path, max_pixels=None).shape == (30, 40, 3)
+    assert seen == ["refused"]
+    with pytest.raises(Image.DecompressionBombError):  # and this thread's, once it is done
+        Image.open(path)
+
+
+@pytest.mark.parametrize("limit", ["1000", 0, -1, 1.5, True])
+def test_max_pixels_must_be_a_count_or_none(tmp_path, rgb, limit):
+    save_image(tmp_path / "a.png", rgb)
+    for load in (lambda: load_image(tmp_path / "a.png", max_pixels=limit),
+                 lambda: decode_image((tmp_path / "a.png").read_bytes(), max_pixels=limit)):
+        with pytest.raises(ConfigError) as refused:
+            load()
+        assert str(refused.value) == (f"max_pixels must be an integer >= 1 or None (no limit), "
+                                      f"got {limit!r}")
+
+
+def test_save_names_the_users_path_when_the_extension_is_missing_or_unknown(tmp_path, rgb):
+    for name, what in (("out_without_suffix", "no file extension"),
+                       ("a.unknownext", "unknown file extension '.unknownext'")):
+        with pytest.raises(ImageError) as refused:
+            save_image(tmp_path / name, rgb)
+        assert str(refused.value) == (f"{tmp_path / name}: cannot save: {what} to choose the "
+                                      "image format from; use an extension such as .png or .jpg")
+    with pytest.raises(ImageError) as refused:
+        save_image(tmp_path / "a.psd", rgb)  # read by Pillow, not written
+    assert str(refused.value) == (f"{tmp_path / 'a.psd'}: cannot save: Pillow does not write "
+                                  "PSD files; use an extension such as .png or .jpg")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_save_and_encode_take_the_same_jpeg_qualities(tmp_path, rgb):
+    for quality in ("high", 0, 101, 95.0, None):
+        with pytest.raises(ImageError) as refused:
+            save_image(tmp_path / "a.jpg", rgb, jpeg_quality=quality)
+        assert str(refused.value) == (f"JPEG quality (jpeg_quality) must be an integer 1..100, "
+                                      f"got {quality!r}")
+        with pytest.raises(ImageError) as refused:
+            encode_image(rgb, "JPEG", quality)
+        assert str(refused.value) == f"quality must be an integer 1..100, got {quality!r}"
+    assert list(tmp_path.iterdir()) == []
+    for quality in (1, 100, np.int64(50)):
+        save_image(tmp_path / "a.jpg", rgb, jpeg_quality=quality)
+        assert load_image(tmp_path / "a.jpg").shape == (24, 32, 3)
+        assert decode_image(encode_image(rgb, "JPEG", quality)).shape == (24, 32, 3)
 
 
 def test_save_errors(tmp_path, rgb):

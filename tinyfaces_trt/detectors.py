@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             compute for torch-cuda. None: the backend's default (fp16 for torch-cuda, fp32
             for the others).
         providers, threads: ONNX Runtime options (not used where ``"auto"`` picks another
-            backend than onnxruntime).
+            backend than onnxruntime; refused by torch). ``threads`` above the cores this
+            process may use is warned about (ONNX Runtime's threads then wait for one another).
         depth, variant: passed to the checkpoint loader (None: detect from the file); only
             with ``weights``.
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
@@ -120,7 +122,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         progress: called with a line of text before and after a long step (an export, ONNX
             Runtime's TensorRT provider building its engine), and for each input shape
             torch-cuda took seconds to prepare.
-        gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`.
+        gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`; True is
+            refused by ``"torch"`` (host stages), as ``fp16=True`` is (float32 only).
         torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
             ``"compile"`` (None: the default; torch.compile + CUDA graph, cached on disk),
             ``"aoti"`` (AOTInductor packages in the cache, loaded without compiling by later
@@ -142,10 +145,15 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
                              f"{', '.join(TORCH_CUDA_MODES)}")
     if torch_mode is not None and backend not in ("torch-cuda", "auto"):
         raise TinyFacesError(f"torch_mode applies to the torch-cuda backend, not {backend}")
+    if backend == "torch":
+        _refuse_torch_options(fp16=fp16, gpu_stages=gpu_stages, providers=providers,
+                              threads=threads)
     if backend == "auto":
         backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
         if backend != "onnxruntime":  # options of the CPU default, which auto did not take
             providers = threads = None
+    if backend == "onnxruntime":
+        warn_if_oversubscribed(threads)
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")
@@ -214,6 +222,44 @@ def _check_arguments(*, model_dir: object, weights: object, config_overrides: ob
                           "weights=...; an export folder and the untrained default network "
                           "bring their own")
     check_threads(threads)
+
+
+def _refuse_torch_options(*, fp16: bool | None, gpu_stages: bool | None,
+                          providers: object, threads: object) -> None:
+    """The options the torch backend (float32 on the CPU, host stages, torch's process-wide
+    threads) would ignore: refused, as the other backends refuse theirs."""
+    if fp16:
+        raise TinyFacesError("fp16=True applies to the onnxruntime, onnxruntime-cuda, tensorrt "
+                             "and torch-cuda backends, not torch (the float32 reference)")
+    if gpu_stages:
+        raise TinyFacesError("gpu_stages=True applies to the onnxruntime-cuda, tensorrt and "
+                             "torch-cuda backends, not torch (host stages)")
+    if providers is not None:
+        raise TinyFacesError("providers applies to the onnxruntime and onnxruntime-cuda "
+                             "backends, not torch")
+    if threads is not None:
+        raise TinyFacesError("threads applies to the onnxruntime backend, not torch (its CPU "
+                             "threads are process-wide: torch.set_num_threads)")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; else ``os.cpu_count()``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def warn_if_oversubscribed(threads: int | None) -> None:
+    """Warns (``warnings.warn``, a ``RuntimeWarning``) when ``threads`` is more than the
+    usable cores: accepted, but ONNX Runtime's threads then wait for one another (64 on 2
+    cores made a detect some 40 times slower)."""
+    cores = usable_cores()
+    if threads is not None and threads > cores:
+        warnings.warn(f"threads={threads} is more than the {cores} core(s) this process may use "
+                      f"(os.cpu_count(): {os.cpu_count()}); ONNX Runtime's threads will wait for "
+                      f"one another and each detect runs slower; threads={cores} or None (all "
+                      f"cores) is faster", RuntimeWarning, stacklevel=3)
 
 
 def _check_path(name: str, value: object) -> None:

@@ -45,6 +45,7 @@ import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.detector_record import record_from_arguments
+from tinyfaces_trt.detectors import usable_cores
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
@@ -178,14 +179,6 @@ def _check_weights_path(weights: str | None) -> None:
                 if (Path(weights) / "manifest.json").is_file() else "")
         raise TinyFacesError(f"--weights {weights} is a folder, not a checkpoint file "
                              f"(.pth or .mat){hint}")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _make_detector(args: argparse.Namespace) -> Detector:

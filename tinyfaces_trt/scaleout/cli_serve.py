@@ -67,8 +67,8 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                       help="largest request body; larger ones get 413 (default: %(default)g)")
     http.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                       help="largest image, width x height; larger ones (decompression bombs) "
-                           f"get 413 before decoding (at most {DECODER_MAX_PIXELS}, the "
-                           "image decoder's own limit; default: %(default)d)")
+                           f"get 413 before decoding (at most {DECODER_MAX_PIXELS}, the service's "
+                           "ceiling: one such image is 0.5 GB decoded; default: %(default)d)")
     http.add_argument("--max-queued", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS,
                       metavar="N",
                       help="requests waiting for a free replica beyond N get 503 at once, "
@@ -125,7 +125,8 @@ def _port(text: str) -> int:
 
 def _max_pixels(text: str) -> int:
     return checked(text, int, lambda v: 1 <= v <= DECODER_MAX_PIXELS, "an integer",
-                   f"1 to {DECODER_MAX_PIXELS} (the image decoder refuses larger images)")
+                   f"1 to {DECODER_MAX_PIXELS} (the service's ceiling: one such image is 0.5 GB "
+                   "decoded, per request in flight)")
 
 
 def _batch_wait_ms(text: str) -> float:
