@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig
+from tinyfaces_trt.core.config import NUM_CHANNELS, DetectorConfig, is_integer
 from tinyfaces_trt.core.errors import ConfigError, ManifestError
 from tinyfaces_trt.core.files import write_text_atomic
 from tinyfaces_trt.core.hashing import file_sha256
@@ -99,7 +99,7 @@ def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
     Args:
         config: detector config stored in full.
         files: role (a key of :data:`DEFAULT_FILE_NAMES`) -> file name inside the folder.
-        opset: ONNX opset of the ONNX files.
+        opset: ONNX opset of the ONNX files, as read back from them (an integer >= 1).
         weights: ``{"path": ..., "sha256": ...}`` of the source checkpoint, or None.
         profile: the input-shape profile engines are (or should be) built for.
         tools: tool name -> version (torch, onnx, tensorrt, ...).
@@ -111,6 +111,8 @@ def build_manifest(*, config: DetectorConfig, files: dict[str, str], opset: int,
     unknown = set(files) - set(DEFAULT_FILE_NAMES)
     if unknown:
         raise ManifestError(f"unknown file roles {sorted(unknown)}; expected {sorted(DEFAULT_FILE_NAMES)}")
+    if not (is_integer(opset) and opset >= 1):
+        raise ManifestError(f"opset must be an integer >= 1 (the ONNX files' opset), got {opset!r}")
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -17,7 +17,7 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
-from tinyfaces_trt.export.opset import DEFAULT_OPSET, MIN_OPSET
+from tinyfaces_trt.export.opset import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from tinyfaces_trt.export.trt_build import DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError
 
 EXIT_NO_TENSORRT = 3
@@ -64,8 +64,10 @@ PROG = "tf-export"
 
 
 def opset_argument(text: str) -> int:
-    """argparse type of ``--opset``: an integer >= :data:`MIN_OPSET`."""
-    return checked(text, int, lambda v: v >= MIN_OPSET, "an integer", f">= {MIN_OPSET}")
+    """argparse type of ``--opset``: an integer in :data:`MIN_OPSET`..:data:`MAX_OPSET`."""
+    return checked(text, int, lambda v: MIN_OPSET <= v <= MAX_OPSET, "an integer",
+                   f"between {MIN_OPSET} and {MAX_OPSET}, the opsets torch's exporter converts "
+                   f"this network to (default {DEFAULT_OPSET})")
 
 
 def _progress(message: str) -> None:
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (float32 I/O); "
                                                          "builds an fp16 engine when TensorRT is installed")
     out.add_argument("--opset", type=opset_argument, default=DEFAULT_OPSET,
-                     help=f"ONNX opset, {MIN_OPSET} or newer (default %(default)s)")
+                     help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default %(default)s); the one "
+                          f"written is read back from model.onnx into the manifest")
     out.add_argument("--simplify", action="store_true", help="run onnxslim (or onnxsim) on the graph; measured "
                                                              "to change nothing on this network")
     out.add_argument("--no-verify", action="store_true",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import platform
 import shutil
@@ -31,15 +32,17 @@ import onnx
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.files import TEMP_PREFIX, atomic_output, remove_stale_temporaries, replace_folder, staging_dir
+from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, is_text_path, remove_stale_temporaries,
+                                      replace_folder, staging_dir)
 from tinyfaces_trt.core.hashing import file_sha256
-from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError, WeightsError
+from tinyfaces_trt.core.config import DetectorConfig, is_integer, is_real
+from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError, WeightsError
 from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME, write_manifest
 from tinyfaces_trt.core.profiles import Profile, default_profile, profile_for_image_sizes
 
-from tinyfaces_trt.export.opset import DEFAULT_OPSET, MIN_OPSET
-from tinyfaces_trt.export.onnx_export import check_onnx, simplify_onnx, torch_to_onnx, verify_against_torch
+from tinyfaces_trt.export.opset import DEFAULT_OPSET, opset_problem
+from tinyfaces_trt.export.onnx_export import (check_onnx, read_onnx_opset, simplify_onnx, torch_to_onnx,
+                                              verify_against_torch)
 from tinyfaces_trt.export.onnx_fp16 import convert_to_fp16
 from tinyfaces_trt.export.trt_build import (DEFAULT_WORKSPACE_GB, EngineBuildError, TensorRTUnavailableError, build_engine,
                         tensorrt_problem, trtexec_command)
@@ -176,9 +179,78 @@ def _weights_record(path: str | Path, sha256_before: str | None, log: Log) -> di
     return {"path": str(Path(path).resolve()), "sha256": sha256}
 
 
-def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+def _save_onnx(proto: onnx.ModelProto, path: Path, opset: int) -> int:
+    """Saves ``proto`` at ``path`` and returns the opset read back from the file, which must
+    be ``opset`` (else :class:`TinyFacesError`)."""
     with atomic_output(path) as tmp:
         onnx.save(proto, str(tmp))
+    written = read_onnx_opset(path)
+    if written != opset:
+        raise TinyFacesError(f"{path} was written with ONNX opset "
+                             f"{written if written is not None else 'unknown'}, not the requested "
+                             f"{opset}; nothing exported")
+    return written
+
+
+def _check_path(name: str, value: object) -> None:
+    if value is not None and not is_text_path(value):
+        raise ConfigError(f"{name} must be a path (str or os.PathLike) or None, got {value!r} "
+                          f"({type(value).__name__})")
+
+
+def _image_sizes(value: object) -> list[tuple[int, int]] | None:
+    """``image_sizes`` as a list of (height, width) pairs of positive integers; ConfigError
+    for anything else (a "WxH" string is the command line's form, not the function's)."""
+    if value is None:
+        return None
+    example = "e.g. [(1080, 1920)] for 1920x1080 images"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(f"image_sizes must be a list of (height, width) pairs, {example}; got "
+                          f"{value!r} ({type(value).__name__})")
+    sizes = []
+    for size in value:
+        pair = None if isinstance(size, (str, bytes)) or not isinstance(size, Iterable) else tuple(size)
+        if pair is None or len(pair) != 2 or not all(is_integer(v) and v >= 1 for v in pair):
+            raise ConfigError(f"image_sizes must be (height, width) pairs of positive integers, "
+                              f"{example}; got {size!r} in {value!r}")
+        sizes.append((int(pair[0]), int(pair[1])))
+    return sizes
+
+
+def _check_export_arguments(*, model: object, config: object, out_dir: object, opset: object,
+                            flags: dict[str, object], engine: object, profile: object,
+                            max_batch: object, workspace_gb: object,
+                            paths: dict[str, object], weights_sha256: object, log: object) -> None:
+    """export_model's arguments, checked before any work (a wrong one was taken by its truth
+    value -- ``fp16="no"`` wrote fp16 -- or failed deep inside as a bare TypeError/ValueError)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, DetectorConfig):
+        raise ConfigError(f"config must be a DetectorConfig, got {type(config).__name__}")
+    for name, value in {"out_dir": out_dir, **paths}.items():
+        _check_path(name, value)
+    if out_dir is None:
+        raise ConfigError("out_dir must be a path (str or os.PathLike), got None")
+    if (problem := opset_problem(opset)) is not None:
+        raise ConfigError(problem)
+    if opset > (newest := onnx.defs.onnx_opset_version()):  # type: ignore[operator]
+        raise ConfigError(f"opset {opset} is newer than the installed onnx {onnx.__version__} "
+                          f"knows (up to {newest}); use {newest} or older, or upgrade onnx")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    if engine is not None and not isinstance(engine, bool):
+        raise ConfigError(f"engine must be True, False or None, got {engine!r} ({type(engine).__name__})")
+    if profile is not None and not isinstance(profile, Profile):
+        raise ConfigError(f"profile must be a Profile (min/opt/max shapes) or None, got {profile!r}")
+    if not (is_integer(max_batch) and max_batch >= 1):  # type: ignore[operator]
+        raise ConfigError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+    if not (is_real(workspace_gb) and math.isfinite(workspace_gb) and workspace_gb > 0):  # type: ignore[arg-type,operator]
+        raise ConfigError(f"workspace_gb must be a number of GiB > 0, got {workspace_gb!r}")
+    if weights_sha256 is not None and not isinstance(weights_sha256, str):
+        raise ConfigError(f"weights_sha256 must be a hex string or None, got {weights_sha256!r}")
+    if log is not None and not callable(log):
+        raise ConfigError(f"log must be a function taking a line of text, or None; got {log!r}")
 
 
 def _verify(model: nn.Module, path: Path, precision: str) -> str:
@@ -205,7 +277,10 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
         out_dir: export folder (created if missing; a symbolic link: the folder it points to).
         fp16: also write ``model_fp16.onnx`` (float32 I/O); implies an fp16 engine build
             when TensorRT imports.
-        opset: ONNX opset.
+        opset: ONNX opset, :data:`~tinyfaces_trt.export.opset.MIN_OPSET` to
+            :data:`~tinyfaces_trt.export.opset.MAX_OPSET`; each written model is read back and
+            must have it (else :class:`TinyFacesError`, nothing exported), and the manifest
+            records the opset read back.
         engine: True: build a TensorRT engine, raising :class:`TensorRTUnavailableError`
             when TensorRT is missing (after writing the ONNX files and manifest into a new
             ``out_dir``; at once, writing nothing, where ``out_dir`` holds a previous export);
@@ -230,19 +305,27 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             at INFO).
 
     Raises:
-        TinyFacesError: invalid arguments, export or check failure, numeric mismatch.
+        ConfigError: an invalid argument (a wrong type, ``max_batch`` not an integer >= 1,
+            ``image_sizes`` not (height, width) pairs, an unsupported ``opset``), before any work.
+        TinyFacesError: export or check failure (the exporter wrote another opset than
+            ``opset``), numeric mismatch.
         WeightsError: the checkpoint changed since ``weights_sha256`` was taken.
         TensorRTUnavailableError: ``engine=True`` without TensorRT (a new ``out_dir`` holds
             the complete ONNX folder; an existing one is left as it was).
         EngineBuildError: TensorRT failed (likewise).
     """
+    _check_export_arguments(
+        model=model, config=config, out_dir=out_dir, opset=opset, engine=engine, profile=profile,
+        flags={"fp16": fp16, "simplify": simplify, "untrained": untrained, "verify": verify,
+               "hints": hints},
+        max_batch=max_batch, workspace_gb=workspace_gb, weights_sha256=weights_sha256, log=log,
+        paths={"timing_cache": timing_cache, "weights_path": weights_path})
+    image_sizes = _image_sizes(image_sizes)
+    opset, max_batch = int(opset), int(max_batch)
     log = log or _logger.info
     given = Path(out_dir)
     if given.exists() and not given.is_dir():
         raise TinyFacesError(f"--out {given} exists and is not a folder")
-    if opset < MIN_OPSET:
-        raise TinyFacesError(f"opset {opset} is too old; use {MIN_OPSET} or newer (default "
-                             f"{DEFAULT_OPSET})")
     prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
     out = _export_folder(given, log)
@@ -310,7 +393,8 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
             proto = check_onnx(simplified)
             info["detail"] = f"{tools['simplifier']}: {before} -> {len(proto.graph.node)} nodes"
     onnx_fp32 = out / DEFAULT_FILE_NAMES["onnx_fp32"]
-    _save_onnx(proto, onnx_fp32)
+    written_opset = _save_onnx(proto, onnx_fp32, opset)  # what the manifest records
+    log(f"wrote {onnx_fp32.name}: ONNX opset {written_opset} (read back from the file)")
     files["onnx_fp32"] = onnx_fp32.name
     if verify:
         with step(log, f"checking {onnx_fp32.name}") as info:
@@ -321,9 +405,9 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
         with step(log, "converting to fp16 ONNX (float32 input/output)") as info:
             proto16 = check_onnx(convert_to_fp16(proto))
             onnx_fp16 = out / DEFAULT_FILE_NAMES["onnx_fp16"]
-            _save_onnx(proto16, onnx_fp16)
+            _save_onnx(proto16, onnx_fp16, written_opset)
             files["onnx_fp16"] = onnx_fp16.name
-            info["detail"] = f"{len(proto16.graph.node)} nodes"
+            info["detail"] = f"{len(proto16.graph.node)} nodes, ONNX opset {written_opset} read back"
         if verify:
             with step(log, f"checking {onnx_fp16.name}") as info:
                 info["detail"] = _verify(model, onnx_fp16, "fp16")
@@ -337,7 +421,7 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     extra = {"model": {"depth": getattr(model, "depth", None), "variant": getattr(model, "variant", None)}}
     if untrained and getattr(model, "seed", None) is not None:
         extra["model"]["seed"] = model.seed
-    manifest_args: dict[str, Any] = dict(config=config, opset=opset, weights=weights, profile=prof, tools=tools,
+    manifest_args: dict[str, Any] = dict(config=config, opset=written_opset, weights=weights, profile=prof, tools=tools,
                                          untrained=untrained, extra=extra)
     manifest = write_manifest(out, files=files, **manifest_args)
     log(f"wrote {manifest} (profile min {list(prof.min)}, opt {list(prof.opt)}, max {list(prof.max)})")

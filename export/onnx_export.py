@@ -41,7 +41,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, 
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
-from tinyfaces_trt.export.opset import DEFAULT_OPSET
+from tinyfaces_trt.export.opset import DEFAULT_OPSET, SUPPORTED
 
 #: Sample input size used to trace the network; odd sizes so no dimension is specialised.
 TRACE_SIZE = (67, 91)
@@ -104,11 +104,36 @@ def _name_dims(proto: onnx.ModelProto) -> None:
                 dim.dim_param = name
 
 
+def onnx_opset(proto: onnx.ModelProto) -> int | None:
+    """The default-domain (``ai.onnx``) opset ``proto`` imports, or None when it imports
+    none or several."""
+    versions = {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
+    return versions.pop() if len(versions) == 1 else None
+
+
+def read_onnx_opset(path: str | Path) -> int | None:
+    """:func:`onnx_opset` of the model saved at ``path`` (read back from the file)."""
+    return onnx_opset(onnx.load(str(path), load_external_data=False))
+
+
+def check_opset(proto: onnx.ModelProto, opset: int, what: str = "the exported graph") -> int:
+    """Returns ``opset`` when ``proto`` imports exactly it; raises :class:`TinyFacesError`
+    otherwise (torch's exporter falls back to its own opset, silently, when it cannot
+    convert the graph to the requested one)."""
+    got = onnx_opset(proto)
+    if got != opset:
+        raise TinyFacesError(f"{what} has ONNX opset {got if got is not None else 'unknown'}, not the "
+                             f"requested {opset}: torch {torch.__version__}'s exporter could not "
+                             f"convert this network to opset {opset}; {SUPPORTED}")
+    return opset
+
+
 def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None = None) -> onnx.ModelProto:
-    """Exports ``model`` (eval mode, CPU float32) to an in-memory ONNX model.
+    """Exports ``model`` (eval mode, CPU float32) to an in-memory ONNX model of opset ``opset``.
 
     Raises:
-        TinyFacesError: both exporters failed (the message carries the first error).
+        TinyFacesError: both exporters failed (the message carries the first error), or the
+            exporter wrote another opset than ``opset`` (:func:`check_opset`).
     """
     model = model.eval()
     try:
@@ -135,6 +160,7 @@ def torch_to_onnx(model: nn.Module, opset: int = DEFAULT_OPSET, log: Log | None 
         except Exception as second:
             reraise_interrupt(second)
             raise TinyFacesError(f"ONNX export failed with both torch exporters: {first!r}; {second!r}") from second
+    check_opset(proto, opset)
     _name_dims(proto)
     proto.producer_name = "tinyfaces-trt"
     return proto

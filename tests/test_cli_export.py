@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import onnx
 import pytest
 
 from helpers_weights import write_fake_pytorch_checkpoint
@@ -60,6 +61,9 @@ def test_help_lists_exit_codes(capsys):
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
     (["--untrained", "--seed", "-3"], "argument --seed: -3 must be >= 0"),
     (["--weights", "w.pth", "--seed", "3"], "--seed applies to --untrained weights only"),
+    (["--untrained", "--opset", "13"], "argument --opset: 13 must be between 15 and 28, the opsets "
+     "torch's exporter converts this network to (default 17)"),
+    (["--untrained", "--opset", "30"], "argument --opset: 30 must be between 15 and 28"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -85,6 +89,32 @@ def test_unusable_out_folder_fails_before_loading_weights(capsys, tmp_path):
     assert f"cannot create --out {blocker / 'export'}: {blocker} is a file, not a folder" in err
     assert main(["--untrained", "--out", str(blocker)]) == EXIT_ERROR
     assert f"--out {blocker} exists and is not a folder" in capsys.readouterr().err
+
+
+def test_a_model_written_with_another_opset_is_an_error_and_the_folder_unchanged(tmp_path, capsys,
+                                                                                  monkeypatch):
+    """torch's exporter wrote opset 18 for --opset 13 and the manifest said 13: whatever
+    writes another opset than the requested one fails the export, one line, exit 1."""
+    import torch
+
+    from tinyfaces_trt.export import export_pipeline
+    from tinyfaces_trt.export.onnx_export import torch_to_onnx
+
+    torch.manual_seed(0)
+    proto18 = torch_to_onnx(torch.nn.Conv2d(3, 125, 3, stride=8).eval(), opset=18)
+    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: proto18)
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["--untrained", "--depth", "50", "--out", str(out), "--opset", "17",
+                 "--no-verify"]) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (f"tf-export: error: {out.absolute() / 'model.onnx'} was "
+                                             f"written with ONNX opset 18, not the requested 17; "
+                                             f"nothing exported")
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["exp"]  # no staging folder left
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_argument_parsers():
@@ -182,6 +212,10 @@ def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
     assert "NVIDIA TensorRT is not installed: wrote ONNX only" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["opset"] == 18
+    for name in ("model.onnx", "model_fp16.onnx"):  # the opset really written, in both files
+        proto = onnx.load(str(out / name), load_external_data=False)
+        assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    assert "tf-export: wrote model.onnx: ONNX opset 18 (read back from the file)" in result.stderr
     assert manifest["files"] == {"onnx_fp32": "model.onnx", "onnx_fp16": "model_fp16.onnx"}
     # batches of 1 to 4 images, tuned for 4
     assert manifest["profile"] == {"min": [1, 3, 34, 46], "opt": [4, 3, 134, 182], "max": [4, 3, 134, 182]}

@@ -129,6 +129,77 @@ def test_ctrl_c_in_the_first_exporter_is_not_answered_by_the_second(monkeypatch)
         onnx_export.torch_to_onnx(net, log=lambda line: None)
 
 
+def test_an_opset_the_exporter_cannot_write_is_an_error_not_opset_18():
+    """torch's exporter writes opset 18 when it cannot convert the graph to the requested
+    opset, hiding the warning: the requested opset must be written or the export fails."""
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.export import onnx_export
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 125, 3, stride=8).eval()
+    with pytest.raises(TinyFacesError) as info:
+        onnx_export.torch_to_onnx(net, opset=30, log=lambda line: None)
+    assert str(info.value).startswith(
+        f"the exported graph has ONNX opset 18, not the requested 30: torch {torch.__version__}'s "
+        f"exporter could not convert this network to opset 30; tf-export writes ONNX opsets 15 "
+        f"to 28")
+    proto = onnx_export.torch_to_onnx(net, opset=15, log=lambda line: None)
+    assert onnx_export.onnx_opset(proto) == 15
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, 125, 3, stride=8).eval()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(fp16="no"), "fp16 must be True or False, got 'no' (str)"),
+    (dict(verify=1), "verify must be True or False, got 1 (int)"),
+    (dict(engine="yes"), "engine must be True, False or None, got 'yes' (str)"),
+    (dict(max_batch=2.5), "max_batch must be an integer >= 1, got 2.5"),
+    (dict(max_batch=0), "max_batch must be an integer >= 1, got 0"),
+    (dict(max_batch=True), "max_batch must be an integer >= 1, got True"),
+    (dict(image_sizes=["160x120"]), "image_sizes must be (height, width) pairs of positive integers, "
+     "e.g. [(1080, 1920)] for 1920x1080 images; got '160x120' in ['160x120']"),
+    (dict(image_sizes="160x120"), "image_sizes must be a list of (height, width) pairs, e.g. "
+     "[(1080, 1920)] for 1920x1080 images; got '160x120' (str)"),
+    (dict(image_sizes=[(120, 160.5)]), "image_sizes must be (height, width) pairs of positive "
+     "integers, e.g. [(1080, 1920)] for 1920x1080 images; got (120, 160.5) in [(120, 160.5)]"),
+    (dict(image_sizes=[(120, 0)]), "image_sizes must be (height, width) pairs of positive "
+     "integers, e.g. [(1080, 1920)] for 1920x1080 images; got (120, 0) in [(120, 0)]"),
+    (dict(opset=13), "opset 13 is not supported: tf-export writes ONNX opsets 15 to 28, the ones "
+     "torch's exporter converts this network to (default 17)"),
+    (dict(opset=30), "opset 30 is not supported: tf-export writes ONNX opsets 15 to 28"),
+    (dict(opset="17"), "opset must be an integer, got '17' (str); tf-export writes ONNX opsets 15 to 28"),
+    (dict(profile=((1, 3, 8, 8),) * 3), "profile must be a Profile (min/opt/max shapes) or None"),
+    (dict(workspace_gb=0), "workspace_gb must be a number of GiB > 0, got 0"),
+    (dict(timing_cache=b"t.cache"), "timing_cache must be a path (str or os.PathLike) or None, got b't.cache'"),
+    (dict(log="print"), "log must be a function taking a line of text, or None; got 'print'"),
+    (dict(config={"variant": "pytorch"}), "config must be a DetectorConfig, got dict"),
+])
+def test_export_model_checks_its_arguments_before_any_work(tmp_path, changes, message):
+    """A wrong argument was taken by its truth value (fp16="no" wrote fp16) or failed deep
+    inside as a bare ValueError (image_sizes=["160x120"])."""
+    args = dict(config=DetectorConfig(), untrained=True, verify=False, log=lambda line: None)
+    args.update(changes)
+    config = args.pop("config")
+    with pytest.raises(ConfigError) as info:
+        export_model(_small_net(), config, tmp_path / "out", **args)
+    assert str(info.value).startswith(message), str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folder
+
+
+def test_export_model_accepts_numpy_integers_and_size_pairs(tmp_path):
+    lines: list[str] = []
+    export_model(_small_net(), DetectorConfig(), tmp_path / "out", opset=np.int64(18),
+                 image_sizes=[np.array([120, 160])], max_batch=np.int32(2), untrained=True,
+                 verify=False, log=lines.append)
+    folder = load_export_folder(tmp_path / "out")
+    assert folder.opset == 18 and folder.manifest["opset"] == 18
+    assert folder.profile.max[0] == 2
+    assert "wrote model.onnx: ONNX opset 18 (read back from the file)" in lines
+
+
 def test_fp32_onnxruntime_matches_torch_on_odd_sizes(exported, model):
     out, _, _ = exported
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -185,6 +256,8 @@ def test_manifest_of_export_round_trips(exported, model):
     # progress lines, the untrained warning, and the trtexec hint with the exact profile
     assert any(line.startswith("WARNING: exporting a network with RANDOM") for line in lines)
     assert any("exporting fp32 ONNX (opset 17): done in" in line for line in lines)
+    assert "wrote model.onnx: ONNX opset 17 (read back from the file)" in lines
+    assert raw["opset"] == 17
     hint = [line for line in lines if "trtexec" in line]
     assert len(hint) == 1 and "--minShapes=image:1x3x60x80 --optShapes=image:1x3x240x320 " \
                                "--maxShapes=image:1x3x240x320 --stronglyTyped" in hint[0]
@@ -277,6 +350,8 @@ def test_build_manifest_rejects_unknown_roles_and_overrides():
         build_manifest(config=cfg, files={"model": "x"}, opset=17)
     with pytest.raises(ManifestError, match="would override"):
         build_manifest(config=cfg, files={}, opset=17, extra={"opset": 3})
+    with pytest.raises(ManifestError, match=r"opset must be an integer >= 1 \(the ONNX files' opset\), got '17'"):
+        build_manifest(config=cfg, files={}, opset="17")
 
 
 def _staged(folder):

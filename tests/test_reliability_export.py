@@ -119,6 +119,24 @@ def test_interrupted_export_leaves_the_old_folder(old_export, seeded, monkeypatc
     assert _snapshot(old_export) == before and temporaries(old_export.parent) == []
 
 
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_model_written_with_another_opset_fails_and_leaves_the_folder(old_export, seeded,
+                                                                        fast_export, existing):
+    """The opset read back from the written model.onnx must be the requested one (torch's
+    exporter wrote opset 18 for --opset 13 while the manifest said 13)."""
+    export_pipeline = fast_export  # its graph is opset 17
+    out = old_export if existing else old_export.parent / "new"
+    before = _snapshot(old_export)
+    model, config = seeded
+    with pytest.raises(TinyFacesError) as info:
+        export_pipeline.export_model(model, config, out, opset=18, fp16=True, verify=False,
+                                     log=lambda _: None)
+    assert str(info.value) == (f"{out.absolute() / 'model.onnx'} was written with ONNX opset 17, "
+                               f"not the requested 18; nothing exported")
+    assert _snapshot(old_export) == before and out.exists() == existing
+    assert temporaries(old_export.parent) == []
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is truncated or was replaced"),
     (lambda p: p.write_bytes(bytes(reversed(p.read_bytes()))), "does not match the sha256"),
