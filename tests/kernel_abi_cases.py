@@ -15,8 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers_kernels import (assert_same_detections, candidate_count, emulation, levels_at,
-                             nms_rows_reference, random_maps, resize_reference, square_boxes)
+from scipy.special import expit
+
+from helpers_kernels import (assert_near_float64_nms, assert_same_detections, candidate_count,
+                             decode_f32, emulation, greedy_nms_f32, levels_at, nms_rows_reference,
+                             random_maps, resize_reference, square_boxes)
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError
 from tinyfaces_trt.kernels import binding
@@ -44,6 +47,36 @@ def test_random_score_maps_match_numpy(kh, name, seed):
     assert stats["num_candidates"] == candidate_count(maps, levels, config) > 50
     assert 0 < len(want) < stats["num_candidates"]
     assert_same_detections(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_nms_keeps_the_float32_greedy_result_on_the_decoded_boxes(kh, name):
+    """The exact contract: the candidate buffer holds the float32 decode (the host's within
+    1e-3 px: a GPU may fuse multiply-adds), and tf_nms keeps exactly the float32 greedy
+    result on those boxes (helpers_kernels.greedy_nms_f32), bit for bit; against numpy's
+    float64 decode + NMS only pairs within IOU_MARGIN of the threshold may differ."""
+    config = CONFIGS[name]
+    levels = levels_at((200, 260), (-1.0, 0.0, 0.5, 1.0))
+    maps = random_maps(np.random.default_rng(12), levels, cls_mean=0.0)
+    run = kh.raw_run(maps, levels, config)
+    count = candidate_count(maps, levels, config)
+    got, stats = run.nms((200, 260), count)
+    assert stats["num_candidates"] == count > 1000 and stats["overflow"] == 0
+    boxes, logits, keys = kh.candidates(run.cand, run.capacity)
+    host_boxes, host_logits, host_keys = decode_f32(maps, levels, config)
+    by_key, host_by_key = np.argsort(keys), np.argsort(host_keys)
+    np.testing.assert_array_equal(keys[by_key], host_keys[host_by_key])
+    np.testing.assert_array_equal(logits[by_key], host_logits[host_by_key])
+    np.testing.assert_allclose(boxes[by_key], host_boxes[host_by_key], rtol=0, atol=1e-3)
+    kept = greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)
+    want = boxes[kept]
+    if config.clip_boxes:
+        want[:, 0::2] = np.clip(want[:, 0::2], 0, 260 - 1)
+        want[:, 1::2] = np.clip(want[:, 1::2], 0, 200 - 1)
+    assert got.shape == (len(kept), 5) and 0 < len(kept) < count
+    np.testing.assert_array_equal(got[:, :4], want)
+    np.testing.assert_allclose(got[:, 4], expit(logits[kept].astype(np.float64)), rtol=0, atol=1e-6)
+    assert_near_float64_nms(keys[kept], maps, levels, config)
 
 
 def test_unclipped_rows_finished_on_the_host_are_the_detections(kh):
@@ -324,6 +357,25 @@ def test_resize_matches_numpy(kh, variant, src_hw, dst_hw):
     got = kh.resize(image, dst_hw, config)
     assert got.shape == want.shape == (1, 3, *dst_hw)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_resize_workspace_is_not_monotone_in_dst_but_under_the_header_bound(kh):
+    """tinyfaces_kernels.h: the query is not monotone in the output size (more taps per output
+    pixel as it shrinks), the documented bound is never below it."""
+    size = kh.lib.resize_workspace_size
+    assert size(1080, 1920, 540, 959) == 12516352 > size(1080, 1920, 540, 960) == 12513792
+
+    def bound(sh, sw, dh, dw):
+        return 12 * sh * dw + 16 * (max(sw, dw) + max(sh, dh)) + 32 * (dw + dh) + 1280
+
+    rng = np.random.default_rng(13)
+    sizes = [(1, 1, 1, 1), (1, 1, 5, 3), (8192, 8192, 1, 1), (1000, 1000, 1, 999), (1080, 1920, 540, 959)]
+    for _ in range(300):
+        sh, sw = (int(v) for v in rng.integers(1, 5000, 2))
+        dh, dw = (max(1, int(v * f)) for v, f in zip((sh, sw), rng.uniform(0.01, 2.0, 2)))
+        sizes.append((sh, sw, dh, dw))
+    for sh, sw, dh, dw in sizes:
+        assert size(sh, sw, dh, dw) <= bound(sh, sw, dh, dw), (sh, sw, dh, dw)
 
 
 def test_resize_pitched_source(kh):

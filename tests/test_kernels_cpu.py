@@ -25,11 +25,14 @@ import numpy as np
 import pytest
 
 import host_cudart
-from helpers_kernels import (CXX, REPO, KernelHarness, build_cpu_library, collect_cases,
-                             cpu_build_missing, cpu_library_path, square_boxes,
+from helpers_kernels import (CXX, REPO, KernelHarness, assert_same_detections, build_cpu_library,
+                             candidate_count, collect_cases, cpu_build_missing, cpu_library_path,
+                             levels_at, nms_rows_reference, random_maps, square_boxes,
                              use_cpu_build_for_cuda_stages)
+from kernel_abi_cases import IMAGE_HW
 import kernel_abi_cases
 import kernel_stage_cases
+from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.backends import cuda_device
 
@@ -129,6 +132,28 @@ def test_a_cub_request_over_the_bound_fails_before_any_work(kh, monkeypatch):
         monkeypatch.delenv("TF_CPU_CUB_EXTRA_BYTES")
         _, result = kh.nms(cand, 4, params, 4)
     assert result == {"num_kept": 1, "num_candidates": 1, "overflow": 0, "nonfinite": 0}
+
+
+def test_a_failed_cuda_call_leaves_no_stale_error_for_later_calls(kh, monkeypatch):
+    """A CUDA call that fails (here tf_candidates_reset's cudaMemsetAsync, refused as the
+    runtime refuses a pointer it does not know: $TF_CPU_FAIL_MEMSET) leaves its error as the
+    thread's last error in the library's runtime. CUB returns cudaPeekAtLastError() after its
+    launches (so does the CPU build's CUB): the entry points clear that stale error after
+    their argument checks, so the next decode + NMS on this thread works (every tf_nms after
+    it failed at its first sort with the memset's cudaErrorInvalidValue)."""
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(41), levels, cls_mean=0.0)
+    with cuda_device.DeviceBuffer(kh.lib.candidates_size(16)) as cand:
+        monkeypatch.setenv("TF_CPU_FAIL_MEMSET", "1")
+        with pytest.raises(binding.KernelError, match="cudaMemsetAsync") as info:
+            kh.lib.candidates_reset(cand, kh.stream)
+        monkeypatch.delenv("TF_CPU_FAIL_MEMSET")
+    assert info.value.status == binding.Status.CUDA_ERROR and info.value.cuda_error == 1
+    for _ in range(2):  # and again: nothing was left behind by the first run either
+        got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+        assert stats["num_candidates"] == candidate_count(maps, levels, config) > 0
+        assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
 
 
 # Host-memory stand-ins for the cudart calls decode_nms_demo.c makes, so that it runs over the

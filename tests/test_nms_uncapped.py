@@ -303,3 +303,72 @@ def test_workspace_is_linear_in_the_candidate_count():
     at_650k = E.workspace_bytes(650_000)
     assert 69 * 650_000 + (1 << 20) <= at_650k < 69 * 650_000 + (1 << 20) + 4096
     assert at_650k < 47e6  # the dense mask needed 53 GB here
+
+
+# --- the float32 oracle of the GPU tests, and float32 vs float64 decodes -----------------------
+
+@pytest.mark.parametrize("t, o", [(0.3, 1.0), (0.5, 0.0), (0.05, 0.0)])
+def test_the_float32_greedy_oracle_keeps_the_emulations_boxes(t, o):
+    """helpers_kernels.greedy_nms_f32 (the GPU tests' fast exact oracle) == the emulation,
+    also where float32 and float64 IoU disagree (pairs within 1e-6 of t) and where float32
+    areas overflow (two identical boxes of side 2e19: the kernel keeps both, numpy one)."""
+    from helpers_kernels import greedy_nms_f32
+
+    rng = np.random.default_rng(int(100 * t) + int(o))
+    pairs = _edge_pairs(12345.5, t, o, rng)
+    scene, _, _ = _random_scene(rng, 1500)
+    huge = np.float32([[0, 0, 2e19, 2e19], [0, 0, 2e19, 2e19], [1, 1, 3e19, 3e19]])
+    boxes = np.concatenate([pairs, scene, huge, np.float32([[0, 0, -1, 5], [np.nan, 0, 1, 1]])])
+    n = len(boxes)
+    logits = np.round(rng.normal(size=n), 1).astype(np.float32)
+    keys = rng.permutation(n).astype(np.uint32)
+    want = E.emulate_nms(boxes, logits, keys, t, o).kept
+    np.testing.assert_array_equal(greedy_nms_f32(boxes, logits, keys, t, o), want)
+    numpy64 = nms(boxes.astype(np.float64), logits, keys.astype(np.int64), t, o)
+    assert len(np.setxor1d(want, numpy64)) > 0  # the float32 rules matter on this input
+    assert {n - 5, n - 4} <= set(want.tolist())  # both identical huge boxes (areas overflow)
+
+
+def test_float32_decode_of_a_1080p_pyramid_differs_from_float64_only_at_the_threshold():
+    """The host side of tests/test_kernels_gpu.py's 650k-candidate case: its maps decoded in
+    float32 (as decode.cu, unfused) keep 21018 boxes under the kernel's float32 NMS, numpy's
+    float64 decode + NMS 21019: two pairs at IoU 0.3 -+ 2e-6 flip and one box follows from
+    them, which helpers_kernels.assert_near_float64_nms accepts; a box dropped for no such
+    reason is refused."""
+    from helpers_kernels import (assert_near_float64_nms, candidate_count, decode_f32,
+                                 float64_discrepancies, greedy_nms_f32, random_maps)
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.pyramid import plan_pyramid
+
+    config = DetectorConfig(prob_thresh=0.03)
+    levels = plan_pyramid(1080, 1920, config)
+    maps = random_maps(np.random.default_rng(24), levels, cls_mean=-3.9, cls_sigma=1.0)
+    boxes, logits, keys = decode_f32(maps, levels, config)
+    assert len(boxes) == candidate_count(maps, levels, config) == 639_068
+    kept = greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)
+    assert len(kept) == 21018
+    d = assert_near_float64_nms(keys[kept], maps, levels, config)
+    assert d["numpy_kept"] == 21019
+    assert sorted(d["only_numpy"]) == [3763725, 3775838] and d["only_float32"] == [3906400]
+    assert {key: r[0] for key, r in d["reasons"].items()} == {3763725: "near", 3775838: "near",
+                                                              3906400: "cascade"}
+    assert all(abs(r[2] - 0.3) < 2.5e-7 for r in d["reasons"].values() if r[0] == "near")
+
+
+def test_a_box_dropped_far_from_the_threshold_is_not_explained():
+    """helpers_kernels.float64_discrepancies refuses a difference no threshold pair explains
+    (a small pyramid, where float32 and float64 keep the same boxes)."""
+    from helpers_kernels import decode_f32, float64_discrepancies, greedy_nms_f32, random_maps
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.pyramid import plan_pyramid
+
+    config = DetectorConfig(prob_thresh=0.03)
+    levels = plan_pyramid(240, 320, config)
+    maps = random_maps(np.random.default_rng(24), levels, cls_mean=-3.9, cls_sigma=1.0)
+    boxes, logits, keys = decode_f32(maps, levels, config)
+    kept = keys[greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)]
+    assert len(kept) > 100
+    same = float64_discrepancies(kept, maps, levels, config)
+    assert same["only_numpy"] == [] and same["only_float32"] == [] and same["unexplained"] == []
+    tampered = np.delete(kept, 50)  # a kept box far from any threshold pair, dropped
+    assert float64_discrepancies(tampered, maps, levels, config)["unexplained"] == [int(kept[50])]

@@ -6,6 +6,8 @@
 // scribble on is scribbled on (0xFF): the whole temporary buffer, and the double buffers'
 // other halves, so that a caller relying on them keeping data fails here too.
 // $TF_CPU_CUB_EXTRA_BYTES=N makes every storage request N bytes larger (see temp_bytes).
+// Like CUB, whose launches return cudaPeekAtLastError(), a call that does its work returns
+// the thread's last CUDA error: one left by an earlier failed call fails it.
 #pragma once
 
 #include <algorithm>
@@ -91,7 +93,7 @@ struct DeviceRadixSort {
     std::copy(sorted_values.begin(), sorted_values.end(), values.Current());
     std::memset(keys.Alternate(), 0xFF, n * sizeof(Key));
     std::memset(values.Alternate(), 0xFF, n * sizeof(Value));
-    return cudaSuccess;
+    return cudaPeekAtLastError();
   }
 };
 
@@ -109,7 +111,7 @@ struct DeviceScan {
       out[i] = sum;
       sum = static_cast<T>(sum + v);
     }
-    return cudaSuccess;
+    return cudaPeekAtLastError();
   }
 };
 

@@ -118,7 +118,11 @@ enum cudaError_t {
 
 const char* cudaGetErrorString(cudaError_t err);
 const char* cudaGetErrorName(cudaError_t err);
+// As the CUDA runtime: every failed call of this thread (a launch, a memset) becomes the
+// thread's last error; cudaGetLastError returns and clears it, cudaPeekAtLastError only
+// returns it (the CUB stand-in returns it after its work, as CUB does after its launches).
 cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream = nullptr);
 
@@ -148,7 +152,8 @@ T& block_shared(const void* tag) {
 
 }  // namespace tfcpu
 
-// Synchronous: the CPU build has no streams (every call runs to completion in order).
+// Synchronous: the CPU build has no streams (every call runs to completion in order). A failed
+// launch is this thread's last error (run_grid records it).
 template <typename... Expected, typename... Actual>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(Expected...),
                                Actual&&... args) {

@@ -103,6 +103,13 @@ struct Grid {
 
 thread_local Grid* g_grid = nullptr;
 thread_local std::string g_launch_error;
+thread_local cudaError_t g_last_error = cudaSuccess;  // cudaGetLastError / cudaPeekAtLastError
+
+// Returns `err`, recording a failure as the thread's last error (as the CUDA runtime does).
+cudaError_t record(cudaError_t err) {
+  if (err != cudaSuccess) g_last_error = err;
+  return err;
+}
 
 // --- fiber stacks (reused across launches; a guard page below each) ---------------------------
 
@@ -300,8 +307,10 @@ unsigned warp_exchange(unsigned mask, unsigned value, const char* what) {
 
 }  // namespace
 
-cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
-                     const std::function<void()>& thread_body) {
+namespace {
+
+cudaError_t run_grid_unrecorded(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                                const std::function<void()>& thread_body) {
   g_launch_error.clear();
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 ||
@@ -373,6 +382,13 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
   return cudaSuccess;
 }
 
+}  // namespace
+
+cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+                     const std::function<void()>& thread_body) {
+  return record(run_grid_unrecorded(grid, block, dynamic_shared_bytes, thread_body));
+}
+
 void* block_shared_bytes(const void* tag, size_t bytes) {
   Grid& g = *g_grid;
   std::vector<unsigned char>& storage = g.current->block->shared[tag];
@@ -438,15 +454,29 @@ const char* cudaGetErrorString(cudaError_t err) {
   return text.c_str();
 }
 
-cudaError_t cudaGetLastError() { return cudaSuccess; }
+cudaError_t cudaGetLastError() {
+  const cudaError_t err = tfcpu::g_last_error;
+  tfcpu::g_last_error = cudaSuccess;
+  return err;
+}
+
+cudaError_t cudaPeekAtLastError() { return tfcpu::g_last_error; }
 
 cudaError_t cudaGetDeviceCount(int* count) {
   *count = 0;  // the CPU build drives no GPU
   return cudaSuccess;
 }
 
+// $TF_CPU_FAIL_MEMSET (set, not empty) makes it fail with cudaErrorInvalidValue, writing
+// nothing, as the CUDA runtime refuses a pointer it does not know: a failed CUDA call that
+// leaves no sticky state, only the thread's last error.
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
   tfcpu::g_launch_error.clear();
+  const char* fail = std::getenv("TF_CPU_FAIL_MEMSET");
+  if (fail != nullptr && *fail != '\0') {
+    tfcpu::g_launch_error = "TF_CPU_FAIL_MEMSET is set";
+    return tfcpu::record(cudaErrorInvalidValue);
+  }
   std::memset(ptr, value, bytes);
   return cudaSuccess;
 }

@@ -115,7 +115,11 @@ TF_API tf_status tf_get_device_count(int* count);
  * float64, the intermediate in float32.
  * ------------------------------------------------------------------------------------- */
 
-/* Workspace bytes for one src -> dst resize (monotone in each size). */
+/* Workspace bytes for one src -> dst resize. Non-decreasing in src_height and src_width but
+ * NOT monotone in the destination size: a smaller output needs more filter taps per output
+ * pixel (1080x1920 -> 540x959 needs 12516352 bytes, -> 540x960 12513792). Query it for each
+ * level, or reserve the bound 12*src_h*dst_w + 16*(max(src_w, dst_w) + max(src_h, dst_h))
+ * + 32*(dst_w + dst_h) + 1280 bytes: never below the query, and monotone in every size. */
 TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
                                           int dst_width, size_t* bytes);
 
@@ -165,9 +169,14 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
  * slots is arbitrary, the keys make every later result deterministic.
  * Every value of the map (all 125 channels, active templates or not) is checked: the number
  * of NaN / +-inf values is added to the buffer's non-finite counter (tf_nms_stats.nonfinite).
- * Such a cell is never a candidate (NaN never passes, a non-finite box is dropped), but a
- * map holding one means a broken network: see tf_nms_stats. The counter stops counting once
- * past 2^31, so it never wraps around to 0. */
+ * Such a cell may still be a candidate: a NaN or -inf cls never passes, and a cell whose box
+ * is not finite (a NaN or +-inf regression, or exp(tw) overflowing float32) is dropped, but a
+ * +inf cls passes any logit_thresh below +inf and, with finite regressions, is a candidate
+ * (ranked first, probability 1). A map holding any non-finite value means a broken network:
+ * the Python runtime refuses the whole image (runtime/decode.py on the host, and the CUDA
+ * postprocessor when tf_nms_stats.nonfinite != 0: NonFiniteScoresError); a C caller must
+ * check nonfinite before using the boxes. The counter stops counting once past 2^31, so it
+ * never wraps around to 0. */
 TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
                                  const tf_decode_params* params, int64_t key_base,
                                  void* candidates, int64_t capacity, tf_stream_t stream);

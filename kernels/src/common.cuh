@@ -33,8 +33,16 @@ inline tf_status check_cuda(cudaError_t err, const char* what) {
   return err == cudaSuccess ? TF_STATUS_SUCCESS : cuda_fail(err, what);
 }
 
-// Launches `kernel` with its own error code (unlike <<<>>> + cudaGetLastError, an earlier
-// unrelated error of the caller is neither reported nor cleared).
+// Clears the last error of the library's CUDA runtime (linked statically and private: a
+// caller's own CUDA errors never reach it). An earlier failed call of this thread (say a bad
+// pointer passed to tf_candidates_reset) leaves its error there, and CUB's launches return
+// cudaPeekAtLastError(): every later tf_nms would fail with that stale error. So each public
+// entry point that enqueues work calls this after its argument checks, before its first CUDA
+// call. A sticky error (a kernel fault) is not cleared and fails the next call, as it must.
+inline void clear_stale_cuda_error() { (void)cudaGetLastError(); }
+
+// Launches `kernel` and returns the launch's own error code (cudaLaunchKernelEx), never the
+// runtime's last error: an earlier error is not reported here (see clear_stale_cuda_error).
 template <typename... KernelArgs, typename... Args>
 tf_status launch(const char* what, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
                  size_t shared_bytes, cudaStream_t stream, Args&&... args) {

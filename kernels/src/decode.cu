@@ -108,6 +108,7 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
   if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
   if (!tf::aligned(candidates, 16))
     return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
+  tf::clear_stale_cuda_error();
   return tf::check_cuda(cudaMemsetAsync(candidates, 0, 2 * sizeof(uint32_t), stream),
                         "cudaMemsetAsync(candidate counters)");
 }
@@ -137,6 +138,7 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
     return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
 
   const int64_t cells = static_cast<int64_t>(height) * width;
+  tf::clear_stale_cuda_error();
   return tf::launch("decode kernel launch", decode_level_kernel,
                     dim3(tf::blocks_for(cells, kDecodeThreads), TF_NUM_TEMPLATES),
                     dim3(kDecodeThreads), 0, stream, score_map, height, width, *params,

@@ -479,6 +479,9 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   if (workspace_bytes < layout.total)
     return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL, "workspace_bytes = %zu, need %zu",
                     workspace_bytes, layout.total);
+  // Arguments checked: from here on CUB is called (its launches report the runtime's last
+  // error, so a stale one from an earlier failed call of this thread must go first).
+  tf::clear_stale_cuda_error();
 
   const cudaStream_t s = stream;
   const uint32_t m = static_cast<uint32_t>(max_candidates);

@@ -191,6 +191,7 @@ TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src
   const cudaStream_t s = stream;
   const dim3 block(32, 8);
 
+  tf::clear_stale_cuda_error();
   TF_RETURN_IF_ERROR(tf::launch("resize coefficients kernel launch", resize_coefficients_kernel,
                                 dim3(tf::blocks_for(dst_width + dst_height, 256)), dim3(256), 0,
                                 s, x_axis, y_axis));
