@@ -333,10 +333,10 @@ def test_float32_decode_of_a_1080p_pyramid_differs_from_float64_only_at_the_thre
     """The host side of tests/test_kernels_gpu.py's 650k-candidate case: its maps decoded in
     float32 (as decode.cu, unfused) keep 21018 boxes under the kernel's float32 NMS, numpy's
     float64 decode + NMS 21019: two pairs at IoU 0.3 -+ 2e-6 flip and one box follows from
-    them, which helpers_kernels.assert_near_float64_nms accepts; a box dropped for no such
-    reason is refused."""
+    them, which helpers_kernels.assert_near_float64_nms accepts (a box dropped for no such
+    reason is refused: the next test)."""
     from helpers_kernels import (assert_near_float64_nms, candidate_count, decode_f32,
-                                 float64_discrepancies, greedy_nms_f32, random_maps)
+                                 greedy_nms_f32, random_maps)
     from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.core.pyramid import plan_pyramid
 
