@@ -76,6 +76,13 @@ def _check_pixels(name: str, width: int, height: int, limit: int | None) -> None
 
 _install_pixel_limit()
 
+# Pillow warns (UserWarning) about damaged metadata, after which the decode succeeds or raises:
+# not for the user's stderr. One filter for Pillow's own modules, set once: a per-call
+# warnings.catch_warnings() changes the process-wide filter list, unsafely across threads
+# (tf-serve decodes requests on several), and could leave everything ignored.
+PILLOW_WARNINGS = dict(action="ignore", category=UserWarning, module=r"PIL(\.|$)")
+warnings.filterwarnings(**PILLOW_WARNINGS)
+
 
 def _check_file(path: Path) -> bool:
     """Checks ``path`` names something readable; returns True for a regular file (False
@@ -232,19 +239,15 @@ def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None) -> np.n
     # our limit replaces Pillow's bomb check, for this context (thread) only
     token = _PIXEL_LIMIT.set((name, max_pixels))
     try:
-        with warnings.catch_warnings():
-            # Pillow warns about damaged metadata (the decode then succeeds or raises): not
-            # for the user's stderr
-            warnings.simplefilter("ignore")
-            with Image.open(source) as im:
-                _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    log.warning("%s: has %d frames (animated or multi-page %s); using the "
-                                "first frame only", name, frames, im.format)
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb_array(im)
+        with Image.open(source) as im:
+            _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                log.warning("%s: has %d frames (animated or multi-page %s); using the "
+                            "first frame only", name, frames, im.format)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:

@@ -332,7 +332,7 @@ def test_the_float32_greedy_oracle_keeps_the_emulations_boxes(t, o):
 def test_float32_decode_of_a_1080p_pyramid_differs_from_float64_only_at_the_threshold():
     """The host side of tests/test_kernels_gpu.py's 650k-candidate case: its maps decoded in
     float32 (as decode.cu, unfused) keep 21018 boxes under the kernel's float32 NMS, numpy's
-    float64 decode + NMS 21019: two pairs at IoU 0.3 -+ 2e-6 flip and one box follows from
+    float64 decode + NMS 21019: two pairs at IoU 0.3 - 2.5e-7 (float64) flip and one box follows from
     them, which helpers_kernels.assert_near_float64_nms accepts (a box dropped for no such
     reason is refused: the next test)."""
     from helpers_kernels import (assert_near_float64_nms, candidate_count, decode_f32,
