@@ -15,6 +15,7 @@ import threading
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -80,6 +81,16 @@ def test_ort_runner_matches_numpy_convolution(tiny):
     assert out.shape == (1, 125, math.ceil(33 / 8), math.ceil(47 / 8)) and out.dtype == np.float32
     expected = np.einsum("ck,kyx->cyx", weight, x[0, :, ::8, ::8]) + bias[:, None, None]
     np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ort_runner_loads_a_model_whose_path_is_not_utf8(tiny, tmp_path):
+    path, weight, bias = tiny
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"exp_\xff")))
+    folder.mkdir()
+    shutil.copy(path, folder / "tiny.onnx")  # ONNX Runtime takes only UTF-8 str paths
+    x = np.random.default_rng(1).normal(size=(1, 3, 33, 47)).astype(np.float32)
+    np.testing.assert_array_equal(OnnxRuntimeRunner(folder / "tiny.onnx").run(x),
+                                  OnnxRuntimeRunner(path).run(x))
 
 
 def test_ort_runner_accepts_non_contiguous_input(tiny):

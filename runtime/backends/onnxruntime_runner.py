@@ -171,6 +171,17 @@ def check_threads(threads: object) -> None:
         raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
 
 
+def _session_source(path: Path) -> str | bytes:
+    """What ``InferenceSession`` is given for ``path``: the path, or the file's bytes where the
+    name is not valid UTF-8 (ONNX Runtime's binding takes only encodable str paths; an
+    export's models are single files, without external data)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the name (surrogate escapes)
+        return path.read_bytes()
+    return str(path)
+
+
 class OnnxRuntimeRunner(RunnerBase):
     """Runs an exported Tiny Faces ONNX model with ONNX Runtime.
 
@@ -213,7 +224,7 @@ class OnnxRuntimeRunner(RunnerBase):
         def make() -> Any:
             # no silent retry on other providers (printed to stdout, where tf-detect --json
             # writes); a provider that fails is an error the caller sees and handles
-            return ort.InferenceSession(str(self.onnx_path), sess_options=options,
+            return ort.InferenceSession(_session_source(self.onnx_path), sess_options=options,
                                         providers=list(with_options.items()), enable_fallback=0)
 
         if TENSORRT_EP in chosen and tensorrt is None:
