@@ -13,6 +13,8 @@ where nothing is suppressed is the worst case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -68,28 +70,36 @@ def nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: flo
     o = float(pixel_offset)
     with np.errstate(over="ignore", invalid="ignore"):
         area = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
-    alive = np.ones(n, dtype=bool)
-    kept: list[np.ndarray] = []
     # Huge (finite) boxes of a broken network overflow the areas to inf; their IoU is then
     # nan or 0, which never suppresses: handled, not warned.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        for start in range(0, n, _BLOCK):
-            stop = min(start + _BLOCK, n)
-            block = start + np.flatnonzero(alive[start:stop])
-            if block.size == 0:
-                continue
-            # Greedy inside the block: only earlier boxes of the block can suppress a box.
-            over = _overlaps(b, area, block, block, o, iou_thresh)
-            live = np.ones(block.size, dtype=bool)
-            for r in range(block.size):
-                if live[r]:
-                    live[r + 1:] &= ~over[r, r + 1:]
-            keep = block[live]
-            kept.append(keep)
-            later = stop + np.flatnonzero(alive[stop:])
-            if later.size:
-                hit = _overlaps(b, area, keep, later, o, iou_thresh).any(axis=0)
-                alive[later[hit]] = False
+        kept = greedy_in_blocks(n, lambda i, j: _overlaps(b, area, i, j, o, iou_thresh))
+    return order[kept]
+
+
+def greedy_in_blocks(n: int, overlaps: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                     ) -> np.ndarray:
+    """The greedy walk over ``n`` boxes already in NMS order, in blocks of ``_BLOCK``:
+    ``overlaps(i, j)`` is the bool matrix "box i[r] suppresses box j[c]" (IoU > threshold).
+    Returns the int64 positions of the kept boxes, in order."""
+    alive = np.ones(n, dtype=bool)
+    kept: list[np.ndarray] = []
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        block = start + np.flatnonzero(alive[start:stop])
+        if block.size == 0:
+            continue
+        # Greedy inside the block: only earlier boxes of the block can suppress a box.
+        over = overlaps(block, block)
+        live = np.ones(block.size, dtype=bool)
+        for r in range(block.size):
+            if live[r]:
+                live[r + 1:] &= ~over[r, r + 1:]
+        keep = block[live]
+        kept.append(keep)
+        later = stop + np.flatnonzero(alive[stop:])
+        if later.size:
+            alive[later[overlaps(keep, later).any(axis=0)]] = False
     if not kept:
         return np.zeros(0, dtype=np.int64)
-    return order[np.concatenate(kept)].astype(np.int64)
+    return np.concatenate(kept).astype(np.int64)

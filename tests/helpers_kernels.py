@@ -26,7 +26,7 @@ from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
-from tinyfaces_trt.runtime.nms import nms
+from tinyfaces_trt.runtime.nms import greedy_in_blocks, nms
 from tinyfaces_trt.runtime.preprocess import normalize
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
@@ -198,7 +198,7 @@ def greedy_nms_f32(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, thre
     (``nms_emulation.nms_order``) with the kernel's float32 predicate
     (``nms_emulation.overlaps``: IoU > t, every operation rounded to float32), i.e.
     ``nms_emulation.emulate_nms(...).kept`` (tests/test_kernels_cpu.py checks that they are
-    equal), computed in ``runtime.nms``'s blocks: seconds at 650k candidates where the
+    equal), computed in ``runtime.nms``'s blocks (``greedy_in_blocks``): seconds at 650k candidates where the
     emulation of the walks takes minutes. Returns indices into the inputs, NMS order."""
     e = emulation()
     b_in = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -217,31 +217,11 @@ def greedy_nms_f32(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, thre
         out[r, c] = e.overlaps(b[i[r]], area[i[r]], b[j[c]], area[j[c]], thresh, offset)
         return out
 
-    alive = np.ones(n, bool)
-    kept: list[np.ndarray] = []
-    block_size = 128
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        block = start + np.flatnonzero(alive[start:stop])
-        if block.size == 0:
-            continue
-        inner = over(block, block)
-        live = np.ones(block.size, bool)
-        for r in range(block.size):
-            if live[r]:
-                live[r + 1:] &= ~inner[r, r + 1:]
-        keep = block[live]
-        kept.append(keep)
-        later = stop + np.flatnonzero(alive[stop:])
-        if later.size:
-            alive[later[over(keep, later).any(axis=0)]] = False
-    if not kept:
-        return np.zeros(0, np.int64)
-    return order[np.concatenate(kept)].astype(np.int64)
+    return order[greedy_in_blocks(n, over)].astype(np.int64)
 
 
 #: The kernels decode in float32, numpy in float64 (boxes ~1e-7 relative apart): their kept
-#: sets may differ where a pair's IoU lies within this of nms_thresh (pairs at IoU 0.3 -+ 2e-6
+#: sets may differ where a pair's IoU lies within this of nms_thresh (pairs at IoU 0.3 - 2.5e-7 in float64
 #: do, in test_uncapped_650k_from_a_1080p_pyramid) ...
 IOU_MARGIN = 1e-5
 #: ... on at most this fraction of numpy's kept boxes (at least 4 boxes).
@@ -306,6 +286,32 @@ def assert_near_float64_nms(kept_keys: np.ndarray, maps: list[np.ndarray],
     assert not d["unexplained"], d
     assert unmatched <= max(4, MAX_UNMATCHED_FRACTION * d["numpy_kept"]), d
     return d
+
+
+def assert_kernel_keeps_float32_greedy(harness: "KernelHarness", run: "RawRun", got: np.ndarray,
+                                       maps: list[np.ndarray], levels: list[PyramidLevel],
+                                       config: DetectorConfig,
+                                       image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The kernel's contract on its own decode: the candidates ``run`` decoded equal the host
+    float32 decode (:func:`decode_f32`; same keys and logits, boxes within 1e-3 px: a GPU may
+    fuse multiply-adds), and its NMS rows ``got`` are exactly :func:`greedy_nms_f32` on those
+    boxes (bit for bit, same order, clipped as configured); against numpy's float64 decode +
+    NMS, :func:`assert_near_float64_nms`, whose discrepancies are returned."""
+    boxes, logits, keys = harness.candidates(run.cand, run.capacity)
+    host_boxes, host_logits, host_keys = decode_f32(maps, levels, config)
+    by_key, host_by_key = np.argsort(keys), np.argsort(host_keys)
+    np.testing.assert_array_equal(keys[by_key], host_keys[host_by_key])
+    np.testing.assert_array_equal(logits[by_key], host_logits[host_by_key])
+    np.testing.assert_allclose(boxes[by_key], host_boxes[host_by_key], rtol=0, atol=1e-3)
+    kept = greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)
+    want = boxes[kept]
+    if config.clip_boxes:
+        want[:, 0::2] = np.clip(want[:, 0::2], 0, image_hw[1] - 1)
+        want[:, 1::2] = np.clip(want[:, 1::2], 0, image_hw[0] - 1)
+    assert got.shape == (len(kept), 5)
+    np.testing.assert_array_equal(got[:, :4], want)
+    np.testing.assert_allclose(got[:, 4], expit(logits[kept].astype(np.float64)), rtol=0, atol=1e-6)
+    return assert_near_float64_nms(keys[kept], maps, levels, config)
 
 
 # --- the harness --------------------------------------------------------------------------------

@@ -15,10 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scipy.special import expit
-
-from helpers_kernels import (assert_near_float64_nms, assert_same_detections, candidate_count,
-                             decode_f32, emulation, greedy_nms_f32, levels_at, nms_rows_reference,
+from helpers_kernels import (assert_kernel_keeps_float32_greedy, assert_same_detections,
+                             candidate_count, emulation, levels_at, nms_rows_reference,
                              random_maps, resize_reference, square_boxes)
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError
@@ -62,21 +60,8 @@ def test_nms_keeps_the_float32_greedy_result_on_the_decoded_boxes(kh, name):
     count = candidate_count(maps, levels, config)
     got, stats = run.nms((200, 260), count)
     assert stats["num_candidates"] == count > 1000 and stats["overflow"] == 0
-    boxes, logits, keys = kh.candidates(run.cand, run.capacity)
-    host_boxes, host_logits, host_keys = decode_f32(maps, levels, config)
-    by_key, host_by_key = np.argsort(keys), np.argsort(host_keys)
-    np.testing.assert_array_equal(keys[by_key], host_keys[host_by_key])
-    np.testing.assert_array_equal(logits[by_key], host_logits[host_by_key])
-    np.testing.assert_allclose(boxes[by_key], host_boxes[host_by_key], rtol=0, atol=1e-3)
-    kept = greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)
-    want = boxes[kept]
-    if config.clip_boxes:
-        want[:, 0::2] = np.clip(want[:, 0::2], 0, 260 - 1)
-        want[:, 1::2] = np.clip(want[:, 1::2], 0, 200 - 1)
-    assert got.shape == (len(kept), 5) and 0 < len(kept) < count
-    np.testing.assert_array_equal(got[:, :4], want)
-    np.testing.assert_allclose(got[:, 4], expit(logits[kept].astype(np.float64)), rtol=0, atol=1e-6)
-    assert_near_float64_nms(keys[kept], maps, levels, config)
+    assert 0 < len(got) < count
+    assert_kernel_keeps_float32_greedy(kh, run, got, maps, levels, config, (200, 260))
 
 
 def test_unclipped_rows_finished_on_the_host_are_the_detections(kh):
