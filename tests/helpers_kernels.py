@@ -26,7 +26,7 @@ from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
-from tinyfaces_trt.runtime.nms import greedy_in_blocks, nms
+from tinyfaces_trt.runtime.nms import OverlapIndex, greedy_in_blocks, nms
 from tinyfaces_trt.runtime.preprocess import normalize
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
@@ -202,22 +202,16 @@ def greedy_nms_f32(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, thre
     emulation of the walks takes minutes. Returns indices into the inputs, NMS order."""
     e = emulation()
     b_in = np.asarray(boxes, np.float32).reshape(-1, 4)
-    n = len(b_in)
     order = e.nms_order(np.asarray(logits, np.float32), np.asarray(keys, np.uint32))
     b = b_in[order]
     area = e.geometry(b, offset)[2]
-    o = np.float32(offset)
 
-    def over(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            iw = (np.minimum(b[i, 2][:, None], b[j, 2][None, :])
-                  - np.maximum(b[i, 0][:, None], b[j, 0][None, :])) + o
-        r, c = np.nonzero(iw > 0)  # the others have IoU <= 0 or NaN: never > t >= 0
-        out = np.zeros(iw.shape, bool)
-        out[r, c] = e.overlaps(b[i[r]], area[i[r]], b[j[c]], area[j[c]], thresh, offset)
-        return out
+    def suppresses(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):  # boxes apart in x never suppress, whatever the t
+            iw = (np.minimum(b[i, 2], b[j, 2]) - np.maximum(b[i, 0], b[j, 0])) + np.float32(offset)
+        return (iw > 0) & e.overlaps(b[i], area[i], b[j], area[j], thresh, offset)
 
-    return order[greedy_in_blocks(n, over)].astype(np.int64)
+    return order[greedy_in_blocks(OverlapIndex(b, offset, thresh), suppresses)].astype(np.int64)
 
 
 #: The kernels decode in float32, numpy in float64 (boxes ~1e-7 relative apart): their kept

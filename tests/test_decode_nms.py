@@ -359,3 +359,77 @@ def test_host_postprocessor_requires_reset():
     post = HostPostprocessor(DetectorConfig())
     with pytest.raises(RuntimeError, match="reset"):
         post.finish()
+
+
+# ------------------------------------------------------------------ NMS's overlap index
+def _greedy_brute_force(boxes, logits, keys, t, o):
+    """Greedy NMS by the definition: each kept box against every later box (O(N^2))."""
+    from tinyfaces_trt.runtime.nms import nms_order
+    order = nms_order(logits, keys)
+    b = np.asarray(boxes, np.float64)[order]
+    with np.errstate(all="ignore"):
+        area = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
+        alive, kept = np.ones(len(b), bool), []
+        for i in range(len(b)):
+            if not alive[i]:
+                continue
+            kept.append(i)
+            iw = np.minimum(b[i, 2], b[i + 1:, 2]) - np.maximum(b[i, 0], b[i + 1:, 0]) + o
+            ih = np.maximum(0.0, np.minimum(b[i, 3], b[i + 1:, 3]) - np.maximum(b[i, 1], b[i + 1:, 1]) + o)
+            inter = iw * ih
+            alive[i + 1:] &= ~((iw > 0) & (inter / (area[i] + area[i + 1:] - inter) > t))
+    return order[np.array(kept, np.int64)]
+
+
+def _index_edge_scene(rng, t, o, base):
+    """Pairs at the bounds runtime.nms's overlap index prunes by: a box nested in another at
+    an area ratio of t (1 +- eps) (IoU = the ratio), boxes meeting edge to edge in x or y
+    within eps (t = 0 suppresses any overlap), widths at the powers of two that cut the groups,
+    all far from 0 at ``base``; the slots sit 5000 px apart."""
+    boxes = []
+    for k, eps in enumerate([-1e-3, -1e-9, 0.0, 1e-9, 1e-6, 1e-3] * 6):
+        corner = base + np.array([k % 6, k // 6, k % 6, k // 6]) * 5000.0
+        side = 2.0 ** rng.integers(2, 11) * (1 + rng.choice([-1e-12, 0.0, 1e-12]))
+        inner = side * np.sqrt(max(t, 1e-3) * (1 + eps))
+        a = np.array([0, 0, side - o, side - o])
+        c = (side - inner) / 2
+        moved = a + 2 * side
+        axis = k % 2
+        moved[[axis, axis + 2]] += side * (1 + eps)  # edge to edge, apart by eps * side
+        boxes += [corner + a, corner + [c, c, c + inner - o, c + inner - o],
+                  corner + a + 2 * side, corner + moved]
+    return np.array(boxes, np.float64)
+
+
+@pytest.mark.parametrize("t", [0.3, 0.05, 0.0, -0.1, 0.999])
+@pytest.mark.parametrize("o", [1.0, 0.0])
+@pytest.mark.parametrize("base", [0.0, -2.5e5, 1e9])
+def test_the_overlap_index_keeps_the_brute_force_result_at_its_bounds(t, o, base):
+    """runtime.nms tests a kept box only against the boxes its overlap index names (by width
+    group, y band, x order, area ratio): on pairs placed at those bounds, with a dense random
+    scene around them, it keeps exactly what the O(N^2) greedy keeps."""
+    rng = np.random.default_rng(int(abs(base)) % 101 + int(10 * abs(t)) + int(o))
+    edge = _index_edge_scene(rng, t, o, base)
+    centre = base + rng.uniform(0, 4000, (1500, 2))
+    size = np.exp(rng.uniform(np.log(2), np.log(600), (1500, 1))) * rng.uniform(0.7, 1.4, (1500, 2))
+    boxes = np.concatenate([edge, np.hstack([centre - size / 2, centre + size / 2])])
+    n = len(boxes)
+    logits = np.round(rng.normal(size=n), 2).astype(np.float32)
+    keys = rng.permutation(n)
+    want = _greedy_brute_force(boxes, logits, keys, t, o)
+    np.testing.assert_array_equal(nms(boxes, logits, keys, t, o), want)
+    assert 0 < len(want) < n or t < 0  # something suppressed and something kept
+
+
+def test_the_overlap_index_keeps_the_brute_force_result_on_broken_boxes():
+    """NaN, infinite, inverted and astronomically large boxes among ordinary ones."""
+    rng = np.random.default_rng(3)
+    boxes = rng.uniform(-50, 200, (3000, 4))
+    boxes[:, 2:] = boxes[:, :2] + rng.uniform(-5, 60, (3000, 2))
+    odd = rng.random(boxes.shape) < 0.03
+    boxes[odd] = rng.choice([np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0], odd.sum())
+    logits = np.round(rng.normal(size=3000), 1).astype(np.float32)
+    logits[rng.random(3000) < 0.02] = np.nan
+    for t, o in [(0.3, 1.0), (0.0, 0.0), (-0.5, 1.0)]:
+        want = _greedy_brute_force(boxes, logits, np.arange(3000), t, o)
+        np.testing.assert_array_equal(nms(boxes, logits, np.arange(3000), t, o), want)
