@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,34 @@ class KernelError(TinyFacesError):
         super().__init__(message)
         self.status = status
         self.cuda_error = cuda_error
+
+
+#: The integer C types of the ABI and their ranges.
+C_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int": (-2**31, 2**31 - 1), "int32_t": (-2**31, 2**31 - 1), "int64_t": (-2**63, 2**63 - 1),
+    "size_t": (0, 2**64 - 1), "void*": (0, 2**(8 * ctypes.sizeof(ctypes.c_void_p)) - 1)}
+
+
+def c_ints(what: str, ctype: str, status: Status, **values: Any) -> list[int]:
+    """``values`` (name=value, in order) as Python ints, each checked against the range of the
+    C type ``ctype`` (a key of :data:`C_INT_RANGES`): ctypes would silently wrap an
+    out-of-range int (2**32 + 10 passed as ``int`` is 10), so the library's own range checks
+    would never see it.
+
+    Raises:
+        KernelError: ``status`` (what the library returns for an out-of-range value of that
+            argument), naming ``what``, the argument and the range.
+        TypeError: a value that is not an integer (a float, as ctypes refuses it).
+    """
+    lo, hi = C_INT_RANGES[ctype]
+    out = []
+    for name, value in values.items():
+        v = operator.index(value)
+        if not lo <= v <= hi:
+            raise KernelError(f"{what}: {name} = {v} is outside the range of its C type {ctype}, "
+                              f"[{lo}, {hi}]", status)
+        out.append(v)
+    return out
 
 
 class DecodeParams(ctypes.Structure):
@@ -124,9 +153,17 @@ def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float
 
 def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
                image_width: int, lookahead: bool = False) -> NmsParams:
-    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result)."""
-    return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), int(image_height),
-                     int(image_width), int(bool(lookahead)))
+    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result).
+
+    Raises:
+        KernelError: INVALID_SIZE when ``image_height`` / ``image_width`` do not fit the
+            field's ``int32_t`` (:func:`c_ints`; tf_nms refuses the sizes in range that
+            exceed TF_MAX_DIM).
+    """
+    height, width = c_ints("tf_nms_params", "int32_t", Status.INVALID_SIZE,
+                           image_height=image_height, image_width=image_width)
+    return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), height, width,
+                     int(bool(lookahead)))
 
 
 def cache_dir() -> Path:
@@ -213,19 +250,20 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-def _ptr(value: Any) -> int | None:
-    """A pointer argument: an int (0 -> NULL) or anything ``device_pointer`` understands."""
+def _ptr(value: Any, what: str, name: str) -> int | None:
+    """Pointer argument ``name`` of ``what``: an int (0 -> NULL) or anything ``device_pointer``
+    understands; an address outside [0, 2**64 - 1] raises KernelError (INVALID_VALUE)."""
     if value is None:
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value) or None
-    for attr in ("ptr", "handle"):
-        if hasattr(value, attr):
-            return int(getattr(value, attr)) or None
-    interface = getattr(value, "__cuda_array_interface__", None)
-    if interface is not None:
-        return int(interface["data"][0]) or None
-    raise TinyFacesError(f"cannot pass {type(value).__name__} as a pointer or stream")
+        address = value
+    elif hasattr(value, "ptr") or hasattr(value, "handle"):
+        address = getattr(value, "ptr") if hasattr(value, "ptr") else getattr(value, "handle")
+    elif getattr(value, "__cuda_array_interface__", None) is not None:
+        address = value.__cuda_array_interface__["data"][0]
+    else:
+        raise TinyFacesError(f"cannot pass {type(value).__name__} as a pointer or stream")
+    return c_ints(what, "void*", Status.INVALID_VALUE, **{name: int(address)})[0] or None
 
 
 def _floats3(values: Any, name: str) -> Any:
@@ -238,7 +276,10 @@ def _floats3(values: Any, name: str) -> Any:
 class KernelLibrary:
     """The loaded kernel library. Pointers are ints (0 = NULL) or objects with ``.ptr`` /
     ``__cuda_array_interface__``; streams are ints, :class:`~..runtime.backends.cuda_device.Stream`
-    objects (``.handle``) or None for the legacy default stream.
+    objects (``.handle``) or None for the legacy default stream. An integer argument (or
+    address) outside its C type's range raises :class:`KernelError` before the call, with the
+    status the library gives that argument out of range (:func:`c_ints`), instead of reaching
+    the library wrapped around.
 
     Attributes:
         path: the loaded .so.
@@ -268,8 +309,10 @@ class KernelLibrary:
 
     # -- status -------------------------------------------------------------------------
     def status_string(self, status: int) -> str:
-        """``tf_status_string``."""
-        return self.raw.tf_status_string(int(status)).decode()
+        """``tf_status_string`` ("unknown tf_status" for any value no ``tf_status`` has)."""
+        status = operator.index(status)
+        lo, hi = C_INT_RANGES["int"]
+        return self.raw.tf_status_string(status if lo <= status <= hi else -1).decode()
 
     def last_error_message(self) -> str:
         """``tf_last_error_message`` of this thread."""
@@ -293,9 +336,11 @@ class KernelLibrary:
     def resize_workspace_size(self, src_height: int, src_width: int, dst_height: int,
                               dst_width: int) -> int:
         """Workspace bytes of :meth:`resize_normalize`."""
+        what = "tf_resize_workspace_size"
+        sizes = c_ints(what, "int", Status.INVALID_SIZE, src_height=src_height, src_width=src_width,
+                       dst_height=dst_height, dst_width=dst_width)
         size = ctypes.c_size_t(0)
-        self._check(self.raw.tf_resize_workspace_size(src_height, src_width, dst_height, dst_width,
-                                                      ctypes.byref(size)), "tf_resize_workspace_size")
+        self._check(self.raw.tf_resize_workspace_size(*sizes, ctypes.byref(size)), what)
         return size.value
 
     def resize_normalize(self, src: Any, src_height: int, src_width: int, dst: Any,
@@ -303,44 +348,68 @@ class KernelLibrary:
                          workspace: Any, workspace_bytes: int, stream: Any = None,
                          src_row_bytes: int = 0) -> None:
         """Enqueues resize + normalise of an RGB uint8 device image into (1,3,h,w) float32."""
+        what = "tf_resize_normalize"
+        sh, sw, dh, dw = c_ints(what, "int", Status.INVALID_SIZE, src_height=src_height,
+                                src_width=src_width, dst_height=dst_height, dst_width=dst_width)
+        (row,) = c_ints(what, "int64_t", Status.INVALID_SIZE, src_row_bytes=src_row_bytes)
+        (ws_bytes,) = c_ints(what, "size_t", Status.INVALID_VALUE, workspace_bytes=workspace_bytes)
         self._check(self.raw.tf_resize_normalize(
-            _ptr(src), src_height, src_width, src_row_bytes, _ptr(dst), dst_height, dst_width,
+            _ptr(src, what, "src"), sh, sw, row, _ptr(dst, what, "dst"), dh, dw,
             _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
-            _ptr(workspace), workspace_bytes, _ptr(stream)), "tf_resize_normalize")
+            _ptr(workspace, what, "workspace"), ws_bytes, _ptr(stream, what, "stream")), what)
 
     # -- candidates + decode ----------------------------------------------------------------
     def candidates_size(self, capacity: int) -> int:
         """Bytes of a candidate buffer for ``capacity`` candidates."""
+        what = "tf_candidates_size"
+        (capacity,) = c_ints(what, "int64_t", Status.INVALID_CAPACITY, capacity=capacity)
         size = ctypes.c_size_t(0)
-        self._check(self.raw.tf_candidates_size(capacity, ctypes.byref(size)), "tf_candidates_size")
+        self._check(self.raw.tf_candidates_size(capacity, ctypes.byref(size)), what)
         return size.value
 
     def candidates_reset(self, candidates: Any, stream: Any = None) -> None:
         """Enqueues zeroing of the candidate buffer's two counters (candidates, non-finite)."""
-        self._check(self.raw.tf_candidates_reset(_ptr(candidates), _ptr(stream)), "tf_candidates_reset")
+        what = "tf_candidates_reset"
+        self._check(self.raw.tf_candidates_reset(_ptr(candidates, what, "candidates"),
+                                                 _ptr(stream, what, "stream")), what)
 
     def decode_level(self, score_map: Any, height: int, width: int, params: DecodeParams,
                      key_base: int, candidates: Any, capacity: int, stream: Any = None) -> None:
-        """Enqueues decoding of one (1,125,height,width) float32 device score map."""
-        self._check(self.raw.tf_decode_level(_ptr(score_map), height, width, ctypes.byref(params),
-                                             key_base, _ptr(candidates), capacity, _ptr(stream)),
-                    "tf_decode_level")
+        """Enqueues decoding of one (1,125,height,width) float32 device score map
+        (``capacity``: the one the candidate buffer was sized with)."""
+        what = "tf_decode_level"
+        h, w = c_ints(what, "int", Status.INVALID_SIZE, height=height, width=width)
+        (key_base,) = c_ints(what, "int64_t", Status.INVALID_SIZE, key_base=key_base)
+        (capacity,) = c_ints(what, "int64_t", Status.INVALID_CAPACITY, capacity=capacity)
+        self._check(self.raw.tf_decode_level(_ptr(score_map, what, "score_map"), h, w,
+                                             ctypes.byref(params), key_base,
+                                             _ptr(candidates, what, "candidates"), capacity,
+                                             _ptr(stream, what, "stream")), what)
 
     # -- NMS ----------------------------------------------------------------------------
     def nms_workspace_size(self, max_candidates: int) -> int:
         """Workspace bytes of :meth:`nms` for up to ``max_candidates`` candidates."""
+        what = "tf_nms_workspace_size"
+        (max_candidates,) = c_ints(what, "int64_t", Status.INVALID_CAPACITY,
+                                   max_candidates=max_candidates)
         size = ctypes.c_size_t(0)
-        self._check(self.raw.tf_nms_workspace_size(max_candidates, ctypes.byref(size)),
-                    "tf_nms_workspace_size")
+        self._check(self.raw.tf_nms_workspace_size(max_candidates, ctypes.byref(size)), what)
         return size.value
 
     def nms(self, candidates: Any, capacity: int, params: NmsParams, max_candidates: int,
             workspace: Any, workspace_bytes: int, out_boxes: Any, out_stats: Any,
             stream: Any = None) -> None:
         """Enqueues sort + NMS; results (rows, :class:`NmsStats`) land in device memory."""
-        self._check(self.raw.tf_nms(_ptr(candidates), capacity, ctypes.byref(params), max_candidates,
-                                    _ptr(workspace), workspace_bytes, _ptr(out_boxes), _ptr(out_stats),
-                                    _ptr(stream)), "tf_nms")
+        what = "tf_nms"
+        capacity, max_candidates = c_ints(what, "int64_t", Status.INVALID_CAPACITY, capacity=capacity,
+                                          max_candidates=max_candidates)
+        (ws_bytes,) = c_ints(what, "size_t", Status.INVALID_VALUE, workspace_bytes=workspace_bytes)
+        self._check(self.raw.tf_nms(_ptr(candidates, what, "candidates"), capacity,
+                                    ctypes.byref(params), max_candidates,
+                                    _ptr(workspace, what, "workspace"), ws_bytes,
+                                    _ptr(out_boxes, what, "out_boxes"),
+                                    _ptr(out_stats, what, "out_stats"), _ptr(stream, what, "stream")),
+                    what)
 
     def __repr__(self) -> str:
         return f"KernelLibrary({str(self.path)!r})"

@@ -20,8 +20,8 @@ from pathlib import Path
 from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
-from tinyfaces_trt.kernels.binding import (ENV_LIBRARY, LIBRARY_NAME, cache_dir, library_candidates,
-                                           package_dir)
+from tinyfaces_trt.kernels.binding import (ENV_CACHE, ENV_LIBRARY, LIBRARY_NAME, cache_dir,
+                                           library_candidates, package_dir)
 
 
 DEFAULT_CUDA_HOMES = ("/usr/local/cuda",)
@@ -143,14 +143,39 @@ def nvcc_version(nvcc: Path) -> str:
     return lines[-1].strip() if lines else "unknown version"
 
 
+#: Characters that, besides whitespace, the Makefile refuses in the build folder's path (its
+#: BUILD_FORBIDDEN): make splits paths at whitespace, reads ':' and '%' in target names and
+#: '$' as a reference, and its recipes pass the path to the shell unquoted.
+MAKE_UNSAFE_CHARACTERS = ":;&|<>()`'\"\\%$"
+
+
+def check_make_path(folder: Path, label: str, advice: str = "choose another folder") -> None:
+    """Refuses a folder that the Makefile cannot build in or from (whitespace or one of
+    :data:`MAKE_UNSAFE_CHARACTERS` in its path: make would write elsewhere, e.g. into ./dir
+    for "out dir", or fail half-way).
+
+    Raises:
+        TinyFacesError: one line naming ``label``, the path and the characters, then ``advice``.
+    """
+    text = str(folder)
+    if any(c.isspace() or c in MAKE_UNSAFE_CHARACTERS for c in text):
+        listed = " ".join(MAKE_UNSAFE_CHARACTERS)
+        raise TinyFacesError(f"{label}: make cannot use a folder whose path ({text!r}) holds "
+                             f"whitespace or any of {listed}; {advice}")
+
+
 def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
     """Creates the output folder (``out``, else :func:`~.binding.cache_dir`) and returns it.
 
     Raises:
-        TinyFacesError: it cannot be created or written (one line naming the folder).
+        TinyFacesError: its path holds a character make cannot handle (:func:`check_make_path`;
+            nothing is created), or it cannot be created or written (one line naming the folder).
     """
     folder = Path(out).expanduser().resolve() if out else cache_dir()
-    return prepare_output_dir(folder, f"--out {out}" if out else f"the kernel cache folder {folder}")
+    label = f"--out {out}" if out else f"the kernel cache folder {folder}"
+    check_make_path(folder, label, "choose another folder" if out else
+                    f"set ${ENV_CACHE} elsewhere or pass --out DIR")
+    return prepare_output_dir(folder, label)
 
 
 def check_library(lib: Path, stamp: Path) -> None:
@@ -222,10 +247,12 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
 
     Raises:
         TinyFacesError: ``--arch`` is bad or "native" without a visible GPU, the output folder
-            cannot be created, nvcc or make missing, or the build failed (with its output) or
-            wrote no library. A folder this call created is removed again while still empty.
+            cannot be created or its path (or the package's) holds a character make cannot
+            handle, nvcc or make missing, or the build failed (with its output) or wrote no
+            library. A folder this call created is removed again while still empty.
     """
     gencode = gencode_for(arch)
+    check_make_path(package_dir(), "the package's kernels folder", "install the package elsewhere")
     with removed_if_left_empty(out if out else cache_dir()):
         return _build_into(prepare_out_dir(out), nvcc, gencode, example, verbose)
 

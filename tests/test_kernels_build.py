@@ -507,6 +507,87 @@ def test_build_cli_unusable_out_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert "Traceback" not in captured.err and "nvcc" not in line
 
 
+UNSAFE_NAMES = ["my dir", "tab\tdir", "a:b", "a%b", "a$b", "a;b", "a(b", "a'b", "a\\b"]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_build_cli_refuses_a_folder_make_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    name: str) -> None:
+    """``--out "my dir"``: the Makefile got BUILD=.../my dir unquoted, failed, and wrote into
+    ./dir. Now one line, exit 1, before anything is created or nvcc is looked for."""
+    out = tmp_path / name
+    assert build.main(["--out", str(out), "--nvcc", str(tmp_path / "no-nvcc"), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"tf-build-kernels: error: --out {out}: make cannot use a folder whose "
+                            f"path ({str(out)!r}) holds whitespace or any of "
+                            ": ; & | < > ( ) ` ' \" \\ % $; choose another folder\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_refuses_a_package_or_cache_folder_make_cannot_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default folder (the cache) and the package's own folder (the Makefile's) are
+    checked as --out is."""
+    monkeypatch.setenv(binding.ENV_CACHE, str(tmp_path / "my cache"))
+    with pytest.raises(TinyFacesError, match=r"^the kernel cache folder .*my cache/kernels: make cannot "
+                                             r"use .*; set \$TINYFACES_CACHE elsewhere or pass --out DIR$"):
+        build.build(nvcc=str(tmp_path / "no-nvcc"), verbose=False)
+    monkeypatch.setattr(build, "package_dir", lambda: tmp_path / "site packages" / "kernels")
+    with pytest.raises(TinyFacesError, match=r"^the package's kernels folder: make cannot use .*site "
+                                             r"packages.*; install the package elsewhere$"):
+        build.build(out=tmp_path / "out", nvcc=str(tmp_path / "no-nvcc"), verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_makefile_and_build_refuse_the_same_characters() -> None:
+    text = (binding.package_dir() / "Makefile").read_text()
+    (listed,) = re.findall(r"^BUILD_FORBIDDEN := (.*)$", text, flags=re.M)
+    assert listed.replace("$$", "$").split() == list(build.MAKE_UNSAFE_CHARACTERS)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("name", UNSAFE_NAMES + [""])
+def test_makefile_refuses_a_build_folder_it_cannot_use(tmp_path: Path, name: str) -> None:
+    """``make BUILD="$PWD/out dir"`` split the path: it failed having written the library into
+    ./dir (the source folder, with -C kernels). Now an error before any rule runs, nothing
+    written (make runs in an empty folder here; a stand-in nvcc would write its -o file)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    value = str(work / name) if name else ""
+    proc = subprocess.run(["make", "-f", str(binding.package_dir() / "Makefile"), "lib", "cpu",
+                           f"BUILD={value}", f"NVCC={nvcc}", f"CXX={nvcc}"],
+                          cwd=work, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    expected = (f"*** BUILD = '{value}': make cannot build in a folder whose path holds whitespace "
+                "or any of : ; & | < > ( ) ` ' \" \\ % $ (choose another folder).  Stop.") if name \
+        else "*** BUILD is empty: name the build folder.  Stop."
+    assert expected in proc.stderr and proc.stdout == ""
+    assert list(work.iterdir()) == [] and not (tmp_path / "tools" / "calls").exists()
+
+
+def test_package_data_ships_every_kernel_source() -> None:
+    """pyproject.toml's package data covers every file of the kernel folders (the new
+    kernels/cpu/cudart_host.c with them), so the installed package builds what the checkout
+    does."""
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((helpers_kernels.REPO / "pyproject.toml").read_text())
+    data = project["tool"]["setuptools"]["package-data"]
+    kernels = binding.package_dir()
+    for package in project["tool"]["setuptools"]["packages"]:
+        if not package.startswith("tinyfaces_trt.kernels."):
+            continue
+        folder = kernels.joinpath(*package.split(".")[2:])
+        files = [p.name for p in folder.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+        assert files, folder
+        for name in files:
+            assert any(fnmatch.fnmatch(name, g) for g in data.get(package, [])), (package, name)
+    assert "cudart_host.c" in [p.name for p in (kernels / "cpu").iterdir()]
+
+
 def test_build_cli_help_is_plain_text_with_examples_and_defaults(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -753,11 +834,14 @@ def test_another_arch_or_compiler_rebuilds_the_library(tmp_path: Path) -> None:
     nvcc.chmod(0o755)
 
     def make(*variables: str, target: str = "lib") -> list[str]:
+        """The compiler calls of one make run, less the CPU targets' probe of the compiler
+        (``-ftrivial-auto-var-init=pattern -x c++ -E /dev/null``)."""
         before = calls.read_text().splitlines() if calls.exists() else []
         subprocess.run(["make", "-s", "-C", str(binding.package_dir()), target,
                         f"BUILD={tmp_path / 'build'}", f"NVCC={nvcc}", *variables],
                        check=True, capture_output=True, text=True)
-        return calls.read_text().splitlines()[len(before):] if calls.exists() else []
+        made = calls.read_text().splitlines()[len(before):] if calls.exists() else []
+        return [c for c in made if not c.endswith(" -E /dev/null")]
 
     assert len(make()) == 1  # built
     assert make() == []  # up to date

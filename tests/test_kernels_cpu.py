@@ -156,57 +156,32 @@ def test_a_failed_cuda_call_leaves_no_stale_error_for_later_calls(kh, monkeypatc
         assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
 
 
-# Host-memory stand-ins for the cudart calls decode_nms_demo.c makes, so that it runs over the
-# CPU build. $STUB_FAIL_MALLOC=N fails the N-th cudaMalloc, $STUB_FAIL_SYNC the synchronisation.
-_DEMO_CUDART_STUB = r"""
-#include <cuda_runtime_api.h>
-#include <stdlib.h>
-#include <string.h>
-#include "tinyfaces_kernels.h"
-static int mallocs;
-cudaError_t cudaMalloc(void** p, size_t n) {
-  const char* fail = getenv("STUB_FAIL_MALLOC");
-  if (fail && atoi(fail) == ++mallocs) return cudaErrorMemoryAllocation;
-  *p = aligned_alloc(256, (n + 255) / 256 * 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
-}
-cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
-cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = (cudaStream_t)malloc(8); return cudaSuccess; }
-cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  (void)s;
-  return getenv("STUB_FAIL_SYNC") ? cudaErrorLaunchFailure : cudaSuccess;
-}
-cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, enum cudaMemcpyKind k, cudaStream_t st) {
-  (void)k; (void)st; memcpy(d, s, n); return cudaSuccess;
-}
-cudaError_t cudaMemcpy(void* d, const void* s, size_t n, enum cudaMemcpyKind k) {
-  (void)k; memcpy(d, s, n); return cudaSuccess;
-}
-const char* cudaGetErrorString(cudaError_t e) { return e ? "stub failure" : "no error"; }
-tf_status tf_get_device_count(int* n) { *n = 1; return TF_STATUS_SUCCESS; } /* the CPU build has 0 */
-"""
+def _cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (cuda_runtime_api.h, for the C example), or None."""
+    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if d and (Path(d) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(d) / "include"
+    return None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AddressSanitizer's leak check: Linux")
 def test_c_example_releases_everything_on_every_path(cpu_library, tmp_path):
-    """kernels/examples/decode_nms_demo.c over the CPU build (cudart stand-ins on host memory),
-    built with AddressSanitizer: it prints its boxes, and when a cudaMalloc or the
-    synchronisation fails it exits 1 having freed every buffer and the stream (its early
-    returns leaked them)."""
+    """kernels/examples/decode_nms_demo.c over the CPU build (kernels/cpu/cudart_host.c: its
+    cudart calls on host memory), built with AddressSanitizer: it prints its boxes, and when a
+    cudaMalloc or the synchronisation fails it exits 1 having freed every buffer and the
+    stream (its early returns leaked them)."""
     cc = os.environ.get("CC", "cc")
-    include = [d for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda")
-               if d and (Path(d) / "include" / "cuda_runtime_api.h").is_file()]
-    if shutil.which(cc) is None or not include:
+    include = _cuda_include()
+    if shutil.which(cc) is None or include is None:
         pytest.skip("needs a C compiler and the CUDA toolkit's cuda_runtime_api.h")
-    (tmp_path / "stub.c").write_text(_DEMO_CUDART_STUB)
     lib_dir = cpu_library.path.parent
-    flags = [f"-I{REPO / 'kernels' / 'include'}", f"-I{Path(include[0]) / 'include'}", "-g",
+    flags = [f"-I{REPO / 'kernels' / 'include'}", f"-I{include}", "-g",
              "-fsanitize=address", "-Wall", "-Wextra", "-Werror"]
     demo = tmp_path / "demo"
     steps = [[cc, "-std=c99", *flags, "-c", str(REPO / "kernels" / "examples" / "decode_nms_demo.c"),
               "-o", str(tmp_path / "demo.o")],  # C99, as the Makefile builds it
-             [cc, "-std=c11", *flags, str(tmp_path / "demo.o"), str(tmp_path / "stub.c"), "-o", str(demo),
+             [cc, "-std=c11", *flags, str(tmp_path / "demo.o"),
+              str(REPO / "kernels" / "cpu" / "cudart_host.c"), "-o", str(demo),
               f"-L{lib_dir}", f"-l:{cpu_library.path.name}", f"-Wl,-rpath,{lib_dir}", "-lm"]]
     for step in steps:
         build = subprocess.run(step, capture_output=True, text=True)
@@ -225,13 +200,151 @@ def test_c_example_releases_everything_on_every_path(cpu_library, tmp_path):
         pytest.skip("LeakSanitizer cannot run here")
     assert ok.returncode == 0, ok.stderr
     assert re.search(r"^\d+ candidates, [1-9]\d* kept$", ok.stdout, flags=re.M), ok.stdout
-    for env, failed in [*[({"STUB_FAIL_MALLOC": str(k)}, "cudaMalloc") for k in range(1, 6)],
-                        ({"STUB_FAIL_SYNC": "1"}, "cudaStreamSynchronize")]:
+    for env, failed in [*[({"TF_CPU_FAIL_MALLOC": str(k)}, "cudaMalloc") for k in range(1, 6)],
+                        ({"TF_CPU_FAIL_SYNC": "1"}, "cudaStreamSynchronize")]:
         proc = run(**env)
         assert proc.returncode == 1, (env, proc.stderr[-3000:])
         assert f"decode_nms_demo: {failed}" in proc.stderr, proc.stderr[-3000:]
         assert "LeakSanitizer" not in proc.stderr and "AddressSanitizer" not in proc.stderr, \
             (env, proc.stderr[-3000:])
+
+
+def _make(target: str, build: Path, *variables: str) -> subprocess.CompletedProcess:
+    """``make -C kernels target BUILD=build variables...`` (CXX: the CPU build's compiler)."""
+    return subprocess.run(["make", "-C", str(REPO / "kernels"), target, f"BUILD={build}",
+                           f"CXX={CXX}", *variables], capture_output=True, text=True, timeout=300)
+
+
+def test_cpu_example_target_builds_and_runs_the_c_example(tmp_path):
+    """``make -C kernels cpu-example`` (kernels/README.md, "The CPU build") builds the CPU
+    library and decode_nms_demo_cpu (the example with kernels/cpu/cudart_host.c) into
+    $(BUILD); run there, it decodes the example's map and keeps what a GPU keeps: its 16
+    lattice cells (logit 2 + 0.01 (x + y)) of 32 candidates, best first."""
+    if shutil.which(os.environ.get("CC", "cc")) is None or _cuda_include() is None:
+        pytest.skip("needs a C compiler and the CUDA toolkit's cuda_runtime_api.h")
+    build = tmp_path / "build"
+    made = _make("cpu-example", build)
+    assert made.returncode == 0, made.stdout + made.stderr
+    demo = build / "decode_nms_demo_cpu"
+    assert sorted(p.name for p in build.iterdir() if not p.name.startswith(".")) == \
+        ["cpu_src", "decode_nms_demo_cpu", "libtinyfaces_kernels_cpu.so"]  # no objects left
+    proc = subprocess.run([str(demo)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1] == "32 candidates, 16 kept", proc.stdout
+    rows = [re.fullmatch(r"\s*(\d+): \[(.*)\] p=(\d\.\d{4})", line) for line in lines[2:]]
+    assert len(rows) == 16 and all(rows), proc.stdout
+    assert [int(r[1]) for r in rows] == list(range(16))
+    lattice = [x + y for x in range(3, 32, 8) for y in range(2, 24, 6)]
+    expected = sorted((f"{1 / (1 + np.exp(-(2 + 0.01 * s))):.4f}" for s in lattice), reverse=True)
+    assert [r[3] for r in rows] == expected
+    assert all(len(r[2].split()) == 4 for r in rows)
+    built = {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()}
+    assert _make("cpu-example", build).returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()} == built  # up to date
+
+
+def test_cpu_build_without_trivial_auto_var_init(tmp_path, cpu_library):
+    """``make cpu`` passed -ftrivial-auto-var-init=pattern (GCC >= 12, Clang >= 8) to any
+    $(CXX): an older compiler failed the build. The Makefile asks the compiler first and
+    leaves the flag out when it is refused (here by a wrapper of the compiler that refuses
+    it); the library builds and works, and its build record says which flags it has."""
+    real = shutil.which(CXX)
+    wrapper = tmp_path / "old-cxx"
+    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -ftrivial-auto-var-init*)\n"
+                       "  echo \"old-cxx: unrecognized command-line option '$a'\" >&2; exit 1;; esac; done\n"
+                       f'exec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    build = tmp_path / "build"
+    made = subprocess.run(["make", "-s", "-C", str(REPO / "kernels"), "cpu", f"BUILD={build}",
+                           f"CXX={wrapper}"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    record = (build / ".cpu-config").read_text()
+    assert record.startswith(f"{wrapper} -std=c++17 ") and "-ftrivial-auto-var-init" not in record
+    lib = binding.KernelLibrary(build / "libtinyfaces_kernels_cpu.so")  # ABI checked
+    assert lib.candidates_size(1000) == cpu_library.candidates_size(1000)
+    # the compiler itself gets the flag if it takes it
+    takes = subprocess.run([CXX, "-ftrivial-auto-var-init=pattern", "-x", "c++", "-E", "/dev/null"],
+                           capture_output=True).returncode == 0
+    session_record = (cpu_library.path.parent / ".cpu-config").read_text()  # built with CXX
+    assert ("-ftrivial-auto-var-init=pattern" in session_record) == takes
+
+
+# (call, status, message): each value wraps to one the library would take. Without the check,
+# each call reaches the library with a NULL or misaligned pointer (refused: nothing runs).
+_CUDA_ABI_INTS = [
+    (lambda lib: lib.resize_workspace_size(2**32 + 10, 10, 10, 10), binding.Status.INVALID_SIZE,
+     "tf_resize_workspace_size: src_height = 4294967306 is outside the range of its C type int, "
+     "[-2147483648, 2147483647]"),
+    (lambda lib: lib.resize_workspace_size(10, 10, 10, -2**31 - 10), binding.Status.INVALID_SIZE,
+     "dst_width = -2147483658 is outside the range of its C type int,"),
+    (lambda lib: lib.resize_normalize(None, 2**32 + 4, 4, None, 2, 2, (1, 1, 1), (0, 0, 0), None, 1 << 30),
+     binding.Status.INVALID_SIZE, "tf_resize_normalize: src_height = 4294967300 is outside"),
+    (lambda lib: lib.resize_normalize(None, 4, 4, None, 2, 2, (1, 1, 1), (0, 0, 0), None, 1 << 30,
+                                      src_row_bytes=2**64 + 12), binding.Status.INVALID_SIZE,
+     "src_row_bytes = 18446744073709551628 is outside the range of its C type int64_t, "
+     "[-9223372036854775808, 9223372036854775807]"),
+    (lambda lib: lib.resize_normalize(None, 4, 4, None, 2, 2, (1, 1, 1), (0, 0, 0), None, -1),
+     binding.Status.INVALID_VALUE, "workspace_bytes = -1 is outside the range of its C type size_t, "
+     "[0, 18446744073709551615]"),
+    (lambda lib: lib.candidates_size(2**64 + 5), binding.Status.INVALID_CAPACITY,
+     "tf_candidates_size: capacity = 18446744073709551621 is outside the range of its C type int64_t"),
+    (lambda lib: lib.candidates_size(np.uint64(2**64 - 1)), binding.Status.INVALID_CAPACITY,
+     "capacity = 18446744073709551615 is outside"),
+    (lambda lib: lib.nms_workspace_size(2**64 + 64), binding.Status.INVALID_CAPACITY,
+     "tf_nms_workspace_size: max_candidates = 18446744073709551680 is outside"),
+    (lambda lib: lib.decode_level(None, 2**32 + 10, 12, binding.DecodeParams(), 0, None, 100),
+     binding.Status.INVALID_SIZE, "tf_decode_level: height = 4294967306 is outside"),
+    (lambda lib: lib.decode_level(None, 10, 12, binding.DecodeParams(), 2**64, None, 100),
+     binding.Status.INVALID_SIZE, "tf_decode_level: key_base = 18446744073709551616 is outside"),
+    (lambda lib: lib.decode_level(None, 10, 12, binding.DecodeParams(), 0, None, 2**64 + 100),
+     binding.Status.INVALID_CAPACITY, "tf_decode_level: capacity = 18446744073709551716 is outside"),
+    (lambda lib: lib.nms(None, 2**64 + 100, binding.nms_params(0.3, 1, True, 8, 8), 64, None, 1 << 30,
+                         None, None), binding.Status.INVALID_CAPACITY, "tf_nms: capacity = "),
+    (lambda lib: lib.nms(None, 100, binding.nms_params(0.3, 1, True, 8, 8), -2**64 + 64, None, 1 << 30,
+                         None, None), binding.Status.INVALID_CAPACITY, "tf_nms: max_candidates = "),
+    (lambda lib: lib.nms(None, 100, binding.nms_params(0.3, 1, True, 8, 8), 64, None, 2**64 + 1000,
+                         None, None), binding.Status.INVALID_VALUE, "tf_nms: workspace_bytes = "),
+    # pointers: -15 wraps to a misaligned address, 2**64 + 4 to 4
+    (lambda lib: lib.candidates_reset(-15), binding.Status.INVALID_VALUE,
+     "tf_candidates_reset: candidates = -15 is outside the range of its C type void*, "
+     "[0, 18446744073709551615]"),
+    (lambda lib: lib.candidates_reset(None, 2**64 + 4), binding.Status.INVALID_VALUE,
+     "tf_candidates_reset: stream = 18446744073709551620 is outside"),
+    (lambda lib: binding.nms_params(0.3, 1.0, True, 2**32 + 100, 50), binding.Status.INVALID_SIZE,
+     "tf_nms_params: image_height = 4294967396 is outside the range of its C type int32_t, "
+     "[-2147483648, 2147483647]"),
+    (lambda lib: binding.nms_params(0.3, 1.0, True, 50, -2**31 - 1), binding.Status.INVALID_SIZE,
+     "image_width = -2147483649 is outside"),
+]
+
+
+@pytest.mark.parametrize("call, status, message", _CUDA_ABI_INTS,
+                         ids=[f"{i}-{c[1].name}" for i, c in enumerate(_CUDA_ABI_INTS)])
+def test_binding_raises_for_integers_its_c_types_cannot_hold(cpu_library, call, status, message):
+    """ctypes wraps a Python int that does not fit the argument's C type (2**32 + 10 passed as
+    int is 10): the library's range checks never saw it, and a size query answered for
+    another size. The binding raises KernelError with the status the library gives that
+    argument out of range, naming the argument and its C type's range, before any call."""
+    with pytest.raises(binding.KernelError) as info:
+        call(cpu_library)
+    assert info.value.status == status
+    assert message in str(info.value)
+
+
+def test_binding_passes_every_value_its_c_types_hold(cpu_library):
+    """The edges of the C types reach the library, which answers with its own checks; an
+    unknown status code is unknown however large."""
+    with pytest.raises(binding.KernelError, match=r"capacity = 9223372036854775807 is outside \[1, "):
+        cpu_library.candidates_size(2**63 - 1)
+    with pytest.raises(binding.KernelError, match=r"src_height = 2147483647 is outside \[1, 32768\]"):
+        cpu_library.resize_workspace_size(2**31 - 1, 10, 10, 10)
+    with pytest.raises(binding.KernelError, match=r"src_width = -2147483648 is outside \[1, 32768\]"):
+        cpu_library.resize_workspace_size(10, -2**31, 10, 10)
+    assert cpu_library.candidates_size(np.int64(5)) == cpu_library.candidates_size(5)
+    assert binding.nms_params(0.3, 1.0, True, np.int32(2**31 - 1), 5).image_height == 2**31 - 1
+    assert cpu_library.status_string(2**32) == cpu_library.status_string(-2**40) == "unknown tf_status"
+    assert cpu_library.status_string(0) == "success"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of libasan: Linux")

@@ -176,7 +176,12 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
  * the Python runtime refuses the whole image (runtime/decode.py on the host, and the CUDA
  * postprocessor when tf_nms_stats.nonfinite != 0: NonFiniteScoresError); a C caller must
  * check nonfinite before using the boxes. The counter stops counting once past 2^31, so it
- * never wraps around to 0. */
+ * never wraps around to 0.
+ * capacity: MUST equal the capacity the buffer was sized with (given to tf_candidates_size),
+ * the same value for every level of the image and for tf_nms. The buffer does not record its
+ * size, so this cannot be checked: with a larger value the kernel writes past the end of the
+ * buffer (and still returns SUCCESS); with another value the boxes land at an offset where
+ * tf_nms, given the buffer's capacity, does not read them. */
 TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
                                  const tf_decode_params* params, int64_t key_base,
                                  void* candidates, int64_t capacity, tf_stream_t stream);
