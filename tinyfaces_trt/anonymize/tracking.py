@@ -16,6 +16,12 @@ frames later, the masks of every frame:
   frames in which the detector had not found it yet), extrapolated backwards at the velocity
   of its first two detections.
 
+A velocity from two detections carries the detector's jitter (a few pixels, multiplied by up
+to ``hold`` frames), so an extrapolated mask (held after the last detection, back-filled
+before the first) is never smaller than the detection it extends from, and always contains
+it (:func:`extend_box`): a still face stays covered, and a moving one as far as the
+velocity's jitter does not slow the mask below the face's speed.
+
 Pure logic (no images): unit-tested with known detections.
 
     masker = TemporalMasker(hold=5)
@@ -149,6 +155,33 @@ def _centre_distances(tracks: np.ndarray, dets: np.ndarray) -> tuple[np.ndarray,
     return distance, similar
 
 
+#: An extrapolated mask grows by this fraction of its face's size on every side, per frame
+#: it is extended: the velocity from two detections is off by their jitter (a tenth of the
+#: face is common), and a face first seen has no velocity yet.
+GROWTH_PER_FRAME = 0.15
+
+
+def extend_box(anchor: np.ndarray, velocity: np.ndarray | None, frames: int) -> np.ndarray:
+    """The mask of a face ``frames`` frames after (negative: before) its detected box
+    ``anchor`` (x1, y1, x2, y2), moving at ``velocity`` (per frame, per coordinate; None:
+    not known yet).
+
+    The box moved at ``velocity``, at least as large as ``anchor`` about its moved centre (a
+    velocity that shrinks the box is the detector's jitter), joined with ``anchor`` (one
+    that moves it may be too), then grown by :data:`GROWTH_PER_FRAME` of the anchor's size
+    per frame: never smaller than the detection, never off it, wider the further it goes.
+    """
+    anchor = np.asarray(anchor, np.float64)[:4]
+    step = np.zeros(4) if velocity is None else np.asarray(velocity, np.float64)[:4]
+    moved = anchor + step * frames
+    centre = (moved[:2] + moved[2:]) / 2
+    size = anchor[2:] - anchor[:2]
+    half = np.maximum(moved[2:] - moved[:2], size) / 2
+    margin = GROWTH_PER_FRAME * abs(frames) * size
+    return np.concatenate([np.minimum(centre - half, anchor[:2]) - margin,
+                           np.maximum(centre + half, anchor[2:]) + margin])
+
+
 @dataclass
 class _Track:
     id: int
@@ -160,7 +193,8 @@ class _Track:
     first_velocity: np.ndarray | None = None  # of the first two detections
 
     def box_at(self, index: int) -> np.ndarray:
-        """The last box moved on to frame ``index`` at the latest velocity."""
+        """The last box moved on to frame ``index`` at the latest velocity (the prediction
+        detections are associated with; a held mask is :func:`extend_box`'s)."""
         return self.detections[self.last][0] + self.velocity * (index - self.last)
 
     def add(self, index: int, box: np.ndarray, score: float, row: int) -> None:
@@ -216,9 +250,8 @@ class _Tracker:
         if index < track.first:
             if track.first - index > self.hold:
                 return None
-            box = track.detections[track.first][0]
-            if track.first_velocity is not None:
-                box = box - track.first_velocity * (track.first - index)
+            box = extend_box(track.detections[track.first][0], track.first_velocity,
+                             index - track.first)
             return (FaceMask(track.id, _tuple(box), None, FILLED),
                     (track.first, track.rows[track.first]))
         before = max((f for f in track.detections if f < index), default=None)
@@ -229,7 +262,7 @@ class _Tracker:
             w = (index - before) / (after - before)
             box = (1 - w) * track.detections[before][0] + w * track.detections[after][0]
         else:
-            box = track.box_at(index)
+            box = extend_box(track.detections[track.last][0], track.velocity, index - track.last)
         return FaceMask(track.id, _tuple(box), None, HELD), (before, track.rows[before])
 
     def forget(self, index: int, oldest: int) -> None:
