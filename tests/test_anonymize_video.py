@@ -18,7 +18,7 @@ from tinyfaces_trt.core.config import DetectorConfig  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.core.manifest import ModelIdentity  # noqa: E402
 from tinyfaces_trt.runtime.masks import MaskStyle  # noqa: E402
-from test_anonymize_video_streams import through  # noqa: E402
+from test_anonymize_video_streams import make, through  # noqa: E402
 
 W, H = 96, 64
 FACE = 24  # side of the moving "face": a white square with dark bars (texture to hide)
@@ -258,6 +258,34 @@ def test_rotation_is_honoured_and_kept(tmp_path):
     assert not any(_face_visible(img, face_box(i)) for i, img in enumerate(after["images"]))
 
 
+def test_the_sidecar_gives_the_boxes_frame_and_says_how_frames_were_counted(tmp_path):
+    """A rotated video's width and height are the stored frame's, its boxes upright; a count
+    from the duration (Matroska) is an estimate, far off for a variable frame rate (a 20-frame
+    clip was said to hold 62 frames)."""
+    src = tmp_path / "phone.mov"
+    make_video(src, n=6, rotation=-90, audio=False)
+    detector = FakeDetector()
+    task = _task(src, tmp_path / "out")
+    assert process_file(detector, task, Options()).status == "done"
+    side = json.loads(Path(task.sidecar).read_text())
+    clip = side["video"]
+    assert (clip["width"], clip["height"], clip["rotation"]) == (W, H, -90)  # as stored
+    assert (clip["boxes_frame"], clip["upright_width"], clip["upright_height"]) == ("upright", H, W)
+    assert detector.seen[0].shape == (clip["upright_height"], clip["upright_width"], 3)
+    assert (clip["frames"], clip["frames_announced"], clip["frames_estimated"],
+            clip["frames_decoded"], side["summary"]["frames"]) == (6, 6, False, 6, 6)
+    vfr = tmp_path / "vfr.mkv"  # 1.2 s at 25 fps "average": 30 frames estimated, 6 there
+    make_video(vfr, n=6, pts_steps=[40, 40, 1000, 40, 40, 40], audio=False)
+    task = _task(vfr, tmp_path / "out_vfr")
+    assert process_file(FakeDetector(), task, Options()).status == "done"
+    side = json.loads(Path(task.sidecar).read_text())
+    clip = side["video"]
+    assert (clip["width"], clip["height"], clip["upright_width"], clip["upright_height"]) == \
+        (W, H, W, H)
+    assert (clip["frames"], clip["frames_announced"], clip["frames_estimated"],
+            clip["frames_decoded"], side["summary"]["frames"]) == (30, 30, True, 6, 6)
+
+
 def test_subtitles_are_copied_and_unfit_streams_reported(tmp_path):
     srt = tmp_path / "subs.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:00,400\nhello\n\n2\n00:00:00,400 --> "
@@ -315,6 +343,48 @@ def test_encoder_failure_leaves_no_output(tmp_path):
     result = process_file(FakeDetector(), task, Options(codec="no-such-encoder"))
     assert result.status == "failed" and "no-such-encoder" in result.error
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_full_disk_fails_the_file_early_and_leaves_nothing(tmp_path, monkeypatch):
+    """A disk that filled while the muxer held the output's data (a small file's all of it)
+    failed it only when the file was closed, after the whole input had been read: the encoder
+    thread now asks for the disk's free space as it goes."""
+    from tinyfaces_trt.anonymize import video
+
+    assert video.free_bytes(tmp_path) > 0 and video.free_bytes(tmp_path / "none") is None
+    src = tmp_path / "long.mp4"
+    make(src, n=80)
+    asked = []
+
+    def free_bytes(folder):
+        asked.append(Path(folder))
+        return 0 if len(asked) > 1 else 10 ** 9  # full from the second look on
+
+    monkeypatch.setattr(video, "free_bytes", free_bytes)
+    task = _task(src, tmp_path / "out")
+    detector = FakeDetector()
+    result = process_file(detector, task, Options())
+    assert result.status == "failed"
+    assert result.error == (f"{src}: {task.output}: cannot write the output: [Errno 28] No "
+                            f"space left on device: '{task.output}'")
+    assert set(asked) == {Path(task.output).parent} and len(asked) == 2
+    assert len(detector.seen) < 60  # stopped early: 20 frames encoded, a few more read
+    assert list((tmp_path / "out").iterdir()) == []
+    # space left, but less than the packets the muxer holds and has not written (a Matroska
+    # cluster; FFmpeg's 32 KiB write buffer): it would fail when writing them, or at the end
+    noise = tmp_path / "noise.mkv"
+    make(noise, n=200, frames=[np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)
+                               for i in range(200)])
+    monkeypatch.setattr(video, "free_bytes", lambda folder: 4096)
+    detector = FakeDetector()
+    result = process_file(detector, _task(noise, tmp_path / "out_4k"), Options())
+    assert result.status == "failed" and "cannot write the output: [Errno 28]" in result.error
+    # (x264 hands its first packet over some 70 frames in: about 105 read)
+    assert len(detector.seen) < 150 and list((tmp_path / "out_4k").iterdir()) == []
+    monkeypatch.setattr(video, "free_bytes", lambda folder: 10 ** 9)
+    detector = FakeDetector()
+    assert process_file(detector, _task(noise, tmp_path / "out_1g"), Options()).status == "done"
+    assert len(detector.seen) == 200
 
 
 def test_images_with_exif_orientation(tmp_path):

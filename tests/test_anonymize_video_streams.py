@@ -5,6 +5,10 @@ PyAV. (What is left out as personal data: test_anonymize_video_privacy.py.)"""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,9 +39,11 @@ def make(path: Path, n: int = 6, *, codec: str = "libx264", pix_fmt: str = "yuv4
          w: int = W, h: int = H, tb: Fraction | None = Fraction(1, 1000), rate=25,
          options: dict | None = None, tags: dict | None = None, sar: Fraction | None = None,
          metadata: dict | None = None, audio: bool = False, second_video: bool = False,
-         attachment: bool = False, chapters: list | None = None, frames=None) -> None:
-    """A clip of ``n`` frames (``frames``: the RGB images, default :func:`image`)."""
-    out = av.open(str(path), "w")
+         attachment: bool = False, chapters: list | None = None, frames=None,
+         pts: list[int] | None = None, muxer_options: dict | None = None) -> None:
+    """A clip of ``n`` frames (``frames``: the RGB images, default :func:`image`; ``pts``:
+    their timestamps, default one every 1/``rate`` s)."""
+    out = av.open(str(path), "w", options=muxer_options or {})
     streams = []
     for k in range(2 if second_video else 1):
         v = out.add_stream(codec, rate=rate)
@@ -66,14 +72,16 @@ def make(path: Path, n: int = 6, *, codec: str = "libx264", pix_fmt: str = "yuv4
                 f = f.reformat(format=pix_fmt, dst_colorspace=tags.get("colorspace", 5) or 5,
                                dst_color_range="JPEG" if tags.get("color_range") == 2 else
                                "MPEG")
-            f.pts, f.time_base = int(i * step), v.codec_context.time_base or Fraction(1, rate)
+            f.pts = int(i * step) if pts is None else pts[i]
+            f.time_base = v.codec_context.time_base or Fraction(1, rate)
             for p in v.encode(f):
                 out.mux(p)
     for v in streams:
         for p in v.encode():
             out.mux(p)
     if a is not None:  # 0.2 s longer than the video (Matroska's duration includes it)
-        total = int(48000 * (n / rate + 0.2))
+        seconds = n / rate if pts is None else float(pts[-1] * (tb or Fraction(1, rate))) + 1 / rate
+        total = int(48000 * (seconds + 0.2))
         for t in range(0, total, 1024):
             k = min(1024, total - t)
             af = av.AudioFrame.from_ndarray(np.zeros((1, k), np.float32), format="fltp",
@@ -168,6 +176,41 @@ def test_errors_name_the_output_not_its_temporary_file(tmp_path):
                               f"'{final}'"
 
 
+def test_a_disk_full_at_the_end_gives_the_writers_error_not_the_trailers(tmp_path):
+    """The disk filled as the encoder's last packets were written (a Matroska cluster is
+    written whole): the trailer then failed too, and finish() raised its bare OSError naming
+    the temporary file instead of the write's error naming the output."""
+    src, temp, final = tmp_path / "clip.mkv", tmp_path / ".tmp-out.mkv", tmp_path / "out.mkv"
+    make(src, n=6)
+    full = OSError(28, "No space left on device", str(temp))
+
+    class FullDisk:
+        """The output container, its writes failing from now on (the trailer's too)."""
+
+        def __init__(self, container) -> None:
+            self.container = container
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def mux(self, packet) -> None:
+            raise full
+
+        def close(self) -> None:
+            self.container.close()
+            raise full
+
+    with VideoReader(src) as reader:
+        writer = VideoWriter(temp, reader, name=final)
+        for frame in reader.frames():  # (x264 holds them all: its first packet comes later)
+            writer.write(frame.image, frame.pts)
+        writer.container = FullDisk(writer.container)
+        with pytest.raises(VideoError) as info:
+            writer.finish()
+    assert str(info.value) == f"{final}: cannot write the output: [Errno 28] No space left " \
+                              f"on device: '{final}'"
+
+
 # -- 5, 6: damaged and truncated inputs ------------------------------------------------------
 
 def _damage(src: Path, dst: Path, packet: int) -> None:
@@ -226,6 +269,107 @@ def test_a_whole_variable_frame_rate_mkv_is_not_reported(tmp_path):
         out.mux(v.encode())
     reader, _, frames = through(path, tmp_path / "out.mkv")
     assert [f.pts for f in frames] == pts and reader.problems == []
+
+
+def _video_packets(path: Path) -> list[tuple[int, int]]:
+    """(file position, pts) of each video packet, in file order."""
+    with av.open(str(path)) as c:
+        return [(p.pos, p.pts) for p in c.demux(video=0) if p.size]
+
+
+def test_a_file_a_frame_or_two_short_is_reported_and_uncounted_frames_are_not(tmp_path):
+    """A 2% (at least 2 frames) tolerance let an MP4 cut by 1% (1470 of 1500 frames) and a
+    Matroska file short by 0.5 s pass as whole; frames an edit list leaves out (MP4) and
+    AVI's empty frames, which its count holds, are no loss."""
+    whole = tmp_path / "whole.mp4"  # its index (moov) first: a cut keeps it
+    make(whole, n=40, options={"crf": "30", "bf": "0"}, muxer_options={"movflags": "+faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:_video_packets(whole)[38][0]])  # the last 2 frames
+    reader, _, frames = through(cut, tmp_path / "cut_out.mp4")
+    assert len(frames) == 38 and reader.problems == [
+        "decoded 38 frames where the container announces 40: the file may be truncated or "
+        "damaged"]
+    whole_mkv, cut_mkv = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    make(whole_mkv, n=50, options={"crf": "30", "bf": "0"})
+    cut_mkv.write_bytes(whole_mkv.read_bytes()[:_video_packets(whole_mkv)[45][0]])  # 0.2 s
+    reader, _, frames = through(cut_mkv, tmp_path / "cut_out.mkv")
+    assert len(frames) == 45 and reader.problems == [
+        "the frames decoded end at 0:00:01.8 where the video stream lasts 0:00:02.0: the file "
+        "may be truncated or damaged"]
+    # whole: 15 of the 20 samples shown (the first 5 before the edit list's start) ...
+    trimmed = tmp_path / "trimmed.mp4"
+    make(trimmed, n=20, tb=Fraction(1, 25), options={"bf": "0"}, pts=list(range(-5, 15)))
+    # ... and an AVI whose index counts 4 empty frames (variable frame rate) among 24
+    gappy = tmp_path / "gappy.avi"
+    make(gappy, n=20, codec="mjpeg", pix_fmt="yuvj420p", tb=Fraction(1, 25),
+         pts=[0, 1, 2, 5, 6, 7] + list(range(10, 24)))
+    for path, shown, announced in ((whole, 40, 40), (whole_mkv, 50, 50), (trimmed, 15, 20),
+                                   (gappy, 20, 24)):
+        reader, _, frames = through(path, tmp_path / f"out_{path.name}")
+        assert (len(frames), reader.problems) == (shown, []), path.name
+        assert (reader.info.frames, reader.info.frames_decoded) == (announced, shown)
+
+
+def test_frames_lost_mid_file_are_reported_and_long_steps_over_whole_data_not(tmp_path):
+    """A damaged Matroska cluster: the demuxer skips to the next one and the timestamps jump
+    by its second (60 s clip, 4000 bytes damaged: 11.4 s gone, reported as whole). A
+    variable frame rate's long steps, whose bytes all give packets, are not reported."""
+    whole, damaged = tmp_path / "whole.mkv", tmp_path / "damaged.mkv"
+    make(whole, n=100, options={"crf": "30", "g": "25", "bf": "0"}, audio=True,
+         muxer_options={"cluster_time_limit": "1000"})  # a cluster (and a key frame) a second
+    data = bytearray(whole.read_bytes())
+    clusters = [m.start() for m in re.finditer(re.escape(b"\x1f\x43\xb6\x75"), data)]
+    data[clusters[2]:clusters[2] + 4] = bytes(4)  # an ID gone: the cluster of 2.0-3.0 s is lost
+    damaged.write_bytes(bytes(data))
+    reader, _, frames = through(damaged, tmp_path / "out.mkv")
+    pts = [f.pts for f in frames]
+    assert len(frames) == 75 and pts[:50] == list(range(0, 2000, 40)) and pts[50] == 3000
+    # from the end of the last packet (audio or video) before that cluster to the next packet
+    with av.open(str(whole)) as c:
+        spans = [(p.pos, p.pos + p.size) for p in c.demux() if p.size]
+    unread = min(a for a, _ in spans if a > clusters[3]) - max(b for _, b in spans
+                                                              if b < clusters[2])
+    assert reader.problems == [
+        f"frames missing from 0:00:02.0 to 0:00:03.0 (about 25 frames, 1.0 s; {unread} bytes "
+        f"of the file there could not be read): the file may be damaged"]
+    # 30 fps, then a frame a second (a screen recording): whole, with audio, in each container
+    pts = [int(i * 1000 / 30) for i in range(30)] + [1000 + 1000 * k for k in range(10)]
+    for name, codec in (("vfr.mp4", "libx264"), ("vfr.mkv", "libx264"),
+                        ("vfr.webm", "libvpx-vp9")):
+        make(tmp_path / name, n=40, rate=30, pts=pts, codec=codec, audio=codec == "libx264",
+             options={"bf": "0"} if codec == "libx264" else {})
+        reader, _, frames = through(tmp_path / name, tmp_path / f"out_{name}")
+        times = [f.time for f in frames]  # (mp4 keeps them on its own time base)
+        assert times == pytest.approx([t / 1000 for t in pts], abs=1e-3), name
+        assert reader.problems == [], name
+
+
+def _damaged_index(src: Path, dst: Path, box: bytes, field: int) -> None:
+    """``src`` with the 32-bit field at byte ``field`` of its first ``box`` box (after the
+    size and type) set to 0xfffffff0: an entry count asking for gigabytes."""
+    data = bytearray(src.read_bytes())
+    at = data.index(box) + 4 + field
+    data[at:at + 4] = b"\xff\xff\xff\xf0"
+    dst.write_bytes(bytes(data))
+
+
+def test_a_damaged_index_is_said_to_look_damaged(tmp_path):
+    """FFmpeg's "Cannot allocate memory" for a damaged moov box read as a system problem."""
+    src = tmp_path / "clip.mp4"
+    make(src, n=4)
+    for box, field, error in ((b"stts", 4, "[Errno 12] Cannot allocate memory"),
+                              (b"stsz", 8, "[Errno 1094995529] Invalid data found when "
+                                           "processing input")):
+        bad = tmp_path / f"bad_{box.decode()}.mp4"
+        _damaged_index(src, bad, box, field)  # (version and flags first, then the count)
+        with pytest.raises(VideoError) as info:
+            VideoReader(bad)
+        assert str(info.value) == (f"{bad}: cannot open the video: {error}: '{bad}' (the file "
+                                   f"looks damaged, or is not a video)")
+    with pytest.raises(VideoError) as info:  # the system's errors say nothing more
+        VideoReader(tmp_path / "missing.mp4")
+    assert str(info.value).endswith("No such file or directory: "
+                                    f"'{tmp_path / 'missing.mp4'}'")
 
 
 # -- 7, 12: colour ----------------------------------------------------------------------------
@@ -408,6 +552,35 @@ def test_libx265_in_mov_is_tagged_hvc1_and_quiet(tmp_path, capfd):
     assert "x265 [info]" not in capfd.readouterr().err
     with av.open(str(tmp_path / "out.mov")) as c:
         assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+
+
+_SVT_SCRIPT = """
+import sys
+from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
+with VideoReader(sys.argv[1]) as reader:
+    writer = VideoWriter(sys.argv[2], reader, codec="libsvtav1")
+    for frame in reader.frames():
+        writer.write(frame.image, frame.pts)
+    writer.finish()
+"""
+
+
+def test_libsvtav1_is_quiet(tmp_path):
+    """SVT-AV1 printed ~20 "Svt[info]" lines a file, which no encoder option silences; it reads
+    SVT_LOG when the process's first encoder starts: run in a process of its own."""
+    if video.encoder_problem("libsvtav1"):
+        pytest.skip("this PyAV's FFmpeg has no libsvtav1")
+    src, out = tmp_path / "clip.mkv", tmp_path / "out.mkv"
+    make(src, n=4)
+    env = {k: v for k, v in os.environ.items() if k != "SVT_LOG"}
+    run = subprocess.run([sys.executable, "-c", _SVT_SCRIPT, str(src), str(out)], env=env,
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Svt[" not in run.stderr
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name in ("libdav1d", "av1", "libaom-av1")
+        assert sum(1 for _ in c.decode(video=0)) == 4
 
 
 # -- 9, 10: timing and sizes --------------------------------------------------------------

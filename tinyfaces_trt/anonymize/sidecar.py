@@ -8,8 +8,10 @@ A video's ``dropped_streams`` names what its output does not carry over: streams
 container cannot hold, a second video track, attachments that are not fonts, and in one line
 what the privacy defaults left out (audio, metadata tags, subtitle and data streams); and
 ``input_problems`` what went wrong reading the input (undecodable packets skipped, fewer
-frames than announced): the same lines tf-anonymize prints as warnings (and as a note, the
-privacy defaults' line).
+frames than announced or than the video's duration holds, frames missing mid-file where a
+stretch of it could not be read): the same lines tf-anonymize prints as warnings (and as a
+note, the privacy defaults' line). Boxes are in the upright frame (a rotated video's display
+rotation applied): its ``video`` record gives that frame's size beside the stored one.
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 
@@ -18,8 +20,15 @@ Layout (``format: "tinyfaces-anonymize/1"``)::
      redoes an output whose input changed since), "output", "kind": "video"|"image",
      "model", "config", "options" (a rerun redoes an output whose options differ),
      "image": {"width", "height"} (image) |
-     "video": {...stream info...}, "dropped_streams": [...], "input_problems": [...] (video),
-     "summary": {"frames", "frames_with_masks", "detections", "held", "filled", "tracks"},
+     "video": {"width", "height" (the stored frame's), "rotation", "boxes_frame": "upright",
+               "upright_width", "upright_height" (the frame the boxes are in), "time_base",
+               "rate", "frames_announced" (the container's count, or where it has none an
+               estimate from the duration: "frames_estimated"; null when unknown), "frames"
+               (the same, 0 when unknown: older readers), "frames_decoded", "duration",
+               "codec", "pix_fmt"},
+     "dropped_streams": [...], "input_problems": [...] (video),
+     "summary": {"frames" (written), "frames_with_masks", "detections", "held", "filled",
+                 "tracks"},
      "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},
      "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}
 

@@ -11,15 +11,18 @@ stream's language, and the subtitle and data streams (dashcam GPS text, GoPro te
 timecode) (``keep_metadata``); those kept are remuxed unchanged (codec copy). An attachment that
 is not a font (a picture would keep its faces) is never copied. What is not carried over is
 named in :attr:`VideoWriter.dropped`; what was wrong with the input (undecodable packets,
-missing frames) in :attr:`VideoReader.problems`.
+missing frames, a stretch of the file that could not be read) in :attr:`VideoReader.problems`.
+The encoder thread checks now and then that the output's disk is not full (:func:`free_bytes`).
 
 Only this module imports :mod:`av`; it is imported lazily by the application.
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -69,6 +72,21 @@ _MAX_REORDER = 2
 _QUEUE_FRAMES = 8
 #: pts steps between the first frames kept to find the usual frame interval
 _STEPS_KEPT = 500
+#: Bytes between packets past which the file is taken to hold a stretch the demuxer skipped
+#: (damage it resynchronised after); Matroska's block and cluster headers take up to ~30.
+_UNREAD_BYTES = 64
+#: A timestamp step over such a stretch counts as frames missing when it exceeds this many
+#: usual frame intervals and this many seconds (a variable frame rate has long steps too,
+#: over bytes that all gave packets).
+_GAP_STEPS, _GAP_S = 5, 0.5
+#: Without a frame count (Matroska, WebM), the frames may end this many usual intervals before
+#: the video stream's recorded duration before the file is reported as truncated.
+_END_SLACK_STEPS = 2
+#: The encoder thread asks the output's filesystem for its free space every this many frames:
+#: a full disk fails the file then, not only once the muxer writes what it holds (FFmpeg's
+#: 32 KiB write buffer, a Matroska cluster: a small file's all of it when it is closed, after
+#: the whole input was processed).
+_SPACE_CHECK_FRAMES = 10
 #: An aborted encode (Ctrl-C) ends within one frame, except in the encoder's final flush, one
 #: call that cannot be stopped (11 s for a 45-frame 4K clip with libx264 on 2 cores): after
 #: ENCODER_STOP_NOTICE_S seconds the wait is announced, after ENCODER_STOP_S more the output is
@@ -140,14 +158,29 @@ class StreamInfo:
     #: the input's colour tags that are specified: ``colorspace``, ``color_primaries``,
     #: ``color_trc``, ``color_range`` (FFmpeg's enum values)
     colour: dict[str, int] = field(default_factory=dict)
+    #: ``frames`` is an estimate (duration x rate: the container counts none), not a count
+    frames_estimated: bool = False
+    #: frames decoded (and handed over), known once all are read; None before
+    frames_decoded: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the audit sidecar)."""
+        """JSON-ready form (for the audit sidecar). ``width`` and ``height`` are the stored
+        frame's; the masks' boxes are in the upright frame (``boxes_frame``, rotation applied),
+        ``upright_width`` x ``upright_height``. ``frames`` (kept for older readers) is
+        ``frames_announced``: the container's count, or where it gives none an estimate from
+        the duration (``frames_estimated``), 0 (None) when unknown; ``frames_decoded`` is what
+        was read."""
+        turned = rotation_turns(self.rotation) % 2
         return {"width": self.width, "height": self.height, "rotation": self.rotation,
+                "boxes_frame": "upright",
+                "upright_width": self.height if turned else self.width,
+                "upright_height": self.width if turned else self.height,
                 "time_base": str(self.time_base),
                 "rate": None if self.rate is None else str(self.rate),
-                "frames": self.frames, "duration": self.duration, "codec": self.codec,
-                "pix_fmt": self.pix_fmt}
+                "frames": self.frames, "frames_announced": self.frames or None,
+                "frames_estimated": self.frames_estimated,
+                "frames_decoded": self.frames_decoded,
+                "duration": self.duration, "codec": self.codec, "pix_fmt": self.pix_fmt}
 
 
 def _error_text(exc: Exception, temp: Path | None = None, name: Path | None = None) -> str:
@@ -156,11 +189,38 @@ def _error_text(exc: Exception, temp: Path | None = None, name: Path | None = No
     return text.replace(str(temp), str(name)) if temp is not None and name is not None else text
 
 
-def _raise_from(exc: Exception, path: Path, what: str, temp: Path | None = None) -> None:
+def _raise_from(exc: Exception, path: Path, what: str, temp: Path | None = None,
+                hint: str = "") -> None:
     av = av_module()
     if isinstance(exc, (av.FFmpegError, OSError, ValueError, EOFError)):
-        raise VideoError(f"{path}: cannot {what}: {_error_text(exc, temp, path)}") from exc
+        raise VideoError(f"{path}: cannot {what}: {_error_text(exc, temp, path)}{hint}") from exc
     raise exc
+
+
+def _open_hint(exc: Exception) -> str:
+    """What an error opening a file suggests, for the message: FFmpeg's invalid data, end of
+    file, "Cannot allocate memory" or "Invalid argument" come from a header or index it cannot
+    make sense of (a damaged moov box asks for gigabytes), not from the system."""
+    av = av_module()
+    if isinstance(exc, av.FFmpegError) and (
+            isinstance(exc, (av.error.InvalidDataError, av.error.EOFError))
+            or getattr(exc, "errno", None) in (errno.ENOMEM, errno.EINVAL)):
+        return " (the file looks damaged, or is not a video)"
+    return ""
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes the filesystem holding ``folder`` can still take from this process (root also
+    gets the blocks reserved for it); None where it does not say (no size reported, or the
+    call fails)."""
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return None
+    if not stat.f_blocks:
+        return None
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    return (stat.f_bfree if root else stat.f_bavail) * stat.f_frsize
 
 
 def _clock(seconds: float | None) -> str:
@@ -239,7 +299,9 @@ class VideoReader:
     collected in :attr:`passthrough` for :class:`VideoWriter`. A packet the decoder rejects
     as invalid data is skipped (its frames are lost) and counted; once :meth:`frames` is
     exhausted, :attr:`problems` holds one-line warnings about the input (skipped packets,
-    frames missing against what the container announces), empty when nothing was wrong.
+    frames missing against what the container announces or against the video's duration,
+    a stretch of the file the demuxer could not read, after which the timestamps jump), empty
+    when nothing was wrong.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -249,7 +311,7 @@ class VideoReader:
         try:
             self.container = av.open(str(self.path), "r", **_lenient_metadata(av))
         except Exception as exc:  # noqa: BLE001 (translated or re-raised)
-            _raise_from(exc, self.path, "open the video")
+            _raise_from(exc, self.path, "open the video", hint=_open_hint(exc))
         if not self.container.streams.video:
             self.container.close()
             raise VideoError(f"{self.path}: holds no video stream")
@@ -257,6 +319,8 @@ class VideoReader:
         self.stream.thread_type = "AUTO"
         self.others = [s for s in self.container.streams if s.index != self.stream.index
                        and s.type in ("audio", "subtitle", "data")]
+        self._passed = {s.index for s in self.others}
+        self._avi = self.container.format.name == "avi"
         self.passthrough: queue.Queue[Any] = queue.Queue()
         self._frames: queue.Queue[Any] = queue.Queue(_QUEUE_FRAMES)
         self._stop = threading.Event()
@@ -273,6 +337,16 @@ class VideoReader:
         self._steps: list[int] = []  # pts steps between the first frames
         self._bad_packets: list[float | None] = []  # times of the packets skipped
         self._decoded = 0
+        self._last_duration = 0  # the last frame's own duration (time base; 0: not given)
+        # what the file's bytes and the video packets say (:meth:`_note_packet`)
+        self._read_to: int | None = None  # end of the furthest bytes a packet came from
+        self._unread = 0  # bytes passed over since the last video packet (no packet in them)
+        self._video_ts: int | None = None  # latest video packet timestamp so far
+        self._last_dts: int | None = None
+        self._gaps: list[tuple[int, int, int]] = []  # (timestamp before, after, bytes unread)
+        self._gaps_placed = 0  # those of them placed between two frames (_place_gaps)
+        self._discarded = 0  # video packets the container says not to show (an edit list)
+        self._nulls = 0  # AVI's empty frames (the previous one again), which its count holds
         try:
             self.info = self._probe()
         except BaseException:  # no decode thread or open file outlives a failed open
@@ -299,7 +373,8 @@ class VideoReader:
         return StreamInfo(width, height, self._rotation, s.time_base or Fraction(1, 1000),
                           rate, frames, duration, s.codec_context.name,
                           s.codec_context.pix_fmt, dict(s.metadata),
-                          Fraction(sar) if sar and sar != 1 else None, dict(self._colour))
+                          Fraction(sar) if sar and sar != 1 else None, dict(self._colour),
+                          frames_estimated=bool(frames) and not self._counted)
 
     def _run(self) -> None:
         try:
@@ -319,11 +394,14 @@ class VideoReader:
             if tb else 1
         order = _Reorder(step)
         decoded, index = 0, 0
-        for packet in self.container.demux(self.stream, *self.others):
+        # every stream's packets, so that bytes no packet came from are known (_note_packet)
+        for packet in self.container.demux():
             if self._stop.is_set():
                 return None
+            self._note_packet(packet)
             if packet.stream.index != self.stream.index:
-                if packet.size and packet.dts is not None:
+                if packet.stream.index in self._passed and packet.size and \
+                        packet.dts is not None:
                     self.passthrough.put(packet)
                 continue
             try:
@@ -345,6 +423,37 @@ class VideoReader:
                 return None
             index += 1
         return index
+
+    def _note_packet(self, packet: Any) -> None:
+        """Notes what a packet tells of the file: bytes before it that gave no packet (a
+        stretch the demuxer skipped, resynchronising after damage) and, for a video packet,
+        a timestamp jump over them (frames lost: :meth:`_note_problems`), a packet the
+        container marks as not to be shown (before an edit list's start), AVI's empty frames
+        (a step of its frame-numbered dts over 1; AVI's timestamps count the chunks read,
+        so they never jump over a damaged stretch: its jumps are empty frames, not gaps)."""
+        if not packet.size:
+            return  # (the end-of-stream packets, AVI's empty frames)
+        pos = packet.pos
+        if pos is not None and pos >= 0:
+            if self._read_to is not None and pos > self._read_to + _UNREAD_BYTES:
+                self._unread += pos - self._read_to
+            self._read_to = max(pos + packet.size, self._read_to or 0)
+        if packet.stream.index != self.stream.index:
+            return
+        if getattr(packet, "is_discard", False):  # (PyAV 12 has it)
+            self._discarded += 1
+        if self._avi and packet.dts is not None:
+            if self._last_dts is not None and packet.dts > self._last_dts + 1:
+                self._nulls += packet.dts - self._last_dts - 1
+            self._last_dts = packet.dts
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is None:
+            return
+        if self._video_ts is not None and self._unread and stamp > self._video_ts and \
+                not self._avi:
+            self._gaps.append((self._video_ts, stamp, self._unread))
+        self._unread = 0
+        self._video_ts = stamp if self._video_ts is None else max(self._video_ts, stamp)
 
     def _reorder_depth(self) -> int:
         context = self.stream.codec_context
@@ -379,38 +488,79 @@ class VideoReader:
             self._steps.append(pts - self._last_pts)
         if index == 0:
             self._first_pts = pts
+        elif self._gaps_placed < len(self._gaps):
+            self._place_gaps(pts)
         self._last_pts = pts
+        self._last_duration = int(getattr(frame, "duration", 0) or 0)
         return self._put(Frame(index, pts, time, image))
+
+    def _place_gaps(self, pts: int) -> None:
+        """Widens the timestamp jumps over unread bytes that the frame at ``pts`` ends to the
+        frames around them (the decoder drops frames whose reference was lost)."""
+        while self._gaps_placed < len(self._gaps):
+            before, after, unread = self._gaps[self._gaps_placed]
+            if pts < after:
+                return
+            self._gaps[self._gaps_placed] = (min(before, self._last_pts), max(after, pts), unread)
+            self._gaps_placed += 1
 
     def _note_problems(self) -> None:
         """Fills :attr:`problems` at the end of the stream."""
         bad, count = self._bad_packets, self._decoded
+        self.info.frames_decoded = count
         if bad:
             near = ", ".join(_clock(t) for t in bad[:3]) + (", ..." if len(bad) > 3 else "")
             self.problems.append(f"skipped {_plural(len(bad), 'undecodable packet')} "
                                  f"(frames near {near} lost)")
+        self._note_gaps()
         announced = self._counted
         if announced:
-            if count + len(bad) < announced - max(2, announced // 50):
+            # an exact count (MP4's samples, AVI's index), less the frames an edit list
+            # leaves out and AVI's empty ones, which never come out of the decoder
+            expected = announced - self._discarded - self._nulls
+            if count + len(bad) < expected:
                 self.problems.append(f"decoded {count} frames where the container announces "
-                                     f"{announced}: the file may be truncated or damaged")
+                                     f"{expected}: the file may be truncated or damaged")
             return
         # no count (Matroska, WebM): the frames' time span against the stream's duration, not
         # a count from it (a variable frame rate makes any such count meaningless)
+        tb = self.stream.time_base
         duration, covered = self._own_duration, self._covered_seconds()
-        if duration and covered is not None and covered < duration - max(0.5, duration / 50):
+        slack = float((_END_SLACK_STEPS * self._usual_step() + 1) * tb) if tb else 0.0
+        if duration and covered is not None and covered < duration - slack:
             self.problems.append(f"the frames decoded end at {_clock(covered)} where the video "
                                  f"stream lasts {_clock(duration)}: the file may be truncated "
                                  f"or damaged")
 
+    def _note_gaps(self) -> None:
+        """Reports the timestamp jumps over bytes of the file that gave no packet (see
+        :data:`_GAP_STEPS`)."""
+        tb, step = self.stream.time_base, self._usual_step()
+        if not tb:
+            return
+        for before, after, unread in self._gaps:
+            if after - before <= max(_GAP_STEPS * step, _GAP_S / tb):
+                continue
+            missing = f"about {_plural(round((after - before) / step) - 1, 'frame')}, " \
+                if step else ""
+            self.problems.append(
+                f"frames missing from {_clock(float(before * tb))} to {_clock(float(after * tb))} "
+                f"({missing}{float((after - before) * tb):.1f} s; {unread} bytes of the file "
+                f"there could not be read): the file may be damaged")
+
+    def _usual_step(self) -> int:
+        """The usual frame interval (time base): the median of the first pts steps, 0 when
+        unknown."""
+        return max(sorted(self._steps)[len(self._steps) // 2], 0) if self._steps else 0
+
     def _covered_seconds(self) -> float | None:
-        """Seconds from the first frame to the end of the last (its usual interval: the
-        median of the first pts steps), None without timestamps."""
+        """Seconds from the first frame to the end of the last (its own duration, else the
+        usual interval), None without timestamps."""
         tb = self.stream.time_base
         if not (tb and self._decoded and self._first_pts is not None):
             return None
-        step = sorted(self._steps)[len(self._steps) // 2] if self._steps else 0
-        return float((self._last_pts - self._first_pts + max(step, 0)) * tb)
+        last = self._last_duration if self._last_duration > 0 else self._usual_step()
+        return float((self._last_pts - self._first_pts + last) * tb)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -592,6 +742,7 @@ class VideoWriter:
             raise
         self._frames: queue.Queue[Any] = queue.Queue(_QUEUE_FRAMES)
         self._error: BaseException | None = None
+        self._muxed = 0  # bytes of the packets muxed (for _check_space)
         self._abort = threading.Event()
         self._worker = Worker(self._run, "tf-encode")
         try:
@@ -643,6 +794,10 @@ class VideoWriter:
                 options["b"] = "0"  # constant quality mode
         if self.codec == "libx265":
             options["x265-params"] = "log-level=error"  # else ~25 info lines a file
+        if self.codec == "libsvtav1":
+            # ~20 "Svt[info]" lines a file, which no encoder option silences: SVT-AV1 reads
+            # SVT_LOG (1: errors only) when its first encoder in the process starts
+            os.environ.setdefault("SVT_LOG", "1")
         if self.container.format.name == "avi":
             options["bf"] = "0"  # AVI stores no pts: B-frames would read back out of order
             if self.codec == "libx264":
@@ -763,6 +918,7 @@ class VideoWriter:
                 continue
 
     def _run(self) -> None:
+        encoded = 0
         try:
             while True:
                 self._mux_passthrough()
@@ -777,6 +933,9 @@ class VideoWriter:
                         return
                     break
                 self._mux_video(self.stream.encode(self._frame(*item)))
+                encoded += 1
+                if encoded % _SPACE_CHECK_FRAMES == 0:
+                    self._check_space()
             self._mux_video(self.stream.encode(None))
             self._mux_passthrough()
         except BaseException as exc:  # noqa: BLE001 (re-raised by write/close)
@@ -786,6 +945,22 @@ class VideoWriter:
                     self._frames.get_nowait()
                 except queue.Empty:
                     break
+
+    def _check_space(self) -> None:
+        """Raises ENOSPC when the output's filesystem has no byte left, or fewer than the
+        packets muxed but not yet in the file (held in the muxer's buffers: a Matroska cluster
+        is written when it closes): a write has failed or will, which the muxer may report
+        only when the file is closed. (What the file holds beyond the packets, its headers,
+        only makes that estimate short.)"""
+        free = free_bytes(self.path.parent)
+        if free is None:
+            return
+        try:
+            written = os.stat(self.path).st_size
+        except OSError:
+            written = 0
+        if free == 0 or self._muxed - written > free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     def _mux_video(self, packets: Any) -> None:
         """Muxes encoded packets; in AVI, whose first frame is read at 0 whatever its time,
@@ -797,6 +972,7 @@ class VideoWriter:
                 blank.time_base = self.stream.time_base
                 self.container.mux(blank)
             self._lead_in = False
+            self._muxed += packet.size
             self.container.mux(packet)
 
     def _frame(self, image: np.ndarray, pts: int) -> Any:
@@ -826,11 +1002,15 @@ class VideoWriter:
             target = self._copies.get(packet.stream.index)
             if target is not None:
                 packet.stream = target
+                self._muxed += packet.size
                 self.container.mux(packet)
 
     def _error_as_video(self) -> BaseException:
         exc = self._error
         av = av_module()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # (FFmpeg's or ours)
+            return VideoError(f"{self.name}: cannot write the output: "
+                              f"{_error_text(exc, self.path, self.name)}")
         if isinstance(exc, (av.FFmpegError, OSError, ValueError)):
             return VideoError(f"{self.name}: cannot encode with {self.codec} "
                               f"({self.stream.pix_fmt}, {self.stream.width}x{self.stream.height}): "
@@ -847,7 +1027,7 @@ class VideoWriter:
                 continue
         self._worker.wait()
         if self._error is not None:
-            self.container.close()
+            self._close_quietly()  # (its trailer may fail too: a full disk)
             raise self._error_as_video()
         try:
             self.container.close()
