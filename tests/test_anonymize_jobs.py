@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -506,15 +507,125 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_the_frame_bar_shows_on_a_terminal_only(monkeypatch):
+def test_the_frame_bar_on_a_terminal_plain_lines_elsewhere_nothing_when_quiet(monkeypatch):
     task = Task("a.mp4", "out/a.mp4", "out/a.mp4.json", "video")
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert jobs._progress_bar(task, 10, Options(progress=True)).disable
+    assert isinstance(jobs._progress_bar(task, 10, Options(progress=True)), jobs.ProgressLines)
     monkeypatch.setattr(sys, "stderr", Terminal())
     bar = jobs._progress_bar(task, 10, Options(progress=True))
-    assert not bar.disable
+    assert not bar.disable and "a.mp4:   0%|" in sys.stderr.getvalue()
     bar.close()
-    assert jobs._progress_bar(task, 10, Options(progress=False)).disable
+    for stream in (io.StringIO(), Terminal()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = jobs._progress_bar(task, 10, Options(progress=False))  # --quiet
+        bar.update(10)
+        bar.close()
+        assert stream.getvalue() == ""
+
+
+class Clock:
+    """Seconds that pass only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_progress_is_a_plain_line_per_interval():
+    """nohup or a log file: no bar (its carriage returns), but one line per interval, not
+    per frame, with frames done, frames/s over the file so far and the time left."""
+    task = Task("in/dash cam.mp4", "out/dash cam.mp4", "out/dash cam.mp4.json", "video")
+    log, clock = io.StringIO(), Clock()
+    bar = jobs._progress_bar(task, 4500, Options(progress=True), stream=log, clock=clock,
+                             interval=30)
+    start = clock.now
+    for _ in range(40):  # 40 frames in 20 s: no line yet
+        clock.now += 0.5
+        bar.update(1)
+    assert log.getvalue() == ""
+    clock.now = start + 30
+    bar.update(1)  # 41 frames in 30 s: a line
+    clock.now = start + 45
+    for _ in range(1158):  # none until 30 s more have passed
+        bar.update(1)
+    clock.now = start + 60
+    bar.update(1)  # 1200 frames in 60 s
+    bar.close()
+    assert log.getvalue().splitlines() == [
+        "tf-anonymize: dash cam.mp4: 41/4500 frames, 1.4 frames/s, ETA 54m23s",
+        "tf-anonymize: dash cam.mp4: 1200/4500 frames, 20.0 frames/s, ETA 2m45s"]
+    assert "\r" not in log.getvalue()
+    unknown, clock = io.StringIO(), Clock()  # no frame count: frames and rate
+    bar = jobs._progress_bar(task, 0, Options(progress=True), stream=unknown, clock=clock,
+                             interval=30)
+    clock.now += 7200
+    bar.update(9000)
+    assert unknown.getvalue() == "tf-anonymize: dash cam.mp4: 9000 frames, 1.2 frames/s\n"
+    assert [jobs._duration(s) for s in (0.4, 59.6, 131, 3599, 3600, 3 * 3600 + 65)] == [
+        "0s", "1m00s", "2m11s", "59m59s", "1h00m", "3h01m"]
+
+
+def test_a_video_in_a_log_gets_progress_lines_unless_quiet(tmp_path, monkeypatch, capsys):
+    from tinyfaces_trt.anonymize import video
+
+    monkeypatch.setattr(video, "VideoReader", StubReader)
+    monkeypatch.setattr(video, "VideoWriter", StubWriter)
+    monkeypatch.setattr(jobs, "PROGRESS_LINE_INTERVAL_S", 0.0)  # a line per frame
+    (tmp_path / "cctv.avi").write_bytes(b"")
+    task = plan_tasks([tmp_path / "cctv.avi"], tmp_path / "out")[0][0]
+    assert process_file(BoxDetector(), task, Options(progress=True)).status == "done"
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        f"tf-anonymize: cctv.avi: {n}/4 frames" for n in (1, 2, 3)]
+    assert process_file(BoxDetector(), task, Options(progress=False)).status == "done"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_terminal_reporting_no_size_still_gets_a_bar(monkeypatch):
+    """A pseudo-terminal never sized reports 0 x 0: tqdm's own size (-1 x -1) hid the bar."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = os.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        assert os.get_terminal_size(follower) == (0, 0)
+
+        class Unsized(Terminal):
+            def fileno(self) -> int:
+                return follower
+
+        monkeypatch.setattr(sys, "stderr", Unsized())
+        task = Task("a.mp4", "out/a.mp4", "out/a.mp4.json", "video")
+        bar = jobs._progress_bar(task, 10, Options(progress=True))
+        bar.update(10)
+        bar.refresh()
+        shown = sys.stderr.getvalue()
+        bar.close()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert "a.mp4: 100%|" in shown and "10/10" in shown
+
+
+def test_an_out_that_is_a_file_exits_1_as_the_help_says(tmp_path, monkeypatch, capsys):
+    """tf-anonymize, tf-detect, tf-export and the benchmarks all end with 1 for an --out that
+    cannot be used (the shared check): --help says so, besides 2 for bad arguments."""
+    photo = _photo(tmp_path / "p.png")
+    blocker = tmp_path / "h264.mp4"
+    blocker.write_bytes(b"a video")
+    status, err = _run_cli([photo, "--out", blocker], monkeypatch, capsys)
+    assert status == 1 and err.splitlines() == [
+        f"tf-anonymize: error: --out {blocker} exists and is not a folder; give a folder"]
+    assert blocker.read_bytes() == b"a video"
+    text = " ".join(cli.build_parser().format_help().split())
+    assert ("the others finish), or the run could not start (an --out that is a file or cannot "
+            "be created or written, a --model or --weights that cannot be read: as tf-detect "
+            "and tf-export), 2 bad command-line arguments") in text
 
 
 def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_path, monkeypatch,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from test_anonymize_jobs import FACE, BoxDetector, _photo, _run_cli, _sha
-from tinyfaces_trt.anonymize import jobs
+from tinyfaces_trt.anonymize import jobs, reruns
+from tinyfaces_trt.anonymize.sidecar import input_identity as sidecar_identity
 from tinyfaces_trt.anonymize.jobs import Options, is_done, plan_tasks
 
 av = pytest.importorskip("av")
@@ -324,3 +325,112 @@ def test_an_unchanged_folder_is_skipped_whole(tmp_path, monkeypatch, capsys):
     status, err = _run_cli([src, "--out", out, "-q"], monkeypatch, capsys)
     assert status == 0 and "0 done, 2 skipped, 0 failed" in err
     assert {p.name: _sha(p) for p in out.iterdir()} == before
+
+
+# --- 4: the same file given twice, or found again at another path ------------------------------
+
+def test_a_file_named_twice_or_in_a_folder_also_given_is_anonymised_once(tmp_path, monkeypatch,
+                                                                        capsys):
+    """in/one.png in/one.png ./in/one.png in alias.png (a link to it) --out out: one output per
+    file (one.png, two.png; no one_2.png ...), where first found, and one line counting the
+    duplicates left out; a folder given with its sub-folder keeps the folder's relative path."""
+    monkeypatch.chdir(tmp_path)
+    src = Path("in")
+    (src / "sub").mkdir(parents=True)
+    _photo(src / "one.png")
+    _photo(src / "sub" / "two.png")
+    Path("alias.png").symlink_to("in/one.png")
+    status, err = _run_cli(["in/one.png", "in/one.png", "./in/one.png", "in", "alias.png",
+                            "in/sub", "--out", "out"], monkeypatch, capsys)
+    assert status == 0 and "2 done, 0 skipped, 0 failed" in err
+    assert ("tf-anonymize: 5 duplicate input(s) left out, the same file as an earlier input (by "
+            "its real path): in/one.png, alias.png, in/sub/two.png") in err.splitlines()
+    assert sorted(p.relative_to("out").as_posix() for p in Path("out").rglob("*")
+                  if p.is_file()) == ["one.png", "one.png.json", "sub/two.png",
+                                      "sub/two.png.json"]
+    assert json.loads(Path("out/one.png.json").read_text())["input"] == "in/one.png"
+    tasks = plan_tasks([src / "sub", src], tmp_path / "out2")[0]  # the sub-folder first
+    assert [(t.source, Path(t.output).relative_to(tmp_path / "out2").as_posix()) for t in tasks] \
+        == [("in/sub/two.png", "two.png"), ("in/one.png", "one.png")]
+
+
+def test_a_moved_folder_is_skipped_not_anonymised_again_as_new_names(tmp_path, monkeypatch,
+                                                                     capsys):
+    """mv card1 card2, then a rerun into the same --out: each output whose sidecar records the
+    file's identity (size and sha256, its time for a video over 2 MiB) is skipped, the line
+    saying of which path it was made, the outputs untouched; with other options it is made
+    again under its own name; another file of the same name still gets _2."""
+    card1, card2, out = tmp_path / "card1", tmp_path / "card2", tmp_path / "out"
+    card1.mkdir()
+    _photo(card1 / "a.png")
+    _clip(card1 / "clip.mp4", 3)
+    assert _run_cli([card1, "--out", out, "-q"], monkeypatch, capsys)[0] == 0
+    before = {p.name: _sha(p) for p in out.iterdir()}
+    os.rename(card1, card2)
+    status, err = _run_cli([card2, "--out", out], monkeypatch, capsys)
+    assert status == 0 and "0 done, 2 skipped, 0 failed" in err
+    for name in ("a.png", "clip.mp4"):
+        assert (f"tf-anonymize: {card2 / name}: skipped, {out / name} exists, made of the same "
+                f"file (size and sha256) as {card1 / name} (--overwrite replaces it)"
+                ) in err.splitlines()
+    assert {p.name: _sha(p) for p in out.iterdir()} == before
+    status, err = _run_cli([card2 / "a.png", "--out", out, "--mode", "pixelate"], monkeypatch,
+                           capsys)
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    assert (f"tf-anonymize: {card2 / 'a.png'}: making {out / 'a.png'} again: it was made with "
+            "mode blur (now pixelate)") in err.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no a_2.png
+    pixelated = _sha(out / "a.png")
+    other = tmp_path / "card3" / "a.png"
+    other.parent.mkdir()
+    from PIL import Image
+
+    Image.open(card2 / "a.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    status, err = _run_cli([other, "--out", out, "-q", "--mode", "pixelate"], monkeypatch,
+                           capsys)
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    assert json.loads((out / "a_2.png.json").read_text())["input"] == str(other)
+    assert _sha(out / "a.png") == pixelated
+
+
+def test_which_moved_files_are_the_same_and_which_are_read(tmp_path, monkeypatch):
+    """A moved photo is the same whatever its time; a large video copied anew (its time
+    changed) is not, and gets _2 as before; an input of the run at the recorded path takes its
+    own output; only a sidecar recording the input's size has the input read."""
+    photo, task = _made(tmp_path, b"a" * 1000, "p.jpg")
+    moved = tmp_path / "moved"
+    os.rename(tmp_path / "src", moved)
+    os.utime(moved / "p.jpg", ns=(0, 10**18))
+    tasks, skipped, _ = plan_tasks([moved / "p.jpg"], Path(task.output).parent, options=Options())
+    assert not tasks and skipped[0].task.output == task.output
+    assert skipped[0].task.moved_from == str(photo)
+    (moved / "p.jpg").write_bytes(b"b" * 1000)  # same size, other bytes
+    assert _redo_moved(moved / "p.jpg", task) == "p_2.jpg"
+    big = 3 << 20
+    video, task = _made(tmp_path, bytes(big))
+    os.rename(video, moved / "v.mp4")
+    assert _redo_moved(moved / "v.mp4", task) == "skipped"
+    os.utime(moved / "v.mp4", ns=(0, 1_700_000_000 * 10**9))  # cp without -p
+    assert _redo_moved(moved / "v.mp4", task) == "v_2.mp4"
+    # the run's own input at the recorded path keeps its output; the moved copy gets _2
+    (tmp_path / "src" / "v.mp4").write_bytes(bytes(big))
+    os.utime(tmp_path / "src" / "v.mp4", ns=(0, 1_700_000_000 * 10**9))
+    out = Path(task.output).parent
+    tasks, skipped, _ = plan_tasks([moved / "v.mp4", tmp_path / "src" / "v.mp4"], out,
+                                   options=Options())
+    assert [Path(t.output).name for t in tasks] == ["v_2.mp4", "v.mp4"]
+    assert [t.moved_from for t in tasks] == [None, None]
+    read = []
+    monkeypatch.setattr(reruns, "input_identity",
+                        lambda path: read.append(path) or sidecar_identity(path))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "v.mp4").write_bytes(bytes(big - 1))
+    assert _redo_moved(tmp_path / "other" / "v.mp4", task) == "v_2.mp4" and read == []
+
+
+def _redo_moved(source: Path, task: jobs.Task) -> str:
+    """"skipped" where the planner takes ``task``'s output for ``source``'s, else the name of
+    the output it plans."""
+    tasks, skipped, errors = plan_tasks([source], Path(task.output).parent, options=Options())
+    assert not errors
+    return "skipped" if skipped else Path(tasks[0].output).name

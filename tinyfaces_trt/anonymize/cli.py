@@ -18,6 +18,7 @@ reported and skipped; the others finish. An output that would replace an input f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 import time
@@ -102,12 +103,19 @@ again once) or other mask or video options (--mode, --shape, --mask-scale, --blu
 (--model, --weights: the weights' sha256, or the untrained one) or other detector
 settings (--prob-thresh, --nms-thresh, --min-face, --max-face, --pyramid): then it is made
 again with the new ones. A file at an output path without its audit JSON was not written by
-tf-anonymize: it is left as it is and reported (exit 1) unless --overwrite.
+tf-anonymize: it is left as it is and reported (exit 1) unless --overwrite. An output whose
+JSON names another path but records this file (a folder moved or remounted: same size,
+sha256 and, over 2 MiB, modification time) is its output: skipped or made again under its
+name, not written anew as NAME_2. A file given more than once (by its real path: named
+twice, linked, or in a folder also given) is anonymised once; a line counts the others.
 
 exit status: 0 every input done (or skipped: output exists), 1 some input failed or was not
 anonymised (each listed on stderr: an unreadable file, an image or video of a format it
-does not read, a file at its output path it did not write; the others finish), 2 bad command-line arguments or an --out
-where an output would replace an input file.""",
+does not read, a file at its output path it did not write; the others finish), or the run
+could not start (an --out that is a file or cannot be created or written, a --model or
+--weights that cannot be read: as tf-detect and tf-export), 2 bad command-line arguments
+(options, their values and combinations) or an --out where an output would replace an
+input file.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image or video files, or folders (walked recursively)")
@@ -169,7 +177,8 @@ where an output would replace an input file.""",
                           "file with the same mask and video options, network and detector "
                           "settings; leave files without an audit JSON alone)")
     out.add_argument("-q", "--quiet", action="store_true",
-                     help="no progress bars or per-file lines (errors are still printed)")
+                     help="no progress (a bar on a terminal, else a line per video every "
+                          "30 s) or per-file lines (errors are still printed)")
     out.add_argument("-v", "--verbose", action="store_true", help="log backend details")
     add_ray_arguments(parser)
     add_version_argument(parser)
@@ -280,7 +289,10 @@ def _report_plan(tasks: list[Any], skipped: list[Any], errors: list[tuple[str, s
     if quiet:
         return
     for result in skipped:
-        stderr_line(f"{PROG}: {result.task.source}: skipped, {result.task.output} exists "
+        task = result.task
+        moved = f", made of the same file (size and sha256) as {task.moved_from}" \
+            if task.moved_from else ""
+        stderr_line(f"{PROG}: {task.source}: skipped, {task.output} exists{moved} "
                     "(--overwrite replaces it)")
     for task in tasks:
         if task.redo:
@@ -307,6 +319,8 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
     try:
         spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
                                    for_workers=True)
+        # the pool's bar counts files; a worker's frame lines would break it (no terminal there)
+        options = dataclasses.replace(options, progress=False)
         pooled = run_tasks(tasks, spec, process_file, options, is_done=done,
                            address=ray_address(args), workers=args.workers,
                            progress=not args.quiet, desc=PROG,

@@ -23,21 +23,20 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyfaces_trt.anonymize.reruns import redo_reason
+from tinyfaces_trt.anonymize.reruns import redo_reason, same_file_elsewhere
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.anonymize.sidecar import AuditLog, input_identity, model_identity, write_claim
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
-import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, pixel_boxes, scale_boxes
 
@@ -147,6 +146,9 @@ class Task:
         kind: ``"image"`` or ``"video"``.
         redo: why an existing output with its sidecar is made again (it was made with other
             options), else None.
+        moved_from: the input path the existing output's sidecar records where that is
+            another path holding the same file (:func:`~.reruns.same_file_elsewhere`: a folder
+            moved or remounted), else None.
     """
 
     source: str
@@ -154,6 +156,7 @@ class Task:
     sidecar: str
     kind: str
     redo: str | None = None
+    moved_from: str | None = None
 
 
 class InputOverwriteError(TinyFacesError):
@@ -341,8 +344,11 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
 
     A folder is walked recursively (sorted, hidden entries and ``out_dir`` skipped) for
     image and video suffixes; outputs keep the path relative to it. A file argument keeps
-    its name. Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes,
-    in one run or across runs (the sidecar names its input).
+    its name. A file found more than once (by its real path: named twice, through a link, or
+    in a folder also given) is planned once, where first found (one warning counts the
+    others). Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes,
+    in one run or across runs (the sidecar names its input); an output whose sidecar records
+    another path but the identity of the file given is its output (:func:`_output_name`).
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
@@ -376,18 +382,15 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
                            f"expected {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}"))
         else:
             found.append((path, Path(path.name)))
+    found = _once_each(found)
+    real = {os.path.realpath(source) for source, _ in found}
     tasks, skipped, foreign, used = [], [], [], set()
     for source, rel in found:
-        target, k = rel, 1
-        # a name another input of this run took, or whose sidecar an earlier run wrote for
-        # another input: the next one
-        while target.as_posix().lower() in used or written_for_another(
-                f"{out / target}.json", "input", source):
-            k += 1
-            target = rel.with_name(f"{rel.stem}_{k}{rel.suffix}")
+        target, moved_from = _output_name(out, rel, source, used, real)
         used.add(target.as_posix().lower())
         output = out / target
-        task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "")
+        task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "",
+                    moved_from=moved_from)
         if overwrite or not Path(task.output).exists():
             tasks.append(task)
         elif not Path(task.sidecar).exists():
@@ -400,6 +403,60 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     # an --out holding the inputs is refused as such, before its files are taken for foreign ones
     _refuse_replacing_inputs(tasks + foreign, [source for source, _ in found], out)
     return tasks, skipped, errors
+
+
+def _once_each(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """``found`` with each file once, by its real path (a file named twice, through a link or
+    as ./a.mp4, or in a folder also given), where it comes first; a warning counts and names
+    those left out."""
+    kept: list[tuple[Path, Path]] = []
+    seen: set[str] = set()
+    dropped: list[str] = []
+    for source, rel in found:
+        real = os.path.realpath(source)
+        if real in seen:
+            dropped.append(str(source))
+            continue
+        seen.add(real)
+        kept.append((source, rel))
+    if dropped:
+        names = list(dict.fromkeys(dropped))  # each name once
+        more = len(names) - _NAMES_LISTED
+        log.warning("%d duplicate input(s) left out, the same file as an earlier input (by its "
+                    "real path): %s%s", len(dropped), ", ".join(names[:_NAMES_LISTED]),
+                    f" and {more} more" if more > 0 else "")
+    return kept
+
+
+def _output_name(out: Path, rel: Path, source: Path, used: set[str],
+                 inputs: set[str]) -> tuple[Path, str | None]:
+    """Where ``source``'s output goes (relative to ``out``: ``rel``, else ``rel`` with ``_2``,
+    ``_3``, ...), and the input path its existing sidecar records where that is another path
+    of the same file (else None).
+
+    Names another input of this run took (``used``, lower case) are passed over, and so are
+    names whose sidecar an earlier run wrote for another input; the first name free, or whose
+    sidecar names ``source``'s real path, ends the search. An output passed over whose sidecar
+    records the identity of the file ``source`` is (:func:`~.reruns.same_file_elsewhere`: a
+    folder moved or remounted; not for a path among ``inputs``, the real paths of the run's
+    inputs, which take their own) is taken instead of a free name: skipped as done, not made
+    again as ``_2``. Only such a sidecar recording ``source``'s size has ``source`` read.
+    """
+    target, k = rel, 1
+    same_file: tuple[Path, str] | None = None
+    while True:
+        if target.as_posix().lower() not in used:
+            record = out / f"{target.as_posix()}.json"
+            if not written_for_another(record, "input", source):
+                break
+            if same_file is None and \
+                    (recorded := same_file_elsewhere(record, source, inputs)) is not None:
+                same_file = (target, recorded)
+        k += 1
+        target = rel.with_name(f"{rel.stem}_{k}{rel.suffix}")
+    if same_file is not None and not record.exists():  # a free name: the same file's instead
+        return same_file
+    return target, None
 
 
 def _not_ours(task: Task) -> str:
@@ -575,13 +632,93 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
     return audit, header, [], []
 
 
-def _progress_bar(task: Task, total: int, options: Options) -> Any:
+def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
+                  clock: Callable[[], float] | None = None,
+                  interval: float | None = None) -> Any:
+    """A video's frame progress on ``stream`` (None: stderr), with ``update(n)`` and
+    ``close()``: a tqdm bar on a terminal (80 columns where it reports none); elsewhere (a log
+    file, nohup) a plain line at most every ``interval`` seconds (None:
+    :data:`PROGRESS_LINE_INTERVAL_S`) of ``clock`` (None: :func:`time.monotonic`)
+    (:class:`ProgressLines`); nothing without ``options.progress`` (``--quiet``)."""
     from tqdm import tqdm
 
-    # on a terminal only, as the other bars: no carriage-return updates in a log file
-    return tqdm(total=total or None, unit="frame", desc=Path(task.source).name, leave=False,
-                disable=not (options.progress and progress.on_terminal()), file=sys.stderr,
-                dynamic_ncols=True)
+    stream = sys.stderr if stream is None else stream
+    name = Path(task.source).name
+    if not options.progress:
+        return tqdm(total=total or None, disable=True)
+    if not stream.isatty():
+        return ProgressLines(name, total, stream, clock or time.monotonic,
+                             PROGRESS_LINE_INTERVAL_S if interval is None else interval)
+    size = _terminal_size(stream)
+    sized = {"dynamic_ncols": True} if size else {"ncols": 80, "nrows": 24}
+    return tqdm(total=total or None, unit="frame", desc=name, leave=False, file=stream, **sized)
+
+
+def _terminal_size(stream: Any) -> tuple[int, int] | None:
+    """The terminal's (columns, lines), None where it reports none (0 x 0: a pseudo-terminal
+    never sized, as some container and CI runners give): tqdm's own size would then hide the
+    bar."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return (size.columns, size.lines) if size.columns > 0 and size.lines > 0 else None
+
+
+#: Seconds between two progress lines of a video off a terminal (:class:`ProgressLines`).
+PROGRESS_LINE_INTERVAL_S = 30.0
+
+
+class ProgressLines:
+    """Frame progress for a log file: a plain line (no carriage return) at most every
+    ``interval`` seconds, e.g. ``tf-anonymize: a.mp4: 1200/4500 frames, 25.1 frames/s, ETA
+    2m11s`` (the rate over the whole file so far; without a frame count, frames and rate).
+
+    Args:
+        name: the file's name in the lines.
+        total: its frames (0: unknown).
+        stream: where lines go.
+        clock: seconds, monotonic.
+        interval: seconds between two lines.
+    """
+
+    def __init__(self, name: str, total: int, stream: Any, clock: Callable[[], float],
+                 interval: float) -> None:
+        self.name, self.total, self.stream = name, total, stream
+        self.clock, self.interval = clock, interval
+        self.start = self.last = clock()
+        self.n = 0
+
+    def update(self, n: int = 1) -> None:
+        """Counts ``n`` frames done; writes a line when ``interval`` has passed since the last."""
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        """The progress line at ``now``."""
+        elapsed = now - self.start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        eta = f", ETA {_duration((self.total - self.n) / rate)}" \
+            if self.total > self.n and rate > 0 else ""
+        return f"tf-anonymize: {self.name}: {done} frames, {rate:.1f} frames/s{eta}"
+
+    def close(self) -> None:
+        """Nothing to clear (the file's own line follows)."""
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m11s``, ``1h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _process_video(detector: Detector, task: Task, options: Options, identity: dict[str, Any]

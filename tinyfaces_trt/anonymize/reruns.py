@@ -5,7 +5,9 @@ modification time and sampled sha256: :func:`~.sidecar.input_identity`), the sam
 pixel-changing options (:data:`PIXEL_OPTIONS`), the same network and the same detection
 settings (a :class:`~tinyfaces_trt.detector_record.DetectorRecord`) as the run: a clip a card
 dump replaced under the same name, a ``--mode none`` review copy, or one the untrained
-network made, is made again.
+network made, is made again. An output whose sidecar names another path is the same input's
+when it records the identity of the file now given (:func:`same_file_elsewhere`: a card folder
+moved or remounted): it is skipped or made again under its name, not written anew as ``_2``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,33 @@ def input_change(recorded: Any, source: str | os.PathLike[str]) -> str | None:
         return (f"its input was modified since it was made (modified {_when(now['mtime_ns'])}, "
                 f"was {_when(recorded.get('mtime_ns'))})")
     return None
+
+
+def same_file_elsewhere(sidecar: str | os.PathLike[str], source: str | os.PathLike[str],
+                        claimed: Container[str] = ()) -> str | None:
+    """The input path that ``sidecar`` (one written for another path than ``source``'s)
+    records, where it records the identity of the file ``source`` is now (:func:`input_change`:
+    size, sampled sha256 and, for a file over 2 MiB, modification time): the same file, moved
+    or remounted; None otherwise (no such sidecar, no identity recorded, another file, or a
+    recorded real path in ``claimed``: an input of this run, which takes its own output).
+
+    Only a sidecar recording ``source``'s size has its sha256 compared (``source`` is read
+    then).
+    """
+    try:
+        recorded = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+        found, path = recorded.get("input_identity"), recorded.get("input")
+        resolved = recorded.get("resolved")
+        size = os.stat(source).st_size
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(found, dict) or found.get("size") != size or \
+            (isinstance(resolved, str) and resolved in claimed):
+        return None
+    if input_change(found, source) is not None:
+        return None
+    shown_path = path if isinstance(path, str) else resolved
+    return shown_path if isinstance(shown_path, str) else str(sidecar)
 
 
 def _when(mtime_ns: Any) -> str:
