@@ -146,7 +146,7 @@ def nvcc_version(nvcc: Path) -> str:
 #: Characters that, besides whitespace, the Makefile refuses in the build folder's path (its
 #: BUILD_FORBIDDEN): make splits paths at whitespace, reads ':' and '%' in target names and
 #: '$' as a reference, and its recipes pass the path to the shell unquoted.
-MAKE_UNSAFE_CHARACTERS = ":;&|<>()`'\"\\%$"
+MAKE_UNSAFE_CHARACTERS = ":;&|<>()`'\"\\%$*?["
 
 
 def check_make_path(folder: Path, label: str, advice: str = "choose another folder") -> None:

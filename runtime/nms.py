@@ -9,8 +9,9 @@ Cost: boxes are resolved in blocks of ``_BLOCK`` in NMS order. A block's kept bo
 tested only against the later live boxes that can overlap them (:class:`OverlapIndex`:
 boxes grouped by width, cut into bands of y, sorted by x), so the work grows with the kept
 boxes times their neighbours of similar size, not with kept x N (a 1080p pyramid's 640k
-candidates: seconds, not half a minute). A scene where nothing is suppressed and every box
-spans the image is the worst case.
+candidates: seconds, not half a minute). The worst case is a scene where nothing is
+suppressed and every box overlaps every other (each kept box then meets all later ones, as
+without the index).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _MAX_PAIRS = 1 << 22  # candidate pairs gathered at once (bounds the memory of o
 # of the kernel's model (tests/helpers_kernels.py), so a window never misses an x-overlap.
 _SLACK = 1e-5
 _RATIO_SLACK = 1e-4  # the same for the area-ratio bound of the IoU
+# ... plus this absolute slack on areas (float32's subnormal areas round by whole 2^-149 steps)
+_AREA_SLACK = 1e-37
+_MAX_BAND_QUERIES = 32  # bands a box queries one by one; more are taken whole
 
 
 def nms_order(logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -188,14 +192,21 @@ class OverlapIndex:
             never = np.isnan(y1) | np.isnan(y2) | (r_hi <= r_lo)
             if self.ratio > 0:
                 sized = (area > 0) & np.isfinite(area)
-                never |= sized & ((self.amax[g] < self.ratio * area)
-                                  | (self.amin[g] * self.ratio > area))
+                never |= sized & ((self.amax[g] < self.ratio * area - _AREA_SLACK)
+                                  | (self.amin[g] * self.ratio > area + _AREA_SLACK))
         nb = np.where(never, 0, np.maximum(b_hi - b_lo + 1, 0)).ravel()
+        # A box spanning many bands (tall) takes them whole in one query, x unbounded.
+        whole = nb > _MAX_BAND_QUERIES
+        nb = np.where(whole, 1, nb)
         at = np.repeat(np.arange(nb.size), nb)  # one query per (row, group, band)
         band = np.repeat(b_lo.ravel() - (np.cumsum(nb) - nb), nb) + np.arange(at.size)
         key = self.base[at % g.size] + band * self.m
-        lo = np.searchsorted(self.keys, key + r_lo.ravel()[at], side="left")
-        count = np.searchsorted(self.keys, key + r_hi.ravel()[at], side="left") - lo
+        whole = whole[at]
+        lo_key = np.where(whole, key, key + r_lo.ravel()[at])
+        hi_key = np.where(whole, self.base[at % g.size] + (b_hi.ravel()[at] + 1) * self.m,
+                          key + r_hi.ravel()[at])
+        lo = np.searchsorted(self.keys, lo_key, side="left")
+        count = np.searchsorted(self.keys, hi_key, side="left") - lo
         row = at // g.size
         ends = np.cumsum(count)
         first = 0

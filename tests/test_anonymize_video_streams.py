@@ -334,13 +334,19 @@ def test_frames_lost_mid_file_are_reported_and_long_steps_over_whole_data_not(tm
         f"of the file there could not be read): the file may be damaged"]
     # 30 fps, then a frame a second (a screen recording): whole, with audio, in each container
     pts = [int(i * 1000 / 30) for i in range(30)] + [1000 + 1000 * k for k in range(10)]
-    for name, codec in (("vfr.mp4", "libx264"), ("vfr.mkv", "libx264"),
-                        ("vfr.webm", "libvpx-vp9")):
+    # (and fragmented MP4, whose moof boxes give no packet: it was reported as damaged)
+    fragmented = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+    for name, codec, muxer in (("vfr.mp4", "libx264", None), ("vfr.mkv", "libx264", None),
+                               ("vfr.webm", "libvpx-vp9", None),
+                               ("frag.mp4", "libx264", fragmented),
+                               ("frag_every.mp4", "libx264",
+                                {"movflags": "frag_every_frame+empty_moov"})):
         make(tmp_path / name, n=40, rate=30, pts=pts, codec=codec, audio=codec == "libx264",
-             options={"bf": "0"} if codec == "libx264" else {})
+             options={"bf": "0", "g": "5"} if codec == "libx264" else {}, muxer_options=muxer)
         reader, _, frames = through(tmp_path / name, tmp_path / f"out_{name}")
         times = [f.time for f in frames]  # (mp4 keeps them on its own time base)
-        assert times == pytest.approx([t / 1000 for t in pts], abs=1e-3), name
+        if muxer is None:  # (FFmpeg's fragmented mp4 without a moov edit list shifts them)
+            assert times == pytest.approx([t / 1000 for t in pts], abs=1e-3), name
         assert reader.problems == [], name
 
 

@@ -507,7 +507,8 @@ def test_build_cli_unusable_out_is_one_line(tmp_path: Path, capsys: pytest.Captu
     assert "Traceback" not in captured.err and "nvcc" not in line
 
 
-UNSAFE_NAMES = ["my dir", "tab\tdir", "a:b", "a%b", "a$b", "a;b", "a(b", "a'b", "a\\b"]
+UNSAFE_NAMES = ["my dir", "tab\tdir", "a:b", "a%b", "a$b", "a;b", "a(b", "a'b", "a\\b", "b*", "a?b",
+                "a[b"]
 
 
 @pytest.mark.parametrize("name", UNSAFE_NAMES)
@@ -521,7 +522,7 @@ def test_build_cli_refuses_a_folder_make_cannot_use(tmp_path: Path, capsys: pyte
     assert captured.out == ""
     assert captured.err == (f"tf-build-kernels: error: --out {out}: make cannot use a folder whose "
                             f"path ({str(out)!r}) holds whitespace or any of "
-                            ": ; & | < > ( ) ` ' \" \\ % $; choose another folder\n")
+                            ": ; & | < > ( ) ` ' \" \\ % $ * ? [; choose another folder\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -561,7 +562,7 @@ def test_makefile_refuses_a_build_folder_it_cannot_use(tmp_path: Path, name: str
                           cwd=work, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     expected = (f"*** BUILD = '{value}': make cannot build in a folder whose path holds whitespace "
-                "or any of : ; & | < > ( ) ` ' \" \\ % $ (choose another folder).  Stop.") if name \
+                "or any of : ; & | < > ( ) ` ' \" \\ % $ * ? [ (choose another folder).  Stop.") if name \
         else "*** BUILD is empty: name the build folder.  Stop."
     assert expected in proc.stderr and proc.stdout == ""
     assert list(work.iterdir()) == [] and not (tmp_path / "tools" / "calls").exists()

@@ -329,6 +329,24 @@ def test_the_float32_greedy_oracle_keeps_the_emulations_boxes(t, o):
     assert {n - 5, n - 4} <= set(want.tolist())  # both identical huge boxes (areas overflow)
 
 
+def test_the_float32_oracle_on_subnormal_areas():
+    """Boxes 1.0 and 0.92 wide, 7 and 6 x 2^-149 tall: float32 areas 7q and 6q (float64 7q,
+    5.52q: below t = 0.82 times the first). The oracle's overlap index must not rule the pair
+    out by the float64 area ratio (the second box lies in the next block, so only the index
+    can pair them): the kernel suppresses it, so must the oracle."""
+    from helpers_kernels import greedy_nms_f32
+
+    q = np.float32(2.0 ** -149)
+    pair = np.array([[0, 0, 1.0, 7 * q], [0, 0, 0.92, 6 * q]], np.float32)
+    far = np.array([[1000 + 10 * k, 0, 1005 + 10 * k, 5] for k in range(127)], np.float32)
+    boxes = np.concatenate([pair[:1], far, pair[1:]])
+    logits = np.linspace(10, 0, len(boxes)).astype(np.float32)
+    keys = np.arange(len(boxes)).astype(np.uint32)
+    want = E.emulate_nms(boxes, logits, keys, 0.82, 0.0).kept
+    assert 128 not in want.tolist()
+    np.testing.assert_array_equal(greedy_nms_f32(boxes, logits, keys, 0.82, 0.0), want)
+
+
 def test_float32_decode_of_a_1080p_pyramid_differs_from_float64_only_at_the_threshold():
     """The host side of tests/test_kernels_gpu.py's 650k-candidate case: its maps decoded in
     float32 (as decode.cu, unfused) keep 21018 boxes under the kernel's float32 NMS, numpy's

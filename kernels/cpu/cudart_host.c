@@ -29,6 +29,7 @@ static int mallocs;
 cudaError_t cudaMalloc(void** p, size_t n) {
   const char* fail = getenv("TF_CPU_FAIL_MALLOC");
   if (fail && atoi(fail) == ++mallocs) return cudaErrorMemoryAllocation;
+  if (n > (size_t)-1 - 255) return cudaErrorMemoryAllocation; /* rounding up would wrap */
   *p = aligned_alloc(256, (n + 255) / 256 * 256);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }

@@ -321,6 +321,8 @@ class VideoReader:
                        and s.type in ("audio", "subtitle", "data")]
         self._passed = {s.index for s in self.others}
         self._avi = self.container.format.name == "avi"
+        # only Matroska resynchronises over damage: MP4 fragments (moof) give no packet either
+        self._matroska = "matroska" in self.container.format.name
         self.passthrough: queue.Queue[Any] = queue.Queue()
         self._frames: queue.Queue[Any] = queue.Queue(_QUEUE_FRAMES)
         self._stop = threading.Event()
@@ -450,7 +452,7 @@ class VideoReader:
         if stamp is None:
             return
         if self._video_ts is not None and self._unread and stamp > self._video_ts and \
-                not self._avi:
+                self._matroska:
             self._gaps.append((self._video_ts, stamp, self._unread))
         self._unread = 0
         self._video_ts = stamp if self._video_ts is None else max(self._video_ts, stamp)
