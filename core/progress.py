@@ -9,6 +9,7 @@ images, off a terminal (logs), or on a GPU (where a compile or engine build prin
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -22,6 +23,20 @@ def on_terminal() -> bool:
     """Whether stderr is a terminal: progress bars are drawn there only (a log file gets no
     carriage-return frames)."""
     return sys.stderr.isatty()
+
+
+def bar_size(stream: Any = None) -> dict[str, Any]:
+    """tqdm's size arguments for a bar on ``stream`` (None: stderr): the terminal's, followed
+    as it changes, or 80 x 24 where the terminal reports none (0 x 0: a pseudo-terminal never
+    sized, as some container and CI runners give; tqdm's own size would then hide the bar)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return {"dynamic_ncols": True}
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": 80, "nrows": 24}
 
 
 def _runs_on_the_cpu(detector: Any) -> bool:
@@ -42,6 +57,6 @@ def detect_with_progress(detector: Any, image: np.ndarray, label: str,
     levels = detector.plan(*image.shape[:2])
     with tqdm(total=sum(level.height * level.width for level in levels), desc=label,
               unit="px", unit_scale=True, leave=False, delay=LEVEL_BAR_DELAY_S,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+              file=sys.stderr, **bar_size()) as bar:
         return detector.detect(image,
                                on_level=lambda level: bar.update(level.height * level.width))

@@ -4,6 +4,7 @@ command-line tools show with it (core.progress)."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 from types import SimpleNamespace
 
@@ -129,3 +130,31 @@ def test_tf_detect_shows_the_bar_of_each_image_it_detects(terminal, capsys, tmp_
     for name in ("day/a.png", "b.png"):  # relative to the folder given
         assert re.search(rf"\r{re.escape(name)}: 100%\|[^|]*\| [\d.]+k/[\d.]+k ", err), err
     assert "tf-detect: 100%|" in err  # under the folder's bar of images
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_every_bar_gets_a_size_where_the_terminal_reports_none():
+    """A pseudo-terminal never sized reports 0 x 0, which tqdm takes as no room and hides the
+    bar: core.progress.bar_size (used by all four bars) gives 80 x 24 there, and follows a
+    sized terminal or a stream without one."""
+    import fcntl
+    import io
+    import struct
+    import termios
+
+    from tinyfaces_trt.core.progress import bar_size
+
+    leader, follower = os.openpty()
+    try:
+        class Pty(io.StringIO):
+            def fileno(self) -> int:
+                return follower
+
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        assert bar_size(Pty()) == {"ncols": 80, "nrows": 24}
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        assert bar_size(Pty()) == {"dynamic_ncols": True}
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert bar_size(io.StringIO()) == {"dynamic_ncols": True}

@@ -37,7 +37,7 @@ from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks,
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
-from tinyfaces_trt.core.progress import detect_with_progress
+from tinyfaces_trt.core.progress import bar_size, detect_with_progress
 from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, pixel_boxes, scale_boxes
 
 if TYPE_CHECKING:
@@ -649,20 +649,8 @@ def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
     if not stream.isatty():
         return ProgressLines(name, total, stream, clock or time.monotonic,
                              PROGRESS_LINE_INTERVAL_S if interval is None else interval)
-    size = _terminal_size(stream)
-    sized = {"dynamic_ncols": True} if size else {"ncols": 80, "nrows": 24}
-    return tqdm(total=total or None, unit="frame", desc=name, leave=False, file=stream, **sized)
-
-
-def _terminal_size(stream: Any) -> tuple[int, int] | None:
-    """The terminal's (columns, lines), None where it reports none (0 x 0: a pseudo-terminal
-    never sized, as some container and CI runners give): tqdm's own size would then hide the
-    bar."""
-    try:
-        size = os.get_terminal_size(stream.fileno())
-    except (AttributeError, OSError, ValueError):
-        return None
-    return (size.columns, size.lines) if size.columns > 0 and size.lines > 0 else None
+    return tqdm(total=total or None, unit="frame", desc=name, leave=False, file=stream,
+                **bar_size(stream))
 
 
 #: Seconds between two progress lines of a video off a terminal (:class:`ProgressLines`).

@@ -250,7 +250,7 @@ def _progress_bar(jobs: Sequence[Any], args: argparse.Namespace) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=len(jobs), desc=PROG, unit="image", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=len(jobs), desc=PROG, unit="image", file=sys.stderr, **progress.bar_size())
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.progress import bar_size
 from tinyfaces_trt.scaleout.cluster import cluster_resources, connect, plan_pool
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
@@ -154,7 +155,7 @@ def _progress_bar(total: int, done: int, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, disable=not enabled, desc=desc, unit="file",
-                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+                file=sys.stderr, smoothing=0.1, **bar_size())
 
 
 def _report(bar: Any, result: TaskResult, on_result: Callable[[TaskResult], None] | None) -> None:
