@@ -152,6 +152,24 @@ def test_same_names_get_distinct_outputs(capsys, photos, export_dir, tmp_path):
     assert json.loads((out / "b_2.json").read_text())["image"] == str(other / "b.png")
 
 
+def test_an_image_given_again_is_detected_once(capsys, photos, export_dir, tmp_path,
+                                              monkeypatch):
+    monkeypatch.chdir(photos / "2--Other")
+    (photos / "2--Other" / "broken.jpg").unlink()
+    (photos / "2--Other" / "link.png").symlink_to(photos / "2--Other" / "b.png")
+    out = tmp_path / "out"
+    # b.png named again, as ./b.png and in its folder; link.png is another name, kept
+    code, stdout, stderr = _run(capsys, "b.png", "./b.png", ".", "b.png", "--model",
+                                export_dir, "--out", out, "--json")
+    assert code == 0
+    images = [r["image"] for r in json.loads(stdout)["images"]]
+    assert images == ["b.png", "link.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["b.json", "b_boxes.png", "link.json",
+                                                     "link_boxes.png"]
+    assert "left out 3 image(s) given again (the same path as an earlier input): b.png" \
+        in stderr
+
+
 def test_untrained_default_shouts_every_run_and_reuses_cache(capsys, photos, export_dir,
                                                              tmp_path, monkeypatch):
     cache = tmp_path / "cache"

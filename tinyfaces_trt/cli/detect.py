@@ -302,6 +302,11 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
     for folder, count in found.left_out.items():
         stderr_line(f"{PROG}: left out {count} image file(s) in {outputs[folder]}: an output "
                     "folder is not read as input (move them elsewhere to detect them)")
+    if found.repeated:
+        names = list(dict.fromkeys(found.repeated))
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        stderr_line(f"{PROG}: left out {len(found.repeated)} image(s) given again (the same "
+                    f"path as an earlier input): {', '.join(names[:5])}{more}")
     return RunPlan(tasks, options, failures)
 
 

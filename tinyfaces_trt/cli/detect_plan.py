@@ -90,11 +90,14 @@ class Inputs:
         jobs: the images, in order.
         errors: (argument, error message) for each argument that gave none.
         left_out: output folder (resolved) -> how many image files walked there were left out.
+        repeated: the image paths found again after their first time (same absolute path:
+            named twice, as ./a.jpg, or in a folder also given), each left out.
     """
 
     jobs: list[ImageJob] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     left_out: dict[Path, int] = field(default_factory=dict)
+    repeated: list[str] = field(default_factory=list)
 
 
 def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Inputs:
@@ -104,7 +107,9 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
     leaving out the files inside those ``exclude`` folders (the output folders, also reached
     through a symbolic link), so a run never reads its own outputs. A file is taken as is, so
     a non-image file gives a clear error when it is loaded. A missing path or a folder without
-    images is an error.
+    images is an error. An image path found again (the same absolute path) is taken once,
+    where it comes first; another name of the same file (a link) is another image, as the
+    names of a dataset whose files link into a store shared by identical ones.
     """
     excluded = [Path(e).resolve() for e in exclude]
     found = Inputs()
@@ -119,6 +124,22 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
             # WIDER layout of links into a flat store)
             found.jobs.append(ImageJob(path, Path(path.name),
                                        Path(os.path.abspath(path)).parent.name or "images"))
+    return _once_each(found)
+
+
+def _once_each(found: Inputs) -> Inputs:
+    """``found`` with each image path once (by absolute path), where it comes first; the
+    others are listed in ``repeated``."""
+    seen: set[str] = set()
+    jobs = []
+    for job in found.jobs:
+        key = os.path.abspath(job.path)
+        if not job.is_stdin and key in seen:
+            found.repeated.append(str(job.path))
+            continue
+        seen.add(key)
+        jobs.append(job)
+    found.jobs = jobs
     return found
 
 
