@@ -701,3 +701,26 @@ def test_a_failing_tool_probe_keeps_the_gpu_the_environment_found(monkeypatch):
     assert report.gpu
     assert report.facts["nvcc"] == "probe failed: ImportError: No module named 'numpy'"
     assert report.facts["nvidia-smi"] == smi
+
+
+def test_cuda_home_of_a_wrapper_script_is_the_toolkit_it_runs(tmp_path):
+    # /usr/local/bin/nvcc as a two-line wrapper: torch's guess (the parent of its folder) is
+    # /usr/local, without cuda.h or the stubs AOTInductor links
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "include").mkdir()
+    (toolkit / "include" / "cuda.h").write_text("")
+    real = toolkit / "bin" / "nvcc"
+    real.write_text(f"#!/bin/sh\necho '#$ _HERE_={toolkit / 'bin'}' >&2\n")
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    for script in (real, wrapper):
+        script.chmod(0o755)
+    gpu_check = _gpu_check()
+    assert gpu_check.cuda_home(str(wrapper)) == str(toolkit)
+    assert gpu_check.cuda_home(str(real)) == str(toolkit)
+    link = tmp_path / "link" / "bin" / "nvcc"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    assert gpu_check.cuda_home(str(link)) == str(toolkit)

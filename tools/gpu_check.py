@@ -958,6 +958,25 @@ def find_tool(name: str) -> str | None:
                                   os.access(beside, os.X_OK) else None)
 
 
+def cuda_home(nvcc: str) -> str | None:
+    """The CUDA toolkit folder of ``nvcc`` (the one holding include/cuda.h): its folder's parent,
+    through symbolic links, or, for a wrapper script (/usr/local/bin/nvcc running
+    /usr/local/cuda-13.0/bin/nvcc), the folder nvcc itself reports (``_HERE_`` of
+    ``--dryrun``); None where none holds cuda.h. torch takes the parent of ``which nvcc``,
+    which for a wrapper names /usr/local, where AOTInductor then finds no headers or stubs."""
+    candidates = [Path(nvcc).parent.parent, Path(nvcc).resolve().parent.parent]
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True,
+                             text=True, timeout=30)
+        for line in (dry.stdout + dry.stderr).splitlines():
+            if line.startswith("#$ _HERE_="):
+                candidates.append(Path(line.split("=", 1)[1].strip()).parent)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    candidates.append(Path("/usr/local/cuda"))
+    return next((str(c) for c in candidates if (c / "include" / "cuda.h").is_file()), None)
+
+
 def save_report(report: Report, out: Path, plot: bool = False) -> None:
     """Writes gpu_check.json and .md (and, at the end, the plot): after every step, so that a
     run killed from outside still leaves the steps it finished."""
@@ -1001,7 +1020,9 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
     if nvcc:  # the Makefile and the build find nvcc (and its neighbours) on the PATH
         env["PATH"] = os.pathsep.join([str(Path(nvcc).parent), env.get("PATH", "")])
         # AOTInductor links -lcuda from the toolkit's lib64/stubs only where $CUDA_HOME is set
-        env.setdefault("CUDA_HOME", str(Path(nvcc).parent.parent))  # as torch derives it
+        home = cuda_home(nvcc)
+        if home:
+            env.setdefault("CUDA_HOME", home)
     build_dir = Path(args.build_dir).resolve()
 
     def left_before_bench() -> float:
