@@ -36,7 +36,10 @@ ResNet-101 block names ``res2a..c``, ``res3a, res3b1..b3``, ``res4a, res4b1..b22
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shlex
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyfaces_trt.core.config import DetectorConfig, Normalization
+from tinyfaces_trt.core.config import VARIANTS, DetectorConfig, Normalization
 from tinyfaces_trt.core.errors import ConfigError, WeightsError, first_line
 
 from tinyfaces_trt.export.model import TinyFacesNet, build_model
@@ -91,6 +94,13 @@ def load_weights(path: str | Path, depth: int | None = None,
     return load_pytorch_checkpoint(path, depth, variant)
 
 
+def runnable_variants(path: str | Path) -> tuple[str, ...]:
+    """The variants :func:`load_weights` reads the checkpoint at ``path`` as: only
+    ``"matconvnet"`` for a MatConvNet ``.mat`` (by content), every variant for a torch one."""
+    with open(path, "rb") as f:
+        return ("matconvnet",) if f.read(len(_MAT_MAGIC)) == _MAT_MAGIC else tuple(VARIANTS)
+
+
 def load_model(weights: str | Path | None, depth: int | None = None, variant: str | None = None,
                seed: int = 0) -> tuple[TinyFacesNet, DetectorConfig]:
     """``(model, config)`` of a checkpoint (:func:`load_weights`; ``seed`` unused), or with
@@ -116,6 +126,9 @@ def load_pytorch_checkpoint(path: str | Path, depth: int | None = None,
             raise WeightsError(f"{path}: not a MATLAB .mat file (it does not start with the "
                                f"'MATLAB' header of a v5/v7 MAT-file); expected "
                                f"{_EXPECTED_MAT}") from None
+        refused = _unsupported_globals(exc)
+        if refused:
+            raise WeightsError(_unsafe_checkpoint_message(path, refused)) from None
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                            f"{_first_line(exc)}); expected {_EXPECTED_TORCH}") from None
     state = _extract_state_dict(obj, path)
@@ -123,6 +136,33 @@ def load_pytorch_checkpoint(path: str | Path, depth: int | None = None,
     if model.variant != "pytorch":
         log.warning(variant_override_warning(path, model.variant))
     return model, model.detector_config()
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global: GLOBAL|class) ([A-Za-z_][\w.]*)")
+
+
+def _unsupported_globals(exc: BaseException) -> list[str]:
+    """The Python globals (classes, functions) torch's ``weights_only`` unpickler refused, as
+    its message names them; empty for any other failure."""
+    return list(dict.fromkeys(m.rstrip(".") for m in _UNSUPPORTED_GLOBAL.findall(str(exc))))
+
+
+def _unsafe_checkpoint_message(path: str | Path, refused: list[str]) -> str:
+    """Why a checkpoint holding Python objects besides tensors is refused, and the one-line
+    re-save of its state dict (to run only on a trusted file)."""
+    path = Path(path)
+    out = path.with_name(f"{path.stem}_state_dict.pth")
+    code = (f"import torch; c = torch.load({json.dumps(str(path))}, map_location=\"cpu\", "
+            f"weights_only=False); torch.save({{\"model\": c[\"model\"]}}, "
+            f"{json.dumps(str(out))})")
+    return (f"{path}: the checkpoint holds Python objects besides tensors, which "
+            f"torch.load(weights_only=True) refuses (unsupported global: {', '.join(refused)}), "
+            f"e.g. a training script's argparse.Namespace next to the state dict, or a whole "
+            f"model saved with torch.save(model); weights are only read that safe way, as "
+            f"unpickling anything else can run code from the file. If you trust the file, "
+            f"re-save just its state dict: python -c {shlex.quote(code)} (a whole saved model: "
+            f"torch.save({{\"model\": c.state_dict()}}, ...) instead, with its class importable), "
+            f"then pass {out}")
 
 
 def variant_override_warning(path: str | Path, variant: str) -> str:
@@ -173,12 +213,35 @@ def infer_depth(state: Mapping[str, Any], source: str = "state_dict") -> int:
 UNUSED_PORT_KEYS = {"model.fc.weight": (1000, 2048), "model.fc.bias": (1000,)}
 
 
+#: The detection heads of TinyFacesNet (on top of the ResNet trunk under ``model.``).
+HEAD_KEYS = ("score_res3.weight", "score_res3.bias", "score_res4.weight", "score_res4.bias",
+             "score4_upsample.weight")
+
+
+def _check_detector_keys(state: Mapping[str, Any], source: str) -> None:
+    """Refuses a state_dict with neither the detector's trunk (``model.layer3.*``) nor any of
+    its heads (:data:`HEAD_KEYS`): some other network's, e.g. a torchvision ResNet
+    classifier's. A partial detector state_dict gets the precise missing-key report."""
+    if any(k.startswith("model.layer3.") for k in state) or any(k in state for k in HEAD_KEYS):
+        return
+    looks = (" (it looks like a torchvision ResNet classifier's: keys such as layer3.0.conv1.weight "
+             "and fc.weight without the 'model.' prefix)"
+             if any(k.startswith("layer3.") for k in state) else "")
+    raise WeightsError(
+        f"{source}: not a Tiny Faces detector checkpoint: it has no score heads "
+        f"(score_res3, score_res4, score4_upsample) and no ResNet trunk under 'model.'{looks}; "
+        f"its keys: {_listing(list(state))}. Expected TinyFacesNet's state dict: "
+        f"model.conv1.weight, model.bn1.*, model.layer1..layer3.* (ResNet-50 or -101), "
+        f"{', '.join(HEAD_KEYS)}, in {_EXPECTED_TORCH}")
+
+
 def model_from_state_dict(state: Mapping[str, torch.Tensor], depth: int | None = None,
                           variant: str = "pytorch", source: str = "state_dict") -> TinyFacesNet:
     """A TinyFacesNet (eval mode) holding ``state`` (the port's unused ``model.fc`` entries,
     :data:`UNUSED_PORT_KEYS`, are left out); any other key/shape mismatch is a WeightsError."""
     state = {k: v for k, v in state.items()
              if not (k in UNUSED_PORT_KEYS and tuple(v.shape) == UNUSED_PORT_KEYS[k])}
+    _check_detector_keys(state, source)
     found = infer_depth(state, source)
     if depth is not None and depth != found:
         raise WeightsError(f"{source}: checkpoint is ResNet-{found} "

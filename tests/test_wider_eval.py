@@ -23,7 +23,8 @@ import pytest
 from tinyfaces_trt.wider import cli as cli_eval
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.wider.evaluate import (
-    MissingPredictionsError, WiderEvalError, box_overlaps, evaluate_folder, image_evaluation,
+    MissingPredictionsError, WiderEvalError, box_overlaps, evaluate_folder,
+    evaluate_predictions, image_evaluation,
     image_pr_info, load_ground_truth, normalize_scores, sort_predictions, voc_ap)
 from tinyfaces_trt.wider.format import (
     PredictionFormatError, format_detections, matlab_round, parse_detections,
@@ -221,6 +222,41 @@ def test_score_normalisation_is_single_precision_like_norm_score():
     assert neg[("e", "a")][:, 4].tolist() == [float(np.float32(2) / np.float32(3)), 0.0]
 
 
+def test_keys_of_no_ground_truth_image_leave_the_normalisation_alone(gt_dir):
+    """read_pred.m reads only the ground-truth images: a key of no such image (here with a
+    huge score) must not stretch the min-max normalisation of the others."""
+    gt = load_ground_truth(gt_dir)
+    preds = {("0--Parade", "0_Parade_a"): sort_predictions(np.array([at(FAR, 3.0), at(A0, 2.0)])),
+             ("1--Handshaking", "1_Handshaking_c"): sort_predictions(np.array([at(C0, 1.0)]))}
+    # as test_false_positive_above_true_positives: AP = (2/N)(2/3)
+    expected = {"easy": 4 / 15, "medium": 2 / 9, "hard": 1 / 6}
+    assert evaluate_predictions(gt, preds).ap == pytest.approx(expected, abs=1e-15)
+    extra = dict(preds)
+    extra[("0--Parade", "not_in_the_ground_truth")] = np.array([at(A0, 1000.0)])
+    extra[("9--Nowhere", "x")] = np.array([at(FAR, -50.0)])
+    with pytest.warns(UserWarning) as caught:
+        result = evaluate_predictions(gt, extra)
+    assert result.ap == pytest.approx(expected, abs=1e-15)
+    assert [str(w.message) for w in caught] == [
+        "2 of 4 prediction images are not ground-truth images and are ignored, as the "
+        "official read_pred.m reads only the ground-truth images (their scores do not enter "
+        "the normalisation): 0--Parade/not_in_the_ground_truth, 9--Nowhere/x"]
+
+
+def test_prediction_keys_that_match_no_ground_truth_image_warn_loudly(gt_dir):
+    gt = load_ground_truth(gt_dir)
+    preds = {(event.upper(), image): sort_predictions(np.array(rows))
+             for (event, image), rows in perfect_preds().items()}
+    with pytest.warns(UserWarning) as caught:
+        result = evaluate_predictions(gt, preds)
+    assert result.ap == {"easy": 0.0, "medium": 0.0, "hard": 0.0}
+    assert [str(w.message) for w in caught] == [
+        "NONE of the 4 prediction images is a ground-truth image (0--PARADE/0_Parade_a, "
+        "0--PARADE/0_Parade_b, 1--HANDSHAKING/1_Handshaking_c and 1 more): nothing is "
+        "evaluated and every AP is 0; keys must be (event, image name without extension) "
+        "exactly as in wider_face_val.mat, e.g. ('0--Parade', '0_Parade_a')"]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -383,12 +419,55 @@ def test_reader_accepts_official_variants():
     assert parse_detections("img\n0.0\n").boxes.shape == (0, 5)
 
 
+def test_reader_reads_only_the_declared_box_lines_as_read_pred_m():
+    """read_pred.m reads lines 3..count+2 and nothing after them: a count of 0 with a dummy
+    box line (a common writer habit) and surplus lines read as the official tool reads them."""
+    zero = parse_detections("a.jpg\n0\n0 0 0 0 0\n", "f.txt")
+    assert zero.boxes.shape == (0, 5) and zero.extra_lines == 1
+    one = parse_detections("a.jpg\n1\n1 2 3 4 0.5\n5 6 7 8 0.4\n", "f.txt")
+    assert one.boxes.tolist() == [[1, 2, 3, 4, 0.5]] and one.extra_lines == 1
+    # lines after the count are never parsed, whatever they hold
+    junk = parse_detections("a.jpg\n1\n1 2 3 4 0.5\n\nnot numbers\n1 2\n", "f.txt")
+    assert junk.boxes.tolist() == [[1, 2, 3, 4, 0.5]] and junk.extra_lines == 2
+    exact = parse_detections("a.jpg\n1\n1 2 3 4 0.5\n\n", "f.txt")
+    assert exact.extra_lines == 0
+
+
+def test_surplus_box_lines_are_ignored_with_one_warning(gt_dir, tmp_path):
+    write_preds(tmp_path, {("0--Parade", "0_Parade_a"): [at(A0, 2.0)],
+                           ("0--Parade", "0_Parade_b"): [at(B0, 1.0)]})
+    # A false positive on a surplus line, and a dummy line under a count of 0: the official
+    # reader reads neither, so the AP is that of test_half_of_the_faces_found.
+    (tmp_path / "0--Parade" / "0_Parade_a.txt").write_text(
+        f"0_Parade_a.jpg\n1\n10 10 20 20 2.0\n{' '.join(map(str, FAR))} 9.0\n")
+    (tmp_path / "1--Handshaking" / "1_Handshaking_c.txt").write_text(
+        "1_Handshaking_c.jpg\n0\n0 0 0 0 0\n")
+    with pytest.warns(UserWarning) as caught:
+        ap = ap_of(gt_dir, tmp_path)
+    assert ap == pytest.approx({"easy": 0.4, "medium": 2 / 6, "hard": 0.25}, abs=1e-15)
+    assert [str(w.message) for w in caught] == [
+        f"2 of 4 prediction files have more box lines than their line 2 declares; only the "
+        f"declared number was read and the rest ignored, as the official read_pred.m does, "
+        f"e.g. {tmp_path / '0--Parade' / '0_Parade_a.txt'} (declares 1, 2 box lines follow)"]
+
+
+def test_cli_warns_once_for_surplus_box_lines(gt_dir, tmp_path, capsys):
+    write_preds(tmp_path, perfect_preds())
+    for event, image in IMAGES:
+        path = tmp_path / event / f"{image}.txt"
+        path.write_text(path.read_text() + "0 0 0 0 0\n")
+    assert cli_eval.main(["--gt", str(gt_dir), "--pred", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tf-eval: warning: 4 of 4 prediction files have more box lines") == 1
+    assert err.count("warning") == 1
+
+
 @pytest.mark.parametrize("text, message", [
     ("img\n", r"f.txt: expected the image name on line 1 and the box count on line 2"),
     ("img\nthree\n", r"f.txt:2: expected the number of boxes, got 'three'"),
     ("img\n-1\n", r"f.txt:2: negative box count"),
-    ("img\n2\n1 2 3 4 0.5\n", r"f.txt: line 2 declares 2 box\(es\) but 1 box line\(s\) follow"),
-    ("img\n1\n1 2 3 4 0.5\n1 2 3 4 0.5\n", r"declares 1 box\(es\) but 2"),
+    ("img\n2\n1 2 3 4 0.5\n", r"f.txt: line 2 declares 2 box\(es\) but only 1 box line\(s\) "
+                              r"follow \(the official read_pred.m would drop the whole image"),
     ("img\n1\n1 2 3 nan 0.5\n", r"f.txt:3: non-finite value"),
     ("img\n1\n1 2 x 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 x 4 0.5'"),
     ("img\n1_0\n" + "1 2 3 4 0.5\n" * 10, r"f.txt:2: expected the number of boxes, got '1_0'"),

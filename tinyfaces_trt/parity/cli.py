@@ -135,30 +135,44 @@ def _check_writable(path: Path) -> None:
 
 
 def _check_folder_source(folder: Any, args: argparse.Namespace, reference: DetectorConfig) -> None:
-    """Refuses an export folder made from other weights than the reference's, or read as
-    another variant (its score maps would differ in shape: a setup error, not a failure)."""
+    """Refuses an export folder made from other weights than the reference's (first: a
+    ``--variant`` hint is no use then), or read as another variant (its score maps would
+    differ in shape: a setup error, not a failure)."""
     manifest = folder.manifest
-    variant = (manifest.get("model") or {}).get("variant") or folder.config.variant
-    if variant != reference.variant:
-        raise TinyFacesError(f"export folder {folder.path} holds the {variant!r} variant of the "
-                             f"network, the reference is the {reference.variant!r} one; give "
-                             f"--variant {variant} to compare like with like")
+    model = manifest.get("model") or {}
     if args.weights:
         from tinyfaces_trt.export_cache import file_sha256
 
         recorded = (manifest.get("weights") or {}).get("sha256")
         if recorded != file_sha256(args.weights):
-            made_from = ("the UNTRAINED seeded network (test it with --untrained)"
-                         if folder.untrained else f"weights with sha256 {recorded}")
+            afresh = f"leave out --model to export {args.weights} afresh"
+            made_from = (f"the UNTRAINED seeded network (test it with --untrained); {afresh}"
+                         if folder.untrained else
+                         f"weights with sha256 {recorded}; give --weights the checkpoint it was "
+                         f"exported from, or {afresh}" if recorded else
+                         f"weights its manifest does not identify (no sha256); {afresh}")
             raise TinyFacesError(f"export folder {folder.path} was not made from {args.weights} "
-                                 f"but from {made_from}; compare like with like")
+                                 f"but from {made_from}")
     else:
-        depth = (manifest.get("model") or {}).get("depth")
-        seed = (manifest.get("model") or {}).get("seed")  # None: a folder made before it was kept
+        depth = model.get("depth")
+        seed = model.get("seed")  # None: a folder made before it was kept
         if not folder.untrained or depth not in (None, args.depth) or seed not in (None, args.seed):
             raise TinyFacesError(f"export folder {folder.path} does not hold the untrained "
                                  f"ResNet-{args.depth} network of seed {args.seed} "
                                  f"(untrained={folder.untrained}, depth={depth}, seed={seed})")
+    variant = model.get("variant") or folder.config.variant
+    if variant != reference.variant:
+        if args.weights:
+            from tinyfaces_trt.export.weights import runnable_variants
+
+            can_run = variant in runnable_variants(args.weights)
+        else:
+            can_run = variant in VARIANTS
+        hint = (f"give --variant {variant} to compare like with like" if can_run else
+                f"{args.weights} cannot run as that variant (its manifest is inconsistent); "
+                f"re-export it with tf-export --weights {args.weights}")
+        raise TinyFacesError(f"export folder {folder.path} holds the {variant!r} variant of the "
+                             f"network, the reference is the {reference.variant!r} one; {hint}")
 
 
 def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str], work: Path,

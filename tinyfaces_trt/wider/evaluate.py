@@ -10,7 +10,9 @@ peiyunh/tiny, ``eval_tools/``), including the MATLAB type rules that change resu
   matching it is neither a hit nor a false positive). The official code names the keep flag
   ``ignore``; here it is ``keep``.
 * Predictions are sorted by raw score, descending, stably (MATLAB ``sort``), then min-max
-  normalised over ALL predictions (``norm_score``). The official bounds start at
+  normalised over all predictions of the ground-truth images (``norm_score``; ``read_pred.m``
+  reads no other image, so :func:`evaluate_predictions` leaves other keys out, with a
+  warning). The official bounds start at
   ``realmin('single')`` / ``realmax('single')``, which makes them single precision, so the
   normalisation runs in float32 and, e.g., an all-negative score set has max = 1.18e-38.
   If every score is equal the official division is 0/0 (NaN) and every AP is 0; we warn.
@@ -36,7 +38,8 @@ identical PR curves on the real val ground truth with jittered, fractional, logi
 predictions, and identical APs on the synthetic cases of tests/test_wider_eval.py.
 
 Deviations (documented): the event count comes from the files (the official hard-codes 61);
-malformed prediction files raise instead of being dropped; a missing prediction file counts
+malformed prediction files raise instead of being dropped (box lines after the declared count
+are ignored, as official, with one warning for all such files); a missing prediction file counts
 as an image without detections (as official) with a warning, or raises with
 ``on_missing="error"``; a prediction folder with no file for any ground-truth image raises.
 """
@@ -288,12 +291,22 @@ def read_predictions(pred_dir: str | Path, index: WiderGroundTruth,
         raise WiderEvalError(f"prediction folder not found: {pred_dir}")
     boxes: dict[ImageKey, np.ndarray] = {}
     missing: list[Path] = []
+    overlong: list[tuple[Path, int, int]] = []  # (path, declared, extra lines)
     for event, image in index.image_keys():
         path = detection_path(pred_dir, event, image)
         if not path.is_file():
             missing.append(path)
             continue
-        boxes[(event, image)] = sort_predictions(read_detection_file(path).boxes)
+        parsed = read_detection_file(path)
+        if parsed.extra_lines:
+            overlong.append((path, len(parsed.boxes), parsed.extra_lines))
+        boxes[(event, image)] = sort_predictions(parsed.boxes)
+    if overlong:
+        path, declared, extra = overlong[0]
+        warnings.warn(f"{len(overlong)} of {len(boxes)} prediction files have more box lines "
+                      f"than their line 2 declares; only the declared number was read and the "
+                      f"rest ignored, as the official read_pred.m does, e.g. {path} (declares "
+                      f"{declared}, {declared + extra} box lines follow)", stacklevel=2)
     total = len(boxes) + len(missing)
     if total and not boxes:
         raise WiderEvalError(
@@ -312,7 +325,9 @@ def read_predictions(pred_dir: str | Path, index: WiderGroundTruth,
 
 
 def normalize_scores(predictions: Mapping[ImageKey, np.ndarray]) -> dict[ImageKey, np.ndarray]:
-    """``norm_score.m``: min-max normalisation of column 4 over all non-empty images.
+    """``norm_score.m``: min-max normalisation of column 4 over all non-empty images given
+    (:func:`evaluate_predictions` gives those of the ground-truth images only, as
+    ``read_pred.m`` reads no other).
 
     Bounds start at realmin/realmax('single'), so (as in MATLAB) they and the arithmetic are
     single precision; the result is stored back as float64.
@@ -586,12 +601,44 @@ def evaluate_predictions(gt_set: WiderGroundTruthSet,
                          predictions: Mapping[ImageKey, np.ndarray],
                          iou_thresh: float = IOU_THRESH, thresh_num: int = THRESH_NUM,
                          missing: Sequence[Path] = ()) -> WiderEvalResult:
-    """Evaluates raw (un-normalised) predictions, sorted best first per image."""
-    normalized = normalize_scores(predictions)
+    """Evaluates raw (un-normalised) predictions, sorted best first per image.
+
+    Keys are ``(event, image name without extension)`` as in ``wider_face_val.mat``. Keys of
+    no ground-truth image are left out of the evaluation and of the score normalisation, as
+    ``read_pred.m`` reads only the ground-truth images; one warning names a few of them.
+    """
+    gt_keys = set(gt_set.index.image_keys())
+    unknown = [key for key in predictions if key not in gt_keys]
+    if unknown:
+        warnings.warn(_unknown_keys_warning(unknown, len(predictions), sorted(gt_keys)[:1]),
+                      stacklevel=2)
+    normalized = normalize_scores({k: v for k, v in predictions.items() if k in gt_keys})
     results = {name: evaluate_setting(gt, normalized, iou_thresh, thresh_num, name)
                for name, gt in gt_set.settings.items()}
     return WiderEvalResult(results, len(gt_set.index.image_keys()), list(missing),
                            iou_thresh, thresh_num)
+
+
+def _key_name(key: Any) -> str:
+    """``event/image`` for an ``(event, image)`` key, else its repr."""
+    if isinstance(key, tuple) and len(key) == 2 and all(isinstance(p, str) for p in key):
+        return f"{key[0]}/{key[1]}"
+    return repr(key)
+
+
+def _unknown_keys_warning(unknown: Sequence[Any], total: int,
+                          example: Sequence[ImageKey]) -> str:
+    """The warning about prediction keys that name no ground-truth image."""
+    shown = ", ".join(_key_name(k) for k in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    if len(unknown) == total:
+        like = f", e.g. {example[0]!r}" if example else ""
+        return (f"NONE of the {total} prediction images is a ground-truth image ({shown}{more}): "
+                f"nothing is evaluated and every AP is 0; keys must be (event, image name "
+                f"without extension) exactly as in {INDEX_FILE}{like}")
+    return (f"{len(unknown)} of {total} prediction images are not ground-truth images and are "
+            f"ignored, as the official read_pred.m reads only the ground-truth images (their "
+            f"scores do not enter the normalisation): {shown}{more}")
 
 
 def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path,

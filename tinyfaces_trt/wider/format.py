@@ -19,11 +19,19 @@ Reading follows the official ``read_pred.m``: each box line yields its first fou
 and its *last* number as the score (so the older 6-column files read too). Numbers are
 decimal literals as MATLAB's ``str2num`` reads them, so the box count may be written ``1.0``
 or ``2e0`` (a whole number); a count like ``1.5`` and any token with ``_`` (which Python's
-``float`` would accept, ``1_0`` as 10, and ``str2num`` rejects) are malformed. Unlike the
-official reader, which prints "Invalid format" and silently drops the whole image, a
-malformed file raises :class:`PredictionFormatError` naming the file and line; blank lines
-after the count line are skipped. Deviation (documented): ``str2num`` also evaluates
-MATLAB expressions (``1+1``, ``pi``); those are malformed here.
+``float`` would accept, ``1_0`` as 10, and ``str2num`` rejects) are malformed. Blank lines
+after the count line are skipped.
+
+As ``read_pred.m``, only the first ``N`` box lines are read: with a count of 0 no box line is
+read, and lines after the ``N``-th are ignored unread (a writer that puts a ``0 0 0 0 0`` line
+under a count of 0, or more lines than it counts, is read as the official tool reads it);
+:attr:`DetectionFile.extra_lines` counts them, and :func:`~.evaluate.read_predictions` warns
+once for all such files. Where the official reader prints "Invalid format" and silently
+drops the whole image (fewer box lines than the count, a box line that is not numbers), and
+for a read box line of fewer than 5 numbers (which it drops, or with 4 numbers misreads the
+height as the score), a file here raises :class:`PredictionFormatError` naming the file and
+line. Deviation (documented): ``str2num`` also evaluates MATLAB expressions (``1+1``,
+``pi``); those are malformed here.
 """
 
 from __future__ import annotations
@@ -52,10 +60,13 @@ class DetectionFile:
     Attributes:
         image_name: line 1, stripped.
         boxes: (N, 5) float64 ``[x, y, w, h, score]`` in file order.
+        extra_lines: non-blank lines after the ``N`` declared box lines, ignored unread as
+            ``read_pred.m`` ignores them.
     """
 
     image_name: str
     boxes: np.ndarray
+    extra_lines: int = 0
 
 
 def matlab_round(values: np.ndarray) -> np.ndarray:
@@ -180,18 +191,19 @@ def parse_detections(text: str, source: str = "<text>") -> DetectionFile:
     if count < 0:
         raise PredictionFormatError(f"{source}:2: negative box count {count}")
     rows = [(no, line) for no, line in enumerate(lines[2:], start=3) if line.strip()]
-    if len(rows) != count:
+    if len(rows) < count:  # read_pred.m: an index error, "Invalid format", the image dropped
         raise PredictionFormatError(
-            f"{source}: line 2 declares {count} box(es) but {len(rows)} box line(s) follow")
+            f"{source}: line 2 declares {count} box(es) but only {len(rows)} box line(s) "
+            f"follow (the official read_pred.m would drop the whole image as 'Invalid format')")
     boxes = np.zeros((count, 5), dtype=np.float64)
-    for k, (no, line) in enumerate(rows):
+    for k, (no, line) in enumerate(rows[:count]):  # read_pred.m reads lines 3..count+2 only
         values = _numbers(line, f"{source}:{no}")
         if len(values) < 5:
             raise PredictionFormatError(
                 f"{source}:{no}: expected 'x y w h score', got {line.strip()!r}")
         boxes[k, :4] = values[:4]
         boxes[k, 4] = values[-1]
-    return DetectionFile(lines[0].strip(), boxes)
+    return DetectionFile(lines[0].strip(), boxes, len(rows) - count)
 
 
 def read_detection_file(path: str | Path) -> DetectionFile:

@@ -1,0 +1,83 @@
+"""tf-parity checks an export folder's source (weights, or the untrained network's seed) before
+its variant: a ``--variant`` hint for a folder of other weights sent the user to a command
+the weights refuse (a .mat runs only as 'matconvnet')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinyfaces_trt.core.hashing import file_sha256
+from tinyfaces_trt.core.manifest import write_manifest
+from tinyfaces_trt.export.model import TinyFacesNet
+from tinyfaces_trt.parity.cli import main
+
+from helpers_weights import write_fake_hr_res101_mat, write_fake_pytorch_checkpoint
+
+
+def _folder(path: Path, variant: str, *, weights: Path | None = None, seed: int = 0) -> Path:
+    """An export folder whose manifest says it holds ``variant`` made from ``weights`` (or the
+    untrained network of ``seed``); its ONNX file is never loaded by these tests."""
+    path.mkdir()
+    (path / "model.onnx").write_bytes(b"never loaded")
+    write_manifest(path, config=TinyFacesNet(50, variant).detector_config(),
+                   files={"onnx_fp32": "model.onnx"}, opset=17, untrained=weights is None,
+                   weights=None if weights is None else {"path": str(weights),
+                                                         "sha256": file_sha256(weights)},
+                   extra={"model": {"depth": 50, "variant": variant, "seed": seed}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    mat, pth, other = root / "hr_res50.mat", root / "c.pth", root / "other.pth"
+    write_fake_hr_res101_mat(mat, depth=50)
+    write_fake_pytorch_checkpoint(pth, depth=50, seed=1)
+    write_fake_pytorch_checkpoint(other, depth=50, seed=2)
+    return mat, pth, other
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv + ["--sizes", "33x47", "--backends", "onnxruntime"]) == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_a_mat_with_a_folder_of_other_weights_is_told_so_not_given_a_variant(capsys, tmp_path,
+                                                                            files):
+    mat, pth, other = files
+    folder = _folder(tmp_path / "pytorch_of_other", "pytorch", weights=other)
+    assert _error(capsys, ["--weights", str(mat), "--model", str(folder)]) == (
+        f"tf-parity: error: export folder {folder} was not made from {mat} but from weights "
+        f"with sha256 {file_sha256(other)}; give --weights the checkpoint it was exported "
+        f"from, or leave out --model to export {mat} afresh")
+    # the weights' own folder of another variant: then the variant, which a .pth can run as
+    own = _folder(tmp_path / "matconvnet_of_pth", "matconvnet", weights=pth)
+    assert _error(capsys, ["--weights", str(pth), "--model", str(own)]) == (
+        f"tf-parity: error: export folder {own} holds the 'matconvnet' variant of the network, "
+        f"the reference is the 'pytorch' one; give --variant matconvnet to compare like with "
+        f"like")
+
+
+def test_a_variant_the_weights_cannot_run_as_is_never_suggested(capsys, tmp_path, files):
+    """A folder whose manifest pairs the .mat's sha256 with the 'pytorch' variant (which no
+    tf-export of it writes): no '--variant pytorch', which the .mat would refuse."""
+    mat, _, _ = files
+    folder = _folder(tmp_path / "inconsistent", "pytorch", weights=mat)
+    assert _error(capsys, ["--weights", str(mat), "--model", str(folder)]) == (
+        f"tf-parity: error: export folder {folder} holds the 'pytorch' variant of the network, "
+        f"the reference is the 'matconvnet' one; {mat} cannot run as that variant (its "
+        f"manifest is inconsistent); re-export it with tf-export --weights {mat}")
+
+
+def test_an_untrained_folder_of_another_seed_and_variant_names_the_seed_first(capsys, tmp_path):
+    folder = _folder(tmp_path / "mcn_seed3", "matconvnet", seed=3)
+    base = ["--untrained", "--depth", "50", "--model", str(folder)]
+    assert _error(capsys, base) == (
+        f"tf-parity: error: export folder {folder} does not hold the untrained ResNet-50 "
+        f"network of seed 0 (untrained=True, depth=50, seed=3)")
+    assert _error(capsys, base + ["--seed", "3"]) == (
+        f"tf-parity: error: export folder {folder} holds the 'matconvnet' variant of the "
+        f"network, the reference is the 'pytorch' one; give --variant matconvnet to compare "
+        f"like with like")
