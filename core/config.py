@@ -292,6 +292,37 @@ class DetectorConfig:
         if not (math.isfinite(self.size_refinement) and self.size_refinement >= 1.0):
             raise ConfigError(f"size_refinement must be a finite number >= 1, "
                                 f"got {self.size_refinement}")
+        if self.min_face is not None or self.max_face is not None:
+            self._check_face_range_reachable()
+
+    def _check_face_range_reachable(self) -> None:
+        """Refuses a ``[min_face, max_face]`` that no pyramid level of any image can meet
+        (every image would have its whole pyramid pruned): ``max_face`` below the smallest
+        face the templates produce at the rule's largest scale, ``min_face`` above the
+        largest at the fixed rule's smallest scale, or a range between the template sizes."""
+        # pyramid imports this module; by the time a config is made both are loaded
+        from tinyfaces_trt.core.pyramid import face_range_reachable, face_size_bounds
+
+        if face_range_reachable(self):
+            return
+        low, high = face_size_bounds(self)
+        r = self.size_refinement
+        if self.max_face is not None and self.max_face < low:
+            why = (f"max_face ({self.max_face:g}) is below the smallest face any pyramid level "
+                   f"can produce ({low:.4g} px: the smallest template at the {self.pyramid} "
+                   f"rule's largest scale, shrunk by size_refinement={r:g})")
+        elif self.min_face is not None and self.min_face > high:
+            why = (f"min_face ({self.min_face:g}) is above the largest face any pyramid level "
+                   f"can produce ({high:.4g} px: the largest template at the smallest of "
+                   f"fixed_scales, stretched by size_refinement={r:g})")
+        else:
+            low_text = "0" if self.min_face is None else f"{self.min_face:g}"
+            high_text = "inf" if self.max_face is None else f"{self.max_face:g}"
+            why = (f"min_face/max_face ({low_text}..{high_text} px) falls between the face "
+                   f"sizes the templates produce at the {self.pyramid} rule's scales with "
+                   f"size_refinement={r:g}")
+        raise ConfigError(f"{why}: no image could have a face detected; widen min_face/max_face "
+                          f"(--min-face/--max-face on the command lines)")
 
     @classmethod
     def for_variant(cls, variant: str, **overrides: Any) -> "DetectorConfig":

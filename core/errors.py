@@ -49,6 +49,12 @@ class NetworkInputError(TinyFacesError, ValueError):
     """A network input breaks the contract: not an (N, 3, h, w) float32 array."""
 
 
+class NetworkRunError(TinyFacesError, RuntimeError):
+    """The network runner failed on an input: out of memory, a provider error. The runner
+    and its detector stay usable (a smaller input may run); the runner's own exception is
+    the ``__cause__``."""
+
+
 class StageOrderError(TinyFacesError, RuntimeError):
     """A pipeline stage was called out of order (e.g. ``add_level`` before ``reset``)."""
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ManifestError
-from tinyfaces_trt.core.pyramid import MIN_INPUT_SIDE, plan_pyramid
+from tinyfaces_trt.core.errors import ImageError, ManifestError
+from tinyfaces_trt.core.pyramid import MIN_INPUT_SIDE, no_level_reason, plan_pyramid
 
 Shape = tuple[int, int, int, int]
 
@@ -134,9 +134,14 @@ def pyramid_shapes(height: int, width: int, config: DetectorConfig) -> list[Shap
     """Network input shapes ``(1, 3, h, w)`` of every pyramid level of a ``height`` x ``width`` image.
 
     Raises:
-        ImageError: from :func:`plan_pyramid` for an invalid size or an empty pyramid.
+        ImageError: from :func:`plan_pyramid` for an invalid size, or an empty pyramid (no
+            level of the size fits, or none can produce faces of the config's sizes: the
+            reason).
     """
-    return [(1, 3, lv.height, lv.width) for lv in plan_pyramid(height, width, config)]
+    levels = plan_pyramid(height, width, config)
+    if not levels:
+        raise ImageError(no_level_reason(height, width, config) or "no pyramid level")
+    return [(1, 3, lv.height, lv.width) for lv in levels]
 
 
 def profile_for_image_sizes(sizes: Iterable[tuple[int, int]], config: DetectorConfig,

@@ -18,6 +18,14 @@ Two rules (``DetectorConfig.pyramid``):
 Levels with a side shorter than :data:`MIN_INPUT_SIDE` of the network variant are skipped
 (the MatConvNet trunk leaves nothing of a 1-2 px side; ONNX Runtime even dies with SIGFPE).
 
+A plan can be empty: no level fits the image (a 1x1 or 1x100 image on the matconvnet
+variant, an image whose every level exceeds ``max_input_dim`` with the fixed rule), or none
+can produce a face in ``[min_face, max_face]`` (``min_face`` larger than the image allows).
+Such an image has no faces to find: the detector returns no boxes without running the
+network; :func:`no_level_reason` says why (logged at DEBUG by :func:`plan_pyramid`). A
+``[min_face, max_face]`` that no level of any image can meet is refused when the config is
+made (:func:`face_range_reachable`).
+
 Face-size pruning (``DetectorConfig.min_face`` / ``max_face``)
     Template ``c`` (``cw x ch`` pixels on the level) at a level of scale ``s`` predicts a box
     of ``cw*exp(tw)/s x ch*exp(th)/s`` original pixels. Assuming the regression stays within
@@ -40,6 +48,7 @@ references do, not by the exact ratio of resized to original size.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -48,6 +57,7 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig, is_integer
 from tinyfaces_trt.core.errors import ImageError
 
+log = logging.getLogger(__name__)
 
 #: Smallest input height/width each network variant runs at. The MatConvNet trunk's unpadded
 #: ceil-mode ``pool1`` leaves nothing of a 1-2 px side; the port's padded trunk runs down to 1 px.
@@ -170,31 +180,109 @@ def _fixed_levels(height: int, width: int, config: DetectorConfig) -> list[tuple
 def plan_pyramid(height: int, width: int, config: DetectorConfig) -> list[PyramidLevel]:
     """The pyramid levels for an image of ``height`` x ``width`` pixels.
 
+    Empty when no level fits the rule (an image so thin that every level is below
+    :data:`MIN_INPUT_SIDE`, or so large that even the smallest level exceeds
+    ``max_input_dim`` with the fixed rule) or none can produce a face in ``[min_face,
+    max_face]``: such an image has no faces to find. The reason is logged at DEBUG
+    (:func:`no_level_reason`).
+
     Raises:
-        ImageError: the size is not a positive integer, or no level fits the rule
-            (e.g. an image so large that even the smallest level exceeds ``max_input_dim``,
-            or so thin that every level is below :data:`MIN_INPUT_SIDE`).
+        ImageError: the size is not a positive integer.
     """
     height, width = _check_size(height, width)
+    raw, pruned = _plan(height, width, config)
+    if not pruned:
+        log.debug("%s", _no_level_reason(height, width, config, raw))
+    return [PyramidLevel(i, e, 2.0 ** e, h, w) for i, (e, h, w) in enumerate(pruned)]
+
+
+def no_level_reason(height: int, width: int, config: DetectorConfig) -> str | None:
+    """Why :func:`plan_pyramid` has no level for an image of that size; None when it has one
+    (what a caller that needs levels, e.g. a TensorRT profile, raises with).
+
+    Raises:
+        ImageError: the size is not a positive integer.
+    """
+    height, width = _check_size(height, width)
+    raw, pruned = _plan(height, width, config)
+    return None if pruned else _no_level_reason(height, width, config, raw)
+
+
+_Levels = list[tuple[float, int, int]]  # (exponent, height, width) per level
+
+
+def _plan(height: int, width: int, config: DetectorConfig) -> tuple[_Levels, _Levels]:
+    """(levels the rule gives that the network can run, those left after face-size pruning)
+    as (exponent, height, width) triples."""
     if config.pyramid == "adaptive":
         raw = _adaptive_levels(height, width, config)
     else:
         raw = _fixed_levels(height, width, config)
     floor = MIN_INPUT_SIDE[config.variant]
     raw = [(e, h, w) for e, h, w in raw if min(h, w) >= floor]
-    if raw and (config.min_face is not None or config.max_face is not None):
-        raw = [(e, h, w) for e, h, w in raw if active_templates(2.0 ** e, config).any()]
-        if not raw:
-            raise ImageError(
-                f"no pyramid level of a {height}x{width} image can produce faces of "
-                f"{_face_range(config)} px (size_refinement={config.size_refinement:g}); "
-                "widen --min-face/--max-face")
-    if not raw:
-        raise ImageError(
-            f"no pyramid level fits a {height}x{width} image with the {config.pyramid!r} rule "
-            f"(max_input_dim={config.max_input_dim}, fixed_scales={config.fixed_scales}, "
-            f"smallest side the {config.variant} network runs at: {floor} px)")
-    return [PyramidLevel(i, e, 2.0 ** e, h, w) for i, (e, h, w) in enumerate(raw)]
+    if config.min_face is None and config.max_face is None:
+        return raw, raw
+    return raw, [(e, h, w) for e, h, w in raw if active_templates(2.0 ** e, config).any()]
+
+
+def _no_level_reason(height: int, width: int, config: DetectorConfig, raw: _Levels) -> str:
+    if raw:
+        return (f"no pyramid level of a {height}x{width} image can produce faces of "
+                f"{_face_range(config)} px (min_face/max_face, size_refinement="
+                f"{config.size_refinement:g}): it has no faces of that size")
+    scales = f", fixed_scales={config.fixed_scales}" if config.pyramid == "fixed" else ""
+    return (f"no pyramid level fits a {height}x{width} image with the {config.pyramid!r} rule "
+            f"(max_input_dim={config.max_input_dim}{scales}, smallest side the {config.variant} "
+            f"network runs at: {MIN_INPUT_SIDE[config.variant]} px): it has no faces to find")
+
+
+#: Exponents of the adaptive rule at and above 1x (below: whole octaves down, unbounded).
+_ADAPTIVE_UP = (1.0, 0.5, 0.0)
+#: Octaves below 1x that :func:`face_range_reachable` looks at, at most (no image is 2**1000 px).
+_MAX_OCTAVES_DOWN = 1000
+
+
+def face_range_reachable(config: DetectorConfig) -> bool:
+    """Whether some level of some image can produce a face in ``[config.min_face,
+    config.max_face]``: whether :func:`active_templates` keeps a template at one of the scales
+    the pyramid rule can use (the fixed rule: ``2**k`` for ``k`` in ``fixed_scales``; the
+    adaptive one: 2, 1.41, 1 and every octave below). Conservative: a scale counts even where
+    ``max_input_dim`` or the image size would leave it out, so only a range no image can meet
+    is False."""
+    if config.min_face is None and config.max_face is None:
+        return True
+    if config.pyramid == "fixed":
+        return any(active_templates(2.0 ** k, config).any() for k in set(config.fixed_scales))
+    if any(active_templates(2.0 ** e, config).any() for e in _ADAPTIVE_UP):
+        return True
+    if config.max_face is None:
+        return True  # downscaling a large enough image makes its faces as large as it takes
+    for n in range(1, _MAX_OCTAVES_DOWN + 1):  # a level's faces grow as it shrinks
+        scale = 2.0 ** -n
+        if active_templates(scale, config).any():
+            return True
+        smallest = template_face_sizes(scale, config)[0][policy_templates(scale, config)]
+        if smallest.min() > config.max_face:
+            return False  # every smaller level's faces are larger still
+    return False
+
+
+def face_size_bounds(config: DetectorConfig) -> tuple[float, float]:
+    """(smallest, largest) face size any level of any image can produce with the config's
+    templates, template policy, pyramid rule and ``size_refinement`` (the largest is infinite
+    with the adaptive rule, which downscales a large image as far as it takes). For messages;
+    :func:`face_range_reachable` is the exact test."""
+    if config.pyramid == "fixed":
+        scales = [2.0 ** k for k in set(config.fixed_scales)]
+    else:
+        scales = [2.0 ** e for e in (*_ADAPTIVE_UP, -1.0)]
+    low, high = math.inf, 0.0
+    for scale in scales:
+        policy = policy_templates(scale, config)
+        smallest, largest = template_face_sizes(scale, config)
+        low = min(low, float(smallest[policy].min()))
+        high = max(high, float(largest[policy].max()))
+    return low, (math.inf if config.pyramid == "adaptive" else high)
 
 
 def _face_range(config: DetectorConfig) -> str:

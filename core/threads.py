@@ -12,12 +12,18 @@ Two CPython behaviours make ``Thread.start`` / ``Thread.join`` unsafe around nat
 
 :class:`Worker` ends on an :class:`threading.Event` instead, and :meth:`Worker.cancel` settles
 atomically with the thread's first step whether the work runs at all.
+
+Also here: how many cores this process may use (:func:`usable_cores`), and the warning for a
+CPU run asked for more threads than that (:func:`warn_if_oversubscribed`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -127,3 +133,29 @@ class Worker:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; else ``os.cpu_count()``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def warn_if_oversubscribed(threads: int | None) -> None:
+    """Warns (``warnings.warn``, a ``RuntimeWarning``) when ``threads`` is more than the
+    usable cores: accepted, but ONNX Runtime's threads then wait for one another (64 on 2
+    cores made a detect some 40 times slower). The warning points at the first caller outside
+    the ``tinyfaces_trt`` package (the line that asked for the threads)."""
+    cores = usable_cores()
+    if threads is None or threads <= cores:
+        return
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and \
+            frame.f_globals.get("__name__", "").partition(".")[0] == "tinyfaces_trt":
+        level, frame = level + 1, frame.f_back
+    warnings.warn(f"threads={threads} is more than the {cores} core(s) this process may use "
+                  f"(os.cpu_count(): {os.cpu_count()}); ONNX Runtime's threads will wait for "
+                  f"one another and each detect runs slower; threads={cores} or None (all "
+                  f"cores) is faster", RuntimeWarning, stacklevel=level)

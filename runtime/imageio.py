@@ -243,8 +243,10 @@ def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None) -> np.n
             _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
-                log.warning("%s: has %d frames (animated or multi-page %s); using the "
-                            "first frame only", name, frames, im.format)
+                # a camera's JPEG stored as MPO: the photo, then a preview or depth frame
+                level = logging.DEBUG if im.format == "MPO" else logging.WARNING
+                log.log(level, "%s: has %d frames (animated or multi-page %s); using the "
+                        "first frame only", name, frames, im.format)
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb_array(im)

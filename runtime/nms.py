@@ -1,7 +1,9 @@
 """Greedy non-maximum suppression with a deterministic order (numpy; the CUDA NMS matches it).
 
 Order: logit descending, ties by canonical key ascending (NaN logits last). A kept box
-suppresses every later box whose IoU with it is strictly greater than the threshold.
+suppresses every later box whose IoU with it is strictly greater than the threshold; at a
+threshold of 1 or more (or NaN) none can be, and every box comes back in NMS order without
+the walk (:func:`suppression_possible`).
 IoU uses the reference's inclusive widths: ``area = (x2 - x1 + o) * (y2 - y1 + o)`` with
 ``o = pixel_offset`` (1.0 as in py_cpu_nms / nms_mex, 0.0 for continuous boxes).
 
@@ -39,6 +41,17 @@ def nms_order(logits: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.lexsort((np.asarray(keys), -logits))
 
 
+def suppression_possible(iou_thresh: float) -> bool:
+    """Whether any pair can pass :func:`_suppresses`'s ``IoU > iou_thresh``: not at 1 or
+    more, or NaN. There the IoU, as computed, is never above 1: a pair passes only with
+    ``iw > 0`` and, for a nonzero intersection, ``ih > 0``; then both boxes have positive
+    widths and heights with ``iw <= w`` and ``ih <= h`` for each (rounding is monotone), so
+    ``inter <= min(area_i, area_j)``, ``union >= inter`` and the quotient rounds to <= 1; a
+    zero intersection gives 0 (or NaN for a zero union), an overflow inf - inf = NaN, and
+    NaN never compares greater."""
+    return bool(iou_thresh < 1)
+
+
 def _suppresses(b: np.ndarray, area: np.ndarray, i: np.ndarray, j: np.ndarray, o: float,
                 iou_thresh: float) -> np.ndarray:
     """Per pair k: IoU(box i[k], box j[k]) > iou_thresh and the boxes overlap in x (pairs
@@ -57,7 +70,8 @@ def nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: flo
         boxes: (N, 4) [x1, y1, x2, y2].
         logits: (N,) scores (any monotone score works; the pipeline passes logits).
         keys: (N,) integer tie-breakers, lower first among equal scores.
-        iou_thresh: a box is suppressed when its IoU with a kept box is > this.
+        iou_thresh: a box is suppressed when its IoU with a kept box is > this (at 1 or
+            more none is: every box is kept, without the walk).
         pixel_offset: added to widths and heights (``+1`` convention).
 
     Returns:
@@ -69,6 +83,8 @@ def nms(boxes: np.ndarray, logits: np.ndarray, keys: np.ndarray, iou_thresh: flo
         raise TinyFacesError(f"nms expects boxes (N, 4), logits (N,), keys (N,); got "
                              f"{np.shape(boxes)}, {np.shape(logits)}, {np.shape(keys)}")
     order = nms_order(logits, keys)
+    if not suppression_possible(iou_thresh):  # the walk would keep every box, in this order
+        return order.astype(np.int64, copy=False)
     b = b[order]
     o = float(pixel_offset)
     # Huge (finite) boxes of a broken network overflow the areas to inf; their IoU is then

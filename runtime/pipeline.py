@@ -12,6 +12,7 @@ path additionally swaps the pre- and post-processing stages for their CUDA versi
 from __future__ import annotations
 
 import contextlib
+import numbers
 import operator
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import (
@@ -94,7 +95,12 @@ class Detector:
     GPU.
 
     ``config`` is read-only: the stages were built from it. For other settings create another
-    detector (``create_detector(..., config_overrides=...)``, ``Detector(runner, config)``).
+    detector: ``create_detector(..., config_overrides={...})`` (a detector owns its runner:
+    two detectors sharing one would close it under each other).
+
+    An image whose pyramid has no level (:func:`~tinyfaces_trt.core.pyramid.plan_pyramid`:
+    too thin for the network variant, or no level can produce faces in ``[min_face,
+    max_face]``) has no faces to find: no boxes, and the network does not run.
 
     Args:
         runner: the network (ONNX Runtime, TensorRT, torch reference, ...): a
@@ -107,6 +113,7 @@ class Detector:
 
     Raises:
         TypeError: the runner or a stage lacks a member of its protocol.
+        ConfigError: ``identity`` names another network variant than ``config``'s.
     """
 
     def __init__(self, runner: NetworkRunner, config: DetectorConfig | None = None,
@@ -117,15 +124,19 @@ class Detector:
         from tinyfaces_trt.runtime.preprocess import HostPreprocessor
 
         self._config = config or DetectorConfig()
+        if identity is not None and identity.variant is not None \
+                and identity.variant != self._config.variant:
+            raise ConfigError(f"the network is a {identity.variant} one ({identity.source}) but "
+                              f"the config is for the {self._config.variant} variant: its "
+                              f"templates, normalisation and score-map geometry would give wrong "
+                              f"boxes; use DetectorConfig.for_variant({identity.variant!r})")
         self.runner = require_runner(runner)
         self.preprocessor: Preprocessor = _require_stage(
             preprocessor or HostPreprocessor(self._config), Preprocessor)
         self.postprocessor: Postprocessor = _require_stage(
             postprocessor or HostPostprocessor(self._config), Postprocessor)
         self._identity = identity
-        #: The largest image (width x height) detect() takes: load_image's limit by default
-        #: (a 20000x20000 array ran for a minute, then failed in numpy); None for any.
-        self.max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self._max_pixels: int | None = DEFAULT_MAX_PIXELS
         # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
         # must not deadlock (it is deferred to the run's end: _running)
         self._lock = threading.RLock()
@@ -145,8 +156,29 @@ class Detector:
     def config(self, value: DetectorConfig) -> None:
         # the stages were built from the config: a new one would apply only in part
         raise AttributeError("Detector.config is read-only (its stages were built from it); "
-                             "create a new detector with the config: create_detector(..., "
-                             "config_overrides={...}) or Detector(runner, config)")
+                             "create a new detector with other settings: create_detector(..., "
+                             "config_overrides={...})")
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The largest image (width x height) :meth:`detect`, :meth:`detect_batch` and
+        :meth:`warmup` take: ``load_image``'s limit by default (a 20000x20000 array ran for a
+        minute, then failed in numpy); None for any. Settable: None or an integer >= 1, else a
+        :class:`~tinyfaces_trt.core.errors.ConfigError`."""
+        return self._max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: int | None) -> None:
+        if value is not None:
+            try:
+                number = operator.index(value)  # ints of any integral type, not floats or bools
+            except TypeError:
+                number = None
+            if number is None or isinstance(value, bool) or number < 1:
+                raise ConfigError(f"Detector.max_pixels must be None (any size) or an integer "
+                                  f">= 1, got {value!r}")
+            value = number
+        self._max_pixels = value
 
     @property
     def coordinate_base(self) -> float:
@@ -169,7 +201,9 @@ class Detector:
         return self._identity is not None and self._identity.untrained
 
     def plan(self, height: int, width: int) -> list[PyramidLevel]:
-        """The pyramid levels this detector runs for an image of that size."""
+        """The pyramid levels this detector runs for an image of that size; empty when there
+        is none (the image has no faces to find, see
+        :func:`~tinyfaces_trt.core.pyramid.plan_pyramid`)."""
         return plan_pyramid(height, width, self.config)
 
     def detect(self, image: np.ndarray,
@@ -187,22 +221,31 @@ class Detector:
 
         Returns:
             (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
-            sorted by descending score.
+            sorted by descending score; (0, 5) when the image's pyramid has no level.
+
+        Raises:
+            ImageError: not an (H, W, 3) uint8 array (:class:`ImageTooLargeError`: over
+                :attr:`max_pixels`).
         """
         image = validate_image(image, self.max_pixels)
         with self._using("detect()"):
             (boxes,) = self._run([image], timings, on_level)
         return boxes
 
-    def detect_batch(self, images: Sequence[np.ndarray],
+    def detect_batch(self, images: Sequence[np.ndarray] | np.ndarray,
                      timings: MutableMapping[str, float] | None = None) -> list[np.ndarray]:
-        """Detects faces in several images of one size (video frames, camera streams).
+        """Detects faces in several images of one size (video frames, camera streams): a
+        sequence of (H, W, 3) uint8 arrays, or one (N, H, W, 3) array.
 
         With a runner that takes batches (``capabilities.batch``) each pyramid level runs once
         for all images (for up to ``capabilities.max_batch`` at a time); decode and NMS stay
         per image. Returns one (N_i, 5) array per image,
         each what :meth:`detect` returns for it (up to the runner's batch-vs-single rounding).
         The whole call holds the detector: another thread's call or ``close()`` waits for it.
+
+        Raises:
+            ImageError: an image is not an (H, W, 3) uint8 array (the message gives its index
+                in the batch), or the images differ in size.
         """
         images = validate_batch(images, self.max_pixels)
         if not images:
@@ -222,10 +265,11 @@ class Detector:
         torch-cuda compiles and captures them, seconds per shape, and keeps them, instead of
         preparing at a size's third image), then one blank image of each size and batch size
         goes through the whole pipeline (first-run costs: ONNX Runtime CUDA's convolution
-        algorithm search per shape, kernels loaded, allocators grown).
+        algorithm search per shape, kernels loaded, allocators grown). A size whose pyramid
+        has no level (:meth:`plan`: its images have no faces to find) has nothing to prepare.
 
         Args:
-            sizes: ``(height, width)`` image sizes.
+            sizes: a list of ``(height, width)`` image sizes (not one bare pair).
             batch_sizes: how many images of one size :meth:`detect_batch` will be given at
                 once (1: :meth:`detect`); only 1 when the runner takes no batches, at most
                 its ``max_batch`` (a larger batch runs in parts of that size). torch-cuda
@@ -236,18 +280,19 @@ class Detector:
             The batch sizes it warmed up with (those of ``batch_sizes`` the runner takes).
 
         Raises:
-            ValueError: a size or batch size that is not a positive integer, or none.
+            ConfigError: a size or batch size that is not a positive integer, or none (a
+                ValueError too).
             TinyFacesError: a size the runner cannot run (e.g. outside a TensorRT engine's
                 profile), before any work.
         """
-        sizes = [_positive_size(size) for size in sizes]
+        sizes = _warmup_sizes(sizes)
         try:
             batches = sorted({operator.index(n) for n in batch_sizes})
         except TypeError:
-            raise ValueError(f"batch sizes are integers, got {batch_sizes!r}") from None
+            raise ConfigError(f"batch sizes are integers, got {batch_sizes!r}") from None
         if not sizes or not batches or batches[0] < 1:
-            raise ValueError(f"warmup needs at least one image size and batch sizes >= 1, got "
-                             f"sizes {sizes}, batch sizes {batches}")
+            raise ConfigError(f"warmup needs at least one image size and batch sizes >= 1, got "
+                              f"sizes {sizes}, batch sizes {batches}")
         caps = capabilities_of(self.runner)
         if not caps.batch:
             batches = [1]
@@ -256,6 +301,10 @@ class Detector:
         for height, width in sizes:
             check_image_size(height, width, self.max_pixels)
         plans = {size: self.plan(*size) for size in dict.fromkeys(sizes)}
+        plans = {size: levels for size, levels in plans.items() if levels}  # nothing to run
+        if not plans:
+            self._check_open()
+            return tuple(batches)
         with self._using("warmup()"):
             for levels in plans.values():
                 self.runner.check_levels(levels)
@@ -274,6 +323,8 @@ class Detector:
         holds the stages (:meth:`_using`)."""
         height, width = images[0].shape[:2]
         levels = self.plan(height, width)
+        if not levels:  # no level fits the image or can produce a face of the wanted size
+            return [np.zeros((0, 5), np.float32) for _ in images]
         self.runner.check_levels(levels)  # refuse the whole image before running any level
         clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
         self.postprocessor.reset(height, width, len(images))
@@ -364,13 +415,27 @@ class _StageClock:
         self.last = now
 
 
+def _warmup_sizes(sizes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``warmup``'s sizes, checked: a list of positive (height, width) integer pairs."""
+    if isinstance(sizes, (tuple, list)) and len(sizes) == 2 \
+            and all(isinstance(v, numbers.Integral) for v in sizes):
+        raise ConfigError(f"warmup takes a list of (height, width) image sizes, got the single "
+                          f"size {tuple(sizes)!r}; pass [{tuple(sizes)!r}]")
+    try:
+        given = iter(sizes)
+    except TypeError:
+        raise ConfigError(f"warmup takes a list of (height, width) image sizes, got "
+                          f"{type(sizes).__name__}") from None
+    return [_positive_size(size) for size in given]
+
+
 def _positive_size(size: tuple[int, int]) -> tuple[int, int]:
     try:
         height, width = (operator.index(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"image sizes are (height, width) pairs of integers, got {size!r}") from None
+        raise ConfigError(f"image sizes are (height, width) pairs of integers, got {size!r}") from None
     if height < 1 or width < 1:
-        raise ValueError(f"an image size (height, width) must be positive, got {tuple(size)}")
+        raise ConfigError(f"an image size (height, width) must be positive, got {tuple(size)}")
     return height, width
 
 
@@ -399,9 +464,10 @@ def check_image_size(height: int, width: int, max_pixels: int | None) -> None:
             f"tiles of it")
 
 
-def validate_batch(images: Sequence[np.ndarray], max_pixels: int | None = None
+def validate_batch(images: Sequence[np.ndarray] | np.ndarray, max_pixels: int | None = None
                    ) -> list[np.ndarray]:
-    """Checks every image (:func:`validate_image`) and that all have one size."""
+    """Checks every image (:func:`validate_image`; an error names the image's index in the
+    batch) and that all have one size."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise ImageError(f"detect_batch takes a sequence of images (a list, or an (N, H, W, 3) "
                          f"array), got an array of shape {images.shape}; for one image use "
@@ -411,7 +477,13 @@ def validate_batch(images: Sequence[np.ndarray], max_pixels: int | None = None
     except TypeError:
         raise ImageError(f"detect_batch takes a sequence of images, got "
                          f"{type(images).__name__}") from None
-    checked = [validate_image(image, max_pixels) for image in given]
+    checked = []
+    for index, image in enumerate(given):
+        try:
+            checked.append(validate_image(image, max_pixels))
+        except ImageError as exc:
+            kind = ImageTooLargeError if isinstance(exc, ImageTooLargeError) else ImageError
+            raise kind(f"image {index} of the batch: {exc}") from None
     sizes = {image.shape for image in checked}
     if len(sizes) > 1:
         raise ImageError(f"a batch takes images of one size, got {sorted(sizes)}; "

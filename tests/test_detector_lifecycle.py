@@ -329,8 +329,7 @@ def test_assigning_the_config_is_refused(model):
         detector.config = config.with_(prob_thresh=0.999)
     assert str(info.value) == (
         "Detector.config is read-only (its stages were built from it); create a new detector "
-        "with the config: create_detector(..., config_overrides={...}) or "
-        "Detector(runner, config)")
+        "with other settings: create_detector(..., config_overrides={...})")
     assert detector.config is config and detector.config.prob_thresh == 0.5
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ConfigError, ImageError
-from tinyfaces_trt.core.pyramid import (TYPE_A, active_templates, plan_pyramid, policy_templates,
-                                        template_face_sizes)
+from tinyfaces_trt.core.errors import ConfigError
+from tinyfaces_trt.core.pyramid import (TYPE_A, active_templates, no_level_reason, plan_pyramid,
+                                        policy_templates, template_face_sizes)
 
 FULL_HD = [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 0.5, 1.0]
 
@@ -56,9 +58,10 @@ def test_templates_are_pruned_per_level():
                                   policy_templates(1.0, DetectorConfig()))
 
 
-def test_no_level_left_is_a_clear_error():
-    with pytest.raises(ImageError, match=r"can produce faces of 10000\.\.inf px"):
-        plan_pyramid(1080, 1920, DetectorConfig(min_face=10_000))  # 1/32x tops at 7040 px
+def test_no_level_left_is_an_empty_plan_with_its_reason():
+    config = DetectorConfig(min_face=10_000)  # 1/32x tops at 7040 px
+    assert plan_pyramid(1080, 1920, config) == []
+    assert re.search(r"can produce faces of 10000\.\.inf px", no_level_reason(1080, 1920, config))
 
 
 def test_pruning_removes_exactly_the_levels_and_templates_out_of_reach(export_dir):

@@ -137,3 +137,9 @@ def test_profile_never_goes_below_the_variants_smallest_input():
     assert p.min == (1, 3, 3, 3) and p.max == (1, 3, 3840, 3840)  # ... so profiles never go below
     assert profile_for_image_sizes([(6, 1920)], mcn) == Profile((1, 3, 3, 960), (1, 3, 12, 3840), (1, 3, 12, 3840))
     assert profile_for_image_sizes([(1, 1920)], CFG) == Profile((1, 3, 1, 60), (1, 3, 2, 3840), (1, 3, 2, 3840))
+
+
+def test_a_size_without_levels_is_a_clear_error_for_a_profile():
+    mcn = DetectorConfig.for_variant("matconvnet")
+    with pytest.raises(ImageError, match="no pyramid level fits a 1x1 image"):
+        profile_for_image_sizes([(480, 640), (1, 1)], mcn)

@@ -7,7 +7,7 @@ import reference_transcription as ref
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
-from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.pyramid import PyramidLevel, no_level_reason, plan_pyramid
 
 SIZES = [(480, 640), (1080, 1920), (20, 20), (6000, 4000), (100, 3000), (3000, 100),
          (1, 1), (5000, 5000), (7, 9000), (33, 47)]
@@ -89,9 +89,11 @@ def test_invalid_sizes_raise_image_error(hw):
         plan_pyramid(*hw, DetectorConfig())
 
 
-def test_no_level_fits_raises():
-    with pytest.raises(ImageError, match="no pyramid level"):
-        plan_pyramid(100, 100, DetectorConfig(pyramid="fixed", fixed_scales=(1.0,), max_input_dim=150))
+def test_no_level_fits_is_an_empty_plan_with_its_reason():
+    config = DetectorConfig(pyramid="fixed", fixed_scales=(1.0,), max_input_dim=150)
+    assert plan_pyramid(100, 100, config) == []
+    assert no_level_reason(100, 100, config).startswith("no pyramid level fits a 100x100 image")
+    assert no_level_reason(100, 100, DetectorConfig()) is None
 
 
 def test_level_is_frozen():
@@ -109,5 +111,6 @@ def test_levels_below_the_variants_smallest_side_are_skipped():
     assert min(lv.height for lv in port) == 1
     assert [(lv.exponent, lv.height) for lv in mcn] == [(-1.0, 3), (0.0, 6), (0.5, 9), (1.0, 12)]
     assert [lv.index for lv in mcn] == [0, 1, 2, 3]
-    with pytest.raises(ImageError, match="smallest side the matconvnet network runs at: 3 px"):
-        plan_pyramid(1, 1920, DetectorConfig.for_variant("matconvnet"))
+    mcn_cfg = DetectorConfig.for_variant("matconvnet")
+    assert plan_pyramid(1, 1920, mcn_cfg) == []
+    assert "smallest side the matconvnet network runs at: 3 px" in no_level_reason(1, 1920, mcn_cfg)

@@ -83,7 +83,7 @@ def test_a_size_the_runner_cannot_run_is_refused_before_any_work():
 
 @pytest.mark.parametrize("sizes, batch_sizes, message", [
     ([(0, 64)], (1,), r"an image size \(height, width\) must be positive, got \(0, 64\)"),
-    ((48, 64), (1,), r"image sizes are \(height, width\) pairs of integers, got 48"),
+    ((48, 64), (1,), r"got the single size \(48, 64\); pass \[\(48, 64\)\]"),
     ([], (1,), r"warmup needs at least one image size and batch sizes >= 1"),
     ([(48, 64)], (0, 2), r"warmup needs at least one image size and batch sizes >= 1, got "
                          r"sizes \[\(48, 64\)\], batch sizes \[0, 2\]"),

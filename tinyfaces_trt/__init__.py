@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see of the lazy names (_LAZY); nothing imported at run time
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.detectors import available_backends, create_detector
+    from tinyfaces_trt.runtime.imageio import load_image
+    from tinyfaces_trt.runtime.pipeline import Detector
 
 __version__ = "0.1.0"
 
@@ -54,4 +61,6 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "create_detector", "available_backends", "Detector", "DetectorConfig",
+           "TinyFacesError", "load_image"]
+assert set(__all__) == {"__version__", *_LAZY}

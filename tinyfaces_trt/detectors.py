@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,8 +151,6 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
         if backend != "onnxruntime":  # options of the CPU default, which auto did not take
             providers = threads = None
-    if backend == "onnxruntime":
-        warn_if_oversubscribed(threads)
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")
@@ -240,26 +237,6 @@ def _refuse_torch_options(*, fp16: bool | None, gpu_stages: bool | None,
     if threads is not None:
         raise TinyFacesError("threads applies to the onnxruntime backend, not torch (its CPU "
                              "threads are process-wide: torch.set_num_threads)")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; else ``os.cpu_count()``), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def warn_if_oversubscribed(threads: int | None) -> None:
-    """Warns (``warnings.warn``, a ``RuntimeWarning``) when ``threads`` is more than the
-    usable cores: accepted, but ONNX Runtime's threads then wait for one another (64 on 2
-    cores made a detect some 40 times slower)."""
-    cores = usable_cores()
-    if threads is not None and threads > cores:
-        warnings.warn(f"threads={threads} is more than the {cores} core(s) this process may use "
-                      f"(os.cpu_count(): {os.cpu_count()}); ONNX Runtime's threads will wait for "
-                      f"one another and each detect runs slower; threads={cores} or None (all "
-                      f"cores) is faster", RuntimeWarning, stacklevel=3)
 
 
 def _check_path(name: str, value: object) -> None:

@@ -176,13 +176,13 @@ NETWORK_FIELDS = ("variant", "templates", "normalization", "stride", "offset", "
 
 def apply_overrides(config: DetectorConfig, overrides: Mapping[str, Any] | None) -> DetectorConfig:
     """``config`` with some fields replaced (None values are ignored); unknown names, and the
-    :data:`NETWORK_FIELDS` that the export or checkpoint fixes, are an error."""
+    :data:`NETWORK_FIELDS` that the export or checkpoint fixes, are a :class:`ConfigError`."""
     if not overrides:
         return config
     known = {f.name for f in fields(DetectorConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TinyFacesError(f"unknown detector config field(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"unknown detector config field(s) {unknown}; known: {sorted(known)}")
     fixed = [name for name in NETWORK_FIELDS if overrides.get(name) is not None]
     if fixed:
         raise ConfigError(f"detector config field(s) {fixed} describe the network and come "
@@ -207,7 +207,8 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         config_overrides: :class:`DetectorConfig` fields to replace, e.g.
             ``{"prob_thresh": 0.8}`` (None values are ignored); not :data:`NETWORK_FIELDS`.
         fp16: the folder's fp16 ONNX model / engine.
-        providers, threads: ONNX Runtime options (``threads``: an integer >= 1, or None).
+        providers, threads: ONNX Runtime options (``threads``: an integer >= 1, or None;
+            more than the usable cores is accepted with a ``RuntimeWarning``).
         gpu_stages: device-I/O runners (onnxruntime-cuda, tensorrt): resize/normalise and
             decode/NMS on the GPU with the CUDA kernels (see :func:`detector_for`).
         folder: an already loaded export folder (instead of ``model_dir``).
@@ -219,10 +220,13 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
         a missing optional dependency, conflicting arguments.
     """
+    from tinyfaces_trt.core.threads import warn_if_oversubscribed
     from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads
 
     _check_backend(backend)
     check_threads(threads)
+    if backend == "onnxruntime":  # onnxruntime-cuda does not use threads
+        warn_if_oversubscribed(threads)
     if folder is None:
         if model_dir is None:
             raise TinyFacesError(

@@ -33,7 +33,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, T
 from tinyfaces_trt.core.optional import version_tuple
 from tinyfaces_trt.core.runner import check_network_shape
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (CUDA_EP, OnnxRuntimeRunner,
-                                                               import_onnxruntime)
+                                                               import_onnxruntime, run_failure)
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,12 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         with ``__cuda_array_interface__``; the runner's stream waits for the stream the
         interface names, else its producer must be ordered before :attr:`stream`, and a torch
         tensor ``record_stream``-ed on it) returns a :class:`~.cuda_device.DeviceArray` made on
-        :attr:`stream`."""
+        :attr:`stream`.
+
+        Raises:
+            NetworkRunError: ONNX Runtime failed on the input (out of GPU memory, a provider
+                error); its exception is the cause. The runner can run again.
+        """
         if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
             scores = super().run(net_input)
             self._last = None  # that run waited for ORT's work: nothing reads the last input
@@ -216,6 +221,10 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             binding.bind_output(self.output_name, device_type=self.device_type,
                                 device_id=self.device_id)
             session.run_with_iobinding(binding, self._run_options)
+        except TinyFacesError:
+            raise
+        except Exception as exc:  # ORT's own types (Fail, RuntimeException, ...), MemoryError
+            raise run_failure(exc, x.shape) from exc
         finally:  # what was queued reads the input until its producer's stream waits for it
             self._after_producer.release(x)
             self._last = (binding, net_input)

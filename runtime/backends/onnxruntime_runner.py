@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
-from tinyfaces_trt.core.errors import ConfigError, ManifestError, TinyFacesError
+from tinyfaces_trt.core.errors import (ConfigError, ManifestError, NetworkRunError, TinyFacesError,
+                                       first_line)
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
 from tinyfaces_trt.core.threads import Worker
@@ -136,9 +137,51 @@ def run_options() -> Any:
     return options
 
 
+#: Words of an allocation failure in ONNX Runtime's message (its arena: "Failed to allocate
+#: memory for requested buffer", "Available memory of 0 is smaller than requested bytes" at
+#: its limit; CUDA: "out of memory", cudaErrorMemoryAllocation, CUBLAS_STATUS_ALLOC_FAILED; a
+#: C++ std::bad_alloc).
+_ALLOCATION_WORDS = ("failed to allocate", "smaller than requested bytes", "out of memory",
+                     "bad_alloc", "bad allocation", "memoryallocation", "alloc_failed")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether a runner's exception says it ran out of (host or GPU) memory."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(word in text for word in _ALLOCATION_WORDS)
+
+
+def run_failure(exc: BaseException, shape: Sequence[int]) -> NetworkRunError:
+    """The :class:`NetworkRunError` for ONNX Runtime's exception ``exc`` on a network input
+    of ``shape`` (N, 3, H, W), with what to do when it ran out of memory; the caller raises
+    it ``from exc``."""
+    message = (f"ONNX Runtime failed to run the network on an input of (N, 3, H, W) = "
+               f"{tuple(int(d) for d in shape)}: {first_line(exc)}")
+    if is_allocation_failure(exc):
+        message += ("; not enough memory for an input this large: detect a smaller (downscaled) "
+                    "image, or lower Detector.max_pixels to refuse such images; run fewer "
+                    "threads or detectors at once; or give the process more memory (a larger "
+                    "memory limit; on a GPU, more free GPU memory)")
+    return NetworkRunError(message)
+
+
+def _session_run(session: Any, output_names: list[str], feeds: dict[str, Any],
+                 options: Any) -> list[Any]:
+    """``session.run``; ONNX Runtime's exceptions (out of memory, a provider error) raised as
+    :class:`NetworkRunError` (:func:`run_failure`), chained."""
+    try:
+        return session.run(output_names, feeds, options)
+    except TinyFacesError:
+        raise
+    except Exception as exc:  # ORT's own types (Fail, RuntimeException, ...), MemoryError
+        shape = next(iter(feeds.values())).shape
+        raise run_failure(exc, shape) from exc
+
+
 def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, Any]) -> list[Any]:
     """``session.run`` with :func:`run_options`, stoppable by Ctrl-C and by what signal
-    handlers raise: Python runs
+    handlers raise (an exception of the run itself is a :class:`NetworkRunError`; an
+    interruption is raised as it came): Python runs
     signal handlers in the main thread between bytecodes, never inside ONNX Runtime's run (a
     large image's level takes minutes on a CPU), so there the run goes on a helper thread
     while the main thread waits; an exception while it waits (KeyboardInterrupt, a SIGTERM
@@ -153,8 +196,9 @@ def interruptible_run(session: Any, output_names: list[str], feeds: dict[str, An
     could start a second run alongside it."""
     options = run_options()
     if threading.current_thread() is not threading.main_thread():
-        return session.run(output_names, feeds, options)
-    worker = Worker(lambda: session.run(output_names, feeds, options), "tf-onnxruntime-run")
+        return _session_run(session, output_names, feeds, options)
+    worker = Worker(lambda: _session_run(session, output_names, feeds, options),
+                    "tf-onnxruntime-run")
     try:
         worker.start()
         worker.wait()
@@ -295,6 +339,10 @@ class OnnxRuntimeRunner(RunnerBase):
         Returns:
             The (N, 125, h', w') float32 score map (``h' = ceil(h/8)`` for the pytorch
             variant; see ``TinyFacesNet.output_size`` for matconvnet).
+
+        Raises:
+            NetworkRunError: ONNX Runtime failed on the input (out of memory, a provider
+                error); its exception is the cause. The runner can run again.
         """
         x = check_network_input(net_input, batch=self.capabilities.batch)
         if self.tensorrt is not None:

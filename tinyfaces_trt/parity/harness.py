@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.errors import ImageError, TinyFacesError
+from tinyfaces_trt.core.pyramid import PyramidLevel, no_level_reason, plan_pyramid
 from tinyfaces_trt.core.runner import NetworkRunner, close_all
 from tinyfaces_trt.parity.compare import (TOLERANCES, DetectionComparison, MapComparison, Tolerances,
                                          compare_detections, compare_maps)
@@ -114,6 +114,8 @@ class ReferenceCase:
                  seed: int = 0) -> None:
         self.height, self.width = height, width
         self.levels = plan_pyramid(height, width, config)
+        if not self.levels:
+            raise ImageError(no_level_reason(height, width, config) or "no pyramid level")
         prep = HostPreprocessor(config)
         image = synthetic_image(height, width, seed)
         self.inputs = [prep.prepare(image, level) for level in self.levels]
