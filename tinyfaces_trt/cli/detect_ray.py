@@ -93,8 +93,9 @@ def run_detect(args: argparse.Namespace) -> int:
     try:
         run, untrained = prepare_run(args)
         spec = spec_from_arguments(args, say, for_workers=True)
+        args.backend = spec.backend  # "auto" resolved, as tf-detect does: the JSON records what ran
         model = expected_identity(spec.model_dir, spec.weights, spec.backend, spec.fp16)
-        options = replace(run.options, backend=args.backend, model=model)
+        options = replace(run.options, backend=spec.backend, model=model)
     except InputOverwriteError as exc:
         say(f"error: {exc}")
         return EXIT_USAGE

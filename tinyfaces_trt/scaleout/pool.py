@@ -16,8 +16,14 @@ image, or a whole video); tasks, options and values must pickle. Contract:
   therefore be idempotent: write every output atomically
   (:func:`tinyfaces_trt.core.files.atomic_output`) to a name fixed by the task, so a rerun
   replaces, never duplicates, and a killed attempt leaves no final file half-written.
-- **Progress**: a tqdm bar over all files (skipped ones count as done) on stderr;
-  ``on_result`` sees each result in the driver as it arrives (print a line, log an error).
+- **Progress**: a tqdm bar over all files (skipped ones count as done) on a terminal's
+  stderr; elsewhere (a log file, nohup) a plain line at most every
+  :data:`PROGRESS_LINE_INTERVAL_S` seconds; ``on_result`` sees each result in the driver as
+  it arrives (print a line, log an error).
+- **Dispatch**: an actor gets files once it is placed and has built its detector; it holds
+  up to two (one running, one waiting, so it never waits on the driver), the second only
+  while more files are queued than the other actors (placed or still starting) have free
+  slots: a file does not wait behind a busy actor while another one would take it.
 - **Placement**: CPU actors share the cluster's CPUs (``num_cpus`` each, also their ONNX
   Runtime threads when the spec leaves ``threads`` unset); GPU actors take one GPU each
   (see :func:`~tinyfaces_trt.scaleout.cluster.plan_pool`).
@@ -31,11 +37,13 @@ be on storage every node mounts at the same path (NFS, a Kubernetes volume).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,13 +57,24 @@ log = logging.getLogger("tinyfaces_trt.scaleout")
 Process = Callable[[Any, Any, Any], Any]
 IsDone = Callable[[Any, Any], bool]
 
-#: Calls in flight per actor: one running, one queued, so an actor never waits on the driver.
+#: Calls in flight per actor: one running, one queued, so an actor never waits on the driver
+#: (the second only while the queue holds more files than the other actors have free slots).
 _IN_FLIGHT_PER_ACTOR = 2
 #: Ray-level restarts of one actor after its process dies, and re-runs of its task there.
 _ACTOR_RESTARTS = 4
-#: Seconds without any finished file before the pool says that it is waiting.
+#: Seconds into a run without any file finished by a worker before the pool says that it is
+#: waiting (skipped files do not count).
 STALL_WARNING_S = 60
+#: Seconds between two progress lines off a terminal.
+PROGRESS_LINE_INTERVAL_S = 30.0
+#: Seconds the driver waits for a result before it looks at the clock again.
+_POLL_S = 5.0
 _ACTOR_TASK_RETRIES = 1
+
+
+def _now() -> float:
+    """The pool's clock (monotonic seconds)."""
+    return time.monotonic()
 
 
 class WorkerSetupError(TinyFacesError):
@@ -151,11 +170,78 @@ def _skip_finished(tasks: Sequence[Any], options: Any, is_done: IsDone | None
     return results, pending
 
 
-def _progress_bar(total: int, done: int, enabled: bool, desc: str) -> Any:
+def _progress_bar(total: int, done: int, enabled: bool, desc: str, stream: Any = None) -> Any:
+    """The job's progress on ``stream`` (None: stderr): a tqdm bar on a terminal, else
+    :class:`_ProgressLines` (a log file gets no carriage-return frames); nothing unless
+    ``enabled``."""
     from tqdm import tqdm
 
+    stream = sys.stderr if stream is None else stream
+    if enabled and not stream.isatty():
+        return _ProgressLines(total, done, desc, stream, PROGRESS_LINE_INTERVAL_S)
     return tqdm(total=total, initial=done, disable=not enabled, desc=desc, unit="file",
-                file=sys.stderr, smoothing=0.1, **bar_size())
+                file=stream, smoothing=0.1, **bar_size(stream))
+
+
+class _ProgressLines:
+    """The job's progress for a log file: a plain line at most every ``interval`` seconds, e.g.
+    ``tf-anonymize: 3/10 files, 1m15s elapsed, 25.0 s/file, ETA 2m55s`` (the rate of this
+    run's files; skipped ones count as done). The tqdm bar's interface as the pool uses it."""
+
+    def __init__(self, total: int, initial: int, desc: str, stream: Any,
+                 interval: float) -> None:
+        self.total, self.initial, self.n = total, initial, initial
+        self.desc, self.stream, self.interval = desc, stream, interval
+        self.start = self.last = _now()
+
+    def __enter__(self) -> _ProgressLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def external_write_mode(self, file: Any = None) -> contextlib.AbstractContextManager[None]:
+        """Nothing to clear before another line is written."""
+        return contextlib.nullcontext()
+
+    def update(self, n: int = 1) -> None:
+        """Counts ``n`` files done, and writes a line if one is due."""
+        self.n += n
+        self.tick()
+
+    def tick(self) -> None:
+        """Writes a line when ``interval`` has passed since the last (or the start)."""
+        now = _now()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        """The progress line at ``now``."""
+        elapsed = now - self.start
+        text = f"{self.desc}: {self.n}/{self.total} files, {_duration(elapsed)} elapsed"
+        finished = self.n - self.initial
+        if finished > 0 and elapsed > 0:
+            per_file = elapsed / finished
+            text += f", {per_file:.1f} s/file" if per_file >= 1 else \
+                f", {1 / per_file:.1f} files/s"
+            if self.total > self.n:
+                text += f", ETA {_duration((self.total - self.n) * per_file)}"
+        return text
+
+    def close(self) -> None:
+        """Nothing to clear (the run's summary follows)."""
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m11s``, ``1h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _report(bar: Any, result: TaskResult, on_result: Callable[[TaskResult], None] | None) -> None:
@@ -213,7 +299,8 @@ def run_tasks(tasks: Iterable[Any], spec: Any, process: Process, options: Any = 
         num_gpus: GPUs per actor, 0 or 1 (default: 1 if the detector wants a GPU and the
             cluster has one).
         max_attempts: dispatches of one task before a lost worker fails it.
-        progress: show the tqdm bar on stderr.
+        progress: show the job's progress on stderr (a tqdm bar on a terminal, else a line
+            at most every :data:`PROGRESS_LINE_INTERVAL_S` seconds).
         on_result: called in this process with each result as it arrives.
         desc: the progress bar's label.
 
@@ -243,8 +330,9 @@ def run_tasks(tasks: Iterable[Any], spec: Any, process: Process, options: Any = 
         actors = [actor_class.remote(spec, process, options) for _ in range(count)]
         try:
             with _progress_bar(len(tasks), len(tasks) - len(pending), progress, desc) as bar:
+                tick = bar.tick if isinstance(bar, _ProgressLines) else None
                 _Dispatcher(ray, actors, tasks, pending, results, max_attempts,
-                            lambda r: _report(bar, r, on_result)).run()
+                            lambda r: _report(bar, r, on_result), tick).run()
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
@@ -256,16 +344,23 @@ class _Dispatcher:
 
     An actor gets tasks once it is placed and has built its detector (its ``ready()`` call
     answered): tasks queued on an actor the cluster has no free CPUs/GPUs for would wait
-    forever while the placed ones ran out of work."""
+    forever while the placed ones ran out of work. A call given to an actor cannot be taken
+    back, so :meth:`_fill` gives an actor a second task only while the queue holds more than
+    the other actors (placed or still starting) have free slots.
+
+    ``ray`` is the ``ray`` module (or a stand-in with ``wait``, ``get``, ``kill`` and
+    ``exceptions``); ``tick`` is called after every wait (progress lines)."""
 
     def __init__(self, ray: Any, actors: list[Any], tasks: Sequence[Any], pending: list[int],
                  results: list[TaskResult | None], max_attempts: int,
-                 report: Callable[[TaskResult], None]) -> None:
+                 report: Callable[[TaskResult], None],
+                 tick: Callable[[], None] | None = None) -> None:
         self.ray = ray
         self.tasks = tasks
         self.results = results
         self.max_attempts = max_attempts
         self.report = report
+        self.tick = tick
         self.queue = collections.deque(pending)
         self.attempts: collections.Counter[int] = collections.Counter()
         self.live: dict[int, Any] = dict(enumerate(actors))
@@ -275,21 +370,34 @@ class _Dispatcher:
                                          self.live.items()}  # ready() ref -> actor key
         self.ready: set[int] = set()
         self.setup_errors: list[str] = []
+        self.started_at = _now()
+        self.finished_any = False  # a worker has finished (or failed) a file of this run
         self.stall_warned = False
 
-    def _load(self, key: int) -> int:
-        return sum(1 for _, k in self.in_flight.values() if k == key)
+    def _submit(self, key: int) -> None:
+        i = self.queue.popleft()
+        self.attempts[i] += 1
+        self.in_flight[self.live[key].run.remote(i, self.tasks[i])] = (i, key)
 
     def _fill(self) -> None:
-        for key, actor in list(self.live.items()):
-            if key not in self.ready:
-                continue
-            for _ in range(_IN_FLIGHT_PER_ACTOR - self._load(key)):
-                if not self.queue:
-                    return
-                i = self.queue.popleft()
-                self.attempts[i] += 1
-                self.in_flight[actor.run.remote(i, self.tasks[i])] = (i, key)
+        """Gives queued tasks to the ready actors: one to each that has none, then more (up
+        to :data:`_IN_FLIGHT_PER_ACTOR`) only while the queue holds more tasks than the free
+        slots of the other live actors, started or still starting: a task does not wait
+        behind a busy actor while another would take it (2 videos on 2 workers ran one after
+        the other on the first worker ready). With many tasks every actor keeps one waiting."""
+        load = collections.Counter(key for _, key in self.in_flight.values())
+        ready = [key for key in self.live if key in self.ready]
+        for key in ready:
+            if self.queue and load[key] == 0:
+                self._submit(key)
+                load[key] += 1
+        for level in range(1, _IN_FLIGHT_PER_ACTOR):
+            for key in ready:
+                free = sum(_IN_FLIGHT_PER_ACTOR - load[other] for other in self.live
+                           if other != key)
+                if load[key] == level and len(self.queue) > free:
+                    self._submit(key)
+                    load[key] += 1
 
     def _finish(self, i: int, status: str, value: Any = None, error: str | None = None,
                 worker: str | None = None) -> None:
@@ -302,9 +410,20 @@ class _Dispatcher:
         if actor is not None:
             self.ray.kill(actor, no_restart=True)
 
-    def run(self) -> None:
-        from ray.exceptions import RayActorError, RayError
+    def _warn_if_stalled(self) -> None:
+        """Says once why the job may be waiting, when no worker has finished a file of this
+        run (skipped files do not count: a resumed run warns too) after
+        :data:`STALL_WARNING_S`."""
+        if self.stall_warned or self.finished_any or _now() - self.started_at < STALL_WARNING_S:
+            return
+        self.stall_warned = True
+        log.warning("no worker has finished a file after %d s (%d of %d worker(s) started); "
+                    "the workers may be waiting for free CPUs/GPUs in the cluster (ray status "
+                    "shows them), or the first files are slow", STALL_WARNING_S,
+                    len(self.ready & self.live.keys()), len(self.live))
 
+    def run(self) -> None:
+        errors = self.ray.exceptions
         while self.queue or self.in_flight:
             self._fill()
             if not self.in_flight and not self.starting:  # every actor is gone, tasks remain
@@ -316,14 +435,11 @@ class _Dispatcher:
                     self._finish(self.queue.popleft(), "failed", error=f"not run: {why}")
                 return
             ready, _ = self.ray.wait(list(self.in_flight) + list(self.starting), num_returns=1,
-                                     timeout=STALL_WARNING_S)
-            if not ready and not any(self.results):
-                # nothing has come back yet: say why the job may be waiting, once
-                if not self.stall_warned:
-                    log.warning("no worker has finished a file after %d s; the workers may be "
-                                "waiting for free CPUs/GPUs in the cluster (ray status shows "
-                                "them), or the first files are slow", STALL_WARNING_S)
-                    self.stall_warned = True
+                                     timeout=_POLL_S)
+            if self.tick is not None:
+                self.tick()
+            if not ready:
+                self._warn_if_stalled()
                 continue
             for ref in ready:
                 if ref in self.starting:
@@ -332,10 +448,11 @@ class _Dispatcher:
                 i, key = self.in_flight.pop(ref)
                 try:
                     _, status, value, error, worker = self.ray.get(ref)
-                except RayActorError as exc:
+                except errors.RayActorError as exc:
                     self._lost(i, key, exc)
                     continue
-                except RayError as exc:  # e.g. a result that does not pickle: this task only
+                except errors.RayError as exc:  # e.g. a result that does not pickle: this task
+                    self.finished_any = True
                     self._finish(i, "failed", error=describe_error(exc).splitlines()[0])
                     continue
                 if status == "setup":  # this actor has no detector: move the task elsewhere
@@ -343,21 +460,21 @@ class _Dispatcher:
                     self.attempts[i] -= 1
                     self.queue.appendleft(i)
                     continue
+                self.finished_any = True
                 self._finish(i, status, value, error, worker)
 
     def _started(self, ref: Any) -> None:
         """An actor's ready() answered: it takes tasks, or it is dropped (no detector), or
         asked again after Ray restarted it."""
-        from ray.exceptions import RayActorError, RayError
-
+        errors = self.ray.exceptions
         key = self.starting.pop(ref)
         try:
             error = self.ray.get(ref)
-        except RayActorError:
+        except errors.RayActorError:
             if self._count_loss(key):
                 self.starting[self.live[key].ready.remote()] = key
             return
-        except RayError as exc:  # e.g. ActorUnschedulableError: this worker only
+        except errors.RayError as exc:  # e.g. ActorUnschedulableError: this worker only
             self._setup_failed(key, describe_error(exc).splitlines()[0])
             return
         if error is not None:
