@@ -301,6 +301,22 @@ def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
     assert all(r["maps"]["max_abs"] < 0.1 for r in report["results"])
 
 
+def test_cli_detection_settings_reach_both_sides(capsys, tmp_path, checkpoint, folder):
+    counts = {}
+    for name, extra in (("default", []), ("wider", ["--prob-thresh", "0.03", "--pyramid", "fixed",
+                                                    "--nms-thresh", "0.5"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
+                     "--backends", "onnxruntime", "--json", str(out), *extra]) == 0
+        (row,) = json.loads(out.read_text())["results"]
+        counts[name] = (row["levels"], row["detections"]["n_ref"], row["detections"]["n_test"])
+    capsys.readouterr()
+    levels, n_ref, n_test = counts["wider"]
+    assert levels == 4  # the fixed rule's 2^-2 .. 2^1
+    assert n_ref == n_test > counts["default"][1]
+    assert counts["default"][0] != 4
+
+
 def test_cli_exports_into_a_temporary_folder_when_no_model_is_given(capsys, tmp_path,
                                                                     monkeypatch):
     """--help's first example (without --model) end to end: no trtexec hint naming a file of

@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, parse_image_sizes,
+from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, fraction,
+                                    parse_image_sizes, probability,
                                     run_interruptible, seed_argument, stderr_line)
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.detector_options import PYRAMID_RULES
 from tinyfaces_trt.parity.compare import TOLERANCES
 from tinyfaces_trt.parity.harness import FAILED, PARITY_BACKENDS, SKIPPED, ParityResult, run_parity
 from tinyfaces_trt.parity.report import json_report, markdown_table, summary_line
@@ -117,11 +119,27 @@ example:
                                "tensorrt-fp16 when TensorRT and a GPU are usable); a backend "
                                "named here that cannot run is an error (exit "
                              + f"{EXIT_SKIPPED}) unless --allow-skip")
+    parser.add_argument("--prob-thresh", type=probability, metavar="P",
+                        help="detections compared: probability > P (default: the model's, 0.5; "
+                             "the WIDER protocol's is 0.03, with --pyramid fixed)")
+    parser.add_argument("--nms-thresh", type=fraction, metavar="T",
+                        help="NMS IoU threshold of both sides (default: the model's)")
+    parser.add_argument("--pyramid", choices=PYRAMID_RULES,
+                        help="pyramid rule of both sides: adaptive or fixed (the WIDER "
+                             "protocol) (default: the model's, adaptive)")
     parser.add_argument("--allow-skip", action="store_true",
                         help="accept skipped backends: exit 0 when everything that ran passed")
     parser.add_argument("--json", metavar="OUT", help="also write the full results as JSON")
     add_version_argument(parser)
     return parser
+
+
+def detection_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides ``--prob-thresh``, ``--nms-thresh`` and ``--pyramid`` give (both
+    sides decode and suppress with them)."""
+    given = {"prob_thresh": args.prob_thresh, "nms_thresh": args.nms_thresh,
+             "pyramid": args.pyramid}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _check_writable(path: Path) -> None:
@@ -258,6 +276,7 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 folders = _export_folders(model, config, backends, Path(work), args.weights)
             start = time.perf_counter()
+            config = config.with_(**detection_settings(args))
             results = run_parity(model, config, folders, backends, args.sizes)
             elapsed = time.perf_counter() - start
     except TinyFacesError as exc:
