@@ -42,6 +42,8 @@ from tinyfaces_trt.core.errors import ConfigError
 NUM_TEMPLATES = 25
 NUM_CHANNELS = 5 * NUM_TEMPLATES  # 25 score_cls + 100 score_reg (tx, ty, tw, th blocks)
 VARIANTS = ("pytorch", "matconvnet")
+#: What column 4 of the detections can hold (:attr:`DetectorConfig.score`).
+SCORES = ("prob", "logit")
 #: ResNet trunk depths of the detector (export/resnet.py builds these; the released one is 101).
 DEPTHS = (50, 101)
 #: Largest ``abs(k)`` of the ``fixed_scales`` exponents (no level comes from a larger one).
@@ -169,6 +171,12 @@ class DetectorConfig:
         size_refinement: how far the box regression is assumed to stretch or shrink a
             template, ``exp(|tw|), exp(|th|) <= size_refinement``; only used with
             ``min_face``/``max_face`` (a smaller value prunes more, at a recall risk).
+        score: what column 4 of the detections holds (:data:`SCORES`): ``"prob"`` (the
+            default) the probability ``sigmoid(score_cls)`` as float32; ``"logit"`` the
+            network's float32 logit ``score_cls`` itself, exactly, as both references print
+            it (the authors' ``cnn_widerface_test_AB.m`` writes it with ``%f``; a float32
+            probability rounds to 1 above a logit of about 16.6 and loses the logit's
+            digits well before). Which boxes are kept, and their order, are the same.
     """
 
     variant: str = "pytorch"
@@ -188,6 +196,7 @@ class DetectorConfig:
     min_face: float | None = None
     max_face: float | None = None
     size_refinement: float = 2.0
+    score: str = "prob"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -198,6 +207,9 @@ class DetectorConfig:
             raise ConfigError(f"unknown template_policy {self.template_policy!r}")
         if self.pyramid not in ("adaptive", "fixed"):
             raise ConfigError(f"unknown pyramid rule {self.pyramid!r}")
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score {self.score!r}; expected one of {SCORES} (what "
+                              "column 4 of the detections holds)")
         if not 0.0 < self.prob_thresh < 1.0:
             raise ConfigError(f"prob_thresh must be in (0, 1), got {self.prob_thresh}")
         if not 0.0 <= self.nms_thresh <= 1.0:
@@ -247,7 +259,7 @@ class DetectorConfig:
             if not is_whole(value):
                 raise wrong(name, "an integer", value)
             object.__setattr__(self, name, int(value))
-        for name in ("variant", "template_policy", "pyramid"):
+        for name in ("variant", "template_policy", "pyramid", "score"):
             if not isinstance(getattr(self, name), str):
                 raise wrong(name, "a string", getattr(self, name))
         if not isinstance(self.clip_boxes, (bool, np.bool_)):
@@ -386,6 +398,7 @@ class DetectorConfig:
             "min_face": self.min_face,
             "max_face": self.max_face,
             "size_refinement": self.size_refinement,
+            "score": self.score,
         }
 
     @classmethod
@@ -412,6 +425,7 @@ class DetectorConfig:
                 min_face=_optional_float(d.get("min_face")),
                 max_face=_optional_float(d.get("max_face")),
                 size_refinement=float(d.get("size_refinement", 2.0)),
+                score=d.get("score", "prob"),  # absent from manifests of older versions
             )
         except ConfigError:
             raise

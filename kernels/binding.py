@@ -28,7 +28,7 @@ ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
 ENV_CACHE = CACHE_ENV  # the project-wide cache root variable
 
 # Mirrors of the header's constants (tests parse the header to keep them in step).
-ABI_VERSION = 3
+ABI_VERSION = 4
 NUM_TEMPLATES = 25
 MAX_DIM = 32768
 MAX_CAPACITY = 2**31 - 1
@@ -112,7 +112,8 @@ class NmsParams(ctypes.Structure):
                 ("clip", ctypes.c_int32),
                 ("image_height", ctypes.c_int32),
                 ("image_width", ctypes.c_int32),
-                ("lookahead", ctypes.c_int32)]
+                ("lookahead", ctypes.c_int32),
+                ("score_logit", ctypes.c_int32)]  # ABI 4: row[4] is the logit (1) or the prob (0)
 
 
 class NmsStats(ctypes.Structure):
@@ -152,8 +153,9 @@ def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float
 
 
 def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
-               image_width: int, lookahead: bool = False) -> NmsParams:
-    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result).
+               image_width: int, lookahead: bool = False, score_logit: bool = False) -> NmsParams:
+    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result;
+    ``score_logit``: the rows' fifth value is the float32 logit itself, not sigmoid(logit)).
 
     Raises:
         KernelError: INVALID_SIZE when ``image_height`` / ``image_width`` do not fit the
@@ -163,7 +165,7 @@ def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height:
     height, width = c_ints("tf_nms_params", "int32_t", Status.INVALID_SIZE,
                            image_height=image_height, image_width=image_width)
     return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), height, width,
-                     int(bool(lookahead)))
+                     int(bool(lookahead)), int(bool(score_logit)))
 
 
 def cache_dir() -> Path:

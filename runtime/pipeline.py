@@ -220,7 +220,8 @@ class Detector:
                 seconds a large image takes on a CPU.
 
         Returns:
-            (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels,
+            (N, 5) float32 array of [x1, y1, x2, y2, prob] in original-image pixels (the
+            logit instead of prob where ``config.score == "logit"``),
             sorted by descending score; (0, 5) when the image's pyramid has no level.
 
         Raises:

@@ -33,7 +33,7 @@ def inside_image(boxes: np.ndarray, image_hw: tuple[int, int], base: float) -> n
 
 
 def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
-    """(N, 5) [x1, y1, x2, y2, prob] rows in NMS order, as the GPU NMS returns them unclipped
+    """(N, 5) [x1, y1, x2, y2, score] rows in NMS order, as the GPU NMS returns them unclipped
     -> the rows of boxes that overlap the image, clipped when ``config.clip_boxes``: the
     numpy path's last two steps (:func:`select_detections`). Both take the image's pixel area
     in the variant's coordinates (``config.coordinate_base``): x in ``[0, W-1]`` for
@@ -50,12 +50,19 @@ def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorCo
 def select_detections(candidates: Candidates, image_hw: tuple[int, int],
                       config: DetectorConfig) -> np.ndarray:
     """NMS over ``candidates``, dropping boxes entirely outside the image, then clipping;
-    (N, 5) float32 [x1, y1, x2, y2, sigmoid(logit)]."""
+    (N, 5) float32 [x1, y1, x2, y2, score]: score = sigmoid(logit), or with
+    ``config.score == "logit"`` the float32 logit itself (exactly: float32 -> float64 ->
+    float32 is lossless). The cells were selected on the logit (``config.logit_thresh``)
+    at decode; the score column decides nothing here."""
     keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
                config.box_pixel_offset)
-    with np.errstate(over="ignore"):
-        prob = 1.0 / (1.0 + np.exp(-candidates.logits[keep].astype(np.float64)))
-    rows = np.concatenate([candidates.boxes[keep], prob[:, None]], axis=1)  # float64
+    logits = candidates.logits[keep].astype(np.float64)
+    if config.score == "logit":
+        score = logits
+    else:
+        with np.errstate(over="ignore"):
+            score = 1.0 / (1.0 + np.exp(-logits))
+    rows = np.concatenate([candidates.boxes[keep], score[:, None]], axis=1)  # float64
     return finish_boxes(rows, image_hw, config).astype(np.float32)
 
 

@@ -134,16 +134,19 @@ def nms_rows_reference(maps: list[np.ndarray], levels: list[PyramidLevel], image
     ``config.clip_boxes`` to ``[0, W-1] x [0, H-1]`` whatever the variant (the C ABI knows
     none). Boxes entirely outside the image are kept (the CUDA postprocessor runs it
     unclipped and drops and clips on the host in the variant's pixels, as
-    ``runtime.postprocess.finish_boxes``)."""
+    ``runtime.postprocess.finish_boxes``). Column 4: sigmoid(logit), or with
+    ``config.score == "logit"`` the float32 logit itself (``tf_nms_params.score_logit``)."""
     parts, base = [], 0
     for m, level in zip(maps, levels):
         parts.append(decode_level(m, level, config, base))
         base += NUM_TEMPLATES * m.shape[2] * m.shape[3]
     c = Candidates.concatenate(parts)
     keep = nms(c.boxes, c.logits, c.keys, config.nms_thresh, config.box_pixel_offset)
-    with np.errstate(over="ignore"):
-        prob = 1.0 / (1.0 + np.exp(-c.logits[keep].astype(np.float64)))
-    rows = np.concatenate([c.boxes[keep], prob[:, None]], axis=1)
+    score = c.logits[keep].astype(np.float64)
+    if config.score != "logit":
+        with np.errstate(over="ignore"):
+            score = 1.0 / (1.0 + np.exp(-score))
+    rows = np.concatenate([c.boxes[keep], score[:, None]], axis=1)
     if config.clip_boxes:
         height, width = image_hw
         np.clip(rows[:, 0:4:2], 0, width - 1, out=rows[:, 0:4:2])
@@ -334,9 +337,11 @@ class RawRun:
 
     def nms(self, image_hw: tuple[int, int], max_candidates: int,
             lookahead: bool = False) -> tuple[np.ndarray, dict[str, int]]:
-        """(rows, stats) of ``tf_nms`` over the buffer (clipped per the config)."""
+        """(rows, stats) of ``tf_nms`` over the buffer (clipped per the config; row[4] the
+        logit when ``config.score == "logit"``)."""
         params = binding.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
-                                    self.config.clip_boxes, *image_hw, lookahead)
+                                    self.config.clip_boxes, *image_hw, lookahead,
+                                    score_logit=self.config.score == "logit")
         return self.harness.nms(self.cand, self.capacity, params, max_candidates)
 
 
@@ -408,8 +413,10 @@ class KernelHarness:
         return raw
 
     def nms_on(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float,
-               max_candidates: int | None = None, lookahead: bool = False) -> np.ndarray:
-        """``tf_nms`` rows of a crafted candidate buffer (unclipped)."""
+               max_candidates: int | None = None, lookahead: bool = False,
+               score_logit: bool = False) -> np.ndarray:
+        """``tf_nms`` rows of a crafted candidate buffer (unclipped; row[4] the logit with
+        ``score_logit``, else its sigmoid)."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         logits = np.asarray(logits, np.float32)
         keys = np.asarray(keys, np.uint32)
@@ -420,7 +427,7 @@ class KernelHarness:
         with self.buffer(host.nbytes) as cand:
             cand.upload(host, self.stream)
             params = binding.nms_params(thresh, offset, False, binding.MAX_DIM, binding.MAX_DIM,
-                                        lookahead)  # unclipped: the image size is not used
+                                        lookahead, score_logit)  # unclipped: size not used
             rows, stats = self.nms(cand, capacity, params, m)
         assert stats["overflow"] == 0 and stats["num_candidates"] == n, stats
         return rows

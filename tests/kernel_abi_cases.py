@@ -77,6 +77,43 @@ def test_unclipped_rows_finished_on_the_host_are_the_detections(kh):
                            want)
 
 
+def test_nms_writes_the_logit_itself_or_its_sigmoid(kh):
+    """tf_nms_params.score_logit (ABI 4): 1 writes row[4] as the float32 logit, bit for bit,
+    as the references print score_cls; 0 its sigmoid, in which 20.0 and 30.5 are both 1 and
+    9.123456 keeps four decimals."""
+    boxes = square_boxes([[20, 20], [120, 20], [20, 120], [120, 120]], [30, 30, 30, 30])
+    logits = np.float32([20.0, 9.123456, 30.5, -1.25])
+    order = [2, 0, 1, 3]
+    prob, logit = (kh.nms_on(boxes, logits, np.arange(4), 0.3, 1.0, score_logit=score_logit)
+                   for score_logit in (False, True))
+    np.testing.assert_array_equal(prob[:, :4], boxes[order])
+    np.testing.assert_array_equal(logit[:, :4], boxes[order])
+    assert logit[:, 4].tobytes() == logits[order].tobytes()
+    want = 1.0 / (1.0 + np.exp(-logits[order].astype(np.float64)))
+    np.testing.assert_allclose(prob[:, 4], want, rtol=0, atol=1e-6)
+    assert prob[0, 4] == prob[1, 4] == 1.0
+
+
+def test_score_logit_rows_carry_the_decoded_logits(kh):
+    """Through decode: the rows of a ``score="logit"`` config are numpy's, their row[4] the
+    score map's float32 logits exactly (20.0, not a probability of 1)."""
+    config = DetectorConfig(prob_thresh=0.2, score="logit")
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(17), levels, cls_mean=0.0)
+    maps[0][0, 4, 2, 3] = 20.0
+    maps[1][0, 6, 15, 20] = 9.123456
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
+    got, _ = kh.detections(maps, levels, config, IMAGE_HW)
+    assert got.shape == want.shape and len(got) > 10
+    np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-3)
+    assert got[:, 4].tobytes() == want[:, 4].tobytes()
+    assert got[0, 4] == 20.0 and np.float32(9.123456) in got[:, 4]
+    prob, _ = kh.detections(maps, levels, config.with_(score="prob"), IMAGE_HW)
+    np.testing.assert_array_equal(prob[:, :4], got[:, :4])  # the same boxes, in the same order
+    np.testing.assert_allclose(prob[:, 4], 1.0 / (1.0 + np.exp(-got[:, 4].astype(np.float64))),
+                               rtol=0, atol=1e-6)
+
+
 def test_all_below_threshold_gives_nothing(kh):
     config = DetectorConfig()
     levels = levels_at(IMAGE_HW, (0.0, 1.0))

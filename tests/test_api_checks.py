@@ -144,7 +144,7 @@ def test_a_config_owns_read_only_templates():
     (lambda: DetectorConfig().with_(prob=0.3), "unknown detector config field(s) prob; known: "
      "variant, templates, normalization, stride, offset, template_policy, prob_thresh, "
      "nms_thresh, box_pixel_offset, clip_boxes, pyramid, fixed_scales, max_input_dim, "
-     "min_face, max_face, size_refinement"),
+     "min_face, max_face, size_refinement, score"),
     (lambda: DetectorConfig(templates=[["a"] * 5] * 25),
      "templates must be a (25, 5) array of numbers, got list"),
 ])

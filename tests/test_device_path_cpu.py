@@ -178,6 +178,28 @@ def test_detector_on_the_device_path_finds_the_host_detectors_boxes(device, expo
         np.testing.assert_allclose(g[:, 4], w[:, 4], rtol=0, atol=1e-5)
 
 
+def test_the_device_path_writes_the_host_paths_logits_with_score_logit(device, export_dir):
+    """``score="logit"``: tf_nms (score_logit) writes the network's logits, as the host path
+    does; the same boxes as with the probability, whose sigmoid they give back."""
+    onnx = _onnx(export_dir)
+    config = DetectorConfig(prob_thresh=0.05, score="logit")
+    image = np.random.default_rng(4).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    image[14:50, 20:70] = (220, 180, 150)
+    want = Detector(OnnxRuntimeRunner(onnx), config).detect(image)
+    with detector_for(_runner(onnx, device), config, gpu_stages=True) as detector:
+        got = detector.detect(image)
+    with detector_for(_runner(onnx, device), config.with_(score="prob"), gpu_stages=True) as detector:
+        prob = detector.detect(image)
+    assert len(want) > 0 and got.shape == want.shape == prob.shape
+    np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-2)
+    # the resize kernel's input is within 1e-4 of numpy's: logits within about 1e-4
+    np.testing.assert_allclose(got[:, 4], want[:, 4], rtol=0, atol=1e-4)
+    assert np.any((got[:, 4] < 0) | (got[:, 4] > 1))  # logits, not probabilities
+    np.testing.assert_array_equal(got[:, :4], prob[:, :4])
+    np.testing.assert_allclose(prob[:, 4], 1 / (1 + np.exp(-got[:, 4].astype(np.float64))),
+                               rtol=0, atol=1e-6)
+
+
 def test_a_closed_iobinding_runner_runs_no_more_on_either_path(device, export_dir):
     runner = _runner(_onnx(export_dir), device)
     x = np.zeros((1, 3, 32, 32), np.float32)

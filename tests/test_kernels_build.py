@@ -200,6 +200,18 @@ def test_nms_stats_fields_match_the_header(tmp_path: Path) -> None:
     assert (stats.num_kept, stats.num_candidates, stats.overflow, stats.nonfinite) == (5, 9, 0, 3)
 
 
+def test_nms_params_fields_match_the_header(tmp_path: Path) -> None:
+    """ABI 4: ``score_logit`` appended to tf_nms_params (28 bytes; ABI 3's 24)."""
+    names = ["nms_thresh", "pixel_offset", "clip", "image_height", "image_width", "lookahead",
+             "score_logit"]
+    assert [f[0] for f in binding.NmsParams._fields_] == names
+    assert ctypes.sizeof(binding.NmsParams) == 28 and binding.ABI_VERSION == 4
+    offsets = _c_values(tmp_path, "params", "sizeof(tf_nms_params)",
+                        *(f"offsetof(tf_nms_params, {n})" for n in names))
+    assert offsets == [28] + [getattr(binding.NmsParams, n).offset for n in names] == \
+        [28, 0, 4, 8, 12, 16, 20, 24]
+
+
 def test_abi_check(lib: binding.KernelLibrary) -> None:
     raw = lib.raw
     assert raw.tf_abi_version() == binding.ABI_VERSION
@@ -363,6 +375,8 @@ def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary
      "image size"),
     (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 2)), Status.INVALID_VALUE,
      "lookahead = 2 must be 0 or 1"),
+    (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 0, 2)), Status.INVALID_VALUE,
+     "score_logit = 2 must be 0 or 1"),
     (dict(cand=FAKE + 4), Status.MISALIGNED, "candidates"),
     (dict(ws=FAKE + 8), Status.MISALIGNED, "workspace"),
     (dict(out=FAKE + 1), Status.MISALIGNED, "out_boxes"),

@@ -86,6 +86,18 @@ def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
                         16, 16)
 
 
+def test_nms_takes_score_logit_0_or_1_only(cpu_library):
+    """tf_nms_params.score_logit (ABI 4) is checked as lookahead is, before any work; the
+    binding sets it from a truth value (default 0: the probability, as ABI 3 wrote)."""
+    assert binding.nms_params(0.3, 1.0, True, 8, 8).score_logit == 0
+    assert binding.nms_params(0.3, 1.0, True, 8, 8, score_logit=True).score_logit == 1
+    for bad in (2, -1):
+        with pytest.raises(binding.KernelError, match=f"score_logit = {bad} must be 0 or 1") as info:
+            cpu_library.nms(16, 1, binding.NmsParams(0.3, 1.0, 1, 8, 8, 0, bad), 1, 16, 1 << 20,
+                            16, 16)
+        assert info.value.status == binding.Status.INVALID_VALUE
+
+
 @pytest.mark.parametrize("schedule", [
     {"TF_CPU_RESIDENT_BLOCKS": "1"},
     {"TF_CPU_RESIDENT_BLOCKS": "16", "TF_CPU_SCHEDULE_SEED": "1"},

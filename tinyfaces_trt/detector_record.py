@@ -25,7 +25,8 @@ NETWORK_DETAILS = ("variant", "depth", "seed", "precision")
 
 #: Detector settings that change detections (the flags --prob-thresh, --nms-thresh,
 #: --min-face, --max-face, --pyramid set them): an output recorded with other values is made
-#: again.
+#: again. ``DetectorConfig.score`` is none of them: it says what column 4 holds (tf-detect
+#: ``--wider-dir`` switches it to the logit internally) and moves no box.
 DETECTION_FIELDS = ("prob_thresh", "nms_thresh", "min_face", "max_face", "pyramid")
 
 #: Detection fields that outputs of older versions do not record: no option changed them then,

@@ -98,7 +98,9 @@ static int run(void) {
   dp.stride = 8.0f;
   dp.offset = -1.0f;
   dp.scale = 1.0f;
-  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0};
+  /* thresh, pixel offset, clip, image height and width, lookahead, score_logit (0: row[4] is
+   * the probability sigmoid(logit); 1: the logit itself, as the references print it) */
+  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0, 0};
 
   const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
   host_map = (float*)malloc(map_floats * sizeof(float));

@@ -5,6 +5,7 @@
  *   decode (one pyramid level) : score map (1,125,h,w) float32 -> candidates appended to a
  *                                buffer shared by all levels of one image
  *   sort + NMS                 : candidates -> (N,5) float32 [x1,y1,x2,y2,sigmoid(logit)]
+ *                                (or, with tf_nms_params.score_logit, [x1,y1,x2,y2,logit])
  *
  * Semantics are those of docs/DESIGN.md ("Resize + normalise", "Decode", "NMS"); the numpy
  * modules runtime/resize.py, decode.py and nms.py are the reference.
@@ -53,7 +54,7 @@ extern "C" {
 
 /* The shared library's SONAME is libtinyfaces_kernels.so.<TF_KERNELS_ABI_VERSION>
  * (kernels/Makefile reads the number from here); libtinyfaces_kernels.so links to it. */
-#define TF_KERNELS_ABI_VERSION 3u
+#define TF_KERNELS_ABI_VERSION 4u
 
 #define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
 #define TF_NUM_CHANNELS 125
@@ -208,7 +209,8 @@ TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
  *     walked and with the longest chain of boxes that each wait on the previous one
  *     (kernels/nms_emulation.py reports both for a given input).
  * Kept boxes are clipped to [0, W-1] x [0, H-1] (0-based pixels) if clip != 0 and written as
- * rows [x1, y1, x2, y2, sigmoid(logit)], best first. clip != 0 clips every kept box, one lying
+ * rows [x1, y1, x2, y2, sigmoid(logit)], best first; with score_logit = 1 the fifth value is
+ * the float32 logit itself, bit for bit (ABI 4). clip != 0 clips every kept box, one lying
  * entirely outside the image too (onto its border); the Python runtime passes clip = 0 and
  * drops those boxes before clipping on the host, in the variant's pixels (the matconvnet
  * variant's are 1-based: [1, W] x [1, H]; docs/DESIGN.md, "NMS").
@@ -226,6 +228,9 @@ typedef struct tf_nms_params {
                              first undecided overlapping box of its walk; 1 = it walks on past
                              undecided ones for a kept one, and waits (on the first undecided
                              one) only if there is none: fewer rounds of waiting, more reads */
+  int32_t score_logit;    /* row[4], 0 or 1 (ABI 4): 0 = sigmoid(logit), the probability;
+                             1 = the float32 logit itself, exactly (what the references print:
+                             a float32 probability rounds to 1 above a logit of about 16.6) */
 } tf_nms_params;
 
 #define TF_OVERFLOW_CAPACITY 1u   /* num_candidates > candidate-buffer capacity */

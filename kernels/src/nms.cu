@@ -23,7 +23,8 @@
 //                 are already running, so the lowest undecided box can always decide: no
 //                 deadlock, and the result is exactly serial greedy NMS.
 //   7. scan     : CUB exclusive sum of the kept flags -> output rows
-//   8. write    : clip, sigmoid, compacted rows in NMS order; num_kept
+//   8. write    : clip, sigmoid (or the logit itself: score_logit), compacted rows in NMS
+//                 order; num_kept
 // kernels/nms_emulation.py is a step-by-step numpy emulation of steps 2-7 (same float32 math).
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
@@ -58,6 +59,7 @@ struct NmsConfig {
   float thresh;
   float offset;
   int clip;
+  int score_logit;  // row[4] is the logit (1) or sigmoid(logit) (0)
   float max_x;  // image_width - 1
   float max_y;  // image_height - 1
 };
@@ -385,7 +387,8 @@ __global__ void __launch_bounds__(kResolveThreads)
   }
 }
 
-// Kept boxes (clipped if asked, sigmoid of the logit) written compacted in NMS order.
+// Kept boxes (clipped if asked; the sigmoid of the logit, or the logit itself with
+// score_logit) written compacted in NMS order.
 __global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_t* __restrict__ flags,
                                  const uint32_t* __restrict__ rows, const float4* __restrict__ boxes,
                                  const float* __restrict__ logits, const NmsConfig cfg,
@@ -407,7 +410,7 @@ __global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_
     row[1] = box.y;
     row[2] = box.z;
     row[3] = box.w;
-    row[4] = 1.0f / (1.0f + expf(-logits[i]));
+    row[4] = cfg.score_logit ? logits[i] : 1.0f / (1.0f + expf(-logits[i]));
   }
 }
 
@@ -429,6 +432,8 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
     return tf::fail(TF_STATUS_INVALID_VALUE, "nms_thresh = %g is outside [0, 1]", p.nms_thresh);
   if (p.lookahead != 0 && p.lookahead != 1)
     return tf::fail(TF_STATUS_INVALID_VALUE, "lookahead = %d must be 0 or 1", p.lookahead);
+  if (p.score_logit != 0 && p.score_logit != 1)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "score_logit = %d must be 0 or 1", p.score_logit);
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_offset = %g must be finite and >= 0",
                     p.pixel_offset);
@@ -508,7 +513,7 @@ TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_p
   uint32_t* flags = slots_a;
   uint32_t* rows = slots_b;
   const NmsConfig cfg{params->nms_thresh, params->pixel_offset, params->clip != 0,
-                      static_cast<float>(params->image_width - 1),
+                      params->score_logit, static_cast<float>(params->image_width - 1),
                       static_cast<float>(params->image_height - 1)};
   const unsigned int item_blocks = tf::blocks_for(m, kPrepareThreads);
   const uint64_t chunks = (static_cast<uint64_t>(m) + kResolveThreads - 1) / kResolveThreads;

@@ -261,7 +261,7 @@ class CudaPostprocessor:
     """Decode + sort + NMS on the GPU, one candidate buffer per image (DESIGN.md).
 
     Args:
-        config: templates, thresholds, stride/offset, clipping.
+        config: templates, thresholds, stride/offset, clipping, score (prob or logit).
         stream: the stream to work on (a :class:`Stream` or a handle; default: a new one).
         library: a loaded kernel library (default: :func:`~tinyfaces_trt.kernels.load_library`).
         runner_stream: the stream the network's score maps are made on, when it is another
@@ -381,7 +381,8 @@ class CudaPostprocessor:
         height, width = self._image_hw
         # clipped on the host after the boxes outside the image are dropped, as the numpy path
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
-                              height, width, self.nms_lookahead)
+                              height, width, self.nms_lookahead,
+                              score_logit=self.config.score == "logit")
         lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
                 ws_bytes, out, stats, self.stream)
         host = np.zeros(1, b.NMS_STATS_DTYPE)
@@ -418,7 +419,8 @@ class CudaPostprocessor:
         return finish_boxes(boxes, self._image_hw, self.config)
 
     def finish_all(self) -> list[np.ndarray]:
-        """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, prob] array per image.
+        """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, score] array per image
+        (score: the probability, or the float32 logit with ``config.score == "logit"``).
 
         Raises:
             NonFiniteScoresError: an image's score maps held NaN or infinite values (counted

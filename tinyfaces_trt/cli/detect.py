@@ -30,7 +30,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,7 @@ from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 
 if TYPE_CHECKING:
+    from tinyfaces_trt.detectors import DetectorSpec
     from tinyfaces_trt.runtime.pipeline import Detector
 
 PROG = "tf-detect"
@@ -181,13 +182,44 @@ def _check_weights_path(weights: str | None) -> None:
                              f"(.pth or .mat){hint}")
 
 
-def _make_detector(args: argparse.Namespace) -> Detector:
+def detector_spec(args: argparse.Namespace, progress: Callable[[str], None] | None = None, *,
+                  for_workers: bool = False) -> DetectorSpec:
+    """The detector a tf-detect run makes (:func:`~tinyfaces_trt.detectors.spec_from_arguments`
+    of its arguments). With ``--wider-dir`` its config's ``score`` is ``"logit"``: column 4 of
+    its detections is the network's float32 logit, which the WIDER result files carry
+    exactly (:func:`~tinyfaces_trt.cli.detect_plan.write_wider_result`), and
+    :func:`split_scores` turns it back into the probability for every other output. An
+    internal switch: it moves no box, and the detection settings recorded for reruns
+    (:func:`~tinyfaces_trt.detector_record.record_from_arguments`) do not name it."""
     from tinyfaces_trt.detectors import spec_from_arguments
 
+    spec = spec_from_arguments(args, progress, for_workers=for_workers)
+    if getattr(args, "wider_dir", None):
+        spec = replace(spec, config_overrides=(*spec.config_overrides, ("score", "logit")))
+    return spec
+
+
+def split_scores(detector: Any, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """What ``detector.detect`` returned, as ``(boxes, logits)``: ``boxes`` with column 4 the
+    probability, whatever the detector's ``config.score`` (the JSON, the console line, masks
+    and drawings take them), and ``logits`` the float32 logits of its rows where the detector
+    wrote them (``score="logit"``: :func:`detector_spec` with ``--wider-dir``), else None.
+    The probability is ``float32(sigmoid(float64(logit)))``, as the host path computes it
+    (``runtime.postprocess.select_detections``)."""
+    if getattr(getattr(detector, "config", None), "score", "prob") != "logit":
+        return boxes, None
+    rows = np.array(boxes, dtype=np.float32).reshape(-1, 5)
+    logits = rows[:, 4].copy()
+    with np.errstate(over="ignore"):
+        rows[:, 4] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return rows, logits
+
+
+def _make_detector(args: argparse.Namespace) -> Detector:
     def say(line: str) -> None:
         stderr_line(f"{PROG}: {line}")
 
-    spec = spec_from_arguments(args, say)
+    spec = detector_spec(args, say)
     args.backend = spec.backend  # "auto" resolved: the JSON records what ran
     return spec.create(say)
 
@@ -439,17 +471,20 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
     if state.reason is not None:
         console.err(redo_line(job, state.reason))
     image = _load(job)
-    boxes = detect_with_progress(detector, image, str(job.rel))
-    record = write_image_outputs(task, options, state, image, boxes)
+    boxes, logits = split_scores(detector, detect_with_progress(detector, image, str(job.rel)))
+    record = write_image_outputs(task, options, state, image, boxes, logits)
     if not quiet:
         console.out(format_line(job.path, boxes))
     return record
 
 
 def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
-                        image: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
+                        image: np.ndarray, boxes: np.ndarray,
+                        logits: np.ndarray | None = None) -> dict[str, Any]:
     """Writes an image's outputs but those ``state`` keeps (each atomically under its final
-    name) and returns its JSON record; the same in one process and on a Ray worker."""
+    name) and returns its JSON record; the same in one process and on a Ray worker.
+    ``boxes``, ``logits``: :func:`split_scores` of the detector's output (the WIDER result
+    file gets ``logits`` exactly, the other outputs ``boxes``' probabilities)."""
     job = task.job
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
@@ -460,7 +495,7 @@ def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
                       jpeg_quality=options.jpeg_quality, keep=state.keep,
                       base=coordinate_base_of((options.model or {}).get("variant")))
     if task.wider_file is not None and task.wider_file not in state.keep:
-        write_wider_result(task.wider_file, job, boxes, options)
+        write_wider_result(task.wider_file, job, boxes, options, logits)
     return record
 
 

@@ -316,15 +316,28 @@ def is_wider_result_of(path: Path, job: ImageJob) -> bool:
 
 
 def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
-                       options: DetectOptions) -> None:
+                       options: DetectOptions, logits: np.ndarray | None = None) -> None:
     """Writes ``job``'s WIDER result file ``path`` (atomically, creating its folder), then the
     record of the detector that made it (:func:`~tinyfaces_trt.wider.records.record_path`;
     after the result: a run stopped between the two leaves a result without a record, made
-    again by the next run)."""
+    again by the next run).
+
+    The score written is the logit ``score_cls``, as the authors' ``cnn_widerface_test_AB.m``
+    writes it: ``logits``, the detector's own float32 logits of ``boxes``' rows (a detector
+    run with ``score="logit"``, :func:`tinyfaces_trt.cli.detect.split_scores`), written
+    unchanged; without them (None) taken back from ``boxes``' float32 probabilities
+    (:func:`~tinyfaces_trt.wider.format.logits_of`: within about ``3e-8 * e**logit``, and
+    16.635532 for any logit above 16.6)."""
     from tinyfaces_trt.wider.format import logits_of, write_detection_file
 
     scored = np.array(boxes, dtype=np.float64).reshape(-1, 5)
-    scored[:, 4] = logits_of(scored[:, 4])  # the logit, as the authors' result files hold
+    if logits is None:
+        scored[:, 4] = logits_of(scored[:, 4])
+    else:
+        logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if logits.shape != (len(scored),):
+            raise ValueError(f"{len(logits)} logits for {len(scored)} boxes")
+        scored[:, 4] = logits  # float32 -> float64: exact
     try:
         write_detection_file(path, wider_name(job), scored)
         if options.wider_dir is not None:

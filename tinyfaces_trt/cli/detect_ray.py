@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    EXIT_USAGE, PROG, finish_run, format_line, prepare_run, redo_line, skipped_line,
-    skipped_record, write_image_outputs)
+    EXIT_USAGE, PROG, detector_spec, finish_run, format_line, prepare_run, redo_line,
+    skipped_line, skipped_record, split_scores, write_image_outputs)
 from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, resume_state,
     task_plan)
@@ -39,7 +39,6 @@ from tinyfaces_trt.core.cli import stderr_line
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import temporaries_of
 from tinyfaces_trt.detector_record import expected_identity
-from tinyfaces_trt.detectors import spec_from_arguments
 from tinyfaces_trt.scaleout.options import ray_address, ray_requested
 from tinyfaces_trt.scaleout.pool import TaskResult, run_serial, run_tasks
 
@@ -72,8 +71,8 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
     image = load_image(job.path)
-    boxes = detector.detect(image)
-    record = write_image_outputs(task, options, state, image, boxes)
+    boxes, logits = split_scores(detector, detector.detect(image))
+    record = write_image_outputs(task, options, state, image, boxes, logits)
     return DetectValue(record, format_line(job.path, boxes), state.reason)
 
 
@@ -92,7 +91,7 @@ def run_detect(args: argparse.Namespace) -> int:
     say = lambda line: stderr_line(f"{PROG}: {line}")  # noqa: E731
     try:
         run, untrained = prepare_run(args)
-        spec = spec_from_arguments(args, say, for_workers=True)
+        spec = detector_spec(args, say, for_workers=True)
         args.backend = spec.backend  # "auto" resolved, as tf-detect does: the JSON records what ran
         model = expected_identity(spec.model_dir, spec.weights, spec.backend, spec.fp16)
         options = replace(run.options, backend=spec.backend, model=model)

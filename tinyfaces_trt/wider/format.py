@@ -9,7 +9,8 @@ A file holds::
 Writing follows the authors' ``cnn_widerface_test_AB.m``: the corners ``x1 y1 x2 y2`` are
 rounded first (MATLAB ``round``, half away from zero), then written as
 ``x1 y1 (x2-x1+1) (y2-y1+1)`` with the score as ``%f`` (tf-detect gives the logit, as the
-authors do: :func:`logits_of`). The PyTorch port's
+authors do: its detector's own float32 ``score_cls``, run with ``DetectorConfig.score =
+"logit"``; :func:`logits_of` takes a logit back from a probability). The PyTorch port's
 ``write_results`` instead rounds ``x2-x1+1`` itself with numpy's half-to-even rule, which
 can differ by one pixel; we follow the authors. Coordinates are written as given (no
 0-/1-based shift). Line 1 is the image's path relative to the images folder
@@ -114,7 +115,9 @@ def logits_of(probabilities: np.ndarray) -> np.ndarray:
     """The logits ``score_cls`` behind the detector's float32 ``sigmoid`` probabilities,
     computed in float64, for result files that carry the score as the authors'
     ``cnn_widerface_test_AB.m`` does (the logit: the official evaluation's min-max
-    normalisation, hence the AP, depends on the scores' spread, not only their order). Within
+    normalisation, hence the AP, depends on the scores' spread, not only their order), where
+    the logits themselves are not at hand (a detector with ``DetectorConfig.score =
+    "logit"`` gives them exactly; tf-detect ``--wider-dir`` runs one). Within
     float32's resolution of ``p``: about ``3e-8 * e**logit`` (the printed six decimals up to a
     logit of about 3; 5e-6 at 5, 1e-4 at 8, 5e-3 at 12); a probability that rounded to 1
     gives :data:`MAX_FLOAT32_LOGIT`."""
