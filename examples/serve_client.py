@@ -2,10 +2,14 @@
 
     python examples/serve_client.py photo.jpg                                  # faces as JSON
     python examples/serve_client.py photo.jpg --anonymize anon.jpg --mode pixelate
+    python examples/serve_client.py photo.png --anonymize anon.jpg        # written as JPEG
     python examples/serve_client.py photo.jpg --url http://10.0.0.5:8000 --timeout 900
 
+The image's Content-Type is told from its bytes (a JPEG named photo.txt is sent as
+image/jpeg); --anonymize OUT asks for the format of OUT's suffix (.jpg, .jpeg or .png).
+
 Exit status: 0 success, 1 the server refused the request (its JSON error is printed on
-stderr) or could not be reached.
+stderr) or could not be reached, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -13,11 +17,33 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import mimetypes
+import os
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+
+#: The service's /anonymize ``format`` for each suffix of --anonymize OUT.
+OUTPUT_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
+#: (offset, leading bytes, Content-Type) of the image formats told from their bytes.
+SIGNATURES = ((0, b"\xff\xd8\xff", "image/jpeg"), (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+              (0, b"GIF87a", "image/gif"), (0, b"GIF89a", "image/gif"), (8, b"WEBP", "image/webp"),
+              (0, b"BM", "image/bmp"), (0, b"II*\x00", "image/tiff"), (0, b"MM\x00*", "image/tiff"))
+
+
+def content_type(data: bytes) -> str:
+    """The image type of ``data`` told from its first bytes (not the file's name), else
+    ``application/octet-stream`` (the service then tells it from the bytes itself)."""
+    for offset, magic, kind in SIGNATURES:
+        if data[offset:offset + len(magic)] == magic and (offset == 0 or data[:4] == b"RIFF"):
+            return kind
+    return "application/octet-stream"
+
+
+def output_format(path: str) -> str | None:
+    """The /anonymize ``format`` for an output path, by its suffix (None: not one the
+    service writes)."""
+    return OUTPUT_FORMATS.get(os.path.splitext(path)[1].lower())
 
 
 def post_image(url: str, data: bytes, content_type: str, timeout: float | None = 600.0
@@ -37,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (default: %(default)s)")
     parser.add_argument("--anonymize", metavar="OUT",
                         help="write the anonymised image to OUT instead of printing the faces")
-    parser.add_argument("--mode", choices=("blur", "pixelate"), default="blur",
+    parser.add_argument("--mode", choices=("blur", "pixelate", "solid"), default="blur",
                         help="how /anonymize hides faces (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
                         help="give up after S seconds without an answer; a large photo on a CPU "
@@ -46,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timeout < 0:
         parser.error(f"--timeout must be >= 0, got {args.timeout}")
+    if args.anonymize and output_format(args.anonymize) is None:
+        parser.error(f"--anonymize {args.anonymize}: the service writes JPEG or PNG; give an "
+                     f"output name ending in {', '.join(OUTPUT_FORMATS)}")
     with open(args.image, "rb") as f:
         data = f.read()
-    content_type = mimetypes.guess_type(args.image)[0] or "application/octet-stream"
     base = args.url.rstrip("/")
-    url = (f"{base}/anonymize?{urllib.parse.urlencode({'mode': args.mode})}"
+    query = {"mode": args.mode, "format": output_format(args.anonymize or "")}
+    url = (f"{base}/anonymize?{urllib.parse.urlencode(query)}"
            if args.anonymize else f"{base}/detect")
     try:
-        body, headers = post_image(url, data, content_type, args.timeout or None)
+        body, headers = post_image(url, data, content_type(data), args.timeout or None)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
         try:

@@ -138,6 +138,12 @@ class MaskStyle:
         object.__setattr__(self, "color", tuple(int(c) for c in color))
 
 
+#: How tf-anonymize and tf-serve's ``/anonymize`` hide faces by default: blur, the whole
+#: box, boxes enlarged 1.3x about their centres (a detected box is tight around the face),
+#: blur strength 0.25, 5 x 5 pixelate cells.
+ANONYMIZE_STYLE = MaskStyle(scale=1.3)
+
+
 def pixel_boxes(boxes: np.ndarray, base: float) -> np.ndarray:
     """Boxes (N, 4+) of a variant whose first pixel is at ``base`` (1.0: the matconvnet
     variant's 1-based boxes, ``DetectorConfig.coordinate_base``) as 0-based pixel

@@ -31,6 +31,7 @@ from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 from tinyfaces_trt.runtime.draw import blur_boxes  # noqa: E402
+from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, apply_masks  # noqa: E402
 from tinyfaces_trt.cli.detect_ray import (  # noqa: E402
     DetectOptions, expected_outputs, main as ray_detect_main, outputs_exist, plan_tasks)
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial, run_tasks  # noqa: E402
@@ -342,17 +343,24 @@ def test_bad_requests_get_a_json_4xx_and_the_server_goes_on(server, method, path
     assert good == 200 and json.loads(answer)["width"] == 32
 
 
-def test_anonymize_and_healthz(server, reference_detector):
+def test_anonymize_and_healthz(server, export_dir):
     image = synthetic_image(24, 32, seed=3)
-    boxes = reference_detector.detect(image)
+    # tf-anonymize's masks: the unclipped boxes (a face cut by the border is enlarged about its
+    # true centre), 1.3x, blurred
+    with DetectorSpec(model_dir=str(export_dir),
+                      config_overrides=(("clip_boxes", False),)).create() as detector:
+        boxes = detector.detect(image)
     status, body, headers = _request(server, "POST", "/anonymize", _png(image))
     assert status == 200 and headers["content-type"] == "image/png"
     assert headers["x-faces"] == str(len(boxes)) and len(boxes) > 0
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), blur_boxes(image, boxes))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))),
+                          apply_masks(image, boxes, ANONYMIZE_STYLE))
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(body))), blur_boxes(image, boxes))
     status, body, _ = _request(server, "GET", "/healthz", content_type=None)
     assert status == 200
     assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "warmed_up": ["32x24"],
-                                "warmup_batch_sizes": [1]}  # a CPU replica: single images
+                                "warmup_batch_sizes": [1],  # a CPU replica: single images
+                                "variant": "pytorch", "coordinate_base": 0}
 
 
 def test_python_client_example(server, tmp_path):

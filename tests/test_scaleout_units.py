@@ -625,7 +625,7 @@ def test_anonymize_places_one_based_boxes_on_their_pixels():
     from tinyfaces_trt.scaleout.service import anonymise
 
     image = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    request = parse_anonymise_query({"mode": "pixelate", "format": "png"}, b"")
+    request = parse_anonymise_query({"mode": "pixelate", "format": "png", "mask_scale": "1"}, b"")
     boxes = np.array([[1, 1, 20, 20, 0.9]], np.float32)
     for base, first in ((1.0, 0), (0.0, 1)):
         changed = (decode_image(anonymise(image, boxes, request, base)) != image).any(axis=2)

@@ -34,7 +34,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                     probability, run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
-from tinyfaces_trt.runtime.masks import MODES, SHAPES
+from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, MODES, SHAPES
 
 PROG = "tf-anonymize"
 
@@ -123,20 +123,22 @@ input file.""",
                         help="output folder (created if needed; neither an input folder nor "
                              "the folder of an input file)")
     masks = parser.add_argument_group("masks")
-    masks.add_argument("--mode", choices=MODES, default="blur",
+    masks.add_argument("--mode", choices=MODES, default=ANONYMIZE_STYLE.mode,
                        help="blur (strength scaled to the face), pixelate (a fixed grid of "
                             "mean-colour cells per face), solid (black), none (boxes only, "
                             "e.g. with --draw) (default: blur)")
-    masks.add_argument("--shape", choices=SHAPES, default="box",
+    masks.add_argument("--shape", choices=SHAPES, default=ANONYMIZE_STYLE.shape,
                        help="mask the whole box or its inscribed ellipse (default: box)")
-    masks.add_argument("--mask-scale", type=positive_float, default=1.3, metavar="F",
+    masks.add_argument("--mask-scale", type=positive_float, default=ANONYMIZE_STYLE.scale,
+                       metavar="F",
                        help="enlarge boxes by F about their centre before masking (default: "
                             "1.3); a face cut by the image border is enlarged as detected, "
                             "beyond the border, then cut")
-    masks.add_argument("--blur-strength", type=positive_float, default=0.25, metavar="F",
+    masks.add_argument("--blur-strength", type=positive_float,
+                       default=ANONYMIZE_STYLE.blur_strength, metavar="F",
                        help="Gaussian radius as a fraction of the face's longer side "
                             "(default: 0.25)")
-    masks.add_argument("--cells", type=positive_int, default=5, metavar="N",
+    masks.add_argument("--cells", type=positive_int, default=ANONYMIZE_STYLE.cells, metavar="N",
                        help="pixelate grid, N x N cells per face (default: 5, as Argoverse 1.1)")
     masks.add_argument("--draw", action="store_true",
                        help="draw the masked boxes with scores: green detected, orange held, "

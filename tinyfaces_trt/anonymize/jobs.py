@@ -24,7 +24,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,8 @@ from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
 from tinyfaces_trt.core.progress import bar_size, detect_with_progress
-from tinyfaces_trt.runtime.masks import MaskStyle, apply_masks, pixel_boxes, scale_boxes
+from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
+                                         scale_boxes)
 
 if TYPE_CHECKING:
     from tinyfaces_trt.runtime.pipeline import Detector
@@ -116,7 +117,7 @@ class Options:
         progress: show a progress bar on stderr.
     """
 
-    style: MaskStyle = field(default_factory=lambda: MaskStyle(scale=1.3))
+    style: MaskStyle = ANONYMIZE_STYLE
     draw: bool = False
     hold: int = 5
     iou: float = 0.3

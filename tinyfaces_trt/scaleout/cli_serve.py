@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import socket
 import sys
 import textwrap
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_sizes, positive_float,
                                     positive_int, run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS as DECODER_MAX_PIXELS
 from tinyfaces_trt.scaleout.serve import DEFAULT_MAX_QUEUED_REQUESTS, RunningServe
-from tinyfaces_trt.scaleout.service import DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES
+from tinyfaces_trt.scaleout.service import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES,
+                                            default_mask_style)
 
 PROG = "tf-serve"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents every option)."""
+    mask = default_mask_style()  # tf-anonymize's defaults, which /anonymize takes
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=textwrap.fill(
@@ -39,12 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
             "face hidden. Requests are batched; replicas are fixed or autoscaled.", 88),
         epilog=f"""\
 endpoints:
-  POST /detect      body: JPEG/PNG/... bytes -> {{"width", "height", "detections":
-                    [{{"box": [x1, y1, x2, y2], "score": p}}, ...]}}
-  POST /anonymize   ?mode=blur|pixelate (default blur) &format=jpeg|png (default: as sent)
-                    -> the anonymised image (header X-Faces: number of faces)
-  GET  /healthz     -> {{"status": "ok", ...}}
-  bad input -> 4xx with {{"error": {{"status": N, "message": "..."}}}}
+  POST /detect      body: JPEG/PNG/... bytes -> {{"width", "height", "variant",
+                    "coordinate_base", "detections": [{{"box": [x1, y1, x2, y2],
+                    "score": p}}, ...]}}; boxes in the variant's pixel coordinates, clipped
+                    to the image: coordinate_base 0 (pytorch: x in [0, W-1], y in [0, H-1])
+                    or 1 (matconvnet: x in [1, W], y in [1, H])
+  POST /anonymize   the image with every face hidden as tf-anonymize hides it (its
+                    defaults in brackets): ?mode=blur|pixelate|solid ({mask.mode})
+                    &shape=box|ellipse ({mask.shape}) &mask_scale=F ({mask.scale:g})
+                    &blur_strength=F ({mask.blur_strength:g}) &cells=N ({mask.cells})
+                    &format=jpeg|png (as sent) -> the anonymised image (header X-Faces:
+                    number of faces); another parameter or a bad value -> 400
+  GET  /healthz     -> {{"status": "ok", "backend", "variant", "coordinate_base", ...}}: the
+                    replica is up and answering (liveness), not a check that its model
+                    detects (a detector failing on an image answers that request 500)
+  errors -> {{"error": {{"status": N, "message": "..."}}}}: 4xx bad input, 500 the
+  detector failed on that image (the message names the cause, e.g. a NaN score map; the
+  other requests of its batch are answered). Ray Serve's own answers are plain text:
+  408 (--request-timeout), 503 (--max-queued reached, or no replica up) and a 500 when a
+  replica process dies mid-request.
 
 examples:
   {PROG} --model export/
@@ -71,9 +90,13 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                            "ceiling: one such image is 0.5 GB decoded; default: %(default)d)")
     http.add_argument("--max-queued", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS,
                       metavar="N",
-                      help="requests waiting for a free replica beyond N get 503 at once, "
-                           "so a burst cannot queue without bound "
-                           "(default: %(default)d)")
+                      help="at most N requests wait at the HTTP proxy to be handed to a "
+                           "replica; more get 503 (plain text) at once, so a burst cannot "
+                           "queue without bound. Ray counts every request not yet handed "
+                           "over, so a burst arriving at once counts in full even at an idle "
+                           "server (6 at once with N=2: three 503s): keep N well above "
+                           "replicas x 2 x --max-batch-size (at least 8 per replica), what "
+                           "the replicas take at a time (default: %(default)d)")
     http.add_argument("--request-timeout", type=positive_float, metavar="S",
                       help="a request not answered within S seconds gets 408; its replica "
                            "still finishes the batch it is in (default: no limit; a large "
@@ -81,7 +104,8 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     scale = parser.add_argument_group("scaling")
     scale.add_argument("--replicas", type=positive_int, metavar="N",
                        help="fixed number of replicas (default: 1; or autoscaling with "
-                            "--min-replicas/--max-replicas)")
+                            "--min-replicas/--max-replicas); refused at once (exit 1) when "
+                            "the cluster's nodes cannot hold them")
     scale.add_argument("--min-replicas", type=int, metavar="N",
                        help="autoscale: fewest replicas (0 allowed; default: off)")
     scale.add_argument("--max-replicas", type=positive_int, metavar="N",
@@ -163,6 +187,182 @@ def check_network_source(args: argparse.Namespace) -> None:
         # every replica, the cause buried in Ray's logs
     if args.weights and not os.path.isfile(args.weights):
         raise TinyFacesError(f"weights file not found: {args.weights}")
+
+
+def replicas_that_fit(nodes: Sequence[Mapping[str, float]], num_cpus: float,
+                      num_gpus: float) -> int:
+    """How many replicas of ``num_cpus`` CPUs and ``num_gpus`` GPUs each the nodes hold
+    (each node's resources as Ray reports them, e.g. ``{"CPU": 2.0, "GPU": 1.0}``; a replica
+    takes its share on one node)."""
+    fit = 0
+    for node in nodes:
+        counts = [math.floor(node.get(name, 0.0) / need + 1e-9)
+                  for name, need in (("CPU", num_cpus), ("GPU", num_gpus)) if need > 0]
+        fit += min(counts) if counts else 1_000_000  # asks for nothing: never the limit
+    return fit
+
+
+def _resources_text(resources: Mapping[str, float]) -> str:
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    return f"{cpus:g} CPU(s), " + (f"{gpus:g} GPU(s)" if gpus else "no GPU")
+
+
+def check_placement(nodes: Sequence[Mapping[str, float]], replicas: int, num_cpus: float,
+                    num_gpus: float, max_replicas: int | None = None) -> str | None:
+    """Raises :class:`TinyFacesError` where the cluster's nodes (their total resources,
+    :func:`node_resources`) cannot hold ``replicas`` replicas of ``num_cpus`` CPUs and
+    ``num_gpus`` GPUs each (Ray would wait for them for ever, repeating that they have not
+    been scheduled); returns a warning where autoscaling's ``max_replicas`` cannot all fit,
+    else None. What other work holds is not counted: the start-up warning
+    (:func:`startup_warning`) covers that."""
+    fit = replicas_that_fit(nodes, num_cpus, num_gpus)
+    total = {name: sum(node.get(name, 0.0) for node in nodes) for name in ("CPU", "GPU")}
+    where = f"the Ray cluster has {_resources_text(total)} on {len(nodes)} node(s)"
+    if fit < replicas:
+        if num_gpus and not total["GPU"]:
+            raise TinyFacesError(
+                "GPU replicas were asked for (--gpus-per-replica 1) but the Ray cluster has "
+                "no GPU: give --gpus-per-replica 0 with a CPU backend (--backend "
+                "onnxruntime), or a cluster with GPUs (--address)")
+        each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
+        raise TinyFacesError(
+            f"{replicas} replica(s) of {each} each cannot be placed: {where}, room for "
+            f"{fit}; give fewer replicas (--replicas, --min-replicas), less per replica "
+            f"(--cpus-per-replica, --gpus-per-replica), or a larger cluster (--address)")
+    if max_replicas is not None and fit < max_replicas:
+        return (f"--max-replicas {max_replicas}: {where}, room for {fit} replica(s); "
+                "autoscaling beyond that waits for resources")
+    return None
+
+
+def node_resources() -> list[dict[str, float]] | None:
+    """The total resources of each live node of the connected Ray cluster, or None where they
+    cannot be read (not connected, or Ray's answer has changed: not checked)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        return [{name: float(value) for name, value in node["Resources"].items()}
+                for node in ray.nodes() if node.get("Alive")]
+    except Exception as exc:  # noqa: BLE001 (a check that cannot run is skipped)
+        stderr_line(f"{PROG}: warning: cannot read the Ray cluster's nodes "
+                    f"({type(exc).__name__}: {exc}); whether the replicas fit is not checked")
+        return None
+
+
+#: Seconds after which a service not yet up whose replicas wait for resources is reported.
+STARTUP_WARNING_S = 60.0
+
+
+def startup_warning(waited_s: float, free: Mapping[str, float], num_cpus: float,
+                    num_gpus: float) -> str | None:
+    """The warning for a service not up after ``waited_s`` seconds when the cluster's free
+    resources (``ray.available_resources()``) cannot hold one more replica, else None (its
+    replicas are placed and starting: loading, warming up)."""
+    if replicas_that_fit([free], num_cpus, num_gpus) > 0:
+        return None
+    each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
+    return (f"{PROG}: warning: the service is not up after {waited_s:g} s: replicas wait for "
+            f"resources (each takes {each}; free now: {_resources_text(free)}); they start "
+            "once other work frees them or nodes join (`ray status` shows what holds them); "
+            "Ctrl-C stops")
+
+
+def _watch_startup(done: threading.Event, num_cpus: float, num_gpus: float) -> None:
+    """Prints :func:`startup_warning` once if ``done`` is not set within
+    :data:`STARTUP_WARNING_S`."""
+    if done.wait(STARTUP_WARNING_S):
+        return
+    try:
+        import ray
+
+        free = {name: float(value) for name, value in ray.available_resources().items()}
+    except Exception:  # noqa: BLE001 (the warning is a help, not a check)
+        return
+    warning = startup_warning(STARTUP_WARNING_S, free, num_cpus, num_gpus)
+    if warning and not done.is_set():
+        stderr_line(warning)
+
+
+#: Longest tf-serve waits, when it stops, for its application to leave the cluster (Serve's
+#: own delete waits up to 60 s, a replica's graceful stop 20 s).
+STOP_TIMEOUT_S = 90.0
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run_to_end(cleanup: Callable[[], object], timeout_s: float,
+               on_signal: Callable[[], object] = lambda: None) -> bool:
+    """Runs ``cleanup()`` on a helper thread and waits for its end, at most ``timeout_s``
+    seconds, with Ctrl-C and SIGTERM deferred: each calls ``on_signal()`` instead of
+    interrupting (a second Ctrl-C landing inside the cleanup left the service deployed).
+    The handlers in place before are put back at the end. Outside the main thread (where no
+    signal handler runs) ``cleanup()`` runs in place.
+
+    Returns:
+        True once ``cleanup()`` ended (its exception raised here), False on timeout (it may
+        still run, on a daemon thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        cleanup()
+        return True
+
+    def deferred(signum: int, frame: object) -> None:
+        on_signal()
+
+    originals: dict[int, Any] = {}
+    worker = Worker(cleanup, "tf-serve-cleanup")
+    deadline = time.monotonic() + timeout_s
+    started = False
+    while True:
+        try:  # an interrupt that lands before the handlers are in place (or while they are
+            # put back) is taken as one that came during the wait: the wait goes on
+            for sig in _DEFERRED_SIGNALS:
+                if sig not in originals:
+                    originals[sig] = signal.getsignal(sig)
+                signal.signal(sig, deferred)
+            if not started:
+                started = True
+                worker.start()
+            ended = worker.wait(max(0.0, deadline - time.monotonic()))
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+            break
+        except (KeyboardInterrupt, SystemExit):
+            on_signal()
+    if ended:
+        worker.result()
+    return ended
+
+
+def remove_service(stop: Callable[[], object], address: str | None, port: int,
+                   app_name: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Runs ``stop()`` (removing the application ``app_name``) to its end despite further
+    Ctrl-C or SIGTERM (:func:`run_to_end`); where it fails or does not end within
+    ``timeout_s``, says what may be left on the cluster and how to remove it. True when it
+    ended without error."""
+    said: list[bool] = []
+
+    def on_signal() -> None:
+        if not said:
+            said.append(True)
+            stderr_line(f"{PROG}: still removing the service from the Ray cluster (at most "
+                        f"{timeout_s:g} s) ...")
+
+    try:
+        if run_to_end(stop, timeout_s, on_signal):
+            return True
+        problem = f"it was not removed within {timeout_s:g} s"
+    except Exception as exc:  # noqa: BLE001 (said with what to do about it)
+        problem = f"removing it failed: {type(exc).__name__}: {exc}"
+    target = f"address='{address}'" if address else "address='auto'"
+    stderr_line(f"{PROG}: warning: the application '{app_name}' may be left on the Ray "
+                f"cluster ({problem}), its replicas holding their CPUs/GPUs and Serve port "
+                f"{port}; on a cluster that outlives tf-serve (`ray start`), remove it with: "
+                f"python -c \"import ray; from ray import serve; ray.init({target}); "
+                f"serve.delete('{app_name}')\" (or `serve shutdown -y`, which removes every "
+                "Serve application there)")
+    return False
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -265,6 +465,14 @@ def _run(args: argparse.Namespace) -> int:
             from ray import serve
 
             options = serve_options(args, cluster_resources().gpus)
+            nodes = node_resources()
+            if nodes is not None:  # before anything is deployed: Ray would wait for ever
+                low = max(options.min_replicas or 0, 1) if options.max_replicas is not None \
+                    else options.replicas
+                note = check_placement(nodes, low, options.num_cpus, options.num_gpus,
+                                       options.max_replicas)
+                if note:
+                    stderr_line(f"{PROG}: warning: {note}")
             check_running_serve(running_serve(), args, APP_NAME)  # before anything is deployed
             quiet = None if args.verbose else {"log_level": "WARNING"}
             try:
@@ -278,13 +486,18 @@ def _run(args: argparse.Namespace) -> int:
                     stderr_line(f"{PROG}: each replica gets ready for "
                                 f"{', '.join(map(str, options.warmup))} (batches of up to "
                                 f"{max(options.warmup_batch_sizes)}) before serving ...")
+                started = threading.Event()  # ends the start-up watch
                 try:
+                    threading.Thread(target=_watch_startup, name="tf-serve-startup", daemon=True,
+                                     args=(started, options.num_cpus, options.num_gpus)).start()
                     serve.run(build_app(options), name=APP_NAME, route_prefix="/",
                               logging_config=quiet)
                 except RuntimeError as exc:  # a replica could not start (bad model, ...)
                     lines = [line for line in str(exc).splitlines() if line.strip()]
                     raise TinyFacesError("the service did not start: "
                                          + (lines[-1] if lines else type(exc).__name__)) from None
+                finally:
+                    started.set()
                 # Until here SIGTERM interrupts like Ctrl-C (replicas may take minutes to
                 # warm up); while serving it asks for the clean stop below
                 stop = threading.Event()
@@ -294,8 +507,9 @@ def _run(args: argparse.Namespace) -> int:
                 while not stop.wait(1.0):
                     pass
                 stderr_line(f"{PROG}: stopping")
-            finally:
-                stop_app(APP_NAME)  # other applications on the cluster keep running
+            finally:  # to its end despite a further Ctrl-C; other applications keep running
+                remove_service(lambda: stop_app(APP_NAME), args.address or
+                               os.environ.get("RAY_ADDRESS"), args.port, APP_NAME)
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return 1

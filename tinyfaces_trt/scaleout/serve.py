@@ -9,7 +9,12 @@ Each replica holds one detector. Requests are decoded (with the size limits of
 (``@serve.batch``: up to ``max_batch_size`` images, waiting at most ``batch_wait_ms`` for a
 batch to fill) and detected together in a worker thread, so the replica keeps accepting
 requests and answering ``/healthz`` while it computes. Errors in one request never reach the
-others: each gets its own 4xx JSON answer and the replica goes on.
+others: each gets its own 4xx JSON answer, an image the detector fails on a 500 JSON answer
+naming the cause (the rest of its batch is detected again one by one and answered), and the
+replica goes on.
+
+A replica's detector keeps its boxes unclipped (as tf-anonymize's): ``/anonymize`` masks them
+as tf-anonymize does, and ``/detect`` clips them to the image as the detector would have.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.cli import ImageSize
 from tinyfaces_trt.scaleout.service import (
     DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, Limits, RequestError, anonymise,
-    check_body_size, check_headers, check_route, decode_body, detect_images, detection_body,
-    error_body, parse_anonymise_query)
+    check_body_size, check_headers, check_route, clip_to_image, decode_body, detect_images,
+    detection_body, error_body, parse_anonymise_query)
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
 
@@ -47,8 +53,11 @@ class ServeOptions:
         max_batch_size: largest batch of images detected together.
         batch_wait_ms: longest wait for a batch to fill.
         max_request_bytes, max_pixels: request limits.
-        max_queued_requests: requests waiting for a replica beyond this many (at each HTTP
-            proxy) get 503 at once instead of queueing without bound.
+        max_queued_requests: requests not yet handed to a replica beyond this many (at each
+            HTTP proxy) get 503 at once instead of queueing without bound. Ray counts every
+            request not yet assigned, so a burst arriving at once counts in full even at an
+            idle server: keep it well above ``replicas x max_ongoing_requests`` (what the
+            replicas take at a time: ``2 x max_batch_size``, at least 8 each).
         num_cpus, num_gpus: resources per replica; a CPU replica's ONNX Runtime uses
             ``num_cpus`` threads unless the spec sets ``threads``.
         warmup: image sizes (:class:`~tinyfaces_trt.core.cli.ImageSize`, width x height)
@@ -144,14 +153,94 @@ async def _read_body(request: Any, limits: Limits, timeout_s: float = BODY_TIMEO
     return b"".join(chunks)
 
 
+def replica_spec(spec: Any) -> tuple[Any, bool]:
+    """The spec a replica builds its detector from (``clip_boxes=False``: tf-anonymize's
+    unclipped boxes, which ``/anonymize`` masks) and whether ``/detect`` clips them (the
+    spec's own ``clip_boxes``; clipped unless it says otherwise, as tf-detect's)."""
+    overrides = dict(spec.config_overrides)
+    clip = overrides.pop("clip_boxes", True)
+    overrides["clip_boxes"] = False
+    return dataclasses.replace(spec, config_overrides=tuple(overrides.items())), bool(clip)
+
+
+def internal_error(exc: BaseException) -> RequestError:
+    """The 500 answer of an unexpected failure while handling a request (logged with its
+    traceback on the replica)."""
+    log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return RequestError(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class RequestHandler:
+    """The HTTP routes of one replica, apart from Ray (tests give it a fake detector).
+
+    Args:
+        detector: the replica's detector, built with ``clip_boxes=False``
+            (:func:`replica_spec`).
+        backend: its backend's name (``/healthz``).
+        limits: what one request may carry.
+        clip: whether ``/detect`` clips the boxes to the image.
+        warmed_up, warmup_batch_sizes: what the replica got ready for (``/healthz``).
+    """
+
+    def __init__(self, detector: Any, backend: str, limits: Limits, clip: bool = True,
+                 warmed_up: Sequence[str] = (), warmup_batch_sizes: Sequence[int] = ()) -> None:
+        self.detector = detector
+        self.backend = backend
+        self.limits = limits
+        self.clip = clip
+        self.warmed_up = list(warmed_up)
+        self.warmup_batch_sizes = list(warmup_batch_sizes)
+
+    async def __call__(self, request: Any, detect: Callable[[Any], Awaitable[Any]]) -> Any:
+        """The response to ``request`` (Starlette); ``detect(image)`` gives the image's boxes
+        or a :class:`~tinyfaces_trt.scaleout.service.DetectionError` (the replica's batched
+        :func:`~tinyfaces_trt.scaleout.service.detect_images`). Every error is a JSON body."""
+        from starlette.responses import JSONResponse
+
+        try:
+            return await self._answer(request, detect)
+        except RequestError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 (a JSON 500, not Starlette's bare text)
+            error = internal_error(exc)
+        return JSONResponse(error_body(error.status, str(error)), status_code=error.status,
+                            headers=error.headers)
+
+    async def _answer(self, request: Any, detect: Callable[[Any], Awaitable[Any]]) -> Any:
+        from starlette.responses import JSONResponse, Response
+
+        config = self.detector.config
+        route = check_route(request.url.path, request.method)
+        if route == "/healthz":  # the replica's liveness, not a check of its model
+            return JSONResponse({
+                "status": "ok", "backend": self.backend, "variant": config.variant,
+                "coordinate_base": int(config.coordinate_base), "warmed_up": self.warmed_up,
+                "warmup_batch_sizes": self.warmup_batch_sizes})
+        check_headers(request.headers, self.limits)
+        body = await _read_body(request, self.limits)
+        if route == "/anonymize":
+            wanted = parse_anonymise_query(request.query_params, body)
+        image = await asyncio.to_thread(decode_body, body, self.limits)
+        boxes = await detect(image)
+        if isinstance(boxes, RequestError):  # the detector failed on this image
+            raise boxes
+        if route == "/detect":
+            if self.clip:
+                boxes = clip_to_image(boxes, image.shape[:2], config)
+            return JSONResponse(detection_body(image, boxes, config.variant,
+                                               config.coordinate_base))
+        data = await asyncio.to_thread(anonymise, image, boxes, wanted, config.coordinate_base)
+        return Response(data, media_type=wanted.media_type, headers={"X-Faces": str(len(boxes))})
+
+
 def build_app(options: ServeOptions) -> Any:
     """The Serve application (``Deployment.bind(...)``) for ``serve.run``."""
     from ray import serve
-    from starlette.responses import JSONResponse, Response
 
     spec = options.spec
     if options.num_gpus == 0 and spec.threads is None and spec.backend == "onnxruntime":
         spec = dataclasses.replace(spec, threads=max(1, int(options.num_cpus)))
+    spec, clip = replica_spec(spec)
     limits = options.limits
 
     @serve.deployment(name="TinyFaces")
@@ -160,18 +249,19 @@ def build_app(options: ServeOptions) -> Any:
 
         def __init__(self) -> None:
             self.detector = spec.create()
-            self.backend = spec.backend
-            self.warmed_up: list[str] = []
-            self.warmup_batch_sizes: list[int] = []
+            warmed_up: list[str] = []
+            batch_sizes: list[int] = []
             if options.warmup:
                 start = time.perf_counter()
                 ran = self.detector.warmup([(size.height, size.width) for size in options.warmup],
                                            batch_sizes=options.warmup_batch_sizes)
-                self.warmed_up = [str(size) for size in options.warmup]
-                self.warmup_batch_sizes = list(ran)
+                warmed_up = [str(size) for size in options.warmup]
+                batch_sizes = list(ran)
                 log.info("replica ready for %s (batches of %s) in %.1f s",
-                         ", ".join(self.warmed_up), ", ".join(map(str, ran)),
+                         ", ".join(warmed_up), ", ".join(map(str, ran)),
                          time.perf_counter() - start)
+            self.handler = RequestHandler(self.detector, spec.backend, limits, clip,
+                                          warmed_up, batch_sizes)
 
         @serve.batch(max_batch_size=options.max_batch_size,
                      batch_wait_timeout_s=options.batch_wait_ms / 1000.0)
@@ -179,27 +269,7 @@ def build_app(options: ServeOptions) -> Any:
             return await asyncio.to_thread(detect_images, self.detector, images)
 
         async def __call__(self, request: Any) -> Any:
-            try:
-                route = check_route(request.url.path, request.method)
-                if route == "/healthz":
-                    return JSONResponse({
-                        "status": "ok", "backend": self.backend, "warmed_up": self.warmed_up,
-                        "warmup_batch_sizes": self.warmup_batch_sizes})
-                check_headers(request.headers, limits)
-                body = await _read_body(request, limits)
-                if route == "/anonymize":
-                    wanted = parse_anonymise_query(request.query_params, body)
-                image = await asyncio.to_thread(decode_body, body, limits)
-                boxes = await self.detect_batch(image)
-                if route == "/detect":
-                    return JSONResponse(detection_body(image, boxes))
-                data = await asyncio.to_thread(anonymise, image, boxes, wanted,
-                                               self.detector.config.coordinate_base)
-                return Response(data, media_type=wanted.media_type,
-                                headers={"X-Faces": str(len(boxes))})
-            except RequestError as exc:
-                return JSONResponse(error_body(exc.status, str(exc)), status_code=exc.status,
-                                    headers=exc.headers)
+            return await self.handler(request, self.detect_batch)
 
         def check_health(self) -> None:
             if self.detector is None:

@@ -4,28 +4,39 @@
 sees, so they are tested without a server:
 
 - ``POST /detect``: body = an encoded image (JPEG, PNG, ... as ``image/*`` or
-  ``application/octet-stream``) -> ``{"width", "height", "detections": [{"box": [x1, y1,
-  x2, y2], "score": p}, ...]}`` (tf-detect's JSON record).
-- ``POST /anonymize[?mode=blur|pixelate][&format=jpeg|png]``: body = an image -> the image
-  with every face blurred (default) or pixelated, as JPEG when the input was JPEG (else
-  PNG) unless ``format`` says otherwise.
-- ``GET /healthz`` -> ``{"status": "ok", ...}``.
+  ``application/octet-stream``) -> ``{"width", "height", "variant", "coordinate_base",
+  "detections": [{"box": [x1, y1, x2, y2], "score": p}, ...]}`` (tf-detect's detection
+  list). Boxes are in the variant's pixel coordinates, clipped to the image:
+  ``coordinate_base`` 0 (pytorch: x in [0, W-1]) or 1 (matconvnet: x in [1, W]).
+- ``POST /anonymize[?mode=blur|pixelate|solid][&shape=box|ellipse][&mask_scale=F]
+  [&blur_strength=F][&cells=N][&format=jpeg|png]``: body = an image -> the image with every
+  face hidden as tf-anonymize hides it (its defaults, :func:`default_mask_style`: blur, box,
+  boxes enlarged 1.3x about their centres, the unclipped boxes' masks cut at the border), as
+  JPEG when the input was JPEG (else PNG) unless ``format`` says otherwise.
+- ``GET /healthz`` -> ``{"status": "ok", ...}``: the replica answers (liveness), not a check
+  that its model detects.
 
-Bad input gets a 4xx status and ``{"error": {"status": N, "message": "..."}}``: 400 bad or
-corrupt image or query (or a client gone before its body was complete), 404 unknown path,
-405 wrong method, 408 a body that did not arrive in time, 413 body too large, 413 too many pixels (decompression bombs are refused from the header,
-before any pixel is decoded), 415 a body that is not an image type.
+Errors get ``{"error": {"status": N, "message": "..."}}``: 400 bad or corrupt image or query
+(or a client gone before its body was complete), 404 unknown path, 405 wrong method, 408 a
+body that did not arrive in time, 413 body too large, 413 too many pixels (decompression
+bombs are refused from the header, before any pixel is decoded), 415 a body that is not an
+image type, 500 the detector failed on the image (:class:`DetectionError`, naming the cause:
+a NaN score map, ...) or another server fault.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.errors import ImageError, ImageTooLargeError, TinyFacesError
+
+log = logging.getLogger("tinyfaces_trt.scaleout")
 
 #: Default largest request body (bytes).
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
@@ -33,7 +44,11 @@ DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 
 ROUTES = {"/detect": "POST", "/anonymize": "POST", "/healthz": "GET"}
-_ANONYMISE_MODES = ("blur", "pixelate")
+#: /anonymize ``mode`` values: tf-anonymize's, but for ``none`` (nothing hidden).
+_ANONYMISE_MODES = ("blur", "pixelate", "solid")
+#: /anonymize query parameters: ``format`` and tf-anonymize's mask options (--mode, --shape,
+#: --mask-scale, --blur-strength, --cells, as snake_case names).
+_ANONYMISE_PARAMETERS = ("mode", "shape", "mask_scale", "blur_strength", "cells", "format")
 _FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
             "png": ("PNG", "image/png")}
 _BODY_TYPES = ("application/octet-stream",)
@@ -55,6 +70,18 @@ class Limits:
 
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+class DetectionError(RequestError):
+    """The detector failed on a request's image (status 500): a NaN score map
+    (:class:`~tinyfaces_trt.core.errors.NonFiniteScoresError`), any other failure of the
+    network or its backend. Its message names the cause, as tf-detect's per-image error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        detail = str(cause) if isinstance(cause, TinyFacesError) and str(cause) \
+            else f"{type(cause).__name__}: {cause}"
+        super().__init__(500, f"detection failed: {detail}")
+        self.cause = cause
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -126,59 +153,136 @@ def decode_body(body: bytes, limits: Limits) -> np.ndarray:
         raise RequestError(400, str(exc)) from None
 
 
-def detect_images(detector: Any, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Boxes of several images: same-size images go through ``detect_batch`` together."""
+def detect_images(detector: Any, images: Sequence[np.ndarray]
+                  ) -> list[np.ndarray | DetectionError]:
+    """Boxes of several images: same-size images go through ``detect_batch`` together.
+
+    An image the detector fails on gets a :class:`DetectionError` in its place instead of
+    boxes; when a batch of several fails, its images are detected again one by one, so only
+    the requests whose own image fails get the error (not every request batched with it).
+    """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         groups.setdefault(image.shape, []).append(i)
-    boxes: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(images)
+    results: list[np.ndarray | DetectionError] = [np.zeros((0, 5), np.float32)] * len(images)
     for members in groups.values():
-        for i, found in zip(members, detector.detect_batch([images[i] for i in members])):
-            boxes[i] = found
-    return boxes
+        try:
+            found = detector.detect_batch([images[i] for i in members])
+        except Exception as exc:  # noqa: BLE001 (answered as that request's 500)
+            if len(members) == 1:
+                results[members[0]] = DetectionError(exc)
+                continue
+            log.warning("detection of a batch of %d images failed (%s: %s); detecting them "
+                        "one by one", len(members), type(exc).__name__, exc)
+            for i in members:
+                try:
+                    results[i] = detector.detect_batch([images[i]])[0]
+                except Exception as single:  # noqa: BLE001
+                    results[i] = DetectionError(single)
+            continue
+        for i, boxes in zip(members, found):
+            results[i] = boxes
+    return results
 
 
-def detection_body(image: np.ndarray, boxes: np.ndarray) -> dict[str, Any]:
-    """The ``/detect`` answer: image size and tf-detect's detection list."""
+def clip_to_image(boxes: np.ndarray, image_hw: tuple[int, int], config: Any) -> np.ndarray:
+    """A copy of a detector's unclipped boxes (its config with ``clip_boxes=False``, as
+    tf-anonymize masks them) clipped to the image's pixel area as the detector itself clips
+    (``runtime.postprocess.finish_boxes``, in the variant's coordinates of ``config``)."""
+    from tinyfaces_trt.runtime.postprocess import finish_boxes
+
+    return finish_boxes(np.array(boxes, copy=True), image_hw, replace(config, clip_boxes=True))
+
+
+def detection_body(image: np.ndarray, boxes: np.ndarray, variant: str = "pytorch",
+                   base: float = 0.0) -> dict[str, Any]:
+    """The ``/detect`` answer: image size, the boxes' coordinate convention (``variant`` and
+    ``coordinate_base``: the first pixel's coordinate, 0 or 1) and tf-detect's detection
+    list."""
     from tinyfaces_trt.runtime.results import detections_to_list
 
-    return {"width": int(image.shape[1]), "height": int(image.shape[0]),
-            "detections": detections_to_list(boxes)}
+    return {"width": int(image.shape[1]), "height": int(image.shape[0]), "variant": variant,
+            "coordinate_base": int(base), "detections": detections_to_list(boxes)}
+
+
+def default_mask_style() -> Any:
+    """tf-anonymize's default mask (:data:`~tinyfaces_trt.runtime.masks.ANONYMIZE_STYLE`:
+    blur, box, boxes enlarged 1.3x, blur strength 0.25, 5 x 5 cells), which ``/anonymize``
+    applies unless its query says otherwise."""
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
+
+    return ANONYMIZE_STYLE
 
 
 @dataclass(frozen=True)
 class AnonymiseRequest:
     """The ``/anonymize`` query: how to hide faces and how to encode the answer."""
 
-    mode: str
+    style: Any  # runtime.masks.MaskStyle
     format: str  # Pillow format name
     media_type: str
 
+    @property
+    def mode(self) -> str:
+        return self.style.mode
+
+
+def _number(query: Mapping[str, str], name: str, convert: Any, what: str) -> Any:
+    text = query.get(name)
+    if text is None:
+        return None
+    try:
+        value = convert(text)
+    except ValueError:
+        raise RequestError(400, f"{name} must be {what}, got {text!r}") from None
+    if isinstance(value, float) and not (math.isfinite(value) and value > 0) \
+            or isinstance(value, int) and value < 1:
+        raise RequestError(400, f"{name} must be {what}, got {text!r}")
+    return value
+
 
 def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseRequest:
-    """``mode`` (blur|pixelate, default blur) and ``format`` (jpeg|png; default: JPEG for a
-    JPEG body, else PNG).
+    """The mask of tf-anonymize's options (``mode`` blur|pixelate|solid, ``shape``
+    box|ellipse, ``mask_scale`` F > 0, ``blur_strength`` F > 0, ``cells`` N >= 1; each left
+    out takes tf-anonymize's default, :func:`default_mask_style`) and ``format`` (jpeg|png;
+    default: JPEG for a JPEG body, else PNG).
 
     Raises:
-        RequestError: 400 unknown mode or format.
+        RequestError: 400 an unknown parameter (a misspelt ``mask_scale`` would otherwise
+            leave the default mask silently), mode, shape or format, or a bad number.
     """
-    mode = (query.get("mode") or "blur").lower()
+    unknown = sorted(set(query) - set(_ANONYMISE_PARAMETERS))
+    if unknown:
+        raise RequestError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                                f"/anonymize takes {', '.join(_ANONYMISE_PARAMETERS)}")
+    from tinyfaces_trt.runtime.masks import SHAPES
+
+    mode = (query.get("mode") or default_mask_style().mode).lower()
     if mode not in _ANONYMISE_MODES:
         raise RequestError(400, f"mode must be one of {', '.join(_ANONYMISE_MODES)}, "
                                 f"got {mode!r}")
+    shape = (query.get("shape") or default_mask_style().shape).lower()
+    if shape not in SHAPES:
+        raise RequestError(400, f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    changes = {"mode": mode, "shape": shape,
+               "scale": _number(query, "mask_scale", float, "a number > 0"),
+               "blur_strength": _number(query, "blur_strength", float, "a number > 0"),
+               "cells": _number(query, "cells", int, "a whole number >= 1")}
+    style = replace(default_mask_style(), **{k: v for k, v in changes.items() if v is not None})
     default = "jpeg" if body[:3] == b"\xff\xd8\xff" else "png"
     name = (query.get("format") or default).lower()
     if name not in _FORMATS:
         raise RequestError(400, f"format must be jpeg or png, got {name!r}")
-    return AnonymiseRequest(mode, *_FORMATS[name])
+    return AnonymiseRequest(style, *_FORMATS[name])
 
 
 def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest,
               base: float = 0.0) -> bytes:
-    """The image with every box hidden, encoded as the request asks (``base``: the first
-    pixel's coordinate in ``boxes``, 1.0 for the matconvnet variant's)."""
-    from tinyfaces_trt.runtime.draw import blur_boxes, pixelate_boxes
+    """The image with every box hidden as the request's style says (tf-anonymize's
+    ``apply_masks``), encoded as it asks (``base``: the first pixel's coordinate in
+    ``boxes``, 1.0 for the matconvnet variant's). Give the detector's unclipped boxes, as
+    tf-anonymize does: an enlarged mask of a face cut by the border is then the same."""
     from tinyfaces_trt.runtime.imageio import encode_image
+    from tinyfaces_trt.runtime.masks import apply_masks
 
-    hide = blur_boxes if request.mode == "blur" else pixelate_boxes
-    return encode_image(hide(image, boxes, base=base), request.format)
+    return encode_image(apply_masks(image, boxes, request.style, base=base), request.format)
