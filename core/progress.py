@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,55 @@ def bar_size(stream: Any = None) -> dict[str, Any]:
     if size.columns > 0 and size.lines > 0:
         return {"dynamic_ncols": True}
     return {"ncols": 80, "nrows": 24}
+
+
+def duration_text(seconds: float) -> str:
+    """A duration for a progress line: ``45s``, ``2m11s``, ``1h05m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+class TimedLines:
+    """Progress for a log file (stderr that is not a terminal): a plain line, no carriage
+    return, at most every ``interval`` seconds; a subclass says what the line is
+    (:meth:`line`).
+
+    Args:
+        stream: where lines go.
+        clock: seconds, monotonic.
+        interval: seconds between two lines.
+        initial: the count it starts at.
+    """
+
+    def __init__(self, stream: Any, clock: Callable[[], float], interval: float,
+                 initial: int = 0) -> None:
+        self.stream, self.clock, self.interval = stream, clock, interval
+        self.n = initial
+        self.start = self.last = clock()
+
+    def update(self, n: int = 1) -> None:
+        """Counts ``n`` more done, and writes a line if one is due (:meth:`tick`)."""
+        self.n += n
+        self.tick()
+
+    def tick(self) -> None:
+        """Writes a line when ``interval`` has passed since the last (or the start)."""
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        """The progress line at ``now``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to clear (the run's own line follows)."""
 
 
 def _runs_on_the_cpu(detector: Any) -> bool:

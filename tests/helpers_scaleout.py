@@ -26,6 +26,33 @@ class VideoTask:
     output: Path
 
 
+def init_local_ray(ray) -> None:
+    """``ray.init`` of a local 2-CPU cluster on 127.0.0.1 whose workers import this checkout
+    and tests/ (the caller shuts it down).
+
+    Its processes keep the usual priority: Ray starts workers at nice 15, and with the other
+    test process busy on both cores Serve's HTTP proxy then failed its readiness checks (5 s
+    each, 3 tries) and every served test errored (2 of 2 runs with both cores loaded)."""
+    import logging
+
+    root = Path(__file__).resolve().parent.parent
+    env = {"PYTHONPATH": os.pathsep.join(
+               p for p in (str(root), str(root / "tests"), os.environ.get("PYTHONPATH")) if p),
+           "RAY_worker_niceness": "0"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", object_store_memory=100 * 2 ** 20,
+                 logging_level=logging.WARNING)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
 def detect_video(detector, task: VideoTask, options) -> list:
     """Detects every frame of a video (PyAV) and writes them as one JSON file."""
     import av

@@ -23,6 +23,7 @@ from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
+from tinyfaces_trt.core.progress import duration_text
 from tinyfaces_trt.runtime.masks import MaskStyle
 
 FACE = (8, 8, 40, 40)
@@ -563,7 +564,7 @@ def test_off_a_terminal_progress_is_a_plain_line_per_interval():
     clock.now += 7200
     bar.update(9000)
     assert unknown.getvalue() == "tf-anonymize: dash cam.mp4: 9000 frames, 1.2 frames/s\n"
-    assert [jobs._duration(s) for s in (0.4, 59.6, 131, 3599, 3600, 3 * 3600 + 65)] == [
+    assert [duration_text(s) for s in (0.4, 59.6, 131, 3599, 3600, 3 * 3600 + 65)] == [
         "0s", "1m00s", "2m11s", "59m59s", "1h00m", "3h01m"]
 
 

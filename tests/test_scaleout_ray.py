@@ -8,8 +8,6 @@ import concurrent.futures
 import http.client
 import io
 import json
-import logging
-import os
 import socket
 import statistics
 import subprocess
@@ -24,7 +22,8 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
 
 from helpers_scaleout import (  # noqa: E402
-    VideoTask, build_c_client, detect_video, png_header_only, process_or_die_once, video_done)
+    VideoTask, build_c_client, detect_video, init_local_ray, png_header_only, process_or_die_once,
+    video_done)
 from tinyfaces_trt.cli.detect import detections_to_list, main as detect_main  # noqa: E402
 from tinyfaces_trt.core.cli import ImageSize  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
@@ -42,26 +41,8 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local 2-CPU cluster on 127.0.0.1; its workers import this checkout and tests/.
-
-    Its processes keep the usual priority: Ray starts workers at nice 15, and with the other
-    test process busy on both cores Serve's HTTP proxy then failed its readiness checks (5 s
-    each, 3 tries) and every served test errored (2 of 2 runs with both cores loaded)."""
-    env = {"PYTHONPATH": os.pathsep.join(
-               p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p),
-           "RAY_worker_niceness": "0"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", object_store_memory=100 * 2 ** 20,
-                 logging_level=logging.WARNING)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+    """A local 2-CPU cluster on 127.0.0.1 (:func:`helpers_scaleout.init_local_ray`)."""
+    init_local_ray(ray)
     yield ray
     ray.shutdown()
 

@@ -536,30 +536,16 @@ def test_the_python_client_tells_the_type_from_the_bytes(data, kind):
 def live(export_dir):
     """tf-serve's application with one replica on a local 2-CPU cluster on 127.0.0.1 (as
     tests/test_scaleout_ray.py starts it); its port."""
-    import logging
     import socket
 
     ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
     from ray import serve
 
     from tinyfaces_trt.detectors import DetectorSpec
+    from helpers_scaleout import init_local_ray
     from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
 
-    env = {"PYTHONPATH": os.pathsep.join(
-               p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p),
-           "RAY_worker_niceness": "0"}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", object_store_memory=100 * 2 ** 20,
-                 logging_level=logging.WARNING)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+    init_local_ray(ray)
     try:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -37,7 +37,7 @@ from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks,
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
-from tinyfaces_trt.core.progress import bar_size, detect_with_progress
+from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
                                          scale_boxes)
 
@@ -658,7 +658,7 @@ def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
 PROGRESS_LINE_INTERVAL_S = 30.0
 
 
-class ProgressLines:
+class ProgressLines(TimedLines):
     """Frame progress for a log file: a plain line (no carriage return) at most every
     ``interval`` seconds, e.g. ``tf-anonymize: a.mp4: 1200/4500 frames, 25.1 frames/s, ETA
     2m11s`` (the rate over the whole file so far; without a frame count, frames and rate).
@@ -673,41 +673,17 @@ class ProgressLines:
 
     def __init__(self, name: str, total: int, stream: Any, clock: Callable[[], float],
                  interval: float) -> None:
-        self.name, self.total, self.stream = name, total, stream
-        self.clock, self.interval = clock, interval
-        self.start = self.last = clock()
-        self.n = 0
-
-    def update(self, n: int = 1) -> None:
-        """Counts ``n`` frames done; writes a line when ``interval`` has passed since the last."""
-        self.n += n
-        now = self.clock()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.stream.write(self.line(now) + "\n")
-            self.stream.flush()
+        super().__init__(stream, clock, interval)
+        self.name, self.total = name, total
 
     def line(self, now: float) -> str:
         """The progress line at ``now``."""
         elapsed = now - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
-        eta = f", ETA {_duration((self.total - self.n) / rate)}" \
+        eta = f", ETA {duration_text((self.total - self.n) / rate)}" \
             if self.total > self.n and rate > 0 else ""
         return f"tf-anonymize: {self.name}: {done} frames, {rate:.1f} frames/s{eta}"
-
-    def close(self) -> None:
-        """Nothing to clear (the file's own line follows)."""
-
-
-def _duration(seconds: float) -> str:
-    """``45s``, ``2m11s``, ``1h05m``."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _process_video(detector: Detector, task: Task, options: Options, identity: dict[str, Any]

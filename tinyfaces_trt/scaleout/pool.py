@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.progress import bar_size
+from tinyfaces_trt.core.progress import TimedLines, bar_size, duration_text
 from tinyfaces_trt.scaleout.cluster import cluster_resources, connect, plan_pool
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
@@ -183,16 +183,15 @@ def _progress_bar(total: int, done: int, enabled: bool, desc: str, stream: Any =
                 file=stream, smoothing=0.1, **bar_size(stream))
 
 
-class _ProgressLines:
+class _ProgressLines(TimedLines):
     """The job's progress for a log file: a plain line at most every ``interval`` seconds, e.g.
     ``tf-anonymize: 3/10 files, 1m15s elapsed, 25.0 s/file, ETA 2m55s`` (the rate of this
     run's files; skipped ones count as done). The tqdm bar's interface as the pool uses it."""
 
     def __init__(self, total: int, initial: int, desc: str, stream: Any,
                  interval: float) -> None:
-        self.total, self.initial, self.n = total, initial, initial
-        self.desc, self.stream, self.interval = desc, stream, interval
-        self.start = self.last = _now()
+        super().__init__(stream, lambda: _now(), interval, initial)
+        self.total, self.initial, self.desc = total, initial, desc
 
     def __enter__(self) -> _ProgressLines:
         return self
@@ -204,44 +203,18 @@ class _ProgressLines:
         """Nothing to clear before another line is written."""
         return contextlib.nullcontext()
 
-    def update(self, n: int = 1) -> None:
-        """Counts ``n`` files done, and writes a line if one is due."""
-        self.n += n
-        self.tick()
-
-    def tick(self) -> None:
-        """Writes a line when ``interval`` has passed since the last (or the start)."""
-        now = _now()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.stream.write(self.line(now) + "\n")
-            self.stream.flush()
-
     def line(self, now: float) -> str:
         """The progress line at ``now``."""
         elapsed = now - self.start
-        text = f"{self.desc}: {self.n}/{self.total} files, {_duration(elapsed)} elapsed"
+        text = f"{self.desc}: {self.n}/{self.total} files, {duration_text(elapsed)} elapsed"
         finished = self.n - self.initial
         if finished > 0 and elapsed > 0:
             per_file = elapsed / finished
             text += f", {per_file:.1f} s/file" if per_file >= 1 else \
                 f", {1 / per_file:.1f} files/s"
             if self.total > self.n:
-                text += f", ETA {_duration((self.total - self.n) * per_file)}"
+                text += f", ETA {duration_text((self.total - self.n) * per_file)}"
         return text
-
-    def close(self) -> None:
-        """Nothing to clear (the run's summary follows)."""
-
-
-def _duration(seconds: float) -> str:
-    """``45s``, ``2m11s``, ``1h05m``."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _report(bar: Any, result: TaskResult, on_result: Callable[[TaskResult], None] | None) -> None:
