@@ -124,9 +124,13 @@ def _measure(args: argparse.Namespace, backend: str, log) -> list[dict[str, Any]
                                            config_overrides={"min_face": min_face},
                                            progress=log)
                 try:
+                    levels = plan_pyramid(size.height, size.width, detector.config)
+                    if not levels:  # nothing would run: no row that looks like a speed-up
+                        log(f"{size} min_face={min_face}: left out, no pyramid level can "
+                            f"produce faces that large in frames of that size")
+                        continue
                     if not clip.exists():
                         make_clip(clip, size.width, size.height, args.frames)
-                    levels = plan_pyramid(size.height, size.width, detector.config)
                     blank = np.zeros((size.height, size.width, 3), np.uint8)
                     for n in batch_counts(args.frames, args.batch):  # process_file's calls
                         detector.detect_batch([blank] * n)

@@ -153,7 +153,8 @@ def _unsafe_checkpoint_message(path: str | Path, refused: list[str]) -> str:
     path = Path(path)
     out = path.with_name(f"{path.stem}_state_dict.pth")
     code = (f"import torch; c = torch.load({json.dumps(str(path))}, map_location=\"cpu\", "
-            f"weights_only=False); torch.save({{\"model\": c[\"model\"]}}, "
+            f"weights_only=False); torch.save({{\"model\": c[\"model\"] if \"model\" in c "
+            f"else c[\"state_dict\"]}}, "
             f"{json.dumps(str(out))})")
     return (f"{path}: the checkpoint holds Python objects besides tensors, which "
             f"torch.load(weights_only=True) refuses (unsupported global: {', '.join(refused)}), "

@@ -13,11 +13,13 @@ pytest.importorskip("av")
 
 def test_tiny_run_writes_json_and_markdown(tmp_path, export_dir, capsys):
     module = load_script("benchmarks/anonymize_video.py", "anonymize_video")
-    assert module.main(["--sizes", "96x64", "--frames", "2", "--min-face", "none,60",
+    assert module.main(["--sizes", "96x64", "--frames", "2", "--min-face", "none,60,50000",
                         "--model", str(export_dir), "--out", str(tmp_path), "--name", "t"]) == 0
     doc = json.loads((tmp_path / "t.json").read_text())
     rows = doc["rows"]
+    # 50000 px faces: no level of a 96x64 frame runs, no row (it would read as a speed-up)
     assert [r["min_face"] for r in rows] == [None, 60.0]
+    assert "96x64 min_face=50000.0: left out, no pyramid level" in capsys.readouterr().err
     assert all(r["frames"] == 2 and r["fps"] > 0 for r in rows)
     # min_face=60 keeps every level (the 2x level reaches 110 px with the 2x regression
     # range); only templates that top out below 60 px are skipped

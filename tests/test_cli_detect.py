@@ -168,6 +168,15 @@ def test_an_image_given_again_is_detected_once(capsys, photos, export_dir, tmp_p
                                                      "link_boxes.png"]
     assert "left out 3 image(s) given again (the same path as an earlier input): b.png" \
         in stderr
+    # L/../b.png, L linking into another folder, names that folder's neighbour: another file
+    elsewhere = photos / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    shutil.copy(photos / "1--Event" / "a.jpg", elsewhere / "b.png")
+    (photos / "2--Other" / "L").symlink_to(elsewhere / "sub")
+    code, stdout, stderr = _run(capsys, "b.png", "L/../b.png", "--model", export_dir, "--out",
+                                tmp_path / "out2", "--json", "--overwrite")
+    assert code == 0 and "given again" not in stderr
+    assert [r["image"] for r in json.loads(stdout)["images"]] == ["b.png", "L/../b.png"]
 
 
 def test_untrained_default_shouts_every_run_and_reuses_cache(capsys, photos, export_dir,

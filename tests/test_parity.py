@@ -308,7 +308,11 @@ def test_cli_detection_settings_reach_both_sides(capsys, tmp_path, checkpoint, f
         out = tmp_path / f"{name}.json"
         assert main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
                      "--backends", "onnxruntime", "--json", str(out), *extra]) == 0
-        (row,) = json.loads(out.read_text())["results"]
+        report = json.loads(out.read_text())
+        (row,) = report["results"]
+        if name == "wider":
+            assert report["settings"] == {"prob_thresh": 0.03, "nms_thresh": 0.5,
+                                          "pyramid": "fixed"}
         counts[name] = (row["levels"], row["detections"]["n_ref"], row["detections"]["n_test"])
     capsys.readouterr()
     levels, n_ref, n_test = counts["wider"]

@@ -24,12 +24,14 @@ def _message(path) -> str:
     return str(err.value)
 
 
-def test_a_checkpoint_with_training_args_names_the_global_and_the_re_save(tmp_path):
-    """``{"model": state_dict, "args": argparse.Namespace(...)}`` (common in training forks):
-    the message named no global, as it was cut at torch's first sentence."""
+@pytest.mark.parametrize("key", ["model", "state_dict"])
+def test_a_checkpoint_with_training_args_names_the_global_and_the_re_save(tmp_path, key):
+    """``{"model": state_dict, "args": argparse.Namespace(...)}`` (common in training forks;
+    also under "state_dict"): the message named no global, as it was cut at torch's first
+    sentence."""
     state = write_fake_pytorch_checkpoint(tmp_path / "fork.pth", depth=50)
     path = tmp_path / "ckpt 1.pth"  # a space: the command must quote it
-    torch.save({"model": state, "args": argparse.Namespace(lr=0.01, epochs=50)}, path)
+    torch.save({key: state, "args": argparse.Namespace(lr=0.01, epochs=50)}, path)
     message = _message(path)
     out = tmp_path / "ckpt 1_state_dict.pth"
     assert message.startswith(

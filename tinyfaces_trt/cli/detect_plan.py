@@ -128,12 +128,14 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
 
 
 def _once_each(found: Inputs) -> Inputs:
-    """``found`` with each image path once (by absolute path), where it comes first; the
-    others are listed in ``repeated``."""
+    """``found`` with each image path once, where it comes first; the others are listed in
+    ``repeated``. Two paths are the same where their folders are the same folder and their
+    names equal (``a.jpg`` and ``./a.jpg``; ``L/../a.jpg`` is the file beside ``L``'s target
+    where ``L`` links elsewhere); a link to a file is another name."""
     seen: set[str] = set()
     jobs = []
     for job in found.jobs:
-        key = os.path.abspath(job.path)
+        key = os.path.join(os.path.realpath(os.path.dirname(job.path) or "."), job.path.name)
         if not job.is_stdin and key in seen:
             found.repeated.append(str(job.path))
             continue

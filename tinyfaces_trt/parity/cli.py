@@ -291,7 +291,10 @@ def _run(args: argparse.Namespace) -> int:
         report = json_report(results, exit_code=code, backends=backends, requested=requested,
                              allow_skip=args.allow_skip, sizes=args.sizes,
                              weights=None if args.untrained else str(args.weights),
-                             seconds=elapsed)
+                             seconds=elapsed,
+                             settings={"prob_thresh": config.prob_thresh,
+                                       "nms_thresh": config.nms_thresh,
+                                       "pyramid": config.pyramid})
         try:
             write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
         except OSError as exc:

@@ -96,8 +96,11 @@ def results_to_json(results: Sequence[ParityResult]) -> list[dict[str, Any]]:
 def json_report(results: Sequence[ParityResult], *, exit_code: int, backends: Sequence[str],
                 requested: bool, allow_skip: bool, sizes: Sequence[tuple[int, int]],
                 weights: str | None, seconds: float,
-                tolerances: dict[str, Tolerances] | None = None) -> dict[str, Any]:
-    """The whole run as one JSON-ready dict (what ``tf-parity --json`` writes).
+                tolerances: dict[str, Tolerances] | None = None,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole run as one JSON-ready dict (what ``tf-parity --json`` writes); ``settings``:
+    the detection settings both sides ran with (``prob_thresh``, ``nms_thresh``,
+    ``pyramid``).
 
     ``passed`` is true exactly when the run exits 0: no comparison failed, and no skip was
     refused (a requested backend, or nothing compared at all, without ``--allow-skip``).
@@ -114,6 +117,7 @@ def json_report(results: Sequence[ParityResult], *, exit_code: int, backends: Se
         "backends_requested": requested,
         "allow_skip": allow_skip,
         "seconds": round(seconds, 3),
+        "settings": dict(settings or {}),
         "tolerances": {k: asdict(v) for k, v in (tolerances or TOLERANCES).items()},
         "results": results_to_json(results),
     })
