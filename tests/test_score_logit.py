@@ -357,3 +357,28 @@ def test_write_wider_result_writes_given_logits_unchanged(tmp_path):
     assert scores[0] == 16.635532 and math.isclose(scores[1], 9.123456, abs_tol=2e-3)
     with pytest.raises(ValueError, match="1 logits for 2 boxes"):
         write_wider_result(path, job, rows, DetectOptions("onnxruntime"), LOGITS[:1])
+
+
+def test_wider_results_of_an_earlier_version_are_made_again(capsys, fake_network, wider_images,
+                                                            tmp_path):
+    """A WIDER record without ``"scores": "logit"`` (an earlier tf-detect: logits taken back
+    from float32 probabilities, 16.635532 above 16.6) is made again, saying why."""
+    pred = tmp_path / "pred"
+    args = (wider_images, "--backend", "onnxruntime", "--wider-dir", pred)
+    assert run_tf_detect(capsys, *args)[0] == 0
+    result = pred / "0--Parade" / "p.txt"
+    (record,) = (pred / ".tf-detect").rglob("p.json")
+    assert json.loads(record.read_text())["scores"] == "logit"
+    # what an earlier version left: the approximate logit, a record without "scores"
+    result.write_text(result.read_text().replace("20.000000", "16.635532"))
+    older = json.loads(record.read_text())
+    del older["scores"]
+    record.write_text(json.dumps(older) + "\n")
+    code, _, stderr = run_tf_detect(capsys, *args)
+    assert code == 0
+    assert ("making its outputs again: they were made with scores taken back from float32 "
+            "probabilities (an earlier tf-detect), not the network's exact logits") in stderr
+    assert "20.000000" in result.read_text() and "16.635532" not in result.read_text()
+    assert json.loads(record.read_text())["scores"] == "logit"
+    code, _, stderr = run_tf_detect(capsys, *args)
+    assert code == 0 and "skipped, its outputs exist" in stderr

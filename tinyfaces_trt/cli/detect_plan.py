@@ -347,7 +347,8 @@ def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
             record.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(record, json.dumps(
                 {"image": str(job.path), "model": options.model,
-                 "config": options.detector.config if options.detector else None}) + "\n")
+                 "config": options.detector.config if options.detector else None,
+                 "scores": WIDER_EXACT_SCORES if logits is not None else "probability"}) + "\n")
     except OSError as exc:
         raise TinyFacesError(f"cannot write WIDER result {path} for {job.path}: "
                              f"{exc.strerror or exc}") from exc
@@ -386,14 +387,23 @@ def resume_state(task: DetectTask, options: DetectOptions) -> Resume:
     return Resume(present, len(present) == len(targets))
 
 
+#: What a WIDER record says of result files holding the network's exact logits (an earlier
+#: tf-detect took them back from float32 probabilities: a logit above 16.6 became 16.635532,
+#: which shifts the official evaluation's min-max normalised AP; such files are made again).
+WIDER_EXACT_SCORES = "logit"
+
+
 def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
     """Why ``task``'s existing outputs may not be this run's detector's (None: they are)."""
     plan = task_plan(task, options)
     records = ([plan.detections] if plan is not None and any(
         path.is_file() for path in plan.paths()) else [])
+    wider_record = None
     if task.wider_file is not None and options.wider_dir is not None and task.wider_file.is_file():
-        records.append(record_path(options.wider_dir, task.wider_file))
+        wider_record = record_path(options.wider_dir, task.wider_file)
+        records.append(wider_record)
     changed: list[str] = []
+    inexact = False
     for record in records:
         try:
             recorded = json.loads(record.read_text(encoding="utf-8"))
@@ -402,6 +412,11 @@ def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
         if options.detector is None:
             return "the detector of this run is not known"
         changed += [c for c in options.detector.changes(recorded) if c not in changed]
+        inexact |= record == wider_record and isinstance(recorded, dict) and \
+            recorded.get("scores") != WIDER_EXACT_SCORES
+    if inexact and not changed:
+        changed.append("scores taken back from float32 probabilities (an earlier tf-detect), "
+                       "not the network's exact logits")
     return f"they were made with {', '.join(changed)}" if changed else None
 
 
