@@ -31,6 +31,13 @@ MODES = ("blur", "pixelate", "solid", "none")
 SHAPES = ("box", "ellipse")
 #: Coordinate of the image's first pixel in boxes: 0.0 pytorch (0-based), 1.0 matconvnet.
 BASES = (0.0, 1.0)
+#: Largest :attr:`MaskStyle.scale`: a box enlarged 100x already covers far more than its face.
+MAX_SCALE = 100.0
+#: Largest :attr:`MaskStyle.blur_strength`: a radius of 10x the face's side already blurs the
+#: whole region flat (much larger ones overflow Pillow's blur: "radius too large").
+MAX_BLUR_STRENGTH = 10.0
+#: Largest :attr:`MaskStyle.cells` (the grid is capped at one cell per pixel anyway).
+MAX_CELLS = 10000
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -96,10 +103,13 @@ class MaskStyle:
         mode: ``"blur"`` (Gaussian, radius ``blur_strength`` x the region's longer side),
             ``"pixelate"`` (cells of the mean colour), ``"solid"`` (``color``) or ``"none"``.
         shape: ``"box"`` or ``"ellipse"`` (the ellipse inscribed in the box).
-        scale: boxes are enlarged by this factor about their centre first (1 = as detected).
-        blur_strength: blur radius as a fraction of the region's longer side.
+        scale: boxes are enlarged by this factor about their centre first (1 = as detected),
+            0 < scale <= :data:`MAX_SCALE` (100).
+        blur_strength: blur radius as a fraction of the region's longer side,
+            0 < blur_strength <= :data:`MAX_BLUR_STRENGTH` (10).
         cells: pixelate as a fixed grid of ``cells`` x ``cells`` per face (Argoverse 1.1
-            used 5 x 5); the grid is capped at one cell per pixel. Ignored when ``block`` is set.
+            used 5 x 5), 1 <= cells <= :data:`MAX_CELLS` (10000); the grid is capped at one
+            cell per pixel. Ignored when ``block`` is set.
         block: pixelate with square cells of ``block`` pixels instead of a fixed grid.
         color: RGB fill of ``"solid"``.
     """
@@ -119,10 +129,13 @@ class MaskStyle:
             raise TinyFacesError(f"unknown mask mode {self.mode!r}; expected one of {MODES}")
         if not isinstance(self.shape, str) or self.shape not in SHAPES:
             raise TinyFacesError(f"unknown mask shape {self.shape!r}; expected one of {SHAPES}")
-        for name, what in (("scale", "mask scale"), ("blur_strength", "blur strength")):
+        for name, what, top in (("scale", "mask scale", MAX_SCALE),
+                                ("blur_strength", "blur strength", MAX_BLUR_STRENGTH)):
             value = getattr(self, name)
             if not (is_real(value) and math.isfinite(value) and value > 0):
                 raise TinyFacesError(f"{what} must be a number > 0, got {value!r}")
+            if value > top:  # apply_masks would fail (Pillow, numpy) or mask far too much
+                raise TinyFacesError(f"{what} must be at most {top:g}, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name, what in (("cells", "pixelation grid must have a whole number >= 1 of cells"),
                            ("block", "pixelation block must be a whole number >= 1 of pixels")):
@@ -130,6 +143,9 @@ class MaskStyle:
             if value is not None and not (is_whole(value) and value >= 1):
                 raise TinyFacesError(f"{what}, got {value!r}")
             object.__setattr__(self, name, None if value is None else int(value))
+        if self.cells is not None and self.cells > MAX_CELLS:
+            raise TinyFacesError(f"pixelation grid must have at most {MAX_CELLS} cells, "
+                                 f"got {self.cells!r}")
         color = self.color.tolist() if isinstance(self.color, np.ndarray) else self.color
         if not isinstance(color, (tuple, list)) or len(color) != 3 \
                 or not all(is_whole(c) and 0 <= c <= 255 for c in color):

@@ -240,3 +240,50 @@ def test_a_matconvnet_detectors_boxes_masked_with_its_coordinate_base():
     np.testing.assert_array_equal(out, apply_masks(image, boxes - [1, 1, 1, 1, 0], style))
     assert (out[0, 0] == 0).all() and (out[:int(boxes[0, 3]), 0] == 0).all()
     assert (apply_masks(image, boxes, style)[0, 0] == image[0, 0]).all()  # the leak
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale=100.5), "mask scale must be at most 100, got 100.5"),
+    (dict(blur_strength=1e9), "blur strength must be at most 10, got 1000000000.0"),
+    (dict(cells=10001), "pixelation grid must have at most 10000 cells, got 10001")])
+def test_styles_past_the_limits_are_refused(kwargs, message):
+    """They were accepted, then apply_masks failed: Pillow's 'radius too large', numpy's
+    'Python int too large to convert to C long'."""
+    with pytest.raises(TinyFacesError) as info:
+        MaskStyle(**kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (1500, 2000, 3)])
+def test_the_largest_accepted_values_work(shape):
+    """The documented limits (tf-anonymize's --help, README) work on a tiny and a large image,
+    for a face filling it and one running far past its borders."""
+    from tinyfaces_trt.runtime.masks import MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE
+
+    assert (MAX_SCALE, MAX_BLUR_STRENGTH, MAX_CELLS) == (100, 10, 10000)
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    boxes = np.array([[0, 0, w - 1, h - 1, 0.9], [-1e6, -1e6, 1e6, 1e6, 0.8]])
+    for style in (MaskStyle(mode="blur", scale=MAX_SCALE, blur_strength=MAX_BLUR_STRENGTH),
+                  MaskStyle(mode="pixelate", scale=MAX_SCALE, cells=MAX_CELLS, shape="ellipse")):
+        out = apply_masks(image, boxes, style, base=1.0)
+        assert out.shape == shape and out.dtype == np.uint8
+    # a whole-image blur of that radius leaves it flat (noise spanning 0..255 before)
+    out = apply_masks(image, boxes[:1], MaskStyle(scale=MAX_SCALE,
+                                                  blur_strength=MAX_BLUR_STRENGTH))
+    assert np.ptp(out.reshape(-1, 3).astype(int), axis=0).max() <= 2
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--blur-strength", "1e9", "argument --blur-strength: 1000000000.0 must be > 0 and <= 10"),
+    ("--mask-scale", "1e300", "argument --mask-scale: 1e+300 must be > 0 and <= 100"),
+    ("--cells", "10001", "argument --cells: 10001 must be between 1 and 10000")])
+def test_tf_anonymize_refuses_values_past_the_limits(tmp_path, capsys, option, value, message):
+    """--blur-strength 1e9 ended in a ValueError traceback per image."""
+    from tinyfaces_trt.anonymize.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), option, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1] == f"tf-anonymize: error: {message}"
+    assert "Traceback" not in err

@@ -90,14 +90,17 @@ def test_anonymize_takes_tf_anonymize_s_mask_options():
 
 
 @pytest.mark.parametrize("query, message", [
-    ({"mask_scale": "0"}, "mask_scale must be a number > 0, got '0'"),
-    ({"mask_scale": "-1.3"}, "mask_scale must be a number > 0, got '-1.3'"),
-    ({"mask_scale": "nan"}, "mask_scale must be a number > 0, got 'nan'"),
-    ({"mask_scale": "inf"}, "mask_scale must be a number > 0, got 'inf'"),
-    ({"mask_scale": "big"}, "mask_scale must be a number > 0, got 'big'"),
-    ({"blur_strength": "0"}, "blur_strength must be a number > 0, got '0'"),
-    ({"cells": "0"}, "cells must be a whole number >= 1, got '0'"),
-    ({"cells": "2.5"}, "cells must be a whole number >= 1, got '2.5'"),
+    ({"mask_scale": "0"}, "mask_scale must be a number > 0 and <= 100, got '0'"),
+    ({"mask_scale": "-1.3"}, "mask_scale must be a number > 0 and <= 100, got '-1.3'"),
+    ({"mask_scale": "nan"}, "mask_scale must be a number > 0 and <= 100, got 'nan'"),
+    ({"mask_scale": "inf"}, "mask_scale must be a number > 0 and <= 100, got 'inf'"),
+    ({"mask_scale": "big"}, "mask_scale must be a number > 0 and <= 100, got 'big'"),
+    ({"blur_strength": "0"}, "blur_strength must be a number > 0 and <= 10, got '0'"),
+    ({"cells": "0"}, "cells must be a whole number 1..10000, got '0'"),
+    ({"cells": "2.5"}, "cells must be a whole number 1..10000, got '2.5'"),
+    ({"mask_scale": "1e300"}, "mask_scale must be a number > 0 and <= 100, got '1e300'"),
+    ({"blur_strength": "1e9"}, "blur_strength must be a number > 0 and <= 10, got '1e9'"),
+    ({"cells": "10001"}, "cells must be a whole number 1..10000, got '10001'"),
     ({"shape": "circle"}, "shape must be one of box, ellipse, got 'circle'"),
     ({"mode": "none"}, "mode must be one of blur, pixelate, solid, got 'none'"),
     ({"maskscale": "2"}, "unknown query parameter(s) 'maskscale'; /anonymize takes mode, "
@@ -251,7 +254,27 @@ def test_a_detector_failure_is_a_json_500_naming_the_cause():
     bad = _answer(detector, _request("POST", "/anonymize", encode_image(_image()),
                                      b"mask_scale=0"))
     assert bad.status_code == 400 and json.loads(bad.body)["error"]["message"] == \
-        "mask_scale must be a number > 0, got '0'"
+        "mask_scale must be a number > 0 and <= 100, got '0'"
+
+
+@pytest.mark.parametrize("query, message", [
+    (b"blur_strength=1e9", "blur_strength must be a number > 0 and <= 10, got '1e9'"),
+    (b"mask_scale=1e300&mode=pixelate",
+     "mask_scale must be a number > 0 and <= 100, got '1e300'")])
+def test_mask_options_past_their_limits_are_a_400(query, message):
+    """They were 500s: 'ValueError: radius too large' (Pillow's blur), 'OverflowError: Python
+    int too large to convert to C long' (the pixelate grid)."""
+    boxes = np.array([[10, 5, 30, 40, 0.75]], np.float32)
+    response = _answer(_Fixed(boxes), _request("POST", "/anonymize", encode_image(_image()),
+                                                query))
+    assert response.status_code == 400 and json.loads(response.body) == {
+        "error": {"status": 400, "message": message}}
+    largest = _answer(_Fixed(boxes), _request(
+        "POST", "/anonymize", encode_image(_image()),
+        b"blur_strength=10&mask_scale=100&cells=10000&format=png"))
+    assert largest.status_code == 200
+    assert np.array_equal(decode_image(largest.body), apply_masks(
+        _image(), boxes, MaskStyle(scale=100, blur_strength=10, cells=10000)))
 
 
 def test_an_unexpected_failure_is_a_json_500(monkeypatch):
@@ -336,6 +359,8 @@ def _fake_serve(monkeypatch, export_dir, nodes=None):
 
     monkeypatch.setattr(cluster, "connect", lambda address: contextlib.nullcontext())
     monkeypatch.setattr(cluster, "cluster_resources", lambda: SimpleNamespace(gpus=0, cpus=2))
+    # without --address tf-serve starts its own cluster (whatever Ray runs on this machine)
+    monkeypatch.setattr(cluster, "_starts_local", lambda address: address in (None, "local"))
     monkeypatch.setattr(cli_serve, "node_resources", lambda: nodes, raising=False)
     monkeypatch.setattr(serve_module, "build_app", lambda options: "app")
     monkeypatch.setattr(cli_serve, "check_port_free", lambda host, port: None)
@@ -415,6 +440,51 @@ def test_replicas_that_cannot_be_placed_are_refused(nodes, replicas, cpus, gpus,
     assert str(info.value) == message
 
 
+WAIT_FOR_NODES = (". On this existing cluster the replicas wait until nodes that can hold "
+                  "them join (an autoscaler adds them on demand; `ray status` shows pending "
+                  "demands)")
+
+
+@pytest.mark.parametrize("nodes, replicas, cpus, gpus, message", [
+    ([{"CPU": 2.0}], 1, 1, 1,
+     "GPU replicas were asked for (--gpus-per-replica 1) but the Ray cluster has no GPU: give "
+     "--gpus-per-replica 0 with a CPU backend (--backend onnxruntime), or a cluster with GPUs "
+     "(--address)"),
+    ([{"CPU": 16.0, "GPU": 1.0}], 2, 1, 1,
+     "2 replica(s) of 1 CPU(s) and 1 GPU(s) each cannot be placed: the Ray cluster has 16 "
+     "CPU(s), 1 GPU(s) on 1 node(s), room for 1; give fewer replicas (--replicas, "
+     "--min-replicas), less per replica (--cpus-per-replica, --gpus-per-replica), or a larger "
+     "cluster (--address)")])
+def test_unplaceable_replicas_on_a_cluster_that_can_grow_are_a_warning(nodes, replicas, cpus,
+                                                                       gpus, message):
+    """An autoscaling cluster (KubeRay) adds GPU nodes on demand: it was refused."""
+    assert cli_serve.check_placement(nodes, replicas, cpus, gpus, can_grow=True) == \
+        message + WAIT_FOR_NODES
+
+
+def test_unplaceable_replicas_on_an_existing_cluster_are_deployed(monkeypatch, capsys,
+                                                                  export_dir):
+    serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
+    calls = []
+
+    def never_scheduled(*args, **kwargs):
+        calls.append("run")
+        raise RuntimeError("the replicas were never scheduled")
+
+    for name in ("start", "delete", "shutdown"):
+        monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
+    monkeypatch.setattr(serve, "run", never_scheduled)
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={}))
+    assert cli_serve.main(["--model", str(export_dir), "--replicas", "3",
+                           "--address", "ray://head:10001"]) == 1
+    assert calls[:2] == ["start", "run"]
+    assert "tf-serve: warning: 3 replica(s) of 1 CPU(s) each cannot be placed: the Ray " \
+           "cluster has 2 CPU(s), no GPU on 1 node(s), room for 2; give fewer replicas " \
+           "(--replicas, --min-replicas), less per replica (--cpus-per-replica, " \
+           "--gpus-per-replica), or a larger cluster (--address)" + WAIT_FOR_NODES \
+           in capsys.readouterr().err.splitlines()
+
+
 def test_replicas_that_fit_pass_and_too_many_autoscaled_ones_are_a_warning():
     nodes = [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0}]
     assert cli_serve.check_placement(nodes, 2, 1, 1) is None
@@ -449,10 +519,14 @@ def test_unplaceable_replicas_exit_1_before_serve_starts(monkeypatch, capsys, ex
 
 
 def test_startup_warning_says_what_replicas_wait_for():
+    """No free room is also what this service's own replicas leave while they are placed
+    and warming up (serve.run waits for every --warmup): the warning said they 'wait for
+    resources'."""
     assert cli_serve.startup_warning(60, {"CPU": 2.0}, 1, 1) == (
-        "tf-serve: warning: the service is not up after 60 s: replicas wait for resources "
-        "(each takes 1 CPU(s) and 1 GPU(s); free now: 2 CPU(s), no GPU); they start once other "
-        "work frees them or nodes join (`ray status` shows what holds them); Ctrl-C stops")
+        "tf-serve: warning: the service is not up after 60 s; replicas may still be starting "
+        "(--warmup compiles and detects first) or waiting for resources (each takes 1 CPU(s) "
+        "and 1 GPU(s); free now: 2 CPU(s), no GPU): those start once other work frees them "
+        "or nodes join; `ray status` shows pending demands; Ctrl-C stops")
     assert cli_serve.startup_warning(60, {"CPU": 0.5}, 1, 0) is not None
     assert cli_serve.startup_warning(60, {"CPU": 1.0}, 1, 0) is None  # placed: still loading
 

@@ -30,11 +30,12 @@ from tinyfaces_trt.detector_options import add_detector_arguments, check_detecto
 from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_arguments, ray_address,
                                            ray_requested)
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
-                                    fraction, is_untrained, positive_float, positive_int,
+                                    fraction, is_untrained, positive_int,
                                     probability, run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
-from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, MODES, SHAPES
+from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE,
+                                         MODES, SHAPES)
 
 PROG = "tf-anonymize"
 
@@ -45,6 +46,22 @@ def _non_negative_int(text: str) -> int:
 
 def _crf(text: str) -> int:
     return checked(text, int, lambda v: 0 <= v <= 63, "an integer", "between 0 and 63")
+
+
+# MaskStyle's limits, checked here so that a value past them is a usage error
+def _mask_scale(text: str) -> float:
+    return checked(text, float, lambda v: 0 < v <= MAX_SCALE, "a number",
+                   f"> 0 and <= {MAX_SCALE:g}")
+
+
+def _blur_strength(text: str) -> float:
+    return checked(text, float, lambda v: 0 < v <= MAX_BLUR_STRENGTH, "a number",
+                   f"> 0 and <= {MAX_BLUR_STRENGTH:g}")
+
+
+def _cells(text: str) -> int:
+    return checked(text, int, lambda v: 1 <= v <= MAX_CELLS, "an integer",
+                   f"between 1 and {MAX_CELLS}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,17 +146,18 @@ input file.""",
                             "e.g. with --draw) (default: blur)")
     masks.add_argument("--shape", choices=SHAPES, default=ANONYMIZE_STYLE.shape,
                        help="mask the whole box or its inscribed ellipse (default: box)")
-    masks.add_argument("--mask-scale", type=positive_float, default=ANONYMIZE_STYLE.scale,
+    masks.add_argument("--mask-scale", type=_mask_scale, default=ANONYMIZE_STYLE.scale,
                        metavar="F",
-                       help="enlarge boxes by F about their centre before masking (default: "
-                            "1.3); a face cut by the image border is enlarged as detected, "
-                            "beyond the border, then cut")
-    masks.add_argument("--blur-strength", type=positive_float,
+                       help="enlarge boxes by F (at most 100) about their centre before "
+                            "masking (default: 1.3); a face cut by the image border is "
+                            "enlarged as detected, beyond the border, then cut")
+    masks.add_argument("--blur-strength", type=_blur_strength,
                        default=ANONYMIZE_STYLE.blur_strength, metavar="F",
-                       help="Gaussian radius as a fraction of the face's longer side "
-                            "(default: 0.25)")
-    masks.add_argument("--cells", type=positive_int, default=ANONYMIZE_STYLE.cells, metavar="N",
-                       help="pixelate grid, N x N cells per face (default: 5, as Argoverse 1.1)")
+                       help="Gaussian radius as a fraction of the face's longer side, at most "
+                            "10 (default: 0.25)")
+    masks.add_argument("--cells", type=_cells, default=ANONYMIZE_STYLE.cells, metavar="N",
+                       help="pixelate grid, N x N cells per face, N at most 10000 (default: 5, "
+                            "as Argoverse 1.1)")
     masks.add_argument("--draw", action="store_true",
                        help="draw the masked boxes with scores: green detected, orange held, "
                             "blue back-filled (debug overlay)")

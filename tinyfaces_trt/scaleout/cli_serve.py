@@ -208,27 +208,35 @@ def _resources_text(resources: Mapping[str, float]) -> str:
 
 
 def check_placement(nodes: Sequence[Mapping[str, float]], replicas: int, num_cpus: float,
-                    num_gpus: float, max_replicas: int | None = None) -> str | None:
+                    num_gpus: float, max_replicas: int | None = None,
+                    can_grow: bool = False) -> str | None:
     """Raises :class:`TinyFacesError` where the cluster's nodes (their total resources,
     :func:`node_resources`) cannot hold ``replicas`` replicas of ``num_cpus`` CPUs and
-    ``num_gpus`` GPUs each (Ray would wait for them for ever, repeating that they have not
-    been scheduled); returns a warning where autoscaling's ``max_replicas`` cannot all fit,
-    else None. What other work holds is not counted: the start-up warning
-    (:func:`startup_warning`) covers that."""
+    ``num_gpus`` GPUs each and the cluster cannot grow (the local one tf-serve starts: Ray
+    would wait for them for ever, repeating that they have not been scheduled); on a cluster
+    that ``can_grow`` (an existing one, ``--address``: an autoscaler, KubeRay, may add nodes
+    on demand) that is a warning instead. Returns a warning also where autoscaling's
+    ``max_replicas`` cannot all fit, else None. What other work holds is not counted: the
+    start-up warning (:func:`startup_warning`) covers that."""
     fit = replicas_that_fit(nodes, num_cpus, num_gpus)
     total = {name: sum(node.get(name, 0.0) for node in nodes) for name in ("CPU", "GPU")}
     where = f"the Ray cluster has {_resources_text(total)} on {len(nodes)} node(s)"
     if fit < replicas:
         if num_gpus and not total["GPU"]:
-            raise TinyFacesError(
-                "GPU replicas were asked for (--gpus-per-replica 1) but the Ray cluster has "
-                "no GPU: give --gpus-per-replica 0 with a CPU backend (--backend "
-                "onnxruntime), or a cluster with GPUs (--address)")
-        each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
-        raise TinyFacesError(
-            f"{replicas} replica(s) of {each} each cannot be placed: {where}, room for "
-            f"{fit}; give fewer replicas (--replicas, --min-replicas), less per replica "
-            f"(--cpus-per-replica, --gpus-per-replica), or a larger cluster (--address)")
+            problem = ("GPU replicas were asked for (--gpus-per-replica 1) but the Ray cluster "
+                       "has no GPU: give --gpus-per-replica 0 with a CPU backend (--backend "
+                       "onnxruntime), or a cluster with GPUs (--address)")
+        else:
+            each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
+            problem = (f"{replicas} replica(s) of {each} each cannot be placed: {where}, room "
+                       f"for {fit}; give fewer replicas (--replicas, --min-replicas), less per "
+                       "replica (--cpus-per-replica, --gpus-per-replica), or a larger cluster "
+                       "(--address)")
+        if not can_grow:
+            raise TinyFacesError(problem)
+        return (f"{problem}. On this existing cluster the replicas wait until nodes that can "
+                "hold them join (an autoscaler adds them on demand; `ray status` shows "
+                "pending demands)")
     if max_replicas is not None and fit < max_replicas:
         return (f"--max-replicas {max_replicas}: {where}, room for {fit} replica(s); "
                 "autoscaling beyond that waits for resources")
@@ -251,7 +259,7 @@ def node_resources() -> list[dict[str, float]] | None:
         return None
 
 
-#: Seconds after which a service not yet up whose replicas wait for resources is reported.
+#: Seconds after which a service not yet up whose replicas may wait for resources is reported.
 STARTUP_WARNING_S = 60.0
 
 
@@ -259,14 +267,18 @@ def startup_warning(waited_s: float, free: Mapping[str, float], num_cpus: float,
                     num_gpus: float) -> str | None:
     """The warning for a service not up after ``waited_s`` seconds when the cluster's free
     resources (``ray.available_resources()``) cannot hold one more replica, else None (its
-    replicas are placed and starting: loading, warming up)."""
+    replicas are placed and starting: loading, warming up).
+
+    Free resources cannot tell replicas waiting for resources from this service's own
+    replicas, placed and still starting (holding theirs); nor can Serve's status (both are
+    STARTING; only its free-text message differs), so the warning names both causes."""
     if replicas_that_fit([free], num_cpus, num_gpus) > 0:
         return None
     each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
-    return (f"{PROG}: warning: the service is not up after {waited_s:g} s: replicas wait for "
-            f"resources (each takes {each}; free now: {_resources_text(free)}); they start "
-            "once other work frees them or nodes join (`ray status` shows what holds them); "
-            "Ctrl-C stops")
+    return (f"{PROG}: warning: the service is not up after {waited_s:g} s; replicas may still "
+            "be starting (--warmup compiles and detects first) or waiting for resources "
+            f"(each takes {each}; free now: {_resources_text(free)}): those start once other "
+            "work frees them or nodes join; `ray status` shows pending demands; Ctrl-C stops")
 
 
 def _watch_startup(done: threading.Event, num_cpus: float, num_gpus: float) -> None:
@@ -454,13 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tinyfaces_trt.scaleout.cluster import cluster_resources, connect
+    from tinyfaces_trt.scaleout.cluster import _starts_local, cluster_resources, connect
     from tinyfaces_trt.scaleout.serve import APP_NAME, build_app, running_serve, stop_app
 
     try:
         check_network_source(args)
         if args.address is None and not os.environ.get("RAY_ADDRESS"):
             check_port_free(args.host, args.port)  # the HTTP proxy will listen on this machine
+        can_grow = not _starts_local(args.address)  # an existing cluster may add nodes
         with connect(args.address) as ray:  # noqa: F841
             from ray import serve
 
@@ -470,7 +483,7 @@ def _run(args: argparse.Namespace) -> int:
                 low = max(options.min_replicas or 0, 1) if options.max_replicas is not None \
                     else options.replicas
                 note = check_placement(nodes, low, options.num_cpus, options.num_gpus,
-                                       options.max_replicas)
+                                       options.max_replicas, can_grow=can_grow)
                 if note:
                     stderr_line(f"{PROG}: warning: {note}")
             check_running_serve(running_serve(), args, APP_NAME)  # before anything is deployed

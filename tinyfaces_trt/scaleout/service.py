@@ -227,7 +227,9 @@ class AnonymiseRequest:
         return self.style.mode
 
 
-def _number(query: Mapping[str, str], name: str, convert: Any, what: str) -> Any:
+def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: float) -> Any:
+    """The query's ``name`` as ``convert`` makes it, None if absent; a 400 unless it is
+    > 0 (a float) or >= 1 (an int) and at most ``top`` (MaskStyle's limit)."""
     text = query.get(name)
     if text is None:
         return None
@@ -235,15 +237,16 @@ def _number(query: Mapping[str, str], name: str, convert: Any, what: str) -> Any
         value = convert(text)
     except ValueError:
         raise RequestError(400, f"{name} must be {what}, got {text!r}") from None
-    if isinstance(value, float) and not (math.isfinite(value) and value > 0) \
-            or isinstance(value, int) and value < 1:
+    if isinstance(value, float) and not (math.isfinite(value) and 0 < value <= top) \
+            or isinstance(value, int) and not 1 <= value <= top:
         raise RequestError(400, f"{name} must be {what}, got {text!r}")
     return value
 
 
 def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseRequest:
     """The mask of tf-anonymize's options (``mode`` blur|pixelate|solid, ``shape``
-    box|ellipse, ``mask_scale`` F > 0, ``blur_strength`` F > 0, ``cells`` N >= 1; each left
+    box|ellipse, ``mask_scale`` 0 < F <= 100, ``blur_strength`` 0 < F <= 10, ``cells``
+    N 1..10000 (MaskStyle's limits); each left
     out takes tf-anonymize's default, :func:`default_mask_style`) and ``format`` (jpeg|png;
     default: JPEG for a JPEG body, else PNG).
 
@@ -255,7 +258,7 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
     if unknown:
         raise RequestError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
                                 f"/anonymize takes {', '.join(_ANONYMISE_PARAMETERS)}")
-    from tinyfaces_trt.runtime.masks import SHAPES
+    from tinyfaces_trt.runtime.masks import MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE, SHAPES
 
     mode = (query.get("mode") or default_mask_style().mode).lower()
     if mode not in _ANONYMISE_MODES:
@@ -265,10 +268,18 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
     if shape not in SHAPES:
         raise RequestError(400, f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     changes = {"mode": mode, "shape": shape,
-               "scale": _number(query, "mask_scale", float, "a number > 0"),
-               "blur_strength": _number(query, "blur_strength", float, "a number > 0"),
-               "cells": _number(query, "cells", int, "a whole number >= 1")}
-    style = replace(default_mask_style(), **{k: v for k, v in changes.items() if v is not None})
+               "scale": _number(query, "mask_scale", float,
+                                f"a number > 0 and <= {MAX_SCALE:g}", MAX_SCALE),
+               "blur_strength": _number(query, "blur_strength", float,
+                                        f"a number > 0 and <= {MAX_BLUR_STRENGTH:g}",
+                                        MAX_BLUR_STRENGTH),
+               "cells": _number(query, "cells", int, f"a whole number 1..{MAX_CELLS}",
+                                MAX_CELLS)}
+    try:
+        style = replace(default_mask_style(),
+                        **{k: v for k, v in changes.items() if v is not None})
+    except TinyFacesError as exc:  # any other limit of MaskStyle: the client's mistake too
+        raise RequestError(400, str(exc)) from None
     default = "jpeg" if body[:3] == b"\xff\xd8\xff" else "png"
     name = (query.get("format") or default).lower()
     if name not in _FORMATS:
