@@ -678,3 +678,18 @@ def test_the_served_app_answers_as_tf_detect_and_tf_anonymize(live, export_dir):
     status, body, headers = _live_request(live, "POST", "/anonymize?mask_scale=-1",
                                           encode_image(image))
     assert status == 400 and headers["content-type"] == "application/json"
+
+
+def test_unreachable_face_sizes_are_one_error_before_anything_is_deployed(monkeypatch, capsys,
+                                                                          export_dir):
+    """--max-face 5 failed inside every replica: 20 s and 199 lines of Ray log ending in
+    "Failed to update the deployments"; now one line, before Serve starts."""
+    serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
+    calls = []
+    for name in ("start", "run", "delete", "shutdown"):
+        monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
+    assert cli_serve.main(["--model", str(export_dir), "--max-face", "5"]) == 1
+    assert calls == []
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("tf-serve: error: max_face (5) is below the smallest face any "
+                           "pyramid level can produce"), last
