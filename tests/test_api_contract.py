@@ -178,19 +178,6 @@ def test_a_bad_frame_of_a_batch_is_named_by_its_index():
         detector.detect_batch(np.stack([good, good]))
 
 
-def test_the_read_only_config_points_to_create_detector_only():
-    """It suggested Detector(runner, config) too: with an existing detector's runner that
-    gave a detector with no identity, and closing either closed the runner of both."""
-    detector = Detector(PooledRunner())
-    config = detector.config
-    with pytest.raises(AttributeError) as refused:
-        detector.config = config.with_(prob_thresh=0.9)
-    assert str(refused.value) == (
-        "Detector.config is read-only (its stages were built from it); create a new detector "
-        "with other settings: create_detector(..., config_overrides={...})")
-    assert detector.config is config
-
-
 def test_a_config_of_another_variant_than_the_network_is_refused():
     identity = ModelIdentity(None, True, "the untrained default network", variant="pytorch")
     with pytest.raises(ConfigError, match=r"^the network is a pytorch one \(the untrained "
