@@ -22,7 +22,7 @@ from tinyfaces_trt.runtime.masks import (  # noqa: F401 (box_regions is part of 
 
 
 def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25, *,
-               base: float = 0.0) -> np.ndarray:
+               base: float = 0.0, scale: float = 1.0) -> np.ndarray:
     """Gaussian-blurs each box region (:func:`.masks.apply_masks` with ``mode="blur"``).
 
     Args:
@@ -33,34 +33,47 @@ def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25, *,
             Pass the detector's ``coordinate_base`` with its boxes
             (``blur_boxes(image, boxes, base=detector.coordinate_base)``): 1-based boxes
             taken as 0-based leave the face's first column and top row visible.
+        scale: enlarge each box by this factor about its centre first, 1 <= scale <= 100
+            (default 1: the box as given; tf-detect and tf-anonymize use
+            ``ANONYMIZE_STYLE.scale``, 1.3, as a detected box is tight around the face).
 
     Raises:
-        TinyFacesError: ``base`` is neither 0.0 nor 1.0.
+        TinyFacesError: ``base`` is neither 0.0 nor 1.0, or ``strength`` or ``scale`` is out
+            of :class:`.masks.MaskStyle`'s range.
     """
-    return apply_masks(image, boxes, MaskStyle(mode="blur", blur_strength=strength), base=base)
+    return apply_masks(image, boxes, MaskStyle(mode="blur", blur_strength=strength,
+                                               scale=scale), base=base)
 
 
 def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = None,
-                   cells: int | None = None, *, base: float = 0.0) -> np.ndarray:
+                   cells: int | None = None, *, base: float = 0.0,
+                   scale: float = 1.0) -> np.ndarray:
     """Replaces each box region by a mosaic of cells of its mean colour
     (:func:`.masks.apply_masks` with ``mode="pixelate"``).
 
+    No mosaic cell is under 2 px along a face side of 2 px or more (see
+    :class:`.masks.MaskStyle`).
+
     Args:
-        block: cell size in pixels.
-        cells: a fixed grid of ``cells`` x ``cells`` per face instead (e.g. 5: Argoverse).
+        block: cell size in pixels, at least 2.
+        cells: a fixed grid of ``cells`` x ``cells`` per face instead (e.g. 5: Argoverse),
+            at most ``side // 2`` per side.
             With neither: about 8 cells across the region's longer side, cells of at least 4 px.
         base: the boxes' coordinate convention, the coordinate of the image's first pixel:
             0.0 (0-based, the pytorch variant's) or 1.0 (1-based, the matconvnet variant's).
             Pass the detector's ``coordinate_base`` with its boxes: 1-based boxes taken as
             0-based leave the face's first column and top row visible.
+        scale: enlarge each box by this factor about its centre first, 1 <= scale <= 100
+            (default 1: the box as given; tf-detect uses ``ANONYMIZE_STYLE.scale``, 1.3).
 
     Raises:
-        TinyFacesError: both ``block`` and ``cells``, or ``base`` neither 0.0 nor 1.0.
+        TinyFacesError: both ``block`` and ``cells``, ``base`` neither 0.0 nor 1.0, or
+            ``block``, ``cells`` or ``scale`` out of :class:`.masks.MaskStyle`'s range.
     """
     if block is not None and cells is not None:
         raise TinyFacesError("give a pixelation block size or a cell count, not both")
-    return apply_masks(image, boxes, MaskStyle(mode="pixelate", block=block, cells=cells),
-                       base=base)
+    return apply_masks(image, boxes, MaskStyle(mode="pixelate", block=block, cells=cells,
+                                               scale=scale), base=base)
 
 
 def line_width(height: int, width: int) -> int:

@@ -157,15 +157,40 @@ def load_image(path: str | os.PathLike,
             object: :func:`decode_image` and :func:`load_image_stream` take those).
         ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
+    return _load(path, max_pixels, None)
+
+
+def load_image_frames(path: str | os.PathLike,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """:func:`load_image`'s image, and how many pictures the file holds: the frames of an
+    animation or the pages of a multi-page file, of which the image is the first (1 for a
+    single picture, and for a camera's MPO JPEG, whose other frames are a preview or a depth
+    map). Nothing is logged about the others: the caller reports them (tf-anonymize counts a
+    warning and records them in its audit sidecar).
+
+    Raises:
+        ImageError, ConfigError: as :func:`load_image`.
+    """
+    counted: list[int] = []
+    image = _load(path, max_pixels, counted)
+    return image, (counted[0] if counted else 1)
+
+
+def _load(path: object, max_pixels: int | None, counted: list[int] | None) -> np.ndarray:
+    """:func:`load_image`; with ``counted``, the file's picture count is appended to it
+    instead of a logged warning (:func:`_decode`)."""
     _check_max_pixels(max_pixels)
     path = Path(_check_path_argument(path))
     if _check_file(path):
-        return _decode(path, str(path), max_pixels)
+        return _decode(path, str(path), max_pixels, counted)
     try:
         with open(path, "rb") as f:
-            return load_image_stream(f, str(path), max_pixels)
+            data = f.read()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageError(f"{path}: no image data (0 bytes read)")
+    return _decode(io.BytesIO(data), str(path), max_pixels, counted)
 
 
 def _check_path_argument(path: object) -> str | os.PathLike:
@@ -235,14 +260,19 @@ def _check_max_pixels(max_pixels: object) -> None:
                           f"got {max_pixels!r}")
 
 
-def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None) -> np.ndarray:
+def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None,
+            counted: list[int] | None = None) -> np.ndarray:
+    """Decodes one image; a multi-frame file's count of pictures goes to ``counted`` where
+    given (an MPO counts 1: see :func:`load_image_frames`), else its other frames are logged."""
     # our limit replaces Pillow's bomb check, for this context (thread) only
     token = _PIXEL_LIMIT.set((name, max_pixels))
     try:
         with Image.open(source) as im:
             _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
             frames = getattr(im, "n_frames", 1)
-            if frames > 1:
+            if counted is not None:
+                counted.append(1 if im.format == "MPO" else int(frames))
+            elif frames > 1:
                 # a camera's JPEG stored as MPO: the photo, then a preview or depth frame
                 level = logging.DEBUG if im.format == "MPO" else logging.WARNING
                 log.log(level, "%s: has %d frames (animated or multi-page %s); using the "

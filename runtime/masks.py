@@ -33,11 +33,18 @@ SHAPES = ("box", "ellipse")
 BASES = (0.0, 1.0)
 #: Largest :attr:`MaskStyle.scale`: a box enlarged 100x already covers far more than its face.
 MAX_SCALE = 100.0
+#: Why :attr:`MaskStyle.scale` is at least 1 (tf-anonymize and tf-serve say it too).
+SCALE_RULE = ("mask scale must be a number >= 1 (1 = the detected box): a smaller mask leaves "
+              "part of the face visible")
 #: Largest :attr:`MaskStyle.blur_strength`: a radius of 10x the face's side already blurs the
 #: whole region flat (much larger ones overflow Pillow's blur: "radius too large").
 MAX_BLUR_STRENGTH = 10.0
-#: Largest :attr:`MaskStyle.cells` (the grid is capped at one cell per pixel anyway).
+#: Largest :attr:`MaskStyle.cells`. The grid is capped at ``side // 2`` cells per face side
+#: anyway: no mosaic cell is under 2 px (a 1 px cell would be a copy of the face's pixel).
 MAX_CELLS = 10000
+#: Smallest mosaic cell side, in pixels, wherever the face is at least that large
+#: (:attr:`MaskStyle.block` >= 2; a grid of ``cells`` is capped to keep it).
+MIN_CELL = 2
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -104,13 +111,17 @@ class MaskStyle:
             ``"pixelate"`` (cells of the mean colour), ``"solid"`` (``color``) or ``"none"``.
         shape: ``"box"`` or ``"ellipse"`` (the ellipse inscribed in the box).
         scale: boxes are enlarged by this factor about their centre first (1 = as detected),
-            0 < scale <= :data:`MAX_SCALE` (100).
+            1 <= scale <= :data:`MAX_SCALE` (100); a smaller mask than the detected box
+            would leave part of the face visible, so scale < 1 is refused.
         blur_strength: blur radius as a fraction of the region's longer side,
             0 < blur_strength <= :data:`MAX_BLUR_STRENGTH` (10).
         cells: pixelate as a fixed grid of ``cells`` x ``cells`` per face (Argoverse 1.1
-            used 5 x 5), 1 <= cells <= :data:`MAX_CELLS` (10000); the grid is capped at one
-            cell per pixel. Ignored when ``block`` is set.
-        block: pixelate with square cells of ``block`` pixels instead of a fixed grid.
+            used 5 x 5), 1 <= cells <= :data:`MAX_CELLS` (10000). No mosaic cell is smaller
+            than 2 px (:data:`MIN_CELL`) on a face side of 2 px or more: the grid is capped
+            at ``side // 2`` cells per side (a cell per pixel would leave the face as it is).
+            Ignored when ``block`` is set.
+        block: pixelate with square cells of ``block`` >= 2 pixels instead of a fixed grid
+            (a cell under 2 px left at a face's edge joins its neighbour).
         color: RGB fill of ``"solid"``.
     """
 
@@ -129,18 +140,23 @@ class MaskStyle:
             raise TinyFacesError(f"unknown mask mode {self.mode!r}; expected one of {MODES}")
         if not isinstance(self.shape, str) or self.shape not in SHAPES:
             raise TinyFacesError(f"unknown mask shape {self.shape!r}; expected one of {SHAPES}")
-        for name, what, top in (("scale", "mask scale", MAX_SCALE),
-                                ("blur_strength", "blur strength", MAX_BLUR_STRENGTH)):
+        for name, what, rule, top in (
+                ("scale", "mask scale", SCALE_RULE, MAX_SCALE),  # < 1: smaller than the face
+                ("blur_strength", "blur strength", "blur strength must be a number > 0",
+                 MAX_BLUR_STRENGTH)):
             value = getattr(self, name)
-            if not (is_real(value) and math.isfinite(value) and value > 0):
-                raise TinyFacesError(f"{what} must be a number > 0, got {value!r}")
+            if not (is_real(value) and math.isfinite(value)
+                    and (value >= 1 if name == "scale" else value > 0)):
+                raise TinyFacesError(f"{rule}, got {value!r}")
             if value > top:  # apply_masks would fail (Pillow, numpy) or mask far too much
                 raise TinyFacesError(f"{what} must be at most {top:g}, got {value!r}")
             object.__setattr__(self, name, float(value))
-        for name, what in (("cells", "pixelation grid must have a whole number >= 1 of cells"),
-                           ("block", "pixelation block must be a whole number >= 1 of pixels")):
+        for name, what, least in (
+                ("cells", "pixelation grid must have a whole number >= 1 of cells", 1),
+                ("block", f"pixelation block must be a whole number >= {MIN_CELL} of pixels "
+                          f"(1 px cells would leave the face as it is)", MIN_CELL)):
             value = getattr(self, name)
-            if value is not None and not (is_whole(value) and value >= 1):
+            if value is not None and not (is_whole(value) and value >= least):
                 raise TinyFacesError(f"{what}, got {value!r}")
             object.__setattr__(self, name, None if value is None else int(value))
         if self.cells is not None and self.cells > MAX_CELLS:
@@ -200,30 +216,51 @@ def _cell_starts(length: int, cells: int | None, block: int | None, whole: int |
                  offset: int = 0) -> np.ndarray:
     """Where the cells start along a region of ``length`` pixels that begins ``offset``
     pixels into a face's ``whole`` extent (default: the region itself): the whole face's
-    grid, read over the region (a new cell at its start where one was cut)."""
+    grid, read over the region (a new cell at its start where one was cut). No cell is
+    under :data:`MIN_CELL` px where the region is at least that long: the grid has at most
+    ``whole // 2`` cells, and a shorter cell (a ``block`` remainder, a cell cut by the
+    region's ends) joins its neighbour."""
     whole = length if whole is None else whole
     if block is not None:
         first = -(-offset // block) * block
         starts = np.arange(first, offset + length, block) - offset
     else:
-        n = min(cells, whole)
+        n = max(1, min(cells, whole // MIN_CELL))
         grid = np.unique(np.floor(np.arange(n) * whole / n).astype(np.int64)) - offset
         starts = grid[(grid >= 0) & (grid < length)]
-    return starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts])
+    starts = list(starts if len(starts) and starts[0] == 0 else np.concatenate([[0], starts]))
+    while len(starts) > 1:
+        sizes = np.diff(starts + [length])
+        short = np.flatnonzero(sizes < MIN_CELL)
+        if not len(short):
+            break
+        i = int(short[0])
+        del starts[i if i == len(starts) - 1 else i + 1]  # the last joins the one before
+    return np.asarray(starts, dtype=np.int64)
 
 
 def pixelate_region(region: np.ndarray, cells: int | None = 5, block: int | None = None,
                     whole: Region | None = None) -> np.ndarray:
     """One (h, w, 3) region as a mosaic, each cell its mean colour (rounded).
 
+    No cell is under 2 px (:data:`MIN_CELL`) along a side of 2 px or more: a 1 px cell
+    would be a copy of the face's pixels.
+
     Args:
-        cells: a fixed grid of ``cells`` x ``cells`` (at most one cell per pixel).
-        block: square cells of ``block`` pixels instead (the last row/column may be smaller).
+        cells: a fixed grid of ``cells`` x ``cells``, at most ``side // 2`` per side.
+        block: square cells of ``block`` >= 2 pixels instead (the last row/column may be
+            smaller, but not under 2 px: a 1 px remainder joins its neighbour).
             With neither: about 8 cells across the longer side, cells of at least 4 px.
         whole: ``(y0, y1, x0, x1)`` of the face's whole extent, relative to the region's
             first pixel, where the region is its part inside the image: the grid is the
             whole face's, cut with it (default: the region itself).
+
+    Raises:
+        TinyFacesError: ``block`` under 2.
     """
+    if block is not None and block < MIN_CELL:
+        raise TinyFacesError(f"pixelation block must be a whole number >= {MIN_CELL} of "
+                             f"pixels (1 px cells would leave the face as it is), got {block!r}")
     h, w = region.shape[:2]
     y0, y1, x0, x1 = whole if whole is not None else (0, h, 0, w)
     if cells is None and block is None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tinyfaces_trt import detector_record
-from tinyfaces_trt.anonymize import cli, jobs
+from tinyfaces_trt.anonymize import cli, jobs, sidecar
 from tinyfaces_trt.anonymize.jobs import (InputOverwriteError, Options, Task, is_done, naming,
                                           plan_tasks, process_file, render)
 from tinyfaces_trt.core.config import DetectorConfig
@@ -281,9 +281,16 @@ def test_a_review_output_is_made_again_by_an_anonymising_run(tmp_path, monkeypat
     assert status == 0 and "0 done, 1 skipped, 0 failed" in err
 
 
+def _written(output: Path) -> dict:
+    """The sidecar fields of this version's output ``output`` as it is now (a rerun compares
+    them): its masking revision, its size and sha256."""
+    return {"masks_revision": sidecar.MASKS_REVISION, "output_file": sidecar.output_record(output)}
+
+
 def _sidecar(path: Path, source: Path, options: Options | None) -> None:
     record = {"input": str(source), "resolved": str(source.resolve()),
-              "input_identity": jobs.input_identity(source)}
+              "input_identity": jobs.input_identity(source),
+              **_written(path.with_suffix(""))}
     if options is not None:
         record["options"] = jobs._jsonable(dataclasses.asdict(options))
     path.write_text(json.dumps(record))
@@ -396,7 +403,8 @@ def test_the_expected_detector_of_an_export_folder_and_of_unknown_weights(tmp_pa
     record = {"input": str(src / "p.png"), "resolved": str((src / "p.png").resolve()),
               "input_identity": jobs.input_identity(src / "p.png"),
               "model": {"weights_sha256": None, "untrained": False, "source": "export folder"},
-              "config": unknown.config, "options": jobs._jsonable(dataclasses.asdict(Options()))}
+              "config": unknown.config, "options": jobs._jsonable(dataclasses.asdict(Options())),
+              **_written(out / "p.png")}
     (out / "p.png.json").write_text(json.dumps(record))
     task = plan_tasks([src / "p.png"], out, options=Options(), detector=unknown)[0][0]
     assert task.redo == "it was made with model unknown (now unknown)"
@@ -450,7 +458,8 @@ class StubReader:
     """Three 48 x 64 frames; ``problems`` known once they are read, as VideoReader's."""
 
     def __init__(self, path) -> None:
-        self.info = SimpleNamespace(frames=4, to_dict=lambda: {"frames": 4})
+        self.info = SimpleNamespace(frames=4, to_dict=lambda: {
+            "frames": 4, "upright_width": 64, "upright_height": 48})
         self.problems: list[str] = []
 
     def __enter__(self):

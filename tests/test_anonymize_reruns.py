@@ -15,6 +15,7 @@ import pytest
 from test_anonymize_jobs import FACE, BoxDetector, _photo, _run_cli, _sha
 from tinyfaces_trt.anonymize import jobs, reruns
 from tinyfaces_trt.anonymize.sidecar import input_identity as sidecar_identity
+from tinyfaces_trt.anonymize.sidecar import output_record
 from tinyfaces_trt.anonymize.jobs import Options, is_done, plan_tasks
 
 av = pytest.importorskip("av")
@@ -83,6 +84,7 @@ def _made(tmp_path: Path, data: bytes, name: str = "v.mp4") -> tuple[Path, jobs.
     Path(task.output).parent.mkdir(parents=True, exist_ok=True)
     Path(task.output).write_bytes(b"made before")
     header = jobs._header(BoxDetector(), task, Options(), jobs.input_identity(task.source))
+    header["output_file"] = output_record(task.output)
     Path(task.sidecar).write_text(json.dumps(header))
     return source, task
 

@@ -130,8 +130,8 @@ def test_only_font_attachments_are_copied(tmp_path):
         f"file is not anonymised {picture}",
         f"stream #4 (attachment, fake.ttf) not copied: its data is not a font, whatever its name "
         f"and type say: it is not anonymised {picture}",
-        "stream #5 (video, mjpeg) not copied: only the first video stream is anonymised: copying "
-        "this one would keep its faces visible"]
+        "stream #5 (video, mjpeg) not copied: an attached picture (cover art) is not anonymised: "
+        "copying it would keep its faces visible"]
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert [(s.type, s.name, bytes(s.data)) for s in list(c.streams)[1:]] == [
             ("attachment", "font.otf", FONT)]

@@ -690,3 +690,155 @@ def test_a_frame_size_change_fails_clearly(tmp_path):
     assert str(info.value) == (f"{src}: the frame size changed at frame 3 from 64x48 to 96x48; "
                                f"such a file cannot be anonymised as one video (cut it where "
                                f"the size changes)")
+
+
+# -- attached pictures (cover art) are not the video (privacy review, finding 9) -------------
+
+def _cover_jpeg() -> bytes:
+    """A 40 x 40 JPEG cover (a red "face" on grey)."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.full((40, 40, 3), 90, np.uint8)
+    pixels[10:30, 10:30] = (255, 0, 0)
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, "JPEG")
+    return data.getvalue()
+
+
+def _with_cover(path: Path, *, video: bool = True) -> None:
+    """A clip of 6 frames (``video``) or 0.3 s of silence (not ``video``) with cover art as
+    FFmpeg stores it: an MP4's attached picture (``covr``), a Matroska image attachment. Both
+    are read back as a one-frame mjpeg "video stream" with disposition attached_pic, after the
+    file's tracks."""
+    if video:
+        make(path, n=6)
+        stored = av.open(str(path))
+        out = av.open(str(path.with_name("tmp" + path.suffix)), "w")
+        copies = {s.index: out.add_stream_from_template(s) for s in stored.streams}
+    else:
+        stored, out = None, av.open(str(path.with_name("tmp" + path.suffix)), "w")
+        copies = {}
+        sound = out.add_stream("aac", rate=48000)
+    if path.suffix == ".mkv":
+        out.add_attachment("cover.jpg", "image/jpeg", _cover_jpeg())
+        cover = None
+    else:
+        cover = out.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 40, 40, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+    if cover is not None:
+        picture = av.VideoFrame.from_ndarray(np.full((40, 40, 3), 90, np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts = 0
+        for p in [*cover.encode(picture), *cover.encode()]:
+            p.pts = p.dts = 0
+            out.mux(p)
+    if stored is not None:
+        for packet in stored.demux():
+            if packet.dts is not None:
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+        stored.close()
+    else:
+        for t in range(0, 14400, 1024):
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, min(1024, 14400 - t)), np.float32),
+                                                 format="fltp", layout="mono")
+            silence.sample_rate, silence.pts = 48000, t
+            for p in sound.encode(silence):
+                out.mux(p)
+        for p in sound.encode():
+            out.mux(p)
+    out.close()
+    path.with_name("tmp" + path.suffix).replace(path)
+    with av.open(str(path)) as c:  # as the review's file: a one-frame picture among the tracks
+        pictures = [s for s in c.streams if s.type == "video" and
+                    s.disposition & av.stream.Disposition.attached_pic]
+        assert len(pictures) == 1 and pictures[0].codec_context.name == "mjpeg"
+        assert len(c.streams.video) == (2 if video else 1)
+
+
+COVER_DROPPED = ("not copied: an attached picture (cover art) is not anonymised: copying it "
+                 "would keep its faces visible")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_cover_art_is_neither_taken_for_the_video_nor_copied(tmp_path, suffix):
+    """The video is the track, not the cover; the cover (it may show a face) is named as left
+    out, never copied, whatever --keep-audio/--keep-metadata say."""
+    src = tmp_path / f"cover{suffix}"
+    _with_cover(src)
+    reader, writer, frames = through(src, tmp_path / f"out{suffix}", keep_audio=True,
+                                     keep_metadata=True)
+    assert (reader.info.codec, reader.info.width, len(frames)) == ("h264", W, 6)
+    assert reader.problems == []
+    assert writer.dropped == [f"stream #1 (video, mjpeg) {COVER_DROPPED}"]
+    with av.open(str(tmp_path / f"out{suffix}")) as c:
+        assert [s.type for s in c.streams] == ["video"]  # no picture, no attachment
+        assert sum(1 for _ in c.decode(video=0)) == 6
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_file_whose_only_picture_is_cover_art_is_no_video(tmp_path, suffix):
+    """Sound with cover art became a one-frame "video" of the cover."""
+    src = tmp_path / f"song{suffix}"
+    _with_cover(src, video=False)
+    with pytest.raises(VideoError) as info:
+        VideoReader(src)
+    assert str(info.value) == (f"{src}: holds no video stream, only 1 attached picture (cover "
+                               f"art), which is not anonymised")
+
+
+def test_the_first_video_stream_that_is_no_attached_picture_is_taken(tmp_path, monkeypatch):
+    """The stream was picked by position (``streams.video[0]``): a picture first made a
+    one-frame output and the video was dropped. FFmpeg lists attached pictures after a file's
+    tracks, so the review's file (a one-frame mjpeg track, then the video) is flagged here as
+    FFmpeg flags cover art; a second real video track still gives today's warning."""
+    pick = video.pick_video_stream
+    assert pick([]) is None
+    flagged = [_Stream(0, 1024), _Stream(1, 0), _Stream(2, 0)]
+    assert pick(flagged) is flagged[1] and pick(flagged[:1]) is None
+    assert pick([_Stream(0, 1 | 1024), _Stream(1, 1)]).index == 1  # default + attached_pic
+    src = tmp_path / "cover_first.mkv"
+    out = av.open(str(src), "w")
+    still = out.add_stream("mjpeg", rate=25)
+    still.width, still.height, still.pix_fmt = 40, 40, "yuvj420p"
+    clip = [out.add_stream("libx264", rate=25) for _ in range(2)]
+    for v in clip:
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.options = {"crf": "0"}
+    picture = av.VideoFrame.from_ndarray(np.full((40, 40, 3), 90, np.uint8), format="rgb24")
+    picture = picture.reformat(format="yuvj420p")
+    picture.pts = 0
+    for p in [*still.encode(picture), *still.encode()]:
+        out.mux(p)
+    for i in range(6):
+        for v in clip:
+            frame = av.VideoFrame.from_ndarray(image(i), format="rgb24")
+            frame.pts = i
+            for p in v.encode(frame):
+                out.mux(p)
+    for v in clip:
+        for p in v.encode():
+            out.mux(p)
+    out.close()
+    _, writer, frames = through(src, tmp_path / "plain.mkv")
+    assert len(frames) == 1  # a plain one-frame track is a video: taken, as before
+    monkeypatch.setattr(video, "is_attached_picture", lambda s: s.index == 0)
+    reader, writer, frames = through(src, tmp_path / "out.mkv")
+    assert (reader.info.codec, len(frames)) == ("h264", 6)
+    assert writer.dropped == [
+        f"stream #0 (video, mjpeg) {COVER_DROPPED}",
+        "stream #2 (video, h264) not copied: only the first video stream is anonymised: copying "
+        "this one would keep its faces visible"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.type for s in c.streams] == ["video"]
+        assert sum(1 for _ in c.decode(video=0)) == 6
+
+
+class _Stream:
+    """A stream as :func:`video.pick_video_stream` sees it."""
+
+    def __init__(self, index: int, disposition: int) -> None:
+        self.index, self.disposition = index, disposition

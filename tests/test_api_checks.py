@@ -242,9 +242,11 @@ def test_decode_image_says_what_it_takes():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(block=2.5), "pixelation block must be a whole number >= 1 of pixels, got 2.5"),
+    (dict(block=2.5), "pixelation block must be a whole number >= 2 of pixels (1 px cells would "
+                       "leave the face as it is), got 2.5"),
     (dict(cells="5"), "pixelation grid must have a whole number >= 1 of cells, got '5'"),
-    (dict(scale="1.3"), "mask scale must be a number > 0, got '1.3'"),
+    (dict(scale="1.3"), "mask scale must be a number >= 1 (1 = the detected box): a smaller mask "
+                        "leaves part of the face visible, got '1.3'"),
     (dict(color=(255, 0)), "solid colour must be three whole numbers 0..255, got (255, 0)"),
 ])
 def test_mask_styles_of_the_wrong_type_are_refused_when_made(options, message):

@@ -63,6 +63,8 @@ def test_help_documents_every_option_with_defaults_and_examples():
     assert "default: onnxruntime" in text and "default: the model's, 0.5" in text
     assert "UNTRAINED" in text and "examples:" in text and "tf-detect photo.jpg --model" in text
     assert "exit status" in text
+    # --blur and --pixelate mask the boxes enlarged as tf-anonymize's (ANONYMIZE_STYLE.scale)
+    assert text.count("enlarged 1.3x about its centre, as tf-") == 2
 
 
 def test_folder_run_writes_outputs_and_reports_bad_files(capsys, photos, export_dir, tmp_path,
@@ -108,20 +110,33 @@ def test_json_output_and_prob_thresh(capsys, photos, export_dir, reference):
 
 @pytest.mark.parametrize("flag, suffix", [("--blur", "_blurred"), ("--pixelate", "_pixelated")])
 def test_anonymised_copy_changes_only_face_regions(capsys, photos, export_dir, tmp_path, flag, suffix):
+    """Only the boxes enlarged 1.3x about their centres change, as tf-anonymize's masks
+    (ANONYMIZE_STYLE.scale): tf-detect masked the bare detected box, tight around the face."""
+    from tinyfaces_trt.core.config import coordinate_base_of
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, mask_regions
+
     image_path = photos / "2--Other" / "b.png"
     out = tmp_path / "anon"
-    code, _, _ = _run(capsys, image_path, "--model", export_dir, "--out", out, flag)
+    # at 0.6 the seeded network's boxes leave room for the enlargement inside the image
+    code, _, _ = _run(capsys, image_path, "--model", export_dir, "--out", out, flag,
+                      "--prob-thresh", "0.6")
     assert code == 0
     original = load_image(image_path)
     hidden = load_image(out / f"b{suffix}.png")
     record = json.loads((out / "b.json").read_text())
     boxes = np.array([d["box"] for d in record["detections"]]).reshape(-1, 4)
     assert len(boxes) > 0
+    base = coordinate_base_of(record["model"]["variant"])
+    bare = np.zeros(original.shape[:2], bool)
+    for r0, r1, c0, c1 in box_regions(boxes - base, *original.shape[:2]):
+        bare[r0:r1, c0:c1] = True
     inside = np.zeros(original.shape[:2], bool)
-    for r0, r1, c0, c1 in box_regions(boxes, *original.shape[:2]):
+    for r0, r1, c0, c1 in mask_regions(boxes, *original.shape[:2], ANONYMIZE_STYLE, base=base):
         inside[r0:r1, c0:c1] = True
     assert np.array_equal(hidden[~inside], original[~inside])
-    assert np.any(hidden[inside] != original[inside])
+    assert np.any(hidden[bare] != original[bare])
+    ring = inside & ~bare  # the enlargement, outside every detected box
+    assert ring.any() and np.any(hidden[ring] != original[ring])
 
 
 def test_wider_dir_keeps_event_folders(capsys, photos, export_dir, tmp_path):
@@ -350,4 +365,6 @@ def test_blurred_and_drawn_copies_place_one_based_boxes_on_their_pixels(tmp_path
     write_outputs(plan, image, boxes, {}, "pixelate", base=1.0)
     changed = (np.asarray(Image.open(plan.anonymised)) != image).any(axis=2)
     assert changed[0, :20].any() and changed[:20, 0].any()  # the face's first row and column
-    assert not changed[20:, :].any() and not changed[:, 20:].any()
+    # pixels 0..19 enlarged 1.3x as tf-anonymize's: -2.85..21.85, so pixels 0..22
+    assert changed[21:23, :20].any() and changed[:20, 21:23].any()
+    assert not changed[23:, :].any() and not changed[:, 23:].any()

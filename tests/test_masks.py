@@ -27,14 +27,16 @@ def test_pixelate_fixed_grid_of_cell_means(noise):
             np.testing.assert_array_equal(out[2 * r:2 * r + 2, 3 * c:3 * c + 3],
                                           np.broadcast_to(np.rint(cell.mean(0)), (2, 3, 3)))
     assert len(np.unique(out.reshape(-1, 3), axis=0)) == 25
-    tiny = pixelate_region(region[:3, :2], cells=5)  # capped at one cell per pixel
-    np.testing.assert_array_equal(tiny, region[:3, :2])
+    tiny = pixelate_region(region[:3, :2], cells=5)  # capped at one cell of 3 x 2 (3 // 2, 2 // 2)
+    mean = np.rint(region[:3, :2].reshape(-1, 3).astype(float).mean(0))
+    np.testing.assert_array_equal(tiny, np.broadcast_to(mean, (3, 2, 3)))
 
 
 def test_pixelate_uneven_grid_covers_every_pixel(noise):
     out = pixelate_region(noise[:11, :7], cells=5)
     assert out.shape == (11, 7, 3)
-    assert len(np.unique(out.reshape(-1, 3), axis=0)) == 25
+    # 5 rows of cells, 3 columns (7 // 2: no cell under 2 px)
+    assert len(np.unique(out.reshape(-1, 3), axis=0)) == 15
 
 
 def test_modes_change_only_the_scaled_boxes(noise):
@@ -133,7 +135,8 @@ def test_tf_detect_api_is_the_same_code(noise):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mode="smudge"), "unknown mask mode"), (dict(shape="star"), "unknown mask shape"),
-    (dict(scale=0), "mask scale"), (dict(cells=0), "cell"), (dict(blur_strength=-1), "blur")])
+    (dict(scale=0), "mask scale"), (dict(cells=0), "cell"), (dict(blur_strength=-1), "blur"),
+    (dict(scale=0.5), "mask scale must be a number >= 1"), (dict(block=1), "pixelation block")])
 def test_bad_styles_are_refused(kwargs, message):
     with pytest.raises(TinyFacesError, match=message):
         MaskStyle(**kwargs)
@@ -276,7 +279,10 @@ def test_the_largest_accepted_values_work(shape):
 
 @pytest.mark.parametrize("option, value, message", [
     ("--blur-strength", "1e9", "argument --blur-strength: 1000000000.0 must be > 0 and <= 10"),
-    ("--mask-scale", "1e300", "argument --mask-scale: 1e+300 must be > 0 and <= 100"),
+    ("--mask-scale", "1e300", "argument --mask-scale: 1e+300 must be >= 1 and <= 100 (1 = the "
+                              "detected box: a smaller mask leaves part of the face visible)"),
+    ("--mask-scale", "0.5", "argument --mask-scale: 0.5 must be >= 1 and <= 100 (1 = the "
+                            "detected box: a smaller mask leaves part of the face visible)"),
     ("--cells", "10001", "argument --cells: 10001 must be between 1 and 10000")])
 def test_tf_anonymize_refuses_values_past_the_limits(tmp_path, capsys, option, value, message):
     """--blur-strength 1e9 ended in a ValueError traceback per image."""
@@ -287,3 +293,109 @@ def test_tf_anonymize_refuses_values_past_the_limits(tmp_path, capsys, option, v
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.splitlines()[-1] == f"tf-anonymize: error: {message}"
     assert "Traceback" not in err
+
+
+# -- pixelate never leaves the face as it is; no mask smaller than the box (review finding 3) --
+
+def _runs(line: np.ndarray) -> list[int]:
+    """Lengths of the runs of equal pixels along ``line`` (n, 3)."""
+    new = np.flatnonzero((line[1:] != line[:-1]).any(axis=1)) + 1
+    return np.diff(np.concatenate([[0], new, [len(line)]])).tolist()
+
+
+def _cells_are_at_least_2_px(out: np.ndarray) -> None:
+    """Every run of one colour along each row and column of ``out`` (a pixelated face of
+    noise: two cells next to each other practically never share a mean) spans >= 2 px
+    where that side is >= 2 px."""
+    h, w = out.shape[:2]
+    for r in range(h if w >= 2 else 0):
+        assert min(_runs(out[r])) >= 2, (r, _runs(out[r]))
+    for c in range(w if h >= 2 else 0):
+        assert min(_runs(out[:, c])) >= 2, (c, _runs(out[:, c]))
+
+
+def test_no_mosaic_cell_is_under_2_px_whatever_the_face_and_grid():
+    """``_cell_starts`` capped the grid at one cell per pixel: ``cells`` >= the face's size
+    (or ``block=1``) gave 1 px cells, the face unchanged. Random faces of 2..64 px, whole or
+    cut by the border, any grid: each cell spans >= 2 px, and on a checkerboard (where a
+    2-pixel cell's mean is neither 0 nor 255) no face pixel keeps its value."""
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)
+    board = np.broadcast_to(((np.indices((80, 80)).sum(0) % 2) * 255).astype(np.uint8)[..., None],
+                            (80, 80, 3)).copy()
+    for _ in range(400):
+        fw, fh = rng.integers(2, 65, size=2)
+        x0, y0 = rng.integers(-fw // 2, 80 - fw // 2), rng.integers(-fh // 2, 80 - fh // 2)
+        box = np.array([[x0, y0, x0 + fw - 1, y0 + fh - 1]], float)  # fw x fh pixels
+        grid = (dict(cells=int(rng.choice([1, 2, 5, fw // 2, fw - 1, fw, 32, 64, 10000])))
+                if rng.random() < 0.6 else dict(block=int(rng.integers(2, 9)), cells=None))
+        style = MaskStyle(mode="pixelate", **grid)
+        (r0, r1, c0, c1), = mask_regions(box, 80, 80, style)
+        _cells_are_at_least_2_px(apply_masks(noise, box, style)[r0:r1, c0:c1])
+        changed = (apply_masks(board, box, style) != board).any(axis=2)[r0:r1, c0:c1]
+        if r1 - r0 >= 2 or c1 - c0 >= 2:  # a 1 x 1 part seen is one pixel whatever is done
+            assert changed.all(), (box, grid, (r0, r1, c0, c1))
+
+
+@pytest.mark.parametrize("side, cells", [(24, 32), (30, 32), (30, 64), (24, 24), (5, 3)])
+def test_a_grid_finer_than_the_face_still_hides_it(noise, side, cells):
+    """The review's case: a 24 px face with --cells 32 came out byte-identical (576 of 576
+    pixels); 30 px faces kept 324 (cells=32) and 900 (cells=64) of 900."""
+    box = np.array([[10, 5, 10 + side - 1, 5 + side - 1]], float)
+    out = apply_masks(noise, box, MaskStyle(mode="pixelate", cells=cells))
+    face, seen = out[5:5 + side, 10:10 + side], noise[5:5 + side, 10:10 + side]
+    assert (face != seen).any(axis=2).mean() > 0.9
+    _cells_are_at_least_2_px(face)
+    assert len(_runs(face[0])) == min(cells, side // 2)  # side // 2 cells of >= 2 px
+
+
+def test_block_and_remainders_are_at_least_2_px(noise):
+    """block=1 left the face as it was: refused (MaskStyle, pixelate_boxes, pixelate_region).
+    A 1 px remainder (5 px face, block 2) joins its neighbour: cells 2 + 3, not 2 + 2 + 1."""
+    message = "pixelation block must be a whole number >= 2 of pixels (1 px cells would leave " \
+              "the face as it is), got 1"
+    for call in (lambda: MaskStyle(mode="pixelate", block=1),
+                 lambda: pixelate_boxes(noise, FACE0, block=1),
+                 lambda: pixelate_region(noise[:10, :10], block=1)):
+        with pytest.raises(TinyFacesError) as info:
+            call()
+        assert str(info.value) == message
+    out = pixelate_region(noise[:5, :5], block=2)
+    assert _runs(out[0]) == [2, 3] and _runs(out[:, 0]) == [2, 3]
+    # a face cut by the border 1 px into a cell: that pixel joins the next cell
+    cut = pixelate_region(noise[:6, :7], block=4, whole=(0, 6, -3, 7))  # columns 3..9 of 10
+    assert _runs(cut[0]) == [5, 2] and _runs(cut[:, 0]) == [4, 2]  # not 1, 4, 2
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.1, 0.999])
+def test_a_mask_smaller_than_the_box_is_refused(noise, scale):
+    """scale 0.5 left 644 of a 30 px face's 900 pixels visible, 0.1 left 884."""
+    with pytest.raises(TinyFacesError) as info:
+        MaskStyle(scale=scale)
+    assert str(info.value) == ("mask scale must be a number >= 1 (1 = the detected box): a smaller mask "
+                               f"leaves part of the face visible, got {scale!r}")
+    for call in (lambda: blur_boxes(noise, FACE0, scale=scale),
+                 lambda: pixelate_boxes(noise, FACE0, scale=scale)):
+        with pytest.raises(TinyFacesError, match="mask scale must be a number >= 1"):
+            call()
+    assert MaskStyle(scale=1).scale == 1.0
+
+
+def test_tf_detects_mask_functions_take_the_anonymize_scale(noise):
+    """blur_boxes/pixelate_boxes mask the box as given by default (API unchanged) and, with
+    ``scale``, the box enlarged as tf-anonymize's (tf-detect passes ANONYMIZE_STYLE.scale)."""
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
+
+    s = ANONYMIZE_STYLE.scale
+    assert s == 1.3
+    np.testing.assert_array_equal(blur_boxes(noise, FACE0, 0.3, scale=s),
+                                  apply_masks(noise, FACE0, MaskStyle(blur_strength=0.3, scale=s)))
+    np.testing.assert_array_equal(
+        pixelate_boxes(noise, FACE0, cells=5, scale=s),
+        apply_masks(noise, FACE0, MaskStyle(mode="pixelate", cells=5, scale=s)))
+    np.testing.assert_array_equal(blur_boxes(noise, FACE0), apply_masks(noise, FACE0))
+    changed = (blur_boxes(noise, FACE0, scale=s) != noise).any(axis=2)
+    (r0, r1, c0, c1), = mask_regions(FACE0, 40, 50, ANONYMIZE_STYLE)
+    assert (r0, r1, c0, c1) == (8, 21, 8, 23)  # x 8.5..21.5, y 8.8..19.2: 1.3x the box
+    assert not changed[:r0].any() and not changed[r1:].any()
+    assert changed[r0:r1, c0:c1].mean() > 0.9

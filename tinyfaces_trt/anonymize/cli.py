@@ -38,6 +38,9 @@ from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MAX_BLUR_STRENGTH, MAX
                                          MODES, SHAPES)
 
 PROG = "tf-anonymize"
+#: Said at the start of a ``--mode none`` run (and recorded in its sidecars: ``"anonymised":
+#: false``): its outputs go into --out as anonymised ones do, with every face left visible.
+MODE_NONE_WARNING = "--mode none: the outputs are NOT anonymised; faces stay visible"
 
 
 def _non_negative_int(text: str) -> int:
@@ -50,8 +53,10 @@ def _crf(text: str) -> int:
 
 # MaskStyle's limits, checked here so that a value past them is a usage error
 def _mask_scale(text: str) -> float:
-    return checked(text, float, lambda v: 0 < v <= MAX_SCALE, "a number",
-                   f"> 0 and <= {MAX_SCALE:g}")
+    # below 1 the mask is smaller than the detected box: part of the face stays visible
+    return checked(text, float, lambda v: 1 <= v <= MAX_SCALE, "a number",
+                   f">= 1 and <= {MAX_SCALE:g} (1 = the detected box: a smaller mask "
+                   f"leaves part of the face visible)")
 
 
 def _blur_strength(text: str) -> float:
@@ -148,16 +153,17 @@ input file.""",
                        help="mask the whole box or its inscribed ellipse (default: box)")
     masks.add_argument("--mask-scale", type=_mask_scale, default=ANONYMIZE_STYLE.scale,
                        metavar="F",
-                       help="enlarge boxes by F (at most 100) about their centre before "
-                            "masking (default: 1.3); a face cut by the image border is "
-                            "enlarged as detected, beyond the border, then cut")
+                       help="enlarge boxes by F (1 = as detected, at most 100) about their "
+                            "centre before masking (default: 1.3); a face cut by the image "
+                            "border is enlarged as detected, beyond the border, then cut")
     masks.add_argument("--blur-strength", type=_blur_strength,
                        default=ANONYMIZE_STYLE.blur_strength, metavar="F",
                        help="Gaussian radius as a fraction of the face's longer side, at most "
                             "10 (default: 0.25)")
     masks.add_argument("--cells", type=_cells, default=ANONYMIZE_STYLE.cells, metavar="N",
                        help="pixelate grid, N x N cells per face, N at most 10000 (default: 5, "
-                            "as Argoverse 1.1)")
+                            "as Argoverse 1.1); no cell is under 2 px: a face side of S px "
+                            "gets at most S // 2 cells")
     masks.add_argument("--draw", action="store_true",
                        help="draw the masked boxes with scores: green detected, orange held, "
                             "blue back-filled (debug overlay)")
@@ -273,6 +279,8 @@ def _run_in(args: argparse.Namespace) -> int:
     from tinyfaces_trt.anonymize.jobs import InputOverwriteError, plan_tasks, process_file
 
     start = time.perf_counter()
+    if args.mode == "none":
+        stderr_line(f"{PROG}: warning: {MODE_NONE_WARNING}")
     try:
         options = options_from(args)
         out_dir = prepare_output_dir(args.out, f"--out {args.out}")
@@ -284,6 +292,12 @@ def _run_in(args: argparse.Namespace) -> int:
             return _summary(results, errors, start)
         if is_untrained(args.model, args.weights):
             stderr_line(untrained_banner(PROG, args.model))
+        from tinyfaces_trt.detectors import resolve_backend
+
+        # for the sidecars' audit record (as tf-detect --json: "auto" resolved)
+        options = dataclasses.replace(
+            options, backend=resolve_backend(args.backend, args.model, fp16=bool(args.fp16)),
+            command=tuple(sys.argv))
         detector = None if ray_requested(args) else _make_detector(args)
     except InputOverwriteError as exc:
         stderr_line(f"{PROG}: error: {exc}; give another --out")
@@ -303,12 +317,19 @@ def _run_in(args: argparse.Namespace) -> int:
 
 def _report_plan(tasks: list[Any], skipped: list[Any], errors: list[tuple[str, str]],
                  quiet: bool) -> None:
-    """The planning's errors, and (unless ``quiet``) its skips and redone outputs."""
+    """The planning's errors, what folder walks left out (hidden, linked, unreadable), and
+    (unless ``quiet``) its skips and redone outputs."""
+    from tinyfaces_trt.anonymize.jobs import left_out_lines
+
     for _, message in errors:
         stderr_line(f"{PROG}: error: {message}")
+    for line in left_out_lines(skipped):
+        stderr_line(f"{PROG}: {line}")
     if quiet:
         return
     for result in skipped:
+        if result.status != "skipped":  # left out of a folder: said above
+            continue
         task = result.task
         moved = f", made of the same file (size and sha256) as {task.moved_from}" \
             if task.moved_from else ""
@@ -362,19 +383,29 @@ def _report(result: Any, quiet: bool) -> None:
         for note in result.notes:
             stderr_line(f"{PROG}: {result.task.source}: {note}")
         rate = f", {result.fps:.1f} frames/s" if result.task.kind == "video" else ""
+        visible = "" if getattr(result, "anonymised", True) else \
+            " (NOT anonymised: --mode none)"
         print(f"{result.task.source} -> {result.task.output}: {result.frames} frame(s), "
               f"{result.detections} detection(s), {result.held} held, {result.filled} "
-              f"back-filled, {result.review_frames} to review{rate}", flush=True)
+              f"back-filled, {result.review_frames} to review{rate}{visible}", flush=True)
 
 
 def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) -> int:
+    from tinyfaces_trt.anonymize.jobs import LEFT_OUT
+
     failed = sum(r.status == "failed" for r in results) + len(errors)
     done = sum(r.status == "done" for r in results)
     warned = sum(r.status == "done" and bool(r.warnings) for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     with_warnings = f" ({warned} with warnings)" if warned else ""
+    visible = sum(r.status == "done" and not getattr(r, "anonymised", True) for r in results)
+    not_anonymised = f"; {visible} NOT anonymised (--mode none: faces visible)" if visible \
+        else ""
+    left = sum(r.status == LEFT_OUT for r in results)
+    left_out = f"; {left} left out of folders (hidden, linked or unreadable: listed above)" \
+        if left else ""
     stderr_line(f"{PROG}: {done} done{with_warnings}, {skipped} skipped, {failed} failed in "
-                f"{time.perf_counter() - start:.1f} s")
+                f"{time.perf_counter() - start:.1f} s{not_anonymised}{left_out}")
     return EXIT_ERROR if failed else EXIT_OK
 
 

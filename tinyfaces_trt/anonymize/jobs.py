@@ -32,7 +32,9 @@ import numpy as np
 
 from tinyfaces_trt.anonymize.reruns import redo_reason, same_file_elsewhere
 from tinyfaces_trt.detector_record import DetectorRecord
-from tinyfaces_trt.anonymize.sidecar import AuditLog, input_identity, model_identity, write_claim
+from tinyfaces_trt.anonymize.sidecar import (MASKS_REVISION, AuditLog, input_identity,
+                                             model_identity, output_record, pyramid_record,
+                                             software_version, utc_now, write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -42,6 +44,7 @@ from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks
                                          scale_boxes)
 
 if TYPE_CHECKING:
+    from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.runtime.pipeline import Detector
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
@@ -115,6 +118,10 @@ class Options:
         review_band: detections scoring within this band above the threshold are listed
             for human review in the sidecar.
         progress: show a progress bar on stderr.
+        backend, command: the backend the detector runs on (``--backend``, ``auto``
+            resolved; None: unknown) and the command line (``sys.argv``), recorded in the
+            sidecar's ``run`` for audit only (:data:`AUDIT_ONLY`: not in its ``options``,
+            never compared).
     """
 
     style: MaskStyle = ANONYMIZE_STYLE
@@ -128,6 +135,8 @@ class Options:
     keep_metadata: bool = False
     review_band: float = 0.1
     progress: bool = False
+    backend: str | None = None
+    command: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hold < 0 or self.batch < 1 or not 0 < self.iou <= 1 or self.review_band < 0:
@@ -174,8 +183,10 @@ class Result:
         frames: frames written; detections, held, filled: mask counts; review_frames:
             frames listed for review.
         seconds: wall time; warnings: e.g. streams the output container could not hold,
-            undecodable packets of the input skipped; notes: what the privacy defaults left
-            out (audio, metadata), as asked.
+            undecodable packets of the input skipped, an image's pages or frames after the
+            first left out; notes: what the privacy defaults left out (audio, metadata), as
+            asked, an image too small to search.
+        anonymised: False for an output of ``--mode none`` (its faces stay visible).
     """
 
     task: Task
@@ -189,6 +200,7 @@ class Result:
     seconds: float = 0.0
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    anonymised: bool = True
 
     @property
     def fps(self) -> float:
@@ -282,15 +294,67 @@ def _is_sidecar(path: Path) -> bool:
     return path.suffix.lower() == ".json" and media_kind(Path(path.stem)) is not None
 
 
-def _walk(folder: Path, exclude: Path) -> Iterator[Path]:
-    """The folder's files, sorted, hidden ones (tf-anonymize's temporary files among them),
-    ``exclude``, and named pipes, sockets and devices (reading their first bytes would block
-    or never end) left out."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (Path(root) / d).resolve() != exclude)
-        yield from (Path(root) / name for name in sorted(files)
-                    if not name.startswith(".") and not _special(Path(root) / name))
+#: The status of a :class:`Result` of :func:`plan_tasks` for a file or folder a folder's walk
+#: left out (:func:`_walk`); its ``notes`` hold why, one of :data:`LEFT_OUT_WHY`'s keys.
+LEFT_OUT = "left out"
+_HIDDEN_MEDIA = ('hidden image or video (its name starts with "."), not anonymised; give it by '
+                 'name to anonymise it')
+_HIDDEN_FILE = 'hidden file (its name starts with "."), left as it is'
+_HIDDEN_FOLDER = ('hidden folder (its name starts with "."), not searched; give it by name to '
+                  'anonymise its files')
+_LINKED_FOLDER = ("symbolic link to a folder, not followed; give it by name to anonymise its "
+                  "files")
+_UNREADABLE = "folder that cannot be read, not searched"
+_SPECIAL = "named pipe, socket or device, not a file: left as it is"
+#: Why a walk left something out: what one is (a line each), what many are (a count).
+LEFT_OUT_WHY = {
+    _HIDDEN_MEDIA: ('hidden images or videos (names starting with "."), not anonymised; give '
+                    'one by name to anonymise it'),
+    _HIDDEN_FILE: 'hidden files (names starting with "."), left as they are',
+    _HIDDEN_FOLDER: ('hidden folders (names starting with "."), not searched; give one by name '
+                     'to anonymise its files'),
+    _LINKED_FOLDER: ("symbolic links to folders, not followed; give one by name to anonymise "
+                     "its files"),
+    _UNREADABLE: "folders that cannot be read, not searched",
+    _SPECIAL: "named pipes, sockets or devices, not files: left as they are"}
+
+
+def _walk(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]) -> Iterator[Path]:
+    """The folder's files, sorted. ``exclude``, tf-anonymize's temporary files and folders
+    and its hidden sidecars are passed over; added to ``left_out`` as (path, why: a key of
+    :data:`LEFT_OUT_WHY`) are hidden files and folders (often a system's own: .DS_Store,
+    .Trash), links to folders (not followed: a loop, or a tree outside ``folder``), folders
+    that cannot be read, and named pipes, sockets and devices (reading their first bytes
+    would block or never end)."""
+    from tinyfaces_trt.core.files import TEMP_PREFIX
+
+    def unreadable(exc: OSError) -> None:
+        left_out.append((Path(exc.filename), _UNREADABLE))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        searched = []
+        for name in sorted(dirs):
+            path = Path(root) / name
+            if name.startswith(TEMP_PREFIX) or path.resolve() == exclude:
+                continue
+            if name.startswith(".") or path.is_symlink():
+                left_out.append((path, _HIDDEN_FOLDER if name.startswith(".") else
+                                 _LINKED_FOLDER))
+            else:
+                searched.append(name)
+        dirs[:] = searched
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.startswith(TEMP_PREFIX) or name.startswith(".") and _is_sidecar(path):
+                continue
+            if name.startswith("."):
+                media = media_kind(path) is not None or not _special(path) and \
+                    _other_format(path)  # a pipe's head is never read
+                left_out.append((path, _HIDDEN_MEDIA if media else _HIDDEN_FILE))
+            elif _special(path):
+                left_out.append((path, _SPECIAL))
+            else:
+                yield path
 
 
 def _special(path: Path) -> bool:
@@ -298,16 +362,18 @@ def _special(path: Path) -> bool:
     return path.is_fifo() or path.is_socket() or path.is_block_device() or path.is_char_device()
 
 
-def _plan_folder(folder: Path, exclude: Path
+def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
                  ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """The folder's inputs ([(file, its path relative to ``folder``)]) and [(file, error)] for
-    its images and videos of other formats (:func:`_other_format`) and its files of unknown
-    suffixes that hold one (:func:`_media_in`); its other files, sidecars aside, are named in
-    one warning: each file is anonymised or mentioned."""
+    its images and videos of other formats (:func:`_other_format`), its files of unknown
+    suffixes that hold one (:func:`_media_in`) and the folder itself where it cannot be read;
+    what its walk leaves out is added to ``left_out`` (:func:`_walk`); its other files,
+    sidecars aside, are named in one warning: each file is anonymised or mentioned."""
     found: list[tuple[Path, Path]] = []
     errors: list[tuple[str, str]] = []
     others: list[str] = []
-    for path in _walk(folder, exclude):
+    walked = len(left_out)
+    for path in _walk(folder, exclude, left_out):
         if media_kind(path):
             found.append((path, path.relative_to(folder)))
         elif _other_format(path):
@@ -316,14 +382,38 @@ def _plan_folder(folder: Path, exclude: Path
             errors.append((str(path), _unknown_suffix(path, *media)))
         elif not _is_sidecar(path):
             others.append(path.relative_to(folder).as_posix())
+    if (folder, _UNREADABLE) in left_out[walked:]:  # the folder given itself: an error
+        left_out.remove((folder, _UNREADABLE))
+        errors.append((str(folder), f"{folder}: cannot read the folder"))
     if not found and not errors:
-        errors.append((str(folder), f"{folder}: folder holds no image or video files"))
+        passed = len(left_out) - walked
+        errors.append((str(folder), f"{folder}: folder holds no image or video files" +
+                       (f" ({passed} left out: hidden, linked or unreadable)" if passed else "")))
     if others:
         more = len(others) - _NAMES_LISTED
         log.warning("%s: %d other file(s) left as they are (not images or videos): %s%s",
                     folder, len(others), ", ".join(others[:_NAMES_LISTED]),
                     f" and {more} more" if more > 0 else "")
     return found, errors
+
+
+def left_out_lines(results: Sequence[Result]) -> list[str]:
+    """What folder walks left out (the results of status :data:`LEFT_OUT` among ``results``)
+    in lines to show: ``<path>: <why>`` for each, or, for a kind of more than
+    :data:`_NAMES_LISTED`, one line counting them and naming the first."""
+    paths: dict[str, list[str]] = {}
+    for result in results:
+        if result.status == LEFT_OUT:
+            paths.setdefault(result.notes[0], []).append(result.task.source)
+    lines = []
+    for why, names in paths.items():
+        if len(names) <= _NAMES_LISTED:
+            lines.extend(f"{name}: {why}" for name in names)
+        else:
+            lines.append(f"{len(names)} {LEFT_OUT_WHY.get(why, why)}: "
+                         f"{', '.join(names[:_NAMES_LISTED])} and "
+                         f"{len(names) - _NAMES_LISTED} more")
+    return lines
 
 
 def _unsupported(path: Path) -> str:
@@ -343,19 +433,25 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
                ) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
     """Expands INPUT arguments into tasks.
 
-    A folder is walked recursively (sorted, hidden entries and ``out_dir`` skipped) for
-    image and video suffixes; outputs keep the path relative to it. A file argument keeps
-    its name. A file found more than once (by its real path: named twice, through a link, or
-    in a folder also given) is planned once, where first found (one warning counts the
-    others). Two inputs that would write the same output get ``_2``, ``_3``, ... suffixes,
-    in one run or across runs (the sidecar names its input); an output whose sidecar records
-    another path but the identity of the file given is its output (:func:`_output_name`).
+    A folder is walked recursively (sorted, ``out_dir`` skipped) for image and video
+    suffixes; outputs keep the path relative to it. Its hidden files and folders, links to
+    folders, folders that cannot be read and named pipes are left out, each said so
+    (:func:`_walk`); a hidden file or linked folder given by name is taken. A file argument
+    keeps its name. A file found more than once (by its real path: named twice, through a
+    link, or in a folder also given) is planned once, where first found (one warning counts
+    the others). Two inputs that would write the same output get ``_2``, ``_3``, ...
+    suffixes, in one run or across runs (the sidecar names its input), never a name another
+    input keeps, and the same in every run of the same inputs whatever their order
+    (:func:`_output_names`); an output whose sidecar records another path but the identity
+    of the file given is its output (:func:`_output_name`).
 
     Returns:
         (tasks to run, skipped results for inputs whose output and sidecar both exist when
         not ``overwrite`` and the sidecar records the input file as it is now, ``options``'
         pixel-changing options and ``detector``'s network and settings (:func:`is_done`;
-        None: not compared),
+        None: not compared), first the results of status :data:`LEFT_OUT` of what folder
+        walks left out (the path as ``task.source``, no output, why as the only note:
+        :func:`left_out_lines` words them),
         [(argument, error)] for missing paths, unknown suffixes, images and videos of other
         formats and files of unknown suffixes holding one in folders (:func:`_plan_folder`),
         empty folders, and, unless ``overwrite``, outputs that exist without a sidecar (not
@@ -368,10 +464,11 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     exclude = out.resolve()
     found: list[tuple[Path, Path]] = []
     errors: list[tuple[str, str]] = []
+    left_out: list[tuple[Path, str]] = []
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            in_folder, refused = _plan_folder(path, exclude)
+            in_folder, refused = _plan_folder(path, exclude, left_out)
             found.extend(in_folder)
             errors.extend(refused)
         elif not path.exists():
@@ -385,10 +482,10 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             found.append((path, Path(path.name)))
     found = _once_each(found)
     real = {os.path.realpath(source) for source, _ in found}
-    tasks, skipped, foreign, used = [], [], [], set()
-    for source, rel in found:
-        target, moved_from = _output_name(out, rel, source, used, real)
-        used.add(target.as_posix().lower())
+    tasks, foreign = [], []
+    skipped = [Result(Task(str(path), "", "", ""), LEFT_OUT, notes=(why,))
+               for path, why in left_out]
+    for (source, _), (target, moved_from) in zip(found, _output_names(out, found, real)):
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "",
                     moved_from=moved_from)
@@ -429,28 +526,51 @@ def _once_each(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     return kept
 
 
+def _output_names(out: Path, found: Sequence[tuple[Path, Path]], inputs: set[str]
+                  ) -> list[tuple[Path, str | None]]:
+    """:func:`_output_name` of each (file, path relative to ``out``) of ``found``, in its
+    order, chosen in the order of the relative paths (the first found first where two are
+    the same: the first argument keeps the name), not that of a walk, and with the names
+    inputs keep passed over by the others' suffixes: the same inputs get the same names in
+    every run, and a rerun finds its outputs. ``inputs``: the real paths of the run's
+    inputs."""
+    keep = {rel.as_posix().lower() for _, rel in found}
+    used: set[str] = set()
+    names: dict[int, tuple[Path, str | None]] = {}
+    for i in sorted(range(len(found)), key=lambda i: (found[i][1].as_posix(), i)):
+        source, rel = found[i]
+        names[i] = _output_name(out, rel, source, used, inputs, keep)
+        used.add(names[i][0].as_posix().lower())
+    return [names[i] for i in range(len(found))]
+
+
 def _output_name(out: Path, rel: Path, source: Path, used: set[str],
-                 inputs: set[str]) -> tuple[Path, str | None]:
+                 inputs: set[str], keep: set[str]) -> tuple[Path, str | None]:
     """Where ``source``'s output goes (relative to ``out``: ``rel``, else ``rel`` with ``_2``,
     ``_3``, ...), and the input path its existing sidecar records where that is another path
     of the same file (else None).
 
     Names another input of this run took (``used``, lower case) are passed over, and so are
-    names whose sidecar an earlier run wrote for another input; the first name free, or whose
-    sidecar names ``source``'s real path, ends the search. An output passed over whose sidecar
-    records the identity of the file ``source`` is (:func:`~.reruns.same_file_elsewhere`: a
-    folder moved or remounted; not for a path among ``inputs``, the real paths of the run's
-    inputs, which take their own) is taken instead of a free name: skipped as done, not made
-    again as ``_2``. Only such a sidecar recording ``source``'s size has ``source`` read.
+    the names inputs of the run keep (``keep``, lower case: ``x_2.jpg`` is not ``x.jpg``'s
+    where ``x_2.jpg`` is an input too) unless an earlier run gave it to ``source`` (its
+    sidecar says so), and names whose sidecar an earlier run wrote for another input; the
+    first name free, or whose sidecar names ``source``'s real path, ends the search. An
+    output passed over whose sidecar records the identity of the file ``source`` is
+    (:func:`~.reruns.same_file_elsewhere`: a folder moved or remounted; not for a path among
+    ``inputs``, the real paths of the run's inputs, which take their own) is taken instead of
+    a free name: skipped as done, not made again as ``_2``. Only such a sidecar recording
+    ``source``'s size has ``source`` read.
     """
+    own = rel.as_posix().lower()
     target, k = rel, 1
     same_file: tuple[Path, str] | None = None
     while True:
-        if target.as_posix().lower() not in used:
+        if (name := target.as_posix().lower()) not in used:
             record = out / f"{target.as_posix()}.json"
             if not written_for_another(record, "input", source):
-                break
-            if same_file is None and \
+                if name == own or name not in keep or record.exists():
+                    break
+            elif same_file is None and \
                     (recorded := same_file_elsewhere(record, source, inputs)) is not None:
                 same_file = (target, recorded)
         k += 1
@@ -475,7 +595,8 @@ def _outputs_exist(task: Task) -> bool:
 def is_done(task: Task, options: Options | None = None,
             detector: DetectorRecord | None = None) -> bool:
     """Whether ``task``'s output and sidecar exist and the sidecar records the input file as
-    it is now, ``options``' pixel-changing options (None: nothing compared) and ``detector``'s
+    it is now, this version's masking revision, the output file as it is now (its size and
+    sha256), ``options``' pixel-changing options (None: nothing compared) and ``detector``'s
     network and settings (:func:`~.reruns.redo_reason`; None: not compared)."""
     return _outputs_exist(task) and _redo_reason(task, options, detector) is None
 
@@ -485,7 +606,7 @@ def _redo_reason(task: Task, options: Options | None,
     if options is None:
         return None
     return redo_reason(task.sidecar, task.kind, _options_record(options), detector,
-                       task.source)
+                       task.source, task.output)
 
 
 def _refuse_replacing_inputs(tasks: Sequence[Task], sources: Sequence[Path], out: Path) -> None:
@@ -511,14 +632,17 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     """Anonymises one file and writes its sidecar; never raises for a bad file.
 
     Returns a ``"failed"`` :class:`Result` naming the problem for unreadable, corrupt or
-    unwritable files (the other files of a batch go on); KeyboardInterrupt propagates.
+    unwritable files, and for an image (a video's frames) large enough to hold a face on which
+    no pyramid level runs (:func:`_search_plan`: nothing written); the other files of a batch
+    go on. KeyboardInterrupt propagates.
     """
     start = time.perf_counter()
+    started = utc_now()
     try:
         identity = input_identity(task.source)  # before reading: a file changed meanwhile is redone
-        Path(task.output).parent.mkdir(parents=True, exist_ok=True)
         process = _process_video if task.kind == "video" else _process_image
         audit, header, warnings, notes = process(detector, task, options, identity)
+        header["run"] = {**header["run"], "started": started, "finished": utc_now()}
         audit.write(task.sidecar, **header)
     except TinyFacesError as exc:
         return Result(task, "failed", error=naming(task.source, str(exc)),
@@ -531,7 +655,8 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     return Result(task, "done", frames=counts["frames"], detections=counts["detections"],
                   held=counts["held"], filled=counts["filled"],
                   review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
-                  warnings=tuple(warnings), notes=tuple(notes))
+                  warnings=tuple(warnings), notes=tuple(notes),
+                  anonymised=bool(header["anonymised"]))
 
 
 def naming(source: str, message: str) -> str:
@@ -566,20 +691,44 @@ def render(image: np.ndarray, frame: FrameMasks, options: Options, base: float =
 
 def _header(detector: Detector, task: Task, options: Options,
             identity: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's fields but the frames' (the :mod:`~.sidecar` docstring's layout); the
+    output's ``output_file`` comes with its rename (:func:`_output_file`), ``run``'s times
+    from :func:`process_file`."""
     config = detector.config
-    return {"input": task.source, "resolved": os.path.realpath(task.source),
+    mode = options.style.mode
+    return {"anonymised": mode != "none", "mode": mode, "masks_revision": MASKS_REVISION,
+            "version": software_version(),
+            "input": task.source, "resolved": os.path.realpath(task.source),
             "input_identity": identity, "output": task.output, "kind": task.kind,
             "model": model_identity(detector),
             "config": {"variant": config.variant, "prob_thresh": config.prob_thresh,
                        "nms_thresh": config.nms_thresh, "min_face": config.min_face,
                        "max_face": config.max_face, "pyramid": config.pyramid,
                        "size_refinement": config.size_refinement},
-            "options": _options_record(options)}
+            "options": _options_record(options),
+            "run": {"backend": options.backend, "providers": _providers(detector),
+                    "command": list(options.command)}}
+
+
+def _providers(detector: Detector) -> list[str] | None:
+    """The ONNX Runtime execution providers the detector's runner uses; None for a runner
+    that names none (TensorRT, torch, a test's fake)."""
+    providers = getattr(getattr(detector, "runner", None), "providers", None)
+    if isinstance(providers, (list, tuple)) and all(isinstance(p, str) for p in providers):
+        return list(providers)
+    return None
+
+
+#: :class:`Options` fields the sidecar records in ``run``, not in ``options``.
+AUDIT_ONLY = ("backend", "command")
 
 
 def _options_record(options: Options) -> dict[str, Any]:
-    """``options`` as the sidecar records them (JSON types)."""
-    return _jsonable(dataclasses.asdict(options))
+    """``options`` as the sidecar records them (JSON types; :data:`AUDIT_ONLY` left out)."""
+    record = dataclasses.asdict(options)
+    for key in AUDIT_ONLY:
+        record.pop(key, None)
+    return _jsonable(record)
 
 
 def _jsonable(value: Any) -> Any:
@@ -596,10 +745,13 @@ def _audit(detector: Detector, options: Options) -> AuditLog:
 
 @contextlib.contextmanager
 def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
-    """A temporary path to write ``task``'s output to, renamed to ``task.output`` when the
-    block succeeds, after a provisional sidecar of ``header`` (:func:`~.sidecar.write_claim`)
-    claims it; removed when the block fails. Its suffix is that of the output's format
-    (:data:`WRITTEN_AS`: ``.mp4`` for a ``.LRV`` output), as the writers pick formats by it."""
+    """A temporary path to write ``task``'s output to (its folder made), renamed to
+    ``task.output`` when the block succeeds, after ``header["output_file"]`` has recorded the
+    finished file's size and sha256 (:func:`~.sidecar.output_record`, one read of it) and a
+    provisional sidecar of ``header`` (:func:`~.sidecar.write_claim`) has claimed it; removed
+    when the block fails. Its suffix is that of the output's format (:data:`WRITTEN_AS`:
+    ``.mp4`` for a ``.LRV`` output), as the writers pick formats by it."""
+    Path(task.output).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(task.output) as tmp:
         alias = WRITTEN_AS.get(tmp.suffix.lower())
         staged = tmp.with_name(tmp.name + alias) if alias else tmp  # hidden and temporary too
@@ -610,6 +762,7 @@ def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
         finally:
             if staged != tmp:
                 staged.unlink(missing_ok=True)
+        header["output_file"] = output_record(tmp)
         write_claim(task.sidecar, **header)
 
 
@@ -617,20 +770,63 @@ def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
 Processed = tuple[AuditLog, dict[str, Any], list[str], list[str]]
 
 
+def _search_plan(config: DetectorConfig, height: int, width: int, what: str
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """The sidecar's ``pyramid`` record of a ``height`` x ``width`` ``what`` (an image, a
+    video's upright frames) and the notes about it.
+
+    Where no pyramid level runs on it (:func:`~tinyfaces_trt.core.pyramid.no_level_reason`),
+    the detector would return no boxes without looking: that is a note only when it is too
+    small to hold a face the detector can find (its shorter side below
+    :func:`~tinyfaces_trt.core.pyramid.face_size_bounds`' smallest, or ``min_face`` where
+    larger: a 1x1 image); else a :class:`TinyFacesError` (a 21000 px strip with
+    ``--pyramid fixed``: its faces would be written unmasked).
+    """
+    from tinyfaces_trt.core.pyramid import face_size_bounds
+
+    record = pyramid_record(height, width, config)
+    reason = record["no_level"]
+    if reason is None:
+        return record, []
+    smallest = face_size_bounds(config)[0]
+    if config.min_face is not None:
+        smallest = max(smallest, float(config.min_face))
+    why = reason.split(": it has no faces")[0]
+    if min(height, width) < smallest:
+        return record, [f"not searched for faces: {why}; the {what} is too small to hold a "
+                        f"face the detector can find ({smallest:.1f} px and up)"]
+    if "can produce faces of" in why:
+        hint = "; give a --min-face/--max-face range its levels can find"
+    elif config.pyramid == "fixed":
+        hint = "; --pyramid adaptive (the default) downscales it as far as it takes"
+    else:
+        hint = ""
+    raise TinyFacesError(f"not anonymised: {why}, so the detector cannot search the {what}, "
+                         f"which can hold faces of {smallest:.1f} px and up{hint}")
+
+
 def _process_image(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
                    ) -> Processed:
-    from tinyfaces_trt.runtime.imageio import load_image, save_image
+    from tinyfaces_trt.runtime.imageio import load_image_frames, save_image
 
-    image = load_image(task.source)  # EXIF orientation applied: the output is upright
+    # EXIF orientation applied: the output is upright; a multi-page file's first page only
+    image, pictures = load_image_frames(task.source)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    pyramid, notes = _search_plan(detector.config, height, width, "image")
     boxes = detect_with_progress(detector, image, Path(task.source).name, options.progress)
     frames = TemporalMasker(hold=0, iou=options.iou).push(0, boxes)
     audit = _audit(detector, options)
     header = _header(detector, task, options, identity)
+    header["pyramid"] = pyramid
+    header["image"] = {"width": width, "height": height}
+    header["image_frames"] = {"in_file": pictures, "kept": 1}
+    warnings = [] if pictures == 1 else [
+        f"holds {pictures} frames or pages; only the first is anonymised and written to "
+        f"{task.output} ({pictures - 1} left out)"]
     with _output_file(task, header) as tmp:
         save_image(tmp, render(image, frames[0], options, detector.config.coordinate_base))
     audit.add(frames[0], None)
-    header["image"] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
-    return audit, header, [], []
+    return audit, header, warnings, notes
 
 
 def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
@@ -692,26 +888,31 @@ def _process_video(detector: Detector, task: Task, options: Options, identity: d
 
     audit = _audit(detector, options)
     header = _header(detector, task, options, identity)
-    with VideoReader(task.source) as reader, _output_file(task, header) as tmp:
-        writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output,
-                             keep_audio=options.keep_audio, keep_metadata=options.keep_metadata)
-        bar = None
-        try:
-            bar = _progress_bar(task, reader.info.frames, options)
-            _anonymise_frames(detector, reader, writer, audit, options, bar)
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+    with VideoReader(task.source) as reader:
+        frame = reader.info.to_dict()  # detection runs on the upright frame
+        header["pyramid"], notes = _search_plan(detector.config, frame["upright_height"],
+                                                frame["upright_width"], "video's frames")
+        with _output_file(task, header) as tmp:
+            writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output,
+                                 keep_audio=options.keep_audio,
+                                 keep_metadata=options.keep_metadata)
+            bar = None
+            try:
+                bar = _progress_bar(task, reader.info.frames, options)
+                _anonymise_frames(detector, reader, writer, audit, options, bar)
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
     problems = list(reader.problems)  # complete once the frames are read
     header["video"] = reader.info.to_dict()
-    notes = [writer.withheld] if writer.withheld else []
-    header["dropped_streams"] = writer.dropped + notes
+    withheld = [writer.withheld] if writer.withheld else []
+    header["dropped_streams"] = writer.dropped + withheld
     header["input_problems"] = problems
-    return audit, header, writer.dropped + problems, notes
+    return audit, header, writer.dropped + problems, withheld + notes
 
 
 def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: AuditLog,

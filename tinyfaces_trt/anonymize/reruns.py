@@ -1,11 +1,14 @@
 """Reruns of tf-anonymize: whether an existing output is what this run would make.
 
 An output is skipped as done only when its sidecar records the same input file (size,
-modification time and sampled sha256: :func:`~.sidecar.input_identity`), the same
-pixel-changing options (:data:`PIXEL_OPTIONS`), the same network and the same detection
-settings (a :class:`~tinyfaces_trt.detector_record.DetectorRecord`) as the run: a clip a card
-dump replaced under the same name, a ``--mode none`` review copy, or one the untrained
-network made, is made again. An output whose sidecar names another path is the same input's
+modification time and sampled sha256: :func:`~.sidecar.input_identity`), the masking revision
+of this tf-anonymize (:data:`~.sidecar.MASKS_REVISION`), the output file as it is now (its
+size and sha256: :func:`~.sidecar.output_record`), the same pixel-changing options
+(:data:`PIXEL_OPTIONS`), the same network and the same detection settings (a
+:class:`~tinyfaces_trt.detector_record.DetectorRecord`) as the run: a clip a card dump
+replaced under the same name, an output an older version with a masking bug wrote, an output
+replaced by its original, a ``--mode none`` review copy, or one the untrained network made, is
+made again. An output whose sidecar names another path is the same input's
 when it records the identity of the file now given (:func:`same_file_elsewhere`: a card folder
 moved or remounted): it is skipped or made again under its name, not written anew as ``_2``.
 """
@@ -19,7 +22,7 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.anonymize.sidecar import input_identity, sampled
+from tinyfaces_trt.anonymize.sidecar import MASKS_REVISION, input_identity, output_record, sampled
 from tinyfaces_trt.detector_record import DetectorRecord, shown
 
 #: Options that change an output (its pixels, or what it carries: audio, metadata), per kind
@@ -41,12 +44,15 @@ def _pixel_options(options: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def redo_reason(sidecar: str | os.PathLike[str], kind: str, options: dict[str, Any],
                 detector: DetectorRecord | None = None,
-                source: str | os.PathLike[str] | None = None) -> str | None:
+                source: str | os.PathLike[str] | None = None,
+                output: str | os.PathLike[str] | None = None) -> str | None:
     """Why the existing output of ``sidecar`` (an ``kind`` input's) is not what a run with
     ``options`` (as the sidecar records options) and ``detector`` would make of ``source``:
     its sidecar is a run's unfinished claim, or records another input file (None: not
-    compared), other pixel-changing options, another network or other detection settings
-    (None: not compared), or none at all; None when it is the same."""
+    compared), another masking revision than :data:`~.sidecar.MASKS_REVISION` or none (an
+    older tf-anonymize), another size or sha256 than the file ``output`` has now (None: not
+    compared; :func:`output_change`), other pixel-changing options, another network or other
+    detection settings (None: not compared), or none at all; None when it is the same."""
     try:
         recorded = json.loads(Path(sidecar).read_text(encoding="utf-8"))
         if recorded.get("incomplete") is True:
@@ -58,6 +64,18 @@ def redo_reason(sidecar: str | os.PathLike[str], kind: str, options: dict[str, A
         changed_input = input_change(recorded.get("input_identity"), source)
         if changed_input:
             return changed_input
+    revision = recorded.get("masks_revision")
+    if revision != MASKS_REVISION:
+        which = "none recorded" if revision is None else f"revision {shown(revision)}"
+        age = "a newer" if isinstance(revision, int) and revision > MASKS_REVISION else \
+            "an older"
+        return (f"it was made by {age} masking revision ({which}; this tf-anonymize writes "
+                f"revision {MASKS_REVISION}): its masks may differ from what this version "
+                "writes")
+    if output is not None:
+        changed_output = output_change(recorded.get("output_file"), output)
+        if changed_output:
+            return changed_output
     now = _pixel_options(options, kind)
     changed = [f"{key} {shown(before.get(key))} (now {shown(value)})"
                for key, value in now.items() if before.get(key) != value]
@@ -92,6 +110,26 @@ def input_change(recorded: Any, source: str | os.PathLike[str]) -> str | None:
     if recorded.get("mtime_ns") != now["mtime_ns"] and sampled(now["size"]) == "ends":
         return (f"its input was modified since it was made (modified {_when(now['mtime_ns'])}, "
                 f"was {_when(recorded.get('mtime_ns'))})")
+    return None
+
+
+def output_change(recorded: Any, output: str | os.PathLike[str]) -> str | None:
+    """Why the file ``output`` may not be the one a sidecar ``recorded`` (its
+    ``output_file``: size and sha256) as written; None when it is. The file is read (hashed)
+    only when its size matches."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        return (f"its sidecar records no size or sha256 of {output}, so that file may not be "
+                "the one written")
+    try:
+        size = os.stat(output).st_size
+        if size != recorded.get("size"):
+            return (f"{output} is not the file tf-anonymize wrote (size {size} bytes, was "
+                    f"{shown(recorded.get('size'))}): it was replaced or changed since")
+        if output_record(output)["sha256"] != recorded["sha256"]:
+            return (f"{output} is not the file tf-anonymize wrote (same size, other sha256): "
+                    "it was replaced or changed since")
+    except OSError as exc:
+        return f"{output} cannot be read ({exc.strerror or exc})"
     return None
 
 

@@ -15,11 +15,33 @@ rotation applied): its ``video`` record gives that frame's size beside the store
 
 Layout (``format: "tinyfaces-anonymize/1"``)::
 
-    {"format", "input", "resolved" (the input's real path),
+    {"format",
+     "anonymised": false with ``--mode none`` (the output shows every face: boxes only),
+     else true; "mode": the mask mode (also in "options"),
+     "masks_revision" (:data:`MASKS_REVISION`: a rerun redoes an output of another one, or of
+     none: an older tf-anonymize), "version" (the tinyfaces-trt version that wrote it; for
+     audit only, not compared),
+     "input", "resolved" (the input's real path),
      "input_identity": {"size", "mtime_ns", "sample_sha256"} (the input as it was read: a rerun
      redoes an output whose input changed since), "output", "kind": "video"|"image",
+     "output_file": {"size", "sha256"} (the output as written, hashed from the finished file
+     just before its rename: a rerun redoes an output that no longer matches, e.g. replaced
+     by the original),
      "model", "config", "options" (a rerun redoes an output whose options differ),
-     "image": {"width", "height"} (image) |
+     "run": {"backend" (as tf-detect --json records it; null when unknown), "providers" (the
+     ONNX Runtime execution providers in use, null for other backends), "command" (the
+     process's command line, ``sys.argv``), "started", "finished" (UTC, ISO 8601, this input's
+     processing)},
+     "pyramid": {"rule", "scales" (of the levels that ran, in run order),
+     "smallest_face", "largest_face" (the face sizes, longer box side in input pixels, those
+     levels' templates can find with the config's size_refinement; null when none ran),
+     "nominal_smallest_face", "nominal_largest_face" (the same without refinement: the
+     templates' own sizes), "size_refinement", "no_level" (why no level ran, else null; only
+     an image too small to hold a face the detector can find passes so: a larger one, or a
+     video of such frames, fails, with no output)},
+     "image": {"width", "height"}, "image_frames": {"in_file" (the pictures the file holds:
+     pages, animation frames), "kept" (1: only the first is anonymised and written, the
+     others are left out, with a warning)} (image) |
      "video": {"width", "height" (the stored frame's), "rotation", "boxes_frame": "upright",
                "upright_width", "upright_height" (the frame the boxes are in), "time_base",
                "rate", "frames_announced" (the container's count, or where it has none an
@@ -40,6 +62,7 @@ is made again, not taken for a user's file.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -51,9 +74,17 @@ from tinyfaces_trt.core.files import write_text_atomic
 from tinyfaces_trt.runtime.results import rounded_box, rounded_score
 
 if TYPE_CHECKING:
+    from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.runtime.pipeline import Detector
 
 FORMAT = "tinyfaces-anonymize/1"
+#: The revision of what tf-anonymize writes for a given input, options and detector: bump it
+#: whenever a change makes those pixels differ (masks in ``runtime/masks.py``, the tracker's
+#: held and back-filled masks in ``tracking.py``, ``jobs.render``, the video writer), so that
+#: a rerun makes again every output an older revision wrote (a masking bug fixed there would
+#: otherwise stay in outputs a rerun keeps). Sidecars recording none were written before it was
+#: recorded (revision 1 and earlier: held masks that slid off a still face among them).
+MASKS_REVISION = 2
 #: Bytes of each end of an input hashed for its identity: the whole file when it is at most
 #: twice as long (photos), else its first and last MiB (a video's header, index and frames).
 SAMPLE_BYTES = 1 << 20
@@ -92,6 +123,74 @@ def write_claim(path: str | Path, **header: Any) -> None:
     claim = {"format": FORMAT, **{k: header[k] for k in CLAIM_FIELDS if k in header},
              "incomplete": True}
     write_text_atomic(path, json.dumps(claim, indent=1) + "\n")
+
+
+def software_version() -> str:
+    """The tinyfaces-trt version writing the sidecar (``tinyfaces_trt.__version__``)."""
+    import tinyfaces_trt
+
+    return str(tinyfaces_trt.__version__)
+
+
+def utc_now() -> str:
+    """The current UTC time as a sidecar records it: ISO 8601, milliseconds, ``Z``."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def output_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar's record of a finished output file: its ``size`` (bytes) and ``sha256``
+    (hex), from one read of the file.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def pyramid_record(height: int, width: int, config: DetectorConfig) -> dict[str, Any]:
+    """The sidecar's ``pyramid`` record of a ``height`` x ``width`` image (a video's upright
+    frame): the scales of the levels the detector runs (:func:`~tinyfaces_trt.core.pyramid.
+    plan_pyramid`), the smallest and largest face (longer box side, input pixels) their
+    templates can find (:func:`~tinyfaces_trt.core.pyramid.active_templates`,
+    :func:`~tinyfaces_trt.core.pyramid.template_face_sizes`: with the config's
+    ``size_refinement``, and nominal: the templates' own sizes), and why no level runs
+    (:func:`~tinyfaces_trt.core.pyramid.no_level_reason`; None when some do)."""
+    import numpy as np
+
+    from tinyfaces_trt.core.pyramid import (active_templates, no_level_reason, plan_pyramid,
+                                            template_face_sizes)
+
+    levels = plan_pyramid(height, width, config)
+    small: list[float] = []
+    large: list[float] = []
+    nominal_small: list[float] = []
+    nominal_large: list[float] = []
+    r = config.size_refinement
+    for level in levels:
+        active = active_templates(level.scale, config)
+        if not active.any():
+            continue
+        smallest, largest = template_face_sizes(level.scale, config)
+        small.append(float(np.min(smallest[active])))
+        large.append(float(np.max(largest[active])))
+        nominal_small.append(small[-1] * r)  # L / s, where smallest is L / (R s)
+        nominal_large.append(large[-1] / r)
+
+    def size(values: list[float], pick: Any) -> float | None:
+        return round(float(pick(values)), 1) if values else None
+
+    return {"rule": config.pyramid, "scales": [round(level.scale, 6) for level in levels],
+            "smallest_face": size(small, min), "largest_face": size(large, max),
+            "nominal_smallest_face": size(nominal_small, min),
+            "nominal_largest_face": size(nominal_large, max),
+            "size_refinement": r,
+            "no_level": None if levels else no_level_reason(height, width, config)}
 
 
 def model_identity(detector: Detector) -> dict[str, Any] | None:

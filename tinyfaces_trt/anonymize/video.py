@@ -1,7 +1,8 @@
 """Video in and out through PyAV (FFmpeg): decode ahead on a thread, encode on a thread.
 
-:class:`VideoReader` demuxes and decodes the first video stream on a thread, handing over RGB
-frames (with their pts) and the packets of the other streams. :class:`VideoWriter` encodes the
+:class:`VideoReader` demuxes and decodes the first video stream (an attached picture, cover
+art, is not one) on a thread, handing over RGB frames (with their pts) and the packets of the
+other streams. :class:`VideoWriter` encodes the
 processed frames on a thread with the input's time base and each frame's own pts (variable
 frame rate kept), at the input's resolution, rotation, sample aspect ratio and colour tags
 (the RGB <-> YUV conversions use the input's matrix and range), with the chapters and Matroska
@@ -114,6 +115,25 @@ def _lenient_metadata(av: Any) -> dict[str, str]:
     before 19 decodes it strictly unless ``metadata_errors`` says otherwise; 19 removed that
     option and always decodes with ``surrogateescape``."""
     return {"metadata_errors": "replace"} if version_tuple(av.__version__) < (19,) else {}
+
+
+#: FFmpeg's AV_DISPOSITION_ATTACHED_PIC: a "video stream" that is one picture stored with the
+#: file (an MP4's cover art, a Matroska image attachment), not the video.
+_ATTACHED_PIC = 0x0400
+
+
+def is_attached_picture(stream: Any) -> bool:
+    """Whether ``stream`` is an attached picture (cover art) rather than video (a PyAV without
+    ``Stream.disposition`` cannot tell: False)."""
+    return bool(int(getattr(stream, "disposition", 0) or 0) & _ATTACHED_PIC)
+
+
+def pick_video_stream(streams: Any) -> Any | None:
+    """The video stream to anonymise among ``streams`` (a container's ``streams.video``): the
+    first that is not an attached picture (cover art, one still image: taking it made a
+    one-frame output and dropped the video); None when there is none. The other video
+    streams, attached pictures included, are never copied (:class:`VideoWriter` names them)."""
+    return next((s for s in streams if not is_attached_picture(s)), None)
 
 
 def rotation_turns(rotation: float) -> int:
@@ -293,7 +313,8 @@ class _Reorder:
 
 
 class VideoReader:
-    """Decodes the first video stream of ``path`` ahead of use on a thread.
+    """Decodes the first video stream of ``path`` ahead of use on a thread (the first that is
+    not an attached picture: :func:`pick_video_stream`).
 
     Use as a context manager; iterate :meth:`frames`. Packets of the other streams are
     collected in :attr:`passthrough` for :class:`VideoWriter`. A packet the decoder rejects
@@ -312,10 +333,14 @@ class VideoReader:
             self.container = av.open(str(self.path), "r", **_lenient_metadata(av))
         except Exception as exc:  # noqa: BLE001 (translated or re-raised)
             _raise_from(exc, self.path, "open the video", hint=_open_hint(exc))
-        if not self.container.streams.video:
+        stream = pick_video_stream(self.container.streams.video)
+        if stream is None:
+            pictures = len(self.container.streams.video)
             self.container.close()
-            raise VideoError(f"{self.path}: holds no video stream")
-        self.stream = self.container.streams.video[0]
+            raise VideoError(f"{self.path}: holds no video stream" + (
+                f", only {_plural(pictures, 'attached picture')} (cover art), which is not "
+                f"anonymised" if pictures else ""))
+        self.stream = stream
         self.stream.thread_type = "AUTO"
         self.others = [s for s in self.container.streams if s.index != self.stream.index
                        and s.type in ("audio", "subtitle", "data")]
@@ -829,6 +854,9 @@ class VideoWriter:
     def _add_copy(self, source: Any) -> str | None:
         """Adds a copy of ``source``; why it is not copied, None when it is (or rewritten)."""
         suffix = self.path.suffix.lower()
+        if source.type == "video" and is_attached_picture(source):
+            return ("an attached picture (cover art) is not anonymised: copying it would keep "
+                    "its faces visible")
         if source.type == "video":
             return ("only the first video stream is anonymised: copying this one would keep "
                     "its faces visible")

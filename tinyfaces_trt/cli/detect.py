@@ -54,6 +54,7 @@ from tinyfaces_trt.cli.detect_plan import (
     write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
 
 if TYPE_CHECKING:
     from tinyfaces_trt.detectors import DetectorSpec
@@ -114,11 +115,15 @@ setup failed (errors are listed on stderr, other images are still processed),
                              "of one line per image (default: lines)")
     anon = parser.add_mutually_exclusive_group()
     anon.add_argument("--blur", action="store_true",
-                      help="write <name>_blurred.jpg|png with every face blurred, and no copy "
-                           "showing the faces unless --draw (needs --out)")
-    anon.add_argument("--pixelate", action="store_true",
-                      help="write <name>_pixelated.jpg|png with every face pixelated, and no "
+                      help="write <name>_blurred.jpg|png with every face blurred (each box "
+                           f"enlarged {ANONYMIZE_STYLE.scale:g}x about its centre, as "
+                           "tf-anonymize does: a detected box is tight around the face), and no "
                            "copy showing the faces unless --draw (needs --out)")
+    anon.add_argument("--pixelate", action="store_true",
+                      help="write <name>_pixelated.jpg|png with every face pixelated (each box "
+                           f"enlarged {ANONYMIZE_STYLE.scale:g}x about its centre, as "
+                           "tf-anonymize does), and no copy showing the faces unless --draw "
+                           "(needs --out)")
     parser.add_argument("--draw", action="store_true",
                         help="with --blur/--pixelate, also write <name>_boxes.jpg|png, the "
                              "ORIGINAL image with boxes drawn, faces visible (default: off when "

@@ -261,6 +261,8 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     """Writes the planned files (each atomically), except those in ``keep``; returns the
     paths written. ``base``: the first pixel's coordinate in ``boxes`` (1.0 for the
     matconvnet variant's 1-based boxes; masks and drawings are placed in 0-based pixels).
+    The anonymised copy masks each box enlarged as tf-anonymize's (``ANONYMIZE_STYLE.scale``,
+    1.3x about its centre: a detected box is tight around the face).
 
     Raises:
         TinyFacesError: naming every file that could not be written (the others are
@@ -268,6 +270,7 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     """
     from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
     from tinyfaces_trt.runtime.imageio import save_image
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
 
     try:
         plan.detections.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +282,8 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
         (plan.anonymised, lambda path: save_image(
-            path, hide(image, boxes, base=base), jpeg_quality=jpeg_quality)),
+            path, hide(image, boxes, base=base, scale=ANONYMIZE_STYLE.scale),
+            jpeg_quality=jpeg_quality)),
         (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes, base=base),
                                              jpeg_quality=jpeg_quality)),
     ]
