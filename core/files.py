@@ -8,6 +8,7 @@ so an interrupted run or a full disk never leaves a truncated file under a final
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -17,6 +18,8 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -77,14 +80,48 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 #: Prefix of every temporary file and staging folder; hidden, so folder walks skip them.
 #: The writing process's id and host follow (``.tf-tmp-<pid>.<host>-...``), so that leftovers
 #: of a killed run can be told from the work of a live one (:func:`remove_stale_temporaries`),
-#: and the work of another machine sharing the folder is left alone.
+#: and the recent work of another machine sharing the folder is left alone.
 TEMP_PREFIX = ".tf-tmp-"
+#: Age in seconds (24 h) after which a temporary of another host (``<host>`` not this
+#: machine's) is removed as stale: whether its writer lives cannot be checked from here, and a
+#: container gets a new host name each time it starts, so the leftovers of a killed run in a
+#: volume would otherwise stay for ever. The age is that of the newest modification of the
+#: entry (of a staging folder: of the folder or of a file directly in it); no export, build or
+#: output write leaves its temporary unmodified for that long.
+FOREIGN_TEMPORARY_AGE_S = 24 * 3600
 #: This machine in temporary names: the first 8 hex digits of its host name's sha1.
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 #: ``.tf-tmp-<pid>[.<host>]-`` (groups: pid, host): names written before the host was
 #: recorded have none.
 _OWNER = re.escape(TEMP_PREFIX) + r"(\d+)(?:\.([0-9a-f]{8}))?-"
 _TEMP_OWNER = re.compile(_OWNER)
+#: What :func:`replace_folder` moves a folder aside to: ``.tf-tmp-<pid>.<host>-old-<8 random
+#: characters>-<the folder's name>`` (group 3: that name), so that the cleanup can put a folder
+#: back where a killed run left it aside (:func:`remove_stale_temporaries`).
+_ASIDE_TAG = "old-"
+_TEMP_ASIDE = re.compile(_OWNER + re.escape(_ASIDE_TAG) + r"[a-z0-9_]{8}-(.+)\Z", re.DOTALL)
+
+#: Names of the temporaries this process made (:func:`_create_unique`) and has not yet renamed
+#: or removed: an entry with this process's id is its work only if listed here (a restarted
+#: container's process often has the id of the killed one, e.g. 1).
+_MINE: dict[str, Path] = {}
+_MINE_LOCK = threading.Lock()
+
+
+def _forget(path: Path) -> None:
+    """Drops ``path`` from this process's temporaries (renamed or removed)."""
+    with _MINE_LOCK:
+        _MINE.pop(path.name, None)
+
+
+def _is_mine(name: str) -> bool:
+    """Whether this process made the temporary ``name`` and it still exists (entries whose
+    folder removed them without :func:`discard_temporary` are dropped here)."""
+    with _MINE_LOCK:
+        for known, path in list(_MINE.items()):
+            if not os.path.lexists(path):
+                del _MINE[known]
+        return name in _MINE
 
 
 def _owner_prefix() -> str:
@@ -106,6 +143,8 @@ def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Pat
             create(path)
         except FileExistsError:
             continue
+        with _MINE_LOCK:
+            _MINE[path.name] = path
         return path
     raise FileExistsError(f"no free temporary name in {parent}")
 
@@ -203,6 +242,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        _forget(tmp)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -220,16 +261,26 @@ def staging_dir(parent: str | os.PathLike[str], tag: str) -> Path:
     """Creates and returns a new hidden staging folder ``<parent>/.tf-tmp-<pid>.<host>-<tag>-XXXX``.
 
     Build a folder's content there, then move it into place with :func:`replace_folder`;
-    remove it (``shutil.rmtree``) when the work fails. It gets a new folder's usual mode, the
-    process's umask applied when it is made (not mkdtemp's 0700: an export folder others on
-    shared storage, or a service's account, could not read).
+    remove it (:func:`discard_temporary`) when the work fails. It gets a new folder's usual
+    mode, the process's umask applied when it is made (not mkdtemp's 0700: an export folder
+    others on shared storage, or a service's account, could not read).
     """
     return _create_unique(Path(parent), f"{_owner_prefix()}{tag}-", "", _new_folder)
 
 
+def discard_temporary(path: str | os.PathLike[str]) -> None:
+    """Removes a staging folder (:func:`staging_dir`) or temporary file of this process, if
+    it is still there, and forgets it; errors are ignored."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    _forget(path)
+
+
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -239,13 +290,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _newest_change(entry: Path) -> float:
+    """The newest modification time of ``entry`` and, for a folder, of what is directly in
+    it (a staging folder being written); +inf where it cannot be read (judged recent)."""
+    try:
+        newest = entry.lstat().st_mtime
+        if entry.is_dir() and not entry.is_symlink():
+            with os.scandir(entry) as inside:
+                for item in inside:
+                    newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        return float("inf")
+    return newest
+
+
+def _writer_gone(entry: Path, pid: int, host: str | None) -> bool:
+    """Whether the process that made the temporary ``entry`` is gone (or cannot be told from
+    here and the entry is older than :data:`FOREIGN_TEMPORARY_AGE_S`)."""
+    if host not in (None, HOST_TAG):  # another machine, or this container before a restart
+        return time.time() - _newest_change(entry) > FOREIGN_TEMPORARY_AGE_S
+    if pid == os.getpid():  # this process's only if it made it: an earlier one had this id
+        return not _is_mine(entry.name)
+    return not _pid_alive(pid)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Removes the temporary files and staging folders that runs killed before they could
     clean up left directly in ``folder`` (their writer process is gone); returns them.
 
-    Entries of live processes (this one included) are kept, so concurrent runs are safe on
-    one machine; entries of other machines (another host in the name) are kept too, since
-    this one cannot tell whether their writer lives. Nothing else is touched; a missing
+    Entries of live processes are kept, so concurrent runs are safe on one machine; an entry
+    with this process's id is kept only if this process made it (a restarted container's
+    process often gets the id of the killed one). Entries of other machines (another host in
+    the name: a machine sharing the folder, or this container before it restarted with a new
+    host name) are kept while recent, as this one cannot tell whether their writer lives, and
+    removed once unmodified for :data:`FOREIGN_TEMPORARY_AGE_S` (24 h).
+
+    A folder that :func:`replace_folder` had moved aside when its run was killed is put back
+    under its name (with a logged warning) where that name is free, not removed: the kill fell
+    between moving the old folder aside and the new one in. Nothing else is touched; a missing
     folder is no error.
     """
     removed: list[Path] = []
@@ -255,7 +337,14 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP_OWNER.match(entry.name)
-        if m is None or m.group(2) not in (None, HOST_TAG) or _pid_alive(int(m.group(1))):
+        if m is None:
+            continue
+        pid, host = int(m.group(1)), m.group(2)
+        # another machine's folder left aside is put back at once where its name is free: a
+        # live writer is between two renames for an instant only
+        if host not in (None, HOST_TAG) and _restored(entry):
+            continue
+        if not _writer_gone(entry, pid, host) or _restored(entry):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -267,6 +356,71 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
             continue
         removed.append(entry)
     return removed
+
+
+def _restored(entry: Path) -> bool:
+    """Puts a folder that :func:`replace_folder` moved aside back under its name when that
+    name is free; whether it is to stay out of the removal (put back, or kept as putting it
+    back failed)."""
+    m = _TEMP_ASIDE.match(entry.name)
+    if m is None:
+        return False
+    target = entry.with_name(m.group(3))
+    if os.path.lexists(target):  # the new folder is in place: the old one is what to remove
+        return False
+    try:
+        os.rename(entry, target)
+    except OSError as exc:
+        log.warning("cannot put %s back to %s, where an interrupted run had moved it aside: %s",
+                    entry, target, exc.strerror or exc)
+        return True  # kept: it may be the only copy of that folder
+    log.warning("restored %s: an interrupted run had moved it aside (to %s) to replace it",
+                target, entry.name)
+    return True
+
+
+def _mount_points() -> set[str]:
+    """The mount points of this process (Linux: ``/proc/self/mountinfo``, which also lists
+    the bind mounts :func:`os.path.ismount` cannot see); empty where it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:  # octal escapes: \040 is a space
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            points.add(os.fsdecode(raw))
+    return points
+
+
+def staging_inside_reason(target: str | os.PathLike[str]) -> str | None:
+    """Why a new content for the existing folder ``target`` cannot be built beside it and
+    swapped in (:func:`staging_dir` in its parent, then :func:`replace_folder`); None where it
+    can (also when ``target`` is no folder).
+
+    The reasons: ``target`` is a mount point (a Docker or Kubernetes volume: renaming it fails
+    with EBUSY), it is on another file system than its parent (a rename across them fails
+    with EXDEV), or its parent is not writable (a read-only root file system around a
+    volume). Such a folder's new content is built in a staging folder inside it and its files
+    are moved in one by one.
+    """
+    if not Path(target).is_dir():
+        return None
+    real = Path(os.path.realpath(target))
+    parent = real.parent
+    if real == parent or os.path.ismount(real) or str(real) in _mount_points():
+        return "it is a mount point"
+    try:
+        if real.stat().st_dev != parent.stat().st_dev:
+            return f"it is on another file system than {parent}"
+    except OSError:
+        pass
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def remove_stale_temporaries_under(root: str | os.PathLike[str]) -> list[Path]:
@@ -283,29 +437,43 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
     """Moves the complete folder ``staging`` to ``target``, replacing what was there.
 
     ``target`` missing: one atomic rename. ``target`` present: it is first renamed aside
-    (a hidden name beside it), then ``staging`` is renamed into place and the old folder is
-    deleted; if the second rename fails the old folder is put back. At every instant
-    ``target`` is the old folder, the new one, or (for the moment between two renames)
-    absent: never a mix of both. Both must be on one file system (stage beside the target).
-    A symbolic link at ``target`` is replaced itself (the folder it points to is kept); to
-    replace that folder, pass its real path.
+    (a hidden name beside it, ``.tf-tmp-<pid>.<host>-old-XXXXXXXX-<target's name>``), then
+    ``staging`` is renamed into place and the old folder is deleted; if the second rename
+    fails the old folder is put back. At every instant ``target`` is the old folder, the new
+    one, or (for the moment between two renames) absent: never a mix of both. A run killed in
+    that moment leaves ``target`` missing; the next :func:`remove_stale_temporaries` of its
+    folder puts the old one back. Both must be on one file system (stage beside the target),
+    and ``target`` must not be a mount point (it cannot be renamed). A symbolic link at
+    ``target`` is replaced itself (the folder it points to is kept); to replace that folder,
+    pass its real path.
     """
     staging, target = Path(staging), Path(target)
     if not target.exists() and not target.is_symlink():
         os.replace(staging, target)
+        _forget(staging)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f"{_owner_prefix()}old-", dir=target.parent))
-    aside.rmdir()  # only its unique name is wanted
-    os.replace(target, aside)
+    prefix = f"{_owner_prefix()}{_ASIDE_TAG}"
     try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(aside, target)
-        raise
-    if aside.is_symlink():  # rmtree refuses a link (and ignore_errors left it behind)
-        aside.unlink()
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
+        aside = _create_unique(target.parent, prefix, f"-{target.name}", _new_folder)
+    except OSError as exc:  # a name near the length limit: an aside that is not restored
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        aside = _create_unique(target.parent, prefix, "", _new_folder)
+    try:
+        aside.rmdir()  # only its unique name is wanted
+        os.replace(target, aside)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(aside, target)
+            raise
+        _forget(staging)
+        if aside.is_symlink():  # rmtree refuses a link (and ignore_errors left it behind)
+            aside.unlink()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:  # what is left of it (a failed put-back) is the cleanup's to restore
+        _forget(aside)
 
 
 def written_for_another(record: str | os.PathLike[str], key: str,

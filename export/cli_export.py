@@ -42,7 +42,12 @@ Exit codes:
   {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (likewise)
 
 A failed or interrupted export leaves the previous --out folder as it was. An --out that is a
-symbolic link is followed: the folder it points to is replaced, the link kept.
+symbolic link is followed: the folder it points to is replaced, the link kept. An --out that
+cannot be swapped whole -- a mount point (a Docker or Kubernetes volume), a folder on another
+file system than its parent, or one under a read-only folder -- is written in place: the
+export is built in a hidden folder inside it, then its files are moved in one by one,
+manifest.json last (a failed move puts the previous files back; an export killed during the
+moves leaves a folder that loading refuses until the next export).
 
 Examples:
   tf-export --weights checkpoint_50.pth --out out/ --fp16

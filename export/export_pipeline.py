@@ -6,9 +6,13 @@ duration when it ends.
 
 Everything is written into a hidden staging folder beside ``out_dir`` and swapped in whole
 when complete (:func:`~tinyfaces_trt.core.files.replace_folder`), so an interrupted export or
-a full disk leaves the previous folder untouched, never a mix of old and new files. A failed
-or impossible engine build leaves a previous folder as it was too (its engine may be hours
-of work); only a new (or empty) ``out_dir`` gets the complete ONNX folder before the error.
+a full disk leaves the previous folder untouched, never a mix of old and new files. Where
+``out_dir`` cannot be swapped (a mount point such as a container's volume, another file system
+than its parent, a read-only parent: decided before any work) the staging folder is made
+inside it and the files are moved in one by one, the manifest last; a failed move puts the
+previous files back (a kill during those moves leaves a mix its manifest's checksums refuse).
+A failed or impossible engine build leaves a previous folder as it was too (its engine may be
+hours of work); only a new (or empty) ``out_dir`` gets the complete ONNX folder before the error.
 An ``out_dir`` that is a symbolic link is followed: the folder it points to is replaced, the
 link kept. The manifest records each file's sha256 and size, which loading checks.
 """
@@ -16,11 +20,11 @@ link kept. The manifest records each file's sha256 and size, which loading check
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,8 +36,9 @@ import onnx
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, is_text_path, remove_stale_temporaries,
-                                      replace_folder, staging_dir)
+from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, discard_temporary, is_text_path,
+                                      remove_stale_temporaries, replace_folder, staging_dir,
+                                      staging_inside_reason)
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.config import DetectorConfig, is_integer, is_real
 from tinyfaces_trt.core.errors import BackendUnavailableError, ConfigError, TinyFacesError, WeightsError
@@ -112,34 +117,115 @@ _EXPORT_NAMES = frozenset({MANIFEST_NAME, *DEFAULT_FILE_NAMES.values()})
 def _commit(staging: Path, out: Path, log: Log) -> None:
     """Moves the finished export in ``staging`` to ``out``.
 
-    ``out`` missing, empty or an export folder (manifest and model files only): swapped in
-    whole. ``out`` holding other files (the user's): those are kept; the old manifest is
-    removed first, the model files are renamed in, stale model files removed, and the new
-    manifest renamed in last, so the folder never loads as a mix (the manifest's checksums
-    would refuse one anyway).
+    ``staging`` beside ``out`` and ``out`` missing, empty or an export folder (manifest and
+    model files only): swapped in whole. ``staging`` inside ``out`` (a mount point, ...: see
+    :func:`~tinyfaces_trt.core.files.staging_inside_reason`), or ``out`` holding other files
+    (the user's, which are kept): the files are moved in one by one, manifest last
+    (:func:`_move_in`).
+
+    Raises:
+        TinyFacesError: a rename failed, naming ``out`` and the reason; ``out`` is as it was
+            (else the message says what is left).
     """
     others = [p.name for p in out.iterdir() if p.name not in _EXPORT_NAMES
               and not p.name.startswith(TEMP_PREFIX)] if out.is_dir() else []
-    if not others:
-        replace_folder(staging, out)
+    if staging.parent != out and not others:
+        existed = os.path.lexists(out)
+        try:
+            replace_folder(staging, out)
+        except OSError as exc:
+            if not existed:
+                left = "nothing was exported"
+            elif os.path.lexists(out):
+                left = f"{out} is left as it was"
+            else:  # the put-back failed too: the cleanup of the next export restores it
+                left = (f"the previous {out} could not be put back: it is in a hidden "
+                        f"{TEMP_PREFIX}* folder beside it, which the next tf-export puts back")
+            raise _write_error(out, exc, left) from exc
         return
-    log(f"{out} also holds other files ({', '.join(sorted(others)[:3])}...): replacing the "
-        "export files one by one, manifest last")
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    new = {p.name for p in staging.iterdir()}
-    for name in sorted(new - {MANIFEST_NAME}):
-        os.replace(staging / name, out / name)
-    for name in DEFAULT_FILE_NAMES.values():
-        if name not in new and (out / name).is_file():
-            (out / name).unlink()
-            log(f"removed {out / name} left by an earlier export")
-    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
-    shutil.rmtree(staging, ignore_errors=True)
+    if others:
+        log(f"{out} also holds other files ({', '.join(sorted(others)[:3])}...): replacing the "
+            "export files one by one, manifest last")
+    _move_in(staging, out, log)
+
+
+def _write_error(out: Path, exc: OSError, left: str) -> TinyFacesError:
+    """The one-line error of a failed commit into ``out``."""
+    hint = ""
+    if exc.errno in (errno.EXDEV, errno.EBUSY):
+        hint = (" (a mount point, or on another file system than the folder above it: if this "
+                "persists, export into a new folder inside it)")
+    return TinyFacesError(f"cannot write the export folder {out}: {exc.strerror or exc}{hint}; "
+                          f"{left}")
+
+
+def _move_in(staging: Path, out: Path, log: Log) -> None:
+    """Moves the files of ``staging`` (on ``out``'s file system) into ``out`` one by one.
+
+    The previous export's file of each name, and its model files the new export lacks, are
+    first moved into a hidden folder inside ``staging``; the previous manifest stays in place
+    until the new one replaces it in one rename, last. Until then the folder loads as the
+    previous export or not at all (a mix: its manifest's checksums refuse the new files), and
+    any failure (an OSError, an interrupt) moves the previous files back before it propagates.
+    """
+    new = sorted(p.name for p in staging.iterdir()
+                 if p.name != MANIFEST_NAME and not p.name.startswith(TEMP_PREFIX))
+    stale = [name for name in DEFAULT_FILE_NAMES.values()
+             if name not in new and (out / name).is_file()]
+    aside = staging / ".previous"
+    put_aside: list[str] = []  # the previous export's files, now in ``aside``
+    moved_in: list[str] = []  # the new files, now in ``out``
+    try:
+        aside.mkdir()
+        for name in new:
+            if os.path.lexists(out / name):
+                os.replace(out / name, aside / name)
+                put_aside.append(name)
+            os.replace(staging / name, out / name)
+            moved_in.append(name)
+        for name in stale:
+            os.replace(out / name, aside / name)
+            put_aside.append(name)
+        os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)  # the new export is in
+    except BaseException as exc:
+        problem = _move_back(out, aside, put_aside, moved_in)
+        if problem is not None:
+            left = (f"moving the previous files back failed too ({problem.strerror or problem}): "
+                    f"{out} holds a mix that loading refuses (its manifest's checksums); export "
+                    f"again")
+        else:
+            left = f"the previous export in {out} is left as it was"
+        if isinstance(exc, OSError):
+            raise _write_error(out, exc, left) from exc
+        raise
+    for name in stale:
+        log(f"removed {out / name} left by an earlier export")
+    discard_temporary(staging)
+
+
+def _move_back(out: Path, aside: Path, put_aside: list[str],
+               moved_in: list[str]) -> OSError | None:
+    """Undoes :func:`_move_in`'s renames: the new files out, the previous ones back; the first
+    error, if any (the rest is still tried)."""
+    problem = None
+    for name in moved_in:
+        if name not in put_aside:  # the previous export had no such file
+            try:
+                (out / name).unlink()
+            except OSError as exc:
+                problem = problem or exc
+    for name in put_aside:
+        try:
+            os.replace(aside / name, out / name)
+        except OSError as exc:
+            problem = problem or exc
+    return problem
 
 
 def _holds_anything(folder: Path) -> bool:
-    """Whether ``folder`` is a folder with something in it (a previous export, the user's files)."""
-    return folder.is_dir() and next(folder.iterdir(), None) is not None
+    """Whether ``folder`` is a folder with something in it (a previous export, the user's
+    files; not another run's temporaries)."""
+    return folder.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in folder.iterdir())
 
 
 def _export_folder(given: Path, log: Log) -> Path:
@@ -329,6 +415,10 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
     out = _export_folder(given, log)
+    # first: it may put back the previous folder a killed run had moved aside
+    for folder in (out.parent, out):  # in out: a killed in-place export's staging folder
+        for stale in remove_stale_temporaries(folder):
+            log(f"removed {stale} left by an interrupted run")
     previous = _holds_anything(out)
     if engine and previous and (problem := tensorrt_problem()) is not None:
         raise TensorRTUnavailableError(  # an export without the engine may not replace one
@@ -336,9 +426,12 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             f"exported); re-run with --engine on a machine with TensorRT >= 10, or without "
             f"--engine to replace its ONNX files")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temporaries(out.parent):
-        log(f"removed {stale} left by an interrupted run")
-    staging = staging_dir(out.parent, "export")
+    # decided before the work: a commit that cannot happen must not fail after an hour's build
+    inside = staging_inside_reason(out)
+    if inside is not None:
+        log(f"{out}: {inside}; building the export in a hidden folder inside it, then moving "
+            f"the files in one by one, manifest last")
+    staging = staging_dir(out if inside is not None else out.parent, "export")
     say = (lambda line: log(line.replace(str(staging), str(out))))
     try:
         manifest, pending = _export_into(
@@ -352,12 +445,12 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             raise pending
         _commit(staging, out, log)
     except TinyFacesError as exc:  # its message may name the staging folder
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_temporary(staging)
         exc.args = tuple(a.replace(str(staging), str(out)) if isinstance(a, str) else a
                          for a in exc.args)
         raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_temporary(staging)
         raise
     log(f"export folder complete: {out}")
     if pending is not None:

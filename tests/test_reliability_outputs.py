@@ -446,19 +446,24 @@ def test_a_run_removes_what_killed_runs_left_in_its_out_folder(capsys, photos, e
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    for run, out in ((lambda o: main([str(photos / "p0.jpg"), "--model", str(export_dir),
-                                      "--out", str(o)]), tmp_path / "detect"),
-                     (lambda o: anonymize([str(photos / "p0.jpg"), "--model", str(export_dir),
-                                           "--out", str(o), "--quiet"]), tmp_path / "anon")):
-        (out / "sub").mkdir(parents=True)
-        stale = [out / f".tf-tmp-{dead}.{files.HOST_TAG}-abcd1234-clip.mp4",
-                 out / "sub" / f".tf-tmp-{dead}.{files.HOST_TAG}-efgh5678-p.json"]
-        live = out / f".tf-tmp-{os.getpid()}.{files.HOST_TAG}-ijkl9012-x.json"
-        for path in stale + [live]:
-            path.write_bytes(b"half")
-        assert run(out) == 0
-        capsys.readouterr()
-        assert not any(p.exists() for p in stale) and live.exists()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        for run, out in ((lambda o: main([str(photos / "p0.jpg"), "--model", str(export_dir),
+                                          "--out", str(o)]), tmp_path / "detect"),
+                         (lambda o: anonymize([str(photos / "p0.jpg"), "--model", str(export_dir),
+                                               "--out", str(o), "--quiet"]), tmp_path / "anon")):
+            (out / "sub").mkdir(parents=True)
+            stale = [out / f".tf-tmp-{dead}.{files.HOST_TAG}-abcd1234-clip.mp4",
+                     out / "sub" / f".tf-tmp-{dead}.{files.HOST_TAG}-efgh5678-p.json"]
+            live = out / f".tf-tmp-{writer.pid}.{files.HOST_TAG}-ijkl9012-x.json"
+            for path in stale + [live]:
+                path.write_bytes(b"half")
+            assert run(out) == 0
+            capsys.readouterr()
+            assert not any(p.exists() for p in stale) and live.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_anonymize_leaves_no_empty_out_and_names_every_skip(capsys, photos, export_dir, tmp_path):
@@ -481,8 +486,9 @@ def test_anonymize_leaves_no_empty_out_and_names_every_skip(capsys, photos, expo
 
 def test_stale_temporaries_are_judged_only_for_this_machine(tmp_path):
     """A folder shared by machines (an NFS home holding the cache): the leftovers of this
-    machine's dead processes are removed; another machine's temporaries are kept, whatever
-    this machine's process table says about their process id."""
+    machine's dead processes are removed; another machine's recent temporaries are kept,
+    whatever this machine's process table says about their process id. One with this
+    process's id is kept only if this process made it (tests/test_export_staging.py)."""
     import hashlib
     import socket
 
@@ -493,19 +499,21 @@ def test_stale_temporaries_are_judged_only_for_this_machine(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     other = "0123abcd" if host != "0123abcd" else "fedc9876"
+    mine = files.staging_dir(tmp_path, "export")
     names = {f".tf-tmp-{dead}.{host}-export-a1": "removed",     # this machine, writer gone
              f".tf-tmp-{dead}-export-b2": "removed",             # before hosts were recorded
-             f".tf-tmp-{dead}.{other}-export-c3": "kept",         # another machine's
-             f".tf-tmp-{os.getpid()}.{host}-export-d4": "kept",  # this process's
+             f".tf-tmp-{dead}.{other}-export-c3": "kept",         # another machine's, recent
+             f".tf-tmp-{os.getpid()}.{host}-export-d4": "removed",  # not made by this process
              "model.onnx": "kept"}
     for name in names:
         (tmp_path / name).mkdir()
+    names[mine.name] = "kept"  # this process's
     removed = files.remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted(n for n, v in names.items() if v == "removed")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, v in names.items()
                                                                 if v == "kept")
     # what this process writes carries this machine, and temporaries_of finds it
-    staging = files.staging_dir(tmp_path, "export")
+    staging = mine
     assert staging.name.startswith(f".tf-tmp-{os.getpid()}.{host}-export-")
     with files.atomic_output(tmp_path / "photo.json") as tmp:
         assert tmp.name.startswith(f".tf-tmp-{os.getpid()}.{host}-")
