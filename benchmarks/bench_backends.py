@@ -553,26 +553,34 @@ def _factory_device(backend: str) -> Callable[[BenchContext], Pipeline]:
                        f"{', '.join(detectors.BACKENDS)})")
         det = detectors.create_detector(backend, model_dir=ctx.export_folder().path,
                                         cache_dir=ctx.cache_dir)
+        precision = getattr(det.runner, "precision", None)  # "tf32" on ORT's TensorRT EP
+        if isinstance(precision, str):
+            _PRECISION_RAN[backend] = precision
         return DetectorBench(det, uses_gpu=True, closers=(det,),
                              copies_note=f"as create_detector({backend!r}) builds it")
     return build
 
 
-def _onnxruntime(providers: list[str] | None) -> Callable[[BenchContext], Pipeline]:
+def _onnxruntime(providers: list[str] | None, name: str = "") -> Callable[[BenchContext], Pipeline]:
+    """ONNX Runtime on ``providers`` (None: the CPU) with numpy stages; the precision its
+    session runs the fp32 export at is recorded under the backend ``name``
+    (:data:`_PRECISION_RAN`)."""
     def build(ctx: BenchContext) -> Pipeline:
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
         from tinyfaces_trt.runtime.backends.ort_tensorrt import TensorrtEpSettings
 
         folder = ctx.export_folder()
         # the TensorRT EP, where asked for, builds one engine for the profile of the
-        # tensorrt rows' engines
+        # tensorrt rows' engines; the CUDA EP runs the fp32 export in fp32 (use_tf32 "0")
         tensorrt = TensorrtEpSettings(ctx.engine_profile(), folder.input_name,
                                       cache_dir=ctx.cache_dir, progress=ctx.log)
         runner = OnnxRuntimeRunner(folder.onnx_path(), providers=providers, threads=ctx.threads,
-                                   tensorrt=tensorrt)
+                                   tensorrt=tensorrt, fp16=False)
         if providers and runner.providers[0] != providers[0]:
             raise Skip(f"onnxruntime could not start {providers[0]} (session runs on "
                        f"{runner.providers})")
+        if name:
+            _PRECISION_RAN[name] = runner.precision
         gpu = providers is not None
         return DetectorBench(Detector(runner, ctx.config), uses_gpu=gpu,
                              copies_note="copies inside network (ONNX Runtime session)" if gpu else "")
@@ -607,13 +615,67 @@ def _tensorrt(fp16: bool, cuda_stages: bool) -> Callable[[BenchContext], Pipelin
     return build
 
 
+#: The precision each ONNX Runtime GPU backend's last build ran at, as its session says
+#: (``"tf32"``: the fp32 export with TF32 convolutions, on ONNX Runtime's TensorRT EP).
+_PRECISION_RAN: dict[str, str] = {}
+
+
+def _ran_or(name: str, expected: Callable[[], str]) -> Callable[[], str]:
+    """The precision the backend ``name`` ran at once built here, else ``expected()``."""
+    return lambda: _PRECISION_RAN.get(name) or expected()
+
+
+def _ort_cuda_backend_precision() -> str:
+    """What ``create_detector('onnxruntime-cuda')`` runs the fp32 export at here: TF32 where
+    its runner tries ONNX Runtime's TensorRT EP first (listed, and the tensorrt package
+    installed), else fp32 (the CUDA EP with ``use_tf32`` off)."""
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import TF32
+    from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "fp32"
+    tensorrt = TENSORRT_EP in ort.get_available_providers() and \
+        importlib.util.find_spec("tensorrt") is not None
+    return TF32 if tensorrt else "fp32"
+
+
+def _cuda_ep_precision() -> str:
+    """What ONNX Runtime's CUDA EP runs the fp32 export at here: fp32 where it takes
+    ``use_tf32`` "0" (onnxruntime >= 1.18), else TF32 (its default)."""
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import TF32, cuda_provider_options
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "fp32"
+    return "fp32" if cuda_provider_options(False, ort.__version__) else TF32
+
+
 @dataclass(frozen=True)
 class BackendSpec:
+    """One benchmark backend.
+
+    Attributes:
+        name, description: how the report names and describes it.
+        probe: the reason it cannot run here, or None.
+        build: makes its pipeline.
+        precision_at: the parity tolerances it is held to (a key of the parity package's
+            ``TOLERANCES``: "fp32", "fp16" or "tf32"), or a function giving them here (what
+            ONNX Runtime's providers run the fp32 export at depends on the machine).
+    """
+
     name: str
     description: str
     probe: Callable[[], str | None]
     build: Callable[[BenchContext], Pipeline]
-    precision: str = "fp32"   # parity tolerances: "fp32" or "fp16"
+    precision_at: str | Callable[[], str] = "fp32"
+
+    @property
+    def precision(self) -> str:
+        """The parity tolerances (see ``precision_at``)."""
+        return self.precision_at() if callable(self.precision_at) else self.precision_at
 
 
 BACKENDS: tuple[BackendSpec, ...] = (
@@ -624,37 +686,42 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 lambda: None, _torch_cpu),
     BackendSpec("torch-cuda", "runtime GPU pipeline: TorchCudaRunner fp16 (torch.compile + CUDA "
                 "graphs, BatchNorm folded, channels_last), CUDA resize + decode + NMS, one stream",
-                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision="fp16"),
+                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision_at="fp16"),
     BackendSpec("torch-cuda-fp32", "runtime GPU pipeline as torch-cuda, network in fp32",
                 _torch_cuda_device_reason, _torch_cuda_device("float32")),
     BackendSpec("torch-cuda-eager-host", "runtime pipeline, torch eager fp32 on CUDA, numpy "
                 "stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
     BackendSpec("torch-cuda-eager-host-fp16", "runtime pipeline, torch eager fp16 on CUDA, "
                 "numpy stages", _torch_cuda_reason, _torch_cuda("float16", "eager"),
-                precision="fp16"),
+                precision_at="fp16"),
     BackendSpec("torch-cuda-graphs-host-fp16", "runtime pipeline, torch fp16 on CUDA replaying "
                 "one CUDA graph per level shape, numpy stages", _torch_cuda_reason,
-                _torch_cuda("float16", "graphs"), precision="fp16"),
+                _torch_cuda("float16", "graphs"), precision_at="fp16"),
     BackendSpec("onnxruntime", "runtime pipeline, ONNX Runtime CPU EP (fp32), numpy stages",
                 _ort_cpu_reason, _onnxruntime(None)),
     BackendSpec("onnxruntime-cuda", "runtime GPU pipeline as create_detector('onnxruntime-cuda') "
-                "builds it (CUDA EP with IOBinding, CUDA stages)", _ort_cuda_device_reason,
-                _factory_device("onnxruntime-cuda")),
-    BackendSpec("onnxruntime-cuda-host", "runtime pipeline, ONNX Runtime CUDA EP (fp32), numpy "
-                "stages", lambda: _ort_provider_reason("CUDAExecutionProvider"),
-                _onnxruntime(["CUDAExecutionProvider"])),
-    BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (fp32; one engine "
-                "for this size's levels and --batch, built with the session or loaded from the "
-                "cache), numpy stages",
+                "builds it (ONNX Runtime's TensorRT EP where TensorRT is installed, TF32; else "
+                "the CUDA EP in fp32; IOBinding, CUDA stages)", _ort_cuda_device_reason,
+                _factory_device("onnxruntime-cuda"),
+                precision_at=_ran_or("onnxruntime-cuda", _ort_cuda_backend_precision)),
+    BackendSpec("onnxruntime-cuda-host", "runtime pipeline, ONNX Runtime CUDA EP (fp32, use_tf32 "
+                "off), numpy stages", lambda: _ort_provider_reason("CUDAExecutionProvider"),
+                _onnxruntime(["CUDAExecutionProvider"], "onnxruntime-cuda-host"),
+                precision_at=_ran_or("onnxruntime-cuda-host", _cuda_ep_precision)),
+    BackendSpec("onnxruntime-trt", "runtime pipeline, ONNX Runtime TensorRT EP (the fp32 export "
+                "with TF32 convolutions, TensorRT's default; one engine for this size's levels "
+                "and --batch, built with the session or loaded from the cache), numpy stages",
                 lambda: _ort_provider_reason("TensorrtExecutionProvider"),
-                _onnxruntime(["TensorrtExecutionProvider", "CUDAExecutionProvider"])),
+                _onnxruntime(["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+                             "onnxruntime-trt"),
+                precision_at=_ran_or("onnxruntime-trt", lambda: "tf32")),
     BackendSpec("tensorrt", "runtime pipeline, TensorRT fp32 engine, numpy resize/decode/NMS",
                 _tensorrt_reason, _tensorrt(False, False)),
     BackendSpec("tensorrt-fp16", "runtime pipeline, TensorRT fp16 engine, numpy resize/decode/NMS",
-                _tensorrt_reason, _tensorrt(True, False), precision="fp16"),
+                _tensorrt_reason, _tensorrt(True, False), precision_at="fp16"),
     BackendSpec("tensorrt-fp16-cuda", "runtime pipeline, TensorRT fp16 engine, CUDA resize + "
                 "decode + NMS (device-resident)", _cuda_stages_reason, _tensorrt(True, True),
-                precision="fp16"),
+                precision_at="fp16"),
 )
 
 #: Backends that run on a GPU (everything but the CPU ones); the reference uses one when

@@ -147,7 +147,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "or ~/.cache/tinyfaces_trt)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--report-only", default=None, metavar="JSON",
-                   help="measure nothing: rewrite the .md and .png of an earlier run's JSON")
+                   help="measure nothing: rewrite the .md and .png of an earlier run's JSON, "
+                        "which is only read (an earlier schema is converted in memory)")
+    p.add_argument("--save-json", default=None, metavar="FILE",
+                   help="with --report-only: also write the run, converted to the current "
+                        f"schema ({SCHEMA}), to FILE; never the JSON read (default: none)")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be >= 1 and --warmup >= 0")
@@ -169,7 +173,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
                                   or args.name in (".", "..")):
         p.error(f"--name is a file name stem without a folder, got {args.name!r}")
+    if args.save_json is not None and not args.report_only:
+        p.error("--save-json goes with --report-only (a measuring run writes its JSON in --out)")
+    if args.save_json is not None and _same_file(args.save_json, args.report_only):
+        p.error(f"--save-json {args.save_json} is the JSON --report-only reads, which it leaves "
+                "as it is; give another file")
     return args
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether the paths name one file (after links; also two hard links to it)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return False
 
 
 def check_files(args: argparse.Namespace) -> str | None:
@@ -576,8 +595,11 @@ def _summarize_stages(samples: list[dict[str, float]]) -> dict[str, Any]:
     return stages
 
 
-def write_reports(result: dict[str, Any], out: Path, plot: bool, log) -> None:
-    """Writes ``<name>.png`` (unless ``plot`` is False), ``<name>.json`` and ``<name>.md``."""
+def write_reports(result: dict[str, Any], out: Path, plot: bool, log, *,
+                  with_json: bool = True) -> None:
+    """Writes ``<name>.png`` (unless ``plot`` is False), ``<name>.json`` (unless
+    ``with_json`` is False: ``--report-only`` leaves the JSON it reads as it is) and
+    ``<name>.md``."""
     from bench_report import render_markdown, write_json, write_plot
     from tinyfaces_trt.core.files import write_text_atomic
 
@@ -591,9 +613,11 @@ def write_reports(result: dict[str, Any], out: Path, plot: bool, log) -> None:
             log(f"plot skipped: {reason}")
         else:
             result["plot"] = f"{name}.png"
-    write_json(result, out / f"{name}.json")
+    if with_json:
+        write_json(result, out / f"{name}.json")
     write_text_atomic(out / f"{name}.md", render_markdown(result))
-    log(f"wrote {out / name}.json, .md" + (", .png" if "plot" in result else ""))
+    suffixes = [".json"] * with_json + [".md"] + [".png"] * ("plot" in result)
+    log(f"wrote {out / name}{', '.join(suffixes)}")
 
 
 def _primary(benches: list[_Bench]) -> _Bench | None:
@@ -791,10 +815,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         import json
 
+        from bench_report import write_json
+
         path = Path(args.report_only)
-        try:
-            write_reports(upgrade(json.loads(path.read_text())), path.parent, not args.no_plot,
-                          log)
+        try:  # the JSON read is never written: it may be a committed result
+            result = upgrade(json.loads(path.read_text()))
+            write_reports(result, path.parent, not args.no_plot, log, with_json=False)
+            if args.save_json is not None:
+                write_json(result, Path(args.save_json))
+                log(f"wrote {args.save_json} ({result['schema']})")
         except OSError as exc:
             return error(f"cannot rewrite the reports of {path}: {_reason(exc)}")
         return 0

@@ -37,6 +37,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     (["--retries", "-1"], "argument --retries: -1 must be >= 0"),
     (["--candidates-repeat", "0"], "argument --candidates-repeat: 0 must be >= 1"),
     (["--name", "a/b"], "--name is a file name stem without a folder, got 'a/b'"),
+    (["--save-json", "x.json"], "--save-json goes with --report-only (a measuring run writes "
+                                "its JSON in --out)"),
 ])
 def test_latency_bad_arguments_are_usage_errors(latency, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -71,6 +73,24 @@ def test_latency_bad_files_are_one_line_before_any_work(latency, tmp_path, capsy
     for argv, message in cases:
         assert latency.main(["--backend", "torch", *unused, *argv]) == 1, argv
         assert capsys.readouterr().err == f"latency.py: error: {message}\n"
+    assert _files(tmp_path) == before
+
+
+def test_latency_report_only_never_writes_the_json_it_reads(latency, tmp_path, capsys):
+    """--report-only rewrote the JSON it read; --save-json naming that file (also through a
+    link or another spelling) is refused before any work, nothing written."""
+    source = ROOT / "benchmarks" / "results" / "cpu-2026-11-24.json"
+    run = tmp_path / "run.json"
+    run.write_bytes(source.read_bytes())
+    (tmp_path / "link.json").symlink_to(run)
+    before = _files(tmp_path)
+    for same in (run, tmp_path / "link.json", tmp_path / "sub" / ".." / "run.json"):
+        with pytest.raises(SystemExit) as info:
+            latency.main(["--report-only", str(run), "--save-json", str(same)])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"latency.py: error: --save-json {same} is the JSON --report-only reads, which it "
+            "leaves as it is; give another file")
     assert _files(tmp_path) == before
 
 

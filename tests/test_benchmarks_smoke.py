@@ -361,19 +361,31 @@ def test_build_time_note_uses_the_duration_unit():
         "- `torch`: d; built in 41.0 s"
 
 
-def test_report_only_renders_a_committed_run(tmp_path):
+def test_report_only_renders_a_committed_run_and_leaves_its_json(tmp_path, capsys):
+    """--report-only rewrote the JSON it read (schema 1 -> 2: a committed file changed);
+    it writes the .md (and .png) only, the converted JSON only to --save-json."""
     source = ROOT / "benchmarks" / "results" / "cpu-2026-11-24-1080p.json"
     assert json.loads(source.read_text())["schema"] == "tinyfaces-trt-latency/1"  # converted here
     path = tmp_path / source.name
     shutil.copy(source, path)
     latency = _load_latency()
     assert latency.main(["--report-only", str(path), "--no-plot"]) == 0
+    assert path.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.stem + ".md"]
+    assert capsys.readouterr().err == f"wrote {tmp_path / path.stem}.md\n"
     md = path.with_suffix(".md").read_text()
-    upgraded = json.loads(path.read_text())
-    assert upgraded["schema"] == "tinyfaces-trt-latency/2"
-    assert [s["image_size"] for s in upgraded["sizes"]] == [[1920, 1080]]
     assert "## 1920x1080" in md and "| `onnxruntime` |" in md and "## Targets" in md
     assert not re.search(r"(?<![\d.])0\.0+ ms", md)
+    saved = tmp_path / "out" / "upgraded.json"
+    saved.parent.mkdir()
+    assert latency.main(["--report-only", str(path), "--no-plot", "--save-json", str(saved)]) == 0
+    assert path.read_bytes() == source.read_bytes()
+    assert path.with_suffix(".md").read_text() == md
+    upgraded = json.loads(saved.read_text())
+    assert upgraded["schema"] == "tinyfaces-trt-latency/2"
+    assert [s["image_size"] for s in upgraded["sizes"]] == [[1920, 1080]]
+    assert upgraded["settings"]["image_sizes"] == [[1920, 1080]]
+    assert "image_size" not in upgraded["settings"]
 
 
 def test_help_has_examples_and_defaults(capsys):
@@ -579,6 +591,72 @@ def test_engines_take_the_batch_rows_batches(monkeypatch, tmp_path, export_dir):
         assert options["trt_engine_cache_path"].startswith(str(tmp_path / "cache" / "ort_tensorrt"))
     finally:
         bench.close()
+
+
+def test_onnx_runtime_gpu_rows_are_compared_at_the_precision_they_ran(monkeypatch, tmp_path,
+                                                                    export_dir):
+    """The CUDA EP runs the fp32 export in fp32 (``use_tf32`` "0"; onnxruntime < 1.18 refuses
+    that option and runs its default TF32); ONNX Runtime's TensorRT EP runs it with TF32
+    convolutions (TensorRT's default, no provider option to clear it). Each row's parity takes
+    the tolerances of what ran: the tf32 ones are fp16's, where fp32's fail a TF32 run."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    from helpers_ort_gpu import CPU_EP, GpuListingOrt
+    from types import SimpleNamespace
+
+    from tinyfaces_trt import detectors
+    from tinyfaces_trt.core.manifest import load_export_folder
+    from tinyfaces_trt.runtime.backends import onnxruntime_runner
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import CUDA_EP
+    from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP
+
+    _load_latency()
+    import bench_backends
+
+    monkeypatch.setattr(bench_backends, "_PRECISION_RAN", {})
+    folder = load_export_folder(export_dir)
+    ctx = bench_backends.BenchContext(model=None, config=folder.config, levels=[],
+                                      image_hw=(72, 96), threads=1, export_root=tmp_path,
+                                      log=lambda m: None, cache_dir=tmp_path / "cache")
+    ctx._folders["fp32"] = folder
+    specs = {b.name: b for b in bench_backends.BACKENDS}
+
+    def build(name, fake):
+        monkeypatch.setattr(onnxruntime_runner, "import_onnxruntime", lambda: fake)
+        specs[name].build(ctx).close()
+        return fake.sessions[-1]["options"]
+
+    assert build("onnxruntime-cuda-host", GpuListingOrt())[CUDA_EP] == {"use_tf32": "0"}
+    assert specs["onnxruntime-cuda-host"].precision == "fp32"
+    options = build("onnxruntime-trt", GpuListingOrt(started=(TENSORRT_EP,)))
+    assert not any("tf32" in key for key in options[TENSORRT_EP])
+    assert specs["onnxruntime-trt"].precision == "tf32"
+    old = GpuListingOrt()
+    old.__version__ = "1.17.3"
+    assert build("onnxruntime-cuda-host", old)[CUDA_EP] == {}
+    assert specs["onnxruntime-cuda-host"].precision == "tf32"
+
+    # create_detector('onnxruntime-cuda'): the TensorRT EP first where TensorRT is installed
+    cuda = specs["onnxruntime-cuda"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT_EP, CUDA_EP, CPU_EP])
+    assert cuda.precision == "fp32"  # no tensorrt package here
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else find_spec(name, *a))
+    assert cuda.precision == "tf32"
+    # once built, what its runner ran at (its TensorRT EP did not start: the CUDA EP, fp32)
+    made = SimpleNamespace(runner=SimpleNamespace(precision="fp32"), close=lambda: None)
+    monkeypatch.setattr(detectors, "create_detector", lambda *a, **k: made)
+    cuda.build(ctx).close()
+    assert cuda.precision == "fp32"
+
+    compare = _bench_module("bench_parity").compare_with_reference
+    config = DetectorConfig(prob_thresh=0.5, nms_thresh=0.3)
+    ref = np.array([[0, 0, 10, 10, 0.9], [40, 40, 50, 50, 0.8]])
+    tf32 = ref + [0, 0, 0, 0, 0.004]  # within the tf32 (fp16) 0.05, beyond fp32's 1e-4
+    assert not compare(ref, tf32, config, "fp32")["passed"]
+    row = compare(ref, tf32, config, "tf32")
+    assert row["passed"] and row["precision"] == "tf32" and row["tolerance"]["score"] == 0.05
 
 
 def test_a_failed_parity_row_lists_the_boxes_that_moved():

@@ -94,8 +94,9 @@ def test_the_cuda_provider_runs_on_our_stream(host, monkeypatch, export_dir, cap
     # the CPU provider last and allowed: ORT's CUDA provider leaves shape computations to it
     assert session["providers"] == [CUDA_EP, CPU_EP] and not session["strict"]
     assert session["fallback"] == 0  # no silent retry elsewhere, no banner on stdout
-    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": str(stream.handle)}
-    assert runner.providers == [CUDA_EP, CPU_EP]
+    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": str(stream.handle),
+                                           "use_tf32": "0"}  # an fp32 export: no TF32
+    assert runner.providers == [CUDA_EP, CPU_EP] and runner.precision == "fp32"
     assert runner.capabilities.device_io
     assert "no TensorRT here for ONNX Runtime's TensorRT provider" in caplog.text
 
@@ -183,6 +184,92 @@ def test_what_cannot_run_on_the_gpu_is_a_clear_error(host, monkeypatch, export_d
 
 
 # ---------------------------------------------------------------------------------------------
+# Precision: TF32 off on the CUDA provider for fp32 exports; TF32 said on the TensorRT provider
+# ---------------------------------------------------------------------------------------------
+
+class _KeepsTf32(GpuListingOrt):
+    """A CUDA provider that reports TF32 on whatever it was asked (as ONNX Runtime reports its
+    options: ``ToProviderOptions``)."""
+
+    def _reported(self, provider: str, options: dict) -> dict:
+        return {**super()._reported(provider, options), "use_tf32": "1"}
+
+
+def test_an_fp32_export_runs_on_the_cuda_provider_without_tf32_an_fp16_one_as_it_is(
+        host, monkeypatch, export_dir, caplog):
+    """The CUDA provider's ``use_tf32`` is on by default (float32 convolutions with inputs
+    rounded to 10 mantissa bits): an fp32 export turns it off and runs in fp32; an fp16 export
+    (fp16 convolutions, which the option does not touch) gets no such option. Which file is
+    which comes from the export's manifest, or is given."""
+    fake = GpuListingOrt()
+    _use_ort(monkeypatch, fake)
+    folder = load_export_folder(export_dir)
+    fp32 = create_runner("onnxruntime-cuda", folder)
+    assert fake.sessions[-1]["options"][CUDA_EP] == {
+        "device_id": "0", "user_compute_stream": str(fp32.stream), "use_tf32": "0"}
+    assert (fp32.fp16, fp32.precision) == (False, "fp32")
+    fp16 = create_runner("onnxruntime-cuda", folder, fp16=True)
+    assert fake.sessions[-1]["options"][CUDA_EP] == {
+        "device_id": "0", "user_compute_stream": str(fp16.stream)}
+    assert (fp16.fp16, fp16.precision) == (True, "fp16")
+    assert "precision='fp16'" in repr(fp16)
+    given = _runner(monkeypatch, fake, export_dir, tensorrt=None, fp16=True)  # said, not read
+    assert "use_tf32" not in fake.sessions[-1]["options"][CUDA_EP] and given.precision == "fp16"
+    # a CUDA provider that does not say it took use_tf32 "0" runs TF32: said so
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        kept = _runner(monkeypatch, _KeepsTf32(), export_dir, tensorrt=None)
+    assert kept.precision == "tf32"
+    assert ("model.onnx runs with TF32 convolutions on CUDAExecutionProvider (the CUDA provider "
+            "kept use_tf32 on): precision tf32") in caplog.text
+
+
+def test_an_fp32_export_on_the_tensorrt_provider_runs_at_tf32_and_says_so(
+        host, monkeypatch, export_dir, caplog):
+    """TensorRT's builder allows TF32 by default and ONNX Runtime's TensorRT provider has no
+    option to clear it: an fp32 export on it is labelled ``"tf32"`` (parity: fp16-like
+    tolerances), not fp32; nodes left to the CUDA provider run without TF32. An fp16 export on
+    it is fp16."""
+    _with_tensorrt(monkeypatch)
+    fake = GpuListingOrt(started=(TENSORRT_EP, CUDA_EP))
+    with caplog.at_level(logging.INFO, logger="tinyfaces_trt"):
+        runner = _runner(monkeypatch, fake, export_dir)
+    options = fake.sessions[-1]["options"]
+    assert not any("tf32" in key for key in options[TENSORRT_EP])  # ORT has no such option
+    assert options[CUDA_EP]["use_tf32"] == "0"
+    assert runner.providers[0] == TENSORRT_EP and runner.precision == "tf32"
+    assert ("model.onnx runs with TF32 convolutions on TensorrtExecutionProvider (TensorRT's "
+            "default, which ONNX Runtime's TensorRT provider cannot turn off): precision tf32"
+            ) in caplog.text
+    fp16 = OnnxRuntimeCudaRunner(export_dir / "model_fp16.onnx", tensorrt=_settings(export_dir))
+    assert fp16.providers[0] == TENSORRT_EP and fp16.precision == "fp16"
+    assert "use_tf32" not in fake.sessions[-1]["options"][CUDA_EP]
+    # where the TensorRT provider does not start, the CUDA provider alone runs it in fp32
+    fake = GpuListingOrt(started=(CUDA_EP,), fails=(TENSORRT_EP,))
+    assert _runner(monkeypatch, fake, export_dir).precision == "fp32"
+
+
+def test_use_tf32_only_where_onnx_runtime_knows_it():
+    """onnxruntime-gpu < 1.18 refuses a session given an option it does not know
+    ("Unknown provider option"); ``use_tf32`` came in 1.18."""
+    options = onnxruntime_runner.cuda_provider_options
+    assert options(False, "1.18.0") == options(False, "1.32.0") == {"use_tf32": "0"}
+    assert options(False, "1.17.3") == options(True, "1.32.0") == {}
+
+
+def test_which_file_is_the_fp16_export(tmp_path):
+    is_fp16 = onnxruntime_runner.export_is_fp16
+    (tmp_path / "manifest.json").write_text(
+        '{"files": {"onnx_fp32": "net.onnx", "onnx_fp16": "model.onnx"}}')
+    assert is_fp16(tmp_path / "model.onnx") and not is_fp16(tmp_path / "net.onnx")
+    # a file the manifest does not list, or no readable manifest: tf-export's names
+    assert is_fp16(tmp_path / "model_fp16.onnx") and not is_fp16(tmp_path / "other.onnx")
+    (tmp_path / "manifest.json").write_text("[]")
+    assert not is_fp16(tmp_path / "model.onnx")
+    (tmp_path / "manifest.json").unlink()
+    assert is_fp16(tmp_path / "model_fp16.onnx") and not is_fp16(tmp_path / "model.onnx")
+
+
+# ---------------------------------------------------------------------------------------------
 # ONNX Runtime's TensorRT provider: the export's profile, the engine cache, one build at a time
 # ---------------------------------------------------------------------------------------------
 
@@ -210,7 +297,8 @@ def test_tensorrt_builds_one_engine_for_the_exports_profile_kept_in_the_cache(
         "trt_profile_max_shapes": "image:1x3x3840x3840",
         "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True"}
-    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream}
+    assert session["options"][CUDA_EP] == {"device_id": "0", "user_compute_stream": stream,
+                                           "use_tf32": "0"}
     assert runner.capabilities == RunnerCapabilities(device_io=True, batch=True, max_batch=1,
                                                    gpu=True)
     runner.check_levels([(1, 3, 3840, 3840), SimpleNamespace(height=1, width=3840)])

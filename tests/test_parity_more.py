@@ -238,3 +238,71 @@ def test_one_box_with_a_wrong_prob_is_no_swap_even_beside_a_near_tied_box():
     result = compare_detections(reference, test, 0.5, 0.3, TOLERANCES["fp16"].detections, 1.0)
     assert result.nms_swapped == 0 and not result.passed
     assert any(f.startswith("dprob 3.0e-01 > 0.05") for f in result.failures), result.failures
+
+
+# ---------------------------------------------------------------------------------------------
+# The precision a runner runs at: TF32 on ONNX Runtime's TensorRT provider
+# ---------------------------------------------------------------------------------------------
+
+def test_a_runner_is_held_to_the_precision_it_runs_at():
+    """An fp32 export on ONNX Runtime's TensorRT provider runs with TF32 convolutions
+    (TensorRT's default; the provider cannot turn it off), on a CUDA provider that did not take
+    ``use_tf32`` "0" too: compared at the tf32 tolerances (fp16's), not fp32's."""
+    from types import SimpleNamespace
+
+    from tinyfaces_trt.parity.harness import runner_precision
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import session_precision
+
+    def reported(cuda_options=None):
+        return {"CUDAExecutionProvider": cuda_options or {}}
+
+    trt = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_precision(trt, reported(), fp16=False) == "tf32"
+    assert session_precision(trt, reported(), fp16=True) == "fp16"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_precision(cuda, reported({"use_tf32": "0"}), fp16=False) == "fp32"
+    assert session_precision(cuda, reported({"use_tf32": "1"}), fp16=False) == "tf32"
+    assert session_precision(["CPUExecutionProvider"], reported(), fp16=False) == "fp32"
+    # parity holds an ONNX Runtime runner to what its session ran at, others to their export's
+    assert runner_precision(SimpleNamespace(precision="tf32"), "onnxruntime-cuda") == "tf32"
+    assert runner_precision(SimpleNamespace(precision="fp32"), "onnxruntime") == "fp32"
+    assert runner_precision(object(), "tensorrt") == "fp32"  # its engine: TF32 cleared
+    assert runner_precision(object(), "tensorrt-fp16") == "fp16"
+    assert TOLERANCES["tf32"] == TOLERANCES["fp16"]
+
+
+@pytest.mark.parametrize("started, precision", [
+    (("TensorrtExecutionProvider", "CUDAExecutionProvider"), "tf32"),
+    (("CUDAExecutionProvider",), "fp32")], ids=["tensorrt-provider", "cuda-provider"])
+def test_onnxruntime_cuda_is_compared_at_the_precision_its_provider_runs(
+        seeded, export_dir, monkeypatch, tmp_path, started, precision):
+    """tf-parity's onnxruntime-cuda rows (here over ONNX Runtime's CPU provider and host
+    memory: tests/helpers_ort_gpu.py, tests/host_cudart.py): an fp32 export on the TensorRT
+    provider is held to the tf32 tolerances, on the CUDA provider (use_tf32 off) to fp32's; the
+    fp16 export to fp16's."""
+    import importlib.util
+
+    import host_cudart
+
+    if host_cudart.missing():
+        pytest.skip(host_cudart.missing())
+    import helpers_ort_gpu
+
+    from tinyfaces_trt.core.manifest import load_export_folder
+    from tinyfaces_trt.parity.harness import run_parity
+
+    host = host_cudart.install(monkeypatch, finalizers=False)
+    fake = helpers_ort_gpu.install(monkeypatch, helpers_ort_gpu.GpuListingOrt(started=started))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else find_spec(name, *a))
+    monkeypatch.setenv("TINYFACES_CACHE", str(tmp_path / "cache"))
+    model, config = seeded
+    results = run_parity(model, config, load_export_folder(export_dir),
+                         ["onnxruntime-cuda", "onnxruntime-cuda-fp16"], [(33, 47)])
+    assert [(r.backend, r.precision, r.status) for r in results] == [
+        ("onnxruntime-cuda", precision, "passed"), ("onnxruntime-cuda-fp16", "fp16", "passed")]
+    assert results[0].maps.tolerance == TOLERANCES[precision].maps
+    assert results[0].detections.tolerance == TOLERANCES[precision].detections
+    assert fake.sessions[0]["options"]["CUDAExecutionProvider"]["use_tf32"] == "0"
+    host.release_all()

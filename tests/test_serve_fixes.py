@@ -89,16 +89,20 @@ def test_anonymize_takes_tf_anonymize_s_mask_options():
                               apply_masks(image, boxes, _tf_anonymize_style(*argv)))
 
 
+SCALE_400 = "mask_scale must be a number >= 1 (1 = the detected box) and <= 100"
+
+
 @pytest.mark.parametrize("query, message", [
-    ({"mask_scale": "0"}, "mask_scale must be a number > 0 and <= 100, got '0'"),
-    ({"mask_scale": "-1.3"}, "mask_scale must be a number > 0 and <= 100, got '-1.3'"),
-    ({"mask_scale": "nan"}, "mask_scale must be a number > 0 and <= 100, got 'nan'"),
-    ({"mask_scale": "inf"}, "mask_scale must be a number > 0 and <= 100, got 'inf'"),
-    ({"mask_scale": "big"}, "mask_scale must be a number > 0 and <= 100, got 'big'"),
+    ({"mask_scale": "0.5"}, SCALE_400 + ", got '0.5'"),
+    ({"mask_scale": "0"}, SCALE_400 + ", got '0'"),
+    ({"mask_scale": "-1.3"}, SCALE_400 + ", got '-1.3'"),
+    ({"mask_scale": "nan"}, SCALE_400 + ", got 'nan'"),
+    ({"mask_scale": "inf"}, SCALE_400 + ", got 'inf'"),
+    ({"mask_scale": "big"}, SCALE_400 + ", got 'big'"),
     ({"blur_strength": "0"}, "blur_strength must be a number > 0 and <= 10, got '0'"),
     ({"cells": "0"}, "cells must be a whole number 1..10000, got '0'"),
     ({"cells": "2.5"}, "cells must be a whole number 1..10000, got '2.5'"),
-    ({"mask_scale": "1e300"}, "mask_scale must be a number > 0 and <= 100, got '1e300'"),
+    ({"mask_scale": "1e300"}, SCALE_400 + ", got '1e300'"),
     ({"blur_strength": "1e9"}, "blur_strength must be a number > 0 and <= 10, got '1e9'"),
     ({"cells": "10001"}, "cells must be a whole number 1..10000, got '10001'"),
     ({"shape": "circle"}, "shape must be one of box, ellipse, got 'circle'"),
@@ -254,13 +258,13 @@ def test_a_detector_failure_is_a_json_500_naming_the_cause():
     bad = _answer(detector, _request("POST", "/anonymize", encode_image(_image()),
                                      b"mask_scale=0"))
     assert bad.status_code == 400 and json.loads(bad.body)["error"]["message"] == \
-        "mask_scale must be a number > 0 and <= 100, got '0'"
+        SCALE_400 + ", got '0'"
 
 
 @pytest.mark.parametrize("query, message", [
     (b"blur_strength=1e9", "blur_strength must be a number > 0 and <= 10, got '1e9'"),
     (b"mask_scale=1e300&mode=pixelate",
-     "mask_scale must be a number > 0 and <= 100, got '1e300'")])
+     SCALE_400 + ", got '1e300'")])
 def test_mask_options_past_their_limits_are_a_400(query, message):
     """They were 500s: 'ValueError: radius too large' (Pillow's blur), 'OverflowError: Python
     int too large to convert to C long' (the pixelate grid)."""
@@ -288,6 +292,95 @@ def test_an_unexpected_failure_is_a_json_500(monkeypatch):
                        _request("POST", "/anonymize", encode_image(_image())))
     assert response.status_code == 500 and json.loads(response.body) == {"error": {
         "status": 500, "message": "internal error: MemoryError: no room to encode"}}
+
+
+SERVER_SETTINGS = ("the detection settings (thresholds, face sizes, pyramid) are the "
+                   "server's, set when it starts (tf-serve --prob-thresh, --nms-thresh, "
+                   "--min-face, --max-face, --pyramid)")
+
+
+@pytest.mark.parametrize("route, query, message", [
+    ("/detect", {"prob_thresh": "0.8"},
+     f"unknown query parameter(s) 'prob_thresh'; /detect takes no query parameters; "
+     f"{SERVER_SETTINGS}"),
+    ("/detect", {"mode": "blur", "format": "png"},
+     f"unknown query parameter(s) 'format', 'mode'; /detect takes no query parameters; "
+     f"{SERVER_SETTINGS}"),
+    ("/anonymize", {"prob-thresh": "0.8", "mode": "blur"},
+     "unknown query parameter(s) 'prob-thresh'; /anonymize takes mode, shape, mask_scale, "
+     f"blur_strength, cells, format; {SERVER_SETTINGS}"),
+])
+def test_query_parameters_a_route_does_not_take_are_a_400(route, query, message):
+    """/detect?prob_thresh=0.8 was a 200 with the server's threshold, said nowhere, while
+    /anonymize refused unknown parameters: both refuse them with the same check."""
+    from tinyfaces_trt.scaleout.service import check_query
+
+    with pytest.raises(RequestError) as info:
+        check_query(query, route)
+    assert (info.value.status, str(info.value)) == (400, message)
+    check_query({}, "/detect")
+    check_query({"mode": "solid", "format": "png"}, "/anonymize")
+
+
+def test_detect_answers_400_to_a_query_parameter_before_reading_the_body():
+    requests = pytest.importorskip("starlette.requests",
+                                   reason="Ray Serve's web framework (the scale extra)")
+    read = []
+
+    async def receive():
+        read.append(True)
+        return {"type": "http.request", "body": encode_image(_image()), "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/detect",
+             "query_string": b"prob_thresh=0.8", "headers": [(b"content-type", b"image/png")]}
+    response = _answer(_Fixed(np.array([[10, 5, 30, 40, 0.75]], np.float32)),
+                       requests.Request(scope, receive))
+    assert response.status_code == 400 and response.media_type == "application/json"
+    assert json.loads(response.body) == {"error": {"status": 400, "message": (
+        "unknown query parameter(s) 'prob_thresh'; /detect takes no query parameters; "
+        f"{SERVER_SETTINGS}")}}
+    assert read == []
+    plain = _answer(_Fixed(np.array([[10, 5, 30, 40, 0.75]], np.float32)),
+                    _request("POST", "/detect", encode_image(_image())))
+    assert plain.status_code == 200 and len(json.loads(plain.body)["detections"]) == 1
+
+
+def _option_help(option: str) -> str:
+    parser = cli_serve.build_parser()
+    action = next(a for a in parser._actions if option in a.option_strings)
+    return " ".join(action.help.split())
+
+
+def test_replicas_help_says_where_unplaceable_replicas_are_refused_and_where_a_warning():
+    """It said they were refused at once (exit 1) on any cluster: on an existing one
+    (--address) they are a warning and wait (check_placement's can_grow)."""
+    assert _option_help("--replicas") == (
+        "fixed number of replicas (default: 1; or autoscaling with --min-replicas/"
+        "--max-replicas). Where the cluster's nodes cannot hold them: refused at once (exit 1) "
+        "on the local cluster tf-serve starts; on an existing cluster (--address, $RAY_ADDRESS "
+        "or `ray start` on this machine), which an autoscaler such as KubeRay may grow, a "
+        "warning, and they wait until nodes that can hold them join")
+
+
+def test_gpus_per_replica_help_names_the_gpu_rule_the_code_applies(monkeypatch):
+    """Its default named tensorrt and CUDA providers, not torch-cuda (a GPU backend of
+    cluster.GPU_BACKENDS): the help is now made from the constants spec_uses_gpu reads."""
+    from tinyfaces_trt.scaleout import cluster
+
+    text = _option_help("--gpus-per-replica")
+    assert text == (
+        "GPUs per replica (default: 1 when the cluster has GPUs and the backend is tensorrt, "
+        "onnxruntime-cuda or torch-cuda (auto: the one it picks) or --providers lists auto, "
+        "cuda, tensorrt or trt (or their full names), else 0)")
+    for backend in cluster.GPU_BACKENDS:
+        assert backend in text and cluster.spec_uses_gpu(SimpleNamespace(backend=backend,
+                                                                         providers=None))
+    for alias in ("auto", "cuda", "tensorrt", "trt"):
+        assert cluster.spec_uses_gpu(SimpleNamespace(backend="onnxruntime",
+                                                     providers=f"cpu,{alias}"))
+    assert not cluster.spec_uses_gpu(SimpleNamespace(backend="onnxruntime", providers="cpu"))
+    monkeypatch.setattr(cluster, "GPU_BACKENDS", ("tensorrt", "future-gpu"))
+    assert "the backend is tensorrt or future-gpu (auto" in _option_help("--gpus-per-replica")
 
 
 def test_help_documents_coordinates_liveness_errors_and_the_queue_bound():
@@ -678,6 +771,11 @@ def test_the_served_app_answers_as_tf_detect_and_tf_anonymize(live, export_dir):
     status, body, headers = _live_request(live, "POST", "/anonymize?mask_scale=-1",
                                           encode_image(image))
     assert status == 400 and headers["content-type"] == "application/json"
+    status, body, headers = _live_request(live, "POST", "/detect?prob_thresh=0.8",
+                                          encode_image(image))
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["message"].startswith(
+        "unknown query parameter(s) 'prob_thresh'; /detect takes no query parameters; ")
 
 
 def test_unreachable_face_sizes_are_one_error_before_anything_is_deployed(monkeypatch, capsys,

@@ -567,7 +567,8 @@ def test_cli_plot_name_without_suffix_is_refused_before_evaluating(gt_dir, tmp_p
     code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), "--json",
                           str(out / "ap.json"), "--plot", str(out / "pr")])
     (line,) = capsys.readouterr().err.splitlines()
-    assert code == 1 and ran == [] and list(out.iterdir()) == []
+    # a bad command line, as the help's exit list says (it exited 1)
+    assert code == 2 and ran == [] and list(out.iterdir()) == []
     assert line.startswith(f"tf-eval: error: --plot {out / 'pr'}: the name has no image suffix "
                            f"to choose the format; end it with one of ")
     assert ".pdf" in line and ".png" in line and ".svg" in line
@@ -625,13 +626,13 @@ def test_cli_output_and_path_mistakes_fail_before_evaluating(gt_dir, tmp_path, c
     monkeypatch.setattr(cli_eval, "evaluate_folder", lambda *a, **k: ran.append(a))
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    for extra, message in (
-            (["--plot", str(tmp_path / "pr.jpgx")], "unknown image format 'jpgx'"),
-            (["--json", str(blocker / "ap.json")], "cannot create the folder of --json"),
-            (["--json", str(tmp_path)], "is a folder; give a file name")):
+    for extra, message, status in (
+            (["--plot", str(tmp_path / "pr.jpgx")], "unknown image format 'jpgx'", 2),
+            (["--json", str(blocker / "ap.json")], "cannot create the folder of --json", 1),
+            (["--json", str(tmp_path)], "is a folder; give a file name", 1)):
         code = cli_eval.main(["--gt", str(gt_dir), "--pred", str(pred), *extra])
         err = capsys.readouterr().err
-        assert code == 1 and "Traceback" not in err
+        assert code == status and "Traceback" not in err
         (line,) = err.splitlines()
         assert line.startswith("tf-eval: error:") and message in line
     gt_file = gt_dir / "wider_face_val.mat"
@@ -649,6 +650,21 @@ def test_cli_help_shows_defaults_and_an_example(capsys):
     assert "examples: tf-detect WIDER_val/images" in text
     assert "tf-eval --gt eval_tools/ground_truth --pred pred/" in text
     assert "(default: none)" in text and "exit status" in text
+
+
+def test_help_s_tf_detect_example_is_tf_detect_s_wider_protocol_one():
+    """tf-eval's example left out --pyramid fixed: tf-detect then runs the authors' adaptive
+    demo pyramid, whose AP cannot be compared with the published WIDER numbers."""
+    import shlex
+
+    from tinyfaces_trt.cli import detect as cli_detect
+
+    (example,) = [line.strip() for line in cli_eval._parser().format_help().splitlines()
+                  if line.startswith("  tf-detect ")]
+    detect_parser = cli_detect.build_parser()
+    assert example in [line.strip() for line in detect_parser.format_help().splitlines()]
+    args = detect_parser.parse_args(shlex.split(example)[1:])
+    assert (args.pyramid, args.wider_dir, args.prob_thresh) == ("fixed", "pred/", 0.03)
 
 
 def test_console_module_runs_end_to_end(gt_dir, tmp_path):

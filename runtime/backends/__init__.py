@@ -129,12 +129,13 @@ def create_runner(backend: str, folder: ExportFolder, *, fp16: bool = False,
         from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(folder.onnx_path(fp16), providers=providers, threads=threads,
-                                 tensorrt=tensorrt)
+                                 tensorrt=tensorrt, fp16=fp16)
     if backend == "onnxruntime-cuda":
         from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import OnnxRuntimeCudaRunner
 
         return OnnxRuntimeCudaRunner(
-            folder.onnx_path(fp16), tensorrt=tensorrt if cuda_backend_uses_tensorrt(providers) else None)
+            folder.onnx_path(fp16), tensorrt=tensorrt if cuda_backend_uses_tensorrt(providers) else None,
+            fp16=fp16)
     if backend == "tensorrt":
         from tinyfaces_trt.runtime.backends.tensorrt_runner import TensorRTRunner, import_tensorrt
 

@@ -15,6 +15,15 @@ retries on CUDA without our stream) is replaced by the CUDA provider alone, with
 CPU provider stays in the list: ONNX Runtime's CUDA provider leaves small shape computations to
 it by design (``GetCpuPreferredNodes``), so a session refusing CPU nodes is expected to fail on
 this network (read in ORT's source; not run here, where there is no onnxruntime-gpu).
+
+Precision (:attr:`OnnxRuntimeCudaRunner.precision`): the CUDA provider runs float32
+convolutions and GEMMs with TF32 unless told otherwise (its ``use_tf32`` option is on by default,
+``cuda_execution_provider_info.h``), so an fp32 export gets ``use_tf32`` "0" and runs in fp32;
+an fp16 export runs its fp16 layers as they are. ONNX Runtime's TensorRT provider has no such
+option (none in the TensorRT provider library of onnxruntime-gpu 1.18.0 or 1.31.1; onnxruntime
+issue #26029) and TensorRT's builder allows TF32 by default, so an fp32 export on it runs with
+TF32 convolutions: precision ``"tf32"``, compared at fp16-like tolerances
+(:data:`tinyfaces_trt.parity.compare.TOLERANCES`).
 """
 
 from __future__ import annotations
@@ -82,6 +91,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
         tensorrt: how ONNX Runtime's TensorRT provider builds its engine (the export's
             profile and input name); with them it comes first where this build lists it and
             the tensorrt package is installed. None (or False): the CUDA provider alone.
+        fp16: whether ``onnx_path`` is an fp16 export (None: read from the export folder);
+            an fp32 one runs on the CUDA provider without TF32 (``use_tf32`` "0"), and
+            ``precision`` says what ran (:class:`OnnxRuntimeRunner`).
 
     Raises:
         BackendUnavailableError: no onnxruntime-gpu (CUDA provider), cuda-python or GPU.
@@ -93,7 +105,9 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     device_type = "cuda"
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
-                 device_id: int = 0, tensorrt: TensorrtEpSettings | bool | None = None) -> None:
+                 device_id: int = 0, tensorrt: TensorrtEpSettings | bool | None = None,
+                 fp16: bool | None = None) -> None:
+        self._fp16 = fp16
         if tensorrt is False:  # the bool this parameter once was
             tensorrt = None
         elif tensorrt is not None and not isinstance(tensorrt, TensorrtEpSettings):
@@ -172,7 +186,8 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]],
               tensorrt: TensorrtEpSettings | None) -> None:
         """Opens the session on ``wanted``, then the CPU provider (shape computations)."""
-        super().__init__(onnx_path, providers=wanted, provider_options=options, tensorrt=tensorrt)
+        super().__init__(onnx_path, providers=wanted, provider_options=options, tensorrt=tensorrt,
+                         fp16=self._fp16)
         if CUDA_EP not in self.providers:
             raise BackendUnavailableError(f"ONNX Runtime could not start its CUDA provider "
                                           f"(running on {self.providers})")
@@ -257,4 +272,5 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             self.cuda_stream.close()
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeCudaRunner({str(self.onnx_path)!r}, providers={self.providers})"
+        return (f"OnnxRuntimeCudaRunner({str(self.onnx_path)!r}, providers={self.providers}, "
+                f"precision={getattr(self, 'precision', None)!r})")

@@ -11,10 +11,11 @@ The providers actually in use, and any fallback from the ones asked for, are log
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import numpy as np
 from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
 from tinyfaces_trt.core.errors import (ConfigError, ManifestError, NetworkRunError, TinyFacesError,
                                        first_line)
-from tinyfaces_trt.core.optional import import_optional
+from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME
+from tinyfaces_trt.core.optional import import_optional, version_tuple
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
 from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEpSettings,
@@ -215,6 +217,56 @@ def check_threads(threads: object) -> None:
         raise ConfigError(f"threads must be an integer >= 1 or None, got {threads!r}")
 
 
+#: The oldest onnxruntime-gpu whose CUDA provider takes ``use_tf32`` (onnxruntime PRs #19357,
+#: #19426: the 1.18.0 wheel's CUDA provider library names it, 1.17.1's does not). Older ones
+#: refuse the session on an option they do not know ("Unknown provider option",
+#: ``ProviderOptionsParser::Parse``).
+USE_TF32_VERSION = "1.18"
+#: The precision of an fp32 export run with TF32 convolutions (inputs rounded to 10 mantissa
+#: bits, float32 range and sums): its parity tolerances are fp16-like.
+TF32 = "tf32"
+
+
+
+def export_is_fp16(onnx_path: str | os.PathLike[str]) -> bool:
+    """Whether ``onnx_path`` is an export folder's fp16 model: the ``onnx_fp16`` file of the
+    manifest beside it or, without a readable manifest, tf-export's name for that file."""
+    path = Path(onnx_path)
+    try:
+        files = json.loads((path.parent / MANIFEST_NAME).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):  # no manifest, not JSON, not an object
+        files = None
+    if isinstance(files, dict) and path.name in files.values():
+        return files.get("onnx_fp16") == path.name
+    return path.name == DEFAULT_FILE_NAMES["onnx_fp16"]
+
+
+def cuda_provider_options(fp16: bool, onnxruntime_version: str) -> dict[str, str]:
+    """The CUDA provider's options for an export of that precision: ``use_tf32`` "0" for an
+    fp32 one (TF32 is the provider's default for float32 convolutions and GEMMs); none for an
+    fp16 one, or under onnxruntime :data:`USE_TF32_VERSION`, which refuses the option."""
+    if fp16 or version_tuple(onnxruntime_version) < version_tuple(USE_TF32_VERSION):
+        return {}
+    return {"use_tf32": "0"}
+
+
+def session_precision(providers: Sequence[str], reported: Mapping[str, Mapping[str, str]],
+                      fp16: bool) -> str:
+    """The precision a session on ``providers`` runs an export at: ``"fp16"`` for an fp16
+    export; for an fp32 one :data:`TF32` on ONNX Runtime's TensorRT provider (TensorRT's builder
+    allows TF32 by default, and the provider has no option to clear it) or on a CUDA provider
+    whose options (``reported``: the session's ``get_provider_options()``) do not say
+    ``use_tf32`` "0"; else ``"fp32"``."""
+    if fp16:
+        return "fp16"
+    if TENSORRT_EP in providers:
+        return TF32
+    if CUDA_EP in providers and (reported.get(CUDA_EP) or {}).get("use_tf32") != "0":
+        return TF32
+    return "fp32"
+
+
+
 def _session_source(path: Path) -> str | bytes:
     """What ``InferenceSession`` is given for ``path``: the path, or the file's bytes where the
     name is not valid UTF-8 (ONNX Runtime's binding takes only encodable str paths; an
@@ -239,6 +291,14 @@ class OnnxRuntimeRunner(RunnerBase):
             engine (the export's profile, the engine cache: :mod:`.ort_tensorrt`);
             ``create_detector`` gives the export folder's. Without it that provider rebuilds
             its engine for the input shapes as they come (warned).
+        fp16: whether ``onnx_path`` is an fp16 export (None: :func:`export_is_fp16`); an fp32
+            one runs on the CUDA provider without TF32 (``use_tf32`` "0",
+            :func:`cuda_provider_options`).
+
+    Attributes:
+        precision: what the network runs at: ``"fp32"``, ``"fp16"``, or :data:`TF32` (an fp32
+            export on ONNX Runtime's TensorRT provider, or on a CUDA provider too old to turn
+            TF32 off), as :func:`session_precision` reads the session.
 
     Raises:
         BackendUnavailableError: onnxruntime is not installed.
@@ -251,11 +311,12 @@ class OnnxRuntimeRunner(RunnerBase):
                  providers: str | Sequence[str] | None = None,
                  threads: int | None = None, *,
                  provider_options: dict[str, dict[str, str]] | None = None,
-                 tensorrt: TensorrtEpSettings | None = None) -> None:
+                 tensorrt: TensorrtEpSettings | None = None, fp16: bool | None = None) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
             raise ManifestError(f"ONNX model not found: {self.onnx_path}")
+        self.fp16 = export_is_fp16(self.onnx_path) if fp16 is None else bool(fp16)
         check_threads(threads)
         chosen = resolve_providers(providers, ort.get_available_providers(),
                                    ort.get_all_providers())
@@ -264,6 +325,9 @@ class OnnxRuntimeRunner(RunnerBase):
         if threads is not None:
             options.intra_op_num_threads = threads
         with_options = {p: dict((provider_options or {}).get(p, {})) for p in chosen}
+        if CUDA_EP in with_options:  # float32 convolutions in fp32, not the provider's TF32
+            with_options[CUDA_EP] = {**cuda_provider_options(self.fp16, ort.__version__),
+                                     **with_options[CUDA_EP]}
 
         def make() -> Any:
             # no silent retry on other providers (printed to stdout, where tf-detect --json
@@ -293,6 +357,14 @@ class OnnxRuntimeRunner(RunnerBase):
                         dropped, self.providers)
         log.info("ONNX Runtime %s session for %s on providers %s",
                  ort.__version__, self.onnx_path.name, self.providers)
+        reported = getattr(self.session, "get_provider_options", dict)()
+        #: What the network runs at: "fp32", "fp16", or :data:`TF32` (:func:`session_precision`).
+        self.precision = session_precision(self.providers, reported, self.fp16)
+        if self.precision == TF32:
+            why = ("TensorRT's default, which ONNX Runtime's TensorRT provider cannot turn off"
+                   if TENSORRT_EP in self.providers else "the CUDA provider kept use_tf32 on")
+            log.info("%s runs with TF32 convolutions on %s (%s): precision %s, fp16-like "
+                     "accuracy", self.onnx_path.name, self.providers[0], why, TF32)
         self.input_name, self.output_name = self._check_signature()
         batch_dim = self.session.get_inputs()[0].shape[0]
         #: The explicit profile of the TensorRT engine running the network; None without one.

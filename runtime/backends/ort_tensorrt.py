@@ -38,8 +38,18 @@ ONNX Runtime writes the engine file in place, not atomically, and does not check
 Where the folder cannot be made, the provider builds without the cache (said at INFO).
 
 Precision comes from the ONNX file: without ``trt_fp16_enable`` ONNX Runtime builds a strongly
-typed network on TensorRT 10, so an fp16 export runs its fp16 layers in fp16 and an fp32 one in
-fp32 (read in ONNX Runtime's source; nothing of this runs here, where there is no TensorRT).
+typed network on TensorRT 10, so an fp16 export runs its fp16 layers in fp16. An fp32 export is
+NOT run in strict fp32 on Ampere and newer GPUs: TensorRT's builder allows TF32 for float32
+convolutions and matrix products by default (``BuilderFlag.TF32``, "Enabled by default"), and
+ONNX Runtime's TensorRT provider has no option to clear that flag (none in its library of
+onnxruntime-gpu 1.18.0 or 1.31.1; onnxruntime issue #26029), unlike its CUDA provider
+(``use_tf32``, which the runner turns off for fp32 exports). So such a runner reports precision
+``"tf32"`` (:func:`~.onnxruntime_runner.session_precision`) and parity compares it at
+fp16-like tolerances. Only ``NVIDIA_TF32_OVERRIDE=0`` in the environment, set before the first
+session, turns TF32 off there, for every NVIDIA library of the process (onnxruntime issues
+#6427, #26029); the ``tensorrt`` backend (``tf-export --engine``) builds its fp32 engine with
+TF32 cleared. (Read in ONNX Runtime's source and issues and TensorRT's documentation; nothing
+of this runs here, where there is no TensorRT.)
 """
 
 from __future__ import annotations

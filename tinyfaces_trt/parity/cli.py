@@ -68,11 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {k}: maps |d| <= {v.maps.atol:g} + {v.maps.rtol:g}*|ref| and mean |d| <= {v.maps.mean:g};\n"
         f"        detections matched at IoU >= {v.detections.iou:g}, |dprob| <= {v.detections.score:g},"
         f" may differ within {v.detections.margin:g} of the threshold"
-        for k, v in TOLERANCES.items()) + "\n  any NaN or inf in a map or a detection fails"
+        for k, v in TOLERANCES.items()) + (
+        "\n  tf32 holds an fp32 export run with TF32 convolutions (ONNX Runtime's TensorRT "
+        "provider,\n        which onnxruntime-cuda tries first where TensorRT is installed)"
+        "\n  any NaN or inf in a map or a detection fails")
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=textwrap.fill(
-            "Compare the deployed backends (ONNX Runtime fp32/fp16, TensorRT fp32/fp16) with the "
+            "Compare the deployed backends (ONNX Runtime fp32/fp16 on the CPU or the GPU, "
+            "TensorRT fp32/fp16) with the "
             "torch reference: the raw 125-channel score maps of every pyramid level, and the "
             "final detections, on synthetic images of several sizes. Prints a Markdown table "
             "(status passed / FAILED / skipped per backend and size; a FAIL names each "

@@ -36,14 +36,27 @@ PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 PARITY_BACKENDS: dict[str, tuple[str, bool]] = {
     "onnxruntime": ("onnxruntime", False),
     "onnxruntime-fp16": ("onnxruntime", True),
+    "onnxruntime-cuda": ("onnxruntime-cuda", False),
+    "onnxruntime-cuda-fp16": ("onnxruntime-cuda", True),
     "tensorrt": ("tensorrt", False),
     "tensorrt-fp16": ("tensorrt", True),
 }
 
 
 def precision_of(backend: str) -> str:
-    """``"fp16"`` or ``"fp32"``: the tolerances a :data:`PARITY_BACKENDS` entry is held to."""
+    """``"fp16"`` or ``"fp32"``: the precision of a :data:`PARITY_BACKENDS` entry's export."""
     return "fp16" if PARITY_BACKENDS[backend][1] else "fp32"
+
+
+def runner_precision(runner: Any, backend: str) -> str:
+    """The tolerances (a key of :data:`~.compare.TOLERANCES`) ``runner``, made for the
+    :data:`PARITY_BACKENDS` entry ``backend``, is held to: the precision it runs at (an ONNX
+    Runtime runner's ``precision``: ``"tf32"`` for an fp32 export on ONNX Runtime's TensorRT
+    provider, TF32 convolutions being TensorRT's default), else the export's."""
+    stated = getattr(runner, "precision", None)
+    if isinstance(stated, str) and stated in TOLERANCES:
+        return stated
+    return precision_of(backend)
 
 
 @dataclass
@@ -160,7 +173,9 @@ def run_parity(model: Any, config: DetectorConfig, folder: Any, backends: Sequen
         folder: the export folder, or a mapping backend name -> export folder.
         backends, sizes: what to compare; sizes are (width, height).
         seed: seed of the synthetic images.
-        tolerances: per precision ("fp32", "fp16"); default :data:`~.compare.TOLERANCES`.
+        tolerances: per precision ("fp32", "fp16", "tf32"); a precision not in it (all of
+            them, with None) takes its :data:`~.compare.TOLERANCES` entry. A runner is held to
+            the precision it runs at (:func:`runner_precision`).
 
     A backend that cannot be created here (missing dependency, file absent from the export
     folder) gives one :data:`SKIPPED` result per size saying why.
@@ -183,9 +198,10 @@ def run_parity(model: Any, config: DetectorConfig, folder: Any, backends: Sequen
         for w, h in sizes:
             case = ReferenceCase(reference, config, h, w, seed) if runners else None
             for name, runner in runners.items():
-                precision = precision_of(name)
-                found[name, w, h] = compare_runner(case, runner, config, h, w, precision, name,
-                                                   seed, (tolerances or TOLERANCES)[precision])
+                precision = runner_precision(runner, name)
+                found[name, w, h] = compare_runner(
+                    case, runner, config, h, w, precision, name, seed,
+                    (tolerances or {}).get(precision, TOLERANCES[precision]))
     finally:
         close_all(runners.values())
     results = []

@@ -36,6 +36,8 @@ PROG = "tf-serve"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its ``--help`` documents every option)."""
+    from tinyfaces_trt.scaleout.cluster import gpu_use_text
+
     mask = default_mask_style()  # tf-anonymize's defaults, which /anonymize takes
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -49,7 +51,8 @@ endpoints:
                     "coordinate_base", "detections": [{{"box": [x1, y1, x2, y2],
                     "score": p}}, ...]}}; boxes in the variant's pixel coordinates, clipped
                     to the image: coordinate_base 0 (pytorch: x in [0, W-1], y in [0, H-1])
-                    or 1 (matconvnet: x in [1, W], y in [1, H])
+                    or 1 (matconvnet: x in [1, W], y in [1, H]); any query parameter
+                    -> 400 (thresholds and face sizes are the server's: --prob-thresh ...)
   POST /anonymize   the image with every face hidden as tf-anonymize hides it (its
                     defaults in brackets): ?mode=blur|pixelate|solid ({mask.mode})
                     &shape=box|ellipse ({mask.shape}) &mask_scale=F ({mask.scale:g})
@@ -104,8 +107,12 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     scale = parser.add_argument_group("scaling")
     scale.add_argument("--replicas", type=positive_int, metavar="N",
                        help="fixed number of replicas (default: 1; or autoscaling with "
-                            "--min-replicas/--max-replicas); refused at once (exit 1) when "
-                            "the cluster's nodes cannot hold them")
+                            "--min-replicas/--max-replicas). Where the cluster's nodes cannot "
+                            "hold them: refused at once (exit 1) on the local cluster tf-serve "
+                            "starts; on an existing cluster (--address, $RAY_ADDRESS or "
+                            "`ray start` on this machine), which an autoscaler such as KubeRay "
+                            "may grow, a warning, and they wait until nodes that can hold "
+                            "them join")
     scale.add_argument("--min-replicas", type=int, metavar="N",
                        help="autoscale: fewest replicas (0 allowed; default: off)")
     scale.add_argument("--max-replicas", type=positive_int, metavar="N",
@@ -113,8 +120,8 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     scale.add_argument("--cpus-per-replica", type=positive_float, default=1.0, metavar="N",
                        help="CPUs Ray reserves per replica (default: 1)")
     scale.add_argument("--gpus-per-replica", type=float, choices=(0.0, 1.0), default=None,
-                       metavar="0|1", help="GPUs per replica (default: 1 for tensorrt or CUDA "
-                                           "providers when the cluster has GPUs, else 0)")
+                       metavar="0|1", help=f"GPUs per replica (default: 1 when the cluster "
+                                           f"has GPUs and {gpu_use_text()}, else 0)")
     scale.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
                        help="images detected together per batch (default: 8)")
     scale.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=10.0, metavar="MS",

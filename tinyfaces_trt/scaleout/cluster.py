@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -183,6 +183,19 @@ def spec_uses_gpu(spec: Any) -> bool:
     if isinstance(providers, str):
         providers = providers.split(",")
     return any(p in _GPU_PROVIDERS for p in providers or ())
+
+
+def gpu_use_text() -> str:
+    """:func:`spec_uses_gpu`'s rule in words, from the same constants (tf-serve's
+    ``--gpus-per-replica`` help, which once left a GPU backend out)."""
+    aliases = [name for name in _GPU_PROVIDERS if name == "auto" or name in PROVIDER_ALIASES]
+    return (f"the backend is {_or_list(GPU_BACKENDS)} (auto: the one it picks) or "
+            f"--providers lists {_or_list(aliases)} (or their full names)")
+
+
+def _or_list(names: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def plan_pool(resources: Resources, spec: Any, workers: int | None = None,

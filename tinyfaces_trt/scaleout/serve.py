@@ -30,8 +30,8 @@ from typing import Any
 from tinyfaces_trt.core.cli import ImageSize
 from tinyfaces_trt.scaleout.service import (
     DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES, Limits, RequestError, anonymise,
-    check_body_size, check_headers, check_route, clip_to_image, decode_body, detect_images,
-    detection_body, error_body, parse_anonymise_query)
+    check_body_size, check_headers, check_query, check_route, clip_to_image, decode_body,
+    detect_images, detection_body, error_body, parse_anonymise_query)
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
 
@@ -216,6 +216,7 @@ class RequestHandler:
                 "status": "ok", "backend": self.backend, "variant": config.variant,
                 "coordinate_base": int(config.coordinate_base), "warmed_up": self.warmed_up,
                 "warmup_batch_sizes": self.warmup_batch_sizes})
+        check_query(request.query_params, route)  # before the body is read
         check_headers(request.headers, self.limits)
         body = await _read_body(request, self.limits)
         if route == "/anonymize":

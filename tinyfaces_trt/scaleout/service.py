@@ -7,7 +7,9 @@ sees, so they are tested without a server:
   ``application/octet-stream``) -> ``{"width", "height", "variant", "coordinate_base",
   "detections": [{"box": [x1, y1, x2, y2], "score": p}, ...]}`` (tf-detect's detection
   list). Boxes are in the variant's pixel coordinates, clipped to the image:
-  ``coordinate_base`` 0 (pytorch: x in [0, W-1]) or 1 (matconvnet: x in [1, W]).
+  ``coordinate_base`` 0 (pytorch: x in [0, W-1]) or 1 (matconvnet: x in [1, W]). It takes
+  no query parameter (one is a 400: the detection settings are the server's, ``tf-serve
+  --prob-thresh`` ..., not the request's).
 - ``POST /anonymize[?mode=blur|pixelate|solid][&shape=box|ellipse][&mask_scale=F]
   [&blur_strength=F][&cells=N][&format=jpeg|png]``: body = an image -> the image with every
   face hidden as tf-anonymize hides it (its defaults, :func:`default_mask_style`: blur, box,
@@ -49,6 +51,9 @@ _ANONYMISE_MODES = ("blur", "pixelate", "solid")
 #: /anonymize query parameters: ``format`` and tf-anonymize's mask options (--mode, --shape,
 #: --mask-scale, --blur-strength, --cells, as snake_case names).
 _ANONYMISE_PARAMETERS = ("mode", "shape", "mask_scale", "blur_strength", "cells", "format")
+#: The query parameters each POST route takes (any other is a 400: :func:`check_query`).
+QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {"/detect": (),
+                                                "/anonymize": _ANONYMISE_PARAMETERS}
 _FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
             "png": ("PNG", "image/png")}
 _BODY_TYPES = ("application/octet-stream",)
@@ -205,6 +210,31 @@ def detection_body(image: np.ndarray, boxes: np.ndarray, variant: str = "pytorch
             "coordinate_base": int(base), "detections": detections_to_list(boxes)}
 
 
+def check_query(query: Mapping[str, str], route: str) -> None:
+    """Refuses the query parameters ``route`` does not take (:data:`QUERY_PARAMETERS`): one
+    ignored would leave the client thinking it applied (a misspelt ``mask_scale`` the default
+    mask, ``/detect?prob_thresh=0.8`` the server's threshold). Where a parameter may be meant
+    as a detection setting (every one on ``/detect``, which takes none), the message says
+    those are the server's, set when tf-serve starts.
+
+    Raises:
+        RequestError: 400 naming the unknown parameters and those the route takes.
+    """
+    from tinyfaces_trt.detector_record import DETECTION_FIELDS
+
+    taken = QUERY_PARAMETERS[route]
+    unknown = sorted(set(query) - set(taken))
+    if not unknown:
+        return
+    message = (f"unknown query parameter(s) {', '.join(map(repr, unknown))}; {route} takes "
+               + (", ".join(taken) if taken else "no query parameters"))
+    if not taken or any(name.lower().replace("-", "_") in DETECTION_FIELDS for name in unknown):
+        options = ", ".join("--" + name.replace("_", "-") for name in DETECTION_FIELDS)
+        message += ("; the detection settings (thresholds, face sizes, pyramid) are the "
+                    f"server's, set when it starts (tf-serve {options})")
+    raise RequestError(400, message)
+
+
 def default_mask_style() -> Any:
     """tf-anonymize's default mask (:data:`~tinyfaces_trt.runtime.masks.ANONYMIZE_STYLE`:
     blur, box, boxes enlarged 1.3x, blur strength 0.25, 5 x 5 cells), which ``/anonymize``
@@ -227,9 +257,11 @@ class AnonymiseRequest:
         return self.style.mode
 
 
-def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: float) -> Any:
+def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: float,
+            least: float | None = None) -> Any:
     """The query's ``name`` as ``convert`` makes it, None if absent; a 400 unless it is
-    > 0 (a float) or >= 1 (an int) and at most ``top`` (MaskStyle's limit)."""
+    > 0 (a float; at least ``least`` where given) or >= 1 (an int) and at most ``top``
+    (MaskStyle's limits)."""
     text = query.get(name)
     if text is None:
         return None
@@ -237,7 +269,8 @@ def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: f
         value = convert(text)
     except ValueError:
         raise RequestError(400, f"{name} must be {what}, got {text!r}") from None
-    if isinstance(value, float) and not (math.isfinite(value) and 0 < value <= top) \
+    low_ok = (lambda v: v >= least) if least is not None else (lambda v: v > 0)
+    if isinstance(value, float) and not (math.isfinite(value) and low_ok(value) and value <= top) \
             or isinstance(value, int) and not 1 <= value <= top:
         raise RequestError(400, f"{name} must be {what}, got {text!r}")
     return value
@@ -245,7 +278,7 @@ def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: f
 
 def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseRequest:
     """The mask of tf-anonymize's options (``mode`` blur|pixelate|solid, ``shape``
-    box|ellipse, ``mask_scale`` 0 < F <= 100, ``blur_strength`` 0 < F <= 10, ``cells``
+    box|ellipse, ``mask_scale`` 1 <= F <= 100, ``blur_strength`` 0 < F <= 10, ``cells``
     N 1..10000 (MaskStyle's limits); each left
     out takes tf-anonymize's default, :func:`default_mask_style`) and ``format`` (jpeg|png;
     default: JPEG for a JPEG body, else PNG).
@@ -254,10 +287,7 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
         RequestError: 400 an unknown parameter (a misspelt ``mask_scale`` would otherwise
             leave the default mask silently), mode, shape or format, or a bad number.
     """
-    unknown = sorted(set(query) - set(_ANONYMISE_PARAMETERS))
-    if unknown:
-        raise RequestError(400, f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
-                                f"/anonymize takes {', '.join(_ANONYMISE_PARAMETERS)}")
+    check_query(query, "/anonymize")
     from tinyfaces_trt.runtime.masks import MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE, SHAPES
 
     mode = (query.get("mode") or default_mask_style().mode).lower()
@@ -269,7 +299,8 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
         raise RequestError(400, f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     changes = {"mode": mode, "shape": shape,
                "scale": _number(query, "mask_scale", float,
-                                f"a number > 0 and <= {MAX_SCALE:g}", MAX_SCALE),
+                                f"a number >= 1 (1 = the detected box) and <= {MAX_SCALE:g}",
+                                MAX_SCALE, least=1.0),
                "blur_strength": _number(query, "blur_strength", float,
                                         f"a number > 0 and <= {MAX_BLUR_STRENGTH:g}",
                                         MAX_BLUR_STRENGTH),

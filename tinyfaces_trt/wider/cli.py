@@ -13,8 +13,8 @@ refused before any work. Each is
 written whole or not at all, also when the run is interrupted.
 
 Exit codes: 0 success, 1 a problem with the inputs (message on stderr, no traceback),
-2 bad command line or an output that would replace an input, 130 interrupted (Ctrl-C or
-SIGTERM).
+2 bad command line (also a ``--plot`` name without a suffix matplotlib writes) or an output
+that would replace an input, 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ class OutputReplacesInputError(TinyFacesError):
     (a usage error)."""
 
 
+class PlotNameError(TinyFacesError):
+    """``--plot`` names no image format matplotlib writes: no suffix, or an unknown one (a
+    usage error)."""
+
+
 EPILOG = """\
 examples:
-  tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03
+  tf-detect WIDER_val/images --model export/ --wider-dir pred/ --prob-thresh 0.03 --pyramid fixed
   tf-eval --gt eval_tools/ground_truth --pred pred/
   tf-eval --gt eval_tools/ground_truth --pred pred/ --json ap.json --plot pr.png
 
@@ -63,8 +68,9 @@ A ground-truth image without a prediction file counts as an image without detect
 tf-detect's records (<pred>/.tf-detect/) show results of several detectors, or of the
 untrained network, a warning says so.
 
-exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line or an
-output that would replace an input, 130 interrupted (Ctrl-C or SIGTERM)."""
+exit status: 0 success, 1 a problem with the inputs or outputs, 2 bad command line (also
+a --plot name without an image suffix matplotlib writes) or an output that would replace an
+input, 130 interrupted (Ctrl-C or SIGTERM)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write AP and PR curves to this JSON file (default: none)")
     p.add_argument("--plot", type=Path, metavar="FILE",
                    help="save the PR curves to this image; its suffix picks the format "
-                        "(.png, .pdf, .svg, ...), a name without one is refused (needs "
-                        "matplotlib; default: none)")
+                        "(.png, .pdf, .svg, ...), a name without one is refused (exit 2; "
+                        "needs matplotlib; default: none)")
     p.add_argument("--strict", action="store_true",
                    help="fail when a ground-truth image has no prediction file (default: count "
                         "it as an image without detections)")
@@ -200,7 +206,13 @@ def _require_matplotlib() -> None:
 
 def plot_format(path: Path) -> str:
     """The image format ``path`` is saved in: its suffix, lower case, one that matplotlib
-    writes (a name without a suffix is refused rather than guessed)."""
+    writes (a name without a suffix is refused rather than guessed).
+
+    Raises:
+        PlotUnavailableError: matplotlib is not installed.
+        PlotNameError: no suffix, or one matplotlib does not write (the message lists those
+            it does).
+    """
     _require_matplotlib()
     from matplotlib.figure import Figure
 
@@ -208,11 +220,11 @@ def plot_format(path: Path) -> str:
     choices = ", ".join("." + f for f in sorted(formats))
     suffix = path.suffix.lower().lstrip(".")
     if not suffix:
-        raise TinyFacesError(f"--plot {path}: the name has no image suffix to choose the "
-                             f"format; end it with one of {choices}")
+        raise PlotNameError(f"--plot {path}: the name has no image suffix to choose the "
+                            f"format; end it with one of {choices}")
     if suffix not in formats:
-        raise TinyFacesError(f"--plot {path}: unknown image format {suffix!r}; end the name "
-                             f"with one of {choices}")
+        raise PlotNameError(f"--plot {path}: unknown image format {suffix!r}; end the name "
+                            f"with one of {choices}")
     return suffix
 
 
@@ -299,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
               f"ground-truth image (box count 0 for an image without detections) or drop "
               f"--strict to count them as images without detections", file=sys.stderr)
         return 1
-    except OutputReplacesInputError as exc:
+    except (OutputReplacesInputError, PlotNameError) as exc:  # bad command lines
         print(f"tf-eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TinyFacesError as exc:
