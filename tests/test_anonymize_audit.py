@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -316,3 +317,31 @@ def test_mode_none_is_said_at_the_start_per_file_in_the_summary_and_in_the_sidec
     side = _side(out / "p.png")
     assert (side["anonymised"], side["mode"]) == (True, "blur")
     assert jobs.Result(jobs.Task("a", "b", "b.json", "image"), "done").anonymised
+
+
+# --- documentation review rB, finding 10: the help names every exit status --------------------
+
+def test_the_help_names_every_exit_status_the_command_returns(tmp_path, monkeypatch, capsys):
+    """tf-anonymize returns 0 (done), 1 (an input failed), 2 (bad arguments) and 130 (Ctrl-C
+    or SIGTERM): its help's exit status list names exactly those, 130 in tf-detect's words."""
+    from tinyfaces_trt.cli import detect
+
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+    returned = {_run_cli([photo, "--out", out, "-q"], monkeypatch, capsys)[0],
+                _run_cli([tmp_path / "gone.png", "--out", out, "-q"], monkeypatch, capsys)[0]}
+    with pytest.raises(SystemExit) as usage:
+        cli.main([str(photo), "--out", str(out), "--hold", "-1"])
+    returned.add(usage.value.code)
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    returned.add(cli.main([str(photo), "--out", str(out)]))
+    capsys.readouterr()
+    assert returned == {0, 1, 2, 130}
+    section = " ".join(cli.build_parser().format_help().split("exit status:")[1].split())
+    assert {int(n) for n in re.findall(r"(?:^|, )(\d+) (?=[a-z])", section)} == returned
+    assert section.endswith(", 130 interrupted (Ctrl-C or SIGTERM).")
+    assert "130 interrupted (Ctrl-C or SIGTERM)." in " ".join(
+        detect.build_parser().format_help().split())

@@ -315,7 +315,11 @@ def test_which_options_redo_an_existing_output(tmp_path):
     for name in ("v.mp4", "p.jpg"):
         _sidecar(out / f"{name}.json", src / name, made)
     assert plan(made) == {}
-    assert plan(dataclasses.replace(made, batch=8, review_band=0.3, progress=True)) == {}
+    assert plan(dataclasses.replace(made, batch=8, progress=True)) == {}
+    # another review band keeps the output only where the sidecar records the frames' scores
+    # (test_anonymize_reruns); this one records none
+    assert plan(dataclasses.replace(made, review_band=0.3))["v.mp4"].startswith(
+        "it was made with review_band 0.1 (now 0.3), and its sidecar does not record")
     assert plan(dataclasses.replace(made, hold=3, crf=None)) == {
         "v.mp4": "it was made with hold 5 (now 3), crf 20 (now default)"}
     pixelate = dataclasses.replace(made, style=MaskStyle(mode="pixelate", scale=1.3, cells=8))

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_anonymize_jobs import FACE, BoxDetector, _photo, _run_cli, _sha
-from tinyfaces_trt.anonymize import jobs, reruns
+from tinyfaces_trt.anonymize import cli, jobs, reruns
 from tinyfaces_trt.anonymize.sidecar import input_identity as sidecar_identity
 from tinyfaces_trt.anonymize.sidecar import output_record
 from tinyfaces_trt.anonymize.jobs import Options, is_done, plan_tasks
@@ -436,3 +437,124 @@ def _redo_moved(source: Path, task: jobs.Task) -> str:
     tasks, skipped, errors = plan_tasks([source], Path(task.output).parent, options=Options())
     assert not errors
     return "skipped" if skipped else Path(tasks[0].output).name
+
+
+# --- 4: another --review-band (documentation review rB, finding 4) -----------------------------
+
+class ScoresDetector:
+    """Gives frame ``i`` of a video (or an image) the detections ``per_frame[i]``: scores, each
+    on a box of its own (:data:`BOXES`), as float32 as a runner's are; refuses more frames."""
+
+    BOXES = ((8, 8, 28, 28), (34, 8, 54, 28), (8, 28, 28, 46))
+    config = BoxDetector.config
+    identity = BoxDetector.identity
+
+    def __init__(self, per_frame):
+        self.per_frame, self.seen = list(per_frame), 0
+
+    def detect(self, image):
+        scores = self.per_frame[self.seen]
+        self.seen += 1
+        return np.array([[*box, s] for box, s in zip(self.BOXES, scores)],
+                        np.float32).reshape(-1, 5)
+
+    def detect_batch(self, images):
+        return [self.detect(image) for image in images]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _no_detector(args):
+    raise AssertionError("a review list update needs no detector")
+
+
+def test_another_review_band_updates_only_the_review_list(tmp_path, monkeypatch, capsys):
+    """A rerun with --review-band 0.3 keeps the output (same bytes, same modification time)
+    and builds no detector: the sidecar's review list is the one a full run with 0.3 writes,
+    recomputed from the recorded scores (frame 3's two scores both recorded as 0.5, one above
+    the threshold and one below, settled by the old list); every other field is kept but the
+    band, the review count and a note of the change. The next such run skips it."""
+    per_frame = [[0.55], [0.65, 0.58], [0.75], [0.500003, 0.499998], [0.9], [0.62]]
+    clip, out, fresh = _clip(tmp_path / "clip.mp4", 6), tmp_path / "out", tmp_path / "fresh"
+    status, _ = _run_cli([clip, "--out", out, "-q", "--hold", "0"], monkeypatch, capsys,
+                         ScoresDetector(per_frame))
+    assert status == 0
+    output, side_path = out / "clip.mp4", out / "clip.mp4.json"
+    before, stat = json.loads(side_path.read_text()), output.stat()
+    data = output.read_bytes()
+    assert before["review"] == {"band": [0.5, 0.6], "frames": [
+        {"index": 0, "time": 0.0, "scores": [0.55]}, {"index": 1, "time": 0.04, "scores": [0.58]},
+        {"index": 3, "time": 0.12, "scores": [0.5]}]}
+
+    monkeypatch.setattr(cli, "_make_detector", _no_detector)
+    status = cli.main([str(clip), "--out", str(out), "--hold", "0", "--review-band", "0.3"])
+    printed = capsys.readouterr()
+    assert status == 0
+    assert "tf-anonymize: 0 done, 1 review list(s) updated, 0 skipped, 0 failed in" in printed.err
+    assert printed.out.splitlines() == [
+        f"{clip} -> {side_path}: review list updated (review_band 0.1 (now 0.3)), 5 to review; "
+        f"{output} kept as it is"]
+    assert output.read_bytes() == data and output.stat().st_mtime_ns == stat.st_mtime_ns
+    after = json.loads(side_path.read_text())
+    expected = {"band": [0.5, 0.8], "frames": [
+        {"index": 0, "time": 0.0, "scores": [0.55]},
+        {"index": 1, "time": 0.04, "scores": [0.58, 0.65]},
+        {"index": 2, "time": 0.08, "scores": [0.75]},
+        {"index": 3, "time": 0.12, "scores": [0.5]},
+        {"index": 5, "time": 0.2, "scores": [0.62]}]}
+    assert after["review"] == expected
+    assert after["summary"] == {**before["summary"], "review_frames": 5}
+    assert after["options"] == {**before["options"], "review_band": 0.3}
+    note = after["review_updates"]
+    assert len(note) == 1 and note[0]["command"] == sys.argv
+    assert {k: note[0][k] for k in ("review_band", "band", "review_frames")} == {
+        "review_band": {"was": 0.1, "now": 0.3}, "band": {"was": [0.5, 0.6], "now": [0.5, 0.8]},
+        "review_frames": {"was": 3, "now": 5}}
+    changed = ("options", "review", "summary", "review_updates")
+    assert {k: v for k, v in after.items() if k not in changed} == \
+        {k: v for k, v in before.items() if k not in changed}
+    assert after["output_file"] == output_record(output)  # the sha256 of the output kept
+
+    # what a full run with --review-band 0.3 writes
+    status, _ = _run_cli([clip, "--out", fresh, "-q", "--hold", "0", "--review-band", "0.3"],
+                         monkeypatch, capsys, ScoresDetector(per_frame))
+    assert status == 0 and json.loads((fresh / "clip.mp4.json").read_text())["review"] == expected
+
+    status = cli.main([str(clip), "--out", str(out), "--hold", "0", "--review-band", "0.3"])
+    assert status == 0 and "0 done, 1 skipped, 0 failed" in capsys.readouterr().err
+    assert json.loads(side_path.read_text()) == after
+    assert output.read_bytes() == data and output.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_a_review_list_the_rounded_scores_cannot_give_is_made_again(tmp_path, monkeypatch,
+                                                                    capsys):
+    """A detection scoring 0.800003, recorded as 0.8, is outside the band (0.5, 0.8] of
+    --review-band 0.3, but its recorded score cannot tell: the file is made again, saying why,
+    and that frame is not listed; a sidecar without the frames' scores is made again too."""
+    per_frame = [[0.55], [0.800003], [0.7]]
+    clip, out = _clip(tmp_path / "clip.mp4", 3), tmp_path / "out"
+    status, _ = _run_cli([clip, "--out", out, "-q"], monkeypatch, capsys,
+                         ScoresDetector(per_frame))
+    assert status == 0
+    status, err = _run_cli([clip, "--out", out, "--review-band", "0.3"], monkeypatch, capsys,
+                           ScoresDetector(per_frame))
+    assert status == 0 and "1 done, 0 skipped, 0 failed" in err
+    assert (f"tf-anonymize: {clip}: making {out / 'clip.mp4'} again: it was made with "
+            "review_band 0.1 (now 0.3), and a detection of frame 1 is recorded with the score 0.8 "
+            "(rounded to 1e-5), too close to the new review band's top 0.8 to tell whether it lies "
+            "within the band") in err.splitlines()
+    side = json.loads((out / "clip.mp4.json").read_text())
+    assert [(f["index"], f["scores"]) for f in side["review"]["frames"]] == [(0, [0.55]),
+                                                                            (2, [0.7])]
+    assert "review_updates" not in side
+    del side["frames"]
+    (out / "clip.mp4.json").write_text(json.dumps(side))
+    tasks, skipped, _ = plan_tasks([clip], out, options=Options(review_band=0.2))
+    assert not skipped and tasks[0].review is None and tasks[0].redo == (
+        "it was made with review_band 0.3 (now 0.2), and its sidecar does not record the review "
+        "band and list and every frame's masks with their scores, which the new review list is "
+        "computed from")

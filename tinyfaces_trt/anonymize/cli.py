@@ -124,20 +124,24 @@ again once) or other mask or video options (--mode, --shape, --mask-scale, --blu
 --draw, --hold, --iou, --codec, --crf, --keep-audio, --keep-metadata), another network
 (--model, --weights: the weights' sha256, or the untrained one) or other detector
 settings (--prob-thresh, --nms-thresh, --min-face, --max-face, --pyramid): then it is made
-again with the new ones. A file at an output path without its audit JSON was not written by
+again with the new ones. Another --review-band alone keeps the output as it is and
+rewrites only its audit JSON's review list, recomputed from the scores the JSON records
+per frame ("review list updated", noted in the JSON's review_updates); where those
+scores, rounded to 1e-5, cannot tell whether a detection lies within the new band, the
+input is made again. A file at an output path without its audit JSON was not written by
 tf-anonymize: it is left as it is and reported (exit 1) unless --overwrite. An output whose
 JSON names another path but records this file (a folder moved or remounted: same size,
 sha256 and, over 2 MiB, modification time) is its output: skipped or made again under its
 name, not written anew as NAME_2. A file given more than once (by its real path: named
 twice, linked, or in a folder also given) is anonymised once; a line counts the others.
 
-exit status: 0 every input done (or skipped: output exists), 1 some input failed or was not
-anonymised (each listed on stderr: an unreadable file, an image or video of a format it
-does not read, a file at its output path it did not write; the others finish), or the run
-could not start (an --out that is a file or cannot be created or written, a --model or
---weights that cannot be read: as tf-detect and tf-export), 2 bad command-line arguments
-(options, their values and combinations) or an --out where an output would replace an
-input file.""",
+exit status: 0 every input done (or skipped: output exists; or its review list updated),
+1 some input failed or was not anonymised (each listed on stderr: an unreadable file, an
+image or video of a format it does not read, a file at its output path it did not write;
+the others finish), or the run could not start (an --out that is a file or cannot be
+created or written, a --model or --weights that cannot be read: as tf-detect and
+tf-export), 2 bad command-line arguments (options, their values and combinations) or an
+--out where an output would replace an input file, 130 interrupted (Ctrl-C or SIGTERM).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image or video files, or folders (walked recursively)")
@@ -196,12 +200,14 @@ input file.""",
     out = parser.add_argument_group("outputs")
     out.add_argument("--review-band", type=fraction, default=0.1, metavar="B",
                      help="list frames with a detection scoring within B above the threshold "
-                          "for human review in the sidecar (default: 0.1)")
+                          "for human review in the sidecar (default: 0.1); a rerun with "
+                          "another B rewrites only the sidecar's review list (see reruns)")
     out.add_argument("--overwrite", action="store_true",
                      help="replace existing outputs, also files tf-anonymize did not write "
                           "(default: skip inputs whose output exists, made of the same input "
                           "file with the same mask and video options, network and detector "
-                          "settings; leave files without an audit JSON alone)")
+                          "settings, updating only the review list of another --review-band; "
+                          "leave files without an audit JSON alone)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress (a bar on a terminal, else a line per video every "
                           "30 s) or per-file lines (errors are still printed)")
@@ -288,6 +294,7 @@ def _run_in(args: argparse.Namespace) -> int:
         tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite, options,
                                             expected)
         _report_plan(tasks, results, errors, args.quiet)
+        tasks = _update_reviews(tasks, options, results, args.quiet)
         if not tasks:
             return _summary(results, errors, start)
         if is_untrained(args.model, args.weights):
@@ -313,6 +320,21 @@ def _run_in(args: argparse.Namespace) -> int:
             results.append(result)
             _report(result, args.quiet)
     return _summary(results, errors, start)
+
+
+def _update_reviews(tasks: list[Any], options: Any, results: list[Any], quiet: bool
+                    ) -> list[Any]:
+    """Rewrites the review lists of the tasks planned for that only (``task.review``:
+    :func:`~.jobs.update_review`; no detector needed), their results added to ``results`` and
+    reported; returns the other tasks."""
+    from tinyfaces_trt.anonymize.jobs import update_review
+
+    for task in tasks:
+        if task.review:
+            result = update_review(task, options, sys.argv)
+            results.append(result)
+            _report(result, quiet)
+    return [task for task in tasks if not task.review]
 
 
 def _report_plan(tasks: list[Any], skipped: list[Any], errors: list[tuple[str, str]],
@@ -374,8 +396,16 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
 
 
 def _report(result: Any, quiet: bool) -> None:
+    from tinyfaces_trt.anonymize.jobs import REVIEW_UPDATED
+
     if result.status == "failed":
         stderr_line(f"{PROG}: error: {result.error}")
+        return
+    if result.status == REVIEW_UPDATED:
+        if not quiet:
+            print(f"{result.task.source} -> {result.task.sidecar}: review list updated "
+                  f"({result.task.review}), {result.review_frames} to review; "
+                  f"{result.task.output} kept as it is", flush=True)
         return
     for warning in result.warnings:
         stderr_line(f"{PROG}: warning: {result.task.source}: {warning}")
@@ -391,10 +421,12 @@ def _report(result: Any, quiet: bool) -> None:
 
 
 def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) -> int:
-    from tinyfaces_trt.anonymize.jobs import LEFT_OUT
+    from tinyfaces_trt.anonymize.jobs import LEFT_OUT, REVIEW_UPDATED
 
     failed = sum(r.status == "failed" for r in results) + len(errors)
     done = sum(r.status == "done" for r in results)
+    updated = sum(r.status == REVIEW_UPDATED for r in results)
+    reviews = f"{updated} review list(s) updated, " if updated else ""
     warned = sum(r.status == "done" and bool(r.warnings) for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     with_warnings = f" ({warned} with warnings)" if warned else ""
@@ -404,8 +436,8 @@ def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) ->
     left = sum(r.status == LEFT_OUT for r in results)
     left_out = f"; {left} left out of folders (hidden, linked or unreadable: listed above)" \
         if left else ""
-    stderr_line(f"{PROG}: {done} done{with_warnings}, {skipped} skipped, {failed} failed in "
-                f"{time.perf_counter() - start:.1f} s{not_anonymised}{left_out}")
+    stderr_line(f"{PROG}: {done} done{with_warnings}, {reviews}{skipped} skipped, {failed} "
+                f"failed in {time.perf_counter() - start:.1f} s{not_anonymised}{left_out}")
     return EXIT_ERROR if failed else EXIT_OK
 
 

@@ -2,8 +2,10 @@
 
 :func:`plan_tasks` expands files and folders into :class:`Task` objects with their output
 and sidecar paths (existing outputs made of the same input with the same options skipped
-unless ``overwrite``; a file at an output path that tf-anonymize did not write, and an output
-that would replace an input, are refused). :func:`process_file` runs
+unless ``overwrite``; one whose sidecar records only another review band keeps its output,
+:func:`update_review` rewriting the sidecar's review list; a file at an output path that
+tf-anonymize did not write, and an output that would replace an input, are refused).
+:func:`process_file` runs
 one task and returns a :class:`Result`; it is a pure function of (detector, task, options),
 all three picklable but the detector, so tasks can be spread over processes or a Ray cluster
 where each worker builds its own detector (:class:`tinyfaces_trt.detectors.DetectorSpec`).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -30,15 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyfaces_trt.anonymize.reruns import redo_reason, same_file_elsewhere
+from tinyfaces_trt.anonymize.reruns import redo_reason, review_rerun, same_file_elsewhere
 from tinyfaces_trt.detector_record import DetectorRecord
-from tinyfaces_trt.anonymize.sidecar import (MASKS_REVISION, AuditLog, input_identity,
-                                             model_identity, output_record, pyramid_record,
-                                             software_version, utc_now, write_claim)
+from tinyfaces_trt.anonymize.sidecar import (MASKS_REVISION, AuditLog, ReviewNotRecomputable,
+                                             input_identity, model_identity, output_record,
+                                             pyramid_record, software_version, utc_now,
+                                             with_review_band, write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import atomic_output, inputs_replaced_by, written_for_another
+from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
+                                      written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
                                          scale_boxes)
@@ -159,6 +164,9 @@ class Task:
         moved_from: the input path the existing output's sidecar records where that is
             another path holding the same file (:func:`~.reruns.same_file_elsewhere`: a folder
             moved or remounted), else None.
+        review: where the existing output is done but its sidecar records another review band
+            (:func:`~.reruns.review_rerun`), how (``review_band 0.1 (now 0.3)``): the output is
+            kept and :func:`update_review` recomputes the sidecar's review list; else None.
     """
 
     source: str
@@ -167,6 +175,7 @@ class Task:
     kind: str
     redo: str | None = None
     moved_from: str | None = None
+    review: str | None = None
 
 
 class InputOverwriteError(TinyFacesError):
@@ -178,7 +187,8 @@ class Result:
     """What happened to one task.
 
     Attributes:
-        status: ``"done"``, ``"skipped"`` (output exists) or ``"failed"``.
+        status: ``"done"``, ``"skipped"`` (output exists), :data:`REVIEW_UPDATED` (output
+            kept, its sidecar's review list recomputed for another band) or ``"failed"``.
         error: the reason, for a failure.
         frames: frames written; detections, held, filled: mask counts; review_frames:
             frames listed for review.
@@ -294,6 +304,9 @@ def _is_sidecar(path: Path) -> bool:
     return path.suffix.lower() == ".json" and media_kind(Path(path.stem)) is not None
 
 
+#: The status of a :class:`Result` of :func:`update_review`: the output kept, its sidecar's
+#: review list recomputed for the run's review band.
+REVIEW_UPDATED = "review list updated"
 #: The status of a :class:`Result` of :func:`plan_tasks` for a file or folder a folder's walk
 #: left out (:func:`_walk`); its ``notes`` hold why, one of :data:`LEFT_OUT_WHY`'s keys.
 LEFT_OUT = "left out"
@@ -446,12 +459,15 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     of the file given is its output (:func:`_output_name`).
 
     Returns:
-        (tasks to run, skipped results for inputs whose output and sidecar both exist when
-        not ``overwrite`` and the sidecar records the input file as it is now, ``options``'
+        (tasks to run (those whose output is done but whose sidecar records another review
+        band than ``options``' with :attr:`Task.review` set: :func:`update_review`'s; where
+        the sidecar cannot give the new list exactly, with :attr:`Task.redo` set instead),
+        skipped results for inputs whose output and sidecar both exist when not
+        ``overwrite`` and the sidecar records the input file as it is now, ``options``'
         pixel-changing options and ``detector``'s network and settings (:func:`is_done`;
-        None: not compared), first the results of status :data:`LEFT_OUT` of what folder
-        walks left out (the path as ``task.source``, no output, why as the only note:
-        :func:`left_out_lines` words them),
+        None: not compared) and ``options``' review band, first the results of status
+        :data:`LEFT_OUT` of what folder walks left out (the path as ``task.source``, no
+        output, why as the only note: :func:`left_out_lines` words them),
         [(argument, error)] for missing paths, unknown suffixes, images and videos of other
         formats and files of unknown suffixes holding one in folders (:func:`_plan_folder`),
         empty folders, and, unless ``overwrite``, outputs that exist without a sidecar (not
@@ -495,7 +511,13 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             foreign.append(task)
             errors.append((task.source, _not_ours(task)))
         elif (redo := _redo_reason(task, options, detector)) is None:
-            skipped.append(Result(task, "skipped"))
+            review = None if options is None else review_rerun(task.sidecar, options.review_band)
+            if review is None:
+                skipped.append(Result(task, "skipped"))
+            else:  # only the review band differs: the sidecar's list, or all where it cannot
+                change, why_not = review
+                tasks.append(dataclasses.replace(task, review=None if why_not else change,
+                                                 redo=why_not))
         else:
             tasks.append(dataclasses.replace(task, redo=redo))
     # an --out holding the inputs is refused as such, before its files are taken for foreign ones
@@ -657,6 +679,38 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
                   review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
                   warnings=tuple(warnings), notes=tuple(notes),
                   anonymised=bool(header["anonymised"]))
+
+
+def update_review(task: Task, options: Options, command: Sequence[str] = ()) -> Result:
+    """Rewrites ``task``'s sidecar (atomically) with the review list of ``options.review_band``
+    recomputed from the masks and scores it records (:func:`~.sidecar.with_review_band`:
+    every other field kept, the change noted in ``review_updates`` with ``command``), for a
+    task :func:`plan_tasks` found done but for its review band (:attr:`Task.review`). The
+    output is neither read nor written. Never raises for a bad sidecar.
+
+    Returns:
+        a :data:`REVIEW_UPDATED` :class:`Result` (the sidecar's counts), or a ``"failed"`` one
+        where the sidecar cannot be read or written, or no longer gives the list exactly.
+    """
+    start = time.perf_counter()
+    try:
+        recorded = json.loads(Path(task.sidecar).read_text(encoding="utf-8"))
+        document = with_review_band(recorded, options.review_band, command=list(command),
+                                    version=software_version())
+        write_text_atomic(task.sidecar, json.dumps(document, indent=1) + "\n")
+    except ReviewNotRecomputable as exc:
+        return Result(task, "failed", seconds=time.perf_counter() - start, error=naming(
+            task.source, f"review list of {task.sidecar} not updated: {exc}; run again"))
+    except (OSError, ValueError, AttributeError) as exc:
+        message = f"{exc.strerror or exc}" if isinstance(exc, OSError) else f"{exc}"
+        return Result(task, "failed", seconds=time.perf_counter() - start, error=naming(
+            task.source, f"review list of {task.sidecar} not updated: {message}"))
+    summary = document["summary"]
+    counts = {key: summary.get(key) for key in ("frames", "detections", "held", "filled")}
+    return Result(task, REVIEW_UPDATED, review_frames=len(document["review"]["frames"]),
+                  seconds=time.perf_counter() - start,
+                  anonymised=document.get("anonymised") is not False,
+                  **{k: v for k, v in counts.items() if isinstance(v, int)})
 
 
 def naming(source: str, message: str) -> str:
@@ -945,5 +999,6 @@ def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: Audit
     emit(masker.flush())
 
 
-__all__ = ["IMAGE_SUFFIXES", "InputOverwriteError", "Options", "Result", "Task", "detect_frames",
-           "is_done", "naming", "plan_tasks", "process_file", "render"]
+__all__ = ["IMAGE_SUFFIXES", "REVIEW_UPDATED", "InputOverwriteError", "Options", "Result", "Task",
+           "detect_frames", "is_done", "naming", "plan_tasks", "process_file", "render",
+           "update_review"]

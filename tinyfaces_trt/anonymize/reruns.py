@@ -11,6 +11,10 @@ replaced by its original, a ``--mode none`` review copy, or one the untrained ne
 made again. An output whose sidecar names another path is the same input's
 when it records the identity of the file now given (:func:`same_file_elsewhere`: a card folder
 moved or remounted): it is skipped or made again under its name, not written anew as ``_2``.
+
+An output whose sidecar records another ``--review-band`` but is otherwise done is kept: only
+its sidecar's review list is recomputed (:func:`review_rerun`), from the masks and scores it
+records per frame; where the rounded scores cannot give that list exactly it is made again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
-from tinyfaces_trt.anonymize.sidecar import MASKS_REVISION, input_identity, output_record, sampled
+from tinyfaces_trt.anonymize.sidecar import (MASKS_REVISION, ReviewNotRecomputable,
+                                             input_identity, output_record,
+                                             recomputed_review, sampled)
 from tinyfaces_trt.detector_record import DetectorRecord, shown
 
 #: Options that change an output (its pixels, or what it carries: audio, metadata), per kind
@@ -82,6 +88,28 @@ def redo_reason(sidecar: str | os.PathLike[str], kind: str, options: dict[str, A
     if detector is not None:
         changed.extend(detector.changes(recorded))
     return f"it was made with {', '.join(changed)}" if changed else None
+
+
+def review_rerun(sidecar: str | os.PathLike[str], band: float) -> tuple[str, str | None] | None:
+    """How the review band ``band`` (``--review-band``) differs from the one ``sidecar``
+    records, for an output that is otherwise done (:func:`redo_reason` gives none): None when
+    it records ``band``; else ``(change, None)`` where the review list of ``band`` can be
+    recomputed exactly from the sidecar (:func:`~.sidecar.recomputed_review`: the output is
+    kept, the sidecar rewritten), or ``(change, reason)`` with why it cannot (then the output
+    is made again). ``change`` reads ``review_band 0.1 (now 0.3)``."""
+    try:
+        recorded = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+        before = recorded["options"].get("review_band")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        before, recorded = None, None
+    if before == band and not isinstance(before, bool):
+        return None
+    change = f"review_band {shown(before)} (now {shown(band)})"
+    try:
+        recomputed_review(recorded, band)
+    except ReviewNotRecomputable as exc:
+        return change, f"it was made with {change}, and {exc}"
+    return change, None
 
 
 def input_change(recorded: Any, source: str | os.PathLike[str]) -> str | None:

@@ -49,10 +49,18 @@ Layout (``format: "tinyfaces-anonymize/1"``)::
                (the same, 0 when unknown: older readers), "frames_decoded", "duration",
                "codec", "pix_fmt"},
      "dropped_streams": [...], "input_problems": [...] (video),
+     "review_updates": [{"updated" (UTC), "review_band", "band", "review_frames" (each
+     {"was", "now"}), "command", "version"}] (only once a rerun with another --review-band
+     recomputed the review list: :func:`with_review_band`; the output was kept),
      "summary": {"frames" (written), "frames_with_masks", "detections", "held", "filled",
-                 "tracks"},
+                 "tracks", "review_frames"},
      "review": {"band": [lo, hi], "frames": [{"index", "time", "scores"}]},
      "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}
+
+A frame is listed for review when one of its detections scores ``lo < score <= hi``; the
+listed and recorded scores are rounded to 1e-5. As every frame's detections are recorded
+with their scores, the list of another band is recomputed from the sidecar
+(:func:`recomputed_review`) where the rounding cannot change it.
 
 Just before an output is renamed into place, :func:`write_claim` writes a provisional sidecar
 (the header's input fields and ``"incomplete": true``) that the full one then replaces: an
@@ -71,7 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
 from tinyfaces_trt.core.files import write_text_atomic
-from tinyfaces_trt.runtime.results import rounded_box, rounded_score
+from tinyfaces_trt.runtime.results import SCORE_DIGITS, rounded_box, rounded_score
 
 if TYPE_CHECKING:
     from tinyfaces_trt.core.config import DetectorConfig
@@ -90,6 +98,9 @@ MASKS_REVISION = 2
 SAMPLE_BYTES = 1 << 20
 #: Header fields a provisional sidecar (:func:`write_claim`) keeps.
 CLAIM_FIELDS = ("input", "resolved", "input_identity", "output", "kind")
+#: How far a detection's score can be from the one recorded (rounded to ``SCORE_DIGITS``
+#: decimals), with a margin for the float arithmetic.
+SCORE_ROUNDING = 0.5 * 10.0 ** -SCORE_DIGITS + 1e-12
 
 
 def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -209,7 +220,7 @@ class AuditLog:
     """
 
     def __init__(self, prob_thresh: float, band: float) -> None:
-        self.low, self.high = float(prob_thresh), min(1.0, float(prob_thresh) + float(band))
+        self.low, self.high = review_band_of(band, prob_thresh)
         self.frames: list[dict[str, Any]] = []
         self.review: list[dict[str, Any]] = []
         self.counts = {DETECTED: 0, HELD: 0, FILLED: 0}
@@ -251,3 +262,141 @@ class AuditLog:
     def write(self, path: str | Path, **header: Any) -> None:
         """Writes :meth:`document` as JSON to ``path`` (atomically)."""
         write_text_atomic(path, json.dumps(self.document(**header), indent=1) + "\n")
+
+
+class ReviewNotRecomputable(ValueError):
+    """A sidecar's review list cannot be recomputed exactly for another band: the sidecar
+    lacks the records it takes, or a recorded (rounded) score is too close to a band edge to
+    tell on which side the detection's score was."""
+
+
+def review_band_of(band: float, low: float) -> list[float]:
+    """The review band ``[lo, hi]`` that :class:`AuditLog` gives ``band`` above the threshold
+    ``low``."""
+    return [float(low), min(1.0, float(low) + float(band))]
+
+
+def _above(score: float, edge: float) -> bool | None:
+    """Whether a detection recorded with ``score`` (rounded) scored above ``edge``: True or
+    False where the rounding cannot change the answer, else None."""
+    if score - edge > SCORE_ROUNDING:
+        return True
+    if edge - score > SCORE_ROUNDING:
+        return False
+    return None
+
+
+def recomputed_review(recorded: Any, band: float) -> dict[str, Any]:
+    """The ``review`` record (``{"band", "frames"}``) that the run which wrote the sidecar
+    ``recorded`` (parsed JSON) would have written with the review band ``band``: its frames
+    with a detection scoring within ``(lo, hi]``, from the masks and scores each frame
+    records.
+
+    The recorded scores are rounded (:data:`SCORE_ROUNDING`): a detection whose recorded score
+    is that close to the threshold is settled by the recorded review list (where its band's
+    top is clearly above the score), one that close to the new band's top cannot be.
+
+    Raises:
+        ReviewNotRecomputable: the sidecar records no review band and list, or not every
+            frame with its masks and their scores; or a recorded score too close to the new
+            band's top (or to the threshold, with the recorded list unable to settle it).
+    """
+    try:
+        old = recorded["review"]
+        low, old_high = (float(v) for v in old["band"])
+        listed = {_int(f["index"]): [float(v) for v in f["scores"]] for f in old["frames"]}
+        frames = [(_int(f["index"]), f["time"], _scores(f["faces"])) for f in recorded["frames"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReviewNotRecomputable(
+            "its sidecar does not record the review band and list and every frame's masks "
+            "with their scores, which the new review list is computed from") from exc
+    hi = review_band_of(band, low)[1]
+    review = []
+    for index, time, scores in frames:
+        near: list[float] = []
+        settled_by_list: dict[float, int] = {}
+        for score in scores:
+            above, below = _above(score, low), _above(hi, score)
+            if above is False or below is False or hi <= low:
+                continue
+            if below is None:
+                raise ReviewNotRecomputable(
+                    f"a detection of frame {index} is recorded with the score {score:g} (rounded "
+                    f"to 1e-{SCORE_DIGITS}), too close to the new review band's top {hi:g} to "
+                    "tell whether it lies within the band")
+            if above:
+                near.append(score)
+            elif _above(old_high, score):  # was it listed? only a score above the threshold was
+                settled_by_list[score] = settled_by_list.get(score, 0) + 1
+            else:
+                raise ReviewNotRecomputable(
+                    f"a detection of frame {index} is recorded with the score {score:g} (rounded "
+                    f"to 1e-{SCORE_DIGITS}), too close to the threshold {low:g} to tell whether it "
+                    "lies above it")
+        for score, count in settled_by_list.items():
+            was_listed = listed.get(index, []).count(score)
+            if was_listed > count:
+                raise ReviewNotRecomputable(
+                    f"its review list names the score {score:g} in frame {index} more often than "
+                    "the frame records it")
+            near.extend([score] * was_listed)
+        if near:
+            review.append({"index": index, "time": time, "scores": sorted(near)})
+    return {"band": [low, hi], "frames": review}
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"not a frame index: {value!r}")
+    return value
+
+
+def _scores(faces: Any) -> list[float]:
+    """The recorded scores of a frame's masks (every detected mask has one; held and
+    back-filled ones have none)."""
+    scores = []
+    for face in faces:
+        score = face["score"]
+        if score is None and face["kind"] != DETECTED:
+            continue
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise TypeError(f"not a score: {score!r}")
+        scores.append(float(score))
+    return scores
+
+
+def with_review_band(recorded: dict[str, Any], band: float, **note: Any) -> dict[str, Any]:
+    """The sidecar ``recorded`` (parsed JSON) with the review list of ``band``
+    (:func:`recomputed_review`) and every other field kept, but ``options.review_band``,
+    ``summary.review_frames`` and, added to ``review_updates`` (before ``summary``), a note of
+    the change: its time, the band, the review frames (each ``{"was", "now"}``) and ``note``'s
+    fields (e.g. ``command``, ``version``).
+
+    Raises:
+        ReviewNotRecomputable: :func:`recomputed_review`'s, or a sidecar with no options or
+            summary record.
+    """
+    review = recomputed_review(recorded, band)
+    options, summary = recorded.get("options"), recorded.get("summary")
+    if not isinstance(options, dict) or not isinstance(summary, dict):
+        raise ReviewNotRecomputable("its sidecar records no options or summary")
+    old = recorded["review"]
+    change = {"updated": utc_now(),
+              "review_band": {"was": options.get("review_band"), "now": band},
+              "band": {"was": old["band"], "now": review["band"]},
+              "review_frames": {"was": len(old["frames"]), "now": len(review["frames"])},
+              **note}
+    updates = recorded.get("review_updates")
+    updates = [*updates, change] if isinstance(updates, list) else [change]
+    document: dict[str, Any] = {}
+    for key, value in recorded.items():
+        if key == "review_updates":
+            continue
+        if key == "summary":
+            document["review_updates"] = updates
+            value = {**value, "review_frames": len(review["frames"])}
+        document[key] = value
+    document.setdefault("review_updates", updates)
+    document["options"] = {**options, "review_band": band}
+    document["review"] = review
+    return document
