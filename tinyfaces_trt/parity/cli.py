@@ -86,8 +86,9 @@ tolerances:
 {tol}
 
 exit status:
-  {EXIT_OK}  every comparison ran and passed (backends chosen by default that cannot run
-     here, e.g. TensorRT without a GPU, are reported as skipped and do not fail)
+  {EXIT_OK}  every comparison ran and passed (the default backends are ONNX Runtime's, plus
+     TensorRT's only where TensorRT and a GPU are usable; a default one that still cannot
+     run is reported as skipped and does not fail)
   {EXIT_FAILED}  a comparison was out of tolerance (or had NaN/inf values)
   {EXIT_SETUP}  bad arguments, or a setup error (missing file or dependency, export folder of
      other weights, a file that cannot be written)
