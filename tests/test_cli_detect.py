@@ -18,11 +18,13 @@ from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
-from tinyfaces_trt.cli.detect import main
+from tinyfaces_trt.cli.detect import build_parser, main
+from tinyfaces_trt.cli.detect_ray import run_detect
 from tinyfaces_trt.runtime.draw import box_regions
 from tinyfaces_trt.core.manifest import load_export_folder
 from tinyfaces_trt.runtime.imageio import load_image
 from tinyfaces_trt.runtime.pipeline import Detector
+from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.wider.format import read_detection_file
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -137,6 +139,53 @@ def test_anonymised_copy_changes_only_face_regions(capsys, photos, export_dir, t
     assert np.any(hidden[bare] != original[bare])
     ring = inside & ~bare  # the enlargement, outside every detected box
     assert ring.any() and np.any(hidden[ring] != original[ring])
+
+
+@pytest.mark.parametrize("flag", ["--blur", "--pixelate"])
+def test_anonymised_copy_masks_the_unclipped_boxes_as_tf_anonymize(capsys, photos, export_dir,
+                                                                   tmp_path, reference, flag):
+    """tf-detect enlarged the boxes clipped to the image, tf-anonymize the detector's own: a
+    face half past the left border was masked over columns 0..22, not 0..25. The copy is now
+    tf-anonymize's for the same detections; the JSON, the console line and the drawn copy keep
+    the clipped boxes, byte for byte."""
+    from tinyfaces_trt.anonymize.cli import main as anonymize
+    from tinyfaces_trt.cli.detect_plan import mask_style
+    from tinyfaces_trt.runtime.masks import apply_masks
+
+    image_path = photos / "2--Other" / "b.png"
+    plain, anon = tmp_path / "plain", tmp_path / "anon"
+    argv = [image_path, "--model", export_dir, "--prob-thresh", "0.6"]
+    code, line, _ = _run(capsys, *argv, "--out", plain)
+    assert code == 0
+    code, anon_line, _ = _run(capsys, *argv, "--out", anon, flag, "--draw")
+    assert code == 0 and anon_line == line
+    record = json.loads((anon / "b.json").read_text())
+    del record["anonymised"]
+    assert json.dumps(record, indent=2) + "\n" == (plain / "b.json").read_text()
+    assert (anon / "b_boxes.png").read_bytes() == (plain / "b_boxes.png").read_bytes()
+
+    image = load_image(image_path)
+    config = reference.config.with_(prob_thresh=0.6)
+    clipped = Detector(reference.runner, config).detect(image)
+    unclipped = Detector(reference.runner, config.with_(clip_boxes=False)).detect(image)
+    assert record["detections"] == detections_to_list(clipped)
+    assert (unclipped[:, 0] < 0).any() and (unclipped[:, 1] < 0).any()  # cut by the border
+    assert np.array_equal(np.clip(unclipped[:, [0, 2]], 0, 47), clipped[:, [0, 2]])
+    style = mask_style(flag[2:])
+    hidden = load_image(anon / f"b_{'blurred' if flag == '--blur' else 'pixelated'}.png")
+    assert np.array_equal(hidden, apply_masks(image, unclipped, style))
+    assert not np.array_equal(hidden, apply_masks(image, clipped, style))  # (what it was)
+    # --ray's workers (here its serial pool) build the same detector and write the same files
+    ray = tmp_path / "ray"
+    assert run_detect(build_parser().parse_args(
+        [str(a) for a in (*argv, "--out", ray, flag, "--draw")])) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in ray.iterdir()) == sorted(p.name for p in anon.iterdir())
+    assert all((ray / p.name).read_bytes() == p.read_bytes() for p in anon.iterdir())
+    if flag == "--blur":  # tf-anonymize's own copy of the image, its default masks
+        assert anonymize([str(image_path), "--model", str(export_dir), "--out",
+                          str(tmp_path / "tf-anonymize"), "--prob-thresh", "0.6", "--quiet"]) == 0
+        assert np.array_equal(hidden, load_image(tmp_path / "tf-anonymize" / "b.png"))
 
 
 def test_wider_dir_keeps_event_folders(capsys, photos, export_dir, tmp_path):

@@ -154,6 +154,30 @@ def test_each_image_on_standard_input_is_processed_under_the_next_free_name(
     assert json.loads((out / "stdin_2.json").read_text())["image"] == "-"
 
 
+@pytest.mark.parametrize("fmt, suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
+def test_an_image_on_standard_input_gets_copies_in_its_own_format(capsys, export_dir, tmp_path,
+                                                                 monkeypatch, fmt, suffix):
+    """A JPEG on standard input was written as stdin_boxes.png, --jpeg-quality ignored, though
+    the help says JPEG files are written for JPEG inputs: piped, the copies are a file's."""
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_image(40, 52, seed=3)).save(buffer, format=fmt, quality=95)
+    data = buffer.getvalue()
+    photo = tmp_path / f"photo{suffix}"
+    photo.write_bytes(data)
+    piped, named = tmp_path / "piped", tmp_path / "named"
+    for argument, out in (("-", piped), (photo, named)):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        code, _, err = _run(capsys, argument, "--model", export_dir, "--out", out, "--blur",
+                            "--draw", "--jpeg-quality", 30)
+        assert code == 0, err
+    assert _files(piped) == sorted(["stdin.json", f"stdin_blurred{suffix}",
+                                    f"stdin_boxes{suffix}"])
+    for kind in ("_blurred", "_boxes"):  # the same pixels, format and --jpeg-quality
+        copy = piped / f"stdin{kind}{suffix}"
+        assert copy.read_bytes() == (named / f"photo{kind}{suffix}").read_bytes()
+        assert Image.open(copy).format == fmt
+
+
 def test_a_record_of_standard_input_is_never_an_inputs_own(tmp_path):
     record = tmp_path / "stdin.json"
     assert written_for_another(record, "image", None) is False  # absent: free

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import build_parser
+from tinyfaces_trt.cli.detect_plan import mask_record
+from tinyfaces_trt.anonymize.sidecar import MASKS_REVISION
 from tinyfaces_trt.wider.records import RECORDS_FOLDER as WIDER_RECORDS
 from tinyfaces_trt.cli.detect_ray import run_detect
 from tinyfaces_trt.detector_record import DetectorRecord
@@ -153,12 +156,17 @@ def test_a_checkpoint_run_knows_its_variant_before_it_is_loaded(tmp_path):
 
 def test_a_missing_output_is_added_beside_the_kept_ones_of_the_same_detector(capsys, export_dir,
                                                                            tmp_path):
+    """The drawn copy is kept; the JSON is written again with the anonymised copy added, as it
+    records how that copy was made."""
     photos, out, detections = _first_run(capsys, export_dir, tmp_path)
-    kept = detections.read_text().replace('"height"', '"height" ')  # marks the file as kept
-    detections.write_text(kept)
+    first = json.loads(detections.read_text())
+    drawn = out / "ev" / "p0_boxes.png"
+    drawn.write_bytes(drawn.read_bytes() + b"kept")  # marks the file as kept
+    kept = drawn.read_bytes()
     code, _, err = _run(capsys, photos, "--model", export_dir, "--out", out, "--blur", "--draw")
     assert code == 0 and "making its outputs again" not in err
-    assert detections.read_text() == kept and (out / "ev" / "p0_blurred.png").is_file()
+    assert drawn.read_bytes() == kept and (out / "ev" / "p0_blurred.png").is_file()
+    assert json.loads(detections.read_text()) == {**first, "anonymised": mask_record("blur")}
 
 
 @pytest.mark.parametrize("record", [None, "not json", '{"model": {"untrained": true}}'],
@@ -213,3 +221,83 @@ def test_record_changes_name_each_difference_and_distrust_unknown_networks():
         "seed 1 (now 0)", "precision fp16 (now fp32)"]
     assert untrained.changes({"model": {"untrained": True}, "config": {}}) == [  # which seed is not known
         "variant unknown (now pytorch)", "depth unknown (now 101)", "seed unknown (now 0)"]
+
+
+def _blurred_run(capsys, export_dir: Path, tmp_path: Path, run=_run
+                 ) -> tuple[list[Any], Path, Path, dict[str, Any]]:
+    """(argv, the detections JSON, the blurred copy, the JSON's content) of a first --blur run
+    over one photo."""
+    photos = _photos(tmp_path / "photos", count=1)
+    out = tmp_path / "out"
+    argv = [photos, "--model", export_dir, "--out", out, "--blur"]
+    assert run(capsys, *argv)[0] == 0
+    return argv, out / "ev" / "p0.json", out / "ev" / "p0_blurred.png", \
+        json.loads((out / "ev" / "p0.json").read_text())
+
+
+@pytest.mark.parametrize("run", [_run, _ray], ids=["single", "ray"])
+def test_an_anonymised_copy_of_other_masks_is_made_again(capsys, export_dir, tmp_path, run):
+    """A rerun kept the blurred copy of an older tf-detect (the bare box, or the clipped box
+    enlarged), or of other masks, and reported the image as done: the JSON recorded nothing of
+    how the copy was made. It records it now, and a copy recorded otherwise is made again."""
+    argv, detections, copy, first = _blurred_run(capsys, export_dir, tmp_path, run)
+    photos = argv[0]
+    assert first["anonymised"] == {"mode": "blur", "shape": "box", "scale": 1.3,
+                                   "blur_strength": 0.25, "masks_revision": MASKS_REVISION}
+    assert list(first)[-2:] == ["anonymised", "detections"]
+    made = copy.read_bytes()
+    stale = (photos / "ev" / "p0.png").read_bytes()  # stands for a copy masked otherwise
+    older = {key: value for key, value in first.items() if key != "anonymised"}
+    for recorded, reason in (
+            (older, "no recorded mask settings (an older version made the anonymised copy)"),
+            ({**first, "anonymised": {**first["anonymised"], "scale": 1.0, "masks_revision": 1}},
+             f"mask scale 1.0 (now 1.3), masks revision 1 (now {MASKS_REVISION})"),
+            ({**first, "anonymised": {"mode": "pixelate", "shape": "box", "scale": 1.3,
+                                      "cells": None, "block": None,
+                                      "masks_revision": MASKS_REVISION}},
+             "mask mode pixelate (now blur)")):
+        detections.write_text(json.dumps(recorded))
+        copy.write_bytes(stale)
+        code, _, err = run(capsys, *argv)
+        assert code == 0 and _lines(err, photos)[0] == (
+            f"tf-detect: ev/p0.png: making its outputs again: they were made with {reason}")
+        assert copy.read_bytes() == made and json.loads(detections.read_text()) == first
+    code, _, err = run(capsys, *argv)  # recorded with this run's masks: kept
+    assert code == 0 and "skipped, its outputs exist" in err
+    # no copy asked: the record of one is nothing to compare; the JSON is kept as it is
+    code, _, err = run(capsys, *argv[:-1])
+    assert code == 0 and "making its outputs again" not in err
+    assert json.loads(detections.read_text()) == first
+    assert (detections.parent / "p0_boxes.png").is_file()
+
+
+def test_a_copy_replaced_is_recorded_only_once_it_is_complete(capsys, export_dir, tmp_path,
+                                                             monkeypatch):
+    """A run stopped while it replaced a stale copy (here: its write fails) must not leave a
+    JSON recording this run's masks beside the old copy: the next rerun would keep it."""
+    import tinyfaces_trt.runtime.imageio as imageio
+    from tinyfaces_trt.core.errors import ImageError
+
+    argv, detections, copy, first = _blurred_run(capsys, export_dir, tmp_path)
+    made = copy.read_bytes()
+    detections.write_text(json.dumps({k: v for k, v in first.items() if k != "anonymised"}))
+    stale = (argv[0] / "ev" / "p0.png").read_bytes()
+    copy.write_bytes(stale)
+    save = imageio.save_image
+
+    def full_disk(path, *args, **kwargs):
+        if Path(path).name.endswith("_blurred.png"):
+            raise ImageError(f"{path}: cannot save: disk full")
+        return save(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imageio, "save_image", full_disk)
+        code, _, err = _run(capsys, *argv)
+    assert code == 1 and "cannot save: disk full" in err
+    assert copy.read_bytes() == stale
+    assert json.loads(detections.read_text()) == {k: v for k, v in first.items()
+                                                  if k != "anonymised"}
+    code, _, err = _run(capsys, *argv)
+    assert code == 0 and ("making its outputs again: they were made with no recorded mask "
+                          "settings") in err
+    assert copy.read_bytes() == made and json.loads(detections.read_text()) == first

@@ -12,9 +12,13 @@ asks for one. Every file is written atomically (complete or absent); a write err
 reported for that image and counted in the exit status. Outputs that exist already are kept
 (an image whose outputs all exist is skipped) unless ``--overwrite``, or unless they were made
 by another network or with other detection settings than this run's (the JSON records both; a
-WIDER result's are in ``--wider-dir``'s ``.tf-detect/``): those are made again. An output that would
-replace an input file of the run is refused before any work (exit 2), and a WIDER file that
-is not the image's own result is neither skipped as done nor replaced (that image fails).
+WIDER result's are in ``--wider-dir``'s ``.tf-detect/``), or an anonymised copy with other
+masks (the JSON's ``"anonymised"``; none recorded: an older tf-detect's): those are made again.
+The anonymised copy masks the detector's unclipped boxes, as tf-anonymize does; every other
+output has them clipped to the image. Copies of an image on standard input are JPEG when its
+bytes are, as a ``.jpg`` file's. An output that would replace an input file of the run is
+refused before any work (exit 2), and a WIDER file that is not the image's own result is
+neither skipped as done nor replaced (that image fails).
 Output folders are never read as inputs. A bad image is reported on stderr and skipped; the
 exit status is then 1. User mistakes never give a traceback (:class:`TinyFacesError` is
 caught); argument errors exit with 2.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -49,9 +54,9 @@ from tinyfaces_trt.core.threads import usable_cores
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
-    IMAGE_SUFFIXES, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
-    Resume, find_inputs, plan_tasks, refuse_replacing_inputs, resume_state, task_plan,
-    write_outputs, write_wider_result)
+    IMAGE_SUFFIXES, MASK_RECORD, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob,
+    InputOverwriteError, Resume, find_inputs, mask_record, plan_tasks, refuse_replacing_inputs,
+    resume_state, task_plan, write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
@@ -117,27 +122,30 @@ setup failed (errors are listed on stderr, other images are still processed),
     anon.add_argument("--blur", action="store_true",
                       help="write <name>_blurred.jpg|png with every face blurred (each box "
                            f"enlarged {ANONYMIZE_STYLE.scale:g}x about its centre, as "
-                           "tf-anonymize does: a detected box is tight around the face), and no "
+                           "tf-anonymize does: a detected box is tight around the face; a box "
+                           "cut by the image border is enlarged whole, then cut), and no "
                            "copy showing the faces unless --draw (needs --out)")
     anon.add_argument("--pixelate", action="store_true",
                       help="write <name>_pixelated.jpg|png with every face pixelated (each box "
                            f"enlarged {ANONYMIZE_STYLE.scale:g}x about its centre, as "
-                           "tf-anonymize does), and no copy showing the faces unless --draw "
-                           "(needs --out)")
+                           "tf-anonymize does; a box cut by the image border is enlarged whole, "
+                           "then cut), and no copy showing the faces unless --draw (needs --out)")
     parser.add_argument("--draw", action="store_true",
                         help="with --blur/--pixelate, also write <name>_boxes.jpg|png, the "
                              "ORIGINAL image with boxes drawn, faces visible (default: off when "
                              "anonymising, on otherwise)")
     parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=DEFAULT_JPEG_QUALITY,
                         metavar="Q", help="quality 1..100 of the JPEG files written for JPEG "
-                                          "inputs (default: %(default)s)")
+                                          "inputs (.jpg/.jpeg files, and JPEG data on standard "
+                                          "input; other inputs get PNG) (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that exist (default: keep them; an image "
                              "whose outputs all exist is skipped, so a re-run resumes, unless "
                              "another network or other --prob-thresh/--nms-thresh/--min-face/"
-                             "--max-face/--pyramid made them: those are made again; an image on standard "
-                             "input is never taken as done: it gets the next free name, "
-                             "stdin_2, ...)")
+                             "--max-face/--pyramid made them, or the anonymised copy was masked "
+                             "otherwise (by an older tf-detect): those are made again; an image "
+                             "on standard input is never taken as done: it gets the next free "
+                             "name, stdin_2, ...)")
     parser.add_argument("--wider-dir", metavar="DIR",
                         help="write the official WIDER FACE result files DIR/<event>/<image>.txt; "
                              "for a folder IMAGE (e.g. WIDER_val/images) its event sub-folders "
@@ -195,10 +203,20 @@ def detector_spec(args: argparse.Namespace, progress: Callable[[str], None] | No
     exactly (:func:`~tinyfaces_trt.cli.detect_plan.write_wider_result`), and
     :func:`split_scores` turns it back into the probability for every other output. An
     internal switch: it moves no box, and the detection settings recorded for reruns
-    (:func:`~tinyfaces_trt.detector_record.record_from_arguments`) do not name it."""
+    (:func:`~tinyfaces_trt.detector_record.record_from_arguments`) do not name it.
+
+    With ``--blur``/``--pixelate`` its config's ``clip_boxes`` is False, as tf-anonymize's and
+    tf-serve's replicas' (:func:`~tinyfaces_trt.scaleout.serve.replica_spec`): the anonymised
+    copy masks the unclipped boxes as they do (a face cut by the border gets the same enlarged
+    mask), and :func:`output_boxes` clips them for every other output, exactly as the
+    detector would have. Neither is recorded either."""
     from tinyfaces_trt.detectors import spec_from_arguments
 
     spec = spec_from_arguments(args, progress, for_workers=for_workers)
+    if getattr(args, "blur", False) or getattr(args, "pixelate", False):
+        from tinyfaces_trt.scaleout.serve import replica_spec
+
+        spec, _ = replica_spec(spec)
     if getattr(args, "wider_dir", None):
         spec = replace(spec, config_overrides=(*spec.config_overrides, ("score", "logit")))
     return spec
@@ -218,6 +236,24 @@ def split_scores(detector: Any, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     with np.errstate(over="ignore"):
         rows[:, 4] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     return rows, logits
+
+
+def output_boxes(detector: Any, image: np.ndarray, found: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(boxes, logits, masked)`` of what ``detector.detect(image)`` returned (``found``):
+    ``boxes`` and ``logits`` as :func:`split_scores` gives them, clipped to the image (the
+    JSON, the console line, the drawn copy and the WIDER result take them); ``masked``, the
+    rows the anonymised copy hides: the same, unclipped where the detector keeps them so
+    (:func:`detector_spec` with ``--blur``/``--pixelate``), clipped for ``boxes`` with
+    :func:`~tinyfaces_trt.scaleout.service.clip_to_image`, as tf-serve's ``/detect`` clips
+    them."""
+    boxes, logits = split_scores(detector, found)
+    config = getattr(detector, "config", None)
+    if getattr(config, "clip_boxes", True):
+        return boxes, logits, boxes
+    from tinyfaces_trt.scaleout.service import clip_to_image
+
+    return clip_to_image(boxes, image.shape[:2], config), logits, boxes
 
 
 def _make_detector(args: argparse.Namespace) -> Detector:
@@ -326,6 +362,7 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
     outputs = {d.resolve(): f"{option} {d}"
                for option, d in (("--wider-dir", wider_dir), ("--out", out_dir)) if d}
     found = find_inputs(args.images, list(outputs))
+    found.jobs = [_with_stdin_data(job) if job.is_stdin else job for job in found.jobs]
     options = DetectOptions(args.backend, out_dir, wider_dir,
                             "blur" if args.blur else "pixelate" if args.pixelate else None,
                             draw=args.draw, jpeg_quality=args.jpeg_quality,
@@ -345,6 +382,17 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
         stderr_line(f"{PROG}: left out {len(found.repeated)} image(s) given again (the same "
                     f"path as an earlier input): {', '.join(names[:5])}{more}")
     return RunPlan(tasks, options, failures)
+
+
+def _with_stdin_data(job: ImageJob) -> ImageJob:
+    """``job`` (standard input) with the bytes it sends, read now: their format picks the
+    outputs' suffix (:func:`~tinyfaces_trt.cli.detect_plan.image_suffix`: a JPEG gets JPEG
+    copies, as a ``.jpg`` file does). Where standard input cannot be read, ``job`` as it is:
+    its load reports why."""
+    try:
+        return replace(job, data=sys.stdin.buffer.read())
+    except (AttributeError, OSError, ValueError):  # closed or no standard input
+        return job
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[RunPlan, bool]:
@@ -431,7 +479,8 @@ def _load(job: ImageJob) -> np.ndarray:
     from tinyfaces_trt.runtime.imageio import load_image, load_image_stream
 
     if job.is_stdin:
-        return load_image_stream(sys.stdin.buffer, "<stdin>")
+        stream = sys.stdin.buffer if job.data is None else io.BytesIO(job.data)
+        return load_image_stream(stream, "<stdin>")
     return load_image(job.path)
 
 
@@ -476,8 +525,9 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
     if state.reason is not None:
         console.err(redo_line(job, state.reason))
     image = _load(job)
-    boxes, logits = split_scores(detector, detect_with_progress(detector, image, str(job.rel)))
-    record = write_image_outputs(task, options, state, image, boxes, logits)
+    boxes, logits, masked = output_boxes(detector, image,
+                                         detect_with_progress(detector, image, str(job.rel)))
+    record = write_image_outputs(task, options, state, image, boxes, logits, masked)
     if not quiet:
         console.out(format_line(job.path, boxes))
     return record
@@ -485,20 +535,26 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
 
 def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
                         image: np.ndarray, boxes: np.ndarray,
-                        logits: np.ndarray | None = None) -> dict[str, Any]:
+                        logits: np.ndarray | None = None,
+                        masked: np.ndarray | None = None) -> dict[str, Any]:
     """Writes an image's outputs but those ``state`` keeps (each atomically under its final
     name) and returns its JSON record; the same in one process and on a Ray worker.
-    ``boxes``, ``logits``: :func:`split_scores` of the detector's output (the WIDER result
-    file gets ``logits`` exactly, the other outputs ``boxes``' probabilities)."""
+    ``boxes``, ``logits``, ``masked``: :func:`output_boxes` of the detector's output (the
+    WIDER result file gets ``logits`` exactly, the other outputs ``boxes``' probabilities;
+    the anonymised copy hides ``masked``, default ``boxes``). With an anonymised copy the
+    record says how it is made (``"anonymised"``: :func:`~.detect_plan.mask_record`)."""
     job = task.job
+    plan = task_plan(task, options)
+    masks = ({MASK_RECORD: mask_record(options.anonymise)}
+             if plan is not None and plan.anonymised is not None and options.anonymise else {})
     record = {"image": str(job.path), **_resolved(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
-              **detector_fields(options), "detections": detections_to_list(boxes)}
-    plan = task_plan(task, options)
+              **detector_fields(options), **masks, "detections": detections_to_list(boxes)}
     if plan is not None:
         write_outputs(plan, image, boxes, record, options.anonymise,
                       jpeg_quality=options.jpeg_quality, keep=state.keep,
-                      base=coordinate_base_of((options.model or {}).get("variant")))
+                      base=coordinate_base_of((options.model or {}).get("variant")),
+                      masked=masked)
     if task.wider_file is not None and task.wider_file not in state.keep:
         write_wider_result(task.wider_file, job, boxes, options, logits)
     return record

@@ -7,7 +7,8 @@ writes them atomically; :func:`plan_tasks` pairs each image with its outputs (WI
 too) and refuses a WIDER file that is not the image's own result, and
 :func:`refuse_replacing_inputs` refuses outputs at the path of an input file;
 :func:`resume_state` decides what a rerun keeps (outputs whose records name this run's network
-and detection settings). The single-process run and ``--ray`` share all of it.
+and detection settings, and for an anonymised copy its masks: :func:`mask_record`). The
+single-process run and ``--ray`` share all of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.wider.records import record_path
 
+if TYPE_CHECKING:
+    from tinyfaces_trt.runtime.masks import MaskStyle
+
 log = logging.getLogger("tinyfaces_trt.cli.detect")
 
 #: IMAGE arguments that mean "read one image from standard input".
@@ -35,7 +39,12 @@ STDIN_ARGUMENTS = ("-",)
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
-
+#: The first bytes of every JPEG file (its SOI marker and the next marker's 0xFF): how the
+#: format of an image read from standard input, which has no file name, is told.
+JPEG_MAGIC = b"\xff\xd8\xff"
+#: The key of an image's detections JSON that records how its anonymised copy was made
+#: (:func:`mask_record`; only with ``--blur``/``--pixelate``).
+MASK_RECORD = "anonymised"
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,15 @@ class ImageJob:
         rel: its path relative to the folder argument it was found in (for a file argument:
             just its name); output names and WIDER event folders follow it.
         event: the WIDER event folder its detections go to.
+        data: the bytes of an image on standard input, read when the run is planned (its
+            format picks the outputs' suffix: :func:`image_suffix`); None for a file, and
+            for standard input not read yet.
     """
 
     path: Path
     rel: Path
     event: str
+    data: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_stdin(self) -> bool:
@@ -242,11 +255,23 @@ class OutputPlan:
         return [p for p in (self.anonymised, self.detections, self.drawn) if p is not None]
 
 
+def image_suffix(job: ImageJob) -> str:
+    """The suffix of the images written for ``job`` (drawn and anonymised copies): ``.jpg``
+    for a JPEG input, else ``.png``. A file's format is told by its name's suffix, an image
+    on standard input's by its first bytes (:data:`JPEG_MAGIC`; ``job.data``)."""
+    if job.is_stdin:
+        jpeg = job.data is not None and job.data.startswith(JPEG_MAGIC)
+    else:
+        jpeg = job.path.suffix.lower() in _JPEG
+    return ".jpg" if jpeg else ".png"
+
+
 def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None,
                  draw: bool) -> OutputPlan:
     """Where the outputs of ``job`` go: the drawn copy only when ``draw`` (an anonymised
-    folder must not hold the faces), the anonymised copy when ``anonymise``."""
-    ext = ".jpg" if job.path.suffix.lower() in _JPEG else ".png"
+    folder must not hold the faces), the anonymised copy when ``anonymise``; images as JPEG
+    for a JPEG input, else PNG (:func:`image_suffix`)."""
+    ext = image_suffix(job)
     base = out_dir / stem
     suffix = {"blur": "_blurred", "pixelate": "_pixelated"}.get(anonymise or "")
     return OutputPlan(drawn=base.with_name(base.name + "_boxes" + ext) if draw else None,
@@ -254,52 +279,118 @@ def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None
                       detections=base.with_name(base.name + ".json"))
 
 
+def mask_style(anonymise: str) -> MaskStyle:
+    """How tf-detect's anonymised copy hides each face (``anonymise``: ``"blur"`` or
+    ``"pixelate"``): every box enlarged as tf-anonymize's (``ANONYMIZE_STYLE.scale``, 1.3x
+    about its centre: a detected box is tight around the face); blur of strength 0.25, or
+    :func:`~tinyfaces_trt.runtime.draw.pixelate_boxes`' grid (about 8 cells across the
+    region's longer side, cells of at least 4 px)."""
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, MaskStyle
+
+    if anonymise == "blur":
+        return MaskStyle(mode="blur", scale=ANONYMIZE_STYLE.scale)
+    return MaskStyle(mode="pixelate", cells=None, scale=ANONYMIZE_STYLE.scale)
+
+
+def mask_record(anonymise: str) -> dict[str, Any]:
+    """What an image's detections JSON records (under :data:`MASK_RECORD`) of the
+    anonymised copy written with it: the :func:`mask_style` settings that shape its masks and
+    the masking revision (tf-anonymize's ``MASKS_REVISION``, bumped whenever masks of the same
+    boxes change). A rerun makes again a copy recorded otherwise, or not at all (an older
+    tf-detect, which masked the bare or the clipped box)."""
+    from tinyfaces_trt.anonymize.sidecar import MASKS_REVISION
+
+    style = mask_style(anonymise)
+    fields = ({"blur_strength": style.blur_strength} if style.mode == "blur"
+              else {"cells": style.cells, "block": style.block})
+    return {"mode": style.mode, "shape": style.shape, "scale": style.scale, **fields,
+            "masks_revision": MASKS_REVISION}
+
+
+def mask_changes(recorded: Any, anonymise: str) -> list[str]:
+    """How the anonymised copy that an image's detections JSON ``recorded`` describes
+    differs from what this run's ``anonymise`` makes, one phrase per difference (empty: the
+    same)."""
+    from tinyfaces_trt.detector_record import shown
+
+    masks = recorded.get(MASK_RECORD) if isinstance(recorded, dict) else None
+    if not isinstance(masks, dict):
+        return ["no recorded mask settings (an older version made the anonymised copy)"]
+    expected = mask_record(anonymise)
+    if masks.get("mode") != expected["mode"]:  # (the other mode's settings are not compared)
+        return [f"mask mode {shown(masks.get('mode'))} (now {expected['mode']})"]
+    return [f"{'' if key == 'masks_revision' else 'mask '}{key.replace('_', ' ')} "
+            f"{shown(masks.get(key))} (now {shown(value)})"
+            for key, value in expected.items() if masks.get(key) != value]
+
+
 def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None, *,
                   jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                  keep: Sequence[Path] = (), base: float = 0.0) -> list[Path]:
+                  keep: Sequence[Path] = (), base: float = 0.0,
+                  masked: np.ndarray | None = None) -> list[Path]:
     """Writes the planned files (each atomically), except those in ``keep``; returns the
     paths written. ``base``: the first pixel's coordinate in ``boxes`` (1.0 for the
     matconvnet variant's 1-based boxes; masks and drawings are placed in 0-based pixels).
-    The anonymised copy masks each box enlarged as tf-anonymize's (``ANONYMIZE_STYLE.scale``,
-    1.3x about its centre: a detected box is tight around the face).
+    The JSON holds ``record``, the drawn copy ``boxes``; the anonymised copy hides ``masked``
+    (default ``boxes``; tf-detect gives the detector's unclipped boxes, as tf-anonymize
+    masks them, so that the enlarged mask of a face cut by the border is the same) as
+    :func:`mask_style` says.
+
+    A copy that replaces one on disk is written before ``record``'s :data:`MASK_RECORD`:
+    the JSON is written without it first (it names the input, claiming the file names), then
+    with it once the copy is complete, so a run stopped between the two never leaves a record
+    that vouches for the old copy.
 
     Raises:
         TinyFacesError: naming every file that could not be written (the others are
             written; none is left truncated).
     """
-    from tinyfaces_trt.runtime.draw import blur_boxes, draw_boxes, pixelate_boxes
+    from tinyfaces_trt.runtime.draw import draw_boxes
     from tinyfaces_trt.runtime.imageio import save_image
-    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
+    from tinyfaces_trt.runtime.masks import apply_masks
 
     try:
         plan.detections.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
                              f"{exc.strerror or exc}") from exc
-    hide = blur_boxes if anonymise == "blur" else pixelate_boxes
+    replaced = plan.anonymised is not None and plan.anonymised not in keep \
+        and MASK_RECORD in record and os.path.lexists(plan.anonymised)
+    claim = {k: v for k, v in record.items() if k != MASK_RECORD} if replaced else record
+    hidden = boxes if masked is None else masked
+
+    def json_of(content: dict[str, Any]) -> Callable[[Path], None]:
+        return lambda path: write_text_atomic(path, json.dumps(content, indent=2) + "\n")
+
     # the JSON first: it names the input, claiming the file names for it in later runs
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
-        (plan.detections, lambda path: write_text_atomic(path, json.dumps(record, indent=2) + "\n")),
+        (plan.detections, json_of(claim)),
         (plan.anonymised, lambda path: save_image(
-            path, hide(image, boxes, base=base, scale=ANONYMIZE_STYLE.scale),
+            path, apply_masks(image, hidden, mask_style(anonymise or ""), base=base),
             jpeg_quality=jpeg_quality)),
         (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes, base=base),
                                              jpeg_quality=jpeg_quality)),
     ]
     written: list[Path] = []
     failed: list[str] = []
-    for path, make in makers:
-        if path is None or path in keep:
-            continue
+
+    def make(path: Path, maker: Callable[[Path], None]) -> None:
         try:
-            make(path)
+            maker(path)
         except TinyFacesError as exc:
             failed.append(str(exc))
         except OSError as exc:
             failed.append(f"{path}: cannot write ({exc.strerror or exc})")
         else:
-            written.append(path)
+            if path not in written:
+                written.append(path)
+
+    for path, maker in makers:
+        if path is not None and path not in keep:
+            make(path, maker)
+    if replaced and {plan.detections, plan.anonymised} <= set(written):
+        make(plan.detections, json_of(record))  # the copy is complete: the JSON records it
     if failed:
         raise TinyFacesError("; ".join(failed))
     return written
@@ -378,7 +469,10 @@ def resume_state(task: DetectTask, options: DetectOptions) -> Resume:
     """What this run keeps of ``task``'s existing outputs: nothing with ``--overwrite`` or for
     standard input; nothing either when its detections JSON (``--out``) or its WIDER record
     (``--wider-dir``) records another network or other detection settings than
-    ``options.detector``, or is missing while outputs exist; else every output that exists."""
+    ``options.detector``, or is missing while outputs exist, or when the JSON records other
+    masks than this run's for the anonymised copy that exists (:func:`mask_changes`: none
+    recorded, by an older tf-detect, included); else every output that exists, but the JSON
+    where the anonymised copy is written (the JSON records it)."""
     targets = expected_outputs(task, options)
     if options.overwrite or task.job.is_stdin:
         return Resume([], False)
@@ -388,6 +482,9 @@ def resume_state(task: DetectTask, options: DetectOptions) -> Resume:
     reason = _made_by_another(task, options)
     if reason is not None:
         return Resume([], False, reason)
+    plan = task_plan(task, options)
+    if plan is not None and plan.anonymised is not None and plan.anonymised not in present:
+        present = [path for path in present if path != plan.detections]  # written with it
     return Resume(present, len(present) == len(targets))
 
 
@@ -398,7 +495,8 @@ WIDER_EXACT_SCORES = "logit"
 
 
 def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
-    """Why ``task``'s existing outputs may not be this run's detector's (None: they are)."""
+    """Why ``task``'s existing outputs may not be this run's detector's, or its anonymised
+    copy not made with this run's masks (None: they are)."""
     plan = task_plan(task, options)
     records = ([plan.detections] if plan is not None and any(
         path.is_file() for path in plan.paths()) else [])
@@ -416,6 +514,9 @@ def _made_by_another(task: DetectTask, options: DetectOptions) -> str | None:
         if options.detector is None:
             return "the detector of this run is not known"
         changed += [c for c in options.detector.changes(recorded) if c not in changed]
+        if plan is not None and record == plan.detections and plan.anonymised is not None \
+                and plan.anonymised.is_file():  # the masks of the copy that is there
+            changed += mask_changes(recorded, options.anonymise or "")
         inexact |= record == wider_record and isinstance(recorded, dict) and \
             recorded.get("scores") != WIDER_EXACT_SCORES
     if inexact and not changed:

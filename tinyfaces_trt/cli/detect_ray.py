@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyfaces_trt.cli.detect import (
-    EXIT_USAGE, PROG, detector_spec, finish_run, format_line, prepare_run, redo_line,
-    skipped_line, skipped_record, split_scores, write_image_outputs)
+    EXIT_USAGE, PROG, detector_spec, finish_run, format_line, output_boxes, prepare_run,
+    redo_line, skipped_line, skipped_record, write_image_outputs)
 from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, resume_state,
     task_plan)
@@ -71,8 +71,8 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
     image = load_image(job.path)
-    boxes, logits = split_scores(detector, detector.detect(image))
-    record = write_image_outputs(task, options, state, image, boxes, logits)
+    boxes, logits, masked = output_boxes(detector, image, detector.detect(image))
+    record = write_image_outputs(task, options, state, image, boxes, logits, masked)
     return DetectValue(record, format_line(job.path, boxes), state.reason)
 
 
