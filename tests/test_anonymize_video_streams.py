@@ -842,3 +842,20 @@ class _Stream:
 
     def __init__(self, index: int, disposition: int) -> None:
         self.index, self.disposition = index, disposition
+
+
+def test_a_disposition_that_is_a_plain_flag_is_read():
+    """PyAV 17 and earlier give ``Stream.disposition`` as a plain ``enum.Flag``, which ``int()``
+    refuses: every video (an ordinary stream's disposition is ``default``, non-zero) stopped
+    the batch with a TypeError. Its ``value`` holds the bits."""
+    import enum
+
+    class Disposition(enum.Flag):  # as PyAV 17 declares it
+        default = 1
+        attached_pic = 1024
+
+    assert not video.is_attached_picture(_Stream(0, Disposition.default))
+    assert video.is_attached_picture(_Stream(0, Disposition.default | Disposition.attached_pic))
+    assert video.pick_video_stream([_Stream(0, Disposition.attached_pic),
+                                    _Stream(1, Disposition.default)]).index == 1
+    assert not video.is_attached_picture(_Stream(0, None))

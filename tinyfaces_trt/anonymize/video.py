@@ -122,10 +122,19 @@ def _lenient_metadata(av: Any) -> dict[str, str]:
 _ATTACHED_PIC = 0x0400
 
 
+def _flag_bits(value: Any) -> int:
+    """The bits of a disposition: an int (PyAV 18's ``IntFlag``), or a plain ``enum.Flag``
+    (PyAV 17 and earlier, which ``int()`` refuses) through its ``value``; 0 for anything else."""
+    if isinstance(value, int):
+        return int(value)
+    bits = getattr(value, "value", None)
+    return int(bits) if isinstance(bits, int) else 0
+
+
 def is_attached_picture(stream: Any) -> bool:
     """Whether ``stream`` is an attached picture (cover art) rather than video (a PyAV without
     ``Stream.disposition`` cannot tell: False)."""
-    return bool(int(getattr(stream, "disposition", 0) or 0) & _ATTACHED_PIC)
+    return bool(_flag_bits(getattr(stream, "disposition", 0)) & _ATTACHED_PIC)
 
 
 def pick_video_stream(streams: Any) -> Any | None:
