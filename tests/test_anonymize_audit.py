@@ -187,6 +187,101 @@ def test_an_image_no_pyramid_level_can_search_fails_and_nothing_is_written(tmp_p
         "the image is too small to hold a face the detector can find (5.6 px and up)",)
 
 
+def _older_copy(photo: Path, out: Path, monkeypatch, capsys) -> None:
+    """``photo``'s output and sidecar as an older tf-anonymize left them: the photo copied as
+    it is (no level ran, or a masking bug) and a sidecar recording no masking revision."""
+    assert _run_cli([photo, "--out", out, "-q"], monkeypatch, capsys)[0] == 0
+    side = _side(out / photo.name)
+    del side["masks_revision"]
+    (out / photo.name).write_bytes(photo.read_bytes())
+    side["output_file"] = sidecar.output_record(out / photo.name)
+    Path(f"{out / photo.name}.json").write_text(json.dumps(side))
+
+
+def test_an_earlier_output_that_cannot_be_made_again_is_removed(tmp_path, monkeypatch, capsys):
+    """An older version copied the 12 x 21000 strip as it is (no pyramid level ran); the rerun
+    makes it again (older masking revision), which now fails: that copy and its sidecar are
+    removed, the error says so, and the next run fails with nothing to remove."""
+    from PIL import Image
+
+    strip, out = tmp_path / "strip.png", tmp_path / "out"
+    Image.fromarray(np.full((12, 21000, 3), 90, np.uint8)).save(strip)
+    _older_copy(strip, out, monkeypatch, capsys)
+    fixed = CountingDetector(DetectorConfig(pyramid="fixed"))
+    status, err = _run_cli([strip, "--out", out, "--pyramid", "fixed"], monkeypatch, capsys,
+                           fixed)
+    assert status == 1 and fixed.shown == 0 and "0 done, 0 skipped, 1 failed" in err
+    assert f"tf-anonymize: {strip}: making {out / 'strip.png'} again: it was made by an older " \
+        "masking revision" in err
+    line = next(line for line in err.splitlines() if line.startswith("tf-anonymize: error:"))
+    assert line.startswith(f"tf-anonymize: error: {strip}: not anonymised: no pyramid level")
+    assert line.endswith(f"(the default) downscales it as far as it takes; removed the earlier "
+                         f"output {out / 'strip.png'} and its sidecar {out / 'strip.png.json'}: "
+                         "it could not be made again and may not hide every face")
+    assert list(out.iterdir()) == []
+    status, err = _run_cli([strip, "--out", out, "--pyramid", "fixed"], monkeypatch, capsys,
+                           fixed)
+    assert status == 1 and "removed" not in err and "0 done, 0 skipped, 1 failed" in err
+
+
+def test_which_earlier_outputs_a_failure_removes(tmp_path, monkeypatch, capsys):
+    """With --overwrite, a failure removes an earlier output this version would not skip (an
+    older revision's) but keeps one it would (this revision's, same input and options), a file
+    without a sidecar and one whose JSON is not tf-anonymize's; a run interrupted while making
+    an output again removes nothing (exit 130); a failure after this run's own output took the
+    name keeps that output."""
+    from test_anonymize_jobs import FailingDetector
+
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+    output, side_path = out / "p.png", out / "p.png.json"
+    failing = FailingDetector("the network ran out of memory")
+
+    def kept(*extra: str) -> bytes:
+        data, side = output.read_bytes(), side_path.read_bytes() if side_path.exists() else None
+        status, err = _run_cli([photo, "--out", out, *extra], monkeypatch, capsys, failing)
+        assert status == 1 and "removed" not in err
+        assert (f"tf-anonymize: error: {photo}: the network ran out of memory") in err.splitlines()
+        assert output.read_bytes() == data and not (out / "p_2.png").exists()
+        assert (side_path.read_bytes() if side_path.exists() else None) == side
+        return data
+
+    assert _run_cli([photo, "--out", out, "-q"], monkeypatch, capsys)[0] == 0
+    assert _face_hidden(output, photo)
+    kept("--overwrite")  # this revision's own: not stale
+    _older_copy(photo, out, monkeypatch, capsys)
+    status, err = _run_cli([photo, "--out", out, "--overwrite"], monkeypatch, capsys, failing)
+    assert status == 1 and (
+        f"tf-anonymize: error: {photo}: the network ran out of memory; removed the earlier output "
+        f"{output} and its sidecar {side_path}: it could not be made again and may not hide "
+        "every face") in err.splitlines()
+    assert list(out.iterdir()) == []
+
+    output.write_bytes(photo.read_bytes())  # a user's file: no sidecar
+    kept("--overwrite")
+    side_path.write_text(json.dumps({"input": str(photo)}))  # names it, but no format: not ours
+    kept()
+    output.unlink()
+    side_path.unlink()
+
+    class Interrupting(BoxDetector):
+        def detect(self, image):
+            raise KeyboardInterrupt
+
+    _older_copy(photo, out, monkeypatch, capsys)
+    data, side = output.read_bytes(), side_path.read_bytes()
+    status, err = _run_cli([photo, "--out", out], monkeypatch, capsys, Interrupting())
+    assert status == 130 and (output.read_bytes(), side_path.read_bytes()) == (data, side)
+
+    def full_disk(self, path, **header):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jobs.AuditLog, "write", full_disk)
+    status, err = _run_cli([photo, "--out", out], monkeypatch, capsys)
+    assert status == 1 and "removed" not in err
+    assert f"tf-anonymize: error: {photo}: No space left on device" in err.splitlines()
+    assert _face_hidden(output, photo) and _side(output)["incomplete"] is True  # its claim
+
+
 def test_a_face_range_no_level_of_an_image_can_find_fails(tmp_path):
     """--max-face 12 on a 4000 px image: its levels stop at 1x (max_input_dim), none finds
     faces that small; the image could hold them, so it fails, saying what to change."""

@@ -558,3 +558,47 @@ def test_a_review_list_the_rounded_scores_cannot_give_is_made_again(tmp_path, mo
         "it was made with review_band 0.3 (now 0.2), and its sidecar does not record the review "
         "band and list and every frame's masks with their scores, which the new review list is "
         "computed from")
+
+
+def test_a_review_band_reaching_1_keeps_a_score_recorded_as_1(tmp_path, monkeypatch, capsys):
+    """A face scoring 0.999999 is recorded as 1 (rounded to 1e-5); --review-band 0.5 over the
+    threshold 0.5 reaches 1, which no probability exceeds: the review list is updated (the
+    output kept, no detector built), as a full run with 0.5 lists it, not made again as "too
+    close to the new review band's top 1". The threshold stays an edge, and a score that is no
+    probability (a logit) cannot be placed in a band."""
+    from tinyfaces_trt.anonymize.sidecar import ReviewNotRecomputable, recomputed_review
+
+    photo, out, fresh = _photo(tmp_path / "p.png"), tmp_path / "out", tmp_path / "fresh"
+    status, _ = _run_cli([photo, "--out", out, "-q"], monkeypatch, capsys,
+                         ScoresDetector([[0.999999]]))
+    assert status == 0
+    before = json.loads((out / "p.png.json").read_text())
+    assert before["frames"][0]["faces"][0]["score"] == 1.0 and before["review"]["frames"] == []
+    data = (out / "p.png").read_bytes()
+    monkeypatch.setattr(cli, "_make_detector", _no_detector)
+    status = cli.main([str(photo), "--out", str(out), "--review-band", "0.5"])
+    err = capsys.readouterr().err
+    assert status == 0 and "0 done, 1 review list(s) updated, 0 skipped, 0 failed" in err
+    expected = {"band": [0.5, 1.0], "frames": [{"index": 0, "time": None, "scores": [1.0]}]}
+    assert json.loads((out / "p.png.json").read_text())["review"] == expected
+    assert (out / "p.png").read_bytes() == data
+    status, _ = _run_cli([photo, "--out", fresh, "-q", "--review-band", "0.5"], monkeypatch,
+                         capsys, ScoresDetector([[0.999999]]))
+    assert status == 0 and json.loads((fresh / "p.png.json").read_text())["review"] == expected
+    # a band past 1 is cut at 1; a narrower one still has its top as an edge
+    assert recomputed_review(before, 0.9) == expected
+    with pytest.raises(ReviewNotRecomputable, match="too close to the new review band's top"):
+        recomputed_review({**before, "frames": [{"index": 0, "time": None, "faces": [
+            {"track": 0, "box": [8, 8, 40, 40], "score": 0.8, "kind": "detected"}]}]}, 0.3)
+    # at the threshold the detector keeps scores that round to it (float32 sigmoids): the
+    # recorded list settles them, or nothing does
+    at_threshold = {**before, "review": {"band": [0.5, 1.0], "frames": []}, "frames": [
+        {"index": 0, "time": None, "faces": [
+            {"track": 0, "box": [8, 8, 40, 40], "score": 0.5, "kind": "detected"}]}]}
+    assert recomputed_review(at_threshold, 0.2)["frames"] == []
+    with pytest.raises(ReviewNotRecomputable, match="too close to the threshold 0.5"):
+        recomputed_review({**at_threshold, "review": {"band": [0.5, 0.5], "frames": []}}, 0.2)
+    logit = {**before, "frames": [{"index": 0, "time": None, "faces": [
+        {"track": 0, "box": [8, 8, 40, 40], "score": 3.2, "kind": "detected"}]}]}
+    with pytest.raises(ReviewNotRecomputable, match=r"the score 3.2, which is no probability"):
+        recomputed_review(logit, 0.5)

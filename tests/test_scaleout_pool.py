@@ -280,3 +280,62 @@ def test_anonymize_ray_writes_plain_progress_lines_to_a_log(simulate, export_dir
     assert "\r" not in err
     assert "tf-anonymize: 2/3 files, 30s elapsed, 15.0 s/file, ETA 15s\n" in err
     assert "3 done, 0 skipped, 0 failed" in err
+
+
+class _BoxWorkerDetector:
+    """What a worker builds: tf-anonymize's tests' fixed-face detector (score 0.9)."""
+
+    def __init__(self) -> None:
+        from test_anonymize_jobs import BoxDetector
+
+        self.box = BoxDetector()
+        self.config, self.identity = self.box.config, self.box.identity
+
+    def detect_batch(self, images: list[Any]) -> list[Any]:
+        return self.box.detect_batch(images)
+
+    def detect(self, image: Any) -> Any:
+        return self.box.detect(image)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _BoxSpec(_Spec):
+    def create(self) -> Any:
+        return _BoxWorkerDetector()
+
+
+def test_anonymize_ray_redoes_an_output_whose_review_list_the_sidecar_cannot_give(
+        simulate, tmp_path, monkeypatch, capsys):
+    """--review-band 0.4 over a photo made with 0.1: its face's score is recorded as 0.9, the
+    new band's top, so the planner makes it again; --ray's done-check skipped it ("0 done, 1
+    skipped", the old band kept). It is made again, the planner's check the only read of the
+    output; the next run skips it."""
+    from test_anonymize_jobs import _photo, _run_cli
+    from tinyfaces_trt import detectors
+    from tinyfaces_trt.anonymize import jobs, reruns
+    from tinyfaces_trt.anonymize.cli import main as anonymize_main
+
+    photo, out = _photo(tmp_path / "p.png"), tmp_path / "out"
+    assert _run_cli([photo, "--out", out, "-q"], monkeypatch, capsys)[0] == 0
+    task = jobs.plan_tasks([photo], out, overwrite=True)[0][0]
+    assert jobs.is_done(task, jobs.Options()) and \
+        not jobs.is_done(task, jobs.Options(review_band=0.4))  # the planner's rule
+    monkeypatch.setattr(detectors, "spec_from_arguments", lambda *a, **k: _BoxSpec())
+    hashed: list[str] = []
+    record = reruns.output_record
+    monkeypatch.setattr(reruns, "output_record", lambda path: hashed.append(path) or record(path))
+    simulate([0.0, 0.0])
+    argv = [str(photo), "--out", str(out), "--review-band", "0.4", "--ray", "--workers", "2"]
+    assert anonymize_main(argv) == 0
+    err = capsys.readouterr().err
+    assert (f"tf-anonymize: {photo}: making {out / 'p.png'} again: it was made with review_band "
+            "0.1 (now 0.4), and a detection of frame 0 is recorded with the score 0.9") in err
+    assert "1 done, 0 skipped, 0 failed" in err and hashed == [str(out / "p.png")]
+    side = json.loads((out / "p.png.json").read_text())
+    assert side["options"]["review_band"] == 0.4
+    assert side["review"] == {"band": [0.5, 0.9],
+                              "frames": [{"index": 0, "time": None, "scores": [0.9]}]}
+    assert anonymize_main(argv) == 0 and "0 done, 1 skipped, 0 failed" in capsys.readouterr().err

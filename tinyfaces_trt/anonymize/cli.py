@@ -366,13 +366,18 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
                 errors: list[tuple[str, str]], start: float, expected: Any = None) -> int:
     """The same files on a Ray cluster's worker pool (``--ray``): one detector per worker,
     outputs where the single-process run writes them, failures reported per file, finished
-    outputs skipped on a rerun (the planner's rule: same options and ``expected`` detector)."""
+    outputs skipped on a rerun (the planner's rule, :func:`~.jobs.rerun_verdict`: same
+    options, review band and ``expected`` detector), but for tasks the planner chose to make
+    again, which are made without their outputs being checked a second time."""
     from tinyfaces_trt.anonymize.jobs import Result, is_done, naming, process_file
     from tinyfaces_trt.detectors import spec_from_arguments
     from tinyfaces_trt.scaleout.pool import run_tasks
 
     def done(task: Any, options: Any) -> bool:
-        return not args.overwrite and is_done(task, options, expected)
+        # the planner's rule (review band included); a task it planned to make again stays
+        # so, its output not read (hashed) a second time: only outputs that appeared since
+        # the plan are checked
+        return not args.overwrite and task.redo is None and is_done(task, options, expected)
 
     def as_result(pooled: Any) -> Any:
         error = None if pooled.error is None else naming(pooled.task.source, pooled.error)

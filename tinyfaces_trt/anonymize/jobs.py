@@ -13,7 +13,9 @@ where each worker builds its own detector (:class:`tinyfaces_trt.detectors.Detec
 Every output is written to a temporary name and renamed when complete
 (:func:`tinyfaces_trt.core.files.atomic_output`): a failed or interrupted file leaves nothing
 under its final name. A provisional sidecar claims it just before that rename
-(:func:`~.sidecar.write_claim`), so that every output under its final name has a sidecar.
+(:func:`~.sidecar.write_claim`), so that every output under its final name has a sidecar. A
+file that fails leaves no earlier output of its own that the run did not trust (made again:
+:func:`process_file` removes it and says so); an interrupted run removes nothing.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ import numpy as np
 
 from tinyfaces_trt.anonymize.reruns import redo_reason, review_rerun, same_file_elsewhere
 from tinyfaces_trt.detector_record import DetectorRecord
-from tinyfaces_trt.anonymize.sidecar import (MASKS_REVISION, AuditLog, ReviewNotRecomputable,
-                                             input_identity, model_identity, output_record,
-                                             pyramid_record, software_version, utc_now,
-                                             with_review_band, write_claim)
+from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
+                                             ReviewNotRecomputable, input_identity,
+                                             model_identity, output_record, pyramid_record,
+                                             software_version, utc_now, with_review_band,
+                                             write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -160,7 +163,8 @@ class Task:
         sidecar: the audit JSON.
         kind: ``"image"`` or ``"video"``.
         redo: why an existing output with its sidecar is made again (it was made with other
-            options), else None.
+            options), else None; where making it again fails, that output and its sidecar are
+            removed (:func:`process_file`).
         moved_from: the input path the existing output's sidecar records where that is
             another path holding the same file (:func:`~.reruns.same_file_elsewhere`: a folder
             moved or remounted), else None.
@@ -505,21 +509,18 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "",
                     moved_from=moved_from)
-        if overwrite or not Path(task.output).exists():
+        verdict, why = (NEW, None) if overwrite else rerun_verdict(task, options, detector)
+        if verdict == NEW:
             tasks.append(task)
-        elif not Path(task.sidecar).exists():
+        elif verdict == FOREIGN:
             foreign.append(task)
             errors.append((task.source, _not_ours(task)))
-        elif (redo := _redo_reason(task, options, detector)) is None:
-            review = None if options is None else review_rerun(task.sidecar, options.review_band)
-            if review is None:
-                skipped.append(Result(task, "skipped"))
-            else:  # only the review band differs: the sidecar's list, or all where it cannot
-                change, why_not = review
-                tasks.append(dataclasses.replace(task, review=None if why_not else change,
-                                                 redo=why_not))
+        elif verdict == SKIP:
+            skipped.append(Result(task, "skipped"))
+        elif verdict == REVIEW:
+            tasks.append(dataclasses.replace(task, review=why))
         else:
-            tasks.append(dataclasses.replace(task, redo=redo))
+            tasks.append(dataclasses.replace(task, redo=why))
     # an --out holding the inputs is refused as such, before its files are taken for foreign ones
     _refuse_replacing_inputs(tasks + foreign, [source for source, _ in found], out)
     return tasks, skipped, errors
@@ -610,17 +611,45 @@ def _not_ours(task: Task) -> str:
             "replaces it (and redoes every output)")
 
 
-def _outputs_exist(task: Task) -> bool:
-    return Path(task.output).exists() and Path(task.sidecar).exists()
+#: :func:`rerun_verdict`'s verdicts: no output at the task's path; a file there without a
+#: sidecar (not tf-anonymize's); an output that is done; one done but for its sidecar's review
+#: list, which the sidecar gives; one to make again.
+NEW, FOREIGN, SKIP, REVIEW, REDO = "new", "foreign", "skip", "review", "redo"
+
+
+def rerun_verdict(task: Task, options: Options | None = None,
+                  detector: DetectorRecord | None = None) -> tuple[str, str | None]:
+    """What a run without ``--overwrite`` does with ``task``'s existing output, the rule of
+    both :func:`plan_tasks` and :func:`is_done` (``--ray``'s resume check): ``(NEW, None)``
+    where nothing is at its path, ``(FOREIGN, None)`` where a file is there without its sidecar
+    (left as it is, an error), ``(SKIP, None)`` where the sidecar records the input file as it
+    is now, this version's masking revision, the output file as it is now (its size and
+    sha256), ``options``' pixel-changing options and ``detector``'s network and settings
+    (:func:`~.reruns.redo_reason`; None: not compared) and ``options``' review band (None:
+    nothing compared), ``(REVIEW, change)`` where only the review band differs and the sidecar
+    gives the new list (:func:`~.reruns.review_rerun`, :func:`update_review`), else ``(REDO,
+    why)``: it is made again."""
+    if not Path(task.output).exists():
+        return NEW, None
+    if not Path(task.sidecar).exists():
+        return FOREIGN, None
+    redo = _redo_reason(task, options, detector)
+    if redo is not None:
+        return REDO, redo
+    review = None if options is None else review_rerun(task.sidecar, options.review_band)
+    if review is None:
+        return SKIP, None
+    change, why_not = review  # only the review band differs: the sidecar's list, or all
+    return (REDO, why_not) if why_not else (REVIEW, change)
 
 
 def is_done(task: Task, options: Options | None = None,
             detector: DetectorRecord | None = None) -> bool:
-    """Whether ``task``'s output and sidecar exist and the sidecar records the input file as
-    it is now, this version's masking revision, the output file as it is now (its size and
-    sha256), ``options``' pixel-changing options (None: nothing compared) and ``detector``'s
-    network and settings (:func:`~.reruns.redo_reason`; None: not compared)."""
-    return _outputs_exist(task) and _redo_reason(task, options, detector) is None
+    """Whether a rerun skips ``task`` as done (:func:`rerun_verdict`: its output and sidecar
+    exist, and the sidecar records the input file and the output file as they are now, this
+    version's masking revision, ``options``' pixel-changing options and review band (None:
+    nothing compared) and ``detector``'s network and settings (None: not compared))."""
+    return rerun_verdict(task, options, detector)[0] == SKIP
 
 
 def _redo_reason(task: Task, options: Options | None,
@@ -656,10 +685,14 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     Returns a ``"failed"`` :class:`Result` naming the problem for unreadable, corrupt or
     unwritable files, and for an image (a video's frames) large enough to hold a face on which
     no pyramid level runs (:func:`_search_plan`: nothing written); the other files of a batch
-    go on. KeyboardInterrupt propagates.
+    go on. Where such a file's earlier output is tf-anonymize's but not what this run makes
+    (:func:`_remove_earlier`: e.g. an older version's unmasked copy), that output and its
+    sidecar are removed, and the error says so. KeyboardInterrupt propagates (nothing
+    removed).
     """
     start = time.perf_counter()
     started = utc_now()
+    earlier = _file_key(task.output)  # the output this run is to replace, if any
     try:
         identity = input_identity(task.source)  # before reading: a file changed meanwhile is redone
         process = _process_video if task.kind == "video" else _process_image
@@ -667,10 +700,12 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
         header["run"] = {**header["run"], "started": started, "finished": utc_now()}
         audit.write(task.sidecar, **header)
     except TinyFacesError as exc:
-        return Result(task, "failed", error=naming(task.source, str(exc)),
+        message = str(exc) + _remove_earlier(task, options, earlier)
+        return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     except OSError as exc:
-        message = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        message = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "") + \
+            _remove_earlier(task, options, earlier)
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     counts = audit.summary()
@@ -679,6 +714,54 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
                   review_frames=counts["review_frames"], seconds=time.perf_counter() - start,
                   warnings=tuple(warnings), notes=tuple(notes),
                   anonymised=bool(header["anonymised"]))
+
+
+def _file_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What tells the file at ``path`` (a link itself, not followed) from one renamed into its
+    place: device, inode, size, modification time; None where there is none."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _sidecar_format(path: str | os.PathLike[str]) -> Any:
+    """The ``format`` a JSON file records (None: none, or not JSON that can be read)."""
+    try:
+        recorded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded.get("format") if isinstance(recorded, dict) else None
+
+
+def _remove_earlier(task: Task, options: Options, earlier: tuple[int, int, int, int] | None
+                    ) -> str:
+    """Removes the earlier output of ``task``, which this run failed to make again, with its
+    sidecar, where it is still the file ``earlier`` (:func:`_file_key`, taken before: not this
+    run's own, renamed into place), its sidecar is tf-anonymize's (records its ``format``) and
+    this run does not trust it: the planner made it again (:attr:`Task.redo`), or, with
+    ``--overwrite``, :func:`~.reruns.redo_reason` gives why (another masking revision, input,
+    output file or options); an output it would have skipped is kept. The output goes first:
+    a sidecar left alone vouches for no file, and a rerun makes it; an output left without its
+    sidecar would be taken for a user's file and kept.
+
+    Returns what the failure adds (``"; removed the earlier output ..."``), or ``""``.
+    """
+    if earlier is None or _file_key(task.output) != earlier or \
+            _sidecar_format(task.sidecar) != FORMAT:
+        return ""
+    if task.redo is None and redo_reason(task.sidecar, task.kind, _options_record(options),
+                                         None, task.source, task.output) is None:
+        return ""
+    why = "it could not be made again and may not hide every face"
+    try:
+        os.unlink(task.output)
+        Path(task.sidecar).unlink(missing_ok=True)
+    except OSError as exc:
+        return (f"; the earlier output {task.output} and its sidecar {task.sidecar} could not be "
+                f"removed ({exc.strerror or exc}): {why}; remove them")
+    return f"; removed the earlier output {task.output} and its sidecar {task.sidecar}: {why}"
 
 
 def update_review(task: Task, options: Options, command: Sequence[str] = ()) -> Result:
@@ -1001,4 +1084,4 @@ def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: Audit
 
 __all__ = ["IMAGE_SUFFIXES", "REVIEW_UPDATED", "InputOverwriteError", "Options", "Result", "Task",
            "detect_frames", "is_done", "naming", "plan_tasks", "process_file", "render",
-           "update_review"]
+           "rerun_verdict", "update_review"]

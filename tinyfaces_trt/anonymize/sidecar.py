@@ -37,8 +37,8 @@ Layout (``format: "tinyfaces-anonymize/1"``)::
      levels' templates can find with the config's size_refinement; null when none ran),
      "nominal_smallest_face", "nominal_largest_face" (the same without refinement: the
      templates' own sizes), "size_refinement", "no_level" (why no level ran, else null; only
-     an image too small to hold a face the detector can find passes so: a larger one, or a
-     video of such frames, fails, with no output)},
+     an image, or a video whose frames are, too small to hold a face the detector can find
+     passes so, with a note: a larger one fails, with no output)},
      "image": {"width", "height"}, "image_frames": {"in_file" (the pictures the file holds:
      pages, animation frames), "kept" (1: only the first is anonymised and written, the
      others are left out, with a warning)} (image) |
@@ -58,9 +58,9 @@ Layout (``format: "tinyfaces-anonymize/1"``)::
      "frames": [{"index", "time", "faces": [{"track", "box", "score", "kind"}]}]}
 
 A frame is listed for review when one of its detections scores ``lo < score <= hi``; the
-listed and recorded scores are rounded to 1e-5. As every frame's detections are recorded
-with their scores, the list of another band is recomputed from the sidecar
-(:func:`recomputed_review`) where the rounding cannot change it.
+listed and recorded scores are probabilities (sigmoid, at most 1), rounded to 1e-5. As every
+frame's detections are recorded with their scores, the list of another band is recomputed from
+the sidecar (:func:`recomputed_review`) where the rounding cannot change it.
 
 Just before an output is renamed into place, :func:`write_claim` writes a provisional sidecar
 (the header's input fields and ``"incomplete": true``) that the full one then replaces: an
@@ -286,6 +286,15 @@ def _above(score: float, edge: float) -> bool | None:
     return None
 
 
+def _within_top(score: float, top: float) -> bool | None:
+    """Whether a detection recorded with ``score`` (rounded) scored at most ``top``, a review
+    band's top: always where ``top`` is 1 or more (no probability exceeds 1, so such a band has
+    no upper edge to be near), else as :func:`_above` tells it."""
+    if top >= 1.0:
+        return True
+    return _above(top, score)
+
+
 def recomputed_review(recorded: Any, band: float) -> dict[str, Any]:
     """The ``review`` record (``{"band", "frames"}``) that the run which wrote the sidecar
     ``recorded`` (parsed JSON) would have written with the review band ``band``: its frames
@@ -294,12 +303,17 @@ def recomputed_review(recorded: Any, band: float) -> dict[str, Any]:
 
     The recorded scores are rounded (:data:`SCORE_ROUNDING`): a detection whose recorded score
     is that close to the threshold is settled by the recorded review list (where its band's
-    top is clearly above the score), one that close to the new band's top cannot be.
+    top is clearly above the score: the detector keeps scores at the threshold too, e.g.
+    float32 sigmoids that round to it, so the threshold is a real edge), one that close to the
+    new band's top cannot be, unless that top is 1 or more (:func:`_within_top`: every
+    probability lies below it).
 
     Raises:
         ReviewNotRecomputable: the sidecar records no review band and list, or not every
-            frame with its masks and their scores; or a recorded score too close to the new
-            band's top (or to the threshold, with the recorded list unable to settle it).
+            frame with its masks and their scores, or a score that is no probability (outside
+            [0, 1]: the band's edges mean nothing for it); or a recorded score too close to
+            the new band's top (or to the threshold, with the recorded list unable to settle
+            it).
     """
     try:
         old = recorded["review"]
@@ -316,7 +330,11 @@ def recomputed_review(recorded: Any, band: float) -> dict[str, Any]:
         near: list[float] = []
         settled_by_list: dict[float, int] = {}
         for score in scores:
-            above, below = _above(score, low), _above(hi, score)
+            if not 0.0 <= score <= 1.0:
+                raise ReviewNotRecomputable(
+                    f"a detection of frame {index} is recorded with the score {score:g}, which "
+                    "is no probability (outside [0, 1])")
+            above, below = _above(score, low), _within_top(score, hi)
             if above is False or below is False or hi <= low:
                 continue
             if below is None:
@@ -326,7 +344,7 @@ def recomputed_review(recorded: Any, band: float) -> dict[str, Any]:
                     "tell whether it lies within the band")
             if above:
                 near.append(score)
-            elif _above(old_high, score):  # was it listed? only a score above the threshold was
+            elif _within_top(score, old_high):  # was it listed? only one above the threshold was
                 settled_by_list[score] = settled_by_list.get(score, 0) + 1
             else:
                 raise ReviewNotRecomputable(
