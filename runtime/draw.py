@@ -4,9 +4,12 @@ Every function returns a modified copy. Boxes are (N, 4) or (N, 5) [x1, y1, x2, 
 in pixel coordinates, 0-based unless ``base=1.0`` says they are 1-based (the matconvnet
 variant's: pass the detector's ``coordinate_base`` with its boxes); rows with a non-finite
 coordinate or lying outside the image are skipped. Anonymisation is :mod:`.masks` (one
-implementation for every tool); a box covers the pixels ``floor(x1)..ceil(x2)`` and
-``floor(y1)..ceil(y2)`` of its 0-based coordinates (clipped to the image), and at least one
-pixel even for a box smaller than a pixel.
+implementation for every tool): :func:`blur_boxes` and :func:`pixelate_boxes` are a
+convenience API over :func:`.masks.apply_masks`, which tf-detect, tf-anonymize and tf-serve
+call themselves with :data:`.masks.ANONYMIZE_STYLE` (tf-detect: in its ``--blur`` or
+``--pixelate`` mode; the others: unless their options change it). A box covers the pixels
+``floor(x1)..ceil(x2)`` and ``floor(y1)..ceil(y2)`` of its 0-based coordinates (clipped to the
+image), and at least one pixel even for a box smaller than a pixel.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def blur_boxes(image: np.ndarray, boxes: np.ndarray, strength: float = 0.25, *,
             (``blur_boxes(image, boxes, base=detector.coordinate_base)``): 1-based boxes
             taken as 0-based leave the face's first column and top row visible.
         scale: enlarge each box by this factor about its centre first, 1 <= scale <= 100
-            (default 1: the box as given; tf-detect and tf-anonymize use
-            ``ANONYMIZE_STYLE.scale``, 1.3, as a detected box is tight around the face).
+            (default 1: the box as given). ``scale=ANONYMIZE_STYLE.scale`` (1.3: a detected
+            box is tight around the face) with the default ``strength`` gives exactly the
+            blur of tf-detect ``--blur``, tf-anonymize and tf-serve ``/anonymize``, which
+            call :func:`.masks.apply_masks` with :data:`.masks.ANONYMIZE_STYLE` themselves.
 
     Raises:
         TinyFacesError: ``base`` is neither 0.0 nor 1.0, or ``strength`` or ``scale`` is out
@@ -64,7 +69,11 @@ def pixelate_boxes(image: np.ndarray, boxes: np.ndarray, block: int | None = Non
             Pass the detector's ``coordinate_base`` with its boxes: 1-based boxes taken as
             0-based leave the face's first column and top row visible.
         scale: enlarge each box by this factor about its centre first, 1 <= scale <= 100
-            (default 1: the box as given; tf-detect uses ``ANONYMIZE_STYLE.scale``, 1.3).
+            (default 1: the box as given). ``cells=ANONYMIZE_STYLE.cells`` (5) with
+            ``scale=ANONYMIZE_STYLE.scale`` (1.3) gives exactly the mosaic of tf-detect
+            ``--pixelate``, tf-anonymize ``--mode pixelate`` and tf-serve
+            ``/anonymize?mode=pixelate``, which call :func:`.masks.apply_masks` with
+            :data:`.masks.ANONYMIZE_STYLE` themselves (this function's default grid is finer).
 
     Raises:
         TinyFacesError: both ``block`` and ``cells``, ``base`` neither 0.0 nor 1.0, or

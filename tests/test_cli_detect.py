@@ -148,9 +148,10 @@ def test_anonymised_copy_masks_the_unclipped_boxes_as_tf_anonymize(capsys, photo
     face half past the left border was masked over columns 0..22, not 0..25. The copy is now
     tf-anonymize's for the same detections; the JSON, the console line and the drawn copy keep
     the clipped boxes, byte for byte."""
+    from dataclasses import replace
+
     from tinyfaces_trt.anonymize.cli import main as anonymize
-    from tinyfaces_trt.cli.detect_plan import mask_style
-    from tinyfaces_trt.runtime.masks import apply_masks
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, apply_masks
 
     image_path = photos / "2--Other" / "b.png"
     plain, anon = tmp_path / "plain", tmp_path / "anon"
@@ -171,7 +172,7 @@ def test_anonymised_copy_masks_the_unclipped_boxes_as_tf_anonymize(capsys, photo
     assert record["detections"] == detections_to_list(clipped)
     assert (unclipped[:, 0] < 0).any() and (unclipped[:, 1] < 0).any()  # cut by the border
     assert np.array_equal(np.clip(unclipped[:, [0, 2]], 0, 47), clipped[:, [0, 2]])
-    style = mask_style(flag[2:])
+    style = replace(ANONYMIZE_STYLE, mode=flag[2:])  # tf-anonymize's default masks
     hidden = load_image(anon / f"b_{'blurred' if flag == '--blur' else 'pixelated'}.png")
     assert np.array_equal(hidden, apply_masks(image, unclipped, style))
     assert not np.array_equal(hidden, apply_masks(image, clipped, style))  # (what it was)
@@ -182,10 +183,83 @@ def test_anonymised_copy_masks_the_unclipped_boxes_as_tf_anonymize(capsys, photo
     capsys.readouterr()
     assert sorted(p.name for p in ray.iterdir()) == sorted(p.name for p in anon.iterdir())
     assert all((ray / p.name).read_bytes() == p.read_bytes() for p in anon.iterdir())
-    if flag == "--blur":  # tf-anonymize's own copy of the image, its default masks
-        assert anonymize([str(image_path), "--model", str(export_dir), "--out",
-                          str(tmp_path / "tf-anonymize"), "--prob-thresh", "0.6", "--quiet"]) == 0
-        assert np.array_equal(hidden, load_image(tmp_path / "tf-anonymize" / "b.png"))
+    # tf-anonymize's own copy of the image, its default masks in that mode
+    assert anonymize([str(image_path), "--model", str(export_dir), "--out",
+                      str(tmp_path / "tf-anonymize"), "--prob-thresh", "0.6", "--quiet",
+                      "--mode", flag[2:]]) == 0
+    assert np.array_equal(hidden, load_image(tmp_path / "tf-anonymize" / "b.png"))
+
+
+class _FixedBoxes:
+    """A detector finding fixed faces, two of them cut by the image border, unclipped as the
+    detector of a --blur/--pixelate run (and tf-anonymize's) returns them."""
+
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.manifest import ModelIdentity
+
+    BOXES = np.array([[-12, -6, 20, 30, 0.9],  # past the left and top borders
+                      [52, 28, 95, 75, 0.8],  # past the right and bottom borders
+                      [28, 10, 50, 34, 0.7]], np.float32)  # inside, overlapping the first
+    config = DetectorConfig(clip_boxes=False)
+    identity = ModelIdentity(None, True, "the default network", variant="pytorch", depth=101,
+                             seed=0, precision="fp32")
+    coordinate_base = 0.0
+
+    def detect(self, image):
+        return self.BOXES.copy()
+
+    def detect_batch(self, images):
+        return [self.detect(image) for image in images]
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate"])
+def test_the_anonymised_copy_is_tf_anonymizes_and_tf_serves_for_the_same_boxes(
+        capsys, tmp_path, monkeypatch, mode):
+    """tf-detect --pixelate used pixelate_boxes' own grid (7 cells across a 43 px face, cells
+    of 4+ px) where tf-anonymize --mode pixelate and tf-serve /anonymize?mode=pixelate use
+    ANONYMIZE_STYLE's 5 x 5: a finer mosaic, hiding less. The three now give the same pixels
+    for the same detections, also where a box is cut by the border, and the JSON records the
+    grid (a copy recorded with the old one is made again: test_cli_detect_reruns)."""
+    from dataclasses import replace
+
+    import tinyfaces_trt.anonymize.cli as anonymize_cli
+    import tinyfaces_trt.cli.detect as detect_cli
+    from tinyfaces_trt.anonymize.sidecar import MASKS_REVISION
+    from tinyfaces_trt.runtime.imageio import decode_image
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, apply_masks
+    from tinyfaces_trt.scaleout.service import anonymise, parse_anonymise_query
+
+    image = np.random.default_rng(5).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    photo = tmp_path / "p.png"
+    Image.fromarray(image).save(photo)
+    monkeypatch.setattr(detect_cli, "_make_detector", lambda args: _FixedBoxes())
+    monkeypatch.setattr(anonymize_cli, "_make_detector", lambda args: _FixedBoxes())
+    code, _, err = _run(capsys, photo, "--out", tmp_path / "detect", f"--{mode}")
+    assert code == 0, err
+    assert anonymize_cli.main([str(photo), "--out", str(tmp_path / "anonymize"), "--mode", mode,
+                               "--quiet"]) == 0
+    copy = load_image(tmp_path / "detect" / {"blur": "p_blurred.png",
+                                             "pixelate": "p_pixelated.png"}[mode])
+    expected = apply_masks(image, _FixedBoxes.BOXES, replace(ANONYMIZE_STYLE, mode=mode))
+    assert np.array_equal(copy, expected)
+    assert np.array_equal(load_image(tmp_path / "anonymize" / "p.png"), expected)
+    body = photo.read_bytes()
+    served = anonymise(image, _FixedBoxes.BOXES, parse_anonymise_query({"mode": mode}, body))
+    assert np.array_equal(decode_image(served), expected)
+    # the border cuts the masks: the first face's enlarged box starts at -16.8, -11.4
+    assert (copy[0, 0] != image[0, 0]).any() and (copy[59, 79] != image[59, 79]).any()
+    fields = {"blur_strength": 0.25} if mode == "blur" else {"cells": 5, "block": None}
+    assert json.loads((tmp_path / "detect" / "p.json").read_text())["anonymised"] == {
+        "mode": mode, "shape": "box", "scale": 1.3, **fields, "masks_revision": MASKS_REVISION}
 
 
 def test_wider_dir_keeps_event_folders(capsys, photos, export_dir, tmp_path):
@@ -276,6 +350,9 @@ def test_torch_backend_runs_weights_directly(capsys, photos, checkpoint, referen
     (["--backend", "torch", "--threads", "2"], "--providers/--threads are onnxruntime options"),
     (["--blur", "--pixelate", "--out", "o"], "not allowed with argument"),
     (["--backend", "torch", "--model", "m"], "--backend torch runs a checkpoint (--weights F)"),
+    # /dev/stdin is -: once, and never sent to --ray's workers
+    (["-", "/dev/stdin"], "standard input can be given once (-, /dev/stdin)"),
+    (["/dev/stdin", "--ray"], "standard input (/dev/stdin) cannot be sent to the workers"),
 ])
 def test_argument_errors_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as info:

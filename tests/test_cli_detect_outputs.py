@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
 from tinyfaces_trt.cli.detect import main
-from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, plan_tasks
+from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, is_stdin_argument, plan_tasks
 from tinyfaces_trt.wider.records import RECORDS_FOLDER as WIDER_RECORDS
 from tinyfaces_trt.cli.detect_ray import main as ray_main
 from tinyfaces_trt.core.files import written_for_another
 from tinyfaces_trt.parity.images import synthetic_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image(path: Path, seed: int) -> Path:
@@ -176,6 +179,61 @@ def test_an_image_on_standard_input_gets_copies_in_its_own_format(capsys, export
         copy = piped / f"stdin{kind}{suffix}"
         assert copy.read_bytes() == (named / f"photo{kind}{suffix}").read_bytes()
         assert Image.open(copy).format == fmt
+
+
+def test_a_jpeg_piped_to_dev_stdin_gets_the_copies_of_a_jpeg_piped_to_dash(capsys, export_dir,
+                                                                          tmp_path):
+    """/dev/stdin, which the help gives as the same as -, was taken for a file without a
+    suffix: a JPEG piped to it got PNG copies and --jpeg-quality was ignored, where - gave
+    .jpg copies. Both are standard input now: the copies are a .jpg file's, byte for byte."""
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_image(40, 52, seed=3)).save(buffer, format="JPEG", quality=95)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(buffer.getvalue())
+    options = ["--model", str(export_dir), "--blur", "--draw", "--jpeg-quality", "30"]
+    code, _, err = _run(capsys, photo, *options, "--out", tmp_path / "named")
+    assert code == 0, err
+    named = json.loads((tmp_path / "named" / "photo.json").read_text())
+    for k, argument in enumerate(("-", "/dev/stdin")):
+        out = tmp_path / f"piped{k}"
+        with open(photo, "rb") as stdin:
+            done = subprocess.run([sys.executable, "-m", "tinyfaces_trt.cli.detect", argument,
+                                   *options, "--out", str(out)], stdin=stdin, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"{argument}: ")
+        assert _files(out) == ["stdin.json", "stdin_blurred.jpg", "stdin_boxes.jpg"]
+        for kind in ("_blurred", "_boxes"):  # the same pixels, format and --jpeg-quality
+            copy = out / f"stdin{kind}.jpg"
+            assert copy.read_bytes() == (tmp_path / "named" / f"photo{kind}.jpg").read_bytes()
+        record = json.loads((out / "stdin.json").read_text())
+        assert record["image"] == argument and "resolved" not in record
+        assert record["detections"] == named["detections"]
+
+
+def test_every_name_of_standard_input_is_standard_input(tmp_path, monkeypatch):
+    """/dev/fd/0, /proc/self/fd/0 and a link to /dev/stdin name standard input too; where it
+    is a redirected file, that file's own name is still a file (links are followed up to
+    file descriptor 0, never through it)."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "in").symlink_to("/dev/stdin")
+    (tmp_path / "via").symlink_to(tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    saved = os.dup(0)
+    try:
+        with open(photo, "rb") as redirected:
+            os.dup2(redirected.fileno(), 0)  # as "< photo.jpg"
+        assert os.path.realpath("/dev/stdin") == str(photo.resolve())
+        for name in ("-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "/dev/../dev/stdin",
+                     f"/proc/{os.getpid()}/fd/0", "in", str(tmp_path / "via")):
+            assert is_stdin_argument(name), name
+        for name in (str(photo), "photo.jpg", "/dev/stdout", "/proc/self/fd/1", "/dev/fd/00",
+                     str(tmp_path), "--"):
+            assert not is_stdin_argument(name), name
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
 
 
 def test_a_record_of_standard_input_is_never_an_inputs_own(tmp_path):

@@ -271,6 +271,32 @@ def test_an_anonymised_copy_of_other_masks_is_made_again(capsys, export_dir, tmp
     assert (detections.parent / "p0_boxes.png").is_file()
 
 
+@pytest.mark.parametrize("run", [_run, _ray], ids=["single", "ray"])
+def test_a_pixelated_copy_of_the_old_finer_grid_is_made_again(capsys, export_dir, tmp_path, run):
+    """tf-detect --pixelate used pixelate_boxes' own grid (about 8 cells across a face,
+    recorded as cells null) where tf-anonymize and tf-serve use ANONYMIZE_STYLE's 5 x 5. The
+    JSON records the grid now, so a rerun makes the finer copy again with theirs."""
+    photos = _photos(tmp_path / "photos", count=1)
+    out = tmp_path / "out"
+    argv = [photos, "--model", export_dir, "--out", out, "--pixelate"]
+    assert run(capsys, *argv)[0] == 0
+    detections, copy = out / "ev" / "p0.json", out / "ev" / "p0_pixelated.png"
+    first = json.loads(detections.read_text())
+    assert first["anonymised"] == {"mode": "pixelate", "shape": "box", "scale": 1.3, "cells": 5,
+                                   "block": None, "masks_revision": MASKS_REVISION}
+    made = copy.read_bytes()
+    detections.write_text(json.dumps({**first, "anonymised": {**first["anonymised"],
+                                                              "cells": None}}))
+    copy.write_bytes((photos / "ev" / "p0.png").read_bytes())  # stands for the finer mosaic
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and _lines(err, photos)[0] == (
+        "tf-detect: ev/p0.png: making its outputs again: they were made with mask cells "
+        "default (now 5)")
+    assert copy.read_bytes() == made and json.loads(detections.read_text()) == first
+    code, _, err = run(capsys, *argv)  # recorded with this run's grid: kept
+    assert code == 0 and "skipped, its outputs exist" in err
+
+
 def test_a_copy_replaced_is_recorded_only_once_it_is_complete(capsys, export_dir, tmp_path,
                                                              monkeypatch):
     """A run stopped while it replaced a stale copy (here: its write fails) must not leave a

@@ -1,4 +1,5 @@
-"""Face masks (runtime/masks.py): modes, shapes, scaling; the tf-detect API uses them."""
+"""Face masks (runtime/masks.py): modes, shapes, scaling; runtime/draw.py's blur_boxes and
+pixelate_boxes are a convenience API over them."""
 
 from __future__ import annotations
 
@@ -381,18 +382,27 @@ def test_a_mask_smaller_than_the_box_is_refused(noise, scale):
     assert MaskStyle(scale=1).scale == 1.0
 
 
-def test_tf_detects_mask_functions_take_the_anonymize_scale(noise):
+def test_draw_mask_functions_with_the_anonymize_style_give_the_tools_masks(noise):
     """blur_boxes/pixelate_boxes mask the box as given by default (API unchanged) and, with
-    ``scale``, the box enlarged as tf-anonymize's (tf-detect passes ANONYMIZE_STYLE.scale)."""
+    ANONYMIZE_STYLE's settings, exactly as the tools do: tf-detect --blur/--pixelate
+    (its mask_style), tf-anonymize and tf-serve /anonymize all call apply_masks with
+    ANONYMIZE_STYLE (in the mode asked for), not these functions. pixelate_boxes' own
+    default grid is finer than their 5 x 5 one."""
+    from dataclasses import replace
+
+    from tinyfaces_trt.cli.detect_plan import mask_style
     from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
 
     s = ANONYMIZE_STYLE.scale
-    assert s == 1.3
+    assert (s, ANONYMIZE_STYLE.cells) == (1.3, 5)
+    for mode, ours in (("blur", blur_boxes(noise, FACE0, scale=s)),
+                       ("pixelate", pixelate_boxes(noise, FACE0, cells=5, scale=s))):
+        assert mask_style(mode) == replace(ANONYMIZE_STYLE, mode=mode)
+        np.testing.assert_array_equal(ours, apply_masks(noise, FACE0, mask_style(mode)))
+    assert not np.array_equal(pixelate_boxes(noise, FACE0, scale=s),
+                              apply_masks(noise, FACE0, mask_style("pixelate")))
     np.testing.assert_array_equal(blur_boxes(noise, FACE0, 0.3, scale=s),
                                   apply_masks(noise, FACE0, MaskStyle(blur_strength=0.3, scale=s)))
-    np.testing.assert_array_equal(
-        pixelate_boxes(noise, FACE0, cells=5, scale=s),
-        apply_masks(noise, FACE0, MaskStyle(mode="pixelate", cells=5, scale=s)))
     np.testing.assert_array_equal(blur_boxes(noise, FACE0), apply_masks(noise, FACE0))
     changed = (blur_boxes(noise, FACE0, scale=s) != noise).any(axis=2)
     (r0, r1, c0, c1), = mask_regions(FACE0, 40, 50, ANONYMIZE_STYLE)

@@ -14,11 +14,13 @@ reported for that image and counted in the exit status. Outputs that exist alrea
 by another network or with other detection settings than this run's (the JSON records both; a
 WIDER result's are in ``--wider-dir``'s ``.tf-detect/``), or an anonymised copy with other
 masks (the JSON's ``"anonymised"``; none recorded: an older tf-detect's): those are made again.
-The anonymised copy masks the detector's unclipped boxes, as tf-anonymize does; every other
-output has them clipped to the image. Copies of an image on standard input are JPEG when its
-bytes are, as a ``.jpg`` file's. An output that would replace an input file of the run is
-refused before any work (exit 2), and a WIDER file that is not the image's own result is
-neither skipped as done nor replaced (that image fails).
+The anonymised copy masks the detector's unclipped boxes with tf-anonymize's default masks
+(:data:`~tinyfaces_trt.runtime.masks.ANONYMIZE_STYLE`, in the mode asked for): the same pixels
+as tf-anonymize and tf-serve's ``/anonymize``; every other output has them clipped to the
+image. Copies of an image on standard input (``-``, ``/dev/stdin`` or another name of it, all
+read alike) are JPEG when its bytes are, as a ``.jpg`` file's. An output that would replace an
+input file of the run is refused before any work (exit 2), and a WIDER file that is not the
+image's own result is neither skipped as done nor replaced (that image fails).
 Output folders are never read as inputs. A bad image is reported on stderr and skipped; the
 exit status is then 1. User mistakes never give a traceback (:class:`TinyFacesError` is
 caught); argument errors exit with 2.
@@ -54,8 +56,8 @@ from tinyfaces_trt.core.threads import usable_cores
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
-    IMAGE_SUFFIXES, MASK_RECORD, STDIN_ARGUMENTS, DetectOptions, DetectTask, ImageJob,
-    InputOverwriteError, Resume, find_inputs, mask_record, plan_tasks, refuse_replacing_inputs,
+    IMAGE_SUFFIXES, MASK_RECORD, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
+    Resume, find_inputs, is_stdin_argument, mask_record, plan_tasks, refuse_replacing_inputs,
     resume_state, task_plan, write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
@@ -126,7 +128,8 @@ setup failed (errors are listed on stderr, other images are still processed),
                            "cut by the image border is enlarged whole, then cut), and no "
                            "copy showing the faces unless --draw (needs --out)")
     anon.add_argument("--pixelate", action="store_true",
-                      help="write <name>_pixelated.jpg|png with every face pixelated (each box "
+                      help="write <name>_pixelated.jpg|png with every face pixelated into "
+                           f"{ANONYMIZE_STYLE.cells} x {ANONYMIZE_STYLE.cells} cells (each box "
                            f"enlarged {ANONYMIZE_STYLE.scale:g}x about its centre, as "
                            "tf-anonymize does; a box cut by the image border is enlarged whole, "
                            "then cut), and no copy showing the faces unless --draw (needs --out)")
@@ -273,10 +276,12 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--draw writes copies with boxes drawn and needs --out DIR")
     check_detector_arguments(parser, args)
     check_ray_arguments(parser, args)
-    if ray_requested(args) and any(i in STDIN_ARGUMENTS for i in args.images):
-        parser.error("--ray distributes files; standard input (-) cannot be sent to the workers")
-    if sum(1 for i in args.images if i in STDIN_ARGUMENTS) > 1:
-        parser.error("- (standard input) can be given once")
+    piped = [i for i in args.images if is_stdin_argument(i)]
+    if ray_requested(args) and piped:
+        parser.error(f"--ray distributes files; standard input ({piped[0]}) cannot be sent to "
+                     "the workers")
+    if len(piped) > 1:
+        parser.error(f"standard input can be given once ({', '.join(piped)})")
     inputs = {Path(i).resolve() for i in args.images if Path(i).is_dir()}
     for option, folder in (("--out", args.out), ("--wider-dir", args.wider_dir)):
         if folder and Path(folder).resolve() in inputs:

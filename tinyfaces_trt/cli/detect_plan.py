@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tinyfaces_trt.cli.detect")
 
-#: IMAGE arguments that mean "read one image from standard input".
-STDIN_ARGUMENTS = ("-",)
+#: The IMAGE arguments the help names for "read one image from standard input"; any other
+#: name of this process's file descriptor 0 is the same (:func:`is_stdin_argument`).
+STDIN_ARGUMENTS = ("-", "/dev/stdin")
+#: Names of file descriptor 0 where they are devices, not links (macOS, the BSDs).
+_STDIN_DEVICES = ("/dev/stdin", "/dev/fd/0")
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
@@ -59,17 +62,41 @@ class ImageJob:
         data: the bytes of an image on standard input, read when the run is planned (its
             format picks the outputs' suffix: :func:`image_suffix`); None for a file, and
             for standard input not read yet.
+        stdin: the image comes from standard input (:func:`is_stdin_argument`: ``-``,
+            ``/dev/stdin`` or another name of it); ``path`` is the argument as given.
     """
 
     path: Path
     rel: Path
     event: str
     data: bytes | None = field(default=None, compare=False, repr=False)
+    stdin: bool = False
 
     @property
     def is_stdin(self) -> bool:
-        """The image comes from standard input (argument ``-``)."""
-        return str(self.path) in STDIN_ARGUMENTS
+        """The image comes from standard input (:attr:`stdin`)."""
+        return self.stdin
+
+
+def is_stdin_argument(argument: str) -> bool:
+    """Whether the IMAGE argument ``argument`` means standard input: ``-``, or a name of this
+    process's file descriptor 0 (``/dev/stdin``, ``/dev/fd/0``, ``/proc/self/fd/0``, or a
+    symbolic link to one of them). Links are followed up to that name only, never through
+    it: where standard input is a redirected file (``< p.jpg``), ``p.jpg`` stays a file."""
+    if argument == "-":
+        return True
+    fd0 = os.path.join(os.path.realpath("/proc/self/fd"), "0")  # /proc/<pid>/fd/0 on Linux
+    path = os.path.abspath(argument)
+    for _ in range(40):  # as many links as the kernel follows
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if path == fd0 or path in _STDIN_DEVICES:
+            return True
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a link (or unreadable): another file
+            return False
+        path = os.path.join(os.path.dirname(path), target)
+    return False
 
 
 
@@ -128,8 +155,8 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
     found = Inputs()
     for arg in arguments:
         path = Path(arg)
-        if arg in STDIN_ARGUMENTS:
-            found.jobs.append(ImageJob(path, Path("stdin"), "stdin"))
+        if is_stdin_argument(arg):
+            found.jobs.append(ImageJob(path, Path("stdin"), "stdin", stdin=True))
         elif path.is_dir():
             _add_folder(found, path, excluded)
         else:
@@ -281,15 +308,15 @@ def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None
 
 def mask_style(anonymise: str) -> MaskStyle:
     """How tf-detect's anonymised copy hides each face (``anonymise``: ``"blur"`` or
-    ``"pixelate"``): every box enlarged as tf-anonymize's (``ANONYMIZE_STYLE.scale``, 1.3x
-    about its centre: a detected box is tight around the face); blur of strength 0.25, or
-    :func:`~tinyfaces_trt.runtime.draw.pixelate_boxes`' grid (about 8 cells across the
-    region's longer side, cells of at least 4 px)."""
-    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, MaskStyle
+    ``"pixelate"``): tf-anonymize's and tf-serve ``/anonymize``'s default masks
+    (:data:`~tinyfaces_trt.runtime.masks.ANONYMIZE_STYLE`) with that mode, so the three give
+    the same pixels for the same boxes: every box enlarged 1.3x about its centre (a detected
+    box is tight around the face), blur of strength 0.25 or a 5 x 5 pixelate grid."""
+    from dataclasses import replace
 
-    if anonymise == "blur":
-        return MaskStyle(mode="blur", scale=ANONYMIZE_STYLE.scale)
-    return MaskStyle(mode="pixelate", cells=None, scale=ANONYMIZE_STYLE.scale)
+    from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
+
+    return replace(ANONYMIZE_STYLE, mode=anonymise)
 
 
 def mask_record(anonymise: str) -> dict[str, Any]:
