@@ -224,10 +224,31 @@ def walks(b: np.ndarray, w: np.ndarray, h: np.ndarray, js: np.ndarray, cells_sor
     return Walks(pj[earlier], pi[earlier], int(ny.sum()))
 
 
+class ResolveStuckError(RuntimeError):
+    """The resolve rounds did not converge: boxes are still undecided after ``n`` rounds."""
+
+
+def _check_progress(rounds: int, n: int, undecided: np.ndarray) -> None:
+    """Every round decides at least the lowest undecided box (its partners, all ranked before
+    it, have decided), so ``n`` boxes need at most ``n`` rounds (a chain needs exactly n);
+    needing round n + 1 means a broken rule or edges that are not (j, i < j) pairs, which
+    would otherwise loop forever."""
+    if rounds >= n:
+        raise ResolveStuckError(
+            f"NMS resolve did not converge: {int(undecided.sum())} of {n} boxes still undecided "
+            f"after {rounds} rounds, the most {n} boxes can need (every round decides the lowest "
+            "undecided box); the resolve rule is broken or an edge is not a (j, i < j) pair")
+
+
 def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarray,
                    lookahead: bool = False) -> tuple[np.ndarray, int]:
     """Synchronous rounds of the resolve rule over the overlap edges (in walk order, grouped
-    by j ascending). Returns (status per rank, number of rounds)."""
+    by j ascending). Returns (status per rank, number of rounds).
+
+    Raises:
+        ResolveStuckError: boxes still undecided after ``n`` rounds (never, for edges
+            (j, i < j) and a correct rule).
+    """
     if lookahead:
         return _lookahead_rounds(n, iso, edge_j, edge_i)
     status = np.full(n, UNDECIDED, dtype=np.int8)
@@ -238,6 +259,7 @@ def resolve_rounds(n: int, iso: np.ndarray, edge_j: np.ndarray, edge_i: np.ndarr
         undecided = status == UNDECIDED
         if not undecided.any():
             return status, rounds
+        _check_progress(rounds, n, undecided)
         rounds += 1
         prev = status.copy()
         live = undecided[ej] & (prev[ei] != SUPPRESSED)  # passed edges never count again
@@ -274,6 +296,9 @@ def lookahead_schedule(n: int, iso: np.ndarray, edge_j: np.ndarray,
     the blocker has decided (in round r - 1 or before), the same call passes again from the
     blocker; a pass that meets no undecided box keeps the box. So box j passes in round 1 and
     in round ``decided[b] + 1`` for each blocker b, and decides in its last pass.
+
+    Raises:
+        ResolveStuckError: as :func:`resolve_rounds`.
     """
     status = np.full(n, UNDECIDED, dtype=np.int8)
     status[iso] = KEPT
@@ -288,6 +313,7 @@ def lookahead_schedule(n: int, iso: np.ndarray, edge_j: np.ndarray,
         undecided = status == UNDECIDED
         if not undecided.any():
             return status, decided
+        _check_progress(rounds, n, undecided)
         prev = status.copy()
         has_blocker = resume < end
         blocker = np.full(n, KEPT, np.int8)

@@ -124,6 +124,25 @@ def test_all_below_threshold_gives_nothing(kh):
     assert postprocess_levels(maps, levels, IMAGE_HW, config).shape == (0, 5)
 
 
+@pytest.mark.parametrize("prob", [0.5, 0.3])
+def test_a_logit_exactly_at_the_threshold_is_no_candidate(kh, prob):
+    """As numpy's decode (test_decode_nms.py::test_exactly_at_threshold_is_not_a_candidate):
+    a cell passes when its logit is ABOVE logit_thresh. At the default prob 0.5 the
+    threshold is 0.0, which quantised engine outputs hit; a kernel keeping such a cell would
+    return a box the host path does not."""
+    config = DetectorConfig(prob_thresh=prob)
+    t = config.logit_thresh
+    levels = levels_at(IMAGE_HW, (0.0,))
+    maps = random_maps(np.random.default_rng(7), levels, cls_mean=-10.0, cls_sigma=0.5)
+    maps[0][0, 5, 2, 3] = t                                      # at: not a candidate
+    maps[0][0, 6, 1, 1] = np.nextafter(t, np.float32(np.inf))    # just above: the one
+    maps[0][0, 7, 3, 4] = np.nextafter(t, np.float32(-np.inf))   # just below: not one
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW, max_candidates=64)
+    assert candidate_count(maps, levels, config) == 1
+    assert stats["num_candidates"] == 1, stats
+    assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
+
+
 def test_all_above_threshold_ties_are_broken_by_key(kh):
     """Every active cell passes with the same logit: the order is the canonical key order."""
     config = DetectorConfig(nms_thresh=0.4)

@@ -52,6 +52,28 @@ def test_invalid_values_are_refused(field, value, message):
     assert isinstance(info.value, TinyFacesError) and isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("k", [-2000.0, -65.0, 65.0, 2000.0])
+def test_fixed_scale_exponents_are_bounded_on_both_sides(k):
+    """A level is 2**k times the image: k = -2000 is as unusable as +2000. Accepting it would
+    give plans that are silently empty (and a divide-by-zero warning with min_face) instead
+    of this ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        DetectorConfig(pyramid="fixed", fixed_scales=(0.0, k))
+    assert str(info.value) == ("fixed_scales are exponents k (a level is 2**k times the image), "
+                               f"each within +-64; got {k:g}")
+    assert DetectorConfig(pyramid="fixed", fixed_scales=(-64.0, 64.0)).fixed_scales == (-64.0, 64.0)
+
+
+@pytest.mark.parametrize("prob, logit", [(0.02, -3.891820192337036), (0.3, -0.8472978472709656),
+                                         (0.45, -0.20067068934440613), (0.7, 0.8472978472709656)])
+def test_logit_thresh_is_the_float64_logit_rounded_once_to_float32(prob, logit):
+    """The numpy and CUDA decoders compare float32 logits with this one value. Computing
+    log(p / (1 - p)) in float32 instead moves 45 of the thresholds 0.01 .. 0.99 by one ulp
+    (these four among them), which changes which cells at the threshold are faces."""
+    t = DetectorConfig(prob_thresh=prob).logit_thresh
+    assert type(t) is np.float32 and float(t) == logit
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("prob_thresh", "0.3", "prob_thresh must be a number, got '0.3' (str)"),
     ("nms_thresh", None, "nms_thresh must be a number, got None (NoneType)"),

@@ -225,6 +225,23 @@ def test_border_box_is_clipped():
     np.testing.assert_array_equal(unclipped[:, :4], [[-42, -56, 40, 54]])
 
 
+def test_probabilities_are_the_float64_sigmoid_rounded_once_to_float32():
+    """select_detections evaluates sigmoid(logit) in float64 and rounds it to float32 once.
+    A float32 sigmoid would be one ulp off for about 40 % of these logits, too little for
+    the 1e-6 tolerance of the transcription tests to see."""
+    rng = np.random.default_rng(0)
+    sm = rng.normal(0, 0.3, (1, NUM_CHANNELS, 6, 6)).astype(np.float32)
+    sm[0, 4:12] = rng.uniform(0.5, 6, (8, 6, 6)).astype(np.float32)  # 288 cells pass
+    level = PyramidLevel(0, 0.0, 1.0, 48, 48)
+    config = DetectorConfig(nms_thresh=1.0, score="logit")         # nothing suppressed
+    logits = postprocess_levels([sm], [level], (48, 48), config)[:, 4]
+    probs = postprocess_levels([sm], [level], (48, 48), config.with_(score="prob"))[:, 4]
+    assert len(logits) > 250  # those whose boxes reach the image
+    expected = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    np.testing.assert_array_equal(probs, expected)
+    assert (expected != 1 / (1 + np.exp(-logits))).sum() > 50  # float32 math: the case bites
+
+
 
 def test_matconvnet_box_is_clipped_to_the_release_pixels():
     """tiny_face_detector.m clips to [1, W] x [1, H] (1-based): the same cell on a 64x64

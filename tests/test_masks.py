@@ -409,3 +409,19 @@ def test_draw_mask_functions_with_the_anonymize_style_give_the_tools_masks(noise
     assert (r0, r1, c0, c1) == (8, 21, 8, 23)  # x 8.5..21.5, y 8.8..19.2: 1.3x the box
     assert not changed[:r0].any() and not changed[r1:].any()
     assert changed[r0:r1, c0:c1].mean() > 0.9
+
+
+def test_pixelate_cells_start_at_the_floor_of_i_times_side_over_cells(noise):
+    """A grid that does not divide the side puts cell i at floor(i * side / cells): 7 rows
+    in 3 cells start at 0, 2, 4 and 10 columns at 0, 3, 6 (the last cells take the extra
+    pixels). Rounding instead (0, 2, 5 and 0, 3, 7) would move boundaries by a pixel: every
+    face still hidden, but not as the outputs tf-anonymize already made under the same
+    masking revision (anonymize.sidecar.MASKS_REVISION), which its reruns keep."""
+    region = noise[:7, :10]
+    out = pixelate_region(region, cells=3)
+    expected = np.empty_like(region)
+    for r0, r1 in ((0, 2), (2, 4), (4, 7)):
+        for c0, c1 in ((0, 3), (3, 6), (6, 10)):
+            cell = region[r0:r1, c0:c1].reshape(-1, 3).astype(float)
+            expected[r0:r1, c0:c1] = np.rint(cell.mean(0))
+    np.testing.assert_array_equal(out, expected)

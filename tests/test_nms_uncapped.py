@@ -11,8 +11,10 @@ builds from this checkout.
 
 from __future__ import annotations
 
+import __future__
+import inspect
 import re
-
+import textwrap
 
 import numpy as np
 import pytest
@@ -151,6 +153,61 @@ def test_chain_is_the_worst_case_for_rounds(n):
     em = _check(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.2, 0.0)
     assert em.kept.tolist() == list(range(0, n, 2))
     assert em.rounds == n
+
+
+class _LimitedNumpy:
+    """numpy for recompiled copies of the resolve functions: fails the test after ``limit``
+    attribute reads, so a resolve loop without a round bound fails instead of hanging."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def __getattr__(self, name: str):
+        self.left -= 1
+        if self.left < 0:
+            raise AssertionError("the resolve loop never stopped: no round bound")
+        return getattr(np, name)
+
+
+_RESOLVE_SOURCES = {name: textwrap.dedent(inspect.getsource(getattr(E, name)))
+                    for name in ("resolve_rounds", "_lookahead_rounds", "lookahead_schedule")}
+
+
+def _resolve_with_a_read_limit(monkeypatch, old: str = "", new: str = "") -> None:
+    """E's resolve functions replaced by copies compiled from their source over
+    _LimitedNumpy (resolve_rounds' source with ``old`` -> ``new``, when given)."""
+    ns = {**vars(E), "np": _LimitedNumpy(20_000)}
+    for name, source in _RESOLVE_SOURCES.items():
+        if name == "resolve_rounds" and old:
+            assert source.count(old) == 1, old
+            source = source.replace(old, new)
+        exec(compile(source, E.__file__, "exec", __future__.annotations.compiler_flag), ns)
+        monkeypatch.setattr(E, name, ns[name])
+
+
+def test_a_broken_resolve_rule_raises_instead_of_looping_forever(monkeypatch):
+    """Without its "a SUPPRESSED partner is passed" filter the walk-order rule waits forever
+    on a suppressed box: in a 3-box chain box 2 waits on box 1, which box 0 suppresses.
+    Every round decides the lowest undecided box, so n boxes need at most n rounds: a
+    broken rule must stop there with an error (a mutation run hung on it before)."""
+    boxes = _boxes(np.stack([np.arange(3) * 6.0, np.zeros(3)], 1), np.full(3, 10.0))
+    logits, keys = -np.arange(3, dtype=np.float32), np.arange(3, dtype=np.uint32)
+    _resolve_with_a_read_limit(monkeypatch)
+    em = E.emulate_nms(boxes, logits, keys, 0.2, 0.0)  # the rule as it is: the chain's n rounds
+    assert em.kept.tolist() == [0, 2] and em.rounds == 3
+    _resolve_with_a_read_limit(monkeypatch, " & (prev[ei] != SUPPRESSED)", "")
+    with pytest.raises(E.ResolveStuckError, match=r"^NMS resolve did not converge: 1 of 3 boxes "
+                       r"still undecided after 3 rounds, the most 3 boxes can need"):
+        E.emulate_nms(boxes, logits, keys, 0.2, 0.0)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_boxes_waiting_on_each_other_raise_instead_of_looping_forever(monkeypatch, lookahead):
+    """The edges must be (j, i < j) pairs: two boxes given as each other's partner wait on
+    each other for ever, under either rule; the round bound turns that into an error."""
+    _resolve_with_a_read_limit(monkeypatch)
+    with pytest.raises(E.ResolveStuckError, match="2 of 2 boxes still undecided after 2 rounds"):
+        E.resolve_rounds(2, np.zeros(2, bool), np.array([0, 1]), np.array([1, 0]), lookahead)
 
 
 def test_chain_with_mixed_scores():

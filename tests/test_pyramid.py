@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import reference_transcription as ref
 
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ImageError
-from tinyfaces_trt.core.pyramid import PyramidLevel, no_level_reason, plan_pyramid
+from tinyfaces_trt.core.pyramid import (PyramidLevel, active_templates, no_level_reason,
+                                        plan_pyramid)
 
 SIZES = [(480, 640), (1080, 1920), (20, 20), (6000, 4000), (100, 3000), (3000, 100),
          (1, 1), (5000, 5000), (7, 9000), (33, 47)]
@@ -81,6 +83,30 @@ def test_fixed_skips_levels_over_max_input_dim_and_empty_levels():
     # int(3 * 0.25) == 0: the quarter level cannot exist and is skipped.
     levels = plan_pyramid(3, 40, DetectorConfig(pyramid="fixed"))
     assert [lv.exponent for lv in levels] == [-1.0, 0.0, 1.0]
+
+
+def test_a_fixed_level_exactly_max_input_dim_long_is_kept():
+    """Only a level LONGER than max_input_dim is skipped: dropping one of exactly that length
+    would leave this image with no level at all (nothing searched, no faces found)."""
+    config = DetectorConfig(pyramid="fixed", fixed_scales=(0.0,), max_input_dim=1000)
+    assert plan_pyramid(1000, 800, config) == [PyramidLevel(0, 0.0, 1.0, 1000, 800)]
+    assert plan_pyramid(1001, 800, config) == []
+
+
+@pytest.mark.parametrize("variant, invalid", [("matconvnet", ref.authors_invalid_templates),
+                                              ("pytorch", ref.port_invalid_templates)])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_template_policies_with_custom_one_scale_templates(variant, invalid, scale):
+    """User templates whose one-scale (Type B) templates have scales 0.5, 1 and 2: each
+    policy runs the ones its reference runs at every kind of level (s < 1, s == 1, s > 1).
+    The shipped templates all have scale 2, so they cannot tell s == 1 from s < 1; a policy
+    that confused them would decode the wrong templates (wrong boxes) for such a model."""
+    templates = DetectorConfig().templates.copy()
+    templates[18:25, 4] = [0.5, 0.5, 1, 1, 1, 2, 2]
+    expected = np.ones(25, bool)
+    expected[invalid(scale, templates)] = False
+    got = active_templates(scale, DetectorConfig.for_variant(variant, templates=templates))
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("hw", [(0, 10), (10, 0), (-5, 5), (10.0, 10), (True, 10), ("10", 10)])

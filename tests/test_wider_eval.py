@@ -156,6 +156,18 @@ def test_boxoverlap_uses_official_plus_one_areas_and_int32_rounding():
     assert box_overlaps(half_gt, half_pred)[0, 0] == 1
 
 
+def test_int32_overlap_rounds_the_union_before_dividing():
+    """MATLAB adds the int32 face area and the double prediction area in int32, so the union
+    is rounded before the division: 100 + 50.4 -> 150, union 150 - 50 = 100, IoU 0.5 -> 1
+    (a hit). Without that rounding the union is 100.4, the IoU 0.498 rounds to 0 and the
+    prediction would wrongly become a false positive."""
+    gt = np.array([[0, 0, 9, 9]], np.int32)     # -> [0, 0, 9, 9]: 10 x 10 pixels
+    pred = np.array([[0.0, 0, 9, 4.04, 1]])     # -> [0, 0, 9, 4.04]: area 10 x 5.04 = 50.4
+    # the intersection uses the rounded corner 4: 10 x 5 = 50
+    assert box_overlaps(gt, pred).tolist() == [[1]]
+    assert [a.tolist() for a in image_evaluation(pred, gt, np.array([True]))] == [[1], [1]]
+
+
 def test_image_evaluation_greedy_matching_and_ignores():
     gt = np.array([A0, A1, A2], np.int32)
     keep = np.array([True, True, False])
@@ -167,6 +179,29 @@ def test_image_evaluation_greedy_matching_and_ignores():
     assert info[248].tolist() == [1, 1]    # t=249, thresh 0.751: only the first passes
     assert info[249].tolist() == [2, 1]    # t=250, thresh 0.75: the duplicate joins (>=)
     assert info[999].tolist() == [4, 2]    # t=1000, thresh 0: all five, four proposals
+
+
+def test_a_prediction_matching_no_face_is_a_false_positive_even_when_face_0_is_ignored():
+    """A prediction that overlaps no face still points at face 0 (the first maximum of a row
+    of zeros). Only a real match (IoU >= 0.5) with an ignored face drops a prediction from
+    the proposals: dropping this false positive because face 0 is ignored would give AP 1.0
+    here instead of 0.5."""
+    gt = np.array([A0, A1], np.int32)
+    keep = np.array([False, True])                         # face 0 ignored
+    pred = np.array([at(FAR, 0.95), at(A1, 0.9)], float)  # a false positive above a hit
+    pred_recall, proposal = image_evaluation(pred, gt, keep)
+    assert pred_recall.tolist() == [0, 1]
+    assert proposal.tolist() == [1, 1]
+
+
+def test_float_ground_truth_iou_of_exactly_one_half_is_a_hit():
+    """The official test is IoU >= 0.5: with double ground truth (no int32 rounding of the
+    IoU) a prediction at exactly 0.5 must be a hit, not a false positive."""
+    gt = np.array([[0.0, 0, 9, 9]])              # -> [0, 0, 9, 9]: 10 x 10 pixels
+    pred = np.array([[0.0, 0, 9, 4, 1]])         # -> [0, 0, 9, 4]: 10 x 5, IoU 50 / 100
+    assert box_overlaps(gt, pred).tolist() == [[0.5]]
+    pred_recall, proposal = image_evaluation(pred, gt, np.array([True]))
+    assert pred_recall.tolist() == [1] and proposal.tolist() == [1]
 
 
 def _random_image(rng, dtype, faces=40, preds=300):
@@ -311,6 +346,19 @@ def test_matching_an_ignored_face_is_not_a_false_positive(gt_dir, tmp_path):
     # easy ignores A2: its prediction leaves the proposals; medium/hard count it as a hit.
     assert ap_of(gt_dir, tmp_path) == pytest.approx({"easy": 0.4, "medium": 0.5, "hard": 0.375},
                                                     abs=1e-15)
+
+
+def test_predictions_on_an_image_without_faces_are_not_false_positives(tmp_path):
+    """evaluation.m skips an image whose face list is empty (``if isempty(gt_bbx)``), its
+    predictions included: counting the one here as a false positive above the hit would
+    give AP 0.5 instead of 1.0."""
+    events = {"0--E": [SynthImage("a", [A0]), SynthImage("empty", [])]}
+    gt = write_ground_truth(tmp_path / "gt", events)
+    for image, row in (("a", at(A0, 1.0)), ("empty", at(FAR, 2.0))):  # x y w h score
+        path = tmp_path / "pred" / "0--E" / f"{image}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{image}.jpg\n1\n{' '.join(map(str, row))}\n")
+    assert ap_of(gt, tmp_path / "pred") == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
 
 
 def test_int32_ground_truth_matches_the_first_face_over_threshold(tmp_path):
