@@ -1,7 +1,8 @@
 """Face masks: blur, pixelate or fill each face box of an (H, W, 3) uint8 RGB image.
 
-One implementation serves ``tf-detect --blur/--pixelate`` (through :mod:`.draw`) and
-``tf-anonymize``. A box covers the pixels ``floor(x1)..ceil(x2)`` x ``floor(y1)..ceil(y2)``
+One implementation serves ``tf-detect --blur/--pixelate``, ``tf-anonymize`` and tf-serve's
+``/anonymize``, which call :func:`apply_masks` with :data:`ANONYMIZE_STYLE` (tf-detect in its
+mode); :mod:`.draw`'s ``blur_boxes``/``pixelate_boxes`` wrap it. A box covers the pixels ``floor(x1)..ceil(x2)`` x ``floor(y1)..ceil(y2)``
 clipped to the image (:func:`box_regions`); ``shape="ellipse"`` limits the mask to the
 ellipse inscribed in the box's whole region (cut where the box runs past the border). Only pixels inside a mask change.
 
