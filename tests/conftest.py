@@ -1,10 +1,14 @@
 """Fixtures shared by the test modules: one seeded ResNet-50, its checkpoint and its export
-(made once per run, whatever the number of pytest-xdist workers); the number of workers for
-``-n auto``."""
+(made once per run, whatever the number of pytest-xdist workers), a copy of that export to
+replace and an export whose torch -> ONNX step is the shared export's graph; the number of
+workers for ``-n auto``."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -12,6 +16,7 @@ import torch
 
 from helpers_run import run_folder
 from tinyfaces_trt.core.files import atomic_output
+from tinyfaces_trt.core.manifest import MANIFEST_NAME
 from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export_cache import cached_export
 
@@ -74,3 +79,27 @@ def export_dir(checkpoint):
     lock makes the other workers wait for it)."""
     return cached_export(checkpoint, fp16=True, cache_dir=checkpoint.parent / "cache",
                          progress=lambda _: None, verify=False).path
+
+
+@pytest.fixture
+def old_export(export_dir, tmp_path):
+    """A copy of the shared export, marked untrained (the new export is not)."""
+    folder = tmp_path / "ex"
+    shutil.copytree(export_dir, folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["untrained"] = True
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture
+def fast_export(export_dir, monkeypatch):
+    """The torch -> ONNX step replaced by the shared export's graph (the slow part of an
+    export; everything after it, staging, saving, swapping, runs for real)."""
+    import onnx
+
+    from tinyfaces_trt.export import export_pipeline
+
+    proto = onnx.load(str(export_dir / "model.onnx"))
+    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
+    return export_pipeline

@@ -441,13 +441,11 @@ def _redo_moved(source: Path, task: jobs.Task) -> str:
 
 # --- 4: another --review-band (documentation review rB, finding 4) -----------------------------
 
-class ScoresDetector:
+class ScoresDetector(BoxDetector):
     """Gives frame ``i`` of a video (or an image) the detections ``per_frame[i]``: scores, each
     on a box of its own (:data:`BOXES`), as float32 as a runner's are; refuses more frames."""
 
     BOXES = ((8, 8, 28, 28), (34, 8, 54, 28), (8, 28, 28, 46))
-    config = BoxDetector.config
-    identity = BoxDetector.identity
 
     def __init__(self, per_frame):
         self.per_frame, self.seen = list(per_frame), 0
@@ -457,15 +455,6 @@ class ScoresDetector:
         self.seen += 1
         return np.array([[*box, s] for box, s in zip(self.BOXES, scores)],
                         np.float32).reshape(-1, 5)
-
-    def detect_batch(self, images):
-        return [self.detect(image) for image in images]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _no_detector(args):

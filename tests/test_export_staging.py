@@ -6,7 +6,6 @@ id) and of a folder left aside by a killed ``replace_folder``."""
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import json
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from faults import temporaries
+from test_reliability_export import _snapshot
 from tinyfaces_trt.core import files
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.manifest import MANIFEST_NAME, load_export_folder
@@ -31,31 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OTHER_HOST = "0123abcd" if files.HOST_TAG != "0123abcd" else "fedc9876"
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-@pytest.fixture
-def old_export(export_dir, tmp_path):
-    """A copy of the shared export, marked untrained (the new export is not)."""
-    folder = tmp_path / "ex"
-    shutil.copytree(export_dir, folder)
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    manifest["untrained"] = True
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
-    return folder
-
-
-@pytest.fixture
-def fast_export(export_dir, monkeypatch):
-    """The torch -> ONNX step replaced by the shared export's graph."""
-    import onnx
-
-    from tinyfaces_trt.export import export_pipeline
-
-    proto = onnx.load(str(export_dir / "model.onnx"))
-    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
-    return export_pipeline
 
 
 def _inside(path: object, folder: Path) -> bool:

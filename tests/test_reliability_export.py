@@ -31,30 +31,6 @@ from tinyfaces_trt.runtime.pipeline import Detector
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def old_export(export_dir, tmp_path):
-    """A copy of the shared export, marked untrained (as in the issue's report)."""
-    folder = tmp_path / "ex"
-    shutil.copytree(export_dir, folder)
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    manifest["untrained"] = True
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
-    return folder
-
-
-@pytest.fixture
-def fast_export(export_dir, monkeypatch):
-    """The torch -> ONNX step replaced by the shared export's graph (the slow part of an
-    export; everything after it, staging, saving, swapping, runs for real)."""
-    import onnx
-
-    from tinyfaces_trt.export import export_pipeline
-
-    proto = onnx.load(str(export_dir / "model.onnx"))
-    monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
-    return export_pipeline
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
