@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
 from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.hashing import file_digest
 from tinyfaces_trt.runtime.results import SCORE_DIGITS, rounded_box, rounded_score
 
 if TYPE_CHECKING:
@@ -156,12 +157,8 @@ def output_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         OSError: the file cannot be read.
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"size": size, "sha256": digest.hexdigest()}
+    size, sha256 = file_digest(path)
+    return {"size": size, "sha256": sha256}
 
 
 def pyramid_record(height: int, width: int, config: DetectorConfig) -> dict[str, Any]:
