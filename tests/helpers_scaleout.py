@@ -3,14 +3,18 @@ puts this folder on their PYTHONPATH)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
+import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tinyfaces_trt.cli.detect_ray import process_detect_task
@@ -117,3 +121,16 @@ def build_c_client(out: Path) -> Path:
         pytest.skip("libcurl development files are not installed (libcurl4-openssl-dev)")
     assert build.returncode == 0, build.stderr
     return binary
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in HTTP server of ``handler`` on 127.0.0.1 (a free port) in a thread; yields its
+    base URL and shuts it down after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

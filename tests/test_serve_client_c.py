@@ -4,13 +4,12 @@ prints as a result, which it reports as errors, and the URLs it refuses."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from helpers_scaleout import build_c_client
+from helpers_scaleout import build_c_client, local_http_server
 
 
 class _Answers(BaseHTTPRequestHandler):
@@ -38,12 +37,8 @@ class _Answers(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stand_in():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(_Answers) as url:
+        yield url
 
 
 def test_only_a_200_answer_is_a_result(stand_in, tmp_path):

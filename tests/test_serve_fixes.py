@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from helpers_run import load_script
+from helpers_scaleout import local_http_server
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError, TinyFacesError
 from tinyfaces_trt.runtime.imageio import decode_image, encode_image
@@ -461,6 +462,23 @@ def _fake_serve(monkeypatch, export_dir, nodes=None):
     return serve
 
 
+def _unschedulable_serve(monkeypatch, export_dir) -> list[str]:
+    """tf-serve on a recorded 2-CPU cluster whose ``serve.run`` never schedules the replicas
+    (as Ray would wait for ever); returns the Serve calls made, in order."""
+    serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
+    calls: list[str] = []
+
+    def never_scheduled(*args, **kwargs):
+        calls.append("run")
+        raise RuntimeError("the replicas were never scheduled")
+
+    for name in ("start", "delete", "shutdown"):
+        monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
+    monkeypatch.setattr(serve, "run", never_scheduled)
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={}))
+    return calls
+
+
 def test_a_second_ctrl_c_during_the_stop_leaves_nothing_deployed(monkeypatch, capsys,
                                                                  export_dir):
     """Ctrl-C while replicas started, then another (timeout -s INT signals tf-serve and its
@@ -557,17 +575,7 @@ def test_unplaceable_replicas_on_a_cluster_that_can_grow_are_a_warning(nodes, re
 
 def test_unplaceable_replicas_on_an_existing_cluster_are_deployed(monkeypatch, capsys,
                                                                   export_dir):
-    serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
-    calls = []
-
-    def never_scheduled(*args, **kwargs):
-        calls.append("run")
-        raise RuntimeError("the replicas were never scheduled")
-
-    for name in ("start", "delete", "shutdown"):
-        monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
-    monkeypatch.setattr(serve, "run", never_scheduled)
-    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={}))
+    calls = _unschedulable_serve(monkeypatch, export_dir)
     assert cli_serve.main(["--model", str(export_dir), "--replicas", "3",
                            "--address", "ray://head:10001"]) == 1
     assert calls[:2] == ["start", "run"]
@@ -589,17 +597,7 @@ def test_replicas_that_fit_pass_and_too_many_autoscaled_ones_are_a_warning():
 
 
 def test_unplaceable_replicas_exit_1_before_serve_starts(monkeypatch, capsys, export_dir):
-    serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
-    calls = []
-
-    def wait_for_ever(*args, **kwargs):  # as Ray would
-        calls.append("run")
-        raise RuntimeError("the replicas were never scheduled")
-
-    for name in ("start", "delete", "shutdown"):
-        monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
-    monkeypatch.setattr(serve, "run", wait_for_ever)
-    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={}))
+    calls = _unschedulable_serve(monkeypatch, export_dir)
     assert cli_serve.main(["--model", str(export_dir), "--replicas", "3"]) == 1
     assert calls == []
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
@@ -650,12 +648,8 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder():
     _Recorder.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(_Recorder) as url:
+        yield url
 
 
 def _client(*args: str) -> subprocess.CompletedProcess:
