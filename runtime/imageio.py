@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: The first bytes of every JPEG file (its SOI marker and the next marker's 0xFF): how the
+#: format of image bytes without a file name (standard input, a request body) is told.
+JPEG_MAGIC = b"\xff\xd8\xff"
 #: JPEG quality :func:`save_image` uses unless told otherwise (Pillow's own default is 75).
 DEFAULT_JPEG_QUALITY = 95
 _JPEG_SUFFIXES = (".jpg", ".jpeg")

@@ -48,6 +48,7 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
                                       written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
+from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
                                          scale_boxes)
 
@@ -86,7 +87,7 @@ _ASF_MAGIC = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA", _ASF_MAGIC)
 #: Image and video signatures at offset 0 of a file whose suffix says nothing
 #: (:func:`_media_in`), with what they are; those of :data:`_VIDEO_MAGIC` too.
-_MEDIA_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+_MEDIA_MAGIC = ((JPEG_MAGIC, "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
                 (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
                 (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
                 (b"\x00\x00\x00\x0cjP  \r\n", "a JPEG 2000 image"),

@@ -26,7 +26,7 @@ import numpy as np
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
-from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
+from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
 
 if TYPE_CHECKING:
@@ -42,9 +42,6 @@ _STDIN_DEVICES = ("/dev/stdin", "/dev/fd/0")
 #: Suffixes picked up when an IMAGE argument is a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _JPEG = (".jpg", ".jpeg")
-#: The first bytes of every JPEG file (its SOI marker and the next marker's 0xFF): how the
-#: format of an image read from standard input, which has no file name, is told.
-JPEG_MAGIC = b"\xff\xd8\xff"
 #: The key of an image's detections JSON that records how its anonymised copy was made
 #: (:func:`mask_record`; only with ``--blur``/``--pixelate``).
 MASK_RECORD = "anonymised"

@@ -311,7 +311,9 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
                         **{k: v for k, v in changes.items() if v is not None})
     except TinyFacesError as exc:  # any other limit of MaskStyle: the client's mistake too
         raise RequestError(400, str(exc)) from None
-    default = "jpeg" if body[:3] == b"\xff\xd8\xff" else "png"
+    from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
+
+    default = "jpeg" if body.startswith(JPEG_MAGIC) else "png"
     name = (query.get("format") or default).lower()
     if name not in _FORMATS:
         raise RequestError(400, f"format must be jpeg or png, got {name!r}")
