@@ -629,16 +629,14 @@ def _ort_cuda_backend_precision() -> str:
     """What ``create_detector('onnxruntime-cuda')`` runs the fp32 export at here: TF32 where
     its runner tries ONNX Runtime's TensorRT EP first (listed, and the tensorrt package
     installed), else fp32 (the CUDA EP with ``use_tf32`` off)."""
+    from tinyfaces_trt.runtime.backends.onnxruntime_cuda_runner import tensorrt_provider_usable
     from tinyfaces_trt.runtime.backends.onnxruntime_runner import TF32
-    from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP
 
     try:
         import onnxruntime as ort
     except ImportError:
         return "fp32"
-    tensorrt = TENSORRT_EP in ort.get_available_providers() and \
-        importlib.util.find_spec("tensorrt") is not None
-    return TF32 if tensorrt else "fp32"
+    return TF32 if tensorrt_provider_usable(ort.get_available_providers()) else "fp32"
 
 
 def _cuda_ep_precision() -> str:

@@ -79,6 +79,14 @@ def require_onnxruntime_cuda() -> list[str]:
     return available
 
 
+def tensorrt_provider_usable(available: list[str]) -> bool:
+    """Whether ONNX Runtime's TensorRT provider is tried first here: listed among ``available``
+    and the tensorrt package installed. ORT lists that provider even without TensorRT's
+    libraries, and when it fails ORT retries on CUDA *without our provider options* (the
+    stream)."""
+    return TENSORRT_EP in available and importlib.util.find_spec("tensorrt") is not None
+
+
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     """The exported ONNX model on ONNX Runtime's CUDA execution provider, device in and out.
 
@@ -138,10 +146,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     def _open_on_stream(self, onnx_path: Any, available: list[str], device_id: int,
                         tensorrt: TensorrtEpSettings | None) -> None:
         """Opens the session with the GPU providers on :attr:`cuda_stream`; device I/O."""
-        # ORT lists its TensorRT provider even without TensorRT's libraries, and when that
-        # provider fails it retries on CUDA *without our provider options* (the stream): so
-        # TensorRT only where the tensorrt package is there, and the stream checked below
-        here = TENSORRT_EP in available and importlib.util.find_spec("tensorrt") is not None
+        here = tensorrt_provider_usable(available)  # and the stream checked below
         use_trt = tensorrt is not None and here
         if tensorrt is not None and not here:
             log.info("no TensorRT here for ONNX Runtime's TensorRT provider; running on CUDA")
