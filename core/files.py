@@ -54,6 +54,32 @@ def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
     return path
 
 
+def check_future_folder(folder: str | os.PathLike[str], what: str) -> None:
+    """Fails early, before any work, when ``folder`` cannot become a folder this process
+    creates and writes into (it is not created here).
+
+    Args:
+        folder: the folder, existing or not.
+        what: how messages name it, e.g. ``"--out export/"``.
+
+    Raises:
+        TinyFacesError: one line naming ``what``: it is a file, a file stands where one of
+            its parents should be, or the folder (else its nearest existing parent) is not
+            writable.
+    """
+    path = Path(folder).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TinyFacesError(f"{what} exists and is not a folder; give a folder")
+        probe = path
+    else:
+        probe = next(p for p in path.absolute().parents if p.exists())
+        if not probe.is_dir():
+            raise TinyFacesError(f"cannot create {what}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise TinyFacesError(f"cannot write into {probe} ({what}); give a writable folder")
+
+
 #: Environment variable naming the cache root (export cache, built kernels, compiled models).
 CACHE_ENV = "TINYFACES_CACHE"
 

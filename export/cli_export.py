@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                      parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.files import check_future_folder
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
@@ -161,17 +161,7 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Profile | 
 def check_out_dir(out: str) -> None:
     """Fails early, before the weights load, when ``--out`` cannot become the export folder
     (the folder itself is created by the export)."""
-    path = Path(out)
-    if path.exists():
-        if not path.is_dir():
-            raise TinyFacesError(f"--out {out} exists and is not a folder; give a folder")
-        probe = path
-    else:
-        probe = next(p for p in path.absolute().parents if p.exists())
-        if not probe.is_dir():
-            raise TinyFacesError(f"cannot create --out {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise TinyFacesError(f"cannot write into {probe} (--out {out}); give a writable folder")
+    check_future_folder(out, f"--out {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,8 +36,8 @@ import onnx
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, discard_temporary, is_text_path,
-                                      remove_stale_temporaries, replace_folder, staging_dir,
+from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, check_future_folder,
+                                      discard_temporary, is_text_path, remove_stale_temporaries, replace_folder, staging_dir,
                                       staging_inside_reason)
 from tinyfaces_trt.core.hashing import file_sha256
 from tinyfaces_trt.core.config import DetectorConfig, is_integer, is_real
@@ -393,8 +393,9 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     Raises:
         ConfigError: an invalid argument (a wrong type, ``max_batch`` not an integer >= 1,
             ``image_sizes`` not (height, width) pairs, an unsupported ``opset``), before any work.
-        TinyFacesError: export or check failure (the exporter wrote another opset than
-            ``opset``), numeric mismatch.
+        TinyFacesError: ``out_dir`` is a file or cannot be created or written (before any
+            work); export or check failure (the exporter wrote another opset than ``opset``),
+            numeric mismatch.
         WeightsError: the checkpoint changed since ``weights_sha256`` was taken.
         TensorRTUnavailableError: ``engine=True`` without TensorRT (a new ``out_dir`` holds
             the complete ONNX folder; an existing one is left as it was).
@@ -410,8 +411,7 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
     opset, max_batch = int(opset), int(max_batch)
     log = log or _logger.info
     given = Path(out_dir)
-    if given.exists() and not given.is_dir():
-        raise TinyFacesError(f"--out {given} exists and is not a folder")
+    check_future_folder(given, f"out_dir {given}")  # one clear line, before any work
     prof = resolve_profile(config, image_sizes, profile, max_batch)
     model = _cpu_float_model(model)
     out = _export_folder(given, log)

@@ -189,6 +189,33 @@ def test_export_model_checks_its_arguments_before_any_work(tmp_path, changes, me
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the folder
 
 
+def test_export_model_refuses_an_out_dir_it_cannot_create_before_any_work(tmp_path, monkeypatch):
+    """From Python (the CLI checked already), a file where out_dir's parent should be was a raw
+    NotADirectoryError, and a read-only parent a raw PermissionError from mkdir."""
+    from tinyfaces_trt.core import files
+    from tinyfaces_trt.core.errors import TinyFacesError
+
+    args = dict(untrained=True, verify=False, log=lambda line: None)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(TinyFacesError) as info:
+        export_model(_small_net(), DetectorConfig(), blocker / "out", **args)
+    assert str(info.value) == (f"cannot create out_dir {blocker / 'out'}: {blocker} is a file, "
+                               "not a folder")
+    with pytest.raises(TinyFacesError) as info:
+        export_model(_small_net(), DetectorConfig(), blocker, **args)
+    assert str(info.value) == f"out_dir {blocker} exists and is not a folder; give a folder"
+    read_only = tmp_path / "ro"
+    read_only.mkdir()  # this test may run as root, whom mode bits do not stop
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != read_only)
+    with pytest.raises(TinyFacesError) as info:
+        export_model(_small_net(), DetectorConfig(), read_only / "new" / "out", **args)
+    assert str(info.value) == (f"cannot write into {read_only} (out_dir {read_only / 'new' / 'out'}); "
+                               "give a writable folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ro"]
+    assert list(read_only.iterdir()) == [] and blocker.read_text() == "x"
+
+
 def test_export_model_accepts_numpy_integers_and_size_pairs(tmp_path):
     lines: list[str] = []
     export_model(_small_net(), DetectorConfig(), tmp_path / "out", opset=np.int64(18),
