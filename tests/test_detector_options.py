@@ -69,8 +69,8 @@ def test_every_cli_turns_the_same_flags_into_the_same_detector():
     assert len(set(specs.values())) == 1, specs
     spec = specs["tf-serve"]
     assert spec.backend == "onnxruntime" and spec.providers == ("cpu",) and spec.threads == 1
-    assert dict(spec.config_overrides) == {"prob_thresh": 0.7, "nms_thresh": 0.4, "min_face": 12.0,
-                                           "max_face": 300.0, "pyramid": "fixed"}
+    assert dict(spec.config_overrides) == {"score": "prob", "prob_thresh": 0.7, "nms_thresh": 0.4,
+                                           "min_face": 12.0, "max_face": 300.0, "pyramid": "fixed"}
     assert anonymize == dataclasses.replace(
         spec, config_overrides=spec.config_overrides + (("clip_boxes", False),))
 

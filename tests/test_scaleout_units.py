@@ -300,7 +300,7 @@ def test_serve_options_from_arguments(export_dir):
     options = cli_serve.serve_options(args, gpus_in_cluster=0)
     assert options.max_request_bytes == 2 * 2 ** 20 and options.num_gpus == 0
     assert options.warmup == ()
-    assert dict(options.spec.config_overrides) == {"prob_thresh": 0.7}
+    assert dict(options.spec.config_overrides) == {"score": "prob", "prob_thresh": 0.7}
     deployment = options.deployment_options()
     assert deployment["autoscaling_config"]["min_replicas"] == 0
     assert deployment["autoscaling_config"]["max_replicas"] == 3

@@ -277,7 +277,7 @@ def test_tf_detect_switches_to_logits_only_with_wider_dir(capsys, fake_network, 
                                              "--json", *extra)
         assert code == 0, stderr
         printed.append(json.loads(stdout)["images"])
-    assert fake_network == [{}, {"score": "logit"}]
+    assert fake_network == [{"score": "prob"}, {"score": "logit"}]
     assert printed[0] == printed[1]
     assert {d["score"] for d in printed[1][0]["detections"]} == {1.0, 0.99989}
 
@@ -338,7 +338,7 @@ def test_detector_spec_asks_for_logits_only_with_wider_dir(monkeypatch):
         args = build_parser().parse_args(["a.jpg", "--backend", "onnxruntime",
                                           "--prob-thresh", "0.03", *extra])
         spec = cli_detect.detector_spec(args)
-        assert spec.config_overrides == (("prob_thresh", 0.03), *want)
+        assert spec.config_overrides == (("score", "prob"), ("prob_thresh", 0.03), *want)
         assert cli_detect.record_from_arguments(args).config["prob_thresh"] == 0.03
         assert "score" not in cli_detect.record_from_arguments(args).config
 
@@ -382,3 +382,30 @@ def test_wider_results_of_an_earlier_version_are_made_again(capsys, fake_network
     assert json.loads(record.read_text())["scores"] == "logit"
     code, _, stderr = run_tf_detect(capsys, *args)
     assert code == 0 and "skipped, its outputs exist" in stderr
+
+
+# --- an export whose config says "logit" ------------------------------------------------------
+
+def test_the_clis_record_probabilities_of_an_export_configured_for_logits(monkeypatch, capsys,
+                                                                        wider_images, tmp_path):
+    """An export made from Python with ``DetectorConfig(score="logit")`` gave tf-anonymize's
+    sidecars (and review bands) and tf-detect's JSON logits (20.0) where they hold
+    probabilities: every CLI's detector now runs with ``score="prob"``."""
+    from tinyfaces_trt import detectors
+    from tinyfaces_trt.anonymize import cli as anonymize_cli
+
+    def create_detector(backend, model_dir=None, weights=None, config_overrides=None, **_):
+        config = apply_overrides(DetectorConfig(score="logit"), config_overrides)
+        return Detector(LogitRunner(), config,
+                        identity=detectors.torch_identity(None).running(False))
+
+    monkeypatch.setattr(detectors, "create_detector", create_detector)
+    want = {1.0, round(float(sigmoid32([LOGITS[1]])[0]), 5)}  # (faces found at several levels)
+    out = tmp_path / "anon"
+    assert anonymize_cli.main([str(wider_images), "--out", str(out), "--backend", "onnxruntime",
+                               "--quiet"]) == 0, capsys.readouterr().err
+    side = json.loads((out / "p.png.json").read_text())
+    assert {f["score"] for f in side["frames"][0]["faces"]} == want
+    code, stdout, stderr = run_tf_detect(capsys, wider_images, "--backend", "onnxruntime", "--json")
+    assert code == 0, stderr
+    assert {d["score"] for d in json.loads(stdout)["images"][0]["detections"]} == want

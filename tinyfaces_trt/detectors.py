@@ -346,6 +346,9 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
     :class:`DetectorSpec`:
     ``.create()`` builds it here, and Ray workers and Serve replicas build their own from it.
 
+    Its ``score`` is ``"prob"``, whatever the export's config says: every CLI output holds
+    probabilities (tf-detect's ``--wider-dir`` asks for logits on top of it).
+
     ``auto`` is resolved here (said through ``progress``). With ``for_workers``, an ONNX
     Runtime checkpoint (or the untrained default) is exported into the cache here, once, so
     that the workers only load the export folder instead of each exporting it.
@@ -361,8 +364,11 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
     if for_workers and backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
         folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
         model_dir, weights = str(folder.path), None
-    overrides = tuple((k, getattr(args, k, None)) for k in (*DETECTION_FIELDS, "clip_boxes")
-                      if getattr(args, k, None) is not None)
+    # column 4 is the probability whatever the export's config says: masks, sidecars, review
+    # bands and answers are of probabilities (tf-detect's --wider-dir asks for logits after)
+    overrides = (("score", "prob"),) + tuple(
+        (k, getattr(args, k, None)) for k in (*DETECTION_FIELDS, "clip_boxes")
+        if getattr(args, k, None) is not None)
     torch_mode = args.torch_mode if backend == "torch-cuda" else None
     return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
                         providers=tuple(providers) if isinstance(providers, list) else providers,
