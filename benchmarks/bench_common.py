@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
 
@@ -232,11 +232,6 @@ def today() -> str:
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def stage_medians(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """``{stage: median_ms}`` of a backend's summarized stages."""
-    return {name: float(s["median_ms"]) for name, s in stages.items()}
 
 
 class Deadline:

@@ -123,10 +123,13 @@ class Normalization:
 
     @classmethod
     def imagenet(cls) -> "Normalization":
+        """RGB/255 normalised with the ImageNet mean and std (the PyTorch port's input)."""
         return cls(1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
     @classmethod
     def average_image(cls, average_rgb: tuple[float, float, float]) -> "Normalization":
+        """0-255 RGB minus the network's average image colour ``average_rgb`` (the
+        MatConvNet release's input)."""
         return cls(1.0, tuple(float(v) for v in average_rgb), (1.0, 1.0, 1.0))
 
     def scale_and_bias(self) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,7 @@ def _progress(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tf-export`` (its ``--help``)."""
     p = argparse.ArgumentParser(
         prog="tf-export",
         description=textwrap.fill(

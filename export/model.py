@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ class TinyFacesNet(nn.Module):
         """Score-map (rows, cols) this network produces for an input of that size."""
         return score_map_size(height, width, self.variant)
 
-    def detector_config(self, **overrides) -> DetectorConfig:
+    def detector_config(self, **overrides: Any) -> DetectorConfig:
         """The default :class:`DetectorConfig` of this network's variant."""
         return DetectorConfig.for_variant(self.variant, **overrides)
 

@@ -18,9 +18,7 @@ import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError, ScoreMapError
-# active_templates, TYPE_A and TYPE_B live in core.pyramid (level planning needs them); they
-# stay importable from here.
-from tinyfaces_trt.core.pyramid import TYPE_A, TYPE_B, PyramidLevel, active_templates  # noqa: F401
+from tinyfaces_trt.core.pyramid import PyramidLevel, active_templates
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ without the index).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -188,7 +188,8 @@ class OverlapIndex:
         keep = (self.p >= start) & alive[self.p]
         self.p, self.keys = self.p[keep], self.keys[keep]
 
-    def pairs(self, rows: np.ndarray, start: int, alive: np.ndarray):
+    def pairs(self, rows: np.ndarray, start: int, alive: np.ndarray
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (i, j): for boxes ``rows``, every live box j >= start that may overlap them
         (a superset), in steps of at most about ``_MAX_PAIRS`` pairs."""
         if self.p.size == 0 or rows.size == 0:
