@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyfaces_trt.anonymize.tracking import (DETECTED, FILLED, HELD, TemporalMasker, associate,
-                                              iou_matrix)
+from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, TemporalMasker, associate
+from tinyfaces_trt.runtime.boxes import box_iou
 
 
 def _run(masker, per_frame):
@@ -25,7 +25,7 @@ def _kinds(frames, track=0):
 def test_iou_and_greedy_association():
     a = np.array([[0, 0, 10, 10], [100, 100, 110, 110]])
     b = np.array([[101, 100, 111, 110], [0, 1, 10, 11], [50, 50, 60, 60]])
-    iou = iou_matrix(a, b)
+    iou = box_iou(a, b)
     assert iou[0, 1] == pytest.approx(90 / 110) and iou[0, 0] == 0 and iou[1, 2] == 0
     assert sorted(associate(a, b, 0.3)) == [(0, 1), (1, 0)]
     assert associate(a, b, 0.95) == []

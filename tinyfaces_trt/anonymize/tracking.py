@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinyfaces_trt.runtime.boxes import box_iou
+
 #: How far (in the box's longer side per frame) a track of one detection reaches for its
 #: next detection when they overlap too little (:meth:`TemporalMasker.push`).
 REACH = 1.0
@@ -78,22 +80,6 @@ class FrameMasks:
         return np.array([m.box for m in self.masks], dtype=np.float64).reshape(-1, 4)
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4+) with every box of ``b`` (M, 4+), continuous areas."""
-    a = np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1] if np.size(a) else 4)[:, :4]
-    b = np.asarray(b, np.float64).reshape(-1, np.shape(b)[-1] if np.size(b) else 4)[:, :4]
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
 #: A face's size may change by at most this factor between two detections of one track
 #: joined by distance (:func:`associate`'s ``reach``).
 SIZE_CHANGE = 2.0
@@ -113,7 +99,7 @@ def associate(track_boxes: np.ndarray, detections: np.ndarray, iou: float,
     pairs: list[tuple[int, int]] = []
     used_t: set[int] = set()
     used_d: set[int] = set()
-    overlaps = iou_matrix(track_boxes, detections)
+    overlaps = box_iou(track_boxes, detections)
     _greedy(-overlaps, (overlaps >= iou) & (overlaps > 0), pairs, used_t, used_d)
     if reach is not None:
         distance, near = _centre_distances(np.asarray(track_boxes, np.float64)[:, :4],

@@ -67,6 +67,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tinyfaces_trt.runtime.boxes import box_iou
+
 # ---------------------------------------------------------------------------------------------
 # Tolerances
 # ---------------------------------------------------------------------------------------------
@@ -233,25 +235,6 @@ def compare_maps(reference: np.ndarray, test: np.ndarray,
 # Detections
 # ---------------------------------------------------------------------------------------------
 
-def box_iou(a: np.ndarray, b: np.ndarray, pixel_offset: float = 0.0) -> np.ndarray:
-    """(len(a), len(b)) IoU matrix of [x1, y1, x2, y2] boxes.
-
-    Widths and heights are ``x2 - x1 + pixel_offset``: 0 gives continuous areas (the
-    matching's), 1 the inclusive "+1" pixels of the NMS (:func:`~tinyfaces_trt.runtime.nms.nms`
-    with ``config.box_pixel_offset``).
-    """
-    a = np.asarray(a, dtype=np.float64)[:, :4].reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64)[:, :4].reshape(-1, 4)
-    o = float(pixel_offset)
-    wh = np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]) + o
-    inter = np.prod(np.clip(wh, 0, None), axis=2)
-    area_a = (a[:, 2] - a[:, 0] + o) * (a[:, 3] - a[:, 1] + o)
-    area_b = (b[:, 2] - b[:, 0] + o) * (b[:, 3] - b[:, 1] + o)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
 @dataclass
 class Matching:
     """Result of :func:`match_detections`: matched index pairs and the leftovers."""
@@ -317,7 +300,7 @@ def nms_swapped(reference: np.ndarray, test: np.ndarray, matching: Matching, nms
     case from a swap; the score maps' comparison catches a network whose scores are off.
 
     These overlaps are the NMS's: give the boxes as the NMS saw them (before clipping) and
-    its ``pixel_offset`` (see :func:`box_iou`).
+    its ``pixel_offset`` (see :func:`~tinyfaces_trt.runtime.boxes.box_iou`).
 
     Returns:
         bool array over the matched pairs (``matching.ref_index``).
@@ -361,8 +344,8 @@ def nms_ambiguous(reference: np.ndarray, test: np.ndarray, matching: Matching, p
     is *ambiguous* when it contains a fragile edge, a detection near the probability
     threshold, or a detection in a fragile relation to a matched detection of the other side.
     IoUs here are the NMS's: give the boxes as the NMS saw them (before clipping) and its
-    ``pixel_offset`` (see :func:`box_iou`); a link of IoU 0.314 under the "+1" convention
-    is only 0.283 in continuous areas.
+    ``pixel_offset`` (see :func:`~tinyfaces_trt.runtime.boxes.box_iou`); a link of IoU 0.314
+    under the "+1" convention is only 0.283 in continuous areas.
 
     Returns:
         Two bool arrays over ``matching.unmatched_ref`` and ``matching.unmatched_test``.
