@@ -47,6 +47,13 @@ def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorCo
     return rows
 
 
+def probability(logits: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-logits))`` in float64: the host path's score (the device path's
+    kernel computes it in float32)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+
+
 def select_detections(candidates: Candidates, image_hw: tuple[int, int],
                       config: DetectorConfig) -> np.ndarray:
     """NMS over ``candidates``, dropping boxes entirely outside the image, then clipping;
@@ -57,11 +64,7 @@ def select_detections(candidates: Candidates, image_hw: tuple[int, int],
     keep = nms(candidates.boxes, candidates.logits, candidates.keys, config.nms_thresh,
                config.box_pixel_offset)
     logits = candidates.logits[keep].astype(np.float64)
-    if config.score == "logit":
-        score = logits
-    else:
-        with np.errstate(over="ignore"):
-            score = 1.0 / (1.0 + np.exp(-logits))
+    score = logits if config.score == "logit" else probability(logits)
     rows = np.concatenate([candidates.boxes[keep], score[:, None]], axis=1)  # float64
     return finish_boxes(rows, image_hw, config).astype(np.float32)
 

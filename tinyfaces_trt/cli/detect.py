@@ -53,6 +53,7 @@ from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.detector_record import record_from_arguments
 from tinyfaces_trt.core.threads import usable_cores
+from tinyfaces_trt.runtime.postprocess import probability
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
 from tinyfaces_trt.cli.detect_plan import (
@@ -230,14 +231,12 @@ def split_scores(detector: Any, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     probability, whatever the detector's ``config.score`` (the JSON, the console line, masks
     and drawings take them), and ``logits`` the float32 logits of its rows where the detector
     wrote them (``score="logit"``: :func:`detector_spec` with ``--wider-dir``), else None.
-    The probability is ``float32(sigmoid(float64(logit)))``, as the host path computes it
-    (``runtime.postprocess.select_detections``)."""
+    The probability is the host path's (:func:`~tinyfaces_trt.runtime.postprocess.probability`)."""
     if getattr(getattr(detector, "config", None), "score", "prob") != "logit":
         return boxes, None
     rows = np.array(boxes, dtype=np.float32).reshape(-1, 5)
     logits = rows[:, 4].copy()
-    with np.errstate(over="ignore"):
-        rows[:, 4] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    rows[:, 4] = probability(logits)
     return rows, logits
 
 
