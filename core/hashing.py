@@ -1,12 +1,26 @@
-"""SHA-256 of files: weights identity, export-cache keys, manifest file checks."""
+"""SHA-256 of files (weights identity, export-cache keys, manifest file checks) and of cache
+keys (the folder names of compiled models and TensorRT engines)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from tinyfaces_trt.core.errors import TinyFacesError
+
+
+#: Hex characters of a key's sha256 that name its cache folder (64 bits: no collision).
+KEY_CHARS = 16
+
+
+def key_digest(key: Mapping[str, object]) -> str:
+    """The first :data:`KEY_CHARS` hex characters of the sha256 of ``key`` as sorted JSON:
+    the name of the cache folder of what ``key`` describes."""
+    text = json.dumps(dict(key), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:

@@ -41,13 +41,13 @@ import torch
 from torch import nn
 
 from tinyfaces_trt.core.files import cache_root, write_bytes_atomic, write_text_atomic
+from tinyfaces_trt.core.hashing import key_digest
 from tinyfaces_trt.core.locks import LockOutcome, LockWords, waiting_lock
 
 _logger = logging.getLogger(__name__)
 
 #: Sub-folder of the cache root holding compiled artefacts.
 CACHE_SUBDIR = "torch_compile"
-_KEY_CHARS = 16
 #: How often a runner waiting for another process's compile of a shape says so, and how long
 #: it waits at most before compiling itself (one shape of a 1080p pyramid: seconds on an H200,
 #: about a minute for ResNet-50 on a 2-core CPU).
@@ -94,8 +94,7 @@ def compile_key(module: nn.Module, device: torch.device, dtype: torch.dtype,
 
 def key_folder(parent: Path, key: dict[str, str]) -> Path:
     """The folder of one key under ``parent``: the first characters of its fields' sha256."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return parent / digest[:_KEY_CHARS]
+    return parent / key_digest(key)
 
 
 def shape_file(folder: Path, shape: Sequence[int], suffix: str) -> Path:

@@ -55,9 +55,7 @@ of this runs here, where there is no TensorRT.)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -68,7 +66,7 @@ from typing import Any, TypeVar
 
 from tinyfaces_trt.core.errors import ManifestError, TinyFacesError, first_line
 from tinyfaces_trt.core.files import cache_root
-from tinyfaces_trt.core.hashing import file_sha256
+from tinyfaces_trt.core.hashing import file_sha256, key_digest
 from tinyfaces_trt.core.locks import LockWords, waiting_lock
 from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
 
@@ -77,7 +75,6 @@ log = logging.getLogger(__name__)
 TENSORRT_EP = "TensorrtExecutionProvider"
 #: Sub-folder of the cache root holding the provider's engines.
 CACHE_SUBDIR = "ort_tensorrt"
-_KEY_CHARS = 16
 #: How often a process waiting for another one's engine build says so, and how long it waits
 #: at most before building itself (a wide dynamic profile of ResNet-101 takes minutes).
 LOCK_WAIT_STEP_S = 30.0
@@ -122,8 +119,7 @@ class TensorrtEpSettings:
         try:
             key = {"onnx_sha256": file_sha256(onnx_path, what="ONNX model"),
                    "input_name": self.input_name, "profile": self.profile.to_dict()}
-            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-            folder = cache_root(self.cache_dir) / CACHE_SUBDIR / digest[:_KEY_CHARS]
+            folder = cache_root(self.cache_dir) / CACHE_SUBDIR / key_digest(key)
             folder.mkdir(parents=True, exist_ok=True)
         except (OSError, RuntimeError, TinyFacesError) as exc:  # RuntimeError: no home folder
             what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror \
