@@ -29,19 +29,21 @@ CLIS = {
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "torch", "--threads", "2"], "--providers/--threads are onnxruntime options"),
     (["--backend", "tensorrt", "--providers", "cpu"],
-     "--providers/--threads are onnxruntime options"),
+     "--providers/--threads are onnxruntime options, of the onnxruntime backend (--providers "
+     "also of onnxruntime-cuda), not tensorrt"),
     (["--backend", "torch", "--fp16"],
-     "--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends"),
+     "--fp16 applies to the onnxruntime, onnxruntime-cuda, tensorrt and torch-cuda backends, "
+     "not torch (the float32 reference)"),
     (["--backend", "torch-cuda", "--model", "m"],
      "--backend torch-cuda runs a checkpoint (--weights F) directly"),
     (["--min-face", "50", "--max-face", "20"], "--min-face 50 is larger than --max-face 20"),
     (["--providers", "cdua"], "unknown ONNX Runtime provider(s) ['cdua']"),
     (["--model", "a", "--weights", "b"], "argument --weights: not allowed with argument --model"),
     (["--prob-thresh", "1.5"], "--prob-thresh"),
-    (["--torch-mode", "aoti"], "--torch-mode applies to the torch-cuda backend"),
+    (["--torch-mode", "aoti"], "--torch-mode applies to the torch-cuda backend, not onnxruntime"),
     (["--backend", "torch-cuda", "--torch-mode", "fast"], "argument --torch-mode: invalid choice"),
     (["--backend", "onnxruntime-cuda", "--threads", "2"],
-     "--threads applies to the onnxruntime backend (its CPU provider)"),
+     "--threads applies to the onnxruntime backend (its CPU provider), not onnxruntime-cuda"),
     (["--backend", "onnxruntime-cuda", "--providers", "cpu"],
      "--providers: the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its providers "
      "are 'cuda' (that one alone) or 'tensorrt,cuda' (the default), got 'cpu'"),
@@ -68,7 +70,7 @@ def test_every_cli_turns_the_same_flags_into_the_same_detector():
     anonymize = specs.pop("tf-anonymize")
     assert len(set(specs.values())) == 1, specs
     spec = specs["tf-serve"]
-    assert spec.backend == "onnxruntime" and spec.providers == ("cpu",) and spec.threads == 1
+    assert spec.backend == "onnxruntime" and spec.providers == ("CPUExecutionProvider",) and spec.threads == 1
     assert dict(spec.config_overrides) == {"score": "prob", "prob_thresh": 0.7, "nms_thresh": 0.4,
                                            "min_face": 12.0, "max_face": 300.0, "pyramid": "fixed"}
     assert anonymize == dataclasses.replace(
@@ -127,10 +129,12 @@ TORCH_REFUSALS = [
                      "torch-cuda backends, not torch (the float32 reference)"),
     ({"gpu_stages": True}, "gpu_stages=True applies to the onnxruntime-cuda, tensorrt and "
                            "torch-cuda backends, not torch (host stages)"),
-    ({"providers": "cuda"}, "providers applies to the onnxruntime and onnxruntime-cuda backends, "
-                            "not torch"),
-    ({"threads": 1}, "threads applies to the onnxruntime backend, not torch (its CPU threads "
-                     "are process-wide: torch.set_num_threads)"),
+    ({"providers": "cuda"}, "providers/threads are onnxruntime options, of the onnxruntime "
+                            "backend (providers also of onnxruntime-cuda), not torch (torch's "
+                            "CPU threads are process-wide: torch.set_num_threads)"),
+    ({"threads": 1}, "providers/threads are onnxruntime options, of the onnxruntime backend "
+                     "(providers also of onnxruntime-cuda), not torch (torch's CPU threads are "
+                     "process-wide: torch.set_num_threads)"),
 ]
 
 

@@ -13,7 +13,9 @@ import argparse
 
 from tinyfaces_trt.core.cli import fraction, positive_float, positive_int, probability
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.detectors import BACKENDS, TORCH_CUDA_MODES
+from tinyfaces_trt.detectors import BACKENDS, TORCH_CUDA_MODES, OptionNames, check_backend_options
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import (unknown_providers,
+                                                               unknown_providers_message)
 
 #: ``--pyramid``'s choices (``DetectorConfig.pyramid``).
 PYRAMID_RULES = ("adaptive", "fixed")
@@ -82,54 +84,27 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
                             f"(default: {threads_default})")
 
 
+#: How :func:`check_detector_arguments` names the options in
+#: :func:`~tinyfaces_trt.detectors.check_backend_options`' messages: by their flags.
+FLAG_NAMES = OptionNames({"fp16": "--fp16", "torch_mode": "--torch-mode",
+                          "providers": "--providers", "threads": "--threads",
+                          "model_dir": "--model", "weights": "--weights F"}, "--backend {}")
+
+
 def check_detector_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuses the detector option combinations argparse cannot express (``parser.error``,
-    exit 2)."""
-    if args.backend not in ("onnxruntime", "onnxruntime-cuda") and (args.providers or args.threads):
-        parser.error("--providers/--threads are onnxruntime options")
-    if args.backend == "onnxruntime-cuda" and args.threads:
-        parser.error("--threads applies to the onnxruntime backend (its CPU provider)")
-    if args.backend == "onnxruntime-cuda" and args.providers:
-        from tinyfaces_trt.runtime.backends import cuda_backend_uses_tensorrt
-
-        try:
-            cuda_backend_uses_tensorrt(args.providers)
-        except TinyFacesError as exc:
-            parser.error(f"--providers: {exc}")
-    if args.torch_mode is not None and args.backend not in ("torch-cuda", "auto"):
-        parser.error("--torch-mode applies to the torch-cuda backend")
-    if args.backend == "torch" and args.fp16:
-        parser.error("--fp16 applies to the onnxruntime, tensorrt and torch-cuda backends")
-    if args.backend in ("torch", "torch-cuda") and args.model:
-        parser.error(f"--backend {args.backend} runs a checkpoint (--weights F) directly; an "
-                     "export folder (--model) runs with --backend onnxruntime, "
-                     "onnxruntime-cuda or tensorrt")
+    exit 2): an option the backend does not use (the rule of ``create_detector``:
+    :func:`~tinyfaces_trt.detectors.check_backend_options`, in flags), unknown
+    ``--providers`` names, ``--min-face`` above ``--max-face``."""
+    try:
+        check_backend_options(args.backend, names=FLAG_NAMES, fp16=args.fp16,
+                              torch_mode=args.torch_mode, providers=args.providers,
+                              threads=args.threads, model_dir=args.model)
+    except TinyFacesError as exc:
+        parser.error(str(exc))
     if args.min_face is not None and args.max_face is not None and args.min_face > args.max_face:
         parser.error(f"--min-face {args.min_face:g} is larger than --max-face {args.max_face:g}")
     if args.providers is not None:
-        unknown = unknown_providers(args.providers)
+        unknown = unknown_providers(args.providers)  # against the installed onnxruntime's
         if unknown:
-            from tinyfaces_trt.runtime.backends.onnxruntime_runner import unknown_providers_message
-
             parser.error(f"--providers: {unknown_providers_message(unknown)}")
-
-
-def unknown_providers(text: str) -> list[str]:
-    """Names in ``--providers`` that are neither an alias nor a provider of the installed
-    onnxruntime (empty when onnxruntime is missing: its backend then says so)."""
-    from tinyfaces_trt.runtime.backends.onnxruntime_runner import (PROVIDER_ALIASES,
-                                                                   unknown_providers as unknown_of)
-
-    if text.strip().lower() == "auto":
-        return []
-    names = [n.strip() for n in text.split(",")]
-    if any(not n for n in names):
-        return [n for n in names if not n]
-    full = unknown_of(names, PROVIDER_ALIASES.values())  # aliases need no onnxruntime
-    if not full:
-        return []
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return unknown_of(full, onnxruntime.get_all_providers())

@@ -133,10 +133,11 @@ def run_precision(backend: str, model_dir: str | os.PathLike[str] | None,
 
 def precision_of(backend: str, fp16: bool | None) -> str:
     """The precision ``create_detector(backend, fp16=fp16)`` runs at (``backend`` resolved:
-    not ``"auto"``): fp16 where asked for, or by default on torch-cuda."""
-    if fp16 is None:
-        return "fp16" if backend == "torch-cuda" else "fp32"
-    return "fp16" if fp16 else "fp32"
+    not ``"auto"``): fp16 where asked for, or by default
+    (:func:`~tinyfaces_trt.detectors.runs_fp16`: on torch-cuda)."""
+    from tinyfaces_trt.detectors import runs_fp16
+
+    return "fp16" if runs_fp16(backend, fp16) else "fp32"
 
 
 def record_from_arguments(args: argparse.Namespace) -> DetectorRecord:

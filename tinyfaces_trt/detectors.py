@@ -21,7 +21,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tinyfaces_trt.core.config import DEPTHS, VARIANTS, is_integer
@@ -33,7 +33,7 @@ from tinyfaces_trt.export_cache import (UNTRAINED_MODEL, Progress, cached_export
                                         weights_sha256)
 from tinyfaces_trt.runtime import backends as folder_backends
 from tinyfaces_trt.runtime.backends import apply_overrides, warn_if_untrained
-from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import check_threads, parse_providers
 from tinyfaces_trt.runtime.pipeline import Detector
 
 BACKENDS = (*folder_backends.BACKENDS, *folder_backends.APP_BACKENDS)
@@ -111,9 +111,13 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         fp16: fp16 ONNX model / engine (exported into the cache when needed), or fp16
             compute for torch-cuda. None: the backend's default (fp16 for torch-cuda, fp32
             for the others).
-        providers, threads: ONNX Runtime options (not used where ``"auto"`` picks another
-            backend than onnxruntime; refused by torch). ``threads`` above the cores this
-            process may use is warned about (ONNX Runtime's threads then wait for one another).
+        providers, threads: ONNX Runtime options: providers for onnxruntime and
+            onnxruntime-cuda, threads for onnxruntime (refused by the other backends; not
+            used where ``"auto"`` picks another backend than onnxruntime). ``providers``
+            reads as :func:`~tinyfaces_trt.runtime.backends.onnxruntime_runner.parse_providers`
+            reads it (a string comma separated, aliases in any case). ``threads`` above the
+            cores this process may use is warned about (ONNX Runtime's threads then wait for
+            one another).
         depth, variant: passed to the checkpoint loader (None: detect from the file); only
             with ``weights``.
         cache_dir: cache root for exports, torch-cuda's compiled code and ONNX Runtime's
@@ -122,12 +126,16 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
             Runtime's TensorRT provider building its engine), and for each input shape
             torch-cuda took seconds to prepare.
         gpu_stages: see :func:`tinyfaces_trt.runtime.backends.create_detector`; True is
-            refused by ``"torch"`` (host stages), as ``fp16=True`` is (float32 only).
+            refused by ``"torch"`` and ``"onnxruntime"`` (host stages), as ``fp16=True`` is
+            by ``"torch"`` (float32 only).
         torch_mode: how torch-cuda prepares each input shape (:data:`TORCH_CUDA_MODES`):
             ``"compile"`` (None: the default; torch.compile + CUDA graph, cached on disk),
             ``"aoti"`` (AOTInductor packages in the cache, loaded without compiling by later
             processes, loadable from C++), ``"graphs"`` (no compiler) or ``"eager"``. Ignored
             when ``"auto"`` picks another backend; an error with any other backend.
+
+    Which backend takes which option is :data:`OPTION_RULES` (:func:`check_backend_options`),
+    the CLIs' rule too.
 
     Raises:
         TinyFacesError (a subclass of it) for every user-side problem: bad or missing files,
@@ -142,25 +150,18 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
     if torch_mode is not None and torch_mode not in TORCH_CUDA_MODES:
         raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
                              f"{', '.join(TORCH_CUDA_MODES)}")
-    if torch_mode is not None and backend not in ("torch-cuda", "auto"):
-        raise TinyFacesError(f"torch_mode applies to the torch-cuda backend, not {backend}")
-    if backend == "torch":
-        _refuse_torch_options(fp16=fp16, gpu_stages=gpu_stages, providers=providers,
-                              threads=threads)
-    if backend == "auto":
-        backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
-        if backend != "onnxruntime":  # options of the CPU default, which auto did not take
-            providers = threads = None
     if model_dir is not None and weights is not None:
         raise TinyFacesError("give either an export folder (model_dir) or a checkpoint "
                              "(weights), not both")
+    check_backend_options(backend, fp16=fp16, gpu_stages=gpu_stages, torch_mode=torch_mode,
+                          providers=providers, threads=threads, model_dir=model_dir)
+    if backend == "auto":
+        backend = resolve_backend(backend, model_dir, fp16=bool(fp16))
+        providers, threads, torch_mode = kept_by_auto(backend, providers=providers,
+                                                      threads=threads, torch_mode=torch_mode)
     if backend in ("torch", "torch-cuda"):
-        if model_dir is not None:
-            raise TinyFacesError(f"the {backend} backend runs a checkpoint (weights=...), not "
-                                 "an export folder; use onnxruntime, onnxruntime-cuda or tensorrt "
-                                 "with model_dir")
         if backend == "torch-cuda":
-            return _torch_cuda_detector(weights, config_overrides, fp16=fp16 is not False,
+            return _torch_cuda_detector(weights, config_overrides, fp16=runs_fp16(backend, fp16),
                                         depth=depth, variant=variant, cache_dir=cache_dir,
                                         gpu_stages=gpu_stages, mode=torch_mode or "compile",
                                         progress=progress)
@@ -181,11 +182,13 @@ def create_detector(backend: str = "onnxruntime", model_dir: str | os.PathLike[s
         require_onnxruntime_cuda()  # before any export into the cache
     folder = None
     if model_dir is None:
-        folder = cached_export(weights, fp16=bool(fp16), engine=backend == "tensorrt", depth=depth,
-                               variant=variant, cache_dir=cache_dir, progress=progress)
+        folder = cached_export(weights, fp16=runs_fp16(backend, fp16),
+                               engine=backend == "tensorrt", depth=depth, variant=variant,
+                               cache_dir=cache_dir, progress=progress)
     return folder_backends.create_detector(
-        backend, model_dir, config_overrides, fp16=bool(fp16), providers=providers, threads=threads,
-        gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir, progress=progress)
+        backend, model_dir, config_overrides, fp16=runs_fp16(backend, fp16), providers=providers,
+        threads=threads, gpu_stages=gpu_stages, folder=folder, cache_dir=cache_dir,
+        progress=progress)
 
 
 def _check_arguments(*, model_dir: object, weights: object, config_overrides: object,
@@ -201,7 +204,7 @@ def _check_arguments(*, model_dir: object, weights: object, config_overrides: ob
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name} must be True, False or None, got {value!r} "
                               f"({type(value).__name__})")
-    _check_providers(providers)
+    parse_providers(providers)  # a value of the wrong type: ConfigError
     if config_overrides is not None and not isinstance(config_overrides, Mapping):
         raise ConfigError(f"config_overrides must be a mapping of config fields to values, "
                           f"e.g. {{'prob_thresh': 0.8}}, or None; got {config_overrides!r} "
@@ -221,22 +224,131 @@ def _check_arguments(*, model_dir: object, weights: object, config_overrides: ob
     check_threads(threads)
 
 
-def _refuse_torch_options(*, fp16: bool | None, gpu_stages: bool | None,
-                          providers: object, threads: object) -> None:
-    """The options the torch backend (float32 on the CPU, host stages, torch's process-wide
-    threads) would ignore: refused, as the other backends refuse theirs."""
-    if fp16:
-        raise TinyFacesError("fp16=True applies to the onnxruntime, onnxruntime-cuda, tensorrt "
-                             "and torch-cuda backends, not torch (the float32 reference)")
-    if gpu_stages:
-        raise TinyFacesError("gpu_stages=True applies to the onnxruntime-cuda, tensorrt and "
-                             "torch-cuda backends, not torch (host stages)")
-    if providers is not None:
-        raise TinyFacesError("providers applies to the onnxruntime and onnxruntime-cuda "
-                             "backends, not torch")
-    if threads is not None:
-        raise TinyFacesError("threads applies to the onnxruntime backend, not torch (its CPU "
-                             "threads are process-wide: torch.set_num_threads)")
+@dataclass(frozen=True)
+class OptionRule:
+    """Which backends use some of :func:`create_detector`'s options (:data:`OPTION_RULES`).
+
+    Attributes:
+        options: the arguments it is about; one given (not None; True for ``only_true``)
+            to another backend than ``backends`` is refused.
+        backends: those that use them (``"auto"`` takes every option: see :func:`kept_by_auto`).
+        text: the refusal, a :meth:`str.format` template: each option's name as
+            :class:`OptionNames` spells it, ``backend`` (the backend refusing), ``the_backend``
+            (it, spelled), ``allowed`` (``backends``: "the a and b backends"), ``allowed_or``
+            (spelled, "or") and ``why``.
+        only_true: only True is refused (False is what the other backends do anyway).
+        why: per refusing backend, what it does instead (appended where ``text`` says ``why``).
+    """
+
+    options: tuple[str, ...]
+    backends: tuple[str, ...]
+    text: str
+    only_true: bool = False
+    why: Mapping[str, str] = field(default_factory=dict)
+
+    def given(self, options: Mapping[str, Any]) -> bool:
+        """Whether ``options`` sets one of this rule's options."""
+        return any(options.get(name) is True if self.only_true else options.get(name) is not None
+                   for name in self.options)
+
+
+#: The backends an option applies to: the one table :func:`check_backend_options` reads, for
+#: create_detector's arguments and the CLIs' flags alike (first broken rule reported).
+OPTION_RULES = (
+    OptionRule(("model_dir",), folder_backends.BACKENDS,
+               "{the_backend} runs a checkpoint ({weights}) directly; an export folder "
+               "({model_dir}) runs with {allowed_or}"),
+    OptionRule(("torch_mode",), ("torch-cuda",),
+               "{torch_mode} applies to {allowed}, not {backend}"),
+    OptionRule(("fp16",), ("onnxruntime", "onnxruntime-cuda", "tensorrt", "torch-cuda"),
+               "{fp16} applies to {allowed}, not {backend}{why}", only_true=True,
+               why={"torch": " (the float32 reference)"}),
+    OptionRule(("gpu_stages",), ("onnxruntime-cuda", "tensorrt", "torch-cuda"),
+               "{gpu_stages} applies to {allowed}, not {backend}{why}", only_true=True,
+               why={"torch": " (host stages)", "onnxruntime": " (host stages)"}),
+    OptionRule(("providers", "threads"), ("onnxruntime", "onnxruntime-cuda"),
+               "{providers}/{threads} are onnxruntime options, of the onnxruntime backend "
+               "({providers} also of onnxruntime-cuda), not {backend}{why}",
+               why={"torch": " (torch's CPU threads are process-wide: torch.set_num_threads)"}),
+    OptionRule(("threads",), ("onnxruntime",),
+               "{threads} applies to {allowed} (its CPU provider), not {backend}"),
+)
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How :func:`check_backend_options`' messages name the options and a backend:
+    :data:`API_NAMES` (create_detector's arguments) or the CLIs' flags
+    (:data:`tinyfaces_trt.detector_options.FLAG_NAMES`)."""
+
+    options: Mapping[str, str]
+    #: A backend (or "a, b or c") as chosen: "the {} backend", "--backend {}".
+    backend: str
+
+
+API_NAMES = OptionNames({"fp16": "fp16=True", "gpu_stages": "gpu_stages=True",
+                         "torch_mode": "torch_mode", "providers": "providers",
+                         "threads": "threads", "model_dir": "model_dir=...",
+                         "weights": "weights=..."}, "the {} backend")
+
+
+def _listed(names: Sequence[str], last: str) -> str:
+    """``a, b and c`` (``last``: "and", "or")."""
+    return f"{', '.join(names[:-1])} {last} {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def check_backend_options(backend: str, *, names: OptionNames = API_NAMES,
+                          **options: Any) -> None:
+    """Refuses an option that ``backend`` would not use (:data:`OPTION_RULES`), and providers
+    the onnxruntime-cuda backend cannot run
+    (:func:`~tinyfaces_trt.runtime.backends.cuda_backend_uses_tensorrt`).
+
+    Args:
+        backend: one of :data:`BACKENDS`; ``"auto"`` takes every option.
+        names: how the message names options (create_detector's arguments by default).
+        options: create_detector's ``fp16``, ``gpu_stages``, ``torch_mode``, ``providers``,
+            ``threads``, ``model_dir`` (None: not given).
+
+    Raises:
+        ConfigError: one message per rule.
+    """
+    if backend == "auto":
+        return
+    for rule in OPTION_RULES:
+        if backend in rule.backends or not rule.given(options):
+            continue
+        plural = "backends" if len(rule.backends) > 1 else "backend"
+        raise ConfigError(rule.text.format(
+            **names.options, backend=backend, the_backend=names.backend.format(backend),
+            allowed=f"the {_listed(rule.backends, 'and')} {plural}",
+            allowed_or=names.backend.format(_listed(rule.backends, "or")),
+            why=rule.why.get(backend, "")))
+    if backend == "onnxruntime-cuda" and options.get("providers") is not None:
+        try:
+            folder_backends.cuda_backend_uses_tensorrt(options["providers"])
+        except TinyFacesError as exc:
+            raise ConfigError(f"{names.options['providers']}: {exc}") from None
+
+
+def kept_by_auto(backend: str, *, providers: str | Sequence[str] | None, threads: int | None,
+                 torch_mode: str | None
+                 ) -> tuple[str | Sequence[str] | None, int | None, str | None]:
+    """``providers``, ``threads`` and ``torch_mode`` asked with ``"auto"``, as the backend it
+    picked (``backend``) takes them: providers and threads only by onnxruntime (they were
+    the CPU default's), torch_mode only by torch-cuda; None where not taken."""
+    if backend != "onnxruntime":
+        providers = threads = None
+    return providers, threads, torch_mode if backend == "torch-cuda" else None
+
+
+#: The backends that run fp16 unless told ``fp16=False``.
+FP16_BY_DEFAULT = ("torch-cuda",)
+
+
+def runs_fp16(backend: str, fp16: bool | None) -> bool:
+    """Whether ``create_detector(backend, fp16=fp16)`` runs fp16 (``backend`` resolved, not
+    ``"auto"``): where asked for, or by default (None) on :data:`FP16_BY_DEFAULT`."""
+    return backend in FP16_BY_DEFAULT if fp16 is None else bool(fp16)
 
 
 def _check_path(name: str, value: object) -> None:
@@ -247,17 +359,6 @@ def _check_path(name: str, value: object) -> None:
     hint = " (decode a bytes path with os.fsdecode)" if isinstance(value, bytes) else ""
     raise ConfigError(f"{name} must be a path (str or os.PathLike) or None, got {value!r} "
                       f"({type(value).__name__}){hint}")
-
-
-def _check_providers(providers: object) -> None:
-    """Raises :class:`ConfigError` unless ``providers`` is None, a provider name (or
-    ``"auto"``) or a sequence of names."""
-    if providers is None or isinstance(providers, str):
-        return
-    if isinstance(providers, Sequence) and all(isinstance(p, str) for p in providers):
-        return
-    raise ConfigError(f"providers must be a provider name, 'auto', a list of names such as "
-                      f"['cuda', 'cpu'], or None; got {providers!r}")
 
 
 def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
@@ -349,12 +450,16 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
     Its ``score`` is ``"prob"``, whatever the export's config says: every CLI output holds
     probabilities (tf-detect's ``--wider-dir`` asks for logits on top of it).
 
-    ``auto`` is resolved here (said through ``progress``). With ``for_workers``, an ONNX
+    ``--providers`` is kept as
+    :func:`~tinyfaces_trt.runtime.backends.onnxruntime_runner.parse_providers` reads it (full
+    provider names, or ``"auto"``): what the workers run, and what their GPU planning
+    (:func:`~tinyfaces_trt.scaleout.cluster.spec_uses_gpu`) reads.
+
+    ``auto`` is resolved here (said through ``progress``), and the options it takes pass on
+    as create_detector passes them (:func:`kept_by_auto`). With ``for_workers``, an ONNX
     Runtime checkpoint (or the untrained default) is exported into the cache here, once, so
     that the workers only load the export folder instead of each exporting it.
     """
-    providers = args.providers.split(",") if args.providers and args.providers != "auto" \
-        else args.providers
     # "auto" is resolved here, on the driver, so that the pool is planned for the backend
     # the workers will run (GPU actors for a GPU backend)
     backend = resolve_backend(args.backend, args.model, fp16=bool(args.fp16))
@@ -362,18 +467,24 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
         progress(f"backend auto: {backend} (the fastest present on this machine)")
     model_dir, weights = args.model, args.weights
     if for_workers and backend in ("onnxruntime", "onnxruntime-cuda") and model_dir is None:
-        folder = cached_export(weights, fp16=bool(args.fp16), progress=progress)
+        folder = cached_export(weights, fp16=runs_fp16(backend, args.fp16), progress=progress)
         model_dir, weights = str(folder.path), None
     # column 4 is the probability whatever the export's config says: masks, sidecars, review
     # bands and answers are of probabilities (tf-detect's --wider-dir asks for logits after)
     overrides = (("score", "prob"),) + tuple(
         (k, getattr(args, k, None)) for k in (*DETECTION_FIELDS, "clip_boxes")
         if getattr(args, k, None) is not None)
+    providers, threads = parse_providers(args.providers), args.threads
+    if args.backend == "auto":  # as create_detector would take them with "auto"
+        providers, threads, _ = kept_by_auto(backend, providers=providers, threads=threads,
+                                             torch_mode=None)
     torch_mode = args.torch_mode if backend == "torch-cuda" else None
     return DetectorSpec(backend, model_dir, weights, overrides, fp16=args.fp16,
                         providers=tuple(providers) if isinstance(providers, list) else providers,
-                        threads=args.threads, torch_mode=torch_mode)
+                        threads=threads, torch_mode=torch_mode)
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "TORCH_CUDA_MODES", "DetectorSpec", "available_backends",
-           "create_detector", "resolve_backend", "spec_from_arguments"]
+__all__ = ["API_NAMES", "AUTO_ORDER", "BACKENDS", "FP16_BY_DEFAULT", "OPTION_RULES",
+           "TORCH_CUDA_MODES", "DetectorSpec", "OptionNames", "OptionRule", "available_backends",
+           "check_backend_options", "create_detector", "kept_by_auto", "resolve_backend",
+           "runs_fp16", "spec_from_arguments"]

@@ -149,22 +149,23 @@ def cuda_backend_uses_tensorrt(providers: str | Sequence[str] | None) -> bool:
     """Whether the onnxruntime-cuda backend tries ONNX Runtime's TensorRT provider first (where
     TensorRT is installed): for ``providers`` None, ``"auto"`` or TensorRT then CUDA; not for
     ``"cuda"`` (the CUDA provider alone: any image size, no engine build). The CPU provider
-    may close either list (it is always there); a string is comma separated.
+    may close either list (it is always there); the value reads as
+    :func:`~.onnxruntime_runner.parse_providers` reads it (a string comma separated).
 
     Raises:
         TinyFacesError: any other list (the backend runs the CUDA provider).
     """
-    from tinyfaces_trt.runtime.backends.onnxruntime_runner import CPU, PROVIDER_ALIASES
+    from tinyfaces_trt.runtime.backends.onnxruntime_runner import (AUTO, CPU, CUDA_EP,
+                                                                   TENSORRT_EP, parse_providers)
 
-    if providers is None or isinstance(providers, str) and providers.strip().lower() == "auto":
+    parsed = parse_providers(providers)
+    if parsed is None or parsed == AUTO:
         return True
-    names = providers.split(",") if isinstance(providers, str) else list(providers)
-    full = [PROVIDER_ALIASES.get(n.strip().lower(), n.strip()) for n in names]
+    full = list(parsed)
     if full and full[-1] == CPU:
         full.pop()
-    cuda, tensorrt = PROVIDER_ALIASES["cuda"], PROVIDER_ALIASES["tensorrt"]
-    if full in ([cuda], [tensorrt, cuda]):
-        return full == [tensorrt, cuda]
+    if full in ([CUDA_EP], [TENSORRT_EP, CUDA_EP]):
+        return full == [TENSORRT_EP, CUDA_EP]
     raise TinyFacesError(f"the onnxruntime-cuda backend runs ONNX Runtime's CUDA provider: its "
                          f"providers are 'cuda' (that one alone) or 'tensorrt,cuda' (the "
                          f"default), got {providers!r}")

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
-from tinyfaces_trt.core.errors import (ConfigError, ManifestError, NetworkRunError, TinyFacesError,
-                                       first_line)
+from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, ManifestError,
+                                       NetworkRunError, TinyFacesError, first_line)
 from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME
 from tinyfaces_trt.core.optional import import_optional, version_tuple
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
@@ -63,16 +63,72 @@ def import_onnxruntime() -> Any:
                            extra_hint="pip install 'tinyfaces-trt[onnxruntime]'")
 
 
+#: ``providers`` value that asks for the best available providers (:data:`AUTO_ORDER`).
+AUTO = "auto"
+#: What :func:`parse_providers` says of a value of the wrong type.
+PROVIDERS_TYPE_ERROR = ("providers must be a provider name, 'auto', a list of names such as "
+                        "['cuda', 'cpu'], or None; got {!r}")
+
+
 def provider_name(name: str) -> str:
-    """The full ONNX Runtime provider name of a name or alias (:data:`PROVIDER_ALIASES`)."""
+    """The full ONNX Runtime provider name of a name or alias (:data:`PROVIDER_ALIASES`):
+    an alias is matched lowercased and stripped, any other name is kept as given, stripped."""
     return PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
 
 
-def unknown_providers(names: Sequence[str], known: Iterable[str]) -> list[str]:
-    """The ``names`` (as given) that are neither an alias nor one of ``known``
-    (``onnxruntime.get_all_providers()``): typos."""
+def parse_providers(value: object) -> list[str] | str | None:
+    """How a ``providers`` value reads: the one rule of every place that takes one
+    (``OnnxRuntimeRunner``, ``create_detector``, the CLIs' ``--providers``, the scale-out
+    GPU planning).
+
+    Args:
+        value: None; a string: ``"auto"`` (any case, spaces around it ignored) or names
+            separated by commas (``"cuda"``, ``"cpu, CUDA"``, ``"TensorrtExecutionProvider"``);
+            or a sequence of names (each one name, not split).
+
+    Returns:
+        None for None (the CPU provider); :data:`AUTO` for ``"auto"``; else the full provider
+        names in the order given (:func:`provider_name`: an alias in any case, stripped; a
+        full name stripped, its case kept as ONNX Runtime spells it). Names are not checked
+        here (:func:`unknown_providers`); an empty name stays ``""``. Reading a result again
+        gives it back unchanged.
+
+    Raises:
+        ConfigError: ``value`` is none of these types (:data:`PROVIDERS_TYPE_ERROR`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        return [provider_name(name) for name in value.split(",")]
+    if isinstance(value, Sequence) and all(isinstance(name, str) for name in value):
+        return [provider_name(name) for name in value]
+    raise ConfigError(PROVIDERS_TYPE_ERROR.format(value))
+
+
+def unknown_providers(value: object, known: Iterable[str] | None = None) -> list[str]:
+    """The names of a ``providers`` value (:func:`parse_providers`) that are neither an alias
+    nor a provider of ``known``: typos, and empty names (``"cpu,,cuda"``), stripped.
+
+    Args:
+        known: ``onnxruntime.get_all_providers()``; None: the installed onnxruntime's (where
+            onnxruntime is missing only empty names are refused: its backend then says so).
+    """
+    names = parse_providers(value)
+    if names is None or names == AUTO:
+        return []
+    aliased = set(PROVIDER_ALIASES.values())  # aliases need no onnxruntime
+    candidates = [name for name in names if name not in aliased]
+    if not candidates:
+        return []
+    if known is None:
+        try:
+            known = import_onnxruntime().get_all_providers()
+        except BackendUnavailableError:  # onnxruntime missing
+            return [name for name in candidates if not name]
     have = set(known)
-    return [n for n in names if provider_name(n) not in have]
+    return [name for name in candidates if name not in have]
 
 
 def unknown_providers_message(unknown: Sequence[str]) -> str:
@@ -90,7 +146,8 @@ def resolve_providers(requested: str | Sequence[str] | None,
 
     Args:
         requested: ``None`` (CPU only), ``"auto"`` (TensorRT, CUDA, CPU: those available),
-            or provider names / aliases (``"cpu"``, ``"cuda"``, ``"tensorrt"``) in priority order.
+            or provider names / aliases (``"cpu"``, ``"cuda"``, ``"tensorrt"``) in priority order,
+            a string comma separated, as :func:`parse_providers` reads them.
         available: ``onnxruntime.get_available_providers()``.
         known: ``onnxruntime.get_all_providers()``; a requested name outside it (a typo) is
             an error instead of a fallback. None: not checked.
@@ -100,24 +157,23 @@ def resolve_providers(requested: str | Sequence[str] | None,
         CPUExecutionProvider as the fallback. Requested providers that are missing are logged
         as a warning, naming the fallback.
     """
-    if requested is None:
+    parsed = parse_providers(requested)
+    if parsed is None:
         wanted = [CPU]
-    elif isinstance(requested, str) and requested.lower() == "auto":
+    elif parsed == AUTO:
         wanted = list(AUTO_ORDER)
     else:
-        names = [requested] if isinstance(requested, str) else list(requested)
-        if not names:
+        if not parsed:
             raise TinyFacesError("providers must not be empty (use None for CPU or 'auto')")
-        wanted = [provider_name(n) for n in names]
-        unknown = unknown_providers(names, known) if known is not None else []
+        wanted = list(parsed)
+        unknown = unknown_providers(parsed, known) if known is not None else []
         if unknown:
             raise TinyFacesError(unknown_providers_message(unknown))
     chosen = [p for p in dict.fromkeys(wanted) if p in available]
     missing = [p for p in dict.fromkeys(wanted) if p not in available]
     if CPU not in chosen:
         chosen.append(CPU)
-    explicit = not (isinstance(requested, str) and requested.lower() == "auto")
-    if missing and explicit:
+    if missing and parsed != AUTO:
         log.warning("ONNX Runtime providers %s are not available in this onnxruntime build "
                     "(available: %s); falling back to %s", missing, list(available), chosen)
     elif missing:

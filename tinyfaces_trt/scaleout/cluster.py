@@ -23,14 +23,14 @@ from types import ModuleType
 from typing import Any
 
 from tinyfaces_trt.core.errors import BackendUnavailableError, TinyFacesError
-from tinyfaces_trt.runtime.backends.onnxruntime_runner import GPU_PROVIDERS, PROVIDER_ALIASES
+from tinyfaces_trt.runtime.backends.onnxruntime_runner import (AUTO, GPU_PROVIDERS,
+                                                               PROVIDER_ALIASES, parse_providers)
 
 log = logging.getLogger("tinyfaces_trt.scaleout")
 
-#: ``providers`` (names and aliases; "auto" may pick a GPU) that run the network on a GPU (their
-#: actors ask Ray for one).
-_GPU_PROVIDERS = ("auto", *GPU_PROVIDERS,
-                  *(alias for alias, name in PROVIDER_ALIASES.items() if name in GPU_PROVIDERS))
+#: ``providers`` (full names, as :func:`parse_providers` gives them; "auto", whole or listed,
+#: may pick a GPU) that run the network on a GPU (their actors ask Ray for one).
+_GPU_PROVIDERS = (AUTO, *GPU_PROVIDERS)
 
 
 def import_ray() -> ModuleType:
@@ -179,16 +179,16 @@ def spec_uses_gpu(spec: Any) -> bool:
     (``auto`` is resolved before a pool is planned: see :func:`resolve_spec`)."""
     if spec.backend in GPU_BACKENDS:
         return True
-    providers = spec.providers
-    if isinstance(providers, str):
-        providers = providers.split(",")
+    providers = parse_providers(spec.providers)  # the names as the detector will read them
+    if providers == AUTO:
+        return True
     return any(p in _GPU_PROVIDERS for p in providers or ())
 
 
 def gpu_use_text() -> str:
     """:func:`spec_uses_gpu`'s rule in words, from the same constants (tf-serve's
     ``--gpus-per-replica`` help, which once left a GPU backend out)."""
-    aliases = [name for name in _GPU_PROVIDERS if name == "auto" or name in PROVIDER_ALIASES]
+    aliases = [AUTO, *(alias for alias, name in PROVIDER_ALIASES.items() if name in GPU_PROVIDERS)]
     return (f"the backend is {_or_list(GPU_BACKENDS)} (auto: the one it picks) or "
             f"--providers lists {_or_list(aliases)} (or their full names)")
 
