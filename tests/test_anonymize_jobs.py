@@ -242,7 +242,7 @@ def test_code_and_music_files_sharing_a_video_suffix_are_not_videos(tmp_path, mo
     assert "error" not in err and "1 done, 0 skipped, 0 failed" in err
     assert plan_tasks([site / "app.ts"], tmp_path / "out")[2] == [
         (str(site / "app.ts"), f"{site / 'app.ts'}: unknown file type .ts; expected .jpg, .jpeg, "
-         ".png, .bmp, .tif, .tiff, .webp, .mp4, .mov, .mkv, .webm, .avi, .m4v")]
+         ".png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm, .mp4, .mov, .mkv, .webm, .avi, .m4v")]
     m2ts = bytearray(600)
     m2ts[4::192] = b"G" * len(m2ts[4::192])
     heads = {"camcorder.mod": b"\x00\x00\x01\xba" + bytes(60), "movie.rm": b".RMF" + bytes(60),

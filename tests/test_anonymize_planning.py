@@ -1,7 +1,9 @@
 """tf-anonymize's planning of folders and output names: what a folder walk leaves out (hidden
-files and folders, links to folders, folders that cannot be read, named pipes) is said, file
-by file or counted per kind; a clash suffix is never a name another input keeps, and the same
-inputs get the same names whatever their order, so a rerun finds its outputs."""
+files and folders, links to folders already searched, folders that cannot be read, named
+pipes) is said, file by file or counted per kind; links to folders are followed, as
+tf-detect follows them (tests/test_media_walk.py); a clash suffix is never a name another
+input keeps, and the same inputs get the same names whatever their order, so a rerun finds
+its outputs."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ HIDDEN_MEDIA = ('hidden image or video (its name starts with "."), not anonymise
 HIDDEN_FILE = 'hidden file (its name starts with "."), left as it is'
 HIDDEN_FOLDER = ('hidden folder (its name starts with "."), not searched; give it by name to '
                  'anonymise its files')
-LINKED_FOLDER = "symbolic link to a folder, not followed; give it by name to anonymise its files"
+LINK_TO_SEARCHED = ("links to a folder already searched (a symbolic-link loop or a second link "
+                    "to it), not searched again")
 
 
 def _left_out(skipped):
@@ -30,11 +33,13 @@ def _left_out(skipped):
 
 # --- finding 6: what a folder walk leaves out is said ------------------------------------------
 
-def test_hidden_files_hidden_folders_and_linked_folders_are_left_out_and_said_so(tmp_path):
-    """The review's folder: 2 of 5 images were anonymised and the 3 others never named. Each is
-    now a result of its own (hidden image, hidden folder, linked folder; a .DS_Store a hidden
-    file), worded a line each; sidecars, temporary files and the --out folder stay silent; the
-    hidden image and the linked and hidden folders given by name are anonymised."""
+def test_hidden_files_and_folders_are_left_out_and_said_so_linked_folders_followed(tmp_path):
+    """The review's folder: 2 of 5 images were anonymised and the 3 others never named. Each
+    left out is now a result of its own (hidden image, hidden folder, a link back up the tree;
+    a .DS_Store a hidden file), worded a line each; the linked folder is searched (as tf-detect
+    searches it); sidecars, temporary files and the --out folder, also through a link, stay
+    silent; the hidden image and the linked and hidden folders given by name are
+    anonymised."""
     walk, other, out = tmp_path / "walk", tmp_path / "other", tmp_path / "walk" / "anon"
     (walk / "day1").mkdir(parents=True)
     (walk / ".cache").mkdir()
@@ -52,18 +57,21 @@ def test_hidden_files_hidden_folders_and_linked_folders_are_left_out_and_said_so
     (walk / ".tf-tmp-123.0badcafe-run-ab12").mkdir()  # a staging folder: silent
     out.mkdir()  # --out inside the folder: passed over, silent
     (walk / "out_link").symlink_to(out, target_is_directory=True)  # --out through a link too
+    (walk / "day1" / "up").symlink_to(walk, target_is_directory=True)  # a loop
     tasks, skipped, errors = plan_tasks([walk], out)
-    assert [t.source for t in tasks] == [str(walk / "ünï cødé.JPG"), str(walk / "day1" / "a.jpg")]
+    names = ["ünï cødé.JPG", "day1/a.jpg", "day2/c.jpg"]  # day2: a link, followed
+    assert [t.source for t in tasks] == [str(walk / name) for name in names]
+    assert [t.output for t in tasks] == [str(out / name) for name in names]
     assert errors == []
     assert _left_out(skipped) == [(str(walk / ".cache"), (HIDDEN_FOLDER,)),
-                                  (str(walk / "day2"), (LINKED_FOLDER,)),
                                   (str(walk / ".DS_Store"), (HIDDEN_FILE,)),
-                                  (str(walk / ".hidden_face.jpg"), (HIDDEN_MEDIA,))]
+                                  (str(walk / ".hidden_face.jpg"), (HIDDEN_MEDIA,)),
+                                  (str(walk / "day1" / "up"), (LINK_TO_SEARCHED,))]
     assert all(r.status == LEFT_OUT and r.task.output == "" for r in skipped)
     assert left_out_lines(skipped) == [f"{walk / '.cache'}: {HIDDEN_FOLDER}",
-                                       f"{walk / 'day2'}: {LINKED_FOLDER}",
                                        f"{walk / '.DS_Store'}: {HIDDEN_FILE}",
-                                       f"{walk / '.hidden_face.jpg'}: {HIDDEN_MEDIA}"]
+                                       f"{walk / '.hidden_face.jpg'}: {HIDDEN_MEDIA}",
+                                       f"{walk / 'day1' / 'up'}: {LINK_TO_SEARCHED}"]
     # given by name, each is taken: the hidden image keeps its name, the folders their files
     tasks, skipped, errors = plan_tasks([walk / ".hidden_face.jpg", walk / "day2",
                                          walk / ".cache"], tmp_path / "out2")

@@ -249,7 +249,7 @@ def test_every_file_of_a_folder_is_anonymised_or_mentioned(gopro, tmp_path, capl
         "GOPR0001.LRV", "GOPR0001.MP4", "GOPR0001.THM", "clip.mp4v", "clip.qt", "photo.jfif",
         "photo2.jpe"]
     videos = ".mp4, .mov, .mkv, .webm, .avi, .m4v"
-    images = ".jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp"
+    images = ".jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm"
     assert errors == [
         (str(gopro / "IMG_0001"), f"{gopro / 'IMG_0001'}: not anonymised: the file holds a JPEG "
          f"image but its name has no suffix; rename or convert it to one of {images}"),

@@ -482,18 +482,20 @@ def test_plan_skips_existing_and_numbers_clashes(tmp_path):
 
 
 def test_images_of_other_formats_in_a_folder_are_errors_not_left_alone(tmp_path):
-    """A GIF or PNM in a folder would keep its faces: each is listed as an error (exit 1); other
-    files (notes, sidecars) are still ignored."""
+    """A PBM or HEIC in a folder would keep its faces: each is listed as an error (exit 1); other
+    files (notes, sidecars) are still ignored. A GIF, PPM or PGM is an input, as tf-detect takes
+    it (tests/test_media_walk.py: what is written of each)."""
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
-    for name in ("a.png", "anim.GIF", "sub/im.ppm", "notes.txt"):
+    for name in ("a.png", "anim.GIF", "sub/im.ppm", "scan.pbm", "IMG_1.HEIC", "notes.txt"):
         (src / name).write_bytes(b"")
-    tasks, _, errors = plan_tasks([src, tmp_path / "in" / "anim.GIF"], tmp_path / "out")
-    assert [Path(t.source).name for t in tasks] == ["a.png"]
+    tasks, _, errors = plan_tasks([src, tmp_path / "in" / "scan.pbm"], tmp_path / "out")
+    assert [Path(t.source).name for t in tasks] == ["a.png", "anim.GIF", "im.ppm"]
     assert errors == [(str(src / name), f"{src / name}: not anonymised: {suffix} files are not "
-                       f"supported; convert it to one of .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp")
-                      for name, suffix in (("anim.GIF", ".gif"), ("sub/im.ppm", ".ppm"),
-                                           ("anim.GIF", ".gif"))]
+                       f"supported; convert it to one of .jpg, .jpeg, .png, .bmp, .gif, .tif, "
+                       f".tiff, .webp, .ppm, .pgm")
+                      for name, suffix in (("IMG_1.HEIC", ".heic"), ("scan.pbm", ".pbm"),
+                                           ("scan.pbm", ".pbm"))]
 
 
 def test_cli_end_to_end_on_the_real_network(tmp_path, export_dir, capsys):

@@ -48,6 +48,10 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
                                       written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
+from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
+                                       NAMES_LISTED, UNREADABLE, WHY, LeftOut, image_format,
+                                       is_special, walk_files, within)
+from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
 from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
                                          scale_boxes)
@@ -58,17 +62,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
-#: Image suffixes picked up in folders (formats Pillow both reads and writes as RGB).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# IMAGE_SUFFIXES (images picked up in folders, tf-detect's too) and their aliases:
+# tinyfaces_trt.media_files. An animated GIF, like a multi-page TIFF, gives its first frame,
+# the only one its copy holds (a counted warning: _process_image); a PGM's copy is gray.
 #: Other suffixes of those formats, picked up too; the output keeps its name and is written in
 #: the format of the suffix given here: .jfif and .jpe (JPEG), a GoPro's .THM thumbnail (JPEG)
-#: and .LRV low-resolution copy (MP4), QuickTime's .qt, MPEG-4's .mp4v.
-WRITTEN_AS = {".jfif": ".jpg", ".jpe": ".jpg", ".thm": ".jpg", ".lrv": ".mp4", ".mp4v": ".mp4",
-              ".qt": ".mov"}
+#: (:data:`~tinyfaces_trt.media_files.IMAGE_ALIASES`) and .LRV low-resolution copy (MP4),
+#: QuickTime's .qt, MPEG-4's .mp4v.
+WRITTEN_AS = {**IMAGE_ALIASES, ".lrv": ".mp4", ".mp4v": ".mp4", ".qt": ".mov"}
 #: Images of other formats: one in a folder is an error (it would be left with its faces
-#: visible), not ignored as other files are (GIF: animated frames; PNM: no RGB copy as such).
-OTHER_IMAGE_SUFFIXES = (".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif",
-                        ".jp2", ".jxl", ".tga", ".ico", ".dng")
+#: visible), not ignored as other files are (PBM: 1 bit a pixel, which would dither a blurred
+#: face back to its outline; PNM: any of the three; the others: no writer).
+OTHER_IMAGE_SUFFIXES = (".pbm", ".pnm", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".tga",
+                        ".ico", ".dng")
 #: Videos in containers it does not write: an error too, given or in a folder (dashcam .ts,
 #: camcorder .MTS, phone .3gp, DVR .dav...); their streams usually remux into .mkv as they are.
 OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob",
@@ -102,7 +108,7 @@ _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", 
 #: Sizes of a BMP's info header (offset 14), which tell "BM" files from text starting so.
 _BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
 #: Names a folder's other files are listed by in the warning, at most.
-_NAMES_LISTED = 10
+_NAMES_LISTED = NAMES_LISTED
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
 
@@ -228,11 +234,12 @@ class Result:
 # ---------------------------------------------------------------------------------------------
 
 def media_kind(path: Path) -> str | None:
-    """``"image"``, ``"video"`` or None, from the suffix (:data:`WRITTEN_AS` included)."""
+    """``"image"``, ``"video"`` or None, from the suffix (:data:`WRITTEN_AS` included; images:
+    :func:`~tinyfaces_trt.media_files.image_format`, tf-detect's rule)."""
+    if image_format(path) is not None:
+        return "image"
     suffix = path.suffix.lower()
     suffix = WRITTEN_AS.get(suffix, suffix)
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
     if suffix in VIDEO_SUFFIXES:
         return "video"
     return None
@@ -320,64 +327,55 @@ _HIDDEN_MEDIA = ('hidden image or video (its name starts with "."), not anonymis
 _HIDDEN_FILE = 'hidden file (its name starts with "."), left as it is'
 _HIDDEN_FOLDER = ('hidden folder (its name starts with "."), not searched; give it by name to '
                   'anonymise its files')
-_LINKED_FOLDER = ("symbolic link to a folder, not followed; give it by name to anonymise its "
-                  "files")
-_UNREADABLE = "folder that cannot be read, not searched"
-_SPECIAL = "named pipe, socket or device, not a file: left as it is"
-#: Why a walk left something out: what one is (a line each), what many are (a count).
+_UNREADABLE = WHY[UNREADABLE][0]
+#: Why a walk left something out: what one is (a line each), what many are (a count); the
+#: kinds that concern any file are worded as tf-detect words them (media_files.WHY).
 LEFT_OUT_WHY = {
     _HIDDEN_MEDIA: ('hidden images or videos (names starting with "."), not anonymised; give '
                     'one by name to anonymise it'),
     _HIDDEN_FILE: 'hidden files (names starting with "."), left as they are',
     _HIDDEN_FOLDER: ('hidden folders (names starting with "."), not searched; give one by name '
                      'to anonymise its files'),
-    _LINKED_FOLDER: ("symbolic links to folders, not followed; give one by name to anonymise "
-                     "its files"),
-    _UNREADABLE: "folders that cannot be read, not searched",
-    _SPECIAL: "named pipes, sockets or devices, not files: left as they are"}
+    **dict(WHY.values())}
 
 
 def _walk(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]) -> Iterator[Path]:
-    """The folder's files, sorted. ``exclude``, tf-anonymize's temporary files and folders
-    and its hidden sidecars are passed over; added to ``left_out`` as (path, why: a key of
-    :data:`LEFT_OUT_WHY`) are hidden files and folders (often a system's own: .DS_Store,
-    .Trash), links to folders (not followed: a loop, or a tree outside ``folder``), folders
-    that cannot be read, and named pipes, sockets and devices (reading their first bytes
-    would block or never end)."""
-    from tinyfaces_trt.core.files import TEMP_PREFIX
+    """The folder's files (:func:`~tinyfaces_trt.media_files.walk_files`, tf-detect's walk:
+    links to folders followed, each real folder searched once). ``exclude`` (the output
+    folder, also through a link, unless it holds ``folder``: then only what lies outside
+    ``folder``), tf-anonymize's temporary files and folders and its hidden sidecars are passed
+    over; added to ``left_out`` as (path, why: a key of :data:`LEFT_OUT_WHY`) are hidden files
+    and folders (often a system's own: .DS_Store, .Trash), links to folders already searched
+    (a loop, or a second link), folders that cannot be read, and named pipes, sockets and
+    devices (reading their first bytes would block or never end)."""
+    root = folder.resolve()
 
-    def unreadable(exc: OSError) -> None:
-        left_out.append((Path(exc.filename), _UNREADABLE))
+    def excluded(path: Path) -> bool:
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError):  # a link loop: the walk reports it
+            return False
+        return within(resolved, exclude) and not (exclude in root.parents and
+                                                  within(resolved, root))
 
-    for root, dirs, files in os.walk(folder, onerror=unreadable):
-        searched = []
-        for name in sorted(dirs):
-            path = Path(root) / name
-            if name.startswith(TEMP_PREFIX) or path.resolve() == exclude:
-                continue
-            if name.startswith(".") or path.is_symlink():
-                left_out.append((path, _HIDDEN_FOLDER if name.startswith(".") else
-                                 _LINKED_FOLDER))
-            else:
-                searched.append(name)
-        dirs[:] = searched
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.startswith(TEMP_PREFIX) or name.startswith(".") and _is_sidecar(path):
-                continue
-            if name.startswith("."):
-                media = media_kind(path) is not None or not _special(path) and \
-                    _other_format(path)  # a pipe's head is never read
-                left_out.append((path, _HIDDEN_MEDIA if media else _HIDDEN_FILE))
-            elif _special(path):
-                left_out.append((path, _SPECIAL))
-            else:
-                yield path
+    def silent(path: Path) -> bool:
+        return path.name.startswith(".") and _is_sidecar(path)
+
+    walked: list[LeftOut] = []
+    yield from walk_files(folder, walked, skip_folder=excluded, skip_file=silent)
+    left_out.extend(_left_out_why(entry) for entry in walked)
 
 
-def _special(path: Path) -> bool:
-    """A named pipe, socket or device (through a link too), not a file with data."""
-    return path.is_fifo() or path.is_socket() or path.is_block_device() or path.is_char_device()
+def _left_out_why(entry: LeftOut) -> tuple[Path, str]:
+    """(path, why: a key of :data:`LEFT_OUT_WHY`) of what :func:`_walk` left out."""
+    if entry.kind == HIDDEN_FOLDER:
+        return entry.path, _HIDDEN_FOLDER
+    if entry.kind == HIDDEN_FILE:
+        path = entry.path
+        media = media_kind(path) is not None or not is_special(path) and \
+            _other_format(path)  # a pipe's head is never read
+        return path, _HIDDEN_MEDIA if media else _HIDDEN_FILE
+    return entry.path, WHY[entry.kind][0]
 
 
 def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
@@ -419,19 +417,8 @@ def left_out_lines(results: Sequence[Result]) -> list[str]:
     """What folder walks left out (the results of status :data:`LEFT_OUT` among ``results``)
     in lines to show: ``<path>: <why>`` for each, or, for a kind of more than
     :data:`_NAMES_LISTED`, one line counting them and naming the first."""
-    paths: dict[str, list[str]] = {}
-    for result in results:
-        if result.status == LEFT_OUT:
-            paths.setdefault(result.notes[0], []).append(result.task.source)
-    lines = []
-    for why, names in paths.items():
-        if len(names) <= _NAMES_LISTED:
-            lines.extend(f"{name}: {why}" for name in names)
-        else:
-            lines.append(f"{len(names)} {LEFT_OUT_WHY.get(why, why)}: "
-                         f"{', '.join(names[:_NAMES_LISTED])} and "
-                         f"{len(names) - _NAMES_LISTED} more")
-    return lines
+    return _left_out_lines([(result.task.source, result.notes[0]) for result in results
+                            if result.status == LEFT_OUT], LEFT_OUT_WHY)
 
 
 def _unsupported(path: Path) -> str:
@@ -451,10 +438,12 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
                ) -> tuple[list[Task], list[Result], list[tuple[str, str]]]:
     """Expands INPUT arguments into tasks.
 
-    A folder is walked recursively (sorted, ``out_dir`` skipped) for image and video
-    suffixes; outputs keep the path relative to it. Its hidden files and folders, links to
-    folders, folders that cannot be read and named pipes are left out, each said so
-    (:func:`_walk`); a hidden file or linked folder given by name is taken. A file argument
+    A folder is walked recursively (sorted, ``out_dir`` skipped; links to folders followed,
+    each real folder searched once, as tf-detect walks it) for image and video suffixes
+    (images: tf-detect's, :data:`~tinyfaces_trt.media_files.IMAGE_SUFFIXES`); outputs keep
+    the path relative to it. Its hidden files and folders, links to folders already searched,
+    folders that cannot be read and named pipes are left out, each said so (:func:`_walk`);
+    a hidden file or folder given by name is taken. A file argument
     keeps its name. A file found more than once (by its real path: named twice, through a
     link, or in a folder also given) is planned once, where first found (one warning counts
     the others). Two inputs that would write the same output get ``_2``, ``_3``, ...
@@ -958,13 +947,28 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
     header["pyramid"] = pyramid
     header["image"] = {"width": width, "height": height}
     header["image_frames"] = {"in_file": pictures, "kept": 1}
+    # an animated GIF or WebP, a multi-page TIFF: the copy holds the first picture alone, never
+    # one of the others unmasked
     warnings = [] if pictures == 1 else [
         f"holds {pictures} frames or pages; only the first is anonymised and written to "
         f"{task.output} ({pictures - 1} left out)"]
+    rendered = render(image, frames[0], options, detector.config.coordinate_base)
+    if Path(task.output).suffix.lower() == ".pgm":
+        rendered = _gray(rendered)
     with _output_file(task, header) as tmp:
-        save_image(tmp, render(image, frames[0], options, detector.config.coordinate_base))
+        save_image(tmp, rendered)
     audit.add(frames[0], None)
     return audit, header, warnings, notes
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) luma of an (H, W, 3) uint8 RGB image (ITU-R 601, Pillow's ``convert("L")``): a
+    PGM output holds gray levels only (an RGB array would be written as a PPM under its
+    name). A gray input's pixels, masked or not, are kept exactly; ``--draw``'s colours turn
+    gray."""
+    rgb = image.astype(np.uint32)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+            ).astype(np.uint8)
 
 
 def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,

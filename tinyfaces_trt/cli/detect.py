@@ -56,6 +56,7 @@ from tinyfaces_trt.core.threads import usable_cores
 from tinyfaces_trt.runtime.postprocess import probability
 from tinyfaces_trt.runtime.results import detections_to_list
 from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_arguments, ray_requested
+from tinyfaces_trt.media_files import IMAGE_ALIASES
 from tinyfaces_trt.cli.detect_plan import (
     IMAGE_SUFFIXES, MASK_RECORD, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
     Resume, find_inputs, is_stdin_argument, mask_record, plan_tasks, refuse_replacing_inputs,
@@ -111,8 +112,11 @@ setup failed (errors are listed on stderr, other images are still processed),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="image files, or folders (walked recursively, following symbolic "
-                             "links, for " + "/".join(s[1:] for s in IMAGE_SUFFIXES)
-                             + " files), or - (or /dev/stdin) for one image on standard input")
+                             "links, each real folder once, for "
+                             + "/".join(s[1:] for s in IMAGE_SUFFIXES) + " files; also "
+                             + "/".join(s[1:] for s in IMAGE_ALIASES) + ": JPEG; hidden "
+                             "entries, unreadable folders and pipes are left out and named), "
+                             "or - (or /dev/stdin) for one image on standard input")
     add_detector_arguments(parser)
     parser.add_argument("--out", metavar="DIR",
                         help="write <name>.json (detections) and <name>_boxes.jpg|png (boxes "

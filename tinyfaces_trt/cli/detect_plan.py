@@ -26,6 +26,9 @@ import numpy as np
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
+from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
+                                       SPECIAL, UNREADABLE, WHY, LeftOut, is_image_name,
+                                       left_out_lines, walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
 
@@ -39,9 +42,22 @@ log = logging.getLogger("tinyfaces_trt.cli.detect")
 STDIN_ARGUMENTS = ("-", "/dev/stdin")
 #: Names of file descriptor 0 where they are devices, not links (macOS, the BSDs).
 _STDIN_DEVICES = ("/dev/stdin", "/dev/fd/0")
-#: Suffixes picked up when an IMAGE argument is a folder.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-_JPEG = (".jpg", ".jpeg")
+# IMAGE_SUFFIXES (picked up when an IMAGE argument is a folder, with their aliases): the
+# shared rule of tinyfaces_trt.media_files, as tf-anonymize's
+_JPEG = JPEG_SUFFIXES
+#: How tf-detect words what a folder's walk left out (one, many): the shared
+#: :data:`~tinyfaces_trt.media_files.WHY` and its own words for hidden images and folders.
+LEFT_OUT_WHY = {
+    **dict(WHY.values()),
+    'hidden image (its name starts with "."), not read; give it by name to detect its faces':
+        'hidden images (names starting with "."), not read; give one by name to detect its '
+        'faces',
+    'hidden folder (its name starts with "."), not searched; give it by name to search it':
+        'hidden folders (names starting with "."), not searched; give one by name to search it'}
+_HIDDEN_WHY = {HIDDEN_FILE: 'hidden image (its name starts with "."), not read; give it by name '
+                            'to detect its faces',
+               HIDDEN_FOLDER: 'hidden folder (its name starts with "."), not searched; give it '
+                              'by name to search it'}
 #: The key of an image's detections JSON that records how its anonymised copy was made
 #: (:func:`mask_record`; only with ``--blur``/``--pixelate``).
 MASK_RECORD = "anonymised"
@@ -101,11 +117,6 @@ def is_stdin_argument(argument: str) -> bool:
 # Inputs
 # ---------------------------------------------------------------------------------------------
 
-def _within(path: Path, folder: Path) -> bool:
-    """Whether the resolved ``path`` is ``folder`` or lies below it."""
-    return path == folder or folder in path.parents
-
-
 def _output_holding(path: Path, root: Path, outputs: Sequence[Path]) -> Path | None:
     """The output folder that holds the walked file ``path`` (its real path, so also through a
     symbolic link in the input folder ``root``), which then is no input; None: an input. An
@@ -115,8 +126,8 @@ def _output_holding(path: Path, root: Path, outputs: Sequence[Path]) -> Path | N
         resolved = path.resolve()
     except (OSError, RuntimeError):  # a symbolic link loop: its read reports it
         return None
-    return next((folder for folder in outputs if _within(resolved, folder)
-                 and not (folder in root.parents and _within(resolved, root))), None)
+    return next((folder for folder in outputs if within(resolved, folder)
+                 and not (folder in root.parents and within(resolved, root))), None)
 
 
 @dataclass
@@ -129,24 +140,32 @@ class Inputs:
         left_out: output folder (resolved) -> how many image files walked there were left out.
         repeated: the image paths found again after their first time (same absolute path:
             named twice, as ./a.jpg, or in a folder also given), each left out.
+        walk_left_out: what folder walks did not read that could hold images (hidden images
+            and folders, links to folders already searched, folders that cannot be read,
+            named pipes named as images: :func:`_walk`), each logged as a warning by
+            :func:`find_inputs` (:func:`walk_lines`).
     """
 
     jobs: list[ImageJob] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     left_out: dict[Path, int] = field(default_factory=dict)
     repeated: list[str] = field(default_factory=list)
+    walk_left_out: list[LeftOut] = field(default_factory=list)
 
 
 def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Inputs:
     """Expands IMAGE arguments into jobs.
 
-    A folder is walked recursively (sorted, hidden entries skipped) for image suffixes,
-    leaving out the files inside those ``exclude`` folders (the output folders, also reached
-    through a symbolic link), so a run never reads its own outputs. A file is taken as is, so
-    a non-image file gives a clear error when it is loaded. A missing path or a folder without
-    images is an error. An image path found again (the same absolute path) is taken once,
-    where it comes first; another name of the same file (a link) is another image, as the
-    names of a dataset whose files link into a store shared by identical ones.
+    A folder is walked recursively for image suffixes by tf-anonymize's rules
+    (:func:`~tinyfaces_trt.media_files.walk_files`: links to folders followed, each real
+    folder searched once; hidden entries, unreadable folders and named pipes left out, each
+    logged as a warning: :func:`walk_lines`), leaving out the files inside those ``exclude``
+    folders (the output folders, also reached through a symbolic link), so a run never reads
+    its own outputs. A file is taken as is, so a non-image file gives a clear error when it
+    is loaded. A missing path, a folder that cannot be read or a folder without images is an
+    error. An image path found again (the same absolute path) is taken once, where it comes
+    first; another name of the same file (a link) is another image, as the names of a
+    dataset whose files link into a store shared by identical ones.
     """
     excluded = [Path(e).resolve() for e in exclude]
     found = Inputs()
@@ -161,7 +180,17 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
             # WIDER layout of links into a flat store)
             found.jobs.append(ImageJob(path, Path(path.name),
                                        Path(os.path.abspath(path)).parent.name or "images"))
+    for line in walk_lines(found.walk_left_out):
+        log.warning("%s", line)
     return _once_each(found)
+
+
+def walk_lines(left_out: Sequence[LeftOut]) -> list[str]:
+    """What folder walks left out, in lines to show (:data:`LEFT_OUT_WHY`'s words; over
+    ten of a kind counted: :func:`~tinyfaces_trt.media_files.left_out_lines`)."""
+    entries = [(str(entry.path), _HIDDEN_WHY.get(entry.kind) or WHY[entry.kind][0])
+               for entry in left_out]
+    return left_out_lines(entries, LEFT_OUT_WHY)
 
 
 def _once_each(found: Inputs) -> Inputs:
@@ -183,18 +212,25 @@ def _once_each(found: Inputs) -> Inputs:
 
 
 def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
-    """Adds the images of the folder argument ``path`` to ``found``."""
+    """Adds the images of the folder argument ``path`` to ``found``, and what its walk left
+    out to ``found.walk_left_out`` (:func:`_walk`)."""
     root = path.resolve()
     images = []
-    for p in _walk(path):
+    walked: list[LeftOut] = []
+    for p in _walk(path, walked):
         holder = _output_holding(p, root, excluded)
         if holder is None:
             images.append(p)
         else:
             found.left_out[holder] = found.left_out.get(holder, 0) + 1
-    if not images:
+    if LeftOut(path, UNREADABLE) in walked:  # the folder given itself: an error
+        walked.remove(LeftOut(path, UNREADABLE))
+        found.errors.append((str(path), f"{path}: cannot read the folder"))
+    elif not images:
+        passed = f"; {len(walked)} left out: hidden, linked or unreadable" if walked else ""
         found.errors.append((str(path), f"{path}: folder holds no image files "
-                                        f"({', '.join(IMAGE_SUFFIXES)})"))
+                                        f"({', '.join(IMAGE_SUFFIXES)}{passed})"))
+    found.walk_left_out.extend(walked)
     for p in sorted(images):
         rel = p.relative_to(path)
         event = rel.parent.as_posix() if rel.parent != Path(".") else root.name
@@ -208,31 +244,18 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     return found.jobs, found.errors
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Image files below ``folder``, following symbolic links to folders; a link back to a
-    folder already walked (a loop, or the same folder twice) is skipped with a warning."""
-    seen: set[tuple[int, int]] = set()
-    def unreadable(exc: OSError) -> None:
-        log.warning("%s: cannot read the folder (%s); skipped", exc.filename,
-                    exc.strerror or exc)
-
-    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
-        try:
-            info = os.stat(root)
-        except OSError as exc:
-            log.warning("%s: cannot read the folder (%s); skipped", root, exc.strerror or exc)
-            dirs[:] = []
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            log.warning("%s: links to a folder already searched (a symbolic-link loop or "
-                        "a second link); skipped", root)
-            dirs[:] = []
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
+def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[Path]:
+    """Image files below ``folder`` (:func:`~tinyfaces_trt.media_files.walk_files`, the walk
+    tf-anonymize takes, with its suffixes: :func:`~tinyfaces_trt.media_files.is_image_name`);
+    added to ``left_out`` is what it did not read that could hold images: hidden images and
+    named pipes named as images (a file of another suffix is no input, hidden or not), hidden
+    folders, links to folders already searched, folders that cannot be read."""
+    walked: list[LeftOut] = []
+    for path in walk_files(folder, walked):
+        if is_image_name(path):
+            yield path
+    left_out.extend(entry for entry in walked
+                    if entry.kind not in (HIDDEN_FILE, SPECIAL) or is_image_name(entry.path))
 
 
 # ---------------------------------------------------------------------------------------------

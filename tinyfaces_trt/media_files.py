@@ -1,0 +1,184 @@
+"""The image files of a folder, found the same way by tf-detect and tf-anonymize.
+
+One walk (:func:`walk_files`) and one set of image suffixes (:data:`IMAGE_SUFFIXES`, with
+:data:`IMAGE_ALIASES`), so that ``tf-detect --blur DIR`` and ``tf-anonymize DIR`` read the
+same images: a face one anonymises the other does not leave visible for want of a suffix or
+of a link followed. What each CLI does with the files (tf-anonymize also takes videos and
+refuses formats it cannot write) and how it words what was left out stays its own.
+
+The walk's rules:
+
+- **Symbolic links to folders are followed, each real folder searched once.** A folder is
+  told by its device and inode, so a link back up the tree (a loop) or a second link to a
+  folder already searched ends there, and is said (:data:`LINK_TO_SEARCHED`,
+  :data:`SEARCHED_THROUGH_LINK`). Why follow them: a folder given is anonymised whole, as
+  its user sees it (a photo library or a dataset whose folders link into a shared store);
+  not following left the linked images out of tf-anonymize while ``tf-detect --blur``
+  blurred them, and a privacy tool errs towards masking more. Following costs nothing
+  unsafe: loops end at the first repeat, and a folder reached twice is read once, under the
+  first name the sorted walk meets (outputs are named after it). Links to files are files:
+  each CLI decides what a second name of one file is.
+- **What is not read is said**, as (path, kind) entries (:class:`LeftOut`): hidden files and
+  folders (names starting with ``.``: often a system's own, .DS_Store, .Trash, .git; a hidden
+  one given by name is read), folders that cannot be read, named pipes, sockets and devices
+  (reading one blocks or never ends; through a link too). The CLIs' temporary files and
+  staging folders (:data:`~tinyfaces_trt.core.files.TEMP_PREFIX`) are their own and passed
+  over silently, as are whatever ``skip_folder`` / ``skip_file`` refuse (an output folder).
+- Entries are sorted by name within each folder, a folder's files before its sub-folders'.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyfaces_trt.core.files import TEMP_PREFIX
+
+#: Suffixes of the image files read in folders (lower case; a file's is compared lower-cased):
+#: formats Pillow both reads and writes, so tf-anonymize writes its copy in the input's format.
+#: A file of several pictures (animated GIF, PNG or WebP, multi-page TIFF) is read as its first
+#: one, the others said (tf-detect logs them; tf-anonymize writes that one picture and counts a
+#: warning: an anonymised copy never holds a frame it did not mask).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+#: Other suffixes of those formats, read too (-> the suffix of their format): .jfif and .jpe
+#: (JPEG), a GoPro's .THM thumbnail (JPEG).
+IMAGE_ALIASES = {".jfif": ".jpg", ".jpe": ".jpg", ".thm": ".jpg"}
+#: Every suffix of a JPEG file.
+JPEG_SUFFIXES = (".jpg", ".jpeg", *(s for s, to in IMAGE_ALIASES.items() if to == ".jpg"))
+
+#: Kinds of :class:`LeftOut`: a hidden file or folder, a link to a folder already searched (a
+#: loop, or a second link), a folder already searched through a link to it (the link came
+#: first in the walk), a folder that cannot be read, a named pipe, socket or device.
+HIDDEN_FILE = "hidden file"
+HIDDEN_FOLDER = "hidden folder"
+LINK_TO_SEARCHED = "link to a folder already searched"
+SEARCHED_THROUGH_LINK = "folder already searched through a link"
+UNREADABLE = "folder that cannot be read"
+SPECIAL = "named pipe, socket or device"
+#: How both CLIs word the kinds that concern any file alike: (one, many), for
+#: :func:`left_out_lines`; hidden files and folders are worded by each (what giving one by name
+#: does differs).
+WHY = {
+    LINK_TO_SEARCHED: ("links to a folder already searched (a symbolic-link loop or a second "
+                       "link to it), not searched again",
+                       "links to folders already searched (symbolic-link loops or second "
+                       "links), not searched again"),
+    SEARCHED_THROUGH_LINK: ("folder already searched through a symbolic link to it, not "
+                            "searched again",
+                            "folders already searched through symbolic links to them, not "
+                            "searched again"),
+    UNREADABLE: ("folder that cannot be read, not searched",
+                 "folders that cannot be read, not searched"),
+    SPECIAL: ("named pipe, socket or device, not a file: left as it is",
+              "named pipes, sockets or devices, not files: left as they are")}
+#: Names listed of one kind of left-out entry before the rest are counted.
+NAMES_LISTED = 10
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An entry a folder's walk did not read: ``path`` and its ``kind`` (:data:`HIDDEN_FILE`,
+    :data:`HIDDEN_FOLDER`, :data:`LINK_TO_SEARCHED`, :data:`SEARCHED_THROUGH_LINK`,
+    :data:`UNREADABLE`, :data:`SPECIAL`)."""
+
+    path: Path
+    kind: str
+
+
+def image_format(path: str | os.PathLike[str]) -> str | None:
+    """The suffix of the image format ``path``'s name says (one of :data:`IMAGE_SUFFIXES`,
+    :data:`IMAGE_ALIASES` resolved, lower case), or None: not an image both CLIs read."""
+    suffix = Path(path).suffix.lower()
+    suffix = IMAGE_ALIASES.get(suffix, suffix)
+    return suffix if suffix in IMAGE_SUFFIXES else None
+
+
+def is_image_name(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s suffix is that of an image both CLIs read (:func:`image_format`)."""
+    return image_format(path) is not None
+
+
+def is_special(path: Path) -> bool:
+    """A named pipe, socket or device (through a link too), not a file with data."""
+    return path.is_fifo() or path.is_socket() or path.is_block_device() or path.is_char_device()
+
+
+def walk_files(folder: Path, left_out: list[LeftOut],
+               skip_folder: Callable[[Path], bool] | None = None,
+               skip_file: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """The files below ``folder`` (any name: the caller picks by suffix), by the rules of the
+    module docstring; what is not read is appended to ``left_out``. ``folder`` itself is read
+    whatever its name; where it cannot be read, ``LeftOut(folder, UNREADABLE)`` is the only
+    entry (the caller's error). ``skip_folder`` / ``skip_file`` (given the path under
+    ``folder``) pass entries over without a word."""
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(exc: OSError) -> None:
+        left_out.append(LeftOut(Path(exc.filename), UNREADABLE))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
+        here = Path(root)
+        try:
+            info = os.stat(here)
+        except OSError:
+            left_out.append(LeftOut(here, UNREADABLE))
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            left_out.append(LeftOut(here, LINK_TO_SEARCHED if here.is_symlink()
+                                    else SEARCHED_THROUGH_LINK))
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        searched = []
+        for name in sorted(dirs):
+            path = here / name
+            if name.startswith(TEMP_PREFIX) or skip_folder is not None and skip_folder(path):
+                continue
+            if name.startswith("."):
+                left_out.append(LeftOut(path, HIDDEN_FOLDER))
+            else:
+                searched.append(name)
+        dirs[:] = searched
+        for name in sorted(files):
+            path = here / name
+            if name.startswith(TEMP_PREFIX) or skip_file is not None and skip_file(path):
+                continue
+            if name.startswith("."):  # before is_special: a hidden pipe is not even looked at
+                left_out.append(LeftOut(path, HIDDEN_FILE))
+            elif is_special(path):
+                left_out.append(LeftOut(path, SPECIAL))
+            else:
+                yield path
+
+
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) -> list[str]:
+    """What walks left out, in lines to show: ``<path>: <why>`` for each (path, why) of
+    ``entries``, or, for a why of more than :data:`NAMES_LISTED`, one line counting them
+    (``many[why]``, the plural wording; ``why`` where it has none) and naming the first."""
+    paths: dict[str, list[str]] = {}
+    for path, why in entries:
+        paths.setdefault(why, []).append(path)
+    lines = []
+    for why, names in paths.items():
+        if len(names) <= NAMES_LISTED:
+            lines.extend(f"{name}: {why}" for name in names)
+        else:
+            lines.append(f"{len(names)} {many.get(why, why)}: "
+                         f"{', '.join(names[:NAMES_LISTED])} and "
+                         f"{len(names) - NAMES_LISTED} more")
+    return lines
+
+
+__all__ = ["HIDDEN_FILE", "HIDDEN_FOLDER", "IMAGE_ALIASES", "IMAGE_SUFFIXES", "JPEG_SUFFIXES",
+           "LINK_TO_SEARCHED", "LeftOut", "SEARCHED_THROUGH_LINK", "SPECIAL", "UNREADABLE",
+           "WHY", "image_format", "is_image_name", "is_special", "left_out_lines",
+           "walk_files", "within"]
