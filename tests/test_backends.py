@@ -126,6 +126,17 @@ def test_every_run_gives_the_cpu_arenas_unused_memory_back(tiny):
     assert seen == ["cpu:0", "cpu:0"]
 
 
+def test_sessions_keep_no_plan_per_shape_and_print_no_errors_of_their_own(tiny):
+    """A long-lived detector given images of ever new sizes (cropped faces, many cameras) grew
+    without end: ONNX Runtime's memory pattern keeps a plan per input shape (794 shapes:
+    164 -> 347 MB; flat at ~210 MB without it). A failed run printed ORT's own ANSI-coloured
+    ERROR line to stderr besides the NetworkRunError holding the same text."""
+    path, _, _ = tiny
+    options = OnnxRuntimeRunner(path, threads=1).session.get_session_options()
+    assert options.enable_mem_pattern is False
+    assert options.log_severity_level == 4
+
+
 def test_ctrl_c_stops_a_long_onnxruntime_run(tiny, monkeypatch):
     """Python runs a signal handler between bytecodes, never inside ONNX Runtime's run: a large
     photo's level on a CPU took a minute to answer Ctrl-C. The run is told to terminate, and
