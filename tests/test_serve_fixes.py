@@ -90,7 +90,7 @@ def test_anonymize_takes_tf_anonymize_s_mask_options():
                               apply_masks(image, boxes, _tf_anonymize_style(*argv)))
 
 
-SCALE_400 = "mask_scale must be a number >= 1 (1 = the detected box) and <= 100"
+SCALE_400 = "mask_scale must be a number >= 1 (1 = the detected box) and <= 4"
 
 
 @pytest.mark.parametrize("query, message", [
@@ -276,10 +276,10 @@ def test_mask_options_past_their_limits_are_a_400(query, message):
         "error": {"status": 400, "message": message}}
     largest = _answer(_Fixed(boxes), _request(
         "POST", "/anonymize", encode_image(_image()),
-        b"blur_strength=10&mask_scale=100&cells=10000&format=png"))
+        b"blur_strength=10&mask_scale=4&cells=10000&format=png"))
     assert largest.status_code == 200
     assert np.array_equal(decode_image(largest.body), apply_masks(
-        _image(), boxes, MaskStyle(scale=100, blur_strength=10, cells=10000)))
+        _image(), boxes, MaskStyle(scale=4, blur_strength=10, cells=10000)))
 
 
 def test_an_unexpected_failure_is_a_json_500(monkeypatch):

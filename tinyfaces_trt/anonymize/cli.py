@@ -22,7 +22,7 @@ import dataclasses
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE,
-                                         MODES, SHAPES)
+                                         MODES, SHAPES, MaskStyle)
 
 PROG = "tf-anonymize"
 #: Said at the start of a ``--mode none`` run (and recorded in its sidecars: ``"anonymised":
@@ -51,22 +51,33 @@ def _crf(text: str) -> int:
     return checked(text, int, lambda v: 0 <= v <= 63, "an integer", "between 0 and 63")
 
 
-# MaskStyle's limits, checked here so that a value past them is a usage error
+def _style_takes(field: str) -> Callable[[Any], bool]:
+    """Whether :class:`MaskStyle` takes a value as its ``field``: its checks are the mask
+    limits, asked here so that a value past them is a usage error (exit 2), not a failure
+    per input."""
+    def takes(value: Any) -> bool:
+        try:
+            MaskStyle(**{field: value})
+        except TinyFacesError:
+            return False
+        return True
+    return takes
+
+
 def _mask_scale(text: str) -> float:
     # below 1 the mask is smaller than the detected box: part of the face stays visible
-    return checked(text, float, lambda v: 1 <= v <= MAX_SCALE, "a number",
+    return checked(text, float, _style_takes("scale"), "a number",
                    f">= 1 and <= {MAX_SCALE:g} (1 = the detected box: a smaller mask "
                    f"leaves part of the face visible)")
 
 
 def _blur_strength(text: str) -> float:
-    return checked(text, float, lambda v: 0 < v <= MAX_BLUR_STRENGTH, "a number",
+    return checked(text, float, _style_takes("blur_strength"), "a number",
                    f"> 0 and <= {MAX_BLUR_STRENGTH:g}")
 
 
 def _cells(text: str) -> int:
-    return checked(text, int, lambda v: 1 <= v <= MAX_CELLS, "an integer",
-                   f"between 1 and {MAX_CELLS}")
+    return checked(text, int, _style_takes("cells"), "an integer", f"between 1 and {MAX_CELLS}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +250,6 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def options_from(args: argparse.Namespace) -> Any:
     """The :class:`~.jobs.Options` of parsed arguments."""
     from tinyfaces_trt.anonymize.jobs import Options
-    from tinyfaces_trt.runtime.masks import MaskStyle
 
     style = MaskStyle(mode=args.mode, shape=args.shape, scale=args.mask_scale,
                       blur_strength=args.blur_strength, cells=args.cells)

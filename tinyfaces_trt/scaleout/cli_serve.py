@@ -29,7 +29,7 @@ from tinyfaces_trt.detector_options import add_detector_arguments, check_detecto
 from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS as DECODER_MAX_PIXELS
 from tinyfaces_trt.scaleout.serve import DEFAULT_MAX_QUEUED_REQUESTS, RunningServe
 from tinyfaces_trt.scaleout.service import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_BYTES,
-                                            default_mask_style)
+                                            MAX_BATCH_PIXELS, MAX_MASK_SCALE, default_mask_style)
 
 PROG = "tf-serve"
 
@@ -58,7 +58,9 @@ endpoints:
                     &shape=box|ellipse ({mask.shape}) &mask_scale=F ({mask.scale:g})
                     &blur_strength=F ({mask.blur_strength:g}) &cells=N ({mask.cells})
                     &format=jpeg|png (as sent) -> the anonymised image (header X-Faces:
-                    number of faces); another parameter or a bad value -> 400
+                    number of faces); mask_scale 1 to {MAX_MASK_SCALE:g} (tf-anonymize's
+                    100 would make every face's mask the whole image), blur_strength up
+                    to 10, cells up to 10000; another parameter or a bad value -> 400
   GET  /healthz     -> {{"status": "ok", "backend", "variant", "coordinate_base", ...}}: the
                     replica is up and answering (liveness), not a check that its model
                     detects (a detector failing on an image answers that request 500)
@@ -90,7 +92,10 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
     http.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                       help="largest image, width x height; larger ones (decompression bombs) "
                            f"get 413 before decoding (at most {DECODER_MAX_PIXELS}, the service's "
-                           "ceiling: one such image is 0.5 GB decoded; default: %(default)d)")
+                           "ceiling: one such image is 0.5 GB decoded; default: %(default)d, a "
+                           "36 Mpx camera's photos). A replica needs room to detect one image of "
+                           "N pixels (GBs on a CPU at tens of Mpx) besides the decoded images "
+                           "of the requests it holds (3 bytes a pixel each)")
     http.add_argument("--max-queued", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS,
                       metavar="N",
                       help="at most N requests wait at the HTTP proxy to be handed to a "
@@ -123,7 +128,11 @@ put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
                        metavar="0|1", help=f"GPUs per replica (default: 1 when the cluster "
                                            f"has GPUs and {gpu_use_text()}, else 0)")
     scale.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
-                       help="images detected together per batch (default: 8)")
+                       help="images detected together per batch (default: 8); where "
+                            f"together they pass {MAX_BATCH_PIXELS / 1e6:g} Mpx, the batch "
+                            "is detected in runs under that, one after the other (an image "
+                            "over it alone): a batch needs no more detection memory than one "
+                            "image of that size, or its largest image where larger")
     scale.add_argument("--batch-wait-ms", type=_batch_wait_ms, default=10.0, metavar="MS",
                        help=f"longest wait for a batch to fill, at most {MAX_BATCH_WAIT_MS:g} "
                             "(every request waits up to that long; default: 10)")

@@ -8,7 +8,10 @@ Each replica holds one detector. Requests are decoded (with the size limits of
 :mod:`~tinyfaces_trt.scaleout.service`) as they arrive, then their images are batched
 (``@serve.batch``: up to ``max_batch_size`` images, waiting at most ``batch_wait_ms`` for a
 batch to fill) and detected together in a worker thread, so the replica keeps accepting
-requests and answering ``/healthz`` while it computes. Errors in one request never reach the
+requests and answering ``/healthz`` while it computes: same-size images in runs of at most
+:data:`~tinyfaces_trt.scaleout.service.MAX_BATCH_PIXELS` pixels in all (40 Mpx), one run at a
+time: a batch needs no more detection memory than one 40 Mpx image (or its largest image,
+where larger). Errors in one request never reach the
 others: each gets its own 4xx JSON answer, an image the detector fails on a 500 JSON answer
 naming the cause (the rest of its batch is detected again one by one and answered), and the
 replica goes on.
@@ -50,7 +53,9 @@ class ServeOptions:
         spec: the detector recipe (:class:`~tinyfaces_trt.detectors.DetectorSpec`).
         replicas: fixed number of replicas (ignored when autoscaling).
         min_replicas, max_replicas: autoscale between these (both given: autoscaling on).
-        max_batch_size: largest batch of images detected together.
+        max_batch_size: largest batch of images detected together (fewer where their pixels
+            would pass :data:`~tinyfaces_trt.scaleout.service.MAX_BATCH_PIXELS`: the batch
+            is then detected in runs under it, one after the other).
         batch_wait_ms: longest wait for a batch to fill.
         max_request_bytes, max_pixels: request limits.
         max_queued_requests: requests not yet handed to a replica beyond this many (at each

@@ -14,7 +14,9 @@ sees, so they are tested without a server:
   [&blur_strength=F][&cells=N][&format=jpeg|png]``: body = an image -> the image with every
   face hidden as tf-anonymize hides it (its defaults, :func:`default_mask_style`: blur, box,
   boxes enlarged 1.3x about their centres, the unclipped boxes' masks cut at the border), as
-  JPEG when the input was JPEG (else PNG) unless ``format`` says otherwise.
+  JPEG when the input was JPEG (else PNG) unless ``format`` says otherwise. ``mask_scale`` is
+  at most :data:`MAX_MASK_SCALE` (4; tf-anonymize takes up to 100): each face is masked over
+  its own enlarged region, so a larger scale multiplies a request's work by the faces.
 - ``GET /healthz`` -> ``{"status": "ok", ...}``: the replica answers (liveness), not a check
   that its model detects.
 
@@ -29,7 +31,6 @@ a NaN score map, ...) or another server fault.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,8 +43,28 @@ log = logging.getLogger("tinyfaces_trt.scaleout")
 
 #: Default largest request body (bytes).
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
-#: Default largest image (width x height): 40 Mpixel, well above any camera frame.
+#: Default largest image (width x height): 40 Mpixel, a full-frame camera's 36 Mpx photo
+#: (7360 x 4912) fits, a 45 Mpx one does not. Detecting one such image on a CPU replica takes
+#: minutes and GBs (a 6324 x 6324 PNG: 98 s, 2.45 GB peak on 2 cores); batches never run more
+#: than that together (:data:`MAX_BATCH_PIXELS`), so a replica needs room for one of them.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Most pixels (the sum of the images' width x height) detected together in one
+#: ``detect_batch`` call: a batch's working memory grows with them, so :func:`detect_images`
+#: splits Serve's batches (up to ``--max-batch-size`` requests) to stay at or under it: eight
+#: 1080p photos (2 Mpx each) still run together, two of 20 Mpx together, one of 40 Mpx
+#: (:data:`DEFAULT_MAX_PIXELS`) alone; an image over it (a larger ``--max-pixels``) alone.
+#: Unsplit, two 40 Mpx requests batched failed ONNX Runtime's allocation (then each was
+#: detected again alone), and a GPU backend, which runs a whole batch at once, needed up to
+#: ``--max-batch-size`` times one image's memory.
+MAX_BATCH_PIXELS = 40_000_000
+#: Largest ``mask_scale`` ``/anonymize`` takes (tf-anonymize's ``--mask-scale`` goes up to
+#: :data:`~tinyfaces_trt.runtime.masks.MAX_SCALE`, 100). Each face is masked over its own
+#: region, the box enlarged ``mask_scale`` times (up to ``mask_scale ** 2`` its area: 16x at 4,
+#: 1.69x at the default 1.3) and cut at the border, so a request's masking work is the faces
+#: times that area: at 100 every face's region is the whole image (2000 x 2000 with 200 faces:
+#: 97 s instead of 1 s; 967 boxes of 20-200 px on 800 x 600: 55 s, 18 s at 4, 2 s at 1.3).
+#: 4 already hides a face with its hair and neck.
+MAX_MASK_SCALE = 4.0
 
 ROUTES = {"/detect": "POST", "/anonymize": "POST", "/healthz": "GET"}
 #: /anonymize ``mode`` values: tf-anonymize's, but for ``none`` (nothing hidden).
@@ -158,12 +179,30 @@ def decode_body(body: bytes, limits: Limits) -> np.ndarray:
         raise RequestError(400, str(exc)) from None
 
 
-def detect_images(detector: Any, images: Sequence[np.ndarray]
-                  ) -> list[np.ndarray | DetectionError]:
-    """Boxes of several images: same-size images go through ``detect_batch`` together.
+def pixel_batches(members: Sequence[int], pixels: int,
+                  max_batch_pixels: int = MAX_BATCH_PIXELS) -> list[list[int]]:
+    """``members`` (indices of images of ``pixels`` pixels each) in order, cut into as few runs
+    as keep each run's pixels at or under ``max_batch_pixels``, of sizes as even as possible
+    (a GPU backend pads a batch into its next prepared size); an image over it runs alone."""
+    per = max(1, max_batch_pixels // max(1, pixels))
+    parts = -(-len(members) // per)
+    size, extra = divmod(len(members), max(1, parts))
+    runs, start = [], 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        runs.append(list(members[start:end]))
+        start = end
+    return runs
+
+
+def detect_images(detector: Any, images: Sequence[np.ndarray],
+                  max_batch_pixels: int = MAX_BATCH_PIXELS) -> list[np.ndarray | DetectionError]:
+    """Boxes of several images, in their order: same-size images go through ``detect_batch``
+    together, in runs of at most ``max_batch_pixels`` pixels in all (:func:`pixel_batches`,
+    :data:`MAX_BATCH_PIXELS`), one run after the other.
 
     An image the detector fails on gets a :class:`DetectionError` in its place instead of
-    boxes; when a batch of several fails, its images are detected again one by one, so only
+    boxes; when a run of several fails, its images are detected again one by one, so only
     the requests whose own image fails get the error (not every request batched with it).
     """
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -171,23 +210,32 @@ def detect_images(detector: Any, images: Sequence[np.ndarray]
         groups.setdefault(image.shape, []).append(i)
     results: list[np.ndarray | DetectionError] = [np.zeros((0, 5), np.float32)] * len(images)
     for members in groups.values():
-        try:
-            found = detector.detect_batch([images[i] for i in members])
-        except Exception as exc:  # noqa: BLE001 (answered as that request's 500)
-            if len(members) == 1:
-                results[members[0]] = DetectionError(exc)
-                continue
-            log.warning("detection of a batch of %d images failed (%s: %s); detecting them "
-                        "one by one", len(members), type(exc).__name__, exc)
-            for i in members:
-                try:
-                    results[i] = detector.detect_batch([images[i]])[0]
-                except Exception as single:  # noqa: BLE001
-                    results[i] = DetectionError(single)
-            continue
-        for i, boxes in zip(members, found):
-            results[i] = boxes
+        height, width = images[members[0]].shape[:2]
+        for run in pixel_batches(members, height * width, max_batch_pixels):
+            _detect_run(detector, images, run, results)
     return results
+
+
+def _detect_run(detector: Any, images: Sequence[np.ndarray], members: list[int],
+                results: list[np.ndarray | DetectionError]) -> None:
+    """Puts the boxes (or :class:`DetectionError`) of ``images[i]`` for ``i`` in ``members``
+    (one size) at ``results[i]``: one ``detect_batch`` call, one per image where it fails."""
+    try:
+        found = detector.detect_batch([images[i] for i in members])
+    except Exception as exc:  # noqa: BLE001 (answered as that request's 500)
+        if len(members) == 1:
+            results[members[0]] = DetectionError(exc)
+            return
+        log.warning("detection of a batch of %d images failed (%s: %s); detecting them "
+                    "one by one", len(members), type(exc).__name__, exc)
+        for i in members:
+            try:
+                results[i] = detector.detect_batch([images[i]])[0]
+            except Exception as single:  # noqa: BLE001
+                results[i] = DetectionError(single)
+        return
+    for i, boxes in zip(members, found):
+        results[i] = boxes
 
 
 def clip_to_image(boxes: np.ndarray, image_hw: tuple[int, int], config: Any) -> np.ndarray:
@@ -257,29 +305,32 @@ class AnonymiseRequest:
         return self.style.mode
 
 
-def _number(query: Mapping[str, str], name: str, convert: Any, what: str, top: float,
-            least: float | None = None) -> Any:
-    """The query's ``name`` as ``convert`` makes it, None if absent; a 400 unless it is
-    > 0 (a float; at least ``least`` where given) or >= 1 (an int) and at most ``top``
-    (MaskStyle's limits)."""
+def _number(query: Mapping[str, str], name: str, field: str, convert: Any, what: str,
+            top: float | None = None) -> Any:
+    """The query's ``name`` as ``convert`` makes it, None if absent; a 400 saying it must be
+    ``what`` unless :class:`~tinyfaces_trt.runtime.masks.MaskStyle` takes it as its ``field``
+    (its checks, the only statement of the mask limits: finite, >= 1 or > 0, at most its
+    largest) and it is at most ``top``, where the service's limit is lower."""
+    from tinyfaces_trt.runtime.masks import MaskStyle
+
     text = query.get(name)
     if text is None:
         return None
     try:
         value = convert(text)
-    except ValueError:
+        MaskStyle(**{field: value})
+    except (ValueError, TinyFacesError):
         raise RequestError(400, f"{name} must be {what}, got {text!r}") from None
-    low_ok = (lambda v: v >= least) if least is not None else (lambda v: v > 0)
-    if isinstance(value, float) and not (math.isfinite(value) and low_ok(value) and value <= top) \
-            or isinstance(value, int) and not 1 <= value <= top:
+    if top is not None and value > top:
         raise RequestError(400, f"{name} must be {what}, got {text!r}")
     return value
 
 
 def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseRequest:
     """The mask of tf-anonymize's options (``mode`` blur|pixelate|solid, ``shape``
-    box|ellipse, ``mask_scale`` 1 <= F <= 100, ``blur_strength`` 0 < F <= 10, ``cells``
-    N 1..10000 (MaskStyle's limits); each left
+    box|ellipse, ``mask_scale`` 1 <= F <= :data:`MAX_MASK_SCALE` (4), ``blur_strength``
+    0 < F <= 10, ``cells`` N 1..10000: MaskStyle checks them all, the service's own top of
+    ``mask_scale`` (MaskStyle's is 100) aside; each left
     out takes tf-anonymize's default, :func:`default_mask_style`) and ``format`` (jpeg|png;
     default: JPEG for a JPEG body, else PNG).
 
@@ -288,7 +339,7 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
             leave the default mask silently), mode, shape or format, or a bad number.
     """
     check_query(query, "/anonymize")
-    from tinyfaces_trt.runtime.masks import MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE, SHAPES
+    from tinyfaces_trt.runtime.masks import MAX_BLUR_STRENGTH, MAX_CELLS, SHAPES
 
     mode = (query.get("mode") or default_mask_style().mode).lower()
     if mode not in _ANONYMISE_MODES:
@@ -298,14 +349,13 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
     if shape not in SHAPES:
         raise RequestError(400, f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     changes = {"mode": mode, "shape": shape,
-               "scale": _number(query, "mask_scale", float,
-                                f"a number >= 1 (1 = the detected box) and <= {MAX_SCALE:g}",
-                                MAX_SCALE, least=1.0),
-               "blur_strength": _number(query, "blur_strength", float,
-                                        f"a number > 0 and <= {MAX_BLUR_STRENGTH:g}",
-                                        MAX_BLUR_STRENGTH),
-               "cells": _number(query, "cells", int, f"a whole number 1..{MAX_CELLS}",
-                                MAX_CELLS)}
+               "scale": _number(query, "mask_scale", "scale", float,
+                                f"a number >= 1 (1 = the detected box) and <= "
+                                f"{MAX_MASK_SCALE:g}", MAX_MASK_SCALE),
+               "blur_strength": _number(query, "blur_strength", "blur_strength", float,
+                                        f"a number > 0 and <= {MAX_BLUR_STRENGTH:g}"),
+               "cells": _number(query, "cells", "cells", int,
+                                f"a whole number 1..{MAX_CELLS}")}
     try:
         style = replace(default_mask_style(),
                         **{k: v for k, v in changes.items() if v is not None})
