@@ -12,6 +12,7 @@ import contextvars
 import io
 import logging
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -36,7 +37,17 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 JPEG_MAGIC = b"\xff\xd8\xff"
 #: JPEG quality :func:`save_image` uses unless told otherwise (Pillow's own default is 75).
 DEFAULT_JPEG_QUALITY = 95
-_JPEG_SUFFIXES = (".jpg", ".jpeg")
+#: Pillow formats written with the quality setting (:func:`encode_image`'s ``quality``,
+#: :func:`save_image`'s ``jpeg_quality``); other formats take none.
+QUALITY_FORMATS = ("JPEG", "WEBP")
+#: Most scans (start-of-scan markers) a JPEG may hold to be decoded. Each scan costs a pass
+#: over the whole image, so a small file repeating one scan thousands of times takes minutes
+#: to hours of CPU within the pixel limit; a progressive JPEG has about 10 (Pillow and
+#: libjpeg's default script: 6 grey, 10 colour), a baseline one 1 per component at most.
+MAX_JPEG_SCANS = 100
+#: Most bytes read from a stream (standard input, :func:`load_image_stream`): an endless
+#: one (``/dev/zero``) ends with an error instead of filling the memory.
+MAX_STREAM_BYTES = 1 << 30
 
 #: (how messages name the image, its pixel limit or None) of the decode running in this
 #: context (thread); unset outside one.
@@ -87,22 +98,79 @@ PILLOW_WARNINGS = dict(action="ignore", category=UserWarning, module=r"PIL(\.|$)
 warnings.filterwarnings(**PILLOW_WARNINGS)
 
 
-def _check_file(path: Path) -> bool:
-    """Checks ``path`` names something readable; returns True for a regular file (False
-    for a pipe or a device such as /dev/stdin, which are read as a stream)."""
+def _open_input(path: Path) -> tuple[IO[bytes], bool]:
+    """Opens ``path`` once for reading and checks what the descriptor is (no race between a
+    check and the open): ``(file, True)`` for a non-empty regular file, ``(file, False)`` for
+    this process's standard input where it is a pipe, terminal or device (``/dev/stdin``:
+    read as a stream, up to :data:`MAX_STREAM_BYTES`). Anything else that is not a regular
+    file (a named pipe, which would block for ever; a device such as ``/dev/zero``, endless;
+    a socket) is refused: the open does not wait for a pipe's writer."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        info = path.stat()
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image file") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ImageError(f"{path}: is a directory, not an image file")
-    if not stat.S_ISREG(info.st_mode):
+    try:
+        info = os.fstat(fd)
+        regular = stat.S_ISREG(info.st_mode)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a directory, not an image file")
+        if regular and info.st_size == 0:
+            raise ImageError(f"{path}: image file is empty (0 bytes)")
+        if not regular and not _is_standard_input(fd, info):
+            raise ImageError(f"{path}: is not a regular file (a named pipe, device or socket); "
+                             "refusing to read it")
+        _set_blocking(fd)
+        return os.fdopen(fd, "rb"), regular
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _is_standard_input(fd: int, info: os.stat_result) -> bool:
+    """Whether ``fd`` (``info``: its fstat), just opened, is this process's standard input:
+    the file of descriptor 0 (none where 0 was closed: the open may have taken it)."""
+    if fd == 0:
         return False
-    if info.st_size == 0:
-        raise ImageError(f"{path}: image file is empty (0 bytes)")
-    return True
+    try:
+        fd0 = os.fstat(0)
+    except OSError:  # closed
+        return False
+    return (fd0.st_dev, fd0.st_ino, fd0.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev)
+
+
+def _set_blocking(fd: int) -> None:
+    """Clears the O_NONBLOCK :func:`_open_input` opened ``fd`` with (a stream is then read
+    as usual: waiting for its data)."""
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
+
+
+def read_stream(stream: IO[bytes], name: str = "<stdin>") -> bytes:
+    """All of a binary stream's bytes (standard input: ``sys.stdin.buffer``), read in chunks up
+    to :data:`MAX_STREAM_BYTES`; ``name`` is how the message calls it.
+
+    Raises:
+        ImageError: the stream sends more than :data:`MAX_STREAM_BYTES` bytes (an endless one,
+            such as ``/dev/zero``): no more is read.
+        OSError: the stream cannot be read.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total <= MAX_STREAM_BYTES:
+        chunk = stream.read(min(1 << 20, MAX_STREAM_BYTES + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > MAX_STREAM_BYTES:
+        raise ImageError(f"{name}: more than {MAX_STREAM_BYTES} bytes of image data on the "
+                         f"stream (the limit, MAX_STREAM_BYTES); refusing to read further")
+    return b"".join(chunks)
 
 
 def _int32_gray(im: Image.Image) -> np.ndarray:
@@ -147,7 +215,9 @@ def load_image(path: str | os.PathLike,
     read by its range (values up to 255 as 8-bit, up to 65535 as 16-bit); 32-bit float
     grayscale whose values are all <= 1 is read as 0..1 (else as 0..255). Multi-frame files
     (animated GIF/PNG/WebP, multi-page TIFF) give their first frame, with a logged warning.
-    A pipe or device (``/dev/stdin``) is read as a stream.
+    Only a regular file is read, and this process's standard input (``/dev/stdin``: read as a
+    stream, up to :data:`MAX_STREAM_BYTES`); a named pipe, a device (``/dev/zero``) or a socket
+    is refused. A JPEG of more than :data:`MAX_JPEG_SCANS` scans is refused before decoding.
 
     ``max_pixels`` (width x height, checked from the header before any pixel is decoded; None:
     no limit) is the only size limit: Pillow's own (``Image.MAX_IMAGE_PIXELS``) does not apply
@@ -155,9 +225,10 @@ def load_image(path: str | os.PathLike,
 
     Raises:
         ImageError: naming the path and the reason: missing file, directory, empty file,
-            not an image, truncated or corrupt data, or more than ``max_pixels`` pixels
-            (:class:`ImageTooLargeError`); or ``path`` is no path (e.g. bytes or a file
-            object: :func:`decode_image` and :func:`load_image_stream` take those).
+            not a regular file, not an image, truncated or corrupt data, a JPEG of too many
+            scans, or more than ``max_pixels`` pixels (:class:`ImageTooLargeError`); or
+            ``path`` is no path (e.g. bytes or a file object: :func:`decode_image` and
+            :func:`load_image_stream` take those).
         ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
     return _load(path, max_pixels, None)
@@ -184,13 +255,14 @@ def _load(path: object, max_pixels: int | None, counted: list[int] | None) -> np
     instead of a logged warning (:func:`_decode`)."""
     _check_max_pixels(max_pixels)
     path = Path(_check_path_argument(path))
-    if _check_file(path):
-        return _decode(path, str(path), max_pixels, counted)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    f, regular = _open_input(path)
+    with f:
+        if regular:
+            return _decode(f, str(path), max_pixels, counted)
+        try:
+            data = read_stream(f, str(path))
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     if not data:
         raise ImageError(f"{path}: no image data (0 bytes read)")
     return _decode(io.BytesIO(data), str(path), max_pixels, counted)
@@ -218,9 +290,15 @@ def _check_path_argument(path: object) -> str | os.PathLike:
 def load_image_stream(stream: IO[bytes], name: str = "<stdin>",
                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Reads a whole binary stream (standard input, a pipe) and decodes it like
-    :func:`load_image`; ``name`` is how messages call it."""
+    :func:`load_image`; ``name`` is how messages call it.
+
+    Raises:
+        ImageError: as :func:`decode_image`, or the stream sends more than
+            :data:`MAX_STREAM_BYTES` bytes (read no further).
+        ConfigError: as :func:`load_image`.
+    """
     _check_max_pixels(max_pixels)
-    data = stream.read()
+    data = read_stream(stream, name)
     if not data:
         raise ImageError(f"{name}: no image data (0 bytes read)")
     return decode_image(data, max_pixels, name)
@@ -231,7 +309,8 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """Decodes an encoded image held in memory (an HTTP request body) like :func:`load_image`.
 
     The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing.
+    decompression bomb costs nothing; so is a JPEG's count of scans (at most
+    :data:`MAX_JPEG_SCANS`: each costs a pass over the image).
 
     Args:
         data: the encoded file (JPEG, PNG, ...).
@@ -240,8 +319,9 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         name: how error messages name the data.
 
     Raises:
-        ImageError: empty, not an image, truncated or corrupt, or ``data`` is no bytes (a
-            path: :func:`load_image` reads files);
+        ImageError: empty, not an image, truncated or corrupt, a JPEG of more than
+            :data:`MAX_JPEG_SCANS` scans, or ``data`` is no bytes (a path: :func:`load_image`
+            reads files);
             :class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels.
         ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
@@ -263,7 +343,68 @@ def _check_max_pixels(max_pixels: object) -> None:
                           f"got {max_pixels!r}")
 
 
-def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None,
+#: A marker in a JPEG's entropy-coded data: 0xFF then neither a stuffed 0x00, a restart
+#: marker (RST0-7, part of the data) nor a fill 0xFF (the marker follows it).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_scans(f: IO[bytes]) -> int:
+    """The start-of-scan (SOS, 0xFF 0xDA) markers of the JPEG image ``f`` holds from its start
+    to its first end-of-image marker (an MPO's first picture, the one decoded); ``f``'s
+    position is kept.
+
+    The file is walked as libjpeg reads it, a chunk at a time: a marker segment is skipped by
+    its length (so bytes of metadata are never taken for a marker) and a scan's entropy-coded
+    data up to the next marker (0xFF there is stuffed as 0xFF 0x00, so never looks like one).
+    Malformed data ends the count where the decoder will fail."""
+    start = f.tell()
+    f.seek(0)
+    try:
+        buf, pos, scans = f.read(1 << 16), 2, 0
+        if buf[:2] != b"\xff\xd8":
+            return 0
+        while True:
+            match = _JPEG_MARKER.search(buf, pos)
+            if match is None:  # read on; keep a last 0xFF, the start of a marker split here
+                keep = 1 if pos < len(buf) and buf[-1] == 0xFF else 0
+                more = f.read(1 << 20)
+                if not more:
+                    return scans
+                buf, pos = buf[len(buf) - keep:] + more, 0
+                continue
+            marker, pos = buf[match.end() - 1], match.end()
+            if marker == 0xD9:  # EOI
+                return scans
+            if marker in (0x01, 0xD8):  # TEM, SOI: no length
+                continue
+            while len(buf) - pos < 2:
+                more = f.read(1 << 20)
+                if not more:
+                    return scans
+                buf, pos = buf[pos:] + more, 0
+            length = int.from_bytes(buf[pos:pos + 2], "big")
+            if length < 2:
+                return scans
+            if marker == 0xDA:
+                scans += 1
+            pos += length  # skip the segment (an SOS's header: its data is searched)
+            if pos > len(buf):
+                f.seek(pos - len(buf), os.SEEK_CUR)
+                buf, pos = b"", 0
+    finally:
+        f.seek(start)
+
+
+def _check_jpeg_scans(f: IO[bytes], name: str) -> None:
+    """Raises :class:`ImageError` for a JPEG of more than :data:`MAX_JPEG_SCANS` scans."""
+    scans = _jpeg_scans(f)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(f"{name}: JPEG has {scans} scans, more than the limit of "
+                         f"{MAX_JPEG_SCANS}; refusing to decode a possible scan bomb (each scan "
+                         "is a pass over the whole image)")
+
+
+def _decode(source: IO[bytes], name: str, max_pixels: int | None,
             counted: list[int] | None = None) -> np.ndarray:
     """Decodes one image; a multi-frame file's count of pictures goes to ``counted`` where
     given (an MPO counts 1: see :func:`load_image_frames`), else its other frames are logged."""
@@ -280,6 +421,8 @@ def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None,
                 level = logging.DEBUG if im.format == "MPO" else logging.WARNING
                 log.log(level, "%s: has %d frames (animated or multi-page %s); using the "
                         "first frame only", name, frames, im.format)
+            if im.format in ("JPEG", "MPO"):
+                _check_jpeg_scans(source, name)
             im.load()
             im = ImageOps.exif_transpose(im)
             return _to_rgb_array(im)
@@ -305,7 +448,8 @@ def encode_image(image: np.ndarray, format: str = "PNG", quality: int = 95) -> b
     """Encodes an (H, W, 3) or (H, W) uint8 array as ``format`` (``"PNG"``, ``"JPEG"``, ...).
 
     Args:
-        quality: 1..100, for JPEG and WebP (as :func:`save_image`'s ``jpeg_quality``).
+        quality: 1..100, for JPEG and WebP (:data:`QUALITY_FORMATS`; as :func:`save_image`'s
+            ``jpeg_quality``: the same format and quality give the same bytes).
 
     Raises:
         ImageError: a bad array, a quality outside 1..100 or a format Pillow cannot write.
@@ -313,12 +457,18 @@ def encode_image(image: np.ndarray, format: str = "PNG", quality: int = 95) -> b
     arr = _check_savable(image, "image")
     _check_quality(quality, "quality")
     buffer = io.BytesIO()
-    options = {"quality": int(quality)} if format.upper() in ("JPEG", "JPG", "WEBP") else {}
     try:
-        Image.fromarray(np.ascontiguousarray(arr)).save(buffer, format=format, **options)
+        Image.fromarray(np.ascontiguousarray(arr)).save(buffer, format=format,
+                                                        **_quality_options(format, quality))
     except (KeyError, ValueError, OSError) as exc:
         raise ImageError(f"cannot encode the image as {format} ({exc})") from exc
     return buffer.getvalue()
+
+
+def _quality_options(image_format: str, quality: int) -> dict[str, int]:
+    """Pillow's save options that set ``quality`` for ``image_format`` (a Pillow format name):
+    ``{"quality": quality}`` for :data:`QUALITY_FORMATS`, none for the others."""
+    return {"quality": int(quality)} if image_format.upper() in QUALITY_FORMATS else {}
 
 
 def _check_quality(quality: object, name: str) -> None:
@@ -346,7 +496,10 @@ def save_image(path: str | os.PathLike, image: np.ndarray,
     Args:
         path: the file; its extension picks the format.
         image: the pixels.
-        jpeg_quality: 1..100, for ``.jpg``/``.jpeg`` (default 95; Pillow's own is 75).
+        jpeg_quality: 1..100, for the formats that take a quality (:data:`QUALITY_FORMATS`:
+            JPEG, whatever its suffix, ``.jpg``, ``.jpeg``, ``.jfif``, ``.jpe``; and WebP),
+            as :func:`encode_image`'s ``quality`` (default 95; Pillow's own is 75 for JPEG,
+            80 for WebP).
 
     Raises:
         ImageError: bad array, bad ``jpeg_quality``, missing folder, missing or unknown
@@ -364,7 +517,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray,
         what = f"unknown file extension {path.suffix!r}" if suffix else "no file extension"
         raise ImageError(f"{path}: cannot save: {what} to choose the image format from; use an "
                          "extension such as .png or .jpg")
-    options = {"quality": int(jpeg_quality)} if suffix in _JPEG_SUFFIXES else {}
+    options = _quality_options(image_format, jpeg_quality)
     try:
         with atomic_output(path) as tmp:
             Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=image_format, **options)

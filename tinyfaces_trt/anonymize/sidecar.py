@@ -71,10 +71,12 @@ is made again, not taken for a user's file.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
@@ -108,14 +110,32 @@ def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The identity of the input file ``path`` as the sidecar records it: its size, its
     modification time (ns) and the sha256 of :func:`sampled` bytes (a symbolic link followed).
 
+    The file is opened once (without waiting for a named pipe's writer) and what was opened
+    is checked: only a regular file is read, at most the size it had then.
+
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read, or is not a regular file (a named pipe, which would
+            block, or a device such as ``/dev/zero``, endless, a socket, a directory).
     """
-    with open(path, "rb") as f:
-        stat = os.fstat(f.fileno())
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NONBLOCK", 0))
+    try:
+        stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not S_ISREG(stat.st_mode):
+            raise OSError(errno.EINVAL, "is not a regular file (a named pipe, device or socket)",
+                          str(path))
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         digest = hashlib.sha256()
         if sampled(stat.st_size) == "whole":
-            digest.update(f.read())
+            digest.update(f.read(stat.st_size))
         else:
             digest.update(f.read(SAMPLE_BYTES))
             f.seek(-SAMPLE_BYTES, os.SEEK_END)
