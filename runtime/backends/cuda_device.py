@@ -1,4 +1,5 @@
-"""CUDA streams and memory through cuda-python: the host side of the GPU stages.
+"""CUDA streams and memory through cuda-python: the host side of the GPU stages, and of the
+device-I/O runners (:class:`DeviceIoRunner`: their stream and device inputs).
 
 cuda-python (``pip install "tinyfaces-trt[gpu]"``) is imported on first use:
 ``cuda.bindings.runtime`` (cuda-python >= 12.x), else the legacy ``cuda.cudart``. Without it,
@@ -18,7 +19,7 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_cuda_runtime
-from tinyfaces_trt.core.runner import interface_stream
+from tinyfaces_trt.core.runner import RunnerBase, check_network_shape, interface_stream
 
 _runtime_module: Any = None
 
@@ -144,6 +145,15 @@ class Stream:
         return f"Stream(0x{self.handle:x})" if self._stream is not None else "Stream(closed)"
 
 
+def as_stream(stream: Stream | int | None, stream_type: Any = None) -> Stream:
+    """``stream`` as a :class:`Stream`: itself where it is one, a new stream for None (its
+    :meth:`~Stream.close` destroys it: the caller owns it), else the handle wrapped (owned
+    elsewhere, never destroyed here). ``stream_type`` replaces :class:`Stream` (an injected
+    CUDA layer's)."""
+    stream_type = Stream if stream_type is None else stream_type
+    return stream if isinstance(stream, stream_type) else stream_type(stream)
+
+
 class Event:
     """A CUDA event without timing, to order one stream after another without the host."""
 
@@ -246,6 +256,130 @@ class ProducerOrder:
         close = getattr(self._event, "close", None)
         if close is not None:
             close()
+
+
+class DeviceIoRunner(RunnerBase):
+    """What every device-I/O runner (TensorRT, onnxruntime-cuda) does with its stream and its
+    device inputs; a runner implements only what differs: how it runs (:meth:`_run_host`,
+    :meth:`_run_device`, and :meth:`_check_device_input`), whether it holds anything
+    (:meth:`_is_open`) and how it lets that go (:meth:`_release`).
+
+    - The stream (:meth:`_take_stream`): a given :class:`Stream` or handle is used as it is
+      and never destroyed; without one the runner makes one, which :meth:`close` destroys.
+    - :meth:`run`: a host input takes the runner's host path (which waits for its work). A
+      device input is checked against the network-input contract, :attr:`stream` and the
+      stream its CUDA Array Interface names are ordered both ways (:class:`ProducerOrder`),
+      and it is kept alive until the next run: the work queued on :attr:`stream` may still
+      read it when :meth:`run` returns.
+    - :meth:`close`: waits for the queued work while the runner holds anything, lets go of
+      the last input, of the runner's own (:meth:`_release`), of the ordering event, and of
+      the stream if the runner made it; idempotent.
+    """
+
+    #: The CUDA layer: this module, or a stand-in with the same names (tests).
+    _cuda: Any = None
+    cuda_stream: Stream
+    _own_stream = False
+    _after_producer: Any = None  # the ProducerOrder of device inputs and the runner's stream
+    _last_input: Any = None  # read by the queued work until the next run
+
+    def _take_stream(self, stream: Stream | int | None, cuda: Any) -> None:
+        """Runs on ``stream`` (:func:`as_stream`; made here when None: :meth:`close` destroys
+        it) through the CUDA layer ``cuda``."""
+        self._cuda = cuda
+        self.cuda_stream = as_stream(stream, cuda.Stream)
+        self._own_stream = stream is None  # made here: close() destroys it
+        self._after_producer = cuda.ProducerOrder(self.cuda_stream)
+        self._last_input = None
+
+    @property
+    def stream(self) -> int:
+        """The ``cudaStream_t`` the runner runs on, as an int."""
+        return self.cuda_stream.handle
+
+    def run(self, net_input: Any) -> Any:
+        """Runs the network on one (N, 3, h, w) float32 input (N > 1 only where
+        ``capabilities.batch``).
+
+        Args:
+            net_input: a host numpy array (the host path: numpy scores, the work waited
+                for), or device memory (a :class:`DeviceArray` or any object with
+                ``__cuda_array_interface__``, read in place; :attr:`stream` waits for the
+                stream the interface names, and that stream for the runner's reads after,
+                else the caller orders its producer before :attr:`stream` and
+                ``record_stream``-s a torch tensor on it: keeping it alive until the next run
+                does not stop torch's allocator reusing it).
+
+        Returns:
+            For a host input, the score map as a numpy array. For a device input, a
+            :class:`DeviceArray` made on :attr:`stream`: valid until the next :meth:`run`
+            (consume it on the same stream).
+
+        Raises:
+            NetworkInputError: another input, host or device.
+            TinyFacesError: the runner is closed (checked before a device input is read or
+                ordered), or its network refused the run.
+            ManifestError: a shape the runner does not take (outside its TensorRT profiles),
+                or a network that returned another shape.
+            NetworkRunError: ONNX Runtime failed on the input (its exception is the cause);
+                the runner can run again.
+        """
+        if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
+            scores = self._run_host(net_input)
+            self._last_input = None  # that run waited for its work: nothing reads the last input
+            return scores
+        if not self._is_open():
+            self._require_open(None)  # raises: a closed runner leaves its stream and event alone
+        x = self._cuda.as_device_array(net_input)
+        check_network_shape(x.shape, str(x.dtype), self.capabilities.batch)
+        self._check_device_input(x)
+        self._after_producer.after(x)  # the stream its interface names, if any
+        try:
+            return self._run_device(x, net_input)
+        finally:  # what was queued reads the input until its producer's stream waits for it
+            self._after_producer.release(x)
+            self._last_input = net_input
+
+    def synchronize(self) -> None:
+        """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
+        self.cuda_stream.synchronize()
+
+    def close(self) -> None:
+        """Waits for the work queued on :attr:`stream` while the runner holds anything, drops
+        the last input, releases the runner's own memory (:meth:`_release`) and the ordering
+        event, and destroys the stream if the runner made it (idempotent). A closed runner
+        may not run again."""
+        if self._is_open():
+            self.cuda_stream.synchronize()
+        self._last_input = None
+        self._release()
+        if self._after_producer is not None:
+            self._after_producer.close()
+        if self._own_stream:
+            self.cuda_stream.close()
+
+    # -- what each runner implements -----------------------------------------------------------
+
+    def _is_open(self) -> bool:
+        """Whether the runner holds what it runs with and its queued work reads (a session,
+        device buffers): False once closed."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Lets go of what :meth:`_is_open` reports (the stream's work has finished)."""
+        raise NotImplementedError
+
+    def _run_host(self, net_input: Any) -> Any:
+        """The host path: checks ``net_input``, runs, waits, returns numpy scores."""
+        raise NotImplementedError
+
+    def _check_device_input(self, x: DeviceArray) -> None:
+        """Refuses a checked device input the runner cannot take, before it is ordered."""
+
+    def _run_device(self, x: DeviceArray, net_input: Any) -> Any:
+        """Queues the network on :attr:`stream` over ``x`` (``net_input`` wrapped, already
+        ordered after its producer) and returns the device scores."""
+        raise NotImplementedError
 
 
 def _stream_handle(stream: Stream | int | None) -> int:

@@ -37,7 +37,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, NonFiniteScoresE
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
-                                                        Stream, StreamOrder)
+                                                        Stream, StreamOrder, as_stream)
 from tinyfaces_trt.runtime.decode import active_templates
 from tinyfaces_trt.runtime.pipeline import validate_batch
 from tinyfaces_trt.runtime.postprocess import finish_boxes
@@ -79,12 +79,6 @@ def _wait_for_queued_work(stream: Stream, runner_order: StreamOrder) -> None:
     if stream.live:
         runner_order.after()
         stream.synchronize()
-
-
-def _as_stream(stream: Stream | int | None) -> Stream:
-    if isinstance(stream, Stream):
-        return stream
-    return Stream() if stream is None else Stream(handle=int(stream))
 
 
 class _Scratch:
@@ -131,7 +125,7 @@ class CudaPreprocessor:
         _require_gpu()
         self.config = config
         self.lib = _load(library)
-        self.stream = _as_stream(stream)
+        self.stream = as_stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
         consumer = runner_stream if runner_stream is not None else self.stream
         self._to_runner = StreamOrder(self.stream, consumer)
@@ -287,7 +281,7 @@ class CudaPostprocessor:
         self._binding = binding
         self.config = config
         self.lib = _load(library)
-        self.stream = _as_stream(stream)
+        self.stream = as_stream(stream)
         self._own_stream = stream is None  # made here: close() destroys it
         producer = runner_stream if runner_stream is not None else self.stream
         self._after_runner = StreamOrder(producer, self.stream)
@@ -465,7 +459,7 @@ def cuda_stages(config: DetectorConfig, stream: Stream | int | None = None, libr
     (default: ``runner_stream`` when given, so that no event is needed, else a new one, which
     the postprocessor's ``close()`` destroys: a :class:`Detector` closes it last of the two)."""
     made = stream is None and runner_stream is None
-    stream = _as_stream(stream if stream is not None else runner_stream)
+    stream = as_stream(stream if stream is not None else runner_stream)
     pre = post = None
     try:
         pre = CudaPreprocessor(config, stream, library, runner_stream)

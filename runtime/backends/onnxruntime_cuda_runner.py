@@ -40,7 +40,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, TinyFacesError,
                                        first_line)
 from tinyfaces_trt.core.optional import version_tuple
-from tinyfaces_trt.core.runner import check_network_shape
+from tinyfaces_trt.runtime.backends.cuda_device import DeviceIoRunner
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import (CUDA_EP, OnnxRuntimeRunner,
                                                                import_onnxruntime, run_failure)
 from tinyfaces_trt.runtime.backends.ort_tensorrt import TENSORRT_EP, TensorrtEpSettings
@@ -87,8 +87,14 @@ def tensorrt_provider_usable(available: list[str]) -> bool:
     return TENSORRT_EP in available and importlib.util.find_spec("tensorrt") is not None
 
 
-class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+class OnnxRuntimeCudaRunner(DeviceIoRunner, OnnxRuntimeRunner):
     """The exported ONNX model on ONNX Runtime's CUDA execution provider, device in and out.
+
+    A numpy input runs on the host path and returns numpy; a device input returns a
+    :class:`~.cuda_device.DeviceArray` made on :attr:`stream` (:meth:`DeviceIoRunner.run
+    <.cuda_device.DeviceIoRunner.run>`), over ONNX Runtime's output, kept with its binding
+    until the next run. ONNX Runtime's failures on the input are a ``NetworkRunError`` (its
+    exception the cause; the runner can run again).
 
     Args:
         onnx_path: the ``.onnx`` file (fp32, or fp16 with float32 I/O).
@@ -111,6 +117,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
     #: Where the bound input and output live for IOBinding ("cpu" runs the same device path
     #: on ONNX Runtime's CPU provider over host memory: tests/helpers_ort_gpu.py).
     device_type = "cuda"
+    _last_output: Any = None  # the last device run's binding and ORT-owned output
 
     def __init__(self, onnx_path: str | os.PathLike[str], stream: Any = None,
                  device_id: int = 0, tensorrt: TensorrtEpSettings | bool | None = None,
@@ -130,8 +137,7 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
                 f"device_id {device_id} is not the current CUDA device ({current}): the runner's "
                 f"stream and the CUDA stages are made on the current device; choose the GPU with "
                 f"CUDA_VISIBLE_DEVICES={device_id} (it is then device 0) or make it current first")
-        self.cuda_stream = stream if isinstance(stream, cuda_device.Stream) else cuda_device.Stream(stream)
-        self._own_stream = stream is None  # made here: close() destroys it
+        self._take_stream(stream, cuda_device)
         if self.cuda_stream.handle == 0:
             raise TinyFacesError(
                 "ONNX Runtime takes CUDA stream 0 (the legacy default stream, e.g. torch's "
@@ -177,16 +183,11 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
 
     def _start_device_io(self, stream: Any, device_id: int) -> None:
         """Device in and out on ``stream`` (a ``cuda_device.Stream``), once the session is open."""
-        from tinyfaces_trt.runtime.backends import cuda_device
-
         self.cuda_stream, self.device_id = stream, int(device_id)
         self.capabilities = dataclasses.replace(self.capabilities, device_io=True)
         self._run_options = import_onnxruntime().RunOptions()
         # ordering is the stream's job: no host wait at the end of each run
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self._last: Any = None
-        self._cuda = cuda_device
-        self._after_producer = cuda_device.ProducerOrder(stream)
 
     def _open(self, onnx_path: Any, wanted: list[str], options: dict[str, dict[str, str]],
               tensorrt: TensorrtEpSettings | None) -> None:
@@ -206,32 +207,32 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
                    and used.get(p, {}).get("has_user_compute_stream", "1") == "1"
                    for p in (TENSORRT_EP, CUDA_EP) if p in self.providers)
 
-    @property
-    def stream(self) -> int:
-        """The ``cudaStream_t`` the CUDA provider runs on, as an int."""
-        return self.cuda_stream.handle
+    def _is_open(self) -> bool:
+        return getattr(self, "session", None) is not None
 
-    def run(self, net_input: Any) -> Any:
-        """A numpy input runs on the host path and returns numpy; a device input (any object
-        with ``__cuda_array_interface__``; the runner's stream waits for the stream the
-        interface names, else its producer must be ordered before :attr:`stream`, and a torch
-        tensor ``record_stream``-ed on it) returns a :class:`~.cuda_device.DeviceArray` made on
-        :attr:`stream`.
+    def _release(self) -> None:
+        """Drops the last output and the session."""
+        self._last_output = None
+        self.session = None
+
+    def _run_host(self, net_input: Any) -> Any:
+        scores = OnnxRuntimeRunner.run(self, net_input)
+        self._last_output = None  # that run waited for ORT's work
+        return scores
+
+    def _check_device_input(self, x: Any) -> None:
+        if self.tensorrt is not None:
+            self.tensorrt.check([x.shape])
+
+    def _run_device(self, x: Any, net_input: Any) -> Any:
+        """Binds ``x`` in place and the output to ONNX Runtime's memory, and runs the session
+        on :attr:`stream` without waiting for it.
 
         Raises:
             NetworkRunError: ONNX Runtime failed on the input (out of GPU memory, a provider
                 error); its exception is the cause. The runner can run again.
         """
-        if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
-            scores = super().run(net_input)
-            self._last = None  # that run waited for ORT's work: nothing reads the last input
-            return scores
-        session = self._require_open(self.session)
-        x = self._cuda.as_device_array(net_input)
-        check_network_shape(x.shape, str(x.dtype), self.capabilities.batch)
-        if self.tensorrt is not None:
-            self.tensorrt.check([x.shape])
-        self._after_producer.after(x)  # the stream its interface names, if any
+        session = self.session
         binding = None
         try:
             binding = session.io_binding()
@@ -245,36 +246,17 @@ class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
             raise
         except Exception as exc:  # ORT's own types (Fail, RuntimeException, ...), MemoryError
             raise run_failure(exc, x.shape) from exc
-        finally:  # what was queued reads the input until its producer's stream waits for it
-            self._after_producer.release(x)
-            self._last = (binding, net_input)
+        finally:  # what was queued uses the binding until the next run
+            self._last_output = binding
         (output,) = binding.get_outputs()
         shape = tuple(int(d) for d in output.shape())
         if len(shape) != 4 or shape[:2] != (x.shape[0], NUM_CHANNELS):
             raise ManifestError(f"{self.onnx_path}: network returned shape {shape} for input "
                                 f"{x.shape}, expected ({x.shape[0]}, {NUM_CHANNELS}, h', w')")
-        # keeps the ORT-owned output, and the input ORT's queued work still reads, alive until
-        # the next run
-        self._last = (binding, output, net_input)
-        return self._cuda.DeviceArray(output.data_ptr(), shape, np.float32, owner=self._last,
-                                      stream=self.cuda_stream)
-
-    def synchronize(self) -> None:
-        """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
-        self.cuda_stream.synchronize()
-
-    def close(self) -> None:
-        """Waits for the queued work, drops the last output and the session, and destroys the
-        stream if the runner made it (idempotent)."""
-        if getattr(self, "session", None) is not None and self.cuda_stream.handle:
-            self.cuda_stream.synchronize()
-        self._last = None
-        self.session = None
-        after_producer = getattr(self, "_after_producer", None)
-        if after_producer is not None:
-            after_producer.close()
-        if self._own_stream:
-            self.cuda_stream.close()
+        # keeps the ORT-owned output alive until the next run
+        self._last_output = (binding, output)
+        return self._cuda.DeviceArray(output.data_ptr(), shape, np.float32,
+                                      owner=(binding, output, net_input), stream=self.cuda_stream)
 
     def __repr__(self) -> str:
         return (f"OnnxRuntimeCudaRunner({str(self.onnx_path)!r}, providers={self.providers}, "

@@ -38,8 +38,8 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, ManifestError, T
                                        first_line)
 from tinyfaces_trt.core.optional import import_tensorrt
 from tinyfaces_trt.core.profiles import Profile, format_shape, input_shape
-from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
-                                       check_network_shape)
+from tinyfaces_trt.core.runner import RunnerCapabilities, check_network_input
+from tinyfaces_trt.runtime.backends.cuda_device import DeviceIoRunner
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,15 @@ def _volume(shape: Iterable[int]) -> int:
     return n
 
 
-class TensorRTRunner(RunnerBase):
+class TensorRTRunner(DeviceIoRunner):
     """Runs a serialized TensorRT engine of the detector network.
 
-    A device-I/O runner (:class:`~tinyfaces_trt.core.runner.RunnerCapabilities`): given a
-    device input it returns a device score map made on :attr:`stream`, and the detector keeps
-    every stage on the GPU. It takes batches of up to the largest batch of the engine's
-    profiles (``tf-export --max-batch``; 1 by default: single images).
+    A device-I/O runner (:class:`~tinyfaces_trt.core.runner.RunnerCapabilities`,
+    :class:`~.cuda_device.DeviceIoRunner`): given a device input it returns a device score map
+    made on :attr:`stream`, over the runner's output buffer (valid until the next run), and the
+    detector keeps every stage on the GPU; a host input comes back as numpy. It takes batches
+    of up to the largest batch of the engine's profiles (``tf-export --max-batch``; 1 by
+    default: single images); a shape outside every profile is a ``ManifestError``.
 
     Args:
         engine_path: the ``.engine`` file (from ``tf-export --engine``).
@@ -204,7 +206,6 @@ class TensorRTRunner(RunnerBase):
             raise ManifestError(f"TensorRT engine not found: {self.engine_path}")
         if not cuda.gpu_available():
             raise BackendUnavailableError("the tensorrt backend needs a CUDA GPU; none is visible")
-        self._cuda = cuda
         self._buffers: list[Any] = []
         self._contexts: list[Any] = []
         self.engine = engine if engine is not None else self._deserialize(trt)
@@ -216,10 +217,7 @@ class TensorRTRunner(RunnerBase):
         max_batch = max(p.max_batch for p in self.profiles)
         self.capabilities = RunnerCapabilities(device_io=True, batch=max_batch > 1,
                                                max_batch=max_batch)
-        self.cuda_stream = stream if isinstance(stream, cuda.Stream) else cuda.Stream(stream)
-        self._own_stream = stream is None  # made here: close() destroys it
-        self._after_producer = cuda.ProducerOrder(self.cuda_stream)
-        self._last_input: Any = None  # read by the queued work until the next run
+        self._take_stream(stream, cuda)
         try:
             self._make_contexts(input_name, output_name)
         except BaseException:
@@ -268,11 +266,6 @@ class TensorRTRunner(RunnerBase):
         self._trt_runtime = runtime  # engines must not outlive their runtime
         return engine
 
-    @property
-    def stream(self) -> int:
-        """The ``cudaStream_t`` the engine runs on, as an int."""
-        return self.cuda_stream.handle
-
     def check_levels(self, shapes: Iterable[Any]) -> None:
         """Checks that every input shape (or pyramid level) lies inside some profile.
 
@@ -282,41 +275,22 @@ class TensorRTRunner(RunnerBase):
         for s in shapes:
             select_profile(input_shape(s), self.profiles)
 
-    def run(self, net_input: Any) -> Any:
-        """Runs the engine on one (N, 3, h, w) float32 input (N within the profile).
+    def _is_open(self) -> bool:
+        return bool(self._buffers)
 
-        Args:
-            net_input: a host numpy array, or device memory (a
-                :class:`~.cuda_device.DeviceArray` or any object with
-                ``__cuda_array_interface__``, e.g. from the CUDA preprocessor; the runner's
-                stream waits for the stream the interface names, else the caller orders its
-                producer before :attr:`stream`, and ``record_stream``-s a torch tensor on it:
-                keeping it alive until the next run does not stop torch's allocator reusing it).
+    def _release(self) -> None:
+        """Frees the device buffers and drops the contexts and the engine."""
+        for buf in self._buffers:
+            buf.free()
+        self._buffers = []
+        self._contexts = []
+        self.engine = None
 
-        Returns:
-            For a host input, the score map as a numpy array. For a device input, a
-            :class:`~.cuda_device.DeviceArray` over the runner's output buffer, ordered on
-            :attr:`stream`: valid until the next :meth:`run` (consume it on the same stream).
+    def _run_host(self, net_input: Any) -> Any:
+        return self._execute(check_network_input(net_input, self.capabilities.batch))
 
-        Raises:
-            NetworkInputError: another input, host or device (N > 1 only where the engine's
-                profiles take batches: ``capabilities.batch``).
-            ManifestError: a shape outside every profile of the engine.
-        """
-        on_device = not isinstance(net_input, np.ndarray) and \
-            hasattr(net_input, "__cuda_array_interface__")
-        if not on_device:
-            scores = self._execute(check_network_input(net_input, self.capabilities.batch))
-            self._last_input = None  # the stream is synchronised: nothing reads it any more
-            return scores
-        x = self._cuda.as_device_array(net_input)
-        check_network_shape(x.shape, str(x.dtype), self.capabilities.batch)
-        self._after_producer.after(x)  # the stream its interface names, if any
-        try:
-            return self._execute(x)
-        finally:  # what was queued reads the input until its producer's stream waits for it
-            self._after_producer.release(x)
-            self._last_input = net_input
+    def _run_device(self, x: Any, net_input: Any) -> Any:
+        return self._execute(x)
 
     def _execute(self, x: Any) -> Any:
         """Queues the engine on a host array (uploaded; the scores come back synchronised) or a
@@ -346,26 +320,6 @@ class TensorRTRunner(RunnerBase):
         self._output.download(scores, self.cuda_stream)
         self.cuda_stream.synchronize()
         return scores
-
-    def synchronize(self) -> None:
-        """Waits for the runner's stream (used by the pipeline's per-stage timing)."""
-        self.cuda_stream.synchronize()
-
-    def close(self) -> None:
-        """Frees the device buffers, drops the contexts and engine, and destroys the stream
-        if the runner made it (idempotent). Work queued on the stream finishes first (TensorRT
-        reads the buffers until then)."""
-        if self._buffers:
-            self.cuda_stream.synchronize()
-        for buf in self._buffers:
-            buf.free()
-        self._buffers = []
-        self._last_input = None
-        self._after_producer.close()
-        self._contexts = []
-        self.engine = None
-        if self._own_stream:
-            self.cuda_stream.close()
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({str(self.engine_path)!r}, {describe_profiles(self.profiles)})"
