@@ -461,7 +461,7 @@ def test_a_file_error_names_the_input(tmp_path):
 class StubReader:
     """Three 48 x 64 frames; ``problems`` known once they are read, as VideoReader's."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, max_pixels=None) -> None:
         self.info = SimpleNamespace(frames=4, to_dict=lambda: {
             "frames": 4, "upright_width": 64, "upright_height": 48})
         self.problems: list[str] = []

@@ -203,3 +203,20 @@ def test_standard_input_is_read_but_not_without_end(tmp_path):
     tail = ("more than 1048576 bytes of image data on the stream (the limit, MAX_STREAM_BYTES); "
             "refusing to read further")
     assert done.stdout.splitlines() == [f"/dev/stdin: {tail}", f"zeros: {tail}"]
+
+
+def test_tf_detect_reads_standard_input_up_to_the_limit():
+    """``tf-detect - < /dev/zero`` read standard input without end (before the model even
+    loaded) until memory ran out; it is one error, exit 1, no model loaded."""
+    code = ("import sys\n"
+            "from tinyfaces_trt.runtime import imageio\n"
+            "from tinyfaces_trt.cli import detect\n"
+            "imageio.MAX_STREAM_BYTES = 1 << 20\n"
+            "detect._make_detector = lambda args: sys.exit('the model was loaded')\n"
+            "sys.exit(detect.main(['-']))\n")
+    with open("/dev/zero", "rb") as zeros:
+        done = _in_child(code, stdin=zeros)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "tf-detect: error: <stdin>: more than 1048576 bytes of image data on the stream (the "
+        "limit, MAX_STREAM_BYTES); refusing to read further")

@@ -160,6 +160,21 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def outside_out(folder: str | os.PathLike[str], root: str | os.PathLike[str]) -> Path | None:
+    """Where the output folder ``folder`` leads when that is outside ``root`` (a resolved
+    output folder, ``--out``: a symbolic link to a folder elsewhere placed in it), else None:
+    the real path of its nearest existing folder with the folders still to be made (plain
+    names, made there) after it. tf-detect and tf-anonymize write nothing through such a link."""
+    path, rest = Path(os.path.abspath(folder)), Path()
+    while not os.path.lexists(path) and path.parent != path:
+        path, rest = path.parent, Path(path.name) / rest
+    try:
+        real = path.resolve() / rest  # (the missing folders are made there)
+    except (OSError, RuntimeError):  # a link loop: not a folder inside root either
+        return path / rest
+    return None if within(real, Path(root)) else real
+
+
 def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) -> list[str]:
     """What walks left out, in lines to show: ``<path>: <why>`` for each (path, why) of
     ``entries``, or, for a why of more than :data:`NAMES_LISTED`, one line counting them

@@ -29,7 +29,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,7 @@ from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_t
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
                                        NAMES_LISTED, UNREADABLE, WHY, LeftOut, image_format,
-                                       is_special, walk_files, within)
+                                       is_special, outside_out, walk_files, within)
 from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
 from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
@@ -178,6 +178,10 @@ class Task:
         review: where the existing output is done but its sidecar records another review band
             (:func:`~.reruns.review_rerun`), how (``review_band 0.1 (now 0.3)``): the output is
             kept and :func:`update_review` recomputes the sidecar's review list; else None.
+        out_root: the output folder, resolved once when the run is planned (``--out``, or
+            the folder a link at ``--out`` points to): the output and its sidecar are written
+            only into a folder that resolves inside it (:func:`outside_out`: a link to a
+            folder placed in ``--out`` is not followed out of it); None: not checked.
     """
 
     source: str
@@ -187,10 +191,35 @@ class Task:
     redo: str | None = None
     moved_from: str | None = None
     review: str | None = None
+    out_root: str | None = field(default=None, compare=False)
 
 
 class InputOverwriteError(TinyFacesError):
     """An output would replace an input file of the same run (the output folder holds it)."""
+
+
+class OutOfMemoryError(TinyFacesError):
+    """Processing a file needed more memory than this process could get (a
+    :class:`MemoryError` of numpy, Pillow or PyAV): that file fails, the others go on."""
+
+
+def memory_message(exc: MemoryError, size: tuple[int, int] | None = None) -> str:
+    """The error of a file this process ran out of memory on: ``size`` (width, height) where
+    it is known (not while the file is read)."""
+    shown = f" ({size[0]}x{size[1]})" if size else ""
+    return (f"not enough memory to process it{shown}: {str(exc) or 'MemoryError'}; nothing was "
+            f"written for it (run it with more memory, or downscale it)")
+
+
+def _outside_error(task: Task, folder: str | os.PathLike[str]) -> str | None:
+    """Why ``task`` may not write into ``folder`` (its output's or sidecar's): it leads
+    outside ``task.out_root`` (:func:`outside_out`); None when it may, or nothing is checked."""
+    real = None if task.out_root is None else outside_out(folder, task.out_root)
+    if real is None:
+        return None
+    return (f"not anonymised: the folder of its output {task.output} leads to {real}, outside "
+            f"the output folder {task.out_root} (a symbolic link in it); nothing is written "
+            f"through it: remove the link, or give that folder as --out")
 
 
 @dataclass(frozen=True)
@@ -464,8 +493,10 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         output, why as the only note: :func:`left_out_lines` words them),
         [(argument, error)] for missing paths, unknown suffixes, images and videos of other
         formats and files of unknown suffixes holding one in folders (:func:`_plan_folder`),
-        empty folders, and, unless ``overwrite``, outputs that exist without a sidecar (not
-        written by tf-anonymize: left as they are)).
+        empty folders, outputs whose folder leads outside ``out_dir`` (a symbolic link to a
+        folder elsewhere placed in it: :func:`outside_out`), and, unless ``overwrite``,
+        outputs that exist without a sidecar (not written by tf-anonymize: left as they
+        are)).
 
     Raises:
         InputOverwriteError: an output would replace an input file (the first named).
@@ -492,13 +523,17 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             found.append((path, Path(path.name)))
     found = _once_each(found)
     real = {os.path.realpath(source) for source, _ in found}
-    tasks, foreign = [], []
+    tasks, foreign, outside = [], [], []
     skipped = [Result(Task(str(path), "", "", ""), LEFT_OUT, notes=(why,))
                for path, why in left_out]
     for (source, _), (target, moved_from) in zip(found, _output_names(out, found, real)):
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "",
-                    moved_from=moved_from)
+                    moved_from=moved_from, out_root=str(exclude))
+        if (problem := _outside_error(task, output.parent)) is not None:
+            outside.append(task)  # nothing read there (a sidecar) nor written
+            errors.append((task.source, naming(task.source, problem)))
+            continue
         verdict, why = (NEW, None) if overwrite else rerun_verdict(task, options, detector)
         if verdict == NEW:
             tasks.append(task)
@@ -512,7 +547,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         else:
             tasks.append(dataclasses.replace(task, redo=why))
     # an --out holding the inputs is refused as such, before its files are taken for foreign ones
-    _refuse_replacing_inputs(tasks + foreign, [source for source, _ in found], out)
+    _refuse_replacing_inputs(tasks + foreign + outside, [source for source, _ in found], out)
     return tasks, skipped, errors
 
 
@@ -673,15 +708,22 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     """Anonymises one file and writes its sidecar; never raises for a bad file.
 
     Returns a ``"failed"`` :class:`Result` naming the problem for unreadable, corrupt or
-    unwritable files, and for an image (a video's frames) large enough to hold a face on which
-    no pyramid level runs (:func:`_search_plan`: nothing written); the other files of a batch
-    go on. Where such a file's earlier output is tf-anonymize's but not what this run makes
-    (:func:`_remove_earlier`: e.g. an older version's unmasked copy), that output and its
-    sidecar are removed, and the error says so. KeyboardInterrupt propagates (nothing
-    removed).
+    unwritable files, for an image (a video's frames) large enough to hold a face on which
+    no pyramid level runs (:func:`_search_plan`: nothing written), for a file this process
+    runs out of memory on (:class:`OutOfMemoryError`, :func:`memory_message`: nothing written)
+    and for an output folder that leads outside ``task.out_root`` (:func:`outside_out`: a link
+    to a folder elsewhere placed in the output folder; nothing read or written); the other
+    files of a batch go on. Where such a file's earlier output is tf-anonymize's but not what
+    this run makes (:func:`_remove_earlier`: e.g. an older version's unmasked copy), that
+    output and its sidecar are removed, and the error says so (not through such a link).
+    KeyboardInterrupt propagates (nothing removed).
     """
     start = time.perf_counter()
     started = utc_now()
+    if (outside := _outside_error(task, Path(task.output).parent)) is not None:
+        # before any read: nothing is written, nor an earlier output removed, through the link
+        return Result(task, "failed", error=naming(task.source, outside),
+                      seconds=time.perf_counter() - start)
     earlier = _file_key(task.output)  # the output this run is to replace, if any
     try:
         identity = input_identity(task.source)  # before reading: a file changed meanwhile is redone
@@ -696,6 +738,10 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     except OSError as exc:
         message = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "") + \
             _remove_earlier(task, options, earlier)
+        return Result(task, "failed", error=naming(task.source, message),
+                      seconds=time.perf_counter() - start)
+    except MemoryError as exc:  # while it was read, its size not known yet (OutOfMemoryError)
+        message = memory_message(exc) + _remove_earlier(task, options, earlier)
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     counts = audit.summary()
@@ -766,6 +812,9 @@ def update_review(task: Task, options: Options, command: Sequence[str] = ()) -> 
         where the sidecar cannot be read or written, or no longer gives the list exactly.
     """
     start = time.perf_counter()
+    if (outside := _outside_error(task, Path(task.sidecar).parent)) is not None:
+        return Result(task, "failed", error=naming(task.source, outside),
+                      seconds=time.perf_counter() - start)
     try:
         recorded = json.loads(Path(task.sidecar).read_text(encoding="utf-8"))
         document = with_review_band(recorded, options.review_band, command=list(command),
@@ -877,8 +926,18 @@ def _output_file(task: Task, header: dict[str, Any]) -> Iterator[Path]:
     finished file's size and sha256 (:func:`~.sidecar.output_record`, one read of it) and a
     provisional sidecar of ``header`` (:func:`~.sidecar.write_claim`) has claimed it; removed
     when the block fails. Its suffix is that of the output's format (:data:`WRITTEN_AS`:
-    ``.mp4`` for a ``.LRV`` output), as the writers pick formats by it."""
-    Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+    ``.mp4`` for a ``.LRV`` output), as the writers pick formats by it.
+
+    Raises:
+        TinyFacesError: the output's folder leads outside ``task.out_root``
+            (:func:`outside_out`), before it is made and after.
+    """
+    folder = Path(task.output).parent
+    if (outside := _outside_error(task, folder)) is not None:  # made through no link
+        raise TinyFacesError(outside)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (outside := _outside_error(task, folder)) is not None:  # a link put there meanwhile
+        raise TinyFacesError(outside)
     with atomic_output(task.output) as tmp:
         alias = WRITTEN_AS.get(tmp.suffix.lower())
         staged = tmp.with_name(tmp.name + alias) if alias else tmp  # hidden and temporary too
@@ -940,25 +999,36 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
     image, pictures = load_image_frames(task.source)
     height, width = int(image.shape[0]), int(image.shape[1])
     pyramid, notes = _search_plan(detector.config, height, width, "image")
-    boxes = detect_with_progress(detector, image, Path(task.source).name, options.progress)
-    frames = TemporalMasker(hold=0, iou=options.iou).push(0, boxes)
-    audit = _audit(detector, options)
-    header = _header(detector, task, options, identity)
-    header["pyramid"] = pyramid
-    header["image"] = {"width": width, "height": height}
-    header["image_frames"] = {"in_file": pictures, "kept": 1}
-    # an animated GIF or WebP, a multi-page TIFF: the copy holds the first picture alone, never
-    # one of the others unmasked
-    warnings = [] if pictures == 1 else [
-        f"holds {pictures} frames or pages; only the first is anonymised and written to "
-        f"{task.output} ({pictures - 1} left out)"]
-    rendered = render(image, frames[0], options, detector.config.coordinate_base)
-    if Path(task.output).suffix.lower() == ".pgm":
-        rendered = _gray(rendered)
-    with _output_file(task, header) as tmp:
-        save_image(tmp, rendered)
-    audit.add(frames[0], None)
+    with _memory_named(width, height):
+        boxes = detect_with_progress(detector, image, Path(task.source).name, options.progress)
+        frames = TemporalMasker(hold=0, iou=options.iou).push(0, boxes)
+        audit = _audit(detector, options)
+        header = _header(detector, task, options, identity)
+        header["pyramid"] = pyramid
+        header["image"] = {"width": width, "height": height}
+        header["image_frames"] = {"in_file": pictures, "kept": 1}
+        # an animated GIF or WebP, a multi-page TIFF: the copy holds the first picture alone,
+        # never one of the others unmasked
+        warnings = [] if pictures == 1 else [
+            f"holds {pictures} frames or pages; only the first is anonymised and written to "
+            f"{task.output} ({pictures - 1} left out)"]
+        rendered = render(image, frames[0], options, detector.config.coordinate_base)
+        if Path(task.output).suffix.lower() == ".pgm":
+            rendered = _gray(rendered)
+        with _output_file(task, header) as tmp:
+            save_image(tmp, rendered)
+        audit.add(frames[0], None)
     return audit, header, warnings, notes
+
+
+@contextlib.contextmanager
+def _memory_named(width: int, height: int) -> Iterator[None]:
+    """Turns a :class:`MemoryError` in the block, processing a ``width`` x ``height`` image or
+    video, into an :class:`OutOfMemoryError` naming that size (:func:`memory_message`)."""
+    try:
+        yield
+    except MemoryError as exc:
+        raise OutOfMemoryError(memory_message(exc, (width, height))) from None
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -1027,14 +1097,18 @@ class ProgressLines(TimedLines):
 def _process_video(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
                    ) -> Processed:
     from tinyfaces_trt.anonymize.video import VideoReader, VideoWriter
+    from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 
     audit = _audit(detector, options)
     header = _header(detector, task, options, identity)
-    with VideoReader(task.source) as reader:
+    # the frames' size is refused from the header, before a frame is decoded, as an image's is
+    limit = getattr(detector, "max_pixels", DEFAULT_MAX_PIXELS)
+    with VideoReader(task.source, max_pixels=limit) as reader:
         frame = reader.info.to_dict()  # detection runs on the upright frame
         header["pyramid"], notes = _search_plan(detector.config, frame["upright_height"],
                                                 frame["upright_width"], "video's frames")
-        with _output_file(task, header) as tmp:
+        with _memory_named(frame["upright_width"], frame["upright_height"]), \
+                _output_file(task, header) as tmp:
             writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output,
                                  keep_audio=options.keep_audio,
                                  keep_metadata=options.keep_metadata)
@@ -1087,6 +1161,7 @@ def _anonymise_frames(detector: Detector, reader: Any, writer: Any, audit: Audit
     emit(masker.flush())
 
 
-__all__ = ["IMAGE_SUFFIXES", "REVIEW_UPDATED", "InputOverwriteError", "Options", "Result", "Task",
-           "detect_frames", "is_done", "naming", "plan_tasks", "process_file", "render",
-           "rerun_verdict", "update_review"]
+__all__ = ["IMAGE_SUFFIXES", "REVIEW_UPDATED", "InputOverwriteError", "Options", "OutOfMemoryError",
+           "Result", "Task", "detect_frames", "is_done", "memory_message", "naming",
+           "outside_out", "plan_tasks", "process_file", "render", "rerun_verdict",
+           "update_review"]

@@ -38,6 +38,7 @@ import numpy as np
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import version_tuple
 from tinyfaces_trt.core.threads import WAIT_SLICE_S, Worker
+from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 from tinyfaces_trt.anonymize.video_formats import (
     DEFAULT_CRF, avi_timing_params, convert, crf_problem, default_codec, encoder_time_base,
     is_yuv, output_colour, output_pixel_format, stream_colour)
@@ -332,12 +333,19 @@ class VideoReader:
     frames missing against what the container announces or against the video's duration,
     a stretch of the file the demuxer could not read, after which the timestamps jump), empty
     when nothing was wrong.
+
+    A video whose frames have more than ``max_pixels`` pixels (width x height; None: any) is
+    refused with a :class:`VideoError` from the size its header gives, before any frame is
+    decoded (and from its first frame's, where the header gives none): the limit an image has
+    (:data:`~tinyfaces_trt.runtime.imageio.DEFAULT_MAX_PIXELS`, ``Detector.max_pixels``), as a
+    frame of 8192 x 8192 takes 768 MiB in float32 to detect on.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         av = av_module()
         self.path = Path(path)
         self.problems: list[str] = []
+        self.max_pixels = max_pixels
         try:
             self.container = av.open(str(self.path), "r", **_lenient_metadata(av))
         except Exception as exc:  # noqa: BLE001 (translated or re-raised)
@@ -349,6 +357,11 @@ class VideoReader:
             raise VideoError(f"{self.path}: holds no video stream" + (
                 f", only {_plural(pictures, 'attached picture')} (cover art), which is not "
                 f"anonymised" if pictures else ""))
+        context = stream.codec_context  # (the header's size: nothing decoded yet)
+        too_large = self._size_problem(int(context.width or 0), int(context.height or 0))
+        if too_large is not None:
+            self.container.close()
+            raise VideoError(too_large)
         self.stream = stream
         self.stream.thread_type = "AUTO"
         self.others = [s for s in self.container.streams if s.index != self.stream.index
@@ -498,9 +511,25 @@ class VideoReader:
             return _MAX_REORDER if context.has_b_frames else 0
         return int(depth)
 
+    def _size_problem(self, width: int, height: int) -> str | None:
+        """Why frames of ``width`` x ``height`` are refused (more than :attr:`max_pixels`
+        pixels), else None."""
+        limit = self.max_pixels
+        if limit is None or width * height <= limit:
+            return None
+        return (f"{self.path}: not anonymised: its frames are {width}x{height} "
+                f"({width * height} pixels), more than the limit of {limit} pixels an image "
+                f"has (Detector.max_pixels); downscale it first (e.g. ffmpeg -i "
+                f"{self.path.name} -vf scale=iw/2:-2 smaller{self.path.suffix}), or raise "
+                f"Detector.max_pixels (None: no limit) where the detector is made in Python")
+
     def _check_size(self, frame: Any, index: int) -> None:
-        """Notes the first frame's rotation and colour; refuses a later change of size."""
+        """Notes the first frame's rotation and colour and refuses it over
+        :attr:`max_pixels` (where the header said less); refuses a later change of size."""
         if index == 0:
+            too_large = self._size_problem(frame.width, frame.height)
+            if too_large is not None:
+                raise VideoError(too_large)
             self._rotation = int(round(getattr(frame, "rotation", 0) or 0))
             self._turns = rotation_turns(self._rotation)
             self._colour = {**stream_colour(self.stream.codec_context), **stream_colour(frame)}

@@ -20,10 +20,13 @@ as tf-anonymize and tf-serve's ``/anonymize``; every other output has them clipp
 image. Copies of an image on standard input (``-``, ``/dev/stdin`` or another name of it, all
 read alike) are JPEG when its bytes are, as a ``.jpg`` file's. An output that would replace an
 input file of the run is refused before any work (exit 2), and a WIDER file that is not the
-image's own result is neither skipped as done nor replaced (that image fails).
-Output folders are never read as inputs. A bad image is reported on stderr and skipped; the
-exit status is then 1. User mistakes never give a traceback (:class:`TinyFacesError` is
-caught); argument errors exit with 2.
+image's own result, or an ``--out`` copy without the detections JSON that shows tf-detect
+wrote it (unless ``--overwrite``), is neither skipped as done nor replaced (that image fails).
+Nothing is written into a folder that leads outside ``--out`` (a symbolic link to a folder
+elsewhere placed in it: that image fails; ``--out`` itself may be a link, resolved when the
+run starts). Output folders are never read as inputs. A bad image, or one this process runs
+out of memory on, is reported on stderr and skipped; the exit status is then 1. User mistakes
+never give a traceback (:class:`TinyFacesError` is caught); argument errors exit with 2.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ from tinyfaces_trt.scaleout.options import add_ray_arguments, check_ray_argument
 from tinyfaces_trt.media_files import IMAGE_ALIASES
 from tinyfaces_trt.cli.detect_plan import (
     IMAGE_SUFFIXES, MASK_RECORD, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
-    Resume, find_inputs, is_stdin_argument, mask_record, plan_tasks, refuse_replacing_inputs,
-    resume_state, task_plan, write_outputs, write_wider_result)
+    Resume, find_inputs, is_stdin_argument, mask_record, memory_failure, plan_tasks,
+    refuse_outside_out, refuse_replacing_inputs, refuse_unwritable, resume_state, task_plan,
+    write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
@@ -374,9 +378,12 @@ def plan_run(args: argparse.Namespace, out_dir: Path | None,
     options = DetectOptions(args.backend, out_dir, wider_dir,
                             "blur" if args.blur else "pixelate" if args.pixelate else None,
                             draw=args.draw, jpeg_quality=args.jpeg_quality,
-                            overwrite=args.overwrite, detector=record_from_arguments(args))
+                            overwrite=args.overwrite, detector=record_from_arguments(args),
+                            out_root=out_dir.resolve() if out_dir is not None else None)
     tasks, refused = plan_tasks(found.jobs, options)
     refuse_replacing_inputs(tasks, options, found.jobs)
+    tasks, unwritable = refuse_unwritable(tasks, options)
+    refused += unwritable
     failures = [{"image": arg, "error": message} for arg, message in found.errors]
     failures += [{"image": str(job.path), "error": message} for job, message in refused]
     for failure in failures:
@@ -396,9 +403,16 @@ def _with_stdin_data(job: ImageJob) -> ImageJob:
     """``job`` (standard input) with the bytes it sends, read now: their format picks the
     outputs' suffix (:func:`~tinyfaces_trt.cli.detect_plan.image_suffix`: a JPEG gets JPEG
     copies, as a ``.jpg`` file does). Where standard input cannot be read, ``job`` as it is:
-    its load reports why."""
+    its load reports why.
+
+    Raises:
+        ImageError: standard input sends more than ``MAX_STREAM_BYTES`` (``tf-detect - <
+            /dev/zero``): the run fails before any work, not after filling the memory.
+    """
+    from tinyfaces_trt.runtime.imageio import read_stream
+
     try:
-        return replace(job, data=sys.stdin.buffer.read())
+        return replace(job, data=read_stream(sys.stdin.buffer, "<stdin>"))
     except (AttributeError, OSError, ValueError):  # closed or no standard input
         return job
 
@@ -454,7 +468,10 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
         with redirect:
             for task in run.tasks:
                 try:
-                    record = _process(detector, task, options, args.json, console)
+                    try:
+                        record = _process(detector, task, options, args.json, console)
+                    except MemoryError as exc:  # (_process names the size where it knows it)
+                        raise memory_failure(task.job, exc) from None
                 except TinyFacesError as exc:
                     console.err(f"{PROG}: error: {exc}")
                     failures.append({"image": str(task.job.path), "error": str(exc)})
@@ -524,18 +541,33 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
              console: _Console) -> dict[str, Any]:
     """Detects one image, prints its line (unless ``quiet``), writes its files; returns its
     JSON record (:func:`skipped_record` when all its outputs exist and ``--overwrite`` is
-    not given: outputs that exist are kept)."""
+    not given: outputs that exist are kept).
+
+    Raises:
+        TinyFacesError: the image fails: unreadable, its outputs' folder leads outside
+            ``--out`` (nothing read), an output not written, or this process ran out of
+            memory on it (:func:`~.detect_plan.memory_failure`).
+    """
     job = task.job
+    plan = task_plan(task, options)
+    if plan is not None:  # (planned so; a link put there since)
+        refuse_outside_out(plan, options.resolved_out(), job.path)
     state = resume_state(task, options)
     if state.done:
         console.err(skipped_line(job))
         return skipped_record(job)
     if state.reason is not None:
         console.err(redo_line(job, state.reason))
-    image = _load(job)
-    boxes, logits, masked = output_boxes(detector, image,
-                                         detect_with_progress(detector, image, str(job.rel)))
-    record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+    try:
+        image = _load(job)
+    except MemoryError as exc:
+        raise memory_failure(job, exc) from None
+    try:
+        boxes, logits, masked = output_boxes(detector, image,
+                                             detect_with_progress(detector, image, str(job.rel)))
+        record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+    except MemoryError as exc:
+        raise memory_failure(job, exc, image) from None
     if not quiet:
         console.out(format_line(job.path, boxes))
     return record
@@ -562,7 +594,7 @@ def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
         write_outputs(plan, image, boxes, record, options.anonymise,
                       jpeg_quality=options.jpeg_quality, keep=state.keep,
                       base=coordinate_base_of((options.model or {}).get("variant")),
-                      masked=masked)
+                      masked=masked, root=options.resolved_out())
     if task.wider_file is not None and task.wider_file not in state.keep:
         write_wider_result(task.wider_file, job, boxes, options, logits)
     return record

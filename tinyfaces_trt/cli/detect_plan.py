@@ -3,8 +3,11 @@ gets, and the checks of that plan before any work.
 
 :func:`find_inputs` walks the IMAGE arguments (output folders are never read as inputs);
 :func:`plan_outputs` names an image's outputs under ``--out`` and :func:`write_outputs`
-writes them atomically; :func:`plan_tasks` pairs each image with its outputs (WIDER results
-too) and refuses a WIDER file that is not the image's own result, and
+writes them atomically, never into a folder that leads outside ``--out`` (:func:`outside_out`);
+:func:`plan_tasks` pairs each image with its outputs (WIDER results too) and refuses a WIDER
+file that is not the image's own result, :func:`refuse_unwritable` an ``--out`` folder that
+leads outside ``--out`` and an ``--out`` file without the detections JSON that shows tf-detect
+wrote it, and
 :func:`refuse_replacing_inputs` refuses outputs at the path of an input file;
 :func:`resume_state` decides what a rerun keeps (outputs whose records name this run's network
 and detection settings, and for an anonymised copy its masks: :func:`mask_record`). The
@@ -28,7 +31,7 @@ from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, writ
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
                                        SPECIAL, UNREADABLE, WHY, LeftOut, is_image_name,
-                                       left_out_lines, walk_files, within)
+                                       left_out_lines, outside_out, walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
 
@@ -371,11 +374,40 @@ def mask_changes(recorded: Any, anonymise: str) -> list[str]:
             for key, value in expected.items() if masks.get(key) != value]
 
 
+class OutOfMemoryError(TinyFacesError):
+    """Processing an image needed more memory than this process could get (a
+    :class:`MemoryError` of numpy or Pillow): that image fails, the others go on."""
+
+
+def memory_failure(job: ImageJob, exc: MemoryError, image: np.ndarray | None = None
+                   ) -> OutOfMemoryError:
+    """The error of ``job``, which this process ran out of memory on (``image``: the pixels,
+    whose size it names; None: it ran out while reading them)."""
+    size = f" ({image.shape[1]}x{image.shape[0]})" if image is not None else ""
+    return OutOfMemoryError(f"{job.path}: not enough memory to process it{size}: "
+                            f"{str(exc) or 'MemoryError'} (run it with more memory, or "
+                            f"downscale it)")
+
+
+def refuse_outside_out(plan: OutputPlan, root: Path | None, image: Path | None = None
+                       ) -> None:
+    """Raises :class:`TinyFacesError` where the folder of ``plan``'s files leads outside
+    ``root`` (``--out`` resolved when the run started; None: not checked): nothing is read
+    or written through such a link. ``image``: the input, named first in the message."""
+    folder = plan.detections.parent  # (every file of the plan is beside the JSON)
+    real = None if root is None else outside_out(folder, root)
+    if real is not None:
+        raise TinyFacesError(f"{f'{image}: ' if image is not None else ''}output folder "
+                             f"{folder} leads to {real}, outside --out {root} (a symbolic link "
+                             f"in it); nothing is written through it: remove the link, or "
+                             f"give that folder as --out")
+
+
 def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None, *,
                   jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                   keep: Sequence[Path] = (), base: float = 0.0,
-                  masked: np.ndarray | None = None) -> list[Path]:
+                  masked: np.ndarray | None = None, root: Path | None = None) -> list[Path]:
     """Writes the planned files (each atomically), except those in ``keep``; returns the
     paths written. ``base``: the first pixel's coordinate in ``boxes`` (1.0 for the
     matconvnet variant's 1-based boxes; masks and drawings are placed in 0-based pixels).
@@ -389,19 +421,26 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     with it once the copy is complete, so a run stopped between the two never leaves a record
     that vouches for the old copy.
 
+    ``root``: ``--out`` resolved when the run started (None: not checked); where the files'
+    folder leads outside it (:func:`outside_out`: a link to a folder elsewhere placed in
+    ``--out``) nothing is written, before the folder is made and after.
+
     Raises:
         TinyFacesError: naming every file that could not be written (the others are
-            written; none is left truncated).
+            written; none is left truncated), or the folder that leads outside ``root``
+            (none is written).
     """
     from tinyfaces_trt.runtime.draw import draw_boxes
     from tinyfaces_trt.runtime.imageio import save_image
     from tinyfaces_trt.runtime.masks import apply_masks
 
+    refuse_outside_out(plan, root)  # the folders made below are made through no link
     try:
         plan.detections.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TinyFacesError(f"cannot create output folder {plan.detections.parent}: "
                              f"{exc.strerror or exc}") from exc
+    refuse_outside_out(plan, root)  # a link put there meanwhile
     replaced = plan.anonymised is not None and plan.anonymised not in keep \
         and MASK_RECORD in record and os.path.lexists(plan.anonymised)
     claim = {k: v for k, v in record.items() if k != MASK_RECORD} if replaced else record
@@ -516,8 +555,10 @@ def resume_state(task: DetectTask, options: DetectOptions) -> Resume:
     """What this run keeps of ``task``'s existing outputs: nothing with ``--overwrite`` or for
     standard input; nothing either when its detections JSON (``--out``) or its WIDER record
     (``--wider-dir``) records another network or other detection settings than
-    ``options.detector``, or is missing while outputs exist, or when the JSON records other
-    masks than this run's for the anonymised copy that exists (:func:`mask_changes`: none
+    ``options.detector``, or is missing while outputs exist (an ``--out`` copy without its
+    JSON is refused before, by :func:`refuse_unwritable`: this is a JSON removed since, or a
+    WIDER result without its record), or when the JSON records other masks than this run's
+    for the anonymised copy that exists (:func:`mask_changes`: none
     recorded, by an older tf-detect, included); else every output that exists, but the JSON
     where the anonymised copy is written (the JSON records it)."""
     targets = expected_outputs(task, options)
@@ -590,6 +631,16 @@ class DetectOptions:
     model: dict[str, Any] | None = None  # the detector's identity, recorded in every JSON
     # the run's network and detection settings: outputs recorded with others are made again
     detector: DetectorRecord | None = None
+    # out_dir resolved once when the run is planned (a link at --out followed then): no output
+    # is written into a folder that leads outside it (None: out_dir resolved when writing)
+    out_root: Path | None = None
+
+    def resolved_out(self) -> Path | None:
+        """``--out`` resolved: :attr:`out_root`, else :attr:`out_dir` resolved now (None
+        without ``--out``)."""
+        if self.out_root is not None:
+            return self.out_root
+        return None if self.out_dir is None else self.out_dir.resolve()
 
 
 @dataclass(frozen=True)
@@ -637,6 +688,50 @@ def plan_tasks(jobs: Sequence[ImageJob], options: DetectOptions
         stem = output_stem(names, options.out_dir, job) if options.out_dir is not None else None
         tasks.append(DetectTask(job, stem, wider_file))
     return tasks, refused
+
+
+def refuse_unwritable(tasks: Sequence[DetectTask], options: DetectOptions
+                      ) -> tuple[list[DetectTask], list[tuple[ImageJob, str]]]:
+    """``tasks`` split into those to run and the images refused, with the message saying why:
+    their ``--out`` folder leads outside ``--out`` (:func:`refuse_outside_out`: a link to a
+    folder elsewhere placed in it), or, unless ``--overwrite``, a file is at the path of one
+    of their ``--out`` copies that no detections JSON shows tf-detect wrote
+    (:func:`_unclaimed_output`: left as it is, as tf-anonymize leaves a file without its
+    sidecar). Called after :func:`refuse_replacing_inputs`: an ``--out`` holding the inputs
+    is refused as such, its files not taken for someone else's outputs."""
+    kept: list[DetectTask] = []
+    refused: list[tuple[ImageJob, str]] = []
+    for task in tasks:
+        plan = task_plan(task, options)
+        try:
+            if plan is not None:
+                refuse_outside_out(plan, options.resolved_out(), task.job.path)
+        except TinyFacesError as exc:
+            problem: str | None = str(exc)
+        else:
+            problem = None if options.overwrite else _unclaimed_output(task, options)
+        if problem:
+            refused.append((task.job, problem))
+        else:
+            kept.append(task)
+    return kept, refused
+
+
+def _unclaimed_output(task: DetectTask, options: DetectOptions) -> str | None:
+    """Why ``task`` may not write its ``--out`` copies without ``--overwrite``: one is there
+    already (a file, a link) while its detections JSON, which tf-detect writes first and which
+    names the image, is not (:func:`output_stem` passed over JSONs of other images): nothing
+    shows tf-detect wrote it, so it is neither kept as done nor replaced. None when it may."""
+    plan = task_plan(task, options)
+    if plan is None or os.path.lexists(plan.detections):
+        return None
+    found = next((path for path in (plan.anonymised, plan.drawn)
+                  if path is not None and os.path.lexists(path)), None)
+    if found is None:
+        return None
+    return (f"{task.job.path}: {found} exists and was not written by tf-detect (no detections "
+            f"JSON {plan.detections.name} beside it); it is neither skipped nor replaced: move "
+            f"it away, or --overwrite replaces it (and makes every output again)")
 
 
 def _wider_problem(wider_file: Path, job: ImageJob, owner: Path) -> str | None:

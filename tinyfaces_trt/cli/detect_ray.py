@@ -32,8 +32,8 @@ from tinyfaces_trt.cli.detect import (
     EXIT_USAGE, PROG, detector_spec, finish_run, format_line, output_boxes, prepare_run,
     redo_line, skipped_line, skipped_record, write_image_outputs)
 from tinyfaces_trt.cli.detect_plan import (
-    DetectOptions, DetectTask, InputOverwriteError, expected_outputs, plan_tasks, resume_state,
-    task_plan)
+    DetectOptions, DetectTask, InputOverwriteError, expected_outputs, memory_failure, plan_tasks,
+    refuse_outside_out, resume_state, task_plan)
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.cli import stderr_line
 from tinyfaces_trt.core.errors import TinyFacesError
@@ -62,17 +62,32 @@ def outputs_exist(task: DetectTask, options: DetectOptions) -> bool:
 def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions) -> DetectValue:
     """Detects one image and writes its outputs, each atomically under its final name, as
     tf-detect does: outputs that exist are kept unless ``--overwrite`` (a worker killed on
-    this image leaves no partial file under a final name, and its retry completes the rest)."""
+    this image leaves no partial file under a final name, and its retry completes the rest).
+
+    Raises:
+        TinyFacesError: the image fails (the pool reports its message): as in tf-detect's own
+            run, also where its outputs' folder leads outside ``--out`` (nothing read or
+            removed there) or the worker ran out of memory on it
+            (:func:`~.detect_plan.memory_failure`).
+    """
     from tinyfaces_trt.runtime.imageio import load_image
 
     job = task.job
-    state = resume_state(task, options)
     plan = task_plan(task, options)
+    if plan is not None:  # (planned so; a link put there since)
+        refuse_outside_out(plan, options.resolved_out(), job.path)
+    state = resume_state(task, options)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
-    image = load_image(job.path)
-    boxes, logits, masked = output_boxes(detector, image, detector.detect(image))
-    record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+    try:
+        image = load_image(job.path)
+    except MemoryError as exc:
+        raise memory_failure(job, exc) from None
+    try:
+        boxes, logits, masked = output_boxes(detector, image, detector.detect(image))
+        record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+    except MemoryError as exc:
+        raise memory_failure(job, exc, image) from None
     return DetectValue(record, format_line(job.path, boxes), state.reason)
 
 
