@@ -67,7 +67,7 @@ def check_future_folder(folder: str | os.PathLike[str], what: str) -> None:
             its parents should be, or the folder (else its nearest existing parent) is not
             writable.
     """
-    path = Path(folder).expanduser()
+    path = Path(folder)  # as given: the caller writes there (no ~ expanded)
     if path.exists():
         if not path.is_dir():
             raise TinyFacesError(f"{what} exists and is not a folder; give a folder")

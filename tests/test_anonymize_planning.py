@@ -106,7 +106,7 @@ def test_many_left_out_of_a_kind_are_counted_with_the_first_names(tmp_path):
     tasks, skipped, errors = plan_tasks([only], tmp_path / "out")
     assert tasks == [] and _left_out(skipped) == [(str(only / ".face.png"), (HIDDEN_MEDIA,))]
     assert errors == [(str(only), f"{only}: folder holds no image or video files (1 left out: "
-                                  "hidden, linked or unreadable)")]
+                                  "hidden, already searched, unreadable or special)")]
 
 
 def test_a_folder_that_cannot_be_read_and_a_named_pipe_are_said(tmp_path, monkeypatch):
@@ -231,4 +231,4 @@ def test_the_cli_names_what_a_walk_left_out_and_counts_it_in_the_summary(tmp_pat
     assert f"tf-anonymize: {walk / '.hidden_face.jpg'}: {HIDDEN_MEDIA}" in err
     assert not any("exists" in line for line in err)
     assert err[-1].startswith("tf-anonymize: 1 done, 0 skipped, 0 failed in ")
-    assert err[-1].endswith("; 2 left out of folders (hidden, linked or unreadable: listed above)")
+    assert err[-1].endswith("; 2 left out of folders (hidden, already searched, unreadable or special: listed above)")

@@ -105,19 +105,33 @@ def test_loops_and_second_links_are_searched_once_and_said_by_both(tmp_path, cap
     assert left_out_lines(skipped) == lines
 
 
-def test_a_folder_reached_first_through_a_link_is_said_as_such(tmp_path):
-    """``a_latest`` links to its sibling ``b_2024``: the link sorts first, so the folder's
-    images are read under it, and the real folder is said to be searched already."""
+def test_a_real_folder_is_searched_under_its_own_name_before_links_to_it(tmp_path):
+    """``a_latest`` links to its sibling ``b_2024`` and sorts first: the real folder is still
+    searched first (outputs named after it; a link added to a processed library must not
+    make a rerun anonymise it all again under the link's name), the link said."""
     folder = tmp_path / "in"
     _image(folder / "b_2024" / "p.jpg")
     (folder / "a_latest").symlink_to("b_2024", target_is_directory=True)
     left: list[media_files.LeftOut] = []
-    assert list(media_files.walk_files(folder, left)) == [folder / "a_latest" / "p.jpg"]
-    assert left == [media_files.LeftOut(folder / "b_2024", media_files.SEARCHED_THROUGH_LINK)]
-    _, skipped, _ = plan_tasks([folder], tmp_path / "out")
-    assert left_out_lines(skipped) == [
-        f"{folder / 'b_2024'}: folder already searched through a symbolic link to it, not "
-        "searched again"]
+    assert list(media_files.walk_files(folder, left)) == [folder / "b_2024" / "p.jpg"]
+    assert left == [media_files.LeftOut(folder / "a_latest", media_files.LINK_TO_SEARCHED)]
+    tasks, _, _ = plan_tasks([folder], tmp_path / "out")
+    assert [t.output for t in tasks] == [str(tmp_path / "out" / "b_2024" / "p.jpg")]
+
+
+def test_what_was_reached_again_is_worded_by_how(tmp_path):
+    """The real folder reached after a link to it (the link in a sub-folder walked before it)
+    is "already searched through a link"; the folder given, reached again through a link
+    above it (``up -> ..``), is a link to a folder already searched, not the other way."""
+    folder = tmp_path / "in"
+    _image(folder / "b" / "target" / "p.jpg")
+    (folder / "a").mkdir()
+    (folder / "a" / "to_target").symlink_to(folder / "b" / "target", target_is_directory=True)
+    (folder / "up").symlink_to("..", target_is_directory=True)
+    left: list[media_files.LeftOut] = []
+    assert list(media_files.walk_files(folder, left)) == [folder / "a" / "to_target" / "p.jpg"]
+    assert media_files.LeftOut(folder / "b" / "target", media_files.SEARCHED_THROUGH_LINK) in left
+    assert media_files.LeftOut(folder / "up" / "in", media_files.LINK_TO_SEARCHED) in left
 
 
 def test_out_folders_reached_through_links_are_not_inputs(tmp_path):
@@ -184,7 +198,7 @@ def test_tf_detect_says_what_its_walk_left_out(tmp_path, caplog, monkeypatch):
         found = find_inputs([str(only)])
     assert found.jobs == [] and found.errors == [
         (str(only), f"{only}: folder holds no image files (.jpg, .jpeg, .png, .bmp, .gif, .tif, "
-                    ".tiff, .webp, .ppm, .pgm; 1 left out: hidden, linked or unreadable)")]
+                    ".tiff, .webp, .ppm, .pgm; 1 left out: hidden, already searched, unreadable or special)")]
     assert [r.getMessage() for r in caplog.records if r.name == DETECT_LOG] == [
         f'{only / ".face.png"}: hidden image (its name starts with "."), not read; give it by '
         "name to detect its faces"]

@@ -74,6 +74,8 @@ WHY = {
                  "folders that cannot be read, not searched"),
     SPECIAL: ("named pipe, socket or device, not a file: left as it is",
               "named pipes, sockets or devices, not files: left as they are")}
+#: What a walk's left-out entries are, in one phrase (counts of them in summaries and errors).
+LEFT_OUT_TEXT = "hidden, already searched, unreadable or special"
 #: Names listed of one kind of left-out entry before the rest are counted.
 NAMES_LISTED = 10
 
@@ -115,6 +117,7 @@ def walk_files(folder: Path, left_out: list[LeftOut],
     entry (the caller's error). ``skip_folder`` / ``skip_file`` (given the path under
     ``folder``) pass entries over without a word."""
     seen: set[tuple[int, int]] = set()
+    real_top = os.path.realpath(folder)
 
     def unreadable(exc: OSError) -> None:
         left_out.append(LeftOut(Path(exc.filename), UNREADABLE))
@@ -128,7 +131,11 @@ def walk_files(folder: Path, left_out: list[LeftOut],
             dirs[:] = []
             continue
         if (info.st_dev, info.st_ino) in seen:
-            left_out.append(LeftOut(here, LINK_TO_SEARCHED if here.is_symlink()
+            # reached again through a link (a link here or above: a loop), or the real
+            # folder after a link to it came first
+            through_link = os.path.realpath(here) != os.path.join(real_top, os.path.relpath(
+                here, folder))
+            left_out.append(LeftOut(here, LINK_TO_SEARCHED if through_link
                                     else SEARCHED_THROUGH_LINK))
             dirs[:] = []
             continue
@@ -142,7 +149,8 @@ def walk_files(folder: Path, left_out: list[LeftOut],
                 left_out.append(LeftOut(path, HIDDEN_FOLDER))
             else:
                 searched.append(name)
-        dirs[:] = searched
+        # real sub-folders before links: a folder also linked to is named as it is
+        dirs[:] = sorted(searched, key=lambda name: ((here / name).is_symlink(), name))
         for name in sorted(files):
             path = here / name
             if name.startswith(TEMP_PREFIX) or skip_file is not None and skip_file(path):

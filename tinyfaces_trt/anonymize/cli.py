@@ -34,6 +34,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                     probability, run_interruptible, stderr_line, untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
+from tinyfaces_trt.media_files import LEFT_OUT_TEXT
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE,
                                          MODES, SHAPES, MaskStyle)
 
@@ -449,7 +450,7 @@ def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) ->
     not_anonymised = f"; {visible} NOT anonymised (--mode none: faces visible)" if visible \
         else ""
     left = sum(r.status == LEFT_OUT for r in results)
-    left_out = f"; {left} left out of folders (hidden, linked or unreadable: listed above)" \
+    left_out = f"; {left} left out of folders ({LEFT_OUT_TEXT}: listed above)" \
         if left else ""
     stderr_line(f"{PROG}: {done} done{with_warnings}, {reviews}{skipped} skipped, {failed} "
                 f"failed in {time.perf_counter() - start:.1f} s{not_anonymised}{left_out}")

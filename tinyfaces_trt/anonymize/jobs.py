@@ -49,6 +49,7 @@ from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_t
                                       written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
+                                       LEFT_OUT_TEXT,
                                        NAMES_LISTED, UNREADABLE, WHY, LeftOut, image_format,
                                        is_special, outside_out, walk_files, within)
 from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
@@ -433,7 +434,7 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
     if not found and not errors:
         passed = len(left_out) - walked
         errors.append((str(folder), f"{folder}: folder holds no image or video files" +
-                       (f" ({passed} left out: hidden, linked or unreadable)" if passed else "")))
+                       (f" ({passed} left out: {LEFT_OUT_TEXT})" if passed else "")))
     if others:
         more = len(others) - _NAMES_LISTED
         log.warning("%s: %d other file(s) left as they are (not images or videos): %s%s",

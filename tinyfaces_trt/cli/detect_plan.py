@@ -30,6 +30,7 @@ from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
+                                       LEFT_OUT_TEXT,
                                        SPECIAL, UNREADABLE, WHY, LeftOut, is_image_name,
                                        left_out_lines, outside_out, walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
@@ -230,7 +231,7 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
         walked.remove(LeftOut(path, UNREADABLE))
         found.errors.append((str(path), f"{path}: cannot read the folder"))
     elif not images:
-        passed = f"; {len(walked)} left out: hidden, linked or unreadable" if walked else ""
+        passed = f"; {len(walked)} left out: {LEFT_OUT_TEXT}" if walked else ""
         found.errors.append((str(path), f"{path}: folder holds no image files "
                                         f"({', '.join(IMAGE_SUFFIXES)}{passed})"))
     found.walk_left_out.extend(walked)
