@@ -44,6 +44,9 @@ class BoxDetector:
     def detect_batch(self, images):
         return [self.detect(image) for image in images]
 
+    def close(self):
+        pass
+
     def __enter__(self):
         return self
 

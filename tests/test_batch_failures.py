@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from helpers_cli import run_tf_detect
+from test_anonymize_jobs import BoxDetector
 from tinyfaces_trt.anonymize import cli as anonymize_cli
 from tinyfaces_trt.anonymize import video
 from tinyfaces_trt.anonymize.jobs import Options, plan_tasks, process_file
@@ -20,10 +21,8 @@ from tinyfaces_trt.cli import detect as detect_cli
 from tinyfaces_trt.cli.detect_plan import DetectOptions, ImageJob, task_plan, write_outputs
 from tinyfaces_trt.cli.detect_plan import plan_tasks as detect_plan_tasks
 from tinyfaces_trt.cli.detect_ray import process_detect_task
-from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import TEMP_PREFIX
-from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.scaleout.pool import DetectorWorker
 
 #: What numpy says when the resize of a 13000 x 13000 image cannot get its memory.
@@ -31,13 +30,10 @@ NUMPY_OOM = ("Unable to allocate 1.89 GiB for an array with shape (13000, 39000)
              "type float32")
 
 
-class StandIn:
+class StandIn(BoxDetector):
     """A detector finding one face in every image, but raising numpy's MemoryError for images
     ``oom_width`` pixels wide; the members of a Detector that tf-anonymize and tf-detect use."""
 
-    config = DetectorConfig()
-    identity = ModelIdentity(None, True, "the default network", variant="pytorch", depth=101,
-                             seed=0, precision="fp32")
     coordinate_base = 0.0
 
     def __init__(self, oom_width: int | None = None, max_pixels: int | None = None) -> None:
@@ -50,18 +46,6 @@ class StandIn:
         if image.shape[1] == self.oom_width:
             raise MemoryError(NUMPY_OOM)
         return np.array([[4, 4, 20, 20, 0.9]], np.float32)
-
-    def detect_batch(self, images):
-        return [self.detect(image) for image in images]
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _photo(path: Path, width: int = 64, height: int = 48) -> Path:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from helpers_cli import run_tf_detect as _run
+from test_anonymize_jobs import BoxDetector
 from tinyfaces_trt.parity.images import synthetic_image
 from tinyfaces_trt.export_cache import cache_key
 from tinyfaces_trt.runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
@@ -190,35 +191,20 @@ def test_anonymised_copy_masks_the_unclipped_boxes_as_tf_anonymize(capsys, photo
     assert np.array_equal(hidden, load_image(tmp_path / "tf-anonymize" / "b.png"))
 
 
-class _FixedBoxes:
+class _FixedBoxes(BoxDetector):
     """A detector finding fixed faces, two of them cut by the image border, unclipped as the
     detector of a --blur/--pixelate run (and tf-anonymize's) returns them."""
 
     from tinyfaces_trt.core.config import DetectorConfig
-    from tinyfaces_trt.core.manifest import ModelIdentity
 
     BOXES = np.array([[-12, -6, 20, 30, 0.9],  # past the left and top borders
                       [52, 28, 95, 75, 0.8],  # past the right and bottom borders
                       [28, 10, 50, 34, 0.7]], np.float32)  # inside, overlapping the first
     config = DetectorConfig(clip_boxes=False)
-    identity = ModelIdentity(None, True, "the default network", variant="pytorch", depth=101,
-                             seed=0, precision="fp32")
     coordinate_base = 0.0
 
     def detect(self, image):
         return self.BOXES.copy()
-
-    def detect_batch(self, images):
-        return [self.detect(image) for image in images]
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @pytest.mark.parametrize("mode", ["blur", "pixelate"])
