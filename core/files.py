@@ -17,11 +17,13 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from tinyfaces_trt.core.errors import TinyFacesError
 
@@ -52,6 +54,54 @@ def prepare_output_dir(folder: str | os.PathLike[str], what: str) -> Path:
         raise TinyFacesError(f"{what} is not writable; give a writable folder")
     remove_stale_temporaries_under(path)
     return path
+
+
+class NotRegularFileError(OSError):
+    """An input opened by :func:`open_regular` is a named pipe, device or socket."""
+
+
+def open_regular(path: str | os.PathLike[str], *, allow_stdin: bool = False
+                 ) -> tuple[IO[bytes], os.stat_result]:
+    """Opens the input ``path`` once for reading and checks what was opened (no race between
+    a check and the open): ``(binary file, its fstat)``.
+
+    The open does not wait for a named pipe's writer (O_NONBLOCK, cleared once it is known
+    what was opened). Only a regular file is taken, or with ``allow_stdin`` this process's
+    standard input (``/dev/stdin`` where it is a pipe, terminal or device; read it with a
+    bound). Anything else would block for ever (a named pipe) or never end (``/dev/zero``).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: as their names say.
+        NotRegularFileError: a named pipe, device or socket (errno EINVAL).
+        OSError: it cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(info.st_mode) and not (allow_stdin and _is_standard_input(fd, info)):
+            raise NotRegularFileError(errno.EINVAL, "is not a regular file (a named pipe, device "
+                                      "or socket)", str(path))
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)  # a stream is then read as usual: waiting for its data
+        return os.fdopen(fd, "rb"), info
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _is_standard_input(fd: int, info: os.stat_result) -> bool:
+    """Whether ``fd`` (``info``: its fstat), just opened, is this process's standard input:
+    the file of descriptor 0 (none where 0 was closed: the open may have taken it)."""
+    if fd == 0:
+        return False
+    try:
+        fd0 = os.fstat(0)
+    except OSError:  # closed
+        return False
+    return (fd0.st_dev, fd0.st_ino, fd0.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev)
 
 
 def check_future_folder(folder: str | os.PathLike[str], what: str) -> None:

@@ -23,7 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tinyfaces_trt.core.config import is_integer
 from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError
-from tinyfaces_trt.core.files import atomic_output, is_text_path
+from tinyfaces_trt.core.files import (NotRegularFileError, atomic_output, is_text_path,
+                                      open_regular)
 
 log = logging.getLogger(__name__)
 
@@ -99,55 +100,26 @@ warnings.filterwarnings(**PILLOW_WARNINGS)
 
 
 def _open_input(path: Path) -> tuple[IO[bytes], bool]:
-    """Opens ``path`` once for reading and checks what the descriptor is (no race between a
-    check and the open): ``(file, True)`` for a non-empty regular file, ``(file, False)`` for
-    this process's standard input where it is a pipe, terminal or device (``/dev/stdin``:
-    read as a stream, up to :data:`MAX_STREAM_BYTES`). Anything else that is not a regular
-    file (a named pipe, which would block for ever; a device such as ``/dev/zero``, endless;
-    a socket) is refused: the open does not wait for a pipe's writer."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    """:func:`~tinyfaces_trt.core.files.open_regular` of an image: ``(file, True)`` for a
+    non-empty regular file, ``(file, False)`` for this process's standard input where it is a
+    pipe, terminal or device (``/dev/stdin``: read as a stream, up to
+    :data:`MAX_STREAM_BYTES`); anything else is an :class:`ImageError`."""
     try:
-        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+        f, info = open_regular(path, allow_stdin=True)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image file") from None
+    except NotRegularFileError:
+        raise ImageError(f"{path}: is not a regular file (a named pipe, device or socket); "
+                         "refusing to read it") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    try:
-        info = os.fstat(fd)
-        regular = stat.S_ISREG(info.st_mode)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"{path}: is a directory, not an image file")
-        if regular and info.st_size == 0:
-            raise ImageError(f"{path}: image file is empty (0 bytes)")
-        if not regular and not _is_standard_input(fd, info):
-            raise ImageError(f"{path}: is not a regular file (a named pipe, device or socket); "
-                             "refusing to read it")
-        _set_blocking(fd)
-        return os.fdopen(fd, "rb"), regular
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _is_standard_input(fd: int, info: os.stat_result) -> bool:
-    """Whether ``fd`` (``info``: its fstat), just opened, is this process's standard input:
-    the file of descriptor 0 (none where 0 was closed: the open may have taken it)."""
-    if fd == 0:
-        return False
-    try:
-        fd0 = os.fstat(0)
-    except OSError:  # closed
-        return False
-    return (fd0.st_dev, fd0.st_ino, fd0.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev)
-
-
-def _set_blocking(fd: int) -> None:
-    """Clears the O_NONBLOCK :func:`_open_input` opened ``fd`` with (a stream is then read
-    as usual: waiting for its data)."""
-    if getattr(os, "O_NONBLOCK", 0):
-        os.set_blocking(fd, True)
+    regular = stat.S_ISREG(info.st_mode)
+    if regular and info.st_size == 0:
+        f.close()
+        raise ImageError(f"{path}: image file is empty (0 bytes)")
+    return f, regular
 
 
 def read_stream(stream: IO[bytes], name: str = "<stdin>") -> bytes:

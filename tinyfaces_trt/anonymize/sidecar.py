@@ -71,16 +71,14 @@ is made again, not taken for a user's file.
 from __future__ import annotations
 
 import datetime
-import errno
 import hashlib
 import json
 import os
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks
-from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.files import open_regular, write_text_atomic
 from tinyfaces_trt.core.hashing import file_digest
 from tinyfaces_trt.runtime.results import SCORE_DIGITS, rounded_box, rounded_score
 
@@ -110,28 +108,15 @@ def input_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The identity of the input file ``path`` as the sidecar records it: its size, its
     modification time (ns) and the sha256 of :func:`sampled` bytes (a symbolic link followed).
 
-    The file is opened once (without waiting for a named pipe's writer) and what was opened
+    The file is opened once (:func:`~tinyfaces_trt.core.files.open_regular`: without waiting
+    for a named pipe's writer) and what was opened
     is checked: only a regular file is read, at most the size it had then.
 
     Raises:
         OSError: the file cannot be read, or is not a regular file (a named pipe, which would
             block, or a device such as ``/dev/zero``, endless, a socket, a directory).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-                 | getattr(os, "O_NONBLOCK", 0))
-    try:
-        stat = os.fstat(fd)
-        if S_ISDIR(stat.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not S_ISREG(stat.st_mode):
-            raise OSError(errno.EINVAL, "is not a regular file (a named pipe, device or socket)",
-                          str(path))
-        if getattr(os, "O_NONBLOCK", 0):
-            os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    f, stat = open_regular(path)
     with f:
         digest = hashlib.sha256()
         if sampled(stat.st_size) == "whole":
