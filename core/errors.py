@@ -59,6 +59,23 @@ class StageOrderError(TinyFacesError, RuntimeError):
     """A pipeline stage was called out of order (e.g. ``add_level`` before ``reset``)."""
 
 
+class OutOfMemoryError(TinyFacesError):
+    """Processing a file needed more memory than this process could get (a
+    :class:`MemoryError` of numpy, Pillow or PyAV): that file fails, the others go on
+    (:func:`memory_message`)."""
+
+
+def memory_message(exc: MemoryError, size: tuple[int, int] | None = None, *,
+                   nothing_written: bool = False) -> str:
+    """The error of a file this process ran out of memory on: ``size`` (width, height) where
+    it is known (not while the file is read); ``nothing_written``: say that no output of it
+    was written."""
+    shown = f" ({size[0]}x{size[1]})" if size else ""
+    written = "; nothing was written for it" if nothing_written else ""
+    return (f"not enough memory to process it{shown}: {str(exc) or 'MemoryError'}{written} "
+            f"(run it with more memory, or downscale it)")
+
+
 class ConfigError(TinyFacesError, ValueError):
     """A :class:`~.config.DetectorConfig` argument is out of range or malformed."""
 

@@ -44,7 +44,7 @@ from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
                                              write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
                                       written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
@@ -197,19 +197,6 @@ class Task:
 
 class InputOverwriteError(TinyFacesError):
     """An output would replace an input file of the same run (the output folder holds it)."""
-
-
-class OutOfMemoryError(TinyFacesError):
-    """Processing a file needed more memory than this process could get (a
-    :class:`MemoryError` of numpy, Pillow or PyAV): that file fails, the others go on."""
-
-
-def memory_message(exc: MemoryError, size: tuple[int, int] | None = None) -> str:
-    """The error of a file this process ran out of memory on: ``size`` (width, height) where
-    it is known (not while the file is read)."""
-    shown = f" ({size[0]}x{size[1]})" if size else ""
-    return (f"not enough memory to process it{shown}: {str(exc) or 'MemoryError'}; nothing was "
-            f"written for it (run it with more memory, or downscale it)")
 
 
 def _outside_error(task: Task, folder: str | os.PathLike[str]) -> str | None:
@@ -742,7 +729,7 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     except MemoryError as exc:  # while it was read, its size not known yet (OutOfMemoryError)
-        message = memory_message(exc) + _remove_earlier(task, options, earlier)
+        message = memory_message(exc, nothing_written=True) + _remove_earlier(task, options, earlier)
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     counts = audit.summary()
@@ -1029,7 +1016,7 @@ def _memory_named(width: int, height: int) -> Iterator[None]:
     try:
         yield
     except MemoryError as exc:
-        raise OutOfMemoryError(memory_message(exc, (width, height))) from None
+        raise OutOfMemoryError(memory_message(exc, (width, height), nothing_written=True)) from None
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

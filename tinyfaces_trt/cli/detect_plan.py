@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
@@ -375,19 +375,12 @@ def mask_changes(recorded: Any, anonymise: str) -> list[str]:
             for key, value in expected.items() if masks.get(key) != value]
 
 
-class OutOfMemoryError(TinyFacesError):
-    """Processing an image needed more memory than this process could get (a
-    :class:`MemoryError` of numpy or Pillow): that image fails, the others go on."""
-
-
 def memory_failure(job: ImageJob, exc: MemoryError, image: np.ndarray | None = None
                    ) -> OutOfMemoryError:
     """The error of ``job``, which this process ran out of memory on (``image``: the pixels,
     whose size it names; None: it ran out while reading them)."""
-    size = f" ({image.shape[1]}x{image.shape[0]})" if image is not None else ""
-    return OutOfMemoryError(f"{job.path}: not enough memory to process it{size}: "
-                            f"{str(exc) or 'MemoryError'} (run it with more memory, or "
-                            f"downscale it)")
+    size = (image.shape[1], image.shape[0]) if image is not None else None
+    return OutOfMemoryError(f"{job.path}: {memory_message(exc, size)}")
 
 
 def refuse_outside_out(plan: OutputPlan, root: Path | None, image: Path | None = None
