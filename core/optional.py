@@ -26,6 +26,9 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, TensorRTUnavaila
 
 #: The oldest TensorRT the toolkit supports (named-tensor API, ``execute_async_v3``).
 MIN_TENSORRT_VERSION = "10"
+#: The oldest ONNX Runtime the toolkit supports: the exporter writes ONNX IR version 10, which
+#: ONNX Runtime loads from 1.18 on (1.16 and 1.17 refuse the model); pyproject's extras agree.
+MIN_ONNXRUNTIME_VERSION = "1.18"
 
 TENSORRT_HINT = "install it on a machine with a CUDA GPU: pip install tensorrt"
 

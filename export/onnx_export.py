@@ -39,7 +39,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS
 from tinyfaces_trt.core.errors import (BackendUnavailableError, TinyFacesError, first_line,
                                        reraise_interrupt)
 from tinyfaces_trt.core.manifest import INPUT_NAME, OUTPUT_NAME
-from tinyfaces_trt.core.optional import import_optional
+from tinyfaces_trt.core.optional import MIN_ONNXRUNTIME_VERSION, import_optional
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.opset import DEFAULT_OPSET, SUPPORTED
 
@@ -231,7 +231,8 @@ def onnx_vs_torch(model: nn.Module, onnx_path: str | Path,
         TinyFacesError: output shapes differ.
     """
     ort = import_optional("onnxruntime", purpose="checking the ONNX model against torch",
-                          extra_hint="pip install onnxruntime")
+                          min_version=MIN_ONNXRUNTIME_VERSION,
+                          extra_hint="pip install 'tinyfaces-trt[export]'")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     err = ref_max = 0.0

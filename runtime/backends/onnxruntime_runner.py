@@ -25,7 +25,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS, is_integer
 from tinyfaces_trt.core.errors import (BackendUnavailableError, ConfigError, ManifestError,
                                        NetworkRunError, TinyFacesError, first_line)
 from tinyfaces_trt.core.manifest import DEFAULT_FILE_NAMES, MANIFEST_NAME
-from tinyfaces_trt.core.optional import import_optional, version_tuple
+from tinyfaces_trt.core.optional import MIN_ONNXRUNTIME_VERSION, import_optional, version_tuple
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities, check_network_input
 from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.runtime.backends.ort_tensorrt import (TENSORRT_EP, TensorrtEpSettings,
@@ -59,7 +59,7 @@ HOST_MAX_BATCH = 2
 def import_onnxruntime() -> Any:
     """Imports onnxruntime or raises :class:`BackendUnavailableError` with the install hint."""
     return import_optional("onnxruntime", purpose="the onnxruntime backend",
-                           name="the onnxruntime package",
+                           name="the onnxruntime package", min_version=MIN_ONNXRUNTIME_VERSION,
                            extra_hint="pip install 'tinyfaces-trt[onnxruntime]'")
 
 

@@ -26,6 +26,7 @@ from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, f
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.detector_options import PYRAMID_RULES
 from tinyfaces_trt.parity.compare import TOLERANCES
 from tinyfaces_trt.parity.harness import FAILED, PARITY_BACKENDS, SKIPPED, ParityResult, run_parity
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
             "torch reference: the raw 125-channel score maps of every pyramid level, and the "
             "final detections, on synthetic images of several sizes. Prints a Markdown table "
             "(status passed / FAILED / skipped per backend and size; a FAIL names each "
-            "criterion that failed, measured value > limit).", 88),
+            "criterion that failed, measured value > limit). The reference is the PyTorch "
+            "model: this needs the export extra (pip install 'tinyfaces-trt[export]').", 88),
         epilog=f"""\
 tolerances:
 {tol}
@@ -266,6 +268,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.json:
             _check_writable(Path(args.json))  # before minutes of work
+        # one line, not a traceback, without the export extra: the reference is torch
+        import_optional("torch", purpose="tf-parity (its reference is the PyTorch model)",
+                        extra_hint="pip install 'tinyfaces-trt[export]'")
         from tinyfaces_trt.core.manifest import load_export_folder
         from tinyfaces_trt.export.weights import load_model
 
