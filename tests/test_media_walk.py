@@ -20,6 +20,7 @@ from tinyfaces_trt.anonymize import jobs
 from tinyfaces_trt.anonymize.jobs import left_out_lines, plan_tasks
 from tinyfaces_trt.cli import detect_plan
 from tinyfaces_trt.cli.detect_plan import find_inputs
+from tinyfaces_trt.media_files import unsupported_image
 
 DETECT_LOG = "tinyfaces_trt.cli.detect"
 LINK_TO_SEARCHED = ("links to a folder already searched (a symbolic-link loop or a second link "
@@ -285,3 +286,34 @@ def test_a_pbm_is_still_refused(tmp_path):
     assert tasks == [] and errors == [(str(scan), f"{scan}: not anonymised: .pbm files are not "
                                        "supported; convert it to one of .jpg, .jpeg, .png, .bmp, "
                                        ".gif, .tif, .tiff, .webp, .ppm, .pgm")]
+
+
+def test_images_of_other_formats_are_errors_and_videos_named_in_tf_detect_too(tmp_path, caplog):
+    """tf-detect passed .heic photos and videos in a folder over in silence (``tf-detect --blur``
+    left their faces visible without a word); tf-anonymize names both. Now each such image is
+    an error in both, worded alike, and tf-detect names the videos it does not read; those
+    inside an output folder stay out of it."""
+    folder, out = tmp_path / "in", tmp_path / "in" / "out"
+    _image(folder / "a.jpg")
+    for name in ("b.HEIC", "sub/c.avif", "out/d.heic"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"not decoded: the suffix says it all")
+    (folder / "v.mp4").write_bytes(b"\x00")
+    (folder / "notes.txt").write_text("x")
+    with caplog.at_level(logging.WARNING, logger=DETECT_LOG):
+        found = find_inputs([str(folder)], [out])
+    assert [job.rel.as_posix() for job in found.jobs] == ["a.jpg"]
+    expected = [(str(folder / name), f"{folder / name}: {{}}: {suffix} files are not supported; "
+                 "convert it to one of .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, "
+                 ".pgm") for name, suffix in (("b.HEIC", ".heic"), ("sub/c.avif", ".avif"))]
+    assert found.errors == [(path, text.format("not read")) for path, text in expected]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: 1 video(s) not read (tf-detect reads images; tf-anonymize anonymises "
+        "videos): v.mp4"]
+    _, _, errors = plan_tasks([folder], out)
+    assert sorted(errors) == [(path, text.format("not anonymised")) for path, text in expected]
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "x.heic").write_bytes(b"")
+    assert find_inputs([str(only)]).errors == [  # that error alone: no "holds no image files"
+        (str(only / "x.heic"), unsupported_image(only / "x.heic", "not read"))]

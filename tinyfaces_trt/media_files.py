@@ -46,6 +46,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 #: Other suffixes of those formats, read too (-> the suffix of their format): .jfif and .jpe
 #: (JPEG), a GoPro's .THM thumbnail (JPEG).
 IMAGE_ALIASES = {".jfif": ".jpg", ".jpe": ".jpg", ".thm": ".jpg"}
+#: Images of formats neither CLI reads in folders: each is an error there, never passed over in
+#: silence (an image left unread is a face left visible under ``--blur``; PBM: 1 bit a pixel,
+#: which would dither a blurred face back to its outline; PNM: any of the three; the others:
+#: no writer in Pillow).
+OTHER_IMAGE_SUFFIXES = (".pbm", ".pnm", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".tga",
+                        ".ico", ".dng")
+#: Suffixes of the videos tf-anonymize reads and writes (tf-detect reads images only).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 #: Every suffix of a JPEG file.
 JPEG_SUFFIXES = (".jpg", ".jpeg", *(s for s, to in IMAGE_ALIASES.items() if to == ".jpg"))
 
@@ -101,6 +109,13 @@ def image_format(path: str | os.PathLike[str]) -> str | None:
 def is_image_name(path: str | os.PathLike[str]) -> bool:
     """Whether ``path``'s suffix is that of an image both CLIs read (:func:`image_format`)."""
     return image_format(path) is not None
+
+
+def unsupported_image(path: str | os.PathLike[str], not_done: str) -> str:
+    """The error for an image of one of :data:`OTHER_IMAGE_SUFFIXES`, saying what to do with
+    it: ``"<path>: <not_done>: .heic files are not supported; convert it to one of ..."``."""
+    return (f"{path}: {not_done}: {Path(path).suffix.lower()} files are not supported; convert "
+            f"it to one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 def is_special(path: Path) -> bool:

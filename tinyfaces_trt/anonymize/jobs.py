@@ -43,15 +43,15 @@ from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
                                              software_version, utc_now, with_review_band,
                                              write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
-from tinyfaces_trt.anonymize.video import VIDEO_SUFFIXES
 from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
                                       written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
-                                       LEFT_OUT_TEXT,
-                                       NAMES_LISTED, UNREADABLE, WHY, LeftOut, image_format,
-                                       is_special, outside_out, walk_files, within)
+                                       LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
+                                       UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut, image_format,
+                                       is_special, outside_out, unsupported_image, walk_files,
+                                       within)
 from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
 from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
@@ -71,11 +71,8 @@ log = logging.getLogger("tinyfaces_trt.anonymize")
 #: (:data:`~tinyfaces_trt.media_files.IMAGE_ALIASES`) and .LRV low-resolution copy (MP4),
 #: QuickTime's .qt, MPEG-4's .mp4v.
 WRITTEN_AS = {**IMAGE_ALIASES, ".lrv": ".mp4", ".mp4v": ".mp4", ".qt": ".mov"}
-#: Images of other formats: one in a folder is an error (it would be left with its faces
-#: visible), not ignored as other files are (PBM: 1 bit a pixel, which would dither a blurred
-#: face back to its outline; PNM: any of the three; the others: no writer).
-OTHER_IMAGE_SUFFIXES = (".pbm", ".pnm", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".tga",
-                        ".ico", ".dng")
+# Images of other formats (OTHER_IMAGE_SUFFIXES, tinyfaces_trt.media_files): one in a folder
+# is an error (it would be left with its faces visible), not ignored as other files are.
 #: Videos in containers it does not write: an error too, given or in a folder (dashcam .ts,
 #: camcorder .MTS, phone .3gp, DVR .dav...); their streams usually remux into .mkv as they are.
 OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob",
@@ -445,8 +442,7 @@ def _unsupported(path: Path) -> str:
         remux = f"ffmpeg -i {shlex.quote(path.name)} -c copy {shlex.quote(path.stem + '.mkv')}"
         return (f"{path}: not anonymised: {suffix} videos are not supported; remux it to .mkv "
                 f"({remux}) or convert it to one of {', '.join(VIDEO_SUFFIXES)}")
-    return (f"{path}: not anonymised: {suffix} files are not supported; convert it "
-            f"to one of {', '.join(IMAGE_SUFFIXES)}")
+    return unsupported_image(path, "not anonymised")
 
 
 def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],

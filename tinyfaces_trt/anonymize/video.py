@@ -45,7 +45,6 @@ from tinyfaces_trt.anonymize.video_formats import (
 
 log = logging.getLogger("tinyfaces_trt.anonymize")
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 #: Output formats (FFmpeg muxer names) that hold chapters, and Matroska attachments.
 _CHAPTER_FORMATS = ("matroska", "webm", "mov", "mp4", "ipod")

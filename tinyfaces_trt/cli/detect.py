@@ -119,7 +119,9 @@ setup failed (errors are listed on stderr, other images are still processed),
                              "links, each real folder once, for "
                              + "/".join(s[1:] for s in IMAGE_SUFFIXES) + " files; also "
                              + "/".join(s[1:] for s in IMAGE_ALIASES) + ": JPEG; hidden "
-                             "entries, unreadable folders and pipes are left out and named), "
+                             "entries, unreadable folders and pipes are left out and named; "
+                             "images of other formats, e.g. .heic, are errors; videos are "
+                             "named), "
                              "or - (or /dev/stdin) for one image on standard input")
     add_detector_arguments(parser)
     parser.add_argument("--out", metavar="DIR",

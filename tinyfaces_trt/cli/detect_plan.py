@@ -30,9 +30,10 @@ from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_m
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
-                                       LEFT_OUT_TEXT,
-                                       SPECIAL, UNREADABLE, WHY, LeftOut, is_image_name,
-                                       left_out_lines, outside_out, walk_files, within)
+                                       LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
+                                       SPECIAL, UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut,
+                                       is_image_name, left_out_lines, outside_out,
+                                       unsupported_image, walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
 
@@ -165,8 +166,10 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
     folder searched once; hidden entries, unreadable folders and named pipes left out, each
     logged as a warning: :func:`walk_lines`), leaving out the files inside those ``exclude``
     folders (the output folders, also reached through a symbolic link), so a run never reads
-    its own outputs. A file is taken as is, so a non-image file gives a clear error when it
-    is loaded. A missing path, a folder that cannot be read or a folder without images is an
+    its own outputs. An image of another format there (.heic, .avif, ...:
+    :data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`) is an error saying to convert it,
+    and its videos are named in a warning (tf-anonymize's), not passed over in silence. A file
+    is taken as is, so a non-image file gives a clear error when it is loaded. A missing path, a folder that cannot be read or a folder without images is an
     error. An image path found again (the same absolute path) is taken once, where it comes
     first; another name of the same file (a link) is another image, as the names of a
     dataset whose files link into a store shared by identical ones.
@@ -221,16 +224,30 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
     root = path.resolve()
     images = []
     walked: list[LeftOut] = []
+    videos: list[Path] = []
+    errors = len(found.errors)
     for p in _walk(path, walked):
         holder = _output_holding(p, root, excluded)
-        if holder is None:
+        if holder is not None:
+            if is_image_name(p):
+                found.left_out[holder] = found.left_out.get(holder, 0) + 1
+        elif is_image_name(p):
             images.append(p)
+        elif p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+            found.errors.append((str(p), unsupported_image(p, "not read")))
         else:
-            found.left_out[holder] = found.left_out.get(holder, 0) + 1
+            videos.append(p)
+    if videos:
+        more = len(videos) - NAMES_LISTED
+        log.warning("%s: %d video(s) not read (tf-detect reads images; tf-anonymize anonymises "
+                    "videos): %s%s", path, len(videos),
+                    ", ".join(p.relative_to(path).as_posix() for p in videos[:NAMES_LISTED]),
+                    f" and {more} more" if more > 0 else "")
+    unsupported = len(found.errors) > errors  # images of other formats: errors already
     if LeftOut(path, UNREADABLE) in walked:  # the folder given itself: an error
         walked.remove(LeftOut(path, UNREADABLE))
         found.errors.append((str(path), f"{path}: cannot read the folder"))
-    elif not images:
+    elif not images and not unsupported:
         passed = f"; {len(walked)} left out: {LEFT_OUT_TEXT}" if walked else ""
         found.errors.append((str(path), f"{path}: folder holds no image files "
                                         f"({', '.join(IMAGE_SUFFIXES)}{passed})"))
@@ -250,13 +267,15 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
 
 def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[Path]:
     """Image files below ``folder`` (:func:`~tinyfaces_trt.media_files.walk_files`, the walk
-    tf-anonymize takes, with its suffixes: :func:`~tinyfaces_trt.media_files.is_image_name`);
-    added to ``left_out`` is what it did not read that could hold images: hidden images and
-    named pipes named as images (a file of another suffix is no input, hidden or not), hidden
-    folders, links to folders already searched, folders that cannot be read."""
+    tf-anonymize takes, with its suffixes: :func:`~tinyfaces_trt.media_files.is_image_name`),
+    and the images of other formats (:data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`)
+    and videos there, which the caller names; added to ``left_out`` is what it did not read
+    that could hold images: hidden images and named pipes named as images (a file of another
+    suffix is no input, hidden or not), hidden folders, links to folders already searched,
+    folders that cannot be read."""
     walked: list[LeftOut] = []
     for path in walk_files(folder, walked):
-        if is_image_name(path):
+        if is_image_name(path) or path.suffix.lower() in OTHER_IMAGE_SUFFIXES + VIDEO_SUFFIXES:
             yield path
     left_out.extend(entry for entry in walked
                     if entry.kind not in (HIDDEN_FILE, SPECIAL) or is_image_name(entry.path))
