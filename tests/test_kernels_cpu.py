@@ -13,6 +13,7 @@ tests/test_kernels_gpu.py.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -26,9 +27,11 @@ import pytest
 
 import host_cudart
 from helpers_kernels import (CXX, REPO, KernelHarness, assert_same_detections, build_cpu_library,
-                             candidate_count, collect_cases, cpu_build_missing, cpu_library_path,
-                             levels_at, nms_rows_reference, random_maps, square_boxes,
+                             candidate_count, collect_cases, cpu_build_missing, cpu_example_missing,
+                             cpu_library_path, cuda_include, levels_at, nms_rows_reference,
+                             random_maps, shared_cpu_build, square_boxes,
                              use_cpu_build_for_cuda_stages)
+from helpers_run import run_folder
 from kernel_abi_cases import IMAGE_HW
 import kernel_abi_cases
 import kernel_stage_cases
@@ -168,14 +171,6 @@ def test_a_failed_cuda_call_leaves_no_stale_error_for_later_calls(kh, monkeypatc
         assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
 
 
-def _cuda_include() -> Path | None:
-    """The CUDA toolkit's include folder (cuda_runtime_api.h, for the C example), or None."""
-    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if d and (Path(d) / "include" / "cuda_runtime_api.h").is_file():
-            return Path(d) / "include"
-    return None
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AddressSanitizer's leak check: Linux")
 def test_c_example_releases_everything_on_every_path(cpu_library, tmp_path):
     """kernels/examples/decode_nms_demo.c over the CPU build (kernels/cpu/cudart_host.c: its
@@ -183,7 +178,7 @@ def test_c_example_releases_everything_on_every_path(cpu_library, tmp_path):
     cudaMalloc or the synchronisation fails it exits 1 having freed every buffer and the
     stream (its early returns leaked them)."""
     cc = os.environ.get("CC", "cc")
-    include = _cuda_include()
+    include = cuda_include()
     if shutil.which(cc) is None or include is None:
         pytest.skip("needs a C compiler and the CUDA toolkit's cuda_runtime_api.h")
     lib_dir = cpu_library.path.parent
@@ -227,16 +222,24 @@ def _make(target: str, build: Path, *variables: str) -> subprocess.CompletedProc
                            f"CXX={CXX}", *variables], capture_output=True, text=True, timeout=300)
 
 
-def test_cpu_example_target_builds_and_runs_the_c_example(tmp_path):
+def test_cpu_example_target_builds_and_runs_the_c_example(tmp_path, tmp_path_factory):
     """``make -C kernels cpu-example`` (kernels/README.md, "The CPU build") builds the CPU
     library and decode_nms_demo_cpu (the example with kernels/cpu/cudart_host.c) into
     $(BUILD); run there, it decodes the example's map and keeps what a GPU keeps: its 16
-    lattice cells (logit 2 + 0.01 (x + y)) of 32 candidates, best first."""
-    if shutil.which(os.environ.get("CC", "cc")) is None or _cuda_include() is None:
-        pytest.skip("needs a C compiler and the CUDA toolkit's cuda_runtime_api.h")
-    build = tmp_path / "build"
-    made = _make("cpu-example", build)
-    assert made.returncode == 0, made.stdout + made.stderr
+    lattice cells (logit 2 + 0.01 (x + y)) of 32 candidates, best first. The build is this
+    run's CPU build (helpers_kernels.shared_cpu_build: one ``make cpu-example`` into an empty
+    folder, the library the other cases load), or, where $TINYFACES_KERNELS_CPU_LIB replaces
+    that, one of its own."""
+    if cpu_example_missing():
+        pytest.skip(cpu_example_missing())
+    if os.environ.get("TINYFACES_KERNELS_CPU_LIB"):
+        build, lock = tmp_path / "build", contextlib.nullcontext()
+        made = _make("cpu-example", build)
+        assert made.returncode == 0, made.stdout + made.stderr
+    else:
+        build, error = shared_cpu_build(tmp_path_factory)
+        assert error is None, error
+        lock = run_folder(tmp_path_factory, build.name)[1]  # the build's: no make runs meanwhile
     demo = build / "decode_nms_demo_cpu"
     assert sorted(p.name for p in build.iterdir() if not p.name.startswith(".")) == \
         ["cpu_src", "decode_nms_demo_cpu", "libtinyfaces_kernels_cpu.so"]  # no objects left
@@ -251,9 +254,10 @@ def test_cpu_example_target_builds_and_runs_the_c_example(tmp_path):
     expected = sorted((f"{1 / (1 + np.exp(-(2 + 0.01 * s))):.4f}" for s in lattice), reverse=True)
     assert [r[3] for r in rows] == expected
     assert all(len(r[2].split()) == 4 for r in rows)
-    built = {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()}
-    assert _make("cpu-example", build).returncode == 0
-    assert {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()} == built  # up to date
+    with lock:
+        built = {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()}
+        assert _make("cpu-example", build).returncode == 0
+        assert {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()} == built  # up to date
 
 
 def test_cpu_build_without_trivial_auto_var_init(tmp_path, cpu_library):
@@ -263,9 +267,13 @@ def test_cpu_build_without_trivial_auto_var_init(tmp_path, cpu_library):
     it); the library builds and works, and its build record says which flags it has."""
     real = shutil.which(CXX)
     wrapper = tmp_path / "old-cxx"
+    # It compiles what it takes without optimisation or debug information (-O2 -g dropped: a
+    # third of the time): this library has only to build, load and answer; the cases run on
+    # the session's -O2 build. The Makefile's flags are unchanged (its build record below).
     wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -ftrivial-auto-var-init*)\n"
                        "  echo \"old-cxx: unrecognized command-line option '$a'\" >&2; exit 1;; esac; done\n"
-                       f'exec "{real}" "$@"\n')
+                       'for a in "$@"; do shift; case "$a" in -O2|-g) ;; *) set -- "$@" "$a";; esac; done\n'
+                       f'exec "{real}" -O0 "$@"\n')
     wrapper.chmod(0o755)
     build = tmp_path / "build"
     made = subprocess.run(["make", "-s", "-C", str(REPO / "kernels"), "cpu", f"BUILD={build}",
@@ -371,12 +379,18 @@ def test_kernels_under_address_sanitizer(tmp_path):
     if not asan or not Path(asan).is_file():
         pytest.skip(f"{CXX} has no libasan.so")
     lib = build_cpu_library(tmp_path / "asan", sanitize="address")
-    env = dict(os.environ, LD_PRELOAD=asan, TINYFACES_KERNELS_CPU_LIB=str(lib),
+    # Fiber stacks of 64 KiB, not 256 (kernels/cpu/grid.cpp's $TF_CPU_STACK_KIB): ASan's
+    # swapcontext clears the shadow of the whole stack it switches to, at every switch (a
+    # half of this test's time went there); the kernels run in 16 KiB, and a fiber that
+    # overflows its stack hits the guard page below it (SEGV: the run fails).
+    env = dict(os.environ, LD_PRELOAD=asan, TINYFACES_KERNELS_CPU_LIB=str(lib), TF_CPU_STACK_KIB="64",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
     subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
               "or resize or refuses or uncapped_nested or uncapped_border or window_bounds and 12345")
+    # --capture=sys: AddressSanitizer writes its report to fd 2 and exits at once (pytest's
+    # default fd capture kept it in a temporary file: the run failed with exit 23, silently)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                           "--noconftest", str(Path(__file__)), "-k", subset],
+                           "--capture=sys", "--noconftest", str(Path(__file__)), "-k", subset],
                           capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     tail = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "ERROR: AddressSanitizer" not in proc.stdout + proc.stderr, tail

@@ -72,17 +72,27 @@ def _boxes(centres, sizes, aspect=None):
     return np.concatenate([c - wh / 2, c + wh / 2], 1).astype(np.float32)
 
 
-def _check(boxes, logits, keys, thresh, offset, brute_force=None):
-    """Emulated kept == runtime.nms kept (indices and order); returns the emulation."""
+def _check(boxes, logits, keys, thresh, offset, brute_force=None, rewalk=True):
+    """Emulated kept == runtime.nms kept (indices and order), under both resolve rules;
+    returns the (walk-order rule's) emulation. ``rewalk=False``: the lookahead rule resolves
+    the walk-order emulation's own overlap edges (what emulate_nms(lookahead=True) does after
+    walking again: the walks do not depend on the rule) instead of emulating it all again."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     logits = np.asarray(logits, np.float32)
     keys = np.asarray(keys, np.uint32)
     em = E.emulate_nms(boxes, logits, keys, thresh, offset)
     want = nms(boxes.astype(np.float64), logits, keys.astype(np.int64), thresh, offset)
     np.testing.assert_array_equal(em.kept, want)
-    ahead = E.emulate_nms(boxes, logits, keys, thresh, offset, lookahead=True)  # the other rule
-    np.testing.assert_array_equal(ahead.kept, want)
-    assert ahead.rounds <= em.rounds
+    if rewalk:
+        ahead = E.emulate_nms(boxes, logits, keys, thresh, offset, lookahead=True)  # the other rule
+        ahead_kept, ahead_rounds = ahead.kept, ahead.rounds
+    else:
+        iso = E.geometry(boxes[em.order], offset)[3]
+        assert int(iso.sum()) == em.isolated
+        status, ahead_rounds = E.resolve_rounds(len(boxes), iso, em.edge_j, em.edge_i, lookahead=True)
+        ahead_kept = em.order[np.flatnonzero(status == E.KEPT)]
+    np.testing.assert_array_equal(ahead_kept, want)
+    assert ahead_rounds <= em.rounds
     assert em.kept.dtype == np.int64
     np.testing.assert_array_equal(em.order[np.argsort(em.order)], np.arange(len(boxes)))
     if brute_force if brute_force is not None else len(boxes) <= 2500:
@@ -138,7 +148,8 @@ def test_identical_boxes_cost_linear_work_per_round_in_the_kernel_walk():
     """Each walk meets the best box first (lowest rank in the shared cell) and stops there."""
     n = 3000
     boxes = np.tile(np.float32([[0, 0, 30, 30]]), (n, 1))
-    em = _check(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.5, 1.0, brute_force=False)
+    em = _check(boxes, -np.arange(n, dtype=np.float32), np.arange(n), 0.5, 1.0, brute_force=False,
+                rewalk=False)
     assert em.rounds == 2 and len(em.kept) == 1
     first = np.unique(em.edge_j, return_index=True)[1]
     assert (em.edge_i[first] == 0).all()
@@ -348,7 +359,7 @@ def test_large_scene_of_200k_candidates():
     pick = rng.integers(0, n_faces, n)
     centres = faces[pick] + rng.normal(0, 0.05, (n, 2)) * fsize[pick, None]
     boxes = _boxes(centres, fsize[pick] * np.exp(rng.normal(0, 0.1, n)), rng.uniform(0.9, 1.1, n))
-    em = _check(boxes, rng.normal(-2, 1, n), rng.permutation(n), 0.3, 1.0)
+    em = _check(boxes, rng.normal(-2, 1, n), rng.permutation(n), 0.3, 1.0, rewalk=False)
     assert len(em.kept) < 2 * n_faces and em.rounds < 200
     assert em.overlap_pairs < 60 * n and em.candidate_pairs < 2 * em.overlap_pairs
 
