@@ -17,6 +17,7 @@ Values are seeded random float32 (BN variances / sigmas positive). A full ResNet
 
 from __future__ import annotations
 
+import functools
 import string
 from pathlib import Path
 
@@ -70,7 +71,13 @@ def port_state_dict_shapes(depth: int = 101) -> dict[str, tuple[int, ...]]:
 
 
 def fake_port_state_dict(depth: int = 101, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seeded random tensors for every key of :func:`port_state_dict_shapes`."""
+    """Seeded random tensors for every key of :func:`port_state_dict_shapes` (new tensors at
+    each call; a ResNet-50's generated once per seed in a process)."""
+    made = _cached_port_state_dict(seed) if depth == 50 else _fake_port_state_dict(depth, seed)
+    return {key: value.clone() for key, value in made.items()}
+
+
+def _fake_port_state_dict(depth: int, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for key, shape in port_state_dict_shapes(depth).items():
@@ -81,6 +88,11 @@ def fake_port_state_dict(depth: int = 101, seed: int = 0) -> dict[str, torch.Ten
         else:
             state[key] = 0.05 * torch.randn(shape, generator=gen)
     return state
+
+
+@functools.lru_cache(maxsize=4)  # ~35 MB each
+def _cached_port_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    return _fake_port_state_dict(50, seed)
 
 
 def write_fake_pytorch_checkpoint(path: str | Path, depth: int = 50, seed: int = 0, *,
@@ -216,6 +228,13 @@ def _build_dagnn(depth: int, seed: int, bilinear_score4: bool) -> _DagBuilder:
     return d
 
 
+@functools.lru_cache(maxsize=4)  # ~35 MB each
+def _cached_dagnn50(seed: int, bilinear_score4: bool) -> _DagBuilder:
+    """A ResNet-50 DagNN's layers and values, built once per arguments in a process (read
+    only: the writer copies the values it returns)."""
+    return _build_dagnn(50, seed, bilinear_score4)
+
+
 def _cell(items: list[str]) -> np.ndarray:
     if not items:
         return np.empty((0, 0), dtype=object)
@@ -247,8 +266,9 @@ def write_fake_hr_res101_mat(path: str | Path, depth: int = 101, seed: int = 0, 
         bilinear_score4: the real file's channel-diagonal bilinear ``score4f`` instead of a
             random one (random makes the filter orientation observable).
     """
-    d = _build_dagnn(depth, seed, bilinear_score4)
-    params = {k: v for k, v in d.params.items() if k not in drop}
+    d = (_cached_dagnn50(seed, bilinear_score4) if depth == 50
+         else _build_dagnn(depth, seed, bilinear_score4))
+    params = {k: v.copy() for k, v in d.params.items() if k not in drop}
     params.update(override or {})
     param_records = [dict(name=k, value=v, learningRate=1.0, weightDecay=1.0)
                      for k, v in params.items()]

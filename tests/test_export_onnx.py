@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import Counter
@@ -13,7 +14,6 @@ import pytest
 import torch
 
 from tinyfaces_trt.export.export_pipeline import _commit, export_model
-from tinyfaces_trt.export.model import build_model
 from tinyfaces_trt.export.onnx_export import VERIFY_RTOL, onnx_vs_torch
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import ConfigError, ManifestError
@@ -27,17 +27,28 @@ ODD_SIZES = ((37, 53), (61, 29))
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_model(depth=50, variant="pytorch", seed=0)
+def model(seeded):
+    """The session's seeded ResNet-50 (build_model(depth=50, seed=0): variant "pytorch")."""
+    net = seeded[0]
+    assert (net.depth, net.variant, net.seed) == (50, "pytorch", 0)
+    return net
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    """One fp32 + fp16 export (no engine) shared by the tests of this module."""
+def exported(model, export_dir, tmp_path_factory):
+    """One fp32 + fp16 export (no engine) shared by the tests of this module. Its torch -> ONNX
+    step is the session export's: that graph is torch_to_onnx of this same network (the
+    session's checkpoint of it), made once per run; everything after it runs here."""
+    from tinyfaces_trt.export import export_pipeline
+
+    proto = onnx.load(str(export_dir / "model.onnx"))
     out = tmp_path_factory.mktemp("export")
     lines: list[str] = []
-    manifest = export_model(model, model.detector_config(), out, fp16=True, engine=False,
-                            image_sizes=[(120, 160)], untrained=True, verify=False, log=lines.append)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
+        manifest = export_model(model, model.detector_config(), out, fp16=True, engine=False,
+                                image_sizes=[(120, 160)], untrained=True, verify=False,
+                                log=lines.append)
     return out, manifest, lines
 
 

@@ -31,12 +31,20 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def fast_onnx(export_dir, monkeypatch):
-    """The torch -> ONNX step (the slow part) replaced by the shared export's graph."""
+def fast_onnx(export_dir, seeded, monkeypatch):
+    """The torch -> ONNX step (the slow part) replaced by the shared export's graph, and the
+    load of the session's checkpoint by the network it holds (the session's: the graph above
+    does not come from the loaded one); returns the weights paths the CLI loaded."""
     import onnx
+
+    from tinyfaces_trt.export import weights
 
     proto = onnx.load(str(export_dir / "model.onnx"))
     monkeypatch.setattr(export_pipeline, "torch_to_onnx", lambda *a, **k: copy.deepcopy(proto))
+    loaded = []
+    monkeypatch.setattr(weights, "load_model", lambda path, **kwargs: loaded.append(Path(path))
+                        or seeded)
+    return loaded
 
 
 def test_a_checkpoint_replaced_while_it_loads_is_refused(checkpoint, tmp_path, capsys,
@@ -88,6 +96,7 @@ def test_a_failed_engine_leaves_the_previous_folder_and_its_engine(tensorrt, che
         monkeypatch.setattr(export_pipeline, "tensorrt_problem", lambda: None)
         monkeypatch.setattr(export_pipeline, "build_engine", failed)
     code = main(["--weights", str(checkpoint), "--out", str(previous), "--engine", "--no-verify"])
+    assert fast_onnx == [checkpoint]
     last = capsys.readouterr().err.splitlines()[-1]
     if tensorrt == "missing":
         assert code == EXIT_NO_TENSORRT
@@ -115,6 +124,7 @@ def test_out_a_symbolic_link_replaces_the_folder_it_points_to(checkpoint, export
     current.symlink_to("v1")
     assert main(["--weights", str(checkpoint), "--out", str(current), "--no-verify",
                  "--no-engine"]) == EXIT_OK
+    assert fast_onnx == [checkpoint]
     captured = capsys.readouterr()
     assert captured.out == f"{current / MANIFEST_NAME}\n"
     assert f"tf-export: {current} is a symbolic link: exporting into the folder it points to, {v1}" \

@@ -18,8 +18,11 @@ from tinyfaces_trt.core.config import DetectorConfig
 
 
 @pytest.fixture(scope="module")
-def seeded50() -> TinyFacesNet:
-    return build_model(50, "pytorch", seed=0)
+def seeded50(seeded) -> TinyFacesNet:
+    """The session's build_model(depth=50, seed=0) (variant "pytorch"), built once per worker."""
+    model = seeded[0]
+    assert (model.depth, model.variant, model.seed) == (50, "pytorch", 0)
+    return model
 
 
 def _image_input(height: int, width: int, variant: str, seed: int) -> torch.Tensor:

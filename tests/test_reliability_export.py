@@ -148,9 +148,14 @@ def test_manifest_records_sha256_and_size(export_dir):
 # -------------------------------------------------------------- the export cache
 
 def test_damaged_cache_entry_is_exported_again_and_stale_staging_removed(export_dir, checkpoint,
-                                                                         tmp_path, caplog,
-                                                                         fast_export):
+                                                                         seeded, tmp_path, caplog,
+                                                                         fast_export, monkeypatch):
+    from tinyfaces_trt import export_cache
     from tinyfaces_trt.export_cache import cached_export
+
+    loaded = []  # the checkpoint's network, as loading it gives (the session's, not reloaded)
+    monkeypatch.setattr(export_cache, "reference_model",
+                        lambda *args, **kwargs: loaded.append(args[0]) or seeded)
 
     cache = tmp_path / "cache"
     entry = cache / export_dir.name
@@ -163,6 +168,7 @@ def test_damaged_cache_entry_is_exported_again_and_stale_staging_removed(export_
         folder = cached_export(checkpoint, fp16=False, cache_dir=cache, progress=lambda _: None,
                                verify=False)
     assert "is damaged" in caplog.text and "exporting it again" in caplog.text
+    assert loaded == [checkpoint]
     assert folder.path == entry and not stale.exists()
     assert folder.has_checksums and folder.onnx_fp16 is None  # re-exported (fp32 only)
     load_export_folder(entry)  # and it verifies
