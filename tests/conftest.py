@@ -24,12 +24,12 @@ from tinyfaces_trt.export_cache import cached_export
 #: and the suite's longest file (tests/test_kernels_cpu.py, ~80 s) bounds the gain beyond 4.
 MAX_AUTO_WORKERS = 4
 
-#: The slowest files (seconds, one process on 2 cores, 2026-12-01), collected first so that
+#: The slowest files (seconds, one process on 2 cores, 2026-12-03), collected first so that
 #: ``--dist loadfile`` starts them first and no worker is left alone with one at the end.
-SLOW_FILES = {"test_kernels_cpu.py": 82, "test_torch_cuda.py": 64, "test_cli_export.py": 46,
-              "test_scaleout_ray.py": 43, "test_anonymize_benchmark_smoke.py": 30,
-              "test_kernels_build.py": 22, "test_benchmarks_device_path.py": 21,
-              "test_backends.py": 21, "test_nms_uncapped.py": 17, "test_export_onnx.py": 14}
+SLOW_FILES = {"test_torch_cuda.py": 64, "test_kernels_cpu.py": 55, "test_scaleout_ray.py": 45,
+              "test_anonymize_benchmark_smoke.py": 30, "test_cli_export.py": 25,
+              "test_kernels_build.py": 22, "test_backends.py": 15, "test_nms_uncapped.py": 13,
+              "test_export_onnx.py": 12, "test_benchmarks_device_path.py": 10}
 
 
 def pytest_configure(config: pytest.Config) -> None:
