@@ -516,14 +516,24 @@ def test_loader_options_without_a_checkpoint_are_refused_not_ignored(backend, ex
             create_detector(backend, **folder, **options)
 
 
-def test_torch_backend_runs_checkpoint(checkpoint, seeded):
+@pytest.fixture(scope="module")
+def reference_64(seeded):
+    """A 64x64 synthetic image and the torch reference's detections of it (the seeded network),
+    computed once for the tests that compare a checkpoint's detectors with it."""
     image = synthetic_image(64, 64, seed=1)
+    return image, Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
+
+
+def test_torch_backend_runs_checkpoint(checkpoint, reference_64):
+    image, expected = reference_64
     detector = create_detector("torch", weights=checkpoint)
-    expected = Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
     np.testing.assert_array_equal(detector.detect(image), expected)
 
 
-def test_weights_export_into_cache_once_and_reuse(checkpoint, export_dir, tmp_path, seeded):
+def test_weights_export_into_cache_once_and_reuse(checkpoint, export_dir, tmp_path, reference_64,
+                                                  fast_export):
+    """fast_export: the checkpoint's graph is the shared export's (torch's exporter is not
+    what this checks); the rest of the cache's export runs for real."""
     key = cache_key(checkpoint)
     assert export_dir.name == key
     folder = tmp_path / key
@@ -538,8 +548,7 @@ def test_weights_export_into_cache_once_and_reuse(checkpoint, export_dir, tmp_pa
     manifest = load_export_folder(folder).manifest
     assert manifest["weights"]["sha256"].startswith(key) and manifest["untrained"] is False
     assert "onnx_fp16" not in manifest["files"]  # fp32 was asked for
-    image = synthetic_image(64, 64, seed=1)
-    expected = Detector(TorchRunner(seeded[0]), seeded[1]).detect(image)
+    image, expected = reference_64
     np.testing.assert_allclose(detector.detect(image), expected, atol=1e-3)
 
     stamp = os.stat(folder / "model.onnx").st_mtime_ns
@@ -573,9 +582,10 @@ def test_bad_weights_give_weights_error(tmp_path):
     assert not any((tmp_path / "cache").glob("*/manifest.json"))
 
 
-def test_cache_export_warns_once_and_gives_no_trtexec_hint(tmp_path, monkeypatch):
+def test_cache_export_warns_once_and_gives_no_trtexec_hint(tmp_path, monkeypatch, fast_export):
     """tf-detect's cache export: the untrained warning once, no trtexec hint; tf-export's own
-    export (export_model defaults) keeps the repeated warning and the hint."""
+    export (export_model defaults) keeps the repeated warning and the hint. (fast_export: the
+    graph written is the shared export's, whatever the model; only the lines are checked.)"""
     import torch
 
     from tinyfaces_trt.export.export_pipeline import UNTRAINED_WARNING, export_model

@@ -1,4 +1,8 @@
-"""The ``tf-export`` command line: arguments, messages, exit codes, end to end on a checkpoint."""
+"""The ``tf-export`` command line: arguments, messages, exit codes, end to end on a checkpoint.
+
+The command runs in this process (``main(argv)``'s return value is the exit status, capfd
+holds what it printed) on the session's seeded checkpoint (tests/conftest.py); only the case
+that takes torch away from the interpreter starts a process of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import sys
 import onnx
 import pytest
 
-from helpers_weights import write_fake_pytorch_checkpoint
 from tinyfaces_trt.export.cli_export import (EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE, main,
                                              parse_image_size, parse_shape)
 from tinyfaces_trt.export.trt_build import tensorrt_version
@@ -20,16 +23,13 @@ pytest.importorskip("onnxruntime")
 HAS_TRT = tensorrt_version() is not None
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from tinyfaces_trt.export.cli_export import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "checkpoint_50.pth"
-    write_fake_pytorch_checkpoint(path, depth=50, seed=3)
-    return path
+def _run_cli(capfd, *args: str) -> subprocess.CompletedProcess:
+    """tf-export run in this process: its exit status and what it wrote to stdout and stderr
+    (file descriptors included, as a process of its own would show them)."""
+    capfd.readouterr()  # what came before is not the command's
+    code = main(list(args))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["tf-export", *args], code, out, err)
 
 
 def test_help_lists_exit_codes(capsys):
@@ -92,9 +92,11 @@ def test_unusable_out_folder_fails_before_loading_weights(capsys, tmp_path):
 
 
 def test_a_model_written_with_another_opset_is_an_error_and_the_folder_unchanged(tmp_path, capsys,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch,
+                                                                                  checkpoint):
     """torch's exporter wrote opset 18 for --opset 13 and the manifest said 13: whatever
-    writes another opset than the requested one fails the export, one line, exit 1."""
+    writes another opset than the requested one fails the export, one line, exit 1. (The
+    session's checkpoint: loading it costs less than building the --untrained network.)"""
     import torch
 
     from tinyfaces_trt.export import export_pipeline
@@ -106,7 +108,7 @@ def test_a_model_written_with_another_opset_is_an_error_and_the_folder_unchanged
     out = tmp_path / "exp"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["--untrained", "--depth", "50", "--out", str(out), "--opset", "17",
+    assert main(["--weights", str(checkpoint), "--out", str(out), "--opset", "17",
                  "--no-verify"]) == EXIT_ERROR
     captured = capsys.readouterr()
     assert captured.err.splitlines()[-1] == (f"tf-export: error: {out.absolute() / 'model.onnx'} was "
@@ -146,11 +148,11 @@ def test_without_the_export_extra_one_line_and_exit_1(tmp_path):
     (None, "weights file not found"),
     (b"this is not a checkpoint", "not a readable PyTorch checkpoint"),
 ])
-def test_bad_weights_exit_1_without_traceback(tmp_path, content, message):
+def test_bad_weights_exit_1_without_traceback(tmp_path, capfd, content, message):
     weights = tmp_path / "w.pth"
     if content is not None:
         weights.write_bytes(content)
-    result = _run_cli("--weights", str(weights), "--out", str(tmp_path / "out"))
+    result = _run_cli(capfd, "--weights", str(weights), "--out", str(tmp_path / "out"))
     assert result.returncode == EXIT_ERROR
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -179,9 +181,11 @@ def test_variant_override_of_a_pytorch_checkpoint_warns_on_stderr(checkpoint, tm
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")
-def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path):
+def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path, capfd,
+                                                           fast_export):
+    """fast_export: the checkpoint's graph is the shared export's; the rest of the export runs."""
     out = tmp_path / "exp"
-    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--fp16", "--engine",
+    result = _run_cli(capfd, "--weights", str(checkpoint), "--out", str(out), "--fp16", "--engine",
                       "--image-size", "91x67", "--no-verify")
     assert result.returncode == EXIT_NO_TENSORRT, result.stderr
     assert "Traceback" not in result.stderr
@@ -203,9 +207,11 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the TensorRT-missing path")
-def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path):
+def test_fp16_without_tensorrt_exits_0(checkpoint, tmp_path, capfd):
+    """The whole export, torch's exporter included (the only export of the network at an opset
+    other than the default 17, the shared export's)."""
     out = tmp_path / "exp"
-    result = _run_cli("--weights", str(checkpoint), "--out", str(out), "--fp16", "--image-size", "91x67",
+    result = _run_cli(capfd, "--weights", str(checkpoint), "--out", str(out), "--fp16", "--image-size", "91x67",
                       "--opset", "18", "--no-verify", "--max-batch", "4")
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.strip() == str(out / "manifest.json")

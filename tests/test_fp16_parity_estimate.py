@@ -33,10 +33,22 @@ def test_the_emulation_rounds_to_fp16_within_its_tolerances_and_leaves_the_model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_the_estimate_is_the_parity_row_of_the_gpu_check(capsys):
-    assert _tool().main(["--image-size", "96x64,64x48", "--depth", "50"]) == 0
+def test_the_estimate_is_the_parity_row_of_the_gpu_check(capsys, monkeypatch, seeded):
+    """Two small images (one row each; the rows do not depend on the size). The tool's network,
+    build_model(depth=50, variant="pytorch", seed=0), is the session's seeded one: build_model
+    is deterministic (bitwise), so the same weights without building them once per size."""
+    tool = _tool()
+    built = []
+
+    def seeded_network(depth, variant, seed):
+        built.append((depth, variant, seed))
+        return seeded[0]
+
+    monkeypatch.setattr(tool, "build_model", seeded_network)
+    assert tool.main(["--image-size", "64x48,32x24", "--depth", "50"]) == 0
+    assert built == [(50, "pytorch", 0)] * 2  # the default variant and seed, once per size
     small, smaller = json.loads(capsys.readouterr().out)
     assert small["passed"] is True and small["precision"] == "fp16"
-    assert small["image_size"] == [96, 64] and small["depth"] == 50
+    assert small["image_size"] == [64, 48] and small["depth"] == 50
     assert small["reference"] > 0 and small["matched"] > 0 and small["max_score_diff"] > 0
-    assert smaller["image_size"] == [64, 48]
+    assert smaller["image_size"] == [32, 24]

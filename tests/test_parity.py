@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyfaces_trt.export.model import build_model
+from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.parity.cli import EXIT_SKIPPED, exit_status, main
 from tinyfaces_trt.parity.compare import (TOLERANCES, DetectionTolerance, compare_detections,
                                           compare_maps, match_detections)
@@ -284,7 +284,11 @@ def test_statuses_and_exit_status():
 # tf-parity
 # ---------------------------------------------------------------------------------------------
 
-def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
+def test_cli_reports_table_and_json_and_detection_settings_reach_both_sides(capsys, tmp_path,
+                                                                           checkpoint, folder):
+    """The report of a run with the default detection settings, then a run with wider ones
+    compared with its onnxruntime 33x47 row (the same comparison a run of that row alone
+    makes: the reference and each backend run per size)."""
     out = tmp_path / "parity.json"
     code = main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47,21x18",
                  "--backends", "onnxruntime,onnxruntime-fp16", "--json", str(out)])
@@ -300,20 +304,17 @@ def test_cli_reports_table_and_json(capsys, tmp_path, checkpoint, folder):
     assert report["tolerances"]["fp16"]["maps"]["atol"] == TOLERANCES["fp16"].maps.atol
     assert all(r["maps"]["max_abs"] < 0.1 for r in report["results"])
 
-
-def test_cli_detection_settings_reach_both_sides(capsys, tmp_path, checkpoint, folder):
-    counts = {}
-    for name, extra in (("default", []), ("wider", ["--prob-thresh", "0.03", "--pyramid", "fixed",
-                                                    "--nms-thresh", "0.5"])):
-        out = tmp_path / f"{name}.json"
-        assert main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
-                     "--backends", "onnxruntime", "--json", str(out), *extra]) == 0
-        report = json.loads(out.read_text())
-        (row,) = report["results"]
-        if name == "wider":
-            assert report["settings"] == {"prob_thresh": 0.03, "nms_thresh": 0.5,
-                                          "pyramid": "fixed"}
-        counts[name] = (row["levels"], row["detections"]["n_ref"], row["detections"]["n_test"])
+    (row,) = [r for r in report["results"]
+              if (r["backend"], r["width"], r["height"]) == ("onnxruntime", 33, 47)]
+    counts = {"default": (row["levels"], row["detections"]["n_ref"], row["detections"]["n_test"])}
+    out = tmp_path / "wider.json"
+    assert main(["--weights", str(checkpoint), "--model", str(folder.path), "--sizes", "33x47",
+                 "--backends", "onnxruntime", "--json", str(out), "--prob-thresh", "0.03",
+                 "--pyramid", "fixed", "--nms-thresh", "0.5"]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert report["settings"] == {"prob_thresh": 0.03, "nms_thresh": 0.5, "pyramid": "fixed"}
+    counts["wider"] = (row["levels"], row["detections"]["n_ref"], row["detections"]["n_test"])
     capsys.readouterr()
     levels, n_ref, n_test = counts["wider"]
     assert levels == 4  # the fixed rule's 2^-2 .. 2^1
@@ -322,9 +323,11 @@ def test_cli_detection_settings_reach_both_sides(capsys, tmp_path, checkpoint, f
 
 
 def test_cli_exports_into_a_temporary_folder_when_no_model_is_given(capsys, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, fast_export):
     """--help's first example (without --model) end to end: no trtexec hint naming a file of
-    the temporary folder, which is gone afterwards."""
+    the temporary folder, which is gone afterwards. (fast_export: the untrained ResNet-50 of
+    seed 0 is the seeded network, whose graph the shared export holds; the rest of the
+    export, into the temporary folder, runs.)"""
     import tempfile
 
     work = tmp_path / "tmp"
@@ -342,21 +345,23 @@ def test_cli_exports_into_a_temporary_folder_when_no_model_is_given(capsys, tmp_
     assert list(work.glob("tf-parity-*")) == []  # (torch keeps its own caches there)
 
 
-def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder):
+def test_cli_refuses_an_export_of_other_weights(capsys, tmp_path, folder, seeded):
     other = tmp_path / "other.pth"
-    torch.save({"model": build_model(depth=50, seed=1).state_dict()}, other)
+    state = dict(seeded[0].state_dict())
+    state["model.conv1.weight"] = state["model.conv1.weight"] * 1.5  # other weights, same network
+    torch.save({"model": state}, other)
     code = main(["--weights", str(other), "--model", str(folder.path), "--sizes", "33x47"])
     assert code == 2
     assert "was not made from" in capsys.readouterr().err
 
 
-def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, checkpoint):
+def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, checkpoint, seeded):
     from tinyfaces_trt.core.manifest import write_manifest
 
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     (untrained / "model.onnx").write_bytes(b"never loaded")
-    write_manifest(untrained, config=build_model(depth=50, seed=0).detector_config(),
+    write_manifest(untrained, config=seeded[1],  # build_model(depth=50, seed=0)'s
                    files={"onnx_fp32": "model.onnx"}, opset=17, untrained=True)
     code = main(["--weights", str(checkpoint), "--model", str(untrained), "--sizes", "33x47"])
     assert code == 2
@@ -365,7 +370,7 @@ def test_cli_names_an_untrained_export_given_with_weights(capsys, tmp_path, chec
 
 
 def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_first(
-        capsys, tmp_path):
+        capsys, tmp_path, seeded):
     """Another seed's network failed every comparison (max abs error 5) as if a backend were
     wrong; a --json that cannot be written was found after the whole run."""
     from tinyfaces_trt.core.manifest import write_manifest
@@ -373,7 +378,7 @@ def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     (untrained / "model.onnx").write_bytes(b"never loaded")
-    write_manifest(untrained, config=build_model(depth=50, seed=0).detector_config(),
+    write_manifest(untrained, config=seeded[1],  # build_model(depth=50, seed=0)'s
                    files={"onnx_fp32": "model.onnx"}, opset=17, untrained=True,
                    extra={"model": {"depth": 50, "variant": "pytorch", "seed": 0}})
     code = main(["--untrained", "--depth", "50", "--seed", "3", "--model", str(untrained),
@@ -402,8 +407,9 @@ def test_cli_refuses_an_export_of_another_variant_and_takes_variant(capsys, tmp_
     mcn = tmp_path / "mcn"
     mcn.mkdir()
     (mcn / "model.onnx").write_bytes(b"not an ONNX model")
-    model = build_model(depth=50, variant="matconvnet", seed=0)
-    write_manifest(mcn, config=model.detector_config(), files={"onnx_fp32": "model.onnx"},
+    # a matconvnet network's config (TinyFacesNet.detector_config), without building one
+    write_manifest(mcn, config=DetectorConfig.for_variant("matconvnet"),
+                   files={"onnx_fp32": "model.onnx"},
                    opset=17, untrained=True,
                    extra={"model": {"depth": 50, "variant": "matconvnet", "seed": 0}})
     argv = ["--untrained", "--depth", "50", "--model", str(mcn), "--sizes", "33x47",
