@@ -102,7 +102,8 @@ def test_tf_detect_interrupted_exits_130_under_python_m(tmp_path, photos, export
 
 def test_tf_export_interrupted_exits_130_under_python_m(tmp_path):
     out = tmp_path / "export"
-    done = _drive(tmp_path, "tinyfaces_trt.export.weights.load_model", "exec",
+    # interrupted as it checks --out, before it imports torch (seconds of the child's start)
+    done = _drive(tmp_path, "tinyfaces_trt.export.cli_export.check_out_dir", "exec",
                   "tinyfaces_trt.export.cli_export", "--untrained", "--out", out)
     assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
     assert f"tf-export: interrupted; {out} is unchanged" in done.stderr

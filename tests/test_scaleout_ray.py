@@ -1,6 +1,9 @@
 """Scale-out on a real local Ray cluster (127.0.0.1, 2 CPUs), one cluster for the module:
-the distributed batch job against the single-process run, a worker killed mid-job, and the
-Ray Serve app under a bounded load with bad requests mixed in. Skipped without Ray."""
+the distributed batch job against the single-process run, a worker killed mid-job; tf-serve
+on a cluster where Serve already runs (another team's, or another tf-serve's): it refuses
+what would take that service over, and its exit leaves that service running; and the Ray
+Serve app under a bounded load with bad requests mixed in, answering as tf-detect and
+tf-anonymize. Skipped without Ray."""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ import concurrent.futures
 import http.client
 import io
 import json
+import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +36,8 @@ from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
 from tinyfaces_trt.detectors import DetectorSpec  # noqa: E402
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
 from tinyfaces_trt.runtime.draw import blur_boxes  # noqa: E402
-from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, apply_masks  # noqa: E402
+from tinyfaces_trt.runtime.imageio import decode_image, encode_image  # noqa: E402
+from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE, MaskStyle, apply_masks  # noqa: E402
 from tinyfaces_trt.cli.detect_ray import (  # noqa: E402
     DetectOptions, expected_outputs, main as ray_detect_main, outputs_exist, plan_tasks)
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial, run_tasks  # noqa: E402
@@ -231,25 +238,64 @@ MAX_REQUEST_BYTES = 256 * 1024
 MAX_PIXELS = 1_000_000
 
 
-@pytest.fixture(scope="module")
-def server(cluster, export_dir):
-    from ray import serve
-
-    from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"log_level": "WARNING"})
-    options = ServeOptions(DetectorSpec(model_dir=str(export_dir)), replicas=2,
-                           max_batch_size=4, batch_wait_ms=5,
-                           max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS,
-                           warmup=(ImageSize(width=32, height=24),))
-    serve.run(build_app(options), name=APP_NAME, route_prefix="/",
-              logging_config={"log_level": "WARNING"})
-    yield port
-    serve.shutdown()
+        return s.getsockname()[1]
+
+
+class _ServeSlot:
+    """Ray Serve on the module's cluster, which has one HTTP config: either the module's
+    tf-serve application (:meth:`start_server`, started once and kept for the tests that
+    ask for it) or, for a test about a cluster where Serve already runs, that test's own
+    Serve (:meth:`stop` first)."""
+
+    def __init__(self, export_dir: Path) -> None:
+        self.export_dir = export_dir
+        self.port: int | None = None
+
+    def start_server(self) -> int:
+        if self.port is None:
+            from ray import serve
+
+            from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
+
+            port = _free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port},
+                        logging_config={"log_level": "WARNING"})
+            options = ServeOptions(DetectorSpec(model_dir=str(self.export_dir)), replicas=2,
+                                   max_batch_size=4, batch_wait_ms=5,
+                                   max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS,
+                                   warmup=(ImageSize(width=32, height=24),))
+            try:
+                serve.run(build_app(options), name=APP_NAME, route_prefix="/",
+                          logging_config={"log_level": "WARNING"})
+            except BaseException:
+                serve.shutdown()
+                raise
+            self.port = port
+        return self.port
+
+    def stop(self) -> None:
+        if self.port is not None:
+            from ray import serve
+
+            self.port = None
+            serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_slot(cluster, export_dir):
+    slot = _ServeSlot(export_dir)
+    yield slot
+    slot.stop()
+
+
+@pytest.fixture
+def server(serve_slot):
+    """The port of the module's tf-serve application (2 replicas, batches of up to 4, warmed
+    up for 32x24) on the local cluster."""
+    return serve_slot.start_server()
 
 
 def _request(port: int, method: str, path: str, body: bytes = b"",
@@ -276,6 +322,115 @@ def reference_detector(export_dir):
     yield detector
     detector.close()
 
+
+# --- tf-serve on a cluster where Serve already runs ---------------------------------------
+# (before the tests of the module's application: each of these stops it, for Serve of its own)
+
+#: Longest a tf-serve in these tests may run before a safety SIGTERM stops it.
+LIMIT_S = 180
+
+
+@pytest.fixture
+def other_service(serve_slot):
+    """Serve on port A with a tiny application (the other team's), shut down afterwards.
+    The module's application, where it runs, goes first: Serve has one HTTP config per
+    cluster."""
+    from ray import serve
+
+    serve_slot.stop()
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+    def other(request) -> str:
+        return "other"
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"log_level": "WARNING"})
+
+    def deploy(name: str, route: str) -> None:
+        serve.run(other.bind(), name=name, route_prefix=route,
+                  logging_config={"log_level": "WARNING"})
+
+    yield port, deploy
+    serve.shutdown()
+
+
+def _tf_serve(cluster, argv: list[str], *, once_serving=None) -> int:
+    """cli_serve.main on the test cluster; ``once_serving()`` runs in a thread once our
+    application is RUNNING, then SIGTERM stops it (also after LIMIT_S, whatever happens)."""
+    from ray import serve
+
+    from tinyfaces_trt.scaleout import cli_serve
+    from tinyfaces_trt.scaleout.serve import APP_NAME
+
+    address = cluster.get_runtime_context().gcs_address  # joined, as a second tf-serve does
+    stopped = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + LIMIT_S
+        while time.monotonic() < deadline and not stopped.is_set():
+            app = serve.status().applications.get(APP_NAME)
+            if once_serving and app is not None and app.status == "RUNNING":
+                once_serving()
+                break
+            time.sleep(0.5)
+        if not stopped.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return cli_serve.main([*argv, "--address", address])
+    finally:
+        stopped.set()
+        watcher.join(10)
+
+
+def _answers(port: int, path: str) -> tuple[int, bytes]:
+    status, body, _ = _request(port, "GET", path, content_type=None)
+    return status, body
+
+
+def test_a_second_tf_serve_refuses_to_replace_the_first(cluster, other_service, export_dir,
+                                                       capsys):
+    """The reviewer's case: a second tf-serve (another port) replaced the first one's
+    application "tinyfaces" at "/", said it served on a port where nothing listened, and its
+    SIGTERM took the first service down."""
+    from tinyfaces_trt.scaleout.serve import APP_NAME
+
+    port, deploy = other_service
+    deploy(APP_NAME, "/")  # the first tf-serve
+    second = _free_port()
+    assert _tf_serve(cluster, ["--model", str(export_dir), "--port", str(second)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"tf-serve: error: Ray Serve on this cluster already serves '{APP_NAME}' at / on "
+        f"http://127.0.0.1:{port}: stop that service first, or run tf-serve on another Ray "
+        "cluster (--address)")
+    assert "serving on" not in err
+    assert _answers(port, "/") == (200, b"other")  # untouched, still served
+
+
+def test_tf_serve_beside_another_application_leaves_it_running(cluster, other_service,
+                                                              export_dir, capsys):
+    """Serve on the asked port with another application at another route: tf-serve serves
+    beside it, and its exit deletes only its own application (not serve.shutdown())."""
+    from ray import serve
+
+    port, deploy = other_service
+    deploy("shop", "/shop")
+    seen = []
+    status = _tf_serve(cluster, ["--model", str(export_dir), "--port", str(port)],
+                       once_serving=lambda: seen.append((_answers(port, "/healthz")[0],
+                                                         _answers(port, "/shop"))))
+    capsys.readouterr()
+    # (its "serving on" line may come after the SIGTERM the watcher sends once it answered)
+    assert status == 0 and seen == [(200, (200, b"other"))]
+    assert set(serve.status().applications) == {"shop"}
+    assert _answers(port, "/shop") == (200, b"other")
+
+
+# --- the module's tf-serve application --------------------------------------------------------
 
 def test_serve_answers_a_bounded_load_with_exact_boxes(server, reference_detector):
     images = [synthetic_image(24, 32, seed=s) for s in range(4)] + [synthetic_image(20, 36, seed=9)]
@@ -342,6 +497,45 @@ def test_anonymize_and_healthz(server, export_dir):
     assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "warmed_up": ["32x24"],
                                 "warmup_batch_sizes": [1],  # a CPU replica: single images
                                 "variant": "pytorch", "coordinate_base": 0}
+
+
+def _tf_anonymize_style() -> MaskStyle:
+    """The mask tf-anonymize itself builds by default (its own parser and ``options_from``)."""
+    from tinyfaces_trt.anonymize.cli import build_parser, options_from
+
+    return options_from(build_parser().parse_args(["in.jpg", "--out", "out"])).style
+
+
+def test_the_served_app_answers_as_tf_detect_and_tf_anonymize(server, reference_detector,
+                                                               export_dir):
+    """End to end: /detect as the detector clips, with its convention; /anonymize as
+    tf-anonymize masks (its unclipped boxes, enlarged 1.3x); /healthz with the convention;
+    unknown or bad query parameters are a JSON 400."""
+    image = synthetic_image(24, 32, seed=3)
+    with DetectorSpec(model_dir=str(export_dir),
+                      config_overrides=(("clip_boxes", False),)).create() as whole:
+        boxes, unclipped = reference_detector.detect(image), whole.detect(image)
+    assert len(boxes) > 0 and not np.array_equal(boxes, unclipped)  # some reach past a border
+    status, body, _ = _request(server, "POST", "/detect", encode_image(image))
+    assert status == 200 and json.loads(body) == {
+        "width": 32, "height": 24, "variant": "pytorch", "coordinate_base": 0,
+        "detections": detections_to_list(boxes)}
+    status, body, headers = _request(server, "POST", "/anonymize?format=png",
+                                     encode_image(image))
+    assert status == 200 and headers["x-faces"] == str(len(boxes))
+    assert np.array_equal(decode_image(body), apply_masks(image, unclipped, _tf_anonymize_style()))
+    status, body, _ = _request(server, "GET", "/healthz", content_type=None)
+    assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "variant": "pytorch",
+                                "coordinate_base": 0, "warmed_up": ["32x24"],
+                                "warmup_batch_sizes": [1]}
+    status, body, headers = _request(server, "POST", "/anonymize?mask_scale=-1",
+                                     encode_image(image))
+    assert status == 400 and headers["content-type"] == "application/json"
+    status, body, headers = _request(server, "POST", "/detect?prob_thresh=0.8",
+                                     encode_image(image))
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["message"].startswith(
+        "unknown query parameter(s) 'prob_thresh'; /detect takes no query parameters; ")
 
 
 def test_python_client_example(server, tmp_path):

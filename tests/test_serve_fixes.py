@@ -2,7 +2,9 @@
 tf-anonymize does, a detector failure is that request's JSON 500 (not its batch's), /detect
 and /healthz say the boxes' coordinate convention, the stop runs to its end through a second
 Ctrl-C, replicas that cannot be placed are refused up front, the help says what --max-queued
-limits, and the Python client sends the type of the bytes and the format of its output."""
+limits, and the Python client sends the type of the bytes and the format of its output.
+The same answers from the application served on a local Ray cluster, end to end:
+tests/test_scaleout_ray.py (test_the_served_app_answers_as_tf_detect_and_tf_anonymize)."""
 
 from __future__ import annotations
 
@@ -689,87 +691,6 @@ def test_the_python_client_sends_the_type_of_the_bytes_and_asks_for_out_s_format
 def test_the_python_client_tells_the_type_from_the_bytes(data, kind):
     client = load_script("examples/serve_client.py", "serve_client_sniff")
     assert client.content_type(data) == kind
-
-
-# --- the served application on a local 2-CPU Ray cluster (127.0.0.1) ----------------------
-
-@pytest.fixture(scope="module")
-def live(export_dir):
-    """tf-serve's application with one replica on a local 2-CPU cluster on 127.0.0.1 (as
-    tests/test_scaleout_ray.py starts it); its port."""
-    import socket
-
-    ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
-    from ray import serve
-
-    from tinyfaces_trt.detectors import DetectorSpec
-    from helpers_scaleout import init_local_ray
-    from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
-
-    init_local_ray(ray)
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port},
-                    logging_config={"log_level": "WARNING"})
-        serve.run(build_app(ServeOptions(DetectorSpec(model_dir=str(export_dir)),
-                                         max_batch_size=4, batch_wait_ms=5)),
-                  name=APP_NAME, route_prefix="/", logging_config={"log_level": "WARNING"})
-        yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-def _live_request(port: int, method: str, path: str, body: bytes = b""):
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(method, path, body=body, headers={"Content-Type": "image/png"})
-        response = connection.getresponse()
-        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-
-
-def test_the_served_app_answers_as_tf_detect_and_tf_anonymize(live, export_dir):
-    """End to end: /detect as the detector clips, with its convention; /anonymize as
-    tf-anonymize masks (its unclipped boxes, enlarged 1.3x); /healthz with the convention."""
-    from tinyfaces_trt.detectors import DetectorSpec
-    from tinyfaces_trt.parity.images import synthetic_image
-    from tinyfaces_trt.runtime.results import detections_to_list
-
-    image = synthetic_image(24, 32, seed=3)
-    clipped = DetectorSpec(model_dir=str(export_dir)).create()
-    whole = DetectorSpec(model_dir=str(export_dir),
-                         config_overrides=(("clip_boxes", False),)).create()
-    try:
-        boxes, unclipped = clipped.detect(image), whole.detect(image)
-    finally:
-        clipped.close()
-        whole.close()
-    assert len(boxes) > 0 and not np.array_equal(boxes, unclipped)  # some reach past a border
-    status, body, _ = _live_request(live, "POST", "/detect", encode_image(image))
-    assert status == 200 and json.loads(body) == {
-        "width": 32, "height": 24, "variant": "pytorch", "coordinate_base": 0,
-        "detections": detections_to_list(boxes)}
-    status, body, headers = _live_request(live, "POST", "/anonymize?format=png",
-                                          encode_image(image))
-    assert status == 200 and headers["x-faces"] == str(len(boxes))
-    assert np.array_equal(decode_image(body), apply_masks(image, unclipped, _tf_anonymize_style()))
-    status, body, _ = _live_request(live, "GET", "/healthz")
-    assert json.loads(body) == {"status": "ok", "backend": "onnxruntime", "variant": "pytorch",
-                                "coordinate_base": 0, "warmed_up": [], "warmup_batch_sizes": []}
-    status, body, headers = _live_request(live, "POST", "/anonymize?mask_scale=-1",
-                                          encode_image(image))
-    assert status == 400 and headers["content-type"] == "application/json"
-    status, body, headers = _live_request(live, "POST", "/detect?prob_thresh=0.8",
-                                          encode_image(image))
-    assert status == 400 and headers["content-type"] == "application/json"
-    assert json.loads(body)["error"]["message"].startswith(
-        "unknown query parameter(s) 'prob_thresh'; /detect takes no query parameters; ")
 
 
 def test_unreachable_face_sizes_are_one_error_before_anything_is_deployed(monkeypatch, capsys,
