@@ -169,10 +169,11 @@ def find_inputs(arguments: Sequence[str], exclude: Sequence[Path] = ()) -> Input
     its own outputs. An image of another format there (.heic, .avif, ...:
     :data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`) is an error saying to convert it,
     and its videos are named in a warning (tf-anonymize's), not passed over in silence. A file
-    is taken as is, so a non-image file gives a clear error when it is loaded. A missing path, a folder that cannot be read or a folder without images is an
-    error. An image path found again (the same absolute path) is taken once, where it comes
-    first; another name of the same file (a link) is another image, as the names of a
-    dataset whose files link into a store shared by identical ones.
+    is taken as is, so a non-image file gives a clear error when it is loaded. A missing
+    path, a folder that cannot be read or a folder without images is an error. An image
+    path found again (the same absolute path) is taken once, where it comes first; another
+    name of the same file (a link) is another image, as the names of a dataset whose files
+    link into a store shared by identical ones.
     """
     excluded = [Path(e).resolve() for e in exclude]
     found = Inputs()
