@@ -198,6 +198,13 @@ def outside_out(folder: str | os.PathLike[str], root: str | os.PathLike[str]) ->
     return None if within(real, Path(root)) else real
 
 
+def named(names: Sequence[str]) -> str:
+    """The first :data:`NAMES_LISTED` of ``names``, comma separated, then ``and <k> more``
+    where there are more."""
+    more = len(names) - NAMES_LISTED
+    return ", ".join(names[:NAMES_LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
 def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) -> list[str]:
     """What walks left out, in lines to show: ``<path>: <why>`` for each (path, why) of
     ``entries``, or, for a why of more than :data:`NAMES_LISTED`, one line counting them
@@ -210,9 +217,7 @@ def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) 
         if len(names) <= NAMES_LISTED:
             lines.extend(f"{name}: {why}" for name in names)
         else:
-            lines.append(f"{len(names)} {many.get(why, why)}: "
-                         f"{', '.join(names[:NAMES_LISTED])} and "
-                         f"{len(names) - NAMES_LISTED} more")
+            lines.append(f"{len(names)} {many.get(why, why)}: {named(names)}")
     return lines
 
 

@@ -50,8 +50,8 @@ from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progre
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
                                        LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
                                        UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut, image_format,
-                                       is_special, outside_out, unsupported_image, walk_files,
-                                       within)
+                                       is_special, named, outside_out, unsupported_image,
+                                       walk_files, within)
 from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
 from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
@@ -420,10 +420,8 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
         errors.append((str(folder), f"{folder}: folder holds no image or video files" +
                        (f" ({passed} left out: {LEFT_OUT_TEXT})" if passed else "")))
     if others:
-        more = len(others) - _NAMES_LISTED
-        log.warning("%s: %d other file(s) left as they are (not images or videos): %s%s",
-                    folder, len(others), ", ".join(others[:_NAMES_LISTED]),
-                    f" and {more} more" if more > 0 else "")
+        log.warning("%s: %d other file(s) left as they are (not images or videos): %s",
+                    folder, len(others), named(others))
     return found, errors
 
 
@@ -551,10 +549,8 @@ def _once_each(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
         kept.append((source, rel))
     if dropped:
         names = list(dict.fromkeys(dropped))  # each name once
-        more = len(names) - _NAMES_LISTED
         log.warning("%d duplicate input(s) left out, the same file as an earlier input (by its "
-                    "real path): %s%s", len(dropped), ", ".join(names[:_NAMES_LISTED]),
-                    f" and {more} more" if more > 0 else "")
+                    "real path): %s", len(dropped), named(names))
     return kept
 
 

@@ -30,9 +30,9 @@ from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_m
 from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic, written_for_another
 from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
-                                       LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
+                                       LEFT_OUT_TEXT, OTHER_IMAGE_SUFFIXES,
                                        SPECIAL, UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut,
-                                       is_image_name, left_out_lines, outside_out,
+                                       is_image_name, left_out_lines, named, outside_out,
                                        unsupported_image, walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
@@ -225,8 +225,8 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
     root = path.resolve()
     images = []
     walked: list[LeftOut] = []
-    videos: list[Path] = []
-    errors = len(found.errors)
+    unsupported: list[tuple[str, str]] = []  # images of other formats: (path, error)
+    videos: list[str] = []
     for p in _walk(path, walked):
         holder = _output_holding(p, root, excluded)
         if holder is not None:
@@ -235,16 +235,13 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
         elif is_image_name(p):
             images.append(p)
         elif p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
-            found.errors.append((str(p), unsupported_image(p, "not read")))
+            unsupported.append((str(p), unsupported_image(p, "not read")))
         else:
-            videos.append(p)
+            videos.append(p.relative_to(path).as_posix())
     if videos:
-        more = len(videos) - NAMES_LISTED
         log.warning("%s: %d video(s) not read (tf-detect reads images; tf-anonymize anonymises "
-                    "videos): %s%s", path, len(videos),
-                    ", ".join(p.relative_to(path).as_posix() for p in videos[:NAMES_LISTED]),
-                    f" and {more} more" if more > 0 else "")
-    unsupported = len(found.errors) > errors  # images of other formats: errors already
+                    "videos): %s", path, len(videos), named(videos))
+    found.errors.extend(unsupported)
     if LeftOut(path, UNREADABLE) in walked:  # the folder given itself: an error
         walked.remove(LeftOut(path, UNREADABLE))
         found.errors.append((str(path), f"{path}: cannot read the folder"))
