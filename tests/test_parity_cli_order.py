@@ -81,3 +81,25 @@ def test_an_untrained_folder_of_another_seed_and_variant_names_the_seed_first(ca
         f"tf-parity: error: export folder {folder} holds the 'matconvnet' variant of the "
         f"network, the reference is the 'pytorch' one; give --variant matconvnet to compare "
         f"like with like")
+
+
+def test_a_folder_of_other_weights_is_refused_before_the_reference_is_built(capsys, tmp_path,
+                                                                            files, monkeypatch):
+    """The reference (a ResNet-101 takes seconds to build) is built only once the folder's
+    source is known to match; a missing --weights is named as the weights file."""
+    from tinyfaces_trt.export import weights
+
+    def built(*args, **kwargs):
+        raise AssertionError("the reference was built")
+
+    monkeypatch.setattr(weights, "load_model", built)
+    _, pth, other = files
+    folder = _folder(tmp_path / "of_other", "pytorch", weights=other)
+    assert _error(capsys, ["--weights", str(pth), "--model", str(folder)]).startswith(
+        f"tf-parity: error: export folder {folder} was not made from {pth} but from weights ")
+    untrained = _folder(tmp_path / "seed3", "pytorch", seed=3)
+    assert _error(capsys, ["--untrained", "--depth", "50", "--model", str(untrained)]).startswith(
+        f"tf-parity: error: export folder {untrained} does not hold the untrained ResNet-50 ")
+    missing = tmp_path / "missing.pth"
+    assert _error(capsys, ["--weights", str(missing), "--model", str(folder)]) == (
+        f"tf-parity: error: weights file not found: {missing}")

@@ -159,17 +159,16 @@ def _check_writable(path: Path) -> None:
         raise TinyFacesError(f"cannot write --json {path}: {problem}")
 
 
-def _check_folder_source(folder: Any, args: argparse.Namespace, reference: DetectorConfig) -> None:
-    """Refuses an export folder made from other weights than the reference's (first: a
-    ``--variant`` hint is no use then), or read as another variant (its score maps would
-    differ in shape: a setup error, not a failure)."""
+def _check_folder_source(folder: Any, args: argparse.Namespace) -> None:
+    """Refuses an export folder made from other weights than the reference's, before the
+    reference is built (a ``--variant`` hint is no use then)."""
     manifest = folder.manifest
     model = manifest.get("model") or {}
     if args.weights:
         from tinyfaces_trt.export_cache import file_sha256
 
         recorded = (manifest.get("weights") or {}).get("sha256")
-        if recorded != file_sha256(args.weights):
+        if recorded != file_sha256(args.weights, what="weights file"):
             afresh = f"leave out --model to export {args.weights} afresh"
             made_from = (f"the UNTRAINED seeded network (test it with --untrained); {afresh}"
                          if folder.untrained else
@@ -185,7 +184,12 @@ def _check_folder_source(folder: Any, args: argparse.Namespace, reference: Detec
             raise TinyFacesError(f"export folder {folder.path} does not hold the untrained "
                                  f"ResNet-{args.depth} network of seed {args.seed} "
                                  f"(untrained={folder.untrained}, depth={depth}, seed={seed})")
-    variant = model.get("variant") or folder.config.variant
+
+
+def _check_folder_variant(folder: Any, args: argparse.Namespace, reference: DetectorConfig) -> None:
+    """Refuses an export folder of the reference's weights read as another variant (its score
+    maps would differ in shape: a setup error, not a failure)."""
+    variant = (folder.manifest.get("model") or {}).get("variant") or folder.config.variant
     if variant != reference.variant:
         if args.weights:
             from tinyfaces_trt.export.weights import runnable_variants
@@ -274,13 +278,15 @@ def _run(args: argparse.Namespace) -> int:
         from tinyfaces_trt.core.manifest import load_export_folder
         from tinyfaces_trt.export.weights import load_model
 
+        folder = load_export_folder(args.model) if args.model else None
+        if folder is not None:
+            _check_folder_source(folder, args)  # before seconds of building the reference
         # --depth and --seed describe the --untrained network only
         model, config = load_model(args.weights, depth=None if args.weights else args.depth,
                                    variant=args.variant, seed=args.seed)
         with tempfile.TemporaryDirectory(prefix="tf-parity-") as work:
-            if args.model:
-                folder = load_export_folder(args.model)
-                _check_folder_source(folder, args, config)
+            if folder is not None:
+                _check_folder_variant(folder, args, config)
                 config = folder.config
                 folders: dict[str, Any] = {b: folder for b in backends}
             else:
