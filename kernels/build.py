@@ -149,19 +149,50 @@ def nvcc_version(nvcc: Path) -> str:
 MAKE_UNSAFE_CHARACTERS = ":;&|<>()`'\"\\%$*?["
 
 
+def make_can_use(folder: Path) -> bool:
+    """Whether make can build in or from ``folder`` (no whitespace nor any of
+    :data:`MAKE_UNSAFE_CHARACTERS` in its path)."""
+    return not any(c.isspace() or c in MAKE_UNSAFE_CHARACTERS for c in str(folder))
+
+
 def check_make_path(folder: Path, label: str, advice: str = "choose another folder") -> None:
-    """Refuses a folder that the Makefile cannot build in or from (whitespace or one of
-    :data:`MAKE_UNSAFE_CHARACTERS` in its path: make would write elsewhere, e.g. into ./dir
-    for "out dir", or fail half-way).
+    """Refuses a folder that the Makefile cannot build in (:func:`make_can_use`: make would
+    write elsewhere, e.g. into ./dir for "out dir", or fail half-way).
 
     Raises:
         TinyFacesError: one line naming ``label``, the path and the characters, then ``advice``.
     """
     text = str(folder)
-    if any(c.isspace() or c in MAKE_UNSAFE_CHARACTERS for c in text):
+    if not make_can_use(folder):
         listed = " ".join(MAKE_UNSAFE_CHARACTERS)
         raise TinyFacesError(f"{label}: make cannot use a folder whose path ({text!r}) holds "
                              f"whitespace or any of {listed}; {advice}")
+
+
+#: What the Makefile's ``lib`` and ``example`` targets read from the package's kernels folder.
+BUILD_SOURCES = ("Makefile", "include", "src", "examples")
+
+#: The folder inside the output folder that holds a copy of :data:`BUILD_SOURCES` when the
+#: package's own path is one make cannot use (e.g. a virtual environment in "My Projects").
+STAGED_SOURCES = ".sources"
+
+
+def stage_sources(source: Path, out_dir: Path) -> Path:
+    """``source`` when make can build from it, else a fresh copy of its
+    :data:`BUILD_SOURCES` in ``out_dir``/:data:`STAGED_SOURCES` (times kept, so an unchanged
+    package rebuilds nothing; files of an older package never linger there)."""
+    if make_can_use(source):
+        return source
+    staged = out_dir / STAGED_SOURCES
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    for name in BUILD_SOURCES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, staged / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source / name, staged / name)
+    return staged
 
 
 def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
@@ -247,12 +278,12 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
 
     Raises:
         TinyFacesError: ``--arch`` is bad or "native" without a visible GPU, the output folder
-            cannot be created or its path (or the package's) holds a character make cannot
-            handle, nvcc or make missing, or the build failed (with its output) or wrote no
+            cannot be created or its path holds a character make cannot handle (a package
+            folder whose path does is built from a copy of its sources in the output folder:
+            :func:`stage_sources`), nvcc or make missing, or the build failed (with its output) or wrote no
             library. A folder this call created is removed again while still empty.
     """
     gencode = gencode_for(arch)
-    check_make_path(package_dir(), "the package's kernels folder", "install the package elsewhere")
     with removed_if_left_empty(out if out else cache_dir()):
         return _build_into(prepare_out_dir(out), nvcc, gencode, example, verbose)
 
@@ -264,7 +295,7 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
     make = shutil.which("make")
     if make is None:
         raise TinyFacesError("`make` is needed to build the kernels and was not found on the PATH")
-    source = package_dir()
+    source = stage_sources(package_dir(), out_dir)
     archs = arch_summary(gencode or default_gencode())
     variables = [f"BUILD={out_dir}", f"NVCC={compiler}"] + ([f"GENCODE={gencode}"] if gencode else [])
     targets = ["lib"] + (["example"] if example else [])
@@ -275,7 +306,8 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
             print(f"tf-build-kernels: {msg}", flush=True)
 
     say(f"nvcc {compiler} ({nvcc_version(compiler)})")
-    say(f"sources {source}")
+    say(f"sources {source}" + ("" if source == package_dir() else
+                                f" (a copy of {package_dir()}, whose path make cannot use)"))
     say(f"building {archs} into {out_dir} (a minute or two) ...")
     start = time.perf_counter()
     output: list[str] = []

@@ -540,19 +540,43 @@ def test_build_cli_refuses_a_folder_make_cannot_use(tmp_path: Path, capsys: pyte
     assert list(tmp_path.iterdir()) == []
 
 
-def test_build_refuses_a_package_or_cache_folder_make_cannot_use(
+def test_build_refuses_a_cache_folder_make_cannot_use(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default folder (the cache) and the package's own folder (the Makefile's) are
-    checked as --out is."""
+    """The default folder (the cache) is checked as --out is."""
     monkeypatch.setenv(binding.ENV_CACHE, str(tmp_path / "my cache"))
     with pytest.raises(TinyFacesError, match=r"^the kernel cache folder .*my cache/kernels: make cannot "
                                              r"use .*; set \$TINYFACES_CACHE elsewhere or pass --out DIR$"):
         build.build(nvcc=str(tmp_path / "no-nvcc"), verbose=False)
-    monkeypatch.setattr(build, "package_dir", lambda: tmp_path / "site packages" / "kernels")
-    with pytest.raises(TinyFacesError, match=r"^the package's kernels folder: make cannot use .*site "
-                                             r"packages.*; install the package elsewhere$"):
-        build.build(out=tmp_path / "out", nvcc=str(tmp_path / "no-nvcc"), verbose=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_package_in_a_folder_make_cannot_use_builds_from_a_copy_of_its_sources(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A virtual environment in "site packages" was told to install the package elsewhere; now
+    the Makefile, header, sources and example are copied into the output folder and built
+    there, each build from a fresh copy (a source the package no longer has is not built)."""
+    package = tmp_path / "site packages" / "kernels"
+    shutil.copytree(binding.package_dir(), package,
+                    ignore=shutil.ignore_patterns("build", "__pycache__"))
+    monkeypatch.setattr(build, "package_dir", lambda: package)
+    nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    out = tmp_path / "out"
+    staged = out / build.STAGED_SOURCES
+    (out / build.STAGED_SOURCES / "src").mkdir(parents=True)
+    (staged / "src" / "removed.cu").write_text("an older package's source")
+    assert build.main(["--nvcc", str(nvcc), "--arch", "90", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert (f"tf-build-kernels: sources {staged} (a copy of {package}, whose path make cannot "
+            f"use)\n") in said
+    assert (out / binding.LIBRARY_NAME).resolve().is_file() and (out / "decode_nms_demo").is_file()
+    assert sorted(p.name for p in staged.iterdir()) == sorted(build.BUILD_SOURCES)
+    assert (staged / "src" / "decode.cu").read_bytes() == (package / "src" / "decode.cu").read_bytes()
+    (library_call,) = [c for c in (tmp_path / "tools" / "calls").read_text().splitlines()
+                       if "-shared" in c.split()]
+    sources = [a for a in library_call.split() if a.endswith(".cu")]
+    assert sorted(sources) == sorted(str(p) for p in (staged / "src").glob("*.cu"))
+    assert sources and "removed.cu" not in library_call and str(package) not in library_call
 
 
 def test_makefile_and_build_refuse_the_same_characters() -> None:
