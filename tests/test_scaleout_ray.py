@@ -28,8 +28,8 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="the 'scale' extra (ray[data,serve]) is not installed")
 
 from helpers_scaleout import (  # noqa: E402
-    VideoTask, build_c_client, detect_video, init_local_ray, png_header_only, process_or_die_once,
-    video_done)
+    VideoTask, build_c_client, detect_video, fast_serve_polling, init_local_ray, png_header_only,
+    process_or_die_once, video_done)
 from tinyfaces_trt.cli.detect import detections_to_list, main as detect_main  # noqa: E402
 from tinyfaces_trt.core.cli import ImageSize  # noqa: E402
 from tinyfaces_trt.core.files import TEMP_PREFIX  # noqa: E402
@@ -245,24 +245,34 @@ def _free_port() -> int:
 
 
 class _ServeSlot:
-    """Ray Serve on the module's cluster, which has one HTTP config: either the module's
-    tf-serve application (:meth:`start_server`, started once and kept for the tests that
-    ask for it) or, for a test about a cluster where Serve already runs, that test's own
-    Serve (:meth:`stop` first)."""
+    """Ray Serve on the module's cluster, started once (Serve has one HTTP config per
+    cluster, :meth:`serve_port`): the module's tf-serve application on it
+    (:meth:`start_server`, deployed once and kept for the tests that ask for it) or, for a
+    test about a cluster where Serve already runs, that test's applications in its place
+    (:meth:`remove_server` first)."""
 
     def __init__(self, export_dir: Path) -> None:
         self.export_dir = export_dir
-        self.port: int | None = None
+        self.port: int | None = None  # where Serve listens, once started
+        self.deployed = False  # the module's application
 
-    def start_server(self) -> int:
+    def serve_port(self) -> int:
         if self.port is None:
             from ray import serve
-
-            from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
 
             port = _free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port},
                         logging_config={"log_level": "WARNING"})
+            self.port = port
+        return self.port
+
+    def start_server(self) -> int:
+        port = self.serve_port()
+        if not self.deployed:
+            from ray import serve
+
+            from tinyfaces_trt.scaleout.serve import APP_NAME, ServeOptions, build_app
+
             options = ServeOptions(DetectorSpec(model_dir=str(self.export_dir)), replicas=2,
                                    max_batch_size=4, batch_wait_ms=5,
                                    max_request_bytes=MAX_REQUEST_BYTES, max_pixels=MAX_PIXELS,
@@ -271,24 +281,38 @@ class _ServeSlot:
                 serve.run(build_app(options), name=APP_NAME, route_prefix="/",
                           logging_config={"log_level": "WARNING"})
             except BaseException:
-                serve.shutdown()
+                self.stop()
                 raise
-            self.port = port
-        return self.port
+            self.deployed = True
+        return port
+
+    def remove_server(self) -> None:
+        """Deletes the module's application where it runs; Serve stays up."""
+        if self.deployed:
+            from ray import serve
+
+            from tinyfaces_trt.scaleout.serve import APP_NAME
+
+            self.deployed = False
+            serve.delete(APP_NAME)
 
     def stop(self) -> None:
         if self.port is not None:
             from ray import serve
 
-            self.port = None
+            self.port, self.deployed = None, False
             serve.shutdown()
 
 
 @pytest.fixture(scope="module")
 def serve_slot(cluster, export_dir):
-    slot = _ServeSlot(export_dir)
-    yield slot
-    slot.stop()
+    """The module's Serve (:class:`_ServeSlot`). Serve ends with the cluster (the ``cluster``
+    fixture's ``ray.shutdown`` right after this one's end stops every process of that local
+    cluster): ``serve.shutdown`` first would wait out the module application's replicas'
+    2 s drain for nothing."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fast_serve_polling(monkeypatch)
+        yield _ServeSlot(export_dir)
 
 
 @pytest.fixture
@@ -332,27 +356,34 @@ LIMIT_S = 180
 
 @pytest.fixture
 def other_service(serve_slot):
-    """Serve on port A with a tiny application (the other team's), shut down afterwards.
-    The module's application, where it runs, goes first: Serve has one HTTP config per
-    cluster."""
+    """Serve on port A with a tiny application (the other team's), deleted afterwards. The
+    module's application, where it runs, goes first (Serve, with its one HTTP config per
+    cluster, stays up for the module)."""
     from ray import serve
 
-    serve_slot.stop()
+    serve_slot.remove_server()
 
-    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # (its replica stops at once when deleted, not after Serve's default 2 s drain)
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0},
+                      graceful_shutdown_wait_loop_s=0.05)
     def other(request) -> str:
         return "other"
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                logging_config={"log_level": "WARNING"})
+    port = serve_slot.serve_port()
+    deployed = []
 
     def deploy(name: str, route: str) -> None:
         serve.run(other.bind(), name=name, route_prefix=route,
                   logging_config={"log_level": "WARNING"})
+        deployed.append(name)
 
     yield port, deploy
-    serve.shutdown()
+    for name in deployed:
+        serve.delete(name)
+    left = sorted(serve.status().applications)  # e.g. a tf-serve's that outlived its exit
+    for name in left:
+        serve.delete(name)
+    assert not left, f"applications left on Serve after the test: {left}"
 
 
 def _tf_serve(cluster, argv: list[str], *, once_serving=None) -> int:
@@ -373,7 +404,7 @@ def _tf_serve(cluster, argv: list[str], *, once_serving=None) -> int:
             if once_serving and app is not None and app.status == "RUNNING":
                 once_serving()
                 break
-            time.sleep(0.5)
+            time.sleep(0.05)
         if not stopped.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
 
