@@ -20,6 +20,7 @@ from tinyfaces_trt.scaleout import cli_serve
 from tinyfaces_trt.scaleout.cluster import PoolPlan, Resources, plan_pool, spec_uses_gpu
 from tinyfaces_trt.cli.detect_ray import DetectOptions, expected_outputs, plan_tasks
 from tinyfaces_trt.scaleout.pool import WorkerSetupError, run_serial
+from tinyfaces_trt.scaleout.serve import DRAIN_POLL_S
 from tinyfaces_trt.scaleout.service import (
     Limits, RequestError, check_headers, check_route, decode_body, detect_images,
     parse_anonymise_query)
@@ -306,6 +307,10 @@ def test_serve_options_from_arguments(export_dir):
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8
     assert deployment["max_queued_requests"] == 64  # bounded by default
+    # a stop polls for requests in flight every 0.2 s, not 2 s; how long it waits for them
+    # stays Serve's own graceful_shutdown_timeout_s
+    assert deployment["graceful_shutdown_wait_loop_s"] == DRAIN_POLL_S == 0.2
+    assert "graceful_shutdown_timeout_s" not in deployment
     assert cli_serve.http_options(args) == {"host": "127.0.0.1", "port": 8000}
 
 

@@ -115,6 +115,7 @@ class ServeOptions:
             # room for a full batch plus the next one being decoded
             "max_ongoing_requests": max(2 * self.max_batch_size, 8),
             "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
         }
         if self.min_replicas is not None or self.max_replicas is not None:
             low = self.min_replicas if self.min_replicas is not None else 1
@@ -126,6 +127,11 @@ class ServeOptions:
             options["num_replicas"] = self.replicas
         return options
 
+
+#: Seconds between a stopping replica's checks for requests still in flight (Serve's default,
+#: 2 s, made every stop of tf-serve and every scale-down wait 2 s even when idle; in-flight
+#: requests are still waited for, up to Serve's graceful_shutdown_timeout_s).
+DRAIN_POLL_S = 0.2
 
 #: Seconds a client has to send its whole body: a stalled upload holds one of the replica's
 #: request slots (16 of them blocked every request, /healthz included).
