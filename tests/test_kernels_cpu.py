@@ -379,6 +379,8 @@ def test_kernels_under_address_sanitizer(tmp_path):
     if not asan or not Path(asan).is_file():
         pytest.skip(f"{CXX} has no libasan.so")
     lib = build_cpu_library(tmp_path / "asan", sanitize="address")
+    record = (tmp_path / "asan" / ".cpu-config").read_text()
+    assert " -fsanitize=address " in record, record  # instrumented, not a plain build
     # Fiber stacks of 64 KiB, not 256 (kernels/cpu/grid.cpp's $TF_CPU_STACK_KIB): ASan's
     # swapcontext clears the shadow of the whole stack it switches to, at every switch (a
     # half of this test's time went there); the kernels run in 16 KiB, and a fiber that
