@@ -40,15 +40,8 @@ from tinyfaces_trt.export.model import build_model  # noqa: E402
 from tinyfaces_trt.export_cache import cached_export  # noqa: E402
 
 #: ``-n auto``'s cap: each worker holds torch, ResNet-50 exports and ONNX sessions (~1.6 GB),
-#: and the suite's longest file (tests/test_kernels_cpu.py, ~80 s) bounds the gain beyond 4.
+#: and the suite's longest file (tests/test_kernels_cpu.py, ~40 s) bounds the gain beyond 4.
 MAX_AUTO_WORKERS = 4
-
-#: The slowest files (seconds, one process on 2 cores, 2026-12-03), collected first so that
-#: ``--dist loadfile`` starts them first and no worker is left alone with one at the end.
-SLOW_FILES = {"test_torch_cuda.py": 64, "test_kernels_cpu.py": 55, "test_scaleout_ray.py": 45,
-              "test_anonymize_benchmark_smoke.py": 30, "test_cli_export.py": 25,
-              "test_kernels_build.py": 22, "test_backends.py": 15, "test_nms_uncapped.py": 13,
-              "test_export_onnx.py": 12, "test_benchmarks_device_path.py": 10}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,12 +57,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Workers for ``-n auto``: one per usable core, at most :data:`MAX_AUTO_WORKERS`."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(MAX_AUTO_WORKERS, cores or 1))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The files of :data:`SLOW_FILES` first, slowest first; the rest, and the order of the
-    tests within each file, as collected."""
-    items.sort(key=lambda item: -SLOW_FILES.get(item.path.name, 0))  # stable
 
 
 @pytest.fixture(scope="session")
