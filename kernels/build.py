@@ -8,13 +8,14 @@ Usage examples: :data:`HELP_EPILOG` (``tf-build-kernels --help``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tinyfaces_trt.core.cli import add_version_argument
@@ -177,22 +178,55 @@ BUILD_SOURCES = ("Makefile", "include", "src", "examples")
 STAGED_SOURCES = ".sources"
 
 
-def stage_sources(source: Path, out_dir: Path) -> Path:
-    """``source`` when make can build from it, else a fresh copy of its
-    :data:`BUILD_SOURCES` in ``out_dir``/:data:`STAGED_SOURCES` (times kept, so an unchanged
-    package rebuilds nothing; files of an older package never linger there)."""
+@contextlib.contextmanager
+def staged_sources(source: Path, out_dir: Path) -> Iterator[Path]:
+    """Yields ``source`` when make can build from it, else a fresh copy of its
+    :data:`BUILD_SOURCES` in ``out_dir``/:data:`STAGED_SOURCES`, removed again at the end
+    (also after a failed build). The copy keeps the files' times, so an unchanged package
+    rebuilds nothing, and not their modes (a read-only package gives a removable copy).
+
+    Raises:
+        TinyFacesError: the copy could not be made (one line; nothing of it is left).
+    """
     if make_can_use(source):
-        return source
+        yield source
+        return
     staged = out_dir / STAGED_SOURCES
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir()
-    for name in BUILD_SOURCES:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, staged / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source / name, staged / name)
-    return staged
+    try:
+        _remove(staged)  # what a killed build left
+        for name in BUILD_SOURCES:
+            top = source / name
+            files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+            for file in files:
+                if "__pycache__" in file.relative_to(source).parts:
+                    continue
+                copy = staged / file.relative_to(source)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, copy)
+                stat = file.stat()
+                os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    except OSError as exc:
+        _remove(staged, strict=False)
+        raise TinyFacesError(f"cannot copy the kernel sources into {staged} (the package's "
+                             f"path holds a character make cannot use): "
+                             f"{exc.strerror or exc}") from None
+    try:
+        yield staged
+    finally:
+        _remove(staged, strict=False)
+
+
+def _remove(path: Path, strict: bool = True) -> None:
+    """Removes ``path`` (a folder with what it holds, a file or a link) if it exists; errors
+    raise only when ``strict``."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError:
+        if strict:
+            raise
 
 
 def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
@@ -280,7 +314,7 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
         TinyFacesError: ``--arch`` is bad or "native" without a visible GPU, the output folder
             cannot be created or its path holds a character make cannot handle (a package
             folder whose path does is built from a copy of its sources in the output folder:
-            :func:`stage_sources`), nvcc or make missing, or the build failed (with its output) or wrote no
+            :func:`staged_sources`), nvcc or make missing, or the build failed (with its output) or wrote no
             library. A folder this call created is removed again while still empty.
     """
     gencode = gencode_for(arch)
@@ -295,35 +329,35 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
     make = shutil.which("make")
     if make is None:
         raise TinyFacesError("`make` is needed to build the kernels and was not found on the PATH")
-    source = stage_sources(package_dir(), out_dir)
     archs = arch_summary(gencode or default_gencode())
     variables = [f"BUILD={out_dir}", f"NVCC={compiler}"] + ([f"GENCODE={gencode}"] if gencode else [])
     targets = ["lib"] + (["example"] if example else [])
-    cmd = [make, "-f", str(source / "Makefile"), *variables, *targets]
 
     def say(msg: str) -> None:
         if verbose:
             print(f"tf-build-kernels: {msg}", flush=True)
 
     say(f"nvcc {compiler} ({nvcc_version(compiler)})")
-    say(f"sources {source}" + ("" if source == package_dir() else
-                                f" (a copy of {package_dir()}, whose path make cannot use)"))
-    say(f"building {archs} into {out_dir} (a minute or two) ...")
-    start = time.perf_counter()
-    output: list[str] = []
-    with subprocess.Popen(cmd, cwd=str(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if verbose:
-                print(line, end="", flush=True)
-    if proc.returncode != 0:
-        if verbose:  # the compiler's output was just printed: do not repeat it
-            raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}); "
-                                 "the compiler's messages are above")
-        raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}):\n"
-                             f"{''.join(output)}".rstrip())
+    with staged_sources(package_dir(), out_dir) as source:
+        cmd = [make, "-f", str(source / "Makefile"), *variables, *targets]
+        say(f"sources {source}" + ("" if source == package_dir() else
+                                    f" (a copy of {package_dir()}, whose path make cannot use)"))
+        say(f"building {archs} into {out_dir} (a minute or two) ...")
+        start = time.perf_counter()
+        output: list[str] = []
+        with subprocess.Popen(cmd, cwd=str(out_dir), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line)
+                if verbose:
+                    print(line, end="", flush=True)
+        if proc.returncode != 0:
+            if verbose:  # the compiler's output was just printed: do not repeat it
+                raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}); "
+                                     "the compiler's messages are above")
+            raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}):\n"
+                                 f"{''.join(output)}".rstrip())
     lib = out_dir / LIBRARY_NAME
     check_library(lib, out_dir / ".lib-config")
     say(f"done in {time.perf_counter() - start:.0f} s: {lib} (built for {archs})")

@@ -550,33 +550,76 @@ def test_build_refuses_a_cache_folder_make_cannot_use(
     assert list(tmp_path.iterdir()) == []
 
 
+def _package_in(folder: Path) -> Path:
+    """A copy of the package's kernels folder (no build outputs) in ``folder``."""
+    package = folder / "kernels"
+    shutil.copytree(binding.package_dir(), package,
+                    ignore=shutil.ignore_patterns("build", "__pycache__"))
+    return package
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_a_package_in_a_folder_make_cannot_use_builds_from_a_copy_of_its_sources(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A virtual environment in "site packages" was told to install the package elsewhere; now
-    the Makefile, header, sources and example are copied into the output folder and built
-    there, each build from a fresh copy (a source the package no longer has is not built)."""
-    package = tmp_path / "site packages" / "kernels"
-    shutil.copytree(binding.package_dir(), package,
-                    ignore=shutil.ignore_patterns("build", "__pycache__"))
+    the Makefile, header, sources and example are copied into the output folder, built there
+    and the copy removed: a fresh one each build (what a killed build left is replaced), with
+    the files' times (an unchanged package rebuilds nothing) but not their modes (the copy of a
+    read-only package stays removable)."""
+    package = _package_in(tmp_path / "site packages")
+    for path in [package, *package.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)  # read-only, as a hardened image installs it
     monkeypatch.setattr(build, "package_dir", lambda: package)
     nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    calls = tmp_path / "tools" / "calls"
+    nvcc.write_text(nvcc.read_text().replace(
+        "\n", f'\nfor a; do case "$a" in *.cu) stat -c "%a %Y %n" "$a" >> {calls}.cu;; esac; done\n', 1))
     out = tmp_path / "out"
     staged = out / build.STAGED_SOURCES
-    (out / build.STAGED_SOURCES / "src").mkdir(parents=True)
+    (staged / "src").mkdir(parents=True)
     (staged / "src" / "removed.cu").write_text("an older package's source")
     assert build.main(["--nvcc", str(nvcc), "--arch", "90", "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert (f"tf-build-kernels: sources {staged} (a copy of {package}, whose path make cannot "
             f"use)\n") in said
     assert (out / binding.LIBRARY_NAME).resolve().is_file() and (out / "decode_nms_demo").is_file()
-    assert sorted(p.name for p in staged.iterdir()) == sorted(build.BUILD_SOURCES)
-    assert (staged / "src" / "decode.cu").read_bytes() == (package / "src" / "decode.cu").read_bytes()
-    (library_call,) = [c for c in (tmp_path / "tools" / "calls").read_text().splitlines()
-                       if "-shared" in c.split()]
-    sources = [a for a in library_call.split() if a.endswith(".cu")]
-    assert sorted(sources) == sorted(str(p) for p in (staged / "src").glob("*.cu"))
-    assert sources and "removed.cu" not in library_call and str(package) not in library_call
+    assert not staged.exists()
+    expected = sorted(p.name for p in (package / "src").glob("*.cu"))
+    seen = [line.split(" ", 2) for line in Path(f"{calls}.cu").read_text().splitlines()]
+    assert sorted(Path(name).name for _, _, name in seen) == expected
+    for mode, mtime, name in seen:
+        assert Path(name).parent == staged / "src"
+        assert int(mode, 8) & 0o200, name  # the owner may write (and remove) the copy
+        assert int(mtime) == int((package / "src" / Path(name).name).stat().st_mtime)
+    # an unchanged package: the next build's fresh copy is not newer than the library
+    assert build.main(["--nvcc", str(nvcc), "--arch", "90", "--out", str(out), "-q"]) == 0
+    assert len(Path(f"{calls}.cu").read_text().splitlines()) == len(expected)  # no compile
+    assert not staged.exists()
+
+
+def test_a_copy_that_fails_is_one_line_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    package = _package_in(tmp_path / "site packages")
+    monkeypatch.setattr(build, "package_dir", lambda: package)
+    copied = []
+
+    def copyfile(src, dst):
+        if len(copied) == 3:
+            raise OSError(28, "No space left on device", str(dst))
+        copied.append(dst)
+        return real_copyfile(src, dst)
+
+    real_copyfile = shutil.copyfile
+    monkeypatch.setattr(build.shutil, "copyfile", copyfile)
+    out = tmp_path / "new" / "out"
+    nvcc = _stand_in_nvcc(tmp_path / "tools" / "nvcc")
+    assert build.main(["--nvcc", str(nvcc), "--arch", "90", "--out", str(out), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"tf-build-kernels: error: cannot copy the kernel sources into "
+                            f"{out / build.STAGED_SOURCES} (the package's path holds a character "
+                            f"make cannot use): No space left on device\n")
+    assert not (tmp_path / "new").exists()  # the folders this call created: removed again
 
 
 def test_makefile_and_build_refuse_the_same_characters() -> None:
