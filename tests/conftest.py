@@ -23,15 +23,16 @@ def _threads_per_worker() -> int | None:
     return max(1, (cores or 1) // workers)
 
 
-THREADS_PER_WORKER = _threads_per_worker()
+#: None too where the run's environment sets OMP_NUM_THREADS itself (left to it).
+THREADS_PER_WORKER = None if "OMP_NUM_THREADS" in os.environ else _threads_per_worker()
 if THREADS_PER_WORKER is not None:  # before numpy's OpenBLAS loads; subprocesses inherit it
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS_PER_WORKER))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS_PER_WORKER)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 if THREADS_PER_WORKER is not None:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(THREADS_PER_WORKER)
 
 from helpers_run import run_folder  # noqa: E402
 from tinyfaces_trt.core.files import atomic_output  # noqa: E402

@@ -307,9 +307,9 @@ def test_serve_options_from_arguments(export_dir):
     assert deployment["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in deployment and deployment["max_ongoing_requests"] >= 8
     assert deployment["max_queued_requests"] == 64  # bounded by default
-    # a stop polls for requests in flight every 0.2 s, not 2 s; how long it waits for them
+    # a stop polls for requests in flight every 0.5 s, not 2 s; how long it waits for them
     # stays Serve's own graceful_shutdown_timeout_s
-    assert deployment["graceful_shutdown_wait_loop_s"] == DRAIN_POLL_S == 0.2
+    assert deployment["graceful_shutdown_wait_loop_s"] == DRAIN_POLL_S == 0.5
     assert "graceful_shutdown_timeout_s" not in deployment
     assert cli_serve.http_options(args) == {"host": "127.0.0.1", "port": 8000}
 

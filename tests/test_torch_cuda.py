@@ -673,7 +673,9 @@ def aoti_package(tmp_path_factory):
     import torch._inductor.config as inductor_config
 
     cache = tmp_path_factory.mktemp("aoti")
-    with inductor_config.patch({"cpp.vec_isa_ok": True}):  # as NO_ISA_PROBES, in-process
+    # as NO_ISA_PROBES, in-process; for the rest of this worker's life, not this block only:
+    # Inductor caches the list of usable ISAs at its first compile (valid_vec_isa_list)
+    with inductor_config.patch({"cpp.vec_isa_ok": True}):
         with TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="aoti",
                              cache_dir=cache) as runner:
             out = runner.run(net_input())

@@ -130,8 +130,10 @@ class ServeOptions:
 
 #: Seconds between a stopping replica's checks for requests still in flight (Serve's default,
 #: 2 s, made every stop of tf-serve and every scale-down wait 2 s even when idle; in-flight
-#: requests are still waited for, up to Serve's graceful_shutdown_timeout_s).
-DRAIN_POLL_S = 0.2
+#: requests are still waited for, up to Serve's graceful_shutdown_timeout_s). The first wait
+#: is also the time routers have to learn that the replica is going (outside Serve's direct
+#: ingress mode there is no other): half a second, not less.
+DRAIN_POLL_S = 0.5
 
 #: Seconds a client has to send its whole body: a stalled upload holds one of the replica's
 #: request slots (16 of them blocked every request, /healthz included).
