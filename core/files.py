@@ -92,6 +92,17 @@ def open_regular(path: str | os.PathLike[str], *, allow_stdin: bool = False
         raise
 
 
+def dangling_link_note(path: str | os.PathLike[str]) -> str:
+    """`` (a link to the missing TARGET)`` where ``path`` is a symbolic link to nothing (a
+    dataset tree of links whose targets moved), else ``""``: what a "not found" message adds."""
+    try:
+        if os.path.islink(path) and not os.path.exists(path):
+            return f" (a link to the missing {os.readlink(path)})"
+    except OSError:
+        pass
+    return ""
+
+
 def _is_standard_input(fd: int, info: os.stat_result) -> bool:
     """Whether ``fd`` (``info``: its fstat), just opened, is this process's standard input:
     the file of descriptor 0 (none where 0 was closed: the open may have taken it)."""

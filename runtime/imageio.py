@@ -23,8 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tinyfaces_trt.core.config import is_integer
 from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError
-from tinyfaces_trt.core.files import (NotRegularFileError, atomic_output, is_text_path,
-                                      open_regular)
+from tinyfaces_trt.core.files import (NotRegularFileError, atomic_output, dangling_link_note,
+                                      is_text_path, open_regular)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _open_input(path: Path) -> tuple[IO[bytes], bool]:
     try:
         f, info = open_regular(path, allow_stdin=True)
     except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
+        raise ImageError(f"{path}: image file not found{dangling_link_note(path)}") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image file") from None
     except NotRegularFileError:

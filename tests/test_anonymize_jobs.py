@@ -80,6 +80,25 @@ def _run_cli(argv, monkeypatch, capsys, detector=None):
     return status, capsys.readouterr().err
 
 
+def test_a_link_to_a_missing_file_names_its_target(tmp_path, monkeypatch, capsys):
+    """A dataset tree of links whose targets moved: each failed file says where its link
+    points, whether the link was given or met in a folder (that one said only "No such file or
+    directory (album/b.jpg)"); the rest of the folder is done, exit 1."""
+    album = tmp_path / "album"
+    album.mkdir()
+    _photo(album / "a.jpg")
+    (album / "b.jpg").symlink_to(tmp_path / "moved" / "b.jpg")
+    status, err = _run_cli([album, "--out", tmp_path / "out"], monkeypatch, capsys)
+    assert status == 1
+    assert (f"tf-anonymize: error: {album / 'b.jpg'}: no such file (a link to the missing "
+            f"{tmp_path / 'moved' / 'b.jpg'})") in err.splitlines()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "a.jpg.json"]
+    status, err = _run_cli([album / "b.jpg", "--out", tmp_path / "out2"], monkeypatch, capsys)
+    assert status == 1
+    assert (f"tf-anonymize: error: {album / 'b.jpg'}: no such file or folder (a link to the "
+            f"missing {tmp_path / 'moved' / 'b.jpg'})") in err.splitlines()
+
+
 # --- 1: an output that would replace an input ------------------------------------------------
 
 def test_an_output_over_its_own_input_is_refused_before_any_work(tmp_path, monkeypatch, capsys):

@@ -73,8 +73,13 @@ def test_float_image_in_0_1_is_scaled_not_black(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ImageError, match=r"nope\.jpg: image file not found"):
+    with pytest.raises(ImageError, match=r"nope\.jpg: image file not found$"):
         load_image(tmp_path / "nope.jpg")
+    (tmp_path / "link.jpg").symlink_to("moved/nope.jpg")  # a link whose target moved
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path / "link.jpg")
+    assert str(info.value) == (f"{tmp_path / 'link.jpg'}: image file not found (a link to the "
+                               "missing moved/nope.jpg)")
 
 
 def test_directory(tmp_path):

@@ -44,8 +44,8 @@ from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
                                              write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
-from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, write_text_atomic,
-                                      written_for_another)
+from tinyfaces_trt.core.files import (atomic_output, dangling_link_note, inputs_replaced_by,
+                                      write_text_atomic, written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
                                        LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
@@ -495,7 +495,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
             found.extend(in_folder)
             errors.extend(refused)
         elif not path.exists():
-            errors.append((str(path), f"{path}: no such file or folder"))
+            errors.append((str(path), f"{path}: no such file or folder{dangling_link_note(path)}"))
         elif _other_format(path):
             errors.append((str(path), _unsupported(path)))
         elif media_kind(path) is None:
@@ -716,8 +716,11 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     except OSError as exc:
-        message = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "") + \
-            _remove_earlier(task, options, earlier)
+        if isinstance(exc, FileNotFoundError) and exc.filename == task.source:
+            why = f"no such file{dangling_link_note(task.source)}"  # gone since the plan
+        else:
+            why = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        message = why + _remove_earlier(task, options, earlier)
         return Result(task, "failed", error=naming(task.source, message),
                       seconds=time.perf_counter() - start)
     except MemoryError as exc:  # while it was read, its size not known yet (OutOfMemoryError)
