@@ -314,8 +314,9 @@ def build(out: str | os.PathLike[str] | None = None, nvcc: str | None = None,
         TinyFacesError: ``--arch`` is bad or "native" without a visible GPU, the output folder
             cannot be created or its path holds a character make cannot handle (a package
             folder whose path does is built from a copy of its sources in the output folder:
-            :func:`staged_sources`), nvcc or make missing, or the build failed (with its output) or wrote no
-            library. A folder this call created is removed again while still empty.
+            :func:`staged_sources`), nvcc or make missing, or the build failed (with its
+            output) or wrote no library. A folder this call created is removed again while
+            still empty.
     """
     gencode = gencode_for(arch)
     with removed_if_left_empty(out if out else cache_dir()):
