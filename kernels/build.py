@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tinyfaces_trt.core.cli import add_version_argument
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
+from tinyfaces_trt.core.files import discard_temporary, prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.kernels.binding import (ENV_CACHE, ENV_LIBRARY, LIBRARY_NAME, cache_dir,
                                            library_candidates, package_dir)
 
@@ -192,8 +192,8 @@ def staged_sources(source: Path, out_dir: Path) -> Iterator[Path]:
         yield source
         return
     staged = out_dir / STAGED_SOURCES
+    discard_temporary(staged)  # what a killed build left (what stays makes the copy fail)
     try:
-        _remove(staged)  # what a killed build left
         for name in BUILD_SOURCES:
             top = source / name
             files = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
@@ -206,27 +206,15 @@ def staged_sources(source: Path, out_dir: Path) -> Iterator[Path]:
                 stat = file.stat()
                 os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     except OSError as exc:
-        _remove(staged, strict=False)
+        discard_temporary(staged)
         raise TinyFacesError(f"cannot copy the kernel sources into {staged} (the package's "
                              f"path holds a character make cannot use): "
                              f"{exc.strerror or exc}") from None
     try:
         yield staged
     finally:
-        _remove(staged, strict=False)
+        discard_temporary(staged)
 
-
-def _remove(path: Path, strict: bool = True) -> None:
-    """Removes ``path`` (a folder with what it holds, a file or a link) if it exists; errors
-    raise only when ``strict``."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    except OSError:
-        if strict:
-            raise
 
 
 def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
