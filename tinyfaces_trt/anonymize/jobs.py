@@ -48,7 +48,7 @@ from tinyfaces_trt.core.files import (atomic_output, dangling_link_note, inputs_
                                       write_text_atomic, written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
-                                       LEFT_OUT_TEXT, NAMES_LISTED, OTHER_IMAGE_SUFFIXES,
+                                       LEFT_OUT_TEXT, OTHER_IMAGE_SUFFIXES,
                                        UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut, image_format,
                                        is_special, named, outside_out, unsupported_image,
                                        walk_files, within)
@@ -105,8 +105,6 @@ _IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", 
                  b"avif", b"avis")
 #: Sizes of a BMP's info header (offset 14), which tell "BM" files from text starting so.
 _BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
-#: Names a folder's other files are listed by in the warning, at most.
-_NAMES_LISTED = NAMES_LISTED
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
 
@@ -428,7 +426,8 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
 def left_out_lines(results: Sequence[Result]) -> list[str]:
     """What folder walks left out (the results of status :data:`LEFT_OUT` among ``results``)
     in lines to show: ``<path>: <why>`` for each, or, for a kind of more than
-    :data:`_NAMES_LISTED`, one line counting them and naming the first."""
+    :data:`~tinyfaces_trt.media_files.NAMES_LISTED`, one line counting them and naming the
+    first."""
     return _left_out_lines([(result.task.source, result.notes[0]) for result in results
                             if result.status == LEFT_OUT], LEFT_OUT_WHY)
 
