@@ -257,9 +257,13 @@ class _ServeSlot:
         self.deployed = False  # the module's application
 
     def serve_port(self) -> int:
-        if self.port is None:
-            from ray import serve
+        from ray import serve
 
+        if self.port is not None and not serve.status().proxies:
+            # Serve went down in an earlier test (that test fails for it): start it again
+            # rather than hand the next ones a dead port
+            self.port, self.deployed = None, False
+        if self.port is None:
             port = _free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port},
                         logging_config={"log_level": "WARNING"})
