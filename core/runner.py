@@ -51,7 +51,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError
+from tinyfaces_trt.core.errors import NetworkInputError, TinyFacesError, first_line
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
 
@@ -108,6 +108,21 @@ class NetworkRunner(Protocol):
         """Releases the runner's memory; idempotent."""
 
 
+def cuda_array_interface(obj: Any) -> dict[str, Any] | None:
+    """``obj.__cuda_array_interface__``; None where ``obj`` has none (a numpy array, a torch
+    tensor on the CPU).
+
+    Raises:
+        NetworkInputError: ``obj`` has the interface but refuses to give it (torch: a CUDA
+            tensor that requires grad; its message says to detach it).
+    """
+    try:
+        return getattr(obj, "__cuda_array_interface__", None)
+    except Exception as exc:  # torch raises RuntimeError, not AttributeError, for that case
+        raise NetworkInputError(f"cannot read the {type(obj).__name__}'s "
+                                f"__cuda_array_interface__: {first_line(exc)}") from None
+
+
 def producer_stream(device_input: Any) -> int | None:
     """The CUDA stream a device array was produced on, as its ``__cuda_array_interface__``
     names it (version 3 ``stream``: 1 is the legacy default stream, 2 the per-thread default
@@ -119,7 +134,7 @@ def producer_stream(device_input: Any) -> int | None:
         NetworkInputError: the interface names stream 0, which it disallows (ambiguous between
             the legacy and the per-thread default stream), or something else than an integer.
     """
-    return interface_stream(getattr(device_input, "__cuda_array_interface__", None))
+    return interface_stream(cuda_array_interface(device_input))
 
 
 def interface_stream(interface: Any) -> int | None:

@@ -84,7 +84,8 @@ from tinyfaces_trt.core.optional import import_cuda_runtime
 from tinyfaces_trt.core.profiles import format_shape
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
-                                       check_network_shape, producer_stream)
+                                       check_network_shape, cuda_array_interface,
+                                       producer_stream)
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
@@ -405,7 +406,7 @@ class TorchCudaRunner(RunnerBase):
         """
         if self._closed:
             raise TinyFacesError("this TorchCudaRunner is closed")
-        device_input = hasattr(net_input, "__cuda_array_interface__")
+        device_input = cuda_array_interface(net_input) is not None
         if device_input and self._stream is None:
             raise NetworkInputError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream():

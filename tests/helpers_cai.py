@@ -1,5 +1,6 @@
 """A device array of another library (CuPy, Numba) as the runtime sees it: only its CUDA Array
-Interface, version 3, naming the stream it was made on."""
+Interface, version 3, naming the stream it was made on; or a torch CUDA tensor that refuses to
+give its interface."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ class ForeignArray:
         if self.stream is not ...:
             interface["stream"] = self.stream
         return interface
+
+
+class RequiresGrad:
+    """A torch CUDA tensor that requires grad: its interface raises RuntimeError, not
+    AttributeError (torch/_tensor.py), so ``hasattr`` would let that error through."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. "
+                           "If gradients aren't required, use var.detach() to get Variable that "
+                           "doesn't require grad.")

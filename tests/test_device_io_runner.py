@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import host_cudart
-from helpers_cai import ForeignArray
+from helpers_cai import ForeignArray, RequiresGrad
 from helpers_tensorrt import FakeEngine
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.runtime.backends import cuda_device
@@ -165,7 +165,8 @@ def _refusals(runner: Any, memory: Any, producer: int) -> list[str]:
     for given in (Interface(memory.ptr, typestr="<f8", stream=producer),
                   Interface(memory.ptr, shape=(1, 3, 0, 56), stream=producer),
                   Interface(memory.ptr, strides=(4, 40 * 56 * 4, 56 * 4, 4 * 2), stream=producer),
-                  Interface(memory.ptr, stream=0), Interface(memory.ptr, stream=True)):
+                  Interface(memory.ptr, stream=0), Interface(memory.ptr, stream=True),
+                  RequiresGrad()):
         with pytest.raises(TinyFacesError) as refused:
             runner.run(given)
         said.append(str(refused.value))
@@ -188,7 +189,10 @@ def test_both_runners_refuse_the_same_device_inputs_in_the_same_words_before_ord
         "device array must be C-contiguous, got strides (4, 8960, 224, 8)",
         "__cuda_array_interface__ names stream 0, which the interface disallows: 1 is the legacy "
         "default stream, 2 the per-thread one",
-        "__cuda_array_interface__ names stream True; the interface takes None or an integer"]
+        "__cuda_array_interface__ names stream True; the interface takes None or an integer",
+        "cannot read the RequiresGrad's __cuda_array_interface__: Can't get "
+        "__cuda_array_interface__ on Variable that requires grad. If gradients aren't required, "
+        "use var.detach() to get Variable that doesn't require grad."]
     producer.close()
 
 

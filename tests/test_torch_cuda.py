@@ -30,6 +30,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers_cai import RequiresGrad
 from helpers_torch_cuda import INPUT_SHAPE, net_input, stand_in
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, NetworkInputError, TinyFacesError
@@ -341,6 +342,9 @@ def test_bad_inputs_and_closed_runner():
     with pytest.raises(NetworkInputError, match="^a CUDA array was given to a CPU runner; give "
                                                 "a numpy array$"):
         runner.run(DeviceArrayLike())
+    with pytest.raises(NetworkInputError, match=r"^cannot read the RequiresGrad's "
+                                                r"__cuda_array_interface__: .* use var.detach\(\)"):
+        runner.run(RequiresGrad())
     runner.close()
     runner.close()  # idempotent
     with pytest.raises(TinyFacesError, match="closed"):

@@ -19,7 +19,8 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_cuda_runtime
-from tinyfaces_trt.core.runner import RunnerBase, check_network_shape, interface_stream
+from tinyfaces_trt.core.runner import (RunnerBase, check_network_shape, cuda_array_interface,
+                                       interface_stream)
 
 _runtime_module: Any = None
 
@@ -324,7 +325,7 @@ class DeviceIoRunner(RunnerBase):
             NetworkRunError: ONNX Runtime failed on the input (its exception is the cause);
                 the runner can run again.
         """
-        if isinstance(net_input, np.ndarray) or not hasattr(net_input, "__cuda_array_interface__"):
+        if isinstance(net_input, np.ndarray) or cuda_array_interface(net_input) is None:
             scores = self._run_host(net_input)
             self._last_input = None  # that run waited for its work: nothing reads the last input
             return scores
@@ -570,7 +571,7 @@ def device_pointer(obj: Any) -> int:
         return int(obj)
     if isinstance(obj, (DeviceBuffer, DeviceArray)):
         return obj.ptr
-    interface = getattr(obj, "__cuda_array_interface__", None)
+    interface = cuda_array_interface(obj)
     if interface is not None:
         return int(interface["data"][0])
     raise TinyFacesError(f"cannot take a device pointer from {type(obj).__name__}; pass an int, "
@@ -599,7 +600,7 @@ def as_device_array(obj: Any, shape: tuple[int, ...] | None = None,
     """
     if isinstance(obj, DeviceArray):
         return obj
-    interface = getattr(obj, "__cuda_array_interface__", None)
+    interface = cuda_array_interface(obj)
     if interface is not None:
         arr_shape = tuple(int(d) for d in interface["shape"])
         arr_dtype = np.dtype(interface["typestr"])
