@@ -237,6 +237,40 @@ def test_factory_builds_fp16_compiled_by_default(checkpoint, tmp_path):
         assert detector.runner.dtype == torch.float32
 
 
+def test_the_factory_keeps_every_stage_on_the_device_and_finds_what_the_host_stages_find(
+        checkpoint, tmp_path):
+    """create_detector("torch-cuda") with the kernel library at hand: the CUDA resize and
+    decode+NMS on the runner's own stream (the default falls back to the host stages with only
+    a warning, so the other tests here would pass on those), with the detections of the same
+    runner over the host stages."""
+    from tinyfaces_trt.core.errors import BackendUnavailableError
+    from tinyfaces_trt.detectors import create_detector
+    from tinyfaces_trt.kernels import load_library
+    from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
+
+    try:
+        load_library()
+    except BackendUnavailableError as exc:
+        pytest.skip(f"kernel library not available: {exc}")
+    images = [synthetic_image(96, 128, seed=seed) for seed in (0, 1)]
+    options = {"weights": checkpoint, "torch_mode": "graphs", "cache_dir": tmp_path}
+    with create_detector("torch-cuda", **options) as device:
+        assert isinstance(device.preprocessor, CudaPreprocessor)
+        assert isinstance(device.postprocessor, CudaPostprocessor)
+        assert device.preprocessor.stream.handle == device.postprocessor.stream.handle \
+            == device.runner.stream
+        on_device = [device.detect(image) for image in images]
+        config = device.config
+    with create_detector("torch-cuda", gpu_stages=False, **options) as host:
+        assert isinstance(host.preprocessor, HostPreprocessor)
+        on_host = [host.detect(image) for image in images]
+    for want, got in zip(on_host, on_device):
+        assert len(want) > 0  # 37 and 36 faces on the CPU reference
+        same = compare_detections(want, got, config.prob_thresh, config.nms_thresh,
+                                  TOLERANCES["fp16"].detections, config.box_pixel_offset)
+        assert same.passed, same
+
+
 def test_detector_warmup_captures_the_pyramid_before_the_first_image(checkpoint, tmp_path):
     """tf-serve --warmup on a GPU: every level of the size is captured for single images and
     the batch size before the first image, which then runs from the graphs (no eager run,
