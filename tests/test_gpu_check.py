@@ -50,6 +50,11 @@ def test_sanitizer_errors_and_warnings_are_counted():
     assert (s.found, s.errors, s.warnings) == (True, 2, 2)
     assert s.describe() == "2 errors, 2 warnings"
     assert g.parse_sanitizer_summary("========= ERROR SUMMARY: 1 error").errors == 1
+    # past the print limit, a second line counts the errors of the first that were not printed
+    over_limit = ("========= ERROR SUMMARY: 133 errors\n"
+                  "========= ERROR SUMMARY: 33 errors were not printed. Use --print-limit option "
+                  "to adjust the number of printed errors\n")
+    assert g.parse_sanitizer_summary(over_limit).errors == 133
     missing = g.parse_sanitizer_summary("Segmentation fault")
     assert not missing.found and missing.describe() == "no sanitizer summary in the output"
 
@@ -409,6 +414,22 @@ def test_an_error_in_a_step_is_reported_and_the_report_is_saved_after_every_step
     assert (tmp_path / "out" / "gpu_check.log").is_file()
 
 
+def test_a_pass_names_the_steps_this_machine_could_not_run():
+    report = g.Report([], 270.0, gpu=True)
+    report.add(g.Step("build", "pass", 1.0, "built"))
+    for name in ("compute-sanitizer memcheck: C example", "compute-sanitizer racecheck: C example"):
+        report.skip(name, "compute-sanitizer not found")
+    report.skip("ptxas -v", g.SKIPPED_ON_REQUEST)
+    report.skip("compute-sanitizer synccheck: C example", "compute-sanitizer: \"Device not "
+                "supported\" on this machine (seen under gVisor)")
+    assert report.result == "PASS"
+    assert g.render_markdown(report).splitlines()[2] == (
+        "**Result: PASS** (not run: compute-sanitizer memcheck: C example, compute-sanitizer "
+        "racecheck: C example (compute-sanitizer not found); compute-sanitizer synccheck: C "
+        "example (compute-sanitizer: \"Device not supported\" on this machine (seen under "
+        "gVisor)))")
+
+
 def test_a_report_saved_before_the_end_says_the_check_has_not_finished():
     report = g.Report([], 270.0, gpu=True, finished=False)
     report.add(g.Step("build", "pass", 1.0, "built"))
@@ -589,7 +610,31 @@ def test_nvcc_is_found_where_the_build_finds_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert g.find_tool("nvcc") == str(nvcc)
     assert g.find_tool("compute-sanitizer") == str(tmp_path / "compute-sanitizer")
+    monkeypatch.setattr(g, "cuda_home", lambda nvcc: None)
     assert g.find_tool("ncu") is None
+
+
+def test_the_sanitizer_is_found_in_the_toolkit_of_a_linked_or_wrapped_nvcc(monkeypatch, tmp_path):
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    for tool in ("nvcc", "compute-sanitizer"):
+        (toolkit / "bin" / tool).write_text("#!/bin/sh\n")
+        (toolkit / "bin" / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(g, "cuda_home", lambda nvcc: None)
+    linked = tmp_path / "links" / "nvcc"
+    linked.parent.mkdir()
+    linked.symlink_to(toolkit / "bin" / "nvcc")
+    monkeypatch.setenv("NVCC", str(linked))
+    assert g.find_tool("compute-sanitizer") == str(toolkit / "bin" / "compute-sanitizer")
+    wrapper = tmp_path / "wrapper" / "nvcc"  # /usr/local/bin/nvcc running the toolkit's
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nexec {toolkit}/bin/nvcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("NVCC", str(wrapper))
+    assert g.find_tool("compute-sanitizer") is None
+    monkeypatch.setattr(g, "cuda_home", lambda nvcc: str(toolkit) if nvcc == str(wrapper) else None)
+    assert g.find_tool("compute-sanitizer") == str(toolkit / "bin" / "compute-sanitizer")
 
 
 def test_the_sigterm_handler_fires_once():
@@ -724,3 +769,16 @@ def test_cuda_home_of_a_wrapper_script_is_the_toolkit_it_runs(tmp_path):
     link.parent.mkdir(parents=True)
     link.symlink_to(real)
     assert gpu_check.cuda_home(str(link)) == str(toolkit)
+
+
+def test_the_environment_probe_names_a_missing_runtime_dependency(tmp_path):
+    """Without Pillow every runtime import fails; the facts say so first, rather than as the
+    cuda-python device's "unavailable: No module named 'PIL'"."""
+    (tmp_path / "PIL").mkdir()
+    (tmp_path / "PIL" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    probe = subprocess.run([sys.executable, "-c", g._PROBE], env=env, capture_output=True,
+                           text=True, timeout=120)
+    facts = json.loads(re.search(r"^GPU_CHECK_FACTS (.*)$", probe.stdout, flags=re.M)[1])
+    assert facts["runtime dependencies missing"] == "PIL (ImportError: hidden by the test)"
+    assert "pillow " in facts["packages"] and "scipy " in facts["packages"]

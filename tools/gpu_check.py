@@ -128,7 +128,9 @@ class SanitizerSummary:
                        if self.warnings else "")
 
 
-_ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+# (past its print limit the tool adds "ERROR SUMMARY: N errors were not printed. ...": a part
+# of the first line's count, not more errors)
+_ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?[ \t]*$", flags=re.M)
 _RACECHECK_SUMMARY = re.compile(
     r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
 
@@ -398,6 +400,10 @@ def _command_text(cmd: list[str]) -> str:
                     for i, c in enumerate(cmd))
 
 
+#: The summary of a step left out with --skip.
+SKIPPED_ON_REQUEST = "left out (--skip)"
+
+
 def _for_time(step: Step) -> bool:
     return step.status == "skipped" and step.summary.startswith("time budget")
 
@@ -414,7 +420,17 @@ def _result_note(report: Report) -> str:
     notes = ([f"killed at their time limit: {', '.join(timed_out)}"] if timed_out else []) + \
         ([f"skipped for time: {', '.join(for_time)}"] if for_time else []) + \
         ([f"left out for time: {'; '.join(parts)}"] if parts else [])
-    return f" ({'; '.join(notes)}; a larger --budget-s runs them)" if notes else ""
+    text = f"{'; '.join(notes)}; a larger --budget-s runs them" if notes else ""
+    # steps this machine could not run (a tool missing, a device the sanitizer refuses): a
+    # PASS says what it did not check
+    cannot: dict[str, list[str]] = {}
+    for s in report.steps:
+        if s.status == "skipped" and not _for_time(s) and s.summary != SKIPPED_ON_REQUEST:
+            cannot.setdefault(s.summary, []).append(s.name)
+    if cannot:
+        text += ("; " if text else "") + "not run: " + "; ".join(
+            f"{', '.join(names)} ({reason})" for reason, names in cannot.items())
+    return f" ({text})" if text else ""
 
 
 def _cell(value: Any) -> str:
@@ -543,7 +559,15 @@ def write_plot(report: Report, path: Path) -> str | None:
 _PROBE = r"""
 import json, sys
 from importlib import metadata
-facts = {"python": sys.version.split()[0]}
+facts = {}
+missing = []
+for module in ("numpy", "PIL", "scipy", "tqdm"):  # the runtime's own dependencies
+    try:
+        __import__(module)
+    except Exception as exc:
+        missing.append(f"{module} ({type(exc).__name__}: {exc})")
+if missing:
+    facts["runtime dependencies missing"] = ", ".join(missing)
 try:
     import torch
     facts["torch"] = torch.__version__
@@ -559,7 +583,8 @@ except Exception as exc:
     facts["torch"] = f"not importable: {type(exc).__name__}: {exc}"
 versions = []
 for dist in ("cuda-python", "cuda-bindings", "cupy-cuda13x", "cupy-cuda12x", "cupy", "numpy",
-             "triton", "onnxruntime", "onnxruntime-gpu", "tensorrt", "matplotlib"):
+             "pillow", "scipy", "triton", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+             "matplotlib"):
     try:
         versions.append(f"{dist} {metadata.version(dist)}")
     except metadata.PackageNotFoundError:
@@ -943,7 +968,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def find_tool(name: str) -> str | None:
-    """``name`` on the PATH, else beside nvcc (the CUDA toolkit's bin folder)."""
+    """``name`` on the PATH, else in the CUDA toolkit's bin folder: beside nvcc, beside the
+    nvcc it links to, or in its :func:`cuda_home` (nvcc a wrapper script elsewhere; else
+    /usr/local/cuda)."""
     from tinyfaces_trt.core.errors import TinyFacesError
     from tinyfaces_trt.kernels.build import find_nvcc
 
@@ -953,9 +980,22 @@ def find_tool(name: str) -> str | None:
         return None if name == "nvcc" else shutil.which(name)
     if name == "nvcc":
         return str(nvcc)
-    beside = nvcc.parent / name
-    return shutil.which(name) or (str(beside) if beside.is_file() and
-                                  os.access(beside, os.X_OK) else None)
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+
+    def toolkit_bins():  # lazily: cuda_home runs nvcc
+        yield nvcc.parent
+        yield nvcc.resolve().parent
+        home = cuda_home(str(nvcc))
+        if home:
+            yield Path(home) / "bin"
+
+    for folder in toolkit_bins():
+        tool = folder / name
+        if tool.is_file() and os.access(tool, os.X_OK):
+            return str(tool)
+    return None
 
 
 def cuda_home(nvcc: str) -> str | None:
@@ -1030,7 +1070,7 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
 
     def refuse(key: str, needs: float) -> str | None:
         if key in skip:
-            return "left out (--skip)"
+            return SKIPPED_ON_REQUEST
         if no_gpu:
             return no_gpu
         if left_before_bench() < needs:
@@ -1050,7 +1090,7 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         env["TINYFACES_KERNELS_LIB"] = str(lib)
     if "ptxas" in skip:
         report.registers = []
-        report.skip("ptxas -v", "left out (--skip)")
+        report.skip("ptxas -v", SKIPPED_ON_REQUEST)
     elif report.registers:
         report.add(Step("ptxas -v", "pass", 0.0, registers_summary(report.registers)
                         + " (read off the build's compile)"))
@@ -1083,7 +1123,7 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         else:
             guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
                     min(limit, left_before_bench()), log, pytest_run)
-    reason = ("left out (--skip)" if "benchmark" in skip else no_gpu) or (
+    reason = (SKIPPED_ON_REQUEST if "benchmark" in skip else no_gpu) or (
         None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
     if reason:
         report.skip("benchmark", reason)
