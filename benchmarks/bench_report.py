@@ -149,6 +149,9 @@ def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _batch_lines(batch: dict[str, Any]) -> list[str]:
     n = batch["batch"]
+    if not batch["rows"]:
+        return [f"No backend that ran here takes batches (`detect_batch` of {n} frames in one "
+                f"network call per level): nothing measured."]
     lines = [f"{n} different frames of this size: one `detect` per frame vs one "
              f"`detect_batch` of all {n}; time per image (median / p90), images per second "
              "and the gain of the batch; `network calls` = runner calls during one "

@@ -479,6 +479,9 @@ def test_batch_rows_say_how_the_batch_shapes_were_prepared():
     lines = _bench_module("bench_report")._batch_lines({"batch": 2, "rows": [row]})
     assert lines[-1] == ("The batch-of-2 input shapes ran as (mode after any fallback): "
                          "`torch-cuda` compile x1, eager x1.")
+    assert _bench_module("bench_report")._batch_lines({"batch": 8, "rows": []}) == [
+        "No backend that ran here takes batches (`detect_batch` of 8 frames in one network "
+        "call per level): nothing measured."]  # not a table without rows
     result = {"sizes": [_size([_backend("reference", 950.0, 126.0, e2e=932.0),
                                _backend("torch-cuda", 41.5, 35.5, e2e=40.9)],
                               batch={"batch": 2, "rows": [row]})], "decode_nms": None}
