@@ -327,3 +327,30 @@ def test_a_copy_replaced_is_recorded_only_once_it_is_complete(capsys, export_dir
     assert code == 0 and ("making its outputs again: they were made with no recorded mask "
                           "settings") in err
     assert copy.read_bytes() == made and json.loads(detections.read_text()) == first
+
+
+@pytest.mark.parametrize("run", [_run, _ray], ids=["single", "ray"])
+def test_an_anonymised_copy_is_not_written_beside_a_copy_showing_the_faces(capsys, export_dir,
+                                                                          tmp_path, run):
+    """A first run drew the boxes on a copy (faces visible); a --blur rerun without --draw
+    would have left that copy beside the blurred one (of other detections, maybe): refused,
+    --overwrite or not, until it is removed or --draw makes it again."""
+    photos, out, detections = _first_run(capsys, export_dir, tmp_path)
+    drawn, blurred = out / "ev" / "p0_boxes.png", out / "ev" / "p0_blurred.png"
+    shown, record = drawn.read_bytes(), detections.read_text()
+    argv = [photos, "--model", export_dir, "--out", out, "--blur"]
+    for extra in ([], ["--overwrite"], ["--prob-thresh", "0.9"]):
+        code, _, err = run(capsys, *argv, *extra)
+        assert code == 1 and _lines(err, photos) == [
+            f"tf-detect: error: ev/p0.png: {drawn} (a copy with the faces visible and boxes "
+            "drawn) would stay beside the blurred copy this run writes; a folder of anonymised "
+            "copies must not show the faces: remove it, or pass --draw to make it again with "
+            "this run's boxes",
+            "tf-detect: 0 image(s), 0 face(s), 1 error(s)"], extra
+        assert not blurred.exists() and drawn.read_bytes() == shown
+        assert detections.read_text() == record
+    code, _, err = run(capsys, *argv, "--draw", "--prob-thresh", "0.9")
+    assert code == 0 and blurred.is_file() and drawn.read_bytes() != shown
+    drawn.unlink()
+    code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")
+    assert code == 0 and "skipped, its outputs exist" in err and not drawn.exists()

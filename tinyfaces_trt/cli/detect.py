@@ -147,7 +147,8 @@ setup failed (errors are listed on stderr, other images are still processed),
     parser.add_argument("--draw", action="store_true",
                         help="with --blur/--pixelate, also write <name>_boxes.jpg|png, the "
                              "ORIGINAL image with boxes drawn, faces visible (default: off when "
-                             "anonymising, on otherwise)")
+                             "anonymising, on otherwise; without it, an image whose _boxes copy "
+                             "an earlier run left in --out is refused)")
     parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=DEFAULT_JPEG_QUALITY,
                         metavar="Q", help="quality 1..100 of the JPEG files written for JPEG "
                                           "inputs (.jpg/.jpeg files, and JPEG data on standard "

@@ -708,8 +708,10 @@ def refuse_unwritable(tasks: Sequence[DetectTask], options: DetectOptions
     folder elsewhere placed in it), or, unless ``--overwrite``, a file is at the path of one
     of their ``--out`` copies that no detections JSON shows tf-detect wrote
     (:func:`_unclaimed_output`: left as it is, as tf-anonymize leaves a file without its
-    sidecar). Called after :func:`refuse_replacing_inputs`: an ``--out`` holding the inputs
-    is refused as such, its files not taken for someone else's outputs."""
+    sidecar), or, ``--overwrite`` or not, an anonymised copy would be written beside a copy
+    with the faces drawn that this run does not make again (:func:`_faces_beside_the_copy`).
+    Called after :func:`refuse_replacing_inputs`: an ``--out`` holding the inputs is refused as
+    such, its files not taken for someone else's outputs."""
     kept: list[DetectTask] = []
     refused: list[tuple[ImageJob, str]] = []
     for task in tasks:
@@ -720,7 +722,8 @@ def refuse_unwritable(tasks: Sequence[DetectTask], options: DetectOptions
         except TinyFacesError as exc:
             problem: str | None = str(exc)
         else:
-            problem = None if options.overwrite else _unclaimed_output(task, options)
+            problem = (None if options.overwrite else _unclaimed_output(task, options)) or \
+                _faces_beside_the_copy(task, options)
         if problem:
             refused.append((task.job, problem))
         else:
@@ -743,6 +746,25 @@ def _unclaimed_output(task: DetectTask, options: DetectOptions) -> str | None:
     return (f"{task.job.path}: {found} exists and was not written by tf-detect (no detections "
             f"JSON {plan.detections.name} beside it); it is neither skipped nor replaced: move "
             f"it away, or --overwrite replaces it (and makes every output again)")
+
+
+def _faces_beside_the_copy(task: DetectTask, options: DetectOptions) -> str | None:
+    """Why ``task`` may not write its anonymised copy: the copy with the faces and boxes
+    drawn (an earlier run's, without --blur/--pixelate or with --draw) is at its path in
+    ``--out``, and this run, without --draw, would leave it there, beside the copy that hides
+    them and a JSON of other detections maybe. Neither removed (a file of the user's by that
+    name) nor kept silently: a folder of anonymised copies must not show the faces. None
+    when it may."""
+    if options.anonymise is None or options.draw or options.out_dir is None or task.stem is None:
+        return None
+    drawn = plan_outputs(options.out_dir, task.stem, task.job, options.anonymise, draw=True).drawn
+    if drawn is None or not os.path.lexists(drawn):
+        return None
+    copy = "blurred" if options.anonymise == "blur" else "pixelated"
+    return (f"{task.job.path}: {drawn} (a copy with the faces visible and boxes drawn) would "
+            f"stay beside the {copy} copy this run writes; a folder of anonymised copies must "
+            f"not show the faces: remove it, or pass --draw to make it again with this run's "
+            f"boxes")
 
 
 def _wider_problem(wider_file: Path, job: ImageJob, owner: Path) -> str | None:
