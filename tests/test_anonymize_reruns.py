@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from test_anonymize_jobs import FACE, BoxDetector, _photo, _run_cli, _sha
+from tinyfaces_trt import media_files
 from tinyfaces_trt.anonymize import cli, jobs, reruns
 from tinyfaces_trt.anonymize.sidecar import input_identity as sidecar_identity
 from tinyfaces_trt.anonymize.sidecar import output_record
@@ -277,7 +278,8 @@ def test_a_long_list_of_other_files_is_cut_short(tmp_path, caplog):
 
 
 def test_media_signatures_of_unknown_suffixes(tmp_path):
-    """What :func:`jobs._media_in` tells apart: image and video containers, not audio or text."""
+    """What :func:`media_files.media_in` tells apart: image and video containers, not audio or
+    text."""
     heads = {b"\x89PNG\r\n\x1a\n": ("a PNG image", "image"),
              b"\x00\x00\x00\x18ftypheic": ("a HEIF or AVIF image", "image"),
              b"\x00\x00\x00\x18ftypqt  ": ("an MP4 or QuickTime video", "video"),
@@ -292,7 +294,7 @@ def test_media_signatures_of_unknown_suffixes(tmp_path):
              b"\x00\x00\x01\xba\x44": ("a video", "video"),
              bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"): None,  # ASF: WMA audio too
              b"ID3\x04\x00": None, b"": None}
-    assert {head: jobs._media_in(head) for head in heads} == heads
+    assert {head: media_files.media_in(head) for head in heads} == heads
 
 
 def test_a_named_pipe_in_a_folder_does_not_block_the_plan(tmp_path):

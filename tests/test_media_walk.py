@@ -317,3 +317,38 @@ def test_images_of_other_formats_are_errors_and_videos_named_in_tf_detect_too(tm
     (only / "x.heic").write_bytes(b"")
     assert find_inputs([str(only)]).errors == [  # that error alone: no "holds no image files"
         (str(only / "x.heic"), unsupported_image(only / "x.heic", "not read"))]
+
+
+def test_images_of_unknown_suffixes_are_errors_in_tf_detect_as_in_tf_anonymize(tmp_path):
+    """An exiftool backup (.jpg_original), a .bak or a name without suffix holding a photo:
+    tf-anonymize named each as an error while ``tf-detect --blur`` passed them over in
+    silence. Now both name them, worded alike; a video or text under another suffix stays
+    out of tf-detect, and so does such an image inside an output folder."""
+    folder, out = tmp_path / "in", tmp_path / "in" / "out"
+    _image(folder / "a.jpg")
+    for name in ("a.jpg_original", "c", "sub/b.bak", "out/d.bak"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((folder / "a.jpg").read_bytes())
+    Image.open(folder / "a.jpg").save(folder / "p.bak", format="PNG")
+    (folder / "v.insv").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(16))  # a video
+    (folder / "notes.txt").write_text("JFIF")
+    found = find_inputs([str(folder)], [out])
+    assert [job.rel.as_posix() for job in found.jobs] == ["a.jpg"]
+    images = ".jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm"
+    expected = [(str(folder / name), f"{folder / name}: {{}}: the file holds {what} but {why}; "
+                 f"rename or convert it to one of {images}")
+                for name, what, why in (
+                    ("a.jpg_original", "a JPEG image", "its suffix .jpg_original is not one {} "
+                                                       "reads"),
+                    ("c", "a JPEG image", "its name has no suffix"),
+                    ("p.bak", "a PNG image", "its suffix .bak is not one {} reads"),
+                    ("sub/b.bak", "a JPEG image", "its suffix .bak is not one {} reads"))]
+    assert found.errors == [(path, text.replace("{} ", "tf-detect ").format("not read"))
+                            for path, text in expected]
+    _, _, errors = plan_tasks([folder], out)
+    assert sorted(errors) == sorted(
+        [(path, text.replace("{} ", "tf-anonymize ").format("not anonymised"))
+         for path, text in expected] +
+        [(str(folder / "v.insv"), f"{folder / 'v.insv'}: not anonymised: the file holds an MP4 "
+          "or QuickTime video but its suffix .insv is not one tf-anonymize reads; rename or "
+          "convert it to one of .mp4, .mov, .mkv, .webm, .avi, .m4v")])

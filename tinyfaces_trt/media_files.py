@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyfaces_trt.core.files import TEMP_PREFIX
+from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 
 #: Suffixes of the image files read in folders (lower case; a file's is compared lower-cased):
 #: formats Pillow both reads and writes, so tf-anonymize writes its copy in the input's format.
@@ -116,6 +117,18 @@ def unsupported_image(path: str | os.PathLike[str], not_done: str) -> str:
     it: ``"<path>: <not_done>: .heic files are not supported; convert it to one of ..."``."""
     return (f"{path}: {not_done}: {Path(path).suffix.lower()} files are not supported; convert "
             f"it to one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def unknown_suffix(path: Path, what: str, kind: str, not_done: str, reader: str) -> str:
+    """The error for a file whose suffix is none ``reader`` (a CLI's name) reads but whose first
+    bytes are those of ``what`` (:func:`media_in`: ``kind`` ``"image"`` or ``"video"``):
+    ``"<path>: <not_done>: the file holds a JPEG image but its suffix .bak is not one <reader>
+    reads; rename or convert it to one of ..."``."""
+    name = f"its suffix {path.suffix} is not one {reader} reads" if path.suffix else \
+        "its name has no suffix"
+    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
+    return (f"{path}: {not_done}: the file holds {what} but {name}; rename or convert it to one "
+            f"of {', '.join(suffixes)}")
 
 
 def is_special(path: Path) -> bool:
@@ -225,3 +238,73 @@ __all__ = ["HIDDEN_FILE", "HIDDEN_FOLDER", "IMAGE_ALIASES", "IMAGE_SUFFIXES", "J
            "LINK_TO_SEARCHED", "LeftOut", "SEARCHED_THROUGH_LINK", "SPECIAL", "UNREADABLE",
            "WHY", "image_format", "is_image_name", "is_special", "left_out_lines",
            "walk_files", "within"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a file holds, by its first bytes (a file whose suffix says nothing)
+# ---------------------------------------------------------------------------------------------
+
+#: How much of a file's head :func:`read_head` reads (an M2TS packet's third sync byte).
+HEAD_BYTES = 512
+#: ASF header object (WMV video, but also WMA audio).
+_ASF_MAGIC = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+#: Signatures at offset 0: MPEG-PS pack header, RealMedia, Dahua DVR, ASF header object.
+_VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA", _ASF_MAGIC)
+#: Image and video signatures at offset 0 of a file whose suffix says nothing
+#: (:func:`media_in`), with what they are; those of :data:`_VIDEO_MAGIC` too.
+_MEDIA_MAGIC = ((JPEG_MAGIC, "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+                (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
+                (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+                (b"\x00\x00\x00\x0cjP  \r\n", "a JPEG 2000 image"),
+                (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+                (b"\xff\x0a", "a JPEG XL image"), (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
+                (b"\x1a\x45\xdf\xa3", "a Matroska or WebM video"), (b"FLV\x01", "an FLV video"),
+                (b"\x00\x00\x01\xb3", "an MPEG video"), (b"\x00\x00\x01\xb0", "an MPEG-4 video"))
+#: ISO media (``ftyp``) brands of audio files and of still images, at offset 8.
+_AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
+_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
+                 b"avif", b"avis")
+#: Sizes of a BMP's info header (offset 14), which tell "BM" files from text starting so.
+_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
+
+
+def read_head(path: Path) -> bytes:
+    """The first :data:`HEAD_BYTES` of the file; none for a file that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_BYTES)
+    except OSError:
+        return b""
+
+
+def video_head(head: bytes) -> bool:
+    """Whether ``head`` starts as a video container does (:data:`_VIDEO_MAGIC`, or MPEG-TS
+    sync bytes 0x47 every 188 bytes, or every 192 after a 4-byte M2TS timestamp)."""
+    if head.startswith(_VIDEO_MAGIC):
+        return True
+    return any(len(head) > start + 2 * step and
+               all(head[start + k * step] == 0x47 for k in range(3))
+               for start, step in ((0, 188), (4, 192)))
+
+
+def media_in(head: bytes) -> tuple[str, str] | None:
+    """(what it is, ``"image"`` or ``"video"``) where ``head``, the start of a file whose suffix
+    is none the CLIs know, is that of an image or video format, else None (text, audio, ASF:
+    WMA audio shares its header)."""
+    if head.startswith(_ASF_MAGIC):
+        return None
+    for magic, what in _MEDIA_MAGIC:
+        if head.startswith(magic):
+            return what, "video" if what.endswith("video") else "image"
+    if head[4:8] == b"ftyp" and head[8:12] not in _AUDIO_BRANDS:
+        return ("a HEIF or AVIF image", "image") if head[8:12] in _IMAGE_BRANDS else \
+            ("an MP4 or QuickTime video", "video")
+    if head[4:8] in (b"moov", b"mdat", b"wide"):
+        return "a QuickTime video", "video"
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return ("a WebP image", "image") if head[8:12] == b"WEBP" else ("an AVI video", "video")
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
+        return "a BMP image", "image"
+    if video_head(head):
+        return "a video", "video"
+    return None

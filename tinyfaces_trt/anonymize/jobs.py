@@ -50,10 +50,10 @@ from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progre
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
                                        LEFT_OUT_TEXT, OTHER_IMAGE_SUFFIXES,
                                        UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut, image_format,
-                                       is_special, named, outside_out, unsupported_image,
+                                       is_special, media_in, named, outside_out, read_head,
+                                       unknown_suffix, unsupported_image, video_head,
                                        walk_files, within)
 from tinyfaces_trt.media_files import left_out_lines as _left_out_lines
-from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MaskStyle, apply_masks, pixel_boxes,
                                          scale_boxes)
 
@@ -83,28 +83,6 @@ OTHER_VIDEO_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".mpg", ".mpeg", ".m1v",
 #: tracker .mod music, ...): such a file is a video only when its first bytes say so
 #: (:func:`_looks_like_video`), else it is left alone as any unknown file.
 SHARED_VIDEO_SUFFIXES = (".ts", ".mod", ".rm", ".dav", ".asf")
-#: How much of a file's head :func:`_head` reads (an M2TS packet's third sync byte).
-_HEAD_BYTES = 512
-#: ASF header object (WMV video, but also WMA audio).
-_ASF_MAGIC = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
-#: Signatures at offset 0: MPEG-PS pack header, RealMedia, Dahua DVR, ASF header object.
-_VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA", _ASF_MAGIC)
-#: Image and video signatures at offset 0 of a file whose suffix says nothing
-#: (:func:`_media_in`), with what they are; those of :data:`_VIDEO_MAGIC` too.
-_MEDIA_MAGIC = ((JPEG_MAGIC, "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-                (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
-                (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-                (b"\x00\x00\x00\x0cjP  \r\n", "a JPEG 2000 image"),
-                (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
-                (b"\xff\x0a", "a JPEG XL image"), (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
-                (b"\x1a\x45\xdf\xa3", "a Matroska or WebM video"), (b"FLV\x01", "an FLV video"),
-                (b"\x00\x00\x01\xb3", "an MPEG video"), (b"\x00\x00\x01\xb0", "an MPEG-4 video"))
-#: ISO media (``ftyp``) brands of audio files and of still images, at offset 8.
-_AUDIO_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B ")
-_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1",
-                 b"avif", b"avis")
-#: Sizes of a BMP's info header (offset 14), which tell "BM" files from text starting so.
-_BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)
 #: Overlay colours of ``--draw``: detected, held, back-filled.
 DRAW_COLORS = {DETECTED: (0, 255, 0), HELD: (255, 160, 0), FILLED: (0, 200, 255)}
 
@@ -267,60 +245,9 @@ def _other_format(path: Path) -> bool:
     return suffix in OTHER_IMAGE_SUFFIXES + OTHER_VIDEO_SUFFIXES
 
 
-def _head(path: Path) -> bytes:
-    """The first :data:`_HEAD_BYTES` of the file; none for a file that cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(_HEAD_BYTES)
-    except OSError:
-        return b""
-
-
 def _looks_like_video(path: Path) -> bool:
-    """Whether the file starts as a video container does (:func:`_video_head`)."""
-    return _video_head(_head(path))
-
-
-def _video_head(head: bytes) -> bool:
-    """Whether ``head`` starts as a video container does (:data:`_VIDEO_MAGIC`, or MPEG-TS
-    sync bytes 0x47 every 188 bytes, or every 192 after a 4-byte M2TS timestamp)."""
-    if head.startswith(_VIDEO_MAGIC):
-        return True
-    return any(len(head) > start + 2 * step and
-               all(head[start + k * step] == 0x47 for k in range(3))
-               for start, step in ((0, 188), (4, 192)))
-
-
-def _media_in(head: bytes) -> tuple[str, str] | None:
-    """(what it is, ``"image"`` or ``"video"``) where ``head``, the start of a file whose suffix
-    is none tf-anonymize knows, is that of an image or video format, else None (text, audio,
-    ASF: WMA audio shares its header)."""
-    if head.startswith(_ASF_MAGIC):
-        return None
-    for magic, what in _MEDIA_MAGIC:
-        if head.startswith(magic):
-            return what, "video" if what.endswith("video") else "image"
-    if head[4:8] == b"ftyp" and head[8:12] not in _AUDIO_BRANDS:
-        return ("a HEIF or AVIF image", "image") if head[8:12] in _IMAGE_BRANDS else \
-            ("an MP4 or QuickTime video", "video")
-    if head[4:8] in (b"moov", b"mdat", b"wide"):
-        return "a QuickTime video", "video"
-    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
-        return ("a WebP image", "image") if head[8:12] == b"WEBP" else ("an AVI video", "video")
-    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
-        return "a BMP image", "image"
-    if _video_head(head):
-        return "a video", "video"
-    return None
-
-
-def _unknown_suffix(path: Path, what: str, kind: str) -> str:
-    """The error for a file of unknown suffix that holds ``what``, an image or video."""
-    name = f"its suffix {path.suffix} is not one tf-anonymize reads" if path.suffix else \
-        "its name has no suffix"
-    suffixes = IMAGE_SUFFIXES if kind == "image" else VIDEO_SUFFIXES
-    return (f"{path}: not anonymised: the file holds {what} but {name}; rename or convert it "
-            f"to one of {', '.join(suffixes)}")
+    """Whether the file starts as a video container does (:func:`~tinyfaces_trt.media_files.video_head`)."""
+    return video_head(read_head(path))
 
 
 def _is_sidecar(path: Path) -> bool:
@@ -394,7 +321,7 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
                  ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """The folder's inputs ([(file, its path relative to ``folder``)]) and [(file, error)] for
     its images and videos of other formats (:func:`_other_format`), its files of unknown
-    suffixes that hold one (:func:`_media_in`) and the folder itself where it cannot be read;
+    suffixes that hold one (:func:`~tinyfaces_trt.media_files.media_in`) and the folder itself where it cannot be read;
     what its walk leaves out is added to ``left_out`` (:func:`_walk`); its other files,
     sidecars aside, are named in one warning: each file is anonymised or mentioned."""
     found: list[tuple[Path, Path]] = []
@@ -406,8 +333,9 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
             found.append((path, path.relative_to(folder)))
         elif _other_format(path):
             errors.append((str(path), _unsupported(path)))
-        elif (media := _media_in(_head(path))) is not None:
-            errors.append((str(path), _unknown_suffix(path, *media)))
+        elif (media := media_in(read_head(path))) is not None:
+            errors.append((str(path), unknown_suffix(path, *media, "not anonymised",
+                                                     "tf-anonymize")))
         elif not _is_sidecar(path):
             others.append(path.relative_to(folder).as_posix())
     if (folder, _UNREADABLE) in left_out[walked:]:  # the folder given itself: an error

@@ -32,8 +32,9 @@ from tinyfaces_trt.detector_record import DetectorRecord
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_SUFFIXES, JPEG_SUFFIXES,
                                        LEFT_OUT_TEXT, OTHER_IMAGE_SUFFIXES,
                                        SPECIAL, UNREADABLE, VIDEO_SUFFIXES, WHY, LeftOut,
-                                       is_image_name, left_out_lines, named, outside_out,
-                                       unsupported_image, walk_files, within)
+                                       is_image_name, left_out_lines, media_in, named,
+                                       outside_out, read_head, unknown_suffix, unsupported_image,
+                                       walk_files, within)
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY, JPEG_MAGIC
 from tinyfaces_trt.wider.records import record_path
 
@@ -227,13 +228,15 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
     walked: list[LeftOut] = []
     unsupported: list[tuple[str, str]] = []  # images of other formats: (path, error)
     videos: list[str] = []
-    for p in _walk(path, walked):
+    for p, held in _walk(path, walked):
         holder = _output_holding(p, root, excluded)
         if holder is not None:
             if is_image_name(p):
                 found.left_out[holder] = found.left_out.get(holder, 0) + 1
         elif is_image_name(p):
             images.append(p)
+        elif held is not None:
+            unsupported.append((str(p), unknown_suffix(p, held, "image", "not read", "tf-detect")))
         elif p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
             unsupported.append((str(p), unsupported_image(p, "not read")))
         else:
@@ -263,18 +266,23 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     return found.jobs, found.errors
 
 
-def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[Path]:
+def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[tuple[Path, str | None]]:
     """Image files below ``folder`` (:func:`~tinyfaces_trt.media_files.walk_files`, the walk
     tf-anonymize takes, with its suffixes: :func:`~tinyfaces_trt.media_files.is_image_name`),
-    and the images of other formats (:data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`)
-    and videos there, which the caller names; added to ``left_out`` is what it did not read
-    that could hold images: hidden images and named pipes named as images (a file of another
-    suffix is no input, hidden or not), hidden folders, links to folders already searched,
-    folders that cannot be read."""
+    and the images of other formats (:data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`),
+    the videos and the files of other suffixes that hold an image there, which the caller
+    names, each with what its first bytes say it holds for the last kind ("a JPEG image",
+    :func:`~tinyfaces_trt.media_files.media_in`: an exiftool ``.jpg_original``, a ``.bak``;
+    tf-anonymize names them too), None for the others; added to ``left_out`` is what it did
+    not read that could hold images: hidden images and named pipes named as images (a file
+    of another suffix is no input, hidden or not), hidden folders, links to folders already
+    searched, folders that cannot be read."""
     walked: list[LeftOut] = []
     for path in walk_files(folder, walked):
         if is_image_name(path) or path.suffix.lower() in OTHER_IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            yield path
+            yield path, None
+        elif (media := media_in(read_head(path))) is not None and media[1] == "image":
+            yield path, media[0]
     left_out.extend(entry for entry in walked
                     if entry.kind not in (HIDDEN_FILE, SPECIAL) or is_image_name(entry.path))
 
