@@ -387,6 +387,33 @@ def test_a_full_disk_fails_the_file_early_and_leaves_nothing(tmp_path, monkeypat
     assert len(detector.seen) == 200
 
 
+def test_a_video_whose_held_frames_outgrow_the_memory_is_refused_before_any_work(
+        tmp_path, monkeypatch):
+    """--hold 400 on a 4K video keeps some 10 GB of decoded frames: where that is more than
+    half the memory available the kernel would have ended the run long into the video, without
+    a word; the video is refused with the figures before a frame is decoded."""
+    from tinyfaces_trt.core import memory
+
+    src = tmp_path / "clip.mp4"
+    make_video(src, n=4)  # 96x64
+    frame = 96 * 64 * 3
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 10 * frame - 1)
+    detector = FakeDetector()
+    result = process_file(detector, _task(src, tmp_path / "out"), Options(hold=5, batch=4))
+    assert result.status == "failed" and detector.seen == []
+    assert result.error == (
+        f"{src}: --hold 5 and --batch 4 keep up to 10 decoded 96x64 frames in memory (0.2 MiB), "
+        f"more than half of the 0.4 MiB available: lower --hold or --batch, or downscale the "
+        f"video; nothing was written for it")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 10 * frame)  # just fits
+    assert process_file(detector, _task(src, tmp_path / "out"), Options(hold=5, batch=4)
+                        ).status == "done"
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # not known: not refused
+    assert process_file(FakeDetector(), _task(src, tmp_path / "out2"), Options(hold=5, batch=4)
+                        ).status == "done"
+
+
 def test_images_with_exif_orientation(tmp_path):
     from PIL import Image
 

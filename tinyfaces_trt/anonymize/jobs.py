@@ -941,6 +941,43 @@ def _memory_named(width: int, height: int) -> Iterator[None]:
         raise OutOfMemoryError(memory_message(exc, (width, height), nothing_written=True)) from None
 
 
+#: The share of the available memory (:func:`~tinyfaces_trt.core.memory.available_bytes`) a
+#: video's held frames may take; the rest is the detector's, the encoder's and the copies'.
+HELD_FRAMES_SHARE = 0.5
+
+
+def _check_held_frames(width: int, height: int, options: Options) -> None:
+    """Refuses a video before any frame is decoded where the frames it holds at once (up to
+    ``--hold`` + ``--batch`` + 1: a frame waits for the next ``--hold`` ones, which may
+    back-fill its masks, and for its batch) would take more than :data:`HELD_FRAMES_SHARE`
+    of the memory available; the kernel would end the run without a word, or the machine
+    swap, long into the video.
+
+    Raises:
+        OutOfMemoryError: naming the options, the frames' size and both amounts.
+    """
+    from tinyfaces_trt.core.memory import available_bytes
+
+    frames = options.hold + options.batch + 1
+    needed = frames * width * height * 3
+    available = available_bytes()
+    if available is None or needed <= available * HELD_FRAMES_SHARE:
+        return
+    raise OutOfMemoryError(
+        f"--hold {options.hold} and --batch {options.batch} keep up to {frames} decoded "
+        f"{width}x{height} frames in memory ({_mib(needed)}), more than half of the "
+        f"{_mib(available)} available: lower --hold or --batch, or downscale the video; nothing "
+        f"was written for it")
+
+
+def _mib(count: int) -> str:
+    """``count`` bytes in MiB (a decimal below 10), from 1 GiB on in GiB."""
+    mib = count / 2**20
+    if mib >= 1024:
+        return f"{mib / 1024:.1f} GiB"
+    return f"{mib:.1f} MiB" if mib < 10 else f"{mib:.0f} MiB"
+
+
 def _gray(image: np.ndarray) -> np.ndarray:
     """(H, W) luma of an (H, W, 3) uint8 RGB image (ITU-R 601, Pillow's ``convert("L")``): a
     PGM output holds gray levels only (an RGB array would be written as a PPM under its
@@ -1017,6 +1054,7 @@ def _process_video(detector: Detector, task: Task, options: Options, identity: d
         frame = reader.info.to_dict()  # detection runs on the upright frame
         header["pyramid"], notes = _search_plan(detector.config, frame["upright_height"],
                                                 frame["upright_width"], "video's frames")
+        _check_held_frames(frame["upright_width"], frame["upright_height"], options)
         with _memory_named(frame["upright_width"], frame["upright_height"]), \
                 _output_file(task, header) as tmp:
             writer = VideoWriter(tmp, reader, options.codec, options.crf, name=task.output,
