@@ -562,6 +562,8 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
             (["x.mp4", "--out", "o", "--min-face", "50", "--max-face", "20"],
              "--min-face 50 is larger than --max-face 20"),
             (["x.mp4", "--out", "o", "--crf", "99"], "argument --crf: 99 must be between 0 and 63"),
+            (["x.mp4", "--out", "o", "--codec", "libx265", "--crf", "60"],
+             "--crf 60: encoder 'libx265' takes a constant rate factor of 0 to 51"),
             ([str(tmp_path), "--out", str(tmp_path)],
              f"--out {tmp_path} is also an input folder; give another folder")):
         with pytest.raises(SystemExit) as exc:

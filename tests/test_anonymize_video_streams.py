@@ -547,7 +547,12 @@ def test_mpeg4_gets_a_time_base_it_accepts_and_refuses_crf(tmp_path):
         through(src, tmp_path / "q.mp4", codec="mpeg4", crf=20)
     assert str(info.value) == f"{tmp_path / 'q.mp4'}: --crf 20: {crf_problem('mpeg4')}"
     assert crf_problem("mpeg4").startswith("encoder 'mpeg4' has no constant rate factor")
-    assert crf_problem("libx264") is None
+    assert crf_problem("libx264") is None and crf_problem("libx264", 51) is None
+    assert crf_problem("libvpx-vp9", 63) is None
+    with pytest.raises(VideoError) as info:  # the default encoder of .mp4: x264, 0 to 51
+        through(src, tmp_path / "r.mp4", crf=52)
+    assert str(info.value) == (f"{tmp_path / 'r.mp4'}: --crf 52: encoder 'libx264' takes a "
+                               "constant rate factor of 0 to 51")
 
 
 def test_libx265_in_mov_is_tagged_hvc1_and_quiet(tmp_path, capfd):

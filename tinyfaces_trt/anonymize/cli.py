@@ -198,7 +198,8 @@ tf-export), 2 bad command-line arguments (options, their values and combinations
                        help="video encoder, e.g. libx264, libx265, libvpx-vp9, mpeg4 "
                             "(default: by container, see below)")
     track.add_argument("--crf", type=_crf, metavar="N",
-                       help="constant rate factor, lower is better quality (default: by codec)")
+                       help="constant rate factor, lower is better quality: 0 to 51 for x264 "
+                            "and x265, 0 to 63 for VP9 and AV1 (default: by codec)")
     track.add_argument("--keep-audio", action="store_true",
                        help="copy the audio streams (default: left out: voices are personal "
                             "data)")
@@ -241,7 +242,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         problem = encoder_problem(args.codec)
         if problem:
             parser.error(f"--codec {args.codec}: {problem}")
-        problem = crf_problem(args.codec) if args.crf is not None else None
+        problem = crf_problem(args.codec, args.crf) if args.crf is not None else None
         if problem:
             parser.error(f"--crf {args.crf}: {problem}")
     check_ray_arguments(parser, args)

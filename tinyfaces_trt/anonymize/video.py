@@ -819,8 +819,9 @@ class VideoWriter:
         problem = encoder_problem(self.codec)  # the default of a container, or --codec
         if problem:
             raise VideoError(f"{self.name}: encoder {self.codec!r}: {problem}")
-        if crf is not None and crf_problem(self.codec):
-            raise VideoError(f"{self.name}: --crf {crf}: {crf_problem(self.codec)}")
+        problem = crf_problem(self.codec, crf) if crf is not None else None
+        if problem:
+            raise VideoError(f"{self.name}: --crf {crf}: {problem}")
         try:
             stream = self.container.add_stream(self.codec, rate=info.rate or Fraction(25))
         except Exception as exc:  # noqa: BLE001

@@ -18,6 +18,9 @@ DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 24, "libvpx": 10, "li
 #: Encoders with a constant rate factor option (``--crf``); others refuse ``--crf``.
 CRF_ENCODERS = ("libx264", "libx264rgb", "libx265", "libvpx", "libvpx-vp9", "libsvtav1",
                 "libaom-av1")
+#: Largest constant rate factor of the encoders whose scale stops short of 63 (8-bit x264 and
+#: x265; the VP8/VP9/AV1 encoders take 0 to 63).
+CRF_MAX = {"libx264": 51, "libx264rgb": 51, "libx265": 51}
 #: Largest time base denominator an encoder accepts (MPEG-4 Part 2: 16 bits).
 _TIME_BASE_LIMITS = {"mpeg4": 65535}
 #: Coarsest time base kept from dividing the input's: 1 ms (else 1/limit, pts rounded).
@@ -57,13 +60,17 @@ def default_codec(suffix: str) -> str:
     return DEFAULT_CODECS.get(suffix.lower(), DEFAULT_CODEC)
 
 
-def crf_problem(codec: str) -> str | None:
-    """Why ``--crf`` cannot be given with ``codec`` (it has no constant rate factor), else
-    None."""
-    if codec in CRF_ENCODERS:
-        return None
-    return (f"encoder {codec!r} has no constant rate factor: leave out --crf, or use one of "
-            f"{', '.join(CRF_ENCODERS)}")
+def crf_problem(codec: str, crf: int | None = None) -> str | None:
+    """Why ``--crf`` (``crf``, where given) cannot be given with ``codec``: it has no constant
+    rate factor, or ``crf`` is past its largest (:data:`CRF_MAX`: x264 and x265 would take
+    51 in silence); else None."""
+    if codec not in CRF_ENCODERS:
+        return (f"encoder {codec!r} has no constant rate factor: leave out --crf, or use one of "
+                f"{', '.join(CRF_ENCODERS)}")
+    largest = CRF_MAX.get(codec, 63)
+    if crf is not None and crf > largest:
+        return f"encoder {codec!r} takes a constant rate factor of 0 to {largest}"
+    return None
 
 
 def output_pixel_format(source: str | None, width: int, height: int, formats: list[str],
