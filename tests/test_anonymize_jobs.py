@@ -99,6 +99,28 @@ def test_a_link_to_a_missing_file_names_its_target(tmp_path, monkeypatch, capsys
             f"missing {tmp_path / 'moved' / 'b.jpg'})") in err.splitlines()
 
 
+def test_a_folder_it_cannot_write_into_is_named_not_the_hidden_temporary_file(tmp_path,
+                                                                            monkeypatch, capsys):
+    """An --out sub-folder without write permission (run as a user; the test stands for it):
+    the error named the hidden temporary file the copy is written under ("Permission denied
+    (out/sub/.tf-tmp-16431.1a2b3c4d-p.jpg)"); it names the folder."""
+    from tinyfaces_trt.runtime import imageio
+
+    album = tmp_path / "album"
+    (album / "sub").mkdir(parents=True)
+    _photo(album / "sub" / "p.jpg")
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(imageio, "save_image", refused)
+    status, err = _run_cli([album, "--out", tmp_path / "out"], monkeypatch, capsys)
+    assert status == 1
+    assert (f"tf-anonymize: error: {album / 'sub' / 'p.jpg'}: cannot write into "
+            f"{tmp_path / 'out' / 'sub'} (Permission denied)") in err.splitlines()
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
 # --- 1: an output that would replace an input ------------------------------------------------
 
 def test_an_output_over_its_own_input_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
