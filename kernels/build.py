@@ -368,6 +368,11 @@ then the default output folder. When it would load another library than the
 one just built, tf-build-kernels says so. After --out DIR elsewhere, load it
 with TINYFACES_KERNELS_LIB=DIR/{lib}.
 
+From C or C++: include {include}/tinyfaces_kernels.h and link with
+-L<out> -ltinyfaces_kernels; the program then loads {lib}.N (the
+SONAME: ship that file), which needs the NVIDIA driver, libstdc++ and a glibc
+as recent as this machine's. The C example: {examples}/decode_nms_demo.c.
+
 Examples:
   tf-build-kernels                  # sm_80 + sm_90 SASS and compute_90 PTX, into the cache
   tf-build-kernels --arch native    # the GPU(s) nvidia-smi lists (an error without one)
@@ -380,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tf-build-kernels",
         description=f"Compile the installed CUDA sources into {LIBRARY_NAME}.",
-        epilog=HELP_EPILOG.format(lib=LIBRARY_NAME),
+        epilog=HELP_EPILOG.format(lib=LIBRARY_NAME, include=package_dir() / "include",
+                                  examples=package_dir() / "examples"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {cache_dir()})")
     parser.add_argument("--nvcc", metavar="PATH",
