@@ -687,7 +687,7 @@ def test_build_cli_help_is_plain_text_with_examples_and_defaults(
             "folder.") in " ".join(text.split())
     assert "is where the Python binding looks" not in " ".join(text.split())
     header = build.package_dir() / "include" / "tinyfaces_kernels.h"
-    assert header.is_file() and f"From C or C++: include {header}," in " ".join(text.split())
+    assert header.is_file() and f"From C or C++: include {header} and link" in " ".join(text.split())
 
 
 def test_find_nvcc_reports_missing_toolkit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
