@@ -260,6 +260,20 @@ def test_cpu_example_target_builds_and_runs_the_c_example(tmp_path, tmp_path_fac
         assert {p.name: p.stat().st_mtime_ns for p in build.iterdir() if p.is_file()} == built  # up to date
 
 
+def test_the_c_example_compiles_as_c99_and_as_cpp():
+    """A C++ service copies the example: its ``goto cleanup`` jumped over initialised
+    declarations, which C++ refuses ("jump to label 'cleanup'"); it declares them first."""
+    include = cuda_include()
+    if include is None or shutil.which(CXX) is None:
+        pytest.skip(f"needs {CXX} and the CUDA toolkit's cuda_runtime_api.h")
+    example = REPO / "kernels" / "examples" / "decode_nms_demo.c"
+    for language in (["-x", "c", "-std=c99"], ["-x", "c++", "-std=c++11"]):
+        proc = subprocess.run([CXX, *language, "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+                               f"-I{REPO / 'kernels' / 'include'}", f"-I{include}", str(example)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (language, proc.stderr[-3000:])
+
+
 def test_cpu_build_without_trivial_auto_var_init(tmp_path, cpu_library):
     """``make cpu`` passed -ftrivial-auto-var-init=pattern (GCC >= 12, Clang >= 8) to any
     $(CXX): an older compiler failed the build. The Makefile asks the compiler first and

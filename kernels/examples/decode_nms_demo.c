@@ -72,11 +72,19 @@ static int run(void) {
   void* d_cand = NULL;
   void* d_ws = NULL;
   tf_nms_stats* d_stats = NULL;
+  /* Declared before the first `goto cleanup`, which C++ does not let jump over them. */
+  int devices = 0;
+  tf_decode_params dp;
+  /* thresh, pixel offset, clip, image height and width, lookahead, score_logit (0: row[4] is
+   * the probability sigmoid(logit); 1: the logit itself, as the references print it) */
+  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0, 0};
+  const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
+  size_t cand_bytes = 0, ws_bytes = 0;
+  tf_nms_stats stats;
 
   /* First: this program and the library agree on the ABI (version and struct sizes). */
   TF_CHECK(tf_check_abi(TF_KERNELS_ABI_VERSION, sizeof(tf_decode_params),
                         sizeof(tf_nms_params), sizeof(tf_nms_stats)));
-  int devices = 0;
   TF_CHECK(tf_get_device_count(&devices));
   if (devices == 0) {
     fprintf(stderr, "decode_nms_demo: no CUDA device found\n");
@@ -84,7 +92,6 @@ static int run(void) {
   }
 
   /* One level at scale 1 of a 190x250 image (score map = ceil(size / 8)). */
-  tf_decode_params dp;
   memset(&dp, 0, sizeof dp);
   for (int c = 0; c < TF_NUM_TEMPLATES; ++c) {
     const float half = 6.0f + 2.0f * (float)c;  /* templates grow with c */
@@ -98,11 +105,7 @@ static int run(void) {
   dp.stride = 8.0f;
   dp.offset = -1.0f;
   dp.scale = 1.0f;
-  /* thresh, pixel offset, clip, image height and width, lookahead, score_logit (0: row[4] is
-   * the probability sigmoid(logit); 1: the logit itself, as the references print it) */
-  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0, 0};
 
-  const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
   host_map = (float*)malloc(map_floats * sizeof(float));
   host_out = (float*)malloc((size_t)MAX_NMS * 5 * sizeof(float));
   if (!host_map || !host_out) {
@@ -111,7 +114,6 @@ static int run(void) {
   }
   fill_score_map(host_map);
 
-  size_t cand_bytes = 0, ws_bytes = 0;
   TF_CHECK(tf_candidates_size(CAPACITY, &cand_bytes));
   TF_CHECK(tf_nms_workspace_size(MAX_NMS, &ws_bytes));
   printf("candidate buffer %zu bytes, NMS workspace %zu bytes\n", cand_bytes, ws_bytes);
@@ -130,7 +132,6 @@ static int run(void) {
   TF_CHECK(tf_decode_level(d_map, MAP_H, MAP_W, &dp, 0, d_cand, CAPACITY, stream));
   TF_CHECK(tf_nms(d_cand, CAPACITY, &np, MAX_NMS, d_ws, ws_bytes, d_out, d_stats, stream));
 
-  tf_nms_stats stats;
   CUDA_CHECK(cudaMemcpyAsync(&stats, d_stats, sizeof stats, cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   if (stats.nonfinite) { /* a broken network: a failed image, never "no faces" */
