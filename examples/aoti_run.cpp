@@ -24,6 +24,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,8 @@ static at::Tensor read_input(const std::string& path, const std::vector<int64_t>
     throw std::runtime_error(path + " holds " + std::to_string(file.tellg()) + " bytes, the shape needs " +
                              std::to_string(bytes));
   file.seekg(0);
-  file.read(reinterpret_cast<char*>(input.data_ptr<float>()), bytes);
+  if (!file.read(reinterpret_cast<char*>(input.data_ptr<float>()), bytes))
+    throw std::runtime_error("cannot read " + path);
   return input;
 }
 
@@ -91,6 +93,9 @@ int main(int argc, char** argv) {
     std::printf("%s: score map", device.c_str());
     for (int64_t d : outputs[0].sizes()) std::printf(" %lld", static_cast<long long>(d));
     std::printf("\n");
+  } catch (const c10::Error& e) {  // torch's: its message without the C++ backtrace
+    std::fprintf(stderr, "aoti_run: error: %s\n", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "aoti_run: error: %s\n", e.what());
     return 1;

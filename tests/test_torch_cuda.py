@@ -1351,6 +1351,11 @@ def test_the_cpp_example_runs_a_package_without_python(aoti_package, tmp_path):
                            tmp_path / "out4.f32"], capture_output=True, text=True, timeout=60)
     assert typo.returncode == 2
     assert typo.stderr == "aoti_run: error: 3O is not a positive integer (N C H W)\n"
+    missing = subprocess.run([binary, tmp_path / "gone" / "2x3x32x48.pt2", *shape,
+                              tmp_path / "in.f32", tmp_path / "out5.f32"], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stderr.startswith("aoti_run: error: ")
+    assert "Exception raised from" not in missing.stderr, missing.stderr  # no C++ backtrace
 
 
 
