@@ -94,7 +94,7 @@ def has_gpu(lib: binding.KernelLibrary) -> bool:
 
 def header_functions() -> set[str]:
     text = HEADER.read_text()
-    return set(re.findall(r"^TF_API\s+[\w\s\*]+?\b(tf_\w+)\s*\(", text, flags=re.M))
+    return set(re.findall(r"^TINYFACES_API\s+[\w\s\*]+?\b(tf_\w+)\s*\(", text, flags=re.M))
 
 
 def header_defines() -> dict[str, int]:

@@ -42,10 +42,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* (not TF_API: a name other libraries' headers define too) */
 #if defined(_WIN32)
-#define TF_API __declspec(dllexport)
+#define TINYFACES_API __declspec(dllexport)
 #else
-#define TF_API __attribute__((visibility("default")))
+#define TINYFACES_API __attribute__((visibility("default")))
 #endif
 
 #ifdef __cplusplus
@@ -91,23 +92,23 @@ typedef enum tf_status {
 } tf_status;
 
 /* Static description of a status code ("unknown tf_status" for other values). */
-TF_API const char* tf_status_string(tf_status status);
+TINYFACES_API const char* tf_status_string(tf_status status);
 
 /* cudaError_t behind the TF_STATUS_CUDA_ERROR of this thread's last call, 0 otherwise. */
-TF_API int tf_last_cuda_error(void);
+TINYFACES_API int tf_last_cuda_error(void);
 
 /* Detail of this thread's last call when it failed ("" after a success). */
-TF_API const char* tf_last_error_message(void);
+TINYFACES_API const char* tf_last_error_message(void);
 
 /* TF_KERNELS_ABI_VERSION the library was built with. */
-TF_API uint32_t tf_abi_version(void);
+TINYFACES_API uint32_t tf_abi_version(void);
 
 /* Checks the caller's view of the ABI (version + struct sizes): SUCCESS or ABI_MISMATCH. */
-TF_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
+TINYFACES_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
                               size_t sizeof_nms_params, size_t sizeof_nms_stats);
 
 /* Number of CUDA devices visible (cudaGetDeviceCount); CUDA_ERROR without a driver. */
-TF_API tf_status tf_get_device_count(int* count);
+TINYFACES_API tf_status tf_get_device_count(int* count);
 
 /* ---------------------------------------------------------------------------------------
  * Resize + normalise.  Pillow's antialiased BILINEAR resample in float (DESIGN.md):
@@ -121,7 +122,7 @@ TF_API tf_status tf_get_device_count(int* count);
  * pixel (1080x1920 -> 540x959 needs 12516352 bytes, -> 540x960 12513792). Query it for each
  * level, or reserve the bound 12*src_h*dst_w + 16*(max(src_w, dst_w) + max(src_h, dst_h))
  * + 32*(dst_w + dst_h) + 1280 bytes: never below the query, and monotone in every size. */
-TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
+TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
                                           int dst_width, size_t* bytes);
 
 /* src: device pointer to src_height rows of src_width RGB uint8 pixels, rows
@@ -129,7 +130,7 @@ TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst
  * its own: it must be >= 3 * src_width, and (src_height - 1) * src_row_bytes + 3 * src_width
  * must not exceed 2^63 - 1 (else INVALID_SIZE). dst: device (1,3,h,w) float32.
  * channel_scale / channel_bias: HOST arrays of 3 floats (finite). */
-TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
+TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
                                      int64_t src_row_bytes, float* dst, int dst_height,
                                      int dst_width, const float* channel_scale,
                                      const float* channel_bias, void* workspace,
@@ -155,10 +156,10 @@ typedef struct tf_decode_params {
 } tf_decode_params;
 
 /* Bytes of a candidate buffer holding `capacity` candidates (~24 bytes each). */
-TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes);
+TINYFACES_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes);
 
 /* Zeroes both counters (one 8-byte cudaMemsetAsync). Call once per image, before decoding. */
-TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
+TINYFACES_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
 
 /* Appends the candidates of one level: cell (c, y, x) of the (1,125,height,width) float32
  * score_map is a candidate when bit c of active_mask is set and cls[c,y,x] > logit_thresh
@@ -183,7 +184,7 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream);
  * size, so this cannot be checked: with a larger value the kernel writes past the end of the
  * buffer (and still returns SUCCESS); with another value the boxes land at an offset where
  * tf_nms, given the buffer's capacity, does not read them. */
-TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
+TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int width,
                                  const tf_decode_params* params, int64_t key_base,
                                  void* candidates, int64_t capacity, tf_stream_t stream);
 
@@ -255,7 +256,7 @@ typedef struct tf_nms_stats {
  * (+ alignment): sort keys/values 24 B, boxes + logits 20 B, status 1 B, boxes in grid
  * order 16 B, CUB storage bound 8 B per candidate + 1 MiB. About 45.9 MB at 650,000
  * candidates. */
-TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
+TINYFACES_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
 
 /* candidates/capacity: the buffer decoded into (read only), with the capacity it was sized
  * and decoded with (the boxes lie past the keys at an offset that depends on it: another
@@ -267,7 +268,7 @@ TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes);
  * asks CUB for its storage sizes (host-side queries that read the device's properties: the
  * first CUDA calls) and returns WORKSPACE_TOO_SMALL ("internal: ...") if one is above the
  * workspace's bound, which the current CUB never is. */
-TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
+TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
                         int64_t max_candidates, void* workspace, size_t workspace_bytes,
                         float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);
 

@@ -95,7 +95,7 @@ tf_status check_params(const tf_decode_params& p) {
 
 extern "C" {
 
-TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes) {
+TINYFACES_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
   TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
@@ -103,7 +103,7 @@ TF_API tf_status tf_candidates_size(int64_t capacity, size_t* bytes) {
   return TF_STATUS_SUCCESS;
 }
 
-TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
+TINYFACES_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
   tf::clear_error();
   if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
   if (!tf::aligned(candidates, 16))
@@ -113,7 +113,7 @@ TF_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream) {
                         "cudaMemsetAsync(candidate counters)");
 }
 
-TF_API tf_status tf_decode_level(const float* score_map, int height, int width,
+TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int width,
                                  const tf_decode_params* params, int64_t key_base,
                                  void* candidates, int64_t capacity, tf_stream_t stream) {
   tf::clear_error();

@@ -463,7 +463,7 @@ tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
 
 extern "C" {
 
-TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes) {
+TINYFACES_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
   if (max_candidates < 1 || max_candidates > TF_MAX_NMS_CANDIDATES)
@@ -474,7 +474,7 @@ TF_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* bytes) {
   return TF_STATUS_SUCCESS;
 }
 
-TF_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
+TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
                         int64_t max_candidates, void* workspace, size_t workspace_bytes,
                         float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream) {
   tf::clear_error();

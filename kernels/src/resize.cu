@@ -136,7 +136,7 @@ tf_status check_dims(int src_h, int src_w, int dst_h, int dst_w) {
 
 extern "C" {
 
-TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
+TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
                                           int dst_width, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
@@ -145,7 +145,7 @@ TF_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst
   return TF_STATUS_SUCCESS;
 }
 
-TF_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
+TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
                                      int64_t src_row_bytes, float* dst, int dst_height,
                                      int dst_width, const float* channel_scale,
                                      const float* channel_bias, void* workspace,

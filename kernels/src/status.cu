@@ -40,7 +40,7 @@ void clear_error() {
 
 extern "C" {
 
-TF_API const char* tf_status_string(tf_status status) {
+TINYFACES_API const char* tf_status_string(tf_status status) {
   switch (status) {
     case TF_STATUS_SUCCESS: return "success";
     case TF_STATUS_NULL_POINTER: return "a required pointer argument is NULL";
@@ -55,13 +55,13 @@ TF_API const char* tf_status_string(tf_status status) {
   return "unknown tf_status";
 }
 
-TF_API int tf_last_cuda_error(void) { return g_error.cuda_error; }
+TINYFACES_API int tf_last_cuda_error(void) { return g_error.cuda_error; }
 
-TF_API const char* tf_last_error_message(void) { return g_error.message; }
+TINYFACES_API const char* tf_last_error_message(void) { return g_error.message; }
 
-TF_API uint32_t tf_abi_version(void) { return TF_KERNELS_ABI_VERSION; }
+TINYFACES_API uint32_t tf_abi_version(void) { return TF_KERNELS_ABI_VERSION; }
 
-TF_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
+TINYFACES_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
                               size_t sizeof_nms_params, size_t sizeof_nms_stats) {
   tf::clear_error();
   if (abi_version != TF_KERNELS_ABI_VERSION || sizeof_decode_params != sizeof(tf_decode_params) ||
@@ -75,7 +75,7 @@ TF_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
   return TF_STATUS_SUCCESS;
 }
 
-TF_API tf_status tf_get_device_count(int* count) {
+TINYFACES_API tf_status tf_get_device_count(int* count) {
   tf::clear_error();
   if (count == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "count is NULL");
   *count = 0;
