@@ -103,3 +103,38 @@ def test_a_folder_of_other_weights_is_refused_before_the_reference_is_built(caps
     missing = tmp_path / "missing.pth"
     assert _error(capsys, ["--weights", str(missing), "--model", str(folder)]) == (
         f"tf-parity: error: weights file not found: {missing}")
+
+
+def test_a_folder_whose_manifest_gives_the_network_other_settings_is_refused(capsys, tmp_path,
+                                                                             files):
+    """An edited manifest (the normalisation, the templates) ran on both sides of the
+    comparison, which agreed: tf-parity passed detections the network does not make. The
+    folder's network settings are checked against the weights'; its detection settings
+    (thresholds) stay its own. The .mat's own settings pass that check, through the
+    manifest's JSON."""
+    from tinyfaces_trt.export.weights import load_model
+
+    mat, _, _ = files
+    config = load_model(mat)[1]
+
+    def folder(name: str, **changes) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "model.onnx").write_bytes(b"never loaded")
+        write_manifest(path, config=config.with_(**changes), files={"onnx_fp32": "model.onnx"},
+                       opset=17, untrained=False,
+                       weights={"path": str(mat), "sha256": file_sha256(mat)},
+                       extra={"model": {"depth": 50, "variant": "matconvnet", "seed": 0}})
+        return path
+
+    own = folder("own", prob_thresh=0.9, nms_thresh=0.2)
+    assert main(["--weights", str(mat), "--model", str(own), "--sizes", "33x47",
+                 "--backends", "onnxruntime"]) == 3  # on to running it: its ONNX is no model
+    assert "cannot load ONNX model" in capsys.readouterr().err
+    std = config.normalization.__class__(config.normalization.input_scale,
+                                         config.normalization.mean, (2.0, 2.0, 2.0))
+    edited = folder("edited", normalization=std, templates=config.templates * 1.5)
+    assert _error(capsys, ["--weights", str(mat), "--model", str(edited)]) == (
+        f"tf-parity: error: export folder {edited}: its manifest gives the network other "
+        f"templates, normalization than {mat} has (an edited manifest?); its detections would "
+        f"not be the network's: re-export it")

@@ -93,7 +93,8 @@ exit status:
      run is reported as skipped and does not fail)
   {EXIT_FAILED}  a comparison was out of tolerance (or had NaN/inf values)
   {EXIT_SETUP}  bad arguments, or a setup error (missing file or dependency, export folder of
-     other weights, a file that cannot be written)
+     other weights or whose manifest gives the network other settings than the weights have,
+     a file that cannot be written)
   {EXIT_SKIPPED}  a backend named in --backends was skipped (cannot run here), or nothing at
      all was compared; --allow-skip turns this into {EXIT_OK}
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C or SIGTERM); no --json report is written and the
@@ -204,6 +205,30 @@ def _check_folder_variant(folder: Any, args: argparse.Namespace, reference: Dete
                              f"network, the reference is the {reference.variant!r} one; {hint}")
 
 
+#: The config fields the weights fix: what the network was trained with. A folder's detection
+#: settings (thresholds, pyramid, face sizes, ...) are its own and may differ.
+NETWORK_FIELDS = ("template_policy", "templates", "normalization", "stride", "offset")
+
+
+def _check_folder_network(folder: Any, args: argparse.Namespace,
+                          reference: DetectorConfig) -> None:
+    """Refuses an export folder whose manifest gives the network other templates,
+    normalisation or score-map geometry than the reference's weights imply (an edited
+    manifest): both sides of the comparison would run with them and agree, on detections the
+    network does not make. Called after :func:`_check_folder_variant`."""
+    import numpy as np
+
+    changed = [name for name in NETWORK_FIELDS if not (
+        np.array_equal(getattr(folder.config, name), getattr(reference, name))
+        if name == "templates" else getattr(folder.config, name) == getattr(reference, name))]
+    if changed:
+        source = args.weights or f"the untrained ResNet-{args.depth} of seed {args.seed}"
+        raise TinyFacesError(f"export folder {folder.path}: its manifest gives the network "
+                             f"other {', '.join(changed)} than {source} has (an edited "
+                             f"manifest?); its detections would not be the network's: "
+                             f"re-export it")
+
+
 def _export_folders(model: Any, config: DetectorConfig, backends: Sequence[str], work: Path,
                     weights: str | None) -> dict[str, Any]:
     """Exports what ``backends`` need into ``work``; backend -> export folder."""
@@ -287,6 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="tf-parity-") as work:
             if folder is not None:
                 _check_folder_variant(folder, args, config)
+                _check_folder_network(folder, args, config)
                 config = folder.config
                 folders: dict[str, Any] = {b: folder for b in backends}
             else:
