@@ -254,9 +254,15 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], depth: int | None =
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} {tuple(state[k].shape)} (model expects {tuple(v.shape)})"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    # integer or bool weights load as whole numbers (a network of zeros: "no faces"), complex
+    # ones lose their imaginary part
+    kinds = [f"{k} ({str(state[k].dtype).removeprefix('torch.')})" for k, v in expected.items()
+             if k in state and v.is_floating_point() and torch.is_tensor(state[k])
+             and not state[k].is_floating_point()]
     problems = [f"{label}: {_listing(items)}" for label, items in
                 (("missing keys", missing), ("unexpected keys", unexpected),
-                 ("shape mismatches", shapes)) if items]
+                 ("shape mismatches", shapes),
+                 ("not floating-point weights", kinds)) if items]
     if problems:
         raise WeightsError(f"{source}: weights do not match TinyFacesNet(depth={found}, "
                            f"variant={variant!r}): " + "; ".join(problems))
@@ -478,6 +484,7 @@ def _convert_params(params: Mapping[str, np.ndarray], mapping: Mapping[str, tupl
     used: set[str] = set()
     missing: list[str] = []
     shapes: list[str] = []
+    kinds: list[str] = []
     for key, (name, kind) in mapping.items():
         target = expected[key]
         if kind == "zero":
@@ -488,6 +495,9 @@ def _convert_params(params: Mapping[str, np.ndarray], mapping: Mapping[str, tupl
             continue
         used.add(name)
         raw = np.asarray(params[name])
+        if raw.dtype.kind != "f":  # MatConvNet stores single; integers hold no trained weights
+            kinds.append(f"{name} ({raw.dtype})")
+            continue
         value = _convert(raw, kind, model, key)
         if value is None or tuple(value.shape) != tuple(target.shape):
             shapes.append(f"{name} {raw.shape} -> {key} (model expects {tuple(target.shape)})")
@@ -496,7 +506,8 @@ def _convert_params(params: Mapping[str, np.ndarray], mapping: Mapping[str, tupl
     unused = sorted(set(params) - used)
     problems = [f"{label}: {_listing(items)}" for label, items in
                 (("missing parameters", missing), ("unused parameters", unused),
-                 ("shape mismatches", shapes)) if items]
+                 ("shape mismatches", shapes), ("not floating-point parameters", kinds))
+                if items]
     if problems:
         raise WeightsError(f"{path}: MatConvNet parameters do not match "
                            f"TinyFacesNet(depth={model.depth}, variant='matconvnet'): "
@@ -506,8 +517,6 @@ def _convert_params(params: Mapping[str, np.ndarray], mapping: Mapping[str, tupl
 
 def _convert(raw: np.ndarray, kind: str, model: TinyFacesNet, key: str) -> np.ndarray | None:
     """The torch-layout array for one MatConvNet value, or None when its shape cannot fit."""
-    if raw.dtype.kind not in "fiu":
-        return None
     if kind == "filter":
         if raw.ndim > 4:
             return None

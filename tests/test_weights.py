@@ -87,6 +87,22 @@ def test_pytorch_missing_unexpected_and_misshaped_keys(tmp_path):
     assert "score_res3.weight (25, 512, 1, 1) (model expects (125, 512, 1, 1))" in str(err.value)
     assert str(path) in str(err.value)
 
+    # integer weights loaded as a network of zeros that found "0 faces" and passed parity;
+    # complex ones lost their imaginary part with a warning only
+    write_fake_pytorch_checkpoint(path, depth=50, override={
+        "score_res3.weight": torch.ones(125, 512, 1, 1, dtype=torch.int32),
+        "score_res3.bias": torch.zeros(125, dtype=torch.bool),
+        "model.conv1.weight": torch.zeros(64, 3, 7, 7, dtype=torch.complex64)})
+    with pytest.raises(WeightsError) as err:
+        load_weights(path)
+    assert str(err.value).endswith(
+        "not floating-point weights: model.conv1.weight (complex64), score_res3.weight (int32), "
+        "score_res3.bias (bool)")
+    write_fake_pytorch_checkpoint(path, depth=50, override={  # half precision: upcast
+        "score_res3.weight": torch.ones(125, 512, 1, 1, dtype=torch.float16),
+        "model.bn1.num_batches_tracked": torch.tensor(7)})
+    assert float(load_weights(path)[0].score_res3.weight.detach().sum()) == 125 * 512
+
 
 def test_pytorch_depth_is_inferred_and_checked(tmp_path):
     path = tmp_path / "c.pth"
@@ -292,6 +308,12 @@ def test_mat_missing_unused_and_misshaped_params(tmp_path):
                              override={"score_res3_bias": np.zeros((1, 100), np.float32)})
     with pytest.raises(WeightsError, match=r"score_res3_bias \(1, 100\) -> score_res3\.bias "
                                            r"\(model expects \(125,\)\)"):
+        load_weights(path)
+
+    write_fake_hr_res101_mat(path, depth=50,  # MatConvNet stores single: integers are no weights
+                             override={"score_res3_bias": np.zeros((1, 125), np.int32)})
+    with pytest.raises(WeightsError, match=r"not floating-point parameters: score_res3_bias "
+                                           r"\(int32\)$"):
         load_weights(path)
 
 
