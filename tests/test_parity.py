@@ -101,6 +101,9 @@ def test_a_single_nan_in_a_map_fails(seeded, folder, case_33x47):
         in r.failures
     assert np.isfinite(r.maps.max_abs) and r.maps.max_abs < 1e-4  # the other values still agree
     assert "non-finite values found" in markdown_table([r])
+    assert r.detections is None  # said as the failures say it, not "the maps' shapes differ"
+    assert "FAIL: not compared (the score maps' shapes differ or hold non-finite values)" \
+        in markdown_table([r])
     # NaN in the reference fails too, whatever the order of the merged levels.
     ref = case.maps[0].copy()
     ref[0, 0, 0, 0] = np.inf

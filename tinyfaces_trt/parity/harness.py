@@ -59,6 +59,10 @@ def runner_precision(runner: Any, backend: str) -> str:
     return precision_of(backend)
 
 
+#: Why a :class:`ParityResult` has no detections compared.
+DETECTIONS_NOT_COMPARED = "not compared (the score maps' shapes differ or hold non-finite values)"
+
+
 @dataclass
 class ParityResult:
     """One backend on one image size.
@@ -67,7 +71,7 @@ class ParityResult:
         backend, precision, width, height: what was compared.
         levels: pyramid levels compared (0 when skipped).
         maps, detections: the comparisons (``detections`` is None when the maps' shapes
-            differ, as the pipeline cannot decode them).
+            differ or hold non-finite values: :data:`DETECTIONS_NOT_COMPARED`).
         skipped: why the backend could not be run ("" when it ran).
     """
 
@@ -89,8 +93,7 @@ class ParityResult:
                  else ["maps: not compared"])
         found += ([f"detections: {f}" for f in self.detections.failures]
                   if self.detections is not None
-                  else ["detections: not compared (the score maps' shapes differ or hold "
-                        "non-finite values)"])
+                  else [f"detections: {DETECTIONS_NOT_COMPARED}"])
         return found
 
     @property

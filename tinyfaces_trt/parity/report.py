@@ -12,7 +12,8 @@ from dataclasses import asdict
 from typing import Any
 
 from tinyfaces_trt.parity.compare import TOLERANCES, Tolerances, format_stat
-from tinyfaces_trt.parity.harness import FAILED, PASSED, SKIPPED, ParityResult
+from tinyfaces_trt.parity.harness import (DETECTIONS_NOT_COMPARED, FAILED, PASSED, SKIPPED,
+                                          ParityResult)
 
 _HEAD = ("| backend | image WxH | status | levels | max abs | max rel | maps | dets ref/test "
          "| matched | max Δprob | dets |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -45,7 +46,7 @@ def markdown_table(results: Sequence[ParityResult]) -> str:
         maps = _verdict(m.failures) if m is not None else "FAIL: not compared"
         if d is None:
             dets, matched, diff = "-", "-", "-"
-            dets_ok = "FAIL: not compared (the score maps' shapes differ)"
+            dets_ok = f"FAIL: {DETECTIONS_NOT_COMPARED}"
         else:
             dets, matched, diff = f"{d.n_ref}/{d.n_test}", str(d.n_matched), \
                 format_stat(d.max_score_diff)
