@@ -13,7 +13,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                      parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import check_future_folder
+from tinyfaces_trt.core.files import check_future_folder, temporary_folder
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
@@ -204,7 +204,9 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         print(f"tf-export: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # writing the export folder (disk full, permissions, ...)
-        print(f"tf-export: error: cannot write the export folder {a.out}: {exc}", file=sys.stderr)
+        detail = exc.strerror if exc.strerror and temporary_folder(exc) is not None else exc
+        print(f"tf-export: error: cannot write the export folder {a.out}: {detail}",
+              file=sys.stderr)
         return EXIT_ERROR
     print(Path(a.out) / "manifest.json")
     return EXIT_OK

@@ -91,6 +91,28 @@ def test_unusable_out_folder_fails_before_loading_weights(capsys, tmp_path):
     assert f"--out {blocker} exists and is not a folder" in capsys.readouterr().err
 
 
+def test_a_write_refused_in_the_staging_folder_names_the_export_folder(capsys, tmp_path,
+                                                                       monkeypatch):
+    """`--out /proc/nope` said "[Errno 2] No such file or directory: '/proc/.tf-tmp-2545...
+    -export-yarppiv3'": the hidden staging name, which the user never gave."""
+    import errno
+
+    from tinyfaces_trt.export import export_pipeline
+
+    out = tmp_path / "export"
+    for name, said in ((".tf-tmp-25456.0a7c9cdf-export-yarppiv3", "No such file or directory"),
+                       ("model.onnx", "[Errno 2] No such file or directory: '{}'")):
+        refused = tmp_path / name
+
+        def export_model(*args, **kwargs):
+            raise OSError(errno.ENOENT, "No such file or directory", str(refused))
+
+        monkeypatch.setattr(export_pipeline, "export_model", export_model)
+        assert main(["--untrained", "--depth", "50", "--out", str(out)]) == EXIT_ERROR
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"tf-export: error: cannot write the export folder {out}: {said.format(refused)}")
+
+
 def test_a_model_written_with_another_opset_is_an_error_and_the_folder_unchanged(tmp_path, capsys,
                                                                                   monkeypatch,
                                                                                   checkpoint):

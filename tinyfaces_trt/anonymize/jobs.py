@@ -44,8 +44,8 @@ from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
                                              write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
 from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
-from tinyfaces_trt.core.files import (TEMP_PREFIX, atomic_output, dangling_link_note,
-                                      inputs_replaced_by, write_text_atomic, written_for_another)
+from tinyfaces_trt.core.files import (atomic_output, dangling_link_note, inputs_replaced_by,
+                                      temporary_folder, write_text_atomic, written_for_another)
 from tinyfaces_trt.core.progress import TimedLines, bar_size, detect_with_progress, duration_text
 from tinyfaces_trt.media_files import (HIDDEN_FILE, HIDDEN_FOLDER, IMAGE_ALIASES, IMAGE_SUFFIXES,
                                        LEFT_OUT_TEXT, OTHER_IMAGE_SUFFIXES,
@@ -645,10 +645,8 @@ def process_file(detector: Detector, task: Task, options: Options) -> Result:
     except OSError as exc:
         if isinstance(exc, FileNotFoundError) and exc.filename == task.source:
             why = f"no such file{dangling_link_note(task.source)}"  # gone since the plan
-        elif exc.filename and Path(os.fsdecode(exc.filename)).name.startswith(TEMP_PREFIX):
-            # the hidden name the output or its sidecar is written under: say where instead
-            why = f"cannot write into {Path(os.fsdecode(exc.filename)).parent} " \
-                  f"({exc.strerror or exc})"
+        elif (folder := temporary_folder(exc)) is not None:  # an output's or sidecar's
+            why = f"cannot write into {folder} ({exc.strerror or exc})"
         else:
             why = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
         message = why + _remove_earlier(task, options, earlier)
