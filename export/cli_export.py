@@ -194,8 +194,8 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                      timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
                      weights_sha256=sha256, untrained=a.untrained, verify=not a.no_verify,
                      log=_progress)
-    except TensorRTUnavailableError as exc:
-        print(str(exc), file=sys.stderr)
+    except TensorRTUnavailableError as exc:  # --engine asked for: the ONNX files are written
+        print(f"tf-export: error: {exc}", file=sys.stderr)
         return EXIT_NO_TENSORRT
     except EngineBuildError as exc:
         print(f"tf-export: error: {exc}", file=sys.stderr)

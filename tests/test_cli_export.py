@@ -212,7 +212,8 @@ def test_engine_without_tensorrt_exits_3_after_writing_onnx(checkpoint, tmp_path
     assert result.returncode == EXIT_NO_TENSORRT, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("NVIDIA TensorRT is not installed: wrote ONNX only; build the engine on a machine with "
+    assert last.startswith("tf-export: error: NVIDIA TensorRT is not installed: wrote ONNX only; build the "
+                           "engine on a machine with "
                            "TensorRT >= 10")
     assert (f"trtexec --onnx={out / 'model_fp16.onnx'} --minShapes=image:1x3x34x46 "
             f"--optShapes=image:1x3x134x182 --maxShapes=image:1x3x134x182 --stronglyTyped "
