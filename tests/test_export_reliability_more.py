@@ -100,7 +100,8 @@ def test_a_failed_engine_leaves_the_previous_folder_and_its_engine(tensorrt, che
     last = capsys.readouterr().err.splitlines()[-1]
     if tensorrt == "missing":
         assert code == EXIT_NO_TENSORRT
-        assert last == (f"NVIDIA TensorRT is not installed: no engine can be built here, so "
+        assert last == (f"tf-export: error: NVIDIA TensorRT is not installed: no engine can be "
+                        f"built here, so "
                         f"{previous} is left as it was (nothing exported); re-run with --engine on "
                         f"a machine with TensorRT >= 10, or without --engine to replace its ONNX "
                         f"files")
