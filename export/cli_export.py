@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--simplify", action="store_true", help="run onnxslim (or onnxsim) on the graph; measured "
                                                              "to change nothing on this network")
     out.add_argument("--no-verify", action="store_true",
-                     help="skip the ONNX Runtime vs torch check on two small inputs")
+                     help="skip the ONNX Runtime vs torch check on two small random images "
+                          "(normalised as the network's inputs are)")
     prof = p.add_argument_group("profile (input shapes of the engine)")
     prof.add_argument("--image-size", metavar="WxH", action="append", type=parse_image_size, default=[],
                       help="cover every pyramid level of this image size; repeatable, the first is the typical size")

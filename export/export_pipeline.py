@@ -339,9 +339,9 @@ def _check_export_arguments(*, model: object, config: object, out_dir: object, o
         raise ConfigError(f"log must be a function taking a line of text, or None; got {log!r}")
 
 
-def _verify(model: nn.Module, path: Path, precision: str) -> str:
+def _verify(model: nn.Module, path: Path, precision: str, config: DetectorConfig) -> str:
     try:
-        err = verify_against_torch(model, path, precision)
+        err = verify_against_torch(model, path, precision, config.normalization)
     except BackendUnavailableError:
         return "ONNX Runtime check skipped: onnxruntime is not installed"
     return f"ONNX Runtime vs torch max abs error {err:.2e}"
@@ -491,7 +491,7 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
     files["onnx_fp32"] = onnx_fp32.name
     if verify:
         with step(log, f"checking {onnx_fp32.name}") as info:
-            info["detail"] = _verify(model, onnx_fp32, "fp32")
+            info["detail"] = _verify(model, onnx_fp32, "fp32", config)
 
     onnx_fp16 = None
     if fp16:
@@ -503,7 +503,7 @@ def _export_into(model: nn.Module, config: DetectorConfig, out: Path, final: Pat
             info["detail"] = f"{len(proto16.graph.node)} nodes, ONNX opset {written_opset} read back"
         if verify:
             with step(log, f"checking {onnx_fp16.name}") as info:
-                info["detail"] = _verify(model, onnx_fp16, "fp16")
+                info["detail"] = _verify(model, onnx_fp16, "fp16", config)
 
     engine_key = "engine_fp16" if fp16 else "engine_fp32"
     engine_path = out / DEFAULT_FILE_NAMES[engine_key]

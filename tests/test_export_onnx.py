@@ -271,6 +271,45 @@ def test_fp16_model_has_float32_io_and_stays_within_tolerance(exported, model):
     assert err > 1e-5  # really float16 weights, not a float32 copy
 
 
+def test_the_export_check_feeds_inputs_in_the_networks_own_range(exported, model, monkeypatch):
+    """The check fed unit normal inputs, where the matconvnet variant's network sees raw pixels
+    less the average image (+-130): its float16 activations overflowed in tf-parity while the
+    export's own check passed. It now feeds random pixels through the config's normalisation."""
+    from tinyfaces_trt.core.config import Normalization
+    from tinyfaces_trt.export import onnx_export
+
+    out, _, _ = exported
+    seen = []
+    real = ort.InferenceSession
+
+    class Recording(real):
+        def run(self, names, feed, *args, **kwargs):
+            seen.append(next(iter(feed.values())))
+            return super().run(names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    onnx_export.verify_against_torch(model, out / "model.onnx", "fp32",
+                                     Normalization.average_image((123.68, 116.779, 103.939)))
+    assert len(seen) == len(onnx_export.VERIFY_SIZES)
+    x = np.concatenate([a.reshape(3, -1) for a in seen], axis=1)
+    assert x.min() < -100 and x.max() > 120  # 0..255 less about 120, not +-3
+    seen.clear()
+    onnx_export.verify_against_torch(model, out / "model.onnx", "fp32", Normalization.imagenet())
+    x = np.concatenate([a.reshape(3, -1) for a in seen], axis=1)
+    assert -2.2 < x.min() < -1.9 and 2.4 < x.max() < 2.7  # (0..1 - mean) / std
+    # the export checks with its config's normalisation
+    from tinyfaces_trt.export import export_pipeline
+
+    asked = []
+    monkeypatch.setattr(export_pipeline, "verify_against_torch",
+                        lambda model, path, precision, normalization: asked.append(
+                            normalization) or 0.0)
+    config = DetectorConfig.for_variant("matconvnet")
+    assert export_pipeline._verify(model, out / "model.onnx", "fp16", config) == \
+        "ONNX Runtime vs torch max abs error 0.00e+00"
+    assert asked == [config.normalization]
+
+
 def test_manifest_of_export_round_trips(exported, model):
     out, manifest_path, lines = exported
     assert manifest_path == out / MANIFEST_NAME
