@@ -41,6 +41,7 @@ import logging
 import re
 import shlex
 import string
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def load_weights(path: str | Path, depth: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:  # torch.load says only "EOFError"
+        expected = _EXPECTED_MAT if path.suffix.lower() == ".mat" else _EXPECTED_TORCH
+        raise WeightsError(f"{path}: the file is empty (0 bytes); expected {expected}")
     with open(path, "rb") as f:
         head = f.read(len(_MAT_MAGIC))
     if head == _MAT_MAGIC:
@@ -120,7 +124,9 @@ def load_pytorch_checkpoint(path: str | Path, depth: int | None = None,
                             variant: str | None = None) -> tuple[TinyFacesNet, DetectorConfig]:
     """Loads a ``{"model": state_dict}`` (or bare state_dict) torch checkpoint."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's file: the error says what it is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         if Path(path).suffix.lower() == ".mat":  # named as a MATLAB file: say what it lacks
             raise WeightsError(f"{path}: not a MATLAB .mat file (it does not start with the "
@@ -185,7 +191,10 @@ def _extract_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
+    if isinstance(obj, Mapping) and not obj:
+        raise WeightsError(f"{path}: the state dict is empty (no tensors); expected "
+                           f"{_EXPECTED_TORCH}")
+    if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: found {type(obj).__name__}, expected {_EXPECTED_TORCH}")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:

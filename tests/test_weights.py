@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -131,10 +132,19 @@ def test_corrupt_and_foreign_files(tmp_path):
             load_weights(path)
         assert str(path) in str(err.value) and "expected" in str(err.value), name
 
+    with pytest.raises(WeightsError, match=r"empty\.pth: the file is empty \(0 bytes\); "
+                                           r"expected a torch\.save file"):
+        load_weights(tmp_path / "empty.pth")  # was "(EOFError: EOFError)"
+
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], listed)
     with pytest.raises(WeightsError, match=r"found list, expected a torch\.save file"):
         load_weights(listed)
+    for empty in ({"model": {}}, {}):  # was "found dict, expected ..."
+        torch.save(empty, listed)
+        with pytest.raises(WeightsError, match=r"list\.pth: the state dict is empty \(no "
+                                               r"tensors\); expected a torch\.save file"):
+            load_weights(listed)
 
     unsafe = tmp_path / "unsafe.pth"  # arbitrary pickled objects are refused (weights_only)
     with open(unsafe, "wb") as f:
@@ -144,6 +154,14 @@ def test_corrupt_and_foreign_files(tmp_path):
 
     with pytest.raises(WeightsError, match="weights file not found"):
         load_weights(tmp_path / "missing.pth")
+
+    plain = tmp_path / "plain.pth"  # a plain pickle: the error alone, not torch's warning first
+    with open(plain, "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+            load_weights(plain)
 
 
 class _Opaque:
@@ -380,7 +398,7 @@ def test_mat_without_a_dagnn_names_what_was_expected(tmp_path, variables, proble
 def test_mat_suffix_is_not_decisive(tmp_path):
     """Content decides the loader; a .mat name without MAT content is called that, not a
     broken PyTorch checkpoint."""
-    for name, data in (("random.mat", np.random.default_rng(0).bytes(4096)), ("empty.mat", b""),
+    for name, data in (("random.mat", np.random.default_rng(0).bytes(4096)),
                        ("text.MAT", b"plain text\n")):
         path = tmp_path / name
         path.write_bytes(data)
@@ -389,6 +407,10 @@ def test_mat_suffix_is_not_decisive(tmp_path):
         assert str(err.value) == (f"{path}: not a MATLAB .mat file (it does not start with the "
                                   f"'MATLAB' header of a v5/v7 MAT-file); {EXPECTED_MAT}"), name
         assert "PyTorch" not in str(err.value)
+    (tmp_path / "empty.mat").write_bytes(b"")
+    with pytest.raises(WeightsError) as err:
+        load_weights(tmp_path / "empty.mat")
+    assert str(err.value) == f"{tmp_path / 'empty.mat'}: the file is empty (0 bytes); {EXPECTED_MAT}"
     renamed = tmp_path / "checkpoint.mat"  # a real torch checkpoint under a .mat name loads
     saved = write_fake_pytorch_checkpoint(renamed, depth=50)
     model, config = load_weights(renamed)
