@@ -105,7 +105,7 @@ TINYFACES_API uint32_t tf_abi_version(void);
 
 /* Checks the caller's view of the ABI (version + struct sizes): SUCCESS or ABI_MISMATCH. */
 TINYFACES_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
-                              size_t sizeof_nms_params, size_t sizeof_nms_stats);
+                                     size_t sizeof_nms_params, size_t sizeof_nms_stats);
 
 /* Number of CUDA devices visible (cudaGetDeviceCount); CUDA_ERROR without a driver. */
 TINYFACES_API tf_status tf_get_device_count(int* count);
@@ -123,7 +123,7 @@ TINYFACES_API tf_status tf_get_device_count(int* count);
  * level, or reserve the bound 12*src_h*dst_w + 16*(max(src_w, dst_w) + max(src_h, dst_h))
  * + 32*(dst_w + dst_h) + 1280 bytes: never below the query, and monotone in every size. */
 TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
-                                          int dst_width, size_t* bytes);
+                                                 int dst_width, size_t* bytes);
 
 /* src: device pointer to src_height rows of src_width RGB uint8 pixels, rows
  * src_row_bytes apart (0 = tightly packed, 3 * src_width). The pitch has no upper bound of
@@ -131,10 +131,10 @@ TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, 
  * must not exceed 2^63 - 1 (else INVALID_SIZE). dst: device (1,3,h,w) float32.
  * channel_scale / channel_bias: HOST arrays of 3 floats (finite). */
 TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
-                                     int64_t src_row_bytes, float* dst, int dst_height,
-                                     int dst_width, const float* channel_scale,
-                                     const float* channel_bias, void* workspace,
-                                     size_t workspace_bytes, tf_stream_t stream);
+                                            int64_t src_row_bytes, float* dst, int dst_height,
+                                            int dst_width, const float* channel_scale,
+                                            const float* channel_bias, void* workspace,
+                                            size_t workspace_bytes, tf_stream_t stream);
 
 /* ---------------------------------------------------------------------------------------
  * Candidate buffer: one per image, shared by all its levels.
@@ -185,8 +185,8 @@ TINYFACES_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream
  * buffer (and still returns SUCCESS); with another value the boxes land at an offset where
  * tf_nms, given the buffer's capacity, does not read them. */
 TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int width,
-                                 const tf_decode_params* params, int64_t key_base,
-                                 void* candidates, int64_t capacity, tf_stream_t stream);
+                                        const tf_decode_params* params, int64_t key_base,
+                                        void* candidates, int64_t capacity, tf_stream_t stream);
 
 /* ---------------------------------------------------------------------------------------
  * Sort + NMS.  Candidates are sorted by logit descending, ties by key ascending (CUB radix
@@ -269,8 +269,8 @@ TINYFACES_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* by
  * first CUDA calls) and returns WORKSPACE_TOO_SMALL ("internal: ...") if one is above the
  * workspace's bound, which the current CUB never is. */
 TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
-                        int64_t max_candidates, void* workspace, size_t workspace_bytes,
-                        float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);
+                               int64_t max_candidates, void* workspace, size_t workspace_bytes,
+                               float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream);
 
 #ifdef __cplusplus
 }

@@ -114,8 +114,8 @@ TINYFACES_API tf_status tf_candidates_reset(void* candidates, tf_stream_t stream
 }
 
 TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int width,
-                                 const tf_decode_params* params, int64_t key_base,
-                                 void* candidates, int64_t capacity, tf_stream_t stream) {
+                                        const tf_decode_params* params, int64_t key_base,
+                                        void* candidates, int64_t capacity, tf_stream_t stream) {
   tf::clear_error();
   if (score_map == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "score_map is NULL");
   if (params == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "params is NULL");

@@ -475,8 +475,8 @@ TINYFACES_API tf_status tf_nms_workspace_size(int64_t max_candidates, size_t* by
 }
 
 TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const tf_nms_params* params,
-                        int64_t max_candidates, void* workspace, size_t workspace_bytes,
-                        float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream) {
+                               int64_t max_candidates, void* workspace, size_t workspace_bytes,
+                               float* out_boxes, tf_nms_stats* out_stats, tf_stream_t stream) {
   tf::clear_error();
   TF_RETURN_IF_ERROR(check_nms_args(candidates, capacity, params, max_candidates, workspace,
                                     out_boxes, out_stats));

@@ -137,7 +137,7 @@ tf_status check_dims(int src_h, int src_w, int dst_h, int dst_w) {
 extern "C" {
 
 TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, int dst_height,
-                                          int dst_width, size_t* bytes) {
+                                                 int dst_width, size_t* bytes) {
   tf::clear_error();
   if (bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "bytes is NULL");
   TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
@@ -146,10 +146,10 @@ TINYFACES_API tf_status tf_resize_workspace_size(int src_height, int src_width, 
 }
 
 TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, int src_width,
-                                     int64_t src_row_bytes, float* dst, int dst_height,
-                                     int dst_width, const float* channel_scale,
-                                     const float* channel_bias, void* workspace,
-                                     size_t workspace_bytes, tf_stream_t stream) {
+                                            int64_t src_row_bytes, float* dst, int dst_height,
+                                            int dst_width, const float* channel_scale,
+                                            const float* channel_bias, void* workspace,
+                                            size_t workspace_bytes, tf_stream_t stream) {
   tf::clear_error();
   if (src == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "src is NULL");
   if (dst == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "dst is NULL");

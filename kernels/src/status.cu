@@ -62,7 +62,7 @@ TINYFACES_API const char* tf_last_error_message(void) { return g_error.message; 
 TINYFACES_API uint32_t tf_abi_version(void) { return TF_KERNELS_ABI_VERSION; }
 
 TINYFACES_API tf_status tf_check_abi(uint32_t abi_version, size_t sizeof_decode_params,
-                              size_t sizeof_nms_params, size_t sizeof_nms_stats) {
+                                     size_t sizeof_nms_params, size_t sizeof_nms_stats) {
   tf::clear_error();
   if (abi_version != TF_KERNELS_ABI_VERSION || sizeof_decode_params != sizeof(tf_decode_params) ||
       sizeof_nms_params != sizeof(tf_nms_params) || sizeof_nms_stats != sizeof(tf_nms_stats)) {
