@@ -351,6 +351,11 @@ def test_an_anonymised_copy_is_not_written_beside_a_copy_showing_the_faces(capsy
         assert detections.read_text() == record
     code, _, err = run(capsys, *argv, "--draw", "--prob-thresh", "0.9")
     assert code == 0 and blurred.is_file() and drawn.read_bytes() != shown
+    # a rerun of those settings without --draw writes nothing: skipped, as before, not refused
+    code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")
+    assert code == 0 and "skipped, its outputs exist" in err and drawn.is_file()
+    code, _, err = run(capsys, *argv, "--prob-thresh", "0.9", "--overwrite")  # rewrites: refused
+    assert code == 1 and "would stay beside the blurred copy" in err
     drawn.unlink()
     code, _, err = run(capsys, *argv, "--prob-thresh", "0.9")
     assert code == 0 and "skipped, its outputs exist" in err and not drawn.exists()

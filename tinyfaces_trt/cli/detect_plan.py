@@ -762,11 +762,12 @@ def _faces_beside_the_copy(task: DetectTask, options: DetectOptions) -> str | No
     ``--out``, and this run, without --draw, would leave it there, beside the copy that hides
     them and a JSON of other detections maybe. Neither removed (a file of the user's by that
     name) nor kept silently: a folder of anonymised copies must not show the faces. None
-    when it may."""
+    when it may, and for an image this run skips (:func:`resume_state`: its outputs exist,
+    made with these settings, the drawn copy with them by an earlier ``--draw``)."""
     if options.anonymise is None or options.draw or options.out_dir is None or task.stem is None:
         return None
     drawn = plan_outputs(options.out_dir, task.stem, task.job, options.anonymise, draw=True).drawn
-    if drawn is None or not os.path.lexists(drawn):
+    if drawn is None or not os.path.lexists(drawn) or resume_state(task, options).done:
         return None
     copy = "blurred" if options.anonymise == "blur" else "pixelated"
     return (f"{task.job.path}: {drawn} (a copy with the faces visible and boxes drawn) would "
