@@ -1,5 +1,5 @@
 """How much memory this process may still take: the machine's available memory, lowered to
-what its control group (a container's limit) has left.
+what its control groups (a container's, a batch job's, a systemd slice's limit) have left.
 
 Where Linux overcommits, a process that outgrows memory is not told (no MemoryError): the
 kernel's out-of-memory killer ends it, without a message. Work whose footprint is known up
@@ -9,17 +9,22 @@ front (the frames a video job holds) is checked against :func:`available_bytes` 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 #: Where the control-group file systems are mounted.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: (limit, usage, the reclaimable page cache in memory.stat) of each cgroup version.
+_V2_FILES = ("memory.max", "memory.current", "inactive_file")
+_V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
 
 
 def available_bytes(root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) -> int | None:
     """Bytes this process may still allocate: the least of the machine's available memory
-    (Linux's ``MemAvailable``; elsewhere free physical pages) and what its control group has
-    left under its limit (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None where
-    none of these can be read. ``root`` and ``proc``: where to read them (tests)."""
+    (Linux's ``MemAvailable``; elsewhere free physical pages) and what each control group it
+    is in, and each group above that, has left under its limit (cgroup v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``; the group's usage less its inactive page cache, which the
+    kernel reclaims before it kills: the working set, as container runtimes count it); None
+    where none of these can be read. ``root`` and ``proc``: where to read them (tests)."""
     known = [value for value in (_meminfo_available(proc), _cgroup_left(root, proc))
              if value is not None]
     if not known:
@@ -45,32 +50,37 @@ def _free_pages() -> int | None:
 
 
 def _cgroup_left(root: Path, proc: Path) -> int | None:
-    """The limit less the usage of this process's memory control group, None where it has no
-    limit or none can be read. The group's path in ``/proc/self/cgroup`` is looked for under
-    the mount first, then the mount's root (a container sees its own group there)."""
+    """The least room under the limits of this process's memory control group and of every
+    group above it, None where none has a limit or none can be read. A group's path (from
+    ``/proc/self/cgroup``) that is not under the mount (a container sees its own group at the
+    mount's root) is read from the mount's root."""
     try:
         lines = (proc / "self" / "cgroup").read_text().splitlines()
     except OSError:
         return None
+    rooms: list[int] = []
     for line in lines:
         _, controllers, group = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":  # v2, the unified hierarchy
-            files = ("memory.max", "memory.current")
-            mounts = [root, root / "unified"]
+            files, mounts = _V2_FILES, [root, root / "unified"]
         elif "memory" in controllers.split(","):
-            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
-            mounts = [root / "memory"]
+            files, mounts = _V1_FILES, [root / "memory"]
         else:
             continue
         for mount in mounts:
-            for folder in (mount / group.lstrip("/"), mount):
-                left = _limit_less_usage(folder, *files)
-                if left is not None:
-                    return left
-    return None
+            if not mount.is_dir():
+                continue
+            path = PurePosixPath("/") / group.strip()
+            for folder in [mount / str(p).lstrip("/") for p in (path, *path.parents)]:
+                if folder.is_dir():
+                    room = _room(folder, *files)
+                    if room is not None:
+                        rooms.append(room)
+    return min(rooms) if rooms else None
 
 
-def _limit_less_usage(folder: Path, limit_file: str, usage_file: str) -> int | None:
+def _room(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    """The group's limit less its working set, None without a limit or where unreadable."""
     try:
         limit_text = (folder / limit_file).read_text().strip()
         usage = int((folder / usage_file).read_text().strip())
@@ -84,4 +94,16 @@ def _limit_less_usage(folder: Path, limit_file: str, usage_file: str) -> int | N
         return None
     if limit >= 1 << 60:  # v1's "no limit": the largest page-aligned int64
         return None
-    return max(0, limit - usage)
+    return max(0, limit - max(0, usage - _stat(folder, inactive_key)))
+
+
+def _stat(folder: Path, key: str) -> int:
+    """A counter of the group's ``memory.stat`` (0 where it cannot be read)."""
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -70,3 +70,32 @@ def test_unreadable_files_fall_back_to_free_pages(tmp_path):
     proc = tmp_path / "nothing"
     free = available_bytes(tmp_path / "none", proc)
     assert free is not None and free > 0  # os.sysconf's free physical pages here
+
+
+def test_a_limit_on_a_group_above_counts_too(tmp_path):
+    """A Slurm job's limit sits on job_7; the task's own group, below it, says "max"."""
+    proc = _proc(tmp_path, "0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n",
+                 available_kib=200 * 2**20)
+    root = tmp_path / "cgroup"
+    job = root / "system.slice" / "slurmstepd.scope" / "job_7"
+    _group(job, memory_max=str(16 * GIB), memory_current=str(15 * GIB))
+    _group(job / "step_0" / "user" / "task_0", memory_max="max", memory_current=str(GIB))
+    assert available_bytes(root, proc) == GIB
+    _group(job / "step_0", memory_max=str(GIB // 2), memory_current="0")  # the tighter one
+    assert available_bytes(root, proc) == GIB // 2
+
+
+def test_inactive_page_cache_is_room(tmp_path):
+    """Video read and written fills the group's page cache, which its usage counts: the room
+    is the limit less the working set (usage less inactive file pages), as the kernel reclaims
+    those before it kills."""
+    proc = _proc(tmp_path, "0::/job\n", available_kib=200 * 2**20)
+    root = tmp_path / "cgroup"
+    _group(root / "job", memory_max=str(16 * GIB), memory_current=str(15 * GIB),
+           memory_stat=f"anon {GIB}\nfile {14 * GIB}\ninactive_file {12 * GIB}\nactive_file 0")
+    assert available_bytes(root, proc) == 13 * GIB
+    proc_v1 = _proc(tmp_path / "v1", "4:memory:/job\n", available_kib=200 * 2**20)
+    _group(root / "memory" / "job", memory_limit_in_bytes=str(4 * GIB),
+           memory_usage_in_bytes=str(4 * GIB),
+           memory_stat=f"cache {3 * GIB}\ninactive_file {GIB}\ntotal_inactive_file {2 * GIB}")
+    assert available_bytes(root, proc_v1) == 2 * GIB  # the hierarchy's total counter
