@@ -199,8 +199,10 @@ def temporary_folder(exc: OSError) -> Path | None:
     """The folder of the file ``exc`` names where that is one of these hidden temporaries (an
     output or export being written), else None: a message then names the folder, which the
     user knows, not the temporary name."""
-    name = os.fsdecode(exc.filename) if exc.filename is not None else ""
-    return Path(name).parent if Path(name).name.startswith(TEMP_PREFIX) else None
+    if not isinstance(exc.filename, (str, bytes, os.PathLike)):  # None, or a descriptor
+        return None
+    name = Path(os.fsdecode(exc.filename))
+    return name.parent if name.name.startswith(TEMP_PREFIX) else None
 
 
 def _forget(path: Path) -> None:

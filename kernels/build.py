@@ -370,8 +370,8 @@ with TINYFACES_KERNELS_LIB=DIR/{lib}.
 
 From C or C++: include {include}/tinyfaces_kernels.h and link with
 -L<out> -ltinyfaces_kernels; the program then loads {lib}.N (the
-SONAME: ship that file), which needs the NVIDIA driver, libstdc++ and a glibc
-as recent as this machine's. The C example: {examples}/decode_nms_demo.c.
+SONAME: ship that file), which needs the NVIDIA driver, libstdc++, libgcc_s
+and a glibc as recent as this machine's. The C example: {examples}/decode_nms_demo.c.
 
 Examples:
   tf-build-kernels                  # sm_80 + sm_90 SASS and compute_90 PTX, into the cache

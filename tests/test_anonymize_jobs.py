@@ -119,6 +119,10 @@ def test_a_folder_it_cannot_write_into_is_named_not_the_hidden_temporary_file(tm
     assert (f"tf-anonymize: error: {album / 'sub' / 'p.jpg'}: cannot write into "
             f"{tmp_path / 'out' / 'sub'} (Permission denied)") in err.splitlines()
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    from tinyfaces_trt.core.files import temporary_folder
+
+    assert temporary_folder(OSError(9, "Bad file descriptor", 999)) is None  # an fd: no name
+    assert temporary_folder(OSError(2, "No such file", b"/o/.tf-tmp-1.ab-x.jpg")) == Path("/o")
 
 
 # --- 1: an output that would replace an input ------------------------------------------------

@@ -331,6 +331,7 @@ def test_images_of_unknown_suffixes_are_errors_in_tf_detect_as_in_tf_anonymize(t
         (folder / name).write_bytes((folder / "a.jpg").read_bytes())
     Image.open(folder / "a.jpg").save(folder / "p.bak", format="PNG")
     (folder / "v.insv").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(16))  # a video
+    (folder / "IMG_1.CR2").write_bytes(b"II*\x00" + bytes(64))  # a camera's raw file: TIFF-like
     (folder / "notes.txt").write_text("JFIF")
     found = find_inputs([str(folder)], [out])
     assert [job.rel.as_posix() for job in found.jobs] == ["a.jpg"]
@@ -343,10 +344,13 @@ def test_images_of_unknown_suffixes_are_errors_in_tf_detect_as_in_tf_anonymize(t
                     ("c", "a JPEG image", "its name has no suffix"),
                     ("p.bak", "a PNG image", "its suffix .bak is not one {} reads"),
                     ("sub/b.bak", "a JPEG image", "its suffix .bak is not one {} reads"))]
-    assert found.errors == [(path, text.replace("{} ", "tf-detect ").format("not read"))
-                            for path, text in expected]
+    raw = (str(folder / "IMG_1.CR2"), f"{folder / 'IMG_1.CR2'}: {{}}: .cr2 files are not "
+           f"supported; convert it to one of {images}")  # convert, not "rename"
+    assert found.errors == [raw[:1] + (raw[1].format("not read"),)] + [
+        (path, text.replace("{} ", "tf-detect ").format("not read")) for path, text in expected]
     _, _, errors = plan_tasks([folder], out)
     assert sorted(errors) == sorted(
+        [raw[:1] + (raw[1].format("not anonymised"),)] +
         [(path, text.replace("{} ", "tf-anonymize ").format("not anonymised"))
          for path, text in expected] +
         [(str(folder / "v.insv"), f"{folder / 'v.insv'}: not anonymised: the file holds an MP4 "

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyfaces_trt.core.files import TEMP_PREFIX
-from tinyfaces_trt.runtime.imageio import JPEG_MAGIC
 
 #: Suffixes of the image files read in folders (lower case; a file's is compared lower-cased):
 #: formats Pillow both reads and writes, so tf-anonymize writes its copy in the input's format.
@@ -52,7 +51,9 @@ IMAGE_ALIASES = {".jfif": ".jpg", ".jpe": ".jpg", ".thm": ".jpg"}
 #: which would dither a blurred face back to its outline; PNM: any of the three; the others:
 #: no writer in Pillow).
 OTHER_IMAGE_SUFFIXES = (".pbm", ".pnm", ".heic", ".heif", ".avif", ".jp2", ".jxl", ".tga",
-                        ".ico", ".dng")
+                        ".ico", ".dng",
+                        # cameras' raw files (TIFF-like or their own): to convert, not rename
+                        ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".srw", ".pef")
 #: Suffixes of the videos tf-anonymize reads and writes (tf-detect reads images only).
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 #: Every suffix of a JPEG file.
@@ -236,7 +237,8 @@ def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) 
 
 __all__ = ["HIDDEN_FILE", "HIDDEN_FOLDER", "IMAGE_ALIASES", "IMAGE_SUFFIXES", "JPEG_SUFFIXES",
            "LINK_TO_SEARCHED", "LeftOut", "SEARCHED_THROUGH_LINK", "SPECIAL", "UNREADABLE",
-           "WHY", "image_format", "is_image_name", "is_special", "left_out_lines",
+           "WHY", "HEAD_BYTES", "image_format", "is_image_name", "is_special",
+           "left_out_lines", "media_in", "read_head", "unknown_suffix", "video_head",
            "walk_files", "within"]
 
 
@@ -252,7 +254,7 @@ _ASF_MAGIC = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _VIDEO_MAGIC = (b"\x00\x00\x01\xba", b".RMF", b"DHAV", b"DAHUA", _ASF_MAGIC)
 #: Image and video signatures at offset 0 of a file whose suffix says nothing
 #: (:func:`media_in`), with what they are; those of :data:`_VIDEO_MAGIC` too.
-_MEDIA_MAGIC = ((JPEG_MAGIC, "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+_MEDIA_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
                 (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"),
                 (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
                 (b"\x00\x00\x00\x0cjP  \r\n", "a JPEG 2000 image"),

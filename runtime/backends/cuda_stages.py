@@ -35,6 +35,7 @@ from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfi
 from tinyfaces_trt.core.errors import (BackendUnavailableError, NonFiniteScoresError, ScoreMapError,
                                        StageOrderError, TinyFacesError)
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
+from tinyfaces_trt.core.runner import cuda_array_interface
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
                                                         Stream, StreamOrder, as_stream)
@@ -333,7 +334,7 @@ class CudaPostprocessor:
             buf = self._scores.get(host.nbytes)
             buf.upload(host, self.stream)
             arr = DeviceArray(buf.ptr, host.shape, np.float32, owner=buf)
-        elif hasattr(score_map, "__cuda_array_interface__"):
+        elif cuda_array_interface(score_map) is not None:  # (a grad tensor: NetworkInputError)
             arr = cuda_device.as_device_array(score_map)
         else:
             raise ScoreMapError(f"a score map must be a numpy array or a device array with "

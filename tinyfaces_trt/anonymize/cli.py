@@ -186,8 +186,8 @@ tf-export), 2 bad command-line arguments (options, their values and combinations
     track = parser.add_argument_group("video")
     track.add_argument("--hold", type=_non_negative_int, default=5, metavar="N",
                        help="hold masks N frames after a face's last detection and back-fill "
-                            "N frames before its first (default: 5; 0: detections only); the "
-                            "last N + --batch frames stay decoded in memory (a 4K frame: 25 MB), "
+                            "N frames before its first (default: 5; 0: detections only); up "
+                            "to N + --batch + 1 frames stay decoded in memory (a 4K frame: 25 MB), "
                             "a video that would take more than half the memory available is "
                             "refused")
     track.add_argument("--iou", type=probability, default=0.3, metavar="T",
