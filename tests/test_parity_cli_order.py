@@ -135,6 +135,6 @@ def test_a_folder_whose_manifest_gives_the_network_other_settings_is_refused(cap
                                          config.normalization.mean, (2.0, 2.0, 2.0))
     edited = folder("edited", normalization=std, templates=config.templates * 1.5)
     assert _error(capsys, ["--weights", str(mat), "--model", str(edited)]) == (
-        f"tf-parity: error: export folder {edited}: its manifest gives the network other "
-        f"templates, normalization than {mat} has (an edited manifest?); its detections would "
-        f"not be the network's: re-export it")
+        f"tf-parity: error: export folder {edited}: its manifest's network settings differ "
+        f"from those of {mat} (templates, normalization; an edited manifest?); its detections "
+        f"would not be the network's: re-export it")

@@ -223,8 +223,8 @@ def _check_folder_network(folder: Any, args: argparse.Namespace,
         if name == "templates" else getattr(folder.config, name) == getattr(reference, name))]
     if changed:
         source = args.weights or f"the untrained ResNet-{args.depth} of seed {args.seed}"
-        raise TinyFacesError(f"export folder {folder.path}: its manifest gives the network "
-                             f"other {', '.join(changed)} than {source} has (an edited "
+        raise TinyFacesError(f"export folder {folder.path}: its manifest's network settings "
+                             f"differ from those of {source} ({', '.join(changed)}; an edited "
                              f"manifest?); its detections would not be the network's: "
                              f"re-export it")
 
