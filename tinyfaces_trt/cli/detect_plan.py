@@ -228,19 +228,22 @@ def _add_folder(found: Inputs, path: Path, excluded: Sequence[Path]) -> None:
     walked: list[LeftOut] = []
     unsupported: list[tuple[str, str]] = []  # images of other formats: (path, error)
     videos: list[str] = []
-    for p, held in _walk(path, walked):
+    for p in _walk(path, walked):
         holder = _output_holding(p, root, excluded)
+        suffix = p.suffix.lower()
         if holder is not None:
             if is_image_name(p):
                 found.left_out[holder] = found.left_out.get(holder, 0) + 1
         elif is_image_name(p):
             images.append(p)
-        elif held is not None:
-            unsupported.append((str(p), unknown_suffix(p, held, "image", "not read", "tf-detect")))
-        elif p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        elif suffix in OTHER_IMAGE_SUFFIXES:
             unsupported.append((str(p), unsupported_image(p, "not read")))
-        else:
+        elif suffix in VIDEO_SUFFIXES:
             videos.append(p.relative_to(path).as_posix())
+        elif (media := media_in(read_head(p))) is not None and media[1] == "image":
+            # an exiftool .jpg_original, a .bak: tf-anonymize names them too
+            unsupported.append((str(p), unknown_suffix(p, media[0], "image", "not read",
+                                                       "tf-detect")))
     if videos:
         log.warning("%s: %d video(s) not read (tf-detect reads images; tf-anonymize anonymises "
                     "videos): %s", path, len(videos), named(videos))
@@ -266,23 +269,16 @@ def collect_images(arguments: Sequence[str], exclude: Sequence[Path] = ()
     return found.jobs, found.errors
 
 
-def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[tuple[Path, str | None]]:
-    """Image files below ``folder`` (:func:`~tinyfaces_trt.media_files.walk_files`, the walk
-    tf-anonymize takes, with its suffixes: :func:`~tinyfaces_trt.media_files.is_image_name`),
-    and the images of other formats (:data:`~tinyfaces_trt.media_files.OTHER_IMAGE_SUFFIXES`),
-    the videos and the files of other suffixes that hold an image there, which the caller
-    names, each with what its first bytes say it holds for the last kind ("a JPEG image",
-    :func:`~tinyfaces_trt.media_files.media_in`: an exiftool ``.jpg_original``, a ``.bak``;
-    tf-anonymize names them too), None for the others; added to ``left_out`` is what it did
-    not read that could hold images: hidden images and named pipes named as images (a file
-    of another suffix is no input, hidden or not), hidden folders, links to folders already
+def _walk(folder: Path, left_out: list[LeftOut]) -> Iterator[Path]:
+    """The files below ``folder`` (:func:`~tinyfaces_trt.media_files.walk_files`, the walk
+    tf-anonymize takes), which the caller sorts: images by their suffixes
+    (:func:`~tinyfaces_trt.media_files.is_image_name`), images of other formats and videos,
+    which it names, other files by their first bytes; added to ``left_out`` is what it did not
+    read that could hold images: hidden images and named pipes named as images (a file of
+    another suffix is no input, hidden or not), hidden folders, links to folders already
     searched, folders that cannot be read."""
     walked: list[LeftOut] = []
-    for path in walk_files(folder, walked):
-        if is_image_name(path) or path.suffix.lower() in OTHER_IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            yield path, None
-        elif (media := media_in(read_head(path))) is not None and media[1] == "image":
-            yield path, media[0]
+    yield from walk_files(folder, walked)
     left_out.extend(entry for entry in walked
                     if entry.kind not in (HIDDEN_FILE, SPECIAL) or is_image_name(entry.path))
 
@@ -342,6 +338,11 @@ def image_suffix(job: ImageJob) -> str:
     return ".jpg" if jpeg else ".png"
 
 
+#: What an anonymised copy is called, by ``--blur``/``--pixelate`` mode: its name is
+#: ``<name>_<this>.jpg|png``.
+ANONYMISED = {"blur": "blurred", "pixelate": "pixelated"}
+
+
 def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None,
                  draw: bool) -> OutputPlan:
     """Where the outputs of ``job`` go: the drawn copy only when ``draw`` (an anonymised
@@ -349,9 +350,9 @@ def plan_outputs(out_dir: Path, stem: Path, job: ImageJob, anonymise: str | None
     for a JPEG input, else PNG (:func:`image_suffix`)."""
     ext = image_suffix(job)
     base = out_dir / stem
-    suffix = {"blur": "_blurred", "pixelate": "_pixelated"}.get(anonymise or "")
+    called = ANONYMISED.get(anonymise or "")
     return OutputPlan(drawn=base.with_name(base.name + "_boxes" + ext) if draw else None,
-                      anonymised=base.with_name(base.name + suffix + ext) if suffix else None,
+                      anonymised=base.with_name(f"{base.name}_{called}{ext}") if called else None,
                       detections=base.with_name(base.name + ".json"))
 
 
@@ -769,11 +770,10 @@ def _faces_beside_the_copy(task: DetectTask, options: DetectOptions) -> str | No
     drawn = plan_outputs(options.out_dir, task.stem, task.job, options.anonymise, draw=True).drawn
     if drawn is None or not os.path.lexists(drawn) or resume_state(task, options).done:
         return None
-    copy = "blurred" if options.anonymise == "blur" else "pixelated"
     return (f"{task.job.path}: {drawn} (a copy with the faces visible and boxes drawn) would "
-            f"stay beside the {copy} copy this run writes; a folder of anonymised copies must "
-            f"not show the faces: remove it, or pass --draw to make it again with this run's "
-            f"boxes")
+            f"stay beside the {ANONYMISED[options.anonymise]} copy this run writes; a folder "
+            f"of anonymised copies must not show the faces: remove it, or pass --draw to make "
+            f"it again with this run's boxes")
 
 
 def _wider_problem(wider_file: Path, job: ImageJob, owner: Path) -> str | None:
@@ -808,7 +808,7 @@ def _described_outputs(task: DetectTask, options: DetectOptions) -> list[tuple[P
     plan = task_plan(task, options)
     found = []
     if plan is not None:
-        hidden = f"{'blurred' if options.anonymise == 'blur' else 'pixelated'} copy"
+        hidden = f"{ANONYMISED.get(options.anonymise or '', 'anonymised')} copy"
         found = [(path, "--out", what) for path, what in (
             (plan.detections, "detections JSON"), (plan.anonymised, hidden),
             (plan.drawn, "copy with boxes drawn")) if path is not None]
