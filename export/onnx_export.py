@@ -240,14 +240,14 @@ def onnx_vs_torch(model: nn.Module, onnx_path: str | Path,
                           extra_hint="pip install 'tinyfaces-trt[export]'")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
+    if normalization is not None:
+        scale, bias = (v[:, None, None] for v in normalization.scale_and_bias())
     err = ref_max = 0.0
     for h, w in sizes:
         if normalization is None:
             x = rng.standard_normal((1, 3, h, w), dtype=np.float32)
         else:
-            scale, bias = normalization.scale_and_bias()
-            pixels = rng.integers(0, 256, (1, 3, h, w)).astype(np.float32)
-            x = pixels * scale[:, None, None] + bias[:, None, None]
+            x = rng.integers(0, 256, (1, 3, h, w)).astype(np.float32) * scale + bias
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()

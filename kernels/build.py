@@ -216,7 +216,6 @@ def staged_sources(source: Path, out_dir: Path) -> Iterator[Path]:
         discard_temporary(staged)
 
 
-
 def prepare_out_dir(out: str | os.PathLike[str] | None = None) -> Path:
     """Creates the output folder (``out``, else :func:`~.binding.cache_dir`) and returns it.
 

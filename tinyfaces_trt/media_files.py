@@ -235,13 +235,6 @@ def left_out_lines(entries: Sequence[tuple[str, str]], many: Mapping[str, str]) 
     return lines
 
 
-__all__ = ["HIDDEN_FILE", "HIDDEN_FOLDER", "IMAGE_ALIASES", "IMAGE_SUFFIXES", "JPEG_SUFFIXES",
-           "LINK_TO_SEARCHED", "LeftOut", "SEARCHED_THROUGH_LINK", "SPECIAL", "UNREADABLE",
-           "WHY", "HEAD_BYTES", "image_format", "is_image_name", "is_special",
-           "left_out_lines", "media_in", "read_head", "unknown_suffix", "video_head",
-           "walk_files", "within"]
-
-
 # ---------------------------------------------------------------------------------------------
 # What a file holds, by its first bytes (a file whose suffix says nothing)
 # ---------------------------------------------------------------------------------------------
@@ -310,3 +303,10 @@ def media_in(head: bytes) -> tuple[str, str] | None:
     if video_head(head):
         return "a video", "video"
     return None
+
+
+__all__ = ["HIDDEN_FILE", "HIDDEN_FOLDER", "IMAGE_ALIASES", "IMAGE_SUFFIXES", "JPEG_SUFFIXES",
+           "LINK_TO_SEARCHED", "LeftOut", "SEARCHED_THROUGH_LINK", "SPECIAL", "UNREADABLE",
+           "WHY", "HEAD_BYTES", "image_format", "is_image_name", "is_special",
+           "left_out_lines", "media_in", "read_head", "unknown_suffix", "video_head",
+           "walk_files", "within"]

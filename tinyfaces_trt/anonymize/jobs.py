@@ -246,7 +246,8 @@ def _other_format(path: Path) -> bool:
 
 
 def _looks_like_video(path: Path) -> bool:
-    """Whether the file starts as a video container does (:func:`~tinyfaces_trt.media_files.video_head`)."""
+    """Whether the file starts as a video container does
+    (:func:`~tinyfaces_trt.media_files.video_head`)."""
     return video_head(read_head(path))
 
 
@@ -321,9 +322,10 @@ def _plan_folder(folder: Path, exclude: Path, left_out: list[tuple[Path, str]]
                  ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """The folder's inputs ([(file, its path relative to ``folder``)]) and [(file, error)] for
     its images and videos of other formats (:func:`_other_format`), its files of unknown
-    suffixes that hold one (:func:`~tinyfaces_trt.media_files.media_in`) and the folder itself where it cannot be read;
-    what its walk leaves out is added to ``left_out`` (:func:`_walk`); its other files,
-    sidecars aside, are named in one warning: each file is anonymised or mentioned."""
+    suffixes that hold one (:func:`~tinyfaces_trt.media_files.media_in`) and the folder itself
+    where it cannot be read; what its walk leaves out is added to ``left_out`` (:func:`_walk`);
+    its other files, sidecars aside, are named in one warning: each file is anonymised or
+    mentioned."""
     found: list[tuple[Path, Path]] = []
     errors: list[tuple[str, str]] = []
     others: list[str] = []
