@@ -636,6 +636,65 @@ def test_crf_with_an_encoder_without_one_is_refused_before_any_work(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def _clips(folder: Path, **names: str) -> list[str]:
+    """Two-frame clips named by ``names`` (file name -> encoder), their paths."""
+    folder.mkdir()
+    for name, codec in names.items():
+        make_video(folder / name.replace("_", "."), n=2, audio=False, codec=codec)
+    return [str(folder / name.replace("_", ".")) for name in names]
+
+
+def test_a_crf_past_a_default_encoders_range_is_refused_before_any_work(tmp_path, capsys):
+    """--crf 60 fits the VP9 a .webm gets, not the x264 of .mp4, .avi and .mkv: the run
+    stops before any video is made, naming those, not after making the .webm."""
+    clips = _clips(tmp_path / "in", a_mp4="libx264", b_webm="libvpx-vp9", c_avi="libx264",
+                   d_mkv="libx264")
+    assert main([*clips, "--out", str(tmp_path / "out"), "--crf", "60", "-q"]) == 2
+    err = capsys.readouterr().err
+    a, _, c, d = clips
+    assert (f"tf-anonymize: error: --crf 60: {a}, {c}, {d}: .mp4/.avi/.mkv files are encoded "
+            "with libx264 when --codec is not given, and encoder 'libx264' takes a constant "
+            "rate factor of 0 to 51; give a smaller --crf, or a --codec\n") in err
+    assert err.count("error:") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_codec_some_containers_cannot_hold_is_refused_before_any_work(tmp_path, capsys):
+    clips = _clips(tmp_path / "in", a_mp4="libx264", b_webm="libvpx-vp9", c_avi="libx264")
+    assert main([*clips, "--out", str(tmp_path / "out"), "--codec", "libx265", "-q"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"tf-anonymize: error: --codec libx265: {clips[1]}: .webm files cannot hold a libx265 "
+        "stream",
+        f"tf-anonymize: error: --codec libx265: {clips[2]}: .avi files cannot hold a libx265 "
+        "stream"]
+    assert lines[0].endswith("; leave out --codec (.webm files get libvpx-vp9) or give those "
+                             "inputs a run of their own")
+    assert "(.avi files get libx264)" in lines[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_encoding_problems_group_and_probe_without_writing(tmp_path, monkeypatch):
+    from tinyfaces_trt.anonymize.video import container_problem, encoding_problems
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    container_problem.cache_clear()
+    assert container_problem(".mkv", "libx265") is None
+    assert container_problem(".MP4", "libvpx-vp9") is None
+    assert "does not support" in container_problem(".m4v", "libvpx-vp9")
+    assert container_problem(".webm", "bogus") is None  # the parser's to refuse
+    assert list(tmp_path.iterdir()) == []  # no probe file or folder left
+    mp4s = [(f"v{i}.mp4", ".mp4") for i in range(5)]
+    assert encoding_problems(mp4s + [("w.webm", ".webm")], None, 60) == [
+        "--crf 60: v0.mp4, v1.mp4, v2.mp4 and 2 more: .mp4 files are encoded with libx264 when "
+        "--codec is not given, and encoder 'libx264' takes a constant rate factor of 0 to 51; "
+        "give a smaller --crf, or a --codec"]
+    assert encoding_problems(mp4s, None, 51) == []
+    assert encoding_problems(mp4s + [("w.WEBM", ".WEBM")], "libvpx-vp9", 63) == []
+    assert encoding_problems([("w.webm", ".webm")], None, 63) == []
+    assert len(encoding_problems(mp4s + [("w.webm", ".webm")], "mpeg4", None)) == 1
+
+
 def test_an_interrupted_open_leaves_no_decode_thread(tmp_path, monkeypatch):
     """Ctrl-C while the reader waits for the first frame: its decode thread, blocked on a
     full queue, and the open file were left behind."""

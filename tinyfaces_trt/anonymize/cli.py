@@ -309,6 +309,8 @@ def _run_in(args: argparse.Namespace) -> int:
         tasks, results, errors = plan_tasks(args.inputs, out_dir, args.overwrite, options,
                                             expected)
         _report_plan(tasks, results, errors, args.quiet)
+        if _refuse_encoding(tasks, args):
+            return EXIT_USAGE
         tasks = _update_reviews(tasks, options, results, args.quiet)
         if not tasks:
             return _summary(results, errors, start)
@@ -335,6 +337,22 @@ def _run_in(args: argparse.Namespace) -> int:
             results.append(result)
             _report(result, args.quiet)
     return _summary(results, errors, start)
+
+
+def _refuse_encoding(tasks: list[Any], args: argparse.Namespace) -> bool:
+    """Says what keeps ``--codec`` or ``--crf`` from encoding some of the planned videos
+    (:func:`~.video.encoding_problems`) and returns True, before anything is made; else
+    False."""
+    if args.codec is None and args.crf is None:
+        return False
+    from tinyfaces_trt.anonymize.video import encoding_problems
+
+    videos = [(t.source, Path(t.output).suffix) for t in tasks
+              if t.kind == "video" and not t.review]
+    problems = encoding_problems(videos, args.codec, args.crf)
+    for problem in problems:
+        stderr_line(f"{PROG}: error: {problem}")
+    return bool(problems)
 
 
 def _update_reviews(tasks: list[Any], options: Any, results: list[Any], quiet: bool

@@ -21,13 +21,15 @@ Only this module imports :mod:`av`; it is imported lazily by the application.
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import logging
 import os
 import queue
+import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -691,6 +693,72 @@ def encoder_problem(codec: str) -> str | None:
     except Exception:  # noqa: BLE001 (UnknownCodecError, or not an encoder)
         return "no such encoder in this FFmpeg build (PyAV's)"
     return None if found.type == "video" else f"not a video encoder (it encodes {found.type})"
+
+
+@functools.lru_cache(maxsize=None)
+def container_problem(suffix: str, codec: str) -> str | None:
+    """Why a file of ``suffix`` cannot hold a ``codec`` video stream (FFmpeg's muxer refuses
+    it: a .webm holds VP8, VP9 and AV1 only, an .avi no H.265), else None; None too where
+    PyAV is absent or ``codec`` is no encoder here (said where the video is written). Probed
+    by adding the stream to an output container that is closed before it writes anything."""
+    try:
+        av = av_module()
+    except TinyFacesError:
+        return None
+    if encoder_problem(codec):
+        return None
+    with tempfile.TemporaryDirectory(prefix="tf-probe-") as folder:
+        try:
+            container = av.open(os.path.join(folder, "probe" + suffix), "w")
+        except Exception:  # noqa: BLE001 (no muxer for the suffix: refused per file)
+            return None
+        try:
+            container.add_stream(codec)
+        except Exception as exc:  # noqa: BLE001 (ValueError: "'webm' format does not ...")
+            return str(exc) or type(exc).__name__
+        finally:
+            container.close()
+    return None
+
+
+def encoding_problems(videos: Iterable[tuple[str, str]], codec: str | None,
+                      crf: int | None) -> list[str]:
+    """What keeps ``--codec`` and ``--crf`` from encoding some of the videos of a run, found
+    before any is decoded: a container that cannot hold ``codec`` (:func:`container_problem`;
+    a line per output suffix), a ``crf`` past the range of the encoder suffixes get by default
+    (``--crf 60`` fits a .webm's VP9, not an .mp4's x264; a line per encoder). ``videos``:
+    (input as named in messages, output suffix). A ``codec`` refused on its own
+    (:func:`encoder_problem`, :func:`~.video_formats.crf_problem`) is the parser's."""
+    by_suffix: dict[str, list[str]] = {}
+    for name, suffix in videos:
+        by_suffix.setdefault(suffix.lower(), []).append(name)
+    problems = []
+    if codec is not None:
+        for suffix, names in by_suffix.items():
+            reason = container_problem(suffix, codec)
+            if reason:
+                problems.append(
+                    f"--codec {codec}: {_some(names)}: {suffix} files cannot hold a {codec} "
+                    f"stream ({reason}); leave out --codec ({suffix} files get "
+                    f"{default_codec(suffix)}) or give those inputs a run of their own")
+        return problems
+    by_codec: dict[str, list[str]] = {}  # the suffixes that get each default encoder
+    for suffix in by_suffix:
+        by_codec.setdefault(default_codec(suffix), []).append(suffix)
+    for default, suffixes in by_codec.items():
+        reason = crf_problem(default, crf) if crf is not None else None
+        if reason:
+            names = [name for suffix in suffixes for name in by_suffix[suffix]]
+            problems.append(f"--crf {crf}: {_some(names)}: {'/'.join(suffixes)} files are "
+                            f"encoded with {default} when --codec is not given, and {reason}; "
+                            "give a smaller --crf, or a --codec")
+    return problems
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _stream_codec(stream: Any) -> str:
