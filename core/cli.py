@@ -94,9 +94,48 @@ def seed_argument(text: str) -> int:
     return checked(text, int, lambda v: v >= 0, "an integer", ">= 0")
 
 
+#: What :func:`printable` escapes: the characters a terminal acts on instead of showing them
+#: (ESC and CSI start escape sequences; carriage return, backspace, bell...): the C0 controls
+#: but tab and newline, DEL and the C1 controls.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+                    if code not in (0x09, 0x0A)}
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character a terminal would act on written as ``\\xNN``
+    (:data:`_CONTROL_ESCAPES`), so that a file or folder name in a message cannot move the
+    cursor, recolour, retitle, rewrite or hide what a CLI prints."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def stderr_line(message: str) -> None:
-    """One line to stderr, flushed (progress and errors of a CLI)."""
-    print(message, file=sys.stderr, flush=True)
+    """One line to stderr, flushed (progress and errors of a CLI), its control characters
+    escaped (:func:`printable`)."""
+    print(printable(message), file=sys.stderr, flush=True)
+
+
+def stdout_line(message: str) -> None:
+    """One line to stdout, flushed (a CLI's per-file results), as :func:`shown` there."""
+    print(shown(message, sys.stdout), flush=True)
+
+
+def shown(line: str, stream: Any) -> str:
+    """``line`` as a CLI writes it to ``stream``: :func:`printable` on stderr and on a
+    terminal; into a pipe or file stdout gets its characters as they are (as ``ls``)."""
+    if stream is sys.stderr:
+        return printable(line)
+    try:
+        terminal = bool(stream.isatty())
+    except (AttributeError, ValueError):  # no such method; closed
+        terminal = False
+    return printable(line) if terminal else line
+
+
+class _PrintableFormatter(logging.Formatter):
+    """A formatter whose lines are :func:`printable`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 @contextlib.contextmanager
@@ -106,7 +145,7 @@ def logging_to_stderr(prog: str, verbose: bool = False) -> Iterator[None]:
     logger = logging.getLogger("tinyfaces_trt")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    handler.setFormatter(_PrintableFormatter(f"{prog}: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False

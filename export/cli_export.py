@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
                                      parse_image_size, positive_float, positive_int, run_interruptible,
-                                     seed_argument, stderr_line)
+                                     seed_argument, stderr_line, stdout_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import check_future_folder, temporary_folder
 from tinyfaces_trt.core.optional import import_optional
@@ -196,20 +196,19 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
                      weights_sha256=sha256, untrained=a.untrained, verify=not a.no_verify,
                      log=_progress)
     except TensorRTUnavailableError as exc:  # --engine asked for: the ONNX files are written
-        print(f"tf-export: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-export: error: {exc}")
         return EXIT_NO_TENSORRT
     except EngineBuildError as exc:
-        print(f"tf-export: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-export: error: {exc}")
         return EXIT_ENGINE_FAILED
     except TinyFacesError as exc:
-        print(f"tf-export: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-export: error: {exc}")
         return EXIT_ERROR
     except OSError as exc:  # writing the export folder (disk full, permissions, ...)
         detail = exc.strerror if exc.strerror and temporary_folder(exc) is not None else exc
-        print(f"tf-export: error: cannot write the export folder {a.out}: {detail}",
-              file=sys.stderr)
+        stderr_line(f"tf-export: error: cannot write the export folder {a.out}: {detail}")
         return EXIT_ERROR
-    print(Path(a.out) / "manifest.json")
+    stdout_line(str(Path(a.out) / "manifest.json"))
     return EXIT_OK
 
 

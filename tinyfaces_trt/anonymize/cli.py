@@ -31,7 +31,8 @@ from tinyfaces_trt.scaleout.options import (add_ray_arguments, check_ray_argumen
                                            ray_requested)
 from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version_argument, checked,
                                     fraction, is_untrained, positive_int,
-                                    probability, run_interruptible, stderr_line, untrained_banner)
+                                    probability, run_interruptible, stderr_line, stdout_line,
+                                    untrained_banner)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.media_files import LEFT_OUT_TEXT
@@ -441,9 +442,9 @@ def _report(result: Any, quiet: bool) -> None:
         return
     if result.status == REVIEW_UPDATED:
         if not quiet:
-            print(f"{result.task.source} -> {result.task.sidecar}: review list updated "
-                  f"({result.task.review}), {result.review_frames} to review; "
-                  f"{result.task.output} kept as it is", flush=True)
+            stdout_line(f"{result.task.source} -> {result.task.sidecar}: review list updated "
+                        f"({result.task.review}), {result.review_frames} to review; "
+                        f"{result.task.output} kept as it is")
         return
     for warning in result.warnings:
         stderr_line(f"{PROG}: warning: {result.task.source}: {warning}")
@@ -453,9 +454,9 @@ def _report(result: Any, quiet: bool) -> None:
         rate = f", {result.fps:.1f} frames/s" if result.task.kind == "video" else ""
         visible = "" if getattr(result, "anonymised", True) else \
             " (NOT anonymised: --mode none)"
-        print(f"{result.task.source} -> {result.task.output}: {result.frames} frame(s), "
-              f"{result.detections} detection(s), {result.held} held, {result.filled} "
-              f"back-filled, {result.review_frames} to review{rate}{visible}", flush=True)
+        stdout_line(f"{result.task.source} -> {result.task.output}: {result.frames} frame(s), "
+                    f"{result.detections} detection(s), {result.held} held, {result.filled} "
+                    f"back-filled, {result.review_frames} to review{rate}{visible}")
 
 
 def _summary(results: list[Any], errors: list[tuple[str, str]], start: float) -> int:

@@ -43,6 +43,7 @@ from tinyfaces_trt.anonymize.sidecar import (FORMAT, MASKS_REVISION, AuditLog,
                                              software_version, utc_now, with_review_band,
                                              write_claim)
 from tinyfaces_trt.anonymize.tracking import DETECTED, FILLED, HELD, FrameMasks, TemporalMasker
+from tinyfaces_trt.core.cli import printable
 from tinyfaces_trt.core.errors import OutOfMemoryError, TinyFacesError, memory_message
 from tinyfaces_trt.core.files import (atomic_output, dangling_link_note, inputs_replaced_by,
                                       temporary_folder, write_text_atomic, written_for_another)
@@ -1003,7 +1004,7 @@ def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
     from tqdm import tqdm
 
     stream = sys.stderr if stream is None else stream
-    name = Path(task.source).name
+    name = printable(Path(task.source).name)  # tqdm and the lines write it as it is
     if not options.progress:
         return tqdm(total=total or None, disable=True)
     if not stream.isatty():

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
-                                    run_interruptible, stderr_line, untrained_banner)
+                                    run_interruptible, shown, stderr_line,
+                                    untrained_banner)
 from tinyfaces_trt.core.config import coordinate_base_of
 from tinyfaces_trt.core.errors import TinyFacesError
 import tinyfaces_trt.core.progress as progress
@@ -323,6 +324,7 @@ class _Console:
         self._write(line, sys.stderr)
 
     def _write(self, line: str, stream: Any) -> None:
+        line = shown(line, stream)
         if self.bar is not None:
             self.bar.write(line, file=stream)
             stream.flush()

@@ -35,7 +35,7 @@ from tinyfaces_trt.cli.detect_plan import (
     DetectOptions, DetectTask, InputOverwriteError, expected_outputs, memory_failure, plan_tasks,
     refuse_outside_out, resume_state, task_plan)
 import tinyfaces_trt.core.progress as progress
-from tinyfaces_trt.core.cli import stderr_line
+from tinyfaces_trt.core.cli import stderr_line, stdout_line
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import temporaries_of
 from tinyfaces_trt.detector_record import expected_identity
@@ -123,7 +123,7 @@ def run_detect(args: argparse.Namespace) -> int:
         if result.status == "done" and result.value.redone is not None:
             stderr_line(redo_line(result.task.job, result.value.redone))
         if result.status == "done" and not args.json:
-            print(result.value.line, flush=True)
+            stdout_line(result.value.line)
         elif result.status == "failed":
             say(f"error: {result.error}")
 

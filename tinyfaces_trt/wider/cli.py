@@ -28,7 +28,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyfaces_trt.core.cli import EXIT_USAGE, add_version_argument, run_interruptible
+from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, run_interruptible,
+                                    stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest_existing,
                                      removed_if_left_empty, write_text_atomic)
@@ -285,14 +286,14 @@ def _run(args: argparse.Namespace) -> int:
             result = evaluate_folder(args.gt, args.pred, SETTINGS,
                                      on_missing="error" if args.strict else "ignore")
         for w in caught:
-            print(f"tf-eval: warning: {w.message}", file=sys.stderr)
+            stderr_line(f"tf-eval: warning: {w.message}")
         detectors = detectors_of(args.pred)
         for line in detector_warnings(detectors, args.pred):
-            print(f"tf-eval: warning: {line}", file=sys.stderr)
+            stderr_line(f"tf-eval: warning: {line}")
         if result.missing:
-            print(f"tf-eval: warning: {len(result.missing)} of {result.num_images} images have "
-                  f"no prediction file and count as images without detections "
-                  f"(first: {result.missing[0]})", file=sys.stderr)
+            stderr_line(f"tf-eval: warning: {len(result.missing)} of {result.num_images} "
+                        "images have no prediction file and count as images without "
+                        f"detections (first: {result.missing[0]})")
         print(format_table(result))
         outputs = [path.parent for path in (args.json, args.plot) if path is not None]
         with removed_if_left_empty(*outputs):  # created here, removed if nothing lands
@@ -306,19 +307,19 @@ def _run(args: argparse.Namespace) -> int:
             if args.plot is not None:
                 save_pr_plot(result, args.plot)
     except MissingPredictionsError as exc:  # only with --strict
-        print(f"tf-eval: error: {len(exc.missing)} of {exc.total} prediction files are missing "
-              f"(--strict refuses that), e.g. {exc.missing[0]}; write one for every "
-              f"ground-truth image (box count 0 for an image without detections) or drop "
-              f"--strict to count them as images without detections", file=sys.stderr)
+        stderr_line(f"tf-eval: error: {len(exc.missing)} of {exc.total} prediction files are "
+                    f"missing (--strict refuses that), e.g. {exc.missing[0]}; write one for "
+                    "every ground-truth image (box count 0 for an image without detections) "
+                    "or drop --strict to count them as images without detections")
         return 1
     except (OutputReplacesInputError, PlotNameError) as exc:  # bad command lines
-        print(f"tf-eval: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-eval: error: {exc}")
         return EXIT_USAGE
     except TinyFacesError as exc:
-        print(f"tf-eval: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-eval: error: {exc}")
         return 1
     except OSError as exc:  # writing --json / --plot
-        print(f"tf-eval: error: cannot write output: {exc}", file=sys.stderr)
+        stderr_line(f"tf-eval: error: cannot write output: {exc}")
         return 1
     return 0
 
