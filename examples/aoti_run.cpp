@@ -20,10 +20,13 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,6 +51,19 @@ static void write_output(const std::string& path, const at::Tensor& output) {
   file.write(reinterpret_cast<const char*>(host.data_ptr<float>()),
              static_cast<std::streamsize>(host.numel() * sizeof(float)));
   if (!file) throw std::runtime_error("cannot write " + path);
+}
+
+// The package's loader; an error names the package (torch's own says "file open failed").
+static std::unique_ptr<torch::inductor::AOTIModelPackageLoader> open_package(const std::string& path) {
+  errno = 0;
+  if (!std::ifstream(path, std::ios::binary))
+    throw std::runtime_error("cannot open package " + path + ": " +
+                             (errno ? std::strerror(errno) : "unreadable"));
+  try {
+    return std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("cannot load package " + path + ": " + e.what_without_backtrace());
+  }
 }
 
 // "2x3x32x48" for {2, 3, 32, 48}: the name the runner gives the package of that shape.
@@ -83,10 +99,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    torch::inductor::AOTIModelPackageLoader loader(argv[1]);
-    const std::string device = loader.get_metadata()["AOTI_DEVICE_KEY"];  // "cpu" or "cuda"
+    const auto loader = open_package(argv[1]);
+    const std::string device = loader->get_metadata()["AOTI_DEVICE_KEY"];  // "cpu" or "cuda"
     at::Tensor input = read_input(argv[6], shape).to(c10::Device(device));
-    const std::vector<at::Tensor> outputs = loader.run({input});
+    const std::vector<at::Tensor> outputs = loader->run({input});
     if (outputs.size() != 1) throw std::runtime_error("the package returned " +
                                                       std::to_string(outputs.size()) + " outputs, expected 1");
     write_output(argv[7], outputs[0]);

@@ -111,4 +111,5 @@ def decode_level(score_map: np.ndarray, level: PyramidLevel, config: DetectorCon
         boxes /= level.scale
     finite = np.isfinite(boxes).all(axis=1)
     keys = int(level_base) + (c.astype(np.int64) * h + y) * w + x
-    return Candidates(boxes[finite], cls[c, y, x][finite], keys[finite])
+    # + 0: a -0.0 logit as +0.0, as the CUDA sort keys fold it (score="logit" rows agree bit for bit)
+    return Candidates(boxes[finite], cls[c, y, x][finite] + np.float32(0), keys[finite])

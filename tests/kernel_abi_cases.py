@@ -102,11 +102,14 @@ def test_score_logit_rows_carry_the_decoded_logits(kh):
     maps = random_maps(np.random.default_rng(17), levels, cls_mean=0.0)
     maps[0][0, 4, 2, 3] = 20.0
     maps[1][0, 6, 15, 20] = 9.123456
+    maps[1][0, 6, 2:20:4, 2:30:6] = -0.0  # one is kept: as +0.0, by the kernels and numpy
     want = nms_rows_reference(maps, levels, IMAGE_HW, config)
     got, _ = kh.detections(maps, levels, config, IMAGE_HW)
     assert got.shape == want.shape and len(got) > 10
     np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=0, atol=1e-3)
     assert got[:, 4].tobytes() == want[:, 4].tobytes()
+    zeros = got[:, 4] == 0
+    assert zeros.any() and not np.signbit(got[zeros, 4]).any()
     assert got[0, 4] == 20.0 and np.float32(9.123456) in got[:, 4]
     prob, _ = kh.detections(maps, levels, config.with_(score="prob"), IMAGE_HW)
     np.testing.assert_array_equal(prob[:, :4], got[:, :4])  # the same boxes, in the same order
@@ -371,7 +374,10 @@ def test_nms_refuses_an_image_side_above_max_dim(kh, image_hw):
     with kh.buffer(cand_host.nbytes) as cand, kh.buffer(ws_bytes) as ws, kh.buffer(80) as out, stats:
         cand.upload(cand_host, kh.stream)
         params = binding.nms_params(0.3, 1.0, True, *image_hw)
-        with pytest.raises(binding.KernelError, match="image size") as info:
+        side, value = ("image_height", image_hw[0]) if image_hw[0] > binding.MAX_DIM else \
+            ("image_width", image_hw[1])
+        with pytest.raises(binding.KernelError, match=f"{side} = {value} is outside "
+                           rf"\[1, {binding.MAX_DIM}\]") as info:
             kh.lib.nms(cand, 4, params, 4, ws, ws_bytes, out, stats, kh.stream)
         assert info.value.status == binding.Status.INVALID_SIZE
         assert _untouched(kh, stats, host)

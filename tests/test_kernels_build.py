@@ -323,13 +323,15 @@ INF = float("inf")
 @pytest.mark.parametrize("kwargs, status, words", [
     (dict(scores=None), Status.NULL_POINTER, "score_map"),
     (dict(cand=None), Status.NULL_POINTER, "candidates"),
-    (dict(h=0), Status.INVALID_SIZE, "score map"),
-    (dict(w=-4), Status.INVALID_SIZE, "score map"),
-    (dict(h=binding.MAX_DIM + 1), Status.INVALID_SIZE, "score map"),
-    (dict(key_base=-1), Status.INVALID_SIZE, "key"),
-    (dict(key_base=2**32 - 1 - 25 * 10 * 12 + 1), Status.INVALID_SIZE, "key"),
-    (dict(key_base=2**63 - 1), Status.INVALID_SIZE, "key"),  # key_base + 25*h*w overflows int64
-    (dict(key_base=2**63 - 1000), Status.INVALID_SIZE, "key"),
+    (dict(h=0), Status.INVALID_SIZE, "height = 0 is outside [1, 32768]"),
+    (dict(w=-4), Status.INVALID_SIZE, "width = -4 is outside [1, 32768]"),
+    (dict(h=binding.MAX_DIM + 1), Status.INVALID_SIZE, "height = 32769 is outside"),
+    (dict(key_base=-1), Status.INVALID_SIZE, "key_base = -1 is negative"),
+    (dict(key_base=2**32 - 1 - 25 * 10 * 12 + 1), Status.INVALID_SIZE,
+     "key_base = 4294964296 plus this level's 25*height*width = 3000 keys passes the 32-bit key "
+     "space (2^32 - 1)"),
+    (dict(key_base=2**63 - 1), Status.INVALID_SIZE, "passes the 32-bit key space"),  # no overflow
+    (dict(key_base=2**63 - 1000), Status.INVALID_SIZE, "passes the 32-bit key space"),
     (dict(capacity=0), Status.INVALID_CAPACITY, "capacity"),
     (dict(capacity=-1), Status.INVALID_CAPACITY, "capacity"),
     (dict(params=_decode_params(logit_thresh=NAN)), Status.INVALID_VALUE, "logit_thresh"),
@@ -368,11 +370,12 @@ def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary
     (dict(params=binding.nms_params(NAN, 1.0, True, 10, 10)), Status.INVALID_VALUE, "nms_thresh"),
     (dict(params=binding.nms_params(0.3, -1.0, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
     (dict(params=binding.nms_params(0.3, INF, True, 10, 10)), Status.INVALID_VALUE, "pixel_offset"),
-    (dict(params=binding.nms_params(0.3, 1.0, True, 0, 10)), Status.INVALID_SIZE, "image size"),
+    (dict(params=binding.nms_params(0.3, 1.0, True, 0, 10)), Status.INVALID_SIZE,
+     "image_height = 0 is outside [1, 32768]"),
     (dict(params=binding.nms_params(0.3, 1.0, True, binding.MAX_DIM + 1, 10)), Status.INVALID_SIZE,
-     "image size"),
+     "image_height = 32769 is outside"),
     (dict(params=binding.nms_params(0.3, 1.0, True, 10, binding.MAX_DIM + 1)), Status.INVALID_SIZE,
-     "image size"),
+     "image_width = 32769 is outside [1, 32768]"),
     (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 2)), Status.INVALID_VALUE,
      "lookahead = 2 must be 0 or 1"),
     (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 0, 2)), Status.INVALID_VALUE,
@@ -647,6 +650,23 @@ def test_makefile_refuses_a_build_folder_it_cannot_use(tmp_path: Path, name: str
         else "*** BUILD is empty: name the build folder.  Stop."
     assert expected in proc.stderr and proc.stdout == ""
     assert list(work.iterdir()) == [] and not (tmp_path / "tools" / "calls").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makefile_refuses_sources_in_a_folder_whose_path_holds_whitespace(tmp_path: Path) -> None:
+    """``make -C kernels`` in a checkout under "my dir" read its own folder as ".../ dir/kernels"
+    and blamed the header it could not find there."""
+    kernels = tmp_path / "my dir" / "kernels"
+    shutil.copytree(binding.package_dir() / "include", kernels / "include")
+    shutil.copy(binding.package_dir() / "Makefile", kernels)
+    proc = subprocess.run(["make", "-C", str(kernels), "cpu", f"BUILD={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert (f"*** make cannot build from a folder whose path holds whitespace (this Makefile's "
+            f"folder, read as '{tmp_path} dir/kernels'): move the checkout, or build with "
+            "tf-build-kernels, which copies the sources to a folder make can use.  Stop.") \
+        in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_package_data_ships_every_kernel_source() -> None:

@@ -1354,8 +1354,16 @@ def test_the_cpp_example_runs_a_package_without_python(aoti_package, tmp_path):
     missing = subprocess.run([binary, tmp_path / "gone" / "2x3x32x48.pt2", *shape,
                               tmp_path / "in.f32", tmp_path / "out5.f32"], capture_output=True,
                              text=True, timeout=60)
-    assert missing.returncode == 1 and missing.stderr.startswith("aoti_run: error: ")
-    assert "Exception raised from" not in missing.stderr, missing.stderr  # no C++ backtrace
+    assert missing.returncode == 1 and missing.stderr == (
+        f"aoti_run: error: cannot open package {tmp_path / 'gone' / '2x3x32x48.pt2'}: No such "
+        "file or directory\n")  # torch's own: "file open failed", no path
+    (tmp_path / "2x3x32x48.pt2").write_bytes(b"not a zip archive")
+    broken = subprocess.run([binary, tmp_path / "2x3x32x48.pt2", *shape, tmp_path / "in.f32",
+                             tmp_path / "out6.f32"], capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 1
+    assert broken.stderr.startswith(f"aoti_run: error: cannot load package "
+                                    f"{tmp_path / '2x3x32x48.pt2'}: "), broken.stderr
+    assert "Exception raised from" not in broken.stderr, broken.stderr  # no C++ backtrace
 
 
 

@@ -211,10 +211,11 @@ TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int 
  *     (kernels/nms_emulation.py reports both for a given input).
  * Kept boxes are clipped to [0, W-1] x [0, H-1] (0-based pixels) if clip != 0 and written as
  * rows [x1, y1, x2, y2, sigmoid(logit)], best first; with score_logit = 1 the fifth value is
- * the float32 logit itself, bit for bit (ABI 4). clip != 0 clips every kept box, one lying
- * entirely outside the image too (onto its border); the Python runtime passes clip = 0 and
- * drops those boxes before clipping on the host, in the variant's pixels (the matconvnet
- * variant's are 1-based: [1, W] x [1, H]; docs/DESIGN.md, "NMS").
+ * the float32 logit itself, bit for bit but -0.0 written as +0.0 (ABI 4). clip != 0 clips
+ * every kept box, one lying entirely outside the image too (onto its border); the Python
+ * runtime passes clip = 0 and drops those boxes before clipping on the host, in the
+ * variant's pixels (the matconvnet variant's are 1-based: [1, W] x [1, H]; docs/DESIGN.md,
+ * "NMS").
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
  * max_candidates), so a tf_nms call captures and replays; nothing is read back to the host.
  * ------------------------------------------------------------------------------------- */

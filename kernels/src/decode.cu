@@ -120,15 +120,20 @@ TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int 
   if (score_map == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "score_map is NULL");
   if (params == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "params is NULL");
   if (candidates == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "candidates is NULL");
-  if (height < 1 || height > TF_MAX_DIM || width < 1 || width > TF_MAX_DIM)
-    return tf::fail(TF_STATUS_INVALID_SIZE, "score map %dx%d is outside [1, %d]", height, width,
-                    TF_MAX_DIM);
+  if (height < 1 || height > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "height = %d is outside [1, %d]", height, TF_MAX_DIM);
+  if (width < 1 || width > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "width = %d is outside [1, %d]", width, TF_MAX_DIM);
   const int64_t keys = static_cast<int64_t>(TF_NUM_TEMPLATES) * height * width;
+  if (key_base < 0)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "key_base = %lld is negative",
+                    static_cast<long long>(key_base));
   // key_base > UINT32_MAX - keys, not key_base + keys > UINT32_MAX: no signed overflow for a
   // key_base near INT64_MAX
-  if (key_base < 0 || key_base > static_cast<int64_t>(UINT32_MAX) - keys)
+  if (key_base > static_cast<int64_t>(UINT32_MAX) - keys)
     return tf::fail(TF_STATUS_INVALID_SIZE,
-                    "key_base = %lld + 25*h*w = %lld passes the 32-bit key space (2^32 - 1)",
+                    "key_base = %lld plus this level's 25*height*width = %lld keys passes the "
+                    "32-bit key space (2^32 - 1)",
                     static_cast<long long>(key_base), static_cast<long long>(keys));
   TF_RETURN_IF_ERROR(tf::check_capacity(capacity));
   TF_RETURN_IF_ERROR(check_params(*params));

@@ -437,10 +437,12 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_offset = %g must be finite and >= 0",
                     p.pixel_offset);
-  if (p.image_height < 1 || p.image_height > TF_MAX_DIM || p.image_width < 1 ||
-      p.image_width > TF_MAX_DIM)
-    return tf::fail(TF_STATUS_INVALID_SIZE, "image size %dx%d is outside [1, %d]", p.image_height,
-                    p.image_width, TF_MAX_DIM);
+  if (p.image_height < 1 || p.image_height > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "image_height = %d is outside [1, %d]",
+                    p.image_height, TF_MAX_DIM);
+  if (p.image_width < 1 || p.image_width > TF_MAX_DIM)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "image_width = %d is outside [1, %d]", p.image_width,
+                    TF_MAX_DIM);
   if (!tf::aligned(candidates, 16))
     return tf::fail(TF_STATUS_MISALIGNED, "candidates is not 16-byte aligned");
   if (!tf::aligned(workspace, 16))
