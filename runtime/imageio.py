@@ -16,7 +16,7 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Pillow modes of grey-level images (read as RGB of equal channels).
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "F", *_SIXTEEN_BIT_MODES)
+#: Formats (by Pillow name) a copy keeps an alpha channel in (:func:`as_stored`), and those
+#: it keeps grey levels in (WebP and GIF store colour; a GIF's palette is Pillow's choice).
+ALPHA_FORMATS = ("PNG", "TIFF", "WEBP", "GIF")
+GRAY_FORMATS = ("PNG", "TIFF", "JPEG", "BMP", "PPM")
 #: The first bytes of every JPEG file (its SOI marker and the next marker's 0xFF): how the
 #: format of image bytes without a file name (standard input, a request body) is told.
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -158,6 +164,16 @@ def _int32_gray(im: Image.Image) -> np.ndarray:
     return values * (255.0 / peak)
 
 
+def _alpha(im: Image.Image) -> np.ndarray | None:
+    """(H, W) uint8 opacity of an image with an alpha channel or a transparent colour
+    (palette or colour key), else None."""
+    if "A" not in im.mode and "a" not in im.mode and "transparency" not in im.info:
+        return None
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):  # (Pillow keys no alpha there)
+        return None
+    return np.array(im.convert("RGBA"), dtype=np.uint8)[..., 3]
+
+
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     """Any Pillow mode -> (H, W, 3) uint8 RGB (alpha is dropped, 16-bit scaled to 8-bit,
     32-bit integers by their range, 32-bit float read as 0..1 when no value exceeds 1, else
@@ -206,6 +222,64 @@ def load_image(path: str | os.PathLike,
     return _load(path, max_pixels, None)
 
 
+class StoredImage(NamedTuple):
+    """An image file as :func:`load_image_stored` reads it: the RGB pixels the detector sees,
+    and what the file holds beyond them, so that an edited copy can be written as the file
+    was (:func:`as_stored`).
+
+    Attributes:
+        rgb: (H, W, 3) uint8, :func:`load_image`'s array.
+        pictures: frames or pages in the file (:func:`load_image_frames`).
+        alpha: (H, W) uint8 opacity, upright as ``rgb``, where the file has an alpha channel
+            or a transparent colour (palette or colour key); None for an opaque image.
+        gray: the file holds grey levels (``rgb``'s three channels are equal).
+    """
+
+    rgb: np.ndarray
+    pictures: int
+    alpha: np.ndarray | None
+    gray: bool
+
+
+def load_image_stored(path: str | os.PathLike,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> StoredImage:
+    """:func:`load_image_frames`' image and picture count, with the file's alpha channel and
+    whether it holds grey levels (:class:`StoredImage`).
+
+    Raises:
+        ImageError, ConfigError: as :func:`load_image`.
+    """
+    stored: dict[str, Any] = {}
+    image = _load(path, max_pixels, stored)
+    return StoredImage(image, stored["pictures"], stored["alpha"], stored["gray"])
+
+
+def as_stored(rgb: np.ndarray, stored: StoredImage, suffix: str, *,
+              colour: bool = False) -> np.ndarray:
+    """``rgb``, an edited (H, W, 3) uint8 copy of ``stored.rgb``, with the layers of
+    ``stored``'s file that a file of ``suffix`` holds (:data:`ALPHA_FORMATS`,
+    :data:`GRAY_FORMATS`): (H, W) grey levels (ITU-R 601 luma, exact for a grey image's
+    pixels) for a grey image unless ``colour`` (drawn boxes keep their colours), and its alpha
+    channel as a last channel ((H, W, 2) or (H, W, 4)); else ``rgb``. A PGM file is grey
+    whatever the image (an RGB array would be written as a PPM under its name)."""
+    image_format = Image.registered_extensions().get(suffix.lower())
+    gray = suffix.lower() == ".pgm" or (
+        stored.gray and not colour and image_format in GRAY_FORMATS
+        and (stored.alpha is None or image_format != "WEBP"))
+    out = _luma(rgb) if gray else rgb
+    if stored.alpha is None or image_format not in ALPHA_FORMATS:
+        return out
+    return np.dstack([out, stored.alpha])
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """(H, W) luma of an (H, W, 3) uint8 RGB image (ITU-R 601, Pillow's ``convert("L")``);
+    equal channels v give v exactly."""
+    rgb = image.astype(np.uint32)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+            ).astype(np.uint8)
+
+
 def load_image_frames(path: str | os.PathLike,
                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """:func:`load_image`'s image, and how many pictures the file holds: the frames of an
@@ -217,27 +291,26 @@ def load_image_frames(path: str | os.PathLike,
     Raises:
         ImageError, ConfigError: as :func:`load_image`.
     """
-    counted: list[int] = []
-    image = _load(path, max_pixels, counted)
-    return image, (counted[0] if counted else 1)
+    stored = load_image_stored(path, max_pixels)
+    return stored.rgb, stored.pictures
 
 
-def _load(path: object, max_pixels: int | None, counted: list[int] | None) -> np.ndarray:
-    """:func:`load_image`; with ``counted``, the file's picture count is appended to it
-    instead of a logged warning (:func:`_decode`)."""
+def _load(path: object, max_pixels: int | None, stored: dict[str, Any] | None) -> np.ndarray:
+    """:func:`load_image`; with ``stored``, the file's picture count, alpha and grey levels
+    go into it (:func:`_decode`) instead of a logged warning about other pictures."""
     _check_max_pixels(max_pixels)
     path = Path(_check_path_argument(path))
     f, regular = _open_input(path)
     with f:
         if regular:
-            return _decode(f, str(path), max_pixels, counted)
+            return _decode(f, str(path), max_pixels, stored)
         try:
             data = read_stream(f, str(path))
         except OSError as exc:
             raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     if not data:
         raise ImageError(f"{path}: no image data (0 bytes read)")
-    return _decode(io.BytesIO(data), str(path), max_pixels, counted)
+    return _decode(io.BytesIO(data), str(path), max_pixels, stored)
 
 
 def _check_path_argument(path: object) -> str | os.PathLike:
@@ -377,17 +450,18 @@ def _check_jpeg_scans(f: IO[bytes], name: str) -> None:
 
 
 def _decode(source: IO[bytes], name: str, max_pixels: int | None,
-            counted: list[int] | None = None) -> np.ndarray:
-    """Decodes one image; a multi-frame file's count of pictures goes to ``counted`` where
-    given (an MPO counts 1: see :func:`load_image_frames`), else its other frames are logged."""
+            stored: dict[str, Any] | None = None) -> np.ndarray:
+    """Decodes one image; a multi-frame file's count of pictures goes to ``stored`` where
+    given (``"pictures"``; an MPO counts 1: see :func:`load_image_frames`), with its
+    ``"alpha"`` and ``"gray"`` (:class:`StoredImage`), else its other frames are logged."""
     # our limit replaces Pillow's bomb check, for this context (thread) only
     token = _PIXEL_LIMIT.set((name, max_pixels))
     try:
         with Image.open(source) as im:
             _check_pixels(name, *im.size, max_pixels)  # (where Pillow has not already)
             frames = getattr(im, "n_frames", 1)
-            if counted is not None:
-                counted.append(1 if im.format == "MPO" else int(frames))
+            if stored is not None:
+                stored["pictures"] = 1 if im.format == "MPO" else int(frames)
             elif frames > 1:
                 # a camera's JPEG stored as MPO: the photo, then a preview or depth frame
                 level = logging.DEBUG if im.format == "MPO" else logging.WARNING
@@ -397,6 +471,8 @@ def _decode(source: IO[bytes], name: str, max_pixels: int | None,
                 _check_jpeg_scans(source, name)
             im.load()
             im = ImageOps.exif_transpose(im)
+            if stored is not None:
+                stored["alpha"], stored["gray"] = _alpha(im), im.mode in _GRAY_MODES
             return _to_rgb_array(im)
     except ImageError:
         raise
@@ -417,7 +493,8 @@ def _decode(source: IO[bytes], name: str, max_pixels: int | None,
 
 
 def encode_image(image: np.ndarray, format: str = "PNG", quality: int = 95) -> bytes:
-    """Encodes an (H, W, 3) or (H, W) uint8 array as ``format`` (``"PNG"``, ``"JPEG"``, ...).
+    """Encodes an (H, W, 3) or (H, W) uint8 array (with alpha: (H, W, 4), (H, W, 2)) as
+    ``format`` (``"PNG"``, ``"JPEG"``, ...).
 
     Args:
         quality: 1..100, for JPEG and WebP (:data:`QUALITY_FORMATS`; as :func:`save_image`'s
@@ -452,15 +529,17 @@ def _check_quality(quality: object, name: str) -> None:
 
 def _check_savable(image: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ImageError(f"{name}: can only save (H, W, 3) or (H, W) uint8 images, "
-                         f"got shape {arr.shape} dtype {arr.dtype}")
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3
+                                                           and arr.shape[2] not in (2, 3, 4)):
+        raise ImageError(f"{name}: can only save (H, W, 3) or (H, W) uint8 images (with alpha: "
+                         f"(H, W, 4) or (H, W, 2)), got shape {arr.shape} dtype {arr.dtype}")
     return arr
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray,
                jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> None:
-    """Writes an (H, W, 3) or (H, W) uint8 array; the format follows the file extension.
+    """Writes an (H, W, 3) or (H, W) uint8 array, or one with alpha ((H, W, 4) RGBA, (H, W, 2)
+    grey + alpha, for formats that hold it); the format follows the file extension.
 
     The file is written atomically (complete under its name, or not there and any earlier
     file kept).

@@ -745,3 +745,78 @@ def test_masks_of_one_based_boxes_cover_the_face_pixels():
     assert changed[0, 0] and changed[19, 19] and not changed[20, 20]
     assert changed.sum() == 20 * 20
     assert (render(image, frame, solid) != image).any(axis=2)[20, 20]  # 0-based: 1..20
+
+
+def _copy_of(tmp_path, name, image, options=None, **save):
+    """tf-anonymize's copy of ``image`` (a Pillow image) saved as ``name``, with BoxDetector's
+    face masked: (input as Pillow reads it, output likewise)."""
+    from PIL import Image
+
+    source = tmp_path / name
+    image.save(source, **save)
+    task = plan_tasks([source], tmp_path / f"out_{name}")[0][0]
+    assert process_file(BoxDetector(), task, options or Options(progress=False)).status == "done"
+    return Image.open(source), Image.open(task.output)
+
+
+def _outside_face(array):
+    x1, y1, x2, y2 = FACE
+    keep = np.ones(array.shape[:2], bool)
+    keep[max(0, y1 - 10):y2 + 10, max(0, x1 - 10):x2 + 10] = False  # (mask-scale 1.3)
+    return array[keep]
+
+
+def test_an_image_copy_keeps_its_alpha_channel_and_grey_levels(tmp_path):
+    """A PNG logo's transparent half came out opaque (its hidden colour shown), a grey
+    picture as RGB: the copy keeps the alpha channel and grey levels where its format holds
+    them; only the face's pixels change."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (64, 80, 4), dtype=np.uint8)
+    rgba[:, :40, 3] = 0
+    source, copy = _copy_of(tmp_path, "logo.png", Image.fromarray(rgba))
+    assert copy.mode == "RGBA"
+    got = np.array(copy)
+    np.testing.assert_array_equal(got[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(_outside_face(got), _outside_face(rgba))
+    face = (slice(FACE[1], FACE[3]), slice(FACE[0], FACE[2]), slice(0, 3))
+    assert np.any(got[face] != rgba[face])
+
+    gray = rng.integers(0, 256, (64, 80), dtype=np.uint8)
+    for name in ("gray.png", "gray.tif", "gray.bmp", "gray.pgm"):
+        _, copy = _copy_of(tmp_path, name, Image.fromarray(gray))
+        assert copy.mode == "L", name
+        np.testing.assert_array_equal(_outside_face(np.array(copy)), _outside_face(gray))
+    _, copy = _copy_of(tmp_path, "gray.jpg", Image.fromarray(gray))
+    assert copy.mode == "L"
+    _, copy = _copy_of(tmp_path, "gray_alpha.png", Image.fromarray(np.dstack([gray, gray // 2])))
+    assert copy.mode == "LA"
+    np.testing.assert_array_equal(np.array(copy)[..., 1], gray // 2)
+    # drawn boxes keep their colours
+    _, copy = _copy_of(tmp_path, "drawn.png", Image.fromarray(gray),
+                       Options(progress=False, draw=True))
+    assert copy.mode == "RGB"
+    # a palette's transparent colour: an alpha channel in the copy
+    palette = Image.fromarray(gray).convert("P")
+    source, copy = _copy_of(tmp_path, "palette.png", palette,
+                            transparency=int(np.array(palette)[0, 0]))
+    assert copy.mode == "RGBA"
+    np.testing.assert_array_equal(np.array(copy)[..., 3], np.array(source.convert("RGBA"))[..., 3])
+    assert 0 < np.count_nonzero(np.array(copy)[..., 3] == 0) < gray.size
+
+
+def test_as_stored_keeps_only_what_the_format_holds():
+    from tinyfaces_trt.runtime.imageio import StoredImage, as_stored
+
+    rgb = np.full((4, 6, 3), 90, np.uint8)
+    alpha = np.full((4, 6), 7, np.uint8)
+    gray = StoredImage(rgb, 1, alpha, True)
+    assert as_stored(rgb, gray, ".webp").shape == (4, 6, 4)  # WebP: no grey + alpha
+    assert as_stored(rgb, gray, ".PNG").shape == (4, 6, 2)
+    assert as_stored(rgb, gray, ".jpg").shape == (4, 6)  # JPEG: no alpha
+    assert as_stored(rgb, gray, ".gif").shape == (4, 6, 4)
+    assert as_stored(rgb, gray, ".png", colour=True).shape == (4, 6, 4)
+    assert as_stored(rgb, StoredImage(rgb, 1, None, False), ".pgm").shape == (4, 6)
+    assert as_stored(rgb, StoredImage(rgb, 1, None, False), ".png") is rgb
+    assert (as_stored(rgb, gray, ".png")[..., 0] == 90).all()

@@ -908,10 +908,11 @@ def _search_plan(config: DetectorConfig, height: int, width: int, what: str
 
 def _process_image(detector: Detector, task: Task, options: Options, identity: dict[str, Any]
                    ) -> Processed:
-    from tinyfaces_trt.runtime.imageio import load_image_frames, save_image
+    from tinyfaces_trt.runtime.imageio import as_stored, load_image_stored, save_image
 
     # EXIF orientation applied: the output is upright; a multi-page file's first page only
-    image, pictures = load_image_frames(task.source)
+    stored = load_image_stored(task.source)
+    image, pictures = stored.rgb, stored.pictures
     height, width = int(image.shape[0]), int(image.shape[1])
     pyramid, notes = _search_plan(detector.config, height, width, "image")
     with _memory_named(width, height):
@@ -928,8 +929,8 @@ def _process_image(detector: Detector, task: Task, options: Options, identity: d
             f"holds {pictures} frames or pages; only the first is anonymised and written to "
             f"{task.output} ({pictures - 1} left out)"]
         rendered = render(image, frames[0], options, detector.config.coordinate_base)
-        if Path(task.output).suffix.lower() == ".pgm":
-            rendered = _gray(rendered)
+        # grey levels and alpha kept where the format holds them (--draw's boxes in colour)
+        rendered = as_stored(rendered, stored, Path(task.output).suffix, colour=options.draw)
         with _output_file(task, header) as tmp:
             save_image(tmp, rendered)
         audit.add(frames[0], None)
@@ -981,16 +982,6 @@ def _mib(count: int) -> str:
     if mib >= 1024:
         return f"{mib / 1024:.1f} GiB"
     return f"{mib:.1f} MiB" if mib < 10 else f"{mib:.0f} MiB"
-
-
-def _gray(image: np.ndarray) -> np.ndarray:
-    """(H, W) luma of an (H, W, 3) uint8 RGB image (ITU-R 601, Pillow's ``convert("L")``): a
-    PGM output holds gray levels only (an RGB array would be written as a PPM under its
-    name). A gray input's pixels, masked or not, are kept exactly; ``--draw``'s colours turn
-    gray."""
-    rgb = image.astype(np.uint32)
-    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-            ).astype(np.uint8)
 
 
 def _progress_bar(task: Task, total: int, options: Options, stream: Any = None,
