@@ -820,3 +820,45 @@ def test_as_stored_keeps_only_what_the_format_holds():
     assert as_stored(rgb, StoredImage(rgb, 1, None, False), ".pgm").shape == (4, 6)
     assert as_stored(rgb, StoredImage(rgb, 1, None, False), ".png") is rgb
     assert (as_stored(rgb, gray, ".png")[..., 0] == 90).all()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_where_an_output_goes_is_an_error_that_leaves_nothing(
+        tmp_path, monkeypatch, capsys, overwrite):
+    """A folder named as the copy: --overwrite failed writing it, left a temporary audit JSON
+    under the final name (every rerun then 'made it again') and called the folder an earlier
+    output."""
+    _photo(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    (out / "a.jpg").mkdir(parents=True)
+    status, err = _run_cli([tmp_path / "a.jpg", "--out", out, *overwrite], monkeypatch, capsys)
+    assert status == 1
+    assert (f"tf-anonymize: error: {tmp_path / 'a.jpg'}: not anonymised: {out / 'a.jpg'} is a "
+            "folder, where its copy would go; move it away or give another --out") in err
+    assert [p.name for p in out.iterdir()] == ["a.jpg"] and not any((out / "a.jpg").iterdir())
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_an_unreadable_audit_json_is_an_error_not_a_second_copy(
+        tmp_path, monkeypatch, capsys, overwrite):
+    """A damaged audit JSON beside a finished copy: the rerun wrote a second copy as a_2.jpg,
+    saying nothing."""
+    _photo(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    assert _run_cli([tmp_path / "a.jpg", "--out", out], monkeypatch, capsys)[0] == 0
+    (out / "a.jpg.json").write_text("{bad")
+    status, err = _run_cli([tmp_path / "a.jpg", "--out", out, *overwrite], monkeypatch, capsys)
+    assert status == 1
+    assert (f"tf-anonymize: error: {tmp_path / 'a.jpg'}: not anonymised: {out / 'a.jpg.json'} "
+            "cannot be read as an audit JSON (Expecting property name enclosed in double "
+            f"quotes: line 1 column 2 (char 1)), so whether {out / 'a.jpg'} is this input's "
+            "copy cannot be told; repair that file, or move it away with a.jpg\n") in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "a.jpg.json"]
+    (out / "a.jpg").unlink()
+    (out / "a.jpg.json").unlink()
+    (out / "a.jpg.json").mkdir()
+    status, err = _run_cli([tmp_path / "a.jpg", "--out", out, *overwrite], monkeypatch, capsys)
+    assert status == 1
+    assert (f"{out / 'a.jpg.json'} cannot be read as an audit JSON (Is a directory) and may be "
+            "another input's; repair it or move it away\n") in err
+    assert [p.name for p in out.iterdir()] == ["a.jpg.json"]

@@ -406,9 +406,10 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
         [(argument, error)] for missing paths, unknown suffixes, images and videos of other
         formats and files of unknown suffixes holding one in folders (:func:`_plan_folder`),
         empty folders, outputs whose folder leads outside ``out_dir`` (a symbolic link to a
-        folder elsewhere placed in it: :func:`outside_out`), and, unless ``overwrite``,
-        outputs that exist without a sidecar (not written by tf-anonymize: left as they
-        are)).
+        folder elsewhere placed in it: :func:`outside_out`), output or sidecar paths that
+        hold a folder (:func:`_not_a_file`), own names passed over for an audit JSON that
+        cannot be read (:func:`_unreadable_record`), and, unless ``overwrite``, outputs that
+        exist without a sidecar (not written by tf-anonymize: left as they are)).
 
     Raises:
         InputOverwriteError: an output would replace an input file (the first named).
@@ -438,13 +439,20 @@ def plan_tasks(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathL
     tasks, foreign, outside = [], [], []
     skipped = [Result(Task(str(path), "", "", ""), LEFT_OUT, notes=(why,))
                for path, why in left_out]
-    for (source, _), (target, moved_from) in zip(found, _output_names(out, found, real)):
+    for (source, rel), (target, moved_from) in zip(found, _output_names(out, found, real)):
+        if target != rel and (problem := _unreadable_record(source, out / rel)) is not None:
+            errors.append((str(source), problem))  # not made as _2 beside it, unsaid
+            continue
         output = out / target
         task = Task(str(source), str(output), str(output) + ".json", media_kind(source) or "",
                     moved_from=moved_from, out_root=str(exclude))
         if (problem := _outside_error(task, output.parent)) is not None:
             outside.append(task)  # nothing read there (a sidecar) nor written
             errors.append((task.source, naming(task.source, problem)))
+            continue
+        if (problem := _not_a_file(task)) is not None:  # --overwrite replaces files only
+            foreign.append(task)
+            errors.append((task.source, problem))
             continue
         verdict, why = (NEW, None) if overwrite else rerun_verdict(task, options, detector)
         if verdict == NEW:
@@ -536,6 +544,41 @@ def _output_name(out: Path, rel: Path, source: Path, used: set[str],
     if same_file is not None and not record.exists():  # a free name: the same file's instead
         return same_file
     return target, None
+
+
+def _unreadable_record(source: Path, output: Path) -> str | None:
+    """The error for an input whose own output name is passed over because the audit JSON
+    there cannot be read (damaged, a folder, no permission): whose copy ``output`` is cannot
+    be told, and a numbered copy beside it would leave two; else None."""
+    record = Path(f"{output}.json")
+    if not record.exists():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    else:
+        if isinstance(data, dict):
+            return None
+        why = "not a JSON object"
+    if not output.exists():
+        return (f"{source}: not anonymised: {record} cannot be read as an audit JSON ({why}) "
+                "and may be another input's; repair it or move it away")
+    return (f"{source}: not anonymised: {record} cannot be read as an audit JSON ({why}), so "
+            f"whether {output} is this input's copy cannot be told; repair that file, or move "
+            f"it away with {output.name}")
+
+
+def _not_a_file(task: Task) -> str | None:
+    """The error for an output or sidecar path that holds a folder (or a pipe, a device...),
+    not a file: neither an earlier output nor something ``--overwrite`` replaces; else None."""
+    for path in (Path(task.output), Path(task.sidecar)):
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            return (f"{task.source}: not anonymised: {path} is {what}, where its "
+                    f"{'copy' if path == Path(task.output) else 'audit JSON'} would go; move "
+                    "it away or give another --out")
+    return None
 
 
 def _not_ours(task: Task) -> str:
