@@ -10,6 +10,7 @@ import _thread
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -115,8 +116,48 @@ def stderr_line(message: str) -> None:
 
 
 def stdout_line(message: str) -> None:
-    """One line to stdout, flushed (a CLI's per-file results), as :func:`shown` there."""
-    print(shown(message, sys.stdout), flush=True)
+    """One line to stdout, flushed (a CLI's per-file results), as :func:`shown` there, through
+    :func:`write_stdout`."""
+    write_stdout(shown(message, sys.stdout) + "\n")
+
+
+class _StdoutState:
+    """Standard output in this CLI run: ``lost`` is the OSError that ended its writes, else
+    None (reset by :func:`run_interruptible`)."""
+
+    lost: OSError | None = None
+
+
+def write_stdout(text: str) -> None:
+    """Writes ``text`` to standard output and flushes it. Where it cannot take it (its reader
+    closed the pipe: ``| head``; a full disk) the run goes on without writing there, said once
+    on stderr (a log warning, so with the CLI's name), and a CLI run by
+    :func:`run_interruptible` then exits 1 unless only the pipe was closed."""
+    if _StdoutState.lost is not None:
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        _StdoutState.lost = exc
+        _silence_stdout()
+        logging.getLogger("tinyfaces_trt.cli").warning(
+            "standard output cannot be written (%s): the run goes on without printing there%s",
+            exc.strerror or exc, "" if isinstance(exc, BrokenPipeError) else ", then fails")
+
+
+def _silence_stdout() -> None:
+    """Points the standard output's file descriptor at /dev/null: what its buffer still holds
+    is dropped there at exit, not raised again (Python's "Exception ignored ... BrokenPipe")."""
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's capture)
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def shown(line: str, stream: Any) -> str:
@@ -246,10 +287,15 @@ def run_interruptible(prog: str, run: Callable[[], int], *, interrupted: str,
     on stderr (:func:`logging_to_stderr`) and Ctrl-C or SIGTERM ending it as a
     KeyboardInterrupt (:func:`cli_interrupts`). An interrupt prints ``<prog>: <interrupted>``
     and gives ``status`` (:func:`interrupt_handled`), also one that lands while the context
-    closes."""
+    closes. A run whose standard output could not take what it printed (:func:`write_stdout`;
+    a full disk, not a closed pipe) exits 1 where it would have exited 0."""
+    _StdoutState.lost = None
     try:
         with logging_to_stderr(prog, verbose), cli_interrupts(), file_names_printable():
-            return run()
+            code = run()
+        lost = _StdoutState.lost  # what was to be printed is gone: not done, but for | head
+        return 1 if code == EXIT_OK and lost is not None and \
+            not isinstance(lost, BrokenPipeError) else code
     except KeyboardInterrupt:
         stderr_line(f"{prog}: {interrupted}")
         return interrupt_handled(status)

@@ -480,3 +480,23 @@ def test_blurred_and_drawn_copies_place_one_based_boxes_on_their_pixels(tmp_path
     # pixels 0..19 enlarged 1.3x as tf-anonymize's: -2.85..21.85, so pixels 0..22
     assert changed[21:23, :20].any() and changed[:20, 21:23].any()
     assert not changed[23:, :].any() and not changed[:, 23:].any()
+
+
+def test_a_ray_run_with_nothing_to_do_starts_no_cluster_and_leaves_no_folder(
+        capsys, export_dir, tmp_path, monkeypatch):
+    """--ray for an empty folder: Ray was started for no task and the empty --out and
+    --wider-dir folders stayed, where the single-process run removes them (a missing image is
+    a task: it fails on a worker, as it fails where the single-process run loads it)."""
+    from tinyfaces_trt.cli import detect_ray
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Ray cluster was started for no task")
+
+    monkeypatch.setattr(detect_ray, "run_tasks", no_cluster)
+    work = tmp_path / "work"
+    (work / "empty").mkdir(parents=True)
+    code, out, err = _run(capsys, work / "empty", "--model", export_dir, "--out", work / "out",
+                          "--wider-dir", work / "pred", "--ray")
+    assert code == 1 and out == ""
+    assert f"tf-detect: error: {work / 'empty'}: " in err
+    assert [p.name for p in work.iterdir()] == ["empty"]

@@ -49,9 +49,9 @@ import numpy as np
 
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, is_untrained,
                                     run_interruptible, shown, stderr_line,
-                                    untrained_banner)
+                                    untrained_banner, write_stdout)
 from tinyfaces_trt.core.config import coordinate_base_of
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import ImageError, TinyFacesError
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
@@ -325,11 +325,13 @@ class _Console:
 
     def _write(self, line: str, stream: Any) -> None:
         line = shown(line, stream)
-        if self.bar is not None:
-            self.bar.write(line, file=stream)
-            stream.flush()
-        else:
-            print(line, file=stream, flush=True)
+        # the bar (on stderr) cleared while the line is written, then drawn again
+        with self.bar.external_write_mode(file=stream) if self.bar is not None else \
+                contextlib.nullcontext():
+            if stream is sys.stdout:
+                write_stdout(line + "\n")
+            else:
+                print(line, file=stream, flush=True)
 
 
 def _progress_bar(jobs: Sequence[Any], args: argparse.Namespace) -> Any:
@@ -344,12 +346,12 @@ def _progress_bar(jobs: Sequence[Any], args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if ray_requested(args):
-        from tinyfaces_trt.cli.detect_ray import run_detect
-
-        return run_detect(args)
     start = time.perf_counter()
     with removed_if_left_empty(args.out, args.wider_dir):
+        if ray_requested(args):
+            from tinyfaces_trt.cli.detect_ray import run_detect
+
+            return run_detect(args)
         return _run_in(args, start)
 
 
@@ -497,8 +499,9 @@ def finish_run(args: argparse.Namespace, untrained: bool, model: dict[str, Any] 
                failures: list[dict[str, str]], start: float) -> None:
     """Prints the run's JSON document (with ``--json``) and its summary line on stderr."""
     if args.json:
-        print(json.dumps({"backend": args.backend, "untrained": untrained, "model": model,
-                          "images": records, "skipped": skipped, "errors": failures}, indent=2))
+        write_stdout(json.dumps({"backend": args.backend, "untrained": untrained, "model": model,
+                                 "images": records, "skipped": skipped, "errors": failures},
+                                indent=2) + "\n")
     faces = sum(len(record["detections"]) for record in records)
     stderr_line(f"{PROG}: {len(records)} image(s), {faces} face(s), "
                 + (f"{len(skipped)} skipped (outputs exist), " if skipped else "")
@@ -509,8 +512,11 @@ def _load(job: ImageJob) -> np.ndarray:
     from tinyfaces_trt.runtime.imageio import load_image, load_image_stream
 
     if job.is_stdin:
-        stream = sys.stdin.buffer if job.data is None else io.BytesIO(job.data)
-        return load_image_stream(stream, "<stdin>")
+        if job.data is not None:
+            return load_image_stream(io.BytesIO(job.data), "<stdin>")
+        if sys.stdin is None:  # closed when Python started (tf-detect - 0<&-)
+            raise ImageError("<stdin>: standard input is closed; pipe the image to it")
+        return load_image_stream(sys.stdin.buffer, "<stdin>")
     return load_image(job.path)
 
 

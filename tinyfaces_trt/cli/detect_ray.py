@@ -129,9 +129,10 @@ def run_detect(args: argparse.Namespace) -> int:
 
     pool = run_tasks if ray_requested(args) else run_serial
     where = {"address": ray_address(args), "workers": args.workers} if ray_requested(args) else {}
-    try:
+    try:  # (no cluster is started for a run with nothing to do)
         results = pool(tasks, spec, process_detect_task, options, is_done=outputs_exist,
-                       progress=progress.on_terminal(), on_result=on_result, desc=PROG, **where)
+                       progress=progress.on_terminal(), on_result=on_result, desc=PROG,
+                       **where) if tasks else []
     except TinyFacesError as exc:
         say(f"error: {exc}")
         return 1

@@ -22,7 +22,8 @@ from typing import Any
 
 from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, fraction,
                                     parse_image_sizes, probability,
-                                    run_interruptible, seed_argument, stderr_line)
+                                    run_interruptible, seed_argument, stderr_line,
+                                    write_stdout)
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import write_text_atomic
@@ -325,9 +326,9 @@ def _run(args: argparse.Namespace) -> int:
         stderr_line(f"tf-parity: error: {exc}")
         return EXIT_SETUP
     code = exit_status(results, requested, args.allow_skip)
-    print(markdown_table(results))
-    print("\n" + summary_line(results, elapsed, "untrained seeded network" if args.untrained
-                               else str(args.weights)))
+    write_stdout(markdown_table(results) + "\n\n" + summary_line(
+        results, elapsed, "untrained seeded network" if args.untrained else str(args.weights))
+        + "\n")
     _explain_skips(results, requested, code)
     if args.json:
         report = json_report(results, exit_code=code, backends=backends, requested=requested,

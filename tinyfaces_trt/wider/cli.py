@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, run_interruptible,
-                                    stderr_line)
+                                    stderr_line, write_stdout)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest_existing,
                                      removed_if_left_empty, write_text_atomic)
@@ -294,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
             stderr_line(f"tf-eval: warning: {len(result.missing)} of {result.num_images} "
                         "images have no prediction file and count as images without "
                         f"detections (first: {result.missing[0]})")
-        print(format_table(result))
+        write_stdout(format_table(result) + "\n")
         outputs = [path.parent for path in (args.json, args.plot) if path is not None]
         with removed_if_left_empty(*outputs):  # created here, removed if nothing lands
             if args.json is not None:
