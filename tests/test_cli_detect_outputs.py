@@ -311,21 +311,49 @@ def test_the_distributed_run_reports_what_the_single_process_run_reports(capsys,
         "tf-detect: 0 image(s), 0 face(s), 2 skipped (outputs exist), 0 error(s)"]
 
 
-def test_an_image_on_standard_input_rewrites_its_wider_result_each_run(capsys, export_dir,
-                                                                        tmp_path, monkeypatch):
-    """Its WIDER file has a fixed name (stdin/stdin.txt): the second run failed, 'not the WIDER
-    result of -', though its first line was stdin/stdin."""
+def test_an_image_on_standard_input_replaces_its_wider_result_only_with_overwrite(
+        capsys, export_dir, tmp_path, monkeypatch):
+    """Its WIDER file has a fixed name (stdin/stdin.txt) and one piped image cannot be told
+    from the next: a second run replaced the first image's result in silence (before that it
+    failed, 'not the WIDER result of -', though the first line was stdin/stdin). Kept and
+    refused, as any output, unless --overwrite."""
     data = _image(tmp_path / "a.png", 1).read_bytes()
     pred = tmp_path / "pred" / "stdin" / "stdin.txt"
-    for run in range(2):
-        pred.parent.mkdir(parents=True, exist_ok=True)
-        if run:
-            pred.write_text("stdin/stdin\n0\n")  # an earlier result, with no faces
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-        code, _, err = _run(capsys, "-", "--model", export_dir, "--wider-dir", tmp_path / "pred")
-        assert code == 0, err
-        assert pred.read_text().splitlines()[0] == "stdin/stdin"
-    assert pred.read_text() != "stdin/stdin\n0\n"  # rewritten, not kept as done
+    pred.parent.mkdir(parents=True)
+    pred.write_text("stdin/stdin\n0\n")  # an earlier result, with no faces
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, _, err = _run(capsys, "-", "--model", export_dir, "--wider-dir", tmp_path / "pred")
+    assert code == 1 and pred.read_text() == "stdin/stdin\n0\n"
+    assert (f"tf-detect: error: {pred} exists, the WIDER result of an earlier image from "
+            "standard input, which cannot be told from this one; it is neither skipped nor "
+            "replaced: --overwrite replaces it, or give another --wider-dir\n") in err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, _, err = _run(capsys, "-", "--model", export_dir, "--wider-dir", tmp_path / "pred",
+                        "--overwrite")
+    assert code == 0, err
+    lines = pred.read_text().splitlines()
+    assert lines[0] == "stdin/stdin" and int(lines[1]) > 0  # rewritten
+
+
+def test_a_wider_result_of_another_image_of_the_same_event_and_name_is_kept(
+        capsys, export_dir, tmp_path):
+    """A/ev/x.png, then B/ev/x.png into the same --wider-dir: B was skipped as done, A's
+    result kept as B's (its first line, ev/x.png, is B's name too)."""
+    first = _image(tmp_path / "A" / "ev" / "x.png", 1)
+    second = _image(tmp_path / "B" / "ev" / "x.png", 2)
+    pred = tmp_path / "pred"
+    assert _run(capsys, first, "--model", export_dir, "--wider-dir", pred)[0] == 0
+    result = (pred / "ev" / "x.txt").read_text()
+    for overwrite in ([], ["--overwrite"]):
+        code, _, err = _run(capsys, second, "--model", export_dir, "--wider-dir", pred, *overwrite)
+        assert code == 1
+        assert (f"tf-detect: error: {pred / 'ev' / 'x.txt'} exists and is the WIDER result of "
+                "another image of the same event and name (its record "
+                f"{pred / '.tf-detect' / 'ev' / 'x.json'} does not name {second}); it is "
+                "neither skipped nor replaced: move it away or give another --wider-dir\n") in err
+        assert (pred / "ev" / "x.txt").read_text() == result
+    code, _, err = _run(capsys, first, "--model", export_dir, "--wider-dir", pred)
+    assert code == 0 and "skipped, its outputs exist" in err  # its own: done
 
 
 def test_a_link_loop_in_a_folder_is_an_error_of_that_file(capsys, export_dir, tmp_path):

@@ -36,7 +36,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import sys
 import textwrap
 import time
@@ -64,8 +63,8 @@ from tinyfaces_trt.media_files import IMAGE_ALIASES
 from tinyfaces_trt.cli.detect_plan import (
     IMAGE_SUFFIXES, MASK_RECORD, DetectOptions, DetectTask, ImageJob, InputOverwriteError,
     Resume, find_inputs, is_stdin_argument, mask_record, memory_failure, plan_tasks,
-    refuse_outside_out, refuse_replacing_inputs, refuse_unwritable, resume_state, task_plan,
-    write_outputs, write_wider_result)
+    refuse_outside_out, refuse_replacing_inputs, refuse_unwritable, resolved_of, resume_state,
+    task_plan, write_outputs, write_wider_result)
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.runtime.imageio import DEFAULT_JPEG_QUALITY
 from tinyfaces_trt.runtime.masks import ANONYMIZE_STYLE
@@ -520,12 +519,6 @@ def _load(job: ImageJob) -> np.ndarray:
     return load_image(job.path)
 
 
-def _resolved(job: ImageJob) -> dict[str, str]:
-    """``{"resolved": the image's real path}`` for its record (none for standard input):
-    the input a later run's :func:`output_stem` recognises, from any working folder."""
-    return {} if job.is_stdin else {"resolved": os.path.realpath(job.path)}
-
-
 def skipped_record(job: ImageJob) -> dict[str, Any]:
     """The JSON record of an image skipped because its outputs exist."""
     return {"image": str(job.path), "skipped": True}
@@ -598,7 +591,7 @@ def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
     plan = task_plan(task, options)
     masks = ({MASK_RECORD: mask_record(options.anonymise)}
              if plan is not None and plan.anonymised is not None and options.anonymise else {})
-    record = {"image": str(job.path), **_resolved(job),
+    record = {"image": str(job.path), **resolved_of(job),
               "width": int(image.shape[1]), "height": int(image.shape[0]),
               **detector_fields(options), **masks, "detections": detections_to_list(boxes)}
     if plan is not None:

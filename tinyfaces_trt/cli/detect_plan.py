@@ -502,6 +502,13 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     return written
 
 
+def resolved_of(job: ImageJob) -> dict[str, str]:
+    """``{"resolved": the image's real path}`` for its records (none for standard input): the
+    input a later run's :func:`output_stem` and :func:`plan_tasks` recognise, from any
+    working folder."""
+    return {} if job.is_stdin else {"resolved": os.path.realpath(job.path)}
+
+
 def wider_name(job: ImageJob) -> str:
     """Line 1 of ``job``'s WIDER result file: ``<event>/<image file name>``."""
     return f"{job.event}/{job.rel.name}"
@@ -547,7 +554,7 @@ def write_wider_result(path: Path, job: ImageJob, boxes: np.ndarray,
             record = record_path(options.wider_dir, path)
             record.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(record, json.dumps(
-                {"image": str(job.path), "model": options.model,
+                {"image": str(job.path), **resolved_of(job), "model": options.model,
                  "config": options.detector.config if options.detector else None,
                  "scores": WIDER_EXACT_SCORES if logits is not None else "probability"}) + "\n")
     except OSError as exc:
@@ -701,7 +708,8 @@ def plan_tasks(jobs: Sequence[ImageJob], options: DetectOptions
         wider_file = None
         if options.wider_dir is not None:
             wider_file = detection_path(options.wider_dir, job.event, Path(job.rel.name).stem)
-            problem = _wider_problem(wider_file, job, wider_owner.setdefault(wider_file, job.path))
+            problem = _wider_problem(wider_file, job, wider_owner.setdefault(wider_file, job.path),
+                                     options)
             if problem:
                 refused.append((job, problem))
                 continue
@@ -776,17 +784,52 @@ def _faces_beside_the_copy(task: DetectTask, options: DetectOptions) -> str | No
             f"it again with this run's boxes")
 
 
-def _wider_problem(wider_file: Path, job: ImageJob, owner: Path) -> str | None:
+def _wider_problem(wider_file: Path, job: ImageJob, owner: Path,
+                   options: DetectOptions) -> str | None:
     """Why ``job`` may not write ``wider_file`` (``owner``: the image of this run that has
-    it); None when it may."""
+    it): another image of the run has it; or a file is there that is not ``job``'s result:
+    its first line is not ``job``'s name, or its record (under ``--wider-dir``'s
+    ``.tf-detect``) names another image of that event and name, or any image where ``job`` is
+    standard input (one piped image cannot be told from the next), unless ``--overwrite``.
+    None when it may."""
     if owner != job.path:
         return (f"{job.path}: its WIDER result {wider_file} was already written for {owner} "
                 "(same event and name); rename one of the two images")
-    if os.path.lexists(wider_file) and not is_wider_result_of(wider_file, job):
+    if not os.path.lexists(wider_file):
+        return None
+    if not is_wider_result_of(wider_file, job):
         return (f"{wider_file} exists and is not the WIDER result of {job.path} (its first "
                 f"line is not {wider_name(job)}); it is neither skipped nor replaced: move it "
                 "away or give another --wider-dir")
+    record = record_path(options.wider_dir, wider_file) if options.wider_dir else None
+    if job.is_stdin:
+        if options.overwrite:
+            return None
+        return (f"{wider_file} exists, the WIDER result of an earlier image from standard "
+                "input, which cannot be told from this one; it is neither skipped nor "
+                "replaced: --overwrite replaces it, or give another --wider-dir")
+    if record is not None and _recorded_for_another(record, job):
+        return (f"{wider_file} exists and is the WIDER result of another image of the same "
+                f"event and name (its record {record} does not name {job.path}); it is "
+                "neither skipped nor replaced: move it away or give another --wider-dir")
     return None
+
+
+def _recorded_for_another(record: Path, job: ImageJob) -> bool:
+    """Whether the WIDER record ``record`` names another image file than ``job``'s (by its
+    ``resolved`` real path, else its ``image`` path); a record that is missing, unreadable or
+    names none leaves the result to :func:`resume_state` (made again)."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    resolved, image = data.get("resolved"), data.get("image")
+    if isinstance(resolved, str):
+        return resolved != os.path.realpath(job.path)
+    return isinstance(image, str) and image != str(job.path) and \
+        os.path.abspath(image) != os.path.abspath(job.path)
 
 
 def task_plan(task: DetectTask, options: DetectOptions) -> OutputPlan | None:
