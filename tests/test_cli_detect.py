@@ -500,3 +500,18 @@ def test_a_ray_run_with_nothing_to_do_starts_no_cluster_and_leaves_no_folder(
     assert code == 1 and out == ""
     assert f"tf-detect: error: {work / 'empty'}: " in err
     assert [p.name for p in work.iterdir()] == ["empty"]
+
+
+def test_a_face_size_no_level_can_reach_is_a_usage_error(capsys, photos, export_dir, tmp_path):
+    """--max-face 5 (below the smallest face any level produces) exited 1, as a failed image;
+    --help gives 2 for bad arguments, as --min-face 100 --max-face 10 exits."""
+    from tinyfaces_trt.anonymize.cli import main as anonymize
+
+    code, out, err = _run(capsys, photos, "--model", export_dir, "--max-face", "5")
+    assert code == 2 and out == ""
+    assert err.startswith("tf-detect: error: max_face (5) is below the smallest face any "
+                          "pyramid level can produce")
+    assert anonymize([str(photos), "--model", str(export_dir), "--out", str(tmp_path / "out"),
+                      "--max-face", "5"]) == 2
+    assert capsys.readouterr().err.startswith("tf-anonymize: error: max_face (5) is below")
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                     fraction, is_untrained, positive_int,
                                     probability, run_interruptible, stderr_line, stdout_line,
                                     untrained_banner)
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, TinyFacesError
 from tinyfaces_trt.core.files import prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.media_files import LEFT_OUT_TEXT
 from tinyfaces_trt.runtime.masks import (ANONYMIZE_STYLE, MAX_BLUR_STRENGTH, MAX_CELLS, MAX_SCALE,
@@ -326,6 +326,9 @@ def _run_in(args: argparse.Namespace) -> int:
         detector = None if ray_requested(args) else _make_detector(args)
     except InputOverwriteError as exc:
         stderr_line(f"{PROG}: error: {exc}; give another --out")
+        return EXIT_USAGE
+    except ConfigError as exc:  # a detector setting given (a --max-face no level can reach)
+        stderr_line(f"{PROG}: error: {exc}")
         return EXIT_USAGE
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")

@@ -50,7 +50,7 @@ from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, checked, i
                                     run_interruptible, shown, stderr_line,
                                     untrained_banner, write_stdout)
 from tinyfaces_trt.core.config import coordinate_base_of
-from tinyfaces_trt.core.errors import ImageError, TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, ImageError, TinyFacesError
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.progress import detect_with_progress
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
@@ -452,8 +452,8 @@ def _run_in(args: argparse.Namespace, start: float) -> int:
             args.threads = usable_cores()
         run, untrained = prepare_run(args)
         detector = _make_detector(args)
-    except InputOverwriteError as exc:
-        _error(str(exc))
+    except (InputOverwriteError, ConfigError) as exc:  # (ConfigError: a setting given, e.g.
+        _error(str(exc))                                 # a --max-face no level can reach)
         return EXIT_USAGE
     except TinyFacesError as exc:
         _error(str(exc))

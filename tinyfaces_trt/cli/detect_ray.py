@@ -36,7 +36,7 @@ from tinyfaces_trt.cli.detect_plan import (
     refuse_outside_out, resume_state, task_plan)
 import tinyfaces_trt.core.progress as progress
 from tinyfaces_trt.core.cli import stderr_line, stdout_line
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, TinyFacesError
 from tinyfaces_trt.core.files import temporaries_of
 from tinyfaces_trt.detector_record import expected_identity
 from tinyfaces_trt.scaleout.options import ray_address, ray_requested
@@ -110,7 +110,7 @@ def run_detect(args: argparse.Namespace) -> int:
         args.backend = spec.backend  # "auto" resolved, as tf-detect does: the JSON records what ran
         model = expected_identity(spec.model_dir, spec.weights, spec.backend, spec.fp16)
         options = replace(run.options, backend=spec.backend, model=model)
-    except InputOverwriteError as exc:
+    except (InputOverwriteError, ConfigError) as exc:
         say(f"error: {exc}")
         return EXIT_USAGE
     except TinyFacesError as exc:
