@@ -401,6 +401,30 @@ def test_cli_refuses_an_untrained_export_of_another_seed_and_an_unwritable_json_
         f"tf-parity: error: cannot write --json {tmp_path}: {tmp_path} is a folder")
 
 
+def test_cli_refuses_a_json_that_would_replace_an_input_before_any_work(capsys, tmp_path,
+                                                                        checkpoint):
+    """--json naming the --weights file replaced the checkpoint with the report (exit 0);
+    naming a file in --model broke the export folder for the next run."""
+    weights = tmp_path / "ck.pth"
+    weights.write_bytes(checkpoint.read_bytes())
+    link = tmp_path / "link.pth"
+    link.symlink_to(weights)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    for argv, json_path, message in [
+            (["--weights", str(link)], weights, f"would replace the weights file {link}"),
+            (["--weights", str(weights), "--model", str(folder)], folder / "manifest.json",
+             f"is inside the export folder under test (--model {folder})"),
+            (["--untrained", "--model", str(folder)], folder / "new.json",
+             f"is inside the export folder under test (--model {folder})")]:
+        assert main([*argv, "--sizes", "33x47", "--json", str(json_path)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"tf-parity: error: --json {json_path} {message}; give another --json")
+    assert weights.read_bytes() == checkpoint.read_bytes()
+    assert (folder / "manifest.json").read_text() == "{}" and not (folder / "new.json").exists()
+
+
 def test_cli_refuses_an_export_of_another_variant_and_takes_variant(capsys, tmp_path):
     """A matconvnet export compared with the pytorch reference failed on the maps' shapes
     (exit 1, as if a backend were wrong), and an untrained matconvnet export could not be

@@ -26,7 +26,7 @@ from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, f
                                     write_stdout)
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import write_text_atomic
+from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.detector_options import PYRAMID_RULES
 from tinyfaces_trt.parity.compare import TOLERANCES
@@ -151,8 +151,18 @@ def detection_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _check_writable(path: Path) -> None:
-    """Raises :class:`TinyFacesError` where ``path`` cannot be written (checked again when it is)."""
+def _check_writable(path: Path, args: argparse.Namespace) -> None:
+    """Raises :class:`TinyFacesError` where ``path`` cannot be written (checked again when it
+    is), or where writing it would replace an input: the ``--weights`` file (or the file a
+    link there points to), or anything in the ``--model`` folder."""
+    victims = inputs_replaced_by([path], [args.weights] if args.weights else [])
+    if victims:
+        raise TinyFacesError(f"--json {path} would replace the weights file {victims[str(path)]}; "
+                             "give another --json")
+    entry = path.absolute().parent.resolve() / path.name  # what a rename over it replaces
+    if args.model and Path(args.model).resolve() in entry.parents:
+        raise TinyFacesError(f"--json {path} is inside the export folder under test "
+                             f"(--model {args.model}); give another --json")
     parent = path.resolve().parent
     problem = (f"{parent} is not a folder" if not parent.is_dir()
                else f"{path} is a folder" if path.is_dir()
@@ -297,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     backends = args.backends or default_backends()
     try:
         if args.json:
-            _check_writable(Path(args.json))  # before minutes of work
+            _check_writable(Path(args.json), args)  # before minutes of work
         # one line, not a traceback, without the export extra: the reference is torch
         import_optional("torch", purpose="tf-parity (its reference is the PyTorch model)",
                         extra_hint="pip install 'tinyfaces-trt[export]'")
