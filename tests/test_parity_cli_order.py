@@ -138,3 +138,9 @@ def test_a_folder_whose_manifest_gives_the_network_other_settings_is_refused(cap
         f"tf-parity: error: export folder {edited}: its manifest's network settings differ "
         f"from those of {mat} (templates, normalization; an edited manifest?); its detections "
         f"would not be the network's: re-export it")
+    # the config's variant edited, the model's left: the runtime gave the other coordinates
+    relabelled = folder("relabelled", variant="pytorch")
+    assert _error(capsys, ["--weights", str(mat), "--model", str(relabelled)]) == (
+        f"tf-parity: error: export folder {relabelled}: its manifest's network settings differ "
+        f"from those of {mat} (variant; an edited manifest?); its detections would not be the "
+        "network's: re-export it")

@@ -216,9 +216,11 @@ def _check_folder_variant(folder: Any, args: argparse.Namespace, reference: Dete
                              f"network, the reference is the {reference.variant!r} one; {hint}")
 
 
-#: The config fields the weights fix: what the network was trained with. A folder's detection
-#: settings (thresholds, pyramid, face sizes, ...) are its own and may differ.
-NETWORK_FIELDS = ("template_policy", "templates", "normalization", "stride", "offset")
+#: The config fields the weights fix: what the network was trained with, and the variant whose
+#: box coordinates it gives (matconvnet: 1-based). A folder's detection settings (thresholds,
+#: pyramid, face sizes, ...) are its own and may differ.
+NETWORK_FIELDS = ("variant", "template_policy", "templates", "normalization", "stride",
+                  "offset")
 
 
 def _check_folder_network(folder: Any, args: argparse.Namespace,
