@@ -38,7 +38,8 @@ Exit codes:
   {EXIT_ERROR}  error: bad or missing weights, invalid shapes, export or check failure
   {EXIT_USAGE}  invalid command line
   {EXIT_NO_TENSORRT}  --engine given but no usable TensorRT (>= 10) here (ONNX files and manifest written
-     into a new or empty --out; one holding files is left as it was)
+     into a new or empty --out; one holding files is left as it was); or --fp16 without
+     TensorRT into an --out that holds an engine (left as it was)
   {EXIT_ENGINE_FAILED}  TensorRT failed to parse the ONNX or build the engine (likewise)
 
 A failed or interrupted export leaves the previous --out folder as it was. An --out that is a

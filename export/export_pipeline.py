@@ -228,6 +228,12 @@ def _holds_anything(folder: Path) -> bool:
     return folder.is_dir() and any(not p.name.startswith(TEMP_PREFIX) for p in folder.iterdir())
 
 
+def _engines_in(folder: Path) -> list[str]:
+    """The TensorRT engine files of an export in ``folder`` (by their default names)."""
+    return [name for key, name in DEFAULT_FILE_NAMES.items()
+            if key.startswith("engine") and (folder / name).is_file()]
+
+
 def _export_folder(given: Path, log: Log) -> Path:
     """The absolute folder to replace: ``given``, or the folder it links to (the link is kept,
     as a blue/green ``current -> v1`` layout needs; replacing the link would leave ``v1`` stale)."""
@@ -425,6 +431,13 @@ def export_model(model: nn.Module, config: DetectorConfig, out_dir: str | Path, 
             f"{problem}: no engine can be built here, so {out} is left as it was (nothing "
             f"exported); re-run with --engine on a machine with TensorRT >= 10, or without "
             f"--engine to replace its ONNX files")
+    held = _engines_in(out)
+    if engine is None and fp16 and held and (problem := tensorrt_problem()) is not None:
+        raise TensorRTUnavailableError(  # --fp16 implies the engine it would remove
+            f"{problem}: no engine can be built here, and {out} holds {', '.join(held)} (maybe "
+            f"hours of building), which an export without one would remove: it is left as it "
+            f"was (nothing exported); re-run on a machine with TensorRT >= 10, or give another "
+            f"--out for the ONNX files alone")
     out.parent.mkdir(parents=True, exist_ok=True)
     # decided before the work: a commit that cannot happen must not fail after an hour's build
     inside = staging_inside_reason(out)

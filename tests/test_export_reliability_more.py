@@ -114,6 +114,32 @@ def test_a_failed_engine_leaves_the_previous_folder_and_its_engine(tensorrt, che
     assert temporaries(tmp_path) == []
 
 
+def test_fp16_without_tensorrt_leaves_a_folder_with_an_engine_as_it_was(
+        checkpoint, export_dir, tmp_path, capsys, fast_onnx, monkeypatch):
+    """--fp16 (an engine implied) on a machine without TensorRT replaced a folder holding an
+    fp16 engine by its ONNX files alone, exit 0, the engine gone without a word. A folder
+    without an engine is still replaced (exit 0, ONNX only)."""
+    previous = tmp_path / "previous"
+    shutil.copytree(export_dir, previous)
+    (previous / "model_fp16.engine").write_bytes(b"an engine" * 1000)
+    before = _snapshot(previous)
+    monkeypatch.setattr(export_pipeline, "tensorrt_problem",
+                        lambda: "NVIDIA TensorRT is not installed")
+    code = main(["--weights", str(checkpoint), "--out", str(previous), "--fp16", "--no-verify"])
+    assert code == EXIT_NO_TENSORRT
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"tf-export: error: NVIDIA TensorRT is not installed: no engine can be built here, and "
+        f"{previous} holds model_fp16.engine (maybe hours of building), which an export without "
+        "one would remove: it is left as it was (nothing exported); re-run on a machine with "
+        "TensorRT >= 10, or give another --out for the ONNX files alone")
+    assert _snapshot(previous) == before and fast_onnx == [checkpoint]
+    (previous / "model_fp16.engine").unlink()
+    assert main(["--weights", str(checkpoint), "--out", str(previous), "--fp16",
+                 "--no-verify"]) == EXIT_OK
+    assert sorted(p.name for p in previous.iterdir()) == [MANIFEST_NAME, "model.onnx",
+                                                          "model_fp16.onnx"]
+
+
 def test_out_a_symbolic_link_replaces_the_folder_it_points_to(checkpoint, export_dir, tmp_path,
                                                               capsys, fast_onnx):
     """current -> v1: the link stays, v1 gets the new export, nothing is left aside."""
