@@ -185,8 +185,8 @@ def test_a_signal_during_the_evaluation_exits_130_with_one_line(tree, sig):
 
 
 def test_an_interrupt_while_writing_leaves_no_partial_file(tree, monkeypatch, capsys):
-    """The JSON written before the interrupt is complete; the plot being written is not left
-    behind, under its name or a temporary one."""
+    """The plot being written (first) is not left behind, under its name or a temporary one,
+    and the JSON is not written after it."""
     def interrupted_plot(result, path):
         with atomic_output(path) as tmp:
             tmp.write_bytes(b"<svg")
@@ -201,8 +201,26 @@ def test_an_interrupt_while_writing_leaves_no_partial_file(tree, monkeypatch, ca
     except KeyboardInterrupt:  # (would end the pytest session)
         pytest.fail("the interrupt went out of main()")
     assert (code, capsys.readouterr().err.splitlines()[-1]) == (130, INTERRUPTED)
-    assert os.listdir(out) == ["ap.json"]
-    assert json.loads((out / "ap.json").read_text())["ap"]["hard"] == 0.75
+    assert os.listdir(out) == []
+
+
+def test_a_plot_that_cannot_be_made_leaves_no_json(tree, monkeypatch, capsys):
+    """--plot pr.pgf without xelatex: a 91-line traceback (RuntimeError), the JSON left
+    written."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def no_tex(self, *args, **kwargs):
+        raise RuntimeError("'xelatex' not found; install it")
+
+    monkeypatch.setattr(Figure, "savefig", no_tex)
+    out = tree / "out"
+    code = cli_eval.main(["--gt", str(tree / "gt"), "--pred", str(tree / "pred"),
+                          "--json", str(out / "ap.json"), "--plot", str(out / "pr.pgf")])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"tf-eval: error: cannot save the plot {out / 'pr.pgf'}: 'xelatex' not found; install it")
+    assert os.listdir(out) == []  # (the fixture's empty folder)
 
 
 def test_results_of_several_detectors_or_the_untrained_one_are_named(tmp_path, capsys):

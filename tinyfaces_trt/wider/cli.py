@@ -249,8 +249,8 @@ def save_pr_plot(result: WiderEvalResult, path: Path) -> None:
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=100, format=fmt)
-    except ValueError as exc:  # matplotlib: unknown format
-        raise TinyFacesError(f"cannot save the plot {path}: {exc}") from exc
+    except (ValueError, RuntimeError, OSError) as exc:  # an unknown format; a format's tool
+        raise TinyFacesError(f"cannot save the plot {path}: {exc}") from exc  # missing (xelatex)
     finally:
         plt.close(fig)
 
@@ -297,6 +297,8 @@ def _run(args: argparse.Namespace) -> int:
         write_stdout(format_table(result) + "\n")
         outputs = [path.parent for path in (args.json, args.plot) if path is not None]
         with removed_if_left_empty(*outputs):  # created here, removed if nothing lands
+            if args.plot is not None:  # first: the likelier to fail (a format's own tools)
+                save_pr_plot(result, args.plot)
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 payload = result.to_dict()
@@ -304,8 +306,6 @@ def _run(args: argparse.Namespace) -> int:
                                detectors=[{"detector": name, "files": count}
                                           for name, count in detectors.counts])
                 write_text_atomic(args.json, json.dumps(payload, indent=1) + "\n")
-            if args.plot is not None:
-                save_pr_plot(result, args.plot)
     except MissingPredictionsError as exc:  # only with --strict
         stderr_line(f"tf-eval: error: {len(exc.missing)} of {exc.total} prediction files are "
                     f"missing (--strict refuses that), e.g. {exc.missing[0]}; write one for "
