@@ -523,6 +523,11 @@ def test_cli_warns_once_for_surplus_box_lines(gt_dir, tmp_path, capsys):
     ("img\ninf\n", r"f.txt:2: expected a whole number of boxes, got 'inf'"),
     ("img\n1\n1 2 3_0 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 3_0 4 0.5'"),
     ("img\n1\n1 2 30 4 0.5_0\n", r"f.txt:3: expected numbers, got '1 2 30 4 0.5_0'"),
+    # (a float32 overflow: the AP came out distorted after a bare numpy warning)
+    ("img\n1\n1 2 30 4 1e300\n", r"f.txt:3: score 1e\+300 is beyond single precision \(the "
+                                 r"official evaluation's norm_score works in single: it would "
+                                 r"be infinite\); got '1 2 30 4 1e300'"),
+    ("img\n1\n1 2 30 4 -3.5e38\n", r"f.txt:3: score -3.5e\+38 is beyond single precision"),
 ])
 def test_reader_errors_name_file_and_line(text, message):
     with pytest.raises(PredictionFormatError, match=message):

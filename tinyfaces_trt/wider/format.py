@@ -204,6 +204,13 @@ def parse_detections(text: str, source: str = "<text>") -> DetectionFile:
         if len(values) < 5:
             raise PredictionFormatError(
                 f"{source}:{no}: expected 'x y w h score', got {line.strip()!r}")
+        with np.errstate(over="ignore"):  # the evaluation normalises it in float32
+            single = np.float32(values[-1])
+        if not np.isfinite(single):
+            raise PredictionFormatError(
+                f"{source}:{no}: score {values[-1]!r} is beyond single precision (the "
+                f"official evaluation's norm_score works in single: it would be infinite); "
+                f"got {line.strip()!r}")
         boxes[k, :4] = values[:4]
         boxes[k, 4] = values[-1]
     return DetectionFile(lines[0].strip(), boxes, len(rows) - count)
