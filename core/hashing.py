@@ -37,6 +37,19 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def not_a_file(path: str | os.PathLike[str], what: str = "file") -> str | None:
+    """Why ``path`` is no regular file to read (``what`` names it: "weights file"): missing,
+    a folder, or a named pipe (a ``<(...)`` substitution), device or socket; else None."""
+    p = Path(path)
+    if p.is_file():
+        return None
+    if p.is_dir():
+        return f"{what} {p} is a folder, not a file"
+    if os.path.exists(p):
+        return f"{what} {p} is not a regular file (a pipe, device or socket); give the file itself"
+    return f"{what} not found: {p}"
+
+
 def file_sha256(path: str | os.PathLike[str], *, what: str = "file",
                 error: type[TinyFacesError] = TinyFacesError) -> str:
     """Hex sha256 of a file's bytes.
@@ -47,10 +60,9 @@ def file_sha256(path: str | os.PathLike[str], *, what: str = "file",
         error: the exception raised when it is missing, a folder or unreadable.
     """
     p = Path(path)
-    if p.is_dir():
-        raise error(f"{what} {p} is a folder, not a file")
-    if not p.is_file():
-        raise error(f"{what} not found: {p}")
+    problem = not_a_file(p, what)
+    if problem:
+        raise error(problem)
     try:
         return file_digest(p)[1]
     except OSError as exc:

@@ -51,6 +51,7 @@ import torch
 
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig, Normalization
 from tinyfaces_trt.core.errors import ConfigError, WeightsError, first_line
+from tinyfaces_trt.core.hashing import not_a_file
 
 from tinyfaces_trt.export.model import TinyFacesNet, build_model
 from tinyfaces_trt.export.resnet import BLOCKS_PER_STAGE
@@ -86,8 +87,8 @@ def load_weights(path: str | Path, depth: int | None = None,
         WeightsError: missing/unreadable/corrupt file, or keys/shapes that do not match.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    if (problem := not_a_file(path, "weights file")) is not None:
+        raise WeightsError(problem)
     if path.stat().st_size == 0:  # torch.load says only "EOFError"
         expected = _EXPECTED_MAT if path.suffix.lower() == ".mat" else _EXPECTED_TORCH
         raise WeightsError(f"{path}: the file is empty (0 bytes); expected {expected}")

@@ -93,3 +93,30 @@ def test_runnable_variants_follow_the_file_content(tmp_path):
     write_fake_hr_res101_mat(mat, depth=50)
     assert runnable_variants(pth) == ("pytorch", "matconvnet")
     assert runnable_variants(mat) == ("matconvnet",)
+
+
+def test_a_weights_path_that_is_no_regular_file_is_named_as_such(tmp_path, capsys):
+    """A named pipe (bash's <(...)), /dev/zero: "weights file not found", though it exists."""
+    import os
+
+    from tinyfaces_trt.core.hashing import file_sha256
+    from tinyfaces_trt.export.cli_export import main as export
+    from tinyfaces_trt.parity.cli import main as parity
+
+    pipe = tmp_path / "weights.pth"
+    os.mkfifo(pipe)
+    message = (f"weights file {pipe} is not a regular file (a pipe, device or socket); give the "
+               "file itself")
+    with pytest.raises(WeightsError, match=r"^" + message.replace("(", r"\(").replace(")", r"\)")):
+        load_weights(str(pipe))
+    with pytest.raises(Exception, match="is not a regular file"):
+        file_sha256(pipe, what="weights file")
+    assert export(["--weights", str(pipe), "--out", str(tmp_path / "out")]) == 1
+    assert parity(["--weights", str(pipe), "--sizes", "33x47"]) == 2
+    err = capsys.readouterr().err
+    assert f"tf-export: error: {message}\n" in err and f"tf-parity: error: {message}\n" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(WeightsError, match=f"^weights file not found: {tmp_path / 'gone.pth'}$"):
+        load_weights(str(tmp_path / "gone.pth"))
+    with pytest.raises(WeightsError, match=f"^weights file {tmp_path} is a folder, not a file$"):
+        load_weights(str(tmp_path))

@@ -24,6 +24,7 @@ from typing import Any
 from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_sizes, positive_float,
                                     positive_int, run_interruptible, stderr_line)
 from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.hashing import not_a_file
 from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
 from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS as DECODER_MAX_PIXELS
@@ -201,8 +202,8 @@ def check_network_source(args: argparse.Namespace) -> None:
     if args.model:
         load_export_folder(args.model)  # sizes and sha256 too: a truncated model.onnx failed
         # every replica, the cause buried in Ray's logs
-    if args.weights and not os.path.isfile(args.weights):
-        raise TinyFacesError(f"weights file not found: {args.weights}")
+    if args.weights and (problem := not_a_file(args.weights, "weights file")) is not None:
+        raise TinyFacesError(problem)
 
 
 def replicas_that_fit(nodes: Sequence[Mapping[str, float]], num_cpus: float,
