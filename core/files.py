@@ -613,6 +613,8 @@ def removed_if_left_empty(*folders: str | os.PathLike[str] | None) -> Iterator[N
             if remove_empty_dirs(folder):
                 log.info("removed %s: nothing was written into it", folder)
                 _remove_empty_parents(folder, existed)
+            elif not os.path.lexists(folder):  # never made, but folders above it were
+                _remove_empty_parents(folder, existed)
 
 
 def nearest_existing(path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import argparse
 import re
 import sys
@@ -13,7 +14,7 @@ from tinyfaces_trt.core.cli import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, add_version
                                      parse_image_size, positive_float, positive_int, run_interruptible,
                                      seed_argument, stderr_line, stdout_line)
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import check_future_folder, temporary_folder
+from tinyfaces_trt.core.files import check_future_folder, removed_if_left_empty, temporary_folder
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.core.profiles import DEFAULT_MAX_SIDE, Profile
 
@@ -185,17 +186,24 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         from tinyfaces_trt.export.export_pipeline import checkpoint_sha256, export_model, step
         from tinyfaces_trt.export.weights import load_model
 
+        if a.simplify:  # before the load and the export, not after them
+            from tinyfaces_trt.export.onnx_export import NO_SIMPLIFIER, SIMPLIFIERS
+
+            if not any(importlib.util.find_spec(name) for name in SIMPLIFIERS):
+                raise TinyFacesError(NO_SIMPLIFIER)
+
         # hashed before the load: export_model checks that the file still has that hash
         sha256 = None if a.weights is None else checkpoint_sha256(a.weights, _progress)
         with step(_progress, f"loading {'an untrained network' if a.untrained else a.weights}"):
             model, config = load_model(a.weights, depth=a.depth, variant=a.variant,
                                        seed=a.seed or 0)
-        export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
-                     image_sizes=[(s.height, s.width) for s in a.image_size] or None,
-                     profile=profile, max_batch=a.max_batch, workspace_gb=a.workspace,
-                     timing_cache=a.timing_cache, simplify=a.simplify, weights_path=a.weights,
-                     weights_sha256=sha256, untrained=a.untrained, verify=not a.no_verify,
-                     log=_progress)
+        with removed_if_left_empty(a.out):  # the folders above --out it made, on a failure
+            export_model(model, config, a.out, fp16=a.fp16, opset=a.opset, engine=a.engine,
+                         image_sizes=[(s.height, s.width) for s in a.image_size] or None,
+                         profile=profile, max_batch=a.max_batch, workspace_gb=a.workspace,
+                         timing_cache=a.timing_cache, simplify=a.simplify,
+                         weights_path=a.weights, weights_sha256=sha256,
+                         untrained=a.untrained, verify=not a.no_verify, log=_progress)
     except TensorRTUnavailableError as exc:  # --engine asked for: the ONNX files are written
         stderr_line(f"tf-export: error: {exc}")
         return EXIT_NO_TENSORRT

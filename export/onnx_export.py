@@ -192,6 +192,12 @@ def check_onnx(proto: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
+#: The ONNX simplifiers ``--simplify`` uses, the first that imports; and what is said without.
+SIMPLIFIERS = ("onnxslim", "onnxsim")
+NO_SIMPLIFIER = ("--simplify needs onnxslim or onnxsim; install one (pip install onnxslim) or "
+                 "leave out --simplify")
+
+
 def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Simplifies with onnxslim, else onnxsim; returns ``(model, "tool version")``.
 
@@ -199,7 +205,7 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         BackendUnavailableError: neither package imports.
         TinyFacesError: the simplifier failed.
     """
-    for name in ("onnxslim", "onnxsim"):
+    for name in SIMPLIFIERS:
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -216,8 +222,7 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         except Exception as exc:
             raise TinyFacesError(f"{tool} failed to simplify the model: {exc!r}") from exc
         return out, tool
-    raise BackendUnavailableError("--simplify needs onnxslim or onnxsim; install one "
-                                  "(pip install onnxslim) or leave out --simplify")
+    raise BackendUnavailableError(NO_SIMPLIFIER)
 
 
 def onnx_vs_torch(model: nn.Module, onnx_path: str | Path,

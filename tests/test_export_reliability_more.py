@@ -172,3 +172,31 @@ def test_replace_folder_replaces_a_link_leaving_nothing_aside(tmp_path):
     assert not (tmp_path / "current").is_symlink()
     assert (tmp_path / "current" / "model.onnx").read_text() == "new"
     assert (tmp_path / "v1" / "model.onnx").read_text() == "old"
+
+
+def test_a_failed_export_removes_the_folders_it_made_and_simplify_is_checked_first(
+        checkpoint, tmp_path, capsys, fast_onnx, monkeypatch):
+    """--out new/sub/out on a failed export left new/ and new/sub/ behind, empty; --simplify
+    without a simplifier failed only after the load and the whole ONNX export."""
+    from tinyfaces_trt.core.errors import TinyFacesError
+    from tinyfaces_trt.export import onnx_export
+
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def broken(*args, **kwargs):
+        raise TinyFacesError("the exporter failed")
+
+    monkeypatch.setattr(export_pipeline, "torch_to_onnx", broken)
+    assert main(["--weights", str(checkpoint), "--out", str(work / "new" / "sub" / "out"),
+                 "--no-verify"]) == EXIT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == "tf-export: error: the exporter failed"
+    assert list(work.iterdir()) == []
+    fast_onnx.clear()
+    monkeypatch.setattr(onnx_export, "SIMPLIFIERS", ("no_such_simplifier_here",))
+    assert main(["--weights", str(checkpoint), "--out", str(work / "out"), "--simplify"]) == \
+        EXIT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "tf-export: error: --simplify needs onnxslim or onnxsim; install one (pip install "
+        "onnxslim) or leave out --simplify")
+    assert fast_onnx == [] and list(work.iterdir()) == []
