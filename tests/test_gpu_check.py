@@ -782,3 +782,28 @@ def test_the_environment_probe_names_a_missing_runtime_dependency(tmp_path):
     facts = json.loads(re.search(r"^GPU_CHECK_FACTS (.*)$", probe.stdout, flags=re.M)[1])
     assert facts["runtime dependencies missing"] == "PIL (ImportError: hidden by the test)"
     assert "pillow " in facts["packages"] and "scipy " in facts["packages"]
+
+
+def test_an_interrupt_that_breaks_the_readers_start_still_logs_the_steps_output(
+        tmp_path, monkeypatch):
+    """A SIGTERM landing in reader.start()'s wait: the thread ran all the same but was not
+    alive yet, so it was not waited for; the log was closed under it (ValueError in the
+    thread) and the step's last lines were lost (a flaky test under load)."""
+    import threading
+    import time
+
+    real = threading.Thread
+
+    class LateThread(real):
+        def start(self):
+            time.sleep(0.5)  # the step has printed its line
+            threading.Timer(0.3, real.start, args=(self,)).start()  # runs later, after all
+            raise KeyboardInterrupt  # the signal broke the wait
+
+    code = "print('child', 'line', flush=True); import time; time.sleep(60)"  # (not echoed)
+    with open(tmp_path / "log.txt", "w") as log:
+        monkeypatch.setattr(threading, "Thread", LateThread)
+        with pytest.raises(KeyboardInterrupt):
+            g.run([sys.executable, "-c", code], dict(os.environ), 60, log=log)
+        monkeypatch.setattr(threading, "Thread", real)
+    assert "child line" in (tmp_path / "log.txt").read_text()

@@ -264,16 +264,20 @@ def run(cmd: list[str], env: dict[str, str], timeout: float, echo: bool = False,
     except OSError as exc:
         return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - start)
     lines: list[str] = []
+    pumped = threading.Event()  # set once the output has all been read (EOF)
 
     def pump() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if log is not None:
-                log.write(line)
-            if echo:
-                sys.stderr.write("    | " + line)
-                sys.stderr.flush()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if log is not None and not log.closed:
+                    log.write(line)
+                if echo:
+                    sys.stderr.write("    | " + line)
+                    sys.stderr.flush()
+        finally:
+            pumped.set()
 
     reader = threading.Thread(target=pump, daemon=True)
     timed_out = False
@@ -286,8 +290,9 @@ def run(cmd: list[str], env: dict[str, str], timeout: float, echo: bool = False,
         code = proc.wait()
     except BaseException:  # Ctrl-C, a SIGTERM: take the children down too
         _kill_group(proc)
-        if reader.is_alive():  # their last lines reach the log before it is closed
-            reader.join(timeout=5)
+        # their last lines reach the log before it is closed; an Event, not join(): the
+        # signal may have broken reader.start()'s wait, and the thread run all the same
+        pumped.wait(timeout=5)
         raise
     reader.join(timeout=10)
     output = "".join(lines)
