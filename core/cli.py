@@ -10,6 +10,7 @@ import _thread
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -86,8 +87,8 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    return checked(text, float, lambda v: v > 0, "a number", "> 0")
+    """argparse type: a finite number > 0 (``inf`` reached the code as a size or a count)."""
+    return checked(text, float, lambda v: 0 < v < math.inf, "a number", "> 0 and finite")
 
 
 def seed_argument(text: str) -> int:

@@ -33,7 +33,7 @@ def _files(folder: Path) -> dict[str, bytes]:
                                  "'1000,0'"),
     (["--max-contention", "-0.5"], "argument --max-contention: -0.5 must be between 0 and 1"),
     (["--max-contention", "1.5"], "argument --max-contention: 1.5 must be between 0 and 1"),
-    (["--budget-s", "0"], "argument --budget-s: 0.0 must be > 0"),
+    (["--budget-s", "0"], "argument --budget-s: 0.0 must be > 0 and finite"),
     (["--retries", "-1"], "argument --retries: -1 must be >= 0"),
     (["--candidates-repeat", "0"], "argument --candidates-repeat: 0 must be >= 1"),
     (["--name", "a/b"], "--name is a file name stem without a folder, got 'a/b'"),

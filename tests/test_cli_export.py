@@ -57,7 +57,7 @@ def test_help_lists_exit_codes(capsys):
     (["--untrained", "--max-batch", "8"], "--max-batch 8 needs --image-size: a batch is images of one "
      "size (video frames, a camera's); for batches of every image up to 1920x1920 (the default "
      "profile) the engine would need 8 times the memory of the largest pyramid level"),
-    (["--untrained", "--workspace", "0"], "argument --workspace: 0.0 must be > 0"),
+    (["--untrained", "--workspace", "0"], "argument --workspace: 0.0 must be > 0 and finite"),
     (["--untrained", "--engine", "--no-engine"], "not allowed with argument"),
     (["--untrained", "--seed", "-3"], "argument --seed: -3 must be >= 0"),
     (["--weights", "w.pth", "--seed", "3"], "--seed applies to --untrained weights only"),

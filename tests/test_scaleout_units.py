@@ -276,7 +276,9 @@ def test_ray_options_on_the_detect_parser(capsys):
     (["--max-pixels", "178956971"], "argument --max-pixels: 178956971 must be 1 to 178956970 (the "
      "service's ceiling: one such image is 0.5 GB decoded, per request in flight)"),
     (["--max-queued", "0"], "argument --max-queued: 0 must be >= 1"),
-    (["--request-timeout", "0"], "argument --request-timeout: 0.0 must be > 0"),
+    (["--request-timeout", "0"], "argument --request-timeout: 0.0 must be > 0 and finite"),
+    # inf passed the parser, then a traceback (OverflowError) once a Ray cluster had started
+    (["--max-request-mb", "inf"], "argument --max-request-mb: inf must be > 0 and finite"),
 ])
 def test_serve_argument_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
