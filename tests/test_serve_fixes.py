@@ -325,6 +325,26 @@ def test_query_parameters_a_route_does_not_take_are_a_400(route, query, message)
     check_query({"mode": "solid", "format": "png"}, "/anonymize")
 
 
+def test_a_repeated_or_empty_query_parameter_is_a_400():
+    """?mode=blur&mode=solid answered with the last one, ?mode= and ?format= with the
+    default, each a 200 (?mask_scale= was a 400): every such parameter is refused."""
+    datastructures = pytest.importorskip("starlette.datastructures",
+                                         reason="Ray Serve's web framework (the scale extra)")
+    from tinyfaces_trt.scaleout.service import check_query
+
+    for text, message in [
+            ("mode=blur&mode=solid", "mode is given 2 times ('blur', 'solid'); give it once"),
+            ("mode=", "mode is empty; leave it out for the default"),
+            ("format=%20&mode=blur", "format is empty; leave it out for the default")]:
+        with pytest.raises(RequestError) as info:
+            parse_anonymise_query(datastructures.QueryParams(text), b"")
+        assert (info.value.status, str(info.value)) == (400, message)
+    with pytest.raises(RequestError, match="^shape is empty"):
+        check_query({"shape": ""}, "/anonymize")
+    request = parse_anonymise_query(datastructures.QueryParams("mode=solid&format=png"), b"")
+    assert request.style.mode == "solid"
+
+
 def test_detect_answers_400_to_a_query_parameter_before_reading_the_body():
     requests = pytest.importorskip("starlette.requests",
                                    reason="Ray Serve's web framework (the scale extra)")

@@ -265,13 +265,25 @@ def check_query(query: Mapping[str, str], route: str) -> None:
     as a detection setting (every one on ``/detect``, which takes none), the message says
     those are the server's, set when tf-serve starts.
 
+    A parameter given twice (``?mode=blur&mode=solid``) or empty (``?mode=``) is refused too:
+    the last value, or the default, would apply without a word.
+
     Raises:
-        RequestError: 400 naming the unknown parameters and those the route takes.
+        RequestError: 400 naming the unknown parameters and those the route takes, or the
+            repeated or empty one.
     """
     from tinyfaces_trt.detector_record import DETECTION_FIELDS
 
     taken = QUERY_PARAMETERS[route]
     unknown = sorted(set(query) - set(taken))
+    for name in sorted(set(query) & set(taken)):
+        # a multi-dict (Starlette's QueryParams) keeps each; a plain mapping holds one
+        values = query.getlist(name) if hasattr(query, "getlist") else [query[name]]
+        if len(values) > 1:  # else the last one would win without a word
+            raise RequestError(400, f"{name} is given {len(values)} times "
+                                    f"({', '.join(map(repr, values))}); give it once")
+        if not values[0].strip():  # else the default would apply without a word
+            raise RequestError(400, f"{name} is empty; leave it out for the default")
     if not unknown:
         return
     message = (f"unknown query parameter(s) {', '.join(map(repr, unknown))}; {route} takes "
