@@ -75,8 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.anonymize and output_format(args.anonymize) is None:
         parser.error(f"--anonymize {args.anonymize}: the service writes JPEG or PNG; give an "
                      f"output name ending in {', '.join(OUTPUT_FORMATS)}")
-    with open(args.image, "rb") as f:
-        data = f.read()
+    try:
+        with open(args.image, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        print(f"serve_client: cannot read {args.image}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    folder = os.path.dirname(os.path.abspath(args.anonymize)) if args.anonymize else None
+    if folder is not None and not os.path.isdir(folder):  # before the server does the work
+        print(f"serve_client: cannot write {args.anonymize}: no folder {folder}", file=sys.stderr)
+        return 1
     base = args.url.rstrip("/")
     query = {"mode": args.mode, "format": output_format(args.anonymize or "")}
     url = (f"{base}/anonymize?{urllib.parse.urlencode(query)}"
@@ -98,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve_client: {base}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     if args.anonymize:
-        with open(args.anonymize, "wb") as f:
-            f.write(body)
+        try:
+            with open(args.anonymize, "wb") as f:
+                f.write(body)
+        except OSError as exc:
+            print(f"serve_client: cannot write {args.anonymize}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
         faces = {k.lower(): v for k, v in headers.items()}.get("x-faces", "?")
         print(f"{args.anonymize}: {faces} face(s) hidden")
     else:

@@ -726,3 +726,21 @@ def test_unreachable_face_sizes_are_one_error_before_anything_is_deployed(monkey
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("tf-serve: error: max_face (5) is below the smallest face any "
                            "pyramid level can produce"), last
+
+
+def test_the_python_client_says_what_it_cannot_read_or_write_before_sending(tmp_path, capsys):
+    """examples/serve_client.py: a missing image or an --anonymize path in a missing folder
+    gave a traceback, the second one after the server had done the work."""
+    from helpers_run import load_script
+
+    client = load_script("examples/serve_client.py", "tinyfaces_serve_client_example")
+    url = ["--url", "http://127.0.0.1:9"]  # nothing listens: no request may be needed
+    assert client.main([str(tmp_path / "gone.jpg"), *url]) == 1
+    assert capsys.readouterr().err == (f"serve_client: cannot read {tmp_path / 'gone.jpg'}: No "
+                                       "such file or directory\n")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "no" / "x.png"
+    assert client.main([str(photo), "--anonymize", str(out), *url]) == 1
+    assert capsys.readouterr().err == (f"serve_client: cannot write {out}: no folder "
+                                       f"{tmp_path / 'no'}\n")
