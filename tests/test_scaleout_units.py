@@ -606,6 +606,7 @@ def test_what_ray_prints_on_the_driver_goes_to_stderr_while_connected(monkeypatc
             events.append("shutdown")
 
     monkeypatch.setattr(cluster, "import_ray", FakeRay)
+    monkeypatch.setattr(cluster, "_unreachable", lambda address: None)  # (nothing listens)
     with cluster.connect("127.0.0.1:6379"):
         assert ray_worker.print_to_stdstream is not original
     assert ray_worker.print_to_stdstream is original and events == ["init", "shutdown"]
@@ -638,3 +639,64 @@ def test_anonymize_places_one_based_boxes_on_their_pixels():
         changed = (decode_image(anonymise(image, boxes, request, base)) != image).any(axis=2)
         assert changed[first, first:20].any() and not changed[:first, :].any()
         assert not changed[20 + first + 1:, :].any()
+
+
+def test_connect_refuses_an_address_where_nothing_answers_before_ray_init(monkeypatch):
+    """RAY_ADDRESS=127.0.0.1:1: ray.init retried for ever, printing warnings every 40 s."""
+    import socket
+
+    from tinyfaces_trt.scaleout import cluster
+
+    class NoInit:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(cluster, "import_ray", NoInit)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(TinyFacesError) as refused:
+            with cluster.connect(address):
+                pass
+        assert str(refused.value) == (
+            f"cannot connect to the Ray cluster at {address}: nothing answers at "
+            f"127.0.0.1:{port} (Connection refused); is the cluster up (ray status on its head "
+            "node), and is this the head's address?")
+    assert cluster._unreachable("auto") is None and cluster._unreachable("local") is None
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert cluster._unreachable(f"127.0.0.1:{server.getsockname()[1]}") is None
+
+
+def test_a_sigterm_during_ray_init_is_the_callers_interrupt_and_stops_what_started(
+        monkeypatch):
+    """SIGTERM in tf-serve's first seconds, while ray.init ran with its own handler: exit 15,
+    nothing said, and the half-started local cluster's agents left running."""
+    from tinyfaces_trt.core.cli import cli_interrupts, interrupt_on_sigterm
+    from tinyfaces_trt.scaleout import cluster
+
+    events = []
+
+    class DyingRay:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            events.append("init")
+            raise SystemExit(15)  # Ray's handler, taking the SIGTERM
+
+        def shutdown(self):
+            events.append("shutdown")
+
+    monkeypatch.setattr(cluster, "import_ray", DyingRay)
+    with cli_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            with cluster.connect("local"):
+                pass
+        assert signal.getsignal(signal.SIGTERM) is interrupt_on_sigterm
+    assert events == ["init", "shutdown"]

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from collections.abc import Iterator
@@ -63,6 +64,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     if ray.is_initialized():
         yield ray
         return
+    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    problem = _unreachable(where)
+    if problem is not None:  # ray.init retries such an address for ever, printing warnings
+        raise TinyFacesError(f"cannot connect to the Ray cluster at {where}: {problem}")
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if _starts_local(address):
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
@@ -72,11 +77,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         restore_output()
-        where = address or os.environ.get("RAY_ADDRESS") or "auto"
         raise TinyFacesError(f"cannot connect to the Ray cluster at {where}: {exc}{_AUTH_HINT}"
                              ) from None
-    except BaseException:  # Ctrl-C during a long ray.init, or any other failure
+    except BaseException as exc:  # Ctrl-C during a long ray.init, or any other failure
         restore_output()
+        with contextlib.suppress(Exception):  # what a half-started local cluster runs goes too
+            ray.shutdown()
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+            if isinstance(exc, SystemExit) and exc.code == 15:  # a SIGTERM taken by the
+                raise KeyboardInterrupt from None  # handler ray.init sets: the caller's way
         raise
     if sigterm is not None:  # ray.init sets sys.exit(15); the caller's choice stands (a CLI's
         signal.signal(signal.SIGTERM, sigterm)  # interrupt: exit 130, as without --ray)
@@ -110,6 +120,25 @@ def _ray_output_to_stderr() -> Callable[[], None]:
 
     ray_worker.print_to_stdstream = to_stderr
     return lambda: setattr(ray_worker, "print_to_stdstream", original)
+
+
+#: Seconds :func:`_unreachable` waits for a cluster's address to answer.
+REACH_TIMEOUT_S = 10.0
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at ``address`` where it is a ``HOST:PORT`` (or ``ray://HOST:PORT``)
+    to join (a TCP connection within :data:`REACH_TIMEOUT_S`), else None ("auto", "local",
+    anything else: :func:`ray.init` decides)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        return (f"nothing answers at {host}:{port} ({exc.strerror or exc}); is the cluster up "
+                "(ray status on its head node), and is this the head's address?")
+    return None
 
 
 def _python_sigterm_handler() -> Any:
