@@ -370,6 +370,24 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             :class:`ImageTooLargeError` when it has more than ``max_pixels`` pixels.
         ConfigError: ``max_pixels`` is neither None nor an integer >= 1.
     """
+    return _decode_data(data, max_pixels, name, None)
+
+
+def decode_image_stored(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                        name: str = "image data") -> StoredImage:
+    """:func:`decode_image`'s image with what the encoded file holds beyond it
+    (:class:`StoredImage`: alpha, grey levels), as :func:`load_image_stored` reads a file.
+
+    Raises:
+        ImageError, ConfigError: as :func:`decode_image`.
+    """
+    stored: dict[str, Any] = {}
+    image = _decode_data(data, max_pixels, name, stored)
+    return StoredImage(image, stored["pictures"], stored["alpha"], stored["gray"])
+
+
+def _decode_data(data: bytes, max_pixels: int | None, name: str,
+                 stored: dict[str, Any] | None) -> np.ndarray:
     _check_max_pixels(max_pixels)
     try:
         size = memoryview(data).nbytes  # bytes, bytearray, memoryview, a uint8 array
@@ -379,7 +397,7 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                          f"{type(data).__name__}{hint}") from None
     if not size:
         raise ImageError(f"{name}: image data is empty (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, stored)
 
 
 def _check_max_pixels(max_pixels: object) -> None:

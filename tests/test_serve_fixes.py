@@ -744,3 +744,33 @@ def test_the_python_client_says_what_it_cannot_read_or_write_before_sending(tmp_
     assert client.main([str(photo), "--anonymize", str(out), *url]) == 1
     assert capsys.readouterr().err == (f"serve_client: cannot write {out}: no folder "
                                        f"{tmp_path / 'no'}\n")
+
+
+def test_anonymize_keeps_alpha_and_grey_levels_as_tf_anonymize_does():
+    """/anonymize returned an RGBA PNG as RGB (its transparency gone) and a grey JPEG as RGB,
+    where tf-anonymize keeps both."""
+    import io
+
+    from PIL import Image
+
+    boxes = np.array([[10, 5, 30, 40, 0.75]], np.float32)
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (48, 64, 4), dtype=np.uint8)
+    rgba[:, :20, 3] = 0
+    png = io.BytesIO()
+    Image.fromarray(rgba).save(png, format="PNG")
+    answer = _answer(_Fixed(boxes), _request("POST", "/anonymize", png.getvalue()))
+    assert answer.status_code == 200
+    copy = Image.open(io.BytesIO(answer.body))
+    assert copy.mode == "RGBA"
+    np.testing.assert_array_equal(np.array(copy)[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(np.array(copy)[..., :3], apply_masks(rgba[..., :3], boxes,
+                                                                       _tf_anonymize_style()))
+    gray = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(gray).save(jpeg, format="JPEG")
+    answer = _answer(_Fixed(boxes), _request("POST", "/anonymize", jpeg.getvalue()))
+    assert answer.status_code == 200 and Image.open(io.BytesIO(answer.body)).mode == "L"
+    answer = _answer(_Fixed(boxes), _request("POST", "/anonymize", png.getvalue(),
+                                             b"format=jpeg"))  # JPEG holds no alpha
+    assert Image.open(io.BytesIO(answer.body)).mode == "RGB"

@@ -232,9 +232,13 @@ class RequestHandler:
         check_query(request.query_params, route)  # before the body is read
         check_headers(request.headers, self.limits)
         body = await _read_body(request, self.limits)
+        stored = None
         if route == "/anonymize":
             wanted = parse_anonymise_query(request.query_params, body)
-        image = await asyncio.to_thread(decode_body, body, self.limits)
+            stored = await asyncio.to_thread(decode_body, body, self.limits, True)
+            image = stored.rgb  # (its alpha and grey levels kept in the copy)
+        else:
+            image = await asyncio.to_thread(decode_body, body, self.limits)
         boxes = await detect(image)
         if isinstance(boxes, RequestError):  # the detector failed on this image
             raise boxes
@@ -243,7 +247,8 @@ class RequestHandler:
                 boxes = clip_to_image(boxes, image.shape[:2], config)
             return JSONResponse(detection_body(image, boxes, config.variant,
                                                config.coordinate_base))
-        data = await asyncio.to_thread(anonymise, image, boxes, wanted, config.coordinate_base)
+        data = await asyncio.to_thread(anonymise, image, boxes, wanted, config.coordinate_base,
+                                       stored)
         return Response(data, media_type=wanted.media_type, headers={"X-Faces": str(len(boxes))})
 
 

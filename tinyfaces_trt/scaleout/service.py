@@ -162,17 +162,20 @@ def check_body_size(size: int, limits: Limits) -> None:
                                 f"{limits.max_request_bytes} bytes)")
 
 
-def decode_body(body: bytes, limits: Limits) -> np.ndarray:
-    """The request's image as (H, W, 3) uint8 RGB.
+def decode_body(body: bytes, limits: Limits, stored: bool = False) -> Any:
+    """The request's image as (H, W, 3) uint8 RGB; with ``stored``, a
+    :class:`~tinyfaces_trt.runtime.imageio.StoredImage` (its alpha and grey levels too, for
+    :func:`anonymise`).
 
     Raises:
         RequestError: 400 empty / not an image / corrupt, 413 more pixels than allowed.
     """
-    from tinyfaces_trt.runtime.imageio import decode_image
+    from tinyfaces_trt.runtime.imageio import decode_image, decode_image_stored
 
     check_body_size(len(body), limits)
     try:
-        return decode_image(body, limits.max_pixels, name="request body")
+        return (decode_image_stored if stored else decode_image)(
+            body, limits.max_pixels, name="request body")
     except ImageTooLargeError as exc:
         raise RequestError(413, str(exc)) from None
     except ImageError as exc:
@@ -383,12 +386,18 @@ def parse_anonymise_query(query: Mapping[str, str], body: bytes) -> AnonymiseReq
 
 
 def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest,
-              base: float = 0.0) -> bytes:
+              base: float = 0.0, stored: Any = None) -> bytes:
     """The image with every box hidden as the request's style says (tf-anonymize's
     ``apply_masks``), encoded as it asks (``base``: the first pixel's coordinate in
     ``boxes``, 1.0 for the matconvnet variant's). Give the detector's unclipped boxes, as
-    tf-anonymize does: an enlarged mask of a face cut by the border is then the same."""
-    from tinyfaces_trt.runtime.imageio import encode_image
+    tf-anonymize does: an enlarged mask of a face cut by the border is then the same. With
+    ``stored`` (the body's :class:`~tinyfaces_trt.runtime.imageio.StoredImage`), its alpha
+    channel and grey levels are kept where the format holds them, as tf-anonymize keeps
+    them (:func:`~tinyfaces_trt.runtime.imageio.as_stored`)."""
+    from tinyfaces_trt.runtime.imageio import as_stored, encode_image
     from tinyfaces_trt.runtime.masks import apply_masks
 
-    return encode_image(apply_masks(image, boxes, request.style, base=base), request.format)
+    masked = apply_masks(image, boxes, request.style, base=base)
+    if stored is not None:
+        masked = as_stored(masked, stored, "." + request.format.lower())
+    return encode_image(masked, request.format)
