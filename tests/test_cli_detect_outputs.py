@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -421,3 +422,25 @@ def test_a_linked_image_argument_keeps_the_event_folder_of_its_path(capsys, expo
     assert _run(capsys, link, "--model", export_dir, "--wider-dir", pred)[0] == 0
     assert _files(pred) == [f"{WIDER_RECORDS}/0--Parade/0_Parade_a.json", "0--Parade/0_Parade_a.txt"]
     assert (pred / "0--Parade" / "0_Parade_a.txt").read_text().startswith("0--Parade/0_Parade_a.png\n")
+
+
+@pytest.mark.parametrize("ray", [[], ["--ray"]])
+def test_a_blurred_copy_keeps_alpha_and_grey_levels(capsys, export_dir, tmp_path, ray):
+    """--blur wrote an RGBA PNG's copy as RGB (its transparent part opaque) and a grey JPEG's
+    as RGB, where tf-anonymize and tf-serve keep both; the drawn copy stays in colour."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rgba = np.dstack([synthetic_image(40, 52, seed=1), np.full((40, 52), 90, np.uint8)])
+    rgba[:, :10, 3] = 0
+    Image.fromarray(rgba).save(photos / "logo.png")
+    Image.fromarray(synthetic_image(40, 52, seed=2)[..., 0]).save(photos / "grey.jpg")
+    argv = [photos, "--model", export_dir, "--out", tmp_path / "out", "--blur", "--draw", *ray]
+    code = _run(capsys, *argv)[0] if not ray else ray_main([str(a) for a in argv])
+    assert code == 0
+    out = tmp_path / "out"
+    copy = Image.open(out / "logo_blurred.png")
+    assert copy.mode == "RGBA"
+    np.testing.assert_array_equal(np.array(copy)[..., 3], rgba[..., 3])
+    assert Image.open(out / "grey_blurred.jpg").mode == "L"
+    assert Image.open(out / "logo_boxes.png").mode == Image.open(out / "grey_boxes.jpg").mode == \
+        "RGB"

@@ -507,16 +507,18 @@ def finish_run(args: argparse.Namespace, untrained: bool, model: dict[str, Any] 
                 + f"{len(failures)} error(s) in {time.perf_counter() - start:.1f} s")
 
 
-def _load(job: ImageJob) -> np.ndarray:
-    from tinyfaces_trt.runtime.imageio import load_image, load_image_stream
+def _load(job: ImageJob) -> Any:
+    """The job's :class:`~tinyfaces_trt.runtime.imageio.StoredImage` (standard input's
+    without its alpha channel or grey levels: RGB, as read)."""
+    from tinyfaces_trt.runtime.imageio import StoredImage, load_image_stored, load_image_stream
 
     if job.is_stdin:
         if job.data is not None:
-            return load_image_stream(io.BytesIO(job.data), "<stdin>")
+            return StoredImage(load_image_stream(io.BytesIO(job.data), "<stdin>"), 1, None, False)
         if sys.stdin is None:  # closed when Python started (tf-detect - 0<&-)
             raise ImageError("<stdin>: standard input is closed; pipe the image to it")
-        return load_image_stream(sys.stdin.buffer, "<stdin>")
-    return load_image(job.path)
+        return StoredImage(load_image_stream(sys.stdin.buffer, "<stdin>"), 1, None, False)
+    return load_image_stored(job.path)
 
 
 def skipped_record(job: ImageJob) -> dict[str, Any]:
@@ -563,13 +565,15 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
     if state.reason is not None:
         console.err(redo_line(job, state.reason))
     try:
-        image = _load(job)
+        stored = _load(job)
     except MemoryError as exc:
         raise memory_failure(job, exc) from None
+    image = stored.rgb
     try:
         boxes, logits, masked = output_boxes(detector, image,
                                              detect_with_progress(detector, image, str(job.rel)))
-        record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+        record = write_image_outputs(task, options, state, image, boxes, logits, masked,
+                                     stored)
     except MemoryError as exc:
         raise memory_failure(job, exc, image) from None
     if not quiet:
@@ -580,13 +584,14 @@ def _process(detector: Detector, task: DetectTask, options: DetectOptions, quiet
 def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
                         image: np.ndarray, boxes: np.ndarray,
                         logits: np.ndarray | None = None,
-                        masked: np.ndarray | None = None) -> dict[str, Any]:
+                        masked: np.ndarray | None = None, stored: Any = None) -> dict[str, Any]:
     """Writes an image's outputs but those ``state`` keeps (each atomically under its final
     name) and returns its JSON record; the same in one process and on a Ray worker.
     ``boxes``, ``logits``, ``masked``: :func:`output_boxes` of the detector's output (the
     WIDER result file gets ``logits`` exactly, the other outputs ``boxes``' probabilities;
-    the anonymised copy hides ``masked``, default ``boxes``). With an anonymised copy the
-    record says how it is made (``"anonymised"``: :func:`~.detect_plan.mask_record`)."""
+    the anonymised copy hides ``masked``, default ``boxes``, and keeps ``stored``'s alpha
+    channel and grey levels where given). With an anonymised copy the record says how it is
+    made (``"anonymised"``: :func:`~.detect_plan.mask_record`)."""
     job = task.job
     plan = task_plan(task, options)
     masks = ({MASK_RECORD: mask_record(options.anonymise)}
@@ -598,7 +603,7 @@ def write_image_outputs(task: DetectTask, options: DetectOptions, state: Resume,
         write_outputs(plan, image, boxes, record, options.anonymise,
                       jpeg_quality=options.jpeg_quality, keep=state.keep,
                       base=coordinate_base_of((options.model or {}).get("variant")),
-                      masked=masked, root=options.resolved_out())
+                      masked=masked, root=options.resolved_out(), stored=stored)
     if task.wider_file is not None and task.wider_file not in state.keep:
         write_wider_result(task.wider_file, job, boxes, options, logits)
     return record

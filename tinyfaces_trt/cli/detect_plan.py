@@ -423,18 +423,29 @@ def refuse_outside_out(plan: OutputPlan, root: Path | None, image: Path | None =
                              f"give that folder as --out")
 
 
+def _as_stored(image: np.ndarray, stored: Any, path: Path) -> np.ndarray:
+    """``image`` with ``stored``'s alpha and grey levels as a ``path`` file holds them
+    (:func:`~tinyfaces_trt.runtime.imageio.as_stored`); as it is without ``stored``."""
+    from tinyfaces_trt.runtime.imageio import as_stored
+
+    return image if stored is None else as_stored(image, stored, path.suffix)
+
+
 def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None, *,
                   jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                   keep: Sequence[Path] = (), base: float = 0.0,
-                  masked: np.ndarray | None = None, root: Path | None = None) -> list[Path]:
+                  masked: np.ndarray | None = None, root: Path | None = None,
+                  stored: Any = None) -> list[Path]:
     """Writes the planned files (each atomically), except those in ``keep``; returns the
     paths written. ``base``: the first pixel's coordinate in ``boxes`` (1.0 for the
     matconvnet variant's 1-based boxes; masks and drawings are placed in 0-based pixels).
     The JSON holds ``record``, the drawn copy ``boxes``; the anonymised copy hides ``masked``
     (default ``boxes``; tf-detect gives the detector's unclipped boxes, as tf-anonymize
     masks them, so that the enlarged mask of a face cut by the border is the same) as
-    :func:`mask_style` says.
+    :func:`mask_style` says, keeping ``stored``'s alpha channel and grey levels where its
+    format holds them (a :class:`~tinyfaces_trt.runtime.imageio.StoredImage`; None: RGB, as
+    the drawn copy always is), as tf-anonymize's copy does.
 
     A copy that replaces one on disk is written before ``record``'s :data:`MASK_RECORD`:
     the JSON is written without it first (it names the input, claiming the file names), then
@@ -472,8 +483,8 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     # the JSON first: it names the input, claiming the file names for it in later runs
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, json_of(claim)),
-        (plan.anonymised, lambda path: save_image(
-            path, apply_masks(image, hidden, mask_style(anonymise or ""), base=base),
+        (plan.anonymised, lambda path: save_image(path, _as_stored(
+            apply_masks(image, hidden, mask_style(anonymise or ""), base=base), stored, path),
             jpeg_quality=jpeg_quality)),
         (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes, base=base),
                                              jpeg_quality=jpeg_quality)),

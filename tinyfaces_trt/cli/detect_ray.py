@@ -70,7 +70,7 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
             removed there) or the worker ran out of memory on it
             (:func:`~.detect_plan.memory_failure`).
     """
-    from tinyfaces_trt.runtime.imageio import load_image
+    from tinyfaces_trt.runtime.imageio import load_image_stored
 
     job = task.job
     plan = task_plan(task, options)
@@ -80,12 +80,14 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
     try:
-        image = load_image(job.path)
+        stored = load_image_stored(job.path)
     except MemoryError as exc:
         raise memory_failure(job, exc) from None
+    image = stored.rgb
     try:
         boxes, logits, masked = output_boxes(detector, image, detector.detect(image))
-        record = write_image_outputs(task, options, state, image, boxes, logits, masked)
+        record = write_image_outputs(task, options, state, image, boxes, logits, masked,
+                                     stored)
     except MemoryError as exc:
         raise memory_failure(job, exc, image) from None
     return DetectValue(record, format_line(job.path, boxes), state.reason)
