@@ -134,7 +134,7 @@ def write_stdout(text: str) -> None:
     closed the pipe: ``| head``; a full disk) the run goes on without writing there, said once
     on stderr (a log warning, so with the CLI's name), and a CLI run by
     :func:`run_interruptible` then exits 1 unless only the pipe was closed."""
-    if _StdoutState.lost is not None:
+    if _StdoutState.lost is not None or sys.stdout is None:  # (None: closed at start, >&-)
         return
     try:
         sys.stdout.write(text)

@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tinyfaces_trt.core.cli import add_version_argument
+from tinyfaces_trt.core.cli import (add_version_argument, shown, stderr_line, stdout_line,
+                                    write_stdout)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import discard_temporary, prepare_output_dir, removed_if_left_empty
 from tinyfaces_trt.kernels.binding import (ENV_CACHE, ENV_LIBRARY, LIBRARY_NAME, cache_dir,
@@ -323,7 +324,7 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
 
     def say(msg: str) -> None:
         if verbose:
-            print(f"tf-build-kernels: {msg}", flush=True)
+            stdout_line(f"tf-build-kernels: {msg}")  # (a closed pipe ends no build)
 
     say(f"nvcc {compiler} ({nvcc_version(compiler)})")
     with staged_sources(package_dir(), out_dir) as source:
@@ -339,7 +340,7 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
             for line in proc.stdout:
                 output.append(line)
                 if verbose:
-                    print(line, end="", flush=True)
+                    write_stdout(shown(line, sys.stdout))
         if proc.returncode != 0:
             if verbose:  # the compiler's output was just printed: do not repeat it
                 raise TinyFacesError(f"building the CUDA kernels failed (exit {proc.returncode}); "
@@ -351,7 +352,7 @@ def _build_into(out_dir: Path, nvcc: str | None, gencode: str | None, example: b
     say(f"done in {time.perf_counter() - start:.0f} s: {lib} (built for {archs})")
     note = shadowing_note(lib)
     if note:
-        print(f"tf-build-kernels: warning: {note}", file=sys.stderr, flush=True)
+        stderr_line(f"tf-build-kernels: warning: {note}")
     elif not any(p.resolve() == lib.resolve() for p in library_candidates()):
         say(f"load it with {ENV_LIBRARY}={lib} (or load_library(path))")
     return lib
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         build(args.out, args.nvcc, args.arch, example=not args.no_example, verbose=not args.quiet)
     except (TinyFacesError, OSError) as exc:  # OSError: e.g. the disk filling up during make
-        print(f"tf-build-kernels: error: {exc}", file=sys.stderr)
+        stderr_line(f"tf-build-kernels: error: {exc}")
         return 1
     return 0
 

@@ -242,14 +242,17 @@ class StoredImage(NamedTuple):
 
 
 def load_image_stored(path: str | os.PathLike,
-                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> StoredImage:
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+                      log_others: bool = False) -> StoredImage:
     """:func:`load_image_frames`' image and picture count, with the file's alpha channel and
-    whether it holds grey levels (:class:`StoredImage`).
+    whether it holds grey levels (:class:`StoredImage`). ``log_others``: the other frames of
+    a multi-frame file are also logged, as :func:`load_image` logs them (for a caller that
+    does not report the count itself).
 
     Raises:
         ImageError, ConfigError: as :func:`load_image`.
     """
-    stored: dict[str, Any] = {}
+    stored: dict[str, Any] = {"log_others": log_others}
     image = _load(path, max_pixels, stored)
     return StoredImage(image, stored["pictures"], stored["alpha"], stored["gray"])
 
@@ -471,7 +474,8 @@ def _decode(source: IO[bytes], name: str, max_pixels: int | None,
             stored: dict[str, Any] | None = None) -> np.ndarray:
     """Decodes one image; a multi-frame file's count of pictures goes to ``stored`` where
     given (``"pictures"``; an MPO counts 1: see :func:`load_image_frames`), with its
-    ``"alpha"`` and ``"gray"`` (:class:`StoredImage`), else its other frames are logged."""
+    ``"alpha"`` and ``"gray"`` (:class:`StoredImage`); its other frames are logged where
+    ``stored`` is None or holds ``"log_others"``."""
     # our limit replaces Pillow's bomb check, for this context (thread) only
     token = _PIXEL_LIMIT.set((name, max_pixels))
     try:
@@ -480,7 +484,7 @@ def _decode(source: IO[bytes], name: str, max_pixels: int | None,
             frames = getattr(im, "n_frames", 1)
             if stored is not None:
                 stored["pictures"] = 1 if im.format == "MPO" else int(frames)
-            elif frames > 1:
+            if frames > 1 and (stored is None or stored.get("log_others")):
                 # a camera's JPEG stored as MPO: the photo, then a preview or depth frame
                 level = logging.DEBUG if im.format == "MPO" else logging.WARNING
                 log.log(level, "%s: has %d frames (animated or multi-page %s); using the "

@@ -711,7 +711,9 @@ def test_the_ray_run_redoes_outputs_of_other_options_and_names_failed_files(tmp_
         return pooled
 
     monkeypatch.setattr(pool, "run_tasks", run_tasks)
-    monkeypatch.setattr(detectors, "spec_from_arguments", lambda *a, **k: None)
+    # the untrained network's spec, as far as the driver reads it (its config's check)
+    spec = SimpleNamespace(model_dir=None, weights=None, variant=None, config_overrides=())
+    monkeypatch.setattr(detectors, "spec_from_arguments", lambda *a, **k: spec)
     args = SimpleNamespace(overwrite=False, quiet=True, ray="", workers=None)
     for options, done in ((Options(), False), (review, True)):
         seen.clear()

@@ -502,7 +502,8 @@ def test_a_ray_run_with_nothing_to_do_starts_no_cluster_and_leaves_no_folder(
     assert [p.name for p in work.iterdir()] == ["empty"]
 
 
-def test_a_face_size_no_level_can_reach_is_a_usage_error(capsys, photos, export_dir, tmp_path):
+def test_a_face_size_no_level_can_reach_is_a_usage_error(capsys, photos, export_dir, tmp_path,
+                                                         monkeypatch):
     """--max-face 5 (below the smallest face any level produces) exited 1, as a failed image;
     --help gives 2 for bad arguments, as --min-face 100 --max-face 10 exits."""
     from tinyfaces_trt.anonymize.cli import main as anonymize
@@ -515,3 +516,13 @@ def test_a_face_size_no_level_can_reach_is_a_usage_error(capsys, photos, export_
                       "--max-face", "5"]) == 2
     assert capsys.readouterr().err.startswith("tf-anonymize: error: max_face (5) is below")
     assert not (tmp_path / "out").exists()
+    from tinyfaces_trt.scaleout import pool
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Ray cluster was started")
+
+    monkeypatch.setattr(pool, "run_tasks", no_cluster)
+    # --overwrite: no expected detector is made on the driver, which found it before
+    assert anonymize([str(photos), "--model", str(export_dir), "--out", str(tmp_path / "out"),
+                      "--max-face", "5", "--ray", "--overwrite"]) == 2
+    assert "tf-anonymize: error: max_face (5) is below" in capsys.readouterr().err

@@ -339,22 +339,32 @@ def test_an_image_on_standard_input_replaces_its_wider_result_only_with_overwrit
 def test_a_wider_result_of_another_image_of_the_same_event_and_name_is_kept(
         capsys, export_dir, tmp_path):
     """A/ev/x.png, then B/ev/x.png into the same --wider-dir: B was skipped as done, A's
-    result kept as B's (its first line, ev/x.png, is B's name too)."""
+    result kept as B's (its first line, ev/x.png, is B's name too). --overwrite replaces it
+    (a dataset moved since is another file by its path); a record of an earlier tf-detect
+    (no resolved path) is not judged."""
     first = _image(tmp_path / "A" / "ev" / "x.png", 1)
     second = _image(tmp_path / "B" / "ev" / "x.png", 2)
     pred = tmp_path / "pred"
     assert _run(capsys, first, "--model", export_dir, "--wider-dir", pred)[0] == 0
     result = (pred / "ev" / "x.txt").read_text()
-    for overwrite in ([], ["--overwrite"]):
-        code, _, err = _run(capsys, second, "--model", export_dir, "--wider-dir", pred, *overwrite)
-        assert code == 1
-        assert (f"tf-detect: error: {pred / 'ev' / 'x.txt'} exists and is the WIDER result of "
-                "another image of the same event and name (its record "
-                f"{pred / '.tf-detect' / 'ev' / 'x.json'} does not name {second}); it is "
-                "neither skipped nor replaced: move it away or give another --wider-dir\n") in err
-        assert (pred / "ev" / "x.txt").read_text() == result
+    code, _, err = _run(capsys, second, "--model", export_dir, "--wider-dir", pred)
+    assert code == 1
+    assert (f"tf-detect: error: {pred / 'ev' / 'x.txt'} exists and is the WIDER result of "
+            "another image of the same event and name (its record "
+            f"{pred / '.tf-detect' / 'ev' / 'x.json'} does not name {second}); it is "
+            "neither skipped nor replaced: move it away or give another --wider-dir\n") in err
+    assert (pred / "ev" / "x.txt").read_text() == result
     code, _, err = _run(capsys, first, "--model", export_dir, "--wider-dir", pred)
     assert code == 0 and "skipped, its outputs exist" in err  # its own: done
+    record = pred / ".tf-detect" / "ev" / "x.json"
+    old = json.loads(record.read_text())
+    del old["resolved"]  # as an earlier tf-detect wrote it
+    record.write_text(json.dumps(old))
+    code, _, err = _run(capsys, second, "--model", export_dir, "--wider-dir", pred)
+    assert code == 0 and "tf-detect: error" not in err  # not judged (skipped as before)
+    assert _run(capsys, first, "--model", export_dir, "--wider-dir", pred,
+                "--overwrite")[0] == 0
+    assert (pred / "ev" / "x.txt").read_text() == result
 
 
 def test_a_link_loop_in_a_folder_is_an_error_of_that_file(capsys, export_dir, tmp_path):

@@ -52,3 +52,12 @@ def test_tf_detect_names_such_files_escaped(capsys, tmp_path, export_dir):
     assert f"tf-detect: error: {tmp_path}/gone\\x1b]0;pwned\\x07.jpg: image file not found\n" \
         in err
     assert "\x1b" not in err and "\x07" not in err
+
+
+def test_tf_build_kernels_names_such_folders_escaped(capsys, tmp_path):
+    from tinyfaces_trt.kernels import build
+
+    assert build.main(["--out", str(tmp_path / CLEARS_THE_SCREEN), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tf-build-kernels: error: --out {tmp_path}/bad\\x1b[2Jname.jpg: ")
+    assert "\x1b" not in err

@@ -57,7 +57,7 @@ def test_lost_stdout_is_said_once_and_the_run_writes_its_files(
 def test_a_pipe_closed_by_its_reader_ends_no_run(tmp_path, export_dir):
     """``tf-detect folder | head -1``: a BrokenPipeError traceback after the first image; the
     others were never detected."""
-    photos = _folder(tmp_path / "photos")
+    photos = _folder(tmp_path / "photos", 12)  # (lines still to come when the pipe closes)
     proc = subprocess.Popen([sys.executable, "-m", "tinyfaces_trt.cli.detect", str(photos),
                              "--model", str(export_dir), "--out", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -67,7 +67,7 @@ def test_a_pipe_closed_by_its_reader_ends_no_run(tmp_path, export_dir):
     assert proc.wait(timeout=120) == 0, err
     assert "tf-detect: standard output cannot be written (Broken pipe)" in err
     assert "Traceback" not in err and "Exception ignored" not in err
-    assert len(list((tmp_path / "out").glob("*.json"))) == 6
+    assert len(list((tmp_path / "out").glob("*.json"))) == 12
 
 
 def test_closed_stdin_is_an_error_of_that_input(tmp_path, capsys, monkeypatch, export_dir):
@@ -77,3 +77,14 @@ def test_closed_stdin_is_an_error_of_that_input(tmp_path, capsys, monkeypatch, e
     err = capsys.readouterr().err
     assert "tf-detect: error: <stdin>: standard input is closed; pipe the image to it\n" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_stdout_closed_at_start_is_left_alone(tmp_path, capsys, monkeypatch, export_dir):
+    """``tf-detect folder >&-``: Python sets sys.stdout to None; print() wrote nothing, the
+    first write_stdout raised AttributeError (a traceback after the first image)."""
+    photos = _folder(tmp_path / "photos", 2)
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main([str(photos), "--model", str(export_dir), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "tf-detect: 2 image(s)" in err
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2

@@ -257,6 +257,14 @@ def test_score_normalisation_is_single_precision_like_norm_score():
     assert neg[("e", "a")][:, 4].tolist() == [float(np.float32(2) / np.float32(3)), 0.0]
 
 
+def test_scores_whose_range_passes_single_precision_are_refused():
+    """3e38 and -3e38 each fit single precision, their range does not: every score came out
+    NaN or 0, without a word."""
+    with pytest.raises(WiderEvalError, match=r"^the prediction scores span -3e\+38 to 3e\+38, "
+                       r"a range beyond single precision"):
+        normalize_scores({("e", "a"): np.array([[0, 0, 1, 1, 3e38], [0, 0, 1, 1, -3e38]])})
+
+
 def test_keys_of_no_ground_truth_image_leave_the_normalisation_alone(gt_dir):
     """read_pred.m reads only the ground-truth images: a key of no such image (here with a
     huge score) must not stretch the min-max normalisation of the others."""
@@ -524,10 +532,10 @@ def test_cli_warns_once_for_surplus_box_lines(gt_dir, tmp_path, capsys):
     ("img\n1\n1 2 3_0 4 0.5\n", r"f.txt:3: expected numbers, got '1 2 3_0 4 0.5'"),
     ("img\n1\n1 2 30 4 0.5_0\n", r"f.txt:3: expected numbers, got '1 2 30 4 0.5_0'"),
     # (a float32 overflow: the AP came out distorted after a bare numpy warning)
-    ("img\n1\n1 2 30 4 1e300\n", r"f.txt:3: score 1e\+300 is beyond single precision \(the "
+    ("img\n1\n1 2 30 4 1e300\n", r"f.txt:3: score 1e300 is beyond single precision \(the "
                                  r"official evaluation's norm_score works in single: it would "
                                  r"be infinite\); got '1 2 30 4 1e300'"),
-    ("img\n1\n1 2 30 4 -3.5e38\n", r"f.txt:3: score -3.5e\+38 is beyond single precision"),
+    ("img\n1\n1 2 30 4 -3.5e38\n", r"f.txt:3: score -3.5e38 is beyond single precision"),
 ])
 def test_reader_errors_name_file_and_line(text, message):
     with pytest.raises(PredictionFormatError, match=message):

@@ -421,15 +421,21 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
         return pooled.value if pooled.status == "done" else \
             Result(pooled.task, pooled.status, error=error)
 
+    from tinyfaces_trt.scaleout.cli_serve import check_detector_config
+
     try:
         spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
                                    for_workers=True)
+        check_detector_config(spec)  # --max-face 5: a usage error here, not on every worker
         # the pool's bar counts files; a worker's frame lines would break it (no terminal there)
         options = dataclasses.replace(options, progress=False)
         pooled = run_tasks(tasks, spec, process_file, options, is_done=done,
                            address=ray_address(args), workers=args.workers,
                            progress=not args.quiet, desc=PROG,
                            on_result=lambda r: _report(as_result(r), args.quiet))
+    except ConfigError as exc:
+        stderr_line(f"{PROG}: error: {exc}")
+        return EXIT_USAGE
     except TinyFacesError as exc:
         stderr_line(f"{PROG}: error: {exc}")
         return EXIT_ERROR

@@ -518,7 +518,7 @@ def _load(job: ImageJob) -> Any:
         if sys.stdin is None:  # closed when Python started (tf-detect - 0<&-)
             raise ImageError("<stdin>: standard input is closed; pipe the image to it")
         return StoredImage(load_image_stream(sys.stdin.buffer, "<stdin>"), 1, None, False)
-    return load_image_stored(job.path)
+    return load_image_stored(job.path, log_others=True)  # ("has N frames", as load_image)
 
 
 def skipped_record(job: ImageJob) -> dict[str, Any]:

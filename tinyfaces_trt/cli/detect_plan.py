@@ -799,10 +799,10 @@ def _wider_problem(wider_file: Path, job: ImageJob, owner: Path,
                    options: DetectOptions) -> str | None:
     """Why ``job`` may not write ``wider_file`` (``owner``: the image of this run that has
     it): another image of the run has it; or a file is there that is not ``job``'s result:
-    its first line is not ``job``'s name, or its record (under ``--wider-dir``'s
-    ``.tf-detect``) names another image of that event and name, or any image where ``job`` is
-    standard input (one piped image cannot be told from the next), unless ``--overwrite``.
-    None when it may."""
+    its first line is not ``job``'s name, or, unless ``--overwrite``, its record (under
+    ``--wider-dir``'s ``.tf-detect``) names another image file of that event and name (a
+    dataset moved since counts as another), or any image where ``job`` is standard input
+    (one piped image cannot be told from the next). None when it may."""
     if owner != job.path:
         return (f"{job.path}: its WIDER result {wider_file} was already written for {owner} "
                 "(same event and name); rename one of the two images")
@@ -819,7 +819,7 @@ def _wider_problem(wider_file: Path, job: ImageJob, owner: Path,
         return (f"{wider_file} exists, the WIDER result of an earlier image from standard "
                 "input, which cannot be told from this one; it is neither skipped nor "
                 "replaced: --overwrite replaces it, or give another --wider-dir")
-    if record is not None and _recorded_for_another(record, job):
+    if record is not None and not options.overwrite and _recorded_for_another(record, job):
         return (f"{wider_file} exists and is the WIDER result of another image of the same "
                 f"event and name (its record {record} does not name {job.path}); it is "
                 "neither skipped nor replaced: move it away or give another --wider-dir")
@@ -827,20 +827,18 @@ def _wider_problem(wider_file: Path, job: ImageJob, owner: Path,
 
 
 def _recorded_for_another(record: Path, job: ImageJob) -> bool:
-    """Whether the WIDER record ``record`` names another image file than ``job``'s (by its
-    ``resolved`` real path, else its ``image`` path); a record that is missing, unreadable or
-    names none leaves the result to :func:`resume_state` (made again)."""
+    """Whether the WIDER record ``record`` names another image file than ``job``'s by its
+    ``resolved`` real path; a record that is missing, unreadable or of an earlier tf-detect
+    (no ``resolved``: its ``image`` path is relative to a working folder not recorded) leaves
+    the result to :func:`resume_state`."""
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(data, dict):
         return False
-    resolved, image = data.get("resolved"), data.get("image")
-    if isinstance(resolved, str):
-        return resolved != os.path.realpath(job.path)
-    return isinstance(image, str) and image != str(job.path) and \
-        os.path.abspath(image) != os.path.abspath(job.path)
+    resolved = data.get("resolved")
+    return isinstance(resolved, str) and resolved != os.path.realpath(job.path)
 
 
 def task_plan(task: DetectTask, options: DetectOptions) -> OutputPlan | None:

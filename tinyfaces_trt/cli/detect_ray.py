@@ -80,7 +80,7 @@ def process_detect_task(detector: Any, task: DetectTask, options: DetectOptions)
     if plan is not None:
         _remove_stale_temporaries(plan.paths())
     try:
-        stored = load_image_stored(job.path)
+        stored = load_image_stored(job.path, log_others=True)
     except MemoryError as exc:
         raise memory_failure(job, exc) from None
     image = stored.rgb

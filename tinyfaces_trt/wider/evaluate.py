@@ -338,6 +338,13 @@ def normalize_scores(predictions: Mapping[ImageKey, np.ndarray]) -> dict[ImageKe
     scores = np.concatenate([b[:, 4] for b in non_empty])
     hi = np.float32(max(_SINGLE_REALMIN, np.float32(scores.max())))
     lo = np.float32(min(_SINGLE_REALMAX, np.float32(scores.min())))
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if not np.isfinite(span):  # each score fits single precision, their range does not
+        raise WiderEvalError(
+            f"the prediction scores span {float(lo):g} to {float(hi):g}, a range beyond single "
+            "precision: the official norm_score, which works in single, would make every "
+            "score NaN or 0; rescale the scores")
     if hi == lo:
         warnings.warn("all prediction scores are equal: the official min-max normalisation "
                       "divides 0 by 0 and every AP is 0", stacklevel=2)

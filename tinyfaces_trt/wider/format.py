@@ -208,9 +208,9 @@ def parse_detections(text: str, source: str = "<text>") -> DetectionFile:
             single = np.float32(values[-1])
         if not np.isfinite(single):
             raise PredictionFormatError(
-                f"{source}:{no}: score {values[-1]!r} is beyond single precision (the "
-                f"official evaluation's norm_score works in single: it would be infinite); "
-                f"got {line.strip()!r}")
+                f"{source}:{no}: score {_SEPARATORS.split(line.strip())[-1]} is beyond "
+                "single precision (the official evaluation's norm_score works in single: it "
+                f"would be infinite); got {line.strip()!r}")
         boxes[k, :4] = values[:4]
         boxes[k, 4] = values[-1]
     return DetectionFile(lines[0].strip(), boxes, len(rows) - count)
