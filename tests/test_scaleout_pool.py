@@ -111,6 +111,11 @@ class _Spec:
     backend: str = "fake"
     providers: Any = None
     threads: int | None = 1
+    # what a driver reads of the network (its detection settings' check): the untrained one
+    model_dir: Any = None
+    weights: Any = None
+    variant: Any = None
+    config_overrides: tuple = ()
 
     def create(self) -> Any:
         return SimpleNamespace(close=lambda: None)
