@@ -252,19 +252,26 @@ def load_image_stored(path: str | os.PathLike,
     Raises:
         ImageError, ConfigError: as :func:`load_image`.
     """
-    stored: dict[str, Any] = {"log_others": log_others}
-    image = _load(path, max_pixels, stored)
-    return StoredImage(image, stored["pictures"], stored["alpha"], stored["gray"])
+    found: dict[str, Any] = {"log_others": log_others}
+    return _stored_image(_load(path, max_pixels, found), found)
 
 
-def as_stored(rgb: np.ndarray, stored: StoredImage, suffix: str, *,
+def _stored_image(rgb: np.ndarray, found: dict[str, Any]) -> StoredImage:
+    """The :class:`StoredImage` of a decode that filled ``found`` (:func:`_decode`)."""
+    return StoredImage(rgb, found["pictures"], found["alpha"], found["gray"])
+
+
+def as_stored(rgb: np.ndarray, stored: StoredImage | None, suffix: str, *,
               colour: bool = False) -> np.ndarray:
     """``rgb``, an edited (H, W, 3) uint8 copy of ``stored.rgb``, with the layers of
     ``stored``'s file that a file of ``suffix`` holds (:data:`ALPHA_FORMATS`,
     :data:`GRAY_FORMATS`): (H, W) grey levels (ITU-R 601 luma, exact for a grey image's
     pixels) for a grey image unless ``colour`` (drawn boxes keep their colours), and its alpha
     channel as a last channel ((H, W, 2) or (H, W, 4)); else ``rgb``. A PGM file is grey
-    whatever the image (an RGB array would be written as a PPM under its name)."""
+    whatever the image (an RGB array would be written as a PPM under its name). Without
+    ``stored`` (None: nothing known of the file), ``rgb`` as it is."""
+    if stored is None:
+        return rgb
     image_format = Image.registered_extensions().get(suffix.lower())
     gray = suffix.lower() == ".pgm" or (
         stored.gray and not colour and image_format in GRAY_FORMATS
@@ -384,9 +391,8 @@ def decode_image_stored(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS
     Raises:
         ImageError, ConfigError: as :func:`decode_image`.
     """
-    stored: dict[str, Any] = {}
-    image = _decode_data(data, max_pixels, name, stored)
-    return StoredImage(image, stored["pictures"], stored["alpha"], stored["gray"])
+    found: dict[str, Any] = {"log_others": True}  # (as decode_image logs them)
+    return _stored_image(_decode_data(data, max_pixels, name, found), found)
 
 
 def _decode_data(data: bytes, max_pixels: int | None, name: str,

@@ -423,14 +423,6 @@ def refuse_outside_out(plan: OutputPlan, root: Path | None, image: Path | None =
                              f"give that folder as --out")
 
 
-def _as_stored(image: np.ndarray, stored: Any, path: Path) -> np.ndarray:
-    """``image`` with ``stored``'s alpha and grey levels as a ``path`` file holds them
-    (:func:`~tinyfaces_trt.runtime.imageio.as_stored`); as it is without ``stored``."""
-    from tinyfaces_trt.runtime.imageio import as_stored
-
-    return image if stored is None else as_stored(image, stored, path.suffix)
-
-
 def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
                   record: dict[str, Any], anonymise: str | None, *,
                   jpeg_quality: int = DEFAULT_JPEG_QUALITY,
@@ -462,7 +454,7 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
             (none is written).
     """
     from tinyfaces_trt.runtime.draw import draw_boxes
-    from tinyfaces_trt.runtime.imageio import save_image
+    from tinyfaces_trt.runtime.imageio import as_stored, save_image
     from tinyfaces_trt.runtime.masks import apply_masks
 
     refuse_outside_out(plan, root)  # the folders made below are made through no link
@@ -483,9 +475,9 @@ def write_outputs(plan: OutputPlan, image: np.ndarray, boxes: np.ndarray,
     # the JSON first: it names the input, claiming the file names for it in later runs
     makers: list[tuple[Path | None, Callable[[Path], None]]] = [
         (plan.detections, json_of(claim)),
-        (plan.anonymised, lambda path: save_image(path, _as_stored(
-            apply_masks(image, hidden, mask_style(anonymise or ""), base=base), stored, path),
-            jpeg_quality=jpeg_quality)),
+        (plan.anonymised, lambda path: save_image(path, as_stored(
+            apply_masks(image, hidden, mask_style(anonymise or ""), base=base), stored,
+            path.suffix), jpeg_quality=jpeg_quality)),
         (plan.drawn, lambda path: save_image(path, draw_boxes(image, boxes, base=base),
                                              jpeg_quality=jpeg_quality)),
     ]

@@ -397,7 +397,6 @@ def anonymise(image: np.ndarray, boxes: np.ndarray, request: AnonymiseRequest,
     from tinyfaces_trt.runtime.imageio import as_stored, encode_image
     from tinyfaces_trt.runtime.masks import apply_masks
 
-    masked = apply_masks(image, boxes, request.style, base=base)
-    if stored is not None:
-        masked = as_stored(masked, stored, "." + request.format.lower())
+    masked = as_stored(apply_masks(image, boxes, request.style, base=base), stored,
+                       "." + request.format.lower())
     return encode_image(masked, request.format)
