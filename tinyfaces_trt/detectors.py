@@ -438,6 +438,26 @@ class DetectorSpec:
                                torch_mode=self.torch_mode)
 
 
+def check_detector_config(spec: Any) -> None:
+    """Makes the config the detector of ``spec`` (a :class:`DetectorSpec`) will have (the
+    export folder's, or the variant's of the weights / the untrained network, with the
+    detection settings), so that a setting no image can meet (``--max-face 5``) is one error
+    on the driver before workers or replicas start, not a failure buried in Ray's log.
+
+    Raises:
+        ConfigError: the settings are refused (the message says why).
+    """
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.core.manifest import load_export_folder
+
+    if spec.model_dir is not None:
+        config = load_export_folder(spec.model_dir).config
+    else:
+        mat = str(spec.weights or "").lower().endswith(".mat")
+        config = DetectorConfig.for_variant(spec.variant or ("matconvnet" if mat else "pytorch"))
+    config.with_(**dict(spec.config_overrides))
+
+
 def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = None, *,
                         for_workers: bool = False) -> DetectorSpec:
     """The detector the CLIs' options ask for (``--backend``, ``--model``, ``--weights``,

@@ -407,7 +407,7 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
     options, review band and ``expected`` detector), but for tasks the planner chose to make
     again, which are made without their outputs being checked a second time."""
     from tinyfaces_trt.anonymize.jobs import Result, is_done, naming, process_file
-    from tinyfaces_trt.detectors import spec_from_arguments
+    from tinyfaces_trt.detectors import check_detector_config, spec_from_arguments
     from tinyfaces_trt.scaleout.pool import run_tasks
 
     def done(task: Any, options: Any) -> bool:
@@ -420,8 +420,6 @@ def _run_on_ray(args: argparse.Namespace, tasks: list[Any], options: Any, result
         error = None if pooled.error is None else naming(pooled.task.source, pooled.error)
         return pooled.value if pooled.status == "done" else \
             Result(pooled.task, pooled.status, error=error)
-
-    from tinyfaces_trt.scaleout.cli_serve import check_detector_config
 
     try:
         spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),

@@ -412,30 +412,10 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     check_detector_arguments(parser, args)
 
 
-def check_detector_config(spec: Any) -> None:
-    """Makes the config each replica's detector will have (the export folder's, or the
-    variant's of ``--weights`` / the untrained network, with the detection flags), so that a
-    setting no image can meet (``--max-face 5``) is one error before anything is deployed,
-    not a failed deployment buried in Ray's log.
-
-    Raises:
-        ConfigError: the settings are refused (the message says why).
-    """
-    from tinyfaces_trt.core.config import DetectorConfig
-    from tinyfaces_trt.core.manifest import load_export_folder
-
-    if spec.model_dir is not None:
-        config = load_export_folder(spec.model_dir).config
-    else:
-        mat = str(spec.weights or "").lower().endswith(".mat")
-        config = DetectorConfig.for_variant(spec.variant or ("matconvnet" if mat else "pytorch"))
-    config.with_(**dict(spec.config_overrides))
-
-
 def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptions":  # noqa: F821
     """The deployment settings the arguments ask for."""
     from tinyfaces_trt.scaleout.cluster import spec_uses_gpu
-    from tinyfaces_trt.detectors import spec_from_arguments
+    from tinyfaces_trt.detectors import check_detector_config, spec_from_arguments
     from tinyfaces_trt.scaleout.serve import ServeOptions
 
     spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
