@@ -257,6 +257,16 @@ def _new_folder(path: Path) -> None:
     os.mkdir(path, 0o777)  # the umask applies; a setgid parent passes its group and bit on
 
 
+def replaced_entry(path: str | os.PathLike[str]) -> Path:
+    """The directory entry that writing ``path`` (a rename over its name) replaces, its folder
+    resolved as the system does (symbolic links, then ``..``); a link at ``path`` itself is
+    the entry, not followed."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(folder or ".")) / name
+
+
 def inputs_replaced_by(outputs: Iterable[str | os.PathLike[str]],
                        inputs: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
     """{output: input} for each of ``outputs`` whose writing (a rename over its name, as

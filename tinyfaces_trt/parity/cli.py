@@ -26,7 +26,7 @@ from tinyfaces_trt.core.cli import (EXIT_OK, EXIT_USAGE, add_version_argument, f
                                     write_stdout)
 from tinyfaces_trt.core.config import VARIANTS, DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
-from tinyfaces_trt.core.files import inputs_replaced_by, write_text_atomic
+from tinyfaces_trt.core.files import inputs_replaced_by, replaced_entry, write_text_atomic
 from tinyfaces_trt.core.optional import import_optional
 from tinyfaces_trt.detector_options import PYRAMID_RULES
 from tinyfaces_trt.parity.compare import TOLERANCES
@@ -159,8 +159,7 @@ def _check_writable(path: Path, args: argparse.Namespace) -> None:
     if victims:
         raise TinyFacesError(f"--json {path} would replace the weights file {victims[str(path)]}; "
                              "give another --json")
-    entry = path.absolute().parent.resolve() / path.name  # what a rename over it replaces
-    if args.model and Path(args.model).resolve() in entry.parents:
+    if args.model and Path(args.model).resolve() in replaced_entry(path).parents:
         raise TinyFacesError(f"--json {path} is inside the export folder under test "
                              f"(--model {args.model}); give another --json")
     parent = path.resolve().parent

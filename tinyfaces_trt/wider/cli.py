@@ -32,7 +32,7 @@ from tinyfaces_trt.core.cli import (EXIT_USAGE, add_version_argument, run_interr
                                     stderr_line, write_stdout)
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.files import (atomic_output, inputs_replaced_by, nearest_existing,
-                                     removed_if_left_empty, write_text_atomic)
+                                     removed_if_left_empty, replaced_entry, write_text_atomic)
 from tinyfaces_trt.wider.records import RECORDS_FOLDER, Detectors, detectors_of
 from tinyfaces_trt.wider.evaluate import (
     INDEX_FILE, SETTING_FILES, SETTINGS, MissingPredictionsError, WiderEvalResult, evaluate_folder)
@@ -113,15 +113,6 @@ def _check_output_file(option: str, path: Path) -> None:
                              f"writable; give a writable folder")
 
 
-def _entry(path: Path) -> Path:
-    """The directory entry that writing ``path`` replaces, its folder resolved as the system
-    does (symbolic links, then ``..``); a link at ``path`` itself is the entry, not followed."""
-    folder, name = os.path.split(path)
-    if name in ("", ".", ".."):
-        return Path(os.path.realpath(path))
-    return Path(os.path.realpath(folder or ".")) / name
-
-
 def _input_tree(folder: Path) -> tuple[set[Path], list[str]]:
     """The folders (resolved) and the files of the tree below ``folder``, symbolic links to
     folders followed, each folder once (a link loop ends)."""
@@ -140,11 +131,11 @@ def _input_tree(folder: Path) -> tuple[set[Path], list[str]]:
 def _harm_to_inputs(path: Path, victim: str | None, folders: set[Path]) -> str | None:
     """How writing ``path`` would harm an input, or None: ``victim`` is the input file it would
     replace (:func:`inputs_replaced_by`), ``folders`` the input folders (resolved)."""
-    if victim is not None and _entry(Path(victim)) == _entry(path):
+    if victim is not None and replaced_entry(Path(victim)) == replaced_entry(path):
         return "is an input file of the evaluation"
     if victim is not None:
         return f"would replace the data of {victim}, an input file of the evaluation"
-    if not folders.isdisjoint(_entry(path).parents):
+    if not folders.isdisjoint(replaced_entry(path).parents):
         return "is inside an input folder of the evaluation"
     return None
 
@@ -157,7 +148,7 @@ def _refuse_replacing_inputs(args: argparse.Namespace) -> None:
                if path is not None]
     if not outputs:
         return
-    if len(outputs) == 2 and _entry(args.json) == _entry(args.plot):
+    if len(outputs) == 2 and replaced_entry(args.json) == replaced_entry(args.plot):
         raise OutputReplacesInputError(f"--json {args.json} and --plot {args.plot} are the same "
                                        f"file; give them different names")
     for input_option, folder in (("--gt", args.gt), ("--pred", args.pred)):
