@@ -129,17 +129,19 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
-CUDA_ROWS = {False: "cuda (CudaPostprocessor)", True: "cuda, lookahead NMS rule"}
+#: The CUDA rows: the runtime's default NMS rule first (the targets read it), then the other.
+CUDA_ROWS = {True: "cuda (CudaPostprocessor)", False: "cuda, walk-order NMS rule"}
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, lookahead: bool = False) -> dict[str, Any]:
+              warmup: int, lookahead: bool = True) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
     kept rows (so NMS includes that small copy); every run is stream-synchronised.
-    ``lookahead``: the other NMS resolve rule (``tf_nms_params.lookahead``, the same boxes).
+    ``lookahead``: the NMS resolve rule (``tf_nms_params.lookahead``; False: walk order, the
+    same boxes).
     """
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
@@ -204,7 +206,7 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        for lookahead in ((False, True) if with_cuda else ()):
+        for lookahead in (tuple(CUDA_ROWS) if with_cuda else ()):
             name = CUDA_ROWS[lookahead]
             try:
                 row = _cuda_row(data, config, repeat, warmup, lookahead)
