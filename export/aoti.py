@@ -17,6 +17,13 @@ copy of the weights (about 56 MB per input shape for the ResNet-101 trunk in fp1
 beside them). Unlike the compile cache's key (:func:`.compile_cache.compile_key`, code only),
 ``<key>`` also hashes the weights, which a package embeds. Packages are code for this torch and
 this device: trust the folder as you trust the installed packages.
+
+A package is loaded into this process only after a child process has loaded it
+(:func:`check_loads`): torch's loader can crash the process that calls it (on the lent H200,
+torch 2.11.0+cu130 died with SIGSEGV loading any package, a two-convolution one too,
+2026-12-04), and a crash there must be the runner's fallback, not the caller's death. A
+``<package>.loads`` file beside the package records the check, so each package is checked
+once per torch version.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -33,8 +43,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinyfaces_trt.core.errors import first_line
-from tinyfaces_trt.core.files import cache_root, remove_stale_temporaries, staging_dir
+from tinyfaces_trt.core.errors import TinyFacesError, first_line
+from tinyfaces_trt.core.files import (cache_root, remove_stale_temporaries, staging_dir,
+                                      write_text_atomic)
 from tinyfaces_trt.core.locks import LockOutcome
 from tinyfaces_trt.export.compile_cache import compile_key, key_folder, shape_file, shape_lock, write_key
 
@@ -44,6 +55,18 @@ _logger = logging.getLogger(__name__)
 PACKAGE_SUBDIR = "torch_aoti"
 
 Compiled = Callable[[torch.Tensor], torch.Tensor]
+
+#: Seconds a child process may take to load a package (:func:`check_loads`).
+CHECK_TIMEOUT_S = 300.0
+
+# What the child runs: the load of _load, nothing else (argv: package, device index).
+_CHECK_CODE = ("import sys, torch; torch._inductor.aoti_load_package(sys.argv[1], "
+               "run_single_threaded=True, device_index=int(sys.argv[2]))")
+
+
+class PackageLoadError(TinyFacesError):
+    """This torch cannot load an AOTInductor package: its loader crashed (or hung) a child
+    process (:func:`check_loads`)."""
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -98,6 +121,8 @@ class PackageCache:
             return None
         try:
             return _load(path, self.device)
+        except PackageLoadError:  # a package compiled again would not load either
+            raise
         except Exception as exc:  # a truncated file, another torch's package, ...
             _logger.warning("cannot load AOTInductor package %s (%s: %s); compiling it again",
                             path, type(exc).__name__, first_line(exc))
@@ -147,11 +172,66 @@ class PackageCache:
             return _load(built, self.device)
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.type == "cuda" and device.index is not None else -1
+
+
+def _check_stamp(path: Path) -> str:
+    """What a passed check holds: this torch, and the package file it loaded."""
+    st = path.stat()
+    return f"torch {torch.__version__}; {st.st_size} bytes; mtime_ns {st.st_mtime_ns}\n"
+
+
+def check_marker(path: Path) -> Path:
+    """The file recording that ``path`` loaded in a child process."""
+    return path.with_name(path.name + ".loads")
+
+
+def check_loads(path: Path, device: torch.device) -> None:
+    """Loads the package ``path`` in a child process (this Python, this torch) unless its
+    marker (:func:`check_marker`) says it did for this torch and this file. A child that
+    fails with an exception (a truncated file, another torch's package) leaves the caller to
+    meet the same exception itself.
+
+    Raises:
+        PackageLoadError: the child died by a signal or took longer than
+            :data:`CHECK_TIMEOUT_S`.
+    """
+    marker, stamp = check_marker(path), _check_stamp(path)
+    try:
+        if marker.read_text() == stamp:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    cmd = [sys.executable, "-c", _CHECK_CODE, str(path), str(_device_index(device))]
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=CHECK_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise PackageLoadError(f"torch {torch.__version__}'s AOTInductor loader took over "
+                               f"{CHECK_TIMEOUT_S:g} s on {path.name} in a child process: "
+                               "not loaded into this process") from None
+    if done.returncode < 0:
+        try:
+            how = signal.Signals(-done.returncode).name
+        except ValueError:
+            how = f"signal {-done.returncode}"
+        raise PackageLoadError(f"torch {torch.__version__}'s AOTInductor loader crashed a child "
+                               f"process ({how}) on {path.name}: not loaded into this process")
+    if done.returncode != 0:
+        return  # an exception: the caller's own load raises it
+    try:
+        write_text_atomic(marker, stamp)
+    except OSError as exc:  # a read-only cache: checked again by the next process
+        _logger.debug("cannot write %s (%s)", marker, exc)
+
+
 def _load(path: Path, device: torch.device) -> Compiled:
+    check_loads(path, device)
     # run_single_threaded: no per-run locking or events, so that a CUDA graph can capture it
-    return torch._inductor.aoti_load_package(
-        str(path), run_single_threaded=True,
-        device_index=device.index if device.type == "cuda" and device.index is not None else -1)
+    return torch._inductor.aoti_load_package(str(path), run_single_threaded=True,
+                                             device_index=_device_index(device))
 
 
-__all__ = ["PACKAGE_SUBDIR", "PackageCache", "weights_digest"]
+__all__ = ["CHECK_TIMEOUT_S", "PACKAGE_SUBDIR", "PackageCache", "PackageLoadError", "check_loads",
+           "check_marker", "weights_digest"]

@@ -13,7 +13,8 @@ keeps, per input shape, a ready callable:
 ``mode="aoti"``
     As ``"compile"``, but each shape is compiled ahead of time by AOTInductor into a ``.pt2``
     package (:mod:`.aoti`: weights included, loadable from C++ too) kept in the cache; a later
-    process loads it without tracing or compiling. Falls back as ``"compile"`` does.
+    process loads it without tracing or compiling. Falls back as ``"compile"`` does, also
+    when torch's loader crashes the child process that loads each package first.
 ``mode="graphs"``
     The eager network captured in one CUDA graph per shape (no compiler needed). When a
     capture fails the runner logs a warning and falls back to ``"eager"``.

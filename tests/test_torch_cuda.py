@@ -706,8 +706,8 @@ def test_aoti_package_matches_eager_and_embeds_the_weights(aoti_package):
     np.testing.assert_allclose(out, eager.run(net_input()), atol=COMPILED_ATOL, rtol=0)
     package = record.cache_file
     assert package.parent.parent == cache / aoti.PACKAGE_SUBDIR
-    assert sorted(p.name for p in package.parent.iterdir()) == ["2x3x32x48.lock", "2x3x32x48.pt2",
-                                                                "key.json"]
+    assert sorted(p.name for p in package.parent.iterdir()) == [
+        "2x3x32x48.lock", "2x3x32x48.pt2", "2x3x32x48.pt2.loads", "key.json"]
     key = json.loads((package.parent / "key.json").read_text())
     assert key["form"] == "aotinductor" and key["dtype"] == "torch.float32"
     assert key["weights"] == aoti.weights_digest(
@@ -731,6 +731,71 @@ def test_a_second_runner_loads_the_package_without_compiling(aoti_package, monke
     np.testing.assert_array_equal(again, out)
     gc.collect()
     assert loaded() is None, "close() left the loaded package alive"
+
+
+def test_a_package_loads_in_a_child_process_once_before_this_one(aoti_package, tmp_path,
+                                                                 monkeypatch):
+    """torch's loader can crash the process that calls it (torch 2.11 on the lent H200): a
+    package is loaded in a child process first, and its marker spares that check until the
+    package file or torch changes."""
+    cache, out, record = aoti_package
+    st = record.cache_file.stat()
+    assert aoti.check_marker(record.cache_file).read_text() == (
+        f"torch {torch.__version__}; {st.st_size} bytes; mtime_ns {st.st_mtime_ns}\n")
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    package = copy / record.cache_file.relative_to(cache)
+    children = []
+    real_run = aoti.subprocess.run
+
+    def counted(cmd, **kwargs):
+        children.append(cmd)
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(aoti.subprocess, "run", counted)
+    with _aoti_runner(copy) as runner:
+        np.testing.assert_array_equal(runner.run(net_input()), out)
+    assert children == [] and runner.records[INPUT_SHAPE].cache_loaded
+    aoti.check_marker(package).write_text("torch 0.0; 1 bytes; mtime_ns 0\n")  # another's
+    with _aoti_runner(copy) as runner:
+        np.testing.assert_array_equal(runner.run(net_input()), out)
+    assert len(children) == 1 and children[0][:2] == [sys.executable, "-c"]
+    assert children[0][3:] == [str(package), "-1"]
+    st = package.stat()
+    assert aoti.check_marker(package).read_text() == (
+        f"torch {torch.__version__}; {st.st_size} bytes; mtime_ns {st.st_mtime_ns}\n")
+
+
+@pytest.mark.parametrize("child, words", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+     "crashed a child process (SIGSEGV) on 2x3x32x48.pt2: not loaded into this process"),
+    ("import time; time.sleep(60)",
+     "took over 0.5 s on 2x3x32x48.pt2 in a child process: not loaded into this process"),
+], ids=["crash", "hang"])
+def test_a_loader_that_kills_its_process_means_a_fallback_not_a_crash(
+        aoti_package, tmp_path, monkeypatch, caplog, child, words):
+    cache, _, record = aoti_package
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    package = copy / record.cache_file.relative_to(cache)
+    aoti.check_marker(package).unlink()
+    monkeypatch.setattr(aoti, "_CHECK_CODE", child)  # what torch's loader did on the H200
+    monkeypatch.setattr(aoti, "CHECK_TIMEOUT_S", 0.5)
+
+    def never(*args, **kwargs):
+        raise AssertionError("compiled again or loaded into this process")
+
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", never)
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_load_package", never)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        with _aoti_runner(copy) as runner:
+            got = runner.run(net_input())
+    assert (f"AOTInductor failed for input shape (2, 3, 32, 48) (PackageLoadError: torch "
+            f"{torch.__version__}'s AOTInductor loader {words}); falling back to mode 'eager'"
+            ) in caplog.text
+    assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
+    assert not aoti.check_marker(package).exists()
+    np.testing.assert_allclose(got, _reference(stand_in(), net_input()), **FOLDED_TOL)
 
 
 def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_package, tmp_path,
@@ -1292,7 +1357,8 @@ def test_a_killed_builds_staging_folder_is_removed(aoti_package, tmp_path, monke
                         _reuse_package(record.cache_file.read_bytes(), []))
     with _aoti_runner(copy) as runner:
         runner.run(net_input())
-    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.lock", "2x3x32x48.pt2", "key.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["2x3x32x48.lock", "2x3x32x48.pt2",
+                                                        "2x3x32x48.pt2.loads", "key.json"]
 
 
 def test_aoti_failure_falls_back_to_eager_leaving_no_partial_package(tmp_path, monkeypatch,

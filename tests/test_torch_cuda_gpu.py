@@ -8,6 +8,7 @@ not the yardstick); fp32 must keep the fp32 tolerances (TF32 is off for float32)
 from __future__ import annotations
 
 import gc
+import logging
 
 import numpy as np
 import pytest
@@ -192,10 +193,12 @@ def test_close_frees_device_memory(mode):
     assert torch.cuda.memory_reserved() <= reserved, (reserved, torch.cuda.memory_reserved())
 
 
-def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path):
+def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path, caplog):
     """Mode "aoti" on the GPU: the fp16 package (captured in a CUDA graph) passes the fp16
     parity tolerances against the fp32 reference, runs on the stream it is given, and a
-    second runner loads the package instead of compiling."""
+    second runner loads the package instead of compiling. Where torch's own loader crashes
+    (torch 2.11.0+cu130 on the lent H200, 2026-12-04: SIGSEGV for any package), the runner
+    must survive it and fall back; the test then is an expected failure naming the cause."""
     from torch.utils import cpp_extension
 
     if cpp_extension.CUDA_HOME is None:  # gpu_check reports this skip as a failure
@@ -203,10 +206,16 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
                     "no CUDA_HOME, nvcc or /usr/local/cuda found")
     model, x = stand_in(), net_input((1, 3, 64, 96))
     stream = torch.cuda.Stream()
-    with TorchCudaRunner(model, mode="aoti", cache_dir=tmp_path,
-                         stream=stream.cuda_stream) as runner:
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"), \
+            TorchCudaRunner(model, mode="aoti", cache_dir=tmp_path,
+                            stream=stream.cuda_stream) as runner:
         out = runner.run(x)
         record = runner.records[x.shape]
+        crashed = [r.getMessage() for r in caplog.records if "loader crashed" in r.getMessage()]
+        if record.mode != "aoti" and crashed:
+            result = compare_maps(TorchRunner(model).run(x), out, TOLERANCES["fp16"].maps)
+            assert record.mode == "graphs" and result.passed, (record.mode, result)
+            pytest.xfail(crashed[0].split("(PackageLoadError: ", 1)[-1].split(");")[0])
         assert record.mode == "aoti", "AOTInductor fell back"
         assert not record.cache_loaded and record.cache_file.is_file()
         result = compare_maps(TorchRunner(model).run(x), out, TOLERANCES["fp16"].maps)

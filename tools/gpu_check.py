@@ -201,6 +201,7 @@ class PytestSummary:
     line: str
     counts: dict[str, int]
     skips: list[tuple[int, str]]   # (tests, "file:line: reason") per -rs line
+    xfails: list[str] = field(default_factory=list)  # "test - reason" per -rx line
 
     @property
     def ran(self) -> int:
@@ -208,8 +209,9 @@ class PytestSummary:
 
 
 def parse_pytest(text: str) -> PytestSummary:
-    """Counts from pytest's last summary line (``3 passed, 1 skipped in 2.0s``) and the
-    ``SKIPPED [n] file:line: reason`` lines of ``-rs``."""
+    """Counts from pytest's last summary line (``3 passed, 1 skipped in 2.0s``), the
+    ``SKIPPED [n] file:line: reason`` lines of ``-rs`` and the ``XFAIL test - reason`` lines of
+    ``-rx``."""
     lines = re.findall(r"^=*\s*((?:\d+ \w+(?:, )?)+.*? in [\d.]+s.*?|no tests ran in [\d.]+s)\s*=*$",
                        text, flags=re.M)
     line = lines[-1] if lines else ""
@@ -219,7 +221,8 @@ def parse_pytest(text: str) -> PytestSummary:
         counts["error" if what.startswith("error") else what] = int(n)
     skips = [(int(n), reason) for n, reason in
              re.findall(r"^SKIPPED \[(\d+)\] (.+)$", text, flags=re.M)]
-    return PytestSummary(line, counts, skips)
+    xfails = re.findall(r"^XFAIL (.+)$", text, flags=re.M)
+    return PytestSummary(line, counts, skips, xfails)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,7 +728,7 @@ def parallel_pytest_args() -> list[str]:
 
 def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
     files = gpu_test_files()
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rsx", "-p", "no:cacheprovider", "-m", "gpu",
            *parallel_pytest_args(), *files]
     ran = run(cmd, env, timeout, log=log)
     summary = parse_pytest(ran.output)
@@ -741,6 +744,8 @@ def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) ->
     if summary.skips:
         reasons = sorted({where.split(": ", 1)[-1] for _, where in summary.skips})
         text += f"; skip reasons: {'; '.join(reasons)}"
+    if summary.xfails:  # a test naming what this machine lacks or breaks (its docstring says)
+        text += f"; expected failures: {'; '.join(summary.xfails)}"
     report.add(Step("GPU tests", status_of(ok, ran, pytest_failed_so_far(ran.output)),
                     ran.seconds, text, _command_text(cmd), tail(ran.output, 15 if ok else 80)))
 
