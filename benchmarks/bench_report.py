@@ -211,10 +211,20 @@ def _profile_lines(profile: dict[str, Any]) -> list[str]:
     if not profile["top"]:
         lines.append("| (the profiler recorded no GPU kernel) | | | |")
     for k in profile["top"]:
-        name = k["name"].replace("|", "/")
-        lines.append(f"| `{name}` | {k['calls']} | {format_duration(k['gpu_ms'])} | "
-                     f"{k['share']:.0%} |")
+        lines.append(_kernel_row(k))
+    stages = profile.get("stages")
+    if stages:
+        total = sum(k["gpu_ms"] for k in stages)
+        lines += ["", f"The CUDA stages' kernels and copies (every one: resize, decode, NMS with "
+                      f"its CUB sorts and scan): {format_duration(total)} in all.", "",
+                  "| kernel | calls | GPU time | share |", "|---|---|---|---|"]
+        lines += [_kernel_row(k) for k in stages]
     return lines
+
+
+def _kernel_row(k: dict[str, Any]) -> str:
+    name = k["name"].replace("|", "/")
+    return f"| `{name}` | {k['calls']} | {format_duration(k['gpu_ms'])} | {k['share']:.0%} |"
 
 
 def _targets_lines(targets: list[dict[str, Any]]) -> list[str]:

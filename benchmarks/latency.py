@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import threading
@@ -537,11 +538,24 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
     total_us = sum(device_us(e) for e in kernels)
     log(f"[{bench.spec.name}] profiled one detect: {format_duration(wall * 1e3)} wall, "
         f"{format_duration(total_us / 1e3)} of GPU kernels")
+    def row(e: Any) -> dict[str, Any]:
+        return {"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
+                "share": device_us(e) / total_us if total_us else 0.0}
+
     return {"backend": bench.spec.name, "status": "ok", "wall_ms": wall * 1e3,
-            "gpu_kernel_ms": total_us / 1e3,
-            "top": [{"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
-                     "share": device_us(e) / total_us if total_us else 0.0}
-                    for e in kernels[:rows]]}
+            "gpu_kernel_ms": total_us / 1e3, "top": [row(e) for e in kernels[:rows]],
+            "stages": [row(e) for e in kernels if stage_kernel(e.key)]}
+
+
+#: Names of the runtime's own CUDA stage kernels, the CUB calls of its NMS and the copies.
+STAGE_KERNEL = re.compile(r"resize_\w*kernel|decode_level_kernel|nms_\w*kernel|cub::|"
+                          r"DeviceRadixSort|DeviceScan|Onesweep|RadixSort|Memcpy|Memset")
+
+
+def stage_kernel(name: str) -> bool:
+    """Whether a profiled kernel is one of the CUDA stages' (resize, decode, NMS with its CUB
+    sorts and scan) or a copy, rather than the network's."""
+    return STAGE_KERNEL.search(name) is not None
 
 
 #: About how long the profile takes (its warm-up detect and the profiled one).

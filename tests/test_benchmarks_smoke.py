@@ -690,3 +690,28 @@ def test_a_failed_parity_row_lists_the_boxes_that_moved():
     row = {"backend": "torch-cuda", **compare(ref, ref, config, "fp16")}
     assert "Missing and extra" not in "\n".join(
         _bench_module("bench_report")._parity_lines({**parity, "rows": [row]}))
+
+
+def test_the_profile_lists_every_cuda_stage_kernel_apart_from_the_network():
+    """Kernel names as the H200 profile of 2026-12-04 recorded them: the stages' kernels (and
+    CUB's, inside the NMS) are listed in full below the top of the network's."""
+    latency = _load_latency()
+    stage = ["void (anonymous namespace)::nms_resolve_kernel<true>((anonymous namespace)::"
+             "Control*, unsigned int const*, unsigned int ",
+             "void cub::CUB_300000_SM_900::detail::radix_sort::DeviceRadixSortOnesweepKernel<",
+             "(anonymous namespace)::resize_horizontal_kernel(unsigned char const*, int, long",
+             "decode_level_kernel(float const*, int, int, tf_decode_params, unsigned int",
+             "Memcpy DtoH (Device -> Pinned)"]
+    network = ["triton_poi_fused_add_convolution_relu_13", "nvjet_sm90_hsh_128x256_64x4_2x1_v_bz",
+               "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128"]
+    assert [latency.stage_kernel(n) for n in stage] == [True] * 5
+    assert [latency.stage_kernel(n) for n in network] == [False] * 3
+    rows = [{"name": n, "calls": 1, "gpu_ms": 0.25, "share": 0.01} for n in stage[:2]]
+    lines = _bench_module("bench_report")._profile_lines(
+        {"backend": "torch-cuda", "status": "ok", "wall_ms": 23.4, "gpu_kernel_ms": 20.0,
+         "top": [{"name": network[0], "calls": 176, "gpu_ms": 2.31, "share": 0.12}],
+         "stages": rows})
+    assert lines[4] == "| `triton_poi_fused_add_convolution_relu_13` | 176 | 2.31 ms | 12% |"
+    assert ("The CUDA stages' kernels and copies (every one: resize, decode, NMS with its CUB "
+            "sorts and scan): 500 µs in all.") in lines
+    assert lines[-1] == f"| `{stage[1]}` | 1 | 250 µs | 1% |"
