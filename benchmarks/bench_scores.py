@@ -22,6 +22,7 @@ import numpy as np
 
 from tinyfaces_trt.core.config import NUM_CHANNELS, NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError
+from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.decode import active_templates, decode_level
 from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.runtime.postprocess import select_detections
@@ -129,19 +130,21 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
-#: The CUDA rows: the runtime's default NMS rule first (the targets read it), then the other.
-CUDA_ROWS = {True: "cuda (CudaPostprocessor)", False: "cuda, walk-order NMS rule"}
+#: The CUDA rows per NMS resolve rule: the runtime's default first (the targets read it).
+CUDA_ROWS = {binding.NMS_LOOKAHEAD: "cuda (CudaPostprocessor)",
+             binding.NMS_WALK_ORDER: "cuda, walk-order NMS rule",
+             binding.NMS_WARP: "cuda, warp NMS rule"}
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, lookahead: bool = True) -> dict[str, Any]:
+              warmup: int, rule: int = binding.NMS_LOOKAHEAD) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
     kept rows (so NMS includes that small copy); every run is stream-synchronised.
-    ``lookahead``: the NMS resolve rule (``tf_nms_params.lookahead``; False: walk order, the
-    same boxes).
+    ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
+    same boxes with each).
     """
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
@@ -152,7 +155,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
 
     stream = Stream()
-    post = CudaPostprocessor(config, stream, nms_lookahead=lookahead)
+    post = CudaPostprocessor(config, stream, nms_rule=rule)
     score_dev = DeviceBuffer(data.score_map.nbytes)
     try:
         score_dev.upload(np.ascontiguousarray(data.score_map), stream)
@@ -174,7 +177,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
                 decode_s.append(decoded - start)
                 nms_s.append(done - decoded)
         stats = post.last_stats
-        return {"name": CUDA_ROWS[lookahead], "status": "ok",
+        return {"name": CUDA_ROWS[rule], "status": "ok",
                 "decode": summarize(decode_s), "nms": summarize(nms_s),
                 "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
                 "note": "NMS includes the download of the kept boxes", "boxes": boxes}
@@ -206,10 +209,10 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        for lookahead in (tuple(CUDA_ROWS) if with_cuda else ()):
-            name = CUDA_ROWS[lookahead]
+        for rule in (tuple(CUDA_ROWS) if with_cuda else ()):
+            name = CUDA_ROWS[rule]
             try:
-                row = _cuda_row(data, config, repeat, warmup, lookahead)
+                row = _cuda_row(data, config, repeat, warmup, rule)
                 if expected is None:
                     expected = select_detections(numpy_out["candidates"], data.image_hw, config)
                 row["vs_numpy"] = compare_with_reference(expected, row.pop("boxes"), config, "fp32")

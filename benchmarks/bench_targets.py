@@ -197,10 +197,9 @@ def _decode_nms(count: int):
         detail = f"{row['candidates']} candidates: decode {format_duration(d)} + NMS {format_duration(n)}"
         why = (f"decode {format_duration(d)}, NMS {format_duration(n)} (host clock around "
                "the calls: launches and the boxes' download included)")
-        other = next((i for i in row["implementations"] if i["name"].startswith("cuda")
-                      and i is not impl and i.get("status") == "ok"), None)
-        if other is not None:
-            why += f" ({other['name']}: NMS {format_duration(_median(other['nms']))})"
+        for other in row["implementations"]:  # the other NMS rules' rows
+            if other["name"].startswith("cuda") and other is not impl and other.get("status") == "ok":
+                why += f" ({other['name']}: NMS {format_duration(_median(other['nms']))})"
         if row.get("emulated"):
             why += f" (NMS work, emulated: {emulated_work_text(row['emulated'])})"
         return d + n, detail, why

@@ -152,10 +152,19 @@ def decode_params(templates: np.ndarray, active: np.ndarray, logit_thresh: float
     return p
 
 
+#: ``tf_nms_params.lookahead``, the NMS resolve rule (the same boxes with each): a thread per
+#: box waiting at the first undecided overlapping box of its walk; a thread per box walking on
+#: past undecided ones for a kept one; a warp per box walking 32 candidates at a time.
+NMS_WALK_ORDER, NMS_LOOKAHEAD, NMS_WARP = 0, 1, 2
+NMS_RULES = {"walk-order": NMS_WALK_ORDER, "lookahead": NMS_LOOKAHEAD, "warp": NMS_WARP}
+
+
 def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
-               image_width: int, lookahead: bool = False, score_logit: bool = False) -> NmsParams:
-    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, the same result;
-    ``score_logit``: the rows' fifth value is the float32 logit itself, not sigmoid(logit)).
+               image_width: int, lookahead: int = NMS_WALK_ORDER,
+               score_logit: bool = False) -> NmsParams:
+    """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, one of :data:`NMS_RULES`'
+    values, the same result; ``score_logit``: the rows' fifth value is the float32 logit
+    itself, not sigmoid(logit)).
 
     Raises:
         KernelError: INVALID_SIZE when ``image_height`` / ``image_width`` do not fit the
@@ -165,7 +174,7 @@ def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height:
     height, width = c_ints("tf_nms_params", "int32_t", Status.INVALID_SIZE,
                            image_height=image_height, image_width=image_width)
     return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), height, width,
-                     int(bool(lookahead)), int(bool(score_logit)))
+                     int(lookahead), int(bool(score_logit)))
 
 
 def cache_dir() -> Path:

@@ -19,6 +19,7 @@ from tinyfaces_trt.core.config import NUM_TEMPLATES, DetectorConfig
 from tinyfaces_trt.core.errors import NonFiniteScoresError, TinyFacesError
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends import cuda_stages as stages
 from tinyfaces_trt.runtime.pipeline import Detector
@@ -291,6 +292,28 @@ def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
     assert post.last_stats["num_candidates"] == 135200
     assert_same_detections(got, postprocess_levels([scores], [level], (1040, 1040), config))
     post.close()
+
+
+@pytest.mark.parametrize("rule", list(binding.NMS_RULES))
+def test_postprocessor_keeps_the_host_paths_boxes_with_every_nms_rule(stream, rule):
+    """CudaPostprocessor(nms_rule=...): the lookahead rule by default, each rule the same
+    detections as the host path (two levels of random maps, about 1,100 candidates)."""
+    config = DetectorConfig(prob_thresh=0.2, nms_thresh=0.4)
+    levels = levels_at((90, 120), (-1.0, 0.0))
+    maps = random_maps(np.random.default_rng(31), levels, cls_mean=-1.0)
+    post = stages.CudaPostprocessor(config, stream=stream, nms_rule=binding.NMS_RULES[rule])
+    default = stages.CudaPostprocessor(config, stream=stream)
+    assert default.nms_rule == binding.NMS_LOOKAHEAD
+    default.close()
+    post.reset(90, 120)
+    for scores, level in zip(maps, levels):
+        post.add_level(scores, level)
+    got = post.finish()
+    assert post.last_stats["num_candidates"] == candidate_count(maps, levels, config) > 500
+    assert_same_detections(got, postprocess_levels(maps, levels, (90, 120), config))
+    post.close()
+    with pytest.raises(ValueError, match=r"nms_rule = 3: expected one of \{'walk-order': 0, "):
+        stages.CudaPostprocessor(config, stream=stream, nms_rule=3)
 
 
 #: The cases, collected by tests/test_kernels_gpu.py and tests/test_kernels_cpu.py

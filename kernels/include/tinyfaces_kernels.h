@@ -226,12 +226,14 @@ typedef struct tf_nms_params {
   int32_t clip;           /* nonzero: clip the kept boxes to the image */
   int32_t image_height;   /* original image size, each side in [1, TF_MAX_DIM] */
   int32_t image_width;
-  int32_t lookahead;      /* resolve rule, 0 or 1 (the same result): 0 = a box waits at the
-                             first undecided overlapping box of its walk; 1 = it walks on past
-                             undecided ones for a kept one, and waits (on the first undecided
-                             one) only if there is none: fewer rounds of waiting, more reads;
-                             1 was the faster on an H200 (5x at 50k clustered candidates) and
-                             is what the Python runtime passes */
+  int32_t lookahead;      /* resolve rule, 0, 1 or 2 (the same result): 0 = a box waits at
+                             the first undecided overlapping box of its walk; 1 = it walks on
+                             past undecided ones for a kept one, and waits (on the first
+                             undecided one) only if there is none: fewer rounds of waiting,
+                             more reads; 1 was the faster on an H200 (5x at 50k clustered
+                             candidates) and is what the Python runtime passes; 2 = one warp
+                             per box reads 32 candidates at a time (not yet timed on a GPU;
+                             libraries before it refuse 2) */
   int32_t score_logit;    /* row[4], 0 or 1 (ABI 4): 0 = sigmoid(logit), the probability;
                              1 = the float32 logit itself, exactly (what the references print:
                              a float32 probability rounds to 1 above a logit of about 16.6) */

@@ -17,8 +17,10 @@
 //                   - an overlapping KEPT one suppresses the box,
 //                   - an overlapping UNDECIDED one makes the thread wait (it retries later),
 //                   - the end of the walk keeps the box.
-//                 The lookahead rule (tf_nms_params.lookahead) walks on past UNDECIDED ones
-//                 for a KEPT one and, if there is none, waits on the first UNDECIDED one.
+//                 The lookahead rule (tf_nms_params.lookahead = 1) walks on past UNDECIDED
+//                 ones for a KEPT one and, if there is none, waits on the first UNDECIDED one.
+//                 The warp rule (lookahead = 2, nms_resolve_warp_kernel) gives each box a warp
+//                 that reads its walk 32 candidates at a time.
 //                 A box only depends on earlier ranks, whose chunks were claimed by blocks that
 //                 are already running, so the lowest undecided box can always decide: no
 //                 deadlock, and the result is exactly serial greedy NMS.
@@ -387,6 +389,157 @@ __global__ void __launch_bounds__(kResolveThreads)
   }
 }
 
+// --- the warp rule (tf_nms_params.lookahead = 2): one warp walks one box ---------------------
+
+constexpr unsigned kFullWarp = 0xffffffffu;
+
+// Inclusive prefix sum of v over the warp's lanes.
+__device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, unsigned lane) {
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t t = __shfl_sync(kFullWarp, v, lane >= static_cast<unsigned>(o) ? lane - o : lane);
+    if (lane >= static_cast<unsigned>(o)) v += t;
+  }
+  return v;
+}
+
+__device__ __forceinline__ uint32_t warp_min(uint32_t v, unsigned lane) {
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_sync(kFullWarp, v, lane ^ o));
+  return v;
+}
+
+// Class k's window of box b: its grid rows y_lo..y_hi and columns x_lo..x_hi (as walk_class).
+struct ClassWindow {
+  int y_lo, y_hi, x_lo, x_hi;
+};
+
+__device__ __forceinline__ ClassWindow class_window(const float4& b, float w, float h, int k,
+                                                    float f, const NmsConfig& cfg) {
+  ClassWindow cw{0, 0, 0, 0};
+  if (k != kTopClass) {
+    const float side = class_side(k);
+    window(b.y, b.w, h, side, f, cfg.offset, k, kYBias, kYBits, kYGrain, cw.y_lo, cw.y_hi);
+    window(b.x, b.z, w, side, f, cfg.offset, k, kXBias, kXBits, kXGrain, cw.x_lo, cw.x_hi);
+  }
+  return cw;
+}
+
+// One pass over box j's whole walk (the classes and windows of walk_start / walk_class). Its
+// grid rows, numbered class by class, go 32 at a time to the warp's lanes, each finding its
+// row's bounds with its own two searches; then the candidates of those rows go 32 at a time
+// to the lanes. Returns kSuppressed when an overlapping earlier box is KEPT; else kKept when
+// none is UNDECIDED; else kUndecided, with `blocker` the lowest rank of those. Warp-uniform.
+__device__ __forceinline__ uint8_t warp_walk_pass(uint32_t j, const float4 b, float w, float h,
+                                                  float area, int k_lo, int k_hi,
+                                                  const uint32_t* __restrict__ cells,
+                                                  const uint32_t* __restrict__ ranks,
+                                                  const float4* __restrict__ cell_boxes,
+                                                  const volatile uint8_t* status,
+                                                  const NmsConfig& cfg, uint32_t n, unsigned lane,
+                                                  uint32_t& blocker) {
+  blocker = kNoBlocker;
+  const float f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
+  uint32_t rows = 0;
+  for (int k = k_lo; k <= k_hi; ++k) {
+    const ClassWindow cw = class_window(b, w, h, k, f, cfg);
+    rows += static_cast<uint32_t>(cw.y_hi - cw.y_lo + 1);
+  }
+  for (uint32_t row0 = 0; row0 < rows; row0 += 32) {
+    uint32_t p = 0, len = 0;
+    if (row0 + lane < rows) {  // this lane's row: class k, grid row y
+      uint32_t r = row0 + lane;
+      int k = k_lo;
+      ClassWindow cw = class_window(b, w, h, k, f, cfg);
+      while (r > static_cast<uint32_t>(cw.y_hi - cw.y_lo)) {
+        r -= static_cast<uint32_t>(cw.y_hi - cw.y_lo + 1);
+        cw = class_window(b, w, h, ++k, f, cfg);
+      }
+      const int y = cw.y_lo + static_cast<int>(r);
+      p = lower_bound(cells, 0, n, cell_code(k, y, cw.x_lo));
+      len = lower_bound(cells, p, n, cell_code(k, y, cw.x_hi) + 1u) - p;
+    }
+    const uint32_t incl = warp_inclusive_sum(len, lane);
+    const uint32_t excl = incl - len;
+    const uint32_t total = __shfl_sync(kFullWarp, incl, 31);
+    for (uint32_t base = 0; base < total; base += 32) {
+      const uint32_t at = base + lane;
+      int row = 0;  // the first lane whose candidates end past `at`: the row holding it
+      for (int step = 16; step > 0; step >>= 1) {
+        if (__shfl_sync(kFullWarp, incl, row + step - 1) <= at) row += step;
+      }
+      const uint32_t row_p = __shfl_sync(kFullWarp, p, row);
+      const uint32_t row_excl = __shfl_sync(kFullWarp, excl, row);
+      bool kept = false, undecided = false;
+      uint32_t i = kNoBlocker;
+      if (at < total) {
+        const uint32_t pos = row_p + (at - row_excl);
+        i = ranks[pos];
+        if (i < j) {
+          const float4 bi = cell_boxes[pos];
+          if (overlaps(bi, __fmul_rn(box_w(bi, cfg.offset), box_h(bi, cfg.offset)), b, area, cfg)) {
+            const uint8_t st = status[i];
+            kept = st == kKept;
+            undecided = st == kUndecided;
+          }
+        }
+      }
+      if (__ballot_sync(kFullWarp, kept)) return kSuppressed;
+      if (__ballot_sync(kFullWarp, undecided))
+        blocker = min(blocker, warp_min(undecided ? i : kNoBlocker, lane));
+    }
+  }
+  return blocker == kNoBlocker ? kKept : kUndecided;
+}
+
+// One warp per box: warps take boxes in NMS order from the ticket; a box waits only on an
+// earlier one, whose warp took its ticket before and is running, so the lowest undecided box
+// always decides (as in nms_resolve_kernel). A pass that meets an UNDECIDED overlapping box
+// and no KEPT one waits for the lowest such, then walks again: the same boxes as greedy NMS.
+// (no __launch_bounds__: with it ptxas kept 48 registers and spilled 4 bytes; 52 without)
+__global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
+                                        const uint32_t* __restrict__ ranks,
+                                        const float4* __restrict__ boxes,
+                                        const float4* __restrict__ cell_boxes,
+                                        const NmsConfig cfg, volatile uint8_t* status,
+                                        uint32_t* __restrict__ flags) {
+  const unsigned lane = threadIdx.x & 31u;
+  const uint32_t n = ctrl->n;
+  const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
+  for (;;) {
+    uint32_t j = 0;
+    if (lane == 0) j = atomicAdd(&ctrl->next_chunk, 1u);
+    j = __shfl_sync(kFullWarp, j, 0);
+    if (j >= n) return;  // warp-uniform
+    const float4 b = boxes[j];
+    const float w = box_w(b, cfg.offset), h = box_h(b, cfg.offset);
+    const float area = __fmul_rn(w, h);
+    uint8_t decided = kKept;
+    if (!isolated(w, h, area)) {
+      const float d = fmaxf(w, h);
+      const int k_lo = max(size_class(__fmul_rn(tm, d)),
+                           size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, area)), kWindowMargin)));
+      const int k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+      for (;;) {
+        uint32_t blocker = kNoBlocker;
+        decided = warp_walk_pass(j, b, w, h, area, k_lo, k_hi, cells, ranks, cell_boxes, status,
+                                 cfg, n, lane, blocker);
+        if (decided != kUndecided) break;
+        unsigned st;  // the blocker's status, polled by lane 0 (a collective per poll)
+        do {
+          st = __shfl_sync(kFullWarp, lane == 0 ? static_cast<unsigned>(status[blocker]) : 0u, 0);
+        } while (st == kUndecided);
+        if (st == kKept) {  // it overlaps box j
+          decided = kSuppressed;
+          break;
+        }
+      }
+    }
+    if (lane == 0) {
+      flags[j] = decided == kKept;
+      status[j] = decided;
+    }
+  }
+}
+
 // Kept boxes (clipped if asked; the sigmoid of the logit, or the logit itself with
 // score_logit) written compacted in NMS order.
 __global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_t* __restrict__ flags,
@@ -430,8 +583,8 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   const tf_nms_params& p = *params;
   if (!(p.nms_thresh >= 0.0f && p.nms_thresh <= 1.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "nms_thresh = %g is outside [0, 1]", p.nms_thresh);
-  if (p.lookahead != 0 && p.lookahead != 1)
-    return tf::fail(TF_STATUS_INVALID_VALUE, "lookahead = %d must be 0 or 1", p.lookahead);
+  if (p.lookahead < 0 || p.lookahead > 2)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "lookahead = %d must be 0, 1 or 2", p.lookahead);
   if (p.score_logit != 0 && p.score_logit != 1)
     return tf::fail(TF_STATUS_INVALID_VALUE, "score_logit = %d must be 0 or 1", p.score_logit);
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
@@ -565,9 +718,19 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                 static_cast<const Control*>(ctrl),
                                 static_cast<const uint32_t*>(ranks.Current()),
                                 static_cast<const float4*>(boxes), cell_boxes));
+  // the warp rule: one warp per box, as many as fit (blocks beyond the resident ones start
+  // as others end and find the ticket past n)
+  const uint64_t warp_blocks = (static_cast<uint64_t>(m) + kResolveThreads / 32 - 1) /
+                               (kResolveThreads / 32);
   TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch",
-                                params->lookahead ? nms_resolve_kernel<true> : nms_resolve_kernel<false>,
-                                dim3(resolve_blocks),
+                                params->lookahead == 2 ? nms_resolve_warp_kernel
+                                : params->lookahead ? nms_resolve_kernel<true>
+                                                    : nms_resolve_kernel<false>,
+                                dim3(params->lookahead == 2
+                                         ? static_cast<unsigned int>(warp_blocks < kMaxResolveBlocks
+                                                                         ? warp_blocks
+                                                                         : kMaxResolveBlocks)
+                                         : resolve_blocks),
                                 dim3(kResolveThreads), 0, s, ctrl,
                                 static_cast<const uint32_t*>(cells.Current()),
                                 static_cast<const uint32_t*>(ranks.Current()),

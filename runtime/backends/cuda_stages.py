@@ -265,10 +265,12 @@ class CudaPostprocessor:
         max_candidates: initial NMS size (its workspace is linear in it); grown to the next
             power of two, and NMS re-run on the candidates still on the device, when an image
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
-        nms_lookahead: the NMS resolve rule (``tf_nms_params.lookahead``); the same boxes
-            either way. The lookahead rule (default) is the faster: on an H200, NMS of 10k /
-            50k clustered candidates took 651 us / 1.20 ms against 1.21 / 6.19 ms in walk
-            order (benchmarks/results/h200-2026-12-04); the benchmark times both.
+        nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
+            ``kernels.binding.NMS_RULES``' values; the same boxes with each. The lookahead rule
+            (default) was the faster of the first two on an H200: NMS of 10k / 50k clustered
+            candidates in 646 us / 1.22 ms against 1.20 / 6.18 ms in walk order
+            (benchmarks/results/h200-2026-12-04); the warp rule is not measured yet. The
+            benchmark times every rule.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -277,10 +279,13 @@ class CudaPostprocessor:
     def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
                  library: Any = None, runner_stream: Stream | int | None = None,
                  max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES,
-                 nms_lookahead: bool = True) -> None:
+                 nms_rule: int | None = None) -> None:
         _require_gpu()
         from tinyfaces_trt.kernels import binding
 
+        self.nms_rule = binding.NMS_LOOKAHEAD if nms_rule is None else nms_rule
+        if self.nms_rule not in binding.NMS_RULES.values():  # before anything is allocated
+            raise ValueError(f"nms_rule = {nms_rule!r}: expected one of {binding.NMS_RULES}")
         self._binding = binding
         self.config = config
         self.lib = _load(library)
@@ -290,7 +295,6 @@ class CudaPostprocessor:
         self._after_runner = StreamOrder(producer, self.stream)
         self._before_runner = StreamOrder(self.stream, producer)
         self.max_candidates = max(1, min(int(max_candidates), binding.MAX_NMS_CANDIDATES))
-        self.nms_lookahead = bool(nms_lookahead)
         self._templates = np.asarray(config.templates, dtype=np.float64)[:, :4]
         self._images: list[_ImageCandidates] = []
         self._count = 0
@@ -378,7 +382,7 @@ class CudaPostprocessor:
         height, width = self._image_hw
         # clipped on the host after the boxes outside the image are dropped, as the numpy path
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
-                              height, width, self.nms_lookahead,
+                              height, width, self.nms_rule,
                               score_logit=self.config.score == "logit")
         lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
                 ws_bytes, out, stats, self.stream)
