@@ -716,12 +716,16 @@ def test_the_python_client_tells_the_type_from_the_bytes(data, kind):
 def test_unreachable_face_sizes_are_one_error_before_anything_is_deployed(monkeypatch, capsys,
                                                                           export_dir):
     """--max-face 5 failed inside every replica: 20 s and 199 lines of Ray log ending in
-    "Failed to update the deployments"; now one line, before Serve starts."""
+    "Failed to update the deployments"; now one line and exit 2 (a usage error, as in
+    tf-detect), before any cluster starts (it was refused after the local cluster's start)."""
+    from tinyfaces_trt.scaleout import cluster
+
     serve = _fake_serve(monkeypatch, export_dir, nodes=[{"CPU": 2.0}])
     calls = []
     for name in ("start", "run", "delete", "shutdown"):
         monkeypatch.setattr(serve, name, lambda *a, name=name, **k: calls.append(name))
-    assert cli_serve.main(["--model", str(export_dir), "--max-face", "5"]) == 1
+    monkeypatch.setattr(cluster, "connect", lambda address: calls.append("connect"))
+    assert cli_serve.main(["--model", str(export_dir), "--max-face", "5"]) == 2
     assert calls == []
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("tf-serve: error: max_face (5) is below the smallest face any "

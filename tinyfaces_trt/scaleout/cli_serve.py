@@ -23,7 +23,7 @@ from typing import Any
 
 from tinyfaces_trt.core.cli import (add_version_argument, checked, parse_image_sizes, positive_float,
                                     positive_int, run_interruptible, stderr_line)
-from tinyfaces_trt.core.errors import TinyFacesError
+from tinyfaces_trt.core.errors import ConfigError, TinyFacesError
 from tinyfaces_trt.core.hashing import not_a_file
 from tinyfaces_trt.core.threads import Worker
 from tinyfaces_trt.detector_options import add_detector_arguments, check_detector_arguments
@@ -78,7 +78,11 @@ examples:
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/anonymize?mode=pixelate' -o anon.jpg
 
 It listens on 127.0.0.1 unless --host says otherwise: the service has no authentication,
-put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.""",
+put it behind your gateway before exposing it. Ctrl-C (or SIGTERM) stops it.
+
+exit status: 0 once stopped by Ctrl-C or SIGTERM; 2 for bad arguments, and for detector
+settings no model can take (--max-face 5), refused before any Ray cluster starts; 1 for
+any other failure (the model, the port, the cluster, a replica that does not start).""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_detector_arguments(parser, title="detector (as tf-detect)",
                            backend_note="; GPU backends get one GPU per replica",
@@ -412,15 +416,28 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     check_detector_arguments(parser, args)
 
 
-def serve_options(args: argparse.Namespace, gpus_in_cluster: int) -> "ServeOptions":  # noqa: F821
-    """The deployment settings the arguments ask for."""
-    from tinyfaces_trt.scaleout.cluster import spec_uses_gpu
+def detector_spec(args: argparse.Namespace) -> "DetectorSpec":  # noqa: F821
+    """The replicas' detector as the arguments ask for it, its settings checked.
+
+    Raises:
+        ConfigError: a setting no model can take (e.g. ``--max-face`` below every level).
+    """
     from tinyfaces_trt.detectors import check_detector_config, spec_from_arguments
-    from tinyfaces_trt.scaleout.serve import ServeOptions
 
     spec = spec_from_arguments(args, lambda line: stderr_line(f"{PROG}: {line}"),
                                for_workers=True)
     check_detector_config(spec)
+    return spec
+
+
+def serve_options(args: argparse.Namespace, gpus_in_cluster: int,
+                  spec: "DetectorSpec | None" = None) -> "ServeOptions":  # noqa: F821
+    """The deployment settings the arguments ask for (``spec``: :func:`detector_spec`'s,
+    made again when not given)."""
+    from tinyfaces_trt.scaleout.cluster import spec_uses_gpu
+    from tinyfaces_trt.scaleout.serve import ServeOptions
+
+    spec = spec if spec is not None else detector_spec(args)
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if gpus_in_cluster and spec_uses_gpu(spec) else 0.0
@@ -489,13 +506,18 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         check_network_source(args)
+        try:
+            spec = detector_spec(args)
+        except ConfigError as exc:  # a usage error: before any cluster starts
+            stderr_line(f"{PROG}: error: {exc}")
+            return 2
         if args.address is None and not os.environ.get("RAY_ADDRESS"):
             check_port_free(args.host, args.port)  # the HTTP proxy will listen on this machine
         can_grow = not _starts_local(args.address)  # an existing cluster may add nodes
         with connect(args.address) as ray:  # noqa: F841
             from ray import serve
 
-            options = serve_options(args, cluster_resources().gpus)
+            options = serve_options(args, cluster_resources().gpus, spec)
             nodes = node_resources()
             if nodes is not None:  # before anything is deployed: Ray would wait for ever
                 low = max(options.min_replicas or 0, 1) if options.max_replicas is not None \
