@@ -131,7 +131,7 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
 
 
 #: The CUDA rows per NMS resolve rule: the runtime's default first (the targets read it).
-CUDA_ROWS = {binding.NMS_LOOKAHEAD: "cuda (CudaPostprocessor)",
+CUDA_ROWS = {binding.NMS_LOOKAHEAD: "cuda (CudaPostprocessor, lookahead NMS rule)",
              binding.NMS_WALK_ORDER: "cuda, walk-order NMS rule",
              binding.NMS_WARP: "cuda, warp NMS rule"}
 

@@ -22,8 +22,9 @@ A package is loaded into this process only after a child process has loaded it
 (:func:`check_loads`): torch's loader can crash the process that calls it (on the lent H200,
 torch 2.11.0+cu130 died with SIGSEGV loading any package, a two-convolution one too,
 2026-12-04), and a crash there must be the runner's fallback, not the caller's death. A
-``<package>.loads`` file beside the package records the check, so each package is checked
-once per torch version.
+``<package>.loads`` file beside the package records a passed check, ``<package>.crashed`` a
+failed one (the runner then falls back at once, in every later process too, until it is
+deleted), so each package is checked once per torch version.
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ Compiled = Callable[[torch.Tensor], torch.Tensor]
 #: Seconds a child process may take to load a package (:func:`check_loads`).
 CHECK_TIMEOUT_S = 300.0
 
-# What the child runs: the load of _load, nothing else (argv: package, device index).
-_CHECK_CODE = ("import sys, torch; torch._inductor.aoti_load_package(sys.argv[1], "
-               "run_single_threaded=True, device_index=int(sys.argv[2]))")
+# What the child runs: the caller's state (a CUDA context on the device), then the load of
+# _load. argv: package, device, device index.
+_CHECK_CODE = ("import sys, torch\n"
+               "device = torch.device(sys.argv[2])\n"
+               "if device.type == 'cuda':\n"
+               "    torch.zeros(1, device=device)\n"
+               "torch._inductor.aoti_load_package(sys.argv[1], run_single_threaded=True, "
+               "device_index=int(sys.argv[3]))\n")
 
 
 class PackageLoadError(TinyFacesError):
@@ -177,7 +183,7 @@ def _device_index(device: torch.device) -> int:
 
 
 def _check_stamp(path: Path) -> str:
-    """What a passed check holds: this torch, and the package file it loaded."""
+    """What a check's record holds first: this torch, and the package file it loaded."""
     st = path.stat()
     return f"torch {torch.__version__}; {st.st_size} bytes; mtime_ns {st.st_mtime_ns}\n"
 
@@ -187,43 +193,75 @@ def check_marker(path: Path) -> Path:
     return path.with_name(path.name + ".loads")
 
 
+def crash_marker(path: Path) -> Path:
+    """The file recording that loading ``path`` killed (or hung) a child process."""
+    return path.with_name(path.name + ".crashed")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def check_loads(path: Path, device: torch.device) -> None:
-    """Loads the package ``path`` in a child process (this Python, this torch) unless its
-    marker (:func:`check_marker`) says it did for this torch and this file. A child that
-    fails with an exception (a truncated file, another torch's package) leaves the caller to
-    meet the same exception itself.
+    """Loads the package ``path`` in a child process (this Python, this torch, a CUDA
+    context on ``device`` first) unless a record beside it says how that went for this torch
+    and this file: :func:`check_marker` (it loaded) or :func:`crash_marker` (it killed or
+    hung the child: refused at once, without another child). Where no child can check it (it
+    cannot start, or fails with an exception: a truncated file, no CUDA context to be had),
+    a warning says so and the caller loads it itself (an exception then is its own).
 
     Raises:
         PackageLoadError: the child died by a signal or took longer than
-            :data:`CHECK_TIMEOUT_S`.
+            :data:`CHECK_TIMEOUT_S`, now or as recorded.
     """
-    marker, stamp = check_marker(path), _check_stamp(path)
-    try:
-        if marker.read_text() == stamp:
-            return
-    except (OSError, UnicodeDecodeError):
-        pass
-    cmd = [sys.executable, "-c", _CHECK_CODE, str(path), str(_device_index(device))]
+    stamp = _check_stamp(path)
+    if _read(check_marker(path)) == stamp:
+        return
+    crashed = crash_marker(path)
+    record = _read(crashed)
+    again = f" (recorded in {crashed.name}; delete it to check again)"
+    if record is not None and record.startswith(stamp):
+        raise PackageLoadError(record[len(stamp):].strip() + again)
+    cmd = [sys.executable, "-P", "-c", _CHECK_CODE, str(path), str(device),
+           str(_device_index(device))]
+    prefix = f"torch {torch.__version__}'s AOTInductor loader"
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=CHECK_TIMEOUT_S, check=False)
+                              stderr=subprocess.PIPE, timeout=CHECK_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        raise PackageLoadError(f"torch {torch.__version__}'s AOTInductor loader took over "
-                               f"{CHECK_TIMEOUT_S:g} s on {path.name} in a child process: "
-                               "not loaded into this process") from None
-    if done.returncode < 0:
+        reason = (f"{prefix} took over {CHECK_TIMEOUT_S:g} s on {path.name} in a child "
+                  "process: not loaded into this process")
+    except OSError as exc:
+        _logger.warning("cannot check AOTInductor package %s in a child process (%s); "
+                        "loading it here", path, exc.strerror or exc)
+        return
+    else:
+        if done.returncode > 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            _logger.warning("checking AOTInductor package %s in a child process failed (exit "
+                            "%d%s); loading it here", path, done.returncode,
+                            f": {lines[-1]}" if lines else "")
+            return
+        if done.returncode == 0:
+            try:
+                write_text_atomic(check_marker(path), stamp)
+            except OSError as exc:  # a read-only cache: checked again by the next process
+                _logger.debug("cannot record the check of %s (%s)", path, exc)
+            return
         try:
             how = signal.Signals(-done.returncode).name
         except ValueError:
             how = f"signal {-done.returncode}"
-        raise PackageLoadError(f"torch {torch.__version__}'s AOTInductor loader crashed a child "
-                               f"process ({how}) on {path.name}: not loaded into this process")
-    if done.returncode != 0:
-        return  # an exception: the caller's own load raises it
+        reason = (f"{prefix} crashed a child process ({how}) on {path.name}: not loaded "
+                  "into this process")
     try:
-        write_text_atomic(marker, stamp)
-    except OSError as exc:  # a read-only cache: checked again by the next process
-        _logger.debug("cannot write %s (%s)", marker, exc)
+        write_text_atomic(crashed, stamp + reason + "\n")
+    except OSError:  # a read-only cache: the next process checks again
+        again = ""
+    raise PackageLoadError(reason + again)
 
 
 def _load(path: Path, device: torch.device) -> Compiled:
@@ -234,4 +272,4 @@ def _load(path: Path, device: torch.device) -> Compiled:
 
 
 __all__ = ["CHECK_TIMEOUT_S", "PACKAGE_SUBDIR", "PackageCache", "PackageLoadError", "check_loads",
-           "check_marker", "weights_digest"]
+           "check_marker", "crash_marker", "weights_digest"]

@@ -279,7 +279,7 @@ def test_torch_cuda_measured_after_a_fallback_fails_the_benchmark():
 
 def test_cuda_decode_nms_keeping_other_boxes_than_numpy_fails_the_benchmark():
     result = _bench_result()
-    cuda = {"name": "cuda (CudaPostprocessor)", "status": "ok", "kept": 12,
+    cuda = {"name": "cuda (CudaPostprocessor, lookahead NMS rule)", "status": "ok", "kept": 12,
             "vs_numpy": {"passed": True, "reference": 12, "missing_firm": 0, "extra_firm": 0}}
     walk = {**cuda, "name": "cuda, walk-order NMS rule",
             "vs_numpy": {"passed": False, "reference": 12, "missing_firm": 2, "extra_firm": 1}}

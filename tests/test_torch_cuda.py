@@ -759,8 +759,8 @@ def test_a_package_loads_in_a_child_process_once_before_this_one(aoti_package, t
     aoti.check_marker(package).write_text("torch 0.0; 1 bytes; mtime_ns 0\n")  # another's
     with _aoti_runner(copy) as runner:
         np.testing.assert_array_equal(runner.run(net_input()), out)
-    assert len(children) == 1 and children[0][:2] == [sys.executable, "-c"]
-    assert children[0][3:] == [str(package), "-1"]
+    assert len(children) == 1 and children[0][:3] == [sys.executable, "-P", "-c"]
+    assert children[0][4:] == [str(package), "cpu", "-1"]
     st = package.stat()
     assert aoti.check_marker(package).read_text() == (
         f"torch {torch.__version__}; {st.st_size} bytes; mtime_ns {st.st_mtime_ns}\n")
@@ -790,12 +790,57 @@ def test_a_loader_that_kills_its_process_means_a_fallback_not_a_crash(
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
         with _aoti_runner(copy) as runner:
             got = runner.run(net_input())
-    assert (f"AOTInductor failed for input shape (2, 3, 32, 48) (PackageLoadError: torch "
-            f"{torch.__version__}'s AOTInductor loader {words}); falling back to mode 'eager'"
-            ) in caplog.text
+    said = (f"AOTInductor failed for input shape (2, 3, 32, 48) (PackageLoadError: torch "
+            f"{torch.__version__}'s AOTInductor loader {words} (recorded in "
+            "2x3x32x48.pt2.crashed; delete it to check again)); falling back to mode 'eager'")
+    assert said in caplog.text
     assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
     assert not aoti.check_marker(package).exists()
     np.testing.assert_allclose(got, _reference(stand_in(), net_input()), **FOLDED_TOL)
+    # the next process falls back at once: no child crashes (or hangs 300 s) again
+    caplog.clear()
+    monkeypatch.setattr(aoti.subprocess, "run", never)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        with _aoti_runner(copy) as runner:
+            runner.run(net_input())
+    assert said in caplog.text and runner.mode == "eager"
+
+
+def test_a_package_no_child_can_check_is_loaded_here_with_a_warning(aoti_package, tmp_path,
+                                                                    monkeypatch, caplog):
+    """A child that cannot start, or fails with an exception (a GPU in exclusive-process mode
+    gives it no context), checks nothing: said, and the caller loads the package itself
+    (nothing recorded, nothing compiled again)."""
+    cache, out, record = aoti_package
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    package = copy / record.cache_file.relative_to(cache)
+    aoti.check_marker(package).unlink()
+
+    def never(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", never)
+    monkeypatch.setattr(aoti, "_CHECK_CODE", "raise SystemExit('all CUDA-capable devices are busy')")
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
+        with _aoti_runner(copy) as runner:
+            np.testing.assert_array_equal(runner.run(net_input()), out)
+    assert (f"checking AOTInductor package {package} in a child process failed (exit 1: all "
+            "CUDA-capable devices are busy); loading it here") in caplog.text
+    assert runner.records[INPUT_SHAPE].mode == "aoti"
+
+    def no_python(cmd, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    caplog.clear()
+    monkeypatch.setattr(aoti.subprocess, "run", no_python)
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
+        with _aoti_runner(copy) as runner:
+            np.testing.assert_array_equal(runner.run(net_input()), out)
+    assert (f"cannot check AOTInductor package {package} in a child process (No such file or "
+            "directory); loading it here") in caplog.text
+    assert runner.records[INPUT_SHAPE].mode == "aoti"
+    assert not aoti.check_marker(package).exists() and not aoti.crash_marker(package).exists()
 
 
 def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_package, tmp_path,

@@ -230,8 +230,9 @@ typedef struct tf_nms_params {
                              the first undecided overlapping box of its walk; 1 = it walks on
                              past undecided ones for a kept one, and waits (on the first
                              undecided one) only if there is none: fewer rounds of waiting,
-                             more reads; 1 was the faster on an H200 (5x at 50k clustered
-                             candidates) and is what the Python runtime passes; 2 = one warp
+                             more reads; 1 was the faster on an H200 on clustered maps (5x
+                             at 50k candidates; not on a sparse uniform one) and is what the
+                             Python runtime passes; 2 = one warp
                              per box reads 32 candidates at a time (not yet timed on a GPU;
                              libraries before it refuse 2) */
   int32_t score_logit;    /* row[4], 0 or 1 (ABI 4): 0 = sigmoid(logit), the probability;

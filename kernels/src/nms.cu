@@ -494,7 +494,7 @@ __device__ __forceinline__ uint8_t warp_walk_pass(uint32_t j, const float4 b, fl
 // earlier one, whose warp took its ticket before and is running, so the lowest undecided box
 // always decides (as in nms_resolve_kernel). A pass that meets an UNDECIDED overlapping box
 // and no KEPT one waits for the lowest such, then walks again: the same boxes as greedy NMS.
-// (no __launch_bounds__: with it ptxas kept 48 registers and spilled 4 bytes; 52 without)
+// (no __launch_bounds__: with it ptxas kept 48 registers and spilled 4 bytes on sm_90)
 __global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
                                         const uint32_t* __restrict__ ranks,
                                         const float4* __restrict__ boxes,
