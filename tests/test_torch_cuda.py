@@ -820,27 +820,24 @@ def test_a_package_no_child_can_check_is_loaded_here_with_a_warning(aoti_package
     def never(*args, **kwargs):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", never)
-    monkeypatch.setattr(aoti, "_CHECK_CODE", "raise SystemExit('all CUDA-capable devices are busy')")
-    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
-        with _aoti_runner(copy) as runner:
-            np.testing.assert_array_equal(runner.run(net_input()), out)
-    assert (f"checking AOTInductor package {package} in a child process failed (exit 1: all "
-            "CUDA-capable devices are busy); loading it here") in caplog.text
-    assert runner.records[INPUT_SHAPE].mode == "aoti"
+    def loaded_here_saying(warning: str) -> None:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
+            with _aoti_runner(copy) as runner:
+                np.testing.assert_array_equal(runner.run(net_input()), out)
+        assert warning in caplog.text and runner.records[INPUT_SHAPE].mode == "aoti"
+        assert not aoti.check_marker(package).exists() and not aoti.crash_marker(package).exists()
 
     def no_python(cmd, **kwargs):
         raise FileNotFoundError(2, "No such file or directory", cmd[0])
 
-    caplog.clear()
+    monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", never)
+    monkeypatch.setattr(aoti, "_CHECK_CODE", "raise SystemExit('all CUDA-capable devices are busy')")
+    loaded_here_saying(f"checking AOTInductor package {package} in a child process failed (exit "
+                       "1: all CUDA-capable devices are busy); loading it here")
     monkeypatch.setattr(aoti.subprocess, "run", no_python)
-    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.aoti"):
-        with _aoti_runner(copy) as runner:
-            np.testing.assert_array_equal(runner.run(net_input()), out)
-    assert (f"cannot check AOTInductor package {package} in a child process (No such file or "
-            "directory); loading it here") in caplog.text
-    assert runner.records[INPUT_SHAPE].mode == "aoti"
-    assert not aoti.check_marker(package).exists() and not aoti.crash_marker(package).exists()
+    loaded_here_saying(f"cannot check AOTInductor package {package} in a child process (No such "
+                       "file or directory); loading it here")
 
 
 def test_a_package_another_process_compiles_is_waited_for_then_loaded(aoti_package, tmp_path,
