@@ -70,6 +70,13 @@ _CHECK_CODE = ("import sys, torch\n"
                "device_index=int(sys.argv[3]))\n")
 
 
+# Deaths that are the loader's own doing (recorded); another signal (SIGTERM, SIGKILL) came
+# from outside, and the next process checks again.
+_CRASH_SIGNALS = {int(getattr(signal, name)) for name in
+                  ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS")
+                  if hasattr(signal, name)}
+
+
 class PackageLoadError(TinyFacesError):
     """This torch cannot load an AOTInductor package: its loader crashed (or hung) a child
     process (:func:`check_loads`)."""
@@ -214,8 +221,9 @@ def check_loads(path: Path, device: torch.device) -> None:
     a warning says so and the caller loads it itself (an exception then is its own).
 
     Raises:
-        PackageLoadError: the child died by a signal or took longer than
-            :data:`CHECK_TIMEOUT_S`, now or as recorded.
+        PackageLoadError: the child crashed (SIGSEGV, SIGBUS, ...) or took longer than
+            :data:`CHECK_TIMEOUT_S`, now or as recorded; or another signal (SIGTERM to the
+            process group, the OOM killer) killed it, which is not recorded.
     """
     stamp = _check_stamp(path)
     if _read(check_marker(path)) == stamp:
@@ -255,6 +263,9 @@ def check_loads(path: Path, device: torch.device) -> None:
             how = signal.Signals(-done.returncode).name
         except ValueError:
             how = f"signal {-done.returncode}"
+        if -done.returncode not in _CRASH_SIGNALS:  # SIGTERM to the group, the OOM killer:
+            raise PackageLoadError(f"a child process loading {path.name} was killed ({how}): "
+                                   "not loaded into this process")  # not the loader's doing
         reason = (f"{prefix} crashed a child process ({how}) on {path.name}: not loaded "
                   "into this process")
     try:

@@ -797,6 +797,7 @@ def test_a_loader_that_kills_its_process_means_a_fallback_not_a_crash(
     assert runner.mode == "eager" and runner.records[INPUT_SHAPE].mode == "eager"
     assert not aoti.check_marker(package).exists()
     np.testing.assert_allclose(got, _reference(stand_in(), net_input()), **FOLDED_TOL)
+    assert aoti.crash_marker(package).read_text().endswith(words + "\n")
     # the next process falls back at once: no child crashes (or hangs 300 s) again
     caplog.clear()
     monkeypatch.setattr(aoti.subprocess, "run", never)
@@ -804,6 +805,25 @@ def test_a_loader_that_kills_its_process_means_a_fallback_not_a_crash(
         with _aoti_runner(copy) as runner:
             runner.run(net_input())
     assert said in caplog.text and runner.mode == "eager"
+
+
+def test_a_child_killed_from_outside_is_no_record_of_a_crash(aoti_package, tmp_path,
+                                                             monkeypatch, caplog):
+    """SIGTERM to the process group (or the OOM killer) ends the child too: this process falls
+    back, and nothing is recorded against the package (the next process checks it again)."""
+    cache, _, record = aoti_package
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    package = copy / record.cache_file.relative_to(cache)
+    aoti.check_marker(package).unlink()
+    monkeypatch.setattr(aoti, "_CHECK_CODE",
+                        "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"):
+        with _aoti_runner(copy) as runner:
+            runner.run(net_input())
+    assert ("(PackageLoadError: a child process loading 2x3x32x48.pt2 was killed (SIGTERM): not "
+            "loaded into this process); falling back to mode 'eager'") in caplog.text
+    assert not aoti.crash_marker(package).exists() and not aoti.check_marker(package).exists()
 
 
 def test_a_package_no_child_can_check_is_loaded_here_with_a_warning(aoti_package, tmp_path,
@@ -832,7 +852,8 @@ def test_a_package_no_child_can_check_is_loaded_here_with_a_warning(aoti_package
         raise FileNotFoundError(2, "No such file or directory", cmd[0])
 
     monkeypatch.setattr(aoti.torch._inductor, "aoti_compile_and_package", never)
-    monkeypatch.setattr(aoti, "_CHECK_CODE", "raise SystemExit('all CUDA-capable devices are busy')")
+    monkeypatch.setattr(aoti, "_CHECK_CODE",
+                        "raise SystemExit('all CUDA-capable devices are busy')")
     loaded_here_saying(f"checking AOTInductor package {package} in a child process failed (exit "
                        "1: all CUDA-capable devices are busy); loading it here")
     monkeypatch.setattr(aoti.subprocess, "run", no_python)
