@@ -19,33 +19,33 @@ script counts, and the check goes on); INCOMPLETE (1) on a GPU machine when a st
 killed at its time limit before anything had failed or skipped for lack of time (named in
 the report's first line). Speed targets are reported, never a failure.
 
-Steps, in order, with their time on an H200 (whole run about 4 to 5 minutes within the
-default --budget-s 285; each step gets what is left, a step that cannot fit is skipped):
+Steps, in order, with their time on the lent H200 of 2026-12-04 (fresh machine, torch
+2.11.0+cu130; benchmarks/results/h200-2026-12-04/): 374 s in all with --budget-s 450; within
+the default --budget-s 285 each step gets what is left and a step that cannot fit is skipped:
 
-  environment     ~3 s   GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
-  build          ~15 s   the kernels (python -m tinyfaces_trt.kernels.build, which
+  environment    ~5-7 s  GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
+  build         ~7-10 s  the kernels (python -m tinyfaces_trt.kernels.build, which
                          tf-build-kernels runs) for this GPU's architecture, with the C
                          example
   ptxas           (in the build) registers / spills per kernel, read off the build's
                          -Xptxas -v (a library already up to date is compiled again, ~6 s)
-  GPU tests    ~30-110 s every test marked `gpu` (tests/*_gpu.py must not skip; the
-                         torch-cuda tests compile small networks, one of them into an
-                         AOTInductor package: ~10-20 s more, an estimate); in 4
-                         pytest-xdist workers where xdist is installed (the kernel
+  GPU tests     ~70-85 s every test marked `gpu` (tests/*_gpu.py must not skip; an
+                         expected failure is named in the summary; the torch-cuda tests
+                         compile small networks, one of them into an AOTInductor package);
+                         in 4 pytest-xdist workers where xdist is installed (the kernel
                          tests' numpy oracles are CPU-bound)
-  sanitizers    ~15-40 s memcheck, racecheck, synccheck on the C example; memcheck and
-                         racecheck on a subset of the GPU tests
-  benchmark    ~150-200 s benchmarks/latency.py: the reference pipeline vs every GPU backend
+  sanitizers     ~61 s   memcheck, racecheck, synccheck on the C example (~3 s); memcheck
+                         and racecheck on a subset of the GPU tests (~33 s, ~25 s)
+  benchmark      ~210 s  benchmarks/latency.py: the reference pipeline vs every GPU backend
                          present, side by side, 1920x1080 then 1280x720; batch of 8 at
                          1080p; decode + NMS at 10k / 50k candidates; a torch profile; the
-                         targets table. torch.compile of the torch-cuda network takes about
-                         6-7 s per input shape (8 per size, 8 more for the batch), which is
-                         most of this step
+                         targets table. torch.compile of the torch-cuda network took ~54 s
+                         for a size's 7-8 shapes and 51 s for the batch's 8: most of
+                         this step (78 s at 1080p alone without the batch)
   parity          (in the benchmark) every GPU backend's detections against the CPU
                          reference (torch fp32 on the CPU, runtime pipeline), per size
 
-Estimates from the 2026-11-30 H200 measurements, not yet a run of this script: on a fresh
-machine the default budget may have to skip a sanitizer subset (a step starts only with 60 s
+On a fresh machine the default budget may have to skip a sanitizer subset (a step starts only with 60 s
 left before the benchmark's 160 s, which the first 1080p size needs for its compile,
 reference runs and CPU parity reference), the 1280x720 size and/or the batch rows (about a
 minute of torch.compile each), saying so in the report (result INCOMPLETE). A second run on the
