@@ -258,30 +258,55 @@ __device__ __forceinline__ void window(float v, float v2, float size, float side
   last = max(cell_of(__fadd_rn(__fadd_rn(v, __fmul_rn(f, size)), m), k, bias, bits, grain), 0);
 }
 
+// Class k's window of box b (w x h): its grid rows y_lo..y_hi and columns x_lo..x_hi.
+struct ClassWindow {
+  int y_lo, y_hi, x_lo, x_hi;
+};
+
+__device__ __forceinline__ ClassWindow class_window(const float4& b, float w, float h, int k,
+                                                    const NmsConfig& cfg) {
+  ClassWindow cw{0, 0, 0, 0};
+  if (k != kTopClass) {
+    const float side = class_side(k), f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
+    window(b.y, b.w, h, side, f, cfg.offset, k, kYBias, kYBits, kYGrain, cw.y_lo, cw.y_hi);
+    window(b.x, b.z, w, side, f, cfg.offset, k, kXBias, kXBits, kXGrain, cw.x_lo, cw.x_hi);
+  }
+  return cw;
+}
+
 // Class c.k's window and its first row (searched from `from`).
 __device__ __forceinline__ void walk_class(Walk& w, const NmsConfig& cfg,
                                            const uint32_t* __restrict__ cells, uint32_t n,
                                            uint32_t from) {
   Cursor& c = w.c;
-  if (c.k == kTopClass) {
-    c.y = c.y_hi = c.x_lo = c.x_hi = 0;
-  } else {
-    const float side = class_side(c.k), f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
-    window(w.b.y, w.b.w, w.h, side, f, cfg.offset, c.k, kYBias, kYBits, kYGrain, c.y, c.y_hi);
-    window(w.b.x, w.b.z, w.w, side, f, cfg.offset, c.k, kXBias, kXBits, kXGrain, c.x_lo, c.x_hi);
-  }
+  const ClassWindow cw = class_window(w.b, w.w, w.h, c.k, cfg);
+  c.y = cw.y_lo;
+  c.y_hi = cw.y_hi;
+  c.x_lo = cw.x_lo;
+  c.x_hi = cw.x_hi;
   walk_row(c, cells, n, from);
 }
 
 // IoU > t needs w_i > t*w_j and h_i > t*h_j (so d_i = max(w_i, h_i) > t*d_j), d_i < d_j / t
 // and area_i > t*area_j (so d_i > sqrt(t*area_j)): the classes of the possible suppressors.
+struct ClassRange {
+  int lo, hi;
+};
+
+__device__ __forceinline__ ClassRange suppressor_classes(float w, float h, float area,
+                                                         const NmsConfig& cfg) {
+  const float d = fmaxf(w, h);
+  const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
+  return {max(size_class(__fmul_rn(tm, d)),
+              size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, area)), kWindowMargin))),
+          tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass};
+}
+
 __device__ __forceinline__ void walk_start(Walk& w, const NmsConfig& cfg,
                                            const uint32_t* __restrict__ cells, uint32_t n) {
-  const float d = fmaxf(w.w, w.h);
-  const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
-  w.c.k = max(size_class(__fmul_rn(tm, d)),
-              size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, w.area)), kWindowMargin)));
-  w.k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+  const ClassRange classes = suppressor_classes(w.w, w.h, w.area, cfg);
+  w.c.k = classes.lo;
+  w.k_hi = classes.hi;
   w.blocker = kNoBlocker;
   walk_class(w, cfg, cells, n, 0);
 }
@@ -407,29 +432,13 @@ __device__ __forceinline__ uint32_t warp_min(uint32_t v, unsigned lane) {
   return v;
 }
 
-// Class k's window of box b: its grid rows y_lo..y_hi and columns x_lo..x_hi (as walk_class).
-struct ClassWindow {
-  int y_lo, y_hi, x_lo, x_hi;
-};
-
-__device__ __forceinline__ ClassWindow class_window(const float4& b, float w, float h, int k,
-                                                    float f, const NmsConfig& cfg) {
-  ClassWindow cw{0, 0, 0, 0};
-  if (k != kTopClass) {
-    const float side = class_side(k);
-    window(b.y, b.w, h, side, f, cfg.offset, k, kYBias, kYBits, kYGrain, cw.y_lo, cw.y_hi);
-    window(b.x, b.z, w, side, f, cfg.offset, k, kXBias, kXBits, kXGrain, cw.x_lo, cw.x_hi);
-  }
-  return cw;
-}
-
-// One pass over box j's whole walk (the classes and windows of walk_start / walk_class). Its
+// One pass over box j's whole walk (suppressor_classes, class_window: as walk_start). Its
 // grid rows, numbered class by class, go 32 at a time to the warp's lanes, each finding its
 // row's bounds with its own two searches; then the candidates of those rows go 32 at a time
 // to the lanes. Returns kSuppressed when an overlapping earlier box is KEPT; else kKept when
 // none is UNDECIDED; else kUndecided, with `blocker` the lowest rank of those. Warp-uniform.
 __device__ __forceinline__ uint8_t warp_walk_pass(uint32_t j, const float4 b, float w, float h,
-                                                  float area, int k_lo, int k_hi,
+                                                  float area, ClassRange classes,
                                                   const uint32_t* __restrict__ cells,
                                                   const uint32_t* __restrict__ ranks,
                                                   const float4* __restrict__ cell_boxes,
@@ -437,21 +446,20 @@ __device__ __forceinline__ uint8_t warp_walk_pass(uint32_t j, const float4 b, fl
                                                   const NmsConfig& cfg, uint32_t n, unsigned lane,
                                                   uint32_t& blocker) {
   blocker = kNoBlocker;
-  const float f = __fsub_rn(1.0f, __fmul_rn(cfg.thresh, kWindowMargin));
   uint32_t rows = 0;
-  for (int k = k_lo; k <= k_hi; ++k) {
-    const ClassWindow cw = class_window(b, w, h, k, f, cfg);
+  for (int k = classes.lo; k <= classes.hi; ++k) {
+    const ClassWindow cw = class_window(b, w, h, k, cfg);
     rows += static_cast<uint32_t>(cw.y_hi - cw.y_lo + 1);
   }
   for (uint32_t row0 = 0; row0 < rows; row0 += 32) {
     uint32_t p = 0, len = 0;
     if (row0 + lane < rows) {  // this lane's row: class k, grid row y
       uint32_t r = row0 + lane;
-      int k = k_lo;
-      ClassWindow cw = class_window(b, w, h, k, f, cfg);
+      int k = classes.lo;
+      ClassWindow cw = class_window(b, w, h, k, cfg);
       while (r > static_cast<uint32_t>(cw.y_hi - cw.y_lo)) {
         r -= static_cast<uint32_t>(cw.y_hi - cw.y_lo + 1);
-        cw = class_window(b, w, h, ++k, f, cfg);
+        cw = class_window(b, w, h, ++k, cfg);
       }
       const int y = cw.y_lo + static_cast<int>(r);
       p = lower_bound(cells, 0, n, cell_code(k, y, cw.x_lo));
@@ -494,7 +502,7 @@ __device__ __forceinline__ uint8_t warp_walk_pass(uint32_t j, const float4 b, fl
 // earlier one, whose warp took its ticket before and is running, so the lowest undecided box
 // always decides (as in nms_resolve_kernel). A pass that meets an UNDECIDED overlapping box
 // and no KEPT one waits for the lowest such, then walks again: the same boxes as greedy NMS.
-// (no __launch_bounds__: with it ptxas kept 48 registers and spilled 4 bytes on sm_90)
+// (no __launch_bounds__: with it ptxas capped the registers and spilled on sm_90)
 __global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restrict__ cells,
                                         const uint32_t* __restrict__ ranks,
                                         const float4* __restrict__ boxes,
@@ -503,7 +511,6 @@ __global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restric
                                         uint32_t* __restrict__ flags) {
   const unsigned lane = threadIdx.x & 31u;
   const uint32_t n = ctrl->n;
-  const float tm = __fmul_rn(cfg.thresh, kWindowMargin);
   for (;;) {
     uint32_t j = 0;
     if (lane == 0) j = atomicAdd(&ctrl->next_chunk, 1u);
@@ -514,13 +521,10 @@ __global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restric
     const float area = __fmul_rn(w, h);
     uint8_t decided = kKept;
     if (!isolated(w, h, area)) {
-      const float d = fmaxf(w, h);
-      const int k_lo = max(size_class(__fmul_rn(tm, d)),
-                           size_class(__fmul_rn(__fsqrt_rn(__fmul_rn(tm, area)), kWindowMargin)));
-      const int k_hi = tm > 0.0f ? size_class(__fdiv_rn(d, tm)) : kTopClass;
+      const ClassRange classes = suppressor_classes(w, h, area, cfg);
       for (;;) {
         uint32_t blocker = kNoBlocker;
-        decided = warp_walk_pass(j, b, w, h, area, k_lo, k_hi, cells, ranks, cell_boxes, status,
+        decided = warp_walk_pass(j, b, w, h, area, classes, cells, ranks, cell_boxes, status,
                                  cfg, n, lane, blocker);
         if (decided != kUndecided) break;
         unsigned st;  // the blocker's status, polled by lane 0 (a collective per poll)
@@ -607,6 +611,13 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
   return TF_STATUS_SUCCESS;
 }
 
+// The resolve kernel's blocks: one per `boxes_per_block` of the m boxes, at most
+// kMaxResolveBlocks (persistent: they take the rest from the ticket).
+unsigned int resolve_blocks(uint32_t m, uint32_t boxes_per_block) {
+  const uint64_t blocks = (static_cast<uint64_t>(m) + boxes_per_block - 1) / boxes_per_block;
+  return static_cast<unsigned int>(blocks < kMaxResolveBlocks ? blocks : kMaxResolveBlocks);
+}
+
 tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
   if (need <= sort_temp_bound(m)) return TF_STATUS_SUCCESS;
   return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL,
@@ -671,9 +682,6 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                       params->score_logit, static_cast<float>(params->image_width - 1),
                       static_cast<float>(params->image_height - 1)};
   const unsigned int item_blocks = tf::blocks_for(m, kPrepareThreads);
-  const uint64_t chunks = (static_cast<uint64_t>(m) + kResolveThreads - 1) / kResolveThreads;
-  const unsigned int resolve_blocks =
-      static_cast<unsigned int>(chunks < kMaxResolveBlocks ? chunks : kMaxResolveBlocks);
 
   // CUB's storage requests (host-side queries) against the reserved bound, all before the
   // first launch: a failed check returns with nothing enqueued (out_stats untouched).
@@ -720,17 +728,14 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                 static_cast<const float4*>(boxes), cell_boxes));
   // the warp rule: one warp per box, as many as fit (blocks beyond the resident ones start
   // as others end and find the ticket past n)
-  const uint64_t warp_blocks = (static_cast<uint64_t>(m) + kResolveThreads / 32 - 1) /
-                               (kResolveThreads / 32);
+  const bool warp_rule = params->lookahead == 2;
+  const unsigned int resolve_grid =
+      resolve_blocks(m, warp_rule ? kResolveThreads / 32 : kResolveThreads);
   TF_RETURN_IF_ERROR(tf::launch("nms resolve kernel launch",
-                                params->lookahead == 2 ? nms_resolve_warp_kernel
+                                warp_rule ? nms_resolve_warp_kernel
                                 : params->lookahead ? nms_resolve_kernel<true>
                                                     : nms_resolve_kernel<false>,
-                                dim3(params->lookahead == 2
-                                         ? static_cast<unsigned int>(warp_blocks < kMaxResolveBlocks
-                                                                         ? warp_blocks
-                                                                         : kMaxResolveBlocks)
-                                         : resolve_blocks),
+                                dim3(resolve_grid),
                                 dim3(kResolveThreads), 0, s, ctrl,
                                 static_cast<const uint32_t*>(cells.Current()),
                                 static_cast<const uint32_t*>(ranks.Current()),
