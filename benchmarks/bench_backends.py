@@ -491,10 +491,12 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
     return build
 
 
-def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
+def _torch_cuda_device(dtype_name: str, mode: str | None = None,
+                       fuse_epilogues: bool = False) -> Callable[[BenchContext], Pipeline]:
     """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
     ``create_detector("torch-cuda")`` builds), from the benchmark's model, with every level's
-    shape prepared before timing (the detector prepares a shape at its third run)."""
+    shape prepared before timing (the detector prepares a shape at its third run); in
+    ``mode`` (default: ``--torch-mode``), with cuDNN-fused convolution epilogues where asked."""
     def build(ctx: BenchContext) -> Pipeline:
         import torch
 
@@ -506,18 +508,20 @@ def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
+        asked = mode or ctx.torch_mode
         stream = Stream()
         parts: list[Any] = [stream]
         try:
             pre, post = cuda_stages(ctx.config, stream)
             parts[:0] = [pre, post]
             runner = DeviceRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name),
-                                  mode=ctx.torch_mode, cache_dir=ctx.cache_dir,
-                                  stream=stream.handle)
+                                  mode=asked, cache_dir=ctx.cache_dir, stream=stream.handle,
+                                  fuse_epilogues=fuse_epilogues)
             parts.insert(0, runner)
             shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
-            ctx.log(f"  preparing {len(shapes)} input shapes (TorchCudaRunner mode "
-                    f"{ctx.torch_mode}; torch.compile takes several seconds per shape) ...")
+            ctx.log(f"  preparing {len(shapes)} input shapes (TorchCudaRunner mode {asked}"
+                    + ("; torch.compile takes several seconds per shape" if asked == "compile"
+                       else "") + ") ...")
             start = time.perf_counter()
             runner.warmup(shapes)
             prepared = time.perf_counter() - start
@@ -527,15 +531,38 @@ def _torch_cuda_device(dtype_name: str) -> Callable[[BenchContext], Pipeline]:
         records = list(getattr(runner, "records", {}).values())
         loaded = sum(1 for r in records if getattr(r, "cache_loaded", False))
         note = (f"TorchCudaRunner mode {runner.mode}"
-                + (f" (asked {ctx.torch_mode}: fell back)" if runner.mode != ctx.torch_mode else "")
+                + (f" (asked {asked}: fell back)" if runner.mode != asked else "")
+                + (", convolution epilogues fused by cuDNN" if fuse_epilogues else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")
                 + "; image upload inside preprocess, box download inside NMS")
         det = Detector(runner, ctx.config, preprocessor=pre, postprocessor=post)
         return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),
-                             prepare_seconds=prepared, asked_mode=ctx.torch_mode)
+                             prepare_seconds=prepared, asked_mode=asked)
     return build
+
+
+def _torch_cuda_precompile(dtype_name: str
+                           ) -> Callable[[BenchContext, list[tuple[int, ...]]], dict[Any, Any]]:
+    """Compiles input shapes into the compile cache of the runner
+    :func:`_torch_cuda_device` builds with that dtype (same model, mode and cache folder);
+    :class:`Skip` where torch sees no GPU (the kernel library is not needed for this)."""
+    def precompile(ctx: BenchContext, shapes: list[tuple[int, ...]]) -> dict[Any, Any]:
+        reason = _torch_cuda_reason()
+        if reason:
+            raise Skip(reason)
+        import torch
+
+        from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
+
+        runner = TorchCudaRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name),
+                                 mode=ctx.torch_mode, cache_dir=ctx.cache_dir, progress=ctx.log)
+        try:
+            return runner.precompile(shapes)
+        finally:
+            runner.close()
+    return precompile
 
 
 def _close_all(parts: list[Any]) -> None:
@@ -662,6 +689,10 @@ class BackendSpec:
         precision_at: the parity tolerances it is held to (a key of the parity package's
             ``TOLERANCES``: "fp32", "fp16" or "tf32"), or a function giving them here (what
             ONNX Runtime's providers run the fp32 export at depends on the machine).
+        precompile: for a backend that compiles its network per input shape into a cache on
+            disk, compiles the given shapes there without building the pipeline (another
+            process readies the cache for the run: ``latency.py --precompile``); returns the
+            runner's records per shape.
     """
 
     name: str
@@ -669,6 +700,7 @@ class BackendSpec:
     probe: Callable[[], str | None]
     build: Callable[[BenchContext], Pipeline]
     precision_at: str | Callable[[], str] = "fp32"
+    precompile: Callable[[BenchContext, list[tuple[int, ...]]], dict[Any, Any]] | None = None
 
     @property
     def precision(self) -> str:
@@ -684,9 +716,16 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 lambda: None, _torch_cpu),
     BackendSpec("torch-cuda", "runtime GPU pipeline: TorchCudaRunner fp16 (torch.compile + CUDA "
                 "graphs, BatchNorm folded, channels_last), CUDA resize + decode + NMS, one stream",
-                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision_at="fp16"),
+                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision_at="fp16",
+                precompile=_torch_cuda_precompile("float16")),
+    BackendSpec("torch-cuda-cudnn-fused", "runtime GPU pipeline as torch-cuda, but the "
+                "BatchNorm-folded network replayed from CUDA graphs without torch.compile, each "
+                "convolution with its bias, residual add and ReLU fused by cuDNN",
+                _torch_cuda_device_reason, _torch_cuda_device("float16", "graphs", True),
+                precision_at="fp16"),
     BackendSpec("torch-cuda-fp32", "runtime GPU pipeline as torch-cuda, network in fp32",
-                _torch_cuda_device_reason, _torch_cuda_device("float32")),
+                _torch_cuda_device_reason, _torch_cuda_device("float32"),
+                precompile=_torch_cuda_precompile("float32")),
     BackendSpec("torch-cuda-eager-host", "runtime pipeline, torch eager fp32 on CUDA, numpy "
                 "stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
     BackendSpec("torch-cuda-eager-host-fp16", "runtime pipeline, torch eager fp16 on CUDA, "

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
                           now_iso, one_line, summarize, today, wait_until_quiet)
+from bench_precompile import parse_part  # noqa: E402
 from tinyfaces_trt.core.cli import (EXIT_ERROR, ImageSize, fraction, parse_image_sizes,  # noqa: E402
                                     positive_float, positive_int, seed_argument)
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
@@ -147,6 +148,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cache root for compiled torch-cuda networks (default: $TINYFACES_CACHE "
                         "or ~/.cache/tinyfaces_trt)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    p.add_argument("--precompile", action="store_true",
+                   help="measure nothing: compile the torch-cuda network for every input shape "
+                        "this run (the same other arguments) would prepare into the compile "
+                        "cache, so that the run loads them instead (tools/gpu_check.py does "
+                        "this beside its GPU tests); shapes already cached are left")
+    p.add_argument("--precompile-part", default="1/1", metavar="K/N",
+                   help="with --precompile: only the K-th of every N shapes (N processes "
+                        "split the shapes; default 1/1: all)")
     p.add_argument("--report-only", default=None, metavar="JSON",
                    help="measure nothing: rewrite the .md and .png of an earlier run's JSON, "
                         "which is only read (an earlier schema is converted in memory)")
@@ -174,6 +183,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
                                   or args.name in (".", "..")):
         p.error(f"--name is a file name stem without a folder, got {args.name!r}")
+    try:
+        args.precompile_part = parse_part(args.precompile_part)
+    except ValueError as exc:
+        p.error(f"--precompile-part: {exc}")
+    if args.precompile_part != (1, 1) and not args.precompile:
+        p.error("--precompile-part goes with --precompile")
+    if args.precompile and args.report_only:
+        p.error("--precompile measures nothing and --report-only rewrites a result: choose one")
     if args.save_json is not None and not args.report_only:
         p.error("--save-json goes with --report-only (a measuring run writes its JSON in --out)")
     if args.save_json is not None and _same_file(args.save_json, args.report_only):
@@ -841,6 +858,15 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             return error(f"cannot rewrite the reports of {path}: {_reason(exc)}")
         return 0
+    if args.precompile:
+        from bench_precompile import precompile
+        from tinyfaces_trt.core.errors import TinyFacesError
+
+        try:
+            model, config, _ = _load_model(args)
+        except TinyFacesError as exc:  # a checkpoint that does not load
+            return error(one_line(exc))
+        return precompile(args, model, config, log)
     reasons = unavailable(args.backends)
     if reasons:
         return error(f"no requested backend can run here: {reasons}")

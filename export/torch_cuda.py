@@ -21,6 +21,10 @@ keeps, per input shape, a ready callable:
 ``mode="eager"``
     Plain eager execution.
 
+With ``fuse_epilogues=True`` (not in mode aoti) every mode runs the folded network in which each
+convolution takes its bias, residual add and ReLU inside one cuDNN call
+(:mod:`.conv_fusion`): graphs then replays cuDNN's fused convolutions alone, nothing compiled.
+
 A batch smaller than one already compiled or captured for the same image size runs padded
 into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's
 last and shorter batch); only its own rows come back. A shape that keeps coming gets its own
@@ -90,6 +94,7 @@ from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_net
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
+from tinyfaces_trt.export.conv_fusion import fuse_conv_epilogues
 from tinyfaces_trt.export.torch_settings import cudnn_autotuning, ieee_fp32_convolutions
 
 _logger = logging.getLogger(__name__)
@@ -309,6 +314,10 @@ class TorchCudaRunner(RunnerBase):
         progress: takes a line of text for each shape whose preparing took seconds (at least
             :data:`PROGRESS_MIN_S`: a compile, a graph capture; tf-detect prints it); the log
             (INFO) says every shape either way.
+        fuse_epilogues: run the BatchNorm-folded network with each ``relu(conv(x))`` and
+            ``relu(conv(x) + z)`` as one cuDNN convolution (:mod:`.conv_fusion`), in every
+            mode but ``"aoti"`` (graphs and eager then run the folded network too): the
+            activations are written once instead of once more per add and ReLU.
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -319,9 +328,13 @@ class TorchCudaRunner(RunnerBase):
                  dtype: torch.dtype = torch.float16, channels_last: bool = True,
                  mode: str = "compile", cache_dir: str | os.PathLike[str] | None = None,
                  stream: int | torch.cuda.Stream | None = None, prepare_after: int = 0,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 fuse_epilogues: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if fuse_epilogues and mode == "aoti":
+            raise ValueError("fuse_epilogues cannot go with mode 'aoti': an AOTInductor package "
+                             "cannot hold the fused convolution (a Python operator)")
         if prepare_after < 0:
             raise ValueError(f"prepare_after must be >= 0, got {prepare_after}")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -342,6 +355,7 @@ class TorchCudaRunner(RunnerBase):
         self.dtype = dtype
         self.channels_last = channels_last
         self.mode = mode
+        self.fuse_epilogues = fuse_epilogues
         self.cache_dir = cache_dir
         self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True,
                                                device=device.index)
@@ -478,6 +492,71 @@ class TorchCudaRunner(RunnerBase):
                     if not was_kept:
                         self._kept.discard(shape)
                     raise
+
+    def precompile(self, shapes: Iterable[Sequence[int]]) -> dict[Shape, ShapeRecord]:
+        """Compiles these (N, 3, h, w) input shapes into the on-disk cache (mode ``"compile"``:
+        the compile cache; ``"aoti"``: the packages) without preparing them here: nothing is
+        captured or kept, and a shape whose file is already there is left as it is.
+
+        For another process than the one that will run the shapes: one readying a shared
+        cache while the machine does other work (``tools/gpu_check.py`` runs the benchmark's
+        shapes beside its tests) or before a service's replicas start. A process preparing a
+        shape that is being compiled here waits for its file (the cache's lock per shape),
+        then loads it.
+
+        Returns:
+            A record per shape: ``cache_loaded`` True where its file was there (before, or
+            once another process compiling it was waited for), ``seconds`` the time it
+            took here; ``mode`` is the runner's. Modes ``"graphs"`` and ``"eager"`` compile
+            nothing: ``{}``.
+
+        Raises:
+            Exception: what compiling raised (torch.compile, Inductor, Triton, the C++
+                compiler, torch.export); the shapes before it are in the cache.
+        """
+        if self._closed:
+            raise TinyFacesError("this TorchCudaRunner is closed")
+        if self.mode not in ("compile", "aoti"):
+            return {}
+        records: dict[Shape, ShapeRecord] = {}
+        with torch.inference_mode(), self._on_stream():
+            for shape in dict.fromkeys(tuple(int(d) for d in s) for s in shapes):
+                start = time.perf_counter()
+                record = ShapeRecord(self.mode, 0.0)
+                cached = self._cached_file(shape)
+                if cached.is_file():
+                    record.cache_file, record.cache_loaded = cached, True
+                elif self.mode == "compile":
+                    self._compile(shape, record)
+                else:
+                    self._aoti(shape, record)
+                record.seconds = time.perf_counter() - start
+                records[shape] = record
+                if self._progress is not None and not record.cache_loaded:
+                    self._progress(f"torch-cuda: input shape {format_shape(shape)} compiled "
+                                   f"into the cache in {record.seconds:.1f} s")
+        return records
+
+    def _cached_file(self, shape: Shape) -> Path:
+        """The compile-cache file (mode compile) or package (mode aoti) of ``shape``."""
+        if self.mode == "aoti":
+            return self._package_cache().path(shape)
+        return self._shape_cache().path(shape)
+
+    def _shape_cache(self) -> CompileCache:
+        """The compile cache of the folded network (made once)."""
+        if self._compile_cache is None:
+            self._compile_cache = CompileCache.for_module(self._folded_net(), self.device,
+                                                          self.dtype, self.channels_last,
+                                                          self.cache_dir)
+        return self._compile_cache
+
+    def _package_cache(self) -> PackageCache:
+        """The AOTInductor packages of the folded network (made once)."""
+        if self._packages is None:
+            self._packages = PackageCache.for_module(self._folded_net(), self.device, self.dtype,
+                                                     self.channels_last, self.cache_dir)
+        return self._packages
 
     def synchronize(self) -> None:
         """Waits for the runner's queued work."""
@@ -648,7 +727,11 @@ class TorchCudaRunner(RunnerBase):
         shapes up to the compiler's rounding), else the eager one."""
         return self._folded_net() if self.mode in ("compile", "aoti") else self._eager_forward()
 
-    def _eager_forward(self) -> _Forward:
+    def _eager_forward(self) -> nn.Module:
+        """What modes graphs and eager run (and a failed compile falls back to): the network
+        as given, or the folded one with its fused convolutions."""
+        if self.fuse_epilogues:
+            return self._folded_net()
         if self._eager is None:
             self._eager = self._convert(_Forward(copy.deepcopy(self._model),
                                                  self.dtype, self.channels_last))
@@ -661,35 +744,32 @@ class TorchCudaRunner(RunnerBase):
         return module
 
     def _folded_net(self) -> torch.fx.GraphModule:
-        """The network with BatchNorm folded, converted for the device (made once; outside
-        inference mode, as torch.export cannot take inference-mode weights)."""
+        """The network with BatchNorm folded (and its convolution epilogues fused where asked),
+        converted for the device (made once; outside inference mode, as torch.export cannot
+        take inference-mode weights)."""
         if self._folded is None:
             with torch.inference_mode(False):
-                self._folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
-                                                                     self.channels_last)))
+                folded = fold_batchnorm(_Forward(self._model, self.dtype, self.channels_last))
+                if self.fuse_epilogues:
+                    folded = fuse_conv_epilogues(folded)
+                self._folded = self._convert(folded)
         return self._folded
 
     def _aoti(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor], torch.Tensor]:
-        folded = self._folded_net()
-        if self._packages is None:
-            self._packages = PackageCache.for_module(folded, self.device, self.dtype,
-                                                     self.channels_last, self.cache_dir)
-        record.cache_file = self._packages.path(shape)
-        with _waiting(self._packages.lock(shape), record):  # another process may compile it
-            fn = self._packages.load(shape)
+        packages = self._package_cache()
+        record.cache_file = packages.path(shape)
+        with _waiting(packages.lock(shape), record):  # another process may compile it
+            fn = packages.load(shape)
             record.cache_loaded = fn is not None
             if fn is None:
                 _logger.info("compiling an AOTInductor package for input shape %s ...", shape)
-                fn = self._packages.compile(folded, shape)
+                fn = packages.compile(self._folded_net(), shape)
         return fn
 
     def _compile(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor],
                                                                         torch.Tensor]:
         folded = self._folded_net()
-        if self._compile_cache is None:
-            self._compile_cache = CompileCache.for_module(folded, self.device, self.dtype,
-                                                          self.channels_last, self.cache_dir)
-        cache = self._compile_cache
+        cache = self._shape_cache()
         # One GraphModule (sharing the folded weights) per shape: its own code object, so
         # dynamo keeps one static-shape compilation per shape, never hitting its recompile
         # limit or re-checking guards of other shapes.

@@ -39,6 +39,13 @@ def _files(folder: Path) -> dict[str, bytes]:
     (["--name", "a/b"], "--name is a file name stem without a folder, got 'a/b'"),
     (["--save-json", "x.json"], "--save-json goes with --report-only (a measuring run writes "
                                 "its JSON in --out)"),
+    (["--precompile-part", "1/2"], "--precompile-part goes with --precompile"),
+    (["--precompile", "--precompile-part", "3/2"],
+     "--precompile-part: K/N needs 1 <= K <= N, got '3/2'"),
+    (["--precompile", "--precompile-part", "half"],
+     "--precompile-part: expected K/N, e.g. 1/2, got 'half'"),
+    (["--precompile", "--report-only", "r.json"],
+     "--precompile measures nothing and --report-only rewrites a result: choose one"),
 ])
 def test_latency_bad_arguments_are_usage_errors(latency, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -125,6 +132,81 @@ def test_latency_without_a_backend_that_can_run_writes_nothing(latency, tmp_path
     assert _files(out) == {"cpu-2026-01-01.json": b"{}"}
     assert latency.main([*argv[:2], "--out", str(tmp_path / "new")]) == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture
+def fake_precompile(latency, monkeypatch):
+    """latency.py --precompile over a stub model and a torch-cuda whose precompile is stood
+    in: returns the calls it got ((context, shapes) each) and a setter of what it does."""
+    pytest.importorskip("torch")
+    import bench_backends
+    from tinyfaces_trt.core.config import DetectorConfig
+    from tinyfaces_trt.export.torch_cuda import ShapeRecord
+
+    calls, behaviour = [], ["compile"]
+
+    def precompile(ctx, shapes):
+        calls.append((ctx, list(shapes)))
+        if behaviour[0] == "skip":
+            raise bench_backends.Skip("torch sees no CUDA GPU")
+        if behaviour[0] == "fail":
+            raise RuntimeError("boom")
+        # the first shape was in the cache already
+        return {s: ShapeRecord("compile", 1.0, cache_loaded=k == 0) for k, s in enumerate(shapes)}
+
+    monkeypatch.setattr(bench_backends, "BACKENDS", tuple(
+        dataclasses.replace(b, precompile=precompile) if b.name == "torch-cuda" else b
+        for b in bench_backends.BACKENDS))
+    monkeypatch.setattr(latency, "_load_model",
+                        lambda args: ("stub model", DetectorConfig(), "stub weights"))
+    return calls, lambda value: behaviour.__setitem__(0, value)
+
+
+def test_precompile_compiles_its_part_of_the_runs_shapes(latency, capsys, fake_precompile,
+                                                         tmp_path):
+    """Each of N processes takes every N-th of the shapes the run will prepare, in the run's
+    order, into the run's cache folder; its last line is what gpu_check reads."""
+    import bench_precompile
+    from tinyfaces_trt.core.cli import ImageSize
+    from tinyfaces_trt.core.config import DetectorConfig
+
+    calls, _ = fake_precompile
+    argv = ["--precompile", "--precompile-part", "2/2", "--backend", "reference,torch-cuda",
+            "--image-size", "1920x1080,1280x720", "--batch", "8", "--cache-dir", str(tmp_path)]
+    assert latency.main(argv) == 0
+    shapes = bench_precompile.run_shapes([ImageSize(1920, 1080), ImageSize(1280, 720)], 8,
+                                         DetectorConfig())
+    assert shapes[:2] == [(1, 3, 34, 60), (1, 3, 68, 120)] and len(shapes) == 8 + 8 + 7
+    assert shapes[8:10] == [(8, 3, 34, 60), (8, 3, 68, 120)]  # the batch after its size
+    assert shapes[-1] == (1, 3, 1440, 2560)
+    ((ctx, got),) = calls
+    assert got == shapes[1::2]
+    assert (ctx.model, ctx.torch_mode, ctx.cache_dir) == ("stub model", "compile", tmp_path)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("precompile: torch-cuda (mode compile): 11 of the run's 23 input shapes "
+                      "(part 2/2)")
+    gpu_check = load_script("tools/gpu_check.py", "tinyfaces_gpu_check_precompile")
+    assert gpu_check._PRECOMPILED.findall(err[-1]) == [("10", "1")]
+    assert latency.main(["--precompile", "--image-size", "640x480"]) == 0  # default: all
+    assert calls[-1][1] == bench_precompile.run_shapes([ImageSize(640, 480)], 0,
+                                                       DetectorConfig())
+
+
+def test_precompile_failures_exit_1(latency, capsys, fake_precompile):
+    _, behave = fake_precompile
+    behave("fail")
+    assert latency.main(["--precompile", "--backend", "torch-cuda"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "precompile: torch-cuda failed: RuntimeError: boom (the shapes compiled before it are "
+        "in the cache)")
+    behave("skip")
+    assert latency.main(["--precompile", "--backend", "torch-cuda"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "precompile: nothing compiled: torch-cuda: torch sees no CUDA GPU")
+    assert latency.main(["--precompile", "--backend", "reference,onnxruntime"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "precompile: none of reference, onnxruntime compiles its network into a cache (only "
+        "the torch-cuda backends do): nothing to do")
 
 
 def _stat(ms):

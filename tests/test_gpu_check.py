@@ -407,6 +407,7 @@ def test_an_error_in_a_step_is_reported_and_the_report_is_saved_after_every_step
     seen = []
     monkeypatch.setattr(g, "environment_step", environment)
     monkeypatch.setattr(g, "find_tool", lambda name: f"/opt/cuda/bin/{name}")
+    monkeypatch.setattr(g, "precompile_start", lambda *a: [])
     monkeypatch.setattr(g, "build_step", broken_build)
     monkeypatch.setattr(g, "tests_step", lambda report, *a: report.add(
         g.Step("GPU tests", "pass", 1.0, "1 passed")))
@@ -824,3 +825,169 @@ def test_an_interrupt_that_breaks_the_readers_start_still_logs_the_steps_output(
             g.run([sys.executable, "-c", code], dict(os.environ), 60, log=log)
         monkeypatch.setattr(threading, "Thread", real)
     assert "child line" in (tmp_path / "log.txt").read_text()
+
+
+def _precompile_args(**over):
+    args = g.build_parser().parse_args(["--out", "unused"])
+    for key, value in over.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_the_benchmarks_shapes_are_compiled_beside_the_steps_before_it(monkeypatch, tmp_path):
+    """On a GPU machine (stand-ins for the environment and the steps): as the check begins,
+    processes splitting the benchmark's torch-cuda shapes start (latency.py --precompile, the
+    benchmark's own arguments); before the benchmark they are waited for, their output goes
+    to the log and their step says what they compiled."""
+    started = []
+
+    def environment(report, env, log):
+        report.gpu = True
+        report.add(g.Step("environment", "pass", 0.0, "GPU: stand-in"))
+        return "90"
+
+    real_start = g.start
+
+    def start(cmd, env, echo=False, log=None):  # the real processes print what latency.py would
+        started.append(cmd)
+        part = cmd[cmd.index("--precompile-part") + 1]
+        code = (f"print('precompile: torch-cuda (mode compile): part {part}'); "
+                "print('precompile: done in 3.0 s: 5 compiled, 1 already in the cache')")
+        return real_start([sys.executable, "-c", code], env, echo, log)
+
+    order = []
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: None)
+    monkeypatch.setattr(g, "start", start)
+    monkeypatch.setattr(g.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(g, "tests_step", lambda report, *a: order.append("tests") or report.add(
+        g.Step("GPU tests", "pass", 1.0, "1 passed")))
+    monkeypatch.setattr(g, "benchmark_step", lambda report, *a: order.append(
+        [s.name for s in report.steps][-1]) or report.add(g.Step("benchmark", "pass", 1.0, "ran")))
+    g.main(["--out", str(tmp_path / "out"), "--budget-s", "400", "--batch", "4"])
+    assert [cmd[1:5] for cmd in started] == [
+        [str(ROOT / "benchmarks" / "latency.py"), "--precompile", "--precompile-part", part]
+        for part in ("1/2", "2/2")]
+    assert started[0][5:] == ["--backend", g.DEFAULT_BACKENDS, "--image-size", g.DEFAULT_SIZES,
+                              "--batch", "4"]
+    assert order == ["tests", "benchmark precompile"]  # finished just before the benchmark
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    (step,) = [s for s in report["steps"] if s["name"] == "benchmark precompile"]
+    assert step["status"] == "pass"
+    assert step["summary"] == ("2 processes beside the steps above: 10 input shapes compiled "
+                               "into the cache, 2 already there")
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "precompile: torch-cuda (mode compile): part 1/2" in log
+    assert "precompile: torch-cuda (mode compile): part 2/2" in log
+
+
+@pytest.mark.parametrize("over, skip, gpu", [
+    ({}, {"benchmark"}, True),
+    ({}, set(), False),
+    ({"backends": "reference,onnxruntime-cuda,tensorrt-fp16-cuda"}, set(), True),
+], ids=["benchmark-skipped", "no-gpu", "no-compiling-backend"])
+def test_nothing_is_precompiled_where_the_benchmark_compiles_nothing(monkeypatch, over, skip, gpu):
+    monkeypatch.setattr(g, "start", lambda *a, **k: pytest.fail("started a precompile"))
+    report = g.Report([], 300.0, gpu=gpu)
+    assert g.precompile_start(report, _precompile_args(**over), skip, {}) == []
+
+
+_START = g.start  # (tests replace g.start)
+
+
+def _python(code):
+    return _START([sys.executable, "-c", code], dict(os.environ))
+
+
+def test_a_precompile_still_running_when_the_benchmark_must_start_is_stopped(tmp_path):
+    """Its shapes so far are in the cache: the benchmark compiles the rest itself, which is
+    no failure; a process that failed by itself (a compile error) fails its step."""
+    report = g.Report([], 300.0, gpu=True)
+    slow = _python("print('precompile: torch-cuda (mode compile): part 1/1', flush=True); "
+                   "import time; time.sleep(60)")
+    with open(tmp_path / "log.txt", "w") as log:
+        g.precompile_finish(report, [slow], 1.0, log)
+    assert slow.proc.poll() is not None  # killed
+    (step,) = report.steps
+    assert step.status == "pass" and step.summary == (
+        "1 process beside the steps above: 0 input shapes compiled into the cache, 0 already "
+        "there; stopped when the benchmark had to start (1 s after the tests): the benchmark "
+        "compiles the rest itself")
+    assert "part 1/1" in (tmp_path / "log.txt").read_text()
+    failed = _python("import sys; print('precompile: torch-cuda failed: RuntimeError: boom "
+                     "(the shapes compiled before it are in the cache)'); sys.exit(1)")
+    g.precompile_finish(report, [failed], 30.0, None)
+    assert report.steps[-1].status == "fail"
+    assert report.steps[-1].summary.endswith(
+        "; FAILED: precompile: torch-cuda failed: RuntimeError: boom (the shapes compiled "
+        "before it are in the cache)")
+
+
+def test_an_interrupted_check_leaves_no_precompile_running(monkeypatch, tmp_path):
+    running = []
+
+    def environment(report, env, log):
+        report.gpu = True
+        return "90"
+
+    def start(cmd, env, echo=False, log=None):
+        running.append(_python("import time; time.sleep(60)"))
+        return running[-1]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: None)
+    monkeypatch.setattr(g, "start", start)
+    monkeypatch.setattr(g, "tests_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        g.main(["--out", str(tmp_path / "out"), "--budget-s", "400"])
+    assert running and all(r.proc.wait(timeout=10) is not None for r in running)
+
+
+def test_the_sanitizers_run_beside_the_gpu_tests(monkeypatch, tmp_path):
+    """Where the kernels are built and compute-sanitizer is found, its steps run in another
+    thread while the GPU tests run (the tests below wait for one to start); their output
+    comes after the tests' in the log."""
+    import threading
+
+    sanitizing = threading.Event()
+
+    def environment(report, env, log):
+        report.gpu = True
+        return "90"
+
+    def build(report, env, build_dir, arch, timeout, log):
+        report.add(g.Step("build", "pass", 1.0, "built"))
+        return tmp_path / "libtinyfaces_kernels.so"
+
+    def tests(report, env, timeout, log):
+        log.write("the tests' output\n")
+        assert sanitizing.wait(30), "no sanitizer step started while the tests ran"
+        report.add(g.Step("GPU tests", "pass", 1.0, "1 passed"))
+
+    def sanitize(report, env, sanitizer, tool, target, name, timeout, log, pytest_run):
+        sanitizing.set()
+        log.write(f"{name}'s output\n")
+        report.add(g.Step(name, "pass", 1.0, "0 errors"))
+
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: f"/usr/local/cuda/bin/{name}")
+    monkeypatch.setattr(g, "cuda_home", lambda nvcc: None)
+    monkeypatch.setattr(g, "build_step", build)
+    monkeypatch.setattr(g, "tests_step", tests)
+    monkeypatch.setattr(g, "sanitizer_step", sanitize)
+    report = g.Report([], 450.0)
+    args = g.build_parser().parse_args(["--out", str(tmp_path)])
+    with open(tmp_path / "log.txt", "w") as log:
+        g.run_steps(report, args, {"ptxas", "benchmark"}, tmp_path, g.Budget(450.0),
+                    {"PATH": "/bin"}, log)
+    names = [s.name for s in report.steps]
+    assert names[:2] == ["build", "ptxas -v"] and names[-2:] == ["benchmark", "parity"]
+    assert len(names) == 10 and names.index("compute-sanitizer memcheck: C example") < \
+        names.index("GPU tests")  # (added as each ends)
+    assert {s.status for s in report.steps if s.name.startswith(("GPU", "compute"))} == {"pass"}
+    text = (tmp_path / "log.txt").read_text()
+    assert text.index("the tests' output") < text.index(
+        "compute-sanitizer memcheck: C example's output")

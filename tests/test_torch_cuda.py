@@ -633,6 +633,48 @@ def test_a_shape_in_the_cache_is_loaded_without_the_lock(monkeypatch, tmp_path, 
     assert record.cache_loaded and loaded == [b"compiled before"] and record.wait_seconds == 0
 
 
+def test_precompile_fills_the_cache_and_prepares_nothing(monkeypatch, tmp_path):
+    """What another process (gpu_check beside its tests) does before a run: each shape not in
+    the cache is compiled into it (under its lock), one already there is left, nothing is
+    captured or kept; a runner preparing the shapes later loads them."""
+    small = (1, 3, 16, 24)
+    said: list[str] = []
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path,
+                             progress=said.append)
+    cache = _cache_of(runner, tmp_path)
+    compiled, loaded = _compile_stand_ins(monkeypatch, cache.folder / "2x3x32x48.lock")
+    cache.path(small).write_bytes(b"compiled before")
+    records = runner.precompile([INPUT_SHAPE, list(small), INPUT_SHAPE])
+    assert list(records) == [INPUT_SHAPE, small]
+    assert compiled == [INPUT_SHAPE] and loaded == []  # the cached shape is not even loaded
+    assert cache.path(INPUT_SHAPE).read_bytes() == b"this process's"
+    assert cache.path(small).read_bytes() == b"compiled before"
+    fresh, cached = records[INPUT_SHAPE], records[small]
+    assert (fresh.mode, fresh.cache_loaded, fresh.cache_file) == (
+        "compile", False, cache.path(INPUT_SHAPE))
+    assert (cached.cache_loaded, cached.cache_file) == (True, cache.path(small))
+    (line,) = said  # only what took a compile is said
+    assert re.fullmatch(r"torch-cuda: input shape 2x3x32x48 compiled into the cache in "
+                        r"\d+\.\d s", line)
+    assert runner.records == {} and runner.batch_shape_for(INPUT_SHAPE) == INPUT_SHAPE
+    again = runner.precompile([INPUT_SHAPE, small])
+    assert all(r.cache_loaded for r in again.values()) and compiled == [INPUT_SHAPE]
+    compiled, loaded = _compile_stand_ins(monkeypatch)  # no lock: the file is there
+    later = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    later.warmup([INPUT_SHAPE])
+    assert later.records[INPUT_SHAPE].cache_loaded and loaded == [b"this process's"]
+
+
+def test_precompile_in_modes_that_compile_nothing_and_after_close(tmp_path):
+    eager = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager",
+                            cache_dir=tmp_path)
+    assert eager.precompile([INPUT_SHAPE]) == {} and not any(tmp_path.iterdir())
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, cache_dir=tmp_path)
+    runner.close()
+    with pytest.raises(TinyFacesError, match="this TorchCudaRunner is closed"):
+        runner.precompile([INPUT_SHAPE])
+
+
 def test_a_shape_waits_at_most_the_limit_then_compiles(monkeypatch, tmp_path, caplog):
     from tinyfaces_trt.export import compile_cache
 

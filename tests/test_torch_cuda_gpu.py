@@ -69,6 +69,20 @@ def test_graphs_mode_passes_parity_on_the_whole_pyramid(seeded, dtype, precision
     assert result.passed, result
 
 
+@pytest.mark.parametrize("mode", ["graphs", "compile"])
+def test_fused_epilogues_pass_parity_on_the_whole_pyramid(seeded, mode, tmp_path, caplog):
+    """cuDNN's fused convolutions (bias, residual add and ReLU inside; export/conv_fusion.py)
+    in fp16 against the fp32 reference, replayed from CUDA graphs, eager or compiled around
+    them; cuDNN fused every one (a refusal runs unfused, with a warning)."""
+    model, config = seeded
+    with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.conv_fusion"), \
+            TorchCudaRunner(model, mode=mode, fuse_epilogues=True, cache_dir=tmp_path) as runner:
+        result = compare_runner(TorchRunner(model), runner, config, 96, 128, "fp16")
+        assert {r.mode for r in runner.records.values()} == {mode}, runner.records
+    assert result.passed, result
+    assert not caplog.records, caplog.text
+
+
 def test_graphs_equal_eager(seeded):
     model, config = seeded
     x = _level_inputs(config, count=1)[0]

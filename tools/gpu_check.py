@@ -19,11 +19,20 @@ script counts, and the check goes on); INCOMPLETE (1) on a GPU machine when a st
 killed at its time limit before anything had failed or skipped for lack of time (named in
 the report's first line). Speed targets are reported, never a failure.
 
-Steps, in order, with their time on the lent H200 of 2026-12-04 (fresh machine, torch
-2.11.0+cu130; benchmarks/results/h200-2026-12-04/): 374 s in all with --budget-s 450; within
-the default --budget-s 285 each step gets what is left and a step that cannot fit is skipped:
+Steps with their time on the lent H200 of 2026-12-04 (fresh machine, torch 2.11.0+cu130;
+benchmarks/results/h200-2026-12-04/), when they all ran one after another: 374 s in all with
+--budget-s 450, 159 s of it compiling the benchmark's torch-cuda network. Since then the
+sanitizers run beside the GPU tests and the benchmark's compiling beside both (not yet timed
+on a GPU; estimated ~230-290 s in all). Within the default --budget-s 285 each step gets
+what is left and a step that cannot fit is skipped:
 
   environment    ~5-7 s  GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
+  benchmark precompile   from here, beside the steps below: 2 processes (1 on fewer than 8
+                         CPUs) running benchmarks/latency.py --precompile with the
+                         benchmark's arguments, which compile the torch-cuda network for
+                         each of its input shapes into the compile cache (23 shapes by
+                         default, ~6-7 s each); waited for before the benchmark while its
+                         time allows, else stopped (the benchmark compiles the rest itself)
   build         ~7-10 s  the kernels (python -m tinyfaces_trt.kernels.build, which
                          tf-build-kernels runs) for this GPU's architecture, with the C
                          example
@@ -34,23 +43,25 @@ the default --budget-s 285 each step gets what is left and a step that cannot fi
                          compile small networks, one of them into an AOTInductor package);
                          in 4 pytest-xdist workers where xdist is installed (the kernel
                          tests' numpy oracles are CPU-bound)
-  sanitizers     ~61 s   memcheck, racecheck, synccheck on the C example (~3 s); memcheck
-                         and racecheck on a subset of the GPU tests (~33 s, ~25 s)
+  sanitizers     ~61 s   beside the GPU tests, one after another: memcheck, racecheck,
+                         synccheck on the C example (~3 s); memcheck and racecheck on a
+                         subset of the GPU tests (~33 s, ~25 s); their output follows the
+                         tests' in the log
   benchmark      ~210 s  benchmarks/latency.py: the reference pipeline vs every GPU backend
                          present, side by side, 1920x1080 then 1280x720; batch of 8 at
                          1080p; decode + NMS at 10k / 50k candidates; a torch profile; the
-                         targets table. torch.compile of the torch-cuda network took ~54 s
-                         for a size's 7-8 shapes and 51 s for the batch's 8: most of
-                         this step (78 s at 1080p alone without the batch)
+                         targets table. 210 s with its compiling in it; its torch-cuda
+                         shapes now load from the compile cache where the precompile put
+                         them (dynamo still traces each: seconds)
   parity          (in the benchmark) every GPU backend's detections against the CPU
                          reference (torch fp32 on the CPU, runtime pipeline), per size
 
-On a fresh machine the default budget may have to skip a sanitizer subset (a step starts only with 60 s
-left before the benchmark's 160 s, which the first 1080p size needs for its compile,
-reference runs and CPU parity reference), the 1280x720 size and/or the batch rows (about a
-minute of torch.compile each), saying so in the report (result INCOMPLETE). A second run on the
-same machine finds the compiled code in the cache; --budget-s 450 fits everything. Without a
-GPU every step is skipped with the reason, in a few seconds.
+A step starts only with enough time left before what is kept for the benchmark (160 s, or
+110 s while the precompile runs: an estimate until a GPU run times the benchmark with its
+shapes compiled ahead); where the default budget is short, a sanitizer subset, the 1280x720
+size and/or the batch rows are skipped, saying so in the report (result INCOMPLETE). A
+second run on the same machine finds the compiled code in the cache; --budget-s 450 fits
+everything. Without a GPU every step is skipped with the reason, in a few seconds.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ import argparse
 import datetime
 import importlib
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -69,7 +81,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,9 +92,13 @@ if str(REPO) not in sys.path:  # a plain checkout: tinyfaces_trt imports from he
 
 DEFAULT_BUDGET_S = 285.0
 DEFAULT_SIZES = "1920x1080,1280x720"
-DEFAULT_BACKENDS = "reference,torch-cuda,onnxruntime-cuda,tensorrt-fp16-cuda"
+DEFAULT_BACKENDS = "reference,torch-cuda,torch-cuda-cudnn-fused,onnxruntime-cuda,tensorrt-fp16-cuda"
 #: Seconds the steps before the benchmark leave to it (its first image size needs this).
 BENCHMARK_RESERVE_S = 160.0
+#: The same where its torch-cuda shapes were compiled beside the earlier steps (they then
+#: load from the cache: an estimate until a GPU run measures it), and how long the benchmark's
+#: start waits for that compile to end.
+PRECOMPILED_RESERVE_S = 110.0
 #: GPU-test subsets run under compute-sanitizer (memcheck and racecheck are 10-100x slower).
 SANITIZER_TESTS = {
     "memcheck": "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages "
@@ -90,6 +106,10 @@ SANITIZER_TESTS = {
     "racecheck": "all_above_threshold or uncapped_chain or uncapped_nested",
 }
 STEP_KEYS = ("build", "ptxas", "tests", "sanitizers", "benchmark")
+#: Processes compiling the benchmark's torch-cuda shapes beside the earlier steps (one on a
+#: machine of fewer than PRECOMPILE_MIN_CPUS CPUs).
+PRECOMPILE_PROCESSES = 2
+PRECOMPILE_MIN_CPUS = 8
 #: pytest-xdist workers for the GPU tests (where it is installed).
 XDIST_WORKERS = 4
 #: Seconds a step needs left (before the benchmark's reserve) to start at all.
@@ -256,52 +276,101 @@ def run(cmd: list[str], env: dict[str, str], timeout: float, echo: bool = False,
     """Runs ``cmd`` from the repository root in its own process group; on timeout the whole
     group (compile workers, a sanitizer's target) is killed. ``echo`` streams the output to
     stderr as it comes; ``log`` (a file) gets all of it."""
-    start = time.perf_counter()
+    started = start(cmd, env, echo, log)
+    return started if isinstance(started, Ran) else started.wait(timeout)
+
+
+def start(cmd: list[str], env: dict[str, str], echo: bool = False,
+          log: Any = None) -> "Running | Ran":
+    """Starts ``cmd`` as :func:`run` does, without waiting for it; a :class:`Ran` (exit
+    127) when it cannot start."""
     if log is not None:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
+    begun = time.perf_counter()
     try:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace",
                                 start_new_session=True)
     except OSError as exc:
-        return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - start)
-    lines: list[str] = []
-    pumped = threading.Event()  # set once the output has all been read (EOF)
+        return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - begun)
+    return Running(cmd, proc, begun, echo, log)
 
-    def pump() -> None:
-        assert proc.stdout is not None
+
+class Running:
+    """A started command whose output a thread reads (into :attr:`lines`, the log, stderr).
+    Every one not yet waited for is in :data:`_LIVE` (:func:`kill_running`)."""
+
+    def __init__(self, cmd: list[str], proc: subprocess.Popen, begun: float, echo: bool,
+                 log: Any) -> None:
+        self.cmd, self.proc, self.begun = cmd, proc, begun
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self.lines: list[str] = []
+        self.pumped = threading.Event()  # set once the output has all been read (EOF)
+        self._echo, self._log = echo, log
+        self._reader = threading.Thread(target=self._pump, daemon=True)
         try:
-            for line in proc.stdout:
-                lines.append(line)
-                if log is not None and not log.closed:
-                    log.write(line)
-                if echo:
+            self._reader.start()
+        except BaseException:  # a signal in the start's wait: the thread may run all the same
+            _kill_group(proc)
+            self.pumped.wait(timeout=5)  # its last lines reach the log before it is closed
+            raise
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if self._log is not None and not self._log.closed:
+                    self._log.write(line)
+                if self._echo:
                     sys.stderr.write("    | " + line)
                     sys.stderr.flush()
         finally:
-            pumped.set()
+            self.pumped.set()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    timed_out = False
-    try:
-        reader.start()
-        code = proc.wait(timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
-        code = proc.wait()
-    except BaseException:  # Ctrl-C, a SIGTERM: take the children down too
-        _kill_group(proc)
-        # their last lines reach the log before it is closed; an Event, not join(): the
-        # signal may have broken reader.start()'s wait, and the thread run all the same
-        pumped.wait(timeout=5)
-        raise
-    reader.join(timeout=10)
-    output = "".join(lines)
-    if timed_out:
-        output += f"\n[gpu_check: killed after {timeout:.0f} s (the step's time limit)]\n"
-    return Ran(124 if timed_out else code, output, time.perf_counter() - start, timed_out)
+    def wait(self, timeout: float) -> Ran:
+        """Waits up to ``timeout`` seconds, then kills the process group (a Ran with exit
+        124, ``timed_out``); Ctrl-C or a SIGTERM kills it too, and is raised."""
+        timed_out = False
+        try:
+            code = self.proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(self.proc)
+            code = self.proc.wait()
+        except BaseException:  # Ctrl-C, a SIGTERM: take the children down too
+            _kill_group(self.proc)
+            self.pumped.wait(timeout=5)  # their last lines reach the log before it is closed
+            raise
+        self._reader.join(timeout=10)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        output = "".join(self.lines)
+        if timed_out:
+            output += f"\n[gpu_check: killed after {timeout:.0f} s (the step's time limit)]\n"
+        return Ran(124 if timed_out else code, output, time.perf_counter() - self.begun,
+                   timed_out)
+
+    def kill(self) -> None:
+        """Kills the process group (nothing when it has ended)."""
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
+
+
+#: The commands started and not waited for (the benchmark's precompile, a step running in
+#: another thread): killed when the check ends early.
+_LIVE: set[Running] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_running() -> None:
+    """Kills every started command not waited for yet."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for running in live:
+        running.kill()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -360,6 +429,9 @@ class Step:
     left_for_time: list[str] = field(default_factory=list)
 
 
+_REPORT_LOCK = threading.RLock()
+
+
 @dataclass
 class Report:
     argv: list[str]
@@ -388,6 +460,10 @@ class Report:
         return "PASS"
 
     def add(self, step: Step) -> Step:
+        with _REPORT_LOCK:  # steps of two threads (the sanitizers run beside the GPU tests)
+            return self._add(step)
+
+    def _add(self, step: Step) -> Step:
         self.steps.append(step)
         print(f"[gpu_check] {STATUS[step.status][0]} {step.name} ({step.seconds:.1f} s): "
               f"{step.summary}", file=sys.stderr, flush=True)
@@ -782,6 +858,84 @@ def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: st
                     tail(ran.output, 25 if ok else 80)))
 
 
+def sanitizer_steps(report: Report, env: dict[str, str], sanitizer: str | None,
+                    build_dir: Path, lib: Path | None, refuse: Callable[[str, float], str | None],
+                    left_before_bench: Callable[[], float], log: Any) -> None:
+    """compute-sanitizer on the C example (memcheck, racecheck, synccheck) and on subsets
+    of the GPU tests (:data:`SANITIZER_TESTS`), one after another."""
+    demo = [str(build_dir / "decode_nms_demo")]
+    sanitized = [(f"{tool}: C example", tool, demo, MIN_SANITIZER_EXAMPLE_S, 90.0, False)
+                 for tool in ("memcheck", "racecheck", "synccheck")]
+    sanitized += [(f"{tool}: GPU tests subset", tool,
+                   [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "--noconftest", "tests/test_kernels_gpu.py", "-k", subset],
+                   MIN_SANITIZER_TESTS_S, 180.0, True) for tool, subset in SANITIZER_TESTS.items()]
+    for what, tool, target, needs, limit, pytest_run in sanitized:
+        name = f"compute-sanitizer {what}"
+        reason = refuse("sanitizers", needs) or (
+            None if sanitizer else "compute-sanitizer not found") or (
+            None if lib else "the kernels were not built")
+        if reason:
+            report.skip(name, reason)
+        else:
+            guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
+                    min(limit, left_before_bench()), log, pytest_run)
+
+
+def precompile_start(report: Report, args: argparse.Namespace, skip: set[str],
+                     env: dict[str, str]) -> list["Running | Ran"]:
+    """Starts compiling the benchmark's torch-cuda input shapes into the compile cache
+    (``latency.py --precompile``, :data:`PRECOMPILE_PROCESSES` processes splitting the
+    shapes) to run beside the build, the GPU tests and the sanitizers; [] where the
+    benchmark will not run or none of its backends compiles."""
+    if "benchmark" in skip or not report.gpu:
+        return []
+    specs = {b.name: b for b in _bench("bench_backends").BACKENDS}
+    names = [n.strip() for n in args.backends.split(",")]
+    if not any(n in specs and specs[n].precompile is not None for n in names):
+        return []
+    parts = PRECOMPILE_PROCESSES if (os.cpu_count() or 1) >= PRECOMPILE_MIN_CPUS else 1
+    return [start([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--precompile",
+                   "--precompile-part", f"{k}/{parts}", "--backend", args.backends,
+                   "--image-size", args.image_sizes, "--batch", str(args.batch)], env)
+            for k in range(1, parts + 1)]
+
+
+_PRECOMPILED = re.compile(r"^precompile: done in [\d.]+ s: (\d+) compiled, (\d+) already in the "
+                          r"cache$", re.M)
+
+
+def precompile_finish(report: Report, runs: list["Running | Ran"], wait_s: float,
+                      log: Any) -> None:
+    """Waits up to ``wait_s`` for the precompile processes, kills what still runs (the
+    benchmark compiles the rest itself), adds their step and writes their output to the log.
+    The step fails only where a process failed by itself (a compile error: the benchmark's
+    torch-cuda would fall back)."""
+    if not runs:
+        return
+    deadline = time.perf_counter() + wait_s
+    ended = [r if isinstance(r, Ran) else r.wait(deadline - time.perf_counter()) for r in runs]
+    for run_, ran in zip(runs, ended):
+        if log is not None:
+            cmd = run_.cmd if isinstance(run_, Running) else ["latency.py --precompile"]
+            log.write(f"\n$ {' '.join(cmd)}    # beside the steps above\n{ran.output}")
+            log.flush()
+    counts = [m for ran in ended for m in _PRECOMPILED.findall(ran.output)]
+    compiled, cached = sum(int(c) for c, _ in counts), sum(int(c) for _, c in counts)
+    failed = [ran for ran in ended if ran.code != 0 and not ran.timed_out]
+    text = (f"{len(runs)} process{'es' if len(runs) > 1 else ''} beside the steps above: "
+            f"{compiled} input shapes compiled into the cache, {cached} already there")
+    if any(ran.timed_out for ran in ended):
+        text += (f"; stopped when the benchmark had to start ({wait_s:.0f} s after the tests): "
+                 "the benchmark compiles the rest itself")
+    if failed:
+        text += f"; FAILED: {tail(failed[0].output, 1)}"
+    cmd = runs[0].cmd if isinstance(runs[0], Running) else []
+    report.add(Step("benchmark precompile", "fail" if failed else "pass",
+                    max(ran.seconds for ran in ended), text, _command_text(cmd),
+                    "\n".join(tail(ran.output, 12 if not failed else 40) for ran in ended)))
+
+
 def benchmark_step(report: Report, env: dict[str, str], args: argparse.Namespace, out: Path,
                    budget: Budget, log: Any) -> None:
     bench_budget = max(30.0, budget.left() - 15.0)
@@ -1074,72 +1228,84 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         if home:
             env.setdefault("CUDA_HOME", home)
     build_dir = Path(args.build_dir).resolve()
+    precompiling = guarded(report, "benchmark precompile", precompile_start, report, args, skip,
+                           env) or []
+    try:
+        # compiled beside the steps, the benchmark's shapes load from the cache: it needs less
+        reserve = PRECOMPILED_RESERVE_S if precompiling else BENCHMARK_RESERVE_S
 
-    def left_before_bench() -> float:
-        return budget.left() - (0 if "benchmark" in skip else BENCHMARK_RESERVE_S)
+        def left_before_bench() -> float:
+            return budget.left() - (0 if "benchmark" in skip else reserve)
 
-    def refuse(key: str, needs: float) -> str | None:
-        if key in skip:
-            return SKIPPED_ON_REQUEST
-        if no_gpu:
-            return no_gpu
-        if left_before_bench() < needs:
-            return (f"time budget: {budget.left():.0f} s left of {args.budget_s:g}, "
-                    f"{BENCHMARK_RESERVE_S:.0f} s kept for the benchmark")
-        return None
+        def refuse(key: str, needs: float) -> str | None:
+            if key in skip:
+                return SKIPPED_ON_REQUEST
+            if no_gpu:
+                return no_gpu
+            if left_before_bench() < needs:
+                return (f"time budget: {budget.left():.0f} s left of {args.budget_s:g}, "
+                        f"{reserve:.0f} s kept for the benchmark")
+            return None
 
-    lib = None
-    reason = refuse("build", 20) or (None if nvcc else "nvcc not found (PATH, $NVCC, "
-                                     "$CUDA_HOME/bin, /usr/local/cuda/bin)")
-    if reason:
-        report.skip("build", reason)
-    else:
-        lib = guarded(report, "build", build_step, report, env, build_dir, arch,
-                      min(300, left_before_bench()), log)
-    if lib is not None:
-        env["TINYFACES_KERNELS_LIB"] = str(lib)
-    if "ptxas" in skip:
-        report.registers = []
-        report.skip("ptxas -v", SKIPPED_ON_REQUEST)
-    elif report.registers:
-        report.add(Step("ptxas -v", "pass", 0.0, registers_summary(report.registers)
-                        + " (read off the build's compile)"))
-    else:
-        reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
+        lib = None
+        reason = refuse("build", 20) or (None if nvcc else "nvcc not found (PATH, $NVCC, "
+                                         "$CUDA_HOME/bin, /usr/local/cuda/bin)")
         if reason:
-            report.skip("ptxas -v", reason)
-        else:  # the library was up to date: compiled again for -Xptxas -v alone
-            guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
-                    min(120, left_before_bench()), log)
-    reason = refuse("tests", MIN_TESTS_S)
-    if reason:
-        report.skip("GPU tests", reason)
-    else:
-        guarded(report, "GPU tests", tests_step, report, env, min(240, left_before_bench()), log)
-    demo = [str(build_dir / "decode_nms_demo")]
-    sanitized = [(f"{tool}: C example", tool, demo, MIN_SANITIZER_EXAMPLE_S, 90.0, False)
-                 for tool in ("memcheck", "racecheck", "synccheck")]
-    sanitized += [(f"{tool}: GPU tests subset", tool,
-                   [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    "--noconftest", "tests/test_kernels_gpu.py", "-k", subset],
-                   MIN_SANITIZER_TESTS_S, 180.0, True) for tool, subset in SANITIZER_TESTS.items()]
-    for what, tool, target, needs, limit, pytest_run in sanitized:
-        name = f"compute-sanitizer {what}"
-        reason = refuse("sanitizers", needs) or (
-            None if sanitizer else "compute-sanitizer not found") or (
-            None if lib else "the kernels were not built")
-        if reason:
-            report.skip(name, reason)
+            report.skip("build", reason)
         else:
-            guarded(report, name, sanitizer_step, report, env, sanitizer, tool, target, name,
-                    min(limit, left_before_bench()), log, pytest_run)
-    reason = (SKIPPED_ON_REQUEST if "benchmark" in skip else no_gpu) or (
-        None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
-    if reason:
-        report.skip("benchmark", reason)
-        report.skip("parity", reason)
-    else:
-        guarded(report, "benchmark", benchmark_step, report, env, args, out, budget, log)
+            lib = guarded(report, "build", build_step, report, env, build_dir, arch,
+                          min(300, left_before_bench()), log)
+        if lib is not None:
+            env["TINYFACES_KERNELS_LIB"] = str(lib)
+        if "ptxas" in skip:
+            report.registers = []
+            report.skip("ptxas -v", SKIPPED_ON_REQUEST)
+        elif report.registers:
+            report.add(Step("ptxas -v", "pass", 0.0, registers_summary(report.registers)
+                            + " (read off the build's compile)"))
+        else:
+            reason = refuse("ptxas", 15) or (None if lib else "the build did not run or failed")
+            if reason:
+                report.skip("ptxas -v", reason)
+            else:  # the library was up to date: compiled again for -Xptxas -v alone
+                guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
+                        min(120, left_before_bench()), log)
+        # where they can run, the sanitizers run beside the GPU tests (processes of their own:
+        # compute-sanitizer checks only its target), their output kept apart until the tests'
+        # is written; else their steps are skipped after the tests', in order
+        sanitizer_args = (report, env, sanitizer, build_dir, lib, refuse, left_before_bench)
+        beside = sanitizer is not None and lib is not None and \
+            refuse("sanitizers", MIN_SANITIZER_EXAMPLE_S) is None
+        sanitizer_log = io.StringIO()
+        sanitizers = threading.Thread(target=sanitizer_steps, name="sanitizers", daemon=True,
+                                      args=(*sanitizer_args, sanitizer_log))
+        if beside:
+            sanitizers.start()
+        try:
+            reason = refuse("tests", MIN_TESTS_S)
+            if reason:
+                report.skip("GPU tests", reason)
+            else:
+                guarded(report, "GPU tests", tests_step, report, env,
+                        min(240, left_before_bench()), log)
+            while sanitizers.is_alive():  # a join that Ctrl-C and SIGTERM can break
+                sanitizers.join(0.2)
+        finally:
+            if log is not None:
+                log.write(sanitizer_log.getvalue())
+        if not beside:
+            sanitizer_steps(*sanitizer_args, log)
+        guarded(report, "benchmark precompile", precompile_finish, report, precompiling,
+                left_before_bench(), log)
+        reason = (SKIPPED_ON_REQUEST if "benchmark" in skip else no_gpu) or (
+            None if budget.left() > 45 else f"time budget: {budget.left():.0f} s left")
+        if reason:
+            report.skip("benchmark", reason)
+            report.skip("parity", reason)
+        else:
+            guarded(report, "benchmark", benchmark_step, report, env, args, out, budget, log)
+    finally:  # Ctrl-C, a SIGTERM, an error: nothing is left running on the GPU
+        kill_running()
 
 
 def main(argv: list[str] | None = None) -> int:
