@@ -498,13 +498,6 @@ def _torch_cuda_device(dtype_name: str, mode: str | None = None,
     shape prepared before timing (the detector prepares a shape at its third run); in
     ``mode`` (default: ``--torch-mode``), with cuDNN-fused convolution epilogues where asked."""
     def build(ctx: BenchContext) -> Pipeline:
-        import torch
-
-        try:
-            from tinyfaces_trt.export.torch_cuda import TorchCudaRunner as DeviceRunner
-        except ImportError as exc:
-            raise Skip("the runtime's torch-cuda runner (tinyfaces_trt.export.torch_cuda) is "
-                       f"not in this checkout: {one_line(exc)}") from None
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
@@ -514,9 +507,8 @@ def _torch_cuda_device(dtype_name: str, mode: str | None = None,
         try:
             pre, post = cuda_stages(ctx.config, stream)
             parts[:0] = [pre, post]
-            runner = DeviceRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name),
-                                  mode=asked, cache_dir=ctx.cache_dir, stream=stream.handle,
-                                  fuse_epilogues=fuse_epilogues)
+            runner = _device_runner(ctx, dtype_name, asked, fuse_epilogues,
+                                    stream=stream.handle)
             parts.insert(0, runner)
             shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
             ctx.log(f"  preparing {len(shapes)} input shapes (TorchCudaRunner mode {asked}"
@@ -543,21 +535,32 @@ def _torch_cuda_device(dtype_name: str, mode: str | None = None,
     return build
 
 
-def _torch_cuda_precompile(dtype_name: str
+def _device_runner(ctx: BenchContext, dtype_name: str, mode: str, fuse_epilogues: bool,
+                   **options: Any) -> Any:
+    """The ``TorchCudaRunner`` of the torch-cuda device backends (and of their precompile:
+    the same settings name the same compile cache)."""
+    import torch
+
+    try:
+        from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
+    except ImportError as exc:
+        raise Skip("the runtime's torch-cuda runner (tinyfaces_trt.export.torch_cuda) is "
+                   f"not in this checkout: {one_line(exc)}") from None
+    return TorchCudaRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name), mode=mode,
+                           cache_dir=ctx.cache_dir, fuse_epilogues=fuse_epilogues, **options)
+
+
+def _torch_cuda_precompile(dtype_name: str, mode: str | None = None, fuse_epilogues: bool = False
                            ) -> Callable[[BenchContext, list[tuple[int, ...]]], dict[Any, Any]]:
     """Compiles input shapes into the compile cache of the runner
-    :func:`_torch_cuda_device` builds with that dtype (same model, mode and cache folder);
-    :class:`Skip` where torch sees no GPU (the kernel library is not needed for this)."""
+    :func:`_torch_cuda_device` builds with the same arguments (same model, settings and cache
+    folder); :class:`Skip` where torch sees no GPU (the kernel library is not needed here)."""
     def precompile(ctx: BenchContext, shapes: list[tuple[int, ...]]) -> dict[Any, Any]:
         reason = _torch_cuda_reason()
         if reason:
             raise Skip(reason)
-        import torch
-
-        from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
-
-        runner = TorchCudaRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name),
-                                 mode=ctx.torch_mode, cache_dir=ctx.cache_dir, progress=ctx.log)
+        runner = _device_runner(ctx, dtype_name, mode or ctx.torch_mode, fuse_epilogues,
+                                progress=ctx.log)
         try:
             return runner.precompile(shapes)
         finally:

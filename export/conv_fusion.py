@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn import functional as F
 
 _logger = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ def conv2d_add_relu(x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor | Non
     """``relu(conv2d(x, weight, bias) + z)`` (``z`` None: no add); cuDNN's fused convolution
     on CUDA tensors where cuDNN is enabled."""
     fmt = _memory_format(x, weight)
-    if x.is_cuda and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled \
-            and _shape_key(x, weight) not in _UNFUSED:
+    same = z is None or (tuple(z.shape) == _output_shape(x, weight, stride, padding, dilation)
+                         and z.dtype == x.dtype)  # (else torch's broadcasting rules, unfused)
+    if same and x.is_cuda and torch.backends.cudnn.is_available() \
+            and torch.backends.cudnn.enabled and _shape_key(x, weight) not in _UNFUSED:
         try:
             if z is None:
                 y = torch.cudnn_convolution_relu(x, weight, bias, stride, padding, dilation,
@@ -87,15 +90,21 @@ def _unfused_once(x: torch.Tensor, weight: torch.Tensor, exc: RuntimeError) -> N
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
+def _output_shape(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                  padding: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    """The convolution's (N, C_out, H', W')."""
+    n, _, h, w = x.shape
+    size = [(d + 2 * p - q * (k - 1) - 1) // s + 1
+            for d, p, q, k, s in zip((h, w), padding, dilation, weight.shape[2:], stride)]
+    return (n, weight.shape[0], *size)
+
+
 @conv2d_add_relu.register_fake
 def _conv2d_add_relu_fake(x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor | None,
                           bias: torch.Tensor | None, stride: Sequence[int],
                           padding: Sequence[int], dilation: Sequence[int],
                           groups: int) -> torch.Tensor:
-    n, _, h, w = x.shape
-    size = [(d + 2 * p - q * (k - 1) - 1) // s + 1
-            for d, p, q, k, s in zip((h, w), padding, dilation, weight.shape[2:], stride)]
-    out = x.new_empty((n, weight.shape[0], *size))
+    out = x.new_empty(_output_shape(x, weight, stride, padding, dilation))
     return out.contiguous(memory_format=_memory_format(x, weight))
 
 
@@ -125,22 +134,37 @@ def _fusable_conv(gm: fx.GraphModule, node: object) -> nn.Conv2d | None:
     return conv
 
 
-def fuse_conv_epilogues(gm: fx.GraphModule) -> fx.GraphModule:
+def _same_tensor_type(conv: fx.Node, z: object) -> bool:
+    """Whether ``z`` is a tensor of the convolution's shape and dtype (as propagated)."""
+    if not isinstance(z, fx.Node):
+        return False
+    a, b = conv.meta.get("tensor_meta"), z.meta.get("tensor_meta")
+    return isinstance(a, TensorMetadata) and isinstance(b, TensorMetadata) \
+        and a.shape == b.shape and a.dtype == b.dtype
+
+
+def fuse_conv_epilogues(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     """A copy of ``gm`` (sharing its parameters) in which every ``relu(conv(x))`` and
     ``relu(conv(x) + z)`` whose intermediate results have no other user calls
-    ``torch.ops.tinyfaces.conv2d_add_relu`` instead (see the module docstring)."""
+    ``torch.ops.tinyfaces.conv2d_add_relu`` instead (see the module docstring); an add only
+    where ``z`` has the convolution's shape and dtype when ``gm`` runs on ``example`` (no
+    broadcasting or type promotion inside the fused operation)."""
     out = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # the caller's graph is left alone
+    with torch.no_grad():
+        ShapeProp(out).propagate(example)
     graph = out.graph
     for relu in list(graph.nodes):
-        if not _is_relu(out, relu) or not isinstance(relu.args[0], fx.Node):
+        if not _is_relu(out, relu):
             continue
-        src, z = relu.args[0], None
+        src, z = (relu.args[0] if relu.args else relu.kwargs.get("input")), None
+        if not isinstance(src, fx.Node):
+            continue
         conv_node = src
         conv = _fusable_conv(out, src)
         if conv is None and _is_add(src) and len(src.users) == 1:
             for a, b in (src.args, src.args[::-1]):
                 conv = _fusable_conv(out, a)
-                if conv is not None and isinstance(b, fx.Node):
+                if conv is not None and _same_tensor_type(a, b):
                     conv_node, z = a, b
                     break
             else:
@@ -153,6 +177,7 @@ def fuse_conv_epilogues(gm: fx.GraphModule) -> fx.GraphModule:
             fused = graph.call_function(torch.ops.tinyfaces.conv2d_add_relu.default, (
                 conv_node.args[0], weight, z, bias, list(conv.stride), list(conv.padding),
                 list(conv.dilation), conv.groups))
+        fused.meta = dict(relu.meta)  # its result is the ReLU's (a later add checks it)
         relu.replace_all_uses_with(fused)
         graph.erase_node(relu)
         if src is not conv_node:

@@ -749,10 +749,12 @@ class TorchCudaRunner(RunnerBase):
         take inference-mode weights)."""
         if self._folded is None:
             with torch.inference_mode(False):
-                folded = fold_batchnorm(_Forward(self._model, self.dtype, self.channels_last))
-                if self.fuse_epilogues:
-                    folded = fuse_conv_epilogues(folded)
-                self._folded = self._convert(folded)
+                folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
+                                                               self.channels_last)))
+                if self.fuse_epilogues:  # which adds to fuse is decided on a small input
+                    folded = fuse_conv_epilogues(folded, torch.zeros(1, 3, 64, 64,
+                                                                     device=self.device))
+                self._folded = folded
         return self._folded
 
     def _aoti(self, shape: Shape, record: ShapeRecord) -> Callable[[torch.Tensor], torch.Tensor]:

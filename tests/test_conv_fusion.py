@@ -30,7 +30,7 @@ def test_every_trunk_convolution_takes_its_relu_and_residual_add(seeded):
     not adding) and the score heads stay; the results are bit-identical on the CPU."""
     folded = _folded(seeded[0])
     before = [(n.op, n.target) for n in folded.graph.nodes]
-    fused = fuse_conv_epilogues(folded)
+    fused = fuse_conv_epilogues(folded, torch.zeros(1, 3, 64, 64))
     assert [(n.op, n.target) for n in folded.graph.nodes] == before  # the caller's graph
     assert fused_count(fused) == (1 + 13 * 2 + 13, 13) and fused_count(folded) == (0, 0)
     convs = sorted(str(n.target) for n in fused.graph.nodes if n.op == "call_module"
@@ -46,12 +46,13 @@ def test_every_trunk_convolution_takes_its_relu_and_residual_add(seeded):
 
 class _Patterns(nn.Module):
     """What may and may not be fused: a result used twice, a sum used twice, the convolution
-    as the add's second operand, two convolutions added, a reflect-padded convolution."""
+    as the add's second operand, two convolutions added, a reflect-padded convolution, an
+    added tensor that broadcasts."""
 
     def __init__(self) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(0)
-        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(6))
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(7))
         self.reflect = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
         with torch.no_grad():
             for p in self.parameters():
@@ -66,17 +67,18 @@ class _Patterns(nn.Module):
         d = torch.relu(x + c[2](b))                          # fused, z = x
         e = nn.functional.relu(c[3](d) + c[4](x))            # fused, one conv is z
         f = self.reflect(e).relu()                           # not fused: reflect padding
-        return c[5](f).relu_()                               # fused (in-place relu)
+        g = torch.relu(c[6](x) + x.mean((2, 3), keepdim=True))  # not fused: broadcasts
+        return c[5](f).relu_() + g                           # fused (in-place relu)
 
 
 def test_only_a_convolution_and_sum_nothing_else_reads_are_fused():
     model = _Patterns().eval()
     gm = fx.symbolic_trace(model)
-    fused = fuse_conv_epilogues(gm)
+    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(1))
+    fused = fuse_conv_epilogues(gm, x)
     assert fused_count(fused) == (3, 2)
     calls = [n for n in fused.graph.nodes if n.target == FUSED]
     assert calls[0].args[2].name == "x"  # the add's first operand, the conv being the second
-    x = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.equal(fused(x), model(x))
 
@@ -97,7 +99,7 @@ def test_the_fused_operation_compiles_and_its_fake_matches_it():
     assert (fake.shape, fake.stride(), fake.dtype) == (real.shape, real.stride(), real.dtype)
     assert real.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(real, torch.relu(conv(x) + z))
-    fused = fuse_conv_epilogues(_folded(stand_in()))
+    fused = fuse_conv_epilogues(_folded(stand_in()), torch.zeros(1, 3, 32, 48))
     compiled = torch.compile(fused, fullgraph=True)
     x = torch.from_numpy(net_input())
     with torch.inference_mode():

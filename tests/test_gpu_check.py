@@ -852,6 +852,8 @@ def test_the_benchmarks_shapes_are_compiled_beside_the_steps_before_it(monkeypat
         started.append(cmd)
         part = cmd[cmd.index("--precompile-part") + 1]
         code = (f"print('precompile: torch-cuda (mode compile): part {part}'); "
+                "[print(f'torch-cuda: input shape 1x3x{k}x9 compiled into the cache in 1.0 s') "
+                "for k in range(5)]; "
                 "print('precompile: done in 3.0 s: 5 compiled, 1 already in the cache')")
         return real_start([sys.executable, "-c", code], env, echo, log)
 
@@ -903,14 +905,15 @@ def test_a_precompile_still_running_when_the_benchmark_must_start_is_stopped(tmp
     """Its shapes so far are in the cache: the benchmark compiles the rest itself, which is
     no failure; a process that failed by itself (a compile error) fails its step."""
     report = g.Report([], 300.0, gpu=True)
-    slow = _python("print('precompile: torch-cuda (mode compile): part 1/1', flush=True); "
+    slow = _python("print('precompile: torch-cuda (mode compile): part 1/1'); print('torch-cuda: "
+                   "input shape 1x3x34x60 compiled into the cache in 6.1 s', flush=True); "
                    "import time; time.sleep(60)")
     with open(tmp_path / "log.txt", "w") as log:
         g.precompile_finish(report, [slow], 1.0, log)
     assert slow.proc.poll() is not None  # killed
     (step,) = report.steps
     assert step.status == "pass" and step.summary == (
-        "1 process beside the steps above: 0 input shapes compiled into the cache, 0 already "
+        "1 process beside the steps above: 1 input shapes compiled into the cache, 0 already "
         "there; stopped when the benchmark had to start (1 s after the tests): the benchmark "
         "compiles the rest itself")
     assert "part 1/1" in (tmp_path / "log.txt").read_text()
@@ -991,3 +994,58 @@ def test_the_sanitizers_run_beside_the_gpu_tests(monkeypatch, tmp_path):
     text = (tmp_path / "log.txt").read_text()
     assert text.index("the tests' output") < text.index(
         "compute-sanitizer memcheck: C example's output")
+
+
+def test_an_interrupt_during_the_tests_stops_the_sanitizers_beside_them(monkeypatch, tmp_path):
+    """Ctrl-C while the GPU tests and a compute-sanitizer run beside each other: the
+    sanitizer is killed, no other starts, and its killed run is no failed step."""
+    import time
+
+    tool = tmp_path / "compute-sanitizer"
+    tool.write_text("#!/bin/sh\nsleep 30\n")
+    tool.chmod(0o755)
+    started = []
+
+    def environment(report, env, log):
+        report.gpu = True
+        return "90"
+
+    def start(cmd, env, echo=False, log=None):
+        started.append(_START(cmd, env, echo, log))
+        return started[-1]
+
+    def tests(report, env, timeout, log):
+        for _ in range(200):  # until the sanitizer runs
+            if started:
+                break
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g, "environment_step", environment)
+    monkeypatch.setattr(g, "find_tool", lambda name: str(tool) if name == "compute-sanitizer"
+                        else f"/usr/local/cuda/bin/{name}")
+    monkeypatch.setattr(g, "cuda_home", lambda nvcc: None)
+    monkeypatch.setattr(g, "precompile_start", lambda *a: [])
+    monkeypatch.setattr(g, "build_step", lambda report, *a: report.add(
+        g.Step("build", "pass", 1.0, "built")) and tmp_path / "lib.so")
+    monkeypatch.setattr(g, "tests_step", tests)
+    monkeypatch.setattr(g, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        g.main(["--out", str(tmp_path / "out"), "--budget-s", "400", "--skip", "ptxas"])
+    time.sleep(0.5)  # a thread left running would start the next sanitizer now
+    assert len(started) == 1 and started[0].proc.poll() is not None
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert not any(s["name"].startswith("compute-sanitizer") for s in report["steps"])
+    assert report["result"] != "fail"
+
+
+def test_a_precompile_that_finds_no_gpu_for_torch_is_skipped_not_failed():
+    """nvidia-smi sees the GPU, torch does not (a CPU build): the benchmark lists torch-cuda
+    as not measured; its precompile is no failure either."""
+    report = g.Report([], 300.0, gpu=True)
+    none = _python("import sys; print('precompile: nothing compiled: torch-cuda: torch 2.11 "
+                   "sees no CUDA GPU'); sys.exit(1)")
+    g.precompile_finish(report, [none], 30.0, None)
+    (step,) = report.steps
+    assert (step.status, step.summary) == (
+        "skipped", "nothing to compile here: torch-cuda: torch 2.11 sees no CUDA GPU")

@@ -73,14 +73,15 @@ def test_graphs_mode_passes_parity_on_the_whole_pyramid(seeded, dtype, precision
 def test_fused_epilogues_pass_parity_on_the_whole_pyramid(seeded, mode, tmp_path, caplog):
     """cuDNN's fused convolutions (bias, residual add and ReLU inside; export/conv_fusion.py)
     in fp16 against the fp32 reference, replayed from CUDA graphs, eager or compiled around
-    them; cuDNN fused every one (a refusal runs unfused, with a warning)."""
+    them; cuDNN fused every one (a refusal runs unfused, with a warning), but perhaps the
+    stem's, whose 3 input channels tensor-core kernels may not take."""
     model, config = seeded
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.conv_fusion"), \
             TorchCudaRunner(model, mode=mode, fuse_epilogues=True, cache_dir=tmp_path) as runner:
         result = compare_runner(TorchRunner(model), runner, config, 96, 128, "fp16")
         assert {r.mode for r in runner.records.values()} == {mode}, runner.records
     assert result.passed, result
-    assert not caplog.records, caplog.text
+    assert all("weight (64, 3, 7, 7)" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_graphs_equal_eager(seeded):

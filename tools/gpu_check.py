@@ -288,24 +288,26 @@ def start(cmd: list[str], env: dict[str, str], echo: bool = False,
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
     begun = time.perf_counter()
-    try:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace",
-                                start_new_session=True)
-    except OSError as exc:
-        return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - begun)
-    return Running(cmd, proc, begun, echo, log)
+    with _LIVE_LOCK:  # stop_all() either sees it live and kills it, or it never starts
+        if _STOPPING.is_set():
+            return Ran(STOPPED_EXIT, "not started: the check was stopped", 0.0)
+        try:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    start_new_session=True)
+        except OSError as exc:
+            return Ran(127, f"{cmd[0]}: {exc.strerror or exc}", time.perf_counter() - begun)
+        return Running(cmd, proc, begun, echo, log)
 
 
 class Running:
     """A started command whose output a thread reads (into :attr:`lines`, the log, stderr).
-    Every one not yet waited for is in :data:`_LIVE` (:func:`kill_running`)."""
+    Every one not yet waited for is in :data:`_LIVE` (:func:`stop_all`)."""
 
     def __init__(self, cmd: list[str], proc: subprocess.Popen, begun: float, echo: bool,
                  log: Any) -> None:
         self.cmd, self.proc, self.begun = cmd, proc, begun
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        _LIVE.add(self)  # (start() holds _LIVE_LOCK)
         self.lines: list[str] = []
         self.pumped = threading.Event()  # set once the output has all been read (EOF)
         self._echo, self._log = echo, log
@@ -360,14 +362,20 @@ class Running:
 
 
 #: The commands started and not waited for (the benchmark's precompile, a step running in
-#: another thread): killed when the check ends early.
+#: another thread): killed when the check ends (early: Ctrl-C, a SIGTERM, an error).
 _LIVE: set[Running] = set()
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()
+#: Set once the check ends: no command starts any more, a step's thread adds no step.
+_STOPPING = threading.Event()
+#: The exit status of a command refused because the check was stopped.
+STOPPED_EXIT = 125
 
 
-def kill_running() -> None:
-    """Kills every started command not waited for yet."""
+def stop_all() -> None:
+    """Ends the check's work: nothing starts from now on, and every started command not
+    waited for yet is killed."""
     with _LIVE_LOCK:
+        _STOPPING.set()
         live = list(_LIVE)
     for running in live:
         running.kill()
@@ -831,6 +839,8 @@ def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: st
                    pytest_run: bool = False) -> None:
     cmd = [sanitizer, "--tool", tool, "--error-exitcode", "3", *target]
     ran = run(cmd, env, timeout, log=log)
+    if _STOPPING.is_set():  # killed as the check was interrupted: no result to report
+        return
     s = parse_sanitizer_summary(ran.output)
     if "Device not supported" in ran.output:
         report.add(Step(name, "skipped", ran.seconds, "compute-sanitizer: \"Device not "
@@ -871,6 +881,8 @@ def sanitizer_steps(report: Report, env: dict[str, str], sanitizer: str | None,
                     "--noconftest", "tests/test_kernels_gpu.py", "-k", subset],
                    MIN_SANITIZER_TESTS_S, 180.0, True) for tool, subset in SANITIZER_TESTS.items()]
     for what, tool, target, needs, limit, pytest_run in sanitized:
+        if _STOPPING.is_set():  # the check was interrupted (beside the tests: in this thread)
+            return
         name = f"compute-sanitizer {what}"
         reason = refuse("sanitizers", needs) or (
             None if sanitizer else "compute-sanitizer not found") or (
@@ -894,15 +906,23 @@ def precompile_start(report: Report, args: argparse.Namespace, skip: set[str],
     names = [n.strip() for n in args.backends.split(",")]
     if not any(n in specs and specs[n].precompile is not None for n in names):
         return []
-    parts = PRECOMPILE_PROCESSES if (os.cpu_count() or 1) >= PRECOMPILE_MIN_CPUS else 1
+    cpus = os.cpu_count() or 1
+    parts = PRECOMPILE_PROCESSES if cpus >= PRECOMPILE_MIN_CPUS else 1
+    # Inductor's compile workers (one per CPU by default in each process) are held to a
+    # share of the CPUs: the GPU tests' numpy oracles run beside them
+    env = dict(env, TORCHINDUCTOR_COMPILE_THREADS=str(max(1, cpus // (2 * parts))))
     return [start([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--precompile",
                    "--precompile-part", f"{k}/{parts}", "--backend", args.backends,
                    "--image-size", args.image_sizes, "--batch", str(args.batch)], env)
             for k in range(1, parts + 1)]
 
 
+#: The precompile's lines: a shape compiled (TorchCudaRunner's progress), the end, and where
+#: torch-cuda cannot run here (torch sees no GPU where nvidia-smi does).
+_SHAPE_COMPILED = re.compile(r"^torch-cuda: input shape \S+ compiled into the cache in ", re.M)
 _PRECOMPILED = re.compile(r"^precompile: done in [\d.]+ s: (\d+) compiled, (\d+) already in the "
                           r"cache$", re.M)
+_NOTHING_COMPILED = re.compile(r"^precompile: nothing compiled: (.*)$", re.M)
 
 
 def precompile_finish(report: Report, runs: list["Running | Ran"], wait_s: float,
@@ -920,8 +940,13 @@ def precompile_finish(report: Report, runs: list["Running | Ran"], wait_s: float
             cmd = run_.cmd if isinstance(run_, Running) else ["latency.py --precompile"]
             log.write(f"\n$ {' '.join(cmd)}    # beside the steps above\n{ran.output}")
             log.flush()
-    counts = [m for ran in ended for m in _PRECOMPILED.findall(ran.output)]
-    compiled, cached = sum(int(c) for c, _ in counts), sum(int(c) for _, c in counts)
+    nothing = [m[1] for ran in ended for m in [_NOTHING_COMPILED.search(ran.output)] if m]
+    if nothing and len(nothing) == len(ended):  # not a failure: the benchmark says it too
+        report.skip("benchmark precompile", f"nothing to compile here: {nothing[0]}")
+        return
+    # a process stopped early never prints its last line: its shapes are counted one by one
+    compiled = sum(len(_SHAPE_COMPILED.findall(ran.output)) for ran in ended)
+    cached = sum(int(c) for ran in ended for _, c in _PRECOMPILED.findall(ran.output))
     failed = [ran for ran in ended if ran.code != 0 and not ran.timed_out]
     text = (f"{len(runs)} process{'es' if len(runs) > 1 else ''} beside the steps above: "
             f"{compiled} input shapes compiled into the cache, {cached} already there")
@@ -1228,11 +1253,14 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         if home:
             env.setdefault("CUDA_HOME", home)
     build_dir = Path(args.build_dir).resolve()
-    precompiling = guarded(report, "benchmark precompile", precompile_start, report, args, skip,
-                           env) or []
+    _STOPPING.clear()
+    sanitizers: threading.Thread | None = None
     try:
+        precompiling = guarded(report, "benchmark precompile", precompile_start, report, args,
+                               skip, env) or []
         # compiled beside the steps, the benchmark's shapes load from the cache: it needs less
-        reserve = PRECOMPILED_RESERVE_S if precompiling else BENCHMARK_RESERVE_S
+        reserve = PRECOMPILED_RESERVE_S if any(isinstance(r, Running) for r in precompiling) \
+            else BENCHMARK_RESERVE_S
 
         def left_before_bench() -> float:
             return budget.left() - (0 if "benchmark" in skip else reserve)
@@ -1304,8 +1332,13 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
             report.skip("parity", reason)
         else:
             guarded(report, "benchmark", benchmark_step, report, env, args, out, budget, log)
-    finally:  # Ctrl-C, a SIGTERM, an error: nothing is left running on the GPU
-        kill_running()
+    finally:  # also after Ctrl-C, a SIGTERM or an error: nothing is left running on the GPU,
+        stop_all()  # and the sanitizers' thread adds no step once the report is final
+        if sanitizers is not None and sanitizers.is_alive():
+            sanitizers.join(15.0)  # its command was killed: it returns at once
+        stop_all()
+        if sanitizers is None or not sanitizers.is_alive():
+            _STOPPING.clear()  # nothing of this run can start a command any more
 
 
 def main(argv: list[str] | None = None) -> int:
