@@ -491,28 +491,29 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
     return build
 
 
-def _torch_cuda_device(dtype_name: str, mode: str | None = None,
-                       fuse_epilogues: bool = False) -> Callable[[BenchContext], Pipeline]:
+def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
+                       ) -> Callable[[BenchContext], Pipeline]:
     """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
     ``create_detector("torch-cuda")`` builds), from the benchmark's model, with every level's
-    shape prepared before timing (the detector prepares a shape at its third run); in
-    ``mode`` (default: ``--torch-mode``), with cuDNN-fused convolution epilogues where asked."""
+    shape prepared before timing (the detector prepares a shape at its third run);
+    ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``)."""
     def build(ctx: BenchContext) -> Pipeline:
+        from tinyfaces_trt.detectors import torch_cuda_settings
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
-        asked = mode or ctx.torch_mode
+        asked = torch_mode or ctx.torch_mode
+        mode, fused = torch_cuda_settings(asked)
         stream = Stream()
         parts: list[Any] = [stream]
         try:
             pre, post = cuda_stages(ctx.config, stream)
             parts[:0] = [pre, post]
-            runner = _device_runner(ctx, dtype_name, asked, fuse_epilogues,
-                                    stream=stream.handle)
+            runner = _device_runner(ctx, dtype_name, asked, stream=stream.handle)
             parts.insert(0, runner)
             shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
-            ctx.log(f"  preparing {len(shapes)} input shapes (TorchCudaRunner mode {asked}"
-                    + ("; torch.compile takes several seconds per shape" if asked == "compile"
+            ctx.log(f"  preparing {len(shapes)} input shapes (torch mode {asked}"
+                    + ("; torch.compile takes several seconds per shape" if mode == "compile"
                        else "") + ") ...")
             start = time.perf_counter()
             runner.warmup(shapes)
@@ -522,35 +523,38 @@ def _torch_cuda_device(dtype_name: str, mode: str | None = None,
             raise
         records = list(getattr(runner, "records", {}).values())
         loaded = sum(1 for r in records if getattr(r, "cache_loaded", False))
-        note = (f"TorchCudaRunner mode {runner.mode}"
-                + (f" (asked {asked}: fell back)" if runner.mode != asked else "")
-                + (", convolution epilogues fused by cuDNN" if fuse_epilogues else "")
+        note = (f"torch mode {asked}: TorchCudaRunner mode {runner.mode}"
+                + (f" (asked {mode}: fell back)" if runner.mode != mode else "")
+                + (", convolution epilogues fused by cuDNN" if fused else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")
                 + "; image upload inside preprocess, box download inside NMS")
         det = Detector(runner, ctx.config, preprocessor=pre, postprocessor=post)
         return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),
-                             prepare_seconds=prepared, asked_mode=asked)
+                             prepare_seconds=prepared, asked_mode=mode)
     return build
 
 
-def _device_runner(ctx: BenchContext, dtype_name: str, mode: str, fuse_epilogues: bool,
-                   **options: Any) -> Any:
-    """The ``TorchCudaRunner`` of the torch-cuda device backends (and of their precompile:
-    the same settings name the same compile cache)."""
+def _device_runner(ctx: BenchContext, dtype_name: str, torch_mode: str, **options: Any) -> Any:
+    """The ``TorchCudaRunner`` of the torch-cuda device backends in ``torch_mode`` (a name of
+    ``create_detector``'s), and of their precompile: the same settings name the same compile
+    cache."""
     import torch
+
+    from tinyfaces_trt.detectors import torch_cuda_settings
 
     try:
         from tinyfaces_trt.export.torch_cuda import TorchCudaRunner
     except ImportError as exc:
         raise Skip("the runtime's torch-cuda runner (tinyfaces_trt.export.torch_cuda) is "
                    f"not in this checkout: {one_line(exc)}") from None
+    mode, fused = torch_cuda_settings(torch_mode)
     return TorchCudaRunner(ctx.model, device="cuda", dtype=getattr(torch, dtype_name), mode=mode,
-                           cache_dir=ctx.cache_dir, fuse_epilogues=fuse_epilogues, **options)
+                           cache_dir=ctx.cache_dir, fuse_epilogues=fused, **options)
 
 
-def _torch_cuda_precompile(dtype_name: str, mode: str | None = None, fuse_epilogues: bool = False
+def _torch_cuda_precompile(dtype_name: str, torch_mode: str
                            ) -> Callable[[BenchContext, list[tuple[int, ...]]], dict[Any, Any]]:
     """Compiles input shapes into the compile cache of the runner
     :func:`_torch_cuda_device` builds with the same arguments (same model, settings and cache
@@ -559,8 +563,7 @@ def _torch_cuda_precompile(dtype_name: str, mode: str | None = None, fuse_epilog
         reason = _torch_cuda_reason()
         if reason:
             raise Skip(reason)
-        runner = _device_runner(ctx, dtype_name, mode or ctx.torch_mode, fuse_epilogues,
-                                progress=ctx.log)
+        runner = _device_runner(ctx, dtype_name, torch_mode, progress=ctx.log)
         try:
             return runner.precompile(shapes)
         finally:
@@ -693,9 +696,9 @@ class BackendSpec:
             ``TOLERANCES``: "fp32", "fp16" or "tf32"), or a function giving them here (what
             ONNX Runtime's providers run the fp32 export at depends on the machine).
         precompile: for a backend that compiles its network per input shape into a cache on
-            disk, compiles the given shapes there without building the pipeline (another
-            process readies the cache for the run: ``latency.py --precompile``); returns the
-            runner's records per shape.
+            disk (``torch-cuda-compile``), compiles the given shapes there without building
+            the pipeline (another process readies the cache for the run: ``latency.py
+            --precompile``); returns the runner's records per shape.
     """
 
     name: str
@@ -717,18 +720,18 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "py_cpu_nms-style numpy NMS", lambda: None, _reference),
     BackendSpec("torch", "runtime pipeline, torch eager fp32 on the CPU, numpy resize/decode/NMS",
                 lambda: None, _torch_cpu),
-    BackendSpec("torch-cuda", "runtime GPU pipeline: TorchCudaRunner fp16 (torch.compile + CUDA "
-                "graphs, BatchNorm folded, channels_last), CUDA resize + decode + NMS, one stream",
-                _torch_cuda_device_reason, _torch_cuda_device("float16"), precision_at="fp16",
-                precompile=_torch_cuda_precompile("float16")),
-    BackendSpec("torch-cuda-cudnn-fused", "runtime GPU pipeline as torch-cuda, but the "
-                "BatchNorm-folded network replayed from CUDA graphs without torch.compile, each "
-                "convolution with its bias, residual add and ReLU fused by cuDNN",
-                _torch_cuda_device_reason, _torch_cuda_device("float16", "graphs", True),
+    BackendSpec("torch-cuda", "runtime GPU pipeline as create_detector('torch-cuda') builds "
+                "it: TorchCudaRunner fp16 (--torch-mode, default fused: the BatchNorm-folded "
+                "network, channels_last, each convolution with its bias, residual add and ReLU "
+                "in one cuDNN call, one CUDA graph per shape), CUDA resize + decode + NMS, one "
+                "stream", _torch_cuda_device_reason, _torch_cuda_device("float16"),
                 precision_at="fp16"),
+    BackendSpec("torch-cuda-compile", "runtime GPU pipeline as torch-cuda, the network by "
+                "torch.compile (Inductor, BatchNorm folded) + CUDA graphs: torch mode compile",
+                _torch_cuda_device_reason, _torch_cuda_device("float16", "compile"),
+                precision_at="fp16", precompile=_torch_cuda_precompile("float16", "compile")),
     BackendSpec("torch-cuda-fp32", "runtime GPU pipeline as torch-cuda, network in fp32",
-                _torch_cuda_device_reason, _torch_cuda_device("float32"),
-                precompile=_torch_cuda_precompile("float32")),
+                _torch_cuda_device_reason, _torch_cuda_device("float32")),
     BackendSpec("torch-cuda-eager-host", "runtime pipeline, torch eager fp32 on CUDA, numpy "
                 "stages", _torch_cuda_reason, _torch_cuda("float32", "eager")),
     BackendSpec("torch-cuda-eager-host-fp16", "runtime pipeline, torch eager fp16 on CUDA, "

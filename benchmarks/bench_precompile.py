@@ -1,8 +1,8 @@
 """Compiling a benchmark run's network input shapes ahead of it, in other processes.
 
 ``latency.py --precompile`` with the arguments of the run it readies compiles every input
-shape that run's torch-cuda backends will prepare into their compile cache on disk, and
-measures nothing. The run then loads each shape from its file instead of compiling it (about
+shape that run's ``torch-cuda-compile`` backend will prepare into its compile cache on disk,
+and measures nothing. The run then loads each shape from its file instead of compiling it (about
 6-7 s a shape with torch.compile on an H200: 159 s of the 2026-12-04 GPU check's 374 s);
 a shape still being compiled when the run needs it is waited for (the cache's lock per
 shape), never compiled twice. ``tools/gpu_check.py`` runs it beside its GPU tests;
@@ -58,7 +58,7 @@ def precompile(args: argparse.Namespace, model: Any, config: Any,
     compiling = [specs[name] for name in args.backends if specs[name].precompile is not None]
     if not compiling:
         log(f"precompile: none of {', '.join(args.backends)} compiles its network into a "
-            "cache (only the torch-cuda backends do): nothing to do")
+            "cache (torch-cuda-compile does): nothing to do")
         return 1
     shapes = run_shapes(args.image_size, args.batch, config)
     k, n = args.precompile_part
@@ -71,7 +71,7 @@ def precompile(args: argparse.Namespace, model: Any, config: Any,
     compiled = cached = 0
     skipped = []
     for spec in compiling:
-        log(f"precompile: {spec.name} (mode {args.torch_mode}): {len(mine)} of the run's "
+        log(f"precompile: {spec.name}: {len(mine)} of the run's "
             f"{len(shapes)} input shapes (part {k}/{n})")
         try:
             records = spec.precompile(ctx, mine)  # each compiled shape said through ctx.log
@@ -84,7 +84,7 @@ def precompile(args: argparse.Namespace, model: Any, config: Any,
                 "compiled before it are in the cache)")
             return 1
         if not records:
-            log(f"precompile: {spec.name} compiles nothing in mode {args.torch_mode}")
+            log(f"precompile: {spec.name} compiles nothing")
         cached += sum(1 for r in records.values() if r.cache_loaded)
         compiled += sum(1 for r in records.values() if not r.cache_loaded)
     if len(skipped) == len(compiling):

@@ -69,7 +69,7 @@ def _settings_lines(s: dict[str, Any]) -> list[str]:
             "only recorded)"),
     ]
     if "torch_mode" in s:
-        lines.append(f"- torch-cuda backends: TorchCudaRunner mode {s['torch_mode']}")
+        lines.append(f"- torch-cuda backends: torch mode {s['torch_mode']}")
     if s.get("budget_s"):
         lines.append(f"- Time budget: {s['budget_s']:g} s (work that did not fit is listed "
                      "as skipped)")

@@ -131,13 +131,13 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
 
 
 #: The CUDA rows per NMS resolve rule: the runtime's default first (the targets read it).
-CUDA_ROWS = {binding.NMS_LOOKAHEAD: "cuda (CudaPostprocessor, lookahead NMS rule)",
-             binding.NMS_WALK_ORDER: "cuda, walk-order NMS rule",
-             binding.NMS_WARP: "cuda, warp NMS rule"}
+CUDA_ROWS = {binding.NMS_WARP: "cuda (CudaPostprocessor, warp NMS rule)",
+             binding.NMS_LOOKAHEAD: "cuda, lookahead NMS rule",
+             binding.NMS_WALK_ORDER: "cuda, walk-order NMS rule"}
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, rule: int = binding.NMS_LOOKAHEAD) -> dict[str, Any]:
+              warmup: int, rule: int = binding.NMS_WARP) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =

@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
                           now_iso, one_line, summarize, today, wait_until_quiet)
 from bench_precompile import parse_part  # noqa: E402
+from tinyfaces_trt.detectors import DEFAULT_TORCH_MODE, TORCH_CUDA_MODES  # noqa: E402
 from tinyfaces_trt.core.cli import (EXIT_ERROR, ImageSize, fraction, parse_image_sizes,  # noqa: E402
                                     positive_float, positive_int, seed_argument)
 from tinyfaces_trt.parity.images import synthetic_image  # noqa: E402
@@ -102,12 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="a checkpoint instead of random weights")
     p.add_argument("--pyramid", default="adaptive", choices=("adaptive", "fixed"),
                    help="pyramid rule for every backend (default adaptive: the runtime's)")
-    p.add_argument("--torch-mode", default="compile",
-                   choices=("compile", "aoti", "graphs", "eager"),
-                   help="TorchCudaRunner mode of the torch-cuda backends (default compile: "
-                        "torch.compile + CUDA graphs, several seconds per input shape the "
-                        "first time, then cached on disk; aoti: AOTInductor packages per "
-                        "shape, loaded without tracing once built)")
+    p.add_argument("--torch-mode", default=DEFAULT_TORCH_MODE, choices=TORCH_CUDA_MODES,
+                   help="how the torch-cuda backends (not torch-cuda-compile) prepare each "
+                        "input shape, as create_detector's torch_mode (default fused: the "
+                        "BatchNorm-folded network with cuDNN-fused convolution epilogues, CUDA "
+                        "graphs, nothing to compile; compile: torch.compile + CUDA graphs, "
+                        "several seconds per input shape the first time, then cached on disk; "
+                        "aoti: AOTInductor packages per shape; graphs, eager)")
     p.add_argument("--batch", type=int, default=0, metavar="N",
                    help="also measure throughput of N frames of the first image size through "
                         "detect_batch against N single detects (default 0: off; the batch target "
@@ -149,10 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "or ~/.cache/tinyfaces_trt)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--precompile", action="store_true",
-                   help="measure nothing: compile the torch-cuda network for every input shape "
-                        "this run (the same other arguments) would prepare into the compile "
-                        "cache, so that the run loads them instead (tools/gpu_check.py does "
-                        "this beside its GPU tests); shapes already cached are left")
+                   help="measure nothing: compile the torch-cuda-compile network for every "
+                        "input shape this run (the same other arguments) would prepare into "
+                        "the compile cache, so that the run loads them instead "
+                        "(tools/gpu_check.py does this beside its GPU tests when that backend "
+                        "is asked for); shapes already cached are left")
     p.add_argument("--precompile-part", default="1/1", metavar="K/N",
                    help="with --precompile: only the K-th of every N shapes (N processes "
                         "split the shapes; default 1/1: all)")

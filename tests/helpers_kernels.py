@@ -545,8 +545,16 @@ def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path,
     kernel loader at the CPU build, so that DeviceBuffer, Stream, Event, CudaPreprocessor,
     CudaPostprocessor and detector_for run unchanged without a GPU. Returns the
     :class:`~host_cudart.HostCudart` (its ledger of allocations, streams and events);
-    ``finalizers``: see :func:`host_cudart.install`."""
+    ``finalizers``: see :func:`host_cudart.install`.
+
+    The CPU build runs each lane of the warp NMS rule as a fiber (minutes for the thousands of
+    candidates a pipeline test makes): CudaPostprocessor's default rule there is the lookahead
+    rule (the same boxes; the warp rule's own cases run on their first
+    :data:`QUICK_WARP_BOXES` boxes, and in full on a GPU)."""
     import host_cudart
 
+    from tinyfaces_trt.runtime.backends import cuda_stages
+
     monkeypatch.setenv(binding.ENV_LIBRARY, str(library_path))
+    monkeypatch.setattr(cuda_stages, "DEFAULT_NMS_RULE", "lookahead")
     return host_cudart.install(monkeypatch, finalizers=finalizers)

@@ -296,14 +296,14 @@ def test_postprocessor_takes_more_than_the_old_nms_cap(stream):
 
 @pytest.mark.parametrize("rule", list(binding.NMS_RULES))
 def test_postprocessor_keeps_the_host_paths_boxes_with_every_nms_rule(stream, rule):
-    """CudaPostprocessor(nms_rule=...): the lookahead rule by default, each rule the same
+    """CudaPostprocessor(nms_rule=...): DEFAULT_NMS_RULE by default, each rule the same
     detections as the host path (two levels of random maps, about 1,100 candidates)."""
     config = DetectorConfig(prob_thresh=0.2, nms_thresh=0.4)
     levels = levels_at((90, 120), (-1.0, 0.0))
     maps = random_maps(np.random.default_rng(31), levels, cls_mean=-1.0)
     post = stages.CudaPostprocessor(config, stream=stream, nms_rule=binding.NMS_RULES[rule])
     default = stages.CudaPostprocessor(config, stream=stream)
-    assert default.nms_rule == binding.NMS_LOOKAHEAD
+    assert default.nms_rule == binding.NMS_RULES[stages.DEFAULT_NMS_RULE]
     default.close()
     post.reset(90, 120)
     for scores, level in zip(maps, levels):

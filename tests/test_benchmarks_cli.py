@@ -155,7 +155,7 @@ def fake_precompile(latency, monkeypatch):
         return {s: ShapeRecord("compile", 1.0, cache_loaded=k == 0) for k, s in enumerate(shapes)}
 
     monkeypatch.setattr(bench_backends, "BACKENDS", tuple(
-        dataclasses.replace(b, precompile=precompile) if b.name == "torch-cuda" else b
+        dataclasses.replace(b, precompile=precompile) if b.name == "torch-cuda-compile" else b
         for b in bench_backends.BACKENDS))
     monkeypatch.setattr(latency, "_load_model",
                         lambda args: ("stub model", DetectorConfig(), "stub weights"))
@@ -171,7 +171,7 @@ def test_precompile_compiles_its_part_of_the_runs_shapes(latency, capsys, fake_p
     from tinyfaces_trt.core.config import DetectorConfig
 
     calls, _ = fake_precompile
-    argv = ["--precompile", "--precompile-part", "2/2", "--backend", "reference,torch-cuda",
+    argv = ["--precompile", "--precompile-part", "2/2", "--backend", "reference,torch-cuda-compile",
             "--image-size", "1920x1080,1280x720", "--batch", "8", "--cache-dir", str(tmp_path)]
     assert latency.main(argv) == 0
     shapes = bench_precompile.run_shapes([ImageSize(1920, 1080), ImageSize(1280, 720)], 8,
@@ -181,13 +181,13 @@ def test_precompile_compiles_its_part_of_the_runs_shapes(latency, capsys, fake_p
     assert shapes[-1] == (1, 3, 1440, 2560)
     ((ctx, got),) = calls
     assert got == shapes[1::2]
-    assert (ctx.model, ctx.torch_mode, ctx.cache_dir) == ("stub model", "compile", tmp_path)
+    assert (ctx.model, ctx.cache_dir) == ("stub model", tmp_path)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("precompile: torch-cuda (mode compile): 11 of the run's 23 input shapes "
+    assert err[0] == ("precompile: torch-cuda-compile: 11 of the run's 23 input shapes "
                       "(part 2/2)")
     gpu_check = load_script("tools/gpu_check.py", "tinyfaces_gpu_check_precompile")
     assert gpu_check._PRECOMPILED.findall(err[-1]) == [("10", "1")]
-    assert latency.main(["--precompile", "--image-size", "640x480"]) == 0  # default: all
+    assert latency.main(["--precompile", "--image-size", "640x480"]) == 0  # all backends
     assert calls[-1][1] == bench_precompile.run_shapes([ImageSize(640, 480)], 0,
                                                        DetectorConfig())
 
@@ -195,18 +195,18 @@ def test_precompile_compiles_its_part_of_the_runs_shapes(latency, capsys, fake_p
 def test_precompile_failures_exit_1(latency, capsys, fake_precompile):
     _, behave = fake_precompile
     behave("fail")
-    assert latency.main(["--precompile", "--backend", "torch-cuda"]) == 1
+    assert latency.main(["--precompile", "--backend", "torch-cuda-compile"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "precompile: torch-cuda failed: RuntimeError: boom (the shapes compiled before it are "
-        "in the cache)")
+        "precompile: torch-cuda-compile failed: RuntimeError: boom (the shapes compiled before "
+        "it are in the cache)")
     behave("skip")
-    assert latency.main(["--precompile", "--backend", "torch-cuda"]) == 1
+    assert latency.main(["--precompile", "--backend", "torch-cuda-compile"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "precompile: nothing compiled: torch-cuda: torch sees no CUDA GPU")
-    assert latency.main(["--precompile", "--backend", "reference,onnxruntime"]) == 1
+        "precompile: nothing compiled: torch-cuda-compile: torch sees no CUDA GPU")
+    assert latency.main(["--precompile", "--backend", "reference,torch-cuda"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "precompile: none of reference, onnxruntime compiles its network into a cache (only "
-        "the torch-cuda backends do): nothing to do")
+        "precompile: none of reference, torch-cuda compiles its network into a cache "
+        "(torch-cuda-compile does): nothing to do")
 
 
 def _stat(ms):

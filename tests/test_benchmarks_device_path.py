@@ -118,8 +118,8 @@ def test_the_profile_comes_last_with_everything_else_saved(run):
     assert live["device"] == 0  # and the kept backend was closed after it
 
 
-CUDA_NAMES = ("cuda (CudaPostprocessor, lookahead NMS rule)", "cuda, walk-order NMS rule",
-              "cuda, warp NMS rule")
+CUDA_NAMES = ("cuda (CudaPostprocessor, warp NMS rule)", "cuda, lookahead NMS rule",
+              "cuda, walk-order NMS rule")
 
 
 def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):

@@ -164,7 +164,7 @@ def test_decode_nms_numpy_matches_the_port(run):
     assert ours["candidates"] == port["candidates"] == row["candidates"]
     assert ours["kept"] == port["kept"]
     assert 1 <= ours["kept"] < ours["candidates"]  # clusters: NMS suppresses most candidates
-    cuda = impls["cuda (CudaPostprocessor, lookahead NMS rule)"]
+    cuda = impls["cuda (CudaPostprocessor, warp NMS rule)"]
     if cuda["status"] == "ok":
         assert cuda["kept"] == ours["kept"] and cuda["candidates"] == ours["candidates"]
         assert cuda["vs_numpy"]["passed"] and cuda["vs_numpy"]["matched"] == ours["kept"]
@@ -281,10 +281,10 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
         _backend("torch-cuda", 41.5, 35.5, e2e=40.9, preprocess=1.7, decode=1.1, nms=4.3),
     ], batch=batch)], "decode_nms": {"rows": [
         {"target": 10000, "candidates": 10056, "implementations": [
-            {"name": "cuda (CudaPostprocessor, lookahead NMS rule)", "status": "ok",
+            {"name": "cuda (CudaPostprocessor, warp NMS rule)", "status": "ok",
              "decode": {"median_ms": 0.026}, "nms": {"median_ms": 0.20}}]},
         {"target": 50000, "candidates": 50089, "implementations": [
-            {"name": "cuda (CudaPostprocessor, lookahead NMS rule)", "status": "ok",
+            {"name": "cuda (CudaPostprocessor, warp NMS rule)", "status": "ok",
              "decode": {"median_ms": 0.029}, "nms": {"median_ms": 5.19}},
             {"name": "cuda, walk-order NMS rule", "status": "ok",
              "decode": {"median_ms": 0.029}, "nms": {"median_ms": 1.5}}],

@@ -673,6 +673,16 @@ def test_stages_refuse_work_before_reset(monkeypatch):
         HostPostprocessor(DetectorConfig()).finish()
 
 
+def test_the_postprocessor_resolves_nms_with_the_warp_rule_by_default(monkeypatch):
+    """The fastest rule on the H200 (run 3: 417 / 437 us at 10k / 50k candidates against
+    659 us / 1.26 ms for the lookahead rule), the same boxes as every rule."""
+    from tinyfaces_trt.kernels import binding
+
+    fake_cuda(monkeypatch, CudaLog())
+    post = cuda_stages.CudaPostprocessor(DetectorConfig(), 7, FakeKernels(CudaLog()))
+    assert cuda_stages.DEFAULT_NMS_RULE == "warp" and post.nms_rule == binding.NMS_WARP
+
+
 def test_device_arrays_never_download_implicitly():
     array = cuda_device.DeviceArray(0x1000, (1, 125, 2, 2))
     with pytest.raises(TypeError, match="download"):

@@ -1547,23 +1547,30 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
     class CpuRunner(TorchCudaRunner):
         def __init__(self, model, **kwargs):
             made.append(kwargs)
-            super().__init__(model, **{**kwargs, "device": "cpu", "dtype": torch.float32})
+            mode = "eager" if kwargs["mode"] == "graphs" else kwargs["mode"]  # no CUDA graphs
+            super().__init__(model, **{**kwargs, "device": "cpu", "dtype": torch.float32,
+                                       "mode": mode})
 
     monkeypatch.setattr(torch_cuda, "require_cuda", lambda device="cuda": torch.device("cpu"))
     monkeypatch.setattr(torch_cuda, "TorchCudaRunner", CpuRunner)
-    assert detectors.TORCH_CUDA_MODES == torch_cuda.MODES
+    assert set(detectors.TORCH_CUDA_MODES) == {"fused", *torch_cuda.MODES}
+    assert [detectors.torch_cuda_settings(m) for m in detectors.TORCH_CUDA_MODES] == [
+        ("graphs", True), *((m, False) for m in torch_cuda.MODES)]
     with create_detector("torch-cuda", weights=checkpoint, torch_mode="eager",
                          cache_dir=tmp_path) as detector:
         assert detector.runner.mode == "eager"
         assert detector.detect(synthetic_image(40, 56)).shape[1:] == (5,)
     assert made[-1]["mode"] == "eager" and made[-1]["cache_dir"] == tmp_path
+    assert made[-1]["fuse_epilogues"] is False
     with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
-        assert made[-1]["mode"] == "compile"  # the default, not prepared until a shape runs
+        # the default: CUDA graphs of the fused network, not prepared until a shape runs
+        assert (made[-1]["mode"], made[-1]["fuse_epilogues"]) == ("graphs", True)
+        assert detector.runner.fuse_epilogues
         # a new image size runs eager; one that recurs is prepared at its third run
         assert made[-1]["prepare_after"] == torch_cuda.PREPARE_AFTER_RUNS == 2
         assert detector.runner.prepare_after == 2 and detector.runner.records == {}
     with pytest.raises(TinyFacesError, match="unknown torch_mode 'fast'; expected one of "
-                                             "compile, aoti, graphs, eager"):
+                                             "fused, compile, aoti, graphs, eager"):
         create_detector("torch-cuda", weights=checkpoint, torch_mode="fast")
     with pytest.raises(TinyFacesError, match="torch_mode applies to the torch-cuda backend, "
                                              "not onnxruntime"):

@@ -270,13 +270,14 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
     np.testing.assert_allclose(again, out, **FP16_CLOSE)
 
 
-def test_factory_builds_fp16_compiled_by_default(checkpoint, tmp_path):
+def test_factory_builds_fp16_fused_graphs_by_default(checkpoint, tmp_path):
     from tinyfaces_trt.detectors import available_backends, create_detector
 
     assert "torch-cuda" in available_backends()
     with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
         assert isinstance(detector.runner, TorchCudaRunner)
-        assert detector.runner.dtype == torch.float16 and detector.runner.mode == "compile"
+        assert detector.runner.dtype == torch.float16 and detector.runner.mode == "graphs"
+        assert detector.runner.fuse_epilogues
     with create_detector("torch-cuda", weights=checkpoint, fp16=False) as detector:
         assert detector.runner.dtype == torch.float32
 

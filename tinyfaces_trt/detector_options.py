@@ -68,10 +68,13 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
                        help="fp16 network: the fp16 ONNX model / TensorRT engine, fp16 compute "
                             "for torch-cuda (default: fp32, but fp16 for torch-cuda)")
     group.add_argument("--torch-mode", choices=TORCH_CUDA_MODES, metavar="MODE",
-                       help="how torch-cuda prepares each input shape: compile (torch.compile "
-                            "+ CUDA graph, cached on disk), aoti (AOTInductor packages in the "
-                            "cache: later runs load them without compiling; loadable from C++), "
-                            "graphs (CUDA graph, no compiler) or eager (default: compile)")
+                       help="how torch-cuda prepares each input shape: fused (the "
+                            "BatchNorm-folded network, each convolution with its bias, residual "
+                            "add and ReLU in one cuDNN call, one CUDA graph per shape; nothing "
+                            "to compile), compile (torch.compile + CUDA graph, cached on disk), "
+                            "aoti (AOTInductor packages in the cache: later runs load them "
+                            "without compiling; loadable from C++), graphs (the network as "
+                            "given, CUDA graphs) or eager (default: fused)")
     group.add_argument("--providers", metavar="LIST",
                        help="onnxruntime execution providers, comma separated (cpu, cuda, "
                             "tensorrt, or full names such as CUDAExecutionProvider) or 'auto' "

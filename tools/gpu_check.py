@@ -19,49 +19,45 @@ script counts, and the check goes on); INCOMPLETE (1) on a GPU machine when a st
 killed at its time limit before anything had failed or skipped for lack of time (named in
 the report's first line). Speed targets are reported, never a failure.
 
-Steps with their time on the lent H200 of 2026-12-04 (fresh machine, torch 2.11.0+cu130;
-benchmarks/results/h200-2026-12-04/), when they all ran one after another: 374 s in all with
---budget-s 450, 159 s of it compiling the benchmark's torch-cuda network. Since then the
-sanitizers run beside the GPU tests and the benchmark's compiling beside both (not yet timed
-on a GPU; estimated ~230-290 s in all). Within the default --budget-s 285 each step gets
-what is left and a step that cannot fit is skipped:
+Steps, in order, with their time on the lent H200 (fresh machine, torch 2.11.0+cu130;
+benchmarks/results/h200-2026-12-04/): 374 s in all in run 1 (--budget-s 450), 159 s of it
+compiling the benchmark's torch-cuda network, which torch-cuda no longer does by default
+(run 3: the fused CUDA graphs are faster and ready in 2.7 s per 1080p pyramid); within the
+default --budget-s 285 each step gets what is left and a step that cannot fit is skipped:
 
-  environment    ~5-7 s  GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
-  benchmark precompile   from here, beside the steps below: 2 processes (1 on fewer than 8
-                         CPUs) running benchmarks/latency.py --precompile with the
-                         benchmark's arguments, which compile the torch-cuda network for
-                         each of its input shapes into the compile cache (23 shapes by
-                         default, ~6-7 s each); waited for before the benchmark while its
-                         time allows, else stopped (the benchmark compiles the rest itself)
-  build         ~7-10 s  the kernels (python -m tinyfaces_trt.kernels.build, which
+  environment    ~5-8 s  GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
+  build        ~10-17 s  the kernels (python -m tinyfaces_trt.kernels.build, which
                          tf-build-kernels runs) for this GPU's architecture, with the C
                          example
   ptxas           (in the build) registers / spills per kernel, read off the build's
                          -Xptxas -v (a library already up to date is compiled again, ~6 s)
-  GPU tests     ~70-85 s every test marked `gpu` (tests/*_gpu.py must not skip; an
+  GPU tests     ~80-95 s every test marked `gpu` (tests/*_gpu.py must not skip; an
                          expected failure is named in the summary; the torch-cuda tests
                          compile small networks, one of them into an AOTInductor package);
                          in 4 pytest-xdist workers where xdist is installed (the kernel
                          tests' numpy oracles are CPU-bound)
-  sanitizers     ~61 s   beside the GPU tests, one after another: memcheck, racecheck,
-                         synccheck on the C example (~3 s); memcheck and racecheck on a
-                         subset of the GPU tests (~33 s, ~25 s); their output follows the
-                         tests' in the log
-  benchmark      ~210 s  benchmarks/latency.py: the reference pipeline vs every GPU backend
+  sanitizers     ~61 s   memcheck, racecheck, synccheck on the C example (~3 s); memcheck
+                         and racecheck on a subset of the GPU tests (~33 s, ~25 s)
+  benchmark     ~70 s    benchmarks/latency.py: the reference pipeline vs every GPU backend
                          present, side by side, 1920x1080 then 1280x720; batch of 8 at
-                         1080p; decode + NMS at 10k / 50k candidates; a torch profile; the
-                         targets table. 210 s with its compiling in it; its torch-cuda
-                         shapes now load from the compile cache where the precompile put
-                         them (dynamo still traces each: seconds)
+                         1080p; decode + NMS at 10k / 50k candidates (every NMS rule); a
+                         torch profile; the targets table (run 3: 126 s with a
+                         torch.compile row beside, from the compile cache)
   parity          (in the benchmark) every GPU backend's detections against the CPU
                          reference (torch fp32 on the CPU, runtime pipeline), per size
 
-A step starts only with enough time left before what is kept for the benchmark (160 s, or
-110 s while the precompile runs: an estimate until a GPU run times the benchmark with its
-shapes compiled ahead); where the default budget is short, a sanitizer subset, the 1280x720
-size and/or the batch rows are skipped, saying so in the report (result INCOMPLETE). A
-second run on the same machine finds the compiled code in the cache; --budget-s 450 fits
-everything. Without a GPU every step is skipped with the reason, in a few seconds.
+With a backend that compiles its network (--backends ...,torch-cuda-compile) a "benchmark
+precompile" starts after the environment: 2 processes (1 on fewer than 8 CPUs) of
+benchmarks/latency.py --precompile compile its input shapes into the compile cache beside
+the steps above, and the benchmark loads them; run 3 measured that beside the tests it made
+them slower (235 s), so the check as a whole was no faster: it is there to bound the
+benchmark's own time, not the check's.
+
+A step starts only with enough time left before what is kept for the benchmark (90 s; 160 s
+with a compiling backend); where the budget is short, a sanitizer subset, the 1280x720 size
+and/or the batch rows are skipped, saying so in the report (result INCOMPLETE);
+--budget-s 450 fits everything. Without a GPU every step is skipped with the reason, in a
+few seconds.
 """
 
 from __future__ import annotations
@@ -70,7 +66,6 @@ import argparse
 import datetime
 import importlib
 import importlib.util
-import io
 import json
 import os
 import platform
@@ -92,13 +87,13 @@ if str(REPO) not in sys.path:  # a plain checkout: tinyfaces_trt imports from he
 
 DEFAULT_BUDGET_S = 285.0
 DEFAULT_SIZES = "1920x1080,1280x720"
-DEFAULT_BACKENDS = "reference,torch-cuda,torch-cuda-cudnn-fused,onnxruntime-cuda,tensorrt-fp16-cuda"
-#: Seconds the steps before the benchmark leave to it (its first image size needs this).
-BENCHMARK_RESERVE_S = 160.0
-#: The same where its torch-cuda shapes were compiled beside the earlier steps (they then
-#: load from the cache: an estimate until a GPU run measures it), and how long the benchmark's
-#: start waits for that compile to end.
-PRECOMPILED_RESERVE_S = 110.0
+DEFAULT_BACKENDS = "reference,torch-cuda,onnxruntime-cuda,tensorrt-fp16-cuda"
+#: Seconds the steps before the benchmark leave to it: what the default backends need at both
+#: sizes with the batch (run 3 on the H200: its parts but torch.compile's took ~70 s), and
+#: more where a backend compiles its network (torch-cuda-compile: ~54 s a size, ~50 s the
+#: batch, less from a cache its precompile filled).
+BENCHMARK_RESERVE_S = 90.0
+COMPILE_RESERVE_S = 70.0
 #: GPU-test subsets run under compute-sanitizer (memcheck and racecheck are 10-100x slower).
 SANITIZER_TESTS = {
     "memcheck": "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages "
@@ -115,7 +110,7 @@ XDIST_WORKERS = 4
 #: Seconds a step needs left (before the benchmark's reserve) to start at all.
 MIN_TESTS_S = 60.0
 MIN_SANITIZER_EXAMPLE_S = 20.0
-MIN_SANITIZER_TESTS_S = 60.0
+MIN_SANITIZER_TESTS_S = 45.0  # (each subset took 25-43 s on the H200)
 #: Where a skip in the GPU run is a failure: the GPU-only files, and the case files whose tests
 #: test_kernels_gpu.py collects (pytest reports a skip at the function's own file).
 MUST_RUN = re.compile(r"tests/(?:\S+_gpu|kernel_\w+_cases)\.py")
@@ -288,9 +283,7 @@ def start(cmd: list[str], env: dict[str, str], echo: bool = False,
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
     begun = time.perf_counter()
-    with _LIVE_LOCK:  # stop_all() either sees it live and kills it, or it never starts
-        if _STOPPING.is_set():
-            return Ran(STOPPED_EXIT, "not started: the check was stopped", 0.0)
+    with _LIVE_LOCK:  # kill_running() sees it live once it is started
         try:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -302,7 +295,7 @@ def start(cmd: list[str], env: dict[str, str], echo: bool = False,
 
 class Running:
     """A started command whose output a thread reads (into :attr:`lines`, the log, stderr).
-    Every one not yet waited for is in :data:`_LIVE` (:func:`stop_all`)."""
+    Every one not yet waited for is in :data:`_LIVE` (:func:`kill_running`)."""
 
     def __init__(self, cmd: list[str], proc: subprocess.Popen, begun: float, echo: bool,
                  log: Any) -> None:
@@ -361,21 +354,15 @@ class Running:
             _kill_group(self.proc)
 
 
-#: The commands started and not waited for (the benchmark's precompile, a step running in
-#: another thread): killed when the check ends (early: Ctrl-C, a SIGTERM, an error).
+#: The commands started and not waited for (the benchmark's precompile running beside the
+#: steps): killed when the check ends (also early: Ctrl-C, a SIGTERM, an error).
 _LIVE: set[Running] = set()
-_LIVE_LOCK = threading.RLock()
-#: Set once the check ends: no command starts any more, a step's thread adds no step.
-_STOPPING = threading.Event()
-#: The exit status of a command refused because the check was stopped.
-STOPPED_EXIT = 125
+_LIVE_LOCK = threading.Lock()
 
 
-def stop_all() -> None:
-    """Ends the check's work: nothing starts from now on, and every started command not
-    waited for yet is killed."""
+def kill_running() -> None:
+    """Kills every started command not waited for yet."""
     with _LIVE_LOCK:
-        _STOPPING.set()
         live = list(_LIVE)
     for running in live:
         running.kill()
@@ -437,9 +424,6 @@ class Step:
     left_for_time: list[str] = field(default_factory=list)
 
 
-_REPORT_LOCK = threading.RLock()
-
-
 @dataclass
 class Report:
     argv: list[str]
@@ -455,6 +439,8 @@ class Report:
     finished: bool = True
     #: Called after each step is added (main() saves the report there).
     on_step: Any = None
+    #: When the check began (time.perf_counter): the report says how long it has run.
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def result(self) -> str:
@@ -468,10 +454,6 @@ class Report:
         return "PASS"
 
     def add(self, step: Step) -> Step:
-        with _REPORT_LOCK:  # steps of two threads (the sanitizers run beside the GPU tests)
-            return self._add(step)
-
-    def _add(self, step: Step) -> Step:
         self.steps.append(step)
         print(f"[gpu_check] {STATUS[step.status][0]} {step.name} ({step.seconds:.1f} s): "
               f"{step.summary}", file=sys.stderr, flush=True)
@@ -533,7 +515,8 @@ def _cell(value: Any) -> str:
 def render_markdown(report: Report) -> str:
     lines = ["# GPU check", "", f"**Result: {report.result}**" + _result_note(report), "",
         f"Command: `python3 tools/gpu_check.py {' '.join(report.argv)}` (time budget "
-        f"{report.budget_s:g} s; this run took {sum(s.seconds for s in report.steps):.0f} s)", "",
+        f"{report.budget_s:g} s; this run took {time.perf_counter() - report.started:.0f} s)",
+        "",
         "| fact | value |", "| --- | --- |"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in report.facts.items()]
     lines += ["", "## Steps", "", "| step | result | time | summary |", "| --- | --- | --- | --- |"]
@@ -592,6 +575,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "gpu": report.gpu,
         "command": ["python3", "tools/gpu_check.py", *report.argv],
         "budget_s": report.budget_s,
+        "seconds": round(time.perf_counter() - report.started, 1),
         "facts": report.facts,
         "steps": [asdict(s) for s in report.steps],
         "registers": [dict(zip(("kernel", "arch", "registers", "spill_stores", "spill_loads"), r))
@@ -839,8 +823,6 @@ def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: st
                    pytest_run: bool = False) -> None:
     cmd = [sanitizer, "--tool", tool, "--error-exitcode", "3", *target]
     ran = run(cmd, env, timeout, log=log)
-    if _STOPPING.is_set():  # killed as the check was interrupted: no result to report
-        return
     s = parse_sanitizer_summary(ran.output)
     if "Device not supported" in ran.output:
         report.add(Step(name, "skipped", ran.seconds, "compute-sanitizer: \"Device not "
@@ -881,8 +863,6 @@ def sanitizer_steps(report: Report, env: dict[str, str], sanitizer: str | None,
                     "--noconftest", "tests/test_kernels_gpu.py", "-k", subset],
                    MIN_SANITIZER_TESTS_S, 180.0, True) for tool, subset in SANITIZER_TESTS.items()]
     for what, tool, target, needs, limit, pytest_run in sanitized:
-        if _STOPPING.is_set():  # the check was interrupted (beside the tests: in this thread)
-            return
         name = f"compute-sanitizer {what}"
         reason = refuse("sanitizers", needs) or (
             None if sanitizer else "compute-sanitizer not found") or (
@@ -894,17 +874,21 @@ def sanitizer_steps(report: Report, env: dict[str, str], sanitizer: str | None,
                     min(limit, left_before_bench()), log, pytest_run)
 
 
+def compiling_backends(args: argparse.Namespace) -> list[str]:
+    """The requested benchmark backends that compile their network per input shape (those
+    with a precompile: ``torch-cuda-compile``)."""
+    specs = {b.name: b for b in _bench("bench_backends").BACKENDS}
+    return [n for n in (n.strip() for n in args.backends.split(","))
+            if n in specs and specs[n].precompile is not None]
+
+
 def precompile_start(report: Report, args: argparse.Namespace, skip: set[str],
                      env: dict[str, str]) -> list["Running | Ran"]:
     """Starts compiling the benchmark's torch-cuda input shapes into the compile cache
     (``latency.py --precompile``, :data:`PRECOMPILE_PROCESSES` processes splitting the
     shapes) to run beside the build, the GPU tests and the sanitizers; [] where the
     benchmark will not run or none of its backends compiles."""
-    if "benchmark" in skip or not report.gpu:
-        return []
-    specs = {b.name: b for b in _bench("bench_backends").BACKENDS}
-    names = [n.strip() for n in args.backends.split(",")]
-    if not any(n in specs and specs[n].precompile is not None for n in names):
+    if "benchmark" in skip or not report.gpu or not compiling_backends(args):
         return []
     cpus = os.cpu_count() or 1
     parts = PRECOMPILE_PROCESSES if cpus >= PRECOMPILE_MIN_CPUS else 1
@@ -1253,14 +1237,10 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
         if home:
             env.setdefault("CUDA_HOME", home)
     build_dir = Path(args.build_dir).resolve()
-    _STOPPING.clear()
-    sanitizers: threading.Thread | None = None
     try:
         precompiling = guarded(report, "benchmark precompile", precompile_start, report, args,
                                skip, env) or []
-        # compiled beside the steps, the benchmark's shapes load from the cache: it needs less
-        reserve = PRECOMPILED_RESERVE_S if any(isinstance(r, Running) for r in precompiling) \
-            else BENCHMARK_RESERVE_S
+        reserve = BENCHMARK_RESERVE_S + (COMPILE_RESERVE_S if compiling_backends(args) else 0)
 
         def left_before_bench() -> float:
             return budget.left() - (0 if "benchmark" in skip else reserve)
@@ -1298,31 +1278,13 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
             else:  # the library was up to date: compiled again for -Xptxas -v alone
                 guarded(report, "ptxas -v", ptxas_step, report, env, build_dir, arch,
                         min(120, left_before_bench()), log)
-        # where they can run, the sanitizers run beside the GPU tests (processes of their own:
-        # compute-sanitizer checks only its target), their output kept apart until the tests'
-        # is written; else their steps are skipped after the tests', in order
-        sanitizer_args = (report, env, sanitizer, build_dir, lib, refuse, left_before_bench)
-        beside = sanitizer is not None and lib is not None and \
-            refuse("sanitizers", MIN_SANITIZER_EXAMPLE_S) is None
-        sanitizer_log = io.StringIO()
-        sanitizers = threading.Thread(target=sanitizer_steps, name="sanitizers", daemon=True,
-                                      args=(*sanitizer_args, sanitizer_log))
-        if beside:
-            sanitizers.start()
-        try:
-            reason = refuse("tests", MIN_TESTS_S)
-            if reason:
-                report.skip("GPU tests", reason)
-            else:
-                guarded(report, "GPU tests", tests_step, report, env,
-                        min(240, left_before_bench()), log)
-            while sanitizers.is_alive():  # a join that Ctrl-C and SIGTERM can break
-                sanitizers.join(0.2)
-        finally:
-            if log is not None:
-                log.write(sanitizer_log.getvalue())
-        if not beside:
-            sanitizer_steps(*sanitizer_args, log)
+        reason = refuse("tests", MIN_TESTS_S)
+        if reason:
+            report.skip("GPU tests", reason)
+        else:
+            guarded(report, "GPU tests", tests_step, report, env, min(240, left_before_bench()),
+                    log)
+        sanitizer_steps(report, env, sanitizer, build_dir, lib, refuse, left_before_bench, log)
         guarded(report, "benchmark precompile", precompile_finish, report, precompiling,
                 left_before_bench(), log)
         reason = (SKIPPED_ON_REQUEST if "benchmark" in skip else no_gpu) or (
@@ -1332,13 +1294,8 @@ def run_steps(report: Report, args: argparse.Namespace, skip: set[str], out: Pat
             report.skip("parity", reason)
         else:
             guarded(report, "benchmark", benchmark_step, report, env, args, out, budget, log)
-    finally:  # also after Ctrl-C, a SIGTERM or an error: nothing is left running on the GPU,
-        stop_all()  # and the sanitizers' thread adds no step once the report is final
-        if sanitizers is not None and sanitizers.is_alive():
-            sanitizers.join(15.0)  # its command was killed: it returns at once
-        stop_all()
-        if sanitizers is None or not sanitizers.is_alive():
-            _STOPPING.clear()  # nothing of this run can start a command any more
+    finally:  # also after Ctrl-C, a SIGTERM or an error: nothing is left running on the GPU
+        kill_running()
 
 
 def main(argv: list[str] | None = None) -> int:

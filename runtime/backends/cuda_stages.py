@@ -74,6 +74,11 @@ def require_current_device(device: int, who: str) -> None:
             f"CUDA_VISIBLE_DEVICES={device} (it is then device 0)")
 
 
+#: The NMS resolve rule a CudaPostprocessor takes by default (a key of
+#: ``kernels.binding.NMS_RULES``): the fastest measured on an H200 (see CudaPostprocessor).
+DEFAULT_NMS_RULE = "warp"
+
+
 def _wait_for_queued_work(stream: Stream, runner_order: StreamOrder) -> None:
     """Before a stage frees its buffers: the work queued on its stream and, through
     ``runner_order``, the runner's (an interrupted detect leaves some)."""
@@ -266,11 +271,11 @@ class CudaPostprocessor:
             power of two, and NMS re-run on the candidates still on the device, when an image
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
         nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
-            ``kernels.binding.NMS_RULES``' values; the same boxes with each. The lookahead rule
-            (default) was the faster of the first two on an H200: NMS of 10k / 50k clustered
-            candidates in 646 us / 1.22 ms against 1.20 / 6.18 ms in walk order
-            (benchmarks/results/h200-2026-12-04); the warp rule is not measured yet. The
-            benchmark times every rule.
+            ``kernels.binding.NMS_RULES``' values; the same boxes with each. The warp rule
+            (default: :data:`DEFAULT_NMS_RULE`) was the fastest on an H200: NMS of 10k / 50k clustered candidates in
+            417 / 437 us, against 659 us / 1.26 ms with the lookahead rule and 1.39 / 6.19 ms
+            in walk order (benchmarks/results/h200-2026-12-04/run3). The benchmark times
+            every rule.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -283,7 +288,7 @@ class CudaPostprocessor:
         _require_gpu()
         from tinyfaces_trt.kernels import binding
 
-        self.nms_rule = binding.NMS_LOOKAHEAD if nms_rule is None else nms_rule
+        self.nms_rule = binding.NMS_RULES[DEFAULT_NMS_RULE] if nms_rule is None else nms_rule
         if self.nms_rule not in binding.NMS_RULES.values():  # before anything is allocated
             raise ValueError(f"nms_rule = {nms_rule!r}: expected one of {binding.NMS_RULES}")
         self._binding = binding
