@@ -34,6 +34,7 @@ from tinyfaces_trt.core.profiles import Profile, format_shape, profile_for_image
 from tinyfaces_trt.runtime.pipeline import Detector
 from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import RunnerBase, close_all
+from tinyfaces_trt.detectors import DEFAULT_TORCH_MODE
 
 from bench_common import one_line
 
@@ -55,7 +56,7 @@ class BenchContext:
     threads: int
     export_root: Path
     log: Callable[[str], None] = print
-    torch_mode: str = "compile"      # TorchCudaRunner mode of the torch-cuda backends
+    torch_mode: str = DEFAULT_TORCH_MODE  # create_detector's torch_mode of the torch-cuda ones
     cache_dir: Path | None = None    # compile / ORT engine cache root (None: the tinyfaces cache)
     max_batch: int = 1               # images one TensorRT engine run takes (the batch rows')
     _folders: dict[str, Any] = field(default_factory=dict)
@@ -526,6 +527,8 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
         note = (f"torch mode {asked}: TorchCudaRunner mode {runner.mode}"
                 + (f" (asked {mode}: fell back)" if runner.mode != mode else "")
                 + (", convolution epilogues fused by cuDNN" if fused else "")
+                + (f" ({_unfused()} convolution shapes it refused run unfused)"
+                   if fused and _unfused() else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")
@@ -534,6 +537,13 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
         return DetectorBench(det, uses_gpu=True, copies_note=note, closers=tuple(parts),
                              prepare_seconds=prepared, asked_mode=mode)
     return build
+
+
+def _unfused() -> int:
+    """Convolution shapes cuDNN refused to fuse in this process (export/conv_fusion.py)."""
+    from tinyfaces_trt.export.conv_fusion import unfused_shapes
+
+    return unfused_shapes()
 
 
 def _device_runner(ctx: BenchContext, dtype_name: str, torch_mode: str, **options: Any) -> Any:

@@ -5,8 +5,9 @@ shape that run's ``torch-cuda-compile`` backend will prepare into its compile ca
 and measures nothing. The run then loads each shape from its file instead of compiling it (about
 6-7 s a shape with torch.compile on an H200: 159 s of the 2026-12-04 GPU check's 374 s);
 a shape still being compiled when the run needs it is waited for (the cache's lock per
-shape), never compiled twice. ``tools/gpu_check.py`` runs it beside its GPU tests;
-``--precompile-part K/N`` lets N processes split the shapes.
+shape), never compiled twice. ``tools/gpu_check.py`` runs it beside its GPU tests when
+``torch-cuda-compile`` is benchmarked; ``--precompile-part K/N`` lets N processes split the
+shapes.
 """
 
 from __future__ import annotations

@@ -130,21 +130,27 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
-#: The CUDA rows per NMS resolve rule: the runtime's default first (the targets read it).
-CUDA_ROWS = {binding.NMS_WARP: "cuda (CudaPostprocessor, warp NMS rule)",
-             binding.NMS_LOOKAHEAD: "cuda, lookahead NMS rule",
-             binding.NMS_WALK_ORDER: "cuda, walk-order NMS rule"}
+def cuda_rows() -> dict[int, str]:
+    """The CUDA rows per NMS resolve rule: the runtime's default (now) first (the targets
+    read it)."""
+    from tinyfaces_trt.runtime.backends.cuda_stages import DEFAULT_NMS_RULE
+
+    default = binding.NMS_RULES[DEFAULT_NMS_RULE]
+    others = [(name, rule) for name, rule in binding.NMS_RULES.items() if rule != default]
+    return {default: f"cuda (CudaPostprocessor, {DEFAULT_NMS_RULE} NMS rule)",
+            **{rule: f"cuda, {name} NMS rule" for name, rule in sorted(others, key=lambda r: -r[1])}}
+
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, rule: int = binding.NMS_WARP) -> dict[str, Any]:
+              warmup: int, rule: int | None = None) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
     kept rows (so NMS includes that small copy); every run is stream-synchronised.
     ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
-    same boxes with each).
+    same boxes with each; None: the runtime's default, the first of :func:`cuda_rows`).
     """
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
@@ -155,6 +161,8 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
 
     stream = Stream()
+    rows = cuda_rows()
+    rule = next(iter(rows)) if rule is None else rule
     post = CudaPostprocessor(config, stream, nms_rule=rule)
     score_dev = DeviceBuffer(data.score_map.nbytes)
     try:
@@ -177,7 +185,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
                 decode_s.append(decoded - start)
                 nms_s.append(done - decoded)
         stats = post.last_stats
-        return {"name": CUDA_ROWS[rule], "status": "ok",
+        return {"name": rows[rule], "status": "ok",
                 "decode": summarize(decode_s), "nms": summarize(nms_s),
                 "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
                 "note": "NMS includes the download of the kept boxes", "boxes": boxes}
@@ -209,8 +217,9 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        for rule in (tuple(CUDA_ROWS) if with_cuda else ()):
-            name = CUDA_ROWS[rule]
+        rows_named = cuda_rows()
+        for rule in (tuple(rows_named) if with_cuda else ()):
+            name = rows_named[rule]
             try:
                 row = _cuda_row(data, config, repeat, warmup, rule)
                 if expected is None:

@@ -32,7 +32,7 @@ through :func:`check_network_input`, a device array or tensor through
 
 The returned score map stays valid until the runner's next ``run`` (a runner may reuse the
 memory); the detector finishes reading it first. ``warmup(shapes)`` readies input shapes
-ahead of use (torch-cuda compiles and captures them; a runner whose first run of a shape
+ahead of use (torch-cuda captures, or compiles, them; a runner whose first run of a shape
 costs what later ones do does nothing). ``synchronize()`` waits for the runner's queued
 device work (per-stage timings); ``close()`` releases the runner's memory (device buffers,
 sessions); a closed runner may not run again.

@@ -76,6 +76,11 @@ def conv2d_add_relu(x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor | Non
 _UNFUSED: set[tuple[object, ...]] = set()
 
 
+def unfused_shapes() -> int:
+    """How many convolution shapes cuDNN refused to fuse in this process (they run unfused)."""
+    return len(_UNFUSED)
+
+
 def _shape_key(x: torch.Tensor, weight: torch.Tensor) -> tuple[object, ...]:
     return tuple(x.shape), tuple(weight.shape), x.dtype, x.device
 
@@ -195,4 +200,4 @@ def fused_count(gm: fx.GraphModule) -> tuple[int, int]:
     return len(calls), sum(1 for n in calls if n.args[2] is not None)
 
 
-__all__ = ["OP_NAME", "conv2d_add_relu", "fuse_conv_epilogues", "fused_count"]
+__all__ = ["OP_NAME", "conv2d_add_relu", "fuse_conv_epilogues", "fused_count", "unfused_shapes"]

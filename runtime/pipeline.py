@@ -263,7 +263,7 @@ class Detector:
         """Readies the detector for images of these sizes before the first real one (a
         service before it takes requests): the runner prepares every pyramid level's input
         shape (:meth:`NetworkRunner.warmup <tinyfaces_trt.core.runner.NetworkRunner.warmup>`;
-        torch-cuda compiles and captures them, seconds per shape, and keeps them, instead of
+        torch-cuda captures (or compiles) them, up to seconds per shape, and keeps them, instead of
         preparing at a size's third image), then one blank image of each size and batch size
         goes through the whole pipeline (first-run costs: ONNX Runtime CUDA's convolution
         algorithm search per shape, kernels loaded, allocators grown). A size whose pyramid

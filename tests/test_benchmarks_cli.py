@@ -209,6 +209,36 @@ def test_precompile_failures_exit_1(latency, capsys, fake_precompile):
         "(torch-cuda-compile does): nothing to do")
 
 
+def test_the_torch_cuda_rows_run_create_detectors_torch_modes(monkeypatch, tmp_path):
+    """torch-cuda follows --torch-mode (default fused: CUDA graphs of the fused network),
+    torch-cuda-compile compiles, and its precompile builds the same runner (same cache)."""
+    pytest.importorskip("torch")
+    import bench_backends
+    from tinyfaces_trt.export import torch_cuda
+
+    made = []
+
+    class Recording:
+        def __init__(self, model, **kwargs):
+            made.append(kwargs)
+
+    monkeypatch.setattr(torch_cuda, "TorchCudaRunner", Recording)
+    ctx = bench_backends.BenchContext(model="m", config=None, levels=[], image_hw=(0, 0),
+                                      threads=1, export_root=tmp_path, cache_dir=tmp_path)
+    assert ctx.torch_mode == "fused"
+    for torch_mode in ("fused", "compile"):
+        bench_backends._device_runner(ctx, "float16", torch_mode, stream=5)
+    assert [(k["mode"], k["fuse_epilogues"], k["stream"]) for k in made] == [
+        ("graphs", True, 5), ("compile", False, 5)]
+    monkeypatch.setattr(bench_backends, "_torch_cuda_reason", lambda: None)
+    monkeypatch.setattr(Recording, "precompile", lambda self, shapes: {}, raising=False)
+    monkeypatch.setattr(Recording, "close", lambda self: None, raising=False)
+    spec = {b.name: b for b in bench_backends.BACKENDS}["torch-cuda-compile"]
+    assert spec.precompile(ctx, [(1, 3, 8, 8)]) == {}
+    assert (made[-1]["mode"], made[-1]["fuse_epilogues"], made[-1]["cache_dir"]) == (
+        "compile", False, tmp_path)
+
+
 def _stat(ms):
     return {"median_ms": ms, "p90_ms": ms, "min_ms": ms, "samples_ms": [ms]}
 

@@ -99,7 +99,7 @@ def test_torch_mode_reaches_the_detector_spec_of_every_cli():
         assert (spec.backend, spec.torch_mode) == ("torch-cuda", "aoti"), name
         default = spec_from_arguments(build_parser().parse_args(
             needed + ["--backend", "torch-cuda", "--weights", "w.pth"]))
-        assert default.torch_mode is None, name  # create_detector's default: compile
+        assert default.torch_mode is None, name  # create_detector's default: fused
         auto = spec_from_arguments(build_parser().parse_args(
             needed + ["--backend", "auto", "--torch-mode", "aoti"]))
         # kept only where auto picks torch-cuda (a GPU machine), dropped for the others

@@ -893,7 +893,8 @@ def test_the_benchmarks_shapes_are_compiled_beside_the_steps_before_it(monkeypat
 def test_nothing_is_precompiled_where_the_benchmark_compiles_nothing(monkeypatch, over, skip, gpu):
     monkeypatch.setattr(g, "start", lambda *a, **k: pytest.fail("started a precompile"))
     report = g.Report([], 300.0, gpu=gpu)
-    assert g.precompile_start(report, _precompile_args(**over), skip, {}) == []
+    args = _precompile_args(**over)
+    assert g.precompile_start(report, g.compiling_backends(args), args, skip, {}) == []
 
 
 _START = g.start  # (tests replace g.start)

@@ -637,7 +637,7 @@ def test_startup_warning_says_what_replicas_wait_for():
     resources'."""
     assert cli_serve.startup_warning(60, {"CPU": 2.0}, 1, 1) == (
         "tf-serve: warning: the service is not up after 60 s; replicas may still be starting "
-        "(--warmup compiles and detects first) or waiting for resources (each takes 1 CPU(s) "
+        "(--warmup prepares and detects first) or waiting for resources (each takes 1 CPU(s) "
         "and 1 GPU(s); free now: 2 CPU(s), no GPU): those start once other work frees them "
         "or nodes join; `ray status` shows pending demands; Ctrl-C stops")
     assert cli_serve.startup_warning(60, {"CPU": 0.5}, 1, 0) is not None

@@ -33,7 +33,8 @@ def add_detector_arguments(parser: argparse.ArgumentParser, *, title: str | None
     group.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                        help="network runtime: onnxruntime (CPU), onnxruntime-cuda "
                             "(onnxruntime-gpu), tensorrt, torch (the CPU reference), torch-cuda "
-                            "(compiled torch on a GPU), or auto (the fastest present here; says "
+                            "(torch on a GPU: fp16, CUDA graphs of the fused network; "
+                            "--torch-mode), or auto (the fastest present here; says "
                             f"which){backend_note} (default: onnxruntime)")
     source = group.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="EXPORT_DIR",

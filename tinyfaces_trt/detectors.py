@@ -41,8 +41,9 @@ from tinyfaces_trt.runtime.pipeline import Detector
 BACKENDS = (*folder_backends.BACKENDS, *folder_backends.APP_BACKENDS)
 #: How torch-cuda prepares each input shape (kept here, torch-free, for the command lines):
 #: fused (default: ``TorchCudaRunner`` mode graphs with ``fuse_epilogues``; on an H200 its
-#: 1080p pyramid ran 18.6 ms against torch.compile's 20.8 ms and was ready in 2.7 s instead of
-#: 54 s), or one of the runner's modes compile, aoti, graphs (unfused), eager.
+#: 1080p pyramid ran 18.6 ms against torch.compile's 20.8 ms and was ready in 3-10 s (10 s in a
+#: fresh process) against 54 s of compiling), or one of the runner's modes compile, aoti,
+#: graphs (unfused), eager.
 TORCH_CUDA_MODES = ("fused", "compile", "aoti", "graphs", "eager")
 DEFAULT_TORCH_MODE = "fused"
 
@@ -53,7 +54,7 @@ def torch_cuda_settings(torch_mode: str) -> tuple[str, bool]:
         raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
                              f"{', '.join(TORCH_CUDA_MODES)}")
     return ("graphs", True) if torch_mode == "fused" else (torch_mode, False)
-#: ``"auto"``'s preference, fastest first (TensorRT > compiled torch > ORT CUDA > ORT CPU).
+#: ``"auto"``'s preference, fastest first (TensorRT > torch on the GPU > ORT CUDA > ORT CPU).
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime")
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     tf-serve --model export/                          # http://127.0.0.1:8000, one replica
     tf-serve --model export/ --min-replicas 1 --max-replicas 4 --host 0.0.0.0
-    tf-serve --weights checkpoint_50.pth --backend torch-cuda --warmup 1920x1080   # compiled first
+    tf-serve --weights checkpoint_50.pth --backend torch-cuda --warmup 1920x1080   # prepared first
     curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/detect
 """
 
@@ -146,11 +146,12 @@ any other failure (the model, the port, the cluster, a replica that does not sta
                             "requests (also a replica that autoscaling starts): it detects a "
                             "blank image of each size, on a GPU also in batches (torch-cuda: "
                             "2, 4, ... and --max-batch-size; the others: every size up to "
-                            "it); torch-cuda compiles those shapes there "
-                            "(seconds each, cached on disk for the next start) and runs any "
-                            "other batch padded into the next larger one, so nothing is "
-                            "compiled for these sizes while serving (without it: at a size's "
-                            "third request; CUDA graph memory is kept per shape) "
+                            "it); torch-cuda prepares those shapes there (captures their CUDA "
+                            "graphs, about a second each; with --torch-mode compile or aoti it "
+                            "compiles them, seconds each, cached on disk for the next start) "
+                            "and runs any other batch padded into the next larger one, so "
+                            "nothing is prepared for these sizes while serving (without it: "
+                            "at a size's third request; CUDA graph memory is kept per shape) "
                             "(default: none)")
     scale.add_argument("--address", metavar="ADDRESS",
                        help="Ray cluster to run on (default: $RAY_ADDRESS, a `ray start` "
@@ -297,7 +298,7 @@ def startup_warning(waited_s: float, free: Mapping[str, float], num_cpus: float,
         return None
     each = f"{num_cpus:g} CPU(s)" + (f" and {num_gpus:g} GPU(s)" if num_gpus else "")
     return (f"{PROG}: warning: the service is not up after {waited_s:g} s; replicas may still "
-            "be starting (--warmup compiles and detects first) or waiting for resources "
+            "be starting (--warmup prepares and detects first) or waiting for resources "
             f"(each takes {each}; free now: {_resources_text(free)}): those start once other "
             "work frees them or nodes join; `ray status` shows pending demands; Ctrl-C stops")
 

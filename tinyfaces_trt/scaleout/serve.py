@@ -92,7 +92,7 @@ class ServeOptions:
         """The batch sizes a replica warms up with. torch-cuda: 1, the powers of two below
         ``max_batch_size``, and ``max_batch_size`` (it prepares exactly these and runs any
         other batch padded into the next one, less than twice its work, so nothing is
-        compiled while serving). Other GPU backends: every size up to ``max_batch_size``
+        prepared while serving). Other GPU backends: every size up to ``max_batch_size``
         (ONNX Runtime CUDA searches the convolution algorithms of each new shape at its first
         run; a TensorRT engine takes those of its profile, ``Detector.warmup`` keeps to them).
         On the CPU: 1 (nothing there is prepared per shape; a blank batch would only cost
