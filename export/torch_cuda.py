@@ -3,7 +3,8 @@
 :class:`TorchCudaRunner` runs the network in fp16 (or fp32) with channels_last weights and
 keeps, per input shape, a ready callable:
 
-``mode="compile"`` (default)
+``mode="compile"`` (the class's default; ``create_detector("torch-cuda")`` runs mode graphs with
+``fuse_epilogues``, below)
     BatchNorm folded into the convolutions (:func:`fold_batchnorm`), compiled by
     ``torch.compile`` (Inductor, static shapes, one compiled graph per shape), then captured
     in a CUDA graph. Compiled artefacts are cached on disk per shape
@@ -500,7 +501,7 @@ class TorchCudaRunner(RunnerBase):
 
         For another process than the one that will run the shapes: one readying a shared
         cache while the machine does other work (``tools/gpu_check.py`` runs the benchmark's
-        shapes beside its tests) or before a service's replicas start. A process preparing a
+        torch-cuda-compile shapes beside its tests) or before a service's replicas start. A process preparing a
         shape that is being compiled here waits for its file (the cache's lock per shape),
         then loads it.
 
