@@ -522,13 +522,13 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
         except BaseException:
             _close_all(parts)
             raise
+        unfused = _unfused() if fused else 0
         records = list(getattr(runner, "records", {}).values())
         loaded = sum(1 for r in records if getattr(r, "cache_loaded", False))
         note = (f"torch mode {asked}: TorchCudaRunner mode {runner.mode}"
                 + (f" (asked {mode}: fell back)" if runner.mode != mode else "")
                 + (", convolution epilogues fused by cuDNN" if fused else "")
-                + (f" ({_unfused()} convolution shapes it refused run unfused)"
-                   if fused and _unfused() else "")
+                + (f" ({unfused} convolution shapes it refused run unfused)" if unfused else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")

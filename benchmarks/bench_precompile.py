@@ -48,15 +48,23 @@ def run_shapes(image_sizes: list[Any], batch: int, config: Any) -> list[Shape]:
     return list(dict.fromkeys(shapes))
 
 
+def compiling_backends(names: list[str]) -> list[Any]:
+    """The backends of ``names`` (benchmark backend names) that compile their network per
+    input shape into a cache (those with a precompile: ``torch-cuda-compile``)."""
+    from bench_backends import BACKENDS
+
+    specs = {b.name: b for b in BACKENDS}
+    return [specs[n] for n in names if n in specs and specs[n].precompile is not None]
+
+
 def precompile(args: argparse.Namespace, model: Any, config: Any,
                log: Callable[[str], None]) -> int:
     """Compiles this part of the run's shapes for every requested backend that compiles
     into a cache. Returns 0 when done (also when every shape was already cached), 1 when no
     requested backend compiles here or a compile failed (the shapes before it are cached)."""
-    from bench_backends import BACKENDS, BenchContext, Skip
+    from bench_backends import BenchContext, Skip
 
-    specs = {b.name: b for b in BACKENDS}
-    compiling = [specs[name] for name in args.backends if specs[name].precompile is not None]
+    compiling = compiling_backends(args.backends)
     if not compiling:
         log(f"precompile: none of {', '.join(args.backends)} compiles its network into a "
             "cache (torch-cuda-compile does): nothing to do")

@@ -136,21 +136,22 @@ def cuda_rows() -> dict[int, str]:
     from tinyfaces_trt.runtime.backends.cuda_stages import DEFAULT_NMS_RULE
 
     default = binding.NMS_RULES[DEFAULT_NMS_RULE]
-    others = [(name, rule) for name, rule in binding.NMS_RULES.items() if rule != default]
+    others = sorted(((rule, name) for name, rule in binding.NMS_RULES.items()
+                     if rule != default), reverse=True)
     return {default: f"cuda (CudaPostprocessor, {DEFAULT_NMS_RULE} NMS rule)",
-            **{rule: f"cuda, {name} NMS rule" for name, rule in sorted(others, key=lambda r: -r[1])}}
+            **{rule: f"cuda, {name} NMS rule" for rule, name in others}}
 
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, rule: int | None = None) -> dict[str, Any]:
+              warmup: int, rule: int, name: str) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
     kept rows (so NMS includes that small copy); every run is stream-synchronised.
     ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
-    same boxes with each; None: the runtime's default, the first of :func:`cuda_rows`).
+    same boxes with each), ``name`` its row's (:func:`cuda_rows`).
     """
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
@@ -161,8 +162,6 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
 
     stream = Stream()
-    rows = cuda_rows()
-    rule = next(iter(rows)) if rule is None else rule
     post = CudaPostprocessor(config, stream, nms_rule=rule)
     score_dev = DeviceBuffer(data.score_map.nbytes)
     try:
@@ -185,7 +184,7 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
                 decode_s.append(decoded - start)
                 nms_s.append(done - decoded)
         stats = post.last_stats
-        return {"name": rows[rule], "status": "ok",
+        return {"name": name, "status": "ok",
                 "decode": summarize(decode_s), "nms": summarize(nms_s),
                 "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
                 "note": "NMS includes the download of the kept boxes", "boxes": boxes}
@@ -217,11 +216,9 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        rows_named = cuda_rows()
-        for rule in (tuple(rows_named) if with_cuda else ()):
-            name = rows_named[rule]
+        for rule, name in (cuda_rows().items() if with_cuda else ()):
             try:
-                row = _cuda_row(data, config, repeat, warmup, rule)
+                row = _cuda_row(data, config, repeat, warmup, rule, name)
                 if expected is None:
                     expected = select_detections(numpy_out["candidates"], data.image_hw, config)
                 row["vs_numpy"] = compare_with_reference(expected, row.pop("boxes"), config, "fp32")

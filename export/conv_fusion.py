@@ -31,6 +31,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn import functional as F
 
+from tinyfaces_trt.core.errors import first_line
+
 _logger = logging.getLogger(__name__)
 
 #: The fused operation's qualified name (``torch.ops.tinyfaces.conv2d_add_relu``).
@@ -92,7 +94,7 @@ def _unfused_once(x: torch.Tensor, weight: torch.Tensor, exc: RuntimeError) -> N
         _UNFUSED.add(key)
         _logger.warning("cuDNN did not fuse the convolution of input %s, weight %s (%s): "
                         "running it unfused", tuple(x.shape), tuple(weight.shape),
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                        first_line(exc))
 
 
 def _output_shape(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
@@ -131,7 +133,8 @@ def _is_add(node: fx.Node) -> bool:
 def _fusable_conv(gm: fx.GraphModule, node: object) -> nn.Conv2d | None:
     """The zero-padded 2-D convolution module ``node`` calls, where its output has no other
     user; else None."""
-    if not isinstance(node, fx.Node) or not _is_module(gm, node, nn.Conv2d) or len(node.users) != 1:
+    if not isinstance(node, fx.Node) or not _is_module(gm, node, nn.Conv2d) \
+            or len(node.users) != 1:
         return None
     conv = gm.get_submodule(str(node.target))
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -148,6 +151,23 @@ def _same_tensor_type(conv: fx.Node, z: object) -> bool:
         and a.shape == b.shape and a.dtype == b.dtype
 
 
+def _fusable(gm: fx.GraphModule, relu: fx.Node
+             ) -> tuple[fx.Node, nn.Conv2d, fx.Node | None, fx.Node | None] | None:
+    """(the convolution's node, its module, the add's node, the added tensor) that the ReLU
+    ``relu`` ends, the last two None where it takes the convolution alone; None where the
+    pattern is not there or something else reads an intermediate result."""
+    src = relu.args[0] if relu.args else relu.kwargs.get("input")
+    conv = _fusable_conv(gm, src)
+    if conv is not None:
+        return src, conv, None, None
+    if isinstance(src, fx.Node) and _is_add(src) and len(src.users) == 1:
+        for a, b in (src.args, src.args[::-1]):
+            conv = _fusable_conv(gm, a)
+            if conv is not None and _same_tensor_type(a, b):
+                return a, conv, src, b
+    return None
+
+
 def fuse_conv_epilogues(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphModule:
     """A copy of ``gm`` (sharing its parameters) in which every ``relu(conv(x))`` and
     ``relu(conv(x) + z)`` whose intermediate results have no other user calls
@@ -159,23 +179,10 @@ def fuse_conv_epilogues(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphMo
         ShapeProp(out).propagate(example)
     graph = out.graph
     for relu in list(graph.nodes):
-        if not _is_relu(out, relu):
+        match = _fusable(out, relu) if _is_relu(out, relu) else None
+        if match is None:
             continue
-        src, z = (relu.args[0] if relu.args else relu.kwargs.get("input")), None
-        if not isinstance(src, fx.Node):
-            continue
-        conv_node = src
-        conv = _fusable_conv(out, src)
-        if conv is None and _is_add(src) and len(src.users) == 1:
-            for a, b in (src.args, src.args[::-1]):
-                conv = _fusable_conv(out, a)
-                if conv is not None and _same_tensor_type(a, b):
-                    conv_node, z = a, b
-                    break
-            else:
-                conv = None
-        if conv is None:
-            continue
+        conv_node, conv, add, z = match
         with graph.inserting_before(relu):
             weight = graph.get_attr(f"{conv_node.target}.weight")
             bias = graph.get_attr(f"{conv_node.target}.bias") if conv.bias is not None else None
@@ -184,10 +191,9 @@ def fuse_conv_epilogues(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphMo
                 list(conv.dilation), conv.groups))
         fused.meta = dict(relu.meta)  # its result is the ReLU's (a later add checks it)
         relu.replace_all_uses_with(fused)
-        graph.erase_node(relu)
-        if src is not conv_node:
-            graph.erase_node(src)
-        graph.erase_node(conv_node)
+        for node in (relu, add, conv_node):  # each one's only user erased before it
+            if node is not None:
+                graph.erase_node(node)
     graph.lint()
     out.recompile()
     return out
@@ -195,8 +201,8 @@ def fuse_conv_epilogues(gm: fx.GraphModule, example: torch.Tensor) -> fx.GraphMo
 
 def fused_count(gm: fx.GraphModule) -> tuple[int, int]:
     """(convolutions with a fused ReLU, of which with a fused residual add) in ``gm``."""
-    calls = [n for n in gm.graph.nodes
-             if n.op == "call_function" and n.target == torch.ops.tinyfaces.conv2d_add_relu.default]
+    fused = torch.ops.tinyfaces.conv2d_add_relu.default
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == fused]
     return len(calls), sum(1 for n in calls if n.args[2] is not None)
 
 

@@ -501,9 +501,9 @@ class TorchCudaRunner(RunnerBase):
 
         For another process than the one that will run the shapes: one readying a shared
         cache while the machine does other work (``tools/gpu_check.py`` runs the benchmark's
-        torch-cuda-compile shapes beside its tests) or before a service's replicas start. A process preparing a
-        shape that is being compiled here waits for its file (the cache's lock per shape),
-        then loads it.
+        torch-cuda-compile shapes beside its tests) or before a service's replicas start. A
+        process preparing a shape that is being compiled here waits for its file (the
+        cache's lock per shape), then loads it.
 
         Returns:
             A record per shape: ``cache_loaded`` True where its file was there (before, or

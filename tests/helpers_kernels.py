@@ -488,7 +488,8 @@ class KernelHarness:
         return rows
 
     def assert_kept(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float) -> None:
-        """The kernel keeps runtime.nms's boxes with every resolve rule (tf_nms_params.lookahead)."""
+        """The kernel keeps runtime.nms's boxes with every resolve rule
+        (tf_nms_params.lookahead)."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         logits = np.asarray(logits, np.float32)
         keys = np.asarray(keys, np.int64)

@@ -22,7 +22,7 @@ the report's first line). Speed targets are reported, never a failure.
 Steps, in order, with their time on the lent H200 (fresh machine, torch 2.11.0+cu130;
 benchmarks/results/h200-2026-12-04/): 374 s in all in run 1 (--budget-s 450), 159 s of it
 compiling the benchmark's torch-cuda network, which torch-cuda no longer does by default
-(run 3: the fused CUDA graphs are faster and ready in 2.7 s per 1080p pyramid); within the
+(run 3: the fused CUDA graphs are faster and a 1080p pyramid is ready in 3-10 s); within the
 default --budget-s 285 each step gets what is left and a step that cannot fit is skipped:
 
   environment    ~5-8 s  GPU, driver, torch, CUDA, cuda-python, CuPy, nvcc, sanitizer
@@ -57,8 +57,8 @@ A step starts only with enough time left before what is kept for the benchmark (
 with a compiling backend); where the budget is short, a sanitizer subset, the 1280x720 size
 and/or the batch rows are skipped, saying so in the report (result INCOMPLETE);
 --budget-s 450 fits everything with the default backends (not with a compiling one: run 3's
-GPU tests took 235 s beside its precompile). Without a GPU every step is skipped with the reason, in a
-few seconds.
+GPU tests took 235 s beside its precompile). Without a GPU every step is skipped with the
+reason, in a few seconds.
 """
 
 from __future__ import annotations
@@ -878,9 +878,8 @@ def sanitizer_steps(report: Report, env: dict[str, str], sanitizer: str | None,
 def compiling_backends(args: argparse.Namespace) -> list[str]:
     """The requested benchmark backends that compile their network per input shape (those
     with a precompile: ``torch-cuda-compile``)."""
-    specs = {b.name: b for b in _bench("bench_backends").BACKENDS}
-    return [n for n in (n.strip() for n in args.backends.split(","))
-            if n in specs and specs[n].precompile is not None]
+    names = [n.strip() for n in args.backends.split(",")]
+    return [spec.name for spec in _bench("bench_precompile").compiling_backends(names)]
 
 
 def precompile_start(report: Report, compiling: list[str], args: argparse.Namespace,

@@ -272,10 +272,10 @@ class CudaPostprocessor:
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
         nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
             ``kernels.binding.NMS_RULES``' values; the same boxes with each. The warp rule
-            (default: :data:`DEFAULT_NMS_RULE`) was the fastest on an H200: NMS of 10k / 50k clustered candidates in
-            417 / 437 us, against 659 us / 1.26 ms with the lookahead rule and 1.39 / 6.19 ms
-            in walk order (benchmarks/results/h200-2026-12-04/run3). The benchmark times
-            every rule.
+            (default: :data:`DEFAULT_NMS_RULE`) was the fastest on an H200: NMS of 10k / 50k
+            clustered candidates in 417 / 437 us, against 659 us / 1.26 ms with the lookahead
+            rule and 1.39 / 6.19 ms in walk order (benchmarks/results/h200-2026-12-04/run3).
+            The benchmark times every rule.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
