@@ -202,6 +202,13 @@ class LevelTimedRunner:
         self.index += 1
         return out
 
+    def run_levels(self, net_inputs: list[Any]) -> list[Any]:
+        """The inner runner's ``run_levels`` (``capabilities.concurrent_levels``): the
+        levels run side by side, so only their sum is booked (under the detector's
+        ``network``), none under ``network[L<i>]``; each level counts as a call."""
+        self.index += len(net_inputs)
+        return self.inner.run_levels(net_inputs)
+
     def _copies(self) -> float:
         t = self.timings or {}
         return t.get("h2d", 0.0) + t.get("d2h", 0.0)
@@ -492,12 +499,14 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
     return build
 
 
-def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
-                       ) -> Callable[[BenchContext], Pipeline]:
+def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
+                       concurrent_levels: bool = False) -> Callable[[BenchContext], Pipeline]:
     """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
     ``create_detector("torch-cuda")`` builds), from the benchmark's model, with every level's
     shape prepared before timing (the detector prepares a shape at its third run);
-    ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``)."""
+    ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``);
+    ``concurrent_levels``: the runner's, small levels beside the others on streams of their
+    own."""
     def build(ctx: BenchContext) -> Pipeline:
         from tinyfaces_trt.detectors import torch_cuda_settings
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
@@ -510,7 +519,8 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
         try:
             pre, post = cuda_stages(ctx.config, stream)
             parts[:0] = [pre, post]
-            runner = _device_runner(ctx, dtype_name, asked, stream=stream.handle)
+            runner = _device_runner(ctx, dtype_name, asked, stream=stream.handle,
+                                    concurrent_levels=concurrent_levels)
             parts.insert(0, runner)
             shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
             ctx.log(f"  preparing {len(shapes)} input shapes (torch mode {asked}"
@@ -529,6 +539,8 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None
                 + (f" (asked {mode}: fell back)" if runner.mode != mode else "")
                 + (", convolution epilogues fused by cuDNN" if fused else "")
                 + (f" ({unfused} convolution shapes it refused run unfused)" if unfused else "")
+                + (", levels side by side (run_levels: no per-level network times)"
+                   if concurrent_levels else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")
@@ -735,6 +747,11 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "network, channels_last, each convolution with its bias, residual add and ReLU "
                 "in one cuDNN call, one CUDA graph per shape), CUDA resize + decode + NMS, one "
                 "stream", _torch_cuda_device_reason, _torch_cuda_device("float16"),
+                precision_at="fp16"),
+    BackendSpec("torch-cuda-concurrent", "runtime GPU pipeline as torch-cuda, the pyramid's "
+                "small levels (up to 2^19 input pixels) replayed on streams of their own beside "
+                "the large ones: TorchCudaRunner(concurrent_levels=True)",
+                _torch_cuda_device_reason, _torch_cuda_device("float16", concurrent_levels=True),
                 precision_at="fp16"),
     BackendSpec("torch-cuda-compile", "runtime GPU pipeline as torch-cuda, the network by "
                 "torch.compile (Inductor, BatchNorm folded) + CUDA graphs: torch mode compile",

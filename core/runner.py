@@ -25,6 +25,11 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
 - ``gpu``: a host runner whose network runs on a GPU all the same (ONNX Runtime's CUDA
   provider fed host arrays, torch on ``cuda``); :attr:`RunnerCapabilities.on_gpu` is that or
   device I/O. The command lines show a bar of an image's pyramid levels only off the GPU.
+- ``concurrent_levels``: the runner also has ``run_levels(net_inputs)``, which takes every
+  pyramid level's input of one image (or batch) at once and may run them side by side on the
+  device (torch-cuda: small levels on streams of their own); it returns one score map per
+  input, all valid until the runner's next call. The detector then prepares every level,
+  makes that one call, and decodes them in turn.
 
 Every runner refuses another input with the same :class:`NetworkInputError`: a host array
 through :func:`check_network_input`, a device array or tensor through
@@ -64,6 +69,7 @@ class RunnerCapabilities:
     max_batch: int | None = None
     device: int | None = None
     gpu: bool = False
+    concurrent_levels: bool = False
 
     @property
     def on_gpu(self) -> bool:
@@ -201,6 +207,8 @@ def check_network_input(net_input: Any, batch: bool) -> np.ndarray:
 #: The members every runner has (:class:`NetworkRunner`).
 RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "warmup", "synchronize",
                   "close")
+#: The member a runner declaring ``capabilities.concurrent_levels`` has too.
+CONCURRENT_LEVELS_MEMBER = "run_levels"
 
 
 _Held = TypeVar("_Held")
@@ -263,12 +271,15 @@ def require_runner(runner: object) -> NetworkRunner:
     """``runner``, checked to have every :class:`NetworkRunner` member and valid capabilities.
 
     Raises:
-        TypeError: a member is missing (naming each, and :class:`RunnerBase` for defaults), or
+        TypeError: a member is missing (naming each, and :class:`RunnerBase` for defaults;
+            ``run_levels`` where ``capabilities.concurrent_levels`` is declared), or
             ``capabilities`` is not a :class:`RunnerCapabilities`.
     """
     require_members(runner, RUNNER_MEMBERS, "NetworkRunner",
                     "; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
-    capabilities_of(runner)
+    if capabilities_of(runner).concurrent_levels:
+        require_members(runner, (CONCURRENT_LEVELS_MEMBER,), "NetworkRunner",
+                        " although its capabilities declare concurrent_levels")
     return runner  # type: ignore[return-value]
 
 

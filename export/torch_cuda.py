@@ -26,6 +26,12 @@ With ``fuse_epilogues=True`` (not in mode aoti) every mode runs the folded netwo
 convolution takes its bias, residual add and ReLU inside one cuDNN call
 (:mod:`.conv_fusion`): graphs then replays cuDNN's fused convolutions alone, nothing compiled.
 
+With ``concurrent_levels=True`` (CUDA only) the runner declares
+``capabilities.concurrent_levels``: the detector hands it every pyramid level of an image at
+once (:meth:`TorchCudaRunner.run_levels`), and once each level's shape has its CUDA graph the
+small levels' graphs replay on streams of their own beside the large levels'
+(:mod:`.level_streams`), which stay on the runner's stream.
+
 A batch smaller than one already compiled or captured for the same image size runs padded
 into that shape instead of preparing its own (seconds of compiling saved, e.g. for a video's
 last and shorter batch); only its own rows come back. A shape that keeps coming gets its own
@@ -96,6 +102,7 @@ from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
 from tinyfaces_trt.export.conv_fusion import fuse_conv_epilogues
+from tinyfaces_trt.export.level_streams import LevelPlan, plan_levels, run_forked
 from tinyfaces_trt.export.torch_settings import cudnn_autotuning, ieee_fp32_convolutions
 
 _logger = logging.getLogger(__name__)
@@ -319,6 +326,9 @@ class TorchCudaRunner(RunnerBase):
             ``relu(conv(x) + z)`` as one cuDNN convolution (:mod:`.conv_fusion`), in every
             mode but ``"aoti"`` (graphs and eager then run the folded network too): the
             activations are written once instead of once more per add and ReLU.
+        concurrent_levels: declare ``capabilities.concurrent_levels`` (CUDA only): the
+            detector calls :meth:`run_levels` with all of an image's levels, whose small
+            levels then replay beside the others on streams of the runner's own.
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -330,7 +340,7 @@ class TorchCudaRunner(RunnerBase):
                  mode: str = "compile", cache_dir: str | os.PathLike[str] | None = None,
                  stream: int | torch.cuda.Stream | None = None, prepare_after: int = 0,
                  progress: Callable[[str], None] | None = None,
-                 fuse_epilogues: bool = False) -> None:
+                 fuse_epilogues: bool = False, concurrent_levels: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if fuse_epilogues and mode == "aoti":
@@ -350,6 +360,8 @@ class TorchCudaRunner(RunnerBase):
                 raise ValueError("mode 'graphs' (CUDA graphs) needs a CUDA device")
             if stream is not None:
                 raise ValueError("a CUDA stream was given for a CPU runner")
+            if concurrent_levels:
+                raise ValueError("concurrent_levels needs a CUDA device (CUDA streams)")
         else:
             raise ValueError(f"unsupported device {device}; use cuda[:i] or cpu")
         self.device = device
@@ -358,12 +370,15 @@ class TorchCudaRunner(RunnerBase):
         self.mode = mode
         self.fuse_epilogues = fuse_epilogues
         self.cache_dir = cache_dir
+        self.concurrent_levels = concurrent_levels
         self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True,
-                                               device=device.index)
+                                               device=device.index,
+                                               concurrent_levels=concurrent_levels)
         self._leases: list[tuple[torch.device, tuple[Any, torch.cuda.Stream]]] = []
         self._give_back = weakref.finalize(self, _give_back_all, self._leases)  # or at close()
         self._stream = self._make_stream(stream) if device.type == "cuda" else None
         self._side: torch.cuda.Stream | None = None  # the captures', taken at the first one
+        self._branches: list[torch.cuda.Stream] = []  # run_levels' forks, taken as needed
         self._model = model
         self._eager: _Forward | None = None
         self._folded: torch.fx.GraphModule | None = None
@@ -431,20 +446,83 @@ class TorchCudaRunner(RunnerBase):
                 scores = self._run_shape(x.to(self.device)).cpu().numpy()
                 self._last_input = None  # that run waited for the stream: nothing reads it now
                 return scores
-            producer = self._producer(net_input)
-            if producer is not None:
-                self._order(producer, self._stream)  # the input is ready before we read it
-            try:
+            with self._reading([net_input]) as (x,):
+                return self._run_shape(x)
+
+    def run_levels(self, net_inputs: Sequence[Any]) -> list[Any]:
+        """Several pyramid levels' inputs (one image or batch) -> their score maps, as
+        :meth:`run` gives each, all valid until the next call.
+
+        Where every input is a device array whose shape already has its CUDA graph and the
+        runner was made with ``concurrent_levels``, the inputs of at most
+        :data:`~.level_streams.CONCURRENT_MAX_PIXELS` pixels replay on streams of the
+        runner's own, forked from :attr:`stream` and joined back into it with events, beside
+        the larger ones, which replay on :attr:`stream` (:mod:`.level_streams`); the outputs
+        are then ready for work queued on :attr:`stream`, as :meth:`run`'s. Otherwise (a shape
+        still to prepare, batches padded into a larger one) they run one after another on
+        :attr:`stream`. Inputs of one shape share a graph: each output but the last of its
+        shape is a copy. Numpy inputs give numpy outputs, one :meth:`run` each.
+
+        Raises:
+            NetworkInputError: an input breaks :meth:`run`'s contract, or host and device
+                arrays are mixed.
+        """
+        if self._closed:
+            raise TinyFacesError("this TorchCudaRunner is closed")
+        inputs = list(net_inputs)
+        on_device = [cuda_array_interface(x) is not None for x in inputs]
+        if not any(on_device):
+            return [self.run(x) for x in inputs]
+        if not all(on_device):
+            raise NetworkInputError("run_levels takes numpy arrays or device arrays, not both")
+        if self._stream is None:
+            raise NetworkInputError("a CUDA array was given to a CPU runner; give a numpy array")
+        with torch.inference_mode(), self._on_stream(), self._reading(inputs) as xs:
+            shapes = [tuple(x.shape) for x in xs]
+            graphs = [self._callables.get(shape) for shape in shapes]
+            if self.concurrent_levels and all(isinstance(g, _Captured) for g in graphs):
+                for shape in shapes:
+                    self._callables.move_to_end(shape)  # used: last for the LRU
+                plan = plan_levels(shapes)
+                return run_forked(plan, shapes, self._stream,
+                                  self._branch_streams(len(plan.branches)),
+                                  lambda i: graphs[i](xs[i]), torch.Tensor.clone,
+                                  torch.cuda.stream)
+            return run_forked(LevelPlan.in_turn(len(xs)), shapes, self._stream, [],
+                              lambda i: self._run_shape(xs[i]), torch.Tensor.clone,
+                              torch.cuda.stream)
+
+    @contextlib.contextmanager
+    def _reading(self, inputs: list[Any]) -> Iterator[list[torch.Tensor]]:
+        """Device inputs as checked tensors, read by the work queued inside: the runner's
+        stream waits for each one's producer first, and each producer for the runner's reads
+        after (it may reuse the input then); a torch tensor naming no stream is marked used
+        on the runner's stream. The inputs are kept alive until the next run."""
+        producers = [self._producer(x) for x in inputs]
+        ordered = {int(p.cuda_stream): p for p in producers if p is not None}
+        for producer in ordered.values():
+            self._order(producer, self._stream)  # the inputs are ready before we read them
+        try:
+            tensors = []
+            for net_input in inputs:
                 x = torch.as_tensor(net_input, device=self.device)
                 check_network_shape(x.shape, str(x.dtype).removeprefix("torch."),
                                     self.capabilities.batch, contiguous=x.is_contiguous())
-                return self._run_shape(x)
-            finally:  # what was queued reads the input until its producer is told
-                if producer is not None:
-                    self._order(self._stream, producer)  # it may reuse the input after our reads
-                elif isinstance(net_input, torch.Tensor):
+                tensors.append(x)
+            yield tensors
+        finally:  # what was queued reads the inputs until their producers are told
+            for producer in ordered.values():
+                self._order(self._stream, producer)  # they may reuse them after our reads
+            for net_input, producer in zip(inputs, producers):
+                if producer is None and isinstance(net_input, torch.Tensor):
                     net_input.record_stream(self._stream)  # torch's allocator: freed after them
-                self._last_input = net_input
+            self._last_input = inputs
+
+    def _branch_streams(self, count: int) -> list[torch.cuda.Stream]:
+        """``count`` streams of the runner's own for :meth:`run_levels`' forks."""
+        while len(self._branches) < count:
+            self._branches.append(self._lease())
+        return self._branches[:count]
 
     def _producer(self, net_input: Any) -> torch.cuda.Stream | None:
         """The stream ``net_input``'s CUDA Array Interface names (torch reads only its
@@ -572,9 +650,11 @@ class TorchCudaRunner(RunnerBase):
             return
         if self._stream is not None:
             self._stream.synchronize()
-        if self._side is not None:
-            self._side.synchronize()
+        for stream in [self._side, *self._branches]:
+            if stream is not None:
+                stream.synchronize()
         self._closed = True
+        self._branches = []
         self._last_input = None
         self._producer_event = None
         self._callables.clear()

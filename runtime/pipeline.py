@@ -329,21 +329,44 @@ class Detector:
         self.runner.check_levels(levels)  # refuse the whole image before running any level
         clock = _StageClock(timings, (self.preprocessor, self.runner, self.postprocessor))
         self.postprocessor.reset(height, width, len(images))
-        for level in levels:
-            if len(images) == 1:
-                net_input = self.preprocessor.prepare(images[0], level)
-            else:
-                net_input = self.preprocessor.prepare_batch(images, level)
-            clock.lap("preprocess")
-            score_map = self.runner.run(net_input)
-            clock.lap("network")
-            self.postprocessor.add_level(score_map, level)
-            clock.lap("decode")
-            if on_level is not None:
-                on_level(level)
+        if len(levels) > 1 and capabilities_of(self.runner).concurrent_levels:
+            self._run_levels_at_once(images, levels, clock, on_level)
+        else:
+            for level in levels:
+                net_input = self._prepare(images, level)
+                clock.lap("preprocess")
+                score_map = self.runner.run(net_input)
+                clock.lap("network")
+                self.postprocessor.add_level(score_map, level)
+                clock.lap("decode")
+                if on_level is not None:
+                    on_level(level)
         boxes = self.postprocessor.finish_all()
         clock.lap("nms")
         return boxes
+
+    def _run_levels_at_once(self, images: list[np.ndarray], levels: list[PyramidLevel],
+                            clock: "_StageClock",
+                            on_level: Callable[[PyramidLevel], None] | None) -> None:
+        """Every level's input, then one ``run_levels`` (the runner may run them side by
+        side), then each level's decode (``capabilities.concurrent_levels``)."""
+        net_inputs = [self._prepare(images, level) for level in levels]
+        clock.lap("preprocess")
+        score_maps = self.runner.run_levels(net_inputs)  # type: ignore[attr-defined]
+        clock.lap("network")
+        if len(score_maps) != len(levels):
+            raise TinyFacesError(f"{type(self.runner).__name__}.run_levels returned "
+                                 f"{len(score_maps)} score maps for {len(levels)} levels")
+        for level, score_map in zip(levels, score_maps):
+            self.postprocessor.add_level(score_map, level)
+            if on_level is not None:
+                on_level(level)
+        clock.lap("decode")
+
+    def _prepare(self, images: list[np.ndarray], level: PyramidLevel) -> Any:
+        if len(images) == 1:
+            return self.preprocessor.prepare(images[0], level)
+        return self.preprocessor.prepare_batch(images, level)
 
     def close(self) -> None:
         """Releases the stages' and the runner's memory (device buffers, sessions), once the

@@ -1000,10 +1000,118 @@ def test_a_device_input_naming_its_stream_and_the_runner_wait_for_each_other(mon
         runner.run(failing)
     assert calls == [("record", 0x7700), ("wait", 0x900), ("run", 0x900), ("record", 0x900),
                      ("wait", 0x7700)]
-    assert runner._last_input is failing
+    assert runner._last_input == [failing]
     monkeypatch.setattr(runner, "_run_shape", run_shape)
     runner.run(x)  # a host run waits for the stream: nothing reads the last input any more
     assert runner._last_input is None
+
+
+def test_run_levels_replays_small_levels_on_forked_streams_and_orders_producers_once(monkeypatch):
+    """run_levels (concurrent_levels): once every shape has its CUDA graph, the small levels
+    replay on streams the runner leases, each forked from its stream after the producers'
+    waits, the large one on its stream, and its stream joins them before the producers are
+    told once each; a shape still to prepare runs in turn through _run_shape. CUDA stand-ins
+    record the calls; the graphs are stand-ins too."""
+    calls, current = [], [0x900]
+
+    class TorchStream:
+        def __init__(self, handle):
+            self.cuda_stream = handle
+
+        def wait_event(self, event):
+            calls.append(("wait", self.cuda_stream))
+
+        def wait_stream(self, other):
+            calls.append(("fork" if other.cuda_stream == 0x900 else "join",
+                          self.cuda_stream if other.cuda_stream == 0x900 else other.cuda_stream))
+
+    class Event:
+        def record(self, stream):
+            calls.append(("record", stream.cuda_stream))
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        before, current[0] = current[0], stream.cuda_stream
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    class Graph(torch_cuda._Captured):
+        def __init__(self):  # no capture: records its replays
+            pass
+
+        def __call__(self, x):
+            calls.append(("replay", x.shape[-1], current[0]))
+            return torch.full((1,), float(x.shape[-1]))
+
+    class Foreign:
+        def __init__(self, shape):
+            self.x = np.zeros(shape, np.float32)
+            self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4",
+                                             "data": (0x5000, False), "version": 3,
+                                             "stream": 0x7700}
+
+    monkeypatch.setattr(torch_cuda.torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch_cuda.torch.cuda, "ExternalStream", lambda ptr, device=None: TorchStream(ptr))
+    monkeypatch.setattr(torch_cuda.torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch_cuda.torch, "as_tensor", lambda obj, device=None: torch.from_numpy(obj.x))
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner._stream = TorchStream(0x900)
+    runner.concurrent_levels = True
+    monkeypatch.setattr(runner, "_on_stream", contextlib.nullcontext)
+    leased = iter(range(0xa00, 0xb00, 0x10))
+    monkeypatch.setattr(runner, "_lease", lambda: TorchStream(next(leased)))
+    small, large = [(1, 3, 8, w) for w in (16, 24)], (1, 3, 1024, 1024)
+    for shape in (*small, large):
+        runner._callables[shape] = Graph()
+    inputs = [Foreign(small[0]), Foreign(large), Foreign(small[1])]
+    outputs = runner.run_levels(inputs)
+    assert [float(o) for o in outputs] == [16.0, 1024.0, 24.0]
+    assert calls == [("record", 0x7700), ("wait", 0x900),  # once for the three inputs
+                     ("fork", 0xa00), ("replay", 16, 0xa00), ("fork", 0xa10), ("replay", 24, 0xa10),
+                     ("replay", 1024, 0x900), ("join", 0xa00), ("join", 0xa10),
+                     ("record", 0x900), ("wait", 0x7700)]
+    assert runner._last_input == inputs
+    # again: the same two leased streams; a repeated shape is copied before its next replay
+    del calls[:]
+    outputs = runner.run_levels([Foreign(small[0]), Foreign(small[0]), Foreign(large)])
+    assert [float(o) for o in outputs] == [16.0, 16.0, 1024.0] and outputs[0] is not outputs[1]
+    assert [c for c in calls if c[0] in ("fork", "replay")] == [
+        ("fork", 0xa00), ("replay", 16, 0xa00), ("replay", 16, 0xa00), ("replay", 1024, 0x900)]
+    # a shape without its graph yet: everything in turn on the runner's stream
+    del calls[:]
+    monkeypatch.setattr(runner, "_run_shape",
+                        lambda x: calls.append(("run", x.shape[-1], current[0])) or x[:, :1])
+    runner.run_levels([Foreign((1, 3, 8, 40)), Foreign(large)])
+    assert calls == [("record", 0x7700), ("wait", 0x900), ("run", 40, 0x900), ("run", 1024, 0x900),
+                     ("record", 0x900), ("wait", 0x7700)]
+    # without concurrent_levels: in turn as well
+    del calls[:]
+    runner.concurrent_levels = False
+    runner.run_levels([Foreign(small[0]), Foreign(large)])
+    assert [c for c in calls if c[0] in ("run", "fork", "replay")] == [
+        ("run", 16, 0x900), ("run", 1024, 0x900)]
+    with pytest.raises(NetworkInputError, match="numpy arrays or device arrays, not both"):
+        runner.run_levels([Foreign(large), np.zeros(large, np.float32)])
+
+
+def test_run_levels_of_host_arrays_is_one_run_each_and_concurrency_needs_cuda():
+    model = stand_in()
+    runner = TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager")
+    xs = [net_input((1, 3, 16, 24), seed=2), net_input((1, 3, 32, 48), seed=3),
+          net_input((1, 3, 16, 24), seed=4)]
+    outputs = runner.run_levels(xs)
+    assert not runner.capabilities.concurrent_levels
+    for x, out in zip(xs, outputs):
+        np.testing.assert_array_equal(out, runner.run(x))
+    assert runner.run_levels([]) == []
+    with pytest.raises(ValueError, match="concurrent_levels needs a CUDA device"):
+        TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager",
+                        concurrent_levels=True)
+    runner.close()
+    with pytest.raises(TinyFacesError, match="closed"):
+        runner.run_levels(xs)
 
 
 def test_a_cuda_graph_keeps_the_callable_it_was_captured_from(monkeypatch):

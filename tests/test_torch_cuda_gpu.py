@@ -270,6 +270,64 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
     np.testing.assert_allclose(again, out, **FP16_CLOSE)
 
 
+def test_run_levels_side_by_side_gives_each_levels_own_graph_output(seeded):
+    """concurrent_levels on the GPU: a 540x960 pyramid's small levels replay on forked
+    streams beside the large ones (and a repeated shape is copied): the very numbers of the
+    same graphs replayed one by one."""
+    model, config = seeded
+    image = synthetic_image(540, 960, seed=0)
+    pre = HostPreprocessor(config)
+    levels = plan_pyramid(540, 960, config)
+    xs = [torch.from_numpy(pre.prepare(image, lv)).cuda() for lv in levels]
+    xs.append(xs[0].clone())  # one shape twice: one graph, its output copied before the next
+    with TorchCudaRunner(model, mode="graphs", fuse_epilogues=True,
+                         concurrent_levels=True) as runner:
+        assert runner.capabilities.concurrent_levels
+        runner.warmup([tuple(x.shape) for x in xs])
+        torch.cuda.current_stream().synchronize()  # the inputs are ready (made on another stream)
+        one_by_one = []
+        for x in xs:
+            out = runner.run(x)
+            runner.synchronize()  # the clone below is queued on another stream
+            one_by_one.append(out.clone())
+        together = runner.run_levels(xs)
+        stream = torch.cuda.ExternalStream(runner.stream)
+        stream.synchronize()
+        assert runner._branches, "no level ran on a stream of its own"
+        for want, got in zip(one_by_one, together):
+            assert torch.equal(want, got)
+        assert together[0].data_ptr() != together[-1].data_ptr()
+        _assert_captured(runner)
+
+
+def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint, seeded):
+    """The detector with the CUDA stages: concurrent_levels gives the same boxes as level by
+    level, for single images and a batch."""
+    from tinyfaces_trt.core.errors import BackendUnavailableError
+    from tinyfaces_trt.kernels import load_library
+    from tinyfaces_trt.runtime.backends import detector_owning
+
+    try:
+        load_library()
+    except BackendUnavailableError as exc:
+        pytest.skip(f"kernel library not available: {exc}")
+    model, config = seeded
+    images = [synthetic_image(540, 960, seed=seed) for seed in (0, 1)]
+    results = []
+    for concurrent in (False, True):
+        runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True,
+                                 concurrent_levels=concurrent)
+        with detector_owning(runner, config, gpu_stages=True) as detector:
+            detector.warmup([(540, 960)], batch_sizes=(1, 2))
+            results.append([detector.detect(image) for image in images]
+                           + detector.detect_batch(images))
+            _assert_captured(runner)
+            assert bool(runner._branches) == concurrent
+    for want, got in zip(*results):
+        assert len(want) > 0
+        np.testing.assert_array_equal(want, got)
+
+
 def test_factory_builds_fp16_fused_graphs_by_default(checkpoint, tmp_path):
     from tinyfaces_trt.detectors import available_backends, create_detector
 
