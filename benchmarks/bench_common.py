@@ -89,6 +89,45 @@ def time_calls(fn: Callable[[], Any], repeat: int, warmup: int,
     return durations, result
 
 
+def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any]]]:
+    """``work`` (which synchronises its device work) once under the torch profiler (CUPTI:
+    kernels replayed from CUDA graphs and those the kernel library launches included).
+
+    Returns its wall seconds and the GPU kernels and copies it ran, by GPU time (most first):
+    ``{"name", "calls", "gpu_ms", "share"}`` (``share`` of the summed kernel time).
+
+    Raises:
+        Exception: what the profiler or ``work`` raised.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    # one cycle; acc_events: torch 2.11 otherwise warns that a cycle clears the events
+    with profile(activities=activities, acc_events=True) as prof:
+        start = time.perf_counter()
+        work()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def device_us(e: Any) -> float:
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            v = getattr(e, attr, None)
+            if v is not None:
+                return float(v)
+        return 0.0
+
+    kernels = [e for e in events if device_us(e) > 0 and getattr(e, "cpu_time_total", 0) == 0]
+    if not kernels:  # some versions also book CPU time on kernel rows
+        kernels = [e for e in events if device_us(e) > 0]
+    kernels.sort(key=lambda e: -device_us(e))
+    total_us = sum(device_us(e) for e in kernels)
+    return wall, [{"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
+                   "share": device_us(e) / total_us if total_us else 0.0} for e in kernels]
+
+
 def _proc_stat_jiffies() -> tuple[int, int] | None:
     """(busy, total) jiffies of all CPUs from /proc/stat, or None where it does not exist."""
     try:
@@ -282,3 +321,11 @@ def emulated_work_text(work: dict[str, Any]) -> str:
                  f"{work['reads_lookahead_max']}, lookahead blocker polls per box mean "
                  f"{work['polls_lookahead_mean']:g} / max {work['polls_lookahead_max']}, ")
     return rounds + reads + f"{work['rows']:g} grid rows per box"
+
+
+def decode_nms_profile_text(entry: dict[str, Any]) -> str:
+    """One profiled decode + NMS in a line: wall, GPU kernels, the groups' times."""
+    groups = ", ".join(f"{g} {format_duration(ms)}" for g, ms in entry["groups"].items())
+    return (f"{format_duration(entry['wall_ms'])} wall, {format_duration(entry['gpu_kernel_ms'])} "
+            f"of GPU kernels and copies ({groups}); the rest is launches, gaps between "
+            "kernels and the host's waits")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench_common import emulated_work_text, format_duration
+from bench_common import decode_nms_profile_text, emulated_work_text, format_duration
 from bench_parity import comparison_failure, examples_section
 from bench_targets import format_value
 
@@ -144,6 +144,25 @@ def _decode_nms_table(rows: list[dict[str, Any]]) -> list[str]:
     if work:
         lines += ["", "What the CUDA NMS does there, from its numpy emulation "
                   "(kernels/nms_emulation.py): " + "; ".join(work) + "."]
+    return lines
+
+
+def _decode_nms_profile_lines(profile: list[dict[str, Any]]) -> list[str]:
+    lines = ["### Where decode + NMS spend their time", "",
+             "One synchronised reset + decode + NMS of the runtime's default NMS rule per count, "
+             "under the torch profiler (it slows the host: read the GPU times, and the wall "
+             "time as an upper bound).", ""]
+    for entry in profile:
+        if entry.get("status") != "ok":
+            lines.append(f"- {entry['target']} candidates: {entry.get('status')}: "
+                         f"{entry.get('reason', '')}")
+            continue
+        lines += [f"{entry['candidates']} candidates ({entry['name']}): "
+                  f"{decode_nms_profile_text(entry)}.", "",
+                  "| kernel | calls | GPU time | share |", "|---|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['calls']} | {format_duration(k['gpu_ms'])} | "
+                  f"{k['share']:.0%} |" for k in entry["kernels"]]
+        lines.append("")
     return lines
 
 
@@ -325,6 +344,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                   "(IoU-matched, fp32 tolerances).",
                   ""]
         lines += _decode_nms_table(dn["rows"]) + [""]
+        if dn.get("profile"):
+            lines += _decode_nms_profile_lines(dn["profile"]) + [""]
     if result.get("plot"):
         lines += [f"![latency by backend and stage]({result['plot']})"]
     elif result.get("plot_skipped"):

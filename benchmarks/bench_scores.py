@@ -14,7 +14,9 @@ score map, scale 2), the level that dominates real 1080p images.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,7 @@ from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.runtime.postprocess import select_detections
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
-from bench_common import one_line, summarize, time_calls
+from bench_common import one_line, profiled_kernels, summarize, time_calls
 from bench_parity import compare_with_reference
 
 DEFAULT_MAP = (270, 480)   # score map (h, w) of a 3840x2160 input = the 2x level of 1080p
@@ -143,16 +145,12 @@ def cuda_rows() -> dict[int, str]:
 
 
 
-def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, rule: int, name: str) -> dict[str, Any]:
-    """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
-
-    ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
-    ``finish``: sort + NMS + clip on the device, then the download of the counters and the
-    kept rows (so NMS includes that small copy); every run is stream-synchronised.
-    ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
-    same boxes with each), ``name`` its row's (:func:`cuda_rows`).
-    """
+@contextlib.contextmanager
+def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
+                        rule: int) -> Iterator[Callable[[], tuple[np.ndarray, float, float]]]:
+    """The runtime's :class:`CudaPostprocessor` with ``data``'s score map on the device:
+    yields ``decode_nms()``, one synchronised reset + decode + NMS returning the kept boxes,
+    the seconds of the decode and those of the NMS. Raises :class:`_Skip` without a GPU."""
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
 
@@ -169,9 +167,8 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
         stream.synchronize()
         scores = DeviceArray(score_dev.ptr, data.score_map.shape, np.float32, owner=score_dev)
         image_h, image_w = data.image_hw
-        decode_s, nms_s = [], []
-        boxes = np.zeros((0, 5), np.float32)
-        for k in range(warmup + repeat):
+
+        def decode_nms() -> tuple[np.ndarray, float, float]:
             stream.synchronize()
             start = time.perf_counter()
             post.reset(image_h, image_w)
@@ -179,19 +176,89 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             stream.synchronize()
             decoded = time.perf_counter()
             boxes = post.finish()
-            done = time.perf_counter()
-            if k >= warmup:
-                decode_s.append(decoded - start)
-                nms_s.append(done - decoded)
-        stats = post.last_stats
-        return {"name": name, "status": "ok",
-                "decode": summarize(decode_s), "nms": summarize(nms_s),
-                "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
-                "note": "NMS includes the download of the kept boxes", "boxes": boxes}
+            return boxes, decoded - start, time.perf_counter() - decoded
+
+        decode_nms.post = post  # type: ignore[attr-defined]
+        yield decode_nms
     finally:
         post.close()
         score_dev.free()
         stream.close()
+
+
+def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
+              warmup: int, rule: int, name: str) -> dict[str, Any]:
+    """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
+
+    ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
+    ``finish``: sort + NMS + clip on the device, then the download of the counters and the
+    kept rows (so NMS includes that small copy); every run is stream-synchronised.
+    ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
+    same boxes with each), ``name`` its row's (:func:`cuda_rows`).
+    """
+    with _cuda_postprocessor(data, config, rule) as decode_nms:
+        decode_s, nms_s = [], []
+        boxes = np.zeros((0, 5), np.float32)
+        for k in range(warmup + repeat):
+            boxes, decode_seconds, nms_seconds = decode_nms()
+            if k >= warmup:
+                decode_s.append(decode_seconds)
+                nms_s.append(nms_seconds)
+        stats = decode_nms.post.last_stats
+    return {"name": name, "status": "ok",
+            "decode": summarize(decode_s), "nms": summarize(nms_s),
+            "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
+            "note": "NMS includes the download of the kept boxes", "boxes": boxes}
+
+
+def profile_decode_nms(targets: list[int], config: DetectorConfig,
+                       map_hw: tuple[int, int] = DEFAULT_MAP, scale: float = DEFAULT_SCALE,
+                       log=print) -> list[dict[str, Any]]:
+    """One decode + NMS of the runtime's default rule per target count under the torch
+    profiler (on the maps :func:`run_decode_nms` timed): its wall time and every GPU kernel
+    and copy, so a report can say where the time goes (the resolve kernel, the sorts, or
+    the gaps between launches and the host's waits)."""
+    rule, name = next(iter(cuda_rows().items()))
+    entries = []
+    for target in targets:
+        data = clustered_score_map(target, config, map_hw, scale)
+        entry: dict[str, Any] = {"target": target, "candidates": data.candidates, "name": name}
+        try:
+            with _cuda_postprocessor(data, config, rule) as decode_nms:
+                decode_nms()  # warm: buffers grown, NMS sized for this count
+                wall, kernels = profiled_kernels(decode_nms)
+        except _Skip as exc:
+            entries.append({**entry, "status": "skipped", "reason": str(exc)})
+            continue
+        except Exception as exc:  # present, but failed (the profiler too): a finding
+            entries.append({**entry, "status": "failed", "reason": one_line(exc, with_type=True)})
+            continue
+        gpu_ms = sum(k["gpu_ms"] for k in kernels)
+        log(f"decode/NMS profile at {data.candidates} candidates: {wall * 1e6:.0f} us wall, "
+            f"{gpu_ms * 1e3:.0f} us of GPU kernels and copies")
+        entries.append({**entry, "status": "ok", "wall_ms": wall * 1e3, "gpu_kernel_ms": gpu_ms,
+                        "kernels": kernels, "groups": kernel_groups(kernels)})
+    return entries
+
+
+#: How the decode/NMS profile groups its kernels (first match wins; the rest is "other").
+KERNEL_GROUPS = (("NMS resolve", "resolve"), ("sorts", "RadixSort|Onesweep"),
+                 ("scan", "DeviceScan"), ("decode", "decode_level"),
+                 ("copies and memsets", "Memcpy|Memset"))
+
+
+def kernel_groups(kernels: list[dict[str, Any]]) -> dict[str, float]:
+    """GPU milliseconds per :data:`KERNEL_GROUPS` group (and "other"), in that order, groups
+    with no kernel left out."""
+    import re
+
+    groups: dict[str, float] = {}
+    for k in kernels:
+        group = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, k["name"])),
+                     "other")
+        groups[group] = groups.get(group, 0.0) + k["gpu_ms"]
+    order = [g for g, _ in KERNEL_GROUPS] + ["other"]
+    return {g: groups[g] for g in order if g in groups}
 
 
 class _Skip(Exception):

@@ -29,7 +29,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from bench_common import emulated_work_text, format_duration
+from bench_common import decode_nms_profile_text, emulated_work_text, format_duration
 
 #: The backends the targets are about, in order of preference.
 PRIMARY = ("torch-cuda", "tensorrt-fp16-cuda", "onnxruntime-cuda")
@@ -202,6 +202,10 @@ def _decode_nms(count: int):
                 why += f" ({other['name']}: NMS {format_duration(_median(other['nms']))})"
         if row.get("emulated"):
             why += f" (NMS work, emulated: {emulated_work_text(row['emulated'])})"
+        profiled = next((p for p in dn.get("profile") or []
+                         if p.get("target") == count and p.get("status") == "ok"), None)
+        if profiled:
+            why += f" (profiled once: {decode_nms_profile_text(profiled)})"
         return d + n, detail, why
     return measure
 

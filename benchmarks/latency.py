@@ -25,13 +25,14 @@ of the real network, its detections are meaningless (but identical across correc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ for _path in (str(HERE), str(HERE.parent)):
 import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
-                          now_iso, one_line, summarize, today, wait_until_quiet)
+                          now_iso, one_line, profiled_kernels, summarize, today,
+                          wait_until_quiet)
 from bench_precompile import parse_part  # noqa: E402
 from tinyfaces_trt.detectors import DEFAULT_TORCH_MODE, TORCH_CUDA_MODES  # noqa: E402
 from tinyfaces_trt.core.cli import (EXIT_ERROR, ImageSize, fraction, parse_image_sizes,  # noqa: E402
@@ -119,7 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "fp32 on the CPU, runtime pipeline) on the same image, per size")
     p.add_argument("--profile", action="store_true",
                    help="profile one detect of the main GPU backend at the first size with "
-                        "the torch profiler (top GPU kernels in the report)")
+                        "the torch profiler (top GPU kernels in the report), and with "
+                        "--candidates one CUDA decode + NMS per count (its kernels grouped)")
     p.add_argument("--budget-s", type=positive_float, default=None, metavar="SECONDS",
                    help="time budget of the whole run: work that would start after it is "
                         "spent (or is estimated not to fit) is listed as skipped with the "
@@ -524,47 +527,22 @@ def measure_batch(bench: _Bench, images: list[np.ndarray], args: argparse.Namesp
 def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dict[str, Any]:
     """The torch profiler over one synchronised detect: wall time, summed GPU kernel time
     and the top kernels by GPU time (CUPTI; kernels replayed from CUDA graphs included)."""
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
+    def detect() -> None:
         bench.pipe.detect(image, None)
         bench.pipe.synchronize()
-        # one cycle; acc_events: torch 2.11 otherwise warns that a cycle clears the events
-        with profile(activities=activities, acc_events=True) as prof:
-            start = time.perf_counter()
-            bench.pipe.detect(image, None)
-            bench.pipe.synchronize()
-            wall = time.perf_counter() - start
-        events = prof.key_averages()
+
+    try:
+        detect()
+        wall, kernels = profiled_kernels(detect)
     except Exception as exc:
         return {"backend": bench.spec.name, "status": "skipped",
                 "reason": f"torch profiler: {one_line(exc, with_type=True)}"}
-
-    def device_us(e: Any) -> float:
-        for attr in ("self_device_time_total", "self_cuda_time_total"):
-            v = getattr(e, attr, None)
-            if v is not None:
-                return float(v)
-        return 0.0
-
-    kernels = [e for e in events if device_us(e) > 0 and getattr(e, "cpu_time_total", 0) == 0]
-    if not kernels:  # some versions also book CPU time on kernel rows
-        kernels = [e for e in events if device_us(e) > 0]
-    kernels.sort(key=lambda e: -device_us(e))
-    total_us = sum(device_us(e) for e in kernels)
+    total_ms = sum(k["gpu_ms"] for k in kernels)
     log(f"[{bench.spec.name}] profiled one detect: {format_duration(wall * 1e3)} wall, "
-        f"{format_duration(total_us / 1e3)} of GPU kernels")
-    def row(e: Any) -> dict[str, Any]:
-        return {"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
-                "share": device_us(e) / total_us if total_us else 0.0}
-
+        f"{format_duration(total_ms)} of GPU kernels")
     return {"backend": bench.spec.name, "status": "ok", "wall_ms": wall * 1e3,
-            "gpu_kernel_ms": total_us / 1e3, "top": [row(e) for e in kernels[:rows]],
-            "stages": [row(e) for e in kernels if stage_kernel(e.key)]}
+            "gpu_kernel_ms": total_ms, "top": kernels[:rows],
+            "stages": [k for k in kernels if stage_kernel(k["name"])]}
 
 
 #: Names of the runtime's own CUDA stage kernels, the CUB calls of its NMS and the copies.
@@ -597,27 +575,62 @@ def profile_last(to_profile: list[tuple[_Bench, np.ndarray]], entry: dict[str, A
     CUDA graphs) is the step most likely to hang or crash the process, and nothing else is
     left to lose by then. A profile still running after :data:`PROFILE_HANG_S` ends the
     process (``give_up``) rather than hold the machine: the result is already saved."""
-    def hung(name: str) -> None:
-        log(f"[{name}] the profile is still running after {PROFILE_HANG_S:.0f} s (a hang "
-            f"under the profiler): ending here, exit {EXIT_PROFILE_HUNG}; the results were "
-            "saved before it")
-        give_up()
-
     for bench, image in to_profile:
-        watchdog = threading.Timer(PROFILE_HANG_S, hung, args=(bench.spec.name,))
-        watchdog.daemon = True
         try:
             refused = deadline.refuse("the profile", PROFILE_S)
             if refused or bench.pipe is None:
                 entry["profile"] = {"backend": bench.spec.name, "status": "skipped",
                                     "reason": refused or "the backend failed before the profile"}
             else:
-                watchdog.start()
-                entry["profile"] = profile_detect(bench, image, log)
+                with _watchdog(f"[{bench.spec.name}] the profile", log, give_up):
+                    entry["profile"] = profile_detect(bench, image, log)
         finally:
-            watchdog.cancel()
             bench.close()
     to_profile.clear()
+
+
+def cuda_decode_nms_ran(result: dict[str, Any]) -> bool:
+    """Whether a CUDA row of the decode/NMS table ran."""
+    rows = (result.get("decode_nms") or {}).get("rows") or []
+    return any(i["name"].startswith("cuda") and i.get("status") == "ok"
+               for r in rows for i in r["implementations"])
+
+
+@contextlib.contextmanager
+def _watchdog(what: str, log, give_up: Callable[[], None]) -> Iterator[None]:
+    """Ends the process (``give_up``) when the work inside runs past :data:`PROFILE_HANG_S`
+    (a hang under the profiler): the results are saved before it."""
+    def hung() -> None:
+        log(f"{what} is still running after {PROFILE_HANG_S:.0f} s (a hang under the "
+            f"profiler): ending here, exit {EXIT_PROFILE_HUNG}; the results were saved before it")
+        give_up()
+
+    watchdog = threading.Timer(PROFILE_HANG_S, hung)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+
+
+def profile_decode_nms_last(result: dict[str, Any], counts: list[int], config: Any,
+                            deadline: Deadline, log,
+                            give_up: Callable[[], None] = lambda: os._exit(EXIT_PROFILE_HUNG)
+                            ) -> None:
+    """``--profile`` with ``--candidates``, where a CUDA row of the timed table ran
+    (:func:`cuda_decode_nms_ran`): one decode + NMS per count under the profiler, into
+    ``result["decode_nms"]["profile"]`` (last, as the detect's profile: see
+    :func:`profile_last`)."""
+    refused = deadline.refuse("the decode/NMS profile", PROFILE_S)
+    if refused:
+        result["decode_nms"]["profile"] = [{"target": c, "status": "skipped", "reason": refused}
+                                           for c in counts]
+        return
+    from bench_scores import profile_decode_nms
+
+    with _watchdog("the decode/NMS profile", log, give_up):
+        result["decode_nms"]["profile"] = profile_decode_nms(counts, config, log=log)
 
 
 def _summarize_stages(samples: list[dict[str, float]]) -> dict[str, Any]:
@@ -987,6 +1000,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
             save(final=True)  # complete but for the profile, should it hang or crash
             log(f"[{to_profile[0][0].spec.name}] the profile, last ...")
             profile_last(to_profile, sizes[0], deadline, log)
+        if args.profile and args.candidate_counts and cuda_decode_nms_ran(result):
+            result["decode_nms"]["profile"] = [{"target": c, "status": "running",
+                                                "reason": PROFILE_CUT}
+                                               for c in args.candidate_counts]
+            save(final=True)  # complete but for this profile, should it hang or crash
+            profile_decode_nms_last(result, args.candidate_counts, config, deadline, log)
     finally:
         for bench, _ in to_profile:  # a later size failed: the kept backend is closed too
             bench.close()

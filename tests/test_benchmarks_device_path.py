@@ -157,6 +157,14 @@ def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
     assert kept_cells()[1] == f"{kept}, **NOT numpy's**: 2 missing, 1 extra of {kept}"
     impls[CUDA_NAMES[1]]["vs_numpy"]["failures"] = ["max probability difference 0.2 > 1e-05"]
     assert kept_cells()[1] == f"{kept}, **NOT numpy's**: max probability difference 0.2 > 1e-05"
+    # --profile: one decode + NMS of the default rule under the profiler, on the same map (no
+    # CUDA activity on the CPU build: no kernel, only the wall time)
+    (profiled,) = bench_scores.profile_decode_nms([300], DetectorConfig(), map_hw=(48, 64),
+                                                  log=lambda _: None)
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+    assert profiled["status"] == "ok", profiled
+    assert (profiled["name"], profiled["candidates"]) == (CUDA_NAMES[0], row["candidates"])
+    assert profiled["wall_ms"] > 0 and profiled["groups"] == {} and profiled["kernels"] == []
 
 
 def test_targets_are_about_the_device_backend(run):

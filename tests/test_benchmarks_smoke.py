@@ -715,3 +715,62 @@ def test_the_profile_lists_every_cuda_stage_kernel_apart_from_the_network():
     assert ("The CUDA stages' kernels and copies (every one: resize, decode, NMS with its CUB "
             "sorts and scan): 500 µs in all.") in lines
     assert lines[-1] == f"| `{stage[1]}` | 1 | 250 µs | 1% |"
+
+
+def test_the_decode_nms_profile_groups_its_kernels_into_the_report_and_the_target():
+    """--profile with --candidates: one decode + NMS per count under the profiler; its kernels
+    grouped (resolve, sorts, scan, decode, copies, other) in the report's table and in the
+    10k target's reason, so a miss says where the time went."""
+    scores = _bench_module("bench_scores")
+    names = {"void (anonymous namespace)::nms_resolve_warp_kernel((anonymous namespace)::Control*": 0.25,
+             "void cub::CUB_300001_SM_900::detail::radix_sort::DeviceRadixSortOnesweepKernel<": 0.05,
+             "void cub::CUB_300001_SM_900::detail::scan::DeviceScanKernel<cub::": 0.002,
+             "(anonymous namespace)::decode_level_kernel(float const*, int, int, tf_decode_params": 0.01,
+             "Memset (Device)": 0.001, "(anonymous namespace)::nms_bin_kernel(": 0.0015}
+    kernels = [{"name": n, "calls": 1, "gpu_ms": ms, "share": ms / sum(names.values())}
+               for n, ms in names.items()]
+    groups = scores.kernel_groups(kernels)
+    assert list(groups) == ["NMS resolve", "sorts", "scan", "decode", "copies and memsets", "other"]
+    assert groups["other"] == 0.0015 and groups["NMS resolve"] == 0.25
+    entry = {"target": 10000, "candidates": 10056, "name": "cuda (CudaPostprocessor, warp NMS rule)",
+             "status": "ok", "wall_ms": 0.45, "gpu_kernel_ms": sum(names.values()),
+             "kernels": kernels, "groups": groups}
+    result = {"decode_nms": {"rows": [{"target": 10000, "candidates": 10056, "faces": 128,
+                                       "implementations": [{"name": entry["name"], "status": "ok",
+                                                            "decode": {"median_ms": 0.08},
+                                                            "nms": {"median_ms": 0.4}}]}],
+                             "profile": [entry, {"target": 50000, "status": "failed",
+                                                 "reason": "RuntimeError: boom"}]}}
+    targets = _bench_module("bench_targets")
+    measure = next(t for t in targets.TARGETS if t.key == "decode_nms_10k")
+    value, _, why = targets._decode_nms(10000)(result, None)
+    assert value == pytest.approx(0.48) and measure.goal == 0.3
+    assert ("(profiled once: 450 µs wall, 314 µs of GPU kernels and copies (NMS resolve 250 µs, "
+            "sorts 50.0 µs, scan 2.00 µs, decode 10.0 µs, copies and memsets 1.00 µs, other "
+            "1.50 µs); the rest is launches, gaps between kernels and the host's waits)") in why
+    lines = _bench_module("bench_report")._decode_nms_profile_lines(result["decode_nms"]["profile"])
+    assert lines[0] == "### Where decode + NMS spend their time"
+    assert f"| `{next(iter(names))}` | 1 | 250 µs | 79% |" in lines
+    assert "- 50000 candidates: failed: RuntimeError: boom" in lines
+
+
+def test_the_decode_nms_profile_runs_last_only_after_a_cuda_row_and_within_the_budget(monkeypatch):
+    latency = _load_latency()
+    import bench_scores
+    from bench_common import Deadline
+
+    calls = []
+    monkeypatch.setattr(bench_scores, "profile_decode_nms",
+                        lambda counts, config, log: calls.append(counts) or [{"status": "ok"}])
+    cuda_ok = {"name": "cuda (CudaPostprocessor, warp NMS rule)", "status": "ok"}
+    ran = {"decode_nms": {"rows": [{"implementations": [{"name": "numpy", "status": "ok"}, cuda_ok]}]}}
+    skipped = {"decode_nms": {"rows": [{"implementations": [
+        {"name": "numpy", "status": "ok"}, {**cuda_ok, "status": "skipped"}]}]}}
+    assert latency.cuda_decode_nms_ran(ran) and not latency.cuda_decode_nms_ran(skipped)
+    assert not latency.cuda_decode_nms_ran({"decode_nms": None})
+    latency.profile_decode_nms_last(ran, [10000], DetectorConfig(), Deadline(None), print)
+    assert calls == [[10000]] and ran["decode_nms"]["profile"] == [{"status": "ok"}]
+    latency.profile_decode_nms_last(ran, [10000, 50000], DetectorConfig(), Deadline(0.0), print)
+    assert calls == [[10000]]
+    assert [p["status"] for p in ran["decode_nms"]["profile"]] == ["skipped", "skipped"]
+    assert "time budget" in ran["decode_nms"]["profile"][0]["reason"]
