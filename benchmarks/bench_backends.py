@@ -750,7 +750,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 precision_at="fp16"),
     BackendSpec("torch-cuda-concurrent", "runtime GPU pipeline as torch-cuda, the pyramid's "
                 "small levels (up to 2^19 input pixels) replayed on streams of their own beside "
-                "the large ones: TorchCudaRunner(concurrent_levels=True)",
+                "the large ones: TorchCudaRunner(concurrent_levels=True) (in the CUDA-graph "
+                "torch modes; in turn with --torch-mode eager)",
                 _torch_cuda_device_reason, _torch_cuda_device("float16", concurrent_levels=True),
                 precision_at="fp16"),
     BackendSpec("torch-cuda-compile", "runtime GPU pipeline as torch-cuda, the network by "

@@ -8,15 +8,16 @@ streams of their own, forked from the runner's stream and joined back into it wi
 they run beside each other and beside the large levels, which stay on the runner's stream.
 
     plan = plan_levels(shapes, max_pixels=CONCURRENT_MAX_PIXELS, max_branches=8)
-    outputs = run_forked(plan, shapes, main, branches, run_one, on_stream)
+    outputs = run_forked(plan, main, branches, run_one, copy, on_stream, buffer_of)
 
 Inputs of one shape share their CUDA graph (and its output buffer): they stay on one stream, one
-after another, and each output but the last of its shape is copied before the next replay.
+after another, and an output whose buffer a later input on that stream replays into is copied
+before that replay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -72,39 +73,45 @@ def _pixels(shape: Shape) -> int:
     return int(n) * int(h) * int(w)
 
 
-def run_forked(plan: LevelPlan, shapes: Sequence[Shape], main: Any, branches: Sequence[Any],
-               run_one: Callable[[int], Any], copy: Callable[[Any], Any],
-               on_stream: Callable[[Any], AbstractContextManager[Any]]) -> list[Any]:
+def run_forked(plan: LevelPlan, main: Any, branches: Sequence[Any], run_one: Callable[[int], Any],
+               copy: Callable[[Any], Any],
+               on_stream: Callable[[Any], AbstractContextManager[Any]],
+               buffer_of: Callable[[int], Hashable]) -> list[Any]:
     """Runs input ``i`` by ``run_one(i)`` under ``on_stream(stream)`` of its plan's stream:
     each branch waits (``branch.wait_stream(main)``) for the work queued on ``main`` so far,
     then ``main``'s own inputs are queued, and ``main`` waits for every branch that was forked
     (also when a run raises), so what is queued on ``main`` afterwards sees every output and
-    may reuse every input. ``copy(output)`` keeps an output whose shape runs again on its
-    stream (one graph, one output buffer). Returns the outputs in input order."""
+    may reuse every input.
+
+    ``buffer_of(i)``: what names the buffer input ``i``'s output is written to (its CUDA
+    graph's shape), read once input ``i`` has run; ``copy(output)`` keeps an output whose
+    buffer a later input of its stream writes to. Returns the outputs in input order."""
     if len(branches) < len(plan.branches):
         raise ValueError(f"{len(plan.branches)} branches planned, {len(branches)} streams given")
-    outputs: list[Any] = [None] * len(shapes)
+    outputs: list[Any] = [None] * (len(plan.main) + sum(len(b) for b in plan.branches))
     forked: list[Any] = []
     try:
         for stream, indices in zip(branches, plan.branches):
             stream.wait_stream(main)
             forked.append(stream)
             with on_stream(stream):
-                _run_in_turn(indices, shapes, run_one, copy, outputs)
+                _run_in_turn(indices, run_one, copy, buffer_of, outputs)
         with on_stream(main):
-            _run_in_turn(plan.main, shapes, run_one, copy, outputs)
+            _run_in_turn(plan.main, run_one, copy, buffer_of, outputs)
     finally:
         for stream in forked:
             main.wait_stream(stream)
     return outputs
 
 
-def _run_in_turn(indices: Sequence[int], shapes: Sequence[Shape], run_one: Callable[[int], Any],
-                 copy: Callable[[Any], Any], outputs: list[Any]) -> None:
+def _run_in_turn(indices: Sequence[int], run_one: Callable[[int], Any],
+                 copy: Callable[[Any], Any], buffer_of: Callable[[int], Hashable],
+                 outputs: list[Any]) -> None:
     for k, i in enumerate(indices):
         out = run_one(i)
-        if any(tuple(shapes[j]) == tuple(shapes[i]) for j in indices[k + 1:]):
-            out = copy(out)  # the next replay of this shape overwrites its output buffer
+        buffer = buffer_of(i)
+        if any(buffer_of(j) == buffer for j in indices[k + 1:]):
+            out = copy(out)  # a later run writes that buffer
         outputs[i] = out
 
 

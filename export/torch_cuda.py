@@ -379,6 +379,7 @@ class TorchCudaRunner(RunnerBase):
         self._stream = self._make_stream(stream) if device.type == "cuda" else None
         self._side: torch.cuda.Stream | None = None  # the captures', taken at the first one
         self._branches: list[torch.cuda.Stream] = []  # run_levels' forks, taken as needed
+        self._pool_streams_only = False  # no stream of the runner's own: run_levels in turn
         self._model = model
         self._eager: _Forward | None = None
         self._folded: torch.fx.GraphModule | None = None
@@ -409,10 +410,12 @@ class TorchCudaRunner(RunnerBase):
         raise TypeError(f"stream must be None, a torch.cuda.Stream or a cudaStream_t int, "
                         f"got {type(stream).__name__}")
 
-    def _lease(self) -> torch.cuda.Stream:
+    def _lease(self, own_only: bool = False) -> torch.cuda.Stream | None:
+        """A stream lent to this runner (given back at :meth:`close`); with ``own_only``
+        None where only a torch pool stream can be had."""
         lease = _LEASES.take(self.device)
         self._leases.append((self.device, lease))
-        return lease[1]
+        return None if own_only and lease[0] is None else lease[1]
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -459,9 +462,10 @@ class TorchCudaRunner(RunnerBase):
         runner's own, forked from :attr:`stream` and joined back into it with events, beside
         the larger ones, which replay on :attr:`stream` (:mod:`.level_streams`); the outputs
         are then ready for work queued on :attr:`stream`, as :meth:`run`'s. Otherwise (a shape
-        still to prepare, batches padded into a larger one) they run one after another on
-        :attr:`stream`. Inputs of one shape share a graph: each output but the last of its
-        shape is a copy. Numpy inputs give numpy outputs, one :meth:`run` each.
+        still to prepare, batches padded into a larger one, no stream of the runner's own to
+        be had: without cuda-python) they run one after another on :attr:`stream`. Inputs
+        running one graph share its output buffer: each output but the last of that graph is
+        a copy. Numpy inputs give numpy outputs, one :meth:`run` each.
 
         Raises:
             NetworkInputError: an input breaks :meth:`run`'s contract, or host and device
@@ -481,16 +485,26 @@ class TorchCudaRunner(RunnerBase):
             shapes = [tuple(x.shape) for x in xs]
             graphs = [self._callables.get(shape) for shape in shapes]
             if self.concurrent_levels and all(isinstance(g, _Captured) for g in graphs):
-                for shape in shapes:
-                    self._callables.move_to_end(shape)  # used: last for the LRU
                 plan = plan_levels(shapes)
-                return run_forked(plan, shapes, self._stream,
-                                  self._branch_streams(len(plan.branches)),
-                                  lambda i: graphs[i](xs[i]), torch.Tensor.clone,
-                                  torch.cuda.stream)
-            return run_forked(LevelPlan.in_turn(len(xs)), shapes, self._stream, [],
-                              lambda i: self._run_shape(xs[i]), torch.Tensor.clone,
-                              torch.cuda.stream)
+                branches = self._branch_streams(len(plan.branches))
+                if len(branches) == len(plan.branches):
+                    for shape in shapes:
+                        self._callables.move_to_end(shape)  # used: last for the LRU
+                    return run_forked(plan, self._stream, branches, lambda i: graphs[i](xs[i]),
+                                      self._copy_output, torch.cuda.stream,
+                                      lambda i: shapes[i])
+            # a batch may run padded into a larger one's graph: named by the shape it runs as
+            return run_forked(LevelPlan.in_turn(len(xs)), self._stream, [],
+                              lambda i: self._run_shape(xs[i]), self._copy_output,
+                              torch.cuda.stream, lambda i: self.batch_shape_for(shapes[i]))
+
+    def _copy_output(self, out: torch.Tensor) -> torch.Tensor:
+        """A copy of a graph's output, on the current stream (a branch's, or the runner's),
+        marked used on the runner's stream, where it is read after the join."""
+        kept = out.clone()
+        if kept.is_cuda:
+            kept.record_stream(self._stream)
+        return kept
 
     @contextlib.contextmanager
     def _reading(self, inputs: list[Any]) -> Iterator[list[torch.Tensor]]:
@@ -519,9 +533,15 @@ class TorchCudaRunner(RunnerBase):
             self._last_input = inputs
 
     def _branch_streams(self, count: int) -> list[torch.cuda.Stream]:
-        """``count`` streams of the runner's own for :meth:`run_levels`' forks."""
-        while len(self._branches) < count:
-            self._branches.append(self._lease())
+        """``count`` streams of the runner's own for :meth:`run_levels`' forks; none where
+        only torch's pool streams can be had (no cuda-python): another runner may be
+        capturing a CUDA graph on one, and a replay there would land in its graph."""
+        while len(self._branches) < count and not self._pool_streams_only:
+            stream = self._lease(own_only=True)
+            if stream is None:
+                self._pool_streams_only = True
+            else:
+                self._branches.append(stream)
         return self._branches[:count]
 
     def _producer(self, net_input: Any) -> torch.cuda.Stream | None:

@@ -32,7 +32,12 @@ from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 
 @runtime_checkable
 class Preprocessor(Protocol):
-    """Resizes + normalises images for one pyramid level into the network's input."""
+    """Resizes + normalises images for one pyramid level into the network's input.
+
+    Each level's input stays valid while the other levels of the same image (or batch) are
+    prepared: a runner declaring ``capabilities.concurrent_levels`` is given every level's
+    input at once (the numpy stage returns new arrays, the CUDA one keeps a buffer per level).
+    """
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> Any:
         """``image`` is (H, W, 3) uint8 RGB; returns the (1, 3, h, w) float32 input

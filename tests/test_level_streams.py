@@ -89,7 +89,7 @@ def test_branches_fork_after_main_work_and_join_before_anything_after():
     main, branches = _Stream("main", log), [_Stream(f"b{k}", log) for k in range(3)]
     run_one, copy, on_stream = _runner(log, shapes)
     plan = plan_levels(shapes)
-    outputs = run_forked(plan, shapes, main, branches, run_one, copy, on_stream)
+    outputs = run_forked(plan, main, branches, run_one, copy, on_stream, lambda i: shapes[i])
     assert outputs == ["out0'", "out1", "out2", "out3"]
     assert log == [("wait", "b0", "main"), ("run", 0, "b0"), ("copy", "out0", "b0"),
                    ("run", 2, "b0"),
@@ -105,22 +105,38 @@ def test_a_failing_run_still_joins_every_forked_branch():
         main, branches = _Stream("main", log), [_Stream(f"b{k}", log) for k in range(2)]
         run_one, copy, on_stream = _runner(log, shapes, fail_at)
         with pytest.raises(RuntimeError, match="boom"):
-            run_forked(plan_levels(shapes), shapes, main, branches, run_one, copy, on_stream)
+            run_forked(plan_levels(shapes), main, branches, run_one, copy, on_stream,
+                       lambda i: shapes[i])
         assert [c[2] for c in log if c[:2] == ("wait", "main")] == joined, fail_at
 
 
-def test_in_turn_runs_everything_on_main_copying_a_repeated_shape():
-    shapes = [(1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 16, 16)]
+def test_in_turn_runs_everything_on_main_copying_what_a_later_run_overwrites():
+    """The copy follows the buffer an output is in (a batch padded into a larger one's graph
+    shares that graph's), read once the input has run (a run may prepare a graph that a later
+    input then pads into)."""
+    shapes = [(1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 16, 16), (2, 3, 16, 16)]
     log = []
     run_one, copy, on_stream = _runner(log, shapes)
-    outputs = run_forked(LevelPlan.in_turn(3), shapes, _Stream("main", log), [], run_one, copy,
-                         on_stream)
-    assert outputs == ["out0'", "out1", "out2"]
+    buffers = {0: "a", 1: "a", 2: "b", 3: "c"}
+    outputs = run_forked(LevelPlan.in_turn(4), _Stream("main", log), [], run_one, copy,
+                         on_stream, lambda i: buffers[i])
+    assert outputs == ["out0'", "out1", "out2", "out3"]
     assert log == [("run", 0, "main"), ("copy", "out0", "main"), ("run", 1, "main"),
-                   ("run", 2, "main")]
+                   ("run", 2, "main"), ("run", 3, "main")]
+    del log[:]
+
+    def preparing(i):  # input 3 prepares its graph: input 2 pads into it from then on
+        if i == 3:
+            buffers[2] = "c"
+        return run_one(i)
+
+    buffers[2] = "b"
+    outputs = run_forked(LevelPlan((0, 1, 3, 2), ()), _Stream("main", log), [], preparing, copy,
+                         on_stream, lambda i: buffers[i])
+    assert outputs == ["out0'", "out1", "out2", "out3'"]
     with pytest.raises(ValueError, match="2 branches planned, 1 streams given"):
-        run_forked(LevelPlan((), ((0,), (1,))), shapes[:2], _Stream("main", log),
-                   [_Stream("b0", log)], run_one, copy, on_stream)
+        run_forked(LevelPlan((), ((0,), (1,))), _Stream("main", log), [_Stream("b0", log)],
+                   run_one, copy, on_stream, lambda i: shapes[i])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1006,12 +1006,10 @@ def test_a_device_input_naming_its_stream_and_the_runner_wait_for_each_other(mon
     assert runner._last_input is None
 
 
-def test_run_levels_replays_small_levels_on_forked_streams_and_orders_producers_once(monkeypatch):
-    """run_levels (concurrent_levels): once every shape has its CUDA graph, the small levels
-    replay on streams the runner leases, each forked from its stream after the producers'
-    waits, the large one on its stream, and its stream joins them before the producers are
-    told once each; a shape still to prepare runs in turn through _run_shape. CUDA stand-ins
-    record the calls; the graphs are stand-ins too."""
+def _run_levels_stand_ins(monkeypatch):
+    """A CPU TorchCudaRunner with CUDA stand-ins recording every call into ``calls``: its
+    stream 0x900, the streams it leases 0xa00, 0xa10, ..., graphs writing each image's first
+    value into one output buffer of theirs, and inputs naming stream 0x7700."""
     calls, current = [], [0x900]
 
     class TorchStream:
@@ -1038,16 +1036,21 @@ def test_run_levels_replays_small_levels_on_forked_streams_and_orders_producers_
             current[0] = before
 
     class Graph(torch_cuda._Captured):
-        def __init__(self):  # no capture: records its replays
-            pass
+        def __init__(self, batch=1, fail=False):  # no capture: one output buffer
+            self.static_out = torch.zeros(batch, 1)
+            self.fail = fail
 
         def __call__(self, x):
             calls.append(("replay", x.shape[-1], current[0]))
-            return torch.full((1,), float(x.shape[-1]))
+            if self.fail:
+                raise RuntimeError("replay failed")
+            n = x.shape[0]
+            self.static_out[:n] = x.reshape(n, -1)[:, :1]
+            return self.static_out[:n]
 
     class Foreign:
-        def __init__(self, shape):
-            self.x = np.zeros(shape, np.float32)
+        def __init__(self, shape, value=0.0):
+            self.x = np.full(shape, value, np.float32)
             self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4",
                                              "data": (0x5000, False), "version": 3,
                                              "stream": 0x7700}
@@ -1057,41 +1060,89 @@ def test_run_levels_replays_small_levels_on_forked_streams_and_orders_producers_
     monkeypatch.setattr(torch_cuda.torch.cuda, "stream", on_stream)
     monkeypatch.setattr(torch_cuda.torch, "as_tensor", lambda obj, device=None: torch.from_numpy(obj.x))
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    copy_output = runner._copy_output
+    monkeypatch.setattr(runner, "_copy_output",
+                        lambda out: calls.append(("copy", current[0])) or copy_output(out))
     runner._stream = TorchStream(0x900)
     runner.concurrent_levels = True
     monkeypatch.setattr(runner, "_on_stream", contextlib.nullcontext)
     leased = iter(range(0xa00, 0xb00, 0x10))
-    monkeypatch.setattr(runner, "_lease", lambda: TorchStream(next(leased)))
+    monkeypatch.setattr(runner, "_lease", lambda own_only=False: TorchStream(next(leased)))
+    return SimpleNamespace(runner=runner, calls=calls, current=current, Graph=Graph,
+                           Foreign=Foreign)
+
+
+def test_run_levels_replays_small_levels_on_forked_streams_and_orders_producers_once(monkeypatch):
+    """run_levels (concurrent_levels): once every shape has its CUDA graph, the small levels
+    replay on streams the runner leases, each forked from its stream after the producers'
+    waits, the large one on its stream, and its stream joins them before the producers are
+    told once each; a repeated shape's output is copied on its branch before the next replay
+    (one graph, one buffer); the graphs count as used (LRU). CUDA stand-ins record the calls."""
+    t = _run_levels_stand_ins(monkeypatch)
+    runner, calls, Foreign = t.runner, t.calls, t.Foreign
     small, large = [(1, 3, 8, w) for w in (16, 24)], (1, 3, 1024, 1024)
-    for shape in (*small, large):
-        runner._callables[shape] = Graph()
-    inputs = [Foreign(small[0]), Foreign(large), Foreign(small[1])]
+    for shape in (large, *small):
+        runner._callables[shape] = t.Graph()
+    runner._callables[(1, 3, 8, 99)] = t.Graph()  # another size's, used last before
+    inputs = [Foreign(small[0], 1.0), Foreign(large, 2.0), Foreign(small[1], 3.0)]
     outputs = runner.run_levels(inputs)
-    assert [float(o) for o in outputs] == [16.0, 1024.0, 24.0]
+    assert [float(o) for o in outputs] == [1.0, 2.0, 3.0]
     assert calls == [("record", 0x7700), ("wait", 0x900),  # once for the three inputs
                      ("fork", 0xa00), ("replay", 16, 0xa00), ("fork", 0xa10), ("replay", 24, 0xa10),
                      ("replay", 1024, 0x900), ("join", 0xa00), ("join", 0xa10),
                      ("record", 0x900), ("wait", 0x7700)]
     assert runner._last_input == inputs
+    assert list(runner._callables)[0] == (1, 3, 8, 99)  # the others were used after it
     # again: the same two leased streams; a repeated shape is copied before its next replay
     del calls[:]
-    outputs = runner.run_levels([Foreign(small[0]), Foreign(small[0]), Foreign(large)])
-    assert [float(o) for o in outputs] == [16.0, 16.0, 1024.0] and outputs[0] is not outputs[1]
-    assert [c for c in calls if c[0] in ("fork", "replay")] == [
-        ("fork", 0xa00), ("replay", 16, 0xa00), ("replay", 16, 0xa00), ("replay", 1024, 0x900)]
-    # a shape without its graph yet: everything in turn on the runner's stream
+    outputs = runner.run_levels([Foreign(small[0], 4.0), Foreign(small[0], 5.0), Foreign(large, 6.0)])
+    assert [float(o) for o in outputs] == [4.0, 5.0, 6.0]
+    assert [c for c in calls if c[0] in ("fork", "replay", "copy")] == [
+        ("fork", 0xa00), ("replay", 16, 0xa00), ("copy", 0xa00), ("replay", 16, 0xa00),
+        ("replay", 1024, 0x900)]
+    # a replay that fails: the forked stream is joined, then the producer told
     del calls[:]
+    runner._callables[large] = t.Graph(fail=True)
+    with pytest.raises(RuntimeError, match="replay failed"):
+        runner.run_levels([Foreign(small[0]), Foreign(large)])
+    assert calls == [("record", 0x7700), ("wait", 0x900), ("fork", 0xa00), ("replay", 16, 0xa00),
+                     ("replay", 1024, 0x900), ("join", 0xa00), ("record", 0x900), ("wait", 0x7700)]
+
+
+def test_run_levels_runs_in_turn_until_every_shape_has_its_graph(monkeypatch):
+    """A shape without its graph yet, a runner without concurrent_levels, or no stream of its
+    own (torch's pool streams only): everything in turn on the runner's stream. Batches padded
+    into one graph share its buffer: the earlier output is copied."""
+    t = _run_levels_stand_ins(monkeypatch)
+    runner, calls, Foreign, current = t.runner, t.calls, t.Foreign, t.current
+    large = (1, 3, 1024, 1024)
+    runner._callables[large] = t.Graph()
+    run_shape = runner._run_shape
     monkeypatch.setattr(runner, "_run_shape",
-                        lambda x: calls.append(("run", x.shape[-1], current[0])) or x[:, :1])
+                        lambda x: calls.append(("run", x.shape[-1], current[0])) or run_shape(x))
     runner.run_levels([Foreign((1, 3, 8, 40)), Foreign(large)])
-    assert calls == [("record", 0x7700), ("wait", 0x900), ("run", 40, 0x900), ("run", 1024, 0x900),
-                     ("record", 0x900), ("wait", 0x7700)]
-    # without concurrent_levels: in turn as well
+    assert [c for c in calls if c[0] != "replay"] == [
+        ("record", 0x7700), ("wait", 0x900), ("run", 40, 0x900), ("run", 1024, 0x900),
+        ("record", 0x900), ("wait", 0x7700)]
+    runner._callables[(1, 3, 8, 40)] = t.Graph()
+    for change in ("not concurrent", "pool streams only"):
+        if change == "not concurrent":
+            runner.concurrent_levels = False
+        else:
+            runner.concurrent_levels = True
+            monkeypatch.setattr(runner, "_lease", lambda own_only=False: None)
+        del calls[:]
+        runner.run_levels([Foreign((1, 3, 8, 40)), Foreign(large)])
+        assert [c for c in calls if c[0] in ("run", "fork")] == [
+            ("run", 40, 0x900), ("run", 1024, 0x900)], change
+    # batches of 1 and 2 padded into the graph of 4: one buffer, the first output copied
+    padded = (4, 3, 8, 8)
+    runner._callables[padded] = t.Graph(batch=4)
+    runner.records[padded] = torch_cuda.ShapeRecord("graphs", 0.0)
     del calls[:]
-    runner.concurrent_levels = False
-    runner.run_levels([Foreign(small[0]), Foreign(large)])
-    assert [c for c in calls if c[0] in ("run", "fork", "replay")] == [
-        ("run", 16, 0x900), ("run", 1024, 0x900)]
+    outputs = runner.run_levels([Foreign((1, 3, 8, 8), 1.0), Foreign((2, 3, 8, 8), 2.0)])
+    assert [o.flatten().tolist() for o in outputs] == [[1.0], [2.0, 2.0]]
+    assert [c for c in calls if c[0] == "copy"] == [("copy", 0x900)]
     with pytest.raises(NetworkInputError, match="numpy arrays or device arrays, not both"):
         runner.run_levels([Foreign(large), np.zeros(large, np.float32)])
 

@@ -272,37 +272,53 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
 
 def test_run_levels_side_by_side_gives_each_levels_own_graph_output(seeded):
     """concurrent_levels on the GPU: a 540x960 pyramid's small levels replay on forked
-    streams beside the large ones (and a repeated shape is copied): the very numbers of the
-    same graphs replayed one by one."""
+    streams beside the large ones, plus a second image at the smallest level's shape (one
+    graph twice: the first output copied before the second replay): the very numbers of the
+    same graphs replayed one by one. The inputs are written on the runner's stream behind a
+    long kernel (a branch not waiting for that stream would read them unwritten) and the
+    outputs read on another stream ordered after the runner's only (a branch not joined would
+    be unfinished)."""
     model, config = seeded
-    image = synthetic_image(540, 960, seed=0)
     pre = HostPreprocessor(config)
     levels = plan_pyramid(540, 960, config)
-    xs = [torch.from_numpy(pre.prepare(image, lv)).cuda() for lv in levels]
-    xs.append(xs[0].clone())  # one shape twice: one graph, its output copied before the next
+    first, second = (synthetic_image(540, 960, seed=seed) for seed in (0, 1))
+    host = [pre.prepare(first, lv) for lv in levels] + [pre.prepare(second, levels[0])]
     with TorchCudaRunner(model, mode="graphs", fuse_epilogues=True,
                          concurrent_levels=True) as runner:
         assert runner.capabilities.concurrent_levels
-        runner.warmup([tuple(x.shape) for x in xs])
-        torch.cuda.current_stream().synchronize()  # the inputs are ready (made on another stream)
+        runner.warmup([x.shape for x in host])
+        xs = [torch.from_numpy(x).cuda() for x in host]
+        torch.cuda.synchronize()
         one_by_one = []
         for x in xs:
             out = runner.run(x)
             runner.synchronize()  # the clone below is queued on another stream
             one_by_one.append(out.clone())
-        together = runner.run_levels(xs)
+        torch.cuda.synchronize()
         stream = torch.cuda.ExternalStream(runner.stream)
-        stream.synchronize()
+        fresh = [torch.empty_like(x) for x in xs]
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(50_000_000)  # tens of milliseconds of one spinning thread
+            for f, x in zip(fresh, xs):
+                f.copy_(x)
+            together = runner.run_levels(fresh)
+        reader = torch.cuda.Stream()
+        reader.wait_stream(stream)
+        with torch.cuda.stream(reader):
+            got = [out.clone() for out in together]
+        reader.synchronize()
         assert runner._branches, "no level ran on a stream of its own"
-        for want, got in zip(one_by_one, together):
-            assert torch.equal(want, got)
-        assert together[0].data_ptr() != together[-1].data_ptr()
+        for k, (want, out) in enumerate(zip(one_by_one, got)):
+            assert torch.equal(want, out), f"input {k}"
+        assert not torch.equal(got[0], got[-1])  # two images: the copy kept the first
         _assert_captured(runner)
 
 
 def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint, seeded):
-    """The detector with the CUDA stages: concurrent_levels gives the same boxes as level by
-    level, for single images and a batch."""
+    """The detector with the CUDA stages, one runner and its graphs: with concurrent_levels
+    the same boxes as level by level, for single images and a batch."""
+    import dataclasses
+
     from tinyfaces_trt.core.errors import BackendUnavailableError
     from tinyfaces_trt.kernels import load_library
     from tinyfaces_trt.runtime.backends import detector_owning
@@ -313,17 +329,18 @@ def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint,
         pytest.skip(f"kernel library not available: {exc}")
     model, config = seeded
     images = [synthetic_image(540, 960, seed=seed) for seed in (0, 1)]
-    results = []
-    for concurrent in (False, True):
-        runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True,
-                                 concurrent_levels=concurrent)
-        with detector_owning(runner, config, gpu_stages=True) as detector:
-            detector.warmup([(540, 960)], batch_sizes=(1, 2))
-            results.append([detector.detect(image) for image in images]
-                           + detector.detect_batch(images))
-            _assert_captured(runner)
-            assert bool(runner._branches) == concurrent
-    for want, got in zip(*results):
+    runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True, concurrent_levels=True)
+    results = {}
+    with detector_owning(runner, config, gpu_stages=True) as detector:
+        detector.warmup([(540, 960)], batch_sizes=(1, 2))
+        for concurrent in (True, False):
+            runner.capabilities = dataclasses.replace(runner.capabilities,
+                                                      concurrent_levels=concurrent)
+            results[concurrent] = ([detector.detect(image) for image in images]
+                                   + detector.detect_batch(images))
+        _assert_captured(runner)
+        assert runner._branches
+    for want, got in zip(results[False], results[True]):
         assert len(want) > 0
         np.testing.assert_array_equal(want, got)
 
