@@ -5,12 +5,10 @@ path. The GPU run of the same is in tests/test_torch_cuda_gpu.py."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
-from helpers_runners import PooledRunner
+from helpers_runners import CurrentStream, PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.pyramid import plan_pyramid
@@ -57,24 +55,16 @@ class _Stream:
 
 
 def _runner(log, shapes, fail_at=None):
-    current = ["main"]
-
-    @contextlib.contextmanager
-    def on_stream(stream):
-        before, current[0] = current[0], stream.name
-        try:
-            yield
-        finally:
-            current[0] = before
+    on_stream = CurrentStream("main", lambda stream: stream.name)
 
     def run_one(i):
-        log.append(("run", i, current[0]))
+        log.append(("run", i, on_stream.name))
         if i == fail_at:
             raise RuntimeError("boom")
         return f"out{i}"
 
     def copy(out):
-        log.append(("copy", out, current[0]))
+        log.append(("copy", out, on_stream.name))
         return out + "'"
 
     return run_one, copy, on_stream

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from helpers_cai import RequiresGrad
+from helpers_runners import CurrentStream
 from helpers_torch_cuda import INPUT_SHAPE, net_input, stand_in
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, NetworkInputError, TinyFacesError
@@ -1010,7 +1011,8 @@ def _run_levels_stand_ins(monkeypatch):
     """A CPU TorchCudaRunner with CUDA stand-ins recording every call into ``calls``: its
     stream 0x900, the streams it leases 0xa00, 0xa10, ..., graphs writing each image's first
     value into one output buffer of theirs, and inputs naming stream 0x7700."""
-    calls, current = [], [0x900]
+    calls = []
+    on_stream = CurrentStream(0x900, lambda stream: stream.cuda_stream)
 
     class TorchStream:
         def __init__(self, handle):
@@ -1027,21 +1029,13 @@ def _run_levels_stand_ins(monkeypatch):
         def record(self, stream):
             calls.append(("record", stream.cuda_stream))
 
-    @contextlib.contextmanager
-    def on_stream(stream):
-        before, current[0] = current[0], stream.cuda_stream
-        try:
-            yield
-        finally:
-            current[0] = before
-
     class Graph(torch_cuda._Captured):
         def __init__(self, batch=1, fail=False):  # no capture: one output buffer
             self.static_out = torch.zeros(batch, 1)
             self.fail = fail
 
         def __call__(self, x):
-            calls.append(("replay", x.shape[-1], current[0]))
+            calls.append(("replay", x.shape[-1], on_stream.name))
             if self.fail:
                 raise RuntimeError("replay failed")
             n = x.shape[0]
@@ -1062,13 +1056,13 @@ def _run_levels_stand_ins(monkeypatch):
     runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
     copy_output = runner._copy_output
     monkeypatch.setattr(runner, "_copy_output",
-                        lambda out: calls.append(("copy", current[0])) or copy_output(out))
+                        lambda out: calls.append(("copy", on_stream.name)) or copy_output(out))
     runner._stream = TorchStream(0x900)
     runner.concurrent_levels = True
     monkeypatch.setattr(runner, "_on_stream", contextlib.nullcontext)
     leased = iter(range(0xa00, 0xb00, 0x10))
     monkeypatch.setattr(runner, "_lease", lambda own_only=False: TorchStream(next(leased)))
-    return SimpleNamespace(runner=runner, calls=calls, current=current, Graph=Graph,
+    return SimpleNamespace(runner=runner, calls=calls, on_stream=on_stream, Graph=Graph,
                            Foreign=Foreign)
 
 
@@ -1114,12 +1108,12 @@ def test_run_levels_runs_in_turn_until_every_shape_has_its_graph(monkeypatch):
     own (torch's pool streams only): everything in turn on the runner's stream. Batches padded
     into one graph share its buffer: the earlier output is copied."""
     t = _run_levels_stand_ins(monkeypatch)
-    runner, calls, Foreign, current = t.runner, t.calls, t.Foreign, t.current
+    runner, calls, Foreign, on_stream = t.runner, t.calls, t.Foreign, t.on_stream
     large = (1, 3, 1024, 1024)
     runner._callables[large] = t.Graph()
     run_shape = runner._run_shape
     monkeypatch.setattr(runner, "_run_shape",
-                        lambda x: calls.append(("run", x.shape[-1], current[0])) or run_shape(x))
+                        lambda x: calls.append(("run", x.shape[-1], on_stream.name)) or run_shape(x))
     runner.run_levels([Foreign((1, 3, 8, 40)), Foreign(large)])
     assert [c for c in calls if c[0] != "replay"] == [
         ("record", 0x7700), ("wait", 0x900), ("run", 40, 0x900), ("run", 1024, 0x900),
