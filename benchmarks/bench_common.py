@@ -94,7 +94,8 @@ def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any
     kernels replayed from CUDA graphs and those the kernel library launches included).
 
     Returns its wall seconds and the GPU kernels and copies it ran, by GPU time (most first):
-    ``{"name", "calls", "gpu_ms", "share"}`` (``share`` of the summed kernel time).
+    ``{"name", "calls", "gpu_ms", "share"}`` (``share`` of the summed kernel time; ``name``
+    in full: :func:`short_names` for a report).
 
     Raises:
         Exception: what the profiler or ``work`` raised.
@@ -124,8 +125,14 @@ def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any
         kernels = [e for e in events if device_us(e) > 0]
     kernels.sort(key=lambda e: -device_us(e))
     total_us = sum(device_us(e) for e in kernels)
-    return wall, [{"name": e.key[:120], "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
+    return wall, [{"name": e.key, "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
                    "share": device_us(e) / total_us if total_us else 0.0} for e in kernels]
+
+
+def short_names(kernels: list[dict[str, Any]], chars: int = 120) -> list[dict[str, Any]]:
+    """:func:`profiled_kernels`' rows with each name cut to ``chars`` characters (a CUB
+    kernel's template arguments run to thousands)."""
+    return [{**k, "name": k["name"][:chars]} for k in kernels]
 
 
 def _proc_stat_jiffies() -> tuple[int, int] | None:

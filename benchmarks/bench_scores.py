@@ -30,7 +30,7 @@ from tinyfaces_trt.runtime.nms import nms
 from tinyfaces_trt.runtime.postprocess import select_detections
 from tinyfaces_trt.core.pyramid import PyramidLevel
 
-from bench_common import one_line, profiled_kernels, summarize, time_calls
+from bench_common import one_line, profiled_kernels, short_names, summarize, time_calls
 from bench_parity import compare_with_reference
 
 DEFAULT_MAP = (270, 480)   # score map (h, w) of a 3840x2160 input = the 2x level of 1080p
@@ -159,10 +159,13 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
         raise _Skip("no CUDA GPU visible")
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor
 
-    stream = Stream()
-    post = CudaPostprocessor(config, stream, nms_rule=rule)
-    score_dev = DeviceBuffer(data.score_map.nbytes)
-    try:
+    with contextlib.ExitStack() as made:  # closed in reverse: the postprocessor first
+        stream = Stream()
+        made.callback(stream.close)
+        score_dev = DeviceBuffer(data.score_map.nbytes)
+        made.callback(score_dev.free)
+        post = CudaPostprocessor(config, stream, nms_rule=rule)
+        made.callback(post.close)
         score_dev.upload(np.ascontiguousarray(data.score_map), stream)
         stream.synchronize()
         scores = DeviceArray(score_dev.ptr, data.score_map.shape, np.float32, owner=score_dev)
@@ -180,10 +183,6 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
 
         decode_nms.post = post  # type: ignore[attr-defined]
         yield decode_nms
-    finally:
-        post.close()
-        score_dev.free()
-        stream.close()
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
@@ -237,7 +236,7 @@ def profile_decode_nms(targets: list[int], config: DetectorConfig,
         log(f"decode/NMS profile at {data.candidates} candidates: {wall * 1e6:.0f} us wall, "
             f"{gpu_ms * 1e3:.0f} us of GPU kernels and copies")
         entries.append({**entry, "status": "ok", "wall_ms": wall * 1e3, "gpu_kernel_ms": gpu_ms,
-                        "kernels": kernels, "groups": kernel_groups(kernels)})
+                        "kernels": short_names(kernels), "groups": kernel_groups(kernels)})
     return entries
 
 

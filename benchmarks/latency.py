@@ -47,8 +47,8 @@ for _path in (str(HERE), str(HERE.parent)):
 import numpy as np  # noqa: E402
 
 from bench_common import (ContentionMeter, Deadline, format_duration, machine_description,  # noqa: E402
-                          now_iso, one_line, profiled_kernels, summarize, today,
-                          wait_until_quiet)
+                          now_iso, one_line, profiled_kernels, short_names, summarize,
+                          today, wait_until_quiet)
 from bench_precompile import parse_part  # noqa: E402
 from tinyfaces_trt.detectors import DEFAULT_TORCH_MODE, TORCH_CUDA_MODES  # noqa: E402
 from tinyfaces_trt.core.cli import (EXIT_ERROR, ImageSize, fraction, parse_image_sizes,  # noqa: E402
@@ -541,8 +541,8 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
     log(f"[{bench.spec.name}] profiled one detect: {format_duration(wall * 1e3)} wall, "
         f"{format_duration(total_ms)} of GPU kernels")
     return {"backend": bench.spec.name, "status": "ok", "wall_ms": wall * 1e3,
-            "gpu_kernel_ms": total_ms, "top": kernels[:rows],
-            "stages": [k for k in kernels if stage_kernel(k["name"])]}
+            "gpu_kernel_ms": total_ms, "top": short_names(kernels[:rows]),
+            "stages": short_names([k for k in kernels if stage_kernel(k["name"])])}
 
 
 #: Names of the runtime's own CUDA stage kernels, the CUB calls of its NMS and the copies.
@@ -980,9 +980,16 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
             result["sizes"] = sizes
 
     to_profile: list[tuple[_Bench, np.ndarray]] = []  # the first size's, profiled last
+    # and then one CUDA decode + NMS per count: marked running in every save before it
+    decode_profile = bool(args.profile and args.candidate_counts and cuda_decode_nms_ran(result))
+    if decode_profile:
+        result["decode_nms"]["profile"] = [{"target": c, "status": "running",
+                                            "reason": PROFILE_CUT}
+                                           for c in args.candidate_counts]
     try:
         for i, size in enumerate(args.image_size):
-            estimate = PROFILE_S if to_profile else 0.0  # leave the profile its time
+            # leave the profiles their time
+            estimate = (PROFILE_S if to_profile else 0.0) + (PROFILE_S if decode_profile else 0.0)
             if sizes and sizes[-1].get("status") == "ok":  # the previous size, scaled by pixels
                 prev = sizes[-1]
                 build = sum(b.get("build_s", 0.0) for b in prev["backends"])
@@ -1000,10 +1007,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
             save(final=True)  # complete but for the profile, should it hang or crash
             log(f"[{to_profile[0][0].spec.name}] the profile, last ...")
             profile_last(to_profile, sizes[0], deadline, log)
-        if args.profile and args.candidate_counts and cuda_decode_nms_ran(result):
-            result["decode_nms"]["profile"] = [{"target": c, "status": "running",
-                                                "reason": PROFILE_CUT}
-                                               for c in args.candidate_counts]
+        if decode_profile:
             save(final=True)  # complete but for this profile, should it hang or crash
             profile_decode_nms_last(result, args.candidate_counts, config, deadline, log)
     finally:

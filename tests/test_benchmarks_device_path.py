@@ -186,3 +186,41 @@ def test_targets_are_about_the_device_backend(run):
     assert targets["batch_gain"]["detail"].endswith("(batch 2)")
     assert targets["decode_nms_10k"]["verdict"] == "not measured: no 10000-candidate row (--candidates)"
     assert "## Targets" in md and "`onnxruntime-cuda` at 64x48" in md
+
+
+def test_the_decode_nms_profile_comes_last_with_everything_saved_before_it(monkeypatch,
+                                                                            tmp_path_factory,
+                                                                            tmp_path):
+    """--profile --candidates on the CPU build (a 48x64 map: the benchmark's 270x480 takes
+    seconds per decode there): the result is saved complete, the decode/NMS profile marked
+    running, before that profile runs last; then it is in the report."""
+    use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    latency = load_script("benchmarks/latency.py", "tinyfaces_bench_latency_decode_profile")
+    bench_scores = importlib.import_module("bench_scores")
+    real_rows, real_profile = bench_scores.run_decode_nms, bench_scores.profile_decode_nms
+    monkeypatch.setattr(bench_scores, "run_decode_nms",
+                        lambda *args, **kw: real_rows(*args, map_hw=(48, 64), **kw))
+    on_disk = []
+
+    def profile(counts, config, log):
+        on_disk.append(json.loads((tmp_path / "d.json").read_text()))
+        return real_profile(counts, config, map_hw=(48, 64), log=log)
+
+    monkeypatch.setattr(bench_scores, "profile_decode_nms", profile)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert latency.main(["--image-size", "32x24", "--repeat", "1", "--warmup", "0",
+                             "--depth", "50", "--backend", "reference", "--candidates", "300",
+                             "--profile", "--no-plot", "--threads", "1", "--out", str(tmp_path),
+                             "--name", "d"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (saved,) = on_disk
+    assert saved["complete"] and saved["decode_nms"]["profile"] == [
+        {"target": 300, "status": "running", "reason": latency.PROFILE_CUT}]
+    result = json.loads((tmp_path / "d.json").read_text())
+    (entry,) = result["decode_nms"]["profile"]
+    assert entry["status"] == "ok" and entry["target"] == 300, entry
+    assert "### Where decode + NMS spend their time" in (tmp_path / "d.md").read_text()

@@ -774,3 +774,25 @@ def test_the_decode_nms_profile_runs_last_only_after_a_cuda_row_and_within_the_b
     assert calls == [[10000]]
     assert [p["status"] for p in ran["decode_nms"]["profile"]] == ["skipped", "skipped"]
     assert "time budget" in ran["decode_nms"]["profile"][0]["reason"]
+
+
+def test_a_decode_nms_profile_that_hangs_ends_the_run_with_its_results_saved(monkeypatch):
+    import threading
+
+    latency = _load_latency()
+    import bench_scores
+    from bench_common import Deadline
+
+    monkeypatch.setattr(latency, "PROFILE_HANG_S", 0.2)
+    gave_up = threading.Event()
+    monkeypatch.setattr(bench_scores, "profile_decode_nms",
+                        lambda counts, config, log: gave_up.wait(30) and [{"status": "ok"}])
+    ran = {"decode_nms": {"rows": [{"implementations": [
+        {"name": "cuda (CudaPostprocessor, warp NMS rule)", "status": "ok"}]}]}}
+    lines = []
+    latency.profile_decode_nms_last(ran, [10000], DetectorConfig(), Deadline(None), lines.append,
+                                    give_up=gave_up.set)
+    assert gave_up.is_set()
+    assert lines == ["the decode/NMS profile is still running after 0 s (a hang under the "
+                     "profiler): ending here, exit 4; the results were saved before it"]
+

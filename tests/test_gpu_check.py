@@ -237,6 +237,32 @@ def test_a_profile_that_hangs_or_crashes_costs_only_itself(died):
     assert report.steps[0].status == "timeout"
 
 
+@pytest.mark.parametrize("died", ["exit 4", "killed by signal 11 (SIGSEGV)"])
+def test_the_decode_nms_profile_costs_only_itself_and_says_what_it_left_out(died):
+    """The decode + NMS profile (after the detect's) is saved as running too: a run ending in
+    it passes with a note; one the budget skipped is left out for time (INCOMPLETE), one
+    that failed is said."""
+    result = _bench_result()
+    result["sizes"][0]["profile"] = {"backend": "torch-cuda", "status": "ok", "top": [],
+                                     "stages": [], "wall_ms": 1.0, "gpu_kernel_ms": 1.0}
+    result["decode_nms"] = {"rows": [], "profile": [
+        {"target": 10000, "status": "running", "reason": "the run ended"}]}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 190.0, "c", "decode/NMS profile ...", died=died)
+    assert report.steps[0].status == "pass"
+    assert (f"the decode/NMS profile: did not finish ({died}); everything else was saved "
+            "before it") in report.steps[0].summary
+    result["decode_nms"]["profile"] = [
+        {"target": 10000, "status": "skipped", "reason": "time budget: about 10 s needed, 3 s "
+                                                         "left of --budget-s 200 before x"},
+        {"target": 50000, "status": "failed", "reason": "RuntimeError: CUPTI"}]
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 190.0, "c", "done")
+    bench = report.steps[0]
+    assert bench.status == "pass" and "decode/NMS profile 10000" in bench.left_for_time
+    assert "decode/NMS profile 50000: failed: RuntimeError: CUPTI" in bench.summary
+
+
 def _passed_report():
     report = g.Report([], 270.0)
     g.summarize_benchmark(report, _bench_result(), 1.0, "c", "")

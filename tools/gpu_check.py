@@ -988,13 +988,21 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
     stopped = None
     sizes = result["sizes"]
     profile = (sizes[0].get("profile") or {}) if sizes else {}
-    if result.get("complete") and profile.get("status") == "running":
-        # saved complete just before the profile, which then hung or crashed
-        absent.add(f"the profile: did not finish ({died or 'the run ended during it'}); "
+    decode_profile = (result.get("decode_nms") or {}).get("profile") or []
+    if result.get("complete") and (profile.get("status") == "running" or any(
+            p.get("status") == "running" for p in decode_profile)):
+        # saved complete just before a profile (the detect's, then decode + NMS'), which
+        # then hung or crashed
+        which = "the profile" if profile.get("status") == "running" else "the decode/NMS profile"
+        absent.add(f"{which}: did not finish ({died or 'the run ended during it'}); "
                    "everything else was saved before it")
         died = None
     elif profile.get("status") == "skipped":
         absent.add(f"the profile: {profile.get('reason')}")
+    for p in decode_profile:
+        if p.get("status") in ("skipped", "failed"):
+            absent.add(f"decode/NMS profile {p.get('target')}: "
+                       + ("failed: " if p["status"] == "failed" else "") + str(p.get("reason")))
     if died or not result.get("complete"):
         last = output_tail.strip().splitlines()[-1] if output_tail.strip() else ""
         stopped = (f"the benchmark stopped early ({died or 'incomplete results'}: {last}); "
