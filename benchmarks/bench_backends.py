@@ -500,19 +500,22 @@ def _torch_cuda(dtype_name: str, mode: str) -> Callable[[BenchContext], Pipeline
 
 
 def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
-                       concurrent_levels: bool = False) -> Callable[[BenchContext], Pipeline]:
+                       concurrent_levels: bool | None = None
+                       ) -> Callable[[BenchContext], Pipeline]:
     """The runtime's GPU path: ``TorchCudaRunner`` and the CUDA stages on one stream (what
     ``create_detector("torch-cuda")`` builds), from the benchmark's model, with every level's
     shape prepared before timing (the detector prepares a shape at its third run);
     ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``);
     ``concurrent_levels``: the runner's, small levels beside the others on streams of their
-    own."""
+    own (None: ``create_detector``'s, :data:`~tinyfaces_trt.detectors.TORCH_CUDA_CONCURRENT_LEVELS`)."""
     def build(ctx: BenchContext) -> Pipeline:
-        from tinyfaces_trt.detectors import torch_cuda_settings
+        from tinyfaces_trt.detectors import TORCH_CUDA_CONCURRENT_LEVELS, torch_cuda_settings
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
         asked = torch_mode or ctx.torch_mode
+        concurrent = (TORCH_CUDA_CONCURRENT_LEVELS if concurrent_levels is None
+                      else concurrent_levels)
         mode, fused = torch_cuda_settings(asked)
         stream = Stream()
         parts: list[Any] = [stream]
@@ -520,7 +523,7 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
             pre, post = cuda_stages(ctx.config, stream)
             parts[:0] = [pre, post]
             runner = _device_runner(ctx, dtype_name, asked, stream=stream.handle,
-                                    concurrent_levels=concurrent_levels)
+                                    concurrent_levels=concurrent)
             parts.insert(0, runner)
             shapes = [(1, 3, lv.height, lv.width) for lv in ctx.levels]
             ctx.log(f"  preparing {len(shapes)} input shapes (torch mode {asked}"
@@ -540,7 +543,7 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
                 + (", convolution epilogues fused by cuDNN" if fused else "")
                 + (f" ({unfused} convolution shapes it refused run unfused)" if unfused else "")
                 + (", levels side by side (run_levels: no per-level network times)"
-                   if concurrent_levels else "")
+                   if concurrent else "")
                 + f", {len(shapes)} shapes prepared in {prepared:.1f} s"
                 + (f" ({loaded} from the compile cache)" if runner.mode == "compile" else "")
                 + (f" ({loaded} packages loaded, not compiled)" if runner.mode == "aoti" else "")

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -209,7 +210,7 @@ def test_precompile_failures_exit_1(latency, capsys, fake_precompile):
         "(torch-cuda-compile does): nothing to do")
 
 
-def test_the_torch_cuda_rows_run_create_detectors_torch_modes(monkeypatch, tmp_path):
+def test_the_torch_cuda_rows_run_create_detectors_torch_modes(latency, monkeypatch, tmp_path):
     """torch-cuda follows --torch-mode (default fused: CUDA graphs of the fused network),
     torch-cuda-compile compiles, and its precompile builds the same runner (same cache)."""
     pytest.importorskip("torch")
@@ -237,6 +238,39 @@ def test_the_torch_cuda_rows_run_create_detectors_torch_modes(monkeypatch, tmp_p
     assert spec.precompile(ctx, [(1, 3, 8, 8)]) == {}
     assert (made[-1]["mode"], made[-1]["fuse_epilogues"], made[-1]["cache_dir"]) == (
         "compile", False, tmp_path)
+
+
+def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_concurrent_row_asks(
+        latency, monkeypatch, tmp_path):
+    """torch-cuda runs levels side by side as create_detector does
+    (detectors.TORCH_CUDA_CONCURRENT_LEVELS), torch-cuda-concurrent always."""
+    pytest.importorskip("torch")
+    import bench_backends
+    from tinyfaces_trt import detectors
+    from tinyfaces_trt.runtime.backends import cuda_device, cuda_stages
+
+    closed = []
+    part = SimpleNamespace(close=lambda: closed.append(1), handle=5)
+    monkeypatch.setattr(cuda_device, "Stream", lambda: part)
+    monkeypatch.setattr(cuda_stages, "cuda_stages", lambda config, stream: (part, part))
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def device_runner(ctx, dtype_name, torch_mode, **options):
+        asked.append((torch_mode, options["concurrent_levels"]))
+        raise Stop
+
+    monkeypatch.setattr(bench_backends, "_device_runner", device_runner)
+    ctx = bench_backends.BenchContext(model="m", config=None, levels=[], image_hw=(0, 0),
+                                      threads=1, export_root=tmp_path, cache_dir=tmp_path)
+    specs = {b.name: b for b in bench_backends.BACKENDS}
+    for name in ("torch-cuda", "torch-cuda-concurrent"):
+        with pytest.raises(Stop):
+            specs[name].build(ctx)
+    assert asked == [("fused", detectors.TORCH_CUDA_CONCURRENT_LEVELS), ("fused", True)]
+    assert len(closed) == 6  # the stream and both stages, each time
 
 
 def _stat(ms):

@@ -1719,6 +1719,8 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
         # the default: CUDA graphs of the fused network, not prepared until a shape runs
         assert (made[-1]["mode"], made[-1]["fuse_epilogues"]) == ("graphs", True)
         assert detector.runner.fuse_epilogues
+        # levels side by side: the factory's setting, off until measured on a GPU
+        assert made[-1]["concurrent_levels"] is detectors.TORCH_CUDA_CONCURRENT_LEVELS is False
         # a new image size runs eager; one that recurs is prepared at its third run
         assert made[-1]["prepare_after"] == torch_cuda.PREPARE_AFTER_RUNS == 2
         assert detector.runner.prepare_after == 2 and detector.runner.records == {}

@@ -46,6 +46,10 @@ BACKENDS = (*folder_backends.BACKENDS, *folder_backends.APP_BACKENDS)
 #: graphs (unfused), eager.
 TORCH_CUDA_MODES = ("fused", "compile", "aoti", "graphs", "eager")
 DEFAULT_TORCH_MODE = "fused"
+#: Whether torch-cuda runs a pyramid's small levels side by side on streams of their own
+#: (``TorchCudaRunner(concurrent_levels=True)``): off until a GPU run measures it (the
+#: benchmark's ``torch-cuda-concurrent`` row, beside ``torch-cuda``).
+TORCH_CUDA_CONCURRENT_LEVELS = False
 
 
 def torch_cuda_settings(torch_mode: str) -> tuple[str, bool]:
@@ -401,7 +405,8 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     mode, fuse = torch_cuda_settings(torch_mode)
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
                              mode=mode, fuse_epilogues=fuse, cache_dir=cache_dir,
-                             prepare_after=PREPARE_AFTER_RUNS, progress=progress)
+                             prepare_after=PREPARE_AFTER_RUNS, progress=progress,
+                             concurrent_levels=TORCH_CUDA_CONCURRENT_LEVELS)
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
