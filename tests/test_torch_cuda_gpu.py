@@ -271,7 +271,7 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
 
 
 def test_run_levels_side_by_side_gives_each_levels_own_graph_output(seeded):
-    """concurrent_levels on the GPU: a 540x960 pyramid's small levels replay on forked
+    """concurrent_levels on the GPU: a 360x640 pyramid's small levels replay on forked
     streams beside the large ones, plus a second image at the smallest level's shape (one
     graph twice: the first output copied before the second replay): the very numbers of the
     same graphs replayed one by one. The inputs are written on the runner's stream behind a
@@ -280,8 +280,8 @@ def test_run_levels_side_by_side_gives_each_levels_own_graph_output(seeded):
     be unfinished)."""
     model, config = seeded
     pre = HostPreprocessor(config)
-    levels = plan_pyramid(540, 960, config)
-    first, second = (synthetic_image(540, 960, seed=seed) for seed in (0, 1))
+    levels = plan_pyramid(360, 640, config)
+    first, second = (synthetic_image(360, 640, seed=seed) for seed in (0, 1))
     host = [pre.prepare(first, lv) for lv in levels] + [pre.prepare(second, levels[0])]
     with TorchCudaRunner(model, mode="graphs", fuse_epilogues=True,
                          concurrent_levels=True) as runner:
@@ -328,11 +328,11 @@ def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint,
     except BackendUnavailableError as exc:
         pytest.skip(f"kernel library not available: {exc}")
     model, config = seeded
-    images = [synthetic_image(540, 960, seed=seed) for seed in (0, 1)]
+    images = [synthetic_image(360, 640, seed=seed) for seed in (0, 1)]
     runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True, concurrent_levels=True)
     results = {}
     with detector_owning(runner, config, gpu_stages=True) as detector:
-        detector.warmup([(540, 960)], batch_sizes=(1, 2))
+        detector.warmup([(360, 640)], batch_sizes=(1, 2))
         for concurrent in (True, False):
             runner.capabilities = dataclasses.replace(runner.capabilities,
                                                       concurrent_levels=concurrent)
