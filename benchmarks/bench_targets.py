@@ -20,12 +20,16 @@ the backend has them (GPU backends), else the per-stage-timed totals; the speed-
 counts where the reference ran on the GPU too. The batch target is read where the batch ran
 (``--batch`` measures the first image size), said in the table. A missed target says
 by how much, and why as far as the run's own numbers tell (the stage, level or kernel
-that takes the time); a profile (``--profile``) adds the top GPU kernels.
+that takes the time); a profile (``--profile``) adds the top GPU kernels. Where variants of
+torch-cuda ran beside it (:data:`VARIANTS`: levels side by side, torch.compile), their values
+of the speed-up, overhead and FLOP-rate targets follow its numbers, for a default to be
+chosen on.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,9 @@ from bench_common import decode_nms_profile_text, emulated_work_text, format_dur
 
 #: The backends the targets are about, in order of preference.
 PRIMARY = ("torch-cuda", "tensorrt-fp16-cuda", "onnxruntime-cuda")
+#: Variants of the primary backend whose value of each target is given beside its own (the
+#: measurement a change of torch-cuda's defaults would rest on).
+VARIANTS = ("torch-cuda-concurrent", "torch-cuda-compile")
 TARGET_SIZE = [1920, 1080]
 #: Candidate counts of the decode + NMS targets.
 DECODE_NMS_TARGETS = {"decode_nms_10k": 10000, "decode_nms_50k": 50000}
@@ -243,6 +250,19 @@ def _batch_gain(size, backend, ref) -> tuple[float | None, str, str]:
     return row["batched_images_per_s"] / row["single_images_per_s"], detail, why
 
 
+def _variants(size: dict[str, Any], backend: dict[str, Any],
+              measure: Callable[[dict[str, Any]], float | None], unit: str) -> dict[str, float]:
+    """The target's value for each of :data:`VARIANTS` that ran at this size (the primary
+    backend itself left out), by name."""
+    values = {}
+    for b in _ok(size["backends"]):
+        if b["name"] in VARIANTS and b["name"] != backend["name"]:
+            value = measure(b)
+            if value is not None:
+                values[b["name"]] = value
+    return values
+
+
 def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target: measured value, verdict ("met" / "missed by ..." / "not
     measured: ..."), where it was measured, and why when missed."""
@@ -274,6 +294,11 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             measure = {"speedup": _speedup, "overhead": _overhead,
                        "network_tflops": _tflops}[t.key]
             value, detail, why = measure(size, backend, ref)
+            others = _variants(size, backend, lambda b: measure(size, b, ref)[0], t.unit)
+            if others:
+                row["variants"] = others
+                detail += ("; " if detail else "") + ", ".join(
+                    f"`{name}`: {format_value(v, t.unit)}" for name, v in others.items())
         if value is None:
             row["verdict"] = f"not measured: {detail}"
             rows.append(row)

@@ -322,6 +322,26 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
     assert "it does not batch the levels" in gain["why"]  # 64 calls = 8 frames x 8 levels
 
 
+def test_targets_give_the_torch_cuda_variants_values_beside_its_own():
+    """The levels-side-by-side and compiled rows of torch-cuda: their speed-up, overhead and
+    FLOP rate in the numbers column, the verdict still torch-cuda's."""
+    evaluate = _bench_module("bench_targets").evaluate_targets
+    concurrent = _backend("torch-cuda-concurrent", 20.0, 16.0, e2e=19.0)
+    del concurrent["stages"]["network[L0]"]  # the levels ran side by side: no level alone
+    result = {"sizes": [_size([_backend("reference", 625.0, 115.0, e2e=625.0),
+                               _backend("torch-cuda", 23.2, 19.2, e2e=21.9), concurrent,
+                               {"name": "torch-cuda-compile", "status": "skipped",
+                                "reason": "not asked"}])]}
+    rows = {t["key"]: t for t in evaluate(result)}
+    speed = rows["speedup"]
+    assert speed["measured"] == pytest.approx(625.0 / 21.9) and speed["met"] is False
+    assert speed["detail"] == "625 ms / 21.9 ms; `torch-cuda-concurrent`: 32.9x"
+    assert rows["speedup"]["variants"] == {"torch-cuda-concurrent": pytest.approx(625.0 / 19.0)}
+    assert rows["overhead"]["detail"].endswith("; `torch-cuda-concurrent`: 1.19x")
+    assert rows["network_tflops"]["detail"].endswith("; `torch-cuda-concurrent`: 270 TFLOP/s")
+    assert "variants" not in rows["batch_gain"] and "variants" not in rows["decode_nms_10k"]
+
+
 def test_targets_fall_back_to_the_fastest_gpu_backend_and_explain_gaps():
     targets = _bench_module("bench_targets")
     result = {"sizes": [_size([_backend("torch", 900.0, 880.0),
