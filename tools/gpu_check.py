@@ -533,6 +533,8 @@ def render_markdown(report: Report) -> str:
                   "| --- | --- | --- | --- | --- |"]
         for t in report.targets:
             measured = t.get("measured_text", "-")
+            if t.get("variants_text"):  # torch-cuda's variants that ran beside it
+                measured += f" ({t['variants_text']})"
             verdict = f"**{t['verdict']}**" if t.get("met") is False else t["verdict"]
             lines.append(f"| {t['title']} | {t['relation']} {t['goal_text']} | {measured} | "
                          f"{verdict} | {t.get('why', '')} |")
@@ -1080,6 +1082,9 @@ def _target_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         row["goal_text"] = format_value(t["goal"], t["unit"])
         if t.get("measured") is not None:
             row["measured_text"] = format_value(t["measured"], t["unit"])
+        if t.get("variants"):
+            row["variants_text"] = ", ".join(f"`{name}` {format_value(v, t['unit'])}"
+                                             for name, v in t["variants"].items())
         rows.append(row)
     return rows
 
