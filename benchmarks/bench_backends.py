@@ -514,9 +514,12 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
         asked = torch_mode or ctx.torch_mode
-        concurrent = (TORCH_CUDA_CONCURRENT_LEVELS if concurrent_levels is None
-                      else concurrent_levels)
         mode, fused = torch_cuda_settings(asked)
+        concurrent = (TORCH_CUDA_CONCURRENT_LEVELS and mode == "graphs"
+                      if concurrent_levels is None else concurrent_levels)
+        if concurrent and mode != "graphs":
+            raise Skip(f"levels side by side replay the CUDA graphs of torch modes fused and "
+                       f"graphs, not {asked} (--torch-mode)")
         stream = Stream()
         parts: list[Any] = [stream]
         try:
@@ -753,8 +756,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 precision_at="fp16"),
     BackendSpec("torch-cuda-concurrent", "runtime GPU pipeline as torch-cuda, the pyramid's "
                 "small levels (up to 2^19 input pixels) replayed on streams of their own beside "
-                "the large ones: TorchCudaRunner(concurrent_levels=True) (in the CUDA-graph "
-                "torch modes; in turn with --torch-mode eager)",
+                "the large ones: TorchCudaRunner(concurrent_levels=True) (torch modes fused "
+                "and graphs only)",
                 _torch_cuda_device_reason, _torch_cuda_device("float16", concurrent_levels=True),
                 precision_at="fp16"),
     BackendSpec("torch-cuda-compile", "runtime GPU pipeline as torch-cuda, the network by "

@@ -326,9 +326,13 @@ class TorchCudaRunner(RunnerBase):
             ``relu(conv(x) + z)`` as one cuDNN convolution (:mod:`.conv_fusion`), in every
             mode but ``"aoti"`` (graphs and eager then run the folded network too): the
             activations are written once instead of once more per add and ReLU.
-        concurrent_levels: declare ``capabilities.concurrent_levels`` (CUDA only): the
-            detector calls :meth:`run_levels` with all of an image's levels, whose small
-            levels then replay beside the others on streams of the runner's own.
+        concurrent_levels: declare ``capabilities.concurrent_levels`` (CUDA, mode
+            ``"graphs"`` only): the detector calls :meth:`run_levels` with all of an image's
+            levels, whose small levels then replay beside the others on streams of the
+            runner's own. Not with the compiling modes: their graphs may call cuBLAS, and
+            every graph captured on the runner's side stream shares cuBLAS's workspace for it
+            (two such graphs replaying at once would race on it); cuDNN's workspace is each
+            graph's own.
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -346,6 +350,11 @@ class TorchCudaRunner(RunnerBase):
         if fuse_epilogues and mode == "aoti":
             raise ValueError("fuse_epilogues cannot go with mode 'aoti': an AOTInductor package "
                              "cannot hold the fused convolution (a Python operator)")
+        if concurrent_levels and mode != "graphs":
+            raise ValueError(f"concurrent_levels replays the CUDA graphs of mode 'graphs' side "
+                             f"by side, not mode {mode!r}: torch.compile's and AOTInductor's "
+                             f"graphs may call cuBLAS, whose workspace all graphs captured on "
+                             f"one stream share")
         if prepare_after < 0:
             raise ValueError(f"prepare_after must be >= 0, got {prepare_after}")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -360,8 +369,6 @@ class TorchCudaRunner(RunnerBase):
                 raise ValueError("mode 'graphs' (CUDA graphs) needs a CUDA device")
             if stream is not None:
                 raise ValueError("a CUDA stream was given for a CPU runner")
-            if concurrent_levels:
-                raise ValueError("concurrent_levels needs a CUDA device (CUDA streams)")
         else:
             raise ValueError(f"unsupported device {device}; use cuda[:i] or cpu")
         self.device = device

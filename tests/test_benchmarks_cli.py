@@ -271,6 +271,14 @@ def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_concurr
             specs[name].build(ctx)
     assert asked == [("fused", detectors.TORCH_CUDA_CONCURRENT_LEVELS), ("fused", True)]
     assert len(closed) == 6  # the stream and both stages, each time
+    # torch.compile's graphs may share cuBLAS's workspace: not side by side
+    ctx.torch_mode = "compile"
+    with pytest.raises(bench_backends.Skip, match="levels side by side replay the CUDA graphs "
+                                                  "of torch modes fused and graphs, not compile"):
+        specs["torch-cuda-concurrent"].build(ctx)
+    with pytest.raises(Stop):
+        specs["torch-cuda"].build(ctx)
+    assert asked[-1] == ("compile", False)
 
 
 def _stat(ms):

@@ -1151,9 +1151,13 @@ def test_run_levels_of_host_arrays_is_one_run_each_and_concurrency_needs_cuda():
     for x, out in zip(xs, outputs):
         np.testing.assert_array_equal(out, runner.run(x))
     assert runner.run_levels([]) == []
-    with pytest.raises(ValueError, match="concurrent_levels needs a CUDA device"):
-        TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="eager",
+    with pytest.raises(ValueError, match=r"mode 'graphs' \(CUDA graphs\) needs a CUDA device"):
+        TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode="graphs",
                         concurrent_levels=True)
+    for mode in ("compile", "aoti", "eager"):  # compiled graphs may share cuBLAS's workspace
+        with pytest.raises(ValueError, match=f"of mode 'graphs' side by side, not mode '{mode}'"):
+            TorchCudaRunner(model, device="cpu", dtype=torch.float32, mode=mode,
+                            concurrent_levels=True)
     runner.close()
     with pytest.raises(TinyFacesError, match="closed"):
         runner.run_levels(xs)
@@ -1714,7 +1718,7 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
         assert detector.runner.mode == "eager"
         assert detector.detect(synthetic_image(40, 56)).shape[1:] == (5,)
     assert made[-1]["mode"] == "eager" and made[-1]["cache_dir"] == tmp_path
-    assert made[-1]["fuse_epilogues"] is False
+    assert made[-1]["fuse_epilogues"] is False and made[-1]["concurrent_levels"] is False
     with create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path) as detector:
         # the default: CUDA graphs of the fused network, not prepared until a shape runs
         assert (made[-1]["mode"], made[-1]["fuse_epilogues"]) == ("graphs", True)

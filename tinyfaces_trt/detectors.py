@@ -47,8 +47,9 @@ BACKENDS = (*folder_backends.BACKENDS, *folder_backends.APP_BACKENDS)
 TORCH_CUDA_MODES = ("fused", "compile", "aoti", "graphs", "eager")
 DEFAULT_TORCH_MODE = "fused"
 #: Whether torch-cuda runs a pyramid's small levels side by side on streams of their own
-#: (``TorchCudaRunner(concurrent_levels=True)``): off until a GPU run measures it (the
-#: benchmark's ``torch-cuda-concurrent`` row, beside ``torch-cuda``).
+#: (``TorchCudaRunner(concurrent_levels=True)``, in the modes replaying CUDA graphs of the eager
+#: network: fused and graphs): off until a GPU run measures it (the benchmark's
+#: ``torch-cuda-concurrent`` row, beside ``torch-cuda``).
 TORCH_CUDA_CONCURRENT_LEVELS = False
 
 
@@ -406,7 +407,7 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
                              mode=mode, fuse_epilogues=fuse, cache_dir=cache_dir,
                              prepare_after=PREPARE_AFTER_RUNS, progress=progress,
-                             concurrent_levels=TORCH_CUDA_CONCURRENT_LEVELS)
+                             concurrent_levels=TORCH_CUDA_CONCURRENT_LEVELS and mode == "graphs")
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
