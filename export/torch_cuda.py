@@ -463,8 +463,9 @@ class TorchCudaRunner(RunnerBase):
         """Several pyramid levels' inputs (one image or batch) -> their score maps, as
         :meth:`run` gives each, all valid until the next call.
 
-        Where every input is a device array whose shape already has its CUDA graph and the
-        runner was made with ``concurrent_levels``, the inputs of at most
+        Where every input is a device array whose shape already has its CUDA graph (or runs
+        padded into a larger batch's that :meth:`warmup` kept) and the runner was made with
+        ``concurrent_levels``, the inputs of at most
         :data:`~.level_streams.CONCURRENT_MAX_PIXELS` pixels replay on streams of the
         runner's own, forked from :attr:`stream` and joined back into it with events, beside
         the larger ones, which replay on :attr:`stream` (:mod:`.level_streams`); the outputs
@@ -490,16 +491,20 @@ class TorchCudaRunner(RunnerBase):
             raise NetworkInputError("a CUDA array was given to a CPU runner; give a numpy array")
         with torch.inference_mode(), self._on_stream(), self._reading(inputs) as xs:
             shapes = [tuple(x.shape) for x in xs]
-            graphs = [self._callables.get(shape) for shape in shapes]
-            if self.concurrent_levels and all(isinstance(g, _Captured) for g in graphs):
-                plan = plan_levels(shapes)
+            # the graph each input replays: its shape's, or a larger batch's that warmup()
+            # kept (a smaller batch runs padded into it for good: tf-serve's batch sizes)
+            targets = [self.batch_shape_for(shape) for shape in shapes]
+            graphs = [self._callables.get(target) for target in targets]
+            if self.concurrent_levels and all(isinstance(g, _Captured) for g in graphs) and all(
+                    t == s or t in self._kept for s, t in zip(shapes, targets)):
+                plan = plan_levels(targets)
                 branches = self._branch_streams(len(plan.branches))
                 if len(branches) == len(plan.branches):
-                    for shape in shapes:
-                        self._callables.move_to_end(shape)  # used: last for the LRU
+                    for target in targets:
+                        self._callables.move_to_end(target)  # used: last for the LRU
                     return run_forked(plan, self._stream, branches, lambda i: graphs[i](xs[i]),
                                       self._copy_output, torch.cuda.stream,
-                                      lambda i: shapes[i])
+                                      lambda i: targets[i])
             # a batch may run padded into a larger one's graph: named by the shape it runs as
             return run_forked(LevelPlan.in_turn(len(xs)), self._stream, [],
                               lambda i: self._run_shape(xs[i]), self._copy_output,

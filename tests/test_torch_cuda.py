@@ -1137,6 +1137,19 @@ def test_run_levels_runs_in_turn_until_every_shape_has_its_graph(monkeypatch):
     outputs = runner.run_levels([Foreign((1, 3, 8, 8), 1.0), Foreign((2, 3, 8, 8), 2.0)])
     assert [o.flatten().tolist() for o in outputs] == [[1.0], [2.0, 2.0]]
     assert [c for c in calls if c[0] == "copy"] == [("copy", 0x900)]
+    assert runner._padded_runs == {(1, 3, 8, 8): 1, (2, 3, 8, 8): 1}  # counted: in turn
+    # a graph warmup() kept pads them for good: side by side (with the streams of the runner's
+    # own back), both on the padded graph's branch, one buffer, the first output copied there
+    runner._kept.add(padded)
+    runner._pool_streams_only = False
+    monkeypatch.setattr(runner, "_lease", lambda own_only=False: type(runner._stream)(0xa00))
+    del calls[:]
+    outputs = runner.run_levels([Foreign((1, 3, 8, 8), 3.0), Foreign((2, 3, 8, 8), 4.0),
+                                 Foreign(large, 5.0)])
+    assert [o.flatten().tolist() for o in outputs] == [[3.0], [4.0, 4.0], [5.0]]
+    assert [c for c in calls if c[0] in ("fork", "replay", "copy")] == [
+        ("fork", 0xa00), ("replay", 8, 0xa00), ("copy", 0xa00), ("replay", 8, 0xa00),
+        ("replay", 1024, 0x900)]
     with pytest.raises(NetworkInputError, match="numpy arrays or device arrays, not both"):
         runner.run_levels([Foreign(large), np.zeros(large, np.float32)])
 
