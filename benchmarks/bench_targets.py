@@ -251,7 +251,7 @@ def _batch_gain(size, backend, ref) -> tuple[float | None, str, str]:
 
 
 def _variants(size: dict[str, Any], backend: dict[str, Any],
-              measure: Callable[[dict[str, Any]], float | None], unit: str) -> dict[str, float]:
+              measure: Callable[[dict[str, Any]], float | None]) -> dict[str, float]:
     """The target's value for each of :data:`VARIANTS` that ran at this size (the primary
     backend itself left out), by name."""
     values = {}
@@ -294,7 +294,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             measure = {"speedup": _speedup, "overhead": _overhead,
                        "network_tflops": _tflops}[t.key]
             value, detail, why = measure(size, backend, ref)
-            others = _variants(size, backend, lambda b: measure(size, b, ref)[0], t.unit)
+            others = _variants(size, backend, lambda b: measure(size, b, ref)[0])
             if others:
                 row["variants"] = others
                 detail += ("; " if detail else "") + ", ".join(
