@@ -125,6 +125,7 @@ class FakeKernels:
     def __init__(self, log: CudaLog) -> None:
         self.log = log
         self.nms_stats: list[tuple[int, int, int, int]] = []  # per nms call; default all zero
+        self.nms_rows: list[np.ndarray] = []  # per nms call: the kept rows it writes
 
     def resize_workspace_size(self, *args: int) -> int:
         return 64
@@ -154,6 +155,8 @@ class FakeKernels:
             from tinyfaces_trt.kernels.binding import NMS_STATS_DTYPE
 
             self.log.memory[stats.ptr] = np.array([self.nms_stats.pop(0)], NMS_STATS_DTYPE).tobytes()
+        if self.nms_rows:
+            self.log.memory[out.ptr] = np.asarray(self.nms_rows.pop(0), np.float32).tobytes()
 
 
 class DeviceMap:
@@ -616,8 +619,9 @@ def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
         detector.detect(synthetic_image(40, 56))
     assert str(info.value) == NONFINITE_MESSAGE.format("")
     assert post.last_stats == {"num_candidates": 3, "num_kept": 0, "nonfinite": 7}
-    stats_ptr = post._stats.buffer.ptr
-    assert [c[1] for c in log.calls if c[0] == "download"] == [stats_ptr]  # no box download
+    stats_ptr, rows_ptr = post._stats.buffer.ptr, post._out.buffer.ptr
+    # the counters and the first rows in one wait; no box download after it
+    assert [c[1] for c in log.calls if c[0] == "download"] == [stats_ptr, rows_ptr]
 
     post.lib.nms_stats = [(0, 4, 0, 0), (0, 2, 0, 7), (0, 0, 0, 0)]
     with pytest.raises(NonFiniteScoresError) as info:
@@ -627,6 +631,25 @@ def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
     post.lib.nms_stats = [(0, 4, 0, 0)]
     assert detector.detect(synthetic_image(40, 56)).shape == (0, 5)
     assert post.last_stats == {"num_candidates": 4, "num_kept": 0, "nonfinite": 0}
+
+
+def test_kept_boxes_come_with_the_counters_in_one_wait_and_the_rest_after_it(monkeypatch):
+    """NMS's counters and its first PREFETCH_ROWS kept rows are downloaded together before
+    the one wait; an image keeping more fetches the rest after it."""
+    monkeypatch.setattr(cuda_stages, "PREFETCH_ROWS", 2)
+    detector, log = _device_detector(monkeypatch, stage_stream=7)
+    post = detector.postprocessor
+    rows = np.array([[1, 2, 10, 12, 0.9], [3, 4, 20, 22, 0.8], [5, 6, 30, 32, 0.7]], np.float32)
+    for kept in (2, 3):
+        post.lib.nms_stats = [(kept, 5, 0, 0)]
+        post.lib.nms_rows = [rows[:kept]]
+        before = len(log.calls)
+        boxes = detector.detect(synthetic_image(40, 56))
+        np.testing.assert_array_equal(boxes, rows[:kept])
+        waits = [c[:2] for c in log.calls[before:] if c[0] in ("nms", "download", "sync")]
+        stats_ptr, rows_ptr = post._stats.buffer.ptr, post._out.buffer.ptr
+        one_wait = [("download", stats_ptr), ("download", rows_ptr), ("sync", 7)]
+        assert waits[1:] == one_wait + ([("download", rows_ptr), ("sync", 7)] if kept == 3 else []), kept
 
 
 def test_the_host_path_names_the_image_of_a_batch_with_non_finite_scores():
