@@ -264,11 +264,20 @@ def _cuda_runtime() -> Any:
 
 class _Captured:
     """One CUDA graph with its static input and output tensors, and the callable it was
-    captured from (kept: an AOTInductor model owns the weights its graph reads)."""
+    captured from (kept: an AOTInductor model owns the weights its graph reads).
+
+    ``capture``: the stream the graph is captured on (default ``side``, where it is warmed up).
+    torch keeps one cuBLAS workspace per stream, and a graph replays the one its capture
+    stream had: graphs that call cuBLAS (torch.compile's, AOTInductor's, convolutions without
+    cuDNN) need a capture stream of their own, or they share one workspace, and dropping any
+    of them (``CUDAGraph.reset`` clears its capture stream's) frees it under the others.
+    ``cudnn``: whether cuDNN was on for the capture (its workspaces are each graph's own)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: Shape,
-                 device: torch.device, stream: torch.cuda.Stream, side: torch.cuda.Stream) -> None:
+                 device: torch.device, stream: torch.cuda.Stream, side: torch.cuda.Stream,
+                 capture: torch.cuda.Stream | None = None) -> None:
         self.fn = fn
+        self.cudnn = bool(torch.backends.cudnn.enabled)
         self.static_in = torch.zeros(shape, device=device, dtype=torch.float32)
         # warm-up off the capture stream (compiles, picks cuDNN algorithms), as torch advises
         side.wait_stream(stream)
@@ -282,12 +291,13 @@ class _Captured:
         # stay legal ("thread_local"): only this thread's would break the capture.
         # The outer stream block puts `stream` back as the current stream even when the
         # capture fails: torch's graph context then raises before restoring it, which left
-        # its capture stream current for whatever ran next. The capture runs on the runner's
-        # side stream (its own: nothing else queues work there), on the runner's device:
-        # torch's own capture stream is made once, on whichever device was current at its
-        # first use (a runner on cuda:1 after one on cuda:0 could not capture).
+        # its capture stream current for whatever ran next. The capture runs on a stream of
+        # the runner's (nothing else queues work there), on the runner's device: torch's own
+        # capture stream is made once, on whichever device was current at its first use (a
+        # runner on cuda:1 after one on cuda:0 could not capture).
         with _no_cycle_collection(), torch.cuda.stream(stream), \
-                torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                torch.cuda.graph(self.graph, stream=capture if capture is not None else side,
+                                 capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -495,7 +505,8 @@ class TorchCudaRunner(RunnerBase):
             # kept (a smaller batch runs padded into it for good: tf-serve's batch sizes)
             targets = [self.batch_shape_for(shape) for shape in shapes]
             graphs = [self._callables.get(target) for target in targets]
-            if self.concurrent_levels and all(isinstance(g, _Captured) for g in graphs) and all(
+            if self.concurrent_levels and all(isinstance(g, _Captured) and g.cudnn
+                                              for g in graphs) and all(
                     t == s or t in self._kept for s, t in zip(shapes, targets)):
                 plan = plan_levels(targets)
                 branches = self._branch_streams(len(plan.branches))
@@ -827,12 +838,15 @@ class TorchCudaRunner(RunnerBase):
 
     def _capture(self, fn: Callable[[torch.Tensor], torch.Tensor],
                  shape: Shape) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself)."""
+        """``fn`` replayed from a CUDA graph (on the CPU: ``fn`` itself). In the compiling
+        modes, whose graphs may call cuBLAS, each graph is captured on a stream of its own
+        (its own cuBLAS workspace, see :class:`_Captured`); else on the side stream."""
         if self._stream is None:
             return fn
         if self._side is None:
             self._side = self._lease()
-        return _Captured(fn, shape, self.device, self._stream, self._side)
+        capture = self._lease(own_only=True) if self.mode in ("compile", "aoti") else None
+        return _Captured(fn, shape, self.device, self._stream, self._side, capture)
 
     def _unprepared_forward(self) -> nn.Module:
         """What a shape runs before it is prepared: where the mode compiles, the folded

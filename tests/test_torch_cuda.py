@@ -1030,9 +1030,10 @@ def _run_levels_stand_ins(monkeypatch):
             calls.append(("record", stream.cuda_stream))
 
     class Graph(torch_cuda._Captured):
-        def __init__(self, batch=1, fail=False):  # no capture: one output buffer
+        def __init__(self, batch=1, fail=False, cudnn=True):  # no capture: one output buffer
             self.static_out = torch.zeros(batch, 1)
             self.fail = fail
+            self.cudnn = cudnn
 
         def __call__(self, x):
             calls.append(("replay", x.shape[-1], on_stream.name))
@@ -1118,11 +1119,12 @@ def test_run_levels_runs_in_turn_until_every_shape_has_its_graph(monkeypatch):
     assert [c for c in calls if c[0] != "replay"] == [
         ("record", 0x7700), ("wait", 0x900), ("run", 40, 0x900), ("run", 1024, 0x900),
         ("record", 0x900), ("wait", 0x7700)]
-    runner._callables[(1, 3, 8, 40)] = t.Graph()
-    for change in ("not concurrent", "pool streams only"):
-        if change == "not concurrent":
+    runner._callables[(1, 3, 8, 40)] = t.Graph(cudnn=False)
+    for change in ("captured without cuDNN", "not concurrent", "pool streams only"):
+        if change == "not concurrent":  # (without cuDNN, convolutions call cuBLAS)
+            runner._callables[(1, 3, 8, 40)] = t.Graph()
             runner.concurrent_levels = False
-        else:
+        elif change == "pool streams only":
             runner.concurrent_levels = True
             monkeypatch.setattr(runner, "_lease", lambda own_only=False: None)
         del calls[:]
@@ -1277,6 +1279,31 @@ def test_capture_runs_without_cycle_collection_and_checks_only_its_own_thread(mo
     assert gc.isenabled(), "a failed capture left cycle collection off"
     assert stand_ins.current == "the caller's stream", \
         "a failed capture left torch's capture stream current"
+
+
+def test_compiled_graphs_are_captured_on_streams_of_their_own(monkeypatch):
+    """torch keeps one cuBLAS workspace per stream and a graph replays its capture stream's:
+    graphs that may call cuBLAS (modes compile and aoti) each get a capture stream of the
+    runner's own, so that dropping one cannot free another's workspace; mode graphs (cuDNN)
+    captures on the side stream. Each graph says whether cuDNN was on for its capture."""
+    stand_ins = _CaptureStandIns(monkeypatch)
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    runner._stream, runner._side = stand_ins.stream(), stand_ins.stream()
+    leased = []
+    monkeypatch.setattr(runner, "_lease",
+                        lambda own_only=False: leased.append(stand_ins.stream()) or leased[-1])
+    for mode in ("compile", "aoti", "compile", "graphs"):
+        runner.mode = mode
+        captured = runner._capture(lambda x: x * 2, (1, 3, 4, 4))
+        assert captured.cudnn is torch.backends.cudnn.enabled
+    assert [c["stream"] for c in stand_ins.captures] == [*leased, runner._side]
+    assert len({id(s) for s in leased}) == 3
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
+    assert runner._capture(lambda x: x, (1, 3, 4, 4)).cudnn is False
+    runner.mode = "compile"  # no stream of the runner's own (torch's pool only): the side one
+    monkeypatch.setattr(runner, "_lease", lambda own_only=False: None)
+    runner._capture(lambda x: x, (1, 3, 4, 4))
+    assert stand_ins.captures[-1]["stream"] is runner._side
 
 
 def test_a_failed_capture_falls_back_to_eager(monkeypatch, caplog):
