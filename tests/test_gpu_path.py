@@ -650,6 +650,12 @@ def test_kept_boxes_come_with_the_counters_in_one_wait_and_the_rest_after_it(mon
         stats_ptr, rows_ptr = post._stats.buffer.ptr, post._out.buffer.ptr
         one_wait = [("download", stats_ptr), ("download", rows_ptr), ("sync", 7)]
         assert waits[1:] == one_wait + ([("download", rows_ptr), ("sync", 7)] if kept == 3 else []), kept
+    # a batch: each image's rows through the one page-locked buffer, in turn
+    post.lib.nms_stats = [(3, 5, 0, 0), (1, 5, 0, 0)]
+    post.lib.nms_rows = [rows, rows[2:]]
+    first, second = detector.detect_batch([synthetic_image(40, 56, seed) for seed in (0, 1)])
+    np.testing.assert_array_equal(first, rows)
+    np.testing.assert_array_equal(second, rows[2:])
 
 
 def test_the_host_path_names_the_image_of_a_batch_with_non_finite_scores():

@@ -310,7 +310,9 @@ class CudaPostprocessor:
         self._workspace = _Scratch(stream=self.stream)
         self._out = _Scratch(stream=self.stream)
         self._stats = _Scratch(stream=self.stream)
-        self._host = _Scratch(PinnedBuffer)  # the counters and the first kept rows
+        # the counters and the first kept rows (grown only after the stream is waited for: an
+        # interrupted image may have left a download into it queued)
+        self._host = _Scratch(PinnedBuffer, stream=self.stream)
         self._image_hw: tuple[int, int] | None = None
         self.last_stats: dict[str, int] = {}
         # host work done once per image size / level scale, not per image (~0.2 ms each)
