@@ -279,6 +279,13 @@ def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_concurr
     with pytest.raises(Stop):
         specs["torch-cuda"].build(ctx)
     assert asked[-1] == ("compile", False)
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", True)  # once it is on
+    for torch_mode, concurrent in (("fused", True), ("graphs", True), ("compile", False),
+                                   ("eager", False)):
+        ctx.torch_mode = torch_mode
+        with pytest.raises(Stop):
+            specs["torch-cuda"].build(ctx)
+        assert asked[-1] == (torch_mode, concurrent)
 
 
 def _stat(ms):

@@ -1746,7 +1746,7 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
             made.append(kwargs)
             mode = "eager" if kwargs["mode"] == "graphs" else kwargs["mode"]  # no CUDA graphs
             super().__init__(model, **{**kwargs, "device": "cpu", "dtype": torch.float32,
-                                       "mode": mode})
+                                       "mode": mode, "concurrent_levels": False})
 
     monkeypatch.setattr(torch_cuda, "require_cuda", lambda device="cuda": torch.device("cpu"))
     monkeypatch.setattr(torch_cuda, "TorchCudaRunner", CpuRunner)
@@ -1768,6 +1768,13 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
         # a new image size runs eager; one that recurs is prepared at its third run
         assert made[-1]["prepare_after"] == torch_cuda.PREPARE_AFTER_RUNS == 2
         assert detector.runner.prepare_after == 2 and detector.runner.records == {}
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", True)  # once it is on: only
+    for torch_mode, concurrent in (("fused", True), ("graphs", True), ("eager", False),  # graphs
+                                   ("compile", False)):
+        create_detector("torch-cuda", weights=checkpoint, torch_mode=torch_mode,
+                        cache_dir=tmp_path).close()
+        assert made[-1]["concurrent_levels"] is concurrent, torch_mode
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)
     with pytest.raises(TinyFacesError, match="unknown torch_mode 'fast'; expected one of "
                                              "fused, compile, aoti, graphs, eager"):
         create_detector("torch-cuda", weights=checkpoint, torch_mode="fast")
