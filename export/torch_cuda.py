@@ -26,7 +26,7 @@ With ``fuse_epilogues=True`` (not in mode aoti) every mode runs the folded netwo
 convolution takes its bias, residual add and ReLU inside one cuDNN call
 (:mod:`.conv_fusion`): graphs then replays cuDNN's fused convolutions alone, nothing compiled.
 
-With ``concurrent_levels=True`` (CUDA only) the runner declares
+With ``concurrent_levels=True`` (CUDA, mode ``"graphs"``) the runner declares
 ``capabilities.concurrent_levels``: the detector hands it every pyramid level of an image at
 once (:meth:`TorchCudaRunner.run_levels`), and once each level's shape has its CUDA graph the
 small levels' graphs replay on streams of their own beside the large levels'
@@ -339,10 +339,11 @@ class TorchCudaRunner(RunnerBase):
         concurrent_levels: declare ``capabilities.concurrent_levels`` (CUDA, mode
             ``"graphs"`` only): the detector calls :meth:`run_levels` with all of an image's
             levels, whose small levels then replay beside the others on streams of the
-            runner's own. Not with the compiling modes: their graphs may call cuBLAS, and
-            every graph captured on the runner's side stream shares cuBLAS's workspace for it
-            (two such graphs replaying at once would race on it); cuDNN's workspace is each
-            graph's own.
+            runner's own. Not with the compiling modes: their graphs may call cuBLAS, whose
+            workspace torch keeps per capture stream (see :class:`_Captured`: each compiled
+            graph has a capture stream of its own, but where only torch's pool streams can be
+            had they share one, and two replaying at once would race on it); cuDNN's
+            workspaces are each graph's own.
 
     Raises:
         BackendUnavailableError: a CUDA device was asked for and torch sees none.
@@ -363,8 +364,8 @@ class TorchCudaRunner(RunnerBase):
         if concurrent_levels and mode != "graphs":
             raise ValueError(f"concurrent_levels replays the CUDA graphs of mode 'graphs' side "
                              f"by side, not mode {mode!r}: torch.compile's and AOTInductor's "
-                             f"graphs may call cuBLAS, whose workspace all graphs captured on "
-                             f"one stream share")
+                             f"graphs may call cuBLAS, whose workspace graphs captured on one "
+                             f"stream share")
         if prepare_after < 0:
             raise ValueError(f"prepare_after must be >= 0, got {prepare_after}")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -473,9 +474,9 @@ class TorchCudaRunner(RunnerBase):
         """Several pyramid levels' inputs (one image or batch) -> their score maps, as
         :meth:`run` gives each, all valid until the next call.
 
-        Where every input is a device array whose shape already has its CUDA graph (or runs
-        padded into a larger batch's that :meth:`warmup` kept) and the runner was made with
-        ``concurrent_levels``, the inputs of at most
+        Where every input is a device array whose shape already has its CUDA graph, captured
+        with cuDNN on (or runs padded into a larger batch's that :meth:`warmup` kept), and the
+        runner was made with ``concurrent_levels``, the inputs of at most
         :data:`~.level_streams.CONCURRENT_MAX_PIXELS` pixels replay on streams of the
         runner's own, forked from :attr:`stream` and joined back into it with events, beside
         the larger ones, which replay on :attr:`stream` (:mod:`.level_streams`); the outputs
