@@ -507,16 +507,16 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
     shape prepared before timing (the detector prepares a shape at its third run);
     ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``);
     ``concurrent_levels``: the runner's, small levels beside the others on streams of their
-    own (None: ``create_detector``'s, :data:`~tinyfaces_trt.detectors.TORCH_CUDA_CONCURRENT_LEVELS`)."""
+    own (None: ``create_detector``'s, :func:`~tinyfaces_trt.detectors.torch_cuda_concurrent_levels`)."""
     def build(ctx: BenchContext) -> Pipeline:
-        from tinyfaces_trt.detectors import TORCH_CUDA_CONCURRENT_LEVELS, torch_cuda_settings
+        from tinyfaces_trt.detectors import torch_cuda_concurrent_levels, torch_cuda_settings
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
         from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
 
         asked = torch_mode or ctx.torch_mode
         mode, fused = torch_cuda_settings(asked)
-        concurrent = (TORCH_CUDA_CONCURRENT_LEVELS and mode == "graphs"
-                      if concurrent_levels is None else concurrent_levels)
+        concurrent = (torch_cuda_concurrent_levels(mode) if concurrent_levels is None
+                      else concurrent_levels)
         if concurrent and mode != "graphs":
             raise Skip(f"levels side by side replay the CUDA graphs of torch modes fused and "
                        f"graphs, not {asked} (--torch-mode)")

@@ -59,6 +59,12 @@ def torch_cuda_settings(torch_mode: str) -> tuple[str, bool]:
         raise TinyFacesError(f"unknown torch_mode {torch_mode!r}; expected one of "
                              f"{', '.join(TORCH_CUDA_MODES)}")
     return ("graphs", True) if torch_mode == "fused" else (torch_mode, False)
+
+
+def torch_cuda_concurrent_levels(mode: str) -> bool:
+    """Whether torch-cuda runs the small levels side by side with ``TorchCudaRunner`` mode
+    ``mode`` (:data:`TORCH_CUDA_CONCURRENT_LEVELS`, in mode graphs only)."""
+    return TORCH_CUDA_CONCURRENT_LEVELS and mode == "graphs"
 #: ``"auto"``'s preference, fastest first (TensorRT > torch on the GPU > ORT CUDA > ORT CPU).
 AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime")
 log = logging.getLogger(__name__)
@@ -407,7 +413,7 @@ def _torch_cuda_detector(weights: str | os.PathLike[str] | None,
     runner = TorchCudaRunner(model, dtype=torch.float16 if fp16 else torch.float32,
                              mode=mode, fuse_epilogues=fuse, cache_dir=cache_dir,
                              prepare_after=PREPARE_AFTER_RUNS, progress=progress,
-                             concurrent_levels=TORCH_CUDA_CONCURRENT_LEVELS and mode == "graphs")
+                             concurrent_levels=torch_cuda_concurrent_levels(mode))
     warn_if_untrained(identity)
     # a device-I/O runner: the CUDA stages on its stream
     return folder_backends.detector_owning(runner, config, gpu_stages=gpu_stages,
@@ -532,4 +538,5 @@ def spec_from_arguments(args: argparse.Namespace, progress: Progress | None = No
 __all__ = ["API_NAMES", "AUTO_ORDER", "BACKENDS", "DEFAULT_TORCH_MODE", "FP16_BY_DEFAULT",
            "OPTION_RULES", "TORCH_CUDA_MODES", "DetectorSpec", "OptionNames", "OptionRule",
            "available_backends", "check_backend_options", "create_detector", "kept_by_auto",
-           "resolve_backend", "runs_fp16", "spec_from_arguments", "torch_cuda_settings"]
+           "resolve_backend", "runs_fp16", "spec_from_arguments", "torch_cuda_concurrent_levels",
+           "torch_cuda_settings"]
