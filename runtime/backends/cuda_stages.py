@@ -402,7 +402,8 @@ class CudaPostprocessor:
                 ws_bytes, out, stats, self.stream)
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
         rows = min(max_candidates, PREFETCH_ROWS)
-        host = self._host.get(stats_bytes + rows * 5 * 4).array(stats_bytes + rows * 5 * 4)
+        nbytes = stats_bytes + rows * 5 * 4
+        host = self._host.get(nbytes).array(nbytes)
         counters = host[:stats_bytes].view(b.NMS_STATS_DTYPE)
         prefetched = host[stats_bytes:].view(np.float32).reshape(rows, 5)
         stats.download(counters, self.stream)
