@@ -388,7 +388,6 @@ class TorchCudaRunner(RunnerBase):
         self.mode = mode
         self.fuse_epilogues = fuse_epilogues
         self.cache_dir = cache_dir
-        self.concurrent_levels = concurrent_levels
         self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True,
                                                device=device.index,
                                                concurrent_levels=concurrent_levels)
@@ -506,7 +505,7 @@ class TorchCudaRunner(RunnerBase):
             # kept (a smaller batch runs padded into it for good: tf-serve's batch sizes)
             targets = [self.batch_shape_for(shape) for shape in shapes]
             graphs = [self._callables.get(target) for target in targets]
-            if self.concurrent_levels and all(isinstance(g, _Captured) and g.cudnn
+            if self.capabilities.concurrent_levels and all(isinstance(g, _Captured) and g.cudnn
                                               for g in graphs) and all(
                     t == s or t in self._kept for s, t in zip(shapes, targets)):
                 plan = plan_levels(targets)

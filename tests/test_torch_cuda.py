@@ -10,6 +10,7 @@ lives in test_torch_cuda_gpu.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -1059,7 +1060,8 @@ def _run_levels_stand_ins(monkeypatch):
     monkeypatch.setattr(runner, "_copy_output",
                         lambda out: calls.append(("copy", on_stream.name)) or copy_output(out))
     runner._stream = TorchStream(0x900)
-    runner.concurrent_levels = True
+    runner.capabilities = dataclasses.replace(runner.capabilities,
+                                              concurrent_levels=True)
     monkeypatch.setattr(runner, "_on_stream", contextlib.nullcontext)
     leased = iter(range(0xa00, 0xb00, 0x10))
     monkeypatch.setattr(runner, "_lease", lambda own_only=False: TorchStream(next(leased)))
@@ -1123,9 +1125,11 @@ def test_run_levels_runs_in_turn_until_every_shape_has_its_graph(monkeypatch):
     for change in ("captured without cuDNN", "not concurrent", "pool streams only"):
         if change == "not concurrent":  # (without cuDNN, convolutions call cuBLAS)
             runner._callables[(1, 3, 8, 40)] = t.Graph()
-            runner.concurrent_levels = False
+            runner.capabilities = dataclasses.replace(runner.capabilities,
+                                                      concurrent_levels=False)
         elif change == "pool streams only":
-            runner.concurrent_levels = True
+            runner.capabilities = dataclasses.replace(runner.capabilities,
+                                                      concurrent_levels=True)
             monkeypatch.setattr(runner, "_lease", lambda own_only=False: None)
         del calls[:]
         runner.run_levels([Foreign((1, 3, 8, 40)), Foreign(large)])
