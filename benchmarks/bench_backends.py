@@ -517,9 +517,6 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
         mode, fused = torch_cuda_settings(asked)
         concurrent = (torch_cuda_concurrent_levels(mode) if concurrent_levels is None
                       else concurrent_levels)
-        if concurrent and mode != "graphs":
-            raise Skip(f"levels side by side replay the CUDA graphs of torch modes fused and "
-                       f"graphs, not {asked} (--torch-mode)")
         stream = Stream()
         parts: list[Any] = [stream]
         try:
@@ -751,14 +748,15 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("torch-cuda", "runtime GPU pipeline as create_detector('torch-cuda') builds "
                 "it: TorchCudaRunner fp16 (--torch-mode, default fused: the BatchNorm-folded "
                 "network, channels_last, each convolution with its bias, residual add and ReLU "
-                "in one cuDNN call, one CUDA graph per shape), CUDA resize + decode + NMS, one "
-                "stream", _torch_cuda_device_reason, _torch_cuda_device("float16"),
+                "in one cuDNN call, one CUDA graph per shape; in modes fused and graphs the "
+                "small levels, up to 2^19 input pixels, replay on streams of their own beside "
+                "the large ones), CUDA resize + decode + NMS on the runner's stream", _torch_cuda_device_reason, _torch_cuda_device("float16"),
                 precision_at="fp16"),
-    BackendSpec("torch-cuda-concurrent", "runtime GPU pipeline as torch-cuda, the pyramid's "
-                "small levels (up to 2^19 input pixels) replayed on streams of their own beside "
-                "the large ones: TorchCudaRunner(concurrent_levels=True) (torch modes fused "
-                "and graphs only)",
-                _torch_cuda_device_reason, _torch_cuda_device("float16", concurrent_levels=True),
+    BackendSpec("torch-cuda-in-turn", "runtime GPU pipeline as torch-cuda, every pyramid level "
+                "in turn on the one stream: TorchCudaRunner(concurrent_levels=False) (torch-cuda's "
+                "default before run 5 measured levels side by side faster), with per-level "
+                "network times",
+                _torch_cuda_device_reason, _torch_cuda_device("float16", concurrent_levels=False),
                 precision_at="fp16"),
     BackendSpec("torch-cuda-compile", "runtime GPU pipeline as torch-cuda, the network by "
                 "torch.compile (Inductor, BatchNorm folded) + CUDA graphs: torch mode compile",

@@ -240,10 +240,11 @@ def test_the_torch_cuda_rows_run_create_detectors_torch_modes(latency, monkeypat
         "compile", False, tmp_path)
 
 
-def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_concurrent_row_asks(
+def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_in_turn_row_not(
         latency, monkeypatch, tmp_path):
     """torch-cuda runs levels side by side as create_detector does
-    (detectors.TORCH_CUDA_CONCURRENT_LEVELS), torch-cuda-concurrent always."""
+    (detectors.TORCH_CUDA_CONCURRENT_LEVELS, in modes fused and graphs), torch-cuda-in-turn
+    never."""
     pytest.importorskip("torch")
     import bench_backends
     from tinyfaces_trt import detectors
@@ -266,26 +267,27 @@ def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_concurr
     ctx = bench_backends.BenchContext(model="m", config=None, levels=[], image_hw=(0, 0),
                                       threads=1, export_root=tmp_path, cache_dir=tmp_path)
     specs = {b.name: b for b in bench_backends.BACKENDS}
-    for name in ("torch-cuda", "torch-cuda-concurrent"):
+    assert "torch-cuda-concurrent" not in specs  # torch-cuda itself since run 5
+    for name in ("torch-cuda", "torch-cuda-in-turn"):
         with pytest.raises(Stop):
             specs[name].build(ctx)
-    assert asked == [("fused", detectors.TORCH_CUDA_CONCURRENT_LEVELS), ("fused", True)]
+    assert detectors.TORCH_CUDA_CONCURRENT_LEVELS is True
+    assert asked == [("fused", True), ("fused", False)]
     assert len(closed) == 6  # the stream and both stages, each time
     # torch.compile's graphs may share cuBLAS's workspace: not side by side
-    ctx.torch_mode = "compile"
-    with pytest.raises(bench_backends.Skip, match="levels side by side replay the CUDA graphs "
-                                                  "of torch modes fused and graphs, not compile"):
-        specs["torch-cuda-concurrent"].build(ctx)
-    with pytest.raises(Stop):
-        specs["torch-cuda"].build(ctx)
-    assert asked[-1] == ("compile", False)
-    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", True)  # once it is on
     for torch_mode, concurrent in (("fused", True), ("graphs", True), ("compile", False),
                                    ("eager", False)):
         ctx.torch_mode = torch_mode
+        for name in ("torch-cuda", "torch-cuda-in-turn"):
+            with pytest.raises(Stop):
+                specs[name].build(ctx)
+        assert asked[-2:] == [(torch_mode, concurrent), (torch_mode, False)]
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)  # switched off
+    for torch_mode in ("fused", "compile"):
+        ctx.torch_mode = torch_mode
         with pytest.raises(Stop):
             specs["torch-cuda"].build(ctx)
-        assert asked[-1] == (torch_mode, concurrent)
+        assert asked[-1] == (torch_mode, False)
 
 
 def _stat(ms):

@@ -274,13 +274,13 @@ def test_the_targets_table_gives_torch_cudas_variants_beside_its_value():
     result["targets"] = [
         {"key": "speedup", "title": "end to end vs the reference", "unit": "x", "goal": 40.0,
          "relation": ">=", "measured": 28.5, "met": False, "verdict": "missed by 1.40x",
-         "why": "the network", "variants": {"torch-cuda-concurrent": 32.9}},
+         "why": "the network", "variants": {"torch-cuda-in-turn": 32.9}},
         {"key": "batch_gain", "title": "batch gain", "unit": "x", "goal": 1.3,
          "relation": ">=", "measured": 1.39, "met": True, "verdict": "met", "why": ""}]
     report = g.Report([], 270.0, gpu=True)
     g.summarize_benchmark(report, result, 190.0, "c", "done")
     md = g.render_markdown(report)
-    assert ("| end to end vs the reference | >= 40x | 28.5x (`torch-cuda-concurrent` 32.9x) | "
+    assert ("| end to end vs the reference | >= 40x | 28.5x (`torch-cuda-in-turn` 32.9x) | "
             "**missed by 1.40x** | the network |") in md
     assert "| batch gain | >= 1.3x | 1.39x | met |  |" in md
 

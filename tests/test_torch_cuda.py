@@ -1767,18 +1767,19 @@ def test_create_detector_passes_torch_mode_to_the_runner(checkpoint, monkeypatch
         # the default: CUDA graphs of the fused network, not prepared until a shape runs
         assert (made[-1]["mode"], made[-1]["fuse_epilogues"]) == ("graphs", True)
         assert detector.runner.fuse_epilogues
-        # levels side by side: the factory's setting, off until measured on a GPU
-        assert made[-1]["concurrent_levels"] is detectors.TORCH_CUDA_CONCURRENT_LEVELS is False
+        # levels side by side: the factory's setting, on since run 5 measured it on an H200
+        assert made[-1]["concurrent_levels"] is detectors.TORCH_CUDA_CONCURRENT_LEVELS is True
         # a new image size runs eager; one that recurs is prepared at its third run
         assert made[-1]["prepare_after"] == torch_cuda.PREPARE_AFTER_RUNS == 2
         assert detector.runner.prepare_after == 2 and detector.runner.records == {}
-    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", True)  # once it is on: only
-    for torch_mode, concurrent in (("fused", True), ("graphs", True), ("eager", False),  # graphs
-                                   ("compile", False)):
+    for torch_mode, concurrent in (("fused", True), ("graphs", True), ("eager", False),  # only
+                                   ("compile", False)):  # the modes replaying eager graphs
         create_detector("torch-cuda", weights=checkpoint, torch_mode=torch_mode,
                         cache_dir=tmp_path).close()
         assert made[-1]["concurrent_levels"] is concurrent, torch_mode
-    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)  # switched off
+    create_detector("torch-cuda", weights=checkpoint, cache_dir=tmp_path).close()
+    assert made[-1]["concurrent_levels"] is False
     with pytest.raises(TinyFacesError, match="unknown torch_mode 'fast'; expected one of "
                                              "fused, compile, aoti, graphs, eager"):
         create_detector("torch-cuda", weights=checkpoint, torch_mode="fast")

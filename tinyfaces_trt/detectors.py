@@ -48,9 +48,11 @@ TORCH_CUDA_MODES = ("fused", "compile", "aoti", "graphs", "eager")
 DEFAULT_TORCH_MODE = "fused"
 #: Whether torch-cuda runs a pyramid's small levels side by side on streams of their own
 #: (``TorchCudaRunner(concurrent_levels=True)``, in the modes replaying CUDA graphs of the eager
-#: network: fused and graphs): off until a GPU run measures it (the benchmark's
-#: ``torch-cuda-concurrent`` row, beside ``torch-cuda``).
-TORCH_CUDA_CONCURRENT_LEVELS = False
+#: network: fused and graphs): on, measured faster with the same detections on an H200 (run 5,
+#: benchmarks/results/h200-2026-12-04/run5: 1080p 20.3 ms against 24.2 ms in turn, 19.7 against
+#: 20.8 ms without stage syncs; 720p 10.9 against 13.5 ms). The benchmark's
+#: ``torch-cuda-in-turn`` row measures the other.
+TORCH_CUDA_CONCURRENT_LEVELS = True
 
 
 def torch_cuda_settings(torch_mode: str) -> tuple[str, bool]:

@@ -31,14 +31,15 @@ default --budget-s 285 each step gets what is left and a step that cannot fit is
                          example
   ptxas           (in the build) registers / spills per kernel, read off the build's
                          -Xptxas -v (a library already up to date is compiled again, ~6 s)
-  GPU tests     ~80-95 s every test marked `gpu` (tests/*_gpu.py must not skip; an
+  GPU tests    ~85-195 s every test marked `gpu` (tests/*_gpu.py must not skip; an
                          expected failure is named in the summary; the torch-cuda tests
                          compile small networks, one of them into an AOTInductor package);
                          in 4 pytest-xdist workers where xdist is installed (the kernel
-                         tests' numpy oracles are CPU-bound)
+                         tests' numpy oracles are CPU-bound); the slowest listed (run 5:
+                         194 s, run 3: 85 s)
   sanitizers     ~61 s   memcheck, racecheck, synccheck on the C example (~3 s); memcheck
                          and racecheck on a subset of the GPU tests (~33 s, ~25 s)
-  benchmark     ~70 s    benchmarks/latency.py: the reference pipeline vs every GPU backend
+  benchmark     ~67-70 s benchmarks/latency.py: the reference pipeline vs every GPU backend
                          present, side by side, 1920x1080 then 1280x720; batch of 8 at
                          1080p; decode + NMS at 10k / 50k candidates (every NMS rule); a
                          torch profile; the targets table (run 3: 126 s with a
@@ -56,9 +57,8 @@ benchmark's own time, not the check's.
 A step starts only with enough time left before what is kept for the benchmark (105 s; 175 s
 with a compiling backend); where the budget is short, a sanitizer subset, the 1280x720 size
 and/or the batch rows are skipped, saying so in the report (result INCOMPLETE);
---budget-s 450 fitted everything with run 3's default backends (the torch-cuda-concurrent row,
-added since, is not measured yet; not with a compiling one: run 3's
-GPU tests took 235 s beside its precompile). Without a GPU every step is skipped with the
+--budget-s 450 fitted everything with the default backends (run 5: 342 s; not with a
+compiling one: run 3's GPU tests took 235 s beside its precompile). Without a GPU every step is skipped with the
 reason, in a few seconds.
 """
 
@@ -89,14 +89,16 @@ if str(REPO) not in sys.path:  # a plain checkout: tinyfaces_trt imports from he
 
 DEFAULT_BUDGET_S = 285.0
 DEFAULT_SIZES = "1920x1080,1280x720"
-DEFAULT_BACKENDS = ("reference,torch-cuda,torch-cuda-concurrent,onnxruntime-cuda,"
+DEFAULT_BACKENDS = ("reference,torch-cuda,torch-cuda-in-turn,onnxruntime-cuda,"
                     "tensorrt-fp16-cuda")
 #: Seconds the steps before the benchmark leave to it: what the default backends need at both
-#: sizes with the batch (run 3 on the H200: its parts but torch.compile's took ~70 s; the
-#: levels-side-by-side row, not yet measured, is estimated at ~15 s more), and
+#: sizes with the batch (run 5 on the H200, three torch-cuda-like rows and the profiles: 67 s), and
 #: more where a backend compiles its network (torch-cuda-compile: ~54 s a size, ~50 s the
 #: batch, less from a cache its precompile filled).
 BENCHMARK_RESERVE_S = 105.0
+#: The GPU tests' slowest calls listed in the report (pytest --durations): run 5 took 194 s
+#: against run 3's 85 s.
+SLOWEST_TESTS = 12
 COMPILE_RESERVE_S = 70.0
 #: GPU-test subsets run under compute-sanitizer (memcheck and racecheck are 10-100x slower).
 SANITIZER_TESTS = {
@@ -803,7 +805,7 @@ def parallel_pytest_args() -> list[str]:
 def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
     files = gpu_test_files()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rsx", "-p", "no:cacheprovider", "-m", "gpu",
-           *parallel_pytest_args(), *files]
+           f"--durations={SLOWEST_TESTS}", *parallel_pytest_args(), *files]
     ran = run(cmd, env, timeout, log=log)
     summary = parse_pytest(ran.output)
     must_run = sum(n for n, where in summary.skips if MUST_RUN.match(where))
@@ -821,7 +823,8 @@ def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) ->
     if summary.xfails:  # a test naming what this machine lacks or breaks (its docstring says)
         text += f"; expected failures: {'; '.join(summary.xfails)}"
     report.add(Step("GPU tests", status_of(ok, ran, pytest_failed_so_far(ran.output)),
-                    ran.seconds, text, _command_text(cmd), tail(ran.output, 15 if ok else 80)))
+                    ran.seconds, text, _command_text(cmd),
+                    tail(ran.output, SLOWEST_TESTS + 20 if ok else 80)))
 
 
 def sanitizer_step(report: Report, env: dict[str, str], sanitizer: str, tool: str,
