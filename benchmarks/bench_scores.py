@@ -150,7 +150,8 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
                         rule: int) -> Iterator[Callable[[], tuple[np.ndarray, float, float]]]:
     """The runtime's :class:`CudaPostprocessor` with ``data``'s score map on the device:
     yields ``decode_nms()``, one synchronised reset + decode + NMS returning the kept boxes,
-    the seconds of the decode and those of the NMS. Raises :class:`_Skip` without a GPU."""
+    the seconds of the decode and those of the NMS, after two untimed runs (buffers grown,
+    NMS's CUDA graph captured). Raises :class:`_Skip` without a GPU."""
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
 
@@ -182,6 +183,8 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
             return boxes, decoded - start, time.perf_counter() - decoded
 
         decode_nms.post = post  # type: ignore[attr-defined]
+        for _ in range(2):  # sized for this count; NMS launched, then captured as a CUDA graph
+            decode_nms()
         yield decode_nms
 
 
@@ -223,8 +226,7 @@ def profile_decode_nms(targets: list[int], config: DetectorConfig,
         data = clustered_score_map(target, config, map_hw, scale)
         entry: dict[str, Any] = {"target": target, "candidates": data.candidates, "name": name}
         try:
-            with _cuda_postprocessor(data, config, rule) as decode_nms:
-                decode_nms()  # warm: buffers grown, NMS sized for this count
+            with _cuda_postprocessor(data, config, rule) as decode_nms:  # warm
                 wall, kernels = profiled_kernels(decode_nms)
         except _Skip as exc:
             entries.append({**entry, "status": "skipped", "reason": str(exc)})

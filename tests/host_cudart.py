@@ -18,7 +18,8 @@ a GPU's behaviour is undefined, cudaErrorInvalidValue (stricter than a GPU):
 - a copy whose ``cudaMemcpyKind`` does not match where its pointers lie (undefined on a
   GPU), or that runs past the end of a device allocation (cudaErrorInvalidValue);
 - a destroyed or unknown stream or event (cudaErrorInvalidResourceHandle);
-- ``cudaStreamWaitEvent`` flags other than default / external (cudaErrorInvalidValue).
+- ``cudaStreamWaitEvent`` flags other than default / external (cudaErrorInvalidValue);
+- stream capture, always refused (cudaErrorStreamCaptureUnsupported: nothing can be deferred).
 Stream and event handles are unique in the process, across doubles: an object of an earlier
 test that is destroyed late cannot hit a later test's handle.
 :meth:`HostCudart.live` counts what is still allocated or created.
@@ -290,6 +291,20 @@ class HostCudart:
             return self._error("cudaErrorInvalidResourceHandle")
         self.events.discard(int(event))
         return self._ok()
+
+
+    # -- graphs -------------------------------------------------------------------------------
+
+    def cudaStreamBeginCapture(self, stream: Any, mode: Any) -> tuple[Any, ...]:
+        """Refused (cudaErrorStreamCaptureUnsupported): every call here, the CPU build's
+        kernels too, completes before it returns, so there is no work to defer into a graph.
+        The CUDA stages then launch their kernels one by one, as they do where capture fails
+        on a GPU."""
+        self._validate("cudaStreamBeginCapture", stream, mode)
+        if not self._stream_known(stream):
+            return self._error("cudaErrorInvalidResourceHandle")
+        self.log.append(("cudaStreamBeginCapture", int(stream)))
+        return self._error("cudaErrorStreamCaptureUnsupported")
 
 
 def install(monkeypatch: Any, finalizers: bool = True) -> HostCudart:

@@ -235,6 +235,87 @@ def test_a_closed_stream_or_event_refuses_use_instead_of_reaching_cuda_as_null(h
     assert host.calls == before  # nothing reached the runtime
 
 
+def test_captured_work_needs_a_runtime_that_captures_and_runs_nothing_without_one(host):
+    stream, ran = Stream(), []
+    with pytest.raises(CudaError, match=r"^cudaStreamBeginCapture failed: .*"
+                                        r"\(cudaErrorStreamCaptureUnsupported\)"):
+        cuda_device.CapturedWork(stream, lambda: ran.append(1))
+    assert ran == [] and host.log[-1] == ("cudaStreamBeginCapture", stream.handle)
+    stream.close()
+
+
+def _capturing(host, monkeypatch, fail: str = ""):
+    """host_cudart with stream capture recorded (calls, in order) and one call failing."""
+    rt, calls = host._real, []
+
+    def answer(name, *values):
+        def call(*args):
+            calls.append((name, *args))
+            if name == fail:
+                return (rt.cudaError_t.cudaErrorInvalidValue, *([None] * len(values)))
+            return (rt.cudaError_t.cudaSuccess, *values)
+        monkeypatch.setattr(host, name, call, raising=False)
+
+    answer("cudaStreamBeginCapture")
+    answer("cudaStreamEndCapture", "graph")
+    answer("cudaGraphInstantiate", "exec")
+    for name in ("cudaGraphDestroy", "cudaGraphLaunch", "cudaGraphExecDestroy"):
+        answer(name)
+    return calls
+
+
+def test_captured_work_captures_one_call_thread_locally_and_replays_it(host, monkeypatch):
+    """Begin (thread-local mode), the call's work, end, instantiate, the graph itself dropped;
+    each launch one cudaGraphLaunch on the given stream; close() destroys it once, and a
+    closed one refuses to launch."""
+    calls = _capturing(host, monkeypatch)
+    stream, other = Stream(), Stream()
+    work = cuda_device.CapturedWork(stream, lambda: calls.append("enqueue"))
+    mode = host._real.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    assert [c[0] if isinstance(c, tuple) else c for c in calls] == [
+        "cudaStreamBeginCapture", "enqueue", "cudaStreamEndCapture", "cudaGraphInstantiate",
+        "cudaGraphDestroy"]
+    assert int(calls[0][1]) == stream.handle and calls[0][2] == mode
+    assert calls[3][1:] == ("graph", 0) and calls[4][1:] == ("graph",)
+    del calls[:]
+    work.launch(other)
+    work.launch(stream.handle)
+    assert calls == [("cudaGraphLaunch", "exec", other.handle),
+                     ("cudaGraphLaunch", "exec", stream.handle)]
+    work.close()
+    work.close()
+    assert calls[2:] == [("cudaGraphExecDestroy", "exec")]
+    with pytest.raises(TinyFacesError, match="this captured CUDA work is closed"):
+        work.launch(stream)
+    stream.close()
+    other.close()
+
+
+def test_captured_work_ends_the_capture_when_the_call_or_the_graph_fails(host, monkeypatch):
+    """The stream leaves capture mode whatever fails: the call's own error is re-raised with
+    its partial graph destroyed, and a graph that cannot be instantiated is destroyed too."""
+    calls = _capturing(host, monkeypatch)
+    stream = Stream()
+
+    def fails():
+        raise ValueError("the call's own error")
+
+    with pytest.raises(ValueError, match="the call's own error"):
+        cuda_device.CapturedWork(stream, fails)
+    assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture",
+                                     "cudaGraphDestroy"]
+    calls = _capturing(host, monkeypatch, fail="cudaGraphInstantiate")
+    with pytest.raises(CudaError, match="^cudaGraphInstantiate failed"):
+        cuda_device.CapturedWork(stream, lambda: None)
+    assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture",
+                                     "cudaGraphInstantiate", "cudaGraphDestroy"]
+    calls = _capturing(host, monkeypatch, fail="cudaStreamEndCapture")  # an invalidated capture
+    with pytest.raises(CudaError, match="^cudaStreamEndCapture failed"):
+        cuda_device.CapturedWork(stream, lambda: None)
+    assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture"]
+    stream.close()
+
+
 def test_the_double_refuses_what_a_gpu_refuses(host):
     """host_cudart's own checks: a copy whose kind does not match where its pointers lie or
     that runs past a device allocation, a double free, and wrong argument types, which the

@@ -38,6 +38,8 @@ import kernel_stage_cases
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.backends import cuda_stages as stages
+from tinyfaces_trt.runtime.postprocess import postprocess_levels
 
 _MISSING = cpu_build_missing()
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING)
@@ -379,6 +381,157 @@ def test_binding_passes_every_value_its_c_types_hold(cpu_library):
     assert binding.nms_params(0.3, 1.0, True, np.int32(2**31 - 1), 5).image_height == 2**31 - 1
     assert cpu_library.status_string(2**32) == cpu_library.status_string(-2**40) == "unknown tf_status"
     assert cpu_library.status_string(0) == "success"
+
+
+# --- NMS's CUDA graphs ------------------------------------------------------------------------
+
+def _finish(post, maps, levels, image_hw, config):
+    """One image through the postprocessor, checked against the host path."""
+    post.reset(*image_hw)
+    for m, level in zip(maps, levels):
+        post.add_level(m, level)
+    got = post.finish()
+    assert_same_detections(got, postprocess_levels(maps, levels, image_hw, config))
+    return got
+
+
+class ReplayingCapture:
+    """Stands in for cuda_device.CapturedWork where every call completes at once: a "replay"
+    makes the captured call again, with the very objects it closed over, as a graph replays
+    the very pointers and values it baked in. So a graph launched for the wrong buffers or
+    image size gives wrong boxes here too."""
+
+    made: list = []
+
+    def __init__(self, stream, enqueue):
+        self.stream, self.enqueue, self.launches, self.closed = stream, enqueue, 0, False
+        ReplayingCapture.made.append(self)
+
+    def launch(self, stream):
+        assert not self.closed and stream is self.stream
+        self.launches += 1
+        self.enqueue()
+
+    def close(self):
+        self.closed = True
+
+
+def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream, monkeypatch):
+    """One graph per candidate buffer, NMS size and image size, captured at their second
+    use (the first launches the kernels: lazy loading and CUB's set-up stay out of the
+    capture) and replayed for every image that has them; a new one for each of those that
+    changes (another image size, the NMS size growing); the least recently used one dropped
+    past NMS_GRAPHS; the boxes the host path's throughout; close() closes every graph."""
+    monkeypatch.setattr(ReplayingCapture, "made", [])
+    monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
+    monkeypatch.setattr(stages, "NMS_GRAPHS", 2)
+    config = DetectorConfig(prob_thresh=0.3)
+    rng = np.random.default_rng(21)
+    small_hw, large_hw = IMAGE_HW, (IMAGE_HW[0] + 16, IMAGE_HW[1] + 24)
+    small, large = levels_at(small_hw, (0.0, 1.0)), levels_at(large_hw, (0.0, 1.0))
+    post = stages.CudaPostprocessor(config, stream=stream, max_candidates=4096)
+    made = ReplayingCapture.made
+    _finish(post, random_maps(rng, large, cls_mean=-1.5), large, large_hw, config)
+    for _ in range(3):  # the large image's candidate buffer, another image size
+        _finish(post, random_maps(rng, small, cls_mean=-1.5), small, small_hw, config)
+    assert post.nms_graphs and post.nms_graphs_off is None
+    assert [g.launches for g in made] == [2]  # the small image's, captured at its 2nd use
+    _finish(post, random_maps(rng, large, cls_mean=-1.5), large, large_hw, config)
+    assert [g.launches for g in made] == [2, 1]  # the large image's 2nd use
+    dense = random_maps(rng, small, cls_mean=0.0)  # more candidates than 4096: NMS grows
+    assert candidate_count(dense, small, config) > 4096
+    _finish(post, dense, small, small_hw, config)
+    # the overflowing run at the old NMS size replays the small image's graph, the grown
+    # size runs launch by launch, and the one used least recently (the large image's) goes
+    assert [g.launches for g in made] == [3, 1]
+    assert [g.closed for g in made] == [False, True]
+    _finish(post, dense, small, small_hw, config)  # the grown size's 2nd use: captured (no
+    assert [g.launches for g in made] == [3, 1, 1]  # overflow: the old size does not run)
+    assert [g.closed for g in made] == [False, True, False]
+    assert post.max_candidates >= candidate_count(dense, small, config)
+    post.close()
+    assert all(g.closed for g in made)
+
+
+def test_each_image_of_a_batch_has_its_own_nms_graph(stream, monkeypatch):
+    monkeypatch.setattr(ReplayingCapture, "made", [])
+    monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    rng = np.random.default_rng(22)
+    batches = [[random_maps(rng, levels, cls_mean=-1.5) for _ in range(3)] for _ in range(3)]
+    post = stages.CudaPostprocessor(config, stream=stream)
+    for batch in batches:
+        post.reset(*IMAGE_HW, count=3)
+        for level_index, level in enumerate(levels):
+            post.add_level(np.concatenate([maps[level_index] for maps in batch]), level)
+        got = post.finish_all()
+        for g, maps in zip(got, batch, strict=True):
+            assert_same_detections(g, postprocess_levels(maps, levels, IMAGE_HW, config))
+    assert [g.launches for g in ReplayingCapture.made] == [2, 2, 2]  # from the 2nd batch
+    post.close()
+
+
+def test_nms_launches_its_kernels_where_capture_is_refused(stream, host_cuda, caplog):
+    """Where the stream cannot be captured (here: the host runtime refuses, as a GPU does for
+    a stream someone captures already) NMS runs launch by launch, with the same boxes, said
+    once in the log and in nms_graphs_off, and is not captured again (the first image ran
+    without a capture, the second tried one)."""
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    rng = np.random.default_rng(23)
+    post = stages.CudaPostprocessor(config, stream=stream)
+    assert post.nms_graphs
+    with caplog.at_level("WARNING", logger=stages.__name__):
+        for _ in range(3):
+            _finish(post, random_maps(rng, levels, cls_mean=-1.5), levels, IMAGE_HW, config)
+    assert host_cuda.calls["cudaStreamBeginCapture"] == 1
+    assert not post.nms_graphs
+    assert post.nms_graphs_off.startswith(
+        "capturing NMS into a CUDA graph failed (cudaStreamBeginCapture failed: ")
+    assert "(cudaErrorStreamCaptureUnsupported)); its kernels are launched one by one" in \
+        post.nms_graphs_off
+    assert [r.getMessage() for r in caplog.records] == [f"CudaPostprocessor: {post.nms_graphs_off}"]
+    post.close()
+    off = stages.CudaPostprocessor(config, stream=stream, nms_graphs=False)
+    _finish(off, random_maps(rng, levels, cls_mean=-1.5), levels, IMAGE_HW, config)
+    assert host_cuda.calls["cudaStreamBeginCapture"] == 1 and off.nms_graphs_off == "nms_graphs=False"
+    off.close()
+
+
+def test_a_fault_of_the_nms_call_itself_raises_and_leaves_graphs_on(stream, monkeypatch):
+    """A call that fails in the capture (its buffers' second use) fails again when made
+    directly: its error reaches the caller, and graphs are not switched off for it."""
+    monkeypatch.setattr(ReplayingCapture, "made", [])
+
+    class Failing(ReplayingCapture):
+        def __init__(self, stream, enqueue):
+            super().__init__(stream, enqueue)
+            enqueue()  # as the capture does: the binding's argument checks fail here
+
+    monkeypatch.setattr(cuda_device, "CapturedWork", Failing)
+    config = DetectorConfig(prob_thresh=0.3)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    post = stages.CudaPostprocessor(config, stream=stream)
+    maps = random_maps(np.random.default_rng(24), levels, cls_mean=-1.5)
+    _finish(post, maps, levels, IMAGE_HW, config)  # the first use: launched, not captured
+    assert ReplayingCapture.made == []
+    calls = []
+
+    def nms(*args):
+        calls.append(args)
+        raise binding.KernelError("tf_nms failed: workspace_bytes = 1, need 2",
+                                  binding.Status.WORKSPACE_TOO_SMALL)
+
+    monkeypatch.setattr(post.lib, "nms", nms)
+    post.reset(*IMAGE_HW)
+    for m, level in zip(maps, levels):
+        post.add_level(m, level)
+    with pytest.raises(binding.KernelError, match="workspace_bytes = 1, need 2"):
+        post.finish()
+    assert len(calls) == 2  # in the capture, then directly
+    assert post.nms_graphs and post.nms_graphs_off is None
+    post.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of libasan: Linux")

@@ -194,6 +194,66 @@ class Event:
             pass
 
 
+class CapturedWork:
+    """The work one call queues on a stream, captured once into a CUDA graph and replayed by
+    :meth:`launch` with one launch: for a fixed sequence of many small kernels whose launches
+    cost the host more than the kernels take (NMS: about 40 launches for 200 us of GPU work at
+    10k candidates on an H200). A replay reads and writes the very buffers, and takes the very
+    arguments, of the captured call: whoever keeps one must key it by them.
+
+    The capture is thread-local (``cudaStreamCaptureModeThreadLocal``): other threads' CUDA
+    calls go on, and nothing of ``enqueue`` runs until the first :meth:`launch`.
+
+    Args:
+        stream: where ``enqueue`` queues its work (not capturing already).
+        enqueue: queues the work on ``stream``; it must neither wait for the stream nor
+            allocate.
+
+    Raises:
+        CudaError: the stream could not be captured (it is capturing already, or this
+            runtime cannot), or the graph could not be made; the stream has left capture.
+        Whatever ``enqueue`` raised, after the capture is ended and dropped.
+    """
+
+    def __init__(self, stream: Stream, enqueue: Any) -> None:
+        self._rt = rt = runtime()
+        self._exec: Any = None
+        handle = stream._live()
+        check(rt.cudaStreamBeginCapture(
+            handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture")
+        try:
+            enqueue()
+        except BaseException:
+            result = rt.cudaStreamEndCapture(handle)  # leave capture mode, drop what it made
+            if int(result[0]) == 0 and result[1] is not None:
+                rt.cudaGraphDestroy(result[1])
+            raise
+        graph = check(rt.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+        try:
+            self._exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def launch(self, stream: Stream | int | None) -> None:
+        """Queues the captured work on ``stream`` (asynchronous, like the calls it replaces)."""
+        if self._exec is None:
+            raise TinyFacesError("this captured CUDA work is closed")
+        check(self._rt.cudaGraphLaunch(self._exec, _stream_handle(stream)), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        """Destroys the graph (idempotent); a launch still running completes first."""
+        if self._exec is not None:
+            graph_exec, self._exec = self._exec, None
+            check(self._rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, or the context is already gone
+            pass
+
+
 class StreamOrder:
     """Orders a ``consumer`` stream after a ``producer`` stream with one reusable event.
 

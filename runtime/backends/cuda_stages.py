@@ -25,8 +25,10 @@ This module is the runtime's one seam to the kernel library (``tinyfaces_trt.ker
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,10 @@ DEFAULT_MAX_NMS_CANDIDATES = 8192
 #: Kept rows downloaded with NMS's counters, in one wait (an image keeping more fetches the
 #: rest after it): 80 KB of page-locked memory.
 PREFETCH_ROWS = 4096
+#: NMS's CUDA graphs a postprocessor keeps (one per candidate buffer, NMS size and image
+#: size: a batch of 8 at two image sizes fits); the least recently used is dropped.
+NMS_GRAPHS = 16
+log = logging.getLogger(__name__)
 
 
 def _load(library: Any) -> Any:
@@ -273,6 +279,12 @@ class CudaPostprocessor:
         max_candidates: initial NMS size (its workspace is linear in it); grown to the next
             power of two, and NMS re-run on the candidates still on the device, when an image
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
+        nms_graphs: replay NMS's launches (3 sorts or scans in CUB's passes and 6 kernels of
+            its own, about 40 launches) as one CUDA graph, captured at the second call for each
+            candidate buffer, NMS size and image size (:class:`~.cuda_device.CapturedWork`).
+            Where the capture fails (a stream some caller is capturing already, a runtime
+            without stream capture) NMS is launched kernel by kernel, logged once, and
+            ``nms_graphs_off`` says why.
         nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
             ``kernels.binding.NMS_RULES``' values; the same boxes with each. The warp rule
             (default: :data:`DEFAULT_NMS_RULE`) was the fastest on an H200: NMS of 10k / 50k
@@ -287,7 +299,7 @@ class CudaPostprocessor:
     def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
                  library: Any = None, runner_stream: Stream | int | None = None,
                  max_candidates: int = DEFAULT_MAX_NMS_CANDIDATES,
-                 nms_rule: int | None = None) -> None:
+                 nms_rule: int | None = None, nms_graphs: bool = True) -> None:
         _require_gpu()
         from tinyfaces_trt.kernels import binding
 
@@ -318,6 +330,9 @@ class CudaPostprocessor:
         # host work done once per image size / level scale, not per image (~0.2 ms each)
         self._capacities: dict[tuple[int, int], int] = {}
         self._decode_params: dict[float, Any] = {}
+        self.nms_graphs = nms_graphs
+        self.nms_graphs_off: str | None = None if nms_graphs else "nms_graphs=False"
+        self._nms_graphs: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._closed = False
         self.device = cuda_device.current_device()  # where the buffers are made
 
@@ -398,8 +413,12 @@ class CudaPostprocessor:
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
                               height, width, self.nms_rule,
                               score_logit=self.config.score == "logit")
-        lib.nms(image.buffer.buffer, image.capacity, params, max_candidates, workspace,
-                ws_bytes, out, stats, self.stream)
+        # every pointer and value the launches bake in (the rest is fixed per postprocessor)
+        key = (image.buffer.buffer.ptr, image.capacity, max_candidates, workspace.ptr, ws_bytes,
+               out.ptr, stats.ptr, height, width)
+        self._enqueue_nms(key, lambda: lib.nms(image.buffer.buffer, image.capacity, params,
+                                               max_candidates, workspace, ws_bytes, out, stats,
+                                               self.stream))
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
         rows = min(max_candidates, PREFETCH_ROWS)
         nbytes = stats_bytes + rows * 5 * 4
@@ -410,6 +429,47 @@ class CudaPostprocessor:
         out.download(prefetched, self.stream)
         self.stream.synchronize()
         return counters[0].copy(), prefetched
+
+    def _enqueue_nms(self, key: tuple[int, ...], enqueue: Callable[[], None]) -> None:
+        """Queues NMS: ``enqueue``'s launches at the first use of ``key`` (a kernel's lazy
+        loading and CUB's set-up happen outside any capture) and where graphs are off; else
+        a replay of its CUDA graph, captured at the second use."""
+        if not self.nms_graphs or key not in self._nms_graphs:
+            enqueue()
+            if self.nms_graphs:
+                self._keep_graph(key, None)
+            return
+        graph = self._nms_graphs.pop(key)
+        if graph is None:
+            try:
+                graph = cuda_device.CapturedWork(self.stream, enqueue)
+            except Exception as exc:
+                enqueue()  # a fault of the call itself raises here, as without graphs
+                self._graphs_off(f"capturing NMS into a CUDA graph failed ({exc}); its "
+                                 f"kernels are launched one by one")
+                return
+        self._keep_graph(key, graph)
+        graph.launch(self.stream)
+
+    def _keep_graph(self, key: tuple[int, ...], graph: Any) -> None:
+        """``key``'s graph (None: run once, not captured yet), the most recently used; the
+        least recently used dropped past :data:`NMS_GRAPHS`."""
+        while len(self._nms_graphs) >= NMS_GRAPHS:
+            dropped = self._nms_graphs.popitem(last=False)[1]
+            if dropped is not None:
+                dropped.close()
+        self._nms_graphs[key] = graph
+
+    def _graphs_off(self, why: str) -> None:
+        self.nms_graphs, self.nms_graphs_off = False, why
+        log.warning("CudaPostprocessor: %s", why)
+        self._close_graphs()
+
+    def _close_graphs(self) -> None:
+        while self._nms_graphs:
+            graph = self._nms_graphs.popitem()[1]
+            if graph is not None:
+                graph.close()
 
     def _finish_image(self, image: _ImageCandidates, index: int) -> np.ndarray:
         b = self._binding
@@ -473,6 +533,7 @@ class CudaPostprocessor:
         for image in self._images:
             image.buffer.free()
         self._images = []
+        self._close_graphs()
         for scratch in (self._scores, self._workspace, self._out, self._stats, self._host):
             scratch.free()
         self._after_runner.close()
