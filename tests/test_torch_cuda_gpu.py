@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -208,6 +209,14 @@ def test_close_frees_device_memory(mode):
     assert torch.cuda.memory_reserved() <= reserved, (reserved, torch.cuda.memory_reserved())
 
 
+#: torch builds whose AOTInductor loader crashed a child process (SIGSEGV) for any package, a
+#: plain two-convolution one too, on the lent H200 (benchmarks/results/h200-2026-12-04, runs 1-6;
+#: the runner survived it and fell back each time): the AOTInductor test names that crash at once
+#: instead of compiling two packages again (203 s of run 6's 234 s of GPU tests).
+#: TINYFACES_RECHECK_AOTI=1 compiles and checks again.
+AOTI_LOADER_CRASHES = frozenset({"2.11.0+cu130"})
+
+
 def _assert_torch_loader_crashes(tmp_path) -> None:
     """A two-convolution package, nothing of this project in it, crashes torch's loader in a
     child process too (as on the lent H200): the crash is the environment's."""
@@ -237,6 +246,10 @@ def test_aoti_package_on_the_given_stream_and_loaded_by_a_second_runner(tmp_path
     if cpp_extension.CUDA_HOME is None:  # gpu_check reports this skip as a failure
         pytest.skip("AOTInductor on CUDA compiles C++ against the CUDA toolkit's headers: "
                     "no CUDA_HOME, nvcc or /usr/local/cuda found")
+    if torch.__version__ in AOTI_LOADER_CRASHES and not os.environ.get("TINYFACES_RECHECK_AOTI"):
+        pytest.xfail(f"torch {torch.__version__}'s AOTInductor loader crashed a child process "
+                     f"(SIGSEGV) for any package on the lent H200 in runs 1-6: not compiled "
+                     f"again (TINYFACES_RECHECK_AOTI=1 checks it)")
     model, x = stand_in(), net_input((1, 3, 64, 96))
     stream = torch.cuda.Stream()
     with caplog.at_level(logging.WARNING, logger="tinyfaces_trt.export.torch_cuda"), \
