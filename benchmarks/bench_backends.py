@@ -507,7 +507,8 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
     shape prepared before timing (the detector prepares a shape at its third run);
     ``torch_mode`` a name of ``create_detector``'s (default: ``--torch-mode``);
     ``concurrent_levels``: the runner's, small levels beside the others on streams of their
-    own (None: ``create_detector``'s, :func:`~tinyfaces_trt.detectors.torch_cuda_concurrent_levels`)."""
+    own (None: ``create_detector``'s, :func:`~tinyfaces_trt.detectors.torch_cuda_concurrent_levels`;
+    False skips where that is False too: the torch-cuda row is the same then)."""
     def build(ctx: BenchContext) -> Pipeline:
         from tinyfaces_trt.detectors import torch_cuda_concurrent_levels, torch_cuda_settings
         from tinyfaces_trt.runtime.backends.cuda_device import Stream
@@ -517,6 +518,9 @@ def _torch_cuda_device(dtype_name: str, torch_mode: str | None = None,
         mode, fused = torch_cuda_settings(asked)
         concurrent = (torch_cuda_concurrent_levels(mode) if concurrent_levels is None
                       else concurrent_levels)
+        if concurrent_levels is False and not torch_cuda_concurrent_levels(mode):
+            raise Skip(f"the torch-cuda row runs every level in turn in torch mode {asked} "
+                       f"(--torch-mode) already")
         stream = Stream()
         parts: list[Any] = [stream]
         try:

@@ -40,6 +40,9 @@ PRIMARY = ("torch-cuda", "tensorrt-fp16-cuda", "onnxruntime-cuda")
 #: Variants of the primary backend whose value of each target is given beside its own (the
 #: measurement a change of torch-cuda's defaults would rest on).
 VARIANTS = ("torch-cuda-in-turn", "torch-cuda-compile")
+#: The variant running torch-cuda's network level by level: its per-level times explain the
+#: FLOP rate where torch-cuda ran its levels side by side.
+IN_TURN = "torch-cuda-in-turn"
 TARGET_SIZE = [1920, 1080]
 #: Candidate counts of the decode + NMS targets.
 DECODE_NMS_TARGETS = {"decode_nms_10k": 10000, "decode_nms_50k": 50000}
@@ -191,11 +194,9 @@ def _tflops(size, backend, ref) -> tuple[float | None, str, str]:
     amount = f"{flop / 1e12:.2f} TFLOP" if flop >= 1e11 else f"{flop / 1e9:.2f} GFLOP"
     detail = f"{amount} in {format_duration(net)}"
     parts, timed = _level_rates(size, backend), ""
-    if not parts:  # its levels ran side by side: a variant running them in turn has times
-        for variant in _ok(size["backends"]):
-            if variant["name"] in VARIANTS and _level_rates(size, variant):
-                parts, timed = _level_rates(size, variant), f", in turn in `{variant['name']}`"
-                break
+    in_turn = next((b for b in _ok(size["backends"]) if b["name"] == IN_TURN), None)
+    if not parts and in_turn is not None:  # its levels ran side by side
+        parts, timed = _level_rates(size, in_turn), f", in turn in `{IN_TURN}`"
     why = (f"per level (slowest first{timed}): " + "; ".join(p[1] for p in parts)
            if parts else "")
     if size.get("profile", {}).get("status") == "ok":

@@ -274,20 +274,30 @@ def test_the_torch_cuda_row_takes_the_factorys_level_concurrency_and_the_in_turn
     assert detectors.TORCH_CUDA_CONCURRENT_LEVELS is True
     assert asked == [("fused", True), ("fused", False)]
     assert len(closed) == 6  # the stream and both stages, each time
-    # torch.compile's graphs may share cuBLAS's workspace: not side by side
-    for torch_mode, concurrent in (("fused", True), ("graphs", True), ("compile", False),
-                                   ("eager", False)):
+    for torch_mode in ("fused", "graphs"):
         ctx.torch_mode = torch_mode
         for name in ("torch-cuda", "torch-cuda-in-turn"):
             with pytest.raises(Stop):
                 specs[name].build(ctx)
-        assert asked[-2:] == [(torch_mode, concurrent), (torch_mode, False)]
-    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)  # switched off
-    for torch_mode in ("fused", "compile"):
+        assert asked[-2:] == [(torch_mode, True), (torch_mode, False)]
+    # torch.compile's graphs may share cuBLAS's workspace: not side by side, so the in-turn
+    # row would measure torch-cuda again
+    for torch_mode in ("compile", "eager"):
         ctx.torch_mode = torch_mode
         with pytest.raises(Stop):
             specs["torch-cuda"].build(ctx)
         assert asked[-1] == (torch_mode, False)
+        with pytest.raises(bench_backends.Skip, match=f"the torch-cuda row runs every level in "
+                                                      f"turn in torch mode {torch_mode}"):
+            specs["torch-cuda-in-turn"].build(ctx)
+    assert len(closed) == 6 + 3 * 6  # nothing made for a skipped row
+    monkeypatch.setattr(detectors, "TORCH_CUDA_CONCURRENT_LEVELS", False)  # switched off
+    ctx.torch_mode = "fused"
+    with pytest.raises(Stop):
+        specs["torch-cuda"].build(ctx)
+    assert asked[-1] == ("fused", False)
+    with pytest.raises(bench_backends.Skip, match="runs every level in turn in torch mode fused"):
+        specs["torch-cuda-in-turn"].build(ctx)
 
 
 def _stat(ms):

@@ -344,6 +344,9 @@ def test_targets_give_the_torch_cuda_variants_values_beside_its_own():
     assert flops["why"] == ("per level (slowest first, in turn in `torch-cuda-in-turn`): "
                             "L0 1920x1080: 19.2 ms, 225 TFLOP/s")
     assert "variants" not in rows["batch_gain"] and "variants" not in rows["decode_nms_10k"]
+    # without the in-turn row, a compiled network's level times explain nothing of torch-cuda's
+    result["sizes"][0]["backends"][2:] = [_backend("torch-cuda-compile", 25.0, 20.0, e2e=23.0)]
+    assert {t["key"]: t for t in evaluate(result)}["network_tflops"]["why"] == ""
 
 
 def test_targets_fall_back_to_the_fastest_gpu_backend_and_explain_gaps():

@@ -10,6 +10,8 @@ Two ways in, both with the installed ``cuda.bindings.runtime``:
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -236,11 +238,13 @@ def test_a_closed_stream_or_event_refuses_use_instead_of_reaching_cuda_as_null(h
 
 
 def test_captured_work_needs_a_runtime_that_captures_and_runs_nothing_without_one(host):
-    stream, ran = Stream(), []
+    stream, ran = Stream(non_blocking=True), []
+    assert stream.handle in host.non_blocking and host.calls["cudaStreamCreateWithFlags"] == 1
     with pytest.raises(CudaError, match=r"^cudaStreamBeginCapture failed: .*"
                                         r"\(cudaErrorStreamCaptureUnsupported\)"):
-        cuda_device.CapturedWork(stream, lambda: ran.append(1))
+        cuda_device.CapturedWork(stream, ran.append)
     assert ran == [] and host.log[-1] == ("cudaStreamBeginCapture", stream.handle)
+    assert gc.isenabled()
     stream.close()
 
 
@@ -265,12 +269,19 @@ def _capturing(host, monkeypatch, fail: str = ""):
 
 
 def test_captured_work_captures_one_call_thread_locally_and_replays_it(host, monkeypatch):
-    """Begin (thread-local mode), the call's work, end, instantiate, the graph itself dropped;
-    each launch one cudaGraphLaunch on the given stream; close() destroys it once, and a
-    closed one refuses to launch."""
+    """Begin (thread-local mode), the call's work queued on the capture stream with Python's
+    cyclic collector off, end, instantiate, the graph itself dropped; each launch one
+    cudaGraphLaunch on the given stream; close() destroys it once, and a closed one refuses
+    to launch."""
     calls = _capturing(host, monkeypatch)
-    stream, other = Stream(), Stream()
-    work = cuda_device.CapturedWork(stream, lambda: calls.append("enqueue"))
+    stream, other = Stream(non_blocking=True), Stream()
+
+    def enqueue(on):
+        assert on is stream and not gc.isenabled()
+        calls.append("enqueue")
+
+    work = cuda_device.CapturedWork(stream, enqueue)
+    assert gc.isenabled()
     mode = host._real.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
     assert [c[0] if isinstance(c, tuple) else c for c in calls] == [
         "cudaStreamBeginCapture", "enqueue", "cudaStreamEndCapture", "cudaGraphInstantiate",
@@ -297,22 +308,31 @@ def test_captured_work_ends_the_capture_when_the_call_or_the_graph_fails(host, m
     calls = _capturing(host, monkeypatch)
     stream = Stream()
 
-    def fails():
+    def fails(on):
         raise ValueError("the call's own error")
 
     with pytest.raises(ValueError, match="the call's own error"):
         cuda_device.CapturedWork(stream, fails)
     assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture",
                                      "cudaGraphDestroy"]
+    assert gc.isenabled()
     calls = _capturing(host, monkeypatch, fail="cudaGraphInstantiate")
     with pytest.raises(CudaError, match="^cudaGraphInstantiate failed"):
-        cuda_device.CapturedWork(stream, lambda: None)
+        cuda_device.CapturedWork(stream, lambda on: None)
     assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture",
                                      "cudaGraphInstantiate", "cudaGraphDestroy"]
     calls = _capturing(host, monkeypatch, fail="cudaStreamEndCapture")  # an invalidated capture
     with pytest.raises(CudaError, match="^cudaStreamEndCapture failed"):
-        cuda_device.CapturedWork(stream, lambda: None)
+        cuda_device.CapturedWork(stream, lambda on: None)
     assert [c[0] for c in calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture"]
+    assert gc.isenabled()
+    gc.disable()  # a caller's choice is kept
+    try:
+        with pytest.raises(CudaError, match="^cudaStreamEndCapture failed"):
+            cuda_device.CapturedWork(stream, lambda on: None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
     stream.close()
 
 

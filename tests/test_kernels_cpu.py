@@ -396,59 +396,106 @@ def _finish(post, maps, levels, image_hw, config):
 
 
 class ReplayingCapture:
-    """Stands in for cuda_device.CapturedWork where every call completes at once: a "replay"
-    makes the captured call again, with the very objects it closed over, as a graph replays
-    the very pointers and values it baked in. So a graph launched for the wrong buffers or
-    image size gives wrong boxes here too."""
+    """Stands in for cuda_device.CapturedWork where every call completes at once. The kernel
+    library's calls made during the capture do not run: they are recorded with the values
+    they were given (``CapturingLibrary``), and a launch makes exactly those calls again on
+    the launch stream, as a graph replays the pointers and values it baked in. So a graph
+    launched for other buffers or parameters gives wrong boxes here too."""
 
     made: list = []
+    capturing = None
 
-    def __init__(self, stream, enqueue):
-        self.stream, self.enqueue, self.launches, self.closed = stream, enqueue, 0, False
+    def __init__(self, capture_stream, enqueue):
+        assert capture_stream.handle in cuda_device.runtime().non_blocking  # a stream of its own
+        self.calls, self.launches, self.closed = [], 0, False
+        ReplayingCapture.capturing = self
+        try:
+            enqueue(capture_stream)
+        finally:
+            ReplayingCapture.capturing = None
+        assert self.calls and all(args[-1] is capture_stream for _, args in self.calls)
         ReplayingCapture.made.append(self)
 
     def launch(self, stream):
-        assert not self.closed and stream is self.stream
+        assert not self.closed
         self.launches += 1
-        self.enqueue()
+        for call, args in self.calls:
+            call(*args[:-1], stream)
 
     def close(self):
         self.closed = True
 
 
+class CapturingLibrary:
+    """The kernel library, its calls recorded instead of run while a ReplayingCapture
+    captures."""
+
+    def __init__(self, lib):
+        self._lib = lib
+
+    def __getattr__(self, name):
+        call = getattr(self._lib, name)
+        if not callable(call):
+            return call
+
+        def maybe_captured(*args):
+            if ReplayingCapture.capturing is None:
+                return call(*args)
+            ReplayingCapture.capturing.calls.append((call, args))
+        return maybe_captured
+
+
+def _graphed(post):
+    post.lib = CapturingLibrary(post.lib)
+    return post
+
+
 def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream, monkeypatch):
-    """One graph per candidate buffer, NMS size and image size, captured at their second
+    """One graph per candidate buffer, NMS size and NMS parameters, captured at their second
     use (the first launches the kernels: lazy loading and CUB's set-up stay out of the
-    capture) and replayed for every image that has them; a new one for each of those that
-    changes (another image size, the NMS size growing); the least recently used one dropped
-    past NMS_GRAPHS; the boxes the host path's throughout; close() closes every graph."""
+    capture) on a non-blocking stream of its own, replayed on the postprocessor's for every
+    image that has them, the image's size left out (NMS does not clip here); a new one when
+    the candidate buffer or the NMS size grows or a parameter changes; the least recently used
+    dropped past NMS_GRAPHS; the boxes the host path's throughout; close() closes them all."""
     monkeypatch.setattr(ReplayingCapture, "made", [])
     monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
     monkeypatch.setattr(stages, "NMS_GRAPHS", 2)
     config = DetectorConfig(prob_thresh=0.3)
     rng = np.random.default_rng(21)
-    small_hw, large_hw = IMAGE_HW, (IMAGE_HW[0] + 16, IMAGE_HW[1] + 24)
-    small, large = levels_at(small_hw, (0.0, 1.0)), levels_at(large_hw, (0.0, 1.0))
-    post = stages.CudaPostprocessor(config, stream=stream, max_candidates=4096)
+    sizes = {"small": IMAGE_HW, "large": (IMAGE_HW[0] + 16, IMAGE_HW[1] + 24),
+             "huge": (IMAGE_HW[0] + 40, IMAGE_HW[1] + 64)}
+    levels = {name: levels_at(hw, (0.0, 1.0)) for name, hw in sizes.items()}
+
+    def image(name, cls_mean=-1.5):
+        maps = random_maps(rng, levels[name], cls_mean=cls_mean)
+        return _finish(post, maps, levels[name], sizes[name], config)
+
+    post = _graphed(stages.CudaPostprocessor(config, stream=stream, max_candidates=4096))
     made = ReplayingCapture.made
-    _finish(post, random_maps(rng, large, cls_mean=-1.5), large, large_hw, config)
-    for _ in range(3):  # the large image's candidate buffer, another image size
-        _finish(post, random_maps(rng, small, cls_mean=-1.5), small, small_hw, config)
+    image("large")
+    image("large")
     assert post.nms_graphs and post.nms_graphs_off is None
-    assert [g.launches for g in made] == [2]  # the small image's, captured at its 2nd use
-    _finish(post, random_maps(rng, large, cls_mean=-1.5), large, large_hw, config)
-    assert [g.launches for g in made] == [2, 1]  # the large image's 2nd use
-    dense = random_maps(rng, small, cls_mean=0.0)  # more candidates than 4096: NMS grows
-    assert candidate_count(dense, small, config) > 4096
-    _finish(post, dense, small, small_hw, config)
-    # the overflowing run at the old NMS size replays the small image's graph, the grown
-    # size runs launch by launch, and the one used least recently (the large image's) goes
+    assert [g.launches for g in made] == [1]  # captured at the 2nd use, launched
+    image("small")
+    image("small")  # the large image's candidate buffer: the same graph
+    assert [g.launches for g in made] == [3]
+    image("huge", -3.0)
+    image("huge", -3.0)  # its pyramid grows the candidate buffer: another graph
     assert [g.launches for g in made] == [3, 1]
-    assert [g.closed for g in made] == [False, True]
-    _finish(post, dense, small, small_hw, config)  # the grown size's 2nd use: captured (no
-    assert [g.launches for g in made] == [3, 1, 1]  # overflow: the old size does not run)
-    assert [g.closed for g in made] == [False, True, False]
-    assert post.max_candidates >= candidate_count(dense, small, config)
+    dense = random_maps(rng, levels["small"], cls_mean=0.0)  # more than 4096 candidates
+    assert candidate_count(dense, levels["small"], config) > 4096
+    _finish(post, dense, levels["small"], sizes["small"], config)
+    # the overflowing run at the old NMS size replays the huge image's graph, the grown size
+    # runs launch by launch, and the one used least recently (the first) goes
+    assert [g.launches for g in made] == [3, 2]
+    assert [g.closed for g in made] == [True, False]
+    assert post.max_candidates >= candidate_count(dense, levels["small"], config)
+    _finish(post, dense, levels["small"], sizes["small"], config)  # the grown size's 2nd use
+    assert [g.launches for g in made] == [3, 2, 1]
+    post.config = DetectorConfig(prob_thresh=0.3, nms_thresh=0.5)  # a parameter baked in
+    config = post.config
+    _finish(post, dense, levels["small"], sizes["small"], config)  # launched, not replayed
+    assert [g.launches for g in made] == [3, 2, 1]
     post.close()
     assert all(g.closed for g in made)
 
@@ -460,7 +507,7 @@ def test_each_image_of_a_batch_has_its_own_nms_graph(stream, monkeypatch):
     levels = levels_at(IMAGE_HW, (0.0, 1.0))
     rng = np.random.default_rng(22)
     batches = [[random_maps(rng, levels, cls_mean=-1.5) for _ in range(3)] for _ in range(3)]
-    post = stages.CudaPostprocessor(config, stream=stream)
+    post = _graphed(stages.CudaPostprocessor(config, stream=stream))
     for batch in batches:
         post.reset(*IMAGE_HW, count=3)
         for level_index, level in enumerate(levels):
@@ -504,10 +551,9 @@ def test_a_fault_of_the_nms_call_itself_raises_and_leaves_graphs_on(stream, monk
     directly: its error reaches the caller, and graphs are not switched off for it."""
     monkeypatch.setattr(ReplayingCapture, "made", [])
 
-    class Failing(ReplayingCapture):
-        def __init__(self, stream, enqueue):
-            super().__init__(stream, enqueue)
-            enqueue()  # as the capture does: the binding's argument checks fail here
+    class Failing:
+        def __init__(self, capture_stream, enqueue):
+            enqueue(capture_stream)  # the binding's argument checks fail in the capture too
 
     monkeypatch.setattr(cuda_device, "CapturedWork", Failing)
     config = DetectorConfig(prob_thresh=0.3)

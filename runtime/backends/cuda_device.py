@@ -13,6 +13,7 @@ Device memory from other libraries is accepted wherever a pointer is taken: an `
 from __future__ import annotations
 
 import ctypes
+import gc
 from typing import Any
 
 import numpy as np
@@ -100,12 +101,16 @@ class Stream:
     Args:
         handle: an existing ``cudaStream_t`` as an int (``torch.cuda.current_stream().cuda_stream``,
             ``cupy.cuda.Stream().ptr``); not destroyed by :meth:`close`. None creates a stream.
+        non_blocking: a created stream does not synchronise with the legacy default stream
+            (``cudaStreamNonBlocking``).
     """
 
-    def __init__(self, handle: int | None = None) -> None:
+    def __init__(self, handle: int | None = None, non_blocking: bool = False) -> None:
         self._rt = rt = runtime()
         if handle is None:
-            self._stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
+            self._stream = (check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking),
+                                  "cudaStreamCreateWithFlags") if non_blocking
+                            else check(rt.cudaStreamCreate(), "cudaStreamCreate"))
             self._owned = True
         else:
             self._stream = rt.cudaStream_t(int(handle))
@@ -201,13 +206,17 @@ class CapturedWork:
     10k candidates on an H200). A replay reads and writes the very buffers, and takes the very
     arguments, of the captured call: whoever keeps one must key it by them.
 
-    The capture is thread-local (``cudaStreamCaptureModeThreadLocal``): other threads' CUDA
-    calls go on, and nothing of ``enqueue`` runs until the first :meth:`launch`.
+    The capture is thread-local (``cudaStreamCaptureModeThreadLocal``: other threads' CUDA
+    calls go on) and on a stream of the capture's own, non-blocking: while a blocking stream
+    captures, no thread may use the legacy default stream. Nothing of ``enqueue`` runs until
+    the first :meth:`launch`, which may be on any stream. Python's cyclic garbage collector is
+    off during the capture (a buffer it collected would be freed, which a capture forbids).
 
     Args:
-        stream: where ``enqueue`` queues its work (not capturing already).
-        enqueue: queues the work on ``stream``; it must neither wait for the stream nor
-            allocate.
+        capture_stream: a non-blocking stream of the caller's that nothing else uses (made
+            with ``Stream(non_blocking=True)``).
+        enqueue: queues the work on the stream it is given; it must neither wait for the
+            stream nor allocate.
 
     Raises:
         CudaError: the stream could not be captured (it is capturing already, or this
@@ -215,21 +224,27 @@ class CapturedWork:
         Whatever ``enqueue`` raised, after the capture is ended and dropped.
     """
 
-    def __init__(self, stream: Stream, enqueue: Any) -> None:
+    def __init__(self, capture_stream: Stream, enqueue: Any) -> None:
         self._rt = rt = runtime()
         self._exec: Any = None
-        handle = stream._live()
-        check(rt.cudaStreamBeginCapture(
-            handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-            "cudaStreamBeginCapture")
+        handle = capture_stream._live()
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            enqueue()
-        except BaseException:
-            result = rt.cudaStreamEndCapture(handle)  # leave capture mode, drop what it made
-            if int(result[0]) == 0 and result[1] is not None:
-                rt.cudaGraphDestroy(result[1])
-            raise
-        graph = check(rt.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+            check(rt.cudaStreamBeginCapture(
+                handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture")
+            try:
+                enqueue(capture_stream)
+            except BaseException:
+                result = rt.cudaStreamEndCapture(handle)  # leave capture mode, drop its graph
+                if int(result[0]) == 0 and result[1] is not None:
+                    rt.cudaGraphDestroy(result[1])
+                raise
+            graph = check(rt.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
+        finally:
+            if collecting:
+                gc.enable()
         try:
             self._exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         finally:

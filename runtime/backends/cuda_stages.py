@@ -49,8 +49,8 @@ DEFAULT_MAX_NMS_CANDIDATES = 8192
 #: Kept rows downloaded with NMS's counters, in one wait (an image keeping more fetches the
 #: rest after it): 80 KB of page-locked memory.
 PREFETCH_ROWS = 4096
-#: NMS's CUDA graphs a postprocessor keeps (one per candidate buffer, NMS size and image
-#: size: a batch of 8 at two image sizes fits); the least recently used is dropped.
+#: NMS's CUDA graphs a postprocessor keeps (one per candidate buffer, NMS size and NMS
+#: parameters: a batch of 8 and more fit); the least recently used is dropped.
 NMS_GRAPHS = 16
 log = logging.getLogger(__name__)
 
@@ -281,10 +281,10 @@ class CudaPostprocessor:
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
         nms_graphs: replay NMS's launches (3 sorts or scans in CUB's passes and 6 kernels of
             its own, about 40 launches) as one CUDA graph, captured at the second call for each
-            candidate buffer, NMS size and image size (:class:`~.cuda_device.CapturedWork`).
-            Where the capture fails (a stream some caller is capturing already, a runtime
-            without stream capture) NMS is launched kernel by kernel, logged once, and
-            ``nms_graphs_off`` says why.
+            candidate buffer, NMS size and set of NMS parameters (the image size only where NMS
+            clips, which it does not here; :class:`~.cuda_device.CapturedWork`).
+            Where the capture fails (a runtime without stream capture) NMS is launched kernel
+            by kernel from then on, logged once, and ``nms_graphs_off`` says why.
         nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
             ``kernels.binding.NMS_RULES``' values; the same boxes with each. The warp rule
             (default: :data:`DEFAULT_NMS_RULE`) was the fastest on an H200: NMS of 10k / 50k
@@ -332,7 +332,8 @@ class CudaPostprocessor:
         self._decode_params: dict[float, Any] = {}
         self.nms_graphs = nms_graphs
         self.nms_graphs_off: str | None = None if nms_graphs else "nms_graphs=False"
-        self._nms_graphs: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._nms_graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._capture_stream: Stream | None = None  # made at the first capture
         self._closed = False
         self.device = cuda_device.current_device()  # where the buffers are made
 
@@ -413,12 +414,14 @@ class CudaPostprocessor:
         params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
                               height, width, self.nms_rule,
                               score_logit=self.config.score == "logit")
-        # every pointer and value the launches bake in (the rest is fixed per postprocessor)
+        # every pointer and value the launches bake in; the image's size only where NMS clips
         key = (image.buffer.buffer.ptr, image.capacity, max_candidates, workspace.ptr, ws_bytes,
-               out.ptr, stats.ptr, height, width)
-        self._enqueue_nms(key, lambda: lib.nms(image.buffer.buffer, image.capacity, params,
-                                               max_candidates, workspace, ws_bytes, out, stats,
-                                               self.stream))
+               out.ptr, stats.ptr, params.nms_thresh, params.pixel_offset, params.clip,
+               params.lookahead, params.score_logit,
+               *((params.image_height, params.image_width) if params.clip else ()))
+        self._enqueue_nms(key, lambda stream: lib.nms(image.buffer.buffer, image.capacity, params,
+                                                      max_candidates, workspace, ws_bytes, out,
+                                                      stats, stream))
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
         rows = min(max_candidates, PREFETCH_ROWS)
         nbytes = stats_bytes + rows * 5 * 4
@@ -430,28 +433,31 @@ class CudaPostprocessor:
         self.stream.synchronize()
         return counters[0].copy(), prefetched
 
-    def _enqueue_nms(self, key: tuple[int, ...], enqueue: Callable[[], None]) -> None:
-        """Queues NMS: ``enqueue``'s launches at the first use of ``key`` (a kernel's lazy
-        loading and CUB's set-up happen outside any capture) and where graphs are off; else
-        a replay of its CUDA graph, captured at the second use."""
+    def _enqueue_nms(self, key: tuple[Any, ...], enqueue: Callable[[Stream], None]) -> None:
+        """Queues NMS on the stream: ``enqueue``'s launches at the first use of ``key`` (a
+        kernel's lazy loading and CUB's set-up happen outside any capture) and where graphs
+        are off; else a replay of its CUDA graph, captured at the second use (on a stream of
+        the captures' own)."""
         if not self.nms_graphs or key not in self._nms_graphs:
-            enqueue()
+            enqueue(self.stream)
             if self.nms_graphs:
                 self._keep_graph(key, None)
             return
         graph = self._nms_graphs.pop(key)
         if graph is None:
             try:
-                graph = cuda_device.CapturedWork(self.stream, enqueue)
+                if self._capture_stream is None:
+                    self._capture_stream = Stream(non_blocking=True)
+                graph = cuda_device.CapturedWork(self._capture_stream, enqueue)
             except Exception as exc:
-                enqueue()  # a fault of the call itself raises here, as without graphs
+                enqueue(self.stream)  # a fault of the call itself raises here, as without graphs
                 self._graphs_off(f"capturing NMS into a CUDA graph failed ({exc}); its "
                                  f"kernels are launched one by one")
                 return
         self._keep_graph(key, graph)
         graph.launch(self.stream)
 
-    def _keep_graph(self, key: tuple[int, ...], graph: Any) -> None:
+    def _keep_graph(self, key: tuple[Any, ...], graph: Any) -> None:
         """``key``'s graph (None: run once, not captured yet), the most recently used; the
         least recently used dropped past :data:`NMS_GRAPHS`."""
         while len(self._nms_graphs) >= NMS_GRAPHS:
@@ -534,6 +540,8 @@ class CudaPostprocessor:
             image.buffer.free()
         self._images = []
         self._close_graphs()
+        if self._capture_stream is not None:
+            self._capture_stream.close()
         for scratch in (self._scores, self._workspace, self._out, self._stats, self._host):
             scratch.free()
         self._after_runner.close()
