@@ -325,6 +325,8 @@ class CudaPostprocessor:
         # the counters and the first kept rows (grown only after the stream is waited for: an
         # interrupted image may have left a download into it queued)
         self._host = _Scratch(PinnedBuffer, stream=self.stream)
+        self._host_views: tuple[Any, ...] | None = None  # its buffer, rows, counters, rows' view
+        self._nms_workspace_bytes: dict[int, int] = {}  # by NMS size
         self._image_hw: tuple[int, int] | None = None
         self.last_stats: dict[str, int] = {}
         # host work done once per image size / level scale, not per image (~0.2 ms each)
@@ -405,7 +407,10 @@ class CudaPostprocessor:
         """NMS of one image's candidates: its counters and (a view of, valid until the next
         call) its first :data:`PREFETCH_ROWS` rows, downloaded together in one wait."""
         lib, b = self.lib, self._binding
-        ws_bytes = lib.nms_workspace_size(max_candidates)
+        ws_bytes = self._nms_workspace_bytes.get(max_candidates)
+        if ws_bytes is None:
+            ws_bytes = self._nms_workspace_bytes[max_candidates] = \
+                lib.nms_workspace_size(max_candidates)
         workspace = self._workspace.get(ws_bytes)
         out = self._out.get(max_candidates * 5 * 4)
         stats = self._stats.get(b.NMS_STATS_DTYPE.itemsize)
@@ -424,10 +429,12 @@ class CudaPostprocessor:
                                                       stats, stream))
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
         rows = min(max_candidates, PREFETCH_ROWS)
-        nbytes = stats_bytes + rows * 5 * 4
-        host = self._host.get(nbytes).array(nbytes)
-        counters = host[:stats_bytes].view(b.NMS_STATS_DTYPE)
-        prefetched = host[stats_bytes:].view(np.float32).reshape(rows, 5)
+        pinned = self._host.get(stats_bytes + rows * 5 * 4)
+        if self._host_views is None or self._host_views[:2] != (pinned, rows):
+            host = pinned.array(stats_bytes + rows * 5 * 4)
+            self._host_views = (pinned, rows, host[:stats_bytes].view(b.NMS_STATS_DTYPE),
+                                host[stats_bytes:].view(np.float32).reshape(rows, 5))
+        counters, prefetched = self._host_views[2:]
         stats.download(counters, self.stream)
         out.download(prefetched, self.stream)
         self.stream.synchronize()
@@ -540,6 +547,7 @@ class CudaPostprocessor:
             image.buffer.free()
         self._images = []
         self._close_graphs()
+        self._host_views = None
         if self._capture_stream is not None:
             self._capture_stream.close()
         for scratch in (self._scores, self._workspace, self._out, self._stats, self._host):
