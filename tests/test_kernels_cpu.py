@@ -501,6 +501,8 @@ def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream,
 
 
 def test_each_image_of_a_batch_has_its_own_nms_graph(stream, monkeypatch):
+    """Each image of a batch has a candidate buffer of its own, so a graph of its own: captured
+    in the second batch, replayed in the third, each image with its own boxes."""
     monkeypatch.setattr(ReplayingCapture, "made", [])
     monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
     config = DetectorConfig(prob_thresh=0.3)
