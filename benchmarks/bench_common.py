@@ -89,19 +89,25 @@ def time_calls(fn: Callable[[], Any], repeat: int, warmup: int,
     return durations, result
 
 
-def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any]]]:
+#: The profiler's name for the span of the profiled work (its window on the GPU timeline).
+PROFILED_WORK = "tinyfaces.profiled_work"
+
+
+def profiled_kernels(work: Callable[[], Any]
+                     ) -> tuple[float, list[dict[str, Any]], dict[str, Any] | None]:
     """``work`` (which synchronises its device work) once under the torch profiler (CUPTI:
     kernels replayed from CUDA graphs and those the kernel library launches included).
 
-    Returns its wall seconds and the GPU kernels and copies it ran, by GPU time (most first):
+    Returns its wall seconds; the GPU kernels and copies it ran, by GPU time (most first):
     ``{"name", "calls", "gpu_ms", "share"}`` (``share`` of the summed kernel time; ``name``
-    in full: :func:`short_names` for a report).
+    in full: :func:`short_names` for a report); and :func:`gpu_timeline` of the work's span
+    (None where no kernel was recorded or the events carry no times).
 
     Raises:
         Exception: what the profiler or ``work`` raised.
     """
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
@@ -109,7 +115,8 @@ def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any
     # one cycle; acc_events: torch 2.11 otherwise warns that a cycle clears the events
     with profile(activities=activities, acc_events=True) as prof:
         start = time.perf_counter()
-        work()
+        with record_function(PROFILED_WORK):
+            work()
         wall = time.perf_counter() - start
     events = prof.key_averages()
 
@@ -126,7 +133,66 @@ def profiled_kernels(work: Callable[[], Any]) -> tuple[float, list[dict[str, Any
     kernels.sort(key=lambda e: -device_us(e))
     total_us = sum(device_us(e) for e in kernels)
     return wall, [{"name": e.key, "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
-                   "share": device_us(e) / total_us if total_us else 0.0} for e in kernels]
+                   "share": device_us(e) / total_us if total_us else 0.0} for e in kernels], \
+        _timeline_of(prof)
+
+
+def _timeline_of(prof: Any) -> dict[str, Any] | None:
+    """:func:`gpu_timeline` of a profile's device events within its PROFILED_WORK span
+    (None where the events do not say: a torch without these fields, no kernel)."""
+    try:
+        events = list(prof.events())
+        window = next(e.time_range for e in events if e.name == PROFILED_WORK)
+        spans = [(e.time_range.start, e.time_range.end, e.name) for e in events
+                 if "cuda" in str(getattr(e, "device_type", "")).lower()
+                 and e.time_range.end > e.time_range.start]
+    except Exception:  # optional detail: the kernel table stands without it
+        return None
+    return gpu_timeline(spans, (window.start, window.end))
+
+
+def gpu_timeline(spans: list[tuple[float, float, str]], window: tuple[float, float],
+                 gaps: int = 3) -> dict[str, Any] | None:
+    """When the GPU was busy within ``window`` (start, end), from its kernels' and copies'
+    ``(start, end, name)`` spans (microseconds, one clock; streams may overlap): the union
+    busy, the time before the first and after the last, the time between, and the ``gaps``
+    largest holes, each with the kernel that ended before it and the one that started after
+    it. Milliseconds; None without a span in the window."""
+    w0, w1 = window
+    inside = sorted((max(s, w0), min(e, w1), name) for s, e, name in spans if e > w0 and s < w1)
+    if not inside:
+        return None
+    busy, holes = 0.0, []
+    first, end, ended = inside[0][0], inside[0][1], inside[0][2]
+    block = first
+    for s, e, name in inside[1:]:
+        if s > end:
+            busy += end - block
+            holes.append({"ms": (s - end) / 1e3, "after": ended, "before": name})
+            block, end, ended = s, e, name
+        elif e > end:
+            end, ended = e, name
+    busy += end - block
+    holes.sort(key=lambda h: -h["ms"])
+    return {"window_ms": (w1 - w0) / 1e3, "busy_ms": busy / 1e3, "lead_ms": (first - w0) / 1e3,
+            "tail_ms": (w1 - end) / 1e3, "gap_ms": sum(h["ms"] for h in holes),
+            "gaps": holes[:gaps]}
+
+
+def timeline_text(timeline: dict[str, Any] | None, chars: int = 60) -> str:
+    """One sentence of :func:`gpu_timeline` ('' for None)."""
+    if not timeline:
+        return ""
+    t = timeline
+    text = (f"GPU busy {format_duration(t['busy_ms'])} of the {format_duration(t['window_ms'])} "
+            f"profiled: {format_duration(t['lead_ms'])} before its first kernel, "
+            f"{format_duration(t['tail_ms'])} after its last, {format_duration(t['gap_ms'])} "
+            f"idle between")
+    if t["gaps"]:
+        text += "; largest gaps: " + "; ".join(
+            f"{format_duration(g['ms'])} after `{g['after'][:chars]}` before `{g['before'][:chars]}`"
+            for g in t["gaps"])
+    return text
 
 
 def short_names(kernels: list[dict[str, Any]], chars: int = 120) -> list[dict[str, Any]]:
@@ -333,6 +399,7 @@ def emulated_work_text(work: dict[str, Any]) -> str:
 def decode_nms_profile_text(entry: dict[str, Any]) -> str:
     """One profiled decode + NMS in a line: wall, GPU kernels, the groups' times."""
     groups = ", ".join(f"{g} {format_duration(ms)}" for g, ms in entry["groups"].items())
+    timeline = timeline_text(entry.get("timeline"))
     return (f"{format_duration(entry['wall_ms'])} wall, {format_duration(entry['gpu_kernel_ms'])} "
             f"of GPU kernels and copies ({groups}); the rest is launches, gaps between "
-            "kernels and the host's waits")
+            "kernels and the host's waits" + (f"; {timeline}" if timeline else ""))

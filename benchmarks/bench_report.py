@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench_common import decode_nms_profile_text, emulated_work_text, format_duration
+from bench_common import (decode_nms_profile_text, emulated_work_text, format_duration,
+                          timeline_text)
 from bench_parity import comparison_failure, examples_section
 from bench_targets import format_value
 
@@ -225,7 +226,9 @@ def _profile_lines(profile: dict[str, Any]) -> list[str]:
     lines = [f"`{profile['backend']}`, one detect under the torch profiler: "
              f"{format_duration(profile['wall_ms'])} wall, "
              f"{format_duration(profile['gpu_kernel_ms'])} of GPU kernels (the profiler slows "
-             "the host side; read shares, not absolute times).", "",
+             "the host side; read shares, not absolute times)."
+             + (f" {timeline_text(profile.get('timeline'))}." if profile.get("timeline") else ""),
+             "",
              "| kernel | calls | GPU time | share |", "|---|---|---|---|"]
     if not profile["top"]:
         lines.append("| (the profiler recorded no GPU kernel) | | | |")

@@ -227,7 +227,7 @@ def profile_decode_nms(targets: list[int], config: DetectorConfig,
         entry: dict[str, Any] = {"target": target, "candidates": data.candidates, "name": name}
         try:
             with _cuda_postprocessor(data, config, rule) as decode_nms:  # warm
-                wall, kernels = profiled_kernels(decode_nms)
+                wall, kernels, timeline = profiled_kernels(decode_nms)
         except _Skip as exc:
             entries.append({**entry, "status": "skipped", "reason": str(exc)})
             continue
@@ -238,6 +238,7 @@ def profile_decode_nms(targets: list[int], config: DetectorConfig,
         log(f"decode/NMS profile at {data.candidates} candidates: {wall * 1e6:.0f} us wall, "
             f"{gpu_ms * 1e3:.0f} us of GPU kernels and copies")
         entries.append({**entry, "status": "ok", "wall_ms": wall * 1e3, "gpu_kernel_ms": gpu_ms,
+                        "timeline": timeline,
                         "kernels": short_names(kernels), "groups": kernel_groups(kernels)})
     return entries
 

@@ -525,15 +525,16 @@ def measure_batch(bench: _Bench, images: list[np.ndarray], args: argparse.Namesp
 
 
 def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dict[str, Any]:
-    """The torch profiler over one synchronised detect: wall time, summed GPU kernel time
-    and the top kernels by GPU time (CUPTI; kernels replayed from CUDA graphs included)."""
+    """The torch profiler over one synchronised detect: wall time, summed GPU kernel time,
+    when the GPU was busy and idle (:func:`~bench_common.gpu_timeline`) and the top kernels
+    by GPU time (CUPTI; kernels replayed from CUDA graphs included)."""
     def detect() -> None:
         bench.pipe.detect(image, None)
         bench.pipe.synchronize()
 
     try:
         detect()
-        wall, kernels = profiled_kernels(detect)
+        wall, kernels, timeline = profiled_kernels(detect)
     except Exception as exc:
         return {"backend": bench.spec.name, "status": "skipped",
                 "reason": f"torch profiler: {one_line(exc, with_type=True)}"}
@@ -541,7 +542,7 @@ def profile_detect(bench: _Bench, image: np.ndarray, log, rows: int = 12) -> dic
     log(f"[{bench.spec.name}] profiled one detect: {format_duration(wall * 1e3)} wall, "
         f"{format_duration(total_ms)} of GPU kernels")
     return {"backend": bench.spec.name, "status": "ok", "wall_ms": wall * 1e3,
-            "gpu_kernel_ms": total_ms, "top": short_names(kernels[:rows]),
+            "gpu_kernel_ms": total_ms, "timeline": timeline, "top": short_names(kernels[:rows]),
             "stages": short_names([k for k in kernels if stage_kernel(k["name"])])}
 
 

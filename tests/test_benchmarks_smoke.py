@@ -744,6 +744,43 @@ def test_the_profile_lists_every_cuda_stage_kernel_apart_from_the_network():
     assert lines[-1] == f"| `{stage[1]}` | 1 | 250 µs | 1% |"
 
 
+def test_the_gpu_timeline_takes_the_union_of_streams_and_names_the_largest_gaps():
+    """gpu_timeline: kernels on several streams overlap (busy is their union, not their sum),
+    spans are clipped to the profiled window, and each gap names the kernel that ended last
+    before it and the one after it."""
+    common = _bench_module("bench_common")
+    spans = [(1000.0, 1100.0, "resize"), (1500.0, 4000.0, "conv_a"),  # us
+             (1600.0, 4500.0, "conv_b"),  # another stream: ends last in this block
+             (4450.0, 4600.0, "conv_c"), (5600.0, 5700.0, "nms"), (5750.0, 7000.0, "copy"),
+             (100.0, 200.0, "before the window")]
+    t = common.gpu_timeline(spans, (500.0, 6500.0), gaps=2)
+    assert t["window_ms"] == pytest.approx(6.0) and t["lead_ms"] == pytest.approx(0.5)
+    assert t["tail_ms"] == pytest.approx(0.0)  # the copy runs past the window: clipped
+    # busy: 1000-1100, 1500-4600, 5600-5700, 5750-6500
+    assert t["busy_ms"] == pytest.approx((100 + 3100 + 100 + 750) / 1e3)
+    assert t["gap_ms"] == pytest.approx((400 + 1000 + 50) / 1e3)
+    assert t["gaps"] == [{"ms": pytest.approx(1.0), "after": "conv_c", "before": "nms"},
+                         {"ms": pytest.approx(0.4), "after": "resize", "before": "conv_a"}]
+    assert common.gpu_timeline(spans[-1:], (500.0, 6500.0)) is None  # nothing in the window
+    assert common.timeline_text(None) == ""
+    assert common.timeline_text(t, chars=4) == (
+        "GPU busy 4.05 ms of the 6.00 ms profiled: 500 µs before its first kernel, 0 µs after "
+        "its last, 1.45 ms idle between; largest gaps: 1.00 ms after `conv` before `nms`; "
+        "400 µs after `resi` before `conv`")
+    lines = _bench_module("bench_report")._profile_lines(
+        {"backend": "torch-cuda", "status": "ok", "wall_ms": 6.2, "gpu_kernel_ms": 6.0,
+         "timeline": t, "top": [], "stages": []})
+    assert lines[0].endswith("read shares, not absolute times). GPU busy 4.05 ms of the "
+                             "6.00 ms profiled: 500 µs before its first kernel, 0 µs after its "
+                             "last, 1.45 ms idle between; largest gaps: 1.00 ms after `conv_c` "
+                             "before `nms`; 400 µs after `resize` before `conv_a`.")
+    entry = {"wall_ms": 0.45, "gpu_kernel_ms": 0.2, "groups": {"sorts": 0.1}, "timeline": t}
+    assert common.decode_nms_profile_text(entry).endswith(
+        "the host's waits; GPU busy 4.05 ms of the 6.00 ms profiled: 500 µs before its first "
+        "kernel, 0 µs after its last, 1.45 ms idle between; largest gaps: 1.00 ms after "
+        "`conv_c` before `nms`; 400 µs after `resize` before `conv_a`")
+
+
 def test_the_decode_nms_profile_groups_its_kernels_into_the_report_and_the_target():
     """--profile with --candidates: one decode + NMS per count under the profiler; its kernels
     grouped (resolve, sorts, scan, decode, copies, other) in the report's table and in the
