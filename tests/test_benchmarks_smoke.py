@@ -751,7 +751,8 @@ def test_the_gpu_timeline_takes_the_union_of_streams_and_names_the_largest_gaps(
     common = _bench_module("bench_common")
     spans = [(1000.0, 1100.0, "resize"), (1500.0, 4000.0, "conv_a"),  # us
              (1600.0, 4500.0, "conv_b"),  # another stream: ends last in this block
-             (4450.0, 4600.0, "conv_c"), (5600.0, 5700.0, "nms"), (5750.0, 7000.0, "copy"),
+             (4450.0, 4600.0, "conv_c"), (4460.0, 4470.0, "tiny"),  # starts last, ends early
+             (5600.0, 5700.0, "nms"), (5750.0, 7000.0, "copy"),
              (100.0, 200.0, "before the window")]
     t = common.gpu_timeline(spans, (500.0, 6500.0), gaps=2)
     assert t["window_ms"] == pytest.approx(6.0) and t["lead_ms"] == pytest.approx(0.5)
