@@ -392,23 +392,31 @@ def other_service(serve_slot):
 
 def _tf_serve(cluster, argv: list[str], *, once_serving=None) -> int:
     """cli_serve.main on the test cluster; ``once_serving()`` runs in a thread once our
-    application is RUNNING, then SIGTERM stops it (also after LIMIT_S, whatever happens)."""
-    from ray import serve
-
+    application answers /healthz on the ``--port`` of ``argv``, then SIGTERM stops it (also
+    after LIMIT_S, whatever happens). The thread asks HTTP, not serve.status(): Serve builds
+    a DeploymentConfig for each status, and two threads building one at once race in Ray's
+    cloudpickle registry ("... is not registered for pickle by value", seen once in CI while
+    tf-serve declared its deployment)."""
     from tinyfaces_trt.scaleout import cli_serve
-    from tinyfaces_trt.scaleout.serve import APP_NAME
 
     address = cluster.get_runtime_context().gcs_address  # joined, as a second tf-serve does
+    port = int(argv[argv.index("--port") + 1])
     stopped = threading.Event()
+
+    def serving() -> bool:
+        try:
+            return _answers(port, "/healthz")[0] == 200
+        except OSError:  # nothing listens yet
+            return False
 
     def watch() -> None:
         deadline = time.monotonic() + LIMIT_S
-        while time.monotonic() < deadline and not stopped.is_set():
-            app = serve.status().applications.get(APP_NAME)
-            if once_serving and app is not None and app.status == "RUNNING":
+        while once_serving and time.monotonic() < deadline and not stopped.is_set():
+            if serving():
                 once_serving()
                 break
             time.sleep(0.05)
+        stopped.wait(max(0.0, deadline - time.monotonic()) if not once_serving else 0)
         if not stopped.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
 
