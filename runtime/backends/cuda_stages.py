@@ -150,6 +150,7 @@ class CudaPreprocessor:
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
+        self._workspace_bytes: dict[tuple[int, int, int, int], int] = {}  # by source and level
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._sources: list[np.ndarray] = []
         self._closed = False
@@ -203,7 +204,10 @@ class CudaPreprocessor:
                 self.stream.synchronize()
                 out.free()
             out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
-        ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
+        ws_bytes = self._workspace_bytes.get((height, width, h, w))
+        if ws_bytes is None:
+            ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
+            _remember(self._workspace_bytes, (height, width, h, w), ws_bytes)
         workspace = self._workspace.get(ws_bytes)
         for i in range(n):
             self.lib.resize_normalize(self._images.buffer.ptr + i * images[0].nbytes, height, width,
