@@ -41,7 +41,7 @@ default --budget-s 285 each step gets what is left and a step that cannot fit is
                          for that build (estimated 40-60 s without it; not measured)
   sanitizers     ~61 s   memcheck, racecheck, synccheck on the C example (~3 s); memcheck
                          and racecheck on a subset of the GPU tests (~33 s, ~25 s)
-  benchmark     ~67-70 s benchmarks/latency.py: the reference pipeline vs every GPU backend
+  benchmark     ~67-90 s benchmarks/latency.py: the reference pipeline vs every GPU backend
                          present, side by side, 1920x1080 then 1280x720; batch of 8 at
                          1080p; decode + NMS at 10k / 50k candidates (every NMS rule); a
                          torch profile; the targets table (run 3: 126 s with a
