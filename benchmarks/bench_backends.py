@@ -754,7 +754,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
                 "network, channels_last, each convolution with its bias, residual add and ReLU "
                 "in one cuDNN call, one CUDA graph per shape; in modes fused and graphs the "
                 "small levels, up to 2^19 input pixels, replay on streams of their own beside "
-                "the large ones), CUDA resize + decode + NMS on the runner's stream", _torch_cuda_device_reason, _torch_cuda_device("float16"),
+                "the large ones), CUDA resize + decode + NMS on the runner's stream",
+                _torch_cuda_device_reason, _torch_cuda_device("float16"),
                 precision_at="fp16"),
     BackendSpec("torch-cuda-in-turn", "runtime GPU pipeline as torch-cuda, every pyramid level "
                 "in turn on the one stream: TorchCudaRunner(concurrent_levels=False) (torch-cuda's "

@@ -190,8 +190,8 @@ def timeline_text(timeline: dict[str, Any] | None, chars: int = 60) -> str:
             f"idle between")
     if t["gaps"]:
         text += "; largest gaps: " + "; ".join(
-            f"{format_duration(g['ms'])} after `{g['after'][:chars]}` before `{g['before'][:chars]}`"
-            for g in t["gaps"])
+            f"{format_duration(g['ms'])} after `{g['after'][:chars]}` "
+            f"before `{g['before'][:chars]}`" for g in t["gaps"])
     return text
 
 

@@ -433,9 +433,10 @@ class CudaPostprocessor:
                                                       stats, stream))
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
         rows = min(max_candidates, PREFETCH_ROWS)
-        pinned = self._host.get(stats_bytes + rows * 5 * 4)
+        nbytes = stats_bytes + rows * 5 * 4
+        pinned = self._host.get(nbytes)
         if self._host_views is None or self._host_views[:2] != (pinned, rows):
-            host = pinned.array(stats_bytes + rows * 5 * 4)
+            host = pinned.array(nbytes)
             self._host_views = (pinned, rows, host[:stats_bytes].view(b.NMS_STATS_DTYPE),
                                 host[stats_bytes:].view(np.float32).reshape(rows, 5))
         counters, prefetched = self._host_views[2:]
