@@ -167,6 +167,31 @@ def _decode_nms_profile_lines(profile: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _upload_lines(upload: dict[str, Any] | None) -> list[str]:
+    """The image upload micro-benchmark's section (bench_upload.py); nothing where it was
+    skipped (no GPU: the JSON says so)."""
+    if not upload or upload.get("status") == "skipped":
+        return []
+    lines = ["## Image upload: staging copy and host-to-device transfer", ""]
+    if upload["status"] != "ok":
+        return lines + [f"{upload['status']}: {upload.get('reason', '')}", ""]
+    lines += [f"The CUDA preprocessor's first step per image, each way the runtime can take it "
+              f"(runtime/backends/staging.py), interleaved round by round: {upload['warmup']} "
+              f"warm-up, {upload['rounds']} timed rounds. `copy`: into page-locked memory "
+              f"alone; `copy + upload`: with each chunk's transfer queued as it is copied, "
+              f"until the stream has finished it (the GPU waits for this before the first "
+              f"resize).", "",
+              "| image | way | chunks | copy median / p90 | copy + upload median / p90 |",
+              "|---|---|---|---|---|"]
+    for row in upload["rows"]:
+        width, height = row["image_size"]
+        for way in row["ways"]:
+            lines.append(f"| {width}x{height} ({row['bytes'] / 1e6:.1f} MB) | {way['name']} | "
+                         f"{way['chunks']} | {_t(way['copy'], True)} | "
+                         f"{_t(way['copy_upload'], True)} |")
+    return lines + [""]
+
+
 def _batch_lines(batch: dict[str, Any]) -> list[str]:
     n = batch["batch"]
     if not batch["rows"]:
@@ -349,6 +374,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += _decode_nms_table(dn["rows"]) + [""]
         if dn.get("profile"):
             lines += _decode_nms_profile_lines(dn["profile"]) + [""]
+    lines += _upload_lines(result.get("upload"))
     if result.get("plot"):
         lines += [f"![latency by backend and stage]({result['plot']})"]
     elif result.get("plot_skipped"):

@@ -906,6 +906,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
 
     from bench_backends import model_digest
     from bench_scores import run_decode_nms
+    from bench_upload import run_upload
     from bench_targets import evaluate_targets
     from tinyfaces_trt.core.errors import TinyFacesError
 
@@ -941,6 +942,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
         "settings": _settings(args, threads, weights_what, config),
         "sizes": [],
         "decode_nms": None,
+        "upload": None,
     }
     saved: list[bool] = []
 
@@ -965,6 +967,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None, out: Path, log,
         rows = run_decode_nms(args.candidate_counts, config, rep, args.warmup,
                               with_reference=config.variant == "pytorch", log=log)
         result["decode_nms"] = {"repeat": rep, "warmup": args.warmup, "rows": rows}
+        save()
+
+    refused = deadline.refuse("the image upload micro-benchmark")
+    if refused:
+        result["upload"] = {"status": "skipped", "reason": refused}
+    else:  # seconds on a GPU; skipped (said in the JSON only) without one
+        result["upload"] = run_upload([(s.width, s.height) for s in args.image_size],
+                                      args.repeat, args.warmup, log)
         save()
 
     sizes: list[dict[str, Any]] = result["sizes"]

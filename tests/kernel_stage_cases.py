@@ -219,6 +219,42 @@ def test_preprocessor_reuploads_a_mutated_image(stream):
     pre.close()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, threads):
+    """The staging copy goes in chunks (here of about 1000 bytes, across image borders), each
+    uploaded to its place as it is copied; the levels are the host path's."""
+    from tinyfaces_trt.runtime.backends import staging
+
+    monkeypatch.setattr(staging, "CHUNK_BYTES", 1000)
+    uploads = []
+    real_upload = cuda_device.DeviceBuffer.upload
+
+    def upload(self, array, stream=None, offset=0):
+        uploads.append((offset, array.nbytes))
+        real_upload(self, array, stream, offset)
+
+    monkeypatch.setattr(cuda_device.DeviceBuffer, "upload", upload)
+    config = DetectorConfig()
+    pre = stages.CudaPreprocessor(config, stream=stream, staging_threads=threads)
+    assert pre.staging_threads == threads
+    images = [np.random.default_rng(40 + i).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+              for i in range(3)]
+    for level in (PyramidLevel(0, 0.0, 1.0, 37, 53), PyramidLevel(1, -1.0, 0.5, 19, 27)):
+        got = pre.prepare_batch(images, level).download()
+        want = np.concatenate([normalize(resize_bilinear_aa(im, level.height, level.width),
+                                         config) for im in images])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    nbytes = 3 * 37 * 53 * 3
+    assert uploads == [(s, e - s) for s, e in staging.chunk_ranges(nbytes)]  # once per image
+    assert len(uploads) == 16
+    pre.close()
+
+
+def test_preprocessor_refuses_no_staging_threads(stream):
+    with pytest.raises(ValueError, match="staging_threads = 0: expected 1 or more"):
+        stages.CudaPreprocessor(DetectorConfig(), stream=stream, staging_threads=0)
+
+
 def test_preprocessor_keeps_its_level_buffers_across_image_sizes(stream, monkeypatch):
     """A service alternating image sizes (or single images and batches) allocates level
     buffers only when a level grows past the largest seen; the inputs stay exact."""

@@ -105,6 +105,39 @@ def test_batch_parity_and_profile_cover_the_device_backend(run):
     assert "profile" not in result["sizes"][1]
 
 
+def test_the_image_upload_is_timed_each_way_and_lands_whole(run):
+    """bench_upload.py over host memory: every way at every size, in the Markdown too (the
+    run fails where a way's upload does not land as the host image)."""
+    result, md, _, _ = run
+    upload = result["upload"]
+    assert upload["status"] == "ok", upload.get("reason")
+    assert [r["image_size"] for r in upload["rows"]] == [[64, 48], [32, 24]]
+    for row in upload["rows"]:
+        names = [w["name"] for w in row["ways"]]
+        assert names[0].endswith("(runtime default)") and names[-1].startswith("one piece")
+        assert [w["chunks"] for w in row["ways"]][-1] == 1
+        for way in row["ways"]:
+            assert len(way["copy"]["samples_ms"]) == len(way["copy_upload"]["samples_ms"]) \
+                == upload["rounds"] >= 20
+    assert "## Image upload: staging copy and host-to-device transfer" in md
+    assert "| 64x48 (0.0 MB) | one piece, 1 thread (the runtime before 2026-12-04) | 1 |" in md
+
+
+def test_the_image_upload_benchmark_refuses_a_wrong_landing(monkeypatch, tmp_path_factory):
+    host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
+    monkeypatch.syspath_prepend(str(LATENCY.parent))
+    bench_upload = importlib.import_module("bench_upload")
+    from tinyfaces_trt.runtime.backends import staging
+
+    real = staging._copy_range
+    monkeypatch.setattr(staging, "_copy_range", lambda pinned, sources, start, end: real(
+        pinned, sources, start, max(start, end - 1)))  # each chunk's last byte left out
+    got = bench_upload.run_upload([(40, 30)], repeat=1, warmup=0, log=lambda _: None)
+    assert got["status"] == "failed"
+    assert got["reason"] == "RuntimeError: the uploaded image differs from the host image"
+    assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+
+
 def test_the_profile_comes_last_with_everything_else_saved(run):
     """The profiler over CUDA graphs may hang or crash the process: by then every size,
     the first one's batch and parity included, is on disk (its backend was kept open)."""

@@ -104,6 +104,15 @@ def test_buffers_copy_through_streams(host):
         np.testing.assert_array_equal(DeviceArray(buf.ptr, x.shape, stream=stream).download(), x)
         with pytest.raises(TinyFacesError, match="do not fit a 96-byte device buffer"):
             buf.upload(np.zeros(25, np.float32))
+        buf.upload(np.full(2, -1.0, np.float32), stream, offset=8)  # elements 2 and 3
+        got = buf.download(np.empty_like(x), stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(got.reshape(-1)[:5], [0, 1, -1, -1, 4])
+        with pytest.raises(TinyFacesError, match="upload: 100 bytes do not fit"):
+            buf.upload(np.zeros(2, np.float32), offset=92)
+        with pytest.raises(TinyFacesError, match="upload: offset -4 is negative"):
+            buf.upload(np.zeros(2, np.float32), offset=-4)
+        buf.upload(x, stream)
         with DeviceBuffer(x.nbytes) as copy:  # device to device, from an unaligned address
             copy.copy_from_device(buf.ptr + 4, x.nbytes - 4, stream)
             got = copy.download(np.empty(23, np.float32), stream)

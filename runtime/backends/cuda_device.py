@@ -494,12 +494,16 @@ class DeviceBuffer:
         if nbytes > self.nbytes:
             raise TinyFacesError(f"{what}: {nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
 
-    def upload(self, array: np.ndarray, stream: Stream | int | None = None) -> None:
-        """Copies a C-contiguous host array to the start of the buffer."""
+    def upload(self, array: np.ndarray, stream: Stream | int | None = None,
+               offset: int = 0) -> None:
+        """Copies a C-contiguous host array into the buffer, ``offset`` bytes from its start."""
         host = _host_view(array, writable=False)
-        self._check_size(host.nbytes, "upload")
+        offset = int(offset)
+        if offset < 0:
+            raise TinyFacesError(f"upload: offset {offset} is negative")
+        self._check_size(offset + host.nbytes, "upload")
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        check(self._rt.cudaMemcpyAsync(self.ptr, host.ctypes.data, host.nbytes, kind,
+        check(self._rt.cudaMemcpyAsync(self.ptr + offset, host.ctypes.data, host.nbytes, kind,
                                        _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
 
     def download(self, array: np.ndarray, stream: Stream | int | None = None) -> np.ndarray:

@@ -7,8 +7,9 @@ buffers, with the same semantics as the numpy stages (docs/DESIGN.md):
     pre, post = cuda_stages(config, stream=Stream(runner.stream))   # share the runner's stream
     detector = Detector(runner, config, preprocessor=pre, postprocessor=post)
 
-The preprocessor stages each image in page-locked memory, uploads it once per image
-(asynchronously) and resizes every level on the GPU into an (N, 3, h, w) float32
+The preprocessor stages each image in page-locked memory and uploads it once per image
+(asynchronously, chunk by chunk as a few threads copy it: :mod:`.staging`) and resizes every
+level on the GPU into an (N, 3, h, w) float32
 :class:`~.cuda_device.DeviceArray`. The postprocessor decodes each level's score map (a
 device array, or a numpy array it uploads) into one device candidate buffer per image and runs
 sort + NMS in :meth:`CudaPostprocessor.finish_all`, which downloads only the counters and the
@@ -38,7 +39,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, NonFiniteScoresE
                                        StageOrderError, TinyFacesError)
 from tinyfaces_trt.core.pyramid import PyramidLevel, plan_pyramid
 from tinyfaces_trt.core.runner import cuda_array_interface
-from tinyfaces_trt.runtime.backends import cuda_device
+from tinyfaces_trt.runtime.backends import cuda_device, staging
 from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, PinnedBuffer,
                                                         Stream, StreamOrder, as_stream)
 from tinyfaces_trt.runtime.decode import active_templates
@@ -130,14 +131,22 @@ class CudaPreprocessor:
         runner_stream: the stream the network runs on, when it is another one: it is made to
             wait (a CUDA event) for each level's input, and each image's first resize waits
             for the network's work on the previous image (which read the reused level buffers).
+        staging_threads: threads that copy each image into page-locked memory, this one
+            included (default :func:`~.staging.staging_threads`: up to 4); 1 copies in this
+            thread alone. Either way the upload starts with the first chunk copied.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
     """
 
     def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
-                 library: Any = None, runner_stream: Stream | int | None = None) -> None:
+                 library: Any = None, runner_stream: Stream | int | None = None,
+                 staging_threads: int | None = None) -> None:
+        if staging_threads is not None and int(staging_threads) < 1:
+            raise ValueError(f"staging_threads = {staging_threads!r}: expected 1 or more")
         _require_gpu()
+        self.staging_threads = staging.staging_threads() if staging_threads is None \
+            else int(staging_threads)
         self.config = config
         self.lib = _load(library)
         self.stream = as_stream(stream)
@@ -157,8 +166,9 @@ class CudaPreprocessor:
         self.device = cuda_device.current_device()  # where the buffers are made
 
     def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
-        """Stages the images in pinned memory and queues one async upload of all of them
-        (at a pyramid's first level, or when other arrays come than for the last level)."""
+        """Stages the images in pinned memory and queues their async upload, chunk by chunk
+        as they are copied (:mod:`.staging`), at a pyramid's first level, or when other arrays
+        come than for the last level."""
         same = len(images) == len(self._sources) and \
             all(a is b for a, b in zip(images, self._sources))
         if same and not first_level:
@@ -166,15 +176,16 @@ class CudaPreprocessor:
         nbytes = sum(image.nbytes for image in images)
         if self._uploaded is not None:
             self._uploaded.synchronize()  # the previous upload has left the pinned buffer
-        staging = self._staging.get(nbytes).array(nbytes)
-        offset = 0
-        for image in images:
-            staging[offset:offset + image.nbytes] = image.reshape(-1)
-            offset += image.nbytes
-        self._images.get(nbytes).upload(staging, self.stream)
-        if self._uploaded is None:
+        else:
             self._uploaded = cuda_device.Event()
-        self._uploaded.record(self.stream)
+        self._sources = []  # the device copy is being replaced
+        pinned = self._staging.get(nbytes).array(nbytes)
+        device = self._images.get(nbytes)
+        try:
+            staging.stage_and_upload(images, pinned, lambda start, end: device.upload(
+                pinned[start:end], self.stream, offset=start), self.staging_threads)
+        finally:  # what was queued reads the pinned buffer until this event
+            self._uploaded.record(self.stream)
         self._sources = list(images)
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> DeviceArray:

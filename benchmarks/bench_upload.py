@@ -1,0 +1,106 @@
+"""Image upload micro-benchmark: the CUDA preprocessor's staging copy into page-locked memory
+and the host-to-device transfer, each way :mod:`tinyfaces_trt.runtime.backends.staging` can
+do them, side by side (the GPU waits for this before the pyramid's first resize).
+
+Per image size and way, two medians, the ways interleaved round by round:
+- ``copy``: the staging copy alone (the uploads not queued);
+- ``copy + upload``: the staging copy with each chunk's upload queued as it is copied, until
+  the stream has finished the transfer (what a detect waits for before its first resize).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench_common import one_line, summarize
+
+#: Timed rounds at least (one round is a few milliseconds at 1080p).
+MIN_ROUNDS = 20
+
+
+def ways() -> list[tuple[str, int, int | None]]:
+    """(name, threads, chunk bytes; None: one piece) of each way timed, the runtime's first."""
+    from tinyfaces_trt.runtime.backends import staging
+
+    threads = staging.staging_threads()
+    mib = staging.CHUNK_BYTES / (1 << 20)
+    ways = [(f"{mib:g} MiB chunks, {threads} threads (runtime default)", threads, None)]
+    if threads > 1:
+        ways.append((f"{mib:g} MiB chunks, 1 thread", 1, None))
+    ways.append(("one piece, 1 thread (the runtime before 2026-12-04)", 1, 1 << 62))
+    return ways
+
+
+def run_upload(sizes: list[tuple[int, int]], repeat: int, warmup: int,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Times each way of :func:`ways` per (width, height); ``status`` "skipped" with the
+    reason where no GPU (or cuda-python) is at hand, "failed" where the GPU work failed."""
+    from tinyfaces_trt.core.errors import BackendUnavailableError
+    from tinyfaces_trt.runtime.backends import cuda_device
+
+    try:
+        cuda_device.runtime()
+        if not cuda_device.gpu_available():
+            return {"status": "skipped", "reason": "no CUDA GPU visible"}
+    except BackendUnavailableError as exc:
+        return {"status": "skipped", "reason": one_line(exc)}
+    rounds = max(MIN_ROUNDS, repeat)
+    rows = []
+    try:
+        for width, height in sizes:
+            log(f"image upload: {width}x{height}, {len(ways())} ways, {rounds} rounds")
+            rows.append(_time_size(width, height, rounds, warmup))
+    except Exception as exc:
+        return {"status": "failed", "reason": one_line(exc, with_type=True), "rows": rows}
+    return {"status": "ok", "rounds": rounds, "warmup": warmup, "rows": rows}
+
+
+def _time_size(width: int, height: int, rounds: int, warmup: int) -> dict[str, Any]:
+    from tinyfaces_trt.runtime.backends import staging
+    from tinyfaces_trt.runtime.backends.cuda_device import DeviceBuffer, PinnedBuffer, Stream
+
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    nbytes = image.nbytes
+    timed = ways()
+    copy_s: list[list[float]] = [[] for _ in timed]
+    both_s: list[list[float]] = [[] for _ in timed]
+    with contextlib.ExitStack() as made:
+        stream = Stream()
+        made.callback(stream.close)
+        pinned_buffer = PinnedBuffer(nbytes)
+        made.callback(pinned_buffer.free)
+        device = DeviceBuffer(nbytes)
+        made.callback(device.free)
+        pinned = pinned_buffer.array(nbytes)
+
+        def upload(start: int, end: int) -> None:
+            device.upload(pinned[start:end], stream, offset=start)
+
+        for k in range(warmup + rounds):
+            for i, (_, threads, chunk) in enumerate(timed):
+                stream.synchronize()
+                start = time.perf_counter()
+                staging.stage_and_upload([image], pinned, lambda s, e: None, threads, chunk)
+                copied = time.perf_counter()
+                staging.stage_and_upload([image], pinned, upload, threads, chunk)
+                stream.synchronize()
+                done = time.perf_counter()
+                if k >= warmup:
+                    copy_s[i].append(copied - start)
+                    both_s[i].append(done - copied)
+        stream.synchronize()
+        landed = np.empty(nbytes, np.uint8)
+        device.download(landed, stream)
+        stream.synchronize()
+    if not np.array_equal(landed, image.reshape(-1)):
+        raise RuntimeError("the uploaded image differs from the host image")
+    return {"image_size": [width, height], "bytes": nbytes,
+            "ways": [{"name": name, "threads": threads,
+                      "chunks": len(staging.chunk_ranges(nbytes, chunk)),
+                      "copy": summarize(copy_s[i]), "copy_upload": summarize(both_s[i])}
+                     for i, (name, threads, chunk) in enumerate(timed)]}
