@@ -251,6 +251,12 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                                            ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float),
                                            ctypes.POINTER(ctypes.c_float), _VOIDP, ctypes.c_size_t,
                                            _VOIDP]),
+    "tf_resize_plan_size": (ctypes.c_int, [ctypes.c_int] * 4 + [_SIZE_P, _SIZE_P]),
+    "tf_resize_plan": (ctypes.c_int, [ctypes.c_int] * 4 + [_VOIDP, ctypes.c_size_t, _VOIDP]),
+    "tf_resize_normalize_planned": (ctypes.c_int, [
+        _VOIDP, ctypes.c_int, ctypes.c_int, ctypes.c_int64, _VOIDP, ctypes.c_int, ctypes.c_int,
+        ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float), _VOIDP, ctypes.c_size_t,
+        _VOIDP, ctypes.c_size_t, _VOIDP]),
     "tf_candidates_size": (ctypes.c_int, [ctypes.c_int64, _SIZE_P]),
     "tf_candidates_reset": (ctypes.c_int, [_VOIDP, _VOIDP]),
     "tf_decode_level": (ctypes.c_int, [_VOIDP, ctypes.c_int, ctypes.c_int, ctypes.POINTER(DecodeParams),
@@ -368,6 +374,46 @@ class KernelLibrary:
             _ptr(src, what, "src"), sh, sw, row, _ptr(dst, what, "dst"), dh, dw,
             _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
             _ptr(workspace, what, "workspace"), ws_bytes, _ptr(stream, what, "stream")), what)
+
+    def resize_plan_size(self, src_height: int, src_width: int, dst_height: int,
+                         dst_width: int) -> tuple[int, int]:
+        """(plan bytes, workspace bytes) of :meth:`resize_plan` / :meth:`resize_normalize_planned`."""
+        what = "tf_resize_plan_size"
+        sizes = c_ints(what, "int", Status.INVALID_SIZE, src_height=src_height, src_width=src_width,
+                       dst_height=dst_height, dst_width=dst_width)
+        plan, workspace = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        self._check(self.raw.tf_resize_plan_size(*sizes, ctypes.byref(plan),
+                                                 ctypes.byref(workspace)), what)
+        return plan.value, workspace.value
+
+    def resize_plan(self, src_height: int, src_width: int, dst_height: int, dst_width: int,
+                    plan: Any, plan_bytes: int, stream: Any = None) -> None:
+        """Enqueues the filter coefficients of one src -> dst size pair into ``plan``."""
+        what = "tf_resize_plan"
+        sizes = c_ints(what, "int", Status.INVALID_SIZE, src_height=src_height, src_width=src_width,
+                       dst_height=dst_height, dst_width=dst_width)
+        (nbytes,) = c_ints(what, "size_t", Status.INVALID_VALUE, plan_bytes=plan_bytes)
+        self._check(self.raw.tf_resize_plan(*sizes, _ptr(plan, what, "plan"), nbytes,
+                                            _ptr(stream, what, "stream")), what)
+
+    def resize_normalize_planned(self, src: Any, src_height: int, src_width: int, dst: Any,
+                                 dst_height: int, dst_width: int, channel_scale: Any,
+                                 channel_bias: Any, plan: Any, plan_bytes: int, workspace: Any,
+                                 workspace_bytes: int, stream: Any = None,
+                                 src_row_bytes: int = 0) -> None:
+        """:meth:`resize_normalize` with the coefficients of a :meth:`resize_plan` of the same
+        four sizes (the same floats, bit for bit)."""
+        what = "tf_resize_normalize_planned"
+        sh, sw, dh, dw = c_ints(what, "int", Status.INVALID_SIZE, src_height=src_height,
+                                src_width=src_width, dst_height=dst_height, dst_width=dst_width)
+        (row,) = c_ints(what, "int64_t", Status.INVALID_SIZE, src_row_bytes=src_row_bytes)
+        plan_n, ws_n = c_ints(what, "size_t", Status.INVALID_VALUE, plan_bytes=plan_bytes,
+                              workspace_bytes=workspace_bytes)
+        self._check(self.raw.tf_resize_normalize_planned(
+            _ptr(src, what, "src"), sh, sw, row, _ptr(dst, what, "dst"), dh, dw,
+            _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
+            _ptr(plan, what, "plan"), plan_n, _ptr(workspace, what, "workspace"), ws_n,
+            _ptr(stream, what, "stream")), what)
 
     # -- candidates + decode ----------------------------------------------------------------
     def candidates_size(self, capacity: int) -> int:

@@ -504,19 +504,27 @@ class KernelHarness:
                                        rtol=0, atol=1e-6)
 
     def resize(self, image: np.ndarray, dst_hw: tuple[int, int], config: DetectorConfig,
-               row_bytes: int = 0) -> np.ndarray:
-        """``tf_resize_normalize`` of an (h, w, 3) uint8 image (rows ``row_bytes`` apart)."""
+               row_bytes: int = 0, planned: bool = False) -> np.ndarray:
+        """``tf_resize_normalize`` of an (h, w, 3) uint8 image (rows ``row_bytes`` apart);
+        ``planned``: ``tf_resize_plan`` + ``tf_resize_normalize_planned`` instead."""
         h, w = image.shape[:2]
         a, b = config.normalization.scale_and_bias()
         host = image if not row_bytes else np.zeros((h, row_bytes), np.uint8)
         if row_bytes:
             host[:, : 3 * w] = image.reshape(h, 3 * w)
         lib, stream, new = self.lib, self.stream, self.buffer
-        ws_bytes = lib.resize_workspace_size(h, w, *dst_hw)
-        with new(host.nbytes) as src, new(3 * dst_hw[0] * dst_hw[1] * 4) as dst, new(ws_bytes) as ws:
+        plan_bytes, rows_bytes = lib.resize_plan_size(h, w, *dst_hw)
+        ws_bytes = rows_bytes if planned else lib.resize_workspace_size(h, w, *dst_hw)
+        with new(host.nbytes) as src, new(3 * dst_hw[0] * dst_hw[1] * 4) as dst, \
+                new(ws_bytes) as ws, new(plan_bytes) as plan:
             src.upload(np.ascontiguousarray(host), stream)
-            lib.resize_normalize(src, h, w, dst, *dst_hw, a, b, ws, ws_bytes, stream,
-                                 src_row_bytes=row_bytes)
+            if planned:
+                lib.resize_plan(h, w, *dst_hw, plan, plan_bytes, stream)
+                lib.resize_normalize_planned(src, h, w, dst, *dst_hw, a, b, plan, plan_bytes,
+                                             ws, ws_bytes, stream, src_row_bytes=row_bytes)
+            else:
+                lib.resize_normalize(src, h, w, dst, *dst_hw, a, b, ws, ws_bytes, stream,
+                                     src_row_bytes=row_bytes)
             out = np.empty((1, 3, *dst_hw), np.float32)
             dst.download(out, stream)
             stream.synchronize()

@@ -12,6 +12,8 @@ them on the host): :func:`helpers_kernels.nms_rows_reference` is its oracle.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -407,6 +409,83 @@ def test_resize_matches_numpy(kh, variant, src_hw, dst_hw):
     got = kh.resize(image, dst_hw, config)
     assert got.shape == want.shape == (1, 3, *dst_hw)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("src_hw, dst_hw", RESIZES)
+def test_a_planned_resize_gives_the_same_floats_bit_for_bit(kh, src_hw, dst_hw):
+    """tf_resize_plan + tf_resize_normalize_planned = tf_resize_normalize, exactly; the plan
+    and the workspace it needs sum to tf_resize_workspace_size's bytes."""
+    config = DetectorConfig()
+    image = np.random.default_rng(src_hw[1] * 1000 + dst_hw[0]).integers(
+        0, 256, (*src_hw, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(kh.resize(image, dst_hw, config, planned=True),
+                                  kh.resize(image, dst_hw, config))
+    assert sum(kh.lib.resize_plan_size(*src_hw, *dst_hw)) == \
+        kh.lib.resize_workspace_size(*src_hw, *dst_hw)
+
+
+def test_one_resize_plan_serves_many_images_and_pitches(kh):
+    config = DetectorConfig()
+    a, b = config.normalization.scale_and_bias()
+    h, w, dh, dw = 45, 70, 23, 35
+    plan_bytes, ws_bytes = kh.lib.resize_plan_size(h, w, dh, dw)
+    rng = np.random.default_rng(17)
+    with kh.buffer(plan_bytes) as plan, kh.buffer(ws_bytes) as ws, \
+            kh.buffer(h * 256) as src, kh.buffer(3 * dh * dw * 4) as dst:
+        kh.lib.resize_plan(h, w, dh, dw, plan, plan_bytes, kh.stream)
+        for pitch in (0, 256, 0):
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            host = np.zeros((h, pitch or 3 * w), np.uint8)
+            host[:, :3 * w] = image.reshape(h, 3 * w)
+            src.upload(host, kh.stream)
+            kh.lib.resize_normalize_planned(src, h, w, dst, dh, dw, a, b, plan, plan_bytes, ws,
+                                            ws_bytes, kh.stream, src_row_bytes=pitch)
+            got = dst.download(np.empty((1, 3, dh, dw), np.float32), kh.stream)
+            kh.stream.synchronize()
+            np.testing.assert_array_equal(got, kh.resize(image, (dh, dw), config))
+
+
+def test_resize_plans_refuse_what_a_workspace_refuses(kh):
+    """The plan is checked as a workspace is (NULL, alignment, size), before anything is
+    queued; so is the planned resize's workspace."""
+    h, w, dh, dw = 8, 9, 4, 5
+    plan_bytes, ws_bytes = kh.lib.resize_plan_size(h, w, dh, dw)
+    dst, host = _sentinel(kh, 3 * dh * dw * 4)
+    S = binding.Status
+    with kh.buffer(plan_bytes + 16) as plan, kh.buffer(ws_bytes + 16) as ws, \
+            kh.buffer(3 * h * w) as src, dst:
+        def planned(plan_at=plan.ptr, plan_n=plan_bytes, ws_at=ws.ptr, ws_n=ws_bytes):
+            kh.lib.resize_normalize_planned(src, h, w, dst, dh, dw, (1, 1, 1), (0, 0, 0), plan_at,
+                                            plan_n, ws_at, ws_n, kh.stream)
+
+        cases = [
+            (lambda: kh.lib.resize_plan(h, w, dh, dw, 0, plan_bytes, kh.stream),
+             S.NULL_POINTER, "plan is NULL"),
+            (lambda: kh.lib.resize_plan(h, w, dh, dw, plan.ptr + 8, plan_bytes, kh.stream),
+             S.MISALIGNED, "plan is not 16-byte aligned"),
+            (lambda: kh.lib.resize_plan(h, w, dh, dw, plan, plan_bytes - 1, kh.stream),
+             S.WORKSPACE_TOO_SMALL, f"plan_bytes = {plan_bytes - 1}, need {plan_bytes}"),
+            (lambda: kh.lib.resize_plan(0, w, dh, dw, plan, plan_bytes, kh.stream),
+             S.INVALID_SIZE, "src_height = 0 is outside"),
+            (lambda: planned(plan_at=0), S.NULL_POINTER, "plan is NULL"),
+            (lambda: planned(plan_n=plan_bytes - 1), S.WORKSPACE_TOO_SMALL,
+             f"plan_bytes = {plan_bytes - 1}, need {plan_bytes}"),
+            (lambda: planned(plan_at=plan.ptr + 8), S.MISALIGNED, "plan is not 16-byte aligned"),
+            (lambda: planned(ws_at=0), S.NULL_POINTER, "workspace is NULL"),
+            (lambda: planned(ws_n=ws_bytes - 1), S.WORKSPACE_TOO_SMALL,
+             f"workspace_bytes = {ws_bytes - 1}, need {ws_bytes}"),
+            (lambda: planned(ws_at=ws.ptr + 4), S.MISALIGNED, "workspace is not 16-byte aligned"),
+        ]
+        for call, status, message in cases:
+            with pytest.raises(binding.KernelError, match=message) as info:
+                call()
+            assert info.value.status == status, message
+        assert _untouched(kh, dst, host)
+    for plan_p, ws_p, message in ((None, ctypes.byref(ctypes.c_size_t()), "plan_bytes is NULL"),
+                                  (ctypes.byref(ctypes.c_size_t()), None,
+                                   "workspace_bytes is NULL")):
+        assert kh.lib.raw.tf_resize_plan_size(h, w, dh, dw, plan_p, ws_p) == S.NULL_POINTER
+        assert kh.lib.last_error_message() == message
 
 
 def test_resize_workspace_is_not_monotone_in_dst_but_under_the_header_bound(kh):

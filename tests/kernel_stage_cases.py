@@ -9,6 +9,7 @@ fixture installs helpers_kernels.use_cpu_build_for_cuda_stages, which points
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -250,6 +251,42 @@ def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, thread
     pre.close()
 
 
+def test_preprocessor_makes_each_resize_plan_once(stream, monkeypatch):
+    """The filter coefficients of a source and level size are computed at their first use
+    only (a kernel less per level and image after it); past RESIZE_PLANS plans all are
+    dropped and made again as needed, and every level stays the host path's."""
+    config = DetectorConfig()
+    pre = stages.CudaPreprocessor(config, stream=stream)
+    made = []
+    real_plan = pre.lib.resize_plan
+
+    def resize_plan(*args, **kwargs):
+        made.append(tuple(args[:4]))
+        real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(pre.lib, "resize_plan", resize_plan)
+    monkeypatch.setattr(stages, "RESIZE_PLANS", 3)
+    rng = np.random.default_rng(18)
+
+    def run(h, w):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for level in (PyramidLevel(0, 0.0, 1.0, h, w), PyramidLevel(1, -1.0, 0.5, h // 2, w // 2)):
+            got = pre.prepare(image, level).download()
+            want = normalize(resize_bilinear_aa(image, level.height, level.width), config)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+    run(30, 40)
+    run(30, 40)
+    assert made == [(30, 40, 30, 40), (30, 40, 15, 20)]
+    run(36, 44)  # a third plan, then the fourth drops all three first
+    run(30, 40)
+    assert made == [(30, 40, 30, 40), (30, 40, 15, 20), (36, 44, 36, 44), (36, 44, 18, 22),
+                    (30, 40, 30, 40), (30, 40, 15, 20)]
+    assert len(pre._plans) == 3
+    pre.close()
+    assert pre._plans == {}
+
+
 def test_preprocessor_refuses_no_staging_threads(stream):
     with pytest.raises(ValueError, match="staging_threads = 0: expected 1 or more"):
         stages.CudaPreprocessor(DetectorConfig(), stream=stream, staging_threads=0)
@@ -263,7 +300,8 @@ def test_preprocessor_keeps_its_level_buffers_across_image_sizes(stream, monkeyp
     class Counted(stages.DeviceBuffer):
         def __init__(self, nbytes):
             super().__init__(nbytes)
-            made.append(nbytes)
+            if sys._getframe(1).f_code.co_name == "prepare_batch":  # a level's, not a plan's
+                made.append(nbytes)
 
     monkeypatch.setattr(stages, "DeviceBuffer", Counted)
     config = DetectorConfig()

@@ -113,6 +113,7 @@ def test_header_declares_the_documented_api() -> None:
     assert header_functions() == {
         "tf_status_string", "tf_last_cuda_error", "tf_last_error_message", "tf_abi_version",
         "tf_check_abi", "tf_get_device_count", "tf_resize_workspace_size", "tf_resize_normalize",
+        "tf_resize_plan_size", "tf_resize_plan", "tf_resize_normalize_planned",
         "tf_candidates_size", "tf_candidates_reset", "tf_decode_level", "tf_nms_workspace_size",
         "tf_nms"}
 

@@ -136,6 +136,35 @@ TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, 
                                             const float* channel_bias, void* workspace,
                                             size_t workspace_bytes, tf_stream_t stream);
 
+/* Resize plans (later within ABI 4): tf_resize_normalize computes the filter coefficients of
+ * its size pair at every call (one small kernel more per call). A caller resizing many images
+ * of one size computes them once into a plan with tf_resize_plan and resizes with
+ * tf_resize_normalize_planned, which gives the same floats, bit for bit.
+ * tf_resize_plan_size: the plan's bytes and the bytes of tf_resize_normalize_planned's
+ * workspace (the horizontal pass's rows); both sum to tf_resize_workspace_size. */
+TINYFACES_API tf_status tf_resize_plan_size(int src_height, int src_width, int dst_height,
+                                            int dst_width, size_t* plan_bytes,
+                                            size_t* workspace_bytes);
+
+/* Enqueues the coefficients of src -> dst into `plan` (device memory, 16-byte aligned,
+ * >= plan_bytes of tf_resize_plan_size). */
+TINYFACES_API tf_status tf_resize_plan(int src_height, int src_width, int dst_height,
+                                       int dst_width, void* plan, size_t plan_bytes,
+                                       tf_stream_t stream);
+
+/* tf_resize_normalize with the coefficients read from `plan`, which tf_resize_plan must have
+ * made for the same four sizes (a plan of other sizes that is large enough is not detected:
+ * it gives a wrong image) and which must not change while queued work reads it (order it on
+ * the stream, or by events). `workspace`: >= workspace_bytes of tf_resize_plan_size, 16-byte
+ * aligned. Checks and statuses as tf_resize_normalize's; `plan` as a workspace. */
+TINYFACES_API tf_status tf_resize_normalize_planned(const uint8_t* src, int src_height,
+                                                    int src_width, int64_t src_row_bytes,
+                                                    float* dst, int dst_height, int dst_width,
+                                                    const float* channel_scale,
+                                                    const float* channel_bias, const void* plan,
+                                                    size_t plan_bytes, void* workspace,
+                                                    size_t workspace_bytes, tf_stream_t stream);
+
 /* ---------------------------------------------------------------------------------------
  * Candidate buffer: one per image, shared by all its levels.
  * Layout (device memory, tf_candidates_size bytes): a 256-byte header holding two uint32

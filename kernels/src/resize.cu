@@ -23,8 +23,12 @@ int axis_taps(int in_size, int out_size) {
   return 2 * static_cast<int>(std::ceil(support)) + 1;
 }
 
+// The workspace of tf_resize_normalize: the plan (the coefficients of both axes, which
+// tf_resize_plan writes alone), then the rows of the horizontal pass.
 struct ResizeLayout {
   size_t x_window, x_weights, y_window, y_weights, rows, total;
+  size_t plan_bytes() const { return rows; }
+  size_t rows_bytes() const { return total - rows; }
 };
 
 ResizeLayout resize_layout(int src_h, int src_w, int dst_h, int dst_w) {
@@ -132,6 +136,69 @@ tf_status check_dims(int src_h, int src_w, int dst_h, int dst_w) {
   return check_dim(dst_w, "dst_width");
 }
 
+// The checks of a resize's source, destination and normalisation, shared by both entry points
+// (`workspace`: the buffer whose NULL is reported next, before the sizes).
+tf_status check_resize_args(const uint8_t* src, int src_height, int src_width,
+                            int64_t* src_row_bytes, const float* dst, int dst_height,
+                            int dst_width, const float* channel_scale, const float* channel_bias,
+                            const void* workspace, const char* workspace_name, Normalise* norm) {
+  if (src == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "src is NULL");
+  if (dst == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "dst is NULL");
+  if (channel_scale == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_scale is NULL");
+  if (channel_bias == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_bias is NULL");
+  if (workspace == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "%s is NULL", workspace_name);
+  TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
+  const int64_t tight = 3 * static_cast<int64_t>(src_width);
+  if (*src_row_bytes == 0) *src_row_bytes = tight;
+  if (*src_row_bytes < tight)
+    return tf::fail(TF_STATUS_INVALID_SIZE, "src_row_bytes = %lld is below 3 * src_width = %lld",
+                    static_cast<long long>(*src_row_bytes), static_cast<long long>(tight));
+  // The kernel addresses src + y * src_row_bytes + x in int64: the image's span,
+  // (src_height - 1) * src_row_bytes + 3 * src_width bytes, must fit (no overflow to wrap).
+  if (src_height > 1 && *src_row_bytes > (INT64_MAX - tight) / (src_height - 1))
+    return tf::fail(TF_STATUS_INVALID_SIZE,
+                    "src_row_bytes = %lld: %d rows that far apart span more than 2^63 - 1 bytes",
+                    static_cast<long long>(*src_row_bytes), src_height);
+  for (int c = 0; c < 3; ++c) {
+    if (!tf::finite(channel_scale[c]) || !tf::finite(channel_bias[c]))
+      return tf::fail(TF_STATUS_INVALID_VALUE, "channel %d scale/bias (%g, %g) is not finite", c,
+                      channel_scale[c], channel_bias[c]);
+    norm->scale[c] = channel_scale[c];
+    norm->bias[c] = channel_bias[c];
+  }
+  if (!tf::aligned(dst, 4)) return tf::fail(TF_STATUS_MISALIGNED, "dst is not 4-byte aligned");
+  return TF_STATUS_SUCCESS;
+}
+
+// A buffer of at least `need` bytes, 16-byte aligned (`what`: its argument's name).
+tf_status check_buffer(const void* p, size_t bytes, size_t need, const char* what) {
+  if (p == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "%s is NULL", what);
+  if (!tf::aligned(p, 16)) return tf::fail(TF_STATUS_MISALIGNED, "%s is not 16-byte aligned", what);
+  if (bytes < need)
+    return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL, "%s_bytes = %zu, need %zu", what, bytes, need);
+  return TF_STATUS_SUCCESS;
+}
+
+tf_status launch_plan(const Axis& x_axis, const Axis& y_axis, cudaStream_t s) {
+  return tf::launch("resize coefficients kernel launch", resize_coefficients_kernel,
+                    dim3(tf::blocks_for(x_axis.out_size + y_axis.out_size, 256)), dim3(256), 0, s,
+                    x_axis, y_axis);
+}
+
+tf_status launch_passes(const uint8_t* src, int src_height, int64_t src_row_bytes, float* dst,
+                        const Axis& x_axis, const Axis& y_axis, float* rows,
+                        const Normalise& norm, cudaStream_t s) {
+  const dim3 block(32, 8);
+  TF_RETURN_IF_ERROR(tf::launch("resize horizontal kernel launch", resize_horizontal_kernel,
+                                dim3(tf::blocks_for(x_axis.out_size, 32),
+                                     tf::blocks_for(src_height, 8)),
+                                block, 0, s, src, src_height, src_row_bytes, x_axis, rows));
+  return tf::launch("resize vertical kernel launch", resize_vertical_kernel,
+                    dim3(tf::blocks_for(x_axis.out_size, 32), tf::blocks_for(y_axis.out_size, 8)),
+                    block, 0, s, static_cast<const float*>(rows), y_axis, x_axis.out_size, norm,
+                    dst);
+}
+
 }  // namespace
 
 extern "C" {
@@ -151,56 +218,69 @@ TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, 
                                             const float* channel_bias, void* workspace,
                                             size_t workspace_bytes, tf_stream_t stream) {
   tf::clear_error();
-  if (src == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "src is NULL");
-  if (dst == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "dst is NULL");
-  if (channel_scale == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_scale is NULL");
-  if (channel_bias == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_bias is NULL");
-  if (workspace == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "workspace is NULL");
-  TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
-  const int64_t tight = 3 * static_cast<int64_t>(src_width);
-  if (src_row_bytes == 0) src_row_bytes = tight;
-  if (src_row_bytes < tight)
-    return tf::fail(TF_STATUS_INVALID_SIZE, "src_row_bytes = %lld is below 3 * src_width = %lld",
-                    static_cast<long long>(src_row_bytes), static_cast<long long>(tight));
-  // The kernel addresses src + y * src_row_bytes + x in int64: the image's span,
-  // (src_height - 1) * src_row_bytes + 3 * src_width bytes, must fit (no overflow to wrap).
-  if (src_height > 1 && src_row_bytes > (INT64_MAX - tight) / (src_height - 1))
-    return tf::fail(TF_STATUS_INVALID_SIZE,
-                    "src_row_bytes = %lld: %d rows that far apart span more than 2^63 - 1 bytes",
-                    static_cast<long long>(src_row_bytes), src_height);
   Normalise norm;
-  for (int c = 0; c < 3; ++c) {
-    if (!tf::finite(channel_scale[c]) || !tf::finite(channel_bias[c]))
-      return tf::fail(TF_STATUS_INVALID_VALUE, "channel %d scale/bias (%g, %g) is not finite", c,
-                      channel_scale[c], channel_bias[c]);
-    norm.scale[c] = channel_scale[c];
-    norm.bias[c] = channel_bias[c];
-  }
-  if (!tf::aligned(dst, 4)) return tf::fail(TF_STATUS_MISALIGNED, "dst is not 4-byte aligned");
-  if (!tf::aligned(workspace, 16))
-    return tf::fail(TF_STATUS_MISALIGNED, "workspace is not 16-byte aligned");
+  TF_RETURN_IF_ERROR(check_resize_args(src, src_height, src_width, &src_row_bytes, dst,
+                                       dst_height, dst_width, channel_scale, channel_bias,
+                                       workspace, "workspace", &norm));
   const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
-  if (workspace_bytes < layout.total)
-    return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL, "workspace_bytes = %zu, need %zu",
-                    workspace_bytes, layout.total);
+  TF_RETURN_IF_ERROR(check_buffer(workspace, workspace_bytes, layout.total, "workspace"));
 
   char* base = static_cast<char*>(workspace);
   const Axis x_axis = make_axis(base, layout.x_window, layout.x_weights, src_width, dst_width);
   const Axis y_axis = make_axis(base, layout.y_window, layout.y_weights, src_height, dst_height);
-  float* rows = reinterpret_cast<float*>(base + layout.rows);
-  const cudaStream_t s = stream;
-  const dim3 block(32, 8);
-
   tf::clear_stale_cuda_error();
-  TF_RETURN_IF_ERROR(tf::launch("resize coefficients kernel launch", resize_coefficients_kernel,
-                                dim3(tf::blocks_for(dst_width + dst_height, 256)), dim3(256), 0,
-                                s, x_axis, y_axis));
-  TF_RETURN_IF_ERROR(tf::launch("resize horizontal kernel launch", resize_horizontal_kernel,
-                                dim3(tf::blocks_for(dst_width, 32), tf::blocks_for(src_height, 8)),
-                                block, 0, s, src, src_height, src_row_bytes, x_axis, rows));
-  return tf::launch("resize vertical kernel launch", resize_vertical_kernel,
-                    dim3(tf::blocks_for(dst_width, 32), tf::blocks_for(dst_height, 8)), block, 0,
-                    s, static_cast<const float*>(rows), y_axis, dst_width, norm, dst);
+  TF_RETURN_IF_ERROR(launch_plan(x_axis, y_axis, stream));
+  return launch_passes(src, src_height, src_row_bytes, dst, x_axis, y_axis,
+                       reinterpret_cast<float*>(base + layout.rows), norm, stream);
+}
+
+TINYFACES_API tf_status tf_resize_plan_size(int src_height, int src_width, int dst_height,
+                                            int dst_width, size_t* plan_bytes,
+                                            size_t* workspace_bytes) {
+  tf::clear_error();
+  if (plan_bytes == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "plan_bytes is NULL");
+  if (workspace_bytes == nullptr)
+    return tf::fail(TF_STATUS_NULL_POINTER, "workspace_bytes is NULL");
+  TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
+  const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
+  *plan_bytes = layout.plan_bytes();
+  *workspace_bytes = layout.rows_bytes();
+  return TF_STATUS_SUCCESS;
+}
+
+TINYFACES_API tf_status tf_resize_plan(int src_height, int src_width, int dst_height,
+                                       int dst_width, void* plan, size_t plan_bytes,
+                                       tf_stream_t stream) {
+  tf::clear_error();
+  TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
+  const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
+  TF_RETURN_IF_ERROR(check_buffer(plan, plan_bytes, layout.plan_bytes(), "plan"));
+  char* base = static_cast<char*>(plan);
+  tf::clear_stale_cuda_error();
+  return launch_plan(make_axis(base, layout.x_window, layout.x_weights, src_width, dst_width),
+                     make_axis(base, layout.y_window, layout.y_weights, src_height, dst_height),
+                     stream);
+}
+
+TINYFACES_API tf_status tf_resize_normalize_planned(
+    const uint8_t* src, int src_height, int src_width, int64_t src_row_bytes, float* dst,
+    int dst_height, int dst_width, const float* channel_scale, const float* channel_bias,
+    const void* plan, size_t plan_bytes, void* workspace, size_t workspace_bytes,
+    tf_stream_t stream) {
+  tf::clear_error();
+  Normalise norm;
+  TF_RETURN_IF_ERROR(check_resize_args(src, src_height, src_width, &src_row_bytes, dst,
+                                       dst_height, dst_width, channel_scale, channel_bias, plan,
+                                       "plan", &norm));
+  const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
+  TF_RETURN_IF_ERROR(check_buffer(plan, plan_bytes, layout.plan_bytes(), "plan"));
+  TF_RETURN_IF_ERROR(check_buffer(workspace, workspace_bytes, layout.rows_bytes(), "workspace"));
+  char* base = const_cast<char*>(static_cast<const char*>(plan));  // the passes only read it
+  tf::clear_stale_cuda_error();
+  return launch_passes(src, src_height, src_row_bytes, dst,
+                       make_axis(base, layout.x_window, layout.x_weights, src_width, dst_width),
+                       make_axis(base, layout.y_window, layout.y_weights, src_height, dst_height),
+                       static_cast<float*>(workspace), norm, stream);
 }
 
 }  // extern "C"

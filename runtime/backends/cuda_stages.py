@@ -50,6 +50,9 @@ DEFAULT_MAX_NMS_CANDIDATES = 8192
 #: Kept rows downloaded with NMS's counters, in one wait (an image keeping more fetches the
 #: rest after it): 80 KB of page-locked memory.
 PREFETCH_ROWS = 4096
+#: Resize plans (a level's filter coefficients, made once per source and level size; about
+#: 0.2 MB each at 1080p) a preprocessor keeps; all are dropped when this many are kept.
+RESIZE_PLANS = 64
 #: NMS's CUDA graphs a postprocessor keeps (one per candidate buffer, NMS size and NMS
 #: parameters: a batch of 8 and more fit); the least recently used is dropped.
 NMS_GRAPHS = 16
@@ -159,7 +162,8 @@ class CudaPreprocessor:
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
-        self._workspace_bytes: dict[tuple[int, int, int, int], int] = {}  # by source and level
+        # resize plans (coefficients, made once) and workspace bytes, by source and level size
+        self._plans: dict[tuple[int, int, int, int], tuple[DeviceBuffer, int, int]] = {}
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._sources: list[np.ndarray] = []
         self._closed = False
@@ -215,17 +219,42 @@ class CudaPreprocessor:
                 self.stream.synchronize()
                 out.free()
             out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
-        ws_bytes = self._workspace_bytes.get((height, width, h, w))
-        if ws_bytes is None:
-            ws_bytes = self.lib.resize_workspace_size(height, width, h, w)
-            _remember(self._workspace_bytes, (height, width, h, w), ws_bytes)
+        plan, plan_bytes, ws_bytes = self._plan(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
         for i in range(n):
-            self.lib.resize_normalize(self._images.buffer.ptr + i * images[0].nbytes, height, width,
-                                      out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias,
-                                      workspace, workspace.nbytes, self.stream)
+            self.lib.resize_normalize_planned(
+                self._images.buffer.ptr + i * images[0].nbytes, height, width,
+                out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan, plan_bytes,
+                workspace, workspace.nbytes, self.stream)
         self._to_runner.after()
         return DeviceArray(out.ptr, (n, 3, h, w), np.float32, owner=out, stream=self.stream)
+
+    def _plan(self, height: int, width: int, h: int, w: int) -> tuple[DeviceBuffer, int, int]:
+        """The resize plan (filter coefficients) of one source and level size, queued on the
+        stream at its first use, its bytes and the workspace bytes of a resize with it. All
+        plans are dropped when :data:`RESIZE_PLANS` are kept (sizes that never repeat), after
+        the queued work that reads them."""
+        key = (height, width, h, w)
+        kept = self._plans.get(key)
+        if kept is not None:
+            return kept
+        if len(self._plans) >= RESIZE_PLANS:
+            self.stream.synchronize()
+            self._free_plans()
+        plan_bytes, ws_bytes = self.lib.resize_plan_size(height, width, h, w)
+        plan = DeviceBuffer(plan_bytes)
+        try:
+            self.lib.resize_plan(height, width, h, w, plan, plan_bytes, self.stream)
+        except BaseException:
+            plan.free()  # nothing was queued
+            raise
+        self._plans[key] = kept = (plan, plan_bytes, ws_bytes)
+        return kept
+
+    def _free_plans(self) -> None:
+        for plan, _, _ in self._plans.values():
+            plan.free()
+        self._plans = {}
 
     def synchronize(self) -> None:
         """Waits for the queued GPU work (used by the pipeline's per-stage timing)."""
@@ -248,6 +277,7 @@ class CudaPreprocessor:
             self._uploaded.close()
             self._uploaded = None
         self._free_levels()
+        self._free_plans()
         for scratch in (self._images, self._workspace, self._staging):
             scratch.free()
         self._to_runner.close()
