@@ -85,7 +85,7 @@ def c_ints(what: str, ctype: str, status: Status, **values: Any) -> list[int]:
     lo, hi = C_INT_RANGES[ctype]
     out = []
     for name, value in values.items():
-        v = operator.index(value)
+        v = value if type(value) is int else operator.index(value)
         if not lo <= v <= hi:
             raise KernelError(f"{what}: {name} = {v} is outside the range of its C type {ctype}, "
                               f"[{lo}, {hi}]", status)
@@ -267,9 +267,15 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+_VOID_MAX = C_INT_RANGES["void*"][1]
+_Float3 = ctypes.c_float * 3
+
+
 def _ptr(value: Any, what: str, name: str) -> int | None:
     """Pointer argument ``name`` of ``what``: an int (0 -> NULL) or anything ``device_pointer``
     understands; an address outside [0, 2**64 - 1] raises KernelError (INVALID_VALUE)."""
+    if type(value) is int and 0 <= value <= _VOID_MAX:  # the hot path: a plain address
+        return value or None
     if value is None:
         return None
     if isinstance(value, (int, np.integer)):
@@ -283,7 +289,11 @@ def _ptr(value: Any, what: str, name: str) -> int | None:
     return c_ints(what, "void*", Status.INVALID_VALUE, **{name: int(address)})[0] or None
 
 
-def _floats3(values: Any, name: str) -> Any:
+def floats3(values: Any, name: str) -> Any:
+    """Three floats as the C ``float[3]`` the library takes (one made ahead is passed as it
+    is: the hot path of a caller passing the same values at every call)."""
+    if type(values) is _Float3:
+        return values
     v = np.asarray(values, dtype=np.float32).ravel()
     if v.shape != (3,):
         raise TinyFacesError(f"{name} must have 3 values, got {v.shape}")
@@ -372,7 +382,7 @@ class KernelLibrary:
         (ws_bytes,) = c_ints(what, "size_t", Status.INVALID_VALUE, workspace_bytes=workspace_bytes)
         self._check(self.raw.tf_resize_normalize(
             _ptr(src, what, "src"), sh, sw, row, _ptr(dst, what, "dst"), dh, dw,
-            _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
+            floats3(channel_scale, "channel_scale"), floats3(channel_bias, "channel_bias"),
             _ptr(workspace, what, "workspace"), ws_bytes, _ptr(stream, what, "stream")), what)
 
     def resize_plan_size(self, src_height: int, src_width: int, dst_height: int,
@@ -411,7 +421,7 @@ class KernelLibrary:
                               workspace_bytes=workspace_bytes)
         self._check(self.raw.tf_resize_normalize_planned(
             _ptr(src, what, "src"), sh, sw, row, _ptr(dst, what, "dst"), dh, dw,
-            _floats3(channel_scale, "channel_scale"), _floats3(channel_bias, "channel_bias"),
+            floats3(channel_scale, "channel_scale"), floats3(channel_bias, "channel_bias"),
             _ptr(plan, what, "plan"), plan_n, _ptr(workspace, what, "workspace"), ws_n,
             _ptr(stream, what, "stream")), what)
 

@@ -112,6 +112,13 @@ def test_buffers_copy_through_streams(host):
             buf.upload(np.zeros(2, np.float32), offset=92)
         with pytest.raises(TinyFacesError, match="upload: offset -4 is negative"):
             buf.upload(np.zeros(2, np.float32), offset=-4)
+        tail = buf.download(np.empty(3, np.float32), stream, offset=8)  # elements 2, 3, 4
+        stream.synchronize()
+        np.testing.assert_array_equal(tail, [-1, -1, 4])
+        with pytest.raises(TinyFacesError, match="download: 100 bytes do not fit"):
+            buf.download(np.empty(2, np.float32), offset=92)
+        with pytest.raises(TinyFacesError, match="download: offset -1 is negative"):
+            buf.download(np.empty(2, np.float32), offset=-1)
         buf.upload(x, stream)
         with DeviceBuffer(x.nbytes) as copy:  # device to device, from an unaligned address
             copy.copy_from_device(buf.ptr + 4, x.nbytes - 4, stream)

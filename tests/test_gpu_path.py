@@ -51,6 +51,20 @@ class CudaLog:
         ptr, self.next_ptr = self.next_ptr, self.next_ptr + ((int(nbytes) + 255) // 256) * 256
         return ptr
 
+    def read(self, address: int, nbytes: int) -> bytes:
+        """``nbytes`` from ``address``: what was written there (``memory``), else zeros."""
+        out = bytearray(nbytes)
+        for start, data in self.memory.items():
+            lo, hi = max(start, address), min(start + len(data), address + nbytes)
+            if lo < hi:
+                out[lo - address:hi - address] = data[lo - start:hi - start]
+        return bytes(out)
+
+
+def _address(pointer: Any) -> int:
+    """A pointer argument as the library takes it: an int, or an object with ``.ptr``."""
+    return pointer if isinstance(pointer, int) else pointer.ptr
+
 
 def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
     class Stream:
@@ -83,17 +97,17 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
         def __init__(self, nbytes: int) -> None:
             self.nbytes, self.ptr = int(nbytes), log.alloc(nbytes)
 
-        def upload(self, array: np.ndarray, stream: Any = None) -> None:
-            log.calls.append(("upload", self.ptr, array.nbytes, cuda_device._stream_handle(stream)))
+        def upload(self, array: np.ndarray, stream: Any = None, offset: int = 0) -> None:
+            log.calls.append(("upload", self.ptr + offset, array.nbytes,
+                              cuda_device._stream_handle(stream)))
 
         def copy_from_device(self, ptr: int, nbytes: int, stream: Any = None) -> None:
             log.calls.append(("d2d", self.ptr, ptr, nbytes, cuda_device._stream_handle(stream)))
 
-        def download(self, array: np.ndarray, stream: Any = None) -> np.ndarray:
-            array[...] = 0
-            data = log.memory.get(self.ptr, b"")[:array.nbytes]
-            array.reshape(-1).view(np.uint8)[:len(data)] = np.frombuffer(data, np.uint8)
-            log.calls.append(("download", self.ptr, cuda_device._stream_handle(stream)))
+        def download(self, array: np.ndarray, stream: Any = None, offset: int = 0) -> np.ndarray:
+            data = log.read(self.ptr + offset, array.nbytes)
+            array.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
+            log.calls.append(("download", self.ptr + offset, cuda_device._stream_handle(stream)))
             return array
 
         def free(self) -> None:
@@ -127,22 +141,30 @@ class FakeKernels:
         self.nms_stats: list[tuple[int, int, int, int]] = []  # per nms call; default all zero
         self.nms_rows: list[np.ndarray] = []  # per nms call: the kept rows it writes
 
-    def resize_workspace_size(self, *args: int) -> int:
-        return 64
+    def resize_plan_size(self, *args: int) -> tuple[int, int]:
+        return 64, 64
 
-    def resize_normalize(self, src: int, h: int, w: int, dst: int, oh: int, ow: int, *rest: Any) -> None:
-        workspace = rest[2].ptr
-        self.log.calls.append(("resize", src, dst, oh, ow, workspace, cuda_device._stream_handle(rest[-1])))
+    def resize_plan(self, h: int, w: int, oh: int, ow: int, plan: Any, plan_bytes: int,
+                    stream: Any) -> None:
+        self.log.calls.append(("resize_plan", h, w, oh, ow, _address(plan),
+                               cuda_device._stream_handle(stream)))
+
+    def resize_normalize_planned(self, src: int, h: int, w: int, dst: int, oh: int, ow: int,
+                                 *rest: Any) -> None:
+        workspace = _address(rest[4])
+        self.log.calls.append(("resize", src, dst, oh, ow, workspace,
+                               cuda_device._stream_handle(rest[-1])))
 
     def candidates_size(self, capacity: int) -> int:
         return 16 * capacity + 64
 
     def candidates_reset(self, candidates: Any, stream: Any) -> None:
-        self.log.calls.append(("candidates_reset", candidates.ptr, cuda_device._stream_handle(stream)))
+        self.log.calls.append(("candidates_reset", _address(candidates),
+                               cuda_device._stream_handle(stream)))
 
     def decode_level(self, score_map: int, h: int, w: int, params: Any, key_base: int,
                      candidates: Any, capacity: int, stream: Any) -> None:
-        self.log.calls.append(("decode", score_map, key_base, candidates.ptr,
+        self.log.calls.append(("decode", score_map, key_base, _address(candidates),
                                cuda_device._stream_handle(stream)))
 
     def nms_workspace_size(self, n: int) -> int:
@@ -150,13 +172,15 @@ class FakeKernels:
 
     def nms(self, candidates: Any, capacity: int, params: Any, n: int, ws: Any, ws_bytes: int,
             out: Any, stats: Any, stream: Any) -> None:
-        self.log.calls.append(("nms", candidates.ptr, cuda_device._stream_handle(stream)))
+        self.log.calls.append(("nms", _address(candidates), cuda_device._stream_handle(stream)))
         if self.nms_stats:
             from tinyfaces_trt.kernels.binding import NMS_STATS_DTYPE
 
-            self.log.memory[stats.ptr] = np.array([self.nms_stats.pop(0)], NMS_STATS_DTYPE).tobytes()
+            self.log.memory[_address(stats)] = np.array([self.nms_stats.pop(0)],
+                                                         NMS_STATS_DTYPE).tobytes()
         if self.nms_rows:
-            self.log.memory[out.ptr] = np.asarray(self.nms_rows.pop(0), np.float32).tobytes()
+            self.log.memory[_address(out)] = np.asarray(self.nms_rows.pop(0),
+                                                        np.float32).tobytes()
 
 
 class DeviceMap:
@@ -531,7 +555,7 @@ def test_memory_is_freed_only_once_the_work_queued_on_it_is_done(monkeypatch):
     waiting for the device (it only "may"): the stream is waited for first, after the
     runner's work."""
     detector, log = _device_detector(monkeypatch, stage_stream=3)
-    detector.preprocessor.lib.resize_workspace_size = lambda h, w, oh, ow: 4 * oh * ow
+    detector.preprocessor.lib.resize_plan_size = lambda h, w, oh, ow: (64, 4 * oh * ow)
     detector.detect(synthetic_image(40, 56))
     assert sum(c[0] == "free" for c in log.calls) >= 2  # the workspace grew, level by level
     assert _frees_of_busy_memory(log.calls) == []
@@ -619,9 +643,8 @@ def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
         detector.detect(synthetic_image(40, 56))
     assert str(info.value) == NONFINITE_MESSAGE.format("")
     assert post.last_stats == {"num_candidates": 3, "num_kept": 0, "nonfinite": 7}
-    stats_ptr, rows_ptr = post._stats.buffer.ptr, post._out.buffer.ptr
-    # the counters and the first rows in one wait; no box download after it
-    assert [c[1] for c in log.calls if c[0] == "download"] == [stats_ptr, rows_ptr]
+    # the counters and the first rows in one copy and one wait; no box download after it
+    assert [c[1] for c in log.calls if c[0] == "download"] == [post._results.buffer.ptr]
 
     post.lib.nms_stats = [(0, 4, 0, 0), (0, 2, 0, 7), (0, 0, 0, 0)]
     with pytest.raises(NonFiniteScoresError) as info:
@@ -634,8 +657,8 @@ def test_non_finite_count_in_the_nms_stats_fails_the_image(monkeypatch):
 
 
 def test_kept_boxes_come_with_the_counters_in_one_wait_and_the_rest_after_it(monkeypatch):
-    """NMS's counters and its first PREFETCH_ROWS kept rows are downloaded together before
-    the one wait; an image keeping more fetches the rest after it."""
+    """NMS's counters and its first PREFETCH_ROWS kept rows are downloaded together, in one
+    copy before the one wait; an image keeping more fetches the rest after it."""
     monkeypatch.setattr(cuda_stages, "PREFETCH_ROWS", 2)
     detector, log = _device_detector(monkeypatch, stage_stream=7)
     post = detector.postprocessor
@@ -647,8 +670,9 @@ def test_kept_boxes_come_with_the_counters_in_one_wait_and_the_rest_after_it(mon
         boxes = detector.detect(synthetic_image(40, 56))
         np.testing.assert_array_equal(boxes, rows[:kept])
         waits = [c[:2] for c in log.calls[before:] if c[0] in ("nms", "download", "sync")]
-        stats_ptr, rows_ptr = post._stats.buffer.ptr, post._out.buffer.ptr
-        one_wait = [("download", stats_ptr), ("download", rows_ptr), ("sync", 7)]
+        stats_ptr = post._results.buffer.ptr  # the counters, then the rows (16 bytes on)
+        rows_ptr = stats_ptr + 16
+        one_wait = [("download", stats_ptr), ("sync", 7)]
         assert waits[1:] == one_wait + ([("download", rows_ptr), ("sync", 7)] if kept == 3 else []), kept
     # a batch: each image's rows through the one page-locked buffer, in turn
     post.lib.nms_stats = [(3, 5, 0, 0), (1, 5, 0, 0)]

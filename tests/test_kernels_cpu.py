@@ -36,6 +36,7 @@ from kernel_abi_cases import IMAGE_HW
 import kernel_abi_cases
 import kernel_stage_cases
 from tinyfaces_trt.core.config import DetectorConfig
+from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends import cuda_stages as stages
@@ -89,6 +90,14 @@ def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
     with pytest.raises(binding.KernelError, match="nms_thresh = nan is outside"):
         cpu_library.nms(16, 1, binding.nms_params(float("nan"), 1.0, True, 8, 8), 1, 16, 1 << 20,
                         16, 16)
+
+
+def test_three_floats_made_ahead_pass_as_they_are():
+    """The hot path of a caller passing the same normalisation at every resize."""
+    made = binding.floats3((0.5, 1.5, 2.5), "channel_scale")
+    assert binding.floats3(made, "channel_scale") is made and list(made) == [0.5, 1.5, 2.5]
+    with pytest.raises(TinyFacesError, match=r"channel_bias must have 3 values, got \(2,\)"):
+        binding.floats3((1.0, 2.0), "channel_bias")
 
 
 def test_nms_takes_score_logit_0_or_1_only(cpu_library):
@@ -347,6 +356,13 @@ _CUDA_ABI_INTS = [
      "[0, 18446744073709551615]"),
     (lambda lib: lib.candidates_reset(None, 2**64 + 4), binding.Status.INVALID_VALUE,
      "tf_candidates_reset: stream = 18446744073709551620 is outside"),
+    (lambda lib: lib.resize_plan_size(10, 2**32 + 10, 10, 10), binding.Status.INVALID_SIZE,
+     "tf_resize_plan_size: src_width = 4294967306 is outside the range of its C type int,"),
+    (lambda lib: lib.resize_plan(4, 4, 2, 2, 2**64 + 16, 1 << 20), binding.Status.INVALID_VALUE,
+     "tf_resize_plan: plan = 18446744073709551632 is outside the range of its C type void*"),
+    (lambda lib: lib.resize_normalize_planned(None, 4, 4, None, 2, 2, (1, 1, 1), (0, 0, 0), None,
+                                              -1, None, 1 << 20), binding.Status.INVALID_VALUE,
+     "tf_resize_normalize_planned: plan_bytes = -1 is outside the range of its C type size_t"),
     (lambda lib: binding.nms_params(0.3, 1.0, True, 2**32 + 100, 50), binding.Status.INVALID_SIZE,
      "tf_nms_params: image_height = 4294967396 is outside the range of its C type int32_t, "
      "[-2147483648, 2147483647]"),

@@ -506,12 +506,17 @@ class DeviceBuffer:
         check(self._rt.cudaMemcpyAsync(self.ptr + offset, host.ctypes.data, host.nbytes, kind,
                                        _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
 
-    def download(self, array: np.ndarray, stream: Stream | int | None = None) -> np.ndarray:
-        """Copies the start of the buffer into a C-contiguous host array; returns ``array``."""
+    def download(self, array: np.ndarray, stream: Stream | int | None = None,
+                 offset: int = 0) -> np.ndarray:
+        """Copies the buffer's bytes from ``offset`` on into a C-contiguous host array;
+        returns ``array``."""
         host = _host_view(array, writable=True)
-        self._check_size(host.nbytes, "download")
+        offset = int(offset)
+        if offset < 0:
+            raise TinyFacesError(f"download: offset {offset} is negative")
+        self._check_size(offset + host.nbytes, "download")
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        check(self._rt.cudaMemcpyAsync(host.ctypes.data, self.ptr, host.nbytes, kind,
+        check(self._rt.cudaMemcpyAsync(host.ctypes.data, self.ptr + offset, host.nbytes, kind,
                                        _stream_handle(stream)), "cudaMemcpyAsync (device to host)")
         return array
 

@@ -157,7 +157,11 @@ class CudaPreprocessor:
         consumer = runner_stream if runner_stream is not None else self.stream
         self._to_runner = StreamOrder(self.stream, consumer)
         self._from_runner = StreamOrder(consumer, self.stream)
-        self._scale, self._bias = config.normalization.scale_and_bias()
+        from tinyfaces_trt.kernels.binding import floats3
+
+        # made once: the library takes them as C float[3] at every resize
+        self._scale, self._bias = (floats3(v, name) for v, name in zip(
+            config.normalization.scale_and_bias(), ("channel_scale", "channel_bias")))
         self._staging = _Scratch(PinnedBuffer)
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
@@ -173,9 +177,7 @@ class CudaPreprocessor:
         """Stages the images in pinned memory and queues their async upload, chunk by chunk
         as they are copied (:mod:`.staging`), at a pyramid's first level, or when other arrays
         come than for the last level."""
-        same = len(images) == len(self._sources) and \
-            all(a is b for a, b in zip(images, self._sources))
-        if same and not first_level:
+        if self._same_sources(images) and not first_level:
             return
         nbytes = sum(image.nbytes for image in images)
         if self._uploaded is not None:
@@ -192,13 +194,19 @@ class CudaPreprocessor:
             self._uploaded.record(self.stream)
         self._sources = list(images)
 
+    def _same_sources(self, images: Sequence[np.ndarray]) -> bool:
+        """Whether ``images`` are the very arrays uploaded last (checked then)."""
+        return len(images) == len(self._sources) and \
+            all(a is b for a, b in zip(images, self._sources))
+
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> DeviceArray:
         """(H, W, 3) uint8 RGB -> the level's (1, 3, h, w) float32 input on the device."""
         return self.prepare_batch([image], level)
 
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> DeviceArray:
         """N (H, W, 3) uint8 RGB images of one size -> the level's (N, 3, h, w) float32 input."""
-        images = validate_batch(images)
+        if level.index == 0 or not self._same_sources(images):
+            images = validate_batch(images)
         height, width = images[0].shape[:2]
         if level.index == 0:
             require_current_device(self.device, "this detector (its CUDA resize)")
@@ -221,11 +229,12 @@ class CudaPreprocessor:
             out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
         plan, plan_bytes, ws_bytes = self._plan(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
-        for i in range(n):
+        stream = self.stream.handle
+        for i in range(n):  # plain ints: the binding's fast path
             self.lib.resize_normalize_planned(
                 self._images.buffer.ptr + i * images[0].nbytes, height, width,
-                out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan, plan_bytes,
-                workspace, workspace.nbytes, self.stream)
+                out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan.ptr, plan_bytes,
+                workspace.ptr, workspace.nbytes, stream)
         self._to_runner.after()
         return DeviceArray(out.ptr, (n, 3, h, w), np.float32, owner=out, stream=self.stream)
 
@@ -307,7 +316,7 @@ class _ImageCandidates:
         if capacity > self.capacity:
             self.buffer.get(lib.candidates_size(capacity))
             self.capacity = capacity
-        lib.candidates_reset(self.buffer.buffer, stream)
+        lib.candidates_reset(self.buffer.buffer.ptr, stream.handle)
         self.key_base = 0
 
 
@@ -365,13 +374,14 @@ class CudaPostprocessor:
         self._count = 0
         self._scores = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)
-        self._out = _Scratch(stream=self.stream)
-        self._stats = _Scratch(stream=self.stream)
+        # NMS's counters (16 bytes) and then its rows: downloaded in one copy
+        self._results = _Scratch(stream=self.stream)
         # the counters and the first kept rows (grown only after the stream is waited for: an
         # interrupted image may have left a download into it queued)
         self._host = _Scratch(PinnedBuffer, stream=self.stream)
         self._host_views: tuple[Any, ...] | None = None  # its buffer, rows, counters, rows' view
         self._nms_workspace_bytes: dict[int, int] = {}  # by NMS size
+        self._nms_params: dict[tuple[Any, ...], Any] = {}  # by config values and image size
         self._image_hw: tuple[int, int] | None = None
         self.last_stats: dict[str, int] = {}
         # host work done once per image size / level scale, not per image (~0.2 ms each)
@@ -441,9 +451,10 @@ class CudaPostprocessor:
                 self.config.logit_thresh, self.config.stride, self.config.offset, level.scale)
             _remember(self._decode_params, level.scale, params)
         per_image = NUM_CHANNELS * h * w * 4
+        stream = self.stream.handle  # plain ints: the binding's fast path
         for i, image in enumerate(self._images[:self._count]):
             self.lib.decode_level(arr.ptr + i * per_image, h, w, params, image.key_base,
-                                  image.buffer.buffer, image.capacity, self.stream)
+                                  image.buffer.buffer.ptr, image.capacity, stream)
             image.key_base += NUM_TEMPLATES * h * w
         self._before_runner.after()  # the runner's next output may reuse this memory
 
@@ -457,34 +468,46 @@ class CudaPostprocessor:
             ws_bytes = self._nms_workspace_bytes[max_candidates] = \
                 lib.nms_workspace_size(max_candidates)
         workspace = self._workspace.get(ws_bytes)
-        out = self._out.get(max_candidates * 5 * 4)
-        stats = self._stats.get(b.NMS_STATS_DTYPE.itemsize)
-        height, width = self._image_hw
-        # clipped on the host after the boxes outside the image are dropped, as the numpy path
-        params = b.nms_params(self.config.nms_thresh, self.config.box_pixel_offset, False,
-                              height, width, self.nms_rule,
-                              score_logit=self.config.score == "logit")
-        # every pointer and value the launches bake in; the image's size only where NMS clips
-        key = (image.buffer.buffer.ptr, image.capacity, max_candidates, workspace.ptr, ws_bytes,
-               out.ptr, stats.ptr, params.nms_thresh, params.pixel_offset, params.clip,
-               params.lookahead, params.score_logit,
-               *((params.image_height, params.image_width) if params.clip else ()))
-        self._enqueue_nms(key, lambda stream: lib.nms(image.buffer.buffer, image.capacity, params,
-                                                      max_candidates, workspace, ws_bytes, out,
-                                                      stats, stream))
         stats_bytes = b.NMS_STATS_DTYPE.itemsize  # 16: the rows after it stay aligned
+        results = self._results.get(stats_bytes + max_candidates * 5 * 4)
+        params, values = self._nms_params_for(*self._image_hw)
+        # every pointer and value the launches bake in (`values`: the parameters')
+        key = (image.buffer.buffer.ptr, image.capacity, max_candidates, workspace.ptr, ws_bytes,
+               results.ptr, *values)
+        self._enqueue_nms(key, lambda stream: lib.nms(
+            image.buffer.buffer.ptr, image.capacity, params, max_candidates, workspace.ptr,
+            ws_bytes, results.ptr + stats_bytes, results.ptr, stream))
         rows = min(max_candidates, PREFETCH_ROWS)
         nbytes = stats_bytes + rows * 5 * 4
         pinned = self._host.get(nbytes)
         if self._host_views is None or self._host_views[:2] != (pinned, rows):
             host = pinned.array(nbytes)
-            self._host_views = (pinned, rows, host[:stats_bytes].view(b.NMS_STATS_DTYPE),
+            self._host_views = (pinned, rows, host, host[:stats_bytes].view(b.NMS_STATS_DTYPE),
                                 host[stats_bytes:].view(np.float32).reshape(rows, 5))
-        counters, prefetched = self._host_views[2:]
-        stats.download(counters, self.stream)
-        out.download(prefetched, self.stream)
+        host, counters, prefetched = self._host_views[2:]
+        results.download(host, self.stream)  # the counters and the first rows, in one copy
         self.stream.synchronize()
         return counters[0].copy(), prefetched
+
+    def _nms_params_for(self, height: int, width: int) -> tuple[Any, tuple[Any, ...]]:
+        """``tf_nms_params`` of the config and image size (made once per set of values) and
+        the values a captured NMS bakes in: the image's size only where NMS clips, which it
+        does not here (the boxes are clipped on the host after the ones outside the image are
+        dropped, as the numpy path does)."""
+        config = self.config
+        wanted = (config.nms_thresh, config.box_pixel_offset, self.nms_rule, config.score,
+                  height, width)
+        kept = self._nms_params.get(wanted)
+        if kept is None:
+            params = self._binding.nms_params(config.nms_thresh, config.box_pixel_offset, False,
+                                              height, width, self.nms_rule,
+                                              score_logit=config.score == "logit")
+            values = (params.nms_thresh, params.pixel_offset, params.clip, params.lookahead,
+                      params.score_logit,
+                      *((params.image_height, params.image_width) if params.clip else ()))
+            kept = (params, values)
+            _remember(self._nms_params, wanted, kept)
+        return kept
 
     def _enqueue_nms(self, key: tuple[Any, ...], enqueue: Callable[[Stream], None]) -> None:
         """Queues NMS on the stream: ``enqueue``'s launches at the first use of ``key`` (a
@@ -557,7 +580,8 @@ class CudaPostprocessor:
             boxes = prefetched[:kept].copy()
         else:  # more than came with the counters
             boxes = np.empty((kept, 5), np.float32)
-            self._out.buffer.download(boxes, self.stream)
+            self._results.buffer.download(boxes, self.stream,
+                                          offset=b.NMS_STATS_DTYPE.itemsize)
             self.stream.synchronize()
         return finish_boxes(boxes, self._image_hw, self.config)
 
@@ -596,7 +620,7 @@ class CudaPostprocessor:
         self._host_views = None
         if self._capture_stream is not None:
             self._capture_stream.close()
-        for scratch in (self._scores, self._workspace, self._out, self._stats, self._host):
+        for scratch in (self._scores, self._workspace, self._results, self._host):
             scratch.free()
         self._after_runner.close()
         self._before_runner.close()
