@@ -498,3 +498,23 @@ def test_a_size_where_no_backend_ran_has_no_empty_table_or_panel(latency, tmp_pa
     assert (tmp_path / "p.png").stat().st_size > 0
     assert bench_report.write_plot({**result, "sizes": [empty]}, tmp_path / "q.png") == \
         "nothing was measured"
+
+
+def test_host_overhead_times_the_cuda_stages_host_work_without_a_gpu(tmp_path):
+    """benchmarks/host_overhead.py: the CUDA stages over stand-ins for the runtime and the
+    kernels (in a process of its own: it replaces cuda_device's runtime)."""
+    out = tmp_path / "host.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
+                           "--image-size", "640x480", "--repeat", "5", "--rounds", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("host time per call, GPU calls stubbed, 640x480, medians of 5;")
+    result = json.loads(out.read_text())
+    assert result["image_size"] == [640, 480] and result["repeat"] == 5
+    assert len(result["rounds_us"]) == 2
+    assert list(result["rounds_us"][0]) == ["prepare levels 1-5", "decode + NMS, one level",
+                                            "decode + NMS, all 6 levels"]
+    assert all(v > 0 for r in result["rounds_us"] for v in r.values())
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
+                          "--repeat", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--repeat and --rounds must be at least 1" in bad.stderr
