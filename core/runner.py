@@ -30,6 +30,12 @@ and declares what it can do in :attr:`NetworkRunner.capabilities`:
   device (torch-cuda: small levels on streams of their own); it returns one score map per
   input, all valid until the runner's next call. The detector then prepares every level,
   makes that one call, and decodes them in turn.
+- ``input_buffers``: the runner also has ``input_buffer(shape)``, which gives the device array
+  (C-contiguous float32 of exactly ``shape``) that ``run`` / ``run_levels`` read without a copy
+  when it is the input given, or None (torch-cuda: a captured CUDA graph's static input). A
+  preprocessor may then resize a level straight into it: its writes must come after the
+  runner's earlier work (on the runner's stream, or ordered after it by an event), and no two
+  inputs of one call may be the same buffer.
 
 Every runner refuses another input with the same :class:`NetworkInputError`: a host array
 through :func:`check_network_input`, a device array or tensor through
@@ -70,6 +76,7 @@ class RunnerCapabilities:
     device: int | None = None
     gpu: bool = False
     concurrent_levels: bool = False
+    input_buffers: bool = False
 
     @property
     def on_gpu(self) -> bool:
@@ -209,6 +216,7 @@ RUNNER_MEMBERS = ("capabilities", "stream", "run", "check_levels", "warmup", "sy
                   "close")
 #: The member a runner declaring ``capabilities.concurrent_levels`` has too.
 CONCURRENT_LEVELS_MEMBER = "run_levels"
+INPUT_BUFFERS_MEMBER = "input_buffer"
 
 
 _Held = TypeVar("_Held")
@@ -272,14 +280,19 @@ def require_runner(runner: object) -> NetworkRunner:
 
     Raises:
         TypeError: a member is missing (naming each, and :class:`RunnerBase` for defaults;
-            ``run_levels`` where ``capabilities.concurrent_levels`` is declared), or
+            ``run_levels`` where ``capabilities.concurrent_levels`` is declared, ``input_buffer``
+            where ``input_buffers`` is), or
             ``capabilities`` is not a :class:`RunnerCapabilities`.
     """
     require_members(runner, RUNNER_MEMBERS, "NetworkRunner",
                     "; subclass tinyfaces_trt.core.runner.RunnerBase for the host defaults")
-    if capabilities_of(runner).concurrent_levels:
+    caps = capabilities_of(runner)
+    if caps.concurrent_levels:
         require_members(runner, (CONCURRENT_LEVELS_MEMBER,), "NetworkRunner",
                         " although its capabilities declare concurrent_levels")
+    if caps.input_buffers:
+        require_members(runner, (INPUT_BUFFERS_MEMBER,), "NetworkRunner",
+                        " although its capabilities declare input_buffers")
     return runner  # type: ignore[return-value]
 
 

@@ -303,9 +303,11 @@ class _Captured:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Replays the graph on ``x``, which may hold fewer images than the graph: the rows
         after them keep the last input (finite numbers, each row computed on its own) and
-        their outputs are left out."""
+        their outputs are left out. ``x`` may be the static input itself (written there by
+        a preprocessor: :meth:`TorchCudaRunner.input_buffer`): then nothing is copied."""
         n = x.shape[0]
-        self.static_in[:n].copy_(x)  # on the current (the runner's) stream
+        if x.data_ptr() != self.static_in.data_ptr():
+            self.static_in[:n].copy_(x)  # on the current (the runner's) stream
         self.graph.replay()
         return self.static_out if n == self.static_out.shape[0] else self.static_out[:n]
 
@@ -390,7 +392,8 @@ class TorchCudaRunner(RunnerBase):
         self.cache_dir = cache_dir
         self.capabilities = RunnerCapabilities(device_io=device.type == "cuda", batch=True,
                                                device=device.index,
-                                               concurrent_levels=concurrent_levels)
+                                               concurrent_levels=concurrent_levels,
+                                               input_buffers=device.type == "cuda")
         self._leases: list[tuple[torch.device, tuple[Any, torch.cuda.Stream]]] = []
         self._give_back = weakref.finalize(self, _give_back_all, self._leases)  # or at close()
         self._stream = self._make_stream(stream) if device.type == "cuda" else None
@@ -468,6 +471,21 @@ class TorchCudaRunner(RunnerBase):
                 return scores
             with self._reading([net_input]) as (x,):
                 return self._run_shape(x)
+
+    def input_buffer(self, shape: Sequence[int]) -> torch.Tensor | None:
+        """The static input of ``shape``'s CUDA graph, where it has one: an input written
+        there (the CUDA preprocessor resizes a level straight into it) is read by :meth:`run`
+        and :meth:`run_levels` without the copy into the graph. None where ``shape`` has no
+        graph of its own (yet), or on the CPU. Write into it only after this runner's earlier
+        work (its :attr:`stream`); it stays valid while referenced, even once the graph is
+        dropped."""
+        if self._closed or self._stream is None:
+            return None
+        shape = tuple(int(d) for d in shape)
+        fn = self._callables.get(shape)
+        if isinstance(fn, _Captured) and tuple(fn.static_in.shape) == shape:
+            return fn.static_in
+        return None
 
     def run_levels(self, net_inputs: Sequence[Any]) -> list[Any]:
         """Several pyramid levels' inputs (one image or batch) -> their score maps, as

@@ -287,6 +287,39 @@ def test_preprocessor_makes_each_resize_plan_once(stream, monkeypatch):
     assert pre._plans == {}
 
 
+def test_preprocessor_resizes_into_the_runners_own_input_buffers(stream):
+    """input_buffers (a runner's input_buffer): a level whose shape the runner has a buffer
+    for goes straight into it (no level buffer here, no copy in the runner); a second level of
+    the same shape in one pyramid, and shapes the runner has none for, get buffers here."""
+    config = DetectorConfig()
+    runner_buffers = {}
+
+    def input_buffer(shape):
+        if shape != (1, 3, 20, 26):
+            return None
+        if shape not in runner_buffers:
+            buf = cuda_device.DeviceBuffer(4 * math.prod(shape))
+            runner_buffers[shape] = cuda_device.DeviceArray(buf.ptr, shape, np.float32, owner=buf)
+        return runner_buffers[shape]
+
+    pre = stages.CudaPreprocessor(config, stream=stream, input_buffers=input_buffer)
+    rng = np.random.default_rng(19)
+    levels = [PyramidLevel(0, 0.0, 1.0, 40, 52), PyramidLevel(1, -1.0, 0.5, 20, 26),
+              PyramidLevel(2, -1.0, 0.5, 20, 26)]  # two levels of one shape (a stand-in)
+    for image in (rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(2)):
+        inputs = [pre.prepare(image, level) for level in levels]
+        want = [normalize(resize_bilinear_aa(image, lv.height, lv.width), config) for lv in levels]
+        theirs = runner_buffers[(1, 3, 20, 26)]
+        assert inputs[1].ptr == theirs.ptr and inputs[1].owner is theirs
+        assert inputs[0].ptr == pre._levels[0].ptr and inputs[2].ptr == pre._levels[2].ptr
+        assert sorted(pre._levels) == [0, 2]  # none made for level 1
+        for got, expected in zip(inputs, want):
+            np.testing.assert_allclose(got.download(), expected, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(theirs.download(), want[1], rtol=0, atol=1e-4)
+    pre.close()
+    runner_buffers[(1, 3, 20, 26)].owner.free()
+
+
 def test_preprocessor_refuses_no_staging_threads(stream):
     with pytest.raises(ValueError, match="staging_threads = 0: expected 1 or more"):
         stages.CudaPreprocessor(DetectorConfig(), stream=stream, staging_threads=0)
@@ -300,7 +333,7 @@ def test_preprocessor_keeps_its_level_buffers_across_image_sizes(stream, monkeyp
     class Counted(stages.DeviceBuffer):
         def __init__(self, nbytes):
             super().__init__(nbytes)
-            if sys._getframe(1).f_code.co_name == "prepare_batch":  # a level's, not a plan's
+            if sys._getframe(1).f_code.co_name == "_destination":  # a level's, not a plan's
                 made.append(nbytes)
 
     monkeypatch.setattr(stages, "DeviceBuffer", Counted)

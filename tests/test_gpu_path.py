@@ -337,6 +337,44 @@ def test_what_is_not_a_runner_or_a_stage_is_refused_naming_what_it_lacks():
         Detector(HostRunner(), config, preprocessor=HostPostprocessor(config))
 
 
+def test_a_runner_with_input_buffers_gets_its_levels_resized_into_them(monkeypatch):
+    """capabilities.input_buffers: detector_for hands the runner's input_buffer to the CUDA
+    preprocessor, which asks it for each level's shape and resizes into what it gives; a
+    runner declaring it without the member is refused."""
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    monkeypatch.setattr(cuda_stages, "_load", lambda library: FakeKernels(log))
+    asked = []
+
+    class WithInputs(FakeDeviceRunner):
+        capabilities = RunnerCapabilities(device_io=True, batch=True, input_buffers=True)
+
+        def input_buffer(self, shape):
+            asked.append(shape)
+            if shape[2:] != (levels[-1].height, levels[-1].width):
+                return None
+            return DeviceMap(0xCAFE00, shape)
+
+    levels: list = []
+    detector = detector_for(WithInputs(log, handle=7), DetectorConfig())
+    levels[:] = detector.plan(40, 56)
+    detector.detect(synthetic_image(40, 56))
+    assert asked == [(1, 3, lv.height, lv.width) for lv in levels]
+    resizes = [c for c in log.calls if c[0] == "resize"]
+    assert [c[2] == 0xCAFE00 for c in resizes] == [False] * (len(levels) - 1) + [True]
+    runs = [c for c in log.calls if c[0] == "run"]
+    assert runs[-1][1] == 0xCAFE00  # the network read it where it was written
+    detector.close()
+
+    class Declares(RunnerBase):
+        capabilities = RunnerCapabilities(device_io=True, input_buffers=True)
+
+    with pytest.raises(TypeError, match="^Declares is not a NetworkRunner: it has no "
+                                        "input_buffer although its capabilities declare "
+                                        "input_buffers$"):
+        Detector(Declares(), DetectorConfig())
+
+
 class _Counting:
     """Counts synchronize() and close() calls of the part it is mixed into."""
 

@@ -294,6 +294,31 @@ def test_a_captured_graph_takes_a_smaller_batch_in_its_static_input():
     assert captured(torch.ones((4, 3, 2, 2))) is captured.static_out  # full batch: no slice
 
 
+def test_a_captured_graph_reads_its_static_input_in_place_without_a_copy():
+    """An input that is the static input itself (a preprocessor resized into it through
+    TorchCudaRunner.input_buffer) is not copied onto itself: torch would copy (the alias is
+    a new storage over the same memory), the version counter shows any in-place write."""
+    captured = object.__new__(torch_cuda._Captured)
+    captured.static_in = torch.arange(48, dtype=torch.float32).reshape(4, 3, 2, 2)
+    captured.static_out = torch.zeros((4, 3, 2, 2))
+    captured.graph = SimpleNamespace(
+        replay=lambda: captured.static_out.copy_(captured.static_in * 2))
+    written = captured.static_in._version
+    alias = torch.from_numpy(captured.static_in.numpy())  # another tensor, the same memory
+    torch.testing.assert_close(captured(alias), alias * 2)
+    assert captured.static_in._version == written
+    other = torch.ones((4, 3, 2, 2))
+    torch.testing.assert_close(captured(other), other * 2)
+    assert captured.static_in._version == written + 1  # an input elsewhere is copied in
+
+
+def test_a_cpu_runner_gives_no_input_buffers():
+    runner = TorchCudaRunner(stand_in(), device="cpu", dtype=torch.float32, mode="eager")
+    assert runner.capabilities.input_buffers is False
+    assert runner.input_buffer((1, 3, 16, 16)) is None
+    runner.close()
+
+
 def test_detector_over_the_runner_matches_the_torch_reference():
     model, config = stand_in(), DetectorConfig()
     image = synthetic_image(48, 64, seed=3)

@@ -358,6 +358,35 @@ def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint,
         np.testing.assert_array_equal(want, got)
 
 
+def test_the_cuda_resize_writes_straight_into_the_graphs_static_inputs(checkpoint, seeded):
+    """capabilities.input_buffers: once the shapes are captured, each level is resized into
+    its graph's static input (no copy into the graph), with exactly the boxes of the same
+    detector resizing into buffers of its own."""
+    from tinyfaces_trt.core.errors import BackendUnavailableError
+    from tinyfaces_trt.kernels import load_library
+    from tinyfaces_trt.runtime.backends import detector_owning
+
+    try:
+        load_library()
+    except BackendUnavailableError as exc:
+        pytest.skip(f"kernel library not available: {exc}")
+    model, config = seeded
+    images = [synthetic_image(360, 640, seed=seed) for seed in (0, 1)]
+    runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True, concurrent_levels=True)
+    with detector_owning(runner, config, gpu_stages=True) as detector:
+        detector.warmup([(360, 640)])
+        pre = detector.preprocessor
+        direct = [detector.detect(image) for image in images]
+        shapes = [(1, 3, lv.height, lv.width) for lv in detector.plan(360, 640)]
+        assert pre._taken == {runner.input_buffer(shape).data_ptr() for shape in shapes}
+        pre._input_buffers = None  # the preprocessor's own level buffers, copied into the graphs
+        copied = [detector.detect(image) for image in images]
+        _assert_captured(runner)
+    for want, got in zip(copied, direct):
+        assert len(want) > 0
+        np.testing.assert_array_equal(want, got)
+
+
 def test_factory_builds_fp16_fused_graphs_by_default(checkpoint, tmp_path):
     from tinyfaces_trt.detectors import available_backends, create_detector
 

@@ -260,7 +260,8 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
     """A :class:`Detector` over ``runner`` with the stages its capabilities call for.
 
     A device-I/O runner gets the CUDA resize and decode+NMS stages on its own stream (one
-    stream: no event, no host wait between stages); a host runner the numpy stages.
+    stream: no event, no host wait between stages), the resize writing into the runner's own
+    input buffers where it declares ``input_buffers``; a host runner the numpy stages.
 
     Args:
         runner: any :class:`~tinyfaces_trt.core.runner.NetworkRunner`.
@@ -282,7 +283,9 @@ def detector_for(runner: NetworkRunner, config: DetectorConfig,
 
         if caps.device is not None:  # the stages are made on the current device
             require_current_device(caps.device, f"the runner ({type(runner).__name__})")
-        pre, post = cuda_stages(config, runner_stream=runner.stream)
+        pre, post = cuda_stages(config, runner_stream=runner.stream,
+                                input_buffers=runner.input_buffer  # type: ignore[attr-defined]
+                                if caps.input_buffers else None)
     except BackendUnavailableError as exc:
         if gpu_stages:
             raise

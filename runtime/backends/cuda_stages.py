@@ -137,6 +137,10 @@ class CudaPreprocessor:
         staging_threads: threads that copy each image into page-locked memory, this one
             included (default :func:`~.staging.staging_threads`: up to 4); 1 copies in this
             thread alone. Either way the upload starts with the first chunk copied.
+        input_buffers: the runner's ``input_buffer(shape)`` (``capabilities.input_buffers``):
+            a level whose shape it gives a buffer for is resized straight into it (the runner
+            then reads it without a copy), unless an earlier level of the same pyramid took
+            that buffer; the runner must work on ``stream`` or ``runner_stream``.
 
     Raises:
         BackendUnavailableError: no cuda-python, GPU or built kernel library.
@@ -144,7 +148,8 @@ class CudaPreprocessor:
 
     def __init__(self, config: DetectorConfig, stream: Stream | int | None = None,
                  library: Any = None, runner_stream: Stream | int | None = None,
-                 staging_threads: int | None = None) -> None:
+                 staging_threads: int | None = None,
+                 input_buffers: Callable[[tuple[int, ...]], Any] | None = None) -> None:
         if staging_threads is not None and int(staging_threads) < 1:
             raise ValueError(f"staging_threads = {staging_threads!r}: expected 1 or more")
         _require_gpu()
@@ -169,6 +174,8 @@ class CudaPreprocessor:
         # resize plans (coefficients, made once) and workspace bytes, by source and level size
         self._plans: dict[tuple[int, int, int, int], tuple[DeviceBuffer, int, int]] = {}
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
+        self._input_buffers = input_buffers
+        self._taken: set[int] = set()  # the runner's buffers this pyramid's levels went into
         self._sources: list[np.ndarray] = []
         self._closed = False
         self.device = cuda_device.current_device()  # where the buffers are made
@@ -214,29 +221,46 @@ class CudaPreprocessor:
         if level.index == 0:
             self._from_runner.after()
         n, h, w = len(images), int(level.height), int(level.width)
-        # One buffer per level index, even where two levels' shapes coincide (the network may
-        # still read one level while the next is resized), kept across image sizes and grown
-        # to the largest seen: a service alternating sizes allocates nothing after the first
-        # of each (a cudaFree waits for the whole device).
-        out = self._levels.get(level.index)
-        if out is None or out.nbytes < n * 3 * h * w * 4:
-            if out is not None:
-                del self._levels[level.index]  # gone even when the larger one cannot be had
-                # an interrupted image's work may still read it (the runner's too: this
-                # stream waits for it since this image's first level)
-                self.stream.synchronize()
-                out.free()
-            out = self._levels[level.index] = DeviceBuffer(n * 3 * h * w * 4)
+        out, owner = self._destination(level.index, (n, 3, h, w))
         plan, plan_bytes, ws_bytes = self._plan(height, width, h, w)
         workspace = self._workspace.get(ws_bytes)
         stream = self.stream.handle
         for i in range(n):  # plain ints: the binding's fast path
             self.lib.resize_normalize_planned(
                 self._images.buffer.ptr + i * images[0].nbytes, height, width,
-                out.ptr + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan.ptr, plan_bytes,
+                out + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan.ptr, plan_bytes,
                 workspace.ptr, workspace.nbytes, stream)
         self._to_runner.after()
-        return DeviceArray(out.ptr, (n, 3, h, w), np.float32, owner=out, stream=self.stream)
+        return DeviceArray(out, (n, 3, h, w), np.float32, owner=owner, stream=self.stream)
+
+    def _destination(self, index: int, shape: tuple[int, int, int, int]) -> tuple[int, Any]:
+        """Where level ``index``'s input goes (its address and the object keeping it): the
+        runner's own input buffer for the shape where it gives one (no copy into its graph)
+        and no earlier level of this pyramid took it, else the level's buffer here."""
+        if index == 0:
+            self._taken = set()
+        if self._input_buffers is not None:
+            given = self._input_buffers(shape)
+            if given is not None:
+                arr = cuda_device.as_device_array(given)
+                if arr.shape == shape and arr.dtype == np.float32 and arr.ptr not in self._taken:
+                    self._taken.add(arr.ptr)
+                    return arr.ptr, given
+        # One buffer per level index, even where two levels' shapes coincide (the network may
+        # still read one level while the next is resized), kept across image sizes and grown
+        # to the largest seen: a service alternating sizes allocates nothing after the first
+        # of each (a cudaFree waits for the whole device).
+        nbytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+        out = self._levels.get(index)
+        if out is None or out.nbytes < nbytes:
+            if out is not None:
+                del self._levels[index]  # gone even when the larger one cannot be had
+                # an interrupted image's work may still read it (the runner's too: this
+                # stream waits for it since this image's first level)
+                self.stream.synchronize()
+                out.free()
+            out = self._levels[index] = DeviceBuffer(nbytes)
+        return out.ptr, out
 
     def _plan(self, height: int, width: int, h: int, w: int) -> tuple[DeviceBuffer, int, int]:
         """The resize plan (filter coefficients) of one source and level size, queued on the
@@ -630,16 +654,19 @@ class CudaPostprocessor:
 
 
 def cuda_stages(config: DetectorConfig, stream: Stream | int | None = None, library: Any = None,
-                runner_stream: Stream | int | None = None
+                runner_stream: Stream | int | None = None,
+                input_buffers: Callable[[tuple[int, ...]], Any] | None = None
                 ) -> tuple[CudaPreprocessor, CudaPostprocessor]:
     """A :class:`CudaPreprocessor` and :class:`CudaPostprocessor` sharing one stream
     (default: ``runner_stream`` when given, so that no event is needed, else a new one, which
-    the postprocessor's ``close()`` destroys: a :class:`Detector` closes it last of the two)."""
+    the postprocessor's ``close()`` destroys: a :class:`Detector` closes it last of the two);
+    ``input_buffers``: the runner's ``input_buffer`` (:class:`CudaPreprocessor`)."""
     made = stream is None and runner_stream is None
     stream = as_stream(stream if stream is not None else runner_stream)
     pre = post = None
     try:
-        pre = CudaPreprocessor(config, stream, library, runner_stream)
+        pre = CudaPreprocessor(config, stream, library, runner_stream,
+                               input_buffers=input_buffers)
         post = CudaPostprocessor(config, stream, library, runner_stream)
     except BaseException:
         if pre is not None:
