@@ -93,12 +93,14 @@ def _time_size(width: int, height: int, rounds: int, warmup: int) -> dict[str, A
                 if k >= warmup:
                     copy_s[i].append(copied - start)
                     both_s[i].append(done - copied)
-        stream.synchronize()
-        landed = np.empty(nbytes, np.uint8)
-        device.download(landed, stream)
-        stream.synchronize()
-    if not np.array_equal(landed, image.reshape(-1)):
-        raise RuntimeError("the uploaded image differs from the host image")
+        blank = np.zeros(nbytes, np.uint8)
+        for name, threads, chunk in timed:  # each way's landing, on a cleared device buffer
+            device.upload(blank, stream)
+            staging.stage_and_upload([image], pinned, upload, threads, chunk)
+            landed = device.download(np.empty(nbytes, np.uint8), stream)
+            stream.synchronize()
+            if not np.array_equal(landed, image.reshape(-1)):
+                raise RuntimeError(f"{name}: the uploaded image differs from the host image")
     return {"image_size": [width, height], "bytes": nbytes,
             "ways": [{"name": name, "threads": threads,
                       "chunks": len(staging.chunk_ranges(nbytes, chunk)),

@@ -473,10 +473,11 @@ class TorchCudaRunner(RunnerBase):
                 return self._run_shape(x)
 
     def input_buffer(self, shape: Sequence[int]) -> torch.Tensor | None:
-        """The static input of ``shape``'s CUDA graph, where it has one: an input written
-        there (the CUDA preprocessor resizes a level straight into it) is read by :meth:`run`
-        and :meth:`run_levels` without the copy into the graph. None where ``shape`` has no
-        graph of its own (yet), or on the CPU. Write into it only after this runner's earlier
+        """The static input of ``shape``'s CUDA graph, where it has one of its own (then
+        :meth:`run` and :meth:`run_levels` replay that graph for ``shape``): an input written
+        there (the CUDA preprocessor resizes a level straight into it) is read without the
+        copy into the graph. None where ``shape`` has no graph of its own (yet: it runs
+        eagerly, or padded into a larger batch's graph), or on the CPU. Write into it only after this runner's earlier
         work (its :attr:`stream`); it stays valid while referenced, even once the graph is
         dropped."""
         if self._closed or self._stream is None:

@@ -475,6 +475,18 @@ def test_resize_plans_refuse_what_a_workspace_refuses(kh):
             (lambda: planned(ws_n=ws_bytes - 1), S.WORKSPACE_TOO_SMALL,
              f"workspace_bytes = {ws_bytes - 1}, need {ws_bytes}"),
             (lambda: planned(ws_at=ws.ptr + 4), S.MISALIGNED, "workspace is not 16-byte aligned"),
+            # NULL pointers first, before the sizes, as tf_resize_normalize reports them
+            (lambda: kh.lib.resize_plan(0, w, dh, dw, 0, plan_bytes, kh.stream),
+             S.NULL_POINTER, "plan is NULL"),
+            (lambda: kh.lib.resize_normalize_planned(src, 0, w, dst, dh, dw, (1, 1, 1), (0, 0, 0),
+                                                     plan, plan_bytes, 0, ws_bytes, kh.stream),
+             S.NULL_POINTER, "workspace is NULL"),
+            (lambda: kh.lib.resize_normalize_planned(src, 0, w, dst, dh, dw, (1, 1, 1), (0, 0, 0),
+                                                     0, plan_bytes, 0, ws_bytes, kh.stream),
+             S.NULL_POINTER, "plan is NULL"),
+            (lambda: kh.lib.resize_normalize(src, 0, w, dst, dh, dw, (1, 1, 1), (0, 0, 0), 0,
+                                             ws_bytes, kh.stream),
+             S.NULL_POINTER, "workspace is NULL"),
         ]
         for call, status, message in cases:
             with pytest.raises(binding.KernelError, match=message) as info:

@@ -226,9 +226,17 @@ def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, thread
     uploaded to its place as it is copied; the levels are the host path's."""
     from tinyfaces_trt.runtime.backends import staging
 
+    import threading
+
     monkeypatch.setattr(staging, "CHUNK_BYTES", 1000)
-    uploads = []
-    real_upload = cuda_device.DeviceBuffer.upload
+    uploads, copiers = [], set()
+    real_upload, real_copy = cuda_device.DeviceBuffer.upload, staging._copy_range
+
+    def copy_range(*args):
+        copiers.add(threading.current_thread().name.startswith("tinyfaces-staging"))
+        real_copy(*args)
+
+    monkeypatch.setattr(staging, "_copy_range", copy_range)
 
     def upload(self, array, stream=None, offset=0):
         uploads.append((offset, array.nbytes))
@@ -248,13 +256,15 @@ def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, thread
     nbytes = 3 * 37 * 53 * 3
     assert uploads == [(s, e - s) for s, e in staging.chunk_ranges(nbytes)]  # once per image
     assert len(uploads) == 16
+    assert copiers == ({False, True} if threads > 1 else {False})  # helpers copied too
     pre.close()
 
 
 def test_preprocessor_makes_each_resize_plan_once(stream, monkeypatch):
-    """The filter coefficients of a source and level size are computed at their first use
-    only (a kernel less per level and image after it); past RESIZE_PLANS plans all are
-    dropped and made again as needed, and every level stays the host path's."""
+    """The filter coefficients of a source and level size get a plan at the pair's second
+    use (sizes that never repeat make none), and are not computed again after it (a kernel
+    less per level and image); past RESIZE_PLANS plans all are dropped and made again as
+    needed, and every level stays the host path's."""
     config = DetectorConfig()
     pre = stages.CudaPreprocessor(config, stream=stream)
     made = []
@@ -276,8 +286,11 @@ def test_preprocessor_makes_each_resize_plan_once(stream, monkeypatch):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
     run(30, 40)
+    assert made == []  # a first use: the coefficients made in the resize call
+    run(30, 40)
     run(30, 40)
     assert made == [(30, 40, 30, 40), (30, 40, 15, 20)]
+    run(36, 44)
     run(36, 44)  # a third plan, then the fourth drops all three first
     run(30, 40)
     assert made == [(30, 40, 30, 40), (30, 40, 15, 20), (36, 44, 36, 44), (36, 44, 18, 22),

@@ -129,12 +129,19 @@ def test_the_image_upload_benchmark_refuses_a_wrong_landing(monkeypatch, tmp_pat
     bench_upload = importlib.import_module("bench_upload")
     from tinyfaces_trt.runtime.backends import staging
 
-    real = staging._copy_range
-    monkeypatch.setattr(staging, "_copy_range", lambda pinned, sources, start, end: real(
-        pinned, sources, start, max(start, end - 1)))  # each chunk's last byte left out
-    got = bench_upload.run_upload([(40, 30)], repeat=1, warmup=0, log=lambda _: None)
+    real = staging.stage_and_upload
+
+    def first_chunk_only(images, pinned, upload, threads, chunk):  # later chunks not sent
+        real(images, pinned, lambda s, e: upload(s, e) if s == 0 else None, threads, chunk)
+
+    monkeypatch.setattr(staging, "stage_and_upload", first_chunk_only)
+    monkeypatch.setattr(bench_upload, "MIN_ROUNDS", 1)
+    # 1.15 MB: two chunks for the chunked ways, one piece for the last (which lands whole,
+    # so only a check of each way catches the chunked ones)
+    got = bench_upload.run_upload([(640, 600)], repeat=1, warmup=0, log=lambda _: None)
     assert got["status"] == "failed"
-    assert got["reason"] == "RuntimeError: the uploaded image differs from the host image"
+    assert got["reason"].startswith("RuntimeError: 1 MiB chunks, ")
+    assert got["reason"].endswith(": the uploaded image differs from the host image")
     assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
 
 

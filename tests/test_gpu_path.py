@@ -141,6 +141,14 @@ class FakeKernels:
         self.nms_stats: list[tuple[int, int, int, int]] = []  # per nms call; default all zero
         self.nms_rows: list[np.ndarray] = []  # per nms call: the kept rows it writes
 
+    def resize_workspace_size(self, *args: int) -> int:
+        return 128
+
+    def resize_normalize(self, src: int, h: int, w: int, dst: int, oh: int, ow: int,
+                         *rest: Any) -> None:
+        self.log.calls.append(("resize", src, dst, oh, ow, _address(rest[2]),
+                               cuda_device._stream_handle(rest[-1])))
+
     def resize_plan_size(self, *args: int) -> tuple[int, int]:
         return 64, 64
 
@@ -594,6 +602,7 @@ def test_memory_is_freed_only_once_the_work_queued_on_it_is_done(monkeypatch):
     runner's work."""
     detector, log = _device_detector(monkeypatch, stage_stream=3)
     detector.preprocessor.lib.resize_plan_size = lambda h, w, oh, ow: (64, 4 * oh * ow)
+    detector.preprocessor.lib.resize_workspace_size = lambda h, w, oh, ow: 64 + 4 * oh * ow
     detector.detect(synthetic_image(40, 56))
     assert sum(c[0] == "free" for c in log.calls) >= 2  # the workspace grew, level by level
     assert _frees_of_busy_memory(log.calls) == []

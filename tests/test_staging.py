@@ -109,6 +109,53 @@ def test_a_helpers_copy_error_reaches_the_caller(monkeypatch):
     assert uploads == [0]  # the first chunk (the caller's) went; nothing after the failed one
 
 
+def test_without_helpers_at_interpreter_shutdown_the_caller_copies_every_chunk(monkeypatch):
+    """A thread still staging while the interpreter shuts down gets no new pool work
+    ("cannot schedule new futures after interpreter shutdown"): it copies the chunks itself."""
+    class ShutDown:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(staging, "_POOL", ShutDown())
+    images = _images([(50, 60), (50, 60)])
+    pinned = np.zeros(sum(im.nbytes for im in images), np.uint8)
+    uploads = []
+    staging.stage_and_upload(images, pinned, lambda s, e: uploads.append((s, e)), threads=4,
+                             chunk_bytes=1000)
+    np.testing.assert_array_equal(pinned, np.concatenate([im.reshape(-1) for im in images]))
+    assert uploads == staging.chunk_ranges(pinned.size, 1000)
+
+
+@pytest.mark.parametrize("threads, groups", [
+    (1, []), (2, [[1, 2, 3, 4, 5]]), (3, [[1, 3, 5], [2, 4]]),
+    (9, [[1, 4], [2, 5], [3]])])  # at most MAX_THREADS - 1 = 3 helpers
+def test_threads_bound_the_helpers_a_call_uses(monkeypatch, threads, groups):
+    """``threads`` counts the caller: threads - 1 helpers (at most MAX_THREADS - 1) each copy
+    every (threads - 1)-th chunk after the first, in a helper thread; the caller the first."""
+    submitted, by = [], {}
+    real_pool, real_copy = staging._POOL, staging._copy_range
+
+    class Recording:
+        def submit(self, fn, chunks):
+            submitted.append(list(chunks))
+            return real_pool.submit(fn, chunks)
+
+    def recording(pinned, sources, start, end):
+        by[start] = threading.current_thread().name
+        real_copy(pinned, sources, start, end)
+
+    monkeypatch.setattr(staging, "_POOL", Recording())
+    monkeypatch.setattr(staging, "_copy_range", recording)
+    images = _images([(20, 100)])  # 6000 bytes: 6 chunks of 1000
+    pinned = np.zeros(images[0].nbytes, np.uint8)
+    staging.stage_and_upload(images, pinned, lambda s, e: None, threads=threads, chunk_bytes=1000)
+    np.testing.assert_array_equal(pinned, images[0].reshape(-1))
+    assert submitted == groups
+    assert by[0] == threading.current_thread().name
+    helpers = {name for start, name in by.items() if start}
+    assert all(n.startswith("tinyfaces-staging") for n in helpers) == bool(groups)
+
+
 def _stage_in_child(queue):
     images = _images([(40, 50)], seed=3)
     pinned = np.zeros(images[0].nbytes, np.uint8)

@@ -137,16 +137,18 @@ tf_status check_dims(int src_h, int src_w, int dst_h, int dst_w) {
 }
 
 // The checks of a resize's source, destination and normalisation, shared by both entry points
-// (`workspace`: the buffer whose NULL is reported next, before the sizes).
+// (`plan`: the planned resize's, NULL-checked before `workspace`, both before the sizes).
 tf_status check_resize_args(const uint8_t* src, int src_height, int src_width,
                             int64_t* src_row_bytes, const float* dst, int dst_height,
                             int dst_width, const float* channel_scale, const float* channel_bias,
-                            const void* workspace, const char* workspace_name, Normalise* norm) {
+                            bool planned, const void* plan, const void* workspace,
+                            Normalise* norm) {
   if (src == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "src is NULL");
   if (dst == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "dst is NULL");
   if (channel_scale == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_scale is NULL");
   if (channel_bias == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "channel_bias is NULL");
-  if (workspace == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "%s is NULL", workspace_name);
+  if (planned && plan == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "plan is NULL");
+  if (workspace == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "workspace is NULL");
   TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
   const int64_t tight = 3 * static_cast<int64_t>(src_width);
   if (*src_row_bytes == 0) *src_row_bytes = tight;
@@ -220,8 +222,8 @@ TINYFACES_API tf_status tf_resize_normalize(const uint8_t* src, int src_height, 
   tf::clear_error();
   Normalise norm;
   TF_RETURN_IF_ERROR(check_resize_args(src, src_height, src_width, &src_row_bytes, dst,
-                                       dst_height, dst_width, channel_scale, channel_bias,
-                                       workspace, "workspace", &norm));
+                                       dst_height, dst_width, channel_scale, channel_bias, false,
+                                       nullptr, workspace, &norm));
   const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
   TF_RETURN_IF_ERROR(check_buffer(workspace, workspace_bytes, layout.total, "workspace"));
 
@@ -252,6 +254,7 @@ TINYFACES_API tf_status tf_resize_plan(int src_height, int src_width, int dst_he
                                        int dst_width, void* plan, size_t plan_bytes,
                                        tf_stream_t stream) {
   tf::clear_error();
+  if (plan == nullptr) return tf::fail(TF_STATUS_NULL_POINTER, "plan is NULL");
   TF_RETURN_IF_ERROR(check_dims(src_height, src_width, dst_height, dst_width));
   const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
   TF_RETURN_IF_ERROR(check_buffer(plan, plan_bytes, layout.plan_bytes(), "plan"));
@@ -270,8 +273,8 @@ TINYFACES_API tf_status tf_resize_normalize_planned(
   tf::clear_error();
   Normalise norm;
   TF_RETURN_IF_ERROR(check_resize_args(src, src_height, src_width, &src_row_bytes, dst,
-                                       dst_height, dst_width, channel_scale, channel_bias, plan,
-                                       "plan", &norm));
+                                       dst_height, dst_width, channel_scale, channel_bias, true,
+                                       plan, workspace, &norm));
   const ResizeLayout layout = resize_layout(src_height, src_width, dst_height, dst_width);
   TF_RETURN_IF_ERROR(check_buffer(plan, plan_bytes, layout.plan_bytes(), "plan"));
   TF_RETURN_IF_ERROR(check_buffer(workspace, workspace_bytes, layout.rows_bytes(), "workspace"));

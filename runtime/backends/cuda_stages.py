@@ -50,8 +50,8 @@ DEFAULT_MAX_NMS_CANDIDATES = 8192
 #: Kept rows downloaded with NMS's counters, in one wait (an image keeping more fetches the
 #: rest after it): 80 KB of page-locked memory.
 PREFETCH_ROWS = 4096
-#: Resize plans (a level's filter coefficients, made once per source and level size; about
-#: 0.2 MB each at 1080p) a preprocessor keeps; all are dropped when this many are kept.
+#: Resize plans (a level's filter coefficients, made at the second use of a source and level
+#: size; about 0.2 MB each at 1080p) a preprocessor keeps; all are dropped when this many are.
 RESIZE_PLANS = 64
 #: NMS's CUDA graphs a postprocessor keeps (one per candidate buffer, NMS size and NMS
 #: parameters: a batch of 8 and more fit); the least recently used is dropped.
@@ -173,6 +173,7 @@ class CudaPreprocessor:
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
         # resize plans (coefficients, made once) and workspace bytes, by source and level size
         self._plans: dict[tuple[int, int, int, int], tuple[DeviceBuffer, int, int]] = {}
+        self._seen_sizes: dict[tuple[int, int, int, int], None] = {}  # used once, no plan yet
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._input_buffers = input_buffers
         self._taken: set[int] = set()  # the runner's buffers this pyramid's levels went into
@@ -222,14 +223,23 @@ class CudaPreprocessor:
             self._from_runner.after()
         n, h, w = len(images), int(level.height), int(level.width)
         out, owner = self._destination(level.index, (n, 3, h, w))
-        plan, plan_bytes, ws_bytes = self._plan(height, width, h, w)
-        workspace = self._workspace.get(ws_bytes)
+        planned = self._plan(height, width, h, w)
         stream = self.stream.handle
-        for i in range(n):  # plain ints: the binding's fast path
-            self.lib.resize_normalize_planned(
-                self._images.buffer.ptr + i * images[0].nbytes, height, width,
-                out + i * 3 * h * w * 4, h, w, self._scale, self._bias, plan.ptr, plan_bytes,
-                workspace.ptr, workspace.nbytes, stream)
+        src = self._images.buffer.ptr
+        if planned is None:  # a size pair's first use: its coefficients made in the call
+            workspace = self._workspace.get(self.lib.resize_workspace_size(height, width, h, w))
+            for i in range(n):  # plain ints: the binding's fast path
+                self.lib.resize_normalize(
+                    src + i * images[0].nbytes, height, width, out + i * 3 * h * w * 4, h, w,
+                    self._scale, self._bias, workspace.ptr, workspace.nbytes, stream)
+        else:
+            plan, plan_bytes, ws_bytes = planned
+            workspace = self._workspace.get(ws_bytes)
+            for i in range(n):
+                self.lib.resize_normalize_planned(
+                    src + i * images[0].nbytes, height, width, out + i * 3 * h * w * 4, h, w,
+                    self._scale, self._bias, plan.ptr, plan_bytes, workspace.ptr,
+                    workspace.nbytes, stream)
         self._to_runner.after()
         return DeviceArray(out, (n, 3, h, w), np.float32, owner=owner, stream=self.stream)
 
@@ -262,15 +272,20 @@ class CudaPreprocessor:
             out = self._levels[index] = DeviceBuffer(nbytes)
         return out.ptr, out
 
-    def _plan(self, height: int, width: int, h: int, w: int) -> tuple[DeviceBuffer, int, int]:
-        """The resize plan (filter coefficients) of one source and level size, queued on the
-        stream at its first use, its bytes and the workspace bytes of a resize with it. All
-        plans are dropped when :data:`RESIZE_PLANS` are kept (sizes that never repeat), after
-        the queued work that reads them."""
+    def _plan(self, height: int, width: int, h: int, w: int
+              ) -> tuple[DeviceBuffer, int, int] | None:
+        """The resize plan (filter coefficients) of one source and level size, its bytes and
+        the workspace bytes of a resize with it; None at the size pair's first use (a service
+        whose image sizes never repeat makes none). A plan is queued on the stream at the
+        pair's second use. All plans are dropped when :data:`RESIZE_PLANS` are kept, after
+        the queued work that reads them (one host wait)."""
         key = (height, width, h, w)
         kept = self._plans.get(key)
         if kept is not None:
             return kept
+        if key not in self._seen_sizes:
+            _remember(self._seen_sizes, key, None, limit=4 * RESIZE_PLANS)
+            return None
         if len(self._plans) >= RESIZE_PLANS:
             self.stream.synchronize()
             self._free_plans()

@@ -61,39 +61,47 @@ def _copy_range(staging: np.ndarray, sources: Sequence[tuple[int, np.ndarray]], 
 
 
 class _Pool:
-    """The helper threads, made at first use and again in a forked child (a fork keeps no
-    thread of its parent)."""
+    """The helper threads (:data:`MAX_THREADS` - 1), made at first use and never shut down
+    (their threads start only as work comes); a forked child gets a new one (a fork keeps no
+    thread of its parent, and maybe a lock held by one)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._workers = 0
-        self._pid = 0
 
-    def get(self, workers: int) -> ThreadPoolExecutor:
+    def submit(self, fn: Callable[..., None], *args: object) -> Future[None]:
+        """Raises RuntimeError once the interpreter is shutting down."""
         with self._lock:
-            if self._executor is None or self._pid != os.getpid() or self._workers < workers:
-                if self._executor is not None and self._pid == os.getpid():
-                    self._executor.shutdown(wait=False)
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tinyfaces-staging")
-                self._workers, self._pid = workers, os.getpid()
-            return self._executor
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(MAX_THREADS - 1,
+                                                    thread_name_prefix="tinyfaces-staging")
+            return self._executor.submit(fn, *args)
 
 
 _POOL = _Pool()
+
+
+def _new_pool_after_fork() -> None:
+    global _POOL
+    _POOL = _Pool()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_pool_after_fork)
 
 
 def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
                      upload: Callable[[int, int], None], threads: int = 1,
                      chunk_bytes: int | None = None) -> None:
     """Copies C-contiguous ``images`` back to back into the flat uint8 ``staging`` array and
-    calls ``upload(start, end)`` for each copied byte range (every byte once, ranges in no
-    particular order after the first).
+    calls ``upload(start, end)`` for each copied byte range, in order, every byte once.
 
-    Chunks: :func:`chunk_ranges` (``chunk_bytes``). With ``threads`` > 1, chunks after the
-    first are copied by ``threads`` - 1 helper threads while this thread copies and queues the
-    first. Returns, or raises what a copy or an upload raised,
-    only when no helper is writing into ``staging`` any more.
+    Chunks: :func:`chunk_ranges` (``chunk_bytes``). With ``threads`` > 1 (at most
+    :data:`MAX_THREADS` count), chunks after the first are copied by ``threads`` - 1 helper
+    threads, each taking every (``threads`` - 1)-th chunk, while this thread copies and
+    queues the first; where no helper can be had (the interpreter is shutting down) this
+    thread copies them. Returns, or raises what a copy or an upload raised, only when no
+    helper is writing into ``staging`` any more.
     """
     sources, offset = [], 0
     for image in images:
@@ -101,22 +109,38 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
         sources.append((offset, flat))
         offset += flat.size
     ranges = chunk_ranges(offset, chunk_bytes)
-    if not ranges:
-        return
+    helpers = min(threads, MAX_THREADS, len(ranges)) - 1
+    copied = [threading.Event() for _ in ranges]
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def copy_chunks(chunks: list[int]) -> None:
+        for j in chunks:
+            try:
+                if not stop.is_set() and not failed:
+                    _copy_range(staging, sources, *ranges[j])
+            except BaseException as exc:  # the caller raises it
+                failed.append(exc)
+            finally:
+                copied[j].set()
+
+    mine = set(range(len(ranges))) if helpers < 1 else {0}
     futures: list[Future[None]] = []
-    if threads > 1 and len(ranges) > 1:
-        pool = _POOL.get(min(threads, len(ranges)) - 1)
-        futures = [pool.submit(_copy_range, staging, sources, *r) for r in ranges[1:]]
     try:
-        _copy_range(staging, sources, *ranges[0])
-        upload(*ranges[0])
-        for index, (start, end) in enumerate(ranges[1:]):
-            if futures:
-                futures[index].result()
-            else:
+        for helper in range(max(helpers, 0)):
+            chunks = list(range(1 + helper, len(ranges), helpers))
+            try:
+                futures.append(_POOL.submit(copy_chunks, chunks))
+            except RuntimeError:  # no new threads at interpreter shutdown: copied here
+                mine.update(chunks)
+        for j, (start, end) in enumerate(ranges):
+            if j in mine:
                 _copy_range(staging, sources, start, end)
+            else:
+                copied[j].wait()
+                if failed:
+                    raise failed[0]
             upload(start, end)
     finally:
-        for future in futures:
-            future.cancel()
+        stop.set()
         wait(futures)  # nothing writes into staging after this returns
