@@ -327,11 +327,10 @@ def test_run_levels_side_by_side_gives_each_levels_own_graph_output(seeded):
         _assert_captured(runner)
 
 
-def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint, seeded):
-    """The detector with the CUDA stages, one runner and its graphs: with concurrent_levels
-    the same boxes as level by level, for single images and a batch."""
-    import dataclasses
-
+def _fused_side_by_side(seeded):
+    """(runner, detector, images): the factory's default runner (fused graphs, levels side by
+    side) in a detector with the CUDA stages, and two 360x640 images; skips without the
+    kernel library."""
     from tinyfaces_trt.core.errors import BackendUnavailableError
     from tinyfaces_trt.kernels import load_library
     from tinyfaces_trt.runtime.backends import detector_owning
@@ -341,10 +340,19 @@ def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint,
     except BackendUnavailableError as exc:
         pytest.skip(f"kernel library not available: {exc}")
     model, config = seeded
-    images = [synthetic_image(360, 640, seed=seed) for seed in (0, 1)]
     runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True, concurrent_levels=True)
+    images = [synthetic_image(360, 640, seed=seed) for seed in (0, 1)]
+    return runner, detector_owning(runner, config, gpu_stages=True), images
+
+
+def test_a_detector_running_levels_side_by_side_finds_the_same_boxes(checkpoint, seeded):
+    """The detector with the CUDA stages, one runner and its graphs: with concurrent_levels
+    the same boxes as level by level, for single images and a batch."""
+    import dataclasses
+
+    runner, detector, images = _fused_side_by_side(seeded)
     results = {}
-    with detector_owning(runner, config, gpu_stages=True) as detector:
+    with detector:
         detector.warmup([(360, 640)], batch_sizes=(1, 2))
         for concurrent in (True, False):
             runner.capabilities = dataclasses.replace(runner.capabilities,
@@ -362,18 +370,8 @@ def test_the_cuda_resize_writes_straight_into_the_graphs_static_inputs(checkpoin
     """capabilities.input_buffers: once the shapes are captured, each level is resized into
     its graph's static input (no copy into the graph), with exactly the boxes of the same
     detector resizing into buffers of its own."""
-    from tinyfaces_trt.core.errors import BackendUnavailableError
-    from tinyfaces_trt.kernels import load_library
-    from tinyfaces_trt.runtime.backends import detector_owning
-
-    try:
-        load_library()
-    except BackendUnavailableError as exc:
-        pytest.skip(f"kernel library not available: {exc}")
-    model, config = seeded
-    images = [synthetic_image(360, 640, seed=seed) for seed in (0, 1)]
-    runner = TorchCudaRunner(model, mode="graphs", fuse_epilogues=True, concurrent_levels=True)
-    with detector_owning(runner, config, gpu_stages=True) as detector:
+    runner, detector, images = _fused_side_by_side(seeded)
+    with detector:
         detector.warmup([(360, 640)])
         pre = detector.preprocessor
         direct = [detector.detect(image) for image in images]

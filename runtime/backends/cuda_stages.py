@@ -171,9 +171,10 @@ class CudaPreprocessor:
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
-        # resize plans (coefficients, made once) and workspace bytes, by source and level size
+        # resize plans (coefficients, from a size pair's second use) and their workspace bytes,
+        # by source and level size; the pairs used once so far
         self._plans: dict[tuple[int, int, int, int], tuple[DeviceBuffer, int, int]] = {}
-        self._seen_sizes: dict[tuple[int, int, int, int], None] = {}  # used once, no plan yet
+        self._seen_sizes: dict[tuple[int, int, int, int], None] = {}
         self._levels: dict[int, DeviceBuffer] = {}  # by level index, grown on demand
         self._input_buffers = input_buffers
         self._taken: set[int] = set()  # the runner's buffers this pyramid's levels went into
