@@ -30,6 +30,10 @@ from tinyfaces_trt.core.runner import (
 from tinyfaces_trt.runtime.imageio import DEFAULT_MAX_PIXELS
 
 
+#: Image sizes whose pyramid plan a detector keeps (all are dropped when this many are).
+PLANS_KEPT = 256
+
+
 @runtime_checkable
 class Preprocessor(Protocol):
     """Resizes + normalises images for one pyramid level into the network's input.
@@ -141,6 +145,7 @@ class Detector:
         self.postprocessor: Postprocessor = _require_stage(
             postprocessor or HostPostprocessor(self._config), Postprocessor)
         self._identity = identity
+        self._plans: dict[tuple[int, int], list[PyramidLevel]] = {}  # by image size
         self._max_pixels: int | None = DEFAULT_MAX_PIXELS
         # reentrant: close() from a finalizer or a signal handler mid-detect on the same thread
         # must not deadlock (it is deferred to the run's end: _running)
@@ -208,8 +213,16 @@ class Detector:
     def plan(self, height: int, width: int) -> list[PyramidLevel]:
         """The pyramid levels this detector runs for an image of that size; empty when there
         is none (the image has no faces to find, see
-        :func:`~tinyfaces_trt.core.pyramid.plan_pyramid`)."""
-        return plan_pyramid(height, width, self.config)
+        :func:`~tinyfaces_trt.core.pyramid.plan_pyramid`). Planned once per size (the config
+        is read-only): a new list each call."""
+        key = (int(height), int(width))
+        levels = self._plans.get(key)
+        if levels is None:
+            levels = plan_pyramid(height, width, self.config)
+            if len(self._plans) >= PLANS_KEPT:  # sizes that never repeat
+                self._plans.clear()
+            self._plans[key] = levels
+        return list(levels)
 
     def detect(self, image: np.ndarray,
                timings: MutableMapping[str, float] | None = None, *,

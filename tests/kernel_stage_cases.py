@@ -230,7 +230,7 @@ def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, thread
 
     monkeypatch.setattr(staging, "CHUNK_BYTES", 1000)
     uploads, copiers = [], set()
-    real_upload, real_copy = cuda_device.DeviceBuffer.upload, staging._copy_range
+    real_upload, real_copy = cuda_device.DeviceBuffer.upload_from, staging._copy_range
 
     def copy_range(*args):
         copiers.add(threading.current_thread().name.startswith("tinyfaces-staging"))
@@ -238,11 +238,11 @@ def test_preprocessor_uploads_a_batch_chunk_by_chunk(stream, monkeypatch, thread
 
     monkeypatch.setattr(staging, "_copy_range", copy_range)
 
-    def upload(self, array, stream=None, offset=0):
-        uploads.append((offset, array.nbytes))
-        real_upload(self, array, stream, offset)
+    def upload_from(self, host_ptr, nbytes, stream=None, offset=0):
+        uploads.append((offset, nbytes))
+        real_upload(self, host_ptr, nbytes, stream, offset)
 
-    monkeypatch.setattr(cuda_device.DeviceBuffer, "upload", upload)
+    monkeypatch.setattr(cuda_device.DeviceBuffer, "upload_from", upload_from)
     config = DetectorConfig()
     pre = stages.CudaPreprocessor(config, stream=stream, staging_threads=threads)
     assert pre.staging_threads == threads

@@ -112,6 +112,15 @@ def test_buffers_copy_through_streams(host):
             buf.upload(np.zeros(2, np.float32), offset=92)
         with pytest.raises(TinyFacesError, match="upload: offset -4 is negative"):
             buf.upload(np.zeros(2, np.float32), offset=-4)
+        pinned = PinnedBuffer(8)
+        pinned.array(2, np.float32)[:] = (-1.0, -1.0)
+        buf.upload_from(pinned.ptr, 8, stream, offset=8)  # elements 2 and 3, from raw memory
+        with pytest.raises(TinyFacesError, match="upload: 100 bytes do not fit"):
+            buf.upload_from(pinned.ptr, 8, offset=92)
+        with pytest.raises(TinyFacesError, match="offset -8 and size 8 must be >= 0"):
+            buf.upload_from(pinned.ptr, 8, offset=-8)
+        stream.synchronize()
+        pinned.free()
         tail = buf.download(np.empty(3, np.float32), stream, offset=8)  # elements 2, 3, 4
         stream.synchronize()
         np.testing.assert_array_equal(tail, [-1, -1, 4])

@@ -101,6 +101,11 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
             log.calls.append(("upload", self.ptr + offset, array.nbytes,
                               cuda_device._stream_handle(stream)))
 
+        def upload_from(self, host_ptr: int, nbytes: int, stream: Any = None,
+                        offset: int = 0) -> None:
+            log.calls.append(("upload", self.ptr + offset, nbytes,
+                              cuda_device._stream_handle(stream)))
+
         def copy_from_device(self, ptr: int, nbytes: int, stream: Any = None) -> None:
             log.calls.append(("d2d", self.ptr, ptr, nbytes, cuda_device._stream_handle(stream)))
 
@@ -116,6 +121,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, log: CudaLog) -> None:
     class PinnedBuffer:
         def __init__(self, nbytes: int) -> None:
             self.nbytes, self._data = int(nbytes), np.zeros(int(nbytes), np.uint8)
+            self.ptr = self._data.ctypes.data
 
         def array(self, nbytes: int) -> np.ndarray:
             return self._data[:nbytes]

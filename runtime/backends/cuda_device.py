@@ -506,6 +506,18 @@ class DeviceBuffer:
         check(self._rt.cudaMemcpyAsync(self.ptr + offset, host.ctypes.data, host.nbytes, kind,
                                        _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
 
+    def upload_from(self, host_ptr: int, nbytes: int, stream: Stream | int | None = None,
+                    offset: int = 0) -> None:
+        """Copies ``nbytes`` from the host address ``host_ptr`` (page-locked memory, for a
+        copy that is asynchronous) into the buffer, ``offset`` bytes from its start."""
+        offset, nbytes = int(offset), int(nbytes)
+        if offset < 0 or nbytes < 0:
+            raise TinyFacesError(f"upload: offset {offset} and size {nbytes} must be >= 0")
+        self._check_size(offset + nbytes, "upload")
+        check(self._rt.cudaMemcpyAsync(self.ptr + offset, int(host_ptr), nbytes,
+                                       self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                       _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
+
     def download(self, array: np.ndarray, stream: Stream | int | None = None,
                  offset: int = 0) -> np.ndarray:
         """Copies the buffer's bytes from ``offset`` on into a C-contiguous host array;

@@ -168,6 +168,7 @@ class CudaPreprocessor:
         self._scale, self._bias = (floats3(v, name) for v, name in zip(
             config.normalization.scale_and_bias(), ("channel_scale", "channel_bias")))
         self._staging = _Scratch(PinnedBuffer)
+        self._pinned_view: tuple[Any, np.ndarray] | None = None  # its buffer, all of it
         self._uploaded: cuda_device.Event | None = None
         self._images = _Scratch(stream=self.stream)
         self._workspace = _Scratch(stream=self.stream)  # grows level by level, resizes queued
@@ -194,11 +195,14 @@ class CudaPreprocessor:
         else:
             self._uploaded = cuda_device.Event()
         self._sources = []  # the device copy is being replaced
-        pinned = self._staging.get(nbytes).array(nbytes)
-        device = self._images.get(nbytes)
+        buffer = self._staging.get(nbytes)
+        if self._pinned_view is None or self._pinned_view[0] is not buffer \
+                or self._pinned_view[1].size < nbytes:
+            self._pinned_view = (buffer, buffer.array(buffer.nbytes))
+        pinned, device, stream = self._pinned_view[1][:nbytes], self._images.get(nbytes), self.stream
         try:
-            staging.stage_and_upload(images, pinned, lambda start, end: device.upload(
-                pinned[start:end], self.stream, offset=start), self.staging_threads)
+            staging.stage_and_upload(images, pinned, lambda start, end: device.upload_from(
+                buffer.ptr + start, end - start, stream, offset=start), self.staging_threads)
         finally:  # what was queued reads the pinned buffer until this event
             self._uploaded.record(self.stream)
         self._sources = list(images)
@@ -327,6 +331,7 @@ class CudaPreprocessor:
             self._uploaded = None
         self._free_levels()
         self._free_plans()
+        self._pinned_view = None
         for scratch in (self._images, self._workspace, self._staging):
             scratch.free()
         self._to_runner.close()

@@ -110,7 +110,7 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
         offset += flat.size
     ranges = chunk_ranges(offset, chunk_bytes)
     helpers = min(threads, MAX_THREADS, len(ranges)) - 1
-    copied = [threading.Event() for _ in ranges]
+    copied = [threading.Event() for _ in ranges] if helpers > 0 else []
     failed: list[BaseException] = []
     stop = threading.Event()
 
