@@ -10,7 +10,12 @@ Rows (medians per round):
   also stages the image: a host copy, timed by bench_upload.py on a GPU);
 - ``decode + NMS, one level``: reset, one level's add_level and finish (the decode/NMS
   micro-benchmark's calls);
-- ``decode + NMS, all levels``: reset, every level's add_level and finish.
+- ``decode + NMS, all levels``: reset, every level's add_level and finish;
+- ``detect, network stubbed``: a whole ``Detector.detect`` over the CUDA stages and a
+  stand-in runner (its levels side by side, each returning a device array at once), the
+  staging copy included (a real host copy);
+- ``... without the staging copy``: the same with the copy left out (the rest of the host
+  work before and around the GPU's).
 The GPU's own time is not in these numbers: see latency.py for that.
 """
 
@@ -117,7 +122,7 @@ def measure(width: int, height: int, repeat: int, rounds: int) -> list[dict[str,
     """Medians in microseconds of each row, per round."""
     from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.core.pyramid import plan_pyramid
-    from tinyfaces_trt.runtime.backends import cuda_device
+    from tinyfaces_trt.runtime.backends import cuda_device, staging
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
 
     library = install_stubs()
@@ -146,9 +151,21 @@ def measure(width: int, height: int, repeat: int, rounds: int) -> list[dict[str,
             post.add_level(score_map, level)
         post.finish()
 
+    detector = _stub_detector(config, library, holder)
+    copy_range = staging._copy_range
+
+    def detect_without_copy() -> None:
+        staging._copy_range = lambda *args: None
+        try:
+            detector.detect(image)
+        finally:
+            staging._copy_range = copy_range
+
     rows = [(f"prepare levels 1-{len(levels) - 1}", prepare),
             ("decode + NMS, one level", one_level),
-            (f"decode + NMS, all {len(levels)} levels", all_levels)]
+            (f"decode + NMS, all {len(levels)} levels", all_levels),
+            ("detect, network stubbed", lambda: detector.detect(image)),
+            ("... without the staging copy", detect_without_copy)]
     pre.prepare(image, levels[0])  # uploads (stages) the image once
     results = []
     for _ in range(rounds):
@@ -163,9 +180,35 @@ def measure(width: int, height: int, repeat: int, rounds: int) -> list[dict[str,
                 samples.append(time.perf_counter() - start)
             entry[name] = statistics.median(samples) * 1e6
         results.append(entry)
+    detector.close()
     pre.close()
     post.close()
     return results
+
+
+def _stub_detector(config: Any, library: Any, holder: Any) -> Any:
+    """A Detector over the CUDA stages (stubbed library) and a runner returning score maps
+    at once, its levels side by side."""
+    from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
+    from tinyfaces_trt.runtime.backends import cuda_device
+    from tinyfaces_trt.runtime.backends.cuda_stages import cuda_stages
+    from tinyfaces_trt.runtime.pipeline import Detector
+
+    class Runner(RunnerBase):
+        capabilities = RunnerCapabilities(device_io=True, batch=True, concurrent_levels=True)
+        stream = 0x7000
+
+        def run(self, x: Any) -> Any:
+            n, _, h, w = x.shape
+            return cuda_device.DeviceArray(holder.ptr, (n, 125, -(-h // config.stride),
+                                                        -(-w // config.stride)), np.float32)
+
+        def run_levels(self, xs: Any) -> list[Any]:
+            return [self.run(x) for x in xs]
+
+    runner = Runner()
+    pre, post = cuda_stages(config, library=library, runner_stream=runner.stream)
+    return Detector(runner, config, preprocessor=pre, postprocessor=post)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -513,7 +513,9 @@ def test_host_overhead_times_the_cuda_stages_host_work_without_a_gpu(tmp_path):
     assert result["image_size"] == [640, 480] and result["repeat"] == 5
     assert len(result["rounds_us"]) == 2
     assert list(result["rounds_us"][0]) == ["prepare levels 1-5", "decode + NMS, one level",
-                                            "decode + NMS, all 6 levels"]
+                                            "decode + NMS, all 6 levels",
+                                            "detect, network stubbed",
+                                            "... without the staging copy"]
     assert all(v > 0 for r in result["rounds_us"] for v in r.values())
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
                           "--repeat", "0"], capture_output=True, text=True, timeout=120)

@@ -127,11 +127,11 @@ def test_without_helpers_at_interpreter_shutdown_the_caller_copies_every_chunk(m
 
 
 @pytest.mark.parametrize("threads, groups", [
-    (1, []), (2, [[1, 2, 3, 4, 5]]), (3, [[1, 3, 5], [2, 4]]),
-    (9, [[1, 4], [2, 5], [3]])])  # at most MAX_THREADS - 1 = 3 helpers
+    (1, []), (2, [[1, 3, 5]]), (3, [[1, 4], [2, 5]]),
+    (9, [[1, 5], [2], [3]])])  # at most MAX_THREADS - 1 = 3 helpers
 def test_threads_bound_the_helpers_a_call_uses(monkeypatch, threads, groups):
-    """``threads`` counts the caller: threads - 1 helpers (at most MAX_THREADS - 1) each copy
-    every (threads - 1)-th chunk after the first, in a helper thread; the caller the first."""
+    """``threads`` counts the caller: chunk j goes to thread j % threads (at most
+    MAX_THREADS), 0 being the caller, the others helper threads."""
     submitted, by = [], {}
     real_pool, real_copy = staging._POOL, staging._copy_range
 
@@ -151,9 +151,10 @@ def test_threads_bound_the_helpers_a_call_uses(monkeypatch, threads, groups):
     staging.stage_and_upload(images, pinned, lambda s, e: None, threads=threads, chunk_bytes=1000)
     np.testing.assert_array_equal(pinned, images[0].reshape(-1))
     assert submitted == groups
-    assert by[0] == threading.current_thread().name
-    helpers = {name for start, name in by.items() if start}
-    assert all(n.startswith("tinyfaces-staging") for n in helpers) == bool(groups)
+    theirs = {1000 * j for group in groups for j in group}
+    me = threading.current_thread().name
+    assert {start for start, name in by.items() if name == me} == set(by) - theirs
+    assert all(by[start].startswith("tinyfaces-staging") for start in theirs)
 
 
 def _stage_in_child(queue):

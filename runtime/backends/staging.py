@@ -97,10 +97,10 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
     calls ``upload(start, end)`` for each copied byte range, in order, every byte once.
 
     Chunks: :func:`chunk_ranges` (``chunk_bytes``). With ``threads`` > 1 (at most
-    :data:`MAX_THREADS` count), chunks after the first are copied by ``threads`` - 1 helper
-    threads, each taking every (``threads`` - 1)-th chunk, while this thread copies and
-    queues the first; where no helper can be had (the interpreter is shutting down) this
-    thread copies them. Returns, or raises what a copy or an upload raised, only when no
+    :data:`MAX_THREADS` count), chunk j is copied by thread j % ``threads``: this thread
+    (0) and ``threads`` - 1 helper threads, this one queueing each upload in order as its
+    chunk is there; where no helper can be had (the interpreter is shutting down) this
+    thread copies their chunks too. Returns, or raises what a copy or an upload raised, only when no
     helper is writing into ``staging`` any more.
     """
     sources, offset = [], 0
@@ -124,11 +124,12 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
             finally:
                 copied[j].set()
 
-    mine = set(range(len(ranges))) if helpers < 1 else {0}
+    workers = max(helpers, 0) + 1  # chunk j goes to worker j % workers; this thread is 0
+    mine = set(range(0, len(ranges), workers))
     futures: list[Future[None]] = []
     try:
-        for helper in range(max(helpers, 0)):
-            chunks = list(range(1 + helper, len(ranges), helpers))
+        for helper in range(1, workers):
+            chunks = list(range(helper, len(ranges), workers))
             try:
                 futures.append(_POOL.submit(copy_chunks, chunks))
             except RuntimeError:  # no new threads at interpreter shutdown: copied here
