@@ -477,9 +477,9 @@ class TorchCudaRunner(RunnerBase):
         :meth:`run` and :meth:`run_levels` replay that graph for ``shape``): an input written
         there (the CUDA preprocessor resizes a level straight into it) is read without the
         copy into the graph. None where ``shape`` has no graph of its own (yet: it runs
-        eagerly, or padded into a larger batch's graph), or on the CPU. Write into it only after this runner's earlier
-        work (its :attr:`stream`); it stays valid while referenced, even once the graph is
-        dropped."""
+        eagerly, or padded into a larger batch's graph), or on the CPU. Write into it only
+        after this runner's earlier work (its :attr:`stream`); it stays valid while
+        referenced, even once the graph is dropped."""
         if self._closed or self._stream is None:
             return None
         shape = tuple(int(d) for d in shape)

@@ -498,13 +498,9 @@ class DeviceBuffer:
                offset: int = 0) -> None:
         """Copies a C-contiguous host array into the buffer, ``offset`` bytes from its start."""
         host = _host_view(array, writable=False)
-        offset = int(offset)
-        if offset < 0:
-            raise TinyFacesError(f"upload: offset {offset} is negative")
-        self._check_size(offset + host.nbytes, "upload")
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        check(self._rt.cudaMemcpyAsync(self.ptr + offset, host.ctypes.data, host.nbytes, kind,
-                                       _stream_handle(stream)), "cudaMemcpyAsync (host to device)")
+        if int(offset) < 0:
+            raise TinyFacesError(f"upload: offset {int(offset)} is negative")
+        self.upload_from(host.ctypes.data, host.nbytes, stream, offset)
 
     def upload_from(self, host_ptr: int, nbytes: int, stream: Stream | int | None = None,
                     offset: int = 0) -> None:

@@ -233,18 +233,15 @@ class CudaPreprocessor:
         src = self._images.buffer.ptr
         if planned is None:  # a size pair's first use: its coefficients made in the call
             workspace = self._workspace.get(self.lib.resize_workspace_size(height, width, h, w))
-            for i in range(n):  # plain ints: the binding's fast path
-                self.lib.resize_normalize(
-                    src + i * images[0].nbytes, height, width, out + i * 3 * h * w * 4, h, w,
-                    self._scale, self._bias, workspace.ptr, workspace.nbytes, stream)
+            resize, coefficients = self.lib.resize_normalize, ()
         else:
             plan, plan_bytes, ws_bytes = planned
             workspace = self._workspace.get(ws_bytes)
-            for i in range(n):
-                self.lib.resize_normalize_planned(
-                    src + i * images[0].nbytes, height, width, out + i * 3 * h * w * 4, h, w,
-                    self._scale, self._bias, plan.ptr, plan_bytes, workspace.ptr,
-                    workspace.nbytes, stream)
+            resize, coefficients = self.lib.resize_normalize_planned, (plan.ptr, plan_bytes)
+        for i in range(n):  # plain ints: the binding's fast path
+            resize(src + i * images[0].nbytes, height, width, out + i * 3 * h * w * 4, h, w,
+                   self._scale, self._bias, *coefficients, workspace.ptr, workspace.nbytes,
+                   stream)
         self._to_runner.after()
         return DeviceArray(out, (n, 3, h, w), np.float32, owner=owner, stream=self.stream)
 
