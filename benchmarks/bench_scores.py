@@ -150,8 +150,10 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
                         rule: int) -> Iterator[Callable[[], tuple[np.ndarray, float, float]]]:
     """The runtime's :class:`CudaPostprocessor` with ``data``'s score map on the device:
     yields ``decode_nms()``, one synchronised reset + decode + NMS returning the kept boxes,
-    the seconds of the decode and those of the NMS, after two untimed runs (buffers grown,
-    NMS's CUDA graph captured). Raises :class:`_Skip` without a GPU."""
+    the seconds of the decode and those of the NMS (a wait for the decode between them);
+    ``decode_nms(wait_between=False)``: the kept boxes, the seconds of the whole and None
+    (no wait between: what a detect does). After two untimed runs (buffers grown, NMS's CUDA
+    graph captured). Raises :class:`_Skip` without a GPU."""
     from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffer, Stream,
                                                             gpu_available, runtime)
 
@@ -172,11 +174,14 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
         scores = DeviceArray(score_dev.ptr, data.score_map.shape, np.float32, owner=score_dev)
         image_h, image_w = data.image_hw
 
-        def decode_nms() -> tuple[np.ndarray, float, float]:
+        def decode_nms(wait_between: bool = True) -> tuple[np.ndarray, float, float | None]:
             stream.synchronize()
             start = time.perf_counter()
             post.reset(image_h, image_w)
             post.add_level(scores, data.level)
+            if not wait_between:  # as a detect runs them: NMS queued behind the decode
+                boxes = post.finish()
+                return boxes, time.perf_counter() - start, None
             stream.synchronize()
             decoded = time.perf_counter()
             boxes = post.finish()
@@ -194,21 +199,31 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
     ``finish``: sort + NMS + clip on the device, then the download of the counters and the
-    kept rows (so NMS includes that small copy); every run is stream-synchronised.
+    kept rows (so NMS includes that small copy), with a wait for the decode between them;
+    ``together``: the same calls without that wait (a detect's decode + NMS), timed in the
+    same rounds, alternating which goes first. Every run starts and ends stream-synchronised.
     ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
     same boxes with each), ``name`` its row's (:func:`cuda_rows`).
     """
     with _cuda_postprocessor(data, config, rule) as decode_nms:
-        decode_s, nms_s = [], []
+        decode_s, nms_s, together_s = [], [], []
         boxes = np.zeros((0, 5), np.float32)
         for k in range(warmup + repeat):
-            boxes, decode_seconds, nms_seconds = decode_nms()
+            for apart in ((True, False) if k % 2 == 0 else (False, True)):
+                if apart:
+                    boxes, decode_seconds, nms_seconds = decode_nms()
+                else:
+                    whole, together_seconds, _ = decode_nms(wait_between=False)
+            if not np.array_equal(whole, boxes):  # the wait changes no result
+                raise AssertionError("decode + NMS without a wait between kept other boxes")
             if k >= warmup:
                 decode_s.append(decode_seconds)
                 nms_s.append(nms_seconds)
+                together_s.append(together_seconds)
         stats = decode_nms.post.last_stats
     return {"name": name, "status": "ok",
             "decode": summarize(decode_s), "nms": summarize(nms_s),
+            "together": summarize(together_s),
             "candidates": int(stats.get("num_candidates", -1)), "kept": int(len(boxes)),
             "note": "NMS includes the download of the kept boxes", "boxes": boxes}
 

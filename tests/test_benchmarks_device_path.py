@@ -182,8 +182,11 @@ def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
         assert impls[name]["status"] == "ok", impls[name].get("reason")
         assert impls[name]["candidates"] == row["candidates"]
         assert impls[name]["kept"] == impls["numpy (runtime)"]["kept"] > 0
+        # decode + NMS also timed without the wait between them (the same boxes: checked)
+        assert impls[name]["together"]["median_ms"] > 0
         vs = impls[name]["vs_numpy"]
         assert vs["passed"] and vs["reference"] == vs["test"] == vs["matched"] > 0, vs
+    assert "together" not in impls["numpy (runtime)"]
     bench_report = importlib.import_module("bench_report")
     kept = impls["numpy (runtime)"]["kept"]
     def kept_cells() -> list[str]:

@@ -310,9 +310,16 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
     tflops = rows["network_tflops"]
     assert tflops["measured"] == pytest.approx(4.32e12 / 0.0355 / 1e12)
     assert tflops["verdict"].startswith("missed by 2.05x") and "L0 1920x1080" in tflops["why"]
-    small = rows["decode_nms_10k"]
+    small = rows["decode_nms_10k"]  # a result without the no-wait timing: the two apart
     assert small["met"] is True and small["measured"] == pytest.approx(0.226)
     assert small["verdict"] == "met (1.33x better)"
+    assert small["detail"] == "10056 candidates: decode 26.0 µs + NMS 200 µs"
+    # with it: the target reads decode + NMS as a detect runs them, without a wait between
+    result["decode_nms"]["rows"][0]["implementations"][0]["together"] = {"median_ms": 0.31}
+    small = {t["key"]: t for t in evaluate(result)}["decode_nms_10k"]
+    assert small["met"] is False and small["measured"] == pytest.approx(0.31)
+    assert small["detail"] == ("10056 candidates: 310 µs without a wait between "
+                               "(decode 26.0 µs + NMS 200 µs timed apart)")
     big = rows["decode_nms_50k"]
     assert big["met"] is False and "NMS 5.19 ms (host clock around the calls" in big["why"]
     assert "(cuda, walk-order NMS rule: NMS 1.50 ms)" in big["why"]
