@@ -26,6 +26,7 @@ from tinyfaces_trt.core.errors import (BackendUnavailableError, ImageError, Mani
                                        NetworkInputError, NonFiniteScoresError, StageOrderError,
                                        TinyFacesError)
 from tinyfaces_trt.core.manifest import load_export_folder
+from tinyfaces_trt.core.pyramid import plan_pyramid
 from tinyfaces_trt.core.runner import RunnerBase, RunnerCapabilities
 from tinyfaces_trt.detectors import create_detector, resolve_backend
 from tinyfaces_trt.parity.images import synthetic_image
@@ -571,6 +572,34 @@ def test_levels_of_one_shape_get_their_own_input_buffers(monkeypatch):
     inputs = [detector.preprocessor.prepare(image, lv).ptr for lv in levels]
     assert inputs[0] != inputs[1]
     assert [c[2] for c in log.calls if c[0] == "resize"] == inputs
+
+
+def test_a_later_level_waits_for_the_runner_before_it_is_resized_into_the_runners_buffer(
+        monkeypatch):
+    """On another stream than the runner's, a level after the first resized into the
+    runner's own input buffer waits (an event) for the runner's work queued so far: the graph
+    owning that buffer may have been made during this pyramid and still be reading an
+    earlier level from it. Levels going into the preprocessor's buffers need no such wait."""
+    log = CudaLog()
+    fake_cuda(monkeypatch, log)
+    kernels = FakeKernels(log)
+    config = DetectorConfig()
+    levels = plan_pyramid(40, 56, config)
+    theirs = (1, 3, levels[2].height, levels[2].width)
+    pre = cuda_stages.CudaPreprocessor(
+        config, 3, kernels, runner_stream=7,
+        input_buffers=lambda shape: DeviceMap(0xCAFE00, shape) if shape == theirs else None)
+    image = synthetic_image(40, 56)
+    for level in levels:
+        pre.prepare(image, level)
+    got = [(c[0], c[2] == 0xCAFE00 if c[0] == "resize" else c[-1]) for c in _events(log.calls)]
+    # level 0 waits for the runner's earlier work; level 2 (into its buffer) again
+    to_runner = [("record", 3), ("wait", 7)]
+    want = [("record", 7), ("wait", 3)] + ([("resize", False)] + to_runner) * 2 \
+        + [("record", 7), ("wait", 3), ("resize", True)] + to_runner \
+        + ([("resize", False)] + to_runner) * (len(levels) - 3)
+    assert got == want
+    pre.close()
 
 
 def _frees_of_busy_memory(calls: list[tuple]) -> list[int]:

@@ -257,6 +257,8 @@ class CudaPreprocessor:
                 arr = cuda_device.as_device_array(given)
                 if arr.shape == shape and arr.dtype == np.float32 and arr.ptr not in self._taken:
                     self._taken.add(arr.ptr)
+                    if index > 0:  # an earlier level's replay may still read it (a graph
+                        self._from_runner.after()  # made during this pyramid); no-op on one stream
                     return arr.ptr, given
         # One buffer per level index, even where two levels' shapes coincide (the network may
         # still read one level while the next is resized), kept across image sizes and grown
