@@ -16,7 +16,9 @@ Rows (medians per round):
   staging copy included (a real host copy);
 - ``... without the staging copy``: the same with the copy left out (the rest of the host
   work before and around the GPU's).
-The GPU's own time is not in these numbers: see latency.py for that.
+The stand-in NMS keeps ``--kept`` boxes (default 128; rows of zeros), so each finish also
+clips and copies that many rows on the host. The GPU's own time is not in these numbers:
+see latency.py for that.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ctypes
 import itertools
 import json
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import machine_description, now_iso  # noqa: E402
 from tinyfaces_trt.core.cli import parse_image_sizes  # noqa: E402
+
+
+#: Boxes the stand-in NMS keeps (the 10k-candidate decode/NMS benchmark keeps 127).
+DEFAULT_KEPT = 128
 
 
 class _Success(int):
@@ -58,9 +65,19 @@ class StubRuntime:
 
     cudaStreamNonBlocking, cudaEventDisableTiming = 1, 2
 
-    def __init__(self) -> None:
+    def __init__(self, kept: int = 0) -> None:
         self._handles = itertools.count(0x1000, 0x100)
         self._pinned: list[Any] = []
+        self.kept = kept
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int,  # noqa: N802
+                        stream: Any) -> tuple[Any]:
+        """A download of NMS's results (counters, then rows) says ``kept`` boxes were kept
+        (their rows stay zeros: a box inside any image), so the host's finishing is timed."""
+        if kind == self.cudaMemcpyKind.cudaMemcpyDeviceToHost and nbytes >= 16:
+            ctypes.memmove(dst, struct.pack("4I", min(self.kept, (nbytes - 16) // 20),
+                                            self.kept, 0, 0), 16)
+        return (_OK,)
 
     def __getattr__(self, name: str) -> Callable[..., tuple[Any, ...]]:
         if name in ("cudaMalloc", "cudaStreamCreate", "cudaStreamCreateWithFlags",
@@ -107,25 +124,27 @@ class _StubEntryPoints:
         return lambda *args: 0
 
 
-def install_stubs() -> Any:
-    """Points ``cuda_device`` at :class:`StubRuntime`; returns a stub kernel library."""
+def install_stubs(kept: int = 0) -> Any:
+    """Points ``cuda_device`` at :class:`StubRuntime` (its NMS keeping ``kept`` boxes);
+    returns a stub kernel library."""
     from tinyfaces_trt.kernels import binding
     from tinyfaces_trt.runtime.backends import cuda_device
 
-    cuda_device._runtime_module = StubRuntime()
+    cuda_device._runtime_module = StubRuntime(kept)
     library = binding.KernelLibrary.__new__(binding.KernelLibrary)
     library.raw, library.path = _StubEntryPoints(), Path("stub")
     return library
 
 
-def measure(width: int, height: int, repeat: int, rounds: int) -> list[dict[str, Any]]:
-    """Medians in microseconds of each row, per round."""
+def measure(width: int, height: int, repeat: int, rounds: int,
+            kept: int = DEFAULT_KEPT) -> list[dict[str, Any]]:
+    """Medians in microseconds of each row, per round (NMS keeping ``kept`` boxes)."""
     from tinyfaces_trt.core.config import DetectorConfig
     from tinyfaces_trt.core.pyramid import plan_pyramid
     from tinyfaces_trt.runtime.backends import cuda_device, staging
     from tinyfaces_trt.runtime.backends.cuda_stages import CudaPostprocessor, CudaPreprocessor
 
-    library = install_stubs()
+    library = install_stubs(kept)
     config = DetectorConfig()
     levels = plan_pyramid(height, width, config)
     post = CudaPostprocessor(config, library=library)
@@ -218,21 +237,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="W x H (default 1920x1080)")
     parser.add_argument("--repeat", type=int, default=2000, help="timed calls per row and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--kept", type=int, default=DEFAULT_KEPT,
+                        help=f"boxes the stand-in NMS keeps, at most 4096 (default {DEFAULT_KEPT})")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.rounds < 1:
         parser.error("--repeat and --rounds must be at least 1")
+    if not 0 <= args.kept <= 4096:  # all of them come with the counters (PREFETCH_ROWS)
+        parser.error("--kept must be in [0, 4096]")
     size = args.image_size[0]
-    rounds = measure(size.width, size.height, args.repeat, args.rounds)
+    rounds = measure(size.width, size.height, args.repeat, args.rounds, args.kept)
     machine = machine_description(1)
-    print(f"host time per call, GPU calls stubbed, {size.width}x{size.height}, medians of "
-          f"{args.repeat}; {machine['cpu_model']}, Python {machine['versions']['python']}")
+    print(f"host time per call, GPU calls stubbed, {size.width}x{size.height}, NMS keeping "
+          f"{args.kept} boxes, medians of {args.repeat}; {machine['cpu_model']}, "
+          f"Python {machine['versions']['python']}")
     for name in rounds[0]:
         print(f"  {name:32s} " + "  ".join(f"{r[name]:8.1f} us" for r in rounds))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "created": now_iso(), "image_size": [size.width, size.height],
-            "repeat": args.repeat, "machine": machine, "rounds_us": rounds}, indent=1) + "\n")
+            "repeat": args.repeat, "kept": args.kept, "machine": machine, "rounds_us": rounds}, indent=1) + "\n")
     return 0
 
 

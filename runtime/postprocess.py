@@ -27,7 +27,9 @@ def inside_image(boxes: np.ndarray, image_hw: tuple[int, int], base: float) -> n
     counts as inside); ``base``: the coordinate of the first pixel
     (``DetectorConfig.coordinate_base``)."""
     height, width = image_hw
-    b = np.asarray(boxes, dtype=np.float64)
+    b = np.asarray(boxes)
+    if b.dtype != np.float32:  # float32 rows compare as they are: the bounds are exact there
+        b = b.astype(np.float64, copy=False)
     return ((b[:, 2] >= base) & (b[:, 3] >= base)
             & (b[:, 0] <= base + width - 1) & (b[:, 1] <= base + height - 1))
 
@@ -39,11 +41,12 @@ def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorCo
     in the variant's coordinates (``config.coordinate_base``): x in ``[0, W-1]`` for
     ``"pytorch"``, ``[1, W]`` for ``"matconvnet"``, y likewise."""
     base = config.coordinate_base
-    rows = rows[inside_image(rows, image_hw, base)]
+    rows = rows[inside_image(rows, image_hw, base)]  # a copy: ``rows`` itself is left alone
     if config.clip_boxes:
         height, width = image_hw
-        np.clip(rows[:, 0:4:2], base, base + width - 1, out=rows[:, 0:4:2])
-        np.clip(rows[:, 1:4:2], base, base + height - 1, out=rows[:, 1:4:2])
+        right, bottom = base + width - 1, base + height - 1
+        np.clip(rows[:, :4], np.array([base] * 4, rows.dtype),
+                np.array([right, bottom, right, bottom], rows.dtype), out=rows[:, :4])
     return rows
 
 

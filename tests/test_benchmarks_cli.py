@@ -508,9 +508,11 @@ def test_host_overhead_times_the_cuda_stages_host_work_without_a_gpu(tmp_path):
                            "--image-size", "640x480", "--repeat", "5", "--rounds", "2",
                            "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("host time per call, GPU calls stubbed, 640x480, medians of 5;")
+    assert done.stdout.startswith("host time per call, GPU calls stubbed, 640x480, NMS keeping "
+                                  "128 boxes, medians of 5;")
     result = json.loads(out.read_text())
     assert result["image_size"] == [640, 480] and result["repeat"] == 5
+    assert result["kept"] == 128  # the stand-in NMS's boxes, finished on the host
     assert len(result["rounds_us"]) == 2
     assert list(result["rounds_us"][0]) == ["prepare levels 1-5", "decode + NMS, one level",
                                             "decode + NMS, all 6 levels",
@@ -520,3 +522,6 @@ def test_host_overhead_times_the_cuda_stages_host_work_without_a_gpu(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
                           "--repeat", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--repeat and --rounds must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
+                          "--kept", "4097"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--kept must be in [0, 4096]" in bad.stderr

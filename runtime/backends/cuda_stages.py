@@ -621,7 +621,7 @@ class CudaPostprocessor:
         kept = int(stats["num_kept"])
         self.last_stats = {"num_candidates": count, "num_kept": kept, "nonfinite": 0}
         if kept <= len(prefetched):
-            boxes = prefetched[:kept].copy()
+            boxes = prefetched[:kept]  # finish_boxes copies (the page-locked rows are reused)
         else:  # more than came with the counters
             boxes = np.empty((kept, 5), np.float32)
             self._results.buffer.download(boxes, self.stream,
