@@ -94,7 +94,9 @@ def _time_size(width: int, height: int, rounds: int, warmup: int) -> dict[str, A
                     copy_s[i].append(copied - start)
                     both_s[i].append(done - copied)
         blank = np.zeros(nbytes, np.uint8)
-        for name, threads, chunk in timed:  # each way's landing, on a cleared device buffer
+        for name, threads, chunk in timed:  # each way's landing, from a cleared page-locked
+            stream.synchronize()              # buffer (a chunk left uncopied shows) onto a
+            pinned[:] = 0                     # cleared device buffer
             device.upload(blank, stream)
             staging.stage_and_upload([image], pinned, upload, threads, chunk)
             landed = device.download(np.empty(nbytes, np.uint8), stream)

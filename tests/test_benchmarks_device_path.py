@@ -123,16 +123,29 @@ def test_the_image_upload_is_timed_each_way_and_lands_whole(run):
     assert "| 64x48 (0.0 MB) | one piece, 1 thread (the runtime before 2026-12-04) | 1 |" in md
 
 
-def test_the_image_upload_benchmark_refuses_a_wrong_landing(monkeypatch, tmp_path_factory):
+@pytest.mark.parametrize("fault", ["not sent", "not copied"])
+def test_the_image_upload_benchmark_refuses_a_wrong_landing(monkeypatch, tmp_path_factory,
+                                                            fault):
+    """A chunk not uploaded, or (in the check only, after the timed rounds left the whole
+    image in the page-locked buffer) not copied into it: the run fails, naming the way."""
     host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
     monkeypatch.syspath_prepend(str(LATENCY.parent))
     bench_upload = importlib.import_module("bench_upload")
     from tinyfaces_trt.runtime.backends import staging
 
-    real = staging.stage_and_upload
+    real, real_copy = staging.stage_and_upload, staging._copy_range
+    timing_calls = 2 * len(bench_upload.ways())  # one round (MIN_ROUNDS 1, repeat 1)
+    calls = []
 
-    def first_chunk_only(images, pinned, upload, threads, chunk):  # later chunks not sent
-        real(images, pinned, lambda s, e: upload(s, e) if s == 0 else None, threads, chunk)
+    def first_chunk_only(images, pinned, upload, threads, chunk):
+        calls.append(1)
+        if fault == "not sent":
+            real(images, pinned, lambda s, e: upload(s, e) if s == 0 else None, threads, chunk)
+            return
+        checking = len(calls) > timing_calls
+        monkeypatch.setattr(staging, "_copy_range", lambda staged, sources, s, e: (
+            None if checking and s > 0 else real_copy(staged, sources, s, e)))
+        real(images, pinned, upload, threads, chunk)
 
     monkeypatch.setattr(staging, "stage_and_upload", first_chunk_only)
     monkeypatch.setattr(bench_upload, "MIN_ROUNDS", 1)
