@@ -298,6 +298,35 @@ def test_any_nms_size_works(kh, max_candidates):
     assert_same_detections(got, want)
 
 
+def block_sort_case() -> tuple[list[np.ndarray], list, tuple[int, int]]:
+    """About 12,000 candidates (a 40x40 grid of cells x 8 templates, half of their logits
+    tied at 2.0, the rest spread): several warps of the one-block sort, many equal digits,
+    equal logits, and cells shared by many boxes (stability decides their order)."""
+    rng = np.random.default_rng(3)
+    levels = levels_at((320, 320), (0.0,))
+    cls = np.where(rng.random((NUM_TEMPLATES, 40, 40)) < 0.5, 2.0,
+                   rng.normal(2.0, 1.0, (NUM_TEMPLATES, 40, 40)))
+    reg = rng.normal(0.0, 0.3, (4 * NUM_TEMPLATES, 40, 40))
+    return [np.concatenate([cls, reg]).astype(np.float32)[None]], levels, (320, 320)
+
+
+def test_nms_sizes_up_to_the_block_sort_and_past_it_give_the_same_rows(kh):
+    """Up to 16384 candidates (kBlockSortMax) NMS sorts in one block each where the GPU gives
+    a block the shared memory (compute capability 9.0; the CPU build), past it with CUB's
+    device-wide sort: the same rows and counters, byte for byte, as numpy's."""
+    config = DetectorConfig()
+    maps, levels, image_hw = block_sort_case()
+    count = candidate_count(maps, levels, config)
+    assert 10_000 < count <= 16_384
+    run = kh.raw_run(maps, levels, config)
+    small, small_stats = run.nms(image_hw, count)  # sorted in one block
+    block, block_stats = run.nms(image_hw, 16_384)
+    device_wide, device_stats = run.nms(image_hw, 16_385)  # CUB's
+    assert small_stats == block_stats == device_stats and block_stats["num_candidates"] == count
+    assert small.tobytes() == block.tobytes() == device_wide.tobytes()
+    assert_same_detections(block, nms_rows_reference(maps, levels, image_hw, config))
+
+
 @pytest.mark.parametrize("lookahead", list(binding.NMS_RULES.values()),
                          ids=list(binding.NMS_RULES))
 def test_results_are_deterministic(kh, lookahead):

@@ -755,7 +755,7 @@ def test_the_ptxas_step_reads_the_build_and_compiles_again_only_when_it_must(mon
     # a kernel of the sources that the table lacks is named (its spills are unknown)
     assert g.registers_summary(g.parse_ptxas(PTXAS)).startswith(
         "2 kernel/arch entries, SPILLS in resize_vertical_kernel; NOT IN THE TABLE (spills "
-        "unknown): nms_bin_kernel, nms_cell_gather_kernel, ")
+        "unknown): block_sort_kernel, nms_bin_kernel, nms_cell_gather_kernel, ")
     monkeypatch.setattr(g, "source_kernels", lambda: {"decode_level_kernel",
                                                       "resize_vertical_kernel"})
     report, step, compiled = _gpu_run_steps(monkeypatch, tmp_path, (), PTXAS)

@@ -14,6 +14,7 @@ tests/test_kernels_gpu.py.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import re
@@ -32,7 +33,7 @@ from helpers_kernels import (CXX, REPO, KernelHarness, assert_same_detections, b
                              random_maps, shared_cpu_build, square_boxes,
                              use_cpu_build_for_cuda_stages)
 from helpers_run import run_folder
-from kernel_abi_cases import IMAGE_HW
+from kernel_abi_cases import IMAGE_HW, block_sort_case
 import kernel_abi_cases
 import kernel_stage_cases
 from tinyfaces_trt.core.config import DetectorConfig
@@ -92,6 +93,31 @@ def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
                         16, 16)
 
 
+def test_a_gpu_without_the_shared_memory_sorts_a_small_nms_with_cub(kh, monkeypatch):
+    """Where a block cannot have the one-block sort's 213 kB of shared memory (compute
+    capability 8.0: 163 kB; $TF_CPU_SHARED_OPTIN_BYTES plays that GPU here), NMS sorts with
+    CUB at every size: the same rows."""
+    config = DetectorConfig()
+    maps, levels, image_hw = block_sort_case()
+    run = kh.raw_run(maps, levels, config)
+    launches = kh.lib.raw.tf_cpu_launches
+    launches.restype = ctypes.c_ulonglong
+
+    def nms(max_candidates):  # its rows and the kernel launches it made
+        before = launches()
+        rows, _ = run.nms(image_hw, max_candidates)
+        return rows, launches() - before
+
+    block, block_launches = nms(16_384)
+    past, past_launches = nms(16_385)
+    # the two sorts are kernels in one block each, CUB's (std::stable_sort here) none
+    assert block_launches == past_launches + 2
+    monkeypatch.setenv("TF_CPU_SHARED_OPTIN_BYTES", str(166_912))
+    device_wide, device_wide_launches = nms(16_384)
+    assert device_wide_launches == past_launches
+    assert block.tobytes() == device_wide.tobytes() == past.tobytes() and len(block) > 0
+
+
 def test_three_floats_made_ahead_pass_as_they_are():
     """The hot path of a caller passing the same normalisation at every resize."""
     made = binding.floats3((0.5, 1.5, 2.5), "channel_scale")
@@ -115,12 +141,14 @@ def test_nms_takes_score_logit_0_or_1_only(cpu_library):
 @pytest.mark.parametrize("schedule", [
     {"TF_CPU_RESIDENT_BLOCKS": "1"},
     {"TF_CPU_RESIDENT_BLOCKS": "16", "TF_CPU_SCHEDULE_SEED": "1"},
-    {"TF_CPU_RESIDENT_BLOCKS": "3", "TF_CPU_SCHEDULE_SEED": "2", "TF_CPU_SORT_FLIP": "0"},
+    {"TF_CPU_RESIDENT_BLOCKS": "3", "TF_CPU_SCHEDULE_SEED": "2", "TF_CPU_SORT_FLIP": "0",
+     "TF_CPU_SHARED_OPTIN_BYTES": "166912"},
 ])
 def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypatch, schedule):
     """Boxes wait on boxes of their own and of earlier chunks (a chain, and clusters whose
-    winners sit in other chunks): whatever order the blocks and threads run in, and wherever
-    CUB leaves the sorted data, the result is numpy's."""
+    winners sit in other chunks): whatever order the blocks and threads run in (the one-block
+    sorts' threads too), and wherever CUB leaves the sorted data (a GPU without the one-block
+    sort's shared memory: CUB sorts), the result is numpy's."""
     for name, value in schedule.items():
         monkeypatch.setenv(name, value)
     rng = np.random.default_rng(31)

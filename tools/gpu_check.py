@@ -106,7 +106,7 @@ SLOWEST_TESTS = 12
 SANITIZER_TESTS = {
     "memcheck": "random_score_maps or overflow or resize_pitched or detector_with_cuda_stages "
                 "or uncapped_chain or uncapped_nested or uncapped_identical or replays_its_nms "
-                "or one_resize_plan",
+                "or one_resize_plan or block_sort",
     "racecheck": "all_above_threshold or uncapped_chain or uncapped_nested",
 }
 STEP_KEYS = ("build", "ptxas", "tests", "sanitizers", "benchmark")

@@ -31,6 +31,9 @@
 #define TF_CPU_SHARED(type, name) \
   static char name##_tf_cpu_tag;  \
   type& name = ::tfcpu::block_shared<type>(&name##_tf_cpu_tag)
+// The block's dynamic shared memory (the launch's dynamicSmemBytes; common.cuh defines this as
+// `extern __shared__` for nvcc).
+#define TF_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::tfcpu::dynamic_shared_bytes())
 
 // --- vector types -----------------------------------------------------------------------------
 struct uint3 {
@@ -93,6 +96,9 @@ T atomicAdd(T* address, U value) {
 void __syncthreads();
 int __syncthreads_or(int predicate);
 unsigned int __ballot_sync(unsigned int mask, int predicate);
+// The lanes of `mask` whose `value` equals this lane's (a real warp collective here).
+unsigned int __match_any_sync(unsigned int mask, unsigned int value);
+void __syncwarp(unsigned int mask = 0xffffffffu);
 unsigned int tf_cpu_shfl_u32(unsigned int mask, unsigned int value, int src_lane);
 template <typename T>
 T __shfl_sync(unsigned int mask, T value, int src_lane) {
@@ -124,6 +130,14 @@ const char* cudaGetErrorName(cudaError_t err);
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaGetDevice(int* device);
+
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+// cudaDevAttrMaxSharedMemoryPerBlockOptin: an H100's 232448 bytes, or $TF_CPU_SHARED_OPTIN_BYTES
+// (a smaller GPU's, to take the paths for one).
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream = nullptr);
 
 struct cudaLaunchConfig_t {
@@ -139,10 +153,18 @@ namespace tfcpu {
 
 // Runs `thread_body` once per thread of the grid (see grid.cpp); returns the launch's error.
 cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
-                     const std::function<void()>& thread_body);
+                     const std::function<void()>& thread_body, size_t max_dynamic_shared = 0);
 
 // This block's instance of the __shared__ variable identified by `tag` (0xFF-filled: garbage).
 void* block_shared_bytes(const void* tag, size_t bytes);
+
+// This block's dynamic shared memory (0xFF-filled: garbage).
+void* dynamic_shared_bytes();
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) per kernel: launches of `kernel` may then
+// take up to `bytes` of dynamic shared memory (48 KiB without it, as on a GPU).
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
+size_t max_dynamic_shared(const void* kernel);
 
 template <typename T>
 T& block_shared(const void* tag) {
@@ -159,5 +181,12 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
                                Actual&&... args) {
   std::tuple<std::decay_t<Expected>...> bound(std::forward<Actual>(args)...);
   return tfcpu::run_grid(config->gridDim, config->blockDim, config->dynamicSmemBytes,
-                         [&] { std::apply(kernel, bound); });
+                         [&] { std::apply(kernel, bound); },
+                         tfcpu::max_dynamic_shared(reinterpret_cast<const void*>(kernel)));
+}
+
+template <typename... Expected>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Expected...), cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return tfcpu::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
 }

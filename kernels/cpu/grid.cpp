@@ -16,10 +16,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <mutex>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -70,6 +72,7 @@ struct Block {
   int or_result = 0;
   std::vector<Warp> warps;
   std::unordered_map<const void*, std::vector<unsigned char>> shared;
+  std::vector<unsigned char> dynamic_shared;
 };
 
 struct Fiber {
@@ -87,6 +90,7 @@ struct Fiber {
 struct Grid {
   dim3 grid, block;
   unsigned threads = 0;
+  size_t dynamic_shared_bytes = 0;
   const std::function<void()>* body = nullptr;
   std::vector<Block> slots;
   std::vector<std::vector<Fiber>> fibers;  // per slot, one per thread
@@ -248,6 +252,7 @@ void start_block(Grid& g, size_t slot) {
   b.barrier.expected = g.threads;
   b.or_accumulator = b.or_result = 0;
   b.shared.clear();
+  b.dynamic_shared.assign(g.dynamic_shared_bytes, 0xFF);  // garbage, as on a GPU
   b.warps.assign((g.threads + 31) / 32, Warp{});
   for (unsigned w = 0; w < b.warps.size(); ++w) {
     const unsigned lanes = std::min(32u, g.threads - 32 * w);
@@ -310,11 +315,13 @@ unsigned warp_exchange(unsigned mask, unsigned value, const char* what) {
 namespace {
 
 cudaError_t run_grid_unrecorded(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
-                                const std::function<void()>& thread_body) {
+                                const std::function<void()>& thread_body,
+                                size_t max_dynamic_shared) {
   g_launch_error.clear();
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 ||
-      grid.y > 65535 || grid.z > 65535 || block.z > 64 || dynamic_shared_bytes > 48 * 1024) {
+      grid.y > 65535 || grid.z > 65535 || block.z > 64 ||
+      dynamic_shared_bytes > std::max<size_t>(48 * 1024, max_dynamic_shared)) {
     g_launch_error = "invalid launch configuration";
     return cudaErrorInvalidConfiguration;
   }
@@ -326,6 +333,7 @@ cudaError_t run_grid_unrecorded(dim3 grid, dim3 block, size_t dynamic_shared_byt
   g.grid = grid;
   g.block = block;
   g.threads = static_cast<unsigned>(threads);
+  g.dynamic_shared_bytes = dynamic_shared_bytes;
   g.body = &thread_body;
   g.total_blocks = 1ull * grid.x * grid.y * grid.z;
   const char* seed = std::getenv("TF_CPU_SCHEDULE_SEED");
@@ -384,9 +392,42 @@ cudaError_t run_grid_unrecorded(dim3 grid, dim3 block, size_t dynamic_shared_byt
 
 }  // namespace
 
+std::atomic<unsigned long long> g_launches{0};
+
 cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
-                     const std::function<void()>& thread_body) {
-  return record(run_grid_unrecorded(grid, block, dynamic_shared_bytes, thread_body));
+                     const std::function<void()>& thread_body, size_t max_dynamic_shared) {
+  ++g_launches;
+  return record(run_grid_unrecorded(grid, block, dynamic_shared_bytes, thread_body,
+                                    max_dynamic_shared));
+}
+
+void* dynamic_shared_bytes() { return g_grid->current->block->dynamic_shared.data(); }
+
+namespace {
+std::mutex g_attributes_mutex;
+std::unordered_map<const void*, size_t> g_max_dynamic_shared;  // per kernel (all threads)
+
+int shared_optin_bytes() {
+  const char* v = std::getenv("TF_CPU_SHARED_OPTIN_BYTES");
+  return v != nullptr && *v != '\0' ? std::atoi(v) : 232448;
+}
+}  // namespace
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  g_launch_error.clear();
+  if (bytes < 0 || bytes > shared_optin_bytes()) {
+    g_launch_error = "cudaFuncSetAttribute: more dynamic shared memory than the device has";
+    return record(cudaErrorInvalidValue);
+  }
+  std::lock_guard<std::mutex> lock(g_attributes_mutex);
+  g_max_dynamic_shared[kernel] = static_cast<size_t>(bytes);
+  return cudaSuccess;
+}
+
+size_t max_dynamic_shared(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_attributes_mutex);
+  const auto it = g_max_dynamic_shared.find(kernel);
+  return it == g_max_dynamic_shared.end() ? 0 : it->second;
 }
 
 void* block_shared_bytes(const void* tag, size_t bytes) {
@@ -420,6 +461,20 @@ unsigned int __ballot_sync(unsigned int mask, int predicate) {
   for (int l = 0; l < 32; ++l)
     if ((took_part >> l & 1u) && w.snapshot[l]) ballot |= 1u << l;
   return ballot & mask;
+}
+
+unsigned int __match_any_sync(unsigned int mask, unsigned int value) {
+  using namespace tfcpu;
+  const unsigned took_part = warp_exchange(mask, value, "__match_any_sync");
+  const Warp& w = g_grid->current->block->warps[g_grid->current->warp];
+  unsigned peers = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((took_part >> l & 1u) && w.snapshot[l] == value) peers |= 1u << l;
+  return peers & mask;
+}
+
+void __syncwarp(unsigned int mask) {
+  (void)tfcpu::warp_exchange(mask, 0, "__syncwarp");
 }
 
 unsigned int tf_cpu_shfl_u32(unsigned int mask, unsigned int value, int src_lane) {
@@ -467,6 +522,17 @@ cudaError_t cudaGetDeviceCount(int* count) {
   return cudaSuccess;
 }
 
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return tfcpu::record(cudaErrorInvalidValue);
+  *value = tfcpu::shared_optin_bytes();
+  return cudaSuccess;
+}
+
 // $TF_CPU_FAIL_MEMSET (set, not empty) makes it fail with cudaErrorInvalidValue, writing
 // nothing, as the CUDA runtime refuses a pointer it does not know: a failed CUDA call that
 // leaves no sticky state, only the thread's last error.
@@ -479,4 +545,9 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
   }
   std::memset(ptr, value, bytes);
   return cudaSuccess;
+}
+
+// Kernel launches this library made since it was loaded (tests see which kernels a call ran).
+extern "C" __attribute__((visibility("default"))) unsigned long long tf_cpu_launches(void) {
+  return tfcpu::g_launches.load();
 }

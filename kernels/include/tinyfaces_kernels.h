@@ -218,9 +218,11 @@ TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int 
                                         void* candidates, int64_t capacity, tf_stream_t stream);
 
 /* ---------------------------------------------------------------------------------------
- * Sort + NMS.  Candidates are sorted by logit descending, ties by key ascending (CUB radix
- * sort of a 64-bit key: order-preserving logit bits in the high word, canonical key in the
- * low word), then greedy NMS: a kept box suppresses every later box with IoU > nms_thresh,
+ * Sort + NMS.  Candidates are sorted by logit descending, ties by key ascending (radix sort
+ * of a 64-bit key: order-preserving logit bits in the high word, canonical key in the low
+ * word; with max_candidates <= 16384 in one thread block's shared memory where the GPU
+ * gives a block 213 kB of it, as compute capability 9.0 does, else CUB's device-wide sort:
+ * the same order), then greedy NMS: a kept box suppresses every later box with IoU > nms_thresh,
  * area = (x2 - x1 + o) * (y2 - y1 + o), iw = max(0, min(x2) - max(x1) + o), o =
  * pixel_offset (float32, every operation rounded, no FMA). The result is exactly the serial
  * greedy result at every count up to max_candidates; there is no candidate cap besides
@@ -247,6 +249,8 @@ TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int 
  * "NMS").
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
  * max_candidates), so a tf_nms call captures and replays; nothing is read back to the host.
+ * (The one-block sort's shared-memory limit is set with cudaFuncSetAttribute at each call,
+ * a host call that capture allows.)
  * ------------------------------------------------------------------------------------- */
 
 typedef struct tf_nms_params {

@@ -10,6 +10,11 @@
 
 #include "tinyfaces_kernels.h"
 
+// A kernel's dynamic shared memory (the CPU build's cuda_runtime.h defines its own).
+#ifndef TF_DYNAMIC_SHARED
+#define TF_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 namespace tf {
 
 constexpr size_t kAlign = 256;  // every sub-buffer of a workspace starts on this boundary

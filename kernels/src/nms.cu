@@ -3,12 +3,13 @@
 //
 // Pipeline (all on the caller's stream, no host synchronisation, no allocation):
 //   1. prepare  : read the device-side count, flag overflow, pad the sort input to m items
-//   2. sort     : CUB radix sort of (logit, canonical key) -> NMS order (as before)
+//   2. sort     : radix sort of (logit, canonical key) -> NMS order: one block in shared memory
+//                 when m <= kBlockSortMax and the GPU allows it (block_sort.cuh), else CUB's
 //   3. gather   : boxes + logits in NMS order (index = rank)
 //   4. bin      : a 32-bit cell code per box: size class k (floor log2 of max(w, h), so the box
 //                 is smaller than 2^(k+1)) + grid cell of (x1, y1), cells 2^(k-1) wide and 2^k
 //                 high; reset the statuses
-//   5. sort     : CUB radix sort of (cell code, rank) pairs, stable -> within a cell by rank;
+//   5. sort     : radix sort of (cell code, rank) pairs (as step 2), stable -> within a cell by rank;
 //                 then the boxes are gathered in that order, so that the walks stream them
 //   6. resolve  : one thread per box; blocks claim chunks of 128 ranks in order (atomic ticket)
 //                 and each thread walks its box's candidate suppressors (the size classes and
@@ -31,6 +32,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
+#include "block_sort.cuh"
 #include "candidates.cuh"
 
 namespace {
@@ -618,6 +620,33 @@ unsigned int resolve_blocks(uint32_t m, uint32_t boxes_per_block) {
   return static_cast<unsigned int>(blocks < kMaxResolveBlocks ? blocks : kMaxResolveBlocks);
 }
 
+// Whether an NMS of size m sorts in one block each (m <= kBlockSortMax and the current GPU
+// gives a block that much shared memory: compute capability 9.0 does, 8.0 does not); sets
+// the two block-sort kernels' shared-memory limit where it does. Host calls only (no work
+// enqueued), allowed during stream capture.
+tf_status use_block_sorts(uint32_t m, bool& use) {
+  use = false;
+  if (m > tf::kBlockSortMax) return TF_STATUS_SUCCESS;
+  int device = 0, optin = 0;
+  TF_RETURN_IF_ERROR(tf::check_cuda(cudaGetDevice(&device), "cudaGetDevice"));
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      "cudaDeviceGetAttribute (shared memory per block)"));
+  const size_t need = tf::block_sort_shared_bytes<unsigned long long>();
+  if (optin < 0 || static_cast<size_t>(optin) < need) return TF_STATUS_SUCCESS;
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cudaFuncSetAttribute(tf::block_sort_kernel<unsigned long long>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(need)),
+      "cudaFuncSetAttribute (block sort, keys)"));
+  TF_RETURN_IF_ERROR(tf::check_cuda(
+      cudaFuncSetAttribute(tf::block_sort_kernel<uint32_t>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(tf::block_sort_shared_bytes<uint32_t>())),
+      "cudaFuncSetAttribute (block sort, cells)"));
+  use = true;
+  return TF_STATUS_SUCCESS;
+}
+
 tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
   if (need <= sort_temp_bound(m)) return TF_STATUS_SUCCESS;
   return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL,
@@ -699,15 +728,27 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
   TF_RETURN_IF_ERROR(check_cub_bytes(cell_sort_bytes, max_candidates, "cub::DeviceRadixSort (cells)"));
   TF_RETURN_IF_ERROR(check_cub_bytes(scan_bytes, max_candidates, "cub::DeviceScan"));
   size_t temp_bytes = sort_temp_bound(max_candidates);
+  // Both sorts in one block each (block_sort.cuh) where they fit, else CUB's. Either way the
+  // values sorted along are 0, 1, 2, ... (the prepare and bin kernels set them): the order.
+  bool block_sorts = false;
+  TF_RETURN_IF_ERROR(use_block_sorts(m, block_sorts));
 
   TF_RETURN_IF_ERROR(tf::launch("nms prepare kernel launch", nms_prepare_kernel, dim3(item_blocks),
                                 dim3(kPrepareThreads), 0, s, static_cast<const uint32_t*>(cand.count),
                                 static_cast<const unsigned long long*>(cand.keys),
                                 static_cast<uint32_t>(capacity),
                                 m, keys.Current(), slots.Current(), ctrl, out_stats));
-  TF_RETURN_IF_ERROR(tf::check_cuda(
-      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, slots, items, 0, 64, s),
-      "cub::DeviceRadixSort::SortPairs"));
+  if (block_sorts)
+    TF_RETURN_IF_ERROR(tf::launch("nms block sort kernel launch",
+                                  tf::block_sort_kernel<unsigned long long>, dim3(1),
+                                  dim3(tf::kBlockSortThreads),
+                                  tf::block_sort_shared_bytes<unsigned long long>(), s,
+                                  static_cast<const uint32_t*>(&ctrl->n), keys.Current(),
+                                  slots.Current(), 64));
+  else
+    TF_RETURN_IF_ERROR(tf::check_cuda(
+        cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, slots, items, 0, 64, s),
+        "cub::DeviceRadixSort::SortPairs"));
   TF_RETURN_IF_ERROR(tf::launch("nms gather kernel launch", nms_gather_kernel, dim3(item_blocks),
                                 dim3(kPrepareThreads), 0, s, static_cast<const Control*>(ctrl),
                                 static_cast<const unsigned long long*>(keys.Current()),
@@ -718,9 +759,17 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                 static_cast<const float4*>(boxes), cfg, m, cells.Current(),
                                 ranks.Current(), status, flags));
   temp_bytes = sort_temp_bound(max_candidates);
-  TF_RETURN_IF_ERROR(tf::check_cuda(
-      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, cells, ranks, items, 0, 32, s),
-      "cub::DeviceRadixSort::SortPairs (cells)"));
+  if (block_sorts)
+    TF_RETURN_IF_ERROR(tf::launch("nms block sort kernel launch (cells)",
+                                  tf::block_sort_kernel<uint32_t>, dim3(1),
+                                  dim3(tf::kBlockSortThreads),
+                                  tf::block_sort_shared_bytes<uint32_t>(), s,
+                                  static_cast<const uint32_t*>(&ctrl->n), cells.Current(),
+                                  ranks.Current(), 32));
+  else
+    TF_RETURN_IF_ERROR(tf::check_cuda(
+        cub::DeviceRadixSort::SortPairs(temp, temp_bytes, cells, ranks, items, 0, 32, s),
+        "cub::DeviceRadixSort::SortPairs (cells)"));
   TF_RETURN_IF_ERROR(tf::launch("nms cell gather kernel launch", nms_cell_gather_kernel,
                                 dim3(item_blocks), dim3(kPrepareThreads), 0, s,
                                 static_cast<const Control*>(ctrl),
