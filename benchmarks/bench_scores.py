@@ -132,6 +132,23 @@ def _reference_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
             "candidates": int(dets.shape[0]), "kept": int(len(keep))}
 
 
+#: Counts up to this NMS size sort in one block each (kernels/README.md, "Small NMS"); the
+#: table's row with CUB's device-wide sorts runs NMS at :data:`CUB_SORT_NMS_SIZE` instead.
+BLOCK_SORT_MAX = 16384
+CUB_SORT_NMS_SIZE = 32768
+
+
+def cuda_variants(candidates: int) -> list[tuple[int, str, int | None]]:
+    """(NMS rule, row name, NMS size or None for the default) of the CUDA rows at this
+    count: :func:`cuda_rows`, and where the default sorts in one block, the default rule
+    with CUB's device-wide sorts (a larger NMS size), side by side."""
+    rows = [(rule, name, None) for rule, name in cuda_rows().items()]
+    if candidates <= BLOCK_SORT_MAX:
+        rows.append((rows[0][0], f"cuda, CUB's device-wide sorts (NMS size {CUB_SORT_NMS_SIZE})",
+                     CUB_SORT_NMS_SIZE))
+    return rows
+
+
 def cuda_rows() -> dict[int, str]:
     """The CUDA rows per NMS resolve rule: the runtime's default (now) first (the targets
     read it)."""
@@ -146,8 +163,9 @@ def cuda_rows() -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
-                        rule: int) -> Iterator[Callable[[], tuple[np.ndarray, float, float]]]:
+def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig, rule: int,
+                        nms_size: int | None = None
+                        ) -> Iterator[Callable[[], tuple[np.ndarray, float, float]]]:
     """The runtime's :class:`CudaPostprocessor` with ``data``'s score map on the device:
     yields ``decode_nms()``, one synchronised reset + decode + NMS returning the kept boxes,
     the seconds of the decode and those of the NMS (a wait for the decode between them);
@@ -167,7 +185,8 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
         made.callback(stream.close)
         score_dev = DeviceBuffer(data.score_map.nbytes)
         made.callback(score_dev.free)
-        post = CudaPostprocessor(config, stream, nms_rule=rule)
+        post = CudaPostprocessor(config, stream, nms_rule=rule,
+                                 **({"max_candidates": nms_size} if nms_size else {}))
         made.callback(post.close)
         score_dev.upload(np.ascontiguousarray(data.score_map), stream)
         stream.synchronize()
@@ -194,7 +213,7 @@ def _cuda_postprocessor(data: SyntheticLevel, config: DetectorConfig,
 
 
 def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
-              warmup: int, rule: int, name: str) -> dict[str, Any]:
+              warmup: int, rule: int, name: str, nms_size: int | None = None) -> dict[str, Any]:
     """The runtime's CUDA postprocessing (:class:`CudaPostprocessor`) on the device score map.
 
     ``decode`` = ``reset`` (counter reset) + ``add_level`` (decode kernel); ``nms`` =
@@ -203,9 +222,10 @@ def _cuda_row(data: SyntheticLevel, config: DetectorConfig, repeat: int,
     ``together``: the same calls without that wait (a detect's decode + NMS), timed in the
     same rounds, alternating which goes first. Every run starts and ends stream-synchronised.
     ``rule``: the NMS resolve rule (``tf_nms_params.lookahead``, ``binding.NMS_RULES``; the
-    same boxes with each), ``name`` its row's (:func:`cuda_rows`).
+    same boxes with each), ``name`` its row's (:func:`cuda_rows`); ``nms_size``: the NMS
+    size to start from (default: the postprocessor's).
     """
-    with _cuda_postprocessor(data, config, rule) as decode_nms:
+    with _cuda_postprocessor(data, config, rule, nms_size) as decode_nms:
         decode_s, nms_s, together_s = [], [], []
         boxes = np.zeros((0, 5), np.float32)
         for k in range(warmup + repeat):
@@ -259,7 +279,7 @@ def profile_decode_nms(targets: list[int], config: DetectorConfig,
 
 
 #: How the decode/NMS profile groups its kernels (first match wins; the rest is "other").
-KERNEL_GROUPS = (("NMS resolve", "resolve"), ("sorts", "RadixSort|Onesweep"),
+KERNEL_GROUPS = (("NMS resolve", "resolve"), ("sorts", "RadixSort|Onesweep|block_sort"),
                  ("scan", "DeviceScan"), ("decode", "decode_level"),
                  ("copies and memsets", "Memcpy|Memset"))
 
@@ -300,9 +320,9 @@ def run_decode_nms(targets: list[int], config: DetectorConfig, repeat: int, warm
         rows = [numpy_row]
         if with_reference:
             rows.append(_reference_row(data, config, repeat, warmup))
-        for rule, name in (cuda_rows().items() if with_cuda else ()):
+        for rule, name, nms_size in (cuda_variants(data.candidates) if with_cuda else ()):
             try:
-                row = _cuda_row(data, config, repeat, warmup, rule, name)
+                row = _cuda_row(data, config, repeat, warmup, rule, name, nms_size)
                 if expected is None:
                     expected = select_detections(numpy_out["candidates"], data.image_hw, config)
                 row["vs_numpy"] = compare_with_reference(expected, row.pop("boxes"), config, "fp32")

@@ -299,7 +299,7 @@ def test_any_nms_size_works(kh, max_candidates):
 
 
 def block_sort_case() -> tuple[list[np.ndarray], list, tuple[int, int]]:
-    """About 12,000 candidates (a 40x40 grid of cells x 8 templates, half of their logits
+    """12,672 candidates (a 40x40 grid of cells x 8 templates, half of their logits
     tied at 2.0, the rest spread): several warps of the one-block sort, many equal digits,
     equal logits, and cells shared by many boxes (stability decides their order)."""
     rng = np.random.default_rng(3)

@@ -200,6 +200,13 @@ def test_cuda_decode_nms_rows_run_on_the_kernels(monkeypatch, tmp_path_factory):
         vs = impls[name]["vs_numpy"]
         assert vs["passed"] and vs["reference"] == vs["test"] == vs["matched"] > 0, vs
     assert "together" not in impls["numpy (runtime)"]
+    # where the default sorts in one block (here: the CPU build), a row with CUB's sorts
+    cub = impls["cuda, CUB's device-wide sorts (NMS size 32768)"]
+    assert cub["status"] == "ok" and cub["kept"] == impls["numpy (runtime)"]["kept"], cub
+    assert cub["vs_numpy"]["passed"] and cub["candidates"] == row["candidates"]
+    assert [i["name"] for i in row["implementations"]][-1] == cub["name"]
+    assert bench_scores.cuda_variants(16_385) == [(r, n, None) for r, n in
+                                                  bench_scores.cuda_rows().items()]
     bench_report = importlib.import_module("bench_report")
     kept = impls["numpy (runtime)"]["kept"]
     def kept_cells() -> list[str]:

@@ -40,6 +40,8 @@ def _kernel_constants(*sources: str) -> dict[str, object]:
         for type_, body in re.findall(r"constexpr\s+(int|uint8_t|uint32_t|float|size_t)\s+([^;]+);",
                                       text):
             for declaration in body.split(","):
+                if "=" not in declaration or "(" in declaration.split("=", 1)[0]:
+                    continue  # a constexpr function, not a constant
                 name, expr = (part.strip() for part in declaration.split("=", 1))
                 expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+(?:\.\d+)?)(?:f|u)\b", r"\1", expr)
                 value = eval(expr, {"__builtins__": {}}, dict(values))  # noqa: S307 (our source)
@@ -63,6 +65,15 @@ def test_the_emulation_uses_the_kernels_constants():
     assert {name: k[name] for name in pairs} == pairs
     assert all(type(k[name]) is type(value) for name, value in pairs.items()
                if isinstance(value, np.floating))
+
+
+def test_the_benchmarks_block_sort_bound_is_the_kernels(monkeypatch):
+    """benchmarks/bench_scores.py adds a row with CUB's sorts only where the default sorts in
+    one block: up to kernels/src/block_sort.cuh's kBlockSortMax."""
+    k = _kernel_constants("block_sort.cuh")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = load_script("benchmarks/bench_scores.py", "tinyfaces_bench_scores_bound")
+    assert k["kBlockSortMax"] == bench.BLOCK_SORT_MAX == 16384 < bench.CUB_SORT_NMS_SIZE
 
 
 def _boxes(centres, sizes, aspect=None):
