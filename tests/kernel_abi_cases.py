@@ -298,26 +298,29 @@ def test_any_nms_size_works(kh, max_candidates):
     assert_same_detections(got, want)
 
 
-def block_sort_case() -> tuple[list[np.ndarray], list, tuple[int, int]]:
+def block_sort_case(full: bool = False) -> tuple[list[np.ndarray], list, tuple[int, int]]:
     """12,672 candidates (a 40x40 grid of cells x 8 templates, half of their logits
     tied at 2.0, the rest spread): several warps of the one-block sort, many equal digits,
-    equal logits, and cells shared by many boxes (stability decides their order)."""
+    equal logits, and cells shared by many boxes (stability decides their order). ``full``:
+    exactly 16,384 (32x64 cells x 8 templates, every one a candidate): all the sort holds."""
     rng = np.random.default_rng(3)
-    levels = levels_at((320, 320), (0.0,))
-    cls = np.where(rng.random((NUM_TEMPLATES, 40, 40)) < 0.5, 2.0,
-                   rng.normal(2.0, 1.0, (NUM_TEMPLATES, 40, 40)))
-    reg = rng.normal(0.0, 0.3, (4 * NUM_TEMPLATES, 40, 40))
-    return [np.concatenate([cls, reg]).astype(np.float32)[None]], levels, (320, 320)
+    h, w = (32, 64) if full else (40, 40)
+    levels = levels_at((8 * h, 8 * w), (0.0,))
+    cls = np.where(rng.random((NUM_TEMPLATES, h, w)) < 0.5, 2.0,
+                   rng.normal(2.0, 0.5 if full else 1.0, (NUM_TEMPLATES, h, w)))
+    reg = rng.normal(0.0, 0.3, (4 * NUM_TEMPLATES, h, w))
+    return [np.concatenate([cls, reg]).astype(np.float32)[None]], levels, (8 * h, 8 * w)
 
 
-def test_nms_sizes_up_to_the_block_sort_and_past_it_give_the_same_rows(kh):
+@pytest.mark.parametrize("full", [False, True], ids=["12672", "16384"])
+def test_nms_sizes_up_to_the_block_sort_and_past_it_give_the_same_rows(kh, full):
     """Up to 16384 candidates (kBlockSortMax) NMS sorts in one block each where the GPU gives
     a block the shared memory (compute capability 9.0; the CPU build), past it with CUB's
     device-wide sort: the same rows and counters, byte for byte, as numpy's."""
-    config = DetectorConfig()
-    maps, levels, image_hw = block_sort_case()
+    config = DetectorConfig(prob_thresh=0.01 if full else 0.5)
+    maps, levels, image_hw = block_sort_case(full)
     count = candidate_count(maps, levels, config)
-    assert 10_000 < count <= 16_384
+    assert count == (16_384 if full else 12_672)
     run = kh.raw_run(maps, levels, config)
     small, small_stats = run.nms(image_hw, count)  # sorted in one block
     block, block_stats = run.nms(image_hw, 16_384)
