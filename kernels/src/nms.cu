@@ -647,6 +647,24 @@ tf_status use_block_sorts(uint32_t m, bool& use) {
   return TF_STATUS_SUCCESS;
 }
 
+// Sorts (key, order) pairs on all of Key's bits, stably: the first ctrl->n in one block
+// (block_sort.cuh; the order values are 0, 1, 2, ... on entry, as it assumes), else all
+// `items` with CUB (the result in the buffers' Current(), whichever CUB leaves it in).
+template <typename Key>
+tf_status sort_pairs(bool one_block, Control* ctrl, cub::DoubleBuffer<Key>& keys,
+                     cub::DoubleBuffer<uint32_t>& order, int items, void* temp, size_t& temp_bytes,
+                     cudaStream_t s, const char* what) {
+  constexpr int kBits = 8 * sizeof(Key);
+  if (one_block)
+    return tf::launch(kBits == 64 ? "nms block sort kernel launch"
+                                  : "nms block sort kernel launch (cells)",
+                      tf::block_sort_kernel<Key>, dim3(1), dim3(tf::kBlockSortThreads),
+                      tf::block_sort_shared_bytes<Key>(), s, static_cast<const uint32_t*>(&ctrl->n),
+                      keys.Current(), order.Current(), kBits);
+  return tf::check_cuda(
+      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, order, items, 0, kBits, s), what);
+}
+
 tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
   if (need <= sort_temp_bound(m)) return TF_STATUS_SUCCESS;
   return tf::fail(TF_STATUS_WORKSPACE_TOO_SMALL,
@@ -738,17 +756,8 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                 static_cast<const unsigned long long*>(cand.keys),
                                 static_cast<uint32_t>(capacity),
                                 m, keys.Current(), slots.Current(), ctrl, out_stats));
-  if (block_sorts)
-    TF_RETURN_IF_ERROR(tf::launch("nms block sort kernel launch",
-                                  tf::block_sort_kernel<unsigned long long>, dim3(1),
-                                  dim3(tf::kBlockSortThreads),
-                                  tf::block_sort_shared_bytes<unsigned long long>(), s,
-                                  static_cast<const uint32_t*>(&ctrl->n), keys.Current(),
-                                  slots.Current(), 64));
-  else
-    TF_RETURN_IF_ERROR(tf::check_cuda(
-        cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, slots, items, 0, 64, s),
-        "cub::DeviceRadixSort::SortPairs"));
+  TF_RETURN_IF_ERROR(sort_pairs(block_sorts, ctrl, keys, slots, items, temp, temp_bytes, s,
+                                "cub::DeviceRadixSort::SortPairs"));
   TF_RETURN_IF_ERROR(tf::launch("nms gather kernel launch", nms_gather_kernel, dim3(item_blocks),
                                 dim3(kPrepareThreads), 0, s, static_cast<const Control*>(ctrl),
                                 static_cast<const unsigned long long*>(keys.Current()),
@@ -759,17 +768,8 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                 static_cast<const float4*>(boxes), cfg, m, cells.Current(),
                                 ranks.Current(), status, flags));
   temp_bytes = sort_temp_bound(max_candidates);
-  if (block_sorts)
-    TF_RETURN_IF_ERROR(tf::launch("nms block sort kernel launch (cells)",
-                                  tf::block_sort_kernel<uint32_t>, dim3(1),
-                                  dim3(tf::kBlockSortThreads),
-                                  tf::block_sort_shared_bytes<uint32_t>(), s,
-                                  static_cast<const uint32_t*>(&ctrl->n), cells.Current(),
-                                  ranks.Current(), 32));
-  else
-    TF_RETURN_IF_ERROR(tf::check_cuda(
-        cub::DeviceRadixSort::SortPairs(temp, temp_bytes, cells, ranks, items, 0, 32, s),
-        "cub::DeviceRadixSort::SortPairs (cells)"));
+  TF_RETURN_IF_ERROR(sort_pairs(block_sorts, ctrl, cells, ranks, items, temp, temp_bytes, s,
+                                "cub::DeviceRadixSort::SortPairs (cells)"));
   TF_RETURN_IF_ERROR(tf::launch("nms cell gather kernel launch", nms_cell_gather_kernel,
                                 dim3(item_blocks), dim3(kPrepareThreads), 0, s,
                                 static_cast<const Control*>(ctrl),
