@@ -98,6 +98,8 @@ int __syncthreads_or(int predicate);
 unsigned int __ballot_sync(unsigned int mask, int predicate);
 // The lanes of `mask` whose `value` equals this lane's (a real warp collective here).
 unsigned int __match_any_sync(unsigned int mask, unsigned int value);
+template <typename T>
+unsigned int __match_any_sync(unsigned int mask, T value) = delete;  // 32-bit values only here
 void __syncwarp(unsigned int mask = 0xffffffffu);
 unsigned int tf_cpu_shfl_u32(unsigned int mask, unsigned int value, int src_lane);
 template <typename T>
@@ -187,6 +189,6 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
 
 template <typename... Expected>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(Expected...), cudaFuncAttribute attr, int value) {
-  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
-  return tfcpu::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
+  return tfcpu::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel),
+                                       attr == cudaFuncAttributeMaxDynamicSharedMemorySize ? value : -1);
 }

@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -392,13 +391,14 @@ cudaError_t run_grid_unrecorded(dim3 grid, dim3 block, size_t dynamic_shared_byt
 
 }  // namespace
 
-std::atomic<unsigned long long> g_launches{0};
+thread_local unsigned long long g_launches = 0;  // kernels this thread ran (configuration accepted)
 
 cudaError_t run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
                      const std::function<void()>& thread_body, size_t max_dynamic_shared) {
-  ++g_launches;
-  return record(run_grid_unrecorded(grid, block, dynamic_shared_bytes, thread_body,
-                                    max_dynamic_shared));
+  const cudaError_t err = run_grid_unrecorded(grid, block, dynamic_shared_bytes, thread_body,
+                                              max_dynamic_shared);
+  if (err != cudaErrorInvalidConfiguration) ++g_launches;
+  return record(err);
 }
 
 void* dynamic_shared_bytes() { return g_grid->current->block->dynamic_shared.data(); }
@@ -407,16 +407,16 @@ namespace {
 std::mutex g_attributes_mutex;
 std::unordered_map<const void*, size_t> g_max_dynamic_shared;  // per kernel (all threads)
 
-int shared_optin_bytes() {
-  const char* v = std::getenv("TF_CPU_SHARED_OPTIN_BYTES");
-  return v != nullptr && *v != '\0' ? std::atoi(v) : 232448;
+int shared_optin_bytes() {  // an H100's; $TF_CPU_SHARED_OPTIN_BYTES (unparsable: the default)
+  return static_cast<int>(env_size("TF_CPU_SHARED_OPTIN_BYTES", 232448, 0, 1 << 30));
 }
 }  // namespace
 
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
   g_launch_error.clear();
-  if (bytes < 0 || bytes > shared_optin_bytes()) {
-    g_launch_error = "cudaFuncSetAttribute: more dynamic shared memory than the device has";
+  if (bytes < 0 || bytes > shared_optin_bytes()) {  // (-1: an attribute the CPU build lacks)
+    g_launch_error = "cudaFuncSetAttribute: an attribute other than the dynamic shared memory "
+                     "limit, or more of it than the device has";
     return record(cudaErrorInvalidValue);
   }
   std::lock_guard<std::mutex> lock(g_attributes_mutex);
@@ -547,7 +547,8 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) {
   return cudaSuccess;
 }
 
-// Kernel launches this library made since it was loaded (tests see which kernels a call ran).
+// Kernels the calling thread has launched through this library (tests see which kernels a
+// call ran).
 extern "C" __attribute__((visibility("default"))) unsigned long long tf_cpu_launches(void) {
-  return tfcpu::g_launches.load();
+  return tfcpu::g_launches;
 }

@@ -4,7 +4,7 @@
 // these sizes). LSD, 8-bit digits, stable (as CUB's), of the first *count items only (the
 // padding past them stays where it is).
 //
-// Each pass ranks the items within their warp (a warp holds 32 * kBlockSortItems consecutive
+// Each pass ranks the items within their warp (a warp holds 32 * ceil(n / 512) consecutive
 // items, taken 32 at a time in index order: __match_any_sync groups the lanes of one digit, and
 // a per-warp count per digit gives each its place), then a block-wide exclusive sum over
 // (digit, warp) turns those places into positions, and the order moves there.
@@ -21,9 +21,9 @@ constexpr int kBlockSortWarps = kBlockSortThreads / 32;
 constexpr int kBlockSortRadix = 256;
 
 // Dynamic shared memory of block_sort_kernel<Key>: the keys (which stay where they are), the
-// order being sorted, a count per (warp, digit) and the warps' sums: 212,992 bytes for 64-bit
-// keys (a GPU of compute capability 9.0 gives a block up to 232,448; 8.0 only 166,912: the
-// caller checks).
+// order being sorted, a count per (warp, digit) and the warps' sums: 213,120 bytes for 64-bit
+// keys, 147,584 for 32-bit ones (a GPU of compute capability 9.0 gives a block up to 232,448;
+// 8.0 only 166,912: the caller checks).
 template <typename Key>
 constexpr size_t block_sort_shared_bytes() {
   return kBlockSortMax * (sizeof(Key) + sizeof(uint32_t)) +
@@ -40,9 +40,11 @@ __device__ __forceinline__ uint32_t block_sort_warp_inclusive_sum(uint32_t v, un
 
 // Sorts keys[0, *count) ascending on bits [0, end_bit), stably, and writes order[i] = the
 // position the key now at i came from (what CUB's SortPairs gives with values 0, 1, 2, ...).
-// *count <= kBlockSortMax. One block of kBlockSortThreads threads, block_sort_shared_bytes<Key>()
-// of dynamic shared memory. The keys stay in place in shared memory; each pass moves only
-// the order (32 bits an item: few registers, no spills).
+// *count <= kBlockSortMax (more are not sorted). One block of kBlockSortThreads threads,
+// block_sort_shared_bytes<Key>() of dynamic shared memory. The keys stay in place in shared
+// memory; each pass moves only the order (32 bits an item: registers enough, no spills). The
+// items are spread over all warps (ceil(n / 512) steps of 32 each), and each pass loads a
+// warp's items' order and digit before the serial ranking, so those loads overlap.
 template <typename Key>
 __global__ void __launch_bounds__(kBlockSortThreads)
     block_sort_kernel(const uint32_t* __restrict__ count, Key* keys, uint32_t* order, int end_bit) {
@@ -51,26 +53,44 @@ __global__ void __launch_bounds__(kBlockSortThreads)
   uint32_t* sorder = reinterpret_cast<uint32_t*>(shared + kBlockSortMax * sizeof(Key));
   uint32_t* digit_counts = sorder + kBlockSortMax;  // [warp][digit]; after the sum: positions
   uint32_t* warp_sums = digit_counts + kBlockSortWarps * kBlockSortRadix;
-  const uint32_t n = *count;
+  const uint32_t n = min(*count, kBlockSortMax);
   const unsigned tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
   for (uint32_t i = tid; i < n; i += kBlockSortThreads) {
     skeys[i] = keys[i];
     sorder[i] = i;
   }
-  const uint32_t first = warp * 32u * kBlockSortItems;  // this warp's items: first + j*32 + lane
+  const uint32_t steps = (n + kBlockSortThreads - 1) / kBlockSortThreads;  // per warp, <= 32
+  const uint32_t first = warp * 32u * steps;  // this warp's items: first + j*32 + lane, j < steps
   for (int shift = 0; shift < end_bit; shift += 8) {
     __syncwarp();  // this warp's lanes are done with its counts (the previous pass's moves)
     for (int d = lane; d < kBlockSortRadix; d += 32) digit_counts[warp * kBlockSortRadix + d] = 0;
     __syncthreads();  // the loads (first pass) and the previous pass's moves are done
+    // this warp's items: where each comes from (kept for the move) and its digit (read from
+    // the 32-bit half of the key holding it), four digits a register
+    uint32_t moved[kBlockSortItems], digits[kBlockSortItems / 4];
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(skeys);
+    constexpr unsigned kWords = sizeof(Key) / 4;
+    const unsigned half = kWords == 2 && shift >= 32 ? 1u : 0u, sh = shift & 31;
+#pragma unroll
+    for (int j = 0; j < kBlockSortItems; ++j) {
+      const uint32_t i = first + j * 32u + lane;
+      uint32_t d = 0x100u;
+      if (static_cast<uint32_t>(j) < steps && i < n) {
+        moved[j] = sorder[i];
+        d = (words[moved[j] * kWords + half] >> sh) & 0xffu;
+      }
+      if (j % 4 == 0) digits[j / 4] = 0;
+      digits[j / 4] |= (d & 0xffu) << (8 * (j % 4));
+    }
     // rank within the warp: each item's place among the warp's items of its digit, two
-    // 16-bit places a register (the digit is read again from the key when the item moves)
+    // 16-bit places a register
     uint32_t places[kBlockSortItems / 2];
 #pragma unroll
     for (int j = 0; j < kBlockSortItems; ++j) {
-      if (first + j * 32u >= n) break;  // the rest of this warp's items are past the end
+      if (static_cast<uint32_t>(j) >= steps || first + j * 32u >= n) break;  // warp-uniform
       const uint32_t i = first + j * 32u + lane;
       const bool valid = i < n;
-      const uint32_t d = valid ? static_cast<uint32_t>(skeys[sorder[i]] >> shift) & 0xffu : 0x100u;
+      const uint32_t d = valid ? (digits[j / 4] >> (8 * (j % 4))) & 0xffu : 0x100u;
       const unsigned peers = __match_any_sync(0xffffffffu, d);
       const uint32_t before = valid ? digit_counts[warp * kBlockSortRadix + d] : 0u;
       __syncwarp();
@@ -106,22 +126,24 @@ __global__ void __launch_bounds__(kBlockSortThreads)
       digit_counts[w * kBlockSortRadix + d] = position;
       position += entries[k];
     }
-    // the order to its new positions: every item read before any is written
-    uint32_t moved[kBlockSortItems];
+    __syncthreads();  // the positions written (every order was read before the sum)
+    // the destinations first (loads only; over the places, < 16384 too), then the stores
 #pragma unroll
     for (int j = 0; j < kBlockSortItems; ++j) {
       const uint32_t i = first + j * 32u + lane;
-      if (i < n) moved[j] = sorder[i];
-    }
-    __syncthreads();  // the positions written, the order read
-#pragma unroll
-    for (int j = 0; j < kBlockSortItems; ++j) {
-      const uint32_t i = first + j * 32u + lane;
-      if (i < n) {
-        const uint32_t d = static_cast<uint32_t>(skeys[moved[j]] >> shift) & 0xffu;
-        sorder[digit_counts[warp * kBlockSortRadix + d] + ((places[j / 2] >> (16 * (j % 2))) & 0xffffu)] =
-            moved[j];
+      if (static_cast<uint32_t>(j) < steps && i < n) {
+        const uint32_t d = (digits[j / 4] >> (8 * (j % 4))) & 0xffu;
+        const uint32_t dest = digit_counts[warp * kBlockSortRadix + d] +
+                              ((places[j / 2] >> (16 * (j % 2))) & 0xffffu);
+        places[j / 2] = j % 2 == 0 ? (places[j / 2] & 0xffff0000u) | dest
+                                   : (places[j / 2] & 0xffffu) | (dest << 16);
       }
+    }
+#pragma unroll
+    for (int j = 0; j < kBlockSortItems; ++j) {
+      const uint32_t i = first + j * 32u + lane;
+      if (static_cast<uint32_t>(j) < steps && i < n)
+        sorder[(places[j / 2] >> (16 * (j % 2))) & 0xffffu] = moved[j];
     }
   }
   __syncthreads();
