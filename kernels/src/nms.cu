@@ -654,15 +654,15 @@ template <typename Key>
 tf_status sort_pairs(bool one_block, Control* ctrl, cub::DoubleBuffer<Key>& keys,
                      cub::DoubleBuffer<uint32_t>& order, int items, void* temp, size_t& temp_bytes,
                      cudaStream_t s, const char* what) {
-  constexpr int kBits = 8 * sizeof(Key);
+  const int bits = 8 * static_cast<int>(sizeof(Key));
   if (one_block)
-    return tf::launch(kBits == 64 ? "nms block sort kernel launch"
-                                  : "nms block sort kernel launch (cells)",
+    return tf::launch(bits == 64 ? "nms block sort kernel launch"
+                                 : "nms block sort kernel launch (cells)",
                       tf::block_sort_kernel<Key>, dim3(1), dim3(tf::kBlockSortThreads),
                       tf::block_sort_shared_bytes<Key>(), s, static_cast<const uint32_t*>(&ctrl->n),
-                      keys.Current(), order.Current(), kBits);
+                      keys.Current(), order.Current(), bits);
   return tf::check_cuda(
-      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, order, items, 0, kBits, s), what);
+      cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, order, items, 0, bits, s), what);
 }
 
 tf_status check_cub_bytes(size_t need, int64_t m, const char* what) {
