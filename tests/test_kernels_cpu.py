@@ -33,7 +33,7 @@ from helpers_kernels import (CXX, REPO, KernelHarness, assert_same_detections, b
                              random_maps, shared_cpu_build, square_boxes,
                              use_cpu_build_for_cuda_stages)
 from helpers_run import run_folder
-from kernel_abi_cases import IMAGE_HW, block_sort_case
+from kernel_abi_cases import H100_SHARED, IMAGE_HW, block_sort_case
 import kernel_abi_cases
 import kernel_stage_cases
 from tinyfaces_trt.core.config import DetectorConfig
@@ -95,8 +95,9 @@ def test_the_cpu_build_is_the_library_of_this_abi(cpu_library):
 
 def test_a_gpu_without_the_shared_memory_sorts_a_small_nms_with_cub(kh, monkeypatch):
     """Where a block cannot have the one-block sort's 213 kB of shared memory (compute
-    capability 8.0: 163 kB; $TF_CPU_SHARED_OPTIN_BYTES plays that GPU here), NMS sorts with
-    CUB at every size: the same rows."""
+    capability 8.0: 163 kB, the CPU build's default device; $TF_CPU_SHARED_OPTIN_BYTES plays
+    an H100), NMS sorts with CUB at every size: the same rows."""
+    monkeypatch.setenv("TF_CPU_SHARED_OPTIN_BYTES", "232448")
     config = DetectorConfig()
     maps, levels, image_hw = block_sort_case()
     run = kh.raw_run(maps, levels, config)
@@ -112,7 +113,7 @@ def test_a_gpu_without_the_shared_memory_sorts_a_small_nms_with_cub(kh, monkeypa
     past, past_launches = nms(16_385)
     # the two sorts are kernels in one block each, CUB's (std::stable_sort here) none
     assert block_launches == past_launches + 2
-    monkeypatch.setenv("TF_CPU_SHARED_OPTIN_BYTES", str(166_912))
+    monkeypatch.delenv("TF_CPU_SHARED_OPTIN_BYTES")  # the default device: an A100's 166,912
     device_wide, device_wide_launches = nms(16_384)
     assert device_wide_launches == past_launches
     assert block.tobytes() == device_wide.tobytes() == past.tobytes() and len(block) > 0
@@ -139,16 +140,15 @@ def test_nms_takes_score_logit_0_or_1_only(cpu_library):
 
 
 @pytest.mark.parametrize("schedule", [
-    {"TF_CPU_RESIDENT_BLOCKS": "1"},
-    {"TF_CPU_RESIDENT_BLOCKS": "16", "TF_CPU_SCHEDULE_SEED": "1"},
-    {"TF_CPU_RESIDENT_BLOCKS": "3", "TF_CPU_SCHEDULE_SEED": "2", "TF_CPU_SORT_FLIP": "0",
-     "TF_CPU_SHARED_OPTIN_BYTES": "166912"},
+    {"TF_CPU_RESIDENT_BLOCKS": "1", **H100_SHARED},
+    {"TF_CPU_RESIDENT_BLOCKS": "16", "TF_CPU_SCHEDULE_SEED": "1", **H100_SHARED},
+    {"TF_CPU_RESIDENT_BLOCKS": "3", "TF_CPU_SCHEDULE_SEED": "2", "TF_CPU_SORT_FLIP": "0"},
 ])
 def test_interleavings_of_blocks_and_threads_keep_the_greedy_result(kh, monkeypatch, schedule):
     """Boxes wait on boxes of their own and of earlier chunks (a chain, and clusters whose
     winners sit in other chunks): whatever order the blocks and threads run in (the one-block
-    sorts' threads too), and wherever CUB leaves the sorted data (a GPU without the one-block
-    sort's shared memory: CUB sorts), the result is numpy's."""
+    sorts' threads too, on the H100 played), and wherever CUB leaves the sorted data (on the
+    default device, whose blocks lack that shared memory: CUB sorts), the result is numpy's."""
     for name, value in schedule.items():
         monkeypatch.setenv(name, value)
     rng = np.random.default_rng(31)
@@ -647,7 +647,8 @@ def test_kernels_under_address_sanitizer(tmp_path):
     env = dict(os.environ, LD_PRELOAD=asan, TINYFACES_KERNELS_CPU_LIB=str(lib), TF_CPU_STACK_KIB="64",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=23")
     subset = ("random_score_maps and pytorch or non_finite or overflow or any_nms_size and 4097 "
-              "or resize or refuses or uncapped_nested or uncapped_border or window_bounds and 12345")
+              "or resize or refuses or uncapped_nested or uncapped_border or window_bounds and 12345 "
+              "or block_sort_and_past_it and 12672")
     # --capture=sys: AddressSanitizer writes its report to fd 2 and exits at once (pytest's
     # default fd capture kept it in a temporary file: the run failed with exit 23, silently)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",

@@ -135,8 +135,8 @@ cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaGetDevice(int* device);
 
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
-// cudaDevAttrMaxSharedMemoryPerBlockOptin: an H100's 232448 bytes, or $TF_CPU_SHARED_OPTIN_BYTES
-// (a smaller GPU's, to take the paths for one).
+// cudaDevAttrMaxSharedMemoryPerBlockOptin: an A100's 166912 bytes, or $TF_CPU_SHARED_OPTIN_BYTES
+// (232448: an H100's, to take the paths for one: NMS's one-block sorts).
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };

@@ -407,8 +407,11 @@ namespace {
 std::mutex g_attributes_mutex;
 std::unordered_map<const void*, size_t> g_max_dynamic_shared;  // per kernel (all threads)
 
-int shared_optin_bytes() {  // an H100's; $TF_CPU_SHARED_OPTIN_BYTES (unparsable: the default)
-  return static_cast<int>(env_size("TF_CPU_SHARED_OPTIN_BYTES", 232448, 0, 1 << 30));
+// A block's most dynamic shared memory: by default an A100's (compute capability 8.0), on
+// which NMS sorts with CUB (std::stable_sort here: the one-block sort's 512 fibers per launch
+// are slow on the CPU); $TF_CPU_SHARED_OPTIN_BYTES=232448 plays an H100 (unparsable: the default).
+int shared_optin_bytes() {
+  return static_cast<int>(env_size("TF_CPU_SHARED_OPTIN_BYTES", 166912, 0, 1 << 30));
 }
 }  // namespace
 
