@@ -215,13 +215,14 @@ def _decode_nms(count: int):
         if impl is None or impl.get("status") != "ok":
             return None, f"CUDA row {impl['status']}: {impl['reason']}" if impl else "no CUDA row", ""
         d, n = _median(impl["decode"]), _median(impl["nms"])
-        # as a detect runs them (no wait between); results before it: the two timed apart
-        value = _median(impl["together"]) if impl.get("together") else d + n
-        detail = f"{row['candidates']} candidates: decode {format_duration(d)} + NMS {format_duration(n)}"
-        if impl.get("together"):
+        apart = f"decode {format_duration(d)} + NMS {format_duration(n)}"
+        if impl.get("together"):  # as a detect runs them, without a wait between
+            value = _median(impl["together"])
             detail = (f"{row['candidates']} candidates: {format_duration(value)} without a wait "
-                      f"between (decode {format_duration(d)} + NMS {format_duration(n)} "
-                      f"timed apart)")
+                      f"between ({apart} timed apart)")
+        else:  # results made before that timing: the two timed apart
+            value = d + n
+            detail = f"{row['candidates']} candidates: {apart}"
         why = (f"decode {format_duration(d)}, NMS {format_duration(n)} (host clock around "
                "the calls: launches and the boxes' download included)")
         for other in row["implementations"]:  # the other NMS rules' rows
