@@ -92,6 +92,36 @@ def test_a_failed_upload_returns_only_once_no_helper_writes_any_more(monkeypatch
     assert copying and sorted(ended) == sorted(copying)
 
 
+def test_an_interrupt_right_after_a_helper_is_submitted_still_waits_for_its_copy(monkeypatch):
+    """Ctrl-C lands after the pool took a helper's chunks but before the call could record
+    it: the call still returns only once that helper's copy has ended (the next image would
+    refill the page-locked buffer under it)."""
+    in_copy, ended = threading.Event(), []
+    real_copy, real_pool = staging._copy_range, staging._POOL
+
+    def slow_copy(pinned, sources, start, end):
+        if start:  # a helper's chunk
+            in_copy.set()
+            time.sleep(0.2)
+        real_copy(pinned, sources, start, end)
+        if start:
+            ended.append(start)
+
+    class InterruptedSubmit:
+        def submit(self, fn, *args):
+            real_pool.submit(fn, *args)
+            assert in_copy.wait(10)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(staging, "_copy_range", slow_copy)
+    monkeypatch.setattr(staging, "_POOL", InterruptedSubmit())
+    images = _images([(50, 60)])
+    with pytest.raises(KeyboardInterrupt):
+        staging.stage_and_upload(images, np.zeros(images[0].nbytes, np.uint8),
+                                 lambda s, e: None, threads=2, chunk_bytes=1000)
+    assert ended == [1000]  # the chunk under way had ended; the helper began no other
+
+
 def test_a_helpers_copy_error_reaches_the_caller(monkeypatch):
     real = staging._copy_range
 

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -112,13 +112,27 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
     helpers = min(threads, MAX_THREADS, len(ranges)) - 1
     copied = [threading.Event() for _ in ranges] if helpers > 0 else []
     failed: list[BaseException] = []
-    stop = threading.Event()
+    # the helpers' copies in progress, and whether more may begin: a helper's copy begins
+    # only under this condition, so once `stopped` is set and `copying` is 0 nothing writes
+    # into `staging` (whichever helpers were submitted: an interrupt may land between a
+    # submit and anything recording it)
+    busy = threading.Condition()
+    copying, stopped = 0, False
 
     def copy_chunks(chunks: list[int]) -> None:
+        nonlocal copying
         for j in chunks:
             try:
-                if not stop.is_set() and not failed:
+                with busy:
+                    if stopped or failed:
+                        continue
+                    copying += 1
+                try:
                     _copy_range(staging, sources, *ranges[j])
+                finally:
+                    with busy:
+                        copying -= 1
+                        busy.notify_all()
             except BaseException as exc:  # the caller raises it
                 failed.append(exc)
             finally:
@@ -126,12 +140,11 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
 
     workers = max(helpers, 0) + 1  # chunk j goes to worker j % workers; this thread is 0
     mine = set(range(0, len(ranges), workers))
-    futures: list[Future[None]] = []
     try:
         for helper in range(1, workers):
             chunks = list(range(helper, len(ranges), workers))
             try:
-                futures.append(_POOL.submit(copy_chunks, chunks))
+                _POOL.submit(copy_chunks, chunks)
             except RuntimeError:  # no new threads at interpreter shutdown: copied here
                 mine.update(chunks)
         for j, (start, end) in enumerate(ranges):
@@ -143,5 +156,7 @@ def stage_and_upload(images: Sequence[np.ndarray], staging: np.ndarray,
                     raise failed[0]
             upload(start, end)
     finally:
-        stop.set()
-        wait(futures)  # nothing writes into staging after this returns
+        with busy:  # nothing writes into staging after this returns
+            stopped = True
+            while copying:
+                busy.wait()
