@@ -13,18 +13,21 @@ Two CPython behaviours make ``Thread.start`` / ``Thread.join`` unsafe around nat
 :class:`Worker` ends on an :class:`threading.Event` instead, and :meth:`Worker.cancel` settles
 atomically with the thread's first step whether the work runs at all.
 
-Also here: how many cores this process may use (:func:`usable_cores`), and the warning for a
-CPU run asked for more threads than that (:func:`warn_if_oversubscribed`).
+Also here: how many cores this process may use (:func:`usable_cores`), the warning for a
+CPU run asked for more threads than that (:func:`warn_if_oversubscribed`), and Python's cyclic
+garbage collector paused while any thread is inside :func:`no_cycle_collection`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -159,3 +162,48 @@ def warn_if_oversubscribed(threads: int | None) -> None:
                   f"(os.cpu_count(): {os.cpu_count()}); ONNX Runtime's threads will wait for "
                   f"one another and each detect runs slower; threads={cores} or None (all "
                   f"cores) is faster", RuntimeWarning, stacklevel=level)
+
+
+class _CollectorPauses:
+    """How many threads are inside :func:`no_cycle_collection`, and whether the collector was
+    on when the first of them came in."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.was_enabled = False
+
+
+_PAUSES = _CollectorPauses()
+
+
+def _collector_after_fork() -> None:
+    global _PAUSES
+    if _PAUSES.count and _PAUSES.was_enabled:  # the pausing threads are not in the child
+        gc.enable()
+    _PAUSES = _CollectorPauses()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_collector_after_fork)
+
+
+@contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector off while any thread is inside (a CUDA graph
+    capture: a collection in the capturing thread could free or destroy a device object,
+    which the capture forbids); back on when the last one leaves, if it was on when the first
+    came in. Threads may leave in any order (one switch for the process: two captures that
+    each restored what they had found turned it on under the other)."""
+    with _PAUSES.lock:
+        if _PAUSES.count == 0:
+            _PAUSES.was_enabled = gc.isenabled()
+            gc.disable()
+        _PAUSES.count += 1
+    try:
+        yield
+    finally:
+        with _PAUSES.lock:
+            _PAUSES.count -= 1
+            if _PAUSES.count == 0 and _PAUSES.was_enabled:
+                gc.enable()

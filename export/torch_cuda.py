@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import logging
 import os
 import threading
@@ -98,6 +97,7 @@ from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.core.runner import (RunnerBase, RunnerCapabilities, check_network_input,
                                        check_network_shape, cuda_array_interface,
                                        producer_stream)
+from tinyfaces_trt.core.threads import no_cycle_collection
 from tinyfaces_trt.export.aoti import PackageCache
 from tinyfaces_trt.export.batchnorm import fold_batchnorm
 from tinyfaces_trt.export.compile_cache import CompileCache, inductor_cache_counters
@@ -178,17 +178,6 @@ class ShapeRecord:
     inductor_hits: int = 0
     inductor_misses: int = 0
     wait_seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 #: Runs of one batch shape padded into a larger prepared one before it gets its own.
@@ -295,7 +284,7 @@ class _Captured:
         # the runner's (nothing else queues work there), on the runner's device: torch's own
         # capture stream is made once, on whichever device was current at its first use (a
         # runner on cuda:1 after one on cuda:0 could not capture).
-        with _no_cycle_collection(), torch.cuda.stream(stream), \
+        with no_cycle_collection(), torch.cuda.stream(stream), \
                 torch.cuda.graph(self.graph, stream=capture if capture is not None else side,
                                  capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)

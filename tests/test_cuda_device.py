@@ -19,6 +19,7 @@ import host_cudart
 from helpers_cai import ForeignArray
 from tinyfaces_trt.core.config import DetectorConfig
 from tinyfaces_trt.core.errors import BackendUnavailableError, NetworkInputError, TinyFacesError
+from tinyfaces_trt.core.threads import no_cycle_collection
 from tinyfaces_trt.runtime.backends import cuda_device
 from tinyfaces_trt.runtime.backends.cuda_device import (CudaError, DeviceArray, DeviceBuffer, Event,
                                                         PinnedBuffer, ProducerOrder, Stream,
@@ -358,6 +359,19 @@ def test_captured_work_ends_the_capture_when_the_call_or_the_graph_fails(host, m
         assert not gc.isenabled()
     finally:
         gc.enable()
+    stream.close()
+
+
+def test_captured_work_leaves_the_collector_off_for_a_capture_begun_meanwhile(host, monkeypatch):
+    """Another thread's capture (a second detector's NMS, a torch-cuda shape) that began while
+    this one captured and outlasts it keeps the collector off: the pause is the process's."""
+    _capturing(host, monkeypatch)
+    stream, other = Stream(non_blocking=True), no_cycle_collection()
+
+    cuda_device.CapturedWork(stream, lambda on: other.__enter__())
+    assert not gc.isenabled()
+    other.__exit__(None, None, None)
+    assert gc.isenabled()
     stream.close()
 
 

@@ -1,7 +1,10 @@
-"""core.threads.Worker: its owner knows when the work has ended, wherever Ctrl-C lands."""
+"""core.threads.Worker: its owner knows when the work has ended, wherever Ctrl-C lands; and
+core.threads.no_cycle_collection, shared by threads that capture CUDA graphs."""
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
 import threading
 import time
@@ -10,7 +13,7 @@ import pytest
 from helpers_threads import interrupted_thread_start
 
 from tinyfaces_trt.core import threads
-from tinyfaces_trt.core.threads import Worker
+from tinyfaces_trt.core.threads import Worker, no_cycle_collection
 
 
 class Job:
@@ -165,3 +168,59 @@ def test_stop_says_when_the_work_outlasts_the_timeout():
     assert worker.stop(timeout=0.1) is False and not job.ended.is_set()
     job.asked.set()
     assert worker.wait(5)
+
+
+def test_the_collector_stays_off_until_the_last_pausing_thread_leaves():
+    """Two captures in two threads, the first to begin ending first: the collector stays off
+    for the second (each restoring what it had found turned it on under the other)."""
+    first_in, first_out, second_in = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with no_cycle_collection():
+            first_in.set()
+            assert second_in.wait(5)
+        first_out.set()
+
+    def second():
+        assert first_in.wait(5)
+        with no_cycle_collection():
+            second_in.set()
+            assert first_out.wait(5)
+            seen["inside, the first gone"] = gc.isenabled()
+
+    assert gc.isenabled()
+    runs = [threading.Thread(target=first), threading.Thread(target=second)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(10)
+    assert seen == {"inside, the first gone": False} and gc.isenabled()
+
+
+def test_the_collector_is_left_as_the_caller_had_it():
+    gc.disable()
+    try:
+        with no_cycle_collection():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="inside"):
+        with no_cycle_collection():
+            raise ValueError("inside")
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_pause_has_its_collector_back():
+    read, write = os.pipe()
+    with no_cycle_collection():
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave at once
+            os.write(write, b"1" if gc.isenabled() else b"0")
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert os.waitpid(pid, 0)[1] == 0 and gc.isenabled()

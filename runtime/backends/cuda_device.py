@@ -13,13 +13,13 @@ Device memory from other libraries is accepted wherever a pointer is taken: an `
 from __future__ import annotations
 
 import ctypes
-import gc
 from typing import Any
 
 import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_cuda_runtime
+from tinyfaces_trt.core.threads import no_cycle_collection
 from tinyfaces_trt.core.runner import (RunnerBase, check_network_shape, cuda_array_interface,
                                        interface_stream)
 
@@ -210,7 +210,8 @@ class CapturedWork:
     calls go on) and on a stream of the capture's own, non-blocking: while a blocking stream
     captures, no thread may use the legacy default stream. Nothing of ``enqueue`` runs until
     the first :meth:`launch`, which may be on any stream. Python's cyclic garbage collector is
-    off during the capture (a buffer it collected would be freed, which a capture forbids).
+    off during the capture (a buffer it collected would be freed, which a capture forbids;
+:func:`~tinyfaces_trt.core.threads.no_cycle_collection`).
 
     Args:
         capture_stream: a non-blocking stream of the caller's that nothing else uses (made
@@ -228,9 +229,7 @@ class CapturedWork:
         self._rt = rt = runtime()
         self._exec: Any = None
         handle = capture_stream._live()
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with no_cycle_collection():
             check(rt.cudaStreamBeginCapture(
                 handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
                 "cudaStreamBeginCapture")
@@ -242,9 +241,6 @@ class CapturedWork:
                     rt.cudaGraphDestroy(result[1])
                 raise
             graph = check(rt.cudaStreamEndCapture(handle), "cudaStreamEndCapture")
-        finally:
-            if collecting:
-                gc.enable()
         try:
             self._exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         finally:
