@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -567,3 +568,25 @@ def use_cpu_build_for_cuda_stages(monkeypatch: Any, library_path: Path,
     monkeypatch.setenv(binding.ENV_LIBRARY, str(library_path))
     monkeypatch.setattr(cuda_stages, "DEFAULT_NMS_RULE", "lookahead")
     return host_cudart.install(monkeypatch, finalizers=finalizers)
+
+
+def kernel_constants(*sources: str) -> dict[str, object]:
+    """The ``constexpr`` constants of kernels/src files, evaluated (float ones as float32,
+    integer ones with integer division)."""
+    values: dict[str, object] = {}
+    for source in sources:
+        text = (REPO / "kernels" / "src" / source).read_text()
+        for type_, body in re.findall(r"constexpr\s+(int|uint8_t|uint32_t|float|size_t)\s+([^;]+);",
+                                      text):
+            for declaration in body.split(","):
+                if "=" not in declaration or "(" in declaration.split("=", 1)[0]:
+                    continue  # a constexpr function, not a constant
+                name, expr = (part.strip() for part in declaration.split("=", 1))
+                expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+(?:\.\d+)?)(?:f|u)\b", r"\1", expr)
+                if type_ != "float":  # C's integer division (of these non-negative constants)
+                    expr = expr.replace("/", "//")
+                value = eval(expr, {"__builtins__": {}}, dict(values))  # noqa: S307 (our source)
+                bits = {"uint8_t": 8, "uint32_t": 32}.get(type_)
+                values[name] = (np.float32(value) if type_ == "float" else
+                                value & ((1 << bits) - 1) if bits else value)
+    return values

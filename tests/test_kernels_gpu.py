@@ -28,8 +28,10 @@ import numpy as np
 import pytest
 
 from helpers_kernels import (KernelHarness, assert_kernel_keeps_float32_greedy,
-                             assert_same_detections, candidate_count, collect_cases, levels_at,
-                             nms_rows_reference, random_maps, square_boxes)
+                             assert_same_detections, candidate_count, collect_cases,
+                             kernel_constants, levels_at, nms_rows_reference, random_maps,
+                             square_boxes)
+from helpers_run import REPO, load_script
 from kernel_abi_cases import IMAGE_HW
 import kernel_abi_cases
 import kernel_stage_cases
@@ -170,27 +172,85 @@ def test_decode_nms_capture_in_a_cuda_graph(stream):
 
 # --- the CUDA stages: the cases of tests/kernel_stage_cases.py, and what needs a GPU ------------
 
-def test_score_map_from_another_stream_is_ordered_by_events(stream):
-    """A producer on its own stream (a TensorRT runner) rewrites its one output buffer for the
-    next level right after add_level. The stages order it with CUDA events (no host wait): the
-    decode waits for the producer's map, and the producer's next write waits for the decode."""
+#: Device-to-device copies that hold a stream back: HOLD_COPIES of HOLD_BYTES take
+#: milliseconds on an H100/H200 (a few TB/s), the host queues a level in tens of microseconds.
+HOLD_BYTES, HOLD_COPIES = 256 << 20, 16
+
+
+@pytest.mark.parametrize("held", ["producer", "stages"])
+def test_score_map_from_another_stream_is_ordered_by_events(stream, held):
+    """A producer on its own stream (a TensorRT runner) writes its one output buffer for a
+    level and rewrites it for the next right after add_level. The stages order both with CUDA
+    events (no host wait): the decode waits for the producer's map, and the producer's next
+    write waits for the decode. Each level's queued work is held back on one stream by
+    milliseconds of copies: "producer": a decode that did not wait would read the buffer
+    before the map lands (it holds a junk map); "stages": a next write that did not wait would
+    land before the decode reads. Only device-to-device copies: a copy from pageable memory
+    would wait for its stream on the host and order everything by itself."""
     config = DetectorConfig(prob_thresh=0.3)
     levels = levels_at(IMAGE_HW, (0.0, 0.5, 1.0))
     maps = random_maps(np.random.default_rng(16), levels, cls_mean=0.0)
+    size = max(m.nbytes for m in maps)
     producer = Stream()
-    shared = DeviceBuffer(max(m.nbytes for m in maps))
+    shared, junk = DeviceBuffer(size), DeviceBuffer(size)
+    hold_from, hold_to = DeviceBuffer(HOLD_BYTES), DeviceBuffer(HOLD_BYTES)
+    sources = [DeviceBuffer(m.nbytes) for m in maps]
+    for buf, m in zip(sources, maps):
+        buf.upload(m, stream)
+    junk.upload(np.full(size // 4, 50.0, np.float32), stream)
+    shared.copy_from_device(junk.ptr, size, stream)
+    stream.synchronize()
     post = CudaPostprocessor(config, stream=stream, runner_stream=producer)
     post.reset(*IMAGE_HW)
-    garbage = [np.full(m.shape, 50.0, np.float32) for m in maps]
-    for m, junk, level in zip(maps, garbage, levels):
-        shared.upload(m, producer)
+    for m, source, level in zip(maps, sources, levels):
+        for _ in range(HOLD_COPIES):
+            hold_to.copy_from_device(hold_from.ptr, HOLD_BYTES, producer if held == "producer"
+                                     else stream)
+        shared.copy_from_device(source.ptr, m.nbytes, producer)
         post.add_level(DeviceArray(shared.ptr, m.shape, np.float32, owner=shared), level)
-        shared.upload(junk, producer)  # the producer's next output, queued at once
+        shared.copy_from_device(junk.ptr, m.nbytes, producer)  # the next output, queued at once
     got = post.finish()
     assert_same_detections(got, postprocess_levels(maps, levels, IMAGE_HW, config))
     post.close()
-    shared.free()
+    for buf in [shared, junk, hold_from, hold_to, *sources]:
+        buf.free()
     producer.close()
+
+
+def test_nms_sorts_in_one_block_up_to_its_bound_where_the_gpu_has_the_shared_memory(kh,
+                                                                                   monkeypatch):
+    """Which sort ran, named by the torch profiler (the rows cannot tell: both sorts give the
+    same, kernel_abi_cases checks them): at an NMS size of kBlockSortMax the one-block kernel
+    where the GPU gives a block block_sort_shared_bytes (an H100/H200: 227 KiB, not an A100:
+    163 KiB), CUB's device-wide sort past it. (Its name leaves out "block_sort": the
+    sanitizer subsets select by that, and the profiler does not run under compute-sanitizer.)"""
+    torch = pytest.importorskip("torch")
+    assert torch.cuda.is_available(), "the torch profiler needs a torch that sees the GPU"
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = load_script("benchmarks/bench_common.py", "tinyfaces_bench_common_sorts")
+    k = kernel_constants("block_sort.cuh")
+    need = k["kBlockSortMax"] * (8 + 4) + (k["kBlockSortWarps"] * k["kBlockSortRadix"] + 32) * 4
+    rt = cuda_device.runtime()
+    optin = int(cuda_device.check(rt.cudaDeviceGetAttribute(
+        rt.cudaDeviceAttr.cudaDevAttrMaxSharedMemoryPerBlockOptin, cuda_device.current_device()),
+        "cudaDeviceGetAttribute"))
+    maps, levels, image_hw = kernel_abi_cases.block_sort_case()
+    run = kh.raw_run(maps, levels, DetectorConfig(prob_thresh=0.5))
+
+    def kernels(nms_size: int) -> list[str]:
+        run.nms(image_hw, nms_size)  # lazy loading and CUB's set-up outside the profile
+        names = [row["name"] for row in bench.profiled_kernels(
+            lambda: run.nms(image_hw, nms_size))[1]]
+        assert any("nms_write_kernel" in name for name in names), names  # it saw NMS run
+        return names
+
+    one_block = kernels(k["kBlockSortMax"])
+    device_wide = kernels(k["kBlockSortMax"] + 1)
+    in_one_block = optin >= need
+    assert any("block_sort_kernel" in name for name in one_block) == in_one_block, (optin, need)
+    assert any("DeviceRadixSort" in name for name in one_block) != in_one_block, one_block
+    assert not any("block_sort_kernel" in name for name in device_wide), device_wide
+    assert any("DeviceRadixSort" in name for name in device_wide), device_wide
 
 
 def test_uncapped_650k_candidates_detector_like(kh):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import __future__
 import inspect
-import re
 import textwrap
 
 import numpy as np
 import pytest
 
+from helpers_kernels import kernel_constants
 from helpers_run import REPO, load_script
 
 from tinyfaces_trt.runtime.nms import nms
@@ -32,29 +32,10 @@ def _load_emulation():
 E = _load_emulation()
 
 
-def _kernel_constants(*sources: str) -> dict[str, object]:
-    """The ``constexpr`` constants of kernels/src files, evaluated (float ones as float32)."""
-    values: dict[str, object] = {}
-    for source in sources:
-        text = (REPO / "kernels" / "src" / source).read_text()
-        for type_, body in re.findall(r"constexpr\s+(int|uint8_t|uint32_t|float|size_t)\s+([^;]+);",
-                                      text):
-            for declaration in body.split(","):
-                if "=" not in declaration or "(" in declaration.split("=", 1)[0]:
-                    continue  # a constexpr function, not a constant
-                name, expr = (part.strip() for part in declaration.split("=", 1))
-                expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+(?:\.\d+)?)(?:f|u)\b", r"\1", expr)
-                value = eval(expr, {"__builtins__": {}}, dict(values))  # noqa: S307 (our source)
-                bits = {"uint8_t": 8, "uint32_t": 32}.get(type_)
-                values[name] = (np.float32(value) if type_ == "float" else
-                                value & ((1 << bits) - 1) if bits else value)
-    return values
-
-
 def test_the_emulation_uses_the_kernels_constants():
     """The emulation is the kernel's model: its grid, window and resolve constants are
     kernels/src/nms.cu's (and the workspace alignment common.cuh's)."""
-    k = _kernel_constants("nms.cu", "common.cuh")
+    k = kernel_constants("nms.cu", "common.cuh")
     assert k["kIsolatedCell"] == 0xFFFFFFFF and k["kPositionMargin"] == np.float32(2.0 ** -16)
     pairs = {"kXBits": E.X_BITS, "kYBits": E.Y_BITS, "kClassShift": E.CLASS_SHIFT,
              "kXGrain": E.X_GRAIN, "kYGrain": E.Y_GRAIN, "kXBias": E.X_BIAS, "kYBias": E.Y_BIAS,
@@ -70,7 +51,7 @@ def test_the_emulation_uses_the_kernels_constants():
 def test_the_benchmarks_block_sort_bound_is_the_kernels(monkeypatch):
     """benchmarks/bench_scores.py adds a row with CUB's sorts only where the default sorts in
     one block: up to kernels/src/block_sort.cuh's kBlockSortMax."""
-    k = _kernel_constants("block_sort.cuh")
+    k = kernel_constants("block_sort.cuh")
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     bench = load_script("benchmarks/bench_scores.py", "tinyfaces_bench_scores_bound")
     assert k["kBlockSortMax"] == bench.BLOCK_SORT_MAX == 16384 < bench.CUB_SORT_NMS_SIZE
