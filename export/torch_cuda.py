@@ -868,9 +868,20 @@ class TorchCudaRunner(RunnerBase):
         if self.fuse_epilogues:
             return self._folded_net()
         if self._eager is None:
+            self._wait_for_the_weights()
             self._eager = self._convert(_Forward(copy.deepcopy(self._model),
                                                  self.dtype, self.channels_last))
         return self._eager
+
+    def _wait_for_the_weights(self) -> None:
+        """Waits for the GPUs that hold the given model's weights, before the runner copies
+        them on its own stream: a model moved or loaded onto a GPU by the caller may still have
+        those copies queued on the caller's stream, which the runner's does not follow (once
+        per copy of the network, so a full wait is cheap)."""
+        devices = {t.device for t in (*self._model.parameters(), *self._model.buffers())
+                   if t.is_cuda}
+        for device in devices:
+            torch.cuda.synchronize(device)
 
     def _convert(self, module: nn.Module) -> nn.Module:
         module = module.to(device=self.device, dtype=self.dtype).eval()
@@ -883,6 +894,7 @@ class TorchCudaRunner(RunnerBase):
         converted for the device (made once; outside inference mode, as torch.export cannot
         take inference-mode weights)."""
         if self._folded is None:
+            self._wait_for_the_weights()
             with torch.inference_mode(False):
                 folded = self._convert(fold_batchnorm(_Forward(self._model, self.dtype,
                                                                self.channels_last)))

@@ -197,6 +197,25 @@ def test_runs_on_the_given_stream(mode):
 
 
 @pytest.mark.parametrize("mode", ["eager", "graphs"])
+def test_a_model_still_loading_on_the_gpu_is_copied_once_loaded(mode):
+    """The caller loads the weights into a model on the GPU on its own stream, still busy when
+    the runner copies the network: the copy waits for them (the runner's stream does not
+    follow the caller's), so the runner computes with the loaded weights, not the old ones."""
+    x = net_input((1, 3, 64, 96))
+    with TorchCudaRunner(stand_in(), mode=mode, dtype=torch.float32) as runner:
+        expected = runner.run(x)
+    model = stand_in(seed=5).cuda()
+    weights = {name: t.cuda() for name, t in stand_in().state_dict().items()}
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # the caller's stream busy for a while
+    model.load_state_dict(weights)  # device-to-device copies, queued behind the sleep
+    with TorchCudaRunner(model, mode=mode, dtype=torch.float32) as runner:
+        out = runner.run(x)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs"])
 def test_close_frees_device_memory(mode):
     torch.cuda.synchronize()
     gc.collect()
