@@ -19,9 +19,9 @@ import numpy as np
 
 from tinyfaces_trt.core.errors import TinyFacesError
 from tinyfaces_trt.core.optional import import_cuda_runtime
-from tinyfaces_trt.core.threads import no_cycle_collection
 from tinyfaces_trt.core.runner import (RunnerBase, check_network_shape, cuda_array_interface,
                                        interface_stream)
+from tinyfaces_trt.core.threads import no_cycle_collection
 
 _runtime_module: Any = None
 
@@ -211,7 +211,7 @@ class CapturedWork:
     captures, no thread may use the legacy default stream. Nothing of ``enqueue`` runs until
     the first :meth:`launch`, which may be on any stream. Python's cyclic garbage collector is
     off during the capture (a buffer it collected would be freed, which a capture forbids;
-:func:`~tinyfaces_trt.core.threads.no_cycle_collection`).
+    :func:`~tinyfaces_trt.core.threads.no_cycle_collection`).
 
     Args:
         capture_stream: a non-blocking stream of the caller's that nothing else uses (made
