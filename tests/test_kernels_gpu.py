@@ -200,12 +200,12 @@ def test_score_map_from_another_stream_is_ordered_by_events(stream, held):
     junk.upload(np.full(size // 4, 50.0, np.float32), stream)
     shared.copy_from_device(junk.ptr, size, stream)
     stream.synchronize()
+    held_back = producer if held == "producer" else stream
     post = CudaPostprocessor(config, stream=stream, runner_stream=producer)
     post.reset(*IMAGE_HW)
     for m, source, level in zip(maps, sources, levels):
         for _ in range(HOLD_COPIES):
-            hold_to.copy_from_device(hold_from.ptr, HOLD_BYTES, producer if held == "producer"
-                                     else stream)
+            hold_to.copy_from_device(hold_from.ptr, HOLD_BYTES, held_back)
         shared.copy_from_device(source.ptr, m.nbytes, producer)
         post.add_level(DeviceArray(shared.ptr, m.shape, np.float32, owner=shared), level)
         shared.copy_from_device(junk.ptr, m.nbytes, producer)  # the next output, queued at once

@@ -127,11 +127,11 @@ class CudaArray:
         self.__cuda_array_interface__ = tensor.__cuda_array_interface__
 
 
-def _run_another_input(runner: TorchCudaRunner, expected: np.ndarray) -> None:
-    """Runs an input whose output differs from ``expected``: a graph's static input and
-    output then hold that one's (a replay that skipped the copy, ran on the wrong stream or
-    did not run at all would give its output, not ``expected``)."""
-    other = runner.run(net_input(expected.shape[:1] + (3, 64, 96), seed=2))
+def _run_another_input(runner: TorchCudaRunner, x: np.ndarray, expected: np.ndarray) -> None:
+    """Runs another input of ``x``'s shape, whose output differs from ``expected``: a graph's
+    static input and output then hold that one's (a replay that skipped the copy, ran on the
+    wrong stream or did not run at all would give its output, not ``expected``)."""
+    other = runner.run(net_input(x.shape, seed=2))
     assert not np.allclose(other, expected, atol=1e-3)
 
 
@@ -143,7 +143,7 @@ def test_device_input_and_output(mode):
         device_x = torch.from_numpy(x).cuda()
         torch.cuda.synchronize()
         for given in (device_x, CudaArray(device_x)):
-            _run_another_input(runner, expected)
+            _run_another_input(runner, x, expected)
             out = runner.run(given)
             assert isinstance(out, torch.Tensor) and out.is_cuda
             assert out.dtype == torch.float32 and out.is_contiguous()
@@ -184,7 +184,7 @@ def test_runs_on_the_given_stream(mode):
     with TorchCudaRunner(stand_in(), mode=mode, stream=stream.cuda_stream) as runner:
         assert runner.stream == stream.cuda_stream
         expected = runner.run(x)  # also prepares the shape
-        _run_another_input(runner, expected)
+        _run_another_input(runner, x, expected)
         source = torch.from_numpy(x).cuda()
         device_x = torch.zeros_like(source)
         torch.cuda.synchronize()
