@@ -17,7 +17,7 @@ Rows (medians per round):
 - ``... without the staging copy``: the same with the copy left out (the rest of the host
   work before and around the GPU's).
 The stand-in NMS keeps ``--kept`` boxes (default 128; rows of zeros), so each finish also
-clips and copies that many rows on the host. The GPU's own time is not in these numbers:
+copies that many rows out of the page-locked buffer. The GPU's own time is not in these numbers:
 see latency.py for that.
 """
 

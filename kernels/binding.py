@@ -28,7 +28,7 @@ ENV_LIBRARY = "TINYFACES_KERNELS_LIB"
 ENV_CACHE = CACHE_ENV  # the project-wide cache root variable
 
 # Mirrors of the header's constants (tests parse the header to keep them in step).
-ABI_VERSION = 4
+ABI_VERSION = 5
 NUM_TEMPLATES = 25
 MAX_DIM = 32768
 MAX_CAPACITY = 2**31 - 1
@@ -113,7 +113,9 @@ class NmsParams(ctypes.Structure):
                 ("image_height", ctypes.c_int32),
                 ("image_width", ctypes.c_int32),
                 ("lookahead", ctypes.c_int32),
-                ("score_logit", ctypes.c_int32)]  # ABI 4: row[4] is the logit (1) or the prob (0)
+                ("score_logit", ctypes.c_int32),  # ABI 4: row[4] is the logit (1) or the prob (0)
+                ("pixel_base", ctypes.c_float),  # ABI 5: the first pixel's coordinate, 0 or 1
+                ("drop_outside", ctypes.c_int32)]  # ABI 5: boxes outside the image not written
 
 
 class NmsStats(ctypes.Structure):
@@ -161,10 +163,14 @@ NMS_RULES = {"walk-order": NMS_WALK_ORDER, "lookahead": NMS_LOOKAHEAD, "warp": N
 
 def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height: int,
                image_width: int, lookahead: int = NMS_WALK_ORDER,
-               score_logit: bool = False) -> NmsParams:
+               score_logit: bool = False, pixel_base: float = 0.0,
+               drop_outside: bool = False) -> NmsParams:
     """Builds ``tf_nms_params`` (``lookahead``: the resolve rule, one of :data:`NMS_RULES`'
     values, the same result; ``score_logit``: the rows' fifth value is the float32 logit
-    itself, not sigmoid(logit)).
+    itself, not sigmoid(logit); ``pixel_base``: the image's first pixel coordinate, 0.0 or
+    1.0 (``DetectorConfig.coordinate_base``), where ``clip`` and ``drop_outside`` put the
+    image; ``drop_outside``: boxes lying entirely outside it are not written, as
+    ``runtime.postprocess.finish_boxes`` drops them).
 
     Raises:
         KernelError: INVALID_SIZE when ``image_height`` / ``image_width`` do not fit the
@@ -174,7 +180,8 @@ def nms_params(nms_thresh: float, pixel_offset: float, clip: bool, image_height:
     height, width = c_ints("tf_nms_params", "int32_t", Status.INVALID_SIZE,
                            image_height=image_height, image_width=image_width)
     return NmsParams(float(nms_thresh), float(pixel_offset), int(bool(clip)), height, width,
-                     int(lookahead), int(bool(score_logit)))
+                     int(lookahead), int(bool(score_logit)), float(pixel_base),
+                     int(bool(drop_outside)))
 
 
 def cache_dir() -> Path:

@@ -40,7 +40,8 @@ and so that its cost on a given input is known (pairs examined, rounds, workspac
    status is always the greedy one, and the lowest undecided box decides in the next round);
    ``rounds`` is the dependency depth, an upper bound of the kernel's sequential status
    hand-offs.
-6. **compact**: kept ranks in NMS order (exclusive scan of the flags).
+6. **compact**: kept ranks in NMS order (exclusive scan of the kept flags; tf_nms's
+   ``drop_outside`` also unflags the kept boxes outside the image, which this leaves out).
 
 :func:`emulate_nms` returns the kept indices (as ``runtime.nms.nms``) plus the statistics;
 :func:`lookahead_schedule` the round in which each box decides under the lookahead rule, and

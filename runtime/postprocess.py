@@ -35,9 +35,10 @@ def inside_image(boxes: np.ndarray, image_hw: tuple[int, int], base: float) -> n
 
 
 def finish_boxes(rows: np.ndarray, image_hw: tuple[int, int], config: DetectorConfig) -> np.ndarray:
-    """(N, 5) [x1, y1, x2, y2, score] rows in NMS order, as the GPU NMS returns them unclipped
-    -> the rows of boxes that overlap the image, clipped when ``config.clip_boxes``: the
-    numpy path's last two steps (:func:`select_detections`). Both take the image's pixel area
+    """(N, 5) [x1, y1, x2, y2, score] rows in NMS order, unclipped -> the rows of boxes that
+    overlap the image, clipped when ``config.clip_boxes``: the numpy path's last two steps
+    (:func:`select_detections`; ``tf_nms`` does the same on the GPU with
+    ``tf_nms_params.drop_outside``, tested against this). Both take the image's pixel area
     in the variant's coordinates (``config.coordinate_base``): x in ``[0, W-1]`` for
     ``"pytorch"``, ``[1, W]`` for ``"matconvnet"``, y likewise."""
     base = config.coordinate_base

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tinyfaces_trt.core.pyramid import PyramidLevel
 from tinyfaces_trt.kernels import binding
 from tinyfaces_trt.runtime.decode import Candidates, active_templates, decode_level
 from tinyfaces_trt.runtime.nms import OverlapIndex, greedy_in_blocks, nms
+from tinyfaces_trt.runtime.postprocess import finish_boxes
 from tinyfaces_trt.runtime.preprocess import normalize
 from tinyfaces_trt.runtime.resize import resize_bilinear_aa
 
@@ -166,14 +168,25 @@ def emulation() -> Any:
 
 # --- oracles ------------------------------------------------------------------------------------
 
+def runtime_nms_params(config: DetectorConfig, image_hw: tuple[int, int],
+                       lookahead: int = binding.NMS_WALK_ORDER,
+                       drop_outside: bool = True) -> binding.NmsParams:
+    """``tf_nms_params`` as the CUDA postprocessor passes them for ``config``: clipped per
+    ``config.clip_boxes`` in the variant's pixels (``pixel_base``), the boxes outside the
+    image dropped (``drop_outside=False``: every kept box written)."""
+    return binding.nms_params(config.nms_thresh, config.box_pixel_offset, config.clip_boxes,
+                              *image_hw, lookahead, score_logit=config.score == "logit",
+                              pixel_base=config.coordinate_base, drop_outside=drop_outside)
+
+
 def nms_rows_reference(maps: list[np.ndarray], levels: list[PyramidLevel], image_hw: tuple[int, int],
-                       config: DetectorConfig) -> np.ndarray:
-    """What ``tf_nms`` writes for these maps: numpy's kept rows in NMS order, clipped when
-    ``config.clip_boxes`` to ``[0, W-1] x [0, H-1]`` whatever the variant (the C ABI knows
-    none). Boxes entirely outside the image are kept (the CUDA postprocessor runs it
-    unclipped and drops and clips on the host in the variant's pixels, as
-    ``runtime.postprocess.finish_boxes``). Column 4: sigmoid(logit), or with
-    ``config.score == "logit"`` the float32 logit itself (``tf_nms_params.score_logit``)."""
+                       config: DetectorConfig, drop_outside: bool = True) -> np.ndarray:
+    """What ``tf_nms`` writes for these maps with :func:`runtime_nms_params`: numpy's kept rows
+    in NMS order, those entirely outside the image dropped and the rest clipped when
+    ``config.clip_boxes``, both in the variant's pixels (``runtime.postprocess.finish_boxes``:
+    the host path's detections); ``drop_outside=False``: none dropped, every row clipped when
+    ``config.clip_boxes``. Column 4: sigmoid(logit), or with ``config.score == "logit"`` the
+    float32 logit itself (``tf_nms_params.score_logit``)."""
     parts, base = [], 0
     for m, level in zip(maps, levels):
         parts.append(decode_level(m, level, config, base))
@@ -185,10 +198,12 @@ def nms_rows_reference(maps: list[np.ndarray], levels: list[PyramidLevel], image
         with np.errstate(over="ignore"):
             score = 1.0 / (1.0 + np.exp(-score))
     rows = np.concatenate([c.boxes[keep], score[:, None]], axis=1)
+    if drop_outside:
+        return finish_boxes(rows, image_hw, config).astype(np.float32)
     if config.clip_boxes:
-        height, width = image_hw
-        np.clip(rows[:, 0:4:2], 0, width - 1, out=rows[:, 0:4:2])
-        np.clip(rows[:, 1:4:2], 0, height - 1, out=rows[:, 1:4:2])
+        (height, width), base = image_hw, config.coordinate_base
+        np.clip(rows[:, 0:4:2], base, base + width - 1, out=rows[:, 0:4:2])
+        np.clip(rows[:, 1:4:2], base, base + height - 1, out=rows[:, 1:4:2])
     return rows.astype(np.float32)
 
 
@@ -342,9 +357,12 @@ def assert_kernel_keeps_float32_greedy(harness: "KernelHarness", run: "RawRun", 
                                        image_hw: tuple[int, int]) -> dict[str, Any]:
     """The kernel's contract on its own decode: the candidates ``run`` decoded equal the host
     float32 decode (:func:`decode_f32`; same keys and logits, boxes within 1e-3 px: a GPU may
-    fuse multiply-adds), and its NMS rows ``got`` are exactly :func:`greedy_nms_f32` on those
-    boxes (bit for bit, same order, clipped as configured); against numpy's float64 decode +
-    NMS, :func:`assert_near_float64_nms`, whose discrepancies are returned."""
+    fuse multiply-adds); ``tf_nms`` unclipped with none dropped writes exactly
+    :func:`greedy_nms_f32`'s kept boxes, in its order (bit for bit); and its rows ``got``
+    (:func:`runtime_nms_params`) are exactly those finished as the host finishes float32
+    rows (``finish_boxes``). Against numpy's float64 decode + NMS,
+    :func:`assert_near_float64_nms`, whose discrepancies are returned (with
+    ``float32_kept``: the boxes NMS kept, before any was dropped)."""
     boxes, logits, keys = harness.candidates(run.cand, run.capacity)
     host_boxes, host_logits, host_keys = decode_f32(maps, levels, config)
     by_key, host_by_key = np.argsort(keys), np.argsort(host_keys)
@@ -352,14 +370,14 @@ def assert_kernel_keeps_float32_greedy(harness: "KernelHarness", run: "RawRun", 
     np.testing.assert_array_equal(logits[by_key], host_logits[host_by_key])
     np.testing.assert_allclose(boxes[by_key], host_boxes[host_by_key], rtol=0, atol=1e-3)
     kept = greedy_nms_f32(boxes, logits, keys, config.nms_thresh, config.box_pixel_offset)
-    want = boxes[kept]
-    if config.clip_boxes:
-        want[:, 0::2] = np.clip(want[:, 0::2], 0, image_hw[1] - 1)
-        want[:, 1::2] = np.clip(want[:, 1::2], 0, image_hw[0] - 1)
-    assert got.shape == (len(kept), 5)
-    np.testing.assert_array_equal(got[:, :4], want)
-    np.testing.assert_allclose(got[:, 4], expit(logits[kept].astype(np.float64)), rtol=0, atol=1e-6)
-    return assert_near_float64_nms(keys[kept], maps, levels, config)
+    every_params = runtime_nms_params(replace(config, clip_boxes=False), image_hw, drop_outside=False)
+    every, _ = harness.nms(run.cand, run.capacity, every_params, max(1, len(boxes)))
+    assert every.shape == (len(kept), 5)
+    np.testing.assert_array_equal(every[:, :4], boxes[kept])
+    np.testing.assert_allclose(every[:, 4], expit(logits[kept].astype(np.float64)), rtol=0, atol=1e-6)
+    assert 0 < len(got)
+    np.testing.assert_array_equal(got, finish_boxes(every, image_hw, config))  # (-0.0 == 0.0)
+    return {**assert_near_float64_nms(keys[kept], maps, levels, config), "float32_kept": len(kept)}
 
 
 # --- the harness --------------------------------------------------------------------------------
@@ -387,12 +405,10 @@ class RawRun:
             key_base += 25 * h * w
 
     def nms(self, image_hw: tuple[int, int], max_candidates: int,
-            lookahead: int = binding.NMS_WALK_ORDER) -> tuple[np.ndarray, dict[str, int]]:
-        """(rows, stats) of ``tf_nms`` over the buffer (clipped per the config; row[4] the
-        logit when ``config.score == "logit"``)."""
-        params = binding.nms_params(self.config.nms_thresh, self.config.box_pixel_offset,
-                                    self.config.clip_boxes, *image_hw, lookahead,
-                                    score_logit=self.config.score == "logit")
+            lookahead: int = binding.NMS_WALK_ORDER,
+            drop_outside: bool = True) -> tuple[np.ndarray, dict[str, int]]:
+        """(rows, stats) of ``tf_nms`` over the buffer with :func:`runtime_nms_params`."""
+        params = runtime_nms_params(self.config, image_hw, lookahead, drop_outside)
         return self.harness.nms(self.cand, self.capacity, params, max_candidates)
 
 
@@ -432,11 +448,12 @@ class KernelHarness:
 
     def detections(self, maps: list[np.ndarray], levels: list[PyramidLevel], config: DetectorConfig,
                    image_hw: tuple[int, int], max_candidates: int | None = None,
-                   lookahead: int = binding.NMS_WALK_ORDER) -> tuple[np.ndarray, dict[str, int]]:
-        """decode + NMS of the maps; asserts no overflow."""
+                   lookahead: int = binding.NMS_WALK_ORDER,
+                   drop_outside: bool = True) -> tuple[np.ndarray, dict[str, int]]:
+        """decode + NMS of the maps (:meth:`RawRun.nms`); asserts no overflow."""
         run = RawRun(self, maps, levels, config)
         m = max_candidates or max(1, candidate_count(maps, levels, config))
-        boxes, stats = run.nms(image_hw, m, lookahead)
+        boxes, stats = run.nms(image_hw, m, lookahead, drop_outside)
         assert stats["overflow"] == 0, stats
         return boxes, stats
 
@@ -470,9 +487,13 @@ class KernelHarness:
 
     def nms_on(self, boxes: Any, logits: Any, keys: Any, thresh: float, offset: float,
                max_candidates: int | None = None, lookahead: int = binding.NMS_WALK_ORDER,
-               score_logit: bool = False) -> np.ndarray:
-        """``tf_nms`` rows of a crafted candidate buffer (unclipped; row[4] the logit with
-        ``score_logit``, else its sigmoid)."""
+               score_logit: bool = False, image_hw: tuple[int, int] | None = None,
+               clip: bool = False, pixel_base: float = 0.0,
+               drop_outside: bool = False) -> np.ndarray:
+        """``tf_nms`` rows of a crafted candidate buffer (row[4] the logit with
+        ``score_logit``, else its sigmoid); by default unclipped and none dropped, else
+        clipped to / dropped outside the ``image_hw`` image (``pixel_base``: its first
+        pixel's coordinate)."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         logits = np.asarray(logits, np.float32)
         keys = np.asarray(keys, np.uint32)
@@ -482,8 +503,9 @@ class KernelHarness:
         host = self.candidate_buffer(boxes, logits, keys, capacity)
         with self.buffer(host.nbytes) as cand:
             cand.upload(host, self.stream)
-            params = binding.nms_params(thresh, offset, False, binding.MAX_DIM, binding.MAX_DIM,
-                                        lookahead, score_logit)  # unclipped: size not used
+            params = binding.nms_params(thresh, offset, clip,
+                                        *(image_hw or (binding.MAX_DIM, binding.MAX_DIM)),
+                                        lookahead, score_logit, pixel_base, drop_outside)
             rows, stats = self.nms(cand, capacity, params, m)
         assert stats["overflow"] == 0 and stats["num_candidates"] == n, stats
         return rows

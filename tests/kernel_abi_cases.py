@@ -6,13 +6,16 @@ tests/test_kernels_cpu.py through the CPU build of the same sources; each provid
 
 Tolerances (docs/DESIGN.md): same count and order, boxes within 1e-3 px (numpy decodes in
 float64, the kernels in float32), probabilities within 1e-6, resize within 1e-4. ``tf_nms``
-returns every kept box, also those entirely outside the image (the CUDA postprocessor drops
-them on the host): :func:`helpers_kernels.nms_rows_reference` is its oracle.
+runs with the CUDA postprocessor's parameters (:func:`helpers_kernels.runtime_nms_params`: the
+kept boxes entirely outside the image dropped, the rest clipped per the config, in the
+variant's pixels) unless a case says otherwise: :func:`helpers_kernels.nms_rows_reference` is
+its oracle.
 """
 
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -66,17 +69,76 @@ def test_nms_keeps_the_float32_greedy_result_on_the_decoded_boxes(kh, name):
     assert_kernel_keeps_float32_greedy(kh, run, got, maps, levels, config, (200, 260))
 
 
-def test_unclipped_rows_finished_on_the_host_are_the_detections(kh):
-    """The CUDA postprocessor's route: tf_nms unclipped, then finish_boxes drops the boxes
-    outside the image and clips; that is postprocess_levels' result."""
-    config = DetectorConfig(prob_thresh=0.2)
+@pytest.mark.parametrize("variant", ["pytorch", "matconvnet"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_rows_dropped_and_clipped_on_the_device_are_finish_boxes_of_every_kept_row(kh, variant, clip):
+    """tf_nms_params.drop_outside and pixel_base (ABI 5), as the CUDA postprocessor passes
+    them: the rows are finish_boxes (the host path's last step) of every kept row, exactly,
+    in either variant's pixels; and postprocess_levels' detections."""
+    config = DetectorConfig.for_variant(variant, prob_thresh=0.2, nms_thresh=0.3, clip_boxes=clip)
     levels = levels_at(IMAGE_HW, (-1.0, 0.0, 1.0))
     maps = random_maps(np.random.default_rng(11), levels, cls_mean=0.0, reg_sigma=1.0)
-    raw, _ = kh.detections(maps, levels, DetectorConfig(prob_thresh=0.2, clip_boxes=False), IMAGE_HW)
-    want = postprocess_levels(maps, levels, IMAGE_HW, config)
-    assert len(want) < len(raw)  # some kept boxes lie outside the image: the test bites
-    assert_same_detections(finish_boxes(raw.astype(np.float64), IMAGE_HW, config).astype(np.float32),
-                           want)
+    every = replace(config, clip_boxes=False)
+    raw, raw_stats = kh.detections(maps, levels, every, IMAGE_HW, drop_outside=False)
+    got, stats = kh.detections(maps, levels, config, IMAGE_HW)
+    finished = finish_boxes(raw, IMAGE_HW, config)
+    assert len(got) < len(raw)  # some kept boxes lie outside the image: the test bites
+    np.testing.assert_array_equal(got, finished)  # exactly (-0.0 == 0.0)
+    assert stats["num_candidates"] == raw_stats["num_candidates"]
+    assert_same_detections(got, postprocess_levels(maps, levels, IMAGE_HW, config))
+
+
+@pytest.mark.parametrize("base", [0.0, 1.0])
+def test_boxes_touching_the_image_are_kept_and_those_just_outside_dropped(kh, base):
+    """Crafted boxes on each edge of a 40x60 image in either pixel convention: touching the
+    border is inside, a float32 step past it outside; a zero-width box inside (kept without a
+    walk: the resolve kernels' early path) is written, a NaN box (the same path) dropped, and
+    where clipped it stays NaN, as numpy's clip leaves it. Every (clip, drop_outside) pair
+    against finish_boxes' rules, with each resolve rule, exactly (a zero's sign aside:
+    numpy's clip keeps or drops that of -0.0 depending on its bounds' shapes); boxes all
+    outside leave no row."""
+    h, w = 40, 60
+    lo, right, bottom = np.float32(base), np.float32(base + w - 1), np.float32(base + h - 1)
+    below = np.nextafter(lo, np.float32(-1))
+    beyond_x, beyond_y = np.nextafter(right, np.float32(1e9)), np.nextafter(bottom, np.float32(1e9))
+    boxes = np.float32([
+        [-20, 5, lo, 15],             # right edge on the left border: inside
+        [-20, 5, below, 15],          # just left of it: outside
+        [5, -20, 15, lo],             # bottom edge on the top border: inside
+        [5, -20, 15, below],          # outside
+        [right, 5, right + 20, 15],   # left edge on the right border: inside
+        [beyond_x, 5, beyond_x + 20, 15],
+        [5, bottom, 15, bottom + 20],
+        [5, beyond_y, 15, beyond_y + 20],
+        [-0.0, -0.0, 10, 10],         # on the border
+        [-5, -5, w + 5, h + 5],       # covers the image
+        [20, 20, 20, 30],             # zero width (pixel offset 0): isolated, inside
+        [np.nan, 0, 10, 10],          # isolated, never inside
+    ])
+    logits = np.linspace(3, -3, len(boxes)).astype(np.float32)
+    keys = np.arange(len(boxes), dtype=np.uint32)
+    config = DetectorConfig.for_variant("matconvnet" if base else "pytorch")
+    every = kh.nms_on(boxes, logits, keys, 1.0, 0.0)  # threshold 1: every box kept
+    assert len(every) == len(boxes)
+    outside = boxes[[1, 3, 5, 7]]
+    for rule in binding.NMS_RULES.values():
+        for clip in (False, True):
+            for drop in (False, True):
+                given = dict(lookahead=rule, image_hw=(h, w), clip=clip, pixel_base=base,
+                             drop_outside=drop)
+                rows = kh.nms_on(boxes, logits, keys, 1.0, 0.0, **given)
+                if drop:
+                    want = finish_boxes(every, (h, w), replace(config, clip_boxes=clip))
+                    assert len(want) == 7  # 4 touching, -0.0, covering, zero width
+                else:
+                    want = every.copy()
+                    if clip:
+                        np.clip(want[:, 0:4:2], lo, right, out=want[:, 0:4:2])
+                        np.clip(want[:, 1:4:2], lo, bottom, out=want[:, 1:4:2])
+                message = f"rule={rule}, clip={clip}, drop={drop}"
+                np.testing.assert_array_equal(rows, want, err_msg=message)
+                none = kh.nms_on(outside, logits[:4], keys[:4], 1.0, 0.0, **given)
+                assert len(none) == (0 if drop else 4), message
 
 
 def test_nms_writes_the_logit_itself_or_its_sigmoid(kh):
@@ -175,8 +237,9 @@ def test_quantised_logits_tie_across_levels(kh):
     assert_same_detections(got, nms_rows_reference(maps, levels, IMAGE_HW, config))
 
 
+@pytest.mark.parametrize("drop_outside", [True, False])
 @pytest.mark.parametrize("clip", [True, False])
-def test_boxes_on_the_image_border(kh, clip):
+def test_boxes_on_the_image_border(kh, clip, drop_outside):
     config = DetectorConfig(clip_boxes=clip, prob_thresh=0.2)
     levels = levels_at(IMAGE_HW, (0.0, 1.0))
     maps = random_maps(np.random.default_rng(6), levels, cls_mean=0.0, reg_sigma=1.0)
@@ -186,14 +249,16 @@ def test_boxes_on_the_image_border(kh, clip):
         m[0, 25:50, :, -(w // 3):] += 2.0
         m[0, 50:75, : h // 3] -= 2.0
         m[0, 50:75, -(h // 3):] += 2.0
-    want = nms_rows_reference(maps, levels, IMAGE_HW, config)
-    got, _ = kh.detections(maps, levels, config, IMAGE_HW)
+    want = nms_rows_reference(maps, levels, IMAGE_HW, config, drop_outside)
+    got, _ = kh.detections(maps, levels, config, IMAGE_HW, drop_outside=drop_outside)
     assert_same_detections(got, want)
     if clip:
         assert got[:, [0, 2]].min() == 0.0 and got[:, [0, 2]].max() == IMAGE_HW[1] - 1
         assert got[:, [1, 3]].min() == 0.0 and got[:, [1, 3]].max() == IMAGE_HW[0] - 1
     else:
         assert ((got[:, 0] < 0) | (got[:, 2] > IMAGE_HW[1] - 1)).any()
+    every = nms_rows_reference(maps, levels, IMAGE_HW, config, drop_outside=False)
+    assert (len(got) < len(every)) == drop_outside  # some kept boxes lie outside: dropped
 
 
 def _finite_cells_reference(monkeypatch, maps, levels, image_hw, config):

@@ -202,15 +202,16 @@ def test_nms_stats_fields_match_the_header(tmp_path: Path) -> None:
 
 
 def test_nms_params_fields_match_the_header(tmp_path: Path) -> None:
-    """ABI 4: ``score_logit`` appended to tf_nms_params (28 bytes; ABI 3's 24)."""
+    """ABI 5: ``pixel_base`` and ``drop_outside`` appended to tf_nms_params (36 bytes; ABI 4
+    appended ``score_logit`` to ABI 3's 24)."""
     names = ["nms_thresh", "pixel_offset", "clip", "image_height", "image_width", "lookahead",
-             "score_logit"]
+             "score_logit", "pixel_base", "drop_outside"]
     assert [f[0] for f in binding.NmsParams._fields_] == names
-    assert ctypes.sizeof(binding.NmsParams) == 28 and binding.ABI_VERSION == 4
+    assert ctypes.sizeof(binding.NmsParams) == 36 and binding.ABI_VERSION == 5
     offsets = _c_values(tmp_path, "params", "sizeof(tf_nms_params)",
                         *(f"offsetof(tf_nms_params, {n})" for n in names))
-    assert offsets == [28] + [getattr(binding.NmsParams, n).offset for n in names] == \
-        [28, 0, 4, 8, 12, 16, 20, 24]
+    assert offsets == [36] + [getattr(binding.NmsParams, n).offset for n in names] == \
+        [36, 0, 4, 8, 12, 16, 20, 24, 28, 32]
 
 
 def test_abi_check(lib: binding.KernelLibrary) -> None:
@@ -383,6 +384,10 @@ def test_decode_rejects_null_params_and_bad_templates(lib: binding.KernelLibrary
      "lookahead = -1 must be 0, 1 or 2"),
     (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 0, 2)), Status.INVALID_VALUE,
      "score_logit = 2 must be 0 or 1"),
+    (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 0, 0, 0.5)), Status.INVALID_VALUE,
+     "pixel_base = 0.5 must be 0 or 1"),
+    (dict(params=binding.NmsParams(0.3, 1.0, 1, 10, 10, 0, 0, 0.0, 2)), Status.INVALID_VALUE,
+     "drop_outside = 2 must be 0 or 1"),
     (dict(cand=FAKE + 4), Status.MISALIGNED, "candidates"),
     (dict(ws=FAKE + 8), Status.MISALIGNED, "workspace"),
     (dict(out=FAKE + 1), Status.MISALIGNED, "out_boxes"),

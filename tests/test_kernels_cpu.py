@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,24 @@ def test_nms_takes_score_logit_0_or_1_only(cpu_library):
         with pytest.raises(binding.KernelError, match=f"score_logit = {bad} must be 0 or 1") as info:
             cpu_library.nms(16, 1, binding.NmsParams(0.3, 1.0, 1, 8, 8, 0, bad), 1, 16, 1 << 20,
                             16, 16)
+        assert info.value.status == binding.Status.INVALID_VALUE
+
+
+def test_nms_takes_pixel_base_and_drop_outside_0_or_1_only(cpu_library):
+    """tf_nms_params.pixel_base and drop_outside (ABI 5) are checked before any work; the
+    binding's defaults are 0.0 and 0, ABI 4's rows (kernel_abi_cases' border tests run
+    them)."""
+    params = binding.nms_params(0.3, 1.0, True, 8, 8)
+    assert (params.pixel_base, params.drop_outside) == (0.0, 0)
+    params = binding.nms_params(0.3, 1.0, True, 8, 8, pixel_base=1.0, drop_outside=True)
+    assert (params.pixel_base, params.drop_outside) == (1.0, 1)
+    for fields, message in [((0.0, 2), "drop_outside = 2 must be 0 or 1"),
+                            ((0.0, -1), "drop_outside = -1 must be 0 or 1"),
+                            ((2.0, 1), "pixel_base = 2 must be 0 or 1"),
+                            ((float("nan"), 1), "pixel_base = nan must be 0 or 1")]:
+        with pytest.raises(binding.KernelError, match=message) as info:
+            cpu_library.nms(16, 1, binding.NmsParams(0.3, 1.0, 1, 8, 8, 0, 0, *fields), 1, 16,
+                            1 << 20, 16, 16)
         assert info.value.status == binding.Status.INVALID_VALUE
 
 
@@ -495,12 +514,14 @@ def _graphed(post):
 
 
 def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream, monkeypatch):
-    """One graph per candidate buffer, NMS size and NMS parameters, captured at their second
-    use (the first launches the kernels: lazy loading and CUB's set-up stay out of the
-    capture) on a non-blocking stream of its own, replayed on the postprocessor's for every
-    image that has them, the image's size left out (NMS does not clip here); a new one when
-    the candidate buffer or the NMS size grows or a parameter changes; the least recently used
-    dropped past NMS_GRAPHS; the boxes the host path's throughout; close() closes them all."""
+    """One graph per candidate buffer, NMS size, image size (NMS drops the boxes outside the
+    image and clips the rest to it) and NMS parameters, captured at their second use (the
+    first launches the kernels: lazy loading and CUB's set-up stay out of the capture) on a
+    non-blocking stream of its own, replayed on the postprocessor's for every image that has
+    them; a new one when the candidate buffer or the NMS size grows, the image size or a
+    parameter changes; the least recently used dropped past NMS_GRAPHS; the boxes the host
+    path's throughout (a graph replayed for another image size would clip to the wrong
+    edges); close() closes them all."""
     monkeypatch.setattr(ReplayingCapture, "made", [])
     monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
     monkeypatch.setattr(stages, "NMS_GRAPHS", 2)
@@ -510,8 +531,8 @@ def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream,
              "huge": (IMAGE_HW[0] + 40, IMAGE_HW[1] + 64)}
     levels = {name: levels_at(hw, (0.0, 1.0)) for name, hw in sizes.items()}
 
-    def image(name, cls_mean=-1.5):
-        maps = random_maps(rng, levels[name], cls_mean=cls_mean)
+    def image(name, cls_mean=-1.5, maps=None):
+        maps = random_maps(rng, levels[name], cls_mean=cls_mean) if maps is None else maps
         return _finish(post, maps, levels[name], sizes[name], config)
 
     post = _graphed(stages.CudaPostprocessor(config, stream=stream, max_candidates=4096))
@@ -521,27 +542,46 @@ def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream,
     assert post.nms_graphs and post.nms_graphs_off is None
     assert [g.launches for g in made] == [1]  # captured at the 2nd use, launched
     image("small")
-    image("small")  # the large image's candidate buffer: the same graph
-    assert [g.launches for g in made] == [3]
+    image("small")  # the large image's candidate buffer, another image size: another graph
+    image("small")
+    image("large")  # both kept (NMS_GRAPHS = 2), each replayed for its size
+    assert [g.launches for g in made] == [2, 2]
     image("huge", -3.0)
     image("huge", -3.0)  # its pyramid grows the candidate buffer: another graph
-    assert [g.launches for g in made] == [3, 1]
-    dense = random_maps(rng, levels["small"], cls_mean=0.0)  # more than 4096 candidates
-    assert candidate_count(dense, levels["small"], config) > 4096
-    _finish(post, dense, levels["small"], sizes["small"], config)
+    assert [g.launches for g in made] == [2, 2, 1]
+    assert [g.closed for g in made] == [False, True, False]  # the small size's went first
+    dense = random_maps(rng, levels["huge"], cls_mean=0.0)  # more than 4096 candidates
+    assert candidate_count(dense, levels["huge"], config) > 4096
+    image("huge", maps=dense)
     # the overflowing run at the old NMS size replays the huge image's graph, the grown size
-    # runs launch by launch, and the one used least recently (the first) goes
-    assert [g.launches for g in made] == [3, 2]
-    assert [g.closed for g in made] == [True, False]
-    assert post.max_candidates >= candidate_count(dense, levels["small"], config)
-    _finish(post, dense, levels["small"], sizes["small"], config)  # the grown size's 2nd use
-    assert [g.launches for g in made] == [3, 2, 1]
+    # runs launch by launch, and the one used least recently (the large size's) goes
+    assert [g.launches for g in made] == [2, 2, 2]
+    assert [g.closed for g in made] == [True, True, False]
+    assert post.max_candidates >= candidate_count(dense, levels["huge"], config)
+    image("huge", maps=dense)  # the grown size's 2nd use
+    assert [g.launches for g in made] == [2, 2, 2, 1]
     post.config = DetectorConfig(prob_thresh=0.3, nms_thresh=0.5)  # a parameter baked in
     config = post.config
-    _finish(post, dense, levels["small"], sizes["small"], config)  # launched, not replayed
-    assert [g.launches for g in made] == [3, 2, 1]
+    image("huge", maps=dense)  # launched, not replayed
+    assert [g.launches for g in made] == [2, 2, 2, 1]
     post.close()
     assert all(g.closed for g in made)
+
+
+def test_a_config_changed_in_clipping_or_variant_gets_its_own_nms_parameters(stream):
+    """NMS's parameters are made once per config value and image size: a config changed only
+    in clip_boxes or in its variant (the pixel area's first coordinate) gets its own, so the
+    rows are the host path's for each (not the first config's)."""
+    config = DetectorConfig(prob_thresh=0.2)
+    levels = levels_at(IMAGE_HW, (0.0, 1.0))
+    maps = random_maps(np.random.default_rng(23), levels, cls_mean=0.0, reg_sigma=1.0)
+    post = stages.CudaPostprocessor(config, stream=stream)
+    first = _finish(post, maps, levels, IMAGE_HW, config)
+    for changed in (replace(config, clip_boxes=False), replace(config, variant="matconvnet")):
+        post.config = changed
+        got = _finish(post, maps, levels, IMAGE_HW, changed)  # the host path's rows
+        assert got.shape != first.shape or not np.array_equal(got, first)
+    post.close()
 
 
 def test_each_image_of_a_batch_has_its_own_nms_graph(stream, monkeypatch):

@@ -30,7 +30,7 @@ import pytest
 from helpers_kernels import (KernelHarness, assert_kernel_keeps_float32_greedy,
                              assert_same_detections, candidate_count, collect_cases,
                              kernel_constants, levels_at, nms_rows_reference, random_maps,
-                             square_boxes)
+                             runtime_nms_params, square_boxes)
 from helpers_run import REPO, load_script
 from kernel_abi_cases import IMAGE_HW
 import kernel_abi_cases
@@ -119,7 +119,7 @@ def test_decode_nms_capture_in_a_cuda_graph(stream):
     ws_bytes = LIB.nms_workspace_size(m_nms)
     ws, out, stats_buf = DeviceBuffer(ws_bytes), DeviceBuffer(m_nms * 20), DeviceBuffer(16)
     capture_stream = Stream()
-    params = binding.nms_params(config.nms_thresh, config.box_pixel_offset, config.clip_boxes, *IMAGE_HW)
+    params = runtime_nms_params(config, IMAGE_HW)
 
     def enqueue():
         LIB.candidates_reset(cand, capture_stream)
@@ -270,7 +270,8 @@ def test_uncapped_650k_from_a_1080p_pyramid(kh):
 
     The contract (docs/DESIGN.md): tf_nms keeps exactly the float32 serial greedy result
     (helpers_kernels.greedy_nms_f32, equal to kernels/nms_emulation.py's) on the boxes the
-    kernel decoded, fetched from its candidate buffer. Against numpy, which decodes in
+    kernel decoded, fetched from its candidate buffer (all of them written where none is
+    dropped; the runtime's rows those finished as the host would). Against numpy, which decodes in
     float64, the kept sets may differ only at pairs whose IoU lies within IOU_MARGIN of
     nms_thresh: numpy keeps 21019 boxes here, the float32 decode of the host 21018 (two pairs
     at IoU 0.3 - 2.5e-7 (float64) and one box of their cascade; tests/test_nms_uncapped.py checks that
@@ -289,7 +290,8 @@ def test_uncapped_650k_from_a_1080p_pyramid(kh):
     assert stats == {"num_kept": len(got), "num_candidates": count, "overflow": 0, "nonfinite": 0}
 
     d = assert_kernel_keeps_float32_greedy(kh, run, got, maps, levels, config, image_hw)
-    print(f"kernel kept {len(got)}, numpy (float64 decode) {d['numpy_kept']}: {d['reasons']}")
+    print(f"kernel kept {d['float32_kept']} ({len(got)} in the image), numpy (float64 decode) "
+          f"{d['numpy_kept']}: {d['reasons']}")
 
 
 def test_uncapped_nms_benchmark_hook(kh, stream):
@@ -308,7 +310,7 @@ def test_uncapped_nms_benchmark_hook(kh, stream):
         with DeviceBuffer(host.nbytes) as cand, DeviceBuffer(ws_bytes) as ws, \
                 DeviceBuffer(n * 20) as out, DeviceBuffer(16) as stats_buf:
             cand.upload(host, stream)
-            params = binding.nms_params(0.3, 1.0, True, 1080, 1920)
+            params = runtime_nms_params(DetectorConfig(), (1080, 1920))  # the runtime's
             times = []
             for _ in range(6):
                 stream.synchronize()

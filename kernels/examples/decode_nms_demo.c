@@ -76,8 +76,10 @@ static int run(void) {
   int devices = 0;
   tf_decode_params dp;
   /* thresh, pixel offset, clip, image height and width, lookahead, score_logit (0: row[4] is
-   * the probability sigmoid(logit); 1: the logit itself, as the references print it) */
-  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0, 0};
+   * the probability sigmoid(logit); 1: the logit itself, as the references print it),
+   * pixel_base (0: 0-based pixels), drop_outside (1: boxes entirely outside the image are
+   * not written): the Python runtime's rows */
+  tf_nms_params np = {0.3f, 1.0f, 1, 190, 250, 0, 0, 0.0f, 1};
   const size_t map_floats = (size_t)TF_NUM_CHANNELS * MAP_H * MAP_W;
   size_t cand_bytes = 0, ws_bytes = 0;
   tf_nms_stats stats;

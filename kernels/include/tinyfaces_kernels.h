@@ -55,7 +55,7 @@ extern "C" {
 
 /* The shared library's SONAME is libtinyfaces_kernels.so.<TF_KERNELS_ABI_VERSION>
  * (kernels/Makefile reads the number from here); libtinyfaces_kernels.so links to it. */
-#define TF_KERNELS_ABI_VERSION 4u
+#define TF_KERNELS_ABI_VERSION 5u
 
 #define TF_NUM_TEMPLATES 25   /* templates; score map channels are 5 * 25 = 125 */
 #define TF_NUM_CHANNELS 125
@@ -240,13 +240,15 @@ TINYFACES_API tf_status tf_decode_level(const float* score_map, int height, int 
  *     are held by running blocks, so it always terminates. Time grows with the candidates
  *     walked and with the longest chain of boxes that each wait on the previous one
  *     (kernels/nms_emulation.py reports both for a given input).
- * Kept boxes are clipped to [0, W-1] x [0, H-1] (0-based pixels) if clip != 0 and written as
- * rows [x1, y1, x2, y2, sigmoid(logit)], best first; with score_logit = 1 the fifth value is
- * the float32 logit itself, bit for bit but -0.0 written as +0.0 (ABI 4). clip != 0 clips
- * every kept box, one lying entirely outside the image too (onto its border); the Python
- * runtime passes clip = 0 and drops those boxes before clipping on the host, in the
- * variant's pixels (the matconvnet variant's are 1-based: [1, W] x [1, H]; docs/DESIGN.md,
- * "NMS").
+ * Kept boxes are written as rows [x1, y1, x2, y2, sigmoid(logit)], best first; with
+ * score_logit = 1 the fifth value is the float32 logit itself, bit for bit but -0.0 written
+ * as +0.0 (ABI 4). The image's pixel area is [b, b + W - 1] x [b, b + H - 1], b = pixel_base
+ * (0 for 0-based pixels, 1 for the matconvnet variant's 1-based ones; ABI 5):
+ * drop_outside = 1 leaves out the kept boxes lying entirely outside it (touching its border
+ * counts as inside), then clip != 0 clips the rest to it, as numpy's clip (min(max(x, lo),
+ * hi); NaN stays NaN). The Python runtime passes drop_outside = 1 and its variant's base:
+ * the rows are its detections (docs/DESIGN.md, "NMS"). With drop_outside = 0 every kept box
+ * is written, and clip != 0 clips one lying outside onto the border.
  * Graph capture: every step is a kernel or a CUB call with host-known sizes (from
  * max_candidates), so a tf_nms call captures and replays; nothing is read back to the host.
  * (The one-block sort's shared-memory limit is set with cudaFuncSetAttribute at each call,
@@ -271,6 +273,10 @@ typedef struct tf_nms_params {
   int32_t score_logit;    /* row[4], 0 or 1 (ABI 4): 0 = sigmoid(logit), the probability;
                              1 = the float32 logit itself, exactly (what the references print:
                              a float32 probability rounds to 1 above a logit of about 16.6) */
+  float pixel_base;       /* 0 or 1 (ABI 5): the coordinate of the image's first pixel, where
+                             drop_outside and clip put the image's pixel area */
+  int32_t drop_outside;   /* 0 or 1 (ABI 5): 1 = kept boxes entirely outside the image's pixel
+                             area are not written (nor counted in num_kept) */
 } tf_nms_params;
 
 #define TF_OVERFLOW_CAPACITY 1u   /* num_candidates > candidate-buffer capacity */

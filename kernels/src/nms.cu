@@ -27,7 +27,8 @@
 //                 deadlock, and the result is exactly serial greedy NMS.
 //   7. scan     : CUB exclusive sum of the kept flags -> output rows
 //   8. write    : clip, sigmoid (or the logit itself: score_logit), compacted rows in NMS
-//                 order; num_kept
+//                 order; num_kept (a kept box outside the image with drop_outside is not
+//                 flagged for step 7 by step 6, so neither written nor counted)
 // kernels/nms_emulation.py is a step-by-step numpy emulation of steps 2-7 (same float32 math).
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
@@ -63,9 +64,11 @@ struct NmsConfig {
   float thresh;
   float offset;
   int clip;
-  int score_logit;  // row[4] is the logit (1) or sigmoid(logit) (0)
-  float max_x;  // image_width - 1
-  float max_y;  // image_height - 1
+  int score_logit;   // row[4] is the logit (1) or sigmoid(logit) (0)
+  int drop_outside;  // kept boxes entirely outside [base, max_x] x [base, max_y] not written
+  float base;        // pixel_base: the first pixel's coordinate
+  float max_x;       // base + image_width - 1 (exact: integers below 2^24)
+  float max_y;       // base + image_height - 1
 };
 
 // CUB onesweep radix sort with double buffers needs bins + lookback (< 4 bytes per item with
@@ -115,6 +118,21 @@ __device__ __forceinline__ bool overlaps(float4 a, float area_a, float4 b, float
 // never suppresses and is never suppressed: it is kept without looking at other boxes.
 __device__ __forceinline__ bool isolated(float w, float h, float area) {
   return !(w > 0.0f && h > 0.0f && isfinite(area));
+}
+
+// Whether a kept box is written: with drop_outside, only one that overlaps the image's pixel
+// area (touching its border counts; a NaN coordinate does not): runtime/postprocess.py's
+// inside_image, in float32 as there.
+__device__ __forceinline__ bool written(float4 b, const NmsConfig& cfg) {
+  return !cfg.drop_outside ||
+         (b.z >= cfg.base && b.w >= cfg.base && b.x <= cfg.max_x && b.y <= cfg.max_y);
+}
+
+// numpy's clip of a float: min(max(v, lo), hi), NaN staying NaN (fminf / fmaxf would clip it).
+__device__ __forceinline__ float clip_to(float v, float lo, float hi) {
+  if (isnan(v)) return v;
+  v = v > lo ? v : lo;
+  return v < hi ? v : hi;
 }
 
 // floor(log2(d)) clamped to [0, kTopClass]; monotone in d. Class k <= 29 holds d < 2^(k+1).
@@ -395,7 +413,7 @@ __global__ void __launch_bounds__(kResolveThreads)
       w.area = __fmul_rn(w.w, w.h);
       if (isolated(w.w, w.h, w.area)) {
         status[j] = kKept;
-        flags[j] = 1;
+        flags[j] = written(w.b, cfg);
         undecided = false;
       } else {
         walk_start(w, cfg, cells, n);
@@ -407,7 +425,7 @@ __global__ void __launch_bounds__(kResolveThreads)
       if (undecided) {
         const uint8_t s = walk_advance<kLookahead>(w, j, cells, ranks, cell_boxes, status, cfg, n);
         if (s != kUndecided) {
-          flags[j] = s == kKept;
+          flags[j] = s == kKept && written(w.b, cfg);
           status[j] = s;
           undecided = false;
         }
@@ -540,14 +558,15 @@ __global__ void nms_resolve_warp_kernel(Control* ctrl, const uint32_t* __restric
       }
     }
     if (lane == 0) {
-      flags[j] = decided == kKept;
+      flags[j] = decided == kKept && written(b, cfg);
       status[j] = decided;
     }
   }
 }
 
-// Kept boxes (clipped if asked; the sigmoid of the logit, or the logit itself with
-// score_logit) written compacted in NMS order.
+// Flagged boxes (the kept ones, less those outside the image with drop_outside; clipped if
+// asked; the sigmoid of the logit, or the logit itself with score_logit) written compacted
+// in NMS order.
 __global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_t* __restrict__ flags,
                                  const uint32_t* __restrict__ rows, const float4* __restrict__ boxes,
                                  const float* __restrict__ logits, const NmsConfig cfg,
@@ -559,10 +578,10 @@ __global__ void nms_write_kernel(const Control* __restrict__ ctrl, const uint32_
     if (!kept) continue;
     float4 box = boxes[i];
     if (cfg.clip) {
-      box.x = fminf(fmaxf(box.x, 0.0f), cfg.max_x);
-      box.y = fminf(fmaxf(box.y, 0.0f), cfg.max_y);
-      box.z = fminf(fmaxf(box.z, 0.0f), cfg.max_x);
-      box.w = fminf(fmaxf(box.w, 0.0f), cfg.max_y);
+      box.x = clip_to(box.x, cfg.base, cfg.max_x);
+      box.y = clip_to(box.y, cfg.base, cfg.max_y);
+      box.z = clip_to(box.z, cfg.base, cfg.max_x);
+      box.w = clip_to(box.w, cfg.base, cfg.max_y);
     }
     float* row = out + 5 * static_cast<size_t>(rows[i]);
     row[0] = box.x;
@@ -593,6 +612,10 @@ tf_status check_nms_args(const void* candidates, int64_t capacity, const tf_nms_
     return tf::fail(TF_STATUS_INVALID_VALUE, "lookahead = %d must be 0, 1 or 2", p.lookahead);
   if (p.score_logit != 0 && p.score_logit != 1)
     return tf::fail(TF_STATUS_INVALID_VALUE, "score_logit = %d must be 0 or 1", p.score_logit);
+  if (p.drop_outside != 0 && p.drop_outside != 1)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "drop_outside = %d must be 0 or 1", p.drop_outside);
+  if (p.pixel_base != 0.0f && p.pixel_base != 1.0f)
+    return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_base = %g must be 0 or 1", p.pixel_base);
   if (!(tf::finite(p.pixel_offset) && p.pixel_offset >= 0.0f))
     return tf::fail(TF_STATUS_INVALID_VALUE, "pixel_offset = %g must be finite and >= 0",
                     p.pixel_offset);
@@ -725,9 +748,15 @@ TINYFACES_API tf_status tf_nms(const void* candidates, int64_t capacity, const t
                                     reinterpret_cast<uint32_t*>(keys_b) + m);
   uint32_t* flags = slots_a;
   uint32_t* rows = slots_b;
-  const NmsConfig cfg{params->nms_thresh, params->pixel_offset, params->clip != 0,
-                      params->score_logit, static_cast<float>(params->image_width - 1),
-                      static_cast<float>(params->image_height - 1)};
+  const float pixel_base = params->pixel_base + 0.0f;  // -0.0 (accepted as 0) as +0.0
+  const NmsConfig cfg{params->nms_thresh,
+                      params->pixel_offset,
+                      params->clip != 0,
+                      params->score_logit,
+                      params->drop_outside,
+                      pixel_base,
+                      pixel_base + static_cast<float>(params->image_width - 1),
+                      pixel_base + static_cast<float>(params->image_height - 1)};
   const unsigned int item_blocks = tf::blocks_for(m, kPrepareThreads);
 
   // CUB's storage requests (host-side queries) against the reserved bound, all before the

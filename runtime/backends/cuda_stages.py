@@ -13,7 +13,8 @@ level on the GPU into an (N, 3, h, w) float32
 :class:`~.cuda_device.DeviceArray`. The postprocessor decodes each level's score map (a
 device array, or a numpy array it uploads) into one device candidate buffer per image and runs
 sort + NMS in :meth:`CudaPostprocessor.finish_all`, which downloads only the counters and the
-final (N, 5) rows.
+final (N, 5) rows: those of the numpy path's ``finish_boxes`` already (the boxes outside the
+image dropped and the rest clipped on the GPU, ``tf_nms_params.drop_outside``).
 
 Stream order: everything of one stage is queued on its ``stream``. When the runner works on
 another stream (``runner_stream``), CUDA events order them without the host: the runner waits
@@ -44,7 +45,6 @@ from tinyfaces_trt.runtime.backends.cuda_device import (DeviceArray, DeviceBuffe
                                                         Stream, StreamOrder, as_stream)
 from tinyfaces_trt.runtime.decode import active_templates
 from tinyfaces_trt.runtime.pipeline import validate_batch
-from tinyfaces_trt.runtime.postprocess import finish_boxes
 
 DEFAULT_MAX_NMS_CANDIDATES = 8192
 #: Kept rows downloaded with NMS's counters, in one wait (an image keeping more fetches the
@@ -379,8 +379,8 @@ class CudaPostprocessor:
             has more. There is no cap: every candidate the pyramid makes goes through NMS.
         nms_graphs: replay NMS's launches (3 sorts or scans in CUB's passes and 6 kernels of
             its own, about 40 launches) as one CUDA graph, captured at the second call for each
-            candidate buffer, NMS size and set of NMS parameters (the image size only where NMS
-            clips, which it does not here; :class:`~.cuda_device.CapturedWork`).
+            candidate buffer, NMS size, image size and set of NMS parameters
+            (:class:`~.cuda_device.CapturedWork`).
             Where the capture fails (a runtime without stream capture) NMS is launched kernel
             by kernel from then on, logged once, and ``nms_graphs_off`` says why.
         nms_rule: the NMS resolve rule, ``tf_nms_params.lookahead``: one of
@@ -535,20 +535,20 @@ class CudaPostprocessor:
 
     def _nms_params_for(self, height: int, width: int) -> tuple[Any, tuple[Any, ...]]:
         """``tf_nms_params`` of the config and image size (made once per set of values) and
-        the values a captured NMS bakes in: the image's size only where NMS clips, which it
-        does not here (the boxes are clipped on the host after the ones outside the image are
-        dropped, as the numpy path does)."""
+        the values a captured NMS bakes in, the image's size among them: NMS drops the boxes
+        outside the image and clips the rest to it (in the variant's pixels), as the numpy
+        path's ``finish_boxes``."""
         config = self.config
-        wanted = (config.nms_thresh, config.box_pixel_offset, self.nms_rule, config.score,
-                  height, width)
+        wanted = (config.nms_thresh, config.box_pixel_offset, config.clip_boxes,
+                  config.coordinate_base, self.nms_rule, config.score, height, width)
         kept = self._nms_params.get(wanted)
         if kept is None:
-            params = self._binding.nms_params(config.nms_thresh, config.box_pixel_offset, False,
-                                              height, width, self.nms_rule,
-                                              score_logit=config.score == "logit")
-            values = (params.nms_thresh, params.pixel_offset, params.clip, params.lookahead,
-                      params.score_logit,
-                      *((params.image_height, params.image_width) if params.clip else ()))
+            params = self._binding.nms_params(config.nms_thresh, config.box_pixel_offset,
+                                              config.clip_boxes, height, width, self.nms_rule,
+                                              score_logit=config.score == "logit",
+                                              pixel_base=config.coordinate_base,
+                                              drop_outside=True)
+            values = tuple(getattr(params, name) for name, _ in params._fields_)
             kept = (params, values)
             _remember(self._nms_params, wanted, kept)
         return kept
@@ -621,13 +621,11 @@ class CudaPostprocessor:
         kept = int(stats["num_kept"])
         self.last_stats = {"num_candidates": count, "num_kept": kept, "nonfinite": 0}
         if kept <= len(prefetched):
-            boxes = prefetched[:kept]  # finish_boxes copies (the page-locked rows are reused)
-        else:  # more than came with the counters
-            boxes = np.empty((kept, 5), np.float32)
-            self._results.buffer.download(boxes, self.stream,
-                                          offset=b.NMS_STATS_DTYPE.itemsize)
-            self.stream.synchronize()
-        return finish_boxes(boxes, self._image_hw, self.config)
+            return prefetched[:kept].copy()  # the page-locked rows are reused
+        boxes = np.empty((kept, 5), np.float32)  # more than came with the counters
+        self._results.buffer.download(boxes, self.stream, offset=b.NMS_STATS_DTYPE.itemsize)
+        self.stream.synchronize()
+        return boxes
 
     def finish_all(self) -> list[np.ndarray]:
         """Sort + NMS per image; one (N_i, 5) float32 [x1, y1, x2, y2, score] array per image
