@@ -129,6 +129,15 @@ class Pipeline:
     def detect_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def page_locked_copy(self, image: np.ndarray) -> np.ndarray | None:
+        """``image`` copied into page-locked memory this backend uploads without its staging
+        copy (``Detector.image_buffer`` on the CUDA stages), or None where it has none."""
+        return None
+
+    def page_locked_uploads(self) -> int:
+        """Images (or batches) uploaded straight from page-locked memory so far."""
+        return 0
+
     def stats(self) -> dict[str, int]:
         """Counters of the last detect (candidates before NMS, for device postprocessing)."""
         return {}
@@ -242,6 +251,7 @@ class DetectorBench(Pipeline):
         self.copies_note = copies_note
         self.timed = (self.level_runner,) + tuple(timed)
         self.closers = closers
+        self._page_locked: list[Any] = []  # PinnedBuffers of page_locked_copy
 
     def detect(self, image: np.ndarray, timings: Timings | None) -> np.ndarray:
         for obj in self.timed:
@@ -259,6 +269,25 @@ class DetectorBench(Pipeline):
             obj.timings = None
         self.level_runner.index = 0
         return self.detector.detect_batch(images)
+
+    def page_locked_copy(self, image: np.ndarray) -> np.ndarray | None:
+        """On the CUDA stages: the image in page-locked memory of the kind
+        ``Detector.image_buffer`` gives, freed explicitly by :meth:`close`."""
+        from tinyfaces_trt.runtime.backends.cuda_device import PinnedBuffer, is_page_locked
+        from tinyfaces_trt.runtime.backends.cuda_stages import CudaPreprocessor
+
+        if not isinstance(self.detector.preprocessor, CudaPreprocessor):
+            return None
+        buffer = PinnedBuffer(image.nbytes)
+        self._page_locked.append(buffer)
+        if not is_page_locked(buffer.ptr, buffer.nbytes):  # the preprocessor would stage it
+            return None
+        frame = buffer.array(image.shape, np.uint8)
+        np.copyto(frame, image)
+        return frame
+
+    def page_locked_uploads(self) -> int:
+        return int(getattr(self.detector.preprocessor, "page_locked_uploads", 0))
 
     def stats(self) -> dict[str, int]:
         return dict(getattr(self.detector.postprocessor, "last_stats", None) or {})
@@ -287,8 +316,13 @@ class DetectorBench(Pipeline):
             stage.synchronize()
 
     def close(self) -> None:
-        for obj in self.closers:
-            obj.close()
+        try:
+            for obj in self.closers:
+                obj.close()
+        finally:  # the detector closed (or failed to): no upload of ours reads them now
+            for buffer in self._page_locked:
+                buffer.free()
+            self._page_locked = []
 
 
 class _CopyTimed(RunnerBase):

@@ -182,7 +182,8 @@ def _upload_lines(upload: dict[str, Any] | None) -> list[str]:
               f"warm-up, {upload['rounds']} timed rounds. `copy`: into page-locked memory "
               f"alone; `copy + upload`: with each chunk's transfer queued as it is copied, "
               f"until the stream has finished it (the GPU waits for this before the first "
-              f"resize).", "",
+              f"resize); the page-locked way copies nothing (the image's producer filled "
+              f"`Detector.image_buffer`).", "",
               "| image | way | chunks | copy median / p90 | copy + upload median / p90 |",
               "|---|---|---|---|---|"]
     for row in upload["rows"]:
@@ -301,6 +302,11 @@ def _backend_note(b: dict[str, Any]) -> str:
         note += f"; {b['rounds_note']}"
     if b.get("end_to_end_note"):
         note += f"; end to end {b['end_to_end_note']}"
+    if b.get("end_to_end_page_locked"):
+        note += (f"; from a page-locked image (`Detector.image_buffer`: no staging copy) "
+                 f"{_t(b['end_to_end_page_locked'])} end to end (no stage sync)")
+    if b.get("end_to_end_page_locked_note"):
+        note += f"; from a page-locked image {b['end_to_end_page_locked_note']}"
     return note
 
 

@@ -170,6 +170,10 @@ def _overhead(size, backend, ref) -> tuple[float | None, str, str]:
         return None, "no network time", ""
     e2e = end_to_end_ms(backend)
     detail = f"{format_duration(e2e)} / network {format_duration(net)}"
+    locked = _median(backend.get("end_to_end_page_locked"))
+    if locked:
+        detail += (f"; from a page-locked image (no staging copy) {format_duration(locked)}, "
+                   f"{locked / net:.2f}x")
     why = (f"stages and copies add {format_duration(max(e2e - net, 0.0))} "
            f"({(e2e - net) / net:.0%} of the network; per-stage medians: {_stage_list(backend)})")
     return e2e / net, detail, why

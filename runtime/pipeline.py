@@ -50,6 +50,10 @@ class Preprocessor(Protocol):
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> Any:
         """N images of one size -> the level's (N, 3, h, w) float32 input."""
 
+    def empty_images(self, count: int, height: int, width: int) -> np.ndarray:
+        """A new, uninitialised (count, height, width, 3) uint8 array in the host memory the
+        stage reads fastest (page-locked for a GPU upload, else plain numpy memory)."""
+
     def synchronize(self) -> None:
         """Waits until the stage's queued work is done (nothing to wait for on the host)."""
 
@@ -82,7 +86,7 @@ class Postprocessor(Protocol):
 
 
 _STAGE_MEMBERS = {
-    Preprocessor: ("prepare", "prepare_batch", "synchronize", "close"),
+    Preprocessor: ("prepare", "prepare_batch", "empty_images", "synchronize", "close"),
     Postprocessor: ("reset", "add_level", "finish_all", "finish", "synchronize", "close"),
 }
 
@@ -223,6 +227,40 @@ class Detector:
                 self._plans.clear()
             self._plans[key] = levels
         return list(levels)
+
+    def image_buffer(self, height: int, width: int, count: int | None = None) -> np.ndarray:
+        """A new, uninitialised uint8 RGB array to fill with images and pass to :meth:`detect`
+        ((height, width, 3)) or, given ``count``, to :meth:`detect_batch` ((count, height,
+        width, 3)), in the host memory this detector's stages read fastest: on the CUDA stages
+        page-locked memory, which the upload reads directly, without the staging copy of the
+        image (which the first resize waits for); elsewhere plain numpy memory.
+
+        Fill it in place with RGB pixels (``np.copyto``, a decoder writing into a given
+        array) and reuse it image after image: page-locked memory takes far longer to make
+        than an image to copy. Refill it only once the call given it has returned or raised
+        (not from ``on_level``: the upload may still read it then). It stays valid as long
+        as it (or a view of it) is referenced, also after :meth:`close`.
+
+        Raises:
+            ConfigError: a size or count that is not a positive integer.
+            ImageTooLargeError: larger than :attr:`max_pixels`.
+            TinyFacesError: the detector is closed; on the CUDA stages, another CUDA device
+                is current in this thread (as for :meth:`detect`).
+        """
+        height, width = _positive_size((height, width))
+        images = 1
+        if count is not None:
+            try:
+                images = operator.index(count)
+            except TypeError:
+                images = 0
+            if images < 1 or isinstance(count, bool):
+                raise ConfigError(f"count must be None (one image) or an integer >= 1, got "
+                                  f"{count!r}")
+        check_image_size(height, width, self.max_pixels)
+        self._check_open()
+        made = self.preprocessor.empty_images(images, height, width)
+        return made[0] if count is None else made
 
     def detect(self, image: np.ndarray,
                timings: MutableMapping[str, float] | None = None, *,
@@ -419,10 +457,23 @@ class Detector:
             try:
                 self._running = True
                 yield
+            except BaseException:
+                self._settle()
+                raise
             finally:
                 self._running = False
                 if self._close_deferred:
                     self._close_now()
+
+    def _settle(self) -> None:
+        """After a call that raised: waits for the preprocessor's queued work, which may
+        still read the caller's images (page-locked ones are uploaded from their own memory),
+        so that they may be refilled or freed once the call is over. Best effort: the call's
+        own error is the one raised."""
+        try:
+            self.preprocessor.synchronize()
+        except Exception:  # a device in an error state: the call's error says more
+            pass
 
     def _check_open(self) -> None:
         if self._closing or self._closed or self._close_deferred:

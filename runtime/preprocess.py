@@ -43,6 +43,10 @@ class HostPreprocessor:
         """N images of one size -> the level's (N, 3, level.height, level.width) float32 input."""
         return np.concatenate([self.prepare(image, level) for image in images])
 
+    def empty_images(self, count: int, height: int, width: int) -> np.ndarray:
+        """A new, uninitialised (count, height, width, 3) uint8 numpy array."""
+        return np.empty((count, height, width, 3), np.uint8)
+
     def synchronize(self) -> None:
         """Nothing is queued on the host."""
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import itertools
+import threading
 from collections import Counter
 from typing import Any
 
@@ -66,6 +67,7 @@ class HostCudart:
         streams, events: live handles.
         calls: how often each runtime function was called.
         log: (function, stream handle) of every stream operation, in call order.
+        device_count: the GPUs it plays (1; each thread's current one set by cudaSetDevice).
     """
 
     def __init__(self, real: Any = None) -> None:
@@ -78,6 +80,8 @@ class HostCudart:
         self.events: set[int] = set()
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, int]] = []
+        self.device_count = 1  # set more to play a machine with several GPUs
+        self._current = threading.local()  # each thread's current device (0 at first)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -159,11 +163,18 @@ class HostCudart:
 
     def cudaGetDeviceCount(self) -> tuple[Any, ...]:
         self._validate("cudaGetDeviceCount")
-        return self._ok(1)
+        return self._ok(self.device_count)
 
     def cudaGetDevice(self) -> tuple[Any, ...]:
         self._validate("cudaGetDevice")
-        return self._ok(0)
+        return self._ok(getattr(self._current, "device", 0))
+
+    def cudaSetDevice(self, device: int) -> tuple[Any, ...]:
+        self._validate("cudaSetDevice", device)
+        if not 0 <= int(device) < self.device_count:
+            return self._error("cudaErrorInvalidDevice")
+        self._current.device = int(device)
+        return self._ok()
 
     def cudaDeviceSynchronize(self) -> tuple[Any, ...]:
         self._validate("cudaDeviceSynchronize")
@@ -213,6 +224,21 @@ class HostCudart:
     def cudaFreeHost(self, ptr: Any) -> tuple[Any, ...]:
         self._validate("cudaFreeHost", ptr)
         return self._free(self.pinned, ptr)
+
+    def cudaPointerGetAttributes(self, ptr: Any) -> tuple[Any, ...]:
+        """The memory type of ``ptr``: Host inside a pinned allocation, Device inside a device
+        one (ours or adopted), Unregistered elsewhere (as CUDA 11+ answers for pageable
+        memory)."""
+        self._validate("cudaPointerGetAttributes", ptr)
+        ptr, kinds = int(ptr), self._real.cudaMemoryType
+        attributes = self._real.cudaPointerAttributes()
+        if any(start <= ptr < start + size for start, size in self.pinned.items()):
+            attributes.type = kinds.cudaMemoryTypeHost
+        elif self._on_device(ptr, 1):
+            attributes.type = kinds.cudaMemoryTypeDevice
+        else:
+            attributes.type = kinds.cudaMemoryTypeUnregistered
+        return self._ok(attributes)
 
     def cudaMemcpy(self, dst: Any, src: Any, count: int, kind: Any) -> tuple[Any, ...]:
         self._validate("cudaMemcpy", dst, src, count, kind)

@@ -16,7 +16,7 @@ import pytest
 
 from helpers_runners import PooledRunner
 from tinyfaces_trt.core.config import DetectorConfig
-from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError
+from tinyfaces_trt.core.errors import ConfigError, ImageError, ImageTooLargeError, TinyFacesError
 from tinyfaces_trt.core.manifest import ModelIdentity
 from tinyfaces_trt.core.pyramid import face_range_reachable, no_level_reason, plan_pyramid
 from tinyfaces_trt.core.runner import RunnerCapabilities
@@ -145,6 +145,67 @@ def test_max_pixels_takes_none_and_integers_of_any_integral_type():
         detector.detect(np.zeros((50, 100, 3), np.uint8))
     detector.max_pixels = None
     assert detector.max_pixels is None
+
+
+def test_an_image_buffer_on_the_host_path_is_plain_numpy_memory_detect_takes():
+    """Detector.image_buffer: (H, W, 3), or (count, H, W, 3) with ``count``, uint8, new each
+    call; detect / detect_batch take it filled (on the host path plain numpy memory: the
+    page-locked kind is the GPU path's, tests/test_device_path_cpu.py)."""
+    detector = Detector(PooledRunner())
+    frame = detector.image_buffer(40, 60)
+    frames = detector.image_buffer(40, 60, count=np.int64(3))
+    assert (frame.shape, frame.dtype, frames.shape, frames.dtype) == (
+        (40, 60, 3), np.uint8, (3, 40, 60, 3), np.uint8)
+    assert frame.flags.c_contiguous and frame.flags.writeable
+    assert not np.shares_memory(frame, detector.image_buffer(40, 60))
+    frame[:] = 128
+    frames[:] = frame
+    assert detector.detect(frame).shape[1] == 5
+    assert len(detector.detect_batch(frames)) == 3
+    detector.close()
+    with pytest.raises(TinyFacesError, match="this detector is closed"):
+        detector.image_buffer(40, 60)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the network failed"), KeyboardInterrupt()])
+def test_a_call_that_raises_waits_for_the_preprocessors_work_then_raises_its_own_error(error):
+    """A detect that fails mid-way waits for the preprocessor's queued work before it raises
+    (a GPU upload may still read the caller's image), also on Ctrl-C; a failing wait does
+    not replace the call's own error."""
+    from tinyfaces_trt.runtime.preprocess import HostPreprocessor
+
+    class Failing(PooledRunner):
+        def run(self, x):
+            raise error
+
+    class Waits(HostPreprocessor):
+        waits = 0
+
+        def synchronize(self):
+            Waits.waits += 1
+            raise TinyFacesError("the device is in an error state")
+
+    detector = Detector(Failing(), preprocessor=Waits(DetectorConfig()))
+    with pytest.raises(type(error)) as raised:
+        detector.detect(np.zeros((40, 60, 3), np.uint8))
+    assert raised.value is error and Waits.waits == 1
+    assert detector.detect_batch([]) == []  # the detector is usable again
+
+
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((0, 60), {}, ConfigError, r"must be positive, got \(0, 60\)"),
+    ((40, 1.5), {}, ConfigError, r"pairs of integers, got \(40, 1.5\)"),
+    ((40, 60), {"count": 0}, ConfigError,
+     "count must be None .one image. or an integer >= 1, got 0"),
+    ((40, 60), {"count": True}, ConfigError, "an integer >= 1, got True"),
+    ((40, 60), {"count": 2.0}, ConfigError, "an integer >= 1, got 2.0"),
+    ((5000, 5000), {}, ImageTooLargeError, r"\(4000 pixels, Detector.max_pixels\)"),
+])
+def test_an_image_buffer_of_a_size_detect_refuses_is_refused(args, kwargs, error, message):
+    detector = Detector(PooledRunner())
+    detector.max_pixels = 4000
+    with pytest.raises(error, match=message):
+        detector.image_buffer(*args, **kwargs)
 
 
 @pytest.mark.parametrize("sizes, batch_sizes, message", [

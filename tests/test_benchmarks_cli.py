@@ -517,7 +517,8 @@ def test_host_overhead_times_the_cuda_stages_host_work_without_a_gpu(tmp_path):
     assert list(result["rounds_us"][0]) == ["prepare levels 1-5", "decode + NMS, one level",
                                             "decode + NMS, all 6 levels",
                                             "detect, network stubbed",
-                                            "... without the staging copy"]
+                                            "... without the staging copy",
+                                            "detect, page-locked image"]
     assert all(v > 0 for r in result["rounds_us"] for v in r.values())
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"),
                           "--repeat", "0"], capture_output=True, text=True, timeout=120)

@@ -82,6 +82,10 @@ def test_the_device_backend_runs_every_pass(run):
     assert row["status"] == "ok", row.get("reason")
     assert row["uses_gpu"] is True and row["copies_note"] == "as create_detector('onnxruntime-cuda') builds it"
     assert len(row["stages"]["total"]["samples_ms"]) == len(row["end_to_end"]["samples_ms"]) == 2
+    # the same image from page-locked memory, uploaded without staging, alternating with those
+    assert len(row["end_to_end_page_locked"]["samples_ms"]) == 2
+    assert "end_to_end_page_locked_note" not in row  # neither failed nor staged
+    assert "end_to_end_page_locked" not in _backend(result, "reference")
     assert set(row["stages"]) >= {"total", "preprocess", "network", "decode", "nms"}
     stats = row["device_stats"]
     assert stats["num_candidates"] >= row["detections"] > 0
@@ -102,6 +106,7 @@ def test_batch_parity_and_profile_cover_the_device_backend(run):
     profile = size["profile"]
     assert profile["backend"] == "onnxruntime-cuda" and profile["status"] == "ok"
     assert "`onnxruntime-cuda`" in md
+    assert "; from a page-locked image (`Detector.image_buffer`: no staging copy) " in md
     assert "profile" not in result["sizes"][1]
 
 
@@ -113,25 +118,43 @@ def test_the_image_upload_is_timed_each_way_and_lands_whole(run):
     assert upload["status"] == "ok", upload.get("reason")
     assert [r["image_size"] for r in upload["rows"]] == [[64, 48], [32, 24]]
     for row in upload["rows"]:
-        names = [w["name"] for w in row["ways"]]
+        *staged, direct = row["ways"]
+        names = [w["name"] for w in staged]
         assert names[0].endswith("(runtime default)") and names[-1].startswith("one piece")
-        assert [w["chunks"] for w in row["ways"]][-1] == 1
-        for way in row["ways"]:
+        assert staged[-1]["chunks"] == 1
+        for way in staged:
             assert len(way["copy"]["samples_ms"]) == len(way["copy_upload"]["samples_ms"]) \
                 == upload["rounds"] >= 20
+        assert direct["name"] == "page-locked image (Detector.image_buffer): no staging copy"
+        assert direct["copy"] is None and direct["chunks"] == 1
+        assert len(direct["copy_upload"]["samples_ms"]) == upload["rounds"]
     assert "## Image upload: staging copy and host-to-device transfer" in md
     assert "| 64x48 (0.0 MB) | one piece, 1 thread (the runtime before 2026-12-04) | 1 |" in md
+    assert "| 64x48 (0.0 MB) | page-locked image (Detector.image_buffer): no staging copy | 1 | " \
+           "- | " in md
 
 
-@pytest.mark.parametrize("fault", ["not sent", "not copied"])
+@pytest.mark.parametrize("fault", ["not sent", "not copied", "page-locked not sent"])
 def test_the_image_upload_benchmark_refuses_a_wrong_landing(monkeypatch, tmp_path_factory,
                                                             fault):
     """A chunk not uploaded, or (in the check only, after the timed rounds left the whole
-    image in the page-locked buffer) not copied into it: the run fails, naming the way."""
+    image in the page-locked buffer) not copied into it, or the page-locked image's transfer
+    only half sent: the run fails, naming the way."""
     host = use_cpu_build_for_cuda_stages(monkeypatch, cpu_library_path(tmp_path_factory))
     monkeypatch.syspath_prepend(str(LATENCY.parent))
     bench_upload = importlib.import_module("bench_upload")
     from tinyfaces_trt.runtime.backends import staging
+
+    if fault == "page-locked not sent":
+        monkeypatch.setattr(bench_upload, "upload_page_locked", lambda device, frame, stream:
+                            device.upload(frame[:frame.size // 2], stream))
+        monkeypatch.setattr(bench_upload, "MIN_ROUNDS", 1)
+        got = bench_upload.run_upload([(640, 600)], repeat=1, warmup=0, log=lambda _: None)
+        assert got["status"] == "failed"
+        assert got["reason"] == ("RuntimeError: page-locked image (Detector.image_buffer): no "
+                                 "staging copy: the uploaded image differs from the host image")
+        assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
+        return
 
     real, real_copy = staging.stage_and_upload, staging._copy_range
     timing_calls = 2 * len(bench_upload.ways())  # one round (MIN_ROUNDS 1, repeat 1)

@@ -307,6 +307,13 @@ def test_targets_say_met_or_missed_by_how_much_and_why():
     over = rows["overhead"]
     assert over["measured"] == pytest.approx(40.9 / 35.5) and over["met"] is False
     assert "stages and copies add 5.40 ms (15% of the network" in over["why"]
+    assert over["detail"] == "40.9 ms / network 35.5 ms"
+    # with the pass from a page-locked image: named beside, the target read as before
+    result["sizes"][0]["backends"][1]["end_to_end_page_locked"] = {"median_ms": 39.05}
+    locked = {t["key"]: t for t in evaluate(result)}["overhead"]
+    assert locked["measured"] == pytest.approx(40.9 / 35.5)
+    assert locked["detail"] == ("40.9 ms / network 35.5 ms; from a page-locked image (no staging "
+                                "copy) 39.0 ms, 1.10x")
     tflops = rows["network_tflops"]
     assert tflops["measured"] == pytest.approx(4.32e12 / 0.0355 / 1e12)
     assert tflops["verdict"].startswith("missed by 2.05x") and "L0 1920x1080" in tflops["why"]
@@ -868,3 +875,52 @@ def test_a_decode_nms_profile_that_hangs_ends_the_run_with_its_results_saved(mon
     assert lines == ["the decode/NMS profile is still running after 0 s (a hang under the "
                      "profiler): ending here, exit 4; the results were saved before it"]
 
+
+
+class _PageLockedPipe:
+    """A device pipeline stand-in for latency's end-to-end pass: ``page_locked`` says what
+    its page-locked copy does ("direct", "staged": uploaded through staging after all,
+    "fails": its detect raises)."""
+
+    def __init__(self, page_locked):
+        self.page_locked, self.frame, self.order, self.uploads = page_locked, None, [], 0
+
+    def page_locked_copy(self, image):
+        self.frame = image.copy()
+        return self.frame
+
+    def page_locked_uploads(self):
+        return self.uploads
+
+    def detect(self, image, timings):
+        locked = image is self.frame
+        self.order.append("locked" if locked else "pageable")
+        if locked and self.page_locked == "fails":
+            raise RuntimeError("the upload failed")
+        self.uploads += locked and self.page_locked == "direct"
+
+    def synchronize(self):
+        pass
+
+
+@pytest.mark.parametrize("page_locked", ["direct", "staged", "fails"])
+def test_the_end_to_end_pass_times_a_page_locked_image_beside_or_says_why_not(page_locked):
+    """latency's no-sync pass: the page-locked image after one untimed run, alternating with
+    the pageable one (ABBA); dropped with the reason where its image was staged after all or
+    its detect failed, the pageable timings kept."""
+    latency = _load_latency()
+    bench = latency._Bench(type("Spec", (), {"name": "gpu", "description": "", "precision": ""}))
+    bench.pipe = pipe = _PageLockedPipe(page_locked)
+    bench.end_to_end(np.zeros((4, 4, 3), np.uint8), 3)
+    assert len(bench.entry["end_to_end"]["samples_ms"]) == 3 and "status" not in bench.entry
+    if page_locked == "direct":
+        assert pipe.order == ["locked", "pageable", "locked", "locked", "pageable", "pageable",
+                              "locked"]
+        assert len(bench.entry["end_to_end_page_locked"]["samples_ms"]) == 3
+        assert "end_to_end_page_locked_note" not in bench.entry
+        return
+    assert "end_to_end_page_locked" not in bench.entry
+    assert bench.entry["end_to_end_page_locked_note"] == {
+        "staged": "not measured: the page-locked image was staged",
+        "fails": "failed: RuntimeError: the upload failed"}[page_locked]
+    assert pipe.order.count("pageable") == 3

@@ -154,6 +154,58 @@ def test_buffers_copy_through_streams(host):
     assert host.live() == {"device": 0, "pinned": 0, "streams": 0, "events": 0}
 
 
+def test_a_page_locked_array_is_its_own_allocation_freed_with_its_last_view(host):
+    """page_locked_array: an array over cudaMallocHost memory of its own, every byte of it
+    (and of any view) page-locked; freed once no view is left, not before."""
+    frame = cuda_device.page_locked_array((3, 4, 5))
+    assert frame.shape == (3, 4, 5) and frame.dtype == np.uint8 and frame.flags.c_contiguous
+    assert frame.flags.writeable
+    ptr = frame.ctypes.data
+    assert host.pinned == {ptr: 60}
+    assert cuda_device.is_page_locked(ptr, 60) and cuda_device.is_page_locked(ptr + 20, 20)
+    row = frame[2]  # a view keeps the memory
+    del frame
+    gc.collect()
+    assert host.pinned == {ptr: 60} and host.calls["cudaFreeHost"] == 0
+    row[:] = 7
+    assert int(row.sum()) == 7 * 20
+    del row
+    gc.collect()
+    assert host.pinned == {} and host.calls["cudaFreeHost"] == 1
+    floats = cuda_device.page_locked_array(np.int64(6), np.float32)
+    assert floats.shape == (6,) and floats.dtype == np.float32
+    assert host.pinned[floats.ctypes.data] == 24
+    for empty in [(0, 4), (2, -1, -1), 0]:
+        with pytest.raises(TinyFacesError, match="a page-locked array needs at least one element"):
+            cuda_device.page_locked_array(empty)
+
+
+def test_page_locked_means_every_byte_in_page_locked_memory(host):
+    """is_page_locked: True inside a pinned allocation, for its first and its last byte;
+    False for pageable numpy memory, device memory, a range running past the allocation's end,
+    no bytes or a null pointer."""
+    pinned = PinnedBuffer(64)
+    pageable = np.zeros(64, np.uint8)
+    device = DeviceBuffer(64)
+    assert cuda_device.is_page_locked(pinned.ptr, 64)
+    assert cuda_device.is_page_locked(pinned.ptr + 63, 1)
+    assert not cuda_device.is_page_locked(pinned.ptr + 32, 33)  # one byte past the end
+    asked = host.calls["cudaPointerGetAttributes"]
+    assert not cuda_device.is_page_locked(pageable.ctypes.data, 64)
+    assert host.calls["cudaPointerGetAttributes"] == asked + 1  # pageable: the first byte says
+    assert not cuda_device.is_page_locked(device.ptr, 64)
+    assert not cuda_device.is_page_locked(pinned.ptr, 0)
+    assert not cuda_device.is_page_locked(0, 64)
+    pinned.free()
+    device.free()
+    assert not cuda_device.is_page_locked(pinned.ptr, 64)
+
+
+def test_page_locked_is_false_where_the_runtime_answers_an_error(real):
+    """No driver (or an older runtime refusing pageable memory): an error answer is "no"."""
+    assert not cuda_device.is_page_locked(np.zeros(8, np.uint8).ctypes.data, 8)
+
+
 def test_a_download_waits_for_the_producing_stream_first(host):
     stream = Stream()
     buf = DeviceBuffer(16)

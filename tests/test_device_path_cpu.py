@@ -253,6 +253,117 @@ def _image(seed=1):
     return image
 
 
+def test_a_page_locked_image_is_uploaded_from_its_own_memory_without_the_staging_copy(
+        device, export_dir, monkeypatch):
+    """Detector.image_buffer on the GPU path gives page-locked memory; an image filled into it
+    is uploaded straight from its address (one copy per image, no staging), refilled in place
+    image after image, with the boxes the same image gives from pageable memory. Each image
+    follows another one, so an upload skipped would find that one's boxes. A batch mixing
+    page-locked and pageable images is staged whole."""
+    from tinyfaces_trt.runtime.backends import staging
+
+    staged, uploads = [], []
+    stage_and_upload, upload_from = staging.stage_and_upload, cuda_device.DeviceBuffer.upload_from
+
+    def staging_spy(images, *args, **kwargs):
+        staged.append(len(images))
+        return stage_and_upload(images, *args, **kwargs)
+
+    def upload_spy(buffer, host_ptr, nbytes, stream=None, offset=0):
+        uploads.append((int(host_ptr), int(nbytes), int(offset)))
+        return upload_from(buffer, host_ptr, nbytes, stream, offset)
+
+    monkeypatch.setattr(staging, "stage_and_upload", staging_spy)
+    monkeypatch.setattr(cuda_device.DeviceBuffer, "upload_from", upload_spy)
+    a, b = _image(1), _image(5)
+    b[40:70, 50:90] = (200, 170, 140)
+    with detector_for(_runner(_onnx(export_dir), device), DetectorConfig(prob_thresh=0.05),
+                      gpu_stages=True) as detector:
+        want = {"a": detector.detect(a), "b": detector.detect(b),
+                "ba": detector.detect_batch([b, a])}
+        assert staged == [1, 1, 2] and len(want["a"]) > 0
+        assert want["a"].shape != want["b"].shape or not np.array_equal(want["a"], want["b"])
+        frame = detector.image_buffer(72, 96)
+        assert cuda_device.is_page_locked(frame.ctypes.data, frame.nbytes)
+        got = {}
+        for name, image in [("a", a), ("b", b)]:  # each after the other image
+            np.copyto(frame, image)
+            staged.clear()
+            uploads.clear()
+            got[name] = detector.detect(frame)
+            assert staged == [] and uploads == [(frame.ctypes.data, frame.nbytes, 0)], name
+        frames = detector.image_buffer(72, 96, count=2)
+        frames[0], frames[1] = b, a
+        uploads.clear()
+        got["ba"] = detector.detect_batch(frames)
+        assert staged == [] and uploads == [(frames[0].ctypes.data, a.nbytes, 0),
+                                            (frames[1].ctypes.data, a.nbytes, a.nbytes)]
+        mixed = detector.detect_batch([frames[0], a.copy()])
+        assert staged == [2]
+        assert detector.preprocessor.page_locked_uploads == 3
+    for g, w in zip([got["a"], got["b"], *got["ba"], *mixed],
+                    [want["a"], want["b"], *want["ba"], *want["ba"]], strict=True):
+        np.testing.assert_array_equal(g, w)
+    frame[:] = 3  # still the caller's memory after close()
+    assert cuda_device.is_page_locked(frame.ctypes.data, frame.nbytes) and int(frame.max()) == 3
+
+
+def test_a_page_locked_image_a_failed_detect_left_is_let_go_only_after_its_upload(
+        host_cuda, device, export_dir, monkeypatch):
+    """A detect that raises once the image's upload is queued (here the network) waits for
+    the preprocessor's stream before raising, so the caller may refill the page-locked
+    array then; and the preprocessor keeps the array, letting it go at its next upload only
+    after waiting for that copy, so the memory is never freed under it. The stand-in runs
+    copies at once, so the waits and their order are what is checked."""
+    import threading
+    import weakref
+
+    events = []
+    synchronize = cuda_device.Event.synchronize
+    monkeypatch.setattr(cuda_device.Event, "synchronize",
+                        lambda event: (events.append("wait"), synchronize(event))[1])
+    runner = _runner(_onnx(export_dir), device)
+    with detector_for(runner, DetectorConfig(prob_thresh=0.05), gpu_stages=True) as detector:
+        frame = detector.image_buffer(72, 96)
+        np.copyto(frame, _image(1))
+        run = runner.run
+        monkeypatch.setattr(runner, "run", lambda x: (_ for _ in ()).throw(
+            RuntimeError("the network failed")))
+        waits = []
+        monkeypatch.setattr(detector.preprocessor, "synchronize",
+                            lambda sync=detector.preprocessor.synchronize: (waits.append(1),
+                                                                            sync())[1])
+        with pytest.raises(RuntimeError, match="the network failed"):
+            detector.detect(frame)
+        assert detector.preprocessor.page_locked_uploads == 1
+        assert waits == [1]  # the failed call waited for the upload before raising
+        weakref.finalize(frame, events.append, "released")
+        del frame
+        assert events == []  # the preprocessor holds it
+        monkeypatch.setattr(runner, "run", run)
+        detector.detect(_image(2))
+        assert events[:2] == ["wait", "released"]
+        # asked for, as a detect is, where the detector's device is current (device 0 here)
+        host_cuda.device_count = 2
+        refused = []
+
+        def on_device_1():
+            cuda_device.check(cuda_device.runtime().cudaSetDevice(1))
+            pinned = len(host_cuda.pinned)
+            try:
+                detector.image_buffer(8, 8)
+            except TinyFacesError as exc:
+                refused.append((str(exc), len(host_cuda.pinned) - pinned))
+
+        thread = threading.Thread(target=on_device_1)
+        thread.start()
+        thread.join()
+        assert refused == [("this detector (its page-locked images) is on CUDA device 0, but this "
+                            "thread's current CUDA device is 1: make device 0 current in this "
+                            "thread first (torch.cuda.set_device(0), cudaSetDevice), or run the "
+                            "process with CUDA_VISIBLE_DEVICES=0 (it is then device 0)", 0)]
+
+
 def test_create_detector_builds_onnxruntime_cuda_on_the_device_path(ort_gpu, host_cuda, export_dir):
     """create_detector("onnxruntime-cuda") as on a GPU: the IOBinding runner on a stream of
     its own, the CUDA stages picked by its capability on that stream; the CPU backend's boxes;

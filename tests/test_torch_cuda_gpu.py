@@ -414,6 +414,36 @@ def test_the_cuda_resize_writes_straight_into_the_graphs_static_inputs(checkpoin
         np.testing.assert_array_equal(want, got)
 
 
+def test_a_page_locked_image_is_uploaded_without_the_staging_copy(checkpoint, seeded):
+    """Detector.image_buffer on a GPU: page-locked memory (cudaPointerGetAttributes says so,
+    as for a pinned torch tensor, and not for numpy's), uploaded straight from it, refilled
+    image after image, with exactly the boxes of the same images staged from pageable
+    memory, single and as a batch."""
+    from tinyfaces_trt.runtime.backends import cuda_device
+
+    runner, detector, images = _fused_side_by_side(seeded)
+    pinned = torch.empty(4096, dtype=torch.uint8, pin_memory=True)
+    assert cuda_device.is_page_locked(pinned.data_ptr(), 4096)
+    assert not cuda_device.is_page_locked(images[0].ctypes.data, images[0].nbytes)
+    with detector:
+        detector.warmup([(360, 640)], batch_sizes=(1, 2))
+        staged = [detector.detect(image) for image in images] + detector.detect_batch(images)
+        assert detector.preprocessor.page_locked_uploads == 0
+        frame, frames = detector.image_buffer(360, 640), detector.image_buffer(360, 640, count=2)
+        assert cuda_device.is_page_locked(frame.ctypes.data, frame.nbytes)
+        direct = []
+        for image in images:
+            np.copyto(frame, image)
+            direct.append(detector.detect(frame))
+        np.copyto(frames, np.stack(images))
+        direct += detector.detect_batch(frames)
+        assert detector.preprocessor.page_locked_uploads == len(images) + 1
+        _assert_captured(runner)
+    for want, got in zip(staged, direct, strict=True):
+        assert len(want) > 0
+        np.testing.assert_array_equal(want, got)
+
+
 def test_factory_builds_fp16_fused_graphs_by_default(checkpoint, tmp_path):
     from tinyfaces_trt.detectors import available_backends, create_detector
 

@@ -13,6 +13,7 @@ Device memory from other libraries is accepted wherever a pointer is taken: an `
 from __future__ import annotations
 
 import ctypes
+import operator
 from typing import Any
 
 import numpy as np
@@ -587,6 +588,50 @@ class PinnedBuffer:
 
     def __repr__(self) -> str:
         return f"PinnedBuffer(0x{self.ptr:x}, {self.nbytes} bytes)"
+
+
+def page_locked_array(shape: tuple[int, ...] | int, dtype: Any = np.uint8) -> np.ndarray:
+    """A new, uninitialised numpy array in page-locked host memory of its own
+    (``cudaMallocHost``), freed once the array and every view of it are gone.
+
+    A GPU upload reads it without a staging copy (:class:`~.cuda_stages.CudaPreprocessor`
+    checks :func:`is_page_locked`). Making one takes far longer than a copy: keep it and
+    refill it (a frame buffer), rather than one per image.
+
+    Raises:
+        TinyFacesError: an empty shape (0 bytes).
+        CudaError: page-locked memory cannot be had.
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    shape = tuple(operator.index(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < 1 or min(shape, default=1) < 0:
+        raise TinyFacesError(f"a page-locked array needs at least one element, got shape {shape}")
+    buffer = PinnedBuffer(nbytes)
+    raw = (ctypes.c_uint8 * nbytes).from_address(buffer.ptr)
+    raw._owner = buffer  # the array's base chain ends here: the last view gone frees the memory
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def is_page_locked(ptr: int, nbytes: int) -> bool:
+    """Whether the ``nbytes`` of host memory at ``ptr`` are page-locked memory CUDA knows
+    (``cudaMallocHost`` / ``cudaHostAlloc`` / ``cudaHostRegister``: :func:`page_locked_array`,
+    torch's ``pin_memory()``, CuPy's pinned pools), judged by their first and last byte (an
+    array lies in one allocation). False for pageable memory, device memory, ``nbytes`` < 1,
+    and wherever the runtime cannot say."""
+    if int(nbytes) < 1 or not int(ptr):
+        return False
+    rt = runtime()
+    host = rt.cudaMemoryType.cudaMemoryTypeHost
+    for address in (int(ptr), int(ptr) + int(nbytes) - 1):
+        result = rt.cudaPointerGetAttributes(address)
+        if int(result[0]) != 0:
+            rt.cudaGetLastError()  # older runtimes answer an error for pageable memory; not kept
+            return False
+        if getattr(result[1], "type", None) != host:
+            return False
+    return True
 
 
 class DeviceArray:

@@ -180,21 +180,42 @@ class CudaPreprocessor:
         self._input_buffers = input_buffers
         self._taken: set[int] = set()  # the runner's buffers this pyramid's levels went into
         self._sources: list[np.ndarray] = []
+        self._read_directly: list[np.ndarray] = []  # page-locked arrays the last upload read
+        #: images (or batches) uploaded straight from their page-locked memory so far
+        self.page_locked_uploads = 0
         self._closed = False
         self.device = cuda_device.current_device()  # where the buffers are made
 
     def _upload(self, images: Sequence[np.ndarray], first_level: bool) -> None:
-        """Stages the images in pinned memory and queues their async upload, chunk by chunk
-        as they are copied (:mod:`.staging`), at a pyramid's first level, or when other arrays
-        come than for the last level."""
+        """Queues the images' async upload at a pyramid's first level, or when other arrays
+        come than for the last level: straight from their memory where every one is
+        page-locked (:func:`~.cuda_device.is_page_locked`), else staged in pinned memory,
+        chunk by chunk as they are copied (:mod:`.staging`)."""
         if self._same_sources(images) and not first_level:
             return
         nbytes = sum(image.nbytes for image in images)
         if self._uploaded is not None:
-            self._uploaded.synchronize()  # the previous upload has left the pinned buffer
+            # the previous upload has left the pinned buffer, and the caller's page-locked
+            # arrays it read directly (a detect that raised may have left it queued) may go
+            self._uploaded.synchronize()
         else:
             self._uploaded = cuda_device.Event()
         self._sources = []  # the device copy is being replaced
+        self._read_directly = []
+        addresses = [image.ctypes.data for image in images]
+        if all(cuda_device.is_page_locked(ptr, image.nbytes)
+               for ptr, image in zip(addresses, images)):
+            device, stream, offset = self._images.get(nbytes), self.stream, 0
+            self._read_directly = list(images)  # alive while the queued copies may read them
+            try:
+                for ptr, image in zip(addresses, images):
+                    device.upload_from(ptr, image.nbytes, stream, offset=offset)
+                    offset += image.nbytes
+            finally:  # what was queued reads the arrays until this event
+                self._uploaded.record(self.stream)
+            self.page_locked_uploads += 1
+            self._sources = list(images)
+            return
         buffer = self._staging.get(nbytes)
         if self._pinned_view is None or self._pinned_view[0] is not buffer \
                 or self._pinned_view[1].size < nbytes:
@@ -244,6 +265,18 @@ class CudaPreprocessor:
                    stream)
         self._to_runner.after()
         return DeviceArray(out, (n, 3, h, w), np.float32, owner=owner, stream=self.stream)
+
+    def empty_images(self, count: int, height: int, width: int) -> np.ndarray:
+        """A new, uninitialised (count, height, width, 3) uint8 array in page-locked memory
+        of its own (:func:`~.cuda_device.page_locked_array`): uploaded without the staging
+        copy, freed once no view of it is left. Asked for, as a detect is, in a thread whose
+        current device is this stage's (the memory is made in that device's context).
+
+        Raises:
+            TinyFacesError: another device is current in this thread.
+        """
+        require_current_device(self.device, "this detector (its page-locked images)")
+        return cuda_device.page_locked_array((count, height, width, 3), np.uint8)
 
     def _destination(self, index: int, shape: tuple[int, int, int, int]) -> tuple[int, Any]:
         """Where level ``index``'s input goes (its address and the object keeping it): the
@@ -335,7 +368,7 @@ class CudaPreprocessor:
             scratch.free()
         self._to_runner.close()
         self._from_runner.close()
-        self._sources = []
+        self._sources, self._read_directly = [], []
         if self._own_stream:
             self.stream.close()
         self._closed = True
