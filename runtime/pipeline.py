@@ -184,11 +184,8 @@ class Detector:
     @max_pixels.setter
     def max_pixels(self, value: int | None) -> None:
         if value is not None:
-            try:
-                number = operator.index(value)  # ints of any integral type, not floats or bools
-            except TypeError:
-                number = None
-            if number is None or isinstance(value, bool) or number < 1:
+            number = _positive_integer(value)
+            if number is None:
                 raise ConfigError(f"Detector.max_pixels must be None (any size) or an integer "
                                   f">= 1, got {value!r}")
             value = number
@@ -248,15 +245,9 @@ class Detector:
                 is current in this thread (as for :meth:`detect`).
         """
         height, width = _positive_size((height, width))
-        images = 1
-        if count is not None:
-            try:
-                images = operator.index(count)
-            except TypeError:
-                images = 0
-            if images < 1 or isinstance(count, bool):
-                raise ConfigError(f"count must be None (one image) or an integer >= 1, got "
-                                  f"{count!r}")
+        images = 1 if count is None else _positive_integer(count)
+        if images is None:
+            raise ConfigError(f"count must be None (one image) or an integer >= 1, got {count!r}")
         check_image_size(height, width, self.max_pixels)
         self._check_open()
         made = self.preprocessor.empty_images(images, height, width)
@@ -520,6 +511,16 @@ def _warmup_sizes(sizes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         raise ConfigError(f"warmup takes a list of (height, width) image sizes, got "
                           f"{type(sizes).__name__}") from None
     return [_positive_size(size) for size in given]
+
+
+def _positive_integer(value: Any) -> int | None:
+    """``value`` as an int where it is an integer >= 1 of any integral type (not a float or a
+    bool), else None."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        return None
+    return None if isinstance(value, bool) or number < 1 else number
 
 
 def _positive_size(size: tuple[int, int]) -> tuple[int, int]:
