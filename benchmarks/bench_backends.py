@@ -272,7 +272,10 @@ class DetectorBench(Pipeline):
 
     def page_locked_copy(self, image: np.ndarray) -> np.ndarray | None:
         """On the CUDA stages: the image in page-locked memory of the kind
-        ``Detector.image_buffer`` gives, freed explicitly by :meth:`close`."""
+        ``Detector.image_buffer`` gives, freed explicitly by :meth:`close`.
+
+        Raises:
+            RuntimeError: the stages would not see that memory as page-locked."""
         from tinyfaces_trt.runtime.backends.cuda_device import PinnedBuffer, is_page_locked
         from tinyfaces_trt.runtime.backends.cuda_stages import CudaPreprocessor
 
@@ -281,7 +284,8 @@ class DetectorBench(Pipeline):
         buffer = PinnedBuffer(image.nbytes)
         self._page_locked.append(buffer)
         if not is_page_locked(buffer.ptr, buffer.nbytes):  # the preprocessor would stage it
-            return None
+            raise RuntimeError("cudaMallocHost memory is not seen as page-locked "
+                               "(cuda_device.is_page_locked): every image would be staged")
         frame = buffer.array(image.shape, np.uint8)
         np.copyto(frame, image)
         return frame

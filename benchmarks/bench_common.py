@@ -118,36 +118,61 @@ def profiled_kernels(work: Callable[[], Any]
         with record_function(PROFILED_WORK):
             work()
         wall = time.perf_counter() - start
-    events = prof.key_averages()
+    return wall, kernel_rows(prof.key_averages()), _timeline_of(prof)
 
-    def device_us(e: Any) -> float:
-        for attr in ("self_device_time_total", "self_cuda_time_total"):
-            v = getattr(e, attr, None)
-            if v is not None:
-                return float(v)
-        return 0.0
 
-    kernels = [e for e in events if device_us(e) > 0 and getattr(e, "cpu_time_total", 0) == 0]
+def _annotation(e: Any) -> bool:
+    """Whether a profiler event is a span someone named (``record_function``: PROFILED_WORK,
+    Inductor's), which torch also books on the GPU's timeline with the device time it spans:
+    not a kernel, and it would cover every gap between the kernels."""
+    return bool(getattr(e, "is_user_annotation", False)) or \
+        getattr(e, "key", getattr(e, "name", None)) == PROFILED_WORK
+
+
+def _on_gpu(e: Any) -> bool:
+    return "cuda" in str(getattr(e, "device_type", "")).lower()
+
+
+def _device_us(e: Any) -> float:
+    for attr in ("self_device_time_total", "self_cuda_time_total"):
+        v = getattr(e, attr, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def kernel_rows(events: Iterable[Any]) -> list[dict[str, Any]]:
+    """The GPU kernels and copies among a profile's averaged events (``key_averages()``), by
+    GPU time: :func:`profiled_kernels`' rows. Named spans are left out (:func:`_annotation`)."""
+    timed = [e for e in events if _device_us(e) > 0 and not _annotation(e)]
+    kernels = [e for e in timed if getattr(e, "cpu_time_total", 0) == 0]
     if not kernels:  # some versions also book CPU time on kernel rows
-        kernels = [e for e in events if device_us(e) > 0]
-    kernels.sort(key=lambda e: -device_us(e))
-    total_us = sum(device_us(e) for e in kernels)
-    return wall, [{"name": e.key, "calls": int(e.count), "gpu_ms": device_us(e) / 1e3,
-                   "share": device_us(e) / total_us if total_us else 0.0} for e in kernels], \
-        _timeline_of(prof)
+        kernels = timed
+    kernels.sort(key=lambda e: -_device_us(e))
+    total_us = sum(_device_us(e) for e in kernels)
+    return [{"name": e.key, "calls": int(e.count), "gpu_ms": _device_us(e) / 1e3,
+             "share": _device_us(e) / total_us if total_us else 0.0} for e in kernels]
 
 
 def _timeline_of(prof: Any) -> dict[str, Any] | None:
     """:func:`gpu_timeline` of a profile's device events within its PROFILED_WORK span
     (None where the events do not say: a torch without these fields, no kernel)."""
     try:
-        events = list(prof.events())
-        window = next(e.time_range for e in events if e.name == PROFILED_WORK)
-        spans = [(e.time_range.start, e.time_range.end, e.name) for e in events
-                 if "cuda" in str(getattr(e, "device_type", "")).lower()
-                 and e.time_range.end > e.time_range.start]
+        return timeline_of_events(list(prof.events()))
     except Exception:  # optional detail: the kernel table stands without it
         return None
+
+
+def timeline_of_events(events: list[Any]) -> dict[str, Any] | None:
+    """:func:`gpu_timeline` of the GPU's kernels and copies among a profile's events
+    (``prof.events()``) within the host's PROFILED_WORK span; named spans are not GPU work
+    (:func:`_annotation`). None without that span or a kernel in it."""
+    window = next((e.time_range for e in events
+                   if e.name == PROFILED_WORK and not _on_gpu(e)), None)
+    if window is None:
+        return None
+    spans = [(e.time_range.start, e.time_range.end, e.name) for e in events
+             if _on_gpu(e) and not _annotation(e) and e.time_range.end > e.time_range.start]
     return gpu_timeline(spans, (window.start, window.end))
 
 

@@ -758,6 +758,43 @@ def test_the_profile_lists_every_cuda_stage_kernel_apart_from_the_network():
     assert lines[-1] == f"| `{stage[1]}` | 1 | 250 µs | 1% |"
 
 
+def test_the_profile_leaves_out_the_named_spans_torch_books_on_the_gpu():
+    """torch books a ``record_function`` span (the profiled work's, Inductor's) on the GPU's
+    timeline too, with the device time it spans: neither a kernel row (it topped the table
+    and swelled "GPU kernels") nor a GPU span (covering every gap between the kernels). The
+    events as torch 2.13 gives them: ``key_averages`` keeps the host and GPU halves of a span
+    apart (both ``is_user_annotation``), the GPU half with no CPU time."""
+    from types import SimpleNamespace as NS
+
+    common = _bench_module("bench_common")
+    work = common.PROFILED_WORK
+
+    def avg(key, device_us, cpu_us=0.0, annotation=False, count=1):
+        return NS(key=key, count=count, self_device_time_total=device_us,
+                  cpu_time_total=cpu_us, is_user_annotation=annotation)
+
+    rows = common.kernel_rows([
+        avg(work, 0.0, 900.0, True), avg(work, 880.0, 0.0, True),  # host half, GPU half
+        avg("## Call CompiledFxGraph ##", 300.0, 0.0, True),  # Inductor's span on the GPU
+        avg("aten::conv2d", 0.0, 50.0), avg("conv_kernel", 150.0, count=2),
+        avg("nms_kernel", 50.0)])
+    assert [(r["name"], r["calls"]) for r in rows] == [("conv_kernel", 2), ("nms_kernel", 1)]
+    assert [r["share"] for r in rows] == [pytest.approx(0.75), pytest.approx(0.25)]
+
+    def event(name, start, end, device, annotation=False):
+        return NS(name=name, key=name, time_range=NS(start=start, end=end),
+                  device_type=f"DeviceType.{device}", is_user_annotation=annotation)
+
+    events = [event(work, 100.0, 1000.0, "CPU", True), event(work, 150.0, 990.0, "CUDA", True),
+              event("conv_kernel", 200.0, 400.0, "CUDA"), event("nms_kernel", 700.0, 800.0, "CUDA"),
+              event("aten::conv2d", 120.0, 180.0, "CPU")]
+    t = common.timeline_of_events(events)
+    assert t["window_ms"] == pytest.approx(0.9)  # the host's span
+    assert t["busy_ms"] == pytest.approx(0.3) and t["gap_ms"] == pytest.approx(0.3)
+    assert t["gaps"][0] == {"ms": pytest.approx(0.3), "after": "conv_kernel", "before": "nms_kernel"}
+    assert common.timeline_of_events(events[1:]) is None  # no host span: no window
+
+
 def test_the_gpu_timeline_takes_the_union_of_streams_and_names_the_largest_gaps():
     """gpu_timeline: kernels on several streams overlap (busy is their union, not their sum),
     spans are clipped to the profiled window, and each gap names the kernel that ended last
@@ -901,6 +938,27 @@ class _PageLockedPipe:
 
     def synchronize(self):
         pass
+
+
+def test_page_locked_memory_the_stages_would_stage_fails_the_page_locked_pass(monkeypatch):
+    """DetectorBench.page_locked_copy on the CUDA stages: where the runtime does not see its
+    cudaMallocHost memory as page-locked (every image would be staged: the feature broken on
+    that GPU), an error the pass notes (and gpu_check fails on), not a silent None; the
+    buffer is kept for close() to free."""
+    from types import SimpleNamespace as NS
+
+    from tinyfaces_trt.runtime.backends import cuda_device, cuda_stages
+
+    backends = _bench_module("bench_backends")
+    monkeypatch.setattr(cuda_device, "PinnedBuffer", lambda nbytes: NS(ptr=4096, nbytes=nbytes))
+    monkeypatch.setattr(cuda_device, "is_page_locked", lambda ptr, nbytes: False)
+    stages = NS(preprocessor=cuda_stages.CudaPreprocessor.__new__(cuda_stages.CudaPreprocessor))
+    bench = NS(detector=stages, _page_locked=[])
+    with pytest.raises(RuntimeError, match=r"^cudaMallocHost memory is not seen as page-locked"):
+        backends.DetectorBench.page_locked_copy(bench, np.zeros((4, 4, 3), np.uint8))
+    assert [b.nbytes for b in bench._page_locked] == [48]
+    bench.detector = NS(preprocessor=object())  # host stages: no page-locked pass at all
+    assert backends.DetectorBench.page_locked_copy(bench, np.zeros((4, 4, 3), np.uint8)) is None
 
 
 @pytest.mark.parametrize("page_locked", ["direct", "staged", "fails"])

@@ -83,6 +83,11 @@ def test_ptxas_rows_name_our_kernels_and_their_spills():
                           "EEEvPNS_7ControlEPKjS4_PK6float4S7_NS_9NmsConfigEPVhPj")
             for b in (0, 1)] == ["nms_resolve_kernel<false>", "nms_resolve_kernel<true>"]
     assert g.kernel_name("_Z8a_kernelILi4ELin2EEvPf") == "a_kernel<4, -2>"
+    # type arguments (the one-block sort's two instances, as nvcc 13.0 names them: both took
+    # 126 registers, so they were one row), and types beside literals
+    assert [g.kernel_name(f"_ZN2tf17block_sort_kernelI{t}EEvPKjPT_Pji") for t in "yj"] == [
+        "block_sort_kernel<unsigned long long>", "block_sort_kernel<unsigned int>"]
+    assert g.kernel_name("_Z8b_kernelIfLb1ELi8EEvPf") == "b_kernel<float, true, 8>"
     assert g.kernel_name("_ZN3cub6detail4scan10ScanKernelEv") is None
     # nvcc's hash of an anonymous namespace may end in a digit, which runs into the next length
     for hash_ in ("0201ba7c", "0201ba72", "00000000"):
@@ -306,6 +311,33 @@ def test_a_parity_mismatch_or_a_failed_backend_fails_the_check():
     assert parity.status == "skipped" and parity.summary.startswith("no GPU backend ran")
 
 
+@pytest.mark.parametrize("fault", ["page-locked pass", "upload"])
+def test_a_failed_page_locked_pass_or_image_upload_fails_the_benchmark(fault):
+    """Both were in latency.md only: a page-locked pass that failed or was staged after all
+    (the direct upload broken on that GPU), and the image upload micro-benchmark's failure
+    (its landing check is the staging copy's, which every detect uses)."""
+    result = _bench_result()
+    if fault == "upload":
+        result["upload"] = {"status": "failed", "reason": "RuntimeError: chunk 3 not copied",
+                            "rows": []}
+        want = "FAILED: image upload: RuntimeError: chunk 3 not copied"
+    else:
+        result["sizes"][0]["backends"][1]["end_to_end_page_locked_note"] = (
+            "not measured: the page-locked image was staged")
+        want = ("FAILED: 1920x1080 torch-cuda: from a page-locked image: not measured: the "
+                "page-locked image was staged")
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 190.0, "c", "done")
+    bench = report.steps[0]
+    assert bench.status == "fail" and report.result == "FAIL"
+    assert want in bench.summary
+    result = _bench_result()
+    result["upload"] = {"status": "skipped", "reason": "no CUDA GPU visible"}
+    report = g.Report([], 270.0, gpu=True)
+    g.summarize_benchmark(report, result, 190.0, "c", "done")
+    assert report.steps[0].status == "pass"
+
+
 def test_torch_cuda_measured_after_a_fallback_fails_the_benchmark():
     """TorchCudaRunner falls back to CUDA graphs where torch.compile fails at a shape: its
     latency is then another mode's, which the targets are not about."""
@@ -386,6 +418,15 @@ def test_a_step_killed_at_its_limit_is_incomplete_unless_something_failed_first(
     g.tests_step(report, {}, 100.0, None)
     assert report.steps[0].status == "fail" and "tests had FAILED before" in report.steps[0].summary
     assert report.result == "FAIL"
+    # a test past TEST_STACK_DUMP_S: faulthandler's dump starts on the progress line
+    dump = "Timeout (0:01:30)!\nThread 0x1 (most recent call first):\n  File \"t.py\", line 3 in test_x\n"
+    for dots, status in (("..F.", "fail"), ("....", "timeout")):
+        monkeypatch.setattr(g, "run", lambda *a, **k: _ran(output=progress + dots + dump,
+                                                            timed_out=True))
+        report = g.Report([], 270.0, gpu=True)
+        g.tests_step(report, {}, 100.0, None)
+        assert report.steps[0].status == status
+    assert f"faulthandler_timeout={g.TEST_STACK_DUMP_S}" in report.steps[0].command
 
 
 def test_an_expected_failure_passes_the_tests_step_and_is_named(monkeypatch):

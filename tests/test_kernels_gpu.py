@@ -98,7 +98,9 @@ def test_postprocessor_replays_its_nms_as_a_cuda_graph(stream):
                 assert post.last_stats["num_candidates"] == candidate_count(maps, levels, config)
     assert graphs.max_candidates == launches.max_candidates == 8192
     assert graphs.nms_graphs and graphs.nms_graphs_off is None
-    assert sum(g is not None for g in graphs._nms_graphs.values()) == 2  # NMS sizes 4096, 8192
+    # a graph per image size and NMS size (the key holds the size since C ABI 5: its
+    # parameters clip to the image): 2 sizes x NMS sizes 4096, 8192
+    assert sum(g is not None for g in graphs._nms_graphs.values()) == 4
     assert launches.nms_graphs_off == "nms_graphs=False" and not launches._nms_graphs
     graphs.close()
     launches.close()

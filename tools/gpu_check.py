@@ -122,7 +122,12 @@ XDIST_WORKERS = 4
 #: Seconds a step needs left (before the benchmark's reserve) to start at all.
 MIN_TESTS_S = 60.0
 MIN_SANITIZER_EXAMPLE_S = 20.0
-MIN_SANITIZER_TESTS_S = 45.0  # (each subset took 25-43 s on the H200)
+#: (the subsets took 25-43 s on the H200: racecheck's ~25 s, and the one-block sort under it
+#: is new, so it may start with less than the slower memcheck took)
+MIN_SANITIZER_TESTS_S = 35.0
+#: A GPU test running longer has its stack dumped into the log (pytest's faulthandler):
+#: a step killed at its limit then still names the test it was in (-q prints only dots).
+TEST_STACK_DUMP_S = 90
 #: Where a skip in the GPU run is a failure: the GPU-only files, and the case files whose tests
 #: test_kernels_gpu.py collects (pytest reports a skip at the function's own file).
 MUST_RUN = re.compile(r"tests/(?:\S+_gpu|kernel_\w+_cases)\.py")
@@ -173,6 +178,13 @@ def parse_sanitizer_summary(text: str) -> SanitizerSummary:
     return SanitizerSummary(found, errors, warnings)
 
 
+#: The Itanium mangling's letters of the builtin types a kernel template may take.
+_BUILTIN_TYPES = {"b": "bool", "c": "char", "a": "signed char", "h": "unsigned char",
+                  "s": "short", "t": "unsigned short", "i": "int", "j": "unsigned int",
+                  "l": "long", "m": "unsigned long", "x": "long long",
+                  "y": "unsigned long long", "f": "float", "d": "double"}
+
+
 def kernel_name(symbol: str) -> str | None:
     """Our kernel's name (``..._kernel``) in a C++-mangled symbol, else None (CUB's kernels,
     helpers): the length-prefixed identifiers of the mangling are read one by one."""
@@ -186,11 +198,13 @@ def kernel_name(symbol: str) -> str | None:
         at = start + int(length[0])
         ident = symbol[start:at]
         if ident.endswith("_kernel"):
-            # template arguments that are literals (<true>, <4>): I L<type><value>E ... E
-            args = re.match(r"I((?:L[a-z]n?\d+E)+)E", symbol[at:])
+            # template arguments: literals (<true>, <4>: L<type><value>E) and builtin types
+            # (<unsigned int>: one letter), between I and E
+            args = re.match(r"I((?:L[a-z]n?\d+E|[a-z])+)E", symbol[at:])
             if args:
-                values = [("false", "true")[int(v)] if t == "b" else v.replace("n", "-")
-                          for t, v in re.findall(r"L([a-z])(n?\d+)E", args[1])]
+                values = [_BUILTIN_TYPES.get(kind, kind) if not v
+                          else ("false", "true")[int(v)] if t == "b" else v.replace("n", "-")
+                          for kind, t, v in re.findall(r"(L([a-z])(n?\d+)E|[a-z])", args[1])]
                 ident += f"<{', '.join(values)}>"
             return ident
     return None
@@ -395,7 +409,9 @@ def status_of(ok: bool, ran: Ran, failed_before_kill: bool = False) -> str:
     return "pass" if ok else "fail"
 
 
-_PROGRESS = re.compile(r"^([.sxXFE]+)(?:\s+\[\s*\d+%\])?\s*$", re.M)
+#: A line of pytest's -q progress, which faulthandler's "Timeout (h:mm:ss)!" may end
+#: (TEST_STACK_DUMP_S: the stack dump comes mid-line).
+_PROGRESS = re.compile(r"^([.sxXFE]+)(?:\s+\[\s*\d+%\]|Timeout \(\d+:\d\d:\d\d\)!)?\s*$", re.M)
 _SANITIZER_REPORT = re.compile(r"^=+ (?:Invalid|Error|Program hit|Race|Barrier|Malloc)", re.M)
 
 
@@ -811,7 +827,8 @@ def parallel_pytest_args() -> list[str]:
 def tests_step(report: Report, env: dict[str, str], timeout: float, log: Any) -> None:
     files = gpu_test_files()
     cmd = [sys.executable, "-m", "pytest", "-q", "-rsx", "-p", "no:cacheprovider", "-m", "gpu",
-           f"--durations={SLOWEST_TESTS}", *parallel_pytest_args(), *files]
+           f"--durations={SLOWEST_TESTS}", "-o", f"faulthandler_timeout={TEST_STACK_DUMP_S}",
+           *parallel_pytest_args(), *files]
     ran = run(cmd, env, timeout, log=log)
     summary = parse_pytest(ran.output)
     must_run = sum(n for n, where in summary.skips if MUST_RUN.match(where))
@@ -989,7 +1006,8 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
     """Adds the "benchmark" and "parity" steps from a latency.py result (its JSON): the
     benchmark fails when a backend, a batch row or a CUDA decode/NMS row failed (or kept
     other boxes than numpy), torch-cuda fell back from the mode asked for (its numbers are
-    another mode's), or the run stopped early; parity fails when a GPU backend's
+    another mode's), a backend's pass from a page-locked image failed or was staged, the
+    image upload micro-benchmark failed, or the run stopped early; parity fails when a GPU backend's
     detections do not match the CPU reference (or the comparison could not run) at some size."""
     report.benchmark = {"json": "latency.json", "markdown": "latency.md",
                         "png": result.get("plot"), "seconds": result.get("seconds"),
@@ -1030,6 +1048,9 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                     problems.append(f"{label} {b['name']}: measured after falling back from "
                                     f"the mode asked for ({b['fell_back']}; gpu_check.log says "
                                     "why)")
+                if b.get("end_to_end_page_locked_note"):  # failed, or staged after all
+                    problems.append(f"{label} {b['name']}: from a page-locked image: "
+                                    f"{b['end_to_end_page_locked_note']}")
             elif b["status"] == "failed":
                 problems.append(f"{label} {b['name']}: {b['reason']}")
             else:
@@ -1039,6 +1060,9 @@ def summarize_benchmark(report: Report, result: dict[str, Any], seconds: float, 
                 problems.append(f"{label} batch {r['backend']}: {r['reason']}")
             elif r.get("status") == "skipped":
                 absent.add(f"{label} batch {r['backend']}: {r['reason']}")
+    upload = result.get("upload") or {}
+    if upload.get("status") == "failed":  # its landing check is the staging copy's
+        problems.append(f"image upload: {upload.get('reason')}")
     gpu_ran = any(b["status"] == "ok" and b.get("uses_gpu") and b["name"] != "reference"
                   for size in result["sizes"] for b in size.get("backends", []))
     if report.gpu and not gpu_ran and died != "timed out":
