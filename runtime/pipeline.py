@@ -45,14 +45,18 @@ class Preprocessor(Protocol):
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> Any:
         """``image`` is (H, W, 3) uint8 RGB; returns the (1, 3, h, w) float32 input
-        (a numpy array, or a device array for device stages)."""
+        (a numpy array, or a device array for device stages). A device stage may still read
+        an image from page-locked memory (:meth:`empty_images`'s) after returning: change
+        such an image only once :meth:`synchronize` has returned (:class:`Detector` waits
+        before its calls return or raise)."""
 
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> Any:
         """N images of one size -> the level's (N, 3, h, w) float32 input."""
 
     def empty_images(self, count: int, height: int, width: int) -> np.ndarray:
         """A new, uninitialised (count, height, width, 3) uint8 array in the host memory the
-        stage reads fastest (page-locked for a GPU upload, else plain numpy memory)."""
+        stage reads fastest (page-locked for a GPU upload, else plain numpy memory). A device
+        stage reads such an image asynchronously: refill it only after :meth:`synchronize`."""
 
     def synchronize(self) -> None:
         """Waits until the stage's queued work is done (nothing to wait for on the host)."""

@@ -234,11 +234,15 @@ class CudaPreprocessor:
             all(a is b for a, b in zip(images, self._sources))
 
     def prepare(self, image: np.ndarray, level: PyramidLevel) -> DeviceArray:
-        """(H, W, 3) uint8 RGB -> the level's (1, 3, h, w) float32 input on the device."""
+        """(H, W, 3) uint8 RGB -> the level's (1, 3, h, w) float32 input on the device.
+        A page-locked image is uploaded straight from its memory, after this returns:
+        refill it only once :meth:`synchronize` has returned (a pageable one is copied into
+        the stage's pinned buffer before this returns)."""
         return self.prepare_batch([image], level)
 
     def prepare_batch(self, images: Sequence[np.ndarray], level: PyramidLevel) -> DeviceArray:
-        """N (H, W, 3) uint8 RGB images of one size -> the level's (N, 3, h, w) float32 input."""
+        """N (H, W, 3) uint8 RGB images of one size -> the level's (N, 3, h, w) float32
+        input; page-locked images are read after this returns, as for :meth:`prepare`."""
         if level.index == 0 or not self._same_sources(images):
             images = validate_batch(images)
         height, width = images[0].shape[:2]
