@@ -513,6 +513,15 @@ def _graphed(post):
     return post
 
 
+@pytest.fixture
+def nms_graphs(monkeypatch):
+    """Makes a CudaPostprocessor capture and replay its NMS (kernel_stage_cases): host_cudart
+    refuses every capture, so ReplayingCapture stands in for CUDA graphs."""
+    monkeypatch.setattr(ReplayingCapture, "made", [])
+    monkeypatch.setattr(cuda_device, "CapturedWork", ReplayingCapture)
+    return _graphed
+
+
 def test_nms_graphs_are_captured_once_per_buffers_and_sizes_and_replayed(stream, monkeypatch):
     """One graph per candidate buffer, NMS size, image size (NMS drops the boxes outside the
     image and clips the rest to it) and NMS parameters, captured at their second use (the
